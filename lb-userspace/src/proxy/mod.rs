@@ -1,0 +1,5 @@
+//! The userspace L7 workers: one thread per worker, each with its own runtime and listener.
+
+mod worker;
+
+pub use worker::{WORKER_HEADER, Workers};
