@@ -1,1 +1,87 @@
-pub fn placeholder() {}
+//! Harness for Sluice's end-to-end suites: network-namespace topologies with guaranteed cleanup,
+//! child processes that die with the test, throwaway HTTP backends that say who answered, and
+//! polling with deadlines instead of sleeps.
+//!
+//! Every namespace name carries the creating process id (`sluice-t-<pid>-<n>-<role>`), so a run
+//! that was killed before its guards ran is cleaned up by the next run ([`reap_stale`]).
+
+pub mod backend;
+pub mod frames;
+pub mod netns;
+pub mod process;
+pub mod topology;
+
+use std::time::{Duration, Instant};
+
+/// True when this process may create namespaces and load BPF programs.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test, loudly, when it cannot run without root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("SKIPPED (needs root: network namespaces and BPF): {}", module_path!());
+            return;
+        }
+    };
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes. Readiness is always polled with a
+/// deadline, never assumed after a sleep.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+pub use reap::reap_stale;
+
+mod reap {
+    use std::path::Path;
+
+    use crate::netns::NETNS_PREFIX;
+
+    /// Deletes namespaces left by test processes that no longer exist.
+    pub fn reap_stale() {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).status();
+            }
+        }
+    }
+}
+
+/// Path of the `sluice` binary built beside the running test (`target/<profile>/sluice`).
+/// `cargo xtask test` builds it before the suites run.
+pub fn sluice_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary> -> target/<profile>/sluice
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| anyhow::anyhow!("unexpected test binary location {}", exe.display()))?;
+    let binary = profile_dir.join("sluice");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing; build it first with `cargo build -p lb-userspace` (cargo xtask test does)",
+        binary.display()
+    );
+    Ok(binary)
+}

@@ -1,0 +1,199 @@
+//! Throwaway HTTP/1.1 backends that say who answered: every response carries the backend's
+//! name in the `x-backend` header and as its body. Keep-alive and Content-Length bodies work,
+//! which is all the suites need from an upstream.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::netns::Netns;
+
+/// Header naming the backend that answered.
+pub const BACKEND_HEADER: &str = "x-backend";
+
+/// A running backend; stops on drop.
+pub struct Backend {
+    name: String,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend listening on `addr`, inside `netns` when given (port 0 picks a port).
+    pub fn start(netns: Option<&Netns>, addr: SocketAddr, name: &str) -> anyhow::Result<Backend> {
+        let listener = match netns {
+            Some(ns) => ns.run(move || TcpListener::bind(addr))?,
+            None => TcpListener::bind(addr),
+        }
+        .with_context(|| format!("backend {name}: cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, requests, name) = (stop.clone(), requests.clone(), name.to_owned());
+            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests))
+        };
+        Ok(Backend { name: name.to_owned(), addr, stop, requests, thread: Some(thread) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (name, requests) = (name.to_owned(), requests.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &name, &requests);
+                });
+            }
+            // Non-blocking accept: poll the stop flag between connections.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn serve(stream: TcpStream, name: &str, requests: &AtomicU64) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+        let mut body_len = 0usize;
+        let mut close = false;
+        for line in head.lines().skip(1) {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            if key.eq_ignore_ascii_case("content-length") {
+                body_len = value.parse().unwrap_or(0);
+            } else if key.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0u8; body_len];
+        reader.read_exact(&mut body)?;
+        requests.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{name}\n");
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\n{BACKEND_HEADER}: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
+            text.len(),
+            if close { "connection: close\r\n" } else { "" },
+        )?;
+        writer.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request head up to the blank line; `None` at a clean end of stream.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(Some(head));
+        }
+        head.push_str(&line);
+        if head.len() > 64 * 1024 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request head too large"));
+        }
+    }
+}
+
+/// Sends one `GET path` on a new connection and returns (status line, headers, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    HttpResponse::parse(&raw)
+}
+
+/// A parsed HTTP/1.1 response, enough for assertions.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn parse(raw: &str) -> anyhow::Result<HttpResponse> {
+        let (head, body) = raw.split_once("\r\n\r\n").context("response has no end of head")?;
+        let mut lines = head.lines();
+        let status_line = lines.next().context("empty response")?;
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {status_line:?}"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(HttpResponse { status, headers, body: body.to_owned() })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_itself_and_counts() {
+        let backend = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "b1").unwrap();
+        let response = http_get(backend.addr(), "/x").unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header(BACKEND_HEADER), Some("b1"));
+        assert_eq!(response.body, "b1\n");
+        assert_eq!(backend.requests(), 1);
+    }
+}
