@@ -7,17 +7,11 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .canonicalize()
         .map_err(|e| anyhow::anyhow!("lb-ebpf not found at {}: {e}", ebpf_dir.display()))?;
-    let root_dir = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("lb-ebpf path is not UTF-8"))?;
+    let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("lb-ebpf path is not UTF-8"))?;
     // lb-common is a dependency of lb-ebpf; a change there must rebuild the object too.
     println!("cargo:rerun-if-changed={manifest_dir}/../lb-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "lb-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Nightly,
     )
 }

@@ -64,7 +64,15 @@ fn checksum_offset(protocol: u8) -> usize {
 }
 
 /// An IPv4 frame carrying TCP (with `flags`) or UDP.
-pub fn ipv4(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut seg = l4_segment(protocol, sport, dport, flags, payload);
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&src.octets());
@@ -92,7 +100,15 @@ pub fn ipv4(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, 
 }
 
 /// An IPv6 frame carrying TCP (with `flags`) or UDP.
-pub fn ipv6(protocol: u8, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    protocol: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut seg = l4_segment(protocol, sport, dport, flags, payload);
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&src.octets());

@@ -13,6 +13,9 @@ use std::{
 use anyhow::Context;
 
 /// A running child whose stderr and stdout are captured line by line.
+///
+/// The kernel's parent-death signal follows the *thread* that spawned the child, so spawn from
+/// the test's own thread, not from a short-lived one such as `Netns::run`.
 pub struct ChildGuard {
     child: Child,
     output: Arc<Mutex<String>>,
@@ -55,6 +58,12 @@ impl ChildGuard {
     /// Whether the child has exited, without waiting.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; SIGKILL after that. Returns

@@ -46,7 +46,12 @@ impl Topology {
             let node_if = format!("veth-b{i}");
             let net = i + 1;
             link(&topology.node, &node_if, &backend, HOST_IF)?;
-            configure(&topology.node, &node_if, &format!("198.18.{net}.1/24"), &format!("2001:db8:{net:x}::1/64"))?;
+            configure(
+                &topology.node,
+                &node_if,
+                &format!("198.18.{net}.1/24"),
+                &format!("2001:db8:{net:x}::1/64"),
+            )?;
             configure(&backend, HOST_IF, &format!("198.18.{net}.2/24"), &format!("2001:db8:{net:x}::2/64"))?;
             backend.ip(&["route", "add", "default", "via", &format!("198.18.{net}.1")])?;
             backend.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:{net:x}::1")])?;

@@ -127,9 +127,7 @@ impl Dataplane {
     /// Loads the embedded object and its XDP program into the kernel (verifier included).
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
-        xdp_program(&mut ebpf)?
-            .load()
-            .map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        xdp_program(&mut ebpf)?.load().map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
         Ok(Dataplane { ebpf, attachments: Vec::new() })
     }
 
@@ -164,9 +162,7 @@ impl Dataplane {
     pub fn detach_all(&mut self) -> Result<()> {
         let program = xdp_program(&mut self.ebpf)?;
         for (_, link) in self.attachments.drain(..) {
-            program
-                .detach(link)
-                .map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+            program.detach(link).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
         }
         Ok(())
     }
@@ -174,13 +170,12 @@ impl Dataplane {
     /// Reads the per-CPU counters and sums them.
     pub fn counters(&self) -> Result<Counters> {
         let map = self.ebpf.map(STATS_MAP).ok_or(Error::Missing(STATS_MAP))?;
-        let stats = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|source| Error::Map { name: STATS_MAP, source })?;
+        let stats =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|source| Error::Map { name: STATS_MAP, source })?;
         let mut counters = Counters::default();
         for stat in Stat::ALL {
-            let per_cpu = stats
-                .get(&stat.index(), 0)
-                .map_err(|source| Error::Map { name: STATS_MAP, source })?;
+            let per_cpu =
+                stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
             counters.values[stat.index() as usize] = per_cpu.iter().sum();
         }
         Ok(counters)
@@ -198,9 +193,7 @@ impl Dataplane {
             repeat: 1,
             ..TestRunOptions::default()
         };
-        let result = program
-            .test_run(opts)
-            .map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        let result = program.test_run(opts).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutput { verdict: result.return_value, frame: out, duration: result.duration })
     }

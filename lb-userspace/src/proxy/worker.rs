@@ -4,12 +4,7 @@
 //! The foundation's workers answer every request themselves with their id; the proxy issue
 //! replaces the handler with routing to upstreams.
 
-use std::{
-    convert::Infallible,
-    io,
-    net::SocketAddr,
-    thread::JoinHandle,
-};
+use std::{convert::Infallible, io, net::SocketAddr, thread::JoinHandle};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -134,13 +129,13 @@ fn run_worker(id: usize, listener: std::net::TcpListener, mut shutdown: watch::R
 }
 
 async fn serve_connection(id: usize, stream: tokio::net::TcpStream) {
-    let service = service_fn(move |request: Request<Incoming>| async move {
-        Ok::<_, Infallible>(answer(id, &request))
-    });
+    let service =
+        service_fn(
+            move |request: Request<Incoming>| async move { Ok::<_, Infallible>(answer(id, &request)) },
+        );
     // HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge, on the same port.
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await
+    if let Err(e) =
+        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
     {
         tracing::debug!(worker = id, error = %e, "connection ended with an error");
     }
@@ -163,9 +158,7 @@ mod tests {
 
     fn get(addr: SocketAddr) -> String {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        stream.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response

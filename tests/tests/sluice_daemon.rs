@@ -1,0 +1,79 @@
+//! The real `sluice` binary in the node namespace: it attaches XDP to the node's interface,
+//! serves requests from the client namespace, and on SIGTERM reports its counters and leaves
+//! no program attached.
+
+use std::{net::SocketAddr, time::Duration};
+
+use lb_tests::{
+    backend::http_get,
+    process::ChildGuard,
+    require_root, sluice_binary,
+    topology::{NODE_CLIENT_IF, Topology},
+    wait_for,
+};
+
+fn xdp_attached(topology: &Topology) -> bool {
+    let out = topology.node.command("ip").args(["link", "show", "dev", NODE_CLIENT_IF]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+#[test]
+fn sluice_attaches_serves_and_detaches_on_sigterm() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.args(["run", "--workers", "3", "--interface", NODE_CLIENT_IF, "--log-format", "json"]);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    let target = SocketAddr::from((topology.node_v4(), 8080));
+
+    wait_for(Duration::from_secs(20), "sluice to serve", || {
+        assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
+        topology.client.run(move || http_get(target, "/")).ok()?.ok()
+    })
+    .unwrap();
+    assert!(xdp_attached(&topology), "XDP attached while running; output:\n{}", sluice.output());
+
+    let mut workers_seen = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let response = topology.client.run(move || http_get(target, &format!("/r/{i}"))).unwrap().unwrap();
+        assert_eq!(response.status, 200);
+        workers_seen.insert(response.header("x-sluice-worker").unwrap().to_owned());
+    }
+    assert!(workers_seen.len() > 1, "connections reached more than one worker: {workers_seen:?}");
+
+    let (status, output) = sluice.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "clean exit on SIGTERM; output:\n{output}");
+    let counters = output
+        .lines()
+        .find(|l| l.contains("xdp counters at shutdown"))
+        .unwrap_or_else(|| panic!("counters logged at shutdown; output:\n{output}"));
+    let packets: u64 = counters
+        .split("packets=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a packets count in {counters}"));
+    // 61 connections, each at least SYN, ACK, request and FIN toward the node.
+    assert!(packets >= 61 * 4, "XDP counted {packets} packets");
+    assert!(!xdp_attached(&topology), "no XDP program left attached after exit");
+}
+
+#[test]
+fn sluice_without_xdp_still_serves() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.args(["run", "--workers", "2", "--no-xdp"]);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    let target = SocketAddr::from((topology.node_v4(), 8080));
+    let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
+        assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
+        topology.client.run(move || http_get(target, "/")).ok()?.ok()
+    })
+    .unwrap();
+    assert_eq!(response.status, 200);
+    assert!(!xdp_attached(&topology));
+    let (status, output) = sluice.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{output}");
+    assert!(!output.contains("xdp counters"), "no XDP in --no-xdp mode:\n{output}");
+}
