@@ -1,37 +1,209 @@
 //! Types shared by the kernel programs (`lb-ebpf`) and user space (`lb-userspace`).
 //!
-//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, so the bytes user space
-//! writes into a map are exactly the bytes the kernel reads. Nothing else lives here.
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding (padding is an explicit
+//! field), so the bytes user space writes into a map are exactly the bytes the kernel reads.
+//! Addresses and ports hold **wire bytes**: an IPv4 address is its four octets read as a native
+//! `u32` (`u32::from_ne_bytes(octets)`), a port is `port.to_be()`. The kernel then compares them
+//! with packet fields without any byte swapping. Nothing else lives here.
 #![no_std]
 
 /// Name of the XDP ingress program in the eBPF object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
+/// An XDP program that only returns `XDP_PASS`: the floor for cost measurements.
+pub const XDP_PASS_PROGRAM: &str = "sluice_xdp_pass";
+/// Name of the TC egress program that restores the service port on replies.
+pub const TC_EGRESS_PROGRAM: &str = "sluice_tc_egress";
 
-/// Name of the per-CPU counters map in the eBPF object.
+/// Map names in the eBPF object.
 pub const STATS_MAP: &str = "SLUICE_STATS";
+pub const SERVICES_MAP: &str = "SLUICE_SERVICES";
+pub const WORKERS_MAP: &str = "SLUICE_WORKERS";
+pub const MAGLEV_MAP: &str = "SLUICE_MAGLEV";
+pub const CONNTRACK_MAP: &str = "SLUICE_CONNTRACK";
+pub const REVERSE_MAP: &str = "SLUICE_REVERSE";
+pub const HEARTBEATS_MAP: &str = "SLUICE_HEARTBEATS";
 
-/// One slot of the per-CPU counters array. The discriminant is the array index.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
-    /// Every packet the XDP program saw.
-    Packets = 0,
-    /// Bytes of every packet the XDP program saw (whole frame, Ethernet header included).
-    Bytes = 1,
+/// Most services (address, port, protocol) one node steers.
+pub const MAX_SERVICES: u32 = 64;
+/// Most workers per node; also the stride of the workers table per service.
+pub const MAX_WORKERS: u32 = 256;
+/// Slots in each service's Maglev lookup table: a prime, as Maglev requires, and large
+/// against `MAX_WORKERS` so a worker leaving moves few flows.
+pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Conntrack entries (LRU: the least recently used flow is evicted when full).
+pub const CONNTRACK_ENTRIES: u32 = 262_144;
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A service: destination address, port and protocol that XDP steers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// Wire bytes; IPv4 uses `addr[0]` and leaves the rest zero.
+    pub addr: [u32; 4],
+    /// Wire bytes (`port.to_be()`).
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Delivery mode of a service.
+pub const MODE_STEER: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index of the service's rows in the workers and Maglev tables (< `MAX_SERVICES`).
+    pub id: u32,
+    /// `MODE_STEER`: rewrite the destination port to the chosen worker's listener.
+    pub mode: u32,
+}
+
+/// Worker states in the workers table.
+pub const WORKER_DOWN: u32 = 0;
+pub const WORKER_UP: u32 = 1;
+
+/// One worker of one service. Indexed by `service_id * MAX_WORKERS + worker`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WorkerValue {
+    /// The worker's own listener port for this service, wire bytes; 0 = no such worker.
+    pub port: u16,
+    pub _pad: u16,
+    /// `WORKER_UP` or `WORKER_DOWN`; informational, the Maglev table decides delivery.
+    pub state: u32,
+}
+
+/// A connection as seen arriving from the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    /// The service port (before rewriting), wire bytes.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// Where a connection was steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub service: u32,
+    pub worker: u32,
+    /// The worker's listener port, wire bytes.
+    pub worker_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the reverse table: a worker listener port, as the source port of replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReverseKey {
+    /// Wire bytes.
+    pub worker_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReverseValue {
+    /// The service port to restore on replies, wire bytes.
+    pub service_port: u16,
+    pub _pad: u16,
+    pub service: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all impls): each type is #[repr(C)], Copy, made only of integers, and has no
+    // implicit padding, so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::WorkerValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::ReverseValue {}
+}
+
+/// Compile-time proof that the shared types have no implicit padding.
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceValue>() == 8);
+    assert!(core::mem::size_of::<WorkerValue>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowValue>() == 12);
+    assert!(core::mem::size_of::<ReverseKey>() == 4);
+    assert!(core::mem::size_of::<ReverseValue>() == 8);
+};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal => $name:literal,)*) => {
+        /// One slot of the per-CPU counters array. The discriminant is the array index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Stat {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl Stat {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Stat] = &[$(Stat::$variant,)*];
+
+            /// The counter's name as exported in metrics and printed by tools.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Stat::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Every frame XDP saw.
+    Packets = 0 => "packets",
+    /// Bytes of every frame XDP saw (Ethernet header included).
+    Bytes = 1 => "bytes",
+    /// Frames whose destination port was rewritten to a worker.
+    Steered = 2 => "steered",
+    /// Service flows without a conntrack entry, placed through the Maglev table.
+    NewFlows = 3 => "new_flows",
+    /// Service packets that followed their conntrack entry.
+    ConntrackHits = 4 => "conntrack_hits",
+    /// Passed: not IPv4 or IPv6.
+    PassNotIp = 5 => "pass_not_ip",
+    /// Passed: a header is cut short by the end of the frame.
+    PassTruncated = 6 => "pass_truncated",
+    /// Passed: an IPv4 header with a bad version or header length.
+    PassBadIpHeader = 7 => "pass_bad_ip_header",
+    /// Passed: an IP fragment (non-first fragments carry no ports).
+    PassFragment = 8 => "pass_fragment",
+    /// Passed: an IPv6 extension header before the transport header.
+    PassIpv6Extension = 9 => "pass_ipv6_extension",
+    /// Passed: neither TCP nor UDP.
+    PassOtherProtocol = 10 => "pass_other_protocol",
+    /// Passed: well-formed, but not addressed to a service.
+    PassNotService = 11 => "pass_not_service",
+    /// Dropped: the service's Maglev slot is empty (no healthy worker).
+    DropNoWorker = 12 => "drop_no_worker",
+    /// Dropped: the slot names a worker with no listener port.
+    DropBadWorker = 13 => "drop_bad_worker",
+    /// A new flow was steered but the conntrack insert failed.
+    ConntrackInsertFailed = 14 => "conntrack_insert_failed",
+    /// TC egress: replies whose source port was restored to the service port.
+    EgressRestored = 15 => "egress_restored",
 }
 
 impl Stat {
-    /// Every counter, in index order; user space iterates this to read the map.
-    pub const ALL: [Stat; 2] = [Stat::Packets, Stat::Bytes];
-
-    /// The counter's name as exported in metrics and printed by tools.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Stat::Packets => "packets",
-            Stat::Bytes => "bytes",
-        }
-    }
-
     /// Index into the counters array.
     pub const fn index(self) -> u32 {
         self as u32

@@ -1,8 +1,41 @@
-//! Every map the kernel programs use, one line each on what it holds.
+//! Every map the kernel programs use, one line each on what it holds. User space owns every
+//! write except conntrack inserts and counters.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use lb_common::STATS_LEN;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    CONNTRACK_ENTRIES, FlowKey, FlowValue, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, ReverseKey,
+    ReverseValue, STATS_LEN, ServiceKey, ServiceValue, WorkerValue,
+};
 
 /// Per-CPU counters indexed by `lb_common::Stat`; user space sums the CPUs.
 #[map]
 pub static SLUICE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Service address, port and protocol -> service id and delivery mode.
+#[map]
+pub static SLUICE_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// `service * MAX_WORKERS + worker` -> that worker's listener port for the service.
+#[map]
+pub static SLUICE_WORKERS: Array<WorkerValue> = Array::with_max_entries(MAX_SERVICES * MAX_WORKERS, 0);
+
+/// `service * MAGLEV_TABLE_SIZE + slot` -> worker index + 1; 0 = empty. Built in user space.
+#[map]
+pub static SLUICE_MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * MAGLEV_TABLE_SIZE, 0);
+
+/// Client-side 5-tuple -> the worker its flow was steered to. LRU, so it never fills up.
+#[map]
+pub static SLUICE_CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(CONNTRACK_ENTRIES, 0);
+
+/// Worker listener port -> service port, for TC egress to restore on replies.
+#[map]
+pub static SLUICE_REVERSE: HashMap<ReverseKey, ReverseValue> =
+    HashMap::with_max_entries(MAX_SERVICES * MAX_WORKERS, 0);
+
+/// Worker index -> CLOCK_MONOTONIC nanoseconds of its last heartbeat; written by the workers,
+/// read by the user-space supervisor that takes stalled workers out of the Maglev tables.
+#[map]
+pub static SLUICE_HEARTBEATS: Array<u64> = Array::with_max_entries(MAX_WORKERS, 0);

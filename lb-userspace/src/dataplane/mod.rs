@@ -1,14 +1,30 @@
 //! The kernel side as user space sees it: loading the embedded eBPF object, attaching and
 //! detaching programs, and every map read and write. Nothing else in the daemon touches aya.
 
+pub mod health;
+pub mod maglev;
+pub mod steering;
+
 use std::{fmt, str::FromStr};
 
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
+        tc::{self, SchedClassifierLinkId, TcAttachType},
+        xdp::XdpLinkId,
+    },
 };
-use lb_common::{STATS_MAP, Stat, XDP_PROGRAM};
+use lb_common::{
+    CONNTRACK_MAP, FlowKey, FlowValue, HEARTBEATS_MAP, MAGLEV_MAP, REVERSE_MAP, SERVICES_MAP, STATS_MAP,
+    Stat, TC_EGRESS_PROGRAM, WORKERS_MAP, XDP_PASS_PROGRAM, XDP_PROGRAM,
+};
+
+pub use self::{
+    health::{HealthTiming, HeartbeatWriter, Supervisor},
+    steering::{Protocol, Service, Steering},
+};
 
 /// The eBPF object built from `lb-ebpf` by build.rs, embedded so one binary ships.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
@@ -37,6 +53,10 @@ pub enum Error {
         #[source]
         source: ProgramError,
     },
+    #[error("steering: {0}")]
+    Steering(String),
+    #[error("cannot start the health supervisor thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -116,93 +136,186 @@ impl Counters {
     }
 }
 
+/// The programs in the object, for BPF_PROG_TEST_RUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// XDP ingress steering.
+    Xdp,
+    /// XDP that only passes: the floor for cost measurements.
+    XdpPass,
+    /// TC egress port restoration.
+    TcEgress,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Xdp => XDP_PROGRAM,
+            Program::XdpPass => XDP_PASS_PROGRAM,
+            Program::TcEgress => TC_EGRESS_PROGRAM,
+        }
+    }
+}
+
 /// The loaded eBPF object. Dropping it detaches every program it attached: the links are
 /// bpf_link file descriptors, so even a killed daemon leaves nothing attached.
 pub struct Dataplane {
     ebpf: Ebpf,
-    attachments: Vec<(Attachment, XdpLinkId)>,
+    attachments: Vec<(Attachment, XdpLinkId, SchedClassifierLinkId)>,
 }
 
 impl Dataplane {
-    /// Loads the embedded object and its XDP program into the kernel (verifier included).
+    /// Loads the embedded object and its programs into the kernel (the verifier runs here).
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
-        xdp_program(&mut ebpf)?.load().map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        for name in [XDP_PROGRAM, XDP_PASS_PROGRAM] {
+            xdp_program(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
+        }
+        tc_program(&mut ebpf)?.load().map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
         Ok(Dataplane { ebpf, attachments: Vec::new() })
     }
 
-    /// Attaches the XDP program to `interface` in the current network namespace. In `Auto`
-    /// mode driver mode is tried first and generic mode is the fallback.
+    /// Attaches XDP ingress and TC egress to `interface` in the current network namespace. In
+    /// `Auto` mode XDP driver mode is tried first and generic mode is the fallback.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
-        let program = xdp_program(&mut self.ebpf)?;
+        let program = xdp_program(&mut self.ebpf, XDP_PROGRAM)?;
+        let mut attached = None;
         let mut last_error = None;
         for &xdp_mode in mode.modes_to_try() {
             match program.attach(interface, xdp_mode) {
                 Ok(link) => {
-                    let attachment = Attachment { interface: interface.to_owned(), mode: xdp_mode };
-                    self.attachments.push((attachment.clone(), link));
-                    return Ok(attachment);
+                    attached = Some((xdp_mode, link));
+                    break;
                 }
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(Error::Attach {
-            interface: interface.to_owned(),
-            mode,
-            source: last_error.expect("every mode lists at least one XDP mode"),
-        })
+        let Some((xdp_mode, xdp_link)) = attached else {
+            return Err(Error::Attach {
+                interface: interface.to_owned(),
+                mode,
+                source: last_error.expect("every mode lists at least one XDP mode"),
+            });
+        };
+        let tc_link = match attach_tc_egress(&mut self.ebpf, interface) {
+            Ok(link) => link,
+            Err(e) => {
+                // Steering without the egress half would break every steered connection.
+                let _ = xdp_program(&mut self.ebpf, XDP_PROGRAM)?.detach(xdp_link);
+                return Err(e);
+            }
+        };
+        let attachment = Attachment { interface: interface.to_owned(), mode: xdp_mode };
+        self.attachments.push((attachment.clone(), xdp_link, tc_link));
+        Ok(attachment)
     }
 
-    /// Where the XDP program is attached now.
+    /// Where the programs are attached now.
     pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
-        self.attachments.iter().map(|(a, _)| a)
+        self.attachments.iter().map(|(a, _, _)| a)
     }
 
-    /// Detaches the XDP program from every interface. Also done on drop.
+    /// Detaches every program from every interface. Also done on drop.
     pub fn detach_all(&mut self) -> Result<()> {
-        let program = xdp_program(&mut self.ebpf)?;
-        for (_, link) in self.attachments.drain(..) {
-            program.detach(link).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        for (_, xdp_link, tc_link) in std::mem::take(&mut self.attachments) {
+            xdp_program(&mut self.ebpf, XDP_PROGRAM)?
+                .detach(xdp_link)
+                .map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+            tc_program(&mut self.ebpf)?
+                .detach(tc_link)
+                .map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
         }
         Ok(())
+    }
+
+    /// Takes the steering maps out of the object; their single owner from then on writes
+    /// services, workers and Maglev tables. Callable once.
+    pub fn take_steering(&mut self) -> Result<Steering> {
+        Ok(Steering::new(
+            self.take_map(SERVICES_MAP, HashMap::try_from)?,
+            self.take_map(WORKERS_MAP, Array::try_from)?,
+            self.take_map(MAGLEV_MAP, Array::try_from)?,
+            self.take_map(REVERSE_MAP, HashMap::try_from)?,
+        ))
+    }
+
+    /// A heartbeat handle for `worker`, with its own file descriptor on the heartbeat array.
+    pub fn heartbeat_writer(&self, worker: u32) -> Result<HeartbeatWriter> {
+        HeartbeatWriter::open(self.map_id(HEARTBEATS_MAP)?, worker)
+    }
+
+    /// Starts the thread that keeps `steering` in line with the heartbeats of `workers`.
+    pub fn start_supervisor(&self, steering: Steering, workers: u32, timing: HealthTiming) -> Result<Supervisor> {
+        let map_error = |source| Error::Map { name: HEARTBEATS_MAP, source };
+        let data = MapData::from_id(self.map_id(HEARTBEATS_MAP)?).map_err(map_error)?;
+        let heartbeats = Array::try_from(Map::Array(data)).map_err(map_error)?;
+        Supervisor::start(steering, heartbeats, workers, timing).map_err(Error::Thread)
     }
 
     /// Reads the per-CPU counters and sums them.
     pub fn counters(&self) -> Result<Counters> {
         let map = self.ebpf.map(STATS_MAP).ok_or(Error::Missing(STATS_MAP))?;
-        let stats =
-            PerCpuArray::<_, u64>::try_from(map).map_err(|source| Error::Map { name: STATS_MAP, source })?;
+        let stats = PerCpuArray::<_, u64>::try_from(map)
+            .map_err(|source| Error::Map { name: STATS_MAP, source })?;
         let mut counters = Counters::default();
-        for stat in Stat::ALL {
-            let per_cpu =
-                stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
+        for &stat in Stat::ALL {
+            let per_cpu = stats
+                .get(&stat.index(), 0)
+                .map_err(|source| Error::Map { name: STATS_MAP, source })?;
             counters.values[stat.index() as usize] = per_cpu.iter().sum();
         }
         Ok(counters)
     }
 
-    /// Runs one frame through the XDP program with BPF_PROG_TEST_RUN, without any interface.
-    /// Returns the verdict and the frame as the program left it.
-    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<TestRunOutput> {
+    /// Every conntrack entry: the flows XDP has steered and where to.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let map_error = |source| Error::Map { name: CONNTRACK_MAP, source };
+        let map = self.ebpf.map(CONNTRACK_MAP).ok_or(Error::Missing(CONNTRACK_MAP))?;
+        let conntrack = HashMap::<_, FlowKey, FlowValue>::try_from(map).map_err(map_error)?;
+        conntrack.iter().map(|entry| entry.map_err(map_error)).collect()
+    }
+
+    /// Runs one frame through `program` with BPF_PROG_TEST_RUN, without any interface.
+    /// Returns the verdict and the frame as the program left it. With `repeat > 1` the kernel
+    /// does not restore the frame between runs: use it only for programs that do not rewrite.
+    pub fn test_run(&mut self, program: Program, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
         // Room for the frame plus any headroom the program may add later (encapsulation).
         let mut out = vec![0u8; frame.len() + 256];
-        let program = xdp_program(&mut self.ebpf)?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        };
-        let result = program.test_run(opts).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::default() };
+        let name = program.name();
+        let result = match program {
+            Program::Xdp | Program::XdpPass => xdp_program(&mut self.ebpf, name)?.test_run(opts),
+            Program::TcEgress => tc_program(&mut self.ebpf)?.test_run(opts),
+        }
+        .map_err(|source| Error::Program { name, source })?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutput { verdict: result.return_value, frame: out, duration: result.duration })
+    }
+
+    /// `test_run(Program::Xdp, frame, 1)`.
+    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<TestRunOutput> {
+        self.test_run(Program::Xdp, frame, 1)
+    }
+
+    fn map_id(&self, name: &'static str) -> Result<u32> {
+        let map = self.ebpf.map(name).ok_or(Error::Missing(name))?;
+        let data = match map {
+            Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
+            _ => return Err(Error::Missing(name)),
+        };
+        Ok(data.info().map_err(|source| Error::Map { name, source })?.id())
+    }
+
+    fn take_map<T>(&mut self, name: &'static str, convert: impl FnOnce(Map) -> Result<T, aya::maps::MapError>) -> Result<T> {
+        let map = self.ebpf.take_map(name).ok_or(Error::Missing(name))?;
+        convert(map).map_err(|source| Error::Map { name, source })
     }
 }
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
         if let Err(e) = self.detach_all() {
-            tracing::warn!(error = %e, "detaching XDP on shutdown failed; the kernel detaches it when the link closes");
+            tracing::warn!(error = %e, "detaching on shutdown failed; the kernel detaches when the links close");
         }
     }
 }
@@ -210,15 +323,40 @@ impl Drop for Dataplane {
 /// What BPF_PROG_TEST_RUN returned for one frame.
 #[derive(Debug, Clone)]
 pub struct TestRunOutput {
-    /// The XDP action (`XDP_PASS` = 2, `XDP_DROP` = 1, `XDP_TX` = 3, `XDP_ABORTED` = 0).
+    /// The program's return value: an XDP action (`XDP_PASS` = 2, `XDP_DROP` = 1,
+    /// `XDP_ABORTED` = 0) or a TC action.
     pub verdict: u32,
     pub frame: Vec<u8>,
+    /// The kernel's average time per run.
     pub duration: std::time::Duration,
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .ok_or(Error::Missing(XDP_PROGRAM))?
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing(name))?
         .try_into()
-        .map_err(|source| Error::Program { name: XDP_PROGRAM, source })
+        .map_err(|source| Error::Program { name, source })
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(TC_EGRESS_PROGRAM)
+        .ok_or(Error::Missing(TC_EGRESS_PROGRAM))?
+        .try_into()
+        .map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })
+}
+
+/// Attaches TC egress: TCX (a bpf_link) on kernels that have it; older kernels need the clsact
+/// qdisc first, which is added only when the plain attach fails.
+fn attach_tc_egress(ebpf: &mut Ebpf, interface: &str) -> Result<SchedClassifierLinkId> {
+    let program = tc_program(ebpf)?;
+    match program.attach(interface, TcAttachType::Egress) {
+        Ok(link) => Ok(link),
+        Err(_) => {
+            let _ = tc::qdisc_add_clsact(interface);
+            program.attach(interface, TcAttachType::Egress).map_err(|source| Error::Program {
+                name: TC_EGRESS_PROGRAM,
+                source,
+            })
+        }
+    }
 }
