@@ -10,12 +10,25 @@ use crate::{
     stats,
 };
 
-/// The service a flow is addressed to, if any.
+/// The service a flow is addressed to, if any: an exact address match first, then the
+/// family's wildcard (a service on `0.0.0.0` or `::`, all-zero address in the key).
 #[inline(always)]
 pub fn service(flow: &Flow) -> Option<ServiceValue> {
-    let key = ServiceKey { addr: flow.key.dst, port: flow.key.dport, proto: flow.key.proto, family: flow.key.family };
+    let mut key = ServiceKey {
+        addr: flow.key.dst,
+        port: flow.key.dport,
+        proto: flow.key.proto,
+        family: flow.key.family,
+    };
+    let value = match SLUICE_SERVICES.get_ptr(&key) {
+        Some(value) => value,
+        None => {
+            key.addr = [0; 4];
+            SLUICE_SERVICES.get_ptr(&key)?
+        }
+    };
     // SAFETY: the value is copied out at once; user space replaces entries whole.
-    SLUICE_SERVICES.get_ptr(&key).map(|value| unsafe { *value })
+    Some(unsafe { *value })
 }
 
 /// The worker listener port (wire bytes) for this flow, or the drop reason.

@@ -28,7 +28,8 @@ pub static SLUICE_MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * MA
 
 /// Client-side 5-tuple -> the worker its flow was steered to. LRU, so it never fills up.
 #[map]
-pub static SLUICE_CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(CONNTRACK_ENTRIES, 0);
+pub static SLUICE_CONNTRACK: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(CONNTRACK_ENTRIES, 0);
 
 /// Worker listener port -> service port, for TC egress to restore on replies.
 #[map]

@@ -104,8 +104,7 @@ impl Supervisor {
                 }
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(timing.period());
-                    let beats: Vec<u64> =
-                        (0..workers).map(|w| heartbeats.get(&w, 0).unwrap_or(0)).collect();
+                    let beats: Vec<u64> = (0..workers).map(|w| heartbeats.get(&w, 0).unwrap_or(0)).collect();
                     let healthy = healthy_workers(&beats, monotonic_ns(), timing.stall_after);
                     let before = steering.healthy().clone();
                     if healthy == before {

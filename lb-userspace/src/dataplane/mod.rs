@@ -245,7 +245,12 @@ impl Dataplane {
     }
 
     /// Starts the thread that keeps `steering` in line with the heartbeats of `workers`.
-    pub fn start_supervisor(&self, steering: Steering, workers: u32, timing: HealthTiming) -> Result<Supervisor> {
+    pub fn start_supervisor(
+        &self,
+        steering: Steering,
+        workers: u32,
+        timing: HealthTiming,
+    ) -> Result<Supervisor> {
         let map_error = |source| Error::Map { name: HEARTBEATS_MAP, source };
         let data = MapData::from_id(self.map_id(HEARTBEATS_MAP)?).map_err(map_error)?;
         let heartbeats = Array::try_from(Map::Array(data)).map_err(map_error)?;
@@ -255,13 +260,12 @@ impl Dataplane {
     /// Reads the per-CPU counters and sums them.
     pub fn counters(&self) -> Result<Counters> {
         let map = self.ebpf.map(STATS_MAP).ok_or(Error::Missing(STATS_MAP))?;
-        let stats = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|source| Error::Map { name: STATS_MAP, source })?;
+        let stats =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|source| Error::Map { name: STATS_MAP, source })?;
         let mut counters = Counters::default();
         for &stat in Stat::ALL {
-            let per_cpu = stats
-                .get(&stat.index(), 0)
-                .map_err(|source| Error::Map { name: STATS_MAP, source })?;
+            let per_cpu =
+                stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
             counters.values[stat.index() as usize] = per_cpu.iter().sum();
         }
         Ok(counters)
@@ -281,7 +285,12 @@ impl Dataplane {
     pub fn test_run(&mut self, program: Program, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
         // Room for the frame plus any headroom the program may add later (encapsulation).
         let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
         let name = program.name();
         let result = match program {
             Program::Xdp | Program::XdpPass => xdp_program(&mut self.ebpf, name)?.test_run(opts),
@@ -306,7 +315,11 @@ impl Dataplane {
         Ok(data.info().map_err(|source| Error::Map { name, source })?.id())
     }
 
-    fn take_map<T>(&mut self, name: &'static str, convert: impl FnOnce(Map) -> Result<T, aya::maps::MapError>) -> Result<T> {
+    fn take_map<T>(
+        &mut self,
+        name: &'static str,
+        convert: impl FnOnce(Map) -> Result<T, aya::maps::MapError>,
+    ) -> Result<T> {
         let map = self.ebpf.take_map(name).ok_or(Error::Missing(name))?;
         convert(map).map_err(|source| Error::Map { name, source })
     }
@@ -353,10 +366,9 @@ fn attach_tc_egress(ebpf: &mut Ebpf, interface: &str) -> Result<SchedClassifierL
         Ok(link) => Ok(link),
         Err(_) => {
             let _ = tc::qdisc_add_clsact(interface);
-            program.attach(interface, TcAttachType::Egress).map_err(|source| Error::Program {
-                name: TC_EGRESS_PROGRAM,
-                source,
-            })
+            program
+                .attach(interface, TcAttachType::Egress)
+                .map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })
         }
     }
 }

@@ -6,8 +6,8 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, MODE_STEER, PROTO_TCP,
-    PROTO_UDP, ReverseKey, ReverseValue, ServiceKey, ServiceValue, WORKER_DOWN, WORKER_UP, WorkerValue,
+    FAMILY_IPV4, FAMILY_IPV6, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, MODE_STEER, PROTO_TCP, PROTO_UDP,
+    ReverseKey, ReverseValue, ServiceKey, ServiceValue, WORKER_DOWN, WORKER_UP, WorkerValue,
 };
 
 use super::{Error, Result, maglev};
