@@ -5,10 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::time::Duration;
+
 use crate::{
     config::Config,
-    dataplane::{AttachMode, Dataplane},
-    proxy::Workers,
+    dataplane::{AttachMode, Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
+    proxy::{WorkerOptions, Workers},
 };
 
 #[derive(Debug, Parser)]
@@ -105,16 +107,87 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.xdp.enabled = false;
     }
 
-    let dataplane = if config.xdp.enabled { start_dataplane(&config) } else { None };
-    let workers = Workers::start(config.listen, config.worker_count())
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %workers.local_addr(), workers = workers.len(), xdp = dataplane.is_some(), "sluice is serving");
+    let mut options = WorkerOptions::shared(config.listen, config.worker_count());
+    let kernel = match config.xdp.enabled.then(|| KernelPath::start(&config)).flatten() {
+        Some((kernel, heartbeats)) => {
+            options.own_port_base = Some(config.xdp.worker_port_base);
+            options.heartbeats = heartbeats;
+            options.heartbeat_period = kernel.timing.period();
+            Some(kernel)
+        }
+        None => None,
+    };
+    let workers = Workers::start(options).with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Steer only once every worker is accepting on its own port.
+    let kernel = kernel.and_then(|kernel| kernel.steer(&config, workers.len()));
+    tracing::info!(listen = %workers.local_addr(), workers = workers.len(), xdp = kernel.is_some(), "sluice is serving");
 
     wait_for_shutdown_signal()?;
     tracing::info!("shutting down");
+    if let Some(kernel) = kernel {
+        kernel.stop()?;
+    }
     workers.stop();
-    if let Some(mut dataplane) = dataplane {
-        match dataplane.counters() {
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel path: the loaded object, its attachments and the health supervisor. It is an
+/// accelerator, not a requirement: when any step fails the reason is logged and the workers
+/// serve without it.
+struct KernelPath {
+    dataplane: Dataplane,
+    timing: HealthTiming,
+    supervisor: Option<Supervisor>,
+}
+
+impl KernelPath {
+    /// Loads the programs and opens one heartbeat handle per worker.
+    fn start(config: &Config) -> Option<(KernelPath, Vec<HeartbeatWriter>)> {
+        let disabled = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
+        };
+        let dataplane = Dataplane::load().inspect_err(|e| disabled(e)).ok()?;
+        let heartbeats: Result<Vec<_>, _> =
+            (0..config.worker_count() as u32).map(|w| dataplane.heartbeat_writer(w)).collect();
+        let heartbeats = heartbeats.inspect_err(|e| disabled(e)).ok()?;
+        let timing = HealthTiming { stall_after: Duration::from_millis(config.xdp.heartbeat_timeout_ms) };
+        Some((KernelPath { dataplane, timing, supervisor: None }, heartbeats))
+    }
+
+    /// Installs the service, starts health supervision and attaches to the interfaces.
+    fn steer(mut self, config: &Config, workers: usize) -> Option<KernelPath> {
+        let disabled = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
+        };
+        let service = Service {
+            addr: config.listen.ip(),
+            port: config.listen.port(),
+            protocol: Protocol::Tcp,
+            worker_ports: (0..workers as u16).map(|i| config.xdp.worker_port_base + i).collect(),
+        };
+        let mut steering = self.dataplane.take_steering().inspect_err(|e| disabled(e)).ok()?;
+        steering.install(vec![service]).inspect_err(|e| disabled(e)).ok()?;
+        let supervisor = self
+            .dataplane
+            .start_supervisor(steering, workers as u32, self.timing)
+            .inspect_err(|e| disabled(e))
+            .ok()?;
+        self.supervisor = Some(supervisor);
+        for interface in &config.xdp.interfaces {
+            match self.dataplane.attach(interface, config.xdp.mode) {
+                Ok(attachment) => tracing::info!(interface, mode = ?attachment.mode, "xdp attached"),
+                Err(e) => {
+                    disabled(&e);
+                    return None;
+                }
+            }
+        }
+        Some(self)
+    }
+
+    /// Logs the counters, detaches and stops supervision.
+    fn stop(mut self) -> anyhow::Result<()> {
+        match self.dataplane.counters() {
             Ok(counters) => {
                 let summary: Vec<String> =
                     counters.iter().map(|(stat, value)| format!("{}={value}", stat.name())).collect();
@@ -122,34 +195,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read XDP counters"),
         }
-        dataplane.detach_all().context("detaching XDP")?;
+        self.dataplane.detach_all().context("detaching XDP")?;
         tracing::info!("xdp detached");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Loads and attaches XDP. The kernel path is an accelerator, not a requirement: when it
-/// cannot be set up the reason is logged and the workers serve without it.
-fn start_dataplane(config: &Config) -> Option<Dataplane> {
-    let mut dataplane = match Dataplane::load() {
-        Ok(dataplane) => dataplane,
-        Err(e) => {
-            tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
-            return None;
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.stop();
         }
-    };
-    for interface in &config.xdp.interfaces {
-        match dataplane.attach(interface, config.xdp.mode) {
-            Ok(attachment) => {
-                tracing::info!(interface, mode = ?attachment.mode, "xdp attached")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
-                return None;
-            }
-        }
+        Ok(())
     }
-    Some(dataplane)
 }
 
 fn wait_for_shutdown_signal() -> anyhow::Result<()> {

@@ -50,15 +50,37 @@ pub struct XdpConfig {
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub mode: AttachMode,
+    /// Worker `i` listens on its own port `worker_port_base + i`; XDP steers connections there.
+    #[serde(default = "default_worker_port_base")]
+    pub worker_port_base: u16,
+    /// A worker whose heartbeat is older than this is taken out of steering.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
 }
 
 fn enabled_by_default() -> bool {
     true
 }
 
+/// Below Linux's default ephemeral range (32768-60999), so outgoing connections never hold a
+/// worker's port.
+fn default_worker_port_base() -> u16 {
+    20000
+}
+
+fn default_heartbeat_timeout_ms() -> u64 {
+    300
+}
+
 impl Default for XdpConfig {
     fn default() -> Self {
-        XdpConfig { enabled: true, interfaces: Vec::new(), mode: AttachMode::Auto }
+        XdpConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+            mode: AttachMode::Auto,
+            worker_port_base: default_worker_port_base(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+        }
     }
 }
 
@@ -94,6 +116,26 @@ impl Config {
         }
         if self.listen.port() == 0 {
             return Err(invalid("listen: port 0 is not a fixed port; name the port to serve on".into()));
+        }
+        let workers = self.worker_count() as u32;
+        let base = u32::from(self.xdp.worker_port_base);
+        if base == 0 || base + workers > 65536 {
+            return Err(invalid(format!(
+                "xdp.worker_port_base: {base} + {workers} workers does not fit in 1..=65535"
+            )));
+        }
+        if (base..base + workers).contains(&u32::from(self.listen.port())) {
+            return Err(invalid(format!(
+                "xdp.worker_port_base: the worker ports {base}..{} overlap the listen port {}",
+                base + workers - 1,
+                self.listen.port()
+            )));
+        }
+        if !(10..=60_000).contains(&self.xdp.heartbeat_timeout_ms) {
+            return Err(invalid(format!(
+                "xdp.heartbeat_timeout_ms: {} is outside 10..=60000",
+                self.xdp.heartbeat_timeout_ms
+            )));
         }
         for name in &self.xdp.interfaces {
             if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
@@ -143,6 +185,19 @@ mod tests {
         assert!(Config::from_yaml("listen: 127.0.0.1:0\n", "t").is_err());
         let err = Config::from_yaml("listen: 127.0.0.1:80\nxdp: {interfaces: ['a/b']}\n", "t").unwrap_err();
         assert!(err.to_string().contains("not a valid interface name"), "{err}");
+    }
+
+    #[test]
+    fn worker_ports_must_fit_and_not_overlap_the_listener() {
+        let err = Config::from_yaml("listen: 127.0.0.1:20001\nworkers: 4\n", "t").unwrap_err();
+        assert!(err.to_string().contains("overlap the listen port 20001"), "{err}");
+        let err =
+            Config::from_yaml("listen: 127.0.0.1:80\nworkers: 4\nxdp: {worker_port_base: 65534}\n", "t")
+                .unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        let err =
+            Config::from_yaml("listen: 127.0.0.1:80\nxdp: {heartbeat_timeout_ms: 1}\n", "t").unwrap_err();
+        assert!(err.to_string().contains("heartbeat_timeout_ms"), "{err}");
     }
 
     #[test]

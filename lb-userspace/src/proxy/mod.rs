@@ -2,4 +2,4 @@
 
 mod worker;
 
-pub use worker::{WORKER_HEADER, Workers};
+pub use worker::{Fault, WORKER_HEADER, WorkerOptions, Workers};

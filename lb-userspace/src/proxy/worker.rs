@@ -4,7 +4,7 @@
 //! The foundation's workers answer every request themselves with their id; the proxy issue
 //! replaces the handler with routing to upstreams.
 
-use std::{convert::Infallible, io, net::SocketAddr, thread::JoinHandle};
+use std::{convert::Infallible, io, net::SocketAddr, thread::JoinHandle, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,41 +14,114 @@ use hyper_util::{
     server::conn::auto,
 };
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::dataplane::HeartbeatWriter;
 
 /// Response header naming the worker that served a request; tests and the demo read it.
 pub const WORKER_HEADER: &str = "x-sluice-worker";
 
+/// How to start the workers.
+pub struct WorkerOptions {
+    /// The service address; every worker accepts here through one SO_REUSEPORT group.
+    pub listen: SocketAddr,
+    pub count: usize,
+    /// With XDP steering, worker `i` also accepts on its own port `own_port_base + i` (same IP):
+    /// XDP rewrites each new connection's destination port to the chosen worker's own port.
+    pub own_port_base: Option<u16>,
+    /// One heartbeat handle per worker (empty: no heartbeats, as without XDP).
+    pub heartbeats: Vec<HeartbeatWriter>,
+    /// How often each worker beats.
+    pub heartbeat_period: Duration,
+}
+
+impl WorkerOptions {
+    /// `count` workers sharing `listen`, without own ports or heartbeats.
+    pub fn shared(listen: SocketAddr, count: usize) -> WorkerOptions {
+        WorkerOptions {
+            listen,
+            count,
+            own_port_base: None,
+            heartbeats: Vec::new(),
+            heartbeat_period: Duration::from_millis(75),
+        }
+    }
+
+    /// The listener port of each worker's own socket, when workers have them.
+    pub fn own_ports(&self) -> Option<Vec<u16>> {
+        let base = self.own_port_base?;
+        Some((0..self.count.max(1)).map(|i| base + i as u16).collect())
+    }
+}
+
+/// Faults a worker can be told to simulate: operators' drills and the tests that prove a
+/// stalled or dead worker is taken out of steering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Block the worker's thread (no accepting, no serving, no heartbeats) for this long.
+    Stall(Duration),
+    /// End the worker: its listeners and connections close.
+    Exit,
+}
+
 /// The running workers. Dropping this stops them and joins their threads.
 pub struct Workers {
     shutdown: watch::Sender<bool>,
+    faults: Vec<mpsc::UnboundedSender<Fault>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
 
 impl Workers {
-    /// Binds `count` SO_REUSEPORT listeners on `listen` and starts one worker thread per
-    /// listener. Binding happens here, before any thread starts, so a taken port is an error to
-    /// the caller rather than a log line from a thread.
-    pub fn start(listen: SocketAddr, count: usize) -> io::Result<Workers> {
+    /// Binds every listener, then starts one worker thread per worker. Binding happens here,
+    /// before any thread starts, so a taken port is an error to the caller rather than a log
+    /// line from a thread.
+    pub fn start(options: WorkerOptions) -> io::Result<Workers> {
+        let count = options.count.max(1);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut listeners = Vec::with_capacity(count);
-        let mut addr = listen;
-        for _ in 0..count.max(1) {
-            let listener = reuseport_listener(addr)?;
+        let mut bound = Vec::with_capacity(count);
+        let mut addr = options.listen;
+        let own_ports = options.own_ports();
+        for id in 0..count {
+            let shared = reuseport_listener(addr)?;
             // With port 0 the first bind picks the port; the others must join that one.
-            addr = listener.local_addr()?;
-            listeners.push(listener);
+            addr = shared.local_addr()?;
+            let own = match &own_ports {
+                Some(ports) => Some(reuseport_listener(SocketAddr::new(addr.ip(), ports[id]))?),
+                None => None,
+            };
+            bound.push((shared, own));
         }
-        let mut threads = Vec::with_capacity(listeners.len());
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let shutdown_rx = shutdown_rx.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("sluice-worker-{id}"))
-                .spawn(move || run_worker(id, listener, shutdown_rx))?;
+        if !options.heartbeats.is_empty() && options.heartbeats.len() != count {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "one heartbeat handle per worker"));
+        }
+        let mut heartbeats = options.heartbeats.into_iter().map(Some).collect::<Vec<_>>();
+        heartbeats.resize_with(count, || None);
+        let mut threads = Vec::with_capacity(count);
+        let mut faults = Vec::with_capacity(count);
+        for (id, ((shared, own), heartbeat)) in bound.into_iter().zip(heartbeats).enumerate() {
+            let (fault_tx, fault_rx) = mpsc::unbounded_channel();
+            let worker = Worker {
+                id,
+                shared,
+                own,
+                heartbeat,
+                heartbeat_period: options.heartbeat_period,
+                shutdown: shutdown_rx.clone(),
+                faults: fault_rx,
+            };
+            let thread =
+                std::thread::Builder::new().name(format!("sluice-worker-{id}")).spawn(move || worker.run())?;
             threads.push(thread);
+            faults.push(fault_tx);
         }
-        Ok(Workers { shutdown, threads, local_addr: addr })
+        Ok(Workers { shutdown, faults, threads, local_addr: addr })
+    }
+
+    /// Tells worker `id` to simulate `fault`. Returns false if there is no such worker or it
+    /// has already exited.
+    pub fn inject(&self, id: usize, fault: Fault) -> bool {
+        self.faults.get(id).is_some_and(|tx| tx.send(fault).is_ok())
     }
 
     /// The address the workers accept on (the resolved port when 0 was asked for).
@@ -95,37 +168,94 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(id: usize, listener: std::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(worker = id, error = %e, "cannot start the worker runtime");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
+/// One worker thread's state.
+struct Worker {
+    id: usize,
+    shared: std::net::TcpListener,
+    own: Option<std::net::TcpListener>,
+    heartbeat: Option<HeartbeatWriter>,
+    heartbeat_period: Duration,
+    shutdown: watch::Receiver<bool>,
+    faults: mpsc::UnboundedReceiver<Fault>,
+}
+
+impl Worker {
+    fn run(self) {
+        let id = self.id;
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
             Err(e) => {
-                tracing::error!(worker = id, error = %e, "cannot register the listener");
+                tracing::error!(worker = id, error = %e, "cannot start the worker runtime");
                 return;
             }
         };
-        tracing::debug!(worker = id, "worker accepting");
+        runtime.block_on(self.serve());
+    }
+
+    async fn serve(self) {
+        let Worker { id, shared, own, heartbeat, heartbeat_period, mut shutdown, mut faults } = self;
+        let register = |listener: std::net::TcpListener| {
+            tokio::net::TcpListener::from_std(listener)
+                .inspect_err(|e| tracing::error!(worker = id, error = %e, "cannot register a listener"))
+                .ok()
+        };
+        let Some(shared) = register(shared) else { return };
+        let own = match own.map(register) {
+            Some(None) => return,
+            own => own.flatten(),
+        };
+        if let Some(mut heartbeat) = heartbeat {
+            // Beats run on this worker's own runtime: a stalled thread stops beating.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(heartbeat_period);
+                loop {
+                    tick.tick().await;
+                    heartbeat.beat();
+                }
+            });
+        }
+        tracing::debug!(worker = id, own_port = own.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()), "worker accepting");
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve_connection(id, stream));
+                fault = faults.recv() => match fault {
+                    Some(Fault::Stall(duration)) => {
+                        tracing::warn!(worker = id, ?duration, "stalling on request");
+                        // Blocking on purpose: the whole runtime stops, as in a real stall.
+                        std::thread::sleep(duration);
                     }
-                    // Out of file descriptors and similar: keep serving what we have.
-                    Err(e) => tracing::warn!(worker = id, error = %e, "accept failed"),
+                    Some(Fault::Exit) => {
+                        tracing::warn!(worker = id, "exiting on request");
+                        break;
+                    }
+                    None => {}
                 },
+                accepted = shared.accept() => accept(id, accepted),
+                accepted = accept_own(&own) => accept(id, accepted),
             }
         }
-    });
+    }
+}
+
+/// Accepts on the worker's own listener, or never when it has none.
+async fn accept_own(
+    own: &Option<tokio::net::TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match own {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn accept(id: usize, accepted: io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+    match accepted {
+        Ok((stream, _peer)) => {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve_connection(id, stream));
+        }
+        // Out of file descriptors and similar: keep serving what we have.
+        Err(e) => tracing::warn!(worker = id, error = %e, "accept failed"),
+    }
 }
 
 async fn serve_connection(id: usize, stream: tokio::net::TcpStream) {
@@ -166,7 +296,7 @@ mod tests {
 
     #[test]
     fn workers_answer_with_their_id_and_stop() {
-        let workers = Workers::start("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let workers = Workers::start(WorkerOptions::shared("127.0.0.1:0".parse().unwrap(), 2)).unwrap();
         assert_eq!(workers.len(), 2);
         let addr = workers.local_addr();
         let response = get(addr);
@@ -184,7 +314,7 @@ mod tests {
     #[test]
     fn taken_port_is_an_error() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = Workers::start(holder.local_addr().unwrap(), 1).err().expect("bind must fail");
+        let err = Workers::start(WorkerOptions::shared(holder.local_addr().unwrap(), 1)).err().expect("bind must fail");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }
