@@ -121,17 +121,19 @@ pub struct ReverseValue {
     pub service: u32,
 }
 
+/// `aya::Pod` for each shared type. Each is #[repr(C)], Copy, made only of integers and has no
+/// implicit padding (sizes asserted below), so every bit pattern is valid.
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all impls): each type is #[repr(C)], Copy, made only of integers, and has no
-    // implicit padding, so every bit pattern is valid and no byte is uninitialised.
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceValue {}
-    unsafe impl aya::Pod for super::WorkerValue {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowValue {}
-    unsafe impl aya::Pod for super::ReverseKey {}
-    unsafe impl aya::Pod for super::ReverseValue {}
+    macro_rules! pod {
+        ($($ty:ident),*) => {
+            $(
+                // SAFETY: see the module comment: repr(C), integers only, no implicit padding.
+                unsafe impl aya::Pod for super::$ty {}
+            )*
+        };
+    }
+    pod!(ServiceKey, ServiceValue, WorkerValue, FlowKey, FlowValue, ReverseKey, ReverseValue);
 }
 
 /// Compile-time proof that the shared types have no implicit padding.

@@ -2,16 +2,9 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use std::time::Duration;
-
-use crate::{
-    config::Config,
-    dataplane::{AttachMode, Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
-    proxy::{WorkerOptions, Workers},
-};
+use crate::{config::Config, dataplane::AttachMode, node::Node};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "eBPF-assisted hybrid L4/L7 load balancer")]
@@ -107,101 +100,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.xdp.enabled = false;
     }
 
-    let mut options = WorkerOptions::shared(config.listen, config.worker_count());
-    let kernel = match config.xdp.enabled.then(|| KernelPath::start(&config)).flatten() {
-        Some((kernel, heartbeats)) => {
-            options.own_port_base = Some(config.xdp.worker_port_base);
-            options.heartbeats = heartbeats;
-            options.heartbeat_period = kernel.timing.period();
-            Some(kernel)
-        }
-        None => None,
-    };
-    let workers = Workers::start(options).with_context(|| format!("cannot listen on {}", config.listen))?;
-    // Steer only once every worker is accepting on its own port.
-    let kernel = kernel.and_then(|kernel| kernel.steer(&config, workers.len()));
-    tracing::info!(listen = %workers.local_addr(), workers = workers.len(), xdp = kernel.is_some(), "sluice is serving");
-
+    let node = Node::start(&config)?;
     wait_for_shutdown_signal()?;
     tracing::info!("shutting down");
-    if let Some(kernel) = kernel {
-        kernel.stop()?;
-    }
-    workers.stop();
+    node.stop()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The kernel path: the loaded object, its attachments and the health supervisor. It is an
-/// accelerator, not a requirement: when any step fails the reason is logged and the workers
-/// serve without it.
-struct KernelPath {
-    dataplane: Dataplane,
-    timing: HealthTiming,
-    supervisor: Option<Supervisor>,
-}
-
-impl KernelPath {
-    /// Loads the programs and opens one heartbeat handle per worker.
-    fn start(config: &Config) -> Option<(KernelPath, Vec<HeartbeatWriter>)> {
-        let disabled = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
-        };
-        let dataplane = Dataplane::load().inspect_err(|e| disabled(e)).ok()?;
-        let heartbeats: Result<Vec<_>, _> =
-            (0..config.worker_count() as u32).map(|w| dataplane.heartbeat_writer(w)).collect();
-        let heartbeats = heartbeats.inspect_err(|e| disabled(e)).ok()?;
-        let timing = HealthTiming { stall_after: Duration::from_millis(config.xdp.heartbeat_timeout_ms) };
-        Some((KernelPath { dataplane, timing, supervisor: None }, heartbeats))
-    }
-
-    /// Installs the service, starts health supervision and attaches to the interfaces.
-    fn steer(mut self, config: &Config, workers: usize) -> Option<KernelPath> {
-        let disabled = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
-        };
-        let service = Service {
-            addr: config.listen.ip(),
-            port: config.listen.port(),
-            protocol: Protocol::Tcp,
-            worker_ports: (0..workers as u16).map(|i| config.xdp.worker_port_base + i).collect(),
-        };
-        let mut steering = self.dataplane.take_steering().inspect_err(|e| disabled(e)).ok()?;
-        steering.install(vec![service]).inspect_err(|e| disabled(e)).ok()?;
-        let supervisor = self
-            .dataplane
-            .start_supervisor(steering, workers as u32, self.timing)
-            .inspect_err(|e| disabled(e))
-            .ok()?;
-        self.supervisor = Some(supervisor);
-        for interface in &config.xdp.interfaces {
-            match self.dataplane.attach(interface, config.xdp.mode) {
-                Ok(attachment) => tracing::info!(interface, mode = ?attachment.mode, "xdp attached"),
-                Err(e) => {
-                    disabled(&e);
-                    return None;
-                }
-            }
-        }
-        Some(self)
-    }
-
-    /// Logs the counters, detaches and stops supervision.
-    fn stop(mut self) -> anyhow::Result<()> {
-        match self.dataplane.counters() {
-            Ok(counters) => {
-                let summary: Vec<String> =
-                    counters.iter().map(|(stat, value)| format!("{}={value}", stat.name())).collect();
-                tracing::info!(counters = %summary.join(" "), "xdp counters at shutdown");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read XDP counters"),
-        }
-        self.dataplane.detach_all().context("detaching XDP")?;
-        tracing::info!("xdp detached");
-        if let Some(supervisor) = self.supervisor.take() {
-            supervisor.stop();
-        }
-        Ok(())
-    }
 }
 
 fn wait_for_shutdown_signal() -> anyhow::Result<()> {

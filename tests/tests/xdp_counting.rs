@@ -72,7 +72,8 @@ fn xdp_counts_real_udp_and_tcp_traffic_then_detaches() {
 
     // TCP: a real HTTP exchange with the workers in the node namespace.
     let listen = SocketAddr::from((topology.node_v4(), 8080));
-    let workers = topology.node.run(move || Workers::start(WorkerOptions::shared(listen, 2))).unwrap().unwrap();
+    let workers =
+        topology.node.run(move || Workers::start(WorkerOptions::shared(listen, 2))).unwrap().unwrap();
     let before = dataplane.counters().unwrap();
     let response = topology.client.run(move || http_get(listen, "/counted")).unwrap().unwrap();
     assert_eq!(response.status, 200);

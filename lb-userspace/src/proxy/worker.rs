@@ -110,8 +110,9 @@ impl Workers {
                 shutdown: shutdown_rx.clone(),
                 faults: fault_rx,
             };
-            let thread =
-                std::thread::Builder::new().name(format!("sluice-worker-{id}")).spawn(move || worker.run())?;
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-worker-{id}"))
+                .spawn(move || worker.run())?;
             threads.push(thread);
             faults.push(fault_tx);
         }
@@ -214,7 +215,11 @@ impl Worker {
                 }
             });
         }
-        tracing::debug!(worker = id, own_port = own.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()), "worker accepting");
+        tracing::debug!(
+            worker = id,
+            own_port = own.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()),
+            "worker accepting"
+        );
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -314,7 +319,9 @@ mod tests {
     #[test]
     fn taken_port_is_an_error() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = Workers::start(WorkerOptions::shared(holder.local_addr().unwrap(), 1)).err().expect("bind must fail");
+        let err = Workers::start(WorkerOptions::shared(holder.local_addr().unwrap(), 1))
+            .err()
+            .expect("bind must fail");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }
