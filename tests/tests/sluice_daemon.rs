@@ -28,6 +28,10 @@ fn sluice_attaches_serves_and_detaches_on_sigterm() {
 
     wait_for(Duration::from_secs(20), "sluice to serve", || {
         assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
+        // Logged once the kernel path is attached, when it is on.
+        if !sluice.output().contains("sluice is serving") {
+            return None;
+        }
         topology.client.run(move || http_get(target, "/")).ok()?.ok()
     })
     .unwrap();
@@ -68,6 +72,10 @@ fn sluice_without_xdp_still_serves() {
     let target = SocketAddr::from((topology.node_v4(), 8080));
     let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
         assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
+        // Logged once the kernel path is attached, when it is on.
+        if !sluice.output().contains("sluice is serving") {
+            return None;
+        }
         topology.client.run(move || http_get(target, "/")).ok()?.ok()
     })
     .unwrap();

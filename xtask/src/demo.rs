@@ -109,19 +109,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("== stopping sluice");
     let (status, output) = instance.terminate(Duration::from_secs(10))?;
-    for line in output.lines().filter(|l| l.contains("xdp counters") || l.contains("xdp detached")) {
-        println!("   {}", line.trim());
-    }
+    print_xdp_counters(&output);
     anyhow::ensure!(status.success(), "sluice exited with {status}; its output:\n{output}");
     drop(topology);
     println!("== done: namespaces and processes removed");
     Ok(())
 }
 
+/// Waits for sluice to log that it is serving (the kernel path, when on, is attached by then)
+/// and for a request from the client to be answered.
 fn wait_until_serving(client: &Netns, target: SocketAddr, instance: &mut ChildGuard) -> anyhow::Result<()> {
     wait_for(Duration::from_secs(20), "sluice to answer", || {
         if instance.try_status().is_some() || interrupted() {
             return Some(());
+        }
+        if !instance.output().contains("sluice is serving") {
+            return None;
         }
         client.run(move || http_get(target, "/ready")).ok().and_then(|r| r.ok()).map(|_| ())
     })
@@ -154,5 +157,25 @@ fn print_spread(tally: &BTreeMap<String, u32>, elapsed: Duration) {
     for (worker, count) in tally {
         let share = f64::from(*count) * 100.0 / f64::from(total.max(1));
         println!("   {worker:>6}  {count:>11}  {share:5.1}%  {}", "#".repeat((share / 2.0) as usize));
+    }
+}
+
+/// Prints the counters sluice logged at shutdown, one per line, leaving out the zeros.
+fn print_xdp_counters(output: &str) {
+    let Some(line) = output.lines().find(|l| l.contains("xdp counters at shutdown")) else {
+        println!("   (no XDP counters: the kernel path was not running)");
+        return;
+    };
+    println!("   XDP counters (non-zero):");
+    let counters = line.split("counters=").nth(1).unwrap_or("");
+    for pair in counters.split_whitespace() {
+        if let Some((name, value)) = pair.split_once('=') {
+            if value != "0" {
+                println!("   {name:>24}  {value}");
+            }
+        }
+    }
+    if output.contains("xdp detached") {
+        println!("   XDP detached cleanly");
     }
 }
