@@ -85,3 +85,21 @@ fn sluice_without_xdp_still_serves() {
     assert!(status.success(), "{output}");
     assert!(!output.contains("xdp counters"), "no XDP in --no-xdp mode:\n{output}");
 }
+
+#[test]
+fn a_killed_sluice_leaves_no_program_attached() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.args(["run", "--workers", "2", "--interface", NODE_CLIENT_IF]);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    wait_for(Duration::from_secs(20), "XDP to be attached", || {
+        assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
+        (sluice.output().contains("sluice is serving") && xdp_attached(&topology)).then_some(())
+    })
+    .unwrap();
+    // SIGKILL: no destructor runs; the kernel closes the bpf_link descriptors.
+    sluice.kill().unwrap();
+    wait_for(Duration::from_secs(5), "the kernel to detach XDP", || (!xdp_attached(&topology)).then_some(()))
+        .unwrap();
+}

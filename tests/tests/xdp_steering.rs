@@ -23,8 +23,12 @@ const PORT: u16 = 8080;
 
 /// A node with XDP on the client-facing interface, started inside the node namespace.
 fn start_node(topology: &Topology) -> Node {
+    start_node_on(topology, "0.0.0.0")
+}
+
+fn start_node_on(topology: &Topology, listen_ip: &str) -> Node {
     let yaml = format!(
-        "listen: 0.0.0.0:{PORT}\nworkers: {WORKERS}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
+        "listen: \"{listen_ip}:{PORT}\"\nworkers: {WORKERS}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
     );
     let config = Config::from_yaml(&yaml, "test").unwrap();
     let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
@@ -130,6 +134,23 @@ fn connections_spread_evenly_and_keep_alive_stays_on_its_worker() {
     let counters = node.dataplane().unwrap().counters().unwrap();
     assert!(counters.get(Stat::NewFlows) >= (CONNECTIONS + 40) as u64, "{counters:?}");
     assert!(counters.get(Stat::EgressRestored) > 0, "{counters:?}");
+    node.stop().unwrap();
+}
+
+#[test]
+fn dual_stack_service_steers_ipv4_and_ipv6_connections() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let node = start_node_on(&topology, "[::]");
+    for target in [SocketAddr::from((topology.node_v4(), PORT)), SocketAddr::from((topology.node_v6(), PORT))]
+    {
+        let before = node.dataplane().unwrap().counters().unwrap();
+        let (served, failures) = new_connections(&topology, target, 200);
+        assert!(failures.is_empty(), "{target}: {failures:?}");
+        assert_eq!(served.len(), WORKERS, "{target}: every worker reached: {served:?}");
+        let after = node.dataplane().unwrap().counters().unwrap();
+        assert!(after.get(Stat::NewFlows) - before.get(Stat::NewFlows) >= 200, "{target} steered by XDP");
+    }
     node.stop().unwrap();
 }
 
