@@ -169,10 +169,10 @@ fn print_xdp_counters(output: &str) {
     println!("   XDP counters (non-zero):");
     let counters = line.split("counters=").nth(1).unwrap_or("");
     for pair in counters.split_whitespace() {
-        if let Some((name, value)) = pair.split_once('=') {
-            if value != "0" {
-                println!("   {name:>24}  {value}");
-            }
+        if let Some((name, value)) = pair.split_once('=')
+            && value != "0"
+        {
+            println!("   {name:>24}  {value}");
         }
     }
     if output.contains("xdp detached") {

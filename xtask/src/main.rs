@@ -1,5 +1,6 @@
 //! `cargo xtask`: Sluice's developer commands. Each subcommand lives in its own module.
 
+mod bench;
 mod build;
 mod demo;
 mod prereqs;
@@ -31,6 +32,11 @@ enum Task {
     /// Build Sluice, start it in a demo topology with XDP, send a bounded batch of requests and
     /// show how connections spread; everything is cleaned up on exit or Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Run a benchmark and print its table and `name=value` lines.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchTarget,
+    },
     /// Build and run `sluice` with the given arguments (default: `run` on the built-in config).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Demo(args) => demo::run(args),
+        Task::Bench { what } => bench::run(what),
         Task::Run { args } => {
             let sluice = build::build_sluice(true)?;
             let args = if args.is_empty() { vec!["run".to_owned()] } else { args };

@@ -1,0 +1,433 @@
+//! `cargo xtask bench xdp`: nanoseconds per packet of the XDP steering program, measured with
+//! BPF_PROG_TEST_RUN, for a non-service packet, a new-flow SYN and an established-flow packet,
+//! with the XDP_PASS-only program as the floor.
+//!
+//! Method. With `repeat > 1` the kernel runs the program on the same buffer without restoring
+//! it, so a program that rewrites the packet measures its own output from the second run on (a
+//! steered packet then carries a worker port and takes the non-service path). Every case is
+//! therefore timed with `repeat = 1`: one BPF_PROG_TEST_RUN call per packet, a fresh input
+//! frame each call, the kernel-reported duration of that one run as the sample. The cases are
+//! interleaved round by round so drift (frequency, noisy neighbours) hits them alike. The
+//! non-service path does not rewrite, so it and the floor are also timed with a large `repeat`,
+//! where the kernel averages away the cost of reading the clock and calls the program directly
+//! from the XDP dispatcher: cheaper per packet, but not comparable with the repeat-1 rows.
+//!
+//! Under `cargo test` (no `--bench` argument) this runs a short smoke pass instead, and skips
+//! without root rather than failing.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use lb_common::Stat;
+use lb_tests::frames;
+use lb_userspace::dataplane::{Counters, Dataplane, Program, Protocol, Service};
+
+const XDP_PASS: u32 = 2;
+const SERVICE_PORT: u16 = 8080;
+const WORKER_PORTS: [u16; 4] = [20000, 20001, 20002, 20003];
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The established flow's client; new-flow clients are numbered from 198.18.1.0 up, so they
+/// never collide with it or with each other.
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NEW_FLOW_CLIENTS: u32 = u32::from_be_bytes([198, 18, 1, 0]);
+
+/// Sizes for a real run and for the `cargo test` smoke pass.
+struct Plan {
+    /// Untimed rounds first, so caches, branch predictors and the LRU free lists settle.
+    warmup: usize,
+    /// Timed rounds; each runs every repeat-1 case once.
+    rounds: usize,
+    /// Calls per case with a large repeat, and that repeat.
+    repeat_calls: usize,
+    repeat: u32,
+    /// The timed rounds stop early past this, and the repeat calls past `repeat_budget` more,
+    /// so the whole bench stays well under a minute even on a loaded machine.
+    budget: Duration,
+    repeat_budget: Duration,
+}
+
+const BENCH: Plan = Plan {
+    warmup: 1_000,
+    rounds: 20_000,
+    repeat_calls: 200,
+    repeat: 10_000,
+    budget: Duration::from_secs(20),
+    repeat_budget: Duration::from_secs(15),
+};
+const SMOKE: Plan = Plan {
+    warmup: 10,
+    rounds: 200,
+    repeat_calls: 5,
+    repeat: 1_000,
+    budget: Duration::from_secs(5),
+    repeat_budget: Duration::from_secs(5),
+};
+
+const XDP: &str = "sluice_xdp";
+const PASS: &str = "sluice_xdp_pass";
+
+/// How a case is timed: one run per call, or `repeat` runs of the same buffer per call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Single,
+    Repeat(u32),
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Single => f.write_str("repeat 1"),
+            Method::Repeat(n) => write!(f, "repeat {n}"),
+        }
+    }
+}
+
+/// The samples of one case: kernel-reported ns per packet, and wall-clock ns of the whole
+/// `Dataplane::test_run` call (syscall, copies and aya's program lookup included).
+#[derive(Default)]
+struct Samples {
+    kernel: Vec<u64>,
+    wall: Vec<u64>,
+}
+
+struct Row {
+    case: &'static str,
+    program: &'static str,
+    method: Method,
+    samples: Samples,
+}
+
+fn main() {
+    // cargo passes `--bench` to harness-less benches under `cargo bench` and nothing under
+    // `cargo test --benches`, where a quick smoke pass is all that is wanted.
+    let benching = std::env::args().any(|a| a == "--bench");
+    if !lb_tests::is_root() {
+        eprintln!(
+            "xdp bench: needs root (loading BPF programs and BPF_PROG_TEST_RUN need CAP_BPF and \
+             CAP_NET_ADMIN); run `sudo -E cargo xtask bench xdp`"
+        );
+        std::process::exit(if benching { 1 } else { 0 });
+    }
+    if let Err(e) = run(if benching { &BENCH } else { &SMOKE }) {
+        eprintln!("xdp bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(plan: &Plan) -> anyhow::Result<()> {
+    let cpu = pin_to_current_cpu()?;
+    let mut dataplane = Dataplane::load().context("loading the eBPF object")?;
+    dataplane
+        .take_steering()?
+        .install(vec![Service {
+            addr: NODE.into(),
+            port: SERVICE_PORT,
+            protocol: Protocol::Tcp,
+            worker_ports: WORKER_PORTS.to_vec(),
+        }])
+        .context("installing the bench service")?;
+
+    // Port 8081 has no service: parse, both service lookups (exact, then wildcard), pass.
+    let non_service = frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, 40000, 8081, frames::TCP_ACK, b"GET /");
+    let established_syn =
+        frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, 40000, SERVICE_PORT, frames::TCP_SYN, b"");
+    let established_ack =
+        frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, 40000, SERVICE_PORT, frames::TCP_ACK, b"GET /");
+    // One genuinely new flow per SYN (a new client address each), built before timing starts.
+    let syns: Vec<Vec<u8>> = (0..(plan.warmup + plan.rounds) as u32)
+        .map(|i| {
+            let client = Ipv4Addr::from(NEW_FLOW_CLIENTS + i);
+            let sport = 30000 + (i % 30000) as u16;
+            frames::ipv4(frames::IPPROTO_TCP, client, NODE, sport, SERVICE_PORT, frames::TCP_SYN, b"")
+        })
+        .collect();
+
+    // Open the established flow once; every timed ACK then hits its conntrack entry.
+    let out = dataplane.test_run(Program::Xdp, &established_syn, 1)?;
+    let flow_port = steered_port(&out.frame)?;
+
+    let [mut floor, mut plain, mut syn, mut ack] = [(); 4].map(|_| Samples::default());
+    let mut syn_frames = syns.iter();
+    let before = dataplane.counters()?;
+    let started = Instant::now();
+    let mut timed_rounds = 0;
+    for round in 0..plan.warmup + plan.rounds {
+        let timed = round >= plan.warmup;
+        if timed && started.elapsed() > plan.budget {
+            break;
+        }
+        let syn_frame = syn_frames.next().expect("one SYN frame per round");
+        // Rotate the order within a round so no case always follows the same one.
+        for step in 0..4 {
+            match (round + step) % 4 {
+                0 => {
+                    sample(&mut dataplane, Program::XdpPass, &non_service, 1, timed.then_some(&mut floor))?;
+                }
+                1 => {
+                    let out =
+                        sample(&mut dataplane, Program::Xdp, &non_service, 1, timed.then_some(&mut plain))?;
+                    ensure!(out == non_service, "the non-service packet was modified");
+                }
+                2 => {
+                    let out = sample(&mut dataplane, Program::Xdp, syn_frame, 1, timed.then_some(&mut syn))?;
+                    steered_port(&out)?;
+                }
+                _ => {
+                    let out =
+                        sample(&mut dataplane, Program::Xdp, &established_ack, 1, timed.then_some(&mut ack))?;
+                    ensure!(steered_port(&out)? == flow_port, "the established flow changed worker");
+                }
+            }
+        }
+        timed_rounds += usize::from(timed);
+    }
+    // Warm-up rounds run in full (the budget applies to timed rounds only) and count too.
+    let rounds = plan.warmup + timed_rounds;
+    let after = dataplane.counters()?;
+    // The counters prove each case took the path it is named after.
+    check_delta(&before, &after, Stat::NewFlows, rounds)?;
+    check_delta(&before, &after, Stat::ConntrackHits, rounds)?;
+    check_delta(&before, &after, Stat::PassNotService, rounds)?;
+
+    let [mut floor_rep, mut plain_rep] = [(); 2].map(|_| Samples::default());
+    for call in 0..plan.repeat_calls {
+        // Each call costs two XDP dispatcher updates (see the report), milliseconds on a busy
+        // machine, so this phase has its own cap.
+        if call > 0 && started.elapsed() > plan.budget + plan.repeat_budget {
+            break;
+        }
+        // Alternate the order, as above.
+        let programs =
+            if call % 2 == 0 { [Program::XdpPass, Program::Xdp] } else { [Program::Xdp, Program::XdpPass] };
+        for program in programs {
+            let into = if program == Program::XdpPass { &mut floor_rep } else { &mut plain_rep };
+            sample(&mut dataplane, program, &non_service, plan.repeat, Some(into))?;
+        }
+    }
+    let total = started.elapsed();
+
+    let many = Method::Repeat(plan.repeat);
+    let rows = [
+        Row { case: "pass_floor", program: PASS, method: Method::Single, samples: floor },
+        Row { case: "non_service", program: XDP, method: Method::Single, samples: plain },
+        Row { case: "new_flow_syn", program: XDP, method: Method::Single, samples: syn },
+        Row { case: "established", program: XDP, method: Method::Single, samples: ack },
+        Row { case: "pass_floor", program: PASS, method: many, samples: floor_rep },
+        Row { case: "non_service", program: XDP, method: many, samples: plain_rep },
+    ];
+    report(&rows, cpu, timed_rounds, total);
+    Ok(())
+}
+
+/// One BPF_PROG_TEST_RUN call; records its samples when `into` is given (not in warm-up).
+/// Returns the frame as the program left it.
+fn sample(
+    dataplane: &mut Dataplane,
+    program: Program,
+    frame: &[u8],
+    repeat: u32,
+    into: Option<&mut Samples>,
+) -> anyhow::Result<Vec<u8>> {
+    let start = Instant::now();
+    let out = dataplane.test_run(program, frame, repeat)?;
+    let wall = start.elapsed();
+    ensure!(out.verdict == XDP_PASS, "{program:?} returned verdict {} instead of XDP_PASS", out.verdict);
+    if let Some(samples) = into {
+        samples.kernel.push(out.duration.as_nanos() as u64);
+        samples.wall.push(wall.as_nanos() as u64);
+    }
+    Ok(out.frame)
+}
+
+/// The destination port of a steered IPv4/TCP frame, checked to be a worker's.
+fn steered_port(frame: &[u8]) -> anyhow::Result<u16> {
+    let l4 = frames::ETH_HLEN + 20;
+    let port = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
+    ensure!(WORKER_PORTS.contains(&port), "packet not steered: destination port {port}");
+    ensure!(frames::ipv4_checksums_ok(frame), "checksums broken by the rewrite");
+    Ok(port)
+}
+
+fn check_delta(before: &Counters, after: &Counters, stat: Stat, expected: usize) -> anyhow::Result<()> {
+    let delta = after.get(stat) - before.get(stat);
+    if delta != expected as u64 {
+        bail!("counter {} moved by {delta}, expected {expected}: a case took another path", stat.name());
+    }
+    Ok(())
+}
+
+/// Pins this thread to the CPU it is on: BPF_PROG_TEST_RUN runs on the caller's CPU, and a
+/// migration mid-run would mix two CPUs' caches and clocks into the samples.
+fn pin_to_current_cpu() -> anyhow::Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    ensure!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    let cpu = cpu as usize;
+    // SAFETY: cpu_set_t is a plain bit array for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and `cpu` came from the kernel, so it is in range.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is valid for reads of size_of::<cpu_set_t>() bytes; 0 means this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(cpu)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The step of the clock behind single-run samples: the largest step from 4 to 100 ns on whose
+/// grid (give or take 1 ns of rounding) at least 95% of the samples fall, or 1 when there is
+/// none. A fine-grained clock puts a quarter of its samples off even a 4 ns grid.
+fn clock_step(samples: &[u64]) -> u64 {
+    (4..=100)
+        .rev()
+        .find(|&step| {
+            let on_grid = samples.iter().filter(|&&v| matches!(v % step, 0 | 1) || v % step == step - 1);
+            on_grid.count() * 100 >= samples.len() * 95
+        })
+        .unwrap_or(1)
+}
+
+struct Stats {
+    median: u64,
+    p90: u64,
+    /// Mean of the 5th to 95th percentile: unlike the median it is not stuck on the clock's
+    /// grid, because where a run starts relative to the clock's ticks is random.
+    trimmed_mean: f64,
+    wall_median: u64,
+}
+
+impl Samples {
+    fn stats(&self) -> Stats {
+        let sorted = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        let (kernel, wall) = (sorted(&self.kernel), sorted(&self.wall));
+        let cut = kernel.len() / 20;
+        let middle = &kernel[cut..kernel.len() - cut];
+        Stats {
+            median: percentile(&kernel, 0.5),
+            p90: percentile(&kernel, 0.9),
+            trimmed_mean: middle.iter().sum::<u64>() as f64 / middle.len().max(1) as f64,
+            wall_median: percentile(&wall, 0.5),
+        }
+    }
+}
+
+fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_else(|_| "?".into()).trim().to_owned();
+    let stats: Vec<Stats> = rows.iter().map(|r| r.samples.stats()).collect();
+    let median = |case: &str, method: Method| {
+        rows.iter().zip(&stats).find(|(r, _)| r.case == case && r.method == method).map(|(_, s)| s.median)
+    };
+
+    println!();
+    println!(
+        "XDP cost per packet, BPF_PROG_TEST_RUN (kernel {}, clocksource {}, pinned to CPU {cpu}, {:.1} s)",
+        read("/proc/sys/kernel/osrelease"),
+        read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        total.as_secs_f64()
+    );
+    println!();
+    let header = ["case", "program", "method", "samples", "median ns", "p90 ns", "mean* ns", "minus floor"];
+    println!(
+        "{:<13} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8} {:>11} {:>13}",
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        header[5],
+        header[6],
+        header[7],
+        "wall us/call"
+    );
+    for (row, s) in rows.iter().zip(&stats) {
+        let minus = match median("pass_floor", row.method) {
+            Some(floor) if row.case != "pass_floor" => (s.median as i64 - floor as i64).to_string(),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<13} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8.1} {:>11} {:>13.1}",
+            row.case,
+            row.program,
+            row.method.to_string(),
+            row.samples.kernel.len(),
+            s.median,
+            s.p90,
+            s.trimmed_mean,
+            minus,
+            s.wall_median as f64 / 1000.0
+        );
+    }
+
+    // Single runs are single clock deltas: measure how coarse that clock is, so quantisation
+    // shows up here rather than hiding in the medians.
+    let single: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.method == Method::Single)
+        .flat_map(|r| r.samples.kernel.iter().copied())
+        .collect();
+    let zeros = single.iter().filter(|&&v| v == 0).count();
+    let step = clock_step(&single);
+    let many = rows.iter().map(|r| r.method).find(|&m| m != Method::Single).unwrap_or(Method::Single);
+    println!();
+    println!("Method");
+    println!(
+        "  repeat 1: {rounds} interleaved rounds, one BPF_PROG_TEST_RUN call per case per round, each with"
+    );
+    println!("    a fresh input frame; a sample is the kernel-reported duration of that one run. The kernel");
+    println!("    times it with ktime_get_ns around local_bh_disable, the XDP dispatcher's call into the");
+    println!("    program and local_bh_enable, so the floor carries one clock read and that call overhead;");
+    println!("    'minus floor' takes them out.");
+    println!("    new_flow_syn: a new client address per call (conntrack miss, Maglev placement, insert).");
+    println!("    established: ACKs of one flow opened by a SYN beforehand (conntrack hit, port rewrite).");
+    println!("  {many}: only for what does not rewrite. The kernel does not restore the frame between runs,");
+    println!("    so a steering case would time its own rewritten output from the second run on. The clock");
+    println!("    read is averaged away and, with repeat > 1, the kernel patches the program into the XDP");
+    println!(
+        "    dispatcher (a direct call) for the duration: these floors are lower than the repeat-1 ones."
+    );
+    println!("  mean* = mean of the 5th-95th percentile of the samples; p90 and mean* are ns per packet.");
+    println!("  wall us/call = user-space clock around the whole call (syscall, copies in and out, aya's");
+    println!("    program lookup); for repeat > 1 it also includes the two dispatcher updates, which wait");
+    println!("    for an RCU grace period, so it says nothing about the per-packet cost there.");
+    if zeros * 2 > single.len() {
+        println!("  Clock: most repeat-1 samples are 0 ns; the repeat-1 rows mean nothing on this machine.");
+    } else if step > 1 {
+        println!(
+            "  Clock: the repeat-1 samples fall on a ~{step} ns grid (the kernel clock as read here), so"
+        );
+        println!(
+            "    repeat-1 medians move in {step} ns steps; mean* is finer, the repeat-N rows finer still."
+        );
+    } else {
+        println!("  Clock: the repeat-1 samples show no grid coarser than 1 ns ({zeros} of them are 0 ns).");
+    }
+    println!();
+
+    let floor = median("pass_floor", Method::Single).unwrap_or(0);
+    let value = |case| median(case, Method::Single).unwrap_or(0);
+    for case in ["non_service", "new_flow_syn", "established"] {
+        println!("xdp_{case}_ns={}", value(case));
+    }
+    println!("xdp_pass_floor_ns={floor}");
+    for case in ["non_service", "new_flow_syn", "established"] {
+        println!("xdp_{case}_minus_floor_ns={}", value(case) as i64 - floor as i64);
+    }
+    let floor_rep = median("pass_floor", many).unwrap_or(0);
+    let plain_rep = median("non_service", many).unwrap_or(0);
+    println!("xdp_non_service_repeat_ns={plain_rep}");
+    println!("xdp_pass_floor_repeat_ns={floor_rep}");
+    println!("xdp_non_service_repeat_minus_floor_ns={}", plain_rep as i64 - floor_rep as i64);
+}
