@@ -22,7 +22,8 @@ impl Node {
     /// loaded first, the workers bind (their own ports included), then the service is installed
     /// and the interfaces attached, so XDP never steers to a port nobody listens on.
     pub fn start(config: &Config) -> anyhow::Result<Node> {
-        let mut options = WorkerOptions::shared(config.listen, config.worker_count());
+        let mut options = WorkerOptions::shared(config.listeners[0].address, config.worker_count());
+        options.listeners = config.listeners.iter().map(|l| l.address).collect();
         let kernel = match config.xdp.enabled.then(|| KernelPath::start(config)).flatten() {
             Some((kernel, heartbeats)) => {
                 options.own_port_base = Some(config.xdp.worker_port_base);
@@ -32,11 +33,13 @@ impl Node {
             }
             None => None,
         };
-        let workers =
-            Workers::start(options).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let workers = Workers::start(options).with_context(|| {
+            let addresses: Vec<String> = config.listeners.iter().map(|l| l.address.to_string()).collect();
+            format!("cannot listen on {}", addresses.join(", "))
+        })?;
         let kernel = kernel.and_then(|kernel| kernel.steer(config, workers.len()));
         tracing::info!(
-            listen = %workers.local_addr(),
+            listeners = ?workers.local_addrs(),
             workers = workers.len(),
             xdp = kernel.is_some(),
             "sluice is serving"
@@ -92,14 +95,19 @@ impl KernelPath {
         let disabled = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
         };
-        let service = Service {
-            addr: config.listen.ip(),
-            port: config.listen.port(),
-            protocol: Protocol::Tcp,
-            worker_ports: (0..workers as u16).map(|i| config.xdp.worker_port_base + i).collect(),
-        };
+        let services = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(l, listener)| Service {
+                addr: listener.address.ip(),
+                port: listener.address.port(),
+                protocol: Protocol::Tcp,
+                worker_ports: (0..workers).map(|w| config.worker_port(l, w)).collect(),
+            })
+            .collect();
         let mut steering = self.dataplane.take_steering().inspect_err(|e| disabled(e)).ok()?;
-        steering.install(vec![service]).inspect_err(|e| disabled(e)).ok()?;
+        steering.install(services).inspect_err(|e| disabled(e)).ok()?;
         let supervisor = self
             .dataplane
             .start_supervisor(steering, workers as u32, self.timing)

@@ -28,7 +28,7 @@ fn start_node(topology: &Topology) -> Node {
 
 fn start_node_on(topology: &Topology, listen_ip: &str) -> Node {
     let yaml = format!(
-        "listen: \"{listen_ip}:{PORT}\"\nworkers: {WORKERS}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
+        "listeners: [{{name: web, address: \"{listen_ip}:{PORT}\"}}]\nworkers: {WORKERS}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
     );
     let config = Config::from_yaml(&yaml, "test").unwrap();
     let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();

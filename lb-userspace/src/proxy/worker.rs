@@ -23,11 +23,12 @@ pub const WORKER_HEADER: &str = "x-sluice-worker";
 
 /// How to start the workers.
 pub struct WorkerOptions {
-    /// The service address; every worker accepts here through one SO_REUSEPORT group.
-    pub listen: SocketAddr,
+    /// The service addresses; every worker accepts on each through one SO_REUSEPORT group.
+    pub listeners: Vec<SocketAddr>,
     pub count: usize,
-    /// With XDP steering, worker `i` also accepts on its own port `own_port_base + i` (same IP):
-    /// XDP rewrites each new connection's destination port to the chosen worker's own port.
+    /// With XDP steering, worker `w` also accepts on its own port for listener `l`:
+    /// `own_port_base + l * count + w` (same IP). XDP rewrites each new connection's
+    /// destination port to the chosen worker's own port.
     pub own_port_base: Option<u16>,
     /// One heartbeat handle per worker (empty: no heartbeats, as without XDP).
     pub heartbeats: Vec<HeartbeatWriter>,
@@ -39,7 +40,7 @@ impl WorkerOptions {
     /// `count` workers sharing `listen`, without own ports or heartbeats.
     pub fn shared(listen: SocketAddr, count: usize) -> WorkerOptions {
         WorkerOptions {
-            listen,
+            listeners: vec![listen],
             count,
             own_port_base: None,
             heartbeats: Vec::new(),
@@ -47,10 +48,10 @@ impl WorkerOptions {
         }
     }
 
-    /// The listener port of each worker's own socket, when workers have them.
-    pub fn own_ports(&self) -> Option<Vec<u16>> {
+    /// Worker `worker`'s own port for listener `listener`, when workers have them.
+    pub fn own_port(&self, listener: usize, worker: usize) -> Option<u16> {
         let base = self.own_port_base?;
-        Some((0..self.count.max(1)).map(|i| base + i as u16).collect())
+        Some(base + (listener * self.count.max(1) + worker) as u16)
     }
 }
 
@@ -69,7 +70,7 @@ pub struct Workers {
     shutdown: watch::Sender<bool>,
     faults: Vec<mpsc::UnboundedSender<Fault>>,
     threads: Vec<JoinHandle<()>>,
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
 }
 
 impl Workers {
@@ -79,18 +80,21 @@ impl Workers {
     pub fn start(options: WorkerOptions) -> io::Result<Workers> {
         let count = options.count.max(1);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut bound = Vec::with_capacity(count);
-        let mut addr = options.listen;
-        let own_ports = options.own_ports();
-        for id in 0..count {
-            let shared = reuseport_listener(addr)?;
-            // With port 0 the first bind picks the port; the others must join that one.
-            addr = shared.local_addr()?;
-            let own = match &own_ports {
-                Some(ports) => Some(reuseport_listener(SocketAddr::new(addr.ip(), ports[id]))?),
-                None => None,
-            };
-            bound.push((shared, own));
+        // With port 0 the first bind picks the port; the other workers must join that one.
+        let mut local_addrs = options.listeners.clone();
+        let mut bound: Vec<Vec<Bound>> = Vec::with_capacity(count);
+        for worker in 0..count {
+            let mut sockets = Vec::with_capacity(local_addrs.len());
+            for (l, addr) in local_addrs.iter_mut().enumerate() {
+                let shared = reuseport_listener(*addr)?;
+                *addr = shared.local_addr()?;
+                let own = match options.own_port(l, worker) {
+                    Some(port) => Some(reuseport_listener(SocketAddr::new(addr.ip(), port))?),
+                    None => None,
+                };
+                sockets.push(Bound { shared, own });
+            }
+            bound.push(sockets);
         }
         if !options.heartbeats.is_empty() && options.heartbeats.len() != count {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "one heartbeat handle per worker"));
@@ -99,12 +103,11 @@ impl Workers {
         heartbeats.resize_with(count, || None);
         let mut threads = Vec::with_capacity(count);
         let mut faults = Vec::with_capacity(count);
-        for (id, ((shared, own), heartbeat)) in bound.into_iter().zip(heartbeats).enumerate() {
+        for (id, (listeners, heartbeat)) in bound.into_iter().zip(heartbeats).enumerate() {
             let (fault_tx, fault_rx) = mpsc::unbounded_channel();
             let worker = Worker {
                 id,
-                shared,
-                own,
+                listeners,
                 heartbeat,
                 heartbeat_period: options.heartbeat_period,
                 shutdown: shutdown_rx.clone(),
@@ -116,7 +119,7 @@ impl Workers {
             threads.push(thread);
             faults.push(fault_tx);
         }
-        Ok(Workers { shutdown, faults, threads, local_addr: addr })
+        Ok(Workers { shutdown, faults, threads, local_addrs })
     }
 
     /// Tells worker `id` to simulate `fault`. Returns false if there is no such worker or it
@@ -125,9 +128,9 @@ impl Workers {
         self.faults.get(id).is_some_and(|tx| tx.send(fault).is_ok())
     }
 
-    /// The address the workers accept on (the resolved port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The addresses the workers accept on, one per listener (ports resolved when 0 was asked).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     pub fn len(&self) -> usize {
@@ -169,11 +172,16 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The sockets of one listener in one worker.
+struct Bound {
+    shared: std::net::TcpListener,
+    own: Option<std::net::TcpListener>,
+}
+
 /// One worker thread's state.
 struct Worker {
     id: usize,
-    shared: std::net::TcpListener,
-    own: Option<std::net::TcpListener>,
+    listeners: Vec<Bound>,
     heartbeat: Option<HeartbeatWriter>,
     heartbeat_period: Duration,
     shutdown: watch::Receiver<bool>,
@@ -194,20 +202,25 @@ impl Worker {
     }
 
     async fn serve(self) {
-        let Worker { id, shared, own, heartbeat, heartbeat_period, mut shutdown, mut faults } = self;
-        let register = |listener: std::net::TcpListener| {
-            tokio::net::TcpListener::from_std(listener)
-                .inspect_err(|e| tracing::error!(worker = id, error = %e, "cannot register a listener"))
-                .ok()
-        };
-        let Some(shared) = register(shared) else { return };
-        let own = match own.map(register) {
-            Some(None) => return,
-            own => own.flatten(),
-        };
+        let Worker { id, listeners, heartbeat, heartbeat_period, mut shutdown, mut faults } = self;
+        // Accept loops and heartbeats are tasks of this worker's own runtime: a stalled
+        // thread stops all of them, and aborting the set closes every listener.
+        let mut tasks = tokio::task::JoinSet::new();
+        for bound in listeners {
+            for listener in std::iter::once(bound.shared).chain(bound.own) {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tasks.spawn(accept_loop(id, listener));
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = id, error = %e, "cannot register a listener");
+                        return;
+                    }
+                }
+            }
+        }
         if let Some(mut heartbeat) = heartbeat {
-            // Beats run on this worker's own runtime: a stalled thread stops beating.
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut tick = tokio::time::interval(heartbeat_period);
                 loop {
                     tick.tick().await;
@@ -215,11 +228,6 @@ impl Worker {
                 }
             });
         }
-        tracing::debug!(
-            worker = id,
-            own_port = own.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()),
-            "worker accepting"
-        );
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -235,31 +243,26 @@ impl Worker {
                     }
                     None => {}
                 },
-                accepted = shared.accept() => accept(id, accepted),
-                accepted = accept_own(&own) => accept(id, accepted),
             }
         }
+        tasks.abort_all();
     }
 }
 
-/// Accepts on the worker's own listener, or never when it has none.
-async fn accept_own(
-    own: &Option<tokio::net::TcpListener>,
-) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match own {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn accept(id: usize, accepted: io::Result<(tokio::net::TcpStream, SocketAddr)>) {
-    match accepted {
-        Ok((stream, _peer)) => {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(id, stream));
+async fn accept_loop(id: usize, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(id, stream));
+            }
+            // Out of file descriptors and similar: keep serving what we have, and give the
+            // condition a moment to clear instead of spinning on it.
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        // Out of file descriptors and similar: keep serving what we have.
-        Err(e) => tracing::warn!(worker = id, error = %e, "accept failed"),
     }
 }
 
@@ -303,7 +306,7 @@ mod tests {
     fn workers_answer_with_their_id_and_stop() {
         let workers = Workers::start(WorkerOptions::shared("127.0.0.1:0".parse().unwrap(), 2)).unwrap();
         assert_eq!(workers.len(), 2);
-        let addr = workers.local_addr();
+        let addr = workers.local_addrs()[0];
         let response = get(addr);
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         let id = response

@@ -1,0 +1,381 @@
+//! The configuration model: one-to-one with the YAML file, and what every provider produces.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::dataplane::AttachMode;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Number of worker threads; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
+    /// Where clients connect. Every worker serves every listener.
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Virtual hosts, matched by the request's host; one may be the default (`"*"`).
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHostConfig>,
+    /// Backend groups that routes send requests to.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// Address and port, e.g. `0.0.0.0:80` or `"[::]:80"` (dual stack).
+    pub address: SocketAddr,
+}
+
+/// Limits that protect the workers; every one has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    pub max_headers: usize,
+    /// A client must send its whole request head within this (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// A client connection idle this long between requests is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request body unless a route says otherwise; larger gets 413. 0 = unlimited.
+    pub max_body_bytes: u64,
+    /// HTTP/2 streams a client may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Client connections one worker holds at once; more wait in the accept queue.
+    pub max_connections_per_worker: usize,
+    /// On shutdown, in-flight requests get this long to finish after the listeners close.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_body_bytes: 64 * 1024 * 1024,
+            h2_max_concurrent_streams: 100,
+            max_connections_per_worker: 10_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHostConfig {
+    pub name: String,
+    /// Host names: exact (`api.example.com`), wildcard (`*.example.com`, one or more labels),
+    /// or `"*"` for the default virtual host.
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Shown in metrics and logs; defaults to `<virtual host>/<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// The backend group to proxy to. Exactly one of `backend` and `redirect`.
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub redirect: Option<RedirectConfig>,
+    #[serde(default)]
+    pub rewrite: Option<RewriteConfig>,
+    /// Overrides the backend's request timeout for this route.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Overrides `limits.max_body_bytes` for this route (0 = unlimited).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Default: prefix `/` (everything).
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    /// Only these methods (any when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Every listed header must match.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// Path matching with the Kubernetes Ingress semantics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path equals this, case-sensitively.
+    Exact(String),
+    /// Element-wise prefix: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    Prefix(String),
+    /// A regular expression matched against the path, anchored at its start.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// The value equals this. At most one of `exact`, `regex`, `present`.
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// The header is present (`true`) or absent (`false`).
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// Replaces the part of the path that the route's prefix matched.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// A regular expression over the path; with `replacement` (`$1`, `${name}` capture groups).
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub replacement: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// `http` or `https`; default: the request's.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Replaces the whole path; default: the request's (after any rewrite).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub code: u16,
+}
+
+fn default_redirect_code() -> u16 {
+    302
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `balance: hash` hashes; required then, refused otherwise.
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Connections one worker opens to one endpoint at most; requests beyond wait for one.
+    #[serde(default = "default_max_connections_per_endpoint")]
+    pub max_connections_per_endpoint: usize,
+    #[serde(default)]
+    pub retries: RetryConfig,
+}
+
+fn default_max_connections_per_endpoint() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendProtocol {
+    /// HTTP/1.1 to the backend, whatever the client spoke.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext); what gRPC backends speak.
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency times in-flight requests (ingress-nginx `ewma`).
+    Ewma,
+    /// Consistent hashing on `hash_on`.
+    Hash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Readiness from the provider (a Kubernetes EndpointSlice condition); not ready gets no
+    /// traffic.
+    #[serde(default = "default_true")]
+    pub ready: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive passes that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/".into(),
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// Passive health: endpoints that keep failing real requests are ejected for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx responses or connect failures that eject an endpoint (0 = never).
+    pub consecutive_failures: u32,
+    /// First ejection; each further one lasts longer (times the number of ejections).
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig { consecutive_failures: 5, base_ejection_ms: 30_000, max_ejection_ms: 300_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    /// From sending the request to the end of the response head.
+    pub request_ms: u64,
+    /// A pooled upstream connection idle this long is closed.
+    pub idle_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect_ms: 5_000, request_ms: 60_000, idle_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries after the first attempt: on connect failure always, and for idempotent
+    /// requests without a body when the backend fails before answering.
+    pub attempts: u32,
+    /// Retries may add at most this share of requests (a retry budget, as in Envoy/linkerd)...
+    pub budget_percent: u32,
+    /// ...but this many retries per second are always allowed.
+    pub min_retries_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { attempts: 2, budget_percent: 20, min_retries_per_second: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Interfaces to attach the XDP program to.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub mode: AttachMode,
+    /// Worker `i` listens on its own port `worker_port_base + i`; XDP steers connections there.
+    #[serde(default = "default_worker_port_base")]
+    pub worker_port_base: u16,
+    /// A worker whose heartbeat is older than this is taken out of steering.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Below Linux's default ephemeral range (32768-60999), so outgoing connections never hold a
+/// worker's port.
+fn default_worker_port_base() -> u16 {
+    20000
+}
+
+fn default_heartbeat_timeout_ms() -> u64 {
+    300
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+            mode: AttachMode::Auto,
+            worker_port_base: default_worker_port_base(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+        }
+    }
+}

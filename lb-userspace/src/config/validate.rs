@@ -1,0 +1,319 @@
+//! Everything serde cannot check, reported all at once. Each rule names the field it is about.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    BackendConfig, Balance, Config, MAX_WORKERS, PathMatch, Problem, RouteConfig, VirtualHostConfig,
+};
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+}
+
+pub fn problems(config: &Config) -> Vec<Problem> {
+    let mut found = Problems(Vec::new());
+    top_level(config, &mut found);
+    let backends: BTreeSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    virtual_hosts(&config.virtual_hosts, &backends, &mut found);
+    for (i, backend) in config.backends.iter().enumerate() {
+        backend_group(backend, &format!("backends[{i}]"), &mut found);
+    }
+    duplicates(config.backends.iter().map(|b| b.name.as_str()), "backends", "backend", &mut found);
+    let mut problems = found.0;
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    problems
+}
+
+fn duplicates<'a>(names: impl Iterator<Item = &'a str>, list: &str, what: &str, found: &mut Problems) {
+    let mut seen = BTreeMap::new();
+    for (i, name) in names.enumerate() {
+        if let Some(first) = seen.insert(name, i) {
+            found.add(
+                format!("{list}[{i}].name"),
+                format!("duplicate {what} name {name:?} (first at {list}[{first}])"),
+            );
+        }
+    }
+}
+
+fn top_level(config: &Config, found: &mut Problems) {
+    if config.workers > MAX_WORKERS {
+        found.add("workers", format!("{} is more than the maximum {MAX_WORKERS}", config.workers));
+    }
+    if config.listeners.is_empty() {
+        found.add("listeners", "at least one listener is needed");
+    }
+    let mut addresses = BTreeMap::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener.address.port() == 0 {
+            found.add(
+                format!("listeners[{i}].address"),
+                "port 0 is not a fixed port; name the port to serve on",
+            );
+        }
+        if let Some(first) = addresses.insert(listener.address, i) {
+            found.add(
+                format!("listeners[{i}].address"),
+                format!("{} is already used by listeners[{first}]", listener.address),
+            );
+        }
+    }
+    duplicates(config.listeners.iter().map(|l| l.name.as_str()), "listeners", "listener", found);
+
+    let ports = (config.listeners.len() * config.worker_count().min(MAX_WORKERS)) as u32;
+    let base = u32::from(config.xdp.worker_port_base);
+    if base == 0 || base + ports > 65536 {
+        found.add("xdp.worker_port_base", format!("{base} + {ports} worker ports does not fit in 1..=65535"));
+    } else if let Some(listener) =
+        config.listeners.iter().find(|l| (base..base + ports).contains(&u32::from(l.address.port())))
+    {
+        found.add(
+            "xdp.worker_port_base",
+            format!(
+                "the worker ports {base}..{} overlap the listener port {}",
+                base + ports - 1,
+                listener.address.port()
+            ),
+        );
+    }
+    if !(10..=60_000).contains(&config.xdp.heartbeat_timeout_ms) {
+        found.add(
+            "xdp.heartbeat_timeout_ms",
+            format!("{} is outside 10..=60000", config.xdp.heartbeat_timeout_ms),
+        );
+    }
+    for (i, name) in config.xdp.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+            found.add(format!("xdp.interfaces[{i}]"), format!("{name:?} is not a valid interface name"));
+        }
+    }
+
+    let limits = &config.limits;
+    if limits.max_header_bytes < 8192 {
+        found.add("limits.max_header_bytes", "must be at least 8192");
+    }
+    for (value, name) in [
+        (limits.max_headers as u64, "max_headers"),
+        (limits.header_read_timeout_ms, "header_read_timeout_ms"),
+        (limits.idle_timeout_ms, "idle_timeout_ms"),
+        (u64::from(limits.h2_max_concurrent_streams), "h2_max_concurrent_streams"),
+        (limits.max_connections_per_worker as u64, "max_connections_per_worker"),
+    ] {
+        if value == 0 {
+            found.add(format!("limits.{name}"), "must be greater than 0");
+        }
+    }
+}
+
+/// A host name as a domain entry: letters, digits, `-`, `.`, optionally `*.` in front.
+fn valid_domain(domain: &str) -> bool {
+    if domain == "*" {
+        return true;
+    }
+    let name = domain.strip_prefix("*.").unwrap_or(domain);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        })
+}
+
+fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: &mut Problems) {
+    duplicates(hosts.iter().map(|h| h.name.as_str()), "virtual_hosts", "virtual host", found);
+    let mut claimed: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let at = format!("virtual_hosts[{i}]");
+        if host.domains.is_empty() {
+            found.add(
+                format!("{at}.domains"),
+                "at least one domain is needed (\"*\" for the default virtual host)",
+            );
+        }
+        for (d, domain) in host.domains.iter().enumerate() {
+            let lower = domain.to_ascii_lowercase();
+            if !valid_domain(&lower) {
+                found.add(
+                    format!("{at}.domains[{d}]"),
+                    format!("{domain:?} is not a host name, a *.wildcard or \"*\""),
+                );
+            } else if let Some(first) = claimed.insert(lower, i) {
+                let what =
+                    if domain == "*" { "the default virtual host".to_owned() } else { format!("{domain:?}") };
+                found.add(
+                    format!("{at}.domains[{d}]"),
+                    format!("{what} is already claimed by virtual_hosts[{first}]"),
+                );
+            }
+        }
+        let mut matchers = BTreeMap::new();
+        for (r, route) in host.routes.iter().enumerate() {
+            let route_at = format!("{at}.routes[{r}]");
+            self::route(route, &route_at, backends, found);
+            let key = format!("{:?}", route.matcher);
+            if let Some(first) = matchers.insert(key, r) {
+                found.add(
+                    format!("{route_at}.match"),
+                    format!("duplicate route: the same match as {at}.routes[{first}]"),
+                );
+            }
+        }
+    }
+}
+
+fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+    match (&route.backend, &route.redirect) {
+        (Some(_), Some(_)) | (None, None) => {
+            found.add(at.to_owned(), "needs exactly one of backend and redirect")
+        }
+        (Some(backend), None) if !backends.contains(backend.as_str()) => {
+            found.add(format!("{at}.backend"), format!("no backend named {backend:?}"))
+        }
+        _ => {}
+    }
+    let path = route.matcher.path.as_ref();
+    match path {
+        Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) if !p.starts_with('/') => {
+            found.add(format!("{at}.match.path"), format!("{p:?} must start with /"))
+        }
+        Some(PathMatch::Regex(re)) => {
+            if let Err(e) = regex::Regex::new(re) {
+                found.add(format!("{at}.match.path.regex"), format!("not a valid regular expression: {e}"));
+            }
+        }
+        _ => {}
+    }
+    for (m, method) in route.matcher.methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            found.add(
+                format!("{at}.match.methods[{m}]"),
+                format!("{method:?} is not an HTTP method (upper case, e.g. GET)"),
+            );
+        }
+    }
+    for (h, header) in route.matcher.headers.iter().enumerate() {
+        let header_at = format!("{at}.match.headers[{h}]");
+        if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+            found.add(format!("{header_at}.name"), format!("{:?} is not a header name", header.name));
+        }
+        let set = [header.exact.is_some(), header.regex.is_some(), header.present.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            found.add(header_at.clone(), "needs exactly one of exact, regex and present");
+        }
+        if let Some(re) = &header.regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            found.add(format!("{header_at}.regex"), format!("not a valid regular expression: {e}"));
+        }
+    }
+    if let Some(rewrite) = &route.rewrite {
+        let rewrite_at = format!("{at}.rewrite");
+        match (&rewrite.prefix, &rewrite.regex, &rewrite.replacement) {
+            (Some(prefix), None, None) => {
+                if !matches!(path, None | Some(PathMatch::Prefix(_))) {
+                    found.add(format!("{rewrite_at}.prefix"), "a prefix rewrite needs a prefix path match");
+                }
+                if !prefix.starts_with('/') {
+                    found.add(format!("{rewrite_at}.prefix"), format!("{prefix:?} must start with /"));
+                }
+            }
+            (None, Some(re), Some(_)) => {
+                if let Err(e) = regex::Regex::new(re) {
+                    found.add(format!("{rewrite_at}.regex"), format!("not a valid regular expression: {e}"));
+                }
+            }
+            _ => found.add(rewrite_at, "needs either prefix, or regex with replacement"),
+        }
+    }
+    if let Some(redirect) = &route.redirect {
+        if ![301, 302, 303, 307, 308].contains(&redirect.code) {
+            found.add(
+                format!("{at}.redirect.code"),
+                format!("{} is not a redirect code (301, 302, 303, 307, 308)", redirect.code),
+            );
+        }
+        if let Some(scheme) = &redirect.scheme
+            && scheme != "http"
+            && scheme != "https"
+        {
+            found.add(format!("{at}.redirect.scheme"), format!("{scheme:?} is neither http nor https"));
+        }
+        if let Some(path) = &redirect.path
+            && !path.starts_with('/')
+        {
+            found.add(format!("{at}.redirect.path"), format!("{path:?} must start with /"));
+        }
+    }
+    if route.timeout_ms == Some(0) {
+        found.add(format!("{at}.timeout_ms"), "must be greater than 0");
+    }
+}
+
+fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
+    match (backend.balance, &backend.hash_on) {
+        (Balance::Hash, None) => {
+            found.add(format!("{at}.hash_on"), "balance: hash needs hash_on (header, cookie or client_ip)")
+        }
+        (Balance::Hash, Some(_)) | (_, None) => {}
+        (_, Some(_)) => found.add(format!("{at}.hash_on"), "hash_on only applies to balance: hash"),
+    }
+    let mut seen = BTreeMap::new();
+    for (e, endpoint) in backend.endpoints.iter().enumerate() {
+        if endpoint.address.port() == 0 || endpoint.address.ip().is_unspecified() {
+            found.add(
+                format!("{at}.endpoints[{e}].address"),
+                format!("{} is not a reachable address", endpoint.address),
+            );
+        }
+        if endpoint.weight > 10_000 {
+            found.add(format!("{at}.endpoints[{e}].weight"), "must be at most 10000");
+        }
+        if let Some(first) = seen.insert(endpoint.address, e) {
+            found.add(
+                format!("{at}.endpoints[{e}].address"),
+                format!("{} is already endpoints[{first}]", endpoint.address),
+            );
+        }
+    }
+    if let Some(check) = &backend.health_check {
+        let check_at = format!("{at}.health_check");
+        if !check.path.starts_with('/') {
+            found.add(format!("{check_at}.path"), format!("{:?} must start with /", check.path));
+        }
+        for (value, name) in [
+            (check.interval_ms, "interval_ms"),
+            (check.timeout_ms, "timeout_ms"),
+            (u64::from(check.healthy_threshold), "healthy_threshold"),
+            (u64::from(check.unhealthy_threshold), "unhealthy_threshold"),
+        ] {
+            if value == 0 {
+                found.add(format!("{check_at}.{name}"), "must be greater than 0");
+            }
+        }
+    }
+    let timeouts = &backend.timeouts;
+    for (value, name) in [
+        (timeouts.connect_ms, "connect_ms"),
+        (timeouts.request_ms, "request_ms"),
+        (timeouts.idle_ms, "idle_ms"),
+    ] {
+        if value == 0 {
+            found.add(format!("{at}.timeouts.{name}"), "must be greater than 0");
+        }
+    }
+    if backend.max_connections_per_endpoint == 0 {
+        found.add(format!("{at}.max_connections_per_endpoint"), "must be greater than 0");
+    }
+    if backend.outlier.max_ejection_ms < backend.outlier.base_ejection_ms {
+        found.add(format!("{at}.outlier.max_ejection_ms"), "must be at least base_ejection_ms");
+    }
+    if backend.retries.budget_percent > 100 {
+        found.add(format!("{at}.retries.budget_percent"), "must be at most 100");
+    }
+}
