@@ -185,7 +185,7 @@ stats! {
     PassNotIp = 5 => "pass_not_ip",
     /// Passed: a header is cut short by the end of the frame.
     PassTruncated = 6 => "pass_truncated",
-    /// Passed: an IPv4 header with a bad version or header length.
+    /// Passed: an IP header with a bad version, or an IPv4 header length under 20 bytes.
     PassBadIpHeader = 7 => "pass_bad_ip_header",
     /// Passed: an IP fragment (non-first fragments carry no ports).
     PassFragment = 8 => "pass_fragment",

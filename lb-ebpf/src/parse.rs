@@ -110,8 +110,9 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
     let mut syn = false;
     match key.proto {
         PROTO_TCP => {
-            // Ports, then the flags byte at offset 13; the checksum at 16..18 must be present.
-            let head: [u8; 18] = packet.read(l4).ok_or(Stat::PassTruncated)?;
+            // The whole fixed header (20 bytes): ports, the flags byte at 13, the checksum at
+            // 16..18. A frame cut inside it is truncated, not a packet to steer.
+            let head: [u8; 20] = packet.read(l4).ok_or(Stat::PassTruncated)?;
             key.sport = u16::from_ne_bytes([head[0], head[1]]);
             key.dport = u16::from_ne_bytes([head[2], head[3]]);
             syn = head[13] & 0x12 == 0x02;
