@@ -8,13 +8,32 @@ use anyhow::Context;
 use crate::{
     config::Config,
     dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
-    proxy::{WorkerOptions, Workers},
+    proxy::{
+        WorkerOptions, Workers,
+        endpoint::EndpointRegistry,
+        health_check::{CheckTarget, HealthChecker},
+        snapshot::{Published, Snapshot},
+    },
 };
 
 /// A running node. Stop it with [`Node::stop`]; dropping it also stops everything.
 pub struct Node {
     workers: Workers,
     kernel: Option<KernelPath>,
+    published: Published,
+    registry: EndpointRegistry,
+    checker: HealthChecker,
+    /// What the workers were started with; a reload cannot change these without a restart.
+    started_with: (Vec<std::net::SocketAddr>, usize),
+}
+
+/// Why a configuration could not be applied to a running node.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("listeners or the worker count changed; restart sluice to apply them")]
+    NeedsRestart,
+    #[error("the configuration does not compile: {0}")]
+    Compile(String),
 }
 
 impl Node {
@@ -22,7 +41,13 @@ impl Node {
     /// loaded first, the workers bind (their own ports included), then the service is installed
     /// and the interfaces attached, so XDP never steers to a port nobody listens on.
     pub fn start(config: &Config) -> anyhow::Result<Node> {
-        let mut options = WorkerOptions::shared(config.listeners[0].address, config.worker_count());
+        let registry = EndpointRegistry::default();
+        let snapshot = Snapshot::build(config, &registry, 1).map_err(|e| anyhow::anyhow!(e))?;
+        let published = Published::new(snapshot);
+        let checker = HealthChecker::start().context("cannot start the health checker")?;
+        checker.update(check_targets(&published.load()));
+        let mut options =
+            WorkerOptions::shared(config.listeners[0].address, config.worker_count(), published.clone());
         options.listeners = config.listeners.iter().map(|l| l.address).collect();
         let kernel = match config.xdp.enabled.then(|| KernelPath::start(config)).flatten() {
             Some((kernel, heartbeats)) => {
@@ -44,7 +69,27 @@ impl Node {
             xdp = kernel.is_some(),
             "sluice is serving"
         );
-        Ok(Node { workers, kernel })
+        let started_with = (options_listeners(config), config.worker_count());
+        Ok(Node { workers, kernel, published, registry, checker, started_with })
+    }
+
+    /// Applies a new configuration by building a snapshot and swapping it in whole: requests
+    /// in flight finish on the old one, connections stay open. Endpoint health carries over.
+    pub fn apply(&self, config: &Config) -> Result<u64, ApplyError> {
+        if (options_listeners(config), config.worker_count()) != self.started_with {
+            return Err(ApplyError::NeedsRestart);
+        }
+        let generation = self.published.load().generation + 1;
+        let snapshot = Snapshot::build(config, &self.registry, generation).map_err(ApplyError::Compile)?;
+        self.checker.update(check_targets(&snapshot));
+        self.published.publish(snapshot);
+        self.registry.prune();
+        Ok(generation)
+    }
+
+    /// The serving snapshot, for status and tests.
+    pub fn published(&self) -> &Published {
+        &self.published
     }
 
     pub fn workers(&self) -> &Workers {
@@ -58,13 +103,34 @@ impl Node {
 
     /// Logs the XDP counters, detaches, then stops the workers.
     pub fn stop(self) -> anyhow::Result<()> {
-        let Node { workers, kernel } = self;
+        let Node { workers, kernel, .. } = self;
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
         workers.stop();
         Ok(())
     }
+}
+
+fn options_listeners(config: &Config) -> Vec<std::net::SocketAddr> {
+    config.listeners.iter().map(|l| l.address).collect()
+}
+
+/// Every endpoint with an active health check in `snapshot`.
+fn check_targets(snapshot: &Snapshot) -> Vec<CheckTarget> {
+    snapshot
+        .backends
+        .iter()
+        .filter_map(|group| Some((group, group.config.health_check.clone()?)))
+        .flat_map(|(group, check)| {
+            group.endpoints.iter().map(move |endpoint| CheckTarget {
+                endpoint: endpoint.clone(),
+                config: check.clone(),
+                protocol: group.config.protocol,
+                host: group.name.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The kernel path: the loaded object, its attachments and the health supervisor. It is an

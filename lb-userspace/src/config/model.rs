@@ -24,6 +24,9 @@ pub struct Config {
     /// Backend groups that routes send requests to.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Add `x-sluice-worker: <id>` to every response: which worker answered (tests, demos).
+    #[serde(default)]
+    pub worker_id_header: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -119,9 +122,10 @@ pub struct MatchConfig {
     pub headers: Vec<HeaderMatch>,
 }
 
-/// Path matching with the Kubernetes Ingress semantics.
+/// Path matching with the Kubernetes Ingress semantics. In YAML: `{prefix: /api}`,
+/// `{exact: /x}` or `{regex: "^/v[0-9]+/"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "OneOf")]
 pub enum PathMatch {
     /// The path equals this, case-sensitively.
     Exact(String),
@@ -233,12 +237,68 @@ pub enum Balance {
     Hash,
 }
 
+/// In YAML: `{header: X-User}`, `{cookie: session}` or `{client_ip: true}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "OneOf")]
 pub enum HashOn {
     Header(String),
     Cookie(String),
     ClientIp,
+}
+
+/// The YAML form of a one-key choice (`{prefix: /api}`): serde_yaml spells enums as YAML tags,
+/// which nobody writes by hand, so the choices are read as a map with exactly one key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneOf {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+    header: Option<String>,
+    cookie: Option<String>,
+    client_ip: Option<bool>,
+}
+
+impl OneOf {
+    fn set(&self) -> usize {
+        [
+            self.exact.is_some(),
+            self.prefix.is_some(),
+            self.regex.is_some(),
+            self.header.is_some(),
+            self.cookie.is_some(),
+            self.client_ip.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count()
+    }
+}
+
+impl TryFrom<OneOf> for PathMatch {
+    type Error = String;
+    fn try_from(one: OneOf) -> Result<Self, String> {
+        let choice = match (one.set(), one.exact, one.prefix, one.regex) {
+            (1, Some(p), None, None) => PathMatch::Exact(p),
+            (1, None, Some(p), None) => PathMatch::Prefix(p),
+            (1, None, None, Some(p)) => PathMatch::Regex(p),
+            _ => return Err("a path match is one of {exact: ...}, {prefix: ...} or {regex: ...}".into()),
+        };
+        Ok(choice)
+    }
+}
+
+impl TryFrom<OneOf> for HashOn {
+    type Error = String;
+    fn try_from(one: OneOf) -> Result<Self, String> {
+        let choice = match (one.set(), one.header, one.cookie, one.client_ip) {
+            (1, Some(h), None, None) => HashOn::Header(h),
+            (1, None, Some(c), None) => HashOn::Cookie(c),
+            (1, None, None, Some(true)) => HashOn::ClientIp,
+            _ => return Err("hash_on is one of {header: NAME}, {cookie: NAME} or {client_ip: true}".into()),
+        };
+        Ok(choice)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -1,6 +1,17 @@
-//! The userspace L7 workers: one thread per worker, each with its own runtime and listener.
+//! The userspace L7 proxy: worker threads (each with its own runtime and listeners), the
+//! serving snapshot they read, routing, balancing, upstream pools and health.
 
+mod activity;
+pub mod balance;
+pub mod body;
 pub mod endpoint;
+pub mod forward;
+pub mod headers;
+pub mod health_check;
+pub mod routing;
+pub mod snapshot;
+mod upstream;
 mod worker;
 
-pub use worker::{Fault, WORKER_HEADER, WorkerOptions, Workers};
+pub use forward::WORKER_HEADER;
+pub use worker::{Fault, WorkerOptions, Workers};

@@ -4,22 +4,24 @@
 //! The foundation's workers answer every request themselves with their id; the proxy issue
 //! replaces the handler with routing to upstreams.
 
-use std::{convert::Infallible, io, net::SocketAddr, thread::JoinHandle, time::Duration};
+use std::{io, net::SocketAddr, thread::JoinHandle, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, service::service_fn};
+use std::{convert::Infallible, sync::Arc};
+
+use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::dataplane::HeartbeatWriter;
-
-/// Response header naming the worker that served a request; tests and the demo read it.
-pub const WORKER_HEADER: &str = "x-sluice-worker";
+use super::{
+    activity::{Activity, ActivityIo},
+    forward::{self, Connection},
+    snapshot::Published,
+};
+use crate::{config::Limits, dataplane::HeartbeatWriter};
 
 /// How to start the workers.
 pub struct WorkerOptions {
@@ -34,17 +36,25 @@ pub struct WorkerOptions {
     pub heartbeats: Vec<HeartbeatWriter>,
     /// How often each worker beats.
     pub heartbeat_period: Duration,
+    /// The serving snapshot every worker reads per request.
+    pub published: Published,
+    /// Connection limits applied when the workers start (`max_connections_per_worker`,
+    /// `shutdown_grace_ms`); per-connection limits are read from the current snapshot.
+    pub limits: Limits,
 }
 
 impl WorkerOptions {
     /// `count` workers sharing `listen`, without own ports or heartbeats.
-    pub fn shared(listen: SocketAddr, count: usize) -> WorkerOptions {
+    pub fn shared(listen: SocketAddr, count: usize, published: Published) -> WorkerOptions {
+        let limits = published.load().limits.clone();
         WorkerOptions {
             listeners: vec![listen],
             count,
             own_port_base: None,
             heartbeats: Vec::new(),
             heartbeat_period: Duration::from_millis(75),
+            published,
+            limits,
         }
     }
 
@@ -107,6 +117,8 @@ impl Workers {
             let (fault_tx, fault_rx) = mpsc::unbounded_channel();
             let worker = Worker {
                 id,
+                published: options.published.clone(),
+                limits: options.limits.clone(),
                 listeners,
                 heartbeat,
                 heartbeat_period: options.heartbeat_period,
@@ -181,6 +193,8 @@ struct Bound {
 /// One worker thread's state.
 struct Worker {
     id: usize,
+    published: Published,
+    limits: Limits,
     listeners: Vec<Bound>,
     heartbeat: Option<HeartbeatWriter>,
     heartbeat_period: Duration,
@@ -202,15 +216,37 @@ impl Worker {
     }
 
     async fn serve(self) {
-        let Worker { id, listeners, heartbeat, heartbeat_period, mut shutdown, mut faults } = self;
+        let Worker {
+            id,
+            published,
+            limits,
+            listeners,
+            heartbeat,
+            heartbeat_period,
+            mut shutdown,
+            mut faults,
+        } = self;
+        // Each connection holds a permit: the cap on connections per worker, and on shutdown
+        // the way to wait for the last one.
+        let max_connections = limits.max_connections_per_worker.clamp(1, Semaphore::MAX_PERMITS);
+        let slots = Arc::new(Semaphore::new(max_connections));
         // Accept loops and heartbeats are tasks of this worker's own runtime: a stalled
         // thread stops all of them, and aborting the set closes every listener.
         let mut tasks = tokio::task::JoinSet::new();
         for bound in listeners {
+            // Connections on a worker's own port came for the shared listener's service.
+            let service_addr = bound.shared.local_addr().ok();
             for listener in std::iter::once(bound.shared).chain(bound.own) {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
-                        tasks.spawn(accept_loop(id, listener));
+                        let context = AcceptContext {
+                            id,
+                            service_addr: service_addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                            published: published.clone(),
+                            slots: slots.clone(),
+                            shutdown: shutdown.clone(),
+                        };
+                        tasks.spawn(accept_loop(listener, context));
                     }
                     Err(e) => {
                         tracing::error!(worker = id, error = %e, "cannot register a listener");
@@ -245,16 +281,48 @@ impl Worker {
                 },
             }
         }
+        // Listeners close first; connections then finish their requests (they saw the
+        // shutdown signal too) within the grace period.
         tasks.abort_all();
+        let grace = Duration::from_millis(limits.shutdown_grace_ms);
+        if tokio::time::timeout(grace, slots.acquire_many(max_connections as u32)).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                "connections still open after the shutdown grace period; closing them"
+            );
+        }
     }
 }
 
-async fn accept_loop(id: usize, listener: tokio::net::TcpListener) {
+/// What an accept loop hands to each connection.
+struct AcceptContext {
+    id: usize,
+    service_addr: SocketAddr,
+    published: Published,
+    slots: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) {
+    let id = context.id;
     loop {
+        // At the connection cap, wait for a slot before accepting more.
+        let Ok(slot) = context.slots.clone().acquire_owned().await else { return };
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(id, stream));
+                let connection = Arc::new(Connection {
+                    worker: id,
+                    client: peer,
+                    listener: context.service_addr,
+                    scheme: "http",
+                    published: context.published.clone(),
+                });
+                let shutdown = context.shutdown.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, connection, shutdown).await;
+                    drop(slot);
+                });
             }
             // Out of file descriptors and similar: keep serving what we have, and give the
             // condition a moment to clear instead of spinning on it.
@@ -266,26 +334,65 @@ async fn accept_loop(id: usize, listener: tokio::net::TcpListener) {
     }
 }
 
-async fn serve_connection(id: usize, stream: tokio::net::TcpStream) {
-    let service =
-        service_fn(
-            move |request: Request<Incoming>| async move { Ok::<_, Infallible>(answer(id, &request)) },
-        );
-    // HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge, on the same port.
-    if let Err(e) =
-        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
-    {
-        tracing::debug!(worker = id, error = %e, "connection ended with an error");
+/// Serves one client connection: HTTP/1.1 (keep-alive, upgrades) or HTTP/2 with prior
+/// knowledge, with the current snapshot's limits, until the client leaves, the connection sits
+/// idle past the limit, or the worker shuts down (then in-flight requests finish first).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    connection: Arc<Connection>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = connection.published.load().limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // Rapid-reset guard (CVE-2023-44487): a client that keeps resetting streams it opened
+        // is cut off instead of keeping the worker busy.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(100));
+    let activity = Activity::default();
+    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    let service_connection = connection.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let connection = service_connection.clone();
+        async move { Ok::<_, Infallible>(forward::handle(request, connection).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
+    let mut closing = false;
+    loop {
+        let idle_check =
+            tokio::time::sleep(idle_limit.saturating_sub(activity.idle_for()).max(Duration::from_millis(10)));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(worker = connection.worker, client = %connection.client, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !closing => {
+                let _ = changed;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle_check, if !closing => {
+                if activity.idle_for() >= idle_limit {
+                    closing = true;
+                    // Finishes a request still waiting for its backend, then closes.
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
-}
-
-fn answer(id: usize, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = format!("sluice worker {id}: {} {}\n", request.method(), request.uri().path());
-    Response::builder()
-        .header(WORKER_HEADER, id.to_string())
-        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
 }
 
 #[cfg(test)]
@@ -302,19 +409,26 @@ mod tests {
         response
     }
 
+    fn published() -> Published {
+        let config = crate::config::Config::builtin();
+        let registry = crate::proxy::endpoint::EndpointRegistry::default();
+        Published::new(crate::proxy::snapshot::Snapshot::build(&config, &registry, 1).unwrap())
+    }
+
     #[test]
     fn workers_answer_with_their_id_and_stop() {
-        let workers = Workers::start(WorkerOptions::shared("127.0.0.1:0".parse().unwrap(), 2)).unwrap();
+        let workers =
+            Workers::start(WorkerOptions::shared("127.0.0.1:0".parse().unwrap(), 2, published())).unwrap();
         assert_eq!(workers.len(), 2);
         let addr = workers.local_addrs()[0];
         let response = get(addr);
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        // The built-in configuration has no routes: a 404 that names the worker.
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         let id = response
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{WORKER_HEADER}: ")))
+            .find_map(|l| l.strip_prefix(&format!("{}: ", forward::WORKER_HEADER)))
             .expect("worker header present");
         assert!(id == "0" || id == "1", "{response}");
-        assert!(response.ends_with(&format!("sluice worker {id}: GET /hello\n")), "{response}");
         workers.stop();
         assert!(std::net::TcpStream::connect(addr).is_err(), "listeners closed after stop");
     }

@@ -1,0 +1,261 @@
+//! What a worker does with one request: match a route, answer redirects, pick an endpoint,
+//! forward over a pooled upstream connection with timeouts and budgeted retries, and stream the
+//! response back. Errors become short, clear 4xx/5xx responses for this client only.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, UPGRADE},
+};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{
+    body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody, RequestBody},
+    endpoint::now_ms,
+    headers::{self, Forwarded, X_REQUEST_ID},
+    snapshot::{Published, Snapshot},
+    upstream,
+};
+use crate::proxy::balance;
+
+/// Response header naming the worker that served a request (when `worker_id_header` is on).
+pub const WORKER_HEADER: &str = "x-sluice-worker";
+
+/// What a worker knows about the connection a request came on.
+pub struct Connection {
+    pub worker: usize,
+    pub client: SocketAddr,
+    /// The listener's address (the service port, also when XDP steered to a worker port).
+    pub listener: SocketAddr,
+    pub scheme: &'static str,
+    pub published: Published,
+}
+
+/// Handles one request. Never fails: every problem is a response.
+pub async fn handle(request: Request<Incoming>, connection: Arc<Connection>) -> Response<ProxyBody> {
+    let snapshot = connection.published.load();
+    let mut response = route_and_forward(request, &connection, &snapshot).await;
+    if snapshot.worker_id_header {
+        response.headers_mut().insert(WORKER_HEADER, HeaderValue::from(connection.worker));
+    }
+    response
+}
+
+/// A short plain-text error response.
+pub fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::text(format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
+fn request_host(request: &Request<Incoming>) -> &str {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn route_and_forward(
+    mut request: Request<Incoming>,
+    connection: &Connection,
+    snapshot: &Snapshot,
+) -> Response<ProxyBody> {
+    let host = request_host(&request).to_owned();
+    let path = request.uri().path().to_owned();
+    let Some(route) = snapshot.routes.find(&host, request.method(), &path, request.headers()) else {
+        return error(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let upstream_path = route.rewrite_path_and_query(path_and_query);
+    let backend_index = match &route.action {
+        super::routing::RouteAction::Redirect(redirect) => {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = redirect.status();
+            let location = redirect.location(connection.scheme, &host, &upstream_path);
+            match HeaderValue::from_str(&location) {
+                Ok(location) => response.headers_mut().insert(LOCATION, location),
+                Err(_) => {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "redirect target is not a valid header");
+                }
+            };
+            return response;
+        }
+        super::routing::RouteAction::Backend(index) => *index,
+    };
+    let Some(group) = snapshot.backends.get(backend_index) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "route names a missing backend");
+    };
+
+    let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
+    if let Some(length) =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && limit > 0
+        && length > limit
+    {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large for this route");
+    }
+
+    let upgrade = headers::upgrade_request(request.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    let request_id = headers::ensure_request_id(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // This hop answered `Expect: 100-continue` itself (hyper sends 100 when the body is read).
+    parts.headers.remove(EXPECT);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, protocol.clone());
+    }
+    headers::add_forwarding(
+        &mut parts.headers,
+        &Forwarded {
+            client: connection.client,
+            scheme: connection.scheme,
+            host: &host,
+            port: connection.listener.port(),
+        },
+    );
+
+    let body = RequestBody::new(incoming, limit);
+    if let Err(e) = body.prefetch().await {
+        tracing::debug!(error = %e, "request body refused before forwarding");
+        return error(StatusCode::BAD_REQUEST, "malformed request body");
+    }
+
+    let hash_key = group
+        .config
+        .hash_on
+        .as_ref()
+        .and_then(|on| balance::hash_key(on, &parts.headers, connection.client.ip()));
+    let timeout = route.timeout.unwrap_or(std::time::Duration::from_millis(group.config.timeouts.request_ms));
+    group.retry_budget.deposit();
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
+    for attempt in 0..=group.config.retries.attempts {
+        if attempt > 0 && !group.retry_budget.withdraw() {
+            break;
+        }
+        let now = now_ms();
+        let Some(index) = group.balancer.pick(&group.endpoints, hash_key, now, &tried) else { break };
+        tried.push(index);
+        let endpoint = &group.endpoints[index];
+        let (client, cap) = upstream::client_for(group, endpoint.address, snapshot.generation);
+        let Ok(slot) = cap.acquire_owned().await else { break };
+        let inflight = endpoint.start_request();
+
+        let mut upstream_request = Request::new(body.attempt());
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.headers_mut() = parts.headers.clone();
+        *upstream_request.version_mut() = match group.config.protocol {
+            crate::config::BackendProtocol::Http1 => Version::HTTP_11,
+            crate::config::BackendProtocol::H2c => Version::HTTP_2,
+        };
+        *upstream_request.uri_mut() =
+            match Uri::try_from(format!("http://{}{upstream_path}", endpoint.address)) {
+                Ok(uri) => uri,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "request target cannot be forwarded"),
+            };
+
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, client.request(upstream_request)).await;
+        match outcome {
+            Ok(Ok(mut response)) => {
+                endpoint.observe_latency(started.elapsed(), now_ms());
+                if response.status().is_server_error() {
+                    endpoint.record_failure(&group.config.outlier, now_ms());
+                } else {
+                    endpoint.record_success();
+                }
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight, slot));
+                    let (mut head, _) = response.into_parts();
+                    head.headers.insert(X_REQUEST_ID.clone(), request_id);
+                    return Response::from_parts(head, body::empty());
+                }
+                let (mut head, upstream_body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut head.headers);
+                // This hop speaks its own version to the client, whatever the backend spoke.
+                head.version = Version::HTTP_11;
+                head.headers.insert(X_REQUEST_ID.clone(), request_id);
+                let body = Held::new(upstream_body, (inflight, slot)).boxed();
+                return Response::from_parts(head, body);
+            }
+            Ok(Err(e)) => {
+                drop(inflight);
+                let cause: &(dyn std::error::Error + 'static) = &e;
+                if body::find_cause::<BodyTooLarge>(cause).is_some() {
+                    return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large for this route");
+                }
+                if body::find_cause::<BadRequestBody>(cause).is_some() {
+                    return error(StatusCode::BAD_REQUEST, "malformed request body");
+                }
+                let connect_failed = e.is_connect();
+                endpoint.record_failure(&group.config.outlier, now_ms());
+                tracing::debug!(backend = %group.name, endpoint = %endpoint.address, error = %e, connect_failed, "upstream attempt failed");
+                last_error = error(
+                    StatusCode::BAD_GATEWAY,
+                    if connect_failed {
+                        "cannot connect to the backend"
+                    } else {
+                        "the backend failed to answer"
+                    },
+                );
+                // A connect failure never reached the backend; anything else only retries when
+                // repeating the request is safe and the body is still ours to send.
+                let may_retry = body.replayable() && (connect_failed || is_idempotent(&parts.method));
+                if !may_retry {
+                    break;
+                }
+            }
+            Err(_elapsed) => {
+                endpoint.record_failure(&group.config.outlier, now_ms());
+                return error(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+            }
+        }
+    }
+    last_error
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and
+/// other Upgrade protocols). It references no snapshot, so configuration changes never cut it.
+async fn tunnel<H: Send + 'static>(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    hold: super::endpoint::InflightGuard,
+    slot: H,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
+    drop((hold, slot));
+}

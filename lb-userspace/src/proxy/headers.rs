@@ -1,0 +1,164 @@
+//! Header handling between client and upstream: hop-by-hop headers stripped (RFC 9110 7.6.1),
+//! forwarding headers added the way ingress-nginx sets them, and request ids.
+
+use std::net::SocketAddr;
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
+};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop headers: those named in `Connection`, and the fixed set. `TE:
+/// trailers` survives, because gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != TE {
+            headers.remove(&name);
+        }
+    }
+    let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TRANSFER_ENCODING, &UPGRADE, &TE] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The value of `Upgrade` when the request asks to switch protocols (`Connection: upgrade`).
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks { headers.get(UPGRADE).cloned() } else { None }
+}
+
+/// What the proxy tells the upstream about the client.
+pub struct Forwarded<'a> {
+    pub client: SocketAddr,
+    pub scheme: &'static str,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// Adds X-Forwarded-For (appended), X-Real-IP, X-Forwarded-Proto/-Host/-Port (set), and makes
+/// sure a Host header exists (HTTP/2 clients send `:authority` instead).
+pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    let client_ip = forwarded.client.ip().to_canonical().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {client_ip}"),
+        None => client_ip.clone(),
+    };
+    set(headers, &X_FORWARDED_FOR, &xff);
+    set(headers, &X_REAL_IP, &client_ip);
+    set(headers, &X_FORWARDED_PROTO, forwarded.scheme);
+    set(headers, &X_FORWARDED_HOST, forwarded.host);
+    set(headers, &X_FORWARDED_PORT, &forwarded.port.to_string());
+    if !headers.contains_key(HOST) && !forwarded.host.is_empty() {
+        set(headers, &HOST, forwarded.host);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// Keeps a client's X-Request-ID when it is sane, otherwise makes one (32 hex digits).
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(existing) = headers.get(&X_REQUEST_ID)
+        && !existing.is_empty()
+        && existing.len() <= 128
+        && existing.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return existing.clone();
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    let value = HeaderValue::from_str(&id).expect("hex digits are a valid header value");
+    headers.insert(X_REQUEST_ID.clone(), value.clone());
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-kept"]);
+        let mut gzip = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut gzip);
+        assert!(gzip.is_empty());
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        let client = "[::ffff:198.18.0.1]:5000".parse().unwrap();
+        add_forwarding(&mut headers, &Forwarded { client, scheme: "http", host: "a.test", port: 8080 });
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.1");
+        assert_eq!(headers["x-real-ip"], "198.18.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "a.test");
+        assert_eq!(headers["x-forwarded-port"], "8080");
+        assert_eq!(headers["host"], "a.test");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let mut headers = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut headers), "abc-123");
+        let mut headers = map(&[("x-request-id", "")]);
+        let made = ensure_request_id(&mut headers);
+        assert_eq!(made.len(), 32);
+        assert_eq!(headers["x-request-id"], made);
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade() {
+        assert_eq!(
+            upgrade_request(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).unwrap(),
+            "websocket"
+        );
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+    }
+}

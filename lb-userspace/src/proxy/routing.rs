@@ -1,0 +1,1049 @@
+//! The compiled routing table: which virtual host a request's host selects, which route of that
+//! virtual host its path, method and headers select, and how the route rewrites the upstream path
+//! or builds a redirect.
+//!
+//! The semantics follow the Kubernetes Ingress spec and ingress-nginx, which Sluice's users come
+//! from:
+//!
+//! - Hosts: exact domain, then `*.example.com` (exactly one extra label, as the Ingress spec
+//!   says), then the default virtual host `"*"`. Once a virtual host is chosen, only its routes
+//!   are tried; a miss there is a miss (ingress-nginx answers 404, it does not fall through to the
+//!   default server).
+//! - Paths: `Exact` compares strings; `Prefix` matches whole `/`-separated elements; `Regex` is
+//!   anchored at the start of the path.
+//! - Precedence: an exact path first; then the longest path (ingress-nginx orders its locations
+//!   by path length); on equal length a prefix before a regex; then more header/method
+//!   constraints first; then declaration order. The order is computed once in
+//!   [`RouteTable::build`], so [`RouteTable::find`] is a scan that stops at the first match and
+//!   allocates nothing.
+
+use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, time::Duration};
+
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use regex::Regex;
+
+use crate::config::{Config, HeaderMatch, PathMatch, RedirectConfig, RewriteConfig, RouteConfig};
+
+/// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
+/// ever reach the default virtual host. It also bounds the stack buffer that lets `find` compare
+/// hosts case-insensitively without allocating.
+const MAX_HOST_LEN: usize = 253;
+
+/// Every virtual host of a configuration, compiled.
+#[derive(Debug)]
+pub struct RouteTable {
+    hosts: Vec<VirtualHost>,
+    /// Lower-case domain → index into `hosts`.
+    exact: HashMap<String, usize>,
+    /// Lower-case parent domain of `*.parent` → index into `hosts`.
+    wildcard: HashMap<String, usize>,
+    /// The virtual host with the domain `"*"`.
+    default: Option<usize>,
+}
+
+#[derive(Debug)]
+struct VirtualHost {
+    /// In declaration order, which is what `routes()` shows.
+    routes: Vec<Route>,
+    /// Indexes into `routes` in precedence order: `find` returns the first that matches.
+    order: Vec<usize>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// `RouteConfig.name`, or `<virtual host name>/<index in its routes>`.
+    pub name: String,
+    pub action: RouteAction,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Option<Duration>,
+    /// As configured: 0 means unlimited, `None` means the `limits.max_body_bytes` default.
+    pub max_body_bytes: Option<u64>,
+    matcher: Matcher,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    /// Index into `Config::backends`.
+    Backend(usize),
+    Redirect(Redirect),
+}
+
+/// A compiled `RedirectConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    status: StatusCode,
+}
+
+/// How the upstream path is rewritten.
+#[derive(Debug)]
+pub enum Rewrite {
+    /// The route's prefix `from` (normalised: without a trailing slash, `""` for `/`) is replaced
+    /// by `to`.
+    Prefix { from: String, to: String },
+    /// The first match of `regex` in the path is replaced by `replacement` (`$1`, `${name}`).
+    Regex { regex: Regex, replacement: String },
+}
+
+#[derive(Debug)]
+struct Matcher {
+    path: PathMatcher,
+    /// Any method when empty.
+    methods: Vec<Method>,
+    headers: Vec<HeaderMatcher>,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(String),
+    /// Normalised without trailing slashes; `""` is the prefix `/` and matches every path.
+    Prefix(String),
+    /// Compiled as `^(?:pattern)`; `len` is the pattern's length as written, for precedence.
+    Regex {
+        regex: Regex,
+        len: usize,
+    },
+}
+
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: HeaderName,
+    kind: HeaderKind,
+}
+
+#[derive(Debug)]
+enum HeaderKind {
+    Exact(Vec<u8>),
+    /// Compiled as `^(?:pattern)$`: the whole value must match. Bytes, because header values need
+    /// not be UTF-8.
+    Regex(regex::bytes::Regex),
+    Present(bool),
+}
+
+impl RouteTable {
+    /// Compiles the virtual hosts of a configuration. Assumes it passed validation, but reports
+    /// anything that would not compile (a bad regex, an unknown backend, a clashing domain) as an
+    /// error naming the offending field rather than panicking.
+    pub fn build(config: &Config) -> Result<RouteTable, String> {
+        let backends: HashMap<&str, usize> =
+            config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let mut table = RouteTable {
+            hosts: Vec::with_capacity(config.virtual_hosts.len()),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: None,
+        };
+        for (h, host) in config.virtual_hosts.iter().enumerate() {
+            let at = format!("virtual_hosts[{h}]");
+            for (d, domain) in host.domains.iter().enumerate() {
+                let lower = domain.to_ascii_lowercase();
+                let lower = lower.strip_suffix('.').unwrap_or(&lower);
+                let previous = if lower == "*" {
+                    table.default.replace(h)
+                } else if let Some(parent) = lower.strip_prefix("*.") {
+                    table.wildcard.insert(parent.to_owned(), h)
+                } else {
+                    table.exact.insert(lower.to_owned(), h)
+                };
+                if let Some(first) = previous {
+                    return Err(format!(
+                        "{at}.domains[{d}]: {domain:?} is already claimed by virtual_hosts[{first}]"
+                    ));
+                }
+            }
+            let mut routes = Vec::with_capacity(host.routes.len());
+            for (r, route) in host.routes.iter().enumerate() {
+                let route_at = format!("{at}.routes[{r}]");
+                let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
+                routes.push(compile_route(route, name, &route_at, &backends)?);
+            }
+            let mut order: Vec<usize> = (0..routes.len()).collect();
+            // A stable sort keeps declaration order as the last tie-breaker.
+            order.sort_by_key(|&i| routes[i].matcher.precedence());
+            table.hosts.push(VirtualHost { routes, order });
+        }
+        Ok(table)
+    }
+
+    /// The route for a request, or `None` (a 404) when no virtual host takes `host` or no route
+    /// of the one that does matches.
+    ///
+    /// `host`: the request's host (Host header or `:authority`), maybe with a port, any case.
+    /// `path`: the request path WITHOUT the query string.
+    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        let vhost = self.virtual_host(host)?;
+        vhost
+            .order
+            .iter()
+            .map(|&i| &vhost.routes[i])
+            .find(|route| route.matcher.matches(method, path, headers))
+    }
+
+    /// Every route of every virtual host: virtual hosts in configuration order, each one's routes
+    /// in declaration order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.hosts.iter().flat_map(|h| h.routes.iter())
+    }
+
+    fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let (name, _port) = split_host_port(host);
+        // A fully qualified `example.com.` names the same host as `example.com` (nginx strips
+        // the dot too).
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let mut buf = [0u8; MAX_HOST_LEN];
+        if !name.is_empty() && name.len() <= MAX_HOST_LEN {
+            let lower = &mut buf[..name.len()];
+            lower.copy_from_slice(name.as_bytes());
+            lower.make_ascii_lowercase();
+            // Lower-casing ASCII bytes leaves UTF-8 valid, so this never fails; the `if let` only
+            // avoids a panic path.
+            if let Ok(lower) = std::str::from_utf8(lower) {
+                if let Some(&i) = self.exact.get(lower) {
+                    return Some(&self.hosts[i]);
+                }
+                // `*.foo.com` takes exactly one label in front of `foo.com`: split off the first
+                // label and look the rest up, so `a.b.foo.com` looks for `b.foo.com`.
+                if let Some((label, parent)) = lower.split_once('.')
+                    && !label.is_empty()
+                    && let Some(&i) = self.wildcard.get(parent)
+                {
+                    return Some(&self.hosts[i]);
+                }
+            }
+        }
+        self.default.map(|i| &self.hosts[i])
+    }
+}
+
+impl Route {
+    /// The upstream path-and-query after this route's rewrite (`path_and_query` is the original,
+    /// with its query kept as is).
+    pub fn rewrite_path_and_query(&self, path_and_query: &str) -> String {
+        match &self.rewrite {
+            Some(rewrite) => rewrite.apply(path_and_query),
+            None => path_and_query.to_owned(),
+        }
+    }
+}
+
+impl Rewrite {
+    /// Rewrites the path of `path_and_query` and keeps its query. A path that does not match (the
+    /// route did not match this path; a caller mistake) is left as is.
+    pub fn apply(&self, path_and_query: &str) -> String {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let new_path: Cow<'_, str> = match self {
+            Rewrite::Prefix { from, to } => match prefix_rest(from, path) {
+                Some(rest) => Cow::Owned(join_prefix(to, rest)),
+                None => Cow::Borrowed(path),
+            },
+            Rewrite::Regex { regex, replacement } => regex.replace(path, replacement.as_str()),
+        };
+        let mut out = String::with_capacity(new_path.len() + query.map_or(0, |q| q.len() + 2));
+        // An upstream request target must be an absolute path; a replacement such as `$2` that
+        // yields `users` or nothing would otherwise make an invalid request line.
+        if !new_path.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(&new_path);
+        if let Some(query) = query {
+            // A replacement may bring its own query (`/search?q=$1`); like nginx's `rewrite`, the
+            // original arguments are then appended after it with `&`.
+            out.push(if new_path.contains('?') { '&' } else { '?' });
+            out.push_str(query);
+        }
+        out
+    }
+}
+
+impl Redirect {
+    fn compile(config: &RedirectConfig, at: &str) -> Result<Redirect, String> {
+        let status = StatusCode::from_u16(config.code)
+            .ok()
+            .filter(StatusCode::is_redirection)
+            .ok_or_else(|| format!("{at}.redirect.code: {} is not a redirect code", config.code))?;
+        // A configured IPv6 literal needs its brackets in a URL.
+        let host = config.host.as_ref().map(|host| match host.parse::<Ipv6Addr>() {
+            Ok(_) => format!("[{host}]"),
+            Err(_) => host.clone(),
+        });
+        Ok(Redirect {
+            scheme: config.scheme.clone(),
+            host,
+            port: config.port,
+            path: config.path.clone(),
+            status,
+        })
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The Location value: scheme (configured or the request's), host (configured or the request's
+    /// host without its port), port, path (configured, or the request's path-and-query after the
+    /// route's rewrite). `request_host` is the Host header as received (may include a port).
+    ///
+    /// The port is the configured one; without one, a redirect that configures a scheme goes to
+    /// that scheme's default port (Gateway API `RequestRedirect`: an `http` → `https` redirect
+    /// must not carry `:80` or `:8080` over to TLS); otherwise the request's port is kept. A port
+    /// that is the default for the resulting scheme (80 for http, 443 for https) is omitted.
+    ///
+    /// A configured path replaces the whole path and query, like ingress-nginx's
+    /// `permanent-redirect`.
+    pub fn location(
+        &self,
+        request_scheme: &str,
+        request_host: &str,
+        rewritten_path_and_query: &str,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(request_scheme);
+        let (request_name, request_port) = split_host_port(request_host);
+        let host = self.host.as_deref().unwrap_or(request_name);
+        let port = match (self.port, &self.scheme) {
+            (Some(port), _) => Some(port),
+            (None, Some(_)) => None,
+            (None, None) => request_port.and_then(|p| p.parse::<u16>().ok()),
+        };
+        let port = port.filter(|&p| Some(p) != default_port(scheme));
+        let path = self.path.as_deref().unwrap_or(rewritten_path_and_query);
+        let mut location = format!("{scheme}://{host}");
+        if let Some(port) = port {
+            location.push(':');
+            location.push_str(&port.to_string());
+        }
+        if !path.starts_with('/') {
+            location.push('/');
+        }
+        location.push_str(path);
+        location
+    }
+}
+
+impl Matcher {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self.headers.iter().all(|h| h.matches(headers))
+    }
+
+    /// Sort key, smallest first: exact paths before all others; then the longest path; on equal
+    /// length a prefix before a regex; then more constraints; the stable sort adds declaration
+    /// order.
+    fn precedence(&self) -> (u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>) {
+        use std::cmp::Reverse;
+        // A method list is one constraint however many methods it names: `[GET]` is narrower
+        // than `[GET, POST]`, so counting methods would rank them the wrong way round.
+        let constraints = self.headers.len() + usize::from(!self.methods.is_empty());
+        match &self.path {
+            // Two exact paths only both match when they are equal, so length does not matter.
+            PathMatcher::Exact(_) => (0, Reverse(0), 0, Reverse(constraints)),
+            PathMatcher::Prefix(prefix) => (1, Reverse(prefix.len()), 0, Reverse(constraints)),
+            PathMatcher::Regex { len, .. } => (1, Reverse(*len), 1, Reverse(constraints)),
+        }
+    }
+}
+
+impl PathMatcher {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(exact) => path == exact,
+            PathMatcher::Prefix(prefix) => prefix_rest(prefix, path).is_some(),
+            PathMatcher::Regex { regex, .. } => regex.is_match(path),
+        }
+    }
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        // A header sent several times matches when any one of its values does: joining them with
+        // commas (as Envoy does) would allocate on the request path.
+        let mut values = headers.get_all(&self.name).iter();
+        match &self.kind {
+            HeaderKind::Present(present) => headers.contains_key(&self.name) == *present,
+            HeaderKind::Exact(exact) => values.any(|v| v.as_bytes() == exact.as_slice()),
+            HeaderKind::Regex(regex) => values.any(|v| regex.is_match(v.as_bytes())),
+        }
+    }
+}
+
+fn compile_route(
+    route: &RouteConfig,
+    name: String,
+    at: &str,
+    backends: &HashMap<&str, usize>,
+) -> Result<Route, String> {
+    let matcher = compile_matcher(route, at)?;
+    let action = match (&route.backend, &route.redirect) {
+        (Some(backend), None) => match backends.get(backend.as_str()) {
+            Some(&index) => RouteAction::Backend(index),
+            None => return Err(format!("{at}.backend: no backend named {backend:?}")),
+        },
+        (None, Some(redirect)) => RouteAction::Redirect(Redirect::compile(redirect, at)?),
+        _ => return Err(format!("{at}: needs exactly one of backend and redirect")),
+    };
+    let rewrite = match &route.rewrite {
+        Some(rewrite) => Some(compile_rewrite(rewrite, &matcher.path, at)?),
+        None => None,
+    };
+    Ok(Route {
+        name,
+        action,
+        rewrite,
+        timeout: route.timeout_ms.map(Duration::from_millis),
+        max_body_bytes: route.max_body_bytes,
+        matcher,
+    })
+}
+
+fn compile_matcher(route: &RouteConfig, at: &str) -> Result<Matcher, String> {
+    let path = match &route.matcher.path {
+        None => PathMatcher::Prefix(String::new()),
+        Some(PathMatch::Exact(exact)) => PathMatcher::Exact(exact.clone()),
+        Some(PathMatch::Prefix(prefix)) => PathMatcher::Prefix(prefix.trim_end_matches('/').to_owned()),
+        Some(PathMatch::Regex(pattern)) => PathMatcher::Regex {
+            regex: compile_wrapped(pattern, "^(?:", ")", &format!("{at}.match.path.regex"))?,
+            len: pattern.len(),
+        },
+    };
+    let methods = route
+        .matcher
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(m, method)| {
+            Method::from_bytes(method.as_bytes())
+                .map_err(|_| format!("{at}.match.methods[{m}]: {method:?} is not an HTTP method"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = route
+        .matcher
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(h, header)| compile_header(header, &format!("{at}.match.headers[{h}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Matcher { path, methods, headers })
+}
+
+fn compile_header(header: &HeaderMatch, at: &str) -> Result<HeaderMatcher, String> {
+    let name = HeaderName::from_bytes(header.name.as_bytes())
+        .map_err(|_| format!("{at}.name: {:?} is not a header name", header.name))?;
+    let kind = match (&header.exact, &header.regex, header.present) {
+        (Some(exact), None, None) => HeaderKind::Exact(exact.as_bytes().to_vec()),
+        (None, Some(pattern), None) => {
+            let regex_at = format!("{at}.regex");
+            // Checked unwrapped first: see `compile_wrapped`.
+            Regex::new(pattern).map_err(|e| format!("{regex_at}: not a valid regular expression: {e}"))?;
+            let regex = regex::bytes::Regex::new(&format!("^(?:{pattern})$"))
+                .map_err(|e| format!("{regex_at}: not a valid regular expression: {e}"))?;
+            HeaderKind::Regex(regex)
+        }
+        (None, None, Some(present)) => HeaderKind::Present(present),
+        _ => return Err(format!("{at}: needs exactly one of exact, regex and present")),
+    };
+    Ok(HeaderMatcher { name, kind })
+}
+
+fn compile_rewrite(rewrite: &RewriteConfig, path: &PathMatcher, at: &str) -> Result<Rewrite, String> {
+    match (&rewrite.prefix, &rewrite.regex, &rewrite.replacement) {
+        (Some(to), None, None) => match path {
+            PathMatcher::Prefix(from) => Ok(Rewrite::Prefix { from: from.clone(), to: to.clone() }),
+            _ => Err(format!("{at}.rewrite.prefix: a prefix rewrite needs a prefix path match")),
+        },
+        (None, Some(pattern), Some(replacement)) => Ok(Rewrite::Regex {
+            regex: Regex::new(pattern)
+                .map_err(|e| format!("{at}.rewrite.regex: not a valid regular expression: {e}"))?,
+            replacement: replacement.clone(),
+        }),
+        _ => Err(format!("{at}.rewrite: needs either prefix, or regex with replacement")),
+    }
+}
+
+/// Compiles `before + pattern + after`. The pattern is compiled on its own first: only a pattern
+/// that is valid by itself has balanced groups, and an unbalanced one such as `a)|(b` would
+/// otherwise compile once wrapped, with the anchors applying to only one alternative.
+fn compile_wrapped(pattern: &str, before: &str, after: &str, at: &str) -> Result<Regex, String> {
+    let invalid = |e: regex::Error| format!("{at}: not a valid regular expression: {e}");
+    Regex::new(pattern).map_err(invalid)?;
+    Regex::new(&format!("{before}{pattern}{after}")).map_err(invalid)
+}
+
+/// What follows an element-wise prefix match: `None` when `prefix` (normalised without trailing
+/// slash) does not match `path`, otherwise the rest of the path, empty or starting with `/`. The
+/// empty prefix (`/`) matches every path.
+fn prefix_rest<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    // `/foo` must not match `/foobar`: the match has to end at an element boundary.
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Joins a rewrite prefix and the rest of the path with exactly one slash between them:
+/// `/` + `/users` → `/users`, `/v2/` + `/users` → `/v2/users`, `/v2` + `` → `/v2`.
+fn join_prefix(to: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        return to.to_owned();
+    }
+    let base = to.trim_end_matches('/');
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    format!("{base}/{rest}")
+}
+
+/// Splits a Host header or authority into host and port text: `a.com:80` → (`a.com`, `80`),
+/// `[::1]:80` → (`[::1]`, `80`) with the brackets kept (a URL needs them). A bare IPv6 address
+/// (several colons, no brackets; not valid in a Host header) is taken whole as the host.
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => {
+                let (name, rest) = host.split_at(end + 1);
+                (name, rest.strip_prefix(':').filter(|p| !p.is_empty()))
+            }
+            None => (host, None),
+        };
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => (name, Some(port).filter(|p| !p.is_empty())),
+        _ => (host, None),
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    const PRELUDE: &str = "\
+listeners: [{name: a, address: \"0.0.0.0:80\"}]
+backends:
+  - {name: b0, endpoints: [{address: \"10.0.0.1:80\"}]}
+  - {name: b1, endpoints: [{address: \"10.0.0.2:80\"}]}
+virtual_hosts:
+";
+
+    /// A table from the `virtual_hosts` list in YAML (indented by two spaces).
+    fn table(virtual_hosts: &str) -> RouteTable {
+        let config = Config::from_yaml(&format!("{PRELUDE}{virtual_hosts}"), "t.yaml")
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        RouteTable::build(&config).unwrap()
+    }
+
+    /// One default virtual host with a route `r<i>` per `(kind, path)`.
+    fn paths(routes: &[(&str, &str)]) -> RouteTable {
+        let mut yaml = String::from("  - name: v\n    domains: [\"*\"]\n    routes:\n");
+        for (i, (kind, path)) in routes.iter().enumerate() {
+            yaml.push_str(&format!(
+                "      - {{name: r{i}, backend: b0, match: {{path: {{{kind}: \"{path}\"}}}}}}\n"
+            ));
+        }
+        table(&yaml)
+    }
+
+    fn get(table: &RouteTable, host: &str, path: &str) -> Option<String> {
+        request(table, host, &Method::GET, path, &[])
+    }
+
+    fn request(
+        table: &RouteTable,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        table.find(host, method, path, &map).map(|r| r.name.clone())
+    }
+
+    fn route<'a>(table: &'a RouteTable, name: &str) -> &'a Route {
+        table.routes().find(|r| r.name == name).unwrap()
+    }
+
+    fn redirect<'a>(table: &'a RouteTable, name: &str) -> &'a Redirect {
+        match &route(table, name).action {
+            RouteAction::Redirect(redirect) => redirect,
+            other => panic!("{name} is not a redirect: {other:?}"),
+        }
+    }
+
+    /// https://kubernetes.io/docs/concepts/services-networking/ingress/#examples, row by row;
+    /// the expected value is the index of the matching path (`None`: no match, default backend).
+    #[test]
+    fn ingress_spec_examples() {
+        let rows: &[(&[(&str, &str)], &str, Option<usize>)] = &[
+            (&[("prefix", "/")], "/", Some(0)),
+            (&[("prefix", "/")], "/anything/at/all", Some(0)),
+            (&[("exact", "/foo")], "/foo", Some(0)),
+            (&[("exact", "/foo")], "/bar", None),
+            (&[("exact", "/foo")], "/foo/", None),
+            (&[("exact", "/foo/")], "/foo", None),
+            (&[("prefix", "/foo")], "/foo", Some(0)),
+            (&[("prefix", "/foo")], "/foo/", Some(0)),
+            (&[("prefix", "/foo/")], "/foo", Some(0)),
+            (&[("prefix", "/foo/")], "/foo/", Some(0)),
+            (&[("prefix", "/aaa/bb")], "/aaa/bbb", None),
+            (&[("prefix", "/aaa/bbb")], "/aaa/bbb", Some(0)),
+            (&[("prefix", "/aaa/bbb/")], "/aaa/bbb", Some(0)),
+            (&[("prefix", "/aaa/bbb")], "/aaa/bbb/", Some(0)),
+            (&[("prefix", "/aaa/bbb")], "/aaa/bbb/ccc", Some(0)),
+            (&[("prefix", "/aaa/bbb")], "/aaa/bbbxyz", None),
+            (&[("prefix", "/"), ("prefix", "/aaa")], "/aaa/ccc", Some(1)),
+            (&[("prefix", "/"), ("prefix", "/aaa"), ("prefix", "/aaa/bbb")], "/aaa/bbb", Some(2)),
+            (&[("prefix", "/"), ("prefix", "/aaa"), ("prefix", "/aaa/bbb")], "/ccc", Some(0)),
+            (&[("prefix", "/aaa")], "/ccc", None),
+            (&[("prefix", "/foo"), ("exact", "/foo")], "/foo", Some(1)),
+        ];
+        for (routes, path, expected) in rows {
+            let table = paths(routes);
+            let expected = expected.map(|i| format!("r{i}"));
+            assert_eq!(get(&table, "any.host", path), expected, "paths {routes:?}, request {path}");
+        }
+    }
+
+    #[test]
+    fn exact_beats_a_longer_prefix_and_prefix_takes_the_rest() {
+        let table = paths(&[("prefix", "/foo/bar/baz"), ("exact", "/foo/bar/baz"), ("prefix", "/foo")]);
+        assert_eq!(get(&table, "h", "/foo/bar/baz").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/foo/bar/baz/").as_deref(), Some("r0"));
+        assert_eq!(get(&table, "h", "/foo/bar").as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_declaration_order() {
+        let table = paths(&[("prefix", "/a"), ("prefix", "/a/b/c"), ("prefix", "/a/b"), ("prefix", "/")]);
+        assert_eq!(get(&table, "h", "/a/b/c/d").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/a/b/x").as_deref(), Some("r2"));
+        assert_eq!(get(&table, "h", "/a/bc").as_deref(), Some("r0"));
+        assert_eq!(get(&table, "h", "/b").as_deref(), Some("r3"));
+    }
+
+    #[test]
+    fn paths_are_case_sensitive() {
+        let table = paths(&[("exact", "/Foo"), ("prefix", "/Bar")]);
+        assert_eq!(get(&table, "h", "/Foo").as_deref(), Some("r0"));
+        assert_eq!(get(&table, "h", "/foo"), None);
+        assert_eq!(get(&table, "h", "/Bar/x").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/bar/x"), None);
+    }
+
+    #[test]
+    fn a_route_without_a_path_is_prefix_root_and_gets_a_default_name() {
+        let table = table("  - {name: site, domains: [\"*\"], routes: [{backend: b1}]}\n");
+        assert_eq!(get(&table, "h", "/").as_deref(), Some("site/0"));
+        assert_eq!(get(&table, "h", "/deep/path").as_deref(), Some("site/0"));
+        assert!(matches!(route(&table, "site/0").action, RouteAction::Backend(1)));
+    }
+
+    #[test]
+    fn wildcard_host_takes_exactly_one_label() {
+        let table = table("  - {name: w, domains: [\"*.foo.com\"], routes: [{name: w, backend: b0}]}\n");
+        assert_eq!(get(&table, "bar.foo.com", "/").as_deref(), Some("w"));
+        assert_eq!(get(&table, "baz.bar.foo.com", "/"), None);
+        assert_eq!(get(&table, "foo.com", "/"), None);
+        assert_eq!(get(&table, ".foo.com", "/"), None);
+        assert_eq!(get(&table, "barfoo.com", "/"), None);
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_default() {
+        let table = table(
+            "\
+  - {name: wild, domains: [\"*.example.com\"], routes: [{name: wild, backend: b0}]}
+  - {name: api, domains: [api.example.com, API2.example.com], routes: [{name: api, backend: b0}]}
+  - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
+",
+        );
+        assert_eq!(get(&table, "api.example.com", "/").as_deref(), Some("api"));
+        assert_eq!(get(&table, "api2.example.com", "/").as_deref(), Some("api"));
+        assert_eq!(get(&table, "www.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(get(&table, "a.b.example.com", "/").as_deref(), Some("dflt"));
+        assert_eq!(get(&table, "example.com", "/").as_deref(), Some("dflt"));
+        assert_eq!(get(&table, "other.org", "/").as_deref(), Some("dflt"));
+        assert_eq!(get(&table, "", "/").as_deref(), Some("dflt"));
+        let long = format!("{}.example.com", "a".repeat(300));
+        assert_eq!(get(&table, &long, "/").as_deref(), Some("dflt"));
+    }
+
+    #[test]
+    fn host_port_case_trailing_dot_and_ipv6() {
+        let table = table(
+            "\
+  - {name: api, domains: [api.example.com], routes: [{name: api, backend: b0}]}
+  - {name: wild, domains: [\"*.Example.org\"], routes: [{name: wild, backend: b0}]}
+  - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
+",
+        );
+        for host in [
+            "api.example.com",
+            "API.Example.COM",
+            "api.example.com:8080",
+            "Api.Example.Com:443",
+            "api.example.com.",
+        ] {
+            assert_eq!(get(&table, host, "/").as_deref(), Some("api"), "{host}");
+        }
+        assert_eq!(get(&table, "WWW.EXAMPLE.ORG:80", "/").as_deref(), Some("wild"));
+        for host in ["[::1]:80", "[::1]", "::1", "10.0.0.1:80", "api.example.com.evil"] {
+            assert_eq!(get(&table, host, "/").as_deref(), Some("dflt"), "{host}");
+        }
+    }
+
+    #[test]
+    fn no_default_virtual_host_means_no_route() {
+        let table =
+            table("  - {name: api, domains: [api.example.com], routes: [{name: api, backend: b0}]}\n");
+        assert_eq!(get(&table, "other.example.com", "/"), None);
+        assert_eq!(get(&table, "api.example.com", "/").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn a_matched_virtual_host_does_not_fall_through_to_the_default() {
+        let table = table(
+            "\
+  - {name: api, domains: [api.example.com], routes: [{name: api, backend: b0, match: {path: {prefix: /v1}}}]}
+  - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
+",
+        );
+        assert_eq!(get(&table, "api.example.com", "/v1/x").as_deref(), Some("api"));
+        assert_eq!(get(&table, "api.example.com", "/v2/x"), None);
+        assert_eq!(get(&table, "other", "/v2/x").as_deref(), Some("dflt"));
+    }
+
+    #[test]
+    fn regex_paths_are_anchored_at_the_start_and_case_sensitive() {
+        let table = paths(&[("regex", "/api/v[0-9]+")]);
+        assert_eq!(get(&table, "h", "/api/v1").as_deref(), Some("r0"));
+        // Anchored at the start only: the rest of the path may follow.
+        assert_eq!(get(&table, "h", "/api/v12/users").as_deref(), Some("r0"));
+        assert_eq!(get(&table, "h", "/x/api/v1"), None);
+        assert_eq!(get(&table, "h", "/API/v1"), None);
+    }
+
+    #[test]
+    fn regex_and_prefix_order_by_length_then_prefix_first() {
+        // The regex pattern `/api/.+/items` (13 characters) is longer than the prefix `/api/v1`.
+        let table = paths(&[("prefix", "/api/v1"), ("regex", "/api/.+/items"), ("prefix", "/api")]);
+        assert_eq!(get(&table, "h", "/api/v1/items").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/api/v1/users").as_deref(), Some("r0"));
+        assert_eq!(get(&table, "h", "/api/v2/users").as_deref(), Some("r2"));
+        // Equal length (`/abc/` normalises to 4, like the regex `/a.c`): the prefix wins, even
+        // declared after.
+        let table = paths(&[("regex", "/a.c"), ("prefix", "/abc/")]);
+        assert_eq!(get(&table, "h", "/abc/d").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/axc/d").as_deref(), Some("r0"));
+        // An exact path beats a longer regex.
+        let table = paths(&[("regex", "/status/.*/details"), ("exact", "/status/x/details")]);
+        assert_eq!(get(&table, "h", "/status/x/details").as_deref(), Some("r1"));
+        assert_eq!(get(&table, "h", "/status/y/details").as_deref(), Some("r0"));
+    }
+
+    #[test]
+    fn header_matches() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: exact, backend: b0, match: {headers: [{name: X-Canary, exact: always}]}}
+      - {name: regex, backend: b0, match: {headers: [{name: x-version, regex: \"v[0-9]+\"}]}}
+      - {name: absent, backend: b0, match: {headers: [{name: x-internal, present: false}]}}
+      - {name: present, backend: b0, match: {headers: [{name: x-internal, present: true}]}}
+",
+        );
+        let get = |headers: &[(&str, &str)]| request(&table, "h", &Method::GET, "/", headers);
+        assert_eq!(get(&[("x-canary", "always")]).as_deref(), Some("exact"));
+        // Exact values are case-sensitive.
+        assert_eq!(get(&[("x-canary", "Always")]).as_deref(), Some("absent"));
+        assert_eq!(get(&[("x-version", "v12")]).as_deref(), Some("regex"));
+        // The header regex must match the whole value.
+        assert_eq!(get(&[("x-version", "xv12")]).as_deref(), Some("absent"));
+        assert_eq!(get(&[("x-version", "v12x")]).as_deref(), Some("absent"));
+        // Any one of a repeated header's values may match.
+        assert_eq!(get(&[("x-canary", "never"), ("x-canary", "always")]).as_deref(), Some("exact"));
+        assert_eq!(get(&[("x-internal", "1")]).as_deref(), Some("present"));
+        assert_eq!(get(&[("x-internal", "")]).as_deref(), Some("present"));
+    }
+
+    #[test]
+    fn method_matches_and_more_constraints_win() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: any, backend: b0, match: {path: {prefix: /x}}}
+      - {name: read, backend: b0, match: {path: {prefix: /x}, methods: [GET, HEAD]}}
+      - {name: read-canary, backend: b0, match: {path: {prefix: /x/}, methods: [GET], headers: [{name: x-c, present: true}]}}
+      - {name: write, backend: b1, match: {path: {prefix: /x}, methods: [POST, PUT]}}
+",
+        );
+        let m = |method: Method, headers: &[(&str, &str)]| request(&table, "h", &method, "/x/1", headers);
+        assert_eq!(m(Method::GET, &[]).as_deref(), Some("read"));
+        assert_eq!(m(Method::HEAD, &[]).as_deref(), Some("read"));
+        assert_eq!(m(Method::GET, &[("x-c", "1")]).as_deref(), Some("read-canary"));
+        assert_eq!(m(Method::HEAD, &[("x-c", "1")]).as_deref(), Some("read"));
+        assert_eq!(m(Method::PUT, &[]).as_deref(), Some("write"));
+        assert_eq!(m(Method::DELETE, &[]).as_deref(), Some("any"));
+        assert_eq!(m(Method::from_bytes(b"PURGE").unwrap(), &[]).as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn declaration_order_breaks_remaining_ties() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: first, backend: b0, match: {path: {prefix: /x}, headers: [{name: a, present: true}]}}
+      - {name: second, backend: b0, match: {path: {prefix: /x}, headers: [{name: b, present: true}]}}
+",
+        );
+        let headers = [("a", "1"), ("b", "1")];
+        assert_eq!(request(&table, "h", &Method::GET, "/x", &headers).as_deref(), Some("first"));
+        assert_eq!(request(&table, "h", &Method::GET, "/x", &headers[1..]).as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn prefix_rewrites() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: root, backend: b0, match: {path: {prefix: /api}}, rewrite: {prefix: /}}
+      - {name: v2, backend: b0, match: {path: {prefix: /old/}}, rewrite: {prefix: /v2}}
+      - {name: v3, backend: b0, match: {path: {prefix: /older}}, rewrite: {prefix: /v3/}}
+      - {name: all, backend: b0, rewrite: {prefix: /base}}
+      - {name: plain, backend: b0, match: {path: {prefix: /plain}}}
+",
+        );
+        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq);
+        assert_eq!(rewrite("root", "/api/users?x=1"), "/users?x=1");
+        assert_eq!(rewrite("root", "/api"), "/");
+        assert_eq!(rewrite("root", "/api/"), "/");
+        assert_eq!(rewrite("root", "/api?x=1&y=/api"), "/?x=1&y=/api");
+        assert_eq!(rewrite("v2", "/old/users"), "/v2/users");
+        assert_eq!(rewrite("v2", "/old"), "/v2");
+        assert_eq!(rewrite("v2", "/old/"), "/v2/");
+        assert_eq!(rewrite("v3", "/older/users?q"), "/v3/users?q");
+        assert_eq!(rewrite("v3", "/older"), "/v3/");
+        assert_eq!(rewrite("all", "/users"), "/base/users");
+        assert_eq!(rewrite("plain", "/plain/x?y=1"), "/plain/x?y=1");
+        // The route found for a request rewrites as its prefix says.
+        let found = table.find("h", &Method::GET, "/api/users", &HeaderMap::new()).unwrap();
+        assert_eq!(found.rewrite_path_and_query("/api/users?x=1"), "/users?x=1");
+    }
+
+    #[test]
+    fn regex_rewrites() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - name: nginx
+        backend: b0
+        match: {path: {regex: \"/something(/|$)(.*)\"}}
+        rewrite: {regex: \"/something(/|$)(.*)\", replacement: \"/$2\"}
+      - name: named
+        backend: b0
+        match: {path: {regex: \"/users/[0-9]+\"}}
+        rewrite: {regex: \"/users/(?P<id>[0-9]+)\", replacement: \"/u/${id}/profile\"}
+      - name: query
+        backend: b0
+        match: {path: {regex: \"/s/\"}}
+        rewrite: {regex: \"^/s/(.*)\", replacement: \"/search?q=$1\"}
+",
+        );
+        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq);
+        assert_eq!(rewrite("nginx", "/something"), "/");
+        assert_eq!(rewrite("nginx", "/something/"), "/");
+        assert_eq!(rewrite("nginx", "/something/new?a=1"), "/new?a=1");
+        assert_eq!(rewrite("named", "/users/42?tab=x"), "/u/42/profile?tab=x");
+        // Only the first match is replaced.
+        assert_eq!(rewrite("named", "/users/42/users/7"), "/u/42/profile/users/7");
+        assert_eq!(rewrite("query", "/s/rust"), "/search?q=rust");
+        assert_eq!(rewrite("query", "/s/rust?page=2"), "/search?q=rust&page=2");
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let table = table(
+            "\
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: https, match: {path: {prefix: /secure}}, redirect: {scheme: https, code: 308}}
+      - {name: full, match: {path: {prefix: /full}}, redirect: {scheme: https, host: new.example.com, port: 8443, path: /landing, code: 301}}
+      - {name: same, match: {path: {prefix: /same}}, redirect: {}}
+      - {name: host, match: {path: {prefix: /host}}, redirect: {host: other.example.com}}
+      - {name: port, match: {path: {prefix: /port}}, redirect: {port: 80}}
+      - {name: v6, match: {path: {prefix: /v6}}, redirect: {host: \"::1\", port: 8080}}
+      - {name: moved, match: {path: {prefix: /old}}, rewrite: {prefix: /new}, redirect: {code: 303}}
+",
+        );
+        let https = redirect(&table, "https");
+        assert_eq!(https.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(https.location("http", "example.com", "/secure?a=1"), "https://example.com/secure?a=1");
+        // A scheme change does not carry the plain-text port over to TLS.
+        assert_eq!(https.location("http", "Example.com:8080", "/secure"), "https://Example.com/secure");
+        assert_eq!(https.location("http", "[::1]:80", "/secure"), "https://[::1]/secure");
+
+        let full = redirect(&table, "full");
+        assert_eq!(full.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            full.location("http", "example.com:8080", "/full/x?y=1"),
+            "https://new.example.com:8443/landing"
+        );
+
+        let same = redirect(&table, "same");
+        assert_eq!(same.status(), StatusCode::FOUND);
+        assert_eq!(same.location("http", "example.com:8080", "/same?q"), "http://example.com:8080/same?q");
+        assert_eq!(same.location("http", "example.com:80", "/same"), "http://example.com/same");
+        assert_eq!(same.location("https", "example.com:443", "/same"), "https://example.com/same");
+        assert_eq!(same.location("https", "example.com:80", "/same"), "https://example.com:80/same");
+        assert_eq!(same.location("https", "[2001:db8::1]:8443", "/same"), "https://[2001:db8::1]:8443/same");
+        assert_eq!(same.location("http", "example.com", ""), "http://example.com/");
+
+        let host = redirect(&table, "host");
+        assert_eq!(
+            host.location("https", "example.com:8443", "/host/a"),
+            "https://other.example.com:8443/host/a"
+        );
+        let port = redirect(&table, "port");
+        assert_eq!(port.location("http", "example.com:8080", "/port"), "http://example.com/port");
+        assert_eq!(port.location("https", "example.com", "/port"), "https://example.com:80/port");
+        let v6 = redirect(&table, "v6");
+        assert_eq!(v6.location("http", "example.com", "/v6"), "http://[::1]:8080/v6");
+
+        // A redirect route's rewrite shapes the path the caller passes in.
+        let moved = route(&table, "moved");
+        let rewritten = moved.rewrite_path_and_query("/old/page?x=1");
+        let RouteAction::Redirect(r) = &moved.action else { panic!("not a redirect") };
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.location("https", "example.com", &rewritten), "https://example.com/new/page?x=1");
+    }
+
+    #[test]
+    fn route_fields_and_listing() {
+        let table = table(
+            "\
+  - name: one
+    domains: [a.example.com]
+    routes:
+      - {backend: b1, timeout_ms: 1500, max_body_bytes: 0, match: {path: {prefix: /b}}}
+      - {name: named, backend: b0, match: {path: {prefix: /a/long/prefix}}}
+  - {name: two, domains: [\"*\"], routes: [{backend: b0}]}
+",
+        );
+        let names: Vec<&str> = table.routes().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["one/0", "named", "two/0"]);
+        let first = route(&table, "one/0");
+        assert!(matches!(first.action, RouteAction::Backend(1)));
+        assert_eq!(first.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(first.max_body_bytes, Some(0));
+        let named = route(&table, "named");
+        assert!(matches!(named.action, RouteAction::Backend(0)));
+        assert_eq!((named.timeout, named.max_body_bytes), (None, None));
+    }
+
+    /// What validation refuses must still be an error here, not a panic.
+    #[test]
+    fn invalid_input_is_an_error_not_a_panic() {
+        let base = Config::from_yaml(
+            &format!(
+                "{PRELUDE}  - {{name: v, domains: [\"*\"], routes: [{{backend: b0, match: {{path: {{regex: /a}}}}}}]}}\n"
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(RouteTable::build(&base).is_ok());
+        let broken = |change: &dyn Fn(&mut Config)| {
+            let mut config = base.clone();
+            change(&mut config);
+            RouteTable::build(&config).unwrap_err()
+        };
+        let err = broken(&|c| c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("(".into())));
+        assert!(err.starts_with("virtual_hosts[0].routes[0].match.path.regex: not a valid"), "{err}");
+        // Unbalanced but valid once wrapped: still refused.
+        let err =
+            broken(&|c| c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("a)|(b".into())));
+        assert!(err.contains("match.path.regex"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].matcher.headers =
+                vec![HeaderMatch { name: "x".into(), exact: None, regex: Some("[".into()), present: None }]
+        });
+        assert!(err.starts_with("virtual_hosts[0].routes[0].match.headers[0].regex"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].matcher.headers = vec![HeaderMatch {
+                name: "bad name".into(),
+                exact: Some("1".into()),
+                regex: None,
+                present: None,
+            }]
+        });
+        assert!(err.contains("headers[0].name"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].matcher.headers = vec![HeaderMatch {
+                name: "x".into(),
+                exact: Some("1".into()),
+                regex: None,
+                present: Some(true),
+            }]
+        });
+        assert!(err.contains("exactly one of exact, regex and present"), "{err}");
+        let err = broken(&|c| c.virtual_hosts[0].routes[0].matcher.methods = vec!["G T".into()]);
+        assert!(err.contains("methods[0]"), "{err}");
+        let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = Some("nope".into()));
+        assert!(err.contains("no backend named \"nope\""), "{err}");
+        let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = None);
+        assert!(err.contains("exactly one of backend and redirect"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].rewrite =
+                Some(RewriteConfig { prefix: Some("/x".into()), regex: None, replacement: None })
+        });
+        assert!(err.contains("needs a prefix path match"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].rewrite =
+                Some(RewriteConfig { prefix: None, regex: Some("(".into()), replacement: Some("/".into()) })
+        });
+        assert!(err.contains("rewrite.regex"), "{err}");
+        let err = broken(&|c| {
+            c.virtual_hosts[0].routes[0].backend = None;
+            c.virtual_hosts[0].routes[0].redirect =
+                Some(RedirectConfig { scheme: None, host: None, port: None, path: None, code: 200 });
+        });
+        assert!(err.contains("redirect.code"), "{err}");
+        let err = broken(&|c| {
+            let mut copy = c.virtual_hosts[0].clone();
+            copy.name = "w".into();
+            c.virtual_hosts.push(copy);
+        });
+        assert!(err.starts_with("virtual_hosts[1].domains[0]"), "{err}");
+    }
+}
