@@ -4,7 +4,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{config::Config, dataplane::AttachMode, node::Node};
+use crate::{
+    config::Config,
+    dataplane::AttachMode,
+    node::Node,
+    provider::file::{FileProvider, Overrides, ReloadStats},
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "eBPF-assisted hybrid L4/L7 load balancer")]
@@ -83,40 +88,71 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::builtin(),
+    let overrides = Overrides {
+        workers: args.workers,
+        interfaces: args.interfaces.clone(),
+        xdp_mode: args.xdp_mode,
+        no_xdp: args.no_xdp,
     };
-    if let Some(workers) = args.workers {
-        config.workers = workers;
-    }
-    if !args.interfaces.is_empty() {
-        config.xdp.interfaces = args.interfaces.clone();
-    }
-    if let Some(mode) = args.xdp_mode {
-        config.xdp.mode = mode;
-    }
-    if args.no_xdp {
-        config.xdp.enabled = false;
-    }
-
+    let provider = FileProvider::new(args.config.clone(), overrides);
+    let config = provider.load()?;
     let node = Node::start(&config)?;
-    wait_for_shutdown_signal()?;
+    let stats = ReloadStats::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve_until_signal(&provider, &node, &stats))?;
     tracing::info!("shutting down");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+/// Waits for SIGINT or SIGTERM, reloading on SIGHUP and whenever the file changes.
+async fn serve_until_signal(provider: &FileProvider, node: &Node, stats: &ReloadStats) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let watched = match provider.watch() {
+        Ok(watched) => watched,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+            None
         }
-    })?;
-    Ok(())
+    };
+    let (_watcher, mut changes) = match watched {
+        Some((watcher, changes)) => (Some(watcher), Some(changes)),
+        None => (None, None),
+    };
+    loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(changes) => changes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => reload(provider, node, stats, "SIGHUP"),
+            Some(()) = changed => reload(provider, node, stats, "file changed"),
+        }
+    }
+}
+
+/// Loads and applies the configuration; a bad one is refused and the old one keeps serving.
+fn reload(provider: &FileProvider, node: &Node, stats: &ReloadStats, why: &str) {
+    let result = provider
+        .load()
+        .map_err(|e| e.to_string())
+        .and_then(|config| node.apply(&config).map_err(|e| e.to_string()));
+    match result {
+        Ok(generation) => {
+            stats.record(true);
+            tracing::info!(why, generation, "configuration reloaded");
+        }
+        Err(e) => {
+            stats.record(false);
+            tracing::error!(why, error = %e, "configuration refused; the previous one keeps serving");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod node;
+pub mod provider;
 pub mod proxy;
