@@ -13,9 +13,19 @@ use lb_tests::{
     topology::{NODE_CLIENT_IF, Topology},
 };
 use lb_userspace::{
+    config::Config,
     dataplane::{AttachMode, Dataplane},
-    proxy::{WORKER_HEADER, WorkerOptions, Workers},
+    proxy::{
+        WORKER_HEADER, WorkerOptions, Workers,
+        endpoint::EndpointRegistry,
+        snapshot::{Published, Snapshot},
+    },
 };
+
+fn builtin_snapshot() -> Published {
+    let registry = EndpointRegistry::default();
+    Published::new(Snapshot::build(&Config::builtin(), &registry, 1).unwrap())
+}
 
 fn xdp_attached(topology: &Topology) -> bool {
     let out = topology
@@ -72,11 +82,15 @@ fn xdp_counts_real_udp_and_tcp_traffic_then_detaches() {
 
     // TCP: a real HTTP exchange with the workers in the node namespace.
     let listen = SocketAddr::from((topology.node_v4(), 8080));
-    let workers =
-        topology.node.run(move || Workers::start(WorkerOptions::shared(listen, 2))).unwrap().unwrap();
+    let workers = topology
+        .node
+        .run(move || Workers::start(WorkerOptions::shared(listen, 2, builtin_snapshot())))
+        .unwrap()
+        .unwrap();
     let before = dataplane.counters().unwrap();
     let response = topology.client.run(move || http_get(listen, "/counted")).unwrap().unwrap();
-    assert_eq!(response.status, 200);
+    // The built-in configuration has no routes: the worker answers 404 itself.
+    assert_eq!(response.status, 404);
     assert!(response.header(WORKER_HEADER).is_some());
     let after = dataplane.counters().unwrap();
     // SYN, ACK, request, ACKs, FIN...: a TCP exchange is at least four packets toward the node.
