@@ -3,6 +3,7 @@
 //! `model` holds the types (one-to-one with the YAML file); `validate` checks everything serde
 //! cannot, and reports every problem at once with the path of the offending field.
 
+mod locate;
 mod model;
 mod validate;
 
@@ -17,11 +18,14 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config/default.yaml");
 pub const MAX_WORKERS: usize = 1024;
 
 /// One thing wrong with a configuration: where (a field path such as
-/// `virtual_hosts[0].routes[2].backend`) and what.
+/// `virtual_hosts[0].routes[2].backend`, and its line and column in the file when known) and
+/// what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: String,
     pub message: String,
+    pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +43,10 @@ pub enum Error {
 }
 
 fn render_problems(source_name: &str, problems: &[Problem]) -> String {
-    let lines: Vec<String> =
-        problems.iter().map(|p| format!("{source_name}: {}: {}", p.path, p.message)).collect();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{source_name}:{}:{}: {}: {}", p.line, p.column, p.path, p.message))
+        .collect();
     lines.join("\n")
 }
 
@@ -53,7 +59,10 @@ impl Config {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
             Error::Parse { source_name: source_name.to_owned(), line, column, message: e.to_string() }
         })?;
-        let problems = validate::problems(&config);
+        let mut problems = validate::problems(&config);
+        for problem in &mut problems {
+            (problem.line, problem.column) = locate::locate(yaml, &problem.path).unwrap_or((1, 1));
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid { source_name: source_name.to_owned(), problems });
         }
@@ -137,5 +146,19 @@ mod tests {
         );
         let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["listeners[0].address", "xdp.heartbeat_timeout_ms", "xdp.interfaces[0]"]);
+        let positions: Vec<(usize, usize)> = found.iter().map(|p| (p.line, p.column)).collect();
+        assert_eq!(positions, [(1, 23), (2, 28), (2, 20)]);
+    }
+}
+
+#[cfg(test)]
+mod rendering {
+    use super::*;
+
+    #[test]
+    fn invalid_files_render_one_line_per_problem_with_line_and_column() {
+        let yaml = "listeners:\n  - name: a\n    address: '0.0.0.0:80'\nvirtual_hosts:\n  - name: v\n    domains: ['*']\n    routes:\n      - backend: missing\n";
+        let text = Config::from_yaml(yaml, "f.yaml").unwrap_err().to_string();
+        assert_eq!(text, "f.yaml:8:9: virtual_hosts[0].routes[0].backend: no backend named \"missing\"");
     }
 }

@@ -10,7 +10,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { path: path.into(), message: message.into() });
+        self.0.push(Problem { path: path.into(), message: message.into(), line: 0, column: 0 });
     }
 }
 

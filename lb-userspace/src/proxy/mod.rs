@@ -6,6 +6,7 @@ pub mod balance;
 pub mod body;
 pub mod endpoint;
 pub mod forward;
+pub mod h1_guard;
 pub mod headers;
 pub mod health_check;
 pub mod routing;

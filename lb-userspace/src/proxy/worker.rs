@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn taken_port_is_an_error() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = Workers::start(WorkerOptions::shared(holder.local_addr().unwrap(), 1))
+        let err = Workers::start(WorkerOptions::shared(holder.local_addr().unwrap(), 1, published()))
             .err()
             .expect("bind must fail");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);

@@ -1,0 +1,794 @@
+//! Strict HTTP/1.1 request framing in front of hyper's lenient server parser.
+//!
+//! hyper 1.x accepts request shapes a load balancer must refuse because a backend (or a
+//! proxy in between) may frame them differently — the request smuggling family:
+//! `Content-Length` together with `Transfer-Encoding` (hyper lets `chunked` win and drops the
+//! length), two `Content-Length` headers with equal values, bare LF line endings (httparse
+//! tolerates them), oversized chunk-size lines with leading zeros, and so on.
+//!
+//! [`H1Guard`] is an IO adapter placed between the accepted socket and hyper. It follows the
+//! request framing of the byte stream it hands to hyper:
+//!
+//! * **head**: held back (in one per-connection buffer) until its final empty line, then
+//!   checked as a whole and passed on unchanged;
+//! * **body**: by `Content-Length` (bytes counted) or `chunked` (a streaming chunk-line state
+//!   machine); body bytes are passed on as soon as they are validated, never buffered whole
+//!   (once the buffer is drained, the socket is read straight into hyper's buffer);
+//! * then a head again (keep-alive and pipelining: several messages may be in one read).
+//!
+//! Rules (a head that breaks one never reaches hyper):
+//!
+//! * a bare LF (LF not after CR) or bare CR (CR not before LF) anywhere in the head;
+//! * obs-fold: a header line starting with SP or HTAB (also right after the request line);
+//! * anything `httparse::Request::parse` refuses (request line, header names, whitespace
+//!   between a field name and its colon, control bytes in values);
+//! * both `Content-Length` and `Transfer-Encoding`; more than one `Content-Length` line (even
+//!   equal); a length that is not plain digits (`5, 5`, `+5`, empty) or above hyper's maximum;
+//! * `Transfer-Encoding` whose last coding is not `chunked`, that names `chunked` more than
+//!   once, has an empty or non-token coding, or appears in an HTTP/1.0 request;
+//! * more than [`MAX_HEADERS`] header fields, or a head longer than `max_head_bytes`.
+//!
+//! In a chunked body: a chunk size that is not 1–16 hex digits (no sign, `0x`, or leading
+//! whitespace; whitespace after the digits only before `;ext`); control bytes or a bare LF in
+//! an extension; a size line or the data not followed by CRLF; a trailer line that is not
+//! `token ":" value CRLF` (bare LF, obs-fold, whitespace before the colon).
+//!
+//! What hyper then does (hyper 1.12, checked by the end-to-end tests below):
+//!
+//! * a rejected head is replaced with [`REJECT_400`], whose method byte `\x01` makes httparse
+//!   fail with `Error::Token`: hyper maps it to `Parse::Method` and `Server::on_error`
+//!   answers `400 Bad Request`; the guard then reports EOF, so hyper closes the connection;
+//! * a head over `max_head_bytes` (and more than [`MAX_HEADERS`] fields) is replaced with
+//!   [`REJECT_431`], a `Content-Length` above hyper's limit: `DecodedLength::checked_new`
+//!   fails with `Parse::TooLarge` and hyper answers `431 Request Header Fields Too Large`.
+//!   This does not depend on hyper's `max_buf_size` (a head the guard has not seen whole is
+//!   never handed over), but configuring the same limit there keeps the two consistent;
+//! * a bad chunk is an error in the middle of a body whose head hyper already dispatched: the
+//!   valid bytes before it are passed on, then the read fails once with
+//!   `io::ErrorKind::InvalidData` (`h1_guard: ...` message) and reports EOF afterwards. hyper
+//!   hands that error to the request body (the service's body read fails), stops reading and
+//!   closes the connection once the response is written.
+//!
+//! Inspection stops for good (bytes pass through unchanged) after:
+//!
+//! * the HTTP/2 prior-knowledge preface as the first bytes of the connection (h2c; the h2
+//!   crate validates its own framing);
+//! * a `CONNECT` request or an HTTP/1.1 request carrying `Upgrade` with `Connection: upgrade`
+//!   (the connection may become a tunnel, e.g. a WebSocket), once that request's body ended.
+//!   Limitation: if the service refuses the upgrade and the client sends further requests
+//!   on the connection, those are not inspected.
+//!
+//! Rejections are counted in an optional shared counter ([`H1Guard::with_rejection_counter`],
+//! one increment per refused connection) and logged at debug level with the reason.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 prior-knowledge connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Handed to hyper instead of a rejected head: hyper answers `400 Bad Request`.
+pub const REJECT_400: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
+
+/// Handed to hyper instead of an oversized head: hyper answers `431`.
+pub const REJECT_431: &[u8] = b"GET / HTTP/1.1\r\ncontent-length: 18446744073709551615\r\n\r\n";
+
+/// The most header fields a head may have (hyper's default `max_headers`).
+pub const MAX_HEADERS: usize = 100;
+
+/// hyper refuses lengths above `u64::MAX - 2` (`DecodedLength::MAX_LEN`).
+const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
+
+/// At most 16 hex digits: every size fits in a `u64`.
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+
+/// First size of the head buffer; it doubles up to `max_head_bytes` when a head needs it.
+const INITIAL_BUF: usize = 8 * 1024;
+
+/// Why the guard refused a connection (logged; the counter does not tell them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    BareLf,
+    BareCr,
+    ObsFold,
+    Malformed,
+    TooManyHeaders,
+    HeadTooLarge,
+    ContentLengthWithTransferEncoding,
+    MultipleContentLength,
+    InvalidContentLength,
+    InvalidTransferEncoding,
+    TransferEncodingInHttp10,
+    ChunkSize,
+    ChunkExtension,
+    ChunkDataCrlf,
+    Trailer,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::BareLf => "bare LF in the request head",
+            Rejection::BareCr => "bare CR in the request head",
+            Rejection::ObsFold => "obs-fold (header line starting with whitespace)",
+            Rejection::Malformed => "malformed request line or header field",
+            Rejection::TooManyHeaders => "too many header fields",
+            Rejection::HeadTooLarge => "request head too large",
+            Rejection::ContentLengthWithTransferEncoding => "Content-Length with Transfer-Encoding",
+            Rejection::MultipleContentLength => "more than one Content-Length",
+            Rejection::InvalidContentLength => "invalid Content-Length",
+            Rejection::InvalidTransferEncoding => "Transfer-Encoding not ending in a single chunked",
+            Rejection::TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            Rejection::ChunkSize => "invalid chunk size line",
+            Rejection::ChunkExtension => "invalid chunk extension",
+            Rejection::ChunkDataCrlf => "chunk data not followed by CRLF",
+            Rejection::Trailer => "invalid chunked trailer section",
+        }
+    }
+
+    /// What hyper is handed instead of the head; `None` for errors inside a body.
+    fn substitute(self) -> Option<&'static [u8]> {
+        match self {
+            Rejection::ChunkSize
+            | Rejection::ChunkExtension
+            | Rejection::ChunkDataCrlf
+            | Rejection::Trailer => None,
+            Rejection::TooManyHeaders | Rejection::HeadTooLarge => Some(REJECT_431),
+            _ => Some(REJECT_400),
+        }
+    }
+}
+
+/// Where the next byte of the request stream belongs.
+#[derive(Debug)]
+enum Framing {
+    /// A head, gathered in `buf[ok..end]`.
+    Head(HeadScan),
+    /// A `Content-Length` body with this many bytes left (never 0).
+    Length(u64),
+    Chunked(Chunk),
+    /// No more inspection.
+    Passthrough,
+}
+
+/// Progress of the incremental line scan over the head being gathered (offsets from its start).
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes already scanned.
+    pos: usize,
+    /// Where the current line starts.
+    line_start: usize,
+    /// A non-empty line (the request line) was seen; empty lines before it are skipped.
+    in_head: bool,
+}
+
+enum HeadStep {
+    NeedMore,
+    /// The head is complete and this long.
+    Complete(usize),
+    Reject(Rejection),
+    /// The connection starts with the HTTP/2 preface.
+    Preface,
+}
+
+/// The chunked body state machine (RFC 9112 §7.1, minus the leniencies listed in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading the size's hex digits (`digits == 0`: at the start of a chunk line).
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    /// Whitespace after the size: only more whitespace or `;` may follow.
+    SizeWs {
+        size: u64,
+    },
+    /// Inside a chunk extension, up to CR.
+    Ext {
+        size: u64,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data with this many bytes left (never 0).
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk or a trailer line: CR (end) or a field name.
+    TrailerStart,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    /// After the final CR.
+    EndLf,
+}
+
+const CHUNK_START: Chunk = Chunk::Size { digits: 0, size: 0 };
+
+/// What hyper will be told from now on.
+#[derive(Debug)]
+enum Stop {
+    /// Hand over this substitute head (`sent` bytes of it done), then EOF.
+    Substitute {
+        bytes: &'static [u8],
+        sent: usize,
+    },
+    /// Fail the next read with this reason, then EOF.
+    BodyError {
+        reason: Rejection,
+        reported: bool,
+    },
+    Eof,
+}
+
+/// The body a validated head announces.
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct HeadInfo {
+    body: Body,
+    /// CONNECT or an upgrade request: stop inspecting after this message.
+    tunnel: bool,
+}
+
+/// An IO adapter enforcing strict HTTP/1.1 request framing on the read side; writes pass
+/// through unchanged. See the module docs for the rules and what hyper answers.
+///
+/// Wrap the accepted stream before handing it to hyper (also under hyper-util's `auto`
+/// builder: the HTTP/2 preface passes through):
+///
+/// ```ignore
+/// let io = TokioIo::new(H1Guard::new(stream, 64 * 1024).with_rejection_counter(counter));
+/// builder.http1().max_buf_size(64 * 1024);
+/// builder.serve_connection(io, service).await
+/// ```
+pub struct H1Guard<S> {
+    inner: S,
+    max_head: usize,
+    /// Initialised storage: `buf[start..ok]` is validated and not yet handed out,
+    /// `buf[ok..end]` the head being gathered (body bytes never wait there).
+    buf: Vec<u8>,
+    start: usize,
+    ok: usize,
+    end: usize,
+    framing: Framing,
+    /// The current message opens a tunnel: pass everything through once it ends.
+    tunnel_after: bool,
+    /// Nothing was validated yet (the HTTP/2 preface is only looked for there).
+    at_connection_start: bool,
+    stop: Option<Stop>,
+    rejections: Option<Arc<AtomicU64>>,
+}
+
+impl<S> H1Guard<S> {
+    /// Guards `inner`. `max_head_bytes` bounds a request head (request line, headers, final
+    /// CRLF, and any empty lines before it): a longer one gets `431`. It is also the most the
+    /// head buffer grows to; configure hyper's `max_buf_size` with the same value.
+    pub fn new(inner: S, max_head_bytes: usize) -> Self {
+        H1Guard {
+            inner,
+            max_head: max_head_bytes.max(1),
+            buf: Vec::new(),
+            start: 0,
+            ok: 0,
+            end: 0,
+            framing: Framing::Head(HeadScan::default()),
+            tunnel_after: false,
+            at_connection_start: true,
+            stop: None,
+            rejections: None,
+        }
+    }
+
+    /// Adds 1 to `counter` when the guard refuses the connection (a substituted head or a
+    /// failed body; at most once per connection, since a refusal ends it).
+    pub fn with_rejection_counter(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.rejections = Some(counter);
+        self
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped stream; bytes read from it but not handed out yet are lost.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn reject(&mut self, reason: Rejection) {
+        tracing::debug!(reason = reason.as_str(), "h1_guard: refusing request");
+        if let Some(counter) = &self.rejections {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // What was validated before still goes out; the rest is dropped.
+        self.end = self.ok;
+        self.stop = Some(match reason.substitute() {
+            Some(bytes) => Stop::Substitute { bytes, sent: 0 },
+            None => Stop::BodyError { reason, reported: false },
+        });
+    }
+
+    /// Validates as much of `buf[ok..end]` as possible (moving `ok`), stopping at an
+    /// incomplete head or a rejection.
+    fn process_buffered(&mut self) {
+        while self.ok < self.end && self.stop.is_none() {
+            if let Framing::Head(scan) = &mut self.framing {
+                let data = &self.buf[self.ok..self.end];
+                let step = if self.at_connection_start && data.starts_with(&H2_PREFACE[..1]) {
+                    preface_step(data)
+                } else {
+                    None
+                };
+                match step.unwrap_or_else(|| scan_head(scan, data, self.max_head)) {
+                    HeadStep::NeedMore => return,
+                    HeadStep::Preface => {
+                        self.framing = Framing::Passthrough;
+                        self.ok = self.end;
+                    }
+                    HeadStep::Reject(reason) => self.reject(reason),
+                    HeadStep::Complete(len) => match check_head(&data[..len]) {
+                        Ok(info) => {
+                            self.ok += len;
+                            self.at_connection_start = false;
+                            self.tunnel_after = info.tunnel;
+                            self.framing = match info.body {
+                                Body::None => after_message(info.tunnel),
+                                Body::Length(n) => Framing::Length(n),
+                                Body::Chunked => Framing::Chunked(CHUNK_START),
+                            };
+                        }
+                        Err(reason) => self.reject(reason),
+                    },
+                }
+            } else {
+                let (n, rejected) =
+                    advance_body(&mut self.framing, self.tunnel_after, &self.buf[self.ok..self.end]);
+                self.ok += n;
+                if let Some(reason) = rejected {
+                    self.reject(reason);
+                }
+            }
+        }
+    }
+
+    /// Keeps bytes read past the end of a message (the start of the next head) for inspection.
+    fn stash(&mut self, rest: &[u8]) {
+        debug_assert_eq!(self.start, self.end, "stash with undelivered bytes");
+        if self.buf.len() < rest.len() {
+            self.buf.resize(rest.len().max(INITIAL_BUF), 0);
+        }
+        self.buf[..rest.len()].copy_from_slice(rest);
+        self.start = 0;
+        self.ok = 0;
+        self.end = rest.len();
+    }
+}
+
+impl<S: AsyncRead + Unpin> H1Guard<S> {
+    /// Reads more of the head being gathered into `buf` (everything before it was handed out).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        debug_assert_eq!(self.start, self.ok);
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.ok = 0;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A head still shorter than max_head (else it was refused), so this grows.
+            let len = (self.buf.len() * 2).max(INITIAL_BUF).min(self.max_head.max(self.end + 1));
+            self.buf.resize(len, 0);
+        }
+        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        if n == 0 {
+            // EOF: an incomplete head is dropped; hyper sees a clean end.
+            self.end = self.ok;
+            self.stop = Some(Stop::Eof);
+        } else {
+            self.end += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `Some` while the connection's first bytes are (a prefix of) the HTTP/2 preface.
+fn preface_step(data: &[u8]) -> Option<HeadStep> {
+    let n = data.len().min(H2_PREFACE.len());
+    if data[..n] != H2_PREFACE[..n] {
+        None
+    } else if n == H2_PREFACE.len() {
+        Some(HeadStep::Preface)
+    } else {
+        Some(HeadStep::NeedMore)
+    }
+}
+
+/// The framing once a message ends.
+fn after_message(tunnel: bool) -> Framing {
+    if tunnel { Framing::Passthrough } else { Framing::Head(HeadScan::default()) }
+}
+
+/// Scans the head gathered so far (`data` starts at the head) line by line.
+fn scan_head(scan: &mut HeadScan, data: &[u8], max_head: usize) -> HeadStep {
+    let limit = data.len().min(max_head);
+    while scan.pos < limit {
+        let Some(k) = data[scan.pos..limit].iter().position(|&b| b == b'\r' || b == b'\n') else {
+            scan.pos = limit;
+            break;
+        };
+        let at = scan.pos + k;
+        if data[at] == b'\n' {
+            return HeadStep::Reject(Rejection::BareLf);
+        }
+        if at + 1 == limit {
+            // A CR whose LF has not been read (or would be past the limit).
+            scan.pos = at;
+            break;
+        }
+        if data[at + 1] != b'\n' {
+            return HeadStep::Reject(Rejection::BareCr);
+        }
+        let line = &data[scan.line_start..at];
+        scan.pos = at + 2;
+        scan.line_start = at + 2;
+        if line.is_empty() {
+            if scan.in_head {
+                return HeadStep::Complete(at + 2);
+            }
+            // An empty line before the request line: ignored, as by httparse (RFC 9112 §2.2).
+        } else {
+            if scan.in_head && matches!(line[0], b' ' | b'\t') {
+                return HeadStep::Reject(Rejection::ObsFold);
+            }
+            scan.in_head = true;
+        }
+    }
+    if data.len() >= max_head { HeadStep::Reject(Rejection::HeadTooLarge) } else { HeadStep::NeedMore }
+}
+
+/// Checks a complete head (already free of bare CR/LF and obs-fold) and finds its body.
+fn check_head(head: &[u8]) -> Result<HeadInfo, Rejection> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Rejection::TooManyHeaders),
+        _ => return Err(Rejection::Malformed),
+    }
+    let http11 = req.version == Some(1);
+    let mut content_length = None;
+    let mut transfer_encoding = false;
+    let mut chunked_count = 0u32;
+    let mut last_is_chunked = false;
+    let mut upgrade = false;
+    let mut connection_upgrade = false;
+    for header in req.headers.iter() {
+        let name = header.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(Rejection::MultipleContentLength);
+            }
+            content_length = Some(parse_content_length(header.value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            // hyper reads the value as a visible-ASCII string; anything else is refused.
+            if !header.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                return Err(Rejection::InvalidTransferEncoding);
+            }
+            for coding in header.value.split(|&b| b == b',') {
+                let mut parts = coding.splitn(2, |&b| b == b';');
+                let name = trim_ows(parts.next().unwrap_or_default());
+                let has_params = parts.next().is_some();
+                if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                    return Err(Rejection::InvalidTransferEncoding);
+                }
+                last_is_chunked = name.eq_ignore_ascii_case(b"chunked");
+                if last_is_chunked {
+                    if has_params {
+                        return Err(Rejection::InvalidTransferEncoding);
+                    }
+                    chunked_count += 1;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection_upgrade |= header
+                .value
+                .split(|&b| b == b',')
+                .any(|token| trim_ows(token).eq_ignore_ascii_case(b"upgrade"));
+        }
+    }
+    let body = if transfer_encoding {
+        if content_length.is_some() {
+            return Err(Rejection::ContentLengthWithTransferEncoding);
+        }
+        if !http11 {
+            return Err(Rejection::TransferEncodingInHttp10);
+        }
+        if !last_is_chunked || chunked_count != 1 {
+            return Err(Rejection::InvalidTransferEncoding);
+        }
+        Body::Chunked
+    } else {
+        match content_length {
+            None | Some(0) => Body::None,
+            Some(n) => Body::Length(n),
+        }
+    };
+    // hyper upgrades on CONNECT, and on Upgrade in HTTP/1.1 only.
+    let tunnel = req.method == Some("CONNECT") || (http11 && upgrade && connection_upgrade);
+    Ok(HeadInfo { body, tunnel })
+}
+
+/// `Content-Length`: plain digits (httparse already trimmed the surrounding whitespace).
+fn parse_content_length(value: &[u8]) -> Result<u64, Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::InvalidContentLength);
+    }
+    let mut n = 0u64;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return Err(Rejection::InvalidContentLength);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(Rejection::InvalidContentLength)?;
+    }
+    if n > MAX_CONTENT_LENGTH {
+        return Err(Rejection::InvalidContentLength);
+    }
+    Ok(n)
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Field value and chunk extension bytes: HTAB, SP, VCHAR, obs-text.
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+fn hex_digit(b: u8) -> Option<u64> {
+    char::from(b).to_digit(16).map(u64::from)
+}
+
+/// Validates body bytes in a non-head framing. Returns how many bytes of `data` were valid;
+/// fewer than all when the message ended (the framing is then a head or passthrough) or
+/// with the reason of a rejection at the first invalid byte.
+fn advance_body(framing: &mut Framing, tunnel_after: bool, data: &[u8]) -> (usize, Option<Rejection>) {
+    let mut i = 0;
+    while i < data.len() {
+        match framing {
+            Framing::Head(_) => break,
+            Framing::Passthrough => return (data.len(), None),
+            Framing::Length(left) => {
+                let take = (*left).min((data.len() - i) as u64);
+                i += take as usize;
+                *left -= take;
+                if *left == 0 {
+                    *framing = after_message(tunnel_after);
+                }
+            }
+            Framing::Chunked(state) => match advance_chunked(state, &data[i..]) {
+                Ok((n, done)) => {
+                    i += n;
+                    if done {
+                        *framing = after_message(tunnel_after);
+                    }
+                }
+                Err((n, reason)) => return (i + n, Some(reason)),
+            },
+        }
+    }
+    (i, None)
+}
+
+/// Runs the chunked state machine over `data`: `Ok((consumed, message_done))`, or
+/// `Err((valid_bytes_before_the_bad_one, reason))`.
+fn advance_chunked(state: &mut Chunk, data: &[u8]) -> Result<(usize, bool), (usize, Rejection)> {
+    let mut i = 0;
+    while i < data.len() {
+        if let Chunk::Data(left) = state {
+            let take = (*left).min((data.len() - i) as u64);
+            i += take as usize;
+            *left -= take;
+            if *left == 0 {
+                *state = Chunk::DataCr;
+            }
+            continue;
+        }
+        let b = data[i];
+        let next = match *state {
+            Chunk::Size { digits, size } => match (hex_digit(b), b) {
+                (Some(v), _) if digits < MAX_CHUNK_SIZE_DIGITS => {
+                    Chunk::Size { digits: digits + 1, size: (size << 4) | v }
+                }
+                (None, b';') if digits > 0 => Chunk::Ext { size },
+                (None, b' ' | b'\t') if digits > 0 => Chunk::SizeWs { size },
+                (None, b'\r') if digits > 0 => Chunk::SizeLf { size },
+                _ => return Err((i, Rejection::ChunkSize)),
+            },
+            Chunk::SizeWs { size } => match b {
+                b' ' | b'\t' => Chunk::SizeWs { size },
+                b';' => Chunk::Ext { size },
+                _ => return Err((i, Rejection::ChunkSize)),
+            },
+            Chunk::Ext { size } => match b {
+                b'\r' => Chunk::SizeLf { size },
+                b if is_value_byte(b) => Chunk::Ext { size },
+                _ => return Err((i, Rejection::ChunkExtension)),
+            },
+            Chunk::SizeLf { size } => match b {
+                b'\n' if size == 0 => Chunk::TrailerStart,
+                b'\n' => Chunk::Data(size),
+                _ => return Err((i, Rejection::ChunkSize)),
+            },
+            Chunk::Data(_) => unreachable!("handled above"),
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => CHUNK_START,
+            Chunk::DataCr | Chunk::DataLf => return Err((i, Rejection::ChunkDataCrlf)),
+            Chunk::TrailerStart => match b {
+                b'\r' => Chunk::EndLf,
+                b if is_tchar(b) => Chunk::TrailerName,
+                _ => return Err((i, Rejection::Trailer)),
+            },
+            Chunk::TrailerName => match b {
+                b':' => Chunk::TrailerValue,
+                b if is_tchar(b) => Chunk::TrailerName,
+                _ => return Err((i, Rejection::Trailer)),
+            },
+            Chunk::TrailerValue => match b {
+                b'\r' => Chunk::TrailerLf,
+                b if is_value_byte(b) => Chunk::TrailerValue,
+                _ => return Err((i, Rejection::Trailer)),
+            },
+            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+            Chunk::EndLf if b == b'\n' => {
+                *state = CHUNK_START;
+                return Ok((i + 1, true));
+            }
+            Chunk::TrailerLf | Chunk::EndLf => return Err((i, Rejection::Trailer)),
+        };
+        *state = next;
+        i += 1;
+    }
+    Ok((i, false))
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // 1. Validated bytes waiting in the buffer go first.
+            if this.start < this.ok {
+                let n = out.remaining().min(this.ok - this.start);
+                out.put_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                if this.start == this.end {
+                    this.start = 0;
+                    this.ok = 0;
+                    this.end = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // 2. After a refusal or EOF.
+            if let Some(stop) = &mut this.stop {
+                return match stop {
+                    Stop::Substitute { bytes, sent } if *sent < bytes.len() => {
+                        let n = out.remaining().min(bytes.len() - *sent);
+                        out.put_slice(&bytes[*sent..*sent + n]);
+                        *sent += n;
+                        Poll::Ready(Ok(()))
+                    }
+                    Stop::BodyError { reason, reported } if !*reported => {
+                        *reported = true;
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("h1_guard: refused request body: {}", reason.as_str()),
+                        )))
+                    }
+                    _ => Poll::Ready(Ok(())),
+                };
+            }
+            // 3. Bytes already read: a head being gathered, maybe followed by more messages.
+            if this.ok < this.end {
+                this.process_buffered();
+                if this.start < this.ok || this.stop.is_some() {
+                    continue;
+                }
+            }
+            // 4. Read more.
+            if let Framing::Head(_) = this.framing {
+                ready!(this.poll_fill(cx))?;
+                continue;
+            }
+            // Body or passthrough, nothing buffered: read straight into hyper's buffer.
+            let before = out.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+            let got = out.filled().len() - before;
+            if got == 0 {
+                this.stop = Some(Stop::Eof);
+                return Poll::Ready(Ok(()));
+            }
+            if let Framing::Passthrough = this.framing {
+                return Poll::Ready(Ok(()));
+            }
+            let (n, rejected) = advance_body(&mut this.framing, this.tunnel_after, &out.filled()[before..]);
+            if n < got {
+                if rejected.is_none() {
+                    // The message ended: the rest starts the next head, which waits for inspection.
+                    this.stash(&out.filled()[before + n..]);
+                }
+                out.set_filled(before + n);
+            }
+            if let Some(reason) = rejected {
+                this.reject(reason);
+            }
+            if n > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
