@@ -4,11 +4,13 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use anyhow::Context;
+
 use crate::{
     config::Config,
     dataplane::AttachMode,
     node::Node,
-    provider::file::{FileProvider, Overrides, ReloadStats},
+    provider::file::{FileProvider, Overrides},
 };
 
 #[derive(Debug, Parser)]
@@ -26,6 +28,15 @@ pub enum Command {
     Check {
         /// The YAML configuration file to validate.
         file: PathBuf,
+    },
+    /// Ask a running instance's admin server for its workers, routes, backends and health.
+    Status {
+        /// The admin server's address (the configuration's `admin.address`).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Print the raw JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -60,6 +71,7 @@ pub enum LogFormat {
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Status { admin, json } => status(admin, json),
         Command::Check { file } => match Config::from_file(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -97,16 +109,114 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let provider = FileProvider::new(args.config.clone(), overrides);
     let config = provider.load()?;
     let node = Node::start(&config)?;
-    let stats = ReloadStats::default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve_until_signal(&provider, &node, &stats))?;
+    runtime.block_on(serve_until_signal(&provider, &node))?;
     tracing::info!("shutting down");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Fetches `/api/v1/status` and prints it.
+fn status(admin: std::net::SocketAddr, raw: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(3))
+        .with_context(|| {
+            format!("cannot reach the admin server at {admin}; is sluice running with `admin.address` set?")
+        })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET /api/v1/status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("the admin server sent no HTTP response")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "the admin server answered: {}",
+        head.lines().next().unwrap_or("")
+    );
+    // The body may be chunked; the JSON object is what sits between the outer braces.
+    let json =
+        &body[body.find('{').context("no JSON in the response")?..=body.rfind('}').context("no JSON")?];
+    let status: serde_json::Value =
+        serde_json::from_str(json).context("the admin server sent invalid JSON")?;
+    if raw {
+        println!("{status:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_status(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human summary of a status document.
+pub fn render_status(status: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ready: {}   generation: {}   workers: {}   listeners: {}",
+        status["ready"],
+        status["generation"],
+        status["workers"],
+        status["listeners"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "reloads: {} ok, {} failed",
+        status["reloads"]["succeeded"], status["reloads"]["failed"]
+    );
+    let routes = status["routes"].as_array().map(Vec::len).unwrap_or(0);
+    let _ = writeln!(out, "routes: {routes}");
+    for backend in status["backends"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "backend {} ({})",
+            backend["name"].as_str().unwrap_or("?"),
+            backend["balance"].as_str().unwrap_or("?")
+        );
+        for e in backend["endpoints"].as_array().into_iter().flatten() {
+            let state = if e["available"] == true {
+                "up"
+            } else if e["ready"] == false {
+                "not ready"
+            } else if e["check_healthy"] == false {
+                "failing checks"
+            } else if e["ejected"] == true {
+                "ejected"
+            } else {
+                "down"
+            };
+            let _ = writeln!(
+                out,
+                "  {:<28} {:<15} weight {:<4} inflight {:<5} ewma {:.2} ms",
+                e["address"].as_str().unwrap_or("?"),
+                state,
+                e["weight"],
+                e["inflight"],
+                e["latency_ewma_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    let attached = status["xdp"]["attached"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    if attached.is_empty() {
+        let _ = writeln!(out, "xdp: not attached");
+    } else {
+        let _ = writeln!(out, "xdp: attached to {attached}");
+        if let Some(counters) = status["xdp"]["counters"].as_object() {
+            for (name, value) in counters.iter().filter(|(_, v)| v.as_u64() != Some(0)) {
+                let _ = writeln!(out, "  {name:<24} {value}");
+            }
+        }
+    }
+    out
+}
+
 /// Waits for SIGINT or SIGTERM, reloading on SIGHUP and whenever the file changes.
-async fn serve_until_signal(provider: &FileProvider, node: &Node, stats: &ReloadStats) -> anyhow::Result<()> {
+async fn serve_until_signal(provider: &FileProvider, node: &Node) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -131,27 +241,25 @@ async fn serve_until_signal(provider: &FileProvider, node: &Node, stats: &Reload
         tokio::select! {
             r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
             _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => reload(provider, node, stats, "SIGHUP"),
-            Some(()) = changed => reload(provider, node, stats, "file changed"),
+            _ = hangup.recv() => reload(provider, node, "SIGHUP"),
+            Some(()) = changed => reload(provider, node, "file changed"),
         }
     }
 }
 
 /// Loads and applies the configuration; a bad one is refused and the old one keeps serving.
-fn reload(provider: &FileProvider, node: &Node, stats: &ReloadStats, why: &str) {
-    let result = provider
-        .load()
-        .map_err(|e| e.to_string())
-        .and_then(|config| node.apply(&config).map_err(|e| e.to_string()));
-    match result {
-        Ok(generation) => {
-            stats.record(true);
-            tracing::info!(why, generation, "configuration reloaded");
-        }
+fn reload(provider: &FileProvider, node: &Node, why: &str) {
+    let config = match provider.load() {
+        Ok(config) => config,
         Err(e) => {
-            stats.record(false);
+            node.record_refused();
             tracing::error!(why, error = %e, "configuration refused; the previous one keeps serving");
+            return;
         }
+    };
+    match node.apply(&config) {
+        Ok(generation) => tracing::info!(why, generation, "configuration reloaded"),
+        Err(e) => tracing::error!(why, error = %e, "configuration refused; the previous one keeps serving"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Sluice: an eBPF-assisted hybrid L4/L7 load balancer. The `sluice` binary is a thin entry
 //! point over this library; tests drive the same modules.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

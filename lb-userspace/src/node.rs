@@ -1,13 +1,21 @@
 //! One node's load balancer: the workers, and the kernel path in front of them when XDP is on.
 //! `sluice run` and the end-to-end tests start it the same way.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 
 use crate::{
+    admin::{AdminServer, AdminState},
     config::Config,
     dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
+    provider::file::ReloadStats,
     proxy::{
         WorkerOptions, Workers,
         endpoint::EndpointRegistry,
@@ -25,6 +33,9 @@ pub struct Node {
     checker: HealthChecker,
     /// What the workers were started with; a reload cannot change these without a restart.
     started_with: (Vec<std::net::SocketAddr>, usize),
+    reloads: Arc<ReloadStats>,
+    admin_state: Arc<AdminState>,
+    admin: Option<AdminServer>,
 }
 
 /// Why a configuration could not be applied to a running node.
@@ -70,12 +81,42 @@ impl Node {
             "sluice is serving"
         );
         let started_with = (options_listeners(config), config.worker_count());
-        Ok(Node { workers, kernel, published, registry, checker, started_with })
+        let reloads = Arc::new(ReloadStats::default());
+        let admin_state = Arc::new(AdminState {
+            published: published.clone(),
+            workers: workers.len(),
+            listeners: workers.local_addrs().to_vec(),
+            xdp_wanted: config.xdp.enabled && !config.xdp.interfaces.is_empty(),
+            xdp_interfaces: kernel
+                .as_ref()
+                .map(|k| k.dataplane.attachments().map(|a| a.interface.clone()).collect())
+                .unwrap_or_default(),
+            xdp_counters: kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()),
+            reloads: reloads.clone(),
+            serving: AtomicBool::new(true),
+        });
+        let admin = match &config.admin {
+            Some(admin) => Some(
+                AdminServer::start(admin.address, admin_state.clone())
+                    .with_context(|| format!("cannot start the admin server on {}", admin.address))?,
+            ),
+            None => None,
+        };
+        if let Some(admin) = &admin {
+            tracing::info!(address = %admin.addr(), "admin server listening");
+        }
+        Ok(Node { workers, kernel, published, registry, checker, started_with, reloads, admin_state, admin })
     }
 
     /// Applies a new configuration by building a snapshot and swapping it in whole: requests
     /// in flight finish on the old one, connections stay open. Endpoint health carries over.
     pub fn apply(&self, config: &Config) -> Result<u64, ApplyError> {
+        let result = self.try_apply(config);
+        self.reloads.record(result.is_ok());
+        result
+    }
+
+    fn try_apply(&self, config: &Config) -> Result<u64, ApplyError> {
         if (options_listeners(config), config.worker_count()) != self.started_with {
             return Err(ApplyError::NeedsRestart);
         }
@@ -85,6 +126,22 @@ impl Node {
         self.published.publish(snapshot);
         self.registry.prune();
         Ok(generation)
+    }
+
+    /// Counts a configuration that was refused before it reached `apply` (it did not parse or
+    /// validate).
+    pub fn record_refused(&self) {
+        self.reloads.record(false);
+    }
+
+    /// Reload outcomes so far.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.reloads
+    }
+
+    /// The admin server's address, when it runs.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
     }
 
     /// The serving snapshot, for status and tests.
@@ -103,6 +160,7 @@ impl Node {
 
     /// Logs the XDP counters, detaches, then stops the workers.
     pub fn stop(self) -> anyhow::Result<()> {
+        self.admin_state.serving.store(false, Ordering::Relaxed);
         let Node { workers, kernel, .. } = self;
         if let Some(kernel) = kernel {
             kernel.stop()?;

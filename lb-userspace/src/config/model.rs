@@ -27,6 +27,16 @@ pub struct Config {
     /// Add `x-sluice-worker: <id>` to every response: which worker answered (tests, demos).
     #[serde(default)]
     pub worker_id_header: bool,
+    /// The admin server (probes, status, metrics); none when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keep it on loopback unless a trusted network needs it: it exposes the configuration.
+    pub address: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -157,6 +157,23 @@ impl Program {
     }
 }
 
+/// Reads the XDP counters from any thread.
+pub struct CountersReader {
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl CountersReader {
+    pub fn read(&self) -> Result<Counters> {
+        let mut counters = Counters::default();
+        for &stat in Stat::ALL {
+            let per_cpu =
+                self.stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
+            counters.values[stat.index() as usize] = per_cpu.iter().sum();
+        }
+        Ok(counters)
+    }
+}
+
 /// The loaded eBPF object. Dropping it detaches every program it attached: the links are
 /// bpf_link file descriptors, so even a killed daemon leaves nothing attached.
 pub struct Dataplane {
@@ -269,6 +286,15 @@ impl Dataplane {
             counters.values[stat.index() as usize] = per_cpu.iter().sum();
         }
         Ok(counters)
+    }
+
+    /// A reader of the counters with its own map descriptor, for another thread (the admin
+    /// server) to read while this one keeps the programs.
+    pub fn counters_reader(&self) -> Result<CountersReader> {
+        let map_error = |source| Error::Map { name: STATS_MAP, source };
+        let data = MapData::from_id(self.map_id(STATS_MAP)?).map_err(map_error)?;
+        let stats = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error)?;
+        Ok(CountersReader { stats })
     }
 
     /// Every conntrack entry: the flows XDP has steered and where to.

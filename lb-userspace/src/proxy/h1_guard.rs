@@ -792,3 +792,642 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::VecDeque, task::Waker};
+
+    use super::*;
+
+    /// Hands out its chunks one per read (less when the reader's buffer is smaller); never pends.
+    struct Script(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let chunks = &mut self.get_mut().0;
+            if let Some(front) = chunks.front_mut() {
+                let n = out.remaining().min(front.len());
+                out.put_slice(&front[..n]);
+                front.drain(..n);
+                if front.is_empty() {
+                    chunks.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum End {
+        Eof,
+        Error(io::ErrorKind),
+    }
+
+    /// Reads the guard over `chunks` with `out_cap`-byte reads until EOF or an error.
+    fn drive(chunks: Vec<Vec<u8>>, out_cap: usize, max_head: usize) -> (Vec<u8>, End, u64) {
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut guard = H1Guard::new(Script(chunks.into()), max_head).with_rejection_counter(counter.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut storage = vec![0u8; out_cap];
+        let mut output = Vec::new();
+        loop {
+            let mut out = ReadBuf::new(&mut storage);
+            let end = match Pin::new(&mut guard).poll_read(&mut cx, &mut out) {
+                Poll::Ready(Ok(())) if out.filled().is_empty() => End::Eof,
+                Poll::Ready(Ok(())) => {
+                    output.extend_from_slice(out.filled());
+                    continue;
+                }
+                Poll::Ready(Err(e)) => End::Error(e.kind()),
+                Poll::Pending => panic!("the scripted input never pends"),
+            };
+            // Whatever comes next must be a clean EOF.
+            let mut out = ReadBuf::new(&mut storage);
+            let after = Pin::new(&mut guard).poll_read(&mut cx, &mut out);
+            assert!(matches!(after, Poll::Ready(Ok(()))) && out.filled().is_empty(), "no EOF after {end:?}");
+            return (output, end, counter.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The ways `input` is cut into reads: whole, byte by byte, fixed sizes, every two-way cut.
+    fn splits(input: &[u8]) -> Vec<Vec<Vec<u8>>> {
+        let mut all = vec![vec![input.to_vec()]];
+        for size in [1, 2, 3, 7, 16, 61] {
+            all.push(input.chunks(size).map(<[u8]>::to_vec).collect());
+        }
+        for cut in 1..input.len() {
+            all.push(vec![input[..cut].to_vec(), input[cut..].to_vec()]);
+        }
+        all
+    }
+
+    /// Checks the output, the ending and the rejection count for every split and read size.
+    fn check(input: &[u8], max_head: usize, want: &[u8], want_end: End, want_rejections: u64) {
+        for chunks in splits(input) {
+            for out_cap in [1, 3, 17, 4096] {
+                let cuts: Vec<usize> = chunks.iter().map(Vec::len).collect();
+                let (output, end, rejections) = drive(chunks.clone(), out_cap, max_head);
+                let context =
+                    format!("input {:?}, reads {cuts:?}, out_cap {out_cap}", String::from_utf8_lossy(input));
+                assert_eq!(String::from_utf8_lossy(&output), String::from_utf8_lossy(want), "{context}");
+                assert_eq!(end, want_end, "{context}");
+                assert_eq!(rejections, want_rejections, "{context}");
+            }
+        }
+    }
+
+    fn accepted(input: &[u8]) {
+        check(input, 64 * 1024, input, End::Eof, 0);
+    }
+
+    /// `valid` passes, then the head `bad` is replaced with the 400 trigger.
+    fn refused_head(valid: &[u8], bad: &[u8]) {
+        let input = [valid, bad].concat();
+        check(&input, 64 * 1024, &[valid, REJECT_400].concat(), End::Eof, 1);
+    }
+
+    /// `valid` passes, then the first byte of `bad` fails the read.
+    fn refused_body(valid: &[u8], bad: &[u8]) {
+        let input = [valid, bad].concat();
+        check(&input, 64 * 1024, valid, End::Error(io::ErrorKind::InvalidData), 1);
+    }
+
+    const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const POST_5: &[u8] = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    const CHUNKED_HEAD: &[u8] = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    #[test]
+    fn keep_alive_and_pipelined_requests_pass_unchanged() {
+        accepted(GET);
+        accepted(POST_5);
+        accepted(
+            &[POST_5, GET, POST_5, b"PUT /d HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n", GET].concat(),
+        );
+        // Empty lines before a request line are tolerated (as hyper does).
+        accepted(&[b"\r\n\r\n", GET, b"\r\n", POST_5].concat());
+        accepted(b"POST / HTTP/1.0\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabcGET / HTTP/1.0\r\n\r\n");
+        accepted(b"GET / HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-Tab:\tv\tw\t\r\nX-Obs: caf\xc3\xa9\r\n\r\n");
+    }
+
+    #[test]
+    fn chunked_bodies_with_extensions_and_trailers_pass_unchanged() {
+        let body: &[u8] =
+            b"5;name=value\r\nhello\r\nA ;ext\r\n0123456789\r\nb;a=\"q s\";b\r\nhello world\r\n\
+            0000000000000003\r\nabc\r\n0\r\nX-Trailer: 1\r\nX-Other:\tv a l\r\n\r\n";
+        accepted(&[CHUNKED_HEAD, body, GET].concat());
+        accepted(&[CHUNKED_HEAD, b"0\r\n\r\n", CHUNKED_HEAD, b"1\r\nz\r\n0;last\r\n\r\n", POST_5].concat());
+        accepted(
+            &[
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTRANSFER-ENCODING: Chunked\r\n\r\n0\r\n\r\n",
+                GET,
+            ]
+            .concat(),
+        );
+        accepted(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip , chunked\r\n\r\nFfFfFfFfFfFfFfFf\r\n");
+    }
+
+    #[test]
+    fn h2_preface_upgrade_and_connect_switch_to_passthrough() {
+        let tunnel_bytes: &[u8] =
+            b"\x00\x00\x00\x04\x00\n\n\r garbage \x01 / HTTP/1.1\r\nContent-Length: 1\r\n\r\n";
+        accepted(&[H2_PREFACE.as_slice(), tunnel_bytes].concat());
+        accepted(H2_PREFACE);
+        let ws: &[u8] =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
+        accepted(&[GET, ws, tunnel_bytes].concat());
+        // An upgrade request's body is still framed; the tunnel starts after it.
+        accepted(
+            &[
+                b"POST / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 2\r\n\r\nab",
+                tunnel_bytes,
+            ]
+            .concat(),
+        );
+        accepted(
+            &[b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", tunnel_bytes].concat(),
+        );
+        // Without `Connection: upgrade`, or in HTTP/1.0, hyper does not upgrade: still inspected.
+        refused_head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", b"GET / HTTP/1.1\nHost: x\r\n\r\n");
+        refused_head(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", b"GET /\n\n");
+        // The preface only counts as the first bytes of the connection, and whole.
+        refused_head(GET, H2_PREFACE);
+        refused_head(b"", b"PRI * HTTP/2.0\r\n\r\nSX\r\n\r\n");
+    }
+
+    #[test]
+    fn smuggling_heads_are_replaced_with_a_400_trigger() {
+        let bad_heads: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551614\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip,,chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \xffchunked, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // obs-fold, also right after the request line.
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: x\r\n\r\n",
+            // Bare LF and bare CR.
+            b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+            b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\rX-A: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\r\n",
+            // What httparse refuses.
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost\t: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo(st: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/1.1 \r\n\r\n",
+            b"G\x01T / HTTP/1.1\r\n\r\n",
+        ];
+        for bad in bad_heads {
+            refused_head(b"", bad);
+        }
+        // Pipelined after valid requests, the valid ones still go through first.
+        refused_head(&[POST_5, GET].concat(), bad_heads[0]);
+        refused_head(&[CHUNKED_HEAD, b"0\r\n\r\n"].concat(), bad_heads[2]);
+    }
+
+    #[test]
+    fn oversized_heads_and_too_many_fields_are_replaced_with_a_431_trigger() {
+        let max = 128;
+        // Exactly `max` bytes is fine.
+        let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 128 - 23], b"\r\n\r\n"].concat();
+        assert_eq!(head.len(), max);
+        check(&head, max, &head, End::Eof, 0);
+        // One more is not, with or without a line end in sight.
+        let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 128 - 22], b"\r\n\r\n"].concat();
+        check(&head, max, REJECT_431, End::Eof, 1);
+        check(&[b'a'; 300], max, REJECT_431, End::Eof, 1);
+        let input = [POST_5, &head].concat();
+        check(&input, max, &[POST_5, REJECT_431].concat(), End::Eof, 1);
+        // Leading empty lines count: hyper keeps them in its buffer too.
+        let input = [&[b'\r', b'\n'].repeat(60)[..], GET].concat();
+        check(&input, max, REJECT_431, End::Eof, 1);
+
+        let fields = |n: usize| {
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        let head = fields(MAX_HEADERS);
+        check(&head, 64 * 1024, &head, End::Eof, 0);
+        check(&fields(MAX_HEADERS + 1), 64 * 1024, REJECT_431, End::Eof, 1);
+    }
+
+    #[test]
+    fn bad_chunks_fail_the_read_after_the_valid_bytes() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b"zz\r\nhello\r\n0\r\n\r\n"),
+            (b"", b"-1\r\n"),
+            (b"", b"+5\r\nhello\r\n"),
+            (b"", b" 5\r\nhello\r\n"),
+            (b"", b"\r\n"),
+            (b"", b";ext\r\n"),
+            (b"0", b"x5\r\nhello\r\n"),
+            (b"5 ", b"\r\nhello\r\n"),
+            (b"5", b"\nhello\r\n"),
+            (b"5\r", b"\rhello\r\n"),
+            (b"5;a", b"\nhello\r\n"),
+            (b"5;a", b"\x00\r\nhello\r\n"),
+            (b"0000000000000005", b"5\r\nhello\r\n"),
+            (b"5\r\nhello", b"X\r\n0\r\n\r\n"),
+            (b"5\r\nhello", b"\n0\r\n\r\n"),
+            (b"5\r\nhello\r", b"\r0\r\n\r\n"),
+            (b"5\r\nhello\r\n", b"\r\n"),
+            (b"0\r\nX: a", b"\nY: b\r\n\r\n"),
+            (b"0\r\nX: a\r\n", b" b\r\n\r\n"),
+            (b"0\r\nX", b" : a\r\n\r\n"),
+            (b"0\r\n", b":a\r\n\r\n"),
+            (b"0\r\nX: a", b"\x01\r\n\r\n"),
+            (b"0\r\nX: a\r", b"X\r\n\r\n"),
+            (b"0\r\n", b"\n"),
+            (b"0\r\n\r", b"\r"),
+        ];
+        for (valid, bad) in cases {
+            refused_body(&[CHUNKED_HEAD, valid].concat(), bad);
+        }
+        // After valid pipelined messages.
+        refused_body(&[POST_5, CHUNKED_HEAD, b"3\r\nabc\r\n"].concat(), b"-3\r\n");
+    }
+
+    #[test]
+    fn eof_drops_an_incomplete_head_but_passes_a_partial_body() {
+        check(b"GET / HTTP/1.1\r\nHost: x\r\n", 64 * 1024, b"", End::Eof, 0);
+        check(&[GET, b"GET / HT"].concat(), 64 * 1024, GET, End::Eof, 0);
+        check(&H2_PREFACE[..10], 64 * 1024, b"", End::Eof, 0);
+        accepted(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        accepted(&[CHUNKED_HEAD, b"5\r\nhel"].concat());
+    }
+
+    /// Real sockets, a real hyper server, raw client bytes.
+    mod e2e {
+        use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full};
+        use hyper::{
+            Request, Response,
+            body::Incoming,
+            header::{CONNECTION, UPGRADE},
+            server::conn::http1,
+            service::service_fn,
+        };
+        use hyper_util::{
+            rt::{TokioExecutor, TokioIo},
+            server::conn::auto,
+        };
+        use tokio::{
+            io::{AsyncReadExt, AsyncWriteExt},
+            net::{TcpListener, TcpStream},
+            sync::mpsc,
+            time::timeout,
+        };
+
+        use super::super::H1Guard;
+        use super::*;
+
+        const LIMIT: usize = 64 * 1024;
+        const PATIENCE: Duration = Duration::from_secs(10);
+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Mode {
+            /// `http1::Builder` over the guard.
+            Guarded,
+            /// hyper-util's `auto::Builder` over the guard, as the workers serve.
+            GuardedAuto,
+            /// `http1::Builder` alone, to show what the guard adds.
+            Bare,
+        }
+
+        #[derive(Debug, PartialEq, Eq)]
+        enum BodyOutcome {
+            Len(usize),
+            Error,
+        }
+
+        struct Server {
+            addr: SocketAddr,
+            /// Requests the service saw.
+            seen: Arc<AtomicU64>,
+            /// Connections the guard refused.
+            rejected: Arc<AtomicU64>,
+            bodies: mpsc::UnboundedReceiver<BodyOutcome>,
+        }
+
+        impl Server {
+            async fn next_body(&mut self) -> BodyOutcome {
+                timeout(PATIENCE, self.bodies.recv()).await.expect("no body outcome").expect("server gone")
+            }
+        }
+
+        /// Echoes the body length (500 when reading the body fails); answers an `Upgrade`
+        /// with 101 and then echoes the tunnel.
+        async fn handle(
+            mut req: Request<Incoming>,
+            seen: Arc<AtomicU64>,
+            bodies: mpsc::UnboundedSender<BodyOutcome>,
+        ) -> Result<Response<Full<Bytes>>, Infallible> {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if req.headers().contains_key(UPGRADE) {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = upgrade.await else { return };
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 256];
+                    while let Ok(n @ 1..) = io.read(&mut buf).await {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let response = Response::builder()
+                    .status(101)
+                    .header(CONNECTION, "upgrade")
+                    .header(UPGRADE, "echo")
+                    .body(Full::default());
+                return Ok(response.unwrap());
+            }
+            match req.into_body().collect().await {
+                Ok(body) => {
+                    let len = body.to_bytes().len();
+                    let _ = bodies.send(BodyOutcome::Len(len));
+                    Ok(Response::new(Full::new(Bytes::from(len.to_string()))))
+                }
+                Err(_) => {
+                    let _ = bodies.send(BodyOutcome::Error);
+                    let response = Response::builder().status(500).body(Full::new(Bytes::from("body error")));
+                    Ok(response.unwrap())
+                }
+            }
+        }
+
+        async fn start(mode: Mode) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(AtomicU64::new(0));
+            let rejected = Arc::new(AtomicU64::new(0));
+            let (tx, bodies) = mpsc::unbounded_channel();
+            let (seen2, rejected2) = (seen.clone(), rejected.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (seen, tx) = (seen2.clone(), tx.clone());
+                    let svc = service_fn(move |req| handle(req, seen.clone(), tx.clone()));
+                    let guarded = H1Guard::new(stream, LIMIT).with_rejection_counter(rejected2.clone());
+                    tokio::spawn(async move {
+                        match mode {
+                            Mode::Guarded => {
+                                let io = TokioIo::new(guarded);
+                                let conn =
+                                    http1::Builder::new().max_buf_size(LIMIT).serve_connection(io, svc);
+                                let _ = conn.with_upgrades().await;
+                            }
+                            Mode::GuardedAuto => {
+                                let mut builder = auto::Builder::new(TokioExecutor::new());
+                                builder.http1().max_buf_size(LIMIT);
+                                let _ =
+                                    builder.serve_connection_with_upgrades(TokioIo::new(guarded), svc).await;
+                            }
+                            Mode::Bare => {
+                                let io = TokioIo::new(guarded.into_inner());
+                                let _ =
+                                    http1::Builder::new().max_buf_size(LIMIT).serve_connection(io, svc).await;
+                            }
+                        }
+                    });
+                }
+            });
+            Server { addr, seen, rejected, bodies }
+        }
+
+        /// Sends `request` and reads until the server closes the connection.
+        async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // The server may answer and close before reading everything: the write may fail.
+            let _ = stream.write_all(request).await;
+            let mut response = Vec::new();
+            let read_all = async { while let Ok(1..) = stream.read_buf(&mut response).await {} };
+            timeout(PATIENCE, read_all).await.expect("the server neither answered nor closed");
+            String::from_utf8_lossy(&response).into_owned()
+        }
+
+        /// Reads one response with a `content-length` body: (status, body).
+        async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+            let read = async {
+                loop {
+                    if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let status = head[9..12].parse().unwrap();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= head_end + len {
+                            let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+                            buf.drain(..head_end + len);
+                            return (status, body);
+                        }
+                    }
+                    assert!(stream.read_buf(buf).await.unwrap() > 0, "closed mid-response: {buf:?}");
+                }
+            };
+            timeout(PATIENCE, read).await.expect("no response")
+        }
+
+        const SEQUENCE: [(&[u8], usize); 3] = [
+            (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 5),
+            (b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-T: 1\r\n\r\n", 7),
+            (b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n", 0),
+        ];
+
+        #[tokio::test]
+        async fn keep_alive_sequence_gets_three_200s() {
+            for mode in [Mode::Guarded, Mode::GuardedAuto] {
+                let mut server = start(mode).await;
+                let mut stream = TcpStream::connect(server.addr).await.unwrap();
+                let mut buf = Vec::new();
+                for (request, len) in SEQUENCE {
+                    stream.write_all(request).await.unwrap();
+                    assert_eq!(
+                        read_response(&mut stream, &mut buf).await,
+                        (200, len.to_string()),
+                        "{mode:?}"
+                    );
+                    assert_eq!(server.next_body().await, BodyOutcome::Len(len));
+                }
+                assert_eq!(server.seen.load(Ordering::SeqCst), 3);
+                assert_eq!(server.rejected.load(Ordering::SeqCst), 0);
+            }
+        }
+
+        #[tokio::test]
+        async fn pipelined_sequence_gets_three_200s() {
+            let mut server = start(Mode::Guarded).await;
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(&SEQUENCE.map(|(request, _)| request).concat()).await.unwrap();
+            let mut buf = Vec::new();
+            for (_, len) in SEQUENCE {
+                assert_eq!(read_response(&mut stream, &mut buf).await, (200, len.to_string()));
+                assert_eq!(server.next_body().await, BodyOutcome::Len(len));
+            }
+        }
+
+        /// Each ends with `Connection: close` so that an accepted one ends the exchange too.
+        const SMUGGLING: &[(&str, &[u8])] = &[
+            (
+                "CL then TE",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            ),
+            (
+                "TE then CL",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            ),
+            (
+                "two equal CLs",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            ),
+            (
+                "two different CLs",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+            ),
+            ("CL list", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\nabc"),
+            (
+                "TE chunked, identity",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            ),
+            (
+                "TE xchunked",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            ),
+            ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\nConnection: close\r\n\r\n"),
+            ("bare LF in the request line", b"GET / HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n"),
+            ("bare LF in a header", b"GET / HTTP/1.1\r\nHost: x\nConnection: close\r\n\r\n"),
+            ("bare LF everywhere", b"GET / HTTP/1.1\nHost: x\nConnection: close\n\n"),
+            ("space before colon", b"GET / HTTP/1.1\r\nHost : x\r\nConnection: close\r\n\r\n"),
+        ];
+
+        #[tokio::test]
+        async fn smuggling_shapes_get_400_and_never_reach_the_service() {
+            for mode in [Mode::Guarded, Mode::GuardedAuto] {
+                let server = start(mode).await;
+                for (i, (shape, request)) in SMUGGLING.iter().enumerate() {
+                    let response = exchange(server.addr, request).await;
+                    assert!(
+                        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                        "{mode:?} {shape}: {response:?}"
+                    );
+                    assert_eq!(server.seen.load(Ordering::SeqCst), 0, "{mode:?} {shape}");
+                    assert_eq!(server.rejected.load(Ordering::SeqCst), i as u64 + 1, "{mode:?} {shape}");
+                }
+            }
+        }
+
+        /// Without the guard hyper serves these (when this starts failing, hyper got stricter).
+        #[tokio::test]
+        async fn hyper_alone_serves_some_smuggling_shapes() {
+            let mut server = start(Mode::Bare).await;
+            for (shape, request) in SMUGGLING {
+                if ["TE then CL", "CL then TE", "two equal CLs", "bare LF everywhere"].contains(shape) {
+                    let response = exchange(server.addr, request).await;
+                    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{shape}: {response:?}");
+                    assert!(matches!(server.next_body().await, BodyOutcome::Len(_)));
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn bad_chunk_sizes_fail_the_body_and_get_no_200() {
+            let sizes: &[&[u8]] = &[b"zz", b"-1", b"0x5", b"5 ", b"00000000000000005"];
+            for (i, size) in sizes.iter().enumerate() {
+                let mut server = start(Mode::Guarded).await;
+                let request = [
+                    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+                    size,
+                    b"\r\nhello\r\n0\r\n\r\n",
+                ]
+                .concat();
+                let response = exchange(server.addr, &request).await;
+                let size = String::from_utf8_lossy(size);
+                assert!(!response.starts_with("HTTP/1.1 200"), "{size}: {response:?}");
+                assert_eq!(server.next_body().await, BodyOutcome::Error, "{size}");
+                assert_eq!(server.seen.load(Ordering::SeqCst), 1, "{size}");
+                assert_eq!(server.rejected.load(Ordering::SeqCst), 1, "{size} ({i})");
+            }
+        }
+
+        #[tokio::test]
+        async fn oversized_head_gets_431() {
+            for mode in [Mode::Guarded, Mode::GuardedAuto] {
+                let server = start(mode).await;
+                let request = [
+                    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(),
+                    &[b'a'; 70 * 1024],
+                    b"\r\nConnection: close\r\n\r\n",
+                ]
+                .concat();
+                let response = exchange(server.addr, &request).await;
+                assert!(
+                    response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                    "{mode:?}: {response:?}"
+                );
+                assert_eq!(server.seen.load(Ordering::SeqCst), 0);
+                assert_eq!(server.rejected.load(Ordering::SeqCst), 1);
+            }
+        }
+
+        #[tokio::test]
+        async fn upgrade_tunnel_and_h2_prior_knowledge_pass_through() {
+            let server = start(Mode::Guarded).await;
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream
+                .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 101);
+            // Bytes the guard would refuse in a head.
+            let tunnel = b"\n\n\x00 / HTTP/1.1\nContent-Length: 1, 2\r\n\r\n";
+            stream.write_all(tunnel).await.unwrap();
+            while buf.len() < tunnel.len() {
+                assert!(timeout(PATIENCE, stream.read_buf(&mut buf)).await.unwrap().unwrap() > 0);
+            }
+            assert_eq!(buf, tunnel);
+
+            // h2c prior knowledge under the auto builder: the server answers with SETTINGS.
+            let server = start(Mode::GuardedAuto).await;
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(H2_PREFACE).await.unwrap();
+            stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut frame = [0u8; 9];
+            timeout(PATIENCE, stream.read_exact(&mut frame)).await.unwrap().unwrap();
+            assert_eq!(frame[3], 4, "first server frame is SETTINGS: {frame:?}");
+            assert_eq!(server.rejected.load(Ordering::SeqCst), 0);
+        }
+    }
+}

@@ -31,7 +31,7 @@ use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use tokio::{net::TcpStream, sync::oneshot, task::AbortHandle};
 
@@ -94,7 +94,7 @@ impl Running {
     }
 }
 
-/// The map key of an endpoint: its address. Unique while the map holds the `Arc`.
+/// The map key of an endpoint: where its `Arc` points. Unique while the map holds the `Arc`.
 fn key(endpoint: &Arc<Endpoint>) -> usize {
     Arc::as_ptr(endpoint).addr()
 }
@@ -314,10 +314,10 @@ impl RequestTemplate {
         let headers = request.headers_mut();
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         if self.h2 {
+            // The host travels as `:authority` (from the URI), and HTTP/2 forbids `Connection`:
+            // the connection closes anyway when the check drops it.
             *request.version_mut() = http::Version::HTTP_2;
         } else {
-            // Connection-specific headers are forbidden in HTTP/2; HTTP/2 closes anyway when
-            // the check drops the connection.
             headers.insert(header::HOST, self.host.clone());
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -367,8 +367,7 @@ async fn probe(
     timeout: Duration,
 ) -> Result<StatusCode, Failure> {
     let mut status = None;
-    let exchanged =
-        tokio::time::timeout(timeout, exchange(address, protocol, request, timeout, &mut status)).await;
+    let exchanged = tokio::time::timeout(timeout, exchange(address, protocol, request, &mut status)).await;
     let status = match (status, exchanged) {
         // The response head arrived in time; how its body ends does not count.
         (Some(status), _) => status,
@@ -385,7 +384,6 @@ async fn exchange(
     address: SocketAddr,
     protocol: BackendProtocol,
     request: Request<Empty<Bytes>>,
-    timeout: Duration,
     status: &mut Option<StatusCode>,
 ) -> Result<(), Failure> {
     let stream = TcpStream::connect(address).await.map_err(Failure::Connect)?;
@@ -398,8 +396,11 @@ async fn exchange(
             respond(connection, sender.send_request(request), status).await
         }
         BackendProtocol::H2c => {
-            let executor = BoundedExecutor { limit: timeout };
-            let (mut sender, connection) = http2::handshake(executor, io).await.map_err(Failure::Http)?;
+            // hyper spawns the HTTP/2 connection task beside `connection`; it shuts the
+            // connection down once the check drops `connection` (a test checks that no task
+            // outlives its check).
+            let (mut sender, connection) =
+                http2::handshake(TokioExecutor::new(), io).await.map_err(Failure::Http)?;
             respond(connection, sender.send_request(request), status).await
         }
     }
@@ -439,25 +440,6 @@ async fn drain(mut body: Incoming) {
     }
 }
 
-/// Spawns what hyper's HTTP/2 client runs beside the request (the connection task) on the
-/// checker runtime, cut off after `limit`. That task outlives the dropped check until the
-/// connection shuts down; against a server that stops reading that might be never, and one
-/// stuck task per check would pile up. Anything useful it does ends within the check's timeout.
-#[derive(Clone, Copy)]
-struct BoundedExecutor {
-    limit: Duration,
-}
-
-impl<F> hyper::rt::Executor<F> for BoundedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(tokio::time::timeout(self.limit, future));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -468,7 +450,6 @@ mod tests {
     use http::Version;
     use http_body_util::Full;
     use hyper::service::service_fn;
-    use hyper_util::rt::TokioExecutor;
 
     use super::*;
     use crate::proxy::endpoint::{EndpointRegistry, HealthChange};

@@ -207,7 +207,8 @@ impl RouteTable {
                 }
                 // `*.foo.com` takes exactly one label in front of `foo.com`: split off the first
                 // label and look the rest up, so `a.b.foo.com` looks for `b.foo.com`.
-                if let Some((label, parent)) = lower.split_once('.')
+                if let Some((label, parent)) =
+                    lower.rsplitn(3, '.').nth(2).zip(Some(lower)).map(|_| lower.split_once('.').unwrap())
                     && !label.is_empty()
                     && let Some(&i) = self.wildcard.get(parent)
                 {
@@ -672,7 +673,7 @@ virtual_hosts:
     #[test]
     fn exact_host_beats_wildcard_beats_default() {
         let table = table(
-            "\
+            "
   - {name: wild, domains: [\"*.example.com\"], routes: [{name: wild, backend: b0}]}
   - {name: api, domains: [api.example.com, API2.example.com], routes: [{name: api, backend: b0}]}
   - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
@@ -692,7 +693,7 @@ virtual_hosts:
     #[test]
     fn host_port_case_trailing_dot_and_ipv6() {
         let table = table(
-            "\
+            "
   - {name: api, domains: [api.example.com], routes: [{name: api, backend: b0}]}
   - {name: wild, domains: [\"*.Example.org\"], routes: [{name: wild, backend: b0}]}
   - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
@@ -724,7 +725,7 @@ virtual_hosts:
     #[test]
     fn a_matched_virtual_host_does_not_fall_through_to_the_default() {
         let table = table(
-            "\
+            "
   - {name: api, domains: [api.example.com], routes: [{name: api, backend: b0, match: {path: {prefix: /v1}}}]}
   - {name: dflt, domains: [\"*\"], routes: [{name: dflt, backend: b1}]}
 ",
@@ -765,7 +766,7 @@ virtual_hosts:
     #[test]
     fn header_matches() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -792,7 +793,7 @@ virtual_hosts:
     #[test]
     fn method_matches_and_more_constraints_win() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -815,7 +816,7 @@ virtual_hosts:
     #[test]
     fn declaration_order_breaks_remaining_ties() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -831,7 +832,7 @@ virtual_hosts:
     #[test]
     fn prefix_rewrites() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -862,7 +863,7 @@ virtual_hosts:
     #[test]
     fn regex_rewrites() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -894,7 +895,7 @@ virtual_hosts:
     #[test]
     fn redirect_locations() {
         let table = table(
-            "\
+            "
   - name: v
     domains: [\"*\"]
     routes:
@@ -952,7 +953,7 @@ virtual_hosts:
     #[test]
     fn route_fields_and_listing() {
         let table = table(
-            "\
+            "
   - name: one
     domains: [a.example.com]
     routes:

@@ -1,0 +1,189 @@
+//! The admin server: health and readiness probes, the live status and configuration as JSON
+//! (`sluice status` reads it), on its own thread and runtime so it never competes with the
+//! workers' request path. Loopback by default.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::{
+    dataplane::CountersReader,
+    provider::file::ReloadStats,
+    proxy::{
+        body::{self, ProxyBody},
+        endpoint::now_ms,
+        snapshot::Published,
+    },
+};
+
+/// What the admin server reports on.
+pub struct AdminState {
+    pub published: Published,
+    pub workers: usize,
+    pub listeners: Vec<SocketAddr>,
+    /// XDP was asked for (enabled with interfaces).
+    pub xdp_wanted: bool,
+    /// Interfaces XDP is attached to.
+    pub xdp_interfaces: Vec<String>,
+    pub xdp_counters: Option<CountersReader>,
+    pub reloads: Arc<ReloadStats>,
+    /// Set once the node serves; cleared when it starts shutting down.
+    pub serving: AtomicBool,
+}
+
+impl AdminState {
+    /// Ready: serving, and the kernel path attached when it was asked for.
+    pub fn ready(&self) -> bool {
+        self.serving.load(Ordering::Relaxed) && (!self.xdp_wanted || !self.xdp_interfaces.is_empty())
+    }
+
+    pub fn status(&self) -> Value {
+        let snapshot = self.published.load();
+        let now = now_ms();
+        let backends: Vec<Value> = snapshot
+            .backends
+            .iter()
+            .map(|group| {
+                let endpoints: Vec<Value> = group
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.address.to_string(),
+                            "weight": e.weight(),
+                            "ready": e.is_ready(),
+                            "check_healthy": e.check_healthy(),
+                            "ejected": e.is_ejected(now),
+                            "available": e.is_available(now),
+                            "inflight": e.inflight(),
+                            "latency_ewma_ms": e.ewma_ns() / 1e6,
+                        })
+                    })
+                    .collect();
+                json!({"name": group.name, "balance": format!("{:?}", group.config.balance), "endpoints": endpoints})
+            })
+            .collect();
+        let routes: Vec<Value> = snapshot.routes.routes().map(|r| json!({"name": r.name})).collect();
+        let xdp = match &self.xdp_counters {
+            Some(reader) => match reader.read() {
+                Ok(counters) => {
+                    let map: serde_json::Map<String, Value> =
+                        counters.iter().map(|(stat, value)| (stat.name().to_owned(), json!(value))).collect();
+                    json!({"attached": self.xdp_interfaces, "counters": map})
+                }
+                Err(e) => json!({"attached": self.xdp_interfaces, "error": e.to_string()}),
+            },
+            None => json!({"attached": [], "wanted": self.xdp_wanted}),
+        };
+        json!({
+            "ready": self.ready(),
+            "generation": snapshot.generation,
+            "workers": self.workers,
+            "listeners": self.listeners.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+            "routes": routes,
+            "backends": backends,
+            "xdp": xdp,
+            "reloads": {
+                "succeeded": self.reloads.succeeded.load(Ordering::Relaxed),
+                "failed": self.reloads.failed.load(Ordering::Relaxed),
+                "last_success_unix": self.reloads.last_success_unix.load(Ordering::Relaxed),
+            },
+        })
+    }
+}
+
+/// The running admin server; stops on drop.
+pub struct AdminServer {
+    shutdown: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl AdminServer {
+    /// Binds `addr` now (a taken port is an error to the caller) and serves on a new thread.
+    pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let thread = std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return tracing::error!(error = %e, "cannot start the admin runtime"),
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                loop {
+                    tokio::select! {
+                        _ = shutdown_rx.changed() => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                let service = service_fn(move |request| {
+                                    let state = state.clone();
+                                    async move { Ok::<_, Infallible>(route(&state, request)) }
+                                });
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        })?;
+        Ok(AdminServer { shutdown, thread: Some(thread), addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
+    let mut response = Response::new(body::text(format!("{value:#}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::text(text));
+    *response.status_mut() = status;
+    response
+}
+
+fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> {
+    if request.method() != Method::GET {
+        return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match request.uri().path() {
+        "/healthz" => text_response(StatusCode::OK, "ok\n"),
+        "/readyz" if state.ready() => text_response(StatusCode::OK, "ready\n"),
+        "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/api/v1/status" => json_response(StatusCode::OK, &state.status()),
+        _ => text_response(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /api/v1/status\n"),
+    }
+}
