@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::{
     activity::{Activity, ActivityIo},
     forward::{self, Connection},
+    h1_guard::H1Guard,
     snapshot::Published,
 };
 use crate::{config::Limits, dataplane::HeartbeatWriter};
@@ -359,7 +360,8 @@ async fn serve_connection(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100));
     let activity = Activity::default();
-    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    // The guard refuses request-smuggling shapes that hyper's parser would tolerate.
+    let io = TokioIo::new(H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes));
     let service_connection = connection.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let connection = service_connection.clone();
