@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod node;
 pub mod provider;
 pub mod proxy;

@@ -1,0 +1,340 @@
+//! Prometheus metrics. The request path only touches its own worker's counters (an
+//! uncontended per-worker lock, never a node-wide one); a scrape merges every worker's
+//! counters and reads the shared state (endpoints, XDP, reloads) at that moment.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+/// Upper bounds of the request duration histogram, in seconds.
+pub const DURATION_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Labels of a request: virtual host and route names (bounded by the configuration, never
+/// the raw Host header), and the status class.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RequestKey {
+    host: Arc<str>,
+    route: Arc<str>,
+    class: u8,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        self.count += other.count;
+        self.sum += other.sum;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WorkerCounters {
+    requests: HashMap<RequestKey, u64>,
+    durations: HashMap<(Arc<str>, Arc<str>), Histogram>,
+    connect_errors: HashMap<Arc<str>, u64>,
+    retries: HashMap<Arc<str>, u64>,
+}
+
+/// One worker's metrics.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    counters: Mutex<WorkerCounters>,
+    active_connections: AtomicI64,
+    accepted: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// A finished request.
+    pub fn request(&self, host: &Arc<str>, route: &Arc<str>, status: u16, duration: Duration) {
+        let mut counters = self.counters.lock();
+        let key = RequestKey { host: host.clone(), route: route.clone(), class: (status / 100) as u8 };
+        *counters.requests.entry(key).or_insert(0) += 1;
+        counters.durations.entry((host.clone(), route.clone())).or_default().observe(duration.as_secs_f64());
+    }
+
+    pub fn connect_error(&self, backend: &Arc<str>) {
+        *self.counters.lock().connect_errors.entry(backend.clone()).or_insert(0) += 1;
+    }
+
+    pub fn retry(&self, backend: &Arc<str>) {
+        *self.counters.lock().retries.entry(backend.clone()).or_insert(0) += 1;
+    }
+
+    pub fn connection_opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn active_connections(&self) -> i64 {
+        self.active_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A source of gauges and counters read at scrape time (endpoints, XDP, reloads, TLS).
+pub trait ScrapeSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Calls `emit` once per sample: (metric name, help, type, labels, value).
+    fn samples(&self, emit: &mut dyn FnMut(Sample));
+}
+
+/// One sample of a scrape-time metric.
+pub struct Sample<'a> {
+    pub name: &'a str,
+    pub help: &'a str,
+    pub kind: MetricType,
+    pub unit: Option<Unit>,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+/// Every worker's metrics plus the scrape-time sources, rendered as OpenMetrics text.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    workers: Vec<Arc<WorkerMetrics>>,
+    sources: Vec<Arc<dyn ScrapeSource>>,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            workers: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
+            sources: Vec::new(),
+        }
+    }
+
+    pub fn worker(&self, id: usize) -> Arc<WorkerMetrics> {
+        self.workers[id % self.workers.len()].clone()
+    }
+
+    pub fn workers(&self) -> &[Arc<WorkerMetrics>] {
+        &self.workers
+    }
+
+    pub fn add_source(&mut self, source: Arc<dyn ScrapeSource>) {
+        self.sources.push(source);
+    }
+
+    /// The OpenMetrics text of everything.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn merged(&self) -> WorkerCounters {
+        let mut total = WorkerCounters::default();
+        for worker in &self.workers {
+            let counters = worker.counters.lock();
+            for (k, v) in &counters.requests {
+                *total.requests.entry(k.clone()).or_insert(0) += v;
+            }
+            for (k, v) in &counters.durations {
+                total.durations.entry(k.clone()).or_default().merge(v);
+            }
+            for (k, v) in &counters.connect_errors {
+                *total.connect_errors.entry(k.clone()).or_insert(0) += v;
+            }
+            for (k, v) in &counters.retries {
+                *total.retries.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        total
+    }
+}
+
+const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let total = self.merged();
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_requests",
+            "HTTP requests answered, by virtual host, route and status class",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut requests: Vec<_> = total.requests.iter().collect();
+        requests.sort_by(|a, b| (&a.0.host, &a.0.route, a.0.class).cmp(&(&b.0.host, &b.0.route, b.0.class)));
+        for (key, count) in requests {
+            let class = STATUS_CLASSES.get(usize::from(key.class)).copied().unwrap_or("other");
+            let labels = [
+                ("host", key.host.to_string()),
+                ("route", key.route.to_string()),
+                ("status_class", class.to_owned()),
+            ];
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_request_duration",
+            "Time from the request head to the response head, by virtual host and route",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        let mut durations: Vec<_> = total.durations.iter().collect();
+        durations.sort_by(|a, b| a.0.cmp(b.0));
+        for ((host, route), histogram) in durations {
+            let labels = [("host", host.to_string()), ("route", route.to_string())];
+            // Per-bucket counts: the encoder accumulates them into `le` buckets itself.
+            let overflow = histogram.count - histogram.buckets.iter().sum::<u64>();
+            let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                .iter()
+                .copied()
+                .zip(histogram.buckets)
+                .chain(std::iter::once((f64::INFINITY, overflow)))
+                .collect();
+            family.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                histogram.sum,
+                histogram.count,
+                &buckets,
+                None,
+            )?;
+        }
+
+        for (name, help, map) in [
+            (
+                "sluice_upstream_connect_errors",
+                "Failed connections to backend endpoints",
+                &total.connect_errors,
+            ),
+            ("sluice_upstream_retries", "Requests retried on another endpoint", &total.retries),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort();
+            for (backend, count) in entries {
+                ConstCounter::new(*count)
+                    .encode(family.encode_family(&[("backend", backend.to_string())])?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_worker_active_connections",
+            "Client connections open on each worker",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, worker) in self.workers.iter().enumerate() {
+            ConstGauge::new(worker.active_connections())
+                .encode(family.encode_family(&[("worker", id.to_string())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sluice_worker_connections",
+            "Client connections each worker accepted: with XDP, the share XDP steered to it",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, worker) in self.workers.iter().enumerate() {
+            ConstCounter::new(worker.accepted())
+                .encode(family.encode_family(&[("worker", id.to_string())])?)?;
+        }
+
+        // Scrape-time sources, grouped by metric name so each family is described once.
+        let mut samples: Vec<(String, String, MetricType, Option<Unit>, Vec<(&'static str, String)>, f64)> =
+            Vec::new();
+        for source in &self.sources {
+            source.samples(&mut |s| {
+                samples.push((s.name.to_owned(), s.help.to_owned(), s.kind, s.unit, s.labels, s.value));
+            });
+        }
+        samples.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut i = 0;
+        while i < samples.len() {
+            let (name, help, kind, unit) = (&samples[i].0, &samples[i].1, samples[i].2, samples[i].3.clone());
+            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
+            let mut j = i;
+            while j < samples.len() && samples[j].0 == *name {
+                let labels = &samples[j].4;
+                let value = samples[j].5;
+                match kind {
+                    MetricType::Counter => {
+                        ConstCounter::new(value as u64).encode(family.encode_family(labels)?)?
+                    }
+                    _ => ConstGauge::new(value).encode(family.encode_family(labels)?)?,
+                }
+                j += 1;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_from_several_workers_are_merged_and_rendered() {
+        let metrics = Arc::new(Metrics::new(2));
+        let (host, route): (Arc<str>, Arc<str>) = ("web".into(), "web/0".into());
+        metrics.worker(0).request(&host, &route, 200, Duration::from_millis(3));
+        metrics.worker(1).request(&host, &route, 204, Duration::from_millis(30));
+        metrics.worker(1).request(&host, &route, 503, Duration::from_millis(1));
+        metrics.worker(0).connection_opened();
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"sluice_requests_total{host="web",route="web/0",status_class="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_requests_total{host="web",route="web/0",status_class="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_request_duration_seconds_count{host="web",route="web/0"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_request_duration_seconds_bucket{le="0.005",host="web",route="web/0"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_request_duration_seconds_bucket{le="+Inf",host="web",route="web/0"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"sluice_worker_active_connections{worker="0"} 1"#), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
