@@ -124,6 +124,16 @@ pub struct Sample<'a> {
     pub value: f64,
 }
 
+/// A `Sample` kept until the scrape is grouped by name.
+struct OwnedSample {
+    name: String,
+    help: String,
+    kind: MetricType,
+    unit: Option<Unit>,
+    labels: Vec<(&'static str, String)>,
+    value: f64,
+}
+
 /// Every worker's metrics plus the scrape-time sources, rendered as OpenMetrics text.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -271,31 +281,31 @@ impl Collector for Metrics {
         }
 
         // Scrape-time sources, grouped by metric name so each family is described once.
-        let mut samples: Vec<(String, String, MetricType, Option<Unit>, Vec<(&'static str, String)>, f64)> =
-            Vec::new();
+        let mut samples: Vec<OwnedSample> = Vec::new();
         for source in &self.sources {
             source.samples(&mut |s| {
-                samples.push((s.name.to_owned(), s.help.to_owned(), s.kind, s.unit, s.labels, s.value));
+                samples.push(OwnedSample {
+                    name: s.name.to_owned(),
+                    help: s.help.to_owned(),
+                    kind: s.kind,
+                    unit: s.unit,
+                    labels: s.labels,
+                    value: s.value,
+                });
             });
         }
-        samples.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut i = 0;
-        while i < samples.len() {
-            let (name, help, kind, unit) = (&samples[i].0, &samples[i].1, samples[i].2, samples[i].3.clone());
-            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
-            let mut j = i;
-            while j < samples.len() && samples[j].0 == *name {
-                let labels = &samples[j].4;
-                let value = samples[j].5;
-                match kind {
+        samples.sort_by(|a, b| a.name.cmp(&b.name));
+        for group in samples.chunk_by(|a, b| a.name == b.name) {
+            let first = &group[0];
+            let mut family = encoder.encode_descriptor(&first.name, &first.help, first.unit.as_ref(), first.kind)?;
+            for sample in group {
+                match first.kind {
                     MetricType::Counter => {
-                        ConstCounter::new(value as u64).encode(family.encode_family(labels)?)?
+                        ConstCounter::new(sample.value as u64).encode(family.encode_family(&sample.labels)?)?
                     }
-                    _ => ConstGauge::new(value).encode(family.encode_family(labels)?)?,
+                    _ => ConstGauge::new(sample.value).encode(family.encode_family(&sample.labels)?)?,
                 }
-                j += 1;
             }
-            i = j;
         }
         Ok(())
     }

@@ -14,10 +14,18 @@ enum Node {
     Mapping(Vec<(String, Marker, Node)>),
 }
 
+/// A container being built: where it starts, its contents, and a mapping key waiting for
+/// its value.
+struct Open {
+    start: Marker,
+    node: Node,
+    pending_key: Option<(String, Marker)>,
+}
+
 #[derive(Default)]
 struct Builder {
-    /// Open containers, innermost last, with a pending mapping key.
-    stack: Vec<(Marker, Node, Option<(String, Marker)>)>,
+    /// Open containers, innermost last.
+    stack: Vec<Open>,
     root: Option<(Marker, Node)>,
 }
 
@@ -25,8 +33,8 @@ impl Builder {
     fn push_value(&mut self, mark: Marker, node: Node) {
         match self.stack.last_mut() {
             None => self.root = Some((mark, node)),
-            Some((_, Node::Sequence(items), _)) => items.push((mark, node)),
-            Some((_, Node::Mapping(entries), pending)) => match pending.take() {
+            Some(Open { node: Node::Sequence(items), .. }) => items.push((mark, node)),
+            Some(Open { node: Node::Mapping(entries), pending_key: pending, .. }) => match pending.take() {
                 Some((key, key_mark)) => entries.push((key, key_mark, node)),
                 None => {
                     // A key: scalars become names; anything else cannot be addressed by a path.
@@ -37,7 +45,7 @@ impl Builder {
                     *pending = Some((key, mark));
                 }
             },
-            Some((_, Node::Scalar(_), _)) => {}
+            Some(Open { node: Node::Scalar(_), .. }) => {}
         }
     }
 }
@@ -47,10 +55,14 @@ impl MarkedEventReceiver for Builder {
         match event {
             Event::Scalar(value, ..) => self.push_value(mark, Node::Scalar(value)),
             Event::Alias(_) => self.push_value(mark, Node::Scalar(String::new())),
-            Event::SequenceStart(..) => self.stack.push((mark, Node::Sequence(Vec::new()), None)),
-            Event::MappingStart(..) => self.stack.push((mark, Node::Mapping(Vec::new()), None)),
+            Event::SequenceStart(..) => {
+                self.stack.push(Open { start: mark, node: Node::Sequence(Vec::new()), pending_key: None })
+            }
+            Event::MappingStart(..) => {
+                self.stack.push(Open { start: mark, node: Node::Mapping(Vec::new()), pending_key: None })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((mut start, node, _)) = self.stack.pop() {
+                if let Some(Open { mut start, node, .. }) = self.stack.pop() {
                     // A block mapping's start event is marked after its first key; point at
                     // the key, where a reader looks.
                     if let Node::Mapping(entries) = &node

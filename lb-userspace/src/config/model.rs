@@ -30,6 +30,10 @@ pub struct Config {
     /// The admin server (probes, status, metrics); none when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Certificates with their private keys, named so listeners and virtual hosts can refer to
+    /// them.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -45,6 +49,75 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address and port, e.g. `0.0.0.0:80` or `"[::]:80"` (dual stack).
     pub address: SocketAddr,
+    /// Terminate TLS on this listener (HTTPS); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// TLS on a listener. The client's SNI picks the virtual host the way the Host header does
+/// (exact domain, then `*.wildcard`, then `"*"`; no SNI picks `"*"`), and that host's `tls`
+/// says which certificate to serve. TLS 1.2 and 1.3 only; ALPN offers `h2` and `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The certificate (a `certificates` name) served when the SNI is missing or picks no
+    /// virtual host with `tls`.
+    #[serde(default)]
+    pub default_certificate: Option<String>,
+    /// A missing or unknown SNI: `default` serves `default_certificate`; `reject` fails the
+    /// handshake with the `unrecognized_name` alert. Default: `default` when
+    /// `default_certificate` is set, `reject` otherwise.
+    #[serde(default)]
+    pub unknown_sni: Option<UnknownSni>,
+    /// Issue session tickets (stateless resumption) whose keys all workers share and rotate
+    /// every 6 hours. Without them, sessions still resume from the node's session cache.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    /// Serve the listener's `default_certificate`.
+    Default,
+    /// Fail the handshake with the `unrecognized_name` alert.
+    Reject,
+}
+
+/// A certificate chain and its private key, in PEM: from files (`*_path`, re-read on every
+/// reload, and a change to a watched file reloads) or inline (`*_pem`, as from a
+/// `kubernetes.io/tls` Secret). A certificate that does not parse, does not match its key, or
+/// has expired is refused with the reload, and the previous configuration keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub name: String,
+    /// PEM file with the certificate chain, leaf first. Exactly one of `cert_path` and
+    /// `cert_pem`.
+    #[serde(default)]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// The certificate chain as inline PEM, leaf first.
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC). Exactly one of
+    /// `key_path` and `key_pem`.
+    #[serde(default)]
+    pub key_path: Option<std::path::PathBuf>,
+    /// The private key as inline PEM.
+    #[serde(default)]
+    pub key_pem: Option<SecretString>,
+}
+
+/// A string that is never printed: `Debug` shows `<redacted>`, so private keys stay out of
+/// logs and error messages.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Limits that protect the workers; every one has a safe default.
@@ -88,11 +161,62 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     pub name: String,
-    /// Host names: exact (`api.example.com`), wildcard (`*.example.com`, one or more labels),
-    /// or `"*"` for the default virtual host.
+    /// Host names: exact (`api.example.com`), wildcard (`*.example.com`: exactly one more
+    /// label, as in Kubernetes Ingress), or `"*"` for the default virtual host.
     pub domains: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// HTTPS for this host: its certificate (or TLS passthrough), redirects from plain HTTP,
+    /// HSTS and client certificates.
+    #[serde(default)]
+    pub tls: Option<HostTlsConfig>,
+}
+
+/// TLS for one virtual host, selected by SNI on TLS listeners (see [`ListenerTlsConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostTlsConfig {
+    /// The certificate to serve (a `certificates` name). Exactly one of `certificate` and
+    /// `passthrough`.
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// Do not terminate TLS: connections whose SNI picks this host are spliced, still
+    /// encrypted, to this backend group (ingress-nginx `ssl-passthrough`). `routes` then only
+    /// apply to plain-HTTP requests.
+    #[serde(default)]
+    pub passthrough: Option<String>,
+    /// Requests for this host on plain-HTTP listeners get `308` to the same URL on the first
+    /// TLS listener (ACME `/.well-known/acme-challenge/` requests excepted).
+    #[serde(default = "default_true")]
+    pub redirect_http: bool,
+    /// Send `Strict-Transport-Security` on HTTPS responses for this host.
+    #[serde(default)]
+    pub hsts: Option<HstsConfig>,
+    /// Require a client certificate issued by a CA in this PEM bundle (mTLS). At most one of
+    /// `client_ca_path` and `client_ca_pem`; clients of other hosts are not asked.
+    #[serde(default)]
+    pub client_ca_path: Option<std::path::PathBuf>,
+    /// The client CA bundle as inline PEM.
+    #[serde(default)]
+    pub client_ca_pem: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    /// How long browsers keep to HTTPS for this host. Default: one year.
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age_seconds: u64,
+    /// Also for every subdomain.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Add `preload` (for browsers' preload lists; needs a long max-age and subdomains).
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> u64 {
+    31_536_000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -217,6 +341,31 @@ pub struct BackendConfig {
     pub max_connections_per_endpoint: usize,
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Speak TLS to the endpoints (HTTPS; with `protocol: h2c`, HTTP/2 over TLS via ALPN `h2`,
+    /// as gRPC over TLS).
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
+}
+
+/// TLS towards a backend's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM bundle of the CAs that may issue the endpoints' certificates. Exactly one of
+    /// `ca_path` and `ca_pem`, unless `insecure_skip_verify`.
+    #[serde(default)]
+    pub ca_path: Option<std::path::PathBuf>,
+    /// The CA bundle as inline PEM.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Accept any certificate from the endpoints (still encrypted, but anyone in the path can
+    /// impersonate them). For backends with self-signed certificates only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// The name sent as SNI and checked against the endpoints' certificates. Default: the
+    /// endpoint's IP address (no SNI is sent then).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_max_connections_per_endpoint() -> usize {

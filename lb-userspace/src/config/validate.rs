@@ -23,6 +23,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         backend_group(backend, &format!("backends[{i}]"), &mut found);
     }
     duplicates(config.backends.iter().map(|b| b.name.as_str()), "backends", "backend", &mut found);
+    tls(config, &backends, &mut found);
     let mut problems = found.0;
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     problems
@@ -315,5 +316,101 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
     }
     if backend.retries.budget_percent > 100 {
         found.add(format!("{at}.retries.budget_percent"), "must be at most 100");
+    }
+}
+
+/// `Some(true)` when exactly one of two alternative fields is set, `Some(false)` when neither,
+/// `None` when both.
+fn one_of<A, B>(a: &Option<A>, b: &Option<B>) -> Option<bool> {
+    match (a.is_some(), b.is_some()) {
+        (true, true) => None,
+        (set, _) => Some(set || b.is_some()),
+    }
+}
+
+/// TLS rules: certificate sources, references between listeners, hosts, certificates and
+/// backends. Whether the PEM itself is good is checked when the snapshot is built (it names the
+/// certificate and its file).
+fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
+    let certificates: BTreeSet<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
+    duplicates(config.certificates.iter().map(|c| c.name.as_str()), "certificates", "certificate", found);
+    for (i, certificate) in config.certificates.iter().enumerate() {
+        let at = format!("certificates[{i}]");
+        if certificate.name.is_empty() {
+            found.add(format!("{at}.name"), "must not be empty");
+        }
+        if one_of(&certificate.cert_path, &certificate.cert_pem) != Some(true) {
+            found.add(at.clone(), "needs exactly one of cert_path and cert_pem");
+        }
+        if one_of(&certificate.key_path, &certificate.key_pem) != Some(true) {
+            found.add(at, "needs exactly one of key_path and key_pem");
+        }
+    }
+    let known_certificate = |name: &str, at: String, found: &mut Problems| {
+        if !certificates.contains(name) {
+            found.add(at, format!("no certificate named {name:?} (see certificates)"));
+        }
+    };
+    let mut terminating = false;
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let Some(tls) = &listener.tls else { continue };
+        terminating = true;
+        let at = format!("listeners[{i}].tls");
+        if let Some(name) = &tls.default_certificate {
+            known_certificate(name, format!("{at}.default_certificate"), found);
+        } else if tls.unknown_sni == Some(crate::config::UnknownSni::Default) {
+            found.add(format!("{at}.unknown_sni"), "unknown_sni: default needs default_certificate");
+        }
+    }
+    for (i, host) in config.virtual_hosts.iter().enumerate() {
+        let Some(tls) = &host.tls else { continue };
+        let at = format!("virtual_hosts[{i}].tls");
+        match (&tls.certificate, &tls.passthrough) {
+            (Some(name), None) => known_certificate(name, format!("{at}.certificate"), found),
+            (None, Some(backend)) => {
+                if !backends.contains(backend.as_str()) {
+                    found.add(format!("{at}.passthrough"), format!("no backend named {backend:?}"));
+                }
+                if tls.client_ca_path.is_some() || tls.client_ca_pem.is_some() {
+                    found.add(
+                        format!("{at}.passthrough"),
+                        "a passthrough host cannot check client certificates (the backend terminates TLS)",
+                    );
+                }
+                if tls.hsts.is_some() {
+                    found.add(
+                        format!("{at}.hsts"),
+                        "a passthrough host's HTTPS responses come from the backend; set HSTS there",
+                    );
+                }
+            }
+            _ => found.add(at.clone(), "needs exactly one of certificate and passthrough"),
+        }
+        if one_of(&tls.client_ca_path, &tls.client_ca_pem).is_none() {
+            found.add(at.clone(), "at most one of client_ca_path and client_ca_pem");
+        }
+        if !terminating {
+            found.add(at, "no listener has tls, so nothing serves HTTPS for this host; add tls to a listener");
+        }
+    }
+    for (i, backend) in config.backends.iter().enumerate() {
+        let Some(tls) = &backend.tls else { continue };
+        let at = format!("backends[{i}].tls");
+        match (tls.insecure_skip_verify, one_of(&tls.ca_path, &tls.ca_pem)) {
+            (false, Some(true)) | (true, Some(false)) => {}
+            (false, _) => found.add(
+                at.clone(),
+                "needs exactly one of ca_path and ca_pem (or insecure_skip_verify: true)",
+            ),
+            (true, _) => found.add(
+                format!("{at}.insecure_skip_verify"),
+                "skipping verification and naming a CA contradict each other; drop one",
+            ),
+        }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            found.add(format!("{at}.server_name"), format!("{name:?} is not a DNS name or IP address"));
+        }
     }
 }

@@ -142,7 +142,7 @@ impl Body for AttemptBody {
 
     fn size_hint(&self) -> SizeHint {
         // An exact hint makes the upstream request carry Content-Length, as the client's did.
-        self.shared.hint.clone()
+        self.shared.hint
     }
 }
 

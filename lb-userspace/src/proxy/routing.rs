@@ -207,8 +207,7 @@ impl RouteTable {
                 }
                 // `*.foo.com` takes exactly one label in front of `foo.com`: split off the first
                 // label and look the rest up, so `a.b.foo.com` looks for `b.foo.com`.
-                if let Some((label, parent)) =
-                    lower.rsplitn(3, '.').nth(2).zip(Some(lower)).map(|_| lower.split_once('.').unwrap())
+                if let Some((label, parent)) = lower.split_once('.')
                     && !label.is_empty()
                     && let Some(&i) = self.wildcard.get(parent)
                 {
@@ -267,7 +266,8 @@ impl Redirect {
     fn compile(config: &RedirectConfig, at: &str) -> Result<Redirect, String> {
         let status = StatusCode::from_u16(config.code)
             .ok()
-            .filter(StatusCode::is_redirection)
+            // The codes validation allows: 300, 304 and 305 are 3xx but redirect nowhere.
+            .filter(|status| matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308))
             .ok_or_else(|| format!("{at}.redirect.code: {} is not a redirect code", config.code))?;
         // A configured IPv6 literal needs its brackets in a URL.
         let host = config.host.as_ref().map(|host| match host.parse::<Ipv6Addr>() {
@@ -592,11 +592,14 @@ virtual_hosts:
         }
     }
 
+    /// Path kind and path of each route, in declaration order.
+    type Paths = &'static [(&'static str, &'static str)];
+
     /// https://kubernetes.io/docs/concepts/services-networking/ingress/#examples, row by row;
     /// the expected value is the index of the matching path (`None`: no match, default backend).
     #[test]
     fn ingress_spec_examples() {
-        let rows: &[(&[(&str, &str)], &str, Option<usize>)] = &[
+        let rows: &[(Paths, &str, Option<usize>)] = &[
             (&[("prefix", "/")], "/", Some(0)),
             (&[("prefix", "/")], "/anything/at/all", Some(0)),
             (&[("exact", "/foo")], "/foo", Some(0)),
@@ -1034,12 +1037,14 @@ virtual_hosts:
                 Some(RewriteConfig { prefix: None, regex: Some("(".into()), replacement: Some("/".into()) })
         });
         assert!(err.contains("rewrite.regex"), "{err}");
-        let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].backend = None;
-            c.virtual_hosts[0].routes[0].redirect =
-                Some(RedirectConfig { scheme: None, host: None, port: None, path: None, code: 200 });
-        });
-        assert!(err.contains("redirect.code"), "{err}");
+        for code in [200, 304] {
+            let err = broken(&|c| {
+                c.virtual_hosts[0].routes[0].backend = None;
+                c.virtual_hosts[0].routes[0].redirect =
+                    Some(RedirectConfig { scheme: None, host: None, port: None, path: None, code });
+            });
+            assert!(err.contains("redirect.code"), "{code}: {err}");
+        }
         let err = broken(&|c| {
             let mut copy = c.virtual_hosts[0].clone();
             copy.name = "w".into();
