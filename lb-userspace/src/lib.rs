@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod node;
 pub mod provider;
 pub mod proxy;
+pub mod tls;

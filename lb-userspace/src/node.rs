@@ -12,7 +12,8 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    admin::{AdminServer, AdminState},
+    admin::{AdminServer, AdminState, sources},
+    metrics::Metrics,
     config::Config,
     dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
     provider::file::ReloadStats,
@@ -57,6 +58,7 @@ impl Node {
         let published = Published::new(snapshot);
         let checker = HealthChecker::start().context("cannot start the health checker")?;
         checker.update(check_targets(&published.load()));
+        let reloads = Arc::new(ReloadStats::default());
         let mut options =
             WorkerOptions::shared(config.listeners[0].address, config.worker_count(), published.clone());
         options.listeners = config.listeners.iter().map(|l| l.address).collect();
@@ -69,6 +71,14 @@ impl Node {
             }
             None => None,
         };
+        let mut metrics = Metrics::new(options.count.max(1));
+        metrics.add_source(Arc::new(sources::Endpoints(published.clone())));
+        metrics.add_source(Arc::new(sources::Reloads(reloads.clone())));
+        if let Some(reader) = kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()) {
+            metrics.add_source(Arc::new(sources::Xdp(reader)));
+        }
+        let metrics = Arc::new(metrics);
+        options.metrics = metrics.clone();
         let workers = Workers::start(options).with_context(|| {
             let addresses: Vec<String> = config.listeners.iter().map(|l| l.address.to_string()).collect();
             format!("cannot listen on {}", addresses.join(", "))
@@ -81,7 +91,6 @@ impl Node {
             "sluice is serving"
         );
         let started_with = (options_listeners(config), config.worker_count());
-        let reloads = Arc::new(ReloadStats::default());
         let admin_state = Arc::new(AdminState {
             published: published.clone(),
             workers: workers.len(),
@@ -94,6 +103,7 @@ impl Node {
             xdp_counters: kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()),
             reloads: reloads.clone(),
             serving: AtomicBool::new(true),
+            metrics,
         });
         let admin = match &config.admin {
             Some(admin) => Some(

@@ -1,6 +1,8 @@
-//! The admin server: health and readiness probes, the live status and configuration as JSON
-//! (`sluice status` reads it), on its own thread and runtime so it never competes with the
-//! workers' request path. Loopback by default.
+//! The admin server: health and readiness probes, Prometheus metrics, the live status and
+//! configuration as JSON (`sluice status` reads it), on its own thread and runtime so it never
+//! competes with the workers' request path. Loopback by default.
+
+pub mod sources;
 
 use std::{
     convert::Infallible,
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::{
     dataplane::CountersReader,
+    metrics::Metrics,
     provider::file::ReloadStats,
     proxy::{
         body::{self, ProxyBody},
@@ -41,6 +44,7 @@ pub struct AdminState {
     pub reloads: Arc<ReloadStats>,
     /// Set once the node serves; cleared when it starts shutting down.
     pub serving: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminState {
@@ -184,6 +188,62 @@ fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> 
         "/readyz" if state.ready() => text_response(StatusCode::OK, "ready\n"),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/api/v1/status" => json_response(StatusCode::OK, &state.status()),
-        _ => text_response(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /api/v1/status\n"),
+        "/api/v1/config" => json_response(StatusCode::OK, &redacted_config(state)),
+        "/metrics" => {
+            let mut response = Response::new(body::text(state.metrics.render()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        _ => text_response(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz, /metrics, /api/v1/status, /api/v1/config\n",
+        ),
+    }
+}
+
+/// Field names whose values are secrets: shown as "<redacted>" by `/api/v1/config`.
+fn is_secret(field: &str) -> bool {
+    field == "key_pem" || field.ends_with("_key") || field == "key" || field.contains("secret") || field.contains("password") || field.contains("token")
+}
+
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (field, value) in map.iter_mut() {
+                if is_secret(field) && !value.is_null() {
+                    *value = Value::String("<redacted>".into());
+                } else {
+                    redact(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// The serving configuration as JSON with key material replaced.
+pub fn redacted_config(state: &AdminState) -> Value {
+    let snapshot = state.published.load();
+    let mut value = serde_json::to_value(&*snapshot.config).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    redact(&mut value);
+    json!({"generation": snapshot.generation, "config": value})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let mut value = json!({"certificates": [{"name": "a", "cert_pem": "CERT", "key_pem": "PRIVATE"}],
+                               "affinity": {"cookie_key": "k", "secret": "s"}, "plain": "kept"});
+        redact(&mut value);
+        let text = value.to_string();
+        assert!(!text.contains("PRIVATE") && !text.contains("\"k\"") && !text.contains("\"s\""), "{text}");
+        assert!(text.contains("CERT") && text.contains("kept"), "{text}");
     }
 }

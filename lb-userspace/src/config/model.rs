@@ -2,11 +2,11 @@
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dataplane::AttachMode;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Number of worker threads; 0 means one per CPU.
@@ -34,16 +34,37 @@ pub struct Config {
     /// them.
     #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One line per request through `tracing` (target `sluice::access`), in the log format chosen
+/// with `--log-format` (JSON lines or text).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// Share of requests logged, from 0.0 to 1.0.
+    pub sample_rate: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { enabled: true, sample_rate: 1.0 }
+    }
+}
+
+// The sample rate is validated to be a number in 0..=1, never NaN.
+impl Eq for AccessLogConfig {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Keep it on loopback unless a trusted network needs it: it exposes the configuration.
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -57,7 +78,7 @@ pub struct ListenerConfig {
 /// TLS on a listener. The client's SNI picks the virtual host the way the Host header does
 /// (exact domain, then `*.wildcard`, then `"*"`; no SNI picks `"*"`), and that host's `tls`
 /// says which certificate to serve. TLS 1.2 and 1.3 only; ALPN offers `h2` and `http/1.1`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// The certificate (a `certificates` name) served when the SNI is missing or picks no
@@ -75,7 +96,7 @@ pub struct ListenerTlsConfig {
     pub session_tickets: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownSni {
     /// Serve the listener's `default_certificate`.
@@ -88,7 +109,7 @@ pub enum UnknownSni {
 /// reload, and a change to a watched file reloads) or inline (`*_pem`, as from a
 /// `kubernetes.io/tls` Secret). A certificate that does not parse, does not match its key, or
 /// has expired is refused with the reload, and the previous configuration keeps serving.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub name: String,
@@ -120,8 +141,15 @@ impl std::fmt::Debug for SecretString {
     }
 }
 
+/// Serialized (the admin API shows the configuration) as `<redacted>` too.
+impl serde::Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
 /// Limits that protect the workers; every one has a safe default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request head (request line and headers); larger gets 431.
@@ -157,7 +185,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     pub name: String,
@@ -173,7 +201,7 @@ pub struct VirtualHostConfig {
 }
 
 /// TLS for one virtual host, selected by SNI on TLS listeners (see [`ListenerTlsConfig`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostTlsConfig {
     /// The certificate to serve (a `certificates` name). Exactly one of `certificate` and
@@ -201,7 +229,7 @@ pub struct HostTlsConfig {
     pub client_ca_pem: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HstsConfig {
     /// How long browsers keep to HTTPS for this host. Default: one year.
@@ -219,7 +247,7 @@ fn default_hsts_max_age() -> u64 {
     31_536_000
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Shown in metrics and logs; defaults to `<virtual host>/<index>`.
@@ -242,7 +270,7 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Default: prefix `/` (everything).
@@ -258,7 +286,7 @@ pub struct MatchConfig {
 
 /// Path matching with the Kubernetes Ingress semantics. In YAML: `{prefix: /api}`,
 /// `{exact: /x}` or `{regex: "^/v[0-9]+/"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "OneOf")]
 pub enum PathMatch {
     /// The path equals this, case-sensitively.
@@ -269,7 +297,7 @@ pub enum PathMatch {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -283,7 +311,7 @@ pub struct HeaderMatch {
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     /// Replaces the part of the path that the route's prefix matched.
@@ -296,7 +324,7 @@ pub struct RewriteConfig {
     pub replacement: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     /// `http` or `https`; default: the request's.
@@ -318,7 +346,7 @@ fn default_redirect_code() -> u16 {
     302
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,
@@ -348,7 +376,7 @@ pub struct BackendConfig {
 }
 
 /// TLS towards a backend's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTlsConfig {
     /// PEM bundle of the CAs that may issue the endpoints' certificates. Exactly one of
@@ -372,7 +400,7 @@ fn default_max_connections_per_endpoint() -> usize {
     1024
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendProtocol {
     /// HTTP/1.1 to the backend, whatever the client spoke.
@@ -382,7 +410,7 @@ pub enum BackendProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Smooth weighted round robin.
@@ -397,7 +425,7 @@ pub enum Balance {
 }
 
 /// In YAML: `{header: X-User}`, `{cookie: session}` or `{client_ip: true}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "OneOf")]
 pub enum HashOn {
     Header(String),
@@ -407,7 +435,7 @@ pub enum HashOn {
 
 /// The YAML form of a one-key choice (`{prefix: /api}`): serde_yaml spells enums as YAML tags,
 /// which nobody writes by hand, so the choices are read as a map with exactly one key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct OneOf {
     exact: Option<String>,
@@ -460,7 +488,7 @@ impl TryFrom<OneOf> for HashOn {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub address: SocketAddr,
@@ -480,7 +508,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     pub path: String,
@@ -505,7 +533,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// Passive health: endpoints that keep failing real requests are ejected for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
     /// Consecutive 5xx responses or connect failures that eject an endpoint (0 = never).
@@ -521,7 +549,7 @@ impl Default for OutlierConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub connect_ms: u64,
@@ -537,7 +565,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Retries after the first attempt: on connect failure always, and for idempotent
@@ -555,7 +583,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdpConfig {
     #[serde(default = "enabled_by_default")]

@@ -821,7 +821,8 @@ mod tests {
                 }
             }
         }
-        assert_near(moved, (KEYS / N) as f64, 0.15, "keys moved");
+        // The removed endpoint's keys (about 1/N) must move; Maglev moves only ~1% more.
+        assert_near(moved - collateral, (KEYS / N) as f64, 0.1, "keys of the removed endpoint");
         assert!(collateral <= KEYS * 2 / 100, "{collateral} keys moved between remaining endpoints");
     }
 
@@ -910,6 +911,14 @@ mod tests {
         assert_eq!(cookie("b"), Some(stable_hash(b"2")));
         assert_eq!(cookie("Sticky"), None, "cookie names are case-sensitive");
         assert_eq!(cookie("stick"), None);
+        assert_eq!(cookie("ticky"), None);
+        let mut lookalikes = HeaderMap::new();
+        lookalikes.insert(http::header::COOKIE, HeaderValue::from_static("nosticky=no; sticky=yes"));
+        assert_eq!(
+            hash_key(&HashOn::Cookie("sticky".to_owned()), &lookalikes, client),
+            Some(stable_hash(b"yes")),
+            "a cookie whose name ends with the wanted one is another cookie"
+        );
         assert_eq!(cookie("missing"), None);
         assert_eq!(cookie("c"), Some(stable_hash(b"quoted")));
         assert_eq!(cookie("d"), Some(stable_hash(b"spaced")));
@@ -942,7 +951,7 @@ mod tests {
     #[test]
     fn concurrent_round_robin_keeps_the_proportions() {
         let endpoints = Arc::new(endpoints(&[1, 2, 3]));
-        let balancer = Arc::new(Balancer::new(Balance::RoundRobin, &endpoints));
+        let balancer = Arc::new(Balancer::build(Balance::RoundRobin, &endpoints, 0));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let (balancer, endpoints) = (balancer.clone(), endpoints.clone());
@@ -955,10 +964,9 @@ mod tests {
                 *sum += count;
             }
         }
-        // Every slot is handed out once, whoever takes it: 40_000 picks are 6_666 whole cycles
-        // and 4 slots.
-        for (index, weight) in [1.0, 2.0, 3.0].into_iter().enumerate() {
-            assert_near(total[index], 40_000.0 * weight / 6.0, 0.01, &format!("endpoint {index}"));
-        }
+        // Every slot is handed out exactly once, whoever takes it, so the proportions are not
+        // just close but exact: 40_000 picks are 6_666 whole cycles of `2 1 0 2 1 2` plus
+        // `2 1 0 2`. A cursor that lost or repeated increments under contention would be off.
+        assert_eq!(total, [6_667, 13_333, 20_000]);
     }
 }

@@ -15,6 +15,7 @@ use super::{
     body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody, RequestBody},
     endpoint::now_ms,
     headers::{self, Forwarded, X_REQUEST_ID},
+    routing::RouteLabels,
     snapshot::{Published, Snapshot},
     upstream,
 };
@@ -31,16 +32,137 @@ pub struct Connection {
     pub listener: SocketAddr,
     pub scheme: &'static str,
     pub published: Published,
+    /// This worker's counters.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// The TLS session, set by the worker once the handshake finished (before any request);
+    /// empty on plain HTTP.
+    pub tls: std::sync::OnceLock<crate::tls::Session>,
+}
+
+/// What became of a request, filled in along the way for metrics and the access log.
+#[derive(Default)]
+struct Outcome {
+    labels: Option<RouteLabels>,
+    upstream: Option<SocketAddr>,
+}
+
+/// Labels of requests that matched no route.
+fn unrouted() -> RouteLabels {
+    static LABELS: std::sync::OnceLock<RouteLabels> = std::sync::OnceLock::new();
+    LABELS.get_or_init(|| RouteLabels { virtual_host: "".into(), route: "".into() }).clone()
 }
 
 /// Handles one request. Never fails: every problem is a response.
 pub async fn handle(request: Request<Incoming>, connection: Arc<Connection>) -> Response<ProxyBody> {
+    let started = Instant::now();
     let snapshot = connection.published.load();
-    let mut response = route_and_forward(request, &connection, &snapshot).await;
+    let log = snapshot.access_log.enabled
+        && (snapshot.access_log.sample_rate >= 1.0 || fastrand::f64() < snapshot.access_log.sample_rate);
+    let request_line = log.then(|| RequestLine {
+        method: request.method().clone(),
+        host: request_host(&request).to_owned(),
+        path: request.uri().path().to_owned(),
+    });
+    let mut outcome = Outcome::default();
+    let hsts = crate::tls::http::hsts_for(&request, &snapshot.tls, connection.tls.get());
+    let mut response = route_and_forward(request, &connection, &snapshot, &mut outcome).await;
+    if let Some(hsts) = hsts {
+        response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(hsts);
+    }
     if snapshot.worker_id_header {
         response.headers_mut().insert(WORKER_HEADER, HeaderValue::from(connection.worker));
     }
+    let labels = outcome.labels.unwrap_or_else(unrouted);
+    connection.metrics.request(&labels.virtual_host, &labels.route, response.status().as_u16(), started.elapsed());
+    if let Some(request_line) = request_line {
+        let entry = AccessEntry {
+            started,
+            client: connection.client,
+            worker: connection.worker,
+            request: request_line,
+            status: response.status().as_u16(),
+            upstream: outcome.upstream,
+            request_id: response.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(),
+            bytes: 0,
+        };
+        let (head, body) = response.into_parts();
+        return Response::from_parts(head, Logged { inner: body, entry: Some(entry) }.boxed());
+    }
     response
+}
+
+struct RequestLine {
+    method: Method,
+    host: String,
+    path: String,
+}
+
+/// One access log line, written when the response body ends (or is dropped), so it carries
+/// the bytes sent and the whole duration.
+struct AccessEntry {
+    started: Instant,
+    client: SocketAddr,
+    worker: usize,
+    request: RequestLine,
+    status: u16,
+    upstream: Option<SocketAddr>,
+    request_id: String,
+    bytes: u64,
+}
+
+impl Drop for AccessEntry {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "sluice::access",
+            client = %self.client.ip().to_canonical(),
+            host = %self.request.host,
+            method = %self.request.method,
+            path = %self.request.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream = %self.upstream.map(|u| u.to_string()).unwrap_or_default(),
+            worker = self.worker,
+            request_id = %self.request_id,
+        );
+    }
+}
+
+/// A response body that counts what it sends for the access log.
+struct Logged {
+    inner: ProxyBody,
+    entry: Option<AccessEntry>,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, body::BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && let Some(entry) = self.entry.as_mut()
+        {
+            entry.bytes += data.len() as u64;
+        }
+        if let std::task::Poll::Ready(None) = polled {
+            // The end of the body: log now rather than when the connection lets go of it.
+            self.entry.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A short plain-text error response.
@@ -76,12 +198,18 @@ async fn route_and_forward(
     mut request: Request<Incoming>,
     connection: &Connection,
     snapshot: &Snapshot,
+    outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
+    // HTTP to HTTPS redirects, and client-certificate hosts reached on another host's session.
+    if let Some(response) = crate::tls::http::before_request(&request, &snapshot.tls, connection.tls.get()) {
+        return response;
+    }
     let host = request_host(&request).to_owned();
     let path = request.uri().path().to_owned();
     let Some(route) = snapshot.routes.find(&host, request.method(), &path, request.headers()) else {
         return error(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    outcome.labels = Some(route.labels.clone());
     let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let upstream_path = route.rewrite_path_and_query(path_and_query);
     let backend_index = match &route.action {
@@ -150,13 +278,17 @@ async fn route_and_forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
     for attempt in 0..=group.config.retries.attempts {
-        if attempt > 0 && !group.retry_budget.withdraw() {
-            break;
+        if attempt > 0 {
+            if !group.retry_budget.withdraw() {
+                break;
+            }
+            connection.metrics.retry(&group.label);
         }
         let now = now_ms();
         let Some(index) = group.balancer.pick(&group.endpoints, hash_key, now, &tried) else { break };
         tried.push(index);
         let endpoint = &group.endpoints[index];
+        outcome.upstream = Some(endpoint.address);
         let (client, cap) = upstream::client_for(group, endpoint.address, snapshot.generation);
         let Ok(slot) = cap.acquire_owned().await else { break };
         let inflight = endpoint.start_request();
@@ -211,6 +343,9 @@ async fn route_and_forward(
                     return error(StatusCode::BAD_REQUEST, "malformed request body");
                 }
                 let connect_failed = e.is_connect();
+                if connect_failed {
+                    connection.metrics.connect_error(&group.label);
+                }
                 endpoint.record_failure(&group.config.outlier, now_ms());
                 tracing::debug!(backend = %group.name, endpoint = %endpoint.address, error = %e, connect_failed, "upstream attempt failed");
                 last_error = error(

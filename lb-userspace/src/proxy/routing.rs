@@ -54,12 +54,21 @@ struct VirtualHost {
 pub struct Route {
     /// `RouteConfig.name`, or `<virtual host name>/<index in its routes>`.
     pub name: String,
+    /// Metric and log labels, shared so recording a request never allocates.
+    pub labels: RouteLabels,
     pub action: RouteAction,
     pub rewrite: Option<Rewrite>,
     pub timeout: Option<Duration>,
     /// As configured: 0 means unlimited, `None` means the `limits.max_body_bytes` default.
     pub max_body_bytes: Option<u64>,
     matcher: Matcher,
+}
+
+/// The names a request is counted and logged under.
+#[derive(Debug, Clone)]
+pub struct RouteLabels {
+    pub virtual_host: std::sync::Arc<str>,
+    pub route: std::sync::Arc<str>,
 }
 
 #[derive(Debug)]
@@ -159,7 +168,8 @@ impl RouteTable {
             for (r, route) in host.routes.iter().enumerate() {
                 let route_at = format!("{at}.routes[{r}]");
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
-                routes.push(compile_route(route, name, &route_at, &backends)?);
+                let labels = RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
+                routes.push(compile_route(route, name, labels, &route_at, &backends)?);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -377,6 +387,7 @@ impl HeaderMatcher {
 fn compile_route(
     route: &RouteConfig,
     name: String,
+    labels: RouteLabels,
     at: &str,
     backends: &HashMap<&str, usize>,
 ) -> Result<Route, String> {
@@ -395,6 +406,7 @@ fn compile_route(
     };
     Ok(Route {
         name,
+        labels,
         action,
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),

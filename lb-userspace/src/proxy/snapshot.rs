@@ -30,11 +30,18 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Add `x-sluice-worker: <id>` to every response.
     pub worker_id_header: bool,
+    pub access_log: crate::config::AccessLogConfig,
+    /// Certificates and TLS settings of listeners and hosts (loaded and checked at build).
+    pub tls: crate::tls::TlsSnapshot,
+    /// The configuration this was built from (for `/api/v1/config`, redacted there).
+    pub config: Arc<Config>,
 }
 
 /// A backend group as the workers use it.
 pub struct BackendGroup {
     pub name: String,
+    /// The name as a metric label, shared so counting never allocates.
+    pub label: Arc<str>,
     pub config: BackendConfig,
     /// In the configuration's order; shared with every other snapshot that keeps them.
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -43,16 +50,24 @@ pub struct BackendGroup {
     /// Identity of the settings that shape upstream connections; workers keep their pools
     /// across snapshots while it stays the same.
     pub pool_key: String,
+    /// TLS towards the endpoints, when the backend has `tls`.
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 impl Snapshot {
     /// Compiles `config`. Endpoint state comes from `registry`, so health and load carry over.
     pub fn build(config: &Config, registry: &EndpointRegistry, generation: u64) -> Result<Snapshot, String> {
         let routes = RouteTable::build(config)?;
-        let backends = config
+        let upstream_tls = config
             .backends
             .iter()
-            .map(|backend| {
+            .map(crate::tls::upstream::UpstreamTls::build)
+            .collect::<Result<Vec<_>, String>>()?;
+        let backends: Vec<BackendGroup> = config
+            .backends
+            .iter()
+            .zip(upstream_tls)
+            .map(|(backend, tls)| {
                 let endpoints: Vec<Arc<Endpoint>> = backend
                     .endpoints
                     .iter()
@@ -65,26 +80,34 @@ impl Snapshot {
                     .collect();
                 BackendGroup {
                     name: backend.name.clone(),
+                    label: backend.name.as_str().into(),
                     balancer: Balancer::new(backend.balance, &endpoints),
                     endpoints,
                     retry_budget: RetryBudget::new(&backend.retries),
                     pool_key: format!(
-                        "{}|{:?}|{:?}|{}",
+                        "{}|{:?}|{:?}|{}|{}",
                         backend.name,
                         backend.protocol,
                         backend.timeouts,
-                        backend.max_connections_per_endpoint
+                        backend.max_connections_per_endpoint,
+                        tls.as_ref().map_or("", |t| t.identity.as_str())
                     ),
+                    tls: tls.map(Arc::new),
                     config: backend.clone(),
                 }
             })
             .collect();
+        let backend_index = backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let tls = crate::tls::TlsSnapshot::build(config, &backend_index)?;
         Ok(Snapshot {
             generation,
             routes,
             backends,
             limits: config.limits.clone(),
             worker_id_header: config.worker_id_header,
+            access_log: config.access_log.clone(),
+            config: Arc::new(config.clone()),
+            tls,
         })
     }
 }

@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use super::{body::AttemptBody, snapshot::BackendGroup};
 use crate::config::BackendProtocol;
 
-pub type UpstreamClient = Client<HttpConnector, AttemptBody>;
+/// The connector adds TLS for backends that have it (`crate::tls::upstream`).
+pub type UpstreamClient = Client<crate::tls::upstream::Connector, AttemptBody>;
 
 /// One backend group's client in one worker.
 struct Pool {
@@ -46,7 +47,7 @@ fn build_client(group: &BackendGroup) -> UpstreamClient {
         .pool_idle_timeout(Duration::from_millis(group.config.timeouts.idle_ms))
         .pool_max_idle_per_host(group.config.max_connections_per_endpoint)
         .http2_only(group.config.protocol == BackendProtocol::H2c);
-    builder.build(connector)
+    builder.build(crate::tls::upstream::Connector::new(connector, group.tls.clone(), group.connect_timeout()))
 }
 
 /// This worker's client for `group`, and the connection slot cap for `endpoint`.

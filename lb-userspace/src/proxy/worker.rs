@@ -22,7 +22,11 @@ use super::{
     h1_guard::H1Guard,
     snapshot::Published,
 };
-use crate::{config::Limits, dataplane::HeartbeatWriter};
+use crate::{
+    config::Limits,
+    dataplane::HeartbeatWriter,
+    metrics::{Metrics, WorkerMetrics},
+};
 
 /// How to start the workers.
 pub struct WorkerOptions {
@@ -42,6 +46,8 @@ pub struct WorkerOptions {
     /// Connection limits applied when the workers start (`max_connections_per_worker`,
     /// `shutdown_grace_ms`); per-connection limits are read from the current snapshot.
     pub limits: Limits,
+    /// One entry per worker.
+    pub metrics: Arc<Metrics>,
 }
 
 impl WorkerOptions {
@@ -56,6 +62,7 @@ impl WorkerOptions {
             heartbeat_period: Duration::from_millis(75),
             published,
             limits,
+            metrics: Arc::new(Metrics::new(count.max(1))),
         }
     }
 
@@ -118,6 +125,7 @@ impl Workers {
             let (fault_tx, fault_rx) = mpsc::unbounded_channel();
             let worker = Worker {
                 id,
+                metrics: options.metrics.worker(id),
                 published: options.published.clone(),
                 limits: options.limits.clone(),
                 listeners,
@@ -194,6 +202,7 @@ struct Bound {
 /// One worker thread's state.
 struct Worker {
     id: usize,
+    metrics: Arc<WorkerMetrics>,
     published: Published,
     limits: Limits,
     listeners: Vec<Bound>,
@@ -219,6 +228,7 @@ impl Worker {
     async fn serve(self) {
         let Worker {
             id,
+            metrics,
             published,
             limits,
             listeners,
@@ -234,7 +244,7 @@ impl Worker {
         // Accept loops and heartbeats are tasks of this worker's own runtime: a stalled
         // thread stops all of them, and aborting the set closes every listener.
         let mut tasks = tokio::task::JoinSet::new();
-        for bound in listeners {
+        for (listener_index, bound) in listeners.into_iter().enumerate() {
             // Connections on a worker's own port came for the shared listener's service.
             let service_addr = bound.shared.local_addr().ok();
             for listener in std::iter::once(bound.shared).chain(bound.own) {
@@ -246,6 +256,8 @@ impl Worker {
                             published: published.clone(),
                             slots: slots.clone(),
                             shutdown: shutdown.clone(),
+                            metrics: metrics.clone(),
+                            listener_index,
                         };
                         tasks.spawn(accept_loop(listener, context));
                     }
@@ -302,6 +314,9 @@ struct AcceptContext {
     published: Published,
     slots: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<WorkerMetrics>,
+    /// The listener's index in the configuration: which TLS settings apply.
+    listener_index: usize,
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) {
@@ -312,16 +327,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                // The handshake uses the snapshot of the accept, the one that set the scheme.
+                let snapshot = context.published.load();
+                let tls = snapshot.tls.listener(context.listener_index).is_some();
+                let listener_index = context.listener_index;
                 let connection = Arc::new(Connection {
                     worker: id,
                     client: peer,
                     listener: context.service_addr,
-                    scheme: "http",
+                    scheme: if tls { "https" } else { "http" },
                     published: context.published.clone(),
+                    metrics: context.metrics.clone(),
+                    tls: std::sync::OnceLock::new(),
                 });
                 let shutdown = context.shutdown.clone();
+                context.metrics.connection_opened();
                 tokio::spawn(async move {
-                    serve_connection(stream, connection, shutdown).await;
+                    serve_client(stream, connection.clone(), shutdown, snapshot, listener_index).await;
+                    connection.metrics.connection_closed();
                     drop(slot);
                 });
             }
@@ -335,14 +358,51 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
     }
 }
 
-/// Serves one client connection: HTTP/1.1 (keep-alive, upgrades) or HTTP/2 with prior
-/// knowledge, with the current snapshot's limits, until the client leaves, the connection sits
-/// idle past the limit, or the worker shuts down (then in-flight requests finish first).
-async fn serve_connection(
+/// On a TLS listener, runs the handshake in this connection's task (never in the accept loop)
+/// and serves HTTP over TLS, or splices a passthrough host's connection; a failed handshake
+/// (counted by reason) closes only this connection. Plain listeners serve HTTP at once.
+async fn serve_client(
     stream: tokio::net::TcpStream,
     connection: Arc<Connection>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    snapshot: Arc<super::snapshot::Snapshot>,
+    listener_index: usize,
 ) {
+    let Some(listener) = snapshot.tls.listener(listener_index).cloned() else {
+        drop(snapshot);
+        return serve_connection(stream, connection, shutdown).await;
+    };
+    let limit = Duration::from_millis(snapshot.limits.header_read_timeout_ms);
+    match crate::tls::accept(stream, &listener, &snapshot.tls, limit).await {
+        crate::tls::Accepted::Terminated(stream, session) => {
+            // The connection keeps only its session: a reload may replace the snapshot now.
+            drop((listener, snapshot));
+            let _ = connection.tls.set(session);
+            serve_connection(*stream, connection, shutdown).await;
+        }
+        crate::tls::Accepted::Passthrough { client, hello, backend } => {
+            let Some(group) = snapshot.backends.get(backend) else { return };
+            let idle = Duration::from_millis(snapshot.limits.idle_timeout_ms);
+            let Some(upstream) = crate::tls::passthrough_connect(group, connection.client.ip()).await else {
+                return;
+            };
+            drop((listener, snapshot));
+            crate::tls::splice(client, hello, upstream, idle).await;
+        }
+        crate::tls::Accepted::Failed(reason) => {
+            tracing::debug!(worker = connection.worker, client = %connection.client, reason = reason.name(), "TLS handshake failed");
+        }
+    }
+}
+
+/// Serves one client connection: HTTP/1.1 (keep-alive, upgrades) or HTTP/2 (prior knowledge,
+/// or ALPN over TLS), with the current snapshot's limits, until the client leaves, the
+/// connection sits idle past the limit, or the worker shuts down (then in-flight requests
+/// finish first).
+async fn serve_connection<S>(stream: S, connection: Arc<Connection>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = connection.published.load().limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -1,0 +1,124 @@
+//! Scrape-time metric sources: state that lives outside the workers' counters (endpoint
+//! health, the XDP counters, reload outcomes), read when `/metrics` is scraped.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use lb_common::Stat;
+use prometheus_client::{metrics::MetricType, registry::Unit};
+
+use crate::{
+    dataplane::CountersReader,
+    metrics::{Sample, ScrapeSource},
+    provider::file::ReloadStats,
+    proxy::{endpoint::now_ms, snapshot::Published},
+};
+
+/// Health and load of every endpoint in the current snapshot.
+#[derive(Clone)]
+pub struct Endpoints(pub Published);
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Endpoints")
+    }
+}
+
+impl ScrapeSource for Endpoints {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        let snapshot = self.0.load();
+        let now = now_ms();
+        for group in &snapshot.backends {
+            for endpoint in &group.endpoints {
+                let labels = vec![("backend", group.name.clone()), ("endpoint", endpoint.address.to_string())];
+                emit(Sample {
+                    name: "sluice_endpoint_healthy",
+                    help: "1 when the endpoint may take requests (ready, passing checks, not ejected)",
+                    kind: MetricType::Gauge,
+                    unit: None,
+                    labels: labels.clone(),
+                    value: f64::from(u8::from(endpoint.is_available(now))),
+                });
+                emit(Sample {
+                    name: "sluice_endpoint_inflight_requests",
+                    help: "Requests in flight to the endpoint, across workers",
+                    kind: MetricType::Gauge,
+                    unit: None,
+                    labels,
+                    value: f64::from(endpoint.inflight()),
+                });
+            }
+        }
+        emit(Sample {
+            name: "sluice_config_generation",
+            help: "Generation of the serving configuration (increases with each applied reload)",
+            kind: MetricType::Gauge,
+            unit: None,
+            labels: Vec::new(),
+            value: snapshot.generation as f64,
+        });
+    }
+}
+
+/// The XDP per-CPU counters, summed.
+pub struct Xdp(pub CountersReader);
+
+impl std::fmt::Debug for Xdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Xdp")
+    }
+}
+
+impl ScrapeSource for Xdp {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        let Ok(counters) = self.0.read() else { return };
+        for (stat, value) in counters.iter() {
+            let (name, help, labels) = match stat {
+                Stat::Packets => ("sluice_xdp_packets", "Frames the XDP program saw", vec![]),
+                Stat::Bytes => ("sluice_xdp_bytes", "Bytes of the frames the XDP program saw", vec![]),
+                Stat::Steered => ("sluice_xdp_steered", "Frames steered to a worker's port", vec![]),
+                Stat::NewFlows => ("sluice_xdp_new_flows", "Connections placed through the Maglev table", vec![]),
+                Stat::ConntrackHits => ("sluice_xdp_conntrack_hits", "Packets that followed their flow entry", vec![]),
+                Stat::ConntrackInsertFailed => {
+                    ("sluice_xdp_conntrack_insert_failures", "Flows steered without a conntrack entry", vec![])
+                }
+                Stat::EgressRestored => {
+                    ("sluice_tc_egress_restored", "Replies whose service port TC egress restored", vec![])
+                }
+                Stat::DropNoWorker | Stat::DropBadWorker => {
+                    ("sluice_xdp_dropped", "Frames XDP dropped, by reason", vec![("reason", stat.name().to_owned())])
+                }
+                _ => ("sluice_xdp_passed", "Frames XDP passed untouched, by reason", vec![("reason", stat.name().to_owned())]),
+            };
+            emit(Sample { name, help, kind: MetricType::Counter, unit: None, labels, value: value as f64 });
+        }
+    }
+}
+
+/// Configuration reload outcomes.
+#[derive(Debug)]
+pub struct Reloads(pub Arc<ReloadStats>);
+
+impl ScrapeSource for Reloads {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        for (result, value) in
+            [("ok", self.0.succeeded.load(Ordering::Relaxed)), ("failed", self.0.failed.load(Ordering::Relaxed))]
+        {
+            emit(Sample {
+                name: "sluice_config_reloads",
+                help: "Configuration reloads, applied (ok) or refused (failed)",
+                kind: MetricType::Counter,
+                unit: None,
+                labels: vec![("result", result.to_owned())],
+                value: value as f64,
+            });
+        }
+        emit(Sample {
+            name: "sluice_config_last_reload_success_timestamp",
+            help: "When the last reload was applied (0 before any)",
+            kind: MetricType::Gauge,
+            unit: Some(Unit::Seconds),
+            labels: Vec::new(),
+            value: self.0.last_success_unix.load(Ordering::Relaxed) as f64,
+        });
+    }
+}

@@ -1,0 +1,244 @@
+//! The server side of a handshake on one accepted connection, run in the connection's own task
+//! (never in the accept loop), bounded by one deadline for the whole handshake.
+//!
+//! 1. On listeners with passthrough hosts, the ClientHello is read (not consumed from the
+//!    client's point of view: the bytes are kept) and its SNI parsed; a passthrough host's
+//!    connection is handed back for splicing with those bytes.
+//! 2. Otherwise rustls reads the ClientHello (the kept bytes first), the SNI selects the host
+//!    and with it the configuration (client certificates or not); an unknown SNI on a
+//!    rejecting listener gets the `unrecognized_name` alert.
+//! 3. rustls finishes the handshake. Every failure is classified, counted, and ends only this
+//!    connection; rustls sends the alert that fits (`decode_error`, `protocol_version`,
+//!    `unknown_ca`, `certificate_required`, ...).
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use rustls::{Error as TlsError, HandshakeKind, PeerIncompatible};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
+
+use super::{Failure, ListenerTls, TlsSnapshot, resolver::Selection, shared, sni};
+
+/// What the handshake established, for the connection's requests.
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// The virtual host the SNI selected (index), when it has `tls`; `None` when the default
+    /// certificate was served.
+    pub host: Option<usize>,
+    pub server_name: Option<String>,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
+    pub resumed: bool,
+    /// The client presented a verified certificate.
+    pub client_certificate: bool,
+}
+
+/// How a connection left the handshake.
+pub enum Accepted {
+    /// TLS is up; serve HTTP over the stream.
+    Terminated(Box<TlsStream<Rewind<TcpStream>>>, Session),
+    /// The SNI selected a passthrough host: splice `client` (after replaying `hello`, the bytes
+    /// already read) to the backend group with this index.
+    Passthrough { client: TcpStream, hello: Vec<u8>, backend: usize },
+    /// The handshake failed; it was counted and the connection is closed.
+    Failed(Failure),
+}
+
+/// Runs the handshake on `stream` for `listener`, within `limit`.
+pub async fn accept(stream: TcpStream, listener: &ListenerTls, tls: &TlsSnapshot, limit: Duration) -> Accepted {
+    let outcome = tokio::time::timeout(limit, handshake(stream, listener, tls)).await;
+    let failure = match outcome {
+        Ok(Ok(accepted)) => return accepted,
+        Ok(Err(failure)) => failure,
+        Err(_elapsed) => Failure::Timeout,
+    };
+    shared().counters.fail(failure);
+    Accepted::Failed(failure)
+}
+
+async fn handshake(mut stream: TcpStream, listener: &ListenerTls, tls: &TlsSnapshot) -> Result<Accepted, Failure> {
+    let mut hello = Vec::new();
+    if listener.passthrough {
+        match read_client_hello(&mut stream, &mut hello).await? {
+            sni::Parsed::Hello(name) => {
+                if let Some((_, host)) = tls.host(name.as_deref())
+                    && let Some(backend) = host.passthrough
+                {
+                    return Ok(Accepted::Passthrough { client: stream, hello, backend });
+                }
+            }
+            // Not a ClientHello we can read: rustls reads the same bytes and answers with the
+            // right alert.
+            sni::Parsed::NotTls | sni::Parsed::Malformed | sni::Parsed::Incomplete => {}
+        }
+    }
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Rewind::new(stream, hello));
+    let start = acceptor.await.map_err(|e| classify(&e))?;
+    let hello = start.client_hello();
+    let server_name = hello.server_name().map(str::to_owned);
+    let selection = listener.resolver.select(server_name.as_deref());
+    let host = match selection {
+        Selection::Host(host) => Some(host),
+        _ => None,
+    };
+    if host.is_some_and(|h| tls.hosts.get(h).and_then(Option::as_ref).is_some_and(|h| h.passthrough.is_some())) {
+        // The SNI parser and rustls disagreed about this hello (only possible with a hello the
+        // parser found malformed): it cannot be spliced any more, and must not be terminated
+        // with a certificate the host does not have.
+        let mut io = start.io;
+        let _ = io.write_all(&alert(HANDSHAKE_FAILURE)).await;
+        return Err(Failure::Malformed);
+    }
+    let Some(config) = listener.config_for(selection) else {
+        let mut io = start.io;
+        // Plaintext alert record: fatal unrecognized_name (RFC 6066 section 3).
+        let _ = io.write_all(&alert(UNRECOGNIZED_NAME)).await;
+        let _ = io.shutdown().await;
+        return Err(Failure::UnknownSni);
+    };
+    let requires_client_certificate = listener.client_auth.contains_key(&host.unwrap_or(usize::MAX));
+    let stream = start.into_stream(config).await.map_err(|e| classify(&e))?;
+    let (_, connection) = stream.get_ref();
+    let session = Session {
+        host,
+        server_name,
+        h2: connection.alpn_protocol() == Some(b"h2"),
+        resumed: connection.handshake_kind() == Some(HandshakeKind::Resumed),
+        client_certificate: connection.peer_certificates().is_some_and(|c| !c.is_empty()),
+    };
+    if requires_client_certificate && !session.client_certificate {
+        // rustls verified one at the full handshake; a resumed session must carry it too.
+        return Err(Failure::ClientCertificate);
+    }
+    let counters = &shared().counters;
+    counters.completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if session.resumed {
+        counters.resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(Accepted::Terminated(Box::new(stream), session))
+}
+
+const HANDSHAKE_FAILURE: u8 = 40;
+const UNRECOGNIZED_NAME: u8 = 112;
+
+/// A fatal alert as a plaintext record (before any keys exist).
+fn alert(description: u8) -> [u8; 7] {
+    [21, 3, 3, 0, 2, 2, description]
+}
+
+/// Reads until the ClientHello is whole (or clearly not one). EOF first is a truncated
+/// handshake.
+async fn read_client_hello(stream: &mut TcpStream, hello: &mut Vec<u8>) -> Result<sni::Parsed, Failure> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let parsed = sni::parse(hello);
+        if parsed != sni::Parsed::Incomplete || hello.len() > sni::MAX_HELLO + 1024 {
+            return Ok(parsed);
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err(Failure::Truncated),
+            Ok(n) => hello.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(classify(&e)),
+        }
+    }
+}
+
+/// Why a handshake failed, from the error tokio-rustls reports (rustls' own error inside an
+/// `io::Error`, or a plain I/O error). Matched by variant, never by message text.
+fn classify(error: &io::Error) -> Failure {
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+        return match error.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Truncated,
+            _ => Failure::Other,
+        };
+    };
+    match tls {
+        TlsError::InvalidMessage(_)
+        | TlsError::InappropriateMessage { .. }
+        | TlsError::InappropriateHandshakeMessage { .. }
+        | TlsError::PeerMisbehaved(_)
+        | TlsError::DecryptError => Failure::Malformed,
+        TlsError::PeerIncompatible(
+            PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::SupportedVersionsExtensionRequired,
+        ) => Failure::UnsupportedVersion,
+        TlsError::PeerIncompatible(_) | TlsError::NoApplicationProtocol => Failure::Incompatible,
+        TlsError::InvalidCertificate(_) | TlsError::NoCertificatesPresented => Failure::ClientCertificate,
+        TlsError::AlertReceived(_) => Failure::ClientAlert,
+        _ => Failure::Other,
+    }
+}
+
+/// A stream that first yields bytes already read from it (the ClientHello that was inspected),
+/// then reads on. Writes go straight through.
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(inner: S, prefix: Vec<u8>) -> Rewind<S> {
+        Rewind { prefix, position: 0, inner }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.position < this.prefix.len() {
+            let n = (this.prefix.len() - this.position).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.position..this.position + n]);
+            this.position += n;
+            if this.position == this.prefix.len() {
+                // Replayed: give the memory back for the connection's lifetime.
+                this.prefix = Vec::new();
+                this.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

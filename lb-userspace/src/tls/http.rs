@@ -1,0 +1,79 @@
+//! Per-host TLS policy on HTTP requests, applied around routing by the worker:
+//!
+//! - plain HTTP for a host with `tls` and `redirect_http`: `308 Permanent Redirect` to the same
+//!   URL over HTTPS (308 keeps the method and body), except ACME HTTP-01 challenges, which must
+//!   stay reachable over plain HTTP while a certificate is being issued;
+//! - HTTPS for a host that requires client certificates on a connection whose handshake did
+//!   not select that host (the SNI named another host, then the Host header switched):
+//!   `421 Misdirected Request`, so a client certificate check cannot be bypassed;
+//! - HTTPS responses for a host with `hsts`: `Strict-Transport-Security` (a backend's own
+//!   header is kept).
+
+use http::{
+    HeaderValue, Request, Response, StatusCode,
+    header::{HOST, LOCATION},
+};
+
+use super::{Session, TlsSnapshot, resolver::strip_port};
+use crate::proxy::{
+    body::{self, ProxyBody},
+    forward,
+};
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Paths that stay plain HTTP (ACME HTTP-01, as cert-manager and ingress-nginx do).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// A response that replaces routing for this request, if the TLS policy decides it.
+/// `session` is the connection's TLS session (`None` on plain HTTP).
+pub fn before_request<B>(
+    request: &Request<B>,
+    tls: &TlsSnapshot,
+    session: Option<&Session>,
+) -> Option<Response<ProxyBody>> {
+    let host_header = request_host(request);
+    let (index, host) = tls.host(host_header)?;
+    match session {
+        None => {
+            let port = tls.https_port()?;
+            if !host.redirect_http || request.uri().path().starts_with(ACME_CHALLENGE) {
+                return None;
+            }
+            let name = strip_port(host_header?);
+            let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let location = if port == 443 {
+                format!("https://{name}{path}")
+            } else {
+                format!("https://{name}:{port}{path}")
+            };
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            match HeaderValue::from_str(&location) {
+                Ok(location) => response.headers_mut().insert(LOCATION, location),
+                Err(_) => return Some(forward::error(StatusCode::BAD_REQUEST, "the host cannot be redirected")),
+            };
+            Some(response)
+        }
+        Some(session) if host.client_auth && session.host != Some(index) => Some(forward::error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this host requires a client certificate; connect with its name as SNI",
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The `Strict-Transport-Security` value for an HTTPS request's host, if it has one; the
+/// caller adds it to the response unless the backend sent its own.
+pub fn hsts_for<B>(request: &Request<B>, tls: &TlsSnapshot, session: Option<&Session>) -> Option<HeaderValue> {
+    // RFC 6797 7.2: never over plain HTTP.
+    session?;
+    tls.host(request_host(request))?.1.hsts.clone()
+}

@@ -1,0 +1,403 @@
+//! TLS: termination on listeners (rustls, TLS 1.2 and 1.3, SNI selection per virtual host,
+//! ALPN `h2`/`http/1.1`, session tickets and a session cache shared by every worker of the
+//! node), client certificates per host, passthrough by SNI, and TLS towards backends.
+//!
+//! Everything that can fail is compiled into a [`TlsSnapshot`] when the serving snapshot is
+//! built, off the accept path: certificates are read, parsed, matched with their keys and
+//! checked for expiry there, so a broken certificate refuses the whole reload (with an error
+//! naming the certificate and its file) and the previous snapshot, certificates included,
+//! keeps serving. New handshakes load the current snapshot, so a rotated certificate applies
+//! to the next handshake; established connections keep the session they negotiated.
+//!
+//! What lives longer than a snapshot is process-wide ([`shared`]): the session ticket keys
+//! (rotated every 6 hours; resumption survives reloads) and the session cache, plus the
+//! handshake counters exported as metrics. A node is one process in production.
+
+mod accept;
+pub mod certs;
+pub mod http;
+mod passthrough;
+pub mod resolver;
+pub mod sni;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ::http::HeaderValue;
+use rustls::{
+    ServerConfig,
+    crypto::CryptoProvider,
+    server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier},
+    sign::CertifiedKey,
+};
+
+pub use accept::{Accepted, Rewind, Session, accept};
+pub use certs::{LoadError, LoadedCertificate};
+pub use passthrough::{Upstream as PassthroughUpstream, connect as passthrough_connect, splice};
+use resolver::{HostTable, ListenerResolver, Selection};
+
+use crate::config::{Config, UnknownSni};
+
+/// ALPN protocols the listeners offer, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Sessions the node-wide cache holds (stateful resumption, and TLS 1.3 without tickets).
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// The crypto provider: *ring*, with its default suites (TLS 1.3 AES-GCM and ChaCha20-Poly1305;
+/// TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305: forward secret AEAD suites only).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+}
+
+/// TLS state that outlives snapshots: one per process (a node is one process).
+pub struct Shared {
+    /// Session ticket keys, shared by all workers and every snapshot so resumption survives
+    /// reloads; rotated every 6 hours (the previous key still decrypts). `None` if the system
+    /// could not give randomness for a key (logged; tickets are then off).
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    sessions: Arc<dyn StoresServerSessions>,
+    counters: Counters,
+}
+
+/// The process-wide TLS state.
+pub fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        ticketer: rustls::crypto::ring::Ticketer::new()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot create session ticket keys; tickets are off"))
+            .ok(),
+        sessions: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        counters: Counters::default(),
+    })
+}
+
+/// Why a handshake failed; each reason is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Not TLS, or a broken TLS message (garbage instead of a ClientHello, a corrupt record).
+    Malformed,
+    /// The client closed or reset the connection before the handshake finished.
+    Truncated,
+    /// The handshake did not finish within `limits.header_read_timeout_ms`.
+    Timeout,
+    /// The SNI names no TLS host and the listener rejects unknown names.
+    UnknownSni,
+    /// The client offers only protocol versions older than TLS 1.2.
+    UnsupportedVersion,
+    /// No cipher suite, key exchange group, signature scheme or ALPN protocol in common.
+    Incompatible,
+    /// A missing client certificate, or one that does not verify against the host's CA.
+    ClientCertificate,
+    /// The client aborted with an alert (for example it does not trust our certificate).
+    ClientAlert,
+    /// Anything else.
+    Other,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 9] = [
+        Failure::Malformed,
+        Failure::Truncated,
+        Failure::Timeout,
+        Failure::UnknownSni,
+        Failure::UnsupportedVersion,
+        Failure::Incompatible,
+        Failure::ClientCertificate,
+        Failure::ClientAlert,
+        Failure::Other,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Malformed => "malformed",
+            Failure::Truncated => "truncated",
+            Failure::Timeout => "timeout",
+            Failure::UnknownSni => "unknown_sni",
+            Failure::UnsupportedVersion => "unsupported_version",
+            Failure::Incompatible => "incompatible",
+            Failure::ClientCertificate => "client_certificate",
+            Failure::ClientAlert => "client_alert",
+            Failure::Other => "other",
+        }
+    }
+}
+
+/// Handshake counters (relaxed atomics; only ever added to).
+#[derive(Default)]
+pub struct Counters {
+    failures: [AtomicU64; Failure::ALL.len()],
+    completed: AtomicU64,
+    resumed: AtomicU64,
+    passthrough: AtomicU64,
+    passthrough_failed: AtomicU64,
+}
+
+impl Counters {
+    fn fail(&self, reason: Failure) {
+        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Failed handshakes per reason, for metrics: `(reason, count)` for every reason.
+pub fn handshake_failures() -> Vec<(&'static str, u64)> {
+    let counters = &shared().counters;
+    Failure::ALL.iter().map(|f| (f.name(), counters.failures[*f as usize].load(Ordering::Relaxed))).collect()
+}
+
+/// Completed handshakes and passthrough connections, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeCounts {
+    /// Handshakes that completed (resumed ones included).
+    pub completed: u64,
+    /// Of those, resumed sessions (ticket or cache).
+    pub resumed: u64,
+    /// Connections spliced to a passthrough backend.
+    pub passthrough: u64,
+    /// Passthrough connections that found no endpoint or could not connect.
+    pub passthrough_failed: u64,
+}
+
+pub fn handshake_counts() -> HandshakeCounts {
+    let c = &shared().counters;
+    HandshakeCounts {
+        completed: c.completed.load(Ordering::Relaxed),
+        resumed: c.resumed.load(Ordering::Relaxed),
+        passthrough: c.passthrough.load(Ordering::Relaxed),
+        passthrough_failed: c.passthrough_failed.load(Ordering::Relaxed),
+    }
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// TLS of one virtual host.
+#[derive(Debug)]
+pub struct HostTls {
+    pub name: String,
+    /// Splice connections for this host to this backend group (index in the snapshot).
+    pub passthrough: Option<usize>,
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value, when configured.
+    pub hsts: Option<HeaderValue>,
+    /// Clients must present a certificate from the host's CA.
+    pub client_auth: bool,
+}
+
+/// TLS of one listener.
+pub struct ListenerTls {
+    resolver: Arc<ListenerResolver>,
+    /// For every host without client certificates.
+    config: Arc<ServerConfig>,
+    /// By virtual host index: hosts that require client certificates.
+    client_auth: HashMap<usize, Arc<ServerConfig>>,
+    /// Some host is passed through: the ClientHello must be read before rustls sees it.
+    passthrough: bool,
+}
+
+impl ListenerTls {
+    /// The configuration to finish a handshake with, for what the SNI selected.
+    fn config_for(&self, selection: Selection) -> Option<Arc<ServerConfig>> {
+        match selection {
+            Selection::Host(host) => Some(self.client_auth.get(&host).unwrap_or(&self.config).clone()),
+            Selection::Default => Some(self.config.clone()),
+            Selection::Reject => None,
+        }
+    }
+}
+
+/// TLS compiled from one configuration; part of the serving snapshot.
+#[derive(Default)]
+pub struct TlsSnapshot {
+    /// By listener index (configuration order); `None` for plain-HTTP listeners.
+    listeners: Vec<Option<Arc<ListenerTls>>>,
+    /// By virtual host index; `None` for hosts without `tls`.
+    hosts: Vec<Option<Arc<HostTls>>>,
+    table: Arc<HostTable>,
+    /// The port of the first TLS listener: where plain-HTTP requests are redirected.
+    https_port: Option<u16>,
+    /// Every configured certificate: (name, not_after in unix seconds).
+    expiry: Vec<(String, i64)>,
+}
+
+impl TlsSnapshot {
+    /// Loads every certificate and CA bundle and builds the rustls configurations. `backends`
+    /// maps backend names to their index in the snapshot. Errors name the certificate and file.
+    pub fn build(config: &Config, backends: &HashMap<&str, usize>) -> Result<TlsSnapshot, String> {
+        let provider = provider();
+        let now = now_unix();
+        let mut loaded: HashMap<&str, LoadedCertificate> = HashMap::new();
+        for certificate in &config.certificates {
+            let certificate_loaded =
+                certs::load_certificate(certificate, &provider, now).map_err(|e| e.to_string())?;
+            loaded.insert(certificate.name.as_str(), certificate_loaded);
+        }
+        let key_of = |name: &str| -> Result<Arc<CertifiedKey>, String> {
+            loaded.get(name).map(|c| c.key.clone()).ok_or_else(|| format!("no certificate named {name:?}"))
+        };
+
+        let table = Arc::new(HostTable::build(&config.virtual_hosts));
+        let mut hosts = Vec::with_capacity(config.virtual_hosts.len());
+        let mut host_keys = Vec::with_capacity(config.virtual_hosts.len());
+        let mut verifiers = HashMap::new();
+        for (i, host) in config.virtual_hosts.iter().enumerate() {
+            let Some(tls) = &host.tls else {
+                hosts.push(None);
+                host_keys.push(None);
+                continue;
+            };
+            host_keys.push(tls.certificate.as_deref().map(key_of).transpose()?);
+            let passthrough = match &tls.passthrough {
+                Some(name) => Some(
+                    *backends
+                        .get(name.as_str())
+                        .ok_or_else(|| format!("virtual_hosts[{i}].tls.passthrough: no backend named {name:?}"))?,
+                ),
+                None => None,
+            };
+            if tls.client_ca_path.is_some() || tls.client_ca_pem.is_some() {
+                let what = format!("virtual host {:?} client CA", host.name);
+                let (roots, _) = certs::load_ca_bundle(
+                    &what,
+                    tls.client_ca_path.as_deref(),
+                    tls.client_ca_pem.as_deref(),
+                    "client_ca_pem",
+                )
+                .map_err(|e| e.to_string())?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("{what}: {e}"))?;
+                verifiers.insert(i, verifier);
+            }
+            let hsts = tls.hsts.as_ref().map(|h| {
+                let mut value = format!("max-age={}", h.max_age_seconds);
+                if h.include_subdomains {
+                    value.push_str("; includeSubDomains");
+                }
+                if h.preload {
+                    value.push_str("; preload");
+                }
+                HeaderValue::from_str(&value).expect("digits and ASCII words make a valid header value")
+            });
+            hosts.push(Some(Arc::new(HostTls {
+                name: host.name.clone(),
+                passthrough,
+                redirect_http: tls.redirect_http,
+                hsts,
+                client_auth: verifiers.contains_key(&i),
+            })));
+        }
+        let certificates = Arc::new(host_keys);
+        let tls_hosts = Arc::new(hosts.iter().map(Option::is_some).collect::<Vec<_>>());
+        let any_passthrough = hosts.iter().flatten().any(|h| h.passthrough.is_some());
+
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let Some(tls) = &listener.tls else {
+                listeners.push(None);
+                continue;
+            };
+            let unknown = tls.unknown_sni.unwrap_or(if tls.default_certificate.is_some() {
+                UnknownSni::Default
+            } else {
+                UnknownSni::Reject
+            });
+            let default = match (unknown, &tls.default_certificate) {
+                (UnknownSni::Default, Some(name)) => Some(key_of(name)?),
+                _ => None,
+            };
+            let resolver = Arc::new(ListenerResolver::new(
+                table.clone(),
+                certificates.clone(),
+                tls_hosts.clone(),
+                default,
+            ));
+            let config = Arc::new(server_config(&provider, None, resolver.clone(), tls.session_tickets)?);
+            let client_auth = verifiers
+                .iter()
+                .map(|(&host, verifier)| {
+                    Ok((host, Arc::new(server_config(&provider, Some(verifier.clone()), resolver.clone(), false)?)))
+                })
+                .collect::<Result<_, String>>()?;
+            listeners.push(Some(Arc::new(ListenerTls { resolver, config, client_auth, passthrough: any_passthrough })));
+        }
+        let https_port = config.listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.port());
+        let mut expiry: Vec<(String, i64)> = loaded.values().map(|c| (c.name.clone(), c.not_after)).collect();
+        expiry.sort();
+        Ok(TlsSnapshot { listeners, hosts, table, https_port, expiry })
+    }
+
+    /// The TLS settings of listener `index`, when it terminates TLS.
+    pub fn listener(&self, index: usize) -> Option<&Arc<ListenerTls>> {
+        self.listeners.get(index).and_then(Option::as_ref)
+    }
+
+    /// The TLS host a name (SNI or Host header) selects, if that host has `tls`.
+    pub fn host(&self, name: Option<&str>) -> Option<(usize, &Arc<HostTls>)> {
+        let index = self.table.find(name)?;
+        Some((index, self.hosts.get(index)?.as_ref()?))
+    }
+
+    /// Every configured certificate with its expiry: `(name, not_after unix seconds)`, by name.
+    /// For the `sluice_tls_certificate_expiry_seconds` metric.
+    pub fn certificate_expiry(&self) -> &[(String, i64)] {
+        &self.expiry
+    }
+
+    /// Where plain-HTTP requests for TLS hosts are redirected.
+    pub fn https_port(&self) -> Option<u16> {
+        self.https_port
+    }
+}
+
+/// A server configuration: TLS 1.3 and 1.2, ALPN, the node's session cache and ticket keys.
+///
+/// Hosts with client certificates get their own session store and ticket key (`tickets`
+/// false, fresh per snapshot): rustls does not re-check a client certificate when a session
+/// resumes, so a session from before a CA change, or from before client certificates were
+/// required, must not resume there.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    resolver: Arc<ListenerResolver>,
+    shared_tickets: bool,
+) -> Result<ServerConfig, String> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let client_auth = client_verifier.is_some();
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    let shared = shared();
+    if client_auth {
+        config.session_storage = ServerSessionMemoryCache::new(1024);
+        if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+            config.ticketer = ticketer;
+        }
+    } else {
+        // Without tickets, sessions still resume from the cache (TLS 1.3 by session id).
+        config.session_storage = shared.sessions.clone();
+        if shared_tickets && let Some(ticketer) = &shared.ticketer {
+            config.ticketer = ticketer.clone();
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! TLS towards backends: a connector for hyper-util's pooled client that opens TCP with the
+//! usual `HttpConnector` and then, for backends with `tls`, runs a rustls client handshake
+//! (verifying against the backend's CA bundle, or explicitly not at all). ALPN offers `h2` for
+//! `protocol: h2c` (HTTP/2 over TLS, as gRPC) and `http/1.1` otherwise; a negotiated `h2` is
+//! reported to hyper so the pool multiplexes. Whether TLS is used comes from the backend's
+//! configuration, not the URI scheme.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Uri;
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection, HttpConnector},
+    rt::TokioIo,
+};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use super::{certs, provider};
+use crate::config::{BackendConfig, BackendProtocol};
+
+/// One backend group's TLS client settings, built with the snapshot.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    config: Arc<ClientConfig>,
+    /// SNI and the name verified; `None`: the endpoint's IP address.
+    server_name: Option<ServerName<'static>>,
+    /// Changes when anything that shapes these connections changes (settings or the CA file's
+    /// content), so worker pools are rebuilt then and kept otherwise.
+    pub identity: String,
+}
+
+impl UpstreamTls {
+    /// Builds the client configuration for `backend` (which has `tls`); `None` without `tls`.
+    pub fn build(backend: &BackendConfig) -> Result<Option<UpstreamTls>, String> {
+        let Some(tls) = &backend.tls else { return Ok(None) };
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("backend {:?}: TLS configuration: {e}", backend.name))?;
+        let (builder, ca_fingerprint) = if tls.insecure_skip_verify {
+            (builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))), 0)
+        } else {
+            let what = format!("backend {:?} CA", backend.name);
+            let (roots, pem) =
+                certs::load_ca_bundle(&what, tls.ca_path.as_deref(), tls.ca_pem.as_deref(), "ca_pem")
+                    .map_err(|e| e.to_string())?;
+            (builder.with_root_certificates(roots), certs::fingerprint(&pem))
+        };
+        let mut config = builder.with_no_client_auth();
+        config.alpn_protocols = match backend.protocol {
+            BackendProtocol::H2c => vec![b"h2".to_vec()],
+            BackendProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        };
+        let server_name = match &tls.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|e| format!("backend {:?}: tls.server_name {name:?}: {e}", backend.name))?,
+            ),
+            None => None,
+        };
+        Ok(Some(UpstreamTls {
+            config: Arc::new(config),
+            server_name,
+            identity: format!("{tls:?}|{ca_fingerprint:016x}"),
+        }))
+    }
+}
+
+/// Accepts any server certificate but still checks the handshake signatures (so the session is
+/// at least bound to the key the server presented). Only for `insecure_skip_verify: true`.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upstream connector: TCP, then TLS when the backend has it.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: Option<Arc<UpstreamTls>>,
+    /// Bounds the TLS handshake (the TCP connect has its own bound in `http`).
+    handshake_timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(http: HttpConnector, tls: Option<Arc<UpstreamTls>>, handshake_timeout: Duration) -> Connector {
+        Connector { http, tls, handshake_timeout }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = UpstreamStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        let timeout = self.handshake_timeout;
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            let Some(tls) = tls else { return Ok(UpstreamStream::Plain(tcp)) };
+            let name = match &tls.server_name {
+                Some(name) => name.clone(),
+                None => ServerName::try_from(host.unwrap_or_default())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            };
+            let connector = TlsConnector::from(tls.config.clone());
+            let stream = tokio::time::timeout(timeout, connector.connect(name, tcp.into_inner()))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake with the backend timed out"))??;
+            Ok(UpstreamStream::Tls(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A connection to an endpoint, plain or TLS.
+pub enum UpstreamStream {
+    Plain(TokioIo<TcpStream>),
+    Tls(TokioIo<TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamStream::Plain(io) => io.connected(),
+            UpstreamStream::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") { connected.negotiated_h2() } else { connected }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamStream::Tls(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(io) => Pin::new(io).poll_write(cx, data),
+            UpstreamStream::Tls(io) => Pin::new(io).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(io) => Pin::new(io).poll_flush(cx),
+            UpstreamStream::Tls(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamStream::Tls(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(io) => io.is_write_vectored(),
+            UpstreamStream::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
