@@ -91,6 +91,7 @@ fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &
 
 fn serve(stream: TcpStream, name: &str, requests: &AtomicU64) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -111,12 +112,13 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicU64) -> std::io::Result
         reader.read_exact(&mut body)?;
         requests.fetch_add(1, Ordering::Relaxed);
         let text = format!("{name}\n");
-        write!(
-            writer,
+        // One write per response: several small writes would wait on delayed ACKs (Nagle).
+        let response = format!(
             "HTTP/1.1 200 OK\r\n{BACKEND_HEADER}: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
             text.len(),
             if close { "connection: close\r\n" } else { "" },
-        )?;
+        );
+        writer.write_all(response.as_bytes())?;
         writer.flush()?;
         if close {
             return Ok(());

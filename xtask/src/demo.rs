@@ -1,7 +1,9 @@
-//! `cargo xtask demo`: the newcomer's one command. Builds Sluice, creates a client and a node
-//! namespace joined by a veth pair, starts `sluice run` in the node with XDP on the node's
-//! interface, sends a bounded batch of requests from the client, prints how they spread over
-//! the workers and what XDP counted, and removes everything on exit or Ctrl-C.
+//! `cargo xtask demo`: the newcomer's one command. Builds Sluice, creates a client namespace, a
+//! node namespace and three backend namespaces joined by veth pairs, starts three demo backends
+//! and `sluice run` in the node from the embedded demo configuration (XDP on the node's
+//! interface), sends a bounded batch of requests from the client, prints how connections spread
+//! over the workers and requests over the backends and what XDP counted, and removes
+//! everything on exit or Ctrl-C.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 use lb_tests::{
-    backend::http_get,
+    backend::{BACKEND_HEADER, Backend, http_get},
     netns::Netns,
     process::ChildGuard,
     topology::{NODE_CLIENT_IF, Topology},
@@ -35,7 +37,14 @@ pub struct DemoArgs {
     /// Run without XDP (workers share one SO_REUSEPORT listener).
     #[arg(long)]
     no_xdp: bool,
+    /// Short mode for tests: 60 requests and a debug build of sluice.
+    #[arg(long)]
+    short: bool,
 }
+
+/// The configuration the demo instance runs, embedded so the demo needs no file.
+const DEMO_CONFIG: &str = include_str!("demo.yaml");
+const DEMO_BACKENDS: usize = 3;
 
 const DEMO_PORT: u16 = 8080;
 
@@ -49,28 +58,32 @@ fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
+    if args.short {
+        args.requests = args.requests.min(60);
+    }
     anyhow::ensure!(args.requests <= 100_000, "--requests is bounded at 100000");
     anyhow::ensure!(lb_tests::is_root(), "the demo creates network namespaces and loads XDP: run it as root");
-    let sluice = build_sluice(true)?;
+    let sluice = build_sluice(!args.short)?;
     // Ctrl-C ends the batch early; the guards below then remove the namespaces and processes.
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
 
-    println!("== creating the demo topology: client namespace -> node namespace (veth)");
-    let topology = Topology::new(0)?;
+    println!("== creating the demo topology: client -> node -> {DEMO_BACKENDS} backends (veth pairs)");
+    let topology = Topology::new(DEMO_BACKENDS)?;
     println!("   client {} -> node {} ({})", topology.client.name(), topology.node.name(), NODE_CLIENT_IF);
+    let mut backends = Vec::new();
+    for (i, netns) in topology.backends.iter().enumerate() {
+        let addr = SocketAddr::from((topology.backend_v4(i), 80));
+        backends.push(Backend::start(Some(netns), addr, &format!("backend-{}", i + 1))?);
+        println!("   demo backend backend-{} on {addr} in {}", i + 1, netns.name());
+    }
 
+    let config_dir = tempfile_dir()?;
+    let config_path = config_dir.0.join("demo.yaml");
+    std::fs::write(&config_path, DEMO_CONFIG)?;
     let mut command = topology.node.command(&sluice);
-    command.args([
-        "run",
-        "--workers",
-        &args.workers.to_string(),
-        "--interface",
-        NODE_CLIENT_IF,
-        "--xdp-mode",
-        "auto",
-    ]);
+    command.arg("run").arg("--config").arg(&config_path).args(["--workers", &args.workers.to_string()]);
     if args.no_xdp {
         command.arg("--no-xdp");
     }
@@ -94,6 +107,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let tally = topology.client.run(move || send_batch(target, requests))??;
     let elapsed = started.elapsed();
     print_spread(&tally, elapsed);
+    anyhow::ensure!(tally.failures == 0, "{} requests failed", tally.failures);
 
     if args.hold_seconds > 0 && !interrupted() {
         println!(
@@ -136,28 +150,65 @@ fn wait_until_serving(client: &Netns, target: SocketAddr, instance: &mut ChildGu
     .context("starting the demo instance")
 }
 
-/// Sends `requests` GETs, one connection each, and counts answers per worker.
-fn send_batch(target: SocketAddr, requests: u32) -> anyhow::Result<BTreeMap<String, u32>> {
-    let mut tally = BTreeMap::new();
+/// Answers per worker and per backend.
+#[derive(Default)]
+struct Tally {
+    workers: BTreeMap<String, u32>,
+    backends: BTreeMap<String, u32>,
+    failures: u32,
+}
+
+/// Sends `requests` GETs, one connection each, and counts who answered.
+fn send_batch(target: SocketAddr, requests: u32) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
     for i in 0..requests {
         if interrupted() {
             break;
         }
-        let response = http_get(target, &format!("/demo/{i}"))?;
-        let worker = response.header("x-sluice-worker").unwrap_or("?").to_owned();
-        *tally.entry(worker).or_insert(0) += 1;
+        match http_get(target, &format!("/demo/{i}")) {
+            Ok(response) if response.status == 200 => {
+                let worker = response.header("x-sluice-worker").unwrap_or("?").to_owned();
+                *tally.workers.entry(worker).or_insert(0) += 1;
+                let backend = response.header(BACKEND_HEADER).unwrap_or("?").to_owned();
+                *tally.backends.entry(backend).or_insert(0) += 1;
+            }
+            _ => tally.failures += 1,
+        }
     }
     Ok(tally)
 }
 
-fn print_spread(tally: &BTreeMap<String, u32>, elapsed: Duration) {
-    let total: u32 = tally.values().sum();
-    println!("   {total} requests answered in {:.2}s", elapsed.as_secs_f64());
-    println!("   worker  connections  share");
-    for (worker, count) in tally {
+fn print_table(title: &str, counts: &BTreeMap<String, u32>) {
+    let total: u32 = counts.values().sum();
+    println!("   {title:>10}  requests  share");
+    for (name, count) in counts {
         let share = f64::from(*count) * 100.0 / f64::from(total.max(1));
-        println!("   {worker:>6}  {count:>11}  {share:5.1}%  {}", "#".repeat((share / 2.0) as usize));
+        println!("   {name:>10}  {count:>8}  {share:5.1}%  {}", "#".repeat((share / 2.0) as usize));
     }
+}
+
+fn print_spread(tally: &Tally, elapsed: Duration) {
+    let total: u32 = tally.workers.values().sum();
+    println!("   {total} requests answered in {:.2}s, {} failed", elapsed.as_secs_f64(), tally.failures);
+    println!("   connections over the node's workers (XDP steering):");
+    print_table("worker", &tally.workers);
+    println!("   requests over the backends (round robin):");
+    print_table("backend", &tally.backends);
+}
+
+/// A directory removed on drop, for the demo's configuration file.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(TempDir(dir))
 }
 
 /// Prints the counters sluice logged at shutdown, one per line, leaving out the zeros.

@@ -64,10 +64,11 @@ pub struct Forwarded<'a> {
 /// sure a Host header exists (HTTP/2 clients send `:authority` instead).
 pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     let client_ip = forwarded.client.ip().to_canonical().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {client_ip}"),
-        None => client_ip.clone(),
-    };
+    // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
+    let mut hops: Vec<&str> =
+        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    hops.push(&client_ip);
+    let xff = hops.join(", ");
     set(headers, &X_FORWARDED_FOR, &xff);
     set(headers, &X_REAL_IP, &client_ip);
     set(headers, &X_FORWARDED_PROTO, forwarded.scheme);

@@ -1,0 +1,1297 @@
+//! The L7 proxy end to end over loopback sockets: routing precedence with the Kubernetes Ingress
+//! semantics, rewrites and redirects, forwarding headers, balancing, passive and active health,
+//! retries, error statuses, and configuration swaps. Each test runs an in-process node
+//! (`common::Proxy`, no XDP, no root) in front of throwaway backends: the programmable [`TestBackend`]
+//! below, which names itself in `x-backend`, echoes what it received, and fails, holds or hangs
+//! on demand.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use common::Proxy;
+use lb_tests::{
+    backend::{BACKEND_HEADER, HttpResponse},
+    wait_for,
+};
+
+/// Every configuration starts with this: two workers, no XDP, a short drain on stop.
+const PRELUDE: &str = "\
+workers: 2
+xdp: {enabled: false}
+limits: {shutdown_grace_ms: 500}
+listeners: [{name: web, address: \"{listen}\"}]
+";
+
+fn config(rest: &str) -> String {
+    format!("{PRELUDE}{rest}")
+}
+
+/// One `backends:` entry (indented for the list) with these endpoints and extra fields
+/// (`extra` starts with `, ` when not empty).
+fn group(name: &str, addresses: &[SocketAddr], extra: &str) -> String {
+    let endpoints: Vec<String> = addresses.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
+    format!("  - {{name: {name}, endpoints: [{}]{extra}}}\n", endpoints.join(", "))
+}
+
+/// An echoing backend. (`lb_tests::backend::Backend` writes each response in several small
+/// writes without TCP_NODELAY, which costs ~40 ms per request on a keep-alive connection: too
+/// slow for the hundreds of requests these tests send.)
+fn start_backend(name: &str) -> TestBackend {
+    TestBackend::start(name, Mode::Echo)
+}
+
+/// A loopback address nobody listens on (bound, then released).
+fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: raw HTTP/1.1 over TCP, one-shot or keep-alive.
+// ---------------------------------------------------------------------------------------------
+
+fn request_text(method: &str, host: &str, path: &str, headers: &[(&str, &str)], close: bool) -> String {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if matches!(method, "POST" | "PUT" | "PATCH") {
+        text.push_str("Content-Length: 0\r\n");
+    }
+    if close {
+        text.push_str("Connection: close\r\n");
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// Reads one response: Content-Length, chunked, or up to the end of the connection.
+fn read_response(reader: &mut impl BufRead) -> anyhow::Result<HttpResponse> {
+    let mut lines: Vec<String> = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("the connection closed before a whole response head (got {lines:?})");
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            if lines.is_empty() {
+                continue;
+            }
+            break;
+        }
+        lines.push(line);
+    }
+    let status: u16 = lines[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {:?}", lines[0]))?;
+    let headers: Vec<(String, String)> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length = find("content-length");
+    let mut body = Vec::new();
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        // No body.
+    } else if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .with_context(|| format!("bad chunk size {size:?}"))?;
+            if size == 0 {
+                loop {
+                    let mut trailer = String::new();
+                    if reader.read_line(&mut trailer)? == 0 || trailer.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = length {
+        body.resize(length.parse().context("bad content-length")?, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// A client connection to the proxy; keeps the connection open between requests.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the proxy");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        close: bool,
+    ) -> HttpResponse {
+        self.writer
+            .write_all(request_text(method, host, path, headers, close).as_bytes())
+            .unwrap_or_else(|e| panic!("{method} {host}{path}: cannot send: {e}"));
+        read_response(&mut self.reader).unwrap_or_else(|e| panic!("{method} {host}{path}: {e:#}"))
+    }
+
+    fn get(&mut self, host: &str, path: &str) -> HttpResponse {
+        self.send("GET", host, path, &[], false)
+    }
+}
+
+/// One request on a new connection.
+fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    Client::connect(addr).send(method, host, path, headers, true)
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
+    request(addr, "GET", host, path, &[])
+}
+
+/// The backend that answered, or `<none>` (a proxy-made response).
+fn backend_of(response: &HttpResponse) -> &str {
+    response.header(BACKEND_HEADER).unwrap_or("<none>")
+}
+
+/// What an echoing backend received: its request line and headers.
+struct Seen {
+    line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn of(response: &HttpResponse) -> Seen {
+        assert_eq!(response.status, 200, "an echo response: {response:?}");
+        let mut lines = response.body.lines();
+        let line = lines.next().unwrap_or("").to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Seen { line, headers }
+    }
+
+    /// The request target the backend received.
+    fn target(&self) -> &str {
+        self.line.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A programmable backend.
+// ---------------------------------------------------------------------------------------------
+
+/// Path the active health checks of these suites probe; answered with [`TestBackend::set_health`].
+const HEALTH_PATH: &str = "/healthz";
+
+/// How a [`TestBackend`] answers requests (other than health checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// 200, the request head as received in the body.
+    Echo,
+    /// Like `Echo`, with hop-by-hop headers in the response (`Connection: x-hop`, `X-Hop`,
+    /// `Keep-Alive`) and one end-to-end header (`X-End-To-End`).
+    EchoHop,
+    /// This status, the backend's name in the body.
+    Status(u16),
+    /// Holds each request until [`TestBackend::release`], then echoes.
+    Hold,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request and resets the connection (RST: SO_LINGER 0, then close).
+    Reset,
+    /// Reads the request and answers bytes that are not HTTP, then closes.
+    Garbage,
+}
+
+struct State {
+    name: String,
+    mode: Mutex<Mode>,
+    /// Status of `HEALTH_PATH`.
+    health: AtomicU16,
+    /// Requests received (heads read), health checks excluded.
+    requests: AtomicU64,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    /// Requests held right now (`Mode::Hold`).
+    holding: AtomicU64,
+    release: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// An HTTP/1.1 backend on loopback whose behaviour the test sets; stops on drop.
+struct TestBackend {
+    addr: SocketAddr,
+    state: Arc<State>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestBackend {
+    fn start(name: &str, mode: Mode) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            mode: Mutex::new(mode),
+            health: AtomicU16::new(200),
+            requests: AtomicU64::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            holding: AtomicU64::new(0),
+            release: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                while !state.stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let state = state.clone();
+                            std::thread::spawn(move || {
+                                let _ = serve_connection(stream, &state);
+                            });
+                        }
+                        // Non-blocking accept: poll the stop flag between connections.
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        TestBackend { addr, state, thread: Some(thread) }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::Relaxed);
+    }
+
+    fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    fn checks_passed(&self) -> u64 {
+        self.state.checks_passed.load(Ordering::Relaxed)
+    }
+
+    fn checks_failed(&self) -> u64 {
+        self.state.checks_failed.load(Ordering::Relaxed)
+    }
+
+    fn holding(&self) -> u64 {
+        self.state.holding.load(Ordering::Relaxed)
+    }
+
+    /// Lets every held request (and every later one) through.
+    fn release(&self) {
+        self.state.release.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+        self.state.release.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, state: &State) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+        let mut lines = head.lines();
+        let path = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_owned();
+        let (mut body_len, mut close) = (0usize, false);
+        for line in lines {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            if key.eq_ignore_ascii_case("content-length") {
+                body_len = value.parse().unwrap_or(0);
+            } else if key.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0u8; body_len];
+        reader.read_exact(&mut body)?;
+        if path == HEALTH_PATH {
+            let status = state.health.load(Ordering::Relaxed);
+            let counter =
+                if (200..400).contains(&status) { &state.checks_passed } else { &state.checks_failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+            respond(&mut writer, status, &state.name, "health\n", close)?;
+        } else {
+            state.requests.fetch_add(1, Ordering::Relaxed);
+            let mode = *state.mode.lock().unwrap();
+            match mode {
+                Mode::Echo => respond(&mut writer, 200, &state.name, &head, close)?,
+                Mode::EchoHop => respond_with(
+                    &mut writer,
+                    200,
+                    &state.name,
+                    "connection: x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nx-end-to-end: 1\r\n",
+                    &head,
+                    close,
+                )?,
+                Mode::Status(code) => {
+                    respond(&mut writer, code, &state.name, &format!("{}\n", state.name), close)?
+                }
+                Mode::Hold => {
+                    state.holding.fetch_add(1, Ordering::Relaxed);
+                    while !state.release.load(Ordering::Relaxed) && !state.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    state.holding.fetch_sub(1, Ordering::Relaxed);
+                    respond(&mut writer, 200, &state.name, &head, close)?;
+                }
+                Mode::Hang => {
+                    while !state.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    return Ok(());
+                }
+                Mode::Reset => {
+                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                    // SAFETY: the descriptor is this connection's open socket, and `linger` is a
+                    // valid `struct linger` whose size is passed along with it.
+                    unsafe {
+                        libc::setsockopt(
+                            writer.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast::<libc::c_void>(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
+                    // Closing both handles with linger 0 sends RST.
+                    return Ok(());
+                }
+                Mode::Garbage => {
+                    writer.write_all(b"SSH-2.0-OpenSSH_9.6\r\nthis is not HTTP at all\r\n\r\n")?;
+                    writer.flush()?;
+                    return Ok(());
+                }
+            }
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn respond(writer: &mut TcpStream, status: u16, name: &str, body: &str, close: bool) -> std::io::Result<()> {
+    respond_with(writer, status, name, "", body, close)
+}
+
+/// A response with `extra` header lines (each ending in CRLF).
+fn respond_with(
+    writer: &mut TcpStream,
+    status: u16,
+    name: &str,
+    extra: &str,
+    body: &str,
+    close: bool,
+) -> std::io::Result<()> {
+    let reason = if status == 200 { "OK" } else { "Test Status" };
+    // One write: a response dribbled out in pieces meets Nagle and delayed ACKs (40 ms each).
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\n{BACKEND_HEADER}: {name}\r\ncontent-type: text/plain\r\n{extra}content-length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if close { "connection: close\r\n" } else { "" },
+    );
+    writer.write_all(response.as_bytes())?;
+    writer.flush()
+}
+
+/// Reads one request head up to the blank line; `None` at a clean end of stream.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(Some(head));
+        }
+        head.push_str(&line);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Routing precedence.
+// ---------------------------------------------------------------------------------------------
+
+const ROUTING_HOSTS: &str = "\
+virtual_hosts:
+  - name: app
+    domains: [app.example.com]
+    routes:
+      - {backend: root, match: {path: {prefix: /}}}
+      - {backend: prefix-foo, match: {path: {prefix: /foo}}}
+      - {backend: exact-foo, match: {path: {exact: /foo}}}
+      - {backend: prefix-foo-bar, match: {path: {prefix: /foo/bar}}}
+      - {backend: trail, match: {path: {prefix: /trail/}}}
+      - {backend: exact-dir, match: {path: {exact: /dir/}}}
+      - {backend: prefix-api-v1, match: {path: {prefix: /api/v1}}}
+      - {backend: regex-items, match: {path: {regex: \"/api/v[0-9]+/items\"}}}
+      - {backend: prefix-long, match: {path: {prefix: /api/v1/items/special}}}
+      - {backend: regex-tie, match: {path: {regex: \"/r.g\"}}}
+      - {backend: prefix-tie, match: {path: {prefix: /reg}}}
+      - {backend: stable, match: {path: {prefix: /h}}}
+      - {backend: canary, match: {path: {prefix: /h}, headers: [{name: X-Canary, exact: \"1\"}]}}
+      - {backend: reads, match: {path: {prefix: /m}}}
+      - {backend: writes, match: {path: {prefix: /m}, methods: [POST, PUT]}}
+  - name: wild
+    domains: [\"*.example.com\"]
+    routes: [{backend: wildcard}]
+  - name: strict
+    domains: [strict.example.com]
+    routes: [{backend: strict, match: {path: {prefix: /only}}}]
+  - name: fallback
+    domains: [\"*\"]
+    routes: [{backend: default}]
+";
+
+/// (method, host, path, headers, expected backend or `status N`).
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn routing_follows_ingress_precedence() {
+    let names = [
+        "root",
+        "prefix-foo",
+        "exact-foo",
+        "prefix-foo-bar",
+        "trail",
+        "exact-dir",
+        "prefix-api-v1",
+        "regex-items",
+        "prefix-long",
+        "regex-tie",
+        "prefix-tie",
+        "stable",
+        "canary",
+        "reads",
+        "writes",
+        "wildcard",
+        "strict",
+        "default",
+    ];
+    let backends: Vec<TestBackend> = names.iter().map(|name| start_backend(name)).collect();
+    let mut yaml = String::from("backends:\n");
+    for backend in &backends {
+        yaml.push_str(&group(backend.name(), &[backend.addr()], ""));
+    }
+    yaml.push_str(ROUTING_HOSTS);
+    let proxy = Proxy::start(&config(&yaml));
+
+    let app = "app.example.com";
+    let cases: &[Case<'_>] = &[
+        // Exact beats Prefix, whatever the declaration order; only the exact string.
+        ("GET", app, "/foo", &[], "exact-foo"),
+        ("GET", app, "/foo?x=1", &[], "exact-foo"),
+        ("GET", app, "/foo/", &[], "prefix-foo"),
+        // Paths are case-sensitive.
+        ("GET", app, "/FOO", &[], "root"),
+        // Longest prefix wins; prefixes match whole path elements.
+        ("GET", app, "/foo/bar", &[], "prefix-foo-bar"),
+        ("GET", app, "/foo/bar/", &[], "prefix-foo-bar"),
+        ("GET", app, "/foo/bar/baz", &[], "prefix-foo-bar"),
+        ("GET", app, "/foo/barbaz", &[], "prefix-foo"),
+        ("GET", app, "/foo/x", &[], "prefix-foo"),
+        ("GET", app, "/foobar", &[], "root"),
+        // A trailing slash on a prefix is ignored: `/trail/` matches `/trail` too.
+        ("GET", app, "/trail", &[], "trail"),
+        ("GET", app, "/trail/", &[], "trail"),
+        ("GET", app, "/trail/x", &[], "trail"),
+        ("GET", app, "/trailx", &[], "root"),
+        // ...but not on an exact path.
+        ("GET", app, "/dir/", &[], "exact-dir"),
+        ("GET", app, "/dir", &[], "root"),
+        // `/` is the catch-all.
+        ("GET", app, "/", &[], "root"),
+        ("GET", app, "/anything/else", &[], "root"),
+        // Regex vs prefix: the longer pattern wins; the regex is anchored at the start only.
+        ("GET", app, "/api/v1/items", &[], "regex-items"),
+        ("GET", app, "/api/v7/items/3", &[], "regex-items"),
+        ("GET", app, "/api/v1/users", &[], "prefix-api-v1"),
+        ("GET", app, "/api/v1/items/special/x", &[], "prefix-long"),
+        ("GET", app, "/api/v2/users", &[], "root"),
+        ("GET", app, "/x/api/v1/items", &[], "root"),
+        // Equal length (`/r.g` and `/reg`): the prefix first, although declared after.
+        ("GET", app, "/reg/x", &[], "prefix-tie"),
+        ("GET", app, "/reg", &[], "prefix-tie"),
+        ("GET", app, "/rxg", &[], "regex-tie"),
+        ("GET", app, "/regx", &[], "regex-tie"),
+        // Header match: the more constrained route first; exact values are case-sensitive.
+        ("GET", app, "/h/x", &[("X-Canary", "1")], "canary"),
+        ("GET", app, "/h/x", &[("x-canary", "1")], "canary"),
+        ("GET", app, "/h/x", &[("X-Canary", "2")], "stable"),
+        ("GET", app, "/h/x", &[], "stable"),
+        // Method match.
+        ("POST", app, "/m/1", &[], "writes"),
+        ("PUT", app, "/m", &[], "writes"),
+        ("GET", app, "/m/1", &[], "reads"),
+        ("DELETE", app, "/m/1", &[], "reads"),
+        // Hosts: exact beats wildcard; case and port do not matter.
+        ("GET", "APP.Example.COM:8080", "/foo", &[], "exact-foo"),
+        ("GET", "app.example.com.", "/foo", &[], "exact-foo"),
+        ("GET", "app.example.com.:8080", "/foo", &[], "exact-foo"),
+        ("GET", "a.example.com", "/foo", &[], "wildcard"),
+        ("GET", "A.EXAMPLE.com:1234", "/", &[], "wildcard"),
+        // A wildcard takes exactly one label, and not the bare parent domain.
+        ("GET", "a.b.example.com", "/", &[], "default"),
+        ("GET", "example.com", "/", &[], "default"),
+        ("GET", "other.test", "/foo", &[], "default"),
+        // An absolute-form target names the host; the Host header is then ignored (RFC 9112 3.2.2).
+        ("GET", "other.test", "http://app.example.com/foo", &[], "exact-foo"),
+        // A virtual host that matches but has no route for the path: 404, no fall-through.
+        ("GET", "strict.example.com", "/only/x", &[], "strict"),
+        ("GET", "strict.example.com", "/other", &[], "status 404"),
+        ("GET", "strict.example.com", "/onlyx", &[], "status 404"),
+    ];
+    let mut failures = Vec::new();
+    for &(method, host, path, headers, expected) in cases {
+        let response = request(proxy.addr, method, host, path, headers);
+        let got = match response.status {
+            200 => backend_of(&response).to_owned(),
+            status => format!("status {status}"),
+        };
+        if got != expected {
+            failures.push(format!("{method} {host}{path} {headers:?}: expected {expected}, got {got}"));
+        }
+        if response.status == 404 {
+            assert!(response.body.starts_with("404"), "a short 404 text: {:?}", response.body);
+        }
+    }
+    assert!(failures.is_empty(), "routing mismatches:\n{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Rewrites and redirects.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rewrites_reach_the_backend_and_redirects_answer_locally() {
+    let echo = TestBackend::start("echo", Mode::Echo);
+    let yaml = "\
+backends:
+  - {name: echo, endpoints: [{address: \"@echo\"}]}
+virtual_hosts:
+  - name: all
+    domains: [\"*\"]
+    routes:
+      - {backend: echo, match: {path: {prefix: /api}}, rewrite: {prefix: /}}
+      - {backend: echo, match: {path: {prefix: /old/}}, rewrite: {prefix: /v2}}
+      - backend: echo
+        match: {path: {regex: \"/something(/|$)(.*)\"}}
+        rewrite: {regex: \"/something(/|$)(.*)\", replacement: \"/$2\"}
+      - backend: echo
+        match: {path: {regex: \"/users/[0-9]+\"}}
+        rewrite: {regex: \"/users/(?P<id>[0-9]+)\", replacement: \"/u/${id}/profile\"}
+      - {match: {path: {prefix: /secure}}, redirect: {scheme: https, code: 308}}
+      - {match: {path: {prefix: /full}}, redirect: {scheme: https, host: new.example.com, port: 8443, path: /landing, code: 301}}
+      - {match: {path: {prefix: /same}}, redirect: {}}
+      - {match: {path: {prefix: /moved}}, rewrite: {prefix: /new}, redirect: {host: moved.example.com, code: 301}}
+      - {backend: echo}
+"
+    .replace("@echo", &echo.addr().to_string());
+    let proxy = Proxy::start(&config(&yaml));
+
+    // The path (and query) the backend received.
+    for (path, expected) in [
+        ("/api/users?x=1&y=/api", "/users?x=1&y=/api"),
+        ("/api", "/"),
+        ("/api/", "/"),
+        ("/old/a/b?q", "/v2/a/b?q"),
+        ("/old", "/v2"),
+        ("/something/new?a=1&b=2", "/new?a=1&b=2"),
+        ("/something", "/"),
+        ("/users/42?tab=x", "/u/42/profile?tab=x"),
+        ("/plain/path?k=v&k=w", "/plain/path?k=v&k=w"),
+        ("/apix", "/apix"),
+    ] {
+        let response = get(proxy.addr, "shop.test", path);
+        let seen = Seen::of(&response);
+        assert_eq!(seen.target(), expected, "{path} reached the backend as {:?}", seen.line);
+        assert!(seen.line.starts_with("GET "), "method kept: {:?}", seen.line);
+    }
+
+    let served = echo.requests();
+    let listen_host = proxy.addr.to_string();
+    for (host, path, code, location) in [
+        // A configured scheme sends to its default port, not the request's.
+        ("example.com:8080", "/secure/page?a=1", 308, "https://example.com/secure/page?a=1".to_owned()),
+        ("example.com:8080", "/full/x?y=1", 301, "https://new.example.com:8443/landing".to_owned()),
+        // Defaults: 302, the request's scheme, host, port, path and query.
+        ("example.com:8080", "/same/x?q=1", 302, "http://example.com:8080/same/x?q=1".to_owned()),
+        ("example.com", "/same", 302, "http://example.com/same".to_owned()),
+        (listen_host.as_str(), "/same", 302, format!("http://{listen_host}/same")),
+        // The route's rewrite shapes the redirect's path; a configured host keeps the port.
+        ("example.com:8080", "/moved/page?x=1", 301, "http://moved.example.com:8080/new/page?x=1".to_owned()),
+    ] {
+        let response = get(proxy.addr, host, path);
+        assert_eq!(response.status, code, "{host}{path}: {response:?}");
+        assert_eq!(response.header("location"), Some(location.as_str()), "{host}{path}: {response:?}");
+        assert_eq!(backend_of(&response), "<none>", "a redirect is answered by the proxy");
+    }
+    assert_eq!(echo.requests(), served, "redirects never reach the backend");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Forwarding headers.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn forwarding_headers_and_request_ids_reach_the_backend() {
+    let echo = TestBackend::start("echo", Mode::Echo);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
+        group("echo", &[echo.addr()], "")
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let port = proxy.addr.port().to_string();
+
+    let response = request(
+        proxy.addr,
+        "GET",
+        "fwd.example.com",
+        "/h?x=1",
+        &[
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Request-ID", "abc-123"),
+            ("Connection", "X-Secret, close"),
+            ("X-Secret", "hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Kept", "yes"),
+        ],
+    );
+    let seen = Seen::of(&response);
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1"),
+        "appended: {:?}",
+        seen.headers
+    );
+    assert_eq!(seen.count("x-forwarded-for"), 1, "one X-Forwarded-For: {:?}", seen.headers);
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("fwd.example.com"));
+    assert_eq!(seen.header("x-forwarded-port"), Some(port.as_str()));
+    assert_eq!(seen.header("host"), Some("fwd.example.com"), "Host kept");
+    assert_eq!(seen.header("x-request-id"), Some("abc-123"), "the client's request id is kept");
+    assert_eq!(response.header("x-request-id"), Some("abc-123"), "and returned to the client");
+    assert_eq!(seen.header("x-kept"), Some("yes"), "end-to-end headers pass");
+    for hop in ["x-secret", "keep-alive", "proxy-connection"] {
+        assert_eq!(seen.header(hop), None, "hop-by-hop {hop} must not be forwarded: {:?}", seen.headers);
+    }
+    assert!(
+        seen.header("connection").is_none_or(|v| !v.to_ascii_lowercase().contains("x-secret")),
+        "the client's Connection header is not forwarded: {:?}",
+        seen.headers
+    );
+
+    // Without an incoming one: X-Forwarded-For is the client; a request id is made.
+    let response = get(proxy.addr, "fwd.example.com", "/h");
+    let seen = Seen::of(&response);
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    let id = seen.header("x-request-id").expect("a request id is generated");
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "32 hex digits: {id:?}");
+    assert_eq!(response.header("x-request-id"), Some(id), "the generated id is returned to the client");
+    let other = Seen::of(&get(proxy.addr, "fwd.example.com", "/h")).header("x-request-id").map(str::to_owned);
+    assert_ne!(other.as_deref(), Some(id), "each request gets its own id");
+
+    // What the proxy sets, a client cannot spoof; a request id that is not sane is replaced.
+    let long_id = "x".repeat(200);
+    let response = request(
+        proxy.addr,
+        "GET",
+        "fwd.example.com",
+        "/h",
+        &[
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.test"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Request-ID", &long_id),
+        ],
+    );
+    let seen = Seen::of(&response);
+    assert_eq!((seen.header("x-real-ip"), seen.count("x-real-ip")), (Some("127.0.0.1"), 1));
+    assert_eq!((seen.header("x-forwarded-proto"), seen.count("x-forwarded-proto")), (Some("http"), 1));
+    assert_eq!(seen.header("x-forwarded-host"), Some("fwd.example.com"));
+    assert_eq!(seen.header("x-forwarded-port"), Some(port.as_str()));
+    let id = seen.header("x-request-id").unwrap();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a 200-byte id is replaced: {id:?}");
+    assert_eq!(response.header("x-request-id"), Some(id));
+}
+
+#[test]
+fn hop_by_hop_response_headers_stay_on_their_hop() {
+    let echo = TestBackend::start("echo", Mode::EchoHop);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
+        group("echo", &[echo.addr()], "")
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let mut client = Client::connect(proxy.addr);
+    let response = client.get("hop.test", "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-end-to-end"), Some("1"), "end-to-end headers pass: {response:?}");
+    for hop in ["x-hop", "keep-alive"] {
+        assert_eq!(response.header(hop), None, "hop-by-hop {hop} reached the client: {response:?}");
+    }
+    assert!(
+        response.header("connection").is_none_or(|v| !v.to_ascii_lowercase().contains("x-hop")),
+        "the backend's Connection header reached the client: {response:?}"
+    );
+    // The client's connection is still good.
+    assert_eq!(client.get("hop.test", "/again").status, 200);
+}
+
+/// RFC 9110 5.3: several header lines with the same name are one comma-separated list. A
+/// client (or an upstream proxy) may send X-Forwarded-For on two lines; every hop must survive.
+#[test]
+fn forwarded_for_keeps_every_incoming_hop() {
+    let echo = TestBackend::start("echo", Mode::Echo);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
+        group("echo", &[echo.addr()], "")
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let response = request(
+        proxy.addr,
+        "GET",
+        "fwd.example.com",
+        "/",
+        &[("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-For", "198.51.100.7")],
+    );
+    let seen = Seen::of(&response);
+    let all: Vec<&str> =
+        seen.headers.iter().filter(|(k, _)| k == "x-forwarded-for").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        all.join(", "),
+        "203.0.113.9, 198.51.100.7, 127.0.0.1",
+        "X-Forwarded-For at the backend (every line, in order)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Balancing.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn round_robin_follows_weights() {
+    let light = start_backend("light");
+    let heavy = start_backend("heavy");
+    let yaml = format!(
+        "backends:
+  - name: pool
+    endpoints: [{{address: \"{}\", weight: 1}}, {{address: \"{}\", weight: 3}}]
+virtual_hosts:
+  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}
+",
+        light.addr(),
+        heavy.addr()
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let mut client = Client::connect(proxy.addr);
+    let (mut to_light, mut to_heavy) = (0u32, 0u32);
+    for i in 0..400 {
+        let response = client.get("rr.test", &format!("/r/{i}"));
+        assert_eq!(response.status, 200, "{response:?}");
+        match backend_of(&response) {
+            "light" => to_light += 1,
+            "heavy" => to_heavy += 1,
+            other => panic!("unexpected backend {other}"),
+        }
+    }
+    // 25% ± 5% of 400: 80..=120.
+    assert!((80..=120).contains(&to_light), "weight 1 of 4 got {to_light}/400 (heavy {to_heavy})");
+    assert_eq!(to_light + to_heavy, 400);
+    assert_eq!((light.requests(), heavy.requests()), (u64::from(to_light), u64::from(to_heavy)));
+}
+
+#[test]
+fn least_request_avoids_the_busy_endpoint() {
+    let busy = TestBackend::start("busy", Mode::Hold);
+    let fast = TestBackend::start("fast", Mode::Echo);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group("pool", &[busy.addr(), fast.addr()], ", balance: least_request")
+    );
+    let proxy = Proxy::start(&config(&yaml));
+
+    // Make the busy endpoint busy: start requests in the background, one at a time, until one
+    // is held there (with both idle, the balancer may pick either).
+    let mut background: Vec<JoinHandle<HttpResponse>> = Vec::new();
+    for _ in 0..30 {
+        if busy.holding() > 0 {
+            break;
+        }
+        let addr = proxy.addr;
+        let handle = std::thread::spawn(move || get(addr, "lr.test", "/background"));
+        wait_for(Duration::from_secs(5), "the background request to finish or be held", || {
+            (handle.is_finished() || busy.holding() > 0).then_some(())
+        })
+        .unwrap();
+        background.push(handle);
+    }
+    assert_eq!(busy.holding(), 1, "one request held at the busy endpoint");
+    let busy_before = busy.requests();
+
+    let mut client = Client::connect(proxy.addr);
+    for i in 0..30 {
+        let response = client.get("lr.test", &format!("/q/{i}"));
+        assert_eq!(response.status, 200);
+        assert_eq!(backend_of(&response), "fast", "request {i} went to the busy endpoint");
+    }
+    assert_eq!(busy.requests(), busy_before, "no new request reached the busy endpoint");
+
+    busy.release();
+    for handle in background {
+        let response = handle.join().unwrap();
+        assert_eq!(response.status, 200, "the held request completes: {response:?}");
+    }
+}
+
+#[test]
+fn hash_on_header_is_sticky_and_spreads() {
+    let backends: Vec<TestBackend> = ["h0", "h1", "h2"].iter().map(|name| start_backend(name)).collect();
+    let addresses: Vec<SocketAddr> = backends.iter().map(TestBackend::addr).collect();
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group("pool", &addresses, ", balance: hash, hash_on: {header: x-user}")
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let mut client = Client::connect(proxy.addr);
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..10 {
+            let response = client.send("GET", "hash.test", &format!("/{i}"), &[("X-User", user)], false);
+            assert_eq!(response.status, 200);
+            seen.insert(backend_of(&response).to_owned());
+        }
+        assert_eq!(seen.len(), 1, "user {user} stays on one backend: {seen:?}");
+    }
+    let mut spread = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        let response = client.send("GET", "hash.test", "/", &[("x-user", &user)], false);
+        spread.insert(backend_of(&response).to_owned());
+    }
+    assert!(spread.len() >= 2, "30 different users spread over the backends: {spread:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Health: passive ejection and active checks.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn consecutive_failures_eject_an_endpoint_for_a_while() {
+    const EJECTION: Duration = Duration::from_millis(2_000);
+    let good = start_backend("good");
+    let flaky = TestBackend::start("flaky", Mode::Echo);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group(
+            "pool",
+            &[good.addr(), flaky.addr()],
+            &format!(
+                ", outlier: {{consecutive_failures: 3, base_ejection_ms: {0}, max_ejection_ms: {0}}}",
+                EJECTION.as_millis()
+            )
+        )
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let mut client = Client::connect(proxy.addr);
+    for i in 0..10 {
+        assert_eq!(client.get("h.test", &format!("/warm/{i}")).status, 200);
+    }
+    assert!(flaky.requests() > 0 && good.requests() > 0, "both endpoints serve while healthy");
+
+    flaky.set_mode(Mode::Status(500));
+    let failing_from = flaky.requests();
+    let mut errors = 0;
+    for _ in 0..20 {
+        if flaky.requests() - failing_from >= 3 {
+            break;
+        }
+        let response = client.get("h.test", "/fail");
+        match response.status {
+            200 => assert_eq!(backend_of(&response), "good"),
+            500 => errors += 1,
+            other => panic!("unexpected status {other}: {response:?}"),
+        }
+    }
+    let ejected_at = Instant::now();
+    assert_eq!(flaky.requests() - failing_from, 3, "three requests reached the failing endpoint");
+    // Retries only happen before a response: the failing answers reach the client.
+    assert_eq!(errors, 3, "the three 500s reach the client");
+
+    let flaky_count = flaky.requests();
+    for i in 0..50 {
+        let response = client.get("h.test", &format!("/ejected/{i}"));
+        assert_eq!(response.status, 200, "request {i} during the ejection: {response:?}");
+        assert_eq!(backend_of(&response), "good");
+    }
+    let elapsed = ejected_at.elapsed();
+    assert_eq!(
+        flaky.requests(),
+        flaky_count,
+        "the ejected endpoint got traffic within {elapsed:?} of its {EJECTION:?} ejection"
+    );
+
+    // The ejection ends: the endpoint gets traffic again, and not before its time is up.
+    wait_for(Duration::from_secs(10), "the ejected endpoint to get traffic again", || {
+        let response = client.get("h.test", "/after");
+        (flaky.requests() > flaky_count).then_some(()).or_else(|| {
+            assert_eq!(response.status, 200, "{response:?}");
+            None
+        })
+    })
+    .unwrap();
+    let back_after = ejected_at.elapsed();
+    assert!(
+        back_after >= EJECTION - Duration::from_millis(100),
+        "traffic came back after {back_after:?}, before the {EJECTION:?} ejection ended"
+    );
+}
+
+#[test]
+fn active_checks_take_an_endpoint_out_and_bring_it_back() {
+    const UNHEALTHY_THRESHOLD: u64 = 3;
+    const HEALTHY_THRESHOLD: u64 = 2;
+    let steady = TestBackend::start("steady", Mode::Echo);
+    let checked = TestBackend::start("checked", Mode::Echo);
+    let yaml = format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group(
+            "pool",
+            &[steady.addr(), checked.addr()],
+            &format!(
+                ", health_check: {{path: {HEALTH_PATH}, interval_ms: 50, timeout_ms: 500, \
+                 healthy_threshold: {HEALTHY_THRESHOLD}, unhealthy_threshold: {UNHEALTHY_THRESHOLD}}}"
+            )
+        )
+    );
+    let proxy = Proxy::start(&config(&yaml));
+    let mut client = Client::connect(proxy.addr);
+    wait_for(Duration::from_secs(5), "both endpoints to be checked and serve", || {
+        assert_eq!(client.get("hc.test", "/").status, 200);
+        (checked.requests() > 0 && steady.requests() > 0 && checked.checks_passed() > 0).then_some(())
+    })
+    .unwrap();
+
+    checked.set_health(500);
+    let failed_from = checked.checks_failed();
+    wait_for(Duration::from_secs(5), "the failing endpoint to get no traffic", || {
+        let before = checked.requests();
+        for _ in 0..10 {
+            assert_eq!(client.get("hc.test", "/").status, 200);
+        }
+        (checked.requests() == before).then_some(())
+    })
+    .unwrap();
+    let failed = checked.checks_failed() - failed_from;
+    assert!(failed >= UNHEALTHY_THRESHOLD, "out after {failed} failed checks, below the threshold");
+    let count = checked.requests();
+    for _ in 0..50 {
+        let response = client.get("hc.test", "/");
+        assert_eq!((response.status, backend_of(&response)), (200, "steady"));
+    }
+    assert_eq!(checked.requests(), count, "an unhealthy endpoint gets no traffic");
+
+    checked.set_health(200);
+    let passed_from = checked.checks_passed();
+    wait_for(Duration::from_secs(5), "the recovered endpoint to get traffic again", || {
+        assert_eq!(client.get("hc.test", "/").status, 200);
+        (checked.requests() > count).then_some(())
+    })
+    .unwrap();
+    let passed = checked.checks_passed() - passed_from;
+    assert!(passed >= HEALTHY_THRESHOLD, "back after {passed} passing checks, below the threshold");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Retries.
+// ---------------------------------------------------------------------------------------------
+
+fn retry_config(good: SocketAddr, dead: SocketAddr, attempts: u32) -> String {
+    // Ejection off, so every round-robin turn of the dead endpoint is a connect failure; a
+    // budget that allows every retry (the default would run dry after ~30 of 100 requests).
+    config(&format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group(
+            "pool",
+            &[good, dead],
+            &format!(
+                ", outlier: {{consecutive_failures: 0}}, \
+                 retries: {{attempts: {attempts}, budget_percent: 100, min_retries_per_second: 1000}}"
+            )
+        )
+    ))
+}
+
+#[test]
+fn retries_hide_connect_failures() {
+    let good = start_backend("good");
+    let dead = closed_port();
+    let proxy = Proxy::start(&retry_config(good.addr(), dead, 2));
+    let mut client = Client::connect(proxy.addr);
+    for i in 0..100 {
+        let response = client.get("retry.test", &format!("/{i}"));
+        assert_eq!(response.status, 200, "request {i}: a connect failure must be retried: {response:?}");
+        assert_eq!(backend_of(&response), "good");
+    }
+    assert_eq!(good.requests(), 100);
+
+    // Without retries the same failures reach the client: the retry is what hid them.
+    proxy.apply(&retry_config(good.addr(), dead, 0));
+    let (mut ok, mut bad_gateway) = (0, 0);
+    for i in 0..100 {
+        let response = client.get("retry.test", &format!("/{i}"));
+        match response.status {
+            200 => ok += 1,
+            502 => bad_gateway += 1,
+            other => panic!("unexpected status {other}: {response:?}"),
+        }
+    }
+    assert!(bad_gateway > 0, "with attempts: 0, connect failures reach the client ({ok} ok)");
+    assert!((40..=60).contains(&bad_gateway), "round robin: about half fail, got {bad_gateway}/100");
+}
+
+#[test]
+fn retries_repeat_idempotent_requests_only() {
+    let good = start_backend("good");
+    let reset = TestBackend::start("reset", Mode::Reset);
+    let yaml = config(&format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
+        group(
+            "pool",
+            &[good.addr(), reset.addr()],
+            ", outlier: {consecutive_failures: 0}, \
+             retries: {attempts: 2, budget_percent: 100, min_retries_per_second: 1000}"
+        )
+    ));
+    let proxy = Proxy::start(&yaml);
+    let mut client = Client::connect(proxy.addr);
+    // The backend fails after reading the request: a GET may be repeated on the other endpoint.
+    for i in 0..20 {
+        let response = client.get("retry.test", &format!("/get/{i}"));
+        assert_eq!((response.status, backend_of(&response)), (200, "good"), "GET {i}: {response:?}");
+    }
+    assert!(reset.requests() >= 5, "the failing endpoint was tried ({})", reset.requests());
+    // A POST may already have had its effect: not repeated, the failure reaches the client.
+    let (mut ok, mut bad_gateway) = (0, 0);
+    for i in 0..20 {
+        let response = client.send("POST", "retry.test", &format!("/post/{i}"), &[], false);
+        match response.status {
+            200 => ok += 1,
+            502 => bad_gateway += 1,
+            other => panic!("unexpected status {other}: {response:?}"),
+        }
+    }
+    assert!(bad_gateway >= 5 && ok >= 5, "POSTs are not retried: {ok} ok, {bad_gateway} 502");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Errors.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn upstream_failures_become_clear_errors_for_that_request_only() {
+    let good = start_backend("good");
+    let unready = start_backend("unready");
+    let hang = TestBackend::start("hang", Mode::Hang);
+    let reset = TestBackend::start("reset", Mode::Reset);
+    let garbage = TestBackend::start("garbage", Mode::Garbage);
+    let (dead_a, dead_b) = (closed_port(), closed_port());
+    let yaml = format!(
+        "backends:
+{good}{down}  - {{name: unready, endpoints: [{{address: \"{unready}\", ready: false}}]}}
+{hang}{hang_long}{reset}{garbage}virtual_hosts:
+  - name: err
+    domains: [err.test]
+    routes:
+      - {{backend: good, match: {{path: {{prefix: /ok}}}}}}
+      - {{backend: down, match: {{path: {{prefix: /down}}}}}}
+      - {{backend: unready, match: {{path: {{prefix: /unready}}}}}}
+      - {{backend: hang, match: {{path: {{prefix: /hang}}}}}}
+      - {{backend: hang-long, match: {{path: {{prefix: /route-timeout}}}}, timeout_ms: 200}}
+      - {{backend: reset, match: {{path: {{prefix: /reset}}}}}}
+      - {{backend: garbage, match: {{path: {{prefix: /garbage}}}}}}
+",
+        good = group("good", &[good.addr()], ""),
+        down = group("down", &[dead_a, dead_b], ""),
+        unready = unready.addr(),
+        hang = group("hang", &[hang.addr()], ", timeouts: {request_ms: 300}"),
+        // The backend's own request timeout is the default 60 s: the route's 200 ms must win.
+        hang_long = group("hang-long", &[hang.addr()], ""),
+        reset = group("reset", &[reset.addr()], ""),
+        garbage = group("garbage", &[garbage.addr()], ""),
+    );
+    let proxy = Proxy::start(&config(&yaml));
+
+    // Every endpoint down: 502 with a short text body.
+    let response = get(proxy.addr, "err.test", "/down");
+    assert_eq!(response.status, 502, "{response:?}");
+    assert!(response.body.starts_with("502 Bad Gateway") && response.body.len() < 200, "{:?}", response.body);
+    assert!(response.header("content-type").is_some_and(|v| v.starts_with("text/plain")), "{response:?}");
+
+    // One keep-alive connection: each failure answers its own request, the next one works.
+    let mut client = Client::connect(proxy.addr);
+    let ok = |client: &mut Client, after: &str| {
+        let response = client.get("err.test", "/ok");
+        assert_eq!((response.status, backend_of(&response)), (200, "good"), "after {after}: {response:?}");
+        assert_ne!(response.header("connection"), Some("close"), "after {after}: {response:?}");
+    };
+    ok(&mut client, "nothing");
+    for (path, status) in [("/down", 502), ("/unready", 503), ("/reset", 502), ("/garbage", 502)] {
+        let response = client.get("err.test", path);
+        assert_eq!(response.status, status, "{path}: {response:?}");
+        assert_eq!(backend_of(&response), "<none>", "{path}: the proxy answers");
+        assert!(response.body.starts_with(&status.to_string()), "{path}: short text {:?}", response.body);
+        ok(&mut client, path);
+    }
+    assert_eq!(unready.requests(), 0, "an endpoint that is not ready gets no request");
+    assert!(reset.requests() >= 1 && garbage.requests() >= 1, "those backends were reached");
+
+    let started = Instant::now();
+    let response = client.get("err.test", "/hang");
+    let took = started.elapsed();
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(1), "504 after {took:?}");
+    ok(&mut client, "/hang");
+
+    let started = Instant::now();
+    let response = client.get("err.test", "/route-timeout");
+    let took = started.elapsed();
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(1),
+        "route timeout after {took:?}"
+    );
+    ok(&mut client, "/route-timeout");
+
+    let response = client.get("unknown.test", "/ok");
+    assert_eq!(response.status, 404, "no virtual host takes this host: {response:?}");
+    ok(&mut client, "a 404");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Configuration swap.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn configuration_swap_moves_routes_and_spares_requests_in_flight() {
+    let old = start_backend("old");
+    let new = start_backend("new");
+    let slow = TestBackend::start("slow", Mode::Hold);
+    let before = format!(
+        "backends:\n{}{}virtual_hosts:
+  - name: all
+    domains: [\"*\"]
+    routes:
+      - {{backend: app, match: {{path: {{prefix: /x}}}}}}
+      - {{backend: slow, match: {{path: {{prefix: /slow}}}}}}
+",
+        group("app", &[old.addr()], ""),
+        group("slow", &[slow.addr()], "")
+    );
+    // The new configuration moves /x and drops the slow route and its backend altogether.
+    let after = format!(
+        "backends:\n{}virtual_hosts:
+  - name: all
+    domains: [\"*\"]
+    routes: [{{backend: app, match: {{path: {{prefix: /x}}}}}}]
+",
+        group("app", &[new.addr()], "")
+    );
+    let proxy = Proxy::start(&config(&before));
+    assert_eq!(backend_of(&get(proxy.addr, "swap.test", "/x")), "old");
+    // A keep-alive connection opened before the swap.
+    let mut kept = Client::connect(proxy.addr);
+    assert_eq!(backend_of(&kept.get("swap.test", "/x")), "old");
+
+    let addr = proxy.addr;
+    let in_flight = std::thread::spawn(move || get(addr, "swap.test", "/slow/request"));
+    wait_for(Duration::from_secs(5), "the slow request to reach its backend", || {
+        (slow.holding() == 1).then_some(())
+    })
+    .unwrap();
+
+    let generation = proxy.apply(&config(&after));
+    assert_eq!(generation, 2);
+    let response = get(proxy.addr, "swap.test", "/x");
+    assert_eq!((response.status, backend_of(&response)), (200, "new"), "{response:?}");
+    assert_eq!(get(proxy.addr, "swap.test", "/slow/other").status, 404, "the slow route is gone");
+    let response = kept.get("swap.test", "/x");
+    assert_eq!(backend_of(&response), "new", "a connection from before the swap sees the new routes");
+    assert!(!in_flight.is_finished(), "the slow request is still in flight during the swap");
+
+    slow.release();
+    let response = in_flight.join().unwrap();
+    assert_eq!(response.status, 200, "the request in flight completes: {response:?}");
+    assert_eq!(backend_of(&response), "slow");
+    assert_eq!(Seen::of(&response).target(), "/slow/request");
+}
