@@ -37,9 +37,12 @@ pub struct DemoArgs {
     /// Run without XDP (workers share one SO_REUSEPORT listener).
     #[arg(long)]
     no_xdp: bool,
-    /// Short mode for tests: 60 requests and a debug build of sluice.
+    /// Short mode for tests: at most 60 requests, and a debug build of sluice.
     #[arg(long)]
     short: bool,
+    /// Use this sluice binary instead of building one (tests pass the one they built).
+    #[arg(long)]
+    sluice: Option<std::path::PathBuf>,
 }
 
 /// The configuration the demo instance runs, embedded so the demo needs no file.
@@ -64,7 +67,10 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(args.requests <= 100_000, "--requests is bounded at 100000");
     anyhow::ensure!(lb_tests::is_root(), "the demo creates network namespaces and loads XDP: run it as root");
-    let sluice = build_sluice(!args.short)?;
+    let sluice = match &args.sluice {
+        Some(path) => path.clone(),
+        None => build_sluice(!args.short)?,
+    };
     // Ctrl-C ends the batch early; the guards below then remove the namespaces and processes.
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };

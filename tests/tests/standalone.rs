@@ -1,0 +1,131 @@
+//! Standalone mode end to end: the one-command demo in its short mode, and hot reload of the
+//! configuration file under load (valid and invalid files mixed, no request lost).
+
+mod common;
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::Binary;
+use lb_tests::{
+    backend::{BACKEND_HEADER, Backend, http_get},
+    process::ChildGuard,
+    require_root, sluice_binary, wait_for,
+};
+
+#[test]
+fn the_demo_runs_to_completion_in_short_mode() {
+    require_root!();
+    let sluice = sluice_binary().unwrap();
+    let xtask = sluice.with_file_name("xtask");
+    assert!(xtask.exists(), "{} is missing: run the suites through `cargo xtask test`", xtask.display());
+    let mut command = Command::new(&xtask);
+    command.args(["demo", "--short", "--sluice"]).arg(&sluice);
+    let mut demo = ChildGuard::spawn(command).unwrap();
+    let status = wait_for(Duration::from_secs(120), "the demo to finish", || demo.try_status()).unwrap();
+    let output = demo.output();
+    assert!(status.success(), "the demo failed:\n{output}");
+    assert!(output.contains("60 requests answered"), "{output}");
+    assert!(output.contains(", 0 failed"), "{output}");
+    for backend in ["backend-1", "backend-2", "backend-3"] {
+        assert!(
+            output.contains(&format!("{backend}        20")),
+            "round robin gives each backend 20:\n{output}"
+        );
+    }
+    assert!(output.contains("XDP detached cleanly") || output.contains("XDP disabled"), "{output}");
+    assert!(output.contains("namespaces and processes removed"), "{output}");
+}
+
+fn config(backend: &Backend, marker: usize) -> String {
+    format!(
+        r#"workers: 2
+access_log: {{enabled: false}}
+listeners: [{{name: web, address: "{{listen}}"}}]
+virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - backend: live
+      # generation marker {marker}
+      - match: {{path: {{exact: /marker-{marker}}}}}
+        backend: live
+backends:
+  - name: live
+    endpoints: [{{address: "{}"}}]
+"#,
+        backend.addr()
+    )
+}
+
+/// 50 reloads, valid and invalid mixed, while a client keeps sending requests: none fails,
+/// every valid change serves within a second, every invalid one leaves the last good one.
+#[test]
+fn fifty_reloads_under_load_lose_no_request() {
+    let a = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "a").unwrap();
+    let b = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "b").unwrap();
+    let sluice = Binary::start(&config(&a, 0));
+    let addr = sluice.addr;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            // Bounded: stops when told, or after 20,000 requests.
+            while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < 20_000 {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match http_get(addr, "/") {
+                    Ok(response) if response.status == 200 => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut current = &a;
+    let mut valid = 0;
+    for i in 1..=50 {
+        if i % 3 == 0 {
+            // Invalid: the file is refused and the last good configuration keeps serving.
+            sluice.rewrite_config("listeners: [{name: web, address: \"{listen}\"}]\nbackends: [oops\n");
+            std::thread::sleep(Duration::from_millis(150));
+            let response = http_get(addr, "/").unwrap();
+            assert_eq!(
+                response.header(BACKEND_HEADER),
+                Some(current.name()),
+                "reload {i}: old config serves"
+            );
+            continue;
+        }
+        valid += 1;
+        let next = if current.name() == "a" { &b } else { &a };
+        sluice.rewrite_config(&config(next, i));
+        let changed = Instant::now();
+        wait_for(Duration::from_secs(1), &format!("reload {i} to serve"), || {
+            http_get(addr, &format!("/marker-{i}"))
+                .ok()
+                .filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some(next.name()))
+        })
+        .unwrap_or_else(|e| {
+            panic!("{e} (after {:?}); output:\n{}", changed.elapsed(), sluice.child.output())
+        });
+        current = next;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 100, "the load kept going during the reloads: {sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed during 50 reloads");
+    let output = sluice.child.output();
+    assert_eq!(output.matches("configuration reloaded").count(), valid, "{output}");
+    assert!(output.matches("configuration refused").count() >= 50 - valid, "{output}");
+}
