@@ -424,13 +424,17 @@ pub enum Balance {
     Hash,
 }
 
-/// In YAML: `{header: X-User}`, `{cookie: session}` or `{client_ip: true}`.
+/// In YAML: `{header: X-User}`, `{cookie: session}`, `{client_ip: true}`, or
+/// `{template: "$remote_addr$request_uri"}` (ingress-nginx `upstream-hash-by`: the variables
+/// `$remote_addr`, `$request_uri`, `$uri`, `$args`, `$host`, `$http_<header>`, `$cookie_<name>`,
+/// and literal text between them).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "OneOf")]
 pub enum HashOn {
     Header(String),
     Cookie(String),
     ClientIp,
+    Template(String),
 }
 
 /// The YAML form of a one-key choice (`{prefix: /api}`): serde_yaml spells enums as YAML tags,
@@ -444,6 +448,7 @@ struct OneOf {
     header: Option<String>,
     cookie: Option<String>,
     client_ip: Option<bool>,
+    template: Option<String>,
 }
 
 impl OneOf {
@@ -455,6 +460,7 @@ impl OneOf {
             self.header.is_some(),
             self.cookie.is_some(),
             self.client_ip.is_some(),
+            self.template.is_some(),
         ]
         .iter()
         .filter(|s| **s)
@@ -478,11 +484,16 @@ impl TryFrom<OneOf> for PathMatch {
 impl TryFrom<OneOf> for HashOn {
     type Error = String;
     fn try_from(one: OneOf) -> Result<Self, String> {
-        let choice = match (one.set(), one.header, one.cookie, one.client_ip) {
-            (1, Some(h), None, None) => HashOn::Header(h),
-            (1, None, Some(c), None) => HashOn::Cookie(c),
-            (1, None, None, Some(true)) => HashOn::ClientIp,
-            _ => return Err("hash_on is one of {header: NAME}, {cookie: NAME} or {client_ip: true}".into()),
+        let choice = match (one.set(), one.header, one.cookie, one.client_ip, one.template) {
+            (1, Some(h), None, None, None) => HashOn::Header(h),
+            (1, None, Some(c), None, None) => HashOn::Cookie(c),
+            (1, None, None, Some(true), None) => HashOn::ClientIp,
+            (1, None, None, None, Some(t)) => HashOn::Template(t),
+            _ => {
+                return Err("hash_on is one of {header: NAME}, {cookie: NAME}, {client_ip: true} or \
+                            {template: \"$remote_addr$request_uri\"}"
+                    .into());
+            }
         };
         Ok(choice)
     }

@@ -433,13 +433,67 @@ fn hash_pick(
 /// With a repeated header the first value counts; with a repeated cookie, the first one
 /// across all `Cookie` headers (HTTP/2 clients may split cookies into several). The hash is
 /// fixed (see [`stable_hash`]), so every worker and node maps a client the same way.
-pub fn hash_key(on: &HashOn, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+pub fn hash_key(on: &HashOn, headers: &HeaderMap, client: IpAddr, uri: &http::Uri) -> Option<u64> {
     let value = match on {
         HashOn::Header(name) => headers.get(name.as_str())?.as_bytes(),
         HashOn::Cookie(name) => cookie(headers, name.as_bytes())?,
         HashOn::ClientIp => return Some(ip_hash(client)),
+        HashOn::Template(template) => return template_hash(template, headers, client, uri),
     };
     (!value.is_empty()).then(|| stable_hash(value))
+}
+
+/// Hashes an ingress-nginx `upstream-hash-by` template: literal text and `$variables`, fed
+/// piece by piece into one hash (no string is built). `None` when every variable is empty, so
+/// requests without a key fall back to round robin instead of sharing one endpoint.
+fn template_hash(template: &str, headers: &HeaderMap, client: IpAddr, uri: &http::Uri) -> Option<u64> {
+    let mut state = FNV_OFFSET;
+    let mut any = false;
+    let mut rest = template.as_bytes();
+    while !rest.is_empty() {
+        let Some(dollar) = rest.iter().position(|&b| b == b'$') else {
+            state = fnv1a(state, rest);
+            break;
+        };
+        state = fnv1a(state, &rest[..dollar]);
+        let name_len =
+            rest[dollar + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+        let name = &rest[dollar + 1..dollar + 1 + name_len];
+        rest = &rest[dollar + 1 + name_len..];
+        let value: &[u8] = match name {
+            b"remote_addr" => {
+                any = true;
+                state = fnv1a(state, &ip_hash(client).to_le_bytes());
+                continue;
+            }
+            b"request_uri" => uri.path_and_query().map(|p| p.as_str().as_bytes()).unwrap_or(b"/"),
+            b"uri" => uri.path().as_bytes(),
+            b"args" => uri.query().unwrap_or("").as_bytes(),
+            b"host" => headers.get(http::header::HOST).map(|h| h.as_bytes()).unwrap_or(b""),
+            _ => {
+                if let Some(header) = name.strip_prefix(b"http_") {
+                    header_by_variable(headers, header).unwrap_or(b"")
+                } else if let Some(cookie_name) = name.strip_prefix(b"cookie_") {
+                    cookie(headers, cookie_name).unwrap_or(b"")
+                } else {
+                    b""
+                }
+            }
+        };
+        any |= !value.is_empty();
+        state = fnv1a(state, value);
+    }
+    any.then(|| splitmix64(state))
+}
+
+/// The header nginx's `$http_<name>` names: lower case, `_` for `-`.
+fn header_by_variable<'a>(headers: &'a HeaderMap, variable: &[u8]) -> Option<&'a [u8]> {
+    headers.iter().find_map(|(name, value)| {
+        let name = name.as_str().as_bytes();
+        (name.len() == variable.len()
+            && name.iter().zip(variable).all(|(a, b)| a == b || (*a == b'-' && *b == b'_')))
+        .then(|| value.as_bytes())
+    })
 }
 
 /// The value of cookie `name`, read straight from the `Cookie` headers (RFC 6265 section 5.4:
@@ -899,8 +953,9 @@ mod tests {
             http::header::COOKIE,
             HeaderValue::from_static("c=\"quoted\";d =  spaced ;e=;f; sticky=later"),
         );
-        let header = |name: &str| hash_key(&HashOn::Header(name.to_owned()), &headers, client);
-        let cookie = |name: &str| hash_key(&HashOn::Cookie(name.to_owned()), &headers, client);
+        let uri = http::Uri::from_static("/");
+        let header = |name: &str| hash_key(&HashOn::Header(name.to_owned()), &headers, client, &uri);
+        let cookie = |name: &str| hash_key(&HashOn::Cookie(name.to_owned()), &headers, client, &uri);
 
         assert_eq!(header("x-user"), Some(stable_hash(b"alice")));
         assert_eq!(header("X-User"), header("x-user"), "header names are case-insensitive");
@@ -915,7 +970,7 @@ mod tests {
         let mut lookalikes = HeaderMap::new();
         lookalikes.insert(http::header::COOKIE, HeaderValue::from_static("nosticky=no; sticky=yes"));
         assert_eq!(
-            hash_key(&HashOn::Cookie("sticky".to_owned()), &lookalikes, client),
+            hash_key(&HashOn::Cookie("sticky".to_owned()), &lookalikes, client, &uri),
             Some(stable_hash(b"yes")),
             "a cookie whose name ends with the wanted one is another cookie"
         );
@@ -925,7 +980,7 @@ mod tests {
         assert_eq!(cookie("e"), None);
         assert_eq!(cookie("f"), None);
 
-        let ip = |ip: &str| hash_key(&HashOn::ClientIp, &HeaderMap::new(), ip.parse().unwrap());
+        let ip = |ip: &str| hash_key(&HashOn::ClientIp, &HeaderMap::new(), ip.parse().unwrap(), &uri);
         assert_eq!(ip("192.0.2.7"), Some(stable_hash(&[192, 0, 2, 7])));
         assert_eq!(ip("::ffff:192.0.2.7"), ip("192.0.2.7"), "IPv4-mapped is the IPv4 client");
         assert_ne!(ip("192.0.2.8"), ip("192.0.2.7"));
@@ -968,5 +1023,30 @@ mod tests {
         // just close but exact: 40_000 picks are 6_666 whole cycles of `2 1 0 2 1 2` plus
         // `2 1 0 2`. A cursor that lost or repeated increments under contention would be off.
         assert_eq!(total, [6_667, 13_333, 20_000]);
+    }
+
+    #[test]
+    fn templates_combine_variables_and_skip_requests_without_a_key() {
+        let client: IpAddr = "198.18.0.1".parse().unwrap();
+        let other: IpAddr = "198.18.0.2".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().unwrap());
+        headers.insert(http::header::COOKIE, "a=1; session=s1".parse().unwrap());
+        let uri: http::Uri = "/cart?item=3".parse().unwrap();
+        let key = |template: &str, headers: &HeaderMap, client: IpAddr, uri: &http::Uri| {
+            hash_key(&HashOn::Template(template.to_owned()), headers, client, uri)
+        };
+        let both = key("$remote_addr$request_uri", &headers, client, &uri).unwrap();
+        assert_eq!(key("$remote_addr$request_uri", &headers, client, &uri), Some(both), "stable");
+        assert_ne!(key("$remote_addr$request_uri", &headers, other, &uri), Some(both), "address counts");
+        let other_uri: http::Uri = "/cart?item=4".parse().unwrap();
+        assert_ne!(key("$remote_addr$request_uri", &headers, client, &other_uri), Some(both), "query counts");
+        assert_eq!(
+            key("$http_x_user", &headers, client, &uri),
+            key("$http_x_user", &headers, other, &other_uri),
+            "a header-only template ignores the rest"
+        );
+        assert!(key("$cookie_session", &headers, client, &uri).is_some());
+        assert_eq!(key("$cookie_missing$http_missing", &headers, client, &uri), None, "no key, no hash");
     }
 }

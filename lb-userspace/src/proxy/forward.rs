@@ -271,7 +271,7 @@ async fn route_and_forward(
         .config
         .hash_on
         .as_ref()
-        .and_then(|on| balance::hash_key(on, &parts.headers, connection.client.ip()));
+        .and_then(|on| balance::hash_key(on, &parts.headers, connection.client.ip(), &parts.uri));
     let timeout = route.timeout.unwrap_or(std::time::Duration::from_millis(group.config.timeouts.request_ms));
     group.retry_budget.deposit();
 

@@ -30,8 +30,11 @@ pub struct Upstream {
 /// request (up to `retries.attempts` more) and recorded as failures for passive health.
 /// `None` (counted) when no endpoint could be reached.
 pub async fn connect(group: &BackendGroup, client_ip: IpAddr) -> Option<Upstream> {
-    let hash_key =
-        group.config.hash_on.as_ref().and_then(|on| balance::hash_key(on, &http::HeaderMap::new(), client_ip));
+    let hash_key = group
+        .config
+        .hash_on
+        .as_ref()
+        .and_then(|on| balance::hash_key(on, &http::HeaderMap::new(), client_ip, &http::Uri::from_static("/")));
     let mut tried = Vec::new();
     for _attempt in 0..=group.config.retries.attempts {
         let Some(index) = group.balancer.pick(&group.endpoints, hash_key, now_ms(), &tried) else { break };
@@ -73,7 +76,11 @@ pub async fn splice(mut client: TcpStream, hello: Vec<u8>, mut upstream: Upstrea
 
 /// Copies bytes both ways; a side's EOF is passed on as a half-close. Ends when both directions
 /// ended, on an error, or after `idle` without a byte in either direction.
-async fn copy_both_ways(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> std::io::Result<()> {
+async fn copy_both_ways(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let mut up = vec![0u8; 16 * 1024];
