@@ -3,10 +3,11 @@
 //! which is all the suites need from an upstream.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -26,6 +27,8 @@ pub struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    /// Open connections, shut down on drop so a stopped backend is really gone.
+    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -41,11 +44,13 @@ impl Backend {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(Mutex::new(HashMap::new()));
         let thread = {
-            let (stop, requests, name) = (stop.clone(), requests.clone(), name.to_owned());
-            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests))
+            let (stop, requests, name, connections) =
+                (stop.clone(), requests.clone(), name.to_owned(), connections.clone());
+            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests, &connections))
         };
-        Ok(Backend { name: name.to_owned(), addr, stop, requests, thread: Some(thread) })
+        Ok(Backend { name: name.to_owned(), addr, stop, requests, connections, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -68,16 +73,37 @@ impl Drop for Backend {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        if let Ok(connections) = self.connections.lock() {
+            for connection in connections.values() {
+                let _ = connection.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
-fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &Arc<AtomicU64>) {
+fn accept_loop(
+    listener: TcpListener,
+    name: &str,
+    stop: &AtomicBool,
+    requests: &Arc<AtomicU64>,
+    connections: &Arc<Mutex<HashMap<u64, TcpStream>>>,
+) {
+    let mut next_id = 0u64;
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
+                next_id += 1;
+                let id = next_id;
+                if let (Ok(mut open), Ok(clone)) = (connections.lock(), stream.try_clone()) {
+                    open.insert(id, clone);
+                }
+                let connections = connections.clone();
                 let (name, requests) = (name.to_owned(), requests.clone());
                 std::thread::spawn(move || {
                     let _ = serve(stream, &name, &requests);
+                    if let Ok(mut open) = connections.lock() {
+                        open.remove(&id);
+                    }
                 });
             }
             // Non-blocking accept: poll the stop flag between connections.

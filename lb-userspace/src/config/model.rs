@@ -36,6 +36,11 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// The key that authenticates session-affinity cookies. Every node of a cluster needs the
+    /// same one, so that a cookie issued by one node is honoured by the others. Without it a
+    /// random key per process is used: cookies then survive neither restarts nor other nodes.
+    #[serde(default)]
+    pub affinity_key: Option<SecretString>,
 }
 
 /// One line per request through `tracing` (target `sluice::access`), in the log format chosen
@@ -369,6 +374,9 @@ pub struct BackendConfig {
     pub max_connections_per_endpoint: usize,
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Cookie session affinity (ingress-nginx `affinity: cookie`).
+    #[serde(default)]
+    pub cookie_affinity: Option<CookieAffinityConfig>,
     /// Speak TLS to the endpoints (HTTPS; with `protocol: h2c`, HTTP/2 over TLS via ALPN `h2`,
     /// as gRPC over TLS).
     #[serde(default)]
@@ -634,6 +642,74 @@ impl Default for XdpConfig {
             mode: AttachMode::Auto,
             worker_port_base: default_worker_port_base(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+        }
+    }
+}
+
+/// Cookie session affinity: the first response sets a cookie naming the endpoint (opaquely);
+/// later requests carrying it go to that endpoint. The ingress-nginx `session-cookie-*` set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieAffinityConfig {
+    /// Cookie name (`session-cookie-name`).
+    pub name: String,
+    /// `balanced`: when the pinned endpoint is unavailable (ejected, failing checks, not ready)
+    /// the client is re-pinned; `persistent`: the client stays unless the endpoint is gone.
+    pub mode: AffinityMode,
+    pub path: String,
+    pub domain: Option<String>,
+    pub max_age_seconds: Option<u64>,
+    pub expires_seconds: Option<u64>,
+    pub samesite: Option<SameSite>,
+    /// Leave out `SameSite=None` for browsers known to mishandle it.
+    pub conditional_samesite_none: bool,
+    pub secure: bool,
+    /// When a request to the pinned endpoint fails, send it elsewhere and re-pin the client
+    /// with a new cookie.
+    pub change_on_failure: bool,
+}
+
+impl Default for CookieAffinityConfig {
+    fn default() -> Self {
+        CookieAffinityConfig {
+            name: "INGRESSCOOKIE".into(),
+            mode: AffinityMode::Balanced,
+            path: "/".into(),
+            domain: None,
+            max_age_seconds: None,
+            expires_seconds: None,
+            samesite: None,
+            conditional_samesite_none: false,
+            secure: false,
+            change_on_failure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityMode {
+    #[default]
+    Balanced,
+    Persistent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SameSite {
+    #[serde(alias = "lax")]
+    Lax,
+    #[serde(alias = "strict")]
+    Strict,
+    #[serde(alias = "none")]
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
         }
     }
 }

@@ -317,6 +317,21 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
     if backend.outlier.max_ejection_ms < backend.outlier.base_ejection_ms {
         found.add(format!("{at}.outlier.max_ejection_ms"), "must be at least base_ejection_ms");
     }
+    if let Some(affinity) = &backend.cookie_affinity {
+        let valid_name = !affinity.name.is_empty()
+            && affinity.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        if !valid_name {
+            found.add(format!("{at}.cookie_affinity.name"), format!("{:?} is not a cookie name", affinity.name));
+        }
+        if !affinity.path.starts_with('/') || affinity.path.contains(';') {
+            found.add(format!("{at}.cookie_affinity.path"), format!("{:?} must start with / and have no ;", affinity.path));
+        }
+        if let Some(domain) = &affinity.domain
+            && (domain.is_empty() || domain.contains([';', ' ', ',']))
+        {
+            found.add(format!("{at}.cookie_affinity.domain"), format!("{domain:?} is not a cookie domain"));
+        }
+    }
     if backend.retries.budget_percent > 100 {
         found.add(format!("{at}.retries.budget_percent"), "must be at most 100");
     }
@@ -393,7 +408,8 @@ fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
             found.add(at.clone(), "at most one of client_ca_path and client_ca_pem");
         }
         if !terminating {
-            found.add(at, "no listener has tls, so nothing serves HTTPS for this host; add tls to a listener");
+            found
+                .add(at, "no listener has tls, so nothing serves HTTPS for this host; add tls to a listener");
         }
     }
     for (i, backend) in config.backends.iter().enumerate() {
@@ -401,10 +417,8 @@ fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
         let at = format!("backends[{i}].tls");
         match (tls.insecure_skip_verify, one_of(&tls.ca_path, &tls.ca_pem)) {
             (false, Some(true)) | (true, Some(false)) => {}
-            (false, _) => found.add(
-                at.clone(),
-                "needs exactly one of ca_path and ca_pem (or insecure_skip_verify: true)",
-            ),
+            (false, _) => found
+                .add(at.clone(), "needs exactly one of ca_path and ca_pem (or insecure_skip_verify: true)"),
             (true, _) => found.add(
                 format!("{at}.insecure_skip_verify"),
                 "skipping verification and naming a CA contradict each other; drop one",

@@ -6,12 +6,13 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, SET_COOKIE, UPGRADE, USER_AGENT},
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::{
+    affinity::Pin,
     body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody, RequestBody},
     endpoint::now_ms,
     headers::{self, Forwarded, X_REQUEST_ID},
@@ -19,7 +20,7 @@ use super::{
     snapshot::{Published, Snapshot},
     upstream,
 };
-use crate::proxy::balance;
+use crate::{config::AffinityMode, proxy::balance};
 
 /// Response header naming the worker that served a request (when `worker_id_header` is on).
 pub const WORKER_HEADER: &str = "x-sluice-worker";
@@ -275,6 +276,20 @@ async fn route_and_forward(
     let timeout = route.timeout.unwrap_or(std::time::Duration::from_millis(group.config.timeouts.request_ms));
     group.retry_budget.deposit();
 
+    // Cookie affinity: a valid cookie pins the first attempt. In balanced mode an unavailable
+    // pinned endpoint gives up its client (re-pinned with a new cookie); in persistent mode
+    // the client stays while the endpoint exists.
+    let (mut pinned, mut issue_cookie) = match &group.affinity {
+        None => (None, false),
+        Some(affinity) => match affinity.pinned(&parts.headers) {
+            Pin::Endpoint(i)
+                if affinity.mode() == AffinityMode::Persistent || group.endpoints[i].is_available(now_ms()) =>
+            {
+                (Some(i), false)
+            }
+            _ => (None, true),
+        },
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
     for attempt in 0..=group.config.retries.attempts {
@@ -285,7 +300,21 @@ async fn route_and_forward(
             connection.metrics.retry(&group.label);
         }
         let now = now_ms();
-        let Some(index) = group.balancer.pick(&group.endpoints, hash_key, now, &tried) else { break };
+        let was_pinned = pinned.is_some();
+        let index = match pinned.take() {
+            Some(index) => index,
+            None => match group.balancer.pick(&group.endpoints, hash_key, now, &tried) {
+                Some(index) => index,
+                None => break,
+            },
+        };
+        if was_pinned
+            && let Some(affinity) = &group.affinity
+            && affinity.config.change_on_failure
+        {
+            // If this attempt fails, the retry re-pins the client with a new cookie.
+            issue_cookie = true;
+        }
         tried.push(index);
         let endpoint = &group.endpoints[index];
         outcome.upstream = Some(endpoint.address);
@@ -327,6 +356,12 @@ async fn route_and_forward(
                 }
                 let (mut head, upstream_body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers);
+                if let Some(affinity) = &group.affinity
+                    && (issue_cookie && !(was_pinned && attempt == 0))
+                    && let Some(cookie) = affinity.set_cookie(index, parts.headers.get(USER_AGENT).map(|v| v.as_bytes()))
+                {
+                    head.headers.append(SET_COOKIE, cookie);
+                }
                 // This hop speaks its own version to the client, whatever the backend spoke.
                 head.version = Version::HTTP_11;
                 head.headers.insert(X_REQUEST_ID.clone(), request_id);

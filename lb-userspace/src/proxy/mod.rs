@@ -2,6 +2,7 @@
 //! serving snapshot they read, routing, balancing, upstream pools and health.
 
 mod activity;
+pub mod affinity;
 pub mod balance;
 pub mod body;
 pub mod endpoint;

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::{
+    affinity::CookieAffinity,
     balance::Balancer,
     endpoint::{Endpoint, EndpointRegistry, now_ms},
     routing::RouteTable,
@@ -47,6 +48,8 @@ pub struct BackendGroup {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Balancer,
     pub retry_budget: RetryBudget,
+    /// Cookie session affinity, when configured.
+    pub affinity: Option<CookieAffinity>,
     /// Identity of the settings that shape upstream connections; workers keep their pools
     /// across snapshots while it stays the same.
     pub pool_key: String,
@@ -78,7 +81,12 @@ impl Snapshot {
                         endpoint
                     })
                     .collect();
+                let affinity = backend
+                    .cookie_affinity
+                    .as_ref()
+                    .map(|c| CookieAffinity::new(c, affinity_key(config), &backend.name, &endpoints));
                 BackendGroup {
+                    affinity,
                     name: backend.name.clone(),
                     label: backend.name.as_str().into(),
                     balancer: Balancer::new(backend.balance, &endpoints),
@@ -109,6 +117,19 @@ impl Snapshot {
             config: Arc::new(config.clone()),
             tls,
         })
+    }
+}
+
+/// The key for affinity cookies: the configured one, or one random key for the life of the
+/// process (cookies then survive reloads, but not restarts or other nodes).
+fn affinity_key(config: &Config) -> &[u8] {
+    static RANDOM: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    match &config.affinity_key {
+        Some(key) => key.0.as_bytes(),
+        None => RANDOM.get_or_init(|| {
+            tracing::warn!("no affinity_key configured: affinity cookies hold only on this node until it restarts");
+            std::array::from_fn(|_| fastrand::u8(..))
+        }),
     }
 }
 
