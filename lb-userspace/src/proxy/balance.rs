@@ -41,7 +41,10 @@ const MAX_SCHEDULE: u64 = 10_000;
 /// purpose: a table of another size maps every key afresh, so scaling a group must not cross
 /// a tier in its everyday range (1 to 64 endpoints share one size).
 const HASH_TABLE_SIZES: [u32; 3] = [16_381, 262_139, 1_048_573];
-const SLOTS_PER_ENDPOINT: u64 = 256;
+const SLOTS_PER_ENDPOINT: u64 = 255;
+
+/// Rehash probes a consistent-hash fallback tries before walking the table.
+const FALLBACK_PROBES: usize = 16;
 
 /// Random draws the power of two choices makes before falling back to a full scan. Enough for
 /// the common case (most endpoints available) to never scan.
@@ -412,6 +415,18 @@ fn hash_pick(
     if !any_eligible() {
         return None; // rather than walking the whole table for nothing
     }
+    // Rehash the key a few times: each probe lands on a uniformly random slot, so a missing
+    // endpoint's keys spread evenly over the others, and the same key always probes the same
+    // slots, so its fallback is consistent.
+    let mut probe = key;
+    for _ in 0..FALLBACK_PROBES {
+        probe = splitmix64(probe);
+        let candidate = table[((u128::from(probe) * size as u128) >> 64) as usize] as usize;
+        if eligible(candidate) {
+            return Some(candidate);
+        }
+    }
+    // Almost everything is out: walk the table for whatever is left.
     let mut rejected = owner;
     for step in 1..size {
         let candidate = table[(start + step) % size] as usize;
