@@ -39,8 +39,10 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     // The suites run the real binary, so build it (and the eBPF object it embeds) first.
     build_sluice(false)?;
     eprintln!("xtask: == unit tests ==");
-    // The default members: every crate but lb-ebpf, which only builds for the BPF target.
-    cargo(&["test", "--lib", "--bins"], extra)?;
+    // Every crate's own tests but lb-ebpf's (it only builds for the BPF target) and the
+    // end-to-end suites of lb-tests, which come next.
+    cargo(&["test", "--workspace", "--exclude", "lb-ebpf", "--exclude", "lb-tests"], extra)?;
+    cargo(&["test", "--package", "lb-tests", "--lib"], extra)?;
 
     let suites = privileged_suites();
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -27,9 +27,14 @@ use crate::{
     proxy::{
         body::{self, ProxyBody},
         endpoint::now_ms,
+        routing::RouteAction,
         snapshot::Published,
     },
 };
+
+/// The dashboard: one self-contained page (inline CSS and JS) that polls `/api/v1/status` and
+/// `/metrics`.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// What the admin server reports on.
 pub struct AdminState {
@@ -79,7 +84,30 @@ impl AdminState {
                 json!({"name": group.name, "balance": format!("{:?}", group.config.balance), "endpoints": endpoints})
             })
             .collect();
-        let routes: Vec<Value> = snapshot.routes.routes().map(|r| json!({"name": r.name})).collect();
+        let routes: Vec<Value> = snapshot
+            .routes
+            .routes()
+            .map(|r| {
+                let backend = match r.action {
+                    RouteAction::Backend(i) => snapshot.backends.get(i).map(|g| g.name.as_str()),
+                    RouteAction::Redirect(_) => None,
+                };
+                json!({
+                    "name": r.name,
+                    "virtual_host": &*r.labels.virtual_host,
+                    "backend": backend,
+                    "redirect": matches!(r.action, RouteAction::Redirect(_)),
+                })
+            })
+            .collect();
+        // Connections per worker, in worker order (what the dashboard draws as bars).
+        let worker_connections: Vec<Value> = self
+            .metrics
+            .workers()
+            .iter()
+            .enumerate()
+            .map(|(id, w)| json!({"worker": id, "accepted": w.accepted(), "active": w.active_connections()}))
+            .collect();
         let xdp = match &self.xdp_counters {
             Some(reader) => match reader.read() {
                 Ok(counters) => {
@@ -95,6 +123,7 @@ impl AdminState {
             "ready": self.ready(),
             "generation": snapshot.generation,
             "workers": self.workers,
+            "worker_connections": worker_connections,
             "listeners": self.listeners.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
             "routes": routes,
             "backends": backends,
@@ -189,6 +218,21 @@ fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> 
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/api/v1/status" => json_response(StatusCode::OK, &state.status()),
         "/api/v1/config" => json_response(StatusCode::OK, &redacted_config(state)),
+        "/dashboard" => {
+            let mut response = text_response(StatusCode::OK, DASHBOARD_HTML);
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+            // Nothing but this page and its own API: no external scripts, styles, fonts or images.
+            headers.insert(
+                http::header::CONTENT_SECURITY_POLICY,
+                http::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+                ),
+            );
+            headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            response
+        }
         "/metrics" => {
             let mut response = Response::new(body::text(state.metrics.render()));
             response.headers_mut().insert(
@@ -199,7 +243,7 @@ fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> 
         }
         _ => text_response(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /metrics, /api/v1/status, /api/v1/config\n",
+            "not found; try /healthz, /readyz, /metrics, /api/v1/status, /api/v1/config, /dashboard\n",
         ),
     }
 }
