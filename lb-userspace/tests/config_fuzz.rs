@@ -1,7 +1,8 @@
 //! Property test of the configuration loader: whatever text `Config::from_yaml` is given, it
 //! never panics, and every error it returns renders as `NAME:LINE:COLUMN: ...` (parse errors)
-//! or one `NAME:LINE:COLUMN: field.path: message` per problem (validation errors). A
-//! configuration it accepts must also compile into a route table and a serving snapshot.
+//! or one `NAME:LINE:COLUMN: field.path: message` per problem (validation errors), with the
+//! position inside the text. A configuration it accepts must also compile into a route table,
+//! and into a serving snapshot unless it uses TLS (certificate files are read only then).
 //!
 //! Inputs come from a seeded PRNG (splitmix64), no external crates:
 //! - random bytes, and random text over YAML's punctuation;
@@ -17,6 +18,9 @@
 //! Deterministic: `SLUICE_FUZZ_SEED` picks another seed, `SLUICE_FUZZ_SCALE` multiplies the case
 //! counts (default 1: a few seconds in a debug build; each generator stops early at a deadline).
 //! A failure prints the generator, case number and the input (minimised for panics).
+//!
+//! Positions that are reported but point at the wrong place are pinned down by the ignored
+//! tests at the end (`cargo test --test config_fuzz -- --ignored`).
 
 use std::{
     cell::Cell,
@@ -34,7 +38,7 @@ use lb_userspace::{
 const SOURCE: &str = "fuzz.yaml";
 
 /// Each generator stops here even when its cases are not done (slow machines).
-const DEADLINE: Duration = Duration::from_secs(12);
+const DEADLINE: Duration = Duration::from_secs(10);
 
 /// splitmix64 (Steele, Lea, Flood): tiny, fast, and good enough to drive a fuzzer.
 struct Rng {
@@ -78,7 +82,7 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    std::env::var("SLUICE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_0F_C0F1_6000)
+    std::env::var("SLUICE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_0FC0_F160_0001)
 }
 
 fn scale() -> usize {
@@ -86,6 +90,7 @@ fn scale() -> usize {
 }
 
 /// Every field name of the model, and the one-key choices (`exact`, `client_ip`, ...).
+#[rustfmt::skip]
 const FIELDS: &[&str] = &[
     "workers", "listeners", "xdp", "limits", "virtual_hosts", "backends", "worker_id_header", "admin",
     "name", "address", "enabled", "interfaces", "mode", "worker_port_base", "heartbeat_timeout_ms",
@@ -97,10 +102,17 @@ const FIELDS: &[&str] = &[
     "retries", "weight", "ready", "interval_ms", "timeout_ms", "healthy_threshold",
     "unhealthy_threshold", "consecutive_failures", "base_ejection_ms", "max_ejection_ms", "connect_ms",
     "request_ms", "idle_ms", "attempts", "budget_percent", "min_retries_per_second", "header", "cookie",
-    "client_ip", "listen", "<<", "", "?", "-", "ключ", "🔑",
+    "client_ip", "certificates", "access_log", "sample_rate", "tls", "default_certificate",
+    "unknown_sni", "session_tickets", "cert_path", "cert_pem", "key_path", "key_pem", "certificate",
+    "passthrough", "redirect_http", "hsts", "max_age_seconds", "include_subdomains", "preload",
+    "client_ca_path", "client_ca_pem", "ca_path", "ca_pem", "insecure_skip_verify", "server_name",
+    "template", "affinity_key", "cookie_affinity", "domain", "max_age_seconds", "expires_seconds",
+    "samesite", "conditional_samesite_none", "secure", "change_on_failure",
+    "listen", "<<", "", "?", "-", "ключ", "🔑",
 ];
 
 /// Scalars, as they would be written (quoting is decided when rendering).
+#[rustfmt::skip]
 const SCALARS: &[&str] = &[
     "0", "1", "-1", "2", "7", "100", "8192", "65535", "65536", "-65536", "1024", "1025", "20000",
     "4294967295", "4294967296", "9223372036854775807", "9223372036854775808", "-9223372036854775809",
@@ -120,6 +132,7 @@ const SCALARS: &[&str] = &[
 ];
 
 /// Punctuation that means something to YAML, for the random-text generator.
+#[rustfmt::skip]
 const YAML_PIECES: &[&str] = &[
     ":", ": ", "-", "- ", "[", "]", "{", "}", ",", "#", "&", "*", "!", "|", ">", "'", "\"", "%", "@",
     "`", "?", "\n", "\n  ", "\n    ", "\t", " ", "---", "...", "~", "<<", "\\", "\r\n", "\u{FEFF}",
@@ -182,7 +195,8 @@ enum Outcome {
 
 /// Checks every property for one input; `Err` says which one failed.
 fn check(input: &str) -> Result<Outcome, String> {
-    let result = no_panic(|| Config::from_yaml(input, SOURCE)).map_err(|p| format!("from_yaml panicked: {p}"))?;
+    let result =
+        no_panic(|| Config::from_yaml(input, SOURCE)).map_err(|p| format!("from_yaml panicked: {p}"))?;
     let error = match result {
         Ok(config) => {
             // What validation accepts must compile into routes.
@@ -225,6 +239,11 @@ fn check(input: &str) -> Result<Outcome, String> {
             if (*line == 0 || *column == 0) && !message.contains("more than one document") {
                 return Err(format!("a parse error without a position: {rendered:?}"));
             }
+            // serde_yaml's parser (libyaml, YAML 1.1) also breaks lines at NEL, LS and PS.
+            let breaks = ["\r\n", "\r", "\n", "\u{85}", "\u{2028}", "\u{2029}"];
+            if *line > 0 && !in_text(&text_lines(input, &breaks), *line, *column) {
+                return Err(format!("a parse error positioned outside the text: {rendered:?}"));
+            }
             Ok(Outcome::ParseError)
         }
         Error::Invalid { problems, .. } => {
@@ -240,6 +259,10 @@ fn check(input: &str) -> Result<Outcome, String> {
                 if problem.line == 0 || problem.column == 0 {
                     return Err(format!("a problem without a position: {line:?}"));
                 }
+                // The lookup parser (yaml-rust2) breaks lines at CR and LF only.
+                if !in_text(&text_lines(input, &["\r\n", "\r", "\n"]), problem.line, problem.column) {
+                    return Err(format!("a problem positioned outside the text: {line:?}"));
+                }
                 if problem.path.is_empty() || problem.message.trim().is_empty() {
                     return Err(format!("a problem without a path or message: {line:?}"));
                 }
@@ -253,12 +276,40 @@ fn check(input: &str) -> Result<Outcome, String> {
             if rendered_lines != lines {
                 return Err(format!("{rendered_lines} lines for {} problems: {rendered:?}", problems.len()));
             }
-            if !rendered.lines().next().is_some_and(|l| position_prefix(l).is_some()) {
+            if rendered.lines().next().and_then(position_prefix).is_none() {
                 return Err(format!("the first line has no NAME:LINE:COLUMN: {rendered:?}"));
             }
             Ok(Outcome::Invalid)
         }
         Error::Read { .. } => Err(format!("from_yaml returned a read error: {rendered:?}")),
+    }
+}
+
+/// The lines of `text`, split at any of `breaks` (the longest match first).
+fn text_lines<'a>(text: &'a str, breaks: &[&str]) -> Vec<&'a str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at < text.len() {
+        match breaks.iter().find(|b| text[at..].starts_with(**b)) {
+            Some(b) => {
+                lines.push(&text[start..at]);
+                at += b.len();
+                start = at;
+            }
+            None => at += text[at..].chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    lines.push(&text[start..]);
+    lines
+}
+
+/// Whether 1-based `line`:`column` is in the text: on an existing line, at most one column past
+/// its last character, or just past the end of the text (where a truncated document fails).
+fn in_text(lines: &[&str], line: usize, column: usize) -> bool {
+    match lines.get(line.wrapping_sub(1)) {
+        Some(text) => column >= 1 && column <= text.chars().count() + 1,
+        None => line == lines.len() + 1 && column == 1,
     }
 }
 
@@ -360,7 +411,7 @@ fn quote(rng: &mut Rng, s: &str, flow: bool) -> String {
     if rng.chance(rng.noise / 2) {
         return s.to_owned(); // raw, whatever it breaks
     }
-    if plain_safe && !rng.chance(15) {
+    if plain_safe && !rng.chance(rng.noise) {
         return s.to_owned();
     }
     if rng.chance(20) && !s.contains(['\'', '\n', '\r']) {
@@ -381,7 +432,11 @@ fn quote(rng: &mut Rng, s: &str, flow: bool) -> String {
 }
 
 fn key(rng: &mut Rng, k: &str, flow: bool) -> String {
-    if k.is_empty() || k.contains([':', ' ', '?', '<', '-']) || rng.chance(2) { quote(rng, k, flow) } else { k.into() }
+    if k.is_empty() || k.contains([':', ' ', '?', '<', '-']) || rng.chance(2) {
+        quote(rng, k, flow)
+    } else {
+        k.into()
+    }
 }
 
 fn flow(rng: &mut Rng, value: &Yaml) -> String {
@@ -442,7 +497,7 @@ fn block(rng: &mut Rng, value: &Yaml, indent: usize, step: usize, out: &mut Stri
                         let s = flow(rng, v);
                         out.push_str(&format!("{pad}{k}: {s}\n"));
                     }
-                    Yaml::Seq(_) if rng.chance(30) => {
+                    Yaml::Seq(items) if !items.is_empty() && rng.chance(30) => {
                         // A sequence may sit at its key's indentation.
                         out.push_str(&format!("{pad}{k}:\n"));
                         block(rng, v, indent, step, out);
@@ -502,6 +557,8 @@ fn value_for(rng: &mut Rng, pool: &[&'static str]) -> Yaml {
 }
 
 const NUMBERS: &[&str] = &["0", "1", "2", "3", "5", "10", "100", "300", "1000", "8192", "60000", "65535"];
+const BOOLEANS: &[&str] = &["true", "false"];
+#[rustfmt::skip]
 const ADDRESSES: &[&str] = &[
     "127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.2:9000", "[::1]:8080", "198.18.0.1:80", "198.18.0.2:20001",
     "0.0.0.0:80", "127.0.0.1:0", "127.0.0.1:20000",
@@ -510,221 +567,282 @@ const NAMES: &[&str] = &["a", "b", "web", "api", "app", "default", "x"];
 const DOMAINS: &[&str] = &["*", "example.com", "*.example.com", "API.example.com", "a_b", "", "x.y.z"];
 const PATHS: &[&str] = &["/", "/api", "/api/", "/v1", "a", "", "/x/y"];
 const REGEXES: &[&str] = &["^/v[0-9]+/", "/(.*)", "(", "a)|(b", "[a-z]+", "(?P<v>x)", "\\d{2,1}"];
+/// Files that do not exist or cannot be read as PEM (never a device or a FIFO).
+const FILES: &[&str] = &["/nonexistent/sluice-fuzz.pem", "relative/sluice-fuzz.pem", "", "/"];
+const PEMS: &[&str] = &["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "not pem", ""];
 
-/// Includes each optional field of `fields` with probability 60% (required ones 95%).
-fn object(rng: &mut Rng, fields: Vec<(&str, bool, Box<dyn Fn(&mut Rng) -> Yaml + '_>)>) -> Yaml {
-    let mut entries = Vec::new();
-    for (name, required, make) in fields {
-        if rng.chance(if required { 95 } else { 60 }) {
-            entries.push((name.to_owned(), make(rng)));
+/// The shape of a configuration, to generate documents that get past the parser.
+enum Schema {
+    /// A value from the pool.
+    Scalar(&'static [&'static str]),
+    /// Up to this many items.
+    List(usize, Box<Schema>),
+    /// Fields: name, required, value.
+    Object(Vec<(&'static str, bool, Schema)>),
+    /// One key of several, each with its pool (`{prefix: /api}`).
+    OneOf(&'static [(&'static str, &'static [&'static str])]),
+}
+
+use Schema::{List, Object, OneOf, Scalar};
+
+fn req(name: &'static str, schema: Schema) -> (&'static str, bool, Schema) {
+    (name, true, schema)
+}
+
+fn opt(name: &'static str, schema: Schema) -> (&'static str, bool, Schema) {
+    (name, false, schema)
+}
+
+fn list(max: usize, item: Schema) -> Schema {
+    List(max, Box::new(item))
+}
+
+/// An object of optional numeric fields.
+fn numbers(fields: &[&'static str]) -> Schema {
+    Object(fields.iter().map(|f| opt(f, Scalar(NUMBERS))).collect())
+}
+
+fn config_schema() -> Schema {
+    let route = Object(vec![
+        opt("name", Scalar(NAMES)),
+        opt(
+            "match",
+            Object(vec![
+                opt("path", OneOf(&[("exact", PATHS), ("prefix", PATHS), ("regex", REGEXES)])),
+                opt("methods", list(3, Scalar(&["GET", "POST", "get", ""]))),
+                opt(
+                    "headers",
+                    list(
+                        2,
+                        Object(vec![
+                            req("name", Scalar(&["x-user", "cookie", "x y", ""])),
+                            opt("exact", Scalar(NAMES)),
+                            opt("regex", Scalar(REGEXES)),
+                            opt("present", Scalar(BOOLEANS)),
+                        ]),
+                    ),
+                ),
+            ]),
+        ),
+        opt("backend", Scalar(NAMES)),
+        opt(
+            "redirect",
+            Object(vec![
+                opt("scheme", Scalar(&["http", "https", "ftp"])),
+                opt("host", Scalar(DOMAINS)),
+                opt("port", Scalar(&["0", "443", "65535"])),
+                opt("path", Scalar(PATHS)),
+                opt("code", Scalar(&["301", "302", "308", "300", "999"])),
+            ]),
+        ),
+        opt(
+            "rewrite",
+            Object(vec![
+                opt("prefix", Scalar(PATHS)),
+                opt("regex", Scalar(REGEXES)),
+                opt("replacement", Scalar(&["/$1", "$v", "", "${9}"])),
+            ]),
+        ),
+        opt("timeout_ms", Scalar(NUMBERS)),
+        opt("max_body_bytes", Scalar(NUMBERS)),
+    ]);
+    let backend = Object(vec![
+        req("name", Scalar(NAMES)),
+        opt("protocol", Scalar(&["http1", "h2c"])),
+        opt("balance", Scalar(&["round_robin", "least_request", "ewma", "hash"])),
+        opt(
+            "hash_on",
+            OneOf(&[
+                ("header", &["x-user"]),
+                ("cookie", &["session"]),
+                ("client_ip", BOOLEANS),
+                ("template", &["$remote_addr$request_uri", "$http_x_user", "$", "$cookie_", "x"]),
+            ]),
+        ),
+        req(
+            "endpoints",
+            list(
+                4,
+                Object(vec![
+                    req("address", Scalar(ADDRESSES)),
+                    opt("weight", Scalar(&["0", "1", "3", "10000", "10001", "4294967295"])),
+                    opt("ready", Scalar(BOOLEANS)),
+                ]),
+            ),
+        ),
+        opt(
+            "health_check",
+            Object(vec![
+                opt("path", Scalar(PATHS)),
+                opt("interval_ms", Scalar(NUMBERS)),
+                opt("timeout_ms", Scalar(NUMBERS)),
+                opt("healthy_threshold", Scalar(NUMBERS)),
+                opt("unhealthy_threshold", Scalar(NUMBERS)),
+            ]),
+        ),
+        opt("outlier", numbers(&["consecutive_failures", "base_ejection_ms", "max_ejection_ms"])),
+        opt("timeouts", numbers(&["connect_ms", "request_ms", "idle_ms"])),
+        opt("max_connections_per_endpoint", Scalar(NUMBERS)),
+        opt("retries", numbers(&["attempts", "budget_percent", "min_retries_per_second"])),
+        opt(
+            "cookie_affinity",
+            Object(vec![
+                opt("name", Scalar(&["INGRESSCOOKIE", "route", "bad name", ""])),
+                opt("mode", Scalar(&["balanced", "persistent"])),
+                opt("path", Scalar(&["/", "/app", "app", "/a;b"])),
+                opt("domain", Scalar(&["example.com", "", "a b"])),
+                opt("max_age_seconds", Scalar(NUMBERS)),
+                opt("expires_seconds", Scalar(NUMBERS)),
+                opt("samesite", Scalar(&["Lax", "strict", "None", "nil"])),
+                opt("conditional_samesite_none", Scalar(BOOLEANS)),
+                opt("secure", Scalar(BOOLEANS)),
+                opt("change_on_failure", Scalar(BOOLEANS)),
+            ]),
+        ),
+        opt(
+            "tls",
+            Object(vec![
+                opt("ca_path", Scalar(FILES)),
+                opt("ca_pem", Scalar(PEMS)),
+                opt("insecure_skip_verify", Scalar(BOOLEANS)),
+                opt("server_name", Scalar(&["api.internal", "127.0.0.1", "bad name", ""])),
+            ]),
+        ),
+    ]);
+    let host_tls = Object(vec![
+        opt("certificate", Scalar(NAMES)),
+        opt("passthrough", Scalar(NAMES)),
+        opt("redirect_http", Scalar(BOOLEANS)),
+        opt(
+            "hsts",
+            Object(vec![
+                opt("max_age_seconds", Scalar(NUMBERS)),
+                opt("include_subdomains", Scalar(BOOLEANS)),
+                opt("preload", Scalar(BOOLEANS)),
+            ]),
+        ),
+        opt("client_ca_path", Scalar(FILES)),
+        opt("client_ca_pem", Scalar(PEMS)),
+    ]);
+    Object(vec![
+        opt("workers", Scalar(&["0", "1", "2", "4", "1024", "1025"])),
+        req(
+            "listeners",
+            list(
+                3,
+                Object(vec![
+                    req("name", Scalar(NAMES)),
+                    req("address", Scalar(ADDRESSES)),
+                    opt(
+                        "tls",
+                        Object(vec![
+                            opt("default_certificate", Scalar(NAMES)),
+                            opt("unknown_sni", Scalar(&["default", "reject"])),
+                            opt("session_tickets", Scalar(BOOLEANS)),
+                        ]),
+                    ),
+                ]),
+            ),
+        ),
+        opt(
+            "xdp",
+            Object(vec![
+                opt("enabled", Scalar(BOOLEANS)),
+                opt("interfaces", list(2, Scalar(&["eth0", "lo", "a/b", ""]))),
+                opt("mode", Scalar(&["auto", "driver", "skb"])),
+                opt("worker_port_base", Scalar(&["0", "20000", "8079", "65535"])),
+                opt("heartbeat_timeout_ms", Scalar(NUMBERS)),
+            ]),
+        ),
+        opt(
+            "limits",
+            numbers(&[
+                "max_header_bytes",
+                "max_headers",
+                "header_read_timeout_ms",
+                "idle_timeout_ms",
+                "max_body_bytes",
+                "h2_max_concurrent_streams",
+                "max_connections_per_worker",
+                "shutdown_grace_ms",
+            ]),
+        ),
+        opt(
+            "access_log",
+            Object(vec![
+                opt("enabled", Scalar(BOOLEANS)),
+                opt("sample_rate", Scalar(&["0", "0.25", "1.0", "1.5", "-0.5", ".nan", ".inf"])),
+            ]),
+        ),
+        opt("admin", Object(vec![req("address", Scalar(ADDRESSES))])),
+        opt(
+            "certificates",
+            list(
+                2,
+                Object(vec![
+                    req("name", Scalar(NAMES)),
+                    opt("cert_path", Scalar(FILES)),
+                    opt("cert_pem", Scalar(PEMS)),
+                    opt("key_path", Scalar(FILES)),
+                    opt("key_pem", Scalar(PEMS)),
+                ]),
+            ),
+        ),
+        opt(
+            "virtual_hosts",
+            list(
+                3,
+                Object(vec![
+                    req("name", Scalar(NAMES)),
+                    req("domains", list(3, Scalar(DOMAINS))),
+                    opt("routes", list(4, route)),
+                    opt("tls", host_tls),
+                ]),
+            ),
+        ),
+        opt("backends", list(3, backend)),
+        opt("worker_id_header", Scalar(BOOLEANS)),
+        opt("affinity_key", Scalar(&["a-shared-secret", ""])),
+    ])
+}
+
+/// A document of `schema`'s shape; [`Rng::noise`] decides how often it strays.
+fn generate(rng: &mut Rng, schema: &Schema) -> Yaml {
+    match schema {
+        Scalar(pool) => value_for(rng, pool),
+        List(max, item) => Yaml::Seq((0..rng.below(max + 1)).map(|_| generate(rng, item)).collect()),
+        Object(fields) => {
+            let mut entries = Vec::new();
+            for (name, required, value) in fields {
+                let include = if *required { !rng.chance(rng.noise) } else { rng.chance(50) };
+                if include {
+                    entries.push((name.to_string(), generate(rng, value)));
+                }
+            }
+            if rng.chance(rng.noise) {
+                entries.push((rng.word(FIELDS).to_owned(), value_for(rng, NAMES)));
+            }
+            if rng.chance(10) && !entries.is_empty() {
+                let i = rng.below(entries.len());
+                entries.swap(0, i);
+            }
+            Yaml::Map(entries)
+        }
+        OneOf(choices) => {
+            let mut entries = Vec::new();
+            for _ in 0..if rng.chance(rng.noise * 2) { 2 } else { 1 } {
+                let (key, pool) = choices[rng.below(choices.len())];
+                entries.push((key.to_owned(), value_for(rng, pool)));
+            }
+            Yaml::Map(entries)
         }
     }
-    if rng.chance(rng.noise) {
-        entries.push((rng.pick(FIELDS).to_string(), value_for(rng, NAMES)));
-    }
-    if rng.chance(10) && !entries.is_empty() {
-        let i = rng.below(entries.len());
-        entries.swap(0, i);
-    }
-    Yaml::Map(entries)
 }
 
-fn list(rng: &mut Rng, max: usize, item: impl Fn(&mut Rng) -> Yaml) -> Yaml {
-    let n = rng.below(max + 1);
-    Yaml::Seq((0..n).map(|_| item(rng)).collect())
-}
-
-/// `{key: value}` for one of `keys`, the value from the matching pool.
-fn one_of(rng: &mut Rng, keys: &[&str], pools: &[&[&'static str]]) -> Yaml {
-    let choice = rng.below(keys.len());
-    let mut entries = vec![(keys[choice].to_string(), value_for(rng, pools[choice]))];
-    if rng.chance(rng.noise * 2) {
-        let other = rng.below(keys.len());
-        entries.push((keys[other].to_string(), value_for(rng, pools[other])));
-    }
-    Yaml::Map(entries)
-}
-
-fn structured(rng: &mut Rng) -> Yaml {
+/// A configuration-shaped document with a noise level drawn per document.
+fn structured(rng: &mut Rng, schema: &Schema) -> Yaml {
     rng.noise = [0, 0, 1, 3, 10][rng.below(5)];
-    let n = |rng: &mut Rng| value_for(rng, NUMBERS);
-    let boolean = |rng: &mut Rng| value_for(rng, &["true", "false"]);
-    let listener = |rng: &mut Rng| {
-        object(rng, vec![
-            ("name", true, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            ("address", true, Box::new(|r: &mut Rng| value_for(r, ADDRESSES))),
-        ])
-    };
-    let header = |rng: &mut Rng| {
-        object(rng, vec![
-            ("name", true, Box::new(|r: &mut Rng| value_for(r, &["x-user", "cookie", "x y", ""]))),
-            ("exact", false, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            ("regex", false, Box::new(|r: &mut Rng| value_for(r, REGEXES))),
-            ("present", false, Box::new(boolean)),
-        ])
-    };
-    let route = |rng: &mut Rng| {
-        object(rng, vec![
-            ("name", false, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            (
-                "match",
-                false,
-                Box::new(|r: &mut Rng| {
-                    object(r, vec![
-                        (
-                            "path",
-                            false,
-                            Box::new(|r: &mut Rng| {
-                                one_of(r, &["exact", "prefix", "regex"], &[PATHS, PATHS, REGEXES])
-                            }),
-                        ),
-                        ("methods", false, Box::new(|r: &mut Rng| list(r, 3, |r| value_for(r, &["GET", "POST", "get", ""])))),
-                        ("headers", false, Box::new(|r: &mut Rng| list(r, 2, header))),
-                    ])
-                }),
-            ),
-            ("backend", false, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            (
-                "redirect",
-                false,
-                Box::new(|r: &mut Rng| {
-                    object(r, vec![
-                        ("scheme", false, Box::new(|r: &mut Rng| value_for(r, &["http", "https", "ftp"]))),
-                        ("host", false, Box::new(|r: &mut Rng| value_for(r, DOMAINS))),
-                        ("port", false, Box::new(|r: &mut Rng| value_for(r, &["0", "443", "65535", "65536"]))),
-                        ("path", false, Box::new(|r: &mut Rng| value_for(r, PATHS))),
-                        ("code", false, Box::new(|r: &mut Rng| value_for(r, &["301", "302", "300", "200", "999"]))),
-                    ])
-                }),
-            ),
-            (
-                "rewrite",
-                false,
-                Box::new(|r: &mut Rng| {
-                    object(r, vec![
-                        ("prefix", false, Box::new(|r: &mut Rng| value_for(r, PATHS))),
-                        ("regex", false, Box::new(|r: &mut Rng| value_for(r, REGEXES))),
-                        ("replacement", false, Box::new(|r: &mut Rng| value_for(r, &["/$1", "$v", "", "${9}"]))),
-                    ])
-                }),
-            ),
-            ("timeout_ms", false, Box::new(n)),
-            ("max_body_bytes", false, Box::new(n)),
-        ])
-    };
-    let vhost = |rng: &mut Rng| {
-        object(rng, vec![
-            ("name", true, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            ("domains", true, Box::new(|r: &mut Rng| list(r, 3, |r| value_for(r, DOMAINS)))),
-            ("routes", false, Box::new(|r: &mut Rng| list(r, 4, route))),
-        ])
-    };
-    let endpoint = |rng: &mut Rng| {
-        object(rng, vec![
-            ("address", true, Box::new(|r: &mut Rng| value_for(r, ADDRESSES))),
-            ("weight", false, Box::new(|r: &mut Rng| value_for(r, &["0", "1", "3", "10000", "10001", "4294967295"]))),
-            ("ready", false, Box::new(boolean)),
-        ])
-    };
-    let backend = |rng: &mut Rng| {
-        object(rng, vec![
-            ("name", true, Box::new(|r: &mut Rng| value_for(r, NAMES))),
-            ("protocol", false, Box::new(|r: &mut Rng| value_for(r, &["http1", "h2c", "http2"]))),
-            ("balance", false, Box::new(|r: &mut Rng| value_for(r, &["round_robin", "least_request", "ewma", "hash"]))),
-            ("hash_on", false, Box::new(|r: &mut Rng| one_of(r, &["header", "cookie", "client_ip"], &[&["x-user"], &["session"], &["true", "false"]]))),
-            ("endpoints", true, Box::new(|r: &mut Rng| list(r, 4, endpoint))),
-            (
-                "health_check",
-                false,
-                Box::new(move |r: &mut Rng| {
-                    object(r, vec![
-                        ("path", false, Box::new(|r: &mut Rng| value_for(r, PATHS))),
-                        ("interval_ms", false, Box::new(n)),
-                        ("timeout_ms", false, Box::new(n)),
-                        ("healthy_threshold", false, Box::new(n)),
-                        ("unhealthy_threshold", false, Box::new(n)),
-                    ])
-                }),
-            ),
-            (
-                "outlier",
-                false,
-                Box::new(move |r: &mut Rng| {
-                    object(r, vec![
-                        ("consecutive_failures", false, Box::new(n)),
-                        ("base_ejection_ms", false, Box::new(n)),
-                        ("max_ejection_ms", false, Box::new(n)),
-                    ])
-                }),
-            ),
-            (
-                "timeouts",
-                false,
-                Box::new(move |r: &mut Rng| {
-                    object(r, vec![
-                        ("connect_ms", false, Box::new(n)),
-                        ("request_ms", false, Box::new(n)),
-                        ("idle_ms", false, Box::new(n)),
-                    ])
-                }),
-            ),
-            ("max_connections_per_endpoint", false, Box::new(n)),
-            (
-                "retries",
-                false,
-                Box::new(move |r: &mut Rng| {
-                    object(r, vec![
-                        ("attempts", false, Box::new(n)),
-                        ("budget_percent", false, Box::new(n)),
-                        ("min_retries_per_second", false, Box::new(n)),
-                    ])
-                }),
-            ),
-        ])
-    };
-    object(rng, vec![
-        ("workers", false, Box::new(|r: &mut Rng| value_for(r, &["0", "1", "2", "4", "1024", "1025"]))),
-        ("listeners", true, Box::new(move |r: &mut Rng| list(r, 3, listener))),
-        (
-            "xdp",
-            false,
-            Box::new(|r: &mut Rng| {
-                object(r, vec![
-                    ("enabled", false, Box::new(boolean)),
-                    ("interfaces", false, Box::new(|r: &mut Rng| list(r, 2, |r| value_for(r, &["eth0", "lo", "a/b", ""])))),
-                    ("mode", false, Box::new(|r: &mut Rng| value_for(r, &["auto", "driver", "skb", "native"]))),
-                    ("worker_port_base", false, Box::new(|r: &mut Rng| value_for(r, &["0", "20000", "8079", "65535"]))),
-                    ("heartbeat_timeout_ms", false, Box::new(n)),
-                ])
-            }),
-        ),
-        (
-            "limits",
-            false,
-            Box::new(move |r: &mut Rng| {
-                object(r, vec![
-                    ("max_header_bytes", false, Box::new(n)),
-                    ("max_headers", false, Box::new(n)),
-                    ("header_read_timeout_ms", false, Box::new(n)),
-                    ("idle_timeout_ms", false, Box::new(n)),
-                    ("max_body_bytes", false, Box::new(n)),
-                    ("h2_max_concurrent_streams", false, Box::new(n)),
-                    ("max_connections_per_worker", false, Box::new(n)),
-                    ("shutdown_grace_ms", false, Box::new(n)),
-                ])
-            }),
-        ),
-        ("virtual_hosts", false, Box::new(move |r: &mut Rng| list(r, 3, vhost))),
-        ("backends", false, Box::new(move |r: &mut Rng| list(r, 3, backend))),
-        ("worker_id_header", false, Box::new(boolean)),
-        (
-            "admin",
-            false,
-            Box::new(|r: &mut Rng| {
-                object(r, vec![("address", true, Box::new(|r: &mut Rng| value_for(r, ADDRESSES)))])
-            }),
-        ),
-    ])
+    generate(rng, schema)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,7 +899,9 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
             6 => {
                 // Replace a digit run with a huge or negative number.
                 if let Some(start) = lines[i].find(|c: char| c.is_ascii_digit()) {
-                    let end = lines[i][start..].find(|c: char| !c.is_ascii_digit()).map_or(lines[i].len(), |e| start + e);
+                    let end = lines[i][start..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(lines[i].len(), |e| start + e);
                     let number = rng.pick(&["-1", "0", "99999999999999999999999", "4294967296", "-0", "1e3"]);
                     lines[i].replace_range(start..end, number);
                 }
@@ -903,16 +1023,18 @@ fn deep_nesting_never_panics() {
 
 #[test]
 fn structured_configurations_never_panic() {
+    let schema = config_schema();
     fuzz("structured", 2500, |rng, _| {
-        let tree = structured(rng);
+        let tree = structured(rng, &schema);
         render(rng, &tree)
     });
 }
 
 #[test]
 fn mutated_structured_configurations_never_panic() {
+    let schema = config_schema();
     fuzz("structured-mutated", 1500, |rng, _| {
-        let tree = structured(rng);
+        let tree = structured(rng, &schema);
         let text = render(rng, &tree);
         mutate(rng, &text)
     });
@@ -925,8 +1047,52 @@ fn mutated_examples_never_panic() {
     for (path, text) in &examples {
         assert!(check(text) == Ok(Outcome::Accepted), "{} is not accepted", path.display());
     }
-    fuzz("examples-mutated", 3000, |rng, _| {
+    fuzz("examples-mutated", 2500, |rng, _| {
         let (_, text) = rng.pick(&examples);
         mutate(rng, text)
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions that are reported, but in the wrong place: what the properties above cannot tell.
+// Ignored until the loader is fixed; `cargo test -- --ignored` shows them failing.
+
+/// (line, column) of the first error for `yaml`.
+fn first_position(yaml: &str) -> (usize, usize) {
+    match Config::from_yaml(yaml, SOURCE) {
+        Ok(_) => panic!("accepted"),
+        Err(Error::Parse { line, column, .. }) => (line, column),
+        Err(Error::Invalid { problems, .. }) => (problems[0].line, problems[0].column),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+#[ignore = "known gap: an empty list item is located at the next item (10:9)"]
+fn an_empty_route_is_reported_on_its_own_line() {
+    // A bare `-` deserializes as a route with every field defaulted; its problem should point at
+    // line 7, not at the route after it (which then also looks like a duplicate of it).
+    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends: [{name: b, endpoints: []}]\n\
+                virtual_hosts:\n  - name: v\n    domains: [\"*\"]\n    routes:\n      -\n\n\n      - backend: b\n";
+    assert_eq!(first_position(yaml).0, 7);
+}
+
+#[test]
+#[ignore = "known gap: a duplicate key is reported at the start of the document (1:1)"]
+fn a_duplicate_key_is_reported_where_it_repeats() {
+    assert_eq!(first_position("listeners: []\nworkers: 1\nlisteners: []\n").0, 3);
+}
+
+#[test]
+#[ignore = "known gap: serde_yaml gives no position for a second document (0:0)"]
+fn a_second_document_is_reported_where_it_starts() {
+    assert_eq!(first_position("listeners: []\n---\nlisteners: []\n").0, 2);
+}
+
+#[test]
+#[ignore = "known gap: a one-of choice is reported at its parent item (backends[0], line 3)"]
+fn a_bad_one_of_choice_is_reported_at_its_field() {
+    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends:\n  - name: b\n    balance: hash\n\
+                \x20   hash_on: {client_ip: false}\n    endpoints: []\n";
+    assert_eq!(first_position(yaml).0, 5);
 }

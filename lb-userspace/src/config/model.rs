@@ -161,7 +161,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most request headers; more gets 431.
     pub max_headers: usize,
-    /// A client must send its whole request head within this (slowloris guard).
+    /// A client must send its whole request head within this (slowloris guard); on TLS
+    /// listeners, it must also finish the TLS handshake within this.
     pub header_read_timeout_ms: u64,
     /// A client connection idle this long between requests is closed.
     pub idle_timeout_ms: u64,

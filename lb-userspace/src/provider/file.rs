@@ -2,9 +2,15 @@
 //! directory so editors that replace the file by rename are seen) and on SIGHUP. A file that
 //! does not parse or validate is refused with every error logged and counted; the running
 //! configuration keeps serving.
+//!
+//! Files the configuration names (certificates, keys, CA bundles) are watched the same way, so
+//! rotating a PEM file on disk reloads; so is a Kubernetes-style mounted volume, whose files
+//! change by swapping its `..data` symlink.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
+    sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -68,11 +74,64 @@ impl ReloadStats {
 pub struct FileProvider {
     path: Option<PathBuf>,
     overrides: Overrides,
+    referenced: Referenced,
+}
+
+/// The files the last loaded configuration names, and the watcher of their directories.
+#[derive(Default)]
+struct Referenced {
+    /// Absolute paths; shared with the watcher's callback.
+    files: Arc<parking_lot::Mutex<HashSet<PathBuf>>>,
+    /// Set by `watch`; directories are added as configurations name new ones.
+    watch: parking_lot::Mutex<Option<(notify::RecommendedWatcher, HashSet<PathBuf>)>>,
+}
+
+impl Referenced {
+    /// Remembers the files `config` names and watches their directories (once watching).
+    fn track(&self, config: &Config) {
+        *self.files.lock() =
+            referenced_files(config).into_iter().filter_map(|p| std::path::absolute(p).ok()).collect();
+        self.watch_directories();
+    }
+
+    /// Adds a watch on each directory of a remembered file not watched yet. Directories no
+    /// configuration names any more stay watched: events there are filtered out.
+    fn watch_directories(&self) {
+        let directories: HashSet<PathBuf> =
+            self.files.lock().iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        let mut watch = self.watch.lock();
+        let Some((watcher, watched)) = watch.as_mut() else { return };
+        for directory in directories {
+            if watched.contains(&directory) {
+                continue;
+            }
+            match watcher.watch(&directory, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(directory);
+                }
+                Err(e) => tracing::warn!(
+                    directory = %directory.display(),
+                    error = %e,
+                    "cannot watch certificate files; reload with SIGHUP after changing them"
+                ),
+            }
+        }
+    }
+}
+
+/// Files a configuration reads when its snapshot is built: certificates, keys, CA bundles.
+fn referenced_files(config: &Config) -> Vec<&Path> {
+    let certificates =
+        config.certificates.iter().flat_map(|c| [c.cert_path.as_deref(), c.key_path.as_deref()]);
+    let client_cas =
+        config.virtual_hosts.iter().map(|h| h.tls.as_ref().and_then(|t| t.client_ca_path.as_deref()));
+    let backend_cas = config.backends.iter().map(|b| b.tls.as_ref().and_then(|t| t.ca_path.as_deref()));
+    certificates.chain(client_cas).chain(backend_cas).flatten().collect()
 }
 
 impl FileProvider {
     pub fn new(path: Option<PathBuf>, overrides: Overrides) -> FileProvider {
-        FileProvider { path, overrides }
+        FileProvider { path, overrides, referenced: Referenced::default() }
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -87,6 +146,7 @@ impl FileProvider {
             None => Config::builtin(),
         };
         self.overrides.apply(&mut config);
+        self.referenced.track(&config);
         Ok(config)
     }
 
@@ -98,6 +158,7 @@ impl FileProvider {
         let directory = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let name = path.file_name().map(|n| n.to_os_string());
         let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+        let raw_tx_for_referenced = raw_tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
@@ -108,6 +169,7 @@ impl FileProvider {
             }
         })?;
         watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+        self.watch_referenced(raw_tx_for_referenced)?;
         // Editors write in several steps: wait for the burst to settle before reloading.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
@@ -125,5 +187,31 @@ impl FileProvider {
             }
         });
         Ok(Some((watcher, rx)))
+    }
+}
+
+impl FileProvider {
+    /// Starts watching the directories of referenced files; a change to one of them (or to a
+    /// mounted volume's `..data` link beside them) sends on `raw_tx`.
+    fn watch_referenced(&self, raw_tx: mpsc::UnboundedSender<()>) -> notify::Result<()> {
+        let files = self.referenced.files.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let files = files.lock();
+            let ours = event.paths.iter().any(|p| {
+                files.contains(p)
+                    || (p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("..data"))
+                        && files.iter().any(|f| f.parent() == p.parent()))
+            });
+            if ours {
+                let _ = raw_tx.send(());
+            }
+        })?;
+        *self.referenced.watch.lock() = Some((watcher, HashSet::new()));
+        self.referenced.watch_directories();
+        Ok(())
     }
 }

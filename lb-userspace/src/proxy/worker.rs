@@ -392,6 +392,7 @@ async fn serve_client(
         crate::tls::Accepted::Failed(reason) => {
             tracing::debug!(worker = connection.worker, client = %connection.client, reason = reason.name(), "TLS handshake failed");
         }
+        crate::tls::Accepted::Closed => {}
     }
 }
 

@@ -78,7 +78,11 @@ pub struct LoadedCertificate {
 }
 
 /// Reads `path` or takes `inline`; exactly one is expected (validation saw to it).
-fn read_pem(path: Option<&Path>, inline: Option<&str>, field: &'static str) -> (PemSource, Result<Vec<u8>, Problem>) {
+fn read_pem(
+    path: Option<&Path>,
+    inline: Option<&str>,
+    field: &'static str,
+) -> (PemSource, Result<Vec<u8>, Problem>) {
     match (path, inline) {
         (Some(path), _) => (PemSource::File(path.to_owned()), std::fs::read(path).map_err(Problem::Read)),
         (None, Some(text)) => (PemSource::Inline(field), Ok(text.as_bytes().to_vec())),
@@ -103,25 +107,19 @@ pub fn load_certificate(
     now: i64,
 ) -> Result<LoadedCertificate, LoadError> {
     let what = format!("certificate {:?}", config.name);
-    let fail = |source_name: PemSource, problem: Problem| LoadError {
-        what: what.clone(),
-        source_name,
-        problem,
-    };
-    let (cert_source, cert_pem) = read_pem(config.cert_path.as_deref(), config.cert_pem.as_deref(), "cert_pem");
-    let chain = cert_pem
-        .and_then(|pem| certificates_from_pem(&pem))
-        .map_err(|p| fail(cert_source.clone(), p))?;
+    let fail =
+        |source_name: PemSource, problem: Problem| LoadError { what: what.clone(), source_name, problem };
+    let (cert_source, cert_pem) =
+        read_pem(config.cert_path.as_deref(), config.cert_pem.as_deref(), "cert_pem");
+    let chain =
+        cert_pem.and_then(|pem| certificates_from_pem(&pem)).map_err(|p| fail(cert_source.clone(), p))?;
     let (not_before, not_after) =
         validity(&chain[0]).ok_or_else(|| fail(cert_source.clone(), Problem::Malformed))?;
     if not_after < now {
         return Err(fail(cert_source, Problem::Expired { not_after }));
     }
-    let (key_source, key_pem) = read_pem(
-        config.key_path.as_deref(),
-        config.key_pem.as_ref().map(|k| k.0.as_str()),
-        "key_pem",
-    );
+    let (key_source, key_pem) =
+        read_pem(config.key_path.as_deref(), config.key_pem.as_ref().map(|k| k.0.as_str()), "key_pem");
     let key = key_pem
         .and_then(|pem| match PrivateKeyDer::from_pem_slice(&pem) {
             Ok(key) => Ok(key),
@@ -129,8 +127,10 @@ pub fn load_certificate(
             Err(e) => Err(Problem::Pem(e.to_string())),
         })
         .map_err(|p| fail(key_source.clone(), p))?;
-    let signing_key =
-        provider.key_provider.load_private_key(key).map_err(|e| fail(key_source.clone(), Problem::UnusableKey(e)))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| fail(key_source.clone(), Problem::UnusableKey(e)))?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) => {}

@@ -40,7 +40,7 @@ pub fn before_request<B>(
     session: Option<&Session>,
 ) -> Option<Response<ProxyBody>> {
     let host_header = request_host(request);
-    let (index, host) = tls.host(host_header)?;
+    let (_, host) = tls.host(host_header)?;
     match session {
         None => {
             let port = tls.https_port()?;
@@ -58,21 +58,35 @@ pub fn before_request<B>(
             *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
             match HeaderValue::from_str(&location) {
                 Ok(location) => response.headers_mut().insert(LOCATION, location),
-                Err(_) => return Some(forward::error(StatusCode::BAD_REQUEST, "the host cannot be redirected")),
+                Err(_) => {
+                    return Some(forward::error(StatusCode::BAD_REQUEST, "the host cannot be redirected"));
+                }
             };
             Some(response)
         }
-        Some(session) if host.client_auth && session.host != Some(index) => Some(forward::error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this host requires a client certificate; connect with its name as SNI",
-        )),
+        // The handshake must have selected this very host and verified the client against its
+        // current CA (a reload may have changed either since).
+        Some(session)
+            if host.client_ca.is_some()
+                && (session.host.as_deref() != Some(host.name.as_str())
+                    || session.client_ca != host.client_ca) =>
+        {
+            Some(forward::error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this host requires a client certificate; connect with its name as SNI",
+            ))
+        }
         Some(_) => None,
     }
 }
 
 /// The `Strict-Transport-Security` value for an HTTPS request's host, if it has one; the
 /// caller adds it to the response unless the backend sent its own.
-pub fn hsts_for<B>(request: &Request<B>, tls: &TlsSnapshot, session: Option<&Session>) -> Option<HeaderValue> {
+pub fn hsts_for<B>(
+    request: &Request<B>,
+    tls: &TlsSnapshot,
+    session: Option<&Session>,
+) -> Option<HeaderValue> {
     // RFC 6797 7.2: never over plain HTTP.
     session?;
     tls.host(request_host(request))?.1.hsts.clone()

@@ -73,7 +73,9 @@ pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| Shared {
         ticketer: rustls::crypto::ring::Ticketer::new()
-            .inspect_err(|e| tracing::error!(error = %e, "cannot create session ticket keys; tickets are off"))
+            .inspect_err(
+                |e| tracing::error!(error = %e, "cannot create session ticket keys; tickets are off"),
+            )
             .ok(),
         sessions: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
         counters: Counters::default(),
@@ -191,8 +193,9 @@ pub struct HostTls {
     pub redirect_http: bool,
     /// The `Strict-Transport-Security` value, when configured.
     pub hsts: Option<HeaderValue>,
-    /// Clients must present a certificate from the host's CA.
-    pub client_auth: bool,
+    /// Clients must present a certificate from the host's CA bundle; this identifies the
+    /// bundle's content (it changes when the CA does).
+    pub client_ca: Option<u64>,
 }
 
 /// TLS of one listener.
@@ -202,7 +205,7 @@ pub struct ListenerTls {
     config: Arc<ServerConfig>,
     /// By virtual host index: hosts that require client certificates.
     client_auth: HashMap<usize, Arc<ServerConfig>>,
-    /// Some host is passed through: the ClientHello must be read before rustls sees it.
+    /// Some host is passed through: look the SNI up for passthrough before rustls reads on.
     passthrough: bool,
 }
 
@@ -259,16 +262,14 @@ impl TlsSnapshot {
             };
             host_keys.push(tls.certificate.as_deref().map(key_of).transpose()?);
             let passthrough = match &tls.passthrough {
-                Some(name) => Some(
-                    *backends
-                        .get(name.as_str())
-                        .ok_or_else(|| format!("virtual_hosts[{i}].tls.passthrough: no backend named {name:?}"))?,
-                ),
+                Some(name) => Some(*backends.get(name.as_str()).ok_or_else(|| {
+                    format!("virtual_hosts[{i}].tls.passthrough: no backend named {name:?}")
+                })?),
                 None => None,
             };
             if tls.client_ca_path.is_some() || tls.client_ca_pem.is_some() {
                 let what = format!("virtual host {:?} client CA", host.name);
-                let (roots, _) = certs::load_ca_bundle(
+                let (roots, pem) = certs::load_ca_bundle(
                     &what,
                     tls.client_ca_path.as_deref(),
                     tls.client_ca_pem.as_deref(),
@@ -278,7 +279,7 @@ impl TlsSnapshot {
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| format!("{what}: {e}"))?;
-                verifiers.insert(i, verifier);
+                verifiers.insert(i, (verifier, certs::fingerprint(&pem)));
             }
             let hsts = tls.hsts.as_ref().map(|h| {
                 let mut value = format!("max-age={}", h.max_age_seconds);
@@ -295,7 +296,7 @@ impl TlsSnapshot {
                 passthrough,
                 redirect_http: tls.redirect_http,
                 hsts,
-                client_auth: verifiers.contains_key(&i),
+                client_ca: verifiers.get(&i).map(|(_, fingerprint)| *fingerprint),
             })));
         }
         let certificates = Arc::new(host_keys);
@@ -326,11 +327,19 @@ impl TlsSnapshot {
             let config = Arc::new(server_config(&provider, None, resolver.clone(), tls.session_tickets)?);
             let client_auth = verifiers
                 .iter()
-                .map(|(&host, verifier)| {
-                    Ok((host, Arc::new(server_config(&provider, Some(verifier.clone()), resolver.clone(), false)?)))
+                .map(|(&host, (verifier, _))| {
+                    Ok((
+                        host,
+                        Arc::new(server_config(&provider, Some(verifier.clone()), resolver.clone(), false)?),
+                    ))
                 })
                 .collect::<Result<_, String>>()?;
-            listeners.push(Some(Arc::new(ListenerTls { resolver, config, client_auth, passthrough: any_passthrough })));
+            listeners.push(Some(Arc::new(ListenerTls {
+                resolver,
+                config,
+                client_auth,
+                passthrough: any_passthrough,
+            })));
         }
         let https_port = config.listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.port());
         let mut expiry: Vec<(String, i64)> = loaded.values().map(|c| (c.name.clone(), c.not_after)).collect();

@@ -30,11 +30,9 @@ pub struct Upstream {
 /// request (up to `retries.attempts` more) and recorded as failures for passive health.
 /// `None` (counted) when no endpoint could be reached.
 pub async fn connect(group: &BackendGroup, client_ip: IpAddr) -> Option<Upstream> {
-    let hash_key = group
-        .config
-        .hash_on
-        .as_ref()
-        .and_then(|on| balance::hash_key(on, &http::HeaderMap::new(), client_ip, &http::Uri::from_static("/")));
+    let hash_key = group.config.hash_on.as_ref().and_then(|on| {
+        balance::hash_key(on, &http::HeaderMap::new(), client_ip, &http::Uri::from_static("/"))
+    });
     let mut tried = Vec::new();
     for _attempt in 0..=group.config.retries.attempts {
         let Some(index) = group.balancer.pick(&group.endpoints, hash_key, now_ms(), &tried) else { break };

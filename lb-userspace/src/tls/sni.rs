@@ -1,5 +1,7 @@
-//! Reads the server name from a TLS ClientHello without terminating TLS, for passthrough: the
-//! bytes are kept and later replayed to the backend (or to rustls) unchanged.
+//! Reads the server name and offered versions from a TLS ClientHello without terminating TLS:
+//! for passthrough (the bytes are kept and later replayed to the backend unchanged), and to
+//! answer clients that only speak TLS 1.1 or older with the `protocol_version` alert (rustls
+//! would answer a hello without `signature_algorithms` with `handshake_failure` first).
 //!
 //! Bounded: at most [`MAX_HELLO`] bytes of handshake data are collected, across as many
 //! handshake records as the client split the ClientHello into. Anything that is not a
@@ -12,8 +14,8 @@ pub const MAX_HELLO: usize = 16 * 1024;
 /// The outcome of looking at the first bytes of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole ClientHello, with its server name (`None` when it sends no SNI).
-    Hello(Option<String>),
+    /// A whole ClientHello.
+    Hello(Hello),
     /// So far a valid prefix: read more bytes.
     Incomplete,
     /// Not a TLS handshake (the first record is not a handshake record, or the first message is
@@ -23,7 +25,19 @@ pub enum Parsed {
     Malformed,
 }
 
+/// What the server needs from a ClientHello before rustls sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The SNI host name; `None` when the client sends none.
+    pub server_name: Option<String>,
+    /// The client offers TLS 1.2 or 1.3 (in `supported_versions`, or as its legacy version
+    /// when it sends no `supported_versions`).
+    pub modern: bool,
+}
+
 const HANDSHAKE_RECORD: u8 = 22;
+const SUPPORTED_VERSIONS_EXTENSION: u16 = 43;
+const TLS12: u16 = 0x0303;
 const CLIENT_HELLO: u8 = 1;
 const SERVER_NAME_EXTENSION: u16 = 0;
 const HOST_NAME: u8 = 0;
@@ -104,21 +118,22 @@ fn hello(handshake: &[u8]) -> Parsed {
     if handshake.len() < 4 {
         return Parsed::Incomplete;
     }
-    let length = (usize::from(handshake[1]) << 16) | (usize::from(handshake[2]) << 8) | usize::from(handshake[3]);
+    let length =
+        (usize::from(handshake[1]) << 16) | (usize::from(handshake[2]) << 8) | usize::from(handshake[3]);
     if length + 4 > MAX_HELLO {
         return Parsed::Malformed;
     }
     let Some(body) = handshake.get(4..4 + length) else { return Parsed::Incomplete };
-    match client_hello_server_name(body) {
-        Some(name) => Parsed::Hello(name),
+    match client_hello(body) {
+        Some(hello) => Parsed::Hello(hello),
         None => Parsed::Malformed,
     }
 }
 
-/// The server name of a complete ClientHello body; `None` when the body is malformed.
-fn client_hello_server_name(body: &[u8]) -> Option<Option<String>> {
+/// The parts of a complete ClientHello body we need; `None` when the body is malformed.
+fn client_hello(body: &[u8]) -> Option<Hello> {
     let mut r = Reader(body);
-    let _legacy_version = r.u16()?;
+    let legacy_version = r.u16()?;
     let _random = r.take(32)?;
     let session_id = r.vector(1)?;
     let suites = r.vector(2)?;
@@ -128,16 +143,28 @@ fn client_hello_server_name(body: &[u8]) -> Option<Option<String>> {
     }
     if r.0.is_empty() {
         // No extensions at all (very old clients): no SNI.
-        return Some(None);
+        return Some(Hello { server_name: None, modern: legacy_version >= TLS12 });
     }
     let mut extensions = Reader(r.vector(2)?);
     if !r.0.is_empty() {
         return None;
     }
     let mut server_name = None;
+    let mut supported_versions: Option<bool> = None;
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vector(2)?;
+        if kind == SUPPORTED_VERSIONS_EXTENSION {
+            let mut versions = Reader(data);
+            let list = versions.vector(1)?;
+            if supported_versions.is_some() || list.len() % 2 != 0 || !versions.0.is_empty() {
+                return None;
+            }
+            // TLS 1.2 (0x0303) or 1.3 (0x0304); GREASE values are ignored like any other.
+            let modern = list.chunks(2).any(|v| matches!(u16::from_be_bytes([v[0], v[1]]), 0x0303 | 0x0304));
+            supported_versions = Some(modern);
+            continue;
+        }
         if kind != SERVER_NAME_EXTENSION {
             continue;
         }
@@ -161,7 +188,7 @@ fn client_hello_server_name(body: &[u8]) -> Option<Option<String>> {
             }
         }
     }
-    Some(server_name)
+    Some(Hello { server_name, modern: supported_versions.unwrap_or(legacy_version >= TLS12) })
 }
 
 #[cfg(test)]
@@ -210,6 +237,41 @@ mod tests {
         out
     }
 
+    fn hello(name: Option<&str>, modern: bool) -> Parsed {
+        Parsed::Hello(Hello { server_name: name.map(str::to_owned), modern })
+    }
+
+    fn versions_extension(versions: &[u16]) -> Vec<u8> {
+        let mut ext = SUPPORTED_VERSIONS_EXTENSION.to_be_bytes().to_vec();
+        ext.extend(((versions.len() * 2 + 1) as u16).to_be_bytes());
+        ext.push((versions.len() * 2) as u8);
+        for v in versions {
+            ext.extend(v.to_be_bytes());
+        }
+        ext
+    }
+
+    #[test]
+    fn old_protocol_versions_are_recognised() {
+        let with_version = |legacy: u16, extensions: &[u8]| {
+            let mut body = hello_body(extensions);
+            body[..2].copy_from_slice(&legacy.to_be_bytes());
+            parse(&records(&handshake(&body), 1000))
+        };
+        assert_eq!(with_version(0x0301, &[]), hello(None, false), "TLS 1.0");
+        assert_eq!(with_version(0x0302, &sni_extension(b"a.test")), hello(Some("a.test"), false), "TLS 1.1");
+        assert_eq!(with_version(0x0303, &[]), hello(None, true), "TLS 1.2 without supported_versions");
+        assert_eq!(
+            with_version(0x0303, &versions_extension(&[0x0a0a, 0x0304])),
+            hello(None, true),
+            "TLS 1.3"
+        );
+        assert_eq!(with_version(0x0303, &versions_extension(&[0x0302, 0x0301])), hello(None, false));
+        let mut twice = versions_extension(&[0x0304]);
+        twice.extend(versions_extension(&[0x0304]));
+        assert_eq!(with_version(0x0303, &twice), Parsed::Malformed);
+    }
+
     fn other_extension() -> Vec<u8> {
         vec![0x00, 0x10, 0x00, 0x05, 0x00, 0x03, 0x02, b'h', b'2'] // ALPN h2
     }
@@ -219,16 +281,16 @@ mod tests {
         let mut extensions = other_extension();
         extensions.extend(sni_extension(b"api.example.com"));
         let wire = records(&handshake(&hello_body(&extensions)), 16 * 1024);
-        assert_eq!(parse(&wire), Parsed::Hello(Some("api.example.com".into())));
+        assert_eq!(parse(&wire), hello(Some("api.example.com"), true));
     }
 
     #[test]
     fn no_sni_and_no_extensions() {
         let wire = records(&handshake(&hello_body(&other_extension())), 16 * 1024);
-        assert_eq!(parse(&wire), Parsed::Hello(None));
+        assert_eq!(parse(&wire), hello(None, true));
         let mut body = hello_body(&[]);
         body.truncate(body.len() - 2); // drop the empty extensions block entirely
-        assert_eq!(parse(&records(&handshake(&body), 100)), Parsed::Hello(None));
+        assert_eq!(parse(&records(&handshake(&body), 100)), hello(None, true));
     }
 
     #[test]
@@ -239,7 +301,7 @@ mod tests {
         }
         for fragment in [1, 3, 17, 50] {
             let wire = records(&handshake(&hello_body(&sni_extension(b"a.test"))), fragment);
-            assert_eq!(parse(&wire), Parsed::Hello(Some("a.test".into())), "fragment {fragment}");
+            assert_eq!(parse(&wire), hello(Some("a.test"), true), "fragment {fragment}");
         }
     }
 
@@ -269,7 +331,10 @@ mod tests {
         twice.extend(sni_extension(b"b.test"));
         assert_eq!(parse(&records(&handshake(&hello_body(&twice)), 1000)), Parsed::Malformed);
         // A name with a control byte, or empty.
-        assert_eq!(parse(&records(&handshake(&hello_body(&sni_extension(b"a\nb"))), 1000)), Parsed::Malformed);
+        assert_eq!(
+            parse(&records(&handshake(&hello_body(&sni_extension(b"a\nb"))), 1000)),
+            Parsed::Malformed
+        );
         assert_eq!(parse(&records(&handshake(&hello_body(&sni_extension(b""))), 1000)), Parsed::Malformed);
         // A record of another type after the first handshake fragment.
         let mut wire = records(&handshake(&hello_body(&sni_extension(b"a.test"))), 10)[..15].to_vec();

@@ -51,7 +51,13 @@ impl UpstreamTls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("backend {:?}: TLS configuration: {e}", backend.name))?;
         let (builder, ca_fingerprint) = if tls.insecure_skip_verify {
-            (builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))), 0)
+            tracing::warn!(backend = %backend.name, "TLS to this backend does not verify its certificates (insecure_skip_verify)");
+            (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))),
+                0,
+            )
         } else {
             let what = format!("backend {:?} CA", backend.name);
             let (roots, pem) =
@@ -76,6 +82,20 @@ impl UpstreamTls {
             server_name,
             identity: format!("{tls:?}|{ca_fingerprint:016x}"),
         }))
+    }
+}
+
+impl UpstreamTls {
+    /// Runs the client handshake on `tcp` to `endpoint` (its IP is the server name unless
+    /// `server_name` is set). For anything that talks to these endpoints outside the pooled
+    /// client, such as active health checks.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        endpoint: std::net::SocketAddr,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let name = self.server_name.clone().unwrap_or_else(|| ServerName::from(endpoint.ip()));
+        TlsConnector::from(self.config.clone()).connect(name, tcp).await
     }
 }
 
@@ -159,10 +179,11 @@ impl tower_service::Service<Uri> for Connector {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             };
             let connector = TlsConnector::from(tls.config.clone());
-            let stream = tokio::time::timeout(timeout, connector.connect(name, tcp.into_inner()))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake with the backend timed out"))??;
-            Ok(UpstreamStream::Tls(TokioIo::new(stream)))
+            let stream =
+                tokio::time::timeout(timeout, connector.connect(name, tcp.into_inner())).await.map_err(
+                    |_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake with the backend timed out"),
+                )??;
+            Ok(UpstreamStream::Tls(Box::new(TokioIo::new(stream))))
         })
     }
 }
@@ -170,7 +191,8 @@ impl tower_service::Service<Uri> for Connector {
 /// A connection to an endpoint, plain or TLS.
 pub enum UpstreamStream {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
+    /// Boxed: the TLS state is large, and most pooled connections are plain.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl Connection for UpstreamStream {
@@ -194,7 +216,7 @@ impl hyper::rt::Read for UpstreamStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            UpstreamStream::Tls(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamStream::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -203,21 +225,21 @@ impl hyper::rt::Write for UpstreamStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(io) => Pin::new(io).poll_write(cx, data),
-            UpstreamStream::Tls(io) => Pin::new(io).poll_write(cx, data),
+            UpstreamStream::Tls(io) => Pin::new(&mut **io).poll_write(cx, data),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(io) => Pin::new(io).poll_flush(cx),
-            UpstreamStream::Tls(io) => Pin::new(io).poll_flush(cx),
+            UpstreamStream::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            UpstreamStream::Tls(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamStream::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 
@@ -235,7 +257,7 @@ impl hyper::rt::Write for UpstreamStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 }

@@ -1,0 +1,1559 @@
+//! TLS end to end on loopback: certificates per SNI (exact, wildcard, default or a refused
+//! handshake), ALPN h2, session resumption (also across reloads), certificate rotation under
+//! load with zero failed requests, broken replacements refused while the old certificate
+//! serves, PEM files on disk watched by the file provider, client certificates (mTLS), TLS
+//! passthrough, TLS towards backends, HTTP to HTTPS redirects with HSTS, and bad input counted
+//! per reason without touching other connections.
+//!
+//! Certificates are made here with rcgen. Clients are rustls (sync), hyper over tokio-rustls
+//! (HTTP/2), and, when installed, `curl` and `openssl s_client` (skipped loudly otherwise).
+//! Backends are hyper servers on their own runtime, plain or TLS, that say who answered, which
+//! HTTP version they spoke and which `x-forwarded-proto` they saw.
+//!
+//! Handshake counters are process-wide, so every test takes [`serial`] and deltas are exact.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use common::{Proxy, TempDir, free_port};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lb_tests::{backend::HttpResponse, wait_for};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, RootCertStore, ServerConfig,
+    SignatureScheme, StreamOwned,
+    client::{
+        Resumption,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A certificate authority that issues the test certificates.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate (chain of one) and its key, in PEM.
+#[derive(Clone)]
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, |_| {})
+    }
+
+    fn leaf_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("client"));
+        adjust(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf { cert: cert.pem(), key: key.serialize_pem() }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        roots
+    }
+}
+
+impl Leaf {
+    fn der(&self) -> Vec<u8> {
+        CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap().to_vec()
+    }
+
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()]
+    }
+
+    fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap()
+    }
+}
+
+/// A YAML double-quoted scalar (PEM is ASCII; Rust's escapes are YAML's for it).
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// A `certificates:` entry with inline PEM.
+fn inline_certificate(name: &str, leaf: &Leaf) -> String {
+    format!("  - {{name: {name}, cert_pem: {}, key_pem: {}}}\n", quoted(&leaf.cert), quoted(&leaf.key))
+}
+
+/// Writes both files by rename, as configuration management does.
+fn write_pem(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any server certificate (still checking handshake signatures): for looking at
+/// which certificate is served, whatever its names.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// How a test client is set up.
+#[derive(Default)]
+struct ClientOptions<'a> {
+    /// Verify against this CA; `None` accepts any certificate.
+    trust: Option<&'a Ca>,
+    alpn: &'a [&'a [u8]],
+    client_certificate: Option<&'a Leaf>,
+    /// Keep sessions for resumption (the default rustls client does).
+    resume: bool,
+    /// Only TLS 1.2.
+    tls12_only: bool,
+}
+
+fn client_config(options: ClientOptions<'_>) -> Arc<ClientConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if options.tls12_only { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
+    let builder = ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions).unwrap();
+    let builder = match options.trust {
+        Some(ca) => builder.with_root_certificates(ca.roots()),
+        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))),
+    };
+    let mut config = match options.client_certificate {
+        Some(leaf) => builder.with_client_auth_cert(leaf.chain(), leaf.private_key()).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = options.alpn.iter().map(|p| p.to_vec()).collect();
+    if !options.resume {
+        config.resumption = Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects and completes the handshake. `sni` is the server name (`None`: an IP address, so
+/// no SNI is sent).
+fn connect(addr: SocketAddr, sni: Option<&str>, config: &Arc<ClientConfig>) -> anyhow::Result<TlsStream> {
+    let name = match sni {
+        Some(name) => ServerName::try_from(name.to_owned())?,
+        None => ServerName::from(addr.ip()),
+    };
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_nodelay(true)?;
+    let mut connection = ClientConnection::new(config.clone(), name)?;
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp)?;
+    }
+    Ok(StreamOwned::new(connection, tcp))
+}
+
+/// The certificate the server presented.
+fn served_certificate(stream: &TlsStream) -> Vec<u8> {
+    stream.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
+}
+
+/// One HTTP/1.1 request on an open connection; reads the response (Content-Length or to EOF).
+fn request(stream: &mut impl ReadWrite, host: &str, path: &str, close: bool) -> anyhow::Result<HttpResponse> {
+    let connection = if close { "close" } else { "keep-alive" };
+    let sent = write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n\r\n")
+        .and_then(|()| stream.flush());
+    if let Err(e) = sent {
+        // The server may have sent an alert and closed before the request went out (TLS 1.3
+        // client certificate checks happen after the client's side of the handshake): the
+        // alert, if there is one, says more than the broken pipe.
+        let _alert = stream.read(&mut [0u8; 1])?;
+        return Err(e.into());
+    }
+    read_response(stream)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn read_response(stream: &mut impl Read) -> anyhow::Result<HttpResponse> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            anyhow::bail!(
+                "connection closed before the end of the head: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw)?;
+    let mut parsed = HttpResponse::parse(&head)?;
+    match parsed.header("content-length").map(|v| v.parse::<usize>()) {
+        Some(length) => {
+            let mut body = vec![0u8; length?];
+            stream.read_exact(&mut body)?;
+            parsed.body = String::from_utf8(body)?;
+        }
+        None if parsed.status == 204 || parsed.status == 304 => {}
+        None => {
+            let mut body = String::new();
+            stream.read_to_string(&mut body)?;
+            parsed.body = body;
+        }
+    }
+    Ok(parsed)
+}
+
+/// Connect, handshake, one request with `Connection: close`.
+fn https_get(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    host: &str,
+    path: &str,
+    config: &Arc<ClientConfig>,
+) -> anyhow::Result<HttpResponse> {
+    let mut stream = connect(addr, sni, config)?;
+    request(&mut stream, host, path, true)
+}
+
+/// Plain HTTP/1.1 `GET` on a new connection.
+fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    request(&mut stream, host, path, true)
+}
+
+/// The rustls error inside an error chain (rustls reports through `io::Error`).
+fn tls_error(error: &anyhow::Error) -> Option<rustls::Error> {
+    error.chain().find_map(|cause| {
+        cause.downcast_ref::<rustls::Error>().cloned().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned()
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends: hyper, plain or TLS, on their own runtime thread
+// ---------------------------------------------------------------------------------------------
+
+struct TestBackend {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestBackend {
+    /// Answers every request with 200, `x-backend: NAME`, `x-version` (the HTTP version it
+    /// spoke) and `x-seen-proto` (the `x-forwarded-proto` it got); over TLS when `tls` is set.
+    fn start(name: &str, tls: Option<Arc<ServerConfig>>) -> TestBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (name, counter) = (name.to_owned(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                        _ = &mut stopped => return,
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (name, counter, tls) = (name.clone(), counter.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let proto = request
+                                .headers()
+                                .get("x-forwarded-proto")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let response = Response::builder()
+                                .header("x-backend", name.as_str())
+                                .header("x-version", format!("{:?}", request.version()))
+                                .header("x-seen-proto", proto)
+                                .body(Full::new(Bytes::from(format!("{name}\n"))))
+                                .unwrap();
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            Some(config) => {
+                                let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                                else {
+                                    return;
+                                };
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        TestBackend { addr, requests, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TLS server configuration for a test backend, with ALPN h2 and http/1.1.
+fn backend_tls(leaf: &Leaf) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain(), leaf.private_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test
+// ---------------------------------------------------------------------------------------------
+
+/// Handshake counters are process-wide: tests that make handshakes run one at a time so each
+/// can assert exact deltas.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failures() -> HashMap<&'static str, u64> {
+    lb_userspace::tls::handshake_failures().into_iter().collect()
+}
+
+/// Failure counts added since `before` (reasons with no change left out).
+fn failures_since(before: &HashMap<&'static str, u64>) -> HashMap<&'static str, u64> {
+    failures().into_iter().map(|(k, v)| (k, v - before[k])).filter(|(_, v)| *v > 0).collect()
+}
+
+/// A node with a TLS listener (`proxy.addr`, the `{listen}` of the common harness) and a plain
+/// listener (`plain`). `body` holds everything after `listeners:`, where `{plain}` and
+/// `{listener_tls}` are replaced.
+struct TlsProxy {
+    proxy: Proxy,
+    plain: SocketAddr,
+    listener_tls: String,
+}
+
+impl TlsProxy {
+    fn start(listener_tls: &str, body: &str) -> TlsProxy {
+        let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let yaml = Self::yaml(plain, listener_tls, body);
+        let proxy = Proxy::start(&yaml);
+        wait_for(Duration::from_secs(10), "the plain listener", || TcpStream::connect(plain).ok()).unwrap();
+        TlsProxy { proxy, plain, listener_tls: listener_tls.to_owned() }
+    }
+
+    fn yaml(plain: SocketAddr, listener_tls: &str, body: &str) -> String {
+        format!(
+            "workers: 2
+xdp: {{enabled: false}}
+limits: {{shutdown_grace_ms: 500, header_read_timeout_ms: 1000}}
+listeners:
+  - {{name: web, address: \"{{listen}}\", tls: {listener_tls}}}
+  - {{name: plain, address: \"{plain}\"}}
+{body}"
+        )
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr
+    }
+
+    /// Builds a configuration from `body` with the same listeners, for `apply`.
+    fn config(&self, body: &str) -> lb_userspace::config::Config {
+        let yaml = common::with_listener(&Self::yaml(self.plain, &self.listener_tls, body), self.proxy.addr);
+        lb_userspace::config::Config::from_yaml(&yaml, "test").expect("valid configuration")
+    }
+
+    fn apply(&self, body: &str) -> Result<u64, String> {
+        self.proxy.node.apply(&self.config(body)).map_err(|e| e.to_string())
+    }
+}
+
+/// The usual certificates: `a.test`, `*.wild.test`, `default.test` from one CA.
+struct Certs {
+    ca: Ca,
+    a: Leaf,
+    wild: Leaf,
+    default: Leaf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let ca = Ca::new("Sluice test CA");
+        Certs {
+            a: ca.leaf(&["a.test"]),
+            wild: ca.leaf(&["*.wild.test"]),
+            default: ca.leaf(&["default.test"]),
+            ca,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "certificates:\n{}{}{}",
+            inline_certificate("a", &self.a),
+            inline_certificate("wild", &self.wild),
+            inline_certificate("default", &self.default)
+        )
+    }
+}
+
+/// Virtual hosts `a.test` and `*.wild.test` with TLS, `plain.test` without, all to `be`.
+fn hosts(a_tls_extra: &str) -> String {
+    format!(
+        "virtual_hosts:
+  - {{name: a, domains: [a.test], tls: {{certificate: a{a_tls_extra}}}, routes: [{{backend: be}}]}}
+  - {{name: wild, domains: ['*.wild.test'], tls: {{certificate: wild}}, routes: [{{backend: be}}]}}
+  - {{name: plain, domains: [plain.test], routes: [{{backend: be}}]}}
+"
+    )
+}
+
+fn backend_group(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}]{extra}}}\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sni_selects_exact_wildcard_and_default_certificates() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let proxy = TlsProxy::start(
+        "{default_certificate: default}",
+        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
+    );
+    let any = client_config(ClientOptions::default());
+    for (sni, expected, what) in [
+        (Some("a.test"), &certs.a, "exact name"),
+        (Some("A.Test"), &certs.a, "names are case-insensitive"),
+        (Some("x.wild.test"), &certs.wild, "wildcard"),
+        (Some("a.b.wild.test"), &certs.default, "a wildcard takes one label"),
+        (Some("other.test"), &certs.default, "unknown name"),
+        (Some("plain.test"), &certs.default, "a host without tls"),
+        (None, &certs.default, "no SNI"),
+    ] {
+        let stream = connect(proxy.addr(), sni, &any).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert!(served_certificate(&stream) == expected.der(), "{what}: {sni:?} got the wrong certificate");
+    }
+    // Verified by a client that trusts the CA, and forwarded as HTTPS.
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    for (sni, host) in [("a.test", "a.test"), ("x.wild.test", "x.wild.test")] {
+        let response = https_get(proxy.addr(), Some(sni), host, "/", &trusting).unwrap();
+        assert_eq!(response.status, 200, "{sni}");
+        assert_eq!(response.header("x-backend"), Some("be"));
+        assert_eq!(response.header("x-seen-proto"), Some("https"), "X-Forwarded-Proto over TLS");
+    }
+    assert!(backend.requests() >= 2);
+}
+
+#[test]
+fn unknown_sni_fails_the_handshake_when_the_listener_rejects() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let proxy = TlsProxy::start(
+        "{default_certificate: default, unknown_sni: reject}",
+        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
+    );
+    let any = client_config(ClientOptions::default());
+    let before = failures();
+    for sni in [Some("other.test"), None] {
+        let err = connect(proxy.addr(), sni, &any).expect_err("the handshake fails");
+        assert_eq!(
+            tls_error(&err),
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::UnrecognisedName)),
+            "{sni:?}: {err:#}"
+        );
+    }
+    wait_for(Duration::from_secs(5), "both counted", || {
+        (failures_since(&before) == HashMap::from([("unknown_sni", 2)])).then_some(())
+    })
+    .unwrap();
+    let stream = connect(proxy.addr(), Some("a.test"), &any).unwrap();
+    assert!(served_certificate(&stream) == certs.a.der(), "known names still work");
+}
+
+#[test]
+fn alpn_h2_serves_http2_and_http1_stays_http1() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let proxy = TlsProxy::start(
+        "{default_certificate: default}",
+        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
+    );
+    let h2 = client_config(ClientOptions {
+        trust: Some(&certs.ca),
+        alpn: &[b"h2", b"http/1.1"],
+        ..Default::default()
+    });
+    let stream = connect(proxy.addr(), Some("a.test"), &h2).unwrap();
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let h1 =
+        client_config(ClientOptions { trust: Some(&certs.ca), alpn: &[b"http/1.1"], ..Default::default() });
+    let mut stream = connect(proxy.addr(), Some("a.test"), &h1).unwrap();
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(request(&mut stream, "a.test", "/", true).unwrap().status, 200);
+
+    // HTTP/2 requests over the negotiated connection, several streams at once.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(h2.clone())
+            .connect(ServerName::try_from("a.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(connection);
+        let mut requests = Vec::new();
+        for i in 0..10 {
+            let mut sender = sender.clone();
+            requests.push(tokio::spawn(async move {
+                let request = Request::builder()
+                    .uri(format!("https://a.test/{i}"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.version(), http::Version::HTTP_2);
+                assert_eq!(response.status(), 200);
+                let backend = response.headers()["x-backend"].to_str().unwrap().to_owned();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (backend, body)
+            }));
+        }
+        for request in requests {
+            let (backend, body) = request.await.unwrap();
+            assert_eq!(backend, "be");
+            assert_eq!(&body[..], b"be\n");
+        }
+    });
+}
+
+#[test]
+fn sessions_resume_on_every_worker_and_across_reloads() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let body = format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, ""));
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let before = lb_userspace::tls::handshake_counts();
+    for (what, tls12_only) in [("TLS 1.3", false), ("TLS 1.2", true)] {
+        let config = client_config(ClientOptions {
+            trust: Some(&certs.ca),
+            resume: true,
+            tls12_only,
+            ..Default::default()
+        });
+        let mut kinds = Vec::new();
+        for i in 0..12 {
+            if i == 6 {
+                // A reload in between: the ticket keys and the session cache outlive snapshots.
+                proxy.apply(&body).unwrap();
+            }
+            let mut stream = connect(proxy.addr(), Some("a.test"), &config).unwrap();
+            // TLS 1.3 tickets arrive after the handshake: a request reads them.
+            assert_eq!(request(&mut stream, "a.test", "/", true).unwrap().status, 200);
+            kinds.push(stream.conn.handshake_kind());
+        }
+        assert_eq!(kinds[0], Some(HandshakeKind::Full), "{what}");
+        for (i, kind) in kinds.iter().enumerate().skip(1) {
+            assert_eq!(*kind, Some(HandshakeKind::Resumed), "{what}: connection {i} (2 workers, one reload)");
+        }
+    }
+    let after = lb_userspace::tls::handshake_counts();
+    assert_eq!(after.resumed - before.resumed, 22, "the node counts resumed handshakes");
+
+    // Without tickets, TLS 1.3 resumes from the node's session cache.
+    let proxy = TlsProxy::start("{default_certificate: default, session_tickets: false}", &body);
+    let config = client_config(ClientOptions { trust: Some(&certs.ca), resume: true, ..Default::default() });
+    for i in 0..4 {
+        let mut stream = connect(proxy.addr(), Some("a.test"), &config).unwrap();
+        assert_eq!(request(&mut stream, "a.test", "/", true).unwrap().status, 200);
+        let expected = if i == 0 { HandshakeKind::Full } else { HandshakeKind::Resumed };
+        assert_eq!(stream.conn.handshake_kind(), Some(expected), "connection {i} without tickets");
+    }
+}
+
+/// Runs `tool` with `args`; `None` (after a loud note) when the tool is not installed.
+fn run_tool(tool: &str, args: &[&str], stdin: &[u8]) -> Option<std::process::Output> {
+    let mut child = match std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED: `{tool}` is not installed (apt-get install {tool}); its checks did not run");
+            return None;
+        }
+        Err(e) => panic!("cannot run {tool}: {e}"),
+    };
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn curl_and_openssl_see_the_right_certificate_and_h2() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let dir = TempDir::new();
+    let ca_file = dir.0.join("ca.pem");
+    std::fs::write(&ca_file, certs.ca.pem()).unwrap();
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+    let backend = TestBackend::start("be", None);
+    let proxy = TlsProxy::start(
+        "{default_certificate: default}",
+        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
+    );
+    let port = proxy.addr().port();
+    for host in ["a.test", "x.wild.test"] {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let url = format!("https://{host}:{port}/");
+        if let Some(out) = run_tool(
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                &ca_file,
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code} %{http_version}",
+                &url,
+            ],
+            b"",
+        ) {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "curl {host}: {text} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.ends_with("200 2"), "curl verified {host} and spoke HTTP/2: {text:?}");
+            assert!(text.starts_with("be\n"), "{text:?}");
+        }
+    }
+    let connect_to = format!("127.0.0.1:{port}");
+    for (sni, subject) in
+        [("a.test", "CN=a.test"), ("x.wild.test", "CN=*.wild.test"), ("nope.test", "CN=default.test")]
+    {
+        let Some(out) = run_tool(
+            "openssl",
+            &[
+                "s_client",
+                "-connect",
+                &connect_to,
+                "-servername",
+                sni,
+                "-CAfile",
+                &ca_file,
+                "-alpn",
+                "h2,http/1.1",
+            ],
+            b"",
+        ) else {
+            break;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // OpenSSL 3 prints `subject=CN = a.test`, 1.1 `subject=/CN=a.test`.
+        let subject_line = text.lines().find(|l| l.starts_with("subject=")).unwrap_or("").replace(' ', "");
+        assert!(subject_line.ends_with(subject), "openssl -servername {sni}: {subject_line:?}\n{text}");
+        assert!(text.contains("ALPN protocol: h2"), "{sni}: {text}");
+        if sni != "nope.test" {
+            assert!(text.contains("Verify return code: 0 (ok)"), "{sni}: {text}");
+        }
+    }
+    // TLS 1.1 is refused with a protocol_version alert.
+    if let Some(out) = run_tool(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &connect_to,
+            "-servername",
+            "a.test",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ],
+        b"",
+    ) {
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "TLS 1.1 must not connect: {text}");
+        assert!(
+            text.contains("protocol version") || text.contains("no protocols available"),
+            "TLS 1.1 ends with protocol_version (or the local OpenSSL refuses to offer it): {text}"
+        );
+    }
+}
+
+/// Load for the rotation test: `threads` clients doing new-connection requests (full
+/// handshakes, no resumption, so each sees the certificate served at that moment).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    /// The certificate seen by the latest handshake of any client.
+    latest: Arc<Mutex<Vec<u8>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, ca: &Ca, threads: usize) -> Load {
+        let config = client_config(ClientOptions { trust: Some(ca), ..Default::default() });
+        let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (failed, latest) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed, latest, config) =
+                    (stop.clone(), ok.clone(), failed.clone(), latest.clone(), config.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let result = connect(addr, Some("a.test"), &config).and_then(|mut stream| {
+                            let seen = served_certificate(&stream);
+                            let response = request(&mut stream, "a.test", "/", true)?;
+                            anyhow::ensure!(response.status == 200, "status {}", response.status);
+                            Ok(seen)
+                        });
+                        match result {
+                            Ok(seen) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *latest.lock().unwrap() = seen;
+                            }
+                            Err(e) => failed.lock().unwrap().push(format!("{e:#}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, latest, threads }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+    }
+}
+
+/// Waits until the load has made `more` successful requests beyond now.
+fn wait_for_requests(load: &Load, more: u64) {
+    let target = load.ok.load(Ordering::Relaxed) + more;
+    wait_for(Duration::from_secs(20), "requests under load", || {
+        (load.ok.load(Ordering::Relaxed) >= target).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn rotating_a_certificate_under_load_fails_no_request() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let dir = TempDir::new();
+    let (cert_path, key_path) = (dir.0.join("a.crt"), dir.0.join("a.key"));
+    write_pem(&cert_path, &certs.a.cert);
+    write_pem(&key_path, &certs.a.key);
+    let backend = TestBackend::start("be", None);
+    let body = format!(
+        "certificates:\n  - {{name: a, cert_path: {}, key_path: {}}}\n{}{}{}backends:\n{}",
+        quoted(cert_path.to_str().unwrap()),
+        quoted(key_path.to_str().unwrap()),
+        inline_certificate("wild", &certs.wild),
+        inline_certificate("default", &certs.default),
+        hosts(""),
+        backend_group("be", backend.addr, "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+
+    // A keep-alive connection from before the rotation, used all along.
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    let mut established = connect(proxy.addr(), Some("a.test"), &trusting).unwrap();
+    assert!(served_certificate(&established) == certs.a.der());
+    let load = Load::start(proxy.addr(), &certs.ca, 4);
+    let started = Instant::now();
+    wait_for_requests(&load, 100);
+    assert_eq!(request(&mut established, "a.test", "/", false).unwrap().status, 200);
+
+    let rotated = certs.ca.leaf(&["a.test"]);
+    write_pem(&cert_path, &rotated.cert);
+    write_pem(&key_path, &rotated.key);
+    let applied_at = Instant::now();
+    proxy.apply(&body).expect("the rotated certificate applies");
+    wait_for(Duration::from_secs(5), "new handshakes to see the rotated certificate", || {
+        (*load.latest.lock().unwrap() == rotated.der()).then_some(())
+    })
+    .unwrap();
+    let switched_after = applied_at.elapsed();
+    wait_for_requests(&load, 100);
+    assert_eq!(
+        request(&mut established, "a.test", "/", false).unwrap().status,
+        200,
+        "the established connection survives the rotation"
+    );
+    assert!(served_certificate(&established) == certs.a.der(), "and keeps its session");
+    let (ok, failed) = load.finish();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "rotation under load: {ok} requests (each a full handshake) in {elapsed:.2?} ({:.0}/s), {} failed; \
+         new certificate seen {switched_after:.2?} after apply",
+        ok as f64 / elapsed.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{} requests failed, first: {:?}", failed.len(), failed.first());
+    assert!(ok >= 200);
+}
+
+#[test]
+fn a_broken_replacement_is_refused_and_the_old_certificate_keeps_serving() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let dir = TempDir::new();
+    let (cert_path, key_path) = (dir.0.join("site.crt"), dir.0.join("site.key"));
+    write_pem(&cert_path, &certs.a.cert);
+    write_pem(&key_path, &certs.a.key);
+    let backend = TestBackend::start("be", None);
+    let body = format!(
+        "certificates:\n  - {{name: a, cert_path: {}, key_path: {}}}\n{}{}{}backends:\n{}",
+        quoted(cert_path.to_str().unwrap()),
+        quoted(key_path.to_str().unwrap()),
+        inline_certificate("wild", &certs.wild),
+        inline_certificate("default", &certs.default),
+        hosts(""),
+        backend_group("be", backend.addr, "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    let other = certs.ca.leaf(&["a.test"]);
+    let expired = certs.ca.leaf_with(&["a.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(2010, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2011, 1, 1);
+    });
+    let cases = [
+        ("a key that does not match", certs.a.cert.clone(), other.key.clone(), "does not match", &key_path),
+        (
+            "an expired certificate",
+            expired.cert.clone(),
+            expired.key.clone(),
+            "expired at 2011-01-01",
+            &cert_path,
+        ),
+        ("garbage", "not a certificate\n".to_owned(), certs.a.key.clone(), "no CERTIFICATE", &cert_path),
+    ];
+    for (what, cert, key, message, named) in cases {
+        write_pem(&cert_path, &cert);
+        write_pem(&key_path, &key);
+        let err = proxy.apply(&body).expect_err(what);
+        assert!(err.contains("certificate \"a\""), "{what}: the error names the certificate: {err}");
+        assert!(err.contains(named.to_str().unwrap()), "{what}: the error names the file: {err}");
+        assert!(err.contains(message), "{what}: {err}");
+        let response = https_get(proxy.addr(), Some("a.test"), "a.test", "/", &trusting).unwrap();
+        assert_eq!(response.status, 200, "{what}: still serving");
+        let stream = connect(proxy.addr(), Some("a.test"), &trusting).unwrap();
+        assert!(served_certificate(&stream) == certs.a.der(), "{what}: the old certificate keeps serving");
+    }
+    // Inline PEM (as from a Kubernetes Secret) is checked the same way.
+    let broken_inline =
+        body.replace(&inline_certificate("wild", &certs.wild), &inline_certificate("wild", &expired));
+    write_pem(&cert_path, &certs.a.cert);
+    write_pem(&key_path, &certs.a.key);
+    let err = proxy.apply(&broken_inline).expect_err("expired inline certificate");
+    assert!(err.contains("certificate \"wild\" (inline cert_pem): expired"), "{err}");
+    // A good replacement then applies.
+    write_pem(&cert_path, &other.cert);
+    write_pem(&key_path, &other.key);
+    proxy.apply(&body).unwrap();
+    let stream = connect(proxy.addr(), Some("a.test"), &trusting).unwrap();
+    assert!(served_certificate(&stream) == other.der());
+    // The expiry export follows the serving snapshot.
+    let snapshot = proxy.proxy.node.published().load();
+    let names: Vec<&str> = snapshot.tls.certificate_expiry().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "default", "wild"]);
+    assert!(snapshot.tls.certificate_expiry().iter().all(|(_, t)| *t > lb_userspace::tls::now_unix()));
+}
+
+#[test]
+fn the_file_provider_reloads_when_a_pem_file_changes() {
+    use lb_userspace::provider::file::{FileProvider, Overrides};
+    let _serial = serial();
+    let certs = Certs::new();
+    let dir = TempDir::new();
+    let pem_dir = dir.0.join("pki");
+    std::fs::create_dir_all(&pem_dir).unwrap();
+    let (cert_path, key_path) = (pem_dir.join("tls.crt"), pem_dir.join("tls.key"));
+    write_pem(&cert_path, &certs.a.cert);
+    write_pem(&key_path, &certs.a.key);
+    let backend = TestBackend::start("be", None);
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let yaml = format!(
+        "workers: 2
+xdp: {{enabled: false}}
+limits: {{shutdown_grace_ms: 500}}
+listeners: [{{name: web, address: \"{addr}\", tls: {{default_certificate: a}}}}]
+certificates: [{{name: a, cert_path: {}, key_path: {}}}]
+virtual_hosts: [{{name: a, domains: [a.test], tls: {{certificate: a}}, routes: [{{backend: be}}]}}]
+backends:
+{}",
+        quoted(cert_path.to_str().unwrap()),
+        quoted(key_path.to_str().unwrap()),
+        backend_group("be", backend.addr, "")
+    );
+    let config_path = dir.0.join("sluice.yaml");
+    std::fs::write(&config_path, yaml).unwrap();
+
+    // The node and the provider's reload loop (what `sluice run` does) on their own thread.
+    let (outcomes_tx, outcomes) = std::sync::mpsc::channel::<Result<u64, String>>();
+    let (watching_tx, watching) = std::sync::mpsc::channel::<()>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloader = {
+        let (stop, config_path) = (stop.clone(), config_path.clone());
+        std::thread::spawn(move || {
+            let provider =
+                FileProvider::new(Some(config_path), Overrides { no_xdp: true, ..Overrides::default() });
+            let node = lb_userspace::node::Node::start(&provider.load().unwrap()).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (_watcher, mut changes) = provider.watch().unwrap().unwrap();
+                watching_tx.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await
+                    else {
+                        continue;
+                    };
+                    let outcome = provider
+                        .load()
+                        .map_err(|e| e.to_string())
+                        .and_then(|config| node.apply(&config).map_err(|e| e.to_string()));
+                    let _ = outcomes_tx.send(outcome);
+                }
+            });
+            node.stop().unwrap();
+        })
+    };
+    watching.recv_timeout(Duration::from_secs(10)).expect("the provider watches");
+    wait_for(Duration::from_secs(10), "the node", || TcpStream::connect(addr).ok()).unwrap();
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    let seen = || served_certificate(&connect(addr, Some("a.test"), &trusting).unwrap());
+    assert!(seen() == certs.a.der());
+
+    // Rotation on disk: the watcher reloads, new handshakes see the new certificate.
+    let rotated = certs.ca.leaf(&["a.test"]);
+    write_pem(&key_path, &rotated.key);
+    write_pem(&cert_path, &rotated.cert);
+    wait_for(Duration::from_secs(10), "the rotated file to serve", || {
+        (seen() == rotated.der()).then_some(())
+    })
+    .unwrap();
+    while outcomes.try_recv().is_ok() {}
+
+    // A broken file is refused (with the file named) and the rotated certificate keeps serving.
+    write_pem(&cert_path, "garbage\n");
+    let refused = wait_for(Duration::from_secs(10), "the broken file to be refused", || {
+        outcomes.try_recv().ok().and_then(|outcome| outcome.err())
+    })
+    .unwrap();
+    assert!(refused.contains(cert_path.to_str().unwrap()), "{refused}");
+    assert!(seen() == rotated.der());
+    let response = https_get(addr, Some("a.test"), "a.test", "/", &trusting).unwrap();
+    assert_eq!(response.status, 200);
+
+    // A Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`;
+    // an update writes a new timestamped directory and swaps the `..data` link by rename, so
+    // only `..data` changes in the watched directory.
+    let secret_volume = |version: &str, leaf: &Leaf| {
+        let data = pem_dir.join(format!("..{version}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("tls.crt"), &leaf.cert).unwrap();
+        std::fs::write(data.join("tls.key"), &leaf.key).unwrap();
+        let link = pem_dir.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &link).unwrap();
+        std::fs::rename(&link, pem_dir.join("..data")).unwrap();
+    };
+    let first = certs.ca.leaf(&["a.test"]);
+    secret_volume("2026_11_29_v1", &first);
+    for name in ["tls.crt", "tls.key"] {
+        let link = pem_dir.join(format!("{name}.link"));
+        std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        std::fs::rename(&link, pem_dir.join(name)).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "the volume's files to serve", || {
+        (seen() == first.der()).then_some(())
+    })
+    .unwrap();
+    let second = certs.ca.leaf(&["a.test"]);
+    secret_volume("2026_11_29_v2", &second);
+    wait_for(Duration::from_secs(10), "the swapped volume to serve", || {
+        (seen() == second.der()).then_some(())
+    })
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    reloader.join().unwrap();
+}
+
+#[test]
+fn client_certificates_are_required_for_mtls_hosts() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let clients = Ca::new("client CA");
+    let strangers = Ca::new("stranger CA");
+    let secure = certs.ca.leaf(&["secure.test"]);
+    let backend = TestBackend::start("be", None);
+    let body = format!(
+        "{}{}{}  - {{name: secure, domains: [secure.test], tls: {{certificate: secure, client_ca_pem: {}}}, routes: [{{backend: be}}]}}\nbackends:\n{}",
+        certs.yaml(),
+        inline_certificate("secure", &secure),
+        hosts(""),
+        quoted(&clients.pem()),
+        backend_group("be", backend.addr, "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let good = clients.leaf(&[]);
+    let wrong = strangers.leaf(&[]);
+    let with = |leaf: Option<&Leaf>| {
+        client_config(ClientOptions {
+            trust: Some(&certs.ca),
+            client_certificate: leaf,
+            ..Default::default()
+        })
+    };
+    let before = failures();
+
+    let response =
+        https_get(proxy.addr(), Some("secure.test"), "secure.test", "/", &with(Some(&good))).unwrap();
+    assert_eq!(response.status, 200, "the right client certificate is accepted");
+
+    let err =
+        https_get(proxy.addr(), Some("secure.test"), "secure.test", "/", &with(Some(&wrong))).unwrap_err();
+    assert_eq!(
+        tls_error(&err),
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)),
+        "{err:#}"
+    );
+    let err = https_get(proxy.addr(), Some("secure.test"), "secure.test", "/", &with(None)).unwrap_err();
+    assert_eq!(
+        tls_error(&err),
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)),
+        "{err:#}"
+    );
+    wait_for(Duration::from_secs(5), "both refusals counted", || {
+        (failures_since(&before) == HashMap::from([("client_certificate", 2)])).then_some(())
+    })
+    .unwrap();
+
+    // Other hosts do not ask for a certificate; switching to the mTLS host on their session is
+    // refused with 421 instead of bypassing the check.
+    let response = https_get(proxy.addr(), Some("a.test"), "a.test", "/", &with(None)).unwrap();
+    assert_eq!(response.status, 200);
+    let response = https_get(proxy.addr(), Some("a.test"), "secure.test", "/", &with(None)).unwrap();
+    assert_eq!(response.status, 421, "{response:?}");
+    // Over TLS 1.2 too.
+    let tls12 = client_config(ClientOptions {
+        trust: Some(&certs.ca),
+        client_certificate: Some(&good),
+        tls12_only: true,
+        ..Default::default()
+    });
+    let response = https_get(proxy.addr(), Some("secure.test"), "secure.test", "/", &tls12).unwrap();
+    assert_eq!(response.status, 200);
+
+    // An established mTLS connection keeps working across a reload that keeps its CA (here the
+    // secure host moves to the front, so host indices change), and gets 421 once the CA
+    // changed: its certificate was checked against the old one.
+    let mut established = connect(proxy.addr(), Some("secure.test"), &with(Some(&good))).unwrap();
+    assert_eq!(request(&mut established, "secure.test", "/", false).unwrap().status, 200);
+    let secure_host = format!(
+        "  - {{name: secure, domains: [secure.test], tls: {{certificate: secure, client_ca_pem: {}}}, routes: [{{backend: be}}]}}\n",
+        quoted(&clients.pem())
+    );
+    let reordered =
+        body.replace(&secure_host, "").replace("virtual_hosts:\n", &format!("virtual_hosts:\n{secure_host}"));
+    assert_ne!(reordered, body);
+    proxy.apply(&reordered).unwrap();
+    assert_eq!(request(&mut established, "secure.test", "/", false).unwrap().status, 200);
+    let other_ca = Ca::new("next client CA");
+    proxy.apply(&reordered.replace(&quoted(&clients.pem()), &quoted(&other_ca.pem()))).unwrap();
+    assert_eq!(request(&mut established, "secure.test", "/", false).unwrap().status, 421);
+}
+
+#[test]
+fn passthrough_splices_to_a_tls_backend_whose_certificate_the_client_sees() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend_ca = Ca::new("backend CA");
+    let pass_leaf = backend_ca.leaf(&["pass.test"]);
+    let tls_backend = TestBackend::start("pass-server", Some(backend_tls(&pass_leaf)));
+    let backend = TestBackend::start("be", None);
+    let body = format!(
+        "{}{}  - {{name: pass, domains: [pass.test], tls: {{passthrough: pass-be}}, routes: [{{backend: be}}]}}\nbackends:\n{}{}",
+        certs.yaml(),
+        hosts(""),
+        backend_group("be", backend.addr, ""),
+        backend_group("pass-be", tls_backend.addr, "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let before = failures();
+    let trusting_backend = client_config(ClientOptions {
+        trust: Some(&backend_ca),
+        alpn: &[b"h2", b"http/1.1"],
+        ..Default::default()
+    });
+    let stream = connect(proxy.addr(), Some("pass.test"), &trusting_backend).unwrap();
+    assert!(served_certificate(&stream) == pass_leaf.der(), "the client sees the backend's certificate");
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"h2"[..]), "ALPN is the backend's to answer");
+    drop(stream);
+    let h1 = client_config(ClientOptions { trust: Some(&backend_ca), ..Default::default() });
+    for _ in 0..5 {
+        let response = https_get(proxy.addr(), Some("pass.test"), "pass.test", "/", &h1).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("x-backend"), Some("pass-server"), "answered by the TLS backend itself");
+        assert_eq!(response.header("x-seen-proto"), Some(""), "nothing in between added headers");
+    }
+    assert_eq!(tls_backend.requests(), 5);
+    // The same listener still terminates other names.
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    let response = https_get(proxy.addr(), Some("a.test"), "a.test", "/", &trusting).unwrap();
+    assert_eq!(response.header("x-backend"), Some("be"));
+    // Plain HTTP for the passthrough host is redirected to HTTPS.
+    let response = http_get(proxy.plain, "pass.test", "/x").unwrap();
+    assert_eq!(response.status, 308);
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://pass.test:{}/x", proxy.addr().port()).as_str())
+    );
+    // Garbage on a passthrough listener goes to rustls, which refuses it.
+    let mut raw = TcpStream::connect(proxy.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: pass.test\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&21), "an alert record: {reply:?}");
+    wait_for(Duration::from_secs(5), "the garbage counted", || {
+        (failures_since(&before) == HashMap::from([("malformed", 1)])).then_some(())
+    })
+    .unwrap();
+    assert!(lb_userspace::tls::handshake_counts().passthrough >= 6);
+}
+
+#[test]
+fn backends_over_tls_verify_their_certificate_or_explicitly_skip() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend_ca = Ca::new("backend CA");
+    let other_ca = Ca::new("other CA");
+    let tls_backend =
+        TestBackend::start("tls-server", Some(backend_tls(&backend_ca.leaf(&["backend.test"]))));
+    let addr = tls_backend.addr;
+    let ca = quoted(&backend_ca.pem());
+    let dir = TempDir::new();
+    let ca_file = dir.0.join("backend-ca.pem");
+    std::fs::write(&ca_file, backend_ca.pem()).unwrap();
+    let route =
+        |path: &str, backend: &str| format!("{{match: {{path: {{prefix: /{path}}}}}, backend: {backend}}}");
+    let body = format!(
+        "{}virtual_hosts:
+  - {{name: up, domains: ['*'], routes: [{}, {}, {}, {}, {}, {}]}}
+backends:
+{}{}{}{}{}{}",
+        certs.yaml(),
+        route("verified", "verified"),
+        route("file", "file"),
+        route("wrongca", "wrongca"),
+        route("wrongname", "wrongname"),
+        route("skip", "skip"),
+        route("h2", "h2"),
+        backend_group("verified", addr, &format!(", tls: {{ca_pem: {ca}, server_name: backend.test}}")),
+        backend_group(
+            "file",
+            addr,
+            &format!(", tls: {{ca_path: {}, server_name: backend.test}}", quoted(ca_file.to_str().unwrap()))
+        ),
+        backend_group(
+            "wrongca",
+            addr,
+            &format!(
+                ", tls: {{ca_pem: {}, server_name: backend.test}}, retries: {{attempts: 0}}",
+                quoted(&other_ca.pem())
+            )
+        ),
+        backend_group(
+            "wrongname",
+            addr,
+            &format!(", tls: {{ca_pem: {ca}, server_name: other.test}}, retries: {{attempts: 0}}")
+        ),
+        backend_group("skip", addr, ", tls: {insecure_skip_verify: true}"),
+        backend_group(
+            "h2",
+            addr,
+            &format!(", protocol: h2c, tls: {{ca_pem: {ca}, server_name: backend.test}}")
+        ),
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    for (path, status, version) in [
+        ("/verified", 200, "HTTP/1.1"),
+        ("/file", 200, "HTTP/1.1"),
+        ("/skip", 200, "HTTP/1.1"),
+        ("/h2", 200, "HTTP/2.0"),
+        ("/wrongca", 502, ""),
+        ("/wrongname", 502, ""),
+    ] {
+        for _ in 0..3 {
+            let response = http_get(proxy.plain, "anything", path).unwrap();
+            assert_eq!(response.status, status, "{path}: {response:?}");
+            if status == 200 {
+                assert_eq!(response.header("x-backend"), Some("tls-server"), "{path}");
+                assert_eq!(response.header("x-version"), Some(version), "{path}: ALPN picks the version");
+                assert_eq!(response.header("x-seen-proto"), Some("http"), "{path}: the client's scheme");
+            }
+        }
+    }
+    assert_eq!(tls_backend.requests(), 12, "only the verified, file, skip and h2 backends got requests");
+}
+
+#[test]
+fn plain_http_is_redirected_for_tls_hosts_and_hsts_is_sent_over_https() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let proxy = TlsProxy::start(
+        "{default_certificate: default}",
+        &format!(
+            "{}{}backends:\n{}",
+            certs.yaml(),
+            hosts(", hsts: {max_age_seconds: 600, include_subdomains: true}"),
+            backend_group("be", backend.addr, "")
+        ),
+    );
+    let port = proxy.addr().port();
+    let response = http_get(proxy.plain, "a.test", "/path?q=1").unwrap();
+    assert_eq!(response.status, 308);
+    assert_eq!(response.header("location"), Some(format!("https://a.test:{port}/path?q=1").as_str()));
+    assert_eq!(response.header("strict-transport-security"), None, "never over plain HTTP");
+    let response = http_get(proxy.plain, "x.wild.test:8080", "/").unwrap();
+    assert_eq!(response.status, 308);
+    assert_eq!(response.header("location"), Some(format!("https://x.wild.test:{port}/").as_str()));
+    // ACME HTTP-01 challenges and hosts without TLS stay on plain HTTP.
+    let response = http_get(proxy.plain, "a.test", "/.well-known/acme-challenge/token").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-seen-proto"), Some("http"));
+    let response = http_get(proxy.plain, "plain.test", "/").unwrap();
+    assert_eq!(response.status, 200);
+
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    let response = https_get(proxy.addr(), Some("a.test"), "a.test", "/", &trusting).unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("strict-transport-security"), Some("max-age=600; includeSubDomains"));
+    let response = https_get(proxy.addr(), Some("x.wild.test"), "x.wild.test", "/", &trusting).unwrap();
+    assert_eq!(response.header("strict-transport-security"), None, "only hosts with hsts");
+
+    // redirect_http: false keeps plain HTTP for that host.
+    proxy
+        .apply(&format!(
+            "{}{}backends:\n{}",
+            certs.yaml(),
+            hosts(", redirect_http: false"),
+            backend_group("be", backend.addr, "")
+        ))
+        .unwrap();
+    let response = http_get(proxy.plain, "a.test", "/").unwrap();
+    assert_eq!(response.status, 200);
+}
+
+/// A TLS 1.0 ClientHello (no supported_versions extension) with SNI `a.test`.
+fn tls10_client_hello() -> Vec<u8> {
+    let name = b"a.test";
+    let mut sni = vec![0u8];
+    sni.extend((name.len() as u16).to_be_bytes());
+    sni.extend(name);
+    let mut sni_list = (sni.len() as u16).to_be_bytes().to_vec();
+    sni_list.extend(sni);
+    let mut extensions = vec![0, 0];
+    extensions.extend((sni_list.len() as u16).to_be_bytes());
+    extensions.extend(sni_list);
+    let mut body = vec![3, 1];
+    body.extend([0x42u8; 32]);
+    body.push(0);
+    body.extend([0, 4, 0x00, 0x2f, 0x00, 0x35]); // RSA with AES-CBC: TLS 1.0 era suites
+    body.extend([1, 0]);
+    body.extend((extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+    let mut handshake = vec![1];
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// A real ClientHello from rustls, for cutting short.
+fn rustls_client_hello(sni: &str) -> Vec<u8> {
+    let config = client_config(ClientOptions::default());
+    let mut connection =
+        ClientConnection::new(config, ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// Sends `bytes` on a new connection, optionally half-closes, and returns what comes back
+/// until the server closes.
+fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(bytes).unwrap();
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+#[test]
+fn bad_input_ends_only_its_own_handshake_with_the_right_alert_and_is_counted() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let clients = Ca::new("client CA");
+    let strangers = Ca::new("stranger CA");
+    let secure = certs.ca.leaf(&["secure.test"]);
+    let backend = TestBackend::start("be", None);
+    let body = format!(
+        "{}{}{}  - {{name: secure, domains: [secure.test], tls: {{certificate: secure, client_ca_pem: {}}}, routes: [{{backend: be}}]}}\nbackends:\n{}",
+        certs.yaml(),
+        inline_certificate("secure", &secure),
+        hosts(""),
+        quoted(&clients.pem()),
+        backend_group("be", backend.addr, "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default, unknown_sni: reject}", &body);
+    let addr = proxy.addr();
+    let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
+    // An established keep-alive connection, busy all along, that must not notice any of this.
+    let mut bystander = connect(addr, Some("a.test"), &trusting).unwrap();
+    assert_eq!(request(&mut bystander, "a.test", "/", false).unwrap().status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let bystander = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let response =
+                    request(&mut bystander, "a.test", "/", false).expect("the bystander is served");
+                assert_eq!(response.status, 200);
+                served += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            served
+        })
+    };
+    let before = failures();
+    let started = lb_userspace::tls::handshake_counts();
+
+    // Garbage instead of a ClientHello: an alert record (fatal), then the close.
+    let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", false);
+    assert_eq!(&reply[..2], &[21, 3], "an alert record: {reply:?}");
+    assert_eq!(reply[5], 2, "fatal");
+    // A handshake record holding a ClientHello of four random bytes: decode_error (50).
+    let reply = raw_exchange(addr, &[22, 3, 1, 0, 8, 1, 0, 0, 4, 9, 9, 9, 9], false);
+    assert_eq!(reply, [21, 3, 3, 0, 2, 2, 50], "decode_error alert");
+    // A truncated ClientHello: the client goes away mid-hello.
+    let hello = rustls_client_hello("a.test");
+    assert!(raw_exchange(addr, &hello[..hello.len() / 2], true).is_empty());
+    // A ClientHello that stops and waits: cut off at the handshake deadline (1 s here).
+    let waited = Instant::now();
+    assert!(raw_exchange(addr, &hello[..40], false).is_empty());
+    assert!(waited.elapsed() >= Duration::from_millis(900), "{:?}", waited.elapsed());
+    // TLS 1.0 only: protocol_version (70), also to a real TLS 1.0 hello without
+    // signature_algorithms (rustls alone would say handshake_failure).
+    let reply = raw_exchange(addr, &tls10_client_hello(), false);
+    assert_eq!(reply, [21, 3, 3, 0, 2, 2, 70], "protocol_version alert");
+    // An unknown SNI on a rejecting listener: unrecognized_name (112).
+    let reply = raw_exchange(addr, &rustls_client_hello("unknown.test"), false);
+    assert_eq!(reply, [21, 3, 3, 0, 2, 2, 112], "unrecognized_name alert");
+    // A client certificate from the wrong CA: unknown_ca.
+    let wrong = client_config(ClientOptions {
+        trust: Some(&certs.ca),
+        client_certificate: Some(&strangers.leaf(&[])),
+        ..Default::default()
+    });
+    let err = https_get(addr, Some("secure.test"), "secure.test", "/", &wrong).unwrap_err();
+    assert_eq!(tls_error(&err), Some(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)));
+    // A client that does not trust our certificate aborts; that is counted too.
+    let distrusting = client_config(ClientOptions { trust: Some(&strangers), ..Default::default() });
+    assert!(connect(addr, Some("a.test"), &distrusting).is_err());
+    // A TCP connection that sends nothing (a port probe) is no handshake: not counted.
+    drop(TcpStream::connect(addr).unwrap());
+
+    let expected = HashMap::from([
+        ("malformed", 2),
+        ("truncated", 1),
+        ("timeout", 1),
+        ("unsupported_version", 1),
+        ("unknown_sni", 1),
+        ("client_certificate", 1),
+        ("client_alert", 1),
+    ]);
+    wait_for(Duration::from_secs(5), "every failure counted", || {
+        (failures_since(&before) == expected).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", failures_since(&before)));
+    assert_eq!(lb_userspace::tls::handshake_counts().completed, started.completed, "none completed");
+    // The bystander never noticed, and new clients are served.
+    stop.store(true, Ordering::Relaxed);
+    let served = bystander.join().expect("the bystander had no failure");
+    assert!(served >= 10, "{served}");
+    assert_eq!(https_get(addr, Some("a.test"), "a.test", "/", &trusting).unwrap().status, 200);
+    let good = client_config(ClientOptions {
+        trust: Some(&certs.ca),
+        client_certificate: Some(&clients.leaf(&[])),
+        ..Default::default()
+    });
+    assert_eq!(https_get(addr, Some("secure.test"), "secure.test", "/", &good).unwrap().status, 200);
+}
+
+#[test]
+fn the_standalone_yaml_model_parses_with_every_tls_setting() {
+    let yaml = r#"
+listeners:
+  - name: https
+    address: "0.0.0.0:443"
+    tls: {default_certificate: site, unknown_sni: default, session_tickets: true}
+  - {name: http, address: "0.0.0.0:80"}
+certificates:
+  - {name: site, cert_path: /etc/sluice/site.crt, key_path: /etc/sluice/site.key}
+  - name: inline
+    cert_pem: "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"
+    key_pem: "-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n"
+virtual_hosts:
+  - name: site
+    domains: [example.com, "*.example.com"]
+    tls:
+      certificate: site
+      redirect_http: true
+      hsts: {max_age_seconds: 31536000, include_subdomains: true, preload: false}
+      client_ca_path: /etc/sluice/clients.pem
+    routes: [{backend: app}]
+  - name: pass
+    domains: [pass.example.com]
+    tls: {passthrough: app-tls}
+backends:
+  - {name: app, endpoints: [{address: "10.0.0.1:8443"}], tls: {ca_path: /etc/sluice/app-ca.pem, server_name: app.internal}}
+  - {name: app-tls, protocol: h2c, endpoints: [{address: "10.0.0.2:443"}], tls: {insecure_skip_verify: true}}
+"#;
+    let config = lb_userspace::config::Config::from_yaml(yaml, "example.yaml").unwrap();
+    let key = config.certificates[1].key_pem.as_ref().unwrap();
+    assert_eq!(format!("{key:?}"), "<redacted>", "private keys never reach logs");
+    assert!(config.listeners[0].tls.as_ref().unwrap().session_tickets);
+    assert!(config.virtual_hosts[0].tls.as_ref().unwrap().hsts.as_ref().unwrap().include_subdomains);
+    assert!(config.backends[1].tls.as_ref().unwrap().insecure_skip_verify);
+    let _ = PathBuf::new();
+}
