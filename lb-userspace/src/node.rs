@@ -74,6 +74,7 @@ impl Node {
         let mut metrics = Metrics::new(options.count.max(1));
         metrics.add_source(Arc::new(sources::Endpoints(published.clone())));
         metrics.add_source(Arc::new(sources::Reloads(reloads.clone())));
+        metrics.add_source(Arc::new(sources::Tls(published.clone())));
         if let Some(reader) = kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()) {
             metrics.add_source(Arc::new(sources::Xdp(reader)));
         }
@@ -129,6 +130,21 @@ impl Node {
     fn try_apply(&self, config: &Config) -> Result<u64, ApplyError> {
         if (options_listeners(config), config.worker_count()) != self.started_with {
             return Err(ApplyError::NeedsRestart);
+        }
+        let current = self.published.load();
+        let running = &current.config;
+        for (changed, what) in [
+            (running.xdp != config.xdp, "xdp"),
+            (running.admin != config.admin, "admin"),
+            (
+                running.limits.max_connections_per_worker != config.limits.max_connections_per_worker
+                    || running.limits.shutdown_grace_ms != config.limits.shutdown_grace_ms,
+                "limits.max_connections_per_worker / shutdown_grace_ms",
+            ),
+        ] {
+            if changed {
+                tracing::warn!(setting = what, "changed; it takes effect at the next restart, the rest applies now");
+            }
         }
         let generation = self.published.load().generation + 1;
         let snapshot = Snapshot::build(config, &self.registry, generation).map_err(ApplyError::Compile)?;

@@ -122,3 +122,55 @@ impl ScrapeSource for Reloads {
         });
     }
 }
+
+/// TLS handshakes (completed, resumed, failed by reason) and certificate expiry.
+#[derive(Clone)]
+pub struct Tls(pub Published);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl ScrapeSource for Tls {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        let counts = crate::tls::handshake_counts();
+        for (kind, value) in [
+            ("completed", counts.completed),
+            ("resumed", counts.resumed),
+            ("passthrough", counts.passthrough),
+            ("passthrough_failed", counts.passthrough_failed),
+        ] {
+            emit(Sample {
+                name: "sluice_tls_handshakes",
+                help: "TLS handshakes by outcome (resumed ones are also completed)",
+                kind: MetricType::Counter,
+                unit: None,
+                labels: vec![("outcome", kind.to_owned())],
+                value: value as f64,
+            });
+        }
+        for (reason, value) in crate::tls::handshake_failures() {
+            emit(Sample {
+                name: "sluice_tls_handshake_failures",
+                help: "TLS handshakes that failed, by reason",
+                kind: MetricType::Counter,
+                unit: None,
+                labels: vec![("reason", reason.to_owned())],
+                value: value as f64,
+            });
+        }
+        let snapshot = self.0.load();
+        for (name, not_after) in snapshot.tls.certificate_expiry() {
+            emit(Sample {
+                name: "sluice_certificate_expiry_timestamp",
+                help: "When each configured certificate expires",
+                kind: MetricType::Gauge,
+                unit: Some(Unit::Seconds),
+                labels: vec![("certificate", name.clone())],
+                value: *not_after as f64,
+            });
+        }
+    }
+}

@@ -45,7 +45,11 @@ pub enum Error {
 fn render_problems(source_name: &str, problems: &[Problem]) -> String {
     let lines: Vec<String> = problems
         .iter()
-        .map(|p| format!("{source_name}:{}:{}: {}: {}", p.line, p.column, p.path, p.message))
+        .map(|p| {
+            // One line per problem, whatever the message (regex errors span several lines).
+            let message = p.message.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{source_name}:{}:{}: {}: {message}", p.line, p.column, p.path)
+        })
         .collect();
     lines.join("\n")
 }
@@ -63,6 +67,8 @@ impl Config {
         for problem in &mut problems {
             (problem.line, problem.column) = locate::locate(yaml, &problem.path).unwrap_or((1, 1));
         }
+        // In file order, as a reader goes through the file.
+        problems.sort_by(|a, b| (a.line, a.column, &a.path).cmp(&(b.line, b.column, &b.path)));
         if !problems.is_empty() {
             return Err(Error::Invalid { source_name: source_name.to_owned(), problems });
         }
@@ -74,6 +80,17 @@ impl Config {
         let yaml = std::fs::read_to_string(path)
             .map_err(|source| Error::Read { source_name: source_name.clone(), source })?;
         Config::from_yaml(&yaml, &source_name)
+    }
+
+    /// Validates a configuration built or changed in code (command-line overrides, a
+    /// provider's translation): the same rules as for a file, without positions.
+    pub fn validate(&self, source_name: &str) -> Result<()> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid { source_name: source_name.to_owned(), problems })
+        }
     }
 
     pub fn builtin() -> Config {

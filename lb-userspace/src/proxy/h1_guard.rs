@@ -273,6 +273,43 @@ pub struct H1Guard<S> {
     at_connection_start: bool,
     stop: Option<Stop>,
     rejections: Option<Arc<AtomicU64>>,
+    max_headers: usize,
+    head_clock: Option<HeadClock>,
+}
+
+/// When the request head now being read started (the connection's start for its first one),
+/// shared with the connection's owner so it can cut a client that takes too long to send a
+/// head (slowloris) without also cutting idle keep-alive connections, which hyper's own
+/// header timer would.
+#[derive(Clone, Debug)]
+pub struct HeadClock(Arc<AtomicU64>);
+
+impl HeadClock {
+    const IDLE: u64 = u64::MAX;
+
+    /// A clock that starts running now (a new connection owes its first head).
+    pub fn started() -> HeadClock {
+        HeadClock(Arc::new(AtomicU64::new(crate::proxy::endpoint::now_ms())))
+    }
+
+    /// Milliseconds the current head has been coming in; `None` between requests.
+    pub fn running_for_ms(&self) -> Option<u64> {
+        let started = self.0.load(Ordering::Relaxed);
+        (started != Self::IDLE).then(|| crate::proxy::endpoint::now_ms().saturating_sub(started))
+    }
+
+    fn start(&self) {
+        let _ = self.0.compare_exchange(
+            Self::IDLE,
+            crate::proxy::endpoint::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn stop(&self) {
+        self.0.store(Self::IDLE, Ordering::Relaxed);
+    }
 }
 
 impl<S> H1Guard<S> {
@@ -292,7 +329,21 @@ impl<S> H1Guard<S> {
             at_connection_start: true,
             stop: None,
             rejections: None,
+            max_headers: MAX_HEADERS,
+            head_clock: None,
         }
+    }
+
+    /// Refuses heads with more than `max_headers` fields (431), instead of [`MAX_HEADERS`].
+    pub fn with_max_headers(mut self, max_headers: usize) -> Self {
+        self.max_headers = max_headers.max(1);
+        self
+    }
+
+    /// Keeps `clock` up to date: running while a head is coming in, idle between requests.
+    pub fn with_head_clock(mut self, clock: HeadClock) -> Self {
+        self.head_clock = Some(clock);
+        self
     }
 
     /// Adds 1 to `counter` when the guard refuses the connection (a substituted head or a
@@ -341,10 +392,16 @@ impl<S> H1Guard<S> {
                     HeadStep::Preface => {
                         self.framing = Framing::Passthrough;
                         self.ok = self.end;
+                        if let Some(clock) = &self.head_clock {
+                            clock.stop();
+                        }
                     }
                     HeadStep::Reject(reason) => self.reject(reason),
-                    HeadStep::Complete(len) => match check_head(&data[..len]) {
+                    HeadStep::Complete(len) => match check_head(&data[..len], self.max_headers) {
                         Ok(info) => {
+                            if let Some(clock) = &self.head_clock {
+                                clock.stop();
+                            }
                             self.ok += len;
                             self.at_connection_start = false;
                             self.tunnel_after = info.tunnel;
@@ -378,6 +435,9 @@ impl<S> H1Guard<S> {
         self.start = 0;
         self.ok = 0;
         self.end = rest.len();
+        if let (Some(clock), false) = (&self.head_clock, rest.is_empty()) {
+            clock.start();
+        }
     }
 }
 
@@ -404,6 +464,10 @@ impl<S: AsyncRead + Unpin> H1Guard<S> {
             self.end = self.ok;
             self.stop = Some(Stop::Eof);
         } else {
+            if let Some(clock) = &self.head_clock {
+                // The first byte of a head starts its clock (a no-op while it runs already).
+                clock.start();
+            }
             self.end += n;
         }
         Poll::Ready(Ok(()))
@@ -466,9 +530,17 @@ fn scan_head(scan: &mut HeadScan, data: &[u8], max_head: usize) -> HeadStep {
 }
 
 /// Checks a complete head (already free of bare CR/LF and obs-fold) and finds its body.
-fn check_head(head: &[u8]) -> Result<HeadInfo, Rejection> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+fn check_head(head: &[u8], max_headers: usize) -> Result<HeadInfo, Rejection> {
+    // The usual limit fits on the stack; a larger configured one costs an allocation per head.
+    let mut on_stack = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut on_heap;
+    let headers: &mut [httparse::Header<'_>] = if max_headers <= MAX_HEADERS {
+        &mut on_stack[..max_headers]
+    } else {
+        on_heap = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         Err(httparse::Error::TooManyHeaders) => return Err(Rejection::TooManyHeaders),

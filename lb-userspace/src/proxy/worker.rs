@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::{
     activity::{Activity, ActivityIo},
     forward::{self, Connection},
-    h1_guard::H1Guard,
+    h1_guard::{H1Guard, HeadClock},
     snapshot::Published,
 };
 use crate::{
@@ -412,7 +412,11 @@ where
         .keep_alive(true)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // hyper's header timer also runs while a keep-alive connection waits for its next
+        // request, which would make it the idle timeout; the guard's head clock below times
+        // only heads that are actually coming in (and the first one from the connection's
+        // start, which hyper's protocol detection would otherwise wait on forever).
+        .header_read_timeout(None)
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
@@ -421,8 +425,12 @@ where
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100));
     let activity = Activity::default();
+    let head_clock = HeadClock::started();
     // The guard refuses request-smuggling shapes that hyper's parser would tolerate.
-    let io = TokioIo::new(H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes));
+    let guard = H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes)
+        .with_max_headers(limits.max_headers)
+        .with_head_clock(head_clock.clone());
+    let io = TokioIo::new(guard);
     let service_connection = connection.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let connection = service_connection.clone();
@@ -431,11 +439,22 @@ where
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
+    let header_limit_ms = limits.header_read_timeout_ms;
     let mut closing = false;
     loop {
         let idle_check =
             tokio::time::sleep(idle_limit.saturating_sub(activity.idle_for()).max(Duration::from_millis(10)));
+        let head_wait = header_limit_ms.saturating_sub(head_clock.running_for_ms().unwrap_or(0)).max(10);
+        let head_check = tokio::time::sleep(Duration::from_millis(head_wait));
         tokio::select! {
+            () = head_check => {
+                if head_clock.running_for_ms().is_some_and(|ms| ms >= header_limit_ms) {
+                    // Slowloris, or a client that never sends: no request is in progress to
+                    // finish, so the connection just closes.
+                    tracing::debug!(worker = connection.worker, client = %connection.client, "request head timed out");
+                    return;
+                }
+            }
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(worker = connection.worker, client = %connection.client, error = %e, "connection ended with an error");
