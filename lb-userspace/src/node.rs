@@ -212,6 +212,7 @@ fn check_targets(snapshot: &Snapshot) -> Vec<CheckTarget> {
                 config: check.clone(),
                 protocol: group.config.protocol,
                 host: group.name.clone(),
+                tls: group.tls.clone(),
             })
         })
         .collect()

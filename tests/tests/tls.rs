@@ -1557,3 +1557,48 @@ backends:
     assert!(config.backends[1].tls.as_ref().unwrap().insecure_skip_verify);
     let _ = PathBuf::new();
 }
+
+#[test]
+fn active_health_checks_speak_tls_to_tls_backends() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend_ca = Ca::new("backend CA");
+    let other_ca = Ca::new("other CA");
+    let tls_backend =
+        TestBackend::start("tls-server", Some(backend_tls(&backend_ca.leaf(&["backend.test"]))));
+    let addr = tls_backend.addr;
+    let check = "health_check: {path: /healthz, interval_ms: 50, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 2}";
+    let body = format!(
+        "{}virtual_hosts:
+  - {{name: up, domains: ['*'], routes: [{{match: {{path: {{prefix: /good}}}}, backend: good}}, {{match: {{path: {{prefix: /bad}}}}, backend: bad}}]}}
+backends:
+{}{}",
+        certs.yaml(),
+        backend_group(
+            "good",
+            addr,
+            &format!(", tls: {{ca_pem: {}, server_name: backend.test}}, {check}", quoted(&backend_ca.pem()))
+        ),
+        backend_group(
+            "bad",
+            addr,
+            &format!(
+                ", tls: {{ca_pem: {}, server_name: backend.test}}, retries: {{attempts: 0}}, {check}",
+                quoted(&other_ca.pem())
+            )
+        ),
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    // Checks to the good backend pass over TLS, so it keeps serving while they run...
+    let before = tls_backend.requests();
+    wait_for(Duration::from_secs(10), "health checks over TLS to reach the backend", || {
+        (tls_backend.requests() >= before + 3).then_some(())
+    })
+    .unwrap();
+    assert_eq!(http_get(proxy.plain, "anything", "/good").unwrap().status, 200);
+    // ...and checks that cannot verify the backend's certificate take it out: no endpoint left.
+    wait_for(Duration::from_secs(10), "the unverifiable backend to be marked down", || {
+        (http_get(proxy.plain, "anything", "/bad").ok()?.status == 503).then_some(())
+    })
+    .unwrap();
+}

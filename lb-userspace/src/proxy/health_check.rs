@@ -54,6 +54,8 @@ pub struct CheckTarget {
     pub protocol: BackendProtocol,
     /// Host header to send (the backend name is fine when nothing better is known).
     pub host: String,
+    /// The backend's upstream TLS: checks then speak TLS, as requests do.
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 impl CheckTarget {
@@ -63,6 +65,7 @@ impl CheckTarget {
             && self.config == other.config
             && self.protocol == other.protocol
             && self.host == other.host
+            && self.tls.as_ref().map(|t| &t.identity) == other.tls.as_ref().map(|t| &t.identity)
     }
 }
 
@@ -249,7 +252,10 @@ async fn run_check(target: CheckTarget, live: Arc<Mutex<bool>>) {
     loop {
         let started = Instant::now();
         let outcome = match &template {
-            Ok(template) => probe(endpoint.address, target.protocol, template.build(), timeout).await,
+            Ok(template) => {
+                probe(endpoint.address, target.protocol, target.tls.as_deref(), template.build(), timeout)
+                    .await
+            }
             Err(_) => Err(Failure::InvalidRequest),
         };
         tracing::debug!(
@@ -363,11 +369,13 @@ impl fmt::Display for Outcome<'_> {
 async fn probe(
     address: SocketAddr,
     protocol: BackendProtocol,
+    tls: Option<&crate::tls::upstream::UpstreamTls>,
     request: Request<Empty<Bytes>>,
     timeout: Duration,
 ) -> Result<StatusCode, Failure> {
     let mut status = None;
-    let exchanged = tokio::time::timeout(timeout, exchange(address, protocol, request, &mut status)).await;
+    let exchanged =
+        tokio::time::timeout(timeout, exchange(address, protocol, tls, request, &mut status)).await;
     let status = match (status, exchanged) {
         // The response head arrived in time; how its body ends does not count.
         (Some(status), _) => status,
@@ -383,13 +391,32 @@ async fn probe(
 async fn exchange(
     address: SocketAddr,
     protocol: BackendProtocol,
+    tls: Option<&crate::tls::upstream::UpstreamTls>,
     request: Request<Empty<Bytes>>,
     status: &mut Option<StatusCode>,
 ) -> Result<(), Failure> {
     let stream = TcpStream::connect(address).await.map_err(Failure::Connect)?;
     // The request is one small write; do not hold it back for an ack.
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+    match tls {
+        // A certificate the backend's CA does not vouch for fails the check, as it fails requests.
+        Some(tls) => {
+            let stream = tls.connect(stream, address).await.map_err(Failure::Connect)?;
+            exchange_on(TokioIo::new(stream), protocol, request, status).await
+        }
+        None => exchange_on(TokioIo::new(stream), protocol, request, status).await,
+    }
+}
+
+async fn exchange_on<IO>(
+    io: IO,
+    protocol: BackendProtocol,
+    request: Request<Empty<Bytes>>,
+    status: &mut Option<StatusCode>,
+) -> Result<(), Failure>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     match protocol {
         BackendProtocol::Http1 => {
             let (mut sender, connection) = http1::handshake(io).await.map_err(Failure::Http)?;
@@ -592,7 +619,7 @@ mod tests {
     }
 
     fn target(endpoint: Arc<Endpoint>, config: HealthCheckConfig, protocol: BackendProtocol) -> CheckTarget {
-        CheckTarget { endpoint, config, protocol, host: "web.example".into() }
+        CheckTarget { endpoint, config, protocol, host: "web.example".into(), tls: None }
     }
 
     fn detached(address: SocketAddr) -> Arc<Endpoint> {
