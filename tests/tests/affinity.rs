@@ -70,9 +70,11 @@ fn affinity_cookie(response: &HttpResponse) -> Option<String> {
 #[test]
 fn one_cookie_one_backend_on_every_instance_and_tampering_is_replaced() {
     let pool = backends(3);
-    let yaml = cookie_config(&pool, "balanced", "", None);
-    let first = Proxy::start(&yaml);
-    let second = Proxy::start(&yaml);
+    // Two separate sluice processes (two instances, as on two nodes) with the same key.
+    let yaml =
+        cookie_config(&pool, "balanced", "", None).replace("workers: 2", "workers: 2\nxdp: {enabled: false}");
+    let first = common::Binary::start(&yaml);
+    let second = common::Binary::start(&yaml);
 
     let response = get(first.addr, "/", &[]);
     assert_eq!(response.status, 200);

@@ -129,3 +129,43 @@ fn fifty_reloads_under_load_lose_no_request() {
     assert_eq!(output.matches("configuration reloaded").count(), valid, "{output}");
     assert!(output.matches("configuration refused").count() >= 50 - valid, "{output}");
 }
+
+/// On SIGTERM the listeners close first, and a request in flight still finishes within the
+/// grace period.
+#[test]
+fn shutdown_closes_listeners_and_lets_requests_in_flight_finish() {
+    // A backend that answers only when told, so a request is in flight when the signal comes.
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (answer, answer_rx) = std::sync::mpsc::channel::<()>();
+    let backend = std::thread::spawn(move || {
+        let (mut stream, _) = slow.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut stream, &mut buf);
+        arrived_tx.send(()).unwrap();
+        answer_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let body = "finished";
+        let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        std::io::Write::write_all(&mut stream, response.as_bytes()).unwrap();
+    });
+    let yaml = format!(
+        "workers: 1\nxdp: {{enabled: false}}\nlimits: {{shutdown_grace_ms: 10000}}\nlisteners: [{{name: web, address: \"{{listen}}\"}}]\nvirtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{backend: slow}}]}}]\nbackends: [{{name: slow, endpoints: [{{address: \"{slow_addr}\"}}]}}]\n"
+    );
+    let sluice = Binary::start(&yaml);
+    let addr = sluice.addr;
+    let in_flight = std::thread::spawn(move || http_get(addr, "/slow"));
+    arrived.recv_timeout(Duration::from_secs(10)).expect("the request reaches the backend");
+    // SAFETY: signalling our own child process by pid.
+    unsafe { libc::kill(sluice.child.pid() as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(5), "the listener to close", || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    })
+    .unwrap();
+    assert!(!in_flight.is_finished(), "the request in flight is still being served");
+    answer.send(()).unwrap();
+    let response = in_flight.join().unwrap().expect("the in-flight request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, "finished");
+    backend.join().unwrap();
+}
