@@ -11,6 +11,7 @@ use crate::{
     dataplane::AttachMode,
     node::Node,
     provider::file::{FileProvider, Overrides},
+    proxy::{endpoint::EndpointRegistry, snapshot::Snapshot},
 };
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,41 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+/// Kubernetes mode: virtual hosts, backends and certificates come from Ingresses, Services,
+/// EndpointSlices and TLS Secrets; listeners, workers, XDP, admin and limits still come from
+/// `--config` (or the built-in configuration). See docs/KUBERNETES.md.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubernetesArgs {
+    /// Serve the cluster's Ingresses (in-cluster service account, or --kubeconfig).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig file to reach the API server with (default: in-cluster, then KUBECONFIG).
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// IngressClass name served, besides IngressClasses whose controller is
+    /// sluice.dev/ingress-controller.
+    #[arg(long, default_value = "sluice", requires = "kubernetes")]
+    pub ingress_class: String,
+    /// Address (IP or host name) written into the Ingresses' status (repeatable); default:
+    /// this node's addresses (NODE_NAME).
+    #[arg(long = "publish-address", requires = "kubernetes")]
+    pub publish_addresses: Vec<String>,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, requires = "kubernetes")]
+    pub lease_namespace: Option<String>,
+    /// This instance's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, requires = "kubernetes")]
+    pub identity: Option<String>,
+    /// How long a leader's Lease lasts without renewal before another instance takes over.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "kubernetes")]
+    pub lease_duration_seconds: u64,
+    /// Do not elect a leader or write Ingress status.
+    #[arg(long, requires = "kubernetes")]
+    pub no_status: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,10 +109,17 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Status { admin, json } => status(admin, json),
         Command::Check { file } => match Config::from_file(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                Ok(ExitCode::SUCCESS)
-            }
+            // Compiling the snapshot also loads and checks certificates, keys and CA bundles.
+            Ok(config) => match Snapshot::build(&config, &EndpointRegistry::default(), 1) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 Ok(ExitCode::FAILURE)
@@ -107,6 +150,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         no_xdp: args.no_xdp,
     };
     let provider = FileProvider::new(args.config.clone(), overrides);
+    if args.kubernetes.kubernetes {
+        return run_kubernetes(&args.kubernetes, &provider);
+    }
     let config = provider.load()?;
     let node = Node::start(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -114,6 +160,95 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice run --kubernetes`: the node starts on the base configuration, then serves the
+/// cluster's Ingresses on top of it; the base file still reloads (SIGHUP or change).
+fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Result<ExitCode> {
+    use crate::provider::kube::{KubeOptions, KubeProvider, leader::StatusOptions};
+    let base = provider.load()?;
+    let node = Node::start(&base)?;
+    // Not ready (`/readyz` 503) until the first full view of the cluster is applied.
+    node.set_ready(false);
+    let status = (!args.no_status).then(|| {
+        let mut status = StatusOptions::default()
+            .with_lease_duration(std::time::Duration::from_secs(args.lease_duration_seconds));
+        if let Some(namespace) = &args.lease_namespace {
+            status.lease_namespace = namespace.clone();
+        }
+        if let Some(identity) = &args.identity {
+            status.identity = identity.clone();
+        }
+        status.publish_addresses = args.publish_addresses.clone();
+        status
+    });
+    let options = KubeOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        ingress_class: args.ingress_class.clone(),
+        status,
+        ..KubeOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let kube = KubeProvider::connect(options).await?;
+        let (base_tx, base_rx) = tokio::sync::watch::channel(base);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serve = kube.run(&node, base_rx, stop_rx);
+        let mut serve = std::pin::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result,
+            result = base_until_signal(provider, &node, &base_tx) => result?,
+        }
+        let _ = stop_tx.send(true);
+        serve.await
+    })?;
+    tracing::info!("shutting down");
+    node.stop()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Kubernetes mode's signal loop: SIGINT or SIGTERM return; SIGHUP and changes of the base
+/// file send the reloaded base configuration to the provider.
+async fn base_until_signal(
+    provider: &FileProvider,
+    node: &Node,
+    base: &tokio::sync::watch::Sender<Config>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let watched = provider.watch().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+        None
+    });
+    let (_watcher, mut changes) = match watched {
+        Some((watcher, changes)) => (Some(watcher), Some(changes)),
+        None => (None, None),
+    };
+    loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(changes) => changes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => "SIGHUP",
+            Some(()) = changed => "file changed",
+        };
+        match provider.load() {
+            Ok(config) => {
+                tracing::info!(why, "base configuration reloaded; rebuilding with the Kubernetes state");
+                base.send_replace(config);
+            }
+            Err(e) => {
+                node.record_refused();
+                tracing::error!(why, error = %e, "base configuration refused; the previous one keeps serving");
+            }
+        }
+    }
 }
 
 /// Fetches `/api/v1/status` and prints it.
@@ -272,6 +407,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kubernetes_flags_need_kubernetes_mode() {
+        let err = Cli::try_parse_from(["sluice", "run", "--kubeconfig", "k"]).unwrap_err();
+        assert!(err.to_string().contains("--kubernetes"), "{err}");
+        let cli =
+            Cli::try_parse_from(["sluice", "run", "--kubernetes", "--publish-address", "192.0.2.1"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.kubernetes.ingress_class, "sluice");
+        assert_eq!(args.kubernetes.publish_addresses, ["192.0.2.1"]);
+        assert_eq!(args.kubernetes.lease_duration_seconds, 15);
     }
 
     #[test]

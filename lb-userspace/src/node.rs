@@ -13,9 +13,9 @@ use anyhow::Context;
 
 use crate::{
     admin::{AdminServer, AdminState, sources},
-    metrics::Metrics,
     config::Config,
     dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
+    metrics::Metrics,
     provider::file::ReloadStats,
     proxy::{
         WorkerOptions, Workers,
@@ -143,7 +143,10 @@ impl Node {
             ),
         ] {
             if changed {
-                tracing::warn!(setting = what, "changed; it takes effect at the next restart, the rest applies now");
+                tracing::warn!(
+                    setting = what,
+                    "changed; it takes effect at the next restart, the rest applies now"
+                );
             }
         }
         let generation = self.published.load().generation + 1;
@@ -152,6 +155,12 @@ impl Node {
         self.published.publish(snapshot);
         self.registry.prune();
         Ok(generation)
+    }
+
+    /// Marks the node ready or not for `/readyz`: a provider that serves only once it has the
+    /// cluster's state (Kubernetes) starts not ready and sets it after its first full apply.
+    pub fn set_ready(&self, ready: bool) {
+        self.admin_state.serving.store(ready, Ordering::Relaxed);
     }
 
     /// Counts a configuration that was refused before it reached `apply` (it did not parse or

@@ -1,4 +1,5 @@
 //! Providers observe desired state and produce a complete, validated configuration: the file
-//! provider (standalone) today, the Kubernetes provider next.
+//! provider (standalone) and the Kubernetes provider (Ingresses, Services, EndpointSlices).
 
 pub mod file;
+pub mod kube;

@@ -34,7 +34,8 @@ impl Proxy {
     /// waits until it accepts connections.
     pub fn start(yaml: &str) -> Proxy {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = Config::from_yaml(&with_listener(yaml, addr), "test").expect("test configuration is valid");
+        let config =
+            Config::from_yaml(&with_listener(yaml, addr), "test").expect("test configuration is valid");
         assert!(!config.xdp.enabled || config.xdp.interfaces.is_empty(), "proxy suites run without XDP");
         let node = Node::start(&config).expect("node starts");
         wait_for(Duration::from_secs(10), "the proxy to accept", || std::net::TcpStream::connect(addr).ok())
@@ -110,8 +111,11 @@ impl TempDir {
     pub fn new() -> TempDir {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir()
-            .join(format!("sluice-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }

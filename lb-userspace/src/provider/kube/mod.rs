@@ -1,0 +1,382 @@
+//! The Kubernetes provider: reflectors keep IngressClasses, Ingresses, Services,
+//! EndpointSlices and TLS Secrets in memory; every change (debounced) rebuilds the whole
+//! configuration from those stores ([`translate`]) and swaps it into the node. Nothing is
+//! patched from single events, so the serving configuration is always a function of the
+//! observed state.
+//!
+//! Resilience: the stores are read only once every one has listed; a watch that fails retries
+//! with a growing delay and resumes from its last version (a 410 Gone lists again, which the
+//! store swaps in whole); while the API server is down, slow or failing, the last configuration
+//! keeps serving. RBAC refusals are logged with the verb and resource that are missing.
+//!
+//! One instance, elected through a Lease, writes the Ingresses' `status.loadBalancer` ([`leader`]).
+
+pub mod annotations;
+pub mod leader;
+pub mod translate;
+
+use std::{
+    collections::BTreeSet,
+    fmt::Debug,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressClass},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        utils::Backoff,
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::{config::Config, node::Node};
+pub use translate::{CONTROLLER, ClusterState, IngressId, Settings, Translation, Translator};
+
+/// Everything `sluice run --kubernetes` is told.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// A kubeconfig file; without it, the in-cluster service account (or `KUBECONFIG`,
+    /// `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The IngressClass name served besides IngressClasses naming [`CONTROLLER`].
+    pub ingress_class: String,
+    /// Quiet time after a change before rebuilding; bursts become one rebuild.
+    pub debounce: Duration,
+    /// Leader election and Ingress status; `None` writes no status.
+    pub status: Option<leader::StatusOptions>,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            kubeconfig: None,
+            ingress_class: "sluice".into(),
+            debounce: Duration::from_millis(50),
+            status: Some(leader::StatusOptions::default()),
+        }
+    }
+}
+
+/// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`, `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or kubeconfig) found")?,
+    };
+    Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+/// Watch retry delays: from 250 ms doubling to 8 s, with ±25% jitter so instances do not
+/// retry in step; reset by any successful event.
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(8);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay.mul_f64(0.75 + fastrand::f64() * 0.5))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+/// The reflectors' stores.
+#[derive(Clone)]
+pub struct Stores {
+    pub classes: Store<IngressClass>,
+    pub ingresses: Store<Ingress>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub secrets: Store<Secret>,
+}
+
+impl Stores {
+    /// Starts one reflector per kind on the current runtime; each event bumps `changed`.
+    pub fn start(client: &Client, changed: &watch::Sender<u64>) -> Stores {
+        let config = watcher::Config::default();
+        Stores {
+            classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            ingresses: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            services: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            slices: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            // Only TLS Secrets; the translation reads only those an Ingress names.
+            secrets: reflect(
+                Api::all(client.clone()),
+                config.fields("type=kubernetes.io/tls"),
+                changed.clone(),
+            ),
+        }
+    }
+
+    /// Waits until every store has listed once.
+    pub async fn ready(&self) {
+        let _ = tokio::join!(
+            self.classes.wait_until_ready(),
+            self.ingresses.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.slices.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+        );
+    }
+
+    /// What the stores hold now.
+    pub fn state(&self) -> ClusterState {
+        ClusterState {
+            classes: self.classes.state(),
+            ingresses: self.ingresses.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            secrets: self.secrets.state(),
+        }
+    }
+}
+
+/// One reflector: a watcher with backoff feeding a store, driven by a task of its own.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: watch::Sender<u64>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let resource = resource_name::<K>();
+    let stream = watcher(api, config)
+        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(resource, "watch resumed");
+                        failing = false;
+                    }
+                    changed.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    log_watch_error(&resource, &e, failing);
+                    failing = true;
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// `ingresses.networking.k8s.io`, `services`: as RBAC rules name resources.
+fn resource_name<K: Resource<DynamicType = ()>>() -> String {
+    let group = K::group(&());
+    let plural = K::plural(&());
+    if group.is_empty() { plural.into_owned() } else { format!("{plural}.{group}") }
+}
+
+/// The API status inside a client error, if the server answered one.
+fn api_status(error: &kube::Error) -> Option<&kube::core::Status> {
+    match error {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+fn log_watch_error(resource: &str, error: &watcher::Error, already_failing: bool) {
+    let (verb, status) = match error {
+        watcher::Error::InitialListFailed(e) => ("list", api_status(e)),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", api_status(e)),
+        watcher::Error::WatchError(status) => ("watch", Some(status.as_ref())),
+        watcher::Error::NoResourceVersion => ("watch", None),
+    };
+    match status {
+        Some(status) if status.code == 403 => tracing::error!(
+            resource,
+            verb,
+            message = %status.message,
+            "RBAC: sluice may not {verb} {resource}; grant get, list and watch on it (see docs/KUBERNETES.md)"
+        ),
+        Some(status) if status.code == 410 => {
+            tracing::info!(resource, "watch version expired (410 Gone); listing again")
+        }
+        _ if already_failing => {
+            tracing::debug!(resource, verb, error = %error, "Kubernetes API still failing; retrying")
+        }
+        _ => tracing::warn!(
+            resource,
+            verb,
+            error = %error,
+            "Kubernetes API request failed; the last configuration keeps serving, retrying with backoff"
+        ),
+    }
+}
+
+/// The provider: a client and the translation settings.
+pub struct KubeProvider {
+    client: Client,
+    options: KubeOptions,
+    translator: Arc<Translator>,
+}
+
+impl KubeProvider {
+    pub async fn connect(options: KubeOptions) -> anyhow::Result<KubeProvider> {
+        let client = client(options.kubeconfig.as_deref()).await?;
+        let translator = Arc::new(Translator::new(Settings { ingress_class: options.ingress_class.clone() }));
+        Ok(KubeProvider { client, options, translator })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Watches the cluster and keeps `node` serving its translation on top of the latest base
+    /// configuration, until `shutdown` turns true. Base changes (the `--config` file) rebuild
+    /// too. Returns after the status writer has released its Lease.
+    pub async fn run(
+        &self,
+        node: &Node,
+        mut base: watch::Receiver<Config>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let (changed_tx, mut changed) = watch::channel(0u64);
+        let stores = Stores::start(&self.client, &changed_tx);
+        tracing::info!(ingress_class = %self.options.ingress_class, controller = CONTROLLER, "watching Kubernetes");
+        tokio::select! {
+            _ = stores.ready() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+        tracing::info!("Kubernetes state listed; serving Ingresses");
+        let (served_tx, served_rx) = watch::channel(Vec::<IngressId>::new());
+        let status = self.options.status.clone().map(|options| {
+            tokio::spawn(leader::run(
+                self.client.clone(),
+                options,
+                stores.ingresses.clone(),
+                served_rx,
+                shutdown.clone(),
+            ))
+        });
+        let mut last: Option<Config> = None;
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        loop {
+            changed.borrow_and_update();
+            let state = stores.state();
+            let base_config = base.borrow_and_update().clone();
+            let translator = self.translator.clone();
+            let started = Instant::now();
+            let result = tokio::task::spawn_blocking(move || translator.build(&base_config, &state))
+                .await
+                .context("the translation task panicked")?;
+            match result {
+                Ok(translation) => {
+                    let notes: BTreeSet<String> = translation
+                        .notes
+                        .iter()
+                        .map(|n| match &n.ingress {
+                            Some(id) => format!("Ingress {id}: {}", n.message),
+                            None => n.message.clone(),
+                        })
+                        .collect();
+                    for note in notes.difference(&reported) {
+                        tracing::warn!(note = %note, "Kubernetes");
+                    }
+                    reported = notes;
+                    served_tx.send_if_modified(|served| {
+                        let modified = *served != translation.served;
+                        if modified {
+                            served.clone_from(&translation.served);
+                        }
+                        modified
+                    });
+                    if last.as_ref() != Some(&translation.config) {
+                        let config = translation.config;
+                        match node.apply(&config) {
+                            Ok(generation) => {
+                                // The first full translation is what makes the node ready.
+                                node.set_ready(true);
+                                tracing::info!(
+                                    generation,
+                                    ingresses = translation.served.len(),
+                                    virtual_hosts = config.virtual_hosts.len(),
+                                    backends = config.backends.len(),
+                                    took_ms = started.elapsed().as_millis() as u64,
+                                    "Kubernetes configuration applied"
+                                )
+                            }
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "Kubernetes configuration refused; the previous one keeps serving"
+                            ),
+                        }
+                        // Not retried until something changes, applied or not.
+                        last = Some(config);
+                    }
+                }
+                Err(e) => {
+                    node.record_refused();
+                    tracing::error!(error = %e, "Kubernetes configuration does not validate; the previous one keeps serving");
+                }
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { break },
+                r = base.changed() => if r.is_err() { break },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            // Debounce: wait for a quiet moment (at most a second) so a burst is one rebuild.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            loop {
+                let quiet = tokio::time::sleep(self.options.debounce);
+                tokio::select! {
+                    _ = quiet => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    r = changed.changed() => if r.is_err() { break },
+                }
+            }
+        }
+        if let Some(status) = status {
+            match tokio::time::timeout(Duration::from_secs(5), status).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the status writer failed"),
+                Err(_) => tracing::warn!("the status writer did not stop in time"),
+            }
+        }
+        Ok(())
+    }
+}

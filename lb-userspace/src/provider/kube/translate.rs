@@ -1,0 +1,1117 @@
+//! From the observed cluster state to one complete [`Config`]: a pure function of the objects
+//! (the same objects give the same configuration, whatever order they arrived in), rebuilt in
+//! full on every change, never patched from events.
+//!
+//! - Ingresses are ours by `spec.ingressClassName`, else the legacy `kubernetes.io/ingress.class`
+//!   annotation, else a default IngressClass (`ingressclass.kubernetes.io/is-default-class`)
+//!   whose controller is [`CONTROLLER`]. A class is ours when an IngressClass names our
+//!   controller, or when it is the configured class name and no IngressClass of that name
+//!   belongs to another controller.
+//! - Ingresses are taken oldest first (`creationTimestamp`, then namespace and name): a host and
+//!   path claimed by an older Ingress stays with it, and the newer claim is reported, as
+//!   ingress-nginx does. Canary Ingresses do not claim; they attach to the main route of the
+//!   same host and path.
+//! - A backend reference resolves through the Service (port by number or by name) to the
+//!   EndpointSlices labelled with the Service's name (all of them: a Service has several
+//!   slices, one per address family at least). Each slice port is matched by the Service port's
+//!   name; the endpoint's first address with the slice's port is the target.
+//! - EndpointSlice conditions: `ready` → `ready: true`. `serving` and `terminating` (a pod
+//!   shutting down that still answers) → listed with `ready: false`: no new requests go there,
+//!   requests in flight finish; but when a backend has no ready endpoint at all, its
+//!   serving-terminating endpoints take traffic (as kube-proxy falls back to them), so a
+//!   single-replica rollout does not fail requests. Not serving and not terminating (starting,
+//!   failing probes) → listed, `ready: false`. Terminating and not serving → left out.
+//! - A missing Service, port or endpoint gives a backend with no endpoints: the route exists
+//!   and answers 503, as ingress-nginx does.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Secret, Service, ServicePort},
+    discovery::v1::EndpointSlice,
+    networking::v1::{HTTPIngressPath, Ingress, IngressClass, ServiceBackendPort},
+};
+use serde::de::DeserializeOwned;
+
+use super::annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol};
+use crate::config::{
+    BackendConfig, BackendProtocol, BackendTlsConfig, CertificateConfig, Config, EndpointConfig, HeaderMatch,
+    HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig, RouteConfig, SecretString,
+    VirtualHostConfig,
+};
+
+/// The `spec.controller` of IngressClasses that Sluice serves.
+pub const CONTROLLER: &str = "sluice.dev/ingress-controller";
+/// The annotation that marks the default IngressClass.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The legacy class annotation, read when `spec.ingressClassName` is not set.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Everything the provider observes, as the reflectors' stores hold it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub classes: Vec<Arc<IngressClass>>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
+}
+
+/// Which Ingresses are ours.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The class name served (`--ingress-class`), besides IngressClasses naming [`CONTROLLER`].
+    pub ingress_class: String,
+}
+
+/// An Ingress, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IngressId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for IngressId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something the translation wants an operator to know: a conflict, a refused annotation, a
+/// missing Service...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The Ingress it is about, if any.
+    pub ingress: Option<IngressId>,
+    pub message: String,
+}
+
+/// The result of one translation.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    pub config: Config,
+    /// The Ingresses served (ours and not refused), sorted.
+    pub served: Vec<IngressId>,
+    pub notes: Vec<Note>,
+    /// Field paths (`virtual_hosts[3].routes[1]`, `backends[2]`...) → the Ingress that put
+    /// them there, to set aside the Ingress a validation problem is about.
+    owners: Vec<(String, IngressId)>,
+}
+
+impl Translation {
+    /// The Ingress that owns the field at `path` (a validation problem's path), if any.
+    pub fn owner_of(&self, path: &str) -> Option<&IngressId> {
+        self.owners
+            .iter()
+            .filter(|(prefix, _)| {
+                path.starts_with(prefix.as_str())
+                    && matches!(path.as_bytes().get(prefix.len()), None | Some(b'.' | b'['))
+            })
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, id)| id)
+    }
+}
+
+/// Translates cluster state; remembers which Secrets' certificates were checked, so a rebuild
+/// does not parse unchanged certificates again.
+pub struct Translator {
+    settings: Settings,
+    /// Secret uid and resourceVersion → the leaf's not-after (unix seconds), or why it is unusable.
+    checked: Mutex<HashMap<(String, String), Result<i64, String>>>,
+}
+
+impl Translator {
+    pub fn new(settings: Settings) -> Translator {
+        Translator { settings, checked: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The configuration for `state` on top of `base` (listeners, workers, limits, and any
+    /// virtual hosts, backends and certificates of its own, which are kept).
+    pub fn translate(&self, base: &Config, state: &ClusterState) -> Translation {
+        self.translate_excluding(base, state, &BTreeSet::new())
+    }
+
+    /// Translates, validates, and sets aside any Ingress that a validation problem is about
+    /// (reported), until the configuration validates or nothing can be set aside.
+    pub fn build(&self, base: &Config, state: &ClusterState) -> Result<Translation, crate::config::Error> {
+        let mut excluded = BTreeSet::new();
+        loop {
+            let mut translation = self.translate_excluding(base, state, &excluded);
+            let (problems, source_name) = match validate(&translation.config) {
+                Ok(()) => {
+                    for id in &excluded {
+                        translation.notes.push(Note {
+                            ingress: Some(id.clone()),
+                            message: "not served: the configuration it makes does not validate".into(),
+                        });
+                    }
+                    return Ok(translation);
+                }
+                Err(crate::config::Error::Invalid { problems, source_name }) => (problems, source_name),
+                Err(other) => return Err(other),
+            };
+            let offenders: BTreeSet<IngressId> =
+                problems.iter().filter_map(|p| translation.owner_of(&p.path).cloned()).collect();
+            if offenders.is_empty() || offenders.iter().all(|o| excluded.contains(o)) {
+                return Err(crate::config::Error::Invalid { source_name, problems });
+            }
+            for offender in offenders {
+                let messages: Vec<String> = problems
+                    .iter()
+                    .filter(|p| translation.owner_of(&p.path) == Some(&offender))
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect();
+                tracing::warn!(ingress = %offender, problems = %messages.join("; "), "Ingress set aside");
+                excluded.insert(offender);
+            }
+        }
+    }
+
+    fn translate_excluding(
+        &self,
+        base: &Config,
+        state: &ClusterState,
+        excluded: &BTreeSet<IngressId>,
+    ) -> Translation {
+        let mut builder = Builder::new(self, base, state);
+        let (ours, default_is_ours) = builder.classes();
+        let mut ingresses: Vec<&Ingress> =
+            state.ingresses.iter().map(Arc::as_ref).filter(|i| is_ours(i, &ours, default_is_ours)).collect();
+        ingresses.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
+        let mut canaries = Vec::new();
+        let mut served = Vec::new();
+        for ingress in ingresses {
+            let id = id_of(ingress);
+            if excluded.contains(&id) {
+                continue;
+            }
+            let reading =
+                annotations::read(ingress.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()));
+            for warning in &reading.warnings {
+                builder.note(Some(&id), warning.clone());
+            }
+            if let Some(why) = reading.refused {
+                builder.note(Some(&id), format!("not served: {why}"));
+                continue;
+            }
+            served.push(id.clone());
+            if reading.annotations.canary.is_some() {
+                canaries.push((ingress, id, reading.annotations));
+            } else {
+                builder.ingress(ingress, &id, &reading.annotations);
+            }
+        }
+        for (ingress, id, annotations) in canaries {
+            builder.canary(ingress, &id, &annotations);
+        }
+        served.sort();
+        builder.finish(served)
+    }
+}
+
+/// Oldest first; ties by namespace and name.
+fn age_key(ingress: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
+    (
+        ingress.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ingress.metadata.namespace.as_deref().unwrap_or(""),
+        ingress.metadata.name.as_deref().unwrap_or(""),
+    )
+}
+
+pub fn id_of(ingress: &Ingress) -> IngressId {
+    IngressId {
+        namespace: ingress.metadata.namespace.clone().unwrap_or_default(),
+        name: ingress.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+fn is_ours(ingress: &Ingress, ours: &BTreeSet<String>, default_is_ours: bool) -> bool {
+    let class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).or_else(|| {
+        ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).map(String::as_str)
+    });
+    match class {
+        Some(class) => ours.contains(class),
+        None => default_is_ours,
+    }
+}
+
+/// A fresh model value with every default, from its YAML form: stays right when fields with
+/// defaults are added to the model.
+fn template<T: DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).expect("the template parses")
+}
+
+fn backend_template() -> &'static BackendConfig {
+    static TEMPLATE: OnceLock<BackendConfig> = OnceLock::new();
+    TEMPLATE.get_or_init(|| template("name: template\nendpoints: []\n"))
+}
+
+fn route_template() -> &'static RouteConfig {
+    static TEMPLATE: OnceLock<RouteConfig> = OnceLock::new();
+    TEMPLATE.get_or_init(|| template("{}"))
+}
+
+/// How the routing table orders and tells routes apart: the path match and header
+/// constraints.
+type ClaimKey = String;
+
+fn claim_key(matcher: &MatchConfig) -> ClaimKey {
+    format!("{:?}|{:?}|{:?}", matcher.path, matcher.headers, matcher.methods)
+}
+
+#[derive(Default)]
+struct HostBuild {
+    routes: Vec<(RouteConfig, IngressId)>,
+    /// Claim key → index into `routes`.
+    claims: HashMap<ClaimKey, usize>,
+    tls: Option<(HostTlsConfig, IngressId)>,
+    /// Claim keys of main routes that already have a canary.
+    canaried: BTreeSet<ClaimKey>,
+}
+
+struct Index<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    /// (namespace, service) → slices, by slice name.
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+}
+
+struct Builder<'a> {
+    translator: &'a Translator,
+    base: &'a Config,
+    state: &'a ClusterState,
+    index: Index<'a>,
+    hosts: BTreeMap<String, HostBuild>,
+    backends: BTreeMap<String, (BackendConfig, IngressId)>,
+    certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
+    notes: Vec<Note>,
+    tls_listener: bool,
+}
+
+fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+}
+
+impl<'a> Builder<'a> {
+    fn new(translator: &'a Translator, base: &'a Config, state: &'a ClusterState) -> Builder<'a> {
+        let services = state.services.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in &state.slices {
+            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("");
+            slices.entry((namespace, service.as_str())).or_default().push(slice);
+        }
+        for list in slices.values_mut() {
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
+        Builder {
+            translator,
+            base,
+            state,
+            index: Index { services, slices, secrets },
+            hosts: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            certificates: BTreeMap::new(),
+            notes: Vec::new(),
+            tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
+        }
+    }
+
+    fn note(&mut self, ingress: Option<&IngressId>, message: impl Into<String>) {
+        self.notes.push(Note { ingress: ingress.cloned(), message: message.into() });
+    }
+
+    /// The class names that are ours, and whether Ingresses without a class are.
+    fn classes(&mut self) -> (BTreeSet<String>, bool) {
+        let mut classes: Vec<&IngressClass> = self.state.classes.iter().map(Arc::as_ref).collect();
+        classes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut ours = BTreeSet::new();
+        let mut default_is_ours = false;
+        let mut defaults = 0;
+        let configured = self.translator.settings.ingress_class.as_str();
+        let mut configured_taken = false;
+        for class in classes {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref()).unwrap_or("");
+            let default = class
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v == "true");
+            defaults += usize::from(default);
+            if controller == CONTROLLER {
+                default_is_ours |= default;
+                ours.insert(name);
+            } else if name == configured {
+                configured_taken = true;
+                self.note(
+                    None,
+                    format!("IngressClass {name:?} belongs to controller {controller:?}; Ingresses of that class are not served"),
+                );
+            }
+        }
+        if defaults > 1 {
+            self.note(None, format!("{defaults} IngressClasses are marked default; Kubernetes expects one"));
+        }
+        if !configured_taken {
+            ours.insert(configured.to_owned());
+        }
+        (ours, default_is_ours)
+    }
+
+    /// The host of a rule (`*` when none), or why it cannot be served.
+    fn host_of(rule_host: Option<&str>) -> Result<String, String> {
+        let host = rule_host.unwrap_or("").trim().to_ascii_lowercase();
+        if host.is_empty() {
+            return Ok("*".to_owned());
+        }
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+            });
+        if valid { Ok(host) } else { Err(format!("host {host:?} is not a valid host name")) }
+    }
+
+    /// The path match of an Ingress path under the Ingress's annotations.
+    fn path_match(path: &HTTPIngressPath, annotations: &Annotations) -> Result<PathMatch, String> {
+        let text = path.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
+        if annotations.use_regex || annotations.rewrite_target.is_some() {
+            // ingress-nginx makes these `location ~* "^path"`: case-insensitive, anchored at the
+            // start.
+            let pattern = format!("(?i){text}");
+            regex::Regex::new(&pattern)
+                .map_err(|e| format!("path {text:?} is not a regular expression: {e}"))?;
+            return Ok(PathMatch::Regex(pattern));
+        }
+        if !text.starts_with('/') {
+            return Err(format!("path {text:?} does not start with /"));
+        }
+        match path.path_type.as_str() {
+            "Exact" => Ok(PathMatch::Exact(text)),
+            // ImplementationSpecific is read as Prefix (element-wise), as Gateway API does.
+            "Prefix" | "ImplementationSpecific" | "" => Ok(PathMatch::Prefix(text)),
+            other => Err(format!("pathType {other:?} is not Exact, Prefix or ImplementationSpecific")),
+        }
+    }
+
+    /// Adds a route to `host` unless an older Ingress claimed the same match there.
+    fn claim(&mut self, host: &str, route: RouteConfig, id: &IngressId) -> bool {
+        let key = claim_key(&route.matcher);
+        let entry = self.hosts.entry(host.to_owned()).or_default();
+        if let Some(&index) = entry.claims.get(&key) {
+            let (_, owner) = &entry.routes[index];
+            if owner != id {
+                let message = format!(
+                    "host {host} path {} is already served by the older Ingress {owner}; this claim is ignored",
+                    describe(&route.matcher)
+                );
+                self.note(Some(id), message);
+            }
+            return false;
+        }
+        entry.claims.insert(key, entry.routes.len());
+        entry.routes.push((route, id.clone()));
+        true
+    }
+
+    fn ingress(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
+        let Some(spec) = ingress.spec.as_ref() else { return };
+        let namespace = id.namespace.as_str();
+        let redirect = match &a.redirect {
+            Some(whole) => match redirect_to(&whole.url, whole.code) {
+                Ok(redirect) => Some(redirect),
+                Err(e) => {
+                    self.note(Some(id), e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut hosts_served = BTreeSet::new();
+        for rule in spec.rules.iter().flatten() {
+            let host = match Self::host_of(rule.host.as_deref()) {
+                Ok(host) => host,
+                Err(e) => {
+                    self.note(Some(id), format!("rule skipped: {e}"));
+                    continue;
+                }
+            };
+            if let Some(app_root) = &a.app_root {
+                let mut route = route_template().clone();
+                route.name = Some(id.to_string());
+                route.matcher.path = Some(PathMatch::Exact("/".into()));
+                route.redirect = Some(RedirectConfig {
+                    scheme: None,
+                    host: None,
+                    port: None,
+                    path: Some(app_root.clone()),
+                    code: 302,
+                });
+                self.claim(&host, route, id);
+            }
+            let mut first_backend = None;
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let matcher = match Self::path_match(path, a) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.note(Some(id), format!("path skipped: {e}"));
+                        continue;
+                    }
+                };
+                let mut route = route_template().clone();
+                route.name = Some(id.to_string());
+                route.timeout_ms = a.read_timeout_ms;
+                route.max_body_bytes = a.body_size;
+                if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
+                    route.rewrite = Some(RewriteConfig {
+                        prefix: None,
+                        // nginx's `rewrite` replaces the whole URI: match it all.
+                        regex: Some(format!("(?s)^(?:{pattern}).*")),
+                        replacement: Some(annotations::replacement(target)),
+                    });
+                }
+                route.matcher.path = Some(matcher.clone());
+                match &redirect {
+                    Some(redirect) => route.redirect = Some(redirect.clone()),
+                    None => match self.service_backend(namespace, &path.backend, &a.backend, id) {
+                        Some(group) => {
+                            if first_backend.is_none() || matches!(&matcher, PathMatch::Prefix(p) if p == "/")
+                            {
+                                first_backend = Some(group.clone());
+                            }
+                            route.backend = Some(group);
+                        }
+                        None => continue,
+                    },
+                }
+                self.claim(&host, route, id);
+            }
+            hosts_served.insert(host.clone());
+            if a.ssl_passthrough {
+                self.passthrough(&host, first_backend, id);
+            }
+        }
+        if let Some(default) = &spec.default_backend
+            && redirect.is_none()
+            && let Some(group) = self.service_backend(namespace, default, &a.backend, id)
+        {
+            let mut route = route_template().clone();
+            route.name = Some(id.to_string());
+            route.matcher.path = Some(PathMatch::Prefix("/".into()));
+            route.backend = Some(group);
+            self.claim("*", route, id);
+        }
+        if a.ssl_passthrough {
+            return;
+        }
+        let mut tls_hosts = BTreeSet::new();
+        for tls in spec.tls.iter().flatten() {
+            for host in tls.hosts.iter().flatten() {
+                let Ok(host) = Self::host_of(Some(host)) else { continue };
+                tls_hosts.insert(host.clone());
+                if !self.tls_listener {
+                    continue;
+                }
+                let Some(secret) = tls.secret_name.as_deref() else {
+                    // The listener's default certificate serves it.
+                    continue;
+                };
+                let entry = self.hosts.entry(host.clone()).or_default();
+                if let Some((_, owner)) = &entry.tls {
+                    if owner != id {
+                        let message = format!(
+                            "TLS for host {host} is already set by the older Ingress {owner}; ignored"
+                        );
+                        self.note(Some(id), message);
+                    }
+                    continue;
+                }
+                let Some(certificate) = self.certificate(namespace, secret, id) else { continue };
+                let mut host_tls: HostTlsConfig = template("certificate: x\n");
+                host_tls.certificate = Some(certificate);
+                host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect;
+                self.hosts.entry(host).or_default().tls = Some((host_tls, id.clone()));
+            }
+        }
+        if !tls_hosts.is_empty() && !self.tls_listener {
+            self.note(Some(id), "has TLS hosts but no listener terminates TLS; served over plain HTTP only");
+        }
+        if a.force_ssl_redirect && hosts_served.iter().any(|h| !tls_hosts.contains(h)) {
+            self.note(
+                Some(id),
+                "force-ssl-redirect applies only to hosts with TLS; other hosts are not redirected",
+            );
+        }
+    }
+
+    fn passthrough(&mut self, host: &str, backend: Option<String>, id: &IngressId) {
+        if !self.tls_listener {
+            self.note(Some(id), "ssl-passthrough needs a TLS listener; not applied");
+            return;
+        }
+        let Some(backend) = backend else {
+            self.note(Some(id), format!("ssl-passthrough for {host} has no backend; not applied"));
+            return;
+        };
+        let entry = self.hosts.entry(host.to_owned()).or_default();
+        if let Some((_, owner)) = &entry.tls {
+            if owner != id {
+                let message =
+                    format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
+                self.note(Some(id), message);
+            }
+            return;
+        }
+        let mut host_tls: HostTlsConfig = template("passthrough: x\n");
+        host_tls.passthrough = Some(backend);
+        host_tls.redirect_http = false;
+        entry.tls = Some((host_tls, id.clone()));
+    }
+
+    /// The backend group for a Service reference, created on first use.
+    fn service_backend(
+        &mut self,
+        namespace: &str,
+        backend: &k8s_openapi::api::networking::v1::IngressBackend,
+        settings: &BackendSettings,
+        id: &IngressId,
+    ) -> Option<String> {
+        let Some(service) = &backend.service else {
+            self.note(Some(id), "resource backends are not supported; path skipped");
+            return None;
+        };
+        let Some(port) = &service.port else {
+            self.note(Some(id), format!("backend Service {} names no port; path skipped", service.name));
+            return None;
+        };
+        Some(self.backend_group(namespace, &service.name, port, settings, id))
+    }
+
+    fn backend_group(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        port: &ServiceBackendPort,
+        settings: &BackendSettings,
+        id: &IngressId,
+    ) -> String {
+        let port_label = match (&port.name, port.number) {
+            (Some(name), _) if !name.is_empty() => name.clone(),
+            (_, Some(number)) => number.to_string(),
+            _ => "?".to_owned(),
+        };
+        let mut name = format!("{namespace}/{service}:{port_label}");
+        if *settings != BackendSettings::default() {
+            name.push_str(&format!("~{:08x}", stable_hash(&format!("{settings:?}"))));
+        }
+        if self.backends.contains_key(&name) {
+            return name;
+        }
+        let endpoints = self.endpoints(namespace, service, port, id);
+        let mut group = backend_template().clone();
+        group.name = name.clone();
+        group.endpoints = endpoints;
+        apply_settings(&mut group, settings);
+        self.backends.insert(name.clone(), (group, id.clone()));
+        name
+    }
+
+    /// The endpoints of a Service port, from its EndpointSlices.
+    fn endpoints(
+        &mut self,
+        namespace: &str,
+        service_name: &str,
+        port: &ServiceBackendPort,
+        id: &IngressId,
+    ) -> Vec<EndpointConfig> {
+        let Some(service) = self.index.services.get(&(namespace, service_name)).copied() else {
+            self.note(
+                Some(id),
+                format!("Service {namespace}/{service_name} not found; its paths answer 503"),
+            );
+            return Vec::new();
+        };
+        let spec = service.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            self.note(
+                Some(id),
+                format!("Service {namespace}/{service_name} is ExternalName, which is not supported"),
+            );
+            return Vec::new();
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+        let service_port: Option<&ServicePort> = match (&port.name, port.number) {
+            (Some(name), _) if !name.is_empty() => {
+                ports.iter().find(|p| p.name.as_deref() == Some(name.as_str()))
+            }
+            (_, Some(number)) => ports.iter().find(|p| p.port == number),
+            _ => None,
+        };
+        let Some(service_port) = service_port else {
+            let wanted = port.name.clone().filter(|n| !n.is_empty()).or(port.number.map(|n| n.to_string()));
+            self.note(
+                Some(id),
+                format!(
+                    "Service {namespace}/{service_name} has no port {}; its paths answer 503",
+                    wanted.unwrap_or_default()
+                ),
+            );
+            return Vec::new();
+        };
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
+        endpoints_of(slices, port_name)
+    }
+
+    /// The certificate of a `kubernetes.io/tls` Secret, checked; its name, or `None` (noted).
+    fn certificate(&mut self, namespace: &str, secret_name: &str, id: &IngressId) -> Option<String> {
+        let name = format!("{namespace}/{secret_name}");
+        if self.certificates.contains_key(&name) {
+            return Some(name);
+        }
+        let Some(secret) = self.index.secrets.get(&(namespace, secret_name)).copied() else {
+            self.note(
+                Some(id),
+                format!("TLS Secret {name} not found; the listener's default certificate serves its hosts"),
+            );
+            return None;
+        };
+        if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+            self.note(Some(id), format!("Secret {name} is not of type kubernetes.io/tls; not used"));
+            return None;
+        }
+        let data = secret.data.as_ref();
+        let text =
+            |key: &str| data.and_then(|d| d.get(key)).and_then(|b| String::from_utf8(b.0.clone()).ok());
+        let (Some(cert_pem), Some(key_pem)) = (text("tls.crt"), text("tls.key")) else {
+            self.note(Some(id), format!("Secret {name} lacks tls.crt or tls.key; not used"));
+            return None;
+        };
+        let mut certificate: CertificateConfig = template("name: x\ncert_pem: x\nkey_pem: x\n");
+        certificate.name = name.clone();
+        certificate.cert_pem = Some(cert_pem);
+        certificate.key_pem = Some(SecretString(key_pem));
+        let cache_key = (
+            secret.metadata.uid.clone().unwrap_or_default(),
+            secret.metadata.resource_version.clone().unwrap_or_default(),
+        );
+        let checked = {
+            let mut cache = self.translator.checked.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .entry(cache_key)
+                .or_insert_with(|| {
+                    crate::tls::certs::load_certificate(
+                        &certificate,
+                        &crate::tls::provider(),
+                        crate::tls::now_unix(),
+                    )
+                    .map(|loaded| loaded.not_after)
+                    .map_err(|e| e.to_string())
+                })
+                .clone()
+        };
+        match checked {
+            Ok(not_after) if not_after >= crate::tls::now_unix() => {
+                self.certificates.insert(name.clone(), (certificate, id.clone()));
+                Some(name)
+            }
+            Ok(_) => {
+                self.note(Some(id), format!("Secret {name}: the certificate has expired; not used"));
+                None
+            }
+            Err(e) => {
+                self.note(Some(id), format!("Secret {name}: {e}; not used"));
+                None
+            }
+        }
+    }
+
+    /// Attaches a canary Ingress to the main routes of the same hosts and paths.
+    fn canary(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
+        let Some(spec) = ingress.spec.as_ref() else { return };
+        let canary = a.canary.clone().unwrap_or_default();
+        for rule in spec.rules.iter().flatten() {
+            let Ok(host) = Self::host_of(rule.host.as_deref()) else { continue };
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let Ok(matcher) = Self::path_match(path, a) else { continue };
+                let key = claim_key(&MatchConfig { path: Some(matcher.clone()), ..MatchConfig::default() });
+                let main =
+                    self.hosts.get(&host).and_then(|h| h.claims.get(&key).map(|&i| h.routes[i].clone()));
+                let Some((main_route, _)) = main else {
+                    self.note(
+                        Some(id),
+                        format!(
+                            "canary for host {host} path {} has no main Ingress; ignored",
+                            describe_path(&matcher)
+                        ),
+                    );
+                    continue;
+                };
+                let Some(main_backend) = main_route.backend.clone() else {
+                    self.note(Some(id), format!("canary for host {host}: the main route redirects; ignored"));
+                    continue;
+                };
+                if !self.hosts.get_mut(&host).is_some_and(|h| h.canaried.insert(key.clone())) {
+                    self.note(
+                        Some(id),
+                        format!("host {host} path {} already has a canary; ignored", describe_path(&matcher)),
+                    );
+                    continue;
+                }
+                let Some(canary_backend) = self.service_backend(&id.namespace, &path.backend, &a.backend, id)
+                else {
+                    continue;
+                };
+                self.attach_canary(&host, &key, &main_route, &main_backend, &canary_backend, &canary, id);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attach_canary(
+        &mut self,
+        host: &str,
+        main_key: &ClaimKey,
+        main_route: &RouteConfig,
+        main_backend: &str,
+        canary_backend: &str,
+        canary: &Canary,
+        id: &IngressId,
+    ) {
+        // Header, then cookie, then weight: routes with a header constraint are tried before
+        // the main route, in the order added.
+        let mut extra: Vec<(HeaderMatch, &str)> = Vec::new();
+        let header =
+            |name: &str| HeaderMatch { name: name.to_owned(), exact: None, regex: None, present: None };
+        if let Some(name) = &canary.header {
+            if let Some(value) = &canary.header_value {
+                extra.push((HeaderMatch { exact: Some(value.clone()), ..header(name) }, canary_backend));
+            } else if let Some(pattern) = &canary.header_pattern {
+                extra.push((HeaderMatch { regex: Some(pattern.clone()), ..header(name) }, canary_backend));
+            } else {
+                extra.push((HeaderMatch { exact: Some("always".into()), ..header(name) }, canary_backend));
+                extra.push((HeaderMatch { exact: Some("never".into()), ..header(name) }, main_backend));
+            }
+        }
+        if let Some(cookie) = &canary.cookie {
+            let cookie_is = |value: &str| HeaderMatch {
+                regex: Some(format!(r"(?:.*;\s*)?{}={value}(?:\s*;.*)?", regex::escape(cookie))),
+                ..header("cookie")
+            };
+            extra.push((cookie_is("always"), canary_backend));
+            extra.push((cookie_is("never"), main_backend));
+        }
+        for (matcher, backend) in extra {
+            let mut route = main_route.clone();
+            route.name = Some(id.to_string());
+            route.matcher.headers = vec![matcher];
+            route.backend = Some(backend.to_owned());
+            self.claim(host, route, id);
+        }
+        if canary.weight == 0 {
+            return;
+        }
+        let weighted = if canary.weight >= canary.weight_total {
+            canary_backend.to_owned()
+        } else {
+            self.weighted_group(main_backend, canary_backend, canary.weight, canary.weight_total, id)
+        };
+        if let Some(entry) = self.hosts.get_mut(host)
+            && let Some(&index) = entry.claims.get(main_key)
+        {
+            entry.routes[index].0.backend = Some(weighted);
+        }
+    }
+
+    /// A group with the endpoints of both, weighted so that `weight` of `total` requests go to
+    /// the canary's. Weights follow the ready endpoints, so the split holds while some are not
+    /// ready.
+    fn weighted_group(
+        &mut self,
+        main: &str,
+        canary: &str,
+        weight: u32,
+        total: u32,
+        id: &IngressId,
+    ) -> String {
+        let name = format!("{main}+canary({canary})@{weight}/{total}");
+        if self.backends.contains_key(&name) {
+            return name;
+        }
+        let (main_group, _) = self.backends[main].clone();
+        let (canary_group, _) = self.backends[canary].clone();
+        let ready = |g: &BackendConfig| g.endpoints.iter().filter(|e| e.ready).count().max(1) as u64;
+        let (m, c) = (ready(&main_group), ready(&canary_group));
+        let mut main_weight = u64::from(total - weight) * c;
+        let mut canary_weight = u64::from(weight) * m;
+        let divisor = gcd(main_weight, canary_weight).max(1);
+        (main_weight, canary_weight) = (main_weight / divisor, canary_weight / divisor);
+        let largest = main_weight.max(canary_weight);
+        if largest > 10_000 {
+            main_weight = (main_weight * 10_000 / largest).max(1);
+            canary_weight = (canary_weight * 10_000 / largest).max(1);
+        }
+        let mut group = main_group.clone();
+        group.name = name.clone();
+        // Weights only mean something to round robin.
+        group.balance = crate::config::Balance::RoundRobin;
+        group.hash_on = None;
+        group.endpoints = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (endpoints, w) in [(&main_group.endpoints, main_weight), (&canary_group.endpoints, canary_weight)]
+        {
+            for endpoint in endpoints {
+                if seen.insert(endpoint.address) {
+                    group.endpoints.push(EndpointConfig { weight: w as u32, ..endpoint.clone() });
+                }
+            }
+        }
+        self.backends.insert(name.clone(), (group, id.clone()));
+        name
+    }
+
+    fn finish(mut self, served: Vec<IngressId>) -> Translation {
+        let mut config = self.base.clone();
+        let mut owners = Vec::new();
+        let base_domains: BTreeSet<String> = config
+            .virtual_hosts
+            .iter()
+            .flat_map(|h| h.domains.iter().map(|d| d.to_ascii_lowercase()))
+            .collect();
+        let base_names: BTreeSet<String> = config.virtual_hosts.iter().map(|h| h.name.clone()).collect();
+        let hosts = std::mem::take(&mut self.hosts);
+        for (domain, host) in hosts {
+            if base_domains.contains(&domain) || base_names.contains(&domain) {
+                let message = format!(
+                    "host {domain} is configured in the base configuration; the Ingress rules for it are ignored"
+                );
+                let owners: BTreeSet<&IngressId> = host.routes.iter().map(|(_, id)| id).collect();
+                for owner in owners {
+                    self.notes.push(Note { ingress: Some(owner.clone()), message: message.clone() });
+                }
+                continue;
+            }
+            let index = config.virtual_hosts.len();
+            let mut virtual_host: VirtualHostConfig = template("name: x\ndomains: []\n");
+            virtual_host.name = domain.clone();
+            virtual_host.domains = vec![domain];
+            for (r, (route, owner)) in host.routes.into_iter().enumerate() {
+                owners.push((format!("virtual_hosts[{index}].routes[{r}]"), owner));
+                virtual_host.routes.push(route);
+            }
+            if let Some((tls, owner)) = host.tls {
+                owners.push((format!("virtual_hosts[{index}].tls"), owner));
+                virtual_host.tls = Some(tls);
+            }
+            config.virtual_hosts.push(virtual_host);
+        }
+        for (_, (group, owner)) in std::mem::take(&mut self.backends) {
+            owners.push((format!("backends[{}]", config.backends.len()), owner));
+            config.backends.push(group);
+        }
+        for (_, (certificate, owner)) in std::mem::take(&mut self.certificates) {
+            owners.push((format!("certificates[{}]", config.certificates.len()), owner));
+            config.certificates.push(certificate);
+        }
+        Translation { config, served, notes: self.notes, owners }
+    }
+}
+
+/// Endpoints of one Service port across its slices; see the module documentation for how
+/// conditions map.
+pub fn endpoints_of(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointConfig> {
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum State {
+        NotReady,
+        Draining,
+        Ready,
+    }
+    let mut found: BTreeMap<SocketAddr, State> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+        });
+        let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            // Unset `ready` means ready; unset `serving` follows `ready`.
+            let ready = conditions.ready.unwrap_or(true);
+            let serving = conditions.serving.unwrap_or(ready);
+            let terminating = conditions.terminating.unwrap_or(false);
+            let state = match (ready && !terminating, serving, terminating) {
+                (true, _, _) => State::Ready,
+                (false, true, true) => State::Draining,
+                (false, _, false) => State::NotReady,
+                (false, false, true) => continue,
+            };
+            let Some(ip) = endpoint.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let address = SocketAddr::new(ip, port);
+            let best = found.entry(address).or_insert(state);
+            *best = (*best).max(state);
+        }
+    }
+    let any_ready = found.values().any(|s| *s == State::Ready);
+    let template = EndpointConfig { address: SocketAddr::from(([0, 0, 0, 0], 0)), weight: 1, ready: true };
+    found
+        .into_iter()
+        .map(|(address, state)| EndpointConfig {
+            address,
+            ready: state == State::Ready || (state == State::Draining && !any_ready),
+            ..template.clone()
+        })
+        .collect()
+}
+
+fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
+    let insecure_tls = || {
+        let mut tls: BackendTlsConfig = template("insecure_skip_verify: true\n");
+        tls.insecure_skip_verify = true;
+        tls
+    };
+    match settings.protocol {
+        UpstreamProtocol::Http => {}
+        UpstreamProtocol::Https => group.tls = Some(insecure_tls()),
+        UpstreamProtocol::Grpc => group.protocol = BackendProtocol::H2c,
+        UpstreamProtocol::Grpcs => {
+            group.protocol = BackendProtocol::H2c;
+            group.tls = Some(insecure_tls());
+        }
+    }
+    if let Some(ms) = settings.connect_timeout_ms {
+        group.timeouts.connect_ms = ms;
+    }
+    if settings.no_retries {
+        group.retries.attempts = 0;
+    } else if let Some(tries) = settings.tries {
+        group.retries.attempts = tries.saturating_sub(1);
+    }
+    if let Some(balance) = &settings.balance {
+        (group.balance, group.hash_on) = balance.to_model();
+    }
+    group.cookie_affinity.clone_from(&settings.cookie_affinity);
+}
+
+/// A redirect from an absolute URL (`https://host[:port]/path`).
+fn redirect_to(url: &str, code: u16) -> Result<RedirectConfig, String> {
+    let uri: http::Uri =
+        url.parse().map_err(|_| format!("redirect target {url:?} is not a URL; not applied"))?;
+    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https");
+    let (Some(scheme), Some(host)) = (scheme, uri.host()) else {
+        return Err(format!("redirect target {url:?} is not an absolute http(s) URL; not applied"));
+    };
+    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).filter(|p| p.starts_with('/'));
+    Ok(RedirectConfig {
+        scheme: Some(scheme.to_owned()),
+        host: Some(host.to_owned()),
+        port: uri.port_u16(),
+        path: Some(path.unwrap_or_else(|| "/".to_owned())),
+        code,
+    })
+}
+
+fn describe_path(path: &PathMatch) -> String {
+    match path {
+        PathMatch::Exact(p) => format!("{p} (Exact)"),
+        PathMatch::Prefix(p) => format!("{p} (Prefix)"),
+        PathMatch::Regex(p) => format!("{p} (regex)"),
+    }
+}
+
+fn describe(matcher: &MatchConfig) -> String {
+    let path = matcher.path.as_ref().map(describe_path).unwrap_or_else(|| "/".into());
+    if matcher.headers.is_empty() { path } else { format!("{path} with header conditions") }
+}
+
+/// FNV-1a: stable across runs and builds, unlike the std hasher.
+fn stable_hash(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Runs the model's own validation on a configuration built in code.
+pub fn validate(config: &Config) -> Result<(), crate::config::Error> {
+    config.validate("kubernetes")
+}
+
+/// The YAML form of a configuration built in code, as a file would write it.
+pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
+    let mut value = serde_json::to_value(config).map_err(|e| crate::config::Error::Parse {
+        source_name: "kubernetes".into(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })?;
+    // One-key choices serialize as externally tagged enums (`{"Prefix": "/"}`, `"ClientIp"`);
+    // their YAML form is `{prefix: /}` and `{client_ip: true}`.
+    fn one_of(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) if map.len() == 1 => {
+                let (key, inner) = map.iter().next().map(|(k, v)| (k.clone(), v.clone())).expect("one entry");
+                let snake = match key.as_str() {
+                    "Exact" => "exact",
+                    "Prefix" => "prefix",
+                    "Regex" => "regex",
+                    "Header" => "header",
+                    "Cookie" => "cookie",
+                    _ => return,
+                };
+                *value = serde_json::json!({ snake: inner });
+            }
+            serde_json::Value::String(s) if s == "ClientIp" => {
+                *value = serde_json::json!({"client_ip": true})
+            }
+            _ => {}
+        }
+    }
+    for host in value["virtual_hosts"].as_array_mut().into_iter().flatten() {
+        for route in host["routes"].as_array_mut().into_iter().flatten() {
+            if let Some(path) = route.get_mut("match").and_then(|m| m.get_mut("path")) {
+                one_of(path);
+            }
+        }
+    }
+    for backend in value["backends"].as_array_mut().into_iter().flatten() {
+        if let Some(hash_on) = backend.get_mut("hash_on") {
+            one_of(hash_on);
+        }
+    }
+    serde_yaml::to_string(&value).map_err(|e| crate::config::Error::Parse {
+        source_name: "kubernetes".into(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

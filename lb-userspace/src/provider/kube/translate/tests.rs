@@ -1,0 +1,864 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::{Secret, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        networking::v1::{
+            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
+            IngressRule, IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+
+use super::*;
+use crate::config::{BackendProtocol, Balance, HashOn};
+
+fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.to_owned()),
+        uid: Some(format!("uid-{}-{name}", namespace.unwrap_or(""))),
+        resource_version: Some("1".into()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `IngressTest::new("web").host("a.test").path("/", "svc", 80).build()`.
+struct IngressTest {
+    ingress: Ingress,
+}
+
+impl IngressTest {
+    fn new(name: &str) -> IngressTest {
+        IngressTest {
+            ingress: Ingress {
+                metadata: meta(Some("default"), name),
+                spec: Some(IngressSpec {
+                    ingress_class_name: Some("sluice".into()),
+                    ..IngressSpec::default()
+                }),
+                status: None,
+            },
+        }
+    }
+
+    fn class(mut self, class: Option<&str>) -> Self {
+        self.spec().ingress_class_name = class.map(str::to_owned);
+        self
+    }
+
+    /// Created `seconds` after the epoch: smaller is older.
+    fn created(mut self, seconds: i64) -> Self {
+        let stamp = k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap();
+        self.ingress.metadata.creation_timestamp = Some(Time(stamp));
+        self
+    }
+
+    fn annotation(mut self, key: &str, value: &str) -> Self {
+        let key =
+            if key.contains('/') { key.to_owned() } else { format!("nginx.ingress.kubernetes.io/{key}") };
+        self.ingress.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key, value.into());
+        self
+    }
+
+    fn spec(&mut self) -> &mut IngressSpec {
+        self.ingress.spec.as_mut().unwrap()
+    }
+
+    /// Starts a rule for `host` ("" for none); paths go to the last rule.
+    fn host(mut self, host: &str) -> Self {
+        let rule = IngressRule {
+            host: (!host.is_empty()).then(|| host.to_owned()),
+            http: Some(HTTPIngressRuleValue { paths: Vec::new() }),
+        };
+        self.spec().rules.get_or_insert_with(Vec::new).push(rule);
+        self
+    }
+
+    fn path_typed(mut self, path: &str, path_type: &str, service: &str, port: ServiceBackendPort) -> Self {
+        if self.spec().rules.as_ref().is_none_or(Vec::is_empty) {
+            self = self.host("");
+        }
+        let rule = self.spec().rules.as_mut().unwrap().last_mut().unwrap();
+        rule.http.as_mut().unwrap().paths.push(HTTPIngressPath {
+            path: Some(path.to_owned()),
+            path_type: path_type.to_owned(),
+            backend: backend(service, port),
+        });
+        self
+    }
+
+    fn path(self, path: &str, service: &str, port: i32) -> Self {
+        self.path_typed(path, "Prefix", service, number(port))
+    }
+
+    fn tls(mut self, hosts: &[&str], secret: &str) -> Self {
+        let tls = IngressTLS {
+            hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
+            secret_name: Some(secret.to_owned()),
+        };
+        self.spec().tls.get_or_insert_with(Vec::new).push(tls);
+        self
+    }
+
+    fn default_backend(mut self, service: &str, port: i32) -> Self {
+        self.spec().default_backend = Some(backend(service, number(port)));
+        self
+    }
+
+    fn build(self) -> Arc<Ingress> {
+        Arc::new(self.ingress)
+    }
+}
+
+fn number(port: i32) -> ServiceBackendPort {
+    ServiceBackendPort { number: Some(port), name: None }
+}
+
+fn named(port: &str) -> ServiceBackendPort {
+    ServiceBackendPort { number: None, name: Some(port.to_owned()) }
+}
+
+fn backend(service: &str, port: ServiceBackendPort) -> IngressBackend {
+    IngressBackend {
+        service: Some(IngressServiceBackend { name: service.to_owned(), port: Some(port) }),
+        resource: None,
+    }
+}
+
+/// A Service with ports (name, port).
+fn service(name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
+    Arc::new(Service {
+        metadata: meta(Some("default"), name),
+        spec: Some(ServiceSpec {
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: (!n.is_empty()).then(|| n.to_string()),
+                        port: *p,
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// `SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1")`.
+struct SliceTest {
+    slice: EndpointSlice,
+}
+
+impl SliceTest {
+    fn new(name: &str, service: &str) -> SliceTest {
+        let mut metadata = meta(Some("default"), name);
+        metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
+        SliceTest {
+            slice: EndpointSlice {
+                address_type: "IPv4".into(),
+                endpoints: Some(Vec::new()),
+                metadata,
+                ports: Some(Vec::new()),
+            },
+        }
+    }
+
+    fn ipv6(mut self) -> Self {
+        self.slice.address_type = "IPv6".into();
+        self
+    }
+
+    fn port(mut self, name: &str, port: i32) -> Self {
+        self.slice.ports.as_mut().unwrap().push(EndpointPort {
+            name: Some(name.to_owned()),
+            port: Some(port),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        });
+        self
+    }
+
+    fn endpoint(
+        mut self,
+        address: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Self {
+        self.slice.endpoints.as_mut().unwrap().push(Endpoint {
+            addresses: vec![address.to_owned()],
+            conditions: Some(EndpointConditions { ready, serving, terminating }),
+            ..Endpoint::default()
+        });
+        self
+    }
+
+    fn ready(self, address: &str) -> Self {
+        self.endpoint(address, Some(true), Some(true), Some(false))
+    }
+
+    fn not_ready(self, address: &str) -> Self {
+        self.endpoint(address, Some(false), Some(false), Some(false))
+    }
+
+    fn draining(self, address: &str) -> Self {
+        self.endpoint(address, Some(false), Some(true), Some(true))
+    }
+
+    fn gone(self, address: &str) -> Self {
+        self.endpoint(address, Some(false), Some(false), Some(true))
+    }
+
+    fn build(self) -> Arc<EndpointSlice> {
+        Arc::new(self.slice)
+    }
+}
+
+fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
+    let mut metadata = meta(None, name);
+    if default {
+        metadata.annotations = Some([(DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())].into());
+    }
+    Arc::new(IngressClass {
+        metadata,
+        spec: Some(IngressClassSpec { controller: Some(controller.into()), parameters: None }),
+    })
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str) -> Arc<Secret> {
+    Arc::new(Secret {
+        metadata: meta(Some("default"), name),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt".to_owned(), ByteString(cert.as_bytes().to_vec())),
+                ("tls.key".to_owned(), ByteString(key.as_bytes().to_vec())),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    })
+}
+
+fn base() -> Config {
+    Config::from_yaml("listeners: [{name: web, address: '127.0.0.1:8080'}]\nxdp: {enabled: false}\n", "base")
+        .unwrap()
+}
+
+fn tls_base() -> Config {
+    Config::from_yaml(
+        "listeners:\n  - {name: web, address: '127.0.0.1:8080'}\n  - {name: tls, address: '127.0.0.1:8443', tls: {}}\nxdp: {enabled: false}\n",
+        "base",
+    )
+    .unwrap()
+}
+
+fn translator() -> Translator {
+    Translator::new(Settings { ingress_class: "sluice".into() })
+}
+
+/// The web Service with one port and two ready endpoints.
+fn web_state() -> ClusterState {
+    ClusterState {
+        classes: vec![class("sluice", CONTROLLER, false)],
+        ingresses: vec![IngressTest::new("web").host("a.test").path("/", "web", 80).build()],
+        services: vec![service("web", &[("http", 80)])],
+        slices: vec![
+            SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1").ready("10.0.0.2").build(),
+        ],
+        secrets: Vec::new(),
+    }
+}
+
+fn build(state: &ClusterState) -> Translation {
+    translator().build(&base(), state).expect("the translation validates")
+}
+
+fn host<'a>(config: &'a Config, domain: &str) -> &'a VirtualHostConfig {
+    config
+        .virtual_hosts
+        .iter()
+        .find(|h| h.domains.iter().any(|d| d == domain))
+        .unwrap_or_else(|| panic!("no host {domain}"))
+}
+
+fn group<'a>(config: &'a Config, name: &str) -> &'a BackendConfig {
+    config
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap_or_else(|| panic!("no backend {name}: {:?}", config.backends))
+}
+
+fn addresses(group: &BackendConfig) -> Vec<(String, bool)> {
+    group.endpoints.iter().map(|e| (e.address.to_string(), e.ready)).collect()
+}
+
+fn notes(translation: &Translation) -> String {
+    translation
+        .notes
+        .iter()
+        .map(|n| format!("{:?}: {}\n", n.ingress.as_ref().map(|i| i.to_string()), n.message))
+        .collect()
+}
+
+#[test]
+fn an_ingress_service_and_slice_make_a_route_to_the_endpoints() {
+    let t = build(&web_state());
+    let host = host(&t.config, "a.test");
+    assert_eq!(host.routes.len(), 1);
+    let route = &host.routes[0];
+    assert_eq!(route.matcher.path, Some(PathMatch::Prefix("/".into())));
+    assert_eq!(route.backend.as_deref(), Some("default/web:80"));
+    assert_eq!(route.name.as_deref(), Some("default/web"));
+    let group = group(&t.config, "default/web:80");
+    assert_eq!(addresses(group), [("10.0.0.1:8080".into(), true), ("10.0.0.2:8080".into(), true)]);
+    assert_eq!(t.served, [IngressId { namespace: "default".into(), name: "web".into() }]);
+    assert_eq!(t.config.listeners, base().listeners, "base settings are kept");
+}
+
+#[test]
+fn the_same_objects_in_any_order_give_the_same_configuration() {
+    let mut state = web_state();
+    state.ingresses.push(IngressTest::new("api").created(5).host("a.test").path("/api", "api", 81).build());
+    state.ingresses.push(IngressTest::new("b").created(1).host("b.test").path("/", "web", 80).build());
+    state.services.push(service("api", &[("grpc", 81)]));
+    state.slices.push(SliceTest::new("api-v6", "api").ipv6().port("grpc", 9000).ready("fd00::2").build());
+    state.slices.push(SliceTest::new("api-v4", "api").port("grpc", 9000).ready("10.1.0.1").build());
+    state.slices.push(SliceTest::new("web-2", "web").port("http", 8080).ready("10.0.0.3").build());
+    let first = build(&state);
+    let mut generator = fastrand::Rng::with_seed(7);
+    for _ in 0..20 {
+        let mut shuffled = state.clone();
+        generator.shuffle(&mut shuffled.ingresses);
+        generator.shuffle(&mut shuffled.services);
+        generator.shuffle(&mut shuffled.slices);
+        let again = build(&shuffled);
+        assert_eq!(again.config, first.config);
+        assert_eq!(again.served, first.served);
+        assert_eq!(again.notes, first.notes);
+    }
+    assert_eq!(
+        addresses(group(&first.config, "default/api:81")),
+        [("10.1.0.1:9000".into(), true), ("[fd00::2]:9000".into(), true)],
+        "dual stack: both families"
+    );
+}
+
+#[test]
+fn ingress_classes_select_the_ingresses() {
+    let ingresses = vec![
+        IngressTest::new("by-name").host("name.test").path("/", "web", 80).build(),
+        IngressTest::new("other").class(Some("nginx")).host("other.test").path("/", "web", 80).build(),
+        IngressTest::new("legacy")
+            .class(None)
+            .annotation(LEGACY_CLASS_ANNOTATION, "sluice")
+            .host("legacy.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("classless").class(None).host("none.test").path("/", "web", 80).build(),
+        IngressTest::new("own-class").class(Some("edge")).host("edge.test").path("/", "web", 80).build(),
+    ];
+    let state = |classes: Vec<Arc<IngressClass>>| ClusterState {
+        classes,
+        ingresses: ingresses.clone(),
+        ..web_state()
+    };
+    let served = |t: Translation| t.served.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    // No IngressClass objects: the configured name and the legacy annotation.
+    assert_eq!(served(build(&state(vec![]))), ["by-name", "legacy"]);
+    // Another class of our controller; and a default class of ours takes class-less Ingresses.
+    let ours = vec![class("edge", CONTROLLER, true), class("nginx", "k8s.io/ingress-nginx", false)];
+    assert_eq!(served(build(&state(ours))), ["by-name", "classless", "legacy", "own-class"]);
+    // The default class belongs to someone else: class-less Ingresses are not ours.
+    let theirs = vec![class("nginx", "k8s.io/ingress-nginx", true)];
+    assert_eq!(served(build(&state(theirs))), ["by-name", "legacy"]);
+    // An IngressClass with our configured name but another controller wins over the flag.
+    let taken = build(&state(vec![class("sluice", "k8s.io/ingress-nginx", false)]));
+    assert!(taken.served.is_empty(), "{:?}", taken.served);
+    assert!(notes(&taken).contains("belongs to controller"), "{}", notes(&taken));
+}
+
+#[test]
+fn service_ports_resolve_by_number_and_by_name() {
+    let mut state = web_state();
+    state.services = vec![service("web", &[("http", 80), ("admin", 9090)])];
+    state.slices = vec![
+        SliceTest::new("web-1", "web").port("http", 8080).port("admin", 19090).ready("10.0.0.1").build(),
+    ];
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .host("a.test")
+            .path("/", "web", 80)
+            .path_typed("/admin", "Prefix", "web", named("admin"))
+            .path("/missing", "web", 7)
+            .path("/nosvc", "absent", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    assert_eq!(addresses(group(&t.config, "default/web:80")), [("10.0.0.1:8080".into(), true)]);
+    assert_eq!(addresses(group(&t.config, "default/web:admin")), [("10.0.0.1:19090".into(), true)]);
+    // Unknown ports and Services keep the route, with no endpoints (503), and say why.
+    assert!(group(&t.config, "default/web:7").endpoints.is_empty());
+    assert!(group(&t.config, "default/absent:80").endpoints.is_empty());
+    let notes = notes(&t);
+    assert!(notes.contains("has no port 7"), "{notes}");
+    assert!(notes.contains("Service default/absent not found"), "{notes}");
+}
+
+#[test]
+fn slice_conditions_decide_readiness() {
+    let slices = [
+        SliceTest::new("a", "web")
+            .port("http", 8080)
+            .ready("10.0.0.1")
+            .not_ready("10.0.0.2")
+            .draining("10.0.0.3")
+            .gone("10.0.0.4")
+            // Unset conditions mean ready.
+            .endpoint("10.0.0.5", None, None, None)
+            .build(),
+        // The same address in another slice, ready there: ready wins.
+        SliceTest::new("b", "web").port("http", 8080).ready("10.0.0.2").build(),
+        // Another port name is not this Service port.
+        SliceTest::new("c", "web").port("metrics", 9100).ready("10.0.0.9").build(),
+    ];
+    let refs: Vec<&EndpointSlice> = slices.iter().map(Arc::as_ref).collect();
+    let found: Vec<(String, bool)> =
+        endpoints_of(&refs, "http").into_iter().map(|e| (e.address.to_string(), e.ready)).collect();
+    assert_eq!(
+        found,
+        [
+            ("10.0.0.1:8080".into(), true),
+            ("10.0.0.2:8080".into(), true),
+            ("10.0.0.3:8080".into(), false),
+            ("10.0.0.5:8080".into(), true),
+        ]
+    );
+}
+
+#[test]
+fn serving_terminating_endpoints_take_traffic_only_when_nothing_is_ready() {
+    let draining =
+        SliceTest::new("a", "web").port("http", 8080).draining("10.0.0.3").not_ready("10.0.0.4").build();
+    let found = endpoints_of(&[draining.as_ref()], "http");
+    let ready: Vec<(String, bool)> = found.into_iter().map(|e| (e.address.to_string(), e.ready)).collect();
+    assert_eq!(ready, [("10.0.0.3:8080".into(), true), ("10.0.0.4:8080".into(), false)]);
+}
+
+#[test]
+fn the_oldest_ingress_keeps_a_contested_host_and_path() {
+    let mut state = web_state();
+    state.services.push(service("new", &[("http", 80)]));
+    state.ingresses = vec![
+        IngressTest::new("newer")
+            .created(200)
+            .host("a.test")
+            .path("/", "new", 80)
+            .path("/extra", "new", 80)
+            .build(),
+        IngressTest::new("older").created(100).host("a.test").path("/", "web", 80).build(),
+    ];
+    let t = build(&state);
+    let host = host(&t.config, "a.test");
+    let routes: Vec<(Option<&str>, Option<&str>)> =
+        host.routes.iter().map(|r| (r.name.as_deref(), r.backend.as_deref())).collect();
+    assert_eq!(
+        routes,
+        [(Some("default/older"), Some("default/web:80")), (Some("default/newer"), Some("default/new:80"))]
+    );
+    let notes = notes(&t);
+    assert!(notes.contains("already served by the older Ingress default/older"), "{notes}");
+    // Same age: namespace then name decide, whatever the order.
+    let mut tie = state.clone();
+    tie.ingresses = vec![
+        IngressTest::new("b").created(100).host("a.test").path("/", "new", 80).build(),
+        IngressTest::new("a").created(100).host("a.test").path("/", "web", 80).build(),
+    ];
+    let t = build(&tie);
+    assert_eq!(t.config.virtual_hosts[0].routes[0].name.as_deref(), Some("default/a"));
+}
+
+#[test]
+fn hosts_wildcards_default_backend_and_path_types() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .host("*.a.test")
+            .path_typed("/exact", "Exact", "web", number(80))
+            .path_typed("/impl", "ImplementationSpecific", "web", number(80))
+            .host("")
+            .path("/any", "web", 80)
+            .default_backend("web", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    let wildcard = host(&t.config, "*.a.test");
+    let paths: Vec<&Option<PathMatch>> = wildcard.routes.iter().map(|r| &r.matcher.path).collect();
+    assert_eq!(paths, [&Some(PathMatch::Exact("/exact".into())), &Some(PathMatch::Prefix("/impl".into()))]);
+    let default = host(&t.config, "*");
+    let paths: Vec<&Option<PathMatch>> = default.routes.iter().map(|r| &r.matcher.path).collect();
+    assert_eq!(paths, [&Some(PathMatch::Prefix("/any".into())), &Some(PathMatch::Prefix("/".into()))]);
+}
+
+#[test]
+fn rewrite_target_makes_regex_paths_with_whole_uri_rewrites() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .annotation("rewrite-target", "/$2")
+            .host("a.test")
+            .path_typed("/something(/|$)(.*)", "ImplementationSpecific", "web", number(80))
+            .build(),
+    ];
+    let t = build(&state);
+    let route = &host(&t.config, "a.test").routes[0];
+    assert_eq!(route.matcher.path, Some(PathMatch::Regex("(?i)/something(/|$)(.*)".into())));
+    let rewrite = route.rewrite.as_ref().unwrap();
+    // Through the proxy's own rewrite: as ingress-nginx's examples say.
+    let compiled = crate::proxy::routing::Rewrite::Regex {
+        regex: regex::Regex::new(rewrite.regex.as_ref().unwrap()).unwrap(),
+        replacement: rewrite.replacement.clone().unwrap(),
+    };
+    assert_eq!(compiled.apply("/something"), "/");
+    assert_eq!(compiled.apply("/something/"), "/");
+    assert_eq!(compiled.apply("/something/new"), "/new");
+    assert_eq!(compiled.apply("/SomeThing/new?x=1"), "/new?x=1");
+    // Without capture groups the whole URI becomes the target, as nginx's `rewrite` does.
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .annotation("rewrite-target", "/")
+            .host("a.test")
+            .path("/app", "web", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    let rewrite = t.config.virtual_hosts[0].routes[0].rewrite.clone().unwrap();
+    let compiled = crate::proxy::routing::Rewrite::Regex {
+        regex: regex::Regex::new(rewrite.regex.as_ref().unwrap()).unwrap(),
+        replacement: rewrite.replacement.unwrap(),
+    };
+    assert_eq!(compiled.apply("/app/deep/path"), "/");
+}
+
+#[test]
+fn a_bad_regex_skips_the_path_not_the_configuration() {
+    let mut state = web_state();
+    state.ingresses.push(
+        IngressTest::new("bad")
+            .annotation("use-regex", "true")
+            .host("b.test")
+            .path("/(unclosed", "web", 80)
+            .build(),
+    );
+    let t = build(&state);
+    assert!(notes(&t).contains("is not a regular expression"), "{}", notes(&t));
+    assert_eq!(host(&t.config, "a.test").routes.len(), 1, "the other Ingress still serves");
+}
+
+#[test]
+fn backend_annotations_shape_their_own_group() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("plain").created(1).host("a.test").path("/", "web", 80).build(),
+        IngressTest::new("tuned")
+            .created(2)
+            .annotation("backend-protocol", "GRPC")
+            .annotation("proxy-connect-timeout", "2")
+            .annotation("proxy-read-timeout", "30")
+            .annotation("proxy-next-upstream-tries", "3")
+            .annotation("proxy-body-size", "1m")
+            .annotation("upstream-hash-by", "$http_x_user")
+            .host("b.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("secure")
+            .created(3)
+            .annotation("backend-protocol", "HTTPS")
+            .annotation("load-balance", "ewma")
+            .annotation("affinity", "cookie")
+            .annotation("session-cookie-name", "route")
+            .host("c.test")
+            .path("/", "web", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    assert_eq!(group(&t.config, "default/web:80").protocol, BackendProtocol::Http1);
+    let tuned_route = &host(&t.config, "b.test").routes[0];
+    assert_eq!((tuned_route.timeout_ms, tuned_route.max_body_bytes), (Some(30_000), Some(1 << 20)));
+    let tuned = group(&t.config, tuned_route.backend.as_deref().unwrap());
+    assert_ne!(tuned.name, "default/web:80");
+    assert_eq!(tuned.protocol, BackendProtocol::H2c);
+    assert_eq!(tuned.timeouts.connect_ms, 2000);
+    assert_eq!(tuned.retries.attempts, 2);
+    assert_eq!(
+        (tuned.balance, tuned.hash_on.clone()),
+        (Balance::Hash, Some(HashOn::Header("x-user".into())))
+    );
+    assert_eq!(tuned.endpoints, group(&t.config, "default/web:80").endpoints);
+    let secure = group(&t.config, host(&t.config, "c.test").routes[0].backend.as_deref().unwrap());
+    assert!(secure.tls.as_ref().is_some_and(|t| t.insecure_skip_verify));
+    assert_eq!(secure.balance, Balance::Ewma);
+    assert_eq!(secure.cookie_affinity.as_ref().map(|a| a.name.as_str()), Some("route"));
+}
+
+#[test]
+fn redirects_and_app_root() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("moved")
+            .annotation("permanent-redirect", "https://new.test:8443/landing")
+            .host("old.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("app").annotation("app-root", "/app1").host("a.test").path("/", "web", 80).build(),
+    ];
+    let t = build(&state);
+    let moved = &host(&t.config, "old.test").routes[0];
+    let redirect = moved.redirect.as_ref().unwrap();
+    assert_eq!(
+        (
+            redirect.scheme.as_deref(),
+            redirect.host.as_deref(),
+            redirect.port,
+            redirect.path.as_deref(),
+            redirect.code
+        ),
+        (Some("https"), Some("new.test"), Some(8443), Some("/landing"), 301)
+    );
+    assert!(moved.backend.is_none());
+    let app = host(&t.config, "a.test");
+    assert_eq!(app.routes[0].matcher.path, Some(PathMatch::Exact("/".into())));
+    assert_eq!(app.routes[0].redirect.as_ref().unwrap().path.as_deref(), Some("/app1"));
+    assert_eq!(app.routes[1].backend.as_deref(), Some("default/web:80"));
+}
+
+#[test]
+fn snippets_refuse_the_whole_ingress_and_are_reported() {
+    let mut state = web_state();
+    state.ingresses.push(
+        IngressTest::new("snippet")
+            .annotation("configuration-snippet", "proxy_set_header X-Evil 1;")
+            .host("evil.test")
+            .path("/", "web", 80)
+            .build(),
+    );
+    let t = build(&state);
+    assert!(t.config.virtual_hosts.iter().all(|h| h.domains != ["evil.test"]));
+    assert!(!t.served.iter().any(|i| i.name == "snippet"));
+    assert!(notes(&t).contains("snippets are refused"), "{}", notes(&t));
+}
+
+#[test]
+fn canary_by_header_cookie_and_weight() {
+    let mut state = web_state();
+    state.services.push(service("canary", &[("http", 80)]));
+    state.slices.push(SliceTest::new("canary-1", "canary").port("http", 8080).ready("10.9.0.1").build());
+    state.ingresses.push(
+        IngressTest::new("web-canary")
+            .annotation("canary", "true")
+            .annotation("canary-by-header", "X-Canary")
+            .annotation("canary-by-cookie", "canary")
+            .annotation("canary-weight", "25")
+            .host("a.test")
+            .path("/", "canary", 80)
+            .build(),
+    );
+    let t = build(&state);
+    let routes = &host(&t.config, "a.test").routes;
+    let summary: Vec<(String, Option<&str>)> = routes
+        .iter()
+        .map(|r| {
+            let header =
+                r.matcher.headers.first().map(|h| {
+                    format!("{}={}", h.name, h.exact.clone().or(h.regex.clone()).unwrap_or_default())
+                });
+            (header.unwrap_or_default(), r.backend.as_deref())
+        })
+        .collect();
+    let weighted = "default/web:80+canary(default/canary:80)@25/100";
+    assert_eq!(
+        summary,
+        [
+            (String::new(), Some(weighted)),
+            ("x-canary=always".into(), Some("default/canary:80")),
+            ("x-canary=never".into(), Some("default/web:80")),
+            (r"cookie=(?:.*;\s*)?canary=always(?:\s*;.*)?".into(), Some("default/canary:80")),
+            (r"cookie=(?:.*;\s*)?canary=never(?:\s*;.*)?".into(), Some("default/web:80")),
+        ]
+    );
+    // 2 main endpoints and 1 canary endpoint: 75% of the weight on main's, 25% on the canary's.
+    let mixed = group(&t.config, weighted);
+    let weight = |prefix: &str| -> u32 {
+        mixed.endpoints.iter().filter(|e| e.address.to_string().starts_with(prefix)).map(|e| e.weight).sum()
+    };
+    assert_eq!(weight("10.0.0."), 3 * weight("10.9.0."), "{:?}", mixed.endpoints);
+    assert_eq!(mixed.balance, Balance::RoundRobin);
+    // The header routes are tried before the main route by the proxy's own routing table.
+    let table = crate::proxy::routing::RouteTable::build(&t.config).unwrap();
+    let find = |headers: &[(&str, &str)]| {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        match table.find("a.test", &http::Method::GET, "/x", &map).unwrap().action {
+            crate::proxy::routing::RouteAction::Backend(i) => t.config.backends[i].name.clone(),
+            _ => panic!("not a backend"),
+        }
+    };
+    assert_eq!(find(&[("x-canary", "always")]), "default/canary:80");
+    assert_eq!(
+        find(&[("x-canary", "never"), ("cookie", "canary=always")]),
+        "default/web:80",
+        "header before cookie"
+    );
+    assert_eq!(find(&[("cookie", "a=b; canary=always")]), "default/canary:80");
+    assert_eq!(find(&[("x-canary", "maybe")]), weighted, "other values fall through to the weight");
+}
+
+#[test]
+fn a_canary_without_main_ingress_is_reported() {
+    let mut state = web_state();
+    state.ingresses.push(
+        IngressTest::new("lonely")
+            .annotation("canary", "true")
+            .annotation("canary-weight", "50")
+            .host("z.test")
+            .path("/", "web", 80)
+            .build(),
+    );
+    let t = build(&state);
+    assert!(notes(&t).contains("has no main Ingress"), "{}", notes(&t));
+    assert!(t.config.virtual_hosts.iter().all(|h| h.domains != ["z.test"]));
+}
+
+#[test]
+fn tls_secrets_become_certificates_and_bad_ones_are_skipped() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("web").tls(&["a.test"], "a-tls").host("a.test").path("/", "web", 80).build(),
+        IngressTest::new("broken").tls(&["b.test"], "b-tls").host("b.test").path("/", "web", 80).build(),
+        IngressTest::new("missing").tls(&["c.test"], "nope").host("c.test").path("/", "web", 80).build(),
+    ];
+    state.secrets = vec![tls_secret("a-tls", &cert, &key), tls_secret("b-tls", "not a certificate", &key)];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    assert_eq!(t.config.certificates.len(), 1);
+    assert_eq!(t.config.certificates[0].name, "default/a-tls");
+    assert_eq!(t.config.certificates[0].cert_pem.as_deref(), Some(cert.as_str()));
+    let a = host(&t.config, "a.test").tls.as_ref().unwrap();
+    assert_eq!((a.certificate.as_deref(), a.redirect_http), (Some("default/a-tls"), true));
+    assert!(host(&t.config, "b.test").tls.is_none());
+    assert!(host(&t.config, "c.test").tls.is_none());
+    let notes = notes(&t);
+    assert!(notes.contains("Secret default/b-tls"), "{notes}");
+    assert!(notes.contains("TLS Secret default/nope not found"), "{notes}");
+    // Without a TLS listener the hosts serve plain HTTP and the Ingress is told.
+    let plain = build(&state);
+    assert!(plain.config.certificates.is_empty());
+    assert!(notes_contain(&plain, "no listener terminates TLS"));
+}
+
+fn notes_contain(t: &Translation, text: &str) -> bool {
+    t.notes.iter().any(|n| n.message.contains(text))
+}
+
+#[test]
+fn ssl_redirect_off_and_passthrough() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .annotation("ssl-redirect", "false")
+            .tls(&["a.test"], "a-tls")
+            .host("a.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("pass")
+            .annotation("ssl-passthrough", "true")
+            .host("p.test")
+            .path("/", "web", 80)
+            .build(),
+    ];
+    state.secrets = vec![tls_secret("a-tls", &cert, &key)];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    assert!(!host(&t.config, "a.test").tls.as_ref().unwrap().redirect_http);
+    let pass = host(&t.config, "p.test").tls.as_ref().unwrap();
+    assert_eq!(pass.passthrough.as_deref(), Some("default/web:80"));
+}
+
+#[test]
+fn base_hosts_win_over_ingress_hosts() {
+    let base = Config::from_yaml(
+        "listeners: [{name: web, address: '127.0.0.1:8080'}]\nvirtual_hosts: [{name: mine, domains: [a.test], routes: [{redirect: {path: /}}]}]\n",
+        "base",
+    )
+    .unwrap();
+    let t = translator().build(&base, &web_state()).unwrap();
+    assert_eq!(t.config.virtual_hosts.len(), 1);
+    assert_eq!(t.config.virtual_hosts[0].name, "mine");
+    assert!(notes_contain(&t, "configured in the base configuration"));
+}
+
+#[test]
+fn validation_round_trips_the_model() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses.push(
+        IngressTest::new("hash")
+            .annotation("upstream-hash-by", "$remote_addr")
+            .annotation("use-regex", "true")
+            .tls(&["h.test"], "a-tls")
+            .host("h.test")
+            .path("/v[0-9]+/", "web", 80)
+            .build(),
+    );
+    state.secrets = vec![tls_secret("a-tls", &cert, &key)];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    // What validation reads is what was built (the private key aside: it serializes redacted).
+    let reparsed = Config::from_yaml(&model_yaml(&t.config).unwrap(), "t").unwrap();
+    let mut redacted = t.config.clone();
+    redacted.certificates[0].key_pem = Some(SecretString("<redacted>".into()));
+    assert_eq!(reparsed, redacted);
+    assert!(
+        reparsed
+            .virtual_hosts
+            .iter()
+            .any(|h| h.routes.iter().any(|r| matches!(r.matcher.path, Some(PathMatch::Regex(_)))))
+    );
+    let group = t.config.backends.iter().find(|b| b.hash_on.is_some()).unwrap();
+    assert_eq!(group.hash_on, Some(HashOn::ClientIp));
+}
+
+#[test]
+fn an_ingress_that_fails_validation_is_set_aside() {
+    // The base configuration already has a backend with the name the Ingress's group gets.
+    let base = Config::from_yaml(
+        "listeners: [{name: web, address: '127.0.0.1:8080'}]\nbackends: [{name: 'default/web:80', endpoints: []}]\n",
+        "base",
+    )
+    .unwrap();
+    let mut state = web_state();
+    state.services.push(service("other", &[("http", 80)]));
+    state.ingresses.push(IngressTest::new("fine").host("b.test").path("/", "other", 80).build());
+    let t = translator().build(&base, &state).unwrap();
+    assert_eq!(t.config.virtual_hosts.len(), 1, "{:?}", t.config.virtual_hosts);
+    assert_eq!(t.config.virtual_hosts[0].name, "b.test");
+    assert!(notes_contain(&t, "does not validate"), "{}", notes(&t));
+    assert_eq!(t.owner_of("listeners[0]"), None);
+}
+
+/// A self-signed certificate and key for `host`, valid now.
+fn self_signed(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}

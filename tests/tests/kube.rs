@@ -1,0 +1,815 @@
+//! The Kubernetes provider end to end: the real `sluice` binary in `--kubernetes` mode reaches a
+//! fake API server (real list and watch over HTTP) through a kubeconfig, and real traffic goes
+//! through it to loopback backends.
+//!
+//! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...),
+//! since an EndpointSlice gives one port to all its endpoints.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use lb_tests::{
+    backend::{BACKEND_HEADER, Backend, HttpResponse},
+    fake_kube::{
+        FakeKube,
+        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
+    },
+    process::ChildGuard,
+    sluice_binary, wait_for,
+};
+use serde_json::json;
+
+const CONTROLLER: &str = "sluice.dev/ingress-controller";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        use std::sync::atomic::AtomicU32;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-kube-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `sluice run --kubernetes` against a fake API server.
+struct Sluice {
+    child: ChildGuard,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    _dir: TempDir,
+}
+
+struct Options<'a> {
+    identity: &'a str,
+    publish: &'a str,
+    tls: bool,
+    lease_seconds: u64,
+    admin: Option<SocketAddr>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options { identity: "sluice-a", publish: "192.0.2.1", tls: false, lease_seconds: 3, admin: None }
+    }
+}
+
+impl Sluice {
+    fn start(kube: &FakeKube, options: Options<'_>) -> Sluice {
+        let dir = TempDir::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tls_addr = options.tls.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let mut base = format!(
+            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
+        );
+        if let Some(tls_addr) = tls_addr {
+            base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
+        }
+        if let Some(admin) = options.admin {
+            base.push_str(&format!("admin: {{address: \"{admin}\"}}\n"));
+        }
+        let config = dir.0.join("base.yaml");
+        std::fs::write(&config, base).unwrap();
+        let kubeconfig = kube.write_kubeconfig(&dir.0).unwrap();
+        let mut command = Command::new(sluice_binary().unwrap());
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--no-xdp")
+            .arg("--kubernetes")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--identity", options.identity, "--publish-address", options.publish])
+            .args(["--lease-namespace", "sluice"])
+            .args(["--lease-duration-seconds", &options.lease_seconds.to_string()])
+            .env("RUST_LOG", "info");
+        let mut child = ChildGuard::spawn(command).unwrap();
+        wait_for(Duration::from_secs(20), "sluice to accept", || {
+            assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
+            TcpStream::connect(addr).ok()
+        })
+        .unwrap();
+        Sluice { child, addr, tls_addr, _dir: dir }
+    }
+
+    fn get(&self, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+        get(self.addr, host, path, &[])
+    }
+
+    /// Waits until `GET host/path` answers from `backend` (the `x-backend` header).
+    fn wait_for_backend(&self, host: &str, path: &str, backend: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{host}{path} to reach {backend}"), || {
+            self.get(host, path).ok().filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some(backend))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
+    }
+
+    fn wait_for_status(&self, host: &str, path: &str, status: u16, timeout: Duration) {
+        wait_for(timeout, &format!("{host}{path} to answer {status}"), || {
+            self.get(host, path).ok().filter(|r| r.status == status)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
+    }
+}
+
+/// One request on a new connection with a Host header and extra headers.
+fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).context("connect")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    HttpResponse::parse(&raw)
+}
+
+/// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
+fn backends(name: &str, count: usize) -> Vec<Backend> {
+    for _ in 0..20 {
+        let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
+        let port = first.addr().port();
+        let mut all = vec![first];
+        for i in 1..count {
+            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
+            match Backend::start(None, addr, &format!("{name}-{i}")) {
+                Ok(b) => all.push(b),
+                Err(_) => break,
+            }
+        }
+        if all.len() == count {
+            return all;
+        }
+    }
+    panic!("no common port for {count} backends");
+}
+
+/// The next free group of loopback addresses for another Service's backends.
+fn backends_from(name: &str, first_ip: u8, count: usize) -> Vec<Backend> {
+    for _ in 0..20 {
+        let port = free_port();
+        let all: Vec<Backend> = (0..count)
+            .filter_map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, first_ip + i as u8], port));
+                Backend::start(None, addr, &format!("{name}-{i}")).ok()
+            })
+            .collect();
+        if all.len() == count {
+            return all;
+        }
+    }
+    panic!("no common port for {count} backends");
+}
+
+fn ip(backend: &Backend) -> String {
+    backend.addr().ip().to_string()
+}
+
+/// The standard objects: class `sluice`, Service `web` (80 → the backends' port), one slice.
+fn publish_web(kube: &FakeKube, host: &str, endpoints: &[SliceEndpoint], port: u16) {
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, port));
+    kube.apply(endpoint_slice("default", "web-abc", "web", "IPv4", port, endpoints));
+    kube.apply(ingress("default", "web", "sluice", host, "/", "web", 80));
+}
+
+/// Sends `count` requests and returns how many each backend answered, plus failures.
+fn spread(sluice: &Sluice, host: &str, count: usize) -> (std::collections::BTreeMap<String, usize>, usize) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..count {
+        match sluice.get(host, "/") {
+            Ok(r) if r.status == 200 => {
+                *seen.entry(r.header(BACKEND_HEADER).unwrap_or("?").to_owned()).or_insert(0) += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    (seen, failed)
+}
+
+#[test]
+fn ingress_service_and_slice_route_traffic_and_follow_every_change() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 3);
+    let port = web[0].addr().port();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    assert_eq!(sluice.get("other.test", "/").unwrap().status, 404, "only the Ingress's host is served");
+
+    // Scaling the slice: the new endpoint gets traffic.
+    let two = [SliceEndpoint::ready(&ip(&web[0])), SliceEndpoint::ready(&ip(&web[1]))];
+    kube.apply(endpoint_slice("default", "web-abc", "web", "IPv4", port, &two));
+    sluice.wait_for_backend("app.test", "/", "web-1", Duration::from_secs(10));
+    let (seen, failed) = spread(&sluice, "app.test", 40);
+    assert_eq!(failed, 0);
+    assert!(
+        seen.get("web-0").copied().unwrap_or(0) >= 10 && seen.get("web-1").copied().unwrap_or(0) >= 10,
+        "{seen:?}"
+    );
+
+    // A not-ready endpoint gets nothing; a second slice of the Service adds one.
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[0])), SliceEndpoint::not_ready(&ip(&web[1]))],
+    ));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-def",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[2]))],
+    ));
+    sluice.wait_for_backend("app.test", "/", "web-2", Duration::from_secs(10));
+    let before = web[1].requests();
+    let (seen, failed) = spread(&sluice, "app.test", 40);
+    assert_eq!(failed, 0);
+    assert_eq!(web[1].requests(), before, "the not-ready endpoint got requests: {seen:?}");
+    assert!(seen.contains_key("web-0") && seen.contains_key("web-2"), "{seen:?}");
+
+    // Deleting the Ingress removes the route.
+    assert!(kube.delete("networking.k8s.io/v1", "Ingress", "default", "web"));
+    sluice.wait_for_status("app.test", "/", 404, Duration::from_secs(10));
+    let output = sluice.child.terminate(Duration::from_secs(10)).unwrap().1;
+    assert!(output.contains("Kubernetes configuration applied"), "{output}");
+}
+
+#[test]
+fn rolling_update_under_load_gives_no_502() {
+    let kube = FakeKube::start().unwrap();
+    let old = backends("old", 2);
+    let port = old[0].addr().port();
+    let new = backends_from("new", 20, 2);
+    let new_port = new[0].addr().port();
+    // Two slices: the old ReplicaSet's pods and the new one's, each with its own port.
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, port));
+    let old_ready = [SliceEndpoint::ready(&ip(&old[0])), SliceEndpoint::ready(&ip(&old[1]))];
+    kube.apply(endpoint_slice("default", "web-old", "web", "IPv4", port, &old_ready));
+    kube.apply(ingress("default", "web", "sluice", "roll.test", "/", "web", 80));
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("roll.test", "/", "old-0", Duration::from_secs(20));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (stop, sent, bad, statuses, addr) =
+            (stop.clone(), sent.clone(), bad.clone(), statuses.clone(), sluice.addr);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            // Bounded: 20,000 requests or 60 seconds.
+            while !stop.load(Ordering::Relaxed)
+                && sent.load(Ordering::Relaxed) < 20_000
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match get(addr, "roll.test", "/", &[]) {
+                    Ok(r) if r.status == 200 => {}
+                    other => {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        statuses.lock().unwrap().push(format!("{:?}", other.map(|r| r.status)));
+                    }
+                }
+            }
+        })
+    };
+    let new_slice = |endpoints: &[SliceEndpoint]| {
+        endpoint_slice("default", "web-new", "web", "IPv4", new_port, endpoints)
+    };
+    // New pods appear not ready, then turn ready.
+    kube.apply(new_slice(&[SliceEndpoint::not_ready(&ip(&new[0])), SliceEndpoint::not_ready(&ip(&new[1]))]));
+    // A window with traffic flowing: not-ready pods get none.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(new[0].requests() + new[1].requests(), 0, "not-ready pods got requests");
+    kube.apply(new_slice(&[SliceEndpoint::ready(&ip(&new[0])), SliceEndpoint::ready(&ip(&new[1]))]));
+    wait_for(Duration::from_secs(10), "new pods to take traffic", || {
+        (new[0].requests() > 0 && new[1].requests() > 0).then_some(())
+    })
+    .unwrap();
+    // Old pods turn terminating but still serving: they drain, no new requests.
+    let terminating = [SliceEndpoint::terminating(&ip(&old[0])), SliceEndpoint::terminating(&ip(&old[1]))];
+    kube.apply(endpoint_slice("default", "web-old", "web", "IPv4", port, &terminating));
+    wait_for(Duration::from_secs(10), "old pods to stop getting requests", || {
+        let before = old[0].requests() + old[1].requests();
+        std::thread::sleep(Duration::from_millis(300));
+        (old[0].requests() + old[1].requests() == before).then_some(())
+    })
+    .unwrap();
+    // Then they are removed and exit.
+    assert!(kube.delete("discovery.k8s.io/v1", "EndpointSlice", "default", "web-old"));
+    drop(old);
+    // A new pod dies before its endpoint is updated: its failed attempts are retried on the other.
+    let mut new = new;
+    let crashed = new.remove(1);
+    drop(crashed);
+    let survivor_before = new[0].requests();
+    wait_for(Duration::from_secs(10), "traffic to continue on the survivor", || {
+        (new[0].requests() > survivor_before + 50).then_some(())
+    })
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (sent, bad) = (sent.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    assert!(sent > 100, "the load ran: {sent}");
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of {sent} requests failed: {:?}\n{}",
+        statuses.lock().unwrap(),
+        sluice.child.output()
+    );
+}
+
+#[test]
+fn api_server_down_for_30_seconds_keeps_traffic_flowing_then_changes_apply() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 2);
+    let port = web[0].addr().port();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+
+    kube.set_up(false);
+    let down_since = Instant::now();
+    let mut requests = 0;
+    // Bounded: one request every 100 ms for 30 seconds.
+    while down_since.elapsed() < Duration::from_secs(30) {
+        let response = sluice.get("app.test", "/").unwrap();
+        assert_eq!(
+            (response.status, response.header(BACKEND_HEADER)),
+            (200, Some("web-0")),
+            "request {requests}"
+        );
+        requests += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(requests > 200, "{requests}");
+    // Changes made while it was down (as by another client) apply once it is back.
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[1]))],
+    ));
+    kube.set_up(true);
+    sluice.wait_for_backend("app.test", "/", "web-1", Duration::from_secs(30));
+    kube.apply(ingress("default", "second", "sluice", "second.test", "/", "web", 80));
+    sluice.wait_for_backend("second.test", "/", "web-1", Duration::from_secs(10));
+    let output = sluice.child.terminate(Duration::from_secs(10)).unwrap().1;
+    assert!(output.contains("the last configuration keeps serving"), "{output}");
+}
+
+#[test]
+fn errors_dropped_watches_and_expired_versions_recover() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 3);
+    let port = web[0].addr().port();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+
+    // 500s and a slow server: the last snapshot serves.
+    kube.fail_requests(Some(500));
+    for _ in 0..20 {
+        assert_eq!(sluice.get("app.test", "/").unwrap().header(BACKEND_HEADER), Some("web-0"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kube.fail_requests(None);
+    kube.set_delay(Duration::from_millis(500));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[1]))],
+    ));
+    sluice.wait_for_backend("app.test", "/", "web-1", Duration::from_secs(30));
+    kube.set_delay(Duration::ZERO);
+
+    // History forgotten and watches cut: resuming gets 410 Gone, the reflectors list again.
+    let lists = || {
+        kube.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/endpointslices") && !r.query.contains("watch=true"))
+            .count()
+    };
+    let lists_before = lists();
+    // Watches are cut (500s) so the change is not streamed; then the history is forgotten.
+    kube.fail_requests(Some(500));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[2]))],
+    ));
+    kube.compact();
+    kube.fail_requests(None);
+    sluice.wait_for_backend("app.test", "/", "web-2", Duration::from_secs(30));
+    assert!(lists() > lists_before, "EndpointSlices were listed again after 410");
+    let output = sluice.child.terminate(Duration::from_secs(10)).unwrap().1;
+    assert!(output.contains("410 Gone"), "{output}");
+}
+
+#[test]
+fn rbac_refusals_name_the_missing_verb_and_resource() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    kube.forbid("list", "secrets");
+    let sluice = Sluice::start(&kube, Options::default());
+    wait_for(Duration::from_secs(10), "the RBAC error", || {
+        sluice.child.output().contains("RBAC: sluice may not list secrets").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    // Until every store has listed, no Ingress is served.
+    assert_eq!(sluice.get("app.test", "/").unwrap().status, 404);
+    kube.allow_all();
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(30));
+}
+
+/// A backend that answers with the request path in `x-path` (for rewrites).
+struct PathEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PathEcho {
+    fn start(ip: [u8; 4]) -> PathEcho {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head);
+                    let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nx-path: {path}\r\nx-backend: echo\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                }
+            })
+        };
+        PathEcho { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for PathEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
+    let kube = FakeKube::start().unwrap();
+    let main = backends("main", 1);
+    let canary = backends_from("canary", 30, 1);
+    let echo = PathEcho::start([127, 0, 0, 40]);
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "main", 80, main[0].addr().port()));
+    kube.apply(service("default", "canary", 80, canary[0].addr().port()));
+    kube.apply(service("default", "echo", 80, echo.addr.port()));
+    kube.apply(endpoint_slice(
+        "default",
+        "main-1",
+        "main",
+        "IPv4",
+        main[0].addr().port(),
+        &[SliceEndpoint::ready(&ip(&main[0]))],
+    ));
+    kube.apply(endpoint_slice(
+        "default",
+        "canary-1",
+        "canary",
+        "IPv4",
+        canary[0].addr().port(),
+        &[SliceEndpoint::ready(&ip(&canary[0]))],
+    ));
+    kube.apply(endpoint_slice(
+        "default",
+        "echo-1",
+        "echo",
+        "IPv4",
+        echo.addr.port(),
+        &[SliceEndpoint::ready("127.0.0.40")],
+    ));
+    kube.apply(ingress("default", "main", "sluice", "shop.test", "/", "main", 80));
+    let mut canary_ingress = ingress("default", "main-canary", "sluice", "shop.test", "/", "canary", 80);
+    canary_ingress["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary",
+        "nginx.ingress.kubernetes.io/canary-by-cookie": "canary",
+        "nginx.ingress.kubernetes.io/canary-weight": "0",
+    });
+    kube.apply(canary_ingress.clone());
+    let mut rewrite = ingress("default", "rewrite", "sluice", "rw.test", "/something(/|$)(.*)", "echo", 80);
+    rewrite["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"});
+    rewrite["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("ImplementationSpecific");
+    kube.apply(rewrite);
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("shop.test", "/", "main-0", Duration::from_secs(20));
+    let who = |headers: &[(&str, &str)]| {
+        let r = get(sluice.addr, "shop.test", "/", headers).unwrap();
+        r.header(BACKEND_HEADER).unwrap_or("?").to_owned()
+    };
+    wait_for(Duration::from_secs(10), "the canary header route", || {
+        (who(&[("X-Canary", "always")]) == "canary-0").then_some(())
+    })
+    .unwrap();
+    assert_eq!(who(&[("X-Canary", "never"), ("Cookie", "canary=always")]), "main-0", "header before cookie");
+    assert_eq!(who(&[("Cookie", "a=1; canary=always")]), "canary-0");
+    assert_eq!(who(&[("Cookie", "canary=never")]), "main-0");
+    assert_eq!(who(&[("X-Canary", "other")]), "main-0", "weight 0: no canary");
+    // Weight 100 of 100: everything without a header or cookie goes to the canary.
+    canary_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = json!("100");
+    kube.apply(canary_ingress.clone());
+    sluice.wait_for_backend("shop.test", "/", "canary-0", Duration::from_secs(10));
+    assert_eq!(who(&[("X-Canary", "never")]), "main-0", "never still wins");
+    // Weight 50: both get a share.
+    canary_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = json!("50");
+    kube.apply(canary_ingress);
+    wait_for(Duration::from_secs(10), "a 50/50 split", || {
+        let (seen, _) = spread(&sluice, "shop.test", 40);
+        (seen.get("main-0").copied().unwrap_or(0) >= 10 && seen.get("canary-0").copied().unwrap_or(0) >= 10)
+            .then_some(())
+    })
+    .unwrap();
+
+    // rewrite-target with capture groups, as in ingress-nginx's documentation.
+    let path_of =
+        |path: &str| get(sluice.addr, "rw.test", path, &[]).unwrap().header("x-path").map(str::to_owned);
+    wait_for(Duration::from_secs(10), "the rewrite route", || {
+        path_of("/something/new").filter(|p| p == "/new")
+    })
+    .unwrap();
+    assert_eq!(path_of("/something").as_deref(), Some("/"));
+    assert_eq!(path_of("/something/").as_deref(), Some("/"));
+    assert_eq!(path_of("/something/a/b?q=1").as_deref(), Some("/a/b?q=1"));
+    assert_eq!(get(sluice.addr, "rw.test", "/else", &[]).unwrap().status, 404);
+}
+
+fn lease_holder(kube: &FakeKube) -> Option<String> {
+    kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn status_ip(kube: &FakeKube) -> Option<String> {
+    kube.get("networking.k8s.io/v1", "Ingress", "default", "web")?["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn two_instances_elect_one_leader_that_alone_writes_status_and_others_take_over() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let a =
+        Sluice::start(&kube, Options { identity: "sluice-a", publish: "192.0.2.1", ..Options::default() });
+    let b =
+        Sluice::start(&kube, Options { identity: "sluice-b", publish: "192.0.2.2", ..Options::default() });
+    a.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    b.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    let leader = wait_for(Duration::from_secs(20), "a leader", || lease_holder(&kube)).unwrap();
+    let (leader, follower, leader_ip, follower_ip, follower_id) = match leader.as_str() {
+        "sluice-a" => (a, b, "192.0.2.1", "192.0.2.2", "sluice-b"),
+        _ => (b, a, "192.0.2.2", "192.0.2.1", "sluice-a"),
+    };
+    wait_for(Duration::from_secs(10), "the leader's status", || {
+        status_ip(&kube).filter(|ip| ip == leader_ip)
+    })
+    .unwrap();
+    // For several renewals (lease 3 s, renewed every second), only the leader writes.
+    let holder = lease_holder(&kube);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        assert_eq!(status_ip(&kube).as_deref(), Some(leader_ip));
+        assert_eq!(lease_holder(&kube), holder);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(kube.count_requests("PATCH", "/ingresses/web/status"), 1, "written once, by the leader");
+
+    // A clean stop releases the Lease: the other takes over at its next try.
+    let stopped = Instant::now();
+    let (_, output) = leader.child.terminate(Duration::from_secs(10)).unwrap();
+    assert!(output.contains("leadership released"), "{output}");
+    wait_for(Duration::from_secs(5), "the follower to lead", || {
+        (lease_holder(&kube).as_deref() == Some(follower_id)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", follower.child.output()));
+    wait_for(Duration::from_secs(5), "the new leader's status", || {
+        status_ip(&kube).filter(|ip| ip == follower_ip)
+    })
+    .unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(5), "took over without waiting for the lease to expire");
+
+    // A leader that dies without releasing is replaced once its Lease expires (3 s).
+    let c =
+        Sluice::start(&kube, Options { identity: "sluice-c", publish: "192.0.2.3", ..Options::default() });
+    c.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    follower.child.kill().unwrap();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(15), "the third instance to lead", || {
+        (lease_holder(&kube).as_deref() == Some("sluice-c")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.child.output()));
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1500),
+        "not before the lease expired: {:?}",
+        killed.elapsed()
+    );
+    wait_for(Duration::from_secs(5), "the third instance's status", || {
+        status_ip(&kube).filter(|ip| ip == "192.0.2.3")
+    })
+    .unwrap();
+}
+
+/// The certificate a TLS server presents for `server_name`, as DER.
+fn served_certificate(addr: SocketAddr, server_name: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::{
+        DigitallySignedStruct, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        pki_types::{CertificateDer, ServerName, UnixTime},
+    };
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_owned())?;
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    while connection.is_handshaking() {
+        connection.complete_io(&mut stream)?;
+    }
+    let chain = connection.peer_certificates().context("no certificate")?;
+    Ok(chain[0].to_vec())
+}
+
+fn certificate(host: &str) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+#[test]
+fn a_secret_update_rotates_the_served_certificate() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    publish_web(&kube, "secure.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let (cert_a, key_a, der_a) = certificate("secure.test");
+    let (cert_b, key_b, der_b) = certificate("secure.test");
+    kube.apply(tls_secret("default", "secure-tls", &cert_a, &key_a));
+    let mut with_tls = ingress("default", "web", "sluice", "secure.test", "/", "web", 80);
+    with_tls["spec"]["tls"] = json!([{"hosts": ["secure.test"], "secretName": "secure-tls"}]);
+    kube.apply(with_tls);
+    let sluice = Sluice::start(&kube, Options { tls: true, ..Options::default() });
+    let tls_addr = sluice.tls_addr.unwrap();
+    wait_for(Duration::from_secs(20), "certificate A", || {
+        served_certificate(tls_addr, "secure.test").ok().filter(|der| *der == der_a)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    // Plain HTTP redirects to HTTPS for a TLS host (ssl-redirect defaults to true).
+    let redirect = sluice.get("secure.test", "/x").unwrap();
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    kube.apply(tls_secret("default", "secure-tls", &cert_b, &key_b));
+    wait_for(Duration::from_secs(10), "certificate B", || {
+        served_certificate(tls_addr, "secure.test").ok().filter(|der| *der == der_b)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    // A broken Secret keeps the Ingress served, without its own certificate.
+    kube.apply(tls_secret("default", "secure-tls", "garbage", &key_b));
+    wait_for(Duration::from_secs(10), "the broken Secret to be reported", || {
+        sluice.child.output().contains("Secret default/secure-tls").then_some(())
+    })
+    .unwrap();
+}
+
+fn readyz(admin: SocketAddr) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+    std::io::Write::write_all(&mut stream, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `/readyz` says 503 until the first full view of the cluster is applied, then 200.
+#[test]
+fn readyz_waits_for_the_first_snapshot_from_the_cluster() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    let port = web[0].addr().port();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
+    kube.set_up(false);
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sluice = Sluice::start(&kube, Options { admin: Some(admin), ..Options::default() });
+    wait_for(Duration::from_secs(10), "the admin server", || readyz(admin)).unwrap();
+    assert_eq!(readyz(admin), Some(503), "not ready while the API server is unreachable");
+    kube.set_up(true);
+    wait_for(Duration::from_secs(30), "/readyz to turn 200", || (readyz(admin) == Some(200)).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(10));
+}
