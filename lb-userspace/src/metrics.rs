@@ -297,12 +297,12 @@ impl Collector for Metrics {
         samples.sort_by(|a, b| a.name.cmp(&b.name));
         for group in samples.chunk_by(|a, b| a.name == b.name) {
             let first = &group[0];
-            let mut family = encoder.encode_descriptor(&first.name, &first.help, first.unit.as_ref(), first.kind)?;
+            let mut family =
+                encoder.encode_descriptor(&first.name, &first.help, first.unit.as_ref(), first.kind)?;
             for sample in group {
                 match first.kind {
-                    MetricType::Counter => {
-                        ConstCounter::new(sample.value as u64).encode(family.encode_family(&sample.labels)?)?
-                    }
+                    MetricType::Counter => ConstCounter::new(sample.value as u64)
+                        .encode(family.encode_family(&sample.labels)?)?,
                     _ => ConstGauge::new(sample.value).encode(family.encode_family(&sample.labels)?)?,
                 }
             }

@@ -250,7 +250,12 @@ fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> 
 
 /// Field names whose values are secrets: shown as "<redacted>" by `/api/v1/config`.
 fn is_secret(field: &str) -> bool {
-    field == "key_pem" || field.ends_with("_key") || field == "key" || field.contains("secret") || field.contains("password") || field.contains("token")
+    field == "key_pem"
+        || field.ends_with("_key")
+        || field == "key"
+        || field.contains("secret")
+        || field.contains("password")
+        || field.contains("token")
 }
 
 fn redact(value: &mut Value) {
@@ -272,7 +277,8 @@ fn redact(value: &mut Value) {
 /// The serving configuration as JSON with key material replaced.
 pub fn redacted_config(state: &AdminState) -> Value {
     let snapshot = state.published.load();
-    let mut value = serde_json::to_value(&*snapshot.config).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    let mut value =
+        serde_json::to_value(&*snapshot.config).unwrap_or_else(|e| json!({"error": e.to_string()}));
     redact(&mut value);
     json!({"generation": snapshot.generation, "config": value})
 }

@@ -29,7 +29,8 @@ impl ScrapeSource for Endpoints {
         let now = now_ms();
         for group in &snapshot.backends {
             for endpoint in &group.endpoints {
-                let labels = vec![("backend", group.name.clone()), ("endpoint", endpoint.address.to_string())];
+                let labels =
+                    vec![("backend", group.name.clone()), ("endpoint", endpoint.address.to_string())];
                 emit(Sample {
                     name: "sluice_endpoint_healthy",
                     help: "1 when the endpoint may take requests (ready, passing checks, not ejected)",
@@ -76,18 +77,30 @@ impl ScrapeSource for Xdp {
                 Stat::Packets => ("sluice_xdp_packets", "Frames the XDP program saw", vec![]),
                 Stat::Bytes => ("sluice_xdp_bytes", "Bytes of the frames the XDP program saw", vec![]),
                 Stat::Steered => ("sluice_xdp_steered", "Frames steered to a worker's port", vec![]),
-                Stat::NewFlows => ("sluice_xdp_new_flows", "Connections placed through the Maglev table", vec![]),
-                Stat::ConntrackHits => ("sluice_xdp_conntrack_hits", "Packets that followed their flow entry", vec![]),
-                Stat::ConntrackInsertFailed => {
-                    ("sluice_xdp_conntrack_insert_failures", "Flows steered without a conntrack entry", vec![])
+                Stat::NewFlows => {
+                    ("sluice_xdp_new_flows", "Connections placed through the Maglev table", vec![])
                 }
+                Stat::ConntrackHits => {
+                    ("sluice_xdp_conntrack_hits", "Packets that followed their flow entry", vec![])
+                }
+                Stat::ConntrackInsertFailed => (
+                    "sluice_xdp_conntrack_insert_failures",
+                    "Flows steered without a conntrack entry",
+                    vec![],
+                ),
                 Stat::EgressRestored => {
                     ("sluice_tc_egress_restored", "Replies whose service port TC egress restored", vec![])
                 }
-                Stat::DropNoWorker | Stat::DropBadWorker => {
-                    ("sluice_xdp_dropped", "Frames XDP dropped, by reason", vec![("reason", stat.name().to_owned())])
-                }
-                _ => ("sluice_xdp_passed", "Frames XDP passed untouched, by reason", vec![("reason", stat.name().to_owned())]),
+                Stat::DropNoWorker | Stat::DropBadWorker => (
+                    "sluice_xdp_dropped",
+                    "Frames XDP dropped, by reason",
+                    vec![("reason", stat.name().to_owned())],
+                ),
+                _ => (
+                    "sluice_xdp_passed",
+                    "Frames XDP passed untouched, by reason",
+                    vec![("reason", stat.name().to_owned())],
+                ),
             };
             emit(Sample { name, help, kind: MetricType::Counter, unit: None, labels, value: value as f64 });
         }
@@ -100,9 +113,10 @@ pub struct Reloads(pub Arc<ReloadStats>);
 
 impl ScrapeSource for Reloads {
     fn samples(&self, emit: &mut dyn FnMut(Sample)) {
-        for (result, value) in
-            [("ok", self.0.succeeded.load(Ordering::Relaxed)), ("failed", self.0.failed.load(Ordering::Relaxed))]
-        {
+        for (result, value) in [
+            ("ok", self.0.succeeded.load(Ordering::Relaxed)),
+            ("failed", self.0.failed.load(Ordering::Relaxed)),
+        ] {
             emit(Sample {
                 name: "sluice_config_reloads",
                 help: "Configuration reloads, applied (ok) or refused (failed)",

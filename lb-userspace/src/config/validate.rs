@@ -321,10 +321,16 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
         let valid_name = !affinity.name.is_empty()
             && affinity.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
         if !valid_name {
-            found.add(format!("{at}.cookie_affinity.name"), format!("{:?} is not a cookie name", affinity.name));
+            found.add(
+                format!("{at}.cookie_affinity.name"),
+                format!("{:?} is not a cookie name", affinity.name),
+            );
         }
         if !affinity.path.starts_with('/') || affinity.path.contains(';') {
-            found.add(format!("{at}.cookie_affinity.path"), format!("{:?} must start with / and have no ;", affinity.path));
+            found.add(
+                format!("{at}.cookie_affinity.path"),
+                format!("{:?} must start with / and have no ;", affinity.path),
+            );
         }
         if let Some(domain) = &affinity.domain
             && (domain.is_empty() || domain.contains([';', ' ', ',']))

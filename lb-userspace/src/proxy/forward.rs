@@ -6,7 +6,9 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, SET_COOKIE, UPGRADE, USER_AGENT},
+    header::{
+        CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, SET_COOKIE, UPGRADE, USER_AGENT,
+    },
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -74,7 +76,12 @@ pub async fn handle(request: Request<Incoming>, connection: Arc<Connection>) -> 
         response.headers_mut().insert(WORKER_HEADER, HeaderValue::from(connection.worker));
     }
     let labels = outcome.labels.unwrap_or_else(unrouted);
-    connection.metrics.request(&labels.virtual_host, &labels.route, response.status().as_u16(), started.elapsed());
+    connection.metrics.request(
+        &labels.virtual_host,
+        &labels.route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     if let Some(request_line) = request_line {
         let entry = AccessEntry {
             started,
@@ -83,7 +90,12 @@ pub async fn handle(request: Request<Incoming>, connection: Arc<Connection>) -> 
             request: request_line,
             status: response.status().as_u16(),
             upstream: outcome.upstream,
-            request_id: response.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(),
+            request_id: response
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
             bytes: 0,
         };
         let (head, body) = response.into_parts();
@@ -283,7 +295,8 @@ async fn route_and_forward(
         None => (None, false),
         Some(affinity) => match affinity.pinned(&parts.headers) {
             Pin::Endpoint(i)
-                if affinity.mode() == AffinityMode::Persistent || group.endpoints[i].is_available(now_ms()) =>
+                if affinity.mode() == AffinityMode::Persistent
+                    || group.endpoints[i].is_available(now_ms()) =>
             {
                 (Some(i), false)
             }
@@ -358,7 +371,8 @@ async fn route_and_forward(
                 headers::strip_hop_by_hop(&mut head.headers);
                 if let Some(affinity) = &group.affinity
                     && (issue_cookie && !(was_pinned && attempt == 0))
-                    && let Some(cookie) = affinity.set_cookie(index, parts.headers.get(USER_AGENT).map(|v| v.as_bytes()))
+                    && let Some(cookie) =
+                        affinity.set_cookie(index, parts.headers.get(USER_AGENT).map(|v| v.as_bytes()))
                 {
                     head.headers.append(SET_COOKIE, cookie);
                 }

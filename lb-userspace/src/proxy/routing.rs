@@ -168,7 +168,8 @@ impl RouteTable {
             for (r, route) in host.routes.iter().enumerate() {
                 let route_at = format!("{at}.routes[{r}]");
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
-                let labels = RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
+                let labels =
+                    RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
                 routes.push(compile_route(route, name, labels, &route_at, &backends)?);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();

@@ -127,7 +127,9 @@ fn affinity_key(config: &Config) -> &[u8] {
     match &config.affinity_key {
         Some(key) => key.0.as_bytes(),
         None => RANDOM.get_or_init(|| {
-            tracing::warn!("no affinity_key configured: affinity cookies hold only on this node until it restarts");
+            tracing::warn!(
+                "no affinity_key configured: affinity cookies hold only on this node until it restarts"
+            );
             std::array::from_fn(|_| fastrand::u8(..))
         }),
     }
