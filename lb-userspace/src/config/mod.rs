@@ -162,9 +162,10 @@ mod tests {
             "listeners: [{name: a, address: '0.0.0.0:0'}]\nxdp: {interfaces: ['a/b'], heartbeat_timeout_ms: 1}\n",
         );
         let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["listeners[0].address", "xdp.heartbeat_timeout_ms", "xdp.interfaces[0]"]);
+        // In file order.
+        assert_eq!(paths, ["listeners[0].address", "xdp.interfaces[0]", "xdp.heartbeat_timeout_ms"]);
         let positions: Vec<(usize, usize)> = found.iter().map(|p| (p.line, p.column)).collect();
-        assert_eq!(positions, [(1, 23), (2, 28), (2, 20)]);
+        assert_eq!(positions, [(1, 23), (2, 20), (2, 28)]);
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod annotations;
 pub mod leader;
+pub mod rbac;
 pub mod translate;
 
 use std::{
@@ -178,6 +179,11 @@ where
 {
     let (reader, writer) = reflector::store();
     let resource = resource_name::<K>();
+    // What a reflector requests must be in the one list that deploy/ grants.
+    debug_assert!(
+        rbac::reflector_allowed(&K::group(&()), &K::plural(&())),
+        "{resource}: list and watch are missing from rbac::PERMISSIONS"
+    );
     let stream = watcher(api, config)
         .modify(|object: &mut K| object.managed_fields_mut().clear())
         .backoff(WatchBackoff::default())
@@ -231,7 +237,7 @@ fn log_watch_error(resource: &str, error: &watcher::Error, already_failing: bool
             resource,
             verb,
             message = %status.message,
-            "RBAC: sluice may not {verb} {resource}; grant get, list and watch on it (see docs/KUBERNETES.md)"
+            "RBAC: sluice may not {verb} {resource}; grant list and watch on it (see deploy/base/clusterrole.yaml)"
         ),
         Some(status) if status.code == 410 => {
             tracing::info!(resource, "watch version expired (410 Gone); listing again")

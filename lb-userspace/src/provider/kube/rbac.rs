@@ -1,0 +1,227 @@
+//! Every Kubernetes API permission the provider uses, in one list: what `deploy/` grants (the
+//! ClusterRole and the Role) must be exactly this, and what the code requests must be in it.
+//!
+//! - `tests/tests/deploy.rs` (lb-tests) expands the manifests' rules into (group, resource,
+//!   verb, names) and compares them with [`PERMISSIONS`] both ways: a verb added to the
+//!   ClusterRole fails, a permission the code needs and the manifests lack fails.
+//! - The same suite runs the real binary against the fake API server through a whole life
+//!   (listing, watching, electing, writing status from the node's addresses, releasing the Lease
+//!   on SIGTERM) and checks that every request it made is in the list, and that every entry of
+//!   the list was used.
+//! - The reflectors check their kind against the list when they start (debug builds).
+//!
+//! The provider emits no Events, so none are granted.
+
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressClass},
+};
+
+/// The Lease that leader election takes (`StatusOptions::lease_name`); get and update are
+/// restricted to it.
+pub const LEASE_NAME: &str = "sluice-leader";
+
+/// Where a permission applies: which RBAC object grants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Every namespace, or a cluster-scoped kind: the ClusterRole.
+    Cluster,
+    /// Only the Lease's namespace (`--lease-namespace`, by default the pod's): a Role there.
+    LeaseNamespace,
+}
+
+/// An RBAC verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 6] = [Verb::Get, Verb::List, Verb::Watch, Verb::Create, Verb::Update, Verb::Patch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+        }
+    }
+
+    pub fn parse(verb: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == verb)
+    }
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One permission: a verb on a resource (or subresource) of an API group, optionally limited to
+/// named objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Permission {
+    pub scope: Scope,
+    /// The API group; `""` for the core group.
+    pub group: &'static str,
+    /// The resource's plural name (`ingresses`).
+    pub plural: &'static str,
+    /// A subresource (`status`), if the permission is on one.
+    pub subresource: Option<&'static str>,
+    pub verb: Verb,
+    /// Only these objects (RBAC `resourceNames`); any object when empty.
+    pub names: &'static [&'static str],
+    /// What in the code needs it.
+    pub why: &'static str,
+}
+
+impl Permission {
+    const fn of<K: k8s_openapi::Resource>(scope: Scope, verb: Verb, why: &'static str) -> Permission {
+        Permission {
+            scope,
+            group: K::GROUP,
+            plural: K::URL_PATH_SEGMENT,
+            subresource: None,
+            verb,
+            names: &[],
+            why,
+        }
+    }
+
+    const fn on(mut self, subresource: &'static str) -> Permission {
+        self.subresource = Some(subresource);
+        self
+    }
+
+    const fn named(mut self, names: &'static [&'static str]) -> Permission {
+        self.names = names;
+        self
+    }
+
+    /// The resource as RBAC rules name it: `ingresses`, `ingresses/status`.
+    pub fn resource(&self) -> String {
+        match self.subresource {
+            Some(sub) => format!("{}/{sub}", self.plural),
+            None => self.plural.to_owned(),
+        }
+    }
+}
+
+const REFLECTOR: &str = "reflector (kube-rs watcher: paged list, then watch)";
+
+/// Everything the provider requests, and nothing more.
+pub const PERMISSIONS: &[Permission] = &[
+    // The reflectors (`Stores::start`), across all namespaces.
+    Permission::of::<IngressClass>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<IngressClass>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    Permission::of::<Ingress>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<Ingress>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    Permission::of::<Service>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<Service>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    Permission::of::<EndpointSlice>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<EndpointSlice>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    // Field selector `type=kubernetes.io/tls`; RBAC cannot express that restriction.
+    Permission::of::<Secret>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<Secret>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    // The leader's status writer (`leader::Publisher`).
+    Permission::of::<Ingress>(
+        Scope::Cluster,
+        Verb::Patch,
+        "Ingress status (merge patch of the status subresource)",
+    )
+    .on("status"),
+    Permission::of::<Node>(Scope::Cluster, Verb::Get, "this node's addresses, without --publish-address"),
+    // Leader election (`leader::Elector`), in the Lease namespace.
+    Permission::of::<Lease>(Scope::LeaseNamespace, Verb::Create, "leader election: the first candidate"),
+    Permission::of::<Lease>(Scope::LeaseNamespace, Verb::Get, "leader election: read the holder")
+        .named(&[LEASE_NAME]),
+    Permission::of::<Lease>(
+        Scope::LeaseNamespace,
+        Verb::Update,
+        "leader election: renew, take over, release",
+    )
+    .named(&[LEASE_NAME]),
+];
+
+/// Whether [`PERMISSIONS`] grants `verb` on the resource (any object when `name` is `None`).
+pub fn allows(scope: Scope, group: &str, resource: &str, verb: Verb, name: Option<&str>) -> bool {
+    PERMISSIONS.iter().any(|p| {
+        p.scope == scope
+            && p.group == group
+            && p.resource() == resource
+            && p.verb == verb
+            && (p.names.is_empty() || name.is_some_and(|n| p.names.contains(&n)))
+    })
+}
+
+/// Whether a reflector (list, then watch, across all namespaces) on the resource is granted.
+pub fn reflector_allowed(group: &str, plural: &str) -> bool {
+    [Verb::List, Verb::Watch].into_iter().all(|verb| allows(Scope::Cluster, group, plural, verb, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn no_duplicates_and_every_reason_given() {
+        let unique: BTreeSet<_> =
+            PERMISSIONS.iter().map(|p| (p.scope, p.group, p.resource(), p.verb)).collect();
+        assert_eq!(unique.len(), PERMISSIONS.len(), "a (scope, group, resource, verb) appears twice");
+        assert!(PERMISSIONS.iter().all(|p| !p.why.is_empty()));
+    }
+
+    #[test]
+    fn names_and_kinds_are_the_api_servers() {
+        assert_eq!(super::super::leader::StatusOptions::default().lease_name, LEASE_NAME);
+        let resources: BTreeSet<(&str, String)> =
+            PERMISSIONS.iter().map(|p| (p.group, p.resource())).collect();
+        let expected: BTreeSet<(&str, String)> = [
+            ("networking.k8s.io", "ingressclasses"),
+            ("networking.k8s.io", "ingresses"),
+            ("networking.k8s.io", "ingresses/status"),
+            ("", "services"),
+            ("", "secrets"),
+            ("", "nodes"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("coordination.k8s.io", "leases"),
+        ]
+        .into_iter()
+        .map(|(g, r)| (g, r.to_owned()))
+        .collect();
+        assert_eq!(resources, expected);
+    }
+
+    #[test]
+    fn allows_follows_the_list() {
+        assert!(allows(Scope::Cluster, "networking.k8s.io", "ingresses", Verb::Watch, None));
+        assert!(!allows(Scope::Cluster, "networking.k8s.io", "ingresses", Verb::Get, None));
+        assert!(!allows(Scope::LeaseNamespace, "networking.k8s.io", "ingresses", Verb::List, None));
+        assert!(allows(
+            Scope::LeaseNamespace,
+            "coordination.k8s.io",
+            "leases",
+            Verb::Update,
+            Some(LEASE_NAME)
+        ));
+        assert!(!allows(Scope::LeaseNamespace, "coordination.k8s.io", "leases", Verb::Update, Some("other")));
+        assert!(allows(Scope::LeaseNamespace, "coordination.k8s.io", "leases", Verb::Create, None));
+        assert!(reflector_allowed("discovery.k8s.io", "endpointslices"));
+        assert!(!reflector_allowed("", "nodes"));
+        assert_eq!(Verb::parse("patch"), Some(Verb::Patch));
+        assert_eq!(Verb::parse("delete"), None);
+    }
+}
