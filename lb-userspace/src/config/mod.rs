@@ -45,11 +45,7 @@ pub enum Error {
 fn render_problems(source_name: &str, problems: &[Problem]) -> String {
     let lines: Vec<String> = problems
         .iter()
-        .map(|p| {
-            // One line per problem, whatever the message (regex errors span several lines).
-            let message = p.message.split_whitespace().collect::<Vec<_>>().join(" ");
-            format!("{source_name}:{}:{}: {}: {message}", p.line, p.column, p.path)
-        })
+        .map(|p| format!("{source_name}:{}:{}: {}: {}", p.line, p.column, p.path, p.message))
         .collect();
     lines.join("\n")
 }

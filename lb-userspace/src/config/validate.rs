@@ -10,7 +10,14 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { path: path.into(), message: message.into(), line: 0, column: 0 });
+        let message = message.into();
+        // One line per problem: multi-line messages (regex errors) are joined.
+        let message = if message.contains('\n') {
+            message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+        } else {
+            message
+        };
+        self.0.push(Problem { path: path.into(), message, line: 0, column: 0 });
     }
 }
 
