@@ -1,41 +1,54 @@
-//! `cargo xtask bench <what>`: the benchmarks. The measuring code lives in bench targets of the
-//! lb-tests crate, which can use lb-userspace; xtask cannot, because building lb-userspace needs
-//! the eBPF toolchain that xtask itself installs. So each benchmark here makes sure the
-//! prerequisites exist, then runs its bench target through cargo.
+//! `cargo xtask bench <what>`: the benchmarks.
+//!
+//! `xdp`: the measuring code lives in a bench target of the lb-tests crate, which can use
+//! lb-userspace; xtask cannot, because building lb-userspace needs the eBPF toolchain that xtask
+//! itself installs. So it makes sure the prerequisites exist, then runs the bench target through
+//! cargo.
+//!
+//! `l7` and `tls`: Sluice, nginx and HAProxy as processes in front of one fast backend, driven
+//! by wrk and h2load (see [`proxy`]); the `sluice` binary is built and run as a process.
 
-use std::process::Command;
+mod load;
+mod peers;
+mod profile;
+mod proxy;
+mod report;
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::bail;
 use clap::Subcommand;
 
 use crate::{build::workspace_root, prereqs};
 
-#[derive(Subcommand, Clone, Copy, Debug)]
+#[derive(Subcommand, Clone, Debug)]
 pub enum BenchTarget {
     /// Nanoseconds per packet of the XDP program (BPF_PROG_TEST_RUN): non-service packet,
     /// new-flow SYN, established flow, against an XDP_PASS-only floor. Needs root.
     Xdp,
-}
-
-impl BenchTarget {
-    /// The bench target in lb-tests (tests/benches/<name>.rs).
-    fn target(self) -> &'static str {
-        match self {
-            BenchTarget::Xdp => "xdp",
-        }
-    }
-
-    fn needs_root(self) -> bool {
-        match self {
-            BenchTarget::Xdp => true,
-        }
-    }
+    /// Sluice against nginx and HAProxy (one worker each, proxy on core 0, load and backend on
+    /// core 1): HTTP/1.1 keep-alive at 50 and 256 connections and HTTP/2, plus the backend
+    /// directly; interleaved rounds, a profile of Sluice; rewrites docs/BENCHMARKS.md.
+    L7(proxy::ProxyArgs),
+    /// As `l7`, over TLS: HTTPS keep-alive, and a new TLS handshake per request.
+    Tls(proxy::ProxyArgs),
 }
 
 pub fn run(what: BenchTarget) -> anyhow::Result<()> {
+    match what {
+        BenchTarget::Xdp => run_lb_tests_bench("xdp", true),
+        BenchTarget::L7(args) => proxy::run(proxy::Suite::L7, args),
+        BenchTarget::Tls(args) => proxy::run(proxy::Suite::Tls, args),
+    }
+}
+
+/// Runs the bench target `name` of lb-tests (tests/benches/<name>.rs).
+fn run_lb_tests_bench(name: &str, needs_root: bool) -> anyhow::Result<()> {
     // Checked here too, before any build, so a non-root run fails in a second, not after one.
-    if what.needs_root() && !lb_tests::is_root() {
-        let name = what.target();
+    if needs_root && !lb_tests::is_root() {
         bail!(
             "`cargo xtask bench {name}` needs root (loading BPF programs, BPF_PROG_TEST_RUN); \
              run `sudo -E cargo xtask bench {name}`"
@@ -44,11 +57,37 @@ pub fn run(what: BenchTarget) -> anyhow::Result<()> {
     // lb-tests' bench targets build lb-userspace, whose build script builds the eBPF object.
     prereqs::ensure()?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root()).args(["bench", "--package", "lb-tests", "--bench", what.target()]);
+    cmd.current_dir(workspace_root()).args(["bench", "--package", "lb-tests", "--bench", name]);
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status()?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C or SIGTERM ends the bench at the next check; the guards then stop every process and
+/// remove the temporary files.
+fn install_interrupt_handler() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The kernel's clock tick (USER_HZ), the unit of /proc/PID/stat and /proc/stat times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
 }
