@@ -217,26 +217,13 @@ async fn base_until_signal(
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let watched = provider.watch().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
-        None
-    });
-    let (_watcher, mut changes) = match watched {
-        Some((watcher, changes)) => (Some(watcher), Some(changes)),
-        None => (None, None),
-    };
+    let mut changes = provider.changes();
     loop {
-        let changed = async {
-            match changes.as_mut() {
-                Some(changes) => changes.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         let why = tokio::select! {
             r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
             _ = term.recv() => return Ok(()),
             _ = hangup.recv() => "SIGHUP",
-            Some(()) = changed => "file changed",
+            () = changes.next() => "file changed",
         };
         match provider.load() {
             Ok(config) => {
@@ -355,29 +342,13 @@ async fn serve_until_signal(provider: &FileProvider, node: &Node) -> anyhow::Res
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let watched = match provider.watch() {
-        Ok(watched) => watched,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
-            None
-        }
-    };
-    let (_watcher, mut changes) = match watched {
-        Some((watcher, changes)) => (Some(watcher), Some(changes)),
-        None => (None, None),
-    };
+    let mut changes = provider.changes();
     loop {
-        let changed = async {
-            match changes.as_mut() {
-                Some(changes) => changes.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
             _ = term.recv() => return Ok(()),
             _ = hangup.recv() => reload(provider, node, "SIGHUP"),
-            Some(()) = changed => reload(provider, node, "file changed"),
+            () = changes.next() => reload(provider, node, "file changed"),
         }
     }
 }

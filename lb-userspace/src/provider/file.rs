@@ -150,6 +150,19 @@ impl FileProvider {
         Ok(config)
     }
 
+    /// Notices of changes to watch in a signal loop; when watching fails the reason is logged
+    /// and only SIGHUP reloads.
+    pub fn changes(&self) -> Changes {
+        match self.watch() {
+            Ok(Some((watcher, notices))) => Changes { _watcher: Some(watcher), notices: Some(notices) },
+            Ok(None) => Changes { _watcher: None, notices: None },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+                Changes { _watcher: None, notices: None }
+            }
+        }
+    }
+
     /// Watches the file; each burst of changes sends one notice. `None` for the built-in
     /// configuration. The returned watcher must be kept alive.
     pub fn watch(&self) -> notify::Result<Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>> {
@@ -213,5 +226,23 @@ impl FileProvider {
         *self.referenced.watch.lock() = Some((watcher, HashSet::new()));
         self.referenced.watch_directories();
         Ok(())
+    }
+}
+
+/// Changes of the configuration file, one notice per burst; keeps the watcher alive.
+pub struct Changes {
+    _watcher: Option<notify::RecommendedWatcher>,
+    notices: Option<mpsc::Receiver<()>>,
+}
+
+impl Changes {
+    /// The next change. Never returns when nothing is watched (the built-in configuration).
+    pub async fn next(&mut self) {
+        if let Some(notices) = self.notices.as_mut()
+            && notices.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending().await
     }
 }
