@@ -50,6 +50,8 @@ pub struct Profile {
     pub alloc_callers: Vec<(String, f64)>,
     /// Who calls memcpy/memmove/memset, likewise.
     pub copy_callers: Vec<(String, f64)>,
+    /// The client core's time per request with each proxy: (peer, where, µs per request).
+    pub client: Vec<(String, String, f64)>,
 }
 
 impl Profile {
@@ -73,6 +75,9 @@ impl Profile {
         for (peer, call, per_request) in &self.census {
             let _ = writeln!(out, "census\t{peer}:{call}\t{per_request:.3}");
         }
+        for (peer, place, us) in &self.client {
+            let _ = writeln!(out, "client\t{peer}:{place}\t{us:.2}");
+        }
         out
     }
 
@@ -95,6 +100,11 @@ impl Profile {
                 "census" => {
                     if let Some((peer, call)) = name.split_once(':') {
                         p.census.push((peer.to_owned(), call.to_owned(), number));
+                    }
+                }
+                "client" => {
+                    if let Some((peer, place)) = name.split_once(':') {
+                        p.client.push((peer.to_owned(), place.to_owned(), number));
                     }
                 }
                 _ => {}
@@ -143,10 +153,10 @@ pub fn run(
     profiler: Profiler,
     lab: &mut Lab,
     sluice_bin: &Path,
-    scenario: &str,
-    load: Load,
+    (scenario, load): (&str, Load),
     addr_of: &dyn Fn(&Lab, Peer) -> SocketAddr,
     seconds: u64,
+    client_bound: Option<(&str, Load)>,
 ) -> anyhow::Result<Artifacts> {
     let mut artifacts = match profiler {
         Profiler::Perf => perf_profile(lab, scenario, load, addr_of(lab, Peer::Sluice), seconds)?,
@@ -166,8 +176,94 @@ pub fn run(
             let _ = writeln!(text, "{peer:>8}  {call:<12} {n:8.3}");
         }
         artifacts.text.push_str(&text);
+        if let Some((name, load)) = client_bound {
+            artifacts.profile.meta.insert("client_scenario".into(), name.into());
+            let mut text = format!(
+                "\n== The client core's time per request under `{name}`, with Sluice and with nginx \
+                 (perf record -C {CLIENT_CORE}: every process on the core; µs per request)\n"
+            );
+            for peer in [Peer::Sluice, Peer::Nginx] {
+                for (place, us) in client_core(lab, load, addr_of(lab, peer), seconds.min(5))? {
+                    let _ = writeln!(text, "{:>8}  {place:<44} {us:8.1}", peer.name());
+                    artifacts.profile.client.push((peer.name().to_owned(), place, us));
+                }
+            }
+            artifacts.text.push_str(&text);
+        }
     }
     Ok(artifacts)
+}
+
+/// Where the client core's time goes per request while `load` runs against `addr`: a
+/// system-wide sample of that core, by command and shared object (the backend nginx, the load
+/// generator and its libraries, the kernel), in µs per request; idle time left out.
+fn client_core(
+    lab: &mut Lab,
+    load: Load,
+    addr: SocketAddr,
+    seconds: u64,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let data = lab.dir().join("client.data");
+    let data_arg = data.display().to_string();
+    let (outcome, _) = under_load(load, addr, seconds, lab.dir(), || {
+        let command = perf(&[
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock",
+            "-F",
+            &PERF_FREQUENCY.to_string(),
+            "-C",
+            &CLIENT_CORE.to_string(),
+            "-o",
+            &data_arg,
+            "--",
+            "sleep",
+            &seconds.to_string(),
+        ]);
+        run_bounded(command, Duration::from_secs(seconds + 60))
+    })?;
+    lab.check_running()?;
+    let (report, _) = run_bounded(
+        perf(&[
+            "report",
+            "-i",
+            &data_arg,
+            "--stdio",
+            "--sort",
+            "comm,dso",
+            "-F",
+            "sample,comm,dso",
+            "-t",
+            "\t",
+        ]),
+        Duration::from_secs(120),
+    )?;
+    let _ = std::fs::remove_file(&data);
+    let requests = outcome.rps * seconds as f64;
+    let mut places: BTreeMap<String, f64> = BTreeMap::new();
+    for line in report.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split('\t').map(str::trim).collect();
+        let (Some(Ok(samples)), Some(comm), Some(dso)) =
+            (f.first().map(|n| n.parse::<f64>()), f.get(1), f.get(2))
+        else {
+            continue;
+        };
+        let place = match *comm {
+            "swapper" => continue, // idle
+            "wrk" | "h2load" => format!("{comm} {dso}"),
+            "nginx" => format!("backend nginx {dso}"),
+            c if c.starts_with("ksoftirqd") => "kernel softirq thread".to_owned(),
+            _ => "other processes".to_owned(),
+        };
+        let us = samples / f64::from(PERF_FREQUENCY) / requests.max(1.0) * 1e6;
+        *places.entry(place).or_default() += us;
+    }
+    let mut rows: Vec<(String, f64)> = places.into_iter().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|(_, us)| us).sum();
+    rows.push(("all (busy time on the core)".to_owned(), total));
+    Ok(rows)
 }
 
 /// Runs `load` for `seconds + 2` in a thread while `during` runs; returns both results.

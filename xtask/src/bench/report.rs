@@ -584,7 +584,12 @@ const METHOD: &str = "## How it is measured\n\n\
   request opens a connection and makes a full handshake (wrk resumes no session).\n\
 - **Rounds**: runs are interleaved (direct, Sluice, nginx, HAProxy, then again), each bounded in time;\n  \
   a table cell is the median of the rounds with the minimum and maximum in parentheses. Every peer\n  \
-  gets one short warm-up run per scenario before the first round.\n\
+  gets one short warm-up run per scenario before the first round. Before each run the bench waits\n  \
+  (within a budget of `--wait-for-quiet` seconds for the whole suite) while other processes use\n  \
+  more than a quarter of a core; the `other` column shows what they used during the run.\n\
+- **Profile**: after the rounds, `perf record` samples the Sluice process under the suite's\n  \
+  keep-alive scenario, and perf's syscall tracepoints count each proxy's system calls per request\n  \
+  under the same load (see each suite's last section).\n\
 - **Other columns**: `peer CPU` is the proxy's CPU time over the run's wall time (100% = core 0\n  \
   saturated); `client core` is how busy core 1 was; `segs/req` counts TCP segments sent on the\n  \
   machine per request (client, proxy and backend together, from `/proc/net/snmp`); `core 0 µs/req`\n  \
@@ -697,12 +702,13 @@ fn suite_section(md: &mut String, suite: Suite, results: &Results, profile: Opti
         );
     }
     let _ = writeln!(md, "\n![{} requests/s and CPU per request](bench/{}.svg)", suite.title(), suite.name());
+    md.push_str(&scenario_findings(suite, results));
     if let Some(profile) = profile {
-        profile_section(md, suite, results, profile);
+        profile_section(md, suite, profile);
     }
 }
 
-fn profile_section(md: &mut String, suite: Suite, results: &Results, p: &Profile) {
+fn profile_section(md: &mut String, suite: Suite, p: &Profile) {
     let meta = |k: &str| p.meta.get(k).map_or("?", String::as_str).to_owned();
     let scenario = meta("scenario");
     let tool = meta("tool");
@@ -807,74 +813,104 @@ fn profile_section(md: &mut String, suite: Suite, results: &Results, p: &Profile
             let _ = writeln!(md, "| `{call}` | {} |", cells.join(" | "));
         }
     }
-    md.push_str(&findings(results, p));
+    if !p.client.is_empty() {
+        let name = p.meta.get("client_scenario").map_or("?", String::as_str);
+        let _ = write!(
+            md,
+            "\nThe client core's time per request under `{name}` (where that core, not the proxy's, saturated): \
+             `perf record -C 1` samples every process on the load generator's core, by command and library, in \
+             µs per request:\n\n| where | with Sluice | with nginx | difference |\n| --- | --: | --: | --: |\n"
+        );
+        for (place, sluice, nginx) in client_rows(p) {
+            let _ = writeln!(md, "| {place} | {sluice:.1} | {nginx:.1} | {:+.1} |", sluice - nginx);
+        }
+    }
+    md.push_str(&findings(p));
 }
 
 /// Statements derived from the numbers: where Sluice stands against nginx in the profiled
 /// scenario, and what dominates its profile.
-fn findings(results: &Results, p: &Profile) -> String {
-    let scenario = p.meta.get("scenario").cloned().unwrap_or_default();
-    let summaries = summarize(&results.runs, &scenario);
-    let mut out = String::from("\nFindings (computed from the numbers above):\n\n");
-    if let (Some(s), Some(n)) = (find(&summaries, Peer::Sluice), find(&summaries, Peer::Nginx)) {
-        let _ = writeln!(
+/// Per scenario, Sluice against nginx in words, from the medians: where Sluice stands and which
+/// core limited the run.
+fn scenario_findings(suite: Suite, results: &Results) -> String {
+    let mut out = String::from("\nFindings per scenario (computed from the medians above):\n\n");
+    for scenario in suite.scenarios() {
+        let summaries = summarize(&results.runs, scenario.name);
+        let (Some(s), Some(n)) = (find(&summaries, Peer::Sluice), find(&summaries, Peer::Nginx)) else {
+            continue;
+        };
+        let goal = match scenario.goal.and_then(|g| verdict(g, &summaries)) {
+            Some((_, true)) => " (goal met)",
+            Some((_, false)) => " (goal not met)",
+            None => "",
+        };
+        // Client-core time per request: how busy core 1 was over the requests it drove.
+        let client = |x: &Summary| x.core1.median / x.rps.median * 1e6;
+        let _ = write!(
             out,
-            "- In `{scenario}` Sluice served {} req/s ({:.2}× nginx) at {:.1} µs of CPU per request against \
-             nginx's {:.1} µs ({:.2}×); its core was {} busy (nginx's: {}), the client core {} (with nginx: {}).",
+            "- `{}`{goal}: Sluice {} req/s, {:.2}× nginx; CPU per request {:.1} µs against {:.1} µs ({:.2}×; user \
+             {:.1} against {:.1}, kernel {:.1} against {:.1}); everything on the proxy core {} against {} µs per \
+             request; p99 {} against {} ms. Proxy core busy {} against {}, client core {} against {} (about {:.0} \
+             against {:.0} µs of client-core time per request). ",
+            scenario.name,
             thousands(s.rps.median),
             s.rps.median / n.rps.median,
             s.cpu_us.median,
             n.cpu_us.median,
             s.cpu_us.median / n.cpu_us.median,
+            s.user_us.median,
+            n.user_us.median,
+            s.sys_us.median,
+            n.sys_us.median,
+            us(s.core0_us.median),
+            us(n.core0_us.median),
+            ms(s.p99.median),
+            ms(n.p99.median),
             pct(s.peer_cpu.median),
             pct(n.peer_cpu.median),
             pct(s.core1.median),
             pct(n.core1.median),
+            client(s),
+            client(n),
         );
-        if s.core0_us.median.is_finite() && n.core0_us.median.is_finite() {
-            let _ = writeln!(
-                out,
-                "- Counting everything that ran on the proxy core (deferred network processing included): \
-                 {:.1} µs per request with Sluice, {:.1} µs with nginx ({:.2}×).",
-                s.core0_us.median,
-                n.core0_us.median,
-                s.core0_us.median / n.core0_us.median
-            );
-        }
-        let _ = writeln!(
-            out,
-            "- Per request, Sluice spent {:.1} µs in user space and {:.1} µs in the kernel; nginx {:.1} µs and \
-             {:.1} µs. The difference, {:+.1} µs in user space and {:+.1} µs in the kernel, is what Sluice has to \
-             lose to match nginx.",
-            s.user_us.median,
-            s.sys_us.median,
-            n.user_us.median,
-            n.sys_us.median,
-            s.user_us.median - n.user_us.median,
-            s.sys_us.median - n.sys_us.median,
-        );
-        if s.peer_cpu.median < 0.9 && s.rps.median < n.rps.median {
-            let _ = writeln!(
-                out,
-                "- Sluice's core was not saturated while it served fewer requests than nginx: the limit was \
-                 not its CPU alone but also the time requests wait in it (latency per request: p50 {} ms \
-                 against nginx's {} ms with the same number of connections) and the client core.",
-                ms(s.p50.median),
-                ms(n.p50.median)
-            );
-        }
-        if s.segs.median.is_finite()
-            && n.segs.median.is_finite()
-            && (s.segs.median - n.segs.median).abs() >= 0.5
-        {
-            let _ = writeln!(
-                out,
-                "- TCP segments per request on the whole path: {:.1} through Sluice against {:.1} through nginx; \
-                 every extra segment costs both the sender and (on loopback, the same core) its delivery.",
-                s.segs.median, n.segs.median
-            );
+        let limit = if s.peer_cpu.median >= 0.9 {
+            "Sluice's core was saturated: its requests/s is bounded by its CPU time per request."
+        } else if s.core1.median >= 0.95 {
+            "Sluice's core was not saturated and the client core was: requests/s measured the client side \
+             here, and Sluice's own cost is its CPU time per request."
+        } else {
+            "Neither core was saturated: requests waited in the proxy or the kernel rather than for CPU."
+        };
+        let _ = writeln!(out, "{limit}");
+    }
+    out
+}
+
+/// The client-core breakdown as (place, µs with Sluice, µs with nginx), largest first, the
+/// total last.
+fn client_rows(p: &Profile) -> Vec<(String, f64, f64)> {
+    let get = |peer: &str, place: &str| {
+        p.client.iter().find(|(pe, pl, _)| pe == peer && pl == place).map_or(0.0, |(_, _, us)| *us)
+    };
+    let mut places: Vec<String> = Vec::new();
+    for (_, place, _) in &p.client {
+        if !places.contains(place) {
+            places.push(place.clone());
         }
     }
+    let mut rows: Vec<(String, f64, f64)> =
+        places.into_iter().map(|pl| (pl.clone(), get("sluice", &pl), get("nginx", &pl))).collect();
+    rows.sort_by(|a, b| {
+        let total = |r: &(String, f64, f64)| r.0.starts_with("all ");
+        total(a).cmp(&total(b)).then(b.1.max(b.2).total_cmp(&a.1.max(a.2)))
+    });
+    rows
+}
+
+/// Statements derived from the profile: what dominates Sluice's samples, and how its system
+/// calls compare with the other proxies'.
+fn findings(p: &Profile) -> String {
+    let mut out = String::from("\nFindings from the profile:\n\n");
     let census =
         |peer: &str, call: &str| p.census.iter().find(|(p, c, _)| p == peer && c == call).map(|(_, _, n)| *n);
     if let (Some(s), Some(n)) = (census("sluice", "all"), census("nginx", "all")) {
@@ -902,6 +938,21 @@ fn findings(results: &Results, p: &Profile) -> String {
             out,
             "- malloc/free take {alloc:.1}% of Sluice's samples; the largest callers: {}.",
             callers.join(", ")
+        );
+    }
+    let rows = client_rows(p);
+    if let Some((_, s_total, n_total)) = rows.iter().find(|r| r.0.starts_with("all ")) {
+        let mut diffs: Vec<&(String, f64, f64)> =
+            rows.iter().filter(|r| !r.0.starts_with("all ") && (r.1 - r.2).abs() >= 2.0).collect();
+        diffs.sort_by(|a, b| (b.1 - b.2).abs().total_cmp(&(a.1 - a.2).abs()));
+        let detail: Vec<String> =
+            diffs.iter().take(4).map(|(pl, s, n)| format!("{pl} {:+.1} µs", s - n)).collect();
+        let _ = writeln!(
+            out,
+            "- Under `{}` the client core spent {s_total:.0} µs per request with Sluice against {n_total:.0} µs with \
+             nginx{}.",
+            p.meta.get("client_scenario").map_or("?", String::as_str),
+            if detail.is_empty() { String::new() } else { format!(" ({})", detail.join(", ")) }
         );
     }
     let top: Vec<String> =
