@@ -5,10 +5,13 @@
 //! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...),
 //! since an EndpointSlice gives one port to all its endpoints.
 
+mod common;
+
+use common::{TempDir, free_port};
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -30,33 +33,6 @@ use lb_tests::{
 use serde_json::json;
 
 const CONTROLLER: &str = "sluice.dev/ingress-controller";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::AtomicU32;
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-kube-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `sluice run --kubernetes` against a fake API server.
 struct Sluice {

@@ -96,8 +96,12 @@ fn fifty_reloads_under_load_lose_no_request() {
     for i in 1..=50 {
         if i % 3 == 0 {
             // Invalid: the file is refused and the last good configuration keeps serving.
+            let refused = sluice.child.output().matches("configuration refused").count();
             sluice.rewrite_config("listeners: [{name: web, address: \"{listen}\"}]\nbackends: [oops\n");
-            std::thread::sleep(Duration::from_millis(150));
+            wait_for(Duration::from_secs(2), &format!("reload {i} to be refused"), || {
+                (sluice.child.output().matches("configuration refused").count() > refused).then_some(())
+            })
+            .unwrap();
             let response = http_get(addr, "/").unwrap();
             assert_eq!(
                 response.header(BACKEND_HEADER),

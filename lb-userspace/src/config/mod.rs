@@ -7,6 +7,8 @@ mod locate;
 mod model;
 mod validate;
 
+pub(crate) use validate::valid_domain;
+
 use std::path::Path;
 
 pub use model::*;

@@ -121,7 +121,7 @@ fn top_level(config: &Config, found: &mut Problems) {
 }
 
 /// A host name as a domain entry: letters, digits, `-`, `.`, optionally `*.` in front.
-fn valid_domain(domain: &str) -> bool {
+pub(crate) fn valid_domain(domain: &str) -> bool {
     if domain == "*" {
         return true;
     }

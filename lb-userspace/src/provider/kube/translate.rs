@@ -379,15 +379,8 @@ impl<'a> Builder<'a> {
         if host.is_empty() {
             return Ok("*".to_owned());
         }
-        let name = host.strip_prefix("*.").unwrap_or(&host);
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !label.starts_with('-')
-            });
+        // The configuration's own rule, except that an Ingress cannot claim the default host.
+        let valid = host != "*" && crate::config::valid_domain(&host);
         if valid { Ok(host) } else { Err(format!("host {host:?} is not a valid host name")) }
     }
 
