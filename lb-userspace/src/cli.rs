@@ -154,9 +154,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return run_kubernetes(&args.kubernetes, &provider);
     }
     let config = provider.load()?;
-    let node = Node::start(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve_until_signal(&provider, &node))?;
+    // Watch before serving: a change made as soon as the listeners answer must not be missed.
+    let changes = runtime.block_on(async { provider.changes() });
+    let node = Node::start(&config)?;
+    runtime.block_on(serve_until_signal(&provider, &node, changes))?;
     tracing::info!("shutting down");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
@@ -167,6 +169,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Result<ExitCode> {
     use crate::provider::kube::{KubeOptions, KubeProvider, leader::StatusOptions};
     let base = provider.load()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Watch before serving: a change made as soon as the listeners answer must not be missed.
+    let changes = runtime.block_on(async { provider.changes() });
     let node = Node::start(&base)?;
     // Not ready (`/readyz` 503) until the first full view of the cluster is applied.
     node.set_ready(false);
@@ -188,7 +193,6 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
         status,
         ..KubeOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let kube = KubeProvider::connect(options).await?;
         let (base_tx, base_rx) = tokio::sync::watch::channel(base);
@@ -197,7 +201,7 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
         let mut serve = std::pin::pin!(serve);
         tokio::select! {
             result = &mut serve => return result,
-            result = base_until_signal(provider, &node, &base_tx) => result?,
+            result = base_until_signal(provider, &node, &base_tx, changes) => result?,
         }
         let _ = stop_tx.send(true);
         serve.await
@@ -213,11 +217,11 @@ async fn base_until_signal(
     provider: &FileProvider,
     node: &Node,
     base: &tokio::sync::watch::Sender<Config>,
+    mut changes: crate::provider::file::Changes,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let mut changes = provider.changes();
     loop {
         let why = tokio::select! {
             r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
@@ -338,11 +342,14 @@ pub fn render_status(status: &serde_json::Value) -> String {
 }
 
 /// Waits for SIGINT or SIGTERM, reloading on SIGHUP and whenever the file changes.
-async fn serve_until_signal(provider: &FileProvider, node: &Node) -> anyhow::Result<()> {
+async fn serve_until_signal(
+    provider: &FileProvider,
+    node: &Node,
+    mut changes: crate::provider::file::Changes,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let mut changes = provider.changes();
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => return r.map_err(Into::into),

@@ -81,6 +81,16 @@ impl RequestBody {
         Ok(())
     }
 
+    /// The client sent no body.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// The body's length as the client announced it.
+    pub fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+
     /// True while no attempt has taken the body: a retry may still send it.
     pub fn replayable(&self) -> bool {
         self.empty || self.pending.lock().rest.is_some()

@@ -12,11 +12,13 @@ use http::{
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 
 use super::{
     affinity::Pin,
     body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody, RequestBody},
     endpoint::now_ms,
+    h1_upstream,
     headers::{self, Forwarded, X_REQUEST_ID},
     routing::RouteLabels,
     snapshot::{Published, Snapshot},
@@ -34,6 +36,8 @@ pub struct Connection {
     /// The listener's address (the service port, also when XDP steered to a worker port).
     pub listener: SocketAddr,
     pub scheme: &'static str,
+    /// The forwarding headers' values for this connection's requests.
+    pub forwarded: Forwarded,
     pub published: Published,
     /// This worker's counters.
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
@@ -200,6 +204,10 @@ fn request_host(request: &Request<Incoming>) -> &str {
         .unwrap_or("")
 }
 
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -218,15 +226,14 @@ async fn route_and_forward(
         return response;
     }
     let host = request_host(&request).to_owned();
-    let path = request.uri().path().to_owned();
-    let Some(route) = snapshot.routes.find(&host, request.method(), &path, request.headers()) else {
+    let Some(route) = snapshot.routes.find(&host, request.method(), request.uri().path(), request.headers())
+    else {
         return error(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     outcome.labels = Some(route.labels.clone());
-    let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let upstream_path = route.rewrite_path_and_query(path_and_query);
     let backend_index = match &route.action {
         super::routing::RouteAction::Redirect(redirect) => {
+            let upstream_path = route.rewrite_path_and_query(path_and_query(request.uri()));
             let mut response = Response::new(body::empty());
             *response.status_mut() = redirect.status();
             let location = redirect.location(connection.scheme, &host, &upstream_path);
@@ -256,6 +263,7 @@ async fn route_and_forward(
     let upgrade = headers::upgrade_request(request.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
+    let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
     let request_id = headers::ensure_request_id(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     // This hop answered `Expect: 100-continue` itself (hyper sends 100 when the body is read).
@@ -264,15 +272,7 @@ async fn route_and_forward(
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, protocol.clone());
     }
-    headers::add_forwarding(
-        &mut parts.headers,
-        &Forwarded {
-            client: connection.client,
-            scheme: connection.scheme,
-            host: &host,
-            port: connection.listener.port(),
-        },
-    );
+    headers::add_forwarding(&mut parts.headers, &connection.forwarded, &host);
 
     let body = RequestBody::new(incoming, limit);
     if let Err(e) = body.prefetch().await {
@@ -303,6 +303,15 @@ async fn route_and_forward(
             _ => (None, true),
         },
     };
+    if !h1_upstream::valid_target(&upstream_path) {
+        return error(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+    }
+    let outgoing = h1_upstream::Outgoing {
+        method: &parts.method,
+        target: &upstream_path,
+        headers: &parts.headers,
+        framing: h1_upstream::RequestFraming::of(&body),
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
     for attempt in 0..=group.config.retries.attempts {
@@ -331,27 +340,18 @@ async fn route_and_forward(
         tried.push(index);
         let endpoint = &group.endpoints[index];
         outcome.upstream = Some(endpoint.address);
-        let (client, cap) = upstream::client_for(group, endpoint.address, snapshot.generation);
+        let cap = upstream::cap_for(group, endpoint.address, snapshot.generation);
         let Ok(slot) = cap.acquire_owned().await else { break };
         let inflight = endpoint.start_request();
 
-        let mut upstream_request = Request::new(body.attempt());
-        *upstream_request.method_mut() = parts.method.clone();
-        *upstream_request.headers_mut() = parts.headers.clone();
-        *upstream_request.version_mut() = match group.config.protocol {
-            crate::config::BackendProtocol::Http1 => Version::HTTP_11,
-            crate::config::BackendProtocol::H2c => Version::HTTP_2,
-        };
-        *upstream_request.uri_mut() =
-            match Uri::try_from(format!("http://{}{upstream_path}", endpoint.address)) {
-                Ok(uri) => uri,
-                Err(_) => return error(StatusCode::BAD_REQUEST, "request target cannot be forwarded"),
-            };
-
         let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, client.request(upstream_request)).await;
+        let outcome = tokio::time::timeout(
+            timeout,
+            upstream::send(group, endpoint.address, snapshot.generation, &outgoing, &body),
+        )
+        .await;
         match outcome {
-            Ok(Ok(mut response)) => {
+            Ok(Ok(response)) => {
                 endpoint.observe_latency(started.elapsed(), now_ms());
                 if response.status().is_server_error() {
                     endpoint.record_failure(&group.config.outlier, now_ms());
@@ -361,9 +361,10 @@ async fn route_and_forward(
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade
                 {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight, slot));
-                    let (mut head, _) = response.into_parts();
+                    let (mut head, upstream_upgrade) = upstream::upgrade(response);
+                    if let Some(upstream_upgrade) = upstream_upgrade {
+                        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight, slot));
+                    }
                     head.headers.insert(X_REQUEST_ID.clone(), request_id);
                     return Response::from_parts(head, body::empty());
                 }
@@ -425,20 +426,37 @@ async fn route_and_forward(
 /// other Upgrade protocols). It references no snapshot, so configuration changes never cut it.
 async fn tunnel<H: Send + 'static>(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: upstream::UpstreamUpgrade,
     hold: super::endpoint::InflightGuard,
     slot: H,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
+            tracing::debug!(error = %e, "client upgrade failed");
             return;
         }
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let copied = match upstream {
+        upstream::UpstreamUpgrade::H1 { mut stream, early } => {
+            // What the backend sent right after its 101 came in the same read as the head.
+            match client.write_all(&early).await {
+                Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut stream).await,
+                Err(e) => Err(e),
+            }
+        }
+        upstream::UpstreamUpgrade::Hyper(upgrade) => match upgrade.await {
+            Ok(upstream) => {
+                tokio::io::copy_bidirectional(&mut client, &mut hyper_util::rt::TokioIo::new(upstream)).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream upgrade failed");
+                return;
+            }
+        },
+    };
+    if let Err(e) = copied {
         tracing::debug!(error = %e, "tunnel closed with an error");
     }
     drop((hold, slot));

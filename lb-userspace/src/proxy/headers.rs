@@ -52,36 +52,55 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     if asks { headers.get(UPGRADE).cloned() } else { None }
 }
 
-/// What the proxy tells the upstream about the client.
-pub struct Forwarded<'a> {
-    pub client: SocketAddr,
-    pub scheme: &'static str,
-    pub host: &'a str,
-    pub port: u16,
+/// What the proxy tells the upstream about the client. The values are the same for every
+/// request on a connection, so they are made once, when it is accepted.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    client_ip: HeaderValue,
+    scheme: HeaderValue,
+    port: HeaderValue,
+}
+
+impl Forwarded {
+    pub fn new(client: SocketAddr, scheme: &'static str, port: u16) -> Forwarded {
+        let client_ip = client.ip().to_canonical().to_string();
+        Forwarded {
+            client_ip: HeaderValue::from_str(&client_ip).expect("an IP address is a valid header value"),
+            scheme: HeaderValue::from_static(scheme),
+            port: HeaderValue::from(port),
+        }
+    }
 }
 
 /// Adds X-Forwarded-For (appended), X-Real-IP, X-Forwarded-Proto/-Host/-Port (set), and makes
 /// sure a Host header exists (HTTP/2 clients send `:authority` instead).
-pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
-    let client_ip = forwarded.client.ip().to_canonical().to_string();
-    // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
-    let mut hops: Vec<&str> =
-        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    hops.push(&client_ip);
-    let xff = hops.join(", ");
-    set(headers, &X_FORWARDED_FOR, &xff);
-    set(headers, &X_REAL_IP, &client_ip);
-    set(headers, &X_FORWARDED_PROTO, forwarded.scheme);
-    set(headers, &X_FORWARDED_HOST, forwarded.host);
-    set(headers, &X_FORWARDED_PORT, &forwarded.port.to_string());
-    if !headers.contains_key(HOST) && !forwarded.host.is_empty() {
-        set(headers, &HOST, forwarded.host);
+pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded, host: &str) {
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
+        let mut hops: Vec<&[u8]> =
+            headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+        hops.push(forwarded.client_ip.as_bytes());
+        HeaderValue::from_bytes(&hops.join(&b", "[..])).ok()
+    } else {
+        Some(forwarded.client_ip.clone())
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
-}
-
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), value);
+    headers.insert(X_REAL_IP.clone(), forwarded.client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), forwarded.scheme.clone());
+    headers.insert(X_FORWARDED_PORT.clone(), forwarded.port.clone());
+    // The Host header's own value when that is where the host came from (no copy).
+    let host_value = match headers.get(HOST) {
+        Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
+        _ if host.is_empty() => None,
+        _ => HeaderValue::from_str(host).ok(),
+    };
+    if let Some(host_value) = host_value {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host_value.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host_value);
     }
 }
 
@@ -94,8 +113,13 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return existing.clone();
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    let value = HeaderValue::from_str(&id).expect("hex digits are a valid header value");
+    let mut id = [0u8; 32];
+    let mut bits = fastrand::u128(..);
+    for digit in id.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    let value = HeaderValue::from_bytes(&id).expect("hex digits are a valid header value");
     headers.insert(X_REQUEST_ID.clone(), value.clone());
     value
 }
@@ -136,13 +160,25 @@ mod tests {
     fn forwarding_headers_append_and_set() {
         let mut headers = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
         let client = "[::ffff:198.18.0.1]:5000".parse().unwrap();
-        add_forwarding(&mut headers, &Forwarded { client, scheme: "http", host: "a.test", port: 8080 });
+        add_forwarding(&mut headers, &Forwarded::new(client, "http", 8080), "a.test");
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.1");
         assert_eq!(headers["x-real-ip"], "198.18.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "a.test");
         assert_eq!(headers["x-forwarded-port"], "8080");
         assert_eq!(headers["host"], "a.test");
+        // Without an incoming X-Forwarded-For, the client is the only hop; an existing Host stays.
+        let mut headers = map(&[("host", "b.test:8080")]);
+        add_forwarding(
+            &mut headers,
+            &Forwarded::new("192.0.2.7:1".parse().unwrap(), "https", 443),
+            "b.test:8080",
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(headers["x-forwarded-host"], "b.test:8080");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-port"], "443");
+        assert_eq!(headers.get_all("host").iter().count(), 1);
     }
 
     #[test]

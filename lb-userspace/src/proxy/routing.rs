@@ -233,10 +233,10 @@ impl RouteTable {
 impl Route {
     /// The upstream path-and-query after this route's rewrite (`path_and_query` is the original,
     /// with its query kept as is).
-    pub fn rewrite_path_and_query(&self, path_and_query: &str) -> String {
+    pub fn rewrite_path_and_query<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
         match &self.rewrite {
-            Some(rewrite) => rewrite.apply(path_and_query),
-            None => path_and_query.to_owned(),
+            Some(rewrite) => rewrite.apply(path_and_query).into(),
+            None => path_and_query.into(),
         }
     }
 }
@@ -859,7 +859,7 @@ virtual_hosts:
       - {name: plain, backend: b0, match: {path: {prefix: /plain}}}
 ",
         );
-        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq);
+        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq).into_owned();
         assert_eq!(rewrite("root", "/api/users?x=1"), "/users?x=1");
         assert_eq!(rewrite("root", "/api"), "/");
         assert_eq!(rewrite("root", "/api/"), "/");
@@ -897,7 +897,7 @@ virtual_hosts:
         rewrite: {regex: \"^/s/(.*)\", replacement: \"/search?q=$1\"}
 ",
         );
-        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq);
+        let rewrite = |name: &str, pq: &str| route(&table, name).rewrite_path_and_query(pq).into_owned();
         assert_eq!(rewrite("nginx", "/something"), "/");
         assert_eq!(rewrite("nginx", "/something/"), "/");
         assert_eq!(rewrite("nginx", "/something/new?a=1"), "/new?a=1");

@@ -1,38 +1,71 @@
-//! Upstream connections, per worker: each worker thread has its own pooled keep-alive clients
-//! (one per backend group) and its own per-endpoint connection caps, so workers share no pool
-//! and take no lock that another worker could hold. Pools survive snapshot swaps while a
-//! backend's connection settings stay the same.
+//! Upstream connections, per worker: each worker thread has its own pools (one per backend
+//! group) and its own per-endpoint connection caps, so workers share no pool and take no lock
+//! that another worker could hold. Pools survive snapshot swaps while a backend's connection
+//! settings stay the same.
+//!
+//! Plain-text HTTP/1.1 backends are spoken to inline, in the request's task, over this
+//! worker's idle keep-alive connections (`h1_upstream.rs`); HTTP/2 (h2c, or ALPN over TLS) and
+//! TLS backends go through hyper's pooled client.
 
-use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use tokio::sync::Semaphore;
+use tokio::{net::TcpStream, sync::Semaphore};
 
-use super::{body::AttemptBody, snapshot::BackendGroup};
+use super::{
+    body::{AttemptBody, BoxError, RequestBody},
+    h1_upstream::{self, Conn, H1Error, Outgoing},
+    snapshot::BackendGroup,
+};
 use crate::config::BackendProtocol;
 
 /// The connector adds TLS for backends that have it (`crate::tls::upstream`).
 pub type UpstreamClient = Client<crate::tls::upstream::Connector, AttemptBody>;
 
-/// One backend group's client in one worker.
+/// Keyed by configuration names and endpoint addresses, not by client input: a fast unkeyed
+/// hash is enough on this per-request path.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// One backend group's connections in one worker.
 struct Pool {
-    client: UpstreamClient,
-    caps: HashMap<SocketAddr, Arc<Semaphore>>,
+    key: Arc<str>,
+    /// hyper's client, for HTTP/2 and TLS backends (built on first use).
+    client: Option<UpstreamClient>,
+    /// Idle HTTP/1.1 connections per endpoint, most recently used last.
+    idle: FastMap<SocketAddr, Vec<Conn>>,
+    idle_timeout: Duration,
+    caps: FastMap<SocketAddr, Arc<Semaphore>>,
     max_per_endpoint: usize,
     generation: u64,
 }
 
 #[derive(Default)]
 struct WorkerPools {
-    pools: HashMap<String, Pool>,
+    pools: FastMap<Arc<str>, Pool>,
     generation: u64,
 }
 
 thread_local! {
     static POOLS: RefCell<WorkerPools> = RefCell::new(WorkerPools::default());
+}
+
+/// True when `group` is spoken to inline (plain-text HTTP/1.1).
+fn inline(group: &BackendGroup) -> bool {
+    group.config.protocol == BackendProtocol::Http1 && group.tls.is_none()
 }
 
 fn build_client(group: &BackendGroup) -> UpstreamClient {
@@ -50,35 +83,205 @@ fn build_client(group: &BackendGroup) -> UpstreamClient {
     builder.build(crate::tls::upstream::Connector::new(connector, group.tls.clone(), group.connect_timeout()))
 }
 
-/// This worker's client for `group`, and the connection slot cap for `endpoint`.
-/// `generation` is the snapshot's: pools no snapshot since uses are dropped.
-pub fn client_for(
-    group: &BackendGroup,
-    endpoint: SocketAddr,
-    generation: u64,
-) -> (UpstreamClient, Arc<Semaphore>) {
+/// Runs `f` on this worker's pool for `group`, creating it if needed. `generation` is the
+/// snapshot's: pools that no snapshot since the previous one uses are dropped.
+fn with_pool<T>(group: &BackendGroup, generation: u64, f: impl FnOnce(&mut Pool) -> T) -> T {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         if pools.generation != generation {
-            // A new snapshot: forget pools of backends that the previous one did not use.
             let previous = pools.generation;
             pools.pools.retain(|_, pool| pool.generation >= previous);
             pools.generation = generation;
         }
-        // Look up by &str first: the key is only cloned when a pool is created.
-        if !pools.pools.contains_key(&group.pool_key) {
+        // Look up by &str first: the key is only allocated when a pool is created.
+        if !pools.pools.contains_key(group.pool_key.as_str()) {
+            let key: Arc<str> = group.pool_key.as_str().into();
             let pool = Pool {
-                client: build_client(group),
-                caps: HashMap::new(),
+                key: key.clone(),
+                client: None,
+                idle: FastMap::default(),
+                idle_timeout: Duration::from_millis(group.config.timeouts.idle_ms),
+                caps: FastMap::default(),
                 max_per_endpoint: group.config.max_connections_per_endpoint,
                 generation,
             };
-            pools.pools.insert(group.pool_key.clone(), pool);
+            pools.pools.insert(key, pool);
         }
-        let pool = pools.pools.get_mut(&group.pool_key).expect("inserted above");
+        let pool = pools.pools.get_mut(group.pool_key.as_str()).expect("inserted above");
         pool.generation = generation;
-        let max = pool.max_per_endpoint;
-        let cap = pool.caps.entry(endpoint).or_insert_with(|| Arc::new(Semaphore::new(max))).clone();
-        (pool.client.clone(), cap)
+        f(pool)
     })
+}
+
+/// The connection slots of `endpoint` in this worker: a request holds one until its response
+/// body has been sent.
+pub fn cap_for(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> Arc<Semaphore> {
+    with_pool(group, generation, |pool| {
+        let max = pool.max_per_endpoint;
+        pool.caps.entry(endpoint).or_insert_with(|| Arc::new(Semaphore::new(max))).clone()
+    })
+}
+
+/// An idle connection to `endpoint` that is still open, if this worker has one.
+fn check_out(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> (Option<Conn>, Arc<str>) {
+    with_pool(group, generation, |pool| {
+        let timeout = pool.idle_timeout;
+        let found = pool.idle.get_mut(&endpoint).and_then(|idle| {
+            while let Some(conn) = idle.pop() {
+                if conn.idle_since.elapsed() < timeout && conn.is_quiet() {
+                    return Some(conn);
+                }
+            }
+            None
+        });
+        (found, pool.key.clone())
+    })
+}
+
+/// Returns a connection whose response was read to its end to its pool's idle list.
+pub(super) fn check_in(mut conn: Conn) {
+    POOLS.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        let Some(pool) = pools.pools.get_mut(&conn.pool_key) else { return };
+        let max = pool.max_per_endpoint;
+        let idle = pool.idle.entry(conn.endpoint).or_default();
+        if idle.len() < max {
+            conn.idle_since = Instant::now();
+            idle.push(conn);
+        }
+    });
+}
+
+/// Closes this worker's idle connections that timed out or that the backend closed. Each
+/// worker runs it periodically, so idle sockets do not linger without traffic.
+pub fn reap_idle() {
+    POOLS.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        for pool in pools.pools.values_mut() {
+            let timeout = pool.idle_timeout;
+            pool.idle.retain(|_, idle| {
+                idle.retain(|conn| conn.idle_since.elapsed() < timeout && conn.is_quiet());
+                !idle.is_empty()
+            });
+        }
+    });
+}
+
+fn hyper_client(group: &BackendGroup, generation: u64) -> UpstreamClient {
+    with_pool(group, generation, |pool| pool.client.get_or_insert_with(|| build_client(group)).clone())
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    H1(#[from] H1Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// The attempt never reached the backend.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::H1(e) => matches!(e, H1Error::Connect(_)),
+            UpstreamError::Hyper(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A response body from either kind of upstream connection.
+pub enum UpstreamBody {
+    H1(h1_upstream::ResponseBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
+/// The backend side of a protocol switch (101 Switching Protocols).
+pub enum UpstreamUpgrade {
+    H1 { stream: TcpStream, early: Bytes },
+    Hyper(hyper::upgrade::OnUpgrade),
+}
+
+/// Splits a 101 response into its head and the backend's side of the new protocol.
+pub fn upgrade(response: Response<UpstreamBody>) -> (http::response::Parts, Option<UpstreamUpgrade>) {
+    let (head, body) = response.into_parts();
+    match body {
+        UpstreamBody::H1(body) => {
+            (head, body.into_upgraded().map(|(stream, early)| UpstreamUpgrade::H1 { stream, early }))
+        }
+        UpstreamBody::Hyper(body) => {
+            let mut response = Response::from_parts(head, body);
+            let upgrade = hyper::upgrade::on(&mut response);
+            (response.into_parts().0, Some(UpstreamUpgrade::Hyper(upgrade)))
+        }
+    }
+}
+
+/// Sends one attempt of `request` to `endpoint` and returns the response head (its body still
+/// streaming). A request that met a keep-alive connection the backend had just closed goes
+/// again on a fresh connection, as long as its body is still ours to send.
+pub async fn send(
+    group: &BackendGroup,
+    endpoint: SocketAddr,
+    generation: u64,
+    request: &Outgoing<'_>,
+    body: &RequestBody,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    if inline(group) {
+        let (idle, key) = check_out(group, endpoint, generation);
+        let timeout = group.connect_timeout();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Conn::connect(endpoint, key.clone(), timeout).await?,
+        };
+        let response = match h1_upstream::exchange(conn, request, body.attempt()).await {
+            Err(H1Error::Stale) if body.replayable() => {
+                let conn = Conn::connect(endpoint, key, timeout).await?;
+                h1_upstream::exchange(conn, request, body.attempt()).await?
+            }
+            result => result?,
+        };
+        return Ok(response.map(UpstreamBody::H1));
+    }
+    let client = hyper_client(group, generation);
+    let mut upstream_request = Request::new(body.attempt());
+    *upstream_request.method_mut() = request.method.clone();
+    *upstream_request.headers_mut() = request.headers.clone();
+    *upstream_request.version_mut() = match group.config.protocol {
+        BackendProtocol::Http1 => Version::HTTP_11,
+        BackendProtocol::H2c => Version::HTTP_2,
+    };
+    // `valid_target` was checked by the caller; the authority is an IP and port.
+    *upstream_request.uri_mut() = Uri::try_from(format!("http://{endpoint}{}", request.target))
+        .map_err(|_| H1Error::Protocol("request target cannot be forwarded"))?;
+    Ok(client.request(upstream_request).await?.map(UpstreamBody::Hyper))
 }

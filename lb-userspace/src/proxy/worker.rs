@@ -268,6 +268,15 @@ impl Worker {
                 }
             }
         }
+        // Idle upstream connections that timed out or were closed by their backend are
+        // closed even when no request comes to notice them.
+        tasks.spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                super::upstream::reap_idle();
+            }
+        });
         if let Some(mut heartbeat) = heartbeat {
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(heartbeat_period);
@@ -331,11 +340,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
                 let snapshot = context.published.load();
                 let tls = snapshot.tls.listener(context.listener_index).is_some();
                 let listener_index = context.listener_index;
+                let scheme = if tls { "https" } else { "http" };
                 let connection = Arc::new(Connection {
                     worker: id,
                     client: peer,
                     listener: context.service_addr,
-                    scheme: if tls { "https" } else { "http" },
+                    scheme,
+                    forwarded: super::headers::Forwarded::new(peer, scheme, context.service_addr.port()),
                     published: context.published.clone(),
                     metrics: context.metrics.clone(),
                     tls: std::sync::OnceLock::new(),
@@ -406,12 +417,14 @@ where
 {
     let limits = connection.published.load().limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).max_buf_size(limits.max_header_bytes);
+    // hyper parses into a fixed inline array unless told another maximum, which costs a
+    // per-request fill of the configured size.
+    if limits.max_headers != 100 {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
         // hyper's header timer also runs while a keep-alive connection waits for its next
         // request, which would make it the idle timeout; the guard's head clock below times
         // only heads that are actually coming in (and the first one from the connection's

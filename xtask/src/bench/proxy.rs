@@ -2,7 +2,7 @@
 //! of one fast backend, interleaved rounds, a profile of Sluice, and docs/BENCHMARKS.md.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -44,6 +44,10 @@ pub struct ProxyArgs {
     /// Use this sluice binary instead of building one (release) from the workspace.
     #[arg(long)]
     sluice: Option<PathBuf>,
+    /// Run only this scenario (repeatable); the report needs them all, so this implies
+    /// `--no-docs`.
+    #[arg(long = "scenario", value_name = "NAME")]
+    only: Vec<String>,
 }
 
 /// The suites; BENCHMARKS.md shows each one whose runs are stored.
@@ -241,6 +245,19 @@ fn version(program: &str, args: &[&str], marker: &str) -> String {
 
 fn machine_meta(results: &mut Results, suite: Suite, args: &ProxyArgs) {
     let meta = &mut results.meta;
+    describe_machine(meta);
+    meta.insert("suite".into(), suite.name().into());
+    meta.insert("rounds".into(), args.rounds.to_string());
+    meta.insert("duration_s".into(), args.duration.to_string());
+    meta.insert("nginx".into(), version("nginx", &["-v"], "nginx/"));
+    meta.insert("haproxy".into(), version("haproxy", &["-v"], "version "));
+    meta.insert("wrk".into(), version("wrk", &["-v"], "wrk "));
+    meta.insert("h2load".into(), version("h2load", &["--version"], "nghttp2/"));
+    meta.insert("openssl".into(), version("openssl", &["version"], "OpenSSL "));
+}
+
+/// The machine and the sources measured: `cpu`, `cores`, `kernel`, `date`, `commit`.
+pub fn describe_machine(meta: &mut BTreeMap<String, String>) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -249,20 +266,12 @@ fn machine_meta(results: &mut Results, suite: Suite, args: &ProxyArgs) {
             })
         })
         .unwrap_or_else(|| "?".into());
-    meta.insert("suite".into(), suite.name().into());
     meta.insert("cpu".into(), cpu);
     meta.insert("cores".into(), std::thread::available_parallelism().map_or(0, |n| n.get()).to_string());
     meta.insert(
         "kernel".into(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
     );
-    meta.insert("rounds".into(), args.rounds.to_string());
-    meta.insert("duration_s".into(), args.duration.to_string());
-    meta.insert("nginx".into(), version("nginx", &["-v"], "nginx/"));
-    meta.insert("haproxy".into(), version("haproxy", &["-v"], "version "));
-    meta.insert("wrk".into(), version("wrk", &["-v"], "wrk "));
-    meta.insert("h2load".into(), version("h2load", &["--version"], "nghttp2/"));
-    meta.insert("openssl".into(), version("openssl", &["version"], "OpenSSL "));
     let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
     meta.insert(
         "date".into(),
@@ -478,7 +487,15 @@ pub fn run(suite: Suite, args: ProxyArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut results = Results::default();
     machine_meta(&mut results, suite, &args);
-    let scenarios = suite.scenarios();
+    let mut scenarios = suite.scenarios();
+    if !args.only.is_empty() {
+        let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+        if let Some(unknown) = args.only.iter().find(|name| !known.contains(&name.as_str())) {
+            bail!("no scenario {unknown:?} in this suite; its scenarios: {}", known.join(", "));
+        }
+        scenarios.retain(|s| args.only.iter().any(|name| name == s.name));
+    }
+    let write = !args.no_docs && args.only.is_empty();
 
     println!("== starting the backend (core 1) and Sluice, nginx, HAProxy (core 0), one worker each");
     let mut lab = Lab::start(&sluice, suite == Suite::Tls)?;
@@ -533,7 +550,8 @@ pub fn run(suite: Suite, args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
 
-    let artifacts = if profiler == Profiler::None {
+    let profiled = scenarios.iter().any(|s| s.name == suite.profiled());
+    let artifacts = if profiler == Profiler::None || !profiled {
         None
     } else {
         let scenario =
@@ -573,7 +591,7 @@ pub fn run(suite: Suite, args: ProxyArgs) -> anyhow::Result<()> {
             println!("  {share:6.2}%  {name}");
         }
     }
-    if !args.no_docs {
+    if write {
         write_docs(suite, &results, artifacts.as_ref())?;
     }
     println!("bench_{}_runtime_s={runtime}", suite.name());
