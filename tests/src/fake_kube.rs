@@ -352,6 +352,14 @@ impl FakeKube {
         store.objects.iter().filter(|(k, _)| k.resource == resource).map(|(_, v)| v.clone()).collect()
     }
 
+    /// How many stored objects of a kind `matches` accepts, without copying them (cheap enough
+    /// to poll with tens of thousands of objects stored).
+    pub fn count(&self, api_version: &str, kind: &str, matches: impl Fn(&Value) -> bool) -> usize {
+        let Some(resource) = resource_by_kind(api_version, kind) else { return 0 };
+        let store = lock(&self.shared.store);
+        store.objects.iter().filter(|(k, v)| k.resource == resource && matches(v)).count()
+    }
+
     /// The last resourceVersion handed out.
     pub fn resource_version(&self) -> u64 {
         lock(&self.shared.store).rv
@@ -497,6 +505,13 @@ impl Store {
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
+    }
+
+    /// The changes after version `rv`, oldest first. The history is in version order, so this
+    /// skips to them: every open watch looks after every write, and scanning a history of tens
+    /// of thousands of changes each time made writes slow down as the history grew.
+    fn changes_after(&self, rv: u64) -> impl Iterator<Item = &Change> {
+        self.history.range(self.history.partition_point(|c| c.rv <= rv)..)
     }
 
     fn record(&mut self, change: Change) {
@@ -1158,7 +1173,7 @@ fn watch_response(shared: &Arc<Shared>, target: &Target, query: &HashMap<String,
                 start_rv = None;
             }
             Some(rv) => {
-                for change in store.history.iter().filter(|c| c.rv > rv) {
+                for change in store.changes_after(rv) {
                     if let Some(event) = event_for(&filter, change) {
                         first.push(line(&event));
                     }
@@ -1201,9 +1216,7 @@ fn watch_response(shared: &Arc<Shared>, target: &Target, query: &HashMap<String,
                 let pending: Vec<Bytes> = {
                     let store = lock(&shared.store);
                     let events = store
-                        .history
-                        .iter()
-                        .filter(|c| c.rv > sent_rv)
+                        .changes_after(sent_rv)
                         .filter_map(|c| event_for(&filter, c))
                         .map(|e| line(&e))
                         .collect();
@@ -1555,6 +1568,7 @@ mod tests {
         assert_eq!(list["kind"], "ServiceList");
         assert_eq!(list["metadata"]["resourceVersion"], "2");
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        assert_eq!(server.count("v1", "Service", |s| s["metadata"]["namespace"] == "other"), 1);
         let (_, namespaced) = call(&server, "GET", SERVICES, None);
         assert_eq!(namespaced["items"].as_array().unwrap().len(), 1);
         let (status, got) = call(&server, "GET", &format!("{SERVICES}/web"), None);

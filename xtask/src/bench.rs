@@ -7,11 +7,15 @@
 //!
 //! `l7` and `tls`: Sluice, nginx and HAProxy as processes in front of one fast backend, driven
 //! by wrk and h2load (see [`proxy`]); the `sluice` binary is built and run as a process.
+//!
+//! `reload`: the `sluice` binary in Kubernetes mode against lb-tests' fake API server loaded
+//! with a large cluster: initial sync, change-to-live-route latency, memory (see [`reload`]).
 
 mod load;
 mod peers;
 mod profile;
 mod proxy;
+mod reload;
 mod report;
 
 use std::{
@@ -35,6 +39,10 @@ pub enum BenchTarget {
     L7(proxy::ProxyArgs),
     /// As `l7`, over TLS: HTTPS keep-alive, and a new TLS handshake per request.
     Tls(proxy::ProxyArgs),
+    /// Kubernetes mode at scale: 5,000 Ingresses and 50,000 endpoints in the fake API server;
+    /// the initial sync, the time from a change to the route being live (p50, p99), and the
+    /// memory of the process. Adds its section to docs/BENCHMARKS.md.
+    Reload(reload::ReloadArgs),
 }
 
 pub fn run(what: BenchTarget) -> anyhow::Result<()> {
@@ -42,6 +50,7 @@ pub fn run(what: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Xdp => run_lb_tests_bench("xdp", true),
         BenchTarget::L7(args) => proxy::run(proxy::Suite::L7, args),
         BenchTarget::Tls(args) => proxy::run(proxy::Suite::Tls, args),
+        BenchTarget::Reload(args) => reload::run(args),
     }
 }
 
