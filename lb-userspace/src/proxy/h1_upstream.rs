@@ -170,10 +170,8 @@ pub async fn exchange(
     let reused = conn.reused;
     // A failed write on a reused connection means the backend had closed it.
     let write_failed = |e: io::Error| if reused { H1Error::Stale } else { H1Error::Io(e) };
-    if request.framing == RequestFraming::Empty {
-        conn.stream.write_all(&conn.write).await.map_err(write_failed)?;
-    } else {
-        conn.stream.write_all(&conn.write).await.map_err(write_failed)?;
+    conn.stream.write_all(&conn.write).await.map_err(write_failed)?;
+    if request.framing != RequestFraming::Empty {
         write_body(&mut conn, body, request.framing).await?;
     }
     let head = read_head(&mut conn, request.method == Method::HEAD).await?;
