@@ -10,3 +10,7 @@ pub mod node;
 pub mod provider;
 pub mod proxy;
 pub mod tls;
+
+/// A map for the request path keyed by configuration names and endpoint addresses, never by
+/// client input: a fast unkeyed hash is enough there (SipHash was a visible share of a request).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;

@@ -3,7 +3,6 @@
 //! counters and reads the shared state (endpoints, XDP, reloads) at that moment.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -12,6 +11,8 @@ use std::{
 };
 
 use parking_lot::Mutex;
+
+use crate::FastMap;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -56,10 +57,6 @@ impl Histogram {
         }
     }
 }
-
-/// The counters are keyed by names from the configuration, not by client input, so a fast
-/// unkeyed hash is enough (SipHash was a visible share of the request path).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 #[derive(Debug, Default)]
 struct WorkerCounters {

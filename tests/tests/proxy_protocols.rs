@@ -25,7 +25,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use common::{Binary, Proxy};
+use common::{Binary, Proxy, find, header_value};
 use futures_util::{SinkExt, StreamExt, TryStreamExt, future::BoxFuture};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -256,17 +256,6 @@ struct RawResponse {
     status: u16,
     head: String,
     body: Vec<u8>,
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 /// Reads one response (head, then a Content-Length or chunked body, or up to EOF); bytes

@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Proxy;
+use common::{Proxy, find, header_value};
 
 /// How long any socket in these tests waits for a byte before the test gives up.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,17 +78,6 @@ fn proxy_to(addr: SocketAddr, extra: &str) -> Proxy {
 // ---------------------------------------------------------------------------------------------
 // HTTP/1 bytes
 // ---------------------------------------------------------------------------------------------
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
 
 /// A decoded chunked body.
 #[derive(Debug)]

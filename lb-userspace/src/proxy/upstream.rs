@@ -9,7 +9,6 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -31,14 +30,10 @@ use super::{
     h1_upstream::{self, Conn, H1Error, Outgoing},
     snapshot::BackendGroup,
 };
-use crate::config::BackendProtocol;
+use crate::{FastMap, config::BackendProtocol};
 
 /// The connector adds TLS for backends that have it (`crate::tls::upstream`).
 pub type UpstreamClient = Client<crate::tls::upstream::Connector, AttemptBody>;
-
-/// Keyed by configuration names and endpoint addresses, not by client input: a fast unkeyed
-/// hash is enough on this per-request path.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// One backend group's connections in one worker.
 struct Pool {

@@ -418,9 +418,9 @@ where
     let limits = connection.published.load().limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true).max_buf_size(limits.max_header_bytes);
-    // hyper parses into a fixed inline array unless told another maximum, which costs a
-    // per-request fill of the configured size.
-    if limits.max_headers != 100 {
+    // hyper parses into a fixed inline array unless told another maximum than its default,
+    // which costs a per-request fill of the configured size.
+    if limits.max_headers != super::h1_guard::MAX_HEADERS {
         builder.http1().max_headers(limits.max_headers);
     }
     builder
