@@ -10,7 +10,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use parking_lot::Mutex;
@@ -18,10 +18,23 @@ use tokio::sync::broadcast;
 
 use crate::config::OutlierConfig;
 
-/// Milliseconds on a process-wide monotonic clock (0 = process start).
+/// Milliseconds on a process-wide monotonic clock (0 = its first reading).
+///
+/// It is the coarse clock (one kernel tick, 1–10 ms): everything timed with it (ejections,
+/// idle and head timeouts, health) counts in tens of milliseconds or more, and the request
+/// path reads it several times per request, where the precise clock's cost shows.
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    static START: OnceLock<u64> = OnceLock::new();
+    let now = coarse_monotonic_ms();
+    now.saturating_sub(*START.get_or_init(|| now))
+}
+
+fn coarse_monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
+    // every kernel Sluice supports.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Why an endpoint's health changed.

@@ -264,6 +264,8 @@ async fn route_and_forward(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
+    // Room for the request id, forwarding and upgrade headers: the map grows once, not per insert.
+    parts.headers.reserve(9);
     let request_id = headers::ensure_request_id(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     // This hop answered `Expect: 100-continue` itself (hyper sends 100 when the body is read).

@@ -289,7 +289,7 @@ async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, H1Error>
                         conn.read.advance(length);
                         continue;
                     }
-                    let head = interpret(&parsed, head_request)?;
+                    let head = interpret(&parsed, &conn.read[..length], head_request)?;
                     conn.read.advance(length);
                     return Ok(head);
                 }
@@ -315,11 +315,21 @@ async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, H1Error>
     }
 }
 
-fn interpret(parsed: &httparse::Response<'_, '_>, head_request: bool) -> Result<Head, H1Error> {
+/// The head's meaning. `raw` is the head `parsed` points into: it is copied once and the
+/// header values share that copy (one allocation, not one per value), while the read buffer
+/// stays the connection's own for the next response.
+fn interpret(parsed: &httparse::Response<'_, '_>, raw: &[u8], head_request: bool) -> Result<Head, H1Error> {
+    let stored = Bytes::copy_from_slice(raw);
+    let value_of = |value: &[u8]| {
+        let offset = value.as_ptr() as usize - raw.as_ptr() as usize;
+        let bytes = if value.is_empty() { Bytes::new() } else { stored.slice(offset..offset + value.len()) };
+        HeaderValue::from_maybe_shared(bytes).map_err(|_| H1Error::Protocol("invalid header value"))
+    };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
         .map_err(|_| H1Error::Protocol("invalid status code"))?;
     let version = if parsed.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for what this hop adds (request id, cookie, HSTS, worker id) without regrowing.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
@@ -327,8 +337,7 @@ fn interpret(parsed: &httparse::Response<'_, '_>, head_request: bool) -> Result<
     for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| H1Error::Protocol("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(header.value).map_err(|_| H1Error::Protocol("invalid header value"))?;
+        let value = value_of(header.value)?;
         if name == CONTENT_LENGTH {
             let length = parse_length(header.value).ok_or(H1Error::Protocol("invalid Content-Length"))?;
             if content_length.is_some_and(|seen| seen != length) {
@@ -746,7 +755,7 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut parsed = httparse::Response::new(&mut slots);
         assert!(parsed.parse(raw).unwrap().is_complete());
-        interpret(&parsed, head_request)
+        interpret(&parsed, raw, head_request)
     }
 
     #[test]

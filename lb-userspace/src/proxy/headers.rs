@@ -17,24 +17,43 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The hop-by-hop headers every message loses, whether or not `Connection` names them.
+static FIXED_HOP_BY_HOP: [&HeaderName; 6] =
+    [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TRANSFER_ENCODING, &UPGRADE, &TE];
+
 /// Removes the hop-by-hop headers: those named in `Connection`, and the fixed set. `TE:
 /// trailers` survives, because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them, or only `Connection`: one pass over the names finds
+    // which, instead of a hashed lookup per hop-by-hop name.
+    let mut present = [false; FIXED_HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = FIXED_HOP_BY_HOP.iter().position(|fixed| *fixed == name) {
+            present[i] = true;
+        }
+    }
+    if present == [false; FIXED_HOP_BY_HOP.len()] {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual options; `keep-alive` is in the fixed set, `close` names no field.
+        .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !FIXED_HOP_BY_HOP.contains(&name))
         .collect();
     for name in named {
-        if name != TE {
-            headers.remove(&name);
-        }
+        headers.remove(&name);
     }
     let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TRANSFER_ENCODING, &UPGRADE, &TE] {
-        headers.remove(name);
+    for (name, present) in FIXED_HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -154,6 +173,14 @@ mod tests {
         let mut gzip = map(&[("te", "gzip")]);
         strip_hop_by_hop(&mut gzip);
         assert!(gzip.is_empty());
+        // `close` is an option, not a field; other names in the same list still go.
+        let mut closing = map(&[("connection", "close, X-Hop"), ("x-hop", "1"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut closing);
+        assert_eq!(closing.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Nothing hop-by-hop: nothing changes.
+        let mut plain = map(&[("host", "a"), ("x-kept", "yes"), ("x-kept", "twice")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 3);
     }
 
     #[test]

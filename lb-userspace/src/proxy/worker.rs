@@ -455,17 +455,26 @@ where
     let header_limit_ms = limits.header_read_timeout_ms;
     let mut closing = false;
     loop {
-        let idle_check =
-            tokio::time::sleep(idle_limit.saturating_sub(activity.idle_for()).max(Duration::from_millis(10)));
-        let head_wait = header_limit_ms.saturating_sub(head_clock.running_for_ms().unwrap_or(0)).max(10);
-        let head_check = tokio::time::sleep(Duration::from_millis(head_wait));
+        // One timer for whichever limit comes first: the connection task polls it on every
+        // wake-up, so a second one would cost on every request.
+        let head_wait = header_limit_ms.saturating_sub(head_clock.running_for_ms().unwrap_or(0));
+        let mut wait = Duration::from_millis(head_wait);
+        if !closing {
+            wait = wait.min(idle_limit.saturating_sub(activity.idle_for()));
+        }
+        let check = tokio::time::sleep(wait.max(Duration::from_millis(10)));
         tokio::select! {
-            () = head_check => {
+            () = check => {
                 if head_clock.running_for_ms().is_some_and(|ms| ms >= header_limit_ms) {
                     // Slowloris, or a client that never sends: no request is in progress to
                     // finish, so the connection just closes.
                     tracing::debug!(worker = connection.worker, client = %connection.client, "request head timed out");
                     return;
+                }
+                if !closing && activity.idle_for() >= idle_limit {
+                    closing = true;
+                    // Finishes a request still waiting for its backend, then closes.
+                    conn.as_mut().graceful_shutdown();
                 }
             }
             result = conn.as_mut() => {
@@ -478,13 +487,6 @@ where
                 let _ = changed;
                 closing = true;
                 conn.as_mut().graceful_shutdown();
-            }
-            () = idle_check, if !closing => {
-                if activity.idle_for() >= idle_limit {
-                    closing = true;
-                    // Finishes a request still waiting for its backend, then closes.
-                    conn.as_mut().graceful_shutdown();
-                }
             }
         }
     }
