@@ -52,6 +52,9 @@ pub struct Profile {
     pub copy_callers: Vec<(String, f64)>,
     /// The client core's time per request with each proxy: (peer, where, µs per request).
     pub client: Vec<(String, String, f64)>,
+    /// Inter-processor interrupts per request over the same window: (peer, which, count per
+    /// request). A core that went idle is woken with one; in a VM each costs an exit.
+    pub wakeups: Vec<(String, String, f64)>,
 }
 
 impl Profile {
@@ -77,6 +80,9 @@ impl Profile {
         }
         for (peer, place, us) in &self.client {
             let _ = writeln!(out, "client\t{peer}:{place}\t{us:.2}");
+        }
+        for (peer, which, per_request) in &self.wakeups {
+            let _ = writeln!(out, "wakeup\t{peer}:{which}\t{per_request:.3}");
         }
         out
     }
@@ -105,6 +111,11 @@ impl Profile {
                 "client" => {
                     if let Some((peer, place)) = name.split_once(':') {
                         p.client.push((peer.to_owned(), place.to_owned(), number));
+                    }
+                }
+                "wakeup" => {
+                    if let Some((peer, which)) = name.split_once(':') {
+                        p.wakeups.push((peer.to_owned(), which.to_owned(), number));
                     }
                 }
                 _ => {}
@@ -182,30 +193,40 @@ pub fn run(
                 "\n== The client core's time per request under `{name}`, with Sluice and with nginx \
                  (perf record -C {CLIENT_CORE}: every process on the core; µs per request)\n"
             );
+            let mut wakeups = format!(
+                "\n== Inter-processor interrupts per request under `{name}` (/proc/interrupts; core \
+                 {PROXY_CORE} runs the proxy, core {CLIENT_CORE} the client and backend)\n"
+            );
             for peer in [Peer::Sluice, Peer::Nginx] {
-                for (place, us) in client_core(lab, load, addr_of(lab, peer), seconds.min(5))? {
+                let (places, ipis) = client_core(lab, load, addr_of(lab, peer), seconds.min(5))?;
+                for (place, us) in places {
                     let _ = writeln!(text, "{:>8}  {place:<44} {us:8.1}", peer.name());
                     artifacts.profile.client.push((peer.name().to_owned(), place, us));
                 }
+                for (which, per_request) in ipis {
+                    let _ = writeln!(wakeups, "{:>8}  {which:<44} {per_request:8.3}", peer.name());
+                    artifacts.profile.wakeups.push((peer.name().to_owned(), which, per_request));
+                }
             }
             artifacts.text.push_str(&text);
+            artifacts.text.push_str(&wakeups);
         }
     }
     Ok(artifacts)
 }
 
+/// Named numbers, e.g. (place, µs per request).
+type Rows = Vec<(String, f64)>;
+
 /// Where the client core's time goes per request while `load` runs against `addr`: a
 /// system-wide sample of that core, by command and shared object (the backend nginx, the load
-/// generator and its libraries, the kernel), in µs per request; idle time left out.
-fn client_core(
-    lab: &mut Lab,
-    load: Load,
-    addr: SocketAddr,
-    seconds: u64,
-) -> anyhow::Result<Vec<(String, f64)>> {
+/// generator and its libraries, the kernel), in µs per request; idle time left out. Also the
+/// wake-up interrupts per request each core received over the same window.
+fn client_core(lab: &mut Lab, load: Load, addr: SocketAddr, seconds: u64) -> anyhow::Result<(Rows, Rows)> {
     let data = lab.dir().join("client.data");
     let data_arg = data.display().to_string();
-    let (outcome, _) = under_load(load, addr, seconds, lab.dir(), || {
+    let (outcome, (ipis, _)) = under_load(load, addr, seconds, lab.dir(), || {
+        let before = interrupts();
         let command = perf(&[
             "record",
             "-q",
@@ -221,7 +242,19 @@ fn client_core(
             "sleep",
             &seconds.to_string(),
         ]);
-        run_bounded(command, Duration::from_secs(seconds + 60))
+        let ran = run_bounded(command, Duration::from_secs(seconds + 60));
+        let after = interrupts();
+        let mut ipis = Vec::new();
+        for (kind, what) in [("CAL", "function-call IPIs"), ("RES", "reschedule IPIs")] {
+            for (core, role) in [(PROXY_CORE, "proxy"), (CLIENT_CORE, "client")] {
+                let count = |snapshot: &BTreeMap<(String, u32), u64>| {
+                    snapshot.get(&(kind.to_owned(), core)).copied().unwrap_or(0)
+                };
+                let delta = count(&after).saturating_sub(count(&before));
+                ipis.push((format!("{what} to the {role} core"), delta as f64));
+            }
+        }
+        ran.map(|out| (ipis, out))
     })?;
     lab.check_running()?;
     let (report, _) = run_bounded(
@@ -263,7 +296,23 @@ fn client_core(
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = rows.iter().map(|(_, us)| us).sum();
     rows.push(("all (busy time on the core)".to_owned(), total));
-    Ok(rows)
+    let ipis = ipis.into_iter().map(|(which, count)| (which, count / requests.max(1.0))).collect();
+    Ok((rows, ipis))
+}
+
+/// Interrupt counts from /proc/interrupts by (kind, core), e.g. ("CAL", 0); empty when the
+/// file cannot be read.
+fn interrupts() -> BTreeMap<(String, u32), u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let Some(kind) = fields.next().and_then(|k| k.strip_suffix(':')) else { continue };
+        for (core, field) in fields.map_while(|f| f.parse::<u64>().ok()).enumerate() {
+            counts.insert((kind.to_owned(), core as u32), field);
+        }
+    }
+    counts
 }
 
 /// Runs `load` for `seconds + 2` in a thread while `during` runs; returns both results.

@@ -958,6 +958,26 @@ fn findings(p: &Profile) -> String {
             if detail.is_empty() { String::new() } else { format!(" ({})", detail.join(", ")) }
         );
     }
+    let wakeup = |peer: &str, which: &str| {
+        p.wakeups.iter().find(|(pe, w, _)| pe == peer && w == which).map(|(_, _, n)| *n)
+    };
+    let to_proxy = "function-call IPIs to the proxy core";
+    let to_client = "reschedule IPIs to the client core";
+    if let (Some(sp), Some(np), Some(sc), Some(nc)) = (
+        wakeup("sluice", to_proxy),
+        wakeup("nginx", to_proxy),
+        wakeup("sluice", to_client),
+        wakeup("nginx", to_client),
+    ) {
+        let _ = writeln!(
+            out,
+            "- Wake-ups per request under `{}`: {to_proxy} Sluice {sp:.2}, nginx {np:.2}; {to_client} Sluice \
+             {sc:.2}, nginx {nc:.2}. A proxy whose core went idle between events is woken by the client core \
+             with such an interrupt; the sender pays for it (in a VM, an exit per interrupt), so an idle proxy \
+             costs the client core time that a saturated one does not.",
+            p.meta.get("client_scenario").map_or("?", String::as_str),
+        );
+    }
     let top: Vec<String> =
         p.components.iter().take(5).map(|(name, share)| format!("{name} {share:.1}%")).collect();
     if !top.is_empty() {
