@@ -20,9 +20,8 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -74,9 +73,10 @@ pub struct Conn {
     read: BytesMut,
     write: Vec<u8>,
     /// The pool it goes back to (`upstream.rs`).
-    pub(super) pool_key: Arc<str>,
+    pub(super) pool_key: super::upstream::PoolKey,
     pub(super) endpoint: SocketAddr,
-    pub(super) idle_since: Instant,
+    /// When it last went idle, on the coarse clock ([`super::endpoint::now_ms`]).
+    pub(super) idle_since_ms: u64,
     /// It served a response before (so a failure before any response byte may be a close
     /// that crossed the request).
     reused: bool,
@@ -85,7 +85,7 @@ pub struct Conn {
 impl Conn {
     pub async fn connect(
         endpoint: SocketAddr,
-        pool_key: Arc<str>,
+        pool_key: super::upstream::PoolKey,
         timeout: Duration,
     ) -> Result<Conn, H1Error> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
@@ -102,7 +102,7 @@ impl Conn {
             write: Vec::with_capacity(1024),
             pool_key,
             endpoint,
-            idle_since: Instant::now(),
+            idle_since_ms: super::endpoint::now_ms(),
             reused: false,
         })
     }

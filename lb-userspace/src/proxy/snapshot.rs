@@ -52,7 +52,7 @@ pub struct BackendGroup {
     pub affinity: Option<CookieAffinity>,
     /// Identity of the settings that shape upstream connections; workers keep their pools
     /// across snapshots while it stays the same.
-    pub pool_key: String,
+    pub pool_key: super::upstream::PoolKey,
     /// TLS towards the endpoints, when the backend has `tls`.
     pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
@@ -92,14 +92,14 @@ impl Snapshot {
                     balancer: Balancer::new(backend.balance, &endpoints),
                     endpoints,
                     retry_budget: RetryBudget::new(&backend.retries),
-                    pool_key: format!(
+                    pool_key: super::upstream::PoolKey::of(&format!(
                         "{}|{:?}|{:?}|{}|{}",
                         backend.name,
                         backend.protocol,
                         backend.timeouts,
                         backend.max_connections_per_endpoint,
                         tls.as_ref().map_or("", |t| t.identity.as_str())
-                    ),
+                    )),
                     tls: tls.map(Arc::new),
                     config: backend.clone(),
                 }

@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -35,14 +35,27 @@ use crate::{FastMap, config::BackendProtocol};
 /// The connector adds TLS for backends that have it (`crate::tls::upstream`).
 pub type UpstreamClient = Client<crate::tls::upstream::Connector, AttemptBody>;
 
+/// Identity of the settings that shape upstream connections: a random-seeded 64-bit hash of
+/// their description, made when a snapshot is built, so the request path neither hashes nor
+/// compares the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey(u64);
+
+impl PoolKey {
+    pub fn of(description: &str) -> PoolKey {
+        static SEED: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+        PoolKey(std::hash::BuildHasher::hash_one(SEED.get_or_init(Default::default), description))
+    }
+}
+
 /// One backend group's connections in one worker.
 struct Pool {
-    key: Arc<str>,
+    key: PoolKey,
     /// hyper's client, for HTTP/2 and TLS backends (built on first use).
     client: Option<UpstreamClient>,
     /// Idle HTTP/1.1 connections per endpoint, most recently used last.
     idle: FastMap<SocketAddr, Vec<Conn>>,
-    idle_timeout: Duration,
+    idle_timeout_ms: u64,
     caps: FastMap<SocketAddr, Arc<Semaphore>>,
     max_per_endpoint: usize,
     generation: u64,
@@ -50,7 +63,7 @@ struct Pool {
 
 #[derive(Default)]
 struct WorkerPools {
-    pools: FastMap<Arc<str>, Pool>,
+    pools: FastMap<PoolKey, Pool>,
     generation: u64,
 }
 
@@ -88,21 +101,20 @@ fn with_pool<T>(group: &BackendGroup, generation: u64, f: impl FnOnce(&mut Pool)
             pools.pools.retain(|_, pool| pool.generation >= previous);
             pools.generation = generation;
         }
-        // Look up by &str first: the key is only allocated when a pool is created.
-        if !pools.pools.contains_key(group.pool_key.as_str()) {
-            let key: Arc<str> = group.pool_key.as_str().into();
+        if !pools.pools.contains_key(&group.pool_key) {
+            let key = group.pool_key;
             let pool = Pool {
-                key: key.clone(),
+                key,
                 client: None,
                 idle: FastMap::default(),
-                idle_timeout: Duration::from_millis(group.config.timeouts.idle_ms),
+                idle_timeout_ms: group.config.timeouts.idle_ms,
                 caps: FastMap::default(),
                 max_per_endpoint: group.config.max_connections_per_endpoint,
                 generation,
             };
             pools.pools.insert(key, pool);
         }
-        let pool = pools.pools.get_mut(group.pool_key.as_str()).expect("inserted above");
+        let pool = pools.pools.get_mut(&group.pool_key).expect("inserted above");
         pool.generation = generation;
         f(pool)
     })
@@ -118,18 +130,18 @@ pub fn cap_for(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> A
 }
 
 /// An idle connection to `endpoint` that is still open, if this worker has one.
-fn check_out(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> (Option<Conn>, Arc<str>) {
+fn check_out(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> (Option<Conn>, PoolKey) {
     with_pool(group, generation, |pool| {
-        let timeout = pool.idle_timeout;
+        let (timeout, now) = (pool.idle_timeout_ms, super::endpoint::now_ms());
         let found = pool.idle.get_mut(&endpoint).and_then(|idle| {
             while let Some(conn) = idle.pop() {
-                if conn.idle_since.elapsed() < timeout && conn.is_quiet() {
+                if now.saturating_sub(conn.idle_since_ms) < timeout && conn.is_quiet() {
                     return Some(conn);
                 }
             }
             None
         });
-        (found, pool.key.clone())
+        (found, pool.key)
     })
 }
 
@@ -141,7 +153,7 @@ pub(super) fn check_in(mut conn: Conn) {
         let max = pool.max_per_endpoint;
         let idle = pool.idle.entry(conn.endpoint).or_default();
         if idle.len() < max {
-            conn.idle_since = Instant::now();
+            conn.idle_since_ms = super::endpoint::now_ms();
             idle.push(conn);
         }
     });
@@ -153,9 +165,9 @@ pub fn reap_idle() {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         for pool in pools.pools.values_mut() {
-            let timeout = pool.idle_timeout;
+            let (timeout, now) = (pool.idle_timeout_ms, super::endpoint::now_ms());
             pool.idle.retain(|_, idle| {
-                idle.retain(|conn| conn.idle_since.elapsed() < timeout && conn.is_quiet());
+                idle.retain(|conn| now.saturating_sub(conn.idle_since_ms) < timeout && conn.is_quiet());
                 !idle.is_empty()
             });
         }
@@ -256,7 +268,7 @@ pub async fn send(
         let timeout = group.connect_timeout();
         let conn = match idle {
             Some(conn) => conn,
-            None => Conn::connect(endpoint, key.clone(), timeout).await?,
+            None => Conn::connect(endpoint, key, timeout).await?,
         };
         let response = match h1_upstream::exchange(conn, request, body.attempt()).await {
             Err(H1Error::Stale) if body.replayable() => {

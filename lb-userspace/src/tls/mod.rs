@@ -354,6 +354,11 @@ impl TlsSnapshot {
 
     /// The TLS host a name (SNI or Host header) selects, if that host has `tls`.
     pub fn host(&self, name: Option<&str>) -> Option<(usize, &Arc<HostTls>)> {
+        // Every plain-HTTP request asks (for redirects): without TLS hosts there is no answer
+        // to look up.
+        if self.hosts.iter().all(Option::is_none) {
+            return None;
+        }
         let index = self.table.find(name)?;
         Some((index, self.hosts.get(index)?.as_ref()?))
     }
