@@ -48,7 +48,8 @@ struct Pending {
 /// The client's request body, shared between attempts until one starts reading it.
 #[derive(Clone)]
 pub struct RequestBody {
-    pending: Arc<Mutex<Pending>>,
+    /// `None` when the client sent no body (most requests): nothing to share or take.
+    pending: Option<Arc<Mutex<Pending>>>,
     hint: SizeHint,
     empty: bool,
     limit: u64,
@@ -59,23 +60,17 @@ impl RequestBody {
     pub fn new(incoming: Incoming, limit: u64) -> RequestBody {
         let hint = incoming.size_hint();
         let empty = incoming.is_end_stream();
-        RequestBody {
-            pending: Arc::new(Mutex::new(Pending { first: None, rest: Some(incoming) })),
-            hint,
-            empty,
-            limit,
-        }
+        let pending = (!empty).then(|| Arc::new(Mutex::new(Pending { first: None, rest: Some(incoming) })));
+        RequestBody { pending, hint, empty, limit }
     }
 
     /// Reads the first frame now, so a body that is broken from its first byte (a bad chunk
     /// size) is refused before anything reaches a backend.
     pub async fn prefetch(&self) -> Result<(), BadRequestBody> {
-        if self.empty {
-            return Ok(());
-        }
-        let Some(mut incoming) = self.pending.lock().rest.take() else { return Ok(()) };
+        let Some(shared) = &self.pending else { return Ok(()) };
+        let Some(mut incoming) = shared.lock().rest.take() else { return Ok(()) };
         let first = incoming.frame().await.transpose().map_err(BadRequestBody)?;
-        let mut pending = self.pending.lock();
+        let mut pending = shared.lock();
         pending.first = first;
         pending.rest = Some(incoming);
         Ok(())
@@ -93,7 +88,7 @@ impl RequestBody {
 
     /// True while no attempt has taken the body: a retry may still send it.
     pub fn replayable(&self) -> bool {
-        self.empty || self.pending.lock().rest.is_some()
+        self.pending.as_ref().is_none_or(|shared| shared.lock().rest.is_some())
     }
 
     /// The body for one attempt. It takes the client's body on its first poll.
@@ -121,8 +116,10 @@ impl Body for AttemptBody {
         let this = &mut *self;
         if !this.started {
             this.started = true;
-            let mut pending = this.shared.pending.lock();
-            this.taken = Some(Pending { first: pending.first.take(), rest: pending.rest.take() });
+            if let Some(shared) = &this.shared.pending {
+                let mut pending = shared.lock();
+                this.taken = Some(Pending { first: pending.first.take(), rest: pending.rest.take() });
+            }
         }
         let Some(taken) = this.taken.as_mut() else { return Poll::Ready(None) };
         let frame = match taken.first.take() {

@@ -94,31 +94,36 @@ impl Forwarded {
 /// Adds X-Forwarded-For (appended), X-Real-IP, X-Forwarded-Proto/-Host/-Port (set), and makes
 /// sure a Host header exists (HTTP/2 clients send `:authority` instead).
 pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded, host: &str) {
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-        // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
-        let mut hops: Vec<&[u8]> =
-            headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-        hops.push(forwarded.client_ip.as_bytes());
-        HeaderValue::from_bytes(&hops.join(&b", "[..])).ok()
-    } else {
-        Some(forwarded.client_ip.clone())
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    // One lookup per name: `entry` finds the slot that an insert would hash for again.
+    match headers.entry(&X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(forwarded.client_ip.clone());
+        }
+        http::header::Entry::Occupied(mut slot) => {
+            // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
+            let mut hops: Vec<&[u8]> = slot.iter().map(HeaderValue::as_bytes).collect();
+            hops.push(forwarded.client_ip.as_bytes());
+            if let Ok(xff) = HeaderValue::from_bytes(&hops.join(&b", "[..])) {
+                slot.insert(xff);
+            }
+        }
     }
     headers.insert(X_REAL_IP.clone(), forwarded.client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), forwarded.scheme.clone());
     headers.insert(X_FORWARDED_PORT.clone(), forwarded.port.clone());
     // The Host header's own value when that is where the host came from (no copy).
-    let host_value = match headers.get(HOST) {
-        Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
-        _ if host.is_empty() => None,
-        _ => HeaderValue::from_str(host).ok(),
+    let host_value = match headers.entry(HOST) {
+        http::header::Entry::Occupied(slot) if slot.get().as_bytes() == host.as_bytes() => {
+            Some(slot.get().clone())
+        }
+        http::header::Entry::Occupied(_) if host.is_empty() => None,
+        http::header::Entry::Occupied(_) => HeaderValue::from_str(host).ok(),
+        http::header::Entry::Vacant(_) if host.is_empty() => None,
+        http::header::Entry::Vacant(slot) => HeaderValue::from_str(host).ok().inspect(|value| {
+            slot.insert(value.clone());
+        }),
     };
     if let Some(host_value) = host_value {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, host_value.clone());
-        }
         headers.insert(X_FORWARDED_HOST.clone(), host_value);
     }
 }
