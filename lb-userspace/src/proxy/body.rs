@@ -37,12 +37,48 @@ pub struct BodyTooLarge {
 /// The client's body failed to parse (a bad chunk, a connection cut mid-body).
 #[derive(Debug, thiserror::Error)]
 #[error("malformed or truncated request body: {0}")]
-pub struct BadRequestBody(#[source] pub hyper::Error);
+pub struct BadRequestBody(#[source] pub BoxError);
+
+/// A request body as the client connection delivers it: from Sluice's own HTTP/1 server, or
+/// from hyper's HTTP/2 server.
+pub enum ClientBody {
+    H1(super::h1_server::H1Body),
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+        }
+    }
+}
 
 struct Pending {
     /// A frame read ahead before the request went upstream (to catch a bad first chunk).
     first: Option<Frame<Bytes>>,
-    rest: Option<Incoming>,
+    rest: Option<ClientBody>,
 }
 
 /// The client's request body, shared between attempts until one starts reading it.
@@ -57,7 +93,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps the client's body. `limit` 0 means unlimited.
-    pub fn new(incoming: Incoming, limit: u64) -> RequestBody {
+    pub fn new(incoming: ClientBody, limit: u64) -> RequestBody {
         let hint = incoming.size_hint();
         let empty = incoming.is_end_stream();
         let pending = (!empty).then(|| Arc::new(Mutex::new(Pending { first: None, rest: Some(incoming) })));

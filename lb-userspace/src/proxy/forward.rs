@@ -11,13 +11,13 @@ use http::{
     },
 };
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 
 use super::{
     affinity::Pin,
-    body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody, RequestBody},
+    body::{self, BadRequestBody, BodyTooLarge, ClientBody, Held, ProxyBody, RequestBody},
     endpoint::now_ms,
+    h1_server::ClientUpgrade,
     h1_upstream,
     headers::{self, Forwarded, X_REQUEST_ID},
     routing::RouteLabels,
@@ -60,7 +60,7 @@ fn unrouted() -> RouteLabels {
 }
 
 /// Handles one request. Never fails: every problem is a response.
-pub async fn handle(request: Request<Incoming>, connection: Arc<Connection>) -> Response<ProxyBody> {
+pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = connection.published.load();
     let log = snapshot.access_log.enabled
@@ -195,7 +195,7 @@ pub fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
-fn request_host(request: &Request<Incoming>) -> &str {
+fn request_host<B>(request: &Request<B>) -> &str {
     request
         .uri()
         .authority()
@@ -216,7 +216,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 async fn route_and_forward(
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     connection: &Connection,
     snapshot: &Snapshot,
     outcome: &mut Outcome,
@@ -261,7 +261,7 @@ async fn route_and_forward(
     }
 
     let upgrade = headers::upgrade_request(request.headers());
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let client_upgrade = upgrade.as_ref().and_then(|_| ClientUpgrade::take(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
     // Room for the request id, forwarding and upgrade headers: the map grows once, not per insert.
@@ -427,19 +427,15 @@ async fn route_and_forward(
 /// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and
 /// other Upgrade protocols). It references no snapshot, so configuration changes never cut it.
 async fn tunnel<H: Send + 'static>(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     upstream: upstream::UpstreamUpgrade,
     hold: super::endpoint::InflightGuard,
     slot: H,
 ) {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::debug!(error = %e, "client upgrade failed");
-            return;
-        }
+    let Some(mut client) = client.connection().await else {
+        tracing::debug!("the client connection ended before its upgrade");
+        return;
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
     let copied = match upstream {
         upstream::UpstreamUpgrade::H1 { mut stream, early } => {
             // What the backend sent right after its 101 came in the same read as the head.

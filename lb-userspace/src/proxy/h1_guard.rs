@@ -1,4 +1,6 @@
-//! Strict HTTP/1.1 request framing in front of hyper's lenient server parser.
+//! Strict HTTP/1.1 request framing in front of the HTTP/1 server (`h1_server`, Sluice's own;
+//! the guard was first written for hyper's lenient parser, and its contract is the one both
+//! follow).
 //!
 //! hyper 1.x accepts request shapes a load balancer must refuse because a backend (or a
 //! proxy in between) may frame them differently — the request smuggling family:
@@ -33,7 +35,8 @@
 //! an extension; a size line or the data not followed by CRLF; a trailer line that is not
 //! `token ":" value CRLF` (bare LF, obs-fold, whitespace before the colon).
 //!
-//! What hyper then does (hyper 1.12, checked by the end-to-end tests below):
+//! What the server then does — `h1_server` does the same as hyper 1.12, whose behaviour the
+//! tests below check; the end-to-end suites check `h1_server`'s:
 //!
 //! * a rejected head is replaced with [`REJECT_400`], whose method byte `\x01` makes httparse
 //!   fail with `Error::Token`: hyper maps it to `Parse::Method` and `Server::on_error`
@@ -55,8 +58,8 @@
 //!   crate validates its own framing);
 //! * a `CONNECT` request or an HTTP/1.1 request carrying `Upgrade` with `Connection: upgrade`
 //!   (the connection may become a tunnel, e.g. a WebSocket), once that request's body ended.
-//!   Limitation: if the service refuses the upgrade and the client sends further requests
-//!   on the connection, those are not inspected.
+//!   If the backend refuses the upgrade, `h1_server` closes the connection after that
+//!   response rather than read further requests the guard would not inspect.
 //!
 //! Rejections are counted in an optional shared counter ([`H1Guard::with_rejection_counter`],
 //! one increment per refused connection) and logged at debug level with the reason.

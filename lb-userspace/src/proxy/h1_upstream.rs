@@ -564,7 +564,7 @@ impl Body for ResponseBody {
 
 /// What the chunk decoder produced from the bytes it had.
 #[derive(Debug)]
-enum Decoded {
+pub(super) enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     Done,
@@ -589,7 +589,7 @@ enum ChunkState {
 /// A streaming decoder of `Transfer-Encoding: chunked` (RFC 9112 section 7.1), strict about
 /// line endings and sizes: the backend's framing decides whether the connection can be reused.
 #[derive(Debug, Default)]
-struct ChunkDecoder {
+pub(super) struct ChunkDecoder {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -597,7 +597,7 @@ struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
-    fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, H1Error> {
+    pub(super) fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, H1Error> {
         loop {
             if matches!(self.state, ChunkState::Done) {
                 return Ok(Decoded::Done);

@@ -8,6 +8,7 @@ pub mod body;
 pub mod endpoint;
 pub mod forward;
 pub mod h1_guard;
+pub mod h1_server;
 pub mod h1_upstream;
 pub mod headers;
 pub mod health_check;

@@ -6,19 +6,17 @@
 
 use std::{io, net::SocketAddr, thread::JoinHandle, time::Duration};
 
-use std::{convert::Infallible, sync::Arc};
-
-use hyper::{Request, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
+
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{
     activity::{Activity, ActivityIo},
-    forward::{self, Connection},
+    forward::Connection,
     h1_guard::{H1Guard, HeadClock},
     snapshot::Published,
 };
@@ -416,50 +414,24 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = connection.published.load().limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).max_buf_size(limits.max_header_bytes);
-    // hyper parses into a fixed inline array unless told another maximum than its default,
-    // which costs a per-request fill of the configured size.
-    if limits.max_headers != super::h1_guard::MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers);
-    }
-    builder
-        .http1()
-        // hyper's header timer also runs while a keep-alive connection waits for its next
-        // request, which would make it the idle timeout; the guard's head clock below times
-        // only heads that are actually coming in (and the first one from the connection's
-        // start, which hyper's protocol detection would otherwise wait on forever).
-        .header_read_timeout(None)
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        // Rapid-reset guard (CVE-2023-44487): a client that keeps resetting streams it opened
-        // is cut off instead of keeping the worker busy.
-        .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(100));
     let activity = Activity::default();
     let head_clock = HeadClock::started();
-    // The guard refuses request-smuggling shapes that hyper's parser would tolerate.
+    // The guard refuses request-smuggling shapes before the server parses a head.
     let guard = H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes)
         .with_max_headers(limits.max_headers)
         .with_head_clock(head_clock.clone());
-    let io = TokioIo::new(guard);
-    let service_connection = connection.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let connection = service_connection.clone();
-        async move { Ok::<_, Infallible>(forward::handle(request, connection).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    // Set to end the connection: at once between requests, else after the response.
+    let closing = AtomicBool::new(false);
+    let conn = super::h1_server::serve(Box::new(guard), connection.clone(), limits.clone(), &closing);
     tokio::pin!(conn);
     let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
     let header_limit_ms = limits.header_read_timeout_ms;
-    let mut closing = false;
     loop {
         // One timer for whichever limit comes first: the connection task polls it on every
         // wake-up, so a second one would cost on every request.
         let head_wait = header_limit_ms.saturating_sub(head_clock.running_for_ms().unwrap_or(0));
         let mut wait = Duration::from_millis(head_wait);
-        if !closing {
+        if !closing.load(Ordering::Relaxed) {
             wait = wait.min(idle_limit.saturating_sub(activity.idle_for()));
         }
         let check = tokio::time::sleep(wait.max(Duration::from_millis(10)));
@@ -471,22 +443,15 @@ where
                     tracing::debug!(worker = connection.worker, client = %connection.client, "request head timed out");
                     return;
                 }
-                if !closing && activity.idle_for() >= idle_limit {
-                    closing = true;
+                if !closing.load(Ordering::Relaxed) && activity.idle_for() >= idle_limit {
                     // Finishes a request still waiting for its backend, then closes.
-                    conn.as_mut().graceful_shutdown();
+                    closing.store(true, Ordering::Relaxed);
                 }
             }
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(worker = connection.worker, client = %connection.client, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            changed = shutdown.changed(), if !closing => {
+            () = conn.as_mut() => return,
+            changed = shutdown.changed(), if !closing.load(Ordering::Relaxed) => {
                 let _ = changed;
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+                closing.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -523,7 +488,7 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         let id = response
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{}: ", forward::WORKER_HEADER)))
+            .find_map(|l| l.strip_prefix(&format!("{}: ", crate::proxy::WORKER_HEADER)))
             .expect("worker header present");
         assert!(id == "0" || id == "1", "{response}");
         workers.stop();
