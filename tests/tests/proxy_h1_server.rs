@@ -14,8 +14,9 @@
 //! - the proxy's own responses (a 404 for no route) carry `date` and a correct `content-length`;
 //! - a malformed request line is a `400` and the connection closes (pipelined bytes after it are
 //!   never served);
-//! - a refused upgrade (the backend answers `200` to `Connection: upgrade`) is answered, then
-//!   the connection closes without serving the request pipelined after it;
+//! - a refused upgrade (the backend answers `200` to `Connection: upgrade`) is answered with
+//!   `connection: close`, then the connection closes without serving the request pipelined
+//!   after it;
 //! - a response sent before the request body was read (a 404 to a POST) says `connection:
 //!   close` and closes the connection,
 //!   and a new connection works;
@@ -763,6 +764,7 @@ fn refused_upgrade_is_answered_then_the_connection_closes() {
     let response = client.read_response(false);
     assert_ok(&response, b"no upgrade!", "the refused upgrade's response");
     assert_eq!(response.header("x-kind"), Some("no-upgrade"), "{:?}", response.head);
+    assert_eq!(response.header("connection"), Some("close"), "the close is announced: {:?}", response.head);
     client.assert_closed("after a refused upgrade");
     let seen: Vec<String> = backend.seen().iter().map(|r| r.path().to_owned()).collect();
     assert_eq!(seen, ["/app/refuse-upgrade"], "the request after the refused upgrade is never forwarded");

@@ -284,7 +284,7 @@ impl AsyncWrite for Prefixed {
 
 /// What the next bytes on the connection are.
 enum Next {
-    Request(Box<Incoming1>),
+    Request(Box<ParsedHead>),
     /// The HTTP/2 preface: the rest of the connection belongs to hyper.
     H2,
     /// A head the guard refused, or one that does not parse: answer this, then close.
@@ -294,7 +294,7 @@ enum Next {
 }
 
 /// A parsed request head and how its connection continues.
-struct Incoming1 {
+struct ParsedHead {
     request: Request<()>,
     body: Progress,
     keep_alive: bool,
@@ -331,7 +331,7 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
                 return;
             }
         };
-        let Incoming1 { request, body, keep_alive, expects_continue, tunnel } = incoming;
+        let ParsedHead { request, body, keep_alive, expects_continue, tunnel } = incoming;
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         let has_body = !matches!(body, Progress::Done);
@@ -354,9 +354,10 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
         });
         let response = forward::handle(request, connection.clone()).await;
         let status = response.status();
-        // A body nobody read to its end leaves the stream mid-message (and a 100-continue
-        // never sent means the client may still send it): the response announces the close.
-        let keep_alive = keep_alive && {
+        // The response announces a close decided already: after a tunnel request, on the
+        // owner's signal, or when a body nobody read to its end leaves the stream mid-message
+        // (or a 100-continue never sent means the client may still send it).
+        let keep_alive = keep_alive && !tunnel && !closing.load(Ordering::Relaxed) && {
             let w = wire.lock();
             matches!(w.body, Progress::Done) && w.continue_due.is_none()
         };
@@ -505,7 +506,7 @@ fn build_request(parsed: &httparse::Request<'_, '_>, slice: &dyn Fn(&[u8]) -> By
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Some(Next::Request(Box::new(Incoming1 {
+    Some(Next::Request(Box::new(ParsedHead {
         request,
         body,
         keep_alive,
