@@ -1195,7 +1195,7 @@ mod tests {
         enum Mode {
             /// `http1::Builder` over the guard.
             Guarded,
-            /// hyper-util's `auto::Builder` over the guard, as the workers serve.
+            /// hyper-util's `auto::Builder` over the guard (HTTP/1 and the HTTP/2 preface).
             GuardedAuto,
             /// `http1::Builder` alone, to show what the guard adds.
             Bare,

@@ -11,6 +11,8 @@ use std::{
 use lb_tests::{process::ChildGuard, sluice_binary, wait_for};
 use lb_userspace::{config::Config, node::Node};
 
+pub mod raw_http;
+
 /// A free loopback port (bound then released; good enough for tests on loopback).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -1,0 +1,477 @@
+//! Raw-socket HTTP/1 test kit, shared by the suites that assert exact bytes on the wire
+//! (`proxy_upstream_h1.rs`, `proxy_h1_server.rs`): configurations with one raw backend, a
+//! chunked-body decoder, raw-socket backends (std threads on blocking sockets, counting the
+//! connections they accept), and a raw client that reads responses per their framing.
+//!
+//! Every socket here has a read and write timeout of [`IO_TIMEOUT`]: nothing waits on a sleep
+//! for readiness, and "the connection closed" means a read returned end of file (or a reset)
+//! before that timeout.
+#![allow(dead_code)]
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use super::{find, header_value};
+
+/// How long any socket in these tests waits for a byte before the test gives up.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// A route in YAML flow style: everything under `prefix` goes to `backend`.
+pub fn route(prefix: &str, backend: &str) -> String {
+    format!("      - {{match: {{path: {{prefix: {prefix}}}}}, backend: {backend}}}\n")
+}
+
+/// A backend group with one endpoint; passive ejection off so that failing on purpose never
+/// changes which endpoint is available. `extra` adds fields (`", retries: {attempts: 0}"`), or
+/// is `""`.
+pub fn backend(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}], outlier: {{consecutive_failures: 0}}{extra}}}\n"
+    )
+}
+
+/// A whole configuration: one listener, two workers, no XDP, a short shutdown grace.
+pub fn config(routes: &[String], backends: &[String]) -> String {
+    format!(
+        "workers: 2\nxdp: {{enabled: false}}\nlisteners: [{{name: web, address: \"{{listen}}\"}}]\n\
+         limits: {{shutdown_grace_ms: 2000}}\n\
+         virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n{}backends:\n{}",
+        routes.concat(),
+        backends.concat()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1 bytes
+// ---------------------------------------------------------------------------------------------
+
+/// A decoded chunked body.
+#[derive(Debug)]
+pub struct Dechunked {
+    pub body: Vec<u8>,
+    /// The trailer section as sent (header lines and the final empty line).
+    pub trailers: String,
+    /// Bytes of `data` the chunked body took.
+    pub used: usize,
+}
+
+/// Decodes a whole chunked body from the front of `data`; `None` while it is incomplete (or
+/// when it is malformed: the caller then reads until the connection ends).
+pub fn dechunk(data: &[u8]) -> Option<Dechunked> {
+    let mut pos = 0;
+    let mut body = Vec::new();
+    loop {
+        let line_end = pos + find(&data[pos..], b"\r\n")?;
+        let line = std::str::from_utf8(&data[pos..line_end]).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        pos = line_end + 2;
+        if size == 0 {
+            let end = if data[pos..].starts_with(b"\r\n") {
+                pos + 2
+            } else {
+                pos + find(&data[pos..], b"\r\n\r\n")? + 4
+            };
+            let trailers = String::from_utf8_lossy(&data[pos..end]).into_owned();
+            return Some(Dechunked { body, trailers, used: end });
+        }
+        if data.len() < pos + size + 2 || &data[pos + size..pos + size + 2] != b"\r\n" {
+            return None;
+        }
+        body.extend_from_slice(&data[pos..pos + size]);
+        pos += size + 2;
+    }
+}
+
+/// `len` bytes of a pattern that a shifted or truncated copy would not match.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u64).wrapping_mul(31).wrapping_add(seed as u64) as u8 % 251).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw backends
+// ---------------------------------------------------------------------------------------------
+
+/// A request as a raw backend read it.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub head: String,
+    pub body: Vec<u8>,
+    /// The trailer section of a chunked body (empty otherwise).
+    pub trailers: String,
+}
+
+impl Req {
+    pub fn method(&self) -> &str {
+        self.head.split_whitespace().next().unwrap_or("")
+    }
+
+    pub fn path(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.head, name)
+    }
+}
+
+/// One accepted connection of a raw backend.
+pub struct BackendConn {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    /// The proxy closed the connection (a read returned end of file).
+    pub closed_by_peer: bool,
+}
+
+impl BackendConn {
+    /// Reads more; false at the close, an error, the timeout, or once the backend stops.
+    pub fn fill(&mut self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                self.closed_by_peer = true;
+                false
+            }
+            Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next request on this connection (its body read per its Content-Length or chunked
+    /// framing); `None` once the connection ends.
+    pub fn next_request(&mut self) -> Option<Req> {
+        let head_end = loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        self.buf.drain(..head_end);
+        let chunked = header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let length: Option<usize> = header_value(&head, "content-length").and_then(|v| v.parse().ok());
+        let (body, trailers) = if chunked {
+            loop {
+                if let Some(decoded) = dechunk(&self.buf) {
+                    self.buf.drain(..decoded.used);
+                    break (decoded.body, decoded.trailers);
+                }
+                if !self.fill() {
+                    return None;
+                }
+            }
+        } else if let Some(length) = length {
+            while self.buf.len() < length {
+                if !self.fill() {
+                    return None;
+                }
+            }
+            (self.buf.drain(..length).collect(), String::new())
+        } else {
+            (Vec::new(), String::new())
+        };
+        Some(Req { head, body, trailers })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok() && self.stream.flush().is_ok()
+    }
+
+    /// Closing now sends a reset instead of a FIN (SO_LINGER with a zero timeout).
+    pub fn reset_on_close(&self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: the descriptor is open (borrowed from the stream for the call), and the
+        // option value points at an initialised `linger` whose size is the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+    }
+}
+
+/// A raw-socket backend: each accepted connection runs `handler` on a thread of its own.
+/// Dropping it stops the accept loop; connection threads end at their connection's close,
+/// their 5 s read timeout, or at their next read once the backend stopped.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RawBackend {
+    pub fn start(handler: impl Fn(BackendConn) + Send + Sync + 'static) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let acceptor = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    let (handler, stop) = (handler.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        handler(BackendConn { stream, buf: Vec::new(), stop, closed_by_peer: false })
+                    });
+                }
+            })
+        };
+        RawBackend { addr, accepted, stop, acceptor: Some(acceptor) }
+    }
+
+    /// How many connections the backend accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the blocking accept, which then sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw client
+// ---------------------------------------------------------------------------------------------
+
+/// How a response read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The whole response per its framing.
+    Complete,
+    /// The proxy closed (or reset) the connection first.
+    Closed,
+    /// Nothing more came within the read timeout.
+    TimedOut,
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    /// 0: the connection ended before a whole head.
+    pub status: u16,
+    pub head: String,
+    /// The body, decoded when chunked (when the response was cut: whatever came of it).
+    pub body: Vec<u8>,
+    /// The body's bytes as they came on the wire (with the chunked framing).
+    pub raw_body: Vec<u8>,
+    /// The trailer section of a chunked body (empty otherwise).
+    pub trailers: String,
+    pub ended: Ended,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.head, name)
+    }
+}
+
+/// A client connection to the proxy, keeping whatever it read past a response.
+pub struct Client {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    /// Writes `bytes` in one write.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("the request reaches the proxy");
+    }
+
+    /// Reads more into the buffer; how the connection ended if nothing came.
+    pub fn fill(&mut self) -> Result<(), Ended> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(Ended::Closed),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(Ended::TimedOut),
+            Err(_) => Err(Ended::Closed),
+        }
+    }
+
+    /// Reads one response; `head_request` when it answers a HEAD (no body whatever the head
+    /// says).
+    pub fn read_response(&mut self, head_request: bool) -> RawResponse {
+        let head_end = loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if let Err(ended) = self.fill() {
+                let head = String::from_utf8_lossy(&self.buf).into_owned();
+                return RawResponse {
+                    status: 0,
+                    head,
+                    body: Vec::new(),
+                    raw_body: Vec::new(),
+                    trailers: String::new(),
+                    ended,
+                };
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        self.buf.drain(..head_end);
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut response = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+            raw_body: Vec::new(),
+            trailers: String::new(),
+            ended: Ended::Complete,
+        };
+        if head_request || matches!(status, 100..=199 | 204 | 304) {
+            return response;
+        }
+        let chunked = response.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let length: Option<usize> = response.header("content-length").and_then(|v| v.parse().ok());
+        if chunked {
+            loop {
+                if let Some(decoded) = dechunk(&self.buf) {
+                    response.raw_body = self.buf.drain(..decoded.used).collect();
+                    response.body = decoded.body;
+                    response.trailers = decoded.trailers;
+                    return response;
+                }
+                if let Err(ended) = self.fill() {
+                    response.body = std::mem::take(&mut self.buf);
+                    response.raw_body = response.body.clone();
+                    response.ended = ended;
+                    return response;
+                }
+            }
+        } else if let Some(length) = length {
+            while self.buf.len() < length {
+                if let Err(ended) = self.fill() {
+                    response.body = std::mem::take(&mut self.buf);
+                    response.raw_body = response.body.clone();
+                    response.ended = ended;
+                    return response;
+                }
+            }
+            response.body = self.buf.drain(..length).collect();
+            response.raw_body = response.body.clone();
+            response
+        } else {
+            // Delimited by the close.
+            let ended = loop {
+                if let Err(ended) = self.fill() {
+                    break ended;
+                }
+            };
+            response.body = std::mem::take(&mut self.buf);
+            response.raw_body = response.body.clone();
+            if ended == Ended::TimedOut {
+                response.ended = ended;
+            }
+            response
+        }
+    }
+
+    /// `GET path` (HTTP/1.1) on this keep-alive connection.
+    pub fn get(&mut self, path: &str) -> RawResponse {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.read_response(false)
+    }
+
+    /// Exactly `n` bytes after what was read so far.
+    pub fn read_exact_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            if let Err(ended) = self.fill() {
+                panic!("connection {ended:?} after {:?} of {n} bytes", String::from_utf8_lossy(&self.buf));
+            }
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Asserts that the proxy closes the connection (end of file or a reset, before the read
+    /// timeout) without sending anything more.
+    pub fn assert_closed(&mut self, what: &str) {
+        let ended = loop {
+            if let Err(ended) = self.fill() {
+                break ended;
+            }
+        };
+        assert_eq!(ended, Ended::Closed, "{what}: the proxy closes the connection");
+        assert!(
+            self.buf.is_empty(),
+            "{what}: nothing after the response but the close: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
+}
+
+/// A `200` whose body is `body`, read whole per its framing.
+pub fn assert_ok(response: &RawResponse, body: &[u8], what: &str) {
+    assert_eq!(response.status, 200, "{what}: {response:?}");
+    assert_eq!(response.ended, Ended::Complete, "{what}: {response:?}");
+    assert!(
+        response.body == body,
+        "{what}: body of {} bytes {:?} differs from the {} bytes {:?}",
+        response.body.len(),
+        preview(&response.body),
+        body.len(),
+        preview(body)
+    );
+}
+
+/// `bytes` as text for a failure message, cut after the first 1000 bytes.
+fn preview(bytes: &[u8]) -> String {
+    const MAX: usize = 1000;
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
+    if bytes.len() > MAX {
+        text.push_str("...");
+    }
+    text
+}
