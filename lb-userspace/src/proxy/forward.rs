@@ -6,9 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{
-        CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, LOCATION, SET_COOKIE, UPGRADE, USER_AGENT,
-    },
+    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, USER_AGENT},
 };
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -262,19 +260,12 @@ async fn route_and_forward(
 
     let upgrade = headers::upgrade_request(request.headers());
     let client_upgrade = upgrade.as_ref().and_then(|_| ClientUpgrade::take(&mut request));
-    let (mut parts, incoming) = request.into_parts();
+    let (parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
-    // Room for the request id, forwarding and upgrade headers: the map grows once, not per insert.
-    parts.headers.reserve(9);
-    let request_id = headers::ensure_request_id(&mut parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    // This hop answered `Expect: 100-continue` itself (hyper sends 100 when the body is read).
-    parts.headers.remove(EXPECT);
-    if let Some(protocol) = &upgrade {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(UPGRADE, protocol.clone());
-    }
-    headers::add_forwarding(&mut parts.headers, &connection.forwarded, &host);
+    // The client's fields as they go upstream; the client's map itself stays as it came.
+    let upstream_headers =
+        headers::UpstreamHeaders::new(&parts.headers, &connection.forwarded, &host, upgrade);
+    let request_id = upstream_headers.request_id().clone();
 
     let body = RequestBody::new(incoming, limit);
     if let Err(e) = body.prefetch().await {
@@ -311,7 +302,7 @@ async fn route_and_forward(
     let outgoing = h1_upstream::Outgoing {
         method: &parts.method,
         target: &upstream_path,
-        headers: &parts.headers,
+        headers: &upstream_headers,
         framing: h1_upstream::RequestFraming::of(&body),
     };
     let mut tried: Vec<usize> = Vec::new();

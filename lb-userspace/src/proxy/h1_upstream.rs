@@ -149,7 +149,7 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// The request target (origin form), already checked by [`valid_target`].
     pub target: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a super::headers::UpstreamHeaders<'a>,
     pub framing: RequestFraming,
 }
 
@@ -201,14 +201,14 @@ fn encode_head(buf: &mut Vec<u8>, request: &Outgoing<'_>) {
     buf.push(b' ');
     buf.extend_from_slice(request.target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers {
+    request.headers.for_each(|name, value| {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
-    }
+    });
     match request.framing {
-        RequestFraming::Length(length) if !request.headers.contains_key(CONTENT_LENGTH) => {
+        RequestFraming::Length(length) if !request.headers.has(&CONTENT_LENGTH) => {
             buf.extend_from_slice(b"content-length: ");
             buf.extend_from_slice(length.to_string().as_bytes());
             buf.extend_from_slice(b"\r\n");
@@ -797,8 +797,11 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_framing() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("example.test"));
+        let mut client = HeaderMap::new();
+        client.insert("host", HeaderValue::from_static("example.test"));
+        client.insert("x-request-id", HeaderValue::from_static("id-1"));
+        let forwarded = super::super::headers::Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
+        let headers = super::super::headers::UpstreamHeaders::new(&client, &forwarded, "example.test", None);
         let mut buf = Vec::new();
         let request = Outgoing {
             method: &Method::POST,
@@ -808,8 +811,10 @@ mod tests {
         };
         encode_head(&mut buf, &request);
         assert_eq!(
-            buf,
-            b"POST /upload?x=1 HTTP/1.1\r\nhost: example.test\r\ntransfer-encoding: chunked\r\n\r\n"
+            String::from_utf8_lossy(&buf),
+            "POST /upload?x=1 HTTP/1.1\r\nhost: example.test\r\nx-request-id: id-1\r\n\
+             x-forwarded-for: 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-port: 80\r\nx-forwarded-host: example.test\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let request = Outgoing { framing: RequestFraming::Length(3), ..request };
         encode_head(&mut buf, &request);

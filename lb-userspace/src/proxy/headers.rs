@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -91,46 +91,152 @@ impl Forwarded {
     }
 }
 
-/// Adds X-Forwarded-For (appended), X-Real-IP, X-Forwarded-Proto/-Host/-Port (set), and makes
-/// sure a Host header exists (HTTP/2 clients send `:authority` instead).
-pub fn add_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded, host: &str) {
-    // One lookup per name: `entry` finds the slot that an insert would hash for again.
-    match headers.entry(&X_FORWARDED_FOR) {
-        http::header::Entry::Vacant(slot) => {
-            slot.insert(forwarded.client_ip.clone());
-        }
-        http::header::Entry::Occupied(mut slot) => {
+/// The request's header fields as they go upstream, described instead of applied: the
+/// client's fields minus the hop-by-hop ones (RFC 9110 7.6.1: the fixed set and those its
+/// `Connection` names; `TE: trailers` survives for gRPC), `Expect` (this hop answered it) and
+/// the ones this hop sets, then the set ones: X-Request-ID (the client's when sane, else a new
+/// one), X-Forwarded-For (appended to the client's hops), X-Real-IP, X-Forwarded-Proto/-Port/
+/// -Host, Host when the client sent none (HTTP/2's `:authority`), and the upgrade headers.
+///
+/// The HTTP/1.1 upstream client writes [`UpstreamHeaders::for_each`] straight into the request
+/// head, so the client's map is never edited on that path; the HTTP/2 and TLS client collects
+/// the same fields into a map ([`UpstreamHeaders::to_map`]).
+pub struct UpstreamHeaders<'a> {
+    client: &'a HeaderMap,
+    /// Fields the client's `Connection` header names, besides the fixed set.
+    named: Vec<HeaderName>,
+    te_trailers: bool,
+    request_id: HeaderValue,
+    forwarded_for: HeaderValue,
+    forwarded: &'a Forwarded,
+    /// Host for a client that sent none.
+    host: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    upgrade: Option<HeaderValue>,
+}
+
+impl<'a> UpstreamHeaders<'a> {
+    /// `host` is the request's host (`:authority` or Host); `upgrade` the protocol the client
+    /// asked to switch to, when it did.
+    pub fn new(
+        client: &'a HeaderMap,
+        forwarded: &'a Forwarded,
+        host: &str,
+        upgrade: Option<HeaderValue>,
+    ) -> UpstreamHeaders<'a> {
+        let named = if client.contains_key(CONNECTION) {
+            client
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|token| {
+                    !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
+                })
+                .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+                .filter(|name| !FIXED_HOP_BY_HOP.contains(&name))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let te_trailers = client.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let forwarded_for = if client.contains_key(&X_FORWARDED_FOR) {
             // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
-            let mut hops: Vec<&[u8]> = slot.iter().map(HeaderValue::as_bytes).collect();
+            let mut hops: Vec<&[u8]> =
+                client.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
             hops.push(forwarded.client_ip.as_bytes());
-            if let Ok(xff) = HeaderValue::from_bytes(&hops.join(&b", "[..])) {
-                slot.insert(xff);
-            }
+            HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or_else(|_| forwarded.client_ip.clone())
+        } else {
+            forwarded.client_ip.clone()
+        };
+        // The Host header's own value when that is where the host came from (no copy).
+        let client_host = client.get(HOST);
+        let forwarded_host = match client_host {
+            Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
+            _ if host.is_empty() => None,
+            _ => HeaderValue::from_str(host).ok(),
+        };
+        let host = if client_host.is_none() { forwarded_host.clone() } else { None };
+        UpstreamHeaders {
+            client,
+            named,
+            te_trailers,
+            request_id: request_id(client),
+            forwarded_for,
+            forwarded,
+            host,
+            forwarded_host,
+            upgrade,
         }
     }
-    headers.insert(X_REAL_IP.clone(), forwarded.client_ip.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), forwarded.scheme.clone());
-    headers.insert(X_FORWARDED_PORT.clone(), forwarded.port.clone());
-    // The Host header's own value when that is where the host came from (no copy).
-    let host_value = match headers.entry(HOST) {
-        http::header::Entry::Occupied(slot) if slot.get().as_bytes() == host.as_bytes() => {
-            Some(slot.get().clone())
+
+    /// The request's id, which the response carries too.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// Whether the upstream request has a field `name` (from the client).
+    pub fn has(&self, name: &HeaderName) -> bool {
+        self.client.contains_key(name) && self.keeps(name)
+    }
+
+    /// A client field this hop passes on unchanged.
+    fn keeps(&self, name: &HeaderName) -> bool {
+        !(FIXED_HOP_BY_HOP.contains(&name)
+            || name == EXPECT
+            || name == X_REQUEST_ID
+            || name == X_FORWARDED_FOR
+            || name == X_REAL_IP
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_PORT
+            || (name == X_FORWARDED_HOST && self.forwarded_host.is_some())
+            || self.named.contains(name))
+    }
+
+    /// Every field of the upstream request, in order: the client's kept ones, then the set ones.
+    pub fn for_each(&self, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in self.client {
+            if self.keeps(name) {
+                field(name, value);
+            }
         }
-        http::header::Entry::Occupied(_) if host.is_empty() => None,
-        http::header::Entry::Occupied(_) => HeaderValue::from_str(host).ok(),
-        http::header::Entry::Vacant(_) if host.is_empty() => None,
-        http::header::Entry::Vacant(slot) => HeaderValue::from_str(host).ok().inspect(|value| {
-            slot.insert(value.clone());
-        }),
-    };
-    if let Some(host_value) = host_value {
-        headers.insert(X_FORWARDED_HOST.clone(), host_value);
+        if let Some(host) = &self.host {
+            field(&HOST, host);
+        }
+        field(&X_REQUEST_ID, &self.request_id);
+        field(&X_FORWARDED_FOR, &self.forwarded_for);
+        field(&X_REAL_IP, &self.forwarded.client_ip);
+        field(&X_FORWARDED_PROTO, &self.forwarded.scheme);
+        field(&X_FORWARDED_PORT, &self.forwarded.port);
+        if let Some(forwarded_host) = &self.forwarded_host {
+            field(&X_FORWARDED_HOST, forwarded_host);
+        }
+        if self.te_trailers {
+            field(&TE, &TRAILERS);
+        }
+        if let Some(protocol) = &self.upgrade {
+            field(&CONNECTION, &UPGRADE_TOKEN);
+            field(&UPGRADE, protocol);
+        }
+    }
+
+    /// The same fields as a map (for hyper's client).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.client.len() + 9);
+        self.for_each(|name, value| {
+            map.append(name.clone(), value.clone());
+        });
+        map
     }
 }
 
-/// Keeps a client's X-Request-ID when it is sane, otherwise makes one (32 hex digits).
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(existing) = headers.get(&X_REQUEST_ID)
+static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// The client's X-Request-ID when it is sane, otherwise a new one (32 hex digits).
+fn request_id(client: &HeaderMap) -> HeaderValue {
+    if let Some(existing) = client.get(&X_REQUEST_ID)
         && !existing.is_empty()
         && existing.len() <= 128
         && existing.as_bytes().iter().all(|b| b.is_ascii_graphic())
@@ -143,9 +249,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
         bits >>= 4;
     }
-    let value = HeaderValue::from_bytes(&id).expect("hex digits are a valid header value");
-    headers.insert(X_REQUEST_ID.clone(), value.clone());
-    value
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -188,39 +292,84 @@ mod tests {
         assert_eq!(plain.len(), 3);
     }
 
+    fn upstream(client: &HeaderMap, forwarded: &Forwarded, host: &str) -> HeaderMap {
+        UpstreamHeaders::new(client, forwarded, host, None).to_map()
+    }
+
     #[test]
     fn forwarding_headers_append_and_set() {
-        let mut headers = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        let headers = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
         let client = "[::ffff:198.18.0.1]:5000".parse().unwrap();
-        add_forwarding(&mut headers, &Forwarded::new(client, "http", 8080), "a.test");
+        let headers = upstream(&headers, &Forwarded::new(client, "http", 8080), "a.test");
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.1");
         assert_eq!(headers["x-real-ip"], "198.18.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "a.test");
         assert_eq!(headers["x-forwarded-port"], "8080");
         assert_eq!(headers["host"], "a.test");
+        assert_eq!(headers.get_all("x-forwarded-proto").iter().count(), 1, "the client's value is replaced");
         // Without an incoming X-Forwarded-For, the client is the only hop; an existing Host stays.
-        let mut headers = map(&[("host", "b.test:8080")]);
-        add_forwarding(
-            &mut headers,
-            &Forwarded::new("192.0.2.7:1".parse().unwrap(), "https", 443),
-            "b.test:8080",
-        );
+        let headers = map(&[("host", "b.test:8080")]);
+        let headers =
+            upstream(&headers, &Forwarded::new("192.0.2.7:1".parse().unwrap(), "https", 443), "b.test:8080");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "b.test:8080");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-port"], "443");
         assert_eq!(headers.get_all("host").iter().count(), 1);
+        // No host at all: the client's X-Forwarded-Host is all there is, and stays.
+        let headers = map(&[("x-forwarded-host", "edge.test")]);
+        let headers = upstream(&headers, &Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80), "");
+        assert_eq!(headers["x-forwarded-host"], "edge.test");
+        assert!(headers.get("host").is_none());
+    }
+
+    #[test]
+    fn upstream_requests_lose_hop_by_hop_fields_and_expect() {
+        let client = map(&[
+            ("host", "a.test"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("x-kept", "yes"),
+            ("x-kept", "twice"),
+        ]);
+        let forwarded = Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
+        let headers = UpstreamHeaders::new(&client, &forwarded, "a.test", None);
+        let map = headers.to_map();
+        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding", "upgrade", "expect"] {
+            assert!(map.get(gone).is_none(), "{gone} is not forwarded: {map:?}");
+        }
+        assert_eq!(map["te"], "trailers");
+        assert_eq!(map.get_all("x-kept").iter().collect::<Vec<_>>(), ["yes", "twice"]);
+        assert!(!headers.has(&UPGRADE) && headers.has(&HOST));
+        // The order on the wire: the client's kept fields first, then this hop's.
+        let mut names = Vec::new();
+        headers.for_each(|name, _| names.push(name.as_str().to_owned()));
+        assert_eq!(names[..3], ["host", "x-kept", "x-kept"]);
+        // An accepted upgrade request carries its own Connection and Upgrade.
+        let upgrading =
+            UpstreamHeaders::new(&client, &forwarded, "a.test", Some(HeaderValue::from_static("websocket")));
+        let map = upgrading.to_map();
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
     }
 
     #[test]
     fn request_ids_are_kept_or_made() {
-        let mut headers = map(&[("x-request-id", "abc-123")]);
-        assert_eq!(ensure_request_id(&mut headers), "abc-123");
-        let mut headers = map(&[("x-request-id", "")]);
-        let made = ensure_request_id(&mut headers);
-        assert_eq!(made.len(), 32);
-        assert_eq!(headers["x-request-id"], made);
+        let forwarded = Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
+        let client = map(&[("x-request-id", "abc-123")]);
+        let headers = UpstreamHeaders::new(&client, &forwarded, "", None);
+        assert_eq!(headers.request_id(), "abc-123");
+        assert_eq!(headers.to_map().get_all("x-request-id").iter().count(), 1);
+        let client = map(&[("x-request-id", "")]);
+        let headers = UpstreamHeaders::new(&client, &forwarded, "", None);
+        assert_eq!(headers.request_id().len(), 32);
+        assert_eq!(headers.to_map()["x-request-id"], headers.request_id());
     }
 
     #[test]

@@ -282,7 +282,7 @@ pub async fn send(
     let client = hyper_client(group, generation);
     let mut upstream_request = Request::new(body.attempt());
     *upstream_request.method_mut() = request.method.clone();
-    *upstream_request.headers_mut() = request.headers.clone();
+    *upstream_request.headers_mut() = request.headers.to_map();
     *upstream_request.version_mut() = match group.config.protocol {
         BackendProtocol::Http1 => Version::HTTP_11,
         BackendProtocol::H2c => Version::HTTP_2,
