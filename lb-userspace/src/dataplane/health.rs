@@ -18,10 +18,7 @@ use super::{Error, Result, steering::Steering};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock both the workers and the supervisor read.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::clock_now(libc::CLOCK_MONOTONIC).as_nanos() as u64
 }
 
 /// One worker's handle on the heartbeat array: its own file descriptor, so workers share no

@@ -25,16 +25,8 @@ use crate::config::OutlierConfig;
 /// path reads it several times per request, where the precise clock's cost shows.
 pub fn now_ms() -> u64 {
     static START: OnceLock<u64> = OnceLock::new();
-    let now = coarse_monotonic_ms();
+    let now = crate::clock_now(libc::CLOCK_MONOTONIC_COARSE).as_millis() as u64;
     now.saturating_sub(*START.get_or_init(|| now))
-}
-
-fn coarse_monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
-    // every kernel Sluice supports.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Why an endpoint's health changed.

@@ -51,6 +51,7 @@ use super::{
     body::{BoxError, ClientBody, ProxyBody},
     forward::{self, Connection},
     h1_upstream::{ChunkDecoder, Decoded},
+    h1_wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
 };
 use crate::config::Limits;
 
@@ -80,6 +81,14 @@ struct Wire {
     body: Progress,
     /// `Expect: 100-continue` still to answer: bytes of [`CONTINUE`] written so far.
     continue_due: Option<usize>,
+}
+
+impl Wire {
+    /// The request body was read to its end and no 100-continue is still owed: the stream is
+    /// at a message boundary.
+    fn body_settled(&self) -> bool {
+        matches!(self.body, Progress::Done) && self.continue_due.is_none()
+    }
 }
 
 enum Progress {
@@ -357,10 +366,8 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
         // The response announces a close decided already: after a tunnel request, on the
         // owner's signal, or when a body nobody read to its end leaves the stream mid-message
         // (or a 100-continue never sent means the client may still send it).
-        let keep_alive = keep_alive && !tunnel && !closing.load(Ordering::Relaxed) && {
-            let w = wire.lock();
-            matches!(w.body, Progress::Done) && w.continue_due.is_none()
-        };
+        let keep_alive =
+            keep_alive && !tunnel && !closing.load(Ordering::Relaxed) && wire.lock().body_settled();
         let Ok(mut keep_alive) =
             write_response(&wire, &mut out, response, head_request, version, keep_alive).await
         else {
@@ -381,7 +388,7 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
         {
             // The same, for a body still being read while the response went out.
             let mut w = wire.lock();
-            keep_alive &= matches!(w.body, Progress::Done) && w.continue_due.is_none();
+            keep_alive &= w.body_settled();
             w.continue_due = None;
         }
         if !keep_alive || tunnel || closing.load(Ordering::Relaxed) {
@@ -443,22 +450,14 @@ fn parse_head(read: &mut BytesMut, limits: &Limits) -> Option<Next> {
         Ok(httparse::Status::Partial) => return None,
         Err(_) => return Some(Next::Refuse(BAD_REQUEST)),
     };
-    let head = Bytes::copy_from_slice(&read[..length]);
-    let slice = |part: &[u8]| {
-        if part.is_empty() {
-            return Bytes::new();
-        }
-        let offset = part.as_ptr() as usize - read.as_ptr() as usize;
-        head.slice(offset..offset + part.len())
-    };
-    let next = build_request(&parsed, &slice).unwrap_or(Next::Refuse(BAD_REQUEST));
+    let next = build_request(&parsed, &HeadCopy::new(&read[..length])).unwrap_or(Next::Refuse(BAD_REQUEST));
     read.advance(length);
     Some(next)
 }
 
-fn build_request(parsed: &httparse::Request<'_, '_>, slice: &dyn Fn(&[u8]) -> Bytes) -> Option<Next> {
+fn build_request(parsed: &httparse::Request<'_, '_>, head: &HeadCopy<'_>) -> Option<Next> {
     let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
-    let uri = Uri::from_maybe_shared(slice(parsed.path?.as_bytes())).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(parsed.path?.as_bytes())).ok()?;
     let version = if parsed.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     // Room for what the proxy adds (request id, forwarding headers) without regrowing.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 9);
@@ -468,7 +467,7 @@ fn build_request(parsed: &httparse::Request<'_, '_>, slice: &dyn Fn(&[u8]) -> By
     let mut expects_continue = false;
     for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_maybe_shared(slice(header.value)).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(header.value)).ok()?;
         if name == CONTENT_LENGTH {
             // The guard let through one plain-digit value; its oversized-head trigger is a
             // length no body can have.
@@ -550,10 +549,7 @@ async fn write_response(
         } else if name == DATE {
             has_date = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     let no_body = head_request || status.is_informational() || matches!(status.as_u16(), 204 | 304);
     let framing = if no_body {
@@ -562,7 +558,7 @@ async fn write_response(
         Framing::Length(length)
     } else if let Some(length) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_u64(length, &mut [0u8; 20]));
+        put_decimal(out, length);
         out.extend_from_slice(b"\r\n");
         Framing::Length(length)
     } else if version == Version::HTTP_11 {
@@ -625,7 +621,7 @@ async fn write_response(
                     };
                     sent += data.len() as u64;
                     if framing == Framing::Chunked {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        put_chunk_size(out, data.len());
                     }
                     if data.len() < COALESCE_BELOW {
                         out.extend_from_slice(&data);
@@ -647,14 +643,7 @@ async fn write_response(
                 }
                 Err(frame) => {
                     if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
-                        out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            out.extend_from_slice(name.as_str().as_bytes());
-                            out.extend_from_slice(b": ");
-                            out.extend_from_slice(value.as_bytes());
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        out.extend_from_slice(b"\r\n");
+                        put_last_chunk(out, Some(&trailers));
                         write_all(wire, out).await?;
                         flush(wire).await?;
                         return Ok(keep_alive);
@@ -667,7 +656,7 @@ async fn write_response(
             }
             None => {
                 if framing == Framing::Chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    put_last_chunk(out, None);
                 }
                 write_all(wire, out).await?;
                 flush(wire).await?;
@@ -678,18 +667,6 @@ async fn write_response(
                 }
                 return Ok(keep_alive && framing != Framing::Close);
             }
-        }
-    }
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
         }
     }
 }

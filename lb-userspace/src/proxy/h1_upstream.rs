@@ -35,7 +35,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::body::{AttemptBody, BoxError};
+use super::{
+    body::{AttemptBody, BoxError},
+    h1_wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
+};
 
 /// How much a read asks for at least; bodies read up to `MAX_READ` at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -201,16 +204,11 @@ fn encode_head(buf: &mut Vec<u8>, request: &Outgoing<'_>) {
     buf.push(b' ');
     buf.extend_from_slice(request.target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    request.headers.for_each(|name, value| {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    });
+    request.headers.for_each(|name, value| put_field(buf, name, value));
     match request.framing {
         RequestFraming::Length(length) if !request.headers.has(&CONTENT_LENGTH) => {
             buf.extend_from_slice(b"content-length: ");
-            buf.extend_from_slice(length.to_string().as_bytes());
+            put_decimal(buf, length);
             buf.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -231,8 +229,9 @@ async fn write_body(conn: &mut Conn, mut body: AttemptBody, framing: RequestFram
                 }
                 sent += data.len() as u64;
                 if framing == RequestFraming::Chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    conn.stream.write_all(size.as_bytes()).await.map_err(H1Error::Io)?;
+                    conn.write.clear();
+                    put_chunk_size(&mut conn.write, data.len());
+                    conn.stream.write_all(&conn.write).await.map_err(H1Error::Io)?;
                     conn.stream.write_all(&data).await.map_err(H1Error::Io)?;
                     conn.stream.write_all(b"\r\n").await.map_err(H1Error::Io)?;
                 } else {
@@ -252,14 +251,7 @@ async fn write_body(conn: &mut Conn, mut body: AttemptBody, framing: RequestFram
         }
         RequestFraming::Chunked => {
             conn.write.clear();
-            conn.write.extend_from_slice(b"0\r\n");
-            for (name, value) in trailers.iter().flatten() {
-                conn.write.extend_from_slice(name.as_str().as_bytes());
-                conn.write.extend_from_slice(b": ");
-                conn.write.extend_from_slice(value.as_bytes());
-                conn.write.extend_from_slice(b"\r\n");
-            }
-            conn.write.extend_from_slice(b"\r\n");
+            put_last_chunk(&mut conn.write, trailers.as_ref());
             conn.stream.write_all(&conn.write).await.map_err(H1Error::Io)
         }
         _ => Ok(()),
@@ -319,11 +311,10 @@ async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, H1Error>
 /// header values share that copy (one allocation, not one per value), while the read buffer
 /// stays the connection's own for the next response.
 fn interpret(parsed: &httparse::Response<'_, '_>, raw: &[u8], head_request: bool) -> Result<Head, H1Error> {
-    let stored = Bytes::copy_from_slice(raw);
+    let head = HeadCopy::new(raw);
     let value_of = |value: &[u8]| {
-        let offset = value.as_ptr() as usize - raw.as_ptr() as usize;
-        let bytes = if value.is_empty() { Bytes::new() } else { stored.slice(offset..offset + value.len()) };
-        HeaderValue::from_maybe_shared(bytes).map_err(|_| H1Error::Protocol("invalid header value"))
+        HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| H1Error::Protocol("invalid header value"))
     };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
         .map_err(|_| H1Error::Protocol("invalid status code"))?;

@@ -21,6 +21,22 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static FIXED_HOP_BY_HOP: [&HeaderName; 6] =
     [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TRANSFER_ENCODING, &UPGRADE, &TE];
 
+/// The fields a message's `Connection` header names as hop-by-hop, besides the fixed set
+/// (empty, without allocating, when there is no `Connection`).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // The usual options; `keep-alive` is in the fixed set, `close` names no field.
+        .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !FIXED_HOP_BY_HOP.contains(&name))
+        .collect()
+}
+
 /// Removes the hop-by-hop headers: those named in `Connection`, and the fixed set. `TE:
 /// trailers` survives, because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -35,18 +51,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == [false; FIXED_HOP_BY_HOP.len()] {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // The usual options; `keep-alive` is in the fixed set, `close` names no field.
-        .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !FIXED_HOP_BY_HOP.contains(&name))
-        .collect();
-    for name in named {
+    for name in connection_named(headers) {
         headers.remove(&name);
     }
     let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -124,22 +129,7 @@ impl<'a> UpstreamHeaders<'a> {
         host: &str,
         upgrade: Option<HeaderValue>,
     ) -> UpstreamHeaders<'a> {
-        let named = if client.contains_key(CONNECTION) {
-            client
-                .get_all(CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|token| {
-                    !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
-                })
-                .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-                .filter(|name| !FIXED_HOP_BY_HOP.contains(&name))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let named = connection_named(client);
         let te_trailers = client.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let forwarded_for = if client.contains_key(&X_FORWARDED_FOR) {
             // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod h1_guard;
 pub mod h1_server;
 pub mod h1_upstream;
+mod h1_wire;
 pub mod headers;
 pub mod health_check;
 pub mod routing;

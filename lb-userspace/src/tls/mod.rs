@@ -227,6 +227,8 @@ pub struct TlsSnapshot {
     listeners: Vec<Option<Arc<ListenerTls>>>,
     /// By virtual host index; `None` for hosts without `tls`.
     hosts: Vec<Option<Arc<HostTls>>>,
+    /// Some host has `tls` (when none has, plain requests need no host lookup).
+    any_host: bool,
     table: Arc<HostTable>,
     /// The port of the first TLS listener: where plain-HTTP requests are redirected.
     https_port: Option<u16>,
@@ -344,7 +346,8 @@ impl TlsSnapshot {
         let https_port = config.listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.port());
         let mut expiry: Vec<(String, i64)> = loaded.values().map(|c| (c.name.clone(), c.not_after)).collect();
         expiry.sort();
-        Ok(TlsSnapshot { listeners, hosts, table, https_port, expiry })
+        let any_host = hosts.iter().any(Option::is_some);
+        Ok(TlsSnapshot { listeners, hosts, any_host, table, https_port, expiry })
     }
 
     /// The TLS settings of listener `index`, when it terminates TLS.
@@ -356,7 +359,7 @@ impl TlsSnapshot {
     pub fn host(&self, name: Option<&str>) -> Option<(usize, &Arc<HostTls>)> {
         // Every plain-HTTP request asks (for redirects): without TLS hosts there is no answer
         // to look up.
-        if self.hosts.iter().all(Option::is_none) {
+        if !self.any_host {
             return None;
         }
         let index = self.table.find(name)?;
