@@ -472,6 +472,28 @@ fn backend_nginx_conf(dir: &Path, p: &Ports) -> String {
     )
 }
 
+// The peers do an ingress's job per request, as Sluice does by default: a request id sent to the
+// backend and returned to the client, and the forwarding headers (X-Forwarded-For appended,
+// X-Real-IP, X-Forwarded-Proto, -Port and -Host) with the client's Host passed on. ingress-nginx's
+// own template sets the same; a peer proxying bare would skip work Sluice does on every request.
+const NGINX_INGRESS_HEADERS: &str = "      proxy_set_header Host $host;\n      \
+    proxy_set_header X-Request-ID $request_id;\n      \
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+    proxy_set_header X-Real-IP $remote_addr;\n      \
+    proxy_set_header X-Forwarded-Proto $scheme;\n      \
+    proxy_set_header X-Forwarded-Port $server_port;\n      \
+    proxy_set_header X-Forwarded-Host $host;\n      \
+    add_header X-Request-ID $request_id always;\n";
+
+const HAPROXY_INGRESS_HEADERS: &str = "    unique-id-format %[uuid()]\n    \
+    unique-id-header X-Request-ID\n    \
+    option forwardfor\n    \
+    http-request set-header X-Real-IP %[src]\n    \
+    http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n    \
+    http-request set-header X-Forwarded-Port %[dst_port]\n    \
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
+    http-after-response set-header X-Request-ID %[unique-id]\n";
+
 fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
     let d = dir.display();
     let tls_listen = if tls {
@@ -489,7 +511,7 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
          keepalive_requests 10000000;\n    keepalive_timeout 120s;\n  }}\n\
          \x20 server {{\n    listen 127.0.0.1:{} backlog=4096;\n    listen 127.0.0.1:{} http2 backlog=4096;\n{tls_listen}\
          \x20   location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
-         proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+         proxy_set_header Connection \"\";\n{NGINX_INGRESS_HEADERS}    }}\n  }}\n}}\n",
         nginx_common(dir, "proxy-nginx"),
         nginx_http_common(dir, "proxy-nginx"),
         p.backend,
@@ -508,7 +530,7 @@ fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
         "global\n    nbthread 1\n    maxconn 8000\n\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    \
          timeout server 120s\n    timeout http-keep-alive 120s\n    http-reuse always\n\n\
-         frontend bench\n    bind 127.0.0.1:{}\n    bind 127.0.0.1:{} proto h2\n{tls_bind}    \
+         frontend bench\n    bind 127.0.0.1:{}\n    bind 127.0.0.1:{} proto h2\n{tls_bind}{HAPROXY_INGRESS_HEADERS}    \
          default_backend backend\n\n\
          backend backend\n    server s1 127.0.0.1:{}\n",
         p.haproxy, p.haproxy_h2, p.backend,
