@@ -1310,9 +1310,10 @@ fn slow_header_sender_is_cut_at_the_header_timeout() {
 
 #[test]
 fn silent_client_is_cut_at_the_header_timeout() {
-    // The limiting case of a slow header sender: it connects and sends nothing at all.
+    // The limiting case of a slow header sender: it connects and sends nothing at all. (With
+    // defer_accept the kernel would first hold it for a second; the next test covers that.)
     let rt = runtime();
-    let (proxy, _echo) = proxy_with_limits(&rt, ", header_read_timeout_ms: 500");
+    let (proxy, _echo) = proxy_with_limits(&rt, ", header_read_timeout_ms: 500, defer_accept: false");
     let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
@@ -1326,6 +1327,70 @@ fn silent_client_is_cut_at_the_header_timeout() {
     assert!(elapsed < Duration::from_secs(2), "cut within ~2 s, not after {elapsed:?}");
     let got = String::from_utf8_lossy(&got);
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "answer, if any, is a 408: {got:?}");
+}
+
+/// Client connections the workers accepted, from the admin server's metrics.
+fn accepted_connections(admin: SocketAddr) -> u64 {
+    let metrics = http_get(admin, "/metrics").expect("metrics scrape").body;
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("sluice_worker_connections_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn new_connections_wait_in_the_kernel_until_the_client_speaks() {
+    let rt = runtime();
+    let (echo_addr, _echo) = spawn_echo(&rt);
+    let start = |defer: bool| {
+        let admin = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let yaml = config(
+            &format!(", header_read_timeout_ms: 500, defer_accept: {defer}"),
+            &[route("/", "echo", "")],
+            &[backend("echo", echo_addr, "")],
+        );
+        let proxy = Proxy::start(&format!("{yaml}admin: {{address: \"{admin}\"}}\n"));
+        // Proxy::start's probe connection (opened and closed) is accepted at its FIN.
+        lb_tests::wait_for(Duration::from_secs(10), "the probe connection counted", || {
+            http_get(admin, "/metrics").ok().filter(|_| accepted_connections(admin) >= 1)
+        })
+        .unwrap();
+        (proxy, admin)
+    };
+
+    // Deferred (the default): a connection that has sent nothing is no worker's yet...
+    let (deferred, admin) = start(true);
+    let before = accepted_connections(admin);
+    let mut quiet = std::net::TcpStream::connect(deferred.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(accepted_connections(admin), before, "accepted before the client sent anything");
+    // ...and is served at once when it speaks.
+    let response = keepalive_get(&mut quiet, "/deferred");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(accepted_connections(admin), before + 1);
+    // One that never speaks is accepted when the kernel gives up holding it (one second for a
+    // 500 ms header timeout), then cut by the header timeout: later than without deferring.
+    let mut silent = std::net::TcpStream::connect(deferred.addr).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    assert!(closed_within(&mut silent, Duration::from_secs(6), &mut got), "a silent client is still cut");
+    let elapsed = started.elapsed();
+    println!("silent client on a deferring listener cut after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "held by the kernel before the header timeout: {elapsed:?}"
+    );
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+
+    // Not deferred: the worker accepts the silent connection straight away.
+    let (immediate, admin) = start(false);
+    let before = accepted_connections(admin);
+    let _quiet = std::net::TcpStream::connect(immediate.addr).unwrap();
+    lb_tests::wait_for(Duration::from_secs(5), "the silent connection accepted", || {
+        (accepted_connections(admin) == before + 1).then_some(())
+    })
+    .unwrap();
 }
 
 /// Sends `GET path` on `stream` (keep-alive) and reads the response.

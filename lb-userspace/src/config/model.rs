@@ -174,6 +174,12 @@ pub struct Limits {
     pub max_connections_per_worker: usize,
     /// On shutdown, in-flight requests get this long to finish after the listeners close.
     pub shutdown_grace_ms: u64,
+    /// Leave each new connection with the kernel until the client sends its first bytes
+    /// (`TCP_DEFER_ACCEPT`, nginx's `deferred`), for up to `header_read_timeout_ms`. HTTP and
+    /// TLS clients speak first, so a worker then wakes once per new connection instead of
+    /// twice, and connections that never send cost the workers nothing; one still silent after
+    /// that is accepted and cut by the header timeout. Set when the listeners open.
+    pub defer_accept: bool,
 }
 
 impl Default for Limits {
@@ -187,6 +193,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 100,
             max_connections_per_worker: 10_000,
             shutdown_grace_ms: 30_000,
+            defer_accept: true,
         }
     }
 }

@@ -102,10 +102,12 @@ impl Workers {
         for worker in 0..count {
             let mut sockets = Vec::with_capacity(local_addrs.len());
             for (l, addr) in local_addrs.iter_mut().enumerate() {
-                let shared = reuseport_listener(*addr)?;
+                let shared = reuseport_listener(*addr, &options.limits)?;
                 *addr = shared.local_addr()?;
                 let own = match options.own_port(l, worker) {
-                    Some(port) => Some(reuseport_listener(SocketAddr::new(addr.ip(), port))?),
+                    Some(port) => {
+                        Some(reuseport_listener(SocketAddr::new(addr.ip(), port), &options.limits)?)
+                    }
                     None => None,
                 };
                 sockets.push(Bound { shared, own });
@@ -181,14 +183,35 @@ impl Drop for Workers {
     }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn reuseport_listener(addr: SocketAddr, limits: &Limits) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if limits.defer_accept {
+        // Whole seconds; the kernel turns them into SYN-ACK retransmissions.
+        let seconds = limits.header_read_timeout_ms.div_ceil(1000).clamp(1, i32::MAX as u64) as libc::c_int;
+        set_defer_accept(&socket, seconds)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// `TCP_DEFER_ACCEPT` (socket2 has no setter for it).
+fn set_defer_accept(socket: &Socket, seconds: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor, and an int option value of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The sockets of one listener in one worker.

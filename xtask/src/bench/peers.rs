@@ -498,7 +498,7 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
     let d = dir.display();
     let tls_listen = if tls {
         format!(
-            "    listen 127.0.0.1:{} ssl backlog=4096;\n    ssl_certificate {d}/cert.pem;\n    \
+            "    listen 127.0.0.1:{} ssl backlog=4096 deferred;\n    ssl_certificate {d}/cert.pem;\n    \
              ssl_certificate_key {d}/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;\n",
             p.nginx_tls
         )
@@ -509,7 +509,7 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
         "{}http {{\n{}\
          \x20 upstream backend {{\n    server 127.0.0.1:{};\n    keepalive 1024;\n    \
          keepalive_requests 10000000;\n    keepalive_timeout 120s;\n  }}\n\
-         \x20 server {{\n    listen 127.0.0.1:{} backlog=4096;\n    listen 127.0.0.1:{} http2 backlog=4096;\n{tls_listen}\
+         \x20 server {{\n    listen 127.0.0.1:{} backlog=4096 deferred;\n    listen 127.0.0.1:{} http2 backlog=4096 deferred;\n{tls_listen}\
          \x20   location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n{NGINX_INGRESS_HEADERS}    }}\n  }}\n}}\n",
         nginx_common(dir, "proxy-nginx"),
@@ -522,7 +522,7 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
 
 fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
     let tls_bind = if tls {
-        format!("    bind 127.0.0.1:{} ssl crt {}/haproxy.pem\n", p.haproxy_tls, dir.display())
+        format!("    bind 127.0.0.1:{} ssl crt {}/haproxy.pem defer-accept\n", p.haproxy_tls, dir.display())
     } else {
         String::new()
     };
@@ -530,7 +530,7 @@ fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
         "global\n    nbthread 1\n    maxconn 8000\n\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    \
          timeout server 120s\n    timeout http-keep-alive 120s\n    http-reuse always\n\n\
-         frontend bench\n    bind 127.0.0.1:{}\n    bind 127.0.0.1:{} proto h2\n{tls_bind}{HAPROXY_INGRESS_HEADERS}    \
+         frontend bench\n    bind 127.0.0.1:{} defer-accept\n    bind 127.0.0.1:{} proto h2 defer-accept\n{tls_bind}{HAPROXY_INGRESS_HEADERS}    \
          default_backend backend\n\n\
          backend backend\n    server s1 127.0.0.1:{}\n",
         p.haproxy, p.haproxy_h2, p.backend,

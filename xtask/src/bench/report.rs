@@ -581,8 +581,10 @@ const METHOD: &str = "## How it is measured\n\n\
   (appended), `X-Real-IP`, `X-Forwarded-Proto`, `-Port` and `-Host`, and the client's `Host` passed\n  \
   on (nginx: `proxy_set_header` lines and `add_header X-Request-ID $request_id always`, as\n  \
   ingress-nginx's template sets them; HAProxy: `unique-id-format %[uuid()]`, `unique-id-header`,\n  \
-  `option forwardfor`, `http-request set-header` and `http-after-response set-header`). Proxying\n  \
-  bare, without them, nginx served about 11% more keep-alive requests per second in a hand run on\n  \
+  `option forwardfor`, `http-request set-header` and `http-after-response set-header`). Every\n  \
+  listener accepts a connection once the client's first bytes are in (Sluice's `defer_accept`\n  \
+  default, nginx `listen ... deferred`, HAProxy `bind ... defer-accept`). Without the\n  \
+  headers, nginx served about 11% more keep-alive requests per second in a hand run on\n  \
   this machine: it does less itself, and the backend on the client core parses six fewer lines.\n\
 - **Backend**: nginx with one worker answering `return 200 \"ok\"` (keep-alive, no logging).\n\
 - **Pinning** (2 cores): the proxy under test on core 0 (`taskset -c 0`); the load generator and the\n  \
