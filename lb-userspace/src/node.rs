@@ -62,6 +62,7 @@ impl Node {
         let mut options =
             WorkerOptions::shared(config.listeners[0].address, config.worker_count(), published.clone());
         options.listeners = config.listeners.iter().map(|l| l.address).collect();
+        options.busy_poll = std::time::Duration::from_micros(config.busy_poll_us);
         let kernel = match config.xdp.enabled.then(|| KernelPath::start(config)).flatten() {
             Some((kernel, heartbeats)) => {
                 options.own_port_base = Some(config.xdp.worker_port_base);

@@ -238,6 +238,7 @@ fn good_examples_load_with_the_shape_they_describe() {
 fn minimal_example_sends_everything_to_its_one_backend() {
     let config = load(Path::new("examples/minimal.yaml"));
     assert_eq!(config.workers, 0);
+    assert_eq!(config.busy_poll_us, 0);
     assert!(config.xdp.enabled, "XDP defaults to on");
     assert_eq!(config.limits, Limits::default());
     let table = RouteTable::build(&config).unwrap();
@@ -252,6 +253,7 @@ fn minimal_example_sends_everything_to_its_one_backend() {
 fn complete_example_spells_out_the_defaults() {
     let config = load(Path::new("examples/complete.yaml"));
     assert_eq!(config.workers, 0);
+    assert_eq!(config.busy_poll_us, 0);
     assert!(!config.worker_id_header);
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.xdp.mode, AttachMode::Auto);

@@ -1393,6 +1393,81 @@ fn new_connections_wait_in_the_kernel_until_the_client_speaks() {
     .unwrap();
 }
 
+/// The `/proc` directory of the `sluice-worker-0` thread of process `pid`.
+fn worker_task(pid: u32) -> std::path::PathBuf {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|task| task.path())
+        .find(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == "sluice-worker-0")
+        })
+        .unwrap_or_else(|| panic!("no sluice-worker-0 thread in process {pid}"))
+}
+
+/// How often the worker thread went to sleep (voluntary context switches).
+fn worker_sleeps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(worker_task(pid).join("status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in the worker's status")
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+/// The worker thread's CPU time (user + system), in clock ticks.
+fn worker_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(worker_task(pid).join("stat")).unwrap();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn busy_polling_keeps_a_worker_awake_between_close_requests() {
+    let rt = runtime();
+    let (echo_addr, _echo) = spawn_echo(&rt);
+    // 200 keep-alive requests one after another, each a round trip through the backend; the
+    // worker sleeps at least once per request (waiting for the backend, then for the client)
+    // unless it polls through the gaps.
+    let sleeps_per_request = |busy_poll_us: u64| {
+        let yaml = config("", &[route("/", "echo", "")], &[backend("echo", echo_addr, "")]).replacen(
+            "workers: 2",
+            &format!("workers: 1\nbusy_poll_us: {busy_poll_us}"),
+            1,
+        );
+        let sluice = Binary::start(&yaml);
+        let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
+        assert_eq!(keepalive_get(&mut stream, "/warm-up").status, 200);
+        let before = worker_sleeps(sluice.child.pid());
+        for i in 0..200 {
+            let response = keepalive_get(&mut stream, &format!("/busy/{i}"));
+            assert_eq!(response.status, 200, "{response:?}");
+        }
+        let sleeps = (worker_sleeps(sluice.child.pid()) - before) as f64 / 200.0;
+        // Without traffic the worker sleeps again: it polls for one window after the last
+        // request, not for ever.
+        let pid = sluice.child.pid();
+        let cpu_before = worker_cpu_ticks(pid);
+        std::thread::sleep(Duration::from_millis(1000));
+        let idle_cpu_ms = (worker_cpu_ticks(pid) - cpu_before) * 1000 / clock_ticks_per_second();
+        assert!(idle_cpu_ms < 300, "an idle worker used {idle_cpu_ms} ms of CPU in one second");
+        sleeps
+    };
+    let sleeping = sleeps_per_request(0);
+    let polling = sleeps_per_request(50_000);
+    println!(
+        "worker sleeps per request: {sleeping:.2} without busy polling, {polling:.2} with a 50 ms window"
+    );
+    assert!(sleeping >= 0.9, "without busy polling the worker sleeps between requests: {sleeping:.2}");
+    assert!(polling <= 0.1, "with a 50 ms window the worker stays awake: {polling:.2} sleeps per request");
+}
+
 /// Sends `GET path` on `stream` (keep-alive) and reads the response.
 fn keepalive_get(stream: &mut std::net::TcpStream, path: &str) -> RawResponse {
     let _ = stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());

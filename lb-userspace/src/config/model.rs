@@ -12,6 +12,13 @@ pub struct Config {
     /// Number of worker threads; 0 means one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// After its last network work, a worker keeps polling for events this long (µs) before it
+    /// sleeps (HAProxy's `busy-polling`): events in that window need no wake-up, which the CPU
+    /// that received them pays with an inter-processor interrupt (a VM exit inside a VM). Costs
+    /// the worker's CPU for up to the window after each burst; for nodes whose cores belong to
+    /// Sluice. 0 (the default) sleeps at once. Read at start.
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// Where clients connect. Every worker serves every listener.
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]

@@ -103,6 +103,9 @@ fn top_level(config: &Config, found: &mut Problems) {
     if !(0.0..=1.0).contains(&config.access_log.sample_rate) {
         found.add("access_log.sample_rate", "must be between 0.0 and 1.0");
     }
+    if config.busy_poll_us > 1_000_000 {
+        found.add("busy_poll_us", "must be at most 1000000 (one second)");
+    }
     let limits = &config.limits;
     if limits.max_header_bytes < 8192 {
         found.add("limits.max_header_bytes", "must be at least 8192");

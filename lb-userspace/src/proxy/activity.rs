@@ -1,5 +1,6 @@
 //! Connection activity tracking for idle timeouts: an IO wrapper that stamps the time of the
-//! last byte read or written (one relaxed atomic store per IO call).
+//! last byte read or written (one relaxed atomic store per IO call), and tells busy polling
+//! that the worker did network work.
 
 use std::{
     io,
@@ -29,6 +30,7 @@ impl Default for Activity {
 impl Activity {
     fn touch(&self) {
         self.0.store(now_ms(), Ordering::Relaxed);
+        super::busy_poll::worked();
     }
 
     /// How long since the last byte.

@@ -5,6 +5,7 @@ mod activity;
 pub mod affinity;
 pub mod balance;
 pub mod body;
+mod busy_poll;
 pub mod endpoint;
 pub mod forward;
 pub mod h1_guard;

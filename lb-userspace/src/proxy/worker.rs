@@ -46,6 +46,8 @@ pub struct WorkerOptions {
     pub limits: Limits,
     /// One entry per worker.
     pub metrics: Arc<Metrics>,
+    /// Busy polling window after the last network work (`busy_poll_us`); zero: off.
+    pub busy_poll: Duration,
 }
 
 impl WorkerOptions {
@@ -61,6 +63,7 @@ impl WorkerOptions {
             published,
             limits,
             metrics: Arc::new(Metrics::new(count.max(1))),
+            busy_poll: Duration::ZERO,
         }
     }
 
@@ -131,6 +134,7 @@ impl Workers {
                 listeners,
                 heartbeat,
                 heartbeat_period: options.heartbeat_period,
+                busy_poll: options.busy_poll,
                 shutdown: shutdown_rx.clone(),
                 faults: fault_rx,
             };
@@ -229,6 +233,7 @@ struct Worker {
     listeners: Vec<Bound>,
     heartbeat: Option<HeartbeatWriter>,
     heartbeat_period: Duration,
+    busy_poll: Duration,
     shutdown: watch::Receiver<bool>,
     faults: mpsc::UnboundedReceiver<Fault>,
 }
@@ -236,17 +241,19 @@ struct Worker {
 impl Worker {
     fn run(self) {
         let id = self.id;
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        let spinner = super::busy_poll::Spinner::install(&mut builder, self.busy_poll);
+        let runtime = match builder.enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => {
                 tracing::error!(worker = id, error = %e, "cannot start the worker runtime");
                 return;
             }
         };
-        runtime.block_on(self.serve());
+        runtime.block_on(self.serve(spinner));
     }
 
-    async fn serve(self) {
+    async fn serve(self, spinner: Option<super::busy_poll::Spinner>) {
         let Worker {
             id,
             metrics,
@@ -255,6 +262,7 @@ impl Worker {
             listeners,
             heartbeat,
             heartbeat_period,
+            busy_poll: _,
             mut shutdown,
             mut faults,
         } = self;
@@ -288,6 +296,9 @@ impl Worker {
                     }
                 }
             }
+        }
+        if let Some(spinner) = spinner {
+            tasks.spawn(spinner.run());
         }
         // Idle upstream connections that timed out or were closed by their backend are
         // closed even when no request comes to notice them.

@@ -252,8 +252,9 @@ pub struct Lab {
 impl Lab {
     /// Starts the backend on the client core, then Sluice, nginx and HAProxy on the proxy
     /// core, each with one worker and keep-alive to the backend; `tls` adds a TLS listener to
-    /// each, with a self-signed ECDSA P-256 certificate made by `openssl`.
-    pub fn start(sluice: &Path, tls: bool) -> anyhow::Result<Lab> {
+    /// each, with a self-signed ECDSA P-256 certificate made by `openssl`. `busy_poll_us`
+    /// above 0 turns busy polling on in Sluice and HAProxy.
+    pub fn start(sluice: &Path, tls: bool, busy_poll_us: u64) -> anyhow::Result<Lab> {
         let dir = TempDir::new(if tls { "tls" } else { "l7" })?;
         let ports = Ports::pick()?;
         if tls {
@@ -273,7 +274,7 @@ impl Lab {
         wait_http_ok(&mut backend, backend_addr)?;
 
         let mut proxies = Vec::new();
-        let sluice_conf = write("sluice.yaml", sluice_yaml(d, &ports, tls))?;
+        let sluice_conf = write("sluice.yaml", sluice_yaml(d, &ports, tls, busy_poll_us))?;
         let args =
             ["run", "--no-xdp", "--config"].map(OsString::from).into_iter().chain([sluice_conf.into()]);
         let sluice = sluice.to_str().context("the sluice path is not UTF-8")?;
@@ -289,7 +290,7 @@ impl Lab {
                 std::fs::read_to_string(d.join("cert.pem"))? + &std::fs::read_to_string(d.join("key.pem"))?;
             write("haproxy.pem", pem)?;
         }
-        let haproxy_conf = write("haproxy.cfg", haproxy_cfg(d, &ports, tls))?;
+        let haproxy_conf = write("haproxy.cfg", haproxy_cfg(d, &ports, tls, busy_poll_us > 0))?;
         let haproxy_args =
             ["-db", "-f"].map(OsString::from).into_iter().chain([haproxy_conf.into()]).collect::<Vec<_>>();
         proxies.push((Peer::Haproxy, Proc::spawn("haproxy", PROXY_CORE, "haproxy", &haproxy_args)?));
@@ -364,7 +365,7 @@ impl Lab {
     /// A copy of Sluice's configuration whose plain listener is on `port` instead (a second
     /// instance, e.g. under valgrind), without the TLS listener.
     pub fn sluice_config_on_port(&self, port: u16) -> anyhow::Result<PathBuf> {
-        let text = sluice_yaml(self.dir(), &self.ports, false)
+        let text = sluice_yaml(self.dir(), &self.ports, false, 0)
             .replace(&format!("127.0.0.1:{}", self.ports.sluice), &format!("127.0.0.1:{port}"));
         let path = self.dir().join(format!("sluice-{port}.yaml"));
         std::fs::write(&path, text)?;
@@ -520,14 +521,15 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
     )
 }
 
-fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
+fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool, busy_polling: bool) -> String {
+    let busy_polling = if busy_polling { "    busy-polling\n" } else { "" };
     let tls_bind = if tls {
         format!("    bind 127.0.0.1:{} ssl crt {}/haproxy.pem defer-accept\n", p.haproxy_tls, dir.display())
     } else {
         String::new()
     };
     format!(
-        "global\n    nbthread 1\n    maxconn 8000\n\n\
+        "global\n    nbthread 1\n    maxconn 8000\n{busy_polling}\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    \
          timeout server 120s\n    timeout http-keep-alive 120s\n    http-reuse always\n\n\
          frontend bench\n    bind 127.0.0.1:{} defer-accept\n    bind 127.0.0.1:{} proto h2 defer-accept\n{tls_bind}{HAPROXY_INGRESS_HEADERS}    \
@@ -537,7 +539,7 @@ fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
     )
 }
 
-fn sluice_yaml(dir: &Path, p: &Ports, tls: bool) -> String {
+fn sluice_yaml(dir: &Path, p: &Ports, tls: bool, busy_poll_us: u64) -> String {
     let d = dir.display();
     let (tls_listener, certificates, host_tls) = if tls {
         (
@@ -554,7 +556,7 @@ fn sluice_yaml(dir: &Path, p: &Ports, tls: bool) -> String {
         (String::new(), String::new(), "")
     };
     format!(
-        "workers: 1\naccess_log: {{enabled: false}}\n\
+        "workers: 1\nbusy_poll_us: {busy_poll_us}\naccess_log: {{enabled: false}}\n\
          listeners:\n  - name: http\n    address: \"127.0.0.1:{}\"\n{tls_listener}{certificates}\
          virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n{host_tls}    routes:\n      - backend: backend\n\
          backends:\n  - name: backend\n    endpoints:\n      - address: \"127.0.0.1:{}\"\n",

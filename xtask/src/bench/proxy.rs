@@ -48,6 +48,10 @@ pub struct ProxyArgs {
     /// `--no-docs`.
     #[arg(long = "scenario", value_name = "NAME")]
     only: Vec<String>,
+    /// Run Sluice with `busy_poll_us` set to this and HAProxy with `busy-polling` (nginx has no
+    /// such setting). The report is of default settings, so this implies `--no-docs`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    busy_poll_us: u64,
 }
 
 /// The suites; BENCHMARKS.md shows each one whose runs are stored.
@@ -495,10 +499,10 @@ pub fn run(suite: Suite, args: ProxyArgs) -> anyhow::Result<()> {
         }
         scenarios.retain(|s| args.only.iter().any(|name| name == s.name));
     }
-    let write = !args.no_docs && args.only.is_empty();
+    let write = !args.no_docs && args.only.is_empty() && args.busy_poll_us == 0;
 
     println!("== starting the backend (core 1) and Sluice, nginx, HAProxy (core 0), one worker each");
-    let mut lab = Lab::start(&sluice, suite == Suite::Tls)?;
+    let mut lab = Lab::start(&sluice, suite == Suite::Tls, args.busy_poll_us)?;
     for peer in Peer::ALL {
         if peer.is_proxy() || suite.has_direct() {
             println!("   {:<8} pid {:<7} {}", peer.name(), lab.proc(peer).pid(), lab.addr(peer, Proto::H1));
