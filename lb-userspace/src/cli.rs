@@ -128,9 +128,22 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// rustls warns on every handshake about client quirks it tolerates (an IP address sent as the
+/// SNI, as wrk does): any client could make each handshake write a log line, and on a file
+/// next to the configuration wake its watcher too. Handshake failures are counted by reason in
+/// the metrics instead; a `RUST_LOG` that names rustls gets its logs back.
+const QUIET_RUSTLS: &str = "rustls=error";
+
+/// The log filter directives: `RUST_LOG` (or `info`), with rustls quieted unless named.
+fn log_directives(rust_log: Option<&str>) -> String {
+    let directives = rust_log.unwrap_or("info");
+    if directives.contains("rustls") { directives.to_owned() } else { format!("{directives},{QUIET_RUSTLS}") }
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let directives = log_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_directives(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -381,6 +394,13 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn rustls_logs_are_quiet_unless_rust_log_names_rustls() {
+        assert_eq!(log_directives(None), "info,rustls=error");
+        assert_eq!(log_directives(Some("debug,sluice::access=off")), "debug,sluice::access=off,rustls=error");
+        assert_eq!(log_directives(Some("info,rustls=debug")), "info,rustls=debug");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -11,8 +11,8 @@
 //!
 //! The spinner is a task that yields in a loop: each yield makes the runtime poll its I/O driver
 //! without blocking and run whatever became ready. It stops once a window has passed without
-//! network work (client connection I/O, see [`worked`]); the runtime's park hook starts it again
-//! when the runtime is about to sleep after new work, so an idle worker sleeps.
+//! network work (accepts and client connection I/O, see [`worked`]); the runtime's park hook
+//! starts it again when the runtime is about to sleep after new work, so an idle worker sleeps.
 
 use std::{
     cell::Cell,
@@ -26,11 +26,11 @@ use std::{
 use tokio::sync::Notify;
 
 thread_local! {
-    /// Client connection reads and writes done on this thread (wrapping).
+    /// Accepts and client connection reads and writes done on this thread (wrapping).
     static WORK: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Notes that this thread moved bytes on a client connection.
+/// Notes that this thread accepted a connection or moved bytes on one.
 pub fn worked() {
     WORK.with(|work| work.set(work.get().wrapping_add(1)));
 }

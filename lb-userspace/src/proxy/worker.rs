@@ -41,8 +41,9 @@ pub struct WorkerOptions {
     pub heartbeat_period: Duration,
     /// The serving snapshot every worker reads per request.
     pub published: Published,
-    /// Connection limits applied when the workers start (`max_connections_per_worker`,
-    /// `shutdown_grace_ms`); per-connection limits are read from the current snapshot.
+    /// Limits applied when the workers start (`max_connections_per_worker`,
+    /// `shutdown_grace_ms`, `defer_accept`); per-connection limits are read from the current
+    /// snapshot.
     pub limits: Limits,
     /// One entry per worker.
     pub metrics: Arc<Metrics>,
@@ -367,6 +368,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
         let Ok(slot) = context.slots.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Network work for busy polling: a TLS handshake runs before the connection's
+                // I/O is wrapped in `ActivityIo`.
+                super::busy_poll::worked();
                 let _ = stream.set_nodelay(true);
                 // The handshake uses the snapshot of the accept, the one that set the scheme.
                 let snapshot = context.published.load();

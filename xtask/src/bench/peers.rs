@@ -253,7 +253,7 @@ impl Lab {
     /// Starts the backend on the client core, then Sluice, nginx and HAProxy on the proxy
     /// core, each with one worker and keep-alive to the backend; `tls` adds a TLS listener to
     /// each, with a self-signed ECDSA P-256 certificate made by `openssl`. `busy_poll_us`
-    /// above 0 turns busy polling on in Sluice and HAProxy.
+    /// above 0 turns Sluice's busy polling on.
     pub fn start(sluice: &Path, tls: bool, busy_poll_us: u64) -> anyhow::Result<Lab> {
         let dir = TempDir::new(if tls { "tls" } else { "l7" })?;
         let ports = Ports::pick()?;
@@ -290,7 +290,7 @@ impl Lab {
                 std::fs::read_to_string(d.join("cert.pem"))? + &std::fs::read_to_string(d.join("key.pem"))?;
             write("haproxy.pem", pem)?;
         }
-        let haproxy_conf = write("haproxy.cfg", haproxy_cfg(d, &ports, tls, busy_poll_us > 0))?;
+        let haproxy_conf = write("haproxy.cfg", haproxy_cfg(d, &ports, tls))?;
         let haproxy_args =
             ["-db", "-f"].map(OsString::from).into_iter().chain([haproxy_conf.into()]).collect::<Vec<_>>();
         proxies.push((Peer::Haproxy, Proc::spawn("haproxy", PROXY_CORE, "haproxy", &haproxy_args)?));
@@ -521,15 +521,14 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
     )
 }
 
-fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool, busy_polling: bool) -> String {
-    let busy_polling = if busy_polling { "    busy-polling\n" } else { "" };
+fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
     let tls_bind = if tls {
         format!("    bind 127.0.0.1:{} ssl crt {}/haproxy.pem defer-accept\n", p.haproxy_tls, dir.display())
     } else {
         String::new()
     };
     format!(
-        "global\n    nbthread 1\n    maxconn 8000\n{busy_polling}\n\
+        "global\n    nbthread 1\n    maxconn 8000\n\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    \
          timeout server 120s\n    timeout http-keep-alive 120s\n    http-reuse always\n\n\
          frontend bench\n    bind 127.0.0.1:{} defer-accept\n    bind 127.0.0.1:{} proto h2 defer-accept\n{tls_bind}{HAPROXY_INGRESS_HEADERS}    \

@@ -48,8 +48,9 @@ pub struct ProxyArgs {
     /// `--no-docs`.
     #[arg(long = "scenario", value_name = "NAME")]
     only: Vec<String>,
-    /// Run Sluice with `busy_poll_us` set to this and HAProxy with `busy-polling` (nginx has no
-    /// such setting). The report is of default settings, so this implies `--no-docs`.
+    /// Run Sluice with `busy_poll_us` set to this. (HAProxy's `busy-polling` never sleeps, so it
+    /// would take the shared core from the peer being measured; nginx has no such setting.) The
+    /// report is of default settings, so this implies `--no-docs`.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     busy_poll_us: u64,
 }
