@@ -625,6 +625,16 @@ const CAVEATS: &str = "\n## Caveats\n\n\
   the peers, and the min–max ranges show how large it was.\n\
 - TLS: nginx and HAProxy use Debian's OpenSSL 3.0; Sluice uses rustls with the ring provider. The\n  \
   certificate is a self-signed ECDSA P-256 one; all three negotiate TLS 1.3 with X25519 with wrk.\n\
+- New handshakes: the client core saturates while Sluice's core idles about a third of the time,\n  \
+  and each time Sluice's worker sleeps, a packet from the client core has to wake it with an\n  \
+  inter-processor interrupt, which inside the VM costs the client core a VM exit; nginx's core is\n  \
+  saturated and never sleeps. Counted by hand on this machine (2026-11-29): 1.7 worker sleeps and\n  \
+  1.8 wake-up interrupts to the proxy core per handshake for Sluice, none for nginx, and wrk, the\n  \
+  backend and softirq work on the client core took 40–60 µs more per handshake with Sluice in\n  \
+  front. With busy polling (`busy_poll_us`, off by default) the sleeps fall to about 0.2 per\n  \
+  handshake and the ratio rose from 0.94× to 0.96× (`cargo xtask bench tls --scenario\n  \
+  tls_handshake_c50 --busy-poll-us 100`); the remaining gap is client-core time that the\n  \
+  proxies' different timing of their writes costs wrk and the backend.\n\
 - The profile's stacks come from DWARF unwinding of 64 KiB stack copies (the report gives the share\n  \
   that reached the thread's start; the others are under `[truncated]` in the flame graph); the\n  \
   self costs are exact samples either way. Symbols from generic code (`core::`, `<... as Future>::poll`) carry the work inlined\n  \
