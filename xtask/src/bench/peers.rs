@@ -476,7 +476,8 @@ fn backend_nginx_conf(dir: &Path, p: &Ports) -> String {
 // The peers do an ingress's job per request, as Sluice does by default: a request id sent to the
 // backend and returned to the client, and the forwarding headers (X-Forwarded-For appended,
 // X-Real-IP, X-Forwarded-Proto, -Port and -Host) with the client's Host passed on. ingress-nginx's
-// own template sets the same; a peer proxying bare would skip work Sluice does on every request.
+// own template sets these request headers; a peer proxying bare would skip work Sluice does on
+// every request.
 const NGINX_INGRESS_HEADERS: &str = "      proxy_set_header Host $host;\n      \
     proxy_set_header X-Request-ID $request_id;\n      \
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
