@@ -631,10 +631,11 @@ const CAVEATS: &str = "\n## Caveats\n\n\
   saturated and never sleeps. Counted by hand on this machine (2026-11-29): 1.7 worker sleeps and\n  \
   1.8 wake-up interrupts to the proxy core per handshake for Sluice, none for nginx, and wrk, the\n  \
   backend and softirq work on the client core took 40–60 µs more per handshake with Sluice in\n  \
-  front. With busy polling (`busy_poll_us`, off by default) the sleeps fall to about 0.2 per\n  \
-  handshake and the ratio rose from 0.94× to 0.96× (`cargo xtask bench tls --scenario\n  \
-  tls_handshake_c50 --busy-poll-us 100`); the remaining gap is client-core time that the\n  \
-  proxies' different timing of their writes costs wrk and the backend.\n\
+  front. With busy polling (`busy_poll_us`, off by default) the worker's sleeps fall to about 0.2\n  \
+  per handshake with a 300 µs window, yet the ratio only moved to 0.93–0.96× in such runs\n  \
+  (`cargo xtask bench tls --scenario tls_handshake_c50 --busy-poll-us 100`): Sluice still wakes\n  \
+  the client core's processes more often than nginx does (0.8 against 0.46 interrupts per\n  \
+  handshake), and that is where the rest of the gap is.\n\
 - The profile's stacks come from DWARF unwinding of 64 KiB stack copies (the report gives the share\n  \
   that reached the thread's start; the others are under `[truncated]` in the flame graph); the\n  \
   self costs are exact samples either way. Symbols from generic code (`core::`, `<... as Future>::poll`) carry the work inlined\n  \
