@@ -39,41 +39,9 @@ pub struct BodyTooLarge {
 #[error("malformed or truncated request body: {0}")]
 pub struct BadRequestBody(#[source] pub BoxError);
 
-/// A request body as the client connection delivers it: from Sluice's own HTTP/1 server, or
-/// from hyper's HTTP/2 server.
-pub enum ClientBody {
-    H1(super::h1_server::H1Body),
-    H2(Incoming),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
-            ClientBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::H1(body) => body.is_end_stream(),
-            ClientBody::H2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::H1(body) => body.size_hint(),
-            ClientBody::H2(body) => body.size_hint(),
-        }
-    }
-}
+/// A request body as the client connection delivers it: from Sluice's own HTTP/1 server
+/// (`Left`), or from hyper's HTTP/2 server (`Right`).
+pub type ClientBody = http_body_util::Either<super::h1_server::H1Body, Incoming>;
 
 struct Pending {
     /// A frame read ahead before the request went upstream (to catch a bad first chunk).

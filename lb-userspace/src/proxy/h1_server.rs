@@ -355,7 +355,7 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
         }
         let body = if has_body { H1Body { wire: Some(wire.clone()), hint } } else { H1Body::empty() };
         let (parts, ()) = request.into_parts();
-        let mut request = Request::from_parts(parts, ClientBody::H1(body));
+        let mut request = Request::from_parts(parts, ClientBody::Left(body));
         let upgrade = tunnel.then(|| {
             let (sender, receiver) = oneshot::channel();
             request.extensions_mut().insert(ClientUpgrade(Arc::new(Mutex::new(Some(receiver)))));
@@ -741,7 +741,7 @@ async fn serve_h2(wire: &SharedWire, connection: Arc<Connection>, limits: &Limit
         .max_local_error_reset_streams(Some(100));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(forward::handle(request.map(ClientBody::H2), connection).await) }
+        async move { Ok::<_, Infallible>(forward::handle(request.map(ClientBody::Right), connection).await) }
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)), service);
     tokio::pin!(conn);

@@ -7,18 +7,11 @@
 //! worker's idle keep-alive connections (`h1_upstream.rs`); HTTP/2 (h2c, or ALPN over TLS) and
 //! TLS backends go through hyper's pooled client.
 
-use std::{
-    cell::RefCell,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -26,7 +19,7 @@ use hyper_util::{
 use tokio::{net::TcpStream, sync::Semaphore};
 
 use super::{
-    body::{AttemptBody, BoxError, RequestBody},
+    body::{AttemptBody, RequestBody},
     h1_upstream::{self, Conn, H1Error, Outgoing},
     snapshot::BackendGroup,
 };
@@ -197,40 +190,9 @@ impl UpstreamError {
     }
 }
 
-/// A response body from either kind of upstream connection.
-pub enum UpstreamBody {
-    H1(h1_upstream::ResponseBody),
-    Hyper(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::Hyper(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::Hyper(body) => body.size_hint(),
-        }
-    }
-}
+/// A response body from either kind of upstream connection: Sluice's own HTTP/1.1 client
+/// (`Left`) or hyper's client (`Right`, h2c and TLS backends).
+pub type UpstreamBody = http_body_util::Either<h1_upstream::ResponseBody, Incoming>;
 
 /// The backend side of a protocol switch (101 Switching Protocols).
 pub enum UpstreamUpgrade {
@@ -242,10 +204,10 @@ pub enum UpstreamUpgrade {
 pub fn upgrade(response: Response<UpstreamBody>) -> (http::response::Parts, Option<UpstreamUpgrade>) {
     let (head, body) = response.into_parts();
     match body {
-        UpstreamBody::H1(body) => {
+        UpstreamBody::Left(body) => {
             (head, body.into_upgraded().map(|(stream, early)| UpstreamUpgrade::H1 { stream, early }))
         }
-        UpstreamBody::Hyper(body) => {
+        UpstreamBody::Right(body) => {
             let mut response = Response::from_parts(head, body);
             let upgrade = hyper::upgrade::on(&mut response);
             (response.into_parts().0, Some(UpstreamUpgrade::Hyper(upgrade)))
@@ -277,7 +239,7 @@ pub async fn send(
             }
             result => result?,
         };
-        return Ok(response.map(UpstreamBody::H1));
+        return Ok(response.map(UpstreamBody::Left));
     }
     let client = hyper_client(group, generation);
     let mut upstream_request = Request::new(body.attempt());
@@ -290,5 +252,5 @@ pub async fn send(
     // `valid_target` was checked by the caller; the authority is an IP and port.
     *upstream_request.uri_mut() = Uri::try_from(format!("http://{endpoint}{}", request.target))
         .map_err(|_| H1Error::Protocol("request target cannot be forwarded"))?;
-    Ok(client.request(upstream_request).await?.map(UpstreamBody::Hyper))
+    Ok(client.request(upstream_request).await?.map(UpstreamBody::Right))
 }
