@@ -37,10 +37,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_tests::{backend::HttpResponse, wait_for};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, RootCertStore, ServerConfig,
-    SignatureScheme, StreamOwned,
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, RootCertStore,
+    ServerConfig, SignatureScheme, StreamOwned,
     client::{
-        Resumption,
+        ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+        Tls13ClientSessionValue,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
@@ -680,6 +681,80 @@ fn sessions_resume_on_every_worker_and_across_reloads() {
         assert_eq!(request(&mut stream, "a.test", "/", true).unwrap().status, 200);
         let expected = if i == 0 { HandshakeKind::Full } else { HandshakeKind::Resumed };
         assert_eq!(stream.conn.handshake_kind(), Some(expected), "connection {i} without tickets");
+    }
+}
+
+/// The client's session store, counting the TLS 1.3 tickets it was given.
+#[derive(Debug)]
+struct CountingTickets {
+    store: Arc<dyn ClientSessionStore>,
+    tickets: AtomicU64,
+}
+
+impl ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.store.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.store.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.store.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.store.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.store.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.store.insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.store.take_tls13_ticket(server_name)
+    }
+}
+
+#[test]
+fn a_full_handshake_issues_two_tickets_and_a_resumption_one() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend = TestBackend::start("be", None);
+    let body = format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, ""));
+    for settings in
+        ["{default_certificate: default}", "{default_certificate: default, session_tickets: false}"]
+    {
+        let proxy = TlsProxy::start(settings, &body);
+        let counting = Arc::new(CountingTickets {
+            store: Arc::new(ClientSessionMemoryCache::new(16)),
+            tickets: AtomicU64::new(0),
+        });
+        let mut config =
+            (*client_config(ClientOptions { trust: Some(&certs.ca), resume: true, ..Default::default() }))
+                .clone();
+        config.resumption = Resumption::store(counting.clone());
+        let config = Arc::new(config);
+        let mut issued = Vec::new();
+        for _ in 0..4 {
+            let before = counting.tickets.load(Ordering::Relaxed);
+            let mut stream = connect(proxy.addr(), Some("a.test"), &config).unwrap();
+            // The tickets come before the response: reading it to the end reads them.
+            assert_eq!(request(&mut stream, "a.test", "/", true).unwrap().status, 200);
+            issued.push((stream.conn.handshake_kind(), counting.tickets.load(Ordering::Relaxed) - before));
+        }
+        let resumed = Some(HandshakeKind::Resumed);
+        assert_eq!(
+            issued,
+            [(Some(HandshakeKind::Full), 2), (resumed, 1), (resumed, 1), (resumed, 1)],
+            "{settings}: (handshake, tickets issued) per connection"
+        );
     }
 }
 

@@ -125,9 +125,11 @@ async fn handshake(
     tls: &TlsSnapshot,
 ) -> Result<Accepted, Refused> {
     let mut hello = Vec::new();
+    let mut offers_resumption = false;
     match read_client_hello(&mut stream, &mut hello).await? {
         None => return Ok(Accepted::Closed),
         Some(sni::Parsed::Hello(parsed)) => {
+            offers_resumption = parsed.offers_resumption;
             if !parsed.modern {
                 let io = Rewind::new(stream, Vec::new());
                 return Err(refuse(io, PROTOCOL_VERSION, Failure::UnsupportedVersion).await);
@@ -164,7 +166,7 @@ async fn handshake(
         // with a certificate the host does not have.
         return Err(refuse(start.io, HANDSHAKE_FAILURE, Failure::Malformed).await);
     }
-    let Some(config) = listener.config_for(selection) else {
+    let Some(config) = listener.config_for(selection, offers_resumption) else {
         // RFC 6066 section 3: a server that does not recognise the name may abort with a
         // fatal unrecognized_name alert.
         return Err(refuse(start.io, UNRECOGNIZED_NAME, Failure::UnknownSni).await);

@@ -202,21 +202,53 @@ pub struct HostTls {
 pub struct ListenerTls {
     resolver: Arc<ListenerResolver>,
     /// For every host without client certificates.
-    config: Arc<ServerConfig>,
+    config: TicketCounts,
     /// By virtual host index: hosts that require client certificates.
-    client_auth: HashMap<usize, Arc<ServerConfig>>,
+    client_auth: HashMap<usize, TicketCounts>,
     /// Some host is passed through: look the SNI up for passthrough before rustls reads on.
     passthrough: bool,
 }
 
 impl ListenerTls {
-    /// The configuration to finish a handshake with, for what the SNI selected.
-    fn config_for(&self, selection: Selection) -> Option<Arc<ServerConfig>> {
-        match selection {
-            Selection::Host(host) => Some(self.client_auth.get(&host).unwrap_or(&self.config).clone()),
-            Selection::Default => Some(self.config.clone()),
-            Selection::Reject => None,
-        }
+    /// The configuration to finish a handshake with, for what the SNI selected and whether the
+    /// client offers a session to resume.
+    fn config_for(&self, selection: Selection, offers_resumption: bool) -> Option<Arc<ServerConfig>> {
+        let configs = match selection {
+            Selection::Host(host) => self.client_auth.get(&host).unwrap_or(&self.config),
+            Selection::Default => &self.config,
+            Selection::Reject => return None,
+        };
+        Some(configs.for_hello(offers_resumption))
+    }
+}
+
+/// TLS 1.3 tickets issued after a full handshake: a client may open a second connection that
+/// resumes while the first is still open (tickets are single use).
+const FULL_HANDSHAKE_TICKETS: usize = 2;
+/// After a resumption: one ticket replaces the one the client spent. Each ticket costs the
+/// server an encryption and the client a stored session, so a client that reconnects once per
+/// request (and resumes) pays for one, as with OpenSSL's defaults (nginx, HAProxy).
+const RESUMPTION_TICKETS: usize = 1;
+
+/// One server configuration in the two ticket counts above (rustls fixes the count per
+/// configuration). The ClientHello tells which one a handshake needs: a client that offers a
+/// session most likely resumes; if the session is not accepted, it gets one fresh ticket.
+struct TicketCounts {
+    full: Arc<ServerConfig>,
+    resuming: Arc<ServerConfig>,
+}
+
+impl TicketCounts {
+    fn new(mut config: ServerConfig) -> TicketCounts {
+        // The clone shares the session cache and the ticket keys (both behind `Arc`).
+        let mut resuming = config.clone();
+        config.send_tls13_tickets = FULL_HANDSHAKE_TICKETS;
+        resuming.send_tls13_tickets = RESUMPTION_TICKETS;
+        TicketCounts { full: Arc::new(config), resuming: Arc::new(resuming) }
+    }
+
+    fn for_hello(&self, offers_resumption: bool) -> Arc<ServerConfig> {
+        if offers_resumption { self.resuming.clone() } else { self.full.clone() }
     }
 }
 
@@ -326,13 +358,19 @@ impl TlsSnapshot {
                 tls_hosts.clone(),
                 default,
             ));
-            let config = Arc::new(server_config(&provider, None, resolver.clone(), tls.session_tickets)?);
+            let config =
+                TicketCounts::new(server_config(&provider, None, resolver.clone(), tls.session_tickets)?);
             let client_auth = verifiers
                 .iter()
                 .map(|(&host, (verifier, _))| {
                     Ok((
                         host,
-                        Arc::new(server_config(&provider, Some(verifier.clone()), resolver.clone(), false)?),
+                        TicketCounts::new(server_config(
+                            &provider,
+                            Some(verifier.clone()),
+                            resolver.clone(),
+                            false,
+                        )?),
                     ))
                 })
                 .collect::<Result<_, String>>()?;

@@ -33,10 +33,13 @@ pub struct Hello {
     /// The client offers TLS 1.2 or 1.3 (in `supported_versions`, or as its legacy version
     /// when it sends no `supported_versions`).
     pub modern: bool,
+    /// The client offers a TLS 1.3 session to resume (a `pre_shared_key` extension).
+    pub offers_resumption: bool,
 }
 
 const HANDSHAKE_RECORD: u8 = 22;
 const SUPPORTED_VERSIONS_EXTENSION: u16 = 43;
+const PRE_SHARED_KEY_EXTENSION: u16 = 41;
 const TLS12: u16 = 0x0303;
 const CLIENT_HELLO: u8 = 1;
 const SERVER_NAME_EXTENSION: u16 = 0;
@@ -143,7 +146,7 @@ fn client_hello(body: &[u8]) -> Option<Hello> {
     }
     if r.0.is_empty() {
         // No extensions at all (very old clients): no SNI.
-        return Some(Hello { server_name: None, modern: legacy_version >= TLS12 });
+        return Some(Hello { server_name: None, modern: legacy_version >= TLS12, offers_resumption: false });
     }
     let mut extensions = Reader(r.vector(2)?);
     if !r.0.is_empty() {
@@ -151,9 +154,15 @@ fn client_hello(body: &[u8]) -> Option<Hello> {
     }
     let mut server_name = None;
     let mut supported_versions: Option<bool> = None;
+    let mut offers_resumption = false;
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vector(2)?;
+        if kind == PRE_SHARED_KEY_EXTENSION {
+            // Its contents are rustls' to check; whether the session resumes is decided there.
+            offers_resumption = true;
+            continue;
+        }
         if kind == SUPPORTED_VERSIONS_EXTENSION {
             let mut versions = Reader(data);
             let list = versions.vector(1)?;
@@ -188,7 +197,11 @@ fn client_hello(body: &[u8]) -> Option<Hello> {
             }
         }
     }
-    Some(Hello { server_name, modern: supported_versions.unwrap_or(legacy_version >= TLS12) })
+    Some(Hello {
+        server_name,
+        modern: supported_versions.unwrap_or(legacy_version >= TLS12),
+        offers_resumption,
+    })
 }
 
 #[cfg(test)]
@@ -238,7 +251,7 @@ mod tests {
     }
 
     fn hello(name: Option<&str>, modern: bool) -> Parsed {
-        Parsed::Hello(Hello { server_name: name.map(str::to_owned), modern })
+        Parsed::Hello(Hello { server_name: name.map(str::to_owned), modern, offers_resumption: false })
     }
 
     fn versions_extension(versions: &[u16]) -> Vec<u8> {
@@ -282,6 +295,22 @@ mod tests {
         extensions.extend(sni_extension(b"api.example.com"));
         let wire = records(&handshake(&hello_body(&extensions)), 16 * 1024);
         assert_eq!(parse(&wire), hello(Some("api.example.com"), true));
+    }
+
+    #[test]
+    fn an_offered_session_is_noticed() {
+        // pre_shared_key: one identity (4 bytes, obfuscated age) and one 32-byte binder.
+        let mut psk = PRE_SHARED_KEY_EXTENSION.to_be_bytes().to_vec();
+        psk.extend([0, 47, 0, 10, 0, 4, 1, 2, 3, 4, 0, 0, 0, 0, 0, 33, 32]);
+        psk.extend([9u8; 32]);
+        let mut extensions = sni_extension(b"a.test");
+        extensions.extend(&psk);
+        let wire = records(&handshake(&hello_body(&extensions)), 16 * 1024);
+        let Parsed::Hello(parsed) = parse(&wire) else { panic!("not parsed: {:?}", parse(&wire)) };
+        assert!(parsed.offers_resumption);
+        assert_eq!(parsed.server_name.as_deref(), Some("a.test"));
+        let wire = records(&handshake(&hello_body(&sni_extension(b"a.test"))), 16 * 1024);
+        assert_eq!(parse(&wire), hello(Some("a.test"), true), "no session offered");
     }
 
     #[test]
