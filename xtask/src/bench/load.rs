@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 #[derive(Clone, Copy, Debug)]
 pub enum Load {
     /// wrk with one thread and `conns` connections; `close` sends `Connection: close`, so every
-    /// request opens a new connection (and, over TLS, makes a new full handshake: wrk keeps no
-    /// session to resume).
+    /// request opens a new connection (and, over TLS, makes a new handshake; wrk keeps its session
+    /// across reconnects, so these resume with a ticket and a fresh key exchange).
     Wrk { conns: u32, tls: bool, close: bool },
     /// h2load with one thread, `conns` connections and `streams` concurrent streams each.
     H2load { conns: u32, streams: u32 },

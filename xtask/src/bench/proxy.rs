@@ -143,7 +143,7 @@ impl Suite {
                 },
                 Scenario {
                     name: "tls_handshake_c50",
-                    title: "a new TLS connection and full handshake per request, 50 concurrent",
+                    title: "a new TLS connection and handshake (resumed, with key exchange) per request, 50 concurrent",
                     load: Load::Wrk { conns: 50, tls: true, close: true },
                     proto: Proto::Tls,
                     peers: PROXIES,

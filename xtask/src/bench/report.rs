@@ -594,7 +594,9 @@ const METHOD: &str = "## How it is measured\n\n\
 - **Load**: wrk (1 thread, `--timeout 10s`, `--latency`) for HTTP/1.1 and HTTPS, h2load (1 thread)\n  \
   for HTTP/2 in clear text with prior knowledge; latency percentiles from wrk's distribution and from\n  \
   h2load's per-request log. New TLS handshakes: wrk over HTTPS with `Connection: close`, so every\n  \
-  request opens a connection and makes a full handshake (wrk resumes no session).\n\
+  request opens a connection and makes a new handshake. wrk keeps its TLS session across reconnects\n  \
+  (OpenSSL's `SSL_clear`), so after each connection's first these are TLS 1.3 resumptions: a ticket\n  \
+  and a fresh X25519 exchange, no certificate.\n\
 - **Rounds**: runs are interleaved (direct, Sluice, nginx, HAProxy, then again), each bounded in time;\n  \
   a table cell is the median of the rounds with the minimum and maximum in parentheses. Every peer\n  \
   gets one short warm-up run per scenario before the first round. Before each run the bench waits\n  \
