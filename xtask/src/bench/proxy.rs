@@ -149,6 +149,16 @@ impl Suite {
                     peers: PROXIES,
                     goal: Some(Goal::Handshake),
                 },
+                // Few connections: neither core saturates, so latency shows what one handshake
+                // and request cost end to end, without the client's own queue in it.
+                Scenario {
+                    name: "tls_handshake_c5",
+                    title: "a new TLS connection and handshake per request, 5 concurrent",
+                    load: Load::Wrk { conns: 5, tls: true, close: true },
+                    proto: Proto::Tls,
+                    peers: PROXIES,
+                    goal: None,
+                },
             ],
         }
     }

@@ -627,17 +627,19 @@ const CAVEATS: &str = "\n## Caveats\n\n\
   the peers, and the min–max ranges show how large it was.\n\
 - TLS: nginx and HAProxy use Debian's OpenSSL 3.0; Sluice uses rustls with the ring provider. The\n  \
   certificate is a self-signed ECDSA P-256 one; all three negotiate TLS 1.3 with X25519 with wrk.\n\
-- New handshakes: the client core saturates while Sluice's core idles about a third of the time,\n  \
-  and each time Sluice's worker sleeps, a packet from the client core has to wake it with an\n  \
-  inter-processor interrupt, which inside the VM costs the client core a VM exit; nginx's core is\n  \
+- New handshakes: at 50 connections the client core saturates while Sluice's core idles about a\n  \
+  third of the time, so the rate measures what each proxy costs the client core. Each time Sluice's\n  \
+  worker sleeps, a packet from the client core has to wake it with an inter-processor interrupt,\n  \
+  which inside this VM (guest halt polling off) costs the client core a VM exit; nginx's core is\n  \
   saturated and never sleeps. Counted by hand on this machine (2026-11-29): 1.7 worker sleeps and\n  \
-  1.8 wake-up interrupts to the proxy core per handshake for Sluice, none for nginx, and wrk, the\n  \
-  backend and softirq work on the client core took 40–60 µs more per handshake with Sluice in\n  \
-  front. With busy polling (`busy_poll_us`, off by default) the worker's sleeps fall to about 0.2\n  \
-  per handshake with a 300 µs window, yet the ratio only moved to 0.93–0.96× in such runs\n  \
-  (`cargo xtask bench tls --scenario tls_handshake_c50 --busy-poll-us 100`): Sluice still wakes\n  \
-  the client core's processes more often than nginx does (0.8 against 0.46 interrupts per\n  \
-  handshake), and that is where the rest of the gap is.\n\
+  wake-up interrupts to the proxy core per handshake for Sluice, none for nginx; the backend and\n  \
+  softirq work on the client core took 10–15 µs more per handshake with Sluice in front. Sluice\n  \
+  used to issue two TLS 1.3 tickets per resumption where OpenSSL issues one; wrk stores and\n  \
+  decrypts every ticket, and issuing one brought the ratio from 0.93× to about 1.0×. Busy polling\n  \
+  (`busy_poll_us`, off by default) removes most of the sleeps at the price of a spinning core.\n  \
+  wrk's latency here is mostly its own queue: Sluice answers a request in a median 110 µs\n  \
+  (measured on the wire), but a saturated wrk reads the answer late, and more so when the proxy\n  \
+  returns handshake flights faster. `tls_handshake_c5` shows latency without the client queue.\n\
 - The profile's stacks come from DWARF unwinding of 64 KiB stack copies (the report gives the share\n  \
   that reached the thread's start; the others are under `[truncated]` in the flame graph); the\n  \
   self costs are exact samples either way. Symbols from generic code (`core::`, `<... as Future>::poll`) carry the work inlined\n  \
