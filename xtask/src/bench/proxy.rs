@@ -143,7 +143,7 @@ impl Suite {
                 },
                 Scenario {
                     name: "tls_handshake_c50",
-                    title: "a new TLS connection and handshake (resumed, with key exchange) per request, 50 concurrent",
+                    title: "a new TLS connection and resumed handshake per request, 50 concurrent",
                     load: Load::Wrk { conns: 50, tls: true, close: true },
                     proto: Proto::Tls,
                     peers: PROXIES,
@@ -153,7 +153,7 @@ impl Suite {
                 // and request cost end to end, without the client's own queue in it.
                 Scenario {
                     name: "tls_handshake_c5",
-                    title: "a new TLS connection and handshake per request, 5 concurrent",
+                    title: "a new TLS connection and resumed handshake per request, 5 concurrent",
                     load: Load::Wrk { conns: 5, tls: true, close: true },
                     proto: Proto::Tls,
                     peers: PROXIES,
