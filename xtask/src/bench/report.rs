@@ -634,9 +634,13 @@ const CAVEATS: &str = "\n## Caveats\n\n\
   saturated and never sleeps. Counted by hand on this machine (2026-11-29): 1.7 worker sleeps and\n  \
   wake-up interrupts to the proxy core per handshake for Sluice, none for nginx; the backend and\n  \
   softirq work on the client core took 10–15 µs more per handshake with Sluice in front. Sluice\n  \
-  used to issue two TLS 1.3 tickets per resumption where OpenSSL issues one; wrk stores and\n  \
-  decrypts every ticket, and issuing one brought the ratio from 0.93× to about 1.0×. Busy polling\n  \
-  (`busy_poll_us`, off by default) removes most of the sleeps at the price of a spinning core.\n  \
+  used to issue two TLS 1.3 tickets per resumption where OpenSSL issues one; wrk keeps\n  \
+  every ticket (a session copy and a key derivation each), and issuing one brought the ratio from 0.93× to about 1.0×. What is left\n  \
+  shows in `perf record -C 1` (by hand): wrk's writes spend about 9 µs more per handshake in\n  \
+  `sock_def_readable` (the wake-up of a sleeping proxy, interrupts off) and the backend about 6 µs\n  \
+  more. Busy polling (`busy_poll_us`, off by default) halves the sleeps but not that cost (50 µs:\n  \
+  0.99×, with 1.2× the proxy CPU), probably because a worker that keeps polling epoll holds the\n  \
+  epoll lock that every packet delivered from the client core also takes.\n  \
   wrk's latency here is mostly its own queue: Sluice answers a request in a median 110 µs\n  \
   (measured on the wire), but a saturated wrk reads the answer late, and more so when the proxy\n  \
   returns handshake flights faster. `tls_handshake_c5` shows latency without the client queue.\n\
