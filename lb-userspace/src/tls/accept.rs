@@ -6,8 +6,9 @@
 //!    `protocol_version` alert; a passthrough host's connection is handed back for splicing
 //!    with those bytes.
 //! 2. Otherwise rustls reads the ClientHello (the kept bytes first), the SNI selects the host
-//!    and with it the configuration (client certificates or not); an unknown SNI on a
-//!    rejecting listener gets the `unrecognized_name` alert.
+//!    and with it the configuration (client certificates or not; one ticket instead of two when
+//!    the client offers a session to resume); an unknown SNI on a rejecting listener gets the
+//!    `unrecognized_name` alert.
 //! 3. rustls finishes the handshake. Every failure is classified, counted, and ends only this
 //!    connection; rustls sends the alert that fits (`decode_error`, `protocol_version`,
 //!    `unknown_ca`, `certificate_required`, ...).

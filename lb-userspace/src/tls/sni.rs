@@ -1,7 +1,8 @@
 //! Reads the server name and offered versions from a TLS ClientHello without terminating TLS:
 //! for passthrough (the bytes are kept and later replayed to the backend unchanged), and to
 //! answer clients that only speak TLS 1.1 or older with the `protocol_version` alert (rustls
-//! would answer a hello without `signature_algorithms` with `handshake_failure` first).
+//! would answer a hello without `signature_algorithms` with `handshake_failure` first). It also
+//! notes whether the client offers a session to resume, which sets how many tickets it gets.
 //!
 //! Bounded: at most [`MAX_HELLO`] bytes of handshake data are collected, across as many
 //! handshake records as the client split the ClientHello into. Anything that is not a
