@@ -1431,7 +1431,7 @@ fn worker_cpu_ticks(pid: u32) -> u64 {
 }
 
 #[test]
-fn busy_polling_keeps_a_worker_awake_between_close_requests() {
+fn busy_polling_keeps_a_worker_awake_between_requests() {
     let rt = runtime();
     let (echo_addr, _echo) = spawn_echo(&rt);
     // 200 keep-alive requests through the backend, the client pausing 2 ms after each (the gap

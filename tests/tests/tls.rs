@@ -517,6 +517,12 @@ fn backend_group(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!("  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}]{extra}}}\n")
 }
 
+/// The usual configuration body: the test certificates, the hosts of [`hosts`] and one backend
+/// `be` at `backend`.
+fn standard_body(certs: &Certs, backend: SocketAddr) -> String {
+    format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend, ""))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -526,10 +532,7 @@ fn sni_selects_exact_wildcard_and_default_certificates() {
     let _serial = serial();
     let certs = Certs::new();
     let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start(
-        "{default_certificate: default}",
-        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
-    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
     let any = client_config(ClientOptions::default());
     for (sni, expected, what) in [
         (Some("a.test"), &certs.a, "exact name"),
@@ -561,7 +564,7 @@ fn unknown_sni_fails_the_handshake_when_the_listener_rejects() {
     let backend = TestBackend::start("be", None);
     let proxy = TlsProxy::start(
         "{default_certificate: default, unknown_sni: reject}",
-        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
+        &standard_body(&certs, backend.addr),
     );
     let any = client_config(ClientOptions::default());
     let before = failures();
@@ -586,10 +589,7 @@ fn alpn_h2_serves_http2_and_http1_stays_http1() {
     let _serial = serial();
     let certs = Certs::new();
     let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start(
-        "{default_certificate: default}",
-        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
-    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
     let h2 = client_config(ClientOptions {
         trust: Some(&certs.ca),
         alpn: &[b"h2", b"http/1.1"],
@@ -644,7 +644,7 @@ fn sessions_resume_on_every_worker_and_across_reloads() {
     let _serial = serial();
     let certs = Certs::new();
     let backend = TestBackend::start("be", None);
-    let body = format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, ""));
+    let body = standard_body(&certs, backend.addr);
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
     let before = lb_userspace::tls::handshake_counts();
     for (what, tls12_only) in [("TLS 1.3", false), ("TLS 1.2", true)] {
@@ -727,7 +727,7 @@ fn a_full_handshake_issues_two_tickets_and_a_resumption_one() {
     let _serial = serial();
     let certs = Certs::new();
     let backend = TestBackend::start("be", None);
-    let body = format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, ""));
+    let body = standard_body(&certs, backend.addr);
     for settings in
         ["{default_certificate: default}", "{default_certificate: default, session_tickets: false}"]
     {
@@ -787,10 +787,7 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
     std::fs::write(&ca_file, certs.ca.pem()).unwrap();
     let ca_file = ca_file.to_str().unwrap().to_owned();
     let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start(
-        "{default_certificate: default}",
-        &format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend.addr, "")),
-    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
     let port = proxy.addr().port();
     for host in ["a.test", "x.wild.test"] {
         let resolve = format!("{host}:{port}:127.0.0.1");

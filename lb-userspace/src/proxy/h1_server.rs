@@ -459,8 +459,9 @@ fn build_request(parsed: &httparse::Request<'_, '_>, head: &HeadCopy<'_>) -> Opt
     let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
     let uri = Uri::from_maybe_shared(head.slice(parsed.path?.as_bytes())).ok()?;
     let version = if parsed.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-    // Room for what the proxy adds (request id, forwarding headers) without regrowing.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 9);
+    // The proxy adds nothing to this map: the upstream fields are described beside it
+    // (`headers::UpstreamHeaders`).
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let (mut close, mut keep_alive_asked, mut upgrade_asked, mut has_upgrade) = (false, false, false, false);

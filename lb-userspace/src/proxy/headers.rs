@@ -37,6 +37,11 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// `TE: trailers`, the one hop-by-hop field that goes on (gRPC needs it end to end).
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
 /// Removes the hop-by-hop headers: those named in `Connection`, and the fixed set. `TE:
 /// trailers` survives, because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -54,7 +59,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_named(headers) {
         headers.remove(&name);
     }
-    let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = asks_for_trailers(headers);
     for (name, present) in FIXED_HOP_BY_HOP.into_iter().zip(present) {
         if present {
             headers.remove(name);
@@ -130,7 +135,7 @@ impl<'a> UpstreamHeaders<'a> {
         upgrade: Option<HeaderValue>,
     ) -> UpstreamHeaders<'a> {
         let named = connection_named(client);
-        let te_trailers = client.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let te_trailers = asks_for_trailers(client);
         let forwarded_for = if client.contains_key(&X_FORWARDED_FOR) {
             // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
             let mut hops: Vec<&[u8]> =
@@ -246,6 +251,17 @@ fn request_id(client: &HeaderMap) -> HeaderValue {
 mod tests {
     use super::*;
 
+    /// The hop-by-hop fields of a client message: fixed ones, one its `Connection` names, and
+    /// `TE: trailers`, which goes on.
+    const HOP_BY_HOP_FIELDS: &[(&str, &str)] = &[
+        ("connection", "keep-alive, x-secret"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("transfer-encoding", "chunked"),
+        ("te", "trailers"),
+        ("upgrade", "websocket"),
+    ];
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (k, v) in pairs {
@@ -256,15 +272,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_go_and_te_trailers_stays() {
-        let mut headers = map(&[
-            ("connection", "keep-alive, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("te", "trailers"),
-            ("upgrade", "websocket"),
-            ("x-kept", "yes"),
-        ]);
+        let mut headers = map(HOP_BY_HOP_FIELDS);
+        headers.append("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort();
@@ -317,17 +326,11 @@ mod tests {
     #[test]
     fn upstream_requests_lose_hop_by_hop_fields_and_expect() {
         let client = map(&[
-            ("host", "a.test"),
-            ("connection", "keep-alive, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("te", "trailers"),
-            ("upgrade", "websocket"),
-            ("expect", "100-continue"),
-            ("x-kept", "yes"),
-            ("x-kept", "twice"),
-        ]);
+            &[("host", "a.test")],
+            HOP_BY_HOP_FIELDS,
+            &[("expect", "100-continue"), ("x-kept", "yes"), ("x-kept", "twice")],
+        ]
+        .concat());
         let forwarded = Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
         let headers = UpstreamHeaders::new(&client, &forwarded, "a.test", None);
         let map = headers.to_map();
