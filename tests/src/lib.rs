@@ -20,15 +20,34 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Skips the calling test, loudly, when it cannot run without root.
+/// Fails the calling test when it cannot run without root.
+///
+/// Tests that need root are also marked `#[ignore = "needs root: ..."]`, so that without root the
+/// test runner reports them as ignored; `cargo xtask test` runs them as root
+/// (`--include-ignored`) and fails without root unless told otherwise. This guard makes a
+/// privileged test that is run anyway without root fail with the reason, never pass.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!("SKIPPED (needs root: network namespaces and BPF): {}", module_path!());
-            return;
-        }
+        assert!(
+            $crate::is_root(),
+            "{} needs root (network namespaces and BPF): run `sudo -E cargo xtask test`",
+            module_path!()
+        );
     };
+}
+
+/// The path of `program`, which Debian's `package` installs; fails the calling test, saying
+/// how to install it, when it is not on PATH. `cargo xtask test` installs every such tool
+/// first (xtask/src/prereqs.rs), so a test never passes with its tool's checks left out.
+pub fn required_tool(program: &str, package: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not installed; install it with `sudo apt-get install -y {package}` \
+             (or `sudo -E cargo xtask setup`, which installs every tool the suites use)"
+        )
+    })
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes. Readiness is always polled with a

@@ -60,6 +60,7 @@ fn start_child(role: &str) -> (ChildGuard, u32, u32) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn a_panicking_test_leaves_nothing_behind() {
     require_root!();
     let (mut child, pid, sleeper) = start_child("panic");
@@ -73,6 +74,7 @@ fn a_panicking_test_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn a_killed_test_is_cleaned_up_by_the_next_run() {
     require_root!();
     let (child, pid, sleeper) = start_child("wait");

@@ -8,9 +8,10 @@
 //! - The DaemonSet's arguments parse with `sluice run`'s own command line, its configuration (the
 //!   ConfigMap) validates, its probes hit paths the admin server serves on the admin address of
 //!   that configuration, bpffs and BTF are mounted, and the grace period covers the drain.
-//! - `kubectl kustomize` renders the base and the least-privilege overlay (skipped, loudly, only
-//!   when kubectl is not installed), and the rendered objects pass the same checks.
-//! - The Dockerfile builds the binary the DaemonSet runs, with the toolchain .ci/run installs.
+//! - `kubectl kustomize` renders the base and the least-privilege overlay (the test fails, saying
+//!   what to install, when kubectl is missing), and the rendered objects pass the same checks.
+//! - The Dockerfile builds the binary the DaemonSet runs, with the toolchain `cargo xtask setup`
+//!   installs.
 //!
 //! Nothing here needs root or a network; the checks that can fail are shown failing on mutated
 //! copies of the real manifests.
@@ -1130,17 +1131,23 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
 // ------------------------------------------------------------------------------------------------
 // kustomize
 
-fn kubectl() -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("kubectl")).find(|p| p.is_file())
+fn kubectl_version(kubectl: &Path) -> String {
+    Command::new(kubectl)
+        .args(["version", "--client"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_else(|e| format!("kubectl version: {e}"))
 }
 
 fn kustomize(kubectl: &Path, dir: &Path) -> Bundle {
     let output = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
     assert!(
         output.status.success(),
-        "kubectl kustomize {} failed:\n{}",
+        "kubectl kustomize {} failed:\n{}\n({}; deploy/ needs kubectl 1.21 or later, whose kustomize (v4+) \
+         takes directories in `resources:` and `patches:`; Debian bookworm's kubernetes-client is 1.20)",
         dir.display(),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        kubectl_version(kubectl)
     );
     let origin = format!("kubectl kustomize {}", dir.strip_prefix(root()).unwrap_or(dir).display());
     Bundle::from_text(&String::from_utf8(output.stdout).unwrap(), &origin).unwrap_or_else(|e| panic!("{e:#}"))
@@ -1162,13 +1169,7 @@ fn without_security_context(
 
 #[test]
 fn kustomize_renders_the_base_and_the_least_privilege_overlay() {
-    let Some(kubectl) = kubectl() else {
-        eprintln!(
-            "SKIPPED: kubectl is not installed (it is on the project's machines, at /usr/bin/kubectl); \
-             `kubectl kustomize deploy` was not checked"
-        );
-        return;
-    };
+    let kubectl = lb_tests::required_tool("kubectl", "kubernetes-client");
     let files = base_bundle();
     let base = kustomize(&kubectl, &deploy_dir());
     assert_eq!(base.by_key(), files.by_key(), "deploy/ renders the manifests unchanged");
@@ -1235,14 +1236,18 @@ fn the_dockerfile_builds_the_binary_the_daemonset_runs() {
         assert!(builder.contains(needed), "the builder installs {needed}");
     }
     assert!(builder.contains("cargo build --release --locked -p lb-userspace"), "builds the sluice binary");
-    // bpf-linker exactly as .ci/run builds it (against LLVM 22).
-    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
-    let ci_install = instructions(&ci).into_iter().find(|l| l.contains("cargo install bpf-linker")).unwrap();
+    // bpf-linker exactly as the project's installer builds it (against LLVM 22).
+    let installer = std::fs::read_to_string(root().join("xtask/src/prereqs.rs")).unwrap();
+    let (_, args) =
+        installer.split_once("const BPF_LINKER_ARGS").expect("the installer's bpf-linker arguments");
+    let args = &args[..args.find("];").unwrap()];
+    let words: Vec<&str> = args.split('"').skip(1).step_by(2).collect();
+    assert!(words.starts_with(&["install", "bpf-linker"]), "{words:?}");
     let docker_install = builder.lines().find(|l| l.contains("cargo install bpf-linker")).unwrap();
-    for word in ci_install.split_whitespace().filter(|w| *w != "--force") {
+    for word in words.into_iter().filter(|w| *w != "--force") {
         assert!(
             docker_install.contains(word),
-            "{word:?} of .ci/run's bpf-linker install is missing: {docker_install}"
+            "{word:?} of the installer's bpf-linker install is missing: {docker_install}"
         );
     }
     // The runtime: the binary where the DaemonSet's command expects it.

@@ -710,7 +710,9 @@ fn websocket_stays_open_and_echoing_across_100_configuration_swaps() {
         let next = proxy.apply(if i.is_multiple_of(2) { &with_other } else { &plain });
         assert!(next > generation, "swap {i} published a new generation");
         generation = next;
-        if i.is_multiple_of(10) {
+        // Every fifth swap, alternately to each configuration (0, 10, ... with /other; 5, 15, ...
+        // without).
+        if i.is_multiple_of(5) {
             // The swap is real: /other exists exactly in the configuration just applied.
             let status = http_get(proxy.addr, "/other").unwrap().status;
             assert_eq!(status, if i.is_multiple_of(2) { 200 } else { 404 }, "swap {i}: /other");
@@ -1395,81 +1397,33 @@ fn new_connections_wait_in_the_kernel_until_the_client_speaks() {
     .unwrap();
 }
 
-/// The `/proc` directory of the `sluice-worker-0` thread of process `pid`.
-fn worker_task(pid: u32) -> std::path::PathBuf {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .map(|task| task.path())
-        .find(|task| {
-            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == "sluice-worker-0")
-        })
-        .unwrap_or_else(|| panic!("no sluice-worker-0 thread in process {pid}"))
-}
-
-/// How often the worker thread went to sleep (voluntary context switches).
-fn worker_sleeps(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(worker_task(pid).join("status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("voluntary_ctxt_switches in the worker's status")
-}
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
-}
-
-/// The worker thread's CPU time (user + system), in clock ticks.
-fn worker_cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(worker_task(pid).join("stat")).unwrap();
-    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
+/// A busy-polling worker serves keep-alive and new connections alike, before and after its
+/// window has passed (the park hook neither loses a wake-up nor spins past the window). What
+/// busy polling buys (sleeps per request) and costs (idle CPU) is measured by
+/// `cargo xtask bench busy-poll`, not asserted here.
 #[test]
-fn busy_polling_keeps_a_worker_awake_between_requests() {
+fn a_busy_polling_worker_serves_before_and_after_its_window() {
     let rt = runtime();
     let (echo_addr, _echo) = spawn_echo(&rt);
-    // 200 keep-alive requests through the backend, the client pausing 2 ms after each (the gap
-    // being tested, not a wait for readiness). With nothing to do for 2 ms the worker sleeps
-    // at least once per request, however busy the machine, unless it polls through the gap.
-    let sleeps_per_request = |busy_poll_us: u64| {
-        let yaml = config("", &[route("/", "echo", "")], &[backend("echo", echo_addr, "")]).replacen(
-            "workers: 2",
-            &format!("workers: 1\nbusy_poll_us: {busy_poll_us}"),
-            1,
-        );
-        let sluice = Binary::start(&yaml);
-        let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
-        assert_eq!(keepalive_get(&mut stream, "/warm-up").status, 200);
-        let before = worker_sleeps(sluice.child.pid());
-        for i in 0..200 {
-            let response = keepalive_get(&mut stream, &format!("/busy/{i}"));
-            assert_eq!(response.status, 200, "{response:?}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let sleeps = (worker_sleeps(sluice.child.pid()) - before) as f64 / 200.0;
-        // Without traffic the worker sleeps again: it polls for one window after the last
-        // request, not for ever. Measured over the second after that window has passed.
-        let pid = sluice.child.pid();
-        std::thread::sleep(Duration::from_micros(busy_poll_us) + Duration::from_millis(100));
-        let cpu_before = worker_cpu_ticks(pid);
-        std::thread::sleep(Duration::from_millis(1000));
-        let idle_cpu_ms = (worker_cpu_ticks(pid) - cpu_before) * 1000 / clock_ticks_per_second();
-        assert!(idle_cpu_ms < 200, "an idle worker used {idle_cpu_ms} ms of CPU in one second");
-        sleeps
-    };
-    let sleeping = sleeps_per_request(0);
-    let polling = sleeps_per_request(200_000);
-    println!(
-        "worker sleeps per request: {sleeping:.2} without busy polling, {polling:.2} with a 200 ms window"
+    const WINDOW: Duration = Duration::from_millis(50);
+    let yaml = config("", &[route("/", "echo", "")], &[backend("echo", echo_addr, "")]).replacen(
+        "workers: 2",
+        &format!("workers: 1\nbusy_poll_us: {}", WINDOW.as_micros()),
+        1,
     );
-    assert!(sleeping >= 0.9, "without busy polling the worker sleeps between requests: {sleeping:.2}");
-    assert!(polling <= 0.1, "with a 200 ms window the worker stays awake: {polling:.2} sleeps per request");
+    let sluice = Binary::start(&yaml);
+    let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
+    for i in 0..100 {
+        let response = keepalive_get(&mut stream, &format!("/busy/{i}"));
+        assert_eq!(response.status, 200, "{response:?}");
+        if i % 10 == 9 {
+            // A gap past the window: the worker goes to sleep and must wake for the next one.
+            std::thread::sleep(WINDOW * 2);
+        }
+    }
+    for i in 0..20 {
+        assert_eq!(http_get(sluice.addr, &format!("/new/{i}")).unwrap().status, 200);
+    }
 }
 
 /// Sends `GET path` on `stream` (keep-alive) and reads the response.

@@ -18,6 +18,7 @@ fn xdp_attached(topology: &Topology) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn sluice_attaches_serves_and_detaches_on_sigterm() {
     require_root!();
     let topology = Topology::new(0).unwrap();
@@ -64,6 +65,7 @@ fn sluice_attaches_serves_and_detaches_on_sigterm() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn sluice_without_xdp_still_serves() {
     require_root!();
     let topology = Topology::new(0).unwrap();
@@ -89,6 +91,7 @@ fn sluice_without_xdp_still_serves() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn a_killed_sluice_leaves_no_program_attached() {
     require_root!();
     let topology = Topology::new(0).unwrap();

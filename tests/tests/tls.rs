@@ -6,7 +6,7 @@
 //! per reason without touching other connections.
 //!
 //! Certificates are made here with rcgen. Clients are rustls (sync), hyper over tokio-rustls
-//! (HTTP/2), and, when installed, `curl` and `openssl s_client` (skipped loudly otherwise).
+//! (HTTP/2), and `curl` and `openssl s_client` (the test fails, naming the package, when one is missing).
 //! Backends are hyper servers on their own runtime, plain or TLS, that say who answered, which
 //! HTTP version they spoke and which `x-forwarded-proto` they saw.
 //!
@@ -758,24 +758,14 @@ fn a_full_handshake_issues_two_tickets_and_a_resumption_one() {
     }
 }
 
-/// Runs `tool` with `args`; `None` (after a loud note) when the tool is not installed.
-fn run_tool(tool: &str, args: &[&str], stdin: &[u8]) -> Option<std::process::Output> {
-    let mut child = match std::process::Command::new(tool)
+/// Runs `tool` (from Debian's `package`) with `args`; fails the test, saying what to install,
+/// when the tool is missing.
+fn run_tool(tool: &str, package: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(lb_tests::required_tool(tool, package))
         .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIPPED: `{tool}` is not installed (apt-get install {tool}); its checks did not run");
-            return None;
-        }
-        Err(e) => panic!("cannot run {tool}: {e}"),
-    };
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    Some(child.wait_with_output().unwrap())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
 }
 
 #[test]
@@ -792,7 +782,8 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
     for host in ["a.test", "x.wild.test"] {
         let resolve = format!("{host}:{port}:127.0.0.1");
         let url = format!("https://{host}:{port}/");
-        if let Some(out) = run_tool(
+        let out = run_tool(
+            "curl",
             "curl",
             &[
                 "-sS",
@@ -804,19 +795,18 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
                 "\n%{http_code} %{http_version}",
                 &url,
             ],
-            b"",
-        ) {
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "curl {host}: {text} {}", String::from_utf8_lossy(&out.stderr));
-            assert!(text.ends_with("200 2"), "curl verified {host} and spoke HTTP/2: {text:?}");
-            assert!(text.starts_with("be\n"), "{text:?}");
-        }
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl {host}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.ends_with("200 2"), "curl verified {host} and spoke HTTP/2: {text:?}");
+        assert!(text.starts_with("be\n"), "{text:?}");
     }
     let connect_to = format!("127.0.0.1:{port}");
     for (sni, subject) in
         [("a.test", "CN=a.test"), ("x.wild.test", "CN=*.wild.test"), ("nope.test", "CN=default.test")]
     {
-        let Some(out) = run_tool(
+        let out = run_tool(
+            "openssl",
             "openssl",
             &[
                 "s_client",
@@ -829,10 +819,7 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
                 "-alpn",
                 "h2,http/1.1",
             ],
-            b"",
-        ) else {
-            break;
-        };
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         // OpenSSL 3 prints `subject=CN = a.test`, 1.1 `subject=/CN=a.test`.
         let subject_line = text.lines().find(|l| l.starts_with("subject=")).unwrap_or("").replace(' ', "");
@@ -843,7 +830,8 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
         }
     }
     // TLS 1.1 is refused with a protocol_version alert.
-    if let Some(out) = run_tool(
+    let out = run_tool(
+        "openssl",
         "openssl",
         &[
             "s_client",
@@ -855,16 +843,13 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
             "-cipher",
             "DEFAULT@SECLEVEL=0",
         ],
-        b"",
-    ) {
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "TLS 1.1 must not connect: {text}");
-        assert!(
-            text.contains("protocol version") || text.contains("no protocols available"),
-            "TLS 1.1 ends with protocol_version (or the local OpenSSL refuses to offer it): {text}"
-        );
-    }
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "TLS 1.1 must not connect: {text}");
+    assert!(
+        text.contains("protocol version") || text.contains("no protocols available"),
+        "TLS 1.1 ends with protocol_version (or the local OpenSSL refuses to offer it): {text}"
+    );
 }
 
 /// Load for the rotation test: `threads` clients doing new-connection requests (full

@@ -621,6 +621,7 @@ fn vlan_tagged(frame: &[u8], tpid: u16) -> Vec<u8> {
 // Named classes of bad input.
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn frames_shorter_than_ethernet_are_refused_by_the_kernel() {
     require_root!();
     let mut h = Harness::new();
@@ -641,6 +642,7 @@ fn frames_shorter_than_ethernet_are_refused_by_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn truncated_ip_headers_pass_as_truncated() {
     require_root!();
     let mut h = Harness::new();
@@ -678,6 +680,7 @@ fn truncated_ip_headers_pass_as_truncated() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn truncated_transport_headers_pass_as_truncated() {
     require_root!();
     let mut h = Harness::new();
@@ -714,6 +717,7 @@ fn truncated_transport_headers_pass_as_truncated() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn bad_ip_version_and_header_length_pass_as_bad_header() {
     require_root!();
     let mut h = Harness::new();
@@ -759,6 +763,7 @@ fn bad_ip_version_and_header_length_pass_as_bad_header() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn ipv4_options_to_a_service_are_steered_with_valid_checksums() {
     require_root!();
     let mut h = Harness::new();
@@ -795,6 +800,7 @@ fn ipv4_options_to_a_service_are_steered_with_valid_checksums() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn ipv6_extension_headers_pass_untouched() {
     require_root!();
     let mut h = Harness::new();
@@ -817,6 +823,7 @@ fn ipv6_extension_headers_pass_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn ipv4_fragments_pass_untouched() {
     require_root!();
     let mut h = Harness::new();
@@ -856,6 +863,7 @@ fn ipv4_fragments_pass_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn other_protocols_and_non_ip_pass_untouched() {
     require_root!();
     let mut h = Harness::new();
@@ -911,6 +919,7 @@ fn other_protocols_and_non_ip_pass_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn oversized_frames_and_kernel_size_limits() {
     require_root!();
     let mut h = Harness::new();
@@ -1160,6 +1169,7 @@ fn fuzz_case(rng: &mut Rng) -> (Kind, Vec<u8>) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn seeded_fuzz_never_aborts_and_counts_every_frame_under_one_reason() {
     require_root!();
     let seed = std::env::var("SLUICE_FUZZ_SEED")

@@ -8,9 +8,13 @@
 //! `l7` and `tls`: Sluice, nginx and HAProxy as processes in front of one fast backend, driven
 //! by wrk and h2load (see [`proxy`]); the `sluice` binary is built and run as a process.
 //!
+//! `busy-poll`: a one-worker `sluice` process's sleeps per request and idle CPU with and without
+//! busy polling (see [`busy_poll`]).
+//!
 //! `reload`: the `sluice` binary in Kubernetes mode against lb-tests' fake API server loaded
 //! with a large cluster: initial sync, change-to-live-route latency, memory (see [`reload`]).
 
+mod busy_poll;
 mod load;
 mod peers;
 mod profile;
@@ -43,6 +47,9 @@ pub enum BenchTarget {
     /// the initial sync, the time from a change to the route being live (p50, p99), and the
     /// memory of the process. Adds its section to docs/BENCHMARKS.md.
     Reload(reload::ReloadArgs),
+    /// Busy polling (`busy_poll_us`) on one worker: sleeps per keep-alive request with and
+    /// without a window, and the idle CPU once the window has passed. Prints only.
+    BusyPoll(busy_poll::BusyPollArgs),
 }
 
 pub fn run(what: BenchTarget) -> anyhow::Result<()> {
@@ -51,6 +58,7 @@ pub fn run(what: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::L7(args) => proxy::run(proxy::Suite::L7, args),
         BenchTarget::Tls(args) => proxy::run(proxy::Suite::Tls, args),
         BenchTarget::Reload(args) => reload::run(args),
+        BenchTarget::BusyPoll(args) => busy_poll::run(args),
     }
 }
 
@@ -64,7 +72,7 @@ fn run_lb_tests_bench(name: &str, needs_root: bool) -> anyhow::Result<()> {
         );
     }
     // lb-tests' bench targets build lb-userspace, whose build script builds the eBPF object.
-    prereqs::ensure()?;
+    prereqs::ensure(&[prereqs::Group::Build])?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root()).args(["bench", "--package", "lb-tests", "--bench", name]);
     eprintln!("xtask: running {cmd:?}");

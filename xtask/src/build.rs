@@ -19,7 +19,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds lb-userspace and returns (the `sluice` binary, the embedded eBPF object).
 fn cargo_build(release: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
-    prereqs::ensure()?;
+    prereqs::ensure(&[prereqs::Group::Build])?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
         .args([

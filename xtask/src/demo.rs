@@ -21,7 +21,10 @@ use lb_tests::{
     wait_for,
 };
 
-use crate::build::build_sluice;
+use crate::{
+    build::build_sluice,
+    prereqs::{self, Group},
+};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -66,6 +69,9 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
         args.requests = args.requests.min(60);
     }
     anyhow::ensure!(args.requests <= 100_000, "--requests is bounded at 100000");
+    // A given binary needs no toolchain; building one does.
+    let groups: &[Group] = if args.sluice.is_some() { &[Group::Demo] } else { &[Group::Build, Group::Demo] };
+    prereqs::ensure(groups)?;
     anyhow::ensure!(lb_tests::is_root(), "the demo creates network namespaces and loads XDP: run it as root");
     let sluice = match &args.sluice {
         Some(path) => path.clone(),

@@ -17,13 +17,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Install (as root on Debian) every package and tool that building, `test` and `demo`
+    /// need, or print the exact commands to run; `--bench` adds the benchmarks' peers.
+    Setup {
+        /// Also nginx, HAProxy, wrk and h2load for `cargo xtask bench l7|tls`.
+        #[arg(long)]
+        bench: bool,
+    },
     /// Check (and as root on Debian, install) the eBPF toolchain, then build the eBPF object.
     BuildEbpf {
         /// Build with the release profile.
         #[arg(long)]
         release: bool,
     },
-    /// Unit tests, then the privileged end-to-end suites (namespaces, XDP) when run as root.
+    /// Install what the suites need, then run the unit tests and every end-to-end suite. The
+    /// tests that need root (namespaces, XDP) run as root; without root they are reported as
+    /// ignored and the command fails, unless SLUICE_SKIP_PRIVILEGED_TESTS=1 is set.
     Test {
         /// Arguments passed on to the test binaries (a name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -46,6 +55,7 @@ enum Task {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Task::Setup { bench } => prereqs::ensure(&prereqs::setup_groups(bench)),
         Task::BuildEbpf { release } => {
             let object = build::build_ebpf(release)?;
             println!("eBPF object: {}", object.display());

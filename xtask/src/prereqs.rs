@@ -1,28 +1,119 @@
-//! The eBPF toolchain prerequisites: checked every time (fast when all present), installed when
-//! missing and we are root on Debian, otherwise printed as the exact commands to run.
+//! The one installer: every package and tool that Sluice's commands need, by group. Checked on
+//! every run (fast when all present); when something is missing it is installed if we are root
+//! on Debian (one `apt-get update`, only then), otherwise the exact commands are printed.
+//!
+//! `cargo xtask setup` installs every group but the benchmarks' (`--bench` adds them); `test`,
+//! `demo`, `build-ebpf` and `bench` each ensure their own groups first; `.ci/run` calls `setup`.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and iproute2 for the test topologies.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev", "iproute2"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// A Debian package, and how to tell that what we need from it is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Need {
+    pub package: &'static str,
+    /// A program it provides, found on PATH or in the sbin directories; `None` for a library,
+    /// which counts as present when dpkg lists the package installed.
+    pub program: Option<&'static str>,
+}
+
+const fn program(program: &'static str, package: &'static str) -> Need {
+    Need { package, program: Some(program) }
+}
+
+const fn library(package: &'static str) -> Need {
+    Need { package, program: None }
+}
+
+/// What a command needs on the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Building the eBPF object: LLVM 22 for bpf-linker, plus the nightly `rust-src` component
+    /// and bpf-linker itself (not Debian packages; see [`ensure`]).
+    Build,
+    /// The end-to-end suites: `ip` and `sysctl` for the namespace topologies, curl and openssl
+    /// as TLS peers, kubectl for `kubectl kustomize deploy`, Chromium for the dashboard tests.
+    Suites,
+    /// `cargo xtask demo`: the namespace topology.
+    Demo,
+    /// `cargo xtask bench l7|tls`: the peers and load generators (the profiler comes apart,
+    /// from the bench's own options).
+    Bench,
+}
+
+const BUILD: &[Need] =
+    &[library("llvm-22-dev"), library("libpolly-22-dev"), library("zlib1g-dev"), library("libzstd-dev")];
+
+const SUITES: &[Need] = &[
+    program("ip", "iproute2"),
+    program("sysctl", "procps"),
+    program("curl", "curl"),
+    program("openssl", "openssl"),
+    // Debian's kubectl, when none is installed. Its bookworm build (1.20) has a kustomize too
+    // old for deploy/ (directories in `resources:`, `patches:`); the deploy suite says so when
+    // that is the one it finds.
+    program("kubectl", "kubernetes-client"),
+    program("chromium", "chromium"),
+];
+
+const DEMO: &[Need] = &[program("ip", "iproute2"), program("sysctl", "procps")];
+
+const BENCH: &[Need] = &[
+    program("nginx", "nginx"),
+    program("haproxy", "haproxy"),
+    program("wrk", "wrk"),
+    program("h2load", "nghttp2-client"),
+    program("openssl", "openssl"),
+    program("taskset", "util-linux"),
+];
+
+impl Group {
+    pub fn needs(self) -> &'static [Need] {
+        match self {
+            Group::Build => BUILD,
+            Group::Suites => SUITES,
+            Group::Demo => DEMO,
+            Group::Bench => BENCH,
+        }
+    }
+}
+
+/// Every group `cargo xtask setup` installs.
+pub fn setup_groups(bench: bool) -> Vec<Group> {
+    let mut groups = vec![Group::Build, Group::Suites, Group::Demo];
+    if bench {
+        groups.push(Group::Bench);
+    }
+    groups
+}
 
 fn quiet(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn missing_apt_packages() -> Vec<&'static str> {
-    APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            !quiet("dpkg-query", &["-W", "-f=${Status}", pkg])
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect()
+/// Finds `program` on PATH or in the sbin directories (nginx and HAProxy live in /usr/sbin,
+/// which a non-root PATH may lack).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn present(need: &Need) -> bool {
+    match need.program {
+        Some(program) => which(program).is_some(),
+        None => quiet("dpkg-query", &["-W", "-f=${Status}", need.package])
+            .is_some_and(|s| s.contains("install ok installed")),
+    }
 }
 
 fn nightly_present() -> bool {
@@ -36,12 +127,12 @@ fn rust_src_present() -> bool {
 
 /// bpf-linker must exist and be linked against LLVM 22 (rustc nightly emits LLVM 22 bitcode).
 fn bpf_linker_ok() -> bool {
-    let Some(path) = quiet("sh", &["-c", "command -v bpf-linker"]) else { return false };
-    let path = path.trim();
-    if quiet(path, &["--version"]).is_none() {
+    let Some(path) = which("bpf-linker") else { return false };
+    let path = path.to_string_lossy();
+    if quiet(&path, &["--version"]).is_none() {
         return false;
     }
-    quiet("ldd", &[path]).is_some_and(|libs| libs.contains("libLLVM.so.22") || libs.contains("libLLVM-22"))
+    quiet("ldd", &[&path]).is_some_and(|libs| libs.contains("libLLVM.so.22") || libs.contains("libLLVM-22"))
 }
 
 fn is_root() -> bool {
@@ -58,28 +149,44 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BPF_LINKER_ARGS: [&str; 7] =
+    ["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features", "llvm-22"];
+
 fn bpf_linker_install() -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--force",
-        "--no-default-features",
-        "--features",
-        "llvm-22",
-    ])
-    .env("LLVM_PREFIX", LLVM_PREFIX)
-    .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    cmd.args(BPF_LINKER_ARGS).env("LLVM_PREFIX", LLVM_PREFIX).env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
     cmd
 }
 
-/// Ensures every prerequisite for building the eBPF object is present.
-pub fn ensure() -> anyhow::Result<()> {
-    let apt_missing = missing_apt_packages();
-    let nightly = nightly_present();
-    let rust_src = nightly && rust_src_present();
-    let linker = bpf_linker_ok();
+/// The Debian packages of `groups` that are missing, each once, in order.
+fn missing_packages(groups: &[Group]) -> Vec<&'static str> {
+    let mut missing: Vec<&'static str> = Vec::new();
+    for need in groups.iter().flat_map(|g| g.needs()) {
+        if !missing.contains(&need.package) && !present(need) {
+            missing.push(need.package);
+        }
+    }
+    missing
+}
+
+/// Ensures everything `groups` need is present: installs what is missing as root on Debian,
+/// otherwise fails with the exact commands to run.
+pub fn ensure(groups: &[Group]) -> anyhow::Result<()> {
+    ensure_packages(groups, &[])
+}
+
+/// As [`ensure`], plus `extra` packages (the bench's profiler).
+pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
+    let mut apt_missing = missing_packages(groups);
+    for need in extra {
+        if !apt_missing.contains(&need.package) && !present(need) {
+            apt_missing.push(need.package);
+        }
+    }
+    let toolchain = groups.contains(&Group::Build);
+    let nightly = !toolchain || nightly_present();
+    let rust_src = !toolchain || (nightly && rust_src_present());
+    let linker = !toolchain || bpf_linker_ok();
     if apt_missing.is_empty() && nightly && rust_src && linker {
         return Ok(());
     }
@@ -89,23 +196,31 @@ pub fn ensure() -> anyhow::Result<()> {
              `rustup toolchain install nightly --component rust-src` where a toolchain can be fetched"
         );
     }
-    let can_install = is_root() && std::path::Path::new("/etc/debian_version").exists();
+    let can_install = is_root() && Path::new("/etc/debian_version").exists();
     if !can_install {
         let mut steps = Vec::new();
         if !apt_missing.is_empty() {
-            steps.push(format!("sudo apt-get update && sudo apt-get install -y {}", apt_missing.join(" ")));
+            steps.push(format!(
+                "sudo sh -c 'apt-get update && apt-get install -y --no-install-recommends {}'",
+                apt_missing.join(" ")
+            ));
         }
         if !rust_src {
             steps.push("rustup component add rust-src --toolchain nightly".to_owned());
         }
         if !linker {
             steps.push(format!(
-                "LLVM_PREFIX={LLVM_PREFIX} LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo install bpf-linker --locked --force --no-default-features --features llvm-22"
+                "LLVM_PREFIX={LLVM_PREFIX} LLVM_SYS_221_PREFIX={LLVM_PREFIX} cargo {}",
+                BPF_LINKER_ARGS.join(" ")
             ));
         }
-        bail!("eBPF build prerequisites are missing; run:\n  {}", steps.join("\n  "));
+        bail!(
+            "prerequisites are missing; run (or run `sudo -E cargo xtask setup` once):\n  {}",
+            steps.join("\n  ")
+        );
     }
     if !apt_missing.is_empty() {
+        eprintln!("xtask: installing {}", apt_missing.join(" "));
         run(Command::new("apt-get").args(["update", "-q"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])

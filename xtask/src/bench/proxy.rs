@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -17,7 +17,10 @@ use super::{
     profile::{self, Profiler},
     report::{self, Results, Run},
 };
-use crate::build::{build_sluice, workspace_root};
+use crate::{
+    build::{build_sluice, workspace_root},
+    prereqs::{self, Group, Need, which},
+};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ProxyArgs {
@@ -180,64 +183,14 @@ impl Suite {
         }
     }
 
-    /// Debian packages: (a program it provides, the package).
-    fn packages(self, profiler: Profiler) -> Vec<(&'static str, &'static str)> {
-        let mut packages =
-            vec![("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("taskset", "util-linux")];
-        match self {
-            Suite::L7 => packages.push(("h2load", "nghttp2-client")),
-            Suite::Tls => packages.push(("openssl", "openssl")),
-        }
+    /// The profiler's Debian package, beside the bench group's peers and load tools.
+    fn profiler_needs(profiler: Profiler) -> Vec<Need> {
         match profiler {
-            Profiler::Auto | Profiler::Perf => packages.push(("perf", "linux-perf")),
-            Profiler::Callgrind => packages.push(("valgrind", "valgrind")),
-            Profiler::None => {}
-        }
-        packages
-    }
-}
-
-/// Finds `program` on PATH or in the sbin directories (nginx and HAProxy live in /usr/sbin,
-/// which a non-root PATH may lack).
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-/// Installs the peers and load tools from Debian's packages when missing (as root), or says
-/// how to.
-fn ensure_tools(suite: Suite, profiler: Profiler) -> anyhow::Result<()> {
-    let missing: Vec<&str> = suite
-        .packages(profiler)
-        .into_iter()
-        .filter(|(program, _)| which(program).is_none())
-        .map(|(_, p)| p)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let command =
-        format!("apt-get update && apt-get install -y --no-install-recommends {}", missing.join(" "));
-    if !lb_tests::is_root() || !Path::new("/etc/debian_version").exists() {
-        bail!("missing tools; install them with: sudo sh -c '{command}'");
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    for args in
-        [vec!["update", "-q"], [&["install", "-y", "-q", "--no-install-recommends"][..], &missing].concat()]
-    {
-        let status = Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("cannot run apt-get")?;
-        if !status.success() {
-            bail!("apt-get {} failed with {status}", args.join(" "));
+            Profiler::Auto | Profiler::Perf => vec![Need { package: "linux-perf", program: Some("perf") }],
+            Profiler::Callgrind => vec![Need { package: "valgrind", program: Some("valgrind") }],
+            Profiler::None => Vec::new(),
         }
     }
-    Ok(())
 }
 
 /// The first line a command prints (stdout or stderr), or "?".
@@ -492,7 +445,7 @@ pub fn run(suite: Suite, args: ProxyArgs) -> anyhow::Result<()> {
             "the bench pins the proxy to core 0 and the load to core 1: it needs 2 cores, this machine has {cores}"
         );
     }
-    ensure_tools(suite, args.profiler)?;
+    prereqs::ensure_packages(&[Group::Bench], &Suite::profiler_needs(args.profiler))?;
     let profiler = profile::choose(args.profiler)?;
     let sluice = match &args.sluice {
         Some(path) => path.clone(),
