@@ -255,7 +255,8 @@ fn rolling_update_under_load_gives_no_502() {
     let old_ready = [SliceEndpoint::ready(&ip(&old[0])), SliceEndpoint::ready(&ip(&old[1]))];
     kube.apply(endpoint_slice("default", "web-old", "web", "IPv4", port, &old_ready));
     kube.apply(ingress("default", "web", "sluice", "roll.test", "/", "web", 80));
-    let sluice = Sluice::start(&kube, Options::default());
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sluice = Sluice::start(&kube, Options { admin: Some(admin), ..Options::default() });
     sluice.wait_for_backend("roll.test", "/", "old-0", Duration::from_secs(20));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -266,9 +267,9 @@ fn rolling_update_under_load_gives_no_502() {
             (stop.clone(), sent.clone(), bad.clone(), statuses.clone(), sluice.addr);
         std::thread::spawn(move || {
             let started = Instant::now();
-            // Bounded: 20,000 requests or 60 seconds.
+            // Bounded: 200,000 requests or 60 seconds.
             while !stop.load(Ordering::Relaxed)
-                && sent.load(Ordering::Relaxed) < 20_000
+                && sent.load(Ordering::Relaxed) < 200_000
                 && started.elapsed() < Duration::from_secs(60)
             {
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -285,10 +286,32 @@ fn rolling_update_under_load_gives_no_502() {
     let new_slice = |endpoints: &[SliceEndpoint]| {
         endpoint_slice("default", "web-new", "web", "IPv4", new_port, endpoints)
     };
+    // `n` more requests of the load, from now.
+    let load_sends = |n: u64, what: &str| {
+        let from = sent.load(Ordering::Relaxed);
+        wait_for(Duration::from_secs(10), &format!("{n} more requests of the load {what}"), || {
+            (sent.load(Ordering::Relaxed) >= from + n).then_some(())
+        })
+        .unwrap();
+    };
+    load_sends(1, "before the first change");
     // New pods appear not ready, then turn ready.
     kube.apply(new_slice(&[SliceEndpoint::not_ready(&ip(&new[0])), SliceEndpoint::not_ready(&ip(&new[1]))]));
-    // A window with traffic flowing: not-ready pods get none.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once Sluice serves the update (its status lists the new pods, not ready), a window of
+    // traffic: not-ready pods get none.
+    let new_addresses: Vec<String> = new.iter().map(|b| b.addr().to_string()).collect();
+    wait_for(Duration::from_secs(10), "the not-ready pods in Sluice's status", || {
+        let status = admin_status(admin)?;
+        let endpoints: Vec<&serde_json::Value> = status["backends"]
+            .as_array()?
+            .iter()
+            .flat_map(|b| b["endpoints"].as_array().into_iter().flatten())
+            .filter(|e| new_addresses.iter().any(|a| e["address"] == a.as_str()))
+            .collect();
+        (endpoints.len() == 2 && endpoints.iter().all(|e| e["ready"] == false)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    load_sends(100, "while the new pods are not ready");
     assert_eq!(new[0].requests() + new[1].requests(), 0, "not-ready pods got requests");
     kube.apply(new_slice(&[SliceEndpoint::ready(&ip(&new[0])), SliceEndpoint::ready(&ip(&new[1]))]));
     wait_for(Duration::from_secs(10), "new pods to take traffic", || {
@@ -300,7 +323,8 @@ fn rolling_update_under_load_gives_no_502() {
     kube.apply(endpoint_slice("default", "web-old", "web", "IPv4", port, &terminating));
     wait_for(Duration::from_secs(10), "old pods to stop getting requests", || {
         let before = old[0].requests() + old[1].requests();
-        std::thread::sleep(Duration::from_millis(300));
+        // A window of at least 20 requests of the load, none of which reached the old pods.
+        load_sends(20, "in the draining window");
         (old[0].requests() + old[1].requests() == before).then_some(())
     })
     .unwrap();
@@ -312,6 +336,8 @@ fn rolling_update_under_load_gives_no_502() {
     let crashed = new.remove(1);
     drop(crashed);
     let survivor_before = new[0].requests();
+    // The load spans the last change: the survivor (whose only client is the load) takes 50
+    // more requests after it.
     wait_for(Duration::from_secs(10), "traffic to continue on the survivor", || {
         (new[0].requests() > survivor_before + 50).then_some(())
     })
@@ -319,7 +345,6 @@ fn rolling_update_under_load_gives_no_502() {
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     let (sent, bad) = (sent.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
-    assert!(sent > 100, "the load ran: {sent}");
     assert_eq!(
         bad,
         0,
@@ -560,12 +585,17 @@ fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
     // Weight 50: both get a share.
     canary_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = json!("50");
     kube.apply(canary_ingress);
+    let mut failures = Vec::new();
     wait_for(Duration::from_secs(10), "a 50/50 split", || {
-        let (seen, _) = spread(&sluice, "shop.test", 40);
+        let (seen, failed) = spread(&sluice, "shop.test", 40);
+        if failed > 0 {
+            failures.push(format!("{failed} of 40 failed while the split was {seen:?}"));
+        }
         (seen.get("main-0").copied().unwrap_or(0) >= 10 && seen.get("canary-0").copied().unwrap_or(0) >= 10)
             .then_some(())
     })
     .unwrap();
+    assert!(failures.is_empty(), "requests failed while the canary weight changed: {failures:?}");
 
     // rewrite-target with capture groups, as in ingress-nginx's documentation.
     let path_of =
@@ -761,6 +791,16 @@ fn a_secret_update_rotates_the_served_certificate() {
         sluice.child.output().contains("Secret default/secure-tls").then_some(())
     })
     .unwrap();
+}
+
+/// `/api/v1/status` of the admin server, parsed.
+fn admin_status(admin: SocketAddr) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+    stream.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| serde_json::from_str(body).ok())?
 }
 
 fn readyz(admin: SocketAddr) -> Option<u16> {
