@@ -11,7 +11,7 @@ use crate::{
     dataplane::AttachMode,
     node::Node,
     provider::file::{FileProvider, Overrides},
-    proxy::{endpoint::EndpointRegistry, snapshot::Snapshot},
+    proxy::{snapshot::Snapshot, upstream::endpoint::EndpointRegistry},
 };
 
 #[derive(Debug, Parser)]

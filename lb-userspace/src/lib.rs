@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod maglev;
 pub mod metrics;
 pub mod node;
 pub mod provider;
@@ -20,6 +21,17 @@ pub(crate) fn clock_now(clock: libc::clockid_t) -> std::time::Duration {
     // Sluice supports has.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Milliseconds on a process-wide monotonic clock (0 = its first reading).
+///
+/// It is the coarse clock (one kernel tick, 1–10 ms): everything timed with it (ejections,
+/// idle and head timeouts, health) counts in tens of milliseconds or more, and the request
+/// path reads it several times per request, where the precise clock's cost shows.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let now = clock_now(libc::CLOCK_MONOTONIC_COARSE).as_millis() as u64;
+    now.saturating_sub(*START.get_or_init(|| now))
 }
 
 /// A map for the request path keyed by configuration names and endpoint addresses, never by

@@ -19,9 +19,11 @@ use crate::{
     provider::file::ReloadStats,
     proxy::{
         WorkerOptions, Workers,
-        endpoint::EndpointRegistry,
-        health_check::{CheckTarget, HealthChecker},
         snapshot::{Published, Snapshot},
+        upstream::{
+            endpoint::EndpointRegistry,
+            health_check::{CheckTarget, HealthChecker},
+        },
     },
 };
 

@@ -32,7 +32,7 @@ use std::{
 
 use lb_userspace::{
     config::{Config, Error},
-    proxy::{endpoint::EndpointRegistry, routing::RouteTable, snapshot::Snapshot},
+    proxy::{route::RouteTable, snapshot::Snapshot, upstream::endpoint::EndpointRegistry},
 };
 
 const SOURCE: &str = "fuzz.yaml";

@@ -24,9 +24,9 @@ use lb_userspace::{
     },
     dataplane::AttachMode,
     proxy::{
-        endpoint::EndpointRegistry,
-        routing::{RouteAction, RouteTable},
+        route::{RouteAction, RouteTable},
         snapshot::Snapshot,
+        upstream::endpoint::EndpointRegistry,
     },
 };
 

@@ -1,4 +1,4 @@
-//! The proxy's own HTTP/1.x server for client connections (`lb-userspace/src/proxy/h1_server.rs`,
+//! The proxy's own HTTP/1.x server for client connections (`lb-userspace/src/proxy/http1/server.rs`,
 //! behind the request-smuggling guard) end to end on loopback: raw request bytes over a
 //! `TcpStream` to the proxy, raw-socket backends behind it, and the exact wire behaviour
 //! asserted:

@@ -1,5 +1,5 @@
-//! The proxy's inline HTTP/1.1 upstream client (`lb-userspace/src/proxy/h1_upstream.rs` and
-//! the per-worker keep-alive pools in `upstream.rs`) end to end on loopback, against raw-socket
+//! The proxy's inline HTTP/1.1 upstream client (`lb-userspace/src/proxy/http1/client.rs` and
+//! the per-worker keep-alive pools in `proxy/upstream/pool.rs`) end to end on loopback, against raw-socket
 //! backends that write exactly the bytes each case needs:
 //!
 //! - keep-alive connections to a backend are reused across requests (one backend connection

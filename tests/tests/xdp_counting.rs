@@ -17,8 +17,8 @@ use lb_userspace::{
     dataplane::{AttachMode, Dataplane},
     proxy::{
         WORKER_HEADER, WorkerOptions, Workers,
-        endpoint::EndpointRegistry,
         snapshot::{Published, Snapshot},
+        upstream::endpoint::EndpointRegistry,
     },
 };
 

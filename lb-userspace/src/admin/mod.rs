@@ -23,11 +23,11 @@ use tokio::sync::watch;
 use crate::{
     dataplane::CountersReader,
     metrics::Metrics,
+    now_ms,
     provider::file::ReloadStats,
     proxy::{
         body::{self, ProxyBody},
-        endpoint::now_ms,
-        routing::RouteAction,
+        route::RouteAction,
         snapshot::Published,
     },
 };

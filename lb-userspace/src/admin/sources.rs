@@ -9,8 +9,9 @@ use prometheus_client::{metrics::MetricType, registry::Unit};
 use crate::{
     dataplane::CountersReader,
     metrics::{Sample, ScrapeSource},
+    now_ms,
     provider::file::ReloadStats,
-    proxy::{endpoint::now_ms, snapshot::Published},
+    proxy::snapshot::Published,
 };
 
 /// Health and load of every endpoint in the current snapshot.

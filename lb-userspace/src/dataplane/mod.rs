@@ -2,7 +2,6 @@
 //! detaching programs, and every map read and write. Nothing else in the daemon touches aya.
 
 pub mod health;
-pub mod maglev;
 pub mod steering;
 
 use std::{fmt, str::FromStr};

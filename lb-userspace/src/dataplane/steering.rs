@@ -10,7 +10,8 @@ use lb_common::{
     ReverseKey, ReverseValue, ServiceKey, ServiceValue, WORKER_DOWN, WORKER_UP, WorkerValue,
 };
 
-use super::{Error, Result, maglev};
+use super::{Error, Result};
+use crate::maglev;
 
 /// Transport protocol of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue,
+    HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
 
@@ -16,6 +16,15 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
+pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
 
 /// The hop-by-hop headers every message loses, whether or not `Connection` names them.
 static FIXED_HOP_BY_HOP: [&HeaderName; 6] =

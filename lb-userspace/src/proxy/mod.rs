@@ -1,23 +1,26 @@
-//! The userspace L7 proxy: worker threads (each with its own runtime and listeners), the
-//! serving snapshot they read, routing, balancing, upstream pools and health.
+//! The userspace L7 proxy, in rooms by concern (lowest first; a room uses only the ones above
+//! it, which `tests/tests/architecture.rs` enforces):
+//!
+//! - [`body`]: the body types every room passes around (no I/O);
+//! - [`headers`]: HTTP header rules (hop-by-hop fields, forwarding headers, request ids);
+//! - [`route`]: the routing table, rewrites and redirects, compiled from the configuration;
+//! - [`http1`]: the client-side connection codec (Sluice's own HTTP/1 server and request guard,
+//!   HTTP/2 handed to hyper) and the HTTP/1 upstream client; it takes a request handler and
+//!   knows nothing of the pipeline;
+//! - [`upstream`]: backend groups, endpoints, balancing, active and passive health, affinity,
+//!   pooled upstream connections and TLS passthrough;
+//! - [`snapshot`]: the serving snapshot compiled from one configuration and swapped whole;
+//! - [`pipeline`]: what happens to one request, as named phases;
+//! - [`worker`]: the worker threads, their listeners and accept loops.
 
-mod activity;
-pub mod affinity;
-pub mod balance;
 pub mod body;
-mod busy_poll;
-pub mod endpoint;
-pub mod forward;
-pub mod h1_guard;
-pub mod h1_server;
-pub mod h1_upstream;
-mod h1_wire;
 pub mod headers;
-pub mod health_check;
-pub mod routing;
+pub mod http1;
+pub mod pipeline;
+pub mod route;
 pub mod snapshot;
-mod upstream;
+pub mod upstream;
 mod worker;
 
-pub use forward::WORKER_HEADER;
+pub use pipeline::WORKER_HEADER;
 pub use worker::{Fault, WorkerOptions, Workers};

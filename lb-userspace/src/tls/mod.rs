@@ -1,6 +1,9 @@
 //! TLS: termination on listeners (rustls, TLS 1.2 and 1.3, SNI selection per virtual host,
 //! ALPN `h2`/`http/1.1`, session tickets and a session cache shared by every worker of the
-//! node), client certificates per host, passthrough by SNI, and TLS towards backends.
+//! node), client certificates per host, the passthrough decision by SNI, and TLS towards
+//! backends. The HTTP-facing policy (HSTS, 421, HTTP to HTTPS redirects) and the passthrough
+//! splice live on the proxy side (`proxy::pipeline::tls_policy`, `proxy::upstream::passthrough`):
+//! this module knows nothing of requests or backend groups.
 //!
 //! Everything that can fail is compiled into a [`TlsSnapshot`] when the serving snapshot is
 //! built, off the accept path: certificates are read, parsed, matched with their keys and
@@ -15,8 +18,6 @@
 
 mod accept;
 pub mod certs;
-pub mod http;
-mod passthrough;
 pub mod resolver;
 pub mod sni;
 pub mod upstream;
@@ -40,7 +41,6 @@ use rustls::{
 
 pub use accept::{Accepted, Rewind, Session, accept};
 pub use certs::{LoadError, LoadedCertificate};
-pub use passthrough::{Upstream as PassthroughUpstream, connect as passthrough_connect, splice};
 use resolver::{HostTable, ListenerResolver, Selection};
 
 use crate::config::{Config, UnknownSni};
@@ -148,6 +148,14 @@ impl Counters {
     fn fail(&self, reason: Failure) {
         self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Counts a passthrough connection: spliced to an endpoint (`true`) or dropped because no
+/// endpoint could be reached.
+pub fn count_passthrough(spliced: bool) {
+    let counters = &shared().counters;
+    let counter = if spliced { &counters.passthrough } else { &counters.passthrough_failed };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Failed handshakes per reason, for metrics: `(reason, count)` for every reason.

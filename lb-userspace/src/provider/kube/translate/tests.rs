@@ -523,7 +523,7 @@ fn rewrite_target_makes_regex_paths_with_whole_uri_rewrites() {
     assert_eq!(route.matcher.path, Some(PathMatch::Regex("(?i)/something(/|$)(.*)".into())));
     let rewrite = route.rewrite.as_ref().unwrap();
     // Through the proxy's own rewrite: as ingress-nginx's examples say.
-    let compiled = crate::proxy::routing::Rewrite::Regex {
+    let compiled = crate::proxy::route::Rewrite::Regex {
         regex: regex::Regex::new(rewrite.regex.as_ref().unwrap()).unwrap(),
         replacement: rewrite.replacement.clone().unwrap(),
     };
@@ -541,7 +541,7 @@ fn rewrite_target_makes_regex_paths_with_whole_uri_rewrites() {
     ];
     let t = build(&state);
     let rewrite = t.config.virtual_hosts[0].routes[0].rewrite.clone().unwrap();
-    let compiled = crate::proxy::routing::Rewrite::Regex {
+    let compiled = crate::proxy::route::Rewrite::Regex {
         regex: regex::Regex::new(rewrite.regex.as_ref().unwrap()).unwrap(),
         replacement: rewrite.replacement.unwrap(),
     };
@@ -702,14 +702,14 @@ fn canary_by_header_cookie_and_weight() {
     assert_eq!(weight("10.0.0."), 3 * weight("10.9.0."), "{:?}", mixed.endpoints);
     assert_eq!(mixed.balance, Balance::RoundRobin);
     // The header routes are tried before the main route by the proxy's own routing table.
-    let table = crate::proxy::routing::RouteTable::build(&t.config).unwrap();
+    let table = crate::proxy::route::RouteTable::build(&t.config).unwrap();
     let find = |headers: &[(&str, &str)]| {
         let mut map = http::HeaderMap::new();
         for (k, v) in headers {
             map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         match table.find("a.test", &http::Method::GET, "/x", &map).unwrap().action {
-            crate::proxy::routing::RouteAction::Backend(i) => t.config.backends[i].name.clone(),
+            crate::proxy::route::RouteAction::Backend(i) => t.config.backends[i].name.clone(),
             _ => panic!("not a backend"),
         }
     };

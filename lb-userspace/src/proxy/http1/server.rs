@@ -6,7 +6,7 @@
 //! that was the largest cost after the kernel. This server does only what a keep-alive proxy
 //! connection needs, in the connection's own task:
 //!
-//! * **heads** come from [`H1Guard`](super::h1_guard::H1Guard), which has already refused every
+//! * **heads** come from [`H1Guard`](super::guard::H1Guard), which has already refused every
 //!   request-smuggling shape; a head the guard replaced is answered `400` (or `431` for the
 //!   oversized-head trigger) and the connection closes. The head is copied once out of the read
 //!   buffer (header values share that copy), so the buffer stays the connection's own;
@@ -48,12 +48,19 @@ use tokio::{
 };
 
 use super::{
-    body::{BoxError, ClientBody, ProxyBody},
-    forward::{self, Connection},
-    h1_upstream::{ChunkDecoder, Decoded},
-    h1_wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
+    framing::{ChunkDecoder, Decoded},
+    wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
 };
-use crate::config::Limits;
+use crate::{
+    config::Limits,
+    proxy::body::{BoxError, ProxyBody},
+};
+
+/// What the server does with each request it reads: the worker hands in the request pipeline,
+/// so this codec knows nothing of routing or upstreams. Every problem must be a response.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn handle(&self, request: Request<ClientBody>) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
 
 /// A client connection's byte stream (plain TCP or TLS, behind the guard), boxed so the
 /// request body's type does not carry it.
@@ -99,6 +106,10 @@ enum Progress {
     /// Broken (bad framing, the client left mid-body): the connection cannot continue.
     Failed,
 }
+
+/// A request body as the client connection delivers it: from Sluice's own HTTP/1 server
+/// (`Left`), or from hyper's HTTP/2 server (`Right`).
+pub type ClientBody = http_body_util::Either<H1Body, Incoming>;
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +326,7 @@ struct ParsedHead {
 /// Serves the connection until the client leaves, an error ends it, or `closing` is set (the
 /// owner sets it and polls again: the connection then ends at once between requests, or
 /// after the response in progress).
-pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: Limits, closing: &AtomicBool) {
+pub async fn serve(io: Box<dyn ClientIo>, handler: impl Handler, limits: Limits, closing: &AtomicBool) {
     let wire: SharedWire = Arc::new(Mutex::new(Wire {
         io: Some(io),
         read: BytesMut::with_capacity(READ_CHUNK),
@@ -329,7 +340,7 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
         first = false;
         let incoming = match next {
             Next::Request(incoming) => *incoming,
-            Next::H2 => return serve_h2(&wire, connection, &limits, closing).await,
+            Next::H2 => return serve_h2(&wire, handler, &limits, closing).await,
             Next::Refuse(response) => {
                 let _ = write_all(&wire, response).await;
                 let _ = shutdown(&wire).await;
@@ -361,7 +372,7 @@ pub async fn serve(io: Box<dyn ClientIo>, connection: Arc<Connection>, limits: L
             request.extensions_mut().insert(ClientUpgrade(Arc::new(Mutex::new(Some(receiver)))));
             sender
         });
-        let response = forward::handle(request, connection.clone()).await;
+        let response = handler.handle(request).await;
         let status = response.status();
         // The response announces a close decided already: after a tunnel request, on the
         // owner's signal, or when a body nobody read to its end leaves the stream mid-message
@@ -436,7 +447,7 @@ fn poll_next(
 
 /// Parses a complete head at the front of `read` (taking it out), or `None` for more bytes.
 fn parse_head(read: &mut BytesMut, limits: &Limits) -> Option<Next> {
-    let mut fixed = [httparse::EMPTY_HEADER; super::h1_guard::MAX_HEADERS];
+    let mut fixed = [httparse::EMPTY_HEADER; super::guard::MAX_HEADERS];
     let mut grown;
     let slots: &mut [httparse::Header<'_>] = if limits.max_headers > fixed.len() {
         grown = vec![httparse::EMPTY_HEADER; limits.max_headers];
@@ -726,7 +737,7 @@ async fn shutdown(wire: &SharedWire) -> io::Result<()> {
 }
 
 /// Hands the connection (with the preface bytes read so far) to hyper's HTTP/2 server.
-async fn serve_h2(wire: &SharedWire, connection: Arc<Connection>, limits: &Limits, closing: &AtomicBool) {
+async fn serve_h2(wire: &SharedWire, handler: impl Handler, limits: &Limits, closing: &AtomicBool) {
     let (io, prefix) = {
         let mut w = wire.lock();
         let Some(io) = w.io.take() else { return };
@@ -741,8 +752,8 @@ async fn serve_h2(wire: &SharedWire, connection: Arc<Connection>, limits: &Limit
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(forward::handle(request.map(ClientBody::Right), connection).await) }
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(request.map(ClientBody::Right)).await) }
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)), service);
     tokio::pin!(conn);

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,17 +17,6 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::config::OutlierConfig;
-
-/// Milliseconds on a process-wide monotonic clock (0 = its first reading).
-///
-/// It is the coarse clock (one kernel tick, 1–10 ms): everything timed with it (ejections,
-/// idle and head timeouts, health) counts in tens of milliseconds or more, and the request
-/// path reads it several times per request, where the precise clock's cost shows.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<u64> = OnceLock::new();
-    let now = crate::clock_now(libc::CLOCK_MONOTONIC_COARSE).as_millis() as u64;
-    now.saturating_sub(*START.get_or_init(|| now))
-}
 
 /// Why an endpoint's health changed.
 #[derive(Clone, Debug, PartialEq, Eq)]

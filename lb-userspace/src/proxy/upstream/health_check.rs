@@ -37,7 +37,7 @@ use tokio::{net::TcpStream, sync::oneshot, task::AbortHandle};
 
 use crate::{
     config::{BackendProtocol, HealthCheckConfig},
-    proxy::endpoint::Endpoint,
+    proxy::upstream::endpoint::Endpoint,
 };
 
 /// The `User-Agent` of every check, so backends can tell checks from traffic.
@@ -479,7 +479,7 @@ mod tests {
     use hyper::service::service_fn;
 
     use super::*;
-    use crate::proxy::endpoint::{EndpointRegistry, HealthChange};
+    use crate::proxy::upstream::endpoint::{EndpointRegistry, HealthChange};
 
     /// Test server behaviours besides a status code.
     const CLOSE: u16 = 0;

@@ -4,7 +4,6 @@
 
 use std::{
     net::IpAddr,
-    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -13,12 +12,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::shared;
-use crate::proxy::{
-    balance,
-    endpoint::{InflightGuard, now_ms},
-    snapshot::BackendGroup,
-};
+use super::{BackendGroup, balance, endpoint::InflightGuard};
+use crate::{now_ms, tls};
 
 /// A connection to a passthrough endpoint; counts as a request in flight on it while open.
 pub struct Upstream {
@@ -42,7 +37,7 @@ pub async fn connect(group: &BackendGroup, client_ip: IpAddr) -> Option<Upstream
             Ok(Ok(stream)) => {
                 endpoint.record_success();
                 let _ = stream.set_nodelay(true);
-                shared().counters.passthrough.fetch_add(1, Ordering::Relaxed);
+                tls::count_passthrough(true);
                 return Some(Upstream { stream, _inflight: endpoint.start_request() });
             }
             Ok(Err(e)) => {
@@ -56,7 +51,7 @@ pub async fn connect(group: &BackendGroup, client_ip: IpAddr) -> Option<Upstream
         }
     }
     // Nothing to tell the client in TLS terms without a certificate: the caller closes.
-    shared().counters.passthrough_failed.fetch_add(1, Ordering::Relaxed);
+    tls::count_passthrough(false);
     None
 }
 

@@ -25,8 +25,8 @@ use http::HeaderMap;
 
 use crate::{
     config::{Balance, HashOn},
-    dataplane::maglev::{MaglevEntry, build_table},
-    proxy::endpoint::{self, Endpoint},
+    maglev::{MaglevEntry, build_table},
+    proxy::upstream::endpoint::Endpoint,
 };
 
 /// Longest round-robin schedule. Weights are first reduced by their gcd; if they still sum to
@@ -71,7 +71,7 @@ enum Strategy {
     RoundRobin(Schedule),
     LeastRequest,
     Ewma {
-        /// When this balancer last picked each endpoint (ms, `endpoint::now_ms` clock): how
+        /// When this balancer last picked each endpoint (ms, `crate::now_ms` clock): how
         /// long its latency estimate has gone without fresh samples.
         last_pick_ms: Box<[AtomicU64]>,
     },
@@ -100,7 +100,7 @@ impl Balancer {
             Balance::RoundRobin => Strategy::RoundRobin(Schedule::new(&weights, start)),
             Balance::LeastRequest => Strategy::LeastRequest,
             Balance::Ewma => {
-                let now = endpoint::now_ms();
+                let now = crate::now_ms();
                 Strategy::Ewma { last_pick_ms: endpoints.iter().map(|_| AtomicU64::new(now)).collect() }
             }
             Balance::Hash => Strategy::Hash {
@@ -575,7 +575,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
-    use crate::dataplane::maglev::try_build_table;
+    use crate::maglev::try_build_table;
 
     fn address(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 8080))
@@ -785,7 +785,7 @@ mod tests {
     fn ewma_prefers_the_faster_endpoint_weighted_by_load() {
         let endpoints = endpoints(&[1, 1]);
         let balancer = Balancer::new(Balance::Ewma, &endpoints);
-        let now = endpoint::now_ms();
+        let now = crate::now_ms();
         endpoints[0].observe_latency(Duration::from_millis(10), now);
         endpoints[1].observe_latency(Duration::from_millis(50), now);
         let pick = || balancer.pick(&endpoints, None, now, &[]);
@@ -801,7 +801,7 @@ mod tests {
     fn ewma_probes_an_untried_endpoint_once() {
         let endpoints = endpoints(&[1, 1]);
         let balancer = Balancer::new(Balance::Ewma, &endpoints);
-        let now = endpoint::now_ms();
+        let now = crate::now_ms();
         endpoints[0].observe_latency(Duration::from_millis(1), now);
         let pick = || balancer.pick(&endpoints, None, now, &[]);
         assert!((0..100).all(|_| pick() == Some(1)), "untried and idle: probed");
@@ -816,7 +816,7 @@ mod tests {
     fn ewma_of_an_endpoint_left_idle_decays() {
         let endpoints = endpoints(&[1, 1]);
         let balancer = Balancer::new(Balance::Ewma, &endpoints);
-        let start = endpoint::now_ms();
+        let start = crate::now_ms();
         endpoints[0].observe_latency(Duration::from_millis(10), start);
         endpoints[1].observe_latency(Duration::from_millis(100), start);
         // The fast one takes all the traffic, while the slow one's estimate decays unrefreshed

@@ -1,8 +1,10 @@
 //! Worker threads. Each worker owns a current-thread tokio runtime and its own SO_REUSEPORT
-//! listener, so no lock or queue is shared between workers on the request path.
-//!
-//! The foundation's workers answer every request themselves with their id; the proxy issue
-//! replaces the handler with routing to upstreams.
+//! listener, so no lock or queue is shared between workers on the request path. A worker
+//! accepts, runs the TLS handshake or a passthrough splice, and serves HTTP with the request
+//! pipeline as the HTTP server's handler.
+
+mod activity;
+mod busy_poll;
 
 use std::{io, net::SocketAddr, thread::JoinHandle, time::Duration};
 
@@ -14,11 +16,13 @@ use std::sync::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use self::activity::{Activity, ActivityIo};
 use super::{
-    activity::{Activity, ActivityIo},
-    forward::Connection,
-    h1_guard::{H1Guard, HeadClock},
-    snapshot::Published,
+    headers::Forwarded,
+    http1::guard::{H1Guard, HeadClock},
+    pipeline::Connection,
+    snapshot::{Published, Snapshot},
+    upstream::{passthrough, pool},
 };
 use crate::{
     config::Limits,
@@ -243,7 +247,7 @@ impl Worker {
     fn run(self) {
         let id = self.id;
         let mut builder = tokio::runtime::Builder::new_current_thread();
-        let spinner = super::busy_poll::Spinner::install(&mut builder, self.busy_poll);
+        let spinner = busy_poll::Spinner::install(&mut builder, self.busy_poll);
         let runtime = match builder.enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => {
@@ -254,7 +258,7 @@ impl Worker {
         runtime.block_on(self.serve(spinner));
     }
 
-    async fn serve(self, spinner: Option<super::busy_poll::Spinner>) {
+    async fn serve(self, spinner: Option<busy_poll::Spinner>) {
         let Worker {
             id,
             metrics,
@@ -307,7 +311,7 @@ impl Worker {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                super::upstream::reap_idle();
+                pool::reap_idle();
             }
         });
         if let Some(mut heartbeat) = heartbeat {
@@ -370,7 +374,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
             Ok((stream, peer)) => {
                 // Network work for busy polling: a TLS handshake runs before the connection's
                 // I/O is wrapped in `ActivityIo`.
-                super::busy_poll::worked();
+                busy_poll::worked();
                 let _ = stream.set_nodelay(true);
                 // The handshake uses the snapshot of the accept, the one that set the scheme.
                 let snapshot = context.published.load();
@@ -382,7 +386,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
                     client: peer,
                     listener: context.service_addr,
                     scheme,
-                    forwarded: super::headers::Forwarded::new(peer, scheme, context.service_addr.port()),
+                    forwarded: Forwarded::new(peer, scheme, context.service_addr.port()),
                     published: context.published.clone(),
                     metrics: context.metrics.clone(),
                     tls: std::sync::OnceLock::new(),
@@ -412,7 +416,7 @@ async fn serve_client(
     stream: tokio::net::TcpStream,
     connection: Arc<Connection>,
     shutdown: watch::Receiver<bool>,
-    snapshot: Arc<super::snapshot::Snapshot>,
+    snapshot: Arc<Snapshot>,
     listener_index: usize,
 ) {
     let Some(listener) = snapshot.tls.listener(listener_index).cloned() else {
@@ -430,11 +434,11 @@ async fn serve_client(
         crate::tls::Accepted::Passthrough { client, hello, backend } => {
             let Some(group) = snapshot.backends.get(backend) else { return };
             let idle = Duration::from_millis(snapshot.limits.idle_timeout_ms);
-            let Some(upstream) = crate::tls::passthrough_connect(group, connection.client.ip()).await else {
+            let Some(upstream) = passthrough::connect(group, connection.client.ip()).await else {
                 return;
             };
             drop((listener, snapshot));
-            crate::tls::splice(client, hello, upstream, idle).await;
+            passthrough::splice(client, hello, upstream, idle).await;
         }
         crate::tls::Accepted::Failed(reason) => {
             tracing::debug!(worker = connection.worker, client = %connection.client, reason = reason.name(), "TLS handshake failed");
@@ -460,7 +464,7 @@ where
         .with_head_clock(head_clock.clone());
     // Set to end the connection: at once between requests, else after the response.
     let closing = AtomicBool::new(false);
-    let conn = super::h1_server::serve(Box::new(guard), connection.clone(), limits.clone(), &closing);
+    let conn = super::http1::server::serve(Box::new(guard), connection.clone(), limits.clone(), &closing);
     tokio::pin!(conn);
     let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
     let header_limit_ms = limits.header_read_timeout_ms;
@@ -511,7 +515,7 @@ mod tests {
 
     fn published() -> Published {
         let config = crate::config::Config::builtin();
-        let registry = crate::proxy::endpoint::EndpointRegistry::default();
+        let registry = crate::proxy::upstream::endpoint::EndpointRegistry::default();
         Published::new(crate::proxy::snapshot::Snapshot::build(&config, &registry, 1).unwrap())
     }
 

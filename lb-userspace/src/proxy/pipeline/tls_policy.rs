@@ -1,4 +1,4 @@
-//! Per-host TLS policy on HTTP requests, applied around routing by the worker:
+//! Per-host TLS policy on HTTP requests, the pipeline's first phase:
 //!
 //! - plain HTTP for a host with `tls` and `redirect_http`: `308 Permanent Redirect` to the same
 //!   URL over HTTPS (308 keeps the method and body), except ACME HTTP-01 challenges, which must
@@ -9,25 +9,16 @@
 //! - HTTPS responses for a host with `hsts`: `Strict-Transport-Security` (a backend's own
 //!   header is kept).
 
-use http::{
-    HeaderValue, Request, Response, StatusCode,
-    header::{HOST, LOCATION},
-};
+use http::{HeaderValue, Request, Response, StatusCode, header::LOCATION};
 
-use super::{Session, TlsSnapshot, resolver::strip_port};
-use crate::proxy::{
-    body::{self, ProxyBody},
-    forward,
+use crate::{
+    proxy::{
+        body::{self, ProxyBody},
+        headers::request_host,
+        pipeline::error,
+    },
+    tls::{Session, TlsSnapshot, resolver::strip_port},
 };
-
-/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
-}
 
 /// Paths that stay plain HTTP (ACME HTTP-01, as cert-manager and ingress-nginx do).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
@@ -59,7 +50,7 @@ pub fn before_request<B>(
             match HeaderValue::from_str(&location) {
                 Ok(location) => response.headers_mut().insert(LOCATION, location),
                 Err(_) => {
-                    return Some(forward::error(StatusCode::BAD_REQUEST, "the host cannot be redirected"));
+                    return Some(error(StatusCode::BAD_REQUEST, "the host cannot be redirected"));
                 }
             };
             Some(response)
@@ -71,7 +62,7 @@ pub fn before_request<B>(
                 && (session.host.as_deref() != Some(host.name.as_str())
                     || session.client_ca != host.client_ca) =>
         {
-            Some(forward::error(
+            Some(error(
                 StatusCode::MISDIRECTED_REQUEST,
                 "this host requires a client certificate; connect with its name as SNI",
             ))

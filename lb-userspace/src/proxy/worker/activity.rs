@@ -15,7 +15,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::endpoint::now_ms;
+use crate::now_ms;
 
 /// When a connection last moved a byte.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! Strict HTTP/1.1 request framing in front of the HTTP/1 server (`h1_server`, Sluice's own;
+//! Strict HTTP/1.1 request framing in front of the HTTP/1 server (`http1::server`, Sluice's own;
 //! the guard was first written for hyper's lenient parser, and its contract is the one both
 //! follow).
 //!
@@ -35,8 +35,8 @@
 //! an extension; a size line or the data not followed by CRLF; a trailer line that is not
 //! `token ":" value CRLF` (bare LF, obs-fold, whitespace before the colon).
 //!
-//! What the server then does — `h1_server` does the same as hyper 1.12, whose behaviour the
-//! tests below check; the end-to-end suites check `h1_server`'s:
+//! What the server then does — `http1::server` does the same as hyper 1.12, whose behaviour the
+//! tests below check; the end-to-end suites check `http1::server`'s:
 //!
 //! * a rejected head is replaced with [`REJECT_400`], whose method byte `\x01` makes httparse
 //!   fail with `Error::Token`: hyper maps it to `Parse::Method` and `Server::on_error`
@@ -58,7 +58,7 @@
 //!   crate validates its own framing);
 //! * a `CONNECT` request or an HTTP/1.1 request carrying `Upgrade` with `Connection: upgrade`
 //!   (the connection may become a tunnel, e.g. a WebSocket), once that request's body ended.
-//!   If the backend refuses the upgrade, `h1_server` closes the connection after that
+//!   If the backend refuses the upgrade, `http1::server` closes the connection after that
 //!   response rather than read further requests the guard would not inspect.
 //!
 //! Rejections are counted in an optional shared counter ([`H1Guard::with_rejection_counter`],
@@ -292,22 +292,17 @@ impl HeadClock {
 
     /// A clock that starts running now (a new connection owes its first head).
     pub fn started() -> HeadClock {
-        HeadClock(Arc::new(AtomicU64::new(crate::proxy::endpoint::now_ms())))
+        HeadClock(Arc::new(AtomicU64::new(crate::now_ms())))
     }
 
     /// Milliseconds the current head has been coming in; `None` between requests.
     pub fn running_for_ms(&self) -> Option<u64> {
         let started = self.0.load(Ordering::Relaxed);
-        (started != Self::IDLE).then(|| crate::proxy::endpoint::now_ms().saturating_sub(started))
+        (started != Self::IDLE).then(|| crate::now_ms().saturating_sub(started))
     }
 
     fn start(&self) {
-        let _ = self.0.compare_exchange(
-            Self::IDLE,
-            crate::proxy::endpoint::now_ms(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ = self.0.compare_exchange(Self::IDLE, crate::now_ms(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn stop(&self) {

@@ -36,22 +36,19 @@ use tokio::{
 };
 
 use super::{
-    body::{AttemptBody, BoxError},
-    h1_wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
+    framing::{ChunkDecoder, Decoded, READ_CHUNK, parse_length, take},
+    wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
+};
+use crate::{
+    now_ms,
+    proxy::{body::BoxError, headers::UpstreamHeaders},
 };
 
-/// How much a read asks for at least; bodies read up to `MAX_READ` at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bodies read up to `MAX_READ` at a time, at least [`READ_CHUNK`].
 const MAX_READ: usize = 64 * 1024;
 /// A response head larger than this is refused (nginx's default `proxy_buffer_size` is 4–8 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 128;
-/// Chunk extensions and trailer sections are skipped or parsed up to these sizes.
-const MAX_CHUNK_EXTENSION: usize = 4096;
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
-/// Body bytes below this are copied out of the read buffer, which then stays this
-/// connection's own and is reused without allocating; larger runs are handed over as they are.
-const COPY_BELOW: usize = 4096;
 
 /// Why an exchange with a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,27 +67,31 @@ pub enum H1Error {
     Protocol(&'static str),
 }
 
+/// Where a connection goes back to once its response has been read to the end. The upstream
+/// pool gives every connection it opens its own key and check-in function, so the codec needs
+/// no knowledge of pools (and a plain function pointer costs no allocation per request).
+#[derive(Clone, Copy)]
+pub struct Home {
+    pub pool_key: u64,
+    pub check_in: fn(Conn),
+}
+
 /// One keep-alive connection to an endpoint.
 pub struct Conn {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
-    /// The pool it goes back to (`upstream.rs`).
-    pub(super) pool_key: super::upstream::PoolKey,
-    pub(super) endpoint: SocketAddr,
-    /// When it last went idle, on the coarse clock ([`super::endpoint::now_ms`]).
-    pub(super) idle_since_ms: u64,
+    pub home: Home,
+    pub endpoint: SocketAddr,
+    /// When it last went idle, on the coarse clock ([`crate::now_ms`]).
+    pub idle_since_ms: u64,
     /// It served a response before (so a failure before any response byte may be a close
     /// that crossed the request).
     reused: bool,
 }
 
 impl Conn {
-    pub async fn connect(
-        endpoint: SocketAddr,
-        pool_key: super::upstream::PoolKey,
-        timeout: Duration,
-    ) -> Result<Conn, H1Error> {
+    pub async fn connect(endpoint: SocketAddr, home: Home, timeout: Duration) -> Result<Conn, H1Error> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(H1Error::Connect(e)),
@@ -103,16 +104,16 @@ impl Conn {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
-            pool_key,
+            home,
             endpoint,
-            idle_since_ms: super::endpoint::now_ms(),
+            idle_since_ms: now_ms(),
             reused: false,
         })
     }
 
     /// True when nothing arrived while the connection sat idle: no close, no stray bytes.
     /// Costs a system call only when the runtime has seen the socket become readable.
-    pub(super) fn is_quiet(&self) -> bool {
+    pub fn is_quiet(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -135,11 +136,12 @@ pub enum RequestFraming {
 }
 
 impl RequestFraming {
-    pub fn of(body: &super::body::RequestBody) -> RequestFraming {
-        if body.is_empty() {
+    /// The framing of a body that is `empty` or announced its size in `hint`.
+    pub fn of(empty: bool, hint: SizeHint) -> RequestFraming {
+        if empty {
             RequestFraming::Empty
         } else {
-            match body.size_hint().exact() {
+            match hint.exact() {
                 Some(length) => RequestFraming::Length(length),
                 None => RequestFraming::Chunked,
             }
@@ -152,7 +154,7 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// The request target (origin form), already checked by [`valid_target`].
     pub target: &'a str,
-    pub headers: &'a super::headers::UpstreamHeaders<'a>,
+    pub headers: &'a UpstreamHeaders<'a>,
     pub framing: RequestFraming,
 }
 
@@ -164,11 +166,14 @@ pub fn valid_target(target: &str) -> bool {
 
 /// Sends the request on `conn` and reads the response head. The body (a [`ResponseBody`])
 /// owns the connection until it has been read.
-pub async fn exchange(
+pub async fn exchange<B>(
     mut conn: Conn,
     request: &Outgoing<'_>,
-    body: AttemptBody,
-) -> Result<Response<ResponseBody>, H1Error> {
+    body: B,
+) -> Result<Response<ResponseBody>, H1Error>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     encode_head(&mut conn.write, request);
     let reused = conn.reused;
     // A failed write on a reused connection means the backend had closed it.
@@ -189,7 +194,7 @@ pub async fn exchange(
             // is free again before the client has even seen the head.
             let data = take(&mut conn.read, length as usize);
             if head.reusable && conn.read.is_empty() {
-                super::upstream::check_in(conn);
+                (conn.home.check_in)(conn);
             }
             ResponseBody { conn: None, framing: Framing::Done, pending: Some(data), reusable: false }
         }
@@ -217,7 +222,10 @@ fn encode_head(buf: &mut Vec<u8>, request: &Outgoing<'_>) {
     buf.extend_from_slice(b"\r\n");
 }
 
-async fn write_body(conn: &mut Conn, mut body: AttemptBody, framing: RequestFraming) -> Result<(), H1Error> {
+async fn write_body<B>(conn: &mut Conn, mut body: B, framing: RequestFraming) -> Result<(), H1Error>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     let mut sent = 0u64;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -379,25 +387,6 @@ fn interpret(parsed: &httparse::Response<'_, '_>, raw: &[u8], head_request: bool
     Ok(Head { status, version, headers, framing, reusable: !close })
 }
 
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// `n` bytes from the front of `buffer`, copied when small (see [`COPY_BELOW`]).
-fn take(buffer: &mut BytesMut, n: usize) -> Bytes {
-    if n < COPY_BELOW {
-        let data = Bytes::copy_from_slice(&buffer[..n]);
-        buffer.advance(n);
-        data
-    } else {
-        buffer.split_to(n).freeze()
-    }
-}
-
 /// How the rest of a response body is delimited.
 enum Framing {
     Length(u64),
@@ -440,7 +429,7 @@ impl ResponseBody {
             && self.reusable
             && conn.read.is_empty()
         {
-            super::upstream::check_in(conn);
+            (conn.home.check_in)(conn);
         }
     }
 
@@ -505,7 +494,7 @@ impl Body for ResponseBody {
                     Err(e) => {
                         this.conn = None;
                         this.framing = Framing::Done;
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                        return Poll::Ready(Some(Err(Box::new(H1Error::Protocol(e.0)))));
                     }
                 },
                 Framing::UntilClose => {
@@ -553,194 +542,9 @@ impl Body for ResponseBody {
     }
 }
 
-/// What the chunk decoder produced from the bytes it had.
-#[derive(Debug)]
-pub(super) enum Decoded {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    Done,
-    /// Needs more bytes (about this many, for the read size).
-    NeedMore(u64),
-}
-
-#[derive(Debug, Default)]
-enum ChunkState {
-    /// In the hex size (value, digits so far).
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailers,
-    Done,
-}
-
-/// A streaming decoder of `Transfer-Encoding: chunked` (RFC 9112 section 7.1), strict about
-/// line endings and sizes: the backend's framing decides whether the connection can be reused.
-#[derive(Debug, Default)]
-pub(super) struct ChunkDecoder {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-    extension: usize,
-}
-
-impl ChunkDecoder {
-    pub(super) fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, H1Error> {
-        loop {
-            if matches!(self.state, ChunkState::Done) {
-                return Ok(Decoded::Done);
-            }
-            if matches!(self.state, ChunkState::Trailers) {
-                return self.trailers(buffer);
-            }
-            if matches!(self.state, ChunkState::Data) {
-                if buffer.is_empty() {
-                    return Ok(Decoded::NeedMore(self.size));
-                }
-                let n = self.size.min(buffer.len() as u64);
-                self.size -= n;
-                if self.size == 0 {
-                    self.state = ChunkState::DataCr;
-                }
-                return Ok(Decoded::Data(take(buffer, n as usize)));
-            }
-            let Some(&byte) = buffer.first() else { return Ok(Decoded::NeedMore(READ_CHUNK as u64)) };
-            buffer.advance(1);
-            self.state = match (&self.state, byte) {
-                (ChunkState::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                    if self.digits == 16 {
-                        return Err(H1Error::Protocol("chunk size too large"));
-                    }
-                    let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
-                    self.size = self.size << 4 | digit;
-                    self.digits += 1;
-                    ChunkState::Size
-                }
-                (ChunkState::Size, b';' | b' ' | b'\t') if self.digits > 0 => {
-                    self.extension = 0;
-                    ChunkState::Extension
-                }
-                (ChunkState::Size, b'\r') if self.digits > 0 => ChunkState::SizeLf,
-                (ChunkState::Extension, b'\r') => ChunkState::SizeLf,
-                (ChunkState::Extension, b'\n') => {
-                    return Err(H1Error::Protocol("bare LF in a chunk extension"));
-                }
-                (ChunkState::Extension, _) => {
-                    self.extension += 1;
-                    if self.extension > MAX_CHUNK_EXTENSION {
-                        return Err(H1Error::Protocol("chunk extension too long"));
-                    }
-                    ChunkState::Extension
-                }
-                (ChunkState::SizeLf, b'\n') if self.size == 0 => ChunkState::Trailers,
-                (ChunkState::SizeLf, b'\n') => ChunkState::Data,
-                (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
-                (ChunkState::DataLf, b'\n') => {
-                    self.digits = 0;
-                    ChunkState::Size
-                }
-                _ => return Err(H1Error::Protocol("malformed chunked body")),
-            };
-        }
-    }
-
-    /// The trailer section after the last chunk: an empty line, or header lines then one.
-    fn trailers(&mut self, buffer: &mut BytesMut) -> Result<Decoded, H1Error> {
-        if buffer.starts_with(b"\r\n") {
-            buffer.advance(2);
-            self.state = ChunkState::Done;
-            return Ok(Decoded::Done);
-        }
-        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            if buffer.len() > MAX_TRAILER_BYTES {
-                return Err(H1Error::Protocol("trailers too large"));
-            }
-            return Ok(Decoded::NeedMore(READ_CHUNK as u64));
-        };
-        let section = buffer.split_to(end + 4);
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let parsed = match httparse::parse_headers(&section, &mut slots) {
-            Ok(httparse::Status::Complete((_, parsed))) => parsed,
-            _ => return Err(H1Error::Protocol("malformed trailers")),
-        };
-        let mut trailers = HeaderMap::with_capacity(parsed.len());
-        for header in parsed {
-            let name = HeaderName::from_bytes(header.name.as_bytes())
-                .map_err(|_| H1Error::Protocol("invalid trailer name"))?;
-            let value = HeaderValue::from_bytes(header.value)
-                .map_err(|_| H1Error::Protocol("invalid trailer value"))?;
-            trailers.append(name, value);
-        }
-        self.state = ChunkState::Done;
-        Ok(Decoded::Trailers(trailers))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>, usize), H1Error> {
-        let mut decoder = ChunkDecoder::default();
-        let mut buffer = BytesMut::new();
-        let mut body = Vec::new();
-        let mut trailers = None;
-        let mut fed = 0;
-        loop {
-            match decoder.decode(&mut buffer)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::Trailers(map) => trailers = Some(map),
-                Decoded::Done => return Ok((body, trailers, buffer.len())),
-                Decoded::NeedMore(_) => {
-                    if fed == input.len() {
-                        return Err(H1Error::Protocol("test: input ended"));
-                    }
-                    let end = (fed + split).min(input.len());
-                    buffer.extend_from_slice(&input[fed..end]);
-                    fed = end;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        let input = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\n\r\nNEXT";
-        for split in [1, 2, 3, 7, 100] {
-            let (body, trailers, rest) = decode_all(input, split).unwrap();
-            assert_eq!(body, b"hello world", "split {split}");
-            assert!(trailers.is_none());
-            // The next response's bytes stay in the buffer (when fed in the same read).
-            assert!(rest <= 4);
-        }
-    }
-
-    #[test]
-    fn chunked_trailers_are_kept() {
-        let input = b"2\r\nok\r\n0\r\ngrpc-status: 0\r\nx-other: a\r\n\r\n";
-        let (body, trailers, _) = decode_all(input, 5).unwrap();
-        assert_eq!(body, b"ok");
-        let trailers = trailers.unwrap();
-        assert_eq!(trailers["grpc-status"], "0");
-        assert_eq!(trailers["x-other"], "a");
-    }
-
-    #[test]
-    fn malformed_chunks_are_errors() {
-        for bad in [
-            &b"x\r\nhello\r\n0\r\n\r\n"[..],
-            b"5\nhello\r\n0\r\n\r\n",
-            b"5\r\nhelloXX0\r\n\r\n",
-            b"\r\n",
-            b"11111111111111111\r\n",
-            b"5;ext\nhello\r\n",
-        ] {
-            assert!(decode_all(bad, 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 
     fn head(raw: &[u8], head_request: bool) -> Result<Head, H1Error> {
         let mut slots = [httparse::EMPTY_HEADER; 16];
@@ -791,8 +595,8 @@ mod tests {
         let mut client = HeaderMap::new();
         client.insert("host", HeaderValue::from_static("example.test"));
         client.insert("x-request-id", HeaderValue::from_static("id-1"));
-        let forwarded = super::super::headers::Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
-        let headers = super::super::headers::UpstreamHeaders::new(&client, &forwarded, "example.test", None);
+        let forwarded = crate::proxy::headers::Forwarded::new("192.0.2.7:1".parse().unwrap(), "http", 80);
+        let headers = crate::proxy::headers::UpstreamHeaders::new(&client, &forwarded, "example.test", None);
         let mut buf = Vec::new();
         let request = Outgoing {
             method: &Method::POST,

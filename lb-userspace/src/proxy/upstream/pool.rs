@@ -4,7 +4,7 @@
 //! settings stay the same.
 //!
 //! Plain-text HTTP/1.1 backends are spoken to inline, in the request's task, over this
-//! worker's idle keep-alive connections (`h1_upstream.rs`); HTTP/2 (h2c, or ALPN over TLS) and
+//! worker's idle keep-alive connections (`http1/client.rs`); HTTP/2 (h2c, or ALPN over TLS) and
 //! TLS backends go through hyper's pooled client.
 
 use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
@@ -19,11 +19,15 @@ use hyper_util::{
 use tokio::{net::TcpStream, sync::Semaphore};
 
 use super::{
-    body::{AttemptBody, RequestBody},
-    h1_upstream::{self, Conn, H1Error, Outgoing},
-    snapshot::BackendGroup,
+    BackendGroup,
+    request_body::{AttemptBody, RequestBody},
 };
-use crate::{FastMap, config::BackendProtocol};
+use crate::{
+    FastMap,
+    config::BackendProtocol,
+    now_ms,
+    proxy::http1::client::{self as h1_client, Conn, H1Error, Home, Outgoing},
+};
 
 /// The connector adds TLS for backends that have it (`crate::tls::upstream`).
 pub type UpstreamClient = Client<crate::tls::upstream::Connector, AttemptBody>;
@@ -125,7 +129,7 @@ pub fn cap_for(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> A
 /// An idle connection to `endpoint` that is still open, if this worker has one.
 fn check_out(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> (Option<Conn>, PoolKey) {
     with_pool(group, generation, |pool| {
-        let (timeout, now) = (pool.idle_timeout_ms, super::endpoint::now_ms());
+        let (timeout, now) = (pool.idle_timeout_ms, now_ms());
         let found = pool.idle.get_mut(&endpoint).and_then(|idle| {
             while let Some(conn) = idle.pop() {
                 if now.saturating_sub(conn.idle_since_ms) < timeout && conn.is_quiet() {
@@ -139,14 +143,14 @@ fn check_out(group: &BackendGroup, endpoint: SocketAddr, generation: u64) -> (Op
 }
 
 /// Returns a connection whose response was read to its end to its pool's idle list.
-pub(super) fn check_in(mut conn: Conn) {
+fn check_in(mut conn: Conn) {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        let Some(pool) = pools.pools.get_mut(&conn.pool_key) else { return };
+        let Some(pool) = pools.pools.get_mut(&PoolKey(conn.home.pool_key)) else { return };
         let max = pool.max_per_endpoint;
         let idle = pool.idle.entry(conn.endpoint).or_default();
         if idle.len() < max {
-            conn.idle_since_ms = super::endpoint::now_ms();
+            conn.idle_since_ms = now_ms();
             idle.push(conn);
         }
     });
@@ -158,7 +162,7 @@ pub fn reap_idle() {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         for pool in pools.pools.values_mut() {
-            let (timeout, now) = (pool.idle_timeout_ms, super::endpoint::now_ms());
+            let (timeout, now) = (pool.idle_timeout_ms, now_ms());
             pool.idle.retain(|_, idle| {
                 idle.retain(|conn| now.saturating_sub(conn.idle_since_ms) < timeout && conn.is_quiet());
                 !idle.is_empty()
@@ -192,7 +196,7 @@ impl UpstreamError {
 
 /// A response body from either kind of upstream connection: Sluice's own HTTP/1.1 client
 /// (`Left`) or hyper's client (`Right`, h2c and TLS backends).
-pub type UpstreamBody = http_body_util::Either<h1_upstream::ResponseBody, Incoming>;
+pub type UpstreamBody = http_body_util::Either<h1_client::ResponseBody, Incoming>;
 
 /// The backend side of a protocol switch (101 Switching Protocols).
 pub enum UpstreamUpgrade {
@@ -227,15 +231,16 @@ pub async fn send(
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     if inline(group) {
         let (idle, key) = check_out(group, endpoint, generation);
+        let home = Home { pool_key: key.0, check_in };
         let timeout = group.connect_timeout();
         let conn = match idle {
             Some(conn) => conn,
-            None => Conn::connect(endpoint, key, timeout).await?,
+            None => Conn::connect(endpoint, home, timeout).await?,
         };
-        let response = match h1_upstream::exchange(conn, request, body.attempt()).await {
+        let response = match h1_client::exchange(conn, request, body.attempt()).await {
             Err(H1Error::Stale) if body.replayable() => {
-                let conn = Conn::connect(endpoint, key, timeout).await?;
-                h1_upstream::exchange(conn, request, body.attempt()).await?
+                let conn = Conn::connect(endpoint, home, timeout).await?;
+                h1_client::exchange(conn, request, body.attempt()).await?
             }
             result => result?,
         };

@@ -1,0 +1,495 @@
+//! What a worker does with one request, as named phases:
+//!
+//! 1. **TLS policy** ([`tls_policy`]): HTTP to HTTPS redirects, 421 for a client-certificate
+//!    host reached on another host's session;
+//! 2. **route**: match the route table; a redirect route answers here;
+//! 3. **admit**: what the route allows in (the body size limit);
+//! 4. **prepare**: the request as it goes upstream (rewritten target, forwarding headers, the
+//!    body shared between attempts, the hash key);
+//! 5. **choose an endpoint**: the affinity cookie's, or the balancer's;
+//! 6. **attempt**: one exchange over a pooled connection, with the route's timeout, retried
+//!    within the budget when that is safe;
+//! 7. **finish the response**: upgrades handed to a tunnel, hop-by-hop fields stripped, the
+//!    affinity cookie, the request id.
+//!
+//! Errors become short, clear 4xx/5xx responses for this client only. Metrics and the access
+//! log wrap the whole ([`handle`]).
+
+mod access_log;
+pub mod tls_policy;
+
+use std::{
+    net::SocketAddr,
+    ops::ControlFlow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT},
+};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use self::access_log::{AccessEntry, Logged, RequestLine};
+use super::{
+    body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody},
+    headers::{self, Forwarded, X_REQUEST_ID},
+    http1::{
+        client::{self as h1_client, Outgoing, RequestFraming},
+        server::{ClientBody, ClientUpgrade, Handler},
+    },
+    route::{Route, RouteAction, RouteLabels},
+    snapshot::{Published, Snapshot},
+    upstream::{
+        BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, pool, request_body::RequestBody,
+    },
+};
+use crate::{config::AffinityMode, now_ms};
+
+/// Response header naming the worker that served a request (when `worker_id_header` is on).
+pub const WORKER_HEADER: &str = "x-sluice-worker";
+
+/// What a worker knows about the connection a request came on.
+pub struct Connection {
+    pub worker: usize,
+    pub client: SocketAddr,
+    /// The listener's address (the service port, also when XDP steered to a worker port).
+    pub listener: SocketAddr,
+    pub scheme: &'static str,
+    /// The forwarding headers' values for this connection's requests.
+    pub forwarded: Forwarded,
+    pub published: Published,
+    /// This worker's counters.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// The TLS session, set by the worker once the handshake finished (before any request);
+    /// empty on plain HTTP.
+    pub tls: std::sync::OnceLock<crate::tls::Session>,
+}
+
+/// The pipeline is the HTTP server's handler for a connection's requests.
+impl Handler for Arc<Connection> {
+    fn handle(&self, request: Request<ClientBody>) -> impl Future<Output = Response<ProxyBody>> + Send {
+        handle(request, self.clone())
+    }
+}
+
+/// A phase's result: `Break` is the answer that ends the request early, `Continue` what the
+/// next phase needs.
+type Phase<T> = ControlFlow<Response<ProxyBody>, T>;
+
+/// What became of a request, filled in along the way for metrics and the access log.
+#[derive(Default)]
+struct Outcome {
+    labels: Option<RouteLabels>,
+    upstream: Option<SocketAddr>,
+}
+
+/// Labels of requests that matched no route.
+fn unrouted() -> RouteLabels {
+    static LABELS: std::sync::OnceLock<RouteLabels> = std::sync::OnceLock::new();
+    LABELS.get_or_init(|| RouteLabels { virtual_host: "".into(), route: "".into() }).clone()
+}
+
+/// Handles one request. Never fails: every problem is a response.
+pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let snapshot = connection.published.load();
+    let log = snapshot.access_log.enabled
+        && (snapshot.access_log.sample_rate >= 1.0 || fastrand::f64() < snapshot.access_log.sample_rate);
+    let request_line = log.then(|| RequestLine {
+        method: request.method().clone(),
+        host: headers::request_host(&request).unwrap_or("").to_owned(),
+        path: request.uri().path().to_owned(),
+    });
+    let mut outcome = Outcome::default();
+    let hsts = tls_policy::hsts_for(&request, &snapshot.tls, connection.tls.get());
+    let mut response = route_and_forward(request, &connection, &snapshot, &mut outcome).await;
+    if let Some(hsts) = hsts {
+        response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(hsts);
+    }
+    if snapshot.worker_id_header {
+        response.headers_mut().insert(WORKER_HEADER, HeaderValue::from(connection.worker));
+    }
+    let labels = outcome.labels.unwrap_or_else(unrouted);
+    connection.metrics.request(
+        &labels.virtual_host,
+        &labels.route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    if let Some(request_line) = request_line {
+        let entry = AccessEntry {
+            started,
+            client: connection.client,
+            worker: connection.worker,
+            request: request_line,
+            status: response.status().as_u16(),
+            upstream: outcome.upstream,
+            request_id: response
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            bytes: 0,
+        };
+        let (head, body) = response.into_parts();
+        return Response::from_parts(head, Logged { inner: body, entry: Some(entry) }.boxed());
+    }
+    response
+}
+
+/// A short plain-text error response.
+pub fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::text(format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The phases in order; each returns the early answer or what the next one needs.
+async fn route_and_forward(
+    mut request: Request<ClientBody>,
+    connection: &Connection,
+    snapshot: &Snapshot,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    if let Some(response) = tls_policy::before_request(&request, &snapshot.tls, connection.tls.get()) {
+        return response;
+    }
+    let host = headers::request_host(&request).unwrap_or("").to_owned();
+    let (route, group) = match choose_route(&request, &host, connection, snapshot, outcome) {
+        ControlFlow::Continue(chosen) => chosen,
+        ControlFlow::Break(answer) => return answer,
+    };
+    let limit = match admit(&request, route, snapshot) {
+        ControlFlow::Continue(limit) => limit,
+        ControlFlow::Break(answer) => return answer,
+    };
+
+    // Prepare: the client's fields as they go upstream; the client's map itself stays as it
+    // came.
+    let upgrade = headers::upgrade_request(request.headers());
+    let client_upgrade = upgrade.as_ref().and_then(|_| ClientUpgrade::take(&mut request));
+    let (parts, incoming) = request.into_parts();
+    let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
+    let upstream_headers =
+        headers::UpstreamHeaders::new(&parts.headers, &connection.forwarded, &host, upgrade);
+    let body = RequestBody::new(incoming, limit);
+    if let Err(e) = body.prefetch().await {
+        tracing::debug!(error = %e, "request body refused before forwarding");
+        return error(StatusCode::BAD_REQUEST, "malformed request body");
+    }
+    if !h1_client::valid_target(&upstream_path) {
+        return error(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+    }
+    let exchange = Exchange {
+        group,
+        outgoing: Outgoing {
+            method: &parts.method,
+            target: &upstream_path,
+            headers: &upstream_headers,
+            framing: RequestFraming::of(body.is_empty(), body.size_hint()),
+        },
+        request_id: upstream_headers.request_id().clone(),
+        hash_key: group
+            .config
+            .hash_on
+            .as_ref()
+            .and_then(|on| balance::hash_key(on, &parts.headers, connection.client.ip(), &parts.uri)),
+        timeout: route.timeout.unwrap_or(Duration::from_millis(group.config.timeouts.request_ms)),
+        user_agent: parts.headers.get(USER_AGENT),
+        affinity: pin_by_affinity(group, &parts.headers),
+        body,
+        client_upgrade,
+    };
+    group.retry_budget.deposit();
+    forward(exchange, connection, snapshot, outcome).await
+}
+
+/// Route: the route for this host, method, path and headers, and its backend group. A
+/// redirect route answers here.
+fn choose_route<'s>(
+    request: &Request<ClientBody>,
+    host: &str,
+    connection: &Connection,
+    snapshot: &'s Snapshot,
+    outcome: &mut Outcome,
+) -> Phase<(&'s Route, &'s BackendGroup)> {
+    let Some(route) = snapshot.routes.find(host, request.method(), request.uri().path(), request.headers())
+    else {
+        return ControlFlow::Break(error(StatusCode::NOT_FOUND, "no route for this host and path"));
+    };
+    outcome.labels = Some(route.labels.clone());
+    let backend_index = match &route.action {
+        RouteAction::Redirect(redirect) => {
+            let upstream_path = route.rewrite_path_and_query(path_and_query(request.uri()));
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = redirect.status();
+            let location = redirect.location(connection.scheme, host, &upstream_path);
+            let Ok(location) = HeaderValue::from_str(&location) else {
+                return ControlFlow::Break(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "redirect target is not a valid header",
+                ));
+            };
+            response.headers_mut().insert(LOCATION, location);
+            return ControlFlow::Break(response);
+        }
+        RouteAction::Backend(index) => *index,
+    };
+    match snapshot.backends.get(backend_index) {
+        Some(group) => ControlFlow::Continue((route, group)),
+        None => ControlFlow::Break(error(StatusCode::INTERNAL_SERVER_ERROR, "route names a missing backend")),
+    }
+}
+
+/// Admit: what the route lets in. Returns the body size limit (0: unlimited); an announced
+/// body over it is refused before anything is read.
+fn admit(request: &Request<ClientBody>, route: &Route, snapshot: &Snapshot) -> Phase<u64> {
+    let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
+    if let Some(length) =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && limit > 0
+        && length > limit
+    {
+        return ControlFlow::Break(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large for this route",
+        ));
+    }
+    ControlFlow::Continue(limit)
+}
+
+/// Cookie affinity before the first attempt.
+struct Affinity {
+    /// The endpoint a valid cookie pins the first attempt to.
+    pinned: Option<usize>,
+    /// The response carries a new cookie.
+    issue_cookie: bool,
+}
+
+/// In balanced mode an unavailable pinned endpoint gives up its client (re-pinned with a new
+/// cookie); in persistent mode the client stays while the endpoint exists.
+fn pin_by_affinity(group: &BackendGroup, headers: &http::HeaderMap) -> Affinity {
+    let Some(affinity) = &group.affinity else { return Affinity { pinned: None, issue_cookie: false } };
+    match affinity.pinned(headers) {
+        Pin::Endpoint(i)
+            if affinity.mode() == AffinityMode::Persistent || group.endpoints[i].is_available(now_ms()) =>
+        {
+            Affinity { pinned: Some(i), issue_cookie: false }
+        }
+        _ => Affinity { pinned: None, issue_cookie: true },
+    }
+}
+
+/// A prepared request and what its attempts need.
+struct Exchange<'a> {
+    group: &'a BackendGroup,
+    outgoing: Outgoing<'a>,
+    body: RequestBody,
+    request_id: HeaderValue,
+    hash_key: Option<u64>,
+    timeout: Duration,
+    user_agent: Option<&'a HeaderValue>,
+    affinity: Affinity,
+    client_upgrade: Option<ClientUpgrade>,
+}
+
+/// Choose an endpoint, attempt, and retry within the budget while that is safe.
+async fn forward(
+    mut exchange: Exchange<'_>,
+    connection: &Connection,
+    snapshot: &Snapshot,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    let group = exchange.group;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
+    for attempt in 0..=group.config.retries.attempts {
+        if attempt > 0 {
+            if !group.retry_budget.withdraw() {
+                break;
+            }
+            connection.metrics.retry(&group.label);
+        }
+        let was_pinned = exchange.affinity.pinned.is_some();
+        let Some(index) = choose_endpoint(&mut exchange, &tried) else { break };
+        tried.push(index);
+        let endpoint = &group.endpoints[index];
+        outcome.upstream = Some(endpoint.address);
+        let cap = pool::cap_for(group, endpoint.address, snapshot.generation);
+        let Ok(slot) = cap.acquire_owned().await else { break };
+        let inflight = endpoint.start_request();
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            exchange.timeout,
+            pool::send(group, endpoint.address, snapshot.generation, &exchange.outgoing, &exchange.body),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => {
+                endpoint.observe_latency(started.elapsed(), now_ms());
+                if response.status().is_server_error() {
+                    endpoint.record_failure(&group.config.outlier, now_ms());
+                } else {
+                    endpoint.record_success();
+                }
+                let first_pinned = was_pinned && attempt == 0;
+                return finish_response(&mut exchange, response, index, first_pinned, (inflight, slot));
+            }
+            Ok(Err(e)) => {
+                drop(inflight);
+                match attempt_failed(&exchange, &e, endpoint, connection) {
+                    ControlFlow::Continue(answer) => last_error = answer,
+                    ControlFlow::Break(answer) => return answer,
+                }
+                // A connect failure never reached the backend; anything else only retries when
+                // repeating the request is safe and the body is still ours to send.
+                let may_retry =
+                    exchange.body.replayable() && (e.is_connect() || is_idempotent(exchange.outgoing.method));
+                if !may_retry {
+                    break;
+                }
+            }
+            Err(_elapsed) => {
+                endpoint.record_failure(&group.config.outlier, now_ms());
+                return error(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+            }
+        }
+    }
+    last_error
+}
+
+/// Choose an endpoint: the affinity cookie's for the first attempt, else the balancer's among
+/// those not tried yet. A pinned attempt that fails re-pins the client when the backend says
+/// so (`change_on_failure`).
+fn choose_endpoint(exchange: &mut Exchange<'_>, tried: &[usize]) -> Option<usize> {
+    let group = exchange.group;
+    if let Some(index) = exchange.affinity.pinned.take() {
+        if let Some(affinity) = &group.affinity
+            && affinity.config.change_on_failure
+        {
+            // If this attempt fails, the retry re-pins the client with a new cookie.
+            exchange.affinity.issue_cookie = true;
+        }
+        return Some(index);
+    }
+    group.balancer.pick(&group.endpoints, exchange.hash_key, now_ms(), tried)
+}
+
+/// A failed attempt: `Break` when the failure is the client's (its body) and ends the request,
+/// else the answer to give if no retry succeeds. The endpoint's passive health hears of it.
+fn attempt_failed(
+    exchange: &Exchange<'_>,
+    e: &pool::UpstreamError,
+    endpoint: &crate::proxy::upstream::endpoint::Endpoint,
+    connection: &Connection,
+) -> Phase<Response<ProxyBody>> {
+    let group = exchange.group;
+    let cause: &(dyn std::error::Error + 'static) = e;
+    if body::find_cause::<BodyTooLarge>(cause).is_some() {
+        return ControlFlow::Break(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large for this route",
+        ));
+    }
+    if body::find_cause::<BadRequestBody>(cause).is_some() {
+        return ControlFlow::Break(error(StatusCode::BAD_REQUEST, "malformed request body"));
+    }
+    let connect_failed = e.is_connect();
+    if connect_failed {
+        connection.metrics.connect_error(&group.label);
+    }
+    endpoint.record_failure(&group.config.outlier, now_ms());
+    tracing::debug!(backend = %group.name, endpoint = %endpoint.address, error = %e, connect_failed, "upstream attempt failed");
+    ControlFlow::Continue(error(
+        StatusCode::BAD_GATEWAY,
+        if connect_failed { "cannot connect to the backend" } else { "the backend failed to answer" },
+    ))
+}
+
+/// Finish the response: a 101 the client asked for becomes a tunnel; otherwise hop-by-hop
+/// fields go, the affinity cookie and the request id are added, and the body keeps `hold`
+/// (load accounting and the connection slot) until it has been sent.
+fn finish_response<H: Send + Sync + Unpin + 'static>(
+    exchange: &mut Exchange<'_>,
+    response: Response<pool::UpstreamBody>,
+    index: usize,
+    first_pinned: bool,
+    hold: (InflightGuard, H),
+) -> Response<ProxyBody> {
+    let request_id = exchange.request_id.clone();
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = exchange.client_upgrade.take()
+    {
+        let (mut head, upstream_upgrade) = pool::upgrade(response);
+        if let Some(upstream_upgrade) = upstream_upgrade {
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, hold));
+        }
+        head.headers.insert(X_REQUEST_ID.clone(), request_id);
+        return Response::from_parts(head, body::empty());
+    }
+    let (mut head, upstream_body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(affinity) = &exchange.group.affinity
+        && exchange.affinity.issue_cookie
+        && !first_pinned
+        && let Some(cookie) = affinity.set_cookie(index, exchange.user_agent.map(|v| v.as_bytes()))
+    {
+        head.headers.append(SET_COOKIE, cookie);
+    }
+    // This hop speaks its own version to the client, whatever the backend spoke.
+    head.version = Version::HTTP_11;
+    head.headers.insert(X_REQUEST_ID.clone(), request_id);
+    Response::from_parts(head, Held::new(upstream_body, hold).boxed())
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and
+/// other Upgrade protocols). It references no snapshot, so configuration changes never cut it.
+async fn tunnel<H: Send + 'static>(client: ClientUpgrade, upstream: pool::UpstreamUpgrade, hold: H) {
+    let Some(mut client) = client.connection().await else {
+        tracing::debug!("the client connection ended before its upgrade");
+        return;
+    };
+    let copied = match upstream {
+        pool::UpstreamUpgrade::H1 { mut stream, early } => {
+            // What the backend sent right after its 101 came in the same read as the head.
+            match client.write_all(&early).await {
+                Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut stream).await,
+                Err(e) => Err(e),
+            }
+        }
+        pool::UpstreamUpgrade::Hyper(upgrade) => match upgrade.await {
+            Ok(upstream) => {
+                tokio::io::copy_bidirectional(&mut client, &mut hyper_util::rt::TokioIo::new(upstream)).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream upgrade failed");
+                return;
+            }
+        },
+    };
+    if let Err(e) = copied {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
+    drop(hold);
+}
