@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod maglev;
 pub mod metrics;
 pub mod node;
+pub mod numeric;
 pub mod provider;
 pub mod proxy;
 pub mod tls;

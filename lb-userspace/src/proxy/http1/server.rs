@@ -545,7 +545,26 @@ async fn write_response(
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
+    let framing = encode_head(out, &parts, body.size_hint(), head_request, version, &mut keep_alive);
+    if framing == Framing::None {
+        write_all(wire, out).await?;
+        flush(wire).await?;
+        return Ok(keep_alive);
+    }
+    write_body(wire, out, body, framing, keep_alive).await
+}
+
+/// Writes the response head into `out` and decides the body's framing; clears `keep_alive`
+/// when the body can only end with the connection.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body_hint: SizeHint,
+    head_request: bool,
+    version: Version,
+    keep_alive: &mut bool,
+) -> Framing {
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -568,7 +587,7 @@ async fn write_response(
         Framing::None
     } else if let Some(length) = declared {
         Framing::Length(length)
-    } else if let Some(length) = body.size_hint().exact() {
+    } else if let Some(length) = body_hint.exact() {
         out.extend_from_slice(b"content-length: ");
         put_decimal(out, length);
         out.extend_from_slice(b"\r\n");
@@ -577,7 +596,7 @@ async fn write_response(
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     } else {
-        keep_alive = false;
+        *keep_alive = false;
         Framing::Close
     };
     if !has_date {
@@ -586,18 +605,26 @@ async fn write_response(
         out.extend_from_slice(b"\r\n");
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        if !keep_alive {
+        if !*keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
         } else if version == Version::HTTP_10 {
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        write_all(wire, out).await?;
-        flush(wire).await?;
-        return Ok(keep_alive);
-    }
+    framing
+}
+
+/// Writes the body after the head in `out`: the first frame with the head when it is ready,
+/// small frames coalesced, a body longer than its declared length cut (and the connection
+/// with it). Returns whether the connection may serve another request.
+async fn write_body(
+    wire: &SharedWire,
+    out: &mut Vec<u8>,
+    mut body: ProxyBody,
+    framing: Framing,
+    keep_alive: bool,
+) -> io::Result<bool> {
     let mut sent: u64 = 0;
     let mut head_pending = true;
     loop {

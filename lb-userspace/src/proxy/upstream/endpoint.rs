@@ -56,8 +56,9 @@ pub struct Endpoint {
     events: broadcast::Sender<HealthEvent>,
 }
 
-/// Decay time of the latency EWMA: the window ingress-nginx's `ewma` uses (10 s).
-const EWMA_DECAY_MS: f64 = 10_000.0;
+/// Decay time of the latency EWMA, here and in the Peak EWMA balancer's idle decay: the window
+/// ingress-nginx's `ewma` uses (10 s).
+pub const EWMA_DECAY_MS: f64 = 10_000.0;
 
 impl Endpoint {
     fn new(backend: &str, address: SocketAddr, events: broadcast::Sender<HealthEvent>) -> Endpoint {

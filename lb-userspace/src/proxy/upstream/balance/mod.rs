@@ -13,50 +13,24 @@
 //! snapshot, and precomputing them is what makes the round-robin schedule and the hash table
 //! possible.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+use std::sync::{Arc, atomic::AtomicU64};
+
+mod ewma;
+mod hash;
+mod least_request;
+mod round_robin;
+
+pub use hash::hash_key;
+
+use self::{
+    hash::{hash_pick, hash_table},
+    round_robin::Schedule,
 };
-
-use http::HeaderMap;
-
-use crate::{
-    config::{Balance, HashOn},
-    maglev::{MaglevEntry, build_table},
-    proxy::upstream::endpoint::Endpoint,
-};
-
-/// Longest round-robin schedule. Weights are first reduced by their gcd; if they still sum to
-/// more, they are scaled down proportionally (each endpoint keeping at least one slot), so a
-/// configuration with huge weights cannot make the build slow or the schedule large.
-const MAX_SCHEDULE: u64 = 10_000;
-
-/// Consistent-hash table sizes, all prime as Maglev requires (the builder panics otherwise;
-/// a test checks each), in coarse tiers: the smallest with at least [`SLOTS_PER_ENDPOINT`]
-/// slots per endpoint. Maglev's balance and minimal-disruption bounds need a table much larger
-/// than the endpoint count (the paper suggests over 100x). The tiers are few and far apart on
-/// purpose: a table of another size maps every key afresh, so scaling a group must not cross
-/// a tier in its everyday range (1 to 64 endpoints share one size).
-const HASH_TABLE_SIZES: [u32; 3] = [16_381, 262_139, 1_048_573];
-const SLOTS_PER_ENDPOINT: u64 = 255;
-
-/// Rehash probes a consistent-hash fallback tries before walking the table.
-const FALLBACK_PROBES: usize = 16;
+use crate::{config::Balance, proxy::upstream::endpoint::Endpoint};
 
 /// Random draws the power of two choices makes before falling back to a full scan. Enough for
 /// the common case (most endpoints available) to never scan.
 const SAMPLE_TRIES: usize = 8;
-
-/// Decay window of the Peak EWMA, the same 10 s `Endpoint::observe_latency` uses (and
-/// ingress-nginx's `ewma`).
-const EWMA_DECAY_MS: f64 = 10_000.0;
-
-/// FNV-1a 64-bit parameters (Fowler, Noll, Vo): a fixed hash with published test vectors.
-const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01B3;
 
 /// Picks endpoints of one backend group.
 #[derive(Debug)]
@@ -136,36 +110,11 @@ impl Balancer {
             Strategy::RoundRobin(schedule) => schedule.pick(eligible, any_eligible),
             Strategy::LeastRequest => {
                 let (a, b) = self.two_choices(eligible)?;
-                let Some(b) = b else { return Some(a) };
-                // Lower (inflight + 1) / weight wins, cross-multiplied to stay in integers
-                // (u32 * u32 fits a u64). The + 1 is the load the new request adds: with equal
-                // weights it orders like plain in-flight counts, and with unequal weights it
-                // still favours the heavier endpoint when both are idle, which a bare
-                // inflight / weight (0 = 0) would not.
-                let load = |index: usize| u64::from(endpoints[index].inflight()) + 1;
-                let cost_a = load(a) * u64::from(self.weights[b]);
-                let cost_b = load(b) * u64::from(self.weights[a]);
-                Some(cheaper(a, cost_a, b, cost_b))
+                Some(b.map_or(a, |b| least_request::choose(endpoints, &self.weights, a, b)))
             }
             Strategy::Ewma { last_pick_ms } => {
                 let (a, b) = self.two_choices(eligible)?;
-                let chosen = match b {
-                    None => a,
-                    Some(b) => {
-                        let cost = |index: usize| {
-                            let last = last_pick_ms[index].load(Ordering::Relaxed);
-                            ewma_cost(&endpoints[index], self.weights[index], now_ms.saturating_sub(last))
-                        };
-                        cheaper(a, cost(a), b, cost(b))
-                    }
-                };
-                let stamp = &last_pick_ms[chosen];
-                // Skip the store when the stamp is current: on a busy endpoint this keeps the
-                // cache line shared between workers instead of bouncing it every request.
-                if stamp.load(Ordering::Relaxed) != now_ms {
-                    stamp.store(now_ms, Ordering::Relaxed);
-                }
-                Some(chosen)
+                Some(ewma::choose(endpoints, &self.weights, last_pick_ms, now_ms, a, b))
             }
             Strategy::Hash { table, fallback } => match hash_key {
                 Some(key) => hash_pick(table, key, eligible, any_eligible),
@@ -210,7 +159,7 @@ impl Balancer {
 
 /// The cheaper of two candidates; a tie is broken at random so equal endpoints share evenly
 /// whatever order the candidates came in.
-fn cheaper<C: PartialOrd>(a: usize, cost_a: C, b: usize, cost_b: C) -> usize {
+pub(super) fn cheaper<C: PartialOrd>(a: usize, cost_a: C, b: usize, cost_b: C) -> usize {
     if cost_a < cost_b {
         a
     } else if cost_b < cost_a || fastrand::bool() {
@@ -220,362 +169,26 @@ fn cheaper<C: PartialOrd>(a: usize, cost_a: C, b: usize, cost_b: C) -> usize {
     }
 }
 
-/// Peak-EWMA cost of an endpoint, compared lexicographically (lower is better):
-///
-/// - `(0, 0)`: no latency sample yet and nothing in flight. Preferred, so a new endpoint
-///   gets probed at once instead of being starved by endpoints that already have a (higher
-///   than zero) estimate.
-/// - `(1, ewma * (inflight + 1) / weight)`: the usual cost, ingress-nginx's and Finagle's
-///   (the + 1 counts the new request). The estimate decays towards zero with the time since
-///   this balancer last picked the endpoint, as ingress-nginx decays it on every read: the
-///   estimate only moves when a response comes back, so without the decay an endpoint that
-///   was once slow would lose every comparison, never be picked again and never get the
-///   sample that shows it recovered.
-/// - `(2, inflight / weight)`: no sample yet but a probe is in flight. Avoided until the
-///   probe answers (Finagle's penalty), so a new endpoint takes one request rather than
-///   every request that races in before its first response; among such endpoints (a group
-///   that just started under load) the least loaded wins.
-fn ewma_cost(endpoint: &Endpoint, weight: u32, idle_ms: u64) -> (u8, f64) {
-    let inflight = f64::from(endpoint.inflight());
-    let weight = f64::from(weight);
-    let ewma = endpoint.ewma_ns();
-    if ewma > 0.0 {
-        let decayed = ewma * (-(idle_ms as f64) / EWMA_DECAY_MS).exp();
-        (1, decayed * (inflight + 1.0) / weight)
-    } else if inflight == 0.0 {
-        (0, 0.0)
-    } else {
-        (2, inflight / weight)
-    }
-}
-
-/// A precomputed smooth weighted round-robin cycle and the shared position in it.
-#[derive(Debug)]
-struct Schedule {
-    /// Endpoint indices; each appears in proportion to its weight.
-    slots: Box<[u32]>,
-    /// Slots handed out so far (mod `slots.len()` is the next one). Alone on its cache line:
-    /// every pick writes it, and the read-only fields next to it would otherwise be
-    /// invalidated in every other worker's cache each time.
-    cursor: CachePadded<AtomicUsize>,
-}
-
-/// Aligns its content to its own cache line (128 bytes covers the adjacent-line prefetch of
-/// x86 and the line size of recent ARM cores).
-#[derive(Debug)]
-#[repr(align(128))]
-struct CachePadded<T>(T);
-
-impl Schedule {
-    fn new(weights: &[u32], start: usize) -> Schedule {
-        let slots = smooth_schedule(weights);
-        let start = if slots.is_empty() { 0 } else { start % slots.len() };
-        Schedule { slots, cursor: CachePadded(AtomicUsize::new(start)) }
-    }
-
-    fn pick(&self, eligible: impl Fn(usize) -> bool, any_eligible: impl Fn() -> bool) -> Option<usize> {
-        let len = self.slots.len();
-        if len == 0 {
-            return None;
-        }
-        let next = || self.slots[self.cursor.0.fetch_add(1, Ordering::Relaxed) % len] as usize;
-        let first = next();
-        if eligible(first) {
-            return Some(first);
-        }
-        // Only after a miss: the common case costs one atomic add and one availability check.
-        if !any_eligible() {
-            return None;
-        }
-        // Skipped slots are consumed from the shared cursor, not probed locally: over a cycle
-        // every slot is then handed out once, so the endpoints still available keep exactly
-        // their weighted proportions. Probing forward locally would instead give each
-        // unavailable endpoint's slots to whichever endpoint follows it in the schedule.
-        // `len` consumed slots cover a whole cycle when the picker is alone, so this finds
-        // any eligible endpoint.
-        for _ in 1..len {
-            let index = next();
-            if eligible(index) {
-                return Some(index);
-            }
-        }
-        // Other workers took the eligible slots in the meantime (or availability changed
-        // under us): one local pass over the cycle, so a pick never fails while an endpoint
-        // is available.
-        let start = self.cursor.0.load(Ordering::Relaxed);
-        (0..len)
-            .map(|step| self.slots[start.wrapping_add(step) % len] as usize)
-            .find(|&index| eligible(index))
-    }
-}
-
-/// nginx's smooth weighted round robin, run once over a whole cycle: every step each endpoint
-/// earns its weight, the richest (first on ties) is picked and pays the total. It spreads each
-/// endpoint's turns evenly over the cycle (`5, 1, 1` gives `a a b a c a a`, not five `a` in a
-/// row) and a cycle holds each endpoint exactly `weight` times.
-fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
-    let divisor = weights.iter().fold(0, |divisor, &weight| gcd(divisor, u64::from(weight)));
-    if divisor == 0 {
-        return Box::new([]); // no endpoint with a weight
-    }
-    let mut reduced: Vec<u64> = weights.iter().map(|&weight| u64::from(weight) / divisor).collect();
-    let total: u64 = reduced.iter().sum();
-    if total > MAX_SCHEDULE {
-        // Proportions are approximate from here; an endpoint whose share rounds to nothing
-        // keeps one slot, since a configured endpoint with a weight must get traffic.
-        for weight in reduced.iter_mut().filter(|weight| **weight > 0) {
-            *weight = (*weight * MAX_SCHEDULE / total).max(1);
-        }
-    }
-    let total: u64 = reduced.iter().sum();
-    let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 endpoints");
-    let live: Vec<usize> = (0..reduced.len()).filter(|&i| reduced[i] > 0).collect();
-    if live.iter().all(|&i| reduced[i] == 1) {
-        // Equal weights (the common case): the algorithm would yield the endpoints in order,
-        // so skip its O(endpoints x total) run.
-        return live.into_iter().map(index).collect();
-    }
-    let total_signed = i64::try_from(total).expect("schedule length is capped");
-    let mut current = vec![0i64; reduced.len()];
-    let mut slots = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = live[0];
-        for &i in &live {
-            // Lossless: each weight is at most the capped total.
-            current[i] += reduced[i] as i64;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total_signed;
-        slots.push(index(best));
-    }
-    slots.into_boxed_slice()
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// The Maglev table of endpoint indices, empty when no endpoint has a weight.
-///
-/// Each endpoint's place in the table derives from a fixed hash of its address alone, so
-/// every worker, every node and every restart builds the same table from the same endpoints
-/// (whatever their order), and a client pinned to an endpoint stays on it whichever load
-/// balancer instance receives it. Maglev also keeps a removed endpoint's loss from moving
-/// the keys of the others (beyond about 1%).
-fn hash_table(endpoints: &[Arc<Endpoint>], weights: &[u32]) -> Box<[u32]> {
-    if weights.iter().all(|&weight| weight == 0) {
-        return Box::new([]);
-    }
-    let entries: Vec<MaglevEntry> = endpoints
-        .iter()
-        .zip(weights)
-        .enumerate()
-        .map(|(index, (endpoint, &weight))| MaglevEntry {
-            key: address_hash(endpoint.address),
-            // Maglev reserves 0 for an empty slot, so values are indices + 1.
-            value: u32::try_from(index + 1).expect("fewer than 2^32 endpoints"),
-            weight,
-        })
-        .collect();
-    let wanted = endpoints.len() as u64 * SLOTS_PER_ENDPOINT;
-    let size = HASH_TABLE_SIZES
-        .into_iter()
-        .find(|&size| u64::from(size) >= wanted)
-        .unwrap_or(HASH_TABLE_SIZES[HASH_TABLE_SIZES.len() - 1]);
-    // Every slot is owned since some endpoint has a weight, so `value - 1` cannot underflow.
-    build_table(&entries, size).into_iter().map(|value| value - 1).collect()
-}
-
-/// The endpoint owning `key`'s slot; when it is unavailable or excluded, the next endpoint
-/// found walking forward from that slot. The walk depends only on the key and the table, so
-/// the fallback is consistent too: a key keeps its fallback endpoint while its own is out,
-/// and keys whose endpoint is fine do not move at all. Maglev interleaves the endpoints'
-/// slots, so the displaced keys spread over all the others rather than landing on one.
-fn hash_pick(
-    table: &[u32],
-    key: u64,
-    eligible: impl Fn(usize) -> bool,
-    any_eligible: impl Fn() -> bool,
-) -> Option<usize> {
-    let size = table.len();
-    if size == 0 {
-        return None;
-    }
-    // Multiply-high maps the key onto the table using its high bits, without a division.
-    let start = ((u128::from(key) * size as u128) >> 64) as usize;
-    let owner = table[start] as usize;
-    if eligible(owner) {
-        return Some(owner);
-    }
-    if !any_eligible() {
-        return None; // rather than walking the whole table for nothing
-    }
-    // Rehash the key a few times: each probe lands on a uniformly random slot, so a missing
-    // endpoint's keys spread evenly over the others, and the same key always probes the same
-    // slots, so its fallback is consistent.
-    let mut probe = key;
-    for _ in 0..FALLBACK_PROBES {
-        probe = splitmix64(probe);
-        let candidate = table[((u128::from(probe) * size as u128) >> 64) as usize] as usize;
-        if eligible(candidate) {
-            return Some(candidate);
-        }
-    }
-    // Almost everything is out: walk the table for whatever is left.
-    let mut rejected = owner;
-    for step in 1..size {
-        let candidate = table[(start + step) % size] as usize;
-        // Runs of one endpoint are common; its verdict is already known.
-        if candidate == rejected {
-            continue;
-        }
-        if eligible(candidate) {
-            return Some(candidate);
-        }
-        rejected = candidate;
-    }
-    None
-}
-
-/// The key for consistent hashing, from the request: the header's value, the cookie's value,
-/// or the client's IP. `None` when the header or cookie is absent, or empty: an empty value
-/// identifies nobody, and hashing it would pin every such client to one endpoint.
-///
-/// With a repeated header the first value counts; with a repeated cookie, the first one
-/// across all `Cookie` headers (HTTP/2 clients may split cookies into several). The hash is
-/// fixed (see [`stable_hash`]), so every worker and node maps a client the same way.
-pub fn hash_key(on: &HashOn, headers: &HeaderMap, client: IpAddr, uri: &http::Uri) -> Option<u64> {
-    let value = match on {
-        HashOn::Header(name) => headers.get(name.as_str())?.as_bytes(),
-        HashOn::Cookie(name) => cookie(headers, name.as_bytes())?,
-        HashOn::ClientIp => return Some(ip_hash(client)),
-        HashOn::Template(template) => return template_hash(template, headers, client, uri),
-    };
-    (!value.is_empty()).then(|| stable_hash(value))
-}
-
-/// Hashes an ingress-nginx `upstream-hash-by` template: literal text and `$variables`, fed
-/// piece by piece into one hash (no string is built). `None` when every variable is empty, so
-/// requests without a key fall back to round robin instead of sharing one endpoint.
-fn template_hash(template: &str, headers: &HeaderMap, client: IpAddr, uri: &http::Uri) -> Option<u64> {
-    let mut state = FNV_OFFSET;
-    let mut any = false;
-    let mut rest = template.as_bytes();
-    while !rest.is_empty() {
-        let Some(dollar) = rest.iter().position(|&b| b == b'$') else {
-            state = fnv1a(state, rest);
-            break;
-        };
-        state = fnv1a(state, &rest[..dollar]);
-        let name_len =
-            rest[dollar + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
-        let name = &rest[dollar + 1..dollar + 1 + name_len];
-        rest = &rest[dollar + 1 + name_len..];
-        let value: &[u8] = match name {
-            b"remote_addr" => {
-                any = true;
-                state = fnv1a(state, &ip_hash(client).to_le_bytes());
-                continue;
-            }
-            b"request_uri" => uri.path_and_query().map(|p| p.as_str().as_bytes()).unwrap_or(b"/"),
-            b"uri" => uri.path().as_bytes(),
-            b"args" => uri.query().unwrap_or("").as_bytes(),
-            b"host" => headers.get(http::header::HOST).map(|h| h.as_bytes()).unwrap_or(b""),
-            _ => {
-                if let Some(header) = name.strip_prefix(b"http_") {
-                    header_by_variable(headers, header).unwrap_or(b"")
-                } else if let Some(cookie_name) = name.strip_prefix(b"cookie_") {
-                    cookie(headers, cookie_name).unwrap_or(b"")
-                } else {
-                    b""
-                }
-            }
-        };
-        any |= !value.is_empty();
-        state = fnv1a(state, value);
-    }
-    any.then(|| splitmix64(state))
-}
-
-/// The header nginx's `$http_<name>` names: lower case, `_` for `-`.
-fn header_by_variable<'a>(headers: &'a HeaderMap, variable: &[u8]) -> Option<&'a [u8]> {
-    headers.iter().find_map(|(name, value)| {
-        let name = name.as_str().as_bytes();
-        (name.len() == variable.len()
-            && name.iter().zip(variable).all(|(a, b)| a == b || (*a == b'-' && *b == b'_')))
-        .then(|| value.as_bytes())
-    })
-}
-
-/// The value of cookie `name`, read straight from the `Cookie` headers (RFC 6265 section 5.4:
-/// `name=value` pairs separated by `;`), without building a map or allocating. Names are
-/// case-sensitive; a quoted value loses its quotes (they are not part of it, section 4.1.1).
-fn cookie<'a>(headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
-    headers.get_all(http::header::COOKIE).iter().find_map(|header| {
-        header.as_bytes().split(|&byte| byte == b';').find_map(|pair| {
-            let (key, value) = pair.split_at(pair.iter().position(|&byte| byte == b'=')?);
-            (key.trim_ascii() == name).then(|| {
-                let value = value[1..].trim_ascii();
-                value.strip_prefix(b"\"").and_then(|value| value.strip_suffix(b"\"")).unwrap_or(value)
-            })
-        })
-    })
-}
-
-/// Hash of a client address. IPv4-mapped IPv6 addresses (what a dual-stack listener reports
-/// for IPv4 clients) hash like the IPv4 address, so a client keeps its endpoint whichever
-/// listener it reached.
-fn ip_hash(ip: IpAddr) -> u64 {
-    match ip.to_canonical() {
-        IpAddr::V4(ip) => stable_hash(&ip.octets()),
-        IpAddr::V6(ip) => stable_hash(&ip.octets()),
-    }
-}
-
-/// Maglev key of an endpoint: its address's octets, then its port (big endian).
-fn address_hash(address: SocketAddr) -> u64 {
-    let state = match address.ip().to_canonical() {
-        IpAddr::V4(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
-        IpAddr::V6(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
-    };
-    splitmix64(fnv1a(state, &address.port().to_be_bytes()))
-}
-
-/// A hash that is the same on every machine, process and version, unlike `std`'s randomly
-/// keyed `RandomState`: FNV-1a, then SplitMix64's finaliser. FNV-1a alone mixes its last
-/// bytes poorly into the high bits, which the table lookup uses.
-///
-/// Changing it moves every hashed client to another endpoint, so tests pin it.
-fn stable_hash(bytes: &[u8]) -> u64 {
-    splitmix64(fnv1a(FNV_OFFSET, bytes))
-}
-
-fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(state, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME))
-}
-
-/// SplitMix64 (Steele, Lea and Flood, OOPSLA 2014): a bijective, well-avalanching mixer
-/// defined by integer arithmetic alone.
-fn splitmix64(state: u64) -> u64 {
-    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv6Addr, thread, time::Duration};
+    use std::{
+        net::{IpAddr, Ipv6Addr, SocketAddr},
+        thread,
+        time::Duration,
+    };
 
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
-    use super::*;
-    use crate::maglev::try_build_table;
+    use super::{
+        hash::{HASH_TABLE_SIZES, address_hash, splitmix64, stable_hash},
+        round_robin::{MAX_SCHEDULE, smooth_schedule},
+        *,
+    };
+    use crate::{
+        config::HashOn,
+        maglev::try_build_table,
+        numeric::{FNV1A_64_START, fnv1a_64},
+    };
 
     fn address(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 8080))
@@ -1012,8 +625,8 @@ mod tests {
         // Reference vectors: FNV-1a 64 of "" and "a" (Fowler, Noll, Vo), SplitMix64 seeded
         // with 1234567. If this fails, every hashed client moves endpoint during a rolling
         // upgrade, and instances of different versions disagree; change it only on purpose.
-        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xCBF2_9CE4_8422_2325);
-        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xAF63_DC4C_8601_EC8C);
+        assert_eq!(fnv1a_64(FNV1A_64_START, b""), 0xCBF2_9CE4_8422_2325);
+        assert_eq!(fnv1a_64(FNV1A_64_START, b"a"), 0xAF63_DC4C_8601_EC8C);
         assert_eq!(splitmix64(1_234_567), 0x599E_D017_FB08_FC85);
         assert_eq!(address_hash(address(1)), address_hash("[::ffff:10.1.0.1]:8080".parse().unwrap()));
         assert_ne!(address_hash(address(1)), address_hash(SocketAddr::from(([10, 1, 0, 1], 8081))));
