@@ -20,13 +20,20 @@ const COPY_BELOW: usize = 4096;
 #[error("{0}")]
 pub struct FramingError(pub &'static str);
 
-/// A `Content-Length` value: digits only (no sign, no list), at most 19 of them so it fits.
+/// A `Content-Length` value: digits only (no sign, no list, surrounding whitespace ignored),
+/// `None` when it is anything else or does not fit a `u64`. The one parser for requests,
+/// responses and the guard.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// `n` bytes from the front of `buffer`, copied when small (see [`COPY_BELOW`]).
@@ -169,6 +176,17 @@ impl ChunkDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_is_digits_that_fit() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42\t"), Some(42));
+        assert_eq!(parse_length(b"000000000000000000000007"), Some(7), "leading zeros are digits");
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b" ", b"+5", b"-1", b"5,5", b"5 5", b"0x10", b"18446744073709551616"] {
+            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>, usize), FramingError> {
         let mut decoder = ChunkDecoder::default();

@@ -76,6 +76,8 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::framing::parse_length;
+
 /// The HTTP/2 prior-knowledge connection preface.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -557,7 +559,11 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<HeadInfo, Rejection> {
             if content_length.is_some() {
                 return Err(Rejection::MultipleContentLength);
             }
-            content_length = Some(parse_content_length(header.value)?);
+            content_length = Some(
+                parse_length(header.value)
+                    .filter(|&n| n <= MAX_CONTENT_LENGTH)
+                    .ok_or(Rejection::InvalidContentLength)?,
+            );
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             // hyper reads the value as a visible-ASCII string; anything else is refused.
@@ -608,27 +614,6 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<HeadInfo, Rejection> {
     // hyper upgrades on CONNECT, and on Upgrade in HTTP/1.1 only.
     let tunnel = req.method == Some("CONNECT") || (http11 && upgrade && connection_upgrade);
     Ok(HeadInfo { body, tunnel })
-}
-
-/// `Content-Length`: plain digits (httparse already trimmed the surrounding whitespace).
-fn parse_content_length(value: &[u8]) -> Result<u64, Rejection> {
-    if value.is_empty() {
-        return Err(Rejection::InvalidContentLength);
-    }
-    let mut n = 0u64;
-    for &b in value {
-        if !b.is_ascii_digit() {
-            return Err(Rejection::InvalidContentLength);
-        }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or(Rejection::InvalidContentLength)?;
-    }
-    if n > MAX_CONTENT_LENGTH {
-        return Err(Rejection::InvalidContentLength);
-    }
-    Ok(n)
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {

@@ -48,7 +48,7 @@ use tokio::{
 };
 
 use super::{
-    framing::{ChunkDecoder, Decoded},
+    framing::{ChunkDecoder, Decoded, parse_length},
     wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
 };
 use crate::{
@@ -576,7 +576,7 @@ fn encode_head(
     let mut has_date = false;
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH {
-            declared = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse().ok());
+            declared = parse_length(value.as_bytes());
         } else if name == DATE {
             has_date = true;
         }

@@ -38,6 +38,7 @@ use super::{
     headers::{self, Forwarded, X_REQUEST_ID},
     http1::{
         client::{self as h1_client, Outgoing, RequestFraming},
+        framing::parse_length,
         server::{ClientBody, ClientUpgrade, Handler},
     },
     route::{Route, RouteAction, RouteLabels},
@@ -265,8 +266,7 @@ fn choose_route<'s>(
 /// body over it is refused before anything is read.
 fn admit(request: &Request<ClientBody>, route: &Route, snapshot: &Snapshot) -> Phase<u64> {
     let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
-    if let Some(length) =
-        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(length) = request.headers().get(CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()))
         && limit > 0
         && length > limit
     {
