@@ -312,6 +312,31 @@ impl Collector for Metrics {
     }
 }
 
+/// Configuration reload outcomes, counted by the node that applies configurations; the admin
+/// server reports them in `/metrics` and the status.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Unix seconds of the last successful reload (0 = none yet).
+    pub last_success_unix: AtomicU64,
+}
+
+impl ReloadStats {
+    pub fn record(&self, ok: bool) {
+        if ok {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            self.last_success_unix.store(now, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,7 @@ use crate::{
     admin::{AdminServer, AdminState, sources},
     config::Config,
     dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
-    metrics::Metrics,
-    provider::file::ReloadStats,
+    metrics::{Metrics, ReloadStats},
     proxy::{
         WorkerOptions, Workers,
         snapshot::{Published, Snapshot},

@@ -22,9 +22,8 @@ use tokio::sync::watch;
 
 use crate::{
     dataplane::CountersReader,
-    metrics::Metrics,
+    metrics::{Metrics, ReloadStats},
     now_ms,
-    provider::file::ReloadStats,
     proxy::{
         body::{self, ProxyBody},
         route::RouteAction,

@@ -8,9 +8,8 @@ use prometheus_client::{metrics::MetricType, registry::Unit};
 
 use crate::{
     dataplane::CountersReader,
-    metrics::{Sample, ScrapeSource},
+    metrics::{ReloadStats, Sample, ScrapeSource},
     now_ms,
-    provider::file::ReloadStats,
     proxy::snapshot::Published,
 };
 
