@@ -1,16 +1,20 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use anyhow::Context;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
     dataplane::AttachMode,
     node::Node,
-    provider::file::{FileProvider, Overrides},
+    provider::{
+        Desired, Source, Update,
+        file::{FileProvider, Overrides},
+    },
     proxy::{snapshot::Snapshot, upstream::endpoint::EndpointRegistry},
 };
 
@@ -171,7 +175,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Watch before serving: a change made as soon as the listeners answer must not be missed.
     let changes = runtime.block_on(async { provider.changes() });
     let node = Node::start(&config)?;
-    runtime.block_on(serve_until_signal(&provider, &node, changes))?;
+    runtime.block_on(async {
+        let (updates_tx, updates) = mpsc::channel(1);
+        tokio::select! {
+            result = provider.run(changes, updates_tx) => result.map_err(Into::into),
+            () = apply_updates(&node, updates) => Ok(()),
+            result = shutdown_signal() => result,
+        }
+    })?;
     tracing::info!("shutting down");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
@@ -180,7 +191,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// `sluice run --kubernetes`: the node starts on the base configuration, then serves the
 /// cluster's Ingresses on top of it; the base file still reloads (SIGHUP or change).
 fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Result<ExitCode> {
-    use crate::provider::kube::{KubeOptions, KubeProvider, leader::StatusOptions};
+    use crate::provider::kube::KubeProvider;
     let base = provider.load()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // Watch before serving: a change made as soon as the listeners answer must not be missed.
@@ -188,6 +199,33 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
     let node = Node::start(&base)?;
     // Not ready (`/readyz` 503) until the first full view of the cluster is applied.
     node.set_ready(false);
+    let options = kube_options(args);
+    runtime.block_on(async {
+        let kube = KubeProvider::connect(options).await?;
+        let (base_tx, base_rx) = watch::channel(Arc::new(base));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (updates_tx, updates) = mpsc::channel(1);
+        let (file_tx, file_updates) = mpsc::channel(1);
+        let serve = kube.run(base_rx, updates_tx.clone(), stop_rx);
+        let mut serve = std::pin::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result,
+            result = provider.run(changes, file_tx) => result?,
+            () = base_from_file(file_updates, &base_tx, &updates_tx) => {}
+            () = apply_updates(&node, updates) => {}
+            result = shutdown_signal() => result?,
+        }
+        let _ = stop_tx.send(true);
+        serve.await
+    })?;
+    tracing::info!("shutting down");
+    node.stop()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the Kubernetes provider is told by the command line.
+fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
+    use crate::provider::kube::{KubeOptions, leader::StatusOptions};
     let status = (!args.no_status).then(|| {
         let mut status = StatusOptions::default()
             .with_lease_duration(std::time::Duration::from_secs(args.lease_duration_seconds));
@@ -200,58 +238,114 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
         status.publish_addresses = args.publish_addresses.clone();
         status
     });
-    let options = KubeOptions {
+    KubeOptions {
         kubeconfig: args.kubeconfig.clone(),
         ingress_class: args.ingress_class.clone(),
         status,
         ..KubeOptions::default()
-    };
-    runtime.block_on(async {
-        let kube = KubeProvider::connect(options).await?;
-        let (base_tx, base_rx) = tokio::sync::watch::channel(base);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let serve = kube.run(&node, base_rx, stop_rx);
-        let mut serve = std::pin::pin!(serve);
-        tokio::select! {
-            result = &mut serve => return result,
-            result = base_until_signal(provider, &node, &base_tx, changes) => result?,
-        }
-        let _ = stop_tx.send(true);
-        serve.await
-    })?;
-    tracing::info!("shutting down");
-    node.stop()?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
-/// Kubernetes mode's signal loop: SIGINT or SIGTERM return; SIGHUP and changes of the base
-/// file send the reloaded base configuration to the provider.
-async fn base_until_signal(
-    provider: &FileProvider,
-    node: &Node,
-    base: &tokio::sync::watch::Sender<Config>,
-    mut changes: crate::provider::file::Changes,
-) -> anyhow::Result<()> {
+/// Returns on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        let why = tokio::select! {
-            r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => "SIGHUP",
-            () = changes.next() => "file changed",
-        };
-        match provider.load() {
-            Ok(config) => {
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(Into::into),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Kubernetes mode: the file's configurations become the Kubernetes provider's base; a file
+/// that is refused goes to the node as a refusal of the base.
+async fn base_from_file(
+    mut file: mpsc::Receiver<Update>,
+    base: &watch::Sender<Arc<Config>>,
+    node: &mpsc::Sender<Update>,
+) {
+    while let Some(update) = file.recv().await {
+        match update {
+            Update::Serve(Desired { config, source, .. }) => {
+                let why = source.why();
                 tracing::info!(why, "base configuration reloaded; rebuilding with the Kubernetes state");
                 base.send_replace(config);
             }
-            Err(e) => {
-                node.record_refused();
-                tracing::error!(why, error = %e, "base configuration refused; the previous one keeps serving");
+            Update::Refused { source, error } => {
+                let refused = Update::Refused { source: Source::Base { why: source.why() }, error };
+                if node.send(refused).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Serves what the providers emit, in order, until they stop: each configuration is applied
+/// whole, each refusal counted. Every configuration applied makes the node ready (Kubernetes
+/// mode starts not ready, until its first translation serves).
+async fn apply_updates(node: &Node, mut updates: mpsc::Receiver<Update>) {
+    while let Some(update) = updates.recv().await {
+        match update {
+            Update::Serve(desired) => match node.apply(&desired.config) {
+                Ok(generation) => {
+                    node.set_ready(true);
+                    log_applied(&desired, generation);
+                }
+                Err(e) => log_not_applied(desired.source, &e.to_string()),
+            },
+            Update::Refused { source, error } => {
+                node.record_refused();
+                log_refused(source, &error);
+            }
+        }
+    }
+}
+
+fn log_applied(desired: &Desired, generation: u64) {
+    match desired.source {
+        Source::File { why } | Source::Base { why } => {
+            tracing::info!(why, generation, "configuration reloaded")
+        }
+        Source::Kubernetes => tracing::info!(
+            generation,
+            ingresses = desired.ingresses.unwrap_or(0),
+            virtual_hosts = desired.config.virtual_hosts.len(),
+            backends = desired.config.backends.len(),
+            took_ms = desired.started.elapsed().as_millis() as u64,
+            "Kubernetes configuration applied"
+        ),
+    }
+}
+
+/// A configuration the node could not apply (it does not compile, or needs a restart).
+fn log_not_applied(source: Source, error: &str) {
+    match source {
+        Source::File { why } | Source::Base { why } => {
+            tracing::error!(why, error = %error, "configuration refused; the previous one keeps serving")
+        }
+        Source::Kubernetes => tracing::error!(
+            error = %error,
+            "Kubernetes configuration refused; the previous one keeps serving"
+        ),
+    }
+}
+
+/// A configuration the provider refused before it reached the node (it does not parse or
+/// validate).
+fn log_refused(source: Source, error: &str) {
+    match source {
+        Source::File { why } => {
+            tracing::error!(why, error = %error, "configuration refused; the previous one keeps serving")
+        }
+        Source::Base { why } => tracing::error!(
+            why,
+            error = %error,
+            "base configuration refused; the previous one keeps serving"
+        ),
+        Source::Kubernetes => tracing::error!(
+            error = %error,
+            "Kubernetes configuration does not validate; the previous one keeps serving"
+        ),
     }
 }
 
@@ -352,41 +446,6 @@ pub fn render_status(status: &serde_json::Value) -> String {
         }
     }
     out
-}
-
-/// Waits for SIGINT or SIGTERM, reloading on SIGHUP and whenever the file changes.
-async fn serve_until_signal(
-    provider: &FileProvider,
-    node: &Node,
-    mut changes: crate::provider::file::Changes,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => reload(provider, node, "SIGHUP"),
-            () = changes.next() => reload(provider, node, "file changed"),
-        }
-    }
-}
-
-/// Loads and applies the configuration; a bad one is refused and the old one keeps serving.
-fn reload(provider: &FileProvider, node: &Node, why: &str) {
-    let config = match provider.load() {
-        Ok(config) => config,
-        Err(e) => {
-            node.record_refused();
-            tracing::error!(why, error = %e, "configuration refused; the previous one keeps serving");
-            return;
-        }
-    };
-    match node.apply(&config) {
-        Ok(generation) => tracing::info!(why, generation, "configuration reloaded"),
-        Err(e) => tracing::error!(why, error = %e, "configuration refused; the previous one keeps serving"),
-    }
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ use std::{
     collections::HashSet,
     path::{Path, PathBuf},
     sync::Arc,
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::{Desired, Source, Update};
 use crate::{
     config::{self, Config},
     dataplane::AttachMode,
@@ -45,27 +45,6 @@ impl Overrides {
         }
         if self.no_xdp {
             config.xdp.enabled = false;
-        }
-    }
-}
-
-/// Reload outcomes, for metrics and status.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    /// Unix seconds of the last successful reload (0 = none yet).
-    pub last_success_unix: AtomicU64,
-}
-
-impl ReloadStats {
-    pub fn record(&self, ok: bool) {
-        if ok {
-            self.succeeded.fetch_add(1, Ordering::Relaxed);
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            self.last_success_unix.store(now, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -150,7 +129,36 @@ impl FileProvider {
         Ok(config)
     }
 
-    /// Notices of changes to watch in a signal loop; when watching fails the reason is logged
+    /// Emits the configuration again on SIGHUP and on every change `changes` notices, until
+    /// the receiver of `updates` is gone. A file that does not parse or validate is emitted as
+    /// a refusal.
+    pub async fn run(&self, mut changes: Changes, updates: mpsc::Sender<Update>) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            let why = tokio::select! {
+                _ = hangup.recv() => "SIGHUP",
+                () = changes.next() => "file changed",
+            };
+            if updates.send(self.update(why)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The configuration loaded now, as an update reloaded for `why`.
+    fn update(&self, why: &'static str) -> Update {
+        let started = std::time::Instant::now();
+        let source = Source::File { why };
+        match self.load() {
+            Ok(config) => {
+                Update::Serve(Desired { config: Arc::new(config), source, started, ingresses: None })
+            }
+            Err(e) => Update::Refused { source, error: e.to_string() },
+        }
+    }
+
+    /// Notices of changes to pass to [`FileProvider::run`]; when watching fails the reason is logged
     /// and only SIGHUP reloads.
     pub fn changes(&self) -> Changes {
         match self.watch() {

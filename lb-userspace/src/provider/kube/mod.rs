@@ -1,7 +1,7 @@
 //! The Kubernetes provider: reflectors keep IngressClasses, Ingresses, Services,
 //! EndpointSlices and TLS Secrets in memory; every change (debounced) rebuilds the whole
-//! configuration from those stores ([`translate`]) and swaps it into the node. Nothing is
-//! patched from single events, so the serving configuration is always a function of the
+//! configuration from those stores ([`translate`]) and emits it for the node to serve. Nothing
+//! is patched from single events, so the serving configuration is always a function of the
 //! observed state.
 //!
 //! Resilience: the stores are read only once every one has listed; a watch that fails retries
@@ -41,9 +41,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::{config::Config, node::Node};
+use super::{Desired, Source, Update};
+use crate::config::Config;
 pub use translate::{CONTROLLER, ClusterState, IngressId, Settings, Translation, Translator};
 
 /// Everything `sluice run --kubernetes` is told.
@@ -272,13 +273,14 @@ impl KubeProvider {
         &self.client
     }
 
-    /// Watches the cluster and keeps `node` serving its translation on top of the latest base
-    /// configuration, until `shutdown` turns true. Base changes (the `--config` file) rebuild
-    /// too. Returns after the status writer has released its Lease.
+    /// Watches the cluster and emits on `updates` its translation on top of the latest base
+    /// configuration (the `--config` file), whenever either changes, until `shutdown` turns
+    /// true or the receiver of `updates` is gone. Returns after the status writer has released
+    /// its Lease.
     pub async fn run(
         &self,
-        node: &Node,
-        mut base: watch::Receiver<Config>,
+        mut base: watch::Receiver<Arc<Config>>,
+        updates: mpsc::Sender<Update>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let (changed_tx, mut changed) = watch::channel(0u64);
@@ -299,81 +301,18 @@ impl KubeProvider {
                 shutdown.clone(),
             ))
         });
-        let mut last: Option<Config> = None;
-        let mut reported: BTreeSet<String> = BTreeSet::new();
+        let mut emitted = Emitted::new(served_tx);
         loop {
             changed.borrow_and_update();
-            let state = stores.state();
-            let base_config = base.borrow_and_update().clone();
-            let translator = self.translator.clone();
-            let started = Instant::now();
-            let result = tokio::task::spawn_blocking(move || translator.build(&base_config, &state))
-                .await
-                .context("the translation task panicked")?;
-            match result {
-                Ok(translation) => {
-                    let notes: BTreeSet<String> = translation
-                        .notes
-                        .iter()
-                        .map(|n| match &n.ingress {
-                            Some(id) => format!("Ingress {id}: {}", n.message),
-                            None => n.message.clone(),
-                        })
-                        .collect();
-                    for note in notes.difference(&reported) {
-                        tracing::warn!(note = %note, "Kubernetes");
-                    }
-                    reported = notes;
-                    served_tx.send_if_modified(|served| {
-                        let modified = *served != translation.served;
-                        if modified {
-                            served.clone_from(&translation.served);
-                        }
-                        modified
-                    });
-                    if last.as_ref() != Some(&translation.config) {
-                        let config = translation.config;
-                        match node.apply(&config) {
-                            Ok(generation) => {
-                                // The first full translation is what makes the node ready.
-                                node.set_ready(true);
-                                tracing::info!(
-                                    generation,
-                                    ingresses = translation.served.len(),
-                                    virtual_hosts = config.virtual_hosts.len(),
-                                    backends = config.backends.len(),
-                                    took_ms = started.elapsed().as_millis() as u64,
-                                    "Kubernetes configuration applied"
-                                )
-                            }
-                            Err(e) => tracing::error!(
-                                error = %e,
-                                "Kubernetes configuration refused; the previous one keeps serving"
-                            ),
-                        }
-                        // Not retried until something changes, applied or not.
-                        last = Some(config);
-                    }
-                }
-                Err(e) => {
-                    node.record_refused();
-                    tracing::error!(error = %e, "Kubernetes configuration does not validate; the previous one keeps serving");
-                }
-            }
-            tokio::select! {
-                r = changed.changed() => if r.is_err() { break },
-                r = base.changed() => if r.is_err() { break },
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            }
-            // Debounce: wait for a quiet moment (at most a second) so a burst is one rebuild.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-            loop {
-                let quiet = tokio::time::sleep(self.options.debounce);
+            let update = self.rebuild(&stores, &mut base, &mut emitted).await?;
+            if let Some(update) = update {
                 tokio::select! {
-                    _ = quiet => break,
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    r = changed.changed() => if r.is_err() { break },
+                    sent = updates.send(update) => if sent.is_err() { break },
+                    _ = shutdown.wait_for(|stop| *stop) => break,
                 }
+            }
+            if !self.next_change(&mut changed, &mut base, &mut shutdown).await {
+                break;
             }
         }
         if let Some(status) = status {
@@ -384,5 +323,99 @@ impl KubeProvider {
             }
         }
         Ok(())
+    }
+
+    /// Translates what the stores hold on top of the latest base: the update to emit, if any.
+    async fn rebuild(
+        &self,
+        stores: &Stores,
+        base: &mut watch::Receiver<Arc<Config>>,
+        emitted: &mut Emitted,
+    ) -> anyhow::Result<Option<Update>> {
+        let state = stores.state();
+        let base_config = base.borrow_and_update().clone();
+        let translator = self.translator.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || translator.build(&base_config, &state))
+            .await
+            .context("the translation task panicked")?;
+        Ok(match result {
+            Ok(translation) => emitted.next(translation, started),
+            Err(e) => Some(Update::Refused { source: Source::Kubernetes, error: e.to_string() }),
+        })
+    }
+
+    /// Waits for a change of the cluster or the base, then for a quiet moment (at most a
+    /// second) so a burst is one rebuild. False when it is time to stop.
+    async fn next_change(
+        &self,
+        changed: &mut watch::Receiver<u64>,
+        base: &mut watch::Receiver<Arc<Config>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return false },
+            r = base.changed() => if r.is_err() { return false },
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let quiet = tokio::time::sleep(self.options.debounce);
+            tokio::select! {
+                _ = quiet => return true,
+                _ = tokio::time::sleep_until(deadline) => return true,
+                r = changed.changed() => if r.is_err() { return true },
+            }
+        }
+    }
+}
+
+/// What the provider has emitted so far: translations are emitted only when they differ from
+/// the last, notes logged only when new, and the served Ingresses passed to the status writer.
+struct Emitted {
+    last: Option<Arc<Config>>,
+    reported: BTreeSet<String>,
+    served: watch::Sender<Vec<IngressId>>,
+}
+
+impl Emitted {
+    fn new(served: watch::Sender<Vec<IngressId>>) -> Emitted {
+        Emitted { last: None, reported: BTreeSet::new(), served }
+    }
+
+    /// Logs the translation's new notes, tells the status writer what is served, and returns
+    /// the update to emit when the configuration changed. An unchanged configuration is not
+    /// emitted again, whether the node applied the last one or not.
+    fn next(&mut self, translation: Translation, started: Instant) -> Option<Update> {
+        let notes: BTreeSet<String> = translation
+            .notes
+            .iter()
+            .map(|n| match &n.ingress {
+                Some(id) => format!("Ingress {id}: {}", n.message),
+                None => n.message.clone(),
+            })
+            .collect();
+        for note in notes.difference(&self.reported) {
+            tracing::warn!(note = %note, "Kubernetes");
+        }
+        self.reported = notes;
+        self.served.send_if_modified(|served| {
+            let modified = *served != translation.served;
+            if modified {
+                served.clone_from(&translation.served);
+            }
+            modified
+        });
+        if self.last.as_deref() == Some(&translation.config) {
+            return None;
+        }
+        let config = Arc::new(translation.config);
+        self.last = Some(config.clone());
+        Some(Update::Serve(Desired {
+            config,
+            source: Source::Kubernetes,
+            started,
+            ingresses: Some(translation.served.len()),
+        }))
     }
 }
