@@ -2,17 +2,22 @@
 //! `nginx.ingress.kubernetes.io/`, and the same names under `sluice.dev/` (which win when both
 //! are set). Every value is parsed into a typed setting; nothing is ever templated.
 //!
-//! Three outcomes for an annotation that is not simply applied:
+//! One table ([`ANNOTATIONS`], in `table.rs`) gives every name Sluice knows its class:
+//! - **applied**: its parser reads the value into [`Annotations`]; a value that does not parse
+//!   is ignored with a warning, and a value that cannot be served (FastCGI) refuses the Ingress;
 //! - **refused**: the Ingress is not served at all, because serving it without the annotation
-//!   would expose what the user meant to protect (snippets, source ranges, external auth) or
-//!   break the backend (FastCGI);
-//! - **ignored with a warning**: unsupported but harmless to leave out (session affinity,
-//!   CORS, rate limits...), or a value that does not parse;
-//! - applied.
+//!   would expose what the user meant to protect (snippets, source ranges, external auth);
+//! - **ignored**, with the reason: unsupported but harmless to leave out (CORS, rate limits...).
+//!
+//! Any other name under either prefix is ignored and reported as unknown.
 
 use std::collections::BTreeMap;
 
-use crate::config::{AffinityMode, Balance, CookieAffinityConfig, HashOn, SameSite};
+use crate::config::{Balance, CookieAffinityConfig, HashOn};
+
+mod table;
+
+pub use table::ANNOTATIONS;
 
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 pub const SLUICE_PREFIX: &str = "sluice.dev/";
@@ -114,363 +119,107 @@ pub struct Reading {
     pub warnings: Vec<String>,
 }
 
-/// Annotations that refuse the whole Ingress: leaving them out would serve it less protected
-/// than asked, and configuration is typed, never templated.
-const REFUSED: &[(&str, &str)] = &[
-    ("configuration-snippet", "snippets are refused: configuration is typed, never templated"),
-    ("server-snippet", "snippets are refused: configuration is typed, never templated"),
-    ("location-snippet", "snippets are refused: configuration is typed, never templated"),
-    ("stream-snippet", "snippets are refused: configuration is typed, never templated"),
-    ("auth-snippet", "snippets are refused: configuration is typed, never templated"),
-    ("modsecurity-snippet", "snippets are refused: configuration is typed, never templated"),
-    (
-        "whitelist-source-range",
-        "source-range allow lists are not supported; serving without it would expose the Ingress",
-    ),
-    (
-        "allowlist-source-range",
-        "source-range allow lists are not supported; serving without it would expose the Ingress",
-    ),
-    (
-        "denylist-source-range",
-        "source-range deny lists are not supported; serving without it would expose the Ingress",
-    ),
-    ("auth-url", "external authentication is not supported; serving without it would expose the Ingress"),
-    (
-        "auth-type",
-        "basic/digest authentication is not supported; serving without it would expose the Ingress",
-    ),
-    (
-        "auth-tls-secret",
-        "client-certificate authentication by annotation is not supported; serving without it would expose the Ingress",
-    ),
-];
+/// One annotation name (after the prefix) and what Sluice does with it.
+#[derive(Debug)]
+pub struct Annotation {
+    pub name: &'static str,
+    pub class: Class,
+}
 
-/// Recognised but not supported; the Ingress is served without them.
-const IGNORED: &[&str] = &[
-    "affinity-canary-behavior",
-    "proxy-send-timeout",
-    "proxy-next-upstream-timeout",
-    "enable-cors",
-    "cors-allow-origin",
-    "cors-allow-methods",
-    "cors-allow-headers",
-    "cors-allow-credentials",
-    "cors-max-age",
-    "limit-rps",
-    "limit-rpm",
-    "limit-connections",
-    "proxy-buffering",
-    "proxy-buffer-size",
-    "proxy-request-buffering",
-    "upstream-vhost",
-    "x-forwarded-prefix",
-    "custom-http-errors",
-    "default-backend",
-    "service-upstream",
-    "enable-access-log",
-    "proxy-ssl-verify",
-    "proxy-ssl-secret",
-    "proxy-ssl-name",
-];
+/// What Sluice does with an annotation.
+#[derive(Debug)]
+pub enum Class {
+    /// Read into the Ingress's settings by the parser.
+    Applied(Parse),
+    /// The Ingress is not served, for this reason.
+    Refused(&'static str),
+    /// The Ingress is served without it, for this reason.
+    Ignored(&'static str),
+}
 
-/// The names (after the prefix) this module applies.
-const APPLIED: &[&str] = &[
-    "rewrite-target",
-    "use-regex",
-    "ssl-redirect",
-    "force-ssl-redirect",
-    "backend-protocol",
-    "proxy-connect-timeout",
-    "proxy-read-timeout",
-    "proxy-next-upstream",
-    "proxy-next-upstream-tries",
-    "proxy-body-size",
-    "load-balance",
-    "upstream-hash-by",
-    "canary",
-    "canary-weight",
-    "canary-weight-total",
-    "canary-by-header",
-    "canary-by-header-value",
-    "canary-by-header-pattern",
-    "canary-by-cookie",
-    "app-root",
-    "permanent-redirect",
-    "permanent-redirect-code",
-    "temporal-redirect",
-    "temporal-redirect-code",
-    "ssl-passthrough",
-    "affinity",
-    "affinity-mode",
-    "session-cookie-name",
-    "session-cookie-path",
-    "session-cookie-domain",
-    "session-cookie-samesite",
-    "session-cookie-conditional-samesite-none",
-    "session-cookie-expires",
-    "session-cookie-max-age",
-    "session-cookie-secure",
-    "session-cookie-change-on-failure",
-];
+/// Reads one annotation's value (trimmed) into the settings. `others` holds every annotation
+/// of the Ingress, for the few whose meaning depends on another's; an annotation that only
+/// refines another (a session cookie's name) is parsed after it, in table order, and does
+/// nothing when the other is not set.
+pub type Parse = fn(value: &str, into: &mut Annotations, others: &Values<'_>) -> Result<(), Problem>;
 
-/// Reads the annotations of one Ingress.
+/// Why a parser did not apply a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The value does not parse: it is ignored with a warning saying what was expected.
+    Expected(&'static str),
+    /// The value asks for what cannot be served: the Ingress is refused for this reason.
+    Refuse(&'static str),
+}
+
+/// The annotations of one Ingress by name, the prefix removed; `sluice.dev/` wins.
+#[derive(Debug, Default)]
+pub struct Values<'a>(BTreeMap<&'a str, &'a str>);
+
+impl<'a> Values<'a> {
+    pub fn new(raw: &'a BTreeMap<String, String>) -> Values<'a> {
+        let mut values = BTreeMap::new();
+        for (key, value) in raw {
+            if let Some(name) = key.strip_prefix(NGINX_PREFIX) {
+                values.entry(name).or_insert(value.as_str());
+            }
+        }
+        for (key, value) in raw {
+            if let Some(name) = key.strip_prefix(SLUICE_PREFIX) {
+                values.insert(name, value.as_str());
+            }
+        }
+        Values(values)
+    }
+
+    /// The value of `name`, trimmed.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).map(|v| v.trim())
+    }
+}
+
+/// The table entry for `name`.
+pub fn lookup(name: &str) -> Option<&'static Annotation> {
+    ANNOTATIONS.iter().find(|a| a.name == name)
+}
+
+/// Reads the annotations of one Ingress: first every name is classified (in name order, so
+/// the refusal reported is the same whatever else is set), then the applied ones are parsed
+/// in table order.
 pub fn read(raw: &BTreeMap<String, String>) -> Reading {
+    let values = Values::new(raw);
     let mut reading = Reading::default();
-    // The names set under either prefix; sluice.dev/ wins.
-    let mut values: BTreeMap<&str, &str> = BTreeMap::new();
-    for (key, value) in raw {
-        if let Some(name) = key.strip_prefix(NGINX_PREFIX) {
-            values.entry(name).or_insert(value.as_str());
-        }
-    }
-    for (key, value) in raw {
-        if let Some(name) = key.strip_prefix(SLUICE_PREFIX) {
-            values.insert(name, value.as_str());
-        }
-    }
-    for (&name, _) in values.iter() {
-        if let Some((_, why)) = REFUSED.iter().find(|(n, _)| *n == name) {
-            reading.refused.get_or_insert_with(|| format!("annotation {name}: {why}"));
-        } else if IGNORED.contains(&name) {
-            reading.warnings.push(format!("annotation {name} is not supported; ignored"));
-        } else if !APPLIED.contains(&name) {
-            reading.warnings.push(format!("annotation {name} is unknown; ignored"));
-        }
-    }
-    let a = &mut reading.annotations;
-    let warnings = &mut reading.warnings;
-    let mut bad = |name: &str, value: &str, expected: &str| {
-        warnings.push(format!("annotation {name}: {value:?} is not {expected}; ignored"));
-    };
-    let get = |name: &str| values.get(name).map(|v| v.trim());
-
-    a.rewrite_target = get("rewrite-target").filter(|v| !v.is_empty()).map(str::to_owned);
-    if let Some(v) = get("use-regex") {
-        match parse_bool(v) {
-            Some(b) => a.use_regex = b,
-            None => bad("use-regex", v, "true or false"),
-        }
-    }
-    if let Some(v) = get("ssl-redirect") {
-        match parse_bool(v) {
-            Some(b) => a.ssl_redirect = Some(b),
-            None => bad("ssl-redirect", v, "true or false"),
-        }
-    }
-    if let Some(v) = get("force-ssl-redirect") {
-        match parse_bool(v) {
-            Some(b) => a.force_ssl_redirect = b,
-            None => bad("force-ssl-redirect", v, "true or false"),
-        }
-    }
-    if let Some(v) = get("ssl-passthrough") {
-        match parse_bool(v) {
-            Some(b) => a.ssl_passthrough = b,
-            None => bad("ssl-passthrough", v, "true or false"),
-        }
-    }
-    if let Some(v) = get("backend-protocol") {
-        match v.to_ascii_uppercase().as_str() {
-            "HTTP" | "AUTO_HTTP" => a.backend.protocol = UpstreamProtocol::Http,
-            "HTTPS" => a.backend.protocol = UpstreamProtocol::Https,
-            "GRPC" => a.backend.protocol = UpstreamProtocol::Grpc,
-            "GRPCS" => a.backend.protocol = UpstreamProtocol::Grpcs,
-            "FCGI" => {
-                reading.refused.get_or_insert_with(|| {
-                    "annotation backend-protocol: FCGI is not supported; the pods would not understand HTTP".into()
-                });
+    for &name in values.0.keys() {
+        match lookup(name).map(|a| &a.class) {
+            Some(Class::Applied(_)) => {}
+            Some(Class::Refused(why)) => {
+                reading.refused.get_or_insert_with(|| format!("annotation {name}: {why}"));
             }
-            _ => bad("backend-protocol", v, "HTTP, HTTPS, AUTO_HTTP, GRPC or GRPCS"),
-        }
-    }
-    for (name, field) in [
-        ("proxy-connect-timeout", &mut a.backend.connect_timeout_ms),
-        ("proxy-read-timeout", &mut a.read_timeout_ms),
-    ] {
-        if let Some(v) = get(name) {
-            match parse_seconds(v) {
-                Some(ms) => *field = Some(ms),
-                None => bad(name, v, "a positive number of seconds"),
+            Some(Class::Ignored(why)) => {
+                reading.warnings.push(format!("annotation {name} is ignored: {why}"))
             }
+            None => reading.warnings.push(format!("annotation {name} is unknown; ignored")),
         }
     }
-    if let Some(v) = get("proxy-next-upstream") {
-        let words: Vec<&str> = v.split_whitespace().collect();
-        if words == ["off"] {
-            a.backend.no_retries = true;
-        } else if words.is_empty() {
-            bad("proxy-next-upstream", v, "a list of conditions or off");
-        }
-    }
-    if let Some(v) = get("proxy-next-upstream-tries") {
-        match v.parse::<u32>() {
-            // 0 means unlimited in nginx: keep the default retries.
-            Ok(0) => {}
-            Ok(tries) => a.backend.tries = Some(tries.min(10)),
-            Err(_) => bad("proxy-next-upstream-tries", v, "a number"),
-        }
-    }
-    if let Some(v) = get("proxy-body-size") {
-        match parse_size(v) {
-            Some(bytes) => a.body_size = Some(bytes),
-            None => bad("proxy-body-size", v, "a size such as 8m, 512k or 0"),
-        }
-    }
-    if let Some(v) = get("load-balance") {
-        match v {
-            "round_robin" => a.backend.balance = Some(BalanceSetting::RoundRobin),
-            "ewma" => a.backend.balance = Some(BalanceSetting::Ewma),
-            "least_conn" => a.backend.balance = Some(BalanceSetting::LeastRequest),
-            _ => bad("load-balance", v, "round_robin or ewma"),
-        }
-    }
-    if let Some(v) = get("upstream-hash-by") {
-        // Consistent hashing wins over load-balance, as in ingress-nginx.
-        match parse_hash_by(v) {
-            Some(setting) => a.backend.balance = Some(setting),
-            None => {
-                bad("upstream-hash-by", v, "$remote_addr, $binary_remote_addr, $http_NAME or $cookie_NAME")
-            }
-        }
-    }
-    if let Some(v) = get("app-root") {
-        if v.starts_with('/') && !v.contains(char::is_whitespace) {
-            a.app_root = Some(v.to_owned());
-        } else {
-            bad("app-root", v, "a path starting with /");
-        }
-    }
-    for (name, code_name, default_code, codes) in [
-        ("permanent-redirect", "permanent-redirect-code", 301, &[301, 308][..]),
-        ("temporal-redirect", "temporal-redirect-code", 302, &[302, 303, 307][..]),
-    ] {
-        let Some(url) = get(name).filter(|v| !v.is_empty()) else { continue };
-        let code = match get(code_name) {
-            Some(c) => match c.parse::<u16>() {
-                Ok(c) if codes.contains(&c) => c,
-                _ => {
-                    bad(code_name, c, "a redirect code of this kind");
-                    default_code
-                }
-            },
-            None => default_code,
+    for annotation in ANNOTATIONS {
+        let (Class::Applied(parse), Some(value)) = (&annotation.class, values.get(annotation.name)) else {
+            continue;
         };
-        // permanent-redirect wins when both are set, as in ingress-nginx.
-        if a.redirect.is_none() {
-            a.redirect = Some(WholeRedirect { url: url.to_owned(), code });
-        }
-    }
-    match get("affinity") {
-        Some("cookie") => {
-            let mut affinity = CookieAffinityConfig::default();
-            if let Some(v) = get("affinity-mode") {
-                match v {
-                    "balanced" => affinity.mode = AffinityMode::Balanced,
-                    "persistent" => affinity.mode = AffinityMode::Persistent,
-                    _ => bad("affinity-mode", v, "balanced or persistent"),
-                }
+        let name = annotation.name;
+        match parse(value, &mut reading.annotations, &values) {
+            Ok(()) => {}
+            Err(Problem::Expected(expected)) => {
+                reading.warnings.push(format!("annotation {name}: {value:?} is not {expected}; ignored"))
             }
-            let token =
-                |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b";,=\"".contains(&b));
-            if let Some(v) = get("session-cookie-name") {
-                if token(v) {
-                    affinity.name = v.to_owned()
-                } else {
-                    bad("session-cookie-name", v, "a cookie name")
-                }
-            }
-            if let Some(v) = get("session-cookie-path") {
-                if v.starts_with('/') && token(v) {
-                    affinity.path = v.to_owned()
-                } else {
-                    bad("session-cookie-path", v, "a path")
-                }
-            }
-            if let Some(v) = get("session-cookie-domain") {
-                if token(v) {
-                    affinity.domain = Some(v.to_owned())
-                } else {
-                    bad("session-cookie-domain", v, "a domain")
-                }
-            }
-            for (name, field) in [
-                ("session-cookie-max-age", &mut affinity.max_age_seconds),
-                ("session-cookie-expires", &mut affinity.expires_seconds),
-            ] {
-                if let Some(v) = get(name) {
-                    match v.parse::<u64>() {
-                        Ok(seconds) => *field = Some(seconds),
-                        Err(_) => bad(name, v, "a number of seconds"),
-                    }
-                }
-            }
-            if let Some(v) = get("session-cookie-samesite") {
-                match v.to_ascii_lowercase().as_str() {
-                    "lax" => affinity.samesite = Some(SameSite::Lax),
-                    "strict" => affinity.samesite = Some(SameSite::Strict),
-                    "none" => affinity.samesite = Some(SameSite::None),
-                    _ => bad("session-cookie-samesite", v, "None, Lax or Strict"),
-                }
-            }
-            for (name, field) in [
-                ("session-cookie-conditional-samesite-none", &mut affinity.conditional_samesite_none),
-                ("session-cookie-secure", &mut affinity.secure),
-                ("session-cookie-change-on-failure", &mut affinity.change_on_failure),
-            ] {
-                if let Some(v) = get(name) {
-                    match parse_bool(v) {
-                        Some(b) => *field = b,
-                        None => bad(name, v, "true or false"),
-                    }
-                }
-            }
-            a.backend.cookie_affinity = Some(affinity);
-        }
-        Some(v) => bad("affinity", v, "cookie"),
-        None => {}
-    }
-    if get("canary").and_then(parse_bool) == Some(true) {
-        let mut canary = Canary { weight_total: 100, ..Canary::default() };
-        if let Some(v) = get("canary-weight-total") {
-            match v.parse::<u32>() {
-                Ok(total) if total > 0 => canary.weight_total = total,
-                _ => bad("canary-weight-total", v, "a positive number"),
+            Err(Problem::Refuse(why)) => {
+                reading.refused.get_or_insert_with(|| format!("annotation {name}: {why}"));
             }
         }
-        if let Some(v) = get("canary-weight") {
-            match v.parse::<u32>() {
-                Ok(weight) => canary.weight = weight.min(canary.weight_total),
-                Err(_) => bad("canary-weight", v, "a number"),
-            }
-        }
-        let header_name = |v: &str| http::HeaderName::from_bytes(v.as_bytes()).is_ok();
-        if let Some(v) = get("canary-by-header") {
-            if header_name(v) {
-                canary.header = Some(v.to_ascii_lowercase());
-            } else {
-                bad("canary-by-header", v, "a header name");
-            }
-        }
-        canary.header_value = get("canary-by-header-value").filter(|v| !v.is_empty()).map(str::to_owned);
-        if let Some(v) = get("canary-by-header-pattern").filter(|v| !v.is_empty()) {
-            match regex::Regex::new(v) {
-                Ok(_) => canary.header_pattern = Some(v.to_owned()),
-                Err(_) => bad("canary-by-header-pattern", v, "a regular expression"),
-            }
-        }
-        if let Some(v) = get("canary-by-cookie") {
-            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                canary.cookie = Some(v.to_owned());
-            } else {
-                bad("canary-by-cookie", v, "a cookie name");
-            }
-        }
-        a.canary = Some(canary);
     }
     reading
 }
 
+/// `true` or `false`, in any case.
 fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" => Some(true),
@@ -548,6 +297,7 @@ pub fn replacement(target: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AffinityMode, SameSite};
 
     fn annotations(pairs: &[(&str, &str)]) -> Reading {
         let raw = pairs.iter().map(|(k, v)| (format!("{NGINX_PREFIX}{k}"), v.to_string())).collect();
@@ -668,6 +418,90 @@ mod tests {
         assert_eq!(r.annotations.redirect, Some(WholeRedirect { url: "https://x.test/y".into(), code: 308 }));
         let r = annotations(&[("temporal-redirect", "https://x.test/")]);
         assert_eq!(r.annotations.redirect.unwrap().code, 302);
+    }
+
+    #[test]
+    fn every_name_has_one_entry() {
+        let mut names: Vec<&str> = ANNOTATIONS.iter().map(|a| a.name).collect();
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "a name is in the table twice");
+    }
+
+    #[test]
+    fn each_name_is_read_as_its_class_says() {
+        for annotation in ANNOTATIONS {
+            let r = annotations(&[(annotation.name, "x")]);
+            let name = annotation.name;
+            match annotation.class {
+                Class::Applied(_) => assert!(
+                    r.refused.is_none() && r.warnings.iter().all(|w| w.contains("is not ")),
+                    "{name}: {r:?}"
+                ),
+                Class::Refused(why) => {
+                    assert_eq!(r.refused, Some(format!("annotation {name}: {why}")));
+                }
+                Class::Ignored(why) => {
+                    assert!(r.refused.is_none(), "{name}");
+                    assert_eq!(r.warnings, [format!("annotation {name} is ignored: {why}")]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refinements_do_nothing_without_what_they_refine() {
+        let r = annotations(&[
+            ("session-cookie-name", "a;b"),
+            ("canary-weight", "many"),
+            ("permanent-redirect-code", "999"),
+            ("temporal-redirect-code", "999"),
+        ]);
+        assert!(r.refused.is_none() && r.warnings.is_empty(), "{r:?}");
+        assert_eq!(r.annotations, Annotations::default());
+    }
+
+    #[test]
+    fn redirect_codes_follow_the_redirect_that_won() {
+        let r = annotations(&[
+            ("permanent-redirect", "https://p.test/"),
+            ("permanent-redirect-code", "308"),
+            ("temporal-redirect", "https://t.test/"),
+            ("temporal-redirect-code", "307"),
+        ]);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(r.annotations.redirect, Some(WholeRedirect { url: "https://p.test/".into(), code: 308 }));
+        // The losing redirect's code is still checked.
+        let r = annotations(&[
+            ("permanent-redirect", "https://p.test/"),
+            ("temporal-redirect", "https://t.test/"),
+            ("temporal-redirect-code", "301"),
+        ]);
+        assert_eq!(
+            r.warnings,
+            ["annotation temporal-redirect-code: \"301\" is not a redirect code of this kind; ignored"]
+        );
+        assert_eq!(r.annotations.redirect.unwrap().code, 301);
+        let r = annotations(&[("temporal-redirect", "https://t.test/"), ("temporal-redirect-code", "303")]);
+        assert_eq!(r.annotations.redirect.unwrap().code, 303);
+    }
+
+    #[test]
+    fn the_first_refusal_by_name_is_reported() {
+        let r =
+            annotations(&[("backend-protocol", "FCGI"), ("server-snippet", "x"), ("auth-url", "http://a/")]);
+        assert_eq!(
+            r.refused.as_deref(),
+            Some(
+                "annotation auth-url: external authentication is not supported; serving without it would expose the Ingress"
+            )
+        );
+        let r = annotations(&[("backend-protocol", "fcgi")]);
+        assert_eq!(
+            r.refused.as_deref(),
+            Some("annotation backend-protocol: FCGI is not supported; the pods would not understand HTTP")
+        );
     }
 
     #[test]

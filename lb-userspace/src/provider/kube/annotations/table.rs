@@ -1,0 +1,472 @@
+//! The annotation table: every name Sluice knows, its class, and for applied names the parser.
+//! Applied names are parsed in table order, so a name that refines another comes after it.
+
+use super::{
+    Annotation, Annotations, BalanceSetting, Canary, Class, Parse,
+    Problem::{self, Expected, Refuse},
+    UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
+};
+use crate::config::{AffinityMode, CookieAffinityConfig, SameSite};
+
+const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
+const ALLOW_LIST: &str =
+    "source-range allow lists are not supported; serving without it would expose the Ingress";
+const DENY_LIST: &str =
+    "source-range deny lists are not supported; serving without it would expose the Ingress";
+const CORS: &str = "CORS is not implemented; responses carry no CORS headers";
+const RATE_LIMIT: &str = "rate limits are not implemented; requests are not limited";
+const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
+const ERROR_PAGES: &str =
+    "custom error pages are not implemented; the backend's error responses are passed through";
+const UPSTREAM_TLS: &str =
+    "upstream certificates are not verified (ingress-nginx's default, proxy-ssl-verify: off)";
+
+type Result = std::result::Result<(), Problem>;
+
+/// Every annotation name Sluice knows.
+pub const ANNOTATIONS: &[Annotation] = &[
+    applied("rewrite-target", rewrite_target),
+    applied("use-regex", use_regex),
+    applied("ssl-redirect", ssl_redirect),
+    applied("force-ssl-redirect", force_ssl_redirect),
+    applied("ssl-passthrough", ssl_passthrough),
+    applied("backend-protocol", backend_protocol),
+    applied("proxy-connect-timeout", connect_timeout),
+    applied("proxy-read-timeout", read_timeout),
+    applied("proxy-next-upstream", next_upstream),
+    applied("proxy-next-upstream-tries", next_upstream_tries),
+    applied("proxy-body-size", body_size),
+    applied("load-balance", load_balance),
+    // After load-balance: consistent hashing wins over it, as in ingress-nginx.
+    applied("upstream-hash-by", upstream_hash_by),
+    applied("app-root", app_root),
+    // permanent-redirect wins when both are set, as in ingress-nginx.
+    applied("permanent-redirect", permanent_redirect),
+    applied("permanent-redirect-code", permanent_redirect_code),
+    applied("temporal-redirect", temporal_redirect),
+    applied("temporal-redirect-code", temporal_redirect_code),
+    // The session-cookie-* set refines affinity: cookie.
+    applied("affinity", affinity),
+    applied("affinity-mode", affinity_mode),
+    applied("session-cookie-name", session_cookie_name),
+    applied("session-cookie-path", session_cookie_path),
+    applied("session-cookie-domain", session_cookie_domain),
+    applied("session-cookie-max-age", session_cookie_max_age),
+    applied("session-cookie-expires", session_cookie_expires),
+    applied("session-cookie-samesite", session_cookie_samesite),
+    applied("session-cookie-conditional-samesite-none", session_cookie_conditional_samesite_none),
+    applied("session-cookie-secure", session_cookie_secure),
+    applied("session-cookie-change-on-failure", session_cookie_change_on_failure),
+    // The canary-* set refines canary: "true"; the total comes before the weight it bounds.
+    applied("canary", canary),
+    applied("canary-weight-total", canary_weight_total),
+    applied("canary-weight", canary_weight),
+    applied("canary-by-header", canary_by_header),
+    applied("canary-by-header-value", canary_by_header_value),
+    applied("canary-by-header-pattern", canary_by_header_pattern),
+    applied("canary-by-cookie", canary_by_cookie),
+    // Leaving these out would serve the Ingress less protected than asked.
+    refused("configuration-snippet", SNIPPET),
+    refused("server-snippet", SNIPPET),
+    refused("location-snippet", SNIPPET),
+    refused("stream-snippet", SNIPPET),
+    refused("auth-snippet", SNIPPET),
+    refused("modsecurity-snippet", SNIPPET),
+    refused("whitelist-source-range", ALLOW_LIST),
+    refused("allowlist-source-range", ALLOW_LIST),
+    refused("denylist-source-range", DENY_LIST),
+    refused(
+        "auth-url",
+        "external authentication is not supported; serving without it would expose the Ingress",
+    ),
+    refused(
+        "auth-type",
+        "basic/digest authentication is not supported; serving without it would expose the Ingress",
+    ),
+    refused(
+        "auth-tls-secret",
+        "client-certificate authentication by annotation is not supported; serving without it would expose the Ingress",
+    ),
+    ignored(
+        "affinity-canary-behavior",
+        "not configurable; a weighted canary keeps the main backend's cookie affinity",
+    ),
+    ignored("proxy-send-timeout", "not implemented; the backend's own timeouts apply"),
+    ignored("proxy-next-upstream-timeout", "not implemented; retries are bounded by their number only"),
+    ignored("enable-cors", CORS),
+    ignored("cors-allow-origin", CORS),
+    ignored("cors-allow-methods", CORS),
+    ignored("cors-allow-headers", CORS),
+    ignored("cors-allow-credentials", CORS),
+    ignored("cors-max-age", CORS),
+    ignored("limit-rps", RATE_LIMIT),
+    ignored("limit-rpm", RATE_LIMIT),
+    ignored("limit-connections", RATE_LIMIT),
+    ignored("proxy-buffering", BUFFERING),
+    ignored("proxy-buffer-size", BUFFERING),
+    ignored("proxy-request-buffering", BUFFERING),
+    ignored("upstream-vhost", "not implemented; the backend gets the client's Host header"),
+    ignored("x-forwarded-prefix", "not implemented; no X-Forwarded-Prefix header is sent"),
+    ignored("custom-http-errors", ERROR_PAGES),
+    ignored("default-backend", ERROR_PAGES),
+    ignored("service-upstream", "endpoints always come from the Service's EndpointSlices"),
+    ignored(
+        "enable-access-log",
+        "access logs are set for the whole node (access_log in the base configuration)",
+    ),
+    ignored("proxy-ssl-verify", UPSTREAM_TLS),
+    ignored("proxy-ssl-secret", UPSTREAM_TLS),
+    ignored("proxy-ssl-name", UPSTREAM_TLS),
+];
+
+const fn applied(name: &'static str, parse: Parse) -> Annotation {
+    Annotation { name, class: Class::Applied(parse) }
+}
+
+const fn refused(name: &'static str, why: &'static str) -> Annotation {
+    Annotation { name, class: Class::Refused(why) }
+}
+
+const fn ignored(name: &'static str, why: &'static str) -> Annotation {
+    Annotation { name, class: Class::Ignored(why) }
+}
+
+fn boolean(v: &str) -> std::result::Result<bool, Problem> {
+    parse_bool(v).ok_or(Expected("true or false"))
+}
+
+fn seconds(v: &str) -> std::result::Result<u64, Problem> {
+    parse_seconds(v).ok_or(Expected("a positive number of seconds"))
+}
+
+fn use_regex(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.use_regex = boolean(v)?;
+    Ok(())
+}
+
+fn ssl_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.ssl_redirect = Some(boolean(v)?);
+    Ok(())
+}
+
+fn force_ssl_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.force_ssl_redirect = boolean(v)?;
+    Ok(())
+}
+
+fn ssl_passthrough(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.ssl_passthrough = boolean(v)?;
+    Ok(())
+}
+
+fn connect_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.connect_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+/// The route's request timeout.
+fn read_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.read_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+fn rewrite_target(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.rewrite_target = Some(v.to_owned()).filter(|v| !v.is_empty());
+    Ok(())
+}
+
+fn backend_protocol(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.protocol = match v.to_ascii_uppercase().as_str() {
+        "HTTP" | "AUTO_HTTP" => UpstreamProtocol::Http,
+        "HTTPS" => UpstreamProtocol::Https,
+        "GRPC" => UpstreamProtocol::Grpc,
+        "GRPCS" => UpstreamProtocol::Grpcs,
+        "FCGI" => return Err(Refuse("FCGI is not supported; the pods would not understand HTTP")),
+        _ => return Err(Expected("HTTP, HTTPS, AUTO_HTTP, GRPC or GRPCS")),
+    };
+    Ok(())
+}
+
+/// `off` disables retries; a list of conditions keeps the default retries.
+fn next_upstream(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let words: Vec<&str> = v.split_whitespace().collect();
+    if words.is_empty() {
+        return Err(Expected("a list of conditions or off"));
+    }
+    if words == ["off"] {
+        a.backend.no_retries = true;
+    }
+    Ok(())
+}
+
+fn next_upstream_tries(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    match v.parse::<u32>() {
+        // 0 means unlimited in nginx: keep the default retries.
+        Ok(0) => {}
+        Ok(tries) => a.backend.tries = Some(tries.min(10)),
+        Err(_) => return Err(Expected("a number")),
+    }
+    Ok(())
+}
+
+fn body_size(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.body_size = Some(parse_size(v).ok_or(Expected("a size such as 8m, 512k or 0"))?);
+    Ok(())
+}
+
+fn load_balance(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.balance = Some(match v {
+        "round_robin" => BalanceSetting::RoundRobin,
+        "ewma" => BalanceSetting::Ewma,
+        "least_conn" => BalanceSetting::LeastRequest,
+        _ => return Err(Expected("round_robin or ewma")),
+    });
+    Ok(())
+}
+
+fn upstream_hash_by(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let setting =
+        parse_hash_by(v).ok_or(Expected("$remote_addr, $binary_remote_addr, $http_NAME or $cookie_NAME"))?;
+    a.backend.balance = Some(setting);
+    Ok(())
+}
+
+fn app_root(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if !v.starts_with('/') || v.contains(char::is_whitespace) {
+        return Err(Expected("a path starting with /"));
+    }
+    a.app_root = Some(v.to_owned());
+    Ok(())
+}
+
+fn permanent_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    redirect(a, v, 301)
+}
+
+fn temporal_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    redirect(a, v, 302)
+}
+
+/// A redirect of the whole Ingress to `url` with the kind's default code, unless one is set.
+fn redirect(a: &mut Annotations, url: &str, code: u16) -> Result {
+    if !url.is_empty() && a.redirect.is_none() {
+        a.redirect = Some(WholeRedirect { url: url.to_owned(), code });
+    }
+    Ok(())
+}
+
+/// A redirect annotation's URL, when it is set.
+fn set(url: Option<&str>) -> bool {
+    url.is_some_and(|url| !url.is_empty())
+}
+
+fn redirect_code(v: &str, codes: &[u16]) -> std::result::Result<u16, Problem> {
+    v.parse::<u16>().ok().filter(|c| codes.contains(c)).ok_or(Expected("a redirect code of this kind"))
+}
+
+fn permanent_redirect_code(v: &str, a: &mut Annotations, others: &Values<'_>) -> Result {
+    if !set(others.get("permanent-redirect")) {
+        return Ok(());
+    }
+    let code = redirect_code(v, &[301, 308])?;
+    // The permanent redirect is set, so it is the one that won.
+    if let Some(redirect) = a.redirect.as_mut() {
+        redirect.code = code;
+    }
+    Ok(())
+}
+
+fn temporal_redirect_code(v: &str, a: &mut Annotations, others: &Values<'_>) -> Result {
+    if !set(others.get("temporal-redirect")) {
+        return Ok(());
+    }
+    let code = redirect_code(v, &[302, 303, 307])?;
+    // Checked even when the permanent redirect won, applied only when it did not.
+    if !set(others.get("permanent-redirect"))
+        && let Some(redirect) = a.redirect.as_mut()
+    {
+        redirect.code = code;
+    }
+    Ok(())
+}
+
+fn affinity(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if v != "cookie" {
+        return Err(Expected("cookie"));
+    }
+    a.backend.cookie_affinity = Some(CookieAffinityConfig::default());
+    Ok(())
+}
+
+/// Applies `set` to the cookie affinity; nothing without `affinity: cookie`.
+fn cookie_affinity(a: &mut Annotations, set: impl FnOnce(&mut CookieAffinityConfig) -> Result) -> Result {
+    match a.backend.cookie_affinity.as_mut() {
+        Some(affinity) => set(affinity),
+        None => Ok(()),
+    }
+}
+
+/// A cookie attribute value: printable, without the separators of a Set-Cookie header.
+fn cookie_token(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b";,=\"".contains(&b))
+}
+
+fn cookie_seconds(v: &str) -> std::result::Result<u64, Problem> {
+    v.parse::<u64>().map_err(|_| Expected("a number of seconds"))
+}
+
+fn affinity_mode(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.mode = match v {
+            "balanced" => AffinityMode::Balanced,
+            "persistent" => AffinityMode::Persistent,
+            _ => return Err(Expected("balanced or persistent")),
+        };
+        Ok(())
+    })
+}
+
+fn session_cookie_name(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        if !cookie_token(v) {
+            return Err(Expected("a cookie name"));
+        }
+        affinity.name = v.to_owned();
+        Ok(())
+    })
+}
+
+fn session_cookie_path(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        if !v.starts_with('/') || !cookie_token(v) {
+            return Err(Expected("a path"));
+        }
+        affinity.path = v.to_owned();
+        Ok(())
+    })
+}
+
+fn session_cookie_domain(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        if !cookie_token(v) {
+            return Err(Expected("a domain"));
+        }
+        affinity.domain = Some(v.to_owned());
+        Ok(())
+    })
+}
+
+fn session_cookie_max_age(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.max_age_seconds = Some(cookie_seconds(v)?);
+        Ok(())
+    })
+}
+
+fn session_cookie_expires(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.expires_seconds = Some(cookie_seconds(v)?);
+        Ok(())
+    })
+}
+
+fn session_cookie_conditional_samesite_none(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.conditional_samesite_none = boolean(v)?;
+        Ok(())
+    })
+}
+
+fn session_cookie_secure(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.secure = boolean(v)?;
+        Ok(())
+    })
+}
+
+fn session_cookie_change_on_failure(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.change_on_failure = boolean(v)?;
+        Ok(())
+    })
+}
+
+fn session_cookie_samesite(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_affinity(a, |affinity| {
+        affinity.samesite = Some(match v.to_ascii_lowercase().as_str() {
+            "lax" => SameSite::Lax,
+            "strict" => SameSite::Strict,
+            "none" => SameSite::None,
+            _ => return Err(Expected("None, Lax or Strict")),
+        });
+        Ok(())
+    })
+}
+
+/// `canary: "true"` makes the Ingress a canary; any other value leaves it a main Ingress.
+fn canary(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if parse_bool(v) == Some(true) {
+        a.canary = Some(Canary { weight_total: 100, ..Canary::default() });
+    }
+    Ok(())
+}
+
+/// Applies `set` to the canary settings; nothing without `canary: "true"`.
+fn canary_setting(a: &mut Annotations, set: impl FnOnce(&mut Canary) -> Result) -> Result {
+    match a.canary.as_mut() {
+        Some(canary) => set(canary),
+        None => Ok(()),
+    }
+}
+
+fn canary_weight_total(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        canary.weight_total =
+            v.parse::<u32>().ok().filter(|t| *t > 0).ok_or(Expected("a positive number"))?;
+        Ok(())
+    })
+}
+
+fn canary_weight(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        let weight = v.parse::<u32>().map_err(|_| Expected("a number"))?;
+        canary.weight = weight.min(canary.weight_total);
+        Ok(())
+    })
+}
+
+fn canary_by_header(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        http::HeaderName::from_bytes(v.as_bytes()).map_err(|_| Expected("a header name"))?;
+        canary.header = Some(v.to_ascii_lowercase());
+        Ok(())
+    })
+}
+
+fn canary_by_header_value(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        canary.header_value = Some(v.to_owned()).filter(|v| !v.is_empty());
+        Ok(())
+    })
+}
+
+fn canary_by_header_pattern(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        if v.is_empty() {
+            return Ok(());
+        }
+        regex::Regex::new(v).map_err(|_| Expected("a regular expression"))?;
+        canary.header_pattern = Some(v.to_owned());
+        Ok(())
+    })
+}
+
+fn canary_by_cookie(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    canary_setting(a, |canary| {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(Expected("a cookie name"));
+        }
+        canary.cookie = Some(v.to_owned());
+        Ok(())
+    })
+}
