@@ -254,3 +254,57 @@ impl Changes {
         std::future::pending().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const CONFIG: &str = "xdp: {enabled: false}\nlisteners: [{name: web, address: \"127.0.0.1:18480\"}]\n";
+
+    /// A directory removed when the test ends, however it ends.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn next(updates: &mut mpsc::Receiver<Update>) -> Update {
+        tokio::time::timeout(Duration::from_secs(10), updates.recv())
+            .await
+            .expect("an update within 10 s")
+            .expect("the provider runs")
+    }
+
+    #[test]
+    fn run_emits_each_change_as_a_configuration_or_a_refusal() {
+        let scratch =
+            Scratch(std::env::temp_dir().join(format!("sluice-file-provider-{}", std::process::id())));
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        let path = scratch.0.join("sluice.yaml");
+        std::fs::write(&path, format!("workers: 1\n{CONFIG}")).unwrap();
+        let provider = FileProvider::new(Some(path.clone()), Overrides::default());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (updates_tx, mut updates) = mpsc::channel(1);
+            let run = provider.run(provider.changes(), updates_tx);
+            let check = async {
+                std::fs::write(&path, format!("workers: 3\n{CONFIG}")).unwrap();
+                let Update::Serve(desired) = next(&mut updates).await else { panic!("a configuration") };
+                assert_eq!(desired.config.workers, 3);
+                assert_eq!(desired.source, Source::File { why: "file changed" });
+                std::fs::write(&path, format!("workers: [oops\n{CONFIG}")).unwrap();
+                let Update::Refused { source, error } = next(&mut updates).await else { panic!("a refusal") };
+                assert_eq!(source, Source::File { why: "file changed" });
+                assert!(error.contains("sluice.yaml:1:"), "{error}");
+            };
+            tokio::select! {
+                result = run => panic!("run returned {result:?}"),
+                () = check => {}
+            }
+        });
+    }
+}
