@@ -33,7 +33,9 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Secret, Service, ServicePort},
     discovery::v1::EndpointSlice,
-    networking::v1::{HTTPIngressPath, Ingress, IngressClass, ServiceBackendPort},
+    networking::v1::{
+        HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, ServiceBackendPort,
+    },
 };
 use serde::de::DeserializeOwned;
 
@@ -454,96 +456,145 @@ impl<'a> Builder<'a> {
         true
     }
 
+    /// The routes, TLS and default backend of a main (not canary) Ingress.
     fn ingress(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
         let Some(spec) = ingress.spec.as_ref() else { return };
-        let namespace = id.namespace.as_str();
-        let redirect = match &a.redirect {
-            Some(whole) => match redirect_to(&whole.url, whole.code) {
-                Ok(redirect) => Some(redirect),
-                Err(e) => {
-                    self.note(Some(id), e);
-                    None
-                }
-            },
-            None => None,
-        };
+        let redirect = self.whole_redirect(a, id);
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
-            let host = match Self::host_of(rule.host.as_deref()) {
-                Ok(host) => host,
-                Err(e) => {
-                    self.note(Some(id), format!("rule skipped: {e}"));
-                    continue;
-                }
-            };
-            if let Some(app_root) = &a.app_root {
-                let mut route = route_template().clone();
-                route.name = Some(id.to_string());
-                route.matcher.path = Some(PathMatch::Exact("/".into()));
-                route.redirect = Some(RedirectConfig {
-                    scheme: None,
-                    host: None,
-                    port: None,
-                    path: Some(app_root.clone()),
-                    code: 302,
-                });
-                self.claim(&host, route, id);
-            }
-            let mut first_backend = None;
-            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let matcher = match Self::path_match(path, a) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.note(Some(id), format!("path skipped: {e}"));
-                        continue;
-                    }
-                };
-                let mut route = route_template().clone();
-                route.name = Some(id.to_string());
-                route.timeout_ms = a.read_timeout_ms;
-                route.max_body_bytes = a.body_size;
-                if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
-                    route.rewrite = Some(RewriteConfig {
-                        prefix: None,
-                        // nginx's `rewrite` replaces the whole URI: match it all.
-                        regex: Some(format!("(?s)^(?:{pattern}).*")),
-                        replacement: Some(annotations::replacement(target)),
-                    });
-                }
-                route.matcher.path = Some(matcher.clone());
-                match &redirect {
-                    Some(redirect) => route.redirect = Some(redirect.clone()),
-                    None => match self.service_backend(namespace, &path.backend, &a.backend, id) {
-                        Some(group) => {
-                            if first_backend.is_none() || matches!(&matcher, PathMatch::Prefix(p) if p == "/")
-                            {
-                                first_backend = Some(group.clone());
-                            }
-                            route.backend = Some(group);
-                        }
-                        None => continue,
-                    },
-                }
-                self.claim(&host, route, id);
-            }
-            hosts_served.insert(host.clone());
-            if a.ssl_passthrough {
-                self.passthrough(&host, first_backend, id);
+            if let Some(host) = self.rule(rule, id, a, redirect.as_ref()) {
+                hosts_served.insert(host);
             }
         }
         if let Some(default) = &spec.default_backend
             && redirect.is_none()
-            && let Some(group) = self.service_backend(namespace, default, &a.backend, id)
         {
-            let mut route = route_template().clone();
-            route.name = Some(id.to_string());
-            route.matcher.path = Some(PathMatch::Prefix("/".into()));
-            route.backend = Some(group);
-            self.claim("*", route, id);
+            self.default_backend(default, id, a);
         }
         if a.ssl_passthrough {
             return;
         }
+        let tls_hosts = self.tls_hosts(spec, id, a);
+        if !tls_hosts.is_empty() && !self.tls_listener {
+            self.note(Some(id), "has TLS hosts but no listener terminates TLS; served over plain HTTP only");
+        }
+        if a.force_ssl_redirect && hosts_served.iter().any(|h| !tls_hosts.contains(h)) {
+            self.note(
+                Some(id),
+                "force-ssl-redirect applies only to hosts with TLS; other hosts are not redirected",
+            );
+        }
+    }
+
+    /// The redirect every path of the Ingress answers with, if it asks for one and the URL is
+    /// usable (else noted).
+    fn whole_redirect(&mut self, a: &Annotations, id: &IngressId) -> Option<RedirectConfig> {
+        let whole = a.redirect.as_ref()?;
+        match redirect_to(&whole.url, whole.code) {
+            Ok(redirect) => Some(redirect),
+            Err(e) => {
+                self.note(Some(id), e);
+                None
+            }
+        }
+    }
+
+    /// Claims the routes of one rule; its host, or `None` when the host is not valid (noted).
+    fn rule(
+        &mut self,
+        rule: &IngressRule,
+        id: &IngressId,
+        a: &Annotations,
+        redirect: Option<&RedirectConfig>,
+    ) -> Option<String> {
+        let host = match Self::host_of(rule.host.as_deref()) {
+            Ok(host) => host,
+            Err(e) => {
+                self.note(Some(id), format!("rule skipped: {e}"));
+                return None;
+            }
+        };
+        if let Some(app_root) = &a.app_root {
+            let mut route = route_template().clone();
+            route.name = Some(id.to_string());
+            route.matcher.path = Some(PathMatch::Exact("/".into()));
+            route.redirect = Some(RedirectConfig {
+                scheme: None,
+                host: None,
+                port: None,
+                path: Some(app_root.clone()),
+                code: 302,
+            });
+            self.claim(&host, route, id);
+        }
+        // What a passthrough host goes to: the backend of `/`, else of the first path.
+        let mut first_backend = None;
+        for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+            let Some(route) = self.path_route(path, id, a, redirect) else { continue };
+            if let Some(group) = &route.backend
+                && (first_backend.is_none()
+                    || matches!(&route.matcher.path, Some(PathMatch::Prefix(p)) if p == "/"))
+            {
+                first_backend = Some(group.clone());
+            }
+            self.claim(&host, route, id);
+        }
+        if a.ssl_passthrough {
+            self.passthrough(&host, first_backend, id);
+        }
+        Some(host)
+    }
+
+    /// The route of one Ingress path, or `None` when the path is skipped (noted).
+    fn path_route(
+        &mut self,
+        path: &HTTPIngressPath,
+        id: &IngressId,
+        a: &Annotations,
+        redirect: Option<&RedirectConfig>,
+    ) -> Option<RouteConfig> {
+        let matcher = match Self::path_match(path, a) {
+            Ok(m) => m,
+            Err(e) => {
+                self.note(Some(id), format!("path skipped: {e}"));
+                return None;
+            }
+        };
+        let mut route = route_template().clone();
+        route.name = Some(id.to_string());
+        route.timeout_ms = a.read_timeout_ms;
+        route.max_body_bytes = a.body_size;
+        if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
+            route.rewrite = Some(RewriteConfig {
+                prefix: None,
+                // nginx's `rewrite` replaces the whole URI: match it all.
+                regex: Some(format!("(?s)^(?:{pattern}).*")),
+                replacement: Some(annotations::replacement(target)),
+            });
+        }
+        route.matcher.path = Some(matcher);
+        match redirect {
+            Some(redirect) => route.redirect = Some(redirect.clone()),
+            None => {
+                route.backend = Some(self.service_backend(&id.namespace, &path.backend, &a.backend, id)?)
+            }
+        }
+        Some(route)
+    }
+
+    /// The Ingress's `defaultBackend`: every path of hosts no rule names.
+    fn default_backend(&mut self, backend: &IngressBackend, id: &IngressId, a: &Annotations) {
+        let Some(group) = self.service_backend(&id.namespace, backend, &a.backend, id) else { return };
+        let mut route = route_template().clone();
+        route.name = Some(id.to_string());
+        route.matcher.path = Some(PathMatch::Prefix("/".into()));
+        route.backend = Some(group);
+        self.claim("*", route, id);
+    }
+
+    /// Sets the certificates of the Ingress's TLS hosts (when a listener terminates TLS);
+    /// returns the hosts it names.
+    fn tls_hosts(&mut self, spec: &IngressSpec, id: &IngressId, a: &Annotations) -> BTreeSet<String> {
         let mut tls_hosts = BTreeSet::new();
         for tls in spec.tls.iter().flatten() {
             for host in tls.hosts.iter().flatten() {
@@ -556,32 +607,29 @@ impl<'a> Builder<'a> {
                     // The listener's default certificate serves it.
                     continue;
                 };
-                let entry = self.hosts.entry(host.clone()).or_default();
-                if let Some((_, owner)) = &entry.tls {
-                    if owner != id {
-                        let message = format!(
-                            "TLS for host {host} is already set by the older Ingress {owner}; ignored"
-                        );
-                        self.note(Some(id), message);
-                    }
-                    continue;
-                }
-                let Some(certificate) = self.certificate(namespace, secret, id) else { continue };
-                let mut host_tls = host_tls_template().clone();
-                host_tls.certificate = Some(certificate);
-                host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect;
-                self.hosts.entry(host).or_default().tls = Some((host_tls, id.clone()));
+                self.host_tls(host, secret, id, a);
             }
         }
-        if !tls_hosts.is_empty() && !self.tls_listener {
-            self.note(Some(id), "has TLS hosts but no listener terminates TLS; served over plain HTTP only");
+        tls_hosts
+    }
+
+    /// Terminates TLS for `host` with the certificate of `secret`, unless an older Ingress set
+    /// its TLS (noted).
+    fn host_tls(&mut self, host: String, secret: &str, id: &IngressId, a: &Annotations) {
+        let entry = self.hosts.entry(host.clone()).or_default();
+        if let Some((_, owner)) = &entry.tls {
+            if owner != id {
+                let message =
+                    format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
+                self.note(Some(id), message);
+            }
+            return;
         }
-        if a.force_ssl_redirect && hosts_served.iter().any(|h| !tls_hosts.contains(h)) {
-            self.note(
-                Some(id),
-                "force-ssl-redirect applies only to hosts with TLS; other hosts are not redirected",
-            );
-        }
+        let Some(certificate) = self.certificate(&id.namespace, secret, id) else { return };
+        let mut host_tls = host_tls_template().clone();
+        host_tls.certificate = Some(certificate);
+        host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect;
+        self.hosts.entry(host).or_default().tls = Some((host_tls, id.clone()));
     }
 
     fn passthrough(&mut self, host: &str, backend: Option<String>, id: &IngressId) {
@@ -612,7 +660,7 @@ impl<'a> Builder<'a> {
     fn service_backend(
         &mut self,
         namespace: &str,
-        backend: &k8s_openapi::api::networking::v1::IngressBackend,
+        backend: &IngressBackend,
         settings: &BackendSettings,
         id: &IngressId,
     ) -> Option<String> {
