@@ -1,6 +1,8 @@
-//! Message body framing (RFC 9112 sections 6 and 7), one implementation for both directions:
-//! the `Content-Length` value parser, and the streaming `Transfer-Encoding: chunked` decoder
-//! that the HTTP/1 server uses for request bodies and the upstream client for response bodies.
+//! Message body framing (RFC 9112 sections 6 and 7), one implementation for every user: the
+//! `Content-Length` value parser, and the `Transfer-Encoding: chunked` state machine
+//! ([`ChunkState`], its strictness a parameter) behind both the request guard's validation and
+//! the streaming [`ChunkDecoder`] that the HTTP/1 server uses for request bodies and the
+//! upstream client for response bodies.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -57,87 +59,222 @@ pub enum Decoded {
     NeedMore(u64),
 }
 
-#[derive(Debug, Default)]
-enum ChunkState {
-    /// In the hex size (value, digits so far).
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailers,
-    Done,
+/// How strictly chunked syntax is held. `Strict` is the request guard's: RFC 9112 section 7.1
+/// with no leniency (whitespace after the size only before a `;`, extensions and trailers of
+/// field bytes only), since a request the guard lets through must frame the same way for every
+/// parser behind it. `Lenient` decodes what backends send: whitespace may lead into an
+/// extension, an extension may hold any byte but a bare LF (up to `MAX_CHUNK_EXTENSION`), and
+/// the trailer section is checked when it is parsed whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    Strict,
+    Lenient,
 }
 
-/// A streaming decoder of `Transfer-Encoding: chunked` (RFC 9112 section 7.1), strict about
-/// line endings and sizes: the backend's framing decides whether the connection can be reused.
-#[derive(Debug, Default)]
+/// At most 16 hex digits: every size fits in a `u64`.
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+
+/// Where a chunked body is (RFC 9112 section 7.1): the one state machine behind the request
+/// guard, which validates the bytes it passes on, and the [`ChunkDecoder`], which takes the
+/// data out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Reading the size's hex digits (`digits == 0`: at the start of a chunk line).
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    /// Whitespace after the size (strict): only more whitespace or `;` may follow.
+    SizeWs {
+        size: u64,
+    },
+    /// Inside a chunk extension, up to CR (`len` counted when lenient).
+    Ext {
+        size: u64,
+        len: u32,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data with this many bytes left (never 0).
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk or a trailer line: CR (end) or a field name.
+    TrailerStart,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    /// After the final CR.
+    EndLf,
+}
+
+/// The state at the start of a chunked body (and of each chunk line).
+pub const CHUNK_START: ChunkState = ChunkState::Size { digits: 0, size: 0 };
+
+/// What is wrong with a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    Size,
+    Extension,
+    DataCrlf,
+    Trailer,
+}
+
+impl ChunkError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkError::Size => "invalid chunk size line",
+            ChunkError::Extension => "invalid chunk extension",
+            ChunkError::DataCrlf => "chunk data not followed by CRLF",
+            ChunkError::Trailer => "invalid chunked trailer section",
+        }
+    }
+}
+
+impl ChunkState {
+    /// Runs the machine over `data`, chunk data counted rather than looked at:
+    /// `Ok((consumed, message_done))` (a finished message stops the run and the state starts
+    /// over), or `Err((valid_bytes_before_the_bad_one, reason))`.
+    pub fn advance(
+        &mut self,
+        data: &[u8],
+        strictness: Strictness,
+    ) -> Result<(usize, bool), (usize, ChunkError)> {
+        let mut i = 0;
+        while i < data.len() {
+            if let ChunkState::Data(left) = *self {
+                let take = left.min((data.len() - i) as u64);
+                i += take as usize;
+                *self = if take == left { ChunkState::DataCr } else { ChunkState::Data(left - take) };
+                continue;
+            }
+            let finishing = *self == ChunkState::EndLf;
+            *self = self.step(data[i], strictness).map_err(|reason| (i, reason))?;
+            i += 1;
+            if finishing {
+                return Ok((i, true));
+            }
+        }
+        Ok((i, false))
+    }
+
+    /// The state after one byte outside chunk data.
+    fn step(self, b: u8, strictness: Strictness) -> Result<ChunkState, ChunkError> {
+        use ChunkState::*;
+        let strict = strictness == Strictness::Strict;
+        Ok(match self {
+            Size { digits, size } => match (hex_digit(b), b) {
+                (Some(v), _) if digits < MAX_CHUNK_SIZE_DIGITS => {
+                    Size { digits: digits + 1, size: (size << 4) | v }
+                }
+                (None, b';') if digits > 0 => Ext { size, len: 0 },
+                (None, b' ' | b'\t') if digits > 0 && strict => SizeWs { size },
+                (None, b' ' | b'\t') if digits > 0 => Ext { size, len: 0 },
+                (None, b'\r') if digits > 0 => SizeLf { size },
+                _ => return Err(ChunkError::Size),
+            },
+            SizeWs { size } => match b {
+                b' ' | b'\t' => SizeWs { size },
+                b';' => Ext { size, len: 0 },
+                _ => return Err(ChunkError::Size),
+            },
+            Ext { size, .. } if b == b'\r' => SizeLf { size },
+            Ext { size, len } if strict => match is_value_byte(b) {
+                true => Ext { size, len },
+                false => return Err(ChunkError::Extension),
+            },
+            Ext { size, len } => {
+                if b == b'\n' || len as usize >= MAX_CHUNK_EXTENSION {
+                    return Err(ChunkError::Extension);
+                }
+                Ext { size, len: len + 1 }
+            }
+            SizeLf { size } => match b {
+                b'\n' if size == 0 => TrailerStart,
+                b'\n' => Data(size),
+                _ => return Err(ChunkError::Size),
+            },
+            Data(_) => unreachable!("chunk data is counted, not stepped"),
+            DataCr if b == b'\r' => DataLf,
+            DataLf if b == b'\n' => CHUNK_START,
+            DataCr | DataLf => return Err(ChunkError::DataCrlf),
+            TrailerStart => match b {
+                b'\r' => EndLf,
+                b if is_tchar(b) => TrailerName,
+                _ => return Err(ChunkError::Trailer),
+            },
+            TrailerName => match b {
+                b':' => TrailerValue,
+                b if is_tchar(b) => TrailerName,
+                _ => return Err(ChunkError::Trailer),
+            },
+            TrailerValue => match b {
+                b'\r' => TrailerLf,
+                b if is_value_byte(b) => TrailerValue,
+                _ => return Err(ChunkError::Trailer),
+            },
+            TrailerLf if b == b'\n' => TrailerStart,
+            EndLf if b == b'\n' => CHUNK_START,
+            TrailerLf | EndLf => return Err(ChunkError::Trailer),
+        })
+    }
+}
+
+/// RFC 9110 `tchar`.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Field value and chunk extension bytes: HTAB, SP, VCHAR, obs-text.
+pub fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+fn hex_digit(b: u8) -> Option<u64> {
+    char::from(b).to_digit(16).map(u64::from)
+}
+
+/// A streaming decoder of `Transfer-Encoding: chunked` bodies ([`ChunkState`], lenient): the
+/// server decodes request bodies the guard already held to the strict rules, the upstream
+/// client the responses of backends, whose framing decides whether the connection can be
+/// reused. The trailer section is parsed whole.
+#[derive(Debug)]
 pub struct ChunkDecoder {
     state: ChunkState,
-    size: u64,
-    digits: u8,
-    extension: usize,
+    done: bool,
+}
+
+impl Default for ChunkDecoder {
+    fn default() -> Self {
+        ChunkDecoder { state: CHUNK_START, done: false }
+    }
 }
 
 impl ChunkDecoder {
     pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, FramingError> {
         loop {
-            if matches!(self.state, ChunkState::Done) {
+            if self.done {
                 return Ok(Decoded::Done);
             }
-            if matches!(self.state, ChunkState::Trailers) {
-                return self.trailers(buffer);
-            }
-            if matches!(self.state, ChunkState::Data) {
-                if buffer.is_empty() {
-                    return Ok(Decoded::NeedMore(self.size));
-                }
-                let n = self.size.min(buffer.len() as u64);
-                self.size -= n;
-                if self.size == 0 {
-                    self.state = ChunkState::DataCr;
-                }
-                return Ok(Decoded::Data(take(buffer, n as usize)));
-            }
-            let Some(&byte) = buffer.first() else { return Ok(Decoded::NeedMore(READ_CHUNK as u64)) };
-            buffer.advance(1);
-            self.state = match (&self.state, byte) {
-                (ChunkState::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                    if self.digits == 16 {
-                        return Err(FramingError("chunk size too large"));
+            match self.state {
+                ChunkState::TrailerStart => return self.trailers(buffer),
+                ChunkState::Data(left) => {
+                    if buffer.is_empty() {
+                        return Ok(Decoded::NeedMore(left));
                     }
-                    let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
-                    self.size = self.size << 4 | digit;
-                    self.digits += 1;
-                    ChunkState::Size
+                    let n = left.min(buffer.len() as u64);
+                    self.state = if n == left { ChunkState::DataCr } else { ChunkState::Data(left - n) };
+                    return Ok(Decoded::Data(take(buffer, n as usize)));
                 }
-                (ChunkState::Size, b';' | b' ' | b'\t') if self.digits > 0 => {
-                    self.extension = 0;
-                    ChunkState::Extension
+                state => {
+                    let Some(&byte) = buffer.first() else { return Ok(Decoded::NeedMore(READ_CHUNK as u64)) };
+                    buffer.advance(1);
+                    self.state =
+                        state.step(byte, Strictness::Lenient).map_err(|e| FramingError(e.as_str()))?;
                 }
-                (ChunkState::Size, b'\r') if self.digits > 0 => ChunkState::SizeLf,
-                (ChunkState::Extension, b'\r') => ChunkState::SizeLf,
-                (ChunkState::Extension, b'\n') => {
-                    return Err(FramingError("bare LF in a chunk extension"));
-                }
-                (ChunkState::Extension, _) => {
-                    self.extension += 1;
-                    if self.extension > MAX_CHUNK_EXTENSION {
-                        return Err(FramingError("chunk extension too long"));
-                    }
-                    ChunkState::Extension
-                }
-                (ChunkState::SizeLf, b'\n') if self.size == 0 => ChunkState::Trailers,
-                (ChunkState::SizeLf, b'\n') => ChunkState::Data,
-                (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
-                (ChunkState::DataLf, b'\n') => {
-                    self.digits = 0;
-                    ChunkState::Size
-                }
-                _ => return Err(FramingError("malformed chunked body")),
-            };
+            }
         }
     }
 
@@ -145,7 +282,7 @@ impl ChunkDecoder {
     fn trailers(&mut self, buffer: &mut BytesMut) -> Result<Decoded, FramingError> {
         if buffer.starts_with(b"\r\n") {
             buffer.advance(2);
-            self.state = ChunkState::Done;
+            self.done = true;
             return Ok(Decoded::Done);
         }
         let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -168,7 +305,7 @@ impl ChunkDecoder {
                 HeaderValue::from_bytes(header.value).map_err(|_| FramingError("invalid trailer value"))?;
             trailers.append(name, value);
         }
-        self.state = ChunkState::Done;
+        self.done = true;
         Ok(Decoded::Trailers(trailers))
     }
 }
@@ -176,6 +313,42 @@ impl ChunkDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a whole chunked body passes the state machine at `strictness`.
+    fn passes(body: &[u8], strictness: Strictness) -> bool {
+        let mut state = CHUNK_START;
+        matches!(state.advance(body, strictness), Ok((n, true)) if n == body.len())
+    }
+
+    #[test]
+    fn one_machine_two_strictnesses() {
+        // (body, strict verdict, lenient verdict)
+        let cases: &[(&[u8], bool, bool)] = &[
+            (b"5\r\nhello\r\n0\r\n\r\n", true, true),
+            (b"5;name=value\r\nhello\r\n0\r\n\r\n", true, true),
+            (b"5 ;x\r\nhello\r\n0\r\n\r\n", true, true),
+            (b"0\r\ngrpc-status: 0\r\n\r\n", true, true),
+            // Whitespace straight into an extension: only backends get that leniency.
+            (b"5 x\r\nhello\r\n0\r\n\r\n", false, true),
+            // A control byte in an extension.
+            (b"5;\x01\r\nhello\r\n0\r\n\r\n", false, true),
+            // Bare LF after the size, in an extension, after the data: never.
+            (b"5\nhello\r\n0\r\n\r\n", false, false),
+            (b"5;a\nhello\r\n0\r\n\r\n", false, false),
+            (b"5\r\nhello\n0\r\n\r\n", false, false),
+            (b"x\r\n", false, false),
+            (b"11111111111111111\r\n", false, false),
+        ];
+        for &(body, strict, lenient) in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(passes(body, Strictness::Strict), strict, "strict: {shown:?}");
+            // The lenient decoder leaves the trailer section to its parser, so run it whole.
+            assert_eq!(decode_all(body, 3).is_ok(), lenient, "lenient: {shown:?}");
+        }
+        let long_extension = [&b"1;"[..], &[b'x'; MAX_CHUNK_EXTENSION + 1], b"\r\na\r\n0\r\n\r\n"].concat();
+        assert!(decode_all(&long_extension, 100).is_err(), "a lenient extension is bounded");
+        assert!(passes(&long_extension, Strictness::Strict), "the strict machine only checks the bytes");
+    }
 
     #[test]
     fn content_length_is_digits_that_fit() {

@@ -76,7 +76,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::framing::parse_length;
+use super::framing::{CHUNK_START, ChunkError, ChunkState, Strictness, is_tchar, parse_length};
 
 /// The HTTP/2 prior-knowledge connection preface.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -92,9 +92,6 @@ pub const MAX_HEADERS: usize = 100;
 
 /// hyper refuses lengths above `u64::MAX - 2` (`DecodedLength::MAX_LEN`).
 const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
-
-/// At most 16 hex digits: every size fits in a `u64`.
-const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
 
 /// First size of the head buffer; it doubles up to `max_head_bytes` when a head needs it.
 const INITIAL_BUF: usize = 8 * 1024;
@@ -113,10 +110,7 @@ enum Rejection {
     InvalidContentLength,
     InvalidTransferEncoding,
     TransferEncodingInHttp10,
-    ChunkSize,
-    ChunkExtension,
-    ChunkDataCrlf,
-    Trailer,
+    Chunk(ChunkError),
 }
 
 impl Rejection {
@@ -133,20 +127,14 @@ impl Rejection {
             Rejection::InvalidContentLength => "invalid Content-Length",
             Rejection::InvalidTransferEncoding => "Transfer-Encoding not ending in a single chunked",
             Rejection::TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
-            Rejection::ChunkSize => "invalid chunk size line",
-            Rejection::ChunkExtension => "invalid chunk extension",
-            Rejection::ChunkDataCrlf => "chunk data not followed by CRLF",
-            Rejection::Trailer => "invalid chunked trailer section",
+            Rejection::Chunk(reason) => reason.as_str(),
         }
     }
 
     /// What hyper is handed instead of the head; `None` for errors inside a body.
     fn substitute(self) -> Option<&'static [u8]> {
         match self {
-            Rejection::ChunkSize
-            | Rejection::ChunkExtension
-            | Rejection::ChunkDataCrlf
-            | Rejection::Trailer => None,
+            Rejection::Chunk(_) => None,
             Rejection::TooManyHeaders | Rejection::HeadTooLarge => Some(REJECT_431),
             _ => Some(REJECT_400),
         }
@@ -160,7 +148,7 @@ enum Framing {
     Head(HeadScan),
     /// A `Content-Length` body with this many bytes left (never 0).
     Length(u64),
-    Chunked(Chunk),
+    Chunked(ChunkState),
     /// No more inspection.
     Passthrough,
 }
@@ -184,41 +172,6 @@ enum HeadStep {
     /// The connection starts with the HTTP/2 preface.
     Preface,
 }
-
-/// The chunked body state machine (RFC 9112 §7.1, minus the leniencies listed in the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Reading the size's hex digits (`digits == 0`: at the start of a chunk line).
-    Size {
-        digits: u8,
-        size: u64,
-    },
-    /// Whitespace after the size: only more whitespace or `;` may follow.
-    SizeWs {
-        size: u64,
-    },
-    /// Inside a chunk extension, up to CR.
-    Ext {
-        size: u64,
-    },
-    /// After the size line's CR.
-    SizeLf {
-        size: u64,
-    },
-    /// Chunk data with this many bytes left (never 0).
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// After the last chunk or a trailer line: CR (end) or a field name.
-    TrailerStart,
-    TrailerName,
-    TrailerValue,
-    TrailerLf,
-    /// After the final CR.
-    EndLf,
-}
-
-const CHUNK_START: Chunk = Chunk::Size { digits: 0, size: 0 };
 
 /// What hyper will be told from now on.
 #[derive(Debug)]
@@ -626,20 +579,6 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Field value and chunk extension bytes: HTAB, SP, VCHAR, obs-text.
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
-}
-
-fn hex_digit(b: u8) -> Option<u64> {
-    char::from(b).to_digit(16).map(u64::from)
-}
-
 /// Validates body bytes in a non-head framing. Returns how many bytes of `data` were valid;
 /// fewer than all when the message ended (the framing is then a head or passthrough) or
 /// with the reason of a rejection at the first invalid byte.
@@ -657,90 +596,18 @@ fn advance_body(framing: &mut Framing, tunnel_after: bool, data: &[u8]) -> (usiz
                     *framing = after_message(tunnel_after);
                 }
             }
-            Framing::Chunked(state) => match advance_chunked(state, &data[i..]) {
+            Framing::Chunked(state) => match state.advance(&data[i..], Strictness::Strict) {
                 Ok((n, done)) => {
                     i += n;
                     if done {
                         *framing = after_message(tunnel_after);
                     }
                 }
-                Err((n, reason)) => return (i + n, Some(reason)),
+                Err((n, reason)) => return (i + n, Some(Rejection::Chunk(reason))),
             },
         }
     }
     (i, None)
-}
-
-/// Runs the chunked state machine over `data`: `Ok((consumed, message_done))`, or
-/// `Err((valid_bytes_before_the_bad_one, reason))`.
-fn advance_chunked(state: &mut Chunk, data: &[u8]) -> Result<(usize, bool), (usize, Rejection)> {
-    let mut i = 0;
-    while i < data.len() {
-        if let Chunk::Data(left) = state {
-            let take = (*left).min((data.len() - i) as u64);
-            i += take as usize;
-            *left -= take;
-            if *left == 0 {
-                *state = Chunk::DataCr;
-            }
-            continue;
-        }
-        let b = data[i];
-        let next = match *state {
-            Chunk::Size { digits, size } => match (hex_digit(b), b) {
-                (Some(v), _) if digits < MAX_CHUNK_SIZE_DIGITS => {
-                    Chunk::Size { digits: digits + 1, size: (size << 4) | v }
-                }
-                (None, b';') if digits > 0 => Chunk::Ext { size },
-                (None, b' ' | b'\t') if digits > 0 => Chunk::SizeWs { size },
-                (None, b'\r') if digits > 0 => Chunk::SizeLf { size },
-                _ => return Err((i, Rejection::ChunkSize)),
-            },
-            Chunk::SizeWs { size } => match b {
-                b' ' | b'\t' => Chunk::SizeWs { size },
-                b';' => Chunk::Ext { size },
-                _ => return Err((i, Rejection::ChunkSize)),
-            },
-            Chunk::Ext { size } => match b {
-                b'\r' => Chunk::SizeLf { size },
-                b if is_value_byte(b) => Chunk::Ext { size },
-                _ => return Err((i, Rejection::ChunkExtension)),
-            },
-            Chunk::SizeLf { size } => match b {
-                b'\n' if size == 0 => Chunk::TrailerStart,
-                b'\n' => Chunk::Data(size),
-                _ => return Err((i, Rejection::ChunkSize)),
-            },
-            Chunk::Data(_) => unreachable!("handled above"),
-            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
-            Chunk::DataLf if b == b'\n' => CHUNK_START,
-            Chunk::DataCr | Chunk::DataLf => return Err((i, Rejection::ChunkDataCrlf)),
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::EndLf,
-                b if is_tchar(b) => Chunk::TrailerName,
-                _ => return Err((i, Rejection::Trailer)),
-            },
-            Chunk::TrailerName => match b {
-                b':' => Chunk::TrailerValue,
-                b if is_tchar(b) => Chunk::TrailerName,
-                _ => return Err((i, Rejection::Trailer)),
-            },
-            Chunk::TrailerValue => match b {
-                b'\r' => Chunk::TrailerLf,
-                b if is_value_byte(b) => Chunk::TrailerValue,
-                _ => return Err((i, Rejection::Trailer)),
-            },
-            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
-            Chunk::EndLf if b == b'\n' => {
-                *state = CHUNK_START;
-                return Ok((i + 1, true));
-            }
-            Chunk::TrailerLf | Chunk::EndLf => return Err((i, Rejection::Trailer)),
-        };
-        *state = next;
-        i += 1;
-    }
-    Ok((i, false))
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
