@@ -250,6 +250,8 @@ struct State {
     health: AtomicU16,
     /// Requests received (heads read), health checks excluded.
     requests: AtomicU64,
+    /// Connections accepted, health checks' included.
+    connections: AtomicU64,
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
     /// Requests held right now (`Mode::Hold`).
@@ -275,6 +277,7 @@ impl TestBackend {
             mode: Mutex::new(mode),
             health: AtomicU16::new(200),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             holding: AtomicU64::new(0),
@@ -287,6 +290,7 @@ impl TestBackend {
                 while !state.stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
+                            state.connections.fetch_add(1, Ordering::Relaxed);
                             let state = state.clone();
                             std::thread::spawn(move || {
                                 let _ = serve_connection(stream, &state);
@@ -319,6 +323,10 @@ impl TestBackend {
 
     fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     fn checks_passed(&self) -> u64 {
@@ -1070,6 +1078,122 @@ fn active_checks_take_an_endpoint_out_and_bring_it_back() {
     .unwrap();
     let passed = checked.checks_passed() - passed_from;
     assert!(passed >= HEALTHY_THRESHOLD, "back after {passed} passing checks, below the threshold");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5b. What a reload carries over (docs/CONFIG.md, "Reloading"): endpoint health, ejections and
+// upstream connection pools.
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration of backend `pool` with `extra` fields, served on `/`, plus a route for
+/// `marker` so that each configuration is a real change.
+fn pool_config(addresses: &[SocketAddr], extra: &str, marker: u32) -> String {
+    config(&format!(
+        "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [\
+         {{match: {{path: {{exact: /marker-{marker}}}}}, backend: pool}}, {{backend: pool}}]}}\n",
+        group("pool", addresses, extra)
+    ))
+}
+
+/// The serving snapshot's state of the endpoint at `addr` in backend `pool`.
+fn endpoint_state(proxy: &Proxy, addr: SocketAddr) -> Arc<lb_userspace::proxy::endpoint::Endpoint> {
+    let snapshot = proxy.node.published().load();
+    let group = snapshot.backends.iter().find(|g| g.name == "pool").expect("backend pool");
+    group.endpoints.iter().find(|e| e.address == addr).expect("the endpoint").clone()
+}
+
+#[test]
+fn a_reload_keeps_an_endpoint_out_that_failed_its_health_checks() {
+    let steady = TestBackend::start("steady", Mode::Echo);
+    let checked = TestBackend::start("checked", Mode::Echo);
+    let addresses = [steady.addr(), checked.addr()];
+    let check = |interval_ms: u32| {
+        format!(
+            ", health_check: {{path: {HEALTH_PATH}, interval_ms: {interval_ms}, timeout_ms: 500, \
+             healthy_threshold: 1, unhealthy_threshold: 3}}"
+        )
+    };
+    let proxy = Proxy::start(&pool_config(&addresses, &check(50), 0));
+    let mut client = Client::connect(proxy.addr);
+    checked.set_health(500);
+    wait_for(Duration::from_secs(5), "the failing endpoint to be taken out", || {
+        (!endpoint_state(&proxy, checked.addr()).check_healthy()).then_some(())
+    })
+    .unwrap();
+
+    // Reloaded with checks a minute apart: were the endpoint's health reset to healthy, it
+    // would take traffic for three minutes (three failed checks) before going out again.
+    let generation = proxy.apply(&pool_config(&addresses, &check(60_000), 1));
+    assert_eq!(client.get("h.test", "/marker-1").status, 200, "generation {generation} serves");
+    assert!(!endpoint_state(&proxy, checked.addr()).check_healthy(), "health carried over");
+    let count = checked.requests();
+    for i in 0..50 {
+        let response = client.get("h.test", &format!("/after-reload/{i}"));
+        assert_eq!((response.status, backend_of(&response)), (200, "steady"), "request {i}");
+    }
+    assert_eq!(checked.requests(), count, "the unhealthy endpoint got traffic after the reload");
+}
+
+#[test]
+fn a_reload_keeps_an_ejected_endpoint_ejected() {
+    let good = start_backend("good");
+    let flaky = TestBackend::start("flaky", Mode::Status(500));
+    let addresses = [good.addr(), flaky.addr()];
+    // Ejected for 60 s: far longer than the test.
+    let outlier = ", outlier: {consecutive_failures: 3, base_ejection_ms: 60000, max_ejection_ms: 60000}";
+    let proxy = Proxy::start(&pool_config(&addresses, outlier, 0));
+    let mut client = Client::connect(proxy.addr);
+    for i in 0..20 {
+        if flaky.requests() >= 3 {
+            break;
+        }
+        let status = client.get("h.test", &format!("/fail/{i}")).status;
+        assert!(status == 200 || status == 500, "{status}");
+    }
+    assert_eq!(flaky.requests(), 3, "three failures eject the endpoint");
+    let now = lb_userspace::proxy::endpoint::now_ms();
+    assert!(endpoint_state(&proxy, flaky.addr()).is_ejected(now), "ejected");
+    // It would answer well now: only the ejection keeps traffic away from it.
+    flaky.set_mode(Mode::Echo);
+
+    proxy.apply(&pool_config(&addresses, outlier, 1));
+    assert_eq!(client.get("h.test", "/marker-1").status, 200, "the new configuration serves");
+    let now = lb_userspace::proxy::endpoint::now_ms();
+    assert!(endpoint_state(&proxy, flaky.addr()).is_ejected(now), "the ejection carried over");
+    for i in 0..50 {
+        let response = client.get("h.test", &format!("/after-reload/{i}"));
+        assert_eq!((response.status, backend_of(&response)), (200, "good"), "request {i}");
+    }
+    assert_eq!(flaky.requests(), 3, "the ejected endpoint got traffic after the reload");
+}
+
+#[test]
+fn a_reload_keeps_upstream_connections_unless_the_backend_settings_change() {
+    let backend = start_backend("pooled");
+    let addresses = [backend.addr()];
+    // One worker: one upstream pool, so one keep-alive upstream connection serves everything.
+    let one_worker = |yaml: String| yaml.replacen("workers: 2", "workers: 1", 1);
+    let proxy = Proxy::start(&one_worker(pool_config(&addresses, "", 0)));
+    let mut client = Client::connect(proxy.addr);
+    for i in 0..10 {
+        assert_eq!(client.get("h.test", &format!("/warm/{i}")).status, 200);
+    }
+    let connections = backend.connections();
+    assert_eq!(connections, 1, "one pooled upstream connection");
+
+    // A change elsewhere (a new route): the pool, and its connection, carry over.
+    proxy.apply(&one_worker(pool_config(&addresses, "", 1)));
+    for i in 0..10 {
+        assert_eq!(client.get("h.test", &format!("/marker-1?{i}")).status, 200);
+    }
+    assert_eq!(backend.connections(), connections, "the reload kept the upstream connection");
+
+    // The backend's timeouts change: a new pool, so a new connection (the counter sees one).
+    proxy.apply(&one_worker(pool_config(&addresses, ", timeouts: {request_ms: 7000}", 2)));
+    for i in 0..10 {
+        assert_eq!(client.get("h.test", &format!("/marker-2?{i}")).status, 200);
+    }
+    assert_eq!(backend.connections(), connections + 1, "new settings, new pool");
 }
 
 // ---------------------------------------------------------------------------------------------

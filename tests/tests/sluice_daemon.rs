@@ -108,3 +108,68 @@ fn a_killed_sluice_leaves_no_program_attached() {
     wait_for(Duration::from_secs(5), "the kernel to detach XDP", || (!xdp_attached(&topology)).then_some(()))
         .unwrap();
 }
+
+/// Starts `sluice run --workers 2 ARGS` in the node namespace, where XDP cannot attach, and
+/// checks that it says why (each of `reasons` in the warning), serves the client without the
+/// kernel path, leaves no program attached, and exits cleanly.
+fn serves_without_xdp_when_attaching_fails(args: &[&str], reasons: &[&str]) {
+    let topology = Topology::new(0).unwrap();
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.args(["run", "--workers", "2"]).args(args);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    let target = SocketAddr::from((topology.node_v4(), 8080));
+    wait_for(Duration::from_secs(20), "sluice to serve", || {
+        assert!(
+            sluice.try_status().is_none(),
+            "sluice exited instead of serving without XDP:\n{}",
+            sluice.output()
+        );
+        if !sluice.output().contains("sluice is serving") {
+            return None;
+        }
+        topology.client.run(move || http_get(target, "/")).ok()?.ok()
+    })
+    .unwrap();
+    let output = sluice.output();
+    let warning = output
+        .lines()
+        .find(|l| l.contains("XDP disabled; serving without the kernel path"))
+        .unwrap_or_else(|| panic!("the fallback is logged with its reason:\n{output}"));
+    for reason in reasons {
+        assert!(warning.contains(reason), "the warning names {reason:?}: {warning}");
+    }
+    let serving = output.lines().find(|l| l.contains("sluice is serving")).unwrap();
+    assert!(serving.contains("xdp=false"), "{serving}");
+    for i in 0..20 {
+        let response = topology.client.run(move || http_get(target, &format!("/r/{i}"))).unwrap().unwrap();
+        // The built-in configuration has no routes: a worker answers 404.
+        assert_eq!(response.status, 404);
+        assert!(response.header("x-sluice-worker").is_some());
+    }
+    assert!(!xdp_attached(&topology), "no XDP program left on {NODE_CLIENT_IF}");
+    let (status, output) = sluice.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{output}");
+    assert!(!output.contains("xdp counters"), "the kernel path never ran:\n{output}");
+}
+
+/// The second of two interfaces does not exist: the first one's attachment is undone too.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn a_missing_interface_leaves_sluice_serving_without_xdp() {
+    require_root!();
+    serves_without_xdp_when_attaching_fails(
+        &["--interface", NODE_CLIENT_IF, "--interface", "sluice-none0"],
+        &["sluice-none0", "auto mode"],
+    );
+}
+
+/// Loopback has no native (driver) XDP: `--xdp-mode driver` cannot attach there.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn driver_mode_refused_by_the_interface_leaves_sluice_serving_without_xdp() {
+    require_root!();
+    serves_without_xdp_when_attaching_fails(
+        &["--interface", "lo", "--xdp-mode", "driver"],
+        &["attaching XDP to lo in driver mode failed", "--xdp-mode skb"],
+    );
+}

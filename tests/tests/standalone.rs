@@ -157,6 +157,50 @@ fn fifty_reloads_under_load_lose_no_request() {
     assert!(output.matches("configuration refused").count() >= 50 - valid, "{output}");
 }
 
+/// The log lines of reloads that were applied.
+fn reloads(output: &str) -> Vec<String> {
+    output.lines().filter(|l| l.contains("configuration reloaded")).map(str::to_owned).collect()
+}
+
+/// SIGHUP reloads the file. The change is made where the file watcher cannot see it: the
+/// configuration file is a symbolic link, and the file it points to, in another directory, is
+/// rewritten in place (the watcher watches the link's directory). Only the signal can make
+/// Sluice serve the new content, and the reload's log line says it was SIGHUP.
+#[test]
+fn sighup_reloads_a_change_the_file_watcher_cannot_see() {
+    let a = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "a").unwrap();
+    let b = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "b").unwrap();
+    let sluice = Binary::start(&config(&a, 0));
+    let addr = sluice.addr;
+    let elsewhere = common::TempDir::new();
+    let target = elsewhere.0.join("real.yaml");
+    std::fs::write(&target, common::with_listener(&config(&b, 1), addr)).unwrap();
+    // The link replaces the file by rename, which the watcher sees: one reload, to marker 1.
+    let link = sluice.config_path.with_extension("yaml.link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::rename(&link, &sluice.config_path).unwrap();
+    wait_for(Duration::from_secs(10), "the linked configuration to serve", || {
+        http_get(addr, "/marker-1").ok().filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some("b"))
+    })
+    .unwrap_or_else(|e| panic!("{e}; output:\n{}", sluice.child.output()));
+    let before = reloads(&sluice.child.output());
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].contains("file changed"), "{before:?}");
+
+    // Rewritten in place in the other directory: the watcher sees nothing.
+    std::fs::write(&target, common::with_listener(&config(&a, 2), addr)).unwrap();
+    // SAFETY: signalling our own child process by pid.
+    assert_eq!(unsafe { libc::kill(sluice.child.pid() as i32, libc::SIGHUP) }, 0);
+    wait_for(Duration::from_secs(10), "SIGHUP to reload the new content", || {
+        http_get(addr, "/marker-2").ok().filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some("a"))
+    })
+    .unwrap_or_else(|e| panic!("{e}; output:\n{}", sluice.child.output()));
+    let after = reloads(&sluice.child.output());
+    assert_eq!(after.len(), 2, "one more reload: {after:?}");
+    assert!(after[1].contains("SIGHUP"), "the reload says it was SIGHUP: {after:?}");
+    assert_eq!(http_get(addr, "/").unwrap().header(BACKEND_HEADER), Some("a"));
+}
+
 /// On SIGTERM the listeners close first, and a request in flight still finishes within the
 /// grace period.
 #[test]
