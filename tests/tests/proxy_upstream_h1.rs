@@ -220,6 +220,8 @@ fn idle_upstream_connection_is_closed_by_the_sweep_after_idle_ms() {
     let idle = closed_at.lock().unwrap()[0] - idle_since;
     println!("idle upstream connection closed after {idle:?} (idle_ms 500, sweep every 1 s)");
     assert!(idle >= Duration::from_millis(450), "closed at the idle timeout, not before: {idle:?}");
+    // Upper bound with slack: the sweep runs every second, so the close comes by ~1.5 s; 1 s
+    // more is allowed for a loaded machine.
     assert!(idle < Duration::from_millis(2500), "closed by the sweep soon after the idle timeout: {idle:?}");
     // The client's own connection is still open and served on a new backend connection.
     assert_ok(&client.get("/sweep/2"), b"ok", "after the sweep");
@@ -507,6 +509,7 @@ fn bad_backend_framing_is_a_502_for_that_request_only() {
         "a malformed chunk cuts the response (no complete body, no hang): {cut:?}"
     );
     assert!(matches!(cut.status, 0 | 200 | 502), "{cut:?}");
+    // Upper bound with slack: the cut is immediate; 3 s only tells it from a hang.
     assert!(started.elapsed() < Duration::from_secs(3), "cut after {:?}", started.elapsed());
 
     let mut client = Client::connect(proxy.addr);

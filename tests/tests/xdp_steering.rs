@@ -196,12 +196,21 @@ fn fault_is_routed_around(fault: Fault) {
 
     if let Fault::Stall(duration) = fault {
         // Once it beats again the worker is put back.
+        // No connection fails while it comes back either.
         let deadline = duration + Duration::from_secs(5);
+        let mut failed = Vec::new();
         wait_for(deadline, "the recovered worker to get new connections again", || {
-            let (served, _) = new_connections(&topology, target, 40);
+            let (served, failures) = new_connections(&topology, target, 40);
+            failed.extend(failures);
             served.contains_key(&victim).then_some(())
         })
         .unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed while the worker recovered, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
     }
     node.stop().unwrap();
 }

@@ -179,3 +179,26 @@ fn empty_table_drops_and_counts() {
     assert_eq!(out.verdict, XDP_DROP);
     assert_eq!(after.get(Stat::DropNoWorker) - before.get(Stat::DropNoWorker), 1);
 }
+
+/// Which worker the kernel picks for a new flow (flow hash, then the service's Maglev table of
+/// workers) is pinned: a change is deliberate, not a side effect. Recorded from the program.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn new_flow_placement_is_pinned() {
+    require_root!();
+    let mut dataplane = dataplane_with_service();
+    let l4 = frames::ETH_HLEN + 20;
+    let ports: Vec<u16> = (40000..40016u16)
+        .map(|sport| {
+            let syn = frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, sport, 8080, frames::TCP_SYN, b"");
+            dport(&dataplane.test_run_xdp(&syn).unwrap().frame, l4)
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            20002, 20001, 20000, 20003, 20002, 20000, 20003, 20000, 20000, 20000, 20002, 20003, 20001, 20003,
+            20001, 20000
+        ]
+    );
+}
