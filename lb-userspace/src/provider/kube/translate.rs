@@ -40,10 +40,13 @@ use k8s_openapi::api::{
 use serde::de::DeserializeOwned;
 
 use super::annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol};
-use crate::config::{
-    BackendConfig, BackendProtocol, BackendTlsConfig, CertificateConfig, Config, EndpointConfig, HeaderMatch,
-    HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig, RouteConfig, SecretString,
-    VirtualHostConfig,
+use crate::{
+    config::{
+        BackendConfig, BackendProtocol, BackendTlsConfig, CertificateConfig, Config, EndpointConfig,
+        HeaderMatch, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig, RouteConfig,
+        SecretString, VirtualHostConfig,
+    },
+    numeric,
 };
 
 /// The `spec.controller` of IngressClasses that Sluice serves.
@@ -690,7 +693,7 @@ impl<'a> Builder<'a> {
         };
         let mut name = format!("{namespace}/{service}:{port_label}");
         if *settings != BackendSettings::default() {
-            name.push_str(&format!("~{:08x}", stable_hash(&format!("{settings:?}"))));
+            name.push_str(&format!("~{:08x}", numeric::fnv1a_32(format!("{settings:?}").as_bytes())));
         }
         if self.backends.contains_key(&name) {
             return name;
@@ -932,7 +935,7 @@ impl<'a> Builder<'a> {
         let (m, c) = (ready(&main_group), ready(&canary_group));
         let mut main_weight = u64::from(total - weight) * c;
         let mut canary_weight = u64::from(weight) * m;
-        let divisor = gcd(main_weight, canary_weight).max(1);
+        let divisor = numeric::gcd(main_weight, canary_weight).max(1);
         (main_weight, canary_weight) = (main_weight / divisor, canary_weight / divisor);
         let largest = main_weight.max(canary_weight);
         if largest > 10_000 {
@@ -1116,15 +1119,6 @@ fn describe_path(path: &PathMatch) -> String {
 fn describe(matcher: &MatchConfig) -> String {
     let path = matcher.path.as_ref().map(describe_path).unwrap_or_else(|| "/".into());
     if matcher.headers.is_empty() { path } else { format!("{path} with header conditions") }
-}
-
-/// FNV-1a: stable across runs and builds, unlike the std hasher.
-fn stable_hash(text: &str) -> u32 {
-    text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Runs the model's own validation on a configuration built in code.
