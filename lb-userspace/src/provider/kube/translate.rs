@@ -619,13 +619,7 @@ impl<'a> Builder<'a> {
     /// Terminates TLS for `host` with the certificate of `secret`, unless an older Ingress set
     /// its TLS (noted).
     fn host_tls(&mut self, host: String, secret: &str, id: &IngressId, a: &Annotations) {
-        let entry = self.hosts.entry(host.clone()).or_default();
-        if let Some((_, owner)) = &entry.tls {
-            if owner != id {
-                let message =
-                    format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
-                self.note(Some(id), message);
-            }
+        if self.tls_taken(&host, id) {
             return;
         }
         let Some(certificate) = self.certificate(&id.namespace, secret, id) else { return };
@@ -644,19 +638,25 @@ impl<'a> Builder<'a> {
             self.note(Some(id), format!("ssl-passthrough for {host} has no backend; not applied"));
             return;
         };
-        let entry = self.hosts.entry(host.to_owned()).or_default();
-        if let Some((_, owner)) = &entry.tls {
-            if owner != id {
-                let message =
-                    format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
-                self.note(Some(id), message);
-            }
+        if self.tls_taken(host, id) {
             return;
         }
         let mut host_tls = passthrough_template().clone();
         host_tls.passthrough = Some(backend);
         host_tls.redirect_http = false;
-        entry.tls = Some((host_tls, id.clone()));
+        self.hosts.entry(host.to_owned()).or_default().tls = Some((host_tls, id.clone()));
+    }
+
+    /// Whether TLS for `host` is already set (noted when by another, older, Ingress). The host
+    /// is entered either way.
+    fn tls_taken(&mut self, host: &str, id: &IngressId) -> bool {
+        let entry = self.hosts.entry(host.to_owned()).or_default();
+        let Some((_, owner)) = &entry.tls else { return false };
+        if owner != id {
+            let message = format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
+            self.note(Some(id), message);
+        }
+        true
     }
 
     /// The backend group for a Service reference, created on first use.

@@ -311,10 +311,6 @@ fn cookie_token(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b";,=\"".contains(&b))
 }
 
-fn cookie_seconds(v: &str) -> std::result::Result<u64, Problem> {
-    v.parse::<u64>().map_err(|_| Expected("a number of seconds"))
-}
-
 fn affinity_mode(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     cookie_affinity(a, |affinity| {
         affinity.mode = match v {
@@ -357,36 +353,41 @@ fn session_cookie_domain(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result
 }
 
 fn session_cookie_max_age(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
-    cookie_affinity(a, |affinity| {
-        affinity.max_age_seconds = Some(cookie_seconds(v)?);
-        Ok(())
-    })
+    cookie_seconds(v, a, |affinity| &mut affinity.max_age_seconds)
 }
 
 fn session_cookie_expires(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
-    cookie_affinity(a, |affinity| {
-        affinity.expires_seconds = Some(cookie_seconds(v)?);
-        Ok(())
-    })
+    cookie_seconds(v, a, |affinity| &mut affinity.expires_seconds)
 }
 
 fn session_cookie_conditional_samesite_none(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
-    cookie_affinity(a, |affinity| {
-        affinity.conditional_samesite_none = boolean(v)?;
-        Ok(())
-    })
+    cookie_flag(v, a, |affinity| &mut affinity.conditional_samesite_none)
 }
 
 fn session_cookie_secure(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_flag(v, a, |affinity| &mut affinity.secure)
+}
+
+fn session_cookie_change_on_failure(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    cookie_flag(v, a, |affinity| &mut affinity.change_on_failure)
+}
+
+/// A number of seconds of the cookie affinity.
+fn cookie_seconds(
+    v: &str,
+    a: &mut Annotations,
+    field: fn(&mut CookieAffinityConfig) -> &mut Option<u64>,
+) -> Result {
     cookie_affinity(a, |affinity| {
-        affinity.secure = boolean(v)?;
+        *field(affinity) = Some(v.parse::<u64>().map_err(|_| Expected("a number of seconds"))?);
         Ok(())
     })
 }
 
-fn session_cookie_change_on_failure(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+/// A true/false setting of the cookie affinity.
+fn cookie_flag(v: &str, a: &mut Annotations, flag: fn(&mut CookieAffinityConfig) -> &mut bool) -> Result {
     cookie_affinity(a, |affinity| {
-        affinity.change_on_failure = boolean(v)?;
+        *flag(affinity) = boolean(v)?;
         Ok(())
     })
 }
