@@ -8,8 +8,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    config::Config,
-    dataplane::AttachMode,
+    config::{AttachMode, Config},
     node::Node,
     provider::{
         Desired, Source, Update,
@@ -34,6 +33,8 @@ pub enum Command {
         /// The YAML configuration file to validate.
         file: PathBuf,
     },
+    /// Print the JSON Schema of the configuration file, for editors' YAML language servers.
+    Schema,
     /// Ask a running instance's admin server for its workers, routes, backends and health.
     Status {
         /// The admin server's address (the configuration's `admin.address`).
@@ -112,6 +113,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Status { admin, json } => status(admin, json),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { file } => match Config::from_file(&file) {
             // Compiling the snapshot also loads and checks certificates, keys and CA bundles.
             Ok(config) => match Snapshot::build(&config, &EndpointRegistry::default(), 1) {

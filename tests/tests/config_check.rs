@@ -8,6 +8,7 @@
 //!   `# expect: LINE:COLUMN: <substring of the message>`.
 //! - Every complete configuration in docs/CONFIG.md (a `yaml` block with top-level
 //!   `listeners:` and `backends:`) is valid.
+//! - `sluice schema` prints the JSON Schema the library derives from the model.
 //!
 //! Needs no root: nothing is bound or loaded. Needs the binary: `cargo build -p lb-userspace`.
 
@@ -19,10 +20,9 @@ use std::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use lb_userspace::{
     config::{
-        AffinityMode, BackendProtocol, Balance, Config, HashOn, HealthCheckConfig, Limits, OutlierConfig,
-        PathMatch, RetryConfig, Timeouts,
+        AffinityMode, AttachMode, BackendProtocol, Balance, Config, HashOn, HealthCheckConfig, Limits,
+        OutlierConfig, PathMatch, RetryConfig, Timeouts,
     },
-    dataplane::AttachMode,
     proxy::{
         route::{RouteAction, RouteTable},
         snapshot::Snapshot,
@@ -414,6 +414,17 @@ fn routing_example_routes_as_its_comments_say() {
     assert!(paths.iter().any(|p| matches!(p, PathMatch::Exact(_))));
     assert!(paths.iter().any(|p| matches!(p, PathMatch::Prefix(_))));
     assert!(paths.iter().any(|p| matches!(p, PathMatch::Regex(_))));
+}
+
+/// `sluice schema` prints the JSON Schema the library derives from the model, for editors.
+#[test]
+fn sluice_schema_prints_the_models_json_schema() {
+    let binary = lb_tests::sluice_binary().unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(&binary).arg("schema").output().expect("sluice schema runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the schema is JSON");
+    assert_eq!(printed, Config::json_schema());
+    assert_eq!(printed["title"], "Sluice configuration");
 }
 
 /// The complete configurations in docs/CONFIG.md: fenced `yaml` blocks with top-level

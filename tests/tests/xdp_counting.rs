@@ -13,8 +13,8 @@ use lb_tests::{
     topology::{NODE_CLIENT_IF, Topology},
 };
 use lb_userspace::{
-    config::Config,
-    dataplane::{AttachMode, Dataplane},
+    config::{AttachMode, Config},
+    dataplane::Dataplane,
     proxy::{
         WORKER_HEADER, WorkerOptions, Workers,
         snapshot::{Published, Snapshot},

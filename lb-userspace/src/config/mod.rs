@@ -11,6 +11,8 @@ pub(crate) use validate::valid_domain;
 
 use std::path::Path;
 
+use serde_saphyr::{DefaultMessageFormatter, DuplicateKeyPolicy, MessageFormatter};
+
 pub use model::*;
 
 /// The built-in configuration served when no file is given.
@@ -54,16 +56,98 @@ fn render_problems(source_name: &str, problems: &[Problem]) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How configuration files are read: YAML 1.2 booleans only (`yes` is a string, not `true`),
+/// and a key given twice in one mapping is an error at the second one.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        with_snippet: false,
+    }
+}
+
+/// Reads the model from `yaml`. An error comes with its 1-based line and column and a message
+/// that starts with the field path, as validation problems do (`listeners[0].address: ...`).
+fn deserialize(yaml: &str) -> std::result::Result<Config, (usize, usize, String)> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str_with_options(yaml, yaml_options(), |yaml| {
+        serde_path_to_error::deserialize(yaml).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let error = match result {
+        Ok(config) => return Ok(config),
+        Err(error) => error,
+    };
+    // serde_path_to_error spells the top level `.`, and a key not yet read `?`.
+    let path = path.trim_end_matches('?').trim_end_matches('.');
+    let own = error.location().filter(|l| l.line() > 0).map(|l| (l.line() as usize, l.column() as usize));
+    let (line, column) = match (error.without_snippet(), own) {
+        // A missing field is a mistake of its mapping: point at the mapping, as validation does
+        // for the fields it checks.
+        (serde_saphyr::Error::SerdeMissingField { .. }, _) | (_, None) => {
+            locate::Positions::of(yaml).locate(path).or(own).unwrap_or((0, 0))
+        }
+        (_, Some(position)) => position,
+    };
+    let message = message(&error, yaml);
+    let message = if path.is_empty() { message } else { format!("{path}: {message}") };
+    Err((line, column, message))
+}
+
+/// The parser's message, with the offending text where it names only what was expected.
+fn message(error: &serde_saphyr::Error, yaml: &str) -> String {
+    let found = error.location().and_then(|location| source_at(yaml, location));
+    match (error.without_snippet(), found) {
+        (serde_saphyr::Error::InvalidScalar { ty, .. }, Some(found)) => {
+            format!("invalid value `{found}`, expected {ty}")
+        }
+        // The parser's own wording names its options.
+        (serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. }, _) => {
+            format!("duplicate field `{key}`")
+        }
+        (serde_saphyr::Error::MultipleDocuments { .. }, _) => {
+            "a second YAML document; a configuration file holds one".to_owned()
+        }
+        (serde_saphyr::Error::Unexpected { expected, .. }, Some(found)) => {
+            let expected = match *expected {
+                "sequence start" => "a list",
+                "mapping start" => "a mapping",
+                other => other,
+            };
+            format!("expected {expected}, found `{found}`")
+        }
+        _ => DefaultMessageFormatter.format_message(error).into_owned(),
+    }
+}
+
+/// The source text an error points at: its span, or the rest of its line when the span is
+/// empty; at most 40 characters.
+fn source_at(yaml: &str, location: serde_saphyr::Location) -> Option<&str> {
+    let span = location.span();
+    let start = usize::try_from(span.byte_offset()?).ok()?;
+    let len = usize::try_from(span.byte_len()?).ok()?;
+    let rest = yaml.get(start..)?;
+    let text = if len > 0 { rest.get(..len)? } else { rest.lines().next()? };
+    let text = text.trim();
+    let end = text.char_indices().nth(40).map_or(text.len(), |(at, _)| at);
+    Some(&text[..end]).filter(|t| !t.is_empty())
+}
+
 impl Config {
     /// Parses and validates YAML. `source_name` names the input in errors (a path or "built-in").
     pub fn from_yaml(yaml: &str, source_name: &str) -> Result<Config> {
-        let config: Config = serde_yaml::from_str(yaml).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            Error::Parse { source_name: source_name.to_owned(), line, column, message: e.to_string() }
+        let config = deserialize(yaml).map_err(|(line, column, message)| Error::Parse {
+            source_name: source_name.to_owned(),
+            line,
+            column,
+            message,
         })?;
         let mut problems = validate::problems(&config);
+        let positions = locate::Positions::of(yaml);
         for problem in &mut problems {
-            (problem.line, problem.column) = locate::locate(yaml, &problem.path).unwrap_or((1, 1));
+            (problem.line, problem.column) = positions.locate(&problem.path).unwrap_or((1, 1));
         }
         // In file order, as a reader goes through the file.
         problems.sort_by(|a, b| (a.line, a.column, &a.path).cmp(&(b.line, b.column, &b.path)));
@@ -89,6 +173,16 @@ impl Config {
         } else {
             Err(Error::Invalid { source_name: source_name.to_owned(), problems })
         }
+    }
+
+    /// The JSON Schema of the configuration file, derived from the model (field names as
+    /// written, unknown fields refused, defaults and descriptions from the types). Draft 7,
+    /// which editors' YAML language servers read (`sluice schema` prints it).
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema =
+            schemars::generate::SchemaSettings::draft07().into_generator().into_root_schema_for::<Config>();
+        schema.insert("title".into(), "Sluice configuration".into());
+        schema.to_value()
     }
 
     pub fn builtin() -> Config {
@@ -164,6 +258,73 @@ mod tests {
         assert_eq!(paths, ["listeners[0].address", "xdp.interfaces[0]", "xdp.heartbeat_timeout_ms"]);
         let positions: Vec<(usize, usize)> = found.iter().map(|p| (p.line, p.column)).collect();
         assert_eq!(positions, [(1, 23), (2, 20), (2, 28)]);
+    }
+}
+
+#[cfg(test)]
+mod schema {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Every mapping in the schema, with where it is.
+    fn objects<'a>(value: &'a Value, at: String, out: &mut Vec<(String, &'a Value)>) {
+        match value {
+            Value::Object(map) => {
+                if map.contains_key("properties") {
+                    out.push((at.clone(), value));
+                }
+                for (key, child) in map {
+                    objects(child, format!("{at}/{key}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    objects(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_schema_names_the_top_level_fields_the_loader_accepts() {
+        let schema = Config::json_schema();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        let mut in_schema: Vec<&str> =
+            schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let refused = Config::from_yaml("nonsense: 1\n", "t").unwrap_err().to_string();
+        let (_, accepted) = refused.split_once("expected one of ").expect(&refused);
+        let mut accepted: Vec<&str> = accepted.split(", ").collect();
+        in_schema.sort_unstable();
+        accepted.sort_unstable();
+        assert_eq!(in_schema, accepted);
+        assert_eq!(schema["required"], serde_json::json!(["listeners"]));
+    }
+
+    #[test]
+    fn the_schema_refuses_unknown_fields_everywhere_and_spells_fields_as_yaml_does() {
+        let schema = Config::json_schema();
+        let mut found = Vec::new();
+        objects(&schema, String::new(), &mut found);
+        assert!(found.len() > 25, "only {} mappings", found.len());
+        for (at, object) in found {
+            assert_eq!(object["additionalProperties"], false, "{at} accepts unknown fields");
+        }
+        let definitions = &schema["definitions"];
+        assert!(definitions["RouteConfig"]["properties"].get("match").is_some(), "serde's rename");
+        assert_eq!(
+            definitions["SameSite"]["enum"],
+            serde_json::json!(["Lax", "lax", "Strict", "strict", "None", "none"])
+        );
+        // One-key choices: a mapping with exactly one of the keys.
+        let path_match: Vec<&str> = definitions["PathMatch"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|choice| choice["required"][0].as_str().unwrap())
+            .collect();
+        assert_eq!(path_match, ["exact", "prefix", "regex"]);
     }
 }
 

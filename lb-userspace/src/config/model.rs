@@ -2,11 +2,10 @@
 
 use std::net::SocketAddr;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::AttachMode;
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Number of worker threads; 0 means one per CPU.
@@ -52,7 +51,7 @@ pub struct Config {
 
 /// One line per request through `tracing` (target `sluice::access`), in the log format chosen
 /// with `--log-format` (JSON lines or text).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     pub enabled: bool,
@@ -69,14 +68,14 @@ impl Default for AccessLogConfig {
 // The sample rate is validated to be a number in 0..=1, never NaN.
 impl Eq for AccessLogConfig {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Keep it on loopback unless a trusted network needs it: it exposes the configuration.
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -90,7 +89,7 @@ pub struct ListenerConfig {
 /// TLS on a listener. The client's SNI picks the virtual host the way the Host header does
 /// (exact domain, then `*.wildcard`, then `"*"`; no SNI picks `"*"`), and that host's `tls`
 /// says which certificate to serve. TLS 1.2 and 1.3 only; ALPN offers `h2` and `http/1.1`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// The certificate (a `certificates` name) served when the SNI is missing or picks no
@@ -108,7 +107,7 @@ pub struct ListenerTlsConfig {
     pub session_tickets: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownSni {
     /// Serve the listener's `default_certificate`.
@@ -121,7 +120,7 @@ pub enum UnknownSni {
 /// reload, and a change to a watched file reloads) or inline (`*_pem`, as from a
 /// `kubernetes.io/tls` Secret). A certificate that does not parse, does not match its key, or
 /// has expired is refused with the reload, and the previous configuration keeps serving.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub name: String,
@@ -143,7 +142,7 @@ pub struct CertificateConfig {
 
 /// A string that is never printed: `Debug` shows `<redacted>`, so private keys stay out of
 /// logs and error messages.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct SecretString(pub String);
 
@@ -161,7 +160,7 @@ impl serde::Serialize for SecretString {
 }
 
 /// Limits that protect the workers; every one has a safe default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request head (request line and headers); larger gets 431.
@@ -205,7 +204,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     pub name: String,
@@ -221,7 +220,7 @@ pub struct VirtualHostConfig {
 }
 
 /// TLS for one virtual host, selected by SNI on TLS listeners (see [`ListenerTlsConfig`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostTlsConfig {
     /// The certificate to serve (a `certificates` name). Exactly one of `certificate` and
@@ -249,7 +248,7 @@ pub struct HostTlsConfig {
     pub client_ca_pem: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HstsConfig {
     /// How long browsers keep to HTTPS for this host. Default: one year.
@@ -267,7 +266,7 @@ fn default_hsts_max_age() -> u64 {
     31_536_000
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Shown in metrics and logs; defaults to `<virtual host>/<index>`.
@@ -290,7 +289,7 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Default: prefix `/` (everything).
@@ -317,7 +316,7 @@ pub enum PathMatch {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -331,7 +330,7 @@ pub struct HeaderMatch {
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     /// Replaces the part of the path that the route's prefix matched.
@@ -344,7 +343,7 @@ pub struct RewriteConfig {
     pub replacement: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     /// `http` or `https`; default: the request's.
@@ -366,7 +365,7 @@ fn default_redirect_code() -> u16 {
     302
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,
@@ -399,7 +398,7 @@ pub struct BackendConfig {
 }
 
 /// TLS towards a backend's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTlsConfig {
     /// PEM bundle of the CAs that may issue the endpoints' certificates. Exactly one of
@@ -423,7 +422,7 @@ fn default_max_connections_per_endpoint() -> usize {
     1024
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendProtocol {
     /// HTTP/1.1 to the backend, whatever the client spoke.
@@ -433,7 +432,7 @@ pub enum BackendProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Smooth weighted round robin.
@@ -460,8 +459,9 @@ pub enum HashOn {
     Template(String),
 }
 
-/// The YAML form of a one-key choice (`{prefix: /api}`): serde_yaml spells enums as YAML tags,
-/// which nobody writes by hand, so the choices are read as a map with exactly one key.
+/// The YAML form of a one-key choice (`{prefix: /api}`): serde spells enums as YAML tags
+/// (`!Prefix /api`), which nobody writes by hand, so the choices are read as a map with exactly
+/// one key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct OneOf {
@@ -488,6 +488,72 @@ impl OneOf {
         .iter()
         .filter(|s| **s)
         .count()
+    }
+}
+
+/// The schema of a one-key choice: a mapping with exactly one of `choices` (key, schema of its
+/// value, description).
+fn one_key_choice(description: &str, choices: &[(&str, Schema, &str)]) -> Schema {
+    let branches: Vec<Schema> = choices
+        .iter()
+        .map(|(key, value, about)| {
+            let mut properties = serde_json::Map::new();
+            properties.insert((*key).to_owned(), value.clone().to_value());
+            json_schema!({
+                "type": "object",
+                "description": about,
+                "properties": properties,
+                "required": [key],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    json_schema!({ "description": description, "type": "object", "oneOf": branches })
+}
+
+impl JsonSchema for PathMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PathMatch".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let string = || json_schema!({ "type": "string" });
+        one_key_choice(
+            "Path matching with the Kubernetes Ingress semantics: one of `exact`, `prefix`, `regex`.",
+            &[
+                ("exact", string(), "The path equals this, case-sensitively."),
+                (
+                    "prefix",
+                    string(),
+                    "Element-wise prefix: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.",
+                ),
+                ("regex", string(), "A regular expression matched against the path, anchored at its start."),
+            ],
+        )
+    }
+}
+
+impl JsonSchema for HashOn {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HashOn".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let string = || json_schema!({ "type": "string" });
+        one_key_choice(
+            "What `balance: hash` hashes: one of `header`, `cookie`, `client_ip`, `template`.",
+            &[
+                ("header", string(), "A request header's value."),
+                ("cookie", string(), "A cookie's value."),
+                ("client_ip", json_schema!({ "type": "boolean", "const": true }), "The client's IP address."),
+                (
+                    "template",
+                    string(),
+                    "ingress-nginx `upstream-hash-by`: `$remote_addr`, `$request_uri`, `$uri`, `$args`, \
+                     `$host`, `$http_<header>`, `$cookie_<name>` and literal text.",
+                ),
+            ],
+        )
     }
 }
 
@@ -522,7 +588,7 @@ impl TryFrom<OneOf> for HashOn {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub address: SocketAddr,
@@ -542,7 +608,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     pub path: String,
@@ -567,7 +633,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// Passive health: endpoints that keep failing real requests are ejected for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
     /// Consecutive 5xx responses or connect failures that eject an endpoint (0 = never).
@@ -583,7 +649,7 @@ impl Default for OutlierConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub connect_ms: u64,
@@ -599,7 +665,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Retries after the first attempt: on connect failure always, and for idempotent
@@ -617,7 +683,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XdpConfig {
     #[serde(default = "enabled_by_default")]
@@ -661,9 +727,45 @@ impl Default for XdpConfig {
     }
 }
 
+/// How the XDP program is attached to an interface (`xdp.mode`, `--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver (native) mode where the NIC driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native XDP in the driver; fails on drivers without XDP support.
+    Driver,
+    /// Generic XDP in the stack; works on every interface, slower.
+    Skb,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
+
+/// The command line's spelling (`--xdp-mode`), which also takes the kernel's names.
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "driver" | "native" => Ok(AttachMode::Driver),
+            "skb" | "generic" => Ok(AttachMode::Skb),
+            other => Err(format!("unknown XDP mode {other:?}; expected auto, driver or skb")),
+        }
+    }
+}
+
 /// Cookie session affinity: the first response sets a cookie naming the endpoint (opaquely);
 /// later requests carrying it go to that endpoint. The ingress-nginx `session-cookie-*` set.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookieAffinityConfig {
     /// Cookie name (`session-cookie-name`).
@@ -701,7 +803,7 @@ impl Default for CookieAffinityConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AffinityMode {
     #[default]
@@ -709,7 +811,9 @@ pub enum AffinityMode {
     Persistent,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+// The lower-case aliases are read too.
+#[schemars(extend("enum" = ["Lax", "lax", "Strict", "strict", "None", "none"]))]
 pub enum SameSite {
     #[serde(alias = "lax")]
     Lax,

@@ -4,8 +4,6 @@
 pub mod health;
 pub mod steering;
 
-use std::{fmt, str::FromStr};
-
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
@@ -19,6 +17,8 @@ use lb_common::{
     CONNTRACK_MAP, FlowKey, FlowValue, HEARTBEATS_MAP, MAGLEV_MAP, REVERSE_MAP, SERVICES_MAP, STATS_MAP,
     Stat, TC_EGRESS_PROGRAM, WORKERS_MAP, XDP_PASS_PROGRAM, XDP_PROGRAM,
 };
+
+use crate::config::AttachMode;
 
 pub use self::{
     health::{HealthTiming, HeartbeatWriter, Supervisor},
@@ -66,48 +66,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How the XDP program is attached to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Driver (native) mode where the NIC driver supports it, generic otherwise.
-    #[default]
-    Auto,
-    /// Native XDP in the driver; fails on drivers without XDP support.
-    Driver,
-    /// Generic XDP in the stack; works on every interface, slower.
-    Skb,
-}
-
-impl AttachMode {
-    fn modes_to_try(self) -> &'static [XdpMode] {
-        match self {
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            AttachMode::Driver => &[XdpMode::Driver],
-            AttachMode::Skb => &[XdpMode::Skb],
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Auto => "auto",
-            AttachMode::Driver => "driver",
-            AttachMode::Skb => "skb",
-        })
-    }
-}
-
-impl FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(AttachMode::Auto),
-            "driver" | "native" => Ok(AttachMode::Driver),
-            "skb" | "generic" => Ok(AttachMode::Skb),
-            other => Err(format!("unknown XDP mode {other:?}; expected auto, driver or skb")),
-        }
+/// The kernel's attach modes to try, in order, for a configured mode.
+fn modes_to_try(mode: AttachMode) -> &'static [XdpMode] {
+    match mode {
+        AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+        AttachMode::Driver => &[XdpMode::Driver],
+        AttachMode::Skb => &[XdpMode::Skb],
     }
 }
 
@@ -197,7 +161,7 @@ impl Dataplane {
         let program = xdp_program(&mut self.ebpf, XDP_PROGRAM)?;
         let mut attached = None;
         let mut last_error = None;
-        for &xdp_mode in mode.modes_to_try() {
+        for &xdp_mode in modes_to_try(mode) {
             match program.attach(interface, xdp_mode) {
                 Ok(link) => {
                     attached = Some((xdp_mode, link));

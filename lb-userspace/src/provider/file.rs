@@ -18,10 +18,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{Desired, Source, Update};
-use crate::{
-    config::{self, Config},
-    dataplane::AttachMode,
-};
+use crate::config::{self, AttachMode, Config};
 
 /// Command-line settings that override the file, on every load.
 #[derive(Clone, Debug, Default)]

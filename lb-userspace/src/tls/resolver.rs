@@ -143,7 +143,7 @@ mod tests {
     use super::*;
 
     fn hosts(yaml: &str) -> Vec<VirtualHostConfig> {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

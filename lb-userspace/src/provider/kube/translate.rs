@@ -253,7 +253,7 @@ fn is_ours(ingress: &Ingress, ours: &BTreeSet<String>, default_is_ours: bool) ->
 /// A fresh model value with every default, from its YAML form: stays right when fields with
 /// defaults are added to the model.
 fn template<T: DeserializeOwned>(yaml: &str) -> T {
-    serde_yaml::from_str(yaml).expect("the template parses")
+    serde_saphyr::from_str(yaml).expect("the template parses")
 }
 
 fn backend_template() -> &'static BackendConfig {
@@ -1168,7 +1168,7 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
             one_of(hash_on);
         }
     }
-    serde_yaml::to_string(&value).map_err(|e| crate::config::Error::Parse {
+    serde_saphyr::to_string(&value).map_err(|e| crate::config::Error::Parse {
         source_name: "kubernetes".into(),
         line: 0,
         column: 0,
