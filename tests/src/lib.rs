@@ -8,8 +8,12 @@
 pub mod backend;
 pub mod fake_kube;
 pub mod frames;
+pub mod http;
 pub mod netns;
 pub mod process;
+pub mod raw_backend;
+pub mod sluice;
+pub mod temp_dir;
 pub mod topology;
 
 use std::time::{Duration, Instant};
@@ -48,6 +52,11 @@ pub fn required_tool(program: &str, package: &str) -> std::path::PathBuf {
              (or `sudo -E cargo xtask setup`, which installs every tool the suites use)"
         )
     })
+}
+
+/// A free loopback port (bound then released; good enough for tests on loopback).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes. Readiness is always polled with a

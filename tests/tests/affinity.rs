@@ -2,8 +2,6 @@
 //! failure, cookies honoured across instances sharing the key, tampered cookies replaced),
 //! and hash affinity on a header or the client address (consistent when endpoints change).
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     io::{Read, Write},
@@ -11,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use common::Proxy;
 use lb_tests::backend::{BACKEND_HEADER, Backend, HttpResponse};
+use lb_tests::sluice::Proxy;
 
 /// A GET with extra header lines, one connection each.
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
@@ -73,8 +71,8 @@ fn one_cookie_one_backend_on_every_instance_and_tampering_is_replaced() {
     // Two separate sluice processes (two instances, as on two nodes) with the same key.
     let yaml =
         cookie_config(&pool, "balanced", "", None).replace("workers: 2", "workers: 2\nxdp: {enabled: false}");
-    let first = common::Binary::start(&yaml);
-    let second = common::Binary::start(&yaml);
+    let first = lb_tests::sluice::Binary::start(&yaml);
+    let second = lb_tests::sluice::Binary::start(&yaml);
 
     let response = get(first.addr, "/", &[]);
     assert_eq!(response.status, 200);

@@ -19,7 +19,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -41,8 +41,11 @@ use lb_tests::{
         FakeKube,
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
     },
+    free_port,
     process::ChildGuard,
-    sluice_binary, wait_for,
+    sluice_binary,
+    temp_dir::TempDir,
+    wait_for,
 };
 use lb_userspace::{
     cli::{Cli, Command as SluiceCommand, LogFormat, RunArgs},
@@ -894,27 +897,6 @@ fn the_configmap_holds_a_valid_base_configuration() {
 
 // ------------------------------------------------------------------------------------------------
 // The real binary, with the DaemonSet's command line, against the fake API server
-
-/// A directory removed on drop, failed test or not.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sluice-deploy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The status code of `GET path` (HTTP/1.1, one connection).
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {

@@ -5,10 +5,6 @@
 //! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...),
 //! since an EndpointSlice gives one port to all its endpoints.
 
-mod common;
-
-use common::{TempDir, free_port};
-
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -27,8 +23,11 @@ use lb_tests::{
         FakeKube,
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
     },
+    free_port,
     process::ChildGuard,
-    sluice_binary, wait_for,
+    sluice_binary,
+    temp_dir::TempDir,
+    wait_for,
 };
 use serde_json::json;
 

@@ -5,8 +5,6 @@
 //! Chromium (Debian's `chromium` package), shows the routes, the backends with their health and
 //! a counter that moves after traffic. The screenshots are kept in `target/observability/`.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -16,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use common::{Proxy, TempDir, free_port};
 use lb_tests::{
     backend::{Backend, HttpResponse, http_get},
     netns::Netns,
@@ -25,6 +22,7 @@ use lb_tests::{
     topology::{NODE_CLIENT_IF, Topology},
     wait_for,
 };
+use lb_tests::{free_port, sluice::Proxy, temp_dir::TempDir};
 use lb_userspace::{config::Config, node::Node};
 
 // ---------------------------------------------------------------------------------------------

@@ -29,19 +29,16 @@
 //! readiness: every read has a socket timeout, and "the connection closed" means a read returned
 //! end of file (or a reset) before that timeout.
 
-mod common;
-
 use std::{
     io::Write,
     net::{Shutdown, SocketAddr},
     sync::{Arc, Mutex},
 };
 
-use common::{
-    Proxy, header_value,
-    raw_http::{
-        BackendConn, Client, Ended, RawBackend, RawResponse, Req, assert_ok, backend, config, pattern, route,
-    },
+use lb_tests::{
+    http::{Client, Ended, RawResponse, assert_ok, header_value, pattern},
+    raw_backend::{BackendConn, RawBackend, Req, backend, config, route},
+    sluice::Proxy,
 };
 
 // ---------------------------------------------------------------------------------------------

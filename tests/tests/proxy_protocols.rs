@@ -7,8 +7,6 @@
 //! sockets (backends that reset, hang or send garbage), on a tokio runtime owned by each test.
 //! Readiness is always polled with a deadline.
 
-mod common;
-
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -25,7 +23,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use common::{Binary, Proxy, find, header_value};
 use futures_util::{SinkExt, StreamExt, TryStreamExt, future::BoxFuture};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -35,6 +32,10 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_tests::backend::http_get;
+use lb_tests::{
+    http::{find, header_value},
+    sluice::{Binary, Proxy},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     runtime::Runtime,
@@ -1348,7 +1349,7 @@ fn new_connections_wait_in_the_kernel_until_the_client_speaks() {
     let rt = runtime();
     let (echo_addr, _echo) = spawn_echo(&rt);
     let start = |defer: bool| {
-        let admin = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], lb_tests::free_port()));
         let yaml = config(
             &format!(", header_read_timeout_ms: 500, defer_accept: {defer}"),
             &[route("/", "echo", "")],

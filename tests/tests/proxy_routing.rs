@@ -1,11 +1,9 @@
 //! The L7 proxy end to end over loopback sockets: routing precedence with the Kubernetes Ingress
 //! semantics, rewrites and redirects, forwarding headers, balancing, passive and active health,
 //! retries, error statuses, and configuration swaps. Each test runs an in-process node
-//! (`common::Proxy`, no XDP, no root) in front of throwaway backends: the programmable [`TestBackend`]
+//! (`lb_tests::sluice::Proxy`, no XDP, no root) in front of throwaway backends: the programmable [`TestBackend`]
 //! below, which names itself in `x-backend`, echoes what it received, and fails, holds or hangs
 //! on demand.
-
-mod common;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -20,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
-use common::Proxy;
+use lb_tests::sluice::Proxy;
 use lb_tests::{
     backend::{BACKEND_HEADER, HttpResponse},
     wait_for,

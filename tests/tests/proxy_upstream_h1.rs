@@ -24,8 +24,6 @@
 //! Backends are std threads on blocking sockets with 5 s timeouts; they count the connections
 //! they accept so that tests can assert reuse. Nothing waits on a sleep for readiness.
 
-mod common;
-
 use std::{
     io::Write,
     net::SocketAddr,
@@ -36,11 +34,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Proxy, header_value,
-    raw_http::{
-        BackendConn, Client, Ended, IO_TIMEOUT, RawBackend, Req, assert_ok, backend, config, pattern, route,
-    },
+use lb_tests::{
+    http::{Client, Ended, IO_TIMEOUT, assert_ok, header_value, pattern},
+    raw_backend::{BackendConn, RawBackend, Req, backend, config, route},
+    sluice::Proxy,
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 //! Standalone mode end to end: the one-command demo in its short mode, and hot reload of the
 //! configuration file under load (valid and invalid files mixed, no request lost).
 
-mod common;
-
 use std::{
     process::Command,
     sync::{
@@ -12,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Binary;
+use lb_tests::sluice::Binary;
 use lb_tests::{
     backend::{BACKEND_HEADER, Backend, http_get},
     process::ChildGuard,

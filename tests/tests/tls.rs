@@ -12,8 +12,6 @@
 //!
 //! Handshake counters are process-wide, so every test takes [`serial`] and deltas are exact.
 
-mod common;
-
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -29,12 +27,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Proxy, TempDir, free_port};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_tests::{backend::HttpResponse, wait_for};
+use lb_tests::{
+    free_port,
+    sluice::{Proxy, with_listener},
+    temp_dir::TempDir,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, RootCertStore,
@@ -464,7 +466,7 @@ listeners:
 
     /// Builds a configuration from `body` with the same listeners, for `apply`.
     fn config(&self, body: &str) -> lb_userspace::config::Config {
-        let yaml = common::with_listener(&Self::yaml(self.plain, &self.listener_tls, body), self.proxy.addr);
+        let yaml = with_listener(&Self::yaml(self.plain, &self.listener_tls, body), self.proxy.addr);
         lb_userspace::config::Config::from_yaml(&yaml, "test").expect("valid configuration")
     }
 

@@ -1,22 +1,11 @@
-//! Shared by the proxy suites: a Sluice node started in this process from YAML (no XDP), or
-//! the real binary as a child process, both on loopback with a free port.
-#![allow(dead_code)]
+//! Sluice under test on loopback with a free port: a node started in this process from YAML
+//! ([`Proxy`], no XDP), or the real binary as a child process ([`Binary`]).
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use lb_tests::{process::ChildGuard, sluice_binary, wait_for};
 use lb_userspace::{config::Config, node::Node};
 
-pub mod raw_http;
-
-/// A free loopback port (bound then released; good enough for tests on loopback).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::{free_port, process::ChildGuard, sluice_binary, temp_dir::TempDir, wait_for};
 
 /// Replaces `{listen}` in `yaml` with `addr`. Configurations in the suites write
 /// `listeners: [{name: web, address: "{listen}"}]`.
@@ -28,7 +17,6 @@ pub fn with_listener(yaml: &str, addr: SocketAddr) -> String {
 pub struct Proxy {
     pub node: Node,
     pub addr: SocketAddr,
-    yaml: String,
 }
 
 impl Proxy {
@@ -42,7 +30,7 @@ impl Proxy {
         let node = Node::start(&config).expect("node starts");
         wait_for(Duration::from_secs(10), "the proxy to accept", || std::net::TcpStream::connect(addr).ok())
             .unwrap();
-        Proxy { node, addr, yaml: yaml.to_owned() }
+        Proxy { node, addr }
     }
 
     /// Applies a new configuration (same `{listen}` substitution); returns the generation.
@@ -104,40 +92,4 @@ impl Binary {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Where `needle` first occurs in `haystack` (raw HTTP bytes).
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The value of header `name` (case-insensitive) in a raw response or request head.
-pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
