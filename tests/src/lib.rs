@@ -14,6 +14,7 @@ pub mod process;
 pub mod raw_backend;
 pub mod sluice;
 pub mod temp_dir;
+pub mod tls;
 pub mod topology;
 
 use std::time::{Duration, Instant};

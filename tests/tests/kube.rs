@@ -27,7 +27,7 @@ use lb_tests::{
     process::ChildGuard,
     sluice_binary,
     temp_dir::TempDir,
-    wait_for,
+    tls, wait_for,
 };
 use serde_json::json;
 
@@ -691,75 +691,8 @@ fn two_instances_elect_one_leader_that_alone_writes_status_and_others_take_over(
 
 /// The certificate a TLS server presents for `server_name`, as DER.
 fn served_certificate(addr: SocketAddr, server_name: &str) -> anyhow::Result<Vec<u8>> {
-    use rustls::{
-        DigitallySignedStruct, SignatureScheme,
-        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        pki_types::{CertificateDer, ServerName, UnixTime},
-    };
-    #[derive(Debug)]
-    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    let name = ServerName::try_from(server_name.to_owned())?;
-    let mut connection = rustls::ClientConnection::new(Arc::new(config), name)?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    while connection.is_handshaking() {
-        connection.complete_io(&mut stream)?;
-    }
-    let chain = connection.peer_certificates().context("no certificate")?;
-    Ok(chain[0].to_vec())
-}
-
-fn certificate(host: &str) -> (String, String, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap().self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    let any = tls::client_config(tls::ClientOptions::default());
+    Ok(tls::served_certificate(&tls::connect(addr, Some(server_name), &any)?))
 }
 
 #[test]
@@ -767,9 +700,10 @@ fn a_secret_update_rotates_the_served_certificate() {
     let kube = FakeKube::start().unwrap();
     let web = backends("web", 1);
     publish_web(&kube, "secure.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
-    let (cert_a, key_a, der_a) = certificate("secure.test");
-    let (cert_b, key_b, der_b) = certificate("secure.test");
-    kube.apply(tls_secret("default", "secure-tls", &cert_a, &key_a));
+    let ca = tls::Ca::new("Sluice test CA");
+    let (a, b) = (ca.leaf(&["secure.test"]), ca.leaf(&["secure.test"]));
+    let (der_a, der_b) = (a.der(), b.der());
+    kube.apply(tls_secret("default", "secure-tls", &a.cert, &a.key));
     let mut with_tls = ingress("default", "web", "sluice", "secure.test", "/", "web", 80);
     with_tls["spec"]["tls"] = json!([{"hosts": ["secure.test"], "secretName": "secure-tls"}]);
     kube.apply(with_tls);
@@ -782,13 +716,13 @@ fn a_secret_update_rotates_the_served_certificate() {
     // Plain HTTP redirects to HTTPS for a TLS host (ssl-redirect defaults to true).
     let redirect = sluice.get("secure.test", "/x").unwrap();
     assert_eq!(redirect.status, 308, "{redirect:?}");
-    kube.apply(tls_secret("default", "secure-tls", &cert_b, &key_b));
+    kube.apply(tls_secret("default", "secure-tls", &b.cert, &b.key));
     wait_for(Duration::from_secs(10), "certificate B", || {
         served_certificate(tls_addr, "secure.test").ok().filter(|der| *der == der_b)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
     // A broken Secret keeps the Ingress served, without its own certificate.
-    kube.apply(tls_secret("default", "secure-tls", "garbage", &key_b));
+    kube.apply(tls_secret("default", "secure-tls", "garbage", &b.key));
     wait_for(Duration::from_secs(10), "the broken Secret to be reported", || {
         sluice.child.output().contains("Secret default/secure-tls").then_some(())
     })

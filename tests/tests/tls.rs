@@ -5,7 +5,7 @@
 //! passthrough, TLS towards backends, HTTP to HTTPS redirects with HSTS, and bad input counted
 //! per reason without touching other connections.
 //!
-//! Certificates are made here with rcgen. Clients are rustls (sync), hyper over tokio-rustls
+//! Certificates are made with rcgen and clients set up by the harness (`lb_tests::tls`). Clients are rustls (sync), hyper over tokio-rustls
 //! (HTTP/2), and `curl` and `openssl s_client` (the test fails, naming the package, when one is missing).
 //! Backends are hyper servers on their own runtime, plain or TLS, that say who answered, which
 //! HTTP version they spoke and which `x-forwarded-proto` they saw.
@@ -31,96 +31,25 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lb_tests::{backend::HttpResponse, wait_for};
 use lb_tests::{
+    backend::HttpResponse,
     free_port,
     sluice::{Proxy, with_listener},
     temp_dir::TempDir,
+    tls::{
+        Ca, ClientOptions, Leaf, client_config, connect, inline_certificate, quoted, served_certificate,
+        server_config, tls_error,
+    },
+    wait_for,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, RootCertStore,
-    ServerConfig, SignatureScheme, StreamOwned,
+    ClientConfig, ClientConnection, HandshakeKind, NamedGroup, ServerConfig,
     client::{
         ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
         Tls13ClientSessionValue,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::ServerName,
 };
-
-// ---------------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------------
-
-/// A certificate authority that issues the test certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate (chain of one) and its key, in PEM.
-#[derive(Clone)]
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with(names, |_| {})
-    }
-
-    fn leaf_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("client"));
-        adjust(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert: cert.pem(), key: key.serialize_pem() }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        roots
-    }
-}
-
-impl Leaf {
-    fn der(&self) -> Vec<u8> {
-        CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap().to_vec()
-    }
-
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()]
-    }
-
-    fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap()
-    }
-}
-
-/// A YAML double-quoted scalar (PEM is ASCII; Rust's escapes are YAML's for it).
-fn quoted(text: &str) -> String {
-    format!("{text:?}")
-}
-
-/// A `certificates:` entry with inline PEM.
-fn inline_certificate(name: &str, leaf: &Leaf) -> String {
-    format!("  - {{name: {name}, cert_pem: {}, key_pem: {}}}\n", quoted(&leaf.cert), quoted(&leaf.key))
-}
 
 /// Writes both files by rename, as configuration management does.
 fn write_pem(path: &Path, text: &str) {
@@ -132,106 +61,6 @@ fn write_pem(path: &Path, text: &str) {
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Accepts any server certificate (still checking handshake signatures): for looking at
-/// which certificate is served, whatever its names.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// How a test client is set up.
-#[derive(Default)]
-struct ClientOptions<'a> {
-    /// Verify against this CA; `None` accepts any certificate.
-    trust: Option<&'a Ca>,
-    alpn: &'a [&'a [u8]],
-    client_certificate: Option<&'a Leaf>,
-    /// Keep sessions for resumption (the default rustls client does).
-    resume: bool,
-    /// Only TLS 1.2.
-    tls12_only: bool,
-}
-
-fn client_config(options: ClientOptions<'_>) -> Arc<ClientConfig> {
-    let versions: &[&rustls::SupportedProtocolVersion] =
-        if options.tls12_only { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
-    let builder = ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions).unwrap();
-    let builder = match options.trust {
-        Some(ca) => builder.with_root_certificates(ca.roots()),
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))),
-    };
-    let mut config = match options.client_certificate {
-        Some(leaf) => builder.with_client_auth_cert(leaf.chain(), leaf.private_key()).unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = options.alpn.iter().map(|p| p.to_vec()).collect();
-    if !options.resume {
-        config.resumption = Resumption::disabled();
-    }
-    Arc::new(config)
-}
-
-type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// Connects and completes the handshake. `sni` is the server name (`None`: an IP address, so
-/// no SNI is sent).
-fn connect(addr: SocketAddr, sni: Option<&str>, config: &Arc<ClientConfig>) -> anyhow::Result<TlsStream> {
-    let name = match sni {
-        Some(name) => ServerName::try_from(name.to_owned())?,
-        None => ServerName::from(addr.ip()),
-    };
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.set_nodelay(true)?;
-    let mut connection = ClientConnection::new(config.clone(), name)?;
-    while connection.is_handshaking() {
-        connection.complete_io(&mut tcp)?;
-    }
-    Ok(StreamOwned::new(connection, tcp))
-}
-
-/// The certificate the server presented.
-fn served_certificate(stream: &TlsStream) -> Vec<u8> {
-    stream.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
-}
 
 /// One HTTP/1.1 request on an open connection; reads the response (Content-Length or to EOF).
 fn request(stream: &mut impl ReadWrite, host: &str, path: &str, close: bool) -> anyhow::Result<HttpResponse> {
@@ -298,19 +127,6 @@ fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResp
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     request(&mut stream, host, path, true)
-}
-
-/// The rustls error inside an error chain (rustls reports through `io::Error`).
-fn tls_error(error: &anyhow::Error) -> Option<rustls::Error> {
-    error.chain().find_map(|cause| {
-        cause.downcast_ref::<rustls::Error>().cloned().or_else(|| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .cloned()
-        })
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,18 +212,6 @@ impl Drop for TestBackend {
             let _ = thread.join();
         }
     }
-}
-
-/// A TLS server configuration for a test backend, with ALPN h2 and http/1.1.
-fn backend_tls(leaf: &Leaf) -> Arc<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(leaf.chain(), leaf.private_key())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1249,7 +1053,7 @@ fn passthrough_splices_to_a_tls_backend_whose_certificate_the_client_sees() {
     let certs = Certs::new();
     let backend_ca = Ca::new("backend CA");
     let pass_leaf = backend_ca.leaf(&["pass.test"]);
-    let tls_backend = TestBackend::start("pass-server", Some(backend_tls(&pass_leaf)));
+    let tls_backend = TestBackend::start("pass-server", Some(server_config(&pass_leaf)));
     let backend = TestBackend::start("be", None);
     let body = format!(
         "{}{}  - {{name: pass, domains: [pass.test], tls: {{passthrough: pass-be}}, routes: [{{backend: be}}]}}\nbackends:\n{}{}",
@@ -1309,7 +1113,7 @@ fn backends_over_tls_verify_their_certificate_or_explicitly_skip() {
     let backend_ca = Ca::new("backend CA");
     let other_ca = Ca::new("other CA");
     let tls_backend =
-        TestBackend::start("tls-server", Some(backend_tls(&backend_ca.leaf(&["backend.test"]))));
+        TestBackend::start("tls-server", Some(server_config(&backend_ca.leaf(&["backend.test"]))));
     let addr = tls_backend.addr;
     let ca = quoted(&backend_ca.pem());
     let dir = TempDir::new();
@@ -1624,7 +1428,7 @@ fn active_health_checks_speak_tls_to_tls_backends() {
     let backend_ca = Ca::new("backend CA");
     let other_ca = Ca::new("other CA");
     let tls_backend =
-        TestBackend::start("tls-server", Some(backend_tls(&backend_ca.leaf(&["backend.test"]))));
+        TestBackend::start("tls-server", Some(server_config(&backend_ca.leaf(&["backend.test"]))));
     let addr = tls_backend.addr;
     let check = "health_check: {path: /healthz, interval_ms: 50, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 2}";
     let body = format!(
