@@ -172,9 +172,9 @@ fn sighup_reloads_a_change_the_file_watcher_cannot_see() {
     let b = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "b").unwrap();
     let sluice = Binary::start(&config(&a, 0));
     let addr = sluice.addr;
-    let elsewhere = common::TempDir::new();
+    let elsewhere = lb_tests::temp_dir::TempDir::new();
     let target = elsewhere.0.join("real.yaml");
-    std::fs::write(&target, common::with_listener(&config(&b, 1), addr)).unwrap();
+    std::fs::write(&target, lb_tests::sluice::with_listener(&config(&b, 1), addr)).unwrap();
     // The link replaces the file by rename, which the watcher sees: one reload, to marker 1.
     let link = sluice.config_path.with_extension("yaml.link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
@@ -188,7 +188,7 @@ fn sighup_reloads_a_change_the_file_watcher_cannot_see() {
     assert!(before[0].contains("file changed"), "{before:?}");
 
     // Rewritten in place in the other directory: the watcher sees nothing.
-    std::fs::write(&target, common::with_listener(&config(&a, 2), addr)).unwrap();
+    std::fs::write(&target, lb_tests::sluice::with_listener(&config(&a, 2), addr)).unwrap();
     // SAFETY: signalling our own child process by pid.
     assert_eq!(unsafe { libc::kill(sluice.child.pid() as i32, libc::SIGHUP) }, 0);
     wait_for(Duration::from_secs(10), "SIGHUP to reload the new content", || {
