@@ -65,6 +65,7 @@
 //! one increment per refused connection) and logged at debug level with the reason.
 
 use std::{
+    collections::VecDeque,
     io,
     pin::Pin,
     sync::{
@@ -76,7 +77,10 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::framing::{CHUNK_START, ChunkError, ChunkState, Strictness, is_tchar, parse_length};
+use super::{
+    framing::{CHUNK_START, ChunkError, ChunkState, Strictness, is_tchar, parse_length},
+    server::{Next, request_from_head},
+};
 
 /// The HTTP/2 prior-knowledge connection preface.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -233,7 +237,16 @@ pub struct H1Guard<S> {
     rejections: Option<Arc<AtomicU64>>,
     max_headers: usize,
     head_clock: Option<HeadClock>,
+    /// Where the heads this guard checked go, parsed, for the server (see [`ParsedHeads`]).
+    parsed: Option<ParsedHeads>,
 }
+
+/// The heads a guard checked, in stream order, each as the server takes it: the number of
+/// bytes it spans on the stream (empty lines before it included) and the parsed request. The
+/// guard has parsed every head with httparse to check it; handing the result over means the
+/// server does not parse the same bytes again. Per connection and only ever touched by its
+/// own task, so the lock is never contended.
+pub type ParsedHeads = Arc<parking_lot::Mutex<VecDeque<(usize, Next)>>>;
 
 /// When the request head now being read started (the connection's start for its first one),
 /// shared with the connection's owner so it can cut a client that takes too long to send a
@@ -284,7 +297,14 @@ impl<S> H1Guard<S> {
             rejections: None,
             max_headers: MAX_HEADERS,
             head_clock: None,
+            parsed: None,
         }
+    }
+
+    /// Hands every head it checked, parsed, to `parsed` (the server's end of it).
+    pub fn with_parsed_heads(mut self, parsed: ParsedHeads) -> Self {
+        self.parsed = Some(parsed);
+        self
     }
 
     /// Refuses heads with more than `max_headers` fields (431), instead of [`MAX_HEADERS`].
@@ -350,22 +370,27 @@ impl<S> H1Guard<S> {
                         }
                     }
                     HeadStep::Reject(reason) => self.reject(reason),
-                    HeadStep::Complete(len) => match check_head(&data[..len], self.max_headers) {
-                        Ok(info) => {
-                            if let Some(clock) = &self.head_clock {
-                                clock.stop();
+                    HeadStep::Complete(len) => {
+                        match check_head(&data[..len], self.max_headers, self.parsed.is_some()) {
+                            Ok((info, next)) => {
+                                if let (Some(parsed), Some(next)) = (&self.parsed, next) {
+                                    parsed.lock().push_back((len, next));
+                                }
+                                if let Some(clock) = &self.head_clock {
+                                    clock.stop();
+                                }
+                                self.ok += len;
+                                self.at_connection_start = false;
+                                self.tunnel_after = info.tunnel;
+                                self.framing = match info.body {
+                                    Body::None => after_message(info.tunnel),
+                                    Body::Length(n) => Framing::Length(n),
+                                    Body::Chunked => Framing::Chunked(CHUNK_START),
+                                };
                             }
-                            self.ok += len;
-                            self.at_connection_start = false;
-                            self.tunnel_after = info.tunnel;
-                            self.framing = match info.body {
-                                Body::None => after_message(info.tunnel),
-                                Body::Length(n) => Framing::Length(n),
-                                Body::Chunked => Framing::Chunked(CHUNK_START),
-                            };
+                            Err(reason) => self.reject(reason),
                         }
-                        Err(reason) => self.reject(reason),
-                    },
+                    }
                 }
             } else {
                 let (n, rejected) =
@@ -482,8 +507,9 @@ fn scan_head(scan: &mut HeadScan, data: &[u8], max_head: usize) -> HeadStep {
     if data.len() >= max_head { HeadStep::Reject(Rejection::HeadTooLarge) } else { HeadStep::NeedMore }
 }
 
-/// Checks a complete head (already free of bare CR/LF and obs-fold) and finds its body.
-fn check_head(head: &[u8], max_headers: usize) -> Result<HeadInfo, Rejection> {
+/// Checks a complete head (already free of bare CR/LF and obs-fold) and finds its body; with
+/// `parse`, also the request the server takes from the same parse ([`ParsedHeads`]).
+fn check_head(head: &[u8], max_headers: usize, parse: bool) -> Result<(HeadInfo, Option<Next>), Rejection> {
     // The usual limit fits on the stack; a larger configured one costs an allocation per head.
     let mut on_stack = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut on_heap;
@@ -566,7 +592,8 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<HeadInfo, Rejection> {
     };
     // hyper upgrades on CONNECT, and on Upgrade in HTTP/1.1 only.
     let tunnel = req.method == Some("CONNECT") || (http11 && upgrade && connection_upgrade);
-    Ok(HeadInfo { body, tunnel })
+    let next = parse.then(|| request_from_head(&req, head));
+    Ok((HeadInfo { body, tunnel }, next))
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -740,6 +767,52 @@ mod tests {
                 }
             }
             Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Pipelined heads go to the server parsed, in order, each with the bytes it spans (empty
+    /// lines before it included), whatever the read boundaries; a refused head is not handed
+    /// over (the server answers the substitute it is sent instead).
+    #[test]
+    fn checked_heads_are_handed_over_parsed() {
+        let first = b"GET /one HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\n";
+        let second = b"\r\nPOST /two?x=1 HTTP/1.1\r\nHost: b\r\ntransfer-encoding: chunked\r\n\r\n";
+        let stream = [
+            &first[..],
+            b"abc",
+            second,
+            b"0\r\n\r\n",
+            b"GET /bad HTTP/1.1\r\nHost: c\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        ]
+        .concat();
+        for split in [1, 7, stream.len()] {
+            let parsed = ParsedHeads::default();
+            let chunks: Vec<Vec<u8>> = stream.chunks(split).map(<[u8]>::to_vec).collect();
+            let mut guard = H1Guard::new(Script(chunks.into()), 64 * 1024).with_parsed_heads(parsed.clone());
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut storage = vec![0u8; 4096];
+            while let Poll::Ready(Ok(())) =
+                Pin::new(&mut guard).poll_read(&mut cx, &mut ReadBuf::new(&mut storage))
+            {
+                if parsed.lock().len() == 2 && guard.stop.is_some() {
+                    break;
+                }
+            }
+            let heads: Vec<(usize, String)> = parsed
+                .lock()
+                .drain(..)
+                .map(|(length, next)| match next {
+                    Next::Request(head) => {
+                        (length, format!("{} {}", head.request.method(), head.request.uri()))
+                    }
+                    _ => panic!("a checked head is a request"),
+                })
+                .collect();
+            assert_eq!(
+                heads,
+                [(first.len(), "GET /one".to_owned()), (second.len(), "POST /two?x=1".to_owned())],
+                "split {split}"
+            );
         }
     }
 

@@ -49,6 +49,7 @@ use tokio::{
 
 use super::{
     framing::{ChunkDecoder, Decoded, parse_length},
+    guard::ParsedHeads,
     wire::{HeadCopy, put_chunk_size, put_decimal, put_field, put_last_chunk},
 };
 use crate::{
@@ -303,7 +304,7 @@ impl AsyncWrite for Prefixed {
 }
 
 /// What the next bytes on the connection are.
-enum Next {
+pub enum Next {
     Request(Box<ParsedHead>),
     /// The HTTP/2 preface: the rest of the connection belongs to hyper.
     H2,
@@ -314,8 +315,8 @@ enum Next {
 }
 
 /// A parsed request head and how its connection continues.
-struct ParsedHead {
-    request: Request<()>,
+pub struct ParsedHead {
+    pub(super) request: Request<()>,
     body: Progress,
     keep_alive: bool,
     expects_continue: bool,
@@ -325,8 +326,15 @@ struct ParsedHead {
 
 /// Serves the connection until the client leaves, an error ends it, or `closing` is set (the
 /// owner sets it and polls again: the connection then ends at once between requests, or
-/// after the response in progress).
-pub async fn serve(io: Box<dyn ClientIo>, handler: impl Handler, limits: Limits, closing: &AtomicBool) {
+/// after the response in progress). `parsed` is the guard's end of [`ParsedHeads`], when the
+/// guard in `io` hands over the heads it parsed.
+pub async fn serve(
+    io: Box<dyn ClientIo>,
+    parsed: Option<ParsedHeads>,
+    handler: impl Handler,
+    limits: Limits,
+    closing: &AtomicBool,
+) {
     let wire: SharedWire = Arc::new(Mutex::new(Wire {
         io: Some(io),
         read: BytesMut::with_capacity(READ_CHUNK),
@@ -336,7 +344,7 @@ pub async fn serve(io: Box<dyn ClientIo>, handler: impl Handler, limits: Limits,
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
     loop {
-        let next = poll_fn(|cx| poll_next(&wire, cx, &limits, closing, first)).await;
+        let next = poll_fn(|cx| poll_next(&wire, cx, &limits, closing, first, parsed.as_ref())).await;
         first = false;
         let incoming = match next {
             Next::Request(incoming) => *incoming,
@@ -416,6 +424,7 @@ fn poll_next(
     limits: &Limits,
     closing: &AtomicBool,
     first: bool,
+    parsed: Option<&ParsedHeads>,
 ) -> Poll<Next> {
     let mut guard = wire.lock();
     let w = &mut *guard;
@@ -426,11 +435,11 @@ fn poll_next(
                 if n == H2_PREFACE.len() {
                     return Poll::Ready(Next::H2);
                 }
-            } else if let Some(next) = parse_head(&mut w.read, limits) {
+            } else if let Some(next) = next_head(&mut w.read, limits, parsed) {
                 return Poll::Ready(next);
             }
         } else if !w.read.is_empty() {
-            if let Some(next) = parse_head(&mut w.read, limits) {
+            if let Some(next) = next_head(&mut w.read, limits, parsed) {
                 return Poll::Ready(next);
             }
         } else if closing.load(Ordering::Relaxed) {
@@ -443,6 +452,24 @@ fn poll_next(
             Ok(_) => {}
         }
     }
+}
+
+/// Takes the complete head at the front of `read` out: the one the guard already parsed
+/// (`parsed`), else parsed here (a head the guard substituted, or a server without a guard);
+/// `None` for more bytes.
+fn next_head(read: &mut BytesMut, limits: &Limits, parsed: Option<&ParsedHeads>) -> Option<Next> {
+    if let Some(parsed) = parsed {
+        let mut heads = parsed.lock();
+        if let Some(&(length, _)) = heads.front() {
+            if read.len() < length {
+                return None;
+            }
+            let (_, next) = heads.pop_front()?;
+            read.advance(length);
+            return Some(next);
+        }
+    }
+    parse_head(read, limits)
 }
 
 /// Parses a complete head at the front of `read` (taking it out), or `None` for more bytes.
@@ -461,9 +488,15 @@ fn parse_head(read: &mut BytesMut, limits: &Limits) -> Option<Next> {
         Ok(httparse::Status::Partial) => return None,
         Err(_) => return Some(Next::Refuse(BAD_REQUEST)),
     };
-    let next = build_request(&parsed, &HeadCopy::new(&read[..length])).unwrap_or(Next::Refuse(BAD_REQUEST));
+    let next = request_from_head(&parsed, &read[..length]);
     read.advance(length);
     Some(next)
+}
+
+/// The request a parsed head stands for (`raw` is the head `parsed` points into), or a
+/// refusal when it cannot be one.
+pub(super) fn request_from_head(parsed: &httparse::Request<'_, '_>, raw: &[u8]) -> Next {
+    build_request(parsed, &HeadCopy::new(raw)).unwrap_or(Next::Refuse(BAD_REQUEST))
 }
 
 fn build_request(parsed: &httparse::Request<'_, '_>, head: &HeadCopy<'_>) -> Option<Next> {
@@ -483,8 +516,8 @@ fn build_request(parsed: &httparse::Request<'_, '_>, head: &HeadCopy<'_>) -> Opt
         if name == CONTENT_LENGTH {
             // The guard let through one plain-digit value; its oversized-head trigger is a
             // length no body can have.
-            match std::str::from_utf8(header.value).ok()?.trim().parse::<u64>() {
-                Ok(n) if n < u64::MAX - 2 => length = Some(n),
+            match parse_length(header.value) {
+                Some(n) if n < u64::MAX - 2 => length = Some(n),
                 _ => return Some(Next::Refuse(HEAD_TOO_LARGE)),
             }
         } else if name == TRANSFER_ENCODING {
@@ -795,5 +828,66 @@ async fn serve_h2(wire: &SharedWire, handler: impl Handler, limits: &Limits, clo
     .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::proxy::body;
+
+    /// Answers 200 and records each request's target.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Handler for Recorder {
+        fn handle(&self, request: Request<ClientBody>) -> impl Future<Output = Response<ProxyBody>> + Send {
+            self.0.lock().push(request.uri().to_string());
+            std::future::ready(Response::new(body::text("ok")))
+        }
+    }
+
+    fn parsed(head: &[u8]) -> Next {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut slots);
+        assert!(matches!(request.parse(head), Ok(httparse::Status::Complete(n)) if n == head.len()));
+        request_from_head(&request, head)
+    }
+
+    /// The server takes a head the guard handed over instead of parsing the bytes again: a
+    /// queued head that differs from the bytes on the wire is the one served. Without a queued
+    /// head (a guard's substitute, or no guard) it parses the bytes itself.
+    #[tokio::test]
+    async fn a_handed_over_head_is_not_parsed_again() {
+        let on_wire = b"GET /on-the-wire HTTP/1.1\r\nHost: a\r\n\r\n";
+        let queued = b"GET /handed-over HTTP/1.1\r\nHost: a\r\n\r\n";
+        let heads = ParsedHeads::default();
+        heads.lock().push_back((on_wire.len(), parsed(queued)));
+        let (mut client, server) = tokio::io::duplex(4096);
+        let recorder = Recorder::default();
+        let closing = AtomicBool::new(false);
+        let serving =
+            serve(Box::new(server), Some(heads.clone()), recorder.clone(), Limits::default(), &closing);
+        let talking = async {
+            // The second request has no queued head: the server parses it.
+            client
+                .write_all(
+                    &[&on_wire[..], b"GET /second HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n"].concat(),
+                )
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            answer
+        };
+        let ((), answer) = tokio::join!(serving, talking);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+        assert_eq!(*recorder.0.lock(), ["/handed-over", "/second"]);
+        assert!(heads.lock().is_empty());
     }
 }

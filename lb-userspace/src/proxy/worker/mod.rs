@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use self::activity::{Activity, ActivityIo};
 use super::{
     headers::Forwarded,
-    http1::guard::{H1Guard, HeadClock},
+    http1::guard::{H1Guard, HeadClock, ParsedHeads},
     pipeline::Connection,
     snapshot::{Published, Snapshot},
     upstream::{passthrough, pool},
@@ -459,12 +459,21 @@ where
     let activity = Activity::default();
     let head_clock = HeadClock::started();
     // The guard refuses request-smuggling shapes before the server parses a head.
+    // The guard hands the heads it parsed to the server, which then need not parse them again.
+    let parsed = ParsedHeads::default();
     let guard = H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes)
         .with_max_headers(limits.max_headers)
-        .with_head_clock(head_clock.clone());
+        .with_head_clock(head_clock.clone())
+        .with_parsed_heads(parsed.clone());
     // Set to end the connection: at once between requests, else after the response.
     let closing = AtomicBool::new(false);
-    let conn = super::http1::server::serve(Box::new(guard), connection.clone(), limits.clone(), &closing);
+    let conn = super::http1::server::serve(
+        Box::new(guard),
+        Some(parsed),
+        connection.clone(),
+        limits.clone(),
+        &closing,
+    );
     tokio::pin!(conn);
     let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
     let header_limit_ms = limits.header_read_timeout_ms;
