@@ -20,8 +20,8 @@ use std::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use lb_userspace::{
     config::{
-        AffinityMode, AttachMode, BackendProtocol, Balance, Config, HashOn, HealthCheckConfig, Limits,
-        OutlierConfig, PathMatch, RetryConfig, Timeouts,
+        AffinityMode, AttachMode, BackendProtocol, Balance, Config, Error as ConfigError, HashOn,
+        HealthCheckConfig, Limits, OutlierConfig, PathMatch, RetryConfig, Timeouts,
     },
     proxy::{
         route::{RouteAction, RouteTable},
@@ -427,6 +427,32 @@ fn sluice_schema_prints_the_models_json_schema() {
     assert_eq!(printed["title"], "Sluice configuration");
 }
 
+/// The schema describes what the loader reads: it accepts every good example, rejects every
+/// broken one that the loader refuses while reading (unknown field, wrong type, bad variant,
+/// missing field), and accepts the ones only validation refuses (it checks shapes, not rules).
+#[test]
+fn the_schema_accepts_what_the_loader_reads_and_rejects_what_it_refuses() {
+    let schema = Config::json_schema();
+    let mut failures = Vec::new();
+    for file in yaml_files("examples").into_iter().chain(yaml_files("examples/broken")) {
+        let text = std::fs::read_to_string(root().join(&file)).expect("readable");
+        // Files that are not YAML at all (or repeat a key) say nothing about the schema.
+        let Ok(document) = serde_saphyr::from_str::<serde_json::Value>(&text) else { continue };
+        let refused_while_reading = matches!(Config::from_yaml(&text, "f"), Err(ConfigError::Parse { .. }));
+        let schema_errors = schema_errors(&schema, &schema, &document, "");
+        match (refused_while_reading, schema_errors.is_empty()) {
+            (true, true) => failures.push(format!("{}: the schema accepts it", file.display())),
+            (false, false) => failures.push(format!(
+                "{}: the schema refuses it: {}",
+                file.display(),
+                schema_errors.join("; ")
+            )),
+            _ => {}
+        }
+    }
+    report(failures);
+}
+
 /// The complete configurations in docs/CONFIG.md: fenced `yaml` blocks with top-level
 /// `listeners:` and `backends:` (fragments of one section are not checked).
 #[test]
@@ -457,4 +483,117 @@ fn complete_configurations_in_the_reference_are_valid() {
             panic!("a complete example in docs/CONFIG.md is invalid:\n{e}\n\n{block}");
         }
     }
+}
+
+/// Why `value` (at `at`) does not match `schema`: a validator for the part of JSON Schema
+/// draft 7 that the derived schema uses (`$ref`, `allOf`, `anyOf`, `oneOf`, `type`, `enum`,
+/// `const`, `properties`, `required`, `additionalProperties: false`, `items`, `minimum`,
+/// `maximum`, `pattern`). Any other keyword fails the test, so the validator cannot silently skip one.
+fn schema_errors(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) -> Vec<String> {
+    use serde_json::Value;
+    let Value::Object(keywords) = schema else { panic!("{at}: schema {schema} is not an object") };
+    let mut errors = Vec::new();
+    for (keyword, argument) in keywords {
+        match keyword.as_str() {
+            "$schema" | "title" | "description" | "default" | "format" | "definitions" => {}
+            "$ref" => {
+                let name =
+                    argument.as_str().and_then(|r| r.strip_prefix("#/definitions/")).expect("a local $ref");
+                errors.extend(schema_errors(root, &root["definitions"][name], value, at));
+            }
+            "allOf" => {
+                for part in argument.as_array().expect("allOf is a list") {
+                    errors.extend(schema_errors(root, part, value, at));
+                }
+            }
+            "anyOf" | "oneOf" => {
+                let matching = argument
+                    .as_array()
+                    .expect("a list of alternatives")
+                    .iter()
+                    .filter(|alternative| schema_errors(root, alternative, value, at).is_empty())
+                    .count();
+                let fits = if keyword == "anyOf" { matching >= 1 } else { matching == 1 };
+                if !fits {
+                    errors.push(format!("{at}: {matching} alternatives of {keyword} match {value}"));
+                }
+            }
+            "type" => {
+                let types: Vec<&str> = match argument {
+                    Value::String(t) => vec![t.as_str()],
+                    other => {
+                        other.as_array().expect("a type list").iter().filter_map(Value::as_str).collect()
+                    }
+                };
+                let fits = |t: &&str| match *t {
+                    "object" => value.is_object(),
+                    "array" => value.is_array(),
+                    "string" => value.is_string(),
+                    "boolean" => value.is_boolean(),
+                    "integer" => value.is_i64() || value.is_u64(),
+                    "number" => value.is_number(),
+                    "null" => value.is_null(),
+                    other => panic!("{at}: unknown type {other}"),
+                };
+                if !types.iter().any(fits) {
+                    errors.push(format!("{at}: {value} is not {types:?}"));
+                }
+            }
+            "enum" if !argument.as_array().expect("enum is a list").contains(value) => {
+                errors.push(format!("{at}: {value} is not one of {argument}"))
+            }
+            "const" if argument != value => errors.push(format!("{at}: {value} is not {argument}")),
+            "enum" | "const" => {}
+            "minimum" if value.as_f64().zip(argument.as_f64()).is_some_and(|(v, min)| v < min) => {
+                errors.push(format!("{at}: {value} is below {argument}"))
+            }
+            "maximum" if value.as_f64().zip(argument.as_f64()).is_some_and(|(v, max)| v > max) => {
+                errors.push(format!("{at}: {value} is above {argument}"))
+            }
+            "minimum" | "maximum" => {}
+            "pattern" => {
+                let pattern =
+                    regex::Regex::new(argument.as_str().expect("a pattern")).expect("a valid pattern");
+                if value.as_str().is_some_and(|text| !pattern.is_match(text)) {
+                    errors.push(format!("{at}: {value} does not match {pattern}"));
+                }
+            }
+            "properties" => {
+                for (name, property) in argument.as_object().expect("properties") {
+                    if let Some(field) = value.get(name) {
+                        errors.extend(schema_errors(root, property, field, &format!("{at}.{name}")));
+                    }
+                }
+            }
+            "required" => {
+                for name in argument.as_array().expect("required is a list").iter().filter_map(Value::as_str)
+                {
+                    if value.is_object() && value.get(name).is_none() {
+                        errors.push(format!("{at}: missing {name}"));
+                    }
+                }
+            }
+            "additionalProperties" => {
+                assert_eq!(argument, &Value::Bool(false), "{at}: only `additionalProperties: false` is used");
+                let known = keywords.get("properties").and_then(Value::as_object);
+                for name in value.as_object().into_iter().flat_map(|fields| fields.keys()) {
+                    if !known.is_some_and(|known| known.contains_key(name)) {
+                        errors.push(format!("{at}: unknown field {name}"));
+                    }
+                }
+            }
+            "items" => {
+                for (i, item) in value.as_array().into_iter().flatten().enumerate() {
+                    errors.extend(schema_errors(root, argument, item, &format!("{at}[{i}]")));
+                }
+            }
+            other => panic!("{at}: the schema uses `{other}`, which this validator does not know"),
+        }
+    }
+    errors
 }

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+/// The schema's shape of an `address`: an IPv4 literal or a bracketed IPv6 literal, and a port
+/// (the loader parses it exactly; host names are never resolved).
+const SOCKET_ADDRESS: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.%]+\]):[0-9]{1,5}$";
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -72,6 +76,7 @@ impl Eq for AccessLogConfig {}
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Keep it on loopback unless a trusted network needs it: it exposes the configuration.
+    #[schemars(pattern(SOCKET_ADDRESS))]
     pub address: SocketAddr,
 }
 
@@ -80,6 +85,7 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: String,
     /// Address and port, e.g. `0.0.0.0:80` or `"[::]:80"` (dual stack).
+    #[schemars(pattern(SOCKET_ADDRESS))]
     pub address: SocketAddr,
     /// Terminate TLS on this listener (HTTPS); plain HTTP when absent.
     #[serde(default)]
@@ -591,6 +597,7 @@ impl TryFrom<OneOf> for HashOn {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
+    #[schemars(pattern(SOCKET_ADDRESS))]
     pub address: SocketAddr,
     #[serde(default = "default_weight")]
     pub weight: u32,
