@@ -1,0 +1,143 @@
+//! Builders for the objects the suites need, as JSON.
+
+use serde_json::{Value, json};
+
+/// An Ingress with one rule: `host` (empty for none), `path` (Prefix) to `service:port`.
+pub fn ingress(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    host: &str,
+    path: &str,
+    service: &str,
+    port: u16,
+) -> Value {
+    let mut rule = json!({
+        "http": {"paths": [{
+            "path": path,
+            "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"number": port}}},
+        }]}
+    });
+    if !host.is_empty() {
+        rule["host"] = json!(host);
+    }
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"ingressClassName": class, "rules": [rule]},
+    })
+}
+
+/// An IngressClass for `controller`.
+pub fn ingress_class(name: &str, controller: &str, default: bool) -> Value {
+    let mut class = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": name},
+        "spec": {"controller": controller},
+    });
+    if default {
+        class["metadata"]["annotations"] = json!({"ingressclass.kubernetes.io/is-default-class": "true"});
+    }
+    class
+}
+
+/// A ClusterIP Service with one TCP port named `http`.
+pub fn service(namespace: &str, name: &str, port: u16, target_port: u16) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {
+            "type": "ClusterIP",
+            "ports": [{"name": "http", "port": port, "targetPort": target_port, "protocol": "TCP"}],
+        },
+    })
+}
+
+/// One endpoint of an EndpointSlice: address and its conditions.
+#[derive(Debug, Clone)]
+pub struct SliceEndpoint {
+    pub address: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl SliceEndpoint {
+    pub fn ready(address: &str) -> SliceEndpoint {
+        SliceEndpoint { address: address.to_owned(), ready: true, serving: true, terminating: false }
+    }
+
+    pub fn not_ready(address: &str) -> SliceEndpoint {
+        SliceEndpoint { address: address.to_owned(), ready: false, serving: false, terminating: false }
+    }
+
+    /// Shutting down but still answering (the rolling-update drain).
+    pub fn terminating(address: &str) -> SliceEndpoint {
+        SliceEndpoint { address: address.to_owned(), ready: false, serving: true, terminating: true }
+    }
+}
+
+/// An EndpointSlice of `service` with port `http` = `port`.
+pub fn endpoint_slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    address_type: &str,
+    port: u16,
+    endpoints: &[SliceEndpoint],
+) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "addresses": [e.address],
+                "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    })
+}
+
+/// A `kubernetes.io/tls` Secret from PEM text.
+pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"namespace": namespace, "name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": base64(cert_pem.as_bytes()), "tls.key": base64(key_pem.as_bytes())},
+    })
+}
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
