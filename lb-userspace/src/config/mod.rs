@@ -93,7 +93,17 @@ fn deserialize(yaml: &str) -> std::result::Result<Config, (usize, usize, String)
     };
     let message = message(&error, yaml);
     let message = if path.is_empty() { message } else { format!("{path}: {message}") };
-    Err((line, column, message))
+    // One line, whatever the file holds: control characters (line breaks, escapes) are shown
+    // escaped.
+    let mut one_line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            one_line.extend(c.escape_debug());
+        } else {
+            one_line.push(c);
+        }
+    }
+    Err((line, column, one_line))
 }
 
 /// The parser's message, with the offending text where it names only what was expected.
@@ -229,6 +239,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("t.yaml:2:"), "{text}");
         assert!(text.contains("listen_port"), "{text}");
+    }
+
+    #[test]
+    fn a_parse_error_is_one_line_whatever_the_file_holds() {
+        let err = Config::from_yaml("listeners: []\n\"a\\nb\\u001b[31m\": 1\n", "t.yaml").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("t.yaml:2:1: ") && text.contains("a\\nb\\u{1b}[31m"), "{text}");
     }
 
     #[test]
