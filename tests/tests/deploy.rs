@@ -150,17 +150,14 @@ fn parse_object(value: &Value) -> anyhow::Result<Object> {
     Ok(object)
 }
 
+/// How manifests are read: YAML 1.2 booleans only (`yes` stays a string, as Kubernetes reads it).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// The YAML documents of a text, as JSON values (empty documents skipped).
 fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(document)?;
-        if !value.is_null() {
-            out.push(value);
-        }
-    }
-    Ok(out)
+    Ok(serde_saphyr::from_multiple_with_options(text, yaml_options())?)
 }
 
 /// Parsed objects, each with where it came from.
@@ -273,7 +270,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// manifest files its `resources` name directly (directories are other kustomizations).
 fn kustomization_resources(file: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(file)?;
-    let value: Value = serde_yaml::from_str(&text)?;
+    let value: Value = serde_saphyr::from_str_with_options(&text, yaml_options())?;
     ensure!(value["apiVersion"] == "kustomize.config.k8s.io/v1beta1", "apiVersion");
     ensure!(value["kind"] == "Kustomization", "kind");
     let known = ["apiVersion", "kind", "resources", "patches"];
@@ -1008,14 +1005,14 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
     // The ConfigMap's configuration, on free loopback ports.
     let temp = TempDir::new();
     let dir = temp.0.as_path();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-    for listener in config["listeners"].as_sequence_mut().unwrap() {
+    let mut config: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).unwrap();
+    for listener in config["listeners"].as_array_mut().unwrap() {
         listener["address"] = format!("127.0.0.1:{}", free_port()).into();
     }
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     config["admin"]["address"] = admin.to_string().into();
     let config_path = dir.join("base.yaml");
-    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&config_path, serde_saphyr::to_string(&config).unwrap()).unwrap();
 
     let kube = FakeKube::start().unwrap();
     let class = bundle.ingress_class().unwrap().metadata.name.clone().unwrap();
