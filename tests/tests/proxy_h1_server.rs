@@ -373,6 +373,34 @@ fn malformed_request_line_is_a_400_and_the_connection_closes() {
     assert_path(&client.get("/app/fine"), "/app/fine", "a new connection after the 400s");
 }
 
+/// RFC 9112 section 3.2, as nginx holds it: an HTTP/1.1 request without Host, any request with
+/// two, or a Host that is not an authority is a 400 and never reaches a backend; an HTTP/1.0
+/// request may leave Host out.
+#[test]
+fn host_missing_repeated_or_invalid_is_a_400() {
+    let backend = Backend::start();
+    let proxy = proxy_to(backend.addr());
+    for bad in [
+        &b"GET /app/no-host HTTP/1.1\r\n\r\n"[..],
+        b"GET /app/two HTTP/1.1\r\nHost: t\r\nHost: t\r\n\r\n",
+        b"GET /app/two-10 HTTP/1.0\r\nHost: t\r\nhost: u\r\n\r\n",
+        b"GET /app/empty HTTP/1.1\r\nHost: \r\n\r\n",
+        b"GET /app/slash HTTP/1.1\r\nHost: t/evil\r\n\r\n",
+        b"GET /app/at HTTP/1.1\r\nHost: user@t\r\n\r\n",
+    ] {
+        let what = format!("{:?}", String::from_utf8_lossy(bad));
+        let mut client = Client::connect(proxy.addr);
+        client.send(bad);
+        let response = client.read_response(false);
+        assert_eq!(response.status, 400, "{what}: {response:?}");
+        client.assert_closed(&what);
+    }
+    assert!(backend.seen().is_empty(), "nothing reached the backend: {:?}", backend.seen());
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /app/http10 HTTP/1.0\r\n\r\n");
+    assert_path(&client.read_response(false), "/app/http10", "HTTP/1.0 without Host");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Refused upgrades
 // ---------------------------------------------------------------------------------------------

@@ -114,6 +114,9 @@ enum Rejection {
     InvalidContentLength,
     InvalidTransferEncoding,
     TransferEncodingInHttp10,
+    MissingHost,
+    MultipleHost,
+    InvalidHost,
     Chunk(ChunkError),
 }
 
@@ -131,6 +134,9 @@ impl Rejection {
             Rejection::InvalidContentLength => "invalid Content-Length",
             Rejection::InvalidTransferEncoding => "Transfer-Encoding not ending in a single chunked",
             Rejection::TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            Rejection::MissingHost => "HTTP/1.1 request without Host",
+            Rejection::MultipleHost => "more than one Host",
+            Rejection::InvalidHost => "invalid Host",
             Rejection::Chunk(reason) => reason.as_str(),
         }
     }
@@ -532,9 +538,15 @@ fn check_head(head: &[u8], max_headers: usize, parse: bool) -> Result<(HeadInfo,
     let mut last_is_chunked = false;
     let mut upgrade = false;
     let mut connection_upgrade = false;
+    let mut host: Option<&[u8]> = None;
     for header in req.headers.iter() {
         let name = header.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Err(Rejection::MultipleHost);
+            }
+            host = Some(header.value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             if content_length.is_some() {
                 return Err(Rejection::MultipleContentLength);
             }
@@ -573,6 +585,7 @@ fn check_head(head: &[u8], max_headers: usize, parse: bool) -> Result<(HeadInfo,
                 .any(|token| trim_ows(token).eq_ignore_ascii_case(b"upgrade"));
         }
     }
+    check_host(host, http11)?;
     let body = if transfer_encoding {
         if content_length.is_some() {
             return Err(Rejection::ContentLengthWithTransferEncoding);
@@ -604,6 +617,43 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host, any request at most one
+/// (checked by the caller), and its value is an authority (`host[:port]`, not empty), as nginx
+/// requires. An absolute-form target's authority still wins over Host (section 3.2.2; routing
+/// reads the target), so the two may differ.
+fn check_host(host: Option<&[u8]>, http11: bool) -> Result<(), Rejection> {
+    match host {
+        None if http11 => Err(Rejection::MissingHost),
+        Some(host) if !valid_authority(host) => Err(Rejection::InvalidHost),
+        _ => Ok(()),
+    }
+}
+
+/// `host[:port]` as RFC 3986 allows it: a reg-name or IPv4 address (unreserved, sub-delims,
+/// percent-encodings) or a bracketed IP literal, then an optional decimal port.
+fn valid_authority(value: &[u8]) -> bool {
+    let port = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else { return false };
+        let literal = &value[1..close];
+        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b)) {
+            return false;
+        }
+        &value[close + 1..]
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+        if end == 0 || !value[..end].iter().all(reg_name) {
+            return false;
+        }
+        &value[end..]
+    };
+    match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// Validates body bytes in a non-head framing. Returns how many bytes of `data` were valid;
@@ -770,6 +820,35 @@ mod tests {
         }
     }
 
+    /// RFC 9112 section 3.2's Host rules, as nginx applies them: one Host on HTTP/1.1, at most
+    /// one on HTTP/1.0, an authority as its value; an absolute-form target may name another.
+    #[test]
+    fn host_rules() {
+        let head =
+            |text: &str| check_head(text.replace('|', "\r\n").as_bytes(), MAX_HEADERS, false).map(|_| ());
+        assert_eq!(head("GET / HTTP/1.1|Host: a.example||"), Ok(()));
+        assert_eq!(head("GET / HTTP/1.1|Host: a.example:8080||"), Ok(()));
+        assert_eq!(head("GET / HTTP/1.1|Host: 192.0.2.1||"), Ok(()));
+        assert_eq!(head("GET / HTTP/1.1|Host: [2001:db8::1]:443||"), Ok(()));
+        assert_eq!(head("GET / HTTP/1.0||"), Ok(()), "HTTP/1.0 needs no Host");
+        assert_eq!(head("GET http://a.example/x HTTP/1.1|Host: A.example||"), Ok(()));
+        assert_eq!(head("GET / HTTP/1.1|X: y||"), Err(Rejection::MissingHost));
+        assert_eq!(head("GET / HTTP/1.1|Host: a|Host: a||"), Err(Rejection::MultipleHost));
+        assert_eq!(head("GET / HTTP/1.0|Host: a|host: b||"), Err(Rejection::MultipleHost));
+        for bad in ["", "a b", "a/b", "a?b", "user@a", "a:80x", "a:123456", "[::1", "[zz]", "a:80:90"] {
+            assert_eq!(
+                head(&format!("GET / HTTP/1.1|Host: {bad}||")),
+                Err(Rejection::InvalidHost),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            head("GET http://a.example/x HTTP/1.1|Host: b.example||"),
+            Ok(()),
+            "the target's authority wins"
+        );
+    }
+
     /// Pipelined heads go to the server parsed, in order, each with the bytes it spans (empty
     /// lines before it included), whatever the read boundaries; a refused head is not handed
     /// over (the server answers the substitute it is sent instead).
@@ -917,12 +996,14 @@ mod tests {
         accepted(&[CHUNKED_HEAD, b"0\r\n\r\n", CHUNKED_HEAD, b"1\r\nz\r\n0;last\r\n\r\n", POST_5].concat());
         accepted(
             &[
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTRANSFER-ENCODING: Chunked\r\n\r\n0\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTRANSFER-ENCODING: Chunked\r\n\r\n0\r\n\r\n",
                 GET,
             ]
             .concat(),
         );
-        accepted(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip , chunked\r\n\r\nFfFfFfFfFfFfFfFf\r\n");
+        accepted(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip , chunked\r\n\r\nFfFfFfFfFfFfFfFf\r\n",
+        );
     }
 
     #[test]
@@ -937,7 +1018,7 @@ mod tests {
         // An upgrade request's body is still framed; the tunnel starts after it.
         accepted(
             &[
-                b"POST / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 2\r\n\r\nab",
+                b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: x\r\nConnection: upgrade\r\nContent-Length: 2\r\n\r\nab",
                 tunnel_bytes,
             ]
             .concat(),
@@ -946,7 +1027,10 @@ mod tests {
             &[b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", tunnel_bytes].concat(),
         );
         // Without `Connection: upgrade`, or in HTTP/1.0, hyper does not upgrade: still inspected.
-        refused_head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", b"GET / HTTP/1.1\nHost: x\r\n\r\n");
+        refused_head(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+        );
         refused_head(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", b"GET /\n\n");
         // The preface only counts as the first bytes of the connection, and whole.
         refused_head(GET, H2_PREFACE);
@@ -1010,11 +1094,11 @@ mod tests {
     fn oversized_heads_and_too_many_fields_are_replaced_with_a_431_trigger() {
         let max = 128;
         // Exactly `max` bytes is fine.
-        let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 128 - 23], b"\r\n\r\n"].concat();
+        let head = [b"GET / HTTP/1.1\r\nHost: x\r\nX: ".as_slice(), &[b'a'; 128 - 32], b"\r\n\r\n"].concat();
         assert_eq!(head.len(), max);
         check(&head, max, &head, End::Eof, 0);
         // One more is not, with or without a line end in sight.
-        let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 128 - 22], b"\r\n\r\n"].concat();
+        let head = [b"GET / HTTP/1.1\r\nHost: x\r\nX: ".as_slice(), &[b'a'; 128 - 31], b"\r\n\r\n"].concat();
         check(&head, max, REJECT_431, End::Eof, 1);
         check(&[b'a'; 300], max, REJECT_431, End::Eof, 1);
         let input = [POST_5, &head].concat();
@@ -1024,8 +1108,8 @@ mod tests {
         check(&input, max, REJECT_431, End::Eof, 1);
 
         let fields = |n: usize| {
-            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
-            for i in 0..n {
+            let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+            for i in 1..n {
                 head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
             }
             head.extend_from_slice(b"\r\n");
@@ -1077,7 +1161,7 @@ mod tests {
         check(b"GET / HTTP/1.1\r\nHost: x\r\n", 64 * 1024, b"", End::Eof, 0);
         check(&[GET, b"GET / HT"].concat(), 64 * 1024, GET, End::Eof, 0);
         check(&H2_PREFACE[..10], 64 * 1024, b"", End::Eof, 0);
-        accepted(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        accepted(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
         accepted(&[CHUNKED_HEAD, b"5\r\nhel"].concat());
     }
 
