@@ -170,50 +170,10 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
     }
 }
 
-/// Sends one `GET path` on a new connection and returns (status line, headers, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    HttpResponse::parse(&raw)
-}
-
-/// A parsed HTTP/1.1 response, enough for assertions.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn parse(raw: &str) -> anyhow::Result<HttpResponse> {
-        let (head, body) = raw.split_once("\r\n\r\n").context("response has no end of head")?;
-        let mut lines = head.lines();
-        let status_line = lines.next().context("empty response")?;
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad status line {status_line:?}"))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Ok(HttpResponse { status, headers, body: body.to_owned() })
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::http_get;
 
     #[test]
     fn backend_names_itself_and_counts() {

@@ -1,7 +1,9 @@
-//! The suites' HTTP/1 client: raw HTTP/1.1 over a socket that reads each response per its
-//! framing (Content-Length, chunked with trailers, or up to the close) and keeps whatever came
-//! after it for the next one, so keep-alive connections, pipelining and exact wire bytes can
-//! all be asserted.
+//! The suites' one HTTP/1 client: raw HTTP/1.1 over any byte stream (TCP, or TLS from
+//! [`crate::tls::connect`]) that reads each response per its framing (Content-Length, chunked
+//! with trailers, or up to the close) and keeps whatever came after it for the next one, so
+//! keep-alive connections, pipelining and exact wire bytes can all be asserted. A
+//! [`RawResponse`] is what came on the wire; an [`HttpResponse`] is a whole response with its
+//! headers parsed, for assertions on status, headers and body.
 //!
 //! Every socket here has a read and write timeout of [`IO_TIMEOUT`]: nothing waits on a sleep
 //! for readiness, and "the connection closed" means a read returned end of file (or a reset)
@@ -14,7 +16,7 @@ use std::{
 };
 
 /// How long any socket in these tests waits for a byte before the test gives up.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where `needle` first occurs in `haystack` (raw HTTP bytes).
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -106,19 +108,153 @@ impl RawResponse {
     }
 }
 
-/// A client connection to the proxy, keeping whatever it read past a response.
-pub struct Client {
-    pub stream: TcpStream,
-    pub buf: Vec<u8>,
+/// A whole response with its headers parsed: what most assertions need.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case, values trimmed, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body (decoded when chunked), as text.
+    pub body: String,
 }
 
-impl Client {
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl TryFrom<RawResponse> for HttpResponse {
+    type Error = anyhow::Error;
+
+    /// Fails when the response did not come whole (no head, or the body cut short).
+    fn try_from(raw: RawResponse) -> anyhow::Result<HttpResponse> {
+        anyhow::ensure!(
+            raw.status != 0,
+            "the connection ended ({:?}) before a whole response head: {:?}",
+            raw.ended,
+            raw.head
+        );
+        anyhow::ensure!(
+            raw.ended == Ended::Complete,
+            "the response was cut ({:?}) after {} bytes of its body: {:?}",
+            raw.ended,
+            raw.raw_body.len(),
+            raw.head
+        );
+        let headers = raw
+            .head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(HttpResponse {
+            status: raw.status,
+            headers,
+            body: String::from_utf8_lossy(&raw.body).into_owned(),
+        })
+    }
+}
+
+/// The text of a request without a body: `headers` in order, `Content-Length: 0` for the
+/// methods that expect a body, `Connection: close` when `close`.
+pub fn request_text(method: &str, host: &str, path: &str, headers: &[(&str, &str)], close: bool) -> String {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if matches!(method, "POST" | "PUT" | "PATCH") {
+        text.push_str("Content-Length: 0\r\n");
+    }
+    if close {
+        text.push_str("Connection: close\r\n");
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpResponse> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("connect to {addr}: {e}"))?;
+    Client::over_tcp(stream)?.request(method, host, path, headers, true)
+}
+
+/// `GET path` with `Host: test` on a new connection.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    request(addr, "GET", "test", path, &[])
+}
+
+/// A client connection, keeping whatever it read past a response.
+pub struct Client<S = TcpStream> {
+    pub stream: S,
+    pub buf: Vec<u8>,
+    /// The error of the read that ended the connection, if one did (a TLS alert, a reset).
+    pub error: Option<std::io::Error>,
+}
+
+impl Client<TcpStream> {
+    /// Connects to `addr` (failing the test when it cannot).
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        Client::over_tcp(stream).unwrap()
+    }
+
+    /// A client on a connected socket (bound where the test chose), with the read and write
+    /// timeouts of [`IO_TIMEOUT`] and no Nagle delay.
+    pub fn over_tcp(stream: TcpStream) -> std::io::Result<Client> {
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Client::new(stream))
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client on a stream whose timeouts the caller set (a TLS stream, say).
+    pub fn new(stream: S) -> Client<S> {
+        Client { stream, buf: Vec::new(), error: None }
+    }
+
+    /// Sends a request made by [`request_text`] and reads its response whole.
+    pub fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        close: bool,
+    ) -> anyhow::Result<HttpResponse> {
+        let text = request_text(method, host, path, headers, close);
+        if let Err(e) = self.stream.write_all(text.as_bytes()).and_then(|()| self.stream.flush()) {
+            // The server may have sent an alert and closed before the request went out (TLS 1.3
+            // checks client certificates after the client's side of the handshake): the alert,
+            // if there is one, says more than the broken pipe.
+            let _alert = self.stream.read(&mut [0u8; 1])?;
+            anyhow::bail!("{method} {host}{path}: cannot send: {e}");
+        }
+        let raw = self.read_response(method == "HEAD");
+        if raw.ended != Ended::Complete
+            && let Some(error) = self.error.take()
+        {
+            // The read's own error (say, the alert that ended a TLS connection) says why.
+            return Err(anyhow::Error::new(error).context(format!("{method} {host}{path}")));
+        }
+        HttpResponse::try_from(raw).map_err(|e| e.context(format!("{method} {host}{path}")))
+    }
+
+    /// `GET host/path` on this keep-alive connection, failing the test when no whole
+    /// response comes.
+    pub fn get(&mut self, host: &str, path: &str) -> HttpResponse {
+        self.request("GET", host, path, &[], false).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Writes `bytes` in one write.
@@ -135,8 +271,14 @@ impl Client {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(())
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(Ended::TimedOut),
-            Err(_) => Err(Ended::Closed),
+            Err(e) => {
+                let ended = match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => Ended::TimedOut,
+                    _ => Ended::Closed,
+                };
+                self.error = Some(e);
+                Err(ended)
+            }
         }
     }
 
@@ -218,8 +360,8 @@ impl Client {
         }
     }
 
-    /// `GET path` (HTTP/1.1) on this keep-alive connection.
-    pub fn get(&mut self, path: &str) -> RawResponse {
+    /// `GET path` (HTTP/1.1, `Host: t`) on this keep-alive connection, as it came on the wire.
+    pub fn get_raw(&mut self, path: &str) -> RawResponse {
         self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         self.read_response(false)
     }

@@ -4,27 +4,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use lb_tests::backend::{BACKEND_HEADER, Backend, HttpResponse};
+use lb_tests::backend::{BACKEND_HEADER, Backend};
+use lb_tests::http::{Client, HttpResponse};
 use lb_tests::sluice::Proxy;
 
 /// A GET with extra header lines, one connection each.
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    HttpResponse::parse(&raw).unwrap()
+    lb_tests::http::request(addr, "GET", "shop.test", path, headers).unwrap()
 }
 
 fn backends(n: usize) -> Vec<Backend> {
@@ -215,12 +205,7 @@ fn get_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> HttpResponse {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
     socket.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    HttpResponse::parse(&raw).unwrap()
+    Client::over_tcp(socket.into()).unwrap().request("GET", "shop.test", "/", &[], true).unwrap()
 }
 
 #[test]

@@ -16,14 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend, HttpResponse},
+    backend::{BACKEND_HEADER, Backend},
     fake_kube::{
         FakeKube,
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
     },
     free_port,
+    http::{self, HttpResponse},
     process::ChildGuard,
     sluice_binary,
     temp_dir::TempDir,
@@ -116,13 +116,7 @@ impl Sluice {
 
 /// One request on a new connection with a Host header and extra headers.
 fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).context("connect")?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    HttpResponse::parse(&raw)
+    http::request(addr, "GET", host, path, headers)
 }
 
 /// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
@@ -731,21 +725,15 @@ fn a_secret_update_rotates_the_served_certificate() {
 
 /// `/api/v1/status` of the admin server, parsed.
 fn admin_status(admin: SocketAddr) -> Option<serde_json::Value> {
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
-    stream.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| serde_json::from_str(body).ok())?
+    let response = http::request(admin, "GET", "a", "/api/v1/status", &[]).ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    serde_json::from_str(&response.body).ok()
 }
 
 fn readyz(admin: SocketAddr) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
-    std::io::Write::write_all(&mut stream, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    http::request(admin, "GET", "a", "/readyz", &[]).ok().map(|r| r.status)
 }
 
 /// `/readyz` says 503 until the first full view of the cluster is applied, then 200.

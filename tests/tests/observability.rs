@@ -15,7 +15,8 @@ use std::{
 };
 
 use lb_tests::{
-    backend::{Backend, HttpResponse, http_get},
+    backend::Backend,
+    http::{HttpResponse, http_get},
     netns::Netns,
     process::ChildGuard,
     require_root,

@@ -185,7 +185,7 @@ fn pipelined_requests_are_answered_in_order_and_the_connection_stays_open() {
         );
     }
     // The connection is still open: a fourth request on it.
-    assert_path(&client.get("/app/pipe/four"), "/app/pipe/four", "a request after the pipelined ones");
+    assert_path(&client.get_raw("/app/pipe/four"), "/app/pipe/four", "a request after the pipelined ones");
     assert!(client.buf.is_empty(), "no stray bytes: {:?}", String::from_utf8_lossy(&client.buf));
     let seen: Vec<String> = backend.seen().iter().map(|r| r.path().to_owned()).collect();
     assert_eq!(seen, ["/app/pipe/one", "/app/pipe/two", "/app/pipe/three", "/app/pipe/four"]);
@@ -263,13 +263,13 @@ fn body_of_unknown_length_is_close_delimited_for_http10_and_chunked_for_http11()
     // HTTP/1.1: chunked, and the connection serves the next request.
     let mut client = Client::connect(proxy.addr);
     for i in 0..2 {
-        let response = client.get(&format!("/app/chunked/new/{i}"));
+        let response = client.get_raw(&format!("/app/chunked/new/{i}"));
         assert_ok(&response, &chunked_body(), &format!("HTTP/1.1 client, response {i}"));
         assert_eq!(response.header("transfer-encoding"), Some("chunked"), "{:?}", response.head);
         assert_eq!(response.header("content-length"), None, "{:?}", response.head);
         assert_eq!(response.header("connection"), None, "{:?}", response.head);
     }
-    assert_path(&client.get("/app/after-chunked"), "/app/after-chunked", "after two chunked responses");
+    assert_path(&client.get_raw("/app/after-chunked"), "/app/after-chunked", "after two chunked responses");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ fn head_response_keeps_its_length_has_no_body_and_keeps_the_connection() {
         assert!(client.buf.is_empty(), "round {round}: no body after a HEAD head: {:?}", client.buf);
         // The next response is the GET's own: no body bytes of the HEAD were sent before it.
         let path = format!("/app/after-head/{round}");
-        assert_path(&client.get(&path), &path, &format!("GET after HEAD, round {round}"));
+        assert_path(&client.get_raw(&path), &path, &format!("GET after HEAD, round {round}"));
     }
     assert!(client.buf.is_empty(), "no stray bytes: {:?}", String::from_utf8_lossy(&client.buf));
 }
@@ -306,7 +306,7 @@ fn own_404_carries_date_and_a_correct_content_length() {
     let proxy = proxy_to(backend.addr());
     let mut client = Client::connect(proxy.addr);
     for path in ["/no/route/here", "/also-nothing"] {
-        let response = client.get(path);
+        let response = client.get_raw(path);
         assert_eq!(response.status, 404, "{path}: {response:?}");
         assert_eq!(response.ended, Ended::Complete, "{path}: {response:?}");
         let date =
@@ -325,11 +325,11 @@ fn own_404_carries_date_and_a_correct_content_length() {
     }
     // Both 404s came on one connection (the length was right, so it stayed in step), and it
     // still serves a routed request; a backend response without a Date gets one.
-    let proxied = client.get("/app/after-404");
+    let proxied = client.get_raw("/app/after-404");
     assert_path(&proxied, "/app/after-404", "after the 404s");
     assert_eq!(date_lines(&proxied.head), 1, "{:?}", proxied.head);
     // A backend's own Date is kept, not doubled.
-    let dated = client.get("/app/dated");
+    let dated = client.get_raw("/app/dated");
     assert_ok(&dated, b"dated", "a response with its own Date");
     assert_eq!(dated.header("date"), Some("Sun, 06 Nov 1994 08:49:37 GMT"), "{:?}", dated.head);
     assert_eq!(date_lines(&dated.head), 1, "{:?}", dated.head);
@@ -370,7 +370,7 @@ fn malformed_request_line_is_a_400_and_the_connection_closes() {
     assert!(backend.seen().is_empty(), "nothing reached the backend: {:?}", backend.seen());
     // The proxy still serves well-formed requests.
     let mut client = Client::connect(proxy.addr);
-    assert_path(&client.get("/app/fine"), "/app/fine", "a new connection after the 400s");
+    assert_path(&client.get_raw("/app/fine"), "/app/fine", "a new connection after the 400s");
 }
 
 /// RFC 9112 section 3.2, as nginx holds it: an HTTP/1.1 request without Host, any request with
@@ -459,8 +459,8 @@ fn response_before_the_request_body_was_read_closes_the_connection() {
     assert!(backend.seen().is_empty(), "nothing reached the backend: {:?}", backend.seen());
 
     let mut client = Client::connect(proxy.addr);
-    assert_path(&client.get("/app/fresh"), "/app/fresh", "a new connection");
-    assert_path(&client.get("/app/fresh/2"), "/app/fresh/2", "a second request on it");
+    assert_path(&client.get_raw("/app/fresh"), "/app/fresh", "a new connection");
+    assert_path(&client.get_raw("/app/fresh/2"), "/app/fresh/2", "a second request on it");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,7 +521,7 @@ fn chunked_request_body_with_a_trailer_reaches_the_backend_decoded() {
         response.head
     );
     // The trailer was consumed with the body: the connection serves the next request.
-    assert_path(&client.get("/app/after-upload"), "/app/after-upload", "after the chunked POST");
+    assert_path(&client.get_raw("/app/after-upload"), "/app/after-upload", "after the chunked POST");
 
     let seen = backend.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");

@@ -31,9 +31,9 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lb_tests::backend::http_get;
+use lb_tests::http::http_get;
 use lb_tests::{
-    http::{find, header_value},
+    http::{Client, IO_TIMEOUT, RawResponse, find},
     sluice::{Binary, Proxy},
 };
 use tokio::{
@@ -251,65 +251,13 @@ async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<
 // Raw HTTP/1 on std sockets (for shapes no well-behaved client library would send)
 // ---------------------------------------------------------------------------------------------
 
-/// A response read off a raw socket. `status` 0: the connection ended before a whole head.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-/// Reads one response (head, then a Content-Length or chunked body, or up to EOF); bytes
-/// already read off the socket are passed in `buf`.
-fn read_response_from(stream: &mut std::net::TcpStream, mut buf: Vec<u8>) -> RawResponse {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut chunk = [0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(pos) = find(&buf, b"\r\n\r\n") {
-            break pos + 4;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => {
-                return RawResponse {
-                    status: 0,
-                    head: String::from_utf8_lossy(&buf).into_owned(),
-                    body: Vec::new(),
-                };
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let length: Option<usize> = header_value(&head, "content-length").and_then(|v| v.parse().ok());
-    let chunked = header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
-    let mut body = buf[head_end..].to_vec();
-    loop {
-        let complete = match length {
-            Some(n) => body.len() >= n,
-            None => chunked && body.ends_with(b"0\r\n\r\n"),
-        };
-        if complete {
-            break;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    if let Some(n) = length {
-        body.truncate(n);
-    }
-    RawResponse { status, head, body }
-}
-
 /// Sends `request` on a new connection and reads one response.
 fn exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut client = Client::connect(addr);
     // The proxy may answer and close before reading everything: a failed write is not the
     // test's verdict, the response (or its absence) is.
-    let _ = stream.write_all(request);
-    read_response_from(&mut stream, Vec::new())
+    let _ = client.stream.write_all(request);
+    client.read_response(false)
 }
 
 /// True once the peer has closed `stream` (EOF or reset); false if it is still open after
@@ -1024,7 +972,9 @@ fn expect_100_continue_gets_continue_then_the_body_reaches_the_backend() {
     let interim = String::from_utf8_lossy(&buf[..interim_end]).into_owned();
     assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "interim response: {interim:?}");
     stream.write_all(b"hello world").unwrap();
-    let response = read_response_from(&mut stream, buf[interim_end..].to_vec());
+    let mut client = Client::new(&mut stream);
+    client.buf = buf[interim_end..].to_vec();
+    let response = client.read_response(false);
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.body, b"hello world", "the backend echoed the body");
     assert_eq!(echo.completed_for("/expect"), [11], "the backend got the 11-byte body");
@@ -1431,8 +1381,8 @@ fn a_busy_polling_worker_serves_before_and_after_its_window() {
 
 /// Sends `GET path` on `stream` (keep-alive) and reads the response.
 fn keepalive_get(stream: &mut std::net::TcpStream, path: &str) -> RawResponse {
-    let _ = stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-    read_response_from(stream, Vec::new())
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    Client::new(stream).get_raw(path)
 }
 
 #[test]

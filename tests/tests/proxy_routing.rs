@@ -17,10 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use lb_tests::sluice::Proxy;
 use lb_tests::{
-    backend::{BACKEND_HEADER, HttpResponse},
+    backend::BACKEND_HEADER,
+    http::{self, Client, HttpResponse},
     wait_for,
 };
 
@@ -59,118 +59,9 @@ fn closed_port() -> SocketAddr {
 // Client side: raw HTTP/1.1 over TCP, one-shot or keep-alive.
 // ---------------------------------------------------------------------------------------------
 
-fn request_text(method: &str, host: &str, path: &str, headers: &[(&str, &str)], close: bool) -> String {
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if matches!(method, "POST" | "PUT" | "PATCH") {
-        text.push_str("Content-Length: 0\r\n");
-    }
-    if close {
-        text.push_str("Connection: close\r\n");
-    }
-    text.push_str("\r\n");
-    text
-}
-
-/// Reads one response: Content-Length, chunked, or up to the end of the connection.
-fn read_response(reader: &mut impl BufRead) -> anyhow::Result<HttpResponse> {
-    let mut lines: Vec<String> = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            anyhow::bail!("the connection closed before a whole response head (got {lines:?})");
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_owned();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue;
-            }
-            break;
-        }
-        lines.push(line);
-    }
-    let status: u16 = lines[0]
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {:?}", lines[0]))?;
-    let headers: Vec<(String, String)> = lines[1..]
-        .iter()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let length = find("content-length");
-    let mut body = Vec::new();
-    if status == 204 || status == 304 || (100..200).contains(&status) {
-        // No body.
-    } else if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-                .with_context(|| format!("bad chunk size {size:?}"))?;
-            if size == 0 {
-                loop {
-                    let mut trailer = String::new();
-                    if reader.read_line(&mut trailer)? == 0 || trailer.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0u8; size + 2];
-            reader.read_exact(&mut chunk)?;
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(length) = length {
-        body.resize(length.parse().context("bad content-length")?, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.read_to_end(&mut body)?;
-    }
-    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
-}
-
-/// A client connection to the proxy; keeps the connection open between requests.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the proxy");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
-    }
-
-    fn send(
-        &mut self,
-        method: &str,
-        host: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        close: bool,
-    ) -> HttpResponse {
-        self.writer
-            .write_all(request_text(method, host, path, headers, close).as_bytes())
-            .unwrap_or_else(|e| panic!("{method} {host}{path}: cannot send: {e}"));
-        read_response(&mut self.reader).unwrap_or_else(|e| panic!("{method} {host}{path}: {e:#}"))
-    }
-
-    fn get(&mut self, host: &str, path: &str) -> HttpResponse {
-        self.send("GET", host, path, &[], false)
-    }
-}
-
 /// One request on a new connection.
 fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    Client::connect(addr).send(method, host, path, headers, true)
+    http::request(addr, method, host, path, headers).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
@@ -933,7 +824,8 @@ fn hash_on_header_is_sticky_and_spreads() {
     for user in ["alice", "bob", "carol", "dave", "erin"] {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..10 {
-            let response = client.send("GET", "hash.test", &format!("/{i}"), &[("X-User", user)], false);
+            let response =
+                client.request("GET", "hash.test", &format!("/{i}"), &[("X-User", user)], false).unwrap();
             assert_eq!(response.status, 200);
             seen.insert(backend_of(&response).to_owned());
         }
@@ -942,7 +834,7 @@ fn hash_on_header_is_sticky_and_spreads() {
     let mut spread = std::collections::BTreeSet::new();
     for i in 0..30 {
         let user = format!("user-{i}");
-        let response = client.send("GET", "hash.test", "/", &[("x-user", &user)], false);
+        let response = client.request("GET", "hash.test", "/", &[("x-user", &user)], false).unwrap();
         spread.insert(backend_of(&response).to_owned());
     }
     assert!(spread.len() >= 2, "30 different users spread over the backends: {spread:?}");
@@ -1266,7 +1158,7 @@ fn retries_repeat_idempotent_requests_only() {
     // A POST may already have had its effect: not repeated, the failure reaches the client.
     let (mut ok, mut bad_gateway) = (0, 0);
     for i in 0..20 {
-        let response = client.send("POST", "retry.test", &format!("/post/{i}"), &[], false);
+        let response = client.request("POST", "retry.test", &format!("/post/{i}"), &[], false).unwrap();
         match response.status {
             200 => ok += 1,
             502 => bad_gateway += 1,

@@ -73,7 +73,7 @@ fn upstream_connection_is_reused_across_requests() {
     let proxy = proxy_to(backend.addr, "");
     let mut client = Client::connect(proxy.addr);
     for i in 0..50 {
-        assert_ok(&client.get(&format!("/reuse/{i}")), b"ok", &format!("request {i}"));
+        assert_ok(&client.get_raw(&format!("/reuse/{i}")), b"ok", &format!("request {i}"));
     }
     // One client connection is served by one worker, whose pool holds the one connection.
     assert_eq!(backend.accepted(), 1, "50 sequential requests share one backend connection");
@@ -147,7 +147,7 @@ fn idle_closes_cost_no_request(when: CloseWhen, reset: bool) {
             std::thread::sleep(Duration::from_millis(1 + (i % 3) as u64 * 2));
         }
         let what = format!("request {i} ({when:?}, reset {reset})");
-        assert_ok(&client.get(&format!("/stale/{i}")), b"once", &what);
+        assert_ok(&client.get_raw(&format!("/stale/{i}")), b"once", &what);
     }
     assert_eq!(closes.answered.load(Ordering::SeqCst), 200, "{when:?}: each request answered once");
     assert_eq!(backend.accepted(), 200, "{when:?}: one connection per answered request");
@@ -210,7 +210,7 @@ fn idle_upstream_connection_is_closed_by_the_sweep_after_idle_ms() {
     };
     let proxy = proxy_to(backend.addr, ", timeouts: {idle_ms: 500}");
     let mut client = Client::connect(proxy.addr);
-    assert_ok(&client.get("/sweep/1"), b"ok", "first request");
+    assert_ok(&client.get_raw("/sweep/1"), b"ok", "first request");
     let idle_since = Instant::now();
     // Nothing else happens on this worker: only the periodic sweep can close the connection.
     wait_until("the idle upstream connection to be closed", || !closed_at.lock().unwrap().is_empty());
@@ -221,7 +221,7 @@ fn idle_upstream_connection_is_closed_by_the_sweep_after_idle_ms() {
     // more is allowed for a loaded machine.
     assert!(idle < Duration::from_millis(2500), "closed by the sweep soon after the idle timeout: {idle:?}");
     // The client's own connection is still open and served on a new backend connection.
-    assert_ok(&client.get("/sweep/2"), b"ok", "after the sweep");
+    assert_ok(&client.get_raw("/sweep/2"), b"ok", "after the sweep");
     assert_eq!(backend.accepted(), 2);
 }
 
@@ -314,7 +314,7 @@ fn chunked_response_split_into_tiny_writes_arrives_intact_with_trailers() {
 
     // Without a trailer: the body, then the connection serves the next request.
     for i in 0..2 {
-        let response = client.get(&format!("/no-trailer/{i}"));
+        let response = client.get_raw(&format!("/no-trailer/{i}"));
         assert_ok(&response, &payload, &format!("chunked response {i}"));
         assert_eq!(response.header("transfer-encoding"), Some("chunked"), "{:?}", response.head);
     }
@@ -333,7 +333,7 @@ fn chunked_response_split_into_tiny_writes_arrives_intact_with_trailers() {
         response.trailers
     );
     // The client connection keeps working after a response with trailers.
-    assert_ok(&client.get("/no-trailer/after"), &payload, "after the trailer");
+    assert_ok(&client.get_raw("/no-trailer/after"), &payload, "after the trailer");
 }
 
 #[test]
@@ -382,7 +382,7 @@ fn head_204_and_304_responses_carry_no_body_and_keep_the_connection() {
         assert_eq!(head.status, 200, "HEAD, round {round}: {head:?}");
         assert_eq!(head.header("x-kind"), Some("head"));
 
-        let no_content = client.get("/204");
+        let no_content = client.get_raw("/204");
         assert_eq!(no_content.status, 204, "round {round}: {no_content:?}");
         assert_eq!(no_content.header("x-kind"), Some("204"), "not a HEAD body read as this head");
 
@@ -392,7 +392,7 @@ fn head_204_and_304_responses_carry_no_body_and_keep_the_connection() {
         assert_eq!(not_modified.header("etag"), Some("\"v1\""));
 
         // A GET after them gets its own body: nothing was left over on either connection.
-        let get = client.get("/thing");
+        let get = client.get_raw("/thing");
         assert_ok(&get, b"hello", &format!("GET after HEAD, 204 and 304, round {round}"));
         assert_eq!(get.header("x-kind"), Some("get"));
     }
@@ -428,7 +428,7 @@ fn interim_103_response_is_skipped() {
     let proxy = proxy_to(backend.addr, "");
     let mut client = Client::connect(proxy.addr);
     for path in ["/together", "/apart", "/together"] {
-        let response = client.get(path);
+        let response = client.get_raw(path);
         assert_ok(&response, b"final", path);
         assert_eq!(response.header("x-final"), Some("yes"), "{path}: the final head: {:?}", response.head);
     }
@@ -464,7 +464,7 @@ fn body_until_close_and_http10_responses_are_complete_and_not_reused() {
     let proxy = proxy_to(backend.addr, "");
     let mut client = Client::connect(proxy.addr);
     for (i, path) in ["/http10/a", "/http10/b", "/http11-no-length"].into_iter().enumerate() {
-        assert_ok(&client.get(path), &big, path);
+        assert_ok(&client.get_raw(path), &big, path);
         assert_eq!(backend.accepted(), i + 1, "{path}: a body delimited by the close is never reused");
     }
 }
@@ -491,15 +491,15 @@ fn bad_backend_framing_is_a_502_for_that_request_only() {
     let proxy = proxy_to(backend.addr, ", retries: {attempts: 0}");
 
     let mut client = Client::connect(proxy.addr);
-    assert_ok(&client.get("/good/1"), b"good", "before");
-    let conflicting = client.get("/bad-length");
+    assert_ok(&client.get_raw("/good/1"), b"good", "before");
+    let conflicting = client.get_raw("/bad-length");
     assert_eq!(conflicting.status, 502, "conflicting Content-Length values: {conflicting:?}");
     // The client's connection still serves, on a fresh backend connection.
-    assert_ok(&client.get("/good/2"), b"good", "after the 502 on the same client connection");
+    assert_ok(&client.get_raw("/good/2"), b"good", "after the 502 on the same client connection");
 
     let mut client = Client::connect(proxy.addr);
     let started = Instant::now();
-    let cut = client.get("/bad-chunk");
+    let cut = client.get_raw("/bad-chunk");
     assert_eq!(
         cut.ended,
         Ended::Closed,
@@ -510,7 +510,7 @@ fn bad_backend_framing_is_a_502_for_that_request_only() {
     assert!(started.elapsed() < Duration::from_secs(3), "cut after {:?}", started.elapsed());
 
     let mut client = Client::connect(proxy.addr);
-    assert_ok(&client.get("/good/3"), b"good", "a new client connection after the cut response");
+    assert_ok(&client.get_raw("/good/3"), b"good", "a new client connection after the cut response");
 }
 
 // ---------------------------------------------------------------------------------------------

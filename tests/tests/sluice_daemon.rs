@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
-    backend::http_get,
+    http::http_get,
     process::ChildGuard,
     require_root, sluice_binary,
     topology::{NODE_CLIENT_IF, Topology},

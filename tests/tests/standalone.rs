@@ -12,7 +12,8 @@ use std::{
 
 use lb_tests::sluice::Binary;
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend, http_get},
+    backend::{BACKEND_HEADER, Backend},
+    http::http_get,
     process::ChildGuard,
     require_root, sluice_binary, wait_for,
 };

@@ -32,8 +32,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_tests::{
-    backend::HttpResponse,
     free_port,
+    http::{Client, HttpResponse},
     sluice::{Proxy, with_listener},
     temp_dir::TempDir,
     tls::{
@@ -62,52 +62,14 @@ fn write_pem(path: &Path, text: &str) {
 // Clients
 // ---------------------------------------------------------------------------------------------
 
-/// One HTTP/1.1 request on an open connection; reads the response (Content-Length or to EOF).
-fn request(stream: &mut impl ReadWrite, host: &str, path: &str, close: bool) -> anyhow::Result<HttpResponse> {
-    let connection = if close { "close" } else { "keep-alive" };
-    let sent = write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n\r\n")
-        .and_then(|()| stream.flush());
-    if let Err(e) = sent {
-        // The server may have sent an alert and closed before the request went out (TLS 1.3
-        // client certificate checks happen after the client's side of the handshake): the
-        // alert, if there is one, says more than the broken pipe.
-        let _alert = stream.read(&mut [0u8; 1])?;
-        return Err(e.into());
-    }
-    read_response(stream)
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-fn read_response(stream: &mut impl Read) -> anyhow::Result<HttpResponse> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            anyhow::bail!(
-                "connection closed before the end of the head: {:?}",
-                String::from_utf8_lossy(&raw)
-            );
-        }
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8(raw)?;
-    let mut parsed = HttpResponse::parse(&head)?;
-    match parsed.header("content-length").map(|v| v.parse::<usize>()) {
-        Some(length) => {
-            let mut body = vec![0u8; length?];
-            stream.read_exact(&mut body)?;
-            parsed.body = String::from_utf8(body)?;
-        }
-        None if parsed.status == 204 || parsed.status == 304 => {}
-        None => {
-            let mut body = String::new();
-            stream.read_to_string(&mut body)?;
-            parsed.body = body;
-        }
-    }
-    Ok(parsed)
+/// One `GET` on an open connection, plain or TLS.
+fn request(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    path: &str,
+    close: bool,
+) -> anyhow::Result<HttpResponse> {
+    Client::new(stream).request("GET", host, path, &[], close)
 }
 
 /// Connect, handshake, one request with `Connection: close`.
@@ -119,13 +81,6 @@ fn https_get(
     config: &Arc<ClientConfig>,
 ) -> anyhow::Result<HttpResponse> {
     let mut stream = connect(addr, sni, config)?;
-    request(&mut stream, host, path, true)
-}
-
-/// Plain HTTP/1.1 `GET` on a new connection.
-fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     request(&mut stream, host, path, true)
 }
 
@@ -1086,7 +1041,7 @@ fn passthrough_splices_to_a_tls_backend_whose_certificate_the_client_sees() {
     let response = https_get(proxy.addr(), Some("a.test"), "a.test", "/", &trusting).unwrap();
     assert_eq!(response.header("x-backend"), Some("be"));
     // Plain HTTP for the passthrough host is redirected to HTTPS.
-    let response = http_get(proxy.plain, "pass.test", "/x").unwrap();
+    let response = lb_tests::http::request(proxy.plain, "GET", "pass.test", "/x", &[]).unwrap();
     assert_eq!(response.status, 308);
     assert_eq!(
         response.header("location"),
@@ -1169,7 +1124,7 @@ backends:
         ("/wrongname", 502, ""),
     ] {
         for _ in 0..3 {
-            let response = http_get(proxy.plain, "anything", path).unwrap();
+            let response = lb_tests::http::request(proxy.plain, "GET", "anything", path, &[]).unwrap();
             assert_eq!(response.status, status, "{path}: {response:?}");
             if status == 200 {
                 assert_eq!(response.header("x-backend"), Some("tls-server"), "{path}");
@@ -1196,18 +1151,20 @@ fn plain_http_is_redirected_for_tls_hosts_and_hsts_is_sent_over_https() {
         ),
     );
     let port = proxy.addr().port();
-    let response = http_get(proxy.plain, "a.test", "/path?q=1").unwrap();
+    let response = lb_tests::http::request(proxy.plain, "GET", "a.test", "/path?q=1", &[]).unwrap();
     assert_eq!(response.status, 308);
     assert_eq!(response.header("location"), Some(format!("https://a.test:{port}/path?q=1").as_str()));
     assert_eq!(response.header("strict-transport-security"), None, "never over plain HTTP");
-    let response = http_get(proxy.plain, "x.wild.test:8080", "/").unwrap();
+    let response = lb_tests::http::request(proxy.plain, "GET", "x.wild.test:8080", "/", &[]).unwrap();
     assert_eq!(response.status, 308);
     assert_eq!(response.header("location"), Some(format!("https://x.wild.test:{port}/").as_str()));
     // ACME HTTP-01 challenges and hosts without TLS stay on plain HTTP.
-    let response = http_get(proxy.plain, "a.test", "/.well-known/acme-challenge/token").unwrap();
+    let response =
+        lb_tests::http::request(proxy.plain, "GET", "a.test", "/.well-known/acme-challenge/token", &[])
+            .unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-seen-proto"), Some("http"));
-    let response = http_get(proxy.plain, "plain.test", "/").unwrap();
+    let response = lb_tests::http::request(proxy.plain, "GET", "plain.test", "/", &[]).unwrap();
     assert_eq!(response.status, 200);
 
     let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
@@ -1226,7 +1183,7 @@ fn plain_http_is_redirected_for_tls_hosts_and_hsts_is_sent_over_https() {
             backend_group("be", backend.addr, "")
         ))
         .unwrap();
-    let response = http_get(proxy.plain, "a.test", "/").unwrap();
+    let response = lb_tests::http::request(proxy.plain, "GET", "a.test", "/", &[]).unwrap();
     assert_eq!(response.status, 200);
 }
 
@@ -1458,10 +1415,11 @@ backends:
         (tls_backend.requests() >= before + 3).then_some(())
     })
     .unwrap();
-    assert_eq!(http_get(proxy.plain, "anything", "/good").unwrap().status, 200);
+    assert_eq!(lb_tests::http::request(proxy.plain, "GET", "anything", "/good", &[]).unwrap().status, 200);
     // ...and checks that cannot verify the backend's certificate take it out: no endpoint left.
     wait_for(Duration::from_secs(10), "the unverifiable backend to be marked down", || {
-        (http_get(proxy.plain, "anything", "/bad").ok()?.status == 503).then_some(())
+        (lb_tests::http::request(proxy.plain, "GET", "anything", "/bad", &[]).ok()?.status == 503)
+            .then_some(())
     })
     .unwrap();
 }

@@ -8,7 +8,7 @@ use std::{
 
 use lb_common::Stat;
 use lb_tests::{
-    backend::http_get,
+    http::http_get,
     require_root,
     topology::{NODE_CLIENT_IF, Topology},
 };

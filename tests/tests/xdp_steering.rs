@@ -4,14 +4,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use lb_common::Stat;
 use lb_tests::{
-    backend::{HttpResponse, http_get},
+    http::{Client, HttpResponse, http_get},
     require_root,
     topology::{NODE_CLIENT_IF, Topology},
     wait_for,
@@ -42,34 +41,19 @@ fn worker_of(response: &HttpResponse) -> usize {
 
 /// A keep-alive HTTP/1.1 connection that reports which worker answered each request.
 struct KeepAlive {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    client: Client,
 }
 
 impl KeepAlive {
     fn open(target: SocketAddr) -> std::io::Result<KeepAlive> {
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(KeepAlive { writer: stream.try_clone()?, reader: BufReader::new(stream) })
+        Ok(KeepAlive { client: Client::over_tcp(stream)? })
     }
 
     fn get(&mut self, path: &str) -> anyhow::Result<usize> {
-        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            anyhow::ensure!(self.reader.read_line(&mut line)? > 0, "connection closed");
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let response = HttpResponse::parse(&format!("{head}\r\n"))?;
+        let response = self.client.request("GET", "test", path, &[], false)?;
         // No routes are configured: every answer is the worker's own 404, naming the worker.
         anyhow::ensure!(response.status == 404, "status {}", response.status);
-        let length: usize = response.header("content-length").unwrap_or("0").parse()?;
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
         Ok(worker_of(&response))
     }
 }
