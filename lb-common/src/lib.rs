@@ -203,6 +203,12 @@ stats! {
     ConntrackInsertFailed = 14 => "conntrack_insert_failed",
     /// TC egress: replies whose source port was restored to the service port.
     EgressRestored = 15 => "egress_restored",
+    /// Passed: an IPv4 total length shorter than its header or longer than the frame, or an
+    /// IPv6 payload length longer than the frame.
+    PassBadIpLength = 16 => "pass_bad_ip_length",
+    /// Passed: a TCP data offset under 5 words or past the end of the IP packet, or a UDP
+    /// length under 8 bytes or past the end of the IP packet.
+    PassBadTransportHeader = 17 => "pass_bad_transport_header",
 }
 
 impl Stat {

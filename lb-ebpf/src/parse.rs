@@ -14,6 +14,8 @@ use network_types::{
 pub trait Packet {
     /// A copy of the `T` at `offset`, or `None` when the frame is too short.
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// The frame's length in bytes, Ethernet header included.
+    fn frame_len(&self) -> usize;
 }
 
 /// The one accessor for XDP: a pointer to `T` at `offset`, only if it lies inside the frame.
@@ -34,6 +36,14 @@ impl Packet for XdpContext {
         // unaligned because headers sit at arbitrary offsets.
         ptr_at::<T>(self, offset).map(|p| unsafe { p.read_unaligned() })
     }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        // A multi-buffer frame (jumbo frames, large test runs) is longer than its linear part
+        // between data and data_end: the helper counts its fragments too.
+        // SAFETY: the helper only reads the xdp_buff this program was given.
+        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
+    }
 }
 
 impl Packet for TcContext {
@@ -41,6 +51,11 @@ impl Packet for TcContext {
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
         // bpf_skb_load_bytes copies, so non-linear skbs are read correctly too.
         self.load::<T>(offset).ok()
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
     }
 }
 
@@ -64,12 +79,21 @@ impl Flow {
 const IPV4_MF: u8 = 0x20;
 
 /// Parses Ethernet, then IPv4 (options skipped) or IPv6 (no extension headers), then the ports
-/// of TCP or UDP.
+/// of TCP or UDP. Lengths are checked against each other and the frame before anything is
+/// trusted: an IP length shorter than its headers or longer than the frame, a TCP data offset
+/// under 5 words or past the packet, a UDP length that does not fit: such packets are passed
+/// to the kernel untouched (which drops them), never rewritten or given a conntrack entry.
 #[inline(always)]
 pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
     let eth: EthHdr = packet.read(0).ok_or(Stat::PassTruncated)?;
     let mut key = FlowKey::default();
     let l4;
+    // Where the IP packet ends by its length field, and whether that field holds the IP
+    // header; both checked once the transport header is known to be in the frame, so a frame
+    // cut short counts as truncated first. A frame may carry padding after the packet, never
+    // less than it.
+    let ip_end;
+    let ip_len_ok;
     if eth.ether_type == EtherType::Ipv4 as u16 {
         let ip: Ipv4Hdr = packet.read(EthHdr::LEN).ok_or(Stat::PassTruncated)?;
         let ihl = usize::from(ip.vihl & 0x0f) * 4;
@@ -81,6 +105,9 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
         if ip.frags[0] & IPV4_MF != 0 || (u16::from(ip.frags[0] & 0x1f) << 8 | u16::from(ip.frags[1])) != 0 {
             return Err(Stat::PassFragment);
         }
+        let total = usize::from(u16::from_be_bytes(ip.tot_len));
+        ip_end = EthHdr::LEN + total;
+        ip_len_ok = total >= ihl;
         key.family = FAMILY_IPV4;
         key.proto = ip.proto;
         key.src[0] = u32::from_ne_bytes(ip.src_addr);
@@ -98,6 +125,8 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
             0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => return Err(Stat::PassIpv6Extension),
             _ => return Err(Stat::PassOtherProtocol),
         }
+        ip_end = EthHdr::LEN + Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(ip.payload_len));
+        ip_len_ok = true;
         key.family = FAMILY_IPV6;
         key.proto = ip.next_hdr;
         key.src = words(ip.src_addr);
@@ -116,15 +145,31 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
             key.sport = u16::from_ne_bytes([head[0], head[1]]);
             key.dport = u16::from_ne_bytes([head[2], head[3]]);
             syn = head[13] & 0x12 == 0x02;
+            check_ip_length(packet, ip_len_ok, ip_end)?;
+            let data_offset = usize::from(head[12] >> 4) * 4;
+            if data_offset < 20 || l4 + data_offset > ip_end {
+                return Err(Stat::PassBadTransportHeader);
+            }
         }
         PROTO_UDP => {
             let head: [u8; 8] = packet.read(l4).ok_or(Stat::PassTruncated)?;
             key.sport = u16::from_ne_bytes([head[0], head[1]]);
             key.dport = u16::from_ne_bytes([head[2], head[3]]);
+            check_ip_length(packet, ip_len_ok, ip_end)?;
+            let length = usize::from(u16::from_be_bytes([head[4], head[5]]));
+            if length < 8 || l4 + length > ip_end {
+                return Err(Stat::PassBadTransportHeader);
+            }
         }
         _ => return Err(Stat::PassOtherProtocol),
     }
     Ok(Flow { key, l4, syn })
+}
+
+/// The IP length field holds the IP header and ends inside the frame.
+#[inline(always)]
+fn check_ip_length<P: Packet>(packet: &P, ip_len_ok: bool, ip_end: usize) -> Result<(), Stat> {
+    if ip_len_ok && ip_end <= packet.frame_len() { Ok(()) } else { Err(Stat::PassBadIpLength) }
 }
 
 #[inline(always)]
