@@ -14,7 +14,8 @@ use std::{
 
 use anyhow::Context;
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend, http_get},
+    backend::{BACKEND_HEADER, Backend},
+    http::http_get,
     netns::Netns,
     process::ChildGuard,
     topology::{NODE_CLIENT_IF, Topology},

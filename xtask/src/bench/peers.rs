@@ -390,7 +390,7 @@ fn wait_http_ok(proc: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
     let mut last = String::new();
     while Instant::now() < deadline {
         proc.check_running()?;
-        match lb_tests::backend::http_get(addr, "/") {
+        match lb_tests::http::http_get(addr, "/") {
             Ok(r) if r.status == 200 && r.body == "ok" => return Ok(()),
             Ok(r) => last = format!("status {} body {:?}", r.status, r.body),
             Err(e) => last = format!("{e:#}"),

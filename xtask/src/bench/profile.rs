@@ -885,7 +885,7 @@ fn callgrind_profile(
     let mut proc = Proc::spawn("sluice under callgrind", PROXY_CORE, "valgrind", &args)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while lb_tests::backend::http_get(addr, "/").map(|r| r.status).ok() != Some(200) {
+    while lb_tests::http::http_get(addr, "/").map(|r| r.status).ok() != Some(200) {
         proc.check_running()?;
         if Instant::now() > deadline {
             bail!("sluice under callgrind did not answer within 60s:\n{}", proc.output());

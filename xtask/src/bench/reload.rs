@@ -23,7 +23,6 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -32,11 +31,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend, HttpResponse},
+    backend::{BACKEND_HEADER, Backend},
     fake_kube::{
         FakeKube,
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
     },
+    http::{Client, HttpResponse},
     process::ChildGuard,
 };
 use serde_json::Value;
@@ -429,24 +429,18 @@ fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
 
 /// One request on a new connection, with a short timeout: the poll must not stall on one.
 fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     stream.set_nodelay(true)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    HttpResponse::parse(&String::from_utf8_lossy(&raw))
+    Client::new(stream).request("GET", host, path, &[], true)
 }
 
 /// A request to the admin server (a longer timeout: `/api/v1/status` lists every endpoint).
 fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).context("connect")?;
+    let stream = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).context("connect")?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    HttpResponse::parse(&String::from_utf8_lossy(&raw))
+    Client::new(stream).request("GET", "admin", path, &[], true)
 }
 
 /// Checks through `/api/v1/status` that Sluice serves the whole cluster: a route per Ingress and
