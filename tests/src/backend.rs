@@ -1,56 +1,160 @@
-//! Throwaway HTTP/1.1 backends that say who answered: every response carries the backend's
-//! name in the `x-backend` header and as its body. Keep-alive and Content-Length bodies work,
-//! which is all the suites need from an upstream.
+//! The suites' one answering backend: a hyper server on a runtime thread of its own, plain or
+//! TLS (ALPN h2 and http/1.1), speaking HTTP/1.1 and HTTP/2 (prior knowledge too), that says
+//! who answered. Every response carries the backend's name in `x-backend`, the HTTP version it
+//! spoke in `x-version`, the `x-forwarded-proto` it got in `x-seen-proto` and the request
+//! target in `x-path`; what else it does is its [`Mode`], which the test can change while it
+//! runs: name itself in the body, echo the request head, answer a status, hold requests until
+//! released, hang, reset the connection or answer bytes that are not HTTP.
+//!
+//! For exact bytes on the wire, scripted per connection, see [`crate::raw_backend`].
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write,
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU16, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
 };
 
 use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ServerConfig;
+use tokio::sync::watch;
 
 use crate::netns::Netns;
+
+/// The path [`Backend::with_mode`] backends answer as health checks.
+pub const HEALTH_PATH: &str = "/healthz";
 
 /// Header naming the backend that answered.
 pub const BACKEND_HEADER: &str = "x-backend";
 
-/// A running backend; stops on drop.
-pub struct Backend {
+/// How a [`Backend`] answers requests (other than its health checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 200, the backend's name and a newline as the body.
+    Name,
+    /// 200, the request head (request line and header lines) as the body.
+    Echo,
+    /// Like `Echo`, with hop-by-hop headers in the response (`Connection: x-hop`, `X-Hop`,
+    /// `Keep-Alive`) and one end-to-end header (`X-End-To-End`).
+    EchoHop,
+    /// This status, the backend's name and a newline as the body.
+    Status(u16),
+    /// Holds each request until [`Backend::release`], then echoes.
+    Hold,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request and resets the connection (RST: SO_LINGER 0, then close).
+    Reset,
+    /// Reads the request and answers bytes that are not HTTP, then closes.
+    Garbage,
+}
+
+/// Where and how a backend listens.
+pub struct Options<'a> {
+    /// Listen inside this namespace (the default: this process's).
+    pub netns: Option<&'a Netns>,
+    /// Port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Serve TLS with this configuration (see [`crate::tls::server_config`]).
+    pub tls: Option<Arc<ServerConfig>>,
+    pub mode: Mode,
+    /// Requests for this path are health checks: answered with [`Backend::set_health`]'s
+    /// status and counted apart from requests.
+    pub health_path: Option<&'a str>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            netns: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            mode: Mode::Name,
+            health_path: None,
+        }
+    }
+}
+
+struct State {
     name: String,
+    mode: Mutex<Mode>,
+    health_path: Option<String>,
+    /// Status of the health path.
+    health: AtomicU16,
+    /// Requests received, health checks excluded.
+    requests: AtomicU64,
+    connections: AtomicU64,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    /// Requests held right now (`Mode::Hold`).
+    holding: AtomicU64,
+    /// True once held requests may go.
+    released: watch::Sender<bool>,
+    /// True once the backend stops.
+    stopped: watch::Sender<bool>,
+}
+
+/// A running backend; stops on drop, and its open connections with it.
+pub struct Backend {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
-    /// Open connections, shut down on drop so a stopped backend is really gone.
-    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    state: Arc<State>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Backend {
-    /// Starts a backend listening on `addr`, inside `netns` when given (port 0 picks a port).
+    /// A plain backend naming itself ([`Mode::Name`]) on `addr`, inside `netns` when given.
     pub fn start(netns: Option<&Netns>, addr: SocketAddr, name: &str) -> anyhow::Result<Backend> {
-        let listener = match netns {
+        Backend::launch(name, Options { netns, addr, ..Options::default() })
+    }
+
+    /// A plain backend on loopback in `mode`, whose health checks are `GET` [`HEALTH_PATH`].
+    pub fn with_mode(name: &str, mode: Mode) -> Backend {
+        Backend::launch(name, Options { mode, health_path: Some(HEALTH_PATH), ..Options::default() }).unwrap()
+    }
+
+    /// A TLS backend on loopback naming itself.
+    pub fn with_tls(name: &str, tls: Arc<ServerConfig>) -> Backend {
+        Backend::launch(name, Options { tls: Some(tls), ..Options::default() }).unwrap()
+    }
+
+    pub fn launch(name: &str, options: Options<'_>) -> anyhow::Result<Backend> {
+        let addr = options.addr;
+        let listener = match options.netns {
             Some(ns) => ns.run(move || TcpListener::bind(addr))?,
             None => TcpListener::bind(addr),
         }
         .with_context(|| format!("backend {name}: cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(Mutex::new(HashMap::new()));
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            mode: Mutex::new(options.mode),
+            health_path: options.health_path.map(str::to_owned),
+            health: AtomicU16::new(200),
+            requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            holding: AtomicU64::new(0),
+            released: watch::Sender::new(false),
+            stopped: watch::Sender::new(false),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = {
-            let (stop, requests, name, connections) =
-                (stop.clone(), requests.clone(), name.to_owned(), connections.clone());
-            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests, &connections))
+            let (state, tls) = (state.clone(), options.tls);
+            std::thread::Builder::new()
+                .name(format!("backend-{name}"))
+                .spawn(move || runtime.block_on(accept_loop(listener, state, tls)))?
         };
-        Ok(Backend { name: name.to_owned(), addr, stop, requests, connections, thread: Some(thread) })
+        Ok(Backend { addr, state, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -58,122 +162,239 @@ impl Backend {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.state.name
     }
 
-    /// Requests answered so far.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// The status the health path answers (200 at first).
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::Relaxed);
+    }
+
+    /// Requests answered or taken so far, health checks excluded.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn checks_passed(&self) -> u64 {
+        self.state.checks_passed.load(Ordering::Relaxed)
+    }
+
+    pub fn checks_failed(&self) -> u64 {
+        self.state.checks_failed.load(Ordering::Relaxed)
+    }
+
+    /// Requests held right now ([`Mode::Hold`]).
+    pub fn holding(&self) -> u64 {
+        self.state.holding.load(Ordering::Relaxed)
+    }
+
+    /// Lets every held request (and every later one) through.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stopped.send_replace(true);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if let Ok(connections) = self.connections.lock() {
-            for connection in connections.values() {
-                let _ = connection.shutdown(std::net::Shutdown::Both);
-            }
-        }
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    name: &str,
-    stop: &AtomicBool,
-    requests: &Arc<AtomicU64>,
-    connections: &Arc<Mutex<HashMap<u64, TcpStream>>>,
-) {
-    let mut next_id = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                next_id += 1;
-                let id = next_id;
-                if let (Ok(mut open), Ok(clone)) = (connections.lock(), stream.try_clone()) {
-                    open.insert(id, clone);
-                }
-                let connections = connections.clone();
-                let (name, requests) = (name.to_owned(), requests.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &name, &requests);
-                    if let Ok(mut open) = connections.lock() {
-                        open.remove(&id);
-                    }
-                });
-            }
-            // Non-blocking accept: poll the stop flag between connections.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
-        }
+async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<Arc<ServerConfig>>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+    let mut stopped = state.stopped.subscribe();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((stream, _)) => stream, Err(_) => continue },
+            _ = stopped.wait_for(|stopped| *stopped) => break,
+        };
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let (state, tls) = (state.clone(), tls.clone());
+        connections.spawn(async move {
+            let _ = serve_connection(stream, state, tls).await;
+        });
     }
+    // Dropping the tasks closes every open connection.
+    connections.abort_all();
 }
 
-fn serve(stream: TcpStream, name: &str, requests: &AtomicU64) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
+/// What a request asked of its connection after hyper is done with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Normal,
+    Reset,
+    Garbage,
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+    tls: Option<Arc<ServerConfig>>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
-        let mut body_len = 0usize;
-        let mut close = false;
-        for line in head.lines().skip(1) {
-            let Some((key, value)) = line.split_once(':') else { continue };
-            let value = value.trim();
-            if key.eq_ignore_ascii_case("content-length") {
-                body_len = value.parse().unwrap_or(0);
-            } else if key.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
-                close = true;
-            }
+    // A second handle on the socket, for what hyper cannot do: reset it, or write bytes that
+    // are not HTTP on it.
+    let raw = {
+        let std_stream = stream.into_std()?;
+        let raw = std_stream.try_clone()?;
+        (std_stream, raw)
+    };
+    let (stream, raw) = (tokio::net::TcpStream::from_std(raw.0)?, raw.1);
+    let ending = Arc::new(Mutex::new(Ending::Normal));
+    let service = {
+        let ending = ending.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let (state, ending) = (state.clone(), ending.clone());
+            async move { answer(request, &state, &ending).await }
+        })
+    };
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    match tls {
+        Some(config) => {
+            let stream = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         }
-        let mut body = vec![0u8; body_len];
-        reader.read_exact(&mut body)?;
-        requests.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{name}\n");
-        // One write per response: several small writes would wait on delayed ACKs (Nagle).
-        let response = format!(
-            "HTTP/1.1 200 OK\r\n{BACKEND_HEADER}: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
-            text.len(),
-            if close { "connection: close\r\n" } else { "" },
+        None => {
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        }
+    }
+    // hyper has closed its handle; the socket lives on in `raw` until it is dropped here.
+    let ending = *ending.lock().unwrap();
+    match ending {
+        Ending::Normal => {}
+        Ending::Reset => set_linger_zero(&raw),
+        Ending::Garbage => {
+            let mut raw = raw;
+            raw.write_all(b"SSH-2.0-OpenSSH_9.6\r\nthis is not HTTP at all\r\n\r\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// Closing the socket now sends a reset instead of a FIN.
+fn set_linger_zero(socket: &std::net::TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: the descriptor is this connection's open socket (borrowed for the call), and
+    // `linger` is a valid `struct linger` whose size is passed along with it.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast::<libc::c_void>(),
+            size_of::<libc::linger>() as libc::socklen_t,
         );
-        writer.write_all(response.as_bytes())?;
-        writer.flush()?;
-        if close {
-            return Ok(());
+    }
+}
+
+/// The error a request returns to make hyper drop its connection without answering.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the test backend drops this connection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+async fn answer(
+    request: Request<Incoming>,
+    state: &State,
+    ending: &Mutex<Ending>,
+) -> Result<Response<Full<Bytes>>, DropConnection> {
+    let head = request_head(&request);
+    let path = request.uri().path().to_owned();
+    let target = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let version = format!("{:?}", request.version());
+    let proto =
+        request.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // The body is read whole before answering, as the proxy sends it.
+    let _ = request.into_body().collect().await;
+    let respond = |status: u16, extra: &[(&str, &str)], body: String| {
+        let mut response = Response::builder()
+            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header(BACKEND_HEADER, state.name.as_str())
+            .header("x-version", version.as_str())
+            .header("x-seen-proto", proto.as_str())
+            .header("x-path", target.as_str())
+            .header("content-type", "text/plain");
+        for (name, value) in extra {
+            response = response.header(*name, *value);
+        }
+        Ok(response.body(Full::new(Bytes::from(body))).unwrap())
+    };
+    if state.health_path.as_deref() == Some(path.as_str()) {
+        let status = state.health.load(Ordering::Relaxed);
+        let counter = if (200..400).contains(&status) { &state.checks_passed } else { &state.checks_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        return respond(status, &[], "health\n".to_owned());
+    }
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let mode = *state.mode.lock().unwrap();
+    let name = format!("{}\n", state.name);
+    match mode {
+        Mode::Name => respond(200, &[], name),
+        Mode::Echo => respond(200, &[], head),
+        Mode::EchoHop => respond(
+            200,
+            &[("connection", "x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("x-end-to-end", "1")],
+            head,
+        ),
+        Mode::Status(code) => respond(code, &[], name),
+        Mode::Hold => {
+            state.holding.fetch_add(1, Ordering::Relaxed);
+            let (mut released, mut stopped) = (state.released.subscribe(), state.stopped.subscribe());
+            tokio::select! {
+                _ = released.wait_for(|released| *released) => {}
+                _ = stopped.wait_for(|stopped| *stopped) => {}
+            }
+            state.holding.fetch_sub(1, Ordering::Relaxed);
+            respond(200, &[], head)
+        }
+        Mode::Hang => {
+            let _ = state.stopped.subscribe().wait_for(|stopped| *stopped).await;
+            Err(DropConnection)
+        }
+        Mode::Reset => {
+            *ending.lock().unwrap() = Ending::Reset;
+            Err(DropConnection)
+        }
+        Mode::Garbage => {
+            *ending.lock().unwrap() = Ending::Garbage;
+            Err(DropConnection)
         }
     }
 }
 
-/// Reads one request head up to the blank line; `None` at a clean end of stream.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        if line == "\r\n" || line == "\n" {
-            return Ok(Some(head));
-        }
-        head.push_str(&line);
-        if head.len() > 64 * 1024 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request head too large"));
-        }
+/// The request line and header lines as received (names as hyper keeps them: lower case).
+fn request_head(request: &Request<Incoming>) -> String {
+    let target = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut head = format!("{} {target} {:?}\r\n", request.method(), request.version());
+    for (name, value) in request.headers() {
+        head.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())));
     }
+    head
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::http_get;
+    use crate::http::{Client, http_get};
 
     #[test]
     fn backend_names_itself_and_counts() {
@@ -181,7 +402,26 @@ mod tests {
         let response = http_get(backend.addr(), "/x").unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.header(BACKEND_HEADER), Some("b1"));
+        assert_eq!(response.header("x-path"), Some("/x"));
         assert_eq!(response.body, "b1\n");
         assert_eq!(backend.requests(), 1);
+    }
+
+    #[test]
+    fn modes_change_what_the_backend_answers() {
+        let backend = Backend::with_mode("m", Mode::Echo);
+        let mut client = Client::connect(backend.addr());
+        let echoed = client.request("GET", "h.test", "/e?q=1", &[("x-one", "1")], false).unwrap();
+        assert!(echoed.body.starts_with("GET /e?q=1 HTTP/1.1\r\n"), "{echoed:?}");
+        assert!(echoed.body.contains("x-one: 1\r\n"), "{echoed:?}");
+        backend.set_mode(Mode::Status(503));
+        assert_eq!(client.get("h.test", "/s").status, 503, "the mode changes on an open connection");
+        backend.set_health(500);
+        assert_eq!(client.get("h.test", "/healthz").status, 500);
+        assert_eq!((backend.checks_failed(), backend.requests()), (1, 2), "health checks are apart");
+        backend.set_mode(Mode::Garbage);
+        let garbage = client.request("GET", "h.test", "/g", &[], false);
+        assert!(garbage.is_err(), "not HTTP: {garbage:?}");
+        assert_eq!(backend.connections(), 1);
     }
 }

@@ -6,8 +6,7 @@
 //! since an EndpointSlice gives one port to all its endpoints.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::Command,
     sync::{
         Arc,
@@ -459,66 +458,17 @@ fn rbac_refusals_name_the_missing_verb_and_resource() {
     sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(30));
 }
 
-/// A backend that answers with the request path in `x-path` (for rewrites).
-struct PathEcho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PathEcho {
-    fn start(ip: [u8; 4]) -> PathEcho {
-        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((mut stream, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    };
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                        head.push(byte[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head);
-                    let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nx-path: {path}\r\nx-backend: echo\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                }
-            })
-        };
-        PathEcho { addr, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for PathEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[test]
 fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
     let kube = FakeKube::start().unwrap();
     let main = backends("main", 1);
     let canary = backends_from("canary", 30, 1);
-    let echo = PathEcho::start([127, 0, 0, 40]);
+    // Answers with the request target in `x-path` (for rewrites).
+    let echo = Backend::start(None, "127.0.0.40:0".parse().unwrap(), "echo").unwrap();
     kube.apply(ingress_class("sluice", CONTROLLER, false));
     kube.apply(service("default", "main", 80, main[0].addr().port()));
     kube.apply(service("default", "canary", 80, canary[0].addr().port()));
-    kube.apply(service("default", "echo", 80, echo.addr.port()));
+    kube.apply(service("default", "echo", 80, echo.addr().port()));
     kube.apply(endpoint_slice(
         "default",
         "main-1",
@@ -540,7 +490,7 @@ fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
         "echo-1",
         "echo",
         "IPv4",
-        echo.addr.port(),
+        echo.addr().port(),
         &[SliceEndpoint::ready("127.0.0.40")],
     ));
     kube.apply(ingress("default", "main", "sluice", "shop.test", "/", "main", 80));

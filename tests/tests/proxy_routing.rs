@@ -1,25 +1,20 @@
 //! The L7 proxy end to end over loopback sockets: routing precedence with the Kubernetes Ingress
 //! semantics, rewrites and redirects, forwarding headers, balancing, passive and active health,
 //! retries, error statuses, and configuration swaps. Each test runs an in-process node
-//! (`lb_tests::sluice::Proxy`, no XDP, no root) in front of throwaway backends: the programmable [`TestBackend`]
-//! below, which names itself in `x-backend`, echoes what it received, and fails, holds or hangs
-//! on demand.
+//! (`lb_tests::sluice::Proxy`, no XDP, no root) in front of the harness's programmable
+//! backends (`lb_tests::backend`), which name themselves in `x-backend`, echo what they
+//! received, and fail, hold or hang on demand.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
-    },
+    net::{SocketAddr, TcpListener},
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use lb_tests::sluice::Proxy;
 use lb_tests::{
-    backend::BACKEND_HEADER,
+    backend::{BACKEND_HEADER, Backend, HEALTH_PATH, Mode},
     http::{self, Client, HttpResponse},
     wait_for,
 };
@@ -41,13 +36,6 @@ fn config(rest: &str) -> String {
 fn group(name: &str, addresses: &[SocketAddr], extra: &str) -> String {
     let endpoints: Vec<String> = addresses.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
     format!("  - {{name: {name}, endpoints: [{}]{extra}}}\n", endpoints.join(", "))
-}
-
-/// An echoing backend. (`lb_tests::backend::Backend` writes each response in several small
-/// writes without TCP_NODELAY, which costs ~40 ms per request on a keep-alive connection: too
-/// slow for the hundreds of requests these tests send.)
-fn start_backend(name: &str) -> TestBackend {
-    TestBackend::start(name, Mode::Echo)
 }
 
 /// A loopback address nobody listens on (bound, then released).
@@ -102,273 +90,6 @@ impl Seen {
 
     fn count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(k, _)| k == name).count()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A programmable backend.
-// ---------------------------------------------------------------------------------------------
-
-/// Path the active health checks of these suites probe; answered with [`TestBackend::set_health`].
-const HEALTH_PATH: &str = "/healthz";
-
-/// How a [`TestBackend`] answers requests (other than health checks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// 200, the request head as received in the body.
-    Echo,
-    /// Like `Echo`, with hop-by-hop headers in the response (`Connection: x-hop`, `X-Hop`,
-    /// `Keep-Alive`) and one end-to-end header (`X-End-To-End`).
-    EchoHop,
-    /// This status, the backend's name in the body.
-    Status(u16),
-    /// Holds each request until [`TestBackend::release`], then echoes.
-    Hold,
-    /// Reads the request and never answers.
-    Hang,
-    /// Reads the request and resets the connection (RST: SO_LINGER 0, then close).
-    Reset,
-    /// Reads the request and answers bytes that are not HTTP, then closes.
-    Garbage,
-}
-
-struct State {
-    name: String,
-    mode: Mutex<Mode>,
-    /// Status of `HEALTH_PATH`.
-    health: AtomicU16,
-    /// Requests received (heads read), health checks excluded.
-    requests: AtomicU64,
-    /// Connections accepted, health checks' included.
-    connections: AtomicU64,
-    checks_passed: AtomicU64,
-    checks_failed: AtomicU64,
-    /// Requests held right now (`Mode::Hold`).
-    holding: AtomicU64,
-    release: AtomicBool,
-    stop: AtomicBool,
-}
-
-/// An HTTP/1.1 backend on loopback whose behaviour the test sets; stops on drop.
-struct TestBackend {
-    addr: SocketAddr,
-    state: Arc<State>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TestBackend {
-    fn start(name: &str, mode: Mode) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let state = Arc::new(State {
-            name: name.to_owned(),
-            mode: Mutex::new(mode),
-            health: AtomicU16::new(200),
-            requests: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            checks_passed: AtomicU64::new(0),
-            checks_failed: AtomicU64::new(0),
-            holding: AtomicU64::new(0),
-            release: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
-        let thread = {
-            let state = state.clone();
-            std::thread::spawn(move || {
-                while !state.stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            state.connections.fetch_add(1, Ordering::Relaxed);
-                            let state = state.clone();
-                            std::thread::spawn(move || {
-                                let _ = serve_connection(stream, &state);
-                            });
-                        }
-                        // Non-blocking accept: poll the stop flag between connections.
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-            })
-        };
-        TestBackend { addr, state, thread: Some(thread) }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn name(&self) -> &str {
-        &self.state.name
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        *self.state.mode.lock().unwrap() = mode;
-    }
-
-    fn set_health(&self, status: u16) {
-        self.state.health.store(status, Ordering::Relaxed);
-    }
-
-    fn requests(&self) -> u64 {
-        self.state.requests.load(Ordering::Relaxed)
-    }
-
-    fn connections(&self) -> u64 {
-        self.state.connections.load(Ordering::Relaxed)
-    }
-
-    fn checks_passed(&self) -> u64 {
-        self.state.checks_passed.load(Ordering::Relaxed)
-    }
-
-    fn checks_failed(&self) -> u64 {
-        self.state.checks_failed.load(Ordering::Relaxed)
-    }
-
-    fn holding(&self) -> u64 {
-        self.state.holding.load(Ordering::Relaxed)
-    }
-
-    /// Lets every held request (and every later one) through.
-    fn release(&self) {
-        self.state.release.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::Relaxed);
-        self.state.release.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve_connection(stream: TcpStream, state: &State) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
-        let mut lines = head.lines();
-        let path = lines.next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_owned();
-        let (mut body_len, mut close) = (0usize, false);
-        for line in lines {
-            let Some((key, value)) = line.split_once(':') else { continue };
-            let value = value.trim();
-            if key.eq_ignore_ascii_case("content-length") {
-                body_len = value.parse().unwrap_or(0);
-            } else if key.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
-                close = true;
-            }
-        }
-        let mut body = vec![0u8; body_len];
-        reader.read_exact(&mut body)?;
-        if path == HEALTH_PATH {
-            let status = state.health.load(Ordering::Relaxed);
-            let counter =
-                if (200..400).contains(&status) { &state.checks_passed } else { &state.checks_failed };
-            counter.fetch_add(1, Ordering::Relaxed);
-            respond(&mut writer, status, &state.name, "health\n", close)?;
-        } else {
-            state.requests.fetch_add(1, Ordering::Relaxed);
-            let mode = *state.mode.lock().unwrap();
-            match mode {
-                Mode::Echo => respond(&mut writer, 200, &state.name, &head, close)?,
-                Mode::EchoHop => respond_with(
-                    &mut writer,
-                    200,
-                    &state.name,
-                    "connection: x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nx-end-to-end: 1\r\n",
-                    &head,
-                    close,
-                )?,
-                Mode::Status(code) => {
-                    respond(&mut writer, code, &state.name, &format!("{}\n", state.name), close)?
-                }
-                Mode::Hold => {
-                    state.holding.fetch_add(1, Ordering::Relaxed);
-                    while !state.release.load(Ordering::Relaxed) && !state.stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    state.holding.fetch_sub(1, Ordering::Relaxed);
-                    respond(&mut writer, 200, &state.name, &head, close)?;
-                }
-                Mode::Hang => {
-                    while !state.stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    return Ok(());
-                }
-                Mode::Reset => {
-                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                    // SAFETY: the descriptor is this connection's open socket, and `linger` is a
-                    // valid `struct linger` whose size is passed along with it.
-                    unsafe {
-                        libc::setsockopt(
-                            writer.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&raw const linger).cast::<libc::c_void>(),
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        );
-                    }
-                    // Closing both handles with linger 0 sends RST.
-                    return Ok(());
-                }
-                Mode::Garbage => {
-                    writer.write_all(b"SSH-2.0-OpenSSH_9.6\r\nthis is not HTTP at all\r\n\r\n")?;
-                    writer.flush()?;
-                    return Ok(());
-                }
-            }
-        }
-        if close {
-            return Ok(());
-        }
-    }
-}
-
-fn respond(writer: &mut TcpStream, status: u16, name: &str, body: &str, close: bool) -> std::io::Result<()> {
-    respond_with(writer, status, name, "", body, close)
-}
-
-/// A response with `extra` header lines (each ending in CRLF).
-fn respond_with(
-    writer: &mut TcpStream,
-    status: u16,
-    name: &str,
-    extra: &str,
-    body: &str,
-    close: bool,
-) -> std::io::Result<()> {
-    let reason = if status == 200 { "OK" } else { "Test Status" };
-    // One write: a response dribbled out in pieces meets Nagle and delayed ACKs (40 ms each).
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\n{BACKEND_HEADER}: {name}\r\ncontent-type: text/plain\r\n{extra}content-length: {}\r\n{}\r\n{body}",
-        body.len(),
-        if close { "connection: close\r\n" } else { "" },
-    );
-    writer.write_all(response.as_bytes())?;
-    writer.flush()
-}
-
-/// Reads one request head up to the blank line; `None` at a clean end of stream.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        if line == "\r\n" || line == "\n" {
-            return Ok(Some(head));
-        }
-        head.push_str(&line);
     }
 }
 
@@ -432,7 +153,7 @@ fn routing_follows_ingress_precedence() {
         "strict",
         "default",
     ];
-    let backends: Vec<TestBackend> = names.iter().map(|name| start_backend(name)).collect();
+    let backends: Vec<Backend> = names.iter().map(|name| Backend::with_mode(name, Mode::Echo)).collect();
     let mut yaml = String::from("backends:\n");
     for backend in &backends {
         yaml.push_str(&group(backend.name(), &[backend.addr()], ""));
@@ -528,7 +249,7 @@ fn routing_follows_ingress_precedence() {
 
 #[test]
 fn rewrites_reach_the_backend_and_redirects_answer_locally() {
-    let echo = TestBackend::start("echo", Mode::Echo);
+    let echo = Backend::with_mode("echo", Mode::Echo);
     let yaml = "\
 backends:
   - {name: echo, endpoints: [{address: \"@echo\"}]}
@@ -599,7 +320,7 @@ virtual_hosts:
 
 #[test]
 fn forwarding_headers_and_request_ids_reach_the_backend() {
-    let echo = TestBackend::start("echo", Mode::Echo);
+    let echo = Backend::with_mode("echo", Mode::Echo);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
         group("echo", &[echo.addr()], "")
@@ -684,7 +405,7 @@ fn forwarding_headers_and_request_ids_reach_the_backend() {
 
 #[test]
 fn hop_by_hop_response_headers_stay_on_their_hop() {
-    let echo = TestBackend::start("echo", Mode::EchoHop);
+    let echo = Backend::with_mode("echo", Mode::EchoHop);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
         group("echo", &[echo.addr()], "")
@@ -709,7 +430,7 @@ fn hop_by_hop_response_headers_stay_on_their_hop() {
 /// client (or an upstream proxy) may send X-Forwarded-For on two lines; every hop must survive.
 #[test]
 fn forwarded_for_keeps_every_incoming_hop() {
-    let echo = TestBackend::start("echo", Mode::Echo);
+    let echo = Backend::with_mode("echo", Mode::Echo);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: echo}}]}}\n",
         group("echo", &[echo.addr()], "")
@@ -738,8 +459,8 @@ fn forwarded_for_keeps_every_incoming_hop() {
 
 #[test]
 fn round_robin_follows_weights() {
-    let light = start_backend("light");
-    let heavy = start_backend("heavy");
+    let light = Backend::with_mode("light", Mode::Echo);
+    let heavy = Backend::with_mode("heavy", Mode::Echo);
     let yaml = format!(
         "backends:
   - name: pool
@@ -770,8 +491,8 @@ virtual_hosts:
 
 #[test]
 fn least_request_avoids_the_busy_endpoint() {
-    let busy = TestBackend::start("busy", Mode::Hold);
-    let fast = TestBackend::start("fast", Mode::Echo);
+    let busy = Backend::with_mode("busy", Mode::Hold);
+    let fast = Backend::with_mode("fast", Mode::Echo);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
         group("pool", &[busy.addr(), fast.addr()], ", balance: least_request")
@@ -813,8 +534,9 @@ fn least_request_avoids_the_busy_endpoint() {
 
 #[test]
 fn hash_on_header_is_sticky_and_spreads() {
-    let backends: Vec<TestBackend> = ["h0", "h1", "h2"].iter().map(|name| start_backend(name)).collect();
-    let addresses: Vec<SocketAddr> = backends.iter().map(TestBackend::addr).collect();
+    let backends: Vec<Backend> =
+        ["h0", "h1", "h2"].iter().map(|name| Backend::with_mode(name, Mode::Echo)).collect();
+    let addresses: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
         group("pool", &addresses, ", balance: hash, hash_on: {header: x-user}")
@@ -847,8 +569,8 @@ fn hash_on_header_is_sticky_and_spreads() {
 #[test]
 fn consecutive_failures_eject_an_endpoint_for_a_while() {
     const EJECTION: Duration = Duration::from_millis(2_000);
-    let good = start_backend("good");
-    let flaky = TestBackend::start("flaky", Mode::Echo);
+    let good = Backend::with_mode("good", Mode::Echo);
+    let flaky = Backend::with_mode("flaky", Mode::Echo);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
         group(
@@ -919,8 +641,8 @@ fn consecutive_failures_eject_an_endpoint_for_a_while() {
 fn active_checks_take_an_endpoint_out_and_bring_it_back() {
     const UNHEALTHY_THRESHOLD: u64 = 3;
     const HEALTHY_THRESHOLD: u64 = 2;
-    let steady = TestBackend::start("steady", Mode::Echo);
-    let checked = TestBackend::start("checked", Mode::Echo);
+    let steady = Backend::with_mode("steady", Mode::Echo);
+    let checked = Backend::with_mode("checked", Mode::Echo);
     let yaml = format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
         group(
@@ -994,8 +716,8 @@ fn endpoint_state(proxy: &Proxy, addr: SocketAddr) -> Arc<lb_userspace::proxy::u
 
 #[test]
 fn a_reload_keeps_an_endpoint_out_that_failed_its_health_checks() {
-    let steady = TestBackend::start("steady", Mode::Echo);
-    let checked = TestBackend::start("checked", Mode::Echo);
+    let steady = Backend::with_mode("steady", Mode::Echo);
+    let checked = Backend::with_mode("checked", Mode::Echo);
     let addresses = [steady.addr(), checked.addr()];
     let check = |interval_ms: u32| {
         format!(
@@ -1026,8 +748,8 @@ fn a_reload_keeps_an_endpoint_out_that_failed_its_health_checks() {
 
 #[test]
 fn a_reload_keeps_an_ejected_endpoint_ejected() {
-    let good = start_backend("good");
-    let flaky = TestBackend::start("flaky", Mode::Status(500));
+    let good = Backend::with_mode("good", Mode::Echo);
+    let flaky = Backend::with_mode("flaky", Mode::Status(500));
     let addresses = [good.addr(), flaky.addr()];
     // Ejected for 60 s: far longer than the test.
     let outlier = ", outlier: {consecutive_failures: 3, base_ejection_ms: 60000, max_ejection_ms: 60000}";
@@ -1059,7 +781,7 @@ fn a_reload_keeps_an_ejected_endpoint_ejected() {
 
 #[test]
 fn a_reload_keeps_upstream_connections_unless_the_backend_settings_change() {
-    let backend = start_backend("pooled");
+    let backend = Backend::with_mode("pooled", Mode::Echo);
     let addresses = [backend.addr()];
     // One worker: one upstream pool, so one keep-alive upstream connection serves everything.
     let one_worker = |yaml: String| yaml.replacen("workers: 2", "workers: 1", 1);
@@ -1108,7 +830,7 @@ fn retry_config(good: SocketAddr, dead: SocketAddr, attempts: u32) -> String {
 
 #[test]
 fn retries_hide_connect_failures() {
-    let good = start_backend("good");
+    let good = Backend::with_mode("good", Mode::Echo);
     let dead = closed_port();
     let proxy = Proxy::start(&retry_config(good.addr(), dead, 2));
     let mut client = Client::connect(proxy.addr);
@@ -1136,8 +858,8 @@ fn retries_hide_connect_failures() {
 
 #[test]
 fn retries_repeat_idempotent_requests_only() {
-    let good = start_backend("good");
-    let reset = TestBackend::start("reset", Mode::Reset);
+    let good = Backend::with_mode("good", Mode::Echo);
+    let reset = Backend::with_mode("reset", Mode::Reset);
     let yaml = config(&format!(
         "backends:\n{}virtual_hosts:\n  - {{name: all, domains: [\"*\"], routes: [{{backend: pool}}]}}\n",
         group(
@@ -1174,11 +896,11 @@ fn retries_repeat_idempotent_requests_only() {
 
 #[test]
 fn upstream_failures_become_clear_errors_for_that_request_only() {
-    let good = start_backend("good");
-    let unready = start_backend("unready");
-    let hang = TestBackend::start("hang", Mode::Hang);
-    let reset = TestBackend::start("reset", Mode::Reset);
-    let garbage = TestBackend::start("garbage", Mode::Garbage);
+    let good = Backend::with_mode("good", Mode::Echo);
+    let unready = Backend::with_mode("unready", Mode::Echo);
+    let hang = Backend::with_mode("hang", Mode::Hang);
+    let reset = Backend::with_mode("reset", Mode::Reset);
+    let garbage = Backend::with_mode("garbage", Mode::Garbage);
     let (dead_a, dead_b) = (closed_port(), closed_port());
     let yaml = format!(
         "backends:
@@ -1259,9 +981,9 @@ fn upstream_failures_become_clear_errors_for_that_request_only() {
 
 #[test]
 fn configuration_swap_moves_routes_and_spares_requests_in_flight() {
-    let old = start_backend("old");
-    let new = start_backend("new");
-    let slow = TestBackend::start("slow", Mode::Hold);
+    let old = Backend::with_mode("old", Mode::Echo);
+    let new = Backend::with_mode("new", Mode::Echo);
+    let slow = Backend::with_mode("slow", Mode::Hold);
     let before = format!(
         "backends:\n{}{}virtual_hosts:
   - name: all

@@ -7,14 +7,13 @@
 //!
 //! Certificates are made with rcgen and clients set up by the harness (`lb_tests::tls`). Clients are rustls (sync), hyper over tokio-rustls
 //! (HTTP/2), and `curl` and `openssl s_client` (the test fails, naming the package, when one is missing).
-//! Backends are hyper servers on their own runtime, plain or TLS, that say who answered, which
+//! Backends are the harness's (`lb_tests::backend`), plain or TLS, that say who answered, which
 //! HTTP version they spoke and which `x-forwarded-proto` they saw.
 //!
 //! Handshake counters are process-wide, so every test takes [`serial`] and deltas are exact.
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -27,11 +26,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::{body::Incoming, service::service_fn};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_tests::{
+    backend::{Backend, Mode},
     free_port,
     http::{Client, HttpResponse},
     sluice::{Proxy, with_listener},
@@ -43,7 +42,7 @@ use lb_tests::{
     wait_for,
 };
 use rustls::{
-    ClientConfig, ClientConnection, HandshakeKind, NamedGroup, ServerConfig,
+    ClientConfig, ClientConnection, HandshakeKind, NamedGroup,
     client::{
         ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue,
         Tls13ClientSessionValue,
@@ -82,91 +81,6 @@ fn https_get(
 ) -> anyhow::Result<HttpResponse> {
     let mut stream = connect(addr, sni, config)?;
     request(&mut stream, host, path, true)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backends: hyper, plain or TLS, on their own runtime thread
-// ---------------------------------------------------------------------------------------------
-
-struct TestBackend {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TestBackend {
-    /// Answers every request with 200, `x-backend: NAME`, `x-version` (the HTTP version it
-    /// spoke) and `x-seen-proto` (the `x-forwarded-proto` it got); over TLS when `tls` is set.
-    fn start(name: &str, tls: Option<Arc<ServerConfig>>) -> TestBackend {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicU64::new(0));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (name, counter) = (name.to_owned(), requests.clone());
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let (stream, _) = tokio::select! {
-                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                        _ = &mut stopped => return,
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let (name, counter, tls) = (name.clone(), counter.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request: Request<Incoming>| {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            let proto = request
-                                .headers()
-                                .get("x-forwarded-proto")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            let response = Response::builder()
-                                .header("x-backend", name.as_str())
-                                .header("x-version", format!("{:?}", request.version()))
-                                .header("x-seen-proto", proto)
-                                .body(Full::new(Bytes::from(format!("{name}\n"))))
-                                .unwrap();
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        match tls {
-                            Some(config) => {
-                                let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                                else {
-                                    return;
-                                };
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                            None => {
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                        }
-                    });
-                }
-            });
-        });
-        TestBackend { addr, requests, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,8 +206,8 @@ fn standard_body(certs: &Certs, backend: SocketAddr) -> String {
 fn sni_selects_exact_wildcard_and_default_certificates() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
+    let backend = Backend::with_mode("be", Mode::Name);
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr()));
     let any = client_config(ClientOptions::default());
     for (sni, expected, what) in [
         (Some("a.test"), &certs.a, "exact name"),
@@ -322,10 +236,10 @@ fn sni_selects_exact_wildcard_and_default_certificates() {
 fn unknown_sni_fails_the_handshake_when_the_listener_rejects() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let proxy = TlsProxy::start(
         "{default_certificate: default, unknown_sni: reject}",
-        &standard_body(&certs, backend.addr),
+        &standard_body(&certs, backend.addr()),
     );
     let any = client_config(ClientOptions::default());
     let before = failures();
@@ -349,8 +263,8 @@ fn unknown_sni_fails_the_handshake_when_the_listener_rejects() {
 fn alpn_h2_serves_http2_and_http1_stays_http1() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
+    let backend = Backend::with_mode("be", Mode::Name);
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr()));
     let h2 = client_config(ClientOptions {
         trust: Some(&certs.ca),
         alpn: &[b"h2", b"http/1.1"],
@@ -404,8 +318,8 @@ fn alpn_h2_serves_http2_and_http1_stays_http1() {
 fn sessions_resume_on_every_worker_and_across_reloads() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
-    let body = standard_body(&certs, backend.addr);
+    let backend = Backend::with_mode("be", Mode::Name);
+    let body = standard_body(&certs, backend.addr());
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
     let before = lb_userspace::tls::handshake_counts();
     for (what, tls12_only) in [("TLS 1.3", false), ("TLS 1.2", true)] {
@@ -487,8 +401,8 @@ impl ClientSessionStore for CountingTickets {
 fn a_full_handshake_issues_two_tickets_and_a_resumption_one() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
-    let body = standard_body(&certs, backend.addr);
+    let backend = Backend::with_mode("be", Mode::Name);
+    let body = standard_body(&certs, backend.addr());
     for settings in
         ["{default_certificate: default}", "{default_certificate: default, session_tickets: false}"]
     {
@@ -537,8 +451,8 @@ fn curl_and_openssl_see_the_right_certificate_and_h2() {
     let ca_file = dir.0.join("ca.pem");
     std::fs::write(&ca_file, certs.ca.pem()).unwrap();
     let ca_file = ca_file.to_str().unwrap().to_owned();
-    let backend = TestBackend::start("be", None);
-    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr));
+    let backend = Backend::with_mode("be", Mode::Name);
+    let proxy = TlsProxy::start("{default_certificate: default}", &standard_body(&certs, backend.addr()));
     let port = proxy.addr().port();
     for host in ["a.test", "x.wild.test"] {
         let resolve = format!("{host}:{port}:127.0.0.1");
@@ -681,7 +595,7 @@ fn rotating_a_certificate_under_load_fails_no_request() {
     let (cert_path, key_path) = (dir.0.join("a.crt"), dir.0.join("a.key"));
     write_pem(&cert_path, &certs.a.cert);
     write_pem(&key_path, &certs.a.key);
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let body = format!(
         "certificates:\n  - {{name: a, cert_path: {}, key_path: {}}}\n{}{}{}backends:\n{}",
         quoted(cert_path.to_str().unwrap()),
@@ -689,7 +603,7 @@ fn rotating_a_certificate_under_load_fails_no_request() {
         inline_certificate("wild", &certs.wild),
         inline_certificate("default", &certs.default),
         hosts(""),
-        backend_group("be", backend.addr, "")
+        backend_group("be", backend.addr(), "")
     );
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
 
@@ -739,7 +653,7 @@ fn a_broken_replacement_is_refused_and_the_old_certificate_keeps_serving() {
     let (cert_path, key_path) = (dir.0.join("site.crt"), dir.0.join("site.key"));
     write_pem(&cert_path, &certs.a.cert);
     write_pem(&key_path, &certs.a.key);
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let body = format!(
         "certificates:\n  - {{name: a, cert_path: {}, key_path: {}}}\n{}{}{}backends:\n{}",
         quoted(cert_path.to_str().unwrap()),
@@ -747,7 +661,7 @@ fn a_broken_replacement_is_refused_and_the_old_certificate_keeps_serving() {
         inline_certificate("wild", &certs.wild),
         inline_certificate("default", &certs.default),
         hosts(""),
-        backend_group("be", backend.addr, "")
+        backend_group("be", backend.addr(), "")
     );
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
     let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
@@ -810,7 +724,7 @@ fn the_file_provider_reloads_when_a_pem_file_changes() {
     let (cert_path, key_path) = (pem_dir.join("tls.crt"), pem_dir.join("tls.key"));
     write_pem(&cert_path, &certs.a.cert);
     write_pem(&key_path, &certs.a.key);
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let yaml = format!(
         "workers: 2
@@ -823,7 +737,7 @@ backends:
 {}",
         quoted(cert_path.to_str().unwrap()),
         quoted(key_path.to_str().unwrap()),
-        backend_group("be", backend.addr, "")
+        backend_group("be", backend.addr(), "")
     );
     let config_path = dir.0.join("sluice.yaml");
     std::fs::write(&config_path, yaml).unwrap();
@@ -924,14 +838,14 @@ fn client_certificates_are_required_for_mtls_hosts() {
     let clients = Ca::new("client CA");
     let strangers = Ca::new("stranger CA");
     let secure = certs.ca.leaf(&["secure.test"]);
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let body = format!(
         "{}{}{}  - {{name: secure, domains: [secure.test], tls: {{certificate: secure, client_ca_pem: {}}}, routes: [{{backend: be}}]}}\nbackends:\n{}",
         certs.yaml(),
         inline_certificate("secure", &secure),
         hosts(""),
         quoted(&clients.pem()),
-        backend_group("be", backend.addr, "")
+        backend_group("be", backend.addr(), "")
     );
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
     let good = clients.leaf(&[]);
@@ -1008,14 +922,14 @@ fn passthrough_splices_to_a_tls_backend_whose_certificate_the_client_sees() {
     let certs = Certs::new();
     let backend_ca = Ca::new("backend CA");
     let pass_leaf = backend_ca.leaf(&["pass.test"]);
-    let tls_backend = TestBackend::start("pass-server", Some(server_config(&pass_leaf)));
-    let backend = TestBackend::start("be", None);
+    let tls_backend = Backend::with_tls("pass-server", server_config(&pass_leaf));
+    let backend = Backend::with_mode("be", Mode::Name);
     let body = format!(
         "{}{}  - {{name: pass, domains: [pass.test], tls: {{passthrough: pass-be}}, routes: [{{backend: be}}]}}\nbackends:\n{}{}",
         certs.yaml(),
         hosts(""),
-        backend_group("be", backend.addr, ""),
-        backend_group("pass-be", tls_backend.addr, "")
+        backend_group("be", backend.addr(), ""),
+        backend_group("pass-be", tls_backend.addr(), "")
     );
     let proxy = TlsProxy::start("{default_certificate: default}", &body);
     let before = failures();
@@ -1067,9 +981,8 @@ fn backends_over_tls_verify_their_certificate_or_explicitly_skip() {
     let certs = Certs::new();
     let backend_ca = Ca::new("backend CA");
     let other_ca = Ca::new("other CA");
-    let tls_backend =
-        TestBackend::start("tls-server", Some(server_config(&backend_ca.leaf(&["backend.test"]))));
-    let addr = tls_backend.addr;
+    let tls_backend = Backend::with_tls("tls-server", server_config(&backend_ca.leaf(&["backend.test"])));
+    let addr = tls_backend.addr();
     let ca = quoted(&backend_ca.pem());
     let dir = TempDir::new();
     let ca_file = dir.0.join("backend-ca.pem");
@@ -1140,14 +1053,14 @@ backends:
 fn plain_http_is_redirected_for_tls_hosts_and_hsts_is_sent_over_https() {
     let _serial = serial();
     let certs = Certs::new();
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let proxy = TlsProxy::start(
         "{default_certificate: default}",
         &format!(
             "{}{}backends:\n{}",
             certs.yaml(),
             hosts(", hsts: {max_age_seconds: 600, include_subdomains: true}"),
-            backend_group("be", backend.addr, "")
+            backend_group("be", backend.addr(), "")
         ),
     );
     let port = proxy.addr().port();
@@ -1180,7 +1093,7 @@ fn plain_http_is_redirected_for_tls_hosts_and_hsts_is_sent_over_https() {
             "{}{}backends:\n{}",
             certs.yaml(),
             hosts(", redirect_http: false"),
-            backend_group("be", backend.addr, "")
+            backend_group("be", backend.addr(), "")
         ))
         .unwrap();
     let response = lb_tests::http::request(proxy.plain, "GET", "a.test", "/", &[]).unwrap();
@@ -1245,14 +1158,14 @@ fn bad_input_ends_only_its_own_handshake_with_the_right_alert_and_is_counted() {
     let clients = Ca::new("client CA");
     let strangers = Ca::new("stranger CA");
     let secure = certs.ca.leaf(&["secure.test"]);
-    let backend = TestBackend::start("be", None);
+    let backend = Backend::with_mode("be", Mode::Name);
     let body = format!(
         "{}{}{}  - {{name: secure, domains: [secure.test], tls: {{certificate: secure, client_ca_pem: {}}}, routes: [{{backend: be}}]}}\nbackends:\n{}",
         certs.yaml(),
         inline_certificate("secure", &secure),
         hosts(""),
         quoted(&clients.pem()),
-        backend_group("be", backend.addr, "")
+        backend_group("be", backend.addr(), "")
     );
     let proxy = TlsProxy::start("{default_certificate: default, unknown_sni: reject}", &body);
     let addr = proxy.addr();
@@ -1384,9 +1297,8 @@ fn active_health_checks_speak_tls_to_tls_backends() {
     let certs = Certs::new();
     let backend_ca = Ca::new("backend CA");
     let other_ca = Ca::new("other CA");
-    let tls_backend =
-        TestBackend::start("tls-server", Some(server_config(&backend_ca.leaf(&["backend.test"]))));
-    let addr = tls_backend.addr;
+    let tls_backend = Backend::with_tls("tls-server", server_config(&backend_ca.leaf(&["backend.test"])));
+    let addr = tls_backend.addr();
     let check = "health_check: {path: /healthz, interval_ms: 50, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 2}";
     let body = format!(
         "{}virtual_hosts:
