@@ -12,49 +12,6 @@ use lb_tests::backend::{BACKEND_HEADER, Backend};
 use lb_tests::http::{Client, HttpResponse};
 use lb_tests::sluice::Proxy;
 
-/// A GET with extra header lines, one connection each.
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    lb_tests::http::request(addr, "GET", "shop.test", path, headers).unwrap()
-}
-
-fn backends(n: usize) -> Vec<Backend> {
-    (0..n).map(|i| Backend::start(None, "127.0.0.1:0".parse().unwrap(), &format!("b{i}")).unwrap()).collect()
-}
-
-fn endpoints_yaml(backends: &[Backend], not_ready: Option<usize>) -> String {
-    backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("      - {{address: \"{}\", ready: {}}}\n", b.addr(), Some(i) != not_ready))
-        .collect()
-}
-
-fn cookie_config(backends: &[Backend], mode: &str, extra: &str, not_ready: Option<usize>) -> String {
-    format!(
-        r#"workers: 2
-affinity_key: "a key every node of the cluster shares"
-access_log: {{enabled: false}}
-listeners: [{{name: web, address: "{{listen}}"}}]
-virtual_hosts:
-  - {{name: shop, domains: ["*"], routes: [{{backend: shop}}]}}
-backends:
-  - name: shop
-    cookie_affinity: {{name: route, mode: {mode}{extra}}}
-    endpoints:
-{}"#,
-        endpoints_yaml(backends, not_ready)
-    )
-}
-
-/// The `name=value` of the Set-Cookie for cookie `route`.
-fn affinity_cookie(response: &HttpResponse) -> Option<String> {
-    response
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "set-cookie")
-        .find_map(|(_, v)| v.split(';').next().filter(|c| c.starts_with("route=")).map(str::to_owned))
-}
-
 #[test]
 fn one_cookie_one_backend_on_every_instance_and_tampering_is_replaced() {
     let pool = backends(3);
@@ -392,4 +349,51 @@ fn kubernetes_backend_group_names_are_pinned() {
     // The suffix is FNV-1a 32 of the settings' Debug text (provider/kube/translate.rs), so a
     // field added to the annotation settings changes it, and with it every such group's cookies.
     assert_eq!(names, ["default/web:80", "default/web:80~ef29e8c3"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A GET with extra header lines, one connection each.
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    lb_tests::http::request(addr, "GET", "shop.test", path, headers).unwrap()
+}
+
+fn backends(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| Backend::start(None, "127.0.0.1:0".parse().unwrap(), &format!("b{i}")).unwrap()).collect()
+}
+
+fn endpoints_yaml(backends: &[Backend], not_ready: Option<usize>) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("      - {{address: \"{}\", ready: {}}}\n", b.addr(), Some(i) != not_ready))
+        .collect()
+}
+
+fn cookie_config(backends: &[Backend], mode: &str, extra: &str, not_ready: Option<usize>) -> String {
+    format!(
+        r#"workers: 2
+affinity_key: "a key every node of the cluster shares"
+access_log: {{enabled: false}}
+listeners: [{{name: web, address: "{{listen}}"}}]
+virtual_hosts:
+  - {{name: shop, domains: ["*"], routes: [{{backend: shop}}]}}
+backends:
+  - name: shop
+    cookie_affinity: {{name: route, mode: {mode}{extra}}}
+    endpoints:
+{}"#,
+        endpoints_yaml(backends, not_ready)
+    )
+}
+
+/// The `name=value` of the Set-Cookie for cookie `route`.
+fn affinity_cookie(response: &HttpResponse) -> Option<String> {
+    response
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| v.split(';').next().filter(|c| c.starts_with("route=")).map(str::to_owned))
 }

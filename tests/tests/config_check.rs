@@ -30,43 +30,6 @@ use lb_userspace::{
     },
 };
 
-/// The workspace root: examples and docs paths are relative to it, and `sluice check` runs in
-/// it so that its messages name files the way a user would type them.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// The `.yaml` files directly in `dir` (relative to the root), sorted.
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
-        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "yaml"))
-        .map(|path| Path::new(dir).join(path.file_name().expect("a file name")))
-        .collect();
-    files.sort();
-    files
-}
-
-fn sluice_check(file: &Path) -> Output {
-    let binary = lb_tests::sluice_binary().unwrap_or_else(|e| panic!("{e}"));
-    Command::new(&binary)
-        .arg("check")
-        .arg(file)
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()))
-}
-
-fn load(file: &Path) -> Config {
-    Config::from_file(&root().join(file)).unwrap_or_else(|e| panic!("{} does not load:\n{e}", file.display()))
-}
-
-/// Panics with every collected failure at once, so one run shows all broken files.
-fn report(failures: Vec<String>) {
-    assert!(failures.is_empty(), "{} failure(s):\n\n{}", failures.len(), failures.join("\n\n"));
-}
-
 #[test]
 fn good_examples_pass_sluice_check() {
     let files = yaml_files("examples");
@@ -596,4 +559,45 @@ fn schema_errors(
         }
     }
     errors
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace root: examples and docs paths are relative to it, and `sluice check` runs in
+/// it so that its messages name files the way a user would type them.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `.yaml` files directly in `dir` (relative to the root), sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "yaml"))
+        .map(|path| Path::new(dir).join(path.file_name().expect("a file name")))
+        .collect();
+    files.sort();
+    files
+}
+
+fn sluice_check(file: &Path) -> Output {
+    let binary = lb_tests::sluice_binary().unwrap_or_else(|e| panic!("{e}"));
+    Command::new(&binary)
+        .arg("check")
+        .arg(file)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()))
+}
+
+fn load(file: &Path) -> Config {
+    Config::from_file(&root().join(file)).unwrap_or_else(|e| panic!("{} does not load:\n{e}", file.display()))
+}
+
+/// Panics with every collected failure at once, so one run shows all broken files.
+fn report(failures: Vec<String>) {
+    assert!(failures.is_empty(), "{} failure(s):\n\n{}", failures.len(), failures.join("\n\n"));
 }

@@ -58,6 +58,589 @@ use lb_userspace::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
+// ------------------------------------------------------------------------------------------------
+// The manifests as files
+
+#[test]
+fn every_manifest_parses_into_its_typed_object_and_every_file_is_installed() {
+    let deploy = deploy_dir();
+    let mut installed = BTreeSet::new();
+    let mut manifests = BTreeSet::new();
+    for file in yaml_files(&deploy) {
+        if file.file_name().is_some_and(|n| n == "kustomization.yaml") {
+            let resources =
+                kustomization_resources(&file).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+            installed.extend(resources);
+        } else {
+            manifests.insert(file.canonicalize().unwrap());
+        }
+    }
+    // Every YAML file under deploy/, installed or not, parses into its typed object.
+    let bundle = Bundle::from_files(&manifests.iter().cloned().collect::<Vec<_>>())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(deploy.join("kustomization.yaml").is_file(), "deploy/kustomization.yaml ties it together");
+    assert_eq!(installed, manifests, "every manifest is in a kustomization, and only manifests are");
+    let kinds: BTreeSet<&str> = bundle.objects.iter().map(|(_, v, _)| v["kind"].as_str().unwrap()).collect();
+    let expected: BTreeSet<&str> = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "IngressClass",
+        "ConfigMap",
+        "DaemonSet",
+    ]
+    .into();
+    assert_eq!(kinds, expected);
+    // No two objects of the same kind and name.
+    assert_eq!(bundle.by_key().len(), bundle.objects.len(), "duplicate objects");
+}
+
+#[test]
+fn unknown_kinds_misspelt_fields_and_wrong_versions_are_refused() {
+    let err = Bundle::from_text("apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n", "t").unwrap_err();
+    assert!(format!("{err:#}").contains("unknown kind \"Frobnicator\""), "{err:#}");
+    // A real kind this suite does not check is refused too.
+    let err =
+        Bundle::from_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "t").unwrap_err();
+    assert!(format!("{err:#}").contains("unknown kind \"Deployment\""), "{err:#}");
+    let daemonset = std::fs::read_to_string(deploy_dir().join("base/daemonset.yaml")).unwrap();
+    Bundle::from_text(&daemonset, "daemonset.yaml").unwrap();
+    let misspelt = daemonset.replace("serviceAccountName:", "serviceAcountName:");
+    let err = Bundle::from_text(&misspelt, "t").unwrap_err();
+    assert!(format!("{err:#}").contains("serviceAcountName"), "{err:#}");
+    let misplaced =
+        daemonset.replace("      hostNetwork: true", "      hostNetwork: true\n      readOnly: true");
+    assert!(Bundle::from_text(&misplaced, "t").is_err());
+    let old = daemonset.replace("apiVersion: apps/v1", "apiVersion: extensions/v1beta1");
+    assert!(Bundle::from_text(&old, "t").is_err());
+}
+
+#[test]
+fn rbac_grants_exactly_the_permissions_listed_in_the_code() {
+    check_rbac(&base_bundle()).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The RBAC check fails on one verb too many, one too few, a wildcard, or the Role elsewhere.
+#[test]
+fn the_rbac_check_refuses_an_extra_verb_a_missing_one_and_wildcards() {
+    fn with_cluster_role(change: impl Fn(&mut ClusterRole)) -> anyhow::Result<()> {
+        let mut bundle = base_bundle();
+        for (_, _, object) in &mut bundle.objects {
+            if let Object::ClusterRole(role) = object {
+                change(role);
+            }
+        }
+        check_rbac(&bundle)
+    }
+    let err = with_cluster_role(|r| r.rules.as_mut().unwrap()[0].verbs.push("delete".into())).unwrap_err();
+    assert!(err.to_string().contains("Cluster: delete networking.k8s.io/ingressclasses"), "{err}");
+    let err = with_cluster_role(|r| {
+        for rule in r.rules.as_mut().unwrap() {
+            rule.verbs.retain(|v| v != "patch");
+        }
+        r.rules.as_mut().unwrap().retain(|rule| !rule.verbs.is_empty());
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("Cluster: patch networking.k8s.io/ingresses/status"), "{err}");
+    let err =
+        with_cluster_role(|r| r.rules.as_mut().unwrap()[0].resources = Some(vec!["*".into()])).unwrap_err();
+    assert!(err.to_string().contains("wildcard"), "{err}");
+    // The Lease rules granted cluster-wide instead of in the Lease namespace.
+    let mut bundle = base_bundle();
+    let lease_rules = bundle.role().unwrap().rules.clone().unwrap();
+    for (_, _, object) in &mut bundle.objects {
+        if let Object::ClusterRole(role) = object {
+            role.rules.as_mut().unwrap().extend(lease_rules.clone());
+        }
+    }
+    assert!(check_rbac(&bundle).is_err());
+}
+
+#[test]
+fn the_daemonset_runs_sluice_as_the_manifests_assume() {
+    let bundle = base_bundle();
+    check_daemonset(&bundle).unwrap_or_else(|e| panic!("{e:#}"));
+    check_privileged(&bundle).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The DaemonSet check fails on a probe on another port or path, an argument `sluice run` does
+/// not know, a grace period shorter than the drain, or bpffs not mounted.
+#[test]
+fn the_daemonset_check_refuses_what_would_break_on_a_node() {
+    fn with_daemonset(change: impl Fn(&mut DaemonSet)) -> String {
+        let mut bundle = base_bundle();
+        for (_, _, object) in &mut bundle.objects {
+            if let Object::DaemonSet(daemonset) = object {
+                change(daemonset);
+            }
+        }
+        format!("{:#}", check_daemonset(&bundle).unwrap_err())
+    }
+    fn first(daemonset: &mut DaemonSet) -> &mut Container {
+        &mut daemonset.spec.template.spec.as_mut().unwrap().containers[0]
+    }
+    let err = with_daemonset(|d| {
+        first(d).readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().port = IntOrString::Int(9902)
+    });
+    assert!(err.contains("not the admin port"), "{err}");
+    let err = with_daemonset(|d| {
+        first(d).liveness_probe.as_mut().unwrap().http_get.as_mut().unwrap().path = Some("/health".into())
+    });
+    assert!(err.contains("/health"), "{err}");
+    let err = with_daemonset(|d| first(d).args.as_mut().unwrap().push("--turbo".into()));
+    assert!(err.contains("--turbo"), "{err}");
+    let err = with_daemonset(|d| {
+        d.spec.template.spec.as_mut().unwrap().termination_grace_period_seconds = Some(30)
+    });
+    assert!(err.contains("terminationGracePeriodSeconds"), "{err}");
+    let err = with_daemonset(|d| {
+        first(d).volume_mounts.as_mut().unwrap().retain(|m| m.mount_path != "/sys/fs/bpf")
+    });
+    assert!(err.contains("/sys/fs/bpf"), "{err}");
+}
+
+/// The ConfigMap's configuration is what `sluice check` would accept, and keeps the admin server
+/// (which exposes the configuration) on loopback.
+#[test]
+fn the_configmap_holds_a_valid_base_configuration() {
+    let bundle = base_bundle();
+    let daemonset = bundle.daemonset().unwrap();
+    let env = container_env(daemonset, "p", "n").unwrap();
+    let args = run_args(&command_line(daemonset, &env).unwrap()).unwrap();
+    let (yaml, config) = mounted_config(&bundle, &args).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(config.admin.as_ref().unwrap().address.ip().is_loopback(), "admin on loopback");
+    assert!(config.affinity_key.is_none() && !yaml.contains("affinity_key:"), "no secret in a ConfigMap");
+    assert!(config.virtual_hosts.is_empty() && config.backends.is_empty(), "routes come from Ingresses");
+    let ports: BTreeSet<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
+    assert_eq!(ports, BTreeSet::from([80, 443]));
+    assert!(config.listeners.iter().any(|l| l.tls.is_some()), "a TLS listener for Ingress TLS");
+    // The declared container ports are the listeners'.
+    let declared: BTreeSet<u16> = container(daemonset)
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| u16::try_from(p.container_port).unwrap())
+        .collect();
+    assert_eq!(declared, ports);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The real binary, with the DaemonSet's command line, against the fake API server
+
+/// The status code of `GET path` (HTTP/1.1, one connection).
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A request to the API server as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Access {
+    group: String,
+    resource: String,
+    verb: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Reads method, path and query the way the API server's authorizer does.
+fn access_of(method: &str, path: &str, query: &str) -> anyhow::Result<Access> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => bail!("not a resource request: {method} {path}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some((*namespace).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let (resource, name) = match rest {
+        [plural] => ((*plural).to_owned(), None),
+        [plural, name] => ((*plural).to_owned(), Some((*name).to_owned())),
+        [plural, name, sub] => (format!("{plural}/{sub}"), Some((*name).to_owned())),
+        _ => bail!("unexpected path {path}"),
+    };
+    let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (method, &name) {
+        ("GET", None) if watch => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) if watch => "watch",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", None) => "deletecollection",
+        ("DELETE", Some(_)) => "delete",
+        _ => bail!("unexpected method {method} {path}"),
+    };
+    Ok(Access { group, resource, verb: verb.to_owned(), namespace, name })
+}
+
+/// The entry of `PERMISSIONS` that allows a request, if any.
+fn permission_for(access: &Access, lease_namespace: &str) -> Option<&'static Permission> {
+    PERMISSIONS.iter().find(|p| {
+        p.group == access.group
+            && p.resource() == access.resource
+            && Verb::parse(&access.verb) == Some(p.verb)
+            && (p.names.is_empty() || access.name.as_deref().is_some_and(|n| p.names.contains(&n)))
+            && match p.scope {
+                Scope::Cluster => true,
+                Scope::LeaseNamespace => access.namespace.as_deref() == Some(lease_namespace),
+            }
+    })
+}
+
+#[test]
+fn access_is_read_as_the_authorizer_reads_it() {
+    let access = |m, p, q| access_of(m, p, q).unwrap();
+    let watch = access("GET", "/apis/networking.k8s.io/v1/ingresses", "allowWatchBookmarks=true&watch=true");
+    assert_eq!((watch.resource.as_str(), watch.verb.as_str(), watch.namespace), ("ingresses", "watch", None));
+    assert_eq!(
+        access("GET", "/api/v1/secrets", "fieldSelector=type%3Dkubernetes.io%2Ftls&limit=500").verb,
+        "list"
+    );
+    let status = access("PATCH", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status", "");
+    assert_eq!((status.resource.as_str(), status.verb.as_str()), ("ingresses/status", "patch"));
+    let node = access("GET", "/api/v1/nodes/node-a", "");
+    assert_eq!((node.group.as_str(), node.resource.as_str(), node.verb.as_str()), ("", "nodes", "get"));
+    let lease = access("PUT", "/apis/coordination.k8s.io/v1/namespaces/sluice/leases/sluice-leader", "");
+    assert!(permission_for(&lease, "sluice").is_some());
+    assert!(permission_for(&lease, "default").is_none(), "the Role is in the Lease namespace only");
+    let other = access("PUT", "/apis/coordination.k8s.io/v1/namespaces/sluice/leases/other", "");
+    assert!(permission_for(&other, "sluice").is_none(), "get and update only on sluice-leader");
+    assert!(permission_for(&access("DELETE", "/api/v1/namespaces/a/secrets/b", ""), "sluice").is_none());
+    assert!(access_of("GET", "/version", "").is_err());
+}
+
+/// `sluice` started with the DaemonSet's own command line and environment (only the
+/// configuration's addresses moved to free loopback ports, XDP off and a kubeconfig for the
+/// fake API server) answers its probes, elects itself, writes the Ingress status from its
+/// node's addresses, renews and releases its Lease, and in all that requests only what
+/// `PERMISSIONS` lists, using every entry of it.
+#[test]
+fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permissions() {
+    let bundle = base_bundle();
+    let daemonset = bundle.daemonset().unwrap();
+    let pod_name = "sluice-x7k2p";
+    let node_name = "node-a";
+    let env = container_env(daemonset, pod_name, node_name).unwrap();
+    let argv = command_line(daemonset, &env).unwrap();
+    let args = run_args(&argv).unwrap();
+    let lease_namespace = lease_namespace(&args, &env);
+    let (yaml, _) = mounted_config(&bundle, &args).unwrap();
+
+    // The ConfigMap's configuration, on free loopback ports.
+    let temp = TempDir::new();
+    let dir = temp.0.as_path();
+    let mut config: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).unwrap();
+    for listener in config["listeners"].as_array_mut().unwrap() {
+        listener["address"] = format!("127.0.0.1:{}", free_port()).into();
+    }
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    config["admin"]["address"] = admin.to_string().into();
+    let config_path = dir.join("base.yaml");
+    std::fs::write(&config_path, serde_saphyr::to_string(&config).unwrap()).unwrap();
+
+    let kube = FakeKube::start().unwrap();
+    let class = bundle.ingress_class().unwrap().metadata.name.clone().unwrap();
+    kube.apply(ingress_class(&class, CONTROLLER, false));
+    kube.apply(service("default", "web", 80, 8080));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        8080,
+        &[SliceEndpoint::ready("192.0.2.50")],
+    ));
+    kube.apply(ingress("default", "web", &class, "app.example.com", "/", "web", 80));
+    kube.apply(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node_name},
+        "status": {"addresses": [
+            {"type": "Hostname", "address": node_name},
+            {"type": "InternalIP", "address": "192.0.2.10"},
+        ]},
+    }));
+    let kubeconfig = kube.write_kubeconfig(dir).unwrap();
+
+    let binary = sluice_binary().unwrap();
+    let mut command = Command::new(&binary);
+    for arg in &argv[1..] {
+        if arg.starts_with("--config=") {
+            command.arg(format!("--config={}", config_path.display()));
+        } else {
+            command.arg(arg);
+        }
+    }
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--no-xdp")
+        // Renewals every second instead of every five.
+        .arg("--lease-duration-seconds=3")
+        .env_clear()
+        .envs(&env);
+    let mut child = ChildGuard::spawn(command).unwrap();
+
+    // The probes, on the paths and port the DaemonSet declares (moved to the test's admin port).
+    let container = container(daemonset).unwrap();
+    let (_, liveness, _) = http_get_probe(container.liveness_probe.as_ref(), "liveness").unwrap();
+    let (_, readiness, _) = http_get_probe(container.readiness_probe.as_ref(), "readiness").unwrap();
+    wait_for(Duration::from_secs(20), "the readiness probe to pass", || {
+        assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
+        (http_status(admin, &readiness) == Some(200)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    assert_eq!(http_status(admin, &liveness), Some(200), "the liveness probe");
+    assert_eq!(http_status(admin, "/no-such-path"), Some(404), "the admin server tells paths apart");
+
+    // Leader: status from the node's address, then at least one renewal.
+    wait_for(Duration::from_secs(20), "the Ingress status", || {
+        let ingress = kube.get("networking.k8s.io/v1", "Ingress", "default", "web")?;
+        (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.10").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    wait_for(Duration::from_secs(10), "a Lease renewal", || {
+        (kube.count_requests("PUT", "/leases/sluice-leader") > 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    let lease = kube.get("coordination.k8s.io/v1", "Lease", &lease_namespace, "sluice-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], pod_name, "the pod name is the identity");
+    let (status, output) = child.terminate(Duration::from_secs(40)).unwrap();
+    assert!(status.success(), "{status}\n{output}");
+    assert!(output.contains("leadership released"), "{output}");
+
+    let mut unlisted = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for request in kube.requests() {
+        let access = access_of(&request.method, &request.path, &request.query)
+            .unwrap_or_else(|e| panic!("{e}\n{request:?}"));
+        let group = if access.group.is_empty() { "core" } else { access.group.as_str() };
+        *seen.entry(format!("{} {group}/{}", access.verb, access.resource)).or_default() += 1;
+        match permission_for(&access, &lease_namespace) {
+            Some(permission) => {
+                used.insert(*permission);
+            }
+            None => {
+                unlisted.insert(access);
+            }
+        }
+    }
+    eprintln!("requests made, by verb and resource: {seen:#?}");
+    assert!(unlisted.is_empty(), "requests outside rbac::PERMISSIONS:\n{unlisted:#?}");
+    let unused: Vec<&Permission> = PERMISSIONS.iter().filter(|p| !used.contains(*p)).collect();
+    assert!(unused.is_empty(), "listed (and granted) but never requested:\n{unused:#?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// kustomize
+
+fn kubectl_version(kubectl: &Path) -> String {
+    Command::new(kubectl)
+        .args(["version", "--client"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_else(|e| format!("kubectl version: {e}"))
+}
+
+fn kustomize(kubectl: &Path, dir: &Path) -> Bundle {
+    let output = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed:\n{}\n({}; deploy/ needs kubectl 1.21 or later, whose kustomize (v4+) \
+         takes directories in `resources:` and `patches:`; Debian bookworm's kubernetes-client is 1.20)",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr),
+        kubectl_version(kubectl)
+    );
+    let origin = format!("kubectl kustomize {}", dir.strip_prefix(root()).unwrap_or(dir).display());
+    Bundle::from_text(&String::from_utf8(output.stdout).unwrap(), &origin).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn without_security_context(
+    objects: &BTreeMap<(String, String, String), Value>,
+) -> BTreeMap<(String, String, String), Value> {
+    let mut objects = objects.clone();
+    for value in objects.values_mut() {
+        if value["kind"] == "DaemonSet" {
+            for container in value["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap() {
+                container.as_object_mut().unwrap().remove("securityContext");
+            }
+        }
+    }
+    objects
+}
+
+#[test]
+fn kustomize_renders_the_base_and_the_least_privilege_overlay() {
+    let kubectl = lb_tests::required_tool("kubectl", "kubernetes-client");
+    let files = base_bundle();
+    let base = kustomize(&kubectl, &deploy_dir());
+    assert_eq!(base.by_key(), files.by_key(), "deploy/ renders the manifests unchanged");
+    check_rbac(&base).unwrap_or_else(|e| panic!("{e:#}"));
+    check_daemonset(&base).unwrap_or_else(|e| panic!("{e:#}"));
+    check_privileged(&base).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let overlay = kustomize(&kubectl, &deploy_dir().join("overlays/least-privilege"));
+    check_rbac(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
+    check_daemonset(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
+    check_least_privilege(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(check_privileged(&overlay).is_err());
+    assert!(check_least_privilege(&base).is_err());
+    assert_eq!(
+        without_security_context(&overlay.by_key()),
+        without_security_context(&base.by_key()),
+        "the overlay changes only the container's security context"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// The image and the docs
+
+/// Dockerfile instructions, continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                if !current.trim().is_empty() {
+                    out.push(current.split_whitespace().collect::<Vec<_>>().join(" "));
+                }
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_the_binary_the_daemonset_runs() {
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let steps = instructions(&dockerfile);
+    let stages: Vec<&String> = steps.iter().filter(|s| s.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "a builder and a runtime: {stages:?}");
+    assert!(stages[0].starts_with("FROM debian:") && stages[0].ends_with(" AS builder"), "{}", stages[0]);
+    assert!(stages[1].starts_with("FROM debian:") && stages[1].ends_with("-slim"), "{}", stages[1]);
+    let runtime_at = steps.iter().position(|s| s == stages[1]).unwrap();
+    let (builder, runtime) = steps.split_at(runtime_at);
+    let builder = builder.join("\n");
+    for needed in
+        ["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev", "rust-src", "rustup", "nightly"]
+    {
+        assert!(builder.contains(needed), "the builder installs {needed}");
+    }
+    assert!(builder.contains("cargo build --release --locked -p lb-userspace"), "builds the sluice binary");
+    // bpf-linker exactly as the project's installer builds it (against LLVM 22).
+    let installer = std::fs::read_to_string(root().join("xtask/src/prereqs.rs")).unwrap();
+    let (_, args) =
+        installer.split_once("const BPF_LINKER_ARGS").expect("the installer's bpf-linker arguments");
+    let args = &args[..args.find("];").unwrap()];
+    let words: Vec<&str> = args.split('"').skip(1).step_by(2).collect();
+    assert!(words.starts_with(&["install", "bpf-linker"]), "{words:?}");
+    let docker_install = builder.lines().find(|l| l.contains("cargo install bpf-linker")).unwrap();
+    for word in words.into_iter().filter(|w| *w != "--force") {
+        assert!(
+            docker_install.contains(word),
+            "{word:?} of the installer's bpf-linker install is missing: {docker_install}"
+        );
+    }
+    // The runtime: the binary where the DaemonSet's command expects it.
+    let bundle = base_bundle();
+    let command = container(bundle.daemonset().unwrap()).unwrap().command.clone().unwrap();
+    let runtime = runtime.join("\n");
+    assert!(runtime.contains(&format!("COPY --from=builder /out/sluice {}", command[0])), "{runtime}");
+    assert!(runtime.contains(&format!("ENTRYPOINT [\"{}\"]", command[0])), "{runtime}");
+    assert!(!runtime.contains("RUN "), "nothing is built or installed in the runtime image");
+    // The build command in its header tags the image the DaemonSet names.
+    let image = container(bundle.daemonset().unwrap()).unwrap().image.clone().unwrap();
+    assert!(dockerfile.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")), "{image}");
+    assert!(deploy_dir().join("Dockerfile.dockerignore").is_file(), "the build context leaves target/ out");
+}
+
+/// docs/INSTALL.md covers install, upgrade, uninstall and the migration from ingress-nginx, and
+/// names every annotation docs/KUBERNETES.md documents.
+#[test]
+fn the_install_guide_covers_the_lifecycle_and_every_documented_annotation() {
+    let install = std::fs::read_to_string(root().join("docs/INSTALL.md")).unwrap();
+    for heading in [
+        "## Install",
+        "## Upgrade",
+        "## Uninstall",
+        "## Migrating from ingress-nginx",
+        "## Building the image",
+    ] {
+        assert!(install.contains(heading), "docs/INSTALL.md has {heading:?}");
+    }
+    let kubernetes = std::fs::read_to_string(root().join("docs/KUBERNETES.md")).unwrap();
+    let section = kubernetes.split("## Annotations").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut annotations = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let first = without_values(row.split(" | ").next().unwrap());
+        let mut last = String::new();
+        for name in first.split('`').skip(1).step_by(2) {
+            // `affinity: cookie` is the annotation `affinity`.
+            let name = name.split(':').next().unwrap().trim();
+            let name = match name.strip_prefix('-') {
+                // `session-cookie-name`, `-path`: another `session-cookie-` name.
+                Some(suffix) if last.starts_with("session-cookie-") => format!("session-cookie-{suffix}"),
+                // `permanent-redirect` (+ `-code`): the name with a suffix.
+                Some(_) => format!("{last}{name}"),
+                None => {
+                    last = name.to_owned();
+                    name.to_owned()
+                }
+            };
+            annotations.insert(name);
+        }
+    }
+    assert!(annotations.len() > 40, "{annotations:?}");
+    let missing: Vec<&String> = annotations.iter().filter(|a| !install.contains(&format!("`{a}`"))).collect();
+    assert!(missing.is_empty(), "docs/INSTALL.md does not mention {missing:?}");
+}
+
+/// A table cell without its parenthesized values (`canary-by-header` (`always`/`never`)), but
+/// with its additions (`permanent-redirect` (+ `-code`)).
+fn without_values(cell: &str) -> String {
+    let mut out = String::new();
+    let mut rest = cell;
+    while let Some(open) = rest.find('(') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find(')').map_or(rest.len(), |c| open + c);
+        let inner = &rest[open + 1..close];
+        if inner.starts_with('+') {
+            out.push_str(inner);
+        }
+        rest = rest.get(close + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
 /// The capabilities the least-privilege overlay grants instead of a privileged container.
 const LEAST_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE", "NET_BIND_SERVICE"];
 /// The leader gives the status writer this long to release its Lease before the node drains
@@ -720,583 +1303,4 @@ fn check_least_privilege(bundle: &Bundle) -> anyhow::Result<()> {
     let wanted: BTreeSet<String> = LEAST_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
     ensure!(added == wanted, "capabilities {added:?}, expected {wanted:?}");
     Ok(())
-}
-
-// ------------------------------------------------------------------------------------------------
-// The manifests as files
-
-#[test]
-fn every_manifest_parses_into_its_typed_object_and_every_file_is_installed() {
-    let deploy = deploy_dir();
-    let mut installed = BTreeSet::new();
-    let mut manifests = BTreeSet::new();
-    for file in yaml_files(&deploy) {
-        if file.file_name().is_some_and(|n| n == "kustomization.yaml") {
-            let resources =
-                kustomization_resources(&file).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
-            installed.extend(resources);
-        } else {
-            manifests.insert(file.canonicalize().unwrap());
-        }
-    }
-    // Every YAML file under deploy/, installed or not, parses into its typed object.
-    let bundle = Bundle::from_files(&manifests.iter().cloned().collect::<Vec<_>>())
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(deploy.join("kustomization.yaml").is_file(), "deploy/kustomization.yaml ties it together");
-    assert_eq!(installed, manifests, "every manifest is in a kustomization, and only manifests are");
-    let kinds: BTreeSet<&str> = bundle.objects.iter().map(|(_, v, _)| v["kind"].as_str().unwrap()).collect();
-    let expected: BTreeSet<&str> = [
-        "Namespace",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "IngressClass",
-        "ConfigMap",
-        "DaemonSet",
-    ]
-    .into();
-    assert_eq!(kinds, expected);
-    // No two objects of the same kind and name.
-    assert_eq!(bundle.by_key().len(), bundle.objects.len(), "duplicate objects");
-}
-
-#[test]
-fn unknown_kinds_misspelt_fields_and_wrong_versions_are_refused() {
-    let err = Bundle::from_text("apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n", "t").unwrap_err();
-    assert!(format!("{err:#}").contains("unknown kind \"Frobnicator\""), "{err:#}");
-    // A real kind this suite does not check is refused too.
-    let err =
-        Bundle::from_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "t").unwrap_err();
-    assert!(format!("{err:#}").contains("unknown kind \"Deployment\""), "{err:#}");
-    let daemonset = std::fs::read_to_string(deploy_dir().join("base/daemonset.yaml")).unwrap();
-    Bundle::from_text(&daemonset, "daemonset.yaml").unwrap();
-    let misspelt = daemonset.replace("serviceAccountName:", "serviceAcountName:");
-    let err = Bundle::from_text(&misspelt, "t").unwrap_err();
-    assert!(format!("{err:#}").contains("serviceAcountName"), "{err:#}");
-    let misplaced =
-        daemonset.replace("      hostNetwork: true", "      hostNetwork: true\n      readOnly: true");
-    assert!(Bundle::from_text(&misplaced, "t").is_err());
-    let old = daemonset.replace("apiVersion: apps/v1", "apiVersion: extensions/v1beta1");
-    assert!(Bundle::from_text(&old, "t").is_err());
-}
-
-#[test]
-fn rbac_grants_exactly_the_permissions_listed_in_the_code() {
-    check_rbac(&base_bundle()).unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// The RBAC check fails on one verb too many, one too few, a wildcard, or the Role elsewhere.
-#[test]
-fn the_rbac_check_refuses_an_extra_verb_a_missing_one_and_wildcards() {
-    fn with_cluster_role(change: impl Fn(&mut ClusterRole)) -> anyhow::Result<()> {
-        let mut bundle = base_bundle();
-        for (_, _, object) in &mut bundle.objects {
-            if let Object::ClusterRole(role) = object {
-                change(role);
-            }
-        }
-        check_rbac(&bundle)
-    }
-    let err = with_cluster_role(|r| r.rules.as_mut().unwrap()[0].verbs.push("delete".into())).unwrap_err();
-    assert!(err.to_string().contains("Cluster: delete networking.k8s.io/ingressclasses"), "{err}");
-    let err = with_cluster_role(|r| {
-        for rule in r.rules.as_mut().unwrap() {
-            rule.verbs.retain(|v| v != "patch");
-        }
-        r.rules.as_mut().unwrap().retain(|rule| !rule.verbs.is_empty());
-    })
-    .unwrap_err();
-    assert!(err.to_string().contains("Cluster: patch networking.k8s.io/ingresses/status"), "{err}");
-    let err =
-        with_cluster_role(|r| r.rules.as_mut().unwrap()[0].resources = Some(vec!["*".into()])).unwrap_err();
-    assert!(err.to_string().contains("wildcard"), "{err}");
-    // The Lease rules granted cluster-wide instead of in the Lease namespace.
-    let mut bundle = base_bundle();
-    let lease_rules = bundle.role().unwrap().rules.clone().unwrap();
-    for (_, _, object) in &mut bundle.objects {
-        if let Object::ClusterRole(role) = object {
-            role.rules.as_mut().unwrap().extend(lease_rules.clone());
-        }
-    }
-    assert!(check_rbac(&bundle).is_err());
-}
-
-#[test]
-fn the_daemonset_runs_sluice_as_the_manifests_assume() {
-    let bundle = base_bundle();
-    check_daemonset(&bundle).unwrap_or_else(|e| panic!("{e:#}"));
-    check_privileged(&bundle).unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// The DaemonSet check fails on a probe on another port or path, an argument `sluice run` does
-/// not know, a grace period shorter than the drain, or bpffs not mounted.
-#[test]
-fn the_daemonset_check_refuses_what_would_break_on_a_node() {
-    fn with_daemonset(change: impl Fn(&mut DaemonSet)) -> String {
-        let mut bundle = base_bundle();
-        for (_, _, object) in &mut bundle.objects {
-            if let Object::DaemonSet(daemonset) = object {
-                change(daemonset);
-            }
-        }
-        format!("{:#}", check_daemonset(&bundle).unwrap_err())
-    }
-    fn first(daemonset: &mut DaemonSet) -> &mut Container {
-        &mut daemonset.spec.template.spec.as_mut().unwrap().containers[0]
-    }
-    let err = with_daemonset(|d| {
-        first(d).readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().port = IntOrString::Int(9902)
-    });
-    assert!(err.contains("not the admin port"), "{err}");
-    let err = with_daemonset(|d| {
-        first(d).liveness_probe.as_mut().unwrap().http_get.as_mut().unwrap().path = Some("/health".into())
-    });
-    assert!(err.contains("/health"), "{err}");
-    let err = with_daemonset(|d| first(d).args.as_mut().unwrap().push("--turbo".into()));
-    assert!(err.contains("--turbo"), "{err}");
-    let err = with_daemonset(|d| {
-        d.spec.template.spec.as_mut().unwrap().termination_grace_period_seconds = Some(30)
-    });
-    assert!(err.contains("terminationGracePeriodSeconds"), "{err}");
-    let err = with_daemonset(|d| {
-        first(d).volume_mounts.as_mut().unwrap().retain(|m| m.mount_path != "/sys/fs/bpf")
-    });
-    assert!(err.contains("/sys/fs/bpf"), "{err}");
-}
-
-/// The ConfigMap's configuration is what `sluice check` would accept, and keeps the admin server
-/// (which exposes the configuration) on loopback.
-#[test]
-fn the_configmap_holds_a_valid_base_configuration() {
-    let bundle = base_bundle();
-    let daemonset = bundle.daemonset().unwrap();
-    let env = container_env(daemonset, "p", "n").unwrap();
-    let args = run_args(&command_line(daemonset, &env).unwrap()).unwrap();
-    let (yaml, config) = mounted_config(&bundle, &args).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(config.admin.as_ref().unwrap().address.ip().is_loopback(), "admin on loopback");
-    assert!(config.affinity_key.is_none() && !yaml.contains("affinity_key:"), "no secret in a ConfigMap");
-    assert!(config.virtual_hosts.is_empty() && config.backends.is_empty(), "routes come from Ingresses");
-    let ports: BTreeSet<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
-    assert_eq!(ports, BTreeSet::from([80, 443]));
-    assert!(config.listeners.iter().any(|l| l.tls.is_some()), "a TLS listener for Ingress TLS");
-    // The declared container ports are the listeners'.
-    let declared: BTreeSet<u16> = container(daemonset)
-        .unwrap()
-        .ports
-        .iter()
-        .flatten()
-        .map(|p| u16::try_from(p.container_port).unwrap())
-        .collect();
-    assert_eq!(declared, ports);
-}
-
-// ------------------------------------------------------------------------------------------------
-// The real binary, with the DaemonSet's command line, against the fake API server
-
-/// The status code of `GET path` (HTTP/1.1, one connection).
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A request to the API server as RBAC sees it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Access {
-    group: String,
-    resource: String,
-    verb: String,
-    namespace: Option<String>,
-    name: Option<String>,
-}
-
-/// Reads method, path and query the way the API server's authorizer does.
-fn access_of(method: &str, path: &str, query: &str) -> anyhow::Result<Access> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match segments.as_slice() {
-        ["api", "v1", rest @ ..] => (String::new(), rest),
-        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
-        _ => bail!("not a resource request: {method} {path}"),
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some((*namespace).to_owned()), rest),
-        _ => (None, rest),
-    };
-    let (resource, name) = match rest {
-        [plural] => ((*plural).to_owned(), None),
-        [plural, name] => ((*plural).to_owned(), Some((*name).to_owned())),
-        [plural, name, sub] => (format!("{plural}/{sub}"), Some((*name).to_owned())),
-        _ => bail!("unexpected path {path}"),
-    };
-    let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
-    let verb = match (method, &name) {
-        ("GET", None) if watch => "watch",
-        ("GET", None) => "list",
-        ("GET", Some(_)) if watch => "watch",
-        ("GET", Some(_)) => "get",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", None) => "deletecollection",
-        ("DELETE", Some(_)) => "delete",
-        _ => bail!("unexpected method {method} {path}"),
-    };
-    Ok(Access { group, resource, verb: verb.to_owned(), namespace, name })
-}
-
-/// The entry of `PERMISSIONS` that allows a request, if any.
-fn permission_for(access: &Access, lease_namespace: &str) -> Option<&'static Permission> {
-    PERMISSIONS.iter().find(|p| {
-        p.group == access.group
-            && p.resource() == access.resource
-            && Verb::parse(&access.verb) == Some(p.verb)
-            && (p.names.is_empty() || access.name.as_deref().is_some_and(|n| p.names.contains(&n)))
-            && match p.scope {
-                Scope::Cluster => true,
-                Scope::LeaseNamespace => access.namespace.as_deref() == Some(lease_namespace),
-            }
-    })
-}
-
-#[test]
-fn access_is_read_as_the_authorizer_reads_it() {
-    let access = |m, p, q| access_of(m, p, q).unwrap();
-    let watch = access("GET", "/apis/networking.k8s.io/v1/ingresses", "allowWatchBookmarks=true&watch=true");
-    assert_eq!((watch.resource.as_str(), watch.verb.as_str(), watch.namespace), ("ingresses", "watch", None));
-    assert_eq!(
-        access("GET", "/api/v1/secrets", "fieldSelector=type%3Dkubernetes.io%2Ftls&limit=500").verb,
-        "list"
-    );
-    let status = access("PATCH", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status", "");
-    assert_eq!((status.resource.as_str(), status.verb.as_str()), ("ingresses/status", "patch"));
-    let node = access("GET", "/api/v1/nodes/node-a", "");
-    assert_eq!((node.group.as_str(), node.resource.as_str(), node.verb.as_str()), ("", "nodes", "get"));
-    let lease = access("PUT", "/apis/coordination.k8s.io/v1/namespaces/sluice/leases/sluice-leader", "");
-    assert!(permission_for(&lease, "sluice").is_some());
-    assert!(permission_for(&lease, "default").is_none(), "the Role is in the Lease namespace only");
-    let other = access("PUT", "/apis/coordination.k8s.io/v1/namespaces/sluice/leases/other", "");
-    assert!(permission_for(&other, "sluice").is_none(), "get and update only on sluice-leader");
-    assert!(permission_for(&access("DELETE", "/api/v1/namespaces/a/secrets/b", ""), "sluice").is_none());
-    assert!(access_of("GET", "/version", "").is_err());
-}
-
-/// `sluice` started with the DaemonSet's own command line and environment (only the
-/// configuration's addresses moved to free loopback ports, XDP off and a kubeconfig for the
-/// fake API server) answers its probes, elects itself, writes the Ingress status from its
-/// node's addresses, renews and releases its Lease, and in all that requests only what
-/// `PERMISSIONS` lists, using every entry of it.
-#[test]
-fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permissions() {
-    let bundle = base_bundle();
-    let daemonset = bundle.daemonset().unwrap();
-    let pod_name = "sluice-x7k2p";
-    let node_name = "node-a";
-    let env = container_env(daemonset, pod_name, node_name).unwrap();
-    let argv = command_line(daemonset, &env).unwrap();
-    let args = run_args(&argv).unwrap();
-    let lease_namespace = lease_namespace(&args, &env);
-    let (yaml, _) = mounted_config(&bundle, &args).unwrap();
-
-    // The ConfigMap's configuration, on free loopback ports.
-    let temp = TempDir::new();
-    let dir = temp.0.as_path();
-    let mut config: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).unwrap();
-    for listener in config["listeners"].as_array_mut().unwrap() {
-        listener["address"] = format!("127.0.0.1:{}", free_port()).into();
-    }
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    config["admin"]["address"] = admin.to_string().into();
-    let config_path = dir.join("base.yaml");
-    std::fs::write(&config_path, serde_saphyr::to_string(&config).unwrap()).unwrap();
-
-    let kube = FakeKube::start().unwrap();
-    let class = bundle.ingress_class().unwrap().metadata.name.clone().unwrap();
-    kube.apply(ingress_class(&class, CONTROLLER, false));
-    kube.apply(service("default", "web", 80, 8080));
-    kube.apply(endpoint_slice(
-        "default",
-        "web-abc",
-        "web",
-        "IPv4",
-        8080,
-        &[SliceEndpoint::ready("192.0.2.50")],
-    ));
-    kube.apply(ingress("default", "web", &class, "app.example.com", "/", "web", 80));
-    kube.apply(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": node_name},
-        "status": {"addresses": [
-            {"type": "Hostname", "address": node_name},
-            {"type": "InternalIP", "address": "192.0.2.10"},
-        ]},
-    }));
-    let kubeconfig = kube.write_kubeconfig(dir).unwrap();
-
-    let binary = sluice_binary().unwrap();
-    let mut command = Command::new(&binary);
-    for arg in &argv[1..] {
-        if arg.starts_with("--config=") {
-            command.arg(format!("--config={}", config_path.display()));
-        } else {
-            command.arg(arg);
-        }
-    }
-    command
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--no-xdp")
-        // Renewals every second instead of every five.
-        .arg("--lease-duration-seconds=3")
-        .env_clear()
-        .envs(&env);
-    let mut child = ChildGuard::spawn(command).unwrap();
-
-    // The probes, on the paths and port the DaemonSet declares (moved to the test's admin port).
-    let container = container(daemonset).unwrap();
-    let (_, liveness, _) = http_get_probe(container.liveness_probe.as_ref(), "liveness").unwrap();
-    let (_, readiness, _) = http_get_probe(container.readiness_probe.as_ref(), "readiness").unwrap();
-    wait_for(Duration::from_secs(20), "the readiness probe to pass", || {
-        assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
-        (http_status(admin, &readiness) == Some(200)).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
-    assert_eq!(http_status(admin, &liveness), Some(200), "the liveness probe");
-    assert_eq!(http_status(admin, "/no-such-path"), Some(404), "the admin server tells paths apart");
-
-    // Leader: status from the node's address, then at least one renewal.
-    wait_for(Duration::from_secs(20), "the Ingress status", || {
-        let ingress = kube.get("networking.k8s.io/v1", "Ingress", "default", "web")?;
-        (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.10").then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
-    wait_for(Duration::from_secs(10), "a Lease renewal", || {
-        (kube.count_requests("PUT", "/leases/sluice-leader") > 0).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
-    let lease = kube.get("coordination.k8s.io/v1", "Lease", &lease_namespace, "sluice-leader").unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], pod_name, "the pod name is the identity");
-    let (status, output) = child.terminate(Duration::from_secs(40)).unwrap();
-    assert!(status.success(), "{status}\n{output}");
-    assert!(output.contains("leadership released"), "{output}");
-
-    let mut unlisted = BTreeSet::new();
-    let mut used = BTreeSet::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for request in kube.requests() {
-        let access = access_of(&request.method, &request.path, &request.query)
-            .unwrap_or_else(|e| panic!("{e}\n{request:?}"));
-        let group = if access.group.is_empty() { "core" } else { access.group.as_str() };
-        *seen.entry(format!("{} {group}/{}", access.verb, access.resource)).or_default() += 1;
-        match permission_for(&access, &lease_namespace) {
-            Some(permission) => {
-                used.insert(*permission);
-            }
-            None => {
-                unlisted.insert(access);
-            }
-        }
-    }
-    eprintln!("requests made, by verb and resource: {seen:#?}");
-    assert!(unlisted.is_empty(), "requests outside rbac::PERMISSIONS:\n{unlisted:#?}");
-    let unused: Vec<&Permission> = PERMISSIONS.iter().filter(|p| !used.contains(*p)).collect();
-    assert!(unused.is_empty(), "listed (and granted) but never requested:\n{unused:#?}");
-}
-
-// ------------------------------------------------------------------------------------------------
-// kustomize
-
-fn kubectl_version(kubectl: &Path) -> String {
-    Command::new(kubectl)
-        .args(["version", "--client"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
-        .unwrap_or_else(|e| format!("kubectl version: {e}"))
-}
-
-fn kustomize(kubectl: &Path, dir: &Path) -> Bundle {
-    let output = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {} failed:\n{}\n({}; deploy/ needs kubectl 1.21 or later, whose kustomize (v4+) \
-         takes directories in `resources:` and `patches:`; Debian bookworm's kubernetes-client is 1.20)",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr),
-        kubectl_version(kubectl)
-    );
-    let origin = format!("kubectl kustomize {}", dir.strip_prefix(root()).unwrap_or(dir).display());
-    Bundle::from_text(&String::from_utf8(output.stdout).unwrap(), &origin).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn without_security_context(
-    objects: &BTreeMap<(String, String, String), Value>,
-) -> BTreeMap<(String, String, String), Value> {
-    let mut objects = objects.clone();
-    for value in objects.values_mut() {
-        if value["kind"] == "DaemonSet" {
-            for container in value["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap() {
-                container.as_object_mut().unwrap().remove("securityContext");
-            }
-        }
-    }
-    objects
-}
-
-#[test]
-fn kustomize_renders_the_base_and_the_least_privilege_overlay() {
-    let kubectl = lb_tests::required_tool("kubectl", "kubernetes-client");
-    let files = base_bundle();
-    let base = kustomize(&kubectl, &deploy_dir());
-    assert_eq!(base.by_key(), files.by_key(), "deploy/ renders the manifests unchanged");
-    check_rbac(&base).unwrap_or_else(|e| panic!("{e:#}"));
-    check_daemonset(&base).unwrap_or_else(|e| panic!("{e:#}"));
-    check_privileged(&base).unwrap_or_else(|e| panic!("{e:#}"));
-
-    let overlay = kustomize(&kubectl, &deploy_dir().join("overlays/least-privilege"));
-    check_rbac(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
-    check_daemonset(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
-    check_least_privilege(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(check_privileged(&overlay).is_err());
-    assert!(check_least_privilege(&base).is_err());
-    assert_eq!(
-        without_security_context(&overlay.by_key()),
-        without_security_context(&base.by_key()),
-        "the overlay changes only the container's security context"
-    );
-}
-
-// ------------------------------------------------------------------------------------------------
-// The image and the docs
-
-/// Dockerfile instructions, continuation lines joined, comments dropped.
-fn instructions(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(part) => {
-                current.push_str(part);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(line);
-                if !current.trim().is_empty() {
-                    out.push(current.split_whitespace().collect::<Vec<_>>().join(" "));
-                }
-                current.clear();
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn the_dockerfile_builds_the_binary_the_daemonset_runs() {
-    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
-    let steps = instructions(&dockerfile);
-    let stages: Vec<&String> = steps.iter().filter(|s| s.starts_with("FROM ")).collect();
-    assert_eq!(stages.len(), 2, "a builder and a runtime: {stages:?}");
-    assert!(stages[0].starts_with("FROM debian:") && stages[0].ends_with(" AS builder"), "{}", stages[0]);
-    assert!(stages[1].starts_with("FROM debian:") && stages[1].ends_with("-slim"), "{}", stages[1]);
-    let runtime_at = steps.iter().position(|s| s == stages[1]).unwrap();
-    let (builder, runtime) = steps.split_at(runtime_at);
-    let builder = builder.join("\n");
-    for needed in
-        ["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev", "rust-src", "rustup", "nightly"]
-    {
-        assert!(builder.contains(needed), "the builder installs {needed}");
-    }
-    assert!(builder.contains("cargo build --release --locked -p lb-userspace"), "builds the sluice binary");
-    // bpf-linker exactly as the project's installer builds it (against LLVM 22).
-    let installer = std::fs::read_to_string(root().join("xtask/src/prereqs.rs")).unwrap();
-    let (_, args) =
-        installer.split_once("const BPF_LINKER_ARGS").expect("the installer's bpf-linker arguments");
-    let args = &args[..args.find("];").unwrap()];
-    let words: Vec<&str> = args.split('"').skip(1).step_by(2).collect();
-    assert!(words.starts_with(&["install", "bpf-linker"]), "{words:?}");
-    let docker_install = builder.lines().find(|l| l.contains("cargo install bpf-linker")).unwrap();
-    for word in words.into_iter().filter(|w| *w != "--force") {
-        assert!(
-            docker_install.contains(word),
-            "{word:?} of the installer's bpf-linker install is missing: {docker_install}"
-        );
-    }
-    // The runtime: the binary where the DaemonSet's command expects it.
-    let bundle = base_bundle();
-    let command = container(bundle.daemonset().unwrap()).unwrap().command.clone().unwrap();
-    let runtime = runtime.join("\n");
-    assert!(runtime.contains(&format!("COPY --from=builder /out/sluice {}", command[0])), "{runtime}");
-    assert!(runtime.contains(&format!("ENTRYPOINT [\"{}\"]", command[0])), "{runtime}");
-    assert!(!runtime.contains("RUN "), "nothing is built or installed in the runtime image");
-    // The build command in its header tags the image the DaemonSet names.
-    let image = container(bundle.daemonset().unwrap()).unwrap().image.clone().unwrap();
-    assert!(dockerfile.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")), "{image}");
-    assert!(deploy_dir().join("Dockerfile.dockerignore").is_file(), "the build context leaves target/ out");
-}
-
-/// docs/INSTALL.md covers install, upgrade, uninstall and the migration from ingress-nginx, and
-/// names every annotation docs/KUBERNETES.md documents.
-#[test]
-fn the_install_guide_covers_the_lifecycle_and_every_documented_annotation() {
-    let install = std::fs::read_to_string(root().join("docs/INSTALL.md")).unwrap();
-    for heading in [
-        "## Install",
-        "## Upgrade",
-        "## Uninstall",
-        "## Migrating from ingress-nginx",
-        "## Building the image",
-    ] {
-        assert!(install.contains(heading), "docs/INSTALL.md has {heading:?}");
-    }
-    let kubernetes = std::fs::read_to_string(root().join("docs/KUBERNETES.md")).unwrap();
-    let section = kubernetes.split("## Annotations").nth(1).unwrap().split("\n## ").next().unwrap();
-    let mut annotations = BTreeSet::new();
-    for row in section.lines().filter(|l| l.starts_with("| `")) {
-        let first = without_values(row.split(" | ").next().unwrap());
-        let mut last = String::new();
-        for name in first.split('`').skip(1).step_by(2) {
-            // `affinity: cookie` is the annotation `affinity`.
-            let name = name.split(':').next().unwrap().trim();
-            let name = match name.strip_prefix('-') {
-                // `session-cookie-name`, `-path`: another `session-cookie-` name.
-                Some(suffix) if last.starts_with("session-cookie-") => format!("session-cookie-{suffix}"),
-                // `permanent-redirect` (+ `-code`): the name with a suffix.
-                Some(_) => format!("{last}{name}"),
-                None => {
-                    last = name.to_owned();
-                    name.to_owned()
-                }
-            };
-            annotations.insert(name);
-        }
-    }
-    assert!(annotations.len() > 40, "{annotations:?}");
-    let missing: Vec<&String> = annotations.iter().filter(|a| !install.contains(&format!("`{a}`"))).collect();
-    assert!(missing.is_empty(), "docs/INSTALL.md does not mention {missing:?}");
-}
-
-/// A table cell without its parenthesized values (`canary-by-header` (`always`/`never`)), but
-/// with its additions (`permanent-redirect` (+ `-code`)).
-fn without_values(cell: &str) -> String {
-    let mut out = String::new();
-    let mut rest = cell;
-    while let Some(open) = rest.find('(') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find(')').map_or(rest.len(), |c| open + c);
-        let inner = &rest[open + 1..close];
-        if inner.starts_with('+') {
-            out.push_str(inner);
-        }
-        rest = rest.get(close + 1..).unwrap_or("");
-    }
-    out.push_str(rest);
-    out
 }

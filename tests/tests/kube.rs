@@ -30,158 +30,6 @@ use lb_tests::{
 };
 use serde_json::json;
 
-const CONTROLLER: &str = "sluice.dev/ingress-controller";
-
-/// `sluice run --kubernetes` against a fake API server.
-struct Sluice {
-    child: ChildGuard,
-    addr: SocketAddr,
-    tls_addr: Option<SocketAddr>,
-    _dir: TempDir,
-}
-
-struct Options<'a> {
-    identity: &'a str,
-    publish: &'a str,
-    tls: bool,
-    lease_seconds: u64,
-    admin: Option<SocketAddr>,
-}
-
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Options { identity: "sluice-a", publish: "192.0.2.1", tls: false, lease_seconds: 3, admin: None }
-    }
-}
-
-impl Sluice {
-    fn start(kube: &FakeKube, options: Options<'_>) -> Sluice {
-        let dir = TempDir::new();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let tls_addr = options.tls.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let mut base = format!(
-            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
-        );
-        if let Some(tls_addr) = tls_addr {
-            base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
-        }
-        if let Some(admin) = options.admin {
-            base.push_str(&format!("admin: {{address: \"{admin}\"}}\n"));
-        }
-        let config = dir.0.join("base.yaml");
-        std::fs::write(&config, base).unwrap();
-        let kubeconfig = kube.write_kubeconfig(&dir.0).unwrap();
-        let mut command = Command::new(sluice_binary().unwrap());
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--no-xdp")
-            .arg("--kubernetes")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--identity", options.identity, "--publish-address", options.publish])
-            .args(["--lease-namespace", "sluice"])
-            .args(["--lease-duration-seconds", &options.lease_seconds.to_string()])
-            .env("RUST_LOG", "info");
-        let mut child = ChildGuard::spawn(command).unwrap();
-        wait_for(Duration::from_secs(20), "sluice to accept", || {
-            assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
-            TcpStream::connect(addr).ok()
-        })
-        .unwrap();
-        Sluice { child, addr, tls_addr, _dir: dir }
-    }
-
-    fn get(&self, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
-        get(self.addr, host, path, &[])
-    }
-
-    /// Waits until `GET host/path` answers from `backend` (the `x-backend` header).
-    fn wait_for_backend(&self, host: &str, path: &str, backend: &str, timeout: Duration) {
-        wait_for(timeout, &format!("{host}{path} to reach {backend}"), || {
-            self.get(host, path).ok().filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some(backend))
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
-    }
-
-    fn wait_for_status(&self, host: &str, path: &str, status: u16, timeout: Duration) {
-        wait_for(timeout, &format!("{host}{path} to answer {status}"), || {
-            self.get(host, path).ok().filter(|r| r.status == status)
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
-    }
-}
-
-/// One request on a new connection with a Host header and extra headers.
-fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
-    http::request(addr, "GET", host, path, headers)
-}
-
-/// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
-fn backends(name: &str, count: usize) -> Vec<Backend> {
-    for _ in 0..20 {
-        let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
-        let port = first.addr().port();
-        let mut all = vec![first];
-        for i in 1..count {
-            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
-            match Backend::start(None, addr, &format!("{name}-{i}")) {
-                Ok(b) => all.push(b),
-                Err(_) => break,
-            }
-        }
-        if all.len() == count {
-            return all;
-        }
-    }
-    panic!("no common port for {count} backends");
-}
-
-/// The next free group of loopback addresses for another Service's backends.
-fn backends_from(name: &str, first_ip: u8, count: usize) -> Vec<Backend> {
-    for _ in 0..20 {
-        let port = free_port();
-        let all: Vec<Backend> = (0..count)
-            .filter_map(|i| {
-                let addr = SocketAddr::from(([127, 0, 0, first_ip + i as u8], port));
-                Backend::start(None, addr, &format!("{name}-{i}")).ok()
-            })
-            .collect();
-        if all.len() == count {
-            return all;
-        }
-    }
-    panic!("no common port for {count} backends");
-}
-
-fn ip(backend: &Backend) -> String {
-    backend.addr().ip().to_string()
-}
-
-/// The standard objects: class `sluice`, Service `web` (80 → the backends' port), one slice.
-fn publish_web(kube: &FakeKube, host: &str, endpoints: &[SliceEndpoint], port: u16) {
-    kube.apply(ingress_class("sluice", CONTROLLER, false));
-    kube.apply(service("default", "web", 80, port));
-    kube.apply(endpoint_slice("default", "web-abc", "web", "IPv4", port, endpoints));
-    kube.apply(ingress("default", "web", "sluice", host, "/", "web", 80));
-}
-
-/// Sends `count` requests and returns how many each backend answered, plus failures.
-fn spread(sluice: &Sluice, host: &str, count: usize) -> (std::collections::BTreeMap<String, usize>, usize) {
-    let mut seen = std::collections::BTreeMap::new();
-    let mut failed = 0;
-    for _ in 0..count {
-        match sluice.get(host, "/") {
-            Ok(r) if r.status == 200 => {
-                *seen.entry(r.header(BACKEND_HEADER).unwrap_or("?").to_owned()).or_insert(0) += 1;
-            }
-            _ => failed += 1,
-        }
-    }
-    (seen, failed)
-}
-
 #[test]
 fn ingress_service_and_slice_route_traffic_and_follow_every_change() {
     let kube = FakeKube::start().unwrap();
@@ -702,4 +550,160 @@ fn readyz_waits_for_the_first_snapshot_from_the_cluster() {
     wait_for(Duration::from_secs(30), "/readyz to turn 200", || (readyz(admin) == Some(200)).then_some(()))
         .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
     sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const CONTROLLER: &str = "sluice.dev/ingress-controller";
+
+/// `sluice run --kubernetes` against a fake API server.
+struct Sluice {
+    child: ChildGuard,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    _dir: TempDir,
+}
+
+struct Options<'a> {
+    identity: &'a str,
+    publish: &'a str,
+    tls: bool,
+    lease_seconds: u64,
+    admin: Option<SocketAddr>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options { identity: "sluice-a", publish: "192.0.2.1", tls: false, lease_seconds: 3, admin: None }
+    }
+}
+
+impl Sluice {
+    fn start(kube: &FakeKube, options: Options<'_>) -> Sluice {
+        let dir = TempDir::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tls_addr = options.tls.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let mut base = format!(
+            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
+        );
+        if let Some(tls_addr) = tls_addr {
+            base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
+        }
+        if let Some(admin) = options.admin {
+            base.push_str(&format!("admin: {{address: \"{admin}\"}}\n"));
+        }
+        let config = dir.0.join("base.yaml");
+        std::fs::write(&config, base).unwrap();
+        let kubeconfig = kube.write_kubeconfig(&dir.0).unwrap();
+        let mut command = Command::new(sluice_binary().unwrap());
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--no-xdp")
+            .arg("--kubernetes")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--identity", options.identity, "--publish-address", options.publish])
+            .args(["--lease-namespace", "sluice"])
+            .args(["--lease-duration-seconds", &options.lease_seconds.to_string()])
+            .env("RUST_LOG", "info");
+        let mut child = ChildGuard::spawn(command).unwrap();
+        wait_for(Duration::from_secs(20), "sluice to accept", || {
+            assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
+            TcpStream::connect(addr).ok()
+        })
+        .unwrap();
+        Sluice { child, addr, tls_addr, _dir: dir }
+    }
+
+    fn get(&self, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+        get(self.addr, host, path, &[])
+    }
+
+    /// Waits until `GET host/path` answers from `backend` (the `x-backend` header).
+    fn wait_for_backend(&self, host: &str, path: &str, backend: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{host}{path} to reach {backend}"), || {
+            self.get(host, path).ok().filter(|r| r.status == 200 && r.header(BACKEND_HEADER) == Some(backend))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
+    }
+
+    fn wait_for_status(&self, host: &str, path: &str, status: u16, timeout: Duration) {
+        wait_for(timeout, &format!("{host}{path} to answer {status}"), || {
+            self.get(host, path).ok().filter(|r| r.status == status)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
+    }
+}
+
+/// One request on a new connection with a Host header and extra headers.
+fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    http::request(addr, "GET", host, path, headers)
+}
+
+/// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
+fn backends(name: &str, count: usize) -> Vec<Backend> {
+    for _ in 0..20 {
+        let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
+        let port = first.addr().port();
+        let mut all = vec![first];
+        for i in 1..count {
+            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
+            match Backend::start(None, addr, &format!("{name}-{i}")) {
+                Ok(b) => all.push(b),
+                Err(_) => break,
+            }
+        }
+        if all.len() == count {
+            return all;
+        }
+    }
+    panic!("no common port for {count} backends");
+}
+
+/// The next free group of loopback addresses for another Service's backends.
+fn backends_from(name: &str, first_ip: u8, count: usize) -> Vec<Backend> {
+    for _ in 0..20 {
+        let port = free_port();
+        let all: Vec<Backend> = (0..count)
+            .filter_map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, first_ip + i as u8], port));
+                Backend::start(None, addr, &format!("{name}-{i}")).ok()
+            })
+            .collect();
+        if all.len() == count {
+            return all;
+        }
+    }
+    panic!("no common port for {count} backends");
+}
+
+fn ip(backend: &Backend) -> String {
+    backend.addr().ip().to_string()
+}
+
+/// The standard objects: class `sluice`, Service `web` (80 → the backends' port), one slice.
+fn publish_web(kube: &FakeKube, host: &str, endpoints: &[SliceEndpoint], port: u16) {
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, port));
+    kube.apply(endpoint_slice("default", "web-abc", "web", "IPv4", port, endpoints));
+    kube.apply(ingress("default", "web", "sluice", host, "/", "web", 80));
+}
+
+/// Sends `count` requests and returns how many each backend answered, plus failures.
+fn spread(sluice: &Sluice, host: &str, count: usize) -> (std::collections::BTreeMap<String, usize>, usize) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..count {
+        match sluice.get(host, "/") {
+            Ok(r) if r.status == 200 => {
+                *seen.entry(r.header(BACKEND_HEADER).unwrap_or("?").to_owned()).or_insert(0) += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    (seen, failed)
 }

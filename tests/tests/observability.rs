@@ -26,205 +26,6 @@ use lb_tests::{
 use lb_tests::{free_port, sluice::Proxy, temp_dir::TempDir};
 use lb_userspace::{config::Config, node::Node};
 
-// ---------------------------------------------------------------------------------------------
-// A small OpenMetrics text parser: `# TYPE`/`# UNIT`/`# HELP` lines, samples
-// `name{label="value",...} value`, and the final `# EOF`.
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-#[derive(Debug, Default)]
-struct Exposition {
-    /// Family name -> type (`counter`, `gauge`, `histogram`, ...).
-    types: BTreeMap<String, String>,
-    units: BTreeMap<String, String>,
-    samples: Vec<Sample>,
-}
-
-/// Suffixes a sample may add to its family's name, by family type.
-const SUFFIXES: &[(&str, &[&str])] = &[
-    ("_total", &["counter"]),
-    ("_created", &["counter", "histogram", "summary", "gaugehistogram"]),
-    ("_bucket", &["histogram", "gaugehistogram"]),
-    ("_count", &["histogram", "summary"]),
-    ("_sum", &["histogram", "summary"]),
-    ("_gcount", &["gaugehistogram"]),
-    ("_gsum", &["gaugehistogram"]),
-    ("_info", &["info"]),
-];
-
-impl Exposition {
-    fn parse(text: &str) -> Result<Exposition, String> {
-        let body = text.strip_suffix("# EOF\n").ok_or("the exposition does not end with `# EOF`")?;
-        let mut exposition = Exposition::default();
-        for (index, line) in body.lines().enumerate() {
-            let at = index + 1;
-            if line.is_empty() {
-                return Err(format!("line {at}: empty line"));
-            }
-            if let Some(comment) = line.strip_prefix("# ") {
-                let mut parts = comment.splitn(3, ' ');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some("TYPE"), Some(name), Some(kind)) => {
-                        const KINDS: [&str; 8] = [
-                            "counter",
-                            "gauge",
-                            "histogram",
-                            "gaugehistogram",
-                            "summary",
-                            "info",
-                            "stateset",
-                            "unknown",
-                        ];
-                        if !KINDS.contains(&kind) {
-                            return Err(format!("line {at}: unknown metric type {kind:?}"));
-                        }
-                        if exposition.types.insert(name.to_owned(), kind.to_owned()).is_some() {
-                            return Err(format!("line {at}: family {name} described twice"));
-                        }
-                    }
-                    (Some("UNIT"), Some(name), Some(unit)) => {
-                        exposition.units.insert(name.to_owned(), unit.to_owned());
-                    }
-                    (Some("HELP"), Some(_), _) => {}
-                    _ => return Err(format!("line {at}: unexpected comment {line:?}")),
-                }
-                continue;
-            }
-            let sample = parse_sample(line).map_err(|e| format!("line {at}: {e}: {line:?}"))?;
-            exposition.samples.push(sample);
-        }
-        for sample in &exposition.samples {
-            if exposition.family_of(&sample.name).is_none() {
-                return Err(format!("sample {} belongs to no described family", sample.name));
-            }
-        }
-        Ok(exposition)
-    }
-
-    /// The family a sample name belongs to, with its type.
-    fn family_of(&self, name: &str) -> Option<(&str, &str)> {
-        for (suffix, kinds) in SUFFIXES {
-            if let Some(base) = name.strip_suffix(suffix)
-                && let Some((family, kind)) = self.types.get_key_value(base)
-                && kinds.contains(&kind.as_str())
-            {
-                return Some((family, kind));
-            }
-        }
-        match self.types.get_key_value(name) {
-            Some((family, kind)) if ["gauge", "unknown", "stateset", "info"].contains(&kind.as_str()) => {
-                Some((family, kind))
-            }
-            _ => None,
-        }
-    }
-
-    /// The samples named `name` whose labels include every pair of `filter`.
-    fn matching<'a>(&'a self, name: &'a str, filter: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> {
-        self.samples.iter().filter(move |s| {
-            s.name == name && filter.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-    }
-
-    /// The one sample named `name` with exactly the labels `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let wanted: BTreeMap<String, String> =
-            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        self.samples.iter().find(|s| s.name == name && s.labels == wanted).map(|s| s.value)
-    }
-
-    /// Sum over the samples named `name` whose labels include `filter` (0 when none).
-    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        self.matching(name, filter).map(|s| s.value).sum()
-    }
-
-    fn names(&self) -> BTreeSet<&str> {
-        self.samples.iter().map(|s| s.name.as_str()).collect()
-    }
-}
-
-fn is_name_char(c: char, first: bool) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
-}
-
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line.find(|c: char| !is_name_char(c, false)).unwrap_or(line.len());
-    let name = &line[..name_end];
-    if name.is_empty() || !name.starts_with(|c| is_name_char(c, true)) {
-        return Err("no metric name".into());
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(mut inner) = rest.strip_prefix('{') {
-        loop {
-            if let Some(after) = inner.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let key_end = inner.find('=').ok_or("label without `=`")?;
-            let key = &inner[..key_end];
-            if key.is_empty() || !key.chars().enumerate().all(|(i, c)| is_name_char(c, i == 0) && c != ':') {
-                return Err(format!("bad label name {key:?}"));
-            }
-            let mut chars = inner[key_end + 1..].char_indices();
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return Err(format!("label {key} has no quoted value"));
-            }
-            let mut value = String::new();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '"' => {
-                        end = Some(key_end + 1 + i + 1);
-                        break;
-                    }
-                    '\\' => match chars.next().map(|(_, c)| c) {
-                        Some('n') => value.push('\n'),
-                        Some(escaped @ ('\\' | '"')) => value.push(escaped),
-                        other => return Err(format!("bad escape {other:?} in label {key}")),
-                    },
-                    '\n' => return Err("newline in a label value".into()),
-                    c => value.push(c),
-                }
-            }
-            let end = end.ok_or_else(|| format!("label {key}: unterminated value"))?;
-            if labels.insert(key.to_owned(), value).is_some() {
-                return Err(format!("label {key} repeated"));
-            }
-            inner = &inner[end..];
-            if let Some(after) = inner.strip_prefix(',') {
-                inner = after;
-            } else if !inner.starts_with('}') {
-                return Err("labels not separated by `,` or closed by `}`".into());
-            }
-        }
-    }
-    let rest = rest.strip_prefix(' ').ok_or("no space before the value")?;
-    let (value_text, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-    let value = match value_text {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        "NaN" => f64::NAN,
-        text if text.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => {
-            text.parse().map_err(|e| format!("bad value {text:?}: {e}"))?
-        }
-        text => return Err(format!("bad value {text:?}")),
-    };
-    // After the value: an optional timestamp, then an optional exemplar (` # {...} value`).
-    if !tail.is_empty()
-        && !tail.starts_with("# ")
-        && tail.split(' ').next().and_then(|t| t.parse::<f64>().ok()).is_none()
-    {
-        return Err(format!("unexpected {tail:?} after the value"));
-    }
-    Ok(Sample { name: name.to_owned(), labels, value })
-}
-
 #[test]
 fn openmetrics_parser_accepts_good_text_and_refuses_bad() {
     let good = "# HELP a_requests Requests.\n# TYPE a_requests counter\n\
@@ -943,4 +744,207 @@ backends: [{{name: pool, endpoints: [{{address: "{}"}}]}}]
     eprintln!("dashboard screenshot with XDP: {}", path.display());
 
     node.stop().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// A small OpenMetrics text parser: `# TYPE`/`# UNIT`/`# HELP` lines, samples
+// `name{label="value",...} value`, and the final `# EOF`.
+
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+#[derive(Debug, Default)]
+struct Exposition {
+    /// Family name -> type (`counter`, `gauge`, `histogram`, ...).
+    types: BTreeMap<String, String>,
+    units: BTreeMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+/// Suffixes a sample may add to its family's name, by family type.
+const SUFFIXES: &[(&str, &[&str])] = &[
+    ("_total", &["counter"]),
+    ("_created", &["counter", "histogram", "summary", "gaugehistogram"]),
+    ("_bucket", &["histogram", "gaugehistogram"]),
+    ("_count", &["histogram", "summary"]),
+    ("_sum", &["histogram", "summary"]),
+    ("_gcount", &["gaugehistogram"]),
+    ("_gsum", &["gaugehistogram"]),
+    ("_info", &["info"]),
+];
+
+impl Exposition {
+    fn parse(text: &str) -> Result<Exposition, String> {
+        let body = text.strip_suffix("# EOF\n").ok_or("the exposition does not end with `# EOF`")?;
+        let mut exposition = Exposition::default();
+        for (index, line) in body.lines().enumerate() {
+            let at = index + 1;
+            if line.is_empty() {
+                return Err(format!("line {at}: empty line"));
+            }
+            if let Some(comment) = line.strip_prefix("# ") {
+                let mut parts = comment.splitn(3, ' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("TYPE"), Some(name), Some(kind)) => {
+                        const KINDS: [&str; 8] = [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "gaugehistogram",
+                            "summary",
+                            "info",
+                            "stateset",
+                            "unknown",
+                        ];
+                        if !KINDS.contains(&kind) {
+                            return Err(format!("line {at}: unknown metric type {kind:?}"));
+                        }
+                        if exposition.types.insert(name.to_owned(), kind.to_owned()).is_some() {
+                            return Err(format!("line {at}: family {name} described twice"));
+                        }
+                    }
+                    (Some("UNIT"), Some(name), Some(unit)) => {
+                        exposition.units.insert(name.to_owned(), unit.to_owned());
+                    }
+                    (Some("HELP"), Some(_), _) => {}
+                    _ => return Err(format!("line {at}: unexpected comment {line:?}")),
+                }
+                continue;
+            }
+            let sample = parse_sample(line).map_err(|e| format!("line {at}: {e}: {line:?}"))?;
+            exposition.samples.push(sample);
+        }
+        for sample in &exposition.samples {
+            if exposition.family_of(&sample.name).is_none() {
+                return Err(format!("sample {} belongs to no described family", sample.name));
+            }
+        }
+        Ok(exposition)
+    }
+
+    /// The family a sample name belongs to, with its type.
+    fn family_of(&self, name: &str) -> Option<(&str, &str)> {
+        for (suffix, kinds) in SUFFIXES {
+            if let Some(base) = name.strip_suffix(suffix)
+                && let Some((family, kind)) = self.types.get_key_value(base)
+                && kinds.contains(&kind.as_str())
+            {
+                return Some((family, kind));
+            }
+        }
+        match self.types.get_key_value(name) {
+            Some((family, kind)) if ["gauge", "unknown", "stateset", "info"].contains(&kind.as_str()) => {
+                Some((family, kind))
+            }
+            _ => None,
+        }
+    }
+
+    /// The samples named `name` whose labels include every pair of `filter`.
+    fn matching<'a>(&'a self, name: &'a str, filter: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> {
+        self.samples.iter().filter(move |s| {
+            s.name == name && filter.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The one sample named `name` with exactly the labels `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.samples.iter().find(|s| s.name == name && s.labels == wanted).map(|s| s.value)
+    }
+
+    /// Sum over the samples named `name` whose labels include `filter` (0 when none).
+    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.matching(name, filter).map(|s| s.value).sum()
+    }
+
+    fn names(&self) -> BTreeSet<&str> {
+        self.samples.iter().map(|s| s.name.as_str()).collect()
+    }
+}
+
+fn is_name_char(c: char, first: bool) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(|c: char| !is_name_char(c, false)).unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() || !name.starts_with(|c| is_name_char(c, true)) {
+        return Err("no metric name".into());
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = BTreeMap::new();
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let key_end = inner.find('=').ok_or("label without `=`")?;
+            let key = &inner[..key_end];
+            if key.is_empty() || !key.chars().enumerate().all(|(i, c)| is_name_char(c, i == 0) && c != ':') {
+                return Err(format!("bad label name {key:?}"));
+            }
+            let mut chars = inner[key_end + 1..].char_indices();
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return Err(format!("label {key} has no quoted value"));
+            }
+            let mut value = String::new();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = Some(key_end + 1 + i + 1);
+                        break;
+                    }
+                    '\\' => match chars.next().map(|(_, c)| c) {
+                        Some('n') => value.push('\n'),
+                        Some(escaped @ ('\\' | '"')) => value.push(escaped),
+                        other => return Err(format!("bad escape {other:?} in label {key}")),
+                    },
+                    '\n' => return Err("newline in a label value".into()),
+                    c => value.push(c),
+                }
+            }
+            let end = end.ok_or_else(|| format!("label {key}: unterminated value"))?;
+            if labels.insert(key.to_owned(), value).is_some() {
+                return Err(format!("label {key} repeated"));
+            }
+            inner = &inner[end..];
+            if let Some(after) = inner.strip_prefix(',') {
+                inner = after;
+            } else if !inner.starts_with('}') {
+                return Err("labels not separated by `,` or closed by `}`".into());
+            }
+        }
+    }
+    let rest = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let (value_text, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        text if text.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => {
+            text.parse().map_err(|e| format!("bad value {text:?}: {e}"))?
+        }
+        text => return Err(format!("bad value {text:?}")),
+    };
+    // After the value: an optional timestamp, then an optional exemplar (` # {...} value`).
+    if !tail.is_empty()
+        && !tail.starts_with("# ")
+        && tail.split(' ').next().and_then(|t| t.parse::<f64>().ok()).is_none()
+    {
+        return Err(format!("unexpected {tail:?} after the value"));
+    }
+    Ok(Sample { name: name.to_owned(), labels, value })
 }

@@ -42,125 +42,6 @@ use lb_tests::{
 };
 
 // ---------------------------------------------------------------------------------------------
-// Configuration (the raw-socket kit is common/raw_http.rs)
-// ---------------------------------------------------------------------------------------------
-
-/// A proxy sending paths under `/app` to the one backend at `addr`; every other path has no
-/// route (the proxy answers 404 itself).
-fn proxy_to(addr: SocketAddr) -> Proxy {
-    Proxy::start(&config(&[route("/app", "raw")], &[backend("raw", addr, "")]))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The recording backend
-// ---------------------------------------------------------------------------------------------
-
-/// The body of the chunked responses of [`Backend`], in the pieces it writes.
-const CHUNKS: [&[u8]; 4] = [b"first,", b"second chunk,", b"3", b"the last one"];
-
-/// The decoded body of a chunked response of [`Backend`].
-fn chunked_body() -> Vec<u8> {
-    CHUNKS.concat()
-}
-
-/// The body of `/app/big` responses.
-fn big_body() -> Vec<u8> {
-    pattern(200_000, 17)
-}
-
-/// A backend that records what it reads and answers by path:
-///
-/// - `HEAD`: `200` with `Content-Length: 1000` and no body;
-/// - `/app/chunked...`: `200`, chunked (with chunk extensions), each chunk of [`CHUNKS`] in a
-///   write of its own, then the last chunk in another;
-/// - `/app/big...`: `200` with the 200 000 bytes of [`big_body`];
-/// - `/app/dated...`: `200` with a `Date` of its own;
-/// - `/app/refuse-upgrade...`: `200` with a body (an upgrade request refused);
-/// - anything else: `200` whose `x-path` header and body are the request's path (a request with
-///   a body gets `x-body-length` too).
-///
-/// Every response carries `Content-Length` unless chunked.
-struct Backend {
-    raw: RawBackend,
-    seen: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Backend {
-    fn start() -> Backend {
-        let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
-        let raw = {
-            let seen = seen.clone();
-            RawBackend::start(move |mut conn: BackendConn| {
-                while let Some(request) = conn.next_request() {
-                    seen.lock().unwrap().push(request.clone());
-                    if !answer(&mut conn, &request) {
-                        return;
-                    }
-                }
-            })
-        };
-        Backend { raw, seen }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.raw.addr
-    }
-
-    fn seen(&self) -> Vec<Req> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn answer(conn: &mut BackendConn, request: &Req) -> bool {
-    let path = request.path().to_owned();
-    if request.method() == "HEAD" {
-        return conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Kind: head\r\n\r\n");
-    }
-    if path.starts_with("/app/chunked") {
-        if !conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n") {
-            return false;
-        }
-        for chunk in CHUNKS {
-            let piece = [format!("{:x};piece\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
-            if !conn.send(&piece) {
-                return false;
-            }
-        }
-        return conn.send(b"0\r\n\r\n");
-    }
-    if path.starts_with("/app/big") {
-        let mut response =
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big_body().len()).into_bytes();
-        response.extend_from_slice(&big_body());
-        return conn.send(&response);
-    }
-    if path.starts_with("/app/dated") {
-        return conn.send(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\ndated",
-        );
-    }
-    if path.starts_with("/app/refuse-upgrade") {
-        return conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Kind: no-upgrade\r\n\r\nno upgrade!");
-    }
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Path: {path}\r\nX-Body-Length: {}\r\n\r\n{path}",
-        path.len(),
-        request.body.len()
-    );
-    conn.send(response.as_bytes())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Assertions
-// ---------------------------------------------------------------------------------------------
-
-/// A `200` from the default answer of [`Backend`] for `path`.
-fn assert_path(response: &RawResponse, path: &str, what: &str) {
-    assert_ok(response, path.as_bytes(), what);
-    assert_eq!(response.header("x-path"), Some(path), "{what}: {:?}", response.head);
-}
-
-// ---------------------------------------------------------------------------------------------
 // 1. Pipelining
 // ---------------------------------------------------------------------------------------------
 
@@ -574,4 +455,127 @@ fn client_half_close_still_gets_the_whole_response_then_the_close() {
     let post =
         seen.iter().find(|r| r.path() == "/app/post/half-close").expect("the POST reached the backend");
     assert!(post.body == body, "the POST body arrives whole");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Configuration (the raw-socket kit is common/raw_http.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy sending paths under `/app` to the one backend at `addr`; every other path has no
+/// route (the proxy answers 404 itself).
+fn proxy_to(addr: SocketAddr) -> Proxy {
+    Proxy::start(&config(&[route("/app", "raw")], &[backend("raw", addr, "")]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording backend
+// ---------------------------------------------------------------------------------------------
+
+/// The body of the chunked responses of [`Backend`], in the pieces it writes.
+const CHUNKS: [&[u8]; 4] = [b"first,", b"second chunk,", b"3", b"the last one"];
+
+/// The decoded body of a chunked response of [`Backend`].
+fn chunked_body() -> Vec<u8> {
+    CHUNKS.concat()
+}
+
+/// The body of `/app/big` responses.
+fn big_body() -> Vec<u8> {
+    pattern(200_000, 17)
+}
+
+/// A backend that records what it reads and answers by path:
+///
+/// - `HEAD`: `200` with `Content-Length: 1000` and no body;
+/// - `/app/chunked...`: `200`, chunked (with chunk extensions), each chunk of [`CHUNKS`] in a
+///   write of its own, then the last chunk in another;
+/// - `/app/big...`: `200` with the 200 000 bytes of [`big_body`];
+/// - `/app/dated...`: `200` with a `Date` of its own;
+/// - `/app/refuse-upgrade...`: `200` with a body (an upgrade request refused);
+/// - anything else: `200` whose `x-path` header and body are the request's path (a request with
+///   a body gets `x-body-length` too).
+///
+/// Every response carries `Content-Length` unless chunked.
+struct Backend {
+    raw: RawBackend,
+    seen: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let raw = {
+            let seen = seen.clone();
+            RawBackend::start(move |mut conn: BackendConn| {
+                while let Some(request) = conn.next_request() {
+                    seen.lock().unwrap().push(request.clone());
+                    if !answer(&mut conn, &request) {
+                        return;
+                    }
+                }
+            })
+        };
+        Backend { raw, seen }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.raw.addr
+    }
+
+    fn seen(&self) -> Vec<Req> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn answer(conn: &mut BackendConn, request: &Req) -> bool {
+    let path = request.path().to_owned();
+    if request.method() == "HEAD" {
+        return conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Kind: head\r\n\r\n");
+    }
+    if path.starts_with("/app/chunked") {
+        if !conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n") {
+            return false;
+        }
+        for chunk in CHUNKS {
+            let piece = [format!("{:x};piece\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+            if !conn.send(&piece) {
+                return false;
+            }
+        }
+        return conn.send(b"0\r\n\r\n");
+    }
+    if path.starts_with("/app/big") {
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big_body().len()).into_bytes();
+        response.extend_from_slice(&big_body());
+        return conn.send(&response);
+    }
+    if path.starts_with("/app/dated") {
+        return conn.send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\ndated",
+        );
+    }
+    if path.starts_with("/app/refuse-upgrade") {
+        return conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Kind: no-upgrade\r\n\r\nno upgrade!");
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Path: {path}\r\nX-Body-Length: {}\r\n\r\n{path}",
+        path.len(),
+        request.body.len()
+    );
+    conn.send(response.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assertions
+// ---------------------------------------------------------------------------------------------
+
+/// A `200` from the default answer of [`Backend`] for `path`.
+fn assert_path(response: &RawResponse, path: &str, what: &str) {
+    assert_ok(response, path.as_bytes(), what);
+    assert_eq!(response.header("x-path"), Some(path), "{what}: {:?}", response.head);
 }

@@ -43,243 +43,6 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type TestBody = BoxBody<Bytes, BoxError>;
-type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
-
-// ---------------------------------------------------------------------------------------------
-// Harness: runtime, configuration, backends, bodies
-// ---------------------------------------------------------------------------------------------
-
-/// The runtime a test's backends and async clients run on.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-/// A route in YAML flow style: everything under `prefix` goes to `backend`; `extra` adds fields
-/// (`", max_body_bytes: 0"`).
-fn route(prefix: &str, backend: &str, extra: &str) -> String {
-    format!("      - {{match: {{path: {{prefix: {prefix}}}}}, backend: {backend}{extra}}}\n")
-}
-
-/// A backend group with one endpoint; passive ejection off so that failing on purpose never
-/// changes which endpoint is available. `extra` adds fields (`", protocol: h2c"`).
-fn backend(name: &str, addr: SocketAddr, extra: &str) -> String {
-    format!(
-        "  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}], outlier: {{consecutive_failures: 0}}{extra}}}\n"
-    )
-}
-
-/// A whole configuration: one listener, two workers, no XDP, a short shutdown grace, the
-/// given extra `limits` fields (`", max_headers: 20"`), routes and backends.
-fn config(limits: &str, routes: &[String], backends: &[String]) -> String {
-    format!(
-        "workers: 2\nxdp: {{enabled: false}}\nlisteners: [{{name: web, address: \"{{listen}}\"}}]\n\
-         limits: {{shutdown_grace_ms: 2000{limits}}}\n\
-         virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n{}backends:\n{}",
-        routes.concat(),
-        backends.concat()
-    )
-}
-
-fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<TestBody>> + Send + 'static,
-{
-    Arc::new(move |request| Box::pin(f(request)))
-}
-
-#[derive(Clone, Copy)]
-enum Serve {
-    Http1,
-    H2c,
-}
-
-/// A loopback listener bound now (so the address is known) and served on `rt`.
-fn bind() -> (std::net::TcpListener, SocketAddr) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
-/// A hyper backend (HTTP/1.1 with upgrades, or HTTP/2 prior knowledge) answering with `handler`.
-fn spawn_backend(rt: &Runtime, serve: Serve, handler: Handler) -> SocketAddr {
-    let (listener, addr) = bind();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(request).await) }
-                });
-                let io = TokioIo::new(stream);
-                let _ = match serve {
-                    Serve::Http1 => {
-                        hyper::server::conn::http1::Builder::new()
-                            // Test backends accept whatever head the proxy forwards.
-                            .max_headers(1_000)
-                            .serve_connection(io, service)
-                            .with_upgrades()
-                            .await
-                    }
-                    Serve::H2c => {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service)
-                            .await
-                    }
-                };
-            });
-        }
-    });
-    addr
-}
-
-fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response
-}
-
-/// What the echo backend saw.
-#[derive(Default)]
-struct Echo {
-    /// Paths of the request heads that arrived, in order (recorded before the body is read).
-    heads: Mutex<Vec<String>>,
-    /// Requests whose body was read to its end: (path, body length).
-    completed: Mutex<Vec<(String, usize)>>,
-    /// The headers of the last request per path.
-    headers: Mutex<HashMap<String, HeaderMap>>,
-}
-
-impl Echo {
-    fn heads_under(&self, prefix: &str) -> Vec<String> {
-        self.heads.lock().unwrap().iter().filter(|p| p.starts_with(prefix)).cloned().collect()
-    }
-
-    fn completed_for(&self, path: &str) -> Vec<usize> {
-        self.completed.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, len)| *len).collect()
-    }
-
-    fn headers_of(&self, path: &str) -> Option<HeaderMap> {
-        self.headers.lock().unwrap().get(path).cloned()
-    }
-}
-
-/// An HTTP/1.1 backend that answers 200 with the request body, `x-echo-path` and
-/// `x-echo-version`, and records what it saw.
-fn spawn_echo(rt: &Runtime) -> (SocketAddr, Arc<Echo>) {
-    let echo = Arc::new(Echo::default());
-    let state = echo.clone();
-    let addr = spawn_backend(
-        rt,
-        Serve::Http1,
-        handler(move |request: Request<Incoming>| {
-            let state = state.clone();
-            async move {
-                let path = request.uri().path().to_owned();
-                let version = format!("{:?}", request.version());
-                state.heads.lock().unwrap().push(path.clone());
-                state.headers.lock().unwrap().insert(path.clone(), request.headers().clone());
-                match request.into_body().collect().await {
-                    Ok(collected) => {
-                        let body = collected.to_bytes();
-                        state.completed.lock().unwrap().push((path.clone(), body.len()));
-                        let mut response = text(StatusCode::OK, body);
-                        response.headers_mut().insert("x-echo-path", HeaderValue::from_str(&path).unwrap());
-                        response
-                            .headers_mut()
-                            .insert("x-echo-version", HeaderValue::from_str(&version).unwrap());
-                        response
-                    }
-                    Err(e) => text(StatusCode::BAD_REQUEST, format!("echo backend: body failed: {e}")),
-                }
-            }
-        }),
-    );
-    (addr, echo)
-}
-
-/// A body fed frame by frame through a channel: the test decides when each frame exists.
-struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
-    }
-}
-
-/// Polls `check` with a deadline from async code.
-async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw HTTP/1 on std sockets (for shapes no well-behaved client library would send)
-// ---------------------------------------------------------------------------------------------
-
-/// Sends `request` on a new connection and reads one response.
-fn exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let mut client = Client::connect(addr);
-    // The proxy may answer and close before reading everything: a failed write is not the
-    // test's verdict, the response (or its absence) is.
-    let _ = client.stream.write_all(request);
-    client.read_response(false)
-}
-
-/// True once the peer has closed `stream` (EOF or reset); false if it is still open after
-/// `timeout`. Any bytes read meanwhile are appended to `got`.
-fn closed_within(stream: &mut std::net::TcpStream, timeout: Duration, got: &mut Vec<u8>) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut chunk = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. h2c: 20 concurrent streams on one prior-knowledge connection to an HTTP/1 backend
 // ---------------------------------------------------------------------------------------------
@@ -1609,4 +1372,245 @@ fn backend_that_hangs_gives_504_to_that_client_only() {
 #[test]
 fn backend_that_sends_garbage_gives_502_to_that_client_only() {
     misbehaving_backend_fails_only_its_own_requests(Misbehave::Garbage, StatusCode::BAD_GATEWAY);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestBody = BoxBody<Bytes, BoxError>;
+type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
+
+// ---------------------------------------------------------------------------------------------
+// Harness: runtime, configuration, backends, bodies
+// ---------------------------------------------------------------------------------------------
+
+/// The runtime a test's backends and async clients run on.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A route in YAML flow style: everything under `prefix` goes to `backend`; `extra` adds fields
+/// (`", max_body_bytes: 0"`).
+fn route(prefix: &str, backend: &str, extra: &str) -> String {
+    format!("      - {{match: {{path: {{prefix: {prefix}}}}}, backend: {backend}{extra}}}\n")
+}
+
+/// A backend group with one endpoint; passive ejection off so that failing on purpose never
+/// changes which endpoint is available. `extra` adds fields (`", protocol: h2c"`).
+fn backend(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}], outlier: {{consecutive_failures: 0}}{extra}}}\n"
+    )
+}
+
+/// A whole configuration: one listener, two workers, no XDP, a short shutdown grace, the
+/// given extra `limits` fields (`", max_headers: 20"`), routes and backends.
+fn config(limits: &str, routes: &[String], backends: &[String]) -> String {
+    format!(
+        "workers: 2\nxdp: {{enabled: false}}\nlisteners: [{{name: web, address: \"{{listen}}\"}}]\n\
+         limits: {{shutdown_grace_ms: 2000{limits}}}\n\
+         virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n{}backends:\n{}",
+        routes.concat(),
+        backends.concat()
+    )
+}
+
+fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    Arc::new(move |request| Box::pin(f(request)))
+}
+
+#[derive(Clone, Copy)]
+enum Serve {
+    Http1,
+    H2c,
+}
+
+/// A loopback listener bound now (so the address is known) and served on `rt`.
+fn bind() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// A hyper backend (HTTP/1.1 with upgrades, or HTTP/2 prior knowledge) answering with `handler`.
+fn spawn_backend(rt: &Runtime, serve: Serve, handler: Handler) -> SocketAddr {
+    let (listener, addr) = bind();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let io = TokioIo::new(stream);
+                let _ = match serve {
+                    Serve::Http1 => {
+                        hyper::server::conn::http1::Builder::new()
+                            // Test backends accept whatever head the proxy forwards.
+                            .max_headers(1_000)
+                            .serve_connection(io, service)
+                            .with_upgrades()
+                            .await
+                    }
+                    Serve::H2c => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    addr
+}
+
+fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}
+
+/// What the echo backend saw.
+#[derive(Default)]
+struct Echo {
+    /// Paths of the request heads that arrived, in order (recorded before the body is read).
+    heads: Mutex<Vec<String>>,
+    /// Requests whose body was read to its end: (path, body length).
+    completed: Mutex<Vec<(String, usize)>>,
+    /// The headers of the last request per path.
+    headers: Mutex<HashMap<String, HeaderMap>>,
+}
+
+impl Echo {
+    fn heads_under(&self, prefix: &str) -> Vec<String> {
+        self.heads.lock().unwrap().iter().filter(|p| p.starts_with(prefix)).cloned().collect()
+    }
+
+    fn completed_for(&self, path: &str) -> Vec<usize> {
+        self.completed.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, len)| *len).collect()
+    }
+
+    fn headers_of(&self, path: &str) -> Option<HeaderMap> {
+        self.headers.lock().unwrap().get(path).cloned()
+    }
+}
+
+/// An HTTP/1.1 backend that answers 200 with the request body, `x-echo-path` and
+/// `x-echo-version`, and records what it saw.
+fn spawn_echo(rt: &Runtime) -> (SocketAddr, Arc<Echo>) {
+    let echo = Arc::new(Echo::default());
+    let state = echo.clone();
+    let addr = spawn_backend(
+        rt,
+        Serve::Http1,
+        handler(move |request: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let version = format!("{:?}", request.version());
+                state.heads.lock().unwrap().push(path.clone());
+                state.headers.lock().unwrap().insert(path.clone(), request.headers().clone());
+                match request.into_body().collect().await {
+                    Ok(collected) => {
+                        let body = collected.to_bytes();
+                        state.completed.lock().unwrap().push((path.clone(), body.len()));
+                        let mut response = text(StatusCode::OK, body);
+                        response.headers_mut().insert("x-echo-path", HeaderValue::from_str(&path).unwrap());
+                        response
+                            .headers_mut()
+                            .insert("x-echo-version", HeaderValue::from_str(&version).unwrap());
+                        response
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("echo backend: body failed: {e}")),
+                }
+            }
+        }),
+    );
+    (addr, echo)
+}
+
+/// A body fed frame by frame through a channel: the test decides when each frame exists.
+struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+/// Polls `check` with a deadline from async code.
+async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1 on std sockets (for shapes no well-behaved client library would send)
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `request` on a new connection and reads one response.
+fn exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut client = Client::connect(addr);
+    // The proxy may answer and close before reading everything: a failed write is not the
+    // test's verdict, the response (or its absence) is.
+    let _ = client.stream.write_all(request);
+    client.read_response(false)
+}
+
+/// True once the peer has closed `stream` (EOF or reset); false if it is still open after
+/// `timeout`. Any bytes read meanwhile are appended to `got`.
+fn closed_within(stream: &mut std::net::TcpStream, timeout: Duration, got: &mut Vec<u8>) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
 }

@@ -19,117 +19,9 @@ use lb_tests::{
     wait_for,
 };
 
-/// Every configuration starts with this: two workers, no XDP, a short drain on stop.
-const PRELUDE: &str = "\
-workers: 2
-xdp: {enabled: false}
-limits: {shutdown_grace_ms: 500}
-listeners: [{name: web, address: \"{listen}\"}]
-";
-
-fn config(rest: &str) -> String {
-    format!("{PRELUDE}{rest}")
-}
-
-/// One `backends:` entry (indented for the list) with these endpoints and extra fields
-/// (`extra` starts with `, ` when not empty).
-fn group(name: &str, addresses: &[SocketAddr], extra: &str) -> String {
-    let endpoints: Vec<String> = addresses.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
-    format!("  - {{name: {name}, endpoints: [{}]{extra}}}\n", endpoints.join(", "))
-}
-
-/// A loopback address nobody listens on (bound, then released).
-fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Client side: raw HTTP/1.1 over TCP, one-shot or keep-alive.
-// ---------------------------------------------------------------------------------------------
-
-/// One request on a new connection.
-fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http::request(addr, method, host, path, headers).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
-    request(addr, "GET", host, path, &[])
-}
-
-/// The backend that answered, or `<none>` (a proxy-made response).
-fn backend_of(response: &HttpResponse) -> &str {
-    response.header(BACKEND_HEADER).unwrap_or("<none>")
-}
-
-/// What an echoing backend received: its request line and headers.
-struct Seen {
-    line: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn of(response: &HttpResponse) -> Seen {
-        assert_eq!(response.status, 200, "an echo response: {response:?}");
-        let mut lines = response.body.lines();
-        let line = lines.next().unwrap_or("").to_owned();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Seen { line, headers }
-    }
-
-    /// The request target the backend received.
-    fn target(&self) -> &str {
-        self.line.split_whitespace().nth(1).unwrap_or("")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(k, _)| k == name).count()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Routing precedence.
 // ---------------------------------------------------------------------------------------------
-
-const ROUTING_HOSTS: &str = "\
-virtual_hosts:
-  - name: app
-    domains: [app.example.com]
-    routes:
-      - {backend: root, match: {path: {prefix: /}}}
-      - {backend: prefix-foo, match: {path: {prefix: /foo}}}
-      - {backend: exact-foo, match: {path: {exact: /foo}}}
-      - {backend: prefix-foo-bar, match: {path: {prefix: /foo/bar}}}
-      - {backend: trail, match: {path: {prefix: /trail/}}}
-      - {backend: exact-dir, match: {path: {exact: /dir/}}}
-      - {backend: prefix-api-v1, match: {path: {prefix: /api/v1}}}
-      - {backend: regex-items, match: {path: {regex: \"/api/v[0-9]+/items\"}}}
-      - {backend: prefix-long, match: {path: {prefix: /api/v1/items/special}}}
-      - {backend: regex-tie, match: {path: {regex: \"/r.g\"}}}
-      - {backend: prefix-tie, match: {path: {prefix: /reg}}}
-      - {backend: stable, match: {path: {prefix: /h}}}
-      - {backend: canary, match: {path: {prefix: /h}, headers: [{name: X-Canary, exact: \"1\"}]}}
-      - {backend: reads, match: {path: {prefix: /m}}}
-      - {backend: writes, match: {path: {prefix: /m}, methods: [POST, PUT]}}
-  - name: wild
-    domains: [\"*.example.com\"]
-    routes: [{backend: wildcard}]
-  - name: strict
-    domains: [strict.example.com]
-    routes: [{backend: strict, match: {path: {prefix: /only}}}]
-  - name: fallback
-    domains: [\"*\"]
-    routes: [{backend: default}]
-";
-
-/// (method, host, path, headers, expected backend or `status N`).
-type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn routing_follows_ingress_precedence() {
@@ -1032,3 +924,115 @@ fn configuration_swap_moves_routes_and_spares_requests_in_flight() {
     assert_eq!(backend_of(&response), "slow");
     assert_eq!(Seen::of(&response).target(), "/slow/request");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Every configuration starts with this: two workers, no XDP, a short drain on stop.
+const PRELUDE: &str = "\
+workers: 2
+xdp: {enabled: false}
+limits: {shutdown_grace_ms: 500}
+listeners: [{name: web, address: \"{listen}\"}]
+";
+
+fn config(rest: &str) -> String {
+    format!("{PRELUDE}{rest}")
+}
+
+/// One `backends:` entry (indented for the list) with these endpoints and extra fields
+/// (`extra` starts with `, ` when not empty).
+fn group(name: &str, addresses: &[SocketAddr], extra: &str) -> String {
+    let endpoints: Vec<String> = addresses.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
+    format!("  - {{name: {name}, endpoints: [{}]{extra}}}\n", endpoints.join(", "))
+}
+
+/// A loopback address nobody listens on (bound, then released).
+fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: raw HTTP/1.1 over TCP, one-shot or keep-alive.
+// ---------------------------------------------------------------------------------------------
+
+/// One request on a new connection.
+fn request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http::request(addr, method, host, path, headers).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
+    request(addr, "GET", host, path, &[])
+}
+
+/// The backend that answered, or `<none>` (a proxy-made response).
+fn backend_of(response: &HttpResponse) -> &str {
+    response.header(BACKEND_HEADER).unwrap_or("<none>")
+}
+
+/// What an echoing backend received: its request line and headers.
+struct Seen {
+    line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn of(response: &HttpResponse) -> Seen {
+        assert_eq!(response.status, 200, "an echo response: {response:?}");
+        let mut lines = response.body.lines();
+        let line = lines.next().unwrap_or("").to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Seen { line, headers }
+    }
+
+    /// The request target the backend received.
+    fn target(&self) -> &str {
+        self.line.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+}
+
+const ROUTING_HOSTS: &str = "\
+virtual_hosts:
+  - name: app
+    domains: [app.example.com]
+    routes:
+      - {backend: root, match: {path: {prefix: /}}}
+      - {backend: prefix-foo, match: {path: {prefix: /foo}}}
+      - {backend: exact-foo, match: {path: {exact: /foo}}}
+      - {backend: prefix-foo-bar, match: {path: {prefix: /foo/bar}}}
+      - {backend: trail, match: {path: {prefix: /trail/}}}
+      - {backend: exact-dir, match: {path: {exact: /dir/}}}
+      - {backend: prefix-api-v1, match: {path: {prefix: /api/v1}}}
+      - {backend: regex-items, match: {path: {regex: \"/api/v[0-9]+/items\"}}}
+      - {backend: prefix-long, match: {path: {prefix: /api/v1/items/special}}}
+      - {backend: regex-tie, match: {path: {regex: \"/r.g\"}}}
+      - {backend: prefix-tie, match: {path: {prefix: /reg}}}
+      - {backend: stable, match: {path: {prefix: /h}}}
+      - {backend: canary, match: {path: {prefix: /h}, headers: [{name: X-Canary, exact: \"1\"}]}}
+      - {backend: reads, match: {path: {prefix: /m}}}
+      - {backend: writes, match: {path: {prefix: /m}, methods: [POST, PUT]}}
+  - name: wild
+    domains: [\"*.example.com\"]
+    routes: [{backend: wildcard}]
+  - name: strict
+    domains: [strict.example.com]
+    routes: [{backend: strict, match: {path: {prefix: /only}}}]
+  - name: fallback
+    domains: [\"*\"]
+    routes: [{backend: default}]
+";
+
+/// (method, host, path, headers, expected backend or `status N`).
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);

@@ -40,33 +40,6 @@ use lb_tests::{
     sluice::Proxy,
 };
 
-// ---------------------------------------------------------------------------------------------
-// This suite's helpers (the raw-socket kit is common/raw_http.rs)
-// ---------------------------------------------------------------------------------------------
-
-/// A proxy sending everything to the one backend at `addr` (`extra` as in [`backend`]).
-fn proxy_to(addr: SocketAddr, extra: &str) -> Proxy {
-    Proxy::start(&config(&[route("/", "raw")], &[backend("raw", addr, extra)]))
-}
-
-/// Polls `check` until it holds (for at most 5 s).
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    lb_tests::wait_for(IO_TIMEOUT, what, || check().then_some(())).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// 1. Reuse
-// ---------------------------------------------------------------------------------------------
-
-/// Answers every request on every connection with a keep-alive `200 ok`.
-fn keepalive_ok(mut conn: BackendConn) {
-    while conn.next_request().is_some() {
-        if !conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") {
-            return;
-        }
-    }
-}
-
 #[test]
 fn upstream_connection_is_reused_across_requests() {
     let backend = RawBackend::start(keepalive_ok);
@@ -616,4 +589,35 @@ fn upgrade_forwards_bytes_sent_with_the_101() {
         assert!(client.read_exact_bytes(message.len()) == message, "echoed through the tunnel");
     }
     assert_eq!(backend.accepted(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// This suite's helpers (the raw-socket kit is common/raw_http.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy sending everything to the one backend at `addr` (`extra` as in [`backend`]).
+fn proxy_to(addr: SocketAddr, extra: &str) -> Proxy {
+    Proxy::start(&config(&[route("/", "raw")], &[backend("raw", addr, extra)]))
+}
+
+/// Polls `check` until it holds (for at most 5 s).
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    lb_tests::wait_for(IO_TIMEOUT, what, || check().then_some(())).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Reuse
+// ---------------------------------------------------------------------------------------------
+
+/// Answers every request on every connection with a keep-alive `200 ok`.
+fn keepalive_ok(mut conn: BackendConn) {
+    while conn.next_request().is_some() {
+        if !conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") {
+            return;
+        }
+    }
 }

@@ -50,154 +50,6 @@ use rustls::{
     pki_types::ServerName,
 };
 
-/// Writes both files by rename, as configuration management does.
-fn write_pem(path: &Path, text: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).unwrap();
-    std::fs::rename(&next, path).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients
-// ---------------------------------------------------------------------------------------------
-
-/// One `GET` on an open connection, plain or TLS.
-fn request(
-    stream: &mut (impl Read + Write),
-    host: &str,
-    path: &str,
-    close: bool,
-) -> anyhow::Result<HttpResponse> {
-    Client::new(stream).request("GET", host, path, &[], close)
-}
-
-/// Connect, handshake, one request with `Connection: close`.
-fn https_get(
-    addr: SocketAddr,
-    sni: Option<&str>,
-    host: &str,
-    path: &str,
-    config: &Arc<ClientConfig>,
-) -> anyhow::Result<HttpResponse> {
-    let mut stream = connect(addr, sni, config)?;
-    request(&mut stream, host, path, true)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proxy under test
-// ---------------------------------------------------------------------------------------------
-
-/// Handshake counters are process-wide: tests that make handshakes run one at a time so each
-/// can assert exact deltas.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn failures() -> HashMap<&'static str, u64> {
-    lb_userspace::tls::handshake_failures().into_iter().collect()
-}
-
-/// Failure counts added since `before` (reasons with no change left out).
-fn failures_since(before: &HashMap<&'static str, u64>) -> HashMap<&'static str, u64> {
-    failures().into_iter().map(|(k, v)| (k, v - before[k])).filter(|(_, v)| *v > 0).collect()
-}
-
-/// A node with a TLS listener (`proxy.addr`, the `{listen}` of the common harness) and a plain
-/// listener (`plain`). `body` holds everything after `listeners:`, where `{plain}` and
-/// `{listener_tls}` are replaced.
-struct TlsProxy {
-    proxy: Proxy,
-    plain: SocketAddr,
-    listener_tls: String,
-}
-
-impl TlsProxy {
-    fn start(listener_tls: &str, body: &str) -> TlsProxy {
-        let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let yaml = Self::yaml(plain, listener_tls, body);
-        let proxy = Proxy::start(&yaml);
-        wait_for(Duration::from_secs(10), "the plain listener", || TcpStream::connect(plain).ok()).unwrap();
-        TlsProxy { proxy, plain, listener_tls: listener_tls.to_owned() }
-    }
-
-    fn yaml(plain: SocketAddr, listener_tls: &str, body: &str) -> String {
-        format!(
-            "workers: 2
-xdp: {{enabled: false}}
-limits: {{shutdown_grace_ms: 500, header_read_timeout_ms: 1000}}
-listeners:
-  - {{name: web, address: \"{{listen}}\", tls: {listener_tls}}}
-  - {{name: plain, address: \"{plain}\"}}
-{body}"
-        )
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.proxy.addr
-    }
-
-    /// Builds a configuration from `body` with the same listeners, for `apply`.
-    fn config(&self, body: &str) -> lb_userspace::config::Config {
-        let yaml = with_listener(&Self::yaml(self.plain, &self.listener_tls, body), self.proxy.addr);
-        lb_userspace::config::Config::from_yaml(&yaml, "test").expect("valid configuration")
-    }
-
-    fn apply(&self, body: &str) -> Result<u64, String> {
-        self.proxy.node.apply(&self.config(body)).map_err(|e| e.to_string())
-    }
-}
-
-/// The usual certificates: `a.test`, `*.wild.test`, `default.test` from one CA.
-struct Certs {
-    ca: Ca,
-    a: Leaf,
-    wild: Leaf,
-    default: Leaf,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        let ca = Ca::new("Sluice test CA");
-        Certs {
-            a: ca.leaf(&["a.test"]),
-            wild: ca.leaf(&["*.wild.test"]),
-            default: ca.leaf(&["default.test"]),
-            ca,
-        }
-    }
-
-    fn yaml(&self) -> String {
-        format!(
-            "certificates:\n{}{}{}",
-            inline_certificate("a", &self.a),
-            inline_certificate("wild", &self.wild),
-            inline_certificate("default", &self.default)
-        )
-    }
-}
-
-/// Virtual hosts `a.test` and `*.wild.test` with TLS, `plain.test` without, all to `be`.
-fn hosts(a_tls_extra: &str) -> String {
-    format!(
-        "virtual_hosts:
-  - {{name: a, domains: [a.test], tls: {{certificate: a{a_tls_extra}}}, routes: [{{backend: be}}]}}
-  - {{name: wild, domains: ['*.wild.test'], tls: {{certificate: wild}}, routes: [{{backend: be}}]}}
-  - {{name: plain, domains: [plain.test], routes: [{{backend: be}}]}}
-"
-    )
-}
-
-fn backend_group(name: &str, addr: SocketAddr, extra: &str) -> String {
-    format!("  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}]{extra}}}\n")
-}
-
-/// The usual configuration body: the test certificates, the hosts of [`hosts`] and one backend
-/// `be` at `backend`.
-fn standard_body(certs: &Certs, backend: SocketAddr) -> String {
-    format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend, ""))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -1334,4 +1186,156 @@ backends:
             .then_some(())
     })
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Writes both files by rename, as configuration management does.
+fn write_pem(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// One `GET` on an open connection, plain or TLS.
+fn request(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    path: &str,
+    close: bool,
+) -> anyhow::Result<HttpResponse> {
+    Client::new(stream).request("GET", host, path, &[], close)
+}
+
+/// Connect, handshake, one request with `Connection: close`.
+fn https_get(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    host: &str,
+    path: &str,
+    config: &Arc<ClientConfig>,
+) -> anyhow::Result<HttpResponse> {
+    let mut stream = connect(addr, sni, config)?;
+    request(&mut stream, host, path, true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test
+// ---------------------------------------------------------------------------------------------
+
+/// Handshake counters are process-wide: tests that make handshakes run one at a time so each
+/// can assert exact deltas.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failures() -> HashMap<&'static str, u64> {
+    lb_userspace::tls::handshake_failures().into_iter().collect()
+}
+
+/// Failure counts added since `before` (reasons with no change left out).
+fn failures_since(before: &HashMap<&'static str, u64>) -> HashMap<&'static str, u64> {
+    failures().into_iter().map(|(k, v)| (k, v - before[k])).filter(|(_, v)| *v > 0).collect()
+}
+
+/// A node with a TLS listener (`proxy.addr`, the `{listen}` of the common harness) and a plain
+/// listener (`plain`). `body` holds everything after `listeners:`, where `{plain}` and
+/// `{listener_tls}` are replaced.
+struct TlsProxy {
+    proxy: Proxy,
+    plain: SocketAddr,
+    listener_tls: String,
+}
+
+impl TlsProxy {
+    fn start(listener_tls: &str, body: &str) -> TlsProxy {
+        let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let yaml = Self::yaml(plain, listener_tls, body);
+        let proxy = Proxy::start(&yaml);
+        wait_for(Duration::from_secs(10), "the plain listener", || TcpStream::connect(plain).ok()).unwrap();
+        TlsProxy { proxy, plain, listener_tls: listener_tls.to_owned() }
+    }
+
+    fn yaml(plain: SocketAddr, listener_tls: &str, body: &str) -> String {
+        format!(
+            "workers: 2
+xdp: {{enabled: false}}
+limits: {{shutdown_grace_ms: 500, header_read_timeout_ms: 1000}}
+listeners:
+  - {{name: web, address: \"{{listen}}\", tls: {listener_tls}}}
+  - {{name: plain, address: \"{plain}\"}}
+{body}"
+        )
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr
+    }
+
+    /// Builds a configuration from `body` with the same listeners, for `apply`.
+    fn config(&self, body: &str) -> lb_userspace::config::Config {
+        let yaml = with_listener(&Self::yaml(self.plain, &self.listener_tls, body), self.proxy.addr);
+        lb_userspace::config::Config::from_yaml(&yaml, "test").expect("valid configuration")
+    }
+
+    fn apply(&self, body: &str) -> Result<u64, String> {
+        self.proxy.node.apply(&self.config(body)).map_err(|e| e.to_string())
+    }
+}
+
+/// The usual certificates: `a.test`, `*.wild.test`, `default.test` from one CA.
+struct Certs {
+    ca: Ca,
+    a: Leaf,
+    wild: Leaf,
+    default: Leaf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let ca = Ca::new("Sluice test CA");
+        Certs {
+            a: ca.leaf(&["a.test"]),
+            wild: ca.leaf(&["*.wild.test"]),
+            default: ca.leaf(&["default.test"]),
+            ca,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "certificates:\n{}{}{}",
+            inline_certificate("a", &self.a),
+            inline_certificate("wild", &self.wild),
+            inline_certificate("default", &self.default)
+        )
+    }
+}
+
+/// Virtual hosts `a.test` and `*.wild.test` with TLS, `plain.test` without, all to `be`.
+fn hosts(a_tls_extra: &str) -> String {
+    format!(
+        "virtual_hosts:
+  - {{name: a, domains: [a.test], tls: {{certificate: a{a_tls_extra}}}, routes: [{{backend: be}}]}}
+  - {{name: wild, domains: ['*.wild.test'], tls: {{certificate: wild}}, routes: [{{backend: be}}]}}
+  - {{name: plain, domains: [plain.test], routes: [{{backend: be}}]}}
+"
+    )
+}
+
+fn backend_group(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("  - {{name: {name}, endpoints: [{{address: \"{addr}\"}}]{extra}}}\n")
+}
+
+/// The usual configuration body: the test certificates, the hosts of [`hosts`] and one backend
+/// `be` at `backend`.
+fn standard_body(certs: &Certs, backend: SocketAddr) -> String {
+    format!("{}{}backends:\n{}", certs.yaml(), hosts(""), backend_group("be", backend, ""))
 }

@@ -17,73 +17,6 @@ use lb_tests::{
 };
 use lb_userspace::{config::Config, node::Node, proxy::Fault};
 
-const WORKERS: usize = 4;
-const PORT: u16 = 8080;
-
-/// A node with XDP on the client-facing interface, started inside the node namespace.
-fn start_node(topology: &Topology) -> Node {
-    start_node_on(topology, "0.0.0.0")
-}
-
-fn start_node_on(topology: &Topology, listen_ip: &str) -> Node {
-    let yaml = format!(
-        "listeners: [{{name: web, address: \"{listen_ip}:{PORT}\"}}]\nworkers: {WORKERS}\nworker_id_header: true\naccess_log: {{enabled: false}}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
-    );
-    let config = Config::from_yaml(&yaml, "test").unwrap();
-    let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
-    assert!(node.dataplane().is_some(), "the kernel path is running");
-    node
-}
-
-fn worker_of(response: &HttpResponse) -> usize {
-    response.header("x-sluice-worker").expect("worker header").parse().expect("numeric worker id")
-}
-
-/// A keep-alive HTTP/1.1 connection that reports which worker answered each request.
-struct KeepAlive {
-    client: Client,
-}
-
-impl KeepAlive {
-    fn open(target: SocketAddr) -> std::io::Result<KeepAlive> {
-        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-        Ok(KeepAlive { client: Client::over_tcp(stream)? })
-    }
-
-    fn get(&mut self, path: &str) -> anyhow::Result<usize> {
-        let response = self.client.request("GET", "test", path, &[], false)?;
-        // No routes are configured: every answer is the worker's own 404, naming the worker.
-        anyhow::ensure!(response.status == 404, "status {}", response.status);
-        Ok(worker_of(&response))
-    }
-}
-
-/// Opens `count` new connections (one request each) from the client namespace; returns how
-/// many each worker served, and the failures.
-fn new_connections(
-    topology: &Topology,
-    target: SocketAddr,
-    count: usize,
-) -> (BTreeMap<usize, usize>, Vec<String>) {
-    topology
-        .client
-        .run(move || {
-            let mut served = BTreeMap::new();
-            let mut failures = Vec::new();
-            for i in 0..count {
-                match http_get(target, &format!("/new/{i}")) {
-                    Ok(response) if response.status == 404 => {
-                        *served.entry(worker_of(&response)).or_insert(0) += 1
-                    }
-                    Ok(response) => failures.push(format!("connection {i}: status {}", response.status)),
-                    Err(e) => failures.push(format!("connection {i}: {e:#}")),
-                }
-            }
-            (served, failures)
-        })
-        .unwrap()
-}
-
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn connections_spread_evenly_and_keep_alive_stays_on_its_worker() {
@@ -211,4 +144,75 @@ fn a_stalled_worker_is_avoided_within_a_second_and_returns() {
 fn an_exited_worker_is_avoided_within_a_second() {
     require_root!();
     fault_is_routed_around(Fault::Exit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const WORKERS: usize = 4;
+const PORT: u16 = 8080;
+
+/// A node with XDP on the client-facing interface, started inside the node namespace.
+fn start_node(topology: &Topology) -> Node {
+    start_node_on(topology, "0.0.0.0")
+}
+
+fn start_node_on(topology: &Topology, listen_ip: &str) -> Node {
+    let yaml = format!(
+        "listeners: [{{name: web, address: \"{listen_ip}:{PORT}\"}}]\nworkers: {WORKERS}\nworker_id_header: true\naccess_log: {{enabled: false}}\nxdp:\n  interfaces: [{NODE_CLIENT_IF}]\n  heartbeat_timeout_ms: 300\n"
+    );
+    let config = Config::from_yaml(&yaml, "test").unwrap();
+    let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
+    assert!(node.dataplane().is_some(), "the kernel path is running");
+    node
+}
+
+fn worker_of(response: &HttpResponse) -> usize {
+    response.header("x-sluice-worker").expect("worker header").parse().expect("numeric worker id")
+}
+
+/// A keep-alive HTTP/1.1 connection that reports which worker answered each request.
+struct KeepAlive {
+    client: Client,
+}
+
+impl KeepAlive {
+    fn open(target: SocketAddr) -> std::io::Result<KeepAlive> {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        Ok(KeepAlive { client: Client::over_tcp(stream)? })
+    }
+
+    fn get(&mut self, path: &str) -> anyhow::Result<usize> {
+        let response = self.client.request("GET", "test", path, &[], false)?;
+        // No routes are configured: every answer is the worker's own 404, naming the worker.
+        anyhow::ensure!(response.status == 404, "status {}", response.status);
+        Ok(worker_of(&response))
+    }
+}
+
+/// Opens `count` new connections (one request each) from the client namespace; returns how
+/// many each worker served, and the failures.
+fn new_connections(
+    topology: &Topology,
+    target: SocketAddr,
+    count: usize,
+) -> (BTreeMap<usize, usize>, Vec<String>) {
+    topology
+        .client
+        .run(move || {
+            let mut served = BTreeMap::new();
+            let mut failures = Vec::new();
+            for i in 0..count {
+                match http_get(target, &format!("/new/{i}")) {
+                    Ok(response) if response.status == 404 => {
+                        *served.entry(worker_of(&response)).or_insert(0) += 1
+                    }
+                    Ok(response) => failures.push(format!("connection {i}: status {}", response.status)),
+                    Err(e) => failures.push(format!("connection {i}: {e:#}")),
+                }
+            }
+            (served, failures)
+        })
+        .unwrap()
 }
