@@ -1,11 +1,26 @@
 //! Sluice under test on loopback with a free port: a node started in this process from YAML
 //! ([`Proxy`], no XDP), or the real binary as a child process ([`Binary`]).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use lb_userspace::{config::Config, node::Node};
 
 use crate::{free_port, process::ChildGuard, sluice_binary, temp_dir::TempDir, wait_for};
+
+/// Waits until a load thread's count of requests sent has grown by `n` from now: proof that
+/// the load runs at this point of the test (`what` says which point).
+pub fn wait_for_load(sent: &AtomicU64, n: u64, what: &str) {
+    let from = sent.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(10), &format!("{n} more requests of the load {what}"), || {
+        (sent.load(Ordering::Relaxed) >= from + n).then_some(())
+    })
+    .unwrap();
+}
 
 /// Replaces `{listen}` in `yaml` with `addr`. Configurations in the suites write
 /// `listeners: [{name: web, address: "{listen}"}]`.

@@ -126,15 +126,7 @@ fn rolling_update_under_load_gives_no_502() {
     let new_slice = |endpoints: &[SliceEndpoint]| {
         endpoint_slice("default", "web-new", "web", "IPv4", new_port, endpoints)
     };
-    // `n` more requests of the load, from now.
-    let load_sends = |n: u64, what: &str| {
-        let from = sent.load(Ordering::Relaxed);
-        wait_for(Duration::from_secs(10), &format!("{n} more requests of the load {what}"), || {
-            (sent.load(Ordering::Relaxed) >= from + n).then_some(())
-        })
-        .unwrap();
-    };
-    load_sends(1, "before the first change");
+    lb_tests::sluice::wait_for_load(&sent, 1, "before the first change");
     // New pods appear not ready, then turn ready.
     kube.apply(new_slice(&[SliceEndpoint::not_ready(&ip(&new[0])), SliceEndpoint::not_ready(&ip(&new[1]))]));
     // Once Sluice serves the update (its status lists the new pods, not ready), a window of
@@ -151,7 +143,7 @@ fn rolling_update_under_load_gives_no_502() {
         (endpoints.len() == 2 && endpoints.iter().all(|e| e["ready"] == false)).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
-    load_sends(100, "while the new pods are not ready");
+    lb_tests::sluice::wait_for_load(&sent, 100, "while the new pods are not ready");
     assert_eq!(new[0].requests() + new[1].requests(), 0, "not-ready pods got requests");
     kube.apply(new_slice(&[SliceEndpoint::ready(&ip(&new[0])), SliceEndpoint::ready(&ip(&new[1]))]));
     wait_for(Duration::from_secs(10), "new pods to take traffic", || {
@@ -164,7 +156,7 @@ fn rolling_update_under_load_gives_no_502() {
     wait_for(Duration::from_secs(10), "old pods to stop getting requests", || {
         let before = old[0].requests() + old[1].requests();
         // A window of at least 20 requests of the load, none of which reached the old pods.
-        load_sends(20, "in the draining window");
+        lb_tests::sluice::wait_for_load(&sent, 20, "in the draining window");
         (old[0].requests() + old[1].requests() == before).then_some(())
     })
     .unwrap();

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
-    http::http_get,
+    http::{HttpResponse, http_get},
     process::ChildGuard,
     require_root, sluice_binary,
     topology::{NODE_CLIENT_IF, Topology},
@@ -17,25 +17,34 @@ fn xdp_attached(topology: &Topology) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("xdp")
 }
 
-#[test]
-#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
-fn sluice_attaches_serves_and_detaches_on_sigterm() {
-    require_root!();
-    let topology = Topology::new(0).unwrap();
+/// Starts `sluice ARGS` in the node namespace and waits until it has said it serves (logged
+/// once the kernel path is attached, when it is on) and answers the client; returns the
+/// process, the address the client reaches and that first answer.
+fn start_in_node(topology: &Topology, args: &[&str]) -> (ChildGuard, SocketAddr, HttpResponse) {
     let mut command = topology.node.command(sluice_binary().unwrap());
-    command.args(["run", "--workers", "3", "--interface", NODE_CLIENT_IF, "--log-format", "json"]);
+    command.args(args);
     let mut sluice = ChildGuard::spawn(command).unwrap();
     let target = SocketAddr::from((topology.node_v4(), 8080));
-
-    wait_for(Duration::from_secs(20), "sluice to serve", || {
-        assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
-        // Logged once the kernel path is attached, when it is on.
+    let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
+        assert!(sluice.try_status().is_none(), "sluice exited before serving:\n{}", sluice.output());
         if !sluice.output().contains("sluice is serving") {
             return None;
         }
         topology.client.run(move || http_get(target, "/")).ok()?.ok()
     })
     .unwrap();
+    (sluice, target, response)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn sluice_attaches_serves_and_detaches_on_sigterm() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let (sluice, target, _) = start_in_node(
+        &topology,
+        &["run", "--workers", "3", "--interface", NODE_CLIENT_IF, "--log-format", "json"],
+    );
     assert!(xdp_attached(&topology), "XDP attached while running; output:\n{}", sluice.output());
 
     let mut workers_seen = std::collections::BTreeSet::new();
@@ -69,19 +78,7 @@ fn sluice_attaches_serves_and_detaches_on_sigterm() {
 fn sluice_without_xdp_still_serves() {
     require_root!();
     let topology = Topology::new(0).unwrap();
-    let mut command = topology.node.command(sluice_binary().unwrap());
-    command.args(["run", "--workers", "2", "--no-xdp"]);
-    let mut sluice = ChildGuard::spawn(command).unwrap();
-    let target = SocketAddr::from((topology.node_v4(), 8080));
-    let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
-        assert!(sluice.try_status().is_none(), "sluice exited early:\n{}", sluice.output());
-        // Logged once the kernel path is attached, when it is on.
-        if !sluice.output().contains("sluice is serving") {
-            return None;
-        }
-        topology.client.run(move || http_get(target, "/")).ok()?.ok()
-    })
-    .unwrap();
+    let (sluice, _, response) = start_in_node(&topology, &["run", "--workers", "2", "--no-xdp"]);
     assert_eq!(response.status, 404, "the built-in configuration's answer");
     assert!(response.header("x-sluice-worker").is_some());
     assert!(!xdp_attached(&topology));
@@ -114,22 +111,7 @@ fn a_killed_sluice_leaves_no_program_attached() {
 /// kernel path, leaves no program attached, and exits cleanly.
 fn serves_without_xdp_when_attaching_fails(args: &[&str], reasons: &[&str]) {
     let topology = Topology::new(0).unwrap();
-    let mut command = topology.node.command(sluice_binary().unwrap());
-    command.args(["run", "--workers", "2"]).args(args);
-    let mut sluice = ChildGuard::spawn(command).unwrap();
-    let target = SocketAddr::from((topology.node_v4(), 8080));
-    wait_for(Duration::from_secs(20), "sluice to serve", || {
-        assert!(
-            sluice.try_status().is_none(),
-            "sluice exited instead of serving without XDP:\n{}",
-            sluice.output()
-        );
-        if !sluice.output().contains("sluice is serving") {
-            return None;
-        }
-        topology.client.run(move || http_get(target, "/")).ok()?.ok()
-    })
-    .unwrap();
+    let (sluice, target, _) = start_in_node(&topology, &[&["run", "--workers", "2"], args].concat());
     let output = sluice.output();
     let warning = output
         .lines()

@@ -103,15 +103,7 @@ fn fifty_reloads_under_load_lose_no_request() {
         })
     };
 
-    // `n` more requests of the load, from now.
-    let load_sends = |n: u64, what: &str| {
-        let from = sent.load(Ordering::Relaxed);
-        wait_for(Duration::from_secs(10), &format!("{n} more requests of the load {what}"), || {
-            (sent.load(Ordering::Relaxed) >= from + n).then_some(())
-        })
-        .unwrap();
-    };
-    load_sends(1, "before the first reload");
+    lb_tests::sluice::wait_for_load(&sent, 1, "before the first reload");
     let mut current = &a;
     let mut valid = 0;
     for i in 1..=50 {
@@ -148,7 +140,7 @@ fn fifty_reloads_under_load_lose_no_request() {
         current = next;
     }
     // The load spans the last reload: it goes on after the last configuration served.
-    load_sends(100, "after the last reload");
+    lb_tests::sluice::wait_for_load(&sent, 100, "after the last reload");
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
