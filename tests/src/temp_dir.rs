@@ -1,4 +1,5 @@
-//! A scratch directory per test, removed on drop whether the test passed or not.
+//! A scratch directory per test (or per xtask command), removed on drop whether the test
+//! passed or not.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,7 +18,7 @@ impl TempDir {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         TempDir(dir)
     }
 

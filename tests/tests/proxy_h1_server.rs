@@ -462,7 +462,7 @@ fn client_half_close_still_gets_the_whole_response_then_the_close() {
 // ---------------------------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------
-// Configuration (the raw-socket kit is common/raw_http.rs)
+// Configuration (the raw-socket kit is lb_tests::http and lb_tests::raw_backend)
 // ---------------------------------------------------------------------------------------------
 
 /// A proxy sending paths under `/app` to the one backend at `addr`; every other path has no

@@ -596,7 +596,7 @@ fn upgrade_forwards_bytes_sent_with_the_101() {
 // ---------------------------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------
-// This suite's helpers (the raw-socket kit is common/raw_http.rs)
+// This suite's helpers (the raw-socket kit is lb_tests::http and lb_tests::raw_backend)
 // ---------------------------------------------------------------------------------------------
 
 /// A proxy sending everything to the one backend at `addr` (`extra` as in [`backend`]).

@@ -18,6 +18,7 @@ use lb_tests::{
     http::http_get,
     netns::Netns,
     process::ChildGuard,
+    temp_dir::TempDir,
     topology::{NODE_CLIENT_IF, Topology},
     wait_for,
 };
@@ -92,7 +93,7 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
         println!("   demo backend backend-{} on {addr} in {}", i + 1, netns.name());
     }
 
-    let config_dir = tempfile_dir()?;
+    let config_dir = TempDir::new();
     let config_path = config_dir.0.join("demo.yaml");
     std::fs::write(&config_path, DEMO_CONFIG)?;
     let mut command = topology.node.command(&sluice);
@@ -207,21 +208,6 @@ fn print_spread(tally: &Tally, elapsed: Duration) {
     print_table("worker", &tally.workers);
     println!("   requests over the backends (round robin):");
     print_table("backend", &tally.backends);
-}
-
-/// A directory removed on drop, for the demo's configuration file.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(TempDir(dir))
 }
 
 /// Prints the counters sluice logged at shutdown, one per line, leaving out the zeros.

@@ -16,9 +16,9 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use lb_tests::{backend::Backend, process::ChildGuard, wait_for};
+use lb_tests::{backend::Backend, process::ChildGuard, temp_dir::TempDir, wait_for};
 
-use super::{clock_ticks_per_second, peers::TempDir};
+use super::clock_ticks_per_second;
 use crate::build::build_sluice;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -82,7 +82,7 @@ fn measure(
     window_us: u64,
     args: &BusyPollArgs,
 ) -> anyhow::Result<Measured> {
-    let dir = TempDir::new("busy-poll")?;
+    let dir = TempDir::new();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let config = dir.path().join("sluice.yaml");
     std::fs::write(

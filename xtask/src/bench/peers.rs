@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use lb_tests::process::ChildGuard;
+use lb_tests::{process::ChildGuard, temp_dir::TempDir};
 
 /// The core the proxy under test runs on.
 pub const PROXY_CORE: u32 = 0;
@@ -180,28 +180,6 @@ fn group_processes(pgid: i32) -> Vec<GroupProcess> {
     found
 }
 
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> anyhow::Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("sluice-bench-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The loopback ports of every listener, picked by the kernel (bind to port 0) so that a
 /// bench never collides with whatever else listens on the machine.
 struct Ports {
@@ -255,7 +233,7 @@ impl Lab {
     /// each, with a self-signed ECDSA P-256 certificate made by `openssl`. `busy_poll_us`
     /// above 0 turns Sluice's busy polling on.
     pub fn start(sluice: &Path, tls: bool, busy_poll_us: u64) -> anyhow::Result<Lab> {
-        let dir = TempDir::new(if tls { "tls" } else { "l7" })?;
+        let dir = TempDir::new();
         let ports = Ports::pick()?;
         if tls {
             make_certificate(dir.path())?;

@@ -38,10 +38,11 @@ use lb_tests::{
     },
     http::{Client, HttpResponse},
     process::ChildGuard,
+    temp_dir::TempDir,
 };
 use serde_json::Value;
 
-use super::{interrupted, peers::TempDir, proxy::describe_machine};
+use super::{interrupted, proxy::describe_machine};
 use crate::build::{build_sluice, workspace_root};
 
 /// The IngressClass controller Sluice serves (lb-userspace's `provider::kube::CONTROLLER`).
@@ -519,7 +520,7 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     meta.insert("changes".into(), args.changes.to_string());
     meta.insert("status".into(), if status { "on" } else { "off" }.into());
 
-    let dir = TempDir::new("reload")?;
+    let dir = TempDir::new();
     let backend = Backend::start(None, "127.0.0.1:0".parse()?, "reload-backend")?;
     let kube = FakeKube::start()?;
     println!(
@@ -733,7 +734,7 @@ pub fn markdown_section(bench_dir: &Path) -> Option<String> {
         "\n## Reload in a large cluster (`cargo xtask bench reload`)\n\n\
          Measured {} on commit `{}`; the bench took {} s (building Sluice not counted). Machine: {}, {} cores, \
          Linux {}.\n\n\
-         The fake API server ([`tests/src/fake_kube.rs`](../tests/src/fake_kube.rs), in the bench's process) \
+         The fake API server ([`tests/src/fake_kube/`](../tests/src/fake_kube/), in the bench's process) \
          holds {} Ingresses in {} namespaces, one host and one Service each, whose EndpointSlices hold {} \
          ready endpoints ({} per Service: pod addresses that nothing is sent to, since the Kubernetes \
          translation sets no active health check). They are loaded before Sluice starts, so that its first \
