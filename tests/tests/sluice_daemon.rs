@@ -141,7 +141,7 @@ fn a_missing_interface_leaves_sluice_serving_without_xdp() {
     require_root!();
     serves_without_xdp_when_attaching_fails(
         &["--interface", NODE_CLIENT_IF, "--interface", "sluice-none0"],
-        &["sluice-none0", "auto mode"],
+        &["there is no network interface sluice-none0 here", "--no-xdp"],
     );
 }
 

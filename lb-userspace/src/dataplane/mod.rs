@@ -44,6 +44,10 @@ pub enum Error {
         source: ProgramError,
     },
     #[error(
+        "there is no network interface {0} here; name one that `ip link` lists (--interface, xdp.interfaces), or start with --no-xdp"
+    )]
+    NoInterface(String),
+    #[error(
         "attaching XDP to {interface} in {mode} mode failed: {source}; retry with `--xdp-mode skb`, or start with --no-xdp"
     )]
     Attach {
@@ -158,6 +162,12 @@ impl Dataplane {
     /// Attaches XDP ingress and TC egress to `interface` in the current network namespace. In
     /// `Auto` mode XDP driver mode is tried first and generic mode is the fallback.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        // A missing interface is not a mode problem: say so rather than suggest another mode.
+        let name = std::ffi::CString::new(interface).map_err(|_| Error::NoInterface(interface.to_owned()))?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return Err(Error::NoInterface(interface.to_owned()));
+        }
         let program = xdp_program(&mut self.ebpf, XDP_PROGRAM)?;
         let mut attached = None;
         let mut last_error = None;
