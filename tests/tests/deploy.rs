@@ -18,8 +18,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -233,12 +232,7 @@ fn the_configmap_holds_a_valid_base_configuration() {
 
 /// The status code of `GET path` (HTTP/1.1, one connection).
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    lb_tests::http::request(addr, "GET", "probe", path, &[]).ok().map(|response| response.status)
 }
 
 /// A request to the API server as RBAC sees it.

@@ -276,9 +276,8 @@ fn metrics_count_exactly_the_traffic_sent() {
 
 #[test]
 fn config_api_shows_the_configuration_but_never_key_material() {
-    let generated = rcgen::generate_simple_self_signed(vec!["shop.test".to_owned()]).unwrap();
-    let key_pem = generated.signing_key.serialize_pem();
-    let cert_pem = generated.cert.pem();
+    let leaf = lb_tests::tls::Ca::new("Sluice test CA").leaf(&["shop.test"]);
+    let (cert_pem, key_pem) = (leaf.cert, leaf.key);
     let block = |pem: &str| pem.lines().map(|l| format!("      {l}\n")).collect::<String>();
     let site = Site::start(&format!(
         "certificates:\n  - name: shop-cert\n    cert_pem: |\n{}    key_pem: |\n{}",
