@@ -42,6 +42,144 @@ use lb_userspace::{
     proxy::{route::RouteTable, snapshot::Snapshot, upstream::endpoint::EndpointRegistry},
 };
 
+// ---------------------------------------------------------------------------------------------
+// The properties, per generator.
+
+#[test]
+fn random_bytes_never_panic() {
+    fuzz("bytes", 3000, |rng, _| {
+        let len = rng.below(200);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+}
+
+#[test]
+fn random_yaml_punctuation_never_panics() {
+    fuzz("punctuation", 3000, |rng, _| {
+        let mut text = String::new();
+        for _ in 0..rng.below(60) {
+            match rng.below(3) {
+                0 => text.push_str(rng.word(YAML_PIECES)),
+                1 => text.push_str(rng.word(fields())),
+                _ => text.push_str(rng.word(SCALARS)),
+            }
+        }
+        text
+    });
+}
+
+#[test]
+fn random_yaml_documents_never_panic() {
+    fuzz("yaml-ish", 3000, |rng, case| {
+        let depth = if case % 50 == 0 { 12 } else { 1 + rng.below(5) };
+        let mut tree = random_tree(rng, depth);
+        // Mostly a top-level mapping, as a configuration is.
+        if rng.chance(80) && !matches!(tree, Yaml::Map(_)) {
+            tree = Yaml::Map(vec![(rng.pick(fields()).to_string(), tree)]);
+        }
+        render(rng, &tree)
+    });
+}
+
+#[test]
+fn deep_nesting_never_panics() {
+    // The parser stops at its depth budget; the position lookup must cope with anything the
+    // parser gets through.
+    fuzz("deep", 200, |rng, case| {
+        let depth = 1 + case * 5 + rng.below(5);
+        let (open, close) = match rng.below(4) {
+            0 => ("[".repeat(depth), "]".repeat(depth)),
+            1 => ("{a: ".repeat(depth), "}".repeat(depth)),
+            2 => ("- ".repeat(depth), String::new()),
+            _ => {
+                let mut text = String::new();
+                for level in 0..depth.min(300) {
+                    text.push_str(&format!("{}{}:\n", " ".repeat(level), rng.pick(fields())));
+                }
+                return text;
+            }
+        };
+        format!("listeners: {open}{}{close}\n", rng.pick(SCALARS))
+    });
+}
+
+#[test]
+fn structured_configurations_never_panic() {
+    let shape = config_shape();
+    fuzz("structured", 2500, |rng, _| {
+        let tree = structured(rng, &shape);
+        render(rng, &tree)
+    });
+}
+
+#[test]
+fn mutated_structured_configurations_never_panic() {
+    let shape = config_shape();
+    fuzz("structured-mutated", 1500, |rng, _| {
+        let tree = structured(rng, &shape);
+        let text = render(rng, &tree);
+        mutate(rng, &text)
+    });
+}
+
+#[test]
+fn mutated_examples_never_panic() {
+    let examples = examples();
+    assert!(examples.len() >= 4, "examples/ has {} files", examples.len());
+    for (path, text) in &examples {
+        assert!(check(text) == Ok(Outcome::Accepted), "{} is not accepted", path.display());
+    }
+    fuzz("examples-mutated", 2500, |rng, _| {
+        let (_, text) = rng.pick(&examples);
+        mutate(rng, text)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions that are reported, but could be in the wrong place: what the properties above cannot
+// tell.
+
+/// (line, column) of the first error for `yaml`.
+fn first_position(yaml: &str) -> (usize, usize) {
+    match Config::from_yaml(yaml, SOURCE) {
+        Ok(_) => panic!("accepted"),
+        Err(Error::Parse { line, column, .. }) => (line, column),
+        Err(Error::Invalid { problems, .. }) => (problems[0].line, problems[0].column),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn an_empty_route_is_reported_on_its_own_line() {
+    // A bare `-` deserializes as a route with every field defaulted; its problem points at line
+    // 7, not at the route after it (which then also looks like a duplicate of it).
+    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends: [{name: b, endpoints: []}]\n\
+                virtual_hosts:\n  - name: v\n    domains: [\"*\"]\n    routes:\n      -\n\n\n      - backend: b\n";
+    assert_eq!(first_position(yaml).0, 7);
+}
+
+#[test]
+fn a_duplicate_key_is_reported_where_it_repeats() {
+    assert_eq!(first_position("listeners: []\nworkers: 1\nlisteners: []\n"), (3, 1));
+}
+
+#[test]
+fn a_second_document_is_reported_where_its_content_starts() {
+    assert_eq!(first_position("listeners: []\n---\nlisteners: []\n"), (3, 1));
+}
+
+#[test]
+fn a_bad_one_of_choice_is_reported_at_its_field() {
+    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends:\n  - name: b\n    balance: hash\n\
+                \x20   hash_on: {client_ip: false}\n    endpoints: []\n";
+    assert_eq!(first_position(yaml).0, 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
 const SOURCE: &str = "fuzz.yaml";
 
 /// Each generator stops here even when its cases are not done (slow machines).
@@ -884,138 +1022,4 @@ fn examples() -> Vec<(PathBuf, String)> {
         .collect();
     files.sort();
     files
-}
-
-// ---------------------------------------------------------------------------------------------
-// The properties, per generator.
-
-#[test]
-fn random_bytes_never_panic() {
-    fuzz("bytes", 3000, |rng, _| {
-        let len = rng.below(200);
-        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    });
-}
-
-#[test]
-fn random_yaml_punctuation_never_panics() {
-    fuzz("punctuation", 3000, |rng, _| {
-        let mut text = String::new();
-        for _ in 0..rng.below(60) {
-            match rng.below(3) {
-                0 => text.push_str(rng.word(YAML_PIECES)),
-                1 => text.push_str(rng.word(fields())),
-                _ => text.push_str(rng.word(SCALARS)),
-            }
-        }
-        text
-    });
-}
-
-#[test]
-fn random_yaml_documents_never_panic() {
-    fuzz("yaml-ish", 3000, |rng, case| {
-        let depth = if case % 50 == 0 { 12 } else { 1 + rng.below(5) };
-        let mut tree = random_tree(rng, depth);
-        // Mostly a top-level mapping, as a configuration is.
-        if rng.chance(80) && !matches!(tree, Yaml::Map(_)) {
-            tree = Yaml::Map(vec![(rng.pick(fields()).to_string(), tree)]);
-        }
-        render(rng, &tree)
-    });
-}
-
-#[test]
-fn deep_nesting_never_panics() {
-    // The parser stops at its depth budget; the position lookup must cope with anything the
-    // parser gets through.
-    fuzz("deep", 200, |rng, case| {
-        let depth = 1 + case * 5 + rng.below(5);
-        let (open, close) = match rng.below(4) {
-            0 => ("[".repeat(depth), "]".repeat(depth)),
-            1 => ("{a: ".repeat(depth), "}".repeat(depth)),
-            2 => ("- ".repeat(depth), String::new()),
-            _ => {
-                let mut text = String::new();
-                for level in 0..depth.min(300) {
-                    text.push_str(&format!("{}{}:\n", " ".repeat(level), rng.pick(fields())));
-                }
-                return text;
-            }
-        };
-        format!("listeners: {open}{}{close}\n", rng.pick(SCALARS))
-    });
-}
-
-#[test]
-fn structured_configurations_never_panic() {
-    let shape = config_shape();
-    fuzz("structured", 2500, |rng, _| {
-        let tree = structured(rng, &shape);
-        render(rng, &tree)
-    });
-}
-
-#[test]
-fn mutated_structured_configurations_never_panic() {
-    let shape = config_shape();
-    fuzz("structured-mutated", 1500, |rng, _| {
-        let tree = structured(rng, &shape);
-        let text = render(rng, &tree);
-        mutate(rng, &text)
-    });
-}
-
-#[test]
-fn mutated_examples_never_panic() {
-    let examples = examples();
-    assert!(examples.len() >= 4, "examples/ has {} files", examples.len());
-    for (path, text) in &examples {
-        assert!(check(text) == Ok(Outcome::Accepted), "{} is not accepted", path.display());
-    }
-    fuzz("examples-mutated", 2500, |rng, _| {
-        let (_, text) = rng.pick(&examples);
-        mutate(rng, text)
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Positions that are reported, but could be in the wrong place: what the properties above cannot
-// tell.
-
-/// (line, column) of the first error for `yaml`.
-fn first_position(yaml: &str) -> (usize, usize) {
-    match Config::from_yaml(yaml, SOURCE) {
-        Ok(_) => panic!("accepted"),
-        Err(Error::Parse { line, column, .. }) => (line, column),
-        Err(Error::Invalid { problems, .. }) => (problems[0].line, problems[0].column),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-#[test]
-fn an_empty_route_is_reported_on_its_own_line() {
-    // A bare `-` deserializes as a route with every field defaulted; its problem points at line
-    // 7, not at the route after it (which then also looks like a duplicate of it).
-    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends: [{name: b, endpoints: []}]\n\
-                virtual_hosts:\n  - name: v\n    domains: [\"*\"]\n    routes:\n      -\n\n\n      - backend: b\n";
-    assert_eq!(first_position(yaml).0, 7);
-}
-
-#[test]
-fn a_duplicate_key_is_reported_where_it_repeats() {
-    assert_eq!(first_position("listeners: []\nworkers: 1\nlisteners: []\n"), (3, 1));
-}
-
-#[test]
-fn a_second_document_is_reported_where_its_content_starts() {
-    assert_eq!(first_position("listeners: []\n---\nlisteners: []\n"), (3, 1));
-}
-
-#[test]
-fn a_bad_one_of_choice_is_reported_at_its_field() {
-    let yaml = "listeners: [{name: a, address: \"127.0.0.1:80\"}]\nbackends:\n  - name: b\n    balance: hash\n\
-                \x20   hash_on: {client_ip: false}\n    endpoints: []\n";
-    assert_eq!(first_position(yaml).0, 5);
 }
