@@ -5,28 +5,6 @@ use std::{path::Path, process::Command, time::Duration};
 
 use lb_tests::{process::ChildGuard, require_root, topology::Topology, wait_for};
 
-/// Set in the child copy to pick what it does; absent in a normal run.
-const ROLE: &str = "SLUICE_CLEANUP_ROLE";
-
-fn namespaces_of(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("sluice-t-{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; look at its state too.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-        .unwrap_or(false)
-}
-
 /// Runs in the child: builds a topology, starts a long-lived process inside it, reports the
 /// process id, then fails (panics) or waits to be killed.
 #[test]
@@ -92,4 +70,30 @@ fn a_killed_test_is_cleaned_up_by_the_next_run() {
     let next = Topology::new(0).unwrap();
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "stale namespaces reaped");
     drop(next);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Set in the child copy to pick what it does; absent in a normal run.
+const ROLE: &str = "SLUICE_CLEANUP_ROLE";
+
+fn namespaces_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("sluice-t-{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; look at its state too.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+        .unwrap_or(false)
 }

@@ -12,30 +12,6 @@ use lb_tests::{
     wait_for,
 };
 
-fn xdp_attached(topology: &Topology) -> bool {
-    let out = topology.node.command("ip").args(["link", "show", "dev", NODE_CLIENT_IF]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
-
-/// Starts `sluice ARGS` in the node namespace and waits until it has said it serves (logged
-/// once the kernel path is attached, when it is on) and answers the client; returns the
-/// process, the address the client reaches and that first answer.
-fn start_in_node(topology: &Topology, args: &[&str]) -> (ChildGuard, SocketAddr, HttpResponse) {
-    let mut command = topology.node.command(sluice_binary().unwrap());
-    command.args(args);
-    let mut sluice = ChildGuard::spawn(command).unwrap();
-    let target = SocketAddr::from((topology.node_v4(), 8080));
-    let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
-        assert!(sluice.try_status().is_none(), "sluice exited before serving:\n{}", sluice.output());
-        if !sluice.output().contains("sluice is serving") {
-            return None;
-        }
-        topology.client.run(move || http_get(target, "/")).ok()?.ok()
-    })
-    .unwrap();
-    (sluice, target, response)
-}
-
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn sluice_attaches_serves_and_detaches_on_sigterm() {
@@ -154,4 +130,32 @@ fn driver_mode_refused_by_the_interface_leaves_sluice_serving_without_xdp() {
         &["--interface", "lo", "--xdp-mode", "driver"],
         &["attaching XDP to lo in driver mode failed", "--xdp-mode skb"],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn xdp_attached(topology: &Topology) -> bool {
+    let out = topology.node.command("ip").args(["link", "show", "dev", NODE_CLIENT_IF]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+/// Starts `sluice ARGS` in the node namespace and waits until it has said it serves (logged
+/// once the kernel path is attached, when it is on) and answers the client; returns the
+/// process, the address the client reaches and that first answer.
+fn start_in_node(topology: &Topology, args: &[&str]) -> (ChildGuard, SocketAddr, HttpResponse) {
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.args(args);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    let target = SocketAddr::from((topology.node_v4(), 8080));
+    let response = wait_for(Duration::from_secs(20), "sluice to serve", || {
+        assert!(sluice.try_status().is_none(), "sluice exited before serving:\n{}", sluice.output());
+        if !sluice.output().contains("sluice is serving") {
+            return None;
+        }
+        topology.client.run(move || http_get(target, "/")).ok()?.ok()
+    })
+    .unwrap();
+    (sluice, target, response)
 }

@@ -22,21 +22,6 @@ use lb_userspace::{
     },
 };
 
-fn builtin_snapshot() -> Published {
-    let registry = EndpointRegistry::default();
-    Published::new(Snapshot::build(&Config::builtin(), &registry, 1).unwrap())
-}
-
-fn xdp_attached(topology: &Topology) -> bool {
-    let out = topology
-        .node
-        .command("ip")
-        .args(["link", "show", "dev", NODE_CLIENT_IF])
-        .output()
-        .expect("ip link show");
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
-
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn xdp_counts_real_udp_and_tcp_traffic_then_detaches() {
@@ -100,4 +85,23 @@ fn xdp_counts_real_udp_and_tcp_traffic_then_detaches() {
 
     drop(dataplane);
     assert!(!xdp_attached(&topology), "no XDP program left attached after the dataplane is dropped");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn builtin_snapshot() -> Published {
+    let registry = EndpointRegistry::default();
+    Published::new(Snapshot::build(&Config::builtin(), &registry, 1).unwrap())
+}
+
+fn xdp_attached(topology: &Topology) -> bool {
+    let out = topology
+        .node
+        .command("ip")
+        .args(["link", "show", "dev", NODE_CLIENT_IF])
+        .output()
+        .expect("ip link show");
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
 }

@@ -7,39 +7,6 @@ use lb_common::Stat;
 use lb_tests::{frames, require_root};
 use lb_userspace::dataplane::{Dataplane, Program, Protocol, Service};
 
-const XDP_PASS: u32 = 2;
-const XDP_DROP: u32 = 1;
-const WORKER_PORTS: [u16; 4] = [20000, 20001, 20002, 20003];
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-
-fn dataplane_with_service() -> Dataplane {
-    let mut dataplane = Dataplane::load().unwrap();
-    let mut steering = dataplane.take_steering().unwrap();
-    steering
-        .install(vec![
-            Service {
-                addr: NODE.into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-                worker_ports: WORKER_PORTS.to_vec(),
-            },
-            Service {
-                addr: "::".parse().unwrap(),
-                port: 5353,
-                protocol: Protocol::Udp,
-                worker_ports: vec![21000, 21001, 21002, 21003],
-            },
-        ])
-        .unwrap();
-    // The steering handle is dropped here; the maps keep their contents while the object lives.
-    dataplane
-}
-
-fn dport(frame: &[u8], l4: usize) -> u16 {
-    u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]])
-}
-
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn syn_is_steered_to_a_worker_port_and_the_flow_sticks() {
@@ -201,4 +168,41 @@ fn new_flow_placement_is_pinned() {
             20001, 20000
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+const WORKER_PORTS: [u16; 4] = [20000, 20001, 20002, 20003];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+fn dataplane_with_service() -> Dataplane {
+    let mut dataplane = Dataplane::load().unwrap();
+    let mut steering = dataplane.take_steering().unwrap();
+    steering
+        .install(vec![
+            Service {
+                addr: NODE.into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+                worker_ports: WORKER_PORTS.to_vec(),
+            },
+            Service {
+                addr: "::".parse().unwrap(),
+                port: 5353,
+                protocol: Protocol::Udp,
+                worker_ports: vec![21000, 21001, 21002, 21003],
+            },
+        ])
+        .unwrap();
+    // The steering handle is dropped here; the maps keep their contents while the object lives.
+    dataplane
+}
+
+fn dport(frame: &[u8], l4: usize) -> u16 {
+    u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]])
 }
