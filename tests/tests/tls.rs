@@ -463,6 +463,9 @@ fn rotating_a_certificate_under_load_fails_no_request() {
     let trusting = client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() });
     let mut established = connect(proxy.addr(), Some("a.test"), &trusting).unwrap();
     assert!(served_certificate(&established) == certs.a.der());
+    // Its first request goes now: until then the listener's 1 s header timeout applies, which a
+    // slow machine's wait for the load below can outlast; after it, the 60 s idle timeout.
+    assert_eq!(request(&mut established, "a.test", "/", false).unwrap().status, 200);
     let load = Load::start(proxy.addr(), &certs.ca, 4);
     let started = Instant::now();
     wait_for_requests(&load, 100);
