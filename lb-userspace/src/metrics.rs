@@ -64,6 +64,23 @@ struct WorkerCounters {
     durations: FastMap<(Arc<str>, Arc<str>), Histogram>,
     connect_errors: FastMap<Arc<str>, u64>,
     retries: FastMap<Arc<str>, u64>,
+    denied: FastMap<(Arc<str>, Denial), u64>,
+}
+
+/// Why a request was refused before it reached a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Denial {
+    /// The client's address is outside the route's source ranges.
+    SourceRange,
+}
+
+impl Denial {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Denial::SourceRange => "source_range",
+        }
+    }
 }
 
 /// One worker's metrics.
@@ -89,6 +106,11 @@ impl WorkerMetrics {
 
     pub fn retry(&self, backend: &Arc<str>) {
         *self.counters.lock().retries.entry(backend.clone()).or_insert(0) += 1;
+    }
+
+    /// A request refused on `route` before it reached a backend.
+    pub fn denied(&self, route: &Arc<str>, why: Denial) {
+        *self.counters.lock().denied.entry((route.clone(), why)).or_insert(0) += 1;
     }
 
     pub fn connection_opened(&self) {
@@ -188,6 +210,9 @@ impl Metrics {
             for (k, v) in &counters.retries {
                 *total.retries.entry(k.clone()).or_insert(0) += v;
             }
+            for (k, v) in &counters.denied {
+                *total.denied.entry(k.clone()).or_insert(0) += v;
+            }
         }
         total
     }
@@ -258,6 +283,19 @@ impl Collector for Metrics {
                 ConstCounter::new(*count)
                     .encode(family.encode_family(&[("backend", backend.to_string())])?)?;
             }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_requests_denied",
+            "Requests refused before reaching a backend, by route and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut denied: Vec<_> = total.denied.iter().collect();
+        denied.sort();
+        for ((route, why), count) in denied {
+            let labels = [("route", route.to_string()), ("reason", why.name().to_owned())];
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
         }
 
         let mut family = encoder.encode_descriptor(
@@ -349,7 +387,13 @@ mod tests {
         metrics.worker(1).request(&host, &route, 204, Duration::from_millis(30));
         metrics.worker(1).request(&host, &route, 503, Duration::from_millis(1));
         metrics.worker(0).connection_opened();
+        metrics.worker(0).denied(&route, Denial::SourceRange);
+        metrics.worker(1).denied(&route, Denial::SourceRange);
         let text = metrics.render();
+        assert!(
+            text.contains(r#"sluice_requests_denied_total{route="web/0",reason="source_range"} 2"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"sluice_requests_total{host="web",route="web/0",status_class="2xx"} 2"#),
             "{text}"

@@ -393,6 +393,61 @@ fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
     assert_eq!(get(sluice.addr, "rw.test", "/else", &[]).unwrap().status, 404);
 }
 
+/// Source-range annotations as ingress-nginx reads them: the cert-manager HTTP-01 solver's
+/// permissive `0.0.0.0/0,::/0` allow list is served (it used to refuse the Ingress, and with it
+/// certificate renewals), an allow list the client is outside answers 403 whatever
+/// X-Forwarded-For claims, a deny list refuses the client, and a value that does not parse
+/// refuses only its own Ingress.
+#[test]
+fn source_range_annotations_admit_by_the_client_address() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, web[0].addr().port()));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-1",
+        "web",
+        "IPv4",
+        web[0].addr().port(),
+        &[SliceEndpoint::ready(&ip(&web[0]))],
+    ));
+    let with = |name: &str, host: &str, annotations: serde_json::Value| {
+        let mut ingress = ingress("default", name, "sluice", host, "/", "web", 80);
+        ingress["metadata"]["annotations"] = annotations;
+        ingress
+    };
+    kube.apply(with(
+        "cm-acme-http-solver",
+        "solver.test",
+        json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "0.0.0.0/0,::/0"}),
+    ));
+    kube.apply(with(
+        "office",
+        "office.test",
+        json!({"nginx.ingress.kubernetes.io/allowlist-source-range": "10.0.0.0/8, 2001:db8::/32"}),
+    ));
+    kube.apply(with(
+        "blocked",
+        "blocked.test",
+        json!({"nginx.ingress.kubernetes.io/denylist-source-range": "127.0.0.0/8"}),
+    ));
+    kube.apply(with(
+        "broken",
+        "broken.test",
+        json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/33"}),
+    ));
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("solver.test", "/", "web-0", Duration::from_secs(20));
+    let status = |host: &str, headers: &[(&str, &str)]| get(sluice.addr, host, "/", headers).unwrap().status;
+    // The translation is one snapshot: once the solver is served, the others are in place too.
+    assert_eq!(status("office.test", &[]), 403);
+    assert_eq!(status("office.test", &[("X-Forwarded-For", "10.1.2.3")]), 403, "a spoofed hop opens nothing");
+    assert_eq!(status("blocked.test", &[]), 403);
+    assert_eq!(status("broken.test", &[]), 404, "the Ingress with a bad range is refused, not served open");
+    assert_eq!(status("solver.test", &[("X-Forwarded-For", "203.0.113.9")]), 200);
+}
+
 fn lease_holder(kube: &FakeKube) -> Option<String> {
     kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
         .as_str()

@@ -930,6 +930,79 @@ fn configuration_swap_moves_routes_and_spares_requests_in_flight() {
 // ---------------------------------------------------------------------------------------------
 
 /// Every configuration starts with this: two workers, no XDP, a short drain on stop.
+/// Source ranges (ingress-nginx `allowlist-source-range` / `denylist-source-range`) are decided
+/// on the connection's peer over IPv4 and IPv6: a client outside the allow list or inside the
+/// deny list gets a 403 that never reaches the backend, and an X-Forwarded-For the client sends
+/// opens nothing. A route's ranges replace its virtual host's; a redirect route answers first,
+/// as nginx's rewrite phase does.
+#[test]
+fn source_ranges_admit_by_the_peer_address() {
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, lb_tests::free_port()));
+    let yaml = format!(
+        "workers: 2
+xdp: {{enabled: false}}
+limits: {{shutdown_grace_ms: 500}}
+listeners: [{{name: web, address: \"{{listen}}\"}}, {{name: web6, address: \"{v6}\"}}]
+backends:\n{}virtual_hosts:
+  - name: office
+    domains: [office.example]
+    source_ranges: {{allow: [\"127.0.0.0/8\"]}}
+    routes:
+      - {{name: office-all, backend: echo}}
+      - {{name: office-open, match: {{path: {{prefix: /open}}}}, backend: echo, source_ranges: {{allow: [\"0.0.0.0/0\", \"::/0\"]}}}}
+  - name: remote
+    domains: [remote.example]
+    routes:
+      - {{name: remote-only, backend: echo, source_ranges: {{allow: [\"10.0.0.0/8\", \"2001:db8::/32\"]}}}}
+      - {{name: remote-moved, match: {{path: {{prefix: /moved}}}}, redirect: {{path: /elsewhere, code: 308}}, source_ranges: {{allow: [\"10.0.0.0/8\"]}}}}
+  - name: blocked
+    domains: [blocked.example]
+    source_ranges: {{deny: [\"127.0.0.1\", \"::1/128\"]}}
+    routes: [{{name: blocked-all, backend: echo}}]
+",
+        group("echo", &[echo.addr()], "")
+    );
+    let proxy = Proxy::start(&yaml);
+    lb_tests::wait_for(Duration::from_secs(10), "the IPv6 listener", || {
+        std::net::TcpStream::connect(v6).ok()
+    })
+    .unwrap();
+    // (listener, host, path, request headers, expected status)
+    type Case<'a> = (SocketAddr, &'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        (proxy.addr, "office.example", "/", &[], 200),
+        (v6, "office.example", "/", &[], 403),
+        (v6, "office.example", "/open/x", &[], 200),
+        (proxy.addr, "remote.example", "/", &[], 403),
+        (
+            proxy.addr,
+            "remote.example",
+            "/",
+            &[("X-Forwarded-For", "10.1.2.3"), ("X-Real-IP", "10.1.2.3")],
+            403,
+        ),
+        (v6, "remote.example", "/", &[("X-Forwarded-For", "2001:db8::1")], 403),
+        (proxy.addr, "remote.example", "/moved", &[], 308),
+        (proxy.addr, "blocked.example", "/", &[], 403),
+        (v6, "blocked.example", "/", &[], 403),
+    ];
+    let mut failures = Vec::new();
+    for &(addr, host, path, headers, expected) in cases {
+        let response = request(addr, "GET", host, path, headers);
+        if response.status != expected {
+            failures.push(format!(
+                "{addr} {host}{path} {headers:?}: expected {expected}, got {}",
+                response.status
+            ));
+        }
+        if response.status == 403 && backend_of(&response) != "<none>" {
+            failures.push(format!("{addr} {host}{path}: a refused request reached the backend"));
+        }
+    }
+    assert!(failures.is_empty(), "source ranges:\n{}", failures.join("\n"));
+}
+
 const PRELUDE: &str = "\
 workers: 2
 xdp: {enabled: false}

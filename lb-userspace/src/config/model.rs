@@ -223,6 +223,120 @@ pub struct VirtualHostConfig {
     /// HSTS and client certificates.
     #[serde(default)]
     pub tls: Option<HostTlsConfig>,
+    /// Which client addresses may use this host's routes (a route's own `source_ranges`
+    /// replaces this).
+    #[serde(default)]
+    pub source_ranges: Option<SourceRangesConfig>,
+}
+
+/// Which client addresses may use a route (ingress-nginx `allowlist-source-range` and
+/// `denylist-source-range`): a client inside `deny` is refused; when `allow` is not empty, a
+/// client outside it is refused too. Refused requests get `403 Forbidden` and never reach a
+/// backend. The client's address is the connection's peer: a client-sent X-Forwarded-For never
+/// opens an allow list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRangesConfig {
+    /// Networks allowed in (every other client is refused); empty: everyone not denied.
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// Networks refused, whatever `allow` says.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+}
+
+impl SourceRangesConfig {
+    /// Whether a client at `client` may use the route.
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        let client = client.to_canonical();
+        !self.deny.iter().any(|cidr| cidr.contains(client))
+            && (self.allow.is_empty() || self.allow.iter().any(|cidr| cidr.contains(client)))
+    }
+}
+
+/// An IPv4 or IPv6 network: `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`,
+/// `/32` or `/128`). Bits past the prefix are ignored (`10.1.2.3/8` is `10.0.0.0/8`), as nginx
+/// and ingress-nginx read them. An IPv4 network also matches IPv4-mapped IPv6 clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr =
+            address.parse().map_err(|_| format!("`{text}` is not an IP address or CIDR network"))?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(digits) => match digits.parse::<u8>() {
+                Ok(prefix) if prefix <= bits && digits.bytes().all(|b| b.is_ascii_digit()) => prefix,
+                _ => return Err(format!("`{text}`: the prefix length must be 0 to {bits}")),
+            },
+        };
+        // An IPv4-mapped network (`::ffff:192.0.2.0/120`) is the IPv4 network it maps, as clients
+        // are compared canonically.
+        match network.to_canonical() {
+            v4 @ std::net::IpAddr::V4(_) if network.is_ipv6() && prefix >= 96 => {
+                Ok(Cidr { network: v4, prefix: prefix - 96 })
+            }
+            _ => Ok(Cidr { network, prefix }),
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Cidr, String> {
+        text.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> String {
+        format!("{}/{}", cidr.network, cidr.prefix)
+    }
+}
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidr".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "An IPv4 or IPv6 network (`10.0.0.0/8`, `2001:db8::/32`) or one address.",
+            "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+        })
+    }
 }
 
 /// TLS for one virtual host, selected by SNI on TLS listeners (see [`ListenerTlsConfig`]).
@@ -293,6 +407,9 @@ pub struct RouteConfig {
     /// Overrides `limits.max_body_bytes` for this route (0 = unlimited).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Which client addresses may use this route; replaces the virtual host's.
+    #[serde(default)]
+    pub source_ranges: Option<SourceRangesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
@@ -837,5 +954,60 @@ impl SameSite {
             SameSite::Strict => "Strict",
             SameSite::None => "None",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_networks_contain_their_addresses() {
+        let cidr = |text: &str| text.parse::<Cidr>().unwrap();
+        assert!(cidr("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!cidr("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(cidr("10.1.2.3/8").contains(ip("10.9.9.9")), "bits past the prefix are ignored");
+        assert!(cidr("192.0.2.7").contains(ip("192.0.2.7")) && !cidr("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!cidr("0.0.0.0/0").contains(ip("2001:db8::1")), "an IPv4 network holds no IPv6 client");
+        assert!(cidr("::/0").contains(ip("2001:db8::1")) && !cidr("::/0").contains(ip("192.0.2.1")));
+        assert!(cidr("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!cidr("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(cidr("192.0.2.0/24").contains(ip("::ffff:192.0.2.1")), "an IPv4-mapped client is IPv4");
+        assert!(cidr("::ffff:192.0.2.0/120").contains(ip("192.0.2.1")));
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "host.example",
+            "1.2.3.4/8/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+        assert_eq!(String::from(cidr(" 2001:DB8::/32 ")), "2001:db8::/32");
+    }
+
+    #[test]
+    fn deny_wins_then_the_allow_list_decides() {
+        let ranges = |allow: &[&str], deny: &[&str]| SourceRangesConfig {
+            allow: allow.iter().map(|c| c.parse().unwrap()).collect(),
+            deny: deny.iter().map(|c| c.parse().unwrap()).collect(),
+        };
+        let office = ranges(&["192.0.2.0/24", "2001:db8::/32"], &["192.0.2.66"]);
+        assert!(office.admits(ip("192.0.2.1")) && office.admits(ip("2001:db8::5")));
+        assert!(!office.admits(ip("192.0.2.66")), "denied inside the allow list");
+        assert!(!office.admits(ip("198.51.100.1")) && !office.admits(ip("2001:db9::1")));
+        let blocklist = ranges(&[], &["198.51.100.0/24"]);
+        assert!(blocklist.admits(ip("192.0.2.1")) && !blocklist.admits(ip("198.51.100.9")));
+        assert!(ranges(&["0.0.0.0/0", "::/0"], &[]).admits(ip("2001:db8::1")));
     }
 }

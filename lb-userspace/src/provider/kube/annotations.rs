@@ -108,6 +108,8 @@ pub struct Annotations {
     pub app_root: Option<String>,
     pub redirect: Option<WholeRedirect>,
     pub ssl_passthrough: bool,
+    /// `allowlist-source-range` (or `whitelist-`) and `denylist-source-range`.
+    pub source_ranges: Option<crate::config::SourceRangesConfig>,
 }
 
 /// The outcome of reading one Ingress's annotations.
@@ -342,11 +344,37 @@ mod tests {
     }
 
     #[test]
-    fn snippets_and_source_ranges_refuse_the_ingress() {
+    fn source_ranges_are_read_and_a_bad_one_refuses_the_ingress() {
+        let ranges = |pairs: &[(&str, &str)]| {
+            let r = annotations(pairs);
+            assert_eq!(r.refused, None, "{pairs:?}");
+            let ranges = r.annotations.source_ranges.expect("source ranges");
+            let show =
+                |list: &[crate::config::Cidr]| list.iter().map(|c| String::from(*c)).collect::<Vec<_>>();
+            (show(&ranges.allow), show(&ranges.deny))
+        };
+        // The cert-manager HTTP-01 solver's shape: everyone.
+        assert_eq!(ranges(&[("whitelist-source-range", "0.0.0.0/0,::/0")]).0, ["0.0.0.0/0", "::/0"]);
+        assert_eq!(
+            ranges(&[("allowlist-source-range", " 10.0.0.0/8 , 192.0.2.7,2001:db8::/32,")]).0,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+        );
+        // allowlist- is the current name of whitelist-: it wins.
+        let both = [("whitelist-source-range", "10.0.0.0/8"), ("allowlist-source-range", "192.0.2.0/24")];
+        assert_eq!(ranges(&both).0, ["192.0.2.0/24"]);
+        let (allow, deny) = ranges(&[("denylist-source-range", "198.51.100.0/24")]);
+        assert!(allow.is_empty());
+        assert_eq!(deny, ["198.51.100.0/24"]);
+        for bad in ["10.0.0.0/33", "10.0.0.0/8,nope", "", "::/129", "10.0.0.0/-1", "10.0.0/8"] {
+            let r = annotations(&[("whitelist-source-range", bad)]);
+            assert!(r.refused.as_deref().is_some_and(|why| why.contains("source range")), "{bad:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn snippets_refuse_the_ingress() {
         let r = annotations(&[("configuration-snippet", "more_set_headers 'X: y';")]);
         assert!(r.refused.unwrap().contains("snippets are refused"));
-        let r = annotations(&[("whitelist-source-range", "10.0.0.0/8")]);
-        assert!(r.refused.unwrap().contains("source-range"));
         let r = annotations(&[("backend-protocol", "FCGI")]);
         assert!(r.refused.is_some());
     }

@@ -567,6 +567,7 @@ impl<'a> Builder<'a> {
         route.name = Some(id.to_string());
         route.timeout_ms = a.read_timeout_ms;
         route.max_body_bytes = a.body_size;
+        route.source_ranges = a.source_ranges.clone();
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
             route.rewrite = Some(RewriteConfig {
                 prefix: None,
@@ -592,6 +593,7 @@ impl<'a> Builder<'a> {
         route.name = Some(id.to_string());
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
         route.backend = Some(group);
+        route.source_ranges = a.source_ranges.clone();
         self.claim("*", route, id);
     }
 

@@ -47,7 +47,7 @@ use super::{
         BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, pool, request_body::RequestBody,
     },
 };
-use crate::{config::AffinityMode, now_ms};
+use crate::{config::AffinityMode, metrics::Denial, now_ms};
 
 /// Response header naming the worker that served a request (when `worker_id_header` is on).
 pub const WORKER_HEADER: &str = "x-sluice-worker";
@@ -180,7 +180,7 @@ async fn route_and_forward(
         ControlFlow::Continue(chosen) => chosen,
         ControlFlow::Break(answer) => return answer,
     };
-    let limit = match admit(&request, route, snapshot) {
+    let limit = match admit(&request, route, connection, snapshot) {
         ControlFlow::Continue(limit) => limit,
         ControlFlow::Break(answer) => return answer,
     };
@@ -262,9 +262,24 @@ fn choose_route<'s>(
     }
 }
 
-/// Admit: what the route lets in. Returns the body size limit (0: unlimited); an announced
-/// body over it is refused before anything is read.
-fn admit(request: &Request<ClientBody>, route: &Route, snapshot: &Snapshot) -> Phase<u64> {
+/// Admit: what the route lets in. A client address outside its source ranges is refused
+/// (403, counted); then the body size limit (0: unlimited) is returned, and an announced body
+/// over it is refused before anything is read.
+fn admit(
+    request: &Request<ClientBody>,
+    route: &Route,
+    connection: &Connection,
+    snapshot: &Snapshot,
+) -> Phase<u64> {
+    if let Some(ranges) = &route.source_ranges
+        && !ranges.admits(connection.client.ip())
+    {
+        connection.metrics.denied(&route.labels.route, Denial::SourceRange);
+        return ControlFlow::Break(error(
+            StatusCode::FORBIDDEN,
+            "this client address may not use this route",
+        ));
+    }
     let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
     if let Some(length) = request.headers().get(CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()))
         && limit > 0

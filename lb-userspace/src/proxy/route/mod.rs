@@ -17,12 +17,14 @@
 //!   [`RouteTable::build`], so [`RouteTable::find`] is a scan that stops at the first match and
 //!   allocates nothing.
 
-use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, time::Duration};
+use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::Regex;
 
-use crate::config::{Config, HeaderMatch, PathMatch, RedirectConfig, RewriteConfig, RouteConfig};
+use crate::config::{
+    Config, HeaderMatch, PathMatch, RedirectConfig, RewriteConfig, RouteConfig, SourceRangesConfig,
+};
 
 /// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
 /// ever reach the default virtual host. It also bounds the stack buffer that lets `find` compare
@@ -61,6 +63,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// As configured: 0 means unlimited, `None` means the `limits.max_body_bytes` default.
     pub max_body_bytes: Option<u64>,
+    /// The client addresses that may use the route (its own, else its virtual host's).
+    pub source_ranges: Option<Arc<SourceRangesConfig>>,
     matcher: Matcher,
 }
 
@@ -170,7 +174,11 @@ impl RouteTable {
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
                 let labels =
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
-                routes.push(compile_route(route, name, labels, &route_at, &backends)?);
+                let mut compiled = compile_route(route, name, labels, &route_at, &backends)?;
+                // A route's own source ranges replace its virtual host's.
+                compiled.source_ranges =
+                    route.source_ranges.as_ref().or(host.source_ranges.as_ref()).cloned().map(Arc::new);
+                routes.push(compiled);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -412,6 +420,7 @@ fn compile_route(
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),
         max_body_bytes: route.max_body_bytes,
+        source_ranges: None,
         matcher,
     })
 }

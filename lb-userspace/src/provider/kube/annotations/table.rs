@@ -6,13 +6,9 @@ use super::{
     Problem::{self, Expected, Refuse},
     UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
 };
-use crate::config::{AffinityMode, CookieAffinityConfig, SameSite};
+use crate::config::{AffinityMode, Cidr, CookieAffinityConfig, SameSite};
 
 const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
-const ALLOW_LIST: &str =
-    "source-range allow lists are not supported; serving without it would expose the Ingress";
-const DENY_LIST: &str =
-    "source-range deny lists are not supported; serving without it would expose the Ingress";
 const CORS: &str = "CORS is not implemented; responses carry no CORS headers";
 const RATE_LIMIT: &str = "rate limits are not implemented; requests are not limited";
 const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
@@ -36,6 +32,10 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("proxy-next-upstream", next_upstream),
     applied("proxy-next-upstream-tries", next_upstream_tries),
     applied("proxy-body-size", body_size),
+    // whitelist- is the old name of allowlist-, which wins when both are set.
+    applied("whitelist-source-range", allow_source_range),
+    applied("allowlist-source-range", allow_source_range),
+    applied("denylist-source-range", deny_source_range),
     applied("load-balance", load_balance),
     // After load-balance: consistent hashing wins over it, as in ingress-nginx.
     applied("upstream-hash-by", upstream_hash_by),
@@ -72,9 +72,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
     refused("stream-snippet", SNIPPET),
     refused("auth-snippet", SNIPPET),
     refused("modsecurity-snippet", SNIPPET),
-    refused("whitelist-source-range", ALLOW_LIST),
-    refused("allowlist-source-range", ALLOW_LIST),
-    refused("denylist-source-range", DENY_LIST),
     refused(
         "auth-url",
         "external authentication is not supported; serving without it would expose the Ingress",
@@ -211,6 +208,27 @@ fn next_upstream_tries(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 
 fn body_size(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.body_size = Some(parse_size(v).ok_or(Expected("a size such as 8m, 512k or 0"))?);
+    Ok(())
+}
+
+/// A comma-separated list of IPv4 and IPv6 CIDR networks or addresses. One that does not parse
+/// refuses the Ingress: serving it with a partial list would open or close it wrongly.
+fn cidr_list(v: &str) -> std::result::Result<Vec<Cidr>, Problem> {
+    let list: std::result::Result<Vec<Cidr>, _> =
+        v.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::parse).collect();
+    match list {
+        Ok(list) if !list.is_empty() => Ok(list),
+        _ => Err(Refuse("a source range is not an IPv4 or IPv6 CIDR network or address")),
+    }
+}
+
+fn allow_source_range(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.source_ranges.get_or_insert_with(Default::default).allow = cidr_list(v)?;
+    Ok(())
+}
+
+fn deny_source_range(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.source_ranges.get_or_insert_with(Default::default).deny = cidr_list(v)?;
     Ok(())
 }
 
