@@ -16,6 +16,9 @@ pub trait Packet {
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
     /// The frame's length in bytes, Ethernet header included.
     fn frame_len(&self) -> usize;
+    /// How much of the frame is directly readable (all of it, but for XDP multi-buffer
+    /// frames); a lower bound of `frame_len` that costs no helper call.
+    fn linear_len(&self) -> usize;
 }
 
 /// The one accessor for XDP: a pointer to `T` at `offset`, only if it lies inside the frame.
@@ -44,6 +47,11 @@ impl Packet for XdpContext {
         // SAFETY: the helper only reads the xdp_buff this program was given.
         unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
     }
+
+    #[inline(always)]
+    fn linear_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
 }
 
 impl Packet for TcContext {
@@ -55,6 +63,11 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    #[inline(always)]
+    fn linear_len(&self) -> usize {
         self.len() as usize
     }
 }
@@ -166,10 +179,16 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
     Ok(Flow { key, l4, syn })
 }
 
-/// The IP length field holds the IP header and ends inside the frame.
+/// The IP length field holds the IP header and ends inside the frame. The frame's whole
+/// length (a helper call for XDP) is only asked for when the packet runs past the linear
+/// part, which only multi-buffer frames and bad lengths do.
 #[inline(always)]
 fn check_ip_length<P: Packet>(packet: &P, ip_len_ok: bool, ip_end: usize) -> Result<(), Stat> {
-    if ip_len_ok && ip_end <= packet.frame_len() { Ok(()) } else { Err(Stat::PassBadIpLength) }
+    if ip_len_ok && (ip_end <= packet.linear_len() || ip_end <= packet.frame_len()) {
+        Ok(())
+    } else {
+        Err(Stat::PassBadIpLength)
+    }
 }
 
 #[inline(always)]
