@@ -174,11 +174,8 @@ impl RouteTable {
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
                 let labels =
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
-                let mut compiled = compile_route(route, name, labels, &route_at, &backends)?;
-                // A route's own source ranges replace its virtual host's.
-                compiled.source_ranges =
-                    route.source_ranges.as_ref().or(host.source_ranges.as_ref()).cloned().map(Arc::new);
-                routes.push(compiled);
+                let ranges = host.source_ranges.as_ref();
+                routes.push(compile_route(route, name, labels, ranges, &route_at, &backends)?);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -393,10 +390,12 @@ impl HeaderMatcher {
     }
 }
 
+/// `host_ranges` are the virtual host's source ranges, which the route's own replace.
 fn compile_route(
     route: &RouteConfig,
     name: String,
     labels: RouteLabels,
+    host_ranges: Option<&SourceRangesConfig>,
     at: &str,
     backends: &HashMap<&str, usize>,
 ) -> Result<Route, String> {
@@ -420,7 +419,7 @@ fn compile_route(
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),
         max_body_bytes: route.max_body_bytes,
-        source_ranges: None,
+        source_ranges: route.source_ranges.as_ref().or(host_ranges).cloned().map(Arc::new),
         matcher,
     })
 }
