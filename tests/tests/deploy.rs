@@ -299,7 +299,7 @@ fn access_is_read_as_the_authorizer_reads_it() {
     let watch = access("GET", "/apis/networking.k8s.io/v1/ingresses", "allowWatchBookmarks=true&watch=true");
     assert_eq!((watch.resource.as_str(), watch.verb.as_str(), watch.namespace), ("ingresses", "watch", None));
     assert_eq!(
-        access("GET", "/api/v1/secrets", "fieldSelector=type%3Dkubernetes.io%2Ftls&limit=500").verb,
+        access("GET", "/api/v1/secrets", "fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&limit=500").verb,
         "list"
     );
     let status = access("PATCH", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status", "");

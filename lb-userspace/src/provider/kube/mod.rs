@@ -1,5 +1,5 @@
 //! The Kubernetes provider: reflectors keep IngressClasses, Ingresses, Services,
-//! EndpointSlices and TLS Secrets in memory; every change (debounced) rebuilds the whole
+//! EndpointSlices and Secrets in memory; every change (debounced) rebuilds the whole
 //! configuration from those stores ([`translate`]) and emits it for the node to serve. Nothing
 //! is patched from single events, so the serving configuration is always a function of the
 //! observed state.
@@ -141,10 +141,12 @@ impl Stores {
             ingresses: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             services: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             slices: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            // Only TLS Secrets; the translation reads only those an Ingress names.
+            // Every Secret but Helm's release records (large, and never named by an Ingress):
+            // TLS Secrets and the Opaque ones auth annotations name. The translation reads only
+            // those an Ingress names, and checks each one's type and keys for its use.
             secrets: reflect(
                 Api::all(client.clone()),
-                config.fields("type=kubernetes.io/tls"),
+                config.fields("type!=helm.sh/release.v1"),
                 changed.clone(),
             ),
         }

@@ -131,7 +131,7 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission::of::<Service>(Scope::Cluster, Verb::Watch, REFLECTOR),
     Permission::of::<EndpointSlice>(Scope::Cluster, Verb::List, REFLECTOR),
     Permission::of::<EndpointSlice>(Scope::Cluster, Verb::Watch, REFLECTOR),
-    // Field selector `type=kubernetes.io/tls`; RBAC cannot express that restriction.
+    // Field selector `type!=helm.sh/release.v1`; RBAC cannot express that restriction.
     Permission::of::<Secret>(Scope::Cluster, Verb::List, REFLECTOR),
     Permission::of::<Secret>(Scope::Cluster, Verb::Watch, REFLECTOR),
     // The leader's status writer (`leader::Publisher`).
