@@ -2,13 +2,7 @@
 //! port), request routing by API path and verb, injected faults, and list, get, create,
 //! replace, merge patch and delete answered from the store.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -16,8 +10,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    Faults, Recorded, Shared, lock,
-    store::{Filter, Key, ResourceType, Write, merge_patch, resource_by_path},
+    FaultRule, Faults, Recorded, Shared, lock, selects,
+    store::{Deleted, Filter, Key, Page, ResourceType, Write, merge_patch, resource_by_path},
     watch::watch_response,
 };
 
@@ -186,6 +180,10 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<hyper::body::In
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
+    let header = |name: &str| -> String {
+        request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
+    let (user_agent, content_type) = (header("user-agent"), header("content-type"));
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
@@ -194,22 +192,133 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<hyper::body::In
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
-    let response = if let Some(code) = faults.error_status {
-        status_response(
-            code,
-            "InternalError",
-            "an error on the server (\"injected fault\") has prevented the request from succeeding",
-        )
-    } else {
-        route(&shared, &method, &path, &query, &body, &faults)
+    let parsed = query_map(&query);
+    let verb = match parse_target(&path) {
+        Some(target) => verb_of(&method, &target, &parsed),
+        None => "get",
     };
+    let request =
+        ApiRequest { method: &method, path: &path, query: &query, body: &body, content_type: &content_type };
+    let (response, applied) = answer(&shared, &faults, verb, &request).await;
+    let field_manager = parsed.get("fieldManager").cloned();
     lock(&shared.requests).push(Recorded {
         method: method.to_string(),
         path,
         query,
         status: response.status().as_u16(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        user_agent,
+        field_manager,
+        applied,
     });
+    response
+}
+
+/// One request as routing needs it.
+pub(super) struct ApiRequest<'a> {
+    pub(super) method: &'a Method,
+    pub(super) path: &'a str,
+    pub(super) query: &'a str,
+    pub(super) body: &'a Bytes,
+    pub(super) content_type: &'a str,
+}
+
+/// The answer to a request after the injected faults, and whether it changed the store.
+async fn answer(
+    shared: &Arc<Shared>,
+    faults: &Faults,
+    verb: &str,
+    request: &ApiRequest<'_>,
+) -> (Response<Body>, bool) {
+    if let Some((until, retry_after)) = faults.unavailable_until
+        && std::time::Instant::now() < until
+    {
+        return (throttled(429, Some(retry_after)), false);
+    }
+    let method = request.method.as_str();
+    if faults.black_holes.iter().any(|(m, glob)| selects(m, glob, method, verb, request.path)) {
+        if verb == "watch" {
+            let silent = parse_target(request.path).map(|target| super::watch::silent_watch(shared, &target));
+            if let Some(response) = silent {
+                return (response, false);
+            }
+        }
+        return (black_hole(shared).await, false);
+    }
+    let rule = take_rule(shared, method, verb, request.path);
+    match rule {
+        Some(rule) if !rule.apply_first => (throttled(rule.code, rule.retry_after), false),
+        Some(rule) => {
+            let (response, applied) = route(shared, request, faults);
+            if response.status().is_success() {
+                (throttled(rule.code, rule.retry_after), applied)
+            } else {
+                (response, applied)
+            }
+        }
+        None => match faults.error_status {
+            Some(code) => (
+                status_response(
+                    code,
+                    "InternalError",
+                    "an error on the server (\"injected fault\") has prevented the request from succeeding",
+                ),
+                false,
+            ),
+            None => route(shared, request, faults),
+        },
+    }
+}
+
+/// The first rule left that selects the request, counted down (and dropped when used up).
+fn take_rule(shared: &Shared, method: &str, verb: &str, path: &str) -> Option<FaultRule> {
+    let mut faults = lock(&shared.faults);
+    let index = faults
+        .rules
+        .iter()
+        .position(|r| r.remaining > 0 && selects(&r.method, &r.glob, method, verb, path))?;
+    let rule = &mut faults.rules[index];
+    rule.remaining -= 1;
+    let taken = rule.clone();
+    if rule.remaining == 0 {
+        faults.rules.remove(index);
+    }
+    Some(taken)
+}
+
+/// An error answer as kube-apiserver words it, with `Retry-After` when given.
+fn throttled(code: u16, retry_after: Option<u64>) -> Response<Body> {
+    let (reason, message) = match code {
+        429 => ("TooManyRequests", "Too many requests, please try again later."),
+        503 => ("ServiceUnavailable", "the server is currently unable to handle the request"),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request",
+        ),
+        500 => (
+            "InternalError",
+            "an error on the server (\"injected fault\") has prevented the request from succeeding",
+        ),
+        _ => ("InternalError", "injected fault"),
+    };
+    let mut response = status_response(code, reason, message);
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert("retry-after", seconds.into());
+    }
+    response
+}
+
+/// Holds a request without answering until the black holes are lifted or connections are cut;
+/// a lifted one is closed with a 504.
+async fn black_hole(shared: &Arc<Shared>) -> Response<Body> {
+    let mut lifted = shared.lifted.subscribe();
+    let mut cut = shared.cut_connections.subscribe();
+    tokio::select! {
+        _ = lifted.changed() => {}
+        _ = cut.changed() => {}
+    }
+    let mut response = throttled(504, None);
+    response.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("close"));
     response
 }
 
@@ -229,24 +338,20 @@ pub(super) fn verb_of(method: &Method, target: &Target, query: &HashMap<String, 
 
 pub(super) fn route(
     shared: &Arc<Shared>,
-    method: &Method,
-    path: &str,
-    query: &str,
-    body: &Bytes,
+    request: &ApiRequest<'_>,
     faults: &Faults,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
+    let path = request.path;
     if path == "/version" {
-        return json_response(
-            StatusCode::OK,
-            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
-        );
+        let version = json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"});
+        return (json_response(StatusCode::OK, &version), false);
     }
     let Some(target) = parse_target(path) else {
         let message = format!("the server could not find the requested resource ({path})");
-        return status_response(404, "NotFound", &message);
+        return (status_response(404, "NotFound", &message), false);
     };
-    let query = query_map(query);
-    let verb = verb_of(method, &target, &query);
+    let query = query_map(request.query);
+    let verb = verb_of(request.method, &target, &query);
     if faults.forbidden.iter().any(|(v, p)| v == verb && p == target.resource.plural) {
         let scope = match &target.namespace {
             Some(ns) => format!("in the namespace \"{ns}\""),
@@ -258,98 +363,255 @@ pub(super) fn route(
             target.resource.plural,
             target.resource.group,
         );
-        return status_response(403, "Forbidden", &message);
+        return (status_response(403, "Forbidden", &message), false);
     }
-    let subresource = if target.status { Write::Status } else { Write::Main };
+    let read = |response| (response, false);
     match verb {
-        "watch" => watch_response(shared, &target, &query),
-        "list" => list(shared, &target, &query),
-        "get" => {
-            let key = key_of(&target);
-            match lock(&shared.store).objects.get(&key) {
-                Some(object) => json_response(StatusCode::OK, object),
-                None => not_found(&target),
-            }
-        }
-        "create" => {
-            let Ok(object) = serde_json::from_slice::<Value>(body) else {
-                return status_response(400, "BadRequest", "the body is not JSON");
+        "watch" => read(watch_response(shared, &target, &query)),
+        "list" => read(list(shared, &target, &query)),
+        "get" => read(match lock(&shared.store).objects.get(&key_of(&target)) {
+            Some(object) => json_response(StatusCode::OK, object),
+            None => not_found(&target),
+        }),
+        "create" => create(shared, &target, request.body),
+        "update" | "patch" => {
+            let change = if verb == "update" {
+                Change::Replace(request.body)
+            } else {
+                Change::Patch { body: request.body, content_type: request.content_type, query: &query }
             };
-            let Some(name) = object["metadata"]["name"].as_str() else {
-                return status_response(422, "Invalid", "metadata.name: Required value: name is required");
-            };
-            let key = Key {
-                resource: target.resource,
-                namespace: target.namespace.clone().unwrap_or_default(),
-                name: name.to_owned(),
-            };
-            let mut store = lock(&shared.store);
-            if store.objects.contains_key(&key) {
-                return status_response(
-                    409,
-                    "AlreadyExists",
-                    &format!("{} \"{}\" already exists", target.resource.qualified(), key.name),
-                );
-            }
-            let stored = store.create(key, object, false);
-            drop(store);
-            shared.notify();
-            json_response(StatusCode::CREATED, &stored)
-        }
-        "update" => {
-            let Ok(object) = serde_json::from_slice::<Value>(body) else {
-                return status_response(400, "BadRequest", "the body is not JSON");
-            };
-            let key = key_of(&target);
-            let mut store = lock(&shared.store);
-            let Some(existing) = store.objects.get(&key).cloned() else {
-                return not_found(&target);
-            };
-            if let Some(wanted) = object["metadata"]["resourceVersion"].as_str()
-                && Some(wanted) != existing["metadata"]["resourceVersion"].as_str()
-            {
-                return status_response(
-                    409,
-                    "Conflict",
-                    &format!(
-                        "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                        target.resource.qualified(),
-                        key.name
-                    ),
-                );
-            }
-            let stored = store.update(&key, existing, object, subresource);
-            drop(store);
-            shared.notify();
-            json_response(StatusCode::OK, &stored)
-        }
-        "patch" => {
-            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-                return status_response(400, "BadRequest", "the body is not JSON");
-            };
-            let key = key_of(&target);
-            let mut store = lock(&shared.store);
-            let Some(existing) = store.objects.get(&key).cloned() else {
-                return not_found(&target);
-            };
-            let mut object = existing.clone();
-            merge_patch(&mut object, &patch);
-            let stored = store.update(&key, existing, object, subresource);
-            drop(store);
-            shared.notify();
-            json_response(StatusCode::OK, &stored)
+            write(shared, &target, change)
         }
         "delete" => {
-            let key = key_of(&target);
-            let deleted = lock(&shared.store).delete(&key);
+            let deleted = lock(&shared.store).delete(&key_of(&target));
             shared.notify();
             match deleted {
-                Some(object) => json_response(StatusCode::OK, &object),
-                None => not_found(&target),
+                Some(Deleted::Gone(object) | Deleted::Pending(object)) => {
+                    (json_response(StatusCode::OK, &object), true)
+                }
+                None => read(not_found(&target)),
             }
         }
-        _ => status_response(405, "MethodNotAllowed", "the server does not allow this method"),
+        _ => read(status_response(405, "MethodNotAllowed", "the server does not allow this method")),
     }
+}
+
+fn create(shared: &Arc<Shared>, target: &Target, body: &Bytes) -> (Response<Body>, bool) {
+    let Ok(object) = serde_json::from_slice::<Value>(body) else {
+        return (status_response(400, "BadRequest", "the body is not JSON"), false);
+    };
+    let Some(name) = object["metadata"]["name"].as_str() else {
+        return (status_response(422, "Invalid", "metadata.name: Required value: name is required"), false);
+    };
+    let key = Key {
+        resource: target.resource,
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.to_owned(),
+    };
+    let mut store = lock(&shared.store);
+    if store.objects.contains_key(&key) {
+        let message = format!("{} \"{}\" already exists", target.resource.qualified(), key.name);
+        return (status_response(409, "AlreadyExists", &message), false);
+    }
+    let stored = store.create(key, object, false);
+    drop(store);
+    shared.notify();
+    (json_response(StatusCode::CREATED, &stored), true)
+}
+
+/// A replace (PUT) or a patch, of the main resource or its status.
+enum Change<'a> {
+    Replace(&'a Bytes),
+    Patch { body: &'a Bytes, content_type: &'a str, query: &'a HashMap<String, String> },
+}
+
+/// The patch media types kube-apiserver accepts.
+const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json";
+
+fn write(shared: &Arc<Shared>, target: &Target, change: Change<'_>) -> (Response<Body>, bool) {
+    let subresource = if target.status { Write::Status } else { Write::Main };
+    let key = key_of(target);
+    let mut store = lock(&shared.store);
+    let Some(existing) = store.objects.get(&key).cloned() else {
+        return (not_found(target), false);
+    };
+    let object = match change {
+        Change::Replace(body) => {
+            let Ok(object) = serde_json::from_slice::<Value>(body) else {
+                return (status_response(400, "BadRequest", "the body is not JSON"), false);
+            };
+            object
+        }
+        Change::Patch { body, content_type, query } => match patched(&existing, body, content_type, query) {
+            Ok(object) => object,
+            Err((code, reason, message)) => return (status_response(code, reason, &message), false),
+        },
+    };
+    // A write that names a resourceVersion (a replace, or a patch that sets one) is a
+    // precondition: it applies only to that version.
+    if let Some(wanted) = object["metadata"]["resourceVersion"].as_str()
+        && Some(wanted) != existing["metadata"]["resourceVersion"].as_str()
+    {
+        let message = format!(
+            "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+            target.resource.qualified(),
+            key.name
+        );
+        return (status_response(409, "Conflict", &message), false);
+    }
+    if subresource == Write::Status
+        && let Some(message) = invalid_status(target.resource, &key.name, &object)
+    {
+        return (status_response(422, "Invalid", &message), false);
+    }
+    let before = store.rv;
+    let stored = store.update(&key, existing, object, subresource);
+    let applied = store.rv != before;
+    drop(store);
+    shared.notify();
+    (json_response(StatusCode::OK, &stored), applied)
+}
+
+/// `existing` with a patch of the request's media type applied, or the error answer.
+fn patched(
+    existing: &Value,
+    body: &Bytes,
+    content_type: &str,
+    query: &HashMap<String, String>,
+) -> Result<Value, (u16, &'static str, String)> {
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let not_json = || (400, "BadRequest", "the body of the request is not valid JSON".to_owned());
+    let patch = |body: &Bytes| serde_json::from_slice::<Value>(body).map_err(|_| not_json());
+    let mut object = existing.clone();
+    match media_type {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            // Strategic merge patches are applied as merge patches: the suites' lists are
+            // replaced whole either way.
+            merge_patch(&mut object, &patch(body)?);
+        }
+        "application/apply-patch+yaml" => {
+            if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                return Err((
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+                        .to_owned(),
+                ));
+            }
+            // JSON is YAML; server-side apply is merged like a merge patch here.
+            merge_patch(&mut object, &patch(body)?);
+        }
+        "application/json-patch+json" => {
+            let operations = patch(body)?;
+            json_patch(&mut object, &operations)
+                .map_err(|message| (422, "Invalid", format!("the JSON patch failed: {message}")))?;
+        }
+        other => {
+            let message = format!(
+                "the body of the request was in an unknown format ({other}) - accepted media types include: {PATCH_TYPES}"
+            );
+            return Err((415, "UnsupportedMediaType", message));
+        }
+    }
+    Ok(object)
+}
+
+/// RFC 6902 JSON patch: `add`, `replace`, `remove` and `test`.
+fn json_patch(target: &mut Value, operations: &Value) -> Result<(), String> {
+    let operations = operations.as_array().ok_or("the patch is not a list of operations")?;
+    for operation in operations {
+        let op = operation["op"].as_str().unwrap_or("");
+        let pointer = operation["path"].as_str().ok_or("an operation has no path")?;
+        let (parent, last) = pointer.rsplit_once('/').ok_or_else(|| format!("bad path {pointer}"))?;
+        let last = last.replace("~1", "/").replace("~0", "~");
+        match op {
+            "test" => {
+                if target.pointer(pointer) != Some(&operation["value"]) {
+                    return Err(format!("test failed at {pointer}"));
+                }
+            }
+            "add" | "replace" | "remove" => {
+                let container = target.pointer_mut(parent).ok_or_else(|| format!("no {parent}"))?;
+                let value = operation["value"].clone();
+                match container {
+                    Value::Object(map) => {
+                        if op != "add" && !map.contains_key(&last) {
+                            return Err(format!("no {pointer}"));
+                        }
+                        if op == "remove" {
+                            map.remove(&last);
+                        } else {
+                            map.insert(last, value);
+                        }
+                    }
+                    Value::Array(list) => {
+                        let index = if last == "-" {
+                            list.len()
+                        } else {
+                            last.parse().map_err(|_| format!("bad index {last}"))?
+                        };
+                        match op {
+                            "add" if index <= list.len() => list.insert(index, value),
+                            "replace" if index < list.len() => list[index] = value,
+                            "remove" if index < list.len() => drop(list.remove(index)),
+                            _ => return Err(format!("index {index} out of range")),
+                        }
+                    }
+                    _ => return Err(format!("{parent} is not a container")),
+                }
+            }
+            other => return Err(format!("unsupported operation {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Why kube-apiserver would refuse `object`'s load-balancer status, if it would: every `ip`
+/// must be an IP address, every `hostname` a DNS-1123 subdomain that is not an IP address.
+pub(super) fn invalid_status(resource: &ResourceType, name: &str, object: &Value) -> Option<String> {
+    let entries = object["status"]["loadBalancer"]["ingress"].as_array()?;
+    for (i, entry) in entries.iter().enumerate() {
+        let problem = if let Some(ip) = entry.get("ip").and_then(Value::as_str) {
+            ip.parse::<std::net::IpAddr>().is_err().then_some(("ip", ip, "must be a valid IP address"))
+        } else {
+            None
+        };
+        let problem = problem.or_else(|| {
+            let hostname = entry.get("hostname").and_then(Value::as_str)?;
+            if hostname.parse::<std::net::IpAddr>().is_ok() {
+                Some(("hostname", hostname, "must be a DNS name, not an IP address"))
+            } else if !dns1123_subdomain(hostname) {
+                Some((
+                    "hostname",
+                    hostname,
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some((field, value, why)) = problem {
+            return Some(format!(
+                "{}.{} \"{name}\" is invalid: status.loadBalancer.ingress[{i}].{field}: Invalid value: \"{value}\": {why}",
+                resource.kind,
+                if resource.group.is_empty() { "core" } else { resource.group },
+            ));
+        }
+    }
+    None
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels of lowercase letters,
+/// digits and `-`, each 1-63 long, starting and ending with a letter or digit.
+pub(super) fn dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            (1..=63).contains(&bytes.len())
+                && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes[0] != b'-'
+                && bytes[bytes.len() - 1] != b'-'
+        })
 }
 
 pub(super) fn key_of(target: &Target) -> Key {
@@ -367,40 +629,38 @@ pub(super) fn not_found(target: &Target) -> Response<Body> {
 
 pub(super) fn list(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
     let mut store = lock(&shared.store);
-    let (rv, mut items) = match query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => match store.pages.remove(token) {
-            Some(page) => page,
+    let (rv, items, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match store.pages.get(token) {
+            Some(page) => (page.rv, page.items.clone(), page.offset),
             None => {
                 return status_response(
                     410,
                     "Expired",
-                    "The provided continue parameter is too old to display a consistent list result.",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                 );
             }
         },
         None => {
             let filter = Filter::new(target.resource, target.namespace.clone(), query);
-            let items: VecDeque<Value> = store
+            let items: Vec<Value> = store
                 .objects
                 .iter()
                 .filter(|(k, v)| filter.in_scope(k) && filter.matches(v))
                 .map(|(_, v)| v.clone())
                 .collect();
-            (store.rv, items)
+            (store.rv, Arc::new(items), 0)
         }
     };
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-    let page: Vec<Value> = match limit {
-        Some(limit) if items.len() > limit => items.drain(..limit).collect(),
-        _ => items.drain(..).collect(),
-    };
+    let end = limit.map_or(items.len(), |limit| (offset + limit).min(items.len()));
+    let page = &items[offset.min(end)..end];
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if !items.is_empty() {
+    if end < items.len() {
         store.next_page += 1;
         let token = format!("page-{}", store.next_page);
         metadata["continue"] = json!(token.clone());
-        metadata["remainingItemCount"] = json!(items.len());
-        store.pages.insert(token, (rv, items));
+        metadata["remainingItemCount"] = json!(items.len() - end);
+        store.pages.insert(token, Page { rv, items: items.clone(), offset: end });
     }
     let resource = target.resource;
     json_response(

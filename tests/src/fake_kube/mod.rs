@@ -11,18 +11,31 @@
 //!   `ERROR` event (reason `Expired`) when the version asked for is older than the history kept
 //!   ([`FakeKube::compact`]); selector transitions turn into `ADDED`/`DELETED` as on a real
 //!   server;
-//! - **get, create, replace, merge patch, delete**, with optimistic concurrency (`409
-//!   Conflict` when a replace carries a stale `metadata.resourceVersion`), `AlreadyExists`, and
+//! - **get, create, replace, patch (merge, strategic as merge, JSON patch, apply), delete**,
+//!   with optimistic concurrency (`409 Conflict` when a replace or a patch carries a stale
+//!   `metadata.resourceVersion`), `AlreadyExists`, and
 //!   the **status subresource** (writes to `/status` change only `.status`, other writes keep
 //!   it);
 //! - Leases (`coordination.k8s.io/v1`) like any other object, which is all leader election
 //!   needs.
 //!
+//! Server-side checks as kube-apiserver makes them: a status write with an `ip` that is not an
+//! IP address or a `hostname` that is not a DNS-1123 name is refused with 422; an unknown patch
+//! type with 415; a write that changes nothing keeps the resourceVersion; deleting an object
+//! with finalizers marks it with `deletionTimestamp` and removing the last finalizer deletes
+//! it; continue tokens can be used again until a compaction expires them (410).
+//!
 //! Fault injection: the server can go down (its port refuses connections and every open
 //! connection, watches included, is cut) and come back on the same port, answer every request
 //! with an error status (500), answer slowly, cut the open watches, forget its history (watches
 //! resuming from before get 410), and refuse chosen verbs on chosen resources with a 403 worded
-//! like RBAC's.
+//! like RBAC's. Per request: [`FakeKube::fail_next`] (n answers with a code and `Retry-After`),
+//! [`FakeKube::apply_then_fail`] (the write lands, the answer is an error),
+//! [`FakeKube::black_hole`] (accepted, never answered; watches silent) and
+//! [`FakeKube::restart`] (connections cut, history gone per resource, continue tokens expired,
+//! 429 with `Retry-After` while it comes up). Every request is recorded with its writer (field
+//! manager or user agent), so tests can assert who wrote status in which order
+//! ([`FakeKube::status_writes`]).
 //!
 //! Tests drive it through this handle ([`FakeKube::apply`], [`FakeKube::delete`], ...) without
 //! HTTP; the handle's writes are seen by watchers exactly like writes over the API.
@@ -49,7 +62,7 @@ mod tests;
 mod watch;
 
 use http::{bind, serve};
-use store::{Key, Store, Write, names_of, resource_by_kind, resource_of};
+use store::{Key, RESOURCES, Store, Write, names_of, resource_by_kind, resource_of};
 
 /// Injected faults; see the setters on [`FakeKube`].
 #[derive(Debug, Clone, Default)]
@@ -58,6 +71,42 @@ struct Faults {
     delay: Duration,
     /// (verb, plural) pairs answered with 403.
     forbidden: Vec<(String, String)>,
+    /// Answers for the next matching requests, first match first.
+    rules: Vec<FaultRule>,
+    /// Path globs whose requests are accepted and never answered.
+    black_holes: Vec<(String, String)>,
+    /// After a restart: every request answers 429 with this Retry-After (seconds) until then.
+    unavailable_until: Option<(std::time::Instant, u64)>,
+}
+
+/// The next `remaining` requests matching `method` and `glob` answer `code`; see
+/// [`FakeKube::fail_next`] and [`FakeKube::apply_then_fail`].
+#[derive(Debug, Clone)]
+struct FaultRule {
+    remaining: usize,
+    method: String,
+    glob: String,
+    code: u16,
+    /// Seconds, for the `Retry-After` header.
+    retry_after: Option<u64>,
+    /// Carry the write out first, then answer `code` (a write whose answer was lost).
+    apply_first: bool,
+}
+
+/// Whether `method` (an HTTP method or a Kubernetes verb, any case, `*` for all) and `glob`
+/// (`*` matches any run of characters, `/` included) select a request.
+fn selects(method: &str, glob: &str, request_method: &str, verb: &str, path: &str) -> bool {
+    let method_matches =
+        method == "*" || method.eq_ignore_ascii_case(request_method) || method.eq_ignore_ascii_case(verb);
+    method_matches && glob_matches(glob.as_bytes(), path.as_bytes())
+}
+
+fn glob_matches(glob: &[u8], text: &[u8]) -> bool {
+    match glob.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob_matches(rest, &text[skip..])),
+        Some((c, rest)) => text.split_first().is_some_and(|(t, text)| t == c && glob_matches(rest, text)),
+    }
 }
 
 /// One request the server answered, for assertions.
@@ -69,6 +118,19 @@ pub struct Recorded {
     pub status: u16,
     /// The request body (JSON writes), as text.
     pub body: String,
+    /// The request's `User-Agent` (Sluice names its identity there).
+    pub user_agent: String,
+    /// The `fieldManager` query parameter of a write.
+    pub field_manager: Option<String>,
+    /// Whether a write changed the store (also when its answer was an injected failure).
+    pub applied: bool,
+}
+
+impl Recorded {
+    /// Who wrote: the field manager, else the user agent.
+    pub fn writer(&self) -> &str {
+        self.field_manager.as_deref().unwrap_or(&self.user_agent)
+    }
 }
 
 struct Shared {
@@ -81,6 +143,8 @@ struct Shared {
     cut_watches: tokio::sync::watch::Sender<u64>,
     /// Bumped to cut every open connection (the server going down).
     cut_connections: tokio::sync::watch::Sender<u64>,
+    /// Bumped when black holes are lifted, so the requests they hold end.
+    lifted: tokio::sync::watch::Sender<u64>,
     /// Whether the port accepts connections.
     up: tokio::sync::watch::Sender<bool>,
     bookmark_interval: Mutex<Duration>,
@@ -90,6 +154,10 @@ struct Shared {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// How often a watch that asked for bookmarks gets one, as kube-apiserver's watch cache sends
+/// them (about once a minute).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running fake API server; stops on drop.
 pub struct FakeKube {
@@ -106,6 +174,7 @@ impl FakeKube {
         let (cut_watches, _) = tokio::sync::watch::channel(0);
         let (cut_connections, _) = tokio::sync::watch::channel(0);
         let (up, _) = tokio::sync::watch::channel(true);
+        let (lifted, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store { oldest_resumable: 0, ..Store::default() }),
             faults: Mutex::new(Faults::default()),
@@ -113,8 +182,9 @@ impl FakeKube {
             changed,
             cut_watches,
             cut_connections,
+            lifted,
             up,
-            bookmark_interval: Mutex::new(Duration::from_secs(1)),
+            bookmark_interval: Mutex::new(BOOKMARK_INTERVAL),
             open_watches: std::sync::atomic::AtomicUsize::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -185,7 +255,8 @@ impl FakeKube {
         stored
     }
 
-    /// Deletes an object; false when it did not exist.
+    /// Deletes an object (one with finalizers is only marked with `deletionTimestamp`); false
+    /// when it did not exist.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
         let resource = resource_by_kind(api_version, kind).expect("delete: unknown apiVersion/kind");
         let namespace = if resource.namespaced { namespace.to_owned() } else { String::new() };
@@ -193,6 +264,22 @@ impl FakeKube {
         let deleted = lock(&self.shared.store).delete(&key).is_some();
         self.shared.notify();
         deleted
+    }
+
+    /// Stores many objects at once (one notification, for thousands of objects).
+    pub fn apply_all(&self, objects: impl IntoIterator<Item = Value>) {
+        let mut store = lock(&self.shared.store);
+        for object in objects {
+            let resource = resource_of(&object).expect("apply_all: unknown apiVersion/kind");
+            let (namespace, name) = names_of(resource, &object).expect("apply_all: metadata.name is needed");
+            let key = Key { resource, namespace, name };
+            match store.objects.get(&key).cloned() {
+                Some(existing) => store.update(&key, existing, object, Write::Whole),
+                None => store.create(key, object, true),
+            };
+        }
+        drop(store);
+        self.shared.notify();
     }
 
     /// The stored object, if any.
@@ -262,17 +349,106 @@ impl FakeKube {
     }
 
     /// Forgets the history: watches resuming from any version before now get `410 Gone`
-    /// (and must list again). Open watches are cut.
+    /// (and must list again), and every continue token expires. Open watches are cut.
     pub fn compact(&self) {
-        {
-            let mut store = lock(&self.shared.store);
-            store.history.clear();
-            store.oldest_resumable = store.rv;
-        }
+        lock(&self.shared.store).compact();
         self.drop_watches();
     }
 
-    /// How often open watches that asked for bookmarks get one (default 1 s).
+    /// The next `n` requests whose method (an HTTP method or a verb such as `list` or
+    /// `watch`; `*` for any) and path (a glob, `*` for any run of characters) match answer
+    /// `code` with a `Status` body, and a `Retry-After` header when given (as kube-apiserver's
+    /// throttling does). Rules are checked in the order given; each counts its own requests.
+    pub fn fail_next(
+        &self,
+        n: usize,
+        method: &str,
+        path_glob: &str,
+        code: u16,
+        retry_after: Option<Duration>,
+    ) {
+        lock(&self.shared.faults).rules.push(FaultRule {
+            remaining: n,
+            method: method.to_owned(),
+            glob: path_glob.to_owned(),
+            code,
+            retry_after: retry_after.map(|d| d.as_secs().max(1)),
+            apply_first: false,
+        });
+    }
+
+    /// The next `n` writes (PUT, PATCH, POST) matching are carried out, then answered `code`
+    /// (e.g. 504: the write landed but its answer was lost on the way back).
+    pub fn apply_then_fail(&self, n: usize, method: &str, path_glob: &str, code: u16) {
+        lock(&self.shared.faults).rules.push(FaultRule {
+            remaining: n,
+            method: method.to_owned(),
+            glob: path_glob.to_owned(),
+            code,
+            retry_after: None,
+            apply_first: true,
+        });
+    }
+
+    /// Requests matching `method` and `path_glob` (as in [`FakeKube::fail_next`]) are accepted
+    /// and never answered; a matching watch answers its head and then stays silent (no events,
+    /// no bookmarks). As a connection dropped by a load balancer or NAT on the way looks.
+    pub fn black_hole(&self, method: &str, path_glob: &str) {
+        lock(&self.shared.faults).black_holes.push((method.to_owned(), path_glob.to_owned()));
+    }
+
+    /// Lifts every black hole; the requests they held are closed with a 504.
+    pub fn clear_black_holes(&self) {
+        lock(&self.shared.faults).black_holes.clear();
+        self.shared.lifted.send_modify(|n| *n += 1);
+    }
+
+    /// Lifts every [`FakeKube::fail_next`] and [`FakeKube::apply_then_fail`] rule left.
+    pub fn clear_rules(&self) {
+        lock(&self.shared.faults).rules.clear();
+    }
+
+    /// An apiserver restart: every open connection is cut (watches included), the watch
+    /// history of every resource is gone (resuming from before now gets 410), continue tokens
+    /// expire, and for `unavailable` every request answers 429 with `Retry-After:
+    /// retry_after` while it comes up. The objects (etcd) are kept.
+    pub fn restart(&self, unavailable: Duration, retry_after: Duration) {
+        {
+            let mut store = lock(&self.shared.store);
+            let rv = store.rv;
+            store.history.clear();
+            store.pages.clear();
+            for resource in RESOURCES {
+                store.resumable_from.insert(resource.plural, rv);
+            }
+        }
+        lock(&self.shared.faults).unavailable_until =
+            Some((std::time::Instant::now() + unavailable, retry_after.as_secs().max(1)));
+        self.shared.cut_connections.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets the watch history of one kind only (its watches resuming from before now get
+    /// 410 Gone); the other kinds' watches resume as before.
+    pub fn compact_kind(&self, api_version: &str, kind: &str) {
+        let resource = resource_by_kind(api_version, kind).expect("compact_kind: unknown apiVersion/kind");
+        lock(&self.shared.store).compact_resource(resource);
+        self.drop_watches();
+    }
+
+    /// The status writes (`/status` PUT and PATCH) that changed the store, in the order the
+    /// server carried them out, each with its writer (see [`Recorded::writer`]).
+    pub fn status_writes(&self) -> Vec<Recorded> {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| {
+                r.applied && r.path.ends_with("/status") && matches!(r.method.as_str(), "PUT" | "PATCH")
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How often open watches that asked for bookmarks get one (default
+    /// [`BOOKMARK_INTERVAL`]).
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.shared.bookmark_interval) = interval;
     }

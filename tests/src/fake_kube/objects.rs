@@ -113,6 +113,25 @@ pub fn endpoint_slice(
     })
 }
 
+/// The EndpointSlices of `service` as the EndpointSlice controller cuts them: at most
+/// `per_slice` endpoints each (the controller's default is 100), named `<service>-<n>`.
+pub fn endpoint_slices(
+    namespace: &str,
+    service: &str,
+    address_type: &str,
+    port: u16,
+    endpoints: &[SliceEndpoint],
+    per_slice: usize,
+) -> Vec<Value> {
+    endpoints
+        .chunks(per_slice.max(1))
+        .enumerate()
+        .map(|(i, chunk)| {
+            endpoint_slice(namespace, &format!("{service}-{i}"), service, address_type, port, chunk)
+        })
+        .collect()
+}
+
 /// A `kubernetes.io/tls` Secret from PEM text.
 pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> Value {
     json!({

@@ -8,6 +8,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 /// One kind of object the server knows.
@@ -155,10 +157,31 @@ pub(super) struct Store {
     pub(super) history: VecDeque<Change>,
     /// Watches may resume from any version at or after this one.
     pub(super) oldest_resumable: u64,
+    /// Per resource (plural): watches of it may resume only from this version on (a restarted
+    /// apiserver's watch cache starts afresh for every resource).
+    pub(super) resumable_from: HashMap<&'static str, u64>,
     pub(super) uid: u64,
-    /// Paged lists in progress: continue token → (list version, items left).
-    pub(super) pages: HashMap<String, (u64, VecDeque<Value>)>,
+    /// Paged lists: continue token → the page it continues. A token can be used again (as
+    /// etcd serves a version until it is compacted); compaction expires every token.
+    pub(super) pages: HashMap<String, Page>,
     pub(super) next_page: u64,
+}
+
+/// Where a paged list continues: its version, its whole result and the offset of the page.
+#[derive(Debug, Clone)]
+pub(super) struct Page {
+    pub(super) rv: u64,
+    pub(super) items: Arc<Vec<Value>>,
+    pub(super) offset: usize,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub(super) enum Deleted {
+    /// Removed; the object with the deletion's version.
+    Gone(Value),
+    /// Finalizers remain: marked with `deletionTimestamp` and kept until they are removed.
+    Pending(Value),
 }
 
 pub(super) fn now_rfc3339() -> String {
@@ -221,6 +244,25 @@ impl Store {
         self.history.range(self.history.partition_point(|c| c.rv <= rv)..)
     }
 
+    /// The oldest version a watch of `resource` may resume from.
+    pub(super) fn resumable(&self, resource: &ResourceType) -> u64 {
+        self.oldest_resumable.max(self.resumable_from.get(resource.plural).copied().unwrap_or(0))
+    }
+
+    /// Forgets every resource's history and expires every continue token (compaction).
+    pub(super) fn compact(&mut self) {
+        self.history.clear();
+        self.oldest_resumable = self.rv;
+        self.pages.clear();
+    }
+
+    /// Forgets one resource's history: its watches resuming from before now get 410.
+    pub(super) fn compact_resource(&mut self, resource: &'static ResourceType) {
+        self.history.retain(|c| c.key.resource != resource);
+        self.resumable_from.insert(resource.plural, self.rv);
+        self.pages.retain(|_, p| p.items.first().is_none_or(|o| resource_of(o) != Some(resource)));
+    }
+
     pub(super) fn record(&mut self, change: Change) {
         self.history.push_back(change);
         while self.history.len() > MAX_HISTORY {
@@ -256,8 +298,9 @@ impl Store {
     }
 
     /// Replaces `existing` by `object` (as `write` allows); identity fields are kept.
+    /// A write that changes nothing keeps the version and records no event; removing the last
+    /// finalizer of an object being deleted deletes it.
     pub(super) fn update(&mut self, key: &Key, existing: Value, mut object: Value, write: Write) -> Value {
-        let rv = self.next_rv();
         let resource = key.resource;
         match write {
             Write::Whole => {}
@@ -294,9 +337,34 @@ impl Store {
                 None => metadata.remove(field),
             };
         }
+        // Deletion, once asked for, cannot be taken back.
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            match old_metadata.get(field) {
+                Some(value) => metadata.insert(field.into(), value.clone()),
+                None => metadata.remove(field),
+            };
+        }
         let generation = old_metadata.get("generation").and_then(Value::as_u64).unwrap_or(1);
         metadata.insert("generation".into(), json!(generation + u64::from(spec_changed)));
-        metadata.insert("resourceVersion".into(), json!(rv.to_string()));
+        metadata.insert("resourceVersion".into(), existing["metadata"]["resourceVersion"].clone());
+        if object == existing {
+            // A write that changes nothing is not a change: no new version, no event.
+            return object;
+        }
+        let rv = self.next_rv();
+        metadata_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
+        if object["metadata"].get("deletionTimestamp").is_some() && finalizers(&object).is_empty() {
+            // The last finalizer is gone: the deletion asked for completes.
+            self.objects.remove(key);
+            self.record(Change {
+                rv,
+                key: key.clone(),
+                kind: EventType::Deleted,
+                object: object.clone(),
+                previous: None,
+            });
+            return object;
+        }
         self.objects.insert(key.clone(), object.clone());
         self.record(Change {
             rv,
@@ -308,7 +376,29 @@ impl Store {
         object
     }
 
-    pub(super) fn delete(&mut self, key: &Key) -> Option<Value> {
+    /// Deletes an object, or, while it has finalizers, marks it with `deletionTimestamp` (once).
+    pub(super) fn delete(&mut self, key: &Key) -> Option<Deleted> {
+        let existing = self.objects.get(key)?.clone();
+        if !finalizers(&existing).is_empty() {
+            if existing["metadata"].get("deletionTimestamp").is_some() {
+                return Some(Deleted::Pending(existing));
+            }
+            let mut marked = existing.clone();
+            let rv = self.next_rv();
+            let metadata = metadata_mut(&mut marked);
+            metadata.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+            metadata.insert("resourceVersion".into(), json!(rv.to_string()));
+            self.objects.insert(key.clone(), marked.clone());
+            self.record(Change {
+                rv,
+                key: key.clone(),
+                kind: EventType::Modified,
+                object: marked.clone(),
+                previous: Some(existing),
+            });
+            return Some(Deleted::Pending(marked));
+        }
         let mut object = self.objects.remove(key)?;
         let rv = self.next_rv();
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -319,8 +409,12 @@ impl Store {
             object: object.clone(),
             previous: None,
         });
-        Some(object)
+        Some(Deleted::Gone(object))
     }
+}
+
+fn finalizers(object: &Value) -> &[Value] {
+    object["metadata"]["finalizers"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
 pub(super) fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {

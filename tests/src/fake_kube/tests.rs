@@ -153,8 +153,12 @@ fn paged_lists_are_one_consistent_snapshot() {
     assert_eq!(second["items"].as_array().unwrap().len(), 3);
     assert!(second["metadata"].get("continue").is_none());
     assert_eq!(second["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
-    let (status, _) = call(&server, "GET", &format!("{SERVICES}?limit=10&continue={token}"), None);
-    assert_eq!(status, 410, "a used continue token has expired");
+    // A token can be used again (a client retrying a page) until a compaction expires it.
+    let (status, again) = call(&server, "GET", &format!("{SERVICES}?limit=10&continue={token}"), None);
+    assert_eq!((status, &again["items"]), (200, &second["items"]));
+    server.compact();
+    let (status, body) = call(&server, "GET", &format!("{SERVICES}?limit=10&continue={token}"), None);
+    assert_eq!((status, body["reason"].as_str()), (410, Some("Expired")), "compaction expires the token");
 }
 
 #[test]
@@ -370,6 +374,300 @@ fn timestamps_and_base64() {
     assert_eq!(base64(b"hi"), "aGk=");
     assert_eq!(base64(b"h"), "aA==");
     assert_eq!(percent_decode("a%2Fb%3Dc"), "a/b=c");
+}
+
+/// One request with extra headers and a raw body; (status, lower-case head, body as JSON).
+fn call_with(
+    server: &FakeKube,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: k\r\nConnection: close\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn patch_status(server: &FakeKube, path: &str, status: &Value) -> (u16, Value) {
+    let body = json!({"status": status}).to_string();
+    let (code, _, body) =
+        call_with(server, "PATCH", path, &[("content-type", "application/merge-patch+json")], &body);
+    (code, body)
+}
+
+const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/default/ingresses/web";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice/leases";
+
+#[test]
+fn fail_next_answers_n_matching_requests_with_the_code_and_retry_after() {
+    let server = FakeKube::start().unwrap();
+    server.apply(service("default", "web", 80, 8080));
+    server.fail_next(2, "list", "*/services", 429, Some(Duration::from_secs(3)));
+    for _ in 0..2 {
+        let (status, head, body) = call_with(&server, "GET", SERVICES, &[], "");
+        assert_eq!((status, body["reason"].as_str()), (429, Some("TooManyRequests")));
+        assert!(head.contains("retry-after: 3"), "{head}");
+    }
+    // A get of the same kind is not a list; after two the rule is used up.
+    assert_eq!(call(&server, "GET", &format!("{SERVICES}/web"), None).0, 200);
+    assert_eq!(call(&server, "GET", SERVICES, None).0, 200);
+    // Any method, a glob over the whole path; without Retry-After.
+    server.fail_next(1, "*", "/api/v1/namespaces/*/services/web", 503, None);
+    let (status, head, _) = call_with(&server, "GET", &format!("{SERVICES}/web"), &[], "");
+    assert_eq!(status, 503);
+    assert!(!head.contains("retry-after"), "{head}");
+    assert_eq!(call(&server, "GET", &format!("{SERVICES}/web"), None).0, 200);
+    // Recorded as answered.
+    let statuses: Vec<u16> = server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 429, 200, 200, 503, 200]);
+}
+
+#[test]
+fn a_black_hole_holds_requests_and_silences_watches_until_lifted() {
+    let server = FakeKube::start().unwrap();
+    server.apply(service("default", "web", 80, 8080));
+    server.black_hole("GET", "*/services*");
+    // A held request: no answer at all.
+    let mut held = TcpStream::connect(server.addr()).unwrap();
+    write!(held, "GET {SERVICES} HTTP/1.1\r\nHost: k\r\n\r\n").unwrap();
+    held.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let error = held.read(&mut byte).unwrap_err();
+    assert!(matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{error}");
+    // A watch opens, then hears nothing: neither changes nor bookmarks.
+    server.set_bookmark_interval(Duration::from_millis(50));
+    let watch =
+        Watch::open(&server, &format!("{SERVICES}?watch=true&resourceVersion=1&allowWatchBookmarks=true"));
+    lb_wait(|| server.open_watches() == 1);
+    server.apply(service("default", "web", 81, 8080));
+    assert!(watch.events.recv_timeout(Duration::from_millis(500)).is_err(), "a black-holed watch is silent");
+    // Other paths answer.
+    assert_eq!(call(&server, "GET", "/api/v1/namespaces/default/secrets", None).0, 200);
+    // Lifted: the held request ends with a 504, the silent watch ends.
+    server.clear_black_holes();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = held.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(watch.ended());
+    assert_eq!(call(&server, "GET", SERVICES, None).0, 200);
+}
+
+#[test]
+fn restart_cuts_watches_throttles_then_expires_history_and_continue_tokens() {
+    let server = FakeKube::start().unwrap();
+    for i in 0..5 {
+        server.apply(service("default", &format!("s{i}"), 80, 8080));
+    }
+    let old_rv = server.resource_version();
+    let (_, first) = call(&server, "GET", &format!("{SERVICES}?limit=2"), None);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    let watch = Watch::open(&server, &format!("{SERVICES}?watch=true&resourceVersion={old_rv}"));
+    lb_wait(|| server.open_watches() == 1);
+    server.restart(Duration::from_millis(800), Duration::from_secs(2));
+    assert!(watch.ended(), "a restart cuts the watches");
+    let (status, head, _) = call_with(&server, "GET", SERVICES, &[], "");
+    assert_eq!(status, 429, "coming up");
+    assert!(head.contains("retry-after: 2"), "{head}");
+    lb_wait(|| call(&server, "GET", SERVICES, None).0 == 200);
+    let (_, list) = call(&server, "GET", SERVICES, None);
+    assert_eq!(list["items"].as_array().unwrap().len(), 5, "the objects are kept");
+    let (status, _) = call(&server, "GET", &format!("{SERVICES}?limit=2&continue={token}"), None);
+    assert_eq!(status, 410, "continue tokens from before the restart expired");
+    let watch = Watch::open(&server, &format!("{SERVICES}?watch=true&resourceVersion=1"));
+    assert_eq!(watch.next()["object"]["code"], 410, "history from before the restart is gone");
+}
+
+#[test]
+fn compacting_one_kind_expires_only_its_watches() {
+    let server = FakeKube::start().unwrap();
+    server.apply(service("default", "a", 80, 8080));
+    server.apply(tls_secret("default", "t", "C", "K"));
+    server.compact_kind("v1", "Service");
+    let services = Watch::open(&server, &format!("{SERVICES}?watch=true&resourceVersion=1"));
+    assert_eq!(services.next()["object"]["code"], 410);
+    let secrets = Watch::open(&server, "/api/v1/namespaces/default/secrets?watch=true&resourceVersion=1");
+    assert_eq!(secrets.next_change()["object"]["metadata"]["name"], "t", "secrets resume as before");
+}
+
+#[test]
+fn apply_then_fail_lands_the_write_and_answers_an_error() {
+    let server = FakeKube::start().unwrap();
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "sluice"}, "spec": {"holderIdentity": "a"}});
+    let created = server.apply(lease);
+    let mut renewed = created.clone();
+    renewed["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+    server.apply_then_fail(1, "PUT", "*/leases/l", 504);
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/l"), Some(&renewed)).0, 504);
+    let stored = server.get("coordination.k8s.io/v1", "Lease", "sluice", "l").unwrap();
+    assert_eq!(stored["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z", "the write landed");
+    assert!(rv_of(&stored) > rv_of(&created));
+    // Its retry with the old version meets its own write.
+    assert_eq!(call(&server, "PUT", &format!("{LEASES}/l"), Some(&renewed)).0, 409);
+    let puts: Vec<(u16, bool)> =
+        server.requests().iter().filter(|r| r.method == "PUT").map(|r| (r.status, r.applied)).collect();
+    assert_eq!(puts, [(504, true), (409, false)]);
+}
+
+#[test]
+fn status_addresses_patch_types_and_no_op_writes_are_checked_as_the_apiserver_does() {
+    let server = FakeKube::start().unwrap();
+    server.apply(ingress("default", "web", "sluice", "a.test", "/", "web", 80));
+    let status_path = format!("{INGRESS}/status");
+    for (entry, field) in [
+        (json!({"ip": "lb:80"}), "ip"),
+        (json!({"ip": "lb.example.com"}), "ip"),
+        (json!({"hostname": "LB_1.example"}), "hostname"),
+        (json!({"hostname": "192.0.2.1"}), "hostname"),
+    ] {
+        let (code, body) =
+            patch_status(&server, &status_path, &json!({"loadBalancer": {"ingress": [entry]}}));
+        let message = body["message"].as_str().unwrap_or("");
+        assert_eq!((code, body["reason"].as_str()), (422, Some("Invalid")), "{message}");
+        assert!(message.contains(&format!("status.loadBalancer.ingress[0].{field}")), "{message}");
+    }
+    let good =
+        json!({"loadBalancer": {"ingress": [{"ip": "2001:db8::1"}, {"hostname": "lb-1.example.com"}]}});
+    let (code, written) = patch_status(&server, &status_path, &good);
+    assert_eq!(code, 200);
+    // The same write again changes nothing: same version, no event.
+    let watch = Watch::open(
+        &server,
+        &format!("/apis/networking.k8s.io/v1/ingresses?watch=true&resourceVersion={}", rv_of(&written)),
+    );
+    let (code, again) = patch_status(&server, &status_path, &good);
+    assert_eq!((code, rv_of(&again)), (200, rv_of(&written)));
+    assert!(watch.events.recv_timeout(Duration::from_millis(300)).is_err(), "no event for a no-op write");
+    assert_eq!(server.status_writes().len(), 1, "only the write that changed something counts");
+    // A patch naming a resourceVersion is a precondition.
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}});
+    let (code, _, _) = call_with(
+        &server,
+        "PATCH",
+        &status_path,
+        &[("content-type", "application/merge-patch+json")],
+        &stale.to_string(),
+    );
+    assert_eq!(code, 409);
+    let mut current = stale.clone();
+    current["metadata"]["resourceVersion"] = json!(rv_of(&written).to_string());
+    let (code, _, _) = call_with(
+        &server,
+        "PATCH",
+        &status_path,
+        &[("content-type", "application/merge-patch+json")],
+        &current.to_string(),
+    );
+    assert_eq!(code, 200);
+    // Patch media types.
+    let body = json!({"metadata": {"labels": {"a": "b"}}}).to_string();
+    let (code, _, answer) =
+        call_with(&server, "PATCH", INGRESS, &[("content-type", "application/foo+json")], &body);
+    assert_eq!((code, answer["reason"].as_str()), (415, Some("UnsupportedMediaType")));
+    let (code, _, _) =
+        call_with(&server, "PATCH", INGRESS, &[("content-type", "application/apply-patch+yaml")], &body);
+    assert_eq!(code, 422, "server-side apply needs a field manager");
+    let json_patch = json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}]).to_string();
+    let (code, _, patched) =
+        call_with(&server, "PATCH", INGRESS, &[("content-type", "application/json-patch+json")], &json_patch);
+    assert_eq!((code, patched["metadata"]["labels"]["x"].as_str()), (200, Some("y")));
+    let test_fails = json!([{"op": "test", "path": "/metadata/name", "value": "other"}]).to_string();
+    let (code, _, _) =
+        call_with(&server, "PATCH", INGRESS, &[("content-type", "application/json-patch+json")], &test_fails);
+    assert_eq!(code, 422);
+}
+
+#[test]
+fn finalizers_hold_a_deletion_until_the_last_is_removed() {
+    let server = FakeKube::start().unwrap();
+    let mut object = service("default", "web", 80, 8080);
+    object["metadata"]["finalizers"] = json!(["sluice.dev/test"]);
+    let created = server.apply(object);
+    let watch = Watch::open(&server, &format!("{SERVICES}?watch=true&resourceVersion={}", rv_of(&created)));
+    let (status, marked) = call(&server, "DELETE", &format!("{SERVICES}/web"), None);
+    assert_eq!(status, 200);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let event = watch.next_change();
+    assert_eq!(event["type"], "MODIFIED");
+    assert!(event["object"]["metadata"]["deletionTimestamp"].is_string());
+    // Still there; a write cannot take the deletion back.
+    let mut keep = server.get("v1", "Service", "default", "web").unwrap();
+    keep["metadata"]["deletionTimestamp"] = Value::Null;
+    keep["metadata"]["labels"] = json!({"still": "here"});
+    let (status, kept) = call(&server, "PUT", &format!("{SERVICES}/web"), Some(&keep));
+    assert_eq!(status, 200);
+    assert!(kept["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(watch.next_change()["type"], "MODIFIED");
+    // Removing the last finalizer completes the deletion.
+    let mut done = kept.clone();
+    done["metadata"]["finalizers"] = json!([]);
+    assert_eq!(call(&server, "PUT", &format!("{SERVICES}/web"), Some(&done)).0, 200);
+    assert_eq!(watch.next_change()["type"], "DELETED");
+    assert!(server.get("v1", "Service", "default", "web").is_none());
+}
+
+#[test]
+fn status_writes_are_recorded_in_order_with_their_writer() {
+    let server = FakeKube::start().unwrap();
+    server.apply(ingress("default", "web", "sluice", "a.test", "/", "web", 80));
+    let status = |ip: &str| json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}).to_string();
+    let merge = ("content-type", "application/merge-patch+json");
+    call_with(
+        &server,
+        "PATCH",
+        &format!("{INGRESS}/status"),
+        &[merge, ("user-agent", "sluice/0.1 (sluice-a)")],
+        &status("192.0.2.1"),
+    );
+    call_with(
+        &server,
+        "PATCH",
+        &format!("{INGRESS}/status?fieldManager=sluice-b"),
+        &[merge],
+        &status("192.0.2.2"),
+    );
+    server.fail_next(1, "PATCH", "*/status", 429, Some(Duration::from_secs(1)));
+    call_with(
+        &server,
+        "PATCH",
+        &format!("{INGRESS}/status?fieldManager=sluice-c"),
+        &[merge],
+        &status("192.0.2.3"),
+    );
+    let writers: Vec<String> = server.status_writes().iter().map(|r| r.writer().to_owned()).collect();
+    assert_eq!(writers, ["sluice/0.1 (sluice-a)", "sluice-b"], "the throttled write did not land");
+}
+
+#[test]
+fn a_service_gets_several_slices() {
+    let server = FakeKube::start().unwrap();
+    let endpoints: Vec<SliceEndpoint> =
+        (0..250).map(|i| SliceEndpoint::ready(&format!("10.0.{}.{}", i / 200, i % 200 + 1))).collect();
+    let slices = endpoint_slices("default", "web", "IPv4", 8080, &endpoints, 100);
+    assert_eq!(slices.len(), 3);
+    server.apply_all(slices);
+    let (_, list) = call(
+        &server,
+        "GET",
+        "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb",
+        None,
+    );
+    let sizes: Vec<usize> =
+        list["items"].as_array().unwrap().iter().map(|s| s["endpoints"].as_array().unwrap().len()).collect();
+    assert_eq!(sizes, [100, 100, 50]);
 }
 
 fn lb_wait(mut check: impl FnMut() -> bool) {

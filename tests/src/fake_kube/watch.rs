@@ -36,11 +36,12 @@ pub(super) fn watch_response(
     let start_rv;
     {
         let store = lock(&shared.store);
+        let resumable = store.resumable(target.resource);
         match from {
-            Some(rv) if rv < store.oldest_resumable => {
+            Some(rv) if rv < resumable => {
                 let event = json!({
                     "type": "ERROR",
-                    "object": status_body(410, "Expired", &format!("too old resource version: {rv} ({})", store.oldest_resumable)),
+                    "object": status_body(410, "Expired", &format!("too old resource version: {rv} ({resumable})")),
                 });
                 first.push(line(&event));
                 start_rv = None;
@@ -127,6 +128,32 @@ pub(super) fn watch_response(
         }
         shared.open_watches.fetch_sub(1, Ordering::Relaxed);
     });
+    streaming(receiver)
+}
+
+/// A watch that answers its head and then says nothing (no events, no bookmarks) until it is
+/// cut, its black hole is lifted or the client goes: a black-holed stream.
+pub(super) fn silent_watch(shared: &Arc<Shared>, _target: &Target) -> Response<Body> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        use std::sync::atomic::Ordering;
+        shared.open_watches.fetch_add(1, Ordering::Relaxed);
+        let (mut cut, mut cut_all, mut lifted) =
+            (shared.cut_watches.subscribe(), shared.cut_connections.subscribe(), shared.lifted.subscribe());
+        tokio::select! {
+            _ = cut.changed() => {}
+            _ = cut_all.changed() => {}
+            _ = lifted.changed() => {}
+            _ = sender.closed() => {}
+        }
+        shared.open_watches.fetch_sub(1, Ordering::Relaxed);
+    });
+    streaming(receiver)
+}
+
+/// A 200 whose body is the chunks sent on `receiver`, ending when its sender is dropped.
+fn streaming(receiver: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let chunk = receiver.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(chunk)), receiver))
