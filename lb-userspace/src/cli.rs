@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// On SIGTERM, fail /readyz and keep serving this long before closing the listeners
+    /// (overrides the file's limits.shutdown_delay_ms).
+    #[arg(long, value_name = "MS")]
+    pub shutdown_delay_ms: Option<u64>,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 }
@@ -170,6 +174,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         interfaces: args.interfaces.clone(),
         xdp_mode: args.xdp_mode,
         no_xdp: args.no_xdp,
+        shutdown_delay_ms: args.shutdown_delay_ms,
     };
     let provider = FileProvider::new(args.config.clone(), overrides);
     if args.kubernetes.kubernetes {
@@ -185,10 +190,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             result = provider.run(changes, updates_tx) => result.map_err(Into::into),
             () = apply_updates(&node, updates) => Ok(()),
-            result = shutdown_signal() => result,
+            result = drain_on_signal(&node) => result,
         }
     })?;
-    tracing::info!("shutting down");
+    tracing::info!("closing the listeners; draining connections");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -218,12 +223,12 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
             result = provider.run(changes, file_tx) => result?,
             () = base_from_file(file_updates, &base_tx, &updates_tx) => {}
             () = apply_updates(&node, updates) => {}
-            result = shutdown_signal() => result?,
+            result = drain_on_signal(&node) => result?,
         }
         let _ = stop_tx.send(true);
         serve.await
     })?;
-    tracing::info!("shutting down");
+    tracing::info!("closing the listeners; draining connections");
     node.stop()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -251,14 +256,28 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
     }
 }
 
-/// Returns on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Returns when the node may close its listeners: on SIGINT or SIGTERM `/readyz` turns 503 at
+/// once and everything (providers included) keeps serving for `limits.shutdown_delay_ms`, read
+/// now so a reload changes it; a second signal ends the delay early.
+async fn drain_on_signal(node: &Node) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut next_signal = async || {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    };
+    let first = next_signal().await;
+    node.begin_drain();
+    let delay_ms = node.published().load().config.limits.shutdown_delay_ms;
+    tracing::info!(signal = first, delay_ms, "shutting down: not ready; serving on for the shutdown delay");
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(Into::into),
-        _ = term.recv() => Ok(()),
+        () = tokio::time::sleep(std::time::Duration::from_millis(delay_ms)) => {}
+        second = next_signal() => tracing::info!(signal = second, "second signal; shutdown delay cut short"),
     }
+    Ok(())
 }
 
 /// Kubernetes mode: the file's configurations become the Kubernetes provider's base; a file

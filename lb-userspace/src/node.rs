@@ -106,6 +106,7 @@ impl Node {
             xdp_counters: kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()),
             reloads: reloads.clone(),
             serving: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             metrics,
         });
         let admin = match &config.admin {
@@ -165,6 +166,13 @@ impl Node {
         self.admin_state.serving.store(ready, Ordering::Relaxed);
     }
 
+    /// The first step of a graceful stop: `/readyz` answers 503 from now on while everything
+    /// keeps serving, so whatever follows readiness (the kubelet, an outer load balancer) stops
+    /// sending new connections before the listeners close in [`Node::stop`].
+    pub fn begin_drain(&self) {
+        self.admin_state.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Counts a configuration that was refused before it reached `apply` (it did not parse or
     /// validate).
     pub fn record_refused(&self) {
@@ -195,14 +203,17 @@ impl Node {
         self.kernel.as_ref().map(|k| &k.dataplane)
     }
 
-    /// Logs the XDP counters, detaches, then stops the workers.
+    /// Closes the listeners and lets in-flight requests and WebSockets finish (up to
+    /// `limits.shutdown_grace_ms`), then logs the XDP counters and detaches. XDP stays attached
+    /// while connections drain: a connection it steered to a worker's own port reaches that
+    /// port only through its rewrite, so detaching first would reset it.
     pub fn stop(self) -> anyhow::Result<()> {
         self.admin_state.serving.store(false, Ordering::Relaxed);
         let Node { workers, kernel, .. } = self;
+        workers.stop();
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
-        workers.stop();
         Ok(())
     }
 }

@@ -196,6 +196,12 @@ fn the_daemonset_check_refuses_what_would_break_on_a_node() {
     });
     assert!(err.contains("terminationGracePeriodSeconds"), "{err}");
     let err = with_daemonset(|d| {
+        first(d).readiness_probe.as_mut().unwrap().period_seconds = Some(30);
+    });
+    assert!(err.contains("must outlast the readiness probe"), "{err}");
+    let err = with_daemonset(|d| d.spec.template.spec.as_mut().unwrap().priority_class_name = None);
+    assert!(err.contains("system-node-critical"), "{err}");
+    let err = with_daemonset(|d| {
         first(d).volume_mounts.as_mut().unwrap().retain(|m| m.mount_path != "/sys/fs/bpf")
     });
     assert!(err.contains("/sys/fs/bpf"), "{err}");
@@ -1254,14 +1260,7 @@ fn check_daemonset(bundle: &Bundle) -> anyhow::Result<()> {
         "no surge on the host network: {:?}",
         rolling.max_surge
     );
-    let grace_ms =
-        pod.termination_grace_period_seconds.context("terminationGracePeriodSeconds")? as u64 * 1000;
-    let drain_ms = config.limits.shutdown_grace_ms + STATUS_RELEASE_MS;
-    ensure!(
-        grace_ms >= drain_ms,
-        "terminationGracePeriodSeconds ({} s) must cover limits.shutdown_grace_ms plus the Lease release ({drain_ms} ms)",
-        grace_ms / 1000
-    );
+    check_graceful_stop(pod, container, &config)?;
 
     // Resources, tolerations, image.
     let resources = container.resources.as_ref().context("resources")?;
@@ -1276,6 +1275,40 @@ fn check_daemonset(bundle: &Bundle) -> anyhow::Result<()> {
     );
     let security = container.security_context.as_ref().context("a security context")?;
     ensure!(security.read_only_root_filesystem == Some(true), "a read-only root filesystem");
+    Ok(())
+}
+
+/// A rollout drops no connection: on SIGTERM (no preStop hook: Sluice itself does what
+/// ingress-nginx's `/wait-shutdown` hook starts) `/readyz` fails, and the kubelet sees it within
+/// the shutdown delay; the grace period covers the delay, the drain and the Lease release; the
+/// pod is node-critical, so it is not evicted under pressure before the node's workloads.
+fn check_graceful_stop(pod: &PodSpec, container: &Container, config: &Config) -> anyhow::Result<()> {
+    let grace_ms =
+        pod.termination_grace_period_seconds.context("terminationGracePeriodSeconds")? as u64 * 1000;
+    let limits = &config.limits;
+    let drain_ms = limits.shutdown_delay_ms + limits.shutdown_grace_ms + STATUS_RELEASE_MS;
+    ensure!(
+        grace_ms >= drain_ms,
+        "terminationGracePeriodSeconds ({} s) must cover limits.shutdown_delay_ms, limits.shutdown_grace_ms and the Lease release ({drain_ms} ms)",
+        grace_ms / 1000
+    );
+    ensure!(
+        container.lifecycle.as_ref().is_none_or(|l| l.pre_stop.is_none()),
+        "no preStop hook: SIGTERM starts the shutdown delay, a hook would only postpone it"
+    );
+    let readiness = container.readiness_probe.as_ref().context("a readiness probe")?;
+    let noticed_ms =
+        (readiness.period_seconds.unwrap_or(10) * readiness.failure_threshold.unwrap_or(3)) as u64 * 1000
+            + readiness.timeout_seconds.unwrap_or(1) as u64 * 1000;
+    ensure!(
+        limits.shutdown_delay_ms >= noticed_ms,
+        "limits.shutdown_delay_ms ({} ms) must outlast the readiness probe's failures ({noticed_ms} ms)",
+        limits.shutdown_delay_ms
+    );
+    ensure!(
+        pod.priority_class_name.as_deref() == Some("system-node-critical"),
+        "priorityClassName system-node-critical"
+    );
     Ok(())
 }
 

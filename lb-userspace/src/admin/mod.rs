@@ -48,13 +48,18 @@ pub struct AdminState {
     pub reloads: Arc<ReloadStats>,
     /// Set once the node serves; cleared when it starts shutting down.
     pub serving: AtomicBool,
+    /// Set on SIGTERM: not ready from then on, whatever else says (a configuration applied
+    /// during the shutdown delay must not make the node ready again).
+    pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
 }
 
 impl AdminState {
-    /// Ready: serving, and the kernel path attached when it was asked for.
+    /// Ready: serving, not draining, and the kernel path attached when it was asked for.
     pub fn ready(&self) -> bool {
-        self.serving.load(Ordering::Relaxed) && (!self.xdp_wanted || !self.xdp_interfaces.is_empty())
+        self.serving.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && (!self.xdp_wanted || !self.xdp_interfaces.is_empty())
     }
 
     pub fn status(&self) -> Value {
@@ -120,6 +125,7 @@ impl AdminState {
         };
         json!({
             "ready": self.ready(),
+            "draining": self.draining.load(Ordering::Relaxed),
             "generation": snapshot.generation,
             "workers": self.workers,
             "worker_connections": worker_connections,

@@ -184,8 +184,14 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// Client connections one worker holds at once; more wait in the accept queue.
     pub max_connections_per_worker: usize,
-    /// On shutdown, in-flight requests get this long to finish after the listeners close.
+    /// On shutdown, in-flight requests and open WebSockets get this long to finish after the
+    /// listeners close.
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, `/readyz` answers 503 at once and the listeners keep serving this long
+    /// before they close, so a load balancer that follows readiness stops sending new
+    /// connections first (ingress-nginx's `--shutdown-grace-period`, 0 there too). Read when the
+    /// signal comes, so a reload changes it.
+    pub shutdown_delay_ms: u64,
     /// Leave each new connection with the kernel until the client sends its first bytes
     /// (`TCP_DEFER_ACCEPT`, nginx's `deferred`), for up to `header_read_timeout_ms`. HTTP and
     /// TLS clients speak first, so a worker then wakes once per new connection instead of
@@ -205,6 +211,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 100,
             max_connections_per_worker: 10_000,
             shutdown_grace_ms: 30_000,
+            shutdown_delay_ms: 0,
             defer_accept: true,
         }
     }

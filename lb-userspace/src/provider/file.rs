@@ -27,6 +27,8 @@ pub struct Overrides {
     pub interfaces: Vec<String>,
     pub xdp_mode: Option<AttachMode>,
     pub no_xdp: bool,
+    /// `--shutdown-delay-ms`: replaces `limits.shutdown_delay_ms`.
+    pub shutdown_delay_ms: Option<u64>,
 }
 
 impl Overrides {
@@ -42,6 +44,9 @@ impl Overrides {
         }
         if self.no_xdp {
             config.xdp.enabled = false;
+        }
+        if let Some(delay) = self.shutdown_delay_ms {
+            config.limits.shutdown_delay_ms = delay;
         }
     }
 }

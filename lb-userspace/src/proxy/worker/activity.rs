@@ -43,11 +43,21 @@ impl Activity {
 pub struct ActivityIo<S> {
     inner: S,
     activity: Activity,
+    /// The worker's connection slot, held as long as the client's socket is: the HTTP server
+    /// hands the socket to a WebSocket tunnel on an upgrade, and a worker that shuts down waits
+    /// for the tunnel too (up to the grace period) because it waits for every slot.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S> ActivityIo<S> {
     pub fn new(inner: S, activity: Activity) -> ActivityIo<S> {
-        ActivityIo { inner, activity }
+        ActivityIo { inner, activity, _slot: None }
+    }
+
+    /// Holds `slot` until this IO is dropped.
+    pub fn with_slot(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> ActivityIo<S> {
+        self._slot = Some(slot);
+        self
     }
 }
 

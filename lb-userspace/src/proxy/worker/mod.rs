@@ -394,9 +394,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
                 let shutdown = context.shutdown.clone();
                 context.metrics.connection_opened();
                 tokio::spawn(async move {
-                    serve_client(stream, connection.clone(), shutdown, snapshot, listener_index).await;
+                    let client = Client { stream, slot, listener_index };
+                    serve_client(client, connection.clone(), shutdown, snapshot).await;
                     connection.metrics.connection_closed();
-                    drop(slot);
                 });
             }
             // Out of file descriptors and similar: keep serving what we have, and give the
@@ -409,19 +409,26 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
     }
 }
 
+/// An accepted client socket, the worker's connection slot it holds, and which listener took it.
+struct Client {
+    stream: tokio::net::TcpStream,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    listener_index: usize,
+}
+
 /// On a TLS listener, runs the handshake in this connection's task (never in the accept loop)
 /// and serves HTTP over TLS, or splices a passthrough host's connection; a failed handshake
 /// (counted by reason) closes only this connection. Plain listeners serve HTTP at once.
 async fn serve_client(
-    stream: tokio::net::TcpStream,
+    client: Client,
     connection: Arc<Connection>,
     shutdown: watch::Receiver<bool>,
     snapshot: Arc<Snapshot>,
-    listener_index: usize,
 ) {
+    let Client { stream, slot, listener_index } = client;
     let Some(listener) = snapshot.tls.listener(listener_index).cloned() else {
         drop(snapshot);
-        return serve_connection(stream, connection, shutdown).await;
+        return serve_connection(stream, slot, connection, shutdown).await;
     };
     let limit = Duration::from_millis(snapshot.limits.header_read_timeout_ms);
     match crate::tls::accept(stream, &listener, &snapshot.tls, limit).await {
@@ -429,7 +436,7 @@ async fn serve_client(
             // The connection keeps only its session: a reload may replace the snapshot now.
             drop((listener, snapshot));
             let _ = connection.tls.set(session);
-            serve_connection(*stream, connection, shutdown).await;
+            serve_connection(*stream, slot, connection, shutdown).await;
         }
         crate::tls::Accepted::Passthrough { client, hello, backend } => {
             let Some(group) = snapshot.backends.get(backend) else { return };
@@ -439,6 +446,7 @@ async fn serve_client(
             };
             drop((listener, snapshot));
             passthrough::splice(client, hello, upstream, idle).await;
+            drop(slot);
         }
         crate::tls::Accepted::Failed(reason) => {
             tracing::debug!(worker = connection.worker, client = %connection.client, reason = reason.name(), "TLS handshake failed");
@@ -451,8 +459,12 @@ async fn serve_client(
 /// or ALPN over TLS), with the current snapshot's limits, until the client leaves, the
 /// connection sits idle past the limit, or the worker shuts down (then in-flight requests
 /// finish first).
-async fn serve_connection<S>(stream: S, connection: Arc<Connection>, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    connection: Arc<Connection>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = connection.published.load().limits.clone();
@@ -461,10 +473,11 @@ where
     // The guard refuses request-smuggling shapes before the server parses a head.
     // The guard hands the heads it parsed to the server, which then need not parse them again.
     let parsed = ParsedHeads::default();
-    let guard = H1Guard::new(ActivityIo::new(stream, activity.clone()), limits.max_header_bytes)
-        .with_max_headers(limits.max_headers)
-        .with_head_clock(head_clock.clone())
-        .with_parsed_heads(parsed.clone());
+    let guard =
+        H1Guard::new(ActivityIo::new(stream, activity.clone()).with_slot(slot), limits.max_header_bytes)
+            .with_max_headers(limits.max_headers)
+            .with_head_clock(head_clock.clone())
+            .with_parsed_heads(parsed.clone());
     // Set to end the connection: at once between requests, else after the response.
     let closing = AtomicBool::new(false);
     let conn = super::http1::server::serve(
