@@ -230,10 +230,11 @@ async fn ws_connect(proxy: SocketAddr) -> Ws {
 
 async fn ws_round_trip(ws: &mut Ws, what: &str) {
     ws.send(Message::text(what)).await.unwrap_or_else(|e| panic!("{what}: send failed: {e}"));
-    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no echo within 5 s"))
-        .unwrap_or_else(|| panic!("{what}: the WebSocket closed"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let echo = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Err(_) => panic!("{what}: no echo within 5 s"),
+        Ok(None) => panic!("{what}: the WebSocket closed"),
+        Ok(Some(Err(e))) => panic!("{what}: {e}"),
+        Ok(Some(Ok(echo))) => echo,
+    };
     assert_eq!(echo, Message::text(what), "{what}");
 }
