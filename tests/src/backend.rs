@@ -391,6 +391,43 @@ fn request_head(request: &Request<Incoming>) -> String {
     head
 }
 
+/// What an echoing backend ([`Mode::Echo`]) received, read from its answer: the request line
+/// and the header fields (names in lower case, in order).
+pub struct Echoed {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Echoed {
+    pub fn of(response: &crate::http::HttpResponse) -> Echoed {
+        assert_eq!(response.status, 200, "an echo response: {response:?}");
+        let mut lines = response.body.lines();
+        let line = lines.next().unwrap_or("").to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Echoed { line, headers }
+    }
+
+    /// The request target the backend received.
+    pub fn target(&self) -> &str {
+        self.line.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

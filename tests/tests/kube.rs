@@ -16,7 +16,7 @@ use std::{
 };
 
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend},
+    backend::{self, BACKEND_HEADER, Backend, Echoed, Mode},
     fake_kube::{
         FakeKube,
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
@@ -446,6 +446,50 @@ fn source_range_annotations_admit_by_the_client_address() {
     assert_eq!(status("blocked.test", &[]), 403);
     assert_eq!(status("broken.test", &[]), 404, "the Ingress with a bad range is refused, not served open");
     assert_eq!(status("solver.test", &[("X-Forwarded-For", "203.0.113.9")]), 200);
+}
+
+/// CORS and header annotations as ingress-nginx serves them: `enable-cors` with an origin list
+/// answers a preflight itself and decorates responses to allowed origins only; `upstream-vhost`
+/// and `x-forwarded-prefix` reach the backend; `connection-proxy-header` is served without
+/// effect (Sluice manages upstream connections).
+#[test]
+fn cors_and_header_annotations_shape_requests_and_responses() {
+    let kube = FakeKube::start().unwrap();
+    let options =
+        backend::Options { addr: "127.0.0.2:0".parse().unwrap(), mode: Mode::Echo, ..Default::default() };
+    let web = Backend::launch("web-0", options).unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, web.addr().port()));
+    let endpoints = [SliceEndpoint::ready(&ip(&web))];
+    kube.apply(endpoint_slice("default", "web-1", "web", "IPv4", web.addr().port(), &endpoints));
+    let mut api = ingress("default", "api", "sluice", "api.test", "/", "web", 80);
+    api["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/enable-cors": "true",
+        "nginx.ingress.kubernetes.io/cors-allow-origin": "https://app.test, https://*.corp.test",
+        "nginx.ingress.kubernetes.io/cors-allow-credentials": "false",
+        "nginx.ingress.kubernetes.io/upstream-vhost": "api.internal",
+        "nginx.ingress.kubernetes.io/x-forwarded-prefix": "/api",
+        "nginx.ingress.kubernetes.io/connection-proxy-header": "keep-alive",
+    });
+    kube.apply(api);
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("api.test", "/", "web-0", Duration::from_secs(20));
+
+    let origin = [("Origin", "https://eu.corp.test")];
+    let preflight = http::request(sluice.addr, "OPTIONS", "api.test", "/v1", &origin).unwrap();
+    assert_eq!(preflight.status, 204, "{preflight:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://eu.corp.test"));
+    assert_eq!(preflight.header("access-control-allow-credentials"), None);
+    let requests_before = web.requests();
+    let response = get(sluice.addr, "api.test", "/v1", &origin).unwrap();
+    assert_eq!(response.header("access-control-allow-origin"), Some("https://eu.corp.test"));
+    let seen = Echoed::of(&response);
+    assert_eq!(seen.all("host"), ["api.internal"]);
+    assert_eq!(seen.header("x-forwarded-host"), Some("api.test"));
+    assert_eq!(seen.header("x-forwarded-prefix"), Some("/api"));
+    let other = get(sluice.addr, "api.test", "/v1", &[("Origin", "https://evil.test")]).unwrap();
+    assert_eq!((other.status, other.header("access-control-allow-origin")), (200, None));
+    assert_eq!(web.requests() - requests_before, 2, "the preflight never reached the backend");
 }
 
 fn lease_holder(kube: &FakeKube) -> Option<String> {

@@ -6,7 +6,7 @@
 //! received, and fail, hold or hang on demand.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -14,7 +14,8 @@ use std::{
 
 use lb_tests::sluice::Proxy;
 use lb_tests::{
-    backend::{BACKEND_HEADER, Backend, HEALTH_PATH, Mode},
+    backend::{BACKEND_HEADER, Backend, Echoed, HEALTH_PATH, Mode},
+    free_port,
     http::{self, Client, HttpResponse},
     wait_for,
 };
@@ -180,7 +181,7 @@ virtual_hosts:
         ("/apix", "/apix"),
     ] {
         let response = get(proxy.addr, "shop.test", path);
-        let seen = Seen::of(&response);
+        let seen = Echoed::of(&response);
         assert_eq!(seen.target(), expected, "{path} reached the backend as {:?}", seen.line);
         assert!(seen.line.starts_with("GET "), "method kept: {:?}", seen.line);
     }
@@ -235,7 +236,7 @@ fn forwarding_headers_and_request_ids_reach_the_backend() {
             ("X-Kept", "yes"),
         ],
     );
-    let seen = Seen::of(&response);
+    let seen = Echoed::of(&response);
     assert_eq!(
         seen.header("x-forwarded-for"),
         Some("203.0.113.9, 127.0.0.1"),
@@ -262,12 +263,13 @@ fn forwarding_headers_and_request_ids_reach_the_backend() {
 
     // Without an incoming one: X-Forwarded-For is the client; a request id is made.
     let response = get(proxy.addr, "fwd.example.com", "/h");
-    let seen = Seen::of(&response);
+    let seen = Echoed::of(&response);
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     let id = seen.header("x-request-id").expect("a request id is generated");
     assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "32 hex digits: {id:?}");
     assert_eq!(response.header("x-request-id"), Some(id), "the generated id is returned to the client");
-    let other = Seen::of(&get(proxy.addr, "fwd.example.com", "/h")).header("x-request-id").map(str::to_owned);
+    let other =
+        Echoed::of(&get(proxy.addr, "fwd.example.com", "/h")).header("x-request-id").map(str::to_owned);
     assert_ne!(other.as_deref(), Some(id), "each request gets its own id");
 
     // What the proxy sets, a client cannot spoof; a request id that is not sane is replaced.
@@ -285,7 +287,7 @@ fn forwarding_headers_and_request_ids_reach_the_backend() {
             ("X-Request-ID", &long_id),
         ],
     );
-    let seen = Seen::of(&response);
+    let seen = Echoed::of(&response);
     assert_eq!((seen.header("x-real-ip"), seen.count("x-real-ip")), (Some("127.0.0.1"), 1));
     assert_eq!((seen.header("x-forwarded-proto"), seen.count("x-forwarded-proto")), (Some("http"), 1));
     assert_eq!(seen.header("x-forwarded-host"), Some("fwd.example.com"));
@@ -335,7 +337,7 @@ fn forwarded_for_keeps_every_incoming_hop() {
         "/",
         &[("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-For", "198.51.100.7")],
     );
-    let seen = Seen::of(&response);
+    let seen = Echoed::of(&response);
     let all: Vec<&str> =
         seen.headers.iter().filter(|(k, _)| k == "x-forwarded-for").map(|(_, v)| v.as_str()).collect();
     assert_eq!(
@@ -723,7 +725,7 @@ fn retry_config(good: SocketAddr, dead: SocketAddr, attempts: u32) -> String {
 #[test]
 fn retries_hide_connect_failures() {
     let good = Backend::with_mode("good", Mode::Echo);
-    let dead = closed_port();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let proxy = Proxy::start(&retry_config(good.addr(), dead, 2));
     let mut client = Client::connect(proxy.addr);
     for i in 0..100 {
@@ -793,7 +795,8 @@ fn upstream_failures_become_clear_errors_for_that_request_only() {
     let hang = Backend::with_mode("hang", Mode::Hang);
     let reset = Backend::with_mode("reset", Mode::Reset);
     let garbage = Backend::with_mode("garbage", Mode::Garbage);
-    let (dead_a, dead_b) = (closed_port(), closed_port());
+    let (dead_a, dead_b) =
+        (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
     let yaml = format!(
         "backends:
 {good}{down}  - {{name: unready, endpoints: [{{address: \"{unready}\", ready: false}}]}}
@@ -922,7 +925,7 @@ fn configuration_swap_moves_routes_and_spares_requests_in_flight() {
     let response = in_flight.join().unwrap();
     assert_eq!(response.status, 200, "the request in flight completes: {response:?}");
     assert_eq!(backend_of(&response), "slow");
-    assert_eq!(Seen::of(&response).target(), "/slow/request");
+    assert_eq!(Echoed::of(&response).target(), "/slow/request");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1021,11 +1024,6 @@ fn group(name: &str, addresses: &[SocketAddr], extra: &str) -> String {
     format!("  - {{name: {name}, endpoints: [{}]{extra}}}\n", endpoints.join(", "))
 }
 
-/// A loopback address nobody listens on (bound, then released).
-fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client side: raw HTTP/1.1 over TCP, one-shot or keep-alive.
 // ---------------------------------------------------------------------------------------------
@@ -1042,38 +1040,6 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
 /// The backend that answered, or `<none>` (a proxy-made response).
 fn backend_of(response: &HttpResponse) -> &str {
     response.header(BACKEND_HEADER).unwrap_or("<none>")
-}
-
-/// What an echoing backend received: its request line and headers.
-struct Seen {
-    line: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn of(response: &HttpResponse) -> Seen {
-        assert_eq!(response.status, 200, "an echo response: {response:?}");
-        let mut lines = response.body.lines();
-        let line = lines.next().unwrap_or("").to_owned();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Seen { line, headers }
-    }
-
-    /// The request target the backend received.
-    fn target(&self) -> &str {
-        self.line.split_whitespace().nth(1).unwrap_or("")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(k, _)| k == name).count()
-    }
 }
 
 const ROUTING_HOSTS: &str = "\

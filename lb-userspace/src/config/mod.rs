@@ -5,6 +5,7 @@
 
 mod locate;
 mod model;
+pub mod policy;
 mod validate;
 
 pub(crate) use validate::valid_domain;

@@ -234,6 +234,107 @@ pub struct VirtualHostConfig {
     /// replaces this).
     #[serde(default)]
     pub source_ranges: Option<SourceRangesConfig>,
+    /// Header changes on requests as they go upstream, for every route of the host (applied
+    /// before a route's own).
+    #[serde(default)]
+    pub request_headers: Option<HeaderOpsConfig>,
+    /// Header changes on every response of the host's routes, Sluice's own answers included
+    /// (applied before a route's own).
+    #[serde(default)]
+    pub response_headers: Option<HeaderOpsConfig>,
+    /// Cross-origin resource sharing for every route of the host (a route's own replaces it).
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// Header changes, in this order: `remove` the named fields, `set` (replacing every field of
+/// that name), then `add` (appending). Names are case-insensitive. Hop-by-hop and framing
+/// fields (`Connection`, `Transfer-Encoding`, `Content-Length`, ...) cannot be changed: the
+/// proxy owns them on each hop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsConfig {
+    #[serde(default)]
+    pub set: Vec<HeaderField>,
+    #[serde(default)]
+    pub add: Vec<HeaderField>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
+/// Cross-origin resource sharing, as ingress-nginx's `enable-cors` serves it: an `OPTIONS`
+/// request from an allowed origin is answered `204` by Sluice (before source ranges and auth,
+/// as nginx's rewrite phase comes before its access phase); other responses to an allowed
+/// origin carry the `Access-Control-*` headers, replacing the backend's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins: `*` (any, answered `Access-Control-Allow-Origin: *`), `null`, or
+    /// `scheme://host[:port]` where the host may start with `*.` (exactly one more label).
+    /// A matching origin is echoed back.
+    #[serde(default = "default_cors_origins")]
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    #[serde(default = "default_cors_headers")]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default = "default_true")]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_seconds: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> CorsConfig {
+        CorsConfig {
+            allow_origins: default_cors_origins(),
+            allow_methods: default_cors_methods(),
+            allow_headers: default_cors_headers(),
+            expose_headers: Vec::new(),
+            allow_credentials: true,
+            max_age_seconds: default_cors_max_age(),
+        }
+    }
+}
+
+fn default_cors_origins() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// ingress-nginx's defaults.
+pub fn default_cors_methods() -> Vec<String> {
+    ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"].map(String::from).to_vec()
+}
+
+pub fn default_cors_headers() -> Vec<String> {
+    [
+        "DNT",
+        "Keep-Alive",
+        "User-Agent",
+        "X-Requested-With",
+        "If-Modified-Since",
+        "Cache-Control",
+        "Content-Type",
+        "Range",
+        "Authorization",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_cors_max_age() -> u64 {
+    1_728_000
 }
 
 /// Which client addresses may use a route (ingress-nginx `allowlist-source-range` and
@@ -416,6 +517,15 @@ pub struct RouteConfig {
     /// Which client addresses may use this route; replaces the virtual host's.
     #[serde(default)]
     pub source_ranges: Option<SourceRangesConfig>,
+    /// Header changes on requests as they go upstream (after the virtual host's).
+    #[serde(default)]
+    pub request_headers: Option<HeaderOpsConfig>,
+    /// Header changes on this route's responses (after the virtual host's).
+    #[serde(default)]
+    pub response_headers: Option<HeaderOpsConfig>,
+    /// Cross-origin resource sharing; replaces the virtual host's.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]

@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    BackendConfig, Balance, Config, MAX_WORKERS, PathMatch, Problem, RouteConfig, VirtualHostConfig,
+    BackendConfig, Balance, Config, CorsConfig, HeaderOpsConfig, MAX_WORKERS, PathMatch, Problem,
+    RouteConfig, VirtualHostConfig,
 };
 
 struct Problems(Vec<Problem>);
@@ -18,6 +19,29 @@ impl Problems {
             message
         };
         self.0.push(Problem { path: path.into(), message, line: 0, column: 0 });
+    }
+}
+
+/// The header changes and CORS of a virtual host or a route.
+fn policy(
+    (request_headers, response_headers): (Option<&HeaderOpsConfig>, Option<&HeaderOpsConfig>),
+    cors: Option<&CorsConfig>,
+    at: &str,
+    found: &mut Problems,
+) {
+    use super::policy::HeaderDirection;
+    let mut problems = Vec::new();
+    if let Some(ops) = request_headers {
+        problems.extend(ops.problems(HeaderDirection::Request, &format!("{at}.request_headers")));
+    }
+    if let Some(ops) = response_headers {
+        problems.extend(ops.problems(HeaderDirection::Response, &format!("{at}.response_headers")));
+    }
+    if let Some(cors) = cors {
+        problems.extend(cors.problems(&format!("{at}.cors")));
+    }
+    for (path, message) in problems {
+        found.add(path, message);
     }
 }
 
@@ -166,6 +190,8 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
                 );
             }
         }
+        let headers = (host.request_headers.as_ref(), host.response_headers.as_ref());
+        policy(headers, host.cors.as_ref(), &at, found);
         let mut matchers = BTreeMap::new();
         for (r, route) in host.routes.iter().enumerate() {
             let route_at = format!("{at}.routes[{r}]");
@@ -182,6 +208,8 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
 }
 
 fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+    let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
+    policy(headers, route.cors.as_ref(), at, found);
     match (&route.backend, &route.redirect) {
         (Some(_), Some(_)) | (None, None) => {
             found.add(at.to_owned(), "needs exactly one of backend and redirect")

@@ -8,6 +8,8 @@ use http::{
     header::{CONNECTION, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE},
 };
 
+use super::header_ops::HeaderOps;
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -132,6 +134,9 @@ pub struct UpstreamHeaders<'a> {
     host: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
+    /// The route's configured changes: they remove or replace any field above but the
+    /// connection's own (upgrade, `TE`), and add theirs last.
+    changes: Option<&'a HeaderOps>,
 }
 
 impl<'a> UpstreamHeaders<'a> {
@@ -172,7 +177,14 @@ impl<'a> UpstreamHeaders<'a> {
             host,
             forwarded_host,
             upgrade,
+            changes: None,
         }
+    }
+
+    /// With the route's configured header changes.
+    pub fn with_changes(mut self, changes: Option<&'a HeaderOps>) -> UpstreamHeaders<'a> {
+        self.changes = changes;
+        self
     }
 
     /// The request's id, which the response carries too.
@@ -195,7 +207,13 @@ impl<'a> UpstreamHeaders<'a> {
             || name == X_FORWARDED_PROTO
             || name == X_FORWARDED_PORT
             || (name == X_FORWARDED_HOST && self.forwarded_host.is_some())
-            || self.named.contains(name))
+            || self.named.contains(name)
+            || self.changed(name))
+    }
+
+    /// A field the route's changes remove or replace.
+    fn changed(&self, name: &HeaderName) -> bool {
+        self.changes.is_some_and(|changes| changes.drops(name))
     }
 
     /// Every field of the upstream request, in order: the client's kept ones, then the set ones.
@@ -205,16 +223,26 @@ impl<'a> UpstreamHeaders<'a> {
                 field(name, value);
             }
         }
+        let mut own = |name: &HeaderName, value: &HeaderValue| {
+            if !self.changed(name) {
+                field(name, value);
+            }
+        };
         if let Some(host) = &self.host {
-            field(&HOST, host);
+            own(&HOST, host);
         }
-        field(&X_REQUEST_ID, &self.request_id);
-        field(&X_FORWARDED_FOR, &self.forwarded_for);
-        field(&X_REAL_IP, &self.forwarded.client_ip);
-        field(&X_FORWARDED_PROTO, &self.forwarded.scheme);
-        field(&X_FORWARDED_PORT, &self.forwarded.port);
+        own(&X_REQUEST_ID, &self.request_id);
+        own(&X_FORWARDED_FOR, &self.forwarded_for);
+        own(&X_REAL_IP, &self.forwarded.client_ip);
+        own(&X_FORWARDED_PROTO, &self.forwarded.scheme);
+        own(&X_FORWARDED_PORT, &self.forwarded.port);
         if let Some(forwarded_host) = &self.forwarded_host {
-            field(&X_FORWARDED_HOST, forwarded_host);
+            own(&X_FORWARDED_HOST, forwarded_host);
+        }
+        if let Some(changes) = self.changes {
+            for (name, value) in changes.appended() {
+                field(name, value);
+            }
         }
         if self.te_trailers {
             field(&TE, &TRAILERS);
@@ -302,6 +330,37 @@ mod tests {
 
     fn upstream(client: &HeaderMap, forwarded: &Forwarded, host: &str) -> HeaderMap {
         UpstreamHeaders::new(client, forwarded, host, None).to_map()
+    }
+
+    #[test]
+    fn configured_changes_replace_remove_and_add_client_and_forwarding_fields() {
+        use crate::config::{HeaderField, HeaderOpsConfig};
+        let field = |name: &str, value: &str| HeaderField { name: name.into(), value: value.into() };
+        let config = HeaderOpsConfig {
+            set: vec![
+                field("Host", "internal.svc"),
+                field("X-Forwarded-Prefix", "/api"),
+                field("x-real-ip", "set"),
+            ],
+            add: vec![field("x-tag", "added")],
+            remove: vec!["x-secret".into(), "x-forwarded-port".into()],
+        };
+        let changes =
+            HeaderOps::compile(&[(Some(&config), "r".into())], crate::proxy::header_ops::Direction::Request)
+                .unwrap()
+                .unwrap();
+        let client =
+            map(&[("host", "a.test"), ("x-secret", "s"), ("x-tag", "client"), ("x-forwarded-prefix", "/x")]);
+        let forwarded = Forwarded::new("192.0.2.1:1".parse().unwrap(), "http", 80);
+        let out =
+            UpstreamHeaders::new(&client, &forwarded, "a.test", None).with_changes(Some(&changes)).to_map();
+        assert_eq!(out.get_all("host").iter().collect::<Vec<_>>(), ["internal.svc"]);
+        assert_eq!(out["x-forwarded-host"], "a.test", "the client's host is still forwarded");
+        assert_eq!(out.get_all("x-forwarded-prefix").iter().collect::<Vec<_>>(), ["/api"]);
+        assert_eq!(out.get_all("x-real-ip").iter().collect::<Vec<_>>(), ["set"]);
+        assert_eq!(out.get_all("x-tag").iter().collect::<Vec<_>>(), ["client", "added"]);
+        assert!(out.get("x-secret").is_none() && out.get("x-forwarded-port").is_none());
+        assert_eq!(out["x-forwarded-for"], "192.0.2.1");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`worker`]: the worker threads, their listeners and accept loops.
 
 pub mod body;
+pub mod cors;
+pub mod header_ops;
 pub mod headers;
 pub mod http1;
 pub mod pipeline;

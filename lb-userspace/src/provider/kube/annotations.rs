@@ -7,7 +7,7 @@
 //!   is ignored with a warning, and a value that cannot be served (FastCGI) refuses the Ingress;
 //! - **refused**: the Ingress is not served at all, because serving it without the annotation
 //!   would expose what the user meant to protect (snippets, source ranges, external auth);
-//! - **ignored**, with the reason: unsupported but harmless to leave out (CORS, rate limits...).
+//! - **ignored**, with the reason: unsupported but harmless to leave out (buffering...).
 //!
 //! Any other name under either prefix is ignored and reported as unknown.
 
@@ -110,6 +110,11 @@ pub struct Annotations {
     pub ssl_passthrough: bool,
     /// `allowlist-source-range` (or `whitelist-`) and `denylist-source-range`.
     pub source_ranges: Option<crate::config::SourceRangesConfig>,
+    /// `upstream-vhost` and `x-forwarded-prefix`.
+    pub request_headers: Option<crate::config::HeaderOpsConfig>,
+    pub response_headers: Option<crate::config::HeaderOpsConfig>,
+    /// `enable-cors` and the `cors-*` set.
+    pub cors: Option<crate::config::CorsConfig>,
 }
 
 /// The outcome of reading one Ingress's annotations.
@@ -372,6 +377,66 @@ mod tests {
     }
 
     #[test]
+    fn cors_is_read_with_ingress_nginx_defaults_and_fallbacks() {
+        let r = annotations(&[("enable-cors", "true")]);
+        assert!(r.warnings.is_empty(), "{r:?}");
+        assert_eq!(r.annotations.cors, Some(crate::config::CorsConfig::default()));
+        // The cors-* set means nothing without enable-cors.
+        assert_eq!(annotations(&[("cors-allow-origin", "https://a.test")]).annotations.cors, None);
+        let r = annotations(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.test, http://*.b.test:8080 ,, null"),
+            ("cors-allow-methods", "PUT, GET"),
+            ("cors-allow-headers", "X-Forwarded-For, X-app123-XPTO"),
+            ("cors-expose-headers", "*, X-CustomResponseHeader"),
+            ("cors-allow-credentials", "false"),
+            ("cors-max-age", "600"),
+        ]);
+        assert!(r.warnings.is_empty(), "{r:?}");
+        let cors = r.annotations.cors.unwrap();
+        assert_eq!(cors.allow_origins, ["https://a.test", "http://*.b.test:8080", "null"]);
+        assert_eq!(cors.allow_methods, ["PUT", "GET"]);
+        assert_eq!(cors.allow_headers, ["X-Forwarded-For", "X-app123-XPTO"]);
+        assert_eq!(cors.expose_headers, ["*", "X-CustomResponseHeader"]);
+        assert!(!cors.allow_credentials);
+        assert_eq!(cors.max_age_seconds, 600);
+        // Bad values keep the defaults (bad origins are left out), with a warning each.
+        let r = annotations(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.test, not-an-origin"),
+            ("cors-allow-methods", "GET;DROP"),
+            ("cors-max-age", "soon"),
+        ]);
+        assert_eq!(r.warnings.len(), 3, "{r:?}");
+        let cors = r.annotations.cors.unwrap();
+        assert_eq!(cors.allow_origins, ["https://a.test"]);
+        assert_eq!(cors.allow_methods, crate::config::default_cors_methods());
+        assert_eq!(cors.max_age_seconds, 1_728_000);
+        // `*` anywhere in the list allows every origin.
+        let r = annotations(&[("enable-cors", "true"), ("cors-allow-origin", "https://a.test,*")]);
+        assert_eq!(r.annotations.cors.unwrap().allow_origins, ["*"]);
+    }
+
+    #[test]
+    fn upstream_vhost_and_forwarded_prefix_set_request_fields() {
+        let r = annotations(&[
+            ("upstream-vhost", "internal.svc.cluster.local:8080"),
+            ("x-forwarded-prefix", "/api"),
+        ]);
+        assert!(r.warnings.is_empty(), "{r:?}");
+        let set = r.annotations.request_headers.unwrap().set;
+        let set: Vec<_> = set.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
+        assert_eq!(set, [("host", "internal.svc.cluster.local:8080"), ("x-forwarded-prefix", "/api")]);
+        for (name, bad) in
+            [("upstream-vhost", "$host"), ("upstream-vhost", "a b"), ("x-forwarded-prefix", "$x")]
+        {
+            let r = annotations(&[(name, bad)]);
+            assert_eq!(r.annotations.request_headers, None, "{bad}");
+            assert_eq!(r.warnings.len(), 1, "{r:?}");
+        }
+    }
+
+    #[test]
     fn snippets_refuse_the_ingress() {
         let r = annotations(&[("configuration-snippet", "more_set_headers 'X: y';")]);
         assert!(r.refused.unwrap().contains("snippets are refused"));
@@ -381,7 +446,7 @@ mod tests {
 
     #[test]
     fn unsupported_and_bad_values_warn() {
-        let r = annotations(&[("enable-cors", "true"), ("proxy-body-size", "huge"), ("made-up", "1")]);
+        let r = annotations(&[("proxy-buffering", "on"), ("proxy-body-size", "huge"), ("made-up", "1")]);
         assert!(r.refused.is_none());
         assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
         assert_eq!(r.annotations.body_size, None);

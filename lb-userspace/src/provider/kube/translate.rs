@@ -261,6 +261,15 @@ fn backend_template() -> &'static BackendConfig {
     TEMPLATE.get_or_init(|| template("name: template\nendpoints: []\n"))
 }
 
+/// What the Ingress's annotations ask of each of its routes, whatever it does with requests:
+/// who may use it, header changes, CORS.
+fn route_policy(route: &mut RouteConfig, a: &Annotations) {
+    route.source_ranges = a.source_ranges.clone();
+    route.request_headers = a.request_headers.clone();
+    route.response_headers = a.response_headers.clone();
+    route.cors = a.cors.clone();
+}
+
 fn route_template() -> &'static RouteConfig {
     static TEMPLATE: OnceLock<RouteConfig> = OnceLock::new();
     TEMPLATE.get_or_init(|| template("{}"))
@@ -567,7 +576,7 @@ impl<'a> Builder<'a> {
         route.name = Some(id.to_string());
         route.timeout_ms = a.read_timeout_ms;
         route.max_body_bytes = a.body_size;
-        route.source_ranges = a.source_ranges.clone();
+        route_policy(&mut route, a);
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
             route.rewrite = Some(RewriteConfig {
                 prefix: None,
@@ -593,7 +602,7 @@ impl<'a> Builder<'a> {
         route.name = Some(id.to_string());
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
         route.backend = Some(group);
-        route.source_ranges = a.source_ranges.clone();
+        route_policy(&mut route, a);
         self.claim("*", route, id);
     }
 

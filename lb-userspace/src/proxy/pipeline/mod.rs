@@ -2,15 +2,17 @@
 //!
 //! 1. **TLS policy** ([`tls_policy`]): HTTP to HTTPS redirects, 421 for a client-certificate
 //!    host reached on another host's session;
-//! 2. **route**: match the route table; a redirect route answers here;
+//! 2. **route**: match the route table; a redirect route answers here, and so does a CORS
+//!    preflight ([`super::cors`]);
 //! 3. **admit**: what the route allows in (the body size limit);
-//! 4. **prepare**: the request as it goes upstream (rewritten target, forwarding headers, the
-//!    body shared between attempts, the hash key);
+//! 4. **prepare**: the request as it goes upstream (rewritten target, forwarding headers and
+//!    the route's header changes, the body shared between attempts, the hash key);
 //! 5. **choose an endpoint**: the affinity cookie's, or the balancer's;
 //! 6. **attempt**: one exchange over a pooled connection, with the route's timeout, retried
 //!    within the budget when that is safe;
 //! 7. **finish the response**: upgrades handed to a tunnel, hop-by-hop fields stripped, the
-//!    affinity cookie, the request id.
+//!    affinity cookie, the request id; then, on every response of a route (Sluice's own
+//!    answers too), its header changes and CORS fields.
 //!
 //! Errors become short, clear 4xx/5xx responses for this client only. Metrics and the access
 //! log wrap the whole ([`handle`]).
@@ -80,11 +82,16 @@ impl Handler for Arc<Connection> {
 /// next phase needs.
 type Phase<T> = ControlFlow<Response<ProxyBody>, T>;
 
-/// What became of a request, filled in along the way for metrics and the access log.
+/// What became of a request, filled in along the way for metrics, the access log and the
+/// route's response policy.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'s> {
     labels: Option<RouteLabels>,
     upstream: Option<SocketAddr>,
+    /// The route chosen, once one is.
+    route: Option<&'s Route>,
+    /// The request's `Origin`, kept when the route has a CORS policy.
+    origin: Option<HeaderValue>,
 }
 
 /// Labels of requests that matched no route.
@@ -107,6 +114,9 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
     let mut outcome = Outcome::default();
     let hsts = tls_policy::hsts_for(&request, &snapshot.tls, connection.tls.get());
     let mut response = route_and_forward(request, &connection, &snapshot, &mut outcome).await;
+    if let Some(route) = outcome.route {
+        finish_policy(route, outcome.origin.take(), response.headers_mut());
+    }
     if let Some(hsts) = hsts {
         response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(hsts);
     }
@@ -142,6 +152,20 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
     response
 }
 
+/// The route's response policy, on every response of the route, Sluice's own answers
+/// included (as nginx's `more_set_headers`): its header changes, then the CORS fields for an
+/// allowed origin.
+fn finish_policy(route: &Route, origin: Option<HeaderValue>, fields: &mut http::HeaderMap) {
+    if let Some(changes) = &route.response_headers {
+        changes.apply(fields);
+    }
+    if let Some(cors) = &route.cors
+        && let Some(allowed) = cors.allowed_origin(origin.as_ref())
+    {
+        cors.decorate(allowed, fields);
+    }
+}
+
 /// A short plain-text error response.
 pub fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(body::text(format!(
@@ -166,11 +190,11 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The phases in order; each returns the early answer or what the next one needs.
-async fn route_and_forward(
+async fn route_and_forward<'s>(
     mut request: Request<ClientBody>,
     connection: &Connection,
-    snapshot: &Snapshot,
-    outcome: &mut Outcome,
+    snapshot: &'s Snapshot,
+    outcome: &mut Outcome<'s>,
 ) -> Response<ProxyBody> {
     if let Some(response) = tls_policy::before_request(&request, &snapshot.tls, connection.tls.get()) {
         return response;
@@ -180,6 +204,14 @@ async fn route_and_forward(
         ControlFlow::Continue(chosen) => chosen,
         ControlFlow::Break(answer) => return answer,
     };
+    // A CORS preflight is answered before the access checks, as nginx's rewrite phase comes
+    // before its access phase: browsers send it without credentials.
+    if let Some(cors) = &route.cors {
+        outcome.origin = request.headers().get(http::header::ORIGIN).cloned();
+        if let Some(answer) = cors.preflight(request.method(), request.headers()) {
+            return answer;
+        }
+    }
     let limit = match admit(&request, route, connection, snapshot) {
         ControlFlow::Continue(limit) => limit,
         ControlFlow::Break(answer) => return answer,
@@ -192,7 +224,8 @@ async fn route_and_forward(
     let (parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
     let upstream_headers =
-        headers::UpstreamHeaders::new(&parts.headers, &connection.forwarded, &host, upgrade);
+        headers::UpstreamHeaders::new(&parts.headers, &connection.forwarded, &host, upgrade)
+            .with_changes(route.request_headers.as_ref());
     let body = RequestBody::new(incoming, limit);
     if let Err(e) = body.prefetch().await {
         tracing::debug!(error = %e, "request body refused before forwarding");
@@ -232,13 +265,14 @@ fn choose_route<'s>(
     host: &str,
     connection: &Connection,
     snapshot: &'s Snapshot,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Phase<(&'s Route, &'s BackendGroup)> {
     let Some(route) = snapshot.routes.find(host, request.method(), request.uri().path(), request.headers())
     else {
         return ControlFlow::Break(error(StatusCode::NOT_FOUND, "no route for this host and path"));
     };
     outcome.labels = Some(route.labels.clone());
+    outcome.route = Some(route);
     let backend_index = match &route.action {
         RouteAction::Redirect(redirect) => {
             let upstream_path = route.rewrite_path_and_query(path_and_query(request.uri()));
@@ -333,7 +367,7 @@ async fn forward(
     mut exchange: Exchange<'_>,
     connection: &Connection,
     snapshot: &Snapshot,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'_>,
 ) -> Response<ProxyBody> {
     let group = exchange.group;
     let mut tried: Vec<usize> = Vec::new();

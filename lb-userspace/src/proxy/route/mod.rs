@@ -22,8 +22,13 @@ use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, sync::Arc, time::Dur
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::Regex;
 
+use super::{
+    cors::Cors,
+    header_ops::{Direction, HeaderOps},
+};
 use crate::config::{
     Config, HeaderMatch, PathMatch, RedirectConfig, RewriteConfig, RouteConfig, SourceRangesConfig,
+    VirtualHostConfig,
 };
 
 /// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
@@ -65,6 +70,12 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// The client addresses that may use the route (its own, else its virtual host's).
     pub source_ranges: Option<Arc<SourceRangesConfig>>,
+    /// Changes to the request as it goes upstream (the virtual host's, then the route's).
+    pub request_headers: Option<HeaderOps>,
+    /// Changes to every response (the virtual host's, then the route's).
+    pub response_headers: Option<HeaderOps>,
+    /// Cross-origin resource sharing (the route's own, else its virtual host's).
+    pub cors: Option<Cors>,
     matcher: Matcher,
 }
 
@@ -174,8 +185,7 @@ impl RouteTable {
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
                 let labels =
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
-                let ranges = host.source_ranges.as_ref();
-                routes.push(compile_route(route, name, labels, ranges, &route_at, &backends)?);
+                routes.push(compile_route(route, name, labels, host, (&at, &route_at), &backends)?);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -390,13 +400,14 @@ impl HeaderMatcher {
     }
 }
 
-/// `host_ranges` are the virtual host's source ranges, which the route's own replace.
+/// `host` is the route's virtual host, whose source ranges and CORS the route's own replace,
+/// and whose header changes come before the route's; `(host_at, at)` their positions.
 fn compile_route(
     route: &RouteConfig,
     name: String,
     labels: RouteLabels,
-    host_ranges: Option<&SourceRangesConfig>,
-    at: &str,
+    host: &VirtualHostConfig,
+    (host_at, at): (&str, &str),
     backends: &HashMap<&str, usize>,
 ) -> Result<Route, String> {
     let matcher = compile_matcher(route, at)?;
@@ -412,6 +423,25 @@ fn compile_route(
         Some(rewrite) => Some(compile_rewrite(rewrite, &matcher.path, at)?),
         None => None,
     };
+    let request_headers = HeaderOps::compile(
+        &[
+            (host.request_headers.as_ref(), format!("{host_at}.request_headers")),
+            (route.request_headers.as_ref(), format!("{at}.request_headers")),
+        ],
+        Direction::Request,
+    )?;
+    let response_headers = HeaderOps::compile(
+        &[
+            (host.response_headers.as_ref(), format!("{host_at}.response_headers")),
+            (route.response_headers.as_ref(), format!("{at}.response_headers")),
+        ],
+        Direction::Response,
+    )?;
+    let cors = match (&route.cors, &host.cors) {
+        (Some(cors), _) => Some(Cors::compile(cors, &format!("{at}.cors"))?),
+        (None, Some(cors)) => Some(Cors::compile(cors, &format!("{host_at}.cors"))?),
+        (None, None) => None,
+    };
     Ok(Route {
         name,
         labels,
@@ -419,7 +449,10 @@ fn compile_route(
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),
         max_body_bytes: route.max_body_bytes,
-        source_ranges: route.source_ranges.as_ref().or(host_ranges).cloned().map(Arc::new),
+        source_ranges: route.source_ranges.as_ref().or(host.source_ranges.as_ref()).cloned().map(Arc::new),
+        request_headers,
+        response_headers,
+        cors,
         matcher,
     })
 }

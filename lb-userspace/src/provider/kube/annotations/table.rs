@@ -6,10 +6,9 @@ use super::{
     Problem::{self, Expected, Refuse},
     UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
 };
-use crate::config::{AffinityMode, Cidr, CookieAffinityConfig, SameSite};
+use crate::config::{AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, HeaderField, SameSite, policy};
 
 const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
-const CORS: &str = "CORS is not implemented; responses carry no CORS headers";
 const RATE_LIMIT: &str = "rate limits are not implemented; requests are not limited";
 const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
 const ERROR_PAGES: &str =
@@ -65,6 +64,16 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("canary-by-header-value", canary_by_header_value),
     applied("canary-by-header-pattern", canary_by_header_pattern),
     applied("canary-by-cookie", canary_by_cookie),
+    applied("upstream-vhost", upstream_vhost),
+    applied("x-forwarded-prefix", x_forwarded_prefix),
+    // The cors-* set refines enable-cors: "true".
+    applied("enable-cors", enable_cors),
+    applied("cors-allow-origin", cors_allow_origin),
+    applied("cors-allow-methods", cors_allow_methods),
+    applied("cors-allow-headers", cors_allow_headers),
+    applied("cors-expose-headers", cors_expose_headers),
+    applied("cors-allow-credentials", cors_allow_credentials),
+    applied("cors-max-age", cors_max_age),
     // Leaving these out would serve the Ingress less protected than asked.
     refused("configuration-snippet", SNIPPET),
     refused("server-snippet", SNIPPET),
@@ -90,20 +99,16 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ),
     ignored("proxy-send-timeout", "not implemented; the backend's own timeouts apply"),
     ignored("proxy-next-upstream-timeout", "not implemented; retries are bounded by their number only"),
-    ignored("enable-cors", CORS),
-    ignored("cors-allow-origin", CORS),
-    ignored("cors-allow-methods", CORS),
-    ignored("cors-allow-headers", CORS),
-    ignored("cors-allow-credentials", CORS),
-    ignored("cors-max-age", CORS),
     ignored("limit-rps", RATE_LIMIT),
     ignored("limit-rpm", RATE_LIMIT),
     ignored("limit-connections", RATE_LIMIT),
     ignored("proxy-buffering", BUFFERING),
     ignored("proxy-buffer-size", BUFFERING),
     ignored("proxy-request-buffering", BUFFERING),
-    ignored("upstream-vhost", "not implemented; the backend gets the client's Host header"),
-    ignored("x-forwarded-prefix", "not implemented; no X-Forwarded-Prefix header is sent"),
+    ignored(
+        "connection-proxy-header",
+        "Sluice sets the upstream Connection header itself: pooled keep-alive, upgrades passed through",
+    ),
     ignored("custom-http-errors", ERROR_PAGES),
     ignored("default-backend", ERROR_PAGES),
     ignored("service-upstream", "endpoints always come from the Service's EndpointSlices"),
@@ -229,6 +234,105 @@ fn allow_source_range(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 
 fn deny_source_range(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.source_ranges.get_or_insert_with(Default::default).deny = cidr_list(v)?;
+    Ok(())
+}
+
+/// Sets a request field the proxy sends upstream in place of the client's.
+fn set_request_field(a: &mut Annotations, name: &str, value: &str) {
+    let changes = a.request_headers.get_or_insert_with(Default::default);
+    changes.set.retain(|f| !f.name.eq_ignore_ascii_case(name));
+    changes.set.push(HeaderField { name: name.to_owned(), value: value.to_owned() });
+}
+
+/// The Host the backend gets (nginx `proxy_set_header Host`); the client's host still goes in
+/// X-Forwarded-Host. nginx variables are not expanded, so a value with `$` is not a host.
+fn upstream_vhost(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let (host, port) = v.rsplit_once(':').unwrap_or((v, ""));
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !valid_host || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Expected("a host name, optionally with :port (nginx variables are not expanded)"));
+    }
+    set_request_field(a, "host", v);
+    Ok(())
+}
+
+fn x_forwarded_prefix(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if v.is_empty() || http::HeaderValue::from_str(v).is_err() || v.contains('$') {
+        return Err(Expected("a path prefix such as /api (nginx variables are not expanded)"));
+    }
+    set_request_field(a, "x-forwarded-prefix", v);
+    Ok(())
+}
+
+fn enable_cors(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if boolean(v)? {
+        a.cors = Some(CorsConfig::default());
+    }
+    Ok(())
+}
+
+/// Items of a comma-separated list, trimmed, blanks left out.
+fn list_items(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|item| !item.is_empty()).map(String::from).collect()
+}
+
+/// Origins that are not one are left out, as ingress-nginx does (with a warning here); `*`
+/// anywhere allows every origin.
+fn cors_allow_origin(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    let (valid, invalid): (Vec<String>, Vec<String>) =
+        list_items(v).into_iter().partition(|origin| policy::check_origin(origin).is_ok());
+    cors.allow_origins = if valid.iter().any(|o| o == "*") { vec!["*".into()] } else { valid };
+    if invalid.is_empty() {
+        Ok(())
+    } else {
+        Err(Expected(
+            "a list of origins (scheme://host[:port], scheme://*.host, null or *): the others were left out",
+        ))
+    }
+}
+
+fn cors_allow_methods(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    let methods = list_items(v);
+    if methods.is_empty() || !methods.iter().all(|m| m.bytes().all(policy::is_method_byte)) {
+        return Err(Expected("a list of methods (letters only)"));
+    }
+    cors.allow_methods = methods;
+    Ok(())
+}
+
+fn cors_allow_headers(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    let headers = list_items(v);
+    if !headers.iter().all(|h| h.bytes().all(policy::is_header_token_byte)) {
+        return Err(Expected("a list of header names (letters, digits, _ and -)"));
+    }
+    cors.allow_headers = headers;
+    Ok(())
+}
+
+fn cors_expose_headers(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    let headers = list_items(v);
+    if !headers.iter().all(|h| h.bytes().all(policy::is_exposed_header_byte)) {
+        return Err(Expected("a list of header names or *"));
+    }
+    cors.expose_headers = headers;
+    Ok(())
+}
+
+fn cors_allow_credentials(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    cors.allow_credentials = boolean(v)?;
+    Ok(())
+}
+
+fn cors_max_age(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let Some(cors) = &mut a.cors else { return Ok(()) };
+    cors.max_age_seconds = v.parse().map_err(|_| Expected("a number of seconds"))?;
     Ok(())
 }
 
