@@ -72,6 +72,8 @@ struct WorkerCounters {
 pub enum Denial {
     /// The client's address is outside the route's source ranges.
     SourceRange,
+    /// Basic authentication failed (no or wrong credentials, or none could be read).
+    BasicAuth,
 }
 
 impl Denial {
@@ -79,6 +81,7 @@ impl Denial {
     pub fn name(self) -> &'static str {
         match self {
             Denial::SourceRange => "source_range",
+            Denial::BasicAuth => "basic_auth",
         }
     }
 }

@@ -192,6 +192,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
     request(addr, "GET", "test", path, &[])
 }
 
+/// An `Authorization` value for HTTP basic auth.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    format!("Basic {}", crate::fake_kube::objects::base64(format!("{user}:{password}").as_bytes()))
+}
+
 /// A client connection, keeping whatever it read past a response.
 pub struct Client<S = TcpStream> {
     pub stream: S,

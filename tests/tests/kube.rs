@@ -19,10 +19,12 @@ use lb_tests::{
     backend::{self, BACKEND_HEADER, Backend, Echoed, Mode},
     fake_kube::{
         FakeKube,
-        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
+        objects::{
+            SliceEndpoint, endpoint_slice, ingress, ingress_class, opaque_secret, service, tls_secret,
+        },
     },
     free_port,
-    http::{self, HttpResponse},
+    http::{self, Client, HttpResponse},
     process::ChildGuard,
     sluice_binary,
     temp_dir::TempDir,
@@ -490,6 +492,108 @@ fn cors_and_header_annotations_shape_requests_and_responses() {
     let other = get(sluice.addr, "api.test", "/v1", &[("Origin", "https://evil.test")]).unwrap();
     assert_eq!((other.status, other.header("access-control-allow-origin")), (200, None));
     assert_eq!(web.requests() - requests_before, 2, "the preflight never reached the backend");
+}
+
+/// ingress-nginx basic auth through the API server: `auth-file` and `auth-map` Secrets (Opaque,
+/// which the Secret watch must see), the realm, 503 for a missing Secret as ingress-nginx
+/// answers for a denied location, `digest` refused. The Secret is rotated while keep-alive
+/// clients keep sending the old and the new password: from the first request the new password
+/// passed, every later one passes, and the old password is refused from then on.
+#[test]
+fn basic_auth_secrets_are_read_and_rotate_under_load() {
+    // openssl passwd -apr1 -salt oldsalt1 old-pass / -salt newsalt1 new-pass
+    const OLD: &str = "alice:$apr1$oldsalt1$RmwzzcMyo9oXEZVogD2oK0\n";
+    const NEW: &str = "alice:$apr1$newsalt1$Uvg2HU3ScbbdiFzUsbg.Z/\n";
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    publish_web(&kube, "staff.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let with = |name: &str, host: &str, annotations: serde_json::Value| {
+        let mut ingress = ingress("default", name, "sluice", host, "/", "web", 80);
+        ingress["metadata"]["annotations"] = annotations;
+        ingress
+    };
+    kube.apply(opaque_secret("default", "staff-auth", &[("auth", OLD)]));
+    // {SHA} of "s-pass"; the line with an unsupported hash is left out.
+    let map = [("bob", "{SHA}MjlF6q5cr8aq00t3ZD1oBsp7Rfg="), ("eve", "$6$salt$hash")];
+    kube.apply(opaque_secret("default", "map-auth", &map));
+    let basic = |secret: &str| {
+        json!({"nginx.ingress.kubernetes.io/auth-type": "basic",
+               "nginx.ingress.kubernetes.io/auth-secret": secret,
+               "nginx.ingress.kubernetes.io/auth-realm": "Staff \"only\""})
+    };
+    kube.apply(with("staff", "staff.test", basic("default/staff-auth")));
+    let mut map_annotations = basic("map-auth");
+    map_annotations["nginx.ingress.kubernetes.io/auth-secret-type"] = json!("auth-map");
+    kube.apply(with("mapped", "map.test", map_annotations));
+    kube.apply(with("missing", "missing.test", basic("nowhere")));
+    kube.apply(with("digest", "digest.test", json!({"nginx.ingress.kubernetes.io/auth-type": "digest"})));
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_status("staff.test", "/", 401, Duration::from_secs(20));
+    let (old, new) =
+        (http::basic_credentials("alice", "old-pass"), http::basic_credentials("alice", "new-pass"));
+    let status = |host: &str, authorization: &str| {
+        get(sluice.addr, host, "/", &[("Authorization", authorization)]).unwrap()
+    };
+    let challenge = sluice.get("staff.test", "/").unwrap();
+    assert_eq!(challenge.header("www-authenticate"), Some("Basic realm=\"Staff only\""));
+    assert_eq!(status("staff.test", &old).status, 200);
+    assert_eq!(status("staff.test", &new).status, 401);
+    assert_eq!(status("map.test", &http::basic_credentials("bob", "s-pass")).status, 200);
+    assert_eq!(status("map.test", &http::basic_credentials("bob", "x")).status, 401);
+    assert_eq!(status("missing.test", &old).status, 503, "a missing Secret denies the location");
+    assert_eq!(status("digest.test", &old).status, 404, "digest is refused, not served open");
+    let output = sluice.child.output();
+    assert!(output.contains("auth-secret default/nowhere not found"), "{output}");
+    assert!(output.contains("Secret default/map-auth line 2"), "eve's line is reported: {output}");
+    assert!(!output.contains("$6$salt"), "a hash is never logged");
+
+    // Rotation under load: two keep-alive clients, one per password, until the new password has
+    // passed for a while (bounded either way).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = |authorization: String| {
+        let (stop, addr) = (stop.clone(), sluice.addr);
+        std::thread::spawn(move || {
+            let mut client = Client::connect(addr);
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) && seen.len() < 20_000 {
+                let sent = Instant::now();
+                let response =
+                    client.request("GET", "staff.test", "/", &[("Authorization", &authorization)], false);
+                seen.push((sent, Instant::now(), response.map(|r| r.status).unwrap_or(0)));
+            }
+            seen
+        })
+    };
+    let (old_load, new_load) = (load(old.clone()), load(new.clone()));
+    std::thread::sleep(Duration::from_millis(200));
+    kube.apply(opaque_secret("default", "staff-auth", &[("auth", NEW)]));
+    wait_for(Duration::from_secs(20), "the new password to pass", || {
+        (status("staff.test", &new).status == 200).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (old_seen, new_seen) = (old_load.join().unwrap(), new_load.join().unwrap());
+    // The rotation is observed when the first new-password request is answered 200.
+    let rotated = new_seen
+        .iter()
+        .find(|&&(_, _, status)| status == 200)
+        .map(|&(_, answered, _)| answered)
+        .expect("the new password passed under load");
+    let after = |seen: &[(Instant, Instant, u16)]| -> Vec<u16> {
+        seen.iter().filter(|&&(sent, _, _)| sent >= rotated).map(|&(_, _, status)| status).collect()
+    };
+    let (late_new, late_old) = (after(&new_seen), after(&old_seen));
+    assert!(
+        late_new.len() > 10 && late_new.iter().all(|&s| s == 200),
+        "new password after rotation: {late_new:?}"
+    );
+    assert!(new_seen.iter().all(|&(_, _, s)| s == 200 || s == 401), "new password: only 401 then 200");
+    assert!(
+        !late_old.is_empty() && late_old.iter().all(|&s| s == 401),
+        "old password after rotation: {late_old:?}"
+    );
+    assert!(old_seen.iter().any(|&(_, _, s)| s == 200), "the old password passed before the rotation");
 }
 
 fn lease_holder(kube: &FakeKube) -> Option<String> {

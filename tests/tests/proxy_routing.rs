@@ -1006,6 +1006,81 @@ backends:\n{}virtual_hosts:
     assert!(failures.is_empty(), "source ranges:\n{}", failures.join("\n"));
 }
 
+/// Basic auth from the YAML (ingress-nginx `auth-type: basic`): a request without valid
+/// credentials gets 401 with the host's realm and never reaches the backend; inline apr1 lines
+/// and an htpasswd file with a bcrypt line (a route's own, replacing the host's) both admit
+/// their users; a wrong password, an unknown user and another scheme are refused. The cached
+/// credential of a keep-alive client is still checked against the right route's users.
+#[test]
+fn basic_auth_admits_valid_credentials_only() {
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    let dir = lb_tests::temp_dir::TempDir::new();
+    let file = dir.0.join("htpasswd");
+    // The OpenBSD test vector for `U*U`, with Apache's $2y$ prefix.
+    std::fs::write(&file, "# staff\nops:$2y$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW\n")
+        .unwrap();
+    let yaml = format!(
+        "{PRELUDE}backends:\n{}virtual_hosts:
+  - name: staff
+    domains: [staff.example]
+    basic_auth:
+      realm: Staff only
+      # openssl passwd -apr1 -salt staffsal 'open sesame'
+      htpasswd: |
+        alice:$apr1$staffsal$v5RZ3aJYlfSvB2MO7p.XF.
+    routes:
+      - {{name: staff-all, backend: echo}}
+      - name: staff-ops
+        match: {{path: {{prefix: /ops}}}}
+        backend: echo
+        basic_auth: {{realm: Ops, htpasswd_file: \"{}\"}}
+",
+        group("echo", &[echo.addr()], ""),
+        file.display()
+    );
+    let proxy = Proxy::start(&yaml);
+    let basic = http::basic_credentials;
+    let (alice, ops) = (basic("alice", "open sesame"), basic("ops", "U*U"));
+    let (wrong, stranger) = (basic("alice", "open sesame!"), basic("mallory", "open sesame"));
+    // (path, Authorization, expected status, expected realm of a 401)
+    let cases: &[(&str, Option<&str>, u16, &str)] = &[
+        ("/", None, 401, "Staff only"),
+        ("/", Some(&alice), 200, ""),
+        ("/", Some(&alice), 200, ""),
+        ("/", Some(&wrong), 401, "Staff only"),
+        ("/", Some(&stranger), 401, "Staff only"),
+        ("/", Some("Bearer abc"), 401, "Staff only"),
+        ("/", Some(&ops), 401, "Staff only"),
+        ("/ops/x", Some(&ops), 200, ""),
+        ("/ops/x", Some(&alice), 401, "Ops"),
+        ("/ops/x", None, 401, "Ops"),
+    ];
+    let mut failures = Vec::new();
+    for &(path, authorization, expected, realm) in cases {
+        let headers: Vec<(&str, &str)> = authorization.map(|a| ("Authorization", a)).into_iter().collect();
+        let response = request(proxy.addr, "GET", "staff.example", path, &headers);
+        let challenge = response.header("www-authenticate").unwrap_or("").to_owned();
+        let reached = backend_of(&response) != "<none>";
+        let expected_challenge =
+            if expected == 401 { format!("Basic realm=\"{realm}\"") } else { String::new() };
+        if response.status != expected || challenge != expected_challenge || reached != (expected == 200) {
+            failures.push(format!(
+                "{path} {authorization:?}: got {} {challenge:?} (backend reached: {reached}), expected {expected} {expected_challenge:?}",
+                response.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "basic auth:\n{}", failures.join("\n"));
+    // An Authorization accepted on one route opens nothing on a route with other users, also on
+    // one keep-alive connection after it was cached.
+    let mut connection = Client::connect(proxy.addr);
+    for (path, expected) in [("/", 200), ("/ops/x", 401), ("/", 200)] {
+        let response =
+            connection.request("GET", "staff.example", path, &[("Authorization", &alice)], false).unwrap();
+        assert_eq!(response.status, expected, "keep-alive {path}");
+    }
+}
+
 const PRELUDE: &str = "\
 workers: 2
 xdp: {enabled: false}

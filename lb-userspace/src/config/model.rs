@@ -245,6 +245,10 @@ pub struct VirtualHostConfig {
     /// Cross-origin resource sharing for every route of the host (a route's own replaces it).
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// HTTP basic authentication for this host's routes (a route's own `basic_auth` replaces
+    /// this).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
 }
 
 /// Header changes, in this order: `remove` the named fields, `set` (replacing every field of
@@ -335,6 +339,29 @@ pub fn default_cors_headers() -> Vec<String> {
 
 fn default_cors_max_age() -> u64 {
     1_728_000
+}
+
+/// HTTP basic authentication (ingress-nginx `auth-type: basic`): a request without valid
+/// credentials gets `401 Unauthorized` with `WWW-Authenticate: Basic realm="<realm>"` and never
+/// reaches a backend. Credentials are htpasswd lines, `user:hash`, with bcrypt (`$2a$`, `$2b$`,
+/// `$2y$`), Apache MD5 (`$apr1$`) or `{SHA}` hashes; any other hash is an error naming the user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The realm browsers show in their login prompt.
+    #[serde(default)]
+    pub realm: String,
+    /// htpasswd lines, inline. Exactly one of `htpasswd` and `htpasswd_file`.
+    #[serde(default)]
+    pub htpasswd: Option<String>,
+    /// An htpasswd file, read when the configuration is loaded (again on every reload).
+    #[serde(default)]
+    pub htpasswd_file: Option<String>,
+    /// The credentials could not be read (the Kubernetes provider sets this for a missing or
+    /// malformed auth Secret): every request gets `503`, as ingress-nginx denies the location.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub unavailable: bool,
 }
 
 /// Which client addresses may use a route (ingress-nginx `allowlist-source-range` and
@@ -526,6 +553,9 @@ pub struct RouteConfig {
     /// Cross-origin resource sharing; replaces the virtual host's.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// HTTP basic authentication for this route; replaces the virtual host's.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    BackendConfig, Balance, Config, CorsConfig, HeaderOpsConfig, MAX_WORKERS, PathMatch, Problem,
-    RouteConfig, VirtualHostConfig,
+    BackendConfig, Balance, BasicAuthConfig, Config, CorsConfig, HeaderOpsConfig, MAX_WORKERS, PathMatch,
+    Problem, RouteConfig, VirtualHostConfig,
 };
 
 struct Problems(Vec<Problem>);
@@ -192,6 +192,9 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
         }
         let headers = (host.request_headers.as_ref(), host.response_headers.as_ref());
         policy(headers, host.cors.as_ref(), &at, found);
+        if let Some(auth) = &host.basic_auth {
+            basic_auth(auth, &format!("{at}.basic_auth"), found);
+        }
         let mut matchers = BTreeMap::new();
         for (r, route) in host.routes.iter().enumerate() {
             let route_at = format!("{at}.routes[{r}]");
@@ -207,9 +210,30 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
     }
 }
 
+/// Exactly one source of credentials; inline lines must all be usable (a file's are checked
+/// when it is read).
+fn basic_auth(auth: &BasicAuthConfig, at: &str, found: &mut Problems) {
+    match (&auth.htpasswd, &auth.htpasswd_file) {
+        (Some(text), None) => {
+            for rejected in super::htpasswd::parse(text).rejected {
+                found.add(format!("{at}.htpasswd"), rejected.to_string());
+            }
+        }
+        (None, Some(_)) => {}
+        _ if auth.unavailable => {}
+        _ => found.add(at.to_owned(), "needs exactly one of htpasswd and htpasswd_file"),
+    }
+    if auth.realm.contains(['"', '\\']) || auth.realm.chars().any(char::is_control) {
+        found.add(format!("{at}.realm"), "may not contain quotes, backslashes or control characters");
+    }
+}
+
 fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
     let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
     policy(headers, route.cors.as_ref(), at, found);
+    if let Some(auth) = &route.basic_auth {
+        basic_auth(auth, &format!("{at}.basic_auth"), found);
+    }
     match (&route.backend, &route.redirect) {
         (Some(_), Some(_)) | (None, None) => {
             found.add(at.to_owned(), "needs exactly one of backend and redirect")

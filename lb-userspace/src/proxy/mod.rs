@@ -3,6 +3,7 @@
 //!
 //! - [`body`]: the body types every room passes around (no I/O);
 //! - [`headers`]: HTTP header rules (hop-by-hop fields, forwarding headers, request ids);
+//! - [`access`]: authentication (basic auth), decided before a request goes upstream;
 //! - [`route`]: the routing table, rewrites and redirects, compiled from the configuration;
 //! - [`http1`]: the client-side connection codec (Sluice's own HTTP/1 server and request guard,
 //!   HTTP/2 handed to hyper) and the HTTP/1 upstream client; it takes a request handler and
@@ -13,6 +14,7 @@
 //! - [`pipeline`]: what happens to one request, as named phases;
 //! - [`worker`]: the worker threads, their listeners and accept loops.
 
+pub mod access;
 pub mod body;
 pub mod cors;
 pub mod header_ops;

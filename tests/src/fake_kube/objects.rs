@@ -143,6 +143,19 @@ pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) ->
     })
 }
 
+/// An Opaque Secret with these keys and values (basic auth's `auth` key, or an auth-map).
+pub fn opaque_secret(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> =
+        data.iter().map(|(key, value)| (key.to_string(), Value::from(base64(value.as_bytes())))).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"namespace": namespace, "name": name},
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
 /// Standard base64 with padding.
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

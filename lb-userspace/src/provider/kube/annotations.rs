@@ -6,7 +6,7 @@
 //! - **applied**: its parser reads the value into [`Annotations`]; a value that does not parse
 //!   is ignored with a warning, and a value that cannot be served (FastCGI) refuses the Ingress;
 //! - **refused**: the Ingress is not served at all, because serving it without the annotation
-//!   would expose what the user meant to protect (snippets, source ranges, external auth);
+//!   would expose what the user meant to protect (snippets, external auth);
 //! - **ignored**, with the reason: unsupported but harmless to leave out (buffering...).
 //!
 //! Any other name under either prefix is ignored and reported as unknown.
@@ -115,6 +115,20 @@ pub struct Annotations {
     pub response_headers: Option<crate::config::HeaderOpsConfig>,
     /// `enable-cors` and the `cors-*` set.
     pub cors: Option<crate::config::CorsConfig>,
+    /// `auth-type: basic` and its `auth-secret`, `auth-secret-type`, `auth-realm`.
+    pub basic_auth: Option<BasicAuthSetting>,
+}
+
+/// Basic authentication from an Ingress's annotations; the Secret is read by the translation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BasicAuthSetting {
+    /// `auth-secret`: `NAME` or `NAMESPACE/NAME`.
+    pub secret: Option<String>,
+    /// `auth-secret-type: auth-map` (user → hash keys) instead of `auth-file` (key `auth`).
+    pub map: bool,
+    pub realm: String,
+    /// Why the location is denied (503), as ingress-nginx denies it for this value.
+    pub denied: Option<String>,
 }
 
 /// The outcome of reading one Ingress's annotations.
@@ -434,6 +448,32 @@ mod tests {
             assert_eq!(r.annotations.request_headers, None, "{bad}");
             assert_eq!(r.warnings.len(), 1, "{r:?}");
         }
+    }
+
+    #[test]
+    fn basic_auth_is_read_digest_refused_and_bad_values_deny() {
+        let r = annotations(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "team/users"),
+            ("auth-secret-type", "auth-map"),
+            ("auth-realm", "Team \"A\""),
+        ]);
+        assert!(r.refused.is_none() && r.warnings.is_empty(), "{r:?}");
+        let expected = BasicAuthSetting {
+            secret: Some("team/users".into()),
+            map: true,
+            realm: "Team A".into(),
+            denied: None,
+        };
+        assert_eq!(r.annotations.basic_auth, Some(expected));
+        // Without auth-type the others do nothing.
+        assert_eq!(annotations(&[("auth-secret", "users")]).annotations.basic_auth, None);
+        let digest = annotations(&[("auth-type", "digest"), ("auth-secret", "users")]);
+        assert!(digest.refused.unwrap().contains("digest authentication is not supported"));
+        let odd = annotations(&[("auth-type", "magic"), ("auth-secret", "users")]);
+        assert!(odd.annotations.basic_auth.unwrap().denied.unwrap().contains("invalid auth-type"));
+        let bad_type = annotations(&[("auth-type", "basic"), ("auth-secret-type", "auth-list")]);
+        assert!(bad_type.annotations.basic_auth.unwrap().denied.unwrap().contains("auth-secret-type"));
     }
 
     #[test]

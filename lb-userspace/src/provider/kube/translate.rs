@@ -42,9 +42,9 @@ use serde::de::DeserializeOwned;
 use super::annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol};
 use crate::{
     config::{
-        BackendConfig, BackendProtocol, BackendTlsConfig, CertificateConfig, Config, EndpointConfig,
-        HeaderMatch, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig, RouteConfig,
-        SecretString, VirtualHostConfig,
+        BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
+        EndpointConfig, HeaderMatch, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig,
+        RouteConfig, SecretString, VirtualHostConfig,
     },
     numeric,
 };
@@ -338,6 +338,8 @@ struct Builder<'a> {
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
     notes: Vec<Note>,
     tls_listener: bool,
+    /// The basic auth of the Ingress being translated, its Secret read once for all its routes.
+    basic_auth: Option<BasicAuthConfig>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -369,6 +371,7 @@ impl<'a> Builder<'a> {
             certificates: BTreeMap::new(),
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
+            basic_auth: None,
         }
     }
 
@@ -471,6 +474,7 @@ impl<'a> Builder<'a> {
     /// The routes, TLS and default backend of a main (not canary) Ingress.
     fn ingress(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
         let Some(spec) = ingress.spec.as_ref() else { return };
+        self.basic_auth = a.basic_auth.as_ref().map(|setting| self.basic_auth_config(setting, id));
         let redirect = self.whole_redirect(a, id);
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
@@ -577,6 +581,7 @@ impl<'a> Builder<'a> {
         route.timeout_ms = a.read_timeout_ms;
         route.max_body_bytes = a.body_size;
         route_policy(&mut route, a);
+        route.basic_auth = self.basic_auth.clone();
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
             route.rewrite = Some(RewriteConfig {
                 prefix: None,
@@ -603,6 +608,7 @@ impl<'a> Builder<'a> {
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
         route.backend = Some(group);
         route_policy(&mut route, a);
+        route.basic_auth = self.basic_auth.clone();
         self.claim("*", route, id);
     }
 
@@ -1187,5 +1193,6 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
     })
 }
 
+mod basic_auth;
 #[cfg(test)]
 mod tests;

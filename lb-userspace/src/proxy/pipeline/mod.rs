@@ -5,12 +5,13 @@
 //! 2. **route**: match the route table; a redirect route answers here, and so does a CORS
 //!    preflight ([`super::cors`]);
 //! 3. **admit**: what the route allows in (the body size limit);
-//! 4. **prepare**: the request as it goes upstream (rewritten target, forwarding headers and
+//! 4. **authenticate** ([`super::access`]): the route's basic auth, 401 or 503 when refused;
+//! 5. **prepare**: the request as it goes upstream (rewritten target, forwarding headers and
 //!    the route's header changes, the body shared between attempts, the hash key);
-//! 5. **choose an endpoint**: the affinity cookie's, or the balancer's;
-//! 6. **attempt**: one exchange over a pooled connection, with the route's timeout, retried
+//! 6. **choose an endpoint**: the affinity cookie's, or the balancer's;
+//! 7. **attempt**: one exchange over a pooled connection, with the route's timeout, retried
 //!    within the budget when that is safe;
-//! 7. **finish the response**: upgrades handed to a tunnel, hop-by-hop fields stripped, the
+//! 8. **finish the response**: upgrades handed to a tunnel, hop-by-hop fields stripped, the
 //!    affinity cookie, the request id; then, on every response of a route (Sluice's own
 //!    answers too), its header changes and CORS fields.
 //!
@@ -29,7 +30,7 @@ use std::{
 
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT},
+    header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT, WWW_AUTHENTICATE},
 };
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -216,6 +217,9 @@ async fn route_and_forward<'s>(
         ControlFlow::Continue(limit) => limit,
         ControlFlow::Break(answer) => return answer,
     };
+    if let ControlFlow::Break(answer) = authenticate(&request, route, connection).await {
+        return answer;
+    }
 
     // Prepare: the client's fields as they go upstream; the client's map itself stays as it
     // came.
@@ -325,6 +329,18 @@ fn admit(
         ));
     }
     ControlFlow::Continue(limit)
+}
+
+/// Authenticate: the route's access rules; a refusal is answered here and counted.
+async fn authenticate(request: &Request<ClientBody>, route: &Route, connection: &Connection) -> Phase<()> {
+    let Some(access) = &route.access else { return ControlFlow::Continue(()) };
+    let Err(refusal) = access.check(request.headers()).await else { return ControlFlow::Continue(()) };
+    connection.metrics.denied(&route.labels.route, refusal.denial);
+    let mut answer = error(refusal.status, refusal.message);
+    if let Some(challenge) = refusal.challenge {
+        answer.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+    }
+    ControlFlow::Break(answer)
 }
 
 /// Cookie affinity before the first attempt.

@@ -22,6 +22,7 @@ use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, sync::Arc, time::Dur
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::Regex;
 
+use super::access::Access;
 use super::{
     cors::Cors,
     header_ops::{Direction, HeaderOps},
@@ -76,6 +77,8 @@ pub struct Route {
     pub response_headers: Option<HeaderOps>,
     /// Cross-origin resource sharing (the route's own, else its virtual host's).
     pub cors: Option<Cors>,
+    /// Authentication (its own, else its virtual host's).
+    pub access: Option<Access>,
     matcher: Matcher,
 }
 
@@ -185,7 +188,8 @@ impl RouteTable {
                 let name = route.name.clone().unwrap_or_else(|| format!("{}/{r}", host.name));
                 let labels =
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
-                routes.push(compile_route(route, name, labels, host, (&at, &route_at), &backends)?);
+                let access = Access::compile(route, host, &route_at)?;
+                routes.push(compile_route(route, name, labels, host, access, (&at, &route_at), &backends)?);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -407,6 +411,7 @@ fn compile_route(
     name: String,
     labels: RouteLabels,
     host: &VirtualHostConfig,
+    access: Option<Access>,
     (host_at, at): (&str, &str),
     backends: &HashMap<&str, usize>,
 ) -> Result<Route, String> {
@@ -453,6 +458,7 @@ fn compile_route(
         request_headers,
         response_headers,
         cors,
+        access,
         matcher,
     })
 }

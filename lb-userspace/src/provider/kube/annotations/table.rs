@@ -2,7 +2,7 @@
 //! Applied names are parsed in table order, so a name that refines another comes after it.
 
 use super::{
-    Annotation, Annotations, BalanceSetting, Canary, Class, Parse,
+    Annotation, Annotations, BalanceSetting, BasicAuthSetting, Canary, Class, Parse,
     Problem::{self, Expected, Refuse},
     UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
 };
@@ -35,6 +35,11 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("whitelist-source-range", allow_source_range),
     applied("allowlist-source-range", allow_source_range),
     applied("denylist-source-range", deny_source_range),
+    // The auth-secret set refines auth-type: basic.
+    applied("auth-type", auth_type),
+    applied("auth-secret", auth_secret),
+    applied("auth-secret-type", auth_secret_type),
+    applied("auth-realm", auth_realm),
     applied("load-balance", load_balance),
     // After load-balance: consistent hashing wins over it, as in ingress-nginx.
     applied("upstream-hash-by", upstream_hash_by),
@@ -84,10 +89,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
     refused(
         "auth-url",
         "external authentication is not supported; serving without it would expose the Ingress",
-    ),
-    refused(
-        "auth-type",
-        "basic/digest authentication is not supported; serving without it would expose the Ingress",
     ),
     refused(
         "auth-tls-secret",
@@ -333,6 +334,52 @@ fn cors_allow_credentials(v: &str, a: &mut Annotations, _: &Values<'_>) -> Resul
 fn cors_max_age(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     let Some(cors) = &mut a.cors else { return Ok(()) };
     cors.max_age_seconds = v.parse().map_err(|_| Expected("a number of seconds"))?;
+    Ok(())
+}
+
+/// `basic`; `digest` refuses the Ingress (not implemented, and serving it unauthenticated
+/// would expose it); any other value denies its locations (503), as in ingress-nginx.
+fn auth_type(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let denied = match v {
+        "basic" => None,
+        "digest" => {
+            return Err(Refuse(
+                "digest authentication is not supported; serving without it would expose the Ingress",
+            ));
+        }
+        _ => Some(format!("invalid auth-type {v:?} (basic or digest)")),
+    };
+    a.basic_auth = Some(BasicAuthSetting { denied, ..Default::default() });
+    Ok(())
+}
+
+fn auth_secret(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if let Some(basic) = &mut a.basic_auth {
+        basic.secret = Some(v.to_owned()).filter(|v| !v.is_empty());
+    }
+    Ok(())
+}
+
+fn auth_secret_type(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if let Some(basic) = &mut a.basic_auth {
+        match v {
+            "auth-file" => basic.map = false,
+            "auth-map" => basic.map = true,
+            _ => {
+                basic
+                    .denied
+                    .get_or_insert_with(|| format!("invalid auth-secret-type {v:?} (auth-file or auth-map)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn auth_realm(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if let Some(basic) = &mut a.basic_auth {
+        // The realm is quoted in WWW-Authenticate.
+        basic.realm = v.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+    }
     Ok(())
 }
 
