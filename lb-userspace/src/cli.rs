@@ -1,5 +1,7 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
+mod check;
+
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,7 +16,6 @@ use crate::{
         Desired, Source, Update,
         file::{FileProvider, Overrides},
     },
-    proxy::{snapshot::Snapshot, upstream::endpoint::EndpointRegistry},
 };
 
 #[derive(Debug, Parser)]
@@ -28,11 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the load balancer until SIGINT or SIGTERM.
     Run(RunArgs),
-    /// Validate a configuration file; prints every error with line:column and exits 1 on error.
-    Check {
-        /// The YAML configuration file to validate.
-        file: PathBuf,
-    },
+    /// Validate a configuration file (every error with line:column, exit 1 on error), or
+    /// translate Ingress manifests offline as the controller would (--ingress FILE...).
+    Check(check::CheckArgs),
     /// Print the JSON Schema of the configuration file, for editors' YAML language servers.
     Schema,
     /// Ask a running instance's admin server for its workers, routes, backends and health.
@@ -121,23 +120,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file } => match Config::from_file(&file) {
-            // Compiling the snapshot also loads and checks certificates, keys and CA bundles.
-            Ok(config) => match Snapshot::build(&config, &EndpointRegistry::default(), 1) {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    Ok(ExitCode::FAILURE)
-                }
-            },
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::Check(args) => check::run(args),
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Translation {
     pub config: Config,
     /// The Ingresses served (ours and not refused), sorted.
     pub served: Vec<IngressId>,
+    /// Every Ingress of a class that is ours, served or not, sorted: those not in `served`
+    /// were refused or set aside (`sluice check --ingress` tells them from other classes').
+    pub considered: Vec<IngressId>,
     pub notes: Vec<Note>,
     /// Field paths (`virtual_hosts[3].routes[1]`, `backends[2]`...) → the Ingress that put
     /// them there, to set aside the Ingress a validation problem is about.
@@ -195,6 +198,8 @@ impl Translator {
         ingresses.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
         let mut canaries = Vec::new();
         let mut served = Vec::new();
+        let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
+        considered.sort();
         for ingress in ingresses {
             let id = id_of(ingress);
             if excluded.contains(&id) {
@@ -220,7 +225,7 @@ impl Translator {
             builder.canary(ingress, &id, &annotations);
         }
         served.sort();
-        builder.finish(served)
+        Translation { considered, ..builder.finish(served) }
     }
 }
 
@@ -1021,7 +1026,7 @@ impl<'a> Builder<'a> {
             owners.push((format!("certificates[{}]", config.certificates.len()), owner));
             config.certificates.push(certificate);
         }
-        Translation { config, served, notes: self.notes, owners }
+        Translation { config, served, considered: Vec::new(), notes: self.notes, owners }
     }
 }
 
@@ -1133,7 +1138,8 @@ fn describe_path(path: &PathMatch) -> String {
     }
 }
 
-fn describe(matcher: &MatchConfig) -> String {
+/// A route's match as the translation's notes (and `sluice check --ingress`) write it.
+pub fn describe(matcher: &MatchConfig) -> String {
     let path = matcher.path.as_ref().map(describe_path).unwrap_or_else(|| "/".into());
     if matcher.headers.is_empty() { path } else { format!("{path} with header conditions") }
 }
