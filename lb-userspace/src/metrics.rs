@@ -74,6 +74,10 @@ pub enum Denial {
     SourceRange,
     /// Basic authentication failed (no or wrong credentials, or none could be read).
     BasicAuth,
+    /// The client is over the route's requests per second or minute.
+    RateLimit,
+    /// The client has the route's most requests in progress already.
+    ConnectionLimit,
 }
 
 impl Denial {
@@ -82,6 +86,8 @@ impl Denial {
         match self {
             Denial::SourceRange => "source_range",
             Denial::BasicAuth => "basic_auth",
+            Denial::RateLimit => "rate_limit",
+            Denial::ConnectionLimit => "connection_limit",
         }
     }
 }

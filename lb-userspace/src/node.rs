@@ -77,6 +77,7 @@ impl Node {
         metrics.add_source(Arc::new(sources::Endpoints(published.clone())));
         metrics.add_source(Arc::new(sources::Reloads(reloads.clone())));
         metrics.add_source(Arc::new(sources::Tls(published.clone())));
+        metrics.add_source(Arc::new(crate::proxy::rate_limit::Evictions));
         if let Some(reader) = kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()) {
             metrics.add_source(Arc::new(sources::Xdp(reader)));
         }

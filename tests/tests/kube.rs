@@ -596,6 +596,70 @@ fn basic_auth_secrets_are_read_and_rotate_under_load() {
     assert!(old_seen.iter().any(|&(_, _, s)| s == 200), "the old password passed before the rotation");
 }
 
+/// Rate-limit annotations as ingress-nginx reads them: `limit-rps: 2` with
+/// `limit-burst-multiplier: 3` lets 1 + 6 requests through at once and refuses the rest with
+/// 503 before the backend; `limit-whitelist` exempts the client; `enable-modsecurity: "true"`
+/// refuses its Ingress (404) while `"false"` serves it; a `limit-rps` that does not parse
+/// refuses only its Ingress.
+#[test]
+fn rate_limit_annotations_limit_each_client_address() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, web[0].addr().port()));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-1",
+        "web",
+        "IPv4",
+        web[0].addr().port(),
+        &[SliceEndpoint::ready(&ip(&web[0]))],
+    ));
+    let with = |name: &str, host: &str, annotations: serde_json::Value| {
+        let mut ingress = ingress("default", name, "sluice", host, "/", "web", 80);
+        ingress["metadata"]["annotations"] = annotations;
+        ingress
+    };
+    let nginx = |pairs: &[(&str, &str)]| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            pairs.iter().map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), json!(v))).collect();
+        serde_json::Value::Object(map)
+    };
+    kube.apply(with(
+        "limited",
+        "limited.test",
+        nginx(&[("limit-rps", "2"), ("limit-burst-multiplier", "3")]),
+    ));
+    kube.apply(with(
+        "trusted",
+        "trusted.test",
+        nginx(&[("limit-rps", "1"), ("limit-burst-multiplier", "0"), ("limit-whitelist", "127.0.0.0/8")]),
+    ));
+    kube.apply(with("waf", "waf.test", nginx(&[("enable-modsecurity", "true")])));
+    kube.apply(with(
+        "no-waf",
+        "no-waf.test",
+        nginx(&[("enable-modsecurity", "false"), ("enable-owasp-core-rules", "false")]),
+    ));
+    kube.apply(with("broken", "broken.test", nginx(&[("limit-rps", "lots")])));
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("no-waf.test", "/", "web-0", Duration::from_secs(20));
+    let status = |host: &str| get(sluice.addr, host, "/", &[]).unwrap();
+    let started = Instant::now();
+    let limited: Vec<HttpResponse> = (0..20).map(|_| status("limited.test")).collect();
+    let admitted = limited.iter().filter(|r| r.status == 200).count();
+    // One more for every 500 ms the 20 requests took.
+    let allowance = (started.elapsed().as_millis() / 500) as usize;
+    assert!((7..=7 + allowance).contains(&admitted), "{admitted} of 20 admitted");
+    assert!(
+        limited.iter().all(|r| r.status == 200 || (r.status == 503 && r.header(BACKEND_HEADER).is_none())),
+        "refused with 503 before the backend"
+    );
+    assert!((0..20).all(|_| status("trusted.test").status == 200), "limit-whitelist exempts the client");
+    assert_eq!(status("waf.test").status, 404, "a WAF asked for refuses the Ingress");
+    assert_eq!(status("broken.test").status, 404, "a limit that does not parse refuses its Ingress");
+}
+
 fn lease_holder(kube: &FakeKube) -> Option<String> {
     kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
         .as_str()

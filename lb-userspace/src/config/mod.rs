@@ -279,6 +279,40 @@ mod tests {
         let positions: Vec<(usize, usize)> = found.iter().map(|p| (p.line, p.column)).collect();
         assert_eq!(positions, [(1, 23), (2, 20), (2, 28)]);
     }
+
+    #[test]
+    fn rate_limits_are_bounded_and_their_statuses_are_errors() {
+        let found = problems(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+limits: {rate_limit_status: 200, connection_limit_status: 600}
+backends: [{name: b, endpoints: [{address: '127.0.0.1:1'}]}]
+virtual_hosts:
+  - name: h
+    domains: [h]
+    rate_limit: {rps: 1000001, burst_multiplier: 1001}
+    routes: [{backend: b, rate_limit: {rpm: 60000001, allowlist: ['10.0.0.0/8']}}]
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "limits.rate_limit_status",
+                "limits.connection_limit_status",
+                "virtual_hosts[0].rate_limit.rps",
+                "virtual_hosts[0].rate_limit.burst_multiplier",
+                "virtual_hosts[0].routes[0].rate_limit.rpm",
+            ]
+        );
+        let err = Config::from_yaml(
+            "listeners: []
+virtual_hosts: [{name: h, domains: [h], rate_limit: {rps: 1, allowlist: ['10.0.0.0/33']}}]
+",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("prefix length"), "{err}");
+    }
 }
 
 #[cfg(test)]

@@ -198,6 +198,12 @@ pub struct Limits {
     /// twice, and connections that never send cost the workers nothing; one still silent after
     /// that is accepted and cut by the header timeout. Set when the listeners open.
     pub defer_accept: bool,
+    /// Status for a request over a route's `rate_limit` requests per second or minute
+    /// (ingress-nginx's `limit-req-status-code`).
+    pub rate_limit_status: u16,
+    /// Status for a request over a route's `rate_limit.connections` (ingress-nginx's
+    /// `limit-conn-status-code`).
+    pub connection_limit_status: u16,
 }
 
 impl Default for Limits {
@@ -213,6 +219,8 @@ impl Default for Limits {
             shutdown_grace_ms: 30_000,
             shutdown_delay_ms: 0,
             defer_accept: true,
+            rate_limit_status: 503,
+            connection_limit_status: 503,
         }
     }
 }
@@ -249,6 +257,9 @@ pub struct VirtualHostConfig {
     /// this).
     #[serde(default)]
     pub basic_auth: Option<BasicAuthConfig>,
+    /// Per-client limits for this host's routes (a route's own `rate_limit` replaces this).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Header changes, in this order: `remove` the named fields, `set` (replacing every field of
@@ -556,6 +567,60 @@ pub struct RouteConfig {
     /// HTTP basic authentication for this route; replaces the virtual host's.
     #[serde(default)]
     pub basic_auth: Option<BasicAuthConfig>,
+    /// Per-client limits for this route; replaces the virtual host's.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a
+/// cluster-wide limit is the per-node limit times the nodes. The budget is per route name, so
+/// routes sharing a name (every path of one Ingress) share it. Every limit is off at 0.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per second from one client address (`limit-rps`); over it (after the burst),
+    /// `limits.rate_limit_status`.
+    #[serde(default)]
+    pub rps: u32,
+    /// Requests per minute from one client address (`limit-rpm`).
+    #[serde(default)]
+    pub rpm: u32,
+    /// The burst a client may send at once is `rps` (or `rpm`) times this
+    /// (`limit-burst-multiplier`), as nginx's `limit_req burst=... nodelay`.
+    #[serde(default = "default_burst_multiplier")]
+    pub burst_multiplier: u32,
+    /// Requests one client address may have in progress at once (`limit-connections`); over
+    /// it, `limits.connection_limit_status`.
+    #[serde(default)]
+    pub connections: u32,
+    /// Response bandwidth of each request, bytes per second (`limit-rate`, in KiB there).
+    #[serde(default)]
+    pub response_bytes_per_second: u64,
+    /// The first bytes of each response that go unthrottled (`limit-rate-after`).
+    #[serde(default)]
+    pub response_rate_after_bytes: u64,
+    /// Clients these networks hold are never limited by `rps`, `rpm` or `connections`
+    /// (`limit-allowlist`).
+    #[serde(default)]
+    pub allowlist: Vec<Cidr>,
+}
+
+fn default_burst_multiplier() -> u32 {
+    5
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            rps: 0,
+            rpm: 0,
+            burst_multiplier: default_burst_multiplier(),
+            connections: 0,
+            response_bytes_per_second: 0,
+            response_rate_after_bytes: 0,
+            allowlist: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]

@@ -145,6 +145,27 @@ fn top_level(config: &Config, found: &mut Problems) {
             found.add(format!("limits.{name}"), "must be greater than 0");
         }
     }
+    for (status, name) in [
+        (limits.rate_limit_status, "rate_limit_status"),
+        (limits.connection_limit_status, "connection_limit_status"),
+    ] {
+        if !(400..=599).contains(&status) {
+            found.add(format!("limits.{name}"), format!("{status} is not an error status (400 to 599)"));
+        }
+    }
+}
+
+/// Bounds that keep the limiter's arithmetic exact (microsecond intervals, 48-bit times).
+fn rate_limit(limit: &super::RateLimitConfig, at: &str, found: &mut Problems) {
+    for (value, most, name) in [
+        (limit.rps, 1_000_000, "rps"),
+        (limit.rpm, 60_000_000, "rpm"),
+        (limit.burst_multiplier, 1_000, "burst_multiplier"),
+    ] {
+        if value > most {
+            found.add(format!("{at}.rate_limit.{name}"), format!("{value} is more than {most}"));
+        }
+    }
 }
 
 /// A host name as a domain entry: letters, digits, `-`, `.`, optionally `*.` in front.
@@ -195,10 +216,16 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
         if let Some(auth) = &host.basic_auth {
             basic_auth(auth, &format!("{at}.basic_auth"), found);
         }
+        if let Some(limit) = &host.rate_limit {
+            rate_limit(limit, &at, found);
+        }
         let mut matchers = BTreeMap::new();
         for (r, route) in host.routes.iter().enumerate() {
             let route_at = format!("{at}.routes[{r}]");
             self::route(route, &route_at, backends, found);
+            if let Some(limit) = &route.rate_limit {
+                rate_limit(limit, &route_at, found);
+            }
             let key = format!("{:?}", route.matcher);
             if let Some(first) = matchers.insert(key, r) {
                 found.add(

@@ -11,6 +11,8 @@
 //! - [`upstream`]: backend groups, endpoints, balancing, active and passive health, affinity,
 //!   pooled upstream connections and TLS passthrough;
 //! - [`snapshot`]: the serving snapshot compiled from one configuration and swapped whole;
+//! - [`rate_limit`]: per-client request, connection and bandwidth limits, one node-wide table
+//!   shared by the workers without a lock;
 //! - [`pipeline`]: what happens to one request, as named phases;
 //! - [`worker`]: the worker threads, their listeners and accept loops.
 
@@ -21,6 +23,7 @@ pub mod header_ops;
 pub mod headers;
 pub mod http1;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod route;
 pub mod snapshot;
 pub mod upstream;

@@ -115,6 +115,8 @@ pub struct Annotations {
     pub response_headers: Option<crate::config::HeaderOpsConfig>,
     /// `enable-cors` and the `cors-*` set.
     pub cors: Option<crate::config::CorsConfig>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections`, `limit-rate` and what refines them.
+    pub rate_limit: Option<crate::config::RateLimitConfig>,
     /// `auth-type: basic` and its `auth-secret`, `auth-secret-type`, `auth-realm`.
     pub basic_auth: Option<BasicAuthSetting>,
 }
@@ -574,7 +576,7 @@ mod tests {
                     match &r.refused {
                         None => r.warnings.iter().all(|w| w.contains("is not ")),
                         Some(why) =>
-                            name.ends_with("-source-range") && why.starts_with(&format!("annotation {name}:")),
+                            refuses_when_bad(name) && why.starts_with(&format!("annotation {name}:")),
                     },
                     "{name}: {r:?}"
                 ),
@@ -587,6 +589,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Applied names whose bad value refuses the Ingress, as serving it without them would be
+    /// less safe: source ranges, request and connection limits and their allow list, a WAF.
+    fn refuses_when_bad(name: &str) -> bool {
+        name.ends_with("-source-range")
+            || ["limit-rps", "limit-rpm", "limit-connections", "limit-whitelist", "limit-allowlist"]
+                .contains(&name)
+            || ["enable-modsecurity", "enable-owasp-core-rules"].contains(&name)
+    }
+
+    #[test]
+    fn rate_limits_are_read_as_ingress_nginx_does() {
+        let read = |pairs: &[(&str, &str)]| {
+            let r = annotations(pairs);
+            assert!(r.refused.is_none() && r.warnings.is_empty(), "{pairs:?}: {r:?}");
+            r.annotations.rate_limit
+        };
+        let limit = read(&[
+            ("limit-rps", "20"),
+            ("limit-rpm", "600"),
+            ("limit-connections", "8"),
+            ("limit-burst-multiplier", "3"),
+            ("limit-rate", "100"),
+            ("limit-rate-after", "64"),
+            ("limit-whitelist", "10.0.0.0/8"),
+            ("limit-allowlist", "192.0.2.0/24, 2001:db8::/32"),
+        ])
+        .unwrap();
+        assert_eq!((limit.rps, limit.rpm, limit.connections, limit.burst_multiplier), (20, 600, 8, 3));
+        assert_eq!(
+            (limit.response_bytes_per_second, limit.response_rate_after_bytes),
+            (100 * 1024, 64 * 1024)
+        );
+        let allow: Vec<String> = limit.allowlist.iter().map(|c| String::from(*c)).collect();
+        assert_eq!(allow, ["192.0.2.0/24", "2001:db8::/32"], "limit-allowlist wins over its old name");
+        // The multiplier defaults to 5; the old allowlist name alone is read.
+        let limit = read(&[("limit-rps", "5"), ("limit-whitelist", "10.0.0.0/8")]).unwrap();
+        assert_eq!((limit.burst_multiplier, limit.allowlist.len()), (5, 1));
+        // 0 is no limit; refinements without a limit set nothing.
+        assert_eq!(
+            read(&[("limit-rps", "0"), ("limit-rate-after", "10"), ("limit-burst-multiplier", "2")]),
+            None
+        );
+        assert_eq!(read(&[("limit-rate", "8")]).unwrap().response_bytes_per_second, 8192);
+        // A limit that does not parse refuses the Ingress; a bandwidth or multiplier is ignored.
+        for (name, bad) in [
+            ("limit-rps", "ten"),
+            ("limit-rpm", "-1"),
+            ("limit-connections", "1.5"),
+            ("limit-rps", "1000001"),
+            ("limit-allowlist", "10.0.0.0/33"),
+        ] {
+            let r = annotations(&[(name, bad), ("limit-rate", "10")]);
+            assert!(
+                r.refused.as_deref().is_some_and(|why| why.starts_with(&format!("annotation {name}:"))),
+                "{name}={bad}: {r:?}"
+            );
+        }
+        let r = annotations(&[("limit-rps", "10"), ("limit-burst-multiplier", "x"), ("limit-rate", "fast")]);
+        assert!(r.refused.is_none() && r.warnings.len() == 2, "{r:?}");
+        assert_eq!(r.annotations.rate_limit.unwrap().burst_multiplier, 5);
+    }
+
+    #[test]
+    fn modsecurity_refuses_unless_false() {
+        for name in ["enable-modsecurity", "enable-owasp-core-rules"] {
+            let r = annotations(&[(name, "true")]);
+            assert!(r.refused.unwrap().contains("ModSecurity is not supported"), "{name}");
+            let r = annotations(&[(name, "false")]);
+            assert!(r.refused.is_none() && r.warnings.is_empty(), "{name}: {r:?}");
+        }
+        assert!(annotations(&[("modsecurity-snippet", "SecRuleEngine On")]).refused.is_some());
+        let r = annotations(&[("modsecurity-transaction-id", "$request_id")]);
+        assert!(r.refused.is_none() && r.warnings.len() == 1, "{r:?}");
     }
 
     #[test]

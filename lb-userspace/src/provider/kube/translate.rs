@@ -273,6 +273,7 @@ fn route_policy(route: &mut RouteConfig, a: &Annotations) {
     route.request_headers = a.request_headers.clone();
     route.response_headers = a.response_headers.clone();
     route.cors = a.cors.clone();
+    route.rate_limit = a.rate_limit.clone();
 }
 
 fn route_template() -> &'static RouteConfig {

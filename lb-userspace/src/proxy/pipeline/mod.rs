@@ -4,7 +4,8 @@
 //!    host reached on another host's session;
 //! 2. **route**: match the route table; a redirect route answers here, and so does a CORS
 //!    preflight ([`super::cors`]);
-//! 3. **admit**: what the route allows in (the body size limit);
+//! 3. **admit**: what the route allows in (source ranges, the client's rate limits, the body
+//!    size limit);
 //! 4. **authenticate** ([`super::access`]): the route's basic auth, 401 or 503 when refused;
 //! 5. **prepare**: the request as it goes upstream (rewritten target, forwarding headers and
 //!    the route's header changes, the body shared between attempts, the hash key);
@@ -44,13 +45,18 @@ use super::{
         framing::parse_length,
         server::{ClientBody, ClientUpgrade, Handler},
     },
+    rate_limit::{InProgress, Limiter, Refusal, bandwidth::Throttled},
     route::{Route, RouteAction, RouteLabels},
     snapshot::{Published, Snapshot},
     upstream::{
         BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, pool, request_body::RequestBody,
     },
 };
-use crate::{config::AffinityMode, metrics::Denial, now_ms};
+use crate::{
+    config::{AffinityMode, RateLimitConfig},
+    metrics::Denial,
+    now_ms,
+};
 
 /// Response header naming the worker that served a request (when `worker_id_header` is on).
 pub const WORKER_HEADER: &str = "x-sluice-worker";
@@ -213,8 +219,8 @@ async fn route_and_forward<'s>(
             return answer;
         }
     }
-    let limit = match admit(&request, route, connection, snapshot) {
-        ControlFlow::Continue(limit) => limit,
+    let (limit, admitted) = match admit(&request, route, connection, snapshot) {
+        ControlFlow::Continue(admitted) => admitted,
         ControlFlow::Break(answer) => return answer,
     };
     if let ControlFlow::Break(answer) = authenticate(&request, route, connection).await {
@@ -259,7 +265,7 @@ async fn route_and_forward<'s>(
         client_upgrade,
     };
     group.retry_budget.deposit();
-    forward(exchange, connection, snapshot, outcome).await
+    admitted.until_sent(forward(exchange, connection, snapshot, outcome).await)
 }
 
 /// Route: the route for this host, method, path and headers, and its backend group. A
@@ -301,14 +307,15 @@ fn choose_route<'s>(
 }
 
 /// Admit: what the route lets in. A client address outside its source ranges is refused
-/// (403, counted); then the body size limit (0: unlimited) is returned, and an announced body
-/// over it is refused before anything is read.
+/// (403, counted), then one over its rate limits (the configured status, counted); then the
+/// body size limit (0: unlimited) is returned with what the response holds of the limits, and
+/// an announced body over it is refused before anything is read.
 fn admit(
     request: &Request<ClientBody>,
     route: &Route,
     connection: &Connection,
     snapshot: &Snapshot,
-) -> Phase<u64> {
+) -> Phase<(u64, Admitted)> {
     if let Some(ranges) = &route.source_ranges
         && !ranges.admits(connection.client.ip())
     {
@@ -318,6 +325,12 @@ fn admit(
             "this client address may not use this route",
         ));
     }
+    let admitted = match route.rate_limit.as_deref().map(|l| limited(l, route, connection, &snapshot.limits))
+    {
+        None => Admitted::default(),
+        Some(ControlFlow::Continue(admitted)) => admitted,
+        Some(ControlFlow::Break(answer)) => return ControlFlow::Break(answer),
+    };
     let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
     if let Some(length) = request.headers().get(CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()))
         && limit > 0
@@ -328,7 +341,49 @@ fn admit(
             "request body too large for this route",
         ));
     }
-    ControlFlow::Continue(limit)
+    ControlFlow::Continue((limit, admitted))
+}
+
+/// What an admitted request keeps of its route's rate limit until its response is sent.
+#[derive(Default)]
+struct Admitted {
+    in_progress: Option<InProgress<'static>>,
+    /// Response bytes per second after the first bytes (the second number).
+    bandwidth: Option<(u64, u64)>,
+}
+
+impl Admitted {
+    /// The response, holding the request's place among its client's requests in progress
+    /// until sent, at the route's bandwidth.
+    fn until_sent(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        if self.in_progress.is_none() && self.bandwidth.is_none() {
+            return response;
+        }
+        response.map(|body| match self.bandwidth {
+            Some((rate, after)) => Held::new(Throttled::new(body, rate, after), self.in_progress).boxed(),
+            None => Held::new(body, self.in_progress).boxed(),
+        })
+    }
+}
+
+/// The client's rate limits on this route (node-wide): refused with the configured status,
+/// counted, or admitted.
+fn limited(
+    limit: &RateLimitConfig,
+    route: &Route,
+    connection: &Connection,
+    limits: &crate::config::Limits,
+) -> Phase<Admitted> {
+    let bandwidth = (limit.response_bytes_per_second > 0)
+        .then_some((limit.response_bytes_per_second, limit.response_rate_after_bytes));
+    let (status, why) = match Limiter::node().admit(limit, &route.labels.route, connection.client.ip()) {
+        Ok(in_progress) => return ControlFlow::Continue(Admitted { in_progress, bandwidth }),
+        Err(Refusal::Requests) => (limits.rate_limit_status, Denial::RateLimit),
+        Err(Refusal::Connections) => (limits.connection_limit_status, Denial::ConnectionLimit),
+    };
+    connection.metrics.denied(&route.labels.route, why);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    ControlFlow::Break(error(status, "too many requests from this client address"))
 }
 
 /// Authenticate: the route's access rules; a refusal is answered here and counted.

@@ -28,8 +28,8 @@ use super::{
     header_ops::{Direction, HeaderOps},
 };
 use crate::config::{
-    Config, HeaderMatch, PathMatch, RedirectConfig, RewriteConfig, RouteConfig, SourceRangesConfig,
-    VirtualHostConfig,
+    Config, HeaderMatch, PathMatch, RateLimitConfig, RedirectConfig, RewriteConfig, RouteConfig,
+    SourceRangesConfig, VirtualHostConfig,
 };
 
 /// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
@@ -79,6 +79,8 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// Authentication (its own, else its virtual host's).
     pub access: Option<Access>,
+    /// Per-client limits (its own, else its virtual host's).
+    pub rate_limit: Option<Arc<RateLimitConfig>>,
     matcher: Matcher,
 }
 
@@ -459,6 +461,7 @@ fn compile_route(
         response_headers,
         cors,
         access,
+        rate_limit: route.rate_limit.as_ref().or(host.rate_limit.as_ref()).cloned().map(Arc::new),
         matcher,
     })
 }

@@ -9,7 +9,8 @@ use super::{
 use crate::config::{AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, HeaderField, SameSite, policy};
 
 const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
-const RATE_LIMIT: &str = "rate limits are not implemented; requests are not limited";
+const MODSECURITY: &str =
+    "ModSecurity is not supported; serving without the web application firewall would expose the Ingress";
 const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
 const ERROR_PAGES: &str =
     "custom error pages are not implemented; the backend's error responses are passed through";
@@ -35,6 +36,19 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("whitelist-source-range", allow_source_range),
     applied("allowlist-source-range", allow_source_range),
     applied("denylist-source-range", deny_source_range),
+    // The limits, then what refines them; limit-whitelist is the old name of limit-allowlist,
+    // which wins when both are set.
+    applied("limit-connections", limit_connections),
+    applied("limit-rps", limit_rps),
+    applied("limit-rpm", limit_rpm),
+    applied("limit-rate", limit_rate),
+    applied("limit-rate-after", limit_rate_after),
+    applied("limit-burst-multiplier", limit_burst_multiplier),
+    applied("limit-whitelist", limit_allowlist),
+    applied("limit-allowlist", limit_allowlist),
+    // A WAF asked for refuses the Ingress; `"false"` asks for nothing.
+    applied("enable-modsecurity", enable_modsecurity),
+    applied("enable-owasp-core-rules", enable_modsecurity),
     // The auth-secret set refines auth-type: basic.
     applied("auth-type", auth_type),
     applied("auth-secret", auth_secret),
@@ -100,9 +114,10 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ),
     ignored("proxy-send-timeout", "not implemented; the backend's own timeouts apply"),
     ignored("proxy-next-upstream-timeout", "not implemented; retries are bounded by their number only"),
-    ignored("limit-rps", RATE_LIMIT),
-    ignored("limit-rpm", RATE_LIMIT),
-    ignored("limit-connections", RATE_LIMIT),
+    ignored(
+        "modsecurity-transaction-id",
+        "only used by ModSecurity, which enable-modsecurity asks for (and which refuses the Ingress)",
+    ),
     ignored("proxy-buffering", BUFFERING),
     ignored("proxy-buffer-size", BUFFERING),
     ignored("proxy-request-buffering", BUFFERING),
@@ -381,6 +396,93 @@ fn auth_realm(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
         basic.realm = v.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
     }
     Ok(())
+}
+
+/// Most requests per second (per minute: 60 times) a limit may name; more would not be a
+/// limit the limiter can count in microseconds.
+const MOST_PER_SECOND: u32 = 1_000_000;
+
+/// A limit (`limit-rps`, `-rpm`, `-connections`): a whole number, 0 for none. One that does
+/// not parse refuses the Ingress, as in ingress-nginx: serving it unlimited would be less
+/// safe than asked.
+fn limit_number(v: &str, most: u32) -> std::result::Result<u32, Problem> {
+    match v.parse::<u32>() {
+        Ok(n) if n <= most => Ok(n),
+        Ok(_) => Err(Refuse("the limit is larger than Sluice can count")),
+        Err(_) => Err(Refuse("a limit must be a whole number of requests")),
+    }
+}
+
+fn rate_limit(a: &mut Annotations, set: impl FnOnce(&mut crate::config::RateLimitConfig)) -> Result {
+    set(a.rate_limit.get_or_insert_with(Default::default));
+    Ok(())
+}
+
+fn limit_connections(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    match limit_number(v, u32::MAX)? {
+        0 => Ok(()),
+        n => rate_limit(a, |l| l.connections = n),
+    }
+}
+
+fn limit_rps(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    match limit_number(v, MOST_PER_SECOND)? {
+        0 => Ok(()),
+        n => rate_limit(a, |l| l.rps = n),
+    }
+}
+
+fn limit_rpm(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    match limit_number(v, 60 * MOST_PER_SECOND)? {
+        0 => Ok(()),
+        n => rate_limit(a, |l| l.rpm = n),
+    }
+}
+
+/// Kilobytes (KiB, as nginx's `k`) per second; 0 for none.
+fn limit_rate(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    match v.parse::<u32>() {
+        Ok(0) => Ok(()),
+        Ok(kib) => rate_limit(a, |l| l.response_bytes_per_second = u64::from(kib) * 1024),
+        Err(_) => Err(Expected("a whole number of kilobytes per second")),
+    }
+}
+
+fn limit_rate_after(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let kib = v.parse::<u32>().map_err(|_| Expected("a whole number of kilobytes"))?;
+    if let Some(limit) = a.rate_limit.as_mut() {
+        limit.response_rate_after_bytes = u64::from(kib) * 1024;
+    }
+    Ok(())
+}
+
+fn limit_burst_multiplier(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let multiplier = match v.parse::<u32>() {
+        Ok(n) if n <= 1_000 => n,
+        _ => return Err(Expected("a whole number up to 1000")),
+    };
+    if let Some(limit) = a.rate_limit.as_mut() {
+        limit.burst_multiplier = multiplier;
+    }
+    Ok(())
+}
+
+/// Clients never limited. A list that does not parse refuses the Ingress (ingress-nginx checks
+/// it whether or not a limit is set).
+fn limit_allowlist(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let list =
+        cidr_list(v).map_err(|_| Refuse("a limit-allowlist entry is not an IPv4 or IPv6 CIDR network"))?;
+    if let Some(limit) = a.rate_limit.as_mut() {
+        limit.allowlist = list;
+    }
+    Ok(())
+}
+
+fn enable_modsecurity(v: &str, _: &mut Annotations, _: &Values<'_>) -> Result {
+    match parse_bool(v) {
+        Some(false) => Ok(()),
+        Some(true) | None => Err(Refuse(MODSECURITY)),
+    }
 }
 
 fn load_balance(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
