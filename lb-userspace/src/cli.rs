@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// (overrides the file's limits.shutdown_delay_ms).
     #[arg(long, value_name = "MS")]
     pub shutdown_delay_ms: Option<u64>,
+    /// Serve /metrics (only) on this address too, e.g. 0.0.0.0:10254 (overrides the file's
+    /// metrics.address).
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 }
@@ -158,6 +162,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         xdp_mode: args.xdp_mode,
         no_xdp: args.no_xdp,
         shutdown_delay_ms: args.shutdown_delay_ms,
+        metrics_address: args.metrics_address,
     };
     let provider = FileProvider::new(args.config.clone(), overrides);
     if args.kubernetes.kubernetes {

@@ -38,6 +38,7 @@ pub struct Node {
     reloads: Arc<ReloadStats>,
     admin_state: Arc<AdminState>,
     admin: Option<AdminServer>,
+    metrics_server: Option<AdminServer>,
 }
 
 /// Why a configuration could not be applied to a running node.
@@ -120,7 +121,22 @@ impl Node {
         if let Some(admin) = &admin {
             tracing::info!(address = %admin.addr(), "admin server listening");
         }
-        Ok(Node { workers, kernel, published, registry, checker, started_with, reloads, admin_state, admin })
+        let metrics_server = match &config.metrics {
+            Some(metrics) => Some(start_metrics(metrics, admin_state.clone())?),
+            None => None,
+        };
+        Ok(Node {
+            workers,
+            kernel,
+            published,
+            registry,
+            checker,
+            started_with,
+            reloads,
+            admin_state,
+            admin,
+            metrics_server,
+        })
     }
 
     /// Applies a new configuration by building a snapshot and swapping it in whole: requests
@@ -140,6 +156,7 @@ impl Node {
         for (changed, what) in [
             (running.xdp != config.xdp, "xdp"),
             (running.admin != config.admin, "admin"),
+            (running.metrics != config.metrics, "metrics"),
             (
                 running.limits.max_connections_per_worker != config.limits.max_connections_per_worker
                     || running.limits.shutdown_grace_ms != config.limits.shutdown_grace_ms,
@@ -190,6 +207,11 @@ impl Node {
         self.admin.as_ref().map(AdminServer::addr)
     }
 
+    /// The metrics listener's address, when it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(AdminServer::addr)
+    }
+
     /// The serving snapshot, for status and tests.
     pub fn published(&self) -> &Published {
         &self.published
@@ -217,6 +239,28 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Reads the bearer token (when there is one) and starts the metrics listener.
+fn start_metrics(
+    metrics: &crate::config::MetricsConfig,
+    state: Arc<AdminState>,
+) -> anyhow::Result<AdminServer> {
+    let token = match &metrics.bearer_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read metrics.bearer_token_file {}", path.display()))?;
+            let token = token.trim().to_owned();
+            anyhow::ensure!(!token.is_empty(), "metrics.bearer_token_file {} is empty", path.display());
+            Some(token)
+        }
+        None => None,
+    };
+    let protected = token.is_some();
+    let server = AdminServer::start_metrics(metrics.address, state, token)
+        .with_context(|| format!("cannot start the metrics listener on {}", metrics.address))?;
+    tracing::info!(address = %server.addr(), bearer_token = protected, "metrics listening");
+    Ok(server)
 }
 
 fn options_listeners(config: &Config) -> Vec<std::net::SocketAddr> {

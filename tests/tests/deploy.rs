@@ -29,7 +29,7 @@ use clap::Parser;
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, ServiceAccount},
+        core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount},
         networking::v1::IngressClass,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
     },
@@ -90,6 +90,8 @@ fn every_manifest_parses_into_its_typed_object_and_every_file_is_installed() {
         "IngressClass",
         "ConfigMap",
         "DaemonSet",
+        "Service",
+        "ServiceMonitor",
     ]
     .into();
     assert_eq!(kinds, expected);
@@ -222,7 +224,10 @@ fn the_configmap_holds_a_valid_base_configuration() {
     let ports: BTreeSet<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
     assert_eq!(ports, BTreeSet::from([80, 443]));
     assert!(config.listeners.iter().any(|l| l.tls.is_some()), "a TLS listener for Ingress TLS");
-    // The declared container ports are the listeners'.
+    let metrics = config.metrics.as_ref().expect("a metrics listener for Prometheus");
+    assert!(metrics.address.ip().is_unspecified(), "metrics reachable from the cluster: {}", metrics.address);
+    let ports: BTreeSet<u16> = ports.into_iter().chain([metrics.address.port()]).collect();
+    // The declared container ports are the listeners' and the metrics listener's.
     let declared: BTreeSet<u16> = container(daemonset)
         .unwrap()
         .ports
@@ -672,6 +677,9 @@ enum Object {
     ConfigMap(ConfigMap),
     // Boxed: by far the largest.
     DaemonSet(Box<DaemonSet>),
+    Service(Box<Service>),
+    /// Prometheus Operator's kind (no typed form here): `check_monitoring` reads its fields.
+    ServiceMonitor(Value),
 }
 
 /// Deserializes into `T` and checks that serializing gives the document back: k8s-openapi
@@ -725,6 +733,8 @@ fn parse_object(value: &Value) -> anyhow::Result<Object> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(typed(value)?),
         ("networking.k8s.io/v1", "IngressClass") => Object::IngressClass(typed(value)?),
         ("apps/v1", "DaemonSet") => Object::DaemonSet(Box::new(typed(value)?)),
+        ("v1", "Service") => Object::Service(Box::new(typed(value)?)),
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => Object::ServiceMonitor(value.clone()),
         _ => bail!(
             "unknown kind {kind:?} (apiVersion {api_version:?}): add it to this suite's typed kinds, and to \
              what it checks, before shipping it"
@@ -847,6 +857,46 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// deploy/monitoring: the Service selects the DaemonSet's pods on the metrics listener's port,
+/// and the ServiceMonitor scrapes that Service's port at `/metrics`.
+#[test]
+fn the_service_monitor_scrapes_the_metrics_listener() {
+    let bundle = base_bundle();
+    let daemonset = bundle.daemonset().unwrap();
+    let env = container_env(daemonset, "p", "n").unwrap();
+    let args = run_args(&command_line(daemonset, &env).unwrap()).unwrap();
+    let (_, config) = mounted_config(&bundle, &args).unwrap();
+    let metrics_port = i32::from(config.metrics.as_ref().unwrap().address.port());
+    let kustomization = deploy_dir().join("monitoring/kustomization.yaml");
+    let monitoring = Bundle::from_files(&kustomization_resources(&kustomization).unwrap()).unwrap();
+    let service = monitoring
+        .one("Service", |o| if let Object::Service(x) = o { Some(x.as_ref()) } else { None })
+        .unwrap();
+    let monitor = monitoring
+        .one("ServiceMonitor", |o| if let Object::ServiceMonitor(x) = o { Some(x) } else { None })
+        .unwrap();
+    let pod_labels = daemonset.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless: the targets are the pods");
+    let selector = spec.selector.as_ref().unwrap();
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the Service selects the pods");
+    let port =
+        spec.ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).expect("a metrics port");
+    assert_eq!(port.target_port, Some(IntOrString::Int(metrics_port)), "the metrics listener's port");
+    let service_labels = service.metadata.labels.clone().unwrap();
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            service_labels.get(key).map(String::as_str),
+            value.as_str(),
+            "the ServiceMonitor selects {key}"
+        );
+    }
+    assert_eq!(monitor["metadata"]["namespace"], service.metadata.namespace.as_deref().unwrap());
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["path"], "/metrics");
 }
 
 /// Checks a kustomization.yaml (only the fields used here, so a typo fails) and returns the

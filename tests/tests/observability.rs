@@ -274,6 +274,64 @@ fn metrics_count_exactly_the_traffic_sent() {
     assert_eq!(site.get("/readyz").status, 200);
 }
 
+/// The metrics listener serves `/metrics` and nothing else, only with its bearer token; the
+/// Grafana dashboard in deploy/monitoring is valid JSON and every series its expressions name
+/// is in that scrape after traffic (the XDP ones in `xdp_counters_in_metrics_move_with_steered_traffic`).
+#[test]
+fn metrics_listener_needs_its_token_and_exports_every_series_the_dashboard_draws() {
+    let backend = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "b").unwrap();
+    let dir = TempDir::new();
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let yaml = format!(
+        "workers: 1\nxdp: {{enabled: false}}\nlisteners: [{{name: web, address: \"{{listen}}\"}}]\n\
+         metrics: {{address: \"{metrics_addr}\", bearer_token_file: \"{}\"}}\n\
+         virtual_hosts: [{{name: site, domains: [\"*\"], routes: [\
+         {{match: {{path: {{prefix: /private}}}}, backend: b, source_ranges: {{deny: [127.0.0.0/8]}}}}, \
+         {{match: {{path: {{prefix: /down}}}}, backend: gone}}, {{backend: b}}]}}]\n\
+         backends: [{{name: b, endpoints: [{{address: \"{}\"}}]}}, \
+         {{name: gone, endpoints: [{{address: \"127.0.0.1:{}\"}}]}}]\n",
+        token_file.display(),
+        backend.addr(),
+        free_port()
+    );
+    let proxy = Proxy::start(&yaml);
+    assert_eq!(proxy.node.metrics_addr(), Some(metrics_addr));
+    for _ in 0..5 {
+        assert_eq!(http_get(proxy.addr, "/page").unwrap().status, 200);
+    }
+    assert_eq!(http_get(proxy.addr, "/private").unwrap().status, 403);
+    // Nothing listens there: a connect error, and the retry it earns.
+    assert_eq!(http_get(proxy.addr, "/down").unwrap().status, 502);
+
+    let scrape = |token: Option<&str>, path: &str| {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
+        lb_tests::http::request(metrics_addr, "GET", "metrics", path, &headers).unwrap()
+    };
+    let refused = scrape(None, "/metrics");
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(scrape(Some("s3cret-toke"), "/metrics").status, 401);
+    assert_eq!(scrape(Some("s3cret-token"), "/api/v1/config").status, 404, "only /metrics here");
+    let exposition = parse_scrape(&scrape(Some("s3cret-token"), "/metrics"));
+    assert_eq!(exposition.sum("sluice_requests_total", &[]), 7.0);
+
+    let names = dashboard_series();
+    assert!(names.len() >= 20, "{names:?}");
+    let exported = exposition.names();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.starts_with("sluice_xdp_") && !n.starts_with("sluice_tc_"))
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard draws series Sluice does not export: {missing:?}\n{exported:?}"
+    );
+}
+
 #[test]
 fn config_api_shows_the_configuration_but_never_key_material() {
     let leaf = lb_tests::tls::Ca::new("Sluice test CA").leaf(&["shop.test"]);
@@ -338,6 +396,38 @@ fn dashboard_page_is_self_contained() {
 
 /// Longest a single Chromium run may take before it is killed and the test fails.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every series name in the expressions of deploy/monitoring/sluice-dashboard.json, after
+/// checking the file is a Grafana dashboard: JSON, a uid, panels with PromQL targets.
+fn dashboard_series() -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/sluice-dashboard.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "sluice");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut names = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64().expect("a panel id")), "panel ids are unique");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"].as_array().filter(|t| !t.is_empty());
+        let targets = targets.unwrap_or_else(|| panic!("panel {} has targets", panel["title"]));
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            assert_eq!(expr.matches('(').count(), expr.matches(')').count(), "balanced: {expr}");
+            let mut rest = expr;
+            while let Some(at) = rest.find("sluice_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
 
 fn chromium() -> PathBuf {
     lb_tests::required_tool("chromium", "chromium")
@@ -738,6 +828,15 @@ backends: [{{name: pool, endpoints: [{{address: "{}"}}]}}]
         new_flows.is_some_and(|v| v >= CONNECTIONS as u64),
         "new_flows on the dashboard: {new_flows:?}\n{dom}"
     );
+    // The Grafana dashboard's XDP series are all exported with the kernel path running.
+    let exported = after.names();
+    let missing: Vec<String> = dashboard_series()
+        .into_iter()
+        .filter(|n| n.starts_with("sluice_xdp_") || n.starts_with("sluice_tc_"))
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "dashboard XDP series not exported: {missing:?}\n{exported:?}");
+
     let path = artifacts_dir().join("dashboard-xdp.png");
     screenshot(Some(&topology.node), &url, &path);
     eprintln!("dashboard screenshot with XDP: {}", path.display());

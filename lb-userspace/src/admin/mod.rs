@@ -152,11 +152,30 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` now (a taken port is an error to the caller) and serves on a new thread.
     pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
+        Self::serve(addr, "sluice-admin", move |request| route(&state, request))
+    }
+
+    /// The metrics listener: `/metrics` only (no configuration, no status), for Prometheus off
+    /// the node's loopback; with a token, a scrape must carry `Authorization: Bearer TOKEN`.
+    pub fn start_metrics(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        token: Option<String>,
+    ) -> std::io::Result<AdminServer> {
+        Self::serve(addr, "sluice-metrics", move |request| metrics_route(&state, token.as_deref(), request))
+    }
+
+    fn serve(
+        addr: SocketAddr,
+        thread_name: &str,
+        route: impl Fn(Request<Incoming>) -> Response<ProxyBody> + Send + Sync + 'static,
+    ) -> std::io::Result<AdminServer> {
+        let route = Arc::new(route);
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (shutdown, mut shutdown_rx) = watch::channel(false);
-        let thread = std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name(thread_name.into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => return tracing::error!(error = %e, "cannot start the admin runtime"),
@@ -168,11 +187,11 @@ impl AdminServer {
                         _ = shutdown_rx.changed() => return,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let state = state.clone();
+                            let route = route.clone();
                             tokio::spawn(async move {
                                 let service = service_fn(move |request| {
-                                    let state = state.clone();
-                                    async move { Ok::<_, Infallible>(route(&state, request)) }
+                                    let response = route(request);
+                                    async move { Ok::<_, Infallible>(response) }
                                 });
                                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                                     .serve_connection(TokioIo::new(stream), service)
@@ -238,19 +257,53 @@ fn route(state: &AdminState, request: Request<Incoming>) -> Response<ProxyBody> 
             headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
             response
         }
-        "/metrics" => {
-            let mut response = Response::new(body::text(state.metrics.render()));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
-        }
+        "/metrics" => metrics_response(state),
         _ => text_response(
             StatusCode::NOT_FOUND,
             "not found; try /healthz, /readyz, /metrics, /api/v1/status, /api/v1/config, /dashboard\n",
         ),
     }
+}
+
+fn metrics_response(state: &AdminState) -> Response<ProxyBody> {
+    let mut response = Response::new(body::text(state.metrics.render()));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// The metrics listener's one page, behind the bearer token when there is one.
+fn metrics_route(state: &AdminState, token: Option<&str>, request: Request<Incoming>) -> Response<ProxyBody> {
+    if let Some(token) = token
+        && !bearer_matches(request.headers(), token)
+    {
+        let mut response = text_response(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => metrics_response(state),
+        (&Method::GET, _) => text_response(StatusCode::NOT_FOUND, "only /metrics here\n"),
+        _ => text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
+    }
+}
+
+/// `Authorization: Bearer TOKEN` with exactly `token`, compared in time independent of where
+/// the first difference is.
+fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(sent) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (sent, token) = (sent.trim().as_bytes(), token.as_bytes());
+    sent.len() == token.len() && sent.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Field names whose values are secrets: shown as "<redacted>" by `/api/v1/config`.
@@ -291,6 +344,20 @@ pub fn redacted_config(state: &AdminState) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(bearer_matches(&with("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(&with("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(&with("Bearer s3creT"), "s3cret"));
+        assert!(!bearer_matches(&with("Basic s3cret"), "s3cret"));
+        assert!(!bearer_matches(&http::HeaderMap::new(), "s3cret"));
+    }
 
     #[test]
     fn secrets_are_redacted_at_any_depth() {

@@ -40,6 +40,10 @@ pub struct Config {
     /// The admin server (probes, status, metrics); none when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// A listener that serves only `/metrics`, for Prometheus off the node's loopback; none
+    /// when absent (the admin server serves `/metrics` too).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Certificates with their private keys, named so listeners and virtual hosts can refer to
     /// them.
     #[serde(default)]
@@ -71,6 +75,19 @@ impl Default for AccessLogConfig {
 
 // The sample rate is validated to be a number in 0..=1, never NaN.
 impl Eq for AccessLogConfig {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where Prometheus scrapes, e.g. `0.0.0.0:10254` (ingress-nginx's metrics port). It shows
+    /// no configuration, only the metrics.
+    #[schemars(pattern(SOCKET_ADDRESS))]
+    pub address: SocketAddr,
+    /// A file holding the token a scraper must send as `Authorization: Bearer TOKEN` (surrounding
+    /// whitespace ignored); read at start. Without it anyone who reaches the address may scrape.
+    #[serde(default)]
+    pub bearer_token_file: Option<std::path::PathBuf>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -29,6 +29,9 @@ pub struct Overrides {
     pub no_xdp: bool,
     /// `--shutdown-delay-ms`: replaces `limits.shutdown_delay_ms`.
     pub shutdown_delay_ms: Option<u64>,
+    /// `--metrics-address`: replaces `metrics.address` (and serves metrics there when the file
+    /// has no `metrics`).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Overrides {
@@ -47,6 +50,12 @@ impl Overrides {
         }
         if let Some(delay) = self.shutdown_delay_ms {
             config.limits.shutdown_delay_ms = delay;
+        }
+        if let Some(address) = self.metrics_address {
+            match &mut config.metrics {
+                Some(metrics) => metrics.address = address,
+                None => config.metrics = Some(config::MetricsConfig { address, bearer_token_file: None }),
+            }
         }
     }
 }
