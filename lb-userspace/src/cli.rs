@@ -128,6 +128,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An error and its causes on one line, each said once: many errors name their cause in their
+/// own message already (`cannot read: No such file...`), and anyhow's `{:#}` would repeat it.
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut out = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
 /// rustls warns on every handshake about client quirks it tolerates (an IP address sent as the
 /// SNI, as wrk does): any client could make each handshake write a log line, and on a file
 /// next to the configuration wake its watcher too. Handshake failures are counted by reason in
@@ -192,14 +206,15 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
     use crate::provider::kube::KubeProvider;
     let base = provider.load()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Everything that can fail before serving fails before the listeners open: the kubeconfig
+    // (or in-cluster credentials) is read here; nothing reaches the API server yet.
+    let kube = runtime.block_on(KubeProvider::connect(kube_options(args)))?;
     // Watch before serving: a change made as soon as the listeners answer must not be missed.
     let changes = runtime.block_on(async { provider.changes() });
     let node = Node::start(&base)?;
     // Not ready (`/readyz` 503) until the first full view of the cluster is applied.
     node.set_ready(false);
-    let options = kube_options(args);
     runtime.block_on(async {
-        let kube = KubeProvider::connect(options).await?;
         let (base_tx, base_rx) = watch::channel(Arc::new(base));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (updates_tx, updates) = mpsc::channel(1);
@@ -471,6 +486,19 @@ mod tests {
         assert_eq!(log_directives(None), "info,rustls=error");
         assert_eq!(log_directives(Some("debug,sluice::access=off")), "debug,sluice::access=off,rustls=error");
         assert_eq!(log_directives(Some("info,rustls=debug")), "info,rustls=debug");
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let named = crate::config::Error::Read { source_name: "x.yaml".into(), source: io };
+        assert_eq!(
+            render_error(&anyhow::Error::new(named)),
+            "x.yaml: cannot read: No such file or directory (os error 2)"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use");
+        let wrapped = anyhow::Error::new(io).context("cannot start the admin server on 127.0.0.1:9901");
+        assert_eq!(render_error(&wrapped), "cannot start the admin server on 127.0.0.1:9901: Address in use");
     }
 
     #[test]

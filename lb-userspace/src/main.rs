@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     match lb_userspace::cli::execute(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", lb_userspace::cli::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

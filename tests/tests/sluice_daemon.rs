@@ -132,6 +132,37 @@ fn driver_mode_refused_by_the_interface_leaves_sluice_serving_without_xdp() {
     );
 }
 
+/// Everything that can fail before serving fails before the listeners open: an unreadable
+/// kubeconfig stops `sluice run --kubernetes` with one clear line and no listener ever bound.
+#[test]
+fn an_unreadable_kubeconfig_fails_before_any_listener_opens() {
+    let port = lb_tests::free_port();
+    let dir = lb_tests::temp_dir::TempDir::new();
+    let config = dir.0.join("base.yaml");
+    std::fs::write(
+        &config,
+        format!("xdp: {{enabled: false}}\nlisteners: [{{name: web, address: \"127.0.0.1:{port}\"}}]\n"),
+    )
+    .unwrap();
+    let missing = dir.0.join("no-such-kubeconfig");
+    let output = std::process::Command::new(sluice_binary().unwrap())
+        .args(["run", "--kubernetes", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot read the kubeconfig"), "{stderr}");
+    assert!(!stderr.contains("sluice is serving"), "no listener opened first:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("sluice: "), "{stderr}");
+    // Each cause once (an io::Error's text used to appear twice).
+    let cause = "No such file or directory";
+    assert!(last.matches(cause).count() <= 1, "{last}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
