@@ -98,7 +98,12 @@ pub struct WorkerMetrics {
     counters: Mutex<WorkerCounters>,
     active_connections: AtomicI64,
     accepted: AtomicU64,
+    /// Connections closed for want of a valid PROXY protocol header, by reason.
+    proxy_protocol_refused: [AtomicU64; PROXY_PROTOCOL_REASONS.len()],
 }
+
+/// The reasons a PROXY protocol listener closes a connection (`proxy_protocol::Invalid::reason`).
+const PROXY_PROTOCOL_REASONS: [&str; 3] = ["invalid", "timeout", "closed"];
 
 impl WorkerMetrics {
     /// A finished request.
@@ -125,6 +130,13 @@ impl WorkerMetrics {
     pub fn connection_opened(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.active_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed for want of a valid PROXY protocol header.
+    pub fn proxy_protocol_refused(&self, reason: &str) {
+        if let Some(i) = PROXY_PROTOCOL_REASONS.iter().position(|r| *r == reason) {
+            self.proxy_protocol_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn connection_closed(&self) {
@@ -326,6 +338,18 @@ impl Collector for Metrics {
         for (id, worker) in self.workers.iter().enumerate() {
             ConstCounter::new(worker.accepted())
                 .encode(family.encode_family(&[("worker", id.to_string())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_proxy_protocol_refused",
+            "Connections closed on PROXY protocol listeners for want of a valid header, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, reason) in PROXY_PROTOCOL_REASONS.iter().enumerate() {
+            let total: u64 =
+                self.workers.iter().map(|w| w.proxy_protocol_refused[i].load(Ordering::Relaxed)).sum();
+            ConstCounter::new(total).encode(family.encode_family(&[("reason", (*reason).to_owned())])?)?;
         }
 
         // Scrape-time sources, grouped by metric name so each family is described once.

@@ -185,7 +185,16 @@ pub fn connect(addr: SocketAddr, sni: Option<&str>, config: &Arc<ClientConfig>) 
         Some(name) => ServerName::try_from(name.to_owned())?,
         None => ServerName::from(addr.ip()),
     };
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    connect_over(tcp, name, config)
+}
+
+/// Completes a handshake over a connection already open (after a PROXY protocol header, say).
+pub fn connect_over(
+    mut tcp: TcpStream,
+    name: ServerName<'static>,
+    config: &Arc<ClientConfig>,
+) -> anyhow::Result<TlsStream> {
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     tcp.set_nodelay(true)?;
     let mut connection = ClientConnection::new(config.clone(), name)?;

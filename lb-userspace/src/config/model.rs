@@ -50,11 +50,70 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// Which peers' forwarding headers are believed, and what goes upstream in X-Forwarded-*
+    /// (ingress-nginx's `use-forwarded-headers`, `proxy-real-ip-cidr`, ...).
+    #[serde(default)]
+    pub forwarded: ForwardedConfig,
     /// The key that authenticates session-affinity cookies. Every node of a cluster needs the
     /// same one, so that a cookie issued by one node is honoured by the others. Without it a
     /// random key per process is used: cookies then survive neither restarts nor other nodes.
     #[serde(default)]
     pub affinity_key: Option<SecretString>,
+}
+
+/// The real client address and the forwarding headers, as ingress-nginx sets them. By default
+/// nothing a client sends is believed: the client address is the connection's peer (or its
+/// PROXY protocol source), X-Forwarded-For is replaced by it, and X-Forwarded-Proto/-Host/-Port
+/// are Sluice's own. Behind trusted proxies, `use_forwarded_headers` takes the client address
+/// from their X-Forwarded-For (the rightmost address that is not itself a trusted proxy, as
+/// nginx's `real_ip_recursive on`) and passes their X-Forwarded-Proto/-Host/-Port on. The real
+/// client address is what source ranges, client-address hashing and the access log use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedConfig {
+    /// Peers whose forwarding headers are believed (`proxy-real-ip-cidr`). Needed by
+    /// `use_forwarded_headers` and `real_ip_from_header`; `0.0.0.0/0` and `::/0` trust every
+    /// peer, as ingress-nginx's default does.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Believe a trusted peer's client address header and its X-Forwarded-Proto, -Host and
+    /// -Port (`use-forwarded-headers`).
+    #[serde(default)]
+    pub use_forwarded_headers: bool,
+    /// Take only the client address from a trusted peer's header (`enable-real-ip`).
+    #[serde(default)]
+    pub real_ip_from_header: bool,
+    /// The header that carries the client address (`forwarded-for-header`).
+    #[serde(default = "default_forwarded_for_header")]
+    pub forwarded_for_header: String,
+    /// Send the client's X-Forwarded-For with the peer appended, instead of the client address
+    /// alone (`compute-full-forwarded-for`).
+    #[serde(default)]
+    pub compute_full_forwarded_for: bool,
+}
+
+impl Default for ForwardedConfig {
+    fn default() -> ForwardedConfig {
+        ForwardedConfig {
+            trusted_proxies: Vec::new(),
+            use_forwarded_headers: false,
+            real_ip_from_header: false,
+            forwarded_for_header: default_forwarded_for_header(),
+            compute_full_forwarded_for: false,
+        }
+    }
+}
+
+impl ForwardedConfig {
+    /// Whether `peer`'s forwarding headers are believed at all.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        (self.use_forwarded_headers || self.real_ip_from_header)
+            && self.trusted_proxies.iter().any(|cidr| cidr.contains(peer))
+    }
+}
+
+fn default_forwarded_for_header() -> String {
+    "X-Forwarded-For".to_owned()
 }
 
 /// One line per request through `tracing` (target `sluice::access`), in the log format chosen
@@ -107,6 +166,13 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener (HTTPS); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as a cloud TCP load
+    /// balancer sends it; ingress-nginx's `use-proxy-protocol`), read before TLS and HTTP: the
+    /// client address is the header's source. A connection without a valid header within
+    /// `limits.header_read_timeout_ms` is closed and counted. Only for listeners that nothing
+    /// but the balancer can reach: whoever connects states the client address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// TLS on a listener. The client's SNI picks the virtual host the way the Host header does

@@ -73,6 +73,21 @@ fn duplicates<'a>(names: impl Iterator<Item = &'a str>, list: &str, what: &str, 
 }
 
 fn top_level(config: &Config, found: &mut Problems) {
+    let forwarded = &config.forwarded;
+    if (forwarded.use_forwarded_headers || forwarded.real_ip_from_header)
+        && forwarded.trusted_proxies.is_empty()
+    {
+        found.add(
+            "forwarded.trusted_proxies",
+            "forwarding headers are believed only from trusted proxies: list their networks (0.0.0.0/0 and ::/0 trust every peer, as ingress-nginx's default)",
+        );
+    }
+    if http::HeaderName::from_bytes(forwarded.forwarded_for_header.as_bytes()).is_err() {
+        found.add(
+            "forwarded.forwarded_for_header",
+            format!("{:?} is not a header name", forwarded.forwarded_for_header),
+        );
+    }
     if config.workers > MAX_WORKERS {
         found.add("workers", format!("{} is more than the maximum {MAX_WORKERS}", config.workers));
     }

@@ -93,22 +93,56 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// What the proxy tells the upstream about the client. The values are the same for every
-/// request on a connection, so they are made once, when it is accepted.
+/// request on a connection, so they are made once, when it is accepted; a request from a
+/// trusted proxy gets its own ([`Forwarded::behind_proxy`]).
 #[derive(Clone, Debug)]
 pub struct Forwarded {
+    /// The real client address: X-Real-IP, and X-Forwarded-For unless it is computed in full.
     client_ip: HeaderValue,
+    /// The connection's peer, appended to the client's X-Forwarded-For in full mode.
+    peer_ip: HeaderValue,
     scheme: HeaderValue,
     port: HeaderValue,
+    /// Send the client's X-Forwarded-For with the peer appended (`compute-full-forwarded-for`);
+    /// otherwise it is replaced by the client address, as ingress-nginx does by default.
+    full_forwarded_for: bool,
+    /// A trusted proxy's X-Forwarded-Proto, -Host and -Port go on instead of this hop's.
+    pass_proxy_values: bool,
+}
+
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_canonical().to_string()).expect("an IP address is a valid header value")
 }
 
 impl Forwarded {
     pub fn new(client: SocketAddr, scheme: &'static str, port: u16) -> Forwarded {
-        let client_ip = client.ip().to_canonical().to_string();
+        let client_ip = ip_value(client.ip());
         Forwarded {
-            client_ip: HeaderValue::from_str(&client_ip).expect("an IP address is a valid header value"),
+            peer_ip: client_ip.clone(),
+            client_ip,
             scheme: HeaderValue::from_static(scheme),
             port: HeaderValue::from(port),
+            full_forwarded_for: false,
+            pass_proxy_values: false,
         }
+    }
+
+    /// Appends the peer to the client's X-Forwarded-For instead of replacing it.
+    pub fn with_full_forwarded_for(mut self, full: bool) -> Forwarded {
+        self.full_forwarded_for = full;
+        self
+    }
+
+    /// For one request from a trusted proxy: `client` is the real client address; with
+    /// `pass_proxy_values`, the proxy's X-Forwarded-Proto, -Host and -Port go on.
+    pub fn behind_proxy(&self, client: std::net::IpAddr, pass_proxy_values: bool) -> Forwarded {
+        Forwarded { client_ip: ip_value(client), pass_proxy_values, ..self.clone() }
+    }
+
+    /// Whether the request reached the first proxy over HTTPS, by a trusted proxy's word.
+    pub fn proxy_says_https(&self, client: &HeaderMap) -> bool {
+        self.pass_proxy_values
+            && client.get(&X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 }
 
@@ -116,7 +150,7 @@ impl Forwarded {
 /// client's fields minus the hop-by-hop ones (RFC 9110 7.6.1: the fixed set and those its
 /// `Connection` names; `TE: trailers` survives for gRPC), `Expect` (this hop answered it) and
 /// the ones this hop sets, then the set ones: X-Request-ID (the client's when sane, else a new
-/// one), X-Forwarded-For (appended to the client's hops), X-Real-IP, X-Forwarded-Proto/-Port/
+/// one), X-Forwarded-For (the client address, or the client's hops with the peer appended in full mode), X-Real-IP, X-Forwarded-Proto/-Port/
 /// -Host, Host when the client sent none (HTTP/2's `:authority`), and the upgrade headers.
 ///
 /// The HTTP/1.1 upstream client writes [`UpstreamHeaders::for_each`] straight into the request
@@ -133,6 +167,10 @@ pub struct UpstreamHeaders<'a> {
     /// Host for a client that sent none.
     host: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
+    /// A trusted proxy's X-Forwarded-Proto, -Port and -Host go on (each when it sent one).
+    pass_proto: bool,
+    pass_port: bool,
+    pass_host: bool,
     upgrade: Option<HeaderValue>,
     /// The route's configured changes: they remove or replace any field above but the
     /// connection's own (upgrade, `TE`), and add theirs last.
@@ -150,15 +188,18 @@ impl<'a> UpstreamHeaders<'a> {
     ) -> UpstreamHeaders<'a> {
         let named = connection_named(client);
         let te_trailers = asks_for_trailers(client);
-        let forwarded_for = if client.contains_key(&X_FORWARDED_FOR) {
+        let forwarded_for = if forwarded.full_forwarded_for && client.contains_key(&X_FORWARDED_FOR) {
             // Repeated header lines are one comma-separated list (RFC 9110 5.3): keep every hop.
             let mut hops: Vec<&[u8]> =
                 client.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-            hops.push(forwarded.client_ip.as_bytes());
-            HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or_else(|_| forwarded.client_ip.clone())
+            hops.push(forwarded.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or_else(|_| forwarded.peer_ip.clone())
+        } else if forwarded.full_forwarded_for {
+            forwarded.peer_ip.clone()
         } else {
             forwarded.client_ip.clone()
         };
+        let pass = |name: &HeaderName| forwarded.pass_proxy_values && client.contains_key(name);
         // The Host header's own value when that is where the host came from (no copy).
         let client_host = client.get(HOST);
         let forwarded_host = match client_host {
@@ -176,6 +217,9 @@ impl<'a> UpstreamHeaders<'a> {
             forwarded,
             host,
             forwarded_host,
+            pass_proto: pass(&X_FORWARDED_PROTO),
+            pass_port: pass(&X_FORWARDED_PORT),
+            pass_host: pass(&X_FORWARDED_HOST),
             upgrade,
             changes: None,
         }
@@ -204,9 +248,9 @@ impl<'a> UpstreamHeaders<'a> {
             || name == X_REQUEST_ID
             || name == X_FORWARDED_FOR
             || name == X_REAL_IP
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_PORT
-            || (name == X_FORWARDED_HOST && self.forwarded_host.is_some())
+            || (name == X_FORWARDED_PROTO && !self.pass_proto)
+            || (name == X_FORWARDED_PORT && !self.pass_port)
+            || (name == X_FORWARDED_HOST && self.forwarded_host.is_some() && !self.pass_host)
             || self.named.contains(name)
             || self.changed(name))
     }
@@ -234,9 +278,15 @@ impl<'a> UpstreamHeaders<'a> {
         own(&X_REQUEST_ID, &self.request_id);
         own(&X_FORWARDED_FOR, &self.forwarded_for);
         own(&X_REAL_IP, &self.forwarded.client_ip);
-        own(&X_FORWARDED_PROTO, &self.forwarded.scheme);
-        own(&X_FORWARDED_PORT, &self.forwarded.port);
-        if let Some(forwarded_host) = &self.forwarded_host {
+        if !self.pass_proto {
+            own(&X_FORWARDED_PROTO, &self.forwarded.scheme);
+        }
+        if !self.pass_port {
+            own(&X_FORWARDED_PORT, &self.forwarded.port);
+        }
+        if let Some(forwarded_host) = &self.forwarded_host
+            && !self.pass_host
+        {
             own(&X_FORWARDED_HOST, forwarded_host);
         }
         if let Some(changes) = self.changes {
@@ -364,10 +414,57 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_headers_are_this_hops_unless_a_trusted_proxy_sent_them() {
+        let sent = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-host", "edge.test"),
+        ]);
+        let connection = Forwarded::new("10.0.0.5:1".parse().unwrap(), "http", 80);
+        // By default the client's X-Forwarded-For is replaced, as ingress-nginx does.
+        let out = upstream(&sent, &connection, "a.test");
+        assert_eq!(out.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["10.0.0.5"]);
+        assert_eq!(
+            (out["x-forwarded-proto"].as_bytes(), out["x-forwarded-host"].as_bytes()),
+            (&b"http"[..], &b"a.test"[..])
+        );
+        // In full mode the peer is appended to the client's hops.
+        let full = connection.clone().with_full_forwarded_for(true);
+        assert_eq!(upstream(&sent, &full, "a.test")["x-forwarded-for"], "203.0.113.9, 10.0.0.5");
+        assert_eq!(upstream(&HeaderMap::new(), &full, "a.test")["x-forwarded-for"], "10.0.0.5");
+        // From a trusted proxy: the real client everywhere, the proxy's values passed on.
+        let trusted = connection.behind_proxy("203.0.113.9".parse().unwrap(), true);
+        assert!(trusted.proxy_says_https(&sent) && !connection.proxy_says_https(&sent));
+        let out = upstream(&sent, &trusted, "a.test");
+        assert_eq!(out.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["203.0.113.9"]);
+        assert_eq!(out["x-real-ip"], "203.0.113.9");
+        for (name, value) in
+            [("x-forwarded-proto", "https"), ("x-forwarded-port", "443"), ("x-forwarded-host", "edge.test")]
+        {
+            assert_eq!(out.get_all(name).iter().collect::<Vec<_>>(), [value], "{name}");
+        }
+        // A trusted proxy that sent none gets this hop's.
+        let out = upstream(&map(&[("host", "a.test")]), &trusted, "a.test");
+        assert_eq!(
+            (out["x-forwarded-proto"].as_bytes(), out["x-forwarded-port"].as_bytes()),
+            (&b"http"[..], &b"80"[..])
+        );
+        // enable-real-ip: the address only.
+        let real_ip_only = connection.behind_proxy("203.0.113.9".parse().unwrap(), false);
+        let out = upstream(&sent, &real_ip_only, "a.test");
+        assert_eq!(
+            (out["x-real-ip"].as_bytes(), out["x-forwarded-proto"].as_bytes()),
+            (&b"203.0.113.9"[..], &b"http"[..])
+        );
+    }
+
+    #[test]
     fn forwarding_headers_append_and_set() {
         let headers = map(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
         let client = "[::ffff:198.18.0.1]:5000".parse().unwrap();
-        let headers = upstream(&headers, &Forwarded::new(client, "http", 8080), "a.test");
+        let forwarded = Forwarded::new(client, "http", 8080).with_full_forwarded_for(true);
+        let headers = upstream(&headers, &forwarded, "a.test");
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.1");
         assert_eq!(headers["x-real-ip"], "198.18.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");

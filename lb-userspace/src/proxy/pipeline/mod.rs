@@ -23,7 +23,8 @@ mod access_log;
 pub mod tls_policy;
 
 use std::{
-    net::SocketAddr,
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
     ops::ControlFlow,
     sync::Arc,
     time::{Duration, Instant},
@@ -46,6 +47,7 @@ use super::{
         server::{ClientBody, ClientUpgrade, Handler},
     },
     rate_limit::{InProgress, Limiter, Refusal, bandwidth::Throttled},
+    real_client,
     route::{Route, RouteAction, RouteLabels},
     snapshot::{Published, Snapshot},
     upstream::{
@@ -85,6 +87,32 @@ impl Handler for Arc<Connection> {
     }
 }
 
+/// Who a request is for: the connection's client, or, from a trusted proxy, the client its
+/// forwarding header names (then with its own forwarding values).
+struct RequestClient<'c> {
+    ip: IpAddr,
+    forwarded: Cow<'c, Forwarded>,
+}
+
+impl<'c> RequestClient<'c> {
+    fn of(
+        request: &Request<ClientBody>,
+        connection: &'c Connection,
+        snapshot: &Snapshot,
+    ) -> RequestClient<'c> {
+        let settings = &snapshot.config.forwarded;
+        match real_client::from_headers(connection.client.ip(), request.headers(), settings) {
+            Some(ip) => RequestClient {
+                ip,
+                forwarded: Cow::Owned(connection.forwarded.behind_proxy(ip, settings.use_forwarded_headers)),
+            },
+            None => {
+                RequestClient { ip: connection.client.ip(), forwarded: Cow::Borrowed(&connection.forwarded) }
+            }
+        }
+    }
+}
+
 /// A phase's result: `Break` is the answer that ends the request early, `Continue` what the
 /// next phase needs.
 type Phase<T> = ControlFlow<Response<ProxyBody>, T>;
@@ -120,7 +148,9 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
     });
     let mut outcome = Outcome::default();
     let hsts = tls_policy::hsts_for(&request, &snapshot.tls, connection.tls.get());
-    let mut response = route_and_forward(request, &connection, &snapshot, &mut outcome).await;
+    let client = RequestClient::of(&request, &connection, &snapshot);
+    let client_addr = SocketAddr::new(client.ip, connection.client.port());
+    let mut response = route_and_forward(request, &connection, &client, &snapshot, &mut outcome).await;
     if let Some(route) = outcome.route {
         finish_policy(route, outcome.origin.take(), response.headers_mut());
     }
@@ -140,7 +170,7 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
     if let Some(request_line) = request_line {
         let entry = AccessEntry {
             started,
-            client: connection.client,
+            client: client_addr,
             worker: connection.worker,
             request: request_line,
             status: response.status().as_u16(),
@@ -200,10 +230,14 @@ fn is_idempotent(method: &Method) -> bool {
 async fn route_and_forward<'s>(
     mut request: Request<ClientBody>,
     connection: &Connection,
+    client: &RequestClient<'_>,
     snapshot: &'s Snapshot,
     outcome: &mut Outcome<'s>,
 ) -> Response<ProxyBody> {
-    if let Some(response) = tls_policy::before_request(&request, &snapshot.tls, connection.tls.get()) {
+    let behind_https = client.forwarded.proxy_says_https(request.headers());
+    if let Some(response) =
+        tls_policy::before_request(&request, &snapshot.tls, connection.tls.get(), behind_https)
+    {
         return response;
     }
     let host = headers::request_host(&request).unwrap_or("").to_owned();
@@ -219,7 +253,7 @@ async fn route_and_forward<'s>(
             return answer;
         }
     }
-    let (limit, admitted) = match admit(&request, route, connection, snapshot) {
+    let (limit, admitted) = match admit(&request, route, client.ip, connection, snapshot) {
         ControlFlow::Continue(admitted) => admitted,
         ControlFlow::Break(answer) => return answer,
     };
@@ -233,9 +267,8 @@ async fn route_and_forward<'s>(
     let client_upgrade = upgrade.as_ref().and_then(|_| ClientUpgrade::take(&mut request));
     let (parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
-    let upstream_headers =
-        headers::UpstreamHeaders::new(&parts.headers, &connection.forwarded, &host, upgrade)
-            .with_changes(route.request_headers.as_ref());
+    let upstream_headers = headers::UpstreamHeaders::new(&parts.headers, &client.forwarded, &host, upgrade)
+        .with_changes(route.request_headers.as_ref());
     let body = RequestBody::new(incoming, limit);
     if let Err(e) = body.prefetch().await {
         tracing::debug!(error = %e, "request body refused before forwarding");
@@ -257,7 +290,7 @@ async fn route_and_forward<'s>(
             .config
             .hash_on
             .as_ref()
-            .and_then(|on| balance::hash_key(on, &parts.headers, connection.client.ip(), &parts.uri)),
+            .and_then(|on| balance::hash_key(on, &parts.headers, client.ip, &parts.uri)),
         timeout: route.timeout.unwrap_or(Duration::from_millis(group.config.timeouts.request_ms)),
         user_agent: parts.headers.get(USER_AGENT),
         affinity: pin_by_affinity(group, &parts.headers),
@@ -313,11 +346,12 @@ fn choose_route<'s>(
 fn admit(
     request: &Request<ClientBody>,
     route: &Route,
+    client_ip: IpAddr,
     connection: &Connection,
     snapshot: &Snapshot,
 ) -> Phase<(u64, Admitted)> {
     if let Some(ranges) = &route.source_ranges
-        && !ranges.admits(connection.client.ip())
+        && !ranges.admits(client_ip)
     {
         connection.metrics.denied(&route.labels.route, Denial::SourceRange);
         return ControlFlow::Break(error(
@@ -325,12 +359,13 @@ fn admit(
             "this client address may not use this route",
         ));
     }
-    let admitted = match route.rate_limit.as_deref().map(|l| limited(l, route, connection, &snapshot.limits))
-    {
-        None => Admitted::default(),
-        Some(ControlFlow::Continue(admitted)) => admitted,
-        Some(ControlFlow::Break(answer)) => return ControlFlow::Break(answer),
-    };
+    let admitted =
+        match route.rate_limit.as_deref().map(|l| limited(l, route, client_ip, connection, &snapshot.limits))
+        {
+            None => Admitted::default(),
+            Some(ControlFlow::Continue(admitted)) => admitted,
+            Some(ControlFlow::Break(answer)) => return ControlFlow::Break(answer),
+        };
     let limit = route.max_body_bytes.unwrap_or(snapshot.limits.max_body_bytes);
     if let Some(length) = request.headers().get(CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()))
         && limit > 0
@@ -371,12 +406,13 @@ impl Admitted {
 fn limited(
     limit: &RateLimitConfig,
     route: &Route,
+    client_ip: IpAddr,
     connection: &Connection,
     limits: &crate::config::Limits,
 ) -> Phase<Admitted> {
     let bandwidth = (limit.response_bytes_per_second > 0)
         .then_some((limit.response_bytes_per_second, limit.response_rate_after_bytes));
-    let (status, why) = match Limiter::node().admit(limit, &route.labels.route, connection.client.ip()) {
+    let (status, why) = match Limiter::node().admit(limit, &route.labels.route, client_ip) {
         Ok(in_progress) => return ControlFlow::Continue(Admitted { in_progress, bandwidth }),
         Err(Refusal::Requests) => (limits.rate_limit_status, Denial::RateLimit),
         Err(Refusal::Connections) => (limits.connection_limit_status, Denial::ConnectionLimit),

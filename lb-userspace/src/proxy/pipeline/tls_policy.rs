@@ -24,15 +24,18 @@ use crate::{
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// A response that replaces routing for this request, if the TLS policy decides it.
-/// `session` is the connection's TLS session (`None` on plain HTTP).
+/// `session` is the connection's TLS session (`None` on plain HTTP); `behind_https`: a trusted
+/// proxy says the client reached it over HTTPS (then plain HTTP here is no reason to redirect).
 pub fn before_request<B>(
     request: &Request<B>,
     tls: &TlsSnapshot,
     session: Option<&Session>,
+    behind_https: bool,
 ) -> Option<Response<ProxyBody>> {
     let host_header = request_host(request);
     let (_, host) = tls.host(host_header)?;
     match session {
+        None if behind_https => None,
         None => {
             let port = tls.https_port()?;
             if !host.redirect_http || request.uri().path().starts_with(ACME_CHALLENGE) {

@@ -376,28 +376,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
                 // I/O is wrapped in `ActivityIo`.
                 busy_poll::worked();
                 let _ = stream.set_nodelay(true);
-                // The handshake uses the snapshot of the accept, the one that set the scheme.
-                let snapshot = context.published.load();
-                let tls = snapshot.tls.listener(context.listener_index).is_some();
-                let listener_index = context.listener_index;
-                let scheme = if tls { "https" } else { "http" };
-                let connection = Arc::new(Connection {
-                    worker: id,
-                    client: peer,
-                    listener: context.service_addr,
-                    scheme,
-                    forwarded: Forwarded::new(peer, scheme, context.service_addr.port()),
-                    published: context.published.clone(),
-                    metrics: context.metrics.clone(),
-                    tls: std::sync::OnceLock::new(),
-                });
-                let shutdown = context.shutdown.clone();
-                context.metrics.connection_opened();
-                tokio::spawn(async move {
-                    let client = Client { stream, slot, listener_index };
-                    serve_client(client, connection.clone(), shutdown, snapshot).await;
-                    connection.metrics.connection_closed();
-                });
+                let client = Client { stream, slot, listener_index: context.listener_index };
+                tokio::spawn(open_connection(client, peer, context.for_connection()));
             }
             // Out of file descriptors and similar: keep serving what we have, and give the
             // condition a moment to clear instead of spinning on it.
@@ -407,6 +387,65 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) 
             }
         }
     }
+}
+
+impl AcceptContext {
+    fn for_connection(&self) -> ConnectionContext {
+        ConnectionContext {
+            id: self.id,
+            service_addr: self.service_addr,
+            published: self.published.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// What a connection's task takes from its accept loop.
+struct ConnectionContext {
+    id: usize,
+    service_addr: SocketAddr,
+    published: Published,
+    shutdown: watch::Receiver<bool>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+/// A connection's task: on a PROXY protocol listener, the header first (its source is the
+/// client; a connection without a valid one is closed and counted), then TLS and HTTP.
+async fn open_connection(mut client: Client, peer: SocketAddr, context: ConnectionContext) {
+    let ConnectionContext { id, service_addr, published, shutdown, metrics } = context;
+    metrics.connection_opened();
+    // The handshake uses the snapshot of the accept, the one that set the scheme.
+    let snapshot = published.load();
+    let mut client_addr = peer;
+    if snapshot.config.listeners.get(client.listener_index).is_some_and(|l| l.proxy_protocol) {
+        let limit = Duration::from_millis(snapshot.limits.header_read_timeout_ms);
+        match super::proxy_protocol::read(&mut client.stream, limit).await {
+            Ok(header) => client_addr = header.source.unwrap_or(peer),
+            Err(e) => {
+                tracing::debug!(worker = id, %peer, error = %e, "connection closed: no valid PROXY protocol header");
+                metrics.proxy_protocol_refused(e.reason());
+                metrics.connection_closed();
+                return;
+            }
+        }
+    }
+    let tls = snapshot.tls.listener(client.listener_index).is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let forwarded = Forwarded::new(client_addr, scheme, service_addr.port())
+        .with_full_forwarded_for(snapshot.config.forwarded.compute_full_forwarded_for);
+    let connection = Arc::new(Connection {
+        worker: id,
+        client: client_addr,
+        listener: service_addr,
+        scheme,
+        forwarded,
+        published,
+        metrics,
+        tls: std::sync::OnceLock::new(),
+    });
+    serve_client(client, connection.clone(), shutdown, snapshot).await;
+    connection.metrics.connection_closed();
 }
 
 /// An accepted client socket, the worker's connection slot it holds, and which listener took it.
