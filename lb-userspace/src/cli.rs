@@ -108,6 +108,14 @@ pub struct KubernetesArgs {
     /// Do not elect a leader or write Ingress status.
     #[arg(long, requires = "kubernetes")]
     pub no_status: bool,
+    /// Time one Kubernetes API request may take (head and body; a watch's head) before it is
+    /// abandoned and retried.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=300), requires = "kubernetes")]
+    pub api_timeout_seconds: u16,
+    /// Watches ask the API server to end them after this long; a silent one is given up 5 s
+    /// later and resumed.
+    #[arg(long, default_value_t = 55, value_parser = clap::value_parser!(u16).range(1..=290), requires = "kubernetes")]
+    pub watch_timeout_seconds: u16,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -251,10 +259,16 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
         status.publish_addresses = args.publish_addresses.clone();
         status
     });
+    let api = crate::provider::kube::api::ApiSettings {
+        request_timeout: std::time::Duration::from_secs(u64::from(args.api_timeout_seconds)),
+        watch_timeout: std::time::Duration::from_secs(u64::from(args.watch_timeout_seconds)),
+        ..Default::default()
+    };
     KubeOptions {
         kubeconfig: args.kubeconfig.clone(),
         ingress_class: args.ingress_class.clone(),
         status,
+        api,
         ..KubeOptions::default()
     }
 }

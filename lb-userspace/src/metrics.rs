@@ -379,7 +379,83 @@ impl Collector for Metrics {
                 }
             }
         }
-        Ok(())
+        KUBE_API.encode(&mut encoder)
+    }
+}
+
+/// The Kubernetes API client's troubles, counted by the provider's client (one per process,
+/// hence process-wide) and rendered once the client has been used.
+#[derive(Debug)]
+pub struct KubeApiStats {
+    used: std::sync::atomic::AtomicBool,
+    /// 429, 503, 504 answers, each attempt (retries included).
+    throttled: [AtomicU64; 3],
+    /// Attempts abandoned at their deadline.
+    timeouts: AtomicU64,
+    /// 401 answers.
+    unauthorized: AtomicU64,
+}
+
+pub static KUBE_API: KubeApiStats = KubeApiStats {
+    used: std::sync::atomic::AtomicBool::new(false),
+    throttled: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+    timeouts: AtomicU64::new(0),
+    unauthorized: AtomicU64::new(0),
+};
+
+impl KubeApiStats {
+    const THROTTLING: [u16; 3] = [429, 503, 504];
+
+    pub fn throttled(&self, status: u16) {
+        if let Some(i) = Self::THROTTLING.iter().position(|s| *s == status) {
+            self.used.store(true, Ordering::Relaxed);
+            self.throttled[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn timed_out(&self) {
+        self.used.store(true, Ordering::Relaxed);
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn unauthorized(&self) {
+        self.used.store(true, Ordering::Relaxed);
+        self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks the client as in use, so the counters are rendered (at zero) from the start.
+    pub fn enable(&self) {
+        self.used.store(true, Ordering::Relaxed);
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if !self.used.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "sluice_kube_api_throttled",
+            "Kubernetes API answers that ask to come back later (429, 503, 504), each attempt",
+            None,
+            MetricType::Counter,
+        )?;
+        for (status, count) in Self::THROTTLING.iter().zip(&self.throttled) {
+            ConstCounter::new(count.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("status", status.to_string())])?)?;
+        }
+        let family = encoder.encode_descriptor(
+            "sluice_kube_api_timeouts",
+            "Kubernetes API request attempts abandoned at their deadline",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.timeouts.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sluice_kube_api_unauthorized",
+            "Kubernetes API answers 401 Unauthorized (the credentials were refused)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.unauthorized.load(Ordering::Relaxed)).encode(family)
     }
 }
 

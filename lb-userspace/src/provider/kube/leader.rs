@@ -4,13 +4,26 @@
 //! Election follows client-go: the Lease names its holder and a duration; a candidate takes it
 //! over only when the holder has not renewed it for a whole duration *as observed locally*
 //! (clocks of different nodes are never compared). Writes carry the Lease's resourceVersion, so
-//! of two candidates racing, one gets 409 Conflict and stays a follower. A leader that cannot
-//! renew for two thirds of the duration steps down on its own. On a clean stop the leader
-//! releases the Lease (empty holder), so another instance takes over at its next try.
+//! of two candidates racing, one gets 409 Conflict and stays a follower. On a clean stop the
+//! leader releases the Lease (empty holder), so another instance takes over at its next try.
+//!
+//! The leader keeps its own clock: its lease is good until two thirds of the duration after it
+//! *sent* its last successful renewal (others wait a whole duration from when they *saw* it,
+//! which is later). Past that deadline it stops writing status at once: a renewal still in
+//! flight is abandoned at the deadline, and no status write starts after it or runs past it,
+//! however slow or stuck the API calls are. A renewal whose write landed but whose answer was
+//! lost (a 504, then a retry that meets 409 against its own write) is recognised by re-reading
+//! the Lease: our identity and the renew time we sent mean the renewal took.
 //!
 //! Only the leader writes `.status.loadBalancer.ingress` of the Ingresses served: the
-//! configured publish addresses, or the addresses of this node (ExternalIP, else InternalIP).
-//! It writes only when the status differs, through the status subresource.
+//! configured publish addresses (checked at start: an IP address or a DNS-1123 name), or the
+//! addresses of this node (ExternalIP, else InternalIP). It writes only when the status
+//! differs, through the status subresource, and each write names the Ingress's
+//! resourceVersion as read: Kubernetes has no precondition across objects, so instead of
+//! re-reading the Lease before each write (a GET per write that still leaves a window) the
+//! write is conditional on the Ingress itself. A late write of an old leader whose lease ran
+//! out while the write was in flight meets 409 if the new leader has written since, so it can
+//! never overwrite the newer status.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -98,9 +111,9 @@ pub async fn run(
             }
             _ => {}
         }
-        if elector.leading {
+        if elector.may_write() {
             let served = served.borrow_and_update().clone();
-            publisher.publish(&ingresses, &served).await;
+            publisher.publish(&elector, &ingresses, &served).await;
         }
         let pause = if elector.leading { options.renew_every } else { options.retry_every };
         tokio::select! {
@@ -110,6 +123,38 @@ pub async fn run(
         }
     }
     elector.release().await;
+}
+
+/// Now, to the microsecond a Lease keeps (so what we sent compares equal to what we read back).
+fn now_micros() -> MicroTime {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    MicroTime(k8s_openapi::jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now))
+}
+
+/// Refuses a publish address that the API server would refuse in an Ingress status: each must
+/// be an IP address or a DNS-1123 name (no port, no scheme, lower case).
+pub fn check_publish_addresses(addresses: &[String]) -> anyhow::Result<()> {
+    for address in addresses {
+        if address.parse::<IpAddr>().is_err() && !dns1123_subdomain(address) {
+            anyhow::bail!(
+                "--publish-address {address:?} is neither an IP address nor a DNS name; give an address such as 192.0.2.10 or lb.example.com, without a port or scheme (Kubernetes refuses it in an Ingress status)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels of lower-case letters,
+/// digits and `-`, 1 to 63 long, starting and ending with a letter or digit.
+fn dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            (1..=63).contains(&bytes.len())
+                && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes[0] != b'-'
+                && bytes[bytes.len() - 1] != b'-'
+        })
 }
 
 fn status_code(error: &kube::Error) -> Option<u16> {
@@ -133,7 +178,7 @@ struct Elector {
     leading: bool,
     /// The Lease's resourceVersion as last seen, and when it was first seen locally.
     observed: Option<(String, Instant)>,
-    /// When this instance last renewed successfully.
+    /// When this instance sent its last renewal (or acquisition) that took.
     renewed: Option<Instant>,
 }
 
@@ -148,23 +193,58 @@ impl Elector {
         }
     }
 
-    /// Still leading after a failed renewal, until two thirds of the duration have passed.
+    /// Still leading after a failed renewal, until the deadline.
     fn keep_after_failure(&self) -> bool {
-        self.leading && self.renewed.is_some_and(|r| r.elapsed() < self.options.lease_duration * 2 / 3)
+        self.may_write()
     }
 
+    /// Whether this instance may write status now: leading, and before its renew deadline.
+    fn may_write(&self) -> bool {
+        self.leading && self.deadline().is_some_and(|d| Instant::now() < d)
+    }
+
+    /// Until when the lease we hold is ours for sure: two thirds of the duration after we sent
+    /// the last renewal that took.
+    fn deadline(&self) -> Option<Instant> {
+        self.renewed.map(|sent| sent + self.options.lease_duration * 2 / 3)
+    }
+
+    /// One try to acquire or renew. A leader's try is abandoned at its deadline: it then stops
+    /// leading, whatever the API call was doing.
     async fn campaign(&mut self) {
-        self.leading = match self.try_acquire_or_renew().await {
+        let deadline = self.deadline().filter(|_| self.leading);
+        let attempt = self.try_acquire_or_renew();
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        identity = %self.options.identity,
+                        "could not renew the leader Lease before it would expire; stopped writing Ingress status"
+                    );
+                    self.leading = false;
+                    return;
+                }
+            },
+            None => attempt.await,
+        };
+        self.leading = match result {
             Ok(leading) => leading,
             Err(e) => {
                 log_api_error("leader election", "get/create/update", "leases.coordination.k8s.io", &e);
+                if self.leading && !self.keep_after_failure() {
+                    tracing::warn!(
+                        identity = %self.options.identity,
+                        "could not renew the leader Lease before it would expire; stopped writing Ingress status"
+                    );
+                }
                 self.keep_after_failure()
             }
         };
     }
 
     fn spec_for_us(&self, previous: Option<&LeaseSpec>) -> LeaseSpec {
-        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let now = now_micros();
         let ours =
             previous.and_then(|p| p.holder_identity.as_deref()) == Some(self.options.identity.as_str());
         LeaseSpec {
@@ -185,6 +265,7 @@ impl Elector {
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let sent = Instant::now();
         let name = self.options.lease_name.clone();
         let Some(lease) = self.api.get_opt(&name).await? else {
             let lease = Lease {
@@ -193,7 +274,7 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
-                    self.renewed = Some(Instant::now());
+                    self.renewed = Some(sent);
                     Ok(true)
                 }
                 Err(e) if status_code(&e) == Some(409) => Ok(false),
@@ -220,15 +301,33 @@ impl Elector {
             return Ok(false);
         }
         let mut renewed = lease.clone();
-        renewed.spec = Some(self.spec_for_us(Some(&spec)));
-        match self.api.replace(&self.options.lease_name, &PostParams::default(), &renewed).await {
-            Ok(_) => {
-                self.renewed = Some(Instant::now());
-                Ok(true)
+        let ours = self.spec_for_us(Some(&spec));
+        renewed.spec = Some(ours.clone());
+        let taken = match self.api.replace(&self.options.lease_name, &PostParams::default(), &renewed).await {
+            Ok(_) => true,
+            // Someone else's write, or our own that landed with its answer lost (a 504, then a
+            // retry that met the new version): the Lease says which.
+            Err(e) if status_code(&e) == Some(409) => self.holds(&ours).await?,
+            Err(e) if matches!(status_code(&e), Some(500..)) || !matches!(e, kube::Error::Api(_)) => {
+                if self.holds(&ours).await? { true } else { return Err(e) }
             }
-            Err(e) if status_code(&e) == Some(409) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        if taken {
+            self.renewed = Some(sent);
         }
+        Ok(taken)
+    }
+
+    /// Whether the Lease now holds exactly what we wrote (our identity and renew time).
+    async fn holds(&self, ours: &LeaseSpec) -> Result<bool, kube::Error> {
+        let lease = self.api.get_opt(&self.options.lease_name).await?;
+        let spec = lease.and_then(|l| l.spec).unwrap_or_default();
+        let landed = spec.holder_identity == ours.holder_identity && spec.renew_time == ours.renew_time;
+        if landed {
+            tracing::info!(identity = %self.options.identity, "the Lease renewal landed though its answer was lost");
+        }
+        Ok(landed)
     }
 
     /// Gives the Lease up (empty holder) if we hold it, so another instance takes over at its
@@ -244,7 +343,7 @@ impl Elector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        spec.renew_time = Some(now_micros());
         match self.api.replace(&self.options.lease_name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!(identity = %self.options.identity, "leadership released"),
             Err(e) => {
@@ -298,8 +397,11 @@ impl Publisher {
         addresses
     }
 
-    async fn publish(&mut self, ingresses: &Store<Ingress>, served: &[IngressId]) {
-        let addresses = self.addresses().await;
+    /// Writes the status of every served Ingress whose status differs, while `elector` may
+    /// write: no write starts after its deadline, and one in flight is abandoned at it.
+    async fn publish(&mut self, elector: &Elector, ingresses: &Store<Ingress>, served: &[IngressId]) {
+        let Some(deadline) = elector.deadline() else { return };
+        let Ok(addresses) = tokio::time::timeout_at(deadline, self.addresses()).await else { return };
         if addresses.is_empty() {
             if !self.warned_nothing {
                 tracing::warn!(
@@ -330,12 +432,56 @@ impl Publisher {
             if current == serde_json::Value::Array(desired.clone()) {
                 continue;
             }
+            if !elector.may_write() {
+                return;
+            }
             let api: Api<Ingress> = Api::namespaced(self.client.clone(), &id.namespace);
-            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": desired}}});
-            match api.patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => tracing::debug!(ingress = %id, "status written"),
-                Err(e) => log_api_error("writing Ingress status", "patch", "ingresses/status", &e),
+            // The version read is a precondition (see the module documentation).
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": ingress.metadata.resource_version},
+                "status": {"loadBalancer": {"ingress": desired}},
+            });
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+            let write = api.patch_status(&id.name, &params, &patch);
+            match tokio::time::timeout_at(deadline, write).await {
+                Ok(Ok(_)) => tracing::debug!(ingress = %id, "status written"),
+                Ok(Err(e)) if status_code(&e) == Some(409) => {
+                    tracing::debug!(ingress = %id, "the Ingress changed since it was read; its status is written at the next round")
+                }
+                Ok(Err(e)) => log_api_error("writing Ingress status", "patch", "ingresses/status", &e),
+                Err(_) => {
+                    tracing::warn!(ingress = %id, "Ingress status write abandoned: the leader Lease would expire");
+                    return;
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_addresses_must_be_what_an_ingress_status_accepts() {
+        let ok = |a: &str| check_publish_addresses(&[a.to_owned()]).is_ok();
+        for good in ["192.0.2.1", "2001:db8::1", "lb.example.com", "lb-1", "a.b-c.d"] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in
+            ["lb:80", "http://lb.example.com", "LB.example.com", "lb_1", "-lb", "lb.", "", "192.0.2.1:80"]
+        {
+            assert!(!ok(bad), "{bad}");
+        }
+        let error = check_publish_addresses(&["lb:80".into()]).unwrap_err().to_string();
+        assert!(error.contains("\"lb:80\" is neither an IP address nor a DNS name"), "{error}");
+    }
+
+    #[test]
+    fn lease_times_keep_microseconds_only() {
+        let now = now_micros();
+        let text = serde_json::to_string(&now).unwrap();
+        let back: MicroTime = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, now, "what we send compares equal to what we read back ({text})");
     }
 }

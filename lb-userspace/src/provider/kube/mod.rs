@@ -7,11 +7,13 @@
 //! Resilience: the stores are read only once every one has listed; a watch that fails retries
 //! with a growing delay and resumes from its last version (a 410 Gone lists again, which the
 //! store swaps in whole); while the API server is down, slow or failing, the last configuration
-//! keeps serving. RBAC refusals are logged with the verb and resource that are missing.
+//! keeps serving. RBAC refusals are logged with the verb and resource that are missing. Every
+//! request is bounded in time and throttling is visible ([`api`]).
 //!
 //! One instance, elected through a Lease, writes the Ingresses' `status.loadBalancer` ([`leader`]).
 
 pub mod annotations;
+pub mod api;
 pub mod leader;
 pub mod rbac;
 pub mod translate;
@@ -59,6 +61,8 @@ pub struct KubeOptions {
     pub debounce: Duration,
     /// Leader election and Ingress status; `None` writes no status.
     pub status: Option<leader::StatusOptions>,
+    /// Timeouts and retries of the API client.
+    pub api: api::ApiSettings,
 }
 
 impl Default for KubeOptions {
@@ -68,25 +72,15 @@ impl Default for KubeOptions {
             ingress_class: "sluice".into(),
             debounce: Duration::from_millis(50),
             status: Some(leader::StatusOptions::default()),
+            api: api::ApiSettings::default(),
         }
     }
 }
 
-/// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`, `~/.kube/config`).
+/// A client from a kubeconfig file, or in-cluster, or inferred (`KUBECONFIG`,
+/// `~/.kube/config`), with the default [`api::ApiSettings`].
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration (in-cluster or kubeconfig) found")?,
-    };
-    Client::try_from(config).context("cannot build the Kubernetes client")
+    api::client(kubeconfig, &api::ApiSettings::default()).await
 }
 
 /// Watch retry delays: from 250 ms doubling to 8 s, with ±25% jitter so instances do not
@@ -134,8 +128,10 @@ pub struct Stores {
 
 impl Stores {
     /// Starts one reflector per kind on the current runtime; each event bumps `changed`.
-    pub fn start(client: &Client, changed: &watch::Sender<u64>) -> Stores {
-        let config = watcher::Config::default();
+    /// Watches ask the server to end them after `watch_timeout` (the client gives a silent one
+    /// up 5 s later, see [`api`]).
+    pub fn start(client: &Client, changed: &watch::Sender<u64>, watch_timeout: Duration) -> Stores {
+        let config = watcher::Config::default().timeout(watch_timeout.as_secs().clamp(1, 290) as u32);
         Stores {
             classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             ingresses: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
@@ -265,8 +261,16 @@ pub struct KubeProvider {
 }
 
 impl KubeProvider {
+    /// Checks the options (a publish address must be an IP address or a DNS name) and builds
+    /// the client; the instance's identity is in its user agent.
     pub async fn connect(options: KubeOptions) -> anyhow::Result<KubeProvider> {
-        let client = client(options.kubeconfig.as_deref()).await?;
+        let mut api = options.api.clone();
+        if let Some(status) = &options.status {
+            leader::check_publish_addresses(&status.publish_addresses)?;
+            api.user_agent = format!("{} ({})", api.user_agent, status.identity);
+        }
+        let client = api::client(options.kubeconfig.as_deref(), &api).await?;
+        crate::metrics::KUBE_API.enable();
         let translator = Arc::new(Translator::new(Settings { ingress_class: options.ingress_class.clone() }));
         Ok(KubeProvider { client, options, translator })
     }
@@ -286,7 +290,7 @@ impl KubeProvider {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let (changed_tx, mut changed) = watch::channel(0u64);
-        let stores = Stores::start(&self.client, &changed_tx);
+        let stores = Stores::start(&self.client, &changed_tx, self.options.api.watch_timeout);
         tracing::info!(ingress_class = %self.options.ingress_class, controller = CONTROLLER, "watching Kubernetes");
         tokio::select! {
             _ = stores.ready() => {}
