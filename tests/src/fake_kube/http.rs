@@ -23,8 +23,14 @@ pub(super) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpLis
     socket.listen(1024)
 }
 
-/// Accepts connections while up; going down closes the port, coming up binds it again.
-pub(super) async fn serve(listener: tokio::net::TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+/// Accepts connections while up (over TLS with `tls`); going down closes the port, coming up
+/// binds it again.
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut listener = Some(listener);
     let mut up = shared.up.subscribe();
     loop {
@@ -42,21 +48,15 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, addr: SocketAddr, s
         tokio::select! {
             accepted = current.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let shared = shared.clone();
+                let (shared, tls) = (shared.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut cut = shared.cut_connections.subscribe();
-                    let service = {
-                        let shared = shared.clone();
-                        hyper::service::service_fn(move |request| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(handle(shared, request).await) }
-                        })
-                    };
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = connection => {}
-                        _ = cut.changed() => {}
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                connection(stream, shared).await;
+                            }
+                        }
+                        None => connection(stream, shared).await,
                     }
                 });
             }
@@ -64,6 +64,27 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, addr: SocketAddr, s
                 listener = None;
             }
         }
+    }
+}
+
+/// Serves one connection until it ends or connections are cut.
+async fn connection<IO>(stream: IO, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut cut = shared.cut_connections.subscribe();
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(shared, request).await) }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        _ = cut.changed() => {}
     }
 }
 
@@ -184,6 +205,7 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<hyper::body::In
         request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
     };
     let (user_agent, content_type) = (header("user-agent"), header("content-type"));
+    let authorization = header("authorization");
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
@@ -197,8 +219,15 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<hyper::body::In
         Some(target) => verb_of(&method, &target, &parsed),
         None => "get",
     };
-    let request =
-        ApiRequest { method: &method, path: &path, query: &query, body: &body, content_type: &content_type };
+    let request = ApiRequest {
+        method: &method,
+        path: &path,
+        query: &query,
+        body: &body,
+        content_type: &content_type,
+        user_agent: &user_agent,
+        authorization: &authorization,
+    };
     let (response, applied) = answer(&shared, &faults, verb, &request).await;
     let field_manager = parsed.get("fieldManager").cloned();
     lock(&shared.requests).push(Recorded {
@@ -221,6 +250,8 @@ pub(super) struct ApiRequest<'a> {
     pub(super) query: &'a str,
     pub(super) body: &'a Bytes,
     pub(super) content_type: &'a str,
+    pub(super) user_agent: &'a str,
+    pub(super) authorization: &'a str,
 }
 
 /// The answer to a request after the injected faults, and whether it changed the store.
@@ -230,6 +261,12 @@ async fn answer(
     verb: &str,
     request: &ApiRequest<'_>,
 ) -> (Response<Body>, bool) {
+    if let Some(tokens) = &faults.tokens {
+        let bearer = request.authorization.strip_prefix("Bearer ").unwrap_or("");
+        if !tokens.iter().any(|t| t == bearer) {
+            return (status_response(401, "Unauthorized", "Unauthorized"), false);
+        }
+    }
     if let Some((until, retry_after)) = faults.unavailable_until
         && std::time::Instant::now() < until
     {
@@ -237,6 +274,7 @@ async fn answer(
     }
     let method = request.method.as_str();
     if faults.black_holes.iter().any(|(m, glob)| selects(m, glob, method, verb, request.path)) {
+        lock(&shared.held).push((method.to_owned(), verb.to_owned(), request.path.to_owned()));
         if verb == "watch" {
             let silent = parse_target(request.path).map(|target| super::watch::silent_watch(shared, &target));
             if let Some(response) = silent {
@@ -245,7 +283,7 @@ async fn answer(
         }
         return (black_hole(shared).await, false);
     }
-    let rule = take_rule(shared, method, verb, request.path);
+    let rule = take_rule(shared, method, verb, request);
     match rule {
         Some(rule) if !rule.apply_first => (throttled(rule.code, rule.retry_after), false),
         Some(rule) => {
@@ -271,12 +309,15 @@ async fn answer(
 }
 
 /// The first rule left that selects the request, counted down (and dropped when used up).
-fn take_rule(shared: &Shared, method: &str, verb: &str, path: &str) -> Option<FaultRule> {
+fn take_rule(shared: &Shared, method: &str, verb: &str, request: &ApiRequest<'_>) -> Option<FaultRule> {
+    let path = request.path;
+    let agent = request.user_agent;
     let mut faults = lock(&shared.faults);
-    let index = faults
-        .rules
-        .iter()
-        .position(|r| r.remaining > 0 && selects(&r.method, &r.glob, method, verb, path))?;
+    let index = faults.rules.iter().position(|r| {
+        r.remaining > 0
+            && r.agent.as_ref().is_none_or(|a| agent.contains(a.as_str()))
+            && selects(&r.method, &r.glob, method, verb, path)
+    })?;
     let rule = &mut faults.rules[index];
     rule.remaining -= 1;
     let taken = rule.clone();

@@ -56,6 +56,7 @@ use serde_json::Value;
 
 mod http;
 pub mod objects;
+pub mod sluice;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,9 @@ struct Faults {
     black_holes: Vec<(String, String)>,
     /// After a restart: every request answers 429 with this Retry-After (seconds) until then.
     unavailable_until: Option<(std::time::Instant, u64)>,
+    /// When set, only requests with `Authorization: Bearer <one of these>` are answered; the
+    /// others get 401.
+    tokens: Option<Vec<String>>,
 }
 
 /// The next `remaining` requests matching `method` and `glob` answer `code`; see
@@ -91,6 +95,8 @@ struct FaultRule {
     retry_after: Option<u64>,
     /// Carry the write out first, then answer `code` (a write whose answer was lost).
     apply_first: bool,
+    /// Only requests whose `User-Agent` contains this (one client's path to the server).
+    agent: Option<String>,
 }
 
 /// Whether `method` (an HTTP method or a Kubernetes verb, any case, `*` for all) and `glob`
@@ -149,6 +155,8 @@ struct Shared {
     up: tokio::sync::watch::Sender<bool>,
     bookmark_interval: Mutex<Duration>,
     open_watches: std::sync::atomic::AtomicUsize,
+    /// Requests a black hole took in, answered or not.
+    held: Mutex<Vec<(String, String, String)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +170,7 @@ pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 /// A running fake API server; stops on drop.
 pub struct FakeKube {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -170,6 +179,18 @@ pub struct FakeKube {
 impl FakeKube {
     /// Starts a server on a free loopback port, on a thread of its own.
     pub fn start() -> anyhow::Result<FakeKube> {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that speaks HTTPS with `tls` (as a real API server does, for the
+    /// in-cluster configuration: a CA file and an `https://` address).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> anyhow::Result<FakeKube> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<FakeKube> {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let is_tls = acceptor.is_some();
         let (changed, _) = tokio::sync::watch::channel(0);
         let (cut_watches, _) = tokio::sync::watch::channel(0);
         let (cut_connections, _) = tokio::sync::watch::channel(0);
@@ -186,6 +207,7 @@ impl FakeKube {
             up,
             bookmark_interval: Mutex::new(BOOKMARK_INTERVAL),
             open_watches: std::sync::atomic::AtomicUsize::new(0),
+            held: Mutex::new(Vec::new()),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -201,13 +223,13 @@ impl FakeKube {
                 runtime.block_on(async move {
                     tokio::select! {
                         _ = stopped => {}
-                        _ = serve(listener, addr, shared) => {}
+                        _ = serve(listener, addr, shared, acceptor) => {}
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })?
         };
-        Ok(FakeKube { addr, shared, stop: Some(stop), thread: Some(thread) })
+        Ok(FakeKube { addr, tls: is_tls, shared, stop: Some(stop), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -215,7 +237,13 @@ impl FakeKube {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Answers only requests carrying `Authorization: Bearer <token>` for one of `tokens`
+    /// (others get 401 Unauthorized, as a revoked or expired token does); `None` accepts all.
+    pub fn require_tokens(&self, tokens: Option<&[&str]>) {
+        lock(&self.shared.faults).tokens = tokens.map(|t| t.iter().map(|t| (*t).to_owned()).collect());
     }
 
     /// Writes a kubeconfig that points at this server (plain HTTP, no credentials) into `dir`
@@ -374,6 +402,30 @@ impl FakeKube {
             code,
             retry_after: retry_after.map(|d| d.as_secs().max(1)),
             apply_first: false,
+            agent: None,
+        });
+    }
+
+    /// [`FakeKube::fail_next`] for the requests of one client only: those whose `User-Agent`
+    /// contains `agent` (Sluice names its identity there), as when one node's path to the
+    /// server is congested.
+    pub fn fail_next_from(
+        &self,
+        agent: &str,
+        n: usize,
+        method: &str,
+        path_glob: &str,
+        code: u16,
+        retry_after: Option<Duration>,
+    ) {
+        lock(&self.shared.faults).rules.push(FaultRule {
+            remaining: n,
+            method: method.to_owned(),
+            glob: path_glob.to_owned(),
+            code,
+            retry_after: retry_after.map(|d| d.as_secs().max(1)),
+            apply_first: false,
+            agent: Some(agent.to_owned()),
         });
     }
 
@@ -387,6 +439,7 @@ impl FakeKube {
             code,
             retry_after: None,
             apply_first: true,
+            agent: None,
         });
     }
 
@@ -395,6 +448,16 @@ impl FakeKube {
     /// no bookmarks). As a connection dropped by a load balancer or NAT on the way looks.
     pub fn black_hole(&self, method: &str, path_glob: &str) {
         lock(&self.shared.faults).black_holes.push((method.to_owned(), path_glob.to_owned()));
+    }
+
+    /// How many requests black holes have taken in whose method (or verb) and path match (as
+    /// in [`FakeKube::fail_next`]); they are recorded in [`FakeKube::requests`] only if
+    /// answered (when lifted).
+    pub fn held_requests(&self, method: &str, path_glob: &str) -> usize {
+        lock(&self.shared.held)
+            .iter()
+            .filter(|(m, verb, path)| selects(method, path_glob, m, verb, path))
+            .count()
     }
 
     /// Lifts every black hole; the requests they held are closed with a 504.

@@ -670,6 +670,21 @@ fn a_service_gets_several_slices() {
     assert_eq!(sizes, [100, 100, 50]);
 }
 
+#[test]
+fn tokens_are_required_when_set_and_rules_can_pick_one_client() {
+    let server = FakeKube::start().unwrap();
+    server.require_tokens(Some(&["t1"]));
+    let (status, _, body) = call_with(&server, "GET", SERVICES, &[], "");
+    assert_eq!((status, body["reason"].as_str()), (401, Some("Unauthorized")));
+    assert_eq!(call_with(&server, "GET", SERVICES, &[("authorization", "Bearer t2")], "").0, 401);
+    assert_eq!(call_with(&server, "GET", SERVICES, &[("authorization", "Bearer t1")], "").0, 200);
+    server.require_tokens(None);
+    server.fail_next_from("(sluice-a)", 5, "*", "*", 429, None);
+    let from = |agent: &str| call_with(&server, "GET", SERVICES, &[("user-agent", agent)], "").0;
+    assert_eq!(from("sluice/0.1.0 (sluice-b)"), 200);
+    assert_eq!(from("sluice/0.1.0 (sluice-a)"), 429);
+}
+
 fn lb_wait(mut check: impl FnMut() -> bool) {
     crate::wait_for(Duration::from_secs(5), "the fake server", || check().then_some(())).unwrap();
 }
