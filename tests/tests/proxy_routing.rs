@@ -1010,7 +1010,8 @@ backends:\n{}virtual_hosts:
 /// Basic auth from the YAML (ingress-nginx `auth-type: basic`): a request without valid
 /// credentials gets 401 with the host's realm and never reaches the backend; inline apr1 lines
 /// and an htpasswd file with a bcrypt line (a route's own, replacing the host's) both admit
-/// their users; a wrong password, an unknown user and another scheme are refused. The cached
+/// their users; a wrong password, an unknown user and another scheme are refused; the backend
+/// never sees the credentials (ingress-nginx clears `Authorization`). The cached
 /// credential of a keep-alive client is still checked against the right route's users.
 #[test]
 fn basic_auth_admits_valid_credentials_only() {
@@ -1064,6 +1065,9 @@ fn basic_auth_admits_valid_credentials_only() {
         let reached = backend_of(&response) != "<none>";
         let expected_challenge =
             if expected == 401 { format!("Basic realm=\"{realm}\"") } else { String::new() };
+        if reached && Echoed::of(&response).header("authorization").is_some() {
+            failures.push(format!("{path}: the credentials reached the backend"));
+        }
         if response.status != expected || challenge != expected_challenge || reached != (expected == 200) {
             failures.push(format!(
                 "{path} {authorization:?}: got {} {challenge:?} (backend reached: {reached}), expected {expected} {expected_challenge:?}",

@@ -17,7 +17,9 @@ pub enum Load {
     /// wrk with one thread and `conns` connections; `close` sends `Connection: close`, so every
     /// request opens a new connection (and, over TLS, makes a new handshake; wrk keeps its session
     /// across reconnects, so these resume with a ticket and a fresh key exchange).
-    Wrk { conns: u32, tls: bool, close: bool },
+    /// `access` requests [`ACCESS_PATH`] with [`ACCESS_AUTHORIZATION`]: the route behind an
+    /// allow list and basic auth.
+    Wrk { conns: u32, tls: bool, close: bool, access: bool },
     /// h2load with one thread, `conns` connections and `streams` concurrent streams each.
     H2load { conns: u32, streams: u32 },
 }
@@ -25,17 +27,29 @@ pub enum Load {
 impl Load {
     pub fn describe(self) -> String {
         match self {
-            Load::Wrk { conns, tls, close } => format!(
-                "wrk -t1 -c{conns}{}{}",
-                if close { " -H 'Connection: close'" } else { "" },
-                if tls { " https://" } else { " http://" }
-            ),
+            Load::Wrk { conns, tls, close, access } => {
+                format!(
+                    "wrk -t1 -c{conns}{}{}{}",
+                    if close { " -H 'Connection: close'" } else { "" },
+                    if access { " -H 'Authorization: Basic ...'" } else { "" },
+                    if tls { " https://" } else { " http://" }
+                ) + if access { ACCESS_PATH } else { "" }
+            }
             Load::H2load { conns, streams } => {
                 format!("h2load -t1 -c{conns} -m{streams} (h2c, prior knowledge)")
             }
         }
     }
 }
+
+/// The path every proxy serves behind an allow list (loopback allowed, the rest denied) and
+/// basic auth.
+pub const ACCESS_PATH: &str = "/access/";
+/// `bench:bench-pass`.
+pub const ACCESS_AUTHORIZATION: &str = "Basic YmVuY2g6YmVuY2gtcGFzcw==";
+/// Its htpasswd line (`openssl passwd -apr1 -salt benchslt bench-pass`): Apache MD5, which
+/// nginx verifies itself (bcrypt it leaves to the system's crypt()).
+pub const ACCESS_HTPASSWD: &str = "bench:$apr1$benchslt$ygwD/O5TKQCKsh4RVyNzd/";
 
 /// What one run measured.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,7 +67,7 @@ pub struct Outcome {
 /// Runs `load` against `addr` for `seconds`, pinned to the client core; killed if it overruns.
 pub fn run(load: Load, addr: SocketAddr, seconds: u64, dir: &Path) -> anyhow::Result<Outcome> {
     match load {
-        Load::Wrk { conns, tls, close } => {
+        Load::Wrk { conns, tls, close, access } => {
             let scheme = if tls { "https" } else { "http" };
             let mut command = pinned("wrk");
             command.args([
@@ -67,7 +81,10 @@ pub fn run(load: Load, addr: SocketAddr, seconds: u64, dir: &Path) -> anyhow::Re
             if close {
                 command.args(["-H", "Connection: close"]);
             }
-            command.arg(format!("{scheme}://{addr}/"));
+            if access {
+                command.args(["-H", &format!("Authorization: {ACCESS_AUTHORIZATION}")]);
+            }
+            command.arg(format!("{scheme}://{addr}{}", if access { ACCESS_PATH } else { "/" }));
             let output = bounded(command, seconds, dir)?;
             parse_wrk(&output).with_context(|| format!("cannot read wrk's output:\n{output}"))
         }

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context, bail};
 use lb_tests::{process::ChildGuard, temp_dir::TempDir};
 
+use super::load::{ACCESS_HTPASSWD, ACCESS_PATH};
+
 /// The core the proxy under test runs on.
 pub const PROXY_CORE: u32 = 0;
 /// The core the load generator and the backend share.
@@ -245,6 +247,7 @@ impl Lab {
             Ok(path)
         };
 
+        write("htpasswd", format!("{ACCESS_HTPASSWD}\n"))?;
         let backend_conf = write("backend.conf", backend_nginx_conf(d, &ports))?;
         let mut backend =
             Proc::spawn("backend nginx", CLIENT_CORE, "nginx", &nginx_args(d, "backend", &backend_conf))?;
@@ -491,7 +494,10 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
          keepalive_requests 10000000;\n    keepalive_timeout 120s;\n  }}\n\
          \x20 server {{\n    listen 127.0.0.1:{} backlog=4096 deferred;\n    listen 127.0.0.1:{} http2 backlog=4096 deferred;\n{tls_listen}\
          \x20   location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
-         proxy_set_header Connection \"\";\n{NGINX_INGRESS_HEADERS}    }}\n  }}\n}}\n",
+         proxy_set_header Connection \"\";\n{NGINX_INGRESS_HEADERS}    }}\n\
+         \x20   location {ACCESS_PATH} {{\n      deny 10.0.0.0/8;\n      allow 127.0.0.0/8;\n      deny all;\n      \
+         auth_basic \"bench\";\n      auth_basic_user_file {d}/htpasswd;\n      proxy_pass http://backend;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n{NGINX_INGRESS_HEADERS}    }}\n  }}\n}}\n",
         nginx_common(dir, "proxy-nginx"),
         nginx_http_common(dir, "proxy-nginx"),
         p.backend,
@@ -537,6 +543,9 @@ fn sluice_yaml(dir: &Path, p: &Ports, tls: bool, busy_poll_us: u64) -> String {
         "workers: 1\nbusy_poll_us: {busy_poll_us}\naccess_log: {{enabled: false}}\n\
          listeners:\n  - name: http\n    address: \"127.0.0.1:{}\"\n{tls_listener}{certificates}\
          virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n{host_tls}    routes:\n      - backend: backend\n\
+         \x20     - name: access\n        match: {{path: {{prefix: {ACCESS_PATH}}}}}\n        backend: backend\n        \
+         source_ranges: {{allow: [\"127.0.0.0/8\"], deny: [\"10.0.0.0/8\"]}}\n        \
+         basic_auth: {{realm: bench, htpasswd: \"{ACCESS_HTPASSWD}\"}}\n\
          backends:\n  - name: backend\n    endpoints:\n      - address: \"127.0.0.1:{}\"\n",
         p.sluice, p.backend,
     )

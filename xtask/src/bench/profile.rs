@@ -902,7 +902,7 @@ fn callgrind_profile(
         Duration::from_secs(30),
     )?;
     let light = match load {
-        Load::Wrk { tls, close, .. } => Load::Wrk { conns: 10, tls, close },
+        Load::Wrk { tls, close, access, .. } => Load::Wrk { conns: 10, tls, close, access },
         Load::H2load { .. } => Load::H2load { conns: 4, streams: 4 },
     };
     let outcome = load::run(light, addr, seconds, lab.dir())?;

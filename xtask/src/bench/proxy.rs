@@ -113,7 +113,7 @@ impl Suite {
                 Scenario {
                     name: "h1_c50",
                     title: "HTTP/1.1 keep-alive, 50 connections",
-                    load: Load::Wrk { conns: 50, tls: false, close: false },
+                    load: Load::Wrk { conns: 50, tls: false, close: false, access: false },
                     proto: Proto::H1,
                     peers: &Peer::ALL,
                     goal: Some(Goal::KeepAlive),
@@ -121,10 +121,21 @@ impl Suite {
                 Scenario {
                     name: "h1_c256",
                     title: "HTTP/1.1 keep-alive, 256 connections",
-                    load: Load::Wrk { conns: 256, tls: false, close: false },
+                    load: Load::Wrk { conns: 256, tls: false, close: false, access: false },
                     proto: Proto::H1,
                     peers: &Peer::ALL,
                     goal: Some(Goal::KeepAlive),
+                },
+                // The keep-alive scenario on a route behind an allow list and basic auth: what
+                // access control costs per request (nginx verifies the password per request;
+                // Sluice remembers verified credentials).
+                Scenario {
+                    name: "h1_c50_access",
+                    title: "HTTP/1.1 keep-alive, 50 connections, allow list + basic auth",
+                    load: Load::Wrk { conns: 50, tls: false, close: false, access: true },
+                    proto: Proto::H1,
+                    peers: &[Peer::Sluice, Peer::Nginx],
+                    goal: None,
                 },
                 Scenario {
                     name: "h2_c50_m10",
@@ -139,7 +150,7 @@ impl Suite {
                 Scenario {
                     name: "https_c50",
                     title: "HTTPS keep-alive, 50 connections",
-                    load: Load::Wrk { conns: 50, tls: true, close: false },
+                    load: Load::Wrk { conns: 50, tls: true, close: false, access: false },
                     proto: Proto::Tls,
                     peers: PROXIES,
                     goal: Some(Goal::KeepAlive),
@@ -147,7 +158,7 @@ impl Suite {
                 Scenario {
                     name: "tls_handshake_c50",
                     title: "a new TLS connection and resumed handshake per request, 50 concurrent",
-                    load: Load::Wrk { conns: 50, tls: true, close: true },
+                    load: Load::Wrk { conns: 50, tls: true, close: true, access: false },
                     proto: Proto::Tls,
                     peers: PROXIES,
                     goal: Some(Goal::Handshake),
@@ -157,7 +168,7 @@ impl Suite {
                 Scenario {
                     name: "tls_handshake_c5",
                     title: "a new TLS connection and resumed handshake per request, 5 concurrent",
-                    load: Load::Wrk { conns: 5, tls: true, close: true },
+                    load: Load::Wrk { conns: 5, tls: true, close: true, access: false },
                     proto: Proto::Tls,
                     peers: PROXIES,
                     goal: None,

@@ -46,6 +46,11 @@ impl Access {
         Ok(basic.is_some().then_some(Access { basic }))
     }
 
+    /// Basic auth's `Authorization` is for this hop only: the route does not pass it upstream.
+    pub fn has_basic_auth(&self) -> bool {
+        self.basic.is_some()
+    }
+
     /// Whether a request with these headers may pass.
     pub async fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let Some(basic) = &self.basic {

@@ -28,8 +28,8 @@ use super::{
     header_ops::{Direction, HeaderOps},
 };
 use crate::config::{
-    Config, HeaderMatch, PathMatch, RateLimitConfig, RedirectConfig, RewriteConfig, RouteConfig,
-    SourceRangesConfig, VirtualHostConfig,
+    Config, HeaderMatch, HeaderOpsConfig, PathMatch, RateLimitConfig, RedirectConfig, RewriteConfig,
+    RouteConfig, SourceRangesConfig, VirtualHostConfig,
 };
 
 /// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
@@ -430,8 +430,14 @@ fn compile_route(
         Some(rewrite) => Some(compile_rewrite(rewrite, &matcher.path, at)?),
         None => None,
     };
+    // Basic auth's credentials stay here, as ingress-nginx's `proxy_set_header Authorization ""`.
+    let strip_credentials = access
+        .as_ref()
+        .is_some_and(Access::has_basic_auth)
+        .then(|| HeaderOpsConfig { remove: vec!["Authorization".into()], ..Default::default() });
     let request_headers = HeaderOps::compile(
         &[
+            (strip_credentials.as_ref(), format!("{at}.basic_auth")),
             (host.request_headers.as_ref(), format!("{host_at}.request_headers")),
             (route.request_headers.as_ref(), format!("{at}.request_headers")),
         ],
