@@ -78,6 +78,8 @@ pub enum Denial {
     RateLimit,
     /// The client has the route's most requests in progress already.
     ConnectionLimit,
+    /// The external auth service refused the request, or failed.
+    ExternalAuth,
 }
 
 impl Denial {
@@ -88,6 +90,7 @@ impl Denial {
             Denial::BasicAuth => "basic_auth",
             Denial::RateLimit => "rate_limit",
             Denial::ConnectionLimit => "connection_limit",
+            Denial::ExternalAuth => "external_auth",
         }
     }
 }

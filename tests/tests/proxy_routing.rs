@@ -17,6 +17,7 @@ use lb_tests::{
     backend::{BACKEND_HEADER, Backend, Echoed, HEALTH_PATH, Mode},
     free_port,
     http::{self, Client, HttpResponse},
+    raw_backend::RawBackend,
     wait_for,
 };
 
@@ -1084,6 +1085,135 @@ fn basic_auth_admits_valid_credentials_only() {
             connection.request("GET", "staff.example", path, &[("Authorization", &alice)], false).unwrap();
         assert_eq!(response.status, expected, "keep-alive {path}");
     }
+}
+
+/// An oauth2-proxy-like auth service: `session=alice` passes with identity fields and a
+/// refreshed cookie, `session=forbidden` is 403, `session=broken` 502, `session=slow` answers
+/// after 3 s, anything else 401 with a Bearer challenge. It records what it was asked.
+fn auth_service(seen: Arc<std::sync::Mutex<Vec<lb_tests::raw_backend::Req>>>) -> RawBackend {
+    RawBackend::start(move |mut conn| {
+        while let Some(request) = conn.next_request() {
+            seen.lock().unwrap().push(request.clone());
+            let session = request
+                .header("cookie")
+                .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("session=")))
+                .unwrap_or("")
+                .to_owned();
+            let answer = match session.as_str() {
+                "alice" => "HTTP/1.1 202 Accepted\r\nX-Auth-Request-User: alice\r\n\
+                            X-Auth-Request-Email: alice@example.com\r\nX-Not-Listed: no\r\n\
+                            Set-Cookie: refreshed=1; Path=/\r\nContent-Length: 2\r\n\r\nok"
+                    .to_owned(),
+                "forbidden" => "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                "broken" => "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                "slow" => {
+                    std::thread::sleep(Duration::from_secs(3));
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+                }
+                _ => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\n\
+                      Content-Length: 12\r\n\r\nunauthorized"
+                    .to_owned(),
+            };
+            if !conn.send(answer.as_bytes()) {
+                return;
+            }
+        }
+    })
+}
+
+/// External auth (ingress-nginx `auth-url`, nginx `auth_request`) against an oauth2-proxy-like
+/// service: a 2xx passes with the listed answer fields on the backend's request (replacing a
+/// client's spoofed one) and the service's cookie on the response; the subrequest carries the
+/// original method, URL and fields, no body; 401 becomes a 302 to the sign-in page with the
+/// original URL in `rd`, as ingress-nginx builds it (or the service's 401 and challenge without
+/// `signin`); 403 is 403; another status or no answer in time is 500. With `cache_key`, one
+/// answer per key reaches the service; connections to it are pooled.
+#[test]
+fn external_auth_asks_the_service_and_follows_its_answer() {
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let auth = auth_service(seen.clone());
+    let url = format!("http://{}/oauth2/auth", auth.addr);
+    let yaml = format!(
+        "{PRELUDE}backends:\n{}virtual_hosts:
+  - name: app
+    domains: [app.example]
+    external_auth:
+      url: \"{url}\"
+      signin: \"http://app.example/oauth2/start\"
+      response_headers: [X-Auth-Request-User, X-Auth-Request-Email]
+      timeout_ms: 700
+    routes:
+      - {{name: app-all, backend: echo}}
+      - name: app-plain
+        match: {{path: {{prefix: /plain}}}}
+        backend: echo
+        external_auth: {{url: \"{url}\"}}
+      - name: app-cached
+        match: {{path: {{prefix: /cached}}}}
+        backend: echo
+        external_auth: {{url: \"{url}\", cache_key: \"$cookie_session\", cache_duration: \"202 401 1m\"}}
+",
+        group("echo", &[echo.addr()], "")
+    );
+    let proxy = Proxy::start(&yaml);
+    let get = |path: &str, session: &str, extra: &[(&str, &str)]| {
+        let cookie = format!("session={session}");
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        headers.extend_from_slice(extra);
+        request(proxy.addr, "GET", "app.example", path, &headers)
+    };
+
+    let allowed = get("/x?a=b", "alice", &[("X-Auth-Request-User", "mallory")]);
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let echoed = Echoed::of(&allowed);
+    assert_eq!(
+        echoed.header("x-auth-request-user"),
+        Some("alice"),
+        "the service's field replaces the client's"
+    );
+    assert_eq!(echoed.header("x-auth-request-email"), Some("alice@example.com"));
+    assert_eq!(echoed.header("x-not-listed"), None);
+    assert_eq!(allowed.header("set-cookie"), Some("refreshed=1; Path=/"));
+    let asked = seen.lock().unwrap().last().cloned().expect("the service was asked");
+    assert_eq!((asked.method(), asked.path()), ("GET", "/oauth2/auth"));
+    assert_eq!(asked.header("x-original-url"), Some("http://app.example/x?a=b"));
+    assert_eq!(asked.header("x-original-method"), Some("GET"));
+    assert_eq!(asked.header("x-auth-request-redirect"), Some("/x?a=b"));
+    assert_eq!(asked.header("x-sent-from"), Some("nginx-ingress-controller"));
+    assert_eq!(asked.header("host"), Some(auth.addr.to_string().as_str()));
+    assert_eq!(asked.header("cookie"), Some("session=alice"));
+    assert!(asked.body.is_empty());
+
+    let post = request(proxy.addr, "POST", "app.example", "/form", &[("Cookie", "session=alice")]);
+    assert_eq!(post.status, 200, "{post:?}");
+    assert_eq!(seen.lock().unwrap().last().unwrap().method(), "POST", "the original method");
+
+    let requests_before = echo.requests();
+    let signin = get("/?a=b&c=d", "", &[]);
+    assert_eq!(signin.status, 302, "{signin:?}");
+    assert_eq!(
+        signin.header("location"),
+        Some("http://app.example/oauth2/start?rd=http://app.example%2F%3Fa%3Db%26c%3Dd")
+    );
+    let plain = get("/plain", "", &[]);
+    assert_eq!((plain.status, plain.header("www-authenticate")), (401, Some("Bearer realm=\"sso\"")));
+    assert_eq!(get("/", "forbidden", &[]).status, 403);
+    assert_eq!(get("/", "broken", &[]).status, 500, "another status is a 500");
+    let started = Instant::now();
+    assert_eq!(get("/", "slow", &[]).status, 500, "no answer in time is a 500");
+    assert!(started.elapsed() < Duration::from_secs(2), "the timeout held: {:?}", started.elapsed());
+    assert_eq!(echo.requests(), requests_before, "no refused request reached the backend");
+
+    let asked_before = seen.lock().unwrap().len();
+    for _ in 0..5 {
+        assert_eq!(get("/cached", "alice", &[]).status, 200);
+        assert_eq!(get("/cached", "bob", &[]).status, 401);
+    }
+    assert_eq!(seen.lock().unwrap().len() - asked_before, 2, "one answer per cache key reached the service");
+    // Sequential requests reuse pooled connections (the slow one's was given up).
+    let asked = seen.lock().unwrap().len();
+    assert!(auth.accepted() <= 5, "{} connections for {asked} subrequests", auth.accepted());
 }
 
 const PRELUDE: &str = "\

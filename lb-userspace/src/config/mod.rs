@@ -3,6 +3,7 @@
 //! `model` holds the types (one-to-one with the YAML file); `validate` checks everything serde
 //! cannot, and reports every problem at once with the path of the offending field.
 
+pub mod external_auth;
 pub mod htpasswd;
 mod locate;
 mod model;

@@ -343,6 +343,10 @@ pub struct VirtualHostConfig {
     /// Per-client limits for this host's routes (a route's own `rate_limit` replaces this).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// External authentication for this host's routes (a route's own `external_auth`
+    /// replaces this).
+    #[serde(default)]
+    pub external_auth: Option<ExternalAuthConfig>,
 }
 
 /// Header changes, in this order: `remove` the named fields, `set` (replacing every field of
@@ -433,6 +437,71 @@ pub fn default_cors_headers() -> Vec<String> {
 
 fn default_cors_max_age() -> u64 {
     1_728_000
+}
+
+/// External authentication (ingress-nginx `auth-url`, nginx's `auth_request`): before a request
+/// goes upstream, a subrequest with its method and header fields (no body) asks the auth
+/// service; 2xx lets it through, 401 and 403 are the answer (401 with `signin`: a 302 to the
+/// sign-in page), anything else or no answer in `timeout_ms` is a 500.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthConfig {
+    /// `http://` or `https://` URL of the auth service's check (`https://auth.example/oauth2/auth`).
+    pub url: String,
+    /// The subrequest's method (`auth-method`); default: the request's own.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Where a 401 sends the client (`auth-signin`), with the original URL in
+    /// `signin_redirect_param`.
+    #[serde(default)]
+    pub signin: Option<String>,
+    #[serde(default = "default_signin_redirect_param")]
+    pub signin_redirect_param: String,
+    /// Fields of the auth service's 2xx answer copied to the upstream request
+    /// (`auth-response-headers`).
+    #[serde(default)]
+    pub response_headers: Vec<String>,
+    /// The `X-Auth-Request-Redirect` value (`auth-request-redirect`); default: the request URI.
+    #[serde(default)]
+    pub request_redirect: Option<String>,
+    /// What a cached answer is keyed by (`auth-cache-key`): text with `$http_NAME`,
+    /// `$cookie_NAME`, `$remote_addr`, `$remote_user`, `$host`, `$request_uri`, `$uri`,
+    /// `$request_method` or `$scheme`. Without it nothing is cached.
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    /// How long answers are cached (`auth-cache-duration`): comma-separated `[codes...] time`,
+    /// as nginx's `proxy_cache_valid` (`200 202 401 5m`).
+    #[serde(default = "default_auth_cache_duration")]
+    pub cache_duration: String,
+    /// Pass the auth service's `Set-Cookie` on every response (`auth-always-set-cookie`);
+    /// otherwise only on 2xx and 3xx responses of the backend.
+    #[serde(default)]
+    pub always_set_cookie: bool,
+    /// How long the auth service may take (connect and answer).
+    #[serde(default = "default_auth_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a pooled connection to the auth service stays idle (`auth-keepalive-timeout`).
+    #[serde(default = "default_auth_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// TLS towards an `https` URL. Default: encrypted but not verified, as ingress-nginx's.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
+}
+
+pub(super) fn default_signin_redirect_param() -> String {
+    "rd".into()
+}
+
+pub(super) fn default_auth_cache_duration() -> String {
+    "200 202 401 5m".into()
+}
+
+pub(super) fn default_auth_timeout_ms() -> u64 {
+    5_000
+}
+
+pub(super) fn default_auth_keepalive_timeout_ms() -> u64 {
+    60_000
 }
 
 /// HTTP basic authentication (ingress-nginx `auth-type: basic`): a request without valid
@@ -653,6 +722,9 @@ pub struct RouteConfig {
     /// Per-client limits for this route; replaces the virtual host's.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// External authentication for this route; replaces the virtual host's.
+    #[serde(default)]
+    pub external_auth: Option<ExternalAuthConfig>,
 }
 
 /// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a

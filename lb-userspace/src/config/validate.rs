@@ -234,6 +234,9 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
         if let Some(limit) = &host.rate_limit {
             rate_limit(limit, &at, found);
         }
+        if let Some(auth) = &host.external_auth {
+            external_auth(auth, &format!("{at}.external_auth"), found);
+        }
         let mut matchers = BTreeMap::new();
         for (r, route) in host.routes.iter().enumerate() {
             let route_at = format!("{at}.routes[{r}]");
@@ -270,11 +273,23 @@ fn basic_auth(auth: &BasicAuthConfig, at: &str, found: &mut Problems) {
     }
 }
 
+fn external_auth(auth: &super::ExternalAuthConfig, at: &str, found: &mut Problems) {
+    if let Err(problem) = super::external_auth::check(auth) {
+        match problem.split_once(": ") {
+            Some((field, message)) => found.add(format!("{at}.{field}"), message),
+            None => found.add(at.to_owned(), problem),
+        }
+    }
+}
+
 fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
     let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
     policy(headers, route.cors.as_ref(), at, found);
     if let Some(auth) = &route.basic_auth {
         basic_auth(auth, &format!("{at}.basic_auth"), found);
+    }
+    if let Some(auth) = &route.external_auth {
+        external_auth(auth, &format!("{at}.external_auth"), found);
     }
     match (&route.backend, &route.redirect) {
         (Some(_), Some(_)) | (None, None) => {

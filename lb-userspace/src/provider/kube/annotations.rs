@@ -119,6 +119,8 @@ pub struct Annotations {
     pub rate_limit: Option<crate::config::RateLimitConfig>,
     /// `auth-type: basic` and its `auth-secret`, `auth-secret-type`, `auth-realm`.
     pub basic_auth: Option<BasicAuthSetting>,
+    /// `auth-url` and the `auth-*` settings of external authentication.
+    pub external_auth: Option<crate::config::ExternalAuthConfig>,
 }
 
 /// Basic authentication from an Ingress's annotations; the Secret is read by the translation.
@@ -479,6 +481,45 @@ mod tests {
     }
 
     #[test]
+    fn external_auth_is_read_and_a_bad_url_refuses_the_ingress() {
+        let r = annotations(&[
+            ("proxy-read-timeout", "3"),
+            ("auth-url", "https://auth.test/oauth2/auth"),
+            ("auth-signin", "https://$host/oauth2/start?rd=$escaped_request_uri"),
+            ("auth-signin-redirect-param", "orig"),
+            ("auth-response-headers", "X-Auth-Request-User, X-Auth-Request-Email"),
+            ("auth-method", "GET"),
+            ("auth-request-redirect", "https://app.test/back"),
+            ("auth-cache-key", "$remote_user$http_authorization"),
+            ("auth-cache-duration", "200 202 10m, 401 1m"),
+            ("auth-always-set-cookie", "true"),
+            ("auth-keepalive-timeout", "30"),
+            ("auth-keepalive", "10"),
+        ]);
+        assert!(r.refused.is_none(), "{r:?}");
+        assert_eq!(r.warnings.len(), 1, "auth-keepalive is ignored with its reason: {r:?}");
+        let auth = r.annotations.external_auth.expect("external auth");
+        assert_eq!(auth.url, "https://auth.test/oauth2/auth");
+        assert_eq!(auth.signin.as_deref(), Some("https://$host/oauth2/start?rd=$escaped_request_uri"));
+        assert_eq!(auth.signin_redirect_param, "orig");
+        assert_eq!(auth.response_headers, ["X-Auth-Request-User", "X-Auth-Request-Email"]);
+        assert_eq!(auth.method.as_deref(), Some("GET"));
+        assert_eq!(auth.cache_key.as_deref(), Some("$remote_user$http_authorization"));
+        assert_eq!(auth.cache_duration, "200 202 10m, 401 1m");
+        assert!(auth.always_set_cookie);
+        assert_eq!((auth.timeout_ms, auth.keepalive_timeout_ms), (3_000, 30_000));
+        // Refinements that do not parse are ignored with a warning; the auth stays.
+        let r = annotations(&[("auth-url", "http://auth.test/"), ("auth-cache-key", "$upstream_addr")]);
+        assert!(r.refused.is_none() && r.warnings.len() == 1, "{r:?}");
+        assert_eq!(r.annotations.external_auth.unwrap().cache_key, None);
+        for bad in ["auth.test/check", "http://$host/check", "ftp://auth.test/"] {
+            let r = annotations(&[("auth-url", bad)]);
+            assert!(r.refused.as_deref().is_some_and(|why| why.contains("auth-url")), "{bad}: {r:?}");
+        }
+        assert!(annotations(&[("auth-snippet", "x")]).refused.is_some());
+    }
+
+    #[test]
     fn snippets_refuse_the_ingress() {
         let r = annotations(&[("configuration-snippet", "more_set_headers 'X: y';")]);
         assert!(r.refused.unwrap().contains("snippets are refused"));
@@ -598,6 +639,7 @@ mod tests {
             || ["limit-rps", "limit-rpm", "limit-connections", "limit-whitelist", "limit-allowlist"]
                 .contains(&name)
             || ["enable-modsecurity", "enable-owasp-core-rules"].contains(&name)
+            || name == "auth-url"
     }
 
     #[test]
@@ -705,13 +747,10 @@ mod tests {
 
     #[test]
     fn the_first_refusal_by_name_is_reported() {
-        let r =
-            annotations(&[("backend-protocol", "FCGI"), ("server-snippet", "x"), ("auth-url", "http://a/")]);
+        let r = annotations(&[("backend-protocol", "FCGI"), ("server-snippet", "x"), ("auth-snippet", "x")]);
         assert_eq!(
             r.refused.as_deref(),
-            Some(
-                "annotation auth-url: external authentication is not supported; serving without it would expose the Ingress"
-            )
+            Some("annotation auth-snippet: snippets are refused: configuration is typed, never templated")
         );
         let r = annotations(&[("backend-protocol", "fcgi")]);
         assert_eq!(

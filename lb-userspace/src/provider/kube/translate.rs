@@ -588,6 +588,7 @@ impl<'a> Builder<'a> {
         route.max_body_bytes = a.body_size;
         route_policy(&mut route, a);
         route.basic_auth = self.basic_auth.clone();
+        route.external_auth = a.external_auth.clone();
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
             route.rewrite = Some(RewriteConfig {
                 prefix: None,
@@ -615,6 +616,7 @@ impl<'a> Builder<'a> {
         route.backend = Some(group);
         route_policy(&mut route, a);
         route.basic_auth = self.basic_auth.clone();
+        route.external_auth = a.external_auth.clone();
         self.claim("*", route, id);
     }
 

@@ -1,23 +1,20 @@
 //! HTTP basic authentication against htpasswd credentials (ingress-nginx `auth-type: basic`).
 //!
 //! Verifying a bcrypt hash costs milliseconds by design, so verified credentials are remembered
-//! in [`VerifiedCache`]: per node, bounded, sharded so no request takes a global lock, keyed by
+//! in a [`DecisionCache`]: per node, bounded, sharded so no request takes a global lock, keyed by
 //! a SHA-256 of the credential set's fingerprint and the `Authorization` value, so a changed
 //! Secret or file (a new fingerprint) never honours what the old one allowed. bcrypt runs on
 //! tokio's blocking pool, a few at a time, so a flood of wrong passwords cannot stall a worker's
 //! other connections. Every comparison of secrets is constant-time.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    sync::LazyLock,
-};
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use md5::{Digest as _, Md5};
-use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 
+use super::cache::{DecisionCache, Key, key_of};
 use crate::{
     FastMap,
     config::{
@@ -28,7 +25,6 @@ use crate::{
 
 /// How many verified credentials a node remembers (all routes together).
 const CACHE_CAPACITY: usize = 4096;
-const CACHE_SHARDS: usize = 16;
 
 /// A route's compiled basic authentication.
 #[derive(Debug)]
@@ -89,11 +85,7 @@ impl BasicAuth {
             };
             users.insert(entry.user.into(), credential);
         }
-        let mut fingerprint = ring::digest::Context::new(&ring::digest::SHA256);
-        fingerprint.update(config.realm.as_bytes());
-        fingerprint.update(&[0]);
-        fingerprint.update(text.as_bytes());
-        let fingerprint = fingerprint.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let fingerprint = key_of(&[config.realm.as_bytes(), text.as_bytes()]);
         Ok(BasicAuth { challenge, users, fingerprint, unavailable: config.unavailable })
     }
 
@@ -104,13 +96,13 @@ impl BasicAuth {
         }
         let Some(value) = headers.get(AUTHORIZATION) else { return self.challenge() };
         let key = cache_key(&self.fingerprint, value.as_bytes());
-        if VERIFIED.contains(&key) {
+        if VERIFIED.get(&key, 0).is_some() {
             return Verdict::Allowed;
         }
         let Some((user, password)) = decode(value.as_bytes()) else { return self.challenge() };
         let Some(credential) = self.users.get(user.as_str()) else { return self.challenge() };
         if credential.verify(password).await {
-            VERIFIED.insert(key);
+            VERIFIED.insert(key, (), u64::MAX);
             Verdict::Allowed
         } else {
             self.challenge()
@@ -163,11 +155,8 @@ fn decode(value: &[u8]) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-fn cache_key(fingerprint: &[u8; 32], authorization: &[u8]) -> [u8; 32] {
-    let mut key = ring::digest::Context::new(&ring::digest::SHA256);
-    key.update(fingerprint);
-    key.update(authorization);
-    key.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+fn cache_key(fingerprint: &[u8; 32], authorization: &[u8]) -> Key {
+    key_of(&[fingerprint, authorization])
 }
 
 /// Apache's MD5 crypt (`$apr1$`): FreeBSD's MD5 crypt with Apache's magic.
@@ -232,57 +221,8 @@ fn apr1(password: &[u8], salt: &[u8]) -> String {
     out
 }
 
-/// The node's verified credentials.
-static VERIFIED: LazyLock<VerifiedCache> = LazyLock::new(|| VerifiedCache::new(CACHE_CAPACITY));
-
-/// A bounded set of verified cache keys, in shards chosen by the key's first byte (a SHA-256,
-/// so spread evenly); each shard forgets its oldest key when full.
-#[derive(Debug)]
-struct VerifiedCache {
-    shards: Vec<Mutex<Shard>>,
-    per_shard: usize,
-}
-
-#[derive(Debug, Default)]
-struct Shard {
-    keys: HashSet<[u8; 32], foldhash::fast::FixedState>,
-    order: VecDeque<[u8; 32]>,
-}
-
-impl VerifiedCache {
-    fn new(capacity: usize) -> VerifiedCache {
-        VerifiedCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: capacity.div_ceil(CACHE_SHARDS).max(1),
-        }
-    }
-
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<Shard> {
-        &self.shards[usize::from(key[0]) % CACHE_SHARDS]
-    }
-
-    fn contains(&self, key: &[u8; 32]) -> bool {
-        self.shard(key).lock().keys.contains(key)
-    }
-
-    fn insert(&self, key: [u8; 32]) {
-        let mut shard = self.shard(&key).lock();
-        if !shard.keys.insert(key) {
-            return;
-        }
-        shard.order.push_back(key);
-        while shard.order.len() > self.per_shard {
-            if let Some(oldest) = shard.order.pop_front() {
-                shard.keys.remove(&oldest);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().keys.len()).sum()
-    }
-}
+/// The node's verified credentials (the value says nothing: presence is the decision).
+static VERIFIED: LazyLock<DecisionCache<()>> = LazyLock::new(|| DecisionCache::new(CACHE_CAPACITY));
 
 #[cfg(test)]
 mod tests {
@@ -357,34 +297,14 @@ mod tests {
     async fn a_changed_credential_set_does_not_honour_the_old_cache() {
         let old = auth(&format!("apr:{}\n", APR1_VECTORS[0].2));
         assert_eq!(old.check(&headers("apr", "secret")).await, Verdict::Allowed);
-        assert!(
-            VERIFIED
-                .contains(&cache_key(&old.fingerprint, headers("apr", "secret")[AUTHORIZATION].as_bytes()))
-        );
+        let key = cache_key(&old.fingerprint, headers("apr", "secret")[AUTHORIZATION].as_bytes());
+        assert!(VERIFIED.get(&key, 0).is_some());
         // The same user with another password: the old one is cached under the old set only.
         let new = auth(&format!("apr:{}\n", APR1_VECTORS[2].2));
         assert!(matches!(new.check(&headers("apr", "secret")).await, Verdict::Challenge(_)));
         let unavailable =
             BasicAuth::compile(&BasicAuthConfig { unavailable: true, ..Default::default() }, "here").unwrap();
         assert_eq!(unavailable.check(&headers("apr", "secret")).await, Verdict::Unavailable);
-    }
-
-    #[test]
-    fn the_cache_is_bounded_and_forgets_the_oldest() {
-        let cache = VerifiedCache::new(64);
-        let key = |i: u32| {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_le_bytes());
-            key
-        };
-        for i in 0..10_000 {
-            cache.insert(key(i));
-        }
-        assert!(cache.len() <= 64, "{}", cache.len());
-        assert!(cache.contains(&key(9_999)));
-        assert!(!cache.contains(&key(0)));
-        cache.insert(key(9_999));
-        assert!(cache.len() <= 64);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!    preflight ([`super::cors`]);
 //! 3. **admit**: what the route allows in (source ranges, the client's rate limits, the body
 //!    size limit);
-//! 4. **authenticate** ([`super::access`]): the route's basic auth, 401 or 503 when refused;
+//! 4. **authenticate** ([`super::access`]): the route's basic auth (401, or 503 when its
+//!    credentials could not be read) and external auth (401, 403, a sign-in 302, 500 when the
+//!    service fails); the auth service's listed fields go on the request;
 //! 5. **prepare**: the request as it goes upstream (rewritten target, forwarding headers and
 //!    the route's header changes, the body shared between attempts, the hash key);
 //! 6. **choose an endpoint**: the affinity cookie's, or the balancer's;
@@ -32,13 +34,14 @@ use std::{
 
 use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT, WWW_AUTHENTICATE},
+    header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT},
 };
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use self::access_log::{AccessEntry, Logged, RequestLine};
 use super::{
+    access::{Granted, external_auth::Context as AuthContext},
     body::{self, BadRequestBody, BodyTooLarge, Held, ProxyBody},
     headers::{self, Forwarded, X_REQUEST_ID},
     http1::{
@@ -257,9 +260,10 @@ async fn route_and_forward<'s>(
         ControlFlow::Continue(admitted) => admitted,
         ControlFlow::Break(answer) => return answer,
     };
-    if let ControlFlow::Break(answer) = authenticate(&request, route, connection).await {
-        return answer;
-    }
+    let granted = match authenticate(&mut request, route, connection, (&host, snapshot.generation)).await {
+        ControlFlow::Continue(granted) => granted,
+        ControlFlow::Break(answer) => return answer,
+    };
 
     // Prepare: the client's fields as they go upstream; the client's map itself stays as it
     // came.
@@ -298,7 +302,11 @@ async fn route_and_forward<'s>(
         client_upgrade,
     };
     group.retry_budget.deposit();
-    admitted.until_sent(forward(exchange, connection, snapshot, outcome).await)
+    let mut response = admitted.until_sent(forward(exchange, connection, snapshot, outcome).await);
+    if let Some(granted) = granted {
+        set_auth_cookies(&mut response, granted);
+    }
+    response
 }
 
 /// Route: the route for this host, method, path and headers, and its backend group. A
@@ -422,16 +430,55 @@ fn limited(
     ControlFlow::Break(error(status, "too many requests from this client address"))
 }
 
-/// Authenticate: the route's access rules; a refusal is answered here and counted.
-async fn authenticate(request: &Request<ClientBody>, route: &Route, connection: &Connection) -> Phase<()> {
-    let Some(access) = &route.access else { return ControlFlow::Continue(()) };
-    let Err(refusal) = access.check(request.headers()).await else { return ControlFlow::Continue(()) };
-    connection.metrics.denied(&route.labels.route, refusal.denial);
-    let mut answer = error(refusal.status, refusal.message);
-    if let Some(challenge) = refusal.challenge {
-        answer.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+/// Authenticate: the route's access rules; a refusal is answered here and counted. What the
+/// external auth service grants is set on the request (replacing the client's fields).
+async fn authenticate(
+    request: &mut Request<ClientBody>,
+    route: &Route,
+    connection: &Connection,
+    (host, generation): (&str, u64),
+) -> Phase<Option<Granted>> {
+    let Some(access) = &route.access else { return ControlFlow::Continue(None) };
+    let context = AuthContext {
+        scheme: connection.scheme,
+        host,
+        client: connection.client,
+        forwarded: &connection.forwarded,
+        generation,
+    };
+    match access.check(request, &context).await {
+        Ok(mut granted) => {
+            for (name, value) in granted.request_fields.drain(..) {
+                request.headers_mut().insert(name, value);
+            }
+            ControlFlow::Continue(Some(granted))
+        }
+        Err(refusal) => {
+            connection.metrics.denied(&route.labels.route, refusal.denial);
+            let mut answer = if refusal.status == StatusCode::FOUND {
+                let mut redirect = Response::new(body::empty());
+                *redirect.status_mut() = StatusCode::FOUND;
+                redirect
+            } else {
+                error(refusal.status, refusal.message)
+            };
+            for (name, value) in refusal.fields {
+                answer.headers_mut().append(name, value);
+            }
+            ControlFlow::Break(answer)
+        }
     }
-    ControlFlow::Break(answer)
+}
+
+/// The auth service's cookies: on 2xx and 3xx responses, or on every one when the route says
+/// so (ingress-nginx's `add_header Set-Cookie` with or without `always`).
+fn set_auth_cookies(response: &mut Response<ProxyBody>, granted: Granted) {
+    let status = response.status().as_u16();
+    if granted.always_set_cookie || (200..400).contains(&status) {
+        for cookie in granted.cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+    }
 }
 
 /// Cookie affinity before the first attempt.

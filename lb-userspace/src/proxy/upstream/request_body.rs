@@ -42,6 +42,11 @@ impl RequestBody {
         RequestBody { pending, hint, empty, limit }
     }
 
+    /// No body (a subrequest's).
+    pub fn empty() -> RequestBody {
+        RequestBody { pending: None, hint: SizeHint::with_exact(0), empty: true, limit: 0 }
+    }
+
     /// Reads the first frame now, so a body that is broken from its first byte (a bad chunk
     /// size) is refused before anything reaches a backend.
     pub async fn prefetch(&self) -> Result<(), BadRequestBody> {

@@ -6,7 +6,10 @@ use super::{
     Problem::{self, Expected, Refuse},
     UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
 };
-use crate::config::{AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, HeaderField, SameSite, policy};
+use crate::config::{
+    AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, ExternalAuthConfig, HeaderField, SameSite,
+    external_auth, policy,
+};
 
 const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
 const MODSECURITY: &str =
@@ -16,6 +19,8 @@ const ERROR_PAGES: &str =
     "custom error pages are not implemented; the backend's error responses are passed through";
 const UPSTREAM_TLS: &str =
     "upstream certificates are not verified (ingress-nginx's default, proxy-ssl-verify: off)";
+
+const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled per worker; auth-keepalive-timeout sets their idle time";
 
 type Result = std::result::Result<(), Problem>;
 
@@ -54,6 +59,25 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("auth-secret", auth_secret),
     applied("auth-secret-type", auth_secret_type),
     applied("auth-realm", auth_realm),
+    // The auth-* set of external authentication refines auth-url.
+    applied("auth-url", auth_url),
+    applied("auth-method", auth_method),
+    applied("auth-signin", auth_signin),
+    applied("auth-signin-redirect-param", auth_signin_redirect_param),
+    applied("auth-response-headers", auth_response_headers),
+    applied("auth-request-redirect", auth_request_redirect),
+    applied("auth-cache-key", auth_cache_key),
+    applied("auth-cache-duration", auth_cache_duration),
+    applied("auth-always-set-cookie", auth_always_set_cookie),
+    applied("auth-keepalive-timeout", auth_keepalive_timeout),
+    ignored("auth-keepalive", AUTH_KEEPALIVE),
+    ignored("auth-keepalive-requests", AUTH_KEEPALIVE),
+    ignored("auth-keepalive-share-vars", "the auth subrequest always carries the request's X-Request-ID"),
+    ignored(
+        "auth-proxy-set-headers",
+        "not implemented: the auth service gets the request's own fields and the X-Original-* set",
+    ),
+    ignored("enable-global-auth", "there is no global auth-url; an Ingress's own auth-url applies"),
     applied("load-balance", load_balance),
     // After load-balance: consistent hashing wins over it, as in ingress-nginx.
     applied("upstream-hash-by", upstream_hash_by),
@@ -100,10 +124,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
     refused("stream-snippet", SNIPPET),
     refused("auth-snippet", SNIPPET),
     refused("modsecurity-snippet", SNIPPET),
-    refused(
-        "auth-url",
-        "external authentication is not supported; serving without it would expose the Ingress",
-    ),
     refused(
         "auth-tls-secret",
         "client-certificate authentication by annotation is not supported; serving without it would expose the Ingress",
@@ -483,6 +503,84 @@ fn enable_modsecurity(v: &str, _: &mut Annotations, _: &Values<'_>) -> Result {
         Some(false) => Ok(()),
         Some(true) | None => Err(Refuse(MODSECURITY)),
     }
+}
+
+/// An http(s) URL; one that does not parse (or uses nginx variables, which are not expanded)
+/// refuses the Ingress: serving it without its auth would expose it.
+fn auth_url(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if v.contains('$') || external_auth::AuthUrl::parse(v).is_err() {
+        return Err(Refuse(
+            "auth-url is not an http(s) URL without nginx variables; serving without it would expose the Ingress",
+        ));
+    }
+    let mut config = ExternalAuthConfig::for_url(v);
+    // The auth location inherits the route's read timeout, as nginx's does.
+    if let Some(timeout) = a.read_timeout_ms {
+        config.timeout_ms = timeout;
+    }
+    a.external_auth = Some(config);
+    Ok(())
+}
+
+/// Applies `change` to the external auth settings (when auth-url is set) and keeps it only if
+/// the settings stay valid.
+fn refine_external(
+    a: &mut Annotations,
+    expected: &'static str,
+    change: impl FnOnce(&mut ExternalAuthConfig),
+) -> Result {
+    let Some(current) = &a.external_auth else { return Ok(()) };
+    let mut changed = current.clone();
+    change(&mut changed);
+    external_auth::check(&changed).map_err(|_| Expected(expected))?;
+    a.external_auth = Some(changed);
+    Ok(())
+}
+
+fn auth_method(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    refine_external(a, "an HTTP method", |c| c.method = Some(v.to_owned()))
+}
+
+fn auth_signin(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    refine_external(a, "an http(s) URL", |c| c.signin = Some(v.to_owned()))
+}
+
+fn auth_signin_redirect_param(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(Expected("a query parameter name"));
+    }
+    refine_external(a, "a query parameter name", |c| c.signin_redirect_param = v.to_owned())
+}
+
+fn auth_response_headers(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let names = v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+    refine_external(a, "a comma-separated list of header names", |c| c.response_headers = names)
+}
+
+fn auth_request_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    refine_external(a, "a URL", |c| c.request_redirect = Some(v.to_owned()))
+}
+
+fn auth_cache_key(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    refine_external(
+        a,
+        "text with $http_NAME, $cookie_NAME, $remote_user, $remote_addr, $host, $request_uri",
+        |c| c.cache_key = Some(v.to_owned()).filter(|v| !v.is_empty()),
+    )
+}
+
+fn auth_cache_duration(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    refine_external(a, "a list of [codes] time, such as 200 202 401 5m", |c| c.cache_duration = v.to_owned())
+}
+
+fn auth_always_set_cookie(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let always = boolean(v)?;
+    refine_external(a, "true or false", |c| c.always_set_cookie = always)
+}
+
+fn auth_keepalive_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let ms = seconds(v)?;
+    refine_external(a, "a positive number of seconds", |c| c.keepalive_timeout_ms = ms)
 }
 
 fn load_balance(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
