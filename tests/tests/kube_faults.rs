@@ -115,6 +115,46 @@ fn a_black_holed_list_is_abandoned_within_its_timeout_and_retried() {
 }
 
 #[test]
+fn a_silent_watch_is_given_up_after_its_timeout_and_resumed() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 2);
+    let port = web[0].addr().port();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
+    let options = KubeSluiceOptions { watch_timeout_seconds: Some(2), ..KubeSluiceOptions::default() };
+    let sluice = KubeSluice::start(&kube, options);
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    // Watches of slices open and then hear nothing (no events, no bookmarks, no end).
+    kube.black_hole("watch", "*/endpointslices");
+    kube.drop_watches();
+    wait_for(Duration::from_secs(10), "a silent watch", || {
+        (kube.held_requests("watch", "*/endpointslices") >= 1).then_some(())
+    })
+    .unwrap();
+    let silent_from = Instant::now();
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&ip(&web[1]))],
+    ));
+    // timeoutSeconds=2 plus kube's 5 s margin: the silent watch is given up and a new one made.
+    wait_for(Duration::from_secs(15), "the silent watch to be replaced", || {
+        (kube.held_requests("watch", "*/endpointslices") >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    assert!(
+        silent_from.elapsed() >= Duration::from_secs(5),
+        "not before the idle timeout: {:?}",
+        silent_from.elapsed()
+    );
+    assert_eq!(sluice.answer("app.test", "/"), Ok("web-0".to_owned()), "the last state serves meanwhile");
+    kube.clear_black_holes();
+    sluice.wait_for_backend("app.test", "/", "web-1", Duration::from_secs(20));
+}
+
+#[test]
 fn a_black_holed_lease_stops_status_writes_at_the_deadline_and_is_retried() {
     let kube = FakeKube::start().unwrap();
     let web = backends("web", 1);
