@@ -213,3 +213,37 @@ impl Drop for RawBackend {
         }
     }
 }
+
+/// An oauth2-proxy-like auth service: `session=alice` passes with identity fields and a
+/// refreshed cookie, `session=forbidden` is 403, `session=broken` 502, `session=slow` answers
+/// after 3 s, anything else 401 with a Bearer challenge. It records what it was asked.
+pub fn auth_service(seen: Arc<std::sync::Mutex<Vec<Req>>>) -> RawBackend {
+    RawBackend::start(move |mut conn| {
+        while let Some(request) = conn.next_request() {
+            seen.lock().unwrap().push(request.clone());
+            let session = request
+                .header("cookie")
+                .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("session=")))
+                .unwrap_or("")
+                .to_owned();
+            let answer = match session.as_str() {
+                "alice" => "HTTP/1.1 202 Accepted\r\nX-Auth-Request-User: alice\r\n\
+                            X-Auth-Request-Email: alice@example.com\r\nX-Not-Listed: no\r\n\
+                            Set-Cookie: refreshed=1; Path=/\r\nContent-Length: 2\r\n\r\nok"
+                    .to_owned(),
+                "forbidden" => "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                "broken" => "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                "slow" => {
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+                }
+                _ => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\n\
+                      Content-Length: 12\r\n\r\nunauthorized"
+                    .to_owned(),
+            };
+            if !conn.send(answer.as_bytes()) {
+                return;
+            }
+        }
+    })
+}

@@ -660,6 +660,68 @@ fn rate_limit_annotations_limit_each_client_address() {
     assert_eq!(status("broken.test").status, 404, "a limit that does not parse refuses its Ingress");
 }
 
+/// ingress-nginx's oauth2-proxy annotations through the API server: `auth-url` asks the
+/// service (its X-Original-URL the request's), a 2xx passes, a 401 with `auth-signin` (nginx
+/// variables expanded) redirects to sign in, `auth-cache-key` answers repeats from the cache,
+/// the Ingress's `proxy-read-timeout` bounds the subrequest (500), and an `auth-url` with nginx
+/// variables refuses its Ingress rather than serving it open.
+#[test]
+fn external_auth_annotations_follow_the_auth_service() {
+    let kube = FakeKube::start().unwrap();
+    let web = backends("web", 1);
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let auth = lb_tests::raw_backend::auth_service(seen.clone());
+    let with = |name: &str, host: &str, path: &str, annotations: serde_json::Value| {
+        let mut ingress = ingress("default", name, "sluice", host, path, "web", 80);
+        ingress["metadata"]["annotations"] = annotations;
+        ingress
+    };
+    let url = format!("http://{}/oauth2/auth", auth.addr);
+    kube.apply(with(
+        "app",
+        "app.test",
+        "/",
+        json!({"nginx.ingress.kubernetes.io/auth-url": url,
+               "nginx.ingress.kubernetes.io/auth-signin": "https://$host/oauth2/start?rd=$escaped_request_uri",
+               "nginx.ingress.kubernetes.io/auth-response-headers": "X-Auth-Request-User",
+               "nginx.ingress.kubernetes.io/proxy-read-timeout": "1"}),
+    ));
+    kube.apply(with(
+        "cached",
+        "app.test",
+        "/cached",
+        json!({"nginx.ingress.kubernetes.io/auth-url": url,
+               "nginx.ingress.kubernetes.io/auth-cache-key": "$cookie_session",
+               "nginx.ingress.kubernetes.io/auth-cache-duration": "202 5m"}),
+    ));
+    kube.apply(with(
+        "templated",
+        "templated.test",
+        "/",
+        json!({"nginx.ingress.kubernetes.io/auth-url": "http://$host/auth"}),
+    ));
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_status("app.test", "/", 302, Duration::from_secs(20));
+    let request = |path: &str, session: &str| {
+        get(sluice.addr, "app.test", path, &[("Cookie", &format!("session={session}"))]).unwrap()
+    };
+    let signin = request("/a?b=c", "");
+    assert_eq!(signin.header("location"), Some("https://app.test/oauth2/start?rd=%2Fa%3Fb%3Dc"));
+    let allowed = request("/a?b=c", "alice");
+    assert_eq!((allowed.status, allowed.header(BACKEND_HEADER)), (200, Some("web-0")));
+    let asked = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(asked.header("x-original-url"), Some("http://app.test/a?b=c"));
+    assert_eq!(request("/", "forbidden").status, 403);
+    assert_eq!(request("/", "slow").status, 500, "proxy-read-timeout bounds the subrequest");
+    let before = seen.lock().unwrap().len();
+    for _ in 0..4 {
+        assert_eq!(request("/cached", "alice").status, 200);
+    }
+    assert_eq!(seen.lock().unwrap().len() - before, 1, "cached by auth-cache-key");
+    assert_eq!(get(sluice.addr, "templated.test", "/", &[]).unwrap().status, 404, "refused, not served open");
+}
+
 fn lease_holder(kube: &FakeKube) -> Option<String> {
     kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
         .as_str()

@@ -17,7 +17,6 @@ use lb_tests::{
     backend::{BACKEND_HEADER, Backend, Echoed, HEALTH_PATH, Mode},
     free_port,
     http::{self, Client, HttpResponse},
-    raw_backend::RawBackend,
     wait_for,
 };
 
@@ -1087,40 +1086,6 @@ fn basic_auth_admits_valid_credentials_only() {
     }
 }
 
-/// An oauth2-proxy-like auth service: `session=alice` passes with identity fields and a
-/// refreshed cookie, `session=forbidden` is 403, `session=broken` 502, `session=slow` answers
-/// after 3 s, anything else 401 with a Bearer challenge. It records what it was asked.
-fn auth_service(seen: Arc<std::sync::Mutex<Vec<lb_tests::raw_backend::Req>>>) -> RawBackend {
-    RawBackend::start(move |mut conn| {
-        while let Some(request) = conn.next_request() {
-            seen.lock().unwrap().push(request.clone());
-            let session = request
-                .header("cookie")
-                .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("session=")))
-                .unwrap_or("")
-                .to_owned();
-            let answer = match session.as_str() {
-                "alice" => "HTTP/1.1 202 Accepted\r\nX-Auth-Request-User: alice\r\n\
-                            X-Auth-Request-Email: alice@example.com\r\nX-Not-Listed: no\r\n\
-                            Set-Cookie: refreshed=1; Path=/\r\nContent-Length: 2\r\n\r\nok"
-                    .to_owned(),
-                "forbidden" => "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_owned(),
-                "broken" => "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n".to_owned(),
-                "slow" => {
-                    std::thread::sleep(Duration::from_secs(3));
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
-                }
-                _ => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\n\
-                      Content-Length: 12\r\n\r\nunauthorized"
-                    .to_owned(),
-            };
-            if !conn.send(answer.as_bytes()) {
-                return;
-            }
-        }
-    })
-}
-
 /// External auth (ingress-nginx `auth-url`, nginx `auth_request`) against an oauth2-proxy-like
 /// service: a 2xx passes with the listed answer fields on the backend's request (replacing a
 /// client's spoofed one) and the service's cookie on the response; the subrequest carries the
@@ -1132,7 +1097,7 @@ fn auth_service(seen: Arc<std::sync::Mutex<Vec<lb_tests::raw_backend::Req>>>) ->
 fn external_auth_asks_the_service_and_follows_its_answer() {
     let echo = Backend::with_mode("echo", Mode::Echo);
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let auth = auth_service(seen.clone());
+    let auth = lb_tests::raw_backend::auth_service(seen.clone());
     let url = format!("http://{}/oauth2/auth", auth.addr);
     let yaml = format!(
         "{PRELUDE}backends:\n{}virtual_hosts:

@@ -101,17 +101,11 @@ pub enum Verdict {
 }
 
 impl ExternalAuth {
-    /// Compiles the configuration; the URL's host is resolved here (and again on every
-    /// rebuild). A host that does not resolve leaves the route failing closed (500).
+    /// Compiles the configuration; the URL's host is resolved here (again by a rebuild 30 s
+    /// later or more). A host that does not resolve leaves the route failing closed (500).
     pub fn compile(config: &ExternalAuthConfig, at: &str) -> Result<ExternalAuth, String> {
         let url = AuthUrl::parse(&config.url).map_err(|e| format!("{at}.url: {e}"))?;
-        let addresses: Vec<SocketAddr> = match (url.host.as_str(), url.port).to_socket_addrs() {
-            Ok(addresses) => addresses.collect(),
-            Err(e) => {
-                tracing::warn!(url = %config.url, error = %e, "external auth host does not resolve; its routes answer 500");
-                Vec::new()
-            }
-        };
+        let addresses = resolve(&url.host, url.port, &config.url);
         let group = auth_group(config, &url, &addresses, at)?;
         let method = match &config.method {
             Some(m) => Some(
@@ -309,6 +303,32 @@ fn auth_group(
     }
     let tls = crate::tls::upstream::UpstreamTls::build(&backend).map_err(|e| format!("{at}.tls: {e}"))?;
     Ok(BackendGroup::build(&backend, tls, &EndpointRegistry::default(), b""))
+}
+
+/// How long a resolution is reused across snapshot builds (an EndpointSlice change rebuilds
+/// the snapshot; the auth host need not be looked up again each time).
+const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+/// The addresses of the auth service's host, from a short-lived cache (off the request path: a
+/// snapshot build's). A host that does not resolve gives none, logged once per lookup.
+fn resolve(host: &str, port: u16, url: &str) -> Vec<SocketAddr> {
+    type Resolved = std::collections::HashMap<(String, u16), (Vec<SocketAddr>, std::time::Instant)>;
+    static RESOLVED: LazyLock<parking_lot::Mutex<Resolved>> = LazyLock::new(Default::default);
+    let key = (host.to_owned(), port);
+    if let Some((addresses, at)) = RESOLVED.lock().get(&key)
+        && at.elapsed() < RESOLVED_FOR
+    {
+        return addresses.clone();
+    }
+    let addresses = match (host, port).to_socket_addrs() {
+        Ok(addresses) => addresses.collect(),
+        Err(e) => {
+            tracing::warn!(url, error = %e, "external auth host does not resolve; its routes answer 500");
+            Vec::new()
+        }
+    };
+    RESOLVED.lock().insert(key, (addresses.clone(), std::time::Instant::now()));
+    addresses
 }
 
 fn request_uri<B>(request: &Request<B>) -> &str {
