@@ -722,6 +722,67 @@ fn external_auth_annotations_follow_the_auth_service() {
     assert_eq!(get(sluice.addr, "templated.test", "/", &[]).unwrap().status, 404, "refused, not served open");
 }
 
+/// `auth-tls-*` through the API server: the CA from an Opaque Secret's `ca.crt`, the TLS host
+/// then asks for client certificates: none gets 400, another subject than `auth-tls-match-cn`
+/// 403, the right one reaches the backend with `ssl-client-verify: SUCCESS` and the
+/// certificate (`auth-tls-pass-certificate-to-upstream`). An Ingress with `auth-tls-secret`
+/// whose host has no TLS Secret is not served (it would be served without the check).
+#[test]
+fn auth_tls_annotations_require_client_certificates() {
+    let kube = FakeKube::start().unwrap();
+    let options =
+        backend::Options { addr: "127.0.0.2:0".parse().unwrap(), mode: Mode::Echo, ..Default::default() };
+    let web = Backend::launch("web-0", options).unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, web.addr().port()));
+    let endpoints = [SliceEndpoint::ready(&ip(&web))];
+    kube.apply(endpoint_slice("default", "web-1", "web", "IPv4", web.addr().port(), &endpoints));
+    let server_ca = tls::Ca::new("server CA");
+    let clients = tls::Ca::new("client CA");
+    let server = server_ca.leaf(&["mtls.test"]);
+    kube.apply(tls_secret("default", "mtls-tls", &server.cert, &server.key));
+    kube.apply(opaque_secret("default", "client-ca", &[("ca.crt", &clients.pem())]));
+    let annotations = json!({
+        "nginx.ingress.kubernetes.io/auth-tls-secret": "default/client-ca",
+        "nginx.ingress.kubernetes.io/auth-tls-verify-client": "on",
+        "nginx.ingress.kubernetes.io/auth-tls-pass-certificate-to-upstream": "true",
+        "nginx.ingress.kubernetes.io/auth-tls-match-cn": "CN=alice",
+    });
+    let mut mtls = ingress("default", "mtls", "sluice", "mtls.test", "/", "web", 80);
+    mtls["metadata"]["annotations"] = annotations.clone();
+    mtls["spec"]["tls"] = json!([{"hosts": ["mtls.test"], "secretName": "mtls-tls"}]);
+    kube.apply(mtls);
+    let mut uncovered = ingress("default", "uncovered", "sluice", "uncovered.test", "/", "web", 80);
+    uncovered["metadata"]["annotations"] = annotations;
+    kube.apply(uncovered);
+    kube.apply(ingress("default", "open", "sluice", "open.test", "/", "web", 80));
+    let sluice = Sluice::start(&kube, Options { tls: true, ..Options::default() });
+    let tls_addr = sluice.tls_addr.unwrap();
+    let get = |leaf: Option<&tls::Leaf>| {
+        let config = tls::client_config(tls::ClientOptions {
+            trust: Some(&server_ca),
+            client_certificate: leaf,
+            ..Default::default()
+        });
+        let stream = tls::connect(tls_addr, Some("mtls.test"), &config).ok()?;
+        Client::new(stream).request("GET", "mtls.test", "/", &[], true).ok()
+    };
+    let alice = clients.leaf(&["alice"]);
+    let ok = wait_for(Duration::from_secs(20), "mtls.test served with client certificates", || {
+        get(Some(&alice)).filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    let seen = Echoed::of(&ok);
+    assert_eq!(seen.header("ssl-client-verify"), Some("SUCCESS"));
+    assert_eq!(seen.header("ssl-client-subject-dn"), Some("CN=alice"));
+    assert!(seen.header("ssl-client-cert").is_some_and(|c| c.starts_with("-----BEGIN%20CERTIFICATE-----")));
+    let none = get(None).expect("the handshake finishes without a certificate");
+    assert_eq!(none.status, 400, "{none:?}");
+    assert_eq!(get(Some(&clients.leaf(&["bob"]))).unwrap().status, 403, "auth-tls-match-cn");
+    assert_eq!(sluice.get("open.test", "/").unwrap().status, 200);
+    assert_eq!(sluice.get("uncovered.test", "/").unwrap().status, 404, "not served without its check");
+}
+
 fn lease_holder(kube: &FakeKube) -> Option<String> {
     kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
         .as_str()

@@ -686,6 +686,161 @@ backends:
     reloader.join().unwrap();
 }
 
+/// ingress-nginx's `auth-tls-verify-client` modes (YAML `client_verify`), with real TLS: the
+/// handshake finishes and the answer is nginx's: `on` wants a valid certificate (400 "No
+/// required SSL certificate was sent" / "The SSL certificate error", or a 302 to the error
+/// page), `optional` lets a client without one through but not a bad one, `optional_no_ca`
+/// lets an unknown CA through marked FAILED, `off` asks for nothing; `client_match_cn` refuses
+/// another subject with 403. The backend sees `ssl-client-verify`, `-subject-dn`, `-issuer-dn`
+/// (and `ssl-client-cert` when passed on) as nginx formats them, never the client's own.
+#[test]
+fn client_certificate_modes_answer_as_ingress_nginx() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let clients = Ca::new("client CA");
+    let strangers = Ca::new("stranger CA");
+    let names = ["on.test", "optional.test", "noca.test", "off.test", "cn.test", "page.test"];
+    let server = certs.ca.leaf(&names);
+    let backend = Backend::with_mode("be", Mode::Echo);
+    let ca = quoted(&clients.pem());
+    let host = |name: &str, extra: &str| {
+        format!(
+            "  - {{name: {name}, domains: [{name}.test], tls: {{certificate: modes, client_ca_pem: {ca}, {extra}}}, routes: [{{backend: be}}]}}\n"
+        )
+    };
+    let body = format!(
+        "{}{}{}{}{}{}{}{}{}backends:\n{}",
+        certs.yaml(),
+        inline_certificate("modes", &server),
+        hosts(""),
+        host("on", "client_verify: on, pass_client_certificate: true"),
+        host("optional", "client_verify: optional"),
+        host("noca", "client_verify: optional_no_ca"),
+        host("off", "client_verify: off"),
+        host("cn", "client_verify: on, client_match_cn: '^CN=alice$'"),
+        host("page", "client_verify: on, client_error_page: 'https://errors.test/certificate'"),
+        backend_group("be", backend.addr(), "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let alice = clients.leaf(&["alice"]);
+    let bob = clients.leaf(&["bob"]);
+    let stranger = strangers.leaf(&["mallory"]);
+    let expired = clients.leaf_with(&["old"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    // (host, client certificate) -> response, with a forged ssl-client-verify sent along.
+    let get = |name: &str, leaf: Option<&Leaf>| {
+        let config = client_config(ClientOptions {
+            trust: Some(&certs.ca),
+            client_certificate: leaf,
+            ..Default::default()
+        });
+        let host = format!("{name}.test");
+        let stream = connect(proxy.addr(), Some(&host), &config).unwrap_or_else(|e| panic!("{host}: {e:#}"));
+        Client::new(stream)
+            .request(
+                "GET",
+                &host,
+                "/",
+                &[("ssl-client-verify", "SUCCESS"), ("ssl-client-subject-dn", "CN=root")],
+                true,
+            )
+            .unwrap_or_else(|e| panic!("{host}: {e:#}"))
+    };
+    // What the backend saw of the ssl-client-* fields.
+    let seen = |response: &HttpResponse| -> Vec<String> {
+        response
+            .body
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("ssl-client-"))
+            .map(String::from)
+            .collect()
+    };
+    let status = |name: &str, leaf: Option<&Leaf>| get(name, leaf).status;
+
+    let ok = get("on", Some(&alice));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let fields = seen(&ok);
+    assert_eq!(
+        &fields[..3],
+        [
+            "ssl-client-verify: SUCCESS",
+            "ssl-client-subject-dn: CN=alice",
+            "ssl-client-issuer-dn: CN=client CA"
+        ],
+        "{fields:?}"
+    );
+    let escaped = fields[3].strip_prefix("ssl-client-cert: ").expect("the certificate is passed on");
+    let mut pem = String::new();
+    let mut bytes = escaped.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: String = [bytes.next().unwrap() as char, bytes.next().unwrap() as char].iter().collect();
+            pem.push(u8::from_str_radix(&hex, 16).unwrap() as char);
+        } else {
+            pem.push(b as char);
+        }
+    }
+    assert_eq!(
+        pem.replace("\r\n", "\n"),
+        alice.cert.replace("\r\n", "\n"),
+        "ssl-client-cert is the URL-encoded PEM"
+    );
+    let none = get("on", None);
+    assert_eq!(none.status, 400);
+    assert!(none.body.contains("No required SSL certificate was sent"), "{}", none.body);
+    let bad = get("on", Some(&stranger));
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("The SSL certificate error"), "{}", bad.body);
+    assert_eq!(status("on", Some(&expired)), 400);
+
+    let optional = get("optional", None);
+    assert_eq!((optional.status, seen(&optional)), (200, vec!["ssl-client-verify: NONE".to_owned()]));
+    assert_eq!(status("optional", Some(&stranger)), 400);
+    assert_eq!(seen(&get("optional", Some(&bob)))[0], "ssl-client-verify: SUCCESS");
+
+    let unknown_ca = get("noca", Some(&stranger));
+    assert_eq!(unknown_ca.status, 200, "optional_no_ca lets an unknown CA through");
+    assert_eq!(
+        seen(&unknown_ca)[..2],
+        [
+            "ssl-client-verify: FAILED:unable to get local issuer certificate",
+            "ssl-client-subject-dn: CN=mallory"
+        ]
+    );
+    assert_eq!(status("noca", Some(&expired)), 400, "but not an expired certificate");
+    assert_eq!(status("noca", None), 200);
+
+    let off = get("off", Some(&alice));
+    assert_eq!(
+        (off.status, seen(&off)),
+        (200, vec!["ssl-client-verify: NONE".to_owned()]),
+        "no certificate asked for"
+    );
+
+    assert_eq!(status("cn", Some(&alice)), 200);
+    let other = get("cn", Some(&bob));
+    assert_eq!(other.status, 403);
+    assert!(other.body.contains("client certificate unauthorized"), "{}", other.body);
+
+    let redirected = get("page", None);
+    assert_eq!(redirected.status, 302);
+    assert_eq!(redirected.header("location"), Some("https://errors.test/certificate"));
+    assert_eq!(get("page", Some(&stranger)).status, 302);
+    assert_eq!(status("page", Some(&alice)), 200);
+    // Hosts without client certificates pass the client's own fields on untouched.
+    let plain = https_get(
+        proxy.addr(),
+        Some("a.test"),
+        "a.test",
+        "/",
+        &client_config(ClientOptions { trust: Some(&certs.ca), ..Default::default() }),
+    )
+    .unwrap();
+    assert_eq!(plain.status, 200);
+}
+
 #[test]
 fn client_certificates_are_required_for_mtls_hosts() {
     let _serial = serial();

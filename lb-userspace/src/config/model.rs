@@ -663,6 +663,48 @@ pub struct HostTlsConfig {
     /// The client CA bundle as inline PEM.
     #[serde(default)]
     pub client_ca_pem: Option<String>,
+    /// How the client certificate is checked (ingress-nginx `auth-tls-verify-client`).
+    #[serde(default)]
+    pub client_verify: ClientVerify,
+    /// Longest chain from the client certificate to a CA of the bundle (nginx
+    /// `ssl_verify_depth`; 1: issued by a CA of the bundle directly).
+    #[serde(default = "default_client_verify_depth")]
+    pub client_verify_depth: u8,
+    /// Certificate revocation lists (PEM) the client certificate is checked against.
+    #[serde(default)]
+    pub client_crl_pem: Option<String>,
+    /// Where a client whose certificate is missing or fails goes instead of the 400 (a `302`).
+    #[serde(default)]
+    pub client_error_page: Option<String>,
+    /// Send the client certificate to the backends as `ssl-client-cert` (URL-encoded PEM).
+    #[serde(default)]
+    pub pass_client_certificate: bool,
+    /// A regular expression the certificate's subject DN (`CN=client,O=Example`) must match,
+    /// else `403` (ingress-nginx `auth-tls-match-cn`).
+    #[serde(default)]
+    pub client_match_cn: Option<String>,
+}
+
+/// When and how a client certificate is required (nginx's `ssl_verify_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientVerify {
+    /// A client without a valid certificate fails the TLS handshake.
+    #[default]
+    Handshake,
+    /// The handshake finishes; a request without a certificate, or with one that fails, gets
+    /// `400` (nginx `on`).
+    On,
+    /// A certificate is asked for but not required; one that fails gets `400`.
+    Optional,
+    /// As `optional`, and a certificate from an unknown CA is let through (marked FAILED).
+    OptionalNoCa,
+    /// No certificate is asked for.
+    Off,
+}
+
+fn default_client_verify_depth() -> u8 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -170,6 +170,39 @@ fn top_level(config: &Config, found: &mut Problems) {
     }
 }
 
+/// The nginx-style client certificate settings: they need a client CA, and their values parse.
+fn client_certificates(tls: &super::HostTlsConfig, at: &str, found: &mut Problems) {
+    let has_ca = tls.client_ca_path.is_some() || tls.client_ca_pem.is_some();
+    let nginx_style = tls.client_verify != super::ClientVerify::Handshake;
+    let extras = [
+        (tls.client_error_page.is_some(), "client_error_page"),
+        (tls.pass_client_certificate, "pass_client_certificate"),
+        (tls.client_match_cn.is_some(), "client_match_cn"),
+        (tls.client_crl_pem.is_some(), "client_crl_pem"),
+        (nginx_style, "client_verify"),
+    ];
+    for (set, name) in extras {
+        if set && !has_ca {
+            found.add(format!("{at}.{name}"), "needs a client CA (client_ca_path or client_ca_pem)");
+        }
+    }
+    if tls.client_verify_depth == 0 {
+        found.add(format!("{at}.client_verify_depth"), "must be at least 1");
+    }
+    if let Some(re) = &tls.client_match_cn
+        && let Err(e) = regex::Regex::new(re)
+    {
+        found.add(format!("{at}.client_match_cn"), format!("not a valid regular expression: {e}"));
+    }
+    let valid_page = |p: &str| {
+        (p.starts_with("http://") || p.starts_with("https://") || p.starts_with('/'))
+            && http::HeaderValue::from_str(p).is_ok()
+    };
+    if tls.client_error_page.as_deref().is_some_and(|p| !valid_page(p)) {
+        found.add(format!("{at}.client_error_page"), "must be an http(s) URL or a path starting with /");
+    }
+}
+
 /// Bounds that keep the limiter's arithmetic exact (microsecond intervals, 48-bit times).
 fn rate_limit(limit: &super::RateLimitConfig, at: &str, found: &mut Problems) {
     for (value, most, name) in [
@@ -532,6 +565,7 @@ fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
         if one_of(&tls.client_ca_path, &tls.client_ca_pem).is_none() {
             found.add(at.clone(), "at most one of client_ca_path and client_ca_pem");
         }
+        client_certificates(tls, &at, found);
         if !terminating {
             found
                 .add(at, "no listener has tls, so nothing serves HTTPS for this host; add tls to a listener");

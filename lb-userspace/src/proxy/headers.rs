@@ -175,6 +175,9 @@ pub struct UpstreamHeaders<'a> {
     /// The route's configured changes: they remove or replace any field above but the
     /// connection's own (upgrade, `TE`), and add theirs last.
     changes: Option<&'a HeaderOps>,
+    /// The `ssl-client-*` fields of the connection's client certificate: they replace every
+    /// `ssl-client-*` field the client sent, so none can be forged.
+    client_certificate: Option<&'a [(HeaderName, HeaderValue)]>,
 }
 
 impl<'a> UpstreamHeaders<'a> {
@@ -222,7 +225,17 @@ impl<'a> UpstreamHeaders<'a> {
             pass_host: pass(&X_FORWARDED_HOST),
             upgrade,
             changes: None,
+            client_certificate: None,
         }
+    }
+
+    /// With the fields of the connection's client certificate (a host checking them).
+    pub fn with_client_certificate(
+        mut self,
+        fields: Option<&'a [(HeaderName, HeaderValue)]>,
+    ) -> UpstreamHeaders<'a> {
+        self.client_certificate = fields;
+        self
     }
 
     /// With the route's configured header changes.
@@ -252,6 +265,7 @@ impl<'a> UpstreamHeaders<'a> {
             || (name == X_FORWARDED_PORT && !self.pass_port)
             || (name == X_FORWARDED_HOST && self.forwarded_host.is_some() && !self.pass_host)
             || self.named.contains(name)
+            || (self.client_certificate.is_some() && name.as_str().starts_with("ssl-client-"))
             || self.changed(name))
     }
 
@@ -288,6 +302,9 @@ impl<'a> UpstreamHeaders<'a> {
             && !self.pass_host
         {
             own(&X_FORWARDED_HOST, forwarded_host);
+        }
+        for (name, value) in self.client_certificate.unwrap_or_default() {
+            own(name, value);
         }
         if let Some(changes) = self.changes {
             for (name, value) in changes.appended() {

@@ -44,6 +44,9 @@ pub struct Session {
     pub resumed: bool,
     /// The client presented a verified certificate.
     pub client_certificate: bool,
+    /// The client certificate as the host's nginx-style policy found it (hosts with
+    /// `client_verify` other than `handshake`).
+    pub client: Option<std::sync::Arc<super::client_cert::ClientCertificate>>,
 }
 
 /// How a connection left the handshake.
@@ -187,8 +190,12 @@ async fn handshake(
         h2: connection.alpn_protocol() == Some(b"h2"),
         resumed: connection.handshake_kind() == Some(HandshakeKind::Resumed),
         client_certificate: connection.peer_certificates().is_some_and(|c| !c.is_empty()),
+        client: host_tls
+            .and_then(|h| h.client_policy.as_ref())
+            .map(|policy| std::sync::Arc::new(policy.check(connection.peer_certificates()))),
     };
-    if client_ca.is_some() && !session.client_certificate {
+    let handshake_checked = host_tls.is_some_and(|h| h.client_policy.is_none());
+    if client_ca.is_some() && handshake_checked && !session.client_certificate {
         // rustls verified one at the full handshake; a resumed session must carry it too.
         return Err(Failure::ClientCertificate.into());
     }

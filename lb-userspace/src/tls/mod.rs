@@ -18,6 +18,7 @@
 
 mod accept;
 pub mod certs;
+pub mod client_cert;
 pub mod resolver;
 pub mod sni;
 pub mod upstream;
@@ -35,7 +36,10 @@ use ::http::HeaderValue;
 use rustls::{
     ServerConfig,
     crypto::CryptoProvider,
-    server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier},
+    pki_types::pem::PemObject,
+    server::{
+        ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier, danger::ClientCertVerifier,
+    },
     sign::CertifiedKey,
 };
 
@@ -204,6 +208,74 @@ pub struct HostTls {
     /// Clients must present a certificate from the host's CA bundle; this identifies the
     /// bundle's content (it changes when the CA does).
     pub client_ca: Option<u64>,
+    /// nginx-style client certificate checks (`client_verify` other than `handshake`),
+    /// answered on each request.
+    pub client_policy: Option<Arc<client_cert::ClientPolicy>>,
+}
+
+/// What a host's client CA makes of the handshake: the verifier the handshake uses (none
+/// when `client_verify: off`), the CA's fingerprint, and the nginx-style policy.
+type ClientVerification = (Option<Arc<dyn ClientCertVerifier>>, u64, Option<Arc<client_cert::ClientPolicy>>);
+
+/// The client certificate verification of a host with a client CA.
+fn client_verification(
+    host: &crate::config::VirtualHostConfig,
+    tls: &crate::config::HostTlsConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<ClientVerification>, String> {
+    use client_cert::{ClientPolicy, ClientVerify, Deferred};
+    if tls.client_ca_path.is_none() && tls.client_ca_pem.is_none() {
+        return Ok(None);
+    }
+    let what = format!("virtual host {:?} client CA", host.name);
+    let (roots, pem) = certs::load_ca_bundle(
+        &what,
+        tls.client_ca_path.as_deref(),
+        tls.client_ca_pem.as_deref(),
+        "client_ca_pem",
+    )
+    .map_err(|e| e.to_string())?;
+    let crls = match &tls.client_crl_pem {
+        Some(pem) => rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("virtual host {:?} client CRL: {e}", host.name))?,
+        None => Vec::new(),
+    };
+    let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let fingerprint = certs::fingerprint(&pem);
+    if tls.client_verify == ClientVerify::Handshake {
+        return Ok(Some((Some(strict), fingerprint, None)));
+    }
+    let match_cn = match &tls.client_match_cn {
+        Some(re) => Some(
+            regex::Regex::new(re)
+                .map_err(|e| format!("virtual host {:?} client_match_cn: {e}", host.name))?,
+        ),
+        None => None,
+    };
+    let error_page = match &tls.client_error_page {
+        Some(page) => Some(
+            HeaderValue::from_str(page)
+                .map_err(|_| format!("virtual host {:?} client_error_page is not a valid URL", host.name))?,
+        ),
+        None => None,
+    };
+    let handshake: Option<Arc<dyn ClientCertVerifier>> = match tls.client_verify {
+        ClientVerify::Off => None,
+        _ => Some(Arc::new(Deferred(strict.clone()))),
+    };
+    let policy = ClientPolicy::new(
+        tls.client_verify,
+        strict,
+        tls.client_verify_depth,
+        tls.pass_client_certificate,
+        match_cn,
+        error_page,
+    );
+    Ok(Some((handshake, fingerprint, Some(Arc::new(policy)))))
 }
 
 /// TLS of one listener.
@@ -309,20 +381,15 @@ impl TlsSnapshot {
                 })?),
                 None => None,
             };
-            if tls.client_ca_path.is_some() || tls.client_ca_pem.is_some() {
-                let what = format!("virtual host {:?} client CA", host.name);
-                let (roots, pem) = certs::load_ca_bundle(
-                    &what,
-                    tls.client_ca_path.as_deref(),
-                    tls.client_ca_pem.as_deref(),
-                    "client_ca_pem",
-                )
-                .map_err(|e| e.to_string())?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| format!("{what}: {e}"))?;
-                verifiers.insert(i, (verifier, certs::fingerprint(&pem)));
-            }
+            let client_policy = match client_verification(host, tls, &provider)? {
+                Some((handshake_verifier, fingerprint, policy)) => {
+                    if let Some(verifier) = handshake_verifier {
+                        verifiers.insert(i, (verifier, fingerprint));
+                    }
+                    policy
+                }
+                None => None,
+            };
             let hsts = tls.hsts.as_ref().map(|h| {
                 let mut value = format!("max-age={}", h.max_age_seconds);
                 if h.include_subdomains {
@@ -339,6 +406,7 @@ impl TlsSnapshot {
                 redirect_http: tls.redirect_http,
                 hsts,
                 client_ca: verifiers.get(&i).map(|(_, fingerprint)| *fingerprint),
+                client_policy,
             })));
         }
         let certificates = Arc::new(host_keys);

@@ -121,6 +121,20 @@ pub struct Annotations {
     pub basic_auth: Option<BasicAuthSetting>,
     /// `auth-url` and the `auth-*` settings of external authentication.
     pub external_auth: Option<crate::config::ExternalAuthConfig>,
+    /// `auth-tls-secret` and the `auth-tls-*` set refining it.
+    pub client_tls: Option<ClientTlsSetting>,
+}
+
+/// Client certificates from an Ingress's annotations; the CA Secret is read by the translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsSetting {
+    /// `auth-tls-secret`: `NAMESPACE/NAME` or `NAME`, with `ca.crt` (and optionally `ca.crl`).
+    pub secret: String,
+    pub verify: crate::config::ClientVerify,
+    pub depth: u8,
+    pub error_page: Option<String>,
+    pub pass_certificate: bool,
+    pub match_cn: Option<String>,
 }
 
 /// Basic authentication from an Ingress's annotations; the Secret is read by the translation.
@@ -640,6 +654,8 @@ mod tests {
                 .contains(&name)
             || ["enable-modsecurity", "enable-owasp-core-rules"].contains(&name)
             || name == "auth-url"
+            || ["auth-tls-error-page", "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn"]
+                .contains(&name)
     }
 
     #[test]
@@ -693,6 +709,51 @@ mod tests {
         let r = annotations(&[("limit-rps", "10"), ("limit-burst-multiplier", "x"), ("limit-rate", "fast")]);
         assert!(r.refused.is_none() && r.warnings.len() == 2, "{r:?}");
         assert_eq!(r.annotations.rate_limit.unwrap().burst_multiplier, 5);
+    }
+
+    #[test]
+    fn auth_tls_annotations_are_read_as_ingress_nginx_does() {
+        use crate::config::ClientVerify;
+        let r = annotations(&[
+            ("auth-tls-secret", "default/client-ca"),
+            ("auth-tls-verify-client", "optional_no_ca"),
+            ("auth-tls-verify-depth", "2"),
+            ("auth-tls-error-page", "https://errors.example.com/cert"),
+            ("auth-tls-pass-certificate-to-upstream", "true"),
+            ("auth-tls-match-cn", "CN=(alice|bob)"),
+        ]);
+        assert!(r.refused.is_none() && r.warnings.is_empty(), "{r:?}");
+        let tls = r.annotations.client_tls.unwrap();
+        assert_eq!(
+            (tls.secret.as_str(), tls.verify, tls.depth),
+            ("default/client-ca", ClientVerify::OptionalNoCa, 2)
+        );
+        assert_eq!(tls.error_page.as_deref(), Some("https://errors.example.com/cert"));
+        assert!(tls.pass_certificate);
+        assert_eq!(tls.match_cn.as_deref(), Some("CN=(alice|bob)"));
+        // Defaults: on, depth 1; a bad mode or depth keeps them, with a warning.
+        let r = annotations(&[
+            ("auth-tls-secret", "ca"),
+            ("auth-tls-verify-client", "maybe"),
+            ("auth-tls-verify-depth", "0"),
+        ]);
+        let tls = r.annotations.client_tls.unwrap();
+        assert_eq!((tls.verify, tls.depth, r.warnings.len()), (ClientVerify::On, 1, 2));
+        // Refinements alone set nothing.
+        assert_eq!(annotations(&[("auth-tls-verify-client", "off")]).annotations.client_tls, None);
+        for (name, bad) in [
+            ("auth-tls-secret", "a/b/c"),
+            ("auth-tls-match-cn", "alice"),
+            ("auth-tls-match-cn", "CN=(unclosed"),
+            ("auth-tls-error-page", "javascript:alert(1)"),
+            ("auth-tls-pass-certificate-to-upstream", "yes"),
+        ] {
+            let r = annotations(&[("auth-tls-secret", "ca"), (name, bad)]);
+            assert!(
+                r.refused.as_deref().is_some_and(|why| why.starts_with(&format!("annotation {name}:"))),
+                "{name}={bad}: {r:?}"
+            );
+        }
     }
 
     #[test]

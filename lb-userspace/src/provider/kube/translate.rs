@@ -346,6 +346,8 @@ struct Builder<'a> {
     tls_listener: bool,
     /// The basic auth of the Ingress being translated, its Secret read once for all its routes.
     basic_auth: Option<BasicAuthConfig>,
+    /// The client certificate settings of the Ingress being translated, its CA read.
+    client_tls: Option<client_tls::ClientTls>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -378,6 +380,7 @@ impl<'a> Builder<'a> {
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
             basic_auth: None,
+            client_tls: None,
         }
     }
 
@@ -481,6 +484,17 @@ impl<'a> Builder<'a> {
     fn ingress(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
         let Some(spec) = ingress.spec.as_ref() else { return };
         self.basic_auth = a.basic_auth.as_ref().map(|setting| self.basic_auth_config(setting, id));
+        let checked = a.client_tls.as_ref().map(|setting| {
+            self.client_tls_hosts_covered(spec, id).and_then(|()| self.client_tls(setting, id))
+        });
+        self.client_tls = match checked {
+            None => None,
+            Some(Ok(client_tls)) => Some(client_tls),
+            Some(Err(why)) => {
+                self.note(Some(id), format!("client certificates: {why}; the Ingress is not served"));
+                return;
+            }
+        };
         let redirect = self.whole_redirect(a, id);
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
@@ -651,6 +665,9 @@ impl<'a> Builder<'a> {
         let mut host_tls = host_tls_template().clone();
         host_tls.certificate = Some(certificate);
         host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect;
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.apply(&mut host_tls);
+        }
         self.hosts.entry(host).or_default().tls = Some((host_tls, id.clone()));
     }
 
@@ -1203,5 +1220,6 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 }
 
 mod basic_auth;
+mod client_tls;
 #[cfg(test)]
 mod tests;

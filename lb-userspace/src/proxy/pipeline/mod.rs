@@ -243,6 +243,11 @@ async fn route_and_forward<'s>(
     {
         return response;
     }
+    let client_certificate =
+        match tls_policy::client_certificate(&request, &snapshot.tls, connection.tls.get()) {
+            ControlFlow::Continue(client_certificate) => client_certificate,
+            ControlFlow::Break(answer) => return answer,
+        };
     let host = headers::request_host(&request).unwrap_or("").to_owned();
     let (route, group) = match choose_route(&request, &host, connection, snapshot, outcome) {
         ControlFlow::Continue(chosen) => chosen,
@@ -272,7 +277,8 @@ async fn route_and_forward<'s>(
     let (parts, incoming) = request.into_parts();
     let upstream_path = route.rewrite_path_and_query(path_and_query(&parts.uri));
     let upstream_headers = headers::UpstreamHeaders::new(&parts.headers, &client.forwarded, &host, upgrade)
-        .with_changes(route.request_headers.as_ref());
+        .with_changes(route.request_headers.as_ref())
+        .with_client_certificate(client_certificate.map(|c| c.headers.as_slice()));
     let body = RequestBody::new(incoming, limit);
     if let Err(e) = body.prefetch().await {
         tracing::debug!(error = %e, "request body refused before forwarding");

@@ -6,8 +6,13 @@
 //! - HTTPS for a host that requires client certificates on a connection whose handshake did
 //!   not select that host (the SNI named another host, then the Host header switched):
 //!   `421 Misdirected Request`, so a client certificate check cannot be bypassed;
+//! - HTTPS for a host with an nginx-style `client_verify` ([`client_certificate`]): a missing
+//!   certificate (`on`) or one that failed gets `400` (or a `302` to the host's error page), a
+//!   subject that does not match `client_match_cn` gets `403`, as ingress-nginx answers;
 //! - HTTPS responses for a host with `hsts`: `Strict-Transport-Security` (a backend's own
 //!   header is kept).
+
+use std::ops::ControlFlow;
 
 use http::{HeaderValue, Request, Response, StatusCode, header::LOCATION};
 
@@ -17,7 +22,11 @@ use crate::{
         headers::request_host,
         pipeline::error,
     },
-    tls::{Session, TlsSnapshot, resolver::strip_port},
+    tls::{
+        Session, TlsSnapshot,
+        client_cert::{ClientCertificate, ClientVerify, Outcome},
+        resolver::strip_port,
+    },
 };
 
 /// Paths that stay plain HTTP (ACME HTTP-01, as cert-manager and ingress-nginx do).
@@ -84,4 +93,44 @@ pub fn hsts_for<B>(
     // RFC 6797 7.2: never over plain HTTP.
     session?;
     tls.host(request_host(request))?.1.hsts.clone()
+}
+
+/// The client certificate checks of an HTTPS request's host (nginx-style `client_verify`):
+/// the answer that ends the request, or the certificate whose fields go upstream.
+pub fn client_certificate<'s, B>(
+    request: &Request<B>,
+    tls: &TlsSnapshot,
+    session: Option<&'s Session>,
+) -> ControlFlow<Response<ProxyBody>, Option<&'s ClientCertificate>> {
+    let Some(session) = session else { return ControlFlow::Continue(None) };
+    let Some((_, host)) = tls.host(request_host(request)) else { return ControlFlow::Continue(None) };
+    let Some(policy) = &host.client_policy else { return ControlFlow::Continue(None) };
+    // Another host's handshake (only possible with `off`, which asks for no certificate).
+    let Some(client) = session.client.as_deref().filter(|_| session.host.as_deref() == Some(&host.name))
+    else {
+        return ControlFlow::Continue(None);
+    };
+    let refused = match (&client.outcome, policy.mode) {
+        (Outcome::None, ClientVerify::On) => Some("No required SSL certificate was sent"),
+        (Outcome::Failed { forgiven: false }, _) => Some("The SSL certificate error"),
+        _ => None,
+    };
+    if let Some(why) = refused {
+        return ControlFlow::Break(match &policy.error_page {
+            // ingress-nginx's `error_page 495 496 = <url>`.
+            Some(page) => {
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = StatusCode::FOUND;
+                response.headers_mut().insert(LOCATION, page.clone());
+                response
+            }
+            None => error(StatusCode::BAD_REQUEST, why),
+        });
+    }
+    if let Some(pattern) = &policy.match_cn
+        && !pattern.is_match(&client.subject_dn)
+    {
+        return ControlFlow::Break(error(StatusCode::FORBIDDEN, "client certificate unauthorized"));
+    }
+    ControlFlow::Continue(Some(client))
 }

@@ -51,6 +51,13 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("limit-burst-multiplier", limit_burst_multiplier),
     applied("limit-whitelist", limit_allowlist),
     applied("limit-allowlist", limit_allowlist),
+    // The auth-tls-* set refines auth-tls-secret.
+    applied("auth-tls-secret", auth_tls_secret),
+    applied("auth-tls-verify-client", auth_tls_verify_client),
+    applied("auth-tls-verify-depth", auth_tls_verify_depth),
+    applied("auth-tls-error-page", auth_tls_error_page),
+    applied("auth-tls-pass-certificate-to-upstream", auth_tls_pass_certificate),
+    applied("auth-tls-match-cn", auth_tls_match_cn),
     // A WAF asked for refuses the Ingress; `"false"` asks for nothing.
     applied("enable-modsecurity", enable_modsecurity),
     applied("enable-owasp-core-rules", enable_modsecurity),
@@ -124,10 +131,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
     refused("stream-snippet", SNIPPET),
     refused("auth-snippet", SNIPPET),
     refused("modsecurity-snippet", SNIPPET),
-    refused(
-        "auth-tls-secret",
-        "client-certificate authentication by annotation is not supported; serving without it would expose the Ingress",
-    ),
     ignored(
         "affinity-canary-behavior",
         "not configurable; a weighted canary keeps the main backend's cookie affinity",
@@ -494,6 +497,91 @@ fn limit_allowlist(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
         cidr_list(v).map_err(|_| Refuse("a limit-allowlist entry is not an IPv4 or IPv6 CIDR network"))?;
     if let Some(limit) = a.rate_limit.as_mut() {
         limit.allowlist = list;
+    }
+    Ok(())
+}
+
+/// `NAMESPACE/NAME` or `NAME` (ingress-nginx's basic characters); `on` until told otherwise.
+fn auth_tls_secret(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let name = |part: &str| {
+        !part.is_empty()
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    let valid = match v.split_once('/') {
+        Some((namespace, secret)) => name(namespace) && name(secret),
+        None => name(v),
+    };
+    if !valid {
+        return Err(Refuse("auth-tls-secret must be NAMESPACE/NAME or NAME"));
+    }
+    a.client_tls = Some(super::ClientTlsSetting {
+        secret: v.to_owned(),
+        verify: crate::config::ClientVerify::On,
+        depth: 1,
+        error_page: None,
+        pass_certificate: false,
+        match_cn: None,
+    });
+    Ok(())
+}
+
+/// A value that is not a mode leaves `on`, the strictest, as ingress-nginx does.
+fn auth_tls_verify_client(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    use crate::config::ClientVerify;
+    let verify = match v {
+        "on" => ClientVerify::On,
+        "off" => ClientVerify::Off,
+        "optional" => ClientVerify::Optional,
+        "optional_no_ca" => ClientVerify::OptionalNoCa,
+        _ => return Err(Expected("on, off, optional or optional_no_ca (on is kept)")),
+    };
+    if let Some(client_tls) = &mut a.client_tls {
+        client_tls.verify = verify;
+    }
+    Ok(())
+}
+
+fn auth_tls_verify_depth(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let depth = match v.parse::<u8>() {
+        Ok(depth) if depth > 0 => depth,
+        _ => return Err(Expected("a depth from 1 to 255 (1 is kept)")),
+    };
+    if let Some(client_tls) = &mut a.client_tls {
+        client_tls.depth = depth;
+    }
+    Ok(())
+}
+
+/// An `http(s)` URL or a path, as ingress-nginx's check lets through (no nginx named locations).
+fn auth_tls_error_page(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://")).unwrap_or(v);
+    let valid = !v.is_empty()
+        && (rest.len() < v.len() || v.starts_with('/'))
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:/".contains(&b));
+    if !valid {
+        return Err(Refuse("auth-tls-error-page must be an http(s) URL or a path"));
+    }
+    if let Some(client_tls) = &mut a.client_tls {
+        client_tls.error_page = Some(v.to_owned());
+    }
+    Ok(())
+}
+
+fn auth_tls_pass_certificate(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let pass = parse_bool(v).ok_or(Refuse("auth-tls-pass-certificate-to-upstream must be true or false"))?;
+    if let Some(client_tls) = &mut a.client_tls {
+        client_tls.pass_certificate = pass;
+    }
+    Ok(())
+}
+
+/// A regular expression on the subject DN, starting `CN=` as ingress-nginx asks.
+fn auth_tls_match_cn(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if !v.starts_with("CN=") || regex::Regex::new(v).is_err() {
+        return Err(Refuse("auth-tls-match-cn must be a regular expression starting with CN="));
+    }
+    if let Some(client_tls) = &mut a.client_tls {
+        client_tls.match_cn = Some(v.to_owned());
     }
     Ok(())
 }
