@@ -7,11 +7,13 @@
 //!   server, requests nothing outside that list and uses all of it.
 //! - The DaemonSet's arguments parse with `sluice run`'s own command line, its configuration (the
 //!   ConfigMap) validates, its probes hit paths the admin server serves on the admin address of
-//!   that configuration, bpffs and BTF are mounted, and the grace period covers the drain.
+//!   that configuration, BTF is mounted (bpffs is not: nothing is pinned), and the grace period
+//!   covers the shutdown delay and the drain.
 //! - `kubectl kustomize` renders the base and the least-privilege overlay (the test fails, saying
 //!   what to install, when kubectl is missing), and the rendered objects pass the same checks.
 //! - The Dockerfile builds the binary the DaemonSet runs, with the toolchain `cargo xtask setup`
-//!   installs.
+//!   installs, and pins what it builds with: base images by digest, the stable and the dated
+//!   nightly toolchain (which the build script reads), bpf-linker by version.
 //!
 //! Nothing here needs root or a network; the checks that can fail are shown failing on mutated
 //! copies of the real manifests.
@@ -29,7 +31,7 @@ use clap::Parser;
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount},
+        core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount, VolumeMount},
         networking::v1::IngressClass,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
     },
@@ -168,7 +170,7 @@ fn the_daemonset_runs_sluice_as_the_manifests_assume() {
 }
 
 /// The DaemonSet check fails on a probe on another port or path, an argument `sluice run` does
-/// not know, a grace period shorter than the drain, or bpffs not mounted.
+/// not know, a grace period shorter than the drain, or the host's bpffs mounted for nothing.
 #[test]
 fn the_daemonset_check_refuses_what_would_break_on_a_node() {
     fn with_daemonset(change: impl Fn(&mut DaemonSet)) -> String {
@@ -204,7 +206,11 @@ fn the_daemonset_check_refuses_what_would_break_on_a_node() {
     let err = with_daemonset(|d| d.spec.template.spec.as_mut().unwrap().priority_class_name = None);
     assert!(err.contains("system-node-critical"), "{err}");
     let err = with_daemonset(|d| {
-        first(d).volume_mounts.as_mut().unwrap().retain(|m| m.mount_path != "/sys/fs/bpf")
+        first(d).volume_mounts.as_mut().unwrap().push(VolumeMount {
+            name: "bpffs".into(),
+            mount_path: "/sys/fs/bpf".into(),
+            ..VolumeMount::default()
+        })
     });
     assert!(err.contains("/sys/fs/bpf"), "{err}");
 }
@@ -514,6 +520,16 @@ fn kustomize_renders_the_base_and_the_least_privilege_overlay() {
 // The image and the docs
 
 /// Dockerfile instructions, continuation lines joined, comments dropped.
+/// The Dockerfile's `ARG NAME=default` values.
+fn dockerfile_args(steps: &[String]) -> BTreeMap<String, String> {
+    steps
+        .iter()
+        .filter_map(|s| s.strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 fn instructions(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
@@ -545,8 +561,49 @@ fn the_dockerfile_builds_the_binary_the_daemonset_runs() {
     let steps = instructions(&dockerfile);
     let stages: Vec<&String> = steps.iter().filter(|s| s.starts_with("FROM ")).collect();
     assert_eq!(stages.len(), 2, "a builder and a runtime: {stages:?}");
-    assert!(stages[0].starts_with("FROM debian:") && stages[0].ends_with(" AS builder"), "{}", stages[0]);
-    assert!(stages[1].starts_with("FROM debian:") && stages[1].ends_with("-slim"), "{}", stages[1]);
+    let args = dockerfile_args(&steps);
+    let resolve =
+        |text: &str| args.iter().fold(text.to_owned(), |t, (k, v)| t.replace(&format!("${{{k}}}"), v));
+    let builder_image =
+        resolve(stages[0].strip_prefix("FROM ").unwrap().strip_suffix(" AS builder").unwrap());
+    let runtime_image = resolve(stages[1].strip_prefix("FROM ").unwrap());
+    // Base images by digest, the same Debian release in both.
+    for image in [&builder_image, &runtime_image] {
+        let (name, digest) =
+            image.split_once("@sha256:").unwrap_or_else(|| panic!("{image} is pinned by digest"));
+        assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()), "{image}");
+        assert!(name.starts_with("debian:"), "{image}");
+    }
+    let release = |image: &str| image.split(['@', ':']).nth(1).unwrap().trim_end_matches("-slim").to_owned();
+    assert_eq!(release(&builder_image), release(&runtime_image), "one Debian release");
+    assert!(runtime_image.contains("-slim@"), "{runtime_image}");
+    // The toolchains: stable as the workspace's rust-version, a dated nightly that the build
+    // script is told to use.
+    let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let rust_version =
+        workspace.lines().find_map(|l| l.strip_prefix("rust-version = ")).unwrap().trim_matches('"');
+    assert!(
+        args["RUST_STABLE"].starts_with(rust_version),
+        "RUST_STABLE {} is rust-version {rust_version}",
+        args["RUST_STABLE"]
+    );
+    let nightly = &args["RUST_NIGHTLY"];
+    let date = nightly
+        .strip_prefix("nightly-")
+        .unwrap_or_else(|| panic!("RUST_NIGHTLY {nightly} is a dated nightly"));
+    assert!(date.len() == 10 && date.split('-').all(|p| p.parse::<u32>().is_ok()), "{nightly}");
+    let build_script = std::fs::read_to_string(root().join("lb-userspace/build.rs")).unwrap();
+    let toolchain_env = build_script
+        .lines()
+        .find_map(|l| l.strip_prefix("const TOOLCHAIN_ENV: &str = \""))
+        .and_then(|l| l.strip_suffix("\";"))
+        .expect("the build script's toolchain variable");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("ENV ") && s.contains(&format!("{toolchain_env}=${{RUST_NIGHTLY}}"))),
+        "the builder sets {toolchain_env} to the pinned nightly"
+    );
     let runtime_at = steps.iter().position(|s| s == stages[1]).unwrap();
     let (builder, runtime) = steps.split_at(runtime_at);
     let builder = builder.join("\n");
@@ -563,7 +620,8 @@ fn the_dockerfile_builds_the_binary_the_daemonset_runs() {
     let args = &args[..args.find("];").unwrap()];
     let words: Vec<&str> = args.split('"').skip(1).step_by(2).collect();
     assert!(words.starts_with(&["install", "bpf-linker"]), "{words:?}");
-    let docker_install = builder.lines().find(|l| l.contains("cargo install bpf-linker")).unwrap();
+    let docker_install = resolve(builder.lines().find(|l| l.contains("cargo install bpf-linker")).unwrap());
+    assert!(words.contains(&"--version"), "bpf-linker by version: {words:?}");
     for word in words.into_iter().filter(|w| *w != "--force") {
         assert!(
             docker_install.contains(word),
@@ -1277,7 +1335,12 @@ fn check_daemonset(bundle: &Bundle) -> anyhow::Result<()> {
         }
     }
 
-    // The kernel's side: bpffs and BTF from the host.
+    // The kernel's side: BTF from the host. Not bpffs: Sluice pins nothing (its attachments are
+    // bpf_link descriptors that end with the process), so the host's BPF filesystem stays out.
+    ensure!(
+        !container.volume_mounts.iter().flatten().any(|m| m.mount_path.starts_with("/sys/fs/bpf")),
+        "nothing is pinned: /sys/fs/bpf is not mounted"
+    );
     let host_mount = |host_path: &str| -> anyhow::Result<(String, bool)> {
         let volume = pod
             .volumes
@@ -1293,8 +1356,6 @@ fn check_daemonset(bundle: &Bundle) -> anyhow::Result<()> {
             .with_context(|| format!("{host_path} is mounted"))?;
         Ok((mount.mount_path.clone(), mount.read_only.unwrap_or(false)))
     };
-    let (bpffs, bpffs_read_only) = host_mount("/sys/fs/bpf")?;
-    ensure!(bpffs == "/sys/fs/bpf" && !bpffs_read_only, "bpffs mounted read-write at /sys/fs/bpf");
     let (btf, _) = host_mount("/sys/kernel/btf")?;
     ensure!(btf == "/sys/kernel/btf", "BTF mounted at /sys/kernel/btf");
 

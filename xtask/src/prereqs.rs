@@ -149,8 +149,18 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-const BPF_LINKER_ARGS: [&str; 7] =
-    ["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features", "llvm-22"];
+/// bpf-linker by version (deploy/Dockerfile installs the same one; tests/tests/deploy.rs checks).
+const BPF_LINKER_ARGS: [&str; 9] = [
+    "install",
+    "bpf-linker",
+    "--version",
+    "0.13.0",
+    "--locked",
+    "--force",
+    "--no-default-features",
+    "--features",
+    "llvm-22",
+];
 
 fn bpf_linker_install() -> Command {
     let mut cmd = Command::new("cargo");
