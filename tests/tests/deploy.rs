@@ -358,6 +358,7 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
     }
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     config["admin"]["address"] = admin.to_string().into();
+    config["metrics"]["address"] = format!("127.0.0.1:{}", free_port()).into();
     let config_path = dir.join("base.yaml");
     std::fs::write(&config_path, serde_saphyr::to_string(&config).unwrap()).unwrap();
 
