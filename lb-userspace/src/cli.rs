@@ -116,6 +116,19 @@ pub struct KubernetesArgs {
     /// later and resumed.
     #[arg(long, default_value_t = 55, value_parser = clap::value_parser!(u16).range(1..=290), requires = "kubernetes")]
     pub watch_timeout_seconds: u16,
+    /// ingress-nginx's controller ConfigMap (`NAMESPACE/NAME`): its cluster-wide keys (HSTS,
+    /// ssl-redirect, forwarded headers, PROXY protocol, body size, timeouts, header ConfigMaps)
+    /// apply, watched; without it, ingress-nginx's defaults.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub nginx_configmap: Option<String>,
+}
+
+/// `NAMESPACE/NAME`, both parts non-empty.
+fn namespaced_name(value: &str) -> Result<String, String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(value.to_owned()),
+        _ => Err(format!("{value:?} is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -269,6 +282,7 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
         ingress_class: args.ingress_class.clone(),
         status,
         api,
+        controller_configmap: args.nginx_configmap.clone(),
         ..KubeOptions::default()
     }
 }

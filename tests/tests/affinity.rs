@@ -343,7 +343,8 @@ fn kubernetes_backend_group_names_are_pinned() {
         secrets: vec![],
     };
     let base = Config::from_yaml("listeners: [{name: web, address: \"127.0.0.1:8080\"}]", "test").unwrap();
-    let translation = Translator::new(Settings { ingress_class: "sluice".into() }).translate(&base, &state);
+    let settings = Settings { ingress_class: "sluice".into(), controller_configmap: None };
+    let translation = Translator::new(settings).translate(&base, &state);
     let mut names: Vec<&str> = translation.config.backends.iter().map(|b| b.name.as_str()).collect();
     names.sort();
     // The suffix is FNV-1a 32 of the settings' Debug text (provider/kube/translate.rs), so a

@@ -6,6 +6,7 @@
 //! since an EndpointSlice gives one port to all its endpoints.
 
 use std::{
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::Command,
     sync::{
@@ -783,6 +784,53 @@ fn auth_tls_annotations_require_client_certificates() {
     assert_eq!(sluice.get("uncovered.test", "/").unwrap().status, 404, "not served without its check");
 }
 
+/// ingress-nginx's controller ConfigMap (`--nginx-configmap`): trusted forwarded headers and
+/// the add-headers ConfigMap apply, and a change to the ConfigMap applies while running.
+#[test]
+fn the_controller_configmap_applies_and_follows_changes() {
+    let kube = FakeKube::start().unwrap();
+    let options =
+        backend::Options { addr: "127.0.0.2:0".parse().unwrap(), mode: Mode::Echo, ..Default::default() };
+    let web = Backend::launch("web-0", options).unwrap();
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web))], web.addr().port());
+    let controller = |forwarded: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"namespace": "ingress-nginx", "name": "controller"},
+            "data": {
+                "use-forwarded-headers": forwarded,
+                "proxy-real-ip-cidr": "127.0.0.0/8",
+                "add-headers": "ingress-nginx/response-headers",
+            },
+        })
+    };
+    kube.apply(controller("true"));
+    kube.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "ingress-nginx", "name": "response-headers"},
+        "data": {"X-Served-By": "sluice"},
+    }));
+    let sluice = Sluice::start(
+        &kube,
+        Options { nginx_configmap: Some("ingress-nginx/controller"), ..Options::default() },
+    );
+    sluice.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    let hop = [("X-Forwarded-For", "203.0.113.7")];
+    let response = get(sluice.addr, "app.test", "/", &hop).unwrap();
+    assert_eq!(response.header("x-served-by"), Some("sluice"), "{response:?}");
+    assert_eq!(
+        Echoed::of(&response).header("x-real-ip"),
+        Some("203.0.113.7"),
+        "a trusted peer's hop is believed"
+    );
+    kube.apply(controller("false"));
+    wait_for(Duration::from_secs(10), "the ConfigMap change to apply", || {
+        let response = get(sluice.addr, "app.test", "/", &hop).ok()?;
+        (Echoed::of(&response).header("x-real-ip") == Some("127.0.0.1")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+}
+
 fn lease_holder(kube: &FakeKube) -> Option<String> {
     kube.get("coordination.k8s.io/v1", "Lease", "sluice", "sluice-leader")?["spec"]["holderIdentity"]
         .as_str()
@@ -887,6 +935,18 @@ fn a_secret_update_rotates_the_served_certificate() {
         served_certificate(tls_addr, "secure.test").ok().filter(|der| *der == der_a)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    // HSTS is on for TLS hosts by default, as ingress-nginx sends it (hsts: true, one year,
+    // subdomains included).
+    let client = tls::client_config(tls::ClientOptions { trust: Some(&ca), ..Default::default() });
+    let mut stream = tls::connect(tls_addr, Some("secure.test"), &client).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        answer.contains("strict-transport-security: max-age=31536000; includesubdomains\r\n"),
+        "{answer}"
+    );
     // Plain HTTP redirects to HTTPS for a TLS host (ssl-redirect defaults to true).
     let redirect = sluice.get("secure.test", "/x").unwrap();
     assert_eq!(redirect.status, 308, "{redirect:?}");
@@ -954,11 +1014,19 @@ struct Options<'a> {
     tls: bool,
     lease_seconds: u64,
     admin: Option<SocketAddr>,
+    nginx_configmap: Option<&'a str>,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { identity: "sluice-a", publish: "192.0.2.1", tls: false, lease_seconds: 3, admin: None }
+        Options {
+            identity: "sluice-a",
+            publish: "192.0.2.1",
+            tls: false,
+            lease_seconds: 3,
+            admin: None,
+            nginx_configmap: None,
+        }
     }
 }
 
@@ -992,6 +1060,9 @@ impl Sluice {
             .args(["--lease-namespace", "sluice"])
             .args(["--lease-duration-seconds", &options.lease_seconds.to_string()])
             .env("RUST_LOG", "info");
+        if let Some(configmap) = options.nginx_configmap {
+            command.args(["--nginx-configmap", configmap]);
+        }
         let mut child = ChildGuard::spawn(command).unwrap();
         wait_for(Duration::from_secs(20), "sluice to accept", || {
             assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());

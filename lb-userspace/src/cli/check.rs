@@ -25,7 +25,7 @@ pub struct CheckArgs {
     /// as deploy/ ships them).
     pub file: Option<PathBuf>,
     /// Ingress manifests (YAML or JSON, several documents or `kind: List` per file) to
-    /// translate as the controller would; the Services, EndpointSlices, Secrets and
+    /// translate as the controller would; the Services, EndpointSlices, Secrets, ConfigMaps and
     /// IngressClasses in them are used too. Exits 0 when every Ingress of the class is served,
     /// 1 when one is refused or set aside (or, with --strict, on any warning), 2 when a file
     /// cannot be read.
@@ -38,6 +38,10 @@ pub struct CheckArgs {
     /// documents not read) fail the check too.
     #[arg(long, requires = "ingress")]
     pub strict: bool,
+    /// With --ingress: ingress-nginx's controller ConfigMap, `NAMESPACE/NAME`, as
+    /// `sluice run --nginx-configmap` (it and the ConfigMaps it names come from the manifests).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
+    pub nginx_configmap: Option<String>,
 }
 
 /// Refused or set-aside Ingresses, a configuration that does not validate, or (with
@@ -74,7 +78,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_UNREADABLE));
         }
     };
-    let translator = Translator::new(Settings { ingress_class: args.ingress_class.clone() });
+    let translator = Translator::new(Settings {
+        ingress_class: args.ingress_class.clone(),
+        controller_configmap: args.nginx_configmap.clone(),
+    });
     let translation = match translator.build(&base, &manifests.state) {
         Ok(translation) => translation,
         Err(e) => {
@@ -151,7 +158,7 @@ impl Manifests {
         }
         let expected = match kind.as_str() {
             "Ingress" | "IngressClass" => "networking.k8s.io/v1",
-            "Service" | "Secret" => "v1",
+            "Service" | "Secret" | "ConfigMap" => "v1",
             "EndpointSlice" => "discovery.k8s.io/v1",
             _ => {
                 self.skipped.push(format!("{at}: {kind} {name} is not read"));
@@ -184,6 +191,7 @@ impl Manifests {
             "IngressClass" => self.state.classes.push(Arc::new(typed(object, &at)?)),
             "Service" => self.state.services.push(Arc::new(typed(object, &at)?)),
             "EndpointSlice" => self.state.slices.push(Arc::new(typed(object, &at)?)),
+            "ConfigMap" => self.state.configmaps.push(Arc::new(typed(object, &at)?)),
             _ => {
                 let mut secret: k8s_openapi::api::core::v1::Secret = typed(object, &at)?;
                 // The API server folds stringData into data when it stores a Secret.

@@ -115,6 +115,9 @@ pub struct Annotations {
     pub response_headers: Option<crate::config::HeaderOpsConfig>,
     /// `enable-cors` and the `cors-*` set.
     pub cors: Option<crate::config::CorsConfig>,
+    /// `custom-headers`: the ConfigMap (`NAMESPACE/NAME`, or `NAME` in the Ingress's namespace)
+    /// whose entries are set on responses; the translation reads it.
+    pub custom_headers: Option<String>,
     /// `limit-rps`, `limit-rpm`, `limit-connections`, `limit-rate` and what refines them.
     pub rate_limit: Option<crate::config::RateLimitConfig>,
     /// `auth-type: basic` and its `auth-secret`, `auth-secret-type`, `auth-realm`.

@@ -14,6 +14,7 @@
 
 pub mod annotations;
 pub mod api;
+pub mod controller_config;
 pub mod leader;
 pub mod rbac;
 pub mod translate;
@@ -29,7 +30,7 @@ use std::{
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Secret, Service},
+    core::v1::{ConfigMap, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -63,6 +64,8 @@ pub struct KubeOptions {
     pub status: Option<leader::StatusOptions>,
     /// Timeouts and retries of the API client.
     pub api: api::ApiSettings,
+    /// ingress-nginx's controller ConfigMap, `NAMESPACE/NAME` (`--nginx-configmap`).
+    pub controller_configmap: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -73,6 +76,7 @@ impl Default for KubeOptions {
             debounce: Duration::from_millis(50),
             status: Some(leader::StatusOptions::default()),
             api: api::ApiSettings::default(),
+            controller_configmap: None,
         }
     }
 }
@@ -124,6 +128,7 @@ pub struct Stores {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
+    pub configmaps: Store<ConfigMap>,
 }
 
 impl Stores {
@@ -140,6 +145,7 @@ impl Stores {
             // Every Secret but Helm's release records (large, and never named by an Ingress):
             // TLS Secrets and the Opaque ones auth annotations name. The translation reads only
             // those an Ingress names, and checks each one's type and keys for its use.
+            configmaps: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             secrets: reflect(
                 Api::all(client.clone()),
                 config.fields("type!=helm.sh/release.v1"),
@@ -156,6 +162,7 @@ impl Stores {
             self.services.wait_until_ready(),
             self.slices.wait_until_ready(),
             self.secrets.wait_until_ready(),
+            self.configmaps.wait_until_ready(),
         );
     }
 
@@ -167,6 +174,7 @@ impl Stores {
             services: self.services.state(),
             slices: self.slices.state(),
             secrets: self.secrets.state(),
+            configmaps: self.configmaps.state(),
         }
     }
 }
@@ -271,7 +279,10 @@ impl KubeProvider {
         }
         let client = api::client(options.kubeconfig.as_deref(), &api).await?;
         crate::metrics::KUBE_API.enable();
-        let translator = Arc::new(Translator::new(Settings { ingress_class: options.ingress_class.clone() }));
+        let translator = Arc::new(Translator::new(Settings {
+            ingress_class: options.ingress_class.clone(),
+            controller_configmap: options.controller_configmap.clone(),
+        }));
         Ok(KubeProvider { client, options, translator })
     }
 

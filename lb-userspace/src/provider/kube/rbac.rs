@@ -14,7 +14,7 @@
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Node, Secret, Service},
+    core::v1::{ConfigMap, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -134,6 +134,10 @@ pub const PERMISSIONS: &[Permission] = &[
     // Field selector `type!=helm.sh/release.v1`; RBAC cannot express that restriction.
     Permission::of::<Secret>(Scope::Cluster, Verb::List, REFLECTOR),
     Permission::of::<Secret>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    // The controller ConfigMap and those `add-headers`, `proxy-set-headers` and the
+    // `custom-headers` annotation name.
+    Permission::of::<ConfigMap>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<ConfigMap>(Scope::Cluster, Verb::Watch, REFLECTOR),
     // The leader's status writer (`leader::Publisher`).
     Permission::of::<Ingress>(
         Scope::Cluster,
@@ -195,6 +199,7 @@ mod tests {
             ("networking.k8s.io", "ingresses/status"),
             ("", "services"),
             ("", "secrets"),
+            ("", "configmaps"),
             ("", "nodes"),
             ("discovery.k8s.io", "endpointslices"),
             ("coordination.k8s.io", "leases"),

@@ -31,7 +31,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Secret, Service, ServicePort},
+    core::v1::{ConfigMap, Secret, Service, ServicePort},
     discovery::v1::EndpointSlice,
     networking::v1::{
         HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, ServiceBackendPort,
@@ -39,12 +39,15 @@ use k8s_openapi::api::{
 };
 use serde::de::DeserializeOwned;
 
-use super::annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol};
+use super::{
+    annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol},
+    controller_config::{self, ControllerConfig},
+};
 use crate::{
     config::{
         BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
-        EndpointConfig, HeaderMatch, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig, RewriteConfig,
-        RouteConfig, SecretString, VirtualHostConfig,
+        EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig,
+        RewriteConfig, RouteConfig, SecretString, VirtualHostConfig,
     },
     numeric,
 };
@@ -66,6 +69,7 @@ pub struct ClusterState {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
+    pub configmaps: Vec<Arc<ConfigMap>>,
 }
 
 /// Which Ingresses are ours.
@@ -73,6 +77,8 @@ pub struct ClusterState {
 pub struct Settings {
     /// The class name served (`--ingress-class`), besides IngressClasses naming [`CONTROLLER`].
     pub ingress_class: String,
+    /// ingress-nginx's controller ConfigMap, `NAMESPACE/NAME` (`--nginx-configmap`).
+    pub controller_configmap: Option<String>,
 }
 
 /// An Ingress, by namespace and name.
@@ -192,6 +198,7 @@ impl Translator {
         excluded: &BTreeSet<IngressId>,
     ) -> Translation {
         let mut builder = Builder::new(self, base, state);
+        builder.read_controller_config();
         let (ours, default_is_ours) = builder.classes();
         let mut ingresses: Vec<&Ingress> =
             state.ingresses.iter().map(Arc::as_ref).filter(|i| is_ours(i, &ours, default_is_ours)).collect();
@@ -205,8 +212,9 @@ impl Translator {
             if excluded.contains(&id) {
                 continue;
             }
-            let reading =
+            let mut reading =
                 annotations::read(ingress.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()));
+            builder.controller_defaults(&id, &mut reading);
             for warning in &reading.warnings {
                 builder.note(Some(&id), warning.clone());
             }
@@ -264,6 +272,19 @@ fn template<T: DeserializeOwned>(yaml: &str) -> T {
 fn backend_template() -> &'static BackendConfig {
     static TEMPLATE: OnceLock<BackendConfig> = OnceLock::new();
     TEMPLATE.get_or_init(|| template("name: template\nendpoints: []\n"))
+}
+
+/// Header changes `first`, then `then`'s, as one layer.
+fn layered(first: Option<HeaderOpsConfig>, then: Option<HeaderOpsConfig>) -> Option<HeaderOpsConfig> {
+    match (first, then) {
+        (Some(mut first), Some(then)) => {
+            first.remove.extend(then.remove);
+            first.set.extend(then.set);
+            first.add.extend(then.add);
+            Some(first)
+        }
+        (first, then) => first.or(then),
+    }
 }
 
 /// What the Ingress's annotations ask of each of its routes, whatever it does with requests:
@@ -332,6 +353,7 @@ struct Index<'a> {
     /// (namespace, service) → slices, by slice name.
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+    configmaps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
 }
 
 struct Builder<'a> {
@@ -344,6 +366,10 @@ struct Builder<'a> {
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
     notes: Vec<Note>,
     tls_listener: bool,
+    /// The controller ConfigMap's settings (ingress-nginx's defaults without one).
+    controller: ControllerConfig,
+    /// Its `proxy-set-headers` and `add-headers`, read from the ConfigMaps they name.
+    controller_headers: (Option<HeaderOpsConfig>, Option<HeaderOpsConfig>),
     /// The basic auth of the Ingress being translated, its Secret read once for all its routes.
     basic_auth: Option<BasicAuthConfig>,
     /// The client certificate settings of the Ingress being translated, its CA read.
@@ -369,18 +395,114 @@ impl<'a> Builder<'a> {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
         let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
+        let configmaps = state.configmaps.iter().map(|c| (meta_ns_name(&c.metadata), c.as_ref())).collect();
         Builder {
             translator,
             base,
             state,
-            index: Index { services, slices, secrets },
+            index: Index { services, slices, secrets, configmaps },
             hosts: BTreeMap::new(),
             backends: BTreeMap::new(),
             certificates: BTreeMap::new(),
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
+            controller: ControllerConfig::default(),
+            controller_headers: (None, None),
             basic_auth: None,
             client_tls: None,
+        }
+    }
+
+    /// Reads the controller ConfigMap, when one is named, and the header ConfigMaps it names.
+    fn read_controller_config(&mut self) {
+        let Some(reference) = self.translator.settings.controller_configmap.clone() else { return };
+        let Some(data) = self.configmap_data(&reference, "") else {
+            self.note(
+                None,
+                format!("controller ConfigMap {reference} not found; ingress-nginx's defaults apply"),
+            );
+            return;
+        };
+        let (controller, warnings) = controller_config::read(&data);
+        for warning in warnings {
+            self.note(None, format!("controller ConfigMap {reference}: {warning}"));
+        }
+        let mut headers = |key: &str, named: &Option<String>| -> Option<HeaderOpsConfig> {
+            let named = named.as_ref()?;
+            let read = match self.configmap_data(named, "") {
+                Some(data) => controller_config::header_fields(&data),
+                None => Err("not found".to_owned()),
+            };
+            read.map_err(|e| self.note(None, format!("{key} ConfigMap {named}: {e}; no headers from it")))
+                .ok()
+        };
+        self.controller_headers = (
+            headers("proxy-set-headers", &controller.proxy_set_headers),
+            headers("add-headers", &controller.add_headers),
+        );
+        self.controller = controller;
+    }
+
+    /// The data of the ConfigMap `NAMESPACE/NAME` (or `NAME` in `namespace`).
+    fn configmap_data(&self, reference: &str, namespace: &str) -> Option<BTreeMap<String, String>> {
+        let (namespace, name) = reference.split_once('/').unwrap_or((namespace, reference));
+        self.index.configmaps.get(&(namespace, name)).map(|c| c.data.clone().unwrap_or_default())
+    }
+
+    /// The controller ConfigMap's defaults under one Ingress's annotations, its header
+    /// ConfigMaps before the annotations' changes, and the `custom-headers` ConfigMap, which
+    /// refuses the Ingress when it cannot be used (ingress-nginx denies its locations).
+    fn controller_defaults(&mut self, id: &IngressId, reading: &mut annotations::Reading) {
+        let c = &self.controller;
+        let a = &mut reading.annotations;
+        a.body_size = a.body_size.or(c.body_size);
+        a.read_timeout_ms = a.read_timeout_ms.or(c.read_timeout_ms);
+        a.backend.connect_timeout_ms = a.backend.connect_timeout_ms.or(c.connect_timeout_ms);
+        a.ssl_redirect = a.ssl_redirect.or(Some(c.ssl_redirect));
+        let (request, response) = self.controller_headers.clone();
+        a.request_headers = layered(request, a.request_headers.take());
+        a.response_headers = layered(response, a.response_headers.take());
+        let Some(reference) = a.custom_headers.clone() else { return };
+        let allowed = &self.controller.allowed_response_headers;
+        let custom = match self.configmap_data(&reference, &id.namespace) {
+            None => Err(format!("custom-headers: ConfigMap {reference} not found")),
+            Some(data) => controller_config::header_fields(&data)
+                .map_err(|e| format!("custom-headers: ConfigMap {reference}: {e}"))
+                .and_then(|ops| match ops.set.iter().find(|f| !allowed.contains(&f.name.to_ascii_lowercase())) {
+                    Some(f) => Err(format!(
+                        "custom-headers: header {} is not in the controller ConfigMap's global-allowed-response-headers",
+                        f.name
+                    )),
+                    None => Ok(ops),
+                }),
+        };
+        match custom {
+            Ok(ops) => {
+                let a = &mut reading.annotations;
+                a.response_headers = layered(a.response_headers.take(), Some(ops));
+            }
+            Err(why) => {
+                reading.refused.get_or_insert(why);
+            }
+        }
+    }
+
+    /// The controller ConfigMap's node-wide settings, over the base configuration's.
+    fn controller_settings(&self, config: &mut Config) {
+        let c = &self.controller;
+        if let Some(forwarded) = &c.forwarded {
+            config.forwarded = forwarded.clone();
+        }
+        if let Some(proxy_protocol) = c.proxy_protocol {
+            for listener in &mut config.listeners {
+                listener.proxy_protocol = proxy_protocol;
+            }
+        }
+        if let Some(status) = c.limit_req_status {
+            config.limits.rate_limit_status = status;
+        }
+        if let Some(status) = c.limit_conn_status {
+            config.limits.connection_limit_status = status;
         }
     }
 
@@ -668,6 +790,7 @@ impl<'a> Builder<'a> {
         if let Some(client_tls) = &self.client_tls {
             client_tls.apply(&mut host_tls);
         }
+        host_tls.hsts = self.controller.hsts.clone();
         self.hosts.entry(host).or_default().tls = Some((host_tls, id.clone()));
     }
 
@@ -1005,6 +1128,7 @@ impl<'a> Builder<'a> {
 
     fn finish(mut self, served: Vec<IngressId>) -> Translation {
         let mut config = self.base.clone();
+        self.controller_settings(&mut config);
         let mut owners = Vec::new();
         let base_domains: BTreeSet<String> = config
             .virtual_hosts

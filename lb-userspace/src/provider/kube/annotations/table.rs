@@ -116,6 +116,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("canary-by-cookie", canary_by_cookie),
     applied("upstream-vhost", upstream_vhost),
     applied("x-forwarded-prefix", x_forwarded_prefix),
+    applied("custom-headers", custom_headers),
     // The cors-* set refines enable-cors: "true".
     applied("enable-cors", enable_cors),
     applied("cors-allow-origin", cors_allow_origin),
@@ -302,6 +303,16 @@ fn x_forwarded_prefix(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
         return Err(Expected("a path prefix such as /api (nginx variables are not expanded)"));
     }
     set_request_field(a, "x-forwarded-prefix", v);
+    Ok(())
+}
+
+/// A ConfigMap reference; whether it exists and may be used is the translation's to say.
+fn custom_headers(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let parts: Vec<&str> = v.split('/').collect();
+    if parts.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(Expected("NAMESPACE/NAME or NAME of a ConfigMap"));
+    }
+    a.custom_headers = Some(v.to_owned());
     Ok(())
 }
 

@@ -261,7 +261,7 @@ fn tls_base() -> Config {
 }
 
 fn translator() -> Translator {
-    Translator::new(Settings { ingress_class: "sluice".into() })
+    Translator::new(Settings { ingress_class: "sluice".into(), controller_configmap: None })
 }
 
 /// The web Service with one port and two ready endpoints.
@@ -274,6 +274,7 @@ fn web_state() -> ClusterState {
             SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1").ready("10.0.0.2").build(),
         ],
         secrets: Vec::new(),
+        configmaps: Vec::new(),
     }
 }
 
@@ -861,4 +862,118 @@ fn self_signed(host: &str) -> (String, String) {
     let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+fn configmap(
+    namespace: &str,
+    name: &str,
+    data: &[(&str, &str)],
+) -> Arc<k8s_openapi::api::core::v1::ConfigMap> {
+    Arc::new(k8s_openapi::api::core::v1::ConfigMap {
+        metadata: meta(Some(namespace), name),
+        data: Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn hsts_is_on_for_tls_hosts_by_default_as_in_ingress_nginx() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses =
+        vec![IngressTest::new("web").tls(&["a.test"], "a-tls").host("a.test").path("/", "web", 80).build()];
+    state.secrets = vec![tls_secret("a-tls", &cert, &key)];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    let hsts = host(&t.config, "a.test").tls.as_ref().unwrap().hsts.clone().expect("HSTS by default");
+    assert_eq!((hsts.max_age_seconds, hsts.include_subdomains, hsts.preload), (31_536_000, true, false));
+    // The controller ConfigMap turns it off, or changes it.
+    let with = |data: &[(&str, &str)]| {
+        let mut state = state.clone();
+        state.configmaps = vec![configmap("ingress-nginx", "controller", data)];
+        let settings = Settings {
+            ingress_class: "sluice".into(),
+            controller_configmap: Some("ingress-nginx/controller".into()),
+        };
+        Translator::new(settings).build(&tls_base(), &state).unwrap()
+    };
+    assert!(host(&with(&[("hsts", "false")]).config, "a.test").tls.as_ref().unwrap().hsts.is_none());
+    let t = with(&[("hsts-max-age", "600"), ("ssl-redirect", "false")]);
+    let tls = host(&t.config, "a.test").tls.clone().unwrap();
+    assert_eq!((tls.hsts.unwrap().max_age_seconds, tls.redirect_http), (600, false));
+}
+
+#[test]
+fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("web").host("a.test").path("/", "web", 80).build(),
+        IngressTest::new("own")
+            .annotation("nginx.ingress.kubernetes.io/proxy-body-size", "2m")
+            .annotation("nginx.ingress.kubernetes.io/custom-headers", "headers")
+            .host("b.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("forbidden")
+            .annotation("nginx.ingress.kubernetes.io/custom-headers", "default/too-much")
+            .host("c.test")
+            .path("/", "web", 80)
+            .build(),
+    ];
+    state.configmaps = vec![
+        configmap(
+            "ingress-nginx",
+            "controller",
+            &[
+                ("use-forwarded-headers", "true"),
+                ("proxy-real-ip-cidr", "10.0.0.0/8"),
+                ("use-proxy-protocol", "true"),
+                ("proxy-body-size", "20m"),
+                ("limit-req-status-code", "429"),
+                ("add-headers", "ingress-nginx/response"),
+                ("proxy-set-headers", "ingress-nginx/request"),
+                ("global-allowed-response-headers", "X-Frame-Options"),
+                ("keep-alive", "75"),
+            ],
+        ),
+        configmap("ingress-nginx", "response", &[("X-Served-By", "sluice")]),
+        configmap("ingress-nginx", "request", &[("X-Edge", "1")]),
+        configmap("default", "headers", &[("X-Frame-Options", "DENY")]),
+        configmap("default", "too-much", &[("X-Frame-Options", "DENY"), ("Server", "mine")]),
+    ];
+    let settings = Settings {
+        ingress_class: "sluice".into(),
+        controller_configmap: Some("ingress-nginx/controller".into()),
+    };
+    let t = Translator::new(settings).build(&base(), &state).unwrap();
+    let f = &t.config.forwarded;
+    assert!(
+        f.use_forwarded_headers
+            && f.trusts("10.1.1.1".parse().unwrap())
+            && !f.trusts("192.0.2.1".parse().unwrap())
+    );
+    assert!(t.config.listeners.iter().all(|l| l.proxy_protocol));
+    assert_eq!(t.config.limits.rate_limit_status, 429);
+    let route = |domain: &str| host(&t.config, domain).routes[0].clone();
+    assert_eq!(route("a.test").max_body_bytes, Some(20 << 20), "the ConfigMap's default");
+    assert_eq!(route("b.test").max_body_bytes, Some(2 << 20), "the annotation wins");
+    let names = |ops: Option<HeaderOpsConfig>| -> Vec<String> {
+        ops.map(|o| o.set.iter().map(|f| format!("{}={}", f.name, f.value)).collect()).unwrap_or_default()
+    };
+    assert_eq!(names(route("a.test").request_headers), ["X-Edge=1"]);
+    assert_eq!(names(route("a.test").response_headers), ["X-Served-By=sluice"]);
+    assert_eq!(names(route("b.test").response_headers), ["X-Served-By=sluice", "X-Frame-Options=DENY"]);
+    // A custom-headers ConfigMap with a header not allowed refuses its Ingress, as ingress-nginx
+    // denies its locations.
+    assert!(t.config.virtual_hosts.iter().all(|h| !h.domains.iter().any(|d| d == "c.test")));
+    let notes = notes(&t);
+    assert!(
+        notes.contains("Server is not in the controller ConfigMap's global-allowed-response-headers"),
+        "{notes}"
+    );
+    assert!(notes.contains("key keep-alive is ignored"), "{notes}");
+    // A named ConfigMap that does not exist: reported, defaults apply.
+    let settings =
+        Settings { ingress_class: "sluice".into(), controller_configmap: Some("ingress-nginx/nope".into()) };
+    let t = Translator::new(settings).build(&base(), &web_state()).unwrap();
+    assert!(notes_contain(&t, "controller ConfigMap ingress-nginx/nope not found"));
 }
