@@ -551,7 +551,7 @@ fn basic_auth_secrets_are_read_and_rotate_under_load() {
     // Rotation under load: two keep-alive clients, one per password, until the new password has
     // passed for a while (bounded either way).
     let stop = Arc::new(AtomicBool::new(false));
-    let load = |authorization: String| {
+    let load = |authorization: String, answered: Arc<AtomicU64>| {
         let (stop, addr) = (stop.clone(), sluice.addr);
         std::thread::spawn(move || {
             let mut client = Client::connect(addr);
@@ -561,18 +561,23 @@ fn basic_auth_secrets_are_read_and_rotate_under_load() {
                 let response =
                     client.request("GET", "staff.test", "/", &[("Authorization", &authorization)], false);
                 seen.push((sent, Instant::now(), response.map(|r| r.status).unwrap_or(0)));
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             seen
         })
     };
-    let (old_load, new_load) = (load(old.clone()), load(new.clone()));
-    std::thread::sleep(Duration::from_millis(200));
+    // Progress is counted, not timed: a loaded machine answers fewer requests per second.
+    let (old_answered, new_answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (old_load, new_load) =
+        (load(old.clone(), old_answered.clone()), load(new.clone(), new_answered.clone()));
+    lb_tests::sluice::wait_for_load(&old_answered, 20, "with the old password");
     kube.apply(opaque_secret("default", "staff-auth", &[("auth", NEW)]));
     wait_for(Duration::from_secs(20), "the new password to pass", || {
         (status("staff.test", &new).status == 200).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
-    std::thread::sleep(Duration::from_millis(300));
+    lb_tests::sluice::wait_for_load(&new_answered, 40, "with the new password");
+    lb_tests::sluice::wait_for_load(&old_answered, 20, "with the old password, after the rotation");
     stop.store(true, Ordering::Relaxed);
     let (old_seen, new_seen) = (old_load.join().unwrap(), new_load.join().unwrap());
     // The rotation is observed when the first new-password request is answered 200.
