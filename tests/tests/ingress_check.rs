@@ -36,7 +36,7 @@ fn refusals_fail_the_check_and_every_warning_is_printed() {
     );
     assert!(!out.contains("blog.example.com"), "a refused Ingress makes no route:\n{out}");
     for warning in [
-        "shop/late: annotation enable-opentelemetry is unknown; ignored",
+        "shop/late: annotation enable-opentelemetry is ignored: tracing is not implemented; no spans are sent",
         "shop/late: Service shop/api-v2 not found; its paths answer 503",
         "shop/late: host shop.example.com path /api (Prefix) is already served by the older Ingress shop/web",
         "other-class.yaml document 1: Ingress docs: not of class \"sluice\"",

@@ -536,6 +536,16 @@ mod tests {
         assert!(annotations(&[("auth-snippet", "x")]).refused.is_some());
     }
 
+    /// Every annotation name ingress-nginx defines (its documentation's and its parsers' names,
+    /// kept in `ingress_nginx_names.txt`) has a class: none is reported as unknown.
+    #[test]
+    fn every_ingress_nginx_annotation_name_has_a_class() {
+        let names: Vec<&str> = include_str!("annotations/ingress_nginx_names.txt").lines().collect();
+        assert!(names.len() > 130, "the whole list: {}", names.len());
+        let missing: Vec<&&str> = names.iter().filter(|name| lookup(name).is_none()).collect();
+        assert!(missing.is_empty(), "no class for {missing:?}");
+    }
+
     #[test]
     fn snippets_refuse_the_ingress() {
         let r = annotations(&[("configuration-snippet", "more_set_headers 'X: y';")]);

@@ -22,6 +22,13 @@ const UPSTREAM_TLS: &str =
 
 const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled per worker; auth-keepalive-timeout sets their idle time";
 
+const TRACING: &str = "tracing is not implemented; no spans are sent";
+const FASTCGI: &str = "FastCGI is not served (backend-protocol: FCGI refuses the Ingress)";
+const REDIRECT_DETAIL: &str = "Sluice's redirects are absolute URLs with the request's own port and path";
+const MIRROR: &str =
+    "request mirroring is not implemented; the backend serves as usual and nothing is copied";
+const REWRITE_RESPONSE: &str = "the backend's Set-Cookie and Location headers are passed unchanged";
+
 type Result = std::result::Result<(), Problem>;
 
 /// Every annotation name Sluice knows.
@@ -159,6 +166,52 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ignored("proxy-ssl-verify", UPSTREAM_TLS),
     ignored("proxy-ssl-secret", UPSTREAM_TLS),
     ignored("proxy-ssl-name", UPSTREAM_TLS),
+    ignored("proxy-ssl-server-name", UPSTREAM_TLS),
+    ignored("proxy-ssl-verify-depth", UPSTREAM_TLS),
+    ignored("proxy-ssl-ciphers", UPSTREAM_TLS),
+    ignored("proxy-ssl-protocols", UPSTREAM_TLS),
+    ignored("client-body-buffer-size", BUFFERING),
+    ignored("proxy-buffers-number", BUFFERING),
+    ignored("proxy-busy-buffers-size", BUFFERING),
+    ignored("proxy-max-temp-file-size", BUFFERING),
+    ignored("disable-proxy-intercept-errors", ERROR_PAGES),
+    ignored("enable-opentelemetry", TRACING),
+    ignored("opentelemetry-operation-name", TRACING),
+    ignored("opentelemetry-trust-incoming-span", TRACING),
+    ignored("enable-rewrite-log", "nginx's rewrite debug log; Sluice's access log is set for the node"),
+    ignored("fastcgi-index", FASTCGI),
+    ignored("fastcgi-params-configmap", FASTCGI),
+    ignored(
+        "from-to-www-redirect",
+        "not implemented yet; the www and bare names are served as the rules list them",
+    ),
+    ignored("server-alias", "not implemented yet; only the names of the Ingress rules are served"),
+    ignored("use-port-in-redirects", REDIRECT_DETAIL),
+    ignored("preserve-trailing-slash", REDIRECT_DETAIL),
+    ignored("relative-redirects", REDIRECT_DETAIL),
+    ignored("http2-push-preload", "HTTP/2 server push is not sent (browsers have dropped it)"),
+    ignored("mirror-target", MIRROR),
+    ignored("mirror-host", MIRROR),
+    ignored("mirror-request-body", MIRROR),
+    ignored("proxy-cookie-domain", REWRITE_RESPONSE),
+    ignored("proxy-cookie-path", REWRITE_RESPONSE),
+    ignored("proxy-redirect-from", REWRITE_RESPONSE),
+    ignored("proxy-redirect-to", REWRITE_RESPONSE),
+    ignored("proxy-http-version", "backends are spoken to in HTTP/1.1 (or HTTP/2 for gRPC)"),
+    ignored("ssl-ciphers", "rustls' cipher suites are served (no CBC, no RSA key exchange)"),
+    ignored("ssl-prefer-server-ciphers", "rustls' cipher suites are served (no CBC, no RSA key exchange)"),
+    ignored(
+        "satisfy",
+        "every access check of the Ingress must pass (nginx's satisfy all); `any` is stricter here, never more open",
+    ),
+    ignored(
+        "upstream-hash-by-subset",
+        "subsets are not implemented; upstream-hash-by hashes over all the endpoints",
+    ),
+    ignored(
+        "upstream-hash-by-subset-size",
+        "subsets are not implemented; upstream-hash-by hashes over all the endpoints",
+    ),
 ];
 
 const fn applied(name: &'static str, parse: Parse) -> Annotation {
