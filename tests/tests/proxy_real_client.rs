@@ -191,3 +191,43 @@ fn proxy_protocol_comes_before_the_tls_handshake() {
         assert!(answer.contains("x-forwarded-proto: https"), "{answer}");
     }
 }
+
+/// The access log names the real client and, for a refused request, the check that refused it.
+#[test]
+fn the_access_log_names_the_real_client_and_the_refusal() {
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    let sluice = lb_tests::sluice::Binary::start(&format!(
+        "workers: 1
+xdp: {{enabled: false}}
+listeners: [{{name: web, address: \"{{listen}}\"}}]
+forwarded: {{trusted_proxies: [127.0.0.0/8], use_forwarded_headers: true}}
+backends:
+  - {{name: echo, endpoints: [{{address: \"{}\"}}]}}
+virtual_hosts:
+  - name: app
+    domains: [\"*\"]
+    routes:
+      - backend: echo
+        source_ranges: {{allow: [203.0.113.0/24]}}
+",
+        echo.addr()
+    ));
+    assert_eq!(request(sluice.addr, "a.test", "/in", &[("X-Forwarded-For", "203.0.113.7")]).status, 200);
+    assert_eq!(request(sluice.addr, "a.test", "/out", &[("X-Forwarded-For", "198.51.100.9")]).status, 403);
+    let lines = wait_for(Duration::from_secs(10), "both access log lines", || {
+        let output = sluice.child.output();
+        let lines: Vec<String> = output
+            .lines()
+            .filter(|l| l.contains("path=/in") || l.contains("path=/out"))
+            .map(String::from)
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    let (allowed, refused) = (&lines[0], &lines[1]);
+    assert!(allowed.contains("client=203.0.113.7") && allowed.contains("denied=\"\""), "{allowed}");
+    assert!(
+        refused.contains("client=198.51.100.9") && refused.contains("denied=\"source_range\""),
+        "{refused}"
+    );
+}

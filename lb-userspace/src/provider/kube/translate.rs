@@ -633,6 +633,9 @@ impl<'a> Builder<'a> {
             return;
         }
         let tls_hosts = self.tls_hosts(spec, id, a);
+        if self.client_tls.is_some() {
+            self.client_tls_fail_closed(&hosts_served, id);
+        }
         if !tls_hosts.is_empty() && !self.tls_listener {
             self.note(Some(id), "has TLS hosts but no listener terminates TLS; served over plain HTTP only");
         }
@@ -640,6 +643,34 @@ impl<'a> Builder<'a> {
             self.note(
                 Some(id),
                 "force-ssl-redirect applies only to hosts with TLS; other hosts are not redirected",
+            );
+        }
+    }
+
+    /// Client certificates are checked only where the Ingress's own TLS settings serve its host.
+    /// Where they do not (its TLS Secret is unusable, an older Ingress set the host's TLS, no
+    /// listener terminates TLS), the Ingress's paths on that host answer 403 to everyone rather
+    /// than serve without the check.
+    fn client_tls_fail_closed(&mut self, hosts: &BTreeSet<String>, id: &IngressId) {
+        let everyone: Vec<crate::config::Cidr> =
+            ["0.0.0.0/0", "::/0"].iter().map(|c| c.parse().expect("a CIDR")).collect();
+        let mut closed = Vec::new();
+        for host in hosts {
+            let Some(entry) = self.hosts.get_mut(host) else { continue };
+            let checked = self.tls_listener && entry.tls.as_ref().is_some_and(|(_, owner)| owner == id);
+            if checked {
+                continue;
+            }
+            for (route, _) in entry.routes.iter_mut().filter(|(_, owner)| owner == id) {
+                route.source_ranges =
+                    Some(crate::config::SourceRangesConfig { allow: Vec::new(), deny: everyone.clone() });
+            }
+            closed.push(host.clone());
+        }
+        for host in closed {
+            self.note(
+                Some(id),
+                format!("client certificates cannot be checked on host {host} (no usable TLS of this Ingress there); its paths answer 403"),
             );
         }
     }

@@ -29,6 +29,8 @@ pub struct AccessEntry {
     pub request: RequestLine,
     pub status: u16,
     pub upstream: Option<SocketAddr>,
+    /// Why an access check refused the request, if one did.
+    pub denied: Option<crate::metrics::Denial>,
     pub request_id: String,
     pub bytes: u64,
 }
@@ -45,6 +47,7 @@ impl Drop for AccessEntry {
             bytes = self.bytes,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             upstream = %self.upstream.map(|u| u.to_string()).unwrap_or_default(),
+            denied = self.denied.map(|why| why.name()).unwrap_or(""),
             worker = self.worker,
             request_id = %self.request_id,
         );

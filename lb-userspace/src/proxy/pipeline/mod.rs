@@ -178,6 +178,7 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
             request: request_line,
             status: response.status().as_u16(),
             upstream: outcome.upstream,
+            denied: response.extensions().get::<Denial>().copied(),
             request_id: response
                 .headers()
                 .get(&X_REQUEST_ID)
@@ -204,6 +205,19 @@ fn finish_policy(route: &Route, origin: Option<HeaderValue>, fields: &mut http::
     {
         cors.decorate(allowed, fields);
     }
+}
+
+/// A refusal on `route`: counted, and tagged (as a response extension, never sent) with why
+/// for the access log.
+fn denied(
+    connection: &Connection,
+    route: &Route,
+    why: Denial,
+    mut answer: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    connection.metrics.denied(&route.labels.route, why);
+    answer.extensions_mut().insert(why);
+    answer
 }
 
 /// A short plain-text error response.
@@ -367,11 +381,8 @@ fn admit(
     if let Some(ranges) = &route.source_ranges
         && !ranges.admits(client_ip)
     {
-        connection.metrics.denied(&route.labels.route, Denial::SourceRange);
-        return ControlFlow::Break(error(
-            StatusCode::FORBIDDEN,
-            "this client address may not use this route",
-        ));
+        let answer = error(StatusCode::FORBIDDEN, "this client address may not use this route");
+        return ControlFlow::Break(denied(connection, route, Denial::SourceRange, answer));
     }
     let admitted =
         match route.rate_limit.as_deref().map(|l| limited(l, route, client_ip, connection, &snapshot.limits))
@@ -431,9 +442,9 @@ fn limited(
         Err(Refusal::Requests) => (limits.rate_limit_status, Denial::RateLimit),
         Err(Refusal::Connections) => (limits.connection_limit_status, Denial::ConnectionLimit),
     };
-    connection.metrics.denied(&route.labels.route, why);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    ControlFlow::Break(error(status, "too many requests from this client address"))
+    let answer = error(status, "too many requests from this client address");
+    ControlFlow::Break(denied(connection, route, why, answer))
 }
 
 /// Authenticate: the route's access rules; a refusal is answered here and counted. What the
@@ -460,7 +471,6 @@ async fn authenticate(
             ControlFlow::Continue(Some(granted))
         }
         Err(refusal) => {
-            connection.metrics.denied(&route.labels.route, refusal.denial);
             let mut answer = if refusal.status == StatusCode::FOUND {
                 let mut redirect = Response::new(body::empty());
                 *redirect.status_mut() = StatusCode::FOUND;
@@ -471,7 +481,7 @@ async fn authenticate(
             for (name, value) in refusal.fields {
                 answer.headers_mut().append(name, value);
             }
-            ControlFlow::Break(answer)
+            ControlFlow::Break(denied(connection, route, refusal.denial, answer))
         }
     }
 }

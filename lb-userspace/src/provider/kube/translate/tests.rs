@@ -977,3 +977,40 @@ fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() 
     let t = Translator::new(settings).build(&base(), &web_state()).unwrap();
     assert!(notes_contain(&t, "controller ConfigMap ingress-nginx/nope not found"));
 }
+
+/// An auth-tls Ingress whose own TLS cannot serve a host (a broken TLS Secret, or TLS set by an
+/// older Ingress) fails closed there: its paths answer 403 instead of serving without the
+/// client-certificate check.
+#[test]
+fn client_certificates_fail_closed_where_the_ingress_tls_does_not_serve() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    let with_client_tls = |ingress: IngressTest| {
+        ingress.annotation("nginx.ingress.kubernetes.io/auth-tls-secret", "client-ca").build()
+    };
+    state.ingresses = vec![
+        with_client_tls(
+            IngressTest::new("good").tls(&["a.test"], "a-tls").host("a.test").path("/", "web", 80),
+        ),
+        with_client_tls(
+            IngressTest::new("broken").tls(&["b.test"], "b-tls").host("b.test").path("/", "web", 80),
+        ),
+    ];
+    let mut ca = tls_secret("client-ca", &cert, &key);
+    Arc::make_mut(&mut ca)
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("ca.crt".into(), ByteString(cert.as_bytes().to_vec()));
+    state.secrets =
+        vec![tls_secret("a-tls", &cert, &key), tls_secret("b-tls", "not a certificate", &key), ca];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    let a = host(&t.config, "a.test");
+    assert!(a.tls.as_ref().unwrap().client_ca_pem.is_some(), "the check is in place");
+    assert!(a.routes[0].source_ranges.is_none());
+    let b = host(&t.config, "b.test");
+    assert!(b.tls.is_none());
+    let closed = b.routes[0].source_ranges.as_ref().expect("fails closed");
+    assert!(!closed.admits("192.0.2.1".parse().unwrap()) && !closed.admits("2001:db8::1".parse().unwrap()));
+    assert!(notes_contain(&t, "client certificates cannot be checked on host b.test"), "{}", notes(&t));
+}
