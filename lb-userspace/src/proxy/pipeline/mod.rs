@@ -279,10 +279,11 @@ async fn route_and_forward<'s>(
         ControlFlow::Continue(admitted) => admitted,
         ControlFlow::Break(answer) => return answer,
     };
-    let granted = match authenticate(&mut request, route, connection, (&host, snapshot.generation)).await {
-        ControlFlow::Continue(granted) => granted,
-        ControlFlow::Break(answer) => return answer,
-    };
+    let granted =
+        match authenticate(&mut request, route, connection, client, (&host, snapshot.generation)).await {
+            ControlFlow::Continue(granted) => granted,
+            ControlFlow::Break(answer) => return answer,
+        };
 
     // Prepare: the client's fields as they go upstream; the client's map itself stays as it
     // came.
@@ -453,14 +454,16 @@ async fn authenticate(
     request: &mut Request<ClientBody>,
     route: &Route,
     connection: &Connection,
+    client: &RequestClient<'_>,
     (host, generation): (&str, u64),
 ) -> Phase<Option<Granted>> {
     let Some(access) = &route.access else { return ControlFlow::Continue(None) };
     let context = AuthContext {
         scheme: connection.scheme,
         host,
-        client: connection.client,
-        forwarded: &connection.forwarded,
+        // The real client: the auth service sees what the backend would.
+        client: SocketAddr::new(client.ip, connection.client.port()),
+        forwarded: &client.forwarded,
         generation,
     };
     match access.check(request, &context).await {
