@@ -455,13 +455,13 @@ fn backend_nginx_conf(dir: &Path, p: &Ports) -> String {
 }
 
 // The peers do an ingress's job per request, as Sluice does by default: a request id sent to the
-// backend and returned to the client, and the forwarding headers (X-Forwarded-For appended,
-// X-Real-IP, X-Forwarded-Proto, -Port and -Host) with the client's Host passed on. ingress-nginx's
+// backend and returned to the client, and the forwarding headers (X-Forwarded-For set to the
+// client address, as ingress-nginx's default, X-Real-IP, X-Forwarded-Proto, -Port and -Host) with the client's Host passed on. ingress-nginx's
 // own template sets these request headers; a peer proxying bare would skip work Sluice does on
 // every request.
 const NGINX_INGRESS_HEADERS: &str = "      proxy_set_header Host $host;\n      \
     proxy_set_header X-Request-ID $request_id;\n      \
-    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+    proxy_set_header X-Forwarded-For $remote_addr;\n      \
     proxy_set_header X-Real-IP $remote_addr;\n      \
     proxy_set_header X-Forwarded-Proto $scheme;\n      \
     proxy_set_header X-Forwarded-Port $server_port;\n      \
@@ -470,7 +470,7 @@ const NGINX_INGRESS_HEADERS: &str = "      proxy_set_header Host $host;\n      \
 
 const HAPROXY_INGRESS_HEADERS: &str = "    unique-id-format %[uuid()]\n    \
     unique-id-header X-Request-ID\n    \
-    option forwardfor\n    \
+    http-request set-header X-Forwarded-For %[src]\n    \
     http-request set-header X-Real-IP %[src]\n    \
     http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n    \
     http-request set-header X-Forwarded-Port %[dst_port]\n    \

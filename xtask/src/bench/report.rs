@@ -578,10 +578,11 @@ const METHOD: &str = "## How it is measured\n\n\
   generator talking to the backend itself: the ceiling of the client core.\n\
 - **Same job**: every proxy does per request what an ingress does and Sluice does by default: a\n  \
   request id sent to the backend and returned to the client (`X-Request-ID`), `X-Forwarded-For`\n  \
-  (appended), `X-Real-IP`, `X-Forwarded-Proto`, `-Port` and `-Host`, and the client's `Host` passed\n  \
+  (the client address, replacing any the client sent), `X-Real-IP`, `X-Forwarded-Proto`, `-Port` and\n  \
+  `-Host`, and the client's `Host` passed\n  \
   on (nginx: `proxy_set_header` lines and `add_header X-Request-ID $request_id always`, as\n  \
   ingress-nginx's template sets them; HAProxy: `unique-id-format %[uuid()]`, `unique-id-header`,\n  \
-  `option forwardfor`, `http-request set-header` and `http-after-response set-header`). Every\n  \
+  `http-request set-header` and `http-after-response set-header`). Every\n  \
   listener accepts a connection once the client's first bytes are in (Sluice's `defer_accept`\n  \
   default, nginx `listen ... deferred`, HAProxy `bind ... defer-accept`). Without the\n  \
   headers, nginx served about 11% more keep-alive requests per second in a hand run on\n  \
