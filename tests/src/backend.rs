@@ -120,6 +120,27 @@ impl Backend {
         Backend::launch(name, Options { mode, health_path: Some(HEALTH_PATH), ..Options::default() }).unwrap()
     }
 
+    /// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port, as the
+    /// endpoints of one EndpointSlice share theirs.
+    pub fn loopback_group(name: &str, count: usize) -> Vec<Backend> {
+        for _ in 0..20 {
+            let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
+            let port = first.addr().port();
+            let mut all = vec![first];
+            for i in 1..count {
+                let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
+                match Backend::start(None, addr, &format!("{name}-{i}")) {
+                    Ok(b) => all.push(b),
+                    Err(_) => break,
+                }
+            }
+            if all.len() == count {
+                return all;
+            }
+        }
+        panic!("no common port for {count} backends");
+    }
+
     /// A TLS backend on loopback naming itself.
     pub fn with_tls(name: &str, tls: Arc<ServerConfig>) -> Backend {
         Backend::launch(name, Options { tls: Some(tls), ..Options::default() }).unwrap()

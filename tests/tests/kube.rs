@@ -36,7 +36,7 @@ use serde_json::json;
 #[test]
 fn ingress_service_and_slice_route_traffic_and_follow_every_change() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 3);
+    let web = Backend::loopback_group("web", 3);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let sluice = Sluice::start(&kube, Options::default());
@@ -88,7 +88,7 @@ fn ingress_service_and_slice_route_traffic_and_follow_every_change() {
 #[test]
 fn rolling_update_under_load_gives_no_502() {
     let kube = FakeKube::start().unwrap();
-    let old = backends("old", 2);
+    let old = Backend::loopback_group("old", 2);
     let port = old[0].addr().port();
     let new = backends_from("new", 20, 2);
     let new_port = new[0].addr().port();
@@ -192,7 +192,7 @@ fn rolling_update_under_load_gives_no_502() {
 #[test]
 fn api_server_down_for_30_seconds_keeps_traffic_flowing_then_changes_apply() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 2);
+    let web = Backend::loopback_group("web", 2);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let sluice = Sluice::start(&kube, Options::default());
@@ -233,7 +233,7 @@ fn api_server_down_for_30_seconds_keeps_traffic_flowing_then_changes_apply() {
 #[test]
 fn errors_dropped_watches_and_expired_versions_recover() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 3);
+    let web = Backend::loopback_group("web", 3);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let sluice = Sluice::start(&kube, Options::default());
@@ -287,7 +287,7 @@ fn errors_dropped_watches_and_expired_versions_recover() {
 #[test]
 fn rbac_refusals_name_the_missing_verb_and_resource() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     kube.forbid("list", "secrets");
     let sluice = Sluice::start(&kube, Options::default());
@@ -304,7 +304,7 @@ fn rbac_refusals_name_the_missing_verb_and_resource() {
 #[test]
 fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
     let kube = FakeKube::start().unwrap();
-    let main = backends("main", 1);
+    let main = Backend::loopback_group("main", 1);
     let canary = backends_from("canary", 30, 1);
     // Answers with the request target in `x-path` (for rewrites).
     let echo = Backend::start(None, "127.0.0.40:0".parse().unwrap(), "echo").unwrap();
@@ -404,7 +404,7 @@ fn canary_and_rewrite_annotations_behave_as_in_ingress_nginx() {
 #[test]
 fn source_range_annotations_admit_by_the_client_address() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     kube.apply(ingress_class("sluice", CONTROLLER, false));
     kube.apply(service("default", "web", 80, web[0].addr().port()));
     kube.apply(endpoint_slice(
@@ -506,7 +506,7 @@ fn basic_auth_secrets_are_read_and_rotate_under_load() {
     const OLD: &str = "alice:$apr1$oldsalt1$RmwzzcMyo9oXEZVogD2oK0\n";
     const NEW: &str = "alice:$apr1$newsalt1$Uvg2HU3ScbbdiFzUsbg.Z/\n";
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "staff.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let with = |name: &str, host: &str, annotations: serde_json::Value| {
         let mut ingress = ingress("default", name, "sluice", host, "/", "web", 80);
@@ -610,7 +610,7 @@ fn basic_auth_secrets_are_read_and_rotate_under_load() {
 #[test]
 fn rate_limit_annotations_limit_each_client_address() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     kube.apply(ingress_class("sluice", CONTROLLER, false));
     kube.apply(service("default", "web", 80, web[0].addr().port()));
     kube.apply(endpoint_slice(
@@ -674,7 +674,7 @@ fn rate_limit_annotations_limit_each_client_address() {
 #[test]
 fn external_auth_annotations_follow_the_auth_service() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let auth = lb_tests::raw_backend::auth_service(seen.clone());
@@ -851,7 +851,7 @@ fn status_ip(kube: &FakeKube) -> Option<String> {
 #[test]
 fn two_instances_elect_one_leader_that_alone_writes_status_and_others_take_over() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let a =
         Sluice::start(&kube, Options { identity: "sluice-a", publish: "192.0.2.1", ..Options::default() });
@@ -925,7 +925,7 @@ fn served_certificate(addr: SocketAddr, server_name: &str) -> anyhow::Result<Vec
 #[test]
 fn a_secret_update_rotates_the_served_certificate() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "secure.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let ca = tls::Ca::new("Sluice test CA");
     let (a, b) = (ca.leaf(&["secure.test"]), ca.leaf(&["secure.test"]));
@@ -985,7 +985,7 @@ fn readyz(admin: SocketAddr) -> Option<u16> {
 #[test]
 fn readyz_waits_for_the_first_snapshot_from_the_cluster() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     kube.set_up(false);
@@ -1100,26 +1100,6 @@ impl Sluice {
 /// One request on a new connection with a Host header and extra headers.
 fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
     http::request(addr, "GET", host, path, headers)
-}
-
-/// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
-fn backends(name: &str, count: usize) -> Vec<Backend> {
-    for _ in 0..20 {
-        let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
-        let port = first.addr().port();
-        let mut all = vec![first];
-        for i in 1..count {
-            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
-            match Backend::start(None, addr, &format!("{name}-{i}")) {
-                Ok(b) => all.push(b),
-                Err(_) => break,
-            }
-        }
-        if all.len() == count {
-            return all;
-        }
-    }
-    panic!("no common port for {count} backends");
 }
 
 /// The next free group of loopback addresses for another Service's backends.

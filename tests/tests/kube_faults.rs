@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 #[test]
 fn throttling_is_visible_within_seconds_and_the_last_state_keeps_serving() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 3);
+    let web = Backend::loopback_group("web", 3);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
@@ -70,7 +70,7 @@ fn throttling_is_visible_within_seconds_and_the_last_state_keeps_serving() {
 #[test]
 fn a_black_holed_list_is_abandoned_within_its_timeout_and_retried() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 2);
+    let web = Backend::loopback_group("web", 2);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let options = KubeSluiceOptions { api_timeout_seconds: Some(2), ..KubeSluiceOptions::default() };
@@ -117,7 +117,7 @@ fn a_black_holed_list_is_abandoned_within_its_timeout_and_retried() {
 #[test]
 fn a_silent_watch_is_given_up_after_its_timeout_and_resumed() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 2);
+    let web = Backend::loopback_group("web", 2);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     let options = KubeSluiceOptions { watch_timeout_seconds: Some(2), ..KubeSluiceOptions::default() };
@@ -157,7 +157,7 @@ fn a_silent_watch_is_given_up_after_its_timeout_and_resumed() {
 #[test]
 fn a_black_holed_lease_stops_status_writes_at_the_deadline_and_is_retried() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let options = KubeSluiceOptions { api_timeout_seconds: Some(2), ..KubeSluiceOptions::default() };
     let sluice = KubeSluice::start(&kube, options);
@@ -192,7 +192,7 @@ fn a_black_holed_lease_stops_status_writes_at_the_deadline_and_is_retried() {
 fn after_a_restart_with_2000_objects_per_kind_the_snapshot_converges() {
     const COUNT: usize = 2000;
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 2);
+    let web = Backend::loopback_group("web", 2);
     let port = web[0].addr().port();
     kube.apply(ingress_class("sluice", CONTROLLER, false));
     let mut objects = Vec::with_capacity(COUNT * 4);
@@ -262,7 +262,7 @@ fn after_a_restart_with_2000_objects_per_kind_the_snapshot_converges() {
 #[test]
 fn two_instances_under_a_throttled_lease_api_never_both_write_status() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let a = KubeSluice::start(&kube, KubeSluiceOptions::default().identity("sluice-a", "192.0.2.1"));
     let b = KubeSluice::start(&kube, KubeSluiceOptions::default().identity("sluice-b", "192.0.2.2"));
@@ -309,7 +309,7 @@ fn two_instances_under_a_throttled_lease_api_never_both_write_status() {
 #[test]
 fn an_applied_then_504_lease_renewal_does_not_make_the_leader_step_down() {
     let kube = FakeKube::start().unwrap();
-    let web = backends("web", 1);
+    let web = Backend::loopback_group("web", 1);
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
     let a = KubeSluice::start(&kube, KubeSluiceOptions::default().identity("sluice-a", "192.0.2.1"));
     wait_for(Duration::from_secs(20), "a to lead", || {
@@ -361,7 +361,7 @@ fn in_cluster_the_token_rotates_on_disk_and_a_401_is_named() {
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     let kube = FakeKube::start_tls(std::sync::Arc::new(server)).unwrap();
     kube.require_tokens(Some(&["token-1"]));
-    let web = backends("web", 3);
+    let web = Backend::loopback_group("web", 3);
     let port = web[0].addr().port();
     publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], port);
     // The service account's files, where a pod has them, in a scratch root.
@@ -490,26 +490,6 @@ fn ingress_status_ip(kube: &FakeKube, name: &str) -> Option<String> {
 
 fn status_ip(kube: &FakeKube) -> Option<String> {
     ingress_status_ip(kube, "web")
-}
-
-/// Backends named `name-0`, `name-1`... on 127.0.0.2, .3, ... sharing one port.
-fn backends(name: &str, count: usize) -> Vec<Backend> {
-    for _ in 0..20 {
-        let first = Backend::start(None, "127.0.0.2:0".parse().unwrap(), &format!("{name}-0")).unwrap();
-        let port = first.addr().port();
-        let mut all = vec![first];
-        for i in 1..count {
-            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], port));
-            match Backend::start(None, addr, &format!("{name}-{i}")) {
-                Ok(b) => all.push(b),
-                Err(_) => break,
-            }
-        }
-        if all.len() == count {
-            return all;
-        }
-    }
-    panic!("no common port for {count} backends");
 }
 
 fn ip(backend: &Backend) -> String {
