@@ -237,3 +237,41 @@ pub fn server_config(leaf: &Leaf) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
+
+/// How a stricter test backend's TLS is set up (see [`strict_server_config`]).
+pub struct ServerOptions<'a> {
+    pub leaf: &'a Leaf,
+    /// Serve the certificate only to a ClientHello naming this server (no SNI: no certificate).
+    pub sni_only: Option<&'a str>,
+    /// Require a client certificate issued by this CA.
+    pub client_ca: Option<&'a Ca>,
+    /// Only TLS 1.3.
+    pub tls13_only: bool,
+}
+
+/// A TLS backend's configuration that refuses what a proxy must get right: a missing SNI, a
+/// missing client certificate, an older protocol version.
+pub fn strict_server_config(options: ServerOptions<'_>) -> Arc<ServerConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if options.tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions).unwrap();
+    let builder = match options.client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
+                .build()
+                .unwrap(),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = match options.sni_only {
+        Some(name) => {
+            let key = provider().key_provider.load_private_key(options.leaf.private_key()).unwrap();
+            let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
+            resolver.add(name, rustls::sign::CertifiedKey::new(options.leaf.chain(), key)).unwrap();
+            builder.with_cert_resolver(Arc::new(resolver))
+        }
+        None => builder.with_single_cert(options.leaf.chain(), options.leaf.private_key()).unwrap(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}

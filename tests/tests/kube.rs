@@ -789,6 +789,113 @@ fn auth_tls_annotations_require_client_certificates() {
     assert_eq!(sluice.get("uncovered.test", "/").unwrap().status, 404, "not served without its check");
 }
 
+/// `backend-protocol: HTTPS` with `proxy-ssl-*`: the pod's certificate verified against the
+/// Secret's `ca.crt` under `proxy-ssl-name`, SNI sent only with `proxy-ssl-server-name: on`, the
+/// Secret's `tls.crt` presented to a pod that requires it, the cipher list and protocols
+/// offered as the annotations say. Each host differs from the one that works in one setting.
+#[test]
+fn proxy_ssl_annotations_shape_tls_to_the_pods() {
+    let kube = FakeKube::start().unwrap();
+    let server_ca = tls::Ca::new("pods CA");
+    let clients = tls::Ca::new("proxy client CA");
+    let pod_leaf = server_ca.leaf(&["web.internal"]);
+    let strict = tls::strict_server_config(tls::ServerOptions {
+        leaf: &pod_leaf,
+        sni_only: Some("web.internal"),
+        client_ca: Some(&clients),
+        tls13_only: false,
+    });
+    let options =
+        backend::Options { addr: "127.0.0.2:0".parse().unwrap(), tls: Some(strict), ..Default::default() };
+    let web = Backend::launch("web-tls", options).unwrap();
+    let modern = tls::strict_server_config(tls::ServerOptions {
+        leaf: &pod_leaf,
+        sni_only: None,
+        client_ca: None,
+        tls13_only: true,
+    });
+    let options =
+        backend::Options { addr: "127.0.0.3:0".parse().unwrap(), tls: Some(modern), ..Default::default() };
+    let tls13 = Backend::launch("tls13-only", options).unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    for (name, backend) in [("web", &web), ("modern", &tls13)] {
+        kube.apply(service("default", name, 443, backend.addr().port()));
+        let endpoints = [SliceEndpoint::ready(&ip(backend))];
+        kube.apply(endpoint_slice(
+            "default",
+            &format!("{name}-1"),
+            name,
+            "IPv4",
+            backend.addr().port(),
+            &endpoints,
+        ));
+    }
+    let proxy = clients.leaf(&["sluice"]);
+    let secret = |name: &str, ca: &str, client: bool| {
+        let mut data = vec![("ca.crt", ca.to_owned())];
+        if client {
+            data.extend([("tls.crt", proxy.cert.clone()), ("tls.key", proxy.key.clone())]);
+        }
+        let data: Vec<(&str, &str)> = data.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        kube.apply(opaque_secret("default", name, &data));
+    };
+    secret("pods", &server_ca.pem(), true);
+    secret("pods-no-client", &server_ca.pem(), false);
+    secret("other-ca", &tls::Ca::new("someone else").pem(), true);
+    let working = [
+        ("backend-protocol", "HTTPS"),
+        ("proxy-ssl-secret", "default/pods"),
+        ("proxy-ssl-verify", "on"),
+        ("proxy-ssl-name", "web.internal"),
+        ("proxy-ssl-server-name", "on"),
+    ];
+    let publish = |host: &str, service: &str, changes: &[(&str, &str)]| {
+        let mut annotations = serde_json::Map::new();
+        for (name, value) in working.iter().chain(changes) {
+            annotations.insert(format!("nginx.ingress.kubernetes.io/{name}"), json!(value));
+        }
+        let mut object =
+            ingress("default", host.split('.').next().unwrap(), "sluice", host, "/", service, 443);
+        object["metadata"]["annotations"] = serde_json::Value::Object(annotations);
+        kube.apply(object);
+    };
+    publish("verified.test", "web", &[]);
+    publish("no-sni.test", "web", &[("proxy-ssl-server-name", "off")]);
+    publish("untrusted.test", "web", &[("proxy-ssl-secret", "default/other-ca")]);
+    publish(
+        "unverified.test",
+        "web",
+        &[("proxy-ssl-secret", "default/other-ca"), ("proxy-ssl-verify", "off")],
+    );
+    publish("anonymous.test", "web", &[("proxy-ssl-secret", "default/pods-no-client")]);
+    // The test certificates are ECDSA: an RSA-only TLS 1.2 list cannot meet them.
+    publish("rsa-only.test", "web", &[("proxy-ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256")]);
+    publish("ecdsa.test", "web", &[("proxy-ssl-ciphers", "ECDHE+AESGCM:!aRSA")]);
+    // ingress-nginx's default protocols with a proxy-ssl-secret are TLSv1.2 only.
+    let tls13_default = [("proxy-ssl-server-name", "off"), ("proxy-ssl-verify", "off")];
+    publish("tls12.test", "modern", &tls13_default);
+    publish(
+        "tls13.test",
+        "modern",
+        &[tls13_default[0], tls13_default[1], ("proxy-ssl-protocols", "TLSv1.3")],
+    );
+    let sluice = Sluice::start(&kube, Options::default());
+    sluice.wait_for_backend("verified.test", "/", "web-tls", Duration::from_secs(20));
+    sluice.wait_for_backend("tls13.test", "/", "tls13-only", Duration::from_secs(10));
+    for (host, status) in [
+        ("no-sni.test", 502),
+        ("untrusted.test", 502),
+        ("unverified.test", 200),
+        ("anonymous.test", 502),
+        ("rsa-only.test", 502),
+        ("ecdsa.test", 200),
+        ("tls12.test", 502),
+    ] {
+        let response = sluice.get(host, "/").unwrap();
+        assert_eq!(response.status, status, "{host}: {response:?}\n{}", sluice.child.output());
+    }
+}
+
 /// ingress-nginx's controller ConfigMap (`--nginx-configmap`): trusted forwarded headers and
 /// the add-headers ConfigMap apply, and a change to the ConfigMap applies while running.
 #[test]

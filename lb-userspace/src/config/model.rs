@@ -947,6 +947,42 @@ pub struct BackendTlsConfig {
     /// endpoint's IP address (no SNI is sent then).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Send `server_name` as SNI (default). With `false` it is still the name verified, but the
+    /// ClientHello names no server (ingress-nginx `proxy-ssl-server-name: off`).
+    #[serde(default = "default_true")]
+    pub sni: bool,
+    /// The client certificate chain presented to the endpoints (mutual TLS), inline PEM; with
+    /// `client_key_pem` (ingress-nginx `proxy-ssl-secret`'s `tls.crt` and `tls.key`).
+    #[serde(default)]
+    pub client_cert_pem: Option<String>,
+    #[serde(default)]
+    pub client_key_pem: Option<SecretString>,
+    /// The longest chain accepted, as OpenSSL's verify depth: 1 = the endpoint's certificate
+    /// signed by a CA of the bundle, each more allows one intermediate (ingress-nginx
+    /// `proxy-ssl-verify-depth`). Default: no limit.
+    #[serde(default)]
+    pub verify_depth: Option<u8>,
+    /// TLS versions offered: `["1.2", "1.3"]` (the default, both).
+    #[serde(default = "default_upstream_tls_versions")]
+    pub versions: Vec<TlsVersion>,
+    /// TLS 1.2 cipher suites offered, by their IANA names as rustls spells them
+    /// (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`...); default: all of rustls' (ECDHE with AES-GCM
+    /// or ChaCha20-Poly1305). TLS 1.3's suites are always offered.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+fn default_upstream_tls_versions() -> Vec<TlsVersion> {
+    vec![TlsVersion::Tls12, TlsVersion::Tls13]
 }
 
 fn default_max_connections_per_endpoint() -> usize {

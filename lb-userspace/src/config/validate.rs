@@ -493,6 +493,24 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
     if backend.retries.budget_percent > 100 {
         found.add(format!("{at}.retries.budget_percent"), "must be at most 100");
     }
+    if let Some(tls) = &backend.tls {
+        backend_tls(tls, &format!("{at}.tls"), found);
+    }
+}
+
+fn backend_tls(tls: &super::BackendTlsConfig, at: &str, found: &mut Problems) {
+    if tls.versions.is_empty() {
+        found.add(format!("{at}.versions"), "must name at least one version");
+    }
+    if tls.client_cert_pem.is_some() != tls.client_key_pem.is_some() {
+        found.add(at.to_owned(), "client_cert_pem and client_key_pem go together");
+    }
+    if tls.verify_depth == Some(0) {
+        found.add(format!("{at}.verify_depth"), "must be greater than 0");
+    }
+    if tls.verify_depth.is_some() && tls.insecure_skip_verify {
+        found.add(format!("{at}.verify_depth"), "means nothing with insecure_skip_verify");
+    }
 }
 
 /// `Some(true)` when exactly one of two alternative fields is set, `Some(false)` when neither,

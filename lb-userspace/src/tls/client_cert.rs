@@ -186,7 +186,7 @@ fn reason(error: &Error) -> (&'static str, bool) {
     }
 }
 
-fn self_issued(der: &CertificateDer<'_>) -> bool {
+pub(super) fn self_issued(der: &CertificateDer<'_>) -> bool {
     x509_parser::parse_x509_certificate(der.as_ref())
         .is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
 }

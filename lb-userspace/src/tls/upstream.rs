@@ -21,7 +21,10 @@ use hyper_util::{
 };
 use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
@@ -29,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use super::{certs, provider};
-use crate::config::{BackendConfig, BackendProtocol};
+use crate::config::{BackendConfig, BackendProtocol, CertificateConfig, SecretString, TlsVersion};
 
 /// One backend group's TLS client settings, built with the snapshot.
 #[derive(Debug)]
@@ -46,16 +49,26 @@ impl UpstreamTls {
     /// Builds the client configuration for `backend` (which has `tls`); `None` without `tls`.
     pub fn build(backend: &BackendConfig) -> Result<Option<UpstreamTls>, String> {
         let Some(tls) = &backend.tls else { return Ok(None) };
-        let provider = provider();
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("backend {:?}: {what}: {e}", backend.name);
+        let provider =
+            Arc::new(suites(provider(), &tls.cipher_suites).map_err(|e| fail("tls.cipher_suites", &e))?);
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+            .versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::Tls12 => &rustls::version::TLS12,
+                TlsVersion::Tls13 => &rustls::version::TLS13,
+            })
+            .collect();
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("backend {:?}: TLS configuration: {e}", backend.name))?;
+            .with_protocol_versions(&versions)
+            .map_err(|e| fail("TLS configuration", &e))?;
         let (builder, ca_fingerprint) = if tls.insecure_skip_verify {
             tracing::warn!(backend = %backend.name, "TLS to this backend does not verify its certificates (insecure_skip_verify)");
             (
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))),
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider.clone()))),
                 0,
             )
         } else {
@@ -63,25 +76,139 @@ impl UpstreamTls {
             let (roots, pem) =
                 certs::load_ca_bundle(&what, tls.ca_path.as_deref(), tls.ca_pem.as_deref(), "ca_pem")
                     .map_err(|e| e.to_string())?;
-            (builder.with_root_certificates(roots), certs::fingerprint(&pem))
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| fail("CA", &e))?;
+            let verifier: Arc<dyn ServerCertVerifier> = match tls.verify_depth {
+                Some(depth) => Arc::new(DepthLimited { verifier, depth }),
+                None => verifier,
+            };
+            (builder.dangerous().with_custom_certificate_verifier(verifier), certs::fingerprint(&pem))
         };
-        let mut config = builder.with_no_client_auth();
+        let (mut config, client_fingerprint) = match (&tls.client_cert_pem, &tls.client_key_pem) {
+            (Some(cert_pem), Some(key_pem)) => {
+                let identity = client_identity(&backend.name, cert_pem, key_pem, &provider)?;
+                let fingerprint = certs::fingerprint(format!("{cert_pem}{}", key_pem.0).as_bytes());
+                (builder.with_client_cert_resolver(Arc::new(identity)), fingerprint)
+            }
+            _ => (builder.with_no_client_auth(), 0),
+        };
         config.alpn_protocols = match backend.protocol {
             BackendProtocol::H2c => vec![b"h2".to_vec()],
             BackendProtocol::Http1 => vec![b"http/1.1".to_vec()],
         };
+        config.enable_sni = tls.sni;
         let server_name = match &tls.server_name {
             Some(name) => Some(
                 ServerName::try_from(name.clone())
-                    .map_err(|e| format!("backend {:?}: tls.server_name {name:?}: {e}", backend.name))?,
+                    .map_err(|e| fail(&format!("tls.server_name {name:?}"), &e))?,
             ),
             None => None,
         };
         Ok(Some(UpstreamTls {
             config: Arc::new(config),
             server_name,
-            identity: format!("{tls:?}|{ca_fingerprint:016x}"),
+            identity: format!("{tls:?}|{ca_fingerprint:016x}|{client_fingerprint:016x}"),
         }))
+    }
+}
+
+/// The provider with only the named TLS 1.2 suites (all when none is named) and every TLS 1.3
+/// suite; a name rustls does not implement is an error that lists what it does.
+fn suites(provider: Arc<CryptoProvider>, names: &[String]) -> Result<CryptoProvider, String> {
+    let mut provider = CryptoProvider::clone(&provider);
+    if names.is_empty() {
+        return Ok(provider);
+    }
+    let name = |suite: &rustls::SupportedCipherSuite| format!("{:?}", suite.suite());
+    if let Some(unknown) = names.iter().find(|n| !provider.cipher_suites.iter().any(|s| &name(s) == *n)) {
+        let known: Vec<String> = provider.cipher_suites.iter().map(name).collect();
+        return Err(format!("{unknown:?} is not one of rustls' suites ({})", known.join(", ")));
+    }
+    provider.cipher_suites.retain(|s| s.tls13().is_some() || names.contains(&name(s)));
+    Ok(provider)
+}
+
+/// The client certificate presented to every endpoint of a backend.
+#[derive(Debug)]
+struct ClientIdentity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Loads and checks the client certificate (parses, matches its key, not expired).
+fn client_identity(
+    backend: &str,
+    cert_pem: &str,
+    key_pem: &SecretString,
+    provider: &CryptoProvider,
+) -> Result<ClientIdentity, String> {
+    let config = CertificateConfig {
+        name: format!("{backend} client certificate"),
+        cert_path: None,
+        cert_pem: Some(cert_pem.to_owned()),
+        key_path: None,
+        key_pem: Some(key_pem.clone()),
+    };
+    let loaded = certs::load_certificate(&config, provider, super::now_unix()).map_err(|e| e.to_string())?;
+    Ok(ClientIdentity(loaded.key))
+}
+
+/// The strict verifier, and a chain no longer than OpenSSL's verify depth: the certificates
+/// between the endpoint's and the CA (the CA itself, if sent, not counted) are fewer than
+/// `depth`.
+#[derive(Debug)]
+struct DepthLimited {
+    verifier: Arc<WebPkiServerVerifier>,
+    depth: u8,
+}
+
+impl ServerCertVerifier for DepthLimited {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let steps = intermediates.iter().filter(|c| !super::client_cert::self_issued(c)).count();
+        if steps >= usize::from(self.depth) {
+            return Err(rustls::Error::General(format!(
+                "certificate chain longer than verify depth {}",
+                self.depth
+            )));
+        }
+        self.verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.supported_verify_schemes()
     }
 }
 

@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 
 use crate::config::{Balance, CookieAffinityConfig, HashOn};
 
+mod proxy_ssl;
 mod table;
 
+pub use proxy_ssl::ProxySslSetting;
 pub use table::ANNOTATIONS;
 
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -27,8 +29,8 @@ pub const SLUICE_PREFIX: &str = "sluice.dev/";
 pub enum UpstreamProtocol {
     #[default]
     Http,
-    /// HTTP/1.1 over TLS; the pods' certificates are not verified (as ingress-nginx's default
-    /// `proxy-ssl-verify off`).
+    /// HTTP/1.1 over TLS; the pods' certificates are not verified unless `proxy-ssl-secret`
+    /// and `proxy-ssl-verify: on` ask for it (ingress-nginx's default is off).
     Https,
     /// HTTP/2 cleartext (gRPC).
     Grpc,
@@ -66,6 +68,8 @@ pub struct BackendSettings {
     pub balance: Option<BalanceSetting>,
     /// `affinity: cookie` and the `session-cookie-*` set.
     pub cookie_affinity: Option<CookieAffinityConfig>,
+    /// `proxy-ssl-secret` and the `proxy-ssl-*` set.
+    pub proxy_ssl: Option<ProxySslSetting>,
 }
 
 /// `load-balance` or `upstream-hash-by`.

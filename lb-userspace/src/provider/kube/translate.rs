@@ -899,6 +899,9 @@ impl<'a> Builder<'a> {
         group.name = name.clone();
         group.endpoints = endpoints;
         apply_settings(&mut group, settings);
+        if let Some(proxy_ssl) = &settings.proxy_ssl {
+            self.proxy_ssl(&mut group, proxy_ssl, (namespace, service), id);
+        }
         self.backends.insert(name.clone(), (group, id.clone()));
         name
     }
@@ -1376,5 +1379,6 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 
 mod basic_auth;
 mod client_tls;
+mod proxy_ssl;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 use super::{
     Annotation, Annotations, BalanceSetting, BasicAuthSetting, Canary, Class, Parse,
     Problem::{self, Expected, Refuse},
-    UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size,
+    UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size, proxy_ssl,
 };
 use crate::config::{
     AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, ExternalAuthConfig, HeaderField, SameSite,
@@ -17,8 +17,6 @@ const MODSECURITY: &str =
 const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
 const ERROR_PAGES: &str =
     "custom error pages are not implemented; the backend's error responses are passed through";
-const UPSTREAM_TLS: &str =
-    "upstream certificates are not verified (ingress-nginx's default, proxy-ssl-verify: off)";
 
 const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled per worker; auth-keepalive-timeout sets their idle time";
 
@@ -44,6 +42,15 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("proxy-next-upstream", next_upstream),
     applied("proxy-next-upstream-tries", next_upstream_tries),
     applied("proxy-body-size", body_size),
+    // The proxy-ssl-* set refines proxy-ssl-secret; the ciphers follow the protocols they
+    // depend on.
+    applied("proxy-ssl-secret", proxy_ssl::proxy_ssl_secret),
+    applied("proxy-ssl-verify", proxy_ssl::proxy_ssl_verify),
+    applied("proxy-ssl-verify-depth", proxy_ssl::proxy_ssl_verify_depth),
+    applied("proxy-ssl-name", proxy_ssl::proxy_ssl_name),
+    applied("proxy-ssl-server-name", proxy_ssl::proxy_ssl_server_name),
+    applied("proxy-ssl-protocols", proxy_ssl::proxy_ssl_protocols),
+    applied("proxy-ssl-ciphers", proxy_ssl::proxy_ssl_ciphers),
     // whitelist- is the old name of allowlist-, which wins when both are set.
     applied("whitelist-source-range", allow_source_range),
     applied("allowlist-source-range", allow_source_range),
@@ -163,13 +170,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
         "enable-access-log",
         "access logs are set for the whole node (access_log in the base configuration)",
     ),
-    ignored("proxy-ssl-verify", UPSTREAM_TLS),
-    ignored("proxy-ssl-secret", UPSTREAM_TLS),
-    ignored("proxy-ssl-name", UPSTREAM_TLS),
-    ignored("proxy-ssl-server-name", UPSTREAM_TLS),
-    ignored("proxy-ssl-verify-depth", UPSTREAM_TLS),
-    ignored("proxy-ssl-ciphers", UPSTREAM_TLS),
-    ignored("proxy-ssl-protocols", UPSTREAM_TLS),
     ignored("client-body-buffer-size", BUFFERING),
     ignored("proxy-buffers-number", BUFFERING),
     ignored("proxy-busy-buffers-size", BUFFERING),
