@@ -52,6 +52,21 @@ use crate::{
     numeric,
 };
 
+/// The hosts whose paths are all case-insensitive regular expressions: those where any served
+/// Ingress has `use-regex` or `rewrite-target`, as ingress-nginx enforces the regex location
+/// modifier on every path of such a host, whatever Ingress defines it.
+fn regex_hosts(readings: &[(&Ingress, IngressId, Annotations)]) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::new();
+    for (ingress, _, a) in readings {
+        if !a.use_regex && a.rewrite_target.is_none() {
+            continue;
+        }
+        let rules = ingress.spec.as_ref().and_then(|s| s.rules.as_ref());
+        hosts.extend(rules.into_iter().flatten().filter_map(|r| Builder::host_of(r.host.as_deref()).ok()));
+    }
+    hosts
+}
+
 /// The `spec.controller` of IngressClasses that Sluice serves.
 pub const CONTROLLER: &str = "sluice.dev/ingress-controller";
 /// The annotation that marks the default IngressClass.
@@ -207,6 +222,7 @@ impl Translator {
         let mut served = Vec::new();
         let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
         considered.sort();
+        let mut readings = Vec::new();
         for ingress in ingresses {
             let id = id_of(ingress);
             if excluded.contains(&id) {
@@ -223,10 +239,14 @@ impl Translator {
                 continue;
             }
             served.push(id.clone());
-            if reading.annotations.canary.is_some() {
-                canaries.push((ingress, id, reading.annotations));
+            readings.push((ingress, id, reading.annotations));
+        }
+        builder.regex_hosts = regex_hosts(&readings);
+        for (ingress, id, annotations) in readings {
+            if annotations.canary.is_some() {
+                canaries.push((ingress, id, annotations));
             } else {
-                builder.ingress(ingress, &id, &reading.annotations);
+                builder.ingress(ingress, &id, &annotations);
             }
         }
         for (ingress, id, annotations) in canaries {
@@ -374,6 +394,8 @@ struct Builder<'a> {
     basic_auth: Option<BasicAuthConfig>,
     /// The client certificate settings of the Ingress being translated, its CA read.
     client_tls: Option<client_tls::ClientTls>,
+    /// Hosts whose paths are all regular expressions ([`regex_hosts`]).
+    regex_hosts: BTreeSet<String>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -410,6 +432,7 @@ impl<'a> Builder<'a> {
             controller_headers: (None, None),
             basic_auth: None,
             client_tls: None,
+            regex_hosts: BTreeSet::new(),
         }
     }
 
@@ -560,12 +583,13 @@ impl<'a> Builder<'a> {
         if valid { Ok(host) } else { Err(format!("host {host:?} is not a valid host name")) }
     }
 
-    /// The path match of an Ingress path under the Ingress's annotations.
-    fn path_match(path: &HTTPIngressPath, annotations: &Annotations) -> Result<PathMatch, String> {
+    /// The path match of an Ingress path on a host, `regex` when the host's paths are regular
+    /// expressions ([`regex_hosts`]), whatever their pathType.
+    fn path_match(path: &HTTPIngressPath, regex: bool) -> Result<PathMatch, String> {
         let text = path.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
-        if annotations.use_regex || annotations.rewrite_target.is_some() {
+        if regex {
             // ingress-nginx makes these `location ~* "^path"`: case-insensitive, anchored at the
-            // start.
+            // start (Exact and Prefix paths too).
             let pattern = format!("(?i){text}");
             regex::Regex::new(&pattern)
                 .map_err(|e| format!("path {text:?} is not a regular expression: {e}"))?;
@@ -719,7 +743,7 @@ impl<'a> Builder<'a> {
         // What a passthrough host goes to: the backend of `/`, else of the first path.
         let mut first_backend = None;
         for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-            let Some(route) = self.path_route(path, id, a, redirect) else { continue };
+            let Some(route) = self.path_route(&host, path, id, a, redirect) else { continue };
             if let Some(group) = &route.backend
                 && (first_backend.is_none()
                     || matches!(&route.matcher.path, Some(PathMatch::Prefix(p)) if p == "/"))
@@ -737,12 +761,13 @@ impl<'a> Builder<'a> {
     /// The route of one Ingress path, or `None` when the path is skipped (noted).
     fn path_route(
         &mut self,
+        host: &str,
         path: &HTTPIngressPath,
         id: &IngressId,
         a: &Annotations,
         redirect: Option<&RedirectConfig>,
     ) -> Option<RouteConfig> {
-        let matcher = match Self::path_match(path, a) {
+        let matcher = match Self::path_match(path, self.regex_hosts.contains(host)) {
             Ok(m) => m,
             Err(e) => {
                 self.note(Some(id), format!("path skipped: {e}"));
@@ -1023,7 +1048,7 @@ impl<'a> Builder<'a> {
         for rule in spec.rules.iter().flatten() {
             let Ok(host) = Self::host_of(rule.host.as_deref()) else { continue };
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let Ok(matcher) = Self::path_match(path, a) else { continue };
+                let Ok(matcher) = Self::path_match(path, self.regex_hosts.contains(&host)) else { continue };
                 let key = claim_key(&MatchConfig { path: Some(matcher.clone()), ..MatchConfig::default() });
                 let main =
                     self.hosts.get(&host).and_then(|h| h.claims.get(&key).map(|&i| h.routes[i].clone()));
@@ -1183,10 +1208,16 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let index = config.virtual_hosts.len();
+            let mut routes = host.routes;
+            if self.regex_hosts.contains(&domain) {
+                // ingress-nginx orders a host's locations by path, descending, then (stably) by
+                // length: the route table keeps the first order among regexes of one length.
+                routes.sort_by(|(a, _), (b, _)| regex_of(b).cmp(&regex_of(a)));
+            }
             let mut virtual_host = virtual_host_template().clone();
             virtual_host.name = domain.clone();
             virtual_host.domains = vec![domain];
-            for (r, (route, owner)) in host.routes.into_iter().enumerate() {
+            for (r, (route, owner)) in routes.into_iter().enumerate() {
                 owners.push((format!("virtual_hosts[{index}].routes[{r}]"), owner));
                 virtual_host.routes.push(route);
             }
@@ -1306,6 +1337,14 @@ fn redirect_to(url: &str, code: u16) -> Result<RedirectConfig, String> {
         path: Some(path.unwrap_or_else(|| "/".to_owned())),
         code,
     })
+}
+
+/// A route's regular expression, if its path is one.
+fn regex_of(route: &RouteConfig) -> Option<&str> {
+    match &route.matcher.path {
+        Some(PathMatch::Regex(pattern)) => Some(pattern),
+        _ => None,
+    }
 }
 
 fn describe_path(path: &PathMatch) -> String {

@@ -1014,3 +1014,112 @@ fn client_certificates_fail_closed_where_the_ingress_tls_does_not_serve() {
     assert!(!closed.admits("192.0.2.1".parse().unwrap()) && !closed.admits("2001:db8::1".parse().unwrap()));
     assert!(notes_contain(&t, "client certificates cannot be checked on host b.test"), "{}", notes(&t));
 }
+
+/// Which Service `GET host path` reaches through the proxy's own routing table (the backend
+/// group's name up to the port), or `None` for a 404.
+fn routed(config: &Config, host: &str, path: &str) -> Option<String> {
+    let table = crate::proxy::route::RouteTable::build(config).unwrap();
+    let route = table.find(host, &http::Method::GET, path, &http::HeaderMap::new())?;
+    match route.action {
+        crate::proxy::route::RouteAction::Backend(i) => {
+            let name = &config.backends[i].name;
+            Some(name.split(['/', ':']).nth(1).unwrap_or(name).to_owned())
+        }
+        crate::proxy::route::RouteAction::Redirect(_) => Some("redirect".into()),
+    }
+}
+
+/// ingress-nginx's path priority example (docs/user-guide/ingress-path-matching.md): the
+/// rewrite-target of one Ingress makes every path of the host a case-insensitive regex, ordered
+/// by length, so `/foo/bar/(.+)` wins over the other Ingress's Prefix paths.
+#[test]
+fn use_regex_and_rewrite_target_apply_to_every_path_of_the_host() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("test-ingress-1")
+            .created(1)
+            .host("test.com")
+            .path("/foo/bar", "service1", 80)
+            .path("/foo/bar/", "service2", 80)
+            .build(),
+        IngressTest::new("test-ingress-2")
+            .created(2)
+            .annotation("rewrite-target", "/$1")
+            .host("test.com")
+            .path_typed("/foo/bar/(.+)", "ImplementationSpecific", "service3", number(80))
+            .build(),
+        // Another host of the first Ingress's shape keeps Kubernetes' Prefix semantics.
+        IngressTest::new("plain")
+            .created(3)
+            .host("plain.test")
+            .path("/foo/bar", "service1", 80)
+            .path_typed("/exact", "Exact", "service2", number(80))
+            .build(),
+    ];
+    let t = build(&state);
+    let c = &t.config;
+    assert_eq!(routed(c, "test.com", "/foo/bar/1").as_deref(), Some("service3"));
+    assert_eq!(routed(c, "test.com", "/foo/bar/").as_deref(), Some("service2"));
+    assert_eq!(routed(c, "test.com", "/foo/bar").as_deref(), Some("service1"));
+    // `~*`: case-insensitive, and anchored at the start only (a Prefix path is a string prefix).
+    assert_eq!(routed(c, "test.com", "/FOO/BAR/x").as_deref(), Some("service3"));
+    assert_eq!(routed(c, "test.com", "/foo/barbaz").as_deref(), Some("service1"));
+    assert_eq!(routed(c, "test.com", "/x/foo/bar"), None);
+    // Other hosts are untouched: element-wise Prefix, case-sensitive, Exact exact.
+    assert_eq!(routed(c, "plain.test", "/foo/bar/x").as_deref(), Some("service1"));
+    assert_eq!(routed(c, "plain.test", "/foo/barbaz"), None);
+    assert_eq!(routed(c, "plain.test", "/FOO/bar"), None);
+    assert_eq!(routed(c, "plain.test", "/exact").as_deref(), Some("service2"));
+    assert_eq!(routed(c, "plain.test", "/exact/more"), None);
+}
+
+/// ingress-nginx's warning example: with use-regex, `/foo/bar/[A-Z0-9]{3}` is longer than
+/// `/foo/bar/bar` and comes first, so it takes `/foo/bar/bar`; an Exact path on such a host is
+/// a regex too (`location ~* "^/exact"`); ImplementationSpecific without regex is Prefix.
+#[test]
+fn regex_hosts_order_by_length_and_exact_paths_become_regexes() {
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("test-ingress-3")
+            .created(1)
+            .annotation("use-regex", "true")
+            .host("test.com")
+            .path("/foo/bar/bar", "service1", 80)
+            .path_typed("/foo/bar/[A-Z0-9]{3}", "ImplementationSpecific", "service2", number(80))
+            .build(),
+        IngressTest::new("other")
+            .created(2)
+            .host("test.com")
+            .path_typed("/exact", "Exact", "service3", number(80))
+            .build(),
+        IngressTest::new("specific")
+            .created(3)
+            .host("specific.test")
+            .path_typed("/app", "ImplementationSpecific", "service1", number(80))
+            .build(),
+    ];
+    let t = build(&state);
+    let c = &t.config;
+    assert_eq!(routed(c, "test.com", "/foo/bar/bar").as_deref(), Some("service2"));
+    assert_eq!(routed(c, "test.com", "/foo/bar/ab1").as_deref(), Some("service2"), "case-insensitive");
+    assert_eq!(routed(c, "test.com", "/EXACT/and/more").as_deref(), Some("service3"));
+    assert_eq!(routed(c, "specific.test", "/app/x").as_deref(), Some("service1"));
+    assert_eq!(routed(c, "specific.test", "/app").as_deref(), Some("service1"));
+    assert_eq!(routed(c, "specific.test", "/application"), None);
+    // Equal lengths: ingress-nginx's order (path descending) decides, not the Ingresses' age.
+    state.ingresses = vec![
+        IngressTest::new("older")
+            .created(1)
+            .annotation("use-regex", "true")
+            .host("tie.test")
+            .path_typed("/a.c", "ImplementationSpecific", "service1", number(80))
+            .build(),
+        IngressTest::new("newer")
+            .created(2)
+            .host("tie.test")
+            .path_typed("/abc", "Prefix", "service2", number(80))
+            .build(),
+    ];
+    let t = build(&state);
+    assert_eq!(routed(&t.config, "tie.test", "/abc").as_deref(), Some("service2"));
+}
