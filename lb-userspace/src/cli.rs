@@ -1,6 +1,9 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 mod check;
+mod webhook;
+
+pub use webhook::WebhookArgs;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -32,6 +35,9 @@ pub enum Command {
     /// Validate a configuration file (every error with line:column, exit 1 on error), or
     /// translate Ingress manifests offline as the controller would (--ingress FILE...).
     Check(check::CheckArgs),
+    /// Serve the validating admission webhook: AdmissionReviews for Ingresses over HTTPS,
+    /// decided by the controller's translation against the cluster's Ingresses.
+    Webhook(webhook::WebhookArgs),
     /// Print the JSON Schema of the configuration file, for editors' YAML language servers.
     Schema,
     /// Ask a running instance's admin server for its workers, routes, backends and health.
@@ -146,6 +152,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => check::run(args),
+        Command::Webhook(args) => webhook::run(args),
     }
 }
 

@@ -30,7 +30,8 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use k8s_openapi::{
     api::{
-        apps::v1::DaemonSet,
+        admissionregistration::v1::ValidatingWebhookConfiguration,
+        apps::v1::{DaemonSet, Deployment},
         core::v1::{ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount, VolumeMount},
         networking::v1::IngressClass,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
@@ -53,7 +54,7 @@ use lb_userspace::{
     config::Config,
     provider::kube::{
         CONTROLLER,
-        rbac::{PERMISSIONS, Permission, Scope, Verb},
+        rbac::{PERMISSIONS, Permission, Scope, Verb, WEBHOOK_PERMISSIONS},
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -94,6 +95,10 @@ fn every_manifest_parses_into_its_typed_object_and_every_file_is_installed() {
         "DaemonSet",
         "Service",
         "ServiceMonitor",
+        "Deployment",
+        "ValidatingWebhookConfiguration",
+        "Issuer",
+        "Certificate",
     ]
     .into();
     assert_eq!(kinds, expected);
@@ -107,8 +112,8 @@ fn unknown_kinds_misspelt_fields_and_wrong_versions_are_refused() {
     assert!(format!("{err:#}").contains("unknown kind \"Frobnicator\""), "{err:#}");
     // A real kind this suite does not check is refused too.
     let err =
-        Bundle::from_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "t").unwrap_err();
-    assert!(format!("{err:#}").contains("unknown kind \"Deployment\""), "{err:#}");
+        Bundle::from_text("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: x}\n", "t").unwrap_err();
+    assert!(format!("{err:#}").contains("unknown kind \"StatefulSet\""), "{err:#}");
     let daemonset = std::fs::read_to_string(deploy_dir().join("base/daemonset.yaml")).unwrap();
     Bundle::from_text(&daemonset, "daemonset.yaml").unwrap();
     let misspelt = daemonset.replace("serviceAccountName:", "serviceAcountName:");
@@ -701,6 +706,213 @@ fn without_values(cell: &str) -> String {
     out
 }
 
+// ------------------------------------------------------------------------------------------------
+// The admission webhook (deploy/webhook)
+
+/// The Deployment runs `sluice webhook` with its certificate from the Secret cert-manager
+/// writes; the Service reaches its port; the ValidatingWebhookConfiguration calls that Service
+/// for Ingress creations and updates, fails closed and gets its CA from the Certificate; the
+/// ClusterRole grants exactly `WEBHOOK_PERMISSIONS` to the Deployment's ServiceAccount.
+#[test]
+fn the_webhook_manifests_run_sluice_webhook_with_least_privilege() {
+    let bundle = webhook_bundle();
+    let deployment = webhook_deployment(&bundle);
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    let args = webhook_args(container);
+    // Both files come from the one Secret volume that the serving Certificate writes.
+    let certificate = bundle
+        .objects
+        .iter()
+        .find_map(|(_, v, _)| (v["kind"] == "Certificate" && v["spec"]["isCA"] != true).then_some(v))
+        .unwrap();
+    let secret = certificate["spec"]["secretName"].as_str().unwrap();
+    for file in [&args.tls_cert_file, &args.tls_key_file] {
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| file.starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{} is on no volume", file.display()));
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some(secret),
+            "{}",
+            file.display()
+        );
+    }
+    let port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("webhook")).unwrap();
+    assert_eq!(port.container_port, i32::from(args.listen.port()), "the named port is the listener");
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), get.scheme.as_deref(), &get.port),
+            (Some("/healthz"), Some("HTTPS"), &IntOrString::String("webhook".into()))
+        );
+    }
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!((security.privileged, security.run_as_non_root), (None, Some(true)), "no privileges");
+
+    let service =
+        bundle.one("Service", |o| if let Object::Service(x) = o { Some(x.as_ref()) } else { None }).unwrap();
+    let labels = deployment.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    assert!(
+        spec.selector.as_ref().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "selects the pods"
+    );
+    let service_port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(service_port.target_port, Some(IntOrString::String("webhook".into())));
+    let dns =
+        format!("{}.{}.svc", service.metadata.name.as_deref().unwrap(), namespace_of_meta(&service.metadata));
+    assert!(certificate["spec"]["dnsNames"].as_array().unwrap().iter().any(|n| n == dns.as_str()), "{dns}");
+
+    let configuration = bundle
+        .one("ValidatingWebhookConfiguration", |o| {
+            if let Object::ValidatingWebhookConfiguration(x) = o { Some(x) } else { None }
+        })
+        .unwrap();
+    let injected =
+        configuration.metadata.annotations.as_ref().unwrap()["cert-manager.io/inject-ca-from"].clone();
+    assert_eq!(
+        injected,
+        format!(
+            "{}/{}",
+            certificate["metadata"]["namespace"].as_str().unwrap(),
+            certificate["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    let webhook = &configuration.webhooks.as_ref().unwrap()[0];
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"), "documented in docs/KUBERNETES.md");
+    assert_eq!(webhook.side_effects, "None");
+    assert_eq!(webhook.admission_review_versions, ["v1"]);
+    let target = webhook.client_config.service.as_ref().unwrap();
+    assert_eq!(
+        (Some(&target.name), target.namespace.as_str()),
+        (service.metadata.name.as_ref(), namespace_of_meta(&service.metadata))
+    );
+    assert_eq!(target.port, Some(service_port.port));
+    let rule = &webhook.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.api_groups.as_deref(), Some(&["networking.k8s.io".to_owned()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["ingresses".to_owned()][..]));
+    assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_owned(), "UPDATE".to_owned()][..]));
+
+    let account = bundle.service_account().unwrap();
+    assert_eq!(pod.service_account_name, account.metadata.name);
+    let role = bundle.cluster_role().unwrap();
+    let mut granted = BTreeSet::new();
+    expand_rules(Scope::Cluster, role.rules.as_deref().unwrap_or_default(), &mut granted).unwrap();
+    assert_eq!(granted, grants_of(WEBHOOK_PERMISSIONS), "the ClusterRole grants exactly WEBHOOK_PERMISSIONS");
+    let binding = bundle.cluster_role_binding().unwrap();
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    subject_is(binding.subjects.as_ref(), account).unwrap();
+}
+
+/// `sluice webhook` with the Deployment's arguments (the listener and the certificate files
+/// moved into the test's reach) answers its probe and a review, requesting only what
+/// `WEBHOOK_PERMISSIONS` lists and all of it.
+#[test]
+fn sluice_webhook_with_the_deployment_arguments_requests_exactly_its_permissions() {
+    let bundle = webhook_bundle();
+    let container = &webhook_deployment(&bundle).spec.template.spec.as_ref().unwrap().containers[0];
+    let kube = FakeKube::start().unwrap();
+    kube.apply(ingress("default", "web", "sluice", "web.example", "/", "web", 80));
+    let dir = TempDir::new();
+    let ca = lb_tests::tls::Ca::new("webhook CA");
+    let leaf = ca.leaf(&["sluice-webhook.sluice.svc"]);
+    std::fs::write(dir.0.join("tls.crt"), &leaf.cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &leaf.key).unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut args: Vec<String> = container.args.clone().unwrap();
+    for arg in &mut args {
+        if arg.starts_with("--listen=") {
+            *arg = format!("--listen={listen}");
+        } else if let Some((flag, path)) = arg.split_once('=')
+            && flag.ends_with("-file")
+        {
+            let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+            *arg = format!("{flag}={}", dir.0.join(name).display());
+        }
+    }
+    let mut command = Command::new(sluice_binary().unwrap());
+    command
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(kube.write_kubeconfig(&dir.0).unwrap())
+        .env_remove("KUBECONFIG");
+    let child = ChildGuard::spawn(command).unwrap();
+    let client =
+        lb_tests::tls::client_config(lb_tests::tls::ClientOptions { trust: Some(&ca), ..Default::default() });
+    let post = |body: &str| -> Option<lb_tests::http::HttpResponse> {
+        let stream = lb_tests::tls::connect(listen, Some("sluice-webhook.sluice.svc"), &client).ok()?;
+        let mut http = lb_tests::http::Client::new(stream);
+        http.send(
+            format!("POST /networking/v1/ingresses HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        );
+        lb_tests::http::HttpResponse::try_from(http.read_response(false)).ok()
+    };
+    let object = ingress("default", "copy", "sluice", "web.example", "/", "web", 80);
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "1", "kind": {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress"},
+        "namespace": "default", "name": "copy", "operation": "CREATE", "object": object}});
+    let answer = wait_for(Duration::from_secs(20), "the webhook to answer", || post(&review.to_string()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    let answer: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "the path web.example/ is taken: {answer}");
+    drop(child);
+    let mut used = BTreeSet::new();
+    for request in kube.requests() {
+        let access = access_of(&request.method, &request.path, &request.query).unwrap();
+        let permission = WEBHOOK_PERMISSIONS
+            .iter()
+            .find(|p| {
+                p.group == access.group
+                    && p.resource() == access.resource
+                    && Verb::parse(&access.verb) == Some(p.verb)
+            })
+            .unwrap_or_else(|| panic!("a request outside WEBHOOK_PERMISSIONS: {access:?}"));
+        used.insert(*permission);
+    }
+    let unused: Vec<&Permission> = WEBHOOK_PERMISSIONS.iter().filter(|p| !used.contains(*p)).collect();
+    assert!(unused.is_empty(), "listed but never requested: {unused:#?}");
+}
+
+fn webhook_bundle() -> Bundle {
+    Bundle::from_files(&kustomization_resources(&deploy_dir().join("webhook/kustomization.yaml")).unwrap())
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn webhook_deployment(bundle: &Bundle) -> &Deployment {
+    bundle.one("Deployment", |o| if let Object::Deployment(x) = o { Some(x.as_ref()) } else { None }).unwrap()
+}
+
+/// The container's arguments, parsed by `sluice webhook`'s own command line.
+fn webhook_args(container: &Container) -> lb_userspace::cli::WebhookArgs {
+    let mut line = vec!["sluice".to_owned()];
+    line.extend(container.args.clone().unwrap());
+    match Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{e}")).command {
+        SluiceCommand::Webhook(args) => args,
+        other => panic!("not sluice webhook: {other:?}"),
+    }
+}
+
+fn namespace_of_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+fn grants_of(permissions: &[Permission]) -> BTreeSet<Grant> {
+    permissions
+        .iter()
+        .map(|p| {
+            let mut names: Vec<String> = p.names.iter().map(|n| (*n).to_owned()).collect();
+            names.sort();
+            (p.scope, p.group.to_owned(), p.resource(), p.verb.as_str().to_owned(), names)
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -739,6 +951,11 @@ enum Object {
     Service(Box<Service>),
     /// Prometheus Operator's kind (no typed form here): `check_monitoring` reads its fields.
     ServiceMonitor(Value),
+    /// The admission webhook's (deploy/webhook).
+    Deployment(Box<Deployment>),
+    ValidatingWebhookConfiguration(ValidatingWebhookConfiguration),
+    /// cert-manager's `Issuer` and `Certificate` (no typed form here; read from the documents).
+    CertManager,
 }
 
 /// Deserializes into `T` and checks that serializing gives the document back: k8s-openapi
@@ -794,6 +1011,11 @@ fn parse_object(value: &Value) -> anyhow::Result<Object> {
         ("apps/v1", "DaemonSet") => Object::DaemonSet(Box::new(typed(value)?)),
         ("v1", "Service") => Object::Service(Box::new(typed(value)?)),
         ("monitoring.coreos.com/v1", "ServiceMonitor") => Object::ServiceMonitor(value.clone()),
+        ("apps/v1", "Deployment") => Object::Deployment(Box::new(typed(value)?)),
+        ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+            Object::ValidatingWebhookConfiguration(typed(value)?)
+        }
+        ("cert-manager.io/v1", "Issuer" | "Certificate") => Object::CertManager,
         _ => bail!(
             "unknown kind {kind:?} (apiVersion {api_version:?}): add it to this suite's typed kinds, and to \
              what it checks, before shipping it"
@@ -1143,14 +1365,7 @@ fn http_get_probe(probe: Option<&Probe>, what: &str) -> anyhow::Result<(Option<S
 type Grant = (Scope, String, String, String, Vec<String>);
 
 fn needed() -> BTreeSet<Grant> {
-    PERMISSIONS
-        .iter()
-        .map(|p| {
-            let mut names: Vec<String> = p.names.iter().map(|n| (*n).to_owned()).collect();
-            names.sort();
-            (p.scope, p.group.to_owned(), p.resource(), p.verb.as_str().to_owned(), names)
-        })
-        .collect()
+    grants_of(PERMISSIONS)
 }
 
 fn expand_rules(scope: Scope, rules: &[PolicyRule], out: &mut BTreeSet<Grant>) -> anyhow::Result<()> {

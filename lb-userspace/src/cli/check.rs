@@ -51,7 +51,7 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_UNREADABLE: u8 = 2;
 
 /// The listeners `--ingress` translates onto without a base file: deploy/'s ConfigMap's.
-const KUBERNETES_BASE: &str = "listeners:\n  - name: http\n    address: \"0.0.0.0:80\"\n  - name: https\n    address: \"0.0.0.0:443\"\n    tls: {}\n";
+pub(super) const KUBERNETES_BASE: &str = "listeners:\n  - name: http\n    address: \"0.0.0.0:80\"\n  - name: https\n    address: \"0.0.0.0:443\"\n    tls: {}\n";
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.ingress.is_empty() {

@@ -19,6 +19,7 @@
 mod accept;
 pub mod certs;
 pub mod client_cert;
+pub mod file_cert;
 pub mod resolver;
 pub mod sni;
 pub mod upstream;

@@ -163,6 +163,9 @@ pub struct Reading {
     /// Why the Ingress must not be served, if it must not.
     pub refused: Option<String>,
     pub warnings: Vec<String>,
+    /// The warnings (also in `warnings`) that are about a bad value rather than an ignored
+    /// name: the admission webhook denies those.
+    pub invalid: Vec<String>,
 }
 
 /// One annotation name (after the prefix) and what Sluice does with it.
@@ -255,7 +258,9 @@ pub fn read(raw: &BTreeMap<String, String>) -> Reading {
         match parse(value, &mut reading.annotations, &values) {
             Ok(()) => {}
             Err(Problem::Expected(expected)) => {
-                reading.warnings.push(format!("annotation {name}: {value:?} is not {expected}; ignored"))
+                let warning = format!("annotation {name}: {value:?} is not {expected}; ignored");
+                reading.invalid.push(warning.clone());
+                reading.warnings.push(warning);
             }
             Err(Problem::Refuse(why)) => {
                 reading.refused.get_or_insert_with(|| format!("annotation {name}: {why}"));

@@ -12,6 +12,7 @@
 //!
 //! One instance, elected through a Lease, writes the Ingresses' `status.loadBalancer` ([`leader`]).
 
+pub mod admission;
 pub mod annotations;
 pub mod api;
 pub mod controller_config;

@@ -10,7 +10,8 @@
 //!   the list was used.
 //! - The reflectors check their kind against the list when they start (debug builds).
 //!
-//! The provider emits no Events, so none are granted.
+//! The provider emits no Events, so none are granted. The admission webhook's permissions are
+//! [`WEBHOOK_PERMISSIONS`], granted by `deploy/webhook/clusterrole.yaml` (checked the same way).
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -156,6 +157,21 @@ pub const PERMISSIONS: &[Permission] = &[
         "leader election: renew, take over, release",
     )
     .named(&[LEASE_NAME]),
+];
+
+const ADMISSION: &str = "the admission webhook's reflectors (sluice webhook)";
+
+/// Everything `sluice webhook` requests (its own ClusterRole, `deploy/webhook/`): list and
+/// watch on the kinds its translation reads; no Secrets, no EndpointSlices, no writes.
+pub const WEBHOOK_PERMISSIONS: &[Permission] = &[
+    Permission::of::<IngressClass>(Scope::Cluster, Verb::List, ADMISSION),
+    Permission::of::<IngressClass>(Scope::Cluster, Verb::Watch, ADMISSION),
+    Permission::of::<Ingress>(Scope::Cluster, Verb::List, ADMISSION),
+    Permission::of::<Ingress>(Scope::Cluster, Verb::Watch, ADMISSION),
+    Permission::of::<Service>(Scope::Cluster, Verb::List, ADMISSION),
+    Permission::of::<Service>(Scope::Cluster, Verb::Watch, ADMISSION),
+    Permission::of::<ConfigMap>(Scope::Cluster, Verb::List, ADMISSION),
+    Permission::of::<ConfigMap>(Scope::Cluster, Verb::Watch, ADMISSION),
 ];
 
 /// Whether [`PERMISSIONS`] grants `verb` on the resource (any object when `name` is `None`).

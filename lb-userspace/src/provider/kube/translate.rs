@@ -116,6 +116,27 @@ pub struct Note {
     /// The Ingress it is about, if any.
     pub ingress: Option<IngressId>,
     pub message: String,
+    /// What kind of problem it is: the admission webhook denies some kinds and Events pick
+    /// their reason from it.
+    pub kind: NoteKind,
+}
+
+/// What a [`Note`] says about its Ingress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NoteKind {
+    /// Served, with something to know (an ignored annotation, a missing Service or Secret...).
+    #[default]
+    Warning,
+    /// An annotation is ignored (by the table, or unknown).
+    Ignored,
+    /// A value of the Ingress itself is wrong (an annotation's value, a rule's host, a path):
+    /// that part is left out.
+    Invalid,
+    /// The Ingress is refused whole (a refused annotation, a configuration that does not
+    /// validate).
+    Refused,
+    /// A host/path or TLS host that the older Ingress `with` holds.
+    Conflict { with: IngressId },
 }
 
 /// The result of one translation.
@@ -182,6 +203,7 @@ impl Translator {
                         translation.notes.push(Note {
                             ingress: Some(id.clone()),
                             message: "not served: the configuration it makes does not validate".into(),
+                            kind: NoteKind::Refused,
                         });
                     }
                     return Ok(translation);
@@ -232,10 +254,12 @@ impl Translator {
                 annotations::read(ingress.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()));
             builder.controller_defaults(&id, &mut reading);
             for warning in &reading.warnings {
-                builder.note(Some(&id), warning.clone());
+                let kind =
+                    if reading.invalid.contains(warning) { NoteKind::Invalid } else { NoteKind::Ignored };
+                builder.note_kind(Some(&id), kind, warning.clone());
             }
             if let Some(why) = reading.refused {
-                builder.note(Some(&id), format!("not served: {why}"));
+                builder.note_kind(Some(&id), NoteKind::Refused, format!("not served: {why}"));
                 continue;
             }
             served.push(id.clone());
@@ -530,7 +554,11 @@ impl<'a> Builder<'a> {
     }
 
     fn note(&mut self, ingress: Option<&IngressId>, message: impl Into<String>) {
-        self.notes.push(Note { ingress: ingress.cloned(), message: message.into() });
+        self.note_kind(ingress, NoteKind::Warning, message);
+    }
+
+    fn note_kind(&mut self, ingress: Option<&IngressId>, kind: NoteKind, message: impl Into<String>) {
+        self.notes.push(Note { ingress: ingress.cloned(), message: message.into(), kind });
     }
 
     /// The class names that are ours, and whether Ingresses without a class are.
@@ -617,7 +645,8 @@ impl<'a> Builder<'a> {
                     "host {host} path {} is already served by the older Ingress {owner}; this claim is ignored",
                     describe(&route.matcher)
                 );
-                self.note(Some(id), message);
+                let kind = NoteKind::Conflict { with: owner.clone() };
+                self.note_kind(Some(id), kind, message);
             }
             return false;
         }
@@ -706,7 +735,7 @@ impl<'a> Builder<'a> {
         match redirect_to(&whole.url, whole.code) {
             Ok(redirect) => Some(redirect),
             Err(e) => {
-                self.note(Some(id), e);
+                self.note_kind(Some(id), NoteKind::Invalid, e);
                 None
             }
         }
@@ -723,7 +752,7 @@ impl<'a> Builder<'a> {
         let host = match Self::host_of(rule.host.as_deref()) {
             Ok(host) => host,
             Err(e) => {
-                self.note(Some(id), format!("rule skipped: {e}"));
+                self.note_kind(Some(id), NoteKind::Invalid, format!("rule skipped: {e}"));
                 return None;
             }
         };
@@ -770,7 +799,7 @@ impl<'a> Builder<'a> {
         let matcher = match Self::path_match(path, self.regex_hosts.contains(host)) {
             Ok(m) => m,
             Err(e) => {
-                self.note(Some(id), format!("path skipped: {e}"));
+                self.note_kind(Some(id), NoteKind::Invalid, format!("path skipped: {e}"));
                 return None;
             }
         };
@@ -875,7 +904,8 @@ impl<'a> Builder<'a> {
         let Some((_, owner)) = &entry.tls else { return false };
         if owner != id {
             let message = format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
-            self.note(Some(id), message);
+            let kind = NoteKind::Conflict { with: owner.clone() };
+            self.note_kind(Some(id), kind, message);
         }
         true
     }
@@ -1203,7 +1233,7 @@ impl<'a> Builder<'a> {
                 );
                 let owners: BTreeSet<&IngressId> = host.routes.iter().map(|(_, id)| id).collect();
                 for owner in owners {
-                    self.notes.push(Note { ingress: Some(owner.clone()), message: message.clone() });
+                    self.note(Some(owner), message.clone());
                 }
                 continue;
             }
