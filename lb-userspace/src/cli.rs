@@ -127,6 +127,11 @@ pub struct KubernetesArgs {
     /// apply, watched; without it, ingress-nginx's defaults.
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
     pub nginx_configmap: Option<String>,
+    /// The Service (`NAMESPACE/NAME`, its first port) that serves every host and path no
+    /// Ingress claims and answers custom-http-errors (ingress-nginx's flag of the same name);
+    /// without it, those get a plain 404.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub default_backend_service: Option<String>,
 }
 
 /// `NAMESPACE/NAME`, both parts non-empty.
@@ -290,6 +295,7 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
         status,
         api,
         controller_configmap: args.nginx_configmap.clone(),
+        default_backend_service: args.default_backend_service.clone(),
         ..KubeOptions::default()
     }
 }

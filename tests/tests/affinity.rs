@@ -344,7 +344,7 @@ fn kubernetes_backend_group_names_are_pinned() {
         configmaps: vec![],
     };
     let base = Config::from_yaml("listeners: [{name: web, address: \"127.0.0.1:8080\"}]", "test").unwrap();
-    let settings = Settings { ingress_class: "sluice".into(), controller_configmap: None };
+    let settings = Settings { ingress_class: "sluice".into(), ..Settings::default() };
     let translation = Translator::new(settings).translate(&base, &state);
     let mut names: Vec<&str> = translation.config.backends.iter().map(|b| b.name.as_str()).collect();
     names.sort();

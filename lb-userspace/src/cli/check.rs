@@ -42,6 +42,10 @@ pub struct CheckArgs {
     /// `sluice run --nginx-configmap` (it and the ConfigMaps it names come from the manifests).
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
     pub nginx_configmap: Option<String>,
+    /// With --ingress: the default backend Service, `NAMESPACE/NAME`, as
+    /// `sluice run --default-backend-service` (it comes from the manifests).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
+    pub default_backend_service: Option<String>,
 }
 
 /// Refused or set-aside Ingresses, a configuration that does not validate, or (with
@@ -81,6 +85,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let translator = Translator::new(Settings {
         ingress_class: args.ingress_class.clone(),
         controller_configmap: args.nginx_configmap.clone(),
+        default_backend_service: args.default_backend_service.clone(),
     });
     let translation = match translator.build(&base, &manifests.state) {
         Ok(translation) => translation,

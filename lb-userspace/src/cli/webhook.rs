@@ -74,6 +74,7 @@ pub fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
         Translator::new(Settings {
             ingress_class: args.ingress_class.clone(),
             controller_configmap: args.nginx_configmap.clone(),
+            ..Settings::default()
         }),
         base,
     ));

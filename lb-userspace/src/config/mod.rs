@@ -314,6 +314,32 @@ virtual_hosts: [{name: h, domains: [h], rate_limit: {rps: 1, allowlist: ['10.0.0
         .unwrap_err();
         assert!(err.to_string().contains("prefix length"), "{err}");
     }
+
+    #[test]
+    fn error_pages_need_error_statuses_a_known_backend_and_sendable_fields() {
+        let found = problems(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+backends: [{name: b, endpoints: [{address: '127.0.0.1:1'}]}]
+virtual_hosts:
+  - name: h
+    domains: [h]
+    error_pages: {statuses: [], backend: b}
+    routes:
+      - backend: b
+        error_pages: {statuses: [503, 302], backend: nope, headers: [{name: Connection, value: x}]}
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "virtual_hosts[0].error_pages.statuses",
+                "virtual_hosts[0].routes[0].error_pages.statuses[1]",
+                "virtual_hosts[0].routes[0].error_pages.backend",
+                "virtual_hosts[0].routes[0].error_pages.headers[0].name",
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

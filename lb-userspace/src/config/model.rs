@@ -347,6 +347,31 @@ pub struct VirtualHostConfig {
     /// replaces this).
     #[serde(default)]
     pub external_auth: Option<ExternalAuthConfig>,
+    /// Error pages for this host's routes (a route's own `error_pages` replaces this).
+    #[serde(default)]
+    pub error_pages: Option<ErrorPagesConfig>,
+}
+
+/// Error pages (ingress-nginx's `custom-http-errors` with its default backend): when the
+/// backend answers one of `statuses` (or Sluice's own 502, 503 or 504 when forwarding fails
+/// and that status is listed), that answer is dropped and the request is asked again of
+/// `backend`, as nginx's `error_page CODE = @custom_...`: the same method, path `/`, no body,
+/// the client's fields and `X-Code` (the status), `X-Format` (the client's `Accept`),
+/// `X-Original-URI` (the request target as sent) and `X-Request-ID` (the request's id), plus
+/// `headers`. The error backend's answer goes to the client as it is, status included (the
+/// backend is expected to answer with the status it was told in `X-Code`); it is never
+/// intercepted again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPagesConfig {
+    /// The statuses that go to the error backend, 400 to 599.
+    pub statuses: Vec<u16>,
+    /// The backend group that answers them.
+    pub backend: String,
+    /// More fields for the error backend (the Kubernetes provider sends ingress-nginx's
+    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name` and `X-Service-Port`).
+    #[serde(default)]
+    pub headers: Vec<HeaderField>,
 }
 
 /// Header changes, in this order: `remove` the named fields, `set` (replacing every field of
@@ -767,6 +792,9 @@ pub struct RouteConfig {
     /// External authentication for this route; replaces the virtual host's.
     #[serde(default)]
     pub external_auth: Option<ExternalAuthConfig>,
+    /// Error pages for this route; replaces the virtual host's.
+    #[serde(default)]
+    pub error_pages: Option<ErrorPagesConfig>,
 }
 
 /// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a

@@ -270,6 +270,9 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
         if let Some(auth) = &host.external_auth {
             external_auth(auth, &format!("{at}.external_auth"), found);
         }
+        if let Some(pages) = &host.error_pages {
+            error_pages(pages, &format!("{at}.error_pages"), backends, found);
+        }
         let mut matchers = BTreeMap::new();
         for (r, route) in host.routes.iter().enumerate() {
             let route_at = format!("{at}.routes[{r}]");
@@ -315,6 +318,26 @@ fn external_auth(auth: &super::ExternalAuthConfig, at: &str, found: &mut Problem
     }
 }
 
+/// Statuses 400 to 599, a known backend, fields that are header fields (and not ones the proxy
+/// owns on each hop).
+fn error_pages(pages: &super::ErrorPagesConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+    if pages.statuses.is_empty() {
+        found.add(format!("{at}.statuses"), "at least one status is needed");
+    }
+    for (i, status) in pages.statuses.iter().enumerate() {
+        if !(400..=599).contains(status) {
+            found.add(format!("{at}.statuses[{i}]"), format!("{status} is not an error status (400 to 599)"));
+        }
+    }
+    if !backends.contains(pages.backend.as_str()) {
+        found.add(format!("{at}.backend"), format!("no backend named {:?}", pages.backend));
+    }
+    let fields = super::HeaderOpsConfig { set: pages.headers.clone(), ..Default::default() };
+    for (path, message) in fields.problems(super::policy::HeaderDirection::Request, at) {
+        found.add(path.replace(".set[", ".headers["), message);
+    }
+}
+
 fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
     let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
     policy(headers, route.cors.as_ref(), at, found);
@@ -323,6 +346,9 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
     }
     if let Some(auth) = &route.external_auth {
         external_auth(auth, &format!("{at}.external_auth"), found);
+    }
+    if let Some(pages) = &route.error_pages {
+        error_pages(pages, &format!("{at}.error_pages"), backends, found);
     }
     match (&route.backend, &route.redirect) {
         (Some(_), Some(_)) | (None, None) => {

@@ -51,6 +51,17 @@ impl HeaderOps {
         Ok((!ops.dropped.is_empty() || !ops.appended.is_empty()).then_some(ops))
     }
 
+    /// Changes that set each of `fields` (replacing earlier fields of its name), built by the
+    /// proxy itself (an error page's request fields), so not checked as configured ones are.
+    pub fn setting(fields: Vec<(HeaderName, HeaderValue)>) -> HeaderOps {
+        let mut ops = HeaderOps::default();
+        for (name, _) in &fields {
+            ops.drop_name(name.clone());
+        }
+        ops.appended = fields;
+        ops
+    }
+
     fn drop_name(&mut self, name: HeaderName) {
         self.appended.retain(|(appended, _)| *appended != name);
         if !self.dropped.contains(&name) {

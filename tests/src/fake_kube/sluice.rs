@@ -34,6 +34,11 @@ pub struct KubeSluiceOptions {
     pub kubeconfig: bool,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Extra command-line arguments (`--default-backend-service NS/NAME`...).
+    pub args: Vec<String>,
+    /// Also a TLS listener (`tls: {}`, certificates from the Ingresses' Secrets), at
+    /// [`KubeSluice::tls_addr`].
+    pub tls: bool,
 }
 
 impl Default for KubeSluiceOptions {
@@ -46,11 +51,19 @@ impl Default for KubeSluiceOptions {
             watch_timeout_seconds: None,
             kubeconfig: true,
             env: Vec::new(),
+            args: Vec::new(),
+            tls: false,
         }
     }
 }
 
 impl KubeSluiceOptions {
+    /// With extra command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn identity(mut self, identity: &str, publish: &str) -> Self {
         self.identity = identity.into();
         self.publish = vec![publish.into()];
@@ -63,6 +76,8 @@ pub struct KubeSluice {
     pub child: ChildGuard,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when [`KubeSluiceOptions::tls`] asked for one.
+    pub tls_addr: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -75,9 +90,23 @@ impl KubeSluice {
         addr: SocketAddr,
         admin: SocketAddr,
     ) -> Command {
-        let base = format!(
-            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\nadmin: {{address: \"{admin}\"}}\n"
+        Self::command_with_tls(kube, options, dir, (addr, None), admin)
+    }
+
+    /// As [`KubeSluice::command`], with a TLS listener when `tls_addr` is set.
+    pub fn command_with_tls(
+        kube: &FakeKube,
+        options: &KubeSluiceOptions,
+        dir: &TempDir,
+        (addr, tls_addr): (SocketAddr, Option<SocketAddr>),
+        admin: SocketAddr,
+    ) -> Command {
+        let mut base = format!(
+            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nadmin: {{address: \"{admin}\"}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
         );
+        if let Some(tls_addr) = tls_addr {
+            base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
+        }
         let config = dir.0.join("base.yaml");
         std::fs::write(&config, base).expect("writing the base configuration");
         let mut command = Command::new(sluice_binary().expect("the sluice binary"));
@@ -96,6 +125,7 @@ impl KubeSluice {
         if let Some(seconds) = options.watch_timeout_seconds {
             command.args(["--watch-timeout-seconds", &seconds.to_string()]);
         }
+        command.args(&options.args);
         command.env("RUST_LOG", "info").env_remove("KUBECONFIG");
         command.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         command
@@ -106,14 +136,15 @@ impl KubeSluice {
         let dir = TempDir::new();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let command = Self::command(kube, &options, &dir, addr, admin);
+        let tls_addr = options.tls.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let command = Self::command_with_tls(kube, &options, &dir, (addr, tls_addr), admin);
         let mut child = ChildGuard::spawn(command).expect("starting sluice");
         wait_for(Duration::from_secs(20), "sluice to accept", || {
             assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
             TcpStream::connect(addr).ok()
         })
         .unwrap();
-        KubeSluice { child, addr, admin, _dir: dir }
+        KubeSluice { child, addr, admin, tls_addr, _dir: dir }
     }
 
     pub fn get(&self, host: &str, path: &str) -> anyhow::Result<HttpResponse> {

@@ -294,7 +294,7 @@ mod tests {
         )
         .unwrap();
         Reviewer::new(
-            Translator::new(Settings { ingress_class: "sluice".into(), controller_configmap: None }),
+            Translator::new(Settings { ingress_class: "sluice".into(), ..Settings::default() }),
             base,
         )
     }

@@ -130,6 +130,12 @@ pub struct Annotations {
     pub external_auth: Option<crate::config::ExternalAuthConfig>,
     /// `auth-tls-secret` and the `auth-tls-*` set refining it.
     pub client_tls: Option<ClientTlsSetting>,
+    /// `custom-http-errors`: the statuses its error backend answers (`Some(empty)` turns the
+    /// controller ConfigMap's list off).
+    pub custom_http_errors: Option<Vec<u16>>,
+    /// `default-backend`: a Service of the Ingress's namespace, for error pages and for paths
+    /// whose Service has no ready endpoint.
+    pub default_backend: Option<String>,
 }
 
 /// Client certificates from an Ingress's annotations; the CA Secret is read by the translation.
@@ -283,6 +289,19 @@ fn parse_bool(v: &str) -> Option<bool> {
 fn parse_seconds(v: &str) -> Option<u64> {
     let seconds: u64 = v.parse().ok()?;
     (seconds > 0 && seconds <= 86_400).then_some(seconds * 1000)
+}
+
+/// `custom-http-errors`: comma-separated statuses from 400 to 599, blanks around them and
+/// empty entries allowed (ingress-nginx's rule); sorted, without repeats.
+pub fn parse_error_codes(v: &str) -> Option<Vec<u16>> {
+    let mut codes = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let code: u16 = item.parse().ok().filter(|c| (400..=599).contains(c))?;
+        codes.push(code);
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    Some(codes)
 }
 
 /// An nginx size: bytes, or a number with k, m or g (either case). `0` is unlimited.

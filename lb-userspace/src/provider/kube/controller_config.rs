@@ -37,6 +37,9 @@ pub struct ControllerConfig {
     /// `global-allowed-response-headers`: the names a `custom-headers` ConfigMap may set,
     /// lower-cased.
     pub allowed_response_headers: Vec<String>,
+    /// `custom-http-errors`: the statuses the default backend answers, for every Ingress
+    /// without the annotation.
+    pub custom_http_errors: Vec<u16>,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +57,7 @@ impl Default for ControllerConfig {
             add_headers: None,
             proxy_set_headers: None,
             allowed_response_headers: Vec::new(),
+            custom_http_errors: Vec::new(),
         }
     }
 }
@@ -103,7 +107,7 @@ const KEYS: &[(&str, Key)] = &[
     ("allow-snippet-annotations", Key::Ignored("snippets are always refused: configuration is typed")),
     ("annotations-risk-level", Key::Ignored("annotations are typed; none is templated")),
     ("worker-processes", Key::Ignored("the worker count is `workers` in the base configuration")),
-    ("custom-http-errors", Key::Ignored("custom error pages are not implemented yet")),
+    ("custom-http-errors", Key::Applied(custom_http_errors)),
     ("log-format-upstream", Key::Ignored("access logs have Sluice's own JSON or text format")),
     ("enable-opentelemetry", Key::Ignored("tracing is not implemented")),
 ];
@@ -266,6 +270,12 @@ fn proxy_connect_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), &'stat
 
 fn proxy_read_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
     c.read_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+fn custom_http_errors(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.custom_http_errors =
+        super::annotations::parse_error_codes(v).ok_or("comma-separated HTTP error statuses (400-599)")?;
     Ok(())
 }
 

@@ -67,6 +67,8 @@ pub struct KubeOptions {
     pub api: api::ApiSettings,
     /// ingress-nginx's controller ConfigMap, `NAMESPACE/NAME` (`--nginx-configmap`).
     pub controller_configmap: Option<String>,
+    /// The Service serving what no Ingress claims, `NAMESPACE/NAME` (`--default-backend-service`).
+    pub default_backend_service: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -78,6 +80,7 @@ impl Default for KubeOptions {
             status: Some(leader::StatusOptions::default()),
             api: api::ApiSettings::default(),
             controller_configmap: None,
+            default_backend_service: None,
         }
     }
 }
@@ -283,6 +286,7 @@ impl KubeProvider {
         let translator = Arc::new(Translator::new(Settings {
             ingress_class: options.ingress_class.clone(),
             controller_configmap: options.controller_configmap.clone(),
+            default_backend_service: options.default_backend_service.clone(),
         }));
         Ok(KubeProvider { client, options, translator })
     }

@@ -87,13 +87,16 @@ pub struct ClusterState {
     pub configmaps: Vec<Arc<ConfigMap>>,
 }
 
-/// Which Ingresses are ours.
-#[derive(Debug, Clone)]
+/// Which Ingresses are ours, and the controller-wide settings.
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// The class name served (`--ingress-class`), besides IngressClasses naming [`CONTROLLER`].
     pub ingress_class: String,
     /// ingress-nginx's controller ConfigMap, `NAMESPACE/NAME` (`--nginx-configmap`).
     pub controller_configmap: Option<String>,
+    /// The Service serving what no Ingress claims, `NAMESPACE/NAME`
+    /// (`--default-backend-service`).
+    pub default_backend_service: Option<String>,
 }
 
 /// An Ingress, by namespace and name.
@@ -236,6 +239,7 @@ impl Translator {
     ) -> Translation {
         let mut builder = Builder::new(self, base, state);
         builder.read_controller_config();
+        builder.controller_default_backend();
         let (ours, default_is_ours) = builder.classes();
         let mut ingresses: Vec<&Ingress> =
             state.ingresses.iter().map(Arc::as_ref).filter(|i| is_ours(i, &ours, default_is_ours)).collect();
@@ -420,6 +424,10 @@ struct Builder<'a> {
     client_tls: Option<client_tls::ClientTls>,
     /// Hosts whose paths are all regular expressions ([`regex_hosts`]).
     regex_hosts: BTreeSet<String>,
+    /// The controller default backend's group (`--default-backend-service`).
+    default_group: Option<String>,
+    /// The error backend's group of the Ingress being translated.
+    error_group: Option<String>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -457,6 +465,8 @@ impl<'a> Builder<'a> {
             basic_auth: None,
             client_tls: None,
             regex_hosts: BTreeSet::new(),
+            default_group: None,
+            error_group: None,
         }
     }
 
@@ -506,6 +516,9 @@ impl<'a> Builder<'a> {
         a.read_timeout_ms = a.read_timeout_ms.or(c.read_timeout_ms);
         a.backend.connect_timeout_ms = a.backend.connect_timeout_ms.or(c.connect_timeout_ms);
         a.ssl_redirect = a.ssl_redirect.or(Some(c.ssl_redirect));
+        if a.custom_http_errors.is_none() && !c.custom_http_errors.is_empty() {
+            a.custom_http_errors = Some(c.custom_http_errors.clone());
+        }
         let (request, response) = self.controller_headers.clone();
         a.request_headers = layered(request, a.request_headers.take());
         a.response_headers = layered(response, a.response_headers.take());
@@ -670,6 +683,13 @@ impl<'a> Builder<'a> {
                 return;
             }
         };
+        self.error_group = self.error_backend(id, a);
+        if self.error_group.is_none() && a.custom_http_errors.as_ref().is_some_and(|s| !s.is_empty()) {
+            self.note(
+                Some(id),
+                "custom-http-errors: no error backend (no default-backend annotation, no --default-backend-service); the backend's answers pass through",
+            );
+        }
         let redirect = self.whole_redirect(a, id);
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
@@ -680,7 +700,7 @@ impl<'a> Builder<'a> {
         if let Some(default) = &spec.default_backend
             && redirect.is_none()
         {
-            self.default_backend(default, id, a);
+            self.default_backend(default, id, a, &hosts_served);
         }
         if a.ssl_passthrough {
             return;
@@ -822,22 +842,41 @@ impl<'a> Builder<'a> {
         match redirect {
             Some(redirect) => route.redirect = Some(redirect.clone()),
             None => {
-                route.backend = Some(self.service_backend(&id.namespace, &path.backend, &a.backend, id)?)
+                let group = self.service_backend(&id.namespace, &path.backend, &a.backend, id)?;
+                route.backend = Some(self.unless_unavailable(group, a));
+                route.error_pages = self.error_pages(&path.backend, id, a);
             }
         }
         Some(route)
     }
 
-    /// The Ingress's `defaultBackend`: every path of hosts no rule names.
-    fn default_backend(&mut self, backend: &IngressBackend, id: &IngressId, a: &Annotations) {
+    /// The Ingress's `defaultBackend`: every path of hosts no rule names, and the paths of its
+    /// own hosts (`hosts`) that no rule of theirs matches, as ingress-nginx serves them.
+    fn default_backend(
+        &mut self,
+        backend: &IngressBackend,
+        id: &IngressId,
+        a: &Annotations,
+        hosts: &BTreeSet<String>,
+    ) {
         let Some(group) = self.service_backend(&id.namespace, backend, &a.backend, id) else { return };
         let mut route = route_template().clone();
         route.name = Some(id.to_string());
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
-        route.backend = Some(group);
+        route.backend = Some(self.unless_unavailable(group, a));
         route_policy(&mut route, a);
         route.basic_auth = self.basic_auth.clone();
         route.external_auth = a.external_auth.clone();
+        route.error_pages = self.error_pages(backend, id, a);
+        for host in hosts {
+            let claimed = self
+                .hosts
+                .get(host)
+                .is_some_and(|h| h.routes.iter().any(|(r, _)| default_backend::is_catch_all(r)));
+            if !claimed {
+                self.claim(host, route.clone(), id);
+            }
+        }
         self.claim("*", route, id);
     }
 
@@ -1225,6 +1264,7 @@ impl<'a> Builder<'a> {
             .flat_map(|h| h.domains.iter().map(|d| d.to_ascii_lowercase()))
             .collect();
         let base_names: BTreeSet<String> = config.virtual_hosts.iter().map(|h| h.name.clone()).collect();
+        self.default_backend_everywhere(&base_domains.union(&base_names).cloned().collect());
         let hosts = std::mem::take(&mut self.hosts);
         for (domain, host) in hosts {
             if base_domains.contains(&domain) || base_names.contains(&domain) {
@@ -1448,6 +1488,7 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 
 mod basic_auth;
 mod client_tls;
+mod default_backend;
 mod proxy_ssl;
 #[cfg(test)]
 mod tests;

@@ -15,13 +15,15 @@
 //! 7. **attempt**: one exchange over a pooled connection, with the route's timeout, retried
 //!    within the budget when that is safe;
 //! 8. **finish the response**: upgrades handed to a tunnel, hop-by-hop fields stripped, the
-//!    affinity cookie, the request id; then, on every response of a route (Sluice's own
-//!    answers too), its header changes and CORS fields.
+//!    affinity cookie, the request id; a status the route's error pages list is answered by
+//!    the error backend instead ([`error_page`]); then, on every response of a route (Sluice's
+//!    own answers too), its header changes and CORS fields.
 //!
 //! Errors become short, clear 4xx/5xx responses for this client only. Metrics and the access
 //! log wrap the whole ([`handle`]).
 
 mod access_log;
+mod error_page;
 pub mod tls_policy;
 
 use std::{
@@ -323,7 +325,10 @@ async fn route_and_forward<'s>(
         client_upgrade,
     };
     group.retry_budget.deposit();
-    let mut response = admitted.until_sent(forward(exchange, connection, snapshot, outcome).await);
+    let response = forward(exchange, connection, snapshot, outcome).await;
+    let sent = error_page::Sent { parts: &parts, headers: &upstream_headers, client, host: &host };
+    let response = error_page::intercept(response, route, sent, connection, snapshot, outcome).await;
+    let mut response = admitted.until_sent(response);
     if let Some(granted) = granted {
         set_auth_cookies(&mut response, granted);
     }

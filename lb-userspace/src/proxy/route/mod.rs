@@ -22,6 +22,7 @@ use std::{borrow::Cow, collections::HashMap, net::Ipv6Addr, sync::Arc, time::Dur
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use regex::Regex;
 
+pub use self::error_pages::ErrorPages;
 use super::access::Access;
 use super::{
     cors::Cors,
@@ -81,6 +82,8 @@ pub struct Route {
     pub access: Option<Access>,
     /// Per-client limits (its own, else its virtual host's).
     pub rate_limit: Option<Arc<RateLimitConfig>>,
+    /// Error pages (its own, else its virtual host's).
+    pub error_pages: Option<ErrorPages>,
     matcher: Matcher,
 }
 
@@ -455,6 +458,11 @@ fn compile_route(
         (None, Some(cors)) => Some(Cors::compile(cors, &format!("{host_at}.cors"))?),
         (None, None) => None,
     };
+    let error_pages = match (&route.error_pages, &host.error_pages) {
+        (Some(pages), _) => Some(ErrorPages::compile(pages, backends, &format!("{at}.error_pages"))?),
+        (None, Some(pages)) => Some(ErrorPages::compile(pages, backends, &format!("{host_at}.error_pages"))?),
+        (None, None) => None,
+    };
     Ok(Route {
         name,
         labels,
@@ -468,6 +476,7 @@ fn compile_route(
         cors,
         access,
         rate_limit: route.rate_limit.as_ref().or(host.rate_limit.as_ref()).cloned().map(Arc::new),
+        error_pages,
         matcher,
     })
 }
@@ -597,6 +606,7 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
+mod error_pages;
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;

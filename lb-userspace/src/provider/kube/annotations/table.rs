@@ -15,8 +15,6 @@ const SNIPPET: &str = "snippets are refused: configuration is typed, never templ
 const MODSECURITY: &str =
     "ModSecurity is not supported; serving without the web application firewall would expose the Ingress";
 const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
-const ERROR_PAGES: &str =
-    "custom error pages are not implemented; the backend's error responses are passed through";
 
 const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled per worker; auth-keepalive-timeout sets their idle time";
 
@@ -163,8 +161,8 @@ pub const ANNOTATIONS: &[Annotation] = &[
         "connection-proxy-header",
         "Sluice sets the upstream Connection header itself: pooled keep-alive, upgrades passed through",
     ),
-    ignored("custom-http-errors", ERROR_PAGES),
-    ignored("default-backend", ERROR_PAGES),
+    applied("custom-http-errors", custom_http_errors),
+    applied("default-backend", default_backend),
     ignored("service-upstream", "endpoints always come from the Service's EndpointSlices"),
     ignored(
         "enable-access-log",
@@ -174,7 +172,10 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ignored("proxy-buffers-number", BUFFERING),
     ignored("proxy-busy-buffers-size", BUFFERING),
     ignored("proxy-max-temp-file-size", BUFFERING),
-    ignored("disable-proxy-intercept-errors", ERROR_PAGES),
+    ignored(
+        "disable-proxy-intercept-errors",
+        "error pages are intercepted whenever custom-http-errors lists statuses; remove the list to pass them through",
+    ),
     ignored("enable-opentelemetry", TRACING),
     ignored("opentelemetry-operation-name", TRACING),
     ignored("opentelemetry-trust-incoming-span", TRACING),
@@ -356,6 +357,24 @@ fn x_forwarded_prefix(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
         return Err(Expected("a path prefix such as /api (nginx variables are not expanded)"));
     }
     set_request_field(a, "x-forwarded-prefix", v);
+    Ok(())
+}
+
+fn custom_http_errors(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.custom_http_errors =
+        Some(super::parse_error_codes(v).ok_or(Expected("comma-separated HTTP error statuses (400-599)"))?);
+    Ok(())
+}
+
+/// A Service name (of the Ingress's namespace); whether it exists is the translation's to say.
+fn default_backend(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let valid = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(Expected("the name of a Service in the Ingress's namespace"));
+    }
+    a.default_backend = Some(v.to_owned());
     Ok(())
 }
 

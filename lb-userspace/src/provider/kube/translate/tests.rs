@@ -261,7 +261,7 @@ fn tls_base() -> Config {
 }
 
 fn translator() -> Translator {
-    Translator::new(Settings { ingress_class: "sluice".into(), controller_configmap: None })
+    Translator::new(Settings { ingress_class: "sluice".into(), ..Settings::default() })
 }
 
 /// The web Service with one port and two ready endpoints.
@@ -503,7 +503,16 @@ fn hosts_wildcards_default_backend_and_path_types() {
     let t = build(&state);
     let wildcard = host(&t.config, "*.a.test");
     let paths: Vec<&Option<PathMatch>> = wildcard.routes.iter().map(|r| &r.matcher.path).collect();
-    assert_eq!(paths, [&Some(PathMatch::Exact("/exact".into())), &Some(PathMatch::Prefix("/impl".into()))]);
+    // The Ingress's defaultBackend serves the paths of its own hosts that no rule matches.
+    let [exact, implementation, root] = paths[..] else { panic!("{paths:?}") };
+    assert_eq!(
+        (exact, implementation, root),
+        (
+            &Some(PathMatch::Exact("/exact".into())),
+            &Some(PathMatch::Prefix("/impl".into())),
+            &Some(PathMatch::Prefix("/".into()))
+        )
+    );
     let default = host(&t.config, "*");
     let paths: Vec<&Option<PathMatch>> = default.routes.iter().map(|r| &r.matcher.path).collect();
     assert_eq!(paths, [&Some(PathMatch::Prefix("/any".into())), &Some(PathMatch::Prefix("/".into()))]);
@@ -893,6 +902,7 @@ fn hsts_is_on_for_tls_hosts_by_default_as_in_ingress_nginx() {
         let settings = Settings {
             ingress_class: "sluice".into(),
             controller_configmap: Some("ingress-nginx/controller".into()),
+            ..Settings::default()
         };
         Translator::new(settings).build(&tls_base(), &state).unwrap()
     };
@@ -943,6 +953,7 @@ fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() 
     let settings = Settings {
         ingress_class: "sluice".into(),
         controller_configmap: Some("ingress-nginx/controller".into()),
+        ..Settings::default()
     };
     let t = Translator::new(settings).build(&base(), &state).unwrap();
     let f = &t.config.forwarded;
@@ -972,8 +983,11 @@ fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() 
     );
     assert!(notes.contains("key keep-alive is ignored"), "{notes}");
     // A named ConfigMap that does not exist: reported, defaults apply.
-    let settings =
-        Settings { ingress_class: "sluice".into(), controller_configmap: Some("ingress-nginx/nope".into()) };
+    let settings = Settings {
+        ingress_class: "sluice".into(),
+        controller_configmap: Some("ingress-nginx/nope".into()),
+        ..Settings::default()
+    };
     let t = Translator::new(settings).build(&base(), &web_state()).unwrap();
     assert!(notes_contain(&t, "controller ConfigMap ingress-nginx/nope not found"));
 }
@@ -1122,4 +1136,102 @@ fn regex_hosts_order_by_length_and_exact_paths_become_regexes() {
     ];
     let t = build(&state);
     assert_eq!(routed(&t.config, "tie.test", "/abc").as_deref(), Some("service2"));
+}
+
+fn error_state() -> ClusterState {
+    let mut state = web_state();
+    state.services.push(service("errors", &[("http", 8080), ("metrics", 9090)]));
+    state.slices.push(SliceTest::new("errors-1", "errors").port("http", 3000).ready("10.0.1.1").build());
+    state.services.push(service("down", &[("http", 80)]));
+    state.slices.push(SliceTest::new("down-1", "down").port("http", 8080).not_ready("10.0.2.1").build());
+    state
+}
+
+#[test]
+fn custom_http_errors_go_to_the_default_backend_annotation_with_ingress_nginx_fields() {
+    let mut state = error_state();
+    state.ingresses = vec![
+        IngressTest::new("web")
+            .annotation("custom-http-errors", "503, 404,503")
+            .annotation("default-backend", "errors")
+            .host("a.test")
+            .path("/", "web", 80)
+            .path("/down", "down", 80)
+            .build(),
+        IngressTest::new("plain")
+            .annotation("custom-http-errors", "500")
+            .host("b.test")
+            .path("/", "web", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    let routes = &host(&t.config, "a.test").routes;
+    let pages = routes[0].error_pages.as_ref().expect("error pages");
+    assert_eq!(pages.statuses, [404, 503]);
+    // The Service's first port, as ingress-nginx.
+    assert_eq!(pages.backend, "default/errors:8080");
+    assert_eq!(addresses(group(&t.config, "default/errors:8080")), [("10.0.1.1:3000".to_owned(), true)]);
+    let fields: Vec<(&str, &str)> =
+        pages.headers.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            ("X-Namespace", "default"),
+            ("X-Ingress-Name", "web"),
+            ("X-Service-Name", "web"),
+            ("X-Service-Port", "80")
+        ]
+    );
+    // A Service without a ready endpoint is served by the default-backend Service.
+    assert_eq!(routes[1].backend.as_deref(), Some("default/errors:8080"));
+    // Without any error backend the list does nothing, and says so.
+    assert!(host(&t.config, "b.test").routes[0].error_pages.is_none());
+    assert!(notes_contain(&t, "custom-http-errors: no error backend"), "{}", notes(&t));
+}
+
+#[test]
+fn the_controller_default_backend_serves_unclaimed_hosts_and_paths_and_the_configmap_errors() {
+    let mut state = error_state();
+    state.ingresses = vec![
+        IngressTest::new("web").host("a.test").path("/api", "web", 80).build(),
+        IngressTest::new("own")
+            .annotation("custom-http-errors", "")
+            .host("c.test")
+            .path("/", "web", 80)
+            .build(),
+    ];
+    state.configmaps = vec![configmap("ingress-nginx", "controller", &[("custom-http-errors", "502,503")])];
+    let settings = Settings {
+        ingress_class: "sluice".into(),
+        controller_configmap: Some("ingress-nginx/controller".into()),
+        default_backend_service: Some("default/errors".into()),
+    };
+    let t = Translator::new(settings).build(&base(), &state).unwrap();
+    let a = &host(&t.config, "a.test").routes;
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(
+        a[0].error_pages.as_ref().map(|p| (p.statuses.clone(), p.backend.as_str())),
+        Some((vec![502, 503], "default/errors:8080"))
+    );
+    assert_eq!(
+        (a[1].name.as_deref(), a[1].backend.as_deref()),
+        (Some("default-backend"), Some("default/errors:8080"))
+    );
+    assert!(a[1].error_pages.is_none(), "the default backend's own answers are not intercepted");
+    let any = &host(&t.config, "*").routes;
+    assert_eq!(any.len(), 1);
+    assert_eq!(any[0].backend.as_deref(), Some("default/errors:8080"));
+    // A host with its own catch-all keeps it; an empty annotation turns the ConfigMap's list off.
+    let c = &host(&t.config, "c.test").routes;
+    assert_eq!(c.len(), 1);
+    assert!(c[0].error_pages.is_none());
+    // A missing Service is reported and nothing is added.
+    let settings = Settings {
+        ingress_class: "sluice".into(),
+        default_backend_service: Some("default/nope".into()),
+        ..Settings::default()
+    };
+    let t = Translator::new(settings).build(&base(), &state).unwrap();
+    assert!(t.config.virtual_hosts.iter().all(|h| h.domains != ["*"]));
+    assert!(notes_contain(&t, "--default-backend-service Service default/nope not found"), "{}", notes(&t));
 }
