@@ -254,7 +254,10 @@ fn backends_example_covers_every_balance_mode_and_hash_key() {
     assert!(config.affinity_key.is_some());
     let grpc = backend("inventory-grpc");
     assert_eq!(grpc.protocol, BackendProtocol::H2c);
-    assert_eq!(grpc.retries, RetryConfig { attempts: 1, budget_percent: 10, min_retries_per_second: 5 });
+    assert_eq!(
+        grpc.retries,
+        RetryConfig { attempts: 1, budget_percent: 10, min_retries_per_second: 5, ..RetryConfig::default() }
+    );
     let web = backend("web");
     assert_eq!(web.health_check, Some(HealthCheckConfig::default()), "`health_check: {{}}` is all defaults");
     assert_eq!(

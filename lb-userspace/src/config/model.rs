@@ -1253,11 +1253,19 @@ pub struct Timeouts {
     pub request_ms: u64,
     /// A pooled upstream connection idle this long is closed.
     pub idle_ms: u64,
+    /// The longest wait between two reads from the endpoint, as nginx's `proxy_read_timeout`:
+    /// for the response head once the request is sent, then between response body bytes. When
+    /// set, it replaces `request_ms` (and a route's `timeout_ms`) as the head's bound, so a long
+    /// upload or a long streamed response is not cut while data keeps flowing.
+    pub read_ms: Option<u64>,
+    /// The longest wait between two writes of the request body to the endpoint, as nginx's
+    /// `proxy_send_timeout` (a client that stops sending counts too). Default: no bound.
+    pub send_ms: Option<u64>,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect_ms: 5_000, request_ms: 60_000, idle_ms: 60_000 }
+        Timeouts { connect_ms: 5_000, request_ms: 60_000, idle_ms: 60_000, read_ms: None, send_ms: None }
     }
 }
 
@@ -1271,11 +1279,74 @@ pub struct RetryConfig {
     pub budget_percent: u32,
     /// ...but this many retries per second are always allowed.
     pub min_retries_per_second: u32,
+    /// When a request goes to the next endpoint (nginx's `proxy_next_upstream`): `error` (a
+    /// connection failure, or a failure before the response head), `timeout` (the head or the
+    /// connect timed out), `invalid_header` (a malformed response), `http_500`, `http_502`,
+    /// `http_503`, `http_504`, `http_403`, `http_404`, `http_429` (that status: the response is
+    /// dropped and the next endpoint asked; when none is left, the last response is the
+    /// answer), `non_idempotent` (POST, PATCH and other non-idempotent requests may go again
+    /// too; without it they only go again when they never reached an endpoint). A request whose
+    /// body an attempt started sending never goes again.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// No attempt starts this long after the first one began (nginx's
+    /// `proxy_next_upstream_timeout`). Default: no bound.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { attempts: 2, budget_percent: 20, min_retries_per_second: 10 }
+        RetryConfig {
+            attempts: 2,
+            budget_percent: 20,
+            min_retries_per_second: 10,
+            on: default_retry_on(),
+            timeout_ms: None,
+        }
+    }
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Error]
+}
+
+/// A condition on which a request goes to the next endpoint (`retries.on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    Error,
+    Timeout,
+    InvalidHeader,
+    #[serde(rename = "http_500")]
+    Http500,
+    #[serde(rename = "http_502")]
+    Http502,
+    #[serde(rename = "http_503")]
+    Http503,
+    #[serde(rename = "http_504")]
+    Http504,
+    #[serde(rename = "http_403")]
+    Http403,
+    #[serde(rename = "http_404")]
+    Http404,
+    #[serde(rename = "http_429")]
+    Http429,
+    NonIdempotent,
+}
+
+impl RetryOn {
+    /// The response status this condition retries, if it is one.
+    pub fn status(self) -> Option<u16> {
+        Some(match self {
+            RetryOn::Http500 => 500,
+            RetryOn::Http502 => 502,
+            RetryOn::Http503 => 503,
+            RetryOn::Http504 => 504,
+            RetryOn::Http403 => 403,
+            RetryOn::Http404 => 404,
+            RetryOn::Http429 => 429,
+            _ => return None,
+        })
     }
 }
 

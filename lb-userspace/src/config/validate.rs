@@ -484,6 +484,8 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
         (timeouts.connect_ms, "connect_ms"),
         (timeouts.request_ms, "request_ms"),
         (timeouts.idle_ms, "idle_ms"),
+        (timeouts.read_ms.unwrap_or(1), "read_ms"),
+        (timeouts.send_ms.unwrap_or(1), "send_ms"),
     ] {
         if value == 0 {
             found.add(format!("{at}.timeouts.{name}"), "must be greater than 0");
@@ -515,6 +517,9 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
         {
             found.add(format!("{at}.cookie_affinity.domain"), format!("{domain:?} is not a cookie domain"));
         }
+    }
+    if backend.retries.timeout_ms == Some(0) {
+        found.add(format!("{at}.retries.timeout_ms"), "must be greater than 0");
     }
     if backend.retries.budget_percent > 100 {
         found.add(format!("{at}.retries.budget_percent"), "must be at most 100");

@@ -4,8 +4,10 @@
 //! [`find_cause`].
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -88,4 +90,72 @@ pub fn find_cause<'a, E: std::error::Error + 'static>(
         current = e.source();
     }
     None
+}
+
+/// The backend went quiet mid-response for longer than the route allows (nginx's
+/// `proxy_read_timeout` between two reads).
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing for {gap_ms} ms mid-response")]
+pub struct ReadGapExceeded {
+    pub gap_ms: u64,
+}
+
+/// A response body that fails when no frame comes for `gap_ms` (nginx's `proxy_read_timeout`
+/// as a gap between reads, not a deadline). Frames only stamp the coarse clock; the one timer
+/// is armed when the body waits, and re-armed only when it fires after progress.
+pub struct ReadGap<B> {
+    inner: B,
+    gap_ms: u64,
+    last_ms: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> ReadGap<B> {
+    pub fn new(inner: B, gap_ms: u64) -> ReadGap<B> {
+        ReadGap { inner, gap_ms, last_ms: crate::now_ms(), timer: None }
+    }
+}
+
+impl<B> Body for ReadGap<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.last_ms = crate::now_ms();
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            }
+            Poll::Pending => {}
+        }
+        loop {
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis((this.last_ms + this.gap_ms).saturating_sub(crate::now_ms()));
+            let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if crate::now_ms() >= this.last_ms + this.gap_ms {
+                return Poll::Ready(Some(Err(Box::new(ReadGapExceeded { gap_ms: this.gap_ms }))));
+            }
+            // Frames came since the timer was armed: wait the rest of the gap from the last one.
+            timer.as_mut().reset(deadline);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -19,7 +19,7 @@ mod proxy_ssl;
 mod table;
 
 pub use proxy_ssl::ProxySslSetting;
-pub use table::ANNOTATIONS;
+pub use table::{ANNOTATIONS, parse_next_upstream};
 
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 pub const SLUICE_PREFIX: &str = "sluice.dev/";
@@ -70,6 +70,15 @@ pub struct BackendSettings {
     pub cookie_affinity: Option<CookieAffinityConfig>,
     /// `proxy-ssl-secret` and the `proxy-ssl-*` set.
     pub proxy_ssl: Option<ProxySslSetting>,
+    /// `proxy-read-timeout` (and the controller ConfigMap's): the longest gap between reads.
+    pub read_timeout_ms: Option<u64>,
+    /// `proxy-send-timeout`: the longest gap between writes of the request body.
+    pub send_timeout_ms: Option<u64>,
+    /// `proxy-next-upstream` conditions (without `off`); `None`: ingress-nginx's
+    /// `error timeout`.
+    pub next_upstream: Option<Vec<crate::config::RetryOn>>,
+    /// `proxy-next-upstream-timeout` (`0`, the default, is no bound).
+    pub next_upstream_timeout_ms: Option<u64>,
 }
 
 /// `load-balance` or `upstream-hash-by`.
@@ -398,6 +407,44 @@ mod tests {
         assert_eq!(a.backend.balance, Some(BalanceSetting::Ewma));
         assert_eq!(a.backend.tries, Some(4));
         assert_eq!(a.ssl_redirect, Some(false));
+    }
+
+    #[test]
+    fn next_upstream_and_timeouts_are_read_as_nginx_means_them() {
+        use crate::config::RetryOn;
+        let r = annotations(&[
+            ("proxy-next-upstream", "error timeout http_502 http_503 http_429 non_idempotent"),
+            ("proxy-next-upstream-timeout", "10"),
+            ("proxy-send-timeout", "30"),
+            ("proxy-read-timeout", "120"),
+        ]);
+        assert!(r.refused.is_none() && r.warnings.is_empty(), "{r:?}");
+        let b = &r.annotations.backend;
+        assert_eq!(
+            b.next_upstream.as_deref(),
+            Some(
+                &[
+                    RetryOn::Error,
+                    RetryOn::Timeout,
+                    RetryOn::Http502,
+                    RetryOn::Http503,
+                    RetryOn::Http429,
+                    RetryOn::NonIdempotent
+                ][..]
+            )
+        );
+        assert_eq!((b.next_upstream_timeout_ms, b.send_timeout_ms), (Some(10_000), Some(30_000)));
+        assert_eq!(r.annotations.read_timeout_ms, Some(120_000));
+        let off = annotations(&[("proxy-next-upstream", "off")]).annotations.backend;
+        assert!(off.no_retries && off.next_upstream == Some(Vec::new()));
+        // 0 is nginx's "no bound", kept so that it wins over the controller ConfigMap's.
+        assert_eq!(
+            annotations(&[("proxy-next-upstream-timeout", "0")]).annotations.backend.next_upstream_timeout_ms,
+            Some(0)
+        );
+        let bad = annotations(&[("proxy-next-upstream", "error http_418"), ("proxy-send-timeout", "5s")]);
+        assert_eq!(bad.warnings.len(), 2, "{bad:?}");
+        assert_eq!(bad.annotations.backend, BackendSettings::default());
     }
 
     #[test]

@@ -40,6 +40,20 @@ pub struct ControllerConfig {
     /// `custom-http-errors`: the statuses the default backend answers, for every Ingress
     /// without the annotation.
     pub custom_http_errors: Vec<u16>,
+    /// Defaults of the upstream annotations of the same names (`proxy-send-timeout`,
+    /// `proxy-next-upstream*`, the buffering keys).
+    pub upstream: UpstreamDefaults,
+}
+
+/// The controller ConfigMap's defaults for the upstream annotations of the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamDefaults {
+    pub send_timeout_ms: Option<u64>,
+    /// `proxy-next-upstream` (empty for `off`).
+    pub next_upstream: Option<Vec<crate::config::RetryOn>>,
+    /// `proxy-next-upstream-timeout` (`Some(0)`: no bound).
+    pub next_upstream_timeout_ms: Option<u64>,
+    pub next_upstream_tries: Option<u32>,
 }
 
 impl Default for ControllerConfig {
@@ -58,6 +72,7 @@ impl Default for ControllerConfig {
             proxy_set_headers: None,
             allowed_response_headers: Vec::new(),
             custom_http_errors: Vec::new(),
+            upstream: UpstreamDefaults::default(),
         }
     }
 }
@@ -89,6 +104,10 @@ const KEYS: &[(&str, Key)] = &[
     ("proxy-body-size", Key::Applied(proxy_body_size)),
     ("proxy-connect-timeout", Key::Applied(proxy_connect_timeout)),
     ("proxy-read-timeout", Key::Applied(proxy_read_timeout)),
+    ("proxy-send-timeout", Key::Applied(proxy_send_timeout)),
+    ("proxy-next-upstream", Key::Applied(proxy_next_upstream)),
+    ("proxy-next-upstream-timeout", Key::Applied(proxy_next_upstream_timeout)),
+    ("proxy-next-upstream-tries", Key::Applied(proxy_next_upstream_tries)),
     ("limit-req-status-code", Key::Applied(limit_req_status_code)),
     ("limit-conn-status-code", Key::Applied(limit_conn_status_code)),
     ("add-headers", Key::Applied(add_headers)),
@@ -99,7 +118,6 @@ const KEYS: &[(&str, Key)] = &[
     ("upstream-keepalive-connections", Key::Ignored(KEEPALIVE)),
     ("upstream-keepalive-timeout", Key::Ignored(KEEPALIVE)),
     ("upstream-keepalive-requests", Key::Ignored(KEEPALIVE)),
-    ("proxy-send-timeout", Key::Ignored("not implemented; the backend's own timeouts apply")),
     ("server-tokens", Key::Ignored("Sluice adds no Server header of its own")),
     ("ssl-protocols", Key::Ignored("TLS 1.2 and 1.3 are served, never older versions")),
     ("ssl-ciphers", Key::Ignored("rustls' cipher suites are served (no CBC, no RSA key exchange)")),
@@ -279,6 +297,29 @@ fn custom_http_errors(v: &str, c: &mut ControllerConfig) -> Result<(), &'static 
     Ok(())
 }
 
+fn proxy_send_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.send_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+fn proxy_next_upstream(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.next_upstream = Some(
+        super::annotations::parse_next_upstream(v)
+            .ok_or("nginx's proxy_next_upstream conditions (error timeout http_502 ...) or off")?,
+    );
+    Ok(())
+}
+
+fn proxy_next_upstream_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.next_upstream_timeout_ms = Some(if v == "0" { 0 } else { seconds(v)? });
+    Ok(())
+}
+
+fn proxy_next_upstream_tries(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.next_upstream_tries = Some(v.parse::<u32>().map_err(|_| "a number")?);
+    Ok(())
+}
+
 fn limit_req_status_code(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
     c.limit_req_status = Some(status(v)?);
     Ok(())
@@ -311,6 +352,24 @@ mod tests {
 
     fn read_pairs(pairs: &[(&str, &str)]) -> (ControllerConfig, Vec<String>) {
         read(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn upstream_keys_are_defaults_of_the_annotations() {
+        use crate::config::RetryOn;
+        let (c, warnings) = read_pairs(&[
+            ("proxy-send-timeout", "30"),
+            ("proxy-next-upstream", "error timeout http_503"),
+            ("proxy-next-upstream-timeout", "0"),
+            ("proxy-next-upstream-tries", "5"),
+        ]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let u = c.upstream;
+        assert_eq!(u.send_timeout_ms, Some(30_000));
+        assert_eq!(u.next_upstream, Some(vec![RetryOn::Error, RetryOn::Timeout, RetryOn::Http503]));
+        assert_eq!((u.next_upstream_timeout_ms, u.next_upstream_tries), (Some(0), Some(5)));
+        let (_, warnings) = read_pairs(&[("proxy-next-upstream", "sometimes")]);
+        assert_eq!(warnings.len(), 1);
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::{
     config::{
         BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
         EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig,
-        RewriteConfig, RouteConfig, SecretString, VirtualHostConfig,
+        RetryOn, RewriteConfig, RouteConfig, SecretString, VirtualHostConfig,
     },
     numeric,
 };
@@ -514,7 +514,16 @@ impl<'a> Builder<'a> {
         let a = &mut reading.annotations;
         a.body_size = a.body_size.or(c.body_size);
         a.read_timeout_ms = a.read_timeout_ms.or(c.read_timeout_ms);
+        a.backend.read_timeout_ms = a.read_timeout_ms;
         a.backend.connect_timeout_ms = a.backend.connect_timeout_ms.or(c.connect_timeout_ms);
+        let (b, u) = (&mut a.backend, &c.upstream);
+        b.send_timeout_ms = b.send_timeout_ms.or(u.send_timeout_ms);
+        if b.next_upstream.is_none() && u.next_upstream.is_some() {
+            b.next_upstream.clone_from(&u.next_upstream);
+            b.no_retries = u.next_upstream.as_deref() == Some(&[]);
+        }
+        b.next_upstream_timeout_ms = b.next_upstream_timeout_ms.or(u.next_upstream_timeout_ms);
+        b.tries = b.tries.or(u.next_upstream_tries.filter(|t| *t > 0).map(|t| t.min(10)));
         a.ssl_redirect = a.ssl_redirect.or(Some(c.ssl_redirect));
         if a.custom_http_errors.is_none() && !c.custom_http_errors.is_empty() {
             a.custom_http_errors = Some(c.custom_http_errors.clone());
@@ -825,7 +834,6 @@ impl<'a> Builder<'a> {
         };
         let mut route = route_template().clone();
         route.name = Some(id.to_string());
-        route.timeout_ms = a.read_timeout_ms;
         route.max_body_bytes = a.body_size;
         route_policy(&mut route, a);
         route.basic_auth = self.basic_auth.clone();
@@ -1380,6 +1388,12 @@ fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
     if let Some(ms) = settings.connect_timeout_ms {
         group.timeouts.connect_ms = ms;
     }
+    group.timeouts.read_ms = settings.read_timeout_ms;
+    group.timeouts.send_ms = settings.send_timeout_ms;
+    // ingress-nginx's default conditions: `error timeout`.
+    group.retries.on =
+        settings.next_upstream.clone().unwrap_or_else(|| vec![RetryOn::Error, RetryOn::Timeout]);
+    group.retries.timeout_ms = settings.next_upstream_timeout_ms.filter(|ms| *ms > 0);
     if settings.no_retries {
         group.retries.attempts = 0;
     } else if let Some(tries) = settings.tries {

@@ -60,7 +60,7 @@ use super::{
     },
 };
 use crate::{
-    config::{AffinityMode, RateLimitConfig},
+    config::{AffinityMode, RateLimitConfig, RetryOn},
     metrics::Denial,
     now_ms,
 };
@@ -540,7 +540,13 @@ struct Exchange<'a> {
     client_upgrade: Option<ClientUpgrade>,
 }
 
-/// Choose an endpoint, attempt, and retry within the budget while that is safe.
+/// A response a status condition (`retries.on: [http_503]`...) set aside while the next
+/// endpoint is asked: the answer if no later attempt answers.
+type SetAside =
+    (Response<pool::UpstreamBody>, usize, bool, (InflightGuard, tokio::sync::OwnedSemaphorePermit));
+
+/// Choose an endpoint, attempt, and go to the next endpoint on the backend's retry conditions
+/// while that is safe, within the budget and `retries.timeout_ms`.
 async fn forward(
     mut exchange: Exchange<'_>,
     connection: &Connection,
@@ -548,11 +554,16 @@ async fn forward(
     outcome: &mut Outcome<'_>,
 ) -> Response<ProxyBody> {
     let group = exchange.group;
+    let retries = &group.config.retries;
+    let first_started = now_ms();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this backend");
-    for attempt in 0..=group.config.retries.attempts {
+    let mut set_aside: Option<SetAside> = None;
+    for attempt in 0..=retries.attempts {
         if attempt > 0 {
-            if !group.retry_budget.withdraw() {
+            if retries.timeout_ms.is_some_and(|bound| now_ms().saturating_sub(first_started) >= bound)
+                || !group.retry_budget.withdraw()
+            {
                 break;
             }
             connection.metrics.retry(&group.label);
@@ -567,13 +578,13 @@ async fn forward(
         let inflight = endpoint.start_request();
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(
-            exchange.timeout,
+        let sent = bounded(
+            &exchange,
             pool::send(group, endpoint.address, snapshot.generation, &exchange.outgoing, &exchange.body),
         )
         .await;
         match sent {
-            Ok(Ok(response)) => {
+            Some(Ok(response)) => {
                 endpoint.observe_latency(started.elapsed(), now_ms());
                 if response.status().is_server_error() {
                     endpoint.record_failure(&group.config.outlier, now_ms());
@@ -581,29 +592,100 @@ async fn forward(
                     endpoint.record_success();
                 }
                 let first_pinned = was_pinned && attempt == 0;
+                if attempt < retries.attempts && may_go_again(&exchange, Again::Status(response.status())) {
+                    set_aside = Some((response, index, first_pinned, (inflight, slot)));
+                    continue;
+                }
                 return finish_response(&mut exchange, response, index, first_pinned, (inflight, slot));
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 drop(inflight);
+                set_aside = None;
                 match attempt_failed(&exchange, &e, endpoint, connection) {
                     ControlFlow::Continue(answer) => last_error = answer,
                     ControlFlow::Break(answer) => return answer,
                 }
-                // A connect failure never reached the backend; anything else only retries when
-                // repeating the request is safe and the body is still ours to send.
-                let may_retry =
-                    exchange.body.replayable() && (e.is_connect() || is_idempotent(exchange.outgoing.method));
-                if !may_retry {
+                if !may_go_again(&exchange, Again::Failed(&e)) {
                     break;
                 }
             }
-            Err(_elapsed) => {
+            None => {
                 endpoint.record_failure(&group.config.outlier, now_ms());
-                return error(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+                set_aside = None;
+                last_error = error(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+                if !may_go_again(&exchange, Again::TimedOut) {
+                    break;
+                }
             }
         }
     }
-    last_error
+    match set_aside {
+        Some((response, index, first_pinned, hold)) => {
+            finish_response(&mut exchange, response, index, first_pinned, hold)
+        }
+        None => last_error,
+    }
+}
+
+/// How an attempt ended, for the retry conditions.
+enum Again<'e> {
+    Status(StatusCode),
+    Failed(&'e pool::UpstreamError),
+    TimedOut,
+}
+
+/// Whether the request may go to the next endpoint after `outcome`, by the backend's
+/// `retries.on` (nginx's `proxy_next_upstream`): the condition is listed, the body is still
+/// ours to send, and the request is idempotent, or never reached the backend, or
+/// `non_idempotent` is listed.
+fn may_go_again(exchange: &Exchange<'_>, outcome: Again<'_>) -> bool {
+    let on = &exchange.group.config.retries.on;
+    let (condition, reached) = match outcome {
+        Again::Status(status) => {
+            let listed = on.iter().any(|c| c.status() == Some(status.as_u16()));
+            if !listed {
+                return false;
+            }
+            (RetryOn::Error, true)
+        }
+        Again::Failed(e) if e.is_connect() => (RetryOn::Error, false),
+        Again::Failed(e) if e.is_invalid_response() => (RetryOn::InvalidHeader, true),
+        Again::Failed(_) => (RetryOn::Error, true),
+        Again::TimedOut => (RetryOn::Timeout, true),
+    };
+    let status_condition = matches!(outcome, Again::Status(_));
+    (status_condition || on.contains(&condition))
+        && exchange.body.replayable()
+        && (!reached || is_idempotent(exchange.outgoing.method) || on.contains(&RetryOn::NonIdempotent))
+}
+
+/// An attempt's wait for the response head, `None` when it ran out. With `timeouts.read_ms`
+/// or `send_ms` the bound is nginx's: a gap since the upload last moved (`send_ms` while it goes
+/// on, else `read_ms`), then `read_ms` from the moment it ended, so a long upload is not cut
+/// while it flows; otherwise the route's deadline for the whole exchange.
+async fn bounded<T>(exchange: &Exchange<'_>, send: impl std::future::Future<Output = T>) -> Option<T> {
+    let timeouts = &exchange.group.config.timeouts;
+    if timeouts.read_ms.is_none() && timeouts.send_ms.is_none() {
+        return tokio::time::timeout(exchange.timeout, send).await.ok();
+    }
+    let read_ms = timeouts.read_ms.unwrap_or(exchange.timeout.as_millis() as u64);
+    let send_ms = timeouts.send_ms.unwrap_or(read_ms);
+    let started = now_ms();
+    let mut send = std::pin::pin!(send);
+    loop {
+        let deadline = match exchange.body.progress() {
+            Some((moved, false)) => moved + send_ms,
+            Some((ended, true)) => ended + read_ms,
+            None => started + read_ms,
+        };
+        let now = now_ms();
+        if deadline <= now {
+            return None;
+        }
+        if let Ok(sent) = tokio::time::timeout(Duration::from_millis(deadline - now), &mut send).await {
+            return Some(sent);
+        }
+    }
 }
 
 /// Choose an endpoint: the affinity cookie's for the first attempt, else the balancer's among
@@ -687,7 +769,11 @@ fn finish_response<H: Send + Sync + Unpin + 'static>(
     // This hop speaks its own version to the client, whatever the backend spoke.
     head.version = Version::HTTP_11;
     head.headers.insert(X_REQUEST_ID.clone(), request_id);
-    Response::from_parts(head, Held::new(upstream_body, hold).boxed())
+    let body = match exchange.group.config.timeouts.read_ms {
+        Some(gap_ms) => Held::new(body::ReadGap::new(upstream_body, gap_ms), hold).boxed(),
+        None => Held::new(upstream_body, hold).boxed(),
+    };
+    Response::from_parts(head, body)
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and

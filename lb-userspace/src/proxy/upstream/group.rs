@@ -141,8 +141,12 @@ mod tests {
 
     #[test]
     fn retry_budget_allows_a_share_of_requests() {
-        let budget =
-            RetryBudget::new(&RetryConfig { attempts: 2, budget_percent: 20, min_retries_per_second: 0 });
+        let budget = RetryBudget::new(&RetryConfig {
+            attempts: 2,
+            budget_percent: 20,
+            min_retries_per_second: 0,
+            ..RetryConfig::default()
+        });
         assert!(!budget.withdraw(), "nothing saved up yet");
         for _ in 0..10 {
             budget.deposit();
@@ -153,8 +157,12 @@ mod tests {
 
     #[test]
     fn retry_budget_starts_with_the_per_second_floor() {
-        let budget =
-            RetryBudget::new(&RetryConfig { attempts: 2, budget_percent: 0, min_retries_per_second: 3 });
+        let budget = RetryBudget::new(&RetryConfig {
+            attempts: 2,
+            budget_percent: 0,
+            min_retries_per_second: 3,
+            ..RetryConfig::default()
+        });
         assert!(budget.withdraw() && budget.withdraw() && budget.withdraw());
         assert!(!budget.withdraw());
     }

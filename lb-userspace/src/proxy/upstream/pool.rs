@@ -192,6 +192,12 @@ impl UpstreamError {
             UpstreamError::Hyper(e) => e.is_connect(),
         }
     }
+
+    /// The backend answered with something that is not a valid response head (nginx's
+    /// `invalid_header`).
+    pub fn is_invalid_response(&self) -> bool {
+        matches!(self, UpstreamError::H1(H1Error::Protocol(_)))
+    }
 }
 
 /// A response body from either kind of upstream connection: Sluice's own HTTP/1.1 client

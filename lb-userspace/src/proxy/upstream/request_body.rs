@@ -3,7 +3,10 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -23,11 +26,23 @@ struct Pending {
     rest: Option<ClientBody>,
 }
 
+/// What attempts share of a body: the body itself until one takes it, and how its sending goes.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// When an attempt last took a frame (coarse milliseconds, `crate::now_ms`), with
+    /// [`ENDED`] set once the whole body was taken: the upstream writer takes the next frame
+    /// only when it wrote the previous one, so this is when the upload last moved.
+    progress_ms: AtomicU64,
+}
+
+/// The bit of `progress_ms` that says the body has ended.
+const ENDED: u64 = 1 << 63;
+
 /// The client's request body, shared between attempts until one starts reading it.
 #[derive(Clone)]
 pub struct RequestBody {
     /// `None` when the client sent no body (most requests): nothing to share or take.
-    pending: Option<Arc<Mutex<Pending>>>,
+    pending: Option<Arc<Shared>>,
     hint: SizeHint,
     empty: bool,
     limit: u64,
@@ -38,7 +53,12 @@ impl RequestBody {
     pub fn new(incoming: ClientBody, limit: u64) -> RequestBody {
         let hint = incoming.size_hint();
         let empty = incoming.is_end_stream();
-        let pending = (!empty).then(|| Arc::new(Mutex::new(Pending { first: None, rest: Some(incoming) })));
+        let pending = (!empty).then(|| {
+            Arc::new(Shared {
+                pending: Mutex::new(Pending { first: None, rest: Some(incoming) }),
+                progress_ms: AtomicU64::new(crate::now_ms()),
+            })
+        });
         RequestBody { pending, hint, empty, limit }
     }
 
@@ -51,9 +71,9 @@ impl RequestBody {
     /// size) is refused before anything reaches a backend.
     pub async fn prefetch(&self) -> Result<(), BadRequestBody> {
         let Some(shared) = &self.pending else { return Ok(()) };
-        let Some(mut incoming) = shared.lock().rest.take() else { return Ok(()) };
+        let Some(mut incoming) = shared.pending.lock().rest.take() else { return Ok(()) };
         let first = incoming.frame().await.transpose().map_err(BadRequestBody)?;
-        let mut pending = shared.lock();
+        let mut pending = shared.pending.lock();
         pending.first = first;
         pending.rest = Some(incoming);
         Ok(())
@@ -71,7 +91,14 @@ impl RequestBody {
 
     /// True while no attempt has taken the body: a retry may still send it.
     pub fn replayable(&self) -> bool {
-        self.pending.as_ref().is_none_or(|shared| shared.lock().rest.is_some())
+        self.pending.as_ref().is_none_or(|shared| shared.pending.lock().rest.is_some())
+    }
+
+    /// When the upload last moved (coarse milliseconds) and whether it has ended; `None` when
+    /// there was no body.
+    pub fn progress(&self) -> Option<(u64, bool)> {
+        let ms = self.pending.as_ref()?.progress_ms.load(Ordering::Relaxed);
+        Some((ms & !ENDED, ms & ENDED != 0))
     }
 
     /// The body for one attempt. It takes the client's body on its first poll.
@@ -100,23 +127,35 @@ impl Body for AttemptBody {
         if !this.started {
             this.started = true;
             if let Some(shared) = &this.shared.pending {
-                let mut pending = shared.lock();
+                let mut pending = shared.pending.lock();
                 this.taken = Some(Pending { first: pending.first.take(), rest: pending.rest.take() });
             }
         }
         let Some(taken) = this.taken.as_mut() else { return Poll::Ready(None) };
+        let progress = |ms: u64| {
+            if let Some(shared) = &this.shared.pending {
+                shared.progress_ms.store(ms, Ordering::Relaxed);
+            }
+        };
         let frame = match taken.first.take() {
             Some(frame) => frame,
             None => match taken.rest.as_mut() {
                 Some(rest) => match Pin::new(rest).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => frame,
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(BadRequestBody(e))))),
-                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        progress(crate::now_ms() | ENDED);
+                        return Poll::Ready(None);
+                    }
                     Poll::Pending => return Poll::Pending,
                 },
-                None => return Poll::Ready(None),
+                None => {
+                    progress(crate::now_ms() | ENDED);
+                    return Poll::Ready(None);
+                }
             },
         };
+        progress(crate::now_ms());
         if let Some(data) = frame.data_ref() {
             this.seen += data.len() as u64;
             if this.shared.limit > 0 && this.seen > this.shared.limit {

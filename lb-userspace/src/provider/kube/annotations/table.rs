@@ -7,7 +7,7 @@ use super::{
     UpstreamProtocol, Values, WholeRedirect, parse_bool, parse_hash_by, parse_seconds, parse_size, proxy_ssl,
 };
 use crate::config::{
-    AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, ExternalAuthConfig, HeaderField, SameSite,
+    AffinityMode, Cidr, CookieAffinityConfig, CorsConfig, ExternalAuthConfig, HeaderField, RetryOn, SameSite,
     external_auth, policy,
 };
 
@@ -39,6 +39,8 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("proxy-read-timeout", read_timeout),
     applied("proxy-next-upstream", next_upstream),
     applied("proxy-next-upstream-tries", next_upstream_tries),
+    applied("proxy-next-upstream-timeout", next_upstream_timeout),
+    applied("proxy-send-timeout", send_timeout),
     applied("proxy-body-size", body_size),
     // The proxy-ssl-* set refines proxy-ssl-secret; the ciphers follow the protocols they
     // depend on.
@@ -148,8 +150,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
         "affinity-canary-behavior",
         "not configurable; a weighted canary keeps the main backend's cookie affinity",
     ),
-    ignored("proxy-send-timeout", "not implemented; the backend's own timeouts apply"),
-    ignored("proxy-next-upstream-timeout", "not implemented; retries are bounded by their number only"),
     ignored(
         "modsecurity-transaction-id",
         "only used by ModSecurity, which enable-modsecurity asks for (and which refuses the Ingress)",
@@ -260,9 +260,22 @@ fn connect_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     Ok(())
 }
 
-/// The route's request timeout.
+/// The longest gap between two reads from the backend (and the auth subrequest's timeout).
 fn read_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.read_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+/// The longest gap between two writes of the request body to the backend.
+fn send_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.send_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+/// `0` (ingress-nginx's default) sets no bound; it is kept, so it wins over the controller
+/// ConfigMap's.
+fn next_upstream_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.next_upstream_timeout_ms = Some(if v == "0" { 0 } else { seconds(v)? });
     Ok(())
 }
 
@@ -283,16 +296,41 @@ fn backend_protocol(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     Ok(())
 }
 
-/// `off` disables retries; a list of conditions keeps the default retries.
+/// nginx's `proxy_next_upstream` conditions; `off` disables retries.
 fn next_upstream(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
-    let words: Vec<&str> = v.split_whitespace().collect();
-    if words.is_empty() {
-        return Err(Expected("a list of conditions or off"));
-    }
-    if words == ["off"] {
+    a.backend.next_upstream = Some(parse_next_upstream(v).ok_or(Expected(
+        "error, timeout, invalid_header, http_500, http_502, http_503, http_504, http_403, http_404, http_429, non_idempotent or off",
+    ))?);
+    if a.backend.next_upstream.as_deref() == Some(&[]) {
         a.backend.no_retries = true;
     }
     Ok(())
+}
+
+/// The conditions of a `proxy-next-upstream` value, empty for `off`; `None` for a word that
+/// is not one.
+pub fn parse_next_upstream(v: &str) -> Option<Vec<RetryOn>> {
+    let mut conditions = Vec::new();
+    for word in v.split_whitespace() {
+        conditions.push(match word {
+            "off" => return Some(Vec::new()),
+            "error" => RetryOn::Error,
+            "timeout" => RetryOn::Timeout,
+            "invalid_header" => RetryOn::InvalidHeader,
+            "http_500" => RetryOn::Http500,
+            "http_502" => RetryOn::Http502,
+            "http_503" => RetryOn::Http503,
+            "http_504" => RetryOn::Http504,
+            "http_403" => RetryOn::Http403,
+            "http_404" => RetryOn::Http404,
+            "http_429" => RetryOn::Http429,
+            "non_idempotent" => RetryOn::NonIdempotent,
+            _ => return None,
+        });
+    }
+    conditions.sort_unstable();
+    conditions.dedup();
+    (!conditions.is_empty()).then_some(conditions)
 }
 
 fn next_upstream_tries(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {

@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 
 use super::*;
-use crate::config::{BackendProtocol, Balance, HashOn};
+use crate::config::{BackendProtocol, Balance, HashOn, RetryOn};
 
 fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -584,6 +584,9 @@ fn backend_annotations_shape_their_own_group() {
             .annotation("proxy-connect-timeout", "2")
             .annotation("proxy-read-timeout", "30")
             .annotation("proxy-next-upstream-tries", "3")
+            .annotation("proxy-send-timeout", "20")
+            .annotation("proxy-next-upstream", "error http_503 non_idempotent")
+            .annotation("proxy-next-upstream-timeout", "5")
             .annotation("proxy-body-size", "1m")
             .annotation("upstream-hash-by", "$http_x_user")
             .host("b.test")
@@ -602,8 +605,16 @@ fn backend_annotations_shape_their_own_group() {
     let t = build(&state);
     assert_eq!(group(&t.config, "default/web:80").protocol, BackendProtocol::Http1);
     let tuned_route = &host(&t.config, "b.test").routes[0];
-    assert_eq!((tuned_route.timeout_ms, tuned_route.max_body_bytes), (Some(30_000), Some(1 << 20)));
+    assert_eq!((tuned_route.timeout_ms, tuned_route.max_body_bytes), (None, Some(1 << 20)));
     let tuned = group(&t.config, tuned_route.backend.as_deref().unwrap());
+    // nginx's timeouts are gaps between reads and writes, not the route's deadline.
+    assert_eq!((tuned.timeouts.read_ms, tuned.timeouts.send_ms), (Some(30_000), Some(20_000)));
+    assert_eq!(tuned.retries.on, [RetryOn::Error, RetryOn::Http503, RetryOn::NonIdempotent]);
+    assert_eq!(tuned.retries.timeout_ms, Some(5_000));
+    // ingress-nginx's default conditions: error timeout.
+    let plain = group(&t.config, "default/web:80");
+    assert_eq!(plain.retries.on, [RetryOn::Error, RetryOn::Timeout]);
+    assert_eq!((plain.timeouts.read_ms, plain.retries.timeout_ms), (None, None));
     assert_ne!(tuned.name, "default/web:80");
     assert_eq!(tuned.protocol, BackendProtocol::H2c);
     assert_eq!(tuned.timeouts.connect_ms, 2000);

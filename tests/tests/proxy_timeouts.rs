@@ -1,0 +1,199 @@
+//! nginx's upstream timeouts and retry conditions, as ingress-nginx's `proxy-read-timeout`,
+//! `proxy-send-timeout`, `proxy-next-upstream`, `-tries` and `-timeout` configure them, end to
+//! end on loopback against raw-socket backends:
+//!
+//! - `timeouts.read_ms` is the longest gap between two reads from the backend: a response
+//!   whose body trickles for longer than the gap (and than `request_ms`) arrives whole, one
+//!   that stops mid-body for longer is cut;
+//! - the head's bound starts when the upload ends: an upload that flows for longer than the
+//!   gap is answered, one that stops for longer than `send_ms` gets a 504;
+//! - `retries.on` statuses (`http_503`) send the request to the next endpoint, and the last
+//!   response is the answer when none is left; a POST goes again only with `non_idempotent`;
+//! - `timeout` sends a timed-out request to the next endpoint, and `retries.timeout_ms` stops
+//!   new attempts after it.
+//!
+//! The backends pace their bytes with sleeps: the pacing is the behaviour under test.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    http::{Client, Ended},
+    raw_backend::{BackendConn, RawBackend, backend, config, route},
+    sluice::Proxy,
+};
+
+#[test]
+fn read_timeout_is_a_gap_between_reads_not_a_deadline() {
+    // Five chunks 200 ms apart: 1 s in all, never 400 ms without a byte.
+    let trickle = RawBackend::start(|mut conn: BackendConn| {
+        while conn.next_request().is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(200));
+                if !conn.send(b"5\r\nhello\r\n") {
+                    return;
+                }
+            }
+            conn.send(b"0\r\n\r\n");
+        }
+    });
+    // Half a body, then silence.
+    let stalls = RawBackend::start(|mut conn: BackendConn| {
+        if conn.next_request().is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    let timeouts = ", timeouts: {request_ms: 300, read_ms: 400}";
+    let proxy = Proxy::start(&config(
+        &[route("/trickle", "trickle"), route("/stalls", "stalls")],
+        &[backend("trickle", trickle.addr, timeouts), backend("stalls", stalls.addr, timeouts)],
+    ));
+    let mut client = Client::connect(proxy.addr);
+    let response = client.get("t", "/trickle");
+    assert_eq!((response.status, response.body.as_str()), (200, "hellohellohellohellohello"));
+    let mut client = Client::connect(proxy.addr);
+    let started = Instant::now();
+    client.send(b"GET /stalls HTTP/1.1\r\nHost: t\r\n\r\n");
+    let cut = client.read_response(false);
+    assert_eq!((cut.status, cut.body.as_slice()), (200, &b"hello"[..]));
+    assert_eq!(cut.ended, Ended::Closed, "the response is cut, not completed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(2), "cut after {waited:?}");
+}
+
+#[test]
+fn the_head_bound_starts_when_the_upload_ends_and_a_stalled_upload_is_a_504() {
+    let echo = RawBackend::start(|mut conn: BackendConn| {
+        while let Some(request) = conn.next_request() {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.body.len());
+            if !conn.send(answer.as_bytes()) {
+                return;
+            }
+        }
+    });
+    let proxy = Proxy::start(&config(
+        &[route("/", "echo")],
+        &[backend("echo", echo.addr, ", timeouts: {request_ms: 300, read_ms: 400, send_ms: 400}")],
+    ));
+    // 1 s of upload, a part every 200 ms: longer than every bound, but never quiet that long.
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 25\r\n\r\n");
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        client.send(b"12345");
+    }
+    let response = client.read_response(false);
+    assert_eq!((response.status, response.header("content-length")), (200, Some("25")));
+    // An upload that stops: the backend waits for it, and the send gap ends the request.
+    let mut client = Client::connect(proxy.addr);
+    let started = Instant::now();
+    client.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 25\r\n\r\n12345");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[test]
+fn status_conditions_send_the_request_to_the_next_endpoint() {
+    let (unavailable, ok) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let answering = |status: &'static str, count: Arc<AtomicUsize>| {
+        RawBackend::start(move |mut conn: BackendConn| {
+            while conn.next_request().is_some() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: 6\r\nX-From: {status}\r\n\r\nfrom-{}",
+                    &status[..1]
+                );
+                if !conn.send(answer.as_bytes()) {
+                    return;
+                }
+            }
+        })
+    };
+    let a = answering("503 Service Unavailable", unavailable.clone());
+    let b = answering("200 OK", ok.clone());
+    let c = answering("503 Service Unavailable", Arc::new(AtomicUsize::new(0)));
+    let group = |name: &str, endpoints: &[SocketAddr], retries: &str| {
+        let list: Vec<String> = endpoints.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
+        format!(
+            "  - {{name: {name}, endpoints: [{}], outlier: {{consecutive_failures: 0}}, retries: {{attempts: 2, budget_percent: 100{retries}}}}}\n",
+            list.join(", ")
+        )
+    };
+    let proxy = Proxy::start(&config(
+        &[route("/retry", "retry"), route("/plain", "plain"), route("/post", "post"), route("/all", "all")],
+        &[
+            group("retry", &[a.addr, b.addr], ", on: [error, http_503]"),
+            group("plain", &[a.addr, b.addr], ""),
+            group("post", &[a.addr, b.addr], ", on: [http_503, non_idempotent]"),
+            group("all", &[a.addr, c.addr], ", on: [http_503]"),
+        ],
+    ));
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..10 {
+        let response = client.get("t", "/retry");
+        assert_eq!((response.status, response.body.as_str()), (200, "from-2"));
+    }
+    assert!(unavailable.load(Ordering::SeqCst) >= 3, "the 503 endpoint was asked first at times");
+    let statuses: Vec<u16> = (0..10).map(|_| client.get("t", "/plain").status).collect();
+    assert!(statuses.contains(&503) && statuses.contains(&200), "without http_503: {statuses:?}");
+    // A POST goes again on a status only with non_idempotent.
+    for (path, want) in [("/retry", Some(503)), ("/post", None)] {
+        let statuses: Vec<u16> = (0..10)
+            .map(|_| Client::connect(proxy.addr).request("POST", "t", path, &[], true).unwrap().status)
+            .collect();
+        match want {
+            Some(status) => assert!(statuses.contains(&status), "{path}: {statuses:?}"),
+            None => assert!(statuses.iter().all(|s| *s == 200), "{path}: {statuses:?}"),
+        }
+    }
+    // Every endpoint answered 503: the last answer is the client's, the backend's own body.
+    let response = client.get("t", "/all");
+    assert_eq!((response.status, response.body.as_str()), (503, "from-5"));
+}
+
+#[test]
+fn timeouts_go_to_the_next_endpoint_within_the_retry_timeout() {
+    let hangs = RawBackend::start(|mut conn: BackendConn| {
+        if conn.next_request().is_some() {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    let ok = RawBackend::start(|mut conn: BackendConn| {
+        while conn.next_request().is_some() {
+            if !conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") {
+                return;
+            }
+        }
+    });
+    // Round robin starts each group at its first endpoint on each worker; the hanging one is
+    // listed first, so a first attempt meets it.
+    let group = |name: &str, retries: &str| {
+        format!(
+            "  - {{name: {name}, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}], outlier: {{consecutive_failures: 0}}, timeouts: {{request_ms: 300}}, retries: {{attempts: 1, budget_percent: 100{retries}}}}}\n",
+            hangs.addr, ok.addr
+        )
+    };
+    let proxy = Proxy::start(&config(
+        &[route("/timeout", "timeout"), route("/error", "error"), route("/bounded", "bounded")],
+        &[
+            group("timeout", ", on: [error, timeout]"),
+            group("error", ""),
+            group("bounded", ", on: [timeout], timeout_ms: 200"),
+        ],
+    ));
+    let statuses = |path: &str| -> Vec<u16> {
+        (0..4).map(|_| Client::connect(proxy.addr).get("t", path).status).collect()
+    };
+    assert!(statuses("/timeout").iter().all(|s| *s == 200), "timeout goes to the next endpoint");
+    assert!(statuses("/error").contains(&504), "without timeout the 504 is the answer");
+    assert!(statuses("/bounded").contains(&504), "no attempt starts 200 ms after the first");
+}
