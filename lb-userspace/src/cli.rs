@@ -132,6 +132,11 @@ pub struct KubernetesArgs {
     /// without it, those get a plain 404.
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
     pub default_backend_service: Option<String>,
+    /// The TLS Secret (`NAMESPACE/NAME`) served on TLS listeners for names no Ingress TLS host
+    /// claims, and without SNI (ingress-nginx's flag); without it, a self-signed certificate
+    /// made at start (CN "Kubernetes Ingress Controller Fake Certificate"), as ingress-nginx.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub default_ssl_certificate: Option<String>,
 }
 
 /// `NAMESPACE/NAME`, both parts non-empty.
@@ -296,6 +301,7 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
         api,
         controller_configmap: args.nginx_configmap.clone(),
         default_backend_service: args.default_backend_service.clone(),
+        default_ssl_certificate: args.default_ssl_certificate.clone(),
         ..KubeOptions::default()
     }
 }

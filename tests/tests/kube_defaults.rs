@@ -1,20 +1,21 @@
 //! ingress-nginx's defaults end to end through the fake API server and the real binary: error
 //! pages and default backends (`custom-http-errors`, `default-backend`,
-//! `--default-backend-service`).
+//! `--default-backend-service`); the default certificate (`--default-ssl-certificate`, else the
+//! generated one) over real TLS.
 //!
 //! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...),
 //! since an EndpointSlice gives one port to all its endpoints.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     backend::{self, BACKEND_HEADER, Backend, Echoed, Mode},
     fake_kube::{
         FakeKube,
-        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
+        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service, tls_secret},
         sluice::{KubeSluice, KubeSluiceOptions},
     },
-    http,
+    http, tls, wait_for,
 };
 use serde_json::json;
 
@@ -24,7 +25,12 @@ const CONTROLLER: &str = "sluice.dev/ingress-controller";
 /// one ready endpoint.
 fn published(kube: &FakeKube, name: &str, ip: &str, mode: Mode) -> Backend {
     let options = backend::Options { addr: format!("{ip}:0").parse().unwrap(), mode, ..Default::default() };
-    let backend = Backend::launch(name, options).unwrap();
+    publish(kube, Backend::launch(name, options).unwrap(), ip)
+}
+
+fn publish(kube: &FakeKube, backend: Backend, ip: &str) -> Backend {
+    let name = backend.name().to_owned();
+    let name = name.as_str();
     let port = backend.addr().port();
     kube.apply(service("default", name, 80, port));
     let endpoints = [SliceEndpoint::ready(ip)];
@@ -92,4 +98,101 @@ fn custom_http_errors_are_answered_by_the_default_backend_with_the_x_code_fields
         assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("fallback")), "{host:?}");
     }
     assert!(fallback.requests() >= 2);
+}
+
+const FAKE_COMMON_NAME: &str = "Kubernetes Ingress Controller Fake Certificate";
+
+/// The certificate served for `sni` (`None`: no SNI), and the answer to `GET /` for `host` over
+/// that connection.
+fn over_tls(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    host: &str,
+) -> anyhow::Result<(Vec<u8>, http::HttpResponse)> {
+    let any = tls::client_config(tls::ClientOptions::default());
+    let stream = tls::connect(addr, sni, &any)?;
+    let served = tls::served_certificate(&stream);
+    let response = http::Client::new(stream).request("GET", host, "/", &[], true)?;
+    Ok((served, response))
+}
+
+fn names_fake_subject(der: &[u8]) -> bool {
+    der.windows(FAKE_COMMON_NAME.len()).any(|w| w == FAKE_COMMON_NAME.as_bytes())
+}
+
+/// An unknown SNI, and no SNI, complete the handshake with the generated certificate (ingress-
+/// nginx's fake one) and reach the default backend; a known SNI gets its Secret's certificate
+/// and passthrough by SNI still splices; with --default-ssl-certificate the Secret's
+/// certificate is the default instead.
+#[test]
+fn unknown_names_get_the_default_certificate_and_the_default_backend() {
+    let kube = FakeKube::start().unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    let ca = tls::Ca::new("test CA");
+    let secure_leaf = ca.leaf(&["secure.test"]);
+    let pass_leaf = ca.leaf(&["pass.test"]);
+    let default_leaf = ca.leaf(&["default.test"]);
+    kube.apply(tls_secret("default", "secure-tls", &secure_leaf.cert, &secure_leaf.key));
+    kube.apply(tls_secret("default", "default-tls", &default_leaf.cert, &default_leaf.key));
+    let _web = published(&kube, "web", "127.0.0.2", Mode::Name);
+    let _fallback = published(&kube, "fallback", "127.0.0.3", Mode::Name);
+    let pass = Backend::launch(
+        "pass",
+        backend::Options {
+            addr: "127.0.0.4:0".parse().unwrap(),
+            tls: Some(tls::server_config(&pass_leaf)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let _pass = publish(&kube, pass, "127.0.0.4");
+    let mut secure = ingress("default", "secure", "sluice", "secure.test", "/", "web", 80);
+    secure["spec"]["tls"] = json!([{"hosts": ["secure.test"], "secretName": "secure-tls"}]);
+    kube.apply(secure);
+    let mut passthrough = ingress("default", "pass", "sluice", "pass.test", "/", "pass", 80);
+    passthrough["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/ssl-passthrough": "true"});
+    kube.apply(passthrough);
+
+    let options = KubeSluiceOptions { tls: true, ..Default::default() }
+        .args(&["--default-backend-service", "default/fallback"]);
+    let sluice = KubeSluice::start(&kube, options);
+    let tls_addr = sluice.tls_addr.unwrap();
+    wait_for(Duration::from_secs(20), "secure.test served with its Secret", || {
+        over_tls(tls_addr, Some("secure.test"), "secure.test")
+            .ok()
+            .filter(|(cert, _)| *cert == secure_leaf.der())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+
+    let (served, response) = over_tls(tls_addr, Some("secure.test"), "secure.test").unwrap();
+    assert_eq!((served, response.header(BACKEND_HEADER)), (secure_leaf.der(), Some("web")));
+    for sni in [Some("unknown.test"), None] {
+        let (served, response) = over_tls(tls_addr, sni, "unknown.test").unwrap();
+        assert!(names_fake_subject(&served), "{sni:?}: the generated certificate");
+        assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("fallback")), "{sni:?}");
+    }
+    // The same generated certificate every time (made once per process).
+    assert_eq!(
+        over_tls(tls_addr, None, "x.test").unwrap().0,
+        over_tls(tls_addr, Some("y.test"), "y.test").unwrap().0
+    );
+    let spliced =
+        tls::connect(tls_addr, Some("pass.test"), &tls::client_config(tls::ClientOptions::default()))
+            .unwrap();
+    assert_eq!(tls::served_certificate(&spliced), pass_leaf.der(), "passthrough by SNI");
+    drop(sluice);
+
+    let options = KubeSluiceOptions { tls: true, ..Default::default() }
+        .args(&["--default-ssl-certificate", "default/default-tls"]);
+    let sluice = KubeSluice::start(&kube, options);
+    let tls_addr = sluice.tls_addr.unwrap();
+    wait_for(Duration::from_secs(20), "the --default-ssl-certificate Secret served", || {
+        over_tls(tls_addr, Some("unknown.test"), "unknown.test")
+            .ok()
+            .filter(|(cert, _)| *cert == default_leaf.der())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    // Without a default backend Service, Sluice's plain 404.
+    let (_, response) = over_tls(tls_addr, None, "unknown.test").unwrap();
+    assert_eq!(response.status, 404, "{response:?}");
 }

@@ -46,6 +46,10 @@ pub struct CheckArgs {
     /// `sluice run --default-backend-service` (it comes from the manifests).
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
     pub default_backend_service: Option<String>,
+    /// With --ingress: the default certificate's TLS Secret, `NAMESPACE/NAME`, as
+    /// `sluice run --default-ssl-certificate` (it comes from the manifests).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
+    pub default_ssl_certificate: Option<String>,
 }
 
 /// Refused or set-aside Ingresses, a configuration that does not validate, or (with
@@ -86,6 +90,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         ingress_class: args.ingress_class.clone(),
         controller_configmap: args.nginx_configmap.clone(),
         default_backend_service: args.default_backend_service.clone(),
+        default_ssl_certificate: args.default_ssl_certificate.clone(),
     });
     let translation = match translator.build(&base, &manifests.state) {
         Ok(translation) => translation,

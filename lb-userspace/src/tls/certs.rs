@@ -166,6 +166,22 @@ pub fn load_ca_bundle(
     Ok((roots, pem))
 }
 
+/// A new self-signed certificate (ECDSA P-256) with this subject common name and organization
+/// and these DNS names: its chain and key, in PEM.
+pub fn self_signed(
+    common_name: &str,
+    organization: &str,
+    names: &[&str],
+) -> Result<(String, String), String> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, organization);
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let certificate = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((certificate.pem(), key.serialize_pem()))
+}
+
 /// A short fingerprint of some bytes (FNV-1a), to tell when a CA file's content changed.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))

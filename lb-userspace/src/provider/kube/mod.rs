@@ -69,6 +69,8 @@ pub struct KubeOptions {
     pub controller_configmap: Option<String>,
     /// The Service serving what no Ingress claims, `NAMESPACE/NAME` (`--default-backend-service`).
     pub default_backend_service: Option<String>,
+    /// The TLS Secret served for unknown names, `NAMESPACE/NAME` (`--default-ssl-certificate`).
+    pub default_ssl_certificate: Option<String>,
 }
 
 impl Default for KubeOptions {
@@ -81,6 +83,7 @@ impl Default for KubeOptions {
             api: api::ApiSettings::default(),
             controller_configmap: None,
             default_backend_service: None,
+            default_ssl_certificate: None,
         }
     }
 }
@@ -287,6 +290,7 @@ impl KubeProvider {
             ingress_class: options.ingress_class.clone(),
             controller_configmap: options.controller_configmap.clone(),
             default_backend_service: options.default_backend_service.clone(),
+            default_ssl_certificate: options.default_ssl_certificate.clone(),
         }));
         Ok(KubeProvider { client, options, translator })
     }

@@ -97,6 +97,9 @@ pub struct Settings {
     /// The Service serving what no Ingress claims, `NAMESPACE/NAME`
     /// (`--default-backend-service`).
     pub default_backend_service: Option<String>,
+    /// The TLS Secret served for names no Ingress TLS host claims, `NAMESPACE/NAME`
+    /// (`--default-ssl-certificate`); without it, a generated self-signed certificate.
+    pub default_ssl_certificate: Option<String>,
 }
 
 /// An Ingress, by namespace and name.
@@ -1265,6 +1268,7 @@ impl<'a> Builder<'a> {
     fn finish(mut self, served: Vec<IngressId>) -> Translation {
         let mut config = self.base.clone();
         self.controller_settings(&mut config);
+        self.default_certificate(&mut config);
         let mut owners = Vec::new();
         let base_domains: BTreeSet<String> = config
             .virtual_hosts
@@ -1503,6 +1507,7 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 mod basic_auth;
 mod client_tls;
 mod default_backend;
+mod default_certificate;
 mod proxy_ssl;
 #[cfg(test)]
 mod tests;

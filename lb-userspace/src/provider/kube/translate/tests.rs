@@ -771,8 +771,10 @@ fn tls_secrets_become_certificates_and_bad_ones_are_skipped() {
     ];
     state.secrets = vec![tls_secret("a-tls", &cert, &key), tls_secret("b-tls", "not a certificate", &key)];
     let t = translator().build(&tls_base(), &state).unwrap();
-    assert_eq!(t.config.certificates.len(), 1);
+    // The Secret's, and the generated default (unknown names get it, as in ingress-nginx).
+    assert_eq!(t.config.certificates.len(), 2);
     assert_eq!(t.config.certificates[0].name, "default/a-tls");
+    assert_eq!(t.config.certificates[1].name, "sluice/fake-certificate");
     assert_eq!(t.config.certificates[0].cert_pem.as_deref(), Some(cert.as_str()));
     let a = host(&t.config, "a.test").tls.as_ref().unwrap();
     assert_eq!((a.certificate.as_deref(), a.redirect_http), (Some("default/a-tls"), true));
@@ -846,7 +848,9 @@ fn validation_round_trips_the_model() {
     // What validation reads is what was built (the private key aside: it serializes redacted).
     let reparsed = Config::from_yaml(&model_yaml(&t.config).unwrap(), "t").unwrap();
     let mut redacted = t.config.clone();
-    redacted.certificates[0].key_pem = Some(SecretString("<redacted>".into()));
+    for certificate in &mut redacted.certificates {
+        certificate.key_pem = Some(SecretString("<redacted>".into()));
+    }
     assert_eq!(reparsed, redacted);
     assert!(
         reparsed
@@ -1216,6 +1220,7 @@ fn the_controller_default_backend_serves_unclaimed_hosts_and_paths_and_the_confi
         ingress_class: "sluice".into(),
         controller_configmap: Some("ingress-nginx/controller".into()),
         default_backend_service: Some("default/errors".into()),
+        ..Settings::default()
     };
     let t = Translator::new(settings).build(&base(), &state).unwrap();
     let a = &host(&t.config, "a.test").routes;
@@ -1245,4 +1250,47 @@ fn the_controller_default_backend_serves_unclaimed_hosts_and_paths_and_the_confi
     let t = Translator::new(settings).build(&base(), &state).unwrap();
     assert!(t.config.virtual_hosts.iter().all(|h| h.domains != ["*"]));
     assert!(notes_contain(&t, "--default-backend-service Service default/nope not found"), "{}", notes(&t));
+}
+
+#[test]
+fn tls_listeners_get_the_default_ssl_certificate_or_a_generated_one() {
+    let (cert, key) = self_signed("default.test");
+    let mut state = web_state();
+    state.secrets =
+        vec![tls_secret("default-tls", &cert, &key), tls_secret("broken", "not a certificate", &key)];
+    let default_of = |t: &Translation| {
+        let tls = t.config.listeners[1].tls.as_ref().unwrap();
+        let name = tls.default_certificate.clone().expect("a default certificate");
+        let certificate = t.config.certificates.iter().find(|c| c.name == name).expect("listed").clone();
+        (name, certificate.cert_pem.unwrap())
+    };
+    // Without the flag: ingress-nginx's fake certificate, the same on every rebuild.
+    let generated = default_of(&translator().build(&tls_base(), &state).unwrap());
+    assert_eq!(generated.0, "sluice/fake-certificate");
+    assert_eq!(generated, default_of(&translator().build(&tls_base(), &state).unwrap()));
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_slice(generated.1.as_bytes()).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let common_name = parsed.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(common_name, "Kubernetes Ingress Controller Fake Certificate");
+    // With it: the Secret's; an unusable one is reported and the generated one serves.
+    let with = |secret: &str| Settings {
+        ingress_class: "sluice".into(),
+        default_ssl_certificate: Some(format!("default/{secret}")),
+        ..Settings::default()
+    };
+    let t = Translator::new(with("default-tls")).build(&tls_base(), &state).unwrap();
+    assert_eq!(default_of(&t), ("default/default-tls".to_owned(), cert.clone()));
+    let t = Translator::new(with("broken")).build(&tls_base(), &state).unwrap();
+    assert_eq!(default_of(&t).0, "sluice/fake-certificate");
+    assert!(notes_contain(&t, "--default-ssl-certificate default/broken cannot be used"), "{}", notes(&t));
+    // A base listener that names its own default, or rejects unknown names, keeps that.
+    let rejecting = Config::from_yaml(
+        "listeners:\n  - {name: web, address: '127.0.0.1:8080'}\n  - {name: tls, address: '127.0.0.1:8443', tls: {unknown_sni: reject}}\nxdp: {enabled: false}\n",
+        "base",
+    )
+    .unwrap();
+    let t = translator().build(&rejecting, &state).unwrap();
+    assert!(t.config.listeners[1].tls.as_ref().unwrap().default_certificate.is_none());
+    assert!(t.config.certificates.is_empty());
 }
