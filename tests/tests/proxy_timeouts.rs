@@ -1,6 +1,7 @@
-//! nginx's upstream timeouts and retry conditions, as ingress-nginx's `proxy-read-timeout`,
-//! `proxy-send-timeout`, `proxy-next-upstream`, `-tries` and `-timeout` configure them, end to
-//! end on loopback against raw-socket backends:
+//! nginx's upstream timeouts, retry conditions and buffering, as ingress-nginx's
+//! `proxy-read-timeout`, `proxy-send-timeout`, `proxy-next-upstream`, `-tries`, `-timeout`,
+//! `proxy-request-buffering` and `proxy-buffering` configure them, end to end on loopback
+//! against raw-socket backends:
 //!
 //! - `timeouts.read_ms` is the longest gap between two reads from the backend: a response
 //!   whose body trickles for longer than the gap (and than `request_ms`) arrives whole, one
@@ -10,7 +11,11 @@
 //! - `retries.on` statuses (`http_503`) send the request to the next endpoint, and the last
 //!   response is the answer when none is left; a POST goes again only with `non_idempotent`;
 //! - `timeout` sends a timed-out request to the next endpoint, and `retries.timeout_ms` stops
-//!   new attempts after it.
+//!   new attempts after it;
+//! - request buffering holds a body before the endpoint is chosen (the backend sees the request
+//!   only once the client sent it all), and a body held whole goes again after a 503; response
+//!   buffering holds the answer until its body came (or the buffer filled); without them both
+//!   stream.
 //!
 //! The backends pace their bytes with sleeps: the pacing is the behaviour under test.
 
@@ -73,8 +78,8 @@ fn read_timeout_is_a_gap_between_reads_not_a_deadline() {
 fn the_head_bound_starts_when_the_upload_ends_and_a_stalled_upload_is_a_504() {
     let echo = RawBackend::start(|mut conn: BackendConn| {
         while let Some(request) = conn.next_request() {
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.body.len());
-            if !conn.send(answer.as_bytes()) {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.body.len());
+            if !conn.send(&[head.as_bytes(), &request.body].concat()) {
                 return;
             }
         }
@@ -196,4 +201,115 @@ fn timeouts_go_to_the_next_endpoint_within_the_retry_timeout() {
     assert!(statuses("/timeout").iter().all(|s| *s == 200), "timeout goes to the next endpoint");
     assert!(statuses("/error").contains(&504), "without timeout the 504 is the answer");
     assert!(statuses("/bounded").contains(&504), "no attempt starts 200 ms after the first");
+}
+
+#[test]
+fn request_buffering_holds_the_body_before_the_endpoint_and_replays_it() {
+    let seen_at = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let seen_at = seen_at.clone();
+        RawBackend::start(move |mut conn: BackendConn| {
+            // The head alone: when the request reached the backend.
+            while lb_tests::http::find(&conn.buf, b"\r\n\r\n").is_none() {
+                if !conn.fill() {
+                    return;
+                }
+            }
+            seen_at.lock().unwrap().push(Instant::now());
+            if conn.next_request().is_some() {
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        })
+    };
+    let proxy = Proxy::start(&config(
+        &[route("/buffered", "buffered"), route("/streamed", "streamed")],
+        &[
+            backend("buffered", recorder.addr, ", buffering: {request_bytes: 1024}"),
+            backend("streamed", recorder.addr, ""),
+        ],
+    ));
+    let mut reached_before_the_rest = Vec::new();
+    for path in ["/buffered", "/streamed"] {
+        let mut client = Client::connect(proxy.addr);
+        client.send(format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345").as_bytes());
+        std::thread::sleep(Duration::from_millis(300));
+        let rest_sent = Instant::now();
+        client.send(b"67890");
+        assert_eq!(client.read_response(false).status, 200, "{path}");
+        let reached = *seen_at.lock().unwrap().last().unwrap();
+        reached_before_the_rest.push(reached < rest_sent);
+    }
+    assert_eq!(reached_before_the_rest, [false, true], "buffered waits for the body, streamed does not");
+
+    // A body held whole is the request's to send again: a POST meeting a 503 goes on.
+    let unavailable = RawBackend::start(|mut conn: BackendConn| {
+        while conn.next_request().is_some() {
+            conn.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let ok = RawBackend::start(|mut conn: BackendConn| {
+        while let Some(request) = conn.next_request() {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.body.len());
+            if !conn.send(&[head.as_bytes(), &request.body].concat()) {
+                return;
+            }
+        }
+    });
+    let group = |name: &str, buffering: &str| {
+        format!(
+            "  - {{name: {name}, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}], outlier: {{consecutive_failures: 0}}, retries: {{attempts: 1, budget_percent: 100, on: [http_503, non_idempotent]}}{buffering}}}\n",
+            unavailable.addr, ok.addr
+        )
+    };
+    let proxy = Proxy::start(&config(
+        &[route("/held", "held"), route("/streamed", "streamed")],
+        &[group("held", ", buffering: {request_bytes: 1024}"), group("streamed", "")],
+    ));
+    let post = |path: &str| {
+        let mut client = Client::connect(proxy.addr);
+        client.send(format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello").as_bytes());
+        let response = client.read_response(false);
+        (response.status, response.header("content-length").map(str::to_owned))
+    };
+    for _ in 0..4 {
+        assert_eq!(post("/held"), (200, Some("5".to_owned())), "the whole body reached the second endpoint");
+    }
+    let streamed: Vec<u16> = (0..4).map(|_| post("/streamed").0).collect();
+    assert!(streamed.contains(&503), "a streamed body cannot go again: {streamed:?}");
+}
+
+#[test]
+fn response_buffering_holds_the_answer_until_its_body_came() {
+    let slow = RawBackend::start(|mut conn: BackendConn| {
+        while conn.next_request().is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+            std::thread::sleep(Duration::from_millis(300));
+            if !conn.send(b"world") {
+                return;
+            }
+        }
+    });
+    let proxy = Proxy::start(&config(
+        &[route("/buffered", "buffered"), route("/streamed", "streamed")],
+        &[
+            backend("buffered", slow.addr, ", buffering: {response_bytes: 4096}"),
+            backend("streamed", slow.addr, ""),
+        ],
+    ));
+    let head_after = |path: &str| {
+        let mut client = Client::connect(proxy.addr);
+        let started = Instant::now();
+        client.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        while lb_tests::http::find(&client.buf, b"\r\n\r\n").is_none() {
+            client.fill().expect("the response head comes");
+        }
+        let waited = started.elapsed();
+        (waited, client.read_response(false))
+    };
+    let (buffered, response) = head_after("/buffered");
+    assert_eq!(response.body, b"helloworld");
+    let (streamed, response) = head_after("/streamed");
+    assert_eq!(response.body, b"helloworld");
+    assert!(buffered >= Duration::from_millis(250), "the head waited for the body: {buffered:?}");
+    assert!(streamed < Duration::from_millis(250), "the head went at once: {streamed:?}");
 }

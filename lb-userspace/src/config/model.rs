@@ -954,6 +954,23 @@ pub struct BackendConfig {
     /// as gRPC over TLS).
     #[serde(default)]
     pub tls: Option<BackendTlsConfig>,
+    /// How much of request and response bodies is held before they go on (nginx's
+    /// `proxy_request_buffering` and `proxy_buffering`); by default both stream.
+    #[serde(default)]
+    pub buffering: BufferingConfig,
+}
+
+/// Request and response buffering: `0` streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferingConfig {
+    /// The request body is read up to this many bytes (all of a shorter one) before an
+    /// endpoint is chosen; the rest streams. A body held whole may go again to another
+    /// endpoint after an attempt sent it (`retries.on`).
+    pub request_bytes: u64,
+    /// The response body is read up to this many bytes (all of a shorter one) before the
+    /// response goes to the client; the rest streams.
+    pub response_bytes: u64,
 }
 
 /// TLS towards a backend's endpoints.

@@ -159,3 +159,70 @@ where
         self.inner.size_hint()
     }
 }
+
+/// `body` with up to `limit` bytes (or all of a shorter body) read before it is returned
+/// (nginx's `proxy_buffering`: the backend's answer is taken in before the client gets it).
+/// The frames read, and an error that ended the reading, come first, in order.
+pub async fn prefilled(mut body: ProxyBody, limit: u64) -> ProxyBody {
+    let mut ahead = std::collections::VecDeque::new();
+    let mut held = 0u64;
+    while held < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                held += frame.data_ref().map_or(0, |d| d.len() as u64);
+                ahead.push_back(Ok(frame));
+            }
+            Some(Err(e)) => {
+                ahead.push_back(Err(e));
+                break;
+            }
+            None => return Prefilled { ahead, rest: None }.boxed(),
+        }
+    }
+    Prefilled { ahead, rest: Some(body) }.boxed()
+}
+
+/// A body whose first frames were read ahead ([`prefilled`]).
+struct Prefilled {
+    ahead: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+    /// The rest; `None` when `ahead` holds all of it.
+    rest: Option<ProxyBody>,
+}
+
+impl Body for Prefilled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.ahead.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ahead.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.rest, self.ahead.is_empty()) {
+            (Some(rest), true) => rest.size_hint(),
+            (None, _) => {
+                let held: u64 = self
+                    .ahead
+                    .iter()
+                    .filter_map(|f| f.as_ref().ok()?.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                SizeHint::with_exact(held)
+            }
+            (Some(_), false) => SizeHint::default(),
+        }
+    }
+}

@@ -79,6 +79,12 @@ pub struct BackendSettings {
     pub next_upstream: Option<Vec<crate::config::RetryOn>>,
     /// `proxy-next-upstream-timeout` (`0`, the default, is no bound).
     pub next_upstream_timeout_ms: Option<u64>,
+    /// `proxy-request-buffering` (default on) and `client-body-buffer-size` (default 8k).
+    pub request_buffering: Option<bool>,
+    pub request_buffer_bytes: Option<u64>,
+    /// `proxy-buffering` (default off) and `proxy-buffer-size` (default 4k).
+    pub response_buffering: Option<bool>,
+    pub response_buffer_bytes: Option<u64>,
 }
 
 /// `load-balance` or `upstream-hash-by`.
@@ -631,7 +637,7 @@ mod tests {
 
     #[test]
     fn unsupported_and_bad_values_warn() {
-        let r = annotations(&[("proxy-buffering", "on"), ("proxy-body-size", "huge"), ("made-up", "1")]);
+        let r = annotations(&[("proxy-buffers-number", "4"), ("proxy-body-size", "huge"), ("made-up", "1")]);
         assert!(r.refused.is_none());
         assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
         assert_eq!(r.annotations.body_size, None);

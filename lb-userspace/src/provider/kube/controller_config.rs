@@ -54,6 +54,12 @@ pub struct UpstreamDefaults {
     /// `proxy-next-upstream-timeout` (`Some(0)`: no bound).
     pub next_upstream_timeout_ms: Option<u64>,
     pub next_upstream_tries: Option<u32>,
+    /// `proxy-request-buffering`, `client-body-buffer-size`, `proxy-buffering`,
+    /// `proxy-buffer-size`.
+    pub request_buffering: Option<bool>,
+    pub request_buffer_bytes: Option<u64>,
+    pub response_buffering: Option<bool>,
+    pub response_buffer_bytes: Option<u64>,
 }
 
 impl Default for ControllerConfig {
@@ -108,6 +114,10 @@ const KEYS: &[(&str, Key)] = &[
     ("proxy-next-upstream", Key::Applied(proxy_next_upstream)),
     ("proxy-next-upstream-timeout", Key::Applied(proxy_next_upstream_timeout)),
     ("proxy-next-upstream-tries", Key::Applied(proxy_next_upstream_tries)),
+    ("proxy-request-buffering", Key::Applied(proxy_request_buffering)),
+    ("client-body-buffer-size", Key::Applied(client_body_buffer_size)),
+    ("proxy-buffering", Key::Applied(proxy_buffering)),
+    ("proxy-buffer-size", Key::Applied(proxy_buffer_size)),
     ("limit-req-status-code", Key::Applied(limit_req_status_code)),
     ("limit-conn-status-code", Key::Applied(limit_conn_status_code)),
     ("add-headers", Key::Applied(add_headers)),
@@ -317,6 +327,38 @@ fn proxy_next_upstream_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), 
 
 fn proxy_next_upstream_tries(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
     c.upstream.next_upstream_tries = Some(v.parse::<u32>().map_err(|_| "a number")?);
+    Ok(())
+}
+
+fn on_off(v: &str) -> Result<bool, &'static str> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off"),
+    }
+}
+
+fn buffer_size(v: &str) -> Result<u64, &'static str> {
+    parse_size(v).filter(|n| (1..=1 << 30).contains(n)).ok_or("a size such as 8k or 1m")
+}
+
+fn proxy_request_buffering(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.request_buffering = Some(on_off(v)?);
+    Ok(())
+}
+
+fn client_body_buffer_size(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.request_buffer_bytes = Some(buffer_size(v)?);
+    Ok(())
+}
+
+fn proxy_buffering(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.response_buffering = Some(on_off(v)?);
+    Ok(())
+}
+
+fn proxy_buffer_size(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.upstream.response_buffer_bytes = Some(buffer_size(v)?);
     Ok(())
 }
 

@@ -527,6 +527,10 @@ impl<'a> Builder<'a> {
         }
         b.next_upstream_timeout_ms = b.next_upstream_timeout_ms.or(u.next_upstream_timeout_ms);
         b.tries = b.tries.or(u.next_upstream_tries.filter(|t| *t > 0).map(|t| t.min(10)));
+        b.request_buffering = b.request_buffering.or(u.request_buffering);
+        b.request_buffer_bytes = b.request_buffer_bytes.or(u.request_buffer_bytes);
+        b.response_buffering = b.response_buffering.or(u.response_buffering);
+        b.response_buffer_bytes = b.response_buffer_bytes.or(u.response_buffer_bytes);
         a.ssl_redirect = a.ssl_redirect.or(Some(c.ssl_redirect));
         if a.custom_http_errors.is_none() && !c.custom_http_errors.is_empty() {
             a.custom_http_errors = Some(c.custom_http_errors.clone());
@@ -1398,6 +1402,16 @@ fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
     group.retries.on =
         settings.next_upstream.clone().unwrap_or_else(|| vec![RetryOn::Error, RetryOn::Timeout]);
     group.retries.timeout_ms = settings.next_upstream_timeout_ms.filter(|ms| *ms > 0);
+    // ingress-nginx's defaults: request buffering on (client-body-buffer-size 8k), response
+    // buffering off (proxy-buffer-size 4k).
+    group.buffering.request_bytes = match settings.request_buffering {
+        Some(false) => 0,
+        _ => settings.request_buffer_bytes.unwrap_or(8 << 10),
+    };
+    group.buffering.response_bytes = match settings.response_buffering {
+        Some(true) => settings.response_buffer_bytes.unwrap_or(4 << 10),
+        _ => 0,
+    };
     if settings.no_retries {
         group.retries.attempts = 0;
     } else if let Some(tries) = settings.tries {

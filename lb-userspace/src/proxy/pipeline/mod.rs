@@ -297,7 +297,7 @@ async fn route_and_forward<'s>(
         .with_changes(route.request_headers.as_ref())
         .with_client_certificate(client_certificate.map(|c| c.headers.as_slice()));
     let body = RequestBody::new(incoming, limit);
-    if let Err(e) = body.prefetch().await {
+    if let Err(e) = body.prefetch(group.config.buffering.request_bytes).await {
         tracing::debug!(error = %e, "request body refused before forwarding");
         return error(StatusCode::BAD_REQUEST, "malformed request body");
     }
@@ -596,7 +596,7 @@ async fn forward(
                     set_aside = Some((response, index, first_pinned, (inflight, slot)));
                     continue;
                 }
-                return finish_response(&mut exchange, response, index, first_pinned, (inflight, slot));
+                return answer(&mut exchange, response, index, first_pinned, (inflight, slot)).await;
             }
             Some(Err(e)) => {
                 drop(inflight);
@@ -621,7 +621,7 @@ async fn forward(
     }
     match set_aside {
         Some((response, index, first_pinned, hold)) => {
-            finish_response(&mut exchange, response, index, first_pinned, hold)
+            answer(&mut exchange, response, index, first_pinned, hold).await
         }
         None => last_error,
     }
@@ -774,6 +774,25 @@ fn finish_response<H: Send + Sync + Unpin + 'static>(
         None => Held::new(upstream_body, hold).boxed(),
     };
     Response::from_parts(head, body)
+}
+
+/// The finished response, with response buffering (`buffering.response_bytes`) read ahead
+/// before it goes to the client.
+async fn answer<H: Send + Sync + Unpin + 'static>(
+    exchange: &mut Exchange<'_>,
+    response: Response<pool::UpstreamBody>,
+    index: usize,
+    first_pinned: bool,
+    hold: (InflightGuard, H),
+) -> Response<ProxyBody> {
+    let limit = exchange.group.config.buffering.response_bytes;
+    let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let response = finish_response(exchange, response, index, first_pinned, hold);
+    if limit == 0 || upgrade {
+        return response;
+    }
+    let (head, body) = response.into_parts();
+    Response::from_parts(head, body::prefilled(body, limit).await)
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and

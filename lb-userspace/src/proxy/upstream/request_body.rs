@@ -2,6 +2,7 @@
 //! retry as long as no attempt has read from it.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{
         Arc,
@@ -21,9 +22,12 @@ use crate::proxy::{
 };
 
 struct Pending {
-    /// A frame read ahead before the request went upstream (to catch a bad first chunk).
-    first: Option<Frame<Bytes>>,
+    /// Frames read ahead before the request went upstream: the first (to catch a bad first
+    /// chunk), or as many as request buffering holds.
+    ahead: VecDeque<Frame<Bytes>>,
     rest: Option<ClientBody>,
+    /// `ahead` is the whole body: each attempt gets a copy, so any attempt may send it again.
+    complete: bool,
 }
 
 /// What attempts share of a body: the body itself until one takes it, and how its sending goes.
@@ -55,7 +59,11 @@ impl RequestBody {
         let empty = incoming.is_end_stream();
         let pending = (!empty).then(|| {
             Arc::new(Shared {
-                pending: Mutex::new(Pending { first: None, rest: Some(incoming) }),
+                pending: Mutex::new(Pending {
+                    ahead: VecDeque::new(),
+                    rest: Some(incoming),
+                    complete: false,
+                }),
                 progress_ms: AtomicU64::new(crate::now_ms()),
             })
         });
@@ -68,14 +76,33 @@ impl RequestBody {
     }
 
     /// Reads the first frame now, so a body that is broken from its first byte (a bad chunk
-    /// size) is refused before anything reaches a backend.
-    pub async fn prefetch(&self) -> Result<(), BadRequestBody> {
+    /// size) is refused before anything reaches a backend; with request buffering, reads on
+    /// until `buffer` bytes are held or the body ends (nginx's `proxy_request_buffering` with
+    /// `client_body_buffer_size`), so the endpoint is chosen only once the client sent them,
+    /// and a body held whole can go again to another endpoint.
+    pub async fn prefetch(&self, buffer: u64) -> Result<(), BadRequestBody> {
         let Some(shared) = &self.pending else { return Ok(()) };
         let Some(mut incoming) = shared.pending.lock().rest.take() else { return Ok(()) };
-        let first = incoming.frame().await.transpose().map_err(BadRequestBody)?;
+        let (mut ahead, mut held, mut complete) = (VecDeque::new(), 0u64, false);
+        loop {
+            match incoming.frame().await.transpose().map_err(BadRequestBody)? {
+                Some(frame) => {
+                    held += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    ahead.push_back(frame);
+                }
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+            if held >= buffer || (self.limit > 0 && held > self.limit) {
+                break;
+            }
+        }
         let mut pending = shared.pending.lock();
-        pending.first = first;
-        pending.rest = Some(incoming);
+        pending.ahead = ahead;
+        pending.complete = complete;
+        pending.rest = (!complete).then_some(incoming);
         Ok(())
     }
 
@@ -91,7 +118,10 @@ impl RequestBody {
 
     /// True while no attempt has taken the body: a retry may still send it.
     pub fn replayable(&self) -> bool {
-        self.pending.as_ref().is_none_or(|shared| shared.pending.lock().rest.is_some())
+        self.pending.as_ref().is_none_or(|shared| {
+            let pending = shared.pending.lock();
+            pending.complete || pending.rest.is_some()
+        })
     }
 
     /// When the upload last moved (coarse milliseconds) and whether it has ended; `None` when
@@ -128,7 +158,15 @@ impl Body for AttemptBody {
             this.started = true;
             if let Some(shared) = &this.shared.pending {
                 let mut pending = shared.pending.lock();
-                this.taken = Some(Pending { first: pending.first.take(), rest: pending.rest.take() });
+                this.taken = Some(if pending.complete {
+                    Pending { ahead: pending.ahead.iter().map(copy).collect(), rest: None, complete: true }
+                } else {
+                    Pending {
+                        ahead: std::mem::take(&mut pending.ahead),
+                        rest: pending.rest.take(),
+                        complete: false,
+                    }
+                });
             }
         }
         let Some(taken) = this.taken.as_mut() else { return Poll::Ready(None) };
@@ -137,7 +175,7 @@ impl Body for AttemptBody {
                 shared.progress_ms.store(ms, Ordering::Relaxed);
             }
         };
-        let frame = match taken.first.take() {
+        let frame = match taken.ahead.pop_front() {
             Some(frame) => frame,
             None => match taken.rest.as_mut() {
                 Some(rest) => match Pin::new(rest).poll_frame(cx) {
@@ -172,5 +210,14 @@ impl Body for AttemptBody {
     fn size_hint(&self) -> SizeHint {
         // An exact hint makes the upstream request carry Content-Length, as the client's did.
         self.shared.hint
+    }
+}
+
+/// A copy of a held frame (the bytes are shared, not copied).
+fn copy(frame: &Frame<Bytes>) -> Frame<Bytes> {
+    match (frame.data_ref(), frame.trailers_ref()) {
+        (Some(data), _) => Frame::data(data.clone()),
+        (None, Some(trailers)) => Frame::trailers(trailers.clone()),
+        (None, None) => Frame::data(Bytes::new()),
     }
 }

@@ -14,7 +14,8 @@ use crate::config::{
 const SNIPPET: &str = "snippets are refused: configuration is typed, never templated";
 const MODSECURITY: &str =
     "ModSecurity is not supported; serving without the web application firewall would expose the Ingress";
-const BUFFERING: &str = "request and response bodies are streamed; buffering is not configurable";
+const BUFFERING: &str =
+    "bodies are held in memory up to proxy-buffer-size / client-body-buffer-size, never in temporary files";
 
 const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled per worker; auth-keepalive-timeout sets their idle time";
 
@@ -41,6 +42,10 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("proxy-next-upstream-tries", next_upstream_tries),
     applied("proxy-next-upstream-timeout", next_upstream_timeout),
     applied("proxy-send-timeout", send_timeout),
+    applied("proxy-request-buffering", request_buffering),
+    applied("client-body-buffer-size", client_body_buffer_size),
+    applied("proxy-buffering", proxy_buffering),
+    applied("proxy-buffer-size", proxy_buffer_size),
     applied("proxy-body-size", body_size),
     // The proxy-ssl-* set refines proxy-ssl-secret; the ciphers follow the protocols they
     // depend on.
@@ -154,9 +159,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
         "modsecurity-transaction-id",
         "only used by ModSecurity, which enable-modsecurity asks for (and which refuses the Ingress)",
     ),
-    ignored("proxy-buffering", BUFFERING),
-    ignored("proxy-buffer-size", BUFFERING),
-    ignored("proxy-request-buffering", BUFFERING),
     ignored(
         "connection-proxy-header",
         "Sluice sets the upstream Connection header itself: pooled keep-alive, upgrades passed through",
@@ -168,7 +170,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
         "enable-access-log",
         "access logs are set for the whole node (access_log in the base configuration)",
     ),
-    ignored("client-body-buffer-size", BUFFERING),
     ignored("proxy-buffers-number", BUFFERING),
     ignored("proxy-busy-buffers-size", BUFFERING),
     ignored("proxy-max-temp-file-size", BUFFERING),
@@ -269,6 +270,38 @@ fn read_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 /// The longest gap between two writes of the request body to the backend.
 fn send_timeout(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.backend.send_timeout_ms = Some(seconds(v)?);
+    Ok(())
+}
+
+fn on_off(v: &str) -> std::result::Result<bool, Problem> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(Expected("on or off")),
+    }
+}
+
+fn buffer_size(v: &str) -> std::result::Result<u64, Problem> {
+    parse_size(v).filter(|n| (1..=1 << 30).contains(n)).ok_or(Expected("a size such as 8k or 1m"))
+}
+
+fn request_buffering(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.request_buffering = Some(on_off(v)?);
+    Ok(())
+}
+
+fn client_body_buffer_size(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.request_buffer_bytes = Some(buffer_size(v)?);
+    Ok(())
+}
+
+fn proxy_buffering(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.response_buffering = Some(on_off(v)?);
+    Ok(())
+}
+
+fn proxy_buffer_size(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.backend.response_buffer_bytes = Some(buffer_size(v)?);
     Ok(())
 }
 

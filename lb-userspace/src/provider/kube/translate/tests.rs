@@ -587,6 +587,9 @@ fn backend_annotations_shape_their_own_group() {
             .annotation("proxy-send-timeout", "20")
             .annotation("proxy-next-upstream", "error http_503 non_idempotent")
             .annotation("proxy-next-upstream-timeout", "5")
+            .annotation("proxy-request-buffering", "off")
+            .annotation("proxy-buffering", "on")
+            .annotation("proxy-buffer-size", "16k")
             .annotation("proxy-body-size", "1m")
             .annotation("upstream-hash-by", "$http_x_user")
             .host("b.test")
@@ -615,6 +618,9 @@ fn backend_annotations_shape_their_own_group() {
     let plain = group(&t.config, "default/web:80");
     assert_eq!(plain.retries.on, [RetryOn::Error, RetryOn::Timeout]);
     assert_eq!((plain.timeouts.read_ms, plain.retries.timeout_ms), (None, None));
+    // ingress-nginx's buffering defaults: the request held up to 8k, the response streamed.
+    assert_eq!((plain.buffering.request_bytes, plain.buffering.response_bytes), (8 << 10, 0));
+    assert_eq!((tuned.buffering.request_bytes, tuned.buffering.response_bytes), (0, 16 << 10));
     assert_ne!(tuned.name, "default/web:80");
     assert_eq!(tuned.protocol, BackendProtocol::H2c);
     assert_eq!(tuned.timeouts.connect_ms, 2000);
