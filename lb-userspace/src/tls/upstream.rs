@@ -388,3 +388,62 @@ impl hyper::rt::Write for UpstreamStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::{RootCertStore, pki_types::pem::PemObject};
+
+    use super::*;
+
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, name: &str) -> CertificateDer<'static> {
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&KeyPair::generate().unwrap(), issuer)
+            .unwrap();
+        CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()
+    }
+
+    /// OpenSSL's verify depth: 1 takes a certificate the CA signed (the CA itself may come
+    /// along), and refuses one more link before the strict check runs.
+    #[test]
+    fn verify_depth_counts_the_links_below_the_ca() {
+        let root = ca("root");
+        let mut roots = RootCertStore::empty();
+        roots.add(root.der().clone()).unwrap();
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+        let limited = |depth| DepthLimited { verifier: verifier.clone(), depth };
+        let name = ServerName::try_from("web.internal").unwrap();
+        let end = leaf(&root, "web.internal");
+        let check = |depth: u8, chain: &[CertificateDer<'_>]| {
+            limited(depth).verify_server_cert(&end, chain, &name, &[], UnixTime::now()).map(|_| ())
+        };
+        assert!(check(1, &[]).is_ok());
+        assert!(check(1, &[root.der().clone()]).is_ok(), "the CA sent along is not a link");
+        let link = leaf(&ca("intermediate"), "intermediate");
+        let refused = check(1, std::slice::from_ref(&link)).unwrap_err();
+        assert!(refused.to_string().contains("verify depth 1"), "{refused}");
+        // Depth 2 lets the link through to the strict check, which still wants a known issuer.
+        assert!(check(2, &[link]).is_ok(), "the leaf is the root's; the extra certificate is unused");
+    }
+
+    #[test]
+    fn cipher_suites_are_rustls_names_and_tls13_stays() {
+        let only = suites(provider(), &["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_owned()]).unwrap();
+        let names: Vec<String> = only.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        assert!(names.contains(&"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_owned()));
+        assert!(
+            names.iter().all(|n| n.starts_with("TLS13_") || n == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")
+        );
+        let unknown = suites(provider(), &["TLS_RSA_WITH_AES_128_CBC_SHA".to_owned()]).unwrap_err();
+        assert!(unknown.contains("is not one of rustls' suites"), "{unknown}");
+    }
+}

@@ -1403,13 +1403,16 @@ fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
         settings.next_upstream.clone().unwrap_or_else(|| vec![RetryOn::Error, RetryOn::Timeout]);
     group.retries.timeout_ms = settings.next_upstream_timeout_ms.filter(|ms| *ms > 0);
     // ingress-nginx's defaults: request buffering on (client-body-buffer-size 8k), response
-    // buffering off (proxy-buffer-size 4k).
+    // buffering off (proxy-buffer-size 4k). gRPC goes through nginx's grpc_pass, which
+    // streams both ways whatever proxy_*_buffering say (a streaming call would stall).
+    let grpc = matches!(settings.protocol, UpstreamProtocol::Grpc | UpstreamProtocol::Grpcs);
     group.buffering.request_bytes = match settings.request_buffering {
+        _ if grpc => 0,
         Some(false) => 0,
         _ => settings.request_buffer_bytes.unwrap_or(8 << 10),
     };
     group.buffering.response_bytes = match settings.response_buffering {
-        Some(true) => settings.response_buffer_bytes.unwrap_or(4 << 10),
+        Some(true) if !grpc => settings.response_buffer_bytes.unwrap_or(4 << 10),
         _ => 0,
     };
     if settings.no_retries {

@@ -601,6 +601,9 @@ fn backend_annotations_shape_their_own_group() {
             .annotation("load-balance", "ewma")
             .annotation("affinity", "cookie")
             .annotation("session-cookie-name", "route")
+            .annotation("proxy-buffering", "on")
+            .annotation("proxy-buffer-size", "16k")
+            .annotation("client-body-buffer-size", "1m")
             .host("c.test")
             .path("/", "web", 80)
             .build(),
@@ -620,7 +623,8 @@ fn backend_annotations_shape_their_own_group() {
     assert_eq!((plain.timeouts.read_ms, plain.retries.timeout_ms), (None, None));
     // ingress-nginx's buffering defaults: the request held up to 8k, the response streamed.
     assert_eq!((plain.buffering.request_bytes, plain.buffering.response_bytes), (8 << 10, 0));
-    assert_eq!((tuned.buffering.request_bytes, tuned.buffering.response_bytes), (0, 16 << 10));
+    // The tuned backend is gRPC: streamed both ways, whatever the buffering annotations say.
+    assert_eq!((tuned.buffering.request_bytes, tuned.buffering.response_bytes), (0, 0));
     assert_ne!(tuned.name, "default/web:80");
     assert_eq!(tuned.protocol, BackendProtocol::H2c);
     assert_eq!(tuned.timeouts.connect_ms, 2000);
@@ -634,6 +638,7 @@ fn backend_annotations_shape_their_own_group() {
     assert!(secure.tls.as_ref().is_some_and(|t| t.insecure_skip_verify));
     assert_eq!(secure.balance, Balance::Ewma);
     assert_eq!(secure.cookie_affinity.as_ref().map(|a| a.name.as_str()), Some("route"));
+    assert_eq!((secure.buffering.request_bytes, secure.buffering.response_bytes), (1 << 20, 16 << 10));
 }
 
 #[test]
