@@ -6,8 +6,9 @@
 //! actual request), canaries by header and by weight, a WebSocket upgrade, gRPC over h2c, an
 //! HTTPS-only service, basic auth from an htpasswd Secret, a per-client rate limit, a source
 //! allow list, security headers from a ConfigMap with upstream-vhost, the rewrite-target regex
-//! example, app-root, custom error pages from a default backend, sticky sessions, and PROXY
-//! protocol behind a cloud TCP balancer (the controller ConfigMap's `use-proxy-protocol`).
+//! example, app-root, custom error pages from a default backend, sticky sessions, a TLS host
+//! (redirect to HTTPS, HSTS by default), and PROXY protocol behind a cloud TCP balancer (the
+//! controller ConfigMap's `use-proxy-protocol`).
 //!
 //! One Sluice serves every manifest but the PROXY protocol one, which needs every listener to
 //! read a PROXY header and so gets its own instance.
@@ -23,7 +24,7 @@ use lb_tests::{
     backend::{self, BACKEND_HEADER, Backend, Echoed, Mode},
     fake_kube::{
         FakeKube,
-        objects::{SliceEndpoint, endpoint_slice, ingress_class, service},
+        objects::{SliceEndpoint, endpoint_slice, ingress_class, service, tls_secret},
         sluice::{KubeSluice, KubeSluiceOptions},
     },
     http::{self, Client, HttpResponse},
@@ -50,10 +51,8 @@ fn the_corpus_is_served_as_ingress_nginx_documents_it() {
         }
         apply_fixture(&kube, &file, &auth_addr);
     }
-    let sluice = KubeSluice::start(
-        &kube,
-        KubeSluiceOptions::default().args(&["--nginx-configmap", "ingress-nginx/controller"]),
-    );
+    let options = KubeSluiceOptions { tls: true, ..KubeSluiceOptions::default() };
+    let sluice = KubeSluice::start(&kube, options.args(&["--nginx-configmap", "ingress-nginx/controller"]));
     sluice.wait_for_backend("cart.example.com", "/", "cart-0", Duration::from_secs(20));
     sluice.wait_for_status("dashboard.example.com", "/", 302, Duration::from_secs(10));
     let addr = sluice.addr;
@@ -68,6 +67,7 @@ fn the_corpus_is_served_as_ingress_nginx_documents_it() {
     rate_limit_and_allow_list(addr);
     custom_headers_rewrite_and_app_root(addr);
     error_pages_and_sticky_sessions(addr, &cluster);
+    tls_host(addr, sluice.tls_addr.unwrap(), &cluster.webapp_ca);
     drop(sluice);
 
     proxy_protocol_behind_a_tcp_balancer(&kube);
@@ -238,6 +238,21 @@ fn error_pages_and_sticky_sessions(addr: SocketAddr, cluster: &Cluster) {
     assert!(cluster.cart.iter().all(|b| b.name().starts_with("cart-")));
 }
 
+/// 18: plain HTTP is redirected to HTTPS (308, path and query kept); HTTPS is served with the
+/// Secret's certificate and ingress-nginx's default HSTS.
+fn tls_host(addr: SocketAddr, tls_addr: SocketAddr, ca: &tls::Ca) {
+    let redirect = get(addr, "webapp.example.com", "/login?next=/home", &[]);
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    // The TLS listener's port, as it is not 443 here.
+    let location = format!("https://webapp.example.com:{}/login?next=/home", tls_addr.port());
+    assert_eq!(redirect.header("location"), Some(location.as_str()));
+    let config = tls::client_config(tls::ClientOptions { trust: Some(ca), ..Default::default() });
+    let stream = tls::connect(tls_addr, Some("webapp.example.com"), &config).unwrap();
+    let response = Client::new(stream).request("GET", "webapp.example.com", "/login", &[], true).unwrap();
+    assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("webapp")));
+    assert_eq!(response.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains"));
+}
+
 /// 15: with `use-proxy-protocol: "true"` the client is the address the balancer's header names,
 /// and a connection without the header is closed.
 fn proxy_protocol_behind_a_tcp_balancer(kube: &FakeKube) {
@@ -271,6 +286,8 @@ fn proxy_protocol_behind_a_tcp_balancer(kube: &FakeKube) {
 /// The suite's backends, each published as the Service its manifest names.
 struct Cluster {
     auth: RawBackend,
+    /// The CA of `webapp-tls`, the TLS host's certificate.
+    webapp_ca: tls::Ca,
     cart: Vec<Backend>,
     _backends: Vec<Backend>,
     _raw: Vec<RawBackend>,
@@ -298,6 +315,7 @@ impl Cluster {
             ("flaky", 80, Mode::Status(503)),
             ("error-pages", 80, Mode::Echo),
             ("edge", 80, Mode::Echo),
+            ("webapp", 80, Mode::Name),
         ] {
             let backend = Backend::launch(name, backend::Options { mode, ..Default::default() }).unwrap();
             publish(kube, name, port, &[backend.addr()]);
@@ -311,7 +329,11 @@ impl Cluster {
         publish(kube, "cart", 80, &cart.iter().map(Backend::addr).collect::<Vec<_>>());
         let chat = RawBackend::start(websocket_echo);
         publish(kube, "chat", 80, &[chat.addr]);
-        Cluster { auth: RawBackend::start(oauth2_proxy_auth), cart, _backends: backends, _raw: vec![chat] }
+        let webapp_ca = tls::Ca::new("letsencrypt-prod (test)");
+        let certificate = webapp_ca.leaf(&["webapp.example.com"]);
+        kube.apply(tls_secret("default", "webapp-tls", &certificate.cert, &certificate.key));
+        let auth = RawBackend::start(oauth2_proxy_auth);
+        Cluster { auth, webapp_ca, cart, _backends: backends, _raw: vec![chat] }
     }
 }
 
