@@ -348,8 +348,9 @@ fn kubernetes_backend_group_names_are_pinned() {
     let translation = Translator::new(settings).translate(&base, &state);
     let mut names: Vec<&str> = translation.config.backends.iter().map(|b| b.name.as_str()).collect();
     names.sort();
-    // The suffix is FNV-1a 32 of the settings' Debug text (provider/kube/translate.rs), so a
-    // field added to the annotation settings changes it, and with it every such group's cookies.
+    // The suffix is FNV-1a 32 of `BackendSettings::group_key` (the first release's fields as
+    // their Debug text, later fields only when set), so changing that text changes every such
+    // group's name, and with it its clients' cookies.
     assert_eq!(names, ["default/web:80", "default/web:80~ef29e8c3"]);
 }
 

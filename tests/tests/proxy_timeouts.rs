@@ -224,7 +224,12 @@ fn request_buffering_holds_the_body_before_the_endpoint_and_replays_it() {
     let proxy = Proxy::start(&config(
         &[route("/buffered", "buffered"), route("/streamed", "streamed")],
         &[
-            backend("buffered", recorder.addr, ", buffering: {request_bytes: 1024}"),
+            // The send gap counts from when the held body went on, not from its first byte.
+            backend(
+                "buffered",
+                recorder.addr,
+                ", buffering: {request_bytes: 1024}, timeouts: {read_ms: 200, send_ms: 200}",
+            ),
             backend("streamed", recorder.addr, ""),
         ],
     ));

@@ -87,6 +87,51 @@ pub struct BackendSettings {
     pub response_buffer_bytes: Option<u64>,
 }
 
+impl BackendSettings {
+    /// The text a group's name suffix hashes: the first release's fields exactly as their
+    /// `Debug` printed them, then the later ones only when any is set, so groups that use none
+    /// keep their names across upgrades, and with them their clients' affinity cookies (the
+    /// cookie is a MAC of the group name and the endpoint).
+    pub fn group_key(&self) -> String {
+        #[derive(Debug)]
+        #[allow(dead_code, reason = "read through Debug only")]
+        struct BackendSettings<'a> {
+            protocol: &'a UpstreamProtocol,
+            connect_timeout_ms: &'a Option<u64>,
+            no_retries: &'a bool,
+            tries: &'a Option<u32>,
+            balance: &'a Option<BalanceSetting>,
+            cookie_affinity: &'a Option<CookieAffinityConfig>,
+        }
+        let mut key = format!(
+            "{:?}",
+            BackendSettings {
+                protocol: &self.protocol,
+                connect_timeout_ms: &self.connect_timeout_ms,
+                no_retries: &self.no_retries,
+                tries: &self.tries,
+                balance: &self.balance,
+                cookie_affinity: &self.cookie_affinity,
+            }
+        );
+        let later = (
+            &self.proxy_ssl,
+            (self.read_timeout_ms, self.send_timeout_ms, &self.next_upstream, self.next_upstream_timeout_ms),
+            (
+                self.request_buffering,
+                self.request_buffer_bytes,
+                self.response_buffering,
+                self.response_buffer_bytes,
+            ),
+        );
+        let unset = (&None, (None, None, &None, None), (None, None, None, None));
+        if later != unset {
+            key.push_str(&format!("{later:?}"));
+        }
+        key
+    }
+}
+
 /// `load-balance` or `upstream-hash-by`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BalanceSetting {

@@ -998,7 +998,7 @@ impl<'a> Builder<'a> {
         };
         let mut name = format!("{namespace}/{service}:{port_label}");
         if *settings != BackendSettings::default() {
-            name.push_str(&format!("~{:08x}", numeric::fnv1a_32(format!("{settings:?}").as_bytes())));
+            name.push_str(&format!("~{:08x}", numeric::fnv1a_32(settings.group_key().as_bytes())));
         }
         if self.backends.contains_key(&name) {
             return name;

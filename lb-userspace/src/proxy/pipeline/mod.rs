@@ -673,9 +673,11 @@ async fn bounded<T>(exchange: &Exchange<'_>, send: impl std::future::Future<Outp
     let started = now_ms();
     let mut send = std::pin::pin!(send);
     loop {
+        // Counted from this attempt's start at the earliest: the body may have moved (or
+        // ended, for a body held whole) before it, while it was buffered or a retry waited.
         let deadline = match exchange.body.progress() {
-            Some((moved, false)) => moved + send_ms,
-            Some((ended, true)) => ended + read_ms,
+            Some((moved, false)) => moved.max(started) + send_ms,
+            Some((ended, true)) => ended.max(started) + read_ms,
             None => started + read_ms,
         };
         let now = now_ms();

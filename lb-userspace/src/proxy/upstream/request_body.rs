@@ -99,6 +99,7 @@ impl RequestBody {
                 break;
             }
         }
+        shared.progress_ms.store(crate::now_ms(), Ordering::Relaxed);
         let mut pending = shared.pending.lock();
         pending.ahead = ahead;
         pending.complete = complete;
