@@ -340,8 +340,7 @@ fn kubernetes_backend_group_names_are_pinned() {
             8080,
             &[SliceEndpoint::ready("10.1.0.1")],
         ))],
-        secrets: vec![],
-        configmaps: vec![],
+        ..ClusterState::default()
     };
     let base = Config::from_yaml("listeners: [{name: web, address: \"127.0.0.1:8080\"}]", "test").unwrap();
     let settings = Settings { ingress_class: "sluice".into(), ..Settings::default() };

@@ -94,13 +94,17 @@ impl AdminState {
             .map(|r| {
                 let backend = match r.action {
                     RouteAction::Backend(i) => snapshot.backends.get(i).map(|g| g.name.as_str()),
-                    RouteAction::Redirect(_) => None,
+                    RouteAction::Redirect(_) | RouteAction::Respond(_) => None,
                 };
                 json!({
                     "name": r.name,
                     "virtual_host": &*r.labels.virtual_host,
                     "backend": backend,
                     "redirect": matches!(r.action, RouteAction::Redirect(_)),
+                    "direct_response": match r.action {
+                        RouteAction::Respond(status) => Some(status.as_u16()),
+                        _ => None,
+                    },
                 })
             })
             .collect();

@@ -315,6 +315,10 @@ pub struct VirtualHostConfig {
     /// Host names: exact (`api.example.com`), wildcard (`*.example.com`: exactly one more
     /// label, as in Kubernetes Ingress), or `"*"` for the default virtual host.
     pub domains: Vec<String>,
+    /// A wildcard domain takes any number of labels (`*.example.com` matches
+    /// `a.b.example.com`), as Gateway API hostnames do; a more specific domain still wins.
+    #[serde(default)]
+    pub deep_wildcards: bool,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// HTTPS for this host: its certificate (or TLS passthrough), redirects from plain HTTP,
@@ -758,11 +762,16 @@ pub struct RouteConfig {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
-    /// The backend group to proxy to. Exactly one of `backend` and `redirect`.
+    /// The backend group to proxy to. Exactly one of `backend`, `redirect` and
+    /// `direct_response`.
     #[serde(default)]
     pub backend: Option<String>,
     #[serde(default)]
     pub redirect: Option<RedirectConfig>,
+    /// Answers every request with this status (400..=599) and an empty body, without a
+    /// backend: what the Gateway API asks of a rule whose backends or filters cannot be used.
+    #[serde(default)]
+    pub direct_response: Option<u16>,
     #[serde(default)]
     pub rewrite: Option<RewriteConfig>,
     /// Overrides the backend's request timeout for this route.
@@ -860,6 +869,23 @@ pub struct MatchConfig {
     /// Every listed header must match.
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// Every listed query parameter must match (Gateway API `queryParams`).
+    #[serde(default)]
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+/// A query parameter match: the first parameter of that name (case-sensitive, as the Gateway
+/// API says), compared as sent (not percent-decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParamMatch {
+    pub name: String,
+    /// The value equals this. Exactly one of `exact` and `regex`.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// The whole value matches this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
 }
 
 /// Path matching with the Kubernetes Ingress semantics. In YAML: `{prefix: /api}`,

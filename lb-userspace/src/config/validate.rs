@@ -350,14 +350,18 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
     if let Some(pages) = &route.error_pages {
         error_pages(pages, &format!("{at}.error_pages"), backends, found);
     }
-    match (&route.backend, &route.redirect) {
-        (Some(_), Some(_)) | (None, None) => {
-            found.add(at.to_owned(), "needs exactly one of backend and redirect")
-        }
-        (Some(backend), None) if !backends.contains(backend.as_str()) => {
-            found.add(format!("{at}.backend"), format!("no backend named {backend:?}"))
-        }
-        _ => {}
+    let actions = [route.backend.is_some(), route.redirect.is_some(), route.direct_response.is_some()];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        found.add(at.to_owned(), "needs exactly one of backend, redirect and direct_response");
+    } else if let Some(backend) = &route.backend
+        && !backends.contains(backend.as_str())
+    {
+        found.add(format!("{at}.backend"), format!("no backend named {backend:?}"))
+    }
+    if let Some(status) = route.direct_response
+        && !(400..=599).contains(&status)
+    {
+        found.add(format!("{at}.direct_response"), format!("{status} is not an error status (400..=599)"));
     }
     let path = route.matcher.path.as_ref();
     match path {
@@ -392,6 +396,21 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
             && let Err(e) = regex::Regex::new(re)
         {
             found.add(format!("{header_at}.regex"), format!("not a valid regular expression: {e}"));
+        }
+    }
+    for (q, query) in route.matcher.query_params.iter().enumerate() {
+        let query_at = format!("{at}.match.query_params[{q}]");
+        if query.name.is_empty() {
+            found.add(format!("{query_at}.name"), "must not be empty");
+        }
+        match (&query.exact, &query.regex) {
+            (Some(_), None) => {}
+            (None, Some(re)) => {
+                if let Err(e) = regex::Regex::new(re) {
+                    found.add(format!("{query_at}.regex"), format!("not a valid regular expression: {e}"));
+                }
+            }
+            _ => found.add(query_at, "needs exactly one of exact and regex"),
         }
     }
     if let Some(rewrite) = &route.rewrite {

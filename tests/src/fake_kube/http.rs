@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{
     FaultRule, Faults, Recorded, Shared, lock, selects,
-    store::{Deleted, Filter, Key, Page, ResourceType, Write, merge_patch, resource_by_path},
+    store::{Deleted, Filter, Key, Page, RESOURCES, ResourceType, Write, merge_patch, resource_by_path},
     watch::watch_response,
 };
 
@@ -377,6 +377,33 @@ pub(super) fn verb_of(method: &Method, target: &Target, query: &HashMap<String, 
     }
 }
 
+/// `GET /apis/GROUP/VERSION`: the group version's resources (an `APIResourceList`), as
+/// discovery clients read them; `None` for other paths.
+fn discovery(path: &str, faults: &Faults) -> Option<Response<Body>> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version) = match segments.as_slice() {
+        ["apis", group, version] => (*group, *version),
+        ["api", version] => ("", *version),
+        _ => return None,
+    };
+    let served: Vec<_> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    if served.is_empty() || (faults.gateway_api_absent && group == super::store::GATEWAY_GROUP) {
+        let message = format!("the server could not find the requested resource ({path})");
+        return Some(status_response(404, "NotFound", &message));
+    }
+    let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
+    let mut resources = Vec::new();
+    for r in served {
+        resources.push(json!({"name": r.plural, "singularName": r.kind.to_ascii_lowercase(), "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs}));
+        if r.status {
+            resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    let list = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources});
+    Some(json_response(StatusCode::OK, &list))
+}
+
 pub(super) fn route(
     shared: &Arc<Shared>,
     request: &ApiRequest<'_>,
@@ -387,7 +414,12 @@ pub(super) fn route(
         let version = json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"});
         return (json_response(StatusCode::OK, &version), false);
     }
-    let Some(target) = parse_target(path) else {
+    if let Some(discovery) = discovery(path, faults) {
+        return (discovery, false);
+    }
+    let target = parse_target(path)
+        .filter(|t| !(faults.gateway_api_absent && t.resource.group == super::store::GATEWAY_GROUP));
+    let Some(target) = target else {
         let message = format!("the server could not find the requested resource ({path})");
         return (status_response(404, "NotFound", &message), false);
     };

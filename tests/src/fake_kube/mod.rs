@@ -78,6 +78,8 @@ struct Faults {
     black_holes: Vec<(String, String)>,
     /// After a restart: every request answers 429 with this Retry-After (seconds) until then.
     unavailable_until: Option<(std::time::Instant, u64)>,
+    /// The Gateway API's CRDs are not installed: its paths and discovery answer 404.
+    gateway_api_absent: bool,
     /// When set, only requests with `Authorization: Bearer <one of these>` are answered; the
     /// others get 401.
     tokens: Option<Vec<String>>,
@@ -362,6 +364,17 @@ impl FakeKube {
 
     /// Refuse `verb` (get, list, watch, create, update, patch, delete) on `plural` (e.g.
     /// `secrets`) with 403, as RBAC does.
+    /// Takes the Gateway API's CRDs away (404 for its kinds and its discovery), as on a
+    /// cluster that never installed them; objects stored stay, unseen.
+    pub fn uninstall_gateway_api(&self) {
+        lock(&self.shared.faults).gateway_api_absent = true;
+    }
+
+    /// Serves the Gateway API's kinds again, as when the CRDs are applied.
+    pub fn install_gateway_api(&self) {
+        lock(&self.shared.faults).gateway_api_absent = false;
+    }
+
     pub fn forbid(&self, verb: &str, plural: &str) {
         lock(&self.shared.faults).forbidden.push((verb.to_owned(), plural.to_owned()));
     }

@@ -173,3 +173,61 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The Gateway API's `apiVersion` for its v1 kinds.
+pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+
+/// A GatewayClass for `controller`.
+pub fn gateway_class(name: &str, controller: &str) -> Value {
+    json!({
+        "apiVersion": GATEWAY_V1,
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": controller},
+    })
+}
+
+/// A Gateway of `class` with these listeners (as the spec writes them).
+pub fn gateway(namespace: &str, name: &str, class: &str, listeners: Value) -> Value {
+    json!({
+        "apiVersion": GATEWAY_V1,
+        "kind": "Gateway",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"gatewayClassName": class, "listeners": listeners},
+    })
+}
+
+/// An HTTPRoute with this spec.
+pub fn http_route(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": GATEWAY_V1,
+        "kind": "HTTPRoute",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": spec,
+    })
+}
+
+/// A ReferenceGrant in `namespace` from `(kind, namespace)` of the Gateway API to `(kind, name)`
+/// of the core group (`name` empty: all of that kind).
+pub fn reference_grant(namespace: &str, name: &str, from: (&str, &str), to: (&str, &str)) -> Value {
+    let mut target = json!({"group": "", "kind": to.0});
+    if !to.1.is_empty() {
+        target["name"] = json!(to.1);
+    }
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": from.0, "namespace": from.1}],
+            "to": [target],
+        },
+    })
+}
+
+/// A Namespace with labels.
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> =
+        labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}

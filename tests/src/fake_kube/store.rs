@@ -100,7 +100,51 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         status: false,
     },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        status: true,
+    },
+    // The Gateway API's CRDs (served unless `FakeKube::uninstall_gateway_api`).
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1",
+        plural: "gatewayclasses",
+        kind: "GatewayClass",
+        namespaced: false,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1",
+        plural: "gateways",
+        kind: "Gateway",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1",
+        plural: "httproutes",
+        kind: "HTTPRoute",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1beta1",
+        plural: "referencegrants",
+        kind: "ReferenceGrant",
+        namespaced: true,
+        status: false,
+    },
 ];
+
+/// The Gateway API's group: its kinds are CRDs, which a cluster may not have.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub(super) fn resource_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)

@@ -44,6 +44,9 @@ use tokio::{sync::watch, time::Instant};
 
 use super::IngressId;
 
+mod gateway_status;
+pub use gateway_status::GatewayStatusWriter;
+
 /// Where the Lease lives, who we are, and what to publish.
 #[derive(Debug, Clone)]
 pub struct StatusOptions {
@@ -95,6 +98,7 @@ pub async fn run(
     options: StatusOptions,
     ingresses: Store<Ingress>,
     mut served: watch::Receiver<Vec<IngressId>>,
+    mut gateway: GatewayStatusWriter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut elector = Elector::new(client.clone(), options.clone());
@@ -114,11 +118,14 @@ pub async fn run(
         if elector.may_write() {
             let served = served.borrow_and_update().clone();
             publisher.publish(&elector, &ingresses, &served).await;
+            let addresses = publisher.addresses().await;
+            gateway.publish(&elector, &addresses).await;
         }
         let pause = if elector.leading { options.renew_every } else { options.retry_every };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             r = served.changed(), if elector.leading => if r.is_err() { break },
+            r = gateway.changed(), if elector.leading => if !r { break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }

@@ -16,6 +16,7 @@ pub mod admission;
 pub mod annotations;
 pub mod api;
 pub mod controller_config;
+pub mod gateway_api;
 pub mod leader;
 pub mod rbac;
 pub mod translate;
@@ -31,7 +32,7 @@ use std::{
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -136,6 +137,11 @@ pub struct Stores {
     pub slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub configmaps: Store<ConfigMap>,
+    pub namespaces: Store<Namespace>,
+    pub gateway_classes: Store<gateway_api::GatewayClass>,
+    pub gateways: Store<gateway_api::Gateway>,
+    pub http_routes: Store<gateway_api::HTTPRoute>,
+    pub reference_grants: Store<gateway_api::ReferenceGrant>,
 }
 
 impl Stores {
@@ -155,10 +161,36 @@ impl Stores {
             configmaps: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             secrets: reflect(
                 Api::all(client.clone()),
-                config.fields("type!=helm.sh/release.v1"),
+                config.clone().fields("type!=helm.sh/release.v1"),
                 changed.clone(),
             ),
+            namespaces: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            // Started whether or not the CRDs are installed: while they are not, the list
+            // fails with 404 and the watcher retries with its backoff, so Gateways are served
+            // within seconds of the CRDs appearing.
+            gateway_classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            gateways: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            http_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            reference_grants: reflect(Api::all(client.clone()), config, changed.clone()),
         }
+    }
+
+    /// Waits until the Gateway API stores whose CRDs `installed` lists have listed once.
+    pub async fn gateway_ready(&self, installed: &GatewayApiInstalled) {
+        async fn listed<K>(installed: bool, store: &Store<K>)
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            if installed {
+                let _ = store.wait_until_ready().await;
+            }
+        }
+        tokio::join!(
+            listed(installed.v1, &self.gateway_classes),
+            listed(installed.v1, &self.gateways),
+            listed(installed.v1, &self.http_routes),
+            listed(installed.reference_grants, &self.reference_grants),
+        );
     }
 
     /// Waits until every store has listed once.
@@ -170,6 +202,7 @@ impl Stores {
             self.slices.wait_until_ready(),
             self.secrets.wait_until_ready(),
             self.configmaps.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
         );
     }
 
@@ -182,7 +215,46 @@ impl Stores {
             slices: self.slices.state(),
             secrets: self.secrets.state(),
             configmaps: self.configmaps.state(),
+            gateway_classes: self.gateway_classes.state(),
+            gateways: self.gateways.state(),
+            http_routes: self.http_routes.state(),
+            reference_grants: self.reference_grants.state(),
+            namespaces: self.namespaces.state(),
         }
+    }
+}
+
+/// Which Gateway API CRDs the API server serves, from its discovery documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayApiInstalled {
+    /// `gateway.networking.k8s.io/v1`: GatewayClass, Gateway, HTTPRoute.
+    pub v1: bool,
+    /// `v1beta1` ReferenceGrant.
+    pub reference_grants: bool,
+}
+
+impl GatewayApiInstalled {
+    /// Asks discovery; a group or version that is not served (404) or cannot be read counts
+    /// as not installed, which only means the start does not wait for those stores.
+    pub async fn discover(client: &Client) -> GatewayApiInstalled {
+        let serves = |version: &'static str, plural: &'static str| {
+            let client = client.clone();
+            async move {
+                let api_version = format!("{}/{version}", gateway_api::GROUP);
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.list_api_group_resources(&api_version),
+                )
+                .await
+                {
+                    Ok(Ok(list)) => list.resources.iter().any(|r| r.name == plural),
+                    _ => false,
+                }
+            }
+        };
+        let (v1, reference_grants) =
+            tokio::join!(serves("v1", "httproutes"), serves("v1beta1", "referencegrants"));
+        GatewayApiInstalled { v1, reference_grants }
     }
 }
 
@@ -253,6 +325,10 @@ fn log_watch_error(resource: &str, error: &watcher::Error, already_failing: bool
             message = %status.message,
             "RBAC: sluice may not {verb} {resource}; grant list and watch on it (see deploy/base/clusterrole.yaml)"
         ),
+        Some(status) if status.code == 404 && !already_failing => tracing::info!(
+            resource,
+            "{resource} is not served (404; its CRD is not installed); watching for it"
+        ),
         Some(status) if status.code == 410 => {
             tracing::info!(resource, "watch version expired (410 Gone); listing again")
         }
@@ -312,22 +388,43 @@ impl KubeProvider {
         let (changed_tx, mut changed) = watch::channel(0u64);
         let stores = Stores::start(&self.client, &changed_tx, self.options.api.watch_timeout);
         tracing::info!(ingress_class = %self.options.ingress_class, controller = CONTROLLER, "watching Kubernetes");
+        let gateway_api = GatewayApiInstalled::discover(&self.client).await;
+        if gateway_api.v1 {
+            tracing::info!(
+                reference_grants = gateway_api.reference_grants,
+                "Gateway API installed; serving Gateways whose class names {}",
+                translate::GATEWAY_CONTROLLER
+            );
+        } else {
+            tracing::info!(
+                "Gateway API CRDs are not installed; serving Ingresses, and Gateways once the CRDs appear"
+            );
+        }
         tokio::select! {
-            _ = stores.ready() => {}
+            _ = async { tokio::join!(stores.ready(), stores.gateway_ready(&gateway_api)) } => {}
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         }
         tracing::info!("Kubernetes state listed; serving Ingresses");
         let (served_tx, served_rx) = watch::channel(Vec::<IngressId>::new());
+        let (gateway_tx, gateway_rx) = watch::channel(translate::GatewayStatuses::default());
         let status = self.options.status.clone().map(|options| {
+            let gateway = leader::GatewayStatusWriter {
+                client: self.client.clone(),
+                statuses: gateway_rx,
+                classes: stores.gateway_classes.clone(),
+                gateways: stores.gateways.clone(),
+                http_routes: stores.http_routes.clone(),
+            };
             tokio::spawn(leader::run(
                 self.client.clone(),
                 options,
                 stores.ingresses.clone(),
                 served_rx,
+                gateway,
                 shutdown.clone(),
             ))
         });
-        let mut emitted = Emitted::new(served_tx);
+        let mut emitted = Emitted::new(served_tx, gateway_tx);
         loop {
             changed.borrow_and_update();
             let update = self.rebuild(&stores, &mut base, &mut emitted).await?;
@@ -402,11 +499,15 @@ struct Emitted {
     last: Option<Arc<Config>>,
     reported: BTreeSet<String>,
     served: watch::Sender<Vec<IngressId>>,
+    gateway: watch::Sender<translate::GatewayStatuses>,
 }
 
 impl Emitted {
-    fn new(served: watch::Sender<Vec<IngressId>>) -> Emitted {
-        Emitted { last: None, reported: BTreeSet::new(), served }
+    fn new(
+        served: watch::Sender<Vec<IngressId>>,
+        gateway: watch::Sender<translate::GatewayStatuses>,
+    ) -> Emitted {
+        Emitted { last: None, reported: BTreeSet::new(), served, gateway }
     }
 
     /// Logs the translation's new notes, tells the status writer what is served, and returns
@@ -417,6 +518,8 @@ impl Emitted {
             .notes
             .iter()
             .map(|n| match &n.ingress {
+                // Gateway API objects are named `KIND/NAME` (see `translate::http_route_id`).
+                Some(id) if id.name.contains('/') => format!("{id}: {}", n.message),
                 Some(id) => format!("Ingress {id}: {}", n.message),
                 None => n.message.clone(),
             })
@@ -429,6 +532,13 @@ impl Emitted {
             let modified = *served != translation.served;
             if modified {
                 served.clone_from(&translation.served);
+            }
+            modified
+        });
+        self.gateway.send_if_modified(|gateway| {
+            let modified = *gateway != translation.gateway;
+            if modified {
+                gateway.clone_from(&translation.gateway);
             }
             modified
         });

@@ -15,7 +15,7 @@
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Node, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
@@ -100,6 +100,11 @@ impl Permission {
         }
     }
 
+    /// A kind that k8s-openapi does not define (the Gateway API's), by group and plural.
+    const fn raw(group: &'static str, plural: &'static str, verb: Verb, why: &'static str) -> Permission {
+        Permission { scope: Scope::Cluster, group, plural, subresource: None, verb, names: &[], why }
+    }
+
     const fn on(mut self, subresource: &'static str) -> Permission {
         self.subresource = Some(subresource);
         self
@@ -120,6 +125,8 @@ impl Permission {
 }
 
 const REFLECTOR: &str = "reflector (kube-rs watcher: paged list, then watch)";
+const GATEWAY_STATUS: &str = "Gateway API status (merge patch of the status subresource)";
+const GATEWAY_GROUP: &str = super::gateway_api::GROUP;
 
 /// Everything the provider requests, and nothing more.
 pub const PERMISSIONS: &[Permission] = &[
@@ -139,6 +146,22 @@ pub const PERMISSIONS: &[Permission] = &[
     // `custom-headers` annotation name.
     Permission::of::<ConfigMap>(Scope::Cluster, Verb::List, REFLECTOR),
     Permission::of::<ConfigMap>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    // Listeners' `allowedRoutes.namespaces.selector` reads namespace labels.
+    Permission::of::<Namespace>(Scope::Cluster, Verb::List, REFLECTOR),
+    Permission::of::<Namespace>(Scope::Cluster, Verb::Watch, REFLECTOR),
+    // The Gateway API (`gateway_api`), once its CRDs are installed.
+    Permission::raw(GATEWAY_GROUP, "gatewayclasses", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "gatewayclasses", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "gateways", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "gateways", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "httproutes", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "httproutes", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::Watch, REFLECTOR),
+    // The leader's Gateway API status writer (`gateway_status`).
+    Permission::raw(GATEWAY_GROUP, "gatewayclasses", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "gateways", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "httproutes", Verb::Patch, GATEWAY_STATUS).on("status"),
     // The leader's status writer (`leader::Publisher`).
     Permission::of::<Ingress>(
         Scope::Cluster,
@@ -219,6 +242,14 @@ mod tests {
             ("", "nodes"),
             ("discovery.k8s.io", "endpointslices"),
             ("coordination.k8s.io", "leases"),
+            ("", "namespaces"),
+            ("gateway.networking.k8s.io", "gatewayclasses"),
+            ("gateway.networking.k8s.io", "gatewayclasses/status"),
+            ("gateway.networking.k8s.io", "gateways"),
+            ("gateway.networking.k8s.io", "gateways/status"),
+            ("gateway.networking.k8s.io", "httproutes"),
+            ("gateway.networking.k8s.io", "httproutes/status"),
+            ("gateway.networking.k8s.io", "referencegrants"),
         ]
         .into_iter()
         .map(|(g, r)| (g, r.to_owned()))

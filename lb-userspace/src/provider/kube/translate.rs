@@ -85,6 +85,13 @@ pub struct ClusterState {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
     pub configmaps: Vec<Arc<ConfigMap>>,
+    /// The Gateway API's kinds (empty while its CRDs are not installed) and the Namespaces
+    /// whose labels listeners' `allowedRoutes` selectors read.
+    pub gateway_classes: Vec<Arc<super::gateway_api::GatewayClass>>,
+    pub gateways: Vec<Arc<super::gateway_api::Gateway>>,
+    pub http_routes: Vec<Arc<super::gateway_api::HTTPRoute>>,
+    pub reference_grants: Vec<Arc<super::gateway_api::ReferenceGrant>>,
+    pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }
 
 /// Which Ingresses are ours, and the controller-wide settings.
@@ -155,6 +162,8 @@ pub struct Translation {
     /// were refused or set aside (`sluice check --ingress` tells them from other classes').
     pub considered: Vec<IngressId>,
     pub notes: Vec<Note>,
+    /// The statuses of the Gateway API objects that are ours.
+    pub gateway: GatewayStatuses,
     /// Field paths (`virtual_hosts[3].routes[1]`, `backends[2]`...) → the Ingress that put
     /// them there, to set aside the Ingress a validation problem is about.
     owners: Vec<(String, IngressId)>,
@@ -283,8 +292,9 @@ impl Translator {
         for (ingress, id, annotations) in canaries {
             builder.canary(ingress, &id, &annotations);
         }
+        let gateway = builder.gateway_api(excluded);
         served.sort();
-        Translation { considered, ..builder.finish(served) }
+        Translation { considered, gateway, ..builder.finish(served) }
     }
 }
 
@@ -386,7 +396,7 @@ fn insecure_tls_template() -> &'static BackendTlsConfig {
 type ClaimKey = String;
 
 fn claim_key(matcher: &MatchConfig) -> ClaimKey {
-    format!("{:?}|{:?}|{:?}", matcher.path, matcher.headers, matcher.methods)
+    format!("{:?}|{:?}|{:?}|{:?}", matcher.path, matcher.headers, matcher.methods, matcher.query_params)
 }
 
 #[derive(Default)]
@@ -397,6 +407,8 @@ struct HostBuild {
     tls: Option<(HostTlsConfig, IngressId)>,
     /// Claim keys of main routes that already have a canary.
     canaried: BTreeSet<ClaimKey>,
+    /// Its wildcard takes any number of labels (a Gateway API hostname).
+    deep_wildcards: bool,
 }
 
 struct Index<'a> {
@@ -1303,6 +1315,7 @@ impl<'a> Builder<'a> {
             let mut virtual_host = virtual_host_template().clone();
             virtual_host.name = domain.clone();
             virtual_host.domains = vec![domain];
+            virtual_host.deep_wildcards = host.deep_wildcards;
             for (r, (route, owner)) in routes.into_iter().enumerate() {
                 owners.push((format!("virtual_hosts[{index}].routes[{r}]"), owner));
                 virtual_host.routes.push(route);
@@ -1321,7 +1334,14 @@ impl<'a> Builder<'a> {
             owners.push((format!("certificates[{}]", config.certificates.len()), owner));
             config.certificates.push(certificate);
         }
-        Translation { config, served, considered: Vec::new(), notes: self.notes, owners }
+        Translation {
+            config,
+            served,
+            considered: Vec::new(),
+            notes: self.notes,
+            gateway: GatewayStatuses::default(),
+            owners,
+        }
     }
 }
 
@@ -1525,6 +1545,8 @@ mod basic_auth;
 mod client_tls;
 mod default_backend;
 mod default_certificate;
+mod gateway;
 mod proxy_ssl;
+pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, http_route_id};
 #[cfg(test)]
 mod tests;

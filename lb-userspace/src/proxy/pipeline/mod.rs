@@ -344,7 +344,9 @@ fn choose_route<'s>(
     snapshot: &'s Snapshot,
     outcome: &mut Outcome<'s>,
 ) -> Phase<(&'s Route, &'s BackendGroup)> {
-    let Some(route) = snapshot.routes.find(host, request.method(), request.uri().path(), request.headers())
+    let uri = request.uri();
+    let Some(route) =
+        snapshot.routes.find(host, request.method(), uri.path(), uri.query(), request.headers())
     else {
         return ControlFlow::Break(error(StatusCode::NOT_FOUND, "no route for this host and path"));
     };
@@ -363,6 +365,11 @@ fn choose_route<'s>(
                 ));
             };
             response.headers_mut().insert(LOCATION, location);
+            return ControlFlow::Break(response);
+        }
+        RouteAction::Respond(status) => {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = *status;
             return ControlFlow::Break(response);
         }
         RouteAction::Backend(index) => *index,

@@ -46,6 +46,9 @@ pub struct RouteTable {
     exact: HashMap<String, usize>,
     /// Lower-case parent domain of `*.parent` → index into `hosts`.
     wildcard: HashMap<String, usize>,
+    /// The same for virtual hosts whose wildcards take any number of labels
+    /// (`deep_wildcards`, Gateway API hostnames).
+    deep_wildcard: HashMap<String, usize>,
     /// The virtual host with the domain `"*"`.
     default: Option<usize>,
 }
@@ -99,6 +102,8 @@ pub enum RouteAction {
     /// Index into `Config::backends`.
     Backend(usize),
     Redirect(Redirect),
+    /// Answer with this status and an empty body (`direct_response`).
+    Respond(StatusCode),
 }
 
 /// A compiled `RedirectConfig`.
@@ -127,6 +132,20 @@ struct Matcher {
     /// Any method when empty.
     methods: Vec<Method>,
     headers: Vec<HeaderMatcher>,
+    query_params: Vec<QueryParamMatcher>,
+}
+
+#[derive(Debug)]
+struct QueryParamMatcher {
+    name: String,
+    value: QueryValue,
+}
+
+#[derive(Debug)]
+enum QueryValue {
+    Exact(String),
+    /// Compiled as `^(?:pattern)$`.
+    Regex(Regex),
 }
 
 #[derive(Debug)]
@@ -167,6 +186,7 @@ impl RouteTable {
             hosts: Vec::with_capacity(config.virtual_hosts.len()),
             exact: HashMap::new(),
             wildcard: HashMap::new(),
+            deep_wildcard: HashMap::new(),
             default: None,
         };
         for (h, host) in config.virtual_hosts.iter().enumerate() {
@@ -177,7 +197,11 @@ impl RouteTable {
                 let previous = if lower == "*" {
                     table.default.replace(h)
                 } else if let Some(parent) = lower.strip_prefix("*.") {
-                    table.wildcard.insert(parent.to_owned(), h)
+                    let previous = table.wildcard.get(parent).or(table.deep_wildcard.get(parent)).copied();
+                    let map =
+                        if host.deep_wildcards { &mut table.deep_wildcard } else { &mut table.wildcard };
+                    map.insert(parent.to_owned(), h);
+                    previous
                 } else {
                     table.exact.insert(lower.to_owned(), h)
                 };
@@ -208,14 +232,21 @@ impl RouteTable {
     /// of the one that does matches.
     ///
     /// `host`: the request's host (Host header or `:authority`), maybe with a port, any case.
-    /// `path`: the request path WITHOUT the query string.
-    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
+    /// `path`: the request path WITHOUT the query string; `query`: the query string, if any.
+    pub fn find(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
         let vhost = self.virtual_host(host)?;
         vhost
             .order
             .iter()
             .map(|&i| &vhost.routes[i])
-            .find(|route| route.matcher.matches(method, path, headers))
+            .find(|route| route.matcher.matches(method, path, query, headers))
     }
 
     /// Every route of every virtual host: virtual hosts in configuration order, each one's routes
@@ -244,9 +275,23 @@ impl RouteTable {
                 // label and look the rest up, so `a.b.foo.com` looks for `b.foo.com`.
                 if let Some((label, parent)) = lower.split_once('.')
                     && !label.is_empty()
-                    && let Some(&i) = self.wildcard.get(parent)
                 {
-                    return Some(&self.hosts[i]);
+                    if let Some(&i) = self.wildcard.get(parent) {
+                        return Some(&self.hosts[i]);
+                    }
+                    // A deep wildcard takes any number of labels: the longest parent wins.
+                    if !self.deep_wildcard.is_empty() {
+                        let mut parent = parent;
+                        loop {
+                            if let Some(&i) = self.deep_wildcard.get(parent) {
+                                return Some(&self.hosts[i]);
+                            }
+                            match parent.split_once('.') {
+                                Some((_, rest)) if !rest.is_empty() => parent = rest,
+                                _ => break,
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -363,10 +408,11 @@ impl Redirect {
 }
 
 impl Matcher {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
             && self.headers.iter().all(|h| h.matches(headers))
+            && self.query_params.iter().all(|q| q.matches(query.unwrap_or("")))
     }
 
     /// Sort key, smallest first: exact paths before all others; then the longest path; on equal
@@ -376,7 +422,8 @@ impl Matcher {
         use std::cmp::Reverse;
         // A method list is one constraint however many methods it names: `[GET]` is narrower
         // than `[GET, POST]`, so counting methods would rank them the wrong way round.
-        let constraints = self.headers.len() + usize::from(!self.methods.is_empty());
+        let constraints =
+            self.headers.len() + self.query_params.len() + usize::from(!self.methods.is_empty());
         match &self.path {
             // Two exact paths only both match when they are equal, so length does not matter.
             PathMatcher::Exact(_) => (0, Reverse(0), 0, Reverse(constraints)),
@@ -392,6 +439,23 @@ impl PathMatcher {
             PathMatcher::Exact(exact) => path == exact,
             PathMatcher::Prefix(prefix) => prefix_rest(prefix, path).is_some(),
             PathMatcher::Regex { regex, .. } => regex.is_match(path),
+        }
+    }
+}
+
+impl QueryParamMatcher {
+    /// The first parameter of this name decides, as the Gateway API says; `a=1&b&c=` has the
+    /// parameters `a` (`1`), `b` (empty) and `c` (empty).
+    fn matches(&self, query: &str) -> bool {
+        let value = query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(name, _)| *name == self.name)
+            .map(|(_, value)| value);
+        match (value, &self.value) {
+            (None, _) => false,
+            (Some(value), QueryValue::Exact(exact)) => value == exact,
+            (Some(value), QueryValue::Regex(regex)) => regex.is_match(value),
         }
     }
 }
@@ -421,13 +485,21 @@ fn compile_route(
     backends: &HashMap<&str, usize>,
 ) -> Result<Route, String> {
     let matcher = compile_matcher(route, at)?;
-    let action = match (&route.backend, &route.redirect) {
-        (Some(backend), None) => match backends.get(backend.as_str()) {
+    let action = match (&route.backend, &route.redirect, route.direct_response) {
+        (Some(backend), None, None) => match backends.get(backend.as_str()) {
             Some(&index) => RouteAction::Backend(index),
             None => return Err(format!("{at}.backend: no backend named {backend:?}")),
         },
-        (None, Some(redirect)) => RouteAction::Redirect(Redirect::compile(redirect, at)?),
-        _ => return Err(format!("{at}: needs exactly one of backend and redirect")),
+        (None, Some(redirect), None) => RouteAction::Redirect(Redirect::compile(redirect, at)?),
+        (None, None, Some(status)) => RouteAction::Respond(
+            StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .ok_or_else(|| {
+                    format!("{at}.direct_response: {status} is not an error status (400..=599)")
+                })?,
+        ),
+        _ => return Err(format!("{at}: needs exactly one of backend, redirect and direct_response")),
     };
     let rewrite = match &route.rewrite {
         Some(rewrite) => Some(compile_rewrite(rewrite, &matcher.path, at)?),
@@ -508,7 +580,24 @@ fn compile_matcher(route: &RouteConfig, at: &str) -> Result<Matcher, String> {
         .enumerate()
         .map(|(h, header)| compile_header(header, &format!("{at}.match.headers[{h}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Matcher { path, methods, headers })
+    let query_params = route
+        .matcher
+        .query_params
+        .iter()
+        .enumerate()
+        .map(|(q, query)| {
+            let query_at = format!("{at}.match.query_params[{q}]");
+            let value = match (&query.exact, &query.regex) {
+                (Some(exact), None) => QueryValue::Exact(exact.clone()),
+                (None, Some(pattern)) => {
+                    QueryValue::Regex(compile_wrapped(pattern, "^(?:", ")$", &format!("{query_at}.regex"))?)
+                }
+                _ => return Err(format!("{query_at}: needs exactly one of exact and regex")),
+            };
+            Ok(QueryParamMatcher { name: query.name.clone(), value })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Matcher { path, methods, headers, query_params })
 }
 
 fn compile_header(header: &HeaderMatch, at: &str) -> Result<HeaderMatcher, String> {
@@ -657,7 +746,11 @@ virtual_hosts:
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        table.find(host, method, path, &map).map(|r| r.name.clone())
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        table.find(host, method, path, query, &map).map(|r| r.name.clone())
     }
 
     fn route<'a>(table: &'a RouteTable, name: &str) -> &'a Route {
@@ -938,7 +1031,7 @@ virtual_hosts:
         assert_eq!(rewrite("all", "/users"), "/base/users");
         assert_eq!(rewrite("plain", "/plain/x?y=1"), "/plain/x?y=1");
         // The route found for a request rewrites as its prefix says.
-        let found = table.find("h", &Method::GET, "/api/users", &HeaderMap::new()).unwrap();
+        let found = table.find("h", &Method::GET, "/api/users", None, &HeaderMap::new()).unwrap();
         assert_eq!(found.rewrite_path_and_query("/api/users?x=1"), "/users?x=1");
     }
 
@@ -1056,6 +1149,43 @@ virtual_hosts:
     }
 
     /// What validation refuses must still be an error here, not a panic.
+    /// Gateway API additions: query parameter matches (the first parameter of a name decides,
+    /// they count as constraints), wildcards of any depth, and direct responses.
+    #[test]
+    fn query_params_deep_wildcards_and_direct_responses() {
+        let table = table(
+            r#"  - name: deep
+    domains: ["*.deep.test"]
+    deep_wildcards: true
+    routes:
+      - {name: q, backend: b0, match: {query_params: [{name: a, exact: "1"}]}}
+      - {name: rx, backend: b0, match: {query_params: [{name: c, regex: "x+"}]}}
+      - {name: all, direct_response: 500}
+  - name: shallow
+    domains: ["*.shallow.test"]
+    routes:
+      - {name: s, backend: b0}
+  - name: specific
+    domains: ["*.b.deep.test"]
+    deep_wildcards: true
+    routes:
+      - {name: specific, backend: b0}
+"#,
+        );
+        assert_eq!(get(&table, "x.deep.test", "/?a=1").as_deref(), Some("q"));
+        assert_eq!(get(&table, "x.y.z.deep.test", "/?b=2&a=1").as_deref(), Some("q"));
+        assert_eq!(get(&table, "x.deep.test", "/?a=2&a=1").as_deref(), Some("all"), "the first a decides");
+        assert_eq!(get(&table, "x.deep.test", "/?c=xxx").as_deref(), Some("rx"));
+        assert_eq!(get(&table, "x.deep.test", "/?c=xy").as_deref(), Some("all"), "the whole value matches");
+        assert_eq!(get(&table, "x.deep.test", "/").as_deref(), Some("all"));
+        assert_eq!(get(&table, "deep.test", "/"), None, "a wildcard needs a label");
+        assert_eq!(get(&table, "a.b.deep.test", "/").as_deref(), Some("specific"), "the longest parent wins");
+        assert_eq!(get(&table, "a.shallow.test", "/").as_deref(), Some("s"));
+        assert_eq!(get(&table, "a.b.shallow.test", "/"), None, "an Ingress wildcard takes one label");
+        let all = route(&table, "all");
+        assert!(matches!(all.action, RouteAction::Respond(s) if s == StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
     #[test]
     fn invalid_input_is_an_error_not_a_panic() {
         let base = Config::from_yaml(
@@ -1105,7 +1235,9 @@ virtual_hosts:
         let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = Some("nope".into()));
         assert!(err.contains("no backend named \"nope\""), "{err}");
         let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = None);
-        assert!(err.contains("exactly one of backend and redirect"), "{err}");
+        assert!(err.contains("exactly one of backend, redirect and direct_response"), "{err}");
+        let err = broken(&|c| c.virtual_hosts[0].routes[0].direct_response = Some(200));
+        assert!(err.contains("exactly one of"), "{err}");
         let err = broken(&|c| {
             c.virtual_hosts[0].routes[0].rewrite =
                 Some(RewriteConfig { prefix: Some("/x".into()), regex: None, replacement: None })

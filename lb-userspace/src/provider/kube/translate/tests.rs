@@ -273,8 +273,7 @@ fn web_state() -> ClusterState {
         slices: vec![
             SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1").ready("10.0.0.2").build(),
         ],
-        secrets: Vec::new(),
-        configmaps: Vec::new(),
+        ..ClusterState::default()
     }
 }
 
@@ -740,7 +739,7 @@ fn canary_by_header_cookie_and_weight() {
         for (k, v) in headers {
             map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match table.find("a.test", &http::Method::GET, "/x", &map).unwrap().action {
+        match table.find("a.test", &http::Method::GET, "/x", None, &map).unwrap().action {
             crate::proxy::route::RouteAction::Backend(i) => t.config.backends[i].name.clone(),
             _ => panic!("not a backend"),
         }

@@ -1,0 +1,708 @@
+//! The Gateway API, conformance-shaped: the `GATEWAY-HTTP` core tests of
+//! kubernetes-sigs/gateway-api (`conformance/tests`, v1.4 line) and the extended features Sluice
+//! claims, re-expressed against the `sluice` binary with the fake API server (which serves the
+//! Gateway API kinds with list, watch and status) and real sockets. Each test names the
+//! conformance tests it covers; docs/GATEWAY.md keeps the table.
+//!
+//! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...);
+//! they answer with their name in `x-backend`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lb_tests::{
+    backend::{Backend, Echoed, Mode},
+    fake_kube::{
+        FakeKube,
+        objects::{
+            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, http_route, ingress,
+            ingress_class, namespace, reference_grant, service, tls_secret,
+        },
+        sluice::{KubeSluice, KubeSluiceOptions},
+    },
+    http, tls, wait_for,
+};
+use serde_json::{Value, json};
+
+const CONTROLLER: &str = "sluice.dev/gateway-controller";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Method, host, path, headers, and the expected status and backend.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], (u16, &'a str));
+
+/// A Service named `name` in `namespace` on port 8080, with `backend` as its one endpoint.
+fn publish_service(kube: &FakeKube, namespace: &str, name: &str, backend: &Backend) {
+    let port = backend.addr().port();
+    kube.apply(service(namespace, name, 8080, port));
+    kube.apply(endpoint_slice(
+        namespace,
+        &format!("{name}-abc"),
+        name,
+        "IPv4",
+        port,
+        &[SliceEndpoint::ready(&backend.addr().ip().to_string())],
+    ));
+}
+
+/// The class `sluice`, and the conformance suite's infrastructure namespaces.
+fn infrastructure(kube: &FakeKube) {
+    kube.apply(gateway_class("sluice", CONTROLLER));
+    kube.apply(namespace("gateway-conformance-infra", &[]));
+    kube.apply(namespace("gateway-conformance-web-backend", &[("gateway-conformance", "web-backend")]));
+    kube.apply(namespace("gateway-conformance-app-backend", &[("gateway-conformance", "backend")]));
+}
+
+fn http_listener(name: &str, port: u16, hostname: Option<&str>) -> Value {
+    let mut listener = json!({"name": name, "port": port, "protocol": "HTTP"});
+    if let Some(hostname) = hostname {
+        listener["hostname"] = json!(hostname);
+    }
+    listener
+}
+
+fn backend_ref(name: &str) -> Value {
+    json!({"name": name, "port": 8080})
+}
+
+/// `GET host/path` through Sluice with extra headers: status and `x-backend` (or the body's
+/// first line).
+fn ask(sluice: &KubeSluice, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    match http::request(sluice.addr, method, host, path, headers) {
+        Ok(r) => (r.status, r.header("x-backend").unwrap_or("").to_owned()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits until an object's condition (at `pointer` into the object, a conditions array) has
+/// `type` with `status` and `reason`; returns the object.
+fn wait_condition(
+    kube: &FakeKube,
+    (api_version, kind, ns, name): (&str, &str, &str, &str),
+    pointer: &str,
+    (type_, status, reason): (&str, &str, &str),
+) -> Value {
+    wait_for(WAIT, &format!("{kind} {ns}/{name} {pointer} {type_}={status} ({reason})"), || {
+        let object = kube.get(api_version, kind, ns, name)?;
+        let conditions = object.pointer(pointer)?.as_array()?.clone();
+        conditions
+            .iter()
+            .any(|c| c["type"] == type_ && c["status"] == status && c["reason"] == reason)
+            .then_some(object)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#}", kube.get(api_version, kind, ns, name).unwrap_or_default()))
+}
+
+/// Waits for a route's condition under its (only) Sluice parent.
+fn wait_route_condition(kube: &FakeKube, ns: &str, name: &str, condition: (&str, &str, &str)) -> Value {
+    wait_condition(kube, (GATEWAY_V1, "HTTPRoute", ns, name), "/status/parents/0/conditions", condition)
+}
+
+fn wait_answer(sluice: &KubeSluice, host: &str, path: &str, expected: (u16, &str)) {
+    wait_for(WAIT, &format!("{host}{path} to answer {expected:?}"), || {
+        let (status, backend) = ask(sluice, "GET", host, path, &[]);
+        (status == expected.0 && backend == expected.1).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!("{e}; last {:?}\n{}", ask(sluice, "GET", host, path, &[]), sluice.child.output())
+    });
+}
+
+struct Infra {
+    kube: FakeKube,
+    sluice: KubeSluice,
+    backends: Vec<Backend>,
+}
+
+/// The fake cluster, Sluice, the infrastructure namespaces and three backends (`infra-
+/// backend-v1..v3` in gateway-conformance-infra), and a Gateway `same-namespace` with one HTTP
+/// listener on Sluice's port.
+fn infra() -> Infra {
+    let kube = FakeKube::start().unwrap();
+    let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
+    infrastructure(&kube);
+    let backends: Vec<Backend> = (1..=3).map(|i| Backend::with_mode(&format!("v{i}"), Mode::Name)).collect();
+    for (i, backend) in backends.iter().enumerate() {
+        publish_service(&kube, "gateway-conformance-infra", &format!("infra-backend-v{}", i + 1), backend);
+    }
+    let port = sluice.addr.port();
+    kube.apply(gateway(
+        "gateway-conformance-infra",
+        "same-namespace",
+        "sluice",
+        json!([http_listener("http", port, None)]),
+    ));
+    Infra { kube, sluice, backends }
+}
+
+fn same_namespace_parent() -> Value {
+    json!([{"name": "same-namespace"}])
+}
+
+/// HTTPRouteSimpleSameNamespace, GatewayClass Accepted, Gateway Accepted/Programmed with
+/// attachedRoutes, and the 404 for what no route takes.
+#[test]
+fn simple_same_namespace_route_is_served_and_every_status_is_written() {
+    let infra = infra();
+    let (kube, sluice) = (&infra.kube, &infra.sluice);
+    kube.apply(http_route(
+        "gateway-conformance-infra",
+        "gateway-conformance-infra-test",
+        json!({"parentRefs": same_namespace_parent(), "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]}),
+    ));
+    wait_answer(sluice, "any.example", "/", (200, "v1"));
+    wait_condition(
+        kube,
+        (GATEWAY_V1, "GatewayClass", "", "sluice"),
+        "/status/conditions",
+        ("Accepted", "True", "Accepted"),
+    );
+    let gw = ("gateway-conformance-infra", "same-namespace");
+    let gateway = wait_condition(
+        kube,
+        (GATEWAY_V1, "Gateway", gw.0, gw.1),
+        "/status/conditions",
+        ("Programmed", "True", "Programmed"),
+    );
+    let listener = &gateway["status"]["listeners"][0];
+    assert_eq!(listener["name"], "http");
+    assert_eq!(
+        listener["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    );
+    wait_for(WAIT, "attachedRoutes 1", || {
+        let gateway = kube.get(GATEWAY_V1, "Gateway", gw.0, gw.1)?;
+        (gateway["status"]["listeners"][0]["attachedRoutes"] == 1).then_some(())
+    })
+    .unwrap();
+    assert_eq!(gateway["status"]["addresses"], json!([{"type": "IPAddress", "value": "192.0.2.1"}]));
+    let route = wait_route_condition(
+        kube,
+        "gateway-conformance-infra",
+        "gateway-conformance-infra-test",
+        ("Accepted", "True", "Accepted"),
+    );
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], CONTROLLER);
+    assert_eq!(parent["parentRef"]["name"], "same-namespace");
+    let resolved =
+        parent["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["observedGeneration"].as_i64()),
+        (Some("True"), Some(1))
+    );
+
+    // GatewayObservedGenerationBump / HTTPRouteObservedGenerationBump: a spec change moves
+    // observedGeneration, and the status keeps being written only when it changes.
+    let mut changed = kube
+        .get(GATEWAY_V1, "HTTPRoute", "gateway-conformance-infra", "gateway-conformance-infra-test")
+        .unwrap();
+    changed["spec"]["rules"][0]["backendRefs"] = json!([backend_ref("infra-backend-v2")]);
+    kube.apply(changed);
+    wait_answer(sluice, "any.example", "/", (200, "v2"));
+    wait_for(WAIT, "observedGeneration 2", || {
+        let route =
+            kube.get(GATEWAY_V1, "HTTPRoute", "gateway-conformance-infra", "gateway-conformance-infra-test")?;
+        route["status"]["parents"][0]["conditions"]
+            .as_array()?
+            .iter()
+            .all(|c| c["observedGeneration"] == 2)
+            .then_some(())
+    })
+    .unwrap();
+    let writes = kube.status_writes().len();
+    for _ in 0..10 {
+        assert_eq!(ask(sluice, "GET", "any.example", "/", &[]), (200, "v2".to_owned()));
+    }
+    // Another event that changes nothing Sluice writes (a new unrelated Service) must not write.
+    kube.apply(service("default", "unrelated", 80, 80));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kube.status_writes().len(), writes, "an unchanged state writes no status");
+    let _ = &infra.backends;
+}
+
+/// HTTPRouteMatching, HTTPRouteMatchingAcrossRoutes, HTTPRouteExactPathMatching,
+/// HTTPRoutePathMatchOrder (the parts Sluice's precedence decides), HTTPRouteHeaderMatching,
+/// HTTPRouteQueryParamMatching, HTTPRouteMethodMatching, HTTPRouteOmittedBackendRefs.
+#[test]
+fn matches_and_their_precedence() {
+    let infra = infra();
+    let (kube, sluice) = (&infra.kube, &infra.sluice);
+    let ns = "gateway-conformance-infra";
+    kube.apply(http_route(ns, "matching", json!({
+        "parentRefs": same_namespace_parent(),
+        "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}, {"headers": [{"name": "version", "value": "two"}]}],
+             "backendRefs": [backend_ref("infra-backend-v2")]},
+        ],
+    })));
+    kube.apply(http_route(ns, "matching-part2", json!({
+        "parentRefs": same_namespace_parent(),
+        "hostnames": ["example.com"],
+        "rules": [
+            {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": [backend_ref("infra-backend-v3")]},
+            // HTTPRouteOmittedBackendRefs: no backendRefs (or an empty list) answers 500.
+            {"matches": [{"path": {"type": "Exact", "value": "/omitted"}}]},
+            {"matches": [{"path": {"type": "Exact", "value": "/empty"}}], "backendRefs": []},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}, "headers": [{"name": "version", "value": "three"}]}],
+             "backendRefs": [backend_ref("infra-backend-v3")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/q"}, "queryParams": [{"name": "animal", "value": "whale"}]}],
+             "backendRefs": [backend_ref("infra-backend-v2")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/q"}, "queryParams": [{"type": "RegularExpression", "name": "color", "value": "bl(ue|ack)"}]}],
+             "backendRefs": [backend_ref("infra-backend-v3")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/m"}, "method": "POST"}], "backendRefs": [backend_ref("infra-backend-v2")]},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "/r/[0-9]+"}}], "backendRefs": [backend_ref("infra-backend-v3")]},
+        ],
+    })));
+    wait_answer(sluice, "example.com", "/exact", (200, "v3"));
+    let cases: &[Case] = &[
+        // HTTPRouteMatching.
+        ("GET", "any.example", "/", &[], (200, "v1")),
+        ("GET", "any.example", "/example", &[], (200, "v1")),
+        ("GET", "any.example", "/v2", &[], (200, "v2")),
+        ("GET", "any.example", "/v2/example", &[], (200, "v2")),
+        ("GET", "any.example", "/v2example", &[], (200, "v1")),
+        ("GET", "any.example", "/", &[("version", "two")], (200, "v2")),
+        // Across routes: the more specific host takes its own routes only.
+        ("GET", "example.com", "/v2", &[("version", "three")], (200, "v3")),
+        ("GET", "example.com", "/exact", &[], (200, "v3")),
+        ("GET", "example.com", "/exact/more", &[], (404, "")),
+        ("GET", "example.com", "/omitted", &[], (500, "")),
+        ("GET", "example.com", "/empty", &[], (500, "")),
+        ("GET", "example.com", "/v2", &[], (404, "")),
+        // Query parameters: exact, regular expression, the first of a name decides.
+        ("GET", "example.com", "/q?animal=whale", &[], (200, "v2")),
+        ("GET", "example.com", "/q?animal=dolphin&color=blue", &[], (200, "v3")),
+        ("GET", "example.com", "/q?animal=whale&animal=dolphin", &[], (200, "v2")),
+        ("GET", "example.com", "/q?animal=dolphin&animal=whale", &[], (404, "")),
+        ("GET", "example.com", "/q", &[], (404, "")),
+        // Methods.
+        ("POST", "example.com", "/m", &[], (200, "v2")),
+        ("GET", "example.com", "/m", &[], (404, "")),
+        // A RegularExpression path must match the whole path.
+        ("GET", "example.com", "/r/42", &[], (200, "v3")),
+        ("GET", "example.com", "/r/42/x", &[], (404, "")),
+    ];
+    for (method, host, path, headers, expected) in cases {
+        let got = ask(sluice, method, host, path, headers);
+        assert_eq!((got.0, got.1.as_str()), *expected, "{method} {host}{path} {headers:?}");
+    }
+    // A regular expression that does not compile: that rule is dropped and the route says so;
+    // the rest of it still serves.
+    kube.apply(http_route(ns, "bad-regex", json!({
+        "parentRefs": same_namespace_parent(),
+        "hostnames": ["regex.example"],
+        "rules": [
+            {"matches": [{"path": {"type": "RegularExpression", "value": "/(unclosed"}}], "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/ok"}}], "backendRefs": [backend_ref("infra-backend-v2")]},
+        ],
+    })));
+    wait_answer(sluice, "regex.example", "/ok", (200, "v2"));
+    let route = wait_route_condition(kube, ns, "bad-regex", ("PartiallyInvalid", "True", "UnsupportedValue"));
+    assert!(route.to_string().contains("not a regular expression"), "{route:#}");
+    assert_eq!(
+        ask(sluice, "GET", "example.com", "/exact", &[]),
+        (200, "v3".to_owned()),
+        "others keep serving"
+    );
+}
+
+/// HTTPRouteHostnameIntersection and HTTPRouteListenerHostnameMatching: listeners with
+/// hostnames on one port, wildcards of any depth, the more specific name winning.
+#[test]
+fn listener_and_route_hostnames_intersect() {
+    let infra = infra();
+    let (kube, sluice) = (&infra.kube, &infra.sluice);
+    let ns = "gateway-conformance-infra";
+    let port = sluice.addr.port();
+    kube.apply(gateway(
+        ns,
+        "httproute-listener-hostname-matching",
+        "sluice",
+        json!([
+            http_listener("listener-1", port, Some("bar.com")),
+            http_listener("listener-2", port, Some("foo.bar.com")),
+            http_listener("listener-3", port, Some("*.bar.com")),
+            http_listener("listener-4", port, Some("*.foo.com")),
+        ]),
+    ));
+    let parent =
+        |section: &str| json!({"name": "httproute-listener-hostname-matching", "sectionName": section});
+    kube.apply(http_route(ns, "backend-v1", json!({"parentRefs": [parent("listener-1")], "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]})));
+    kube.apply(http_route(ns, "backend-v2", json!({"parentRefs": [parent("listener-2")], "rules": [{"backendRefs": [backend_ref("infra-backend-v2")]}]})));
+    kube.apply(http_route(ns, "backend-v3", json!({"parentRefs": [parent("listener-3"), parent("listener-4")], "rules": [{"backendRefs": [backend_ref("infra-backend-v3")]}]})));
+    wait_answer(sluice, "bar.com", "/", (200, "v1"));
+    wait_answer(sluice, "baz.bar.com", "/", (200, "v3"));
+    for (host, expected) in [
+        ("bar.com", (200, "v1")),
+        ("foo.bar.com", (200, "v2")),
+        ("baz.bar.com", (200, "v3")),
+        ("boo.bar.com", (200, "v3")),
+        ("multiple.prefixes.bar.com", (200, "v3")),
+        ("multiple.prefixes.foo.com", (200, "v3")),
+        ("foo.com", (404, "")),
+        ("no.matching.host", (404, "")),
+    ] {
+        let got = ask(sluice, "GET", host, "/", &[]);
+        assert_eq!((got.0, got.1.as_str()), expected, "{host}");
+    }
+    // HTTPRouteHostnameIntersection: the route's hostnames meet the listener's.
+    kube.apply(gateway(
+        ns,
+        "httproute-hostname-intersection",
+        "sluice",
+        json!([
+            http_listener("listener-1", port, Some("very.specific.com")),
+            http_listener("listener-2", port, Some("*.wildcard.io")),
+        ]),
+    ));
+    let parent = json!([{"name": "httproute-hostname-intersection"}]);
+    kube.apply(http_route(ns, "specific-host-matches-listener-specific-host", json!({
+        "parentRefs": parent, "hostnames": ["non.matching.com", "*.nonmatchingwildcard.io", "very.specific.com"],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/s1"}}], "backendRefs": [backend_ref("infra-backend-v1")]}]})));
+    kube.apply(http_route(ns, "wildcard-host-matches-listener-wildcard-host", json!({
+        "parentRefs": parent, "hostnames": ["*.wildcard.io"],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/s3"}}], "backendRefs": [backend_ref("infra-backend-v3")]}]})));
+    kube.apply(http_route(ns, "no-intersecting-hosts", json!({
+        "parentRefs": parent, "hostnames": ["specific.but.wrong.com", "wildcard.io"],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/s5"}}], "backendRefs": [backend_ref("infra-backend-v2")]}]})));
+    wait_answer(sluice, "very.specific.com", "/s1", (200, "v1"));
+    wait_answer(sluice, "foo.wildcard.io", "/s3", (200, "v3"));
+    for (host, path, expected) in [
+        ("non.matching.com", "/s1", 404),
+        ("foo.nonmatchingwildcard.io", "/s1", 404),
+        ("bar.foo.wildcard.io", "/s3", 200),
+        ("wildcard.io", "/s3", 404),
+        ("specific.but.wrong.com", "/s5", 404),
+        ("wildcard.io", "/s5", 404),
+    ] {
+        assert_eq!(ask(sluice, "GET", host, path, &[]).0, expected, "{host}{path}");
+    }
+    wait_route_condition(
+        kube,
+        ns,
+        "no-intersecting-hosts",
+        ("Accepted", "False", "NoMatchingListenerHostname"),
+    );
+}
+
+/// HTTPRouteCrossNamespace (Selector), HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespace-
+/// BackendRef, HTTPRouteInvalidNonExistentBackendRef, HTTPRouteInvalidBackendRefUnknownKind,
+/// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant, HTTPRouteInvalidCrossNamespaceParentRef,
+/// HTTPRouteInvalidParentRefNotMatchingSectionName, HTTPRouteDisallowedKind.
+#[test]
+fn references_grants_and_attachment_refusals() {
+    let infra = infra();
+    let (kube, sluice) = (&infra.kube, &infra.sluice);
+    let ns = "gateway-conformance-infra";
+    let port = sluice.addr.port();
+    let web = Backend::with_mode("web", Mode::Name);
+    publish_service(kube, "gateway-conformance-web-backend", "web-backend", &web);
+    publish_service(kube, "gateway-conformance-app-backend", "app-backend-v1", &infra.backends[0]);
+    kube.apply(gateway(ns, "backend-namespaces", "sluice", json!([{
+        "name": "http", "port": port, "protocol": "HTTP", "hostname": "backend.example",
+        "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"gateway-conformance": "web-backend"}}}},
+    }])));
+    // Cross-namespace attachment allowed by the namespace's labels.
+    kube.apply(http_route(
+        "gateway-conformance-web-backend",
+        "cross-namespace",
+        json!({
+        "parentRefs": [{"name": "backend-namespaces", "namespace": ns}],
+        "rules": [{"backendRefs": [backend_ref("web-backend")]}]}),
+    ));
+    wait_answer(sluice, "backend.example", "/", (200, "web"));
+    // ... and refused where the labels do not select (NotAllowedByListeners).
+    kube.apply(http_route(
+        "gateway-conformance-app-backend",
+        "invalid-cross-namespace-parent-ref",
+        json!({
+        "parentRefs": [{"name": "same-namespace", "namespace": ns}],
+        "hostnames": ["parent.example"],
+        "rules": [{"backendRefs": [backend_ref("app-backend-v1")]}]}),
+    ));
+    wait_condition(
+        kube,
+        (GATEWAY_V1, "HTTPRoute", "gateway-conformance-app-backend", "invalid-cross-namespace-parent-ref"),
+        "/status/parents/0/conditions",
+        ("Accepted", "False", "NotAllowedByListeners"),
+    );
+    assert_eq!(ask(sluice, "GET", "parent.example", "/", &[]).0, 404);
+    // A sectionName no listener has (NoMatchingParent).
+    kube.apply(http_route(
+        ns,
+        "section-name-mismatch",
+        json!({
+        "parentRefs": [{"name": "same-namespace", "sectionName": "not-a-listener"}],
+        "hostnames": ["section.example"],
+        "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]}),
+    ));
+    wait_route_condition(kube, ns, "section-name-mismatch", ("Accepted", "False", "NoMatchingParent"));
+    // A listener that takes only another kind (HTTPRouteDisallowedKind, GatewayInvalidRouteKind).
+    kube.apply(gateway(
+        ns,
+        "tlsroutes-only",
+        "sluice",
+        json!([{
+            "name": "http", "port": port, "protocol": "HTTP", "hostname": "kinds.example",
+            "allowedRoutes": {"kinds": [{"kind": "TLSRoute"}]},
+        }]),
+    ));
+    kube.apply(http_route(ns, "disallowed-kind", json!({
+        "parentRefs": [{"name": "tlsroutes-only"}], "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]})));
+    wait_route_condition(kube, ns, "disallowed-kind", ("Accepted", "False", "NotAllowedByListeners"));
+    let gateway_status = wait_condition(
+        kube,
+        (GATEWAY_V1, "Gateway", ns, "tlsroutes-only"),
+        "/status/listeners/0/conditions",
+        ("ResolvedRefs", "False", "InvalidRouteKinds"),
+    );
+    assert_eq!(gateway_status["status"]["listeners"][0]["supportedKinds"], json!([]));
+    assert_eq!(ask(sluice, "GET", "kinds.example", "/", &[]).0, 404);
+
+    // Backend references: to another namespace without a grant, to nothing, to an unknown
+    // kind: each rule answers 500 and the route says why; a valid rule of the same route
+    // keeps serving (HTTPRoutePartiallyInvalidViaInvalidReferenceGrant).
+    kube.apply(http_route(ns, "invalid-backends", json!({
+        "parentRefs": same_namespace_parent(),
+        "hostnames": ["refs.example"],
+        "rules": [
+            {"matches": [{"path": {"value": "/cross"}}], "backendRefs": [{"name": "web-backend", "namespace": "gateway-conformance-web-backend", "port": 8080}]},
+            {"matches": [{"path": {"value": "/missing"}}], "backendRefs": [backend_ref("nonexistent")]},
+            {"matches": [{"path": {"value": "/kind"}}], "backendRefs": [{"group": "unknownkind.example.com", "kind": "NonExistent", "name": "x", "port": 8080}]},
+            {"matches": [{"path": {"value": "/valid"}}], "backendRefs": [backend_ref("infra-backend-v1")]},
+        ],
+    })));
+    wait_answer(sluice, "refs.example", "/valid", (200, "v1"));
+    for path in ["/cross", "/missing", "/kind"] {
+        assert_eq!(ask(sluice, "GET", "refs.example", path, &[]).0, 500, "{path}");
+    }
+    wait_route_condition(kube, ns, "invalid-backends", ("ResolvedRefs", "False", "RefNotPermitted"));
+    wait_route_condition(kube, ns, "invalid-backends", ("Accepted", "True", "Accepted"));
+    // The ReferenceGrant lets it through (HTTPRouteReferenceGrant).
+    kube.apply(reference_grant(
+        "gateway-conformance-web-backend",
+        "grant",
+        ("HTTPRoute", ns),
+        ("Service", "web-backend"),
+    ));
+    wait_answer(sluice, "refs.example", "/cross", (200, "web"));
+    // A grant for another name does not (HTTPRouteInvalidReferenceGrant).
+    kube.apply(reference_grant(
+        "gateway-conformance-web-backend",
+        "grant",
+        ("HTTPRoute", ns),
+        ("Service", "not-web-backend"),
+    ));
+    wait_for(WAIT, "/cross back to 500", || {
+        (ask(sluice, "GET", "refs.example", "/cross", &[]).0 == 500).then_some(())
+    })
+    .unwrap();
+    // The first unusable reference is the reason; its message names the Service.
+    let route =
+        wait_route_condition(kube, ns, "invalid-backends", ("ResolvedRefs", "False", "RefNotPermitted"));
+    assert!(route.to_string().contains("Service web-backend"), "{route:#}");
+}
+
+/// HTTPRouteRequestHeaderModifier, HTTPRouteResponseHeaderModifier, the redirects
+/// (HTTPRouteRedirectHostAndStatus, -Path, -Port, -Scheme, 303/307/308), HTTPRouteRewriteHost,
+/// HTTPRouteRewritePath, an unsupported filter answering 500, and HTTPRouteWeight.
+#[test]
+fn filters_redirects_rewrites_and_weights() {
+    let infra = infra();
+    let (kube, sluice) = (&infra.kube, &infra.sluice);
+    let ns = "gateway-conformance-infra";
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    publish_service(kube, ns, "echo", &echo);
+    let redirect = |path: &str, settings: Value| json!({"matches": [{"path": {"value": path}}], "filters": [{"type": "RequestRedirect", "requestRedirect": settings}]});
+    kube.apply(http_route(ns, "filters", json!({
+        "parentRefs": same_namespace_parent(),
+        "hostnames": ["filters.example"],
+        "rules": [
+            {"matches": [{"path": {"value": "/set"}}],
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                 "set": [{"name": "X-Header-Set", "value": "set-overwrites-values"}],
+                 "add": [{"name": "X-Header-Add", "value": "add-appends-values"}],
+                 "remove": ["X-Header-Remove"]}},
+                 {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "X-Response", "value": "yes"}]}}],
+             "backendRefs": [backend_ref("echo")]},
+            redirect("/host", json!({"hostname": "example.org", "statusCode": 301})),
+            redirect("/scheme", json!({"scheme": "https"})),
+            redirect("/port", json!({"port": 8083})),
+            redirect("/full", json!({"path": {"type": "ReplaceFullPath", "replaceFullPath": "/one"}})),
+            redirect("/prefix", json!({"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}, "statusCode": 308})),
+            redirect("/see-other", json!({"statusCode": 303})),
+            {"matches": [{"path": {"value": "/rewrite"}}],
+             "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "rewritten.example", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/prefix"}}}],
+             "backendRefs": [backend_ref("echo")]},
+            {"matches": [{"path": {"value": "/full-rewrite"}}],
+             "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/one"}}}],
+             "backendRefs": [backend_ref("echo")]},
+            {"matches": [{"path": {"value": "/mirror"}}],
+             "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": backend_ref("infra-backend-v2")}}],
+             "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [{"path": {"value": "/weights"}}],
+             "backendRefs": [{"name": "infra-backend-v1", "port": 8080, "weight": 70},
+                             {"name": "infra-backend-v2", "port": 8080, "weight": 30},
+                             {"name": "infra-backend-v3", "port": 8080, "weight": 0}]},
+        ],
+    })));
+    wait_for(WAIT, "the filters route", || {
+        http::request(sluice.addr, "GET", "filters.example", "/set", &[]).ok().filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    let sent =
+        [("X-Header-Set", "some-other-value"), ("X-Header-Add", "something"), ("X-Header-Remove", "val")];
+    let response = http::request(sluice.addr, "GET", "filters.example", "/set", &sent).unwrap();
+    assert_eq!(response.header("x-response"), Some("yes"));
+    let echoed = Echoed::of(&response);
+    assert_eq!(echoed.all("x-header-set"), ["set-overwrites-values"]);
+    assert_eq!(echoed.all("x-header-add"), ["something", "add-appends-values"]);
+    assert_eq!(echoed.header("x-header-remove"), None);
+
+    let location = |path: &str| {
+        let r = http::request(sluice.addr, "GET", "filters.example", path, &[]).unwrap();
+        (r.status, r.header("location").unwrap_or("").to_owned())
+    };
+    assert_eq!(location("/host"), (301, "http://example.org/host".to_owned()));
+    assert_eq!(location("/scheme"), (302, "https://filters.example/scheme".to_owned()));
+    assert_eq!(location("/port"), (302, "http://filters.example:8083/port".to_owned()));
+    assert_eq!(location("/full/two?q=1"), (302, "http://filters.example/one".to_owned()));
+    assert_eq!(location("/prefix/two"), (308, "http://filters.example/new/two".to_owned()));
+    assert_eq!(location("/see-other"), (303, "http://filters.example/see-other".to_owned()));
+
+    let rewritten =
+        Echoed::of(&http::request(sluice.addr, "GET", "filters.example", "/rewrite/one?x=1", &[]).unwrap());
+    assert_eq!(rewritten.target(), "/prefix/one?x=1");
+    assert_eq!(rewritten.header("host"), Some("rewritten.example"));
+    let full = Echoed::of(
+        &http::request(sluice.addr, "GET", "filters.example", "/full-rewrite/deep?x=1", &[]).unwrap(),
+    );
+    assert_eq!(full.target(), "/one?x=1");
+
+    // RequestMirror is not implemented: its rule answers 500 rather than skip the filter.
+    assert_eq!(ask(sluice, "GET", "filters.example", "/mirror", &[]).0, 500);
+    wait_route_condition(kube, ns, "filters", ("PartiallyInvalid", "True", "UnsupportedValue"));
+
+    // Weights 70/30/0 over 500 requests.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..500 {
+        let (status, backend) = ask(sluice, "GET", "filters.example", "/weights", &[]);
+        assert_eq!(status, 200);
+        *seen.entry(backend).or_default() += 1;
+    }
+    assert_eq!(seen.get("v3"), None, "weight 0 gets nothing: {seen:?}");
+    let v1 = *seen.get("v1").unwrap_or(&0) as f64 / 500.0;
+    assert!((0.6..=0.8).contains(&v1), "v1 near 70%: {seen:?}");
+}
+
+/// HTTPS listeners: HTTPRouteHTTPSListener (a route served with the listener's certificate),
+/// GatewayInvalidTLSConfiguration, GatewaySecretMissingReferenceGrant,
+/// GatewaySecretReferenceGrantSpecific, GatewayListenerUnsupportedProtocol, and a listener on a
+/// port the node does not listen on.
+#[test]
+fn https_listeners_certificates_and_listener_refusals() {
+    let kube = FakeKube::start().unwrap();
+    let options = KubeSluiceOptions { tls: true, ..KubeSluiceOptions::default() };
+    let sluice = KubeSluice::start(&kube, options);
+    let tls_port = sluice.tls_addr.unwrap().port();
+    infrastructure(&kube);
+    let ns = "gateway-conformance-infra";
+    let v1 = Backend::with_mode("v1", Mode::Name);
+    publish_service(&kube, ns, "infra-backend-v1", &v1);
+    let ca = tls::Ca::new("conformance");
+    let leaf = ca.leaf(&["example.org", "secure.example"]);
+    kube.apply(tls_secret(ns, "tls-validity-checks-certificate", &leaf.cert, &leaf.key));
+    kube.apply(tls_secret("gateway-conformance-web-backend", "certificate", &leaf.cert, &leaf.key));
+    let https = |name: &str, hostname: &str, secret: Value| {
+        json!({"name": name, "port": tls_port, "protocol": "HTTPS", "hostname": hostname,
+               "tls": {"certificateRefs": [secret]}, "allowedRoutes": {"namespaces": {"from": "All"}}})
+    };
+    kube.apply(gateway(ns, "gateway-https", "sluice", json!([
+        https("https", "example.org", json!({"name": "tls-validity-checks-certificate"})),
+        https("missing", "missing.example", json!({"name": "does-not-exist"})),
+        https("not-a-secret", "kind.example", json!({"group": "example.com", "kind": "Thing", "name": "x"})),
+        https("cross", "secure.example", json!({"name": "certificate", "namespace": "gateway-conformance-web-backend"})),
+        {"name": "tcp", "port": 9999, "protocol": "TCP"},
+        {"name": "elsewhere", "port": 1, "protocol": "HTTP"},
+    ])));
+    kube.apply(http_route(
+        ns,
+        "https-route",
+        json!({
+        "parentRefs": [{"name": "gateway-https"}], "hostnames": ["example.org", "secure.example"],
+        "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]}),
+    ));
+    let config = tls::client_config(tls::ClientOptions { trust: Some(&ca), ..Default::default() });
+    let get_tls = |host: &str| -> anyhow::Result<u16> {
+        let stream = tls::connect(sluice.tls_addr.unwrap(), Some(host), &config)?;
+        let mut client = http::Client::new(stream);
+        Ok(client.get(host, "/").status)
+    };
+    wait_for(WAIT, "HTTPS example.org", || get_tls("example.org").ok().filter(|s| *s == 200))
+        .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    let gw = (GATEWAY_V1, "Gateway", ns, "gateway-https");
+    let listener = |i: usize| format!("/status/listeners/{i}/conditions");
+    wait_condition(&kube, gw, &listener(0), ("Programmed", "True", "Programmed"));
+    wait_condition(&kube, gw, &listener(1), ("ResolvedRefs", "False", "InvalidCertificateRef"));
+    wait_condition(&kube, gw, &listener(2), ("ResolvedRefs", "False", "InvalidCertificateRef"));
+    wait_condition(&kube, gw, &listener(3), ("ResolvedRefs", "False", "RefNotPermitted"));
+    wait_condition(&kube, gw, &listener(4), ("Accepted", "False", "UnsupportedProtocol"));
+    wait_condition(&kube, gw, &listener(5), ("Accepted", "False", "PortUnavailable"));
+    wait_condition(&kube, gw, "/status/conditions", ("Accepted", "True", "ListenersNotValid"));
+    assert!(get_tls("secure.example").is_err(), "no certificate for the refused listener's host");
+    // The grant makes the cross-namespace certificate usable.
+    kube.apply(reference_grant(
+        "gateway-conformance-web-backend",
+        "certs",
+        ("Gateway", ns),
+        ("Secret", "certificate"),
+    ));
+    wait_condition(&kube, gw, &listener(3), ("ResolvedRefs", "True", "ResolvedRefs"));
+    wait_for(WAIT, "HTTPS secure.example", || get_tls("secure.example").ok().filter(|s| *s == 200)).unwrap();
+    // HTTPS routes are not served in plain text on another listener's port as TLS ones.
+    drop(v1);
+}
+
+/// A cluster without the Gateway API's CRDs: Ingresses are served, a log line says so, and
+/// Gateways are served once the CRDs appear. An Ingress and an HTTPRoute for the same host
+/// share it; the Ingress keeps a match both claim.
+#[test]
+fn missing_crds_and_coexistence_with_ingresses() {
+    let kube = FakeKube::start().unwrap();
+    kube.uninstall_gateway_api();
+    let backends: Vec<Backend> =
+        ["ingress", "route"].iter().map(|n| Backend::with_mode(n, Mode::Name)).collect();
+    kube.apply(ingress_class("sluice", "sluice.dev/ingress-controller", false));
+    publish_service(&kube, "default", "ingress-svc", &backends[0]);
+    publish_service(&kube, "default", "route-svc", &backends[1]);
+    kube.apply(ingress("default", "web", "sluice", "shared.example", "/", "ingress-svc", 8080));
+    let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
+    sluice.wait_for_backend("shared.example", "/", "ingress", WAIT);
+    sluice.wait_for_log(&["Gateway API CRDs are not installed"], WAIT);
+
+    kube.install_gateway_api();
+    kube.apply(gateway_class("sluice", CONTROLLER));
+    kube.apply(namespace("default", &[]));
+    kube.apply(gateway("default", "gw", "sluice", json!([http_listener("http", sluice.addr.port(), None)])));
+    kube.apply(http_route(
+        "default",
+        "route",
+        json!({
+        "parentRefs": [{"name": "gw"}], "hostnames": ["shared.example"],
+        "rules": [
+            {"matches": [{"path": {"value": "/"}}], "backendRefs": [backend_ref("route-svc")]},
+            {"matches": [{"path": {"value": "/api"}}], "backendRefs": [backend_ref("route-svc")]},
+        ]}),
+    ));
+    // The watchers retry with their backoff (at most 8 s) and find the CRDs.
+    wait_for(Duration::from_secs(30), "the route's /api", || {
+        (sluice.answer("shared.example", "/api").ok()? == "route").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    assert_eq!(
+        sluice.answer("shared.example", "/"),
+        Ok("ingress".to_owned()),
+        "the Ingress keeps the match it claimed first"
+    );
+    sluice.wait_for_log(&["HTTPRoute/route", "already served by the older Ingress default/web"], WAIT);
+}
