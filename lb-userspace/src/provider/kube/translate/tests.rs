@@ -1058,13 +1058,14 @@ fn client_certificates_fail_closed_where_the_ingress_tls_does_not_serve() {
 /// group's name up to the port), or `None` for a 404.
 fn routed(config: &Config, host: &str, path: &str) -> Option<String> {
     let table = crate::proxy::route::RouteTable::build(config).unwrap();
-    let route = table.find(host, &http::Method::GET, path, &http::HeaderMap::new())?;
+    let route = table.find(host, &http::Method::GET, path, None, &http::HeaderMap::new())?;
     match route.action {
         crate::proxy::route::RouteAction::Backend(i) => {
             let name = &config.backends[i].name;
             Some(name.split(['/', ':']).nth(1).unwrap_or(name).to_owned())
         }
         crate::proxy::route::RouteAction::Redirect(_) => Some("redirect".into()),
+        crate::proxy::route::RouteAction::Respond(status) => Some(status.as_str().to_owned()),
     }
 }
 
