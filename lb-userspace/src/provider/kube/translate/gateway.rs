@@ -1160,8 +1160,7 @@ mod tests {
                 "spec": {"ports": [{"name": "http", "port": 80}]}}))],
             ..ClusterState::default()
         };
-        let translator =
-            Translator::new(Settings { ingress_class: "sluice".into(), controller_configmap: None });
+        let translator = Translator::new(Settings { ingress_class: "sluice".into(), ..Settings::default() });
         let translation = translator.build(&base, &state).unwrap();
         let host = translation.config.virtual_hosts.iter().find(|h| h.domains == ["*.example.com"]).unwrap();
         assert!(host.deep_wildcards);
