@@ -196,3 +196,26 @@ fn unknown_names_get_the_default_certificate_and_the_default_backend() {
     let (_, response) = over_tls(tls_addr, None, "unknown.test").unwrap();
     assert_eq!(response.status, 404, "{response:?}");
 }
+
+/// from-to-www-redirect: the bare name redirects (308, URI kept) to the www host the rule names,
+/// and a twin with an Ingress of its own is left to it.
+#[test]
+fn from_to_www_redirect_sends_the_twin_to_the_rule_host() {
+    let kube = FakeKube::start().unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    let _web = published(&kube, "web", "127.0.0.2", Mode::Name);
+    let mut site = ingress("default", "site", "sluice", "www.site.test", "/", "web", 80);
+    site["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"});
+    kube.apply(site);
+    let mut other = ingress("default", "other", "sluice", "other.test", "/", "web", 80);
+    other["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"});
+    kube.apply(other);
+    kube.apply(ingress("default", "own", "sluice", "www.other.test", "/", "web", 80));
+    let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
+    sluice.wait_for_status("site.test", "/a?b=1", 308, Duration::from_secs(20));
+    let response = sluice.get("site.test", "/a?b=1").unwrap();
+    assert_eq!(response.header("location"), Some("http://www.site.test/a?b=1"), "{response:?}");
+    assert_eq!(sluice.get("www.site.test", "/").unwrap().header(BACKEND_HEADER), Some("web"));
+    let own = sluice.get("www.other.test", "/").unwrap();
+    assert_eq!((own.status, own.header(BACKEND_HEADER)), (200, Some("web")), "its own Ingress serves it");
+}

@@ -196,6 +196,8 @@ pub struct Annotations {
     /// `default-backend`: a Service of the Ingress's namespace, for error pages and for paths
     /// whose Service has no ready endpoint.
     pub default_backend: Option<String>,
+    /// `from-to-www-redirect`: the www (or bare) twin of each rule host redirects to it.
+    pub from_to_www: bool,
 }
 
 /// Client certificates from an Ingress's annotations; the CA Secret is read by the translation.

@@ -443,6 +443,8 @@ struct Builder<'a> {
     default_group: Option<String>,
     /// The error backend's group of the Ingress being translated.
     error_group: Option<String>,
+    /// `from-to-www-redirect`: (rule host, its Ingress), redirected to from its twin.
+    www_redirects: Vec<(String, IngressId)>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -482,6 +484,7 @@ impl<'a> Builder<'a> {
             regex_hosts: BTreeSet::new(),
             default_group: None,
             error_group: None,
+            www_redirects: Vec::new(),
         }
     }
 
@@ -724,6 +727,10 @@ impl<'a> Builder<'a> {
             if let Some(host) = self.rule(rule, id, a, redirect.as_ref()) {
                 hosts_served.insert(host);
             }
+        }
+        if a.from_to_www {
+            let named = hosts_served.iter().filter(|h| *h != "*" && !h.starts_with("*."));
+            self.www_redirects.extend(named.map(|h| (h.clone(), id.clone())));
         }
         if let Some(default) = &spec.default_backend
             && redirect.is_none()
@@ -1292,7 +1299,9 @@ impl<'a> Builder<'a> {
             .flat_map(|h| h.domains.iter().map(|d| d.to_ascii_lowercase()))
             .collect();
         let base_names: BTreeSet<String> = config.virtual_hosts.iter().map(|h| h.name.clone()).collect();
-        self.default_backend_everywhere(&base_domains.union(&base_names).cloned().collect());
+        let base_hosts: BTreeSet<String> = base_domains.union(&base_names).cloned().collect();
+        self.www_twins(&base_hosts);
+        self.default_backend_everywhere(&base_hosts);
         let hosts = std::mem::take(&mut self.hosts);
         for (domain, host) in hosts {
             if base_domains.contains(&domain) || base_names.contains(&domain) {

@@ -183,10 +183,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ignored("enable-rewrite-log", "nginx's rewrite debug log; Sluice's access log is set for the node"),
     ignored("fastcgi-index", FASTCGI),
     ignored("fastcgi-params-configmap", FASTCGI),
-    ignored(
-        "from-to-www-redirect",
-        "not implemented yet; the www and bare names are served as the rules list them",
-    ),
+    applied("from-to-www-redirect", from_to_www_redirect),
     ignored("server-alias", "not implemented yet; only the names of the Ingress rules are served"),
     ignored("use-port-in-redirects", REDIRECT_DETAIL),
     ignored("preserve-trailing-slash", REDIRECT_DETAIL),
@@ -253,6 +250,11 @@ fn force_ssl_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 
 fn ssl_passthrough(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.ssl_passthrough = boolean(v)?;
+    Ok(())
+}
+
+fn from_to_www_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.from_to_www = boolean(v)?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::{IngressBackend, ServiceBackendPort};
 
 use super::{Builder, IngressId, route_template};
 use crate::{
-    config::{ErrorPagesConfig, HeaderField, PathMatch, RouteConfig},
+    config::{ErrorPagesConfig, HeaderField, PathMatch, RedirectConfig, RouteConfig},
     provider::kube::annotations::{Annotations, BackendSettings},
 };
 
@@ -118,6 +118,44 @@ impl Builder<'_> {
                 field("X-Service-Port", &port.unwrap_or_default()),
             ],
         })
+    }
+
+    /// `from-to-www-redirect`, as ingress-nginx: the twin of each host (`www.` added or
+    /// removed) answers `308` to the same scheme, port and URI on the host, unless an Ingress
+    /// (or the base configuration) serves the twin itself. A twin of a TLS host gets the same
+    /// certificate (which must name it, as ingress-nginx requires).
+    pub(super) fn www_twins(&mut self, base_hosts: &BTreeSet<String>) {
+        for (host, id) in std::mem::take(&mut self.www_redirects) {
+            let twin = match host.strip_prefix("www.") {
+                Some(bare) => bare.to_owned(),
+                None => format!("www.{host}"),
+            };
+            if self.hosts.contains_key(&twin) || base_hosts.contains(&twin) {
+                self.note(
+                    Some(&id),
+                    format!("from-to-www-redirect: {twin} has an Ingress of its own; not redirected"),
+                );
+                continue;
+            }
+            let mut route = route_template().clone();
+            route.name = Some(id.to_string());
+            route.matcher.path = Some(PathMatch::Prefix("/".into()));
+            route.redirect = Some(RedirectConfig {
+                scheme: None,
+                host: Some(host.clone()),
+                port: None,
+                path: None,
+                code: 308,
+            });
+            let tls =
+                self.hosts.get(&host).and_then(|h| h.tls.clone()).filter(|(t, _)| t.certificate.is_some());
+            let entry = self.hosts.entry(twin).or_default();
+            entry.routes.push((route, id.clone()));
+            entry.tls = tls.map(|(mut t, owner)| {
+                t.redirect_http = false;
+                (t, owner)
+            });
+        }
     }
 
     /// The controller default backend serves what no Ingress claims: every path of hosts
