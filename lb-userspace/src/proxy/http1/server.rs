@@ -796,6 +796,9 @@ async fn shutdown(wire: &SharedWire) -> io::Result<()> {
     .await
 }
 
+/// Response bytes hyper's HTTP/2 server buffers per stream.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// Hands the connection (with the preface bytes read so far) to hyper's HTTP/2 server.
 async fn serve_h2(wire: &SharedWire, handler: impl Handler, limits: &Limits, closing: &AtomicBool) {
     let (io, prefix) = {
@@ -806,22 +809,40 @@ async fn serve_h2(wire: &SharedWire, handler: impl Handler, limits: &Limits, clo
     let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .timer(hyper_util::rt::TokioTimer::new())
+        // Past it, new streams are refused (RST_STREAM REFUSED_STREAM).
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // The same bound as an HTTP/1 head (hyper's default is 16 KiB). A header list decoded
+        // past it is refused (431, never forwarded); h2 ends the connection (GOAWAY) for one far
+        // past it (an HPACK bomb) and for more CONTINUATION frames than it can take.
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // Rapid-reset guard (CVE-2023-44487): a client that keeps resetting streams it opened
         // is cut off instead of keeping the worker busy.
         .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(100));
+        .max_local_error_reset_streams(Some(100))
+        // Response data queued per stream for a client that does not take it (a zero window, a
+        // client that stops reading): past this the upstream body is not read on (hyper's
+        // default is 400 KiB; 100 stalled streams then held 40 MiB).
+        .max_send_buf_size(H2_SEND_BUFFER);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.handle(request.map(ClientBody::Right)).await) }
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)), service);
     tokio::pin!(conn);
-    let mut shutting_down = false;
+    // After the GOAWAY, streams a client does not take (its window kept at zero, or it stopped
+    // reading) would hold the connection open for ever: they get one more idle period.
+    let mut drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let result = poll_fn(|cx| {
-        if !shutting_down && closing.load(Ordering::Relaxed) {
-            shutting_down = true;
+        if drain.is_none() && closing.load(Ordering::Relaxed) {
             conn.as_mut().graceful_shutdown();
+            drain =
+                Some(Box::pin(tokio::time::sleep(std::time::Duration::from_millis(limits.idle_timeout_ms))));
+        }
+        if let Some(drain) = drain.as_mut()
+            && drain.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!("HTTP/2 streams still open one idle period after the GOAWAY; closing");
+            return Poll::Ready(Ok(()));
         }
         conn.as_mut().poll(cx)
     })
