@@ -205,7 +205,10 @@ fn from_to_www_redirect_sends_the_twin_to_the_rule_host() {
     kube.apply(ingress_class("sluice", CONTROLLER, false));
     let _web = published(&kube, "web", "127.0.0.2", Mode::Name);
     let mut site = ingress("default", "site", "sluice", "www.site.test", "/", "web", 80);
-    site["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"});
+    site["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/from-to-www-redirect": "true",
+        "nginx.ingress.kubernetes.io/server-alias": "alias.test, www.other.test",
+    });
     kube.apply(site);
     let mut other = ingress("default", "other", "sluice", "other.test", "/", "web", 80);
     other["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"});
@@ -218,4 +221,9 @@ fn from_to_www_redirect_sends_the_twin_to_the_rule_host() {
     assert_eq!(sluice.get("www.site.test", "/").unwrap().header(BACKEND_HEADER), Some("web"));
     let own = sluice.get("www.other.test", "/").unwrap();
     assert_eq!((own.status, own.header(BACKEND_HEADER)), (200, Some("web")), "its own Ingress serves it");
+    // server-alias serves the same routes under another name; one that is another host's is
+    // ignored (www.other.test stays its own Ingress's, reported).
+    let aliased = sluice.get("alias.test", "/").unwrap();
+    assert_eq!((aliased.status, aliased.header(BACKEND_HEADER)), (200, Some("web")));
+    sluice.wait_for_log(&["server-alias www.other.test is already a host name"], Duration::from_secs(5));
 }

@@ -198,6 +198,8 @@ pub struct Annotations {
     pub default_backend: Option<String>,
     /// `from-to-www-redirect`: the www (or bare) twin of each rule host redirects to it.
     pub from_to_www: bool,
+    /// `server-alias`: more names for the Ingress's hosts.
+    pub server_alias: Vec<String>,
 }
 
 /// Client certificates from an Ingress's annotations; the CA Secret is read by the translation.

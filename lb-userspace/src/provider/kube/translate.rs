@@ -409,6 +409,8 @@ struct HostBuild {
     canaried: BTreeSet<ClaimKey>,
     /// Its wildcard takes any number of labels (a Gateway API hostname).
     deep_wildcards: bool,
+    /// `server-alias` names (with the Ingress that asked), served as this host.
+    aliases: Vec<(String, IngressId)>,
 }
 
 struct Index<'a> {
@@ -727,6 +729,10 @@ impl<'a> Builder<'a> {
             if let Some(host) = self.rule(rule, id, a, redirect.as_ref()) {
                 hosts_served.insert(host);
             }
+        }
+        for host in hosts_served.iter().filter(|h| *h != "*") {
+            let entry = self.hosts.entry(host.clone()).or_default();
+            entry.aliases.extend(a.server_alias.iter().map(|alias| (alias.clone(), id.clone())));
         }
         if a.from_to_www {
             let named = hosts_served.iter().filter(|h| *h != "*" && !h.starts_with("*."));
@@ -1303,6 +1309,8 @@ impl<'a> Builder<'a> {
         self.www_twins(&base_hosts);
         self.default_backend_everywhere(&base_hosts);
         let hosts = std::mem::take(&mut self.hosts);
+        let names: BTreeSet<String> = hosts.keys().cloned().chain(base_hosts.iter().cloned()).collect();
+        let mut aliased = BTreeSet::new();
         for (domain, host) in hosts {
             if base_domains.contains(&domain) || base_names.contains(&domain) {
                 let message = format!(
@@ -1324,6 +1332,18 @@ impl<'a> Builder<'a> {
             let mut virtual_host = virtual_host_template().clone();
             virtual_host.name = domain.clone();
             virtual_host.domains = vec![domain];
+            for (alias, owner) in host.aliases {
+                // ingress-nginx ignores an alias that another server is named.
+                if names.contains(&alias) || !aliased.insert(alias.clone()) {
+                    self.notes.push(Note {
+                        ingress: Some(owner),
+                        message: format!("server-alias {alias} is already a host name; ignored"),
+                        kind: NoteKind::Warning,
+                    });
+                } else {
+                    virtual_host.domains.push(alias);
+                }
+            }
             virtual_host.deep_wildcards = host.deep_wildcards;
             for (r, (route, owner)) in routes.into_iter().enumerate() {
                 owners.push((format!("virtual_hosts[{index}].routes[{r}]"), owner));

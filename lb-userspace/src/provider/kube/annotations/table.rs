@@ -184,7 +184,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ignored("fastcgi-index", FASTCGI),
     ignored("fastcgi-params-configmap", FASTCGI),
     applied("from-to-www-redirect", from_to_www_redirect),
-    ignored("server-alias", "not implemented yet; only the names of the Ingress rules are served"),
+    applied("server-alias", server_alias),
     ignored("use-port-in-redirects", REDIRECT_DETAIL),
     ignored("preserve-trailing-slash", REDIRECT_DETAIL),
     ignored("relative-redirects", REDIRECT_DETAIL),
@@ -255,6 +255,16 @@ fn ssl_passthrough(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 
 fn from_to_www_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
     a.from_to_www = boolean(v)?;
+    Ok(())
+}
+
+fn server_alias(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    let names: Vec<String> =
+        v.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()).collect();
+    if names.iter().any(|n| n == "*" || !crate::config::valid_domain(n)) {
+        return Err(Expected("comma-separated host names"));
+    }
+    a.server_alias = names;
     Ok(())
 }
 
