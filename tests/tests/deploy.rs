@@ -462,6 +462,25 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
     .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
     let lease = kube.get("coordination.k8s.io/v1", "Lease", &lease_namespace, "sluice-leader").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], pod_name, "the pod name is the identity");
+    // Events: a warning created, gone, then back (patched: counted twice).
+    let annotated = |annotation: &str| {
+        let mut web = ingress("default", "web", &class, "app.example.com", "/", "web", 80);
+        web["metadata"]["annotations"] = json!({ format!("nginx.ingress.kubernetes.io/{annotation}"): "x" });
+        web
+    };
+    let count_of = |part: &str| {
+        kube.list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .find(|e| e["note"].as_str().is_some_and(|n| n.contains(part)))
+            .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+    };
+    for (annotation, count) in [("no-such-a", 1), ("no-such-b", 1), ("no-such-a", 2)] {
+        kube.apply(annotated(annotation));
+        wait_for(Duration::from_secs(20), &format!("the Event about {annotation}"), || {
+            (count_of(annotation) == Some(count)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    }
     let (status, output) = child.terminate(Duration::from_secs(40)).unwrap();
     assert!(status.success(), "{status}\n{output}");
     assert!(output.contains("leadership released"), "{output}");

@@ -1023,6 +1023,75 @@ fn two_instances_elect_one_leader_that_alone_writes_status_and_others_take_over(
     .unwrap();
 }
 
+/// Events on Ingresses: a Normal `Sync` for a served one, Warnings for a refused one and an
+/// ignored annotation, each written once by the leader alone (never by the follower) and, when a
+/// warning goes and comes back, counted on the same Event (`series.count` 2).
+#[test]
+fn the_leader_alone_writes_events_once_and_counts_them_when_they_recur() {
+    let kube = FakeKube::start().unwrap();
+    let web = Backend::loopback_group("web", 1);
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let annotated = |annotation: &str| {
+        let mut extra = ingress("default", "extra", "sluice", "extra.test", "/", "web", 80);
+        extra["metadata"]["annotations"] =
+            json!({ format!("nginx.ingress.kubernetes.io/{annotation}"): "x" });
+        extra
+    };
+    kube.apply(annotated("no-such-thing"));
+    let mut snippet = ingress("default", "snippet", "sluice", "snippet.test", "/", "web", 80);
+    snippet["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/server-snippet": "deny all;"});
+    kube.apply(snippet);
+    let a =
+        Sluice::start(&kube, Options { identity: "sluice-a", publish: "192.0.2.1", ..Options::default() });
+    let b =
+        Sluice::start(&kube, Options { identity: "sluice-b", publish: "192.0.2.2", ..Options::default() });
+    a.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    b.wait_for_backend("app.test", "/", "web-0", Duration::from_secs(20));
+    let leader = wait_for(Duration::from_secs(20), "a leader", || lease_holder(&kube)).unwrap();
+    let event = |ingress: &str, reason: &str, part: &str| {
+        let found: Vec<serde_json::Value> = kube
+            .list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == ingress && e["reason"] == reason)
+            .filter(|e| e["note"].as_str().is_some_and(|n| n.contains(part)))
+            .collect();
+        assert!(found.len() <= 1, "one Event per ingress, reason and message: {found:#?}");
+        found.into_iter().next()
+    };
+    let wait_event = |ingress: &str, reason: &str, part: &str| {
+        wait_for(Duration::from_secs(20), &format!("a {reason} Event on {ingress}"), || {
+            event(ingress, reason, part)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.child.output()))
+    };
+    let sync = wait_event("web", "Sync", "Scheduled for sync");
+    assert_eq!(
+        (sync["type"].as_str(), sync["regarding"]["kind"].as_str()),
+        (Some("Normal"), Some("Ingress"))
+    );
+    assert!(sync["regarding"]["uid"].is_string(), "the Event names the Ingress's uid: {sync}");
+    let refused = wait_event("snippet", "Refused", "server-snippet");
+    assert_eq!(refused["type"], "Warning");
+    assert_eq!(refused["reportingController"], CONTROLLER);
+    wait_event("extra", "AnnotationIgnored", "no-such-thing");
+
+    // The annotation goes (another comes, so we know the leader has seen it gone), then comes
+    // back: the same Event, counted twice.
+    kube.apply(annotated("other-thing"));
+    wait_event("extra", "AnnotationIgnored", "other-thing");
+    kube.apply(annotated("no-such-thing"));
+    wait_for(Duration::from_secs(20), "the Event counted again", || {
+        (event("extra", "AnnotationIgnored", "no-such-thing")?["series"]["count"] == 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.child.output()));
+    let events = kube.list("events.k8s.io/v1", "Event");
+    assert!(
+        events.iter().all(|e| e["reportingInstance"] == leader.as_str()),
+        "only the leader writes: {events:#?}"
+    );
+    assert_eq!(kube.count_requests("POST", "/events"), events.len(), "each Event created once");
+}
+
 /// The certificate a TLS server presents for `server_name`, as DER.
 fn served_certificate(addr: SocketAddr, server_name: &str) -> anyhow::Result<Vec<u8>> {
     let any = tls::client_config(tls::ClientOptions::default());

@@ -92,6 +92,15 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         status: false,
     },
+    // Events the leader writes on Ingresses: stored and listed like any object, so tests read them.
+    ResourceType {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+        status: false,
+    },
     ResourceType {
         group: "coordination.k8s.io",
         version: "v1",

@@ -24,8 +24,10 @@
 //! write is conditional on the Ingress itself. A late write of an old leader whose lease ran
 //! out while the write was in flight meets 409 if the new leader has written since, so it can
 //! never overwrite the newer status.
+//!
+//! The leader also writes the Events on Ingresses ([`super::events`]), under the same deadline.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -42,7 +44,7 @@ use kube::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use super::IngressId;
+use super::{IngressId, events::Recorder, translate::Note};
 
 mod gateway_status;
 pub use gateway_status::GatewayStatusWriter;
@@ -99,9 +101,11 @@ pub async fn run(
     ingresses: Store<Ingress>,
     mut served: watch::Receiver<Vec<IngressId>>,
     mut gateway: GatewayStatusWriter,
+    mut notes: watch::Receiver<Arc<Vec<Note>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut elector = Elector::new(client.clone(), options.clone());
+    let mut recorder = Recorder::new(client.clone(), options.identity.clone());
     let mut publisher = Publisher::new(client, options.clone());
     loop {
         let was_leading = elector.leading;
@@ -120,12 +124,20 @@ pub async fn run(
             publisher.publish(&elector, &ingresses, &served).await;
             let addresses = publisher.addresses().await;
             gateway.publish(&elector, &addresses).await;
+            // Events only from the leader, within its deadline as status writes.
+            let notes = notes.borrow_and_update().clone();
+            // At most half a renewal period, so the next renewal starts in time.
+            if let Some(deadline) = elector.deadline() {
+                let stop = deadline.min(Instant::now() + options.renew_every / 2);
+                recorder.record(&ingresses, &served, &notes, stop).await;
+            }
         }
         let pause = if elector.leading { options.renew_every } else { options.retry_every };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             r = served.changed(), if elector.leading => if r.is_err() { break },
             r = gateway.changed(), if elector.leading => if !r { break },
+            r = notes.changed(), if elector.leading => if r.is_err() { break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }

@@ -17,6 +17,7 @@ pub mod annotations;
 pub mod api;
 pub mod controller_config;
 pub mod gateway_api;
+pub mod events;
 pub mod leader;
 pub mod rbac;
 pub mod translate;
@@ -407,6 +408,7 @@ impl KubeProvider {
         tracing::info!("Kubernetes state listed; serving Ingresses");
         let (served_tx, served_rx) = watch::channel(Vec::<IngressId>::new());
         let (gateway_tx, gateway_rx) = watch::channel(translate::GatewayStatuses::default());
+        let (notes_tx, notes_rx) = watch::channel(Arc::new(Vec::new()));
         let status = self.options.status.clone().map(|options| {
             let gateway = leader::GatewayStatusWriter {
                 client: self.client.clone(),
@@ -421,10 +423,11 @@ impl KubeProvider {
                 stores.ingresses.clone(),
                 served_rx,
                 gateway,
+                notes_rx,
                 shutdown.clone(),
             ))
         });
-        let mut emitted = Emitted::new(served_tx, gateway_tx);
+        let mut emitted = Emitted::new(served_tx, gateway_tx, notes_tx);
         loop {
             changed.borrow_and_update();
             let update = self.rebuild(&stores, &mut base, &mut emitted).await?;
@@ -500,14 +503,17 @@ struct Emitted {
     reported: BTreeSet<String>,
     served: watch::Sender<Vec<IngressId>>,
     gateway: watch::Sender<translate::GatewayStatuses>,
+    /// The notes, for the leader's Events.
+    notes: watch::Sender<Arc<Vec<translate::Note>>>,
 }
 
 impl Emitted {
     fn new(
         served: watch::Sender<Vec<IngressId>>,
         gateway: watch::Sender<translate::GatewayStatuses>,
+        notes: watch::Sender<Arc<Vec<translate::Note>>>,
     ) -> Emitted {
-        Emitted { last: None, reported: BTreeSet::new(), served, gateway }
+        Emitted { last: None, reported: BTreeSet::new(), served, gateway, notes }
     }
 
     /// Logs the translation's new notes, tells the status writer what is served, and returns
@@ -528,6 +534,13 @@ impl Emitted {
             tracing::warn!(note = %note, "Kubernetes");
         }
         self.reported = notes;
+        self.notes.send_if_modified(|notes| {
+            let modified = **notes != translation.notes;
+            if modified {
+                *notes = Arc::new(translation.notes.clone());
+            }
+            modified
+        });
         self.served.send_if_modified(|served| {
             let modified = *served != translation.served;
             if modified {

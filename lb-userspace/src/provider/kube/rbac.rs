@@ -10,13 +10,14 @@
 //!   the list was used.
 //! - The reflectors check their kind against the list when they start (debug builds).
 //!
-//! The provider emits no Events, so none are granted. The admission webhook's permissions are
+//! The leader's Events are `events.k8s.io/v1` (created, and patched when they repeat). The admission webhook's permissions are
 //! [`WEBHOOK_PERMISSIONS`], granted by `deploy/webhook/clusterrole.yaml` (checked the same way).
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{ConfigMap, Namespace, Node, Secret, Service},
     discovery::v1::EndpointSlice,
+    events::v1::Event,
     networking::v1::{Ingress, IngressClass},
 };
 
@@ -170,6 +171,9 @@ pub const PERMISSIONS: &[Permission] = &[
     )
     .on("status"),
     Permission::of::<Node>(Scope::Cluster, Verb::Get, "this node's addresses, without --publish-address"),
+    // The leader's Events on Ingresses (`events::Recorder`), in each Ingress's namespace.
+    Permission::of::<Event>(Scope::Cluster, Verb::Create, "Events on Ingresses: the first occurrence"),
+    Permission::of::<Event>(Scope::Cluster, Verb::Patch, "Events on Ingresses: a repeat raises series.count"),
     // Leader election (`leader::Elector`), in the Lease namespace.
     Permission::of::<Lease>(Scope::LeaseNamespace, Verb::Create, "leader election: the first candidate"),
     Permission::of::<Lease>(Scope::LeaseNamespace, Verb::Get, "leader election: read the holder")
@@ -250,6 +254,7 @@ mod tests {
             ("gateway.networking.k8s.io", "httproutes"),
             ("gateway.networking.k8s.io", "httproutes/status"),
             ("gateway.networking.k8s.io", "referencegrants"),
+            ("events.k8s.io", "events"),
         ]
         .into_iter()
         .map(|(g, r)| (g, r.to_owned()))
