@@ -90,6 +90,7 @@ struct GatewayBuild {
     listeners: Vec<ListenerBuild>,
     /// The Gateway is accepted (its listeners may take routes).
     accepted: bool,
+    generation: i64,
 }
 
 /// A rule's routes, and why part of it is not served as written.
@@ -184,7 +185,7 @@ impl Builder<'_> {
             }
         }
         for (key, gateway) in built {
-            statuses.gateways.push((key.clone(), self.gateway_status(&key, gateway)));
+            statuses.gateways.push((key, gateway_status(gateway)));
         }
         statuses
     }
@@ -202,7 +203,7 @@ impl Builder<'_> {
                 listener.takes_http_routes = false;
             }
         }
-        GatewayBuild { namespace: namespace.to_owned(), listeners, accepted }
+        GatewayBuild { namespace: namespace.to_owned(), listeners, accepted, generation }
     }
 
     fn listener(
@@ -754,44 +755,36 @@ impl Builder<'_> {
         self.backends.insert(name.clone(), (merged, id.clone()));
         name
     }
+}
 
-    fn gateway_status(&self, key: &ObjectKey, gateway: GatewayBuild) -> GatewayStatus {
-        let source = self.state.gateways.iter().find(|g| {
-            g.metadata.namespace.as_deref() == Some(&key.0) && g.metadata.name.as_deref() == Some(&key.1)
-        });
-        let generation = source.and_then(|g| g.metadata.generation).unwrap_or(0);
-        let total = gateway.listeners.len();
-        let valid = gateway.listeners.iter().filter(|l| l.status.conditions[0].status == "True").count();
-        let programmed = gateway.listeners.iter().filter(|l| l.programmed).count();
-        let accepted = if !gateway.accepted {
-            Condition::new(
-                "Accepted",
-                false,
-                "UnsupportedAddress",
-                "spec.addresses is not supported",
-                generation,
-            )
-        } else if valid == total {
-            Condition::new("Accepted", true, "Accepted", "", generation)
-        } else {
-            Condition::new(
-                "Accepted",
-                valid > 0,
-                "ListenersNotValid",
-                format!("{} of {total} listeners are not valid", total - valid),
-                generation,
-            )
-        };
-        let programmed = if programmed > 0 {
-            Condition::new("Programmed", true, "Programmed", "", generation)
-        } else {
-            Condition::new("Programmed", false, "Invalid", "no listener is programmed", generation)
-        };
-        GatewayStatus {
-            addresses: Vec::new(),
-            conditions: vec![accepted, programmed],
-            listeners: gateway.listeners.into_iter().map(|l| l.status).collect(),
-        }
+/// The Gateway's own conditions, from its listeners'; addresses are the writer's.
+fn gateway_status(gateway: GatewayBuild) -> GatewayStatus {
+    let generation = gateway.generation;
+    let total = gateway.listeners.len();
+    let valid = gateway.listeners.iter().filter(|l| l.status.conditions[0].status == "True").count();
+    let programmed = gateway.listeners.iter().filter(|l| l.programmed).count();
+    let accepted = if !gateway.accepted {
+        Condition::new("Accepted", false, "UnsupportedAddress", "spec.addresses is not supported", generation)
+    } else if valid == total {
+        Condition::new("Accepted", true, "Accepted", "", generation)
+    } else {
+        Condition::new(
+            "Accepted",
+            valid > 0,
+            "ListenersNotValid",
+            format!("{} of {total} listeners are not valid", total - valid),
+            generation,
+        )
+    };
+    let programmed = if programmed > 0 {
+        Condition::new("Programmed", true, "Programmed", "", generation)
+    } else {
+        Condition::new("Programmed", false, "Invalid", "no listener is programmed", generation)
+    };
+    GatewayStatus {
+        addresses: Vec::new(),
+        conditions: vec![accepted, programmed],
+        listeners: gateway.listeners.into_iter().map(|l| l.status).collect(),
     }
 }
 
