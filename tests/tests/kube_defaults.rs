@@ -227,3 +227,101 @@ fn from_to_www_redirect_sends_the_twin_to_the_rule_host() {
     assert_eq!((aliased.status, aliased.header(BACKEND_HEADER)), (200, Some("web")));
     sluice.wait_for_log(&["server-alias www.other.test is already a host name"], Duration::from_secs(5));
 }
+
+/// Redirects to HTTPS as ingress-nginx writes them (its lua_ingress.lua and e2e tests):
+/// `force-ssl-redirect` on a host without TLS here (TLS ends at an outer balancer) answers 308
+/// to `https://host` with no port and the trailing slash dropped; a trusted proxy's
+/// `X-Forwarded-Proto: https` is served instead and its `X-Forwarded-Host` names the target,
+/// while an untrusted peer's changes nothing; `use-port-in-redirects` (the ConfigMap's default,
+/// an annotation's "false" over it) names the TLS listener's port and `preserve-trailing-slash`
+/// keeps the slash.
+#[test]
+fn redirects_to_https_are_written_as_ingress_nginx_writes_them() {
+    let kube = FakeKube::start().unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "ingress-nginx", "name": "controller"},
+        "data": {
+            "use-forwarded-headers": "true",
+            "proxy-real-ip-cidr": "127.0.0.1/32",
+            "use-port-in-redirects": "true",
+        },
+    }));
+    let ca = tls::Ca::new("test CA");
+    let leaf = ca.leaf(&["kept.test", "plain-tls.test"]);
+    kube.apply(tls_secret("default", "site-tls", &leaf.cert, &leaf.key));
+    let _web = published(&kube, "web", "127.0.0.2", Mode::Name);
+    let mut forced = ingress("default", "forced", "sluice", "forced.test", "/", "web", 80);
+    forced["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/force-ssl-redirect": "true",
+        "nginx.ingress.kubernetes.io/use-port-in-redirects": "false",
+    });
+    kube.apply(forced);
+    let mut kept = ingress("default", "kept", "sluice", "kept.test", "/", "web", 80);
+    kept["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/preserve-trailing-slash": "true"});
+    kept["spec"]["tls"] = json!([{"hosts": ["kept.test"], "secretName": "site-tls"}]);
+    kube.apply(kept);
+    let mut plain_tls = ingress("default", "plain-tls", "sluice", "plain-tls.test", "/", "web", 80);
+    plain_tls["metadata"]["annotations"] =
+        json!({"nginx.ingress.kubernetes.io/use-port-in-redirects": "false"});
+    plain_tls["spec"]["tls"] = json!([{"hosts": ["plain-tls.test"], "secretName": "site-tls"}]);
+    kube.apply(plain_tls);
+    kube.apply(ingress("default", "open", "sluice", "open.test", "/", "web", 80));
+    let options = KubeSluiceOptions { tls: true, ..Default::default() }
+        .args(&["--nginx-configmap", "ingress-nginx/controller"]);
+    let sluice = KubeSluice::start(&kube, options);
+    let tls_port = sluice.tls_addr.unwrap().port();
+    sluice.wait_for_status("kept.test", "/", 308, Duration::from_secs(20));
+    sluice.wait_for_status("open.test", "/", 200, Duration::from_secs(20));
+
+    // From 127.0.0.1 (trusted) and from 127.0.0.9 (not), with the given headers.
+    let ask = |source: [u8; 4], host: &str, path: &str, headers: &[(&str, &str)]| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        socket.connect_timeout(&sluice.addr.into(), Duration::from_secs(5)).unwrap();
+        http::Client::over_tcp(socket.into()).unwrap().request("GET", host, path, headers, true).unwrap()
+    };
+    let (trusted, untrusted) = ([127, 0, 0, 1], [127, 0, 0, 9]);
+    let location = |response: &http::HttpResponse| {
+        assert_eq!(response.status, 308, "{response:?}");
+        response.header("location").unwrap_or_default().to_owned()
+    };
+    // force-ssl-redirect without TLS here: ingress-nginx's e2e test's exact Location.
+    assert_eq!(location(&ask(untrusted, "forced.test", "/", &[])), "https://forced.test");
+    assert_eq!(location(&ask(untrusted, "forced.test:8080", "/a/", &[])), "https://forced.test/a");
+    assert_eq!(location(&ask(untrusted, "forced.test", "/a/?q=1", &[])), "https://forced.test/a/?q=1");
+    // ACME challenges stay plain.
+    let acme = ask(untrusted, "forced.test", "/.well-known/acme-challenge/token", &[]);
+    assert_eq!((acme.status, acme.header(BACKEND_HEADER)), (200, Some("web")));
+    // The outer balancer (trusted) says the client came over HTTPS: served.
+    let https = [("X-Forwarded-Proto", "https")];
+    let served = ask(trusted, "forced.test", "/a/", &https);
+    assert_eq!((served.status, served.header(BACKEND_HEADER)), (200, Some("web")), "{served:?}");
+    // An untrusted client cannot say so.
+    assert_eq!(location(&ask(untrusted, "forced.test", "/a/", &https)), "https://forced.test/a");
+    // Plain HTTP reported by the balancer: redirected to the host the client asked it for.
+    let hops = [("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "www.forced.test, inner.test")];
+    assert_eq!(location(&ask(trusted, "forced.test", "/b", &hops)), "https://www.forced.test/b");
+    assert_eq!(location(&ask(untrusted, "forced.test", "/b", &hops)), "https://forced.test/b");
+    // ssl-redirect on TLS hosts: the ConfigMap's use-port-in-redirects names the TLS listener's
+    // port; preserve-trailing-slash keeps the slash; an annotation's "false" wins over the
+    // ConfigMap.
+    assert_eq!(location(&ask(untrusted, "kept.test", "/", &[])), format!("https://kept.test:{tls_port}/"));
+    assert_eq!(
+        location(&ask(untrusted, "kept.test", "/x/", &[])),
+        format!("https://kept.test:{tls_port}/x/")
+    );
+    assert_eq!(location(&ask(untrusted, "plain-tls.test", "/", &[])), "https://plain-tls.test");
+    assert_eq!(location(&ask(untrusted, "plain-tls.test", "/x/", &[])), "https://plain-tls.test/x");
+    let served = ask(trusted, "plain-tls.test", "/x/", &https);
+    assert_eq!((served.status, served.header(BACKEND_HEADER)), (200, Some("web")));
+    // Hosts without TLS or force-ssl-redirect stay plain.
+    let open = ask(untrusted, "open.test", "/", &https);
+    assert_eq!((open.status, open.header(BACKEND_HEADER)), (200, Some("web")));
+    // Over TLS nothing is redirected.
+    let any = tls::client_config(tls::ClientOptions::default());
+    let stream = tls::connect(sluice.tls_addr.unwrap(), Some("kept.test"), &any).unwrap();
+    let response = http::Client::new(stream).request("GET", "kept.test", "/x/", &[], true).unwrap();
+    assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("web")));
+}

@@ -682,6 +682,9 @@ pub struct HostTlsConfig {
     /// TLS listener (ACME `/.well-known/acme-challenge/` requests excepted).
     #[serde(default = "default_true")]
     pub redirect_http: bool,
+    /// How that redirect writes its `Location`.
+    #[serde(default)]
+    pub redirect: HttpsRedirectConfig,
     /// Send `Strict-Transport-Security` on HTTPS responses for this host.
     #[serde(default)]
     pub hsts: Option<HstsConfig>,
@@ -712,6 +715,33 @@ pub struct HostTlsConfig {
     /// else `403` (ingress-nginx `auth-tls-match-cn`).
     #[serde(default)]
     pub client_match_cn: Option<String>,
+}
+
+/// How a redirect from plain HTTP to HTTPS writes its `Location`: `https://`, the request's
+/// host without its port (a trusted proxy's `X-Forwarded-Host` when `forwarded` passes its
+/// values on), the port as `port` says, and the request target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsRedirectConfig {
+    #[serde(default)]
+    pub port: RedirectPort,
+    /// Drop one trailing `/` of the request target, as ingress-nginx does unless
+    /// `preserve-trailing-slash` (`/a/` goes to `https://host/a`, `/` to `https://host`).
+    #[serde(default)]
+    pub strip_trailing_slash: bool,
+}
+
+/// The port a redirect to HTTPS names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RedirectPort {
+    /// The first TLS listener's, left out when it is 443 (or there is none).
+    #[default]
+    Listener,
+    /// The first TLS listener's, 443 included (ingress-nginx `use-port-in-redirects`).
+    Always,
+    /// None: clients reach HTTPS on 443 wherever TLS ends (ingress-nginx's default).
+    Never,
 }
 
 /// When and how a client certificate is required (nginx's `ssl_verify_client`).
@@ -804,6 +834,12 @@ pub struct RouteConfig {
     /// Error pages for this route; replaces the virtual host's.
     #[serde(default)]
     pub error_pages: Option<ErrorPagesConfig>,
+    /// Plain-HTTP requests on this route are redirected (`308`) to HTTPS even where this host
+    /// has no `tls` here, for TLS that ends at an outer balancer (ingress-nginx
+    /// `force-ssl-redirect`); ACME challenges and requests a trusted proxy says came over HTTPS
+    /// (`forwarded`) are not.
+    #[serde(default)]
+    pub https_redirect: Option<HttpsRedirectConfig>,
 }
 
 /// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a

@@ -144,6 +144,16 @@ impl Forwarded {
         self.pass_proxy_values
             && client.get(&X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     }
+
+    /// The host the client asked the first proxy for, by a trusted proxy's word: the first
+    /// entry of its X-Forwarded-Host (ingress-nginx's `best_http_host`).
+    pub fn proxy_host<'h>(&self, client: &'h HeaderMap) -> Option<&'h str> {
+        if !self.pass_proxy_values {
+            return None;
+        }
+        let first = client.get(&X_FORWARDED_HOST)?.to_str().ok()?.split(',').next()?.trim();
+        (!first.is_empty()).then_some(first)
+    }
 }
 
 /// The request's header fields as they go upstream, described instead of applied: the

@@ -204,6 +204,8 @@ pub struct HostTls {
     /// Splice connections for this host to this backend group (index in the snapshot).
     pub passthrough: Option<usize>,
     pub redirect_http: bool,
+    /// How that redirect writes its `Location`.
+    pub redirect: crate::config::HttpsRedirectConfig,
     /// The `Strict-Transport-Security` value, when configured.
     pub hsts: Option<HeaderValue>,
     /// Clients must present a certificate from the host's CA bundle; this identifies the
@@ -405,6 +407,7 @@ impl TlsSnapshot {
                 name: host.name.clone(),
                 passthrough,
                 redirect_http: tls.redirect_http,
+                redirect: tls.redirect,
                 hsts,
                 client_ca: verifiers.get(&i).map(|(_, fingerprint)| *fingerprint),
                 client_policy,

@@ -164,7 +164,11 @@ pub struct Annotations {
     pub use_regex: bool,
     /// `ssl-redirect` (default true for hosts with TLS).
     pub ssl_redirect: Option<bool>,
-    pub force_ssl_redirect: bool,
+    /// `force-ssl-redirect`, `use-port-in-redirects`, `preserve-trailing-slash` (`None`: the
+    /// controller ConfigMap's default).
+    pub force_ssl_redirect: Option<bool>,
+    pub use_port_in_redirects: Option<bool>,
+    pub preserve_trailing_slash: Option<bool>,
     /// `proxy-read-timeout`, as the route's request timeout.
     pub read_timeout_ms: Option<u64>,
     pub body_size: Option<u64>,

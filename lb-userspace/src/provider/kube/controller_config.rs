@@ -17,6 +17,11 @@ pub struct ControllerConfig {
     pub hsts: Option<HstsConfig>,
     /// `ssl-redirect`: the default of the annotation.
     pub ssl_redirect: bool,
+    /// `force-ssl-redirect`, `use-port-in-redirects`, `preserve-trailing-slash`: the defaults
+    /// of the annotations.
+    pub force_ssl_redirect: bool,
+    pub use_port_in_redirects: bool,
+    pub preserve_trailing_slash: bool,
     /// `use-forwarded-headers`, `enable-real-ip`, `proxy-real-ip-cidr`, `forwarded-for-header`,
     /// `compute-full-forwarded-for`; `None` when the ConfigMap sets none of them (then the base
     /// configuration's `forwarded` stands).
@@ -67,6 +72,9 @@ impl Default for ControllerConfig {
         ControllerConfig {
             hsts: Some(HstsConfig { max_age_seconds: 31_536_000, include_subdomains: true, preload: false }),
             ssl_redirect: true,
+            force_ssl_redirect: false,
+            use_port_in_redirects: false,
+            preserve_trailing_slash: false,
             forwarded: None,
             proxy_protocol: None,
             body_size: None,
@@ -101,6 +109,9 @@ const KEYS: &[(&str, Key)] = &[
     ("hsts-include-subdomains", Key::Applied(hsts_include_subdomains)),
     ("hsts-preload", Key::Applied(hsts_preload)),
     ("ssl-redirect", Key::Applied(ssl_redirect)),
+    ("force-ssl-redirect", Key::Applied(force_ssl_redirect)),
+    ("use-port-in-redirects", Key::Applied(use_port_in_redirects)),
+    ("preserve-trailing-slash", Key::Applied(preserve_trailing_slash)),
     ("use-forwarded-headers", Key::Applied(use_forwarded_headers)),
     ("enable-real-ip", Key::Applied(enable_real_ip)),
     ("forwarded-for-header", Key::Applied(forwarded_for_header)),
@@ -240,6 +251,21 @@ fn hsts_preload(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
 
 fn ssl_redirect(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
     c.ssl_redirect = boolean(v)?;
+    Ok(())
+}
+
+fn force_ssl_redirect(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.force_ssl_redirect = boolean(v)?;
+    Ok(())
+}
+
+fn use_port_in_redirects(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.use_port_in_redirects = boolean(v)?;
+    Ok(())
+}
+
+fn preserve_trailing_slash(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    c.preserve_trailing_slash = boolean(v)?;
     Ok(())
 }
 

@@ -46,8 +46,9 @@ use super::{
 use crate::{
     config::{
         BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
-        EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, MatchConfig, PathMatch, RedirectConfig,
-        RetryOn, RewriteConfig, RouteConfig, SecretString, VirtualHostConfig,
+        EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, HttpsRedirectConfig, MatchConfig,
+        PathMatch, RedirectConfig, RedirectPort, RetryOn, RewriteConfig, RouteConfig, SecretString,
+        VirtualHostConfig,
     },
     numeric,
 };
@@ -358,6 +359,23 @@ fn route_policy(route: &mut RouteConfig, a: &Annotations) {
     route.rate_limit = a.rate_limit.clone();
 }
 
+/// How the Ingress's redirects to HTTPS are written, as ingress-nginx's: no port unless
+/// `use-port-in-redirects` (then the TLS listener's, 443 too), one trailing slash dropped unless
+/// `preserve-trailing-slash`.
+fn https_redirect_form(a: &Annotations) -> HttpsRedirectConfig {
+    HttpsRedirectConfig {
+        port: if a.use_port_in_redirects == Some(true) { RedirectPort::Always } else { RedirectPort::Never },
+        strip_trailing_slash: a.preserve_trailing_slash != Some(true),
+    }
+}
+
+/// `force-ssl-redirect`: plain HTTP goes to HTTPS on the Ingress's backend routes whether or
+/// not its hosts have TLS here (the redirects `permanent-redirect` or `app-root` answer come
+/// first, as nginx's `return` runs before ingress-nginx's redirect to HTTPS).
+fn forced_https_redirect(a: &Annotations) -> Option<HttpsRedirectConfig> {
+    (a.force_ssl_redirect == Some(true)).then(|| https_redirect_form(a))
+}
+
 fn route_template() -> &'static RouteConfig {
     static TEMPLATE: OnceLock<RouteConfig> = OnceLock::new();
     TEMPLATE.get_or_init(|| template("{}"))
@@ -549,6 +567,9 @@ impl<'a> Builder<'a> {
         b.response_buffering = b.response_buffering.or(u.response_buffering);
         b.response_buffer_bytes = b.response_buffer_bytes.or(u.response_buffer_bytes);
         a.ssl_redirect = a.ssl_redirect.or(Some(c.ssl_redirect));
+        a.force_ssl_redirect = a.force_ssl_redirect.or(Some(c.force_ssl_redirect));
+        a.use_port_in_redirects = a.use_port_in_redirects.or(Some(c.use_port_in_redirects));
+        a.preserve_trailing_slash = a.preserve_trailing_slash.or(Some(c.preserve_trailing_slash));
         if a.custom_http_errors.is_none() && !c.custom_http_errors.is_empty() {
             a.custom_http_errors = Some(c.custom_http_errors.clone());
         }
@@ -753,12 +774,6 @@ impl<'a> Builder<'a> {
         if !tls_hosts.is_empty() && !self.tls_listener {
             self.note(Some(id), "has TLS hosts but no listener terminates TLS; served over plain HTTP only");
         }
-        if a.force_ssl_redirect && hosts_served.iter().any(|h| !tls_hosts.contains(h)) {
-            self.note(
-                Some(id),
-                "force-ssl-redirect applies only to hosts with TLS; other hosts are not redirected",
-            );
-        }
     }
 
     /// Client certificates are checked only where the Ingress's own TLS settings serve its host.
@@ -885,6 +900,7 @@ impl<'a> Builder<'a> {
                 let group = self.service_backend(&id.namespace, &path.backend, &a.backend, id)?;
                 route.backend = Some(self.unless_unavailable(group, a));
                 route.error_pages = self.error_pages(&path.backend, id, a);
+                route.https_redirect = forced_https_redirect(a);
             }
         }
         Some(route)
@@ -908,6 +924,7 @@ impl<'a> Builder<'a> {
         route.basic_auth = self.basic_auth.clone();
         route.external_auth = a.external_auth.clone();
         route.error_pages = self.error_pages(backend, id, a);
+        route.https_redirect = forced_https_redirect(a);
         for host in hosts {
             let claimed = self
                 .hosts
@@ -950,7 +967,8 @@ impl<'a> Builder<'a> {
         let Some(certificate) = self.certificate(&id.namespace, secret, id) else { return };
         let mut host_tls = host_tls_template().clone();
         host_tls.certificate = Some(certificate);
-        host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect;
+        host_tls.redirect_http = a.ssl_redirect.unwrap_or(true) || a.force_ssl_redirect == Some(true);
+        host_tls.redirect = https_redirect_form(a);
         if let Some(client_tls) = &self.client_tls {
             client_tls.apply(&mut host_tls);
         }

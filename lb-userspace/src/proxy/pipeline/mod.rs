@@ -253,9 +253,8 @@ async fn route_and_forward<'s>(
     snapshot: &'s Snapshot,
     outcome: &mut Outcome<'s>,
 ) -> Response<ProxyBody> {
-    let behind_https = client.forwarded.proxy_says_https(request.headers());
     if let Some(response) =
-        tls_policy::before_request(&request, &snapshot.tls, connection.tls.get(), behind_https)
+        tls_policy::before_request(&request, &snapshot.tls, connection.tls.get(), &client.forwarded)
     {
         return response;
     }
@@ -269,6 +268,13 @@ async fn route_and_forward<'s>(
         ControlFlow::Continue(chosen) => chosen,
         ControlFlow::Break(answer) => return answer,
     };
+    let session = connection.tls.get();
+    let forced = route.https_redirect.as_ref();
+    if let Some(answer) =
+        tls_policy::route_redirect(&request, forced, &snapshot.tls, session, &client.forwarded)
+    {
+        return answer;
+    }
     // A CORS preflight is answered before the access checks, as nginx's rewrite phase comes
     // before its access phase: browsers send it without credentials.
     if let Some(cors) = &route.cors {

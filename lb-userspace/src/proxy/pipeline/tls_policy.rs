@@ -1,8 +1,10 @@
 //! Per-host TLS policy on HTTP requests, the pipeline's first phase:
 //!
-//! - plain HTTP for a host with `tls` and `redirect_http`: `308 Permanent Redirect` to the same
-//!   URL over HTTPS (308 keeps the method and body), except ACME HTTP-01 challenges, which must
-//!   stay reachable over plain HTTP while a certificate is being issued;
+//! - plain HTTP for a host with `tls` and `redirect_http`, or on a route with `https_redirect`
+//!   (whatever its host's TLS): `308 Permanent Redirect` to the same URL over HTTPS (308 keeps
+//!   the method and body), except ACME HTTP-01 challenges, which must stay reachable over plain
+//!   HTTP while a certificate is being issued, and requests a trusted proxy says it received
+//!   over HTTPS;
 //! - HTTPS for a host that requires client certificates on a connection whose handshake did
 //!   not select that host (the SNI named another host, then the Host header switched):
 //!   `421 Misdirected Request`, so a client certificate check cannot be bypassed;
@@ -17,9 +19,10 @@ use std::ops::ControlFlow;
 use http::{HeaderValue, Request, Response, StatusCode, header::LOCATION};
 
 use crate::{
+    config::{HttpsRedirectConfig, RedirectPort},
     proxy::{
         body::{self, ProxyBody},
-        headers::request_host,
+        headers::{Forwarded, request_host},
         pipeline::error,
     },
     tls::{
@@ -33,39 +36,23 @@ use crate::{
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// A response that replaces routing for this request, if the TLS policy decides it.
-/// `session` is the connection's TLS session (`None` on plain HTTP); `behind_https`: a trusted
-/// proxy says the client reached it over HTTPS (then plain HTTP here is no reason to redirect).
+/// `session` is the connection's TLS session (`None` on plain HTTP); `forwarded` says whether a
+/// trusted proxy reports that the client reached it over HTTPS (then plain HTTP here is no
+/// reason to redirect) and which host it asked for.
 pub fn before_request<B>(
     request: &Request<B>,
     tls: &TlsSnapshot,
     session: Option<&Session>,
-    behind_https: bool,
+    forwarded: &Forwarded,
 ) -> Option<Response<ProxyBody>> {
-    let host_header = request_host(request);
-    let (_, host) = tls.host(host_header)?;
+    let (_, host) = tls.host(request_host(request))?;
     match session {
-        None if behind_https => None,
         None => {
             let port = tls.https_port()?;
-            if !host.redirect_http || request.uri().path().starts_with(ACME_CHALLENGE) {
+            if !host.redirect_http || !needs_https(request, forwarded) {
                 return None;
             }
-            let name = strip_port(host_header?);
-            let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let location = if port == 443 {
-                format!("https://{name}{path}")
-            } else {
-                format!("https://{name}:{port}{path}")
-            };
-            let mut response = Response::new(body::empty());
-            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-            match HeaderValue::from_str(&location) {
-                Ok(location) => response.headers_mut().insert(LOCATION, location),
-                Err(_) => {
-                    return Some(error(StatusCode::BAD_REQUEST, "the host cannot be redirected"));
-                }
-            };
-            Some(response)
+            Some(to_https(request, &host.redirect, Some(port), forwarded))
         }
         // The handshake must have selected this very host and verified the client against its
         // current CA (a reload may have changed either since).
@@ -81,6 +68,62 @@ pub fn before_request<B>(
         }
         Some(_) => None,
     }
+}
+
+/// The redirect of a plain-HTTP request on a route that asks for HTTPS whatever its host's
+/// TLS (ingress-nginx `force-ssl-redirect`, for TLS that ends at an outer balancer).
+pub fn route_redirect<B>(
+    request: &Request<B>,
+    form: Option<&HttpsRedirectConfig>,
+    tls: &TlsSnapshot,
+    session: Option<&Session>,
+    forwarded: &Forwarded,
+) -> Option<Response<ProxyBody>> {
+    let form = form?;
+    if session.is_some() || !needs_https(request, forwarded) {
+        return None;
+    }
+    Some(to_https(request, form, tls.https_port(), forwarded))
+}
+
+/// Whether a plain-HTTP request is one to redirect: not an ACME challenge, and not one a
+/// trusted proxy says came over HTTPS. An untrusted client's `X-Forwarded-Proto` is not read.
+fn needs_https<B>(request: &Request<B>, forwarded: &Forwarded) -> bool {
+    !request.uri().path().starts_with(ACME_CHALLENGE) && !forwarded.proxy_says_https(request.headers())
+}
+
+/// `308` to the request's URL over HTTPS, written as `form` says (`https_port`: the first TLS
+/// listener's).
+fn to_https<B>(
+    request: &Request<B>,
+    form: &HttpsRedirectConfig,
+    https_port: Option<u16>,
+    forwarded: &Forwarded,
+) -> Response<ProxyBody> {
+    let Some(host) = forwarded.proxy_host(request.headers()).or_else(|| request_host(request)) else {
+        return error(StatusCode::BAD_REQUEST, "the request names no host to redirect to");
+    };
+    let name = strip_port(host);
+    let mut target = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if form.strip_trailing_slash {
+        target = target.strip_suffix('/').unwrap_or(target);
+    }
+    let location = match (form.port, https_port) {
+        (RedirectPort::Never, _) | (RedirectPort::Listener, None | Some(443)) => {
+            format!("https://{name}{target}")
+        }
+        (RedirectPort::Listener | RedirectPort::Always, Some(port)) => {
+            format!("https://{name}:{port}{target}")
+        }
+        (RedirectPort::Always, None) => format!("https://{name}:443{target}"),
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return error(StatusCode::BAD_REQUEST, "the host cannot be redirected");
+    };
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(LOCATION, location);
+    response
 }
 
 /// The `Strict-Transport-Security` value for an HTTPS request's host, if it has one; the
@@ -133,4 +176,75 @@ pub fn client_certificate<'s, B>(
         return ControlFlow::Break(error(StatusCode::FORBIDDEN, "client certificate unauthorized"));
     }
     ControlFlow::Continue(Some(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(
+        uri: &str,
+        host: &str,
+        form: HttpsRedirectConfig,
+        port: Option<u16>,
+        fwd: &Forwarded,
+    ) -> String {
+        let request = Request::builder().uri(uri).header(http::header::HOST, host).body(()).unwrap();
+        let response = to_https(&request, &form, port, fwd);
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        response.headers()[LOCATION].to_str().unwrap().to_owned()
+    }
+
+    /// ingress-nginx's forms (lua_ingress.lua): `https://` + host without port + request URI,
+    /// one trailing slash dropped unless preserve-trailing-slash, `:<https port>` with
+    /// use-port-in-redirects (443 too); Sluice's own file default names a port other than 443.
+    #[test]
+    fn locations_are_written_as_the_form_says() {
+        let direct = Forwarded::new("192.0.2.1:4000".parse().unwrap(), "http", 80);
+        let nginx = HttpsRedirectConfig { port: RedirectPort::Never, strip_trailing_slash: true };
+        let cases = [
+            ("/", "a.test", nginx, Some(8443), "https://a.test"),
+            ("/x/", "a.test:8080", nginx, Some(8443), "https://a.test/x"),
+            ("/x/?q=/", "a.test", nginx, None, "https://a.test/x/?q="),
+            ("/x/?q=1", "a.test", nginx, None, "https://a.test/x/?q=1"),
+            (
+                "/x/",
+                "a.test",
+                HttpsRedirectConfig { strip_trailing_slash: false, ..nginx },
+                None,
+                "https://a.test/x/",
+            ),
+            (
+                "/x",
+                "a.test",
+                HttpsRedirectConfig { port: RedirectPort::Always, ..nginx },
+                Some(443),
+                "https://a.test:443/x",
+            ),
+            (
+                "/x",
+                "a.test",
+                HttpsRedirectConfig { port: RedirectPort::Always, ..nginx },
+                None,
+                "https://a.test:443/x",
+            ),
+            ("/x/", "a.test", HttpsRedirectConfig::default(), Some(8443), "https://a.test:8443/x/"),
+            ("/x", "[2001:db8::1]:80", HttpsRedirectConfig::default(), Some(443), "https://[2001:db8::1]/x"),
+        ];
+        for (uri, host, form, port, want) in cases {
+            assert_eq!(location(uri, host, form, port, &direct), want, "{uri} {host} {form:?} {port:?}");
+        }
+        // A trusted proxy's X-Forwarded-Host (its first entry) names the target; a direct
+        // client's does not.
+        let request = Request::builder()
+            .uri("/p")
+            .header(http::header::HOST, "inner.test")
+            .header("x-forwarded-host", "edge.test, inner.test")
+            .body(())
+            .unwrap();
+        let trusted = direct.behind_proxy("203.0.113.7".parse().unwrap(), true);
+        let target = |fwd: &Forwarded| to_https(&request, &nginx, None, fwd).headers()[LOCATION].clone();
+        assert_eq!(target(&trusted), "https://edge.test/p");
+        assert_eq!(target(&direct), "https://inner.test/p");
+    }
 }

@@ -87,6 +87,8 @@ pub struct Route {
     pub rate_limit: Option<Arc<RateLimitConfig>>,
     /// Error pages (its own, else its virtual host's).
     pub error_pages: Option<ErrorPages>,
+    /// Plain HTTP goes to HTTPS whatever the host's TLS (`force-ssl-redirect`).
+    pub https_redirect: Option<crate::config::HttpsRedirectConfig>,
     matcher: Matcher,
 }
 
@@ -549,6 +551,7 @@ fn compile_route(
         access,
         rate_limit: route.rate_limit.as_ref().or(host.rate_limit.as_ref()).cloned().map(Arc::new),
         error_pages,
+        https_redirect: route.https_redirect,
         matcher,
     })
 }

@@ -21,7 +21,7 @@ const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled 
 
 const TRACING: &str = "tracing is not implemented; no spans are sent";
 const FASTCGI: &str = "FastCGI is not served (backend-protocol: FCGI refuses the Ingress)";
-const REDIRECT_DETAIL: &str = "Sluice's redirects are absolute URLs with the request's own port and path";
+const REDIRECT_DETAIL: &str = "Sluice's redirects are absolute URLs";
 const MIRROR: &str =
     "request mirroring is not implemented; the backend serves as usual and nothing is copied";
 const REWRITE_RESPONSE: &str = "the backend's Set-Cookie and Location headers are passed unchanged";
@@ -34,6 +34,8 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("use-regex", use_regex),
     applied("ssl-redirect", ssl_redirect),
     applied("force-ssl-redirect", force_ssl_redirect),
+    applied("use-port-in-redirects", use_port_in_redirects),
+    applied("preserve-trailing-slash", preserve_trailing_slash),
     applied("ssl-passthrough", ssl_passthrough),
     applied("backend-protocol", backend_protocol),
     applied("proxy-connect-timeout", connect_timeout),
@@ -185,8 +187,6 @@ pub const ANNOTATIONS: &[Annotation] = &[
     ignored("fastcgi-params-configmap", FASTCGI),
     applied("from-to-www-redirect", from_to_www_redirect),
     applied("server-alias", server_alias),
-    ignored("use-port-in-redirects", REDIRECT_DETAIL),
-    ignored("preserve-trailing-slash", REDIRECT_DETAIL),
     ignored("relative-redirects", REDIRECT_DETAIL),
     ignored("http2-push-preload", "HTTP/2 server push is not sent (browsers have dropped it)"),
     ignored("mirror-target", MIRROR),
@@ -244,7 +244,17 @@ fn ssl_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
 }
 
 fn force_ssl_redirect(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
-    a.force_ssl_redirect = boolean(v)?;
+    a.force_ssl_redirect = Some(boolean(v)?);
+    Ok(())
+}
+
+fn use_port_in_redirects(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.use_port_in_redirects = Some(boolean(v)?);
+    Ok(())
+}
+
+fn preserve_trailing_slash(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    a.preserve_trailing_slash = Some(boolean(v)?);
     Ok(())
 }
 

@@ -803,6 +803,55 @@ fn notes_contain(t: &Translation, text: &str) -> bool {
     t.notes.iter().any(|n| n.message.contains(text))
 }
 
+/// force-ssl-redirect marks the Ingress's backend routes whatever its hosts' TLS (not its
+/// permanent-redirect routes, which nginx answers first); use-port-in-redirects and
+/// preserve-trailing-slash set how its redirects are written, the ConfigMap giving defaults.
+#[test]
+fn force_ssl_redirect_and_the_redirect_form() {
+    let (cert, key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses = vec![
+        IngressTest::new("forced")
+            .annotation("force-ssl-redirect", "true")
+            .annotation("preserve-trailing-slash", "true")
+            .host("plain.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("moved")
+            .annotation("force-ssl-redirect", "true")
+            .annotation("permanent-redirect", "https://elsewhere.test/")
+            .host("moved.test")
+            .path("/", "web", 80)
+            .build(),
+        IngressTest::new("tls").tls(&["a.test"], "a-tls").host("a.test").path("/", "web", 80).build(),
+    ];
+    state.secrets = vec![tls_secret("a-tls", &cert, &key)];
+    let t = translator().build(&tls_base(), &state).unwrap();
+    let forced = &host(&t.config, "plain.test").routes[0];
+    let kept = HttpsRedirectConfig { port: RedirectPort::Never, strip_trailing_slash: false };
+    assert_eq!(forced.https_redirect, Some(kept));
+    assert!(host(&t.config, "plain.test").tls.is_none());
+    assert!(host(&t.config, "moved.test").routes.iter().all(|r| r.https_redirect.is_none()));
+    let a = host(&t.config, "a.test");
+    assert!(a.routes[0].https_redirect.is_none());
+    let tls = a.tls.as_ref().unwrap();
+    let nginx_default = HttpsRedirectConfig { port: RedirectPort::Never, strip_trailing_slash: true };
+    assert_eq!((tls.redirect_http, tls.redirect), (true, nginx_default));
+    assert!(!notes_contain(&t, "force-ssl-redirect"), "{}", notes(&t));
+    // The ConfigMap's defaults: every Ingress without the annotations.
+    let data = [("force-ssl-redirect", "true"), ("use-port-in-redirects", "true")];
+    state.configmaps = vec![configmap("ingress-nginx", "controller", &data)];
+    let settings = Settings {
+        ingress_class: "sluice".into(),
+        controller_configmap: Some("ingress-nginx/controller".into()),
+        ..Settings::default()
+    };
+    let t = Translator::new(settings).build(&tls_base(), &state).unwrap();
+    let always = HttpsRedirectConfig { port: RedirectPort::Always, strip_trailing_slash: true };
+    assert_eq!(host(&t.config, "a.test").routes[0].https_redirect, Some(always));
+    assert_eq!(host(&t.config, "a.test").tls.as_ref().unwrap().redirect, always);
+}
+
 #[test]
 fn ssl_redirect_off_and_passthrough() {
     let (cert, key) = self_signed("a.test");
