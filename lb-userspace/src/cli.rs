@@ -102,6 +102,11 @@ pub struct KubernetesArgs {
     /// this node's addresses (NODE_NAME).
     #[arg(long = "publish-address", requires = "kubernetes")]
     pub publish_addresses: Vec<String>,
+    /// A Service (`NAMESPACE/NAME`, typically the LoadBalancer in front of the nodes) whose
+    /// addresses are written into the Ingresses' status and follow its changes
+    /// (ingress-nginx's flag); --publish-address wins when both are given, as there.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub publish_service: Option<String>,
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
     #[arg(long, requires = "kubernetes")]
     pub lease_namespace: Option<String>,
@@ -287,6 +292,7 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
             status.identity = identity.clone();
         }
         status.publish_addresses = args.publish_addresses.clone();
+        status.publish_service = args.publish_service.clone();
         status
     });
     let api = crate::provider::kube::api::ApiSettings {

@@ -23,6 +23,7 @@ use lb_tests::{
         objects::{
             SliceEndpoint, endpoint_slice, ingress, ingress_class, opaque_secret, service, tls_secret,
         },
+        sluice::{KubeSluice, KubeSluiceOptions},
     },
     free_port,
     http::{self, Client, HttpResponse},
@@ -1021,6 +1022,71 @@ fn two_instances_elect_one_leader_that_alone_writes_status_and_others_take_over(
         status_ip(&kube).filter(|ip| ip == "192.0.2.3")
     })
     .unwrap();
+}
+
+/// `--publish-service`: the leader writes the Service's `status.loadBalancer` (sorted as
+/// ingress-nginx compares it, with its external IPs) into every served Ingress, follows a
+/// change to the Service, copies a NodePort's external IPs, clears the status while a
+/// LoadBalancer is pending and leaves it while the Service is gone.
+#[test]
+fn publish_service_copies_the_services_addresses_and_follows_them() {
+    let kube = FakeKube::start().unwrap();
+    let web = Backend::loopback_group("web", 1);
+    publish_web(&kube, "app.test", &[SliceEndpoint::ready(&ip(&web[0]))], web[0].addr().port());
+    let front = |spec: serde_json::Value, status: serde_json::Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "ingress-nginx", "name": "ingress-nginx-controller"},
+            "spec": spec,
+            "status": status,
+        })
+    };
+    let balancer = json!({"type": "LoadBalancer", "clusterIP": "10.0.0.9", "externalIPs": ["192.0.2.7"]});
+    kube.apply(front(
+        balancer.clone(),
+        json!({"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}, {"ip": "203.0.113.10", "ports": [{"port": 443, "protocol": "TCP"}]}]}}),
+    ));
+    let options = KubeSluiceOptions { publish: Vec::new(), ..Default::default() }
+        .args(&["--publish-service", "ingress-nginx/ingress-nginx-controller"]);
+    let sluice = KubeSluice::start(&kube, options);
+    let status = || {
+        kube.get("networking.k8s.io/v1", "Ingress", "default", "web")
+            .map(|i| i["status"]["loadBalancer"].clone())
+    };
+    let wait_status = |what: &str, want: serde_json::Value| {
+        wait_for(Duration::from_secs(10), what, || status().filter(|s| *s == want))
+            .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", status(), sluice.child.output()));
+    };
+    wait_status(
+        "the Service's addresses",
+        json!({"ingress": [{"ip": "192.0.2.7"}, {"ip": "203.0.113.10"}, {"hostname": "lb.example.com"}]}),
+    );
+    // The balancer gets another address: followed without a restart.
+    kube.apply(front(balancer.clone(), json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}})));
+    wait_status("the new address", json!({"ingress": [{"ip": "192.0.2.7"}, {"ip": "203.0.113.20"}]}));
+    kube.apply(front(
+        json!({"type": "NodePort", "clusterIP": "10.0.0.9", "externalIPs": ["198.51.100.4"]}),
+        json!({}),
+    ));
+    wait_status("the NodePort's external IP", json!({"ingress": [{"ip": "198.51.100.4"}]}));
+    // Pending (no address yet): cleared, as ingress-nginx writes the empty list.
+    kube.apply(front(json!({"type": "LoadBalancer", "clusterIP": "10.0.0.9"}), json!({})));
+    wait_for(Duration::from_secs(10), "the cleared status", || {
+        status().filter(|s| s["ingress"].as_array().is_none_or(Vec::is_empty))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", status(), sluice.child.output()));
+    kube.apply(front(balancer, json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.30"}]}})));
+    wait_status("the address again", json!({"ingress": [{"ip": "192.0.2.7"}, {"ip": "203.0.113.30"}]}));
+    // Gone: the status stays, reported.
+    let writes = kube.count_requests("PATCH", "/ingresses/web/status");
+    kube.delete("v1", "Service", "ingress-nginx", "ingress-nginx-controller");
+    sluice.wait_for_log(&["--publish-service Service is missing"], Duration::from_secs(10));
+    assert_eq!(status(), Some(json!({"ingress": [{"ip": "192.0.2.7"}, {"ip": "203.0.113.30"}]})));
+    assert_eq!(
+        kube.count_requests("PATCH", "/ingresses/web/status"),
+        writes,
+        "nothing written while it is gone"
+    );
 }
 
 /// Events on Ingresses: a Normal `Sync` for a served one, Warnings for a refused one and an

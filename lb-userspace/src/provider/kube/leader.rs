@@ -16,8 +16,9 @@
 //! the Lease: our identity and the renew time we sent mean the renewal took.
 //!
 //! Only the leader writes `.status.loadBalancer.ingress` of the Ingresses served: the
-//! configured publish addresses (checked at start: an IP address or a DNS-1123 name), or the
-//! addresses of this node (ExternalIP, else InternalIP). It writes only when the status
+//! configured publish addresses (checked at start: an IP address or a DNS-1123 name), else the
+//! addresses of the `--publish-service` Service ([`publish_service`]), else the addresses of
+//! this node (ExternalIP, else InternalIP), in ingress-nginx's order of precedence. It writes only when the status
 //! differs, through the status subresource, and each write names the Ingress's
 //! resourceVersion as read: Kubernetes has no precondition across objects, so instead of
 //! re-reading the Lease before each write (a GET per write that still leaves a window) the
@@ -33,7 +34,7 @@ use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
         core::v1::Node,
-        networking::v1::Ingress,
+        networking::v1::{Ingress, IngressLoadBalancerIngress},
     },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
@@ -47,7 +48,9 @@ use tokio::{sync::watch, time::Instant};
 use super::{IngressId, events::Recorder, translate::Note};
 
 mod gateway_status;
+mod publish_service;
 pub use gateway_status::GatewayStatusWriter;
+pub use publish_service::{Published, published};
 
 /// Where the Lease lives, who we are, and what to publish.
 #[derive(Debug, Clone)]
@@ -64,6 +67,9 @@ pub struct StatusOptions {
     /// Addresses (IPs or host names) to write into the Ingresses' status; when empty, the
     /// addresses of `node_name`.
     pub publish_addresses: Vec<String>,
+    /// `NAMESPACE/NAME` of a Service whose addresses are written instead of the node's
+    /// (`--publish-service`; the publish addresses win, as in ingress-nginx).
+    pub publish_service: Option<String>,
     pub node_name: Option<String>,
 }
 
@@ -78,6 +84,7 @@ impl Default for StatusOptions {
             renew_every: Duration::from_secs(5),
             retry_every: Duration::from_secs(2),
             publish_addresses: Vec::new(),
+            publish_service: None,
             node_name: std::env::var("NODE_NAME").ok(),
         }
     }
@@ -93,17 +100,26 @@ impl StatusOptions {
     }
 }
 
+/// What the status writer reads: the Ingresses, which of them are served, the translation's
+/// notes, and the `--publish-service` Service's addresses (kept by the provider from its
+/// Service store; changes wake the leader).
+pub struct StatusInputs {
+    pub ingresses: Store<Ingress>,
+    pub served: watch::Receiver<Vec<IngressId>>,
+    pub notes: watch::Receiver<Arc<Vec<Note>>>,
+    pub published: watch::Receiver<Published>,
+}
+
 /// Campaigns for the Lease until `shutdown`; while leading, keeps the served Ingresses'
 /// status up to date. Releases the Lease on the way out.
 pub async fn run(
     client: Client,
     options: StatusOptions,
-    ingresses: Store<Ingress>,
-    mut served: watch::Receiver<Vec<IngressId>>,
+    inputs: StatusInputs,
     mut gateway: GatewayStatusWriter,
-    mut notes: watch::Receiver<Arc<Vec<Note>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let StatusInputs { ingresses, mut served, mut notes, mut published } = inputs;
     let mut elector = Elector::new(client.clone(), options.clone());
     let mut recorder = Recorder::new(client.clone(), options.identity.clone());
     let mut publisher = Publisher::new(client, options.clone());
@@ -121,8 +137,16 @@ pub async fn run(
         }
         if elector.may_write() {
             let served = served.borrow_and_update().clone();
-            publisher.publish(&elector, &ingresses, &served).await;
-            let addresses = publisher.addresses().await;
+            let published = published.borrow_and_update().clone();
+            let desired = publisher.desired(&elector, published).await;
+            if let Some(desired) = &desired {
+                publisher.publish(&elector, &ingresses, &served, desired).await;
+            }
+            let addresses: Vec<String> = desired
+                .iter()
+                .flatten()
+                .filter_map(|a| a.ip.clone().or_else(|| a.hostname.clone()))
+                .collect();
             gateway.publish(&elector, &addresses).await;
             // Events only from the leader, within its deadline as status writes.
             let notes = notes.borrow_and_update().clone();
@@ -138,6 +162,7 @@ pub async fn run(
             r = served.changed(), if elector.leading => if r.is_err() { break },
             r = gateway.changed(), if elector.leading => if !r { break },
             r = notes.changed(), if elector.leading => if r.is_err() { break },
+            r = published.changed(), if elector.leading => if r.is_err() { break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
@@ -387,6 +412,44 @@ impl Publisher {
         Publisher { client, options, node_addresses: None, warned_nothing: false }
     }
 
+    /// The status to write (`None`: leave it), from the publish addresses, else the
+    /// `--publish-service` Service (`published`), else this node; read before `elector`'s
+    /// deadline.
+    async fn desired(
+        &mut self,
+        elector: &Elector,
+        published: Published,
+    ) -> Option<Vec<IngressLoadBalancerIngress>> {
+        let deadline = elector.deadline()?;
+        if self.options.publish_addresses.is_empty()
+            && let Some(service) = &self.options.publish_service
+        {
+            if published.is_none() && !self.warned_nothing {
+                tracing::warn!(
+                    service = %service,
+                    "the --publish-service Service is missing or has no address of its type; Ingress status is left as it is"
+                );
+            }
+            self.warned_nothing = published.is_none();
+            return published;
+        }
+        let addresses = tokio::time::timeout_at(deadline, self.addresses()).await.ok()?;
+        if addresses.is_empty() {
+            if !self.warned_nothing {
+                tracing::warn!(
+                    "no publish address and no node address known; Ingress status is not written (set --publish-address)"
+                );
+                self.warned_nothing = true;
+            }
+            return None;
+        }
+        let entry = |a: &String| match a.parse::<IpAddr>() {
+            Ok(_) => IngressLoadBalancerIngress { ip: Some(a.clone()), ..Default::default() },
+            Err(_) => IngressLoadBalancerIngress { hostname: Some(a.clone()), ..Default::default() },
+        };
+        Some(addresses.iter().map(entry).collect())
+    }
+
     async fn addresses(&mut self) -> Vec<String> {
         if !self.options.publish_addresses.is_empty() {
             return self.options.publish_addresses.clone();
@@ -418,25 +481,15 @@ impl Publisher {
 
     /// Writes the status of every served Ingress whose status differs, while `elector` may
     /// write: no write starts after its deadline, and one in flight is abandoned at it.
-    async fn publish(&mut self, elector: &Elector, ingresses: &Store<Ingress>, served: &[IngressId]) {
+    async fn publish(
+        &mut self,
+        elector: &Elector,
+        ingresses: &Store<Ingress>,
+        served: &[IngressId],
+        desired: &[IngressLoadBalancerIngress],
+    ) {
         let Some(deadline) = elector.deadline() else { return };
-        let Ok(addresses) = tokio::time::timeout_at(deadline, self.addresses()).await else { return };
-        if addresses.is_empty() {
-            if !self.warned_nothing {
-                tracing::warn!(
-                    "no publish address and no node address known; Ingress status is not written (set --publish-address)"
-                );
-                self.warned_nothing = true;
-            }
-            return;
-        }
-        let desired: Vec<serde_json::Value> = addresses
-            .iter()
-            .map(|a| match a.parse::<IpAddr>() {
-                Ok(_) => serde_json::json!({"ip": a}),
-                Err(_) => serde_json::json!({"hostname": a}),
-            })
-            .collect();
+        let desired = serde_json::to_value(desired).unwrap_or_default();
         for id in served {
             let Some(ingress) = ingresses.get(&ObjectRef::new(&id.name).within(&id.namespace)) else {
                 continue;
@@ -448,7 +501,7 @@ impl Publisher {
                 .and_then(|l| l.ingress.as_ref())
                 .map(|list| serde_json::to_value(list).unwrap_or_default())
                 .unwrap_or(serde_json::json!([]));
-            if current == serde_json::Value::Array(desired.clone()) {
+            if current == desired {
                 continue;
             }
             if !elector.may_write() {

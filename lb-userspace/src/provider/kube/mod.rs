@@ -409,6 +409,10 @@ impl KubeProvider {
         let (served_tx, served_rx) = watch::channel(Vec::<IngressId>::new());
         let (gateway_tx, gateway_rx) = watch::channel(translate::GatewayStatuses::default());
         let (notes_tx, notes_rx) = watch::channel(Arc::new(Vec::new()));
+        let publish_service = self.options.status.as_ref().and_then(|s| s.publish_service.clone());
+        let published =
+            |stores: &Stores| publish_service.as_deref().and_then(|r| leader::published(&stores.services, r));
+        let (published_tx, published_rx) = watch::channel(published(&stores));
         let status = self.options.status.clone().map(|options| {
             let gateway = leader::GatewayStatusWriter {
                 client: self.client.clone(),
@@ -417,20 +421,24 @@ impl KubeProvider {
                 gateways: stores.gateways.clone(),
                 http_routes: stores.http_routes.clone(),
             };
-            tokio::spawn(leader::run(
-                self.client.clone(),
-                options,
-                stores.ingresses.clone(),
-                served_rx,
-                gateway,
-                notes_rx,
-                shutdown.clone(),
-            ))
+            let inputs = leader::StatusInputs {
+                ingresses: stores.ingresses.clone(),
+                served: served_rx,
+                notes: notes_rx,
+                published: published_rx,
+            };
+            tokio::spawn(leader::run(self.client.clone(), options, inputs, gateway, shutdown.clone()))
         });
         let mut emitted = Emitted::new(served_tx, gateway_tx, notes_tx);
         loop {
             changed.borrow_and_update();
             let update = self.rebuild(&stores, &mut base, &mut emitted).await?;
+            published_tx.send_if_modified(|current| {
+                let now = published(&stores);
+                let changed = *current != now;
+                *current = now;
+                changed
+            });
             if let Some(update) = update {
                 tokio::select! {
                     sent = updates.send(update) => if sent.is_err() { break },
