@@ -18,7 +18,10 @@ use std::{
 };
 
 use lb_tests::{
-    fake_kube::{FakeKube, objects::ingress},
+    fake_kube::{
+        FakeKube,
+        objects::{ingress, service},
+    },
     free_port,
     http::{Client, HttpResponse},
     process::ChildGuard,
@@ -157,6 +160,27 @@ fn a_certificate_that_does_not_load_stops_the_start() {
 // ---------------------------------------------------------------------------------------------
 
 /// The AdmissionReview the API server sends for creating `object`.
+/// The controller's `--default-backend-service` and `--default-ssl-certificate` are accepted,
+/// and the default backend is used as the controller uses it: `custom-http-errors` without a
+/// `default-backend` annotation has no error backend without the flag (a warning: the
+/// annotation is not applied) and has the controller's with it.
+#[test]
+fn the_controllers_default_backend_flags_translate_as_the_controller_does() {
+    let kube = FakeKube::start().unwrap();
+    kube.apply(service("shop", "errors", 80, 8080));
+    let mut pages = ingress("shop", "pages", "sluice", "pages.example", "/", "web", 80);
+    pages["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/custom-http-errors": "503"});
+    let plain = Webhook::start(&kube);
+    let decision = plain.decision(&review("u-plain", &pages));
+    assert_eq!(decision["allowed"], true);
+    let warning = decision["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("custom-http-errors: no error backend"), "{decision}");
+    let flags = ["--default-backend-service", "shop/errors", "--default-ssl-certificate", "shop/default-tls"];
+    let like_the_controller = Webhook::start_with(&kube, &flags);
+    let decision = like_the_controller.decision(&review("u-flags", &pages));
+    assert_eq!(decision, json!({"uid": "u-flags", "allowed": true}));
+}
+
 fn review(uid: &str, object: &Value) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -210,13 +234,19 @@ struct Webhook {
 
 impl Webhook {
     fn start(kube: &FakeKube) -> Webhook {
+        Self::start_with(kube, &[])
+    }
+
+    /// With more arguments.
+    fn start_with(kube: &FakeKube, args: &[&str]) -> Webhook {
         let dir = TempDir::new();
         let ca = Ca::new("webhook CA");
         let leaf = ca.leaf(&["sluice-webhook.sluice.svc"]);
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         write_certificate(&dir, &leaf);
         let mut command = Command::new(sluice_binary().unwrap());
-        command.args(webhook_args(kube, &dir, addr)).env("RUST_LOG", "info").env_remove("KUBECONFIG");
+        command.args(webhook_args(kube, &dir, addr)).args(args);
+        command.env("RUST_LOG", "info").env_remove("KUBECONFIG");
         let mut webhook = Webhook { child: ChildGuard::spawn(command).unwrap(), addr, ca, leaf, dir };
         // It listens only once the cluster is listed.
         wait_for(Duration::from_secs(20), "the webhook to listen", || {

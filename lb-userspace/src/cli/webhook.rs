@@ -50,6 +50,15 @@ pub struct WebhookArgs {
     /// ingress-nginx's controller ConfigMap, as `sluice run --nginx-configmap`.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = namespaced_name)]
     pub nginx_configmap: Option<String>,
+    /// The controller's default backend Service, as `sluice run --default-backend-service`
+    /// (whether `custom-http-errors` has an error backend depends on it).
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = namespaced_name)]
+    pub default_backend_service: Option<String>,
+    /// As `sluice run --default-ssl-certificate`, so the controller's arguments can be given
+    /// unchanged; the webhook reads no Secret, and none of its decisions depends on the
+    /// certificate.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = namespaced_name)]
+    pub default_ssl_certificate: Option<String>,
     /// The base configuration Ingresses are translated onto, as `sluice check --ingress FILE`
     /// (default: listeners on 80 and 443 with TLS, as deploy/ ships them).
     #[arg(long, short = 'c')]
@@ -74,7 +83,8 @@ pub fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
         Translator::new(Settings {
             ingress_class: args.ingress_class.clone(),
             controller_configmap: args.nginx_configmap.clone(),
-            ..Settings::default()
+            default_backend_service: args.default_backend_service.clone(),
+            default_ssl_certificate: args.default_ssl_certificate.clone(),
         }),
         base,
     ));

@@ -739,8 +739,10 @@ impl<'a> Builder<'a> {
         };
         self.error_group = self.error_backend(id, a);
         if self.error_group.is_none() && a.custom_http_errors.as_ref().is_some_and(|s| !s.is_empty()) {
-            self.note(
+            // Not applied, so reported as an ignored annotation (a warning at admission).
+            self.note_kind(
                 Some(id),
+                NoteKind::Ignored,
                 "custom-http-errors: no error backend (no default-backend annotation, no --default-backend-service); the backend's answers pass through",
             );
         }
