@@ -42,8 +42,8 @@ use lb_tests::{
     fake_kube::{
         FakeKube,
         objects::{
-            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, http_route, ingress,
-            ingress_class, service,
+            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, grpc_route, http_route,
+            ingress, ingress_class, service, tls_route,
         },
     },
     free_port,
@@ -383,7 +383,7 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         &[SliceEndpoint::ready("192.0.2.50")],
     ));
     kube.apply(ingress("default", "web", &class, "app.example.com", "/", "web", 80));
-    // A Gateway on the plain listener's port and a route, so that every status is written.
+    // A Gateway on the listeners' ports and a route of each kind, so that every status is written.
     let plain_port = config["listeners"]
         .as_array()
         .unwrap()
@@ -391,17 +391,38 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         .find(|l| l.get("tls").is_none_or(Value::is_null))
         .and_then(|l| l["address"].as_str()?.rsplit(':').next()?.parse::<u16>().ok())
         .expect("a plain listener");
+    let tls_port = config["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l.get("tls").is_some_and(|t| !t.is_null()))
+        .and_then(|l| l["address"].as_str()?.rsplit(':').next()?.parse::<u16>().ok())
+        .expect("a TLS listener");
     kube.apply(gateway_class("sluice", "sluice.dev/gateway-controller"));
     kube.apply(gateway(
         "default",
         "gw",
         "sluice",
-        json!([{"name": "http", "port": plain_port, "protocol": "HTTP"}]),
+        json!([{"name": "http", "port": plain_port, "protocol": "HTTP"},
+               {"name": "tls", "port": tls_port, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]),
     ));
+    // One route of each kind.
     kube.apply(http_route(
         "default",
         "route",
-        json!({"parentRefs": [{"name": "gw"}], "hostnames": ["route.example.com"],
+        json!({"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["route.example.com"],
+               "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    ));
+    kube.apply(grpc_route(
+        "default",
+        "grpc",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["grpc.example.com"],
+               "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    ));
+    kube.apply(tls_route(
+        "default",
+        "passthrough",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "tls"}], "hostnames": ["tls.example.com"],
                "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
     ));
     kube.apply(json!({
@@ -451,11 +472,13 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.10").then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
-    wait_for(Duration::from_secs(20), "the HTTPRoute status", || {
-        let route = kube.get(GATEWAY_V1, "HTTPRoute", "default", "route")?;
-        (route["status"]["parents"][0]["conditions"][0]["status"] == "True").then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    for (kind, name) in [("HTTPRoute", "route"), ("GRPCRoute", "grpc"), ("TLSRoute", "passthrough")] {
+        wait_for(Duration::from_secs(20), &format!("the {kind} status"), || {
+            let route = kube.get(GATEWAY_V1, kind, "default", name)?;
+            (route["status"]["parents"][0]["conditions"][0]["status"] == "True").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    }
     wait_for(Duration::from_secs(10), "a Lease renewal", || {
         (kube.count_requests("PUT", "/leases/sluice-leader") > 0).then_some(())
     })

@@ -14,8 +14,8 @@ use lb_tests::{
     fake_kube::{
         FakeKube,
         objects::{
-            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, http_route, ingress,
-            ingress_class, namespace, reference_grant, service, tls_secret,
+            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, grpc_route, http_route,
+            ingress, ingress_class, namespace, reference_grant, service, tls_route, tls_secret,
         },
         sluice::{KubeSluice, KubeSluiceOptions},
     },
@@ -166,7 +166,8 @@ fn simple_same_namespace_route_is_served_and_every_status_is_written() {
     assert_eq!(listener["name"], "http");
     assert_eq!(
         listener["supportedKinds"],
-        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+               {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}])
     );
     wait_for(WAIT, "attachedRoutes 1", || {
         let gateway = kube.get(GATEWAY_V1, "Gateway", gw.0, gw.1)?;
@@ -729,4 +730,231 @@ fn missing_crds_and_coexistence_with_ingresses() {
         "the Ingress keeps the match it claimed first"
     );
     sluice.wait_for_log(&["HTTPRoute/route", "already served by the older Ingress default/web"], WAIT);
+}
+
+/// A gRPC-shaped call over h2c (prior knowledge, as gRPC clients speak cleartext): `POST path`
+/// with `content-type: application/grpc` and one empty message. Status, the backend's name,
+/// the HTTP version the backend saw, and the body (the request head for `Mode::Echo`).
+fn grpc_call(
+    addr: std::net::SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let call = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+            tokio::spawn(connection);
+            let mut request = ::http::Request::post(format!("http://{authority}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
+            let response = sender.send_request(request.body(Full::new(message))?).await?;
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+            };
+            let (backend, version) = (header("x-backend"), header("x-version"));
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, backend, version, String::from_utf8_lossy(&body).into_owned()))
+        };
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => (0, e.to_string(), String::new(), String::new()),
+            Err(_) => (0, "timed out".into(), String::new(), String::new()),
+        }
+    })
+}
+
+/// GRPCExactMethodMatching, GRPCRouteHeaderMatching, GRPCRouteListenerHostnameMatching (the
+/// route's hostnames), GRPCRouteRequestHeaderModifier, and the GRPCRoute/HTTPRoute hostname
+/// rule: calls over h2c reach HTTP/2 backends by service and method, an unknown method is 404
+/// (gRPC's UNIMPLEMENTED), and the younger of an HTTPRoute and a GRPCRoute sharing a hostname
+/// is not accepted.
+#[test]
+fn grpc_routes_match_methods_headers_and_hostnames() {
+    let Infra { kube, sluice, backends } = infra();
+    let kube = &kube;
+    let ns = "gateway-conformance-infra";
+    let echo = Backend::with_mode("echo", Mode::Echo);
+    publish_service(kube, ns, "echo", &echo);
+    let service = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
+    let method = |name: &str| json!({"method": {"service": service, "method": name}});
+    kube.apply(grpc_route(
+        ns,
+        "exact-matching",
+        json!({"parentRefs": same_namespace_parent(), "hostnames": ["grpc.example"], "rules": [
+            {"matches": [method("Echo")], "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [method("EchoTwo")], "backendRefs": [backend_ref("infra-backend-v2")]},
+            {"matches": [{"method": {"service": service, "method": "EchoFour"},
+                          "headers": [{"name": "version", "value": "two"}]}],
+             "backendRefs": [backend_ref("infra-backend-v3")]},
+            {"matches": [{"method": {"type": "RegularExpression", "service": "grpc\\.health\\..*"}}],
+             "filters": [{"type": "RequestHeaderModifier",
+                          "requestHeaderModifier": {"set": [{"name": "x-filter", "value": "grpc"}]}}],
+             "backendRefs": [backend_ref("echo")]},
+        ]}),
+    ));
+    wait_route_condition_of(kube, "GRPCRoute", ns, "exact-matching", ("Accepted", "True", "Accepted"));
+    let call =
+        |host: &str, path: String, headers: &[(&str, &str)]| grpc_call(sluice.addr, host, &path, headers);
+    let path = |name: &str| format!("/{service}/{name}");
+    wait_for(WAIT, "the GRPCRoute served", || {
+        (call("grpc.example", path("Echo"), &[]).1 == "v1").then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!("{e}: {:?}\n{}", call("grpc.example", path("Echo"), &[]), sluice.child.output())
+    });
+    let (status, backend, version, _) = call("grpc.example", path("Echo"), &[]);
+    assert_eq!((status, backend.as_str(), version.as_str()), (200, "v1", "HTTP/2.0"), "Echo: HTTP/2 to v1");
+    assert_eq!(call("grpc.example", path("EchoTwo"), &[]).1, "v2");
+    assert_eq!(call("grpc.example", path("EchoThree"), &[]).0, 404, "no rule: UNIMPLEMENTED");
+    assert_eq!(call("grpc.example", path("EchoFour"), &[("version", "two")]).1, "v3");
+    assert_eq!(call("grpc.example", path("EchoFour"), &[("version", "one")]).0, 404, "header must match");
+    assert_eq!(call("other.example", path("Echo"), &[]).0, 404, "the route's hostnames only");
+    let (status, _, _, head) = call("grpc.example", "/grpc.health.v1.Health/Check".into(), &[]);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.starts_with("POST /grpc.health.v1.Health/Check HTTP/2.0"), "{head}");
+    assert!(head.contains("x-filter: grpc\r\n"), "RequestHeaderModifier: {head}");
+    assert!(head.contains("content-type: application/grpc\r\n"), "{head}");
+    // A younger HTTPRoute naming the same hostname on that listener is not accepted, and does
+    // not take the GRPCRoute's requests.
+    kube.apply(http_route(
+        ns,
+        "same-host",
+        json!({"parentRefs": same_namespace_parent(), "hostnames": ["grpc.example"],
+               "rules": [{"backendRefs": [backend_ref("infra-backend-v3")]}]}),
+    ));
+    wait_route_condition(kube, ns, "same-host", ("Accepted", "False", "NotAllowedByListeners"));
+    assert_eq!(ask(&sluice, "GET", "grpc.example", "/", &[]).0, 404, "the HTTPRoute is not served");
+    assert_eq!(call("grpc.example", path("Echo"), &[]).1, "v1");
+    drop((backends, echo));
+}
+
+/// Waits for a route's condition (any kind) under its (only) Sluice parent.
+fn wait_route_condition_of(
+    kube: &FakeKube,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    condition: (&str, &str, &str),
+) -> Value {
+    wait_condition(kube, (GATEWAY_V1, kind, ns, name), "/status/parents/0/conditions", condition)
+}
+
+/// TLSRouteSimpleSameNamespace, TLSRouteHostnameIntersection, TLSRouteInvalidBackendRef-
+/// Nonexistent, TLSRouteListenerTerminateNotSupported, TLSRouteListenerPassthroughSupported-
+/// Kinds, and an HTTPS and a TLS passthrough listener sharing the node's TLS port: the client's
+/// TLS reaches the backend untouched (its certificate, its answer), by SNI.
+#[test]
+fn tls_routes_pass_through_by_sni() {
+    let kube = FakeKube::start().unwrap();
+    let options = KubeSluiceOptions { tls: true, ..KubeSluiceOptions::default() };
+    let sluice = KubeSluice::start(&kube, options);
+    let tls_addr = sluice.tls_addr.unwrap();
+    infrastructure(&kube);
+    let ns = "gateway-conformance-infra";
+    let backend_ca = tls::Ca::new("backend");
+    let backend_leaf = backend_ca.leaf(&["abc.example.com", "def.example.com"]);
+    let pass = Backend::with_tls("tls-backend", tls::server_config(&backend_leaf));
+    publish_service(&kube, ns, "tls-backend", &pass);
+    let v1 = Backend::with_mode("v1", Mode::Name);
+    publish_service(&kube, ns, "infra-backend-v1", &v1);
+    let gateway_ca = tls::Ca::new("gateway");
+    let gateway_leaf = gateway_ca.leaf(&["https.example.com"]);
+    kube.apply(tls_secret(ns, "https-certificate", &gateway_leaf.cert, &gateway_leaf.key));
+    kube.apply(gateway(ns, "gateway-tlsroute", "sluice", json!([
+        {"name": "https", "port": tls_addr.port(), "protocol": "TLS", "hostname": "*.example.com",
+         "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TCPRoute"}, {"kind": "TLSRoute"}]},
+         "tls": {"mode": "Passthrough"}},
+        {"name": "terminate", "port": tls_addr.port(), "protocol": "TLS", "hostname": "t.example.org",
+         "tls": {"mode": "Terminate", "certificateRefs": [{"name": "https-certificate"}]}},
+        {"name": "web", "port": tls_addr.port(), "protocol": "HTTPS", "hostname": "https.example.com",
+         "tls": {"certificateRefs": [{"name": "https-certificate"}]}},
+    ])));
+    kube.apply(tls_route(
+        ns,
+        "gateway-conformance-infra-test",
+        json!({"parentRefs": [{"name": "gateway-tlsroute", "sectionName": "https"}],
+               "hostnames": ["abc.example.com", "abc.example.net"],
+               "rules": [{"backendRefs": [{"name": "tls-backend", "port": 8080}]}]}),
+    ));
+    kube.apply(tls_route(
+        ns,
+        "nonexistent-backend",
+        json!({"parentRefs": [{"name": "gateway-tlsroute", "sectionName": "https"}], "hostnames": ["def.example.com"],
+               "rules": [{"backendRefs": [{"name": "does-not-exist", "port": 8080}]}]}),
+    ));
+    kube.apply(http_route(
+        ns,
+        "https-route",
+        json!({"parentRefs": [{"name": "gateway-tlsroute", "sectionName": "web"}],
+               "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]}),
+    ));
+    let trust_backend =
+        tls::client_config(tls::ClientOptions { trust: Some(&backend_ca), ..Default::default() });
+    let trust_gateway =
+        tls::client_config(tls::ClientOptions { trust: Some(&gateway_ca), ..Default::default() });
+    let get = |sni: &str,
+               config: &std::sync::Arc<rustls::ClientConfig>|
+     -> anyhow::Result<(u16, String, Vec<u8>)> {
+        let stream = tls::connect(tls_addr, Some(sni), config)?;
+        let certificate = tls::served_certificate(&stream);
+        let mut client = http::Client::new(stream);
+        let response = client.get(sni, "/");
+        Ok((response.status, response.header("x-backend").unwrap_or("").to_owned(), certificate))
+    };
+    let passed =
+        wait_for(WAIT, "abc.example.com passed through", || get("abc.example.com", &trust_backend).ok())
+            .unwrap_or_else(|e| {
+                let last = get("abc.example.com", &trust_backend).map(|r| (r.0, r.1));
+                let route = kube.get(GATEWAY_V1, "TLSRoute", ns, "gateway-conformance-infra-test");
+                panic!("{e}: last {last:?}\n{route:#?}\n{}", sluice.child.output())
+            });
+    assert_eq!((passed.0, passed.1.as_str()), (200, "tls-backend"), "the backend answered");
+    assert_eq!(passed.2, backend_leaf.der(), "the backend's own certificate: TLS was not terminated");
+    assert!(pass.connections() >= 1);
+    // The HTTPS listener on the same port terminates with its certificate.
+    let (status, backend, certificate) = get("https.example.com", &trust_gateway).unwrap();
+    assert_eq!((status, backend.as_str()), (200, "v1"));
+    assert_eq!(certificate, gateway_leaf.der());
+    let gw = (GATEWAY_V1, "Gateway", ns, "gateway-tlsroute");
+    let status = wait_condition(
+        &kube,
+        gw,
+        "/status/listeners/0/conditions",
+        ("ResolvedRefs", "False", "InvalidRouteKinds"),
+    );
+    assert_eq!(
+        status["status"]["listeners"][0]["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}])
+    );
+    wait_condition(&kube, gw, "/status/listeners/1/conditions", ("Accepted", "False", "UnsupportedValue"));
+    wait_condition(&kube, gw, "/status/listeners/2/conditions", ("Programmed", "True", "Programmed"));
+    wait_route_condition_of(
+        &kube,
+        "TLSRoute",
+        ns,
+        "gateway-conformance-infra-test",
+        ("Accepted", "True", "Accepted"),
+    );
+    wait_route_condition_of(
+        &kube,
+        "TLSRoute",
+        ns,
+        "nonexistent-backend",
+        ("ResolvedRefs", "False", "BackendNotFound"),
+    );
+    // No passthrough for the broken route's host, nor for a name outside the listener's.
+    assert!(get("def.example.com", &trust_backend).is_err(), "def.example.com has no backend");
+    assert!(get("abc.example.net", &trust_backend).is_err(), "abc.example.net is outside *.example.com");
+    drop(v1);
 }

@@ -199,9 +199,23 @@ pub fn gateway(namespace: &str, name: &str, class: &str, listeners: Value) -> Va
 
 /// An HTTPRoute with this spec.
 pub fn http_route(namespace: &str, name: &str, spec: Value) -> Value {
+    route("HTTPRoute", namespace, name, spec)
+}
+
+/// A GRPCRoute with this spec.
+pub fn grpc_route(namespace: &str, name: &str, spec: Value) -> Value {
+    route("GRPCRoute", namespace, name, spec)
+}
+
+/// A TLSRoute with this spec.
+pub fn tls_route(namespace: &str, name: &str, spec: Value) -> Value {
+    route("TLSRoute", namespace, name, spec)
+}
+
+fn route(kind: &str, namespace: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": GATEWAY_V1,
-        "kind": "HTTPRoute",
+        "kind": kind,
         "metadata": {"namespace": namespace, "name": name},
         "spec": spec,
     })

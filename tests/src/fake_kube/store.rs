@@ -144,6 +144,22 @@ pub const RESOURCES: &[ResourceType] = &[
     },
     ResourceType {
         group: GATEWAY_GROUP,
+        version: "v1",
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1",
+        plural: "tlsroutes",
+        kind: "TLSRoute",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
         version: "v1beta1",
         plural: "referencegrants",
         kind: "ReferenceGrant",

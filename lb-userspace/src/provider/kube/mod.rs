@@ -142,6 +142,8 @@ pub struct Stores {
     pub gateway_classes: Store<gateway_api::GatewayClass>,
     pub gateways: Store<gateway_api::Gateway>,
     pub http_routes: Store<gateway_api::HTTPRoute>,
+    pub grpc_routes: Store<gateway_api::GRPCRoute>,
+    pub tls_routes: Store<gateway_api::TLSRoute>,
     pub reference_grants: Store<gateway_api::ReferenceGrant>,
 }
 
@@ -172,6 +174,8 @@ impl Stores {
             gateway_classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             gateways: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             http_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            grpc_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            tls_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             reference_grants: reflect(Api::all(client.clone()), config, changed.clone()),
         }
     }
@@ -190,6 +194,8 @@ impl Stores {
             listed(installed.v1, &self.gateway_classes),
             listed(installed.v1, &self.gateways),
             listed(installed.v1, &self.http_routes),
+            listed(installed.grpc_routes, &self.grpc_routes),
+            listed(installed.tls_routes, &self.tls_routes),
             listed(installed.reference_grants, &self.reference_grants),
         );
     }
@@ -219,6 +225,8 @@ impl Stores {
             gateway_classes: self.gateway_classes.state(),
             gateways: self.gateways.state(),
             http_routes: self.http_routes.state(),
+            grpc_routes: self.grpc_routes.state(),
+            tls_routes: self.tls_routes.state(),
             reference_grants: self.reference_grants.state(),
             namespaces: self.namespaces.state(),
         }
@@ -230,6 +238,9 @@ impl Stores {
 pub struct GatewayApiInstalled {
     /// `gateway.networking.k8s.io/v1`: GatewayClass, Gateway, HTTPRoute.
     pub v1: bool,
+    /// `v1` GRPCRoute and TLSRoute (TLSRoute is `v1` from the v1.5 CRDs on).
+    pub grpc_routes: bool,
+    pub tls_routes: bool,
     /// `v1beta1` ReferenceGrant.
     pub reference_grants: bool,
 }
@@ -238,7 +249,7 @@ impl GatewayApiInstalled {
     /// Asks discovery; a group or version that is not served (404) or cannot be read counts
     /// as not installed, which only means the start does not wait for those stores.
     pub async fn discover(client: &Client) -> GatewayApiInstalled {
-        let serves = |version: &'static str, plural: &'static str| {
+        let served = |version: &'static str| {
             let client = client.clone();
             async move {
                 let api_version = format!("{}/{version}", gateway_api::GROUP);
@@ -248,14 +259,19 @@ impl GatewayApiInstalled {
                 )
                 .await
                 {
-                    Ok(Ok(list)) => list.resources.iter().any(|r| r.name == plural),
-                    _ => false,
+                    Ok(Ok(list)) => list.resources.into_iter().map(|r| r.name).collect(),
+                    _ => Vec::new(),
                 }
             }
         };
-        let (v1, reference_grants) =
-            tokio::join!(serves("v1", "httproutes"), serves("v1beta1", "referencegrants"));
-        GatewayApiInstalled { v1, reference_grants }
+        let (v1, v1beta1) = tokio::join!(served("v1"), served("v1beta1"));
+        let serves = |list: &[String], plural: &str| list.iter().any(|r| r == plural);
+        GatewayApiInstalled {
+            v1: serves(&v1, "httproutes"),
+            grpc_routes: serves(&v1, "grpcroutes"),
+            tls_routes: serves(&v1, "tlsroutes"),
+            reference_grants: serves(&v1beta1, "referencegrants"),
+        }
     }
 }
 
@@ -420,6 +436,8 @@ impl KubeProvider {
                 classes: stores.gateway_classes.clone(),
                 gateways: stores.gateways.clone(),
                 http_routes: stores.http_routes.clone(),
+                grpc_routes: stores.grpc_routes.clone(),
+                tls_routes: stores.tls_routes.clone(),
             };
             let inputs = leader::StatusInputs {
                 ingresses: stores.ingresses.clone(),

@@ -157,12 +157,18 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission::raw(GATEWAY_GROUP, "gateways", Verb::Watch, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "httproutes", Verb::List, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "httproutes", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "grpcroutes", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "grpcroutes", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::Watch, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::List, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::Watch, REFLECTOR),
     // The leader's Gateway API status writer (`gateway_status`).
     Permission::raw(GATEWAY_GROUP, "gatewayclasses", Verb::Patch, GATEWAY_STATUS).on("status"),
     Permission::raw(GATEWAY_GROUP, "gateways", Verb::Patch, GATEWAY_STATUS).on("status"),
     Permission::raw(GATEWAY_GROUP, "httproutes", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "grpcroutes", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::Patch, GATEWAY_STATUS).on("status"),
     // The leader's status writer (`leader::Publisher`).
     Permission::of::<Ingress>(
         Scope::Cluster,
@@ -253,6 +259,10 @@ mod tests {
             ("gateway.networking.k8s.io", "gateways/status"),
             ("gateway.networking.k8s.io", "httproutes"),
             ("gateway.networking.k8s.io", "httproutes/status"),
+            ("gateway.networking.k8s.io", "grpcroutes"),
+            ("gateway.networking.k8s.io", "grpcroutes/status"),
+            ("gateway.networking.k8s.io", "tlsroutes"),
+            ("gateway.networking.k8s.io", "tlsroutes/status"),
             ("gateway.networking.k8s.io", "referencegrants"),
             ("events.k8s.io", "events"),
         ]

@@ -91,6 +91,8 @@ pub struct ClusterState {
     pub gateway_classes: Vec<Arc<super::gateway_api::GatewayClass>>,
     pub gateways: Vec<Arc<super::gateway_api::Gateway>>,
     pub http_routes: Vec<Arc<super::gateway_api::HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<super::gateway_api::GRPCRoute>>,
+    pub tls_routes: Vec<Arc<super::gateway_api::TLSRoute>>,
     pub reference_grants: Vec<Arc<super::gateway_api::ReferenceGrant>>,
     pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }
@@ -1596,6 +1598,6 @@ mod default_backend;
 mod default_certificate;
 mod gateway;
 mod proxy_ssl;
-pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, http_route_id};
+pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, RouteKind, http_route_id, route_id};
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The Gateway API statuses the leader writes: GatewayClass and Gateway conditions (the
-//! Gateway's listeners and addresses too), and each HTTPRoute's `parents` entries for Sluice's
-//! Gateways. The translation computes what they should be ([`GatewayStatuses`]); this writes
+//! Gateway's listeners and addresses too), and each route's (HTTPRoute, GRPCRoute, TLSRoute)
+//! `parents` entries for Sluice's Gateways. The translation computes what they should be ([`GatewayStatuses`]); this writes
 //! the difference, under the same rules as the Ingress status: only while the Lease is ours,
 //! through the status subresource, each write conditional on the object's resourceVersion as
 //! read.
@@ -23,9 +23,10 @@ use tokio::sync::watch;
 use super::{Elector, log_api_error, status_code};
 use crate::provider::kube::{
     gateway_api::{
-        Condition, Gateway, GatewayAddress, GatewayClass, HTTPRoute, ListenerStatus, RouteParentStatus,
+        Condition, GRPCRoute, Gateway, GatewayAddress, GatewayClass, HTTPRoute, ListenerStatus,
+        RouteParentStatus, RouteStatus, TLSRoute,
     },
-    translate::{GATEWAY_CONTROLLER, GatewayStatuses},
+    translate::{GATEWAY_CONTROLLER, GatewayStatuses, RouteKind},
 };
 
 /// What the writer reads: the desired statuses and the objects as the reflectors hold them.
@@ -35,7 +36,31 @@ pub struct GatewayStatusWriter {
     pub classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
     pub http_routes: Store<HTTPRoute>,
+    pub grpc_routes: Store<GRPCRoute>,
+    pub tls_routes: Store<TLSRoute>,
 }
+
+/// The route kinds, for the writer: their status is the same `parents` list.
+trait RouteObject:
+    Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug
+{
+    const KIND: RouteKind;
+    fn route_status(&self) -> Option<&RouteStatus>;
+}
+
+macro_rules! route_object {
+    ($type:ty, $kind:expr) => {
+        impl RouteObject for $type {
+            const KIND: RouteKind = $kind;
+            fn route_status(&self) -> Option<&RouteStatus> {
+                self.status.as_ref()
+            }
+        }
+    };
+}
+route_object!(HTTPRoute, RouteKind::Http);
+route_object!(GRPCRoute, RouteKind::Grpc);
+route_object!(TLSRoute, RouteKind::Tls);
 
 /// Conditions as `desired` says, with the transition times of `current` kept where the
 /// status did not change (and now where it did).
@@ -115,14 +140,28 @@ impl GatewayStatusWriter {
                 }
             }
         }
-        for route in self.http_routes.state() {
+        let _ = self.publish_routes(&self.http_routes, elector, &desired, &now).await
+            && self.publish_routes(&self.grpc_routes, elector, &desired, &now).await
+            && self.publish_routes(&self.tls_routes, elector, &desired, &now).await;
+    }
+
+    /// Writes the `parents` of one kind's routes where they differ; other controllers' parents
+    /// are kept. False when the leader must stop writing.
+    async fn publish_routes<K: RouteObject>(
+        &self,
+        store: &Store<K>,
+        elector: &Elector,
+        desired: &GatewayStatuses,
+        now: &str,
+    ) -> bool {
+        for route in store.state() {
+            let meta = route.meta();
             let key = (
-                route.metadata.namespace.clone().unwrap_or_default(),
-                route.metadata.name.clone().unwrap_or_default(),
+                K::KIND,
+                (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()),
             );
-            let ours =
-                desired.http_routes.iter().find(|(k, _)| *k == key).map_or(&[][..], |(_, p)| p.as_slice());
-            let current = route.status.clone().unwrap_or_default().parents;
+            let ours = desired.routes.get(&key).map_or(&[][..], Vec::as_slice);
+            let current = route.route_status().cloned().unwrap_or_default().parents;
             let mut parents: Vec<RouteParentStatus> =
                 current.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER).cloned().collect();
             for parent in ours {
@@ -130,16 +169,17 @@ impl GatewayStatusWriter {
                     .iter()
                     .find(|c| c.controller_name == GATEWAY_CONTROLLER && c.parent_ref == parent.parent_ref);
                 let conditions =
-                    with_times(&parent.conditions, before.map_or(&[][..], |b| &b.conditions), &now);
+                    with_times(&parent.conditions, before.map_or(&[][..], |b| &b.conditions), now);
                 parents.push(RouteParentStatus { conditions, ..parent.clone() });
             }
             if parents != current {
                 let patch = serde_json::json!({"parents": parents});
                 if !self.write(elector, route.as_ref(), patch).await {
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// One status write, conditional on the version read. False when the leader must stop

@@ -5,17 +5,22 @@
 //! them).
 //!
 //! - **Listeners** are served by the node's own listeners: an HTTP listener by a plain one with
-//!   its port, an HTTPS one by a TLS one. A port the node does not listen on gives
-//!   `Accepted: False, PortUnavailable` (Sluice does not open ports from Gateways: the node's
-//!   ports are the DaemonSet's). TLS passthrough listeners, TCP and UDP are
+//!   its port, an HTTPS or TLS-passthrough one by a TLS one. A port the node does not listen on
+//!   gives `Accepted: False, PortUnavailable` (Sluice does not open ports from Gateways: the
+//!   node's ports are the DaemonSet's). TLS termination for TLSRoutes, TCP and UDP are
 //!   `UnsupportedProtocol`.
+//! - **Route kinds**: HTTPRoute and GRPCRoute (the same router: a gRPC method is a path, and
+//!   its backends are spoken to over HTTP/2) on HTTP and HTTPS listeners, TLSRoute on TLS
+//!   passthrough listeners (the TLS listener splices by SNI, as `ssl-passthrough`).
 //! - **Attachment**: a parentRef attaches to the Gateway's listeners that its `sectionName`
 //!   and `port` select (`NoMatchingParent` when none), whose `allowedRoutes` admit the route's
 //!   namespace and kind (`NotAllowedByListeners`), and whose hostname intersects the route's
 //!   (`NoMatchingListenerHostname`). Wildcards take any number of labels, as the spec says.
 //! - **Precedence** across routes is the router's (exact path, longest path, more
 //!   constraints), then the oldest route; an Ingress that already claims the same host and
-//!   match keeps it (Ingresses are read first: they are what users migrate from).
+//!   match keeps it (Ingresses are read first: they are what users migrate from). An HTTPRoute
+//!   and a GRPCRoute whose hostnames intersect on one listener: the older is accepted there,
+//!   the other is not (`NotAllowedByListeners`), as the GRPCRoute spec requires.
 //! - **References**: a backendRef must be a Service (`InvalidKind`), in the route's namespace
 //!   or allowed by a ReferenceGrant (`RefNotPermitted`), and exist (`BackendNotFound`); a rule
 //!   whose backends are all unusable, or all weight 0, answers 500, as the spec requires. The
@@ -39,9 +44,10 @@ use crate::{
     provider::kube::{
         annotations::BackendSettings,
         gateway_api::{
-            Condition, ConditionsStatus, GROUP, Gateway, GatewayStatus, HTTPRoute, HTTPRouteFilter,
-            HTTPRouteMatch, HTTPRouteRule, HeaderModifier, Listener, ListenerStatus, ParentReference,
-            RouteGroupKind, RouteParentStatus,
+            Condition, ConditionsStatus, GROUP, GRPCMethodMatch, GRPCRoute, GRPCRouteRule, Gateway,
+            GatewayStatus, HTTPPathMatch, HTTPRoute, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule,
+            HeaderModifier, Listener, ListenerStatus, ParentReference, RouteGroupKind, RouteParentStatus,
+            SessionPersistence, TLSRoute,
         },
     },
 };
@@ -60,15 +66,68 @@ pub struct GatewayStatuses {
     pub classes: Vec<(ObjectKey, ConditionsStatus)>,
     /// Addresses are left empty: the writer publishes the node's (or the configured) addresses.
     pub gateways: Vec<(ObjectKey, GatewayStatus)>,
-    pub http_routes: Vec<(ObjectKey, Vec<RouteParentStatus>)>,
+    /// Each route's parents that are Sluice's Gateways.
+    pub routes: BTreeMap<(RouteKind, ObjectKey), Vec<RouteParentStatus>>,
 }
 
+/// The route kinds Sluice serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+    Tls,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 3] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tls];
+
+    /// The kind's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<RouteKind> {
+        RouteKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn group_kind(self) -> RouteGroupKind {
+        RouteGroupKind { group: Some(GROUP.to_owned()), kind: self.name().to_owned() }
+    }
+
+    /// The kinds a listener of this protocol takes when its `allowedRoutes.kinds` is empty.
+    fn defaults_for(protocol: &str) -> &'static [RouteKind] {
+        match protocol {
+            "HTTP" | "HTTPS" => &[RouteKind::Http, RouteKind::Grpc],
+            "TLS" => &[RouteKind::Tls],
+            _ => &[],
+        }
+    }
+}
+
+/// A route of any kind, as attachment and translation read it. A GRPCRoute's rules are
+/// converted to HTTPRoute rules (a method is a path); a TLSRoute's keep only their backends.
+struct RouteView<'a> {
+    kind: RouteKind,
+    namespace: String,
+    name: String,
+    generation: i64,
+    parent_refs: &'a [ParentReference],
+    hostnames: &'a [String],
+    rules: std::borrow::Cow<'a, [HTTPRouteRule]>,
+}
 /// A Gateway listener as the translation sees it.
 struct ListenerBuild {
     hostname: Option<String>,
     port: i32,
-    /// HTTPRoute may attach (among the allowed kinds, and the listener is accepted).
-    takes_http_routes: bool,
+    /// The route kinds that may attach (allowed, and the listener is accepted).
+    takes: Vec<RouteKind>,
+    /// Hostnames given to L7 routes here, by kind: an HTTPRoute and a GRPCRoute may not share
+    /// one.
+    claimed: Vec<(RouteKind, String)>,
     /// Serves traffic: accepted, its references resolved, no conflict, and the node listens
     /// on its port.
     programmed: bool,
@@ -96,14 +155,12 @@ struct GatewayBuild {
 /// A rule's routes, and why part of it is not served as written.
 struct RuleRoutes {
     routes: Vec<RouteConfig>,
+    /// The rule's backend group (a TLSRoute's passthrough target).
+    backend: Option<String>,
     /// A reference problem: (reason, message) for `ResolvedRefs`.
     unresolved: Option<(&'static str, String)>,
     /// A value Sluice does not support (the rule answers 500, or is dropped).
     unsupported: Option<String>,
-}
-
-fn http_route_kind() -> RouteGroupKind {
-    RouteGroupKind { group: Some(GROUP.to_owned()), kind: "HTTPRoute".to_owned() }
 }
 
 fn created<T: kube::Resource>(object: &T) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
@@ -115,10 +172,15 @@ fn created<T: kube::Resource>(object: &T) -> (Option<k8s_openapi::jiff::Timestam
     )
 }
 
-/// The owner of an HTTPRoute's configuration, for notes and set-asides: a name with a `/` can
+/// The owner of a route's configuration, for notes and set-asides: a name with a `/` can
 /// never be an Ingress's.
+pub fn route_id(kind: RouteKind, namespace: &str, name: &str) -> IngressId {
+    IngressId { namespace: namespace.to_owned(), name: format!("{}/{name}", kind.name()) }
+}
+
+/// The `route_id` of an HTTPRoute.
 pub fn http_route_id(namespace: &str, name: &str) -> IngressId {
-    IngressId { namespace: namespace.to_owned(), name: format!("HTTPRoute/{name}") }
+    route_id(RouteKind::Http, namespace, name)
 }
 
 fn gateway_id(namespace: &str, name: &str) -> IngressId {
@@ -174,14 +236,24 @@ impl Builder<'_> {
             let (_, namespace, name) = created(gateway);
             built.insert((namespace.clone(), name.clone()), self.gateway(gateway, &namespace, &name));
         }
-        let mut routes: Vec<&HTTPRoute> = self.state.http_routes.iter().map(AsRef::as_ref).collect();
-        routes.sort_by_key(|r| created(*r));
-        for route in routes {
-            let (_, namespace, name) = created(route);
-            let set_aside = excluded.contains(&http_route_id(&namespace, &name));
-            let parents = self.http_route(route, (&namespace, &name), set_aside, &mut built);
+        // All kinds in one order, oldest first: which of an HTTPRoute and a GRPCRoute gets a
+        // hostname they both name depends on their age.
+        let mut routes: Vec<(_, RouteView<'_>)> = Vec::new();
+        for route in &self.state.http_routes {
+            routes.push((created(route.as_ref()), http_view(route)));
+        }
+        for route in &self.state.grpc_routes {
+            routes.push((created(route.as_ref()), grpc_view(route)));
+        }
+        for route in &self.state.tls_routes {
+            routes.push((created(route.as_ref()), tls_view(route)));
+        }
+        routes.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.kind.cmp(&b.1.kind)));
+        for (_, view) in routes {
+            let set_aside = excluded.contains(&route_id(view.kind, &view.namespace, &view.name));
+            let parents = self.route(&view, set_aside, &mut built);
             if !parents.is_empty() {
-                statuses.http_routes.push(((namespace, name), parents));
+                statuses.routes.insert((view.kind, (view.namespace.clone(), view.name.clone())), parents);
             }
         }
         for (key, gateway) in built {
@@ -200,7 +272,7 @@ impl Builder<'_> {
         if !accepted {
             for listener in &mut listeners {
                 listener.programmed = false;
-                listener.takes_http_routes = false;
+                listener.takes.clear();
             }
         }
         GatewayBuild { namespace: namespace.to_owned(), listeners, accepted, generation }
@@ -219,25 +291,21 @@ impl Builder<'_> {
         let mut accepted = (true, "Accepted", String::new());
         let mut resolved = (true, "ResolvedRefs", String::new());
         let protocol = listener.protocol.as_str();
-        let tls_mode = listener.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("Terminate");
-        let supported = match protocol {
-            "HTTP" => true,
-            "HTTPS" => tls_mode == "Terminate",
-            _ => false,
+        let supported = match protocol_supported(listener) {
+            Ok(()) => true,
+            Err((reason, message)) => {
+                accepted = (false, reason, message);
+                false
+            }
         };
-        if !supported {
-            let what = if protocol == "HTTPS" || protocol == "TLS" {
-                format!("{protocol} with TLS mode {tls_mode}")
-            } else {
-                protocol.to_owned()
-            };
-            accepted = (false, "UnsupportedProtocol", format!("{what} is not supported; HTTP and HTTPS are"));
-        }
-        let node_listener = self.base.listeners.iter().any(|l| {
-            i32::from(l.address.port()) == listener.port && l.tls.is_some() == (protocol == "HTTPS")
-        });
+        let on_tls = protocol != "HTTP";
+        let node_listener = self
+            .base
+            .listeners
+            .iter()
+            .any(|l| i32::from(l.address.port()) == listener.port && l.tls.is_some() == on_tls);
         if supported && !node_listener {
-            let kind = if protocol == "HTTPS" { "TLS" } else { "plain" };
+            let kind = if on_tls { "TLS" } else { "plain" };
             accepted = (
                 false,
                 "PortUnavailable",
@@ -263,16 +331,10 @@ impl Builder<'_> {
             }
         }
         let hostname = listener.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase());
-        let programmed = accepted.0 && resolved.0;
-        let namespaces = match listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
-            None => AllowedNamespaces::Same,
-            Some(n) => match n.from.as_deref().unwrap_or("Same") {
-                "All" => AllowedNamespaces::All,
-                "Selector" => AllowedNamespaces::Selector(n.selector.clone().unwrap_or_default()),
-                "None" => AllowedNamespaces::None,
-                _ => AllowedNamespaces::Same,
-            },
-        };
+        // Kinds it cannot take are reported, but the listener serves those it can.
+        let programmed =
+            accepted.0 && (resolved.0 || (resolved.1 == "InvalidRouteKinds" && !kinds.is_empty()));
+        let namespaces = allowed_namespaces(listener);
         let status = ListenerStatus {
             name: listener.name.clone(),
             supported_kinds: kinds.clone(),
@@ -292,7 +354,12 @@ impl Builder<'_> {
         ListenerBuild {
             hostname,
             port: listener.port,
-            takes_http_routes: accepted.0 && kinds.contains(&http_route_kind()),
+            takes: if accepted.0 {
+                kinds.iter().filter_map(|k| RouteKind::from_name(&k.kind)).collect()
+            } else {
+                Vec::new()
+            },
+            claimed: Vec::new(),
             programmed,
             certificate,
             namespaces,
@@ -362,29 +429,22 @@ impl Builder<'_> {
         })
     }
 
-    /// Attaches one HTTPRoute to the listeners its parentRefs select, and adds its rules for
-    /// the hostnames it gets there. Returns its status for Sluice's parents.
-    /// A route `set_aside` (its configuration did not validate, see `Translator::build`) adds
-    /// nothing and says so.
-    fn http_route(
+    /// Attaches one route to the listeners its parentRefs select, and adds its rules (or, for
+    /// a TLSRoute, its passthrough) for the hostnames it gets there. Returns its status for
+    /// Sluice's parents. A route `set_aside` (its configuration did not validate, see
+    /// `Translator::build`) adds nothing and says so.
+    fn route(
         &mut self,
-        route: &HTTPRoute,
-        (namespace, name): (&str, &str),
+        route: &RouteView<'_>,
         set_aside: bool,
         gateways: &mut BTreeMap<ObjectKey, GatewayBuild>,
     ) -> Vec<RouteParentStatus> {
-        let generation = route.metadata.generation.unwrap_or(0);
-        let id = http_route_id(namespace, name);
+        let generation = route.generation;
+        let id = route_id(route.kind, &route.namespace, &route.name);
         let rules: Vec<RuleRoutes> = if set_aside {
             Vec::new()
         } else {
-            route
-                .spec
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, rule)| self.http_route_rule(rule, i, namespace, name, &id))
-                .collect()
+            route.rules.iter().enumerate().map(|(i, rule)| self.route_rule(route, rule, i, &id)).collect()
         };
         let unresolved = rules.iter().find_map(|r| r.unresolved.clone());
         let mut unsupported: Vec<&str> = rules.iter().filter_map(|r| r.unsupported.as_deref()).collect();
@@ -392,22 +452,21 @@ impl Builder<'_> {
         if set_aside {
             unsupported.push("the configuration it makes does not validate (see Sluice's log)");
         }
-        let route_hostnames: Vec<String> =
-            route.spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let route_hostnames: Vec<String> = route.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
         let mut parents = Vec::new();
         // Hostname → the certificate of an HTTPS listener that serves it there, if any.
         let mut hostnames: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for parent in &route.spec.parent_refs {
+        for parent in route.parent_refs {
             let group = parent.group.as_deref().unwrap_or(GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
             if group != GROUP || kind != "Gateway" {
                 continue;
             }
-            let gateway_namespace = parent.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+            let gateway_namespace = parent.namespace.clone().unwrap_or_else(|| route.namespace.clone());
             let Some(gateway) = gateways.get_mut(&(gateway_namespace.clone(), parent.name.clone())) else {
                 continue;
             };
-            let accepted = self.attach(parent, namespace, &route_hostnames, gateway, &mut hostnames);
+            let accepted = self.attach(parent, route, &route_hostnames, gateway, &mut hostnames);
             let mut conditions = vec![match accepted {
                 Ok(()) if all_unsupported => {
                     Condition::new("Accepted", false, "UnsupportedValue", unsupported.join("; "), generation)
@@ -443,7 +502,11 @@ impl Builder<'_> {
         }
         if !set_aside {
             for (hostname, certificate) in hostnames {
-                self.serve_http_route_host(&hostname, certificate, &rules, &id);
+                if route.kind == RouteKind::Tls {
+                    self.serve_tls_route_host(&hostname, &rules, &id);
+                } else {
+                    self.serve_route_host(&hostname, certificate, &rules, &id);
+                }
             }
         }
         parents
@@ -455,11 +518,12 @@ impl Builder<'_> {
     fn attach(
         &self,
         parent: &ParentReference,
-        route_namespace: &str,
+        route: &RouteView<'_>,
         route_hostnames: &[String],
         gateway: &mut GatewayBuild,
         hostnames: &mut BTreeMap<String, Option<String>>,
     ) -> Result<(), (&'static str, String)> {
+        let route_namespace = route.namespace.as_str();
         if !gateway.accepted {
             return Err(("NoMatchingParent", "the Gateway is not accepted".to_owned()));
         }
@@ -482,7 +546,7 @@ impl Builder<'_> {
             .into_iter()
             .filter(|&i| {
                 let l = &gateway.listeners[i];
-                l.takes_http_routes
+                l.takes.contains(&route.kind)
                     && match &l.namespaces {
                         AllowedNamespaces::All => true,
                         AllowedNamespaces::Same => route_namespace == gateway.namespace,
@@ -498,11 +562,27 @@ impl Builder<'_> {
             ));
         }
         let mut matched = false;
+        let mut conflict = None;
         for i in allowed {
             let listener = &mut gateway.listeners[i];
             let names = intersect(listener.hostname.as_deref(), route_hostnames);
             if names.is_empty() {
                 continue;
+            }
+            if let Some(other) = other_l7_kind(route.kind) {
+                let taken = listener.claimed.iter().find(|(kind, claimed)| {
+                    *kind == other && names.iter().any(|n| hostnames_overlap(n, claimed))
+                });
+                if let Some((_, claimed)) = taken {
+                    conflict.get_or_insert(format!(
+                        "an older {} already has hostname {:?} on listener {}",
+                        other.name(),
+                        if claimed.is_empty() { "*" } else { claimed },
+                        listener.status.name
+                    ));
+                    continue;
+                }
+                listener.claimed.extend(names.iter().map(|n| (route.kind, n.clone())));
             }
             matched = true;
             listener.status.attached_routes += 1;
@@ -518,6 +598,8 @@ impl Builder<'_> {
         }
         if matched {
             Ok(())
+        } else if let Some(conflict) = conflict {
+            Err(("NotAllowedByListeners", conflict))
         } else {
             Err((
                 "NoMatchingListenerHostname",
@@ -535,9 +617,9 @@ impl Builder<'_> {
             .and_then(|n| n.metadata.labels.as_ref())
     }
 
-    /// Adds an HTTPRoute's rules under one hostname (`*` when neither the route nor the
+    /// Adds an L7 route's rules under one hostname (`*` when neither the route nor the
     /// listener names one), with the listener's certificate when it is HTTPS.
-    fn serve_http_route_host(
+    fn serve_route_host(
         &mut self,
         hostname: &str,
         certificate: Option<String>,
@@ -565,48 +647,63 @@ impl Builder<'_> {
         }
     }
 
-    /// One rule: a route per match, with its filters and backends.
-    fn http_route_rule(
+    /// A TLSRoute's passthrough under one hostname (the TLS listener splices connections
+    /// whose SNI names it to the rule's backends).
+    fn serve_tls_route_host(&mut self, hostname: &str, rules: &[RuleRoutes], id: &IngressId) {
+        if hostname.is_empty() {
+            self.note(Some(id), "a TLSRoute needs a hostname (its own or its listener's) to pass through");
+            return;
+        }
+        if let Some(backend) = rules.first().and_then(|r| r.backend.clone()) {
+            self.passthrough(hostname, Some(backend), id);
+        }
+    }
+
+    /// One rule: a route per match, with its filters and backends (a TLSRoute's: its backends).
+    fn route_rule(
         &mut self,
+        route: &RouteView<'_>,
         rule: &HTTPRouteRule,
         index: usize,
-        namespace: &str,
-        name: &str,
         id: &IngressId,
     ) -> RuleRoutes {
+        let (namespace, name) = (route.namespace.as_str(), route.name.as_str());
         let rule_name = rule.name.clone().unwrap_or_else(|| index.to_string());
-        let mut template = route_template().clone();
-        template.name = Some(format!("httproute:{namespace}/{name}/{rule_name}"));
-        let mut unsupported = None;
         let mut unresolved = None;
+        let (settings, mut unsupported) = match backend_settings(route.kind, rule) {
+            Ok(settings) => (settings, None),
+            Err(why) => (BackendSettings::default(), Some(format!("rule {rule_name}: {why}"))),
+        };
+        if route.kind == RouteKind::Tls {
+            let backend = match self.rule_backend(rule, route, &settings, id) {
+                Ok(backend) => Some(backend),
+                Err(problem) => {
+                    unresolved = problem;
+                    None
+                }
+            };
+            return RuleRoutes { routes: Vec::new(), backend, unresolved, unsupported };
+        }
+        let mut template = route_template().clone();
+        template.name =
+            Some(format!("{}:{namespace}/{name}/{rule_name}", route.kind.name().to_ascii_lowercase()));
         let mut prefix_rewrite = None;
         for filter in &rule.filters {
             if let Err(why) = apply_filter(filter, &mut template, &mut prefix_rewrite) {
                 unsupported.get_or_insert(format!("rule {rule_name}: {why}"));
             }
         }
-        if let Some(timeout) = rule.timeouts.as_ref() {
-            let parsed = [&timeout.request, &timeout.backend_request]
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    parse_duration(t)
-                        .ok_or_else(|| format!("rule {rule_name}: timeout {t:?} is not a duration"))
-                })
-                .collect::<Result<Vec<_>, _>>();
-            match parsed {
-                Ok(ms) => template.timeout_ms = ms.into_iter().filter(|&ms| ms > 0).min(),
-                Err(why) => {
-                    unsupported.get_or_insert(why);
-                }
+        match rule_timeout(rule) {
+            Ok(ms) => template.timeout_ms = ms,
+            Err(why) => {
+                unsupported.get_or_insert(format!("rule {rule_name}: {why}"));
             }
         }
-        if rule.session_persistence.is_some() || rule.retry.is_some() {
-            unsupported
-                .get_or_insert(format!("rule {rule_name}: sessionPersistence and retry are not supported"));
+        if rule.retry.is_some() {
+            unsupported.get_or_insert(format!("rule {rule_name}: retry is not supported"));
         }
         if template.redirect.is_none() {
-            match self.rule_backend(rule, namespace, id) {
+            match self.rule_backend(rule, route, &settings, id) {
                 Ok(backend) => template.backend = Some(backend),
                 Err(problem) => {
                     template.direct_response = Some(500);
@@ -656,7 +753,7 @@ impl Builder<'_> {
                 }
             }
         }
-        RuleRoutes { routes, unresolved, unsupported }
+        RuleRoutes { routes, backend: None, unresolved, unsupported }
     }
 
     /// The backend group of a rule: its Services, by weight. `Err` when the rule must answer
@@ -664,9 +761,11 @@ impl Builder<'_> {
     fn rule_backend(
         &mut self,
         rule: &HTTPRouteRule,
-        namespace: &str,
+        route: &RouteView<'_>,
+        settings: &BackendSettings,
         id: &IngressId,
     ) -> Result<String, Option<(&'static str, String)>> {
+        let namespace = route.namespace.as_str();
         let mut problem = None;
         let mut groups: Vec<(String, u32)> = Vec::new();
         for backend in &rule.backend_refs {
@@ -677,14 +776,15 @@ impl Builder<'_> {
                 Err(("InvalidKind", format!("backendRef {group}/{kind} {} is not a Service", backend.name)))
             } else if target_namespace != namespace
                 && !self.reference_granted(
-                    ("HTTPRoute", namespace),
+                    (route.kind.name(), namespace),
                     ("", "Service", target_namespace, &backend.name),
                 )
             {
                 Err((
                     "RefNotPermitted",
                     format!(
-                        "no ReferenceGrant in {target_namespace} allows HTTPRoutes of {namespace} to use Service {}",
+                        "no ReferenceGrant in {target_namespace} allows {}s of {namespace} to use Service {}",
+                        route.kind.name(),
                         backend.name
                     ),
                 ))
@@ -709,8 +809,7 @@ impl Builder<'_> {
                 continue;
             }
             let port = ServiceBackendPort { number: backend.port, name: None };
-            let name =
-                self.backend_group(target_namespace, &backend.name, &port, &BackendSettings::default(), id);
+            let name = self.backend_group(target_namespace, &backend.name, &port, settings, id);
             groups.push((name, weight));
         }
         match groups.len() {
@@ -757,6 +856,209 @@ impl Builder<'_> {
     }
 }
 
+fn view_of<'a, T: kube::Resource>(
+    kind: RouteKind,
+    object: &T,
+    parent_refs: &'a [ParentReference],
+    hostnames: &'a [String],
+    rules: std::borrow::Cow<'a, [HTTPRouteRule]>,
+) -> RouteView<'a> {
+    let (_, namespace, name) = created(object);
+    let generation = object.meta().generation.unwrap_or(0);
+    RouteView { kind, namespace, name, generation, parent_refs, hostnames, rules }
+}
+
+fn http_view(route: &HTTPRoute) -> RouteView<'_> {
+    let spec = &route.spec;
+    view_of(RouteKind::Http, route, &spec.parent_refs, &spec.hostnames, spec.rules.as_slice().into())
+}
+
+fn grpc_view(route: &GRPCRoute) -> RouteView<'_> {
+    let spec = &route.spec;
+    let rules = spec.rules.iter().map(grpc_rule).collect::<Vec<_>>();
+    view_of(RouteKind::Grpc, route, &spec.parent_refs, &spec.hostnames, rules.into())
+}
+
+/// A TLSRoute's rule as an HTTPRoute rule with only its backends.
+fn tls_view(route: &TLSRoute) -> RouteView<'_> {
+    let spec = &route.spec;
+    let rules = spec
+        .rules
+        .iter()
+        .map(|r| HTTPRouteRule {
+            name: r.name.clone(),
+            backend_refs: r.backend_refs.clone(),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    view_of(RouteKind::Tls, route, &spec.parent_refs, &spec.hostnames, rules.into())
+}
+
+/// A GRPCRoute rule as the HTTPRoute rule that routes the same requests: gRPC calls are
+/// `POST /{service}/{method}`.
+fn grpc_rule(rule: &GRPCRouteRule) -> HTTPRouteRule {
+    const GRPC_FILTERS: [&str; 4] =
+        ["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+    let filters = rule
+        .filters
+        .iter()
+        .map(|f| {
+            if GRPC_FILTERS.contains(&f.type_.as_str()) {
+                f.clone()
+            } else {
+                // The schema forbids them; one written anyway is refused, not applied.
+                HTTPRouteFilter { type_: format!("{} (in a GRPCRoute)", f.type_), ..Default::default() }
+            }
+        })
+        .collect();
+    let matches = rule
+        .matches
+        .iter()
+        .map(|m| HTTPRouteMatch {
+            path: m.method.as_ref().and_then(grpc_method_path),
+            headers: m.headers.clone(),
+            ..Default::default()
+        })
+        .collect();
+    HTTPRouteRule {
+        name: rule.name.clone(),
+        matches,
+        filters,
+        backend_refs: rule.backend_refs.clone(),
+        session_persistence: rule.session_persistence.clone(),
+        ..Default::default()
+    }
+}
+
+/// The path match of a gRPC method match: exact when both names are, otherwise a regular
+/// expression over `/{service}/{method}` (matched whole). `None`: any method (the schema
+/// requires a service or a method; neither is read as both left open).
+fn grpc_method_path(m: &GRPCMethodMatch) -> Option<HTTPPathMatch> {
+    let service = m.service.as_deref().filter(|s| !s.is_empty());
+    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    let regex = m.type_.as_deref() == Some("RegularExpression");
+    let path =
+        |type_: &str, value: String| HTTPPathMatch { type_: Some(type_.to_owned()), value: Some(value) };
+    match (service, method, regex) {
+        (None, None, _) => None,
+        (Some(service), Some(method), false) => Some(path("Exact", format!("/{service}/{method}"))),
+        (service, method, regex) => {
+            let part = |name: Option<&str>| match name {
+                None => "[^/]+".to_owned(),
+                Some(name) if regex => format!("(?:{name})"),
+                Some(name) => regex::escape(name),
+            };
+            Some(path("RegularExpression", format!("/{}/{}", part(service), part(method))))
+        }
+    }
+}
+
+/// A rule's request bound: the smaller of `request` and `backendRequest` (`0s`: none).
+fn rule_timeout(rule: &HTTPRouteRule) -> Result<Option<u64>, String> {
+    let Some(timeout) = rule.timeouts.as_ref() else { return Ok(None) };
+    let ms = [&timeout.request, &timeout.backend_request]
+        .into_iter()
+        .flatten()
+        .map(|t| parse_duration(t).ok_or_else(|| format!("timeout {t:?} is not a duration")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ms.into_iter().filter(|&ms| ms > 0).min())
+}
+
+/// Whether Sluice serves a listener's protocol and TLS mode; `Err`: the reason and message of
+/// `Accepted: False`.
+fn protocol_supported(listener: &Listener) -> Result<(), (&'static str, String)> {
+    let protocol = listener.protocol.as_str();
+    let default_mode = if protocol == "TLS" { "Passthrough" } else { "Terminate" };
+    let tls_mode = listener.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or(default_mode);
+    match (protocol, tls_mode) {
+        ("HTTP", _) | ("HTTPS", "Terminate") | ("TLS", "Passthrough") => Ok(()),
+        ("HTTPS" | "TLS", _) => Err((
+            "UnsupportedValue",
+            format!(
+                "{protocol} with TLS mode {tls_mode} is not supported; HTTPS terminates, TLS passes through"
+            ),
+        )),
+        _ => Err((
+            "UnsupportedProtocol",
+            format!("{protocol} is not supported; HTTP, HTTPS and TLS (passthrough) are"),
+        )),
+    }
+}
+
+fn allowed_namespaces(listener: &Listener) -> AllowedNamespaces {
+    match listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+        None => AllowedNamespaces::Same,
+        Some(n) => match n.from.as_deref().unwrap_or("Same") {
+            "All" => AllowedNamespaces::All,
+            "Selector" => AllowedNamespaces::Selector(n.selector.clone().unwrap_or_default()),
+            "None" => AllowedNamespaces::None,
+            _ => AllowedNamespaces::Same,
+        },
+    }
+}
+
+/// How a rule's backends are spoken to: gRPC over h2c, with the rule's session persistence.
+fn backend_settings(kind: RouteKind, rule: &HTTPRouteRule) -> Result<BackendSettings, String> {
+    let mut settings = BackendSettings::default();
+    if kind == RouteKind::Grpc {
+        settings.protocol = crate::provider::kube::annotations::UpstreamProtocol::Grpc;
+    }
+    if let Some(persistence) = &rule.session_persistence {
+        settings.cookie_affinity = Some(cookie_affinity(persistence)?);
+    }
+    Ok(settings)
+}
+
+/// The L7 kind whose routes may not share a hostname with `kind`'s on a listener.
+fn other_l7_kind(kind: RouteKind) -> Option<RouteKind> {
+    match kind {
+        RouteKind::Http => Some(RouteKind::Grpc),
+        RouteKind::Grpc => Some(RouteKind::Http),
+        RouteKind::Tls => None,
+    }
+}
+
+/// Two hostnames as `intersect` gives them (`""`: any) have a name in common.
+fn hostnames_overlap(a: &str, b: &str) -> bool {
+    a.is_empty() || b.is_empty() || host_intersection(a, b).is_some()
+}
+
+/// A rule's `sessionPersistence` as cookie affinity: the cookie is named by `sessionName`
+/// (else Sluice's default), and a `Permanent` cookie lives `absoluteTimeout`. `Err`: what
+/// Sluice cannot do (header-based sessions, idle timeouts).
+fn cookie_affinity(persistence: &SessionPersistence) -> Result<crate::config::CookieAffinityConfig, String> {
+    if persistence.type_.as_deref().unwrap_or("Cookie") != "Cookie" {
+        return Err(format!(
+            "sessionPersistence type {:?} is not supported; Cookie is",
+            persistence.type_.as_deref().unwrap_or_default()
+        ));
+    }
+    if persistence.idle_timeout.is_some() {
+        return Err("sessionPersistence idleTimeout is not supported".to_owned());
+    }
+    let cookie = persistence.cookie.as_ref().or(persistence.cookie_config.as_ref());
+    let name = cookie.and_then(|c| c.name.clone()).or_else(|| persistence.session_name.clone());
+    let mut affinity = crate::config::CookieAffinityConfig {
+        name: name.filter(|n| !n.is_empty()).unwrap_or_else(|| SESSION_COOKIE.to_owned()),
+        ..Default::default()
+    };
+    if let Some(path) = cookie.and_then(|c| c.path.clone()) {
+        affinity.path = path;
+    }
+    let permanent = cookie.and_then(|c| c.lifetime_type.as_deref()) == Some("Permanent");
+    if let Some(timeout) = &persistence.absolute_timeout {
+        let ms = parse_duration(timeout)
+            .ok_or_else(|| format!("absoluteTimeout {timeout:?} is not a duration"))?;
+        if permanent {
+            affinity.max_age_seconds = Some(ms.div_ceil(1000));
+        }
+    }
+    Ok(affinity)
+}
+
+/// The session cookie's name when a rule's `sessionPersistence` does not name it.
+const SESSION_COOKIE: &str = "sluice-session";
+
 /// The Gateway's own conditions, from its listeners'; addresses are the writer's.
 fn gateway_status(gateway: GatewayBuild) -> GatewayStatus {
     let generation = gateway.generation;
@@ -791,27 +1093,21 @@ fn gateway_status(gateway: GatewayBuild) -> GatewayStatus {
 /// The kinds a listener takes (valid ones, as `supportedKinds`) and the names of those it
 /// cannot.
 fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
+    let defaults = RouteKind::defaults_for(&listener.protocol);
     let asked = listener.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or(&[]);
     if asked.is_empty() {
-        return match listener.protocol.as_str() {
-            "HTTP" | "HTTPS" => (vec![http_route_kind()], Vec::new()),
-            _ => (Vec::new(), Vec::new()),
-        };
+        return (defaults.iter().map(|k| k.group_kind()).collect(), Vec::new());
     }
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
     for kind in asked {
         let group = kind.group.as_deref().unwrap_or(GROUP);
-        if group == GROUP
-            && kind.kind == "HTTPRoute"
-            && matches!(listener.protocol.as_str(), "HTTP" | "HTTPS")
-        {
-            valid.push(http_route_kind());
-        } else {
-            invalid.push(format!("{group}/{}", kind.kind));
+        match RouteKind::from_name(&kind.kind).filter(|k| group == GROUP && defaults.contains(k)) {
+            Some(k) if !valid.contains(&k.group_kind()) => valid.push(k.group_kind()),
+            Some(_) => {}
+            None => invalid.push(format!("{group}/{}", kind.kind)),
         }
     }
-    valid.dedup();
     (valid, invalid)
 }
 
@@ -819,8 +1115,10 @@ fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
 /// (`ProtocolConflict`), or the same port, protocol and hostname (`HostnameConflict`).
 fn mark_conflicts(specs: &[Listener], listeners: &mut [ListenerBuild], generation: i64) {
     for i in 0..specs.len() {
+        // HTTPS and TLS share a port: both are told apart by SNI.
+        let family = |protocol: &str| if protocol == "TLS" { "HTTPS" } else { protocol }.to_owned();
         let reason = (0..specs.len()).filter(|&j| j != i && specs[j].port == specs[i].port).find_map(|j| {
-            if specs[j].protocol != specs[i].protocol {
+            if family(&specs[j].protocol) != family(&specs[i].protocol) {
                 Some("ProtocolConflict")
             } else if specs[j].hostname.as_deref().unwrap_or("") == specs[i].hostname.as_deref().unwrap_or("")
             {
@@ -832,7 +1130,7 @@ fn mark_conflicts(specs: &[Listener], listeners: &mut [ListenerBuild], generatio
         if let Some(reason) = reason {
             let listener = &mut listeners[i];
             listener.programmed = false;
-            listener.takes_http_routes = false;
+            listener.takes.clear();
             listener.status.conditions[2] = Condition::new(
                 "Conflicted",
                 true,
@@ -1167,12 +1465,160 @@ mod tests {
         assert_eq!(gateway.listeners[1].conditions[0].reason, "PortUnavailable");
         assert_eq!(gateway.conditions[0].reason, "ListenersNotValid");
         assert_eq!(gateway.conditions[0].observed_generation, 2);
-        let parents = &statuses.http_routes[0].1;
+        let parents = statuses.routes.values().next().unwrap();
         assert_eq!(parents.len(), 1);
         let reasons: Vec<(&str, &str)> =
             parents[0].conditions.iter().map(|c| (c.type_.as_str(), c.reason.as_str())).collect();
         assert_eq!(reasons, [("Accepted", "Accepted"), ("ResolvedRefs", "BackendNotFound")]);
         assert_eq!(parents[0].conditions[0].observed_generation, 3);
+    }
+
+    #[test]
+    fn grpc_methods_become_paths() {
+        let m = |type_: Option<&str>, service: Option<&str>, method: Option<&str>| {
+            let m = GRPCMethodMatch {
+                type_: type_.map(Into::into),
+                service: service.map(Into::into),
+                method: method.map(Into::into),
+            };
+            grpc_method_path(&m).map(|p| (p.type_.unwrap(), p.value.unwrap()))
+        };
+        let exact = |v: &str| Some(("Exact".to_owned(), v.to_owned()));
+        let regex = |v: &str| Some(("RegularExpression".to_owned(), v.to_owned()));
+        assert_eq!(m(None, Some("grpc.Echo"), Some("Say")), exact("/grpc.Echo/Say"));
+        assert_eq!(m(None, Some("grpc.Echo"), None), regex(r"/grpc\.Echo/[^/]+"));
+        assert_eq!(m(Some("Exact"), None, Some("Say")), regex("/[^/]+/Say"));
+        assert_eq!(m(Some("RegularExpression"), Some(r"grpc\..*"), None), regex(r"/(?:grpc\..*)/[^/]+"));
+        assert_eq!(m(None, None, None), None);
+    }
+
+    /// Routes of the three kinds on one Gateway (HTTP, TLS passthrough and TLS terminate
+    /// listeners), created a minute apart in the order of their numbers.
+    fn grpc_and_tls_state() -> crate::provider::kube::translate::ClusterState {
+        use crate::provider::kube::translate::ClusterState;
+        let at = |minute: u32| format!("2026-01-01T00:{minute:02}:00Z");
+        let route = |name: &str, minute: u32, spec: serde_json::Value| {
+            serde_json::json!({
+                "metadata": {"namespace": "ns", "name": name, "creationTimestamp": at(minute)},
+                "spec": spec})
+        };
+        ClusterState {
+            gateway_classes: vec![object(serde_json::json!({
+                "metadata": {"name": "sluice"}, "spec": {"controllerName": GATEWAY_CONTROLLER}}))],
+            gateways: vec![object(serde_json::json!({
+                "metadata": {"namespace": "ns", "name": "gw"},
+                "spec": {"gatewayClassName": "sluice", "listeners": [
+                    {"name": "http", "port": 80, "protocol": "HTTP"},
+                    {"name": "pass", "port": 443, "protocol": "TLS", "hostname": "*.tls.example", "tls": {"mode": "Passthrough"}},
+                    {"name": "term", "port": 443, "protocol": "TLS", "hostname": "t.example", "tls": {"mode": "Terminate"}}]}}))],
+            grpc_routes: vec![
+                object(route(
+                    "echo",
+                    1,
+                    serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["grpc.example"],
+                    "rules": [{"matches": [{"method": {"service": "grpc.Echo", "method": "Say"}}],
+                               "backendRefs": [{"name": "svc", "port": 80}]}]}),
+                )),
+                object(route(
+                    "late",
+                    3,
+                    serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["http.example"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}),
+                )),
+            ],
+            http_routes: vec![
+                object(route(
+                    "web",
+                    2,
+                    serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["http.example"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}],
+                               "sessionPersistence": {"type": "Cookie", "absoluteTimeout": "1h",
+                                                      "cookie": {"name": "pin", "lifetimeType": "Permanent"}}}]}),
+                )),
+                object(route(
+                    "clash",
+                    6,
+                    serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["*.example"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}),
+                )),
+                object(route(
+                    "headers",
+                    4,
+                    serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["h.example"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}],
+                               "sessionPersistence": {"type": "Header", "header": {"name": "x-session"}}}]}),
+                )),
+            ],
+            tls_routes: vec![object(route(
+                "pass",
+                5,
+                serde_json::json!({"parentRefs": [{"name": "gw", "sectionName": "pass"}],
+                "hostnames": ["a.tls.example", "other.example"], "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}),
+            ))],
+            services: vec![object(serde_json::json!({
+                "metadata": {"namespace": "ns", "name": "svc"},
+                "spec": {"ports": [{"name": "http", "port": 80}]}}))],
+            ..ClusterState::default()
+        }
+    }
+
+    /// GRPCRoutes go to h2c backends; an HTTPRoute and a GRPCRoute may not share a hostname
+    /// on a listener (the older keeps it); a TLSRoute becomes a passthrough host on a TLS
+    /// listener; sessionPersistence becomes cookie affinity, and what Sluice cannot do is said.
+    #[test]
+    fn grpc_and_tls_routes() {
+        use crate::provider::kube::translate::{Settings, Translator};
+        let base = crate::config::Config::from_yaml(
+            "listeners: [{name: web, address: \"0.0.0.0:80\"}, {name: tls, address: \"0.0.0.0:443\", tls: {}}]\n",
+            "base.yaml",
+        )
+        .unwrap();
+        let state = grpc_and_tls_state();
+        let translator = Translator::new(Settings { ingress_class: "sluice".into(), ..Settings::default() });
+        let translation = translator.build(&base, &state).unwrap();
+        let config = &translation.config;
+        let host = |name: &str| config.virtual_hosts.iter().find(|h| h.domains == [name]);
+        let group = |name: &str| config.backends.iter().find(|b| b.name == name).unwrap();
+        // gRPC: the method is an exact path, and the backend speaks h2c.
+        let grpc = host("grpc.example").unwrap();
+        assert_eq!(grpc.routes[0].matcher.path, Some(PathMatch::Exact("/grpc.Echo/Say".into())));
+        let grpc_backend = grpc.routes[0].backend.as_deref().unwrap();
+        assert_eq!(group(grpc_backend).protocol, crate::config::BackendProtocol::H2c);
+        // The HTTPRoute has http.example, which the younger GRPCRoute cannot take; its
+        // affinity cookie is pinned for an hour.
+        let web = host("http.example").unwrap();
+        assert_eq!(web.routes.len(), 1);
+        let web_backend = group(web.routes[0].backend.as_deref().unwrap());
+        assert_eq!(web_backend.protocol, crate::config::BackendProtocol::Http1);
+        let affinity = web_backend.cookie_affinity.as_ref().expect("cookie affinity");
+        assert_eq!((affinity.name.as_str(), affinity.max_age_seconds), ("pin", Some(3600)));
+        let status = |kind: RouteKind, name: &str| {
+            let parents = &translation.gateway.routes[&(kind, ("ns".to_owned(), name.to_owned()))];
+            parents[0].conditions.iter().map(|c| (c.type_.clone(), c.reason.clone())).collect::<Vec<_>>()
+        };
+        let pair = |t: &str, r: &str| (t.to_owned(), r.to_owned());
+        assert_eq!(status(RouteKind::Grpc, "echo")[0], pair("Accepted", "Accepted"));
+        assert_eq!(status(RouteKind::Http, "web")[0], pair("Accepted", "Accepted"));
+        assert_eq!(status(RouteKind::Grpc, "late")[0], pair("Accepted", "NotAllowedByListeners"));
+        // `*.example` covers the older GRPCRoute's grpc.example: refused there as a whole.
+        assert_eq!(status(RouteKind::Http, "clash")[0], pair("Accepted", "NotAllowedByListeners"));
+        assert!(host("*.example").is_none());
+        // Header sessions are not supported: the rule answers 500 and the route says so.
+        assert_eq!(host("h.example").unwrap().routes[0].direct_response, Some(500));
+        assert_eq!(status(RouteKind::Http, "headers")[0], pair("Accepted", "UnsupportedValue"));
+        // TLSRoute: passthrough for the hostname inside the listener's, not the other.
+        let pass = host("a.tls.example").unwrap();
+        assert_eq!(pass.tls.as_ref().and_then(|t| t.passthrough.as_deref()), Some("ns/svc:80"));
+        assert!(host("other.example").is_none());
+        assert_eq!(status(RouteKind::Tls, "pass")[0], pair("Accepted", "Accepted"));
+        let listeners = &translation.gateway.gateways[0].1.listeners;
+        assert_eq!(listeners[1].supported_kinds, [RouteKind::Tls.group_kind()]);
+        assert_eq!(listeners[1].attached_routes, 1);
+        assert_eq!(listeners[2].conditions[0].reason, "UnsupportedValue", "TLS termination for TLSRoutes");
+        assert_eq!(
+            listeners[0].supported_kinds,
+            [RouteKind::Http.group_kind(), RouteKind::Grpc.group_kind()]
+        );
     }
 
     #[test]
