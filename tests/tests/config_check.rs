@@ -206,7 +206,7 @@ fn minimal_example_sends_everything_to_its_one_backend() {
     assert_eq!(config.limits, Limits::default());
     let table = RouteTable::build(&config).unwrap();
     for (host, path) in [("example.com", "/"), ("anything", "/a/b?c"), ("", "/x")] {
-        let route = table.find(host, &Method::GET, path, None, &HeaderMap::new()).expect("a route");
+        let route = table.find(0, host, &Method::GET, path, None, &HeaderMap::new()).expect("a route");
         assert!(matches!(route.action, RouteAction::Backend(0)), "{host} {path}");
         assert_eq!(route.name, "default/0");
     }
@@ -335,7 +335,7 @@ fn routing_example_routes_as_its_comments_say() {
         let pairs: Vec<(&str, &str)> = header_pairs.iter().map(|p| p.split_once('=').unwrap()).collect();
         let route_path = path.split('?').next().unwrap();
         let route = table
-            .find(host, &method, route_path, None, &headers(&pairs))
+            .find(0, host, &method, route_path, None, &headers(&pairs))
             .unwrap_or_else(|| panic!("{row}: no route"));
         assert_eq!(route.name, *route_name, "{row}");
         match route.action {
@@ -356,7 +356,8 @@ fn routing_example_routes_as_its_comments_say() {
         let [host, path, "->", route_name, status, location] = fields.as_slice() else {
             panic!("bad row {row}")
         };
-        let route = table.find(host, &Method::GET, path.split('?').next().unwrap(), None, &HeaderMap::new());
+        let route =
+            table.find(0, host, &Method::GET, path.split('?').next().unwrap(), None, &HeaderMap::new());
         let route = route.unwrap_or_else(|| panic!("{row}: no route"));
         assert_eq!(route.name, *route_name, "{row}");
         let RouteAction::Redirect(redirect) = &route.action else { panic!("{row}: not a redirect") };
@@ -371,7 +372,10 @@ fn routing_example_routes_as_its_comments_say() {
         ("api.example.com", Method::GET, "/x/v2/users"),
         ("api.example.com", Method::GET, "/upload/a"),
     ] {
-        assert!(table.find(host, &method, path, None, &HeaderMap::new()).is_none(), "{method} {host}{path}");
+        assert!(
+            table.find(0, host, &method, path, None, &HeaderMap::new()).is_none(),
+            "{method} {host}{path}"
+        );
     }
 
     // The kinds of path match the file demonstrates.

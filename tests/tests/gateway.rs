@@ -649,13 +649,23 @@ fn https_listeners_certificates_and_listener_refusals() {
         https("cross", "secure.example", json!({"name": "certificate", "namespace": "gateway-conformance-web-backend"})),
         {"name": "tcp", "port": 9999, "protocol": "TCP"},
         {"name": "elsewhere", "port": 1, "protocol": "HTTP"},
+        {"name": "plain", "port": sluice.addr.port(), "protocol": "HTTP", "hostname": "example.org"},
     ])));
     kube.apply(http_route(
         ns,
         "https-route",
         json!({
-        "parentRefs": [{"name": "gateway-https"}], "hostnames": ["example.org", "secure.example"],
+        "parentRefs": [{"name": "gateway-https", "sectionName": "https"}, {"name": "gateway-https", "sectionName": "cross"}],
+        "hostnames": ["example.org", "secure.example"],
         "rules": [{"backendRefs": [backend_ref("infra-backend-v1")]}]}),
+    ));
+    // The usual companion: plain HTTP for the same host redirected to HTTPS.
+    kube.apply(http_route(
+        ns,
+        "to-https",
+        json!({
+        "parentRefs": [{"name": "gateway-https", "sectionName": "plain"}], "hostnames": ["example.org"],
+        "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]}),
     ));
     let config = tls::client_config(tls::ClientOptions { trust: Some(&ca), ..Default::default() });
     let get_tls = |host: &str| -> anyhow::Result<u16> {
@@ -684,7 +694,16 @@ fn https_listeners_certificates_and_listener_refusals() {
     ));
     wait_condition(&kube, gw, &listener(3), ("ResolvedRefs", "True", "ResolvedRefs"));
     wait_for(WAIT, "HTTPS secure.example", || get_tls("secure.example").ok().filter(|s| *s == 200)).unwrap();
-    // HTTPS routes are not served in plain text on another listener's port as TLS ones.
+    // Each route answers on its own listeners' ports only (GatewayHTTPListenerIsolation across
+    // ports): the HTTPS route is not served in plain text, the redirect not over TLS.
+    let plain = wait_for(WAIT, "the plain listener's redirect", || {
+        let response = http::request(sluice.addr, "GET", "example.org", "/a?b", &[]).ok()?;
+        (response.status == 301).then_some(response)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    assert_eq!(plain.header("location"), Some("https://example.org/a?b"));
+    assert_eq!(get_tls("example.org").unwrap(), 200, "TLS still reaches the backend");
+    assert_eq!(ask(&sluice, "GET", "secure.example", "/", &[]).0, 404, "HTTPS-only host in plain text");
     drop(v1);
 }
 

@@ -908,6 +908,11 @@ pub struct MatchConfig {
     /// Every listed query parameter must match (Gateway API `queryParams`).
     #[serde(default)]
     pub query_params: Vec<QueryParamMatch>,
+    /// Only requests that arrived on these listeners (names from `listeners`); any when empty.
+    /// A Gateway API route is answered only on the node listeners of the Gateway listeners
+    /// it is attached to. Not a constraint for precedence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
 }
 
 /// A query parameter match: the first parameter of that name (case-sensitive, as the Gateway

@@ -55,6 +55,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
     }
     duplicates(config.backends.iter().map(|b| b.name.as_str()), "backends", "backend", &mut found);
     tls(config, &backends, &mut found);
+    route_listeners(config, &mut found);
     let mut problems = found.0;
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     problems
@@ -230,6 +231,27 @@ pub(crate) fn valid_domain(domain: &str) -> bool {
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
         })
+}
+
+/// `match.listeners` name listeners that exist (the router keeps them as bits of a `u64`).
+fn route_listeners(config: &Config, found: &mut Problems) {
+    let names: BTreeSet<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    for (h, host) in config.virtual_hosts.iter().enumerate() {
+        for (r, route) in host.routes.iter().enumerate() {
+            if route.matcher.listeners.is_empty() {
+                continue;
+            }
+            let at = format!("virtual_hosts[{h}].routes[{r}].match.listeners");
+            if config.listeners.len() > 64 {
+                found.add(at.clone(), "routes can name listeners only when there are at most 64");
+            }
+            for (l, name) in route.matcher.listeners.iter().enumerate() {
+                if !names.contains(name.as_str()) {
+                    found.add(format!("{at}[{l}]"), format!("no listener named {name:?}"));
+                }
+            }
+        }
+    }
 }
 
 fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: &mut Problems) {

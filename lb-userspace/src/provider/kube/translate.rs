@@ -416,7 +416,10 @@ fn insecure_tls_template() -> &'static BackendTlsConfig {
 type ClaimKey = String;
 
 fn claim_key(matcher: &MatchConfig) -> ClaimKey {
-    format!("{:?}|{:?}|{:?}|{:?}", matcher.path, matcher.headers, matcher.methods, matcher.query_params)
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        matcher.path, matcher.headers, matcher.methods, matcher.query_params, matcher.listeners
+    )
 }
 
 #[derive(Default)]
@@ -703,11 +706,15 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Adds a route to `host` unless an older Ingress claimed the same match there.
+    /// Adds a route to `host` unless an older Ingress claimed the same match there. A route
+    /// for some listeners only (a Gateway API route's) also yields to a claim for all of them
+    /// (an Ingress's: Ingresses are read first).
     fn claim(&mut self, host: &str, route: RouteConfig, id: &IngressId) -> bool {
         let key = claim_key(&route.matcher);
+        let any_listener = MatchConfig { listeners: Vec::new(), ..route.matcher.clone() };
+        let any_listener = claim_key(&any_listener);
         let entry = self.hosts.entry(host.to_owned()).or_default();
-        if let Some(&index) = entry.claims.get(&key) {
+        if let Some(&index) = entry.claims.get(&key).or_else(|| entry.claims.get(&any_listener)) {
             let (_, owner) = &entry.routes[index];
             if owner != id {
                 let message = format!(

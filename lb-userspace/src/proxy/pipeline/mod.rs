@@ -74,6 +74,8 @@ pub struct Connection {
     pub client: SocketAddr,
     /// The listener's address (the service port, also when XDP steered to a worker port).
     pub listener: SocketAddr,
+    /// The listener's index in `config.listeners` (listeners do not change on reload).
+    pub listener_index: usize,
     pub scheme: &'static str,
     /// The forwarding headers' values for this connection's requests.
     pub forwarded: Forwarded,
@@ -351,9 +353,14 @@ fn choose_route<'s>(
     outcome: &mut Outcome<'s>,
 ) -> Phase<(&'s Route, &'s BackendGroup)> {
     let uri = request.uri();
-    let Some(route) =
-        snapshot.routes.find(host, request.method(), uri.path(), uri.query(), request.headers())
-    else {
+    let Some(route) = snapshot.routes.find(
+        connection.listener_index,
+        host,
+        request.method(),
+        uri.path(),
+        uri.query(),
+        request.headers(),
+    ) else {
         return ControlFlow::Break(error(StatusCode::NOT_FOUND, "no route for this host and path"));
     };
     outcome.labels = Some(route.labels.clone());

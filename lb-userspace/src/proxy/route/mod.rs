@@ -135,6 +135,8 @@ struct Matcher {
     methods: Vec<Method>,
     headers: Vec<HeaderMatcher>,
     query_params: Vec<QueryParamMatcher>,
+    /// Bit `i`: requests on `config.listeners[i]` match; all ones when any listener does.
+    listeners: u64,
 }
 
 #[derive(Debug)]
@@ -184,6 +186,8 @@ impl RouteTable {
     pub fn build(config: &Config) -> Result<RouteTable, String> {
         let backends: HashMap<&str, usize> =
             config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let listeners: HashMap<&str, usize> =
+            config.listeners.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
         let mut table = RouteTable {
             hosts: Vec::with_capacity(config.virtual_hosts.len()),
             exact: HashMap::new(),
@@ -220,7 +224,10 @@ impl RouteTable {
                 let labels =
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
                 let access = Access::compile(route, host, &route_at)?;
-                routes.push(compile_route(route, name, labels, host, access, (&at, &route_at), &backends)?);
+                let mut compiled =
+                    compile_route(route, name, labels, host, access, (&at, &route_at), &backends)?;
+                compiled.matcher.listeners = listener_bits(&route.matcher.listeners, &listeners, &route_at)?;
+                routes.push(compiled);
             }
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
@@ -233,10 +240,12 @@ impl RouteTable {
     /// The route for a request, or `None` (a 404) when no virtual host takes `host` or no route
     /// of the one that does matches.
     ///
+    /// `listener`: the index in `config.listeners` of the listener the request came in on.
     /// `host`: the request's host (Host header or `:authority`), maybe with a port, any case.
     /// `path`: the request path WITHOUT the query string; `query`: the query string, if any.
     pub fn find(
         &self,
+        listener: usize,
         host: &str,
         method: &Method,
         path: &str,
@@ -244,11 +253,10 @@ impl RouteTable {
         headers: &HeaderMap,
     ) -> Option<&Route> {
         let vhost = self.virtual_host(host)?;
-        vhost
-            .order
-            .iter()
-            .map(|&i| &vhost.routes[i])
-            .find(|route| route.matcher.matches(method, path, query, headers))
+        let listener = 1u64.checked_shl(listener as u32).unwrap_or(0);
+        vhost.order.iter().map(|&i| &vhost.routes[i]).find(|route| {
+            route.matcher.listeners & listener != 0 && route.matcher.matches(method, path, query, headers)
+        })
     }
 
     /// Every route of every virtual host: virtual hosts in configuration order, each one's routes
@@ -600,7 +608,18 @@ fn compile_matcher(route: &RouteConfig, at: &str) -> Result<Matcher, String> {
             Ok(QueryParamMatcher { name: query.name.clone(), value })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Matcher { path, methods, headers, query_params })
+    Ok(Matcher { path, methods, headers, query_params, listeners: u64::MAX })
+}
+
+/// The listener bits of a route's `match.listeners` (all when it names none).
+fn listener_bits(names: &[String], listeners: &HashMap<&str, usize>, at: &str) -> Result<u64, String> {
+    if names.is_empty() {
+        return Ok(u64::MAX);
+    }
+    names.iter().enumerate().try_fold(0u64, |bits, (l, name)| match listeners.get(name.as_str()) {
+        Some(&i) if i < 64 => Ok(bits | 1 << i),
+        _ => Err(format!("{at}.match.listeners[{l}]: no listener named {name:?} among the first 64")),
+    })
 }
 
 fn compile_header(header: &HeaderMatch, at: &str) -> Result<HeaderMatcher, String> {
@@ -753,7 +772,7 @@ virtual_hosts:
             Some((path, query)) => (path, Some(query)),
             None => (path, None),
         };
-        table.find(host, method, path, query, &map).map(|r| r.name.clone())
+        table.find(0, host, method, path, query, &map).map(|r| r.name.clone())
     }
 
     fn route<'a>(table: &'a RouteTable, name: &str) -> &'a Route {
@@ -1034,7 +1053,7 @@ virtual_hosts:
         assert_eq!(rewrite("all", "/users"), "/base/users");
         assert_eq!(rewrite("plain", "/plain/x?y=1"), "/plain/x?y=1");
         // The route found for a request rewrites as its prefix says.
-        let found = table.find("h", &Method::GET, "/api/users", None, &HeaderMap::new()).unwrap();
+        let found = table.find(0, "h", &Method::GET, "/api/users", None, &HeaderMap::new()).unwrap();
         assert_eq!(found.rewrite_path_and_query("/api/users?x=1"), "/users?x=1");
     }
 
@@ -1149,6 +1168,38 @@ virtual_hosts:
         let named = route(&table, "named");
         assert!(matches!(named.action, RouteAction::Backend(0)));
         assert_eq!((named.timeout, named.max_body_bytes), (None, None));
+    }
+
+    /// Routes for some listeners only (Gateway API listener isolation): each listener finds its
+    /// own, whatever the precedence; a route for none in particular is found on all; an
+    /// unknown listener name is refused.
+    #[test]
+    fn routes_answer_only_on_their_listeners() {
+        let yaml = "\
+listeners: [{name: plain, address: \"0.0.0.0:80\"}, {name: other, address: \"0.0.0.0:81\"}, {name: secure, address: \"0.0.0.0:443\"}]
+backends:
+  - {name: b0, endpoints: [{address: \"10.0.0.1:80\"}]}
+virtual_hosts:
+  - name: v
+    domains: [\"*\"]
+    routes:
+      - {name: redirect, redirect: {scheme: https, code: 301}, match: {path: {exact: /x}, listeners: [plain]}}
+      - {name: tls-only, backend: b0, match: {path: {prefix: /}, listeners: [secure]}}
+      - {name: everywhere, backend: b0, match: {path: {prefix: /}}}
+";
+        let config = Config::from_yaml(yaml, "t.yaml").unwrap();
+        let table = RouteTable::build(&config).unwrap();
+        let find = |listener: usize, path: &str| {
+            table.find(listener, "h", &Method::GET, path, None, &HeaderMap::new()).map(|r| r.name.clone())
+        };
+        assert_eq!(find(0, "/x").as_deref(), Some("redirect"));
+        assert_eq!(find(2, "/x").as_deref(), Some("tls-only"), "the exact path is not for this listener");
+        assert_eq!(find(0, "/y").as_deref(), Some("everywhere"));
+        assert_eq!(find(1, "/x").as_deref(), Some("everywhere"));
+        assert_eq!(find(2, "/y").as_deref(), Some("tls-only"));
+        let unknown = yaml.replace("listeners: [secure]", "listeners: [secure, nowhere]");
+        let error = Config::from_yaml(&unknown, "t.yaml").unwrap_err().to_string();
+        assert!(error.contains("routes[1].match.listeners[1]: no listener named \"nowhere\""), "{error}");
     }
 
     /// What validation refuses must still be an error here, not a panic.

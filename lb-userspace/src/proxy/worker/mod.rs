@@ -438,6 +438,7 @@ async fn open_connection(mut client: Client, peer: SocketAddr, context: Connecti
         worker: id,
         client: client_addr,
         listener: service_addr,
+        listener_index: client.listener_index,
         scheme,
         forwarded,
         published,

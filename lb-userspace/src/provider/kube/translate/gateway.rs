@@ -133,6 +133,8 @@ struct ListenerBuild {
     programmed: bool,
     /// The certificate (configuration name) an HTTPS listener terminates with.
     certificate: Option<String>,
+    /// The node listener that serves it (same port, plain or TLS as its protocol).
+    node_listener: Option<String>,
     namespaces: AllowedNamespaces,
     status: ListenerStatus,
 }
@@ -150,6 +152,15 @@ struct GatewayBuild {
     /// The Gateway is accepted (its listeners may take routes).
     accepted: bool,
     generation: i64,
+}
+
+/// What a route gets under one hostname from the listeners it attached to.
+#[derive(Default)]
+struct Attached {
+    /// The certificate of an HTTPS listener among them, if any.
+    certificate: Option<String>,
+    /// Their node listeners.
+    listeners: BTreeSet<String>,
 }
 
 /// A rule's routes, and why part of it is not served as written.
@@ -303,8 +314,9 @@ impl Builder<'_> {
             .base
             .listeners
             .iter()
-            .any(|l| i32::from(l.address.port()) == listener.port && l.tls.is_some() == on_tls);
-        if supported && !node_listener {
+            .find(|l| i32::from(l.address.port()) == listener.port && l.tls.is_some() == on_tls)
+            .map(|l| l.name.clone());
+        if supported && node_listener.is_none() {
             let kind = if on_tls { "TLS" } else { "plain" };
             accepted = (
                 false,
@@ -362,6 +374,7 @@ impl Builder<'_> {
             claimed: Vec::new(),
             programmed,
             certificate,
+            node_listener,
             namespaces,
             status,
         }
@@ -454,8 +467,7 @@ impl Builder<'_> {
         }
         let route_hostnames: Vec<String> = route.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
         let mut parents = Vec::new();
-        // Hostname → the certificate of an HTTPS listener that serves it there, if any.
-        let mut hostnames: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut hostnames: BTreeMap<String, Attached> = BTreeMap::new();
         for parent in route.parent_refs {
             let group = parent.group.as_deref().unwrap_or(GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -501,11 +513,11 @@ impl Builder<'_> {
             });
         }
         if !set_aside {
-            for (hostname, certificate) in hostnames {
+            for (hostname, attached) in hostnames {
                 if route.kind == RouteKind::Tls {
                     self.serve_tls_route_host(&hostname, &rules, &id);
                 } else {
-                    self.serve_route_host(&hostname, certificate, &rules, &id);
+                    self.serve_route_host(&hostname, attached, &rules, &id);
                 }
             }
         }
@@ -521,7 +533,7 @@ impl Builder<'_> {
         route: &RouteView<'_>,
         route_hostnames: &[String],
         gateway: &mut GatewayBuild,
-        hostnames: &mut BTreeMap<String, Option<String>>,
+        hostnames: &mut BTreeMap<String, Attached>,
     ) -> Result<(), (&'static str, String)> {
         let route_namespace = route.namespace.as_str();
         if !gateway.accepted {
@@ -591,9 +603,10 @@ impl Builder<'_> {
             }
             for name in names {
                 let slot = hostnames.entry(name).or_default();
-                if slot.is_none() {
-                    slot.clone_from(&listener.certificate);
+                if slot.certificate.is_none() {
+                    slot.certificate.clone_from(&listener.certificate);
                 }
+                slot.listeners.extend(listener.node_listener.clone());
             }
         }
         if matched {
@@ -618,14 +631,11 @@ impl Builder<'_> {
     }
 
     /// Adds an L7 route's rules under one hostname (`*` when neither the route nor the
-    /// listener names one), with the listener's certificate when it is HTTPS.
-    fn serve_route_host(
-        &mut self,
-        hostname: &str,
-        certificate: Option<String>,
-        rules: &[RuleRoutes],
-        id: &IngressId,
-    ) {
+    /// listener names one), answered only on the node listeners of the Gateway listeners it is
+    /// attached to, with the listener's certificate when it is HTTPS.
+    fn serve_route_host(&mut self, hostname: &str, attached: Attached, rules: &[RuleRoutes], id: &IngressId) {
+        let Attached { certificate, listeners } = attached;
+        let listeners: Vec<String> = listeners.into_iter().collect();
         let host = if hostname.is_empty() { "*" } else { hostname };
         if let Some(certificate) = certificate
             && host != "*"
@@ -642,7 +652,9 @@ impl Builder<'_> {
         }
         for rule in rules {
             for route in &rule.routes {
-                self.claim(host, route.clone(), id);
+                let mut route = route.clone();
+                route.matcher.listeners.clone_from(&listeners);
+                self.claim(host, route, id);
             }
         }
     }
@@ -1353,7 +1365,7 @@ fn route_match(m: &HTTPRouteMatch) -> Result<crate::config::MatchConfig, String>
         }
     }
     let methods = m.method.iter().cloned().collect();
-    Ok(crate::config::MatchConfig { path: Some(path), methods, headers, query_params })
+    Ok(crate::config::MatchConfig { path: Some(path), methods, headers, query_params, listeners: Vec::new() })
 }
 
 /// A Gateway API duration (GEP-2257: `1h`, `30s`, `500ms`, `1h30m`), in milliseconds.

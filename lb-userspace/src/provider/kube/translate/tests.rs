@@ -739,7 +739,7 @@ fn canary_by_header_cookie_and_weight() {
         for (k, v) in headers {
             map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match table.find("a.test", &http::Method::GET, "/x", None, &map).unwrap().action {
+        match table.find(0, "a.test", &http::Method::GET, "/x", None, &map).unwrap().action {
             crate::proxy::route::RouteAction::Backend(i) => t.config.backends[i].name.clone(),
             _ => panic!("not a backend"),
         }
@@ -1107,7 +1107,7 @@ fn client_certificates_fail_closed_where_the_ingress_tls_does_not_serve() {
 /// group's name up to the port), or `None` for a 404.
 fn routed(config: &Config, host: &str, path: &str) -> Option<String> {
     let table = crate::proxy::route::RouteTable::build(config).unwrap();
-    let route = table.find(host, &http::Method::GET, path, None, &http::HeaderMap::new())?;
+    let route = table.find(0, host, &http::Method::GET, path, None, &http::HeaderMap::new())?;
     match route.action {
         crate::proxy::route::RouteAction::Backend(i) => {
             let name = &config.backends[i].name;
