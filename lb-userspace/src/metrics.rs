@@ -103,7 +103,25 @@ pub struct WorkerMetrics {
     accepted: AtomicU64,
     /// Connections closed for want of a valid PROXY protocol header, by reason.
     proxy_protocol_refused: [AtomicU64; PROXY_PROTOCOL_REASONS.len()],
+    /// Mirrored copies of requests, by outcome (`Mirrored` as the index).
+    mirrored: [AtomicU64; MIRRORED_OUTCOMES.len()],
 }
+
+/// What became of a mirrored copy of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mirrored {
+    /// Sent, and answered (whatever the status).
+    Sent,
+    /// No endpoint, a failed connection or exchange, or no answer within the request timeout.
+    Failed,
+    /// Not sent: the worker's copies in flight or the endpoint's connection cap were full, or
+    /// the configuration was just replaced.
+    Dropped,
+    /// Not sent: the copy needs the body and the route streamed it instead of holding it.
+    BodyNotHeld,
+}
+
+const MIRRORED_OUTCOMES: [&str; 4] = ["sent", "failed", "dropped", "body_not_held"];
 
 /// The reasons a PROXY protocol listener closes a connection (`proxy_protocol::Invalid::reason`).
 const PROXY_PROTOCOL_REASONS: [&str; 3] = ["invalid", "timeout", "closed"];
@@ -140,6 +158,10 @@ impl WorkerMetrics {
         if let Some(i) = PROXY_PROTOCOL_REASONS.iter().position(|r| *r == reason) {
             self.proxy_protocol_refused[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn mirrored(&self, outcome: Mirrored) {
+        self.mirrored[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -353,6 +375,17 @@ impl Collector for Metrics {
             let total: u64 =
                 self.workers.iter().map(|w| w.proxy_protocol_refused[i].load(Ordering::Relaxed)).sum();
             ConstCounter::new(total).encode(family.encode_family(&[("reason", (*reason).to_owned())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_mirrored_requests",
+            "Mirrored copies of requests (routes' mirrors), by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, outcome) in MIRRORED_OUTCOMES.iter().enumerate() {
+            let total: u64 = self.workers.iter().map(|w| w.mirrored[i].load(Ordering::Relaxed)).sum();
+            ConstCounter::new(total).encode(family.encode_family(&[("outcome", (*outcome).to_owned())])?)?;
         }
 
         // Scrape-time sources, grouped by metric name so each family is described once.

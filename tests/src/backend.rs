@@ -83,6 +83,9 @@ impl Default for Options<'_> {
     }
 }
 
+/// How many request heads a backend keeps ([`Backend::heads`]).
+pub const HEADS_KEPT: usize = 64;
+
 struct State {
     name: String,
     mode: Mutex<Mode>,
@@ -91,6 +94,8 @@ struct State {
     health: AtomicU16,
     /// Requests received, health checks excluded.
     requests: AtomicU64,
+    /// The heads (request line and fields) of the last requests, oldest first.
+    heads: Mutex<std::collections::VecDeque<String>>,
     connections: AtomicU64,
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
@@ -161,6 +166,7 @@ impl Backend {
             health_path: options.health_path.map(str::to_owned),
             health: AtomicU16::new(200),
             requests: AtomicU64::new(0),
+            heads: Mutex::new(std::collections::VecDeque::new()),
             connections: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
@@ -198,6 +204,12 @@ impl Backend {
     /// Requests answered or taken so far, health checks excluded.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// The heads of the last [`HEADS_KEPT`] requests (health checks excluded), oldest first:
+    /// the request line and the fields as received, names in lower case.
+    pub fn heads(&self) -> Vec<String> {
+        self.state.heads.lock().unwrap().iter().cloned().collect()
     }
 
     /// Connections accepted so far.
@@ -366,6 +378,13 @@ async fn answer(
         return respond(status, &[], "health\n".to_owned());
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut heads = state.heads.lock().unwrap();
+        if heads.len() == HEADS_KEPT {
+            heads.pop_front();
+        }
+        heads.push_back(head.clone());
+    }
     let mode = *state.mode.lock().unwrap();
     let name = format!("{}\n", state.name);
     match mode {

@@ -530,14 +530,27 @@ fn references_grants_and_attachment_refusals() {
 
 /// HTTPRouteRequestHeaderModifier, HTTPRouteResponseHeaderModifier, the redirects
 /// (HTTPRouteRedirectHostAndStatus, -Path, -Port, -Scheme, 303/307/308), HTTPRouteRewriteHost,
-/// HTTPRouteRewritePath, an unsupported filter answering 500, and HTTPRouteWeight.
+/// HTTPRouteRewritePath, HTTPRouteRequestMirror, -MultipleMirrors, -PercentageMirror, an
+/// unsupported filter answering 500, and HTTPRouteWeight.
 #[test]
-fn filters_redirects_rewrites_and_weights() {
+fn filters_redirects_rewrites_mirrors_and_weights() {
     let infra = infra();
     let (kube, sluice) = (&infra.kube, &infra.sluice);
     let ns = "gateway-conformance-infra";
     let echo = Backend::with_mode("echo", Mode::Echo);
     publish_service(kube, ns, "echo", &echo);
+    let mirrors: Vec<Backend> =
+        ["mirror-a", "mirror-b", "mirror-c"].iter().map(|n| Backend::with_mode(n, Mode::Name)).collect();
+    for mirror in &mirrors {
+        publish_service(kube, ns, mirror.name(), mirror);
+    }
+    let mirror = |name: &str, share: Value| {
+        let mut settings = json!({"backendRef": backend_ref(name)});
+        if let Value::Object(share) = share {
+            settings.as_object_mut().unwrap().extend(share);
+        }
+        json!({"type": "RequestMirror", "requestMirror": settings})
+    };
     let redirect = |path: &str, settings: Value| json!({"matches": [{"path": {"value": path}}], "filters": [{"type": "RequestRedirect", "requestRedirect": settings}]});
     kube.apply(http_route(ns, "filters", json!({
         "parentRefs": same_namespace_parent(),
@@ -563,7 +576,13 @@ fn filters_redirects_rewrites_and_weights() {
              "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/one"}}}],
              "backendRefs": [backend_ref("echo")]},
             {"matches": [{"path": {"value": "/mirror"}}],
-             "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": backend_ref("infra-backend-v2")}}],
+             "filters": [mirror("mirror-a", json!({})), mirror("mirror-b", json!({"percent": 0}))],
+             "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [{"path": {"value": "/half"}}],
+             "filters": [mirror("mirror-c", json!({"fraction": {"numerator": 1, "denominator": 2}}))],
+             "backendRefs": [backend_ref("infra-backend-v1")]},
+            {"matches": [{"path": {"value": "/unsupported"}}],
+             "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "example.com", "kind": "Thing", "name": "x"}}],
              "backendRefs": [backend_ref("infra-backend-v1")]},
             {"matches": [{"path": {"value": "/weights"}}],
              "backendRefs": [{"name": "infra-backend-v1", "port": 8080, "weight": 70},
@@ -604,9 +623,43 @@ fn filters_redirects_rewrites_and_weights() {
     );
     assert_eq!(full.target(), "/one?x=1");
 
-    // RequestMirror is not implemented: its rule answers 500 rather than skip the filter.
-    assert_eq!(ask(sluice, "GET", "filters.example", "/mirror", &[]).0, 500);
+    // An unsupported filter: its rule answers 500 rather than skip the filter.
+    assert_eq!(ask(sluice, "GET", "filters.example", "/unsupported", &[]).0, 500);
     wait_route_condition(kube, ns, "filters", ("PartiallyInvalid", "True", "UnsupportedValue"));
+
+    // Mirrors: every request copied to mirror-a (target, fields and request id as sent to the
+    // primary), none to mirror-b (0%), about half to mirror-c; the client's answer is the
+    // primary's.
+    for i in 0..20 {
+        let (status, backend) =
+            ask(sluice, "GET", "filters.example", &format!("/mirror/{i}?q=1"), &[("x-trace", "t")]);
+        assert_eq!((status, backend.as_str()), (200, "v1"));
+    }
+    wait_for(WAIT, "20 copies at mirror-a", || (mirrors[0].requests() == 20).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: {}", mirrors[0].requests()));
+    let sent = r#"sluice_mirrored_requests_total{outcome="sent"}"#;
+    wait_for(WAIT, "20 copies counted", || (sluice.metric(sent) == Some(20.0)).then_some(())).unwrap();
+    assert_eq!(mirrors[1].requests(), 0, "percent 0 copies nothing");
+    let heads = mirrors[0].heads();
+    assert!(heads.iter().any(|h| h.starts_with("GET /mirror/7?q=1 HTTP/1.1\r\n")), "{heads:?}");
+    assert!(
+        heads.iter().all(|h| h.contains("\r\nx-trace: t\r\n") && h.contains("\r\nx-request-id: ")),
+        "{heads:?}"
+    );
+    for i in 0..200 {
+        assert_eq!(ask(sluice, "GET", "filters.example", &format!("/half/{i}"), &[]).0, 200);
+    }
+    wait_for(WAIT, "220 copies counted", || {
+        let copies = mirrors[2].requests();
+        (sluice.metric(sent) == Some(20.0 + copies as f64)).then_some(())
+    })
+    .unwrap();
+    assert!((60..=140).contains(&mirrors[2].requests()), "about half: {}", mirrors[2].requests());
+    // A mirror that never answers delays nothing.
+    mirrors[0].set_mode(Mode::Hang);
+    for _ in 0..5 {
+        assert_eq!(ask(sluice, "GET", "filters.example", "/mirror", &[]).0, 200);
+    }
 
     // Weights 70/30/0 over 500 requests.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();

@@ -840,6 +840,39 @@ pub struct RouteConfig {
     /// (`forwarded`) are not.
     #[serde(default)]
     pub https_redirect: Option<HttpsRedirectConfig>,
+    /// Copies of the route's requests sent to other backend groups, fire and forget: their
+    /// answers are dropped and never delay the client's (Gateway API `RequestMirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// One request mirror of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The backend group that gets the copies.
+    pub backend: String,
+    /// The share of requests copied: `numerator` in `denominator` (default: all).
+    #[serde(default)]
+    pub fraction: Option<FractionConfig>,
+    /// The copies carry the request body. Only a body the route holds whole is copied: one
+    /// within the route backend's `buffering.request_bytes`; a longer one goes without its
+    /// copy (counted).
+    #[serde(default = "default_true")]
+    pub body: bool,
+}
+
+/// `numerator` in `denominator` (Gateway API `fraction`; `percent: P` is `P` in 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FractionConfig {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
 }
 
 /// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a

@@ -372,6 +372,23 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
     if let Some(pages) = &route.error_pages {
         error_pages(pages, &format!("{at}.error_pages"), backends, found);
     }
+    for (m, mirror) in route.mirrors.iter().enumerate() {
+        let mirror_at = format!("{at}.mirrors[{m}]");
+        if !backends.contains(mirror.backend.as_str()) {
+            found.add(format!("{mirror_at}.backend"), format!("no backend named {:?}", mirror.backend));
+        }
+        if let Some(fraction) = mirror.fraction
+            && (fraction.denominator == 0 || fraction.numerator > fraction.denominator)
+        {
+            found.add(
+                format!("{mirror_at}.fraction"),
+                "needs 0 <= numerator <= denominator and denominator > 0",
+            );
+        }
+    }
+    if !route.mirrors.is_empty() && route.backend.is_none() {
+        found.add(format!("{at}.mirrors"), "only a route with a backend mirrors its requests");
+    }
     let actions = [route.backend.is_some(), route.redirect.is_some(), route.direct_response.is_some()];
     if actions.iter().filter(|a| **a).count() != 1 {
         found.add(at.to_owned(), "needs exactly one of backend, redirect and direct_response");

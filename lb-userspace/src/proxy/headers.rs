@@ -239,6 +239,19 @@ impl<'a> UpstreamHeaders<'a> {
         }
     }
 
+    /// The client's fields and the forwarding values these were made from (a mirrored copy
+    /// makes its own from the same).
+    pub fn client_parts(&self) -> (&'a HeaderMap, &'a Forwarded) {
+        (self.client, self.forwarded)
+    }
+
+    /// With this request id instead of the client's or a new one (a mirrored copy keeps its
+    /// original's).
+    pub fn with_request_id(mut self, id: HeaderValue) -> UpstreamHeaders<'a> {
+        self.request_id = id;
+        self
+    }
+
     /// With the fields of the connection's client certificate (a host checking them).
     pub fn with_client_certificate(
         mut self,

@@ -24,6 +24,7 @@
 
 mod access_log;
 mod error_page;
+mod mirror;
 pub mod tls_policy;
 
 use std::{
@@ -311,6 +312,10 @@ async fn route_and_forward<'s>(
     }
     if !h1_client::valid_target(&upstream_path) {
         return error(StatusCode::BAD_REQUEST, "request target cannot be forwarded");
+    }
+    if client_upgrade.is_none() {
+        let original = mirror::Original { method: &parts.method, target: &upstream_path, host: &host };
+        mirror::copy(route, original, (&upstream_headers, &body), connection, snapshot);
     }
     let exchange = Exchange {
         group,

@@ -29,8 +29,8 @@ use super::{
     header_ops::{Direction, HeaderOps},
 };
 use crate::config::{
-    Config, HeaderMatch, HeaderOpsConfig, PathMatch, RateLimitConfig, RedirectConfig, RewriteConfig,
-    RouteConfig, SourceRangesConfig, VirtualHostConfig,
+    Config, HeaderMatch, HeaderOpsConfig, MirrorConfig, PathMatch, RateLimitConfig, RedirectConfig,
+    RewriteConfig, RouteConfig, SourceRangesConfig, VirtualHostConfig,
 };
 
 /// The longest host name DNS allows; longer hosts cannot equal any configured domain, so they only
@@ -89,6 +89,8 @@ pub struct Route {
     pub error_pages: Option<ErrorPages>,
     /// Plain HTTP goes to HTTPS whatever the host's TLS (`force-ssl-redirect`).
     pub https_redirect: Option<crate::config::HttpsRedirectConfig>,
+    /// Where copies of its requests go (sent by the pipeline's `mirror`).
+    pub mirrors: Vec<Mirror>,
     matcher: Matcher,
 }
 
@@ -126,6 +128,42 @@ pub enum Rewrite {
     Prefix { from: String, to: String },
     /// The first match of `regex` in the path is replaced by `replacement` (`$1`, `${name}`).
     Regex { regex: Regex, replacement: String },
+}
+
+/// One request mirror of a route: the backend group that gets copies, and how many.
+#[derive(Debug)]
+pub struct Mirror {
+    /// Index into the snapshot's backend groups.
+    pub backend: usize,
+    /// Copies per million requests (1,000,000: every request).
+    pub per_million: u32,
+    /// The copies carry the body.
+    pub body: bool,
+}
+
+impl Mirror {
+    fn compile(mirror: &MirrorConfig, backends: &HashMap<&str, usize>, at: &str) -> Result<Mirror, String> {
+        let backend = *backends
+            .get(mirror.backend.as_str())
+            .ok_or_else(|| format!("{at}.backend: no backend named {:?}", mirror.backend))?;
+        let per_million = match mirror.fraction {
+            None => 1_000_000,
+            Some(f) if f.denominator > 0 && f.numerator <= f.denominator => {
+                (u64::from(f.numerator) * 1_000_000 / u64::from(f.denominator)) as u32
+            }
+            Some(_) => return Err(format!("{at}.fraction: needs numerator <= denominator, denominator > 0")),
+        };
+        Ok(Mirror { backend, per_million, body: mirror.body })
+    }
+
+    /// Whether this request is copied: always, never, or by a draw.
+    pub fn draws(&self) -> bool {
+        match self.per_million {
+            1_000_000.. => true,
+            0 => false,
+            share => fastrand::u32(0..1_000_000) < share,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -560,6 +598,12 @@ fn compile_route(
         rate_limit: route.rate_limit.as_ref().or(host.rate_limit.as_ref()).cloned().map(Arc::new),
         error_pages,
         https_redirect: route.https_redirect,
+        mirrors: route
+            .mirrors
+            .iter()
+            .enumerate()
+            .map(|(m, mirror)| Mirror::compile(mirror, backends, &format!("{at}.mirrors[{m}]")))
+            .collect::<Result<_, _>>()?,
         matcher,
     })
 }
@@ -1200,6 +1244,43 @@ virtual_hosts:
         let unknown = yaml.replace("listeners: [secure]", "listeners: [secure, nowhere]");
         let error = Config::from_yaml(&unknown, "t.yaml").unwrap_err().to_string();
         assert!(error.contains("routes[1].match.listeners[1]: no listener named \"nowhere\""), "{error}");
+    }
+
+    /// Mirrors compile to a backend index and a share per million; validation refuses a share
+    /// that is not a fraction, an unknown backend, and a mirror on a route with no backend.
+    #[test]
+    fn mirrors_compile_and_bad_ones_are_refused() {
+        let table = table(
+            "  - name: v
+    domains: [\"*\"]
+    routes:
+      - name: m
+        backend: b0
+        mirrors: [{backend: b1}, {backend: b0, fraction: {numerator: 1, denominator: 3}, body: false}]
+",
+        );
+        let mirrors = &route(&table, "m").mirrors;
+        assert_eq!((mirrors[0].backend, mirrors[0].per_million, mirrors[0].body), (1, 1_000_000, true));
+        assert_eq!((mirrors[1].backend, mirrors[1].per_million, mirrors[1].body), (0, 333_333, false));
+        assert!(mirrors[0].draws());
+        let never = Mirror { backend: 0, per_million: 0, body: true };
+        assert!(!(0..1000).any(|_| never.draws()));
+        let bad = format!(
+            "{PRELUDE}  - name: v
+    domains: [\"*\"]
+    routes:
+      - {{backend: b0, mirrors: [{{backend: nope}}, {{backend: b1, fraction: {{numerator: 3, denominator: 2}}}}]}}
+      - {{direct_response: 500, mirrors: [{{backend: b1}}]}}
+"
+        );
+        let error = Config::from_yaml(&bad, "t.yaml").unwrap_err().to_string();
+        for expected in [
+            "routes[0].mirrors[0].backend: no backend named \"nope\"",
+            "routes[0].mirrors[1].fraction: needs 0 <= numerator <= denominator",
+            "routes[1].mirrors: only a route with a backend mirrors its requests",
+        ] {
+            assert!(error.contains(expected), "{expected} in {error}");
+        }
     }
 
     /// What validation refuses must still be an error here, not a panic.

@@ -107,6 +107,12 @@ impl RequestBody {
         Ok(())
     }
 
+    /// The whole body is held (or there is none): every attempt, and a mirrored copy, gets
+    /// all of it.
+    pub fn is_whole(&self) -> bool {
+        self.pending.as_ref().is_none_or(|shared| shared.pending.lock().complete)
+    }
+
     /// The client sent no body.
     pub fn is_empty(&self) -> bool {
         self.empty

@@ -24,7 +24,7 @@
 //! - **References**: a backendRef must be a Service (`InvalidKind`), in the route's namespace
 //!   or allowed by a ReferenceGrant (`RefNotPermitted`), and exist (`BackendNotFound`); a rule
 //!   whose backends are all unusable, or all weight 0, answers 500, as the spec requires. The
-//!   same goes for a filter Sluice does not implement (`RequestMirror`, `ExtensionRef`, ...): its
+//!   same goes for a filter Sluice does not implement (`ExtensionRef`, `CORS`, ...): its
 //!   rule answers 500 and the route says `PartiallyInvalid` (or `Accepted: False` when no rule
 //!   is left).
 
@@ -45,9 +45,9 @@ use crate::{
         annotations::BackendSettings,
         gateway_api::{
             Condition, ConditionsStatus, GROUP, GRPCMethodMatch, GRPCRoute, GRPCRouteRule, Gateway,
-            GatewayStatus, HTTPPathMatch, HTTPRoute, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule,
-            HeaderModifier, Listener, ListenerStatus, ParentReference, RouteGroupKind, RouteParentStatus,
-            SessionPersistence, TLSRoute,
+            GatewayStatus, HTTPBackendRef, HTTPPathMatch, HTTPRoute, HTTPRouteFilter, HTTPRouteMatch,
+            HTTPRouteRule, HeaderModifier, Listener, ListenerStatus, ParentReference, RequestMirror,
+            RouteGroupKind, RouteParentStatus, SessionPersistence, TLSRoute,
         },
     },
 };
@@ -700,10 +700,10 @@ impl Builder<'_> {
         template.name =
             Some(format!("{}:{namespace}/{name}/{rule_name}", route.kind.name().to_ascii_lowercase()));
         let mut prefix_rewrite = None;
-        for filter in &rule.filters {
-            if let Err(why) = apply_filter(filter, &mut template, &mut prefix_rewrite) {
-                unsupported.get_or_insert(format!("rule {rule_name}: {why}"));
-            }
+        if let Err(why) =
+            self.rule_filters(rule, route, (&mut template, &mut prefix_rewrite), &mut unresolved, id)
+        {
+            unsupported.get_or_insert(format!("rule {rule_name}: {why}"));
         }
         match rule_timeout(rule) {
             Ok(ms) => template.timeout_ms = ms,
@@ -728,6 +728,10 @@ impl Builder<'_> {
             template.redirect = None;
             template.rewrite = None;
             template.direct_response = Some(500);
+        }
+        if template.backend.is_none() {
+            // Only requests that go to a backend are copied.
+            template.mirrors.clear();
         }
         let default_match = [HTTPRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
@@ -768,6 +772,40 @@ impl Builder<'_> {
         RuleRoutes { routes, backend: None, unresolved, unsupported }
     }
 
+    /// Applies a rule's filters to its route template (a `ReplacePrefixMatch` path is left in
+    /// `prefix_rewrite`); a mirror whose backendRef is unusable is left out, its problem in
+    /// `unresolved`. `Err`: the first filter that cannot be served.
+    fn rule_filters(
+        &mut self,
+        rule: &HTTPRouteRule,
+        route: &RouteView<'_>,
+        (template, prefix_rewrite): (&mut RouteConfig, &mut Option<String>),
+        unresolved: &mut Option<(&'static str, String)>,
+        id: &IngressId,
+    ) -> Result<(), String> {
+        let mut first_error = None;
+        for filter in &rule.filters {
+            let applied = match (filter.type_.as_str(), &filter.request_mirror) {
+                ("RequestMirror", Some(mirror)) => match self.request_mirror(mirror, route, id) {
+                    Ok(mirror) => {
+                        template.mirrors.push(mirror);
+                        Ok(())
+                    }
+                    Err(("UnsupportedValue", why)) => Err(why),
+                    Err(problem) => {
+                        unresolved.get_or_insert(problem);
+                        Ok(())
+                    }
+                },
+                _ => apply_filter(filter, template, prefix_rewrite),
+            };
+            if let Err(why) = applied {
+                first_error.get_or_insert(why);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// The backend group of a rule: its Services, by weight. `Err` when the rule must answer
     /// 500, with the `ResolvedRefs` problem if a reference is why.
     fn rule_backend(
@@ -777,40 +815,16 @@ impl Builder<'_> {
         settings: &BackendSettings,
         id: &IngressId,
     ) -> Result<String, Option<(&'static str, String)>> {
-        let namespace = route.namespace.as_str();
         let mut problem = None;
         let mut groups: Vec<(String, u32)> = Vec::new();
         for backend in &rule.backend_refs {
-            let group = backend.group.as_deref().unwrap_or("");
-            let kind = backend.kind.as_deref().unwrap_or("Service");
-            let target_namespace = backend.namespace.as_deref().unwrap_or(namespace);
-            let found = if !(group.is_empty() || group == "core") || kind != "Service" {
-                Err(("InvalidKind", format!("backendRef {group}/{kind} {} is not a Service", backend.name)))
-            } else if target_namespace != namespace
-                && !self.reference_granted(
-                    (route.kind.name(), namespace),
-                    ("", "Service", target_namespace, &backend.name),
-                )
-            {
-                Err((
-                    "RefNotPermitted",
-                    format!(
-                        "no ReferenceGrant in {target_namespace} allows {}s of {namespace} to use Service {}",
-                        route.kind.name(),
-                        backend.name
-                    ),
-                ))
-            } else if !self.index.services.contains_key(&(target_namespace, backend.name.as_str())) {
-                Err(("BackendNotFound", format!("Service {target_namespace}/{} not found", backend.name)))
-            } else if backend.port.is_none() {
-                Err(("BackendNotFound", format!("backendRef Service {} names no port", backend.name)))
-            } else {
-                Ok(())
+            let target_namespace = match self.service_ref(backend, route) {
+                Ok(target_namespace) => target_namespace,
+                Err(why) => {
+                    problem.get_or_insert(why);
+                    continue;
+                }
             };
-            if let Err(why) = found {
-                problem.get_or_insert(why);
-                continue;
-            }
             if !backend.filters.is_empty() {
                 problem
                     .get_or_insert(("UnsupportedValue", "backendRef filters are not supported".to_owned()));
@@ -821,7 +835,7 @@ impl Builder<'_> {
                 continue;
             }
             let port = ServiceBackendPort { number: backend.port, name: None };
-            let name = self.backend_group(target_namespace, &backend.name, &port, settings, id);
+            let name = self.backend_group(&target_namespace, &backend.name, &port, settings, id);
             groups.push((name, weight));
         }
         match groups.len() {
@@ -829,6 +843,81 @@ impl Builder<'_> {
             1 => Ok(groups.remove(0).0),
             _ => Ok(self.weighted_backends(&groups, id)),
         }
+    }
+
+    /// The namespace of the Service a backendRef names, once it is usable: a Service (else
+    /// `InvalidKind`), in the route's namespace or granted (`RefNotPermitted`), existing with
+    /// a port (`BackendNotFound`).
+    fn service_ref(
+        &self,
+        backend: &HTTPBackendRef,
+        route: &RouteView<'_>,
+    ) -> Result<String, (&'static str, String)> {
+        let namespace = route.namespace.as_str();
+        let group = backend.group.as_deref().unwrap_or("");
+        let kind = backend.kind.as_deref().unwrap_or("Service");
+        let target_namespace = backend.namespace.as_deref().unwrap_or(namespace);
+        if !(group.is_empty() || group == "core") || kind != "Service" {
+            Err(("InvalidKind", format!("backendRef {group}/{kind} {} is not a Service", backend.name)))
+        } else if target_namespace != namespace
+            && !self.reference_granted(
+                (route.kind.name(), namespace),
+                ("", "Service", target_namespace, &backend.name),
+            )
+        {
+            Err((
+                "RefNotPermitted",
+                format!(
+                    "no ReferenceGrant in {target_namespace} allows {}s of {namespace} to use Service {}",
+                    route.kind.name(),
+                    backend.name
+                ),
+            ))
+        } else if !self.index.services.contains_key(&(target_namespace, backend.name.as_str())) {
+            Err(("BackendNotFound", format!("Service {target_namespace}/{} not found", backend.name)))
+        } else if backend.port.is_none() {
+            Err(("BackendNotFound", format!("backendRef Service {} names no port", backend.name)))
+        } else {
+            Ok(target_namespace.to_owned())
+        }
+    }
+
+    /// A `RequestMirror` filter as a mirror of the rule's routes; `Err`: the `ResolvedRefs`
+    /// problem of its backendRef, or why its share cannot be read.
+    fn request_mirror(
+        &mut self,
+        mirror: &RequestMirror,
+        route: &RouteView<'_>,
+        id: &IngressId,
+    ) -> Result<crate::config::MirrorConfig, (&'static str, String)> {
+        let backend = &mirror.backend_ref;
+        let target_namespace = self.service_ref(backend, route)?;
+        let fraction = match (mirror.percent, &mirror.fraction) {
+            (None, None) => None,
+            (Some(percent), None) => Some((percent, 100)),
+            (None, Some(f)) => Some((f.numerator, f.denominator.unwrap_or(100))),
+            (Some(_), Some(_)) => {
+                return Err(("UnsupportedValue", "a RequestMirror sets both percent and fraction".into()));
+            }
+        };
+        let fraction = match fraction {
+            None => None,
+            Some((numerator, denominator)) => match (u32::try_from(numerator), u32::try_from(denominator)) {
+                (Ok(numerator), Ok(denominator)) if denominator > 0 && numerator <= denominator => {
+                    Some(crate::config::FractionConfig { numerator, denominator })
+                }
+                _ => {
+                    return Err((
+                        "UnsupportedValue",
+                        format!("RequestMirror share {numerator}/{denominator} is not a fraction"),
+                    ));
+                }
+            },
+        };
+        let port = ServiceBackendPort { number: backend.port, name: None };
+        let settings = backend_settings(route.kind, &HTTPRouteRule::default()).unwrap_or_default();
+        let name = self.backend_group(&target_namespace, &backend.name, &port, &settings, id);
+        Ok(crate::config::MirrorConfig { backend: name, fraction, body: true })
     }
 
     /// One group over several backend groups, each endpoint weighted so that each group gets
