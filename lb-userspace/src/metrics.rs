@@ -13,6 +13,8 @@ use std::{
 use parking_lot::Mutex;
 
 use crate::FastMap;
+
+pub mod nginx;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -65,6 +67,8 @@ struct WorkerCounters {
     connect_errors: FastMap<Arc<str>, u64>,
     retries: FastMap<Arc<str>, u64>,
     denied: FastMap<(Arc<str>, Denial), u64>,
+    /// ingress-nginx's series, when the configuration asks for them.
+    nginx: FastMap<nginx::Key, nginx::Series>,
 }
 
 /// Why a request was refused before it reached a backend.
@@ -259,6 +263,9 @@ impl Metrics {
             for (k, v) in &counters.denied {
                 *total.denied.entry(k.clone()).or_insert(0) += v;
             }
+            for (k, v) in &counters.nginx {
+                total.nginx.entry(k.clone()).or_default().merge(v);
+            }
         }
         total
     }
@@ -415,6 +422,7 @@ impl Collector for Metrics {
                 }
             }
         }
+        nginx::encode(&total.nginx, &mut encoder)?;
         KUBE_API.encode(&mut encoder)
     }
 }
@@ -503,10 +511,13 @@ pub struct ReloadStats {
     pub failed: AtomicU64,
     /// Unix seconds of the last successful reload (0 = none yet).
     pub last_success_unix: AtomicU64,
+    /// Whether the last reload was refused.
+    pub last_failed: std::sync::atomic::AtomicBool,
 }
 
 impl ReloadStats {
     pub fn record(&self, ok: bool) {
+        self.last_failed.store(!ok, Ordering::Relaxed);
         if ok {
             self.succeeded.fetch_add(1, Ordering::Relaxed);
             let now = std::time::SystemTime::now()

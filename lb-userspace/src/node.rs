@@ -77,6 +77,7 @@ impl Node {
         let mut metrics = Metrics::new(options.count.max(1));
         metrics.add_source(Arc::new(sources::Endpoints(published.clone())));
         metrics.add_source(Arc::new(sources::Reloads(reloads.clone())));
+        metrics.add_source(Arc::new(sources::NginxReloads(published.clone(), reloads.clone())));
         metrics.add_source(Arc::new(sources::Tls(published.clone())));
         metrics.add_source(Arc::new(crate::proxy::rate_limit::Evictions));
         if let Some(reader) = kernel.as_ref().and_then(|k| k.dataplane.counters_reader().ok()) {

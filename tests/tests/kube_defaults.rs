@@ -6,7 +6,11 @@
 //! Backends of one Service share a port on different loopback addresses (127.0.0.2, .3, ...),
 //! since an EndpointSlice gives one port to all its endpoints.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use lb_tests::{
     backend::{self, BACKEND_HEADER, Backend, Echoed, Mode},
@@ -324,4 +328,120 @@ fn redirects_to_https_are_written_as_ingress_nginx_writes_them() {
     let stream = tls::connect(sluice.tls_addr.unwrap(), Some("kept.test"), &any).unwrap();
     let response = http::Client::new(stream).request("GET", "kept.test", "/x/", &[], true).unwrap();
     assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("web")));
+}
+
+/// `nginx_metrics: true`: after real traffic `/metrics` has ingress-nginx's series with its
+/// names and labels (the Ingress, its namespace, the path's Service, the Ingress path, the
+/// host, method and status, and the controller labels), its histograms, and the reload series
+/// its dashboards read their variables from; a request no Ingress routes is not in them, and
+/// without the key none of them is there.
+#[test]
+fn nginx_compatible_metrics_count_the_traffic_with_ingress_nginx_labels() {
+    let kube = FakeKube::start().unwrap();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    let _api = published(&kube, "api", "127.0.0.2", Mode::Name);
+    let _front = published(&kube, "front", "127.0.0.3", Mode::Name);
+    let mut shop = ingress("default", "shop", "sluice", "shop.test", "/api", "api", 80);
+    shop["spec"]["rules"][0]["http"]["paths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "front", "port": {"number": 80}}}}));
+    kube.apply(shop);
+    let options = KubeSluiceOptions { base_extra: "nginx_metrics: true\n".into(), ..Default::default() };
+    let sluice = KubeSluice::start(&kube, options);
+    sluice.wait_for_backend("shop.test", "/api/x", "api", Duration::from_secs(20));
+    let labels = |status: &str, method: &str, path: &str, service: &str| {
+        format!(
+            "status=\"{status}\",method=\"{method}\",path=\"{path}\",namespace=\"default\",ingress=\"shop\",service=\"{service}\",canary=\"\",host=\"shop.test\""
+        )
+    };
+    let api = labels("200", "GET", "/api", "api");
+    let requests = "nginx_ingress_controller_requests";
+    // The request that found the backend is recorded when its body ends, maybe after the
+    // client read it: counted before what follows.
+    let before = wait_for(Duration::from_secs(5), "the first request counted", || {
+        let text = scrape(&sluice);
+        sample(&text, requests, &api).is_some().then_some(text)
+    })
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(sluice.get("shop.test", "/api/x").unwrap().status, 200);
+    }
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            )
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(sluice.get("nowhere.test", "/").unwrap().status, 404);
+
+    let was = |name: &str, labels: &str| sample(&before, name, labels).unwrap_or(0.0);
+    // Recorded when each response body ends, just after the client has it.
+    let front = labels("200", "POST", "/", "front");
+    let after = wait_for(Duration::from_secs(5), "the requests counted", || {
+        let text = scrape(&sluice);
+        let counted =
+            |labels: &str, n: f64| sample(&text, requests, labels) == Some(was(requests, labels) + n);
+        (counted(&api, 3.0) && counted(&front, 2.0)).then_some(text)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", scrape(&sluice)));
+    let delta = |name: &str, labels: &str| sample(&after, name, labels).unwrap_or(0.0) - was(name, labels);
+    assert!(
+        after.contains("\nnginx_ingress_controller_requests{controller_namespace=\"\",controller_class=\"sluice.dev/ingress-controller\",controller_pod="),
+        "{after}"
+    );
+    assert!(after.contains("# TYPE nginx_ingress_controller_requests unknown\n"), "{after}");
+    assert_eq!(delta("nginx_ingress_controller_request_duration_seconds_count", &api), 3.0);
+    assert_eq!(delta("nginx_ingress_controller_response_duration_seconds_count", &api), 3.0);
+    let inf = format!("le=\"+Inf\",{}", "");
+    let bucket = after
+        .lines()
+        .find(|l| {
+            l.starts_with("nginx_ingress_controller_request_duration_seconds_bucket{")
+                && l.contains(&inf)
+                && l.contains(&api)
+        })
+        .expect("a +Inf bucket");
+    assert_eq!(
+        bucket.rsplit(' ').next(),
+        sample(&after, "nginx_ingress_controller_request_duration_seconds_count", &api)
+            .map(|c| c.to_string())
+            .as_deref()
+    );
+    // Sizes: every response head has a status line and fields, every body the backend's name.
+    let response_size = delta("nginx_ingress_controller_response_size_sum", &api);
+    assert!(response_size > 3.0 * 50.0, "{response_size}");
+    assert_eq!(delta("nginx_ingress_controller_bytes_sent_sum", &api), response_size);
+    // The POSTs on the other path: their own series, the 5-byte bodies counted.
+    assert_eq!(delta(requests, &front), 2.0, "{after}");
+    let received = delta("nginx_ingress_controller_request_size_sum", &front);
+    assert!(received > 2.0 * (5.0 + 40.0), "{received}");
+    // Nothing for the host no Ingress names, and no `_total` renaming.
+    assert!(!after.contains("host=\"nowhere.test\""), "{after}");
+    assert!(!after.contains("nginx_ingress_controller_requests_total"), "{after}");
+    // The reload series the dashboards take their variables from.
+    assert!(sample(&after, "nginx_ingress_controller_config_hash", "controller_class=").is_some(), "{after}");
+    assert_eq!(sample(&after, "nginx_ingress_controller_config_last_reload_successful", ""), Some(1.0));
+    assert!(sample(&after, "nginx_ingress_controller_success", "").unwrap() >= 1.0);
+
+    // Off by default.
+    let plain = KubeSluice::start(&kube, KubeSluiceOptions::default());
+    plain.wait_for_backend("shop.test", "/api/x", "api", Duration::from_secs(20));
+    assert_eq!(plain.get("shop.test", "/api/x").unwrap().status, 200);
+    assert!(!scrape(&plain).contains("nginx_ingress_controller"));
+}
+
+fn scrape(sluice: &KubeSluice) -> String {
+    http::request(sluice.admin, "GET", "admin", "/metrics", &[]).map(|r| r.body).unwrap_or_default()
+}
+
+/// The value of the first sample of `name` whose labels hold `labels`.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    text.lines().find(|l| l.starts_with(&prefix) && l.contains(labels))?.rsplit(' ').next()?.parse().ok()
 }

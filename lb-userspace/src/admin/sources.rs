@@ -137,6 +137,57 @@ impl ScrapeSource for Reloads {
     }
 }
 
+/// ingress-nginx's controller series that its dashboards read their variables and reload
+/// panels from, when the configuration asks for its series (`nginx_metrics`):
+/// `config_hash` (here the configuration's generation), `config_last_reload_successful`,
+/// `config_last_reload_successful_timestamp_seconds` and `success` (reloads applied).
+#[derive(Clone)]
+pub struct NginxReloads(pub Published, pub Arc<ReloadStats>);
+
+impl std::fmt::Debug for NginxReloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NginxReloads")
+    }
+}
+
+impl ScrapeSource for NginxReloads {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        let snapshot = self.0.load();
+        if !snapshot.config.nginx_metrics {
+            return;
+        }
+        let labels = crate::metrics::nginx::constant_labels();
+        let reloads = &self.1;
+        let samples = [
+            (
+                "nginx_ingress_controller_config_hash",
+                "Running configuration hash actually running (here its generation)",
+                snapshot.generation as f64,
+            ),
+            (
+                "nginx_ingress_controller_config_last_reload_successful",
+                "Whether the last configuration reload attempt was successful",
+                f64::from(u8::from(!reloads.last_failed.load(Ordering::Relaxed))),
+            ),
+            (
+                "nginx_ingress_controller_config_last_reload_successful_timestamp_seconds",
+                "Timestamp of the last successful configuration reload",
+                reloads.last_success_unix.load(Ordering::Relaxed) as f64,
+            ),
+            // `unknown`, not a counter, so its sample keeps ingress-nginx's name (no `_total`).
+            (
+                "nginx_ingress_controller_success",
+                "Cumulative number of Ingress controller reload operations",
+                reloads.succeeded.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in samples {
+            let kind = if name.ends_with("_success") { MetricType::Unknown } else { MetricType::Gauge };
+            emit(Sample { name, help, kind, unit: None, labels: labels.clone(), value });
+        }
+    }
+}
+
 /// TLS handshakes (completed, resumed, failed by reason) and certificate expiry.
 #[derive(Clone)]
 pub struct Tls(pub Published);

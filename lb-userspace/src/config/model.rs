@@ -44,6 +44,12 @@ pub struct Config {
     /// when absent (the admin server serves `/metrics` too).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Also export ingress-nginx's request series (`nginx_ingress_controller_requests`,
+    /// `..._request_duration_seconds`, `..._request_size`, `..._response_size`, ...) on
+    /// `/metrics`, labelled as ingress-nginx labels them (each route's [`RouteIngressConfig`]),
+    /// so dashboards and alerts built on them keep working.
+    #[serde(default)]
+    pub nginx_metrics: bool,
     /// Certificates with their private keys, named so listeners and virtual hosts can refer to
     /// them.
     #[serde(default)]
@@ -844,6 +850,11 @@ pub struct RouteConfig {
     /// answers are dropped and never delay the client's (Gateway API `RequestMirror`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorConfig>,
+    /// The Ingress path this route serves (set by the Kubernetes provider): the `namespace`,
+    /// `ingress`, `service` and `path` labels of the ingress-nginx series (`nginx_metrics`).
+    /// Without it they are empty, the route's name, its backend and its path.
+    #[serde(default)]
+    pub ingress: Option<RouteIngressConfig>,
 }
 
 /// One request mirror of a route.
@@ -873,6 +884,19 @@ pub struct FractionConfig {
 
 fn hundred() -> u32 {
     100
+}
+
+/// Where a route comes from in Kubernetes terms.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteIngressConfig {
+    pub namespace: String,
+    /// The Ingress's name.
+    pub name: String,
+    /// The Service's name.
+    pub service: String,
+    /// The Ingress path as written (`/api`).
+    pub path: String,
 }
 
 /// Per-client-address limits (ingress-nginx's `limit-*` annotations), kept per node: a

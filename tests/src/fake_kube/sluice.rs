@@ -39,6 +39,8 @@ pub struct KubeSluiceOptions {
     /// Also a TLS listener (`tls: {}`, certificates from the Ingresses' Secrets), at
     /// [`KubeSluice::tls_addr`].
     pub tls: bool,
+    /// More top-level keys of the base configuration (`nginx_metrics: true\n`).
+    pub base_extra: String,
 }
 
 impl Default for KubeSluiceOptions {
@@ -53,6 +55,7 @@ impl Default for KubeSluiceOptions {
             env: Vec::new(),
             args: Vec::new(),
             tls: false,
+            base_extra: String::new(),
         }
     }
 }
@@ -107,6 +110,7 @@ impl KubeSluice {
         if let Some(tls_addr) = tls_addr {
             base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
         }
+        base.push_str(&options.base_extra);
         let config = dir.0.join("base.yaml");
         std::fs::write(&config, base).expect("writing the base configuration");
         let mut command = Command::new(sluice_binary().expect("the sluice binary"));

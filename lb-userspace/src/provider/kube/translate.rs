@@ -47,8 +47,8 @@ use crate::{
     config::{
         BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
         EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, HttpsRedirectConfig, MatchConfig,
-        PathMatch, RedirectConfig, RedirectPort, RetryOn, RewriteConfig, RouteConfig, SecretString,
-        VirtualHostConfig,
+        PathMatch, RedirectConfig, RedirectPort, RetryOn, RewriteConfig, RouteConfig, RouteIngressConfig,
+        SecretString, VirtualHostConfig,
     },
     numeric,
 };
@@ -376,6 +376,16 @@ fn https_redirect_form(a: &Annotations) -> HttpsRedirectConfig {
 /// first, as nginx's `return` runs before ingress-nginx's redirect to HTTPS).
 fn forced_https_redirect(a: &Annotations) -> Option<HttpsRedirectConfig> {
     (a.force_ssl_redirect == Some(true)).then(|| https_redirect_form(a))
+}
+
+/// A route's Ingress, Service and path, as ingress-nginx labels its requests.
+fn ingress_labels(id: &IngressId, backend: &IngressBackend, path: &str) -> RouteIngressConfig {
+    RouteIngressConfig {
+        namespace: id.namespace.clone(),
+        name: id.name.clone(),
+        service: backend.service.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        path: path.to_owned(),
+    }
 }
 
 fn route_template() -> &'static RouteConfig {
@@ -905,6 +915,7 @@ impl<'a> Builder<'a> {
             });
         }
         route.matcher.path = Some(matcher);
+        route.ingress = Some(ingress_labels(id, &path.backend, path.path.as_deref().unwrap_or("/")));
         match redirect {
             Some(redirect) => route.redirect = Some(redirect.clone()),
             None => {
@@ -936,6 +947,7 @@ impl<'a> Builder<'a> {
         route.external_auth = a.external_auth.clone();
         route.error_pages = self.error_pages(backend, id, a);
         route.https_redirect = forced_https_redirect(a);
+        route.ingress = Some(ingress_labels(id, backend, "/"));
         for host in hosts {
             let claimed = self
                 .hosts

@@ -54,10 +54,12 @@ impl Drop for AccessEntry {
     }
 }
 
-/// A response body that counts what it sends for the access log.
+/// A response body that counts what it sends for the access log and ingress-nginx's series,
+/// both recorded when it ends.
 pub struct Logged {
     pub inner: ProxyBody,
     pub entry: Option<AccessEntry>,
+    pub nginx: Option<crate::metrics::nginx::NginxRequest>,
 }
 
 impl Body for Logged {
@@ -71,13 +73,19 @@ impl Body for Logged {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
-            && let Some(entry) = self.entry.as_mut()
         {
-            entry.bytes += data.len() as u64;
+            let bytes = data.len() as u64;
+            if let Some(entry) = self.entry.as_mut() {
+                entry.bytes += bytes;
+            }
+            if let Some(nginx) = self.nginx.as_mut() {
+                nginx.sent(bytes);
+            }
         }
         if let Poll::Ready(None) = polled {
             // The end of the body: log now rather than when the connection lets go of it.
             self.entry.take();
+            self.nginx.take();
         }
         polled
     }

@@ -60,6 +60,7 @@ use super::{
         BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, pool, request_body::RequestBody,
     },
 };
+use crate::metrics::nginx::NginxRequest;
 use crate::{
     config::{AffinityMode, RateLimitConfig, RetryOn},
     metrics::Denial,
@@ -154,6 +155,13 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
         host: headers::request_host(&request).unwrap_or("").to_owned(),
         path: request.uri().path().to_owned(),
     });
+    // ingress-nginx's series: the method and request length, read before the request goes.
+    let nginx = snapshot.config.nginx_metrics.then(|| {
+        (
+            crate::metrics::nginx::method_label(request.method()),
+            crate::metrics::nginx::request_head_bytes(&request),
+        )
+    });
     let mut outcome = Outcome::default();
     let hsts = tls_policy::hsts_for(&request, &snapshot.tls, connection.tls.get());
     let client = RequestClient::of(&request, &connection, &snapshot);
@@ -175,25 +183,32 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
         response.status().as_u16(),
         started.elapsed(),
     );
-    if let Some(request_line) = request_line {
-        let entry = AccessEntry {
-            started,
-            client: client_addr,
-            worker: connection.worker,
-            request: request_line,
-            status: response.status().as_u16(),
-            upstream: outcome.upstream,
-            denied: response.extensions().get::<Denial>().copied(),
-            request_id: response
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-            bytes: 0,
-        };
+    let nginx = nginx.zip(outcome.route).map(|((method, received), route)| {
+        let mut recorded =
+            NginxRequest::new(connection.metrics.clone(), route.nginx.clone(), method, started, received);
+        let head = crate::metrics::nginx::response_head_bytes(&response);
+        recorded.answered(response.status().as_u16(), outcome.upstream.is_some(), head);
+        recorded
+    });
+    let entry = request_line.map(|request_line| AccessEntry {
+        started,
+        client: client_addr,
+        worker: connection.worker,
+        request: request_line,
+        status: response.status().as_u16(),
+        upstream: outcome.upstream,
+        denied: response.extensions().get::<Denial>().copied(),
+        request_id: response
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        bytes: 0,
+    });
+    if entry.is_some() || nginx.is_some() {
         let (head, body) = response.into_parts();
-        return Response::from_parts(head, Logged { inner: body, entry: Some(entry) }.boxed());
+        return Response::from_parts(head, Logged { inner: body, entry, nginx }.boxed());
     }
     response
 }

@@ -91,6 +91,8 @@ pub struct Route {
     pub https_redirect: Option<crate::config::HttpsRedirectConfig>,
     /// Where copies of its requests go (sent by the pipeline's `mirror`).
     pub mirrors: Vec<Mirror>,
+    /// Its labels in ingress-nginx's series.
+    pub nginx: Arc<crate::metrics::nginx::RouteSeries>,
     matcher: Matcher,
 }
 
@@ -521,6 +523,23 @@ impl HeaderMatcher {
     }
 }
 
+/// The route's labels in ingress-nginx's series: its Ingress's, else empty, its name, its
+/// backend and its path.
+fn nginx_series(route: &RouteConfig, name: &str, labels: &RouteLabels) -> crate::metrics::nginx::RouteSeries {
+    use crate::metrics::nginx::RouteSeries;
+    match &route.ingress {
+        Some(i) => RouteSeries::new(&i.namespace, &i.name, &i.service, &i.path, &labels.virtual_host),
+        None => {
+            let path = match &route.matcher.path {
+                Some(PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p)) => p.as_str(),
+                None => "/",
+            };
+            let backend = route.backend.as_deref().unwrap_or("");
+            RouteSeries::new("", name, backend, path, &labels.virtual_host)
+        }
+    }
+}
+
 /// `host` is the route's virtual host, whose source ranges and CORS the route's own replace,
 /// and whose header changes come before the route's; `(host_at, at)` their positions.
 fn compile_route(
@@ -583,6 +602,7 @@ fn compile_route(
         (None, Some(pages)) => Some(ErrorPages::compile(pages, backends, &format!("{host_at}.error_pages"))?),
         (None, None) => None,
     };
+    let nginx = Arc::new(nginx_series(route, &name, &labels));
     Ok(Route {
         name,
         labels,
@@ -604,6 +624,7 @@ fn compile_route(
             .enumerate()
             .map(|(m, mirror)| Mirror::compile(mirror, backends, &format!("{at}.mirrors[{m}]")))
             .collect::<Result<_, _>>()?,
+        nginx,
         matcher,
     })
 }
