@@ -19,6 +19,11 @@
 //!   change not served within 30 s fails the bench. Changes are one at a time: before the next,
 //!   the new Ingress's status is written (when status is on) and Sluice is idle again;
 //! - memory: VmRSS and VmHWM (the peak) of the process after the changes.
+//!
+//! `--source gateway` builds the same cluster from the Gateway API instead: a GatewayClass,
+//! one Gateway whose HTTP listener is Sluice's port (routes from every namespace), and an
+//! HTTPRoute per host where the Ingresses were; each change is a new HTTPRoute. Its results go
+//! to docs/bench/reload-gateway.tsv and their own section.
 
 use std::{
     collections::BTreeMap,
@@ -34,7 +39,10 @@ use lb_tests::{
     backend::{BACKEND_HEADER, Backend},
     fake_kube::{
         FakeKube,
-        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
+        objects::{
+            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, http_route, ingress,
+            ingress_class, service,
+        },
     },
     http::{Client, HttpResponse},
     process::ChildGuard,
@@ -48,6 +56,10 @@ use crate::build::{build_sluice, workspace_root};
 /// The IngressClass controller Sluice serves (lb-userspace's `provider::kube::CONTROLLER`).
 const CONTROLLER: &str = "sluice.dev/ingress-controller";
 const CLASS: &str = "sluice";
+/// The GatewayClass controller Sluice serves (lb-userspace's `GATEWAY_CONTROLLER`).
+const GATEWAY_CONTROLLER: &str = "sluice.dev/gateway-controller";
+/// The Gateway every HTTPRoute of `--source gateway` attaches to (in `PROBE_NAMESPACE`).
+const GATEWAY: &str = "bench";
 /// Where the real backend's Service, the probe Ingress and the changes live.
 const PROBE_NAMESPACE: &str = "reload-probe";
 const PROBE_HOST: &str = "probe.reload.test";
@@ -81,6 +93,10 @@ pub struct ReloadArgs {
     /// Run Sluice with `--no-status`: no leader election, no Ingress status written.
     #[arg(long)]
     no_status: bool,
+    /// What describes the cluster's routes: Ingresses, or the Gateway API (a Gateway and one
+    /// HTTPRoute per host).
+    #[arg(long, value_enum, default_value_t = RouteSource::Ingress)]
+    source: RouteSource,
     /// Print the results only: leave docs/BENCHMARKS.md and docs/bench/ as they are.
     #[arg(long)]
     no_docs: bool,
@@ -91,6 +107,53 @@ pub struct ReloadArgs {
     /// Use this sluice binary instead of building one (release) from the workspace.
     #[arg(long)]
     sluice: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteSource {
+    Ingress,
+    Gateway,
+}
+
+impl RouteSource {
+    /// Where the results are kept (docs/bench/).
+    fn tsv(self) -> &'static str {
+        match self {
+            RouteSource::Ingress => "reload.tsv",
+            RouteSource::Gateway => "reload-gateway.tsv",
+        }
+    }
+
+    /// The object (JSON) that routes `host` to the Service `service` port 80.
+    fn route(self, namespace: &str, name: &str, host: &str, service: &str) -> Value {
+        match self {
+            RouteSource::Ingress => ingress(namespace, name, CLASS, host, "/", service, 80),
+            RouteSource::Gateway => http_route(
+                namespace,
+                name,
+                serde_json::json!({
+                    "parentRefs": [{"name": GATEWAY, "namespace": PROBE_NAMESPACE}],
+                    "hostnames": [host],
+                    "rules": [{"backendRefs": [{"name": service, "port": 80}]}],
+                }),
+            ),
+        }
+    }
+
+    /// Whether the leader wrote the status of a route object.
+    fn status_written(self, object: &Value) -> bool {
+        match self {
+            RouteSource::Ingress => object["status"]["loadBalancer"]["ingress"][0]["ip"] == PUBLISH_ADDRESS,
+            RouteSource::Gateway => object["status"]["parents"][0]["conditions"][0]["status"] == "True",
+        }
+    }
+
+    fn api(self) -> (&'static str, &'static str) {
+        match self {
+            RouteSource::Ingress => ("networking.k8s.io/v1", "Ingress"),
+            RouteSource::Gateway => (GATEWAY_V1, "HTTPRoute"),
+        }
+    }
 }
 
 /// What was measured.
@@ -163,6 +226,7 @@ struct Shape {
     ingresses: u32,
     endpoints: u32,
     namespaces: u32,
+    source: RouteSource,
 }
 
 impl Shape {
@@ -177,15 +241,28 @@ impl Shape {
     }
 }
 
-/// The IngressClass, the synthetic Ingresses with their Services and EndpointSlices, and the
-/// real backend's Service, slice and probe Ingress. Returns how many objects were written.
-fn load_cluster(kube: &FakeKube, shape: &Shape, backend: SocketAddr) -> usize {
+/// The IngressClass (or GatewayClass and Gateway on `port`), the synthetic Ingresses (or
+/// HTTPRoutes) with their Services and EndpointSlices, and the real backend's Service, slice
+/// and probe route. Returns how many objects were written.
+fn load_cluster(kube: &FakeKube, shape: &Shape, backend: SocketAddr, port: u16) -> usize {
     let mut objects = 0;
     let mut apply = |object| {
         kube.apply(object);
         objects += 1;
     };
-    apply(ingress_class(CLASS, CONTROLLER, false));
+    match shape.source {
+        RouteSource::Ingress => apply(ingress_class(CLASS, CONTROLLER, false)),
+        RouteSource::Gateway => {
+            apply(gateway_class(CLASS, GATEWAY_CONTROLLER));
+            apply(gateway(
+                PROBE_NAMESPACE,
+                GATEWAY,
+                CLASS,
+                serde_json::json!([{"name": "web", "port": port, "protocol": "HTTP",
+                                    "allowedRoutes": {"namespaces": {"from": "All"}}}]),
+            ));
+        }
+    }
     for i in 0..shape.ingresses {
         let namespace = shape.namespace(i);
         let name = format!("app-{i:05}");
@@ -194,7 +271,7 @@ fn load_cluster(kube: &FakeKube, shape: &Shape, backend: SocketAddr) -> usize {
         apply(service(&namespace, &name, 80, 8080));
         apply(endpoint_slice(&namespace, &format!("{name}-x7k2p"), &name, "IPv4", 8080, &endpoints));
         let host = format!("{name}.{namespace}.reload.test");
-        apply(ingress(&namespace, &name, CLASS, &host, "/", &name, 80));
+        apply(shape.source.route(&namespace, &name, &host, &name));
     }
     let ip = backend.ip().to_string();
     apply(service(PROBE_NAMESPACE, "probe", 80, backend.port()));
@@ -206,7 +283,7 @@ fn load_cluster(kube: &FakeKube, shape: &Shape, backend: SocketAddr) -> usize {
         backend.port(),
         &[SliceEndpoint::ready(&ip)],
     ));
-    apply(ingress(PROBE_NAMESPACE, "probe", CLASS, PROBE_HOST, "/", "probe", 80));
+    apply(shape.source.route(PROBE_NAMESPACE, "probe", PROBE_HOST, "probe"));
     objects
 }
 
@@ -226,8 +303,13 @@ struct Sluice {
 }
 
 impl Sluice {
-    fn start(binary: &Path, kube: &FakeKube, dir: &Path, status: bool) -> anyhow::Result<Sluice> {
-        let (web, admin) = free_ports()?;
+    fn start(
+        binary: &Path,
+        kube: &FakeKube,
+        dir: &Path,
+        status: bool,
+        (web, admin): (u16, u16),
+    ) -> anyhow::Result<Sluice> {
         let listener = SocketAddr::from(([127, 0, 0, 1], web));
         let admin = SocketAddr::from(([127, 0, 0, 1], admin));
         let base = format!(
@@ -337,15 +419,17 @@ impl Sluice {
     }
 
     /// The rebuilds Sluice logged ("Kubernetes configuration applied"): (Ingresses served,
-    /// milliseconds from the start of the translation to the new snapshot being published).
-    fn rebuilds(&self) -> Vec<(u64, f64)> {
+    /// virtual hosts, milliseconds from the start of the translation to the new snapshot being
+    /// published).
+    fn rebuilds(&self) -> Vec<(u64, u64, f64)> {
         self.child
             .output()
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter_map(|event| {
                 let fields = event.get("fields")?;
-                Some((fields.get("ingresses")?.as_u64()?, fields.get("took_ms")?.as_f64()?))
+                let ingresses = fields.get("ingresses")?.as_u64()?;
+                Some((ingresses, fields.get("virtual_hosts")?.as_u64()?, fields.get("took_ms")?.as_f64()?))
             })
             .collect()
     }
@@ -472,16 +556,15 @@ fn check_loaded(sluice: &Sluice, shape: &Shape) -> anyhow::Result<(usize, usize)
     Ok((routes, endpoints))
 }
 
-/// Ingresses whose status carries the publish address.
-fn statuses_written(kube: &FakeKube) -> usize {
-    kube.count("networking.k8s.io/v1", "Ingress", |i| {
-        i["status"]["loadBalancer"]["ingress"][0]["ip"] == PUBLISH_ADDRESS
-    })
+/// Routes (Ingresses or HTTPRoutes) whose status the leader wrote.
+fn statuses_written(kube: &FakeKube, source: RouteSource) -> usize {
+    let (api_version, kind) = source.api();
+    kube.count(api_version, kind, |object| source.status_written(object))
 }
 
-fn status_written(kube: &FakeKube, name: &str) -> bool {
-    kube.get("networking.k8s.io/v1", "Ingress", PROBE_NAMESPACE, name)
-        .is_some_and(|i| i["status"]["loadBalancer"]["ingress"][0]["ip"] == PUBLISH_ADDRESS)
+fn status_written(kube: &FakeKube, source: RouteSource, name: &str) -> bool {
+    let (api_version, kind) = source.api();
+    kube.get(api_version, kind, PROBE_NAMESPACE, name).is_some_and(|object| source.status_written(&object))
 }
 
 fn check_interrupted() -> anyhow::Result<()> {
@@ -494,7 +577,7 @@ fn check_interrupted() -> anyhow::Result<()> {
 pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     if args.render_only {
         let docs = workspace_root().join("docs");
-        let stored = docs.join("bench").join("reload.tsv");
+        let stored = docs.join("bench").join(args.source.tsv());
         let text =
             std::fs::read_to_string(&stored).with_context(|| format!("cannot read {}", stored.display()))?;
         println!("{}", table(&Outcome::from_tsv(&text)));
@@ -508,7 +591,12 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         None => build_sluice(true)?,
     };
     let started = Instant::now();
-    let shape = Shape { ingresses: args.ingresses, endpoints: args.endpoints, namespaces: args.namespaces };
+    let shape = Shape {
+        ingresses: args.ingresses,
+        endpoints: args.endpoints,
+        namespaces: args.namespaces,
+        source: args.source,
+    };
     let status = !args.no_status;
     let mut outcome = Outcome::default();
     describe_machine(&mut outcome.meta);
@@ -519,19 +607,22 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     meta.insert("endpoints_per_service".into(), shape.endpoints.to_string());
     meta.insert("changes".into(), args.changes.to_string());
     meta.insert("status".into(), if status { "on" } else { "off" }.into());
+    meta.insert("source".into(), format!("{:?}", args.source).to_lowercase());
 
     let dir = TempDir::new();
     let backend = Backend::start(None, "127.0.0.1:0".parse()?, "reload-backend")?;
     let kube = FakeKube::start()?;
     println!(
-        "== loading {} Ingresses in {} namespaces, {} Services, {} endpoints into the fake API server",
+        "== loading {} {}s in {} namespaces, {} Services, {} endpoints into the fake API server",
         shape.ingresses,
+        shape.source.api().1,
         shape.namespaces.min(shape.ingresses),
         shape.ingresses + 1,
         shape.ingresses * shape.endpoints + 1
     );
     let load_started = Instant::now();
-    let objects = load_cluster(&kube, &shape, backend.addr());
+    let ports = free_ports()?;
+    let objects = load_cluster(&kube, &shape, backend.addr(), ports.0);
     println!("   {objects} objects in {:.1} s", load_started.elapsed().as_secs_f64());
     check_interrupted()?;
 
@@ -542,7 +633,7 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     let quiet_budget = Duration::from_secs(args.wait_for_quiet);
     wait_for_quiet(&[], quiet_budget)?;
     let mark = Others::mark(&[]);
-    let mut sluice = Sluice::start(&sluice_binary, &kube, dir.path(), status)?;
+    let mut sluice = Sluice::start(&sluice_binary, &kube, dir.path(), status, ports)?;
     let initial_sync = sluice.wait_ready()?;
     let other = mark.cores_since(&[sluice.pid()]);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -560,11 +651,11 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     println!("   serving {routes} routes and {endpoints} endpoints; RSS {rss_ready:.1} MiB");
 
     if status {
-        println!("== waiting for the leader to write the status of every Ingress");
+        println!("== waiting for the leader to write the status of every {}", shape.source.api().1);
         let deadline = Instant::now() + STATUS_DEADLINE;
         let want = shape.ingresses as usize + 1;
         loop {
-            let written = statuses_written(&kube);
+            let written = statuses_written(&kube, shape.source);
             if written >= want {
                 break;
             }
@@ -586,7 +677,11 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         println!("   (Sluice did not become idle within 30 s; measuring anyway)");
     }
 
-    println!("== {} changes, one at a time: a new Ingress with a new host until it answers", args.changes);
+    println!(
+        "== {} changes, one at a time: a new {} with a new host until it answers",
+        args.changes,
+        shape.source.api().1
+    );
     wait_for_quiet(&[sluice.pid()], quiet_budget)?;
     let mark = Others::mark(&[sluice.pid()]);
     let mut changes_ms = Vec::new();
@@ -595,7 +690,7 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         check_interrupted()?;
         let name = format!("change-{k:05}");
         let host = format!("{name}.reload.test");
-        let object = ingress(PROBE_NAMESPACE, &name, CLASS, &host, "/", "probe", 80);
+        let object = shape.source.route(PROBE_NAMESPACE, &name, &host, "probe");
         let written = Instant::now();
         kube.apply(object);
         let live = sluice.wait_live(&host, backend.name(), written).with_context(|| format!("change {k}"))?;
@@ -611,9 +706,12 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         // Settle before the next one: its status written, Sluice idle again.
         if status {
             let deadline = Instant::now() + CHANGE_DEADLINE;
-            while !status_written(&kube, &name) {
+            while !status_written(&kube, shape.source, &name) {
                 if Instant::now() > deadline {
-                    bail!("the status of Ingress {name} was not written within {CHANGE_DEADLINE:?}");
+                    bail!(
+                        "the status of {} {name} was not written within {CHANGE_DEADLINE:?}",
+                        shape.source.api().1
+                    );
                 }
                 sluice.check_running()?;
                 check_interrupted()?;
@@ -645,14 +743,19 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
         percentile(&sorted_changes, 99.0),
         percentile(&sorted_changes, 100.0),
     );
-    // The rebuild of change k is the first that served the initial Ingresses and k more.
+    // The rebuild of change k is the first that served the initial Ingresses and k more (for
+    // HTTPRoutes, which that count leaves out: the initial hosts and k more).
+    let initial_hosts = rebuilds.first().map_or(0, |r| r.1);
     let rebuilds_ms: Vec<f64> = (1..=u64::from(args.changes))
         .map(|k| {
-            let served = u64::from(shape.ingresses) + 1 + k;
-            rebuilds.iter().find(|r| r.0 == served).map_or(f64::NAN, |r| r.1)
+            let found = match shape.source {
+                RouteSource::Ingress => rebuilds.iter().find(|r| r.0 == u64::from(shape.ingresses) + 1 + k),
+                RouteSource::Gateway => rebuilds.iter().find(|r| r.1 == initial_hosts + k),
+            };
+            found.map_or(f64::NAN, |r| r.2)
         })
         .collect();
-    let initial_rebuild = rebuilds.first().map_or(f64::NAN, |r| r.1);
+    let initial_rebuild = rebuilds.first().map_or(f64::NAN, |r| r.2);
     outcome.meta.insert("initial_rebuild_ms".into(), format!("{initial_rebuild:.0}"));
     let sorted_rebuilds = sorted(&rebuilds_ms.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>());
     let meta = &mut outcome.meta;
@@ -669,7 +772,7 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
 
     println!("\n{}", table(&outcome));
     if !args.no_docs {
-        write_docs(&outcome)?;
+        write_docs(&outcome, args.source)?;
     }
     println!("reload_initial_sync_ms={:.1}", outcome.number("initial_sync_ms"));
     println!("reload_p50_ms={p50:.1}");
@@ -687,9 +790,10 @@ fn table(o: &Outcome) -> String {
     let _ = writeln!(t, "| initial sync: process start → `/readyz` 200 | {} ms |", m("initial_sync_ms"));
     let _ = writeln!(t, "| of which the first rebuild | {} ms |", m("initial_rebuild_ms"));
     if o.meta.contains_key("status_written_ms") {
+        let kind = if m("source") == "gateway" { "HTTPRoute" } else { "Ingress" };
         let _ = writeln!(
             t,
-            "| process start → every Ingress's status written | {:.1} s |",
+            "| process start → every {kind}'s status written | {:.1} s |",
             o.number("status_written_ms") / 1e3
         );
     }
@@ -713,9 +817,56 @@ fn table(o: &Outcome) -> String {
     t
 }
 
-/// The "Reload" section of docs/BENCHMARKS.md, from docs/bench/reload.tsv when it exists.
+/// The "Reload" sections of docs/BENCHMARKS.md, from docs/bench/reload.tsv and
+/// reload-gateway.tsv, those that exist.
 pub fn markdown_section(bench_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(bench_dir.join("reload.tsv")).ok()?;
+    let ingress = ingress_section(bench_dir);
+    let gateway = gateway_section(bench_dir);
+    match (ingress, gateway) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or_default() + &b.unwrap_or_default()),
+    }
+}
+
+/// The Gateway API case: the same cluster as HTTPRoutes.
+fn gateway_section(bench_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bench_dir.join(RouteSource::Gateway.tsv())).ok()?;
+    let o = Outcome::from_tsv(&text);
+    let m = |k: &str| o.meta.get(k).map_or("?", String::as_str).to_owned();
+    let count = |k: &str| super::report::thousands(o.number(k));
+    let status = if m("status") == "on" {
+        "with leader election and the HTTPRoutes' status, as the DaemonSet runs it"
+    } else {
+        "with `--no-status`"
+    };
+    let mut md = String::new();
+    let _ = write!(
+        md,
+        "\n## Reload with the Gateway API (`cargo xtask bench reload --source gateway`)\n\n\
+         Measured {} on commit `{}`; the bench took {} s. Machine: {}, {} cores, Linux {}.\n\n\
+         The same cluster and the same measure as above, with the routes written as the Gateway API: \
+         a GatewayClass, one Gateway whose HTTP listener is Sluice's port (routes from all namespaces) \
+         and {} HTTPRoutes in {} namespaces, one host and one Service each ({} endpoints); each of the {} \
+         changes is a new HTTPRoute, timed from the write to its host answering through Sluice \
+         ({status}).\n\n",
+        m("date"),
+        m("commit"),
+        m("runtime_s"),
+        m("cpu"),
+        m("cores"),
+        m("kernel"),
+        count("ingresses"),
+        m("namespaces"),
+        count("endpoints"),
+        m("changes"),
+    );
+    md.push_str(&table(&o));
+    Some(md)
+}
+
+/// The Ingress case.
+fn ingress_section(bench_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bench_dir.join(RouteSource::Ingress.tsv())).ok()?;
     let o = Outcome::from_tsv(&text);
     let m = |k: &str| o.meta.get(k).map_or("?", String::as_str).to_owned();
     let count = |k: &str| super::report::thousands(o.number(k));
@@ -782,11 +933,11 @@ pub fn markdown_section(bench_dir: &Path) -> Option<String> {
     Some(md)
 }
 
-fn write_docs(outcome: &Outcome) -> anyhow::Result<()> {
+fn write_docs(outcome: &Outcome, source: RouteSource) -> anyhow::Result<()> {
     let docs = workspace_root().join("docs");
     let bench = docs.join("bench");
     std::fs::create_dir_all(&bench)?;
-    let path = bench.join("reload.tsv");
+    let path = bench.join(source.tsv());
     std::fs::write(&path, outcome.to_tsv()).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::write(docs.join("BENCHMARKS.md"), super::report::markdown(&bench))?;
     println!("wrote docs/BENCHMARKS.md and docs/bench/reload.tsv\n");
@@ -809,7 +960,7 @@ mod tests {
 
     #[test]
     fn endpoint_addresses_differ() {
-        let shape = Shape { ingresses: 20_000, endpoints: 50, namespaces: 50 };
+        let shape = Shape { ingresses: 20_000, endpoints: 50, namespaces: 50, source: RouteSource::Ingress };
         let mut seen = std::collections::HashSet::new();
         for i in (0..shape.ingresses).step_by(97) {
             for j in 0..shape.endpoints {
