@@ -323,11 +323,22 @@ fn redirects_to_https_are_written_as_ingress_nginx_writes_them() {
     // Hosts without TLS or force-ssl-redirect stay plain.
     let open = ask(untrusted, "open.test", "/", &https);
     assert_eq!((open.status, open.header(BACKEND_HEADER)), (200, Some("web")));
-    // Over TLS nothing is redirected.
-    let any = tls::client_config(tls::ClientOptions::default());
-    let stream = tls::connect(sluice.tls_addr.unwrap(), Some("kept.test"), &any).unwrap();
-    let response = http::Client::new(stream).request("GET", "kept.test", "/x/", &[], true).unwrap();
+    // Over TLS nothing is redirected, unless the trusted balancer in front (which re-encrypts)
+    // says its client came over plain HTTP; another value is not plain HTTP (as ingress-nginx).
+    let over_tls = |sni: &str, headers: &[(&str, &str)]| {
+        let any = tls::client_config(tls::ClientOptions::default());
+        let stream = tls::connect(sluice.tls_addr.unwrap(), Some(sni), &any).unwrap();
+        http::Client::new(stream).request("GET", sni, "/x/", headers, true).unwrap()
+    };
+    let response = over_tls("kept.test", &[]);
     assert_eq!((response.status, response.header(BACKEND_HEADER)), (200, Some("web")));
+    let plain_outside = [("X-Forwarded-Proto", "http")];
+    assert_eq!(location(&over_tls("kept.test", &plain_outside)), format!("https://kept.test:{tls_port}/x/"));
+    assert_eq!(location(&over_tls("forced.test", &plain_outside)), "https://forced.test/x");
+    let other = over_tls("forced.test", &[("X-Forwarded-Proto", "wss")]);
+    assert_eq!((other.status, other.header(BACKEND_HEADER)), (200, Some("web")));
+    let other = ask(trusted, "forced.test", "/a/", &[("X-Forwarded-Proto", "wss")]);
+    assert_eq!((other.status, other.header(BACKEND_HEADER)), (200, Some("web")));
 }
 
 /// `nginx_metrics: true`: after real traffic `/metrics` has ingress-nginx's series with its

@@ -842,8 +842,8 @@ pub struct RouteConfig {
     pub error_pages: Option<ErrorPagesConfig>,
     /// Plain-HTTP requests on this route are redirected (`308`) to HTTPS even where this host
     /// has no `tls` here, for TLS that ends at an outer balancer (ingress-nginx
-    /// `force-ssl-redirect`); ACME challenges and requests a trusted proxy says came over HTTPS
-    /// (`forwarded`) are not.
+    /// `force-ssl-redirect`); ACME challenges are not; behind a trusted proxy (`forwarded`) its
+    /// `X-Forwarded-Proto` decides instead of the connection (`http` is redirected).
     #[serde(default)]
     pub https_redirect: Option<HttpsRedirectConfig>,
     /// Copies of the route's requests sent to other backend groups, fire and forget: their

@@ -139,10 +139,13 @@ impl Forwarded {
         Forwarded { client_ip: ip_value(client), pass_proxy_values, ..self.clone() }
     }
 
-    /// Whether the request reached the first proxy over HTTPS, by a trusted proxy's word.
-    pub fn proxy_says_https(&self, client: &HeaderMap) -> bool {
-        self.pass_proxy_values
-            && client.get(&X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    /// The scheme the request reached the first proxy with, by a trusted proxy's
+    /// X-Forwarded-Proto (`None`: no trusted proxy, or it sent none).
+    pub fn proxy_scheme<'h>(&self, client: &'h HeaderMap) -> Option<&'h [u8]> {
+        if !self.pass_proxy_values {
+            return None;
+        }
+        client.get(&X_FORWARDED_PROTO).map(|v| v.as_bytes())
     }
 
     /// The host the client asked the first proxy for, by a trusted proxy's word: the first
@@ -475,7 +478,10 @@ mod tests {
         assert_eq!(upstream(&HeaderMap::new(), &full, "a.test")["x-forwarded-for"], "10.0.0.5");
         // From a trusted proxy: the real client everywhere, the proxy's values passed on.
         let trusted = connection.behind_proxy("203.0.113.9".parse().unwrap(), true);
-        assert!(trusted.proxy_says_https(&sent) && !connection.proxy_says_https(&sent));
+        assert_eq!(
+            (trusted.proxy_scheme(&sent), connection.proxy_scheme(&sent)),
+            (Some(&b"https"[..]), None)
+        );
         let out = upstream(&sent, &trusted, "a.test");
         assert_eq!(out.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["203.0.113.9"]);
         assert_eq!(out["x-real-ip"], "203.0.113.9");

@@ -3,8 +3,8 @@
 //! - plain HTTP for a host with `tls` and `redirect_http`, or on a route with `https_redirect`
 //!   (whatever its host's TLS): `308 Permanent Redirect` to the same URL over HTTPS (308 keeps
 //!   the method and body), except ACME HTTP-01 challenges, which must stay reachable over plain
-//!   HTTP while a certificate is being issued, and requests a trusted proxy says it received
-//!   over HTTPS;
+//!   HTTP while a certificate is being issued; behind a trusted proxy its `X-Forwarded-Proto`
+//!   says whether the client used plain HTTP, not the connection;
 //! - HTTPS for a host that requires client certificates on a connection whose handshake did
 //!   not select that host (the SNI named another host, then the Host header switched):
 //!   `421 Misdirected Request`, so a client certificate check cannot be bypassed;
@@ -36,9 +36,9 @@ use crate::{
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// A response that replaces routing for this request, if the TLS policy decides it.
-/// `session` is the connection's TLS session (`None` on plain HTTP); `forwarded` says whether a
-/// trusted proxy reports that the client reached it over HTTPS (then plain HTTP here is no
-/// reason to redirect) and which host it asked for.
+/// `session` is the connection's TLS session (`None` on plain HTTP); `forwarded` says which
+/// scheme a trusted proxy reports the client used (then that scheme, not this connection's,
+/// decides the redirect) and which host it asked for.
 pub fn before_request<B>(
     request: &Request<B>,
     tls: &TlsSnapshot,
@@ -46,14 +46,12 @@ pub fn before_request<B>(
     forwarded: &Forwarded,
 ) -> Option<Response<ProxyBody>> {
     let (_, host) = tls.host(request_host(request))?;
+    if host.redirect_http && needs_https(request, session, forwarded) {
+        let port = tls.https_port()?;
+        return Some(to_https(request, &host.redirect, Some(port), forwarded));
+    }
     match session {
-        None => {
-            let port = tls.https_port()?;
-            if !host.redirect_http || !needs_https(request, forwarded) {
-                return None;
-            }
-            Some(to_https(request, &host.redirect, Some(port), forwarded))
-        }
+        None => None,
         // The handshake must have selected this very host and verified the client against its
         // current CA (a reload may have changed either since).
         Some(session)
@@ -80,16 +78,24 @@ pub fn route_redirect<B>(
     forwarded: &Forwarded,
 ) -> Option<Response<ProxyBody>> {
     let form = form?;
-    if session.is_some() || !needs_https(request, forwarded) {
+    if !needs_https(request, session, forwarded) {
         return None;
     }
     Some(to_https(request, form, tls.https_port(), forwarded))
 }
 
-/// Whether a plain-HTTP request is one to redirect: not an ACME challenge, and not one a
-/// trusted proxy says came over HTTPS. An untrusted client's `X-Forwarded-Proto` is not read.
-fn needs_https<B>(request: &Request<B>, forwarded: &Forwarded) -> bool {
-    !request.uri().path().starts_with(ACME_CHALLENGE) && !forwarded.proxy_says_https(request.headers())
+/// Whether the request is one to redirect: the client used plain HTTP, by a trusted proxy's
+/// `X-Forwarded-Proto` when it sent one (ingress-nginx's `$pass_access_scheme` with
+/// use-forwarded-headers: `http` redirects, anything else does not), else by this connection;
+/// ACME challenges never. An untrusted client's `X-Forwarded-Proto` is not read.
+fn needs_https<B>(request: &Request<B>, session: Option<&Session>, forwarded: &Forwarded) -> bool {
+    if request.uri().path().starts_with(ACME_CHALLENGE) {
+        return false;
+    }
+    match forwarded.proxy_scheme(request.headers()) {
+        Some(scheme) => scheme.eq_ignore_ascii_case(b"http"),
+        None => session.is_none(),
+    }
 }
 
 /// `308` to the request's URL over HTTPS, written as `form` says (`https_port`: the first TLS
