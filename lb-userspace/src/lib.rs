@@ -5,6 +5,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod maglev;
 pub mod metrics;
 pub mod node;

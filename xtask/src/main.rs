@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod test;
 
@@ -41,6 +42,18 @@ enum Task {
     /// Build Sluice, start it in a demo topology with XDP, send a bounded batch of requests and
     /// show how connections spread; everything is cleaned up on exit or Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Build the cargo-fuzz targets of tests/fuzz/ (installing cargo-fuzz when missing) and run each,
+    /// or TARGET, for a bounded time on one core; prints executions and coverage per target.
+    Fuzz {
+        /// One target (`cargo xtask fuzz --list` names them); all when left out.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Print the targets and exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Run a benchmark and print its table and `name=value` lines.
     Bench {
         #[command(subcommand)]
@@ -64,6 +77,12 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Demo(args) => demo::run(args),
         Task::Bench { what } => bench::run(what),
+        Task::Fuzz { list: true, .. } => {
+            prereqs::ensure(&[prereqs::Group::Fuzz])?;
+            fuzz::targets()?.iter().for_each(|t| println!("{t}"));
+            Ok(())
+        }
+        Task::Fuzz { target, seconds, .. } => fuzz::run(target.as_deref(), seconds),
         Task::Run { args } => {
             let sluice = build::build_sluice(true)?;
             let args = if args.is_empty() { vec!["run".to_owned()] } else { args };

@@ -45,6 +45,9 @@ pub enum Group {
     /// `cargo xtask bench l7|tls`: the peers and load generators (the profiler comes apart,
     /// from the bench's own options).
     Bench,
+    /// `cargo xtask fuzz` and the fuzzing in `test`: cargo-fuzz (not a Debian package; see
+    /// [`ensure`]) on the nightly toolchain, and a C++ compiler for libFuzzer.
+    Fuzz,
 }
 
 const BUILD: &[Need] =
@@ -61,6 +64,8 @@ const SUITES: &[Need] = &[
     program("kubectl", "kubernetes-client"),
     program("chromium", "chromium"),
 ];
+
+const FUZZ: &[Need] = &[program("c++", "g++")];
 
 const DEMO: &[Need] = &[program("ip", "iproute2"), program("sysctl", "procps")];
 
@@ -80,13 +85,14 @@ impl Group {
             Group::Suites => SUITES,
             Group::Demo => DEMO,
             Group::Bench => BENCH,
+            Group::Fuzz => FUZZ,
         }
     }
 }
 
 /// Every group `cargo xtask setup` installs.
 pub fn setup_groups(bench: bool) -> Vec<Group> {
-    let mut groups = vec![Group::Build, Group::Suites, Group::Demo];
+    let mut groups = vec![Group::Build, Group::Suites, Group::Demo, Group::Fuzz];
     if bench {
         groups.push(Group::Bench);
     }
@@ -168,6 +174,19 @@ fn bpf_linker_install() -> Command {
     cmd
 }
 
+/// The cargo-fuzz release `cargo xtask fuzz` drives (its options and output are what
+/// xtask/src/fuzz.rs reads).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// cargo-fuzz by version, built from crates.io into ~/.cargo/bin (no root needed; about a
+/// minute). A different installed version is replaced.
+const CARGO_FUZZ_ARGS: [&str; 5] = ["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"];
+
+/// `cargo fuzz` runs under the nightly toolchain and is the pinned version.
+fn cargo_fuzz_ok() -> bool {
+    quiet("rustup", &["run", "nightly", "cargo", "fuzz", "--version"])
+        .is_some_and(|v| v.split_whitespace().any(|word| word == CARGO_FUZZ_VERSION))
+}
+
 /// The Debian packages of `groups` that are missing, each once, in order.
 fn missing_packages(groups: &[Group]) -> Vec<&'static str> {
     let mut missing: Vec<&'static str> = Vec::new();
@@ -194,10 +213,11 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
         }
     }
     let toolchain = groups.contains(&Group::Build);
-    let nightly = !toolchain || nightly_present();
+    let nightly = !(toolchain || groups.contains(&Group::Fuzz)) || nightly_present();
     let rust_src = !toolchain || (nightly && rust_src_present());
     let linker = !toolchain || bpf_linker_ok();
-    if apt_missing.is_empty() && nightly && rust_src && linker {
+    let fuzz_tool = !groups.contains(&Group::Fuzz) || (nightly && cargo_fuzz_ok());
+    if apt_missing.is_empty() && nightly && rust_src && linker && fuzz_tool {
         return Ok(());
     }
     if !nightly {
@@ -224,6 +244,9 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
                 BPF_LINKER_ARGS.join(" ")
             ));
         }
+        if !fuzz_tool {
+            steps.push(format!("cargo {}", CARGO_FUZZ_ARGS.join(" ")));
+        }
         bail!(
             "prerequisites are missing; run (or run `sudo -E cargo xtask setup` once):\n  {}",
             steps.join("\n  ")
@@ -245,6 +268,14 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
         if !bpf_linker_ok() {
             bail!(
                 "bpf-linker was installed but is not on PATH or not linked against LLVM 22; add ~/.cargo/bin to PATH"
+            );
+        }
+    }
+    if !fuzz_tool {
+        run(Command::new("cargo").args(CARGO_FUZZ_ARGS))?;
+        if !cargo_fuzz_ok() {
+            bail!(
+                "cargo-fuzz {CARGO_FUZZ_VERSION} was installed but `cargo fuzz` is not found; add ~/.cargo/bin to PATH"
             );
         }
     }

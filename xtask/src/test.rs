@@ -62,14 +62,25 @@ fn privileged_tests(extra: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
-    prereqs::ensure(&[Group::Build, Group::Suites])?;
+    prereqs::ensure(&[Group::Build, Group::Suites, Group::Fuzz])?;
     // The suites run the real binary, so build it (and the eBPF object it embeds) first.
     build_sluice(false)?;
     eprintln!("xtask: == unit tests ==");
     // Every crate's own tests but lb-ebpf's (it only builds for the BPF target) and the
     // end-to-end suites of lb-tests, which come next.
-    cargo(&["test", "--workspace", "--exclude", "lb-ebpf", "--exclude", "lb-tests"], extra)?;
+    // sluice-fuzz's targets are libFuzzer programs, run by `crate::fuzz` below.
+    cargo(
+        &["test", "--workspace", "--exclude", "lb-ebpf", "--exclude", "lb-tests", "--exclude", "sluice-fuzz"],
+        extra,
+    )?;
     cargo(&["test", "--package", "lb-tests", "--lib"], extra)?;
+    // Every fuzz target for a few seconds (its seeds and what earlier runs found): a finding
+    // fails the run like a test. Skipped with a name filter, which selects tests, not targets.
+    let fuzz_seconds = crate::fuzz::test_seconds();
+    if extra.is_empty() && fuzz_seconds > 0 {
+        eprintln!("xtask: == fuzz targets, {fuzz_seconds} s each ==");
+        crate::fuzz::run(None, fuzz_seconds)?;
+    }
 
     let e2e = ["test", "--package", "lb-tests", "--test", "*"];
     if lb_tests::is_root() {

@@ -267,41 +267,35 @@ where
 }
 
 /// A parsed response head and what it says about the body and the connection.
-struct Head {
-    status: StatusCode,
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     framing: Framing,
-    reusable: bool,
+    pub(crate) reusable: bool,
+}
+
+impl Head {
+    /// How the body is delimited, by name, with its length when it has one.
+    pub(crate) fn framing(&self) -> (&'static str, Option<u64>) {
+        match &self.framing {
+            Framing::Length(n) => ("length", Some(*n)),
+            Framing::Chunked(_) => ("chunked", None),
+            Framing::UntilClose => ("until-close", None),
+            Framing::Upgraded => ("upgraded", None),
+            Framing::Done => ("done", None),
+        }
+    }
 }
 
 async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, H1Error> {
     let mut received = false;
     loop {
-        if !conn.read.is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(&conn.read) {
-                Ok(httparse::Status::Complete(length)) => {
-                    let code = parsed.code.unwrap_or(0);
-                    if (100..200).contains(&code) && code != 101 {
-                        // Interim responses (103 Early Hints, a stray 100): the final one follows.
-                        conn.read.advance(length);
-                        continue;
-                    }
-                    let head = interpret(&parsed, &conn.read[..length], head_request)?;
-                    conn.read.advance(length);
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if conn.read.len() >= MAX_HEAD_BYTES => {
-                    return Err(H1Error::Protocol("response head too large"));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(H1Error::Protocol("too many response headers"));
-                }
-                Err(_) => return Err(H1Error::Protocol("malformed response head")),
-            }
+        if !conn.read.is_empty()
+            && let Some((length, head)) = parse_head(&conn.read, head_request)?
+        {
+            conn.read.advance(length);
+            return Ok(head);
         }
         conn.read.reserve(READ_CHUNK);
         let stale = conn.reused && !received;
@@ -311,6 +305,38 @@ async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, H1Error>
             Ok(_) => received = true,
             Err(_) if stale => return Err(H1Error::Stale),
             Err(e) => return Err(H1Error::Io(e)),
+        }
+    }
+}
+
+/// The final response head at the start of `read` (interim 1xx heads before it skipped) and
+/// how many bytes they all span, `None` when more bytes are needed. Pure, so the fuzz targets
+/// run the same code the client does (`crate::fuzzing`).
+pub(crate) fn parse_head(read: &[u8], head_request: bool) -> Result<Option<(usize, Head)>, H1Error> {
+    let mut offset = 0;
+    loop {
+        let rest = &read[offset..];
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(rest) {
+            Ok(httparse::Status::Complete(length)) => {
+                let code = parsed.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    // Interim responses (103 Early Hints, a stray 100): the final one follows.
+                    offset += length;
+                    continue;
+                }
+                let head = interpret(&parsed, &rest[..length], head_request)?;
+                return Ok(Some((offset + length, head)));
+            }
+            Ok(httparse::Status::Partial) if rest.len() >= MAX_HEAD_BYTES => {
+                return Err(H1Error::Protocol("response head too large"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Protocol("too many response headers"));
+            }
+            Err(_) => return Err(H1Error::Protocol("malformed response head")),
         }
     }
 }
@@ -363,15 +389,17 @@ fn interpret(parsed: &httparse::Response<'_, '_>, raw: &[u8], head_request: bool
         headers.append(name, value);
     }
     let no_body = head_request || matches!(status.as_u16(), 204 | 304);
+    // Both headers (RFC 9112 6.3: a sender never sends them together): a backend that does is
+    // not trusted with another request, even on a response without a body (HEAD, 204, 304).
+    if transfer_encoding && content_length.is_some() {
+        close = true;
+    }
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         Framing::Upgraded
     } else if no_body {
         Framing::Length(0)
     } else if transfer_encoding {
-        // Both headers: Transfer-Encoding wins, and the connection is not trusted again.
-        if content_length.is_some() {
-            close = true;
-        }
+        // Transfer-Encoding wins over Content-Length.
         if chunked {
             Framing::Chunked(ChunkDecoder::default())
         } else {
@@ -566,6 +594,19 @@ mod tests {
         let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false)
             .unwrap();
         assert!(matches!(h.framing, Framing::Chunked(_)) && !h.reusable, "both headers: not reused");
+        // Found by the h1_response fuzz target: without a body (HEAD, 204, 304) as well.
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let h = head(both, true).unwrap();
+        assert!(
+            matches!(h.framing, Framing::Length(0)) && !h.reusable,
+            "both headers after HEAD: not reused"
+        );
+        let h = head(
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(matches!(h.framing, Framing::Length(0)) && !h.reusable, "both headers on 304: not reused");
         let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap();
         assert!(matches!(h.framing, Framing::UntilClose) && !h.reusable);
         let h = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();

@@ -609,6 +609,27 @@ fn check_head(head: &[u8], max_headers: usize, parse: bool) -> Result<(HeadInfo,
     Ok((HeadInfo { body, tunnel }, next))
 }
 
+/// What the guard makes of the head at the start of `data` on its own, without a stream
+/// around it (`crate::fuzzing`): `Ok(None)` for more bytes, `Ok(Some((length, request)))`,
+/// or the reason it is refused and whether httparse refused it.
+pub(crate) fn inspect_head(
+    data: &[u8],
+    max_head: usize,
+    max_headers: usize,
+) -> Result<Option<(usize, Next)>, (&'static str, bool)> {
+    let refused = |reason: Rejection| {
+        (reason.as_str(), matches!(reason, Rejection::Malformed | Rejection::TooManyHeaders))
+    };
+    match scan_head(&mut HeadScan::default(), data, max_head.max(1)) {
+        HeadStep::NeedMore | HeadStep::Preface => Ok(None),
+        HeadStep::Reject(reason) => Err(refused(reason)),
+        HeadStep::Complete(len) => match check_head(&data[..len], max_headers.max(1), true) {
+            Ok((_, next)) => Ok(next.map(|next| (len, next))),
+            Err(reason) => Err(refused(reason)),
+        },
+    }
+}
+
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;

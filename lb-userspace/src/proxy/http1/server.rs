@@ -324,6 +324,13 @@ pub struct ParsedHead {
     tunnel: bool,
 }
 
+impl ParsedHead {
+    /// The request (with no body).
+    pub(crate) fn request(&self) -> &Request<()> {
+        &self.request
+    }
+}
+
 /// Serves the connection until the client leaves, an error ends it, or `closing` is set (the
 /// owner sets it and polls again: the connection then ends at once between requests, or
 /// after the response in progress). `parsed` is the guard's end of [`ParsedHeads`], when the
@@ -473,7 +480,7 @@ fn next_head(read: &mut BytesMut, limits: &Limits, parsed: Option<&ParsedHeads>)
 }
 
 /// Parses a complete head at the front of `read` (taking it out), or `None` for more bytes.
-fn parse_head(read: &mut BytesMut, limits: &Limits) -> Option<Next> {
+pub(crate) fn parse_head(read: &mut BytesMut, limits: &Limits) -> Option<Next> {
     let mut fixed = [httparse::EMPTY_HEADER; super::guard::MAX_HEADERS];
     let mut grown;
     let slots: &mut [httparse::Header<'_>] = if limits.max_headers > fixed.len() {
