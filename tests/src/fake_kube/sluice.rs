@@ -41,6 +41,8 @@ pub struct KubeSluiceOptions {
     pub tls: bool,
     /// More top-level keys of the base configuration (`nginx_metrics: true\n`).
     pub base_extra: String,
+    /// More plain listeners (`web-2`, `web-3`, ...) at these addresses: a Gateway per port.
+    pub extra_plain: Vec<SocketAddr>,
 }
 
 impl Default for KubeSluiceOptions {
@@ -56,6 +58,7 @@ impl Default for KubeSluiceOptions {
             args: Vec::new(),
             tls: false,
             base_extra: String::new(),
+            extra_plain: Vec::new(),
         }
     }
 }
@@ -107,6 +110,9 @@ impl KubeSluice {
         let mut base = format!(
             "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nadmin: {{address: \"{admin}\"}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
         );
+        for (i, extra) in options.extra_plain.iter().enumerate() {
+            base.push_str(&format!("  - {{name: web-{}, address: \"{extra}\"}}\n", i + 2));
+        }
         if let Some(tls_addr) = tls_addr {
             base.push_str(&format!("  - {{name: tls, address: \"{tls_addr}\", tls: {{}}}}\n"));
         }

@@ -149,8 +149,9 @@ enum AllowedNamespaces {
 struct GatewayBuild {
     namespace: String,
     listeners: Vec<ListenerBuild>,
-    /// The Gateway is accepted (its listeners may take routes).
-    accepted: bool,
+    /// Why the Gateway is not accepted (reason, message); `None`: it is, and its listeners
+    /// may take routes.
+    refused: Option<(&'static str, &'static str)>,
     generation: i64,
 }
 
@@ -279,14 +280,23 @@ impl Builder<'_> {
         let mut listeners: Vec<ListenerBuild> =
             gateway.spec.listeners.iter().map(|l| self.listener(l, namespace, generation, &id)).collect();
         mark_conflicts(&gateway.spec.listeners, &mut listeners, generation);
-        let accepted = gateway.spec.addresses.is_empty();
-        if !accepted {
+        let refused = if !gateway.spec.addresses.is_empty() {
+            Some(("UnsupportedAddress", "spec.addresses is not supported"))
+        } else if gateway.spec.infrastructure.as_ref().is_some_and(|i| i.parameters_ref.is_some()) {
+            Some((
+                "InvalidParameters",
+                "infrastructure.parametersRef is not supported (Sluice reads no parameters)",
+            ))
+        } else {
+            None
+        };
+        if refused.is_some() {
             for listener in &mut listeners {
                 listener.programmed = false;
                 listener.takes.clear();
             }
         }
-        GatewayBuild { namespace: namespace.to_owned(), listeners, accepted, generation }
+        GatewayBuild { namespace: namespace.to_owned(), listeners, refused, generation }
     }
 
     fn listener(
@@ -536,7 +546,7 @@ impl Builder<'_> {
         hostnames: &mut BTreeMap<String, Attached>,
     ) -> Result<(), (&'static str, String)> {
         let route_namespace = route.namespace.as_str();
-        if !gateway.accepted {
+        if gateway.refused.is_some() {
             return Err(("NoMatchingParent", "the Gateway is not accepted".to_owned()));
         }
         let selected: Vec<usize> = gateway
@@ -1166,8 +1176,8 @@ fn gateway_status(gateway: GatewayBuild) -> GatewayStatus {
     let total = gateway.listeners.len();
     let valid = gateway.listeners.iter().filter(|l| l.status.conditions[0].status == "True").count();
     let programmed = gateway.listeners.iter().filter(|l| l.programmed).count();
-    let accepted = if !gateway.accepted {
-        Condition::new("Accepted", false, "UnsupportedAddress", "spec.addresses is not supported", generation)
+    let accepted = if let Some((reason, message)) = gateway.refused {
+        Condition::new("Accepted", false, reason, message, generation)
     } else if valid == total {
         Condition::new("Accepted", true, "Accepted", "", generation)
     } else {
@@ -1572,6 +1582,46 @@ mod tests {
             parents[0].conditions.iter().map(|c| (c.type_.as_str(), c.reason.as_str())).collect();
         assert_eq!(reasons, [("Accepted", "Accepted"), ("ResolvedRefs", "BackendNotFound")]);
         assert_eq!(parents[0].conditions[0].observed_generation, 3);
+    }
+
+    /// GatewayInvalidParametersRef: a Gateway with `infrastructure.parametersRef` is not
+    /// accepted (InvalidParameters) and a route naming it serves nothing.
+    #[test]
+    fn a_gateway_with_infrastructure_parameters_is_not_accepted() {
+        use crate::provider::kube::translate::{ClusterState, Settings, Translator};
+        let base = crate::config::Config::from_yaml(
+            "listeners: [{name: web, address: \"0.0.0.0:80\"}]\n",
+            "base.yaml",
+        )
+        .unwrap();
+        let state = ClusterState {
+            gateway_classes: vec![object(serde_json::json!({
+                "metadata": {"name": "sluice", "generation": 1},
+                "spec": {"controllerName": GATEWAY_CONTROLLER}}))],
+            gateways: vec![object(serde_json::json!({
+                "metadata": {"namespace": "ns", "name": "gw", "generation": 4},
+                "spec": {"gatewayClassName": "sluice",
+                         "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                         "infrastructure": {"parametersRef": {"group": "invalid.io", "kind": "InvalidParameters", "name": "x"}}}}))],
+            http_routes: vec![object(serde_json::json!({
+                "metadata": {"namespace": "ns", "name": "r", "generation": 1},
+                "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["params.example"],
+                         "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}}))],
+            ..ClusterState::default()
+        };
+        let translator = Translator::new(Settings { ingress_class: "sluice".into(), ..Settings::default() });
+        let translation = translator.build(&base, &state).unwrap();
+        assert!(!translation.config.virtual_hosts.iter().any(|h| h.domains == ["params.example"]));
+        let gateway = &translation.gateway.gateways[0].1;
+        let accepted = &gateway.conditions[0];
+        assert_eq!(
+            (accepted.type_.as_str(), accepted.status.as_str(), accepted.reason.as_str()),
+            ("Accepted", "False", "InvalidParameters")
+        );
+        assert_eq!(accepted.observed_generation, 4);
+        assert_eq!(gateway.conditions[1].status, "False", "not programmed");
+        let parents = translation.gateway.routes.values().next().unwrap();
+        assert_eq!(parents[0].conditions[0].reason, "NoMatchingParent");
     }
 
     #[test]
