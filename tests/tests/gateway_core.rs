@@ -271,7 +271,10 @@ fn class_and_gateway_statuses_parameters_long_names_and_secret_grants() {
         "infra-backend-v1",
     ));
     let refused = ("Gateway", NS, "gateway-invalid-parameters-ref");
-    wait_condition(&kube, refused, ("Accepted", "False", "InvalidParameters"));
+    let status = wait_condition(&kube, refused, ("Accepted", "False", "InvalidParameters"));
+    assert!(has_condition(&status["status"]["conditions"], ("Programmed", "False", "")), "{status:#}");
+    let listener = &status["status"]["listeners"][0]["conditions"];
+    assert!(has_condition(listener, ("Programmed", "False", "")), "{status:#}");
 
     // GatewayNameMaximumLength: a 253-character name is reconciled (and serves).
     let prefix = "gateway-name-maximum-length-";
@@ -518,6 +521,9 @@ fn listeners_added_and_removed_and_their_attached_routes() {
 
     // GatewayWithAttachedRoutes: a namespace selector on kubernetes.io/metadata.name, one and
     // two routes attached, a route whose hostname no listener has is refused and not counted.
+    // (Upstream the first Gateway's listener has no hostname and the routes all go to v1; here
+    // it has one, beside gateway-remove-listener's catch-all on the same port, and the routes
+    // go to distinct backends and paths to show which one answers.)
     let selector = json!({"kinds": [{"kind": "HTTPRoute"}],
         "namespaces": {"from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}});
     let mut one = http_listener("http", plain, Some("one.example"));
@@ -719,6 +725,8 @@ fn path_match_order_no_backend_refs_and_service_types() {
 /// dedicated route only through its own. Upstream the two Gateways have an address each and
 /// listeners without hostnames on port 80; Sluice's Gateways share the node's addresses, so
 /// here each has its own port (the node listens on two), which is what tells them apart.
+/// Also GatewayWithAttachedRoutesWithPort8080 (extended): a route attached by sectionName
+/// counts on that listener only, and is answered on its port only.
 #[test]
 fn route_attached_to_two_gateways() {
     let kube = FakeKube::start().unwrap();
@@ -778,4 +786,39 @@ fn route_attached_to_two_gateways() {
         assert_eq!(ask(addr, "any.example", "/shared/deeper"), (200, "v1".to_owned()));
         assert_eq!(ask(addr, "any.example", "/other"), (200, dedicated.to_owned()));
     }
+
+    // GatewayWithAttachedRoutesWithPort8080, its route on a path of its own (the catch-alls
+    // above share its ports).
+    let two_listeners = "gateway-with-two-listeners-and-one-attached-route";
+    kube.apply(gateway(
+        NS,
+        two_listeners,
+        "sluice",
+        json!([
+            http_listener("http-unattached", second.port(), None),
+            http_listener("http", sluice.addr.port(), None)
+        ]),
+    ));
+    kube.apply(http_route(
+        NS,
+        "http-route-4-port-8080",
+        json!({
+        "parentRefs": [{"name": two_listeners, "sectionName": "http"}],
+        "rules": [rule("PathPrefix", "/port", "infra-backend-v1")]}),
+    ));
+    let routes_and_refs: &[(&str, &str, &str)] = &[("Accepted", "True", ""), ("ResolvedRefs", "True", "")];
+    wait_listeners(
+        &kube,
+        two_listeners,
+        &[
+            ListenerExpect { name: "http-unattached", attached: 0, conditions: routes_and_refs },
+            ListenerExpect { name: "http", attached: 1, conditions: routes_and_refs },
+        ],
+    );
+    wait_answer(&sluice, sluice.addr, "any.example", "/port", (200, "v1"));
+    assert_eq!(
+        ask(second, "any.example", "/port"),
+        (200, "v3".to_owned()),
+        "not on the other listener's port"
+    );
 }

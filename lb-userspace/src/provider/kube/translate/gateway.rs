@@ -294,6 +294,8 @@ impl Builder<'_> {
             for listener in &mut listeners {
                 listener.programmed = false;
                 listener.takes.clear();
+                listener.status.conditions[3] =
+                    Condition::new("Programmed", false, "Invalid", "the Gateway is not accepted", generation);
             }
         }
         GatewayBuild { namespace: namespace.to_owned(), listeners, refused, generation }
@@ -1620,6 +1622,8 @@ mod tests {
         );
         assert_eq!(accepted.observed_generation, 4);
         assert_eq!(gateway.conditions[1].status, "False", "not programmed");
+        let listener = &gateway.listeners[0].conditions[3];
+        assert_eq!((listener.type_.as_str(), listener.status.as_str()), ("Programmed", "False"));
         let parents = translation.gateway.routes.values().next().unwrap();
         assert_eq!(parents[0].conditions[0].reason, "NoMatchingParent");
     }
