@@ -23,7 +23,9 @@
 //! - `Connection: close` gets `connection: close` and the close;
 //! - a chunked request body with extensions and a trailer reaches the backend decoded (re-encoded
 //!   chunked, trailer forwarded), and the client connection serves the next request;
-//! - a client that half-closes after its request still gets the whole response, then the close.
+//! - a client that half-closes while its request is at the backend is taken as gone (nginx's
+//!   499, hyper's default): the request ends with its upstream connection, and so does the
+//!   client's connection.
 //!
 //! Backends are std threads on blocking sockets with 5 s timeouts. Nothing waits on a sleep for
 //! readiness: every read has a socket timeout, and "the connection closed" means a read returned
@@ -425,36 +427,38 @@ fn chunked_request_body_with_a_trailer_reaches_the_backend_decoded() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn client_half_close_still_gets_the_whole_response_then_the_close() {
-    let backend = Backend::start();
-    let proxy = proxy_to(backend.addr());
-
-    // A GET whose response (200 000 bytes) takes many writes.
-    let mut client = Client::connect(proxy.addr);
-    client.send(b"GET /app/big/half-close HTTP/1.1\r\nHost: t\r\n\r\n");
-    client.stream.shutdown(Shutdown::Write).unwrap();
-    let response = client.read_response(false);
-    assert_ok(&response, &big_body(), "GET after the half-close");
-    client.assert_closed("after the response to a half-closed client");
-
-    // A POST with a body, then the half-close.
-    let mut client = Client::connect(proxy.addr);
+fn client_half_close_while_the_backend_works_ends_the_request() {
+    // Takes each request and never answers: it reports whether the proxy closed the connection
+    // (its own read timeout otherwise).
+    let (got_tx, got) = std::sync::mpsc::channel::<Req>();
+    let (closed_tx, closed) = std::sync::mpsc::channel::<bool>();
+    let hangs = RawBackend::start(move |mut conn: BackendConn| {
+        if let Some(request) = conn.next_request() {
+            let _ = got_tx.send(request);
+            while conn.fill() {}
+            let _ = closed_tx.send(conn.closed_by_peer);
+        }
+    });
+    let proxy = proxy_to(hangs.addr);
+    let wait = std::time::Duration::from_secs(10);
     let body = pattern(50_000, 9);
-    let mut request =
+    let mut post =
         format!("POST /app/post/half-close HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len())
             .into_bytes();
-    request.extend_from_slice(&body);
-    client.send(&request);
-    client.stream.shutdown(Shutdown::Write).unwrap();
-    let response = client.read_response(false);
-    assert_path(&response, "/app/post/half-close", "POST after the half-close");
-    assert_eq!(response.header("x-body-length"), Some("50000"), "{:?}", response.head);
-    client.assert_closed("after the POST's response");
-
-    let seen = backend.seen();
-    let post =
-        seen.iter().find(|r| r.path() == "/app/post/half-close").expect("the POST reached the backend");
-    assert!(post.body == body, "the POST body arrives whole");
+    post.extend_from_slice(&body);
+    for request in [&b"GET /app/big/half-close HTTP/1.1\r\nHost: t\r\n\r\n"[..], &post] {
+        let mut client = Client::connect(proxy.addr);
+        client.send(request);
+        let seen = got.recv_timeout(wait).expect("the request reaches the backend");
+        assert!(seen.path().ends_with("/half-close"));
+        // A client's end of stream is all the proxy sees of a client that left: as nginx (499)
+        // and hyper's HTTP/1 server by default, the request ends, and its upstream connection.
+        client.stream.shutdown(Shutdown::Write).unwrap();
+        assert!(closed.recv_timeout(wait).expect("the backend's read ends"), "the proxy closed it");
+        client.assert_closed("a half-closed client whose request was in progress");
+    }
+    let seen_post = got.try_recv();
+    assert!(seen_post.is_err(), "nothing was sent again: {seen_post:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

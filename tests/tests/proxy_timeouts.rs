@@ -15,11 +15,16 @@
 //! - request buffering holds a body before the endpoint is chosen (the backend sees the request
 //!   only once the client sent it all), and a body held whole goes again after a 503; response
 //!   buffering holds the answer until its body came (or the buffer filled); without them both
-//!   stream.
+//!   stream;
+//! - slow clients: one that stops reading its response is closed after `limits.send_timeout_ms`
+//!   (nginx's `send_timeout`), and its upstream connection with it; one that leaves while its
+//!   request is at the backend has the upstream connection closed at once, while a client that
+//!   sends its next request meanwhile is still answered.
 //!
 //! The backends pace their bytes with sleeps: the pacing is the behaviour under test.
 
 use std::{
+    io::Write,
     net::SocketAddr,
     sync::{
         Arc,
@@ -317,4 +322,110 @@ fn response_buffering_holds_the_answer_until_its_body_came() {
     assert_eq!(response.body, b"helloworld");
     assert!(buffered >= Duration::from_millis(250), "the head waited for the body: {buffered:?}");
     assert!(streamed < Duration::from_millis(250), "the head went at once: {streamed:?}");
+}
+
+/// Why and when a backend's write of a long body stopped.
+type WriteEnd = (std::io::ErrorKind, Instant);
+
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    // 64 MiB, far more than the socket buffers between the backend and the client hold.
+    const BODY: usize = 64 << 20;
+    let (ended_tx, ended) = std::sync::mpsc::channel::<WriteEnd>();
+    let big = RawBackend::start(move |mut conn: BackendConn| {
+        if conn.next_request().is_none() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+        let mut result = conn.stream.write_all(head.as_bytes());
+        for _ in 0..BODY / chunk.len() {
+            if result.is_err() {
+                break;
+            }
+            result = conn.stream.write_all(&chunk);
+        }
+        // The backend's own write timeout (10 s) shows as WouldBlock; the proxy closing the
+        // connection as a broken pipe or a reset.
+        if let Err(e) = result {
+            let _ = ended_tx.send((e.kind(), Instant::now()));
+        }
+    });
+    let yaml = config(&[route("/", "big")], &[backend("big", big.addr, "")]).replace(
+        "limits: {shutdown_grace_ms: 2000}",
+        "limits: {shutdown_grace_ms: 2000, send_timeout_ms: 500}",
+    );
+    let proxy = Proxy::start(&yaml);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    while lb_tests::http::find(&client.buf, b"\r\n\r\n").is_none() {
+        client.fill().expect("the response head comes");
+    }
+    // The client now reads nothing: the proxy's writes to it wait, and 500 ms later the proxy
+    // closes it with the request, whose upstream connection the backend then sees closed.
+    let stalled = Instant::now();
+    let (kind, at) = ended.recv_timeout(Duration::from_secs(15)).expect("the backend's write ends");
+    assert!(
+        matches!(kind, std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset),
+        "the proxy closed the backend's connection, not the backend's own timeout: {kind:?}"
+    );
+    let waited = at.duration_since(stalled);
+    assert!(waited < Duration::from_secs(5), "closed {waited:?} after the client stopped reading");
+    // What the socket buffers held comes, then the close: the body is cut.
+    let ended = loop {
+        if let Err(ended) = client.fill() {
+            break ended;
+        }
+    };
+    assert_eq!(ended, Ended::Closed);
+    assert!(client.buf.len() < BODY, "the whole body came ({} bytes)", client.buf.len());
+}
+
+#[test]
+fn a_client_that_leaves_cancels_its_upstream_request_at_once() {
+    // Takes the request and never answers: it reports when its connection closed, and
+    // whether the proxy closed it (its own 10 s read timeout otherwise).
+    let (got_tx, got) = std::sync::mpsc::channel::<String>();
+    let (closed_tx, closed) = std::sync::mpsc::channel::<(bool, Instant)>();
+    let slow = RawBackend::start(move |mut conn: BackendConn| {
+        while let Some(request) = conn.next_request() {
+            let _ = got_tx.send(request.path().to_owned());
+            if request.path() == "/first" {
+                // In progress for a while: the client sends its next request meanwhile.
+                std::thread::sleep(Duration::from_millis(300));
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
+                continue;
+            }
+            if request.path() == "/second" {
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond");
+                continue;
+            }
+            while conn.fill() {}
+            let _ = closed_tx.send((conn.closed_by_peer, Instant::now()));
+            return;
+        }
+    });
+    let proxy = Proxy::start(&config(&[route("/", "slow")], &[backend("slow", slow.addr, "")]));
+    let wait = Duration::from_secs(10);
+
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /hangs HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(got.recv_timeout(wait).expect("the backend gets the request"), "/hangs");
+    drop(client);
+    let left = Instant::now();
+    let (by_proxy, at) = closed.recv_timeout(Duration::from_secs(15)).expect("the backend's read ends");
+    assert!(by_proxy, "the proxy closed the upstream connection (not the backend's read timeout)");
+    let waited = at.duration_since(left);
+    assert!(waited < Duration::from_secs(1), "the backend learnt {waited:?} after the client left");
+
+    // A client still there is not taken for gone: a request it sends while its first is in
+    // progress (pipelined) waits its turn, and both are answered in order.
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(got.recv_timeout(wait).expect("the backend gets the request"), "/first");
+    client.send(b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n");
+    let first = client.read_response(false);
+    let second = client.read_response(false);
+    assert_eq!((first.status, first.body.as_slice()), (200, &b"first"[..]));
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"second"[..]));
 }

@@ -267,6 +267,10 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// A client connection idle this long between requests is closed.
     pub idle_timeout_ms: u64,
+    /// A client that takes no byte of what is written to it for this long (it stopped reading)
+    /// is closed, with the request in progress and its upstream connection (nginx's
+    /// `send_timeout`, 60 s there too).
+    pub send_timeout_ms: u64,
     /// Largest request body unless a route says otherwise; larger gets 413. 0 = unlimited.
     pub max_body_bytes: u64,
     /// HTTP/2 streams a client may have open at once.
@@ -302,6 +306,7 @@ impl Default for Limits {
             max_headers: 100,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
             max_body_bytes: 64 * 1024 * 1024,
             h2_max_concurrent_streams: 100,
             max_connections_per_worker: 10_000,

@@ -154,6 +154,7 @@ fn top_level(config: &Config, found: &mut Problems) {
         (limits.max_headers as u64, "max_headers"),
         (limits.header_read_timeout_ms, "header_read_timeout_ms"),
         (limits.idle_timeout_ms, "idle_timeout_ms"),
+        (limits.send_timeout_ms, "send_timeout_ms"),
         (u64::from(limits.h2_max_concurrent_streams), "h2_max_concurrent_streams"),
         (limits.max_connections_per_worker as u64, "max_connections_per_worker"),
     ] {

@@ -387,7 +387,10 @@ pub async fn serve(
             request.extensions_mut().insert(ClientUpgrade(Arc::new(Mutex::new(Some(receiver)))));
             sender
         });
-        let response = handler.handle(request).await;
+        let Some(response) = answer_unless_gone(&wire, handler.handle(request)).await else {
+            // The client left first: the request, with its upstream connection, is dropped.
+            return;
+        };
         let status = response.status();
         // The response announces a close decided already: after a tunnel request, on the
         // owner's signal, or when a body nobody read to its end leaves the stream mid-message
@@ -422,6 +425,44 @@ pub async fn serve(
             return;
         }
     }
+}
+
+/// The handler's response, or `None` when the client closes its side (end of stream, an
+/// error) before it comes: the caller drops the request in progress, which closes its upstream
+/// connection, so a backend working for a client that left learns it at once instead of when
+/// its answer is written (nginx ends such a request the same way and logs 499; a client that
+/// half-closes after its request is taken as gone there too). The socket is read only once the
+/// request body has been read to its end, and only while nothing is buffered: bytes that come
+/// then (a pipelined request) stay in the read buffer for the next head, and a client that
+/// sent them is still there.
+async fn answer_unless_gone(
+    wire: &SharedWire,
+    answer: impl Future<Output = Response<ProxyBody>>,
+) -> Option<Response<ProxyBody>> {
+    let mut answer = std::pin::pin!(answer);
+    poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        if poll_client_gone(wire, cx) { Poll::Ready(None) } else { Poll::Pending }
+    })
+    .await
+}
+
+/// Reads what the client sends while its request is in progress; true once it closed.
+fn poll_client_gone(wire: &SharedWire, cx: &mut Context<'_>) -> bool {
+    let mut guard = wire.lock();
+    let w = &mut *guard;
+    while w.body_settled() && w.read.is_empty() {
+        let Some(io) = w.io.as_mut() else { return false };
+        w.read.reserve(READ_CHUNK);
+        match poll_read_into(Pin::new(&mut **io), cx, &mut w.read) {
+            Poll::Ready(Ok(0) | Err(_)) => return true,
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return false,
+        }
+    }
+    false
 }
 
 /// Waits for the next head, the preface, the end, or the closing signal.

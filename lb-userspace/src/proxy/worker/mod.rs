@@ -530,6 +530,7 @@ async fn serve_connection<S>(
     tokio::pin!(conn);
     let idle_limit = Duration::from_millis(limits.idle_timeout_ms);
     let header_limit_ms = limits.header_read_timeout_ms;
+    let send_limit = Duration::from_millis(limits.send_timeout_ms);
     loop {
         // One timer for whichever limit comes first: the connection task polls it on every
         // wake-up, so a second one would cost on every request.
@@ -538,6 +539,9 @@ async fn serve_connection<S>(
         if !closing.load(Ordering::Relaxed) {
             wait = wait.min(idle_limit.saturating_sub(activity.idle_for()));
         }
+        // A write that begins to wait after now does not wake this loop: waking a send timeout
+        // from now is never late for it.
+        wait = wait.min(send_limit.saturating_sub(activity.write_waiting_for().unwrap_or_default()));
         let check = tokio::time::sleep(wait.max(Duration::from_millis(10)));
         tokio::select! {
             () = check => {
@@ -545,6 +549,12 @@ async fn serve_connection<S>(
                     // Slowloris, or a client that never sends: no request is in progress to
                     // finish, so the connection just closes.
                     tracing::debug!(worker = connection.worker, client = %connection.client, "request head timed out");
+                    return;
+                }
+                if activity.write_waiting_for().is_some_and(|waited| waited >= send_limit) {
+                    // The client stopped reading: what is still to be written to it would hold
+                    // the connection, the request and its upstream connection for ever.
+                    tracing::debug!(worker = connection.worker, client = %connection.client, "send timed out: the client takes no bytes");
                     return;
                 }
                 if !closing.load(Ordering::Relaxed) && activity.idle_for() >= idle_limit {
