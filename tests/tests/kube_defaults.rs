@@ -220,8 +220,23 @@ fn from_to_www_redirect_sends_the_twin_to_the_rule_host() {
     kube.apply(ingress("default", "own", "sluice", "www.other.test", "/", "web", 80));
     let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
     sluice.wait_for_status("site.test", "/a?b=1", 308, Duration::from_secs(20));
+    // As ingress-nginx writes it (its e2e test: `http://fromtowwwredirect.bar.com:80/foo`): the
+    // scheme and the port the client used, always, and one trailing slash dropped.
+    let port = sluice.addr.port();
     let response = sluice.get("site.test", "/a?b=1").unwrap();
-    assert_eq!(response.header("location"), Some("http://www.site.test/a?b=1"), "{response:?}");
+    let location = format!("http://www.site.test:{port}/a?b=1");
+    assert_eq!(response.header("location"), Some(location.as_str()), "{response:?}");
+    let response = sluice.get("site.test", "/a/").unwrap();
+    let location = format!("http://www.site.test:{port}/a");
+    assert_eq!(response.header("location"), Some(location.as_str()), "{response:?}");
+    let response = sluice.get("site.test", "/").unwrap();
+    let location = format!("http://www.site.test:{port}");
+    assert_eq!(response.header("location"), Some(location.as_str()), "{response:?}");
+    // A client's own X-Forwarded-Port is not believed (no trusted proxy here).
+    let response =
+        http::request(sluice.addr, "GET", "site.test", "/a", &[("X-Forwarded-Port", "8443")]).unwrap();
+    let location = format!("http://www.site.test:{port}/a");
+    assert_eq!(response.header("location"), Some(location.as_str()), "{response:?}");
     assert_eq!(sluice.get("www.site.test", "/").unwrap().header(BACKEND_HEADER), Some("web"));
     let own = sluice.get("www.other.test", "/").unwrap();
     assert_eq!((own.status, own.header(BACKEND_HEADER)), (200, Some("web")), "its own Ingress serves it");
@@ -272,6 +287,9 @@ fn redirects_to_https_are_written_as_ingress_nginx_writes_them() {
     plain_tls["spec"]["tls"] = json!([{"hosts": ["plain-tls.test"], "secretName": "site-tls"}]);
     kube.apply(plain_tls);
     kube.apply(ingress("default", "open", "sluice", "open.test", "/", "web", 80));
+    let mut brand = ingress("default", "brand", "sluice", "www.brand.test", "/", "web", 80);
+    brand["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/from-to-www-redirect": "true"});
+    kube.apply(brand);
     let options = KubeSluiceOptions { tls: true, ..Default::default() }
         .args(&["--nginx-configmap", "ingress-nginx/controller"]);
     let sluice = KubeSluice::start(&kube, options);
@@ -320,6 +338,14 @@ fn redirects_to_https_are_written_as_ingress_nginx_writes_them() {
     assert_eq!(location(&ask(untrusted, "plain-tls.test", "/x/", &[])), "https://plain-tls.test/x");
     let served = ask(trusted, "plain-tls.test", "/x/", &https);
     assert_eq!((served.status, served.header(BACKEND_HEADER)), (200, Some("web")));
+    // from-to-www-redirect takes the scheme and port the balancer says the client used.
+    let outside = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Port", "443")];
+    assert_eq!(location(&ask(trusted, "brand.test", "/p/", &outside)), "https://www.brand.test:443/p");
+    let port = sluice.addr.port();
+    assert_eq!(
+        location(&ask(untrusted, "brand.test", "/p/", &outside)),
+        format!("http://www.brand.test:{port}/p")
+    );
     // Hosts without TLS or force-ssl-redirect stay plain.
     let open = ask(untrusted, "open.test", "/", &https);
     assert_eq!((open.status, open.header(BACKEND_HEADER)), (200, Some("web")));

@@ -860,6 +860,13 @@ pub struct RouteConfig {
     /// Without it they are empty, the route's name, its backend and its path.
     #[serde(default)]
     pub ingress: Option<RouteIngressConfig>,
+    /// With `redirect`: the `Location` names the port the request came in on (a trusted
+    /// proxy's `X-Forwarded-Port`, else the listener's) even when it is the scheme's default,
+    /// the scheme a trusted proxy's `X-Forwarded-Proto` names (else the connection's), and the
+    /// request target without one trailing `/`, as ingress-nginx's `from-to-www-redirect`
+    /// writes it (`http://example.com:80/foo`).
+    #[serde(default)]
+    pub redirect_keeps_port: bool,
 }
 
 /// One request mirror of a route.

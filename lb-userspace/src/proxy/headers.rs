@@ -139,6 +139,14 @@ impl Forwarded {
         Forwarded { client_ip: ip_value(client), pass_proxy_values, ..self.clone() }
     }
 
+    /// The port the request reached the first proxy on, by a trusted proxy's X-Forwarded-Port.
+    pub fn proxy_port<'h>(&self, client: &'h HeaderMap) -> Option<&'h str> {
+        if !self.pass_proxy_values {
+            return None;
+        }
+        client.get(&X_FORWARDED_PORT)?.to_str().ok().map(str::trim).filter(|p| p.parse::<u16>().is_ok())
+    }
+
     /// The scheme the request reached the first proxy with, by a trusted proxy's
     /// X-Forwarded-Proto (`None`: no trusted proxy, or it sent none).
     pub fn proxy_scheme<'h>(&self, client: &'h HeaderMap) -> Option<&'h [u8]> {

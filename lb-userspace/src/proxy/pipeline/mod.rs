@@ -263,6 +263,27 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// ingress-nginx's from-to-www-redirect `Location` (its `ngx_srv_redirect.lua`): the scheme
+/// and port the client used (a trusted proxy's `X-Forwarded-Proto` / `-Port`, else this
+/// connection's scheme and listener port), always written, and the request target without one
+/// trailing `/`.
+fn nginx_www_location(
+    redirect: &crate::proxy::route::Redirect,
+    request: &Request<ClientBody>,
+    request_host: &str,
+    (connection, forwarded): (&Connection, &Forwarded),
+    target: &str,
+) -> String {
+    let fields = request.headers();
+    let scheme = forwarded.proxy_scheme(fields).and_then(|s| std::str::from_utf8(s).ok());
+    let scheme = scheme.unwrap_or(connection.scheme);
+    let port =
+        forwarded.proxy_port(fields).map_or_else(|| connection.listener.port().to_string(), str::to_owned);
+    let host = redirect.host().unwrap_or_else(|| crate::tls::resolver::strip_port(request_host));
+    let target = target.strip_suffix('/').unwrap_or(target);
+    format!("{scheme}://{host}:{port}{target}")
+}
+
 /// The phases in order; each returns the early answer or what the next one needs.
 async fn route_and_forward<'s>(
     mut request: Request<ClientBody>,
@@ -282,10 +303,11 @@ async fn route_and_forward<'s>(
             ControlFlow::Break(answer) => return answer,
         };
     let host = headers::request_host(&request).unwrap_or("").to_owned();
-    let (route, group) = match choose_route(&request, &host, connection, snapshot, outcome) {
-        ControlFlow::Continue(chosen) => chosen,
-        ControlFlow::Break(answer) => return answer,
-    };
+    let (route, group) =
+        match choose_route(&request, &host, (connection, &client.forwarded), snapshot, outcome) {
+            ControlFlow::Continue(chosen) => chosen,
+            ControlFlow::Break(answer) => return answer,
+        };
     let session = connection.tls.get();
     let forced = route.https_redirect.as_ref();
     if let Some(answer) =
@@ -368,7 +390,7 @@ async fn route_and_forward<'s>(
 fn choose_route<'s>(
     request: &Request<ClientBody>,
     host: &str,
-    connection: &Connection,
+    (connection, forwarded): (&Connection, &Forwarded),
     snapshot: &'s Snapshot,
     outcome: &mut Outcome<'s>,
 ) -> Phase<(&'s Route, &'s BackendGroup)> {
@@ -390,7 +412,11 @@ fn choose_route<'s>(
             let upstream_path = route.rewrite_path_and_query(path_and_query(request.uri()));
             let mut response = Response::new(body::empty());
             *response.status_mut() = redirect.status();
-            let location = redirect.location(connection.scheme, host, &upstream_path);
+            let location = if route.redirect_keeps_port {
+                nginx_www_location(redirect, request, host, (connection, forwarded), &upstream_path)
+            } else {
+                redirect.location(connection.scheme, host, &upstream_path)
+            };
             let Ok(location) = HeaderValue::from_str(&location) else {
                 return ControlFlow::Break(error(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -93,6 +93,8 @@ pub struct Route {
     pub mirrors: Vec<Mirror>,
     /// Its labels in ingress-nginx's series.
     pub nginx: Arc<crate::metrics::nginx::RouteSeries>,
+    /// `redirect_keeps_port`: the redirect is written as ingress-nginx's from-to-www-redirect.
+    pub redirect_keeps_port: bool,
     matcher: Matcher,
 }
 
@@ -417,6 +419,11 @@ impl Redirect {
         self.status
     }
 
+    /// The configured host, if any.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
     /// The Location value: scheme (configured or the request's), host (configured or the request's
     /// host without its port), port, path (configured, or the request's path-and-query after the
     /// route's rewrite). `request_host` is the Host header as received (may include a port).
@@ -625,6 +632,7 @@ fn compile_route(
             .map(|(m, mirror)| Mirror::compile(mirror, backends, &format!("{at}.mirrors[{m}]")))
             .collect::<Result<_, _>>()?,
         nginx,
+        redirect_keeps_port: route.redirect_keeps_port,
         matcher,
     })
 }

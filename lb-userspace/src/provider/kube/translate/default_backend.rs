@@ -121,7 +121,8 @@ impl Builder<'_> {
     }
 
     /// `from-to-www-redirect`, as ingress-nginx: the twin of each host (`www.` added or
-    /// removed) answers `308` to the same scheme, port and URI on the host, unless an Ingress
+    /// removed) answers `308` to the same scheme, port (always written) and URI (one trailing
+    /// `/` dropped) on the host, unless an Ingress
     /// (or the base configuration) serves the twin itself. A twin of a TLS host gets the same
     /// certificate (which must name it, as ingress-nginx requires).
     pub(super) fn www_twins(&mut self, base_hosts: &BTreeSet<String>) {
@@ -147,6 +148,7 @@ impl Builder<'_> {
                 path: None,
                 code: 308,
             });
+            route.redirect_keeps_port = true;
             let tls =
                 self.hosts.get(&host).and_then(|h| h.tls.clone()).filter(|(t, _)| t.certificate.is_some());
             let entry = self.hosts.entry(twin).or_default();
