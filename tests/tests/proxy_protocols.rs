@@ -805,6 +805,16 @@ fn smuggling_chunk_size_not_hex_gets_400() {
 }
 
 #[test]
+fn an_overlong_chunk_extension_gets_400() {
+    // Past 4096 bytes in one extension (hyper bounds them too): refused before anything reaches
+    // the backend. The guard's strict check now bounds it itself (framing.rs unit test); before,
+    // only the server's decoder behind it did, so this held then too.
+    let headers = "Transfer-Encoding: chunked\r\n";
+    let body = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(5000));
+    assert_smuggling_refused(&smuggle_post("long-extension", headers, &body));
+}
+
+#[test]
 fn smuggling_negative_chunk_size_gets_400() {
     let headers = "Transfer-Encoding: chunked\r\n";
     assert_smuggling_refused(&smuggle_post("chunk-minus-1", headers, "-1\r\nhello\r\n0\r\n\r\n"));
