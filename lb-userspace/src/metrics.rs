@@ -118,8 +118,7 @@ pub enum Mirrored {
     Sent,
     /// No endpoint, a failed connection or exchange, or no answer within the request timeout.
     Failed,
-    /// Not sent: the worker's copies in flight or the endpoint's connection cap were full, or
-    /// the configuration was just replaced.
+    /// Not sent: the worker's copies in flight or the endpoint's connection cap were full.
     Dropped,
     /// Not sent: the copy needs the body and the route streamed it instead of holding it.
     BodyNotHeld,

@@ -635,10 +635,14 @@ fn filters_redirects_rewrites_mirrors_and_weights() {
             ask(sluice, "GET", "filters.example", &format!("/mirror/{i}?q=1"), &[("x-trace", "t")]);
         assert_eq!((status, backend.as_str()), (200, "v1"));
     }
-    wait_for(WAIT, "20 copies at mirror-a", || (mirrors[0].requests() == 20).then_some(()))
-        .unwrap_or_else(|e| panic!("{e}: {}", mirrors[0].requests()));
+    // Every copy is accounted for by outcome, then each must have been sent.
+    let outcome = |o: &str| sluice.metric(&format!("sluice_mirrored_requests_total{{outcome=\"{o}\"}}"));
+    let outcomes = || ["sent", "failed", "dropped", "body_not_held"].map(|o| outcome(o).unwrap_or(0.0));
+    wait_for(WAIT, "20 copies counted", || (outcomes().iter().sum::<f64>() == 20.0).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", outcomes(), sluice.child.output()));
+    assert_eq!(outcomes(), [20.0, 0.0, 0.0, 0.0], "sent, failed, dropped, body_not_held");
+    assert_eq!(mirrors[0].requests(), 20);
     let sent = r#"sluice_mirrored_requests_total{outcome="sent"}"#;
-    wait_for(WAIT, "20 copies counted", || (sluice.metric(sent) == Some(20.0)).then_some(())).unwrap();
     assert_eq!(mirrors[1].requests(), 0, "percent 0 copies nothing");
     let heads = mirrors[0].heads();
     assert!(heads.iter().any(|h| h.starts_with("GET /mirror/7?q=1 HTTP/1.1\r\n")), "{heads:?}");
@@ -1029,4 +1033,53 @@ fn tls_routes_pass_through_by_sni() {
     assert!(get("def.example.com", &trust_backend).is_err(), "def.example.com has no backend");
     assert!(get("abc.example.net", &trust_backend).is_err(), "abc.example.net is outside *.example.com");
     drop(v1);
+}
+
+/// sessionPersistence (experimental channel): a cookie pins a client to one of a rule's two
+/// backends, a `Permanent` cookie carries the absolute timeout as Max-Age, and a `Header` one
+/// carries the token in that header of responses and requests.
+#[test]
+fn session_persistence_by_cookie_and_header() {
+    let Infra { kube, sluice, backends } = infra();
+    let ns = "gateway-conformance-infra";
+    let two = json!([backend_ref("infra-backend-v1"), backend_ref("infra-backend-v2")]);
+    kube.apply(http_route(
+        ns,
+        "sessions",
+        json!({"parentRefs": same_namespace_parent(), "hostnames": ["sessions.example"], "rules": [
+            {"matches": [{"path": {"value": "/cookie"}}], "backendRefs": two,
+             "sessionPersistence": {"type": "Cookie", "absoluteTimeout": "10m",
+                                    "cookie": {"name": "pin", "lifetimeType": "Permanent"}}},
+            {"matches": [{"path": {"value": "/header"}}], "backendRefs": two,
+             "sessionPersistence": {"type": "Header", "header": {"name": "x-session"}}},
+        ]}),
+    ));
+    wait_route_condition(&kube, ns, "sessions", ("Accepted", "True", "Accepted"));
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        http::request(sluice.addr, "GET", "sessions.example", path, headers).expect("a response")
+    };
+    let first = wait_for(WAIT, "the cookie route", || Some(get("/cookie", &[])).filter(|r| r.status == 200))
+        .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    let set_cookie = first.header("set-cookie").expect("a session cookie").to_owned();
+    assert!(set_cookie.starts_with("pin=") && set_cookie.contains("Max-Age=600"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let pinned = first.header("x-backend").unwrap().to_owned();
+    for _ in 0..20 {
+        let r = get("/cookie", &[("cookie", &cookie)]);
+        assert_eq!(r.header("x-backend"), Some(pinned.as_str()), "the cookie pins");
+        assert_eq!(r.header("set-cookie"), None, "a valid cookie is not issued again");
+    }
+    // Without the cookie both backends are used.
+    let unpinned: std::collections::BTreeSet<String> =
+        (0..20).map(|_| get("/cookie", &[]).header("x-backend").unwrap().to_owned()).collect();
+    assert_eq!(unpinned.len(), 2, "{unpinned:?}");
+
+    let first = get("/header", &[]);
+    let token = first.header("x-session").expect("the session header").to_owned();
+    assert_eq!(first.header("set-cookie"), None, "a header session sets no cookie");
+    let pinned = first.header("x-backend").unwrap().to_owned();
+    for _ in 0..20 {
+        assert_eq!(get("/header", &[("x-session", &token)]).header("x-backend"), Some(pinned.as_str()));
+    }
+    drop(backends);
 }

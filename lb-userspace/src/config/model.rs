@@ -1585,7 +1585,7 @@ impl std::str::FromStr for AttachMode {
 
 /// Cookie session affinity: the first response sets a cookie naming the endpoint (opaquely);
 /// later requests carrying it go to that endpoint. The ingress-nginx `session-cookie-*` set.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookieAffinityConfig {
     /// Cookie name (`session-cookie-name`).
@@ -1604,6 +1604,33 @@ pub struct CookieAffinityConfig {
     /// When a request to the pinned endpoint fails, send it elsewhere and re-pin the client
     /// with a new cookie.
     pub change_on_failure: bool,
+    /// Carry the token in this header instead of a cookie (Gateway API header session
+    /// persistence): read from the request's, set on the response's; `name` and the cookie
+    /// attributes are then unused.
+    pub header: Option<String>,
+}
+
+/// By hand: the Kubernetes translation hashes this text into backend group names, which
+/// affinity cookies hold, so a field added after the first release shows only when set and
+/// the names of existing groups stay.
+impl std::fmt::Debug for CookieAffinityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("CookieAffinityConfig");
+        out.field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("max_age_seconds", &self.max_age_seconds)
+            .field("expires_seconds", &self.expires_seconds)
+            .field("samesite", &self.samesite)
+            .field("conditional_samesite_none", &self.conditional_samesite_none)
+            .field("secure", &self.secure)
+            .field("change_on_failure", &self.change_on_failure);
+        if let Some(header) = &self.header {
+            out.field("header", header);
+        }
+        out.finish()
+    }
 }
 
 impl Default for CookieAffinityConfig {
@@ -1619,6 +1646,7 @@ impl Default for CookieAffinityConfig {
             conditional_samesite_none: false,
             secure: false,
             change_on_failure: false,
+            header: None,
         }
     }
 }

@@ -576,6 +576,11 @@ fn backend_group(backend: &BackendConfig, at: &str, found: &mut Problems) {
         {
             found.add(format!("{at}.cookie_affinity.domain"), format!("{domain:?} is not a cookie domain"));
         }
+        if let Some(header) = &affinity.header
+            && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            found.add(format!("{at}.cookie_affinity.header"), format!("{header:?} is not a header name"));
+        }
     }
     if backend.retries.timeout_ms == Some(0) {
         found.add(format!("{at}.retries.timeout_ms"), "must be greater than 0");

@@ -9,7 +9,7 @@
 //! is copied only when the route held it whole (request buffering), never by holding back a
 //! streamed one. Every copy is counted by outcome (`sluice_mirrored_requests`).
 
-use std::{cell::Cell, time::Duration};
+use std::{cell::Cell, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Method, header::CONTENT_LENGTH};
 use http_body_util::BodyExt;
@@ -50,13 +50,14 @@ pub struct Original<'a> {
     pub host: &'a str,
 }
 
-/// Sends the copies `route`'s mirrors draw for this request.
+/// Sends the copies `route`'s mirrors draw for this request; `snapshot` is the request's
+/// (the route's backend indexes are into it).
 pub fn copy(
     route: &Route,
     original: Original<'_>,
     (upstream, body): (&UpstreamHeaders<'_>, &RequestBody),
     connection: &Connection,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
 ) {
     for mirror in &route.mirrors {
         if !mirror.draws() {
@@ -67,9 +68,7 @@ pub fn copy(
             metrics.mirrored(Mirrored::BodyNotHeld);
             continue;
         }
-        // The copy's task needs the snapshot itself; a reload in between leaves this copy out.
-        let current = connection.published.load();
-        if current.generation != snapshot.generation || IN_FLIGHT.get() >= IN_FLIGHT_PER_WORKER {
+        if IN_FLIGHT.get() >= IN_FLIGHT_PER_WORKER {
             metrics.mirrored(Mirrored::Dropped);
             continue;
         }
@@ -93,8 +92,9 @@ pub fn copy(
             body,
         };
         let in_flight = InFlight::enter();
+        let snapshot = snapshot.clone();
         tokio::spawn(async move {
-            let outcome = copy.send(&current).await;
+            let outcome = copy.send(&snapshot).await;
             metrics.mirrored(outcome);
             drop(in_flight);
         });

@@ -289,7 +289,7 @@ async fn route_and_forward<'s>(
     mut request: Request<ClientBody>,
     connection: &Connection,
     client: &RequestClient<'_>,
-    snapshot: &'s Snapshot,
+    snapshot: &'s Arc<Snapshot>,
     outcome: &mut Outcome<'s>,
 ) -> Response<ProxyBody> {
     if let Some(response) =
@@ -830,9 +830,9 @@ fn finish_response<H: Send + Sync + Unpin + 'static>(
     if let Some(affinity) = &exchange.group.affinity
         && exchange.affinity.issue_cookie
         && !first_pinned
-        && let Some(cookie) = affinity.set_cookie(index, exchange.user_agent.map(|v| v.as_bytes()))
+        && let Some((name, value)) = affinity.pin_field(index, exchange.user_agent.map(|v| v.as_bytes()))
     {
-        head.headers.append(SET_COOKIE, cookie);
+        head.headers.append(name, value);
     }
     // This hop speaks its own version to the client, whatever the backend spoke.
     head.version = Version::HTTP_11;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, header::SET_COOKIE};
 
 use super::endpoint::Endpoint;
 use crate::config::{AffinityMode, CookieAffinityConfig, SameSite};
@@ -21,6 +21,8 @@ const TOKEN_BYTES: usize = 16;
 /// One backend's cookie affinity, compiled with the snapshot.
 pub struct CookieAffinity {
     pub config: CookieAffinityConfig,
+    /// The header that carries the token instead of a cookie, if one does.
+    header: Option<HeaderName>,
     /// Token -> endpoint index.
     endpoints: HashMap<[u8; TOKEN_BYTES], usize>,
     /// Endpoint index -> cookie value.
@@ -55,22 +57,27 @@ impl CookieAffinity {
             tokens.insert(token, index);
             values.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
         }
-        CookieAffinity { config: config.clone(), endpoints: tokens, values }
+        // Validation checked the name.
+        let header = config.header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        CookieAffinity { config: config.clone(), header, endpoints: tokens, values }
     }
 
     pub fn mode(&self) -> AffinityMode {
         self.config.mode
     }
 
-    /// The endpoint the request's affinity cookie names, if it is valid.
+    /// The endpoint the request's affinity cookie (or header) names, if it is valid.
     pub fn pinned(&self, headers: &HeaderMap) -> Pin {
         let name = self.config.name.as_bytes();
-        let value = headers.get_all(http::header::COOKIE).iter().find_map(|header| {
-            header.as_bytes().split(|&b| b == b';').find_map(|pair| {
-                let eq = pair.iter().position(|&b| b == b'=')?;
-                (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
-            })
-        });
+        let value = match &self.header {
+            Some(header) => headers.get(header).map(|v| v.as_bytes().trim_ascii()),
+            None => headers.get_all(http::header::COOKIE).iter().find_map(|header| {
+                header.as_bytes().split(|&b| b == b';').find_map(|pair| {
+                    let eq = pair.iter().position(|&b| b == b'=')?;
+                    (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+                })
+            }),
+        };
         let Some(value) = value else { return Pin::None };
         let mut token = [0u8; TOKEN_BYTES];
         match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(value, &mut token) {
@@ -79,8 +86,17 @@ impl CookieAffinity {
         }
     }
 
-    /// The `Set-Cookie` value pinning the client to endpoint `index`. `user_agent` decides the
-    /// conditional `SameSite=None`; `https` is whether the client connection is TLS.
+    /// The response field pinning the client to endpoint `index`: `Set-Cookie`, or the
+    /// configured header with the bare token. `user_agent` decides the conditional
+    /// `SameSite=None`.
+    pub fn pin_field(&self, index: usize, user_agent: Option<&[u8]>) -> Option<(HeaderName, HeaderValue)> {
+        match &self.header {
+            Some(header) => Some((header.clone(), HeaderValue::from_str(self.values.get(index)?).ok()?)),
+            None => Some((SET_COOKIE, self.set_cookie(index, user_agent)?)),
+        }
+    }
+
+    /// The `Set-Cookie` value pinning the client to endpoint `index`.
     pub fn set_cookie(&self, index: usize, user_agent: Option<&[u8]>) -> Option<HeaderValue> {
         let config = &self.config;
         let mut cookie = format!("{}={}; Path={}", config.name, self.values.get(index)?, config.path);
@@ -177,6 +193,25 @@ mod tests {
         let other_key = CookieAffinity::new(&config(), b"another cluster's key", "b", &eps);
         let token = value_of(&node_a.set_cookie(0, None).unwrap());
         assert_eq!(other_key.pinned(&cookie_header(&format!("INGRESSCOOKIE={token}"))), Pin::None);
+    }
+
+    /// Header-carried affinity: the response field is the header with the bare token, and the
+    /// request's header (not a cookie of the same name) pins.
+    #[test]
+    fn a_header_carries_the_token_instead_of_a_cookie() {
+        let eps = endpoints(2);
+        let config = CookieAffinityConfig { header: Some("X-Session".into()), ..config() };
+        let affinity = CookieAffinity::new(&config, b"k", "b", &eps);
+        let (name, value) = affinity.pin_field(1, None).unwrap();
+        assert_eq!(name.as_str(), "x-session");
+        let token = value.to_str().unwrap().to_owned();
+        assert!(!token.contains(';') && !token.contains('='), "a bare token: {token}");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-session", value);
+        assert_eq!(affinity.pinned(&headers), Pin::Endpoint(1));
+        assert_eq!(affinity.pinned(&cookie_header(&format!("INGRESSCOOKIE={token}"))), Pin::None);
+        let cookies = CookieAffinity::new(&CookieAffinityConfig::default(), b"k", "b", &eps);
+        assert_eq!(cookies.pin_field(1, None).unwrap().0, SET_COOKIE);
     }
 
     #[test]

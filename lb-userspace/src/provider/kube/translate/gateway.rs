@@ -1136,18 +1136,27 @@ fn hostnames_overlap(a: &str, b: &str) -> bool {
     a.is_empty() || b.is_empty() || host_intersection(a, b).is_some()
 }
 
-/// A rule's `sessionPersistence` as cookie affinity: the cookie is named by `sessionName`
-/// (else Sluice's default), and a `Permanent` cookie lives `absoluteTimeout`. `Err`: what
-/// Sluice cannot do (header-based sessions, idle timeouts).
+/// A rule's `sessionPersistence` as affinity: a cookie named by `cookie.name` (or the older
+/// `sessionName`; else Sluice's default), a `Permanent` one living `absoluteTimeout`; or, for
+/// `type: Header`, the token in that header of requests and responses. `Err`: what Sluice
+/// cannot do (idle timeouts).
 fn cookie_affinity(persistence: &SessionPersistence) -> Result<crate::config::CookieAffinityConfig, String> {
-    if persistence.type_.as_deref().unwrap_or("Cookie") != "Cookie" {
-        return Err(format!(
-            "sessionPersistence type {:?} is not supported; Cookie is",
-            persistence.type_.as_deref().unwrap_or_default()
-        ));
-    }
     if persistence.idle_timeout.is_some() {
         return Err("sessionPersistence idleTimeout is not supported".to_owned());
+    }
+    match persistence.type_.as_deref().unwrap_or("Cookie") {
+        "Cookie" => {}
+        "Header" => {
+            // v1.5: `header: {name}`; before: `sessionName` names the header.
+            let name = persistence.header.as_ref().and_then(|h| h.get("name")?.as_str().map(str::to_owned));
+            let name = name.or_else(|| persistence.session_name.clone()).filter(|n| !n.is_empty());
+            let name = name.ok_or("a Header sessionPersistence needs a header name")?;
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("sessionPersistence header {name:?} is not a header name"));
+            }
+            return Ok(crate::config::CookieAffinityConfig { header: Some(name), ..Default::default() });
+        }
+        other => return Err(format!("sessionPersistence type {other:?} is not supported")),
     }
     let cookie = persistence.cookie.as_ref().or(persistence.cookie_config.as_ref());
     let name = cookie.and_then(|c| c.name.clone()).or_else(|| persistence.session_name.clone());
@@ -1700,8 +1709,10 @@ mod tests {
                     "headers",
                     4,
                     serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["h.example"],
-                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}],
-                               "sessionPersistence": {"type": "Header", "header": {"name": "x-session"}}}]}),
+                    "rules": [{"matches": [{"path": {"value": "/a"}}], "backendRefs": [{"name": "svc", "port": 80}],
+                               "sessionPersistence": {"type": "Header", "header": {"name": "x-session"}}},
+                              {"matches": [{"path": {"value": "/b"}}], "backendRefs": [{"name": "svc", "port": 80}],
+                               "sessionPersistence": {"sessionName": "s", "idleTimeout": "1m"}}]}),
                 )),
             ],
             tls_routes: vec![object(route(
@@ -1758,9 +1769,14 @@ mod tests {
         // `*.example` covers the older GRPCRoute's grpc.example: refused there as a whole.
         assert_eq!(status(RouteKind::Http, "clash")[0], pair("Accepted", "NotAllowedByListeners"));
         assert!(host("*.example").is_none());
-        // Header sessions are not supported: the rule answers 500 and the route says so.
-        assert_eq!(host("h.example").unwrap().routes[0].direct_response, Some(500));
-        assert_eq!(status(RouteKind::Http, "headers")[0], pair("Accepted", "UnsupportedValue"));
+        // Header sessions carry the token in x-session; an idle timeout is not supported: that
+        // rule answers 500 and the route says so.
+        let h = host("h.example").unwrap();
+        let header_backend = group(h.routes[0].backend.as_deref().unwrap());
+        let affinity = header_backend.cookie_affinity.as_ref().expect("header affinity");
+        assert_eq!(affinity.header.as_deref(), Some("x-session"));
+        assert_eq!(h.routes[1].direct_response, Some(500));
+        assert_eq!(status(RouteKind::Http, "headers")[2], pair("PartiallyInvalid", "UnsupportedValue"));
         // TLSRoute: passthrough for the hostname inside the listener's, not the other.
         let pass = host("a.tls.example").unwrap();
         assert_eq!(pass.tls.as_ref().and_then(|t| t.passthrough.as_deref()), Some("ns/svc:80"));
