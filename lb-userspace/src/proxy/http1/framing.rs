@@ -104,12 +104,39 @@ pub enum ChunkState {
     DataCr,
     DataLf,
     /// After the last chunk or a trailer line: CR (end) or a field name.
-    TrailerStart,
-    TrailerName,
-    TrailerValue,
-    TrailerLf,
+    TrailerStart(TrailerCount),
+    TrailerName(TrailerCount),
+    TrailerValue(TrailerCount),
+    TrailerLf(TrailerCount),
     /// After the final CR.
     EndLf,
+}
+
+/// How much of a trailer section the machine has read: it holds the decoder's bounds
+/// (`MAX_TRAILERS` lines, `MAX_TRAILER_BYTES`), so that a section the guard passes, the decoder
+/// behind it takes (the chunked fuzz target found 200 short trailer lines passed and refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrailerCount {
+    lines: u16,
+    bytes: u32,
+}
+
+impl TrailerCount {
+    /// One more byte of the section, or the error past its bound (room kept for the final CRLF).
+    fn byte(self) -> Result<TrailerCount, ChunkError> {
+        if self.bytes as usize + 2 >= MAX_TRAILER_BYTES {
+            return Err(ChunkError::Trailer);
+        }
+        Ok(TrailerCount { bytes: self.bytes + 1, ..self })
+    }
+
+    /// A new field line begins, or the error past the most lines.
+    fn line(self) -> Result<TrailerCount, ChunkError> {
+        if usize::from(self.lines) >= MAX_TRAILERS {
+            return Err(ChunkError::Trailer);
+        }
+        Ok(TrailerCount { lines: self.lines + 1, ..self.byte()? })
+    }
 }
 
 /// The state at the start of a chunked body (and of each chunk line).
@@ -197,7 +224,7 @@ impl ChunkState {
                 Ext { size, len: len + 1 }
             }
             SizeLf { size } => match b {
-                b'\n' if size == 0 => TrailerStart,
+                b'\n' if size == 0 => TrailerStart(TrailerCount::default()),
                 b'\n' => Data(size),
                 _ => return Err(ChunkError::Size),
             },
@@ -205,24 +232,24 @@ impl ChunkState {
             DataCr if b == b'\r' => DataLf,
             DataLf if b == b'\n' => CHUNK_START,
             DataCr | DataLf => return Err(ChunkError::DataCrlf),
-            TrailerStart => match b {
+            TrailerStart(count) => match b {
                 b'\r' => EndLf,
-                b if is_tchar(b) => TrailerName,
+                b if is_tchar(b) => TrailerName(count.line()?),
                 _ => return Err(ChunkError::Trailer),
             },
-            TrailerName => match b {
-                b':' => TrailerValue,
-                b if is_tchar(b) => TrailerName,
+            TrailerName(count) => match b {
+                b':' => TrailerValue(count.byte()?),
+                b if is_tchar(b) => TrailerName(count.byte()?),
                 _ => return Err(ChunkError::Trailer),
             },
-            TrailerValue => match b {
-                b'\r' => TrailerLf,
-                b if is_value_byte(b) => TrailerValue,
+            TrailerValue(count) => match b {
+                b'\r' => TrailerLf(count.byte()?),
+                b if is_value_byte(b) => TrailerValue(count.byte()?),
                 _ => return Err(ChunkError::Trailer),
             },
-            TrailerLf if b == b'\n' => TrailerStart,
+            TrailerLf(count) if b == b'\n' => TrailerStart(count.byte()?),
             EndLf if b == b'\n' => CHUNK_START,
-            TrailerLf | EndLf => return Err(ChunkError::Trailer),
+            TrailerLf(_) | EndLf => return Err(ChunkError::Trailer),
         })
     }
 }
@@ -264,7 +291,7 @@ impl ChunkDecoder {
                 return Ok(Decoded::Done);
             }
             match self.state {
-                ChunkState::TrailerStart => return self.trailers(buffer),
+                ChunkState::TrailerStart(_) => return self.trailers(buffer),
                 ChunkState::Data(left) => {
                     if buffer.is_empty() {
                         return Ok(Decoded::NeedMore(left));
@@ -353,6 +380,21 @@ mod tests {
         let long_extension = [&b"1;"[..], &[b'x'; MAX_CHUNK_EXTENSION + 1], b"\r\na\r\n0\r\n\r\n"].concat();
         assert!(decode_all(&long_extension, 100).is_err(), "a lenient extension is bounded");
         assert!(!passes(&long_extension, Strictness::Strict), "a strict extension is bounded");
+        // Trailer sections: past MAX_TRAILERS lines or MAX_TRAILER_BYTES, both machines refuse
+        // (the strict one passed any number of lines before); up to them, both take it.
+        let section = |lines: usize, value: usize| {
+            let line = format!("t:{}\r\n", "v".repeat(value));
+            [&b"1\r\na\r\n0\r\n"[..], line.repeat(lines).as_bytes(), b"\r\n"].concat()
+        };
+        for (body, ok) in [
+            (section(MAX_TRAILERS, 1), true),
+            (section(MAX_TRAILERS + 1, 1), false),
+            (section(3, MAX_TRAILER_BYTES / 4), true),
+            (section(5, MAX_TRAILER_BYTES / 4), false),
+        ] {
+            assert_eq!(passes(&body, Strictness::Strict), ok, "strict, {} bytes", body.len());
+            assert_eq!(decode_all(&body, 100).is_ok(), ok, "lenient, {} bytes", body.len());
+        }
         // Up to the bound (the `;` is not counted), both take it.
         let longest = [&b"1;"[..], &[b'x'; MAX_CHUNK_EXTENSION], b"\r\na\r\n0\r\n\r\n"].concat();
         assert!(decode_all(&longest, 100).is_ok() && passes(&longest, Strictness::Strict));
