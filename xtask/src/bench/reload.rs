@@ -861,6 +861,20 @@ fn gateway_section(bench_dir: &Path) -> Option<String> {
         m("changes"),
     );
     md.push_str(&table(&o));
+    let ingress = std::fs::read_to_string(bench_dir.join(RouteSource::Ingress.tsv())).ok();
+    if let Some(ingress) = ingress.map(|text| Outcome::from_tsv(&text)) {
+        let ratio = |k: &str| o.number(k) / ingress.number(k);
+        let _ = write!(
+            md,
+            "\nAgainst the Ingress case above (commit `{}`): change → live {:.2}× at p50 and {:.2}× at p99, \
+             one rebuild {:.2}×. The Gateway API translation also computes and compares every route's \
+             status on each rebuild.\n",
+            ingress.meta.get("commit").map_or("?", String::as_str),
+            ratio("p50_ms"),
+            ratio("p99_ms"),
+            ratio("rebuild_p50_ms"),
+        );
+    }
     Some(md)
 }
 
@@ -940,7 +954,7 @@ fn write_docs(outcome: &Outcome, source: RouteSource) -> anyhow::Result<()> {
     let path = bench.join(source.tsv());
     std::fs::write(&path, outcome.to_tsv()).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::write(docs.join("BENCHMARKS.md"), super::report::markdown(&bench))?;
-    println!("wrote docs/BENCHMARKS.md and docs/bench/reload.tsv\n");
+    println!("wrote docs/BENCHMARKS.md and docs/bench/{}\n", source.tsv());
     Ok(())
 }
 

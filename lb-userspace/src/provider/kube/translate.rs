@@ -721,10 +721,12 @@ impl<'a> Builder<'a> {
     /// (an Ingress's: Ingresses are read first).
     fn claim(&mut self, host: &str, route: RouteConfig, id: &IngressId) -> bool {
         let key = claim_key(&route.matcher);
-        let any_listener = MatchConfig { listeners: Vec::new(), ..route.matcher.clone() };
-        let any_listener = claim_key(&any_listener);
+        // Only a route for some listeners has a second key to yield to.
+        let any_listener = (!route.matcher.listeners.is_empty())
+            .then(|| claim_key(&MatchConfig { listeners: Vec::new(), ..route.matcher.clone() }));
         let entry = self.hosts.entry(host.to_owned()).or_default();
-        if let Some(&index) = entry.claims.get(&key).or_else(|| entry.claims.get(&any_listener)) {
+        let claimed = entry.claims.get(&key).or_else(|| entry.claims.get(any_listener.as_ref()?));
+        if let Some(&index) = claimed {
             let (_, owner) = &entry.routes[index];
             if owner != id {
                 let message = format!(
