@@ -14,8 +14,8 @@ use lb_tests::{
     fake_kube::{
         FakeKube,
         objects::{
-            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, grpc_route, http_route,
-            ingress, ingress_class, namespace, reference_grant, service, tls_route, tls_secret,
+            GATEWAY_V1, gateway, gateway_class, grpc_route, http_route, ingress, ingress_class, namespace,
+            reference_grant, tls_route, tls_secret,
         },
         sluice::{KubeSluice, KubeSluiceOptions},
     },
@@ -28,20 +28,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Method, host, path, headers, and the expected status and backend.
 type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], (u16, &'a str));
-
-/// A Service named `name` in `namespace` on port 8080, with `backend` as its one endpoint.
-fn publish_service(kube: &FakeKube, namespace: &str, name: &str, backend: &Backend) {
-    let port = backend.addr().port();
-    kube.apply(service(namespace, name, 8080, port));
-    kube.apply(endpoint_slice(
-        namespace,
-        &format!("{name}-abc"),
-        name,
-        "IPv4",
-        port,
-        &[SliceEndpoint::ready(&backend.addr().ip().to_string())],
-    ));
-}
 
 /// The class `sluice`, and the conformance suite's infrastructure namespaces.
 fn infrastructure(kube: &FakeKube) {
@@ -121,7 +107,7 @@ fn infra() -> Infra {
     infrastructure(&kube);
     let backends: Vec<Backend> = (1..=3).map(|i| Backend::with_mode(&format!("v{i}"), Mode::Name)).collect();
     for (i, backend) in backends.iter().enumerate() {
-        publish_service(&kube, "gateway-conformance-infra", &format!("infra-backend-v{}", i + 1), backend);
+        kube.publish_backend("gateway-conformance-infra", &format!("infra-backend-v{}", i + 1), backend);
     }
     let port = sluice.addr.port();
     kube.apply(gateway(
@@ -421,8 +407,8 @@ fn references_grants_and_attachment_refusals() {
     let ns = "gateway-conformance-infra";
     let port = sluice.addr.port();
     let web = Backend::with_mode("web", Mode::Name);
-    publish_service(kube, "gateway-conformance-web-backend", "web-backend", &web);
-    publish_service(kube, "gateway-conformance-app-backend", "app-backend-v1", &infra.backends[0]);
+    kube.publish_backend("gateway-conformance-web-backend", "web-backend", &web);
+    kube.publish_backend("gateway-conformance-app-backend", "app-backend-v1", &infra.backends[0]);
     kube.apply(gateway(ns, "backend-namespaces", "sluice", json!([{
         "name": "http", "port": port, "protocol": "HTTP", "hostname": "backend.example",
         "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"gateway-conformance": "web-backend"}}}},
@@ -538,11 +524,11 @@ fn filters_redirects_rewrites_mirrors_and_weights() {
     let (kube, sluice) = (&infra.kube, &infra.sluice);
     let ns = "gateway-conformance-infra";
     let echo = Backend::with_mode("echo", Mode::Echo);
-    publish_service(kube, ns, "echo", &echo);
+    kube.publish_backend(ns, "echo", &echo);
     let mirrors: Vec<Backend> =
         ["mirror-a", "mirror-b", "mirror-c"].iter().map(|n| Backend::with_mode(n, Mode::Name)).collect();
     for mirror in &mirrors {
-        publish_service(kube, ns, mirror.name(), mirror);
+        kube.publish_backend(ns, mirror.name(), mirror);
     }
     let mirror = |name: &str, share: Value| {
         let mut settings = json!({"backendRef": backend_ref(name)});
@@ -690,7 +676,7 @@ fn https_listeners_certificates_and_listener_refusals() {
     infrastructure(&kube);
     let ns = "gateway-conformance-infra";
     let v1 = Backend::with_mode("v1", Mode::Name);
-    publish_service(&kube, ns, "infra-backend-v1", &v1);
+    kube.publish_backend(ns, "infra-backend-v1", &v1);
     let ca = tls::Ca::new("conformance");
     let leaf = ca.leaf(&["example.org", "secure.example"]);
     kube.apply(tls_secret(ns, "tls-validity-checks-certificate", &leaf.cert, &leaf.key));
@@ -774,8 +760,8 @@ fn missing_crds_and_coexistence_with_ingresses() {
     let backends: Vec<Backend> =
         ["ingress", "route"].iter().map(|n| Backend::with_mode(n, Mode::Name)).collect();
     kube.apply(ingress_class("sluice", "sluice.dev/ingress-controller", false));
-    publish_service(&kube, "default", "ingress-svc", &backends[0]);
-    publish_service(&kube, "default", "route-svc", &backends[1]);
+    kube.publish_backend("default", "ingress-svc", &backends[0]);
+    kube.publish_backend("default", "route-svc", &backends[1]);
     kube.apply(ingress("default", "web", "sluice", "shared.example", "/", "ingress-svc", 8080));
     let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
     sluice.wait_for_backend("shared.example", "/", "ingress", WAIT);
@@ -861,7 +847,7 @@ fn grpc_routes_match_methods_headers_and_hostnames() {
     let kube = &kube;
     let ns = "gateway-conformance-infra";
     let echo = Backend::with_mode("echo", Mode::Echo);
-    publish_service(kube, ns, "echo", &echo);
+    kube.publish_backend(ns, "echo", &echo);
     let service = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
     let method = |name: &str| json!({"method": {"service": service, "method": name}});
     kube.apply(grpc_route(
@@ -941,9 +927,9 @@ fn tls_routes_pass_through_by_sni() {
     let backend_ca = tls::Ca::new("backend");
     let backend_leaf = backend_ca.leaf(&["abc.example.com", "def.example.com"]);
     let pass = Backend::with_tls("tls-backend", tls::server_config(&backend_leaf));
-    publish_service(&kube, ns, "tls-backend", &pass);
+    kube.publish_backend(ns, "tls-backend", &pass);
     let v1 = Backend::with_mode("v1", Mode::Name);
-    publish_service(&kube, ns, "infra-backend-v1", &v1);
+    kube.publish_backend(ns, "infra-backend-v1", &v1);
     let gateway_ca = tls::Ca::new("gateway");
     let gateway_leaf = gateway_ca.leaf(&["https.example.com"]);
     kube.apply(tls_secret(ns, "https-certificate", &gateway_leaf.cert, &gateway_leaf.key));

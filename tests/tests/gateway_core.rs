@@ -13,10 +13,7 @@ use lb_tests::{
     backend::{Backend, Mode},
     fake_kube::{
         FakeKube,
-        objects::{
-            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, http_route, namespace,
-            reference_grant, service, tls_secret,
-        },
+        objects::{GATEWAY_V1, gateway, gateway_class, http_route, namespace, reference_grant, tls_secret},
         sluice::{KubeSluice, KubeSluiceOptions},
     },
     free_port, http, tls, wait_for,
@@ -27,20 +24,6 @@ const CONTROLLER: &str = "sluice.dev/gateway-controller";
 const WAIT: Duration = Duration::from_secs(20);
 const NS: &str = "gateway-conformance-infra";
 const WEB_BACKEND: &str = "gateway-conformance-web-backend";
-
-/// A Service named `name` in `namespace` on port 8080, with `backend` as its one endpoint.
-fn publish_service(kube: &FakeKube, namespace: &str, name: &str, backend: &Backend) {
-    let port = backend.addr().port();
-    kube.apply(service(namespace, name, 8080, port));
-    kube.apply(endpoint_slice(
-        namespace,
-        &format!("{name}-abc"),
-        name,
-        "IPv4",
-        port,
-        &[SliceEndpoint::ready(&backend.addr().ip().to_string())],
-    ));
-}
 
 /// The class `sluice`, the conformance suite's namespaces (with the
 /// `kubernetes.io/metadata.name` label the API server gives every namespace) and the backends
@@ -54,7 +37,7 @@ fn infrastructure(kube: &FakeKube) -> Vec<Backend> {
     }
     let backends: Vec<Backend> = (1..=3).map(|i| Backend::with_mode(&format!("v{i}"), Mode::Name)).collect();
     for (i, backend) in backends.iter().enumerate() {
-        publish_service(kube, NS, &format!("infra-backend-v{}", i + 1), backend);
+        kube.publish_backend(NS, &format!("infra-backend-v{}", i + 1), backend);
     }
     backends
 }

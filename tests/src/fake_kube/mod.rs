@@ -179,6 +179,21 @@ pub struct FakeKube {
 }
 
 impl FakeKube {
+    /// A Service `namespace/name` on port 8080 whose one ready endpoint is `backend` (an
+    /// EndpointSlice `NAME-abc`), as the Gateway API suites publish their backends.
+    pub fn publish_backend(&self, namespace: &str, name: &str, backend: &crate::backend::Backend) {
+        let port = backend.addr().port();
+        self.apply(objects::service(namespace, name, 8080, port));
+        self.apply(objects::endpoint_slice(
+            namespace,
+            &format!("{name}-abc"),
+            name,
+            "IPv4",
+            port,
+            &[objects::SliceEndpoint::ready(&backend.addr().ip().to_string())],
+        ));
+    }
+
     /// Starts a server on a free loopback port, on a thread of its own.
     pub fn start() -> anyhow::Result<FakeKube> {
         Self::start_with(None)
