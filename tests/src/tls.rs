@@ -28,7 +28,7 @@ pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
-/// A certificate (chain of one) and its key, in PEM.
+/// A certificate (the leaf, then any intermediates) and its key, in PEM.
 #[derive(Clone)]
 pub struct Leaf {
     pub cert: String,
@@ -45,6 +45,22 @@ impl Ca {
 
     pub fn pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// A CA whose certificate this one issues: leaves it signs chain through it to this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Ca { issuer: CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.issuer).unwrap() }
+    }
+
+    /// A leaf for `names` issued by this (intermediate) CA, its certificate followed by this
+    /// CA's: the chain a server sends.
+    pub fn chained_leaf(&self, names: &[&str]) -> Leaf {
+        let mut leaf = self.leaf(names);
+        leaf.cert.push_str(&self.pem());
+        leaf
     }
 
     /// A leaf for `names` (the first is also its common name).
@@ -75,8 +91,9 @@ impl Leaf {
         CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap().to_vec()
     }
 
+    /// Every certificate of `cert`, the leaf first.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()]
+        CertificateDer::pem_slice_iter(self.cert.as_bytes()).map(Result::unwrap).collect()
     }
 
     pub fn private_key(&self) -> PrivateKeyDer<'static> {

@@ -793,7 +793,9 @@ fn auth_tls_annotations_require_client_certificates() {
 /// `backend-protocol: HTTPS` with `proxy-ssl-*`: the pod's certificate verified against the
 /// Secret's `ca.crt` under `proxy-ssl-name`, SNI sent only with `proxy-ssl-server-name: on`, the
 /// Secret's `tls.crt` presented to a pod that requires it, the cipher list and protocols
-/// offered as the annotations say. Each host differs from the one that works in one setting.
+/// offered as the annotations say, and a chain through an intermediate refused at the default
+/// `proxy-ssl-verify-depth` of 1 but taken at 2. Each host differs from the one that works in
+/// one setting.
 #[test]
 fn proxy_ssl_annotations_shape_tls_to_the_pods() {
     let kube = FakeKube::start().unwrap();
@@ -818,8 +820,17 @@ fn proxy_ssl_annotations_shape_tls_to_the_pods() {
     let options =
         backend::Options { addr: "127.0.0.3:0".parse().unwrap(), tls: Some(modern), ..Default::default() };
     let tls13 = Backend::launch("tls13-only", options).unwrap();
+    // A pod whose certificate chains through an intermediate to the Secret's CA: two links,
+    // past `proxy-ssl-verify-depth`'s default of 1.
+    let chained_leaf = server_ca.intermediate("pods intermediate CA").chained_leaf(&["web.internal"]);
+    let options = backend::Options {
+        addr: "127.0.0.4:0".parse().unwrap(),
+        tls: Some(tls::server_config(&chained_leaf)),
+        ..Default::default()
+    };
+    let chained = Backend::launch("chained", options).unwrap();
     kube.apply(ingress_class("sluice", CONTROLLER, false));
-    for (name, backend) in [("web", &web), ("modern", &tls13)] {
+    for (name, backend) in [("web", &web), ("modern", &tls13), ("chained", &chained)] {
         kube.apply(service("default", name, 443, backend.addr().port()));
         let endpoints = [SliceEndpoint::ready(&ip(backend))];
         kube.apply(endpoint_slice(
@@ -880,8 +891,11 @@ fn proxy_ssl_annotations_shape_tls_to_the_pods() {
         "modern",
         &[tls13_default[0], tls13_default[1], ("proxy-ssl-protocols", "TLSv1.3")],
     );
+    publish("shallow.test", "chained", &[]);
+    publish("deep.test", "chained", &[("proxy-ssl-verify-depth", "2")]);
     let sluice = Sluice::start(&kube, Options::default());
     sluice.wait_for_backend("verified.test", "/", "web-tls", Duration::from_secs(20));
+    sluice.wait_for_backend("deep.test", "/", "chained", Duration::from_secs(10));
     sluice.wait_for_backend("tls13.test", "/", "tls13-only", Duration::from_secs(10));
     for (host, status) in [
         ("no-sni.test", 502),
@@ -891,6 +905,7 @@ fn proxy_ssl_annotations_shape_tls_to_the_pods() {
         ("rsa-only.test", 502),
         ("ecdsa.test", 200),
         ("tls12.test", 502),
+        ("shallow.test", 502),
     ] {
         let response = sluice.get(host, "/").unwrap();
         assert_eq!(response.status, status, "{host}: {response:?}\n{}", sluice.child.output());

@@ -7,7 +7,7 @@
 //! HTTPS-only service, basic auth from an htpasswd Secret, a per-client rate limit, a source
 //! allow list, security headers from a ConfigMap with upstream-vhost, the rewrite-target regex
 //! example, app-root, custom error pages from a default backend, sticky sessions, a TLS host
-//! (redirect to HTTPS, HSTS by default), and PROXY protocol behind a cloud TCP balancer (the
+//! (redirect to HTTPS, HSTS by default), a www twin redirected to the bare name, and PROXY protocol behind a cloud TCP balancer (the
 //! controller ConfigMap's `use-proxy-protocol`).
 //!
 //! One Sluice serves every manifest but the PROXY protocol one, which needs every listener to
@@ -68,6 +68,7 @@ fn the_corpus_is_served_as_ingress_nginx_documents_it() {
     custom_headers_rewrite_and_app_root(addr);
     error_pages_and_sticky_sessions(addr, &cluster);
     tls_host(addr, sluice.tls_addr.unwrap(), &cluster.webapp_ca);
+    www_redirect(addr, sluice.tls_addr.unwrap(), &cluster.webapp_ca);
     drop(sluice);
 
     proxy_protocol_behind_a_tcp_balancer(&kube);
@@ -253,6 +254,31 @@ fn tls_host(addr: SocketAddr, tls_addr: SocketAddr, ca: &tls::Ca) {
     assert_eq!(response.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains"));
 }
 
+/// 19: the www twin of a host with `from-to-www-redirect` answers 308 to the bare name, written
+/// as ingress-nginx's redirect server writes it (its e2e test): the scheme and the port the client
+/// used, the URI kept but for one trailing slash; on HTTPS the certificate that covers both names
+/// is served first. The bare name itself is served, over HTTPS and, after the usual redirect to
+/// HTTPS, over HTTP.
+fn www_redirect(addr: SocketAddr, tls_addr: SocketAddr, ca: &tls::Ca) {
+    let plain = get(addr, "www.storefront.example.com", "/foo?page=2", &[]);
+    assert_eq!(plain.status, 308, "{plain:?}");
+    let location = format!("http://storefront.example.com:{}/foo?page=2", addr.port());
+    assert_eq!(plain.header("location"), Some(location.as_str()), "{plain:?}");
+    let bare = get(addr, "storefront.example.com", "/foo", &[]);
+    assert_eq!(bare.status, 308, "the bare name redirects to HTTPS: {bare:?}");
+    assert_eq!(bare.header("location"), Some("https://storefront.example.com/foo"));
+
+    let config = tls::client_config(tls::ClientOptions { trust: Some(ca), ..Default::default() });
+    let stream = tls::connect(tls_addr, Some("www.storefront.example.com"), &config).unwrap();
+    let secure = Client::new(stream).request("GET", "www.storefront.example.com", "/", &[], true).unwrap();
+    assert_eq!(secure.status, 308, "{secure:?}");
+    let location = format!("https://storefront.example.com:{}", tls_addr.port());
+    assert_eq!(secure.header("location"), Some(location.as_str()), "{secure:?}");
+    let stream = tls::connect(tls_addr, Some("storefront.example.com"), &config).unwrap();
+    let served = Client::new(stream).request("GET", "storefront.example.com", "/", &[], true).unwrap();
+    assert_eq!((served.status, served.header(BACKEND_HEADER)), (200, Some("storefront")), "{served:?}");
+}
+
 /// 15: with `use-proxy-protocol: "true"` the client is the address the balancer's header names,
 /// and a connection without the header is closed.
 fn proxy_protocol_behind_a_tcp_balancer(kube: &FakeKube) {
@@ -286,7 +312,7 @@ fn proxy_protocol_behind_a_tcp_balancer(kube: &FakeKube) {
 /// The suite's backends, each published as the Service its manifest names.
 struct Cluster {
     auth: RawBackend,
-    /// The CA of `webapp-tls`, the TLS host's certificate.
+    /// The CA of the TLS hosts' certificates (`webapp-tls`, `storefront-tls`).
     webapp_ca: tls::Ca,
     cart: Vec<Backend>,
     _backends: Vec<Backend>,
@@ -316,6 +342,7 @@ impl Cluster {
             ("error-pages", 80, Mode::Echo),
             ("edge", 80, Mode::Echo),
             ("webapp", 80, Mode::Name),
+            ("storefront", 80, Mode::Name),
         ] {
             let backend = Backend::launch(name, backend::Options { mode, ..Default::default() }).unwrap();
             publish(kube, name, port, &[backend.addr()]);
@@ -332,6 +359,8 @@ impl Cluster {
         let webapp_ca = tls::Ca::new("letsencrypt-prod (test)");
         let certificate = webapp_ca.leaf(&["webapp.example.com"]);
         kube.apply(tls_secret("default", "webapp-tls", &certificate.cert, &certificate.key));
+        let certificate = webapp_ca.leaf(&["storefront.example.com", "www.storefront.example.com"]);
+        kube.apply(tls_secret("default", "storefront-tls", &certificate.cert, &certificate.key));
         let auth = RawBackend::start(oauth2_proxy_auth);
         Cluster { auth, webapp_ca, cart, _backends: backends, _raw: vec![chat] }
     }

@@ -4,14 +4,17 @@
 
 use std::{
     collections::BTreeMap,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use lb_common::Stat;
 use lb_tests::{
+    backend::{Backend, Mode, Options},
     http::{Client, HttpResponse, http_get},
     require_root,
+    tls::{Ca, ClientOptions, client_config, connect_over, inline_certificate},
     topology::{NODE_CLIENT_IF, Topology},
     wait_for,
 };
@@ -144,6 +147,170 @@ fn a_stalled_worker_is_avoided_within_a_second_and_returns() {
 fn an_exited_worker_is_avoided_within_a_second() {
     require_root!();
     fault_is_routed_around(Fault::Exit);
+}
+
+/// The PROXY protocol behind XDP steering, as behind a cloud TCP balancer: the header (v1 and v2)
+/// comes first on connections the XDP program spread over the workers, TLS is terminated after
+/// it, and the header's source is the client every worker names; a connection whose header is
+/// malformed is closed without an answer and counted, whichever worker took it.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn proxy_protocol_v1_and_v2_under_tls_through_steering() {
+    require_root!();
+    let topology = Topology::new(1).unwrap();
+    let echo = Backend::launch(
+        "echo",
+        Options {
+            netns: Some(&topology.backends[0]),
+            addr: SocketAddr::from((topology.backend_v4(0), 0)),
+            mode: Mode::Echo,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let ca = Ca::new("steered proxy protocol CA");
+    let leaf = ca.leaf(&["pp.test"]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let yaml = format!(
+        "listeners: [{{name: edge, address: \"0.0.0.0:{PORT}\", proxy_protocol: true, tls: {{default_certificate: pp}}}}]
+workers: {WORKERS}
+worker_id_header: true
+access_log: {{enabled: false}}
+admin: {{address: \"{admin}\"}}
+xdp:
+  interfaces: [{NODE_CLIENT_IF}]
+certificates:
+{}
+backends:
+  - {{name: echo, endpoints: [{{address: \"{}\"}}]}}
+virtual_hosts:
+  - {{name: pp, domains: [pp.test], routes: [{{backend: echo}}]}}
+",
+        inline_certificate("pp", &leaf),
+        echo.addr()
+    );
+    let config = Config::from_yaml(&yaml, "test").unwrap();
+    let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
+    assert!(node.dataplane().is_some(), "the kernel path is running");
+    let target = SocketAddr::from((topology.node_v4(), PORT));
+    let before = node.dataplane().unwrap().counters().unwrap();
+
+    const CONNECTIONS: usize = 120;
+    let client = client_config(ClientOptions { trust: Some(&ca), ..Default::default() });
+    let answers = topology
+        .client
+        .run(move || {
+            (0..CONNECTIONS)
+                .map(|i| {
+                    let source = [203, 0, 113, (i % 200 + 1) as u8];
+                    let header = if i % 2 == 0 {
+                        format!("PROXY TCP4 203.0.113.{} {} {} {PORT}\r\n", source[3], target.ip(), 40000 + i)
+                            .into_bytes()
+                    } else {
+                        proxy_v2_tcp4(source, target, 40000 + i as u16)
+                    };
+                    (source, over_tls(target, &header, &client, &format!("/pp/{i}")))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut served = BTreeMap::new();
+    for (i, (source, answer)) in answers.iter().enumerate() {
+        let answer = answer.as_ref().unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "connection {i}: {answer}");
+        let client_ip = format!("x-real-ip: {}.{}.{}.{}", source[0], source[1], source[2], source[3]);
+        assert!(answer.contains(&client_ip), "connection {i} names the header's source: {answer}");
+        assert!(answer.contains("x-forwarded-proto: https"), "connection {i}: {answer}");
+        let worker = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-sluice-worker: "))
+            .unwrap_or_else(|| panic!("connection {i} names no worker: {answer}"));
+        *served.entry(worker.trim().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(served.len(), WORKERS, "XDP spread the PROXY connections over every worker: {served:?}");
+    let after = node.dataplane().unwrap().counters().unwrap();
+    assert!(
+        after.get(Stat::NewFlows) - before.get(Stat::NewFlows) >= CONNECTIONS as u64,
+        "steered by XDP: {after:?}"
+    );
+
+    // Malformed headers, on whatever worker XDP picks: closed unanswered and counted.
+    let refused = |node_ns: &lb_tests::netns::Netns| {
+        node_ns
+            .run(move || {
+                let text = http_get(admin, "/metrics").unwrap().body;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("sluice_proxy_protocol_refused_total{reason=\"invalid\"} "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .unwrap()
+    };
+    let refused_before = refused(&topology.node);
+    let requests_before = echo.requests();
+    const MALFORMED: usize = 12;
+    let closed = topology
+        .client
+        .run(move || {
+            (0..MALFORMED)
+                .map(|i| {
+                    // A leading zero, an unknown family, a v2 header of version 3.
+                    let bad: &[u8] = match i % 3 {
+                        0 => b"PROXY TCP4 203.0.113.7 198.18.0.2 040000 8080\r\n",
+                        1 => b"PROXY TCP9 nope\r\n",
+                        _ => b"\r\n\r\n\0\r\nQUIT\n\x31\x11\x00\x0c\xcb\0\x71\x07\xc6\x12\0\x02\x9c\x40\x1f\x90",
+                    };
+                    let mut tcp = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let _ = tcp.write_all(bad);
+                    let mut answer = Vec::new();
+                    let _ = tcp.read_to_end(&mut answer);
+                    answer
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    for (i, answer) in closed.iter().enumerate() {
+        assert!(
+            answer.is_empty(),
+            "malformed header {i} got an answer: {:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    wait_for(Duration::from_secs(5), "the malformed headers to be counted", || {
+        (refused(&topology.node) >= refused_before + MALFORMED as u64).then_some(())
+    })
+    .unwrap();
+    assert_eq!(echo.requests(), requests_before, "nothing refused reached the backend");
+    node.stop().unwrap();
+}
+
+/// A PROXY v2 header for a TCP over IPv4 connection from `source`:`port` to `target`.
+fn proxy_v2_tcp4(source: [u8; 4], target: SocketAddr, port: u16) -> Vec<u8> {
+    let std::net::IpAddr::V4(destination) = target.ip() else { panic!("IPv4 target") };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&source);
+    header.extend_from_slice(&destination.octets());
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&target.port().to_be_bytes());
+    header
+}
+
+/// Sends `header` on a new connection, then one request over TLS; returns the whole answer.
+fn over_tls(
+    target: SocketAddr,
+    header: &[u8],
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> anyhow::Result<String> {
+    let mut tcp = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.write_all(header)?;
+    let mut tls = connect_over(tcp, "pp.test".try_into()?, config)?;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -122,16 +122,20 @@ impl Builder<'_> {
 
     /// `from-to-www-redirect`, as ingress-nginx: the twin of each host (`www.` added or
     /// removed) answers `308` to the same scheme, port (always written) and URI (one trailing
-    /// `/` dropped) on the host, unless an Ingress
+    /// `/` dropped) on the host, unless an Ingress rule
     /// (or the base configuration) serves the twin itself. A twin of a TLS host gets the same
-    /// certificate (which must name it, as ingress-nginx requires).
+    /// certificate (which must name it, as ingress-nginx requires), or its own when a TLS
+    /// section lists it.
     pub(super) fn www_twins(&mut self, base_hosts: &BTreeSet<String>) {
         for (host, id) in std::mem::take(&mut self.www_redirects) {
             let twin = match host.strip_prefix("www.") {
                 Some(bare) => bare.to_owned(),
                 None => format!("www.{host}"),
             };
-            if self.hosts.contains_key(&twin) || base_hosts.contains(&twin) {
+            // A twin named only in a TLS section has no server of its own in ingress-nginx
+            // (servers come from rules), so it still redirects.
+            let served = self.hosts.get(&twin).is_some_and(|h| !h.routes.is_empty());
+            if served || base_hosts.contains(&twin) {
                 self.note(
                     Some(&id),
                     format!("from-to-www-redirect: {twin} has an Ingress of its own; not redirected"),
@@ -153,7 +157,11 @@ impl Builder<'_> {
                 self.hosts.get(&host).and_then(|h| h.tls.clone()).filter(|(t, _)| t.certificate.is_some());
             let entry = self.hosts.entry(twin).or_default();
             entry.routes.push((route, id.clone()));
-            entry.tls = tls.map(|(mut t, owner)| {
+            // The twin's own TLS section, when it has one, else the host's certificate. Plain
+            // HTTP is redirected to the host, not to HTTPS first: ingress-nginx's redirect
+            // server answers both ports with the same 308.
+            let own = entry.tls.take().filter(|(t, _)| t.certificate.is_some());
+            entry.tls = own.or(tls).map(|(mut t, owner)| {
                 t.redirect_http = false;
                 (t, owner)
             });
