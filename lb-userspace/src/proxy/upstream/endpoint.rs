@@ -27,6 +27,8 @@ pub enum HealthChange {
     CheckPassed,
     /// Consecutive request failures ejected it for this long.
     Ejected(Duration),
+    /// A passing active check ended its ejection early.
+    EjectionEnded,
 }
 
 /// A health change, published for the dataplane, metrics and logs.
@@ -123,6 +125,19 @@ impl Endpoint {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
             }
             self.publish(change);
+        }
+    }
+
+    /// An active check passed while the verdict is healthy: any ejection ends, as when the
+    /// verdict turns healthy. Without this an endpoint ejected by request failures faster than
+    /// its checks failed (a backend killed under load and restarted within
+    /// `unhealthy_threshold` checks) stayed out for the whole ejection although every check
+    /// passed. Envoy does the same (`successful_active_health_check_uneject_host`, default on).
+    pub fn check_passed(&self, now_ms: u64) {
+        if self.is_ejected(now_ms) {
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.publish(HealthChange::EjectionEnded);
         }
     }
 

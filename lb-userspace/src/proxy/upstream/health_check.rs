@@ -280,6 +280,8 @@ async fn run_check(target: CheckTarget, live: Arc<Mutex<bool>>) {
                 }
                 endpoint.set_check_healthy(healthy);
             }
+        } else if outcome.is_ok() && tally.healthy && *live.lock() {
+            endpoint.check_passed(crate::now_ms());
         }
         tokio::time::sleep(interval).await;
     }
@@ -717,6 +719,25 @@ mod tests {
             changes.len() >= 2
         });
         assert_eq!(changes, [HealthChange::CheckFailed, HealthChange::CheckPassed]);
+    }
+
+    #[test]
+    fn a_passing_check_ends_an_ejection_its_verdict_never_saw() {
+        // Requests ejected the endpoint (a restart under load) while every check passed: the
+        // verdict stays healthy, and the next pass ends the ejection.
+        let server = TestServer::start(false, detached);
+        let endpoint = server.endpoint();
+        let outlier = crate::config::OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_ms: 60_000,
+            max_ejection_ms: 60_000,
+        };
+        endpoint.record_failure(&outlier, crate::now_ms());
+        assert!(endpoint.is_ejected(crate::now_ms()) && endpoint.check_healthy());
+        let checker = HealthChecker::start().unwrap();
+        checker.update(vec![target(endpoint.clone(), check_config(20, 500, 2, 3), BackendProtocol::Http1)]);
+        wait_until(WITHIN, "the ejection to end", || !endpoint.is_ejected(crate::now_ms()));
+        assert!(server.count(200, true) >= 1, "ended by a check: {:?}", server.seen());
     }
 
     #[test]
