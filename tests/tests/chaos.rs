@@ -25,13 +25,21 @@ use std::{
 
 use lb_tests::{
     backend::{BACKEND_HEADER, Backend, HEALTH_PATH, Mode, Options},
-    http::{Client, Ended, HttpResponse},
+    fake_kube::{
+        FakeKube,
+        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
+        sluice::{KubeSluice, KubeSluiceOptions},
+    },
+    free_port,
+    http::{Client, Ended, HttpResponse, http_get},
     require_root,
-    sluice::{Proxy, wait_for_load},
+    sluice::{Binary, Proxy, wait_for_load},
+    temp_dir::TempDir,
+    tls::{Ca, ClientOptions, client_config, connect, quoted, served_certificate},
     topology::{NODE_CLIENT_IF, Topology},
     wait_for,
 };
-use lb_userspace::{config::Config, node::Node, proxy::Fault};
+use lb_userspace::{config::Config, node::Node, provider::kube::CONTROLLER, proxy::Fault};
 
 /// Health checks every 300 ms; one pass brings an endpoint back.
 const CHECK_INTERVAL_MS: u64 = 300;
@@ -53,7 +61,7 @@ fn backends_killed_and_restarted_fail_only_requests_in_flight_and_get_traffic_ba
     const POSTS: usize = 2;
     let addr = proxy.addr;
     let steps = (0..GETS + POSTS)
-        .map(|i| keep_alive(move || TcpStream::connect(addr), if i < GETS { "GET" } else { "POST" }, "/"))
+        .map(|i| keep_alive(move || TcpStream::connect(addr), if i < GETS { "GET" } else { "POST" }, "t"))
         .collect();
     let load = Load::start(steps);
     wait_for_load(&load.sent, 200, "before the first kill");
@@ -191,6 +199,184 @@ fn a_stalled_worker_loses_new_connections_and_spares_the_other_workers_connectio
     node.stop().unwrap();
 }
 
+#[test]
+fn api_server_down_during_a_rolling_update_fails_no_request() {
+    let kube = FakeKube::start().unwrap();
+    let old = Backend::loopback_group("old", 2);
+    let mut new = Backend::loopback_group("new", 2);
+    let (old_port, new_port) = (old[0].addr().port(), new[0].addr().port());
+    let ip = |b: &Backend| b.addr().ip().to_string();
+    kube.apply(ingress_class("sluice", CONTROLLER, false));
+    kube.apply(service("default", "web", 80, old_port));
+    let old_slice = |endpoints: &[SliceEndpoint]| {
+        endpoint_slice("default", "web-old", "web", "IPv4", old_port, endpoints)
+    };
+    let new_slice = |endpoints: &[SliceEndpoint]| {
+        endpoint_slice("default", "web-new", "web", "IPv4", new_port, endpoints)
+    };
+    kube.apply(old_slice(&[SliceEndpoint::ready(&ip(&old[0])), SliceEndpoint::ready(&ip(&old[1]))]));
+    kube.apply(ingress("default", "web", "sluice", "roll.test", "/", "web", 80));
+    let sluice = KubeSluice::start(&kube, KubeSluiceOptions::default());
+    sluice.wait_for_backend("roll.test", "/", "old-0", Duration::from_secs(20));
+    let addr = sluice.addr;
+    let load = Load::start(
+        (0..4).map(|_| keep_alive(move || TcpStream::connect(addr), "GET", "roll.test")).collect(),
+    );
+    wait_for_load(&load.sent, 100, "before the rollout");
+
+    // The rollout as the Deployment controller and kubelet write it: a new pod turns ready,
+    // an old one terminates (serving while it drains).
+    kube.apply(new_slice(&[SliceEndpoint::ready(&ip(&new[0])), SliceEndpoint::not_ready(&ip(&new[1]))]));
+    wait_for(Duration::from_secs(10), "the new pod to take requests", || {
+        (new[0].requests() > 0).then_some(())
+    })
+    .unwrap();
+    kube.apply(old_slice(&[SliceEndpoint::terminating(&ip(&old[0])), SliceEndpoint::ready(&ip(&old[1]))]));
+    let old0 = old[0].addr().to_string();
+    wait_for(Duration::from_secs(10), "Sluice to see the old pod terminating", || {
+        endpoint_ready(sluice.admin, &old0).is_some_and(|ready| !ready).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+
+    // The API server goes down mid-rollout. The rollout goes on where it needs no API server:
+    // the terminating pod exits, then the other old pod gets its SIGTERM and exits too, which
+    // nobody can write into an EndpointSlice now: Sluice still has it ready.
+    kube.set_up(false);
+    let mut old = old;
+    drop(old.remove(0));
+    wait_for_load(&load.sent, 200, "with the API server down");
+    drop(old.remove(0));
+    wait_for_load(&load.sent, 300, "with both old pods gone and the API server down");
+    // What the controllers write once they reach it again.
+    assert!(kube.delete("discovery.k8s.io/v1", "EndpointSlice", "default", "web-old"));
+    kube.apply(new_slice(&[SliceEndpoint::ready(&ip(&new[0])), SliceEndpoint::ready(&ip(&new[1]))]));
+    kube.set_up(true);
+    wait_for(Duration::from_secs(20), "the second new pod to take requests", || {
+        (new[1].requests() > 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    wait_for_load(&load.sent, 200, "after the API server came back");
+    let tally = load.stop();
+    eprintln!("API server down during a rollout: {tally:?}");
+    assert!(tally.failures.is_empty(), "{} requests failed: {tally:?}", tally.failures.len());
+    assert!(tally.ok_by.get("new-1").is_some_and(|n| *n > 0), "{tally:?}");
+    drop(new.remove(1));
+}
+
+#[test]
+fn certificate_files_rotated_while_clients_handshake_fail_no_handshake() {
+    let ca = Ca::new("chaos CA");
+    let pem = TempDir::new();
+    let (cert_path, key_path) = (pem.0.join("tls.crt"), pem.0.join("tls.key"));
+    let first = ca.leaf(&["a.test"]);
+    std::fs::write(&cert_path, &first.cert).unwrap();
+    std::fs::write(&key_path, &first.key).unwrap();
+    let backend = Backend::with_mode("be", Mode::Name);
+    let sluice = Binary::start(&format!(
+        "workers: 2\nxdp: {{enabled: false}}\naccess_log: {{enabled: false}}\n\
+         listeners: [{{name: web, address: \"{{listen}}\", tls: {{default_certificate: a}}}}]\n\
+         certificates: [{{name: a, cert_path: {}, key_path: {}}}]\n\
+         virtual_hosts: [{{name: a, domains: [a.test], tls: {{certificate: a}}, routes: [{{backend: be}}]}}]\n\
+         backends: [{{name: be, endpoints: [{{address: \"{}\"}}]}}]\n",
+        quoted(cert_path.to_str().unwrap()),
+        quoted(key_path.to_str().unwrap()),
+        backend.addr()
+    ));
+    // The certificates served so far, in order: a handshake is labelled by the index of the one
+    // it saw.
+    let served: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(vec![first.der()]));
+    let config = client_config(ClientOptions { trust: Some(&ca), ..Default::default() });
+    let load =
+        Load::start((0..4).map(|_| handshake_step(sluice.addr, config.clone(), served.clone())).collect());
+    wait_for_load(&load.sent, 50, "before the first rotation");
+
+    const ROTATIONS: usize = 10;
+    let mut switched_after = Vec::new();
+    for i in 1..=ROTATIONS {
+        let next = ca.leaf(&["a.test"]);
+        served.lock().unwrap().push(next.der());
+        // Written in place, the key before the certificate, as a careless script does: the
+        // watcher sees a pair that does not match and a file half written, and must refuse
+        // both while the old pair serves.
+        let written = Instant::now();
+        std::fs::write(&key_path, &next.key).unwrap();
+        std::fs::write(&cert_path, &next.cert).unwrap();
+        wait_for(Duration::from_secs(10), &format!("handshakes to see certificate {i}"), || {
+            load.tally().ok_by.contains_key(&format!("cert{i}")).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+        switched_after.push(written.elapsed());
+        wait_for_load(&load.sent, 20, &format!("after rotation {i}"));
+    }
+    let tally = load.stop();
+    eprintln!("certificate rotation: {tally:?}; new certificate served after {switched_after:?}");
+    assert!(tally.failures.is_empty(), "{} handshakes failed: {tally:?}", tally.failures.len());
+    let last = format!("cert{ROTATIONS}");
+    assert!(tally.ok_by.get(&last).is_some_and(|n| *n >= 20), "the last certificate serves: {tally:?}");
+}
+
+#[test]
+fn configuration_flapping_100_times_under_load_fails_nothing_and_leaks_nothing() {
+    let (one, two) = (Backend::with_mode("one", Mode::Name), Backend::with_mode("two", Mode::Name));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Two versions that differ in the backend's endpoint and connection settings (a new
+    // upstream pool each time) and in a route.
+    let version = |backend: &Backend, connect_ms: u32, extra_route: &str| {
+        format!(
+            "workers: 2\nxdp: {{enabled: false}}\naccess_log: {{enabled: false}}\nadmin: {{address: \"{admin}\"}}\n\
+             listeners: [{{name: web, address: \"{{listen}}\"}}]\n\
+             virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n\
+             \x20     - {{match: {{path: {{prefix: /{extra_route}}}}}, backend: app}}\n      - {{backend: app}}\n\
+             backends:\n  - {{name: app, endpoints: [{{address: \"{}\"}}], timeouts: {{connect_ms: {connect_ms}}}}}\n",
+            backend.addr()
+        )
+    };
+    let versions = [version(&one, 1000, "one"), version(&two, 2000, "two")];
+    let sluice = Binary::start(&versions[0]);
+    let addr = sluice.addr;
+    let load =
+        Load::start((0..4).map(|_| keep_alive(move || TcpStream::connect(addr), "GET", "t")).collect());
+    let reloads = || metric(admin, "sluice_config_reloads_total{result=\"ok\"}").unwrap_or(0.0) as u64;
+    let mut usage = Vec::new();
+    const FLAPS: usize = 100;
+    let started = Instant::now();
+    for i in 1..=FLAPS {
+        let before = reloads();
+        sluice.rewrite_config(&versions[i % 2]);
+        // Each version is applied before the next is written: 100 reloads, not a burst the
+        // watcher folds into one.
+        // Polled every 10 ms (wait_for backs off to 100 ms, which would double the test's time).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() == before {
+            assert!(Instant::now() < deadline, "reload {i} did not come\n{}", sluice.child.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if i == 10 || i == FLAPS {
+            usage.push((sluice.rss_kib(), open_fds(sluice.child.pid())));
+        }
+    }
+    let flapping = started.elapsed();
+    // The final version is the one served.
+    let last = ["one", "two"][FLAPS % 2];
+    wait_for(Duration::from_secs(5), "the last version to serve", || {
+        (http_get(addr, "/").ok()?.header(BACKEND_HEADER)? == last).then_some(())
+    })
+    .unwrap();
+    let served_from = load.tally().ok_by.get(last).copied().unwrap_or(0);
+    wait_for_load(&load.sent, 100, "after the last reload");
+    let tally = load.stop();
+    eprintln!(
+        "configuration flapping: {FLAPS} reloads in {flapping:?}; {tally:?}; (RSS KiB, fds) after 10 and {FLAPS}: {usage:?}"
+    );
+    assert!(tally.failures.is_empty(), "{} requests failed: {tally:?}", tally.failures.len());
+    let last_served = tally.ok_by.get(last).copied().unwrap_or(0);
+    assert!(last_served >= served_from + 100, "only the last version serves at the end: {tally:?}");
+    assert_eq!(reloads(), FLAPS as u64, "every version applied once");
+    let ((rss_10, fds_10), (rss_end, fds_end)) = (usage[0], usage[1]);
+    assert!(fds_end <= fds_10 + 8, "file descriptors grew from {fds_10} to {fds_end}");
+    assert!(rss_end <= rss_10 + 16 * 1024, "RSS grew from {rss_10} KiB to {rss_end} KiB");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -283,7 +469,7 @@ impl Load {
 fn keep_alive(
     connect: impl Fn() -> std::io::Result<TcpStream> + Send + 'static,
     method: &'static str,
-    path: &'static str,
+    host: &'static str,
 ) -> Step {
     let mut client: Option<Client> = None;
     Box::new(move || {
@@ -292,7 +478,7 @@ fn keep_alive(
             None => client
                 .insert(connect().and_then(Client::over_tcp).map_err(|e| format!("{method}: connect: {e}"))?),
         };
-        match c.request(method, "t", path, &[], false) {
+        match c.request(method, host, "/", &[], false) {
             Ok(r) if r.status == 200 => Ok(r.header(BACKEND_HEADER).unwrap_or("?").to_owned()),
             Ok(r) => {
                 client = None;
@@ -380,5 +566,49 @@ fn new_connection_step(target: SocketAddr, injected: Arc<Mutex<Option<Instant>>>
             return Err(format!("{phase}: status {}", response.status));
         }
         Ok(format!("{phase}:w{}", worker_of(&response)))
+    })
+}
+
+/// Whether Sluice's status (`/api/v1/status`) has the endpoint at `address` ready.
+fn endpoint_ready(admin: SocketAddr, address: &str) -> Option<bool> {
+    let response = lb_tests::http::request(admin, "GET", "admin", "/api/v1/status", &[]).ok()?;
+    let status: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+    status["backends"]
+        .as_array()?
+        .iter()
+        .flat_map(|b| b["endpoints"].as_array().into_iter().flatten())
+        .find(|e| e["address"] == address)?["ready"]
+        .as_bool()
+}
+
+/// The value of one sample of an admin server's `/metrics` (`name{labels}` as written there).
+fn metric(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let response = lb_tests::http::request(admin, "GET", "admin", "/metrics", &[]).ok()?;
+    response.body.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A full TLS handshake (no resumption) and one request on a new connection, labelled
+/// `cert<i>` by the index of the certificate it saw in `served`; an unknown one is a failure.
+fn handshake_step(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    served: Arc<Mutex<Vec<Vec<u8>>>>,
+) -> Step {
+    Box::new(move || {
+        let mut stream = connect(addr, Some("a.test"), &config).map_err(|e| format!("handshake: {e:#}"))?;
+        let seen = served_certificate(&stream);
+        let response = Client::new(&mut stream)
+            .request("GET", "a.test", "/", &[], true)
+            .map_err(|e| format!("request: {e:#}"))?;
+        if response.status != 200 {
+            return Err(format!("status {}", response.status));
+        }
+        let index = served.lock().unwrap().iter().position(|c| *c == seen);
+        index.map(|i| format!("cert{i}")).ok_or_else(|| "an unknown certificate".to_owned())
     })
 }
