@@ -19,7 +19,9 @@
 //! - slow clients: one that stops reading its response is closed after `limits.send_timeout_ms`
 //!   (nginx's `send_timeout`), and its upstream connection with it; one that leaves while its
 //!   request is at the backend has the upstream connection closed at once, while a client that
-//!   sends its next request meanwhile is still answered.
+//!   sends its next request meanwhile is still answered; over HTTP/2 (h2c and h2 over TLS) a
+//!   stream the client resets, or a connection it closes, cancels the upstream request at once,
+//!   and the other streams of a reset one's connection go on.
 //!
 //! The backends pace their bytes with sleeps: the pacing is the behaviour under test.
 
@@ -428,4 +430,109 @@ fn a_client_that_leaves_cancels_its_upstream_request_at_once() {
     let second = client.read_response(false);
     assert_eq!((first.status, first.body.as_slice()), (200, &b"first"[..]));
     assert_eq!((second.status, second.body.as_slice()), (200, &b"second"[..]));
+}
+
+/// How an HTTP/2 client abandons its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abandon {
+    /// RST_STREAM(CANCEL) on the request's stream; the connection stays.
+    ResetStream,
+    /// The connection closed.
+    CloseConnection,
+}
+
+#[test]
+fn an_h2_client_that_resets_its_stream_or_leaves_cancels_the_upstream_request_at_once() {
+    // `/hangs` is taken and never answered: the backend reports when its connection closed and
+    // whether the proxy closed it (its own 10 s read timeout otherwise). `/ok` is answered.
+    let (got_tx, got) = std::sync::mpsc::channel::<String>();
+    let (closed_tx, closed) = std::sync::mpsc::channel::<(bool, Instant)>();
+    let slow = RawBackend::start(move |mut conn: BackendConn| {
+        while let Some(request) = conn.next_request() {
+            let _ = got_tx.send(request.path().to_owned());
+            if request.path() == "/ok" {
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                continue;
+            }
+            while conn.fill() {}
+            let _ = closed_tx.send((conn.closed_by_peer, Instant::now()));
+            return;
+        }
+    });
+    let leaf = lb_tests::tls::Ca::new("h2 cancel CA").leaf(&["a.test"]);
+    let plain = config(&[route("/", "slow")], &[backend("slow", slow.addr, "")]);
+    let tls = plain.replace(
+        "listeners: [{name: web, address: \"{listen}\"}]\n",
+        &format!(
+            "listeners: [{{name: web, address: \"{{listen}}\", tls: {{default_certificate: a}}}}]\ncertificates:\n{}",
+            lb_tests::tls::inline_certificate("a", &leaf)
+        ),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (over_tls, yaml) in [(false, plain), (true, tls)] {
+        let proxy = Proxy::start(&yaml);
+        for abandon in [Abandon::ResetStream, Abandon::CloseConnection] {
+            let what = format!("{} {abandon:?}", if over_tls { "h2 over TLS" } else { "h2c" });
+            let (mut sender, connection) = runtime.block_on(h2_connect(proxy.addr, over_tls));
+            let request = {
+                let mut sender = sender.clone();
+                runtime.spawn(async move { sender.send_request(h2_get("/hangs")).await })
+            };
+            let path =
+                got.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{what}: no request"));
+            assert_eq!(path, "/hangs", "{what}");
+            // Dropping hyper's response future resets the stream (RST_STREAM CANCEL); dropping
+            // the connection's task closes the socket.
+            request.abort();
+            if abandon == Abandon::CloseConnection {
+                connection.abort();
+            }
+            let left = Instant::now();
+            let (by_proxy, at) = closed
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("{what}: the read never ended"));
+            assert!(by_proxy, "{what}: the proxy closed the upstream connection (not the backend's timeout)");
+            let waited = at.duration_since(left);
+            assert!(
+                waited < Duration::from_secs(1),
+                "{what}: the backend learnt {waited:?} after the client"
+            );
+            if abandon == Abandon::ResetStream {
+                // The connection and its other streams go on.
+                let response = runtime.block_on(sender.send_request(h2_get("/ok"))).expect("the next stream");
+                assert_eq!(response.status(), 200, "{what}: the next stream on the same connection");
+                assert_eq!(got.recv_timeout(Duration::from_secs(5)).unwrap(), "/ok");
+                connection.abort();
+            }
+        }
+    }
+}
+
+/// An HTTP/2 connection to the proxy, prior knowledge in plain text or ALPN `h2` over TLS (any
+/// certificate accepted), and the task that drives it.
+async fn h2_connect(
+    addr: SocketAddr,
+    tls: bool,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, tokio::task::JoinHandle<()>)
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let executor = TokioExecutor::new();
+    if !tls {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(executor, TokioIo::new(tcp)).await.unwrap();
+        return (sender, tokio::spawn(async move { drop(connection.await) }));
+    }
+    let config =
+        lb_tests::tls::client_config(lb_tests::tls::ClientOptions { alpn: &[b"h2"], ..Default::default() });
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(executor, TokioIo::new(stream)).await.unwrap();
+    (sender, tokio::spawn(async move { drop(connection.await) }))
+}
+
+fn h2_get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::builder().uri(format!("https://a.test{path}")).body(http_body_util::Empty::new()).unwrap()
 }
