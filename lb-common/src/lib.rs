@@ -22,6 +22,10 @@ pub const MAGLEV_MAP: &str = "SLUICE_MAGLEV";
 pub const CONNTRACK_MAP: &str = "SLUICE_CONNTRACK";
 pub const REVERSE_MAP: &str = "SLUICE_REVERSE";
 pub const HEARTBEATS_MAP: &str = "SLUICE_HEARTBEATS";
+pub const GUARD_CONFIG_MAP: &str = "SLUICE_GUARD_CONFIG";
+pub const GUARD_DENY_MAP: &str = "SLUICE_GUARD_DENY";
+pub const GUARD_ALLOW_MAP: &str = "SLUICE_GUARD_ALLOW";
+pub const GUARD_BUCKETS_MAP: &str = "SLUICE_GUARD_BUCKETS";
 
 /// Most services (address, port, protocol) one node steers.
 pub const MAX_SERVICES: u32 = 64;
@@ -32,6 +36,12 @@ pub const MAX_WORKERS: u32 = 256;
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Conntrack entries (LRU: the least recently used flow is evicted when full).
 pub const CONNTRACK_ENTRIES: u32 = 262_144;
+
+/// Most networks in each guard list (deny, allow).
+pub const GUARD_CIDRS: u32 = 16_384;
+/// Sources tracked by the guard's rate limit (LRU: the least recently seen source is evicted
+/// when full, and comes back with a full bucket).
+pub const GUARD_SOURCES: u32 = 65_536;
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -121,6 +131,69 @@ pub struct ReverseValue {
     pub service: u32,
 }
 
+/// The data of a guard list entry (an LPM trie key is `prefix_len` then this). The family word
+/// comes first and every entry's prefix covers it (`prefix_len = 32 + network bits`), so an
+/// IPv4 network never matches an IPv6 source or the reverse, and `::/0` is not `0.0.0.0/0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct GuardCidr {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u32,
+    /// Wire bytes; IPv4 uses `addr[0]` and leaves the rest zero.
+    pub addr: [u32; 4],
+}
+
+/// `prefix_len` of a guard lookup: every bit of the family word and of the address.
+pub const GUARD_LOOKUP_BITS: u32 = 32 + 128;
+
+/// `GuardConfig::flags`: the deny list has entries (else it is not looked up).
+pub const GUARD_DENY: u32 = 1;
+/// `GuardConfig::flags`: the allow list has entries; a source outside it is dropped. Without
+/// the flag everyone not denied is allowed.
+pub const GUARD_ALLOW: u32 = 2;
+
+/// A token bucket as a GCRA: each packet costs `interval_ns` (one token); a packet is admitted
+/// while the source's debt, after paying, is at most `limit_ns` (`burst` tokens).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Nanoseconds per token (`1e9 / rate`); 0 = no limit.
+    pub interval_ns: u64,
+    /// `burst * interval_ns`.
+    pub limit_ns: u64,
+}
+
+/// The guard's settings: slot 0 of its config array, written by user space after the lists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GuardConfig {
+    /// `GUARD_DENY | GUARD_ALLOW`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// New TCP connections (SYN without ACK) per source.
+    pub syn: RateLimit,
+    /// UDP datagrams per source.
+    pub udp: RateLimit,
+}
+
+/// Key of a rate-limit bucket: one source address and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GuardSource {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u16,
+}
+
+/// A rate-limit bucket: the time (CLOCK_MONOTONIC ns) at which the source's debt is paid off,
+/// the GCRA's "theoretical arrival time". Updated with compare-and-swap by every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GuardBucket {
+    pub paid_until_ns: u64,
+}
+
 /// `aya::Pod` for each shared type. Each is #[repr(C)], Copy, made only of integers and has no
 /// implicit padding (sizes asserted below), so every bit pattern is valid.
 #[cfg(feature = "user")]
@@ -134,6 +207,7 @@ mod pod {
         };
     }
     pod!(ServiceKey, ServiceValue, WorkerValue, FlowKey, FlowValue, ReverseKey, ReverseValue);
+    pod!(GuardCidr, GuardConfig, GuardSource, GuardBucket);
 }
 
 /// Compile-time proof that the shared types have no implicit padding.
@@ -145,6 +219,10 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 12);
     assert!(core::mem::size_of::<ReverseKey>() == 4);
     assert!(core::mem::size_of::<ReverseValue>() == 8);
+    assert!(core::mem::size_of::<GuardCidr>() == 20);
+    assert!(core::mem::size_of::<GuardConfig>() == 40);
+    assert!(core::mem::size_of::<GuardSource>() == 20);
+    assert!(core::mem::size_of::<GuardBucket>() == 8);
 };
 
 macro_rules! stats {
@@ -209,6 +287,14 @@ stats! {
     /// Passed: a TCP data offset under 5 words or past the end of the IP packet, or a UDP
     /// length under 8 bytes or past the end of the IP packet.
     PassBadTransportHeader = 17 => "pass_bad_transport_header",
+    /// Dropped by the guard: the source is in `xdp.guard.deny`.
+    DropDeny = 18 => "drop_deny",
+    /// Dropped by the guard: `xdp.guard.allow` has entries and the source is in none.
+    DropNotAllowed = 19 => "drop_not_allowed",
+    /// Dropped by the guard: the source opened TCP connections faster than its SYN limit.
+    DropSynRate = 20 => "drop_syn_rate",
+    /// Dropped by the guard: the source sent UDP datagrams faster than its UDP limit.
+    DropUdpRate = 21 => "drop_udp_rate",
 }
 
 impl Stat {

@@ -2,7 +2,12 @@
 //! top to bottom, so every path through the program is visible in one place.
 #![no_std]
 #![no_main]
+// Compare-and-swap on the guard's rate-limit buckets: the BPF target has no `AtomicU64::
+// compare_exchange` (atomic-cas is off in its spec), while the kernel has BPF_CMPXCHG (5.12).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod guard;
 mod lookup;
 mod maps;
 mod nat;
@@ -43,6 +48,10 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
+    if let Err(reason) = guard::admit(&flow) {
+        stats::count(reason);
+        return xdp_action::XDP_DROP;
+    }
     let port = match lookup::worker_port(&flow, &service) {
         Ok(port) => port,
         Err(reason) => {

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    CONNTRACK_ENTRIES, FlowKey, FlowValue, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, ReverseKey,
-    ReverseValue, STATS_LEN, ServiceKey, ServiceValue, WorkerValue,
+    CONNTRACK_ENTRIES, FlowKey, FlowValue, GUARD_CIDRS, GUARD_SOURCES, GuardBucket, GuardCidr, GuardConfig,
+    GuardSource, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, ReverseKey, ReverseValue, STATS_LEN,
+    ServiceKey, ServiceValue, WorkerValue,
 };
 
 /// Per-CPU counters indexed by `lb_common::Stat`; user space sums the CPUs.
@@ -40,3 +41,21 @@ pub static SLUICE_REVERSE: HashMap<ReverseKey, ReverseValue> =
 /// read by the user-space supervisor that takes stalled workers out of the Maglev tables.
 #[map]
 pub static SLUICE_HEARTBEATS: Array<u64> = Array::with_max_entries(MAX_WORKERS, 0);
+
+/// The guard's settings (slot 0): which lists are active and the rate limits.
+#[map]
+pub static SLUICE_GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+/// `xdp.guard.deny`: family + network -> 1. A match drops the packet.
+#[map]
+pub static SLUICE_GUARD_DENY: LpmTrie<GuardCidr, u32> = LpmTrie::with_max_entries(GUARD_CIDRS, 0);
+
+/// `xdp.guard.allow`: family + network -> 1. When active, a source in none is dropped.
+#[map]
+pub static SLUICE_GUARD_ALLOW: LpmTrie<GuardCidr, u32> = LpmTrie::with_max_entries(GUARD_CIDRS, 0);
+
+/// Source address and protocol -> its rate-limit bucket. One map shared by every CPU (not
+/// per-CPU): a source's packets spread over CPUs by RSS would otherwise get a budget per CPU.
+#[map]
+pub static SLUICE_GUARD_BUCKETS: LruHashMap<GuardSource, GuardBucket> =
+    LruHashMap::with_max_entries(GUARD_SOURCES, 0);

@@ -13,8 +13,8 @@ use anyhow::Context;
 
 use crate::{
     admin::{AdminServer, AdminState, sources},
-    config::Config,
-    dataplane::{Dataplane, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
+    config::{Config, XdpGuardConfig},
+    dataplane::{Dataplane, Guard, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
     metrics::{Metrics, ReloadStats},
     proxy::{
         WorkerOptions, Workers,
@@ -48,6 +48,8 @@ pub enum ApplyError {
     NeedsRestart,
     #[error("the configuration does not compile: {0}")]
     Compile(String),
+    #[error("the XDP guard could not be updated: {0}")]
+    Guard(String),
 }
 
 impl Node {
@@ -90,6 +92,9 @@ impl Node {
             format!("cannot listen on {}", addresses.join(", "))
         })?;
         let kernel = kernel.and_then(|kernel| kernel.steer(config, workers.len()));
+        if kernel.is_none() && config.xdp.guard != XdpGuardConfig::default() {
+            tracing::warn!("xdp.guard is set but the kernel path is off: nothing enforces it");
+        }
         tracing::info!(
             listeners = ?workers.local_addrs(),
             workers = workers.len(),
@@ -155,7 +160,7 @@ impl Node {
         let current = self.published.load();
         let running = &current.config;
         for (changed, what) in [
-            (running.xdp != config.xdp, "xdp"),
+            (running.xdp.differs_at_start(&config.xdp), "xdp"),
             (running.admin != config.admin, "admin"),
             (running.metrics != config.metrics, "metrics"),
             (
@@ -173,6 +178,10 @@ impl Node {
         }
         let generation = self.published.load().generation + 1;
         let snapshot = Snapshot::build(config, &self.registry, generation).map_err(ApplyError::Compile)?;
+        // Always, not only when it changed: after a failed update the maps may hold a mix.
+        if let Some(kernel) = &self.kernel {
+            kernel.apply_guard(&config.xdp.guard).map_err(|e| ApplyError::Guard(e.to_string()))?;
+        }
         self.checker.update(check_targets(&snapshot));
         self.published.publish(snapshot);
         self.registry.prune();
@@ -293,6 +302,8 @@ struct KernelPath {
     dataplane: Dataplane,
     timing: HealthTiming,
     supervisor: Option<Supervisor>,
+    /// Written on start and by reloads; the lock is never on a packet or request path.
+    guard: Option<parking_lot::Mutex<Guard>>,
 }
 
 impl KernelPath {
@@ -306,7 +317,7 @@ impl KernelPath {
             (0..config.worker_count() as u32).map(|w| dataplane.heartbeat_writer(w)).collect();
         let heartbeats = heartbeats.inspect_err(|e| disabled(e)).ok()?;
         let timing = HealthTiming { stall_after: Duration::from_millis(config.xdp.heartbeat_timeout_ms) };
-        Some((KernelPath { dataplane, timing, supervisor: None }, heartbeats))
+        Some((KernelPath { dataplane, timing, supervisor: None, guard: None }, heartbeats))
     }
 
     /// Installs the service, starts health supervision and attaches to the interfaces.
@@ -333,6 +344,9 @@ impl KernelPath {
             .inspect_err(|e| disabled(e))
             .ok()?;
         self.supervisor = Some(supervisor);
+        let mut guard = self.dataplane.take_guard().inspect_err(|e| disabled(e)).ok()?;
+        guard.apply(&config.xdp.guard).inspect_err(|e| disabled(e)).ok()?;
+        self.guard = Some(parking_lot::Mutex::new(guard));
         for interface in &config.xdp.interfaces {
             match self.dataplane.attach(interface, config.xdp.mode) {
                 Ok(attachment) => tracing::info!(interface, mode = ?attachment.mode, "xdp attached"),
@@ -343,6 +357,16 @@ impl KernelPath {
             }
         }
         Some(self)
+    }
+
+    /// Applies a reloaded `xdp.guard` (a diff; nothing is written when it did not change).
+    fn apply_guard(&self, settings: &XdpGuardConfig) -> crate::dataplane::Result<()> {
+        let Some(guard) = &self.guard else { return Ok(()) };
+        let changes = guard.lock().apply(settings)?;
+        if changes.added + changes.removed > 0 {
+            tracing::info!(added = changes.added, removed = changes.removed, "xdp guard lists updated");
+        }
+        Ok(())
     }
 
     /// Logs the counters, detaches and stops supervision.

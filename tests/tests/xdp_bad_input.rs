@@ -759,7 +759,7 @@ const IPV6_EXTENSIONS: [u8; 10] = [0, 43, 44, 51, 60, 135, 139, 140, 253, 254];
 
 /// Whether a counter names the one outcome of a frame. Reading the program: a parse failure
 /// counts its `Pass*` reason, a frame to no service counts `PassNotService`, a failed worker
-/// lookup counts its `Drop*` reason, a failed rewrite counts `PassTruncated`, and a rewritten
+/// lookup or the guard counts its `Drop*` reason, a failed rewrite counts `PassTruncated`, and a rewritten
 /// frame counts `Steered`; each path counts exactly one of these and returns. The others count
 /// alongside (`Packets`, `Bytes`, conntrack bookkeeping) or belong to TC. The match is
 /// exhaustive on purpose: a new counter does not compile until it is placed here.
@@ -776,6 +776,10 @@ fn is_outcome(stat: Stat) -> bool {
         | Stat::PassBadTransportHeader
         | Stat::DropNoWorker
         | Stat::DropBadWorker
+        | Stat::DropDeny
+        | Stat::DropNotAllowed
+        | Stat::DropSynRate
+        | Stat::DropUdpRate
         | Stat::Steered => true,
         Stat::Packets
         | Stat::Bytes

@@ -91,7 +91,12 @@ impl ScrapeSource for Xdp {
                 Stat::EgressRestored => {
                     ("sluice_tc_egress_restored", "Replies whose service port TC egress restored", vec![])
                 }
-                Stat::DropNoWorker | Stat::DropBadWorker => (
+                Stat::DropNoWorker
+                | Stat::DropBadWorker
+                | Stat::DropDeny
+                | Stat::DropNotAllowed
+                | Stat::DropSynRate
+                | Stat::DropUdpRate => (
                     "sluice_xdp_dropped",
                     "Frames XDP dropped, by reason",
                     vec![("reason", stat.name().to_owned())],

@@ -316,6 +316,47 @@ virtual_hosts: [{name: h, domains: [h], rate_limit: {rps: 1, allowlist: ['10.0.0
     }
 
     #[test]
+    fn xdp_guard_networks_and_rate_limits_are_checked() {
+        let config = Config::from_yaml(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+xdp:
+  guard:
+    deny: [10.1.2.3/8, '2001:db8::/32']
+    allow: [192.0.2.7]
+    syn_rate_limit: {per_second: 100, burst: 20}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(config.xdp.guard.deny.len(), 2);
+        assert_eq!(config.xdp.guard.syn_rate_limit, Some(GuardRateLimit { per_second: 100, burst: 20 }));
+        assert!(!config.xdp.differs_at_start(&Config::builtin().xdp), "only the guard differs");
+        let err = Config::from_yaml(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]\nxdp:\n  guard:\n    deny: [10.0.0.0/8, 10.0.0.0/33]\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("t.yaml:4:") && text.contains("10.0.0.0/33") && text.contains("prefix length"),
+            "{text}"
+        );
+        let err = Config::from_yaml(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]\nxdp: {guard: {allow: [eviltwin.example]}}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`eviltwin.example` is not an IP address or CIDR network"), "{err}");
+        let found = problems(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+xdp: {guard: {syn_rate_limit: {per_second: 0, burst: 1}, udp_rate_limit: {per_second: 1, burst: 0}}}
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["xdp.guard.syn_rate_limit.per_second", "xdp.guard.udp_rate_limit.burst"]);
+    }
+
+    #[test]
     fn error_pages_need_error_statuses_a_known_backend_and_sendable_fields() {
         let found = problems(
             "listeners: [{name: a, address: '0.0.0.0:80'}]

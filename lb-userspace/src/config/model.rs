@@ -602,6 +602,16 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network as written (bits past the prefix included).
+    pub fn network(&self) -> std::net::IpAddr {
+        self.network
+    }
+
+    /// The prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
         match (self.network, ip.to_canonical()) {
@@ -1519,6 +1529,54 @@ pub struct XdpConfig {
     /// A worker whose heartbeat is older than this is taken out of steering.
     #[serde(default = "default_heartbeat_timeout_ms")]
     pub heartbeat_timeout_ms: u64,
+    /// Deny and allow lists and per-source rate limits, enforced by XDP on every service port.
+    /// The one part of `xdp` that a reload applies.
+    #[serde(default)]
+    pub guard: XdpGuardConfig,
+}
+
+impl XdpConfig {
+    /// Whether `other` differs in a field that only a restart applies (all but `guard`).
+    pub fn differs_at_start(&self, other: &XdpConfig) -> bool {
+        XdpConfig { guard: other.guard.clone(), ..self.clone() } != *other
+    }
+}
+
+/// `xdp.guard`: what XDP drops before any socket sees it. The lists judge connection openings
+/// (TCP SYN without ACK) and UDP datagrams by their source address; established TCP
+/// connections are never cut by them, also when a reload denies their source. A source in
+/// `deny` is dropped whatever `allow` says (as ingress-nginx renders its denylist before its
+/// allowlist, and as Cilium's deny policies win over allows); when `allow` has entries, a
+/// source in none of them is dropped too; empty `allow` admits every source not denied.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct XdpGuardConfig {
+    /// Networks whose new connections and datagrams are dropped.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+    /// When not empty, the only networks whose new connections and datagrams are admitted.
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// New TCP connections (SYNs) per source address; none: no limit.
+    #[serde(default)]
+    pub syn_rate_limit: Option<GuardRateLimit>,
+    /// UDP datagrams per source address; none: no limit.
+    #[serde(default)]
+    pub udp_rate_limit: Option<GuardRateLimit>,
+}
+
+/// Networks per `xdp.guard` list: the size of each LPM trie (`lb_common::GUARD_CIDRS`, checked
+/// by the dataplane's tests).
+pub const GUARD_LIST_MAX: usize = 16_384;
+
+/// A token bucket per source: `burst` packets at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardRateLimit {
+    /// Sustained packets per second, 1 to 1000000000.
+    pub per_second: u64,
+    /// Packets admitted at once from a full bucket, 1 to 1000000.
+    pub burst: u64,
 }
 
 fn enabled_by_default() -> bool {
@@ -1543,6 +1601,7 @@ impl Default for XdpConfig {
             mode: AttachMode::Auto,
             worker_port_base: default_worker_port_base(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            guard: XdpGuardConfig::default(),
         }
     }
 }

@@ -139,6 +139,7 @@ fn top_level(config: &Config, found: &mut Problems) {
             found.add(format!("xdp.interfaces[{i}]"), format!("{name:?} is not a valid interface name"));
         }
     }
+    guard(&config.xdp.guard, found);
 
     if !(0.0..=1.0).contains(&config.access_log.sample_rate) {
         found.add("access_log.sample_rate", "must be between 0.0 and 1.0");
@@ -700,6 +701,31 @@ fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
             && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
         {
             found.add(format!("{at}.server_name"), format!("{name:?} is not a DNS name or IP address"));
+        }
+    }
+}
+
+fn guard(guard: &super::XdpGuardConfig, found: &mut Problems) {
+    for (list, name) in [(&guard.deny, "deny"), (&guard.allow, "allow")] {
+        if list.len() > super::GUARD_LIST_MAX {
+            found.add(
+                format!("xdp.guard.{name}"),
+                format!("{} networks; at most {}", list.len(), super::GUARD_LIST_MAX),
+            );
+        }
+    }
+    for (limit, name) in
+        [(&guard.syn_rate_limit, "syn_rate_limit"), (&guard.udp_rate_limit, "udp_rate_limit")]
+    {
+        let Some(limit) = limit else { continue };
+        if !(1..=1_000_000_000).contains(&limit.per_second) {
+            found.add(
+                format!("xdp.guard.{name}.per_second"),
+                format!("{} is outside 1..=1000000000", limit.per_second),
+            );
+        }
+        if !(1..=1_000_000).contains(&limit.burst) {
+            found.add(format!("xdp.guard.{name}.burst"), format!("{} is outside 1..=1000000", limit.burst));
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The kernel side as user space sees it: loading the embedded eBPF object, attaching and
 //! detaching programs, and every map read and write. Nothing else in the daemon touches aya.
 
+pub mod guard;
 pub mod health;
 pub mod steering;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId, TcAttachType},
@@ -14,13 +15,15 @@ use aya::{
     },
 };
 use lb_common::{
-    CONNTRACK_MAP, FlowKey, FlowValue, HEARTBEATS_MAP, MAGLEV_MAP, REVERSE_MAP, SERVICES_MAP, STATS_MAP,
-    Stat, TC_EGRESS_PROGRAM, WORKERS_MAP, XDP_PASS_PROGRAM, XDP_PROGRAM,
+    CONNTRACK_MAP, FlowKey, FlowValue, GUARD_ALLOW_MAP, GUARD_CONFIG_MAP, GUARD_DENY_MAP, HEARTBEATS_MAP,
+    MAGLEV_MAP, REVERSE_MAP, SERVICES_MAP, STATS_MAP, Stat, TC_EGRESS_PROGRAM, WORKERS_MAP, XDP_PASS_PROGRAM,
+    XDP_PROGRAM,
 };
 
 use crate::config::AttachMode;
 
 pub use self::{
+    guard::{Guard, GuardChanges},
     health::{HealthTiming, HeartbeatWriter, Supervisor},
     steering::{Protocol, Service, Steering},
 };
@@ -226,6 +229,16 @@ impl Dataplane {
             self.take_map(WORKERS_MAP, Array::try_from)?,
             self.take_map(MAGLEV_MAP, Array::try_from)?,
             self.take_map(REVERSE_MAP, HashMap::try_from)?,
+        ))
+    }
+
+    /// Takes the guard maps out of the object; their single owner from then on writes the deny
+    /// and allow lists and the rate limits. Callable once.
+    pub fn take_guard(&mut self) -> Result<Guard> {
+        Ok(Guard::new(
+            self.take_map(GUARD_CONFIG_MAP, Array::try_from)?,
+            self.take_map(GUARD_DENY_MAP, LpmTrie::try_from)?,
+            self.take_map(GUARD_ALLOW_MAP, LpmTrie::try_from)?,
         ))
     }
 
