@@ -7,12 +7,14 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use lb_common::{
-    GUARD_ALLOW, GUARD_DENY, GUARD_LOOKUP_BITS, GuardBucket, GuardCidr, GuardSource, PROTO_UDP, RateLimit,
-    Stat,
+    GUARD_ALLOW, GUARD_DENY, GUARD_LOOKUP_BITS, GuardBucket, GuardCidr, GuardConfig, GuardSource, PROTO_UDP,
+    RateLimit, ReverseKey, Stat,
 };
 
 use crate::{
-    maps::{SLUICE_GUARD_ALLOW, SLUICE_GUARD_BUCKETS, SLUICE_GUARD_CONFIG, SLUICE_GUARD_DENY},
+    maps::{
+        SLUICE_GUARD_ALLOW, SLUICE_GUARD_BUCKETS, SLUICE_GUARD_CONFIG, SLUICE_GUARD_DENY, SLUICE_REVERSE,
+    },
     parse::Flow,
 };
 
@@ -23,11 +25,42 @@ const CAS_ATTEMPTS: u32 = 4;
 /// Whether a service packet may go on, or the drop reason. Deny wins over allow.
 #[inline(always)]
 pub fn admit(flow: &Flow) -> Result<(), Stat> {
-    let udp = flow.key.proto == PROTO_UDP;
-    if !flow.syn && !udp {
+    if !judged(flow) {
         return Ok(());
     }
     let Some(config) = SLUICE_GUARD_CONFIG.get(0) else { return Ok(()) };
+    check(flow, config)
+}
+
+/// The same judgement for a packet to no service, when it is addressed to a worker's own
+/// listener port (a client that found the port instead of being steered there): the workers'
+/// ports are no way around the guard. Other traffic pays one branch, plus one array lookup for
+/// SYNs and datagrams; the worker-port lookup runs only while the guard has work to do.
+#[inline(always)]
+pub fn admit_direct(flow: &Flow) -> Result<(), Stat> {
+    if !judged(flow) {
+        return Ok(());
+    }
+    let Some(config) = SLUICE_GUARD_CONFIG.get(0) else { return Ok(()) };
+    if config.flags == 0 && config.syn.interval_ns == 0 && config.udp.interval_ns == 0 {
+        return Ok(());
+    }
+    let worker = ReverseKey { worker_port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
+    if SLUICE_REVERSE.get_ptr(&worker).is_none() {
+        return Ok(());
+    }
+    check(flow, config)
+}
+
+/// Connection openings and UDP datagrams; never segments of established TCP connections.
+#[inline(always)]
+fn judged(flow: &Flow) -> bool {
+    flow.syn || flow.key.proto == PROTO_UDP
+}
+
+/// The lists (deny first), then the source's rate limit.
+#[inline(always)]
+fn check(flow: &Flow, config: &GuardConfig) -> Result<(), Stat> {
     if config.flags != 0 {
         let source =
             Key::new(GUARD_LOOKUP_BITS, GuardCidr { family: u32::from(flow.key.family), addr: flow.key.src });
@@ -38,8 +71,11 @@ pub fn admit(flow: &Flow) -> Result<(), Stat> {
             return Err(Stat::DropNotAllowed);
         }
     }
-    let (limit, reason) =
-        if udp { (&config.udp, Stat::DropUdpRate) } else { (&config.syn, Stat::DropSynRate) };
+    let (limit, reason) = if flow.key.proto == PROTO_UDP {
+        (&config.udp, Stat::DropUdpRate)
+    } else {
+        (&config.syn, Stat::DropSynRate)
+    };
     if limit.interval_ns == 0 {
         return Ok(());
     }

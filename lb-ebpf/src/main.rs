@@ -44,6 +44,10 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
     let service = match lookup::service(&flow) {
         Some(service) if service.mode == MODE_STEER => service,
         _ => {
+            if let Err(reason) = guard::admit_direct(&flow) {
+                stats::count(reason);
+                return xdp_action::XDP_DROP;
+            }
             stats::count(Stat::PassNotService);
             return xdp_action::XDP_PASS;
         }

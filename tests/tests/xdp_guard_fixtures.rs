@@ -91,6 +91,44 @@ fn an_allow_list_admits_only_its_networks_and_deny_wins_over_it() {
     assert_eq!(verdict(&mut dataplane, &syn("198.18.0.9".parse().unwrap(), 40001)), XDP_DROP);
 }
 
+/// A client that connects to a worker's own port instead of the service port is judged the
+/// same way; the node's other ports are not the guard's business.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn the_workers_own_ports_are_no_way_around_the_guard() {
+    require_root!();
+    let (mut dataplane, mut guard) = dataplane_with_guard();
+    let denied = Ipv4Addr::new(198, 18, 0, 9);
+    let direct = |client: Ipv4Addr, port: u16, flags: u8| {
+        frames::ipv4(frames::IPPROTO_TCP, client, NODE_V4, 40000, port, flags, b"")
+    };
+    // Without a guard such a SYN passes untouched, as any non-service packet.
+    let syn = direct(denied, 20001, frames::TCP_SYN);
+    assert_eq!(verdict_counted(&mut dataplane, &syn, Stat::PassNotService), (XDP_PASS, 1));
+
+    guard.apply(&lists(&["198.18.0.9", "2001:db8:bad::/48"], &[])).unwrap();
+    assert_eq!(verdict_counted(&mut dataplane, &syn, Stat::DropDeny), (XDP_DROP, 1));
+    let to_v6_worker = frames::ipv6(
+        frames::IPPROTO_UDP,
+        "2001:db8:bad::1".parse().unwrap(),
+        node_v6(),
+        5000,
+        21000,
+        0,
+        b"query",
+    );
+    assert_eq!(verdict_counted(&mut dataplane, &to_v6_worker, Stat::DropDeny), (XDP_DROP, 1));
+    // Not judged: established segments, other sources, other ports of the node.
+    for frame in [
+        direct(denied, 20001, frames::TCP_ACK),
+        direct(Ipv4Addr::new(198, 18, 0, 1), 20001, frames::TCP_SYN),
+        direct(denied, 22, frames::TCP_SYN),
+    ] {
+        let out = dataplane.test_run_xdp(&frame).unwrap();
+        assert_eq!((out.verdict, &out.frame), (XDP_PASS, &frame), "passed untouched");
+    }
+}
+
 /// The reload order (insert new entries, then flags, then remove old ones) leaves no moment
 /// where a source listed before and after is judged by an empty or inactive list: while lists
 /// flip between two different configurations 300 times on another thread, a source denied in
