@@ -1,6 +1,7 @@
 //! `cargo xtask bench xdp`: nanoseconds per packet of the XDP steering program, measured with
 //! BPF_PROG_TEST_RUN, for a non-service packet, a new-flow SYN and an established-flow packet,
-//! with the XDP_PASS-only program as the floor.
+//! with the XDP_PASS-only program as the floor; then, with the guard on (`xdp.guard`: deny and
+//! allow lists and a SYN rate limit), a new-flow SYN it admits and a SYN it drops.
 //!
 //! Method. With `repeat > 1` the kernel runs the program on the same buffer without restoring
 //! it, so a program that rewrites the packet measures its own output from the second run on (a
@@ -23,9 +24,13 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use lb_common::Stat;
 use lb_tests::frames;
-use lb_userspace::dataplane::{Counters, Dataplane, Program, Protocol, Service};
+use lb_userspace::{
+    config::{GuardRateLimit, XdpGuardConfig},
+    dataplane::{Counters, Dataplane, Program, Protocol, Service},
+};
 
 const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
 const SERVICE_PORT: u16 = 8080;
 const WORKER_PORTS: [u16; 4] = [20000, 20001, 20002, 20003];
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -33,6 +38,12 @@ const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// never collide with it or with each other.
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const NEW_FLOW_CLIENTS: u32 = u32::from_be_bytes([198, 18, 1, 0]);
+/// New-flow clients of the guard phase: inside the allow list, apart from the others.
+const GUARD_CLIENTS: u32 = u32::from_be_bytes([198, 19, 0, 0]);
+/// The source the guard phase's deny list holds.
+const DENIED: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 9);
+/// Networks in each guard list besides the ones the cases hit, so lookups walk a real trie.
+const GUARD_LIST_NETWORKS: u32 = 1_000;
 
 /// Sizes for a real run and for the `cargo test` smoke pass.
 struct Plan {
@@ -191,6 +202,7 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     check_delta(&before, &after, Stat::NewFlows, rounds)?;
     check_delta(&before, &after, Stat::ConntrackHits, rounds)?;
     check_delta(&before, &after, Stat::PassNotService, rounds)?;
+    let [guard_floor, guard_new, guard_known, guard_drop] = guard_phase(&mut dataplane, plan)?;
 
     let [mut floor_rep, mut plain_rep] = [(); 2].map(|_| Samples::default());
     for call in 0..plan.repeat_calls {
@@ -215,6 +227,10 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
         Row { case: "non_service", program: XDP, method: Method::Single, samples: plain },
         Row { case: "new_flow_syn", program: XDP, method: Method::Single, samples: syn },
         Row { case: "established", program: XDP, method: Method::Single, samples: ack },
+        Row { case: "guard_floor", program: PASS, method: Method::Single, samples: guard_floor },
+        Row { case: "guard_new_flow", program: XDP, method: Method::Single, samples: guard_new },
+        Row { case: "guard_known", program: XDP, method: Method::Single, samples: guard_known },
+        Row { case: "guard_drop", program: XDP, method: Method::Single, samples: guard_drop },
         Row { case: "pass_floor", program: PASS, method: many, samples: floor_rep },
         Row { case: "non_service", program: XDP, method: many, samples: plain_rep },
     ];
@@ -222,8 +238,86 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One BPF_PROG_TEST_RUN call; records its samples when `into` is given (not in warm-up).
-/// Returns the frame as the program left it.
+/// The guard phase, after the others so their rows stay comparable with earlier runs: the
+/// guard holds a deny list (`DENIED` among `GUARD_LIST_NETWORKS` others), an allow list (the
+/// new-flow clients' /15 among as many others) and a SYN limit high enough never to refuse.
+/// Interleaved rounds of the floor, a SYN of a new allowed client (both lookups, a new bucket
+/// in the LRU, then steering as `new_flow_syn`), a new connection's SYN of a client seen
+/// before (both lookups, its bucket's compare-and-swap, steering), and a SYN of the denied
+/// source (one lookup, dropped). Half the rounds and budget of the main phase.
+fn guard_phase(dataplane: &mut Dataplane, plan: &Plan) -> anyhow::Result<[Samples; 4]> {
+    let network =
+        |base: [u8; 2], i: u32| format!("{}.{}.{}.0/24", base[0], base[1] + (i >> 8) as u8, i & 0xff);
+    let mut deny: Vec<String> = (0..GUARD_LIST_NETWORKS).map(|i| network([10, 0], i)).collect();
+    deny.push(format!("{DENIED}/32"));
+    let mut allow: Vec<String> = (0..GUARD_LIST_NETWORKS).map(|i| network([172, 16], i)).collect();
+    allow.push("198.18.0.0/15".to_owned());
+    allow.push("10.0.0.0/8".to_owned());
+    let settings = XdpGuardConfig {
+        deny: deny.iter().map(|c| c.parse()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
+        allow: allow.iter().map(|c| c.parse()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?,
+        syn_rate_limit: Some(GuardRateLimit { per_second: 1_000_000, burst: 1_000_000 }),
+        udp_rate_limit: None,
+    };
+    dataplane.take_guard()?.apply(&settings).context("installing the bench guard")?;
+    let rounds = plan.warmup + plan.rounds / 2;
+    let syns: Vec<Vec<u8>> = (0..rounds as u32)
+        .map(|i| {
+            let client = Ipv4Addr::from(GUARD_CLIENTS + i);
+            frames::ipv4(frames::IPPROTO_TCP, client, NODE, 40000, SERVICE_PORT, frames::TCP_SYN, b"")
+        })
+        .collect();
+    let known = Ipv4Addr::from(GUARD_CLIENTS - 1);
+    let known_syns: Vec<Vec<u8>> = (0..rounds as u16)
+        .map(|i| frames::ipv4(frames::IPPROTO_TCP, known, NODE, 1024 + i, SERVICE_PORT, frames::TCP_SYN, b""))
+        .collect();
+    let denied = frames::ipv4(frames::IPPROTO_TCP, DENIED, NODE, 40000, SERVICE_PORT, frames::TCP_SYN, b"");
+    let [mut floor, mut admitted, mut known_source, mut dropped] = [(); 4].map(|_| Samples::default());
+    let before = dataplane.counters()?;
+    let started = Instant::now();
+    let mut ran = 0;
+    for (round, syn) in syns.iter().enumerate() {
+        let timed = round >= plan.warmup;
+        if timed && started.elapsed() > plan.budget / 2 {
+            break;
+        }
+        for step in 0..4 {
+            match (round + step) % 4 {
+                0 => {
+                    sample(dataplane, Program::XdpPass, syn, 1, timed.then_some(&mut floor))?;
+                }
+                1 => {
+                    let out = sample(dataplane, Program::Xdp, syn, 1, timed.then_some(&mut admitted))?;
+                    steered_port(&out)?;
+                }
+                2 => {
+                    let frame = &known_syns[round];
+                    let out = sample(dataplane, Program::Xdp, frame, 1, timed.then_some(&mut known_source))?;
+                    steered_port(&out)?;
+                }
+                _ => {
+                    let out = sample_verdict(
+                        dataplane,
+                        Program::Xdp,
+                        &denied,
+                        XDP_DROP,
+                        timed.then_some(&mut dropped),
+                    )?;
+                    ensure!(out == denied, "the dropped packet was modified");
+                }
+            }
+        }
+        ran += 1;
+    }
+    let after = dataplane.counters()?;
+    check_delta(&before, &after, Stat::NewFlows, 2 * ran)?;
+    check_delta(&before, &after, Stat::DropDeny, ran)?;
+    check_delta(&before, &after, Stat::DropNotAllowed, 0)?;
+    check_delta(&before, &after, Stat::DropSynRate, 0)?;
+    Ok([floor, admitted, known_source, dropped])
+}
+
+/// One BPF_PROG_TEST_RUN call that must pass the frame; see `sample_verdict`.
 fn sample(
     dataplane: &mut Dataplane,
     program: Program,
@@ -231,10 +325,34 @@ fn sample(
     repeat: u32,
     into: Option<&mut Samples>,
 ) -> anyhow::Result<Vec<u8>> {
+    sample_repeat(dataplane, program, frame, repeat, XDP_PASS, into)
+}
+
+/// One repeat-1 call that must end in `verdict`.
+fn sample_verdict(
+    dataplane: &mut Dataplane,
+    program: Program,
+    frame: &[u8],
+    verdict: u32,
+    into: Option<&mut Samples>,
+) -> anyhow::Result<Vec<u8>> {
+    sample_repeat(dataplane, program, frame, 1, verdict, into)
+}
+
+/// One BPF_PROG_TEST_RUN call; records its samples when `into` is given (not in warm-up).
+/// Returns the frame as the program left it.
+fn sample_repeat(
+    dataplane: &mut Dataplane,
+    program: Program,
+    frame: &[u8],
+    repeat: u32,
+    verdict: u32,
+    into: Option<&mut Samples>,
+) -> anyhow::Result<Vec<u8>> {
     let start = Instant::now();
     let out = dataplane.test_run(program, frame, repeat)?;
     let wall = start.elapsed();
-    ensure!(out.verdict == XDP_PASS, "{program:?} returned verdict {} instead of XDP_PASS", out.verdict);
+    ensure!(out.verdict == verdict, "{program:?} returned verdict {} instead of {verdict}", out.verdict);
     if let Some(samples) = into {
         samples.kernel.push(out.duration.as_nanos() as u64);
         samples.wall.push(wall.as_nanos() as u64);
@@ -341,7 +459,7 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!();
     let header = ["case", "program", "method", "samples", "median ns", "p90 ns", "mean* ns", "minus floor"];
     println!(
-        "{:<13} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8} {:>11} {:>13}",
+        "{:<14} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8} {:>11} {:>13}",
         header[0],
         header[1],
         header[2],
@@ -353,12 +471,13 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
         "wall us/call"
     );
     for (row, s) in rows.iter().zip(&stats) {
-        let minus = match median("pass_floor", row.method) {
-            Some(floor) if row.case != "pass_floor" => (s.median as i64 - floor as i64).to_string(),
+        let floor_case = if row.case.starts_with("guard_") { "guard_floor" } else { "pass_floor" };
+        let minus = match median(floor_case, row.method) {
+            Some(floor) if row.case != floor_case => (s.median as i64 - floor as i64).to_string(),
             _ => "-".to_owned(),
         };
         println!(
-            "{:<13} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8.1} {:>11} {:>13.1}",
+            "{:<14} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8.1} {:>11} {:>13.1}",
             row.case,
             row.program,
             row.method.to_string(),
@@ -392,6 +511,15 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!("    'minus floor' takes them out.");
     println!("    new_flow_syn: a new client address per call (conntrack miss, Maglev placement, insert).");
     println!("    established: ACKs of one flow opened by a SYN beforehand (conntrack hit, port rewrite).");
+    println!(
+        "    guard_*: a later phase with xdp.guard on ({GUARD_LIST_NETWORKS}+ networks in each list, a SYN"
+    );
+    println!(
+        "    limit that never refuses), its own floor. guard_new_flow: a new allowed client's SYN (deny"
+    );
+    println!("    and allow lookups, a new rate bucket, then new_flow_syn's work). guard_known: a new");
+    println!("    connection of a client seen before (the lookups, a compare-and-swap on its bucket, then");
+    println!("    new_flow_syn's work). guard_drop: a denied client's SYN (deny lookup, XDP_DROP).");
     println!("  {many}: only for what does not rewrite. The kernel does not restore the frame between runs,");
     println!("    so a steering case would time its own rewritten output from the second run on. The clock");
     println!("    read is averaged away and, with repeat > 1, the kernel patches the program into the XDP");
@@ -430,4 +558,16 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!("xdp_non_service_repeat_ns={plain_rep}");
     println!("xdp_pass_floor_repeat_ns={floor_rep}");
     println!("xdp_non_service_repeat_minus_floor_ns={}", plain_rep as i64 - floor_rep as i64);
+    let guard_floor = value("guard_floor");
+    let (guard_new, guard_drop) = (value("guard_new_flow"), value("guard_drop"));
+    println!("xdp_guard_floor_ns={guard_floor}");
+    println!("xdp_guard_new_flow_minus_floor_ns={}", guard_new as i64 - guard_floor as i64);
+    let new_flow = value("new_flow_syn") as i64 - floor as i64;
+    println!("xdp_guard_cost_per_new_flow_ns={}", (guard_new as i64 - guard_floor as i64) - new_flow);
+    let known = value("guard_known") as i64 - guard_floor as i64;
+    println!("xdp_guard_known_source_minus_floor_ns={known}");
+    println!("xdp_guard_cost_per_known_source_flow_ns={}", known - new_flow);
+    println!("xdp_guard_drop_ns={guard_drop}");
+    println!("xdp_guard_drop_minus_floor_ns={}", guard_drop as i64 - guard_floor as i64);
+    println!("xdp_guard_drop_over_floor={:.2}", guard_drop as f64 / guard_floor.max(1) as f64);
 }
