@@ -324,6 +324,22 @@ fn an_ingress_service_and_slice_make_a_route_to_the_endpoints() {
     assert_eq!(t.config.listeners, base().listeners, "base settings are kept");
 }
 
+/// The base file's `xdp.guard` (the ConfigMap's base.yaml) is part of every translated
+/// configuration, so the node applies it on each rebuild and each base reload.
+#[test]
+fn the_base_xdp_guard_rides_through_the_translation() {
+    let base = Config::from_yaml(
+        "listeners: [{name: web, address: '127.0.0.1:8080'}]
+xdp: {enabled: false, guard: {deny: [203.0.113.0/24], syn_rate_limit: {per_second: 50, burst: 100}}}
+",
+        "base",
+    )
+    .unwrap();
+    let t = translator().build(&base, &web_state()).expect("the translation validates");
+    assert_eq!(t.config.xdp.guard.deny, base.xdp.guard.deny);
+    assert_eq!(t.config.xdp.guard, base.xdp.guard);
+}
+
 #[test]
 fn the_same_objects_in_any_order_give_the_same_configuration() {
     let mut state = web_state();
