@@ -69,6 +69,9 @@ pub struct Options<'a> {
     /// Requests for this path are health checks: answered with [`Backend::set_health`]'s
     /// status and counted apart from requests.
     pub health_path: Option<&'a str>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), read before TLS and
+    /// kept ([`Backend::proxy_headers`]); a connection without one is closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Options<'_> {
@@ -79,6 +82,7 @@ impl Default for Options<'_> {
             tls: None,
             mode: Mode::Name,
             health_path: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -96,6 +100,10 @@ struct State {
     requests: AtomicU64,
     /// The heads (request line and fields) of the last requests, oldest first.
     heads: Mutex<std::collections::VecDeque<String>>,
+    /// Read a PROXY protocol header first on each connection.
+    proxy_protocol: bool,
+    /// The PROXY protocol headers received, in order.
+    proxy_headers: Mutex<Vec<Vec<u8>>>,
     connections: AtomicU64,
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
@@ -171,6 +179,8 @@ impl Backend {
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             holding: AtomicU64::new(0),
+            proxy_protocol: options.proxy_protocol,
+            proxy_headers: Mutex::new(Vec::new()),
             released: watch::Sender::new(false),
             stopped: watch::Sender::new(false),
         });
@@ -226,6 +236,11 @@ impl Backend {
     }
 
     /// Requests held right now ([`Mode::Hold`]).
+    /// The PROXY protocol headers connections started with ([`Options::proxy_protocol`]).
+    pub fn proxy_headers(&self) -> Vec<Vec<u8>> {
+        self.state.proxy_headers.lock().unwrap().clone()
+    }
+
     pub fn holding(&self) -> u64 {
         self.state.holding.load(Ordering::Relaxed)
     }
@@ -273,11 +288,15 @@ enum Ending {
 }
 
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
     state: Arc<State>,
     tls: Option<Arc<ServerConfig>>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    if state.proxy_protocol {
+        let header = read_proxy_header(&mut stream).await?;
+        state.proxy_headers.lock().unwrap().push(header);
+    }
     // A second handle on the socket, for what hyper cannot do: reset it, or write bytes that
     // are not HTTP on it.
     let raw = {
@@ -315,6 +334,33 @@ async fn serve_connection(
         }
     }
     Ok(())
+}
+
+/// Reads a PROXY protocol header (v1 line or v2 binary) and nothing after it; anything else is
+/// an error. Written apart from Sluice's parser, so that a test checks one against the other.
+async fn read_proxy_header(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut header = vec![0u8; 6];
+    stream.read_exact(&mut header).await?;
+    if header == b"PROXY " {
+        while !header.ends_with(b"\r\n") {
+            if header.len() > 107 {
+                return Err(invalid("PROXY v1 line too long"));
+            }
+            header.push(stream.read_u8().await?);
+        }
+        return Ok(header);
+    }
+    header.resize(16, 0);
+    stream.read_exact(&mut header[6..]).await?;
+    if header[..12] != *b"\r\n\r\n\0\r\nQUIT\n" {
+        return Err(invalid("no PROXY protocol header"));
+    }
+    let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
+    header.resize(16 + len, 0);
+    stream.read_exact(&mut header[16..]).await?;
+    Ok(header)
 }
 
 /// Closing the socket now sends a reset instead of a FIN.

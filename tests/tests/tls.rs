@@ -985,6 +985,93 @@ fn passthrough_splices_to_a_tls_backend_whose_certificate_the_client_sees() {
     assert!(lb_userspace::tls::handshake_counts().passthrough >= 6);
 }
 
+/// `passthrough_proxy_protocol`: a passthrough backend that terminates TLS behind a PROXY
+/// header (v1 or v2, read by the backend's own parser) learns the client's address and the
+/// address it dialled, then completes the handshake the client started; a host without the
+/// setting sends none; the setting without passthrough is refused by name.
+#[test]
+fn passthrough_can_name_the_client_in_a_proxy_protocol_header() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let backend_ca = Ca::new("backend CA");
+    let leaf = backend_ca.leaf(&["v1.test", "v2.test", "none.test"]);
+    let tls_backend = |name: &str, proxy_protocol: bool| {
+        let options = lb_tests::backend::Options {
+            tls: Some(server_config(&leaf)),
+            proxy_protocol,
+            ..Default::default()
+        };
+        Backend::launch(name, options).unwrap()
+    };
+    let (v1, v2, plain) =
+        (tls_backend("v1-server", true), tls_backend("v2-server", true), tls_backend("none", false));
+    let backend = Backend::with_mode("be", Mode::Name);
+    let pass = |name: &str, version: &str| {
+        let setting = if version.is_empty() {
+            String::new()
+        } else {
+            format!(", passthrough_proxy_protocol: {version}")
+        };
+        format!(
+            "  - {{name: {name}, domains: [{name}.test], tls: {{passthrough: {name}-be{setting}}}, routes: [{{backend: be}}]}}\n"
+        )
+    };
+    let body = format!(
+        "{}{}{}{}{}backends:\n{}{}{}{}",
+        certs.yaml(),
+        hosts(""),
+        pass("v1", "v1"),
+        pass("v2", "v2"),
+        pass("none", ""),
+        backend_group("be", backend.addr(), ""),
+        backend_group("v1-be", v1.addr(), ""),
+        backend_group("v2-be", v2.addr(), ""),
+        backend_group("none-be", plain.addr(), "")
+    );
+    let proxy = TlsProxy::start("{default_certificate: default}", &body);
+    let trusting = client_config(ClientOptions { trust: Some(&backend_ca), ..Default::default() });
+    for (host, server) in [("v1.test", &v1), ("v2.test", &v2), ("none.test", &plain)] {
+        let stream = connect(proxy.addr(), Some(host), &trusting).unwrap();
+        let client = stream.sock.local_addr().unwrap();
+        let response = Client::new(stream).request("GET", host, "/", &[], true).unwrap();
+        assert_eq!((response.status, response.header("x-backend")), (200, Some(server.name())), "{host}");
+        if server.name() == "none" {
+            continue;
+        }
+        let headers = server.proxy_headers();
+        let header = headers.last().unwrap_or_else(|| panic!("{host}: no PROXY header"));
+        let (source, destination) = if header.starts_with(b"PROXY ") {
+            let line = String::from_utf8(header.clone()).unwrap();
+            let fields: Vec<&str> = line.trim_end().split(' ').collect();
+            assert_eq!(fields[..2], ["PROXY", "TCP4"], "{line}");
+            (format!("{}:{}", fields[2], fields[4]), format!("{}:{}", fields[3], fields[5]))
+        } else {
+            assert_eq!((header[12], header[13], header.len()), (0x21, 0x11, 28), "PROXY, TCP over IPv4");
+            let address = |ip: &[u8], port: &[u8]| {
+                format!("{}.{}.{}.{}:{}", ip[0], ip[1], ip[2], ip[3], u16::from_be_bytes([port[0], port[1]]))
+            };
+            (address(&header[16..20], &header[24..26]), address(&header[20..24], &header[26..28]))
+        };
+        assert_eq!(source, client.to_string(), "{host}: the header names the client");
+        assert_eq!(destination, proxy.addr().to_string(), "{host}: and the address it dialled");
+    }
+    assert_eq!((v1.proxy_headers().len(), v2.proxy_headers().len()), (1, 1));
+    assert!(plain.proxy_headers().is_empty());
+
+    let refused = lb_userspace::config::Config::from_yaml(
+        "listeners: [{name: web, address: \"127.0.0.1:8443\", tls: {default_certificate: a}}]
+certificates: [{name: a, cert_pem: x, key_pem: y}]
+virtual_hosts: [{name: a, domains: [a.test], tls: {certificate: a, passthrough_proxy_protocol: v2}}]
+",
+        "test",
+    );
+    let error = format!("{:?}", refused.expect_err("passthrough_proxy_protocol without passthrough"));
+    assert!(
+        error.contains("passthrough_proxy_protocol") && error.contains("only with passthrough"),
+        "{error}"
+    );
+}
+
 #[test]
 fn backends_over_tls_verify_their_certificate_or_explicitly_skip() {
     let _serial = serial();

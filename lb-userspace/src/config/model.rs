@@ -686,6 +686,14 @@ impl JsonSchema for Cidr {
     }
 }
 
+/// A PROXY protocol header version (HAProxy's spec): `v1` is a text line, `v2` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
 /// TLS for one virtual host, selected by SNI on TLS listeners (see [`ListenerTlsConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -699,6 +707,11 @@ pub struct HostTlsConfig {
     /// apply to plain-HTTP requests.
     #[serde(default)]
     pub passthrough: Option<String>,
+    /// With `passthrough`: each spliced connection starts with a PROXY protocol header of this
+    /// version naming the client (HAProxy's `send-proxy` / `send-proxy-v2`), so the backend
+    /// that terminates TLS still knows who connected. The backend must expect it.
+    #[serde(default)]
+    pub passthrough_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Requests for this host on plain-HTTP listeners get `308` to the same URL on the first
     /// TLS listener (ACME `/.well-known/acme-challenge/` requests excepted).
     #[serde(default = "default_true")]

@@ -655,6 +655,12 @@ fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
     for (i, host) in config.virtual_hosts.iter().enumerate() {
         let Some(tls) = &host.tls else { continue };
         let at = format!("virtual_hosts[{i}].tls");
+        if tls.passthrough.is_none() && tls.passthrough_proxy_protocol.is_some() {
+            found.add(
+                format!("{at}.passthrough_proxy_protocol"),
+                "only with passthrough (a terminated connection's client is named in X-Forwarded-For)",
+            );
+        }
         match (&tls.certificate, &tls.passthrough) {
             (Some(name), None) => known_certificate(name, format!("{at}.certificate"), found),
             (None, Some(backend)) => {

@@ -13,6 +13,8 @@ use std::{
 
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
+use crate::config::ProxyProtocolVersion;
+
 /// The v2 signature.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// A v1 line is at most 107 bytes, CRLF included.
@@ -154,6 +156,58 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Invalid> {
     Ok(Some(Header { source, len }))
 }
 
+/// The header Sluice sends ahead of a connection it relays (TLS passthrough): `source` is the
+/// client, `destination` the address it connected to. IPv4-mapped IPv6 addresses are written
+/// as IPv4; when the two families still differ the header says so without addresses (v1
+/// `UNKNOWN`, v2 `AF_UNSPEC`), which the spec tells the receiver to treat as its own peer.
+pub fn encode(version: ProxyProtocolVersion, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (source, destination) = (canonical(source), canonical(destination));
+    match version {
+        ProxyProtocolVersion::V1 => match (source, destination) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                format!("PROXY TCP4 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+            }
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                format!("PROXY TCP6 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+            }
+            _ => b"PROXY UNKNOWN\r\n".to_vec(),
+        },
+        ProxyProtocolVersion::V2 => {
+            let mut header = V2_SIGNATURE.to_vec();
+            // Version 2, command PROXY.
+            header.push(0x21);
+            let (family, block) = match (source, destination) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => (
+                    0x11,
+                    [
+                        &s.ip().octets()[..],
+                        &d.ip().octets(),
+                        &s.port().to_be_bytes(),
+                        &d.port().to_be_bytes(),
+                    ]
+                    .concat(),
+                ),
+                (SocketAddr::V6(s), SocketAddr::V6(d)) => (
+                    0x21,
+                    [
+                        &s.ip().octets()[..],
+                        &d.ip().octets(),
+                        &s.port().to_be_bytes(),
+                        &d.port().to_be_bytes(),
+                    ]
+                    .concat(),
+                ),
+                _ => (0x00, Vec::new()),
+            };
+            header.push(family);
+            header.extend_from_slice(&(block.len() as u16).to_be_bytes());
+            header.extend_from_slice(&block);
+            header
+        }
+    }
+}
+
 /// Reads the header at the start of `stream` within `limit`, leaving every byte after it.
 pub async fn read(stream: &mut TcpStream, limit: Duration) -> Result<Header, Invalid> {
     tokio::time::timeout(limit, read_header(stream)).await.unwrap_or(Err(Invalid::Timeout))
@@ -191,6 +245,36 @@ mod tests {
         header.extend_from_slice(&(block.len() as u16).to_be_bytes());
         header.extend_from_slice(block);
         header
+    }
+
+    #[test]
+    fn encoded_headers_parse_back_to_the_client() {
+        let cases: [(&str, &str); 4] = [
+            ("203.0.113.7:40000", "198.18.0.2:443"),
+            ("[2001:db8::7]:1", "[2001:db8::2]:8443"),
+            // A dual-stack listener sees IPv4 clients as mapped addresses.
+            ("[::ffff:203.0.113.9]:5", "[::ffff:198.18.0.2]:443"),
+            ("203.0.113.7:40000", "[2001:db8::2]:443"),
+        ];
+        for version in [ProxyProtocolVersion::V1, ProxyProtocolVersion::V2] {
+            for (source, destination) in cases {
+                let (source, destination) = (source.parse().unwrap(), destination.parse().unwrap());
+                let bytes = encode(version, source, destination);
+                let header = parse(&bytes).unwrap().unwrap();
+                assert_eq!(header.len, bytes.len(), "{version:?} {source} {destination}");
+                let expected = match (source.ip().to_canonical(), destination.ip().to_canonical()) {
+                    (IpAddr::V4(_), IpAddr::V6(_)) => None,
+                    (ip, _) => Some(SocketAddr::new(ip, source.port())),
+                };
+                assert_eq!(header.source, expected, "{version:?} {source} {destination}");
+            }
+        }
+        let line = encode(
+            ProxyProtocolVersion::V1,
+            "203.0.113.7:40000".parse().unwrap(),
+            "198.18.0.2:443".parse().unwrap(),
+        );
+        assert_eq!(line, b"PROXY TCP4 203.0.113.7 198.18.0.2 40000 443\r\n");
     }
 
     #[test]

@@ -54,8 +54,14 @@ pub enum Accepted {
     /// TLS is up; serve HTTP over the stream.
     Terminated(Box<TlsStream<Rewind<TcpStream>>>, Session),
     /// The SNI selected a passthrough host: splice `client` (after replaying `hello`, the bytes
-    /// already read) to the backend group with this index.
-    Passthrough { client: TcpStream, hello: Vec<u8>, backend: usize },
+    /// already read, behind a PROXY protocol header of `proxy_protocol`'s version when set) to
+    /// the backend group with this index.
+    Passthrough {
+        client: TcpStream,
+        hello: Vec<u8>,
+        backend: usize,
+        proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
+    },
     /// The handshake failed; it was counted and the connection is closed.
     Failed(Failure),
     /// The client closed without sending a byte (a port probe, a health check): no handshake
@@ -142,7 +148,8 @@ async fn handshake(
                 && let Some((_, host)) = tls.host(parsed.server_name.as_deref())
                 && let Some(backend) = host.passthrough
             {
-                return Ok(Accepted::Passthrough { client: stream, hello, backend });
+                let proxy_protocol = host.passthrough_proxy_protocol;
+                return Ok(Accepted::Passthrough { client: stream, hello, backend, proxy_protocol });
             }
         }
         // Not a ClientHello we can read: rustls reads the same bytes and answers with the

@@ -203,6 +203,8 @@ pub struct HostTls {
     pub name: String,
     /// Splice connections for this host to this backend group (index in the snapshot).
     pub passthrough: Option<usize>,
+    /// Start each spliced connection with a PROXY protocol header of this version.
+    pub passthrough_proxy_protocol: Option<crate::config::ProxyProtocolVersion>,
     pub redirect_http: bool,
     /// How that redirect writes its `Location`.
     pub redirect: crate::config::HttpsRedirectConfig,
@@ -406,6 +408,7 @@ impl TlsSnapshot {
             hosts.push(Some(Arc::new(HostTls {
                 name: host.name.clone(),
                 passthrough,
+                passthrough_proxy_protocol: tls.passthrough_proxy_protocol,
                 redirect_http: tls.redirect_http,
                 redirect: tls.redirect,
                 hsts,

@@ -478,14 +478,25 @@ async fn serve_client(
             let _ = connection.tls.set(session);
             serve_connection(*stream, slot, connection, shutdown).await;
         }
-        crate::tls::Accepted::Passthrough { client, hello, backend } => {
+        crate::tls::Accepted::Passthrough { client, hello, backend, proxy_protocol } => {
             let Some(group) = snapshot.backends.get(backend) else { return };
             let idle = Duration::from_millis(snapshot.limits.idle_timeout_ms);
             let Some(upstream) = passthrough::connect(group, connection.client.ip()).await else {
                 return;
             };
             drop((listener, snapshot));
-            passthrough::splice(client, hello, upstream, idle).await;
+            let first_bytes = match proxy_protocol {
+                Some(version) => {
+                    // The address the client dialled: the socket's own, with the service's
+                    // port (XDP steering moved the packets to this worker's port).
+                    let local = client.local_addr().map_or(connection.listener.ip(), |a| a.ip());
+                    let dialled = std::net::SocketAddr::new(local, connection.listener.port());
+                    let header = super::proxy_protocol::encode(version, connection.client, dialled);
+                    [header, hello].concat()
+                }
+                None => hello,
+            };
+            passthrough::splice(client, first_bytes, upstream, idle).await;
             drop(slot);
         }
         crate::tls::Accepted::Failed(reason) => {
