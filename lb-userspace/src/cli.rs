@@ -1,6 +1,7 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 mod check;
+mod upgrade;
 mod webhook;
 
 pub use webhook::WebhookArgs;
@@ -40,6 +41,13 @@ pub enum Command {
     Webhook(webhook::WebhookArgs),
     /// Print the JSON Schema of the configuration file, for editors' YAML language servers.
     Schema,
+    /// Replace a running instance (`sluice run --instance NAME`) by a new binary without
+    /// dropping a connection: it takes over the listening sockets and the pinned XDP state,
+    /// the old process drains and exits. Same as SIGUSR2 to the running process.
+    Upgrade(upgrade::UpgradeArgs),
+    /// Remove what a killed instance left: its control socket and its bpffs pins (which keep
+    /// XDP attached).
+    Cleanup(upgrade::CleanupArgs),
     /// Ask a running instance's admin server for its workers, routes, backends and health.
     Status {
         /// The admin server's address (the configuration's `admin.address`).
@@ -79,6 +87,8 @@ pub struct RunArgs {
     /// metrics.address).
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub instance: upgrade::InstanceArgs,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 }
@@ -168,6 +178,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => check::run(args),
         Command::Webhook(args) => webhook::run(args),
+        Command::Upgrade(args) => upgrade::request(args),
+        Command::Cleanup(args) => upgrade::cleanup(args),
     }
 }
 
@@ -222,41 +234,102 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics_address: args.metrics_address,
     };
     let provider = FileProvider::new(args.config.clone(), overrides);
+    let mut setup = upgrade::Setup::prepare(&args.instance)?;
     if args.kubernetes.kubernetes {
-        return run_kubernetes(&args.kubernetes, &provider);
+        return run_kubernetes(&args.kubernetes, &provider, setup);
     }
-    let config = provider.load()?;
+    let config =
+        provider.load().map_err(anyhow::Error::from).inspect_err(|e| report_failure(setup.as_ref(), e))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Watch before serving: a change made as soon as the listeners answer must not be missed.
     let changes = runtime.block_on(async { provider.changes() });
-    let node = Node::start(&config)?;
-    runtime.block_on(async {
+    let node = start_node(&config, setup.as_ref(), false)?;
+    let handed_over = runtime.block_on(async {
         let (updates_tx, updates) = mpsc::channel(1);
         tokio::select! {
-            result = provider.run(changes, updates_tx) => result.map_err(Into::into),
-            () = apply_updates(&node, updates) => Ok(()),
-            result = drain_on_signal(&node) => result,
+            result = provider.run(changes, updates_tx) => result.map_err(Into::into).map(|()| None),
+            () = apply_updates(&node, updates) => Ok(None),
+            result = drain_on_signal(&node) => result.map(|()| None),
+            result = serve_upgrades(&node, setup.as_mut()) => result.map(Some),
         }
     })?;
-    tracing::info!("closing the listeners; draining connections");
-    node.stop()?;
+    finish(node, setup, handed_over)
+}
+
+/// Starts the node, on what an upgrade handed over when this process was started by one; a
+/// failure is reported to the old process, which serves on.
+fn start_node(config: &Config, setup: Option<&upgrade::Setup>, kubernetes: bool) -> anyhow::Result<Node> {
+    let options = setup.map(|s| s.start_options(kubernetes)).unwrap_or_default();
+    let node = Node::start_with(config, options).inspect_err(|e| report_failure(setup, e))?;
+    if let Some(setup) = setup {
+        setup.check_started(&node, config).inspect_err(|e| report_failure(Some(setup), e))?;
+    }
+    Ok(node)
+}
+
+fn report_failure(setup: Option<&upgrade::Setup>, error: &anyhow::Error) {
+    if let Some(setup) = setup {
+        setup.report_failure(error);
+    }
+}
+
+/// Upgrade requests until one hands over (the new process's pid); without `--instance`,
+/// SIGUSR2 is refused with the reason (its default action would end the process).
+async fn serve_upgrades(node: &Node, setup: Option<&mut upgrade::Setup>) -> anyhow::Result<u32> {
+    if let Some(setup) = setup {
+        return setup.serve(node).await;
+    }
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    loop {
+        usr2.recv().await;
+        node.upgrades().refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("SIGUSR2 refused: upgrades need `sluice run --instance NAME`");
+    }
+}
+
+/// The end of `sluice run`: after a handover, drain and leave the kernel side to the new
+/// process; otherwise the normal stop.
+fn finish(node: Node, setup: Option<upgrade::Setup>, handed_over: Option<u32>) -> anyhow::Result<ExitCode> {
+    match handed_over {
+        Some(pid) => {
+            tracing::info!(new_pid = pid, "handed over; closing the listeners here and draining connections");
+            node.finish_handover();
+        }
+        None => {
+            tracing::info!("closing the listeners; draining connections");
+            node.stop()?;
+        }
+    }
+    if let Some(setup) = setup {
+        setup.close(handed_over.is_some());
+    }
+    tracing::info!("exiting");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `sluice run --kubernetes`: the node starts on the base configuration, then serves the
 /// cluster's Ingresses on top of it; the base file still reloads (SIGHUP or change).
-fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Result<ExitCode> {
+fn run_kubernetes(
+    args: &KubernetesArgs,
+    provider: &FileProvider,
+    mut setup: Option<upgrade::Setup>,
+) -> anyhow::Result<ExitCode> {
     use crate::provider::kube::KubeProvider;
-    let base = provider.load()?;
+    let base =
+        provider.load().map_err(anyhow::Error::from).inspect_err(|e| report_failure(setup.as_ref(), e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // Everything that can fail before serving fails before the listeners open: the kubeconfig
     // (or in-cluster credentials) is read here; nothing reaches the API server yet.
-    let kube = runtime.block_on(KubeProvider::connect(kube_options(args)))?;
+    let kube = runtime
+        .block_on(KubeProvider::connect(kube_options(args)))
+        .inspect_err(|e| report_failure(setup.as_ref(), e))?;
     // Watch before serving: a change made as soon as the listeners answer must not be missed.
     let changes = runtime.block_on(async { provider.changes() });
-    let node = Node::start(&base)?;
-    // Not ready (`/readyz` 503) until the first full view of the cluster is applied.
+    let node = start_node(&base, setup.as_ref(), true)?;
+    // Not ready (`/readyz` 503) until the first full view of the cluster is applied; an
+    // upgraded process also holds its accept loops until then.
     node.set_ready(false);
+    let mut handed_over = None;
     runtime.block_on(async {
         let (base_tx, base_rx) = watch::channel(Arc::new(base));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -270,13 +343,12 @@ fn run_kubernetes(args: &KubernetesArgs, provider: &FileProvider) -> anyhow::Res
             () = base_from_file(file_updates, &base_tx, &updates_tx) => {}
             () = apply_updates(&node, updates) => {}
             result = drain_on_signal(&node) => result?,
+            result = serve_upgrades(&node, setup.as_mut()) => handed_over = Some(result?),
         }
         let _ = stop_tx.send(true);
         serve.await
     })?;
-    tracing::info!("closing the listeners; draining connections");
-    node.stop()?;
-    Ok(ExitCode::SUCCESS)
+    finish(node, setup, handed_over)
 }
 
 /// What the Kubernetes provider is told by the command line.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dataplane;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub mod maglev;
 pub mod metrics;
 pub mod node;

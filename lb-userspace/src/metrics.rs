@@ -530,6 +530,17 @@ impl ReloadStats {
     }
 }
 
+/// Binary upgrades this process was asked for, by outcome (`sluice upgrade`, SIGUSR2).
+#[derive(Debug, Default)]
+pub struct UpgradeStats {
+    /// Handed over to a new process that serves.
+    pub succeeded: AtomicU64,
+    /// The new process exited, failed or was not ready in time; this one served on.
+    pub failed: AtomicU64,
+    /// Asked while another upgrade was in progress.
+    pub refused: AtomicU64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

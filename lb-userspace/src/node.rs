@@ -14,7 +14,11 @@ use anyhow::Context;
 use crate::{
     admin::{AdminServer, AdminState, sources},
     config::{Config, XdpGuardConfig},
-    dataplane::{Dataplane, Guard, HealthTiming, HeartbeatWriter, Protocol, Service, Supervisor},
+    dataplane::{
+        Dataplane, Guard, HealthTiming, HeartbeatWriter, Protocol, Service, Steering, Supervisor,
+        pin::PinOptions,
+    },
+    handover::Inherited,
     metrics::{Metrics, ReloadStats},
     proxy::{
         WorkerOptions, Workers,
@@ -36,9 +40,25 @@ pub struct Node {
     /// What the workers were started with; a reload cannot change these without a restart.
     started_with: (Vec<std::net::SocketAddr>, usize),
     reloads: Arc<ReloadStats>,
+    upgrades: Arc<crate::metrics::UpgradeStats>,
     admin_state: Arc<AdminState>,
     admin: Option<AdminServer>,
     metrics_server: Option<AdminServer>,
+    /// Opens the accept loops when the node started holding them (an upgrade in Kubernetes
+    /// mode).
+    accept_gate: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// How a node starts besides its configuration: plain (the default), or as an upgrade that
+/// takes over another process's sockets and pinned kernel state.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Listening sockets handed over by the process this one replaces.
+    pub inherited: Option<Arc<Inherited>>,
+    /// Pin the kernel side under this directory (reusing it when `inherit`).
+    pub pins: Option<PinOptions>,
+    /// Start with the accept loops held until [`Node::open_accepting`].
+    pub hold_accepting: bool,
 }
 
 /// Why a configuration could not be applied to a running node.
@@ -57,6 +77,11 @@ impl Node {
     /// loaded first, the workers bind (their own ports included), then the service is installed
     /// and the interfaces attached, so XDP never steers to a port nobody listens on.
     pub fn start(config: &Config) -> anyhow::Result<Node> {
+        Self::start_with(config, StartOptions::default())
+    }
+
+    /// [`Node::start`] with the upgrade options.
+    pub fn start_with(config: &Config, start: StartOptions) -> anyhow::Result<Node> {
         let registry = EndpointRegistry::default();
         let snapshot = Snapshot::build(config, &registry, 1).map_err(|e| anyhow::anyhow!(e))?;
         let published = Published::new(snapshot);
@@ -67,18 +92,24 @@ impl Node {
             WorkerOptions::shared(config.listeners[0].address, config.worker_count(), published.clone());
         options.listeners = config.listeners.iter().map(|l| l.address).collect();
         options.busy_poll = std::time::Duration::from_micros(config.busy_poll_us);
-        let kernel = match config.xdp.enabled.then(|| KernelPath::start(config)).flatten() {
-            Some((kernel, heartbeats)) => {
-                options.own_port_base = Some(config.xdp.worker_port_base);
-                options.heartbeats = heartbeats;
-                options.heartbeat_period = kernel.timing.period();
-                Some(kernel)
-            }
-            None => None,
-        };
+        options.inherited = start.inherited.clone();
+        let accept_gate = start.hold_accepting.then(|| tokio::sync::watch::channel(false));
+        options.accept_gate = accept_gate.as_ref().map(|(_, rx)| rx.clone());
+        let kernel =
+            match config.xdp.enabled.then(|| KernelPath::start(config, start.pins.as_ref())).flatten() {
+                Some((kernel, heartbeats)) => {
+                    options.own_port_base = Some(config.xdp.worker_port_base);
+                    options.heartbeats = heartbeats;
+                    options.heartbeat_period = kernel.timing.period();
+                    Some(kernel)
+                }
+                None => None,
+            };
         let mut metrics = Metrics::new(options.count.max(1));
         metrics.add_source(Arc::new(sources::Endpoints(published.clone())));
         metrics.add_source(Arc::new(sources::Reloads(reloads.clone())));
+        let upgrades = Arc::new(crate::metrics::UpgradeStats::default());
+        metrics.add_source(Arc::new(sources::Upgrades(upgrades.clone())));
         metrics.add_source(Arc::new(sources::NginxReloads(published.clone(), reloads.clone())));
         metrics.add_source(Arc::new(sources::Tls(published.clone())));
         metrics.add_source(Arc::new(crate::proxy::rate_limit::Evictions));
@@ -119,7 +150,7 @@ impl Node {
         });
         let admin = match &config.admin {
             Some(admin) => Some(
-                AdminServer::start(admin.address, admin_state.clone())
+                AdminServer::start_inherited(admin.address, admin_state.clone(), start.inherited.as_deref())
                     .with_context(|| format!("cannot start the admin server on {}", admin.address))?,
             ),
             None => None,
@@ -128,7 +159,7 @@ impl Node {
             tracing::info!(address = %admin.addr(), "admin server listening");
         }
         let metrics_server = match &config.metrics {
-            Some(metrics) => Some(start_metrics(metrics, admin_state.clone())?),
+            Some(metrics) => Some(start_metrics(metrics, admin_state.clone(), start.inherited.as_deref())?),
             None => None,
         };
         Ok(Node {
@@ -139,9 +170,11 @@ impl Node {
             checker,
             started_with,
             reloads,
+            upgrades,
             admin_state,
             admin,
             metrics_server,
+            accept_gate: accept_gate.map(|(tx, _)| tx),
         })
     }
 
@@ -207,6 +240,11 @@ impl Node {
         self.reloads.record(false);
     }
 
+    /// Upgrade outcomes so far (counted by `cli`'s upgrade side).
+    pub fn upgrades(&self) -> &crate::metrics::UpgradeStats {
+        &self.upgrades
+    }
+
     /// Reload outcomes so far.
     pub fn reloads(&self) -> &ReloadStats {
         &self.reloads
@@ -236,6 +274,67 @@ impl Node {
         self.kernel.as_ref().map(|k| &k.dataplane)
     }
 
+    /// Every listening socket with its handover key (workers, admin, metrics), for the process
+    /// an upgrade starts.
+    pub fn handover_sockets(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        let mut sockets = self.workers.handover_sockets();
+        sockets.extend(self.admin.iter().map(|a| ("admin".to_owned(), a.handover_socket())));
+        sockets.extend(self.metrics_server.iter().map(|m| ("metrics".to_owned(), m.handover_socket())));
+        sockets
+    }
+
+    /// Stops health supervision for an upgrade, so the new process's supervisor is the only
+    /// writer of the steering tables once it starts.
+    pub fn pause_supervision(&self) {
+        if let Some(kernel) = &self.kernel {
+            kernel.pause();
+        }
+    }
+
+    /// Resumes supervision after an upgrade failed: the tables are written whole again, as
+    /// the failed process may have changed them.
+    pub fn resume_supervision(&self) {
+        if let Some(kernel) = &self.kernel {
+            kernel.resume();
+        }
+    }
+
+    /// Opens the accept loops of a node started holding them.
+    pub fn open_accepting(&self) {
+        if let Some(gate) = &self.accept_gate {
+            let _ = gate.send(true);
+        }
+    }
+
+    /// Whether the node serves (`/readyz` minus draining): what an upgraded process waits for
+    /// before it reports ready.
+    pub fn serving(&self) -> bool {
+        self.admin_state.serving.load(Ordering::Relaxed)
+    }
+
+    /// This process now owns the pins (an upgraded process, once it serves).
+    pub fn own_pins(&self) {
+        if let Some(kernel) = &self.kernel {
+            kernel.dataplane.own_pins();
+        }
+    }
+
+    /// The end of a process that handed over: the admin and metrics servers stop at once (the
+    /// new process answers probes on the same sockets), the workers stop accepting and drain
+    /// in-flight requests and WebSockets up to `limits.shutdown_grace_ms`, and the kernel
+    /// side is left pinned and attached for the new process.
+    pub fn finish_handover(self) {
+        let Node { workers, kernel, admin, metrics_server, .. } = self;
+        drop((admin, metrics_server));
+        if let Some(kernel) = &kernel {
+            kernel.dataplane.release_pins();
+        }
+        workers.stop();
+        if let Some(kernel) = kernel {
+            kernel.release();
+        }
+    }
+
     /// Closes the listeners and lets in-flight requests and WebSockets finish (up to
     /// `limits.shutdown_grace_ms`), then logs the XDP counters and detaches. XDP stays attached
     /// while connections drain: a connection it steered to a worker's own port reaches that
@@ -255,6 +354,7 @@ impl Node {
 fn start_metrics(
     metrics: &crate::config::MetricsConfig,
     state: Arc<AdminState>,
+    inherited: Option<&Inherited>,
 ) -> anyhow::Result<AdminServer> {
     let token = match &metrics.bearer_token_file {
         Some(path) => {
@@ -267,7 +367,7 @@ fn start_metrics(
         None => None,
     };
     let protected = token.is_some();
-    let server = AdminServer::start_metrics(metrics.address, state, token)
+    let server = AdminServer::start_metrics_inherited(metrics.address, state, token, inherited)
         .with_context(|| format!("cannot start the metrics listener on {}", metrics.address))?;
     tracing::info!(address = %server.addr(), bearer_token = protected, "metrics listening");
     Ok(server)
@@ -301,23 +401,39 @@ fn check_targets(snapshot: &Snapshot) -> Vec<CheckTarget> {
 struct KernelPath {
     dataplane: Dataplane,
     timing: HealthTiming,
-    supervisor: Option<Supervisor>,
+    supervisor: parking_lot::Mutex<Supervision>,
+    workers: u32,
     /// Written on start and by reloads; the lock is never on a packet or request path.
     guard: Option<parking_lot::Mutex<Guard>>,
 }
 
+/// The steering tables, owned by the running supervisor or held while an upgrade runs.
+enum Supervision {
+    Running(Supervisor),
+    Paused(Box<Steering>),
+    Gone,
+}
+
 impl KernelPath {
     /// Loads the programs and opens one heartbeat handle per worker.
-    fn start(config: &Config) -> Option<(KernelPath, Vec<HeartbeatWriter>)> {
+    fn start(config: &Config, pins: Option<&PinOptions>) -> Option<(KernelPath, Vec<HeartbeatWriter>)> {
         let disabled = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "XDP disabled; serving without the kernel path");
         };
-        let dataplane = Dataplane::load().inspect_err(|e| disabled(e)).ok()?;
+        let loaded = match pins {
+            Some(pins) => Dataplane::load_pinned(pins),
+            None => Dataplane::load(),
+        };
+        let dataplane = loaded.inspect_err(|e| disabled(e)).ok()?;
         let heartbeats: Result<Vec<_>, _> =
             (0..config.worker_count() as u32).map(|w| dataplane.heartbeat_writer(w)).collect();
         let heartbeats = heartbeats.inspect_err(|e| disabled(e)).ok()?;
         let timing = HealthTiming { stall_after: Duration::from_millis(config.xdp.heartbeat_timeout_ms) };
-        Some((KernelPath { dataplane, timing, supervisor: None, guard: None }, heartbeats))
+        let supervisor = parking_lot::Mutex::new(Supervision::Gone);
+        Some((
+            KernelPath { dataplane, timing, supervisor, workers: config.worker_count() as u32, guard: None },
+            heartbeats,
+        ))
     }
 
     /// Installs the service, starts health supervision and attaches to the interfaces.
@@ -343,7 +459,8 @@ impl KernelPath {
             .start_supervisor(steering, workers as u32, self.timing)
             .inspect_err(|e| disabled(e))
             .ok()?;
-        self.supervisor = Some(supervisor);
+        self.workers = workers as u32;
+        *self.supervisor.get_mut() = Supervision::Running(supervisor);
         let mut guard = self.dataplane.take_guard().inspect_err(|e| disabled(e)).ok()?;
         guard.apply(&config.xdp.guard).inspect_err(|e| disabled(e)).ok()?;
         self.guard = Some(parking_lot::Mutex::new(guard));
@@ -381,9 +498,46 @@ impl KernelPath {
         }
         self.dataplane.detach_all().context("detaching XDP")?;
         tracing::info!("xdp detached");
-        if let Some(supervisor) = self.supervisor.take() {
+        if let Supervision::Running(supervisor) =
+            std::mem::replace(self.supervisor.get_mut(), Supervision::Gone)
+        {
             supervisor.stop();
         }
         Ok(())
+    }
+
+    fn pause(&self) {
+        let mut supervision = self.supervisor.lock();
+        if let Supervision::Running(supervisor) = std::mem::replace(&mut *supervision, Supervision::Gone)
+            && let Some(steering) = supervisor.stop()
+        {
+            *supervision = Supervision::Paused(Box::new(steering));
+        }
+    }
+
+    fn resume(&self) {
+        let mut supervision = self.supervisor.lock();
+        if let Supervision::Paused(mut steering) = std::mem::replace(&mut *supervision, Supervision::Gone) {
+            if let Err(e) = steering.rewrite() {
+                tracing::error!(error = %e, "rewriting the steering tables failed");
+            }
+            match self.dataplane.start_supervisor(*steering, self.workers, self.timing) {
+                Ok(supervisor) => *supervision = Supervision::Running(supervisor),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot restart health supervision; steering stays as it is")
+                }
+            }
+        }
+    }
+
+    /// After a handover: logs the counters (shared with the new process from now on) and
+    /// closes this process's handles; the pins keep everything attached.
+    fn release(self) {
+        if let Ok(counters) = self.dataplane.counters() {
+            let summary: Vec<String> =
+                counters.iter().map(|(stat, value)| format!("{}={value}", stat.name())).collect();
+            tracing::info!(counters = %summary.join(" "), "xdp counters at handover");
+        }
+        tracing::info!("xdp left attached for the new process");
     }
 }

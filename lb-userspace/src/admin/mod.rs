@@ -151,12 +151,29 @@ pub struct AdminServer {
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for an upgrade to take over.
+    handover: std::os::fd::OwnedFd,
 }
 
 impl AdminServer {
     /// Binds `addr` now (a taken port is an error to the caller) and serves on a new thread.
     pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
-        Self::serve(addr, "sluice-admin", move |request| route(&state, request))
+        Self::start_inherited(addr, state, None)
+    }
+
+    /// `start`, on the admin socket an upgrade handed over when there is one.
+    pub fn start_inherited(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        inherited: Option<&crate::handover::Inherited>,
+    ) -> std::io::Result<AdminServer> {
+        let listener = crate::handover::listener_for(inherited, "admin", addr, std::net::TcpListener::bind)?;
+        Self::serve(listener, "sluice-admin", move |request| route(&state, request))
+    }
+
+    /// The listening socket, for the process an upgrade starts.
+    pub fn handover_socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.handover)
     }
 
     /// The metrics listener: `/metrics` only (no configuration, no status), for Prometheus off
@@ -166,16 +183,30 @@ impl AdminServer {
         state: Arc<AdminState>,
         token: Option<String>,
     ) -> std::io::Result<AdminServer> {
-        Self::serve(addr, "sluice-metrics", move |request| metrics_route(&state, token.as_deref(), request))
+        Self::start_metrics_inherited(addr, state, token, None)
+    }
+
+    /// `start_metrics`, on the socket an upgrade handed over when there is one.
+    pub fn start_metrics_inherited(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        token: Option<String>,
+        inherited: Option<&crate::handover::Inherited>,
+    ) -> std::io::Result<AdminServer> {
+        let listener =
+            crate::handover::listener_for(inherited, "metrics", addr, std::net::TcpListener::bind)?;
+        Self::serve(listener, "sluice-metrics", move |request| {
+            metrics_route(&state, token.as_deref(), request)
+        })
     }
 
     fn serve(
-        addr: SocketAddr,
+        listener: std::net::TcpListener,
         thread_name: &str,
         route: impl Fn(Request<Incoming>) -> Response<ProxyBody> + Send + Sync + 'static,
     ) -> std::io::Result<AdminServer> {
         let route = Arc::new(route);
-        let listener = std::net::TcpListener::bind(addr)?;
+        let handover = listener.try_clone()?.into();
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (shutdown, mut shutdown_rx) = watch::channel(false);
@@ -206,7 +237,7 @@ impl AdminServer {
                 }
             });
         })?;
-        Ok(AdminServer { shutdown, thread: Some(thread), addr })
+        Ok(AdminServer { shutdown, thread: Some(thread), addr, handover })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -116,6 +116,29 @@ impl ScrapeSource for Xdp {
 #[derive(Debug)]
 pub struct Reloads(pub Arc<ReloadStats>);
 
+/// Binary upgrade outcomes.
+#[derive(Debug)]
+pub struct Upgrades(pub Arc<crate::metrics::UpgradeStats>);
+
+impl ScrapeSource for Upgrades {
+    fn samples(&self, emit: &mut dyn FnMut(Sample)) {
+        for (outcome, value) in [
+            ("ok", self.0.succeeded.load(Ordering::Relaxed)),
+            ("failed", self.0.failed.load(Ordering::Relaxed)),
+            ("refused", self.0.refused.load(Ordering::Relaxed)),
+        ] {
+            emit(Sample {
+                name: "sluice_upgrades",
+                help: "Binary upgrades this process was asked for: handed over (ok), the new process failed (failed), refused during another (refused)",
+                kind: MetricType::Counter,
+                unit: None,
+                labels: vec![("outcome", outcome.to_owned())],
+                value: value as f64,
+            });
+        }
+    }
+}
+
 impl ScrapeSource for Reloads {
     fn samples(&self, emit: &mut dyn FnMut(Sample)) {
         for (result, value) in [

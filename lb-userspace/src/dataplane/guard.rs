@@ -50,14 +50,14 @@ impl Guard {
         deny_map: LpmTrie<MapData, GuardCidr, u32>,
         allow_map: LpmTrie<MapData, GuardCidr, u32>,
     ) -> Guard {
-        Guard {
-            config_map,
-            deny_map,
-            allow_map,
-            deny: BTreeSet::new(),
-            allow: BTreeSet::new(),
-            config: GuardConfig::default(),
-        }
+        // An upgraded process reuses the pinned maps (`dataplane::pin`): it starts from what
+        // they hold, so its first apply removes what its configuration no longer lists.
+        let held = |map: &LpmTrie<MapData, GuardCidr, u32>| -> BTreeSet<Entry> {
+            map.keys().filter_map(Result::ok).map(|key| (key.prefix_len(), key.data())).collect()
+        };
+        let (deny, allow) = (held(&deny_map), held(&allow_map));
+        let config = config_map.get(&0, 0).unwrap_or_default();
+        Guard { config_map, deny_map, allow_map, deny, allow, config }
     }
 
     /// Makes the kernel enforce `settings`, writing only what changed (see the module comment

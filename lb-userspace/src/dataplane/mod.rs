@@ -3,10 +3,13 @@
 
 pub mod guard;
 pub mod health;
+pub mod pin;
 pub mod steering;
 
+use std::path::Path;
+
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
@@ -63,6 +66,8 @@ pub enum Error {
     Steering(String),
     #[error("cannot start the health supervisor thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("pinning (upgrades): {0}")]
+    Pin(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -149,17 +154,72 @@ impl CountersReader {
 pub struct Dataplane {
     ebpf: Ebpf,
     attachments: Vec<(Attachment, XdpLinkId, SchedClassifierLinkId)>,
+    /// With an instance name: the pin directory, its pinned links, and whether this process
+    /// owns the pins (removes them when it stops) or handed them over.
+    pins: Option<Pins>,
+}
+
+struct Pins {
+    options: pin::PinOptions,
+    links: Vec<pin::PinnedPair>,
+    owner: std::sync::atomic::AtomicBool,
 }
 
 impl Dataplane {
     /// Loads the embedded object and its programs into the kernel (the verifier runs here).
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
+        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
+        Self::load_programs(ebpf, None)
+    }
+
+    /// Loads the object with every map pinned in `options.dir`: an upgrade (`inherit`) reuses
+    /// the maps pinned there, so conntrack, counters and tables carry over; a fresh start
+    /// removes stale pins first. `attach` then adopts or pins the links.
+    pub fn load_pinned(options: &pin::PinOptions) -> Result<Self> {
+        let bpffs = options.dir.parent().and_then(Path::parent).unwrap_or(&options.dir);
+        pin::ensure_bpffs(bpffs)?;
+        if !options.inherit {
+            let stale = pin::clear(&options.dir)
+                .map_err(|e| Error::Pin(format!("removing stale pins in {}: {e}", options.dir.display())))?;
+            if stale > 0 {
+                tracing::warn!(dir = %options.dir.display(), pins = stale, "removed stale pins of an instance that did not stop cleanly");
+            }
+        }
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| Error::Pin(format!("cannot create {}: {e}", options.dir.display())))?;
+        let names = pin::map_names(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        for name in &names {
+            loader.map_pin_path(name, options.dir.join(name));
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+        let owner = std::sync::atomic::AtomicBool::new(!options.inherit);
+        let pins = Pins { options: options.clone(), links: Vec::new(), owner };
+        Self::load_programs(ebpf, Some(pins))
+    }
+
+    fn load_programs(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self> {
         for name in [XDP_PROGRAM, XDP_PASS_PROGRAM] {
             xdp_program(&mut ebpf, name)?.load().map_err(|source| Error::Program { name, source })?;
         }
         tc_program(&mut ebpf)?.load().map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
-        Ok(Dataplane { ebpf, attachments: Vec::new() })
+        Ok(Dataplane { ebpf, attachments: Vec::new(), pins })
+    }
+
+    /// This process now owns the pins: it removes them when it stops for good. An upgraded
+    /// process calls it once it serves.
+    pub fn own_pins(&self) {
+        if let Some(pins) = &self.pins {
+            pins.owner.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Gives the pins up to the process that took over: dropping this closes this process's
+    /// handles only; the links stay attached and the maps stay pinned.
+    pub fn release_pins(&self) {
+        if let Some(pins) = &self.pins {
+            pins.owner.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Attaches XDP ingress and TC egress to `interface` in the current network namespace. In
@@ -170,6 +230,9 @@ impl Dataplane {
         // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
         if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
             return Err(Error::NoInterface(interface.to_owned()));
+        }
+        if let Some(attachment) = self.adopt_pinned(interface)? {
+            return Ok(attachment);
         }
         let program = xdp_program(&mut self.ebpf, XDP_PROGRAM)?;
         let mut attached = None;
@@ -199,17 +262,63 @@ impl Dataplane {
             }
         };
         let attachment = Attachment { interface: interface.to_owned(), mode: xdp_mode };
+        if let Some(pins) = &self.pins {
+            let xdp = xdp_program(&mut self.ebpf, XDP_PROGRAM)?.take_link(xdp_link);
+            let xdp = xdp.map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+            let tc = tc_program(&mut self.ebpf)?.take_link(tc_link);
+            let tc = tc.map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
+            let pinned = pin::PinnedPair::pin(&pins.options.dir, attachment.clone(), xdp, tc)?;
+            self.pins.as_mut().expect("checked above").links.push(pinned);
+            return Ok(attachment);
+        }
         self.attachments.push((attachment.clone(), xdp_link, tc_link));
         Ok(attachment)
     }
 
-    /// Where the programs are attached now.
-    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
-        self.attachments.iter().map(|(a, _, _)| a)
+    /// In an upgrade, the links the previous process pinned for `interface` now run this
+    /// process's programs (`bpf_link_update`: atomic, no packet sees the interface bare).
+    fn adopt_pinned(&mut self, interface: &str) -> Result<Option<Attachment>> {
+        let Some(pins) = self.pins.as_ref().filter(|p| p.options.inherit) else { return Ok(None) };
+        let dir = pins.options.dir.clone();
+        let Some((xdp, tc, mode)) = pin::PinnedPair::find(&dir, interface) else { return Ok(None) };
+        let program = xdp_program(&mut self.ebpf, XDP_PROGRAM)?;
+        let id =
+            program.attach_to_link(xdp).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        let xdp = program.take_link(id).map_err(|source| Error::Program { name: XDP_PROGRAM, source })?;
+        let program = tc_program(&mut self.ebpf)?;
+        let id = program
+            .attach_to_link(tc)
+            .map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
+        let tc =
+            program.take_link(id).map_err(|source| Error::Program { name: TC_EGRESS_PROGRAM, source })?;
+        let attachment = Attachment { interface: interface.to_owned(), mode };
+        let pinned = pin::PinnedPair::adopted(&dir, attachment.clone(), xdp, tc)?;
+        self.pins.as_mut().expect("checked above").links.push(pinned);
+        tracing::info!(interface, "xdp and tc links taken over from the previous process");
+        Ok(Some(attachment))
     }
 
-    /// Detaches every program from every interface. Also done on drop.
+    /// Where the programs are attached now.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        let pinned = self.pins.iter().flat_map(|p| p.links.iter().map(|l| &l.attachment));
+        self.attachments.iter().map(|(a, _, _)| a).chain(pinned)
+    }
+
+    /// Detaches every program from every interface. Also done on drop. Pinned links are
+    /// unpinned only by the owner of the pins; after a handover they stay for the successor.
     pub fn detach_all(&mut self) -> Result<()> {
+        if let Some(pins) = &mut self.pins {
+            let owner = pins.owner.load(std::sync::atomic::Ordering::Relaxed);
+            for pair in std::mem::take(&mut pins.links) {
+                if owner {
+                    pair.detach().map_err(|e| Error::Pin(format!("unpinning links: {e}")))?;
+                }
+            }
+            if owner {
+                pin::clear(&pins.options.dir)
+                    .map_err(|e| Error::Pin(format!("removing {}: {e}", pins.options.dir.display())))?;
+            }
+        }
         for (_, xdp_link, tc_link) in std::mem::take(&mut self.attachments) {
             xdp_program(&mut self.ebpf, XDP_PROGRAM)?
                 .detach(xdp_link)

@@ -190,6 +190,19 @@ impl Steering {
         Ok(())
     }
 
+    /// Writes the worker states and every Maglev slot again, whatever was written last: after
+    /// a failed upgrade, the process that failed may have written tables of its own.
+    pub fn rewrite(&mut self) -> Result<()> {
+        let healthy = std::mem::take(&mut self.healthy);
+        // No real slot holds u32::MAX and no real set holds worker u32::MAX: every slot and
+        // every worker entry differs from what "was written", so all of them are written.
+        for table in &mut self.tables {
+            table.fill(u32::MAX);
+        }
+        self.healthy = BTreeSet::from([u32::MAX]);
+        self.set_healthy(healthy)
+    }
+
     /// The Maglev table last written for service `id`.
     pub fn table(&self, id: usize) -> Option<&[u32]> {
         self.tables.get(id).map(Vec::as_slice)

@@ -53,6 +53,12 @@ pub struct WorkerOptions {
     pub metrics: Arc<Metrics>,
     /// Busy polling window after the last network work (`busy_poll_us`); zero: off.
     pub busy_poll: Duration,
+    /// Listening sockets handed over by the process this one replaces (an upgrade), taken by
+    /// key instead of binding.
+    pub inherited: Option<Arc<crate::handover::Inherited>>,
+    /// When set, accept loops wait until it turns true (an upgraded process in Kubernetes mode
+    /// accepts only once it has the cluster's routes; the old process serves until then).
+    pub accept_gate: Option<watch::Receiver<bool>>,
 }
 
 impl WorkerOptions {
@@ -69,6 +75,8 @@ impl WorkerOptions {
             limits,
             metrics: Arc::new(Metrics::new(count.max(1))),
             busy_poll: Duration::ZERO,
+            inherited: None,
+            accept_gate: None,
         }
     }
 
@@ -95,6 +103,9 @@ pub struct Workers {
     faults: Vec<mpsc::UnboundedSender<Fault>>,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// A duplicate of every listening socket with its handover key, for an upgrade; closed
+    /// first on stop, so a stopped node's ports refuse at once.
+    handover: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 impl Workers {
@@ -107,14 +118,27 @@ impl Workers {
         // With port 0 the first bind picks the port; the other workers must join that one.
         let mut local_addrs = options.listeners.clone();
         let mut bound: Vec<Vec<Bound>> = Vec::with_capacity(count);
+        let mut handover = Vec::new();
+        let inherited = options.inherited.as_deref();
+        let bind = |a: SocketAddr| reuseport_listener(a, &options.limits);
         for worker in 0..count {
             let mut sockets = Vec::with_capacity(local_addrs.len());
             for (l, addr) in local_addrs.iter_mut().enumerate() {
-                let shared = reuseport_listener(*addr, &options.limits)?;
+                let key = format!("worker/{worker}/{l}/shared");
+                let shared = crate::handover::listener_for(inherited, &key, *addr, bind)?;
+                handover.push((key, shared.try_clone()?.into()));
                 *addr = shared.local_addr()?;
                 let own = match options.own_port(l, worker) {
                     Some(port) => {
-                        Some(reuseport_listener(SocketAddr::new(addr.ip(), port), &options.limits)?)
+                        let key = format!("worker/{worker}/{l}/own");
+                        let own = crate::handover::listener_for(
+                            inherited,
+                            &key,
+                            SocketAddr::new(addr.ip(), port),
+                            bind,
+                        )?;
+                        handover.push((key, own.try_clone()?.into()));
+                        Some(own)
                     }
                     None => None,
                 };
@@ -142,6 +166,7 @@ impl Workers {
                 busy_poll: options.busy_poll,
                 shutdown: shutdown_rx.clone(),
                 faults: fault_rx,
+                accept_gate: options.accept_gate.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-worker-{id}"))
@@ -149,7 +174,13 @@ impl Workers {
             threads.push(thread);
             faults.push(fault_tx);
         }
-        Ok(Workers { shutdown, faults, threads, local_addrs })
+        Ok(Workers { shutdown, faults, threads, local_addrs, handover })
+    }
+
+    /// Every listening socket with its handover key, for the process that takes over.
+    pub fn handover_sockets(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        self.handover.iter().map(|(key, fd)| (key.clone(), fd.as_fd())).collect()
     }
 
     /// Tells worker `id` to simulate `fault`. Returns false if there is no such worker or it
@@ -177,6 +208,7 @@ impl Workers {
     }
 
     fn stop_and_join(&mut self) {
+        self.handover.clear();
         let _ = self.shutdown.send(true);
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -241,6 +273,7 @@ struct Worker {
     busy_poll: Duration,
     shutdown: watch::Receiver<bool>,
     faults: mpsc::UnboundedReceiver<Fault>,
+    accept_gate: Option<watch::Receiver<bool>>,
 }
 
 impl Worker {
@@ -270,6 +303,7 @@ impl Worker {
             busy_poll: _,
             mut shutdown,
             mut faults,
+            accept_gate,
         } = self;
         // Each connection holds a permit: the cap on connections per worker, and on shutdown
         // the way to wait for the last one.
@@ -292,6 +326,7 @@ impl Worker {
                             shutdown: shutdown.clone(),
                             metrics: metrics.clone(),
                             listener_index,
+                            accept_gate: accept_gate.clone(),
                         };
                         tasks.spawn(accept_loop(listener, context));
                     }
@@ -363,10 +398,16 @@ struct AcceptContext {
     metrics: Arc<WorkerMetrics>,
     /// The listener's index in the configuration: which TLS settings apply.
     listener_index: usize,
+    accept_gate: Option<watch::Receiver<bool>>,
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, context: AcceptContext) {
     let id = context.id;
+    if let Some(mut gate) = context.accept_gate.clone()
+        && gate.wait_for(|open| *open).await.is_err()
+    {
+        return;
+    }
     loop {
         // At the connection cap, wait for a slot before accepting more.
         let Ok(slot) = context.slots.clone().acquire_owned().await else { return };

@@ -1,0 +1,564 @@
+//! Zero-downtime binary upgrades: `sluice run --instance NAME` with XDP in the node namespace,
+//! under keep-alive, new-connection and WebSocket load from the client namespace, replaced by
+//! `sluice upgrade --binary NEW`: the new process takes over the listening sockets and the
+//! pinned maps and links, the old one drains (in-flight requests and the WebSocket finish) and
+//! exits, and no request fails. Established flows keep the worker XDP steered them to: the
+//! conntrack map the new process uses is the one the old one filled (same kernel map id), and
+//! every connection's entry names the worker that answered it, before and after. A new binary
+//! that exits, or never becomes ready, leaves the old process serving, counted.
+//!
+//! The new process is not the test's child (the old process starts it and exits): a guard kills
+//! it by pid. A test killed outright (SIGKILL) leaves it running in its deleted namespace.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use lb_common::{FAMILY_IPV4, FlowKey, PROTO_TCP};
+use lb_tests::{
+    backend::{Backend, Mode, Options},
+    http::{Client, HttpResponse, http_get},
+    process::ChildGuard,
+    require_root,
+    sluice::wait_for_load,
+    sluice_binary,
+    temp_dir::TempDir,
+    topology::{NODE_CLIENT_IF, Topology},
+    wait_for,
+};
+use lb_userspace::dataplane::{pin, steering::v4_words};
+use tokio_tungstenite::tungstenite::Message;
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, bpffs (cargo xtask test runs it as root)"]
+fn a_new_binary_takes_over_under_load_with_no_failed_request() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let peers = Peers::start(&topology);
+    let old = Instance::start(&topology, &peers, "takeover");
+    let target = SocketAddr::from((topology.node_v4(), PORT));
+    let load = Load::start(&topology, target);
+    wait_for_load(&load.sent, 100, "before the upgrade");
+
+    // Established before the upgrade: a WebSocket and three requests held at their backend.
+    let ws_runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut ws, ws_port, ws_worker) = ws_runtime.block_on(ws_connect(&topology, target));
+    ws_runtime.block_on(ws_round_trip(&mut ws, "before the upgrade"));
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let client = topology.client.name().to_owned();
+            std::thread::spawn(move || in_namespace(&client, move || http_get(target, "/slow")))
+        })
+        .collect();
+    wait_for(Duration::from_secs(10), "the slow requests at their backend", || {
+        (peers.slow.holding() == 3).then_some(())
+    })
+    .unwrap();
+    let pins_before = old.pin_dir();
+    let conntrack_id = pin::pinned_map_id(&pins_before, lb_common::CONNTRACK_MAP).unwrap();
+    let ws_flow = flow_of(&pins_before, ws_port).expect("the WebSocket's flow is in conntrack");
+    assert_eq!(ws_flow.worker as usize, ws_worker, "conntrack names the worker that answered the handshake");
+    let new_flows_before = xdp_counter(&topology, old.admin, "new_flows");
+
+    // The upgrade, to a binary at another path.
+    let new_binary = old.dir.0.join("sluice-new");
+    std::fs::hard_link(sluice_binary().unwrap(), &new_binary)
+        .or_else(|_| std::fs::copy(sluice_binary().unwrap(), &new_binary).map(drop))
+        .unwrap();
+    let (ok, said) = old.upgrade(Some(&new_binary), 30);
+    assert!(ok, "the upgrade succeeds: {said}\n{}", old.child.output());
+    let new_pid: u32 = said
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the new pid in {said:?}"));
+    let new = PidGuard(new_pid);
+    assert_ne!(new_pid, old.child.pid());
+    let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
+    assert_eq!(exe, new_binary, "the new process runs the new binary");
+
+    // The new process uses the maps the old one filled: same conntrack map, same entries, and
+    // the counters went on from where they were.
+    let pins_after =
+        pin::instance_dir(&PathBuf::from(format!("/proc/{new_pid}/root/sys/fs/bpf")), &old.instance);
+    assert_eq!(pin::pinned_map_id(&pins_after, lb_common::CONNTRACK_MAP).unwrap(), conntrack_id);
+    assert_eq!(flow_of(&pins_after, ws_port), Some(ws_flow), "the WebSocket keeps its conntrack entry");
+    assert!(xdp_counter(&topology, old.admin, "new_flows") >= new_flows_before, "counters carried over");
+    assert!(is_ready(&topology, old.admin), "the new process answers the admin socket it took over");
+    wait_for_load(&load.sent, 100, "after the handover");
+
+    // The old process drains: held requests finish, the WebSocket still works on its worker,
+    // and the process exits once the WebSocket closes.
+    assert!(old.child.try_status_is_running(), "the old process drains while connections remain");
+    peers.slow.release();
+    for request in in_flight {
+        let response = request.join().unwrap().expect("an in-flight request completes");
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    ws_runtime.block_on(ws_round_trip(&mut ws, "after the upgrade"));
+    assert_eq!(flow_of(&pins_after, ws_port).map(|f| f.worker as usize), Some(ws_worker));
+    ws_runtime.block_on(async { ws.close(None).await.expect("the WebSocket closes cleanly") });
+    drop(ws);
+    let mut old_child = old.child;
+    let status =
+        wait_for(Duration::from_secs(15), "the old process to exit once drained", || old_child.try_status())
+            .unwrap_or_else(|e| panic!("{e}\n{}", old_child.output()));
+    assert!(status.success(), "the old process exits cleanly: {status:?}\n{}", old_child.output());
+    assert!(old_child.output().contains("handed over"), "{}", old_child.output());
+    wait_for_load(&load.sent, 100, "after the old process exited");
+
+    let counts = load.stop();
+    assert_eq!(counts.failed, 0, "no request failed: {counts:?}");
+    assert!(counts.keep_alive_requests > 100, "{counts:?}");
+    // Every connection was answered by one worker, the one its conntrack entry names: the
+    // connections the old process served as well as the new one's, in the one map.
+    let flows = pin::pinned_flows(&pins_after).unwrap();
+    let by_port: BTreeMap<u16, u32> = flows
+        .iter()
+        .filter(|(key, _)| key.src == v4_words(topology.client_v4().octets()))
+        .map(|(key, value)| (u16::from_be(key.sport), value.worker))
+        .collect();
+    for (port, workers) in &counts.workers_by_connection {
+        assert!(workers.iter().all(|w| *w == workers[0]), "one connection, several workers: {workers:?}");
+        assert_eq!(by_port.get(port).map(|w| *w as usize), Some(workers[0]), "connection from port {port}");
+    }
+
+    // The new process stops like any other: XDP detached, nothing left pinned.
+    new.terminate();
+    assert!(!xdp_attached(&topology), "no program attached after the new process stopped");
+    eprintln!("upgrade: {} requests, {} keep-alive reconnects at the drain", counts.sent, counts.reconnects);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, bpffs (cargo xtask test runs it as root)"]
+fn a_failed_new_binary_leaves_the_old_one_serving() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let peers = Peers::start(&topology);
+    let old = Instance::start(&topology, &peers, "failing");
+    let target = SocketAddr::from((topology.node_v4(), PORT));
+    let load = Load::start(&topology, target);
+    wait_for_load(&load.sent, 50, "before the upgrades");
+
+    // A binary that exits at once.
+    let (ok, said) = old.upgrade(Some(Path::new("/bin/false")), 10);
+    assert!(!ok, "{said}");
+    assert!(said.contains("/bin/false"), "the failure names the binary: {said}");
+    wait_for_load(&load.sent, 50, "after the first failed upgrade");
+
+    // One that never becomes ready: abandoned after its timeout; another request meanwhile
+    // is refused, saying why.
+    let hang = old.dir.0.join("hang.sh");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let waiting = {
+        let (run_dir, instance, hang) = (old.run_dir.clone(), old.instance.clone(), hang.clone());
+        std::thread::spawn(move || upgrade_command(&run_dir, &instance, Some(&hang), 2))
+    };
+    wait_for(Duration::from_secs(10), "the hanging binary to be started", || {
+        old.child.output().contains("hang.sh").then_some(())
+    })
+    .unwrap();
+    let (ok, refused) = old.upgrade(Some(Path::new("/bin/false")), 10);
+    assert!(!ok && refused.contains("an upgrade is in progress (new process pid"), "{refused}");
+    let (ok, said) = waiting.join().unwrap();
+    assert!(!ok && said.contains("not ready within 2 s"), "{said}");
+    wait_for_load(&load.sent, 50, "after the second failed upgrade");
+
+    assert!(old.child.try_status_is_running(), "the old process serves on");
+    let metrics = in_namespace(topology.node.name(), {
+        let admin = old.admin;
+        move || http_get(admin, "/metrics")
+    })
+    .unwrap();
+    assert!(metrics.body.contains("sluice_upgrades_total{outcome=\"failed\"} 2"), "{}", metrics.body);
+    assert!(metrics.body.contains("sluice_upgrades_total{outcome=\"refused\"} 1"), "{}", metrics.body);
+    assert!(is_ready(&topology, old.admin));
+    let counts = load.stop();
+    assert_eq!(counts.failed, 0, "no request failed: {counts:?}");
+    assert!(xdp_counter(&topology, old.admin, "steered") > 0, "XDP steers throughout");
+    let (status, output) = old.child.terminate(Duration::from_secs(25)).unwrap();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("upgrade failed; this process serves on"), "{output}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const PORT: u16 = 8080;
+const WORKERS: usize = 4;
+
+/// The backends, in the node namespace: `fast` names itself, `slow` holds requests until
+/// released, and a WebSocket echo.
+struct Peers {
+    fast: Backend,
+    slow: Backend,
+    ws: SocketAddr,
+    _ws_runtime: tokio::runtime::Runtime,
+}
+
+impl Peers {
+    fn start(topology: &Topology) -> Peers {
+        let in_node = |name, mode| {
+            Backend::launch(name, Options { netns: Some(&topology.node), mode, ..Options::default() })
+                .unwrap()
+        };
+        let ws_runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = topology.node.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let ws = listener.local_addr().unwrap();
+        ws_runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                    let (write, read) = ws.split();
+                    let _ = read.try_filter(|m| std::future::ready(m.is_text())).forward(write).await;
+                });
+            }
+        });
+        Peers {
+            fast: in_node("fast", Mode::Name),
+            slow: in_node("slow", Mode::Hold),
+            ws,
+            _ws_runtime: ws_runtime,
+        }
+    }
+}
+
+/// `sluice run --instance NAME` with XDP on the node's client-facing interface.
+struct Instance {
+    child: ChildGuard,
+    admin: SocketAddr,
+    instance: String,
+    run_dir: PathBuf,
+    dir: TempDir,
+}
+
+impl Instance {
+    fn start(topology: &Topology, peers: &Peers, name: &str) -> Instance {
+        let dir = TempDir::new();
+        let admin = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let yaml = format!(
+            "workers: {WORKERS}\nworker_id_header: true\naccess_log: {{enabled: false}}\n\
+             xdp: {{interfaces: [{NODE_CLIENT_IF}]}}\nadmin: {{address: \"{admin}\"}}\n\
+             limits: {{shutdown_delay_ms: 0, shutdown_grace_ms: 20000}}\n\
+             listeners: [{{name: web, address: \"0.0.0.0:{PORT}\"}}]\n\
+             virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n\
+             \x20     - {{match: {{path: {{prefix: /slow}}}}, backend: slow}}\n\
+             \x20     - {{match: {{path: {{prefix: /ws}}}}, backend: ws}}\n\
+             \x20     - {{backend: fast}}\n\
+             backends:\n\
+             \x20 - {{name: fast, endpoints: [{{address: \"{}\"}}]}}\n\
+             \x20 - {{name: slow, endpoints: [{{address: \"{}\"}}]}}\n\
+             \x20 - {{name: ws, endpoints: [{{address: \"{}\"}}]}}\n",
+            peers.fast.addr(),
+            peers.slow.addr(),
+            peers.ws,
+        );
+        let config = dir.0.join("sluice.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let run_dir = dir.0.join("run");
+        // Unique per test process and test: pins live in the instance's own mount namespace
+        // (`ip netns exec` makes one), the control socket in the test's directory.
+        let instance = format!("t{}-{name}", std::process::id());
+        let mut command = topology.node.command(sluice_binary().unwrap());
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--instance", &instance, "--run-dir"])
+            .arg(&run_dir);
+        let mut child = ChildGuard::spawn(command).unwrap();
+        wait_for(Duration::from_secs(30), "sluice to be ready", || {
+            assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
+            is_ready(topology, admin).then_some(())
+        })
+        .unwrap();
+        Instance { child, admin, instance, run_dir, dir }
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        pin::instance_dir(
+            &PathBuf::from(format!("/proc/{}/root/sys/fs/bpf", self.child.pid())),
+            &self.instance,
+        )
+    }
+
+    fn upgrade(&self, binary: Option<&Path>, timeout_seconds: u64) -> (bool, String) {
+        upgrade_command(&self.run_dir, &self.instance, binary, timeout_seconds)
+    }
+}
+
+trait Running {
+    fn try_status_is_running(&self) -> bool;
+}
+
+impl Running for ChildGuard {
+    fn try_status_is_running(&self) -> bool {
+        process_alive(self.pid())
+    }
+}
+
+/// `sluice upgrade`: whether it succeeded, and what it printed.
+fn upgrade_command(
+    run_dir: &Path,
+    instance: &str,
+    binary: Option<&Path>,
+    timeout_seconds: u64,
+) -> (bool, String) {
+    let mut command = std::process::Command::new(sluice_binary().unwrap());
+    command.args(["upgrade", "--instance", instance, "--run-dir"]).arg(run_dir);
+    command.args(["--timeout-seconds", &timeout_seconds.to_string()]);
+    if let Some(binary) = binary {
+        command.arg("--binary").arg(binary);
+    }
+    let output = command.output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
+
+/// Kills a process that is not the test's child (the upgraded one) when dropped.
+struct PidGuard(u32);
+
+impl PidGuard {
+    /// SIGTERM, then waits until it is gone.
+    fn terminate(self) {
+        // SAFETY: signalling a process by pid; the guard's pid is the upgraded sluice.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+        wait_for(Duration::from_secs(25), "the new process to exit", || {
+            (!process_alive(self.0)).then_some(())
+        })
+        .unwrap();
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if process_alive(self.0) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; look at its state too.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).is_some_and(|s| s != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `f` on a thread inside the named namespace (for threads that outlive a borrow of the
+/// topology).
+fn in_namespace<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns with a valid namespace fd changes only this thread's network namespace.
+        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn is_ready(topology: &Topology, admin: SocketAddr) -> bool {
+    in_namespace(topology.node.name(), move || http_get(admin, "/readyz")).is_ok_and(|r| r.status == 200)
+}
+
+/// One XDP counter from the admin status.
+fn xdp_counter(topology: &Topology, admin: SocketAddr, name: &str) -> u64 {
+    let status = in_namespace(topology.node.name(), move || http_get(admin, "/api/v1/status")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    json["xdp"]["counters"][name].as_u64().unwrap_or_else(|| panic!("counter {name} in {json}"))
+}
+
+fn xdp_attached(topology: &Topology) -> bool {
+    let out = topology.node.command("ip").args(["link", "show", "dev", NODE_CLIENT_IF]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+/// The conntrack entry of the client's connection from `client_port` to the service.
+fn flow_of(pins: &Path, client_port: u16) -> Option<lb_common::FlowValue> {
+    let key = FlowKey {
+        src: v4_words([198, 18, 0, 1]),
+        dst: v4_words([198, 18, 0, 2]),
+        sport: client_port.to_be(),
+        dport: PORT.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_IPV4,
+        _pad: 0,
+    };
+    pin::pinned_flows(pins).unwrap().into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+fn worker_of(response: &HttpResponse) -> usize {
+    response.header("x-sluice-worker").expect("worker header").parse().expect("numeric worker id")
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    sent: u64,
+    failed: u64,
+    errors: Vec<String>,
+    keep_alive_requests: u64,
+    /// Reused keep-alive connections the server closed between requests (the drain), retried
+    /// on a new connection as RFC 9112 section 9.3.1 lets a client do for idempotent requests.
+    reconnects: u64,
+    /// Client port of each keep-alive connection -> the worker of each of its responses.
+    workers_by_connection: BTreeMap<u16, Vec<usize>>,
+}
+
+/// New connections (one request each) and four keep-alive connections, from the client
+/// namespace, until stopped.
+struct Load {
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<Counts>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(topology: &Topology, target: SocketAddr) -> Load {
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let mut threads = Vec::new();
+        for kind in 0..5 {
+            let (sent, stop, counts) = (sent.clone(), stop.clone(), counts.clone());
+            let client = topology.client.name().to_owned();
+            threads.push(std::thread::spawn(move || {
+                in_namespace(&client, move || match kind {
+                    0 => new_connections(target, &sent, &stop, &counts),
+                    _ => keep_alive(target, &sent, &stop, &counts),
+                })
+            }));
+        }
+        Load { sent, stop, counts, threads }
+    }
+
+    fn stop(self) -> Counts {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        std::mem::take(&mut self.counts.lock().unwrap())
+    }
+}
+
+fn new_connections(target: SocketAddr, sent: &AtomicU64, stop: &AtomicBool, counts: &Mutex<Counts>) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) && i < 200_000 {
+        i += 1;
+        let result = http_get(target, &format!("/new/{i}"));
+        let mut counts = counts.lock().unwrap();
+        counts.sent += 1;
+        match result {
+            Ok(r) if r.status == 200 && r.header("x-backend") == Some("fast") => {}
+            Ok(r) => {
+                counts.failed += 1;
+                counts.errors.push(format!("new connection: {} {}", r.status, r.body));
+            }
+            Err(e) => {
+                counts.failed += 1;
+                counts.errors.push(format!("new connection: {e:#}"));
+            }
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn keep_alive(target: SocketAddr, sent: &AtomicU64, stop: &AtomicBool, counts: &Mutex<Counts>) {
+    // (client, its port, requests answered on it)
+    let connect = || {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+        let port = stream.local_addr()?.port();
+        Ok::<_, std::io::Error>((Client::over_tcp(stream)?, port, 0u64))
+    };
+    let mut connection: Option<(Client, u16, u64)> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) && i < 200_000 {
+        i += 1;
+        let path = format!("/ka/{i}");
+        let mut result = match &mut connection {
+            Some((client, _, _)) => client.request("GET", "test", &path, &[], false),
+            None => match connect() {
+                Ok(c) => connection.insert(c).0.request("GET", "test", &path, &[], false),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let mut counts = counts.lock().unwrap();
+        let reused = connection.as_ref().is_some_and(|(client, _, used)| *used > 0 && client.buf.is_empty());
+        if result.is_err() && reused {
+            // Closed between requests by the drain: once more on a new connection.
+            counts.reconnects += 1;
+            connection = None;
+            result = match connect() {
+                Ok(c) => connection.insert(c).0.request("GET", "test", &path, &[], false),
+                Err(e) => Err(e.into()),
+            };
+        }
+        counts.sent += 1;
+        counts.keep_alive_requests += 1;
+        sent.fetch_add(1, Ordering::Relaxed);
+        match (result, &mut connection) {
+            (Ok(r), Some((_, port, used))) if r.status == 200 => {
+                *used += 1;
+                counts.workers_by_connection.entry(*port).or_default().push(worker_of(&r));
+                if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                    connection = None;
+                }
+            }
+            (result, _) => {
+                counts.failed += 1;
+                counts.errors.push(format!("keep-alive: {result:?}"));
+                connection = None;
+            }
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket from the client namespace: the stream, its client port and the worker that
+/// answered the handshake.
+async fn ws_connect(topology: &Topology, target: SocketAddr) -> (Ws, u16, usize) {
+    let stream = topology.client.run(move || TcpStream::connect(target)).unwrap().unwrap();
+    let port = stream.local_addr().unwrap().port();
+    stream.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+    let handshake = tokio_tungstenite::client_async(format!("ws://{target}/ws"), stream);
+    let (ws, response) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .expect("WebSocket handshake within 10 s")
+        .expect("WebSocket handshake through the proxy");
+    let worker = response
+        .headers()
+        .get("x-sluice-worker")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("the handshake's response names its worker");
+    (ws, port, worker)
+}
+
+async fn ws_round_trip(ws: &mut Ws, what: &str) {
+    ws.send(Message::text(what)).await.unwrap_or_else(|e| panic!("{what}: send failed: {e}"));
+    let echo = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Err(_) => panic!("{what}: no echo within 5 s"),
+        Ok(None) => panic!("{what}: the WebSocket closed"),
+        Ok(Some(Err(e))) => panic!("{what}: {e}"),
+        Ok(Some(Ok(echo))) => echo,
+    };
+    assert_eq!(echo, Message::text(what), "{what}");
+}
