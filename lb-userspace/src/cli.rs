@@ -1,6 +1,7 @@
 //! The `sluice` command line: argument parsing and the subcommands.
 
 mod check;
+mod keeper;
 mod upgrade;
 mod webhook;
 
@@ -170,6 +171,7 @@ pub enum LogFormat {
 
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) if args.instance.instance.is_some() && keeper::wanted() => keeper::run(),
         Command::Run(args) => run(args),
         Command::Status { admin, json } => status(admin, json),
         Command::Schema => {
@@ -224,6 +226,14 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Until their handlers are installed, SIGHUP and SIGUSR2 would end the process (their
+    // default action): a keeper (PID 1) forwards them to every process, this one included
+    // while it starts as an upgrade's new process.
+    // SAFETY: setting a signal disposition to SIG_IGN has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+    }
     init_logging(args.log_format);
     let overrides = Overrides {
         workers: args.workers,

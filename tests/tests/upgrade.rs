@@ -73,7 +73,9 @@ fn a_new_binary_takes_over_under_load_with_no_failed_request() {
     std::fs::hard_link(sluice_binary().unwrap(), &new_binary)
         .or_else(|_| std::fs::copy(sluice_binary().unwrap(), &new_binary).map(drop))
         .unwrap();
+    let asked = std::time::Instant::now();
     let (ok, said) = old.upgrade(Some(&new_binary), 30);
+    let took = asked.elapsed();
     assert!(ok, "the upgrade succeeds: {said}\n{}", old.child.output());
     let new_pid: u32 = said
         .split("pid ")
@@ -135,7 +137,10 @@ fn a_new_binary_takes_over_under_load_with_no_failed_request() {
     // The new process stops like any other: XDP detached, nothing left pinned.
     new.terminate();
     assert!(!xdp_attached(&topology), "no program attached after the new process stopped");
-    eprintln!("upgrade: {} requests, {} keep-alive reconnects at the drain", counts.sent, counts.reconnects);
+    eprintln!(
+        "upgrade: {} requests, {} keep-alive reconnects at the drain, new process ready {took:?} after the request",
+        counts.sent, counts.reconnects
+    );
 }
 
 #[test]
@@ -189,6 +194,50 @@ fn a_failed_new_binary_leaves_the_old_one_serving() {
     let (status, output) = old.child.terminate(Duration::from_secs(25)).unwrap();
     assert!(status.success(), "{output}");
     assert!(output.contains("upgrade failed; this process serves on"), "{output}");
+}
+
+/// In a container `sluice run --instance` is PID 1: it stays as the keeper, so the old process
+/// can exit after an upgrade without ending the container, and SIGTERM to PID 1 reaches the
+/// process serving at the time. (`unshare --pid` makes the container's PID namespace.)
+#[test]
+#[ignore = "needs root: network namespaces, PID namespaces, XDP, bpffs (cargo xtask test runs it as root)"]
+fn as_pid_1_the_keeper_outlives_the_old_process() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let peers = Peers::start(&topology);
+    let container =
+        Instance::start_with(&topology, &peers, "keeper", &["unshare", "--pid", "--fork", "--kill-child"]);
+    let target = SocketAddr::from((topology.node_v4(), PORT));
+    let load = Load::start(&topology, target);
+    wait_for_load(&load.sent, 50, "before the upgrade");
+    let keeper = children_of(container.child.pid()).into_iter().next().expect("unshare's child: PID 1");
+    let serving = children_of(keeper);
+    assert_eq!(serving.len(), 1, "PID 1 keeps one serving process");
+
+    let (ok, said) = container.upgrade(None, 30);
+    assert!(ok, "{said}\n{}", container.child.output());
+    wait_for(Duration::from_secs(15), "the old process to exit", || {
+        (!process_alive(serving[0])).then_some(())
+    })
+    .unwrap();
+    wait_for_load(&load.sent, 100, "after the old process exited");
+    assert!(container.child.try_status_is_running(), "the container lives on");
+    let now = children_of(keeper);
+    assert_eq!(now.len(), 1, "the new process is PID 1's child now: {now:?}");
+    assert_ne!(now[0], serving[0]);
+
+    let counts = load.stop();
+    assert_eq!(counts.failed, 0, "no request failed: {counts:?}");
+
+    // SIGTERM to PID 1 reaches the new process, which stops and detaches; then PID 1 exits.
+    // SAFETY: signalling the keeper by pid.
+    unsafe { libc::kill(keeper as i32, libc::SIGTERM) };
+    let mut child = container.child;
+    let status = wait_for(Duration::from_secs(25), "the container to end", || child.try_status())
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
+    assert!(status.success(), "{status:?}\n{}", child.output());
+    assert!(child.output().contains("xdp detached"), "{}", child.output());
+    assert!(!xdp_attached(&topology));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,6 +296,11 @@ struct Instance {
 
 impl Instance {
     fn start(topology: &Topology, peers: &Peers, name: &str) -> Instance {
+        Self::start_with(topology, peers, name, &[])
+    }
+
+    /// Started through `wrapper` (a command that runs the rest of its arguments).
+    fn start_with(topology: &Topology, peers: &Peers, name: &str, wrapper: &[&str]) -> Instance {
         let dir = TempDir::new();
         let admin = SocketAddr::from(([127, 0, 0, 1], 9901));
         let yaml = format!(
@@ -272,7 +326,14 @@ impl Instance {
         // Unique per test process and test: pins live in the instance's own mount namespace
         // (`ip netns exec` makes one), the control socket in the test's directory.
         let instance = format!("t{}-{name}", std::process::id());
-        let mut command = topology.node.command(sluice_binary().unwrap());
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = topology.node.command(program);
+                command.args(rest).arg(sluice_binary().unwrap());
+                command
+            }
+            None => topology.node.command(sluice_binary().unwrap()),
+        };
         command
             .args(["run", "--config"])
             .arg(&config)
@@ -350,6 +411,16 @@ impl Drop for PidGuard {
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
     }
+}
+
+/// The children of `pid` (every thread's).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    children
 }
 
 fn process_alive(pid: u32) -> bool {
