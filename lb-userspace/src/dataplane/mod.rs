@@ -34,9 +34,18 @@ pub use self::{
 /// The eBPF object built from `lb-ebpf` by build.rs, embedded so one binary ships.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
+/// The embedded object; empty when the build had no bpf-linker (see `build.rs`).
+fn built() -> Result<&'static [u8]> {
+    if EBPF_OBJECT.is_empty() { Err(Error::NotBuilt) } else { Ok(EBPF_OBJECT) }
+}
+
 /// Errors from the kernel side, each saying what to try.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "this sluice binary was built without its XDP programs (bpf-linker or the nightly rust-src component was missing); run `cargo xtask setup` and build again, or start with --no-xdp"
+    )]
+    NotBuilt,
     #[error(
         "loading the eBPF object failed: {0}; run as root (or with CAP_BPF and CAP_NET_ADMIN), or start with --no-xdp"
     )]
@@ -168,8 +177,7 @@ struct Pins {
 impl Dataplane {
     /// Loads the embedded object and its programs into the kernel (the verifier runs here).
     pub fn load() -> Result<Self> {
-        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(Error::Load)?;
-        Self::load_programs(ebpf, None)
+        Self::load_programs(Ebpf::load(built()?).map_err(Error::Load)?, None)
     }
 
     /// Loads the object with every map pinned in `options.dir`: an upgrade (`inherit`) reuses
@@ -187,12 +195,12 @@ impl Dataplane {
         }
         std::fs::create_dir_all(&options.dir)
             .map_err(|e| Error::Pin(format!("cannot create {}: {e}", options.dir.display())))?;
-        let names = pin::map_names(EBPF_OBJECT)?;
+        let names = pin::map_names(built()?)?;
         let mut loader = EbpfLoader::new();
         for name in &names {
             loader.map_pin_path(name, options.dir.join(name));
         }
-        let ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+        let ebpf = loader.load(built()?).map_err(Error::Load)?;
         let owner = std::sync::atomic::AtomicBool::new(!options.inherit);
         let pins = Pins { options: options.clone(), links: Vec::new(), owner };
         Self::load_programs(ebpf, Some(pins))
