@@ -437,6 +437,11 @@ pub struct KubeApiStats {
     timeouts: AtomicU64,
     /// 401 answers.
     unauthorized: AtomicU64,
+    /// Watch events that changed only an object's status (the leader's own writes): no
+    /// rebuild.
+    status_only_changes: AtomicU64,
+    /// Translations of the cluster state run (rebuilds).
+    translations: AtomicU64,
 }
 
 pub static KUBE_API: KubeApiStats = KubeApiStats {
@@ -444,6 +449,8 @@ pub static KUBE_API: KubeApiStats = KubeApiStats {
     throttled: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
     timeouts: AtomicU64::new(0),
     unauthorized: AtomicU64::new(0),
+    status_only_changes: AtomicU64::new(0),
+    translations: AtomicU64::new(0),
 };
 
 impl KubeApiStats {
@@ -464,6 +471,14 @@ impl KubeApiStats {
     pub fn unauthorized(&self) {
         self.used.store(true, Ordering::Relaxed);
         self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn status_only_change(&self) {
+        self.status_only_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn translated(&self) {
+        self.translations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks the client as in use, so the counters are rendered (at zero) from the start.
@@ -498,7 +513,21 @@ impl KubeApiStats {
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(self.unauthorized.load(Ordering::Relaxed)).encode(family)
+        ConstCounter::new(self.unauthorized.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sluice_kube_translations",
+            "Translations of the watched cluster state into a configuration (rebuilds)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.translations.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sluice_kube_status_only_changes",
+            "Watch events that changed only an object's status (such as the leader's own status writes); no rebuild follows",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.status_only_changes.load(Ordering::Relaxed)).encode(family)
     }
 }
 

@@ -228,6 +228,44 @@ fn simple_same_namespace_route_is_served_and_every_status_is_written() {
     })
     .unwrap();
     assert_eq!(gateway_writes(), writes, "an unchanged state writes no Gateway API status");
+
+    // Status writes (the leader's own, or anyone's) are not changes to serve: no rebuild.
+    let counter = |name: &str| sluice.metric(name).unwrap_or_else(|| panic!("no {name}"));
+    let translations = counter("sluice_kube_translations_total");
+    let status_only = counter("sluice_kube_status_only_changes_total");
+    let mut tampered =
+        kube.get("networking.k8s.io/v1", "Ingress", "gateway-conformance-infra", "unrelated").unwrap();
+    tampered["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.99"}]}});
+    kube.apply(tampered);
+    let mut route = kube
+        .get(GATEWAY_V1, "HTTPRoute", "gateway-conformance-infra", "gateway-conformance-infra-test")
+        .unwrap();
+    route["status"]["parents"].as_array_mut().unwrap().push(
+        json!({"parentRef": {"name": "elsewhere"}, "controllerName": "example.com/other", "conditions": []}),
+    );
+    kube.apply(route);
+    wait_for(WAIT, "the leader to write the Ingress status back", || {
+        let ingress =
+            kube.get("networking.k8s.io/v1", "Ingress", "gateway-conformance-infra", "unrelated")?;
+        (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.1").then_some(())
+    })
+    .unwrap();
+    wait_for(WAIT, "the three status changes to be seen", || {
+        (counter("sluice_kube_status_only_changes_total") >= status_only + 3.0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(counter("sluice_kube_translations_total"), translations, "a status change rebuilt");
+    // An annotation is not status: it rebuilds (and here changes what is served).
+    let mut annotated =
+        kube.get("networking.k8s.io/v1", "Ingress", "gateway-conformance-infra", "unrelated").unwrap();
+    annotated["metadata"]["annotations"] =
+        json!({"nginx.ingress.kubernetes.io/permanent-redirect": "https://example.org/"});
+    kube.apply(annotated);
+    wait_for(WAIT, "the annotation served", || {
+        (ask(sluice, "GET", "ingress.example", "/", &[]).0 == 301).then_some(())
+    })
+    .unwrap();
+    assert!(counter("sluice_kube_translations_total") > translations);
 }
 
 /// HTTPRouteMatching, HTTPRouteMatchingAcrossRoutes, HTTPRouteExactPathMatching,

@@ -155,7 +155,9 @@ impl Stores {
         let config = watcher::Config::default().timeout(watch_timeout.as_secs().clamp(1, 290) as u32);
         Stores {
             classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            ingresses: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            // The leader writes Ingress and Gateway API statuses, which the translation never
+            // reads: a change to nothing else is not a reason to rebuild.
+            ingresses: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
             services: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             slices: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
             // Every Secret but Helm's release records (large, and never named by an Ingress):
@@ -171,11 +173,15 @@ impl Stores {
             // Started whether or not the CRDs are installed: while they are not, the list
             // fails with 404 and the watcher retries with its backoff, so Gateways are served
             // within seconds of the CRDs appearing.
-            gateway_classes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            gateways: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            http_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            grpc_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            tls_routes: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            gateway_classes: reflect_ignoring_status(
+                Api::all(client.clone()),
+                config.clone(),
+                changed.clone(),
+            ),
+            gateways: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
+            http_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
+            grpc_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
+            tls_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
             reference_grants: reflect(Api::all(client.clone()), config, changed.clone()),
         }
     }
@@ -275,8 +281,38 @@ impl GatewayApiInstalled {
     }
 }
 
-/// One reflector: a watcher with backoff feeding a store, driven by a task of its own.
+/// One reflector: a watcher with backoff feeding a store, driven by a task of its own; every
+/// event bumps `changed`.
 fn reflect<K>(api: Api<K>, config: watcher::Config, changed: watch::Sender<u64>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflect_with(api, config, changed, |_| true)
+}
+
+/// A reflector whose events bump `changed` only when the object changed outside its status
+/// (see [`SpecChanges`]).
+fn reflect_ignoring_status<K>(api: Api<K>, config: watcher::Config, changed: watch::Sender<u64>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut spec_changes = SpecChanges::default();
+    reflect_with(api, config, changed, move |event| spec_changes.matters(event))
+}
+
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: watch::Sender<u64>,
+    mut matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -296,12 +332,16 @@ where
         let mut failing = false;
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         tracing::info!(resource, "watch resumed");
                         failing = false;
                     }
-                    changed.send_modify(|n| *n += 1);
+                    if matters(&event) {
+                        changed.send_modify(|n| *n += 1);
+                    } else {
+                        crate::metrics::KUBE_API.status_only_change();
+                    }
                 }
                 Err(e) => {
                     log_watch_error(&resource, &e, failing);
@@ -311,6 +351,61 @@ where
         }
     });
     reader
+}
+
+/// Tells status-only changes apart: remembers a fingerprint of each object without its
+/// status and resourceVersion (what the translation reads), and says an event matters when
+/// that fingerprint is new or changed, or the object went.
+#[derive(Default)]
+struct SpecChanges {
+    seen: std::collections::HashMap<(String, String), u64>,
+    /// During a relist: the objects listed so far, to drop the rest at its end.
+    relisted: Option<BTreeSet<(String, String)>>,
+}
+
+impl SpecChanges {
+    fn matters<K: Resource + serde::Serialize>(&mut self, event: &watcher::Event<K>) -> bool {
+        let key = |object: &K| (object.namespace().unwrap_or_default(), object.name_any());
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                if let (watcher::Event::InitApply(_), Some(relisted)) = (event, &mut self.relisted) {
+                    relisted.insert(key(object));
+                }
+                // An object that cannot be fingerprinted always matters.
+                let Some(fingerprint) = spec_fingerprint(object) else { return true };
+                self.seen.insert(key(object), fingerprint) != Some(fingerprint)
+            }
+            watcher::Event::Delete(object) => {
+                self.seen.remove(&key(object));
+                true
+            }
+            watcher::Event::Init => {
+                self.relisted = Some(BTreeSet::new());
+                true
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisted) = self.relisted.take() {
+                    self.seen.retain(|key, _| relisted.contains(key));
+                }
+                true
+            }
+        }
+    }
+}
+
+/// A hash of `object` without `status`, `metadata.resourceVersion` and `managedFields`.
+fn spec_fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut value = serde_json::to_value(object).ok()?;
+    let map = value.as_object_mut()?;
+    map.remove("status");
+    if let Some(metadata) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("resourceVersion");
+        metadata.remove("managedFields");
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// `ingresses.networking.k8s.io`, `services`: as RBAC rules name resources.
@@ -488,6 +583,7 @@ impl KubeProvider {
         let base_config = base.borrow_and_update().clone();
         let translator = self.translator.clone();
         let started = Instant::now();
+        crate::metrics::KUBE_API.translated();
         let result = tokio::task::spawn_blocking(move || translator.build(&base_config, &state))
             .await
             .context("the translation task panicked")?;
