@@ -47,6 +47,8 @@ fn main() -> anyhow::Result<()> {
         for path in watch {
             println!("cargo:rerun-if-changed={}", path.display());
         }
+        // bpf-linker may also arrive on PATH from elsewhere.
+        println!("cargo:rerun-if-env-changed=PATH");
         return std::fs::write(out_dir.join(EBPF_BINARY), b"").context("cannot write the empty eBPF object");
     }
     let target = match std::env::var("CARGO_CFG_TARGET_ENDIAN")?.as_str() {
