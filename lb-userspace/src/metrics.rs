@@ -109,7 +109,36 @@ pub struct WorkerMetrics {
     proxy_protocol_refused: [AtomicU64; PROXY_PROTOCOL_REASONS.len()],
     /// Mirrored copies of requests, by outcome (`Mirrored` as the index).
     mirrored: [AtomicU64; MIRRORED_OUTCOMES.len()],
+    /// Connections closed because a write to the client waited `limits.send_timeout_ms`, by
+    /// what the connection carried (`SendTimeout` as the index).
+    send_timeouts: [AtomicU64; SEND_TIMEOUT_KINDS.len()],
+    /// Requests abandoned because their client left before the response (logged as 499), by
+    /// protocol (`ClientGone` as the index).
+    client_gone: [AtomicU64; CLIENT_GONE_PROTOCOLS.len()],
 }
+
+/// What a connection closed on the send timeout carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendTimeout {
+    /// HTTP/1.1 or HTTP/2 responses (the connection's own timer).
+    Http,
+    /// An upgraded connection's tunnel (WebSocket).
+    Tunnel,
+    /// A TLS passthrough splice.
+    Passthrough,
+}
+
+const SEND_TIMEOUT_KINDS: [&str; 3] = ["http", "tunnel", "passthrough"];
+
+/// The protocol of a request whose client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientGone {
+    Http1,
+    /// A reset stream, or a closed connection, on HTTP/2.
+    Http2,
+}
+
+const CLIENT_GONE_PROTOCOLS: [&str; 2] = ["http1", "h2"];
 
 /// What became of a mirrored copy of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +194,14 @@ impl WorkerMetrics {
 
     pub fn mirrored(&self, outcome: Mirrored) {
         self.mirrored[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn send_timeout(&self, kind: SendTimeout) {
+        self.send_timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_gone(&self, protocol: ClientGone) {
+        self.client_gone[protocol as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -392,6 +429,29 @@ impl Collector for Metrics {
         for (i, outcome) in MIRRORED_OUTCOMES.iter().enumerate() {
             let total: u64 = self.workers.iter().map(|w| w.mirrored[i].load(Ordering::Relaxed)).sum();
             ConstCounter::new(total).encode(family.encode_family(&[("outcome", (*outcome).to_owned())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_send_timeouts",
+            "Connections closed because the client took no byte for limits.send_timeout_ms, by what they carried (tunnel: also the upstream side of a WebSocket)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, kind) in SEND_TIMEOUT_KINDS.iter().enumerate() {
+            let total: u64 = self.workers.iter().map(|w| w.send_timeouts[i].load(Ordering::Relaxed)).sum();
+            ConstCounter::new(total).encode(family.encode_family(&[("kind", (*kind).to_owned())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_client_gone",
+            "Requests abandoned because the client closed its connection or reset its stream before the response (access log status 499), their upstream request cancelled",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, protocol) in CLIENT_GONE_PROTOCOLS.iter().enumerate() {
+            let total: u64 = self.workers.iter().map(|w| w.client_gone[i].load(Ordering::Relaxed)).sum();
+            ConstCounter::new(total)
+                .encode(family.encode_family(&[("protocol", (*protocol).to_owned())])?)?;
         }
 
         // Scrape-time sources, grouped by metric name so each family is described once.

@@ -21,7 +21,9 @@
 //!   request is at the backend has the upstream connection closed at once, while a client that
 //!   sends its next request meanwhile is still answered; over HTTP/2 (h2c and h2 over TLS) a
 //!   stream the client resets, or a connection it closes, cancels the upstream request at once,
-//!   and the other streams of a reset one's connection go on.
+//!   and the other streams of a reset one's connection go on; a WebSocket or TLS passthrough
+//!   client that stops reading is closed after the send timeout too, and counted; a request
+//!   whose client left is counted and logged with status 499, as nginx logs it.
 //!
 //! The backends pace their bytes with sleeps: the pacing is the behaviour under test.
 
@@ -535,4 +537,172 @@ async fn h2_connect(
 
 fn h2_get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
     http::Request::builder().uri(format!("https://a.test{path}")).body(http_body_util::Empty::new()).unwrap()
+}
+
+/// A backend that, once its trigger came (`trigger` returns true for the connection), writes
+/// 64 MiB and reports why and when its write ended.
+fn endless_writer(
+    trigger: impl Fn(&mut BackendConn) -> bool + Send + Sync + 'static,
+) -> (RawBackend, std::sync::mpsc::Receiver<WriteEnd>) {
+    const BODY: usize = 64 << 20;
+    let (ended_tx, ended) = std::sync::mpsc::channel::<WriteEnd>();
+    let backend = RawBackend::start(move |mut conn: BackendConn| {
+        if !trigger(&mut conn) {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut result = Ok(());
+        for _ in 0..BODY / chunk.len() {
+            result = conn.stream.write_all(&chunk);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result {
+            let _ = ended_tx.send((e.kind(), Instant::now()));
+        }
+    });
+    (backend, ended)
+}
+
+/// The backend's write ended because the proxy closed its connection (not on the backend's
+/// own 10 s write timeout), within 5 s of `stalled` with a send timeout of 500 ms.
+fn assert_cut_by_the_proxy(ended: &std::sync::mpsc::Receiver<WriteEnd>, stalled: Instant, what: &str) {
+    let (kind, at) = ended
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("{what}: the write never ended"));
+    assert!(
+        matches!(kind, std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset),
+        "{what}: the proxy closed the backend's connection, not the backend's own timeout: {kind:?}"
+    );
+    let waited = at.duration_since(stalled);
+    assert!(waited < Duration::from_secs(5), "{what}: closed {waited:?} after the client stopped reading");
+}
+
+/// A sample of the node's admin `/metrics` (`name{labels}` as written there; 0 when absent).
+fn metric(proxy: &Proxy, sample: &str) -> u64 {
+    let admin = proxy.node.admin_addr().expect("the test configuration has an admin server");
+    let text = lb_tests::http::request(admin, "GET", "admin", "/metrics", &[]).unwrap().body;
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `sluice_send_timeouts{kind}`.
+fn send_timeouts(proxy: &Proxy, kind: &str) -> u64 {
+    metric(proxy, &format!("sluice_send_timeouts_total{{kind=\"{kind}\"}}"))
+}
+
+#[test]
+fn a_websocket_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    // Upgrades, then sends for ever.
+    let (ws, ended) = endless_writer(|conn| {
+        conn.next_request().is_some()
+            && conn.send(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )
+    });
+    let yaml = config(&[route("/", "ws")], &[backend("ws", ws.addr, "")]).replace(
+        "limits: {shutdown_grace_ms: 2000}",
+        "limits: {shutdown_grace_ms: 2000, send_timeout_ms: 500}\nadmin: {address: \"127.0.0.1:0\"}",
+    );
+    let proxy = Proxy::start(&yaml);
+    let mut client = Client::connect(proxy.addr);
+    client.send(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    while lb_tests::http::find(&client.buf, b"\r\n\r\n").is_none() {
+        client.fill().expect("the 101 comes");
+    }
+    assert!(client.buf.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&client.buf[..40]));
+    // The client reads no more: the tunnel's writes to it wait, and 500 ms later the tunnel
+    // ends with both connections (before, it waited for ever).
+    assert_cut_by_the_proxy(&ended, Instant::now(), "WebSocket");
+    lb_tests::wait_for(Duration::from_secs(5), "the send timeout counted", || {
+        (send_timeouts(&proxy, "tunnel") == 1).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_passthrough_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    // Takes the ClientHello, then sends for ever (what a TLS server sending a large response
+    // to a client that stopped reading looks like to the proxy).
+    let (pass, ended) = endless_writer(|conn| conn.fill());
+    let leaf = lb_tests::tls::Ca::new("passthrough CA").leaf(&["default.test"]);
+    let yaml = format!(
+        "workers: 2\nxdp: {{enabled: false}}\nlimits: {{shutdown_grace_ms: 2000, send_timeout_ms: 500}}\n\
+         admin: {{address: \"127.0.0.1:0\"}}\n\
+         listeners: [{{name: web, address: \"{{listen}}\", tls: {{default_certificate: d}}}}]\ncertificates:\n{}\
+         virtual_hosts:\n  - {{name: pass, domains: [pass.test], tls: {{passthrough: pass}}, routes: [{{backend: pass}}]}}\n\
+         backends:\n{}",
+        lb_tests::tls::inline_certificate("d", &leaf),
+        backend("pass", pass.addr, "")
+    );
+    let proxy = Proxy::start(&yaml);
+    let mut client = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let mut hello = Vec::new();
+    let config = lb_tests::tls::client_config(lb_tests::tls::ClientOptions::default());
+    rustls::ClientConnection::new(config, rustls::pki_types::ServerName::try_from("pass.test").unwrap())
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    client.write_all(&hello).unwrap();
+    // Never read: the splice's writes to the client wait (before, for ever, the idle timeout
+    // never firing while a write waited).
+    assert_cut_by_the_proxy(&ended, Instant::now(), "passthrough");
+    lb_tests::wait_for(Duration::from_secs(5), "the send timeout counted", || {
+        (send_timeouts(&proxy, "passthrough") == 1).then_some(())
+    })
+    .unwrap();
+    drop(client);
+}
+
+#[test]
+fn a_request_whose_client_left_is_logged_as_499_and_counted() {
+    // Takes each request and never answers, until the proxy closes the connection.
+    let (got_tx, got) = std::sync::mpsc::channel::<String>();
+    let hangs = RawBackend::start(move |mut conn: BackendConn| {
+        if let Some(request) = conn.next_request() {
+            let _ = got_tx.send(request.path().to_owned());
+            while conn.fill() {}
+        }
+    });
+    let admin = SocketAddr::from(([127, 0, 0, 1], lb_tests::free_port()));
+    let yaml = config(&[route("/", "hangs")], &[backend("hangs", hangs.addr, "")]).replace(
+        "limits: {shutdown_grace_ms: 2000}",
+        &format!("limits: {{shutdown_grace_ms: 2000}}\nadmin: {{address: \"{admin}\"}}"),
+    );
+    let sluice = lb_tests::sluice::Binary::start(&yaml);
+    let wait = Duration::from_secs(10);
+
+    let mut client = Client::connect(sluice.addr);
+    client.send(b"GET /gone-h1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(got.recv_timeout(wait).unwrap(), "/gone-h1");
+    drop(client);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (sender, connection) = runtime.block_on(h2_connect(sluice.addr, false));
+    let request = {
+        let mut sender = sender.clone();
+        runtime.spawn(async move { sender.send_request(h2_get("/gone-h2")).await })
+    };
+    assert_eq!(got.recv_timeout(wait).unwrap(), "/gone-h2");
+    request.abort();
+
+    let gone = |protocol: &str| {
+        let sample = format!("sluice_client_gone_total{{protocol=\"{protocol}\"}} ");
+        let text = lb_tests::http::request(admin, "GET", "admin", "/metrics", &[]).ok()?.body;
+        text.lines().find_map(|l| l.strip_prefix(sample.as_str())?.trim().parse::<u64>().ok())
+    };
+    lb_tests::wait_for(wait, "both requests counted", || {
+        (gone("http1")? == 1 && gone("h2")? == 1).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+    for path in ["/gone-h1", "/gone-h2"] {
+        let line = lb_tests::wait_for(wait, &format!("the access log line of {path}"), || {
+            sluice.child.output().lines().find(|l| l.contains(&format!("path={path}"))).map(str::to_owned)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
+        assert!(line.contains("status=499") && line.contains("bytes=0"), "{line}");
+    }
+    connection.abort();
 }

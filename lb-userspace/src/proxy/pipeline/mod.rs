@@ -40,7 +40,6 @@ use http::{
     header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE, USER_AGENT},
 };
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 
 use self::access_log::{AccessEntry, Logged, RequestLine};
 use super::{
@@ -57,13 +56,14 @@ use super::{
     route::{Route, RouteAction, RouteLabels},
     snapshot::{Published, Snapshot},
     upstream::{
-        BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, pool, request_body::RequestBody,
+        BackendGroup, affinity::Pin, balance, endpoint::InflightGuard, passthrough, pool,
+        request_body::RequestBody,
     },
 };
 use crate::metrics::nginx::NginxRequest;
 use crate::{
     config::{AffinityMode, RateLimitConfig, RetryOn},
-    metrics::Denial,
+    metrics::{ClientGone, Denial},
     now_ms,
 };
 
@@ -166,7 +166,9 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
     let hsts = tls_policy::hsts_for(&request, &snapshot.tls, connection.tls.get());
     let client = RequestClient::of(&request, &connection, &snapshot);
     let client_addr = SocketAddr::new(client.ip, connection.client.port());
+    let unanswered = Unanswered::new(&connection, request.version(), request_line, (started, client_addr));
     let mut response = route_and_forward(request, &connection, &client, &snapshot, &mut outcome).await;
+    let entry = unanswered.answered();
     if let Some(route) = outcome.route {
         finish_policy(route, outcome.origin.take(), response.headers_mut());
     }
@@ -190,27 +192,78 @@ pub async fn handle(request: Request<ClientBody>, connection: Arc<Connection>) -
         recorded.answered(response.status().as_u16(), outcome.upstream.is_some(), head);
         recorded
     });
-    let entry = request_line.map(|request_line| AccessEntry {
-        started,
-        client: client_addr,
-        worker: connection.worker,
-        request: request_line,
-        status: response.status().as_u16(),
-        upstream: outcome.upstream,
-        denied: response.extensions().get::<Denial>().copied(),
-        request_id: response
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
-        bytes: 0,
+    let entry = entry.map(|mut entry| {
+        entry.status = response.status().as_u16();
+        entry.upstream = outcome.upstream;
+        entry.denied = response.extensions().get::<Denial>().copied();
+        entry.request_id =
+            response.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        entry
     });
     if entry.is_some() || nginx.is_some() {
         let (head, body) = response.into_parts();
         return Response::from_parts(head, Logged { inner: body, entry, nginx }.boxed());
     }
     response
+}
+
+/// nginx's status for a request whose client closed the connection before the response
+/// (`ngx_http_request.h`, `NGX_HTTP_CLIENT_CLOSED_REQUEST`); only ever logged, never sent.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request in progress until its response is made. Dropped before that, its client left:
+/// the HTTP/1 server saw the client's end of stream while the request was at the backend, or
+/// hyper's HTTP/2 server dropped a reset stream's (or a closed connection's) request. The
+/// request is counted (`sluice_client_gone_total`) and, when logged, its access log line says
+/// 499 as nginx's does; its upstream request is cancelled by the same drop.
+struct Unanswered<'c> {
+    metrics: &'c crate::metrics::WorkerMetrics,
+    protocol: ClientGone,
+    /// The line to log, its status 499 until the response comes.
+    entry: Option<AccessEntry>,
+    answered: bool,
+}
+
+impl<'c> Unanswered<'c> {
+    /// `line` when the request is logged, with when it began and whom it is for.
+    fn new(
+        connection: &'c Connection,
+        version: Version,
+        line: Option<RequestLine>,
+        (started, client): (Instant, SocketAddr),
+    ) -> Unanswered<'c> {
+        Unanswered {
+            metrics: &connection.metrics,
+            protocol: if version == Version::HTTP_2 { ClientGone::Http2 } else { ClientGone::Http1 },
+            entry: line.map(|request| AccessEntry {
+                started,
+                client,
+                worker: connection.worker,
+                request,
+                status: CLIENT_CLOSED_REQUEST,
+                upstream: None,
+                denied: None,
+                request_id: String::new(),
+                bytes: 0,
+            }),
+            answered: false,
+        }
+    }
+
+    /// The response came: the access log line, to be finished with it.
+    fn answered(mut self) -> Option<AccessEntry> {
+        self.answered = true;
+        self.entry.take()
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            // The entry, if any, is logged as it drops after this.
+            self.metrics.client_gone(self.protocol);
+        }
+    }
 }
 
 /// The route's response policy, on every response of the route, Sluice's own answers
@@ -372,7 +425,7 @@ async fn route_and_forward<'s>(
         user_agent: parts.headers.get(USER_AGENT),
         affinity: pin_by_affinity(group, &parts.headers),
         body,
-        client_upgrade,
+        client_upgrade: client_upgrade.map(|client| Upgrading::new(client, connection, snapshot)),
     };
     group.retry_budget.deposit();
     let response = forward(exchange, connection, snapshot, outcome).await;
@@ -603,7 +656,22 @@ struct Exchange<'a> {
     timeout: Duration,
     user_agent: Option<&'a HeaderValue>,
     affinity: Affinity,
-    client_upgrade: Option<ClientUpgrade>,
+    client_upgrade: Option<Upgrading>,
+}
+
+/// A request that asked for an upgrade: its handle on the client connection, and what bounds
+/// the tunnel if the backend agrees.
+struct Upgrading {
+    client: ClientUpgrade,
+    send_timeout: Duration,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
+}
+
+impl Upgrading {
+    fn new(client: ClientUpgrade, connection: &Connection, snapshot: &Snapshot) -> Upgrading {
+        let send_timeout = Duration::from_millis(snapshot.limits.send_timeout_ms);
+        Upgrading { client, send_timeout, metrics: connection.metrics.clone() }
+    }
 }
 
 /// A response a status condition (`retries.on: [http_503]`...) set aside while the next
@@ -816,11 +884,11 @@ fn finish_response<H: Send + Sync + Unpin + 'static>(
 ) -> Response<ProxyBody> {
     let request_id = exchange.request_id.clone();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = exchange.client_upgrade.take()
+        && let Some(upgrading) = exchange.client_upgrade.take()
     {
         let (mut head, upstream_upgrade) = pool::upgrade(response);
         if let Some(upstream_upgrade) = upstream_upgrade {
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, hold));
+            tokio::spawn(tunnel(upgrading, upstream_upgrade, hold));
         }
         head.headers.insert(X_REQUEST_ID.clone(), request_id);
         return Response::from_parts(head, body::empty());
@@ -864,23 +932,26 @@ async fn answer<H: Send + Sync + Unpin + 'static>(
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections (WebSocket and
-/// other Upgrade protocols). It references no snapshot, so configuration changes never cut it.
-async fn tunnel<H: Send + 'static>(client: ClientUpgrade, upstream: pool::UpstreamUpgrade, hold: H) {
+/// other Upgrade protocols), until both close or a write to either waits past
+/// `limits.send_timeout_ms` (a side that stopped reading; counted). No idle bound: WebSockets
+/// stay open while quiet. It references no snapshot, so configuration changes never cut it.
+async fn tunnel<H: Send + 'static>(upgrading: Upgrading, upstream: pool::UpstreamUpgrade, hold: H) {
+    let Upgrading { client, send_timeout, metrics } = upgrading;
     let Some(mut client) = client.connection().await else {
         tracing::debug!("the client connection ended before its upgrade");
         return;
     };
+    let bounds = passthrough::CopyBounds { idle: None, send_timeout };
     let copied = match upstream {
+        // What the backend sent right after its 101 came in the same read as the head.
         pool::UpstreamUpgrade::H1 { mut stream, early } => {
-            // What the backend sent right after its 101 came in the same read as the head.
-            match client.write_all(&early).await {
-                Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut stream).await,
-                Err(e) => Err(e),
-            }
+            passthrough::copy_both_ways(&mut client, &mut stream, (early.to_vec(), Vec::new()), bounds).await
         }
         pool::UpstreamUpgrade::Hyper(upgrade) => match upgrade.await {
             Ok(upstream) => {
-                tokio::io::copy_bidirectional(&mut client, &mut hyper_util::rt::TokioIo::new(upstream)).await
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                passthrough::copy_both_ways(&mut client, &mut upstream, (Vec::new(), Vec::new()), bounds)
+                    .await
             }
             Err(e) => {
                 tracing::debug!(error = %e, "upstream upgrade failed");
@@ -888,8 +959,13 @@ async fn tunnel<H: Send + 'static>(client: ClientUpgrade, upstream: pool::Upstre
             }
         },
     };
-    if let Err(e) = copied {
-        tracing::debug!(error = %e, "tunnel closed with an error");
+    match copied {
+        Ok(end @ (passthrough::CopyEnd::ClientSendTimeout | passthrough::CopyEnd::UpstreamSendTimeout)) => {
+            tracing::debug!(?end, "tunnel send timed out");
+            metrics.send_timeout(crate::metrics::SendTimeout::Tunnel);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "tunnel closed with an error"),
     }
     drop(hold);
 }

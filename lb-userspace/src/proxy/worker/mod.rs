@@ -22,12 +22,15 @@ use super::{
     http1::guard::{H1Guard, HeadClock, ParsedHeads},
     pipeline::Connection,
     snapshot::{Published, Snapshot},
-    upstream::{passthrough, pool},
+    upstream::{
+        passthrough::{self, CopyEnd},
+        pool,
+    },
 };
 use crate::{
     config::Limits,
     dataplane::HeartbeatWriter,
-    metrics::{Metrics, WorkerMetrics},
+    metrics::{Metrics, SendTimeout, WorkerMetrics},
 };
 
 /// How to start the workers.
@@ -522,6 +525,7 @@ async fn serve_client(
         crate::tls::Accepted::Passthrough { client, hello, backend, proxy_protocol } => {
             let Some(group) = snapshot.backends.get(backend) else { return };
             let idle = Duration::from_millis(snapshot.limits.idle_timeout_ms);
+            let send_timeout = Duration::from_millis(snapshot.limits.send_timeout_ms);
             let Some(upstream) = passthrough::connect(group, connection.client.ip()).await else {
                 return;
             };
@@ -537,7 +541,11 @@ async fn serve_client(
                 }
                 None => hello,
             };
-            passthrough::splice(client, first_bytes, upstream, idle).await;
+            let end = passthrough::splice(client, first_bytes, upstream, idle, send_timeout).await;
+            if matches!(end, CopyEnd::ClientSendTimeout | CopyEnd::UpstreamSendTimeout) {
+                tracing::debug!(worker = connection.worker, client = %connection.client, ?end, "passthrough send timed out");
+                connection.metrics.send_timeout(SendTimeout::Passthrough);
+            }
             drop(slot);
         }
         crate::tls::Accepted::Failed(reason) => {
@@ -607,6 +615,7 @@ async fn serve_connection<S>(
                     // The client stopped reading: what is still to be written to it would hold
                     // the connection, the request and its upstream connection for ever.
                     tracing::debug!(worker = connection.worker, client = %connection.client, "send timed out: the client takes no bytes");
+                    connection.metrics.send_timeout(SendTimeout::Http);
                     return;
                 }
                 if !closing.load(Ordering::Relaxed) && activity.idle_for() >= idle_limit {
