@@ -461,7 +461,7 @@ impl KernelPath {
             .ok()?;
         self.workers = workers as u32;
         *self.supervisor.get_mut() = Supervision::Running(supervisor);
-        let mut guard = self.dataplane.take_guard().inspect_err(|e| disabled(e)).ok()?;
+        let mut guard = self.dataplane.open_guard().inspect_err(|e| disabled(e)).ok()?;
         guard.apply(&config.xdp.guard).inspect_err(|e| disabled(e)).ok()?;
         self.guard = Some(parking_lot::Mutex::new(guard));
         for interface in &config.xdp.interfaces {

@@ -259,7 +259,7 @@ fn guard_phase(dataplane: &mut Dataplane, plan: &Plan) -> anyhow::Result<[Sample
         syn_rate_limit: Some(GuardRateLimit { per_second: 1_000_000, burst: 1_000_000 }),
         udp_rate_limit: None,
     };
-    dataplane.take_guard()?.apply(&settings).context("installing the bench guard")?;
+    dataplane.open_guard()?.apply(&settings).context("installing the bench guard")?;
     let rounds = plan.warmup + plan.rounds / 2;
     let syns: Vec<Vec<u8>> = (0..rounds as u32)
         .map(|i| {

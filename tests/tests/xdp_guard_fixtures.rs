@@ -15,7 +15,7 @@ use lb_common::Stat;
 use lb_tests::{frames, require_root, wait_for};
 use lb_userspace::{
     config::{GuardRateLimit, XdpGuardConfig},
-    dataplane::{Dataplane, Guard, Protocol, Service},
+    dataplane::{Dataplane, Guard, GuardChanges, Protocol, Service},
 };
 
 #[test]
@@ -126,6 +126,34 @@ fn the_workers_own_ports_are_no_way_around_the_guard() {
     ] {
         let out = dataplane.test_run_xdp(&frame).unwrap();
         assert_eq!((out.verdict, &out.frame), (XDP_PASS, &frame), "passed untouched");
+    }
+}
+
+/// A new handle on the maps (what a process that reuses pinned maps in an upgrade gets)
+/// starts from the entries they hold, so its first apply removes what is no longer configured
+/// and turns an emptied list off, instead of leaving its predecessor's entries in force.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn a_new_handle_starts_from_what_the_maps_hold() {
+    require_root!();
+    let (mut dataplane, mut guard) = dataplane_with_guard();
+    let before = XdpGuardConfig {
+        syn_rate_limit: Some(GuardRateLimit { per_second: 1, burst: 1 }),
+        ..lists(&["198.18.0.9", "2001:db8:bad::/48"], &["198.18.0.0/24"])
+    };
+    guard.apply(&before).unwrap();
+    let written = guard.config();
+    drop(guard);
+    let mut successor = dataplane.open_guard().unwrap();
+    assert_eq!(successor.config(), written, "the settings slot is read back");
+    assert_eq!(successor.apply(&before).unwrap(), GuardChanges { added: 0, removed: 0 }, "nothing to write");
+    let changes = successor.apply(&XdpGuardConfig::default()).unwrap();
+    assert_eq!(changes, GuardChanges { added: 0, removed: 3 });
+    assert_eq!(successor.config().flags, 0);
+    for client in ["198.18.0.9", "10.0.0.1", "2001:db8:bad::1"] {
+        let client: IpAddr = client.parse().unwrap();
+        assert_eq!(verdict(&mut dataplane, &syn(client, 40000)), XDP_PASS, "{client}");
+        assert_eq!(verdict(&mut dataplane, &syn(client, 40001)), XDP_PASS, "{client}: no SYN limit left");
     }
 }
 
@@ -267,7 +295,7 @@ fn dataplane_with_guard() -> (Dataplane, Guard) {
             },
         ])
         .unwrap();
-    let guard = dataplane.take_guard().unwrap();
+    let guard = dataplane.open_guard().unwrap();
     (dataplane, guard)
 }
 

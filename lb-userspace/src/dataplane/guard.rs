@@ -45,19 +45,22 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
 }
 
 impl Guard {
+    /// A handle on the maps that knows what they hold now, so the next `apply` is a diff
+    /// against the kernel's state, whoever wrote it: an upgraded process reuses the pinned
+    /// maps (`dataplane::pin`), and its first apply removes what its configuration no longer
+    /// lists.
     pub(super) fn new(
         config_map: Array<MapData, GuardConfig>,
         deny_map: LpmTrie<MapData, GuardCidr, u32>,
         allow_map: LpmTrie<MapData, GuardCidr, u32>,
-    ) -> Guard {
-        // An upgraded process reuses the pinned maps (`dataplane::pin`): it starts from what
-        // they hold, so its first apply removes what its configuration no longer lists.
-        let held = |map: &LpmTrie<MapData, GuardCidr, u32>| -> BTreeSet<Entry> {
-            map.keys().filter_map(Result::ok).map(|key| (key.prefix_len(), key.data())).collect()
+    ) -> Result<Guard> {
+        let entries = |map: &LpmTrie<MapData, GuardCidr, u32>, name| -> Result<BTreeSet<Entry>> {
+            map.keys().map(|key| key.map(|k| (k.prefix_len(), k.data())).map_err(map_error(name))).collect()
         };
-        let (deny, allow) = (held(&deny_map), held(&allow_map));
-        let config = config_map.get(&0, 0).unwrap_or_default();
-        Guard { config_map, deny_map, allow_map, deny, allow, config }
+        let deny = entries(&deny_map, GUARD_DENY_MAP)?;
+        let allow = entries(&allow_map, GUARD_ALLOW_MAP)?;
+        let config = config_map.get(&0, 0).map_err(map_error(GUARD_CONFIG_MAP))?;
+        Ok(Guard { config_map, deny_map, allow_map, deny, allow, config })
     }
 
     /// Makes the kernel enforce `settings`, writing only what changed (see the module comment

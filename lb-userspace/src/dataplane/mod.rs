@@ -349,14 +349,21 @@ impl Dataplane {
         ))
     }
 
-    /// Takes the guard maps out of the object; their single owner from then on writes the deny
-    /// and allow lists and the rate limits. Callable once.
-    pub fn take_guard(&mut self) -> Result<Guard> {
-        Ok(Guard::new(
-            self.take_map(GUARD_CONFIG_MAP, Array::try_from)?,
-            self.take_map(GUARD_DENY_MAP, LpmTrie::try_from)?,
-            self.take_map(GUARD_ALLOW_MAP, LpmTrie::try_from)?,
-        ))
+    /// Opens the guard maps with descriptors of their own, for the one owner that writes the
+    /// deny and allow lists and the rate limits. The handle starts from what the maps hold:
+    /// a process given maps that already carry entries (pinned maps reused by an upgrade, or
+    /// a second handle) removes those no longer configured at its first `apply`.
+    pub fn open_guard(&self) -> Result<Guard> {
+        let open = |name: &'static str| -> Result<MapData> {
+            MapData::from_id(self.map_id(name)?).map_err(|source| Error::Map { name, source })
+        };
+        let config = Array::try_from(Map::Array(open(GUARD_CONFIG_MAP)?))
+            .map_err(|source| Error::Map { name: GUARD_CONFIG_MAP, source })?;
+        let deny = LpmTrie::try_from(Map::LpmTrie(open(GUARD_DENY_MAP)?))
+            .map_err(|source| Error::Map { name: GUARD_DENY_MAP, source })?;
+        let allow = LpmTrie::try_from(Map::LpmTrie(open(GUARD_ALLOW_MAP)?))
+            .map_err(|source| Error::Map { name: GUARD_ALLOW_MAP, source })?;
+        Guard::new(config, deny, allow)
     }
 
     /// A heartbeat handle for `worker`, with its own file descriptor on the heartbeat array.
@@ -438,7 +445,11 @@ impl Dataplane {
     fn map_id(&self, name: &'static str) -> Result<u32> {
         let map = self.ebpf.map(name).ok_or(Error::Missing(name))?;
         let data = match map {
-            Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data) => data,
+            Map::Array(data)
+            | Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::PerCpuArray(data)
+            | Map::LpmTrie(data) => data,
             _ => return Err(Error::Missing(name)),
         };
         Ok(data.info().map_err(|source| Error::Map { name, source })?.id())
