@@ -21,7 +21,8 @@
 //!   request is at the backend has the upstream connection closed at once, while a client that
 //!   sends its next request meanwhile is still answered; over HTTP/2 (h2c and h2 over TLS) a
 //!   stream the client resets, or a connection it closes, cancels the upstream request at once,
-//!   and the other streams of a reset one's connection go on; a WebSocket or TLS passthrough
+//!   and the other streams of a reset one's connection go on; at an HTTP/2 backend the
+//!   cancelled request's stream is reset (its handler dropped); a WebSocket or TLS passthrough
 //!   client that stops reading is closed after the send timeout too, and counted; a request
 //!   whose client left is counted and logged with status 499, as nginx logs it.
 //!
@@ -705,4 +706,79 @@ fn a_request_whose_client_left_is_logged_as_499_and_counted() {
         assert!(line.contains("status=499") && line.contains("bytes=0"), "{line}");
     }
     connection.abort();
+}
+
+#[test]
+fn a_client_that_leaves_cancels_its_stream_at_an_h2_backend() {
+    // An HTTP/2 backend (prior knowledge) whose handler never answers and reports when hyper
+    // drops it: on the stream's RST_STREAM, or the connection's end.
+    let (got_tx, got) = std::sync::mpsc::channel::<String>();
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<Instant>();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((stream, _)) = listener.accept().await {
+            let (got_tx, dropped_tx) = (got_tx.clone(), dropped_tx.clone());
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let _ = got_tx.send(request.uri().path().to_owned());
+                    let guard = SendOnDrop(Some(dropped_tx.clone()));
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                            bytes::Bytes,
+                        >::new(
+                        )))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let proxy = Proxy::start(&config(&[route("/", "h2")], &[backend("h2", backend_addr, ", protocol: h2c")]));
+    let wait = Duration::from_secs(10);
+    // An HTTP/1 client that closes, then an HTTP/2 client that resets its stream.
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /h1-leaves HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(got.recv_timeout(wait).expect("the backend gets the request"), "/h1-leaves");
+    drop(client);
+    let left = Instant::now();
+    let at = dropped.recv_timeout(wait).expect("the backend's stream is cancelled");
+    assert!(
+        at.duration_since(left) < Duration::from_secs(1),
+        "cancelled {:?} after",
+        at.duration_since(left)
+    );
+    let (sender, connection) = runtime.block_on(h2_connect(proxy.addr, false));
+    let request = {
+        let mut sender = sender.clone();
+        runtime.spawn(async move { sender.send_request(h2_get("/h2-resets")).await })
+    };
+    assert_eq!(got.recv_timeout(wait).expect("the backend gets the request"), "/h2-resets");
+    request.abort();
+    let left = Instant::now();
+    let at = dropped.recv_timeout(wait).expect("the backend's stream is cancelled");
+    assert!(
+        at.duration_since(left) < Duration::from_secs(1),
+        "cancelled {:?} after",
+        at.duration_since(left)
+    );
+    connection.abort();
+}
+
+/// Sends the time it is dropped.
+struct SendOnDrop(Option<std::sync::mpsc::Sender<Instant>>);
+
+impl Drop for SendOnDrop {
+    fn drop(&mut self) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(Instant::now());
+        }
+    }
 }
