@@ -12,8 +12,11 @@ use lb_common::Stat;
 use lb_tests::{
     frames,
     http::{Client, http_get},
-    require_root,
+    process::ChildGuard,
+    require_root, sluice_binary,
+    temp_dir::TempDir,
     topology::{HOST_IF, NODE_CLIENT_IF, Topology},
+    wait_for,
 };
 use lb_userspace::{config::Config, node::Node};
 
@@ -128,6 +131,58 @@ fn a_syn_flood_is_held_to_the_rate_limit_while_another_client_is_served() {
     );
     eprintln!("flood: {FLOOD} SYNs in {flood_took:?}, {dropped} dropped at the guard, {admitted} admitted");
     node.stop().unwrap();
+}
+
+/// The real binary serving a configuration file with a guard: a reload whose deny list holds
+/// a network that does not parse is refused with the network, its line and column, and the
+/// running guard keeps denying; the next valid file applies (here: the deny list emptied).
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn a_file_with_a_bad_network_is_refused_and_the_running_guard_keeps_serving() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    topology.client.ip(&["addr", "add", &format!("{SECOND}/24"), "dev", HOST_IF]).unwrap();
+    let first = topology.client_v4();
+    let target = SocketAddr::from((topology.node_v4(), PORT));
+    let dir = TempDir::new();
+    let path = dir.path().join("sluice.yaml");
+    let write = |guard: &str| {
+        // Write then rename, as editors and config management do.
+        std::fs::write(path.with_extension("next"), yaml(guard)).unwrap();
+        std::fs::rename(path.with_extension("next"), &path).unwrap();
+    };
+    write(&format!("deny: ['{SECOND}/32']"));
+    let mut command = topology.node.command(sluice_binary().unwrap());
+    command.arg("run").arg("--config").arg(&path);
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    wait_for(Duration::from_secs(20), "sluice to serve with XDP", || {
+        assert!(sluice.try_status().is_none(), "sluice exited:\n{}", sluice.output());
+        sluice.output().contains("xdp attached").then(|| get_from(&topology, first, target).ok()).flatten()
+    })
+    .unwrap();
+    let denied = connect_from(&topology, SECOND, target).expect_err("the denied source connected");
+    assert_eq!(denied.kind(), std::io::ErrorKind::TimedOut, "{denied}");
+
+    write(&format!("deny: ['{SECOND}/32', '198.18.0.0/33']"));
+    let refusal = wait_for(Duration::from_secs(10), "the bad file to be refused", || {
+        sluice.output().lines().find(|l| l.contains("configuration refused")).map(str::to_owned)
+    })
+    .unwrap();
+    // Line 7 holds `guard: {deny: [...]}`; the second network starts at column 35.
+    assert!(refusal.contains("sluice.yaml:7:35: xdp.guard.deny[1]: `198.18.0.0/33`"), "{refusal}");
+    let denied = connect_from(&topology, SECOND, target).expect_err("denied after the refused reload");
+    assert_eq!(denied.kind(), std::io::ErrorKind::TimedOut, "{denied}");
+    assert_eq!(get_from(&topology, first, target).unwrap(), 404);
+
+    write("");
+    wait_for(Duration::from_secs(10), "the emptied deny list to apply", || {
+        sluice.output().contains("configuration reloaded").then_some(())
+    })
+    .unwrap();
+    assert_eq!(get_from(&topology, SECOND, target).unwrap(), 404, "served once the deny list is gone");
+    let (status, output) = sluice.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("drop_deny="), "{output}");
 }
 
 // ---------------------------------------------------------------------------------------------
