@@ -95,6 +95,9 @@ impl Node {
         options.inherited = start.inherited.clone();
         let accept_gate = start.hold_accepting.then(|| tokio::sync::watch::channel(false));
         options.accept_gate = accept_gate.as_ref().map(|(_, rx)| rx.clone());
+        // The admin and metrics servers wait behind the same gate: until it opens the old
+        // process answers the probes, so readiness never dips during the handover.
+        let gate = options.accept_gate.clone();
         let kernel =
             match config.xdp.enabled.then(|| KernelPath::start(config, start.pins.as_ref())).flatten() {
                 Some((kernel, heartbeats)) => {
@@ -150,8 +153,13 @@ impl Node {
         });
         let admin = match &config.admin {
             Some(admin) => Some(
-                AdminServer::start_inherited(admin.address, admin_state.clone(), start.inherited.as_deref())
-                    .with_context(|| format!("cannot start the admin server on {}", admin.address))?,
+                AdminServer::start_inherited(
+                    admin.address,
+                    admin_state.clone(),
+                    start.inherited.as_deref(),
+                    gate.clone(),
+                )
+                .with_context(|| format!("cannot start the admin server on {}", admin.address))?,
             ),
             None => None,
         };
@@ -159,7 +167,9 @@ impl Node {
             tracing::info!(address = %admin.addr(), "admin server listening");
         }
         let metrics_server = match &config.metrics {
-            Some(metrics) => Some(start_metrics(metrics, admin_state.clone(), start.inherited.as_deref())?),
+            Some(metrics) => {
+                Some(start_metrics(metrics, admin_state.clone(), start.inherited.as_deref(), gate.clone())?)
+            }
             None => None,
         };
         Ok(Node {
@@ -355,6 +365,7 @@ fn start_metrics(
     metrics: &crate::config::MetricsConfig,
     state: Arc<AdminState>,
     inherited: Option<&Inherited>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> anyhow::Result<AdminServer> {
     let token = match &metrics.bearer_token_file {
         Some(path) => {
@@ -367,7 +378,7 @@ fn start_metrics(
         None => None,
     };
     let protected = token.is_some();
-    let server = AdminServer::start_metrics_inherited(metrics.address, state, token, inherited)
+    let server = AdminServer::start_metrics_inherited(metrics.address, state, token, inherited, gate)
         .with_context(|| format!("cannot start the metrics listener on {}", metrics.address))?;
     tracing::info!(address = %server.addr(), bearer_token = protected, "metrics listening");
     Ok(server)

@@ -25,7 +25,12 @@ use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use lb_common::{FAMILY_IPV4, FlowKey, PROTO_TCP};
 use lb_tests::{
     backend::{Backend, Mode, Options},
-    http::{Client, HttpResponse, http_get},
+    fake_kube::{
+        FakeKube,
+        objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
+        sluice::{KubeSluice, KubeSluiceOptions},
+    },
+    http::{self, Client, HttpResponse, http_get},
     process::ChildGuard,
     require_root,
     sluice::wait_for_load,
@@ -222,9 +227,12 @@ fn as_pid_1_the_keeper_outlives_the_old_process() {
     .unwrap();
     wait_for_load(&load.sent, 100, "after the old process exited");
     assert!(container.child.try_status_is_running(), "the container lives on");
-    let now = children_of(keeper);
-    assert_eq!(now.len(), 1, "the new process is PID 1's child now: {now:?}");
-    assert_ne!(now[0], serving[0]);
+    // Reaped by PID 1, which now has the new process as its only child.
+    wait_for(Duration::from_secs(5), "the new process as PID 1's only child", || {
+        let now = children_of(keeper);
+        (now.len() == 1 && now[0] != serving[0]).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", children_of(keeper)));
 
     let counts = load.stop();
     assert_eq!(counts.failed, 0, "no request failed: {counts:?}");
@@ -238,6 +246,72 @@ fn as_pid_1_the_keeper_outlives_the_old_process() {
     assert!(status.success(), "{status:?}\n{}", child.output());
     assert!(child.output().contains("xdp detached"), "{}", child.output());
     assert!(!xdp_attached(&topology));
+}
+
+/// Kubernetes mode (the DaemonSet's), without XDP: the new process holds its accept loops until
+/// its first full view of the cluster is applied, so no request meets a route table without the
+/// Ingress (the API server answers slowly here, so the new process serves its base
+/// configuration for a while first), and `/readyz` stays 200.
+#[test]
+fn in_kubernetes_mode_the_new_process_accepts_only_with_the_clusters_routes() {
+    let kube = FakeKube::start().unwrap();
+    let web = Backend::start(None, "127.0.0.1:0".parse().unwrap(), "web").unwrap();
+    kube.apply(ingress_class("sluice", "sluice.dev/ingress-controller", false));
+    kube.apply(service("default", "web", 80, web.addr().port()));
+    kube.apply(endpoint_slice(
+        "default",
+        "web-abc",
+        "web",
+        "IPv4",
+        web.addr().port(),
+        &[SliceEndpoint::ready("127.0.0.1")],
+    ));
+    kube.apply(ingress("default", "web", "sluice", "app.test", "/", "web", 80));
+    let dir = TempDir::new();
+    let run_dir = dir.0.join("run");
+    let instance = format!("t{}-kube", std::process::id());
+    let options =
+        KubeSluiceOptions::default().args(&["--instance", &instance, "--run-dir", run_dir.to_str().unwrap()]);
+    let old = KubeSluice::start(&kube, options);
+    old.wait_for_backend("app.test", "/", "web", Duration::from_secs(20));
+
+    let (addr, admin) = (old.addr, old.admin);
+    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let load = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut not_ready = 0;
+            while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < 100_000 {
+                match http::request(addr, "GET", "app.test", "/", &[]) {
+                    Ok(r) if r.status == 200 && r.header("x-backend") == Some("web") => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                if !http_get(admin, "/readyz").is_ok_and(|r| r.status == 200) {
+                    not_ready += 1;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            (failures, not_ready)
+        })
+    };
+    wait_for_load(&sent, 50, "before the upgrade");
+    kube.set_delay(Duration::from_millis(500));
+    let (ok, said) = upgrade_command(&run_dir, &instance, None, 30);
+    assert!(ok, "{said}\n{}", old.child.output());
+    kube.set_delay(Duration::ZERO);
+    let new_pid: u32 = said.split("pid ").nth(1).and_then(|r| r.split(')').next()).unwrap().parse().unwrap();
+    let new = PidGuard(new_pid);
+    let mut old_child = old.child;
+    wait_for(Duration::from_secs(20), "the old process to exit", || old_child.try_status()).unwrap();
+    wait_for_load(&sent, 100, "after the old process exited");
+    stop.store(true, Ordering::Relaxed);
+    let (failures, not_ready) = load.join().unwrap();
+    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
+    assert_eq!(not_ready, 0, "/readyz stayed 200");
+    let output = old_child.output();
+    assert!(output.contains("upgrade: serving") && output.contains("handed over"), "{output}");
+    new.terminate();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -158,17 +158,19 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` now (a taken port is an error to the caller) and serves on a new thread.
     pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
-        Self::start_inherited(addr, state, None)
+        Self::start_inherited(addr, state, None, None)
     }
 
-    /// `start`, on the admin socket an upgrade handed over when there is one.
+    /// `start`, on the admin socket an upgrade handed over when there is one; with `gate`,
+    /// accepting only once it turns true (the old process answers probes until then).
     pub fn start_inherited(
         addr: SocketAddr,
         state: Arc<AdminState>,
         inherited: Option<&crate::handover::Inherited>,
+        gate: Option<watch::Receiver<bool>>,
     ) -> std::io::Result<AdminServer> {
         let listener = crate::handover::listener_for(inherited, "admin", addr, std::net::TcpListener::bind)?;
-        Self::serve(listener, "sluice-admin", move |request| route(&state, request))
+        Self::serve(listener, "sluice-admin", gate, move |request| route(&state, request))
     }
 
     /// The listening socket, for the process an upgrade starts.
@@ -183,7 +185,7 @@ impl AdminServer {
         state: Arc<AdminState>,
         token: Option<String>,
     ) -> std::io::Result<AdminServer> {
-        Self::start_metrics_inherited(addr, state, token, None)
+        Self::start_metrics_inherited(addr, state, token, None, None)
     }
 
     /// `start_metrics`, on the socket an upgrade handed over when there is one.
@@ -192,10 +194,11 @@ impl AdminServer {
         state: Arc<AdminState>,
         token: Option<String>,
         inherited: Option<&crate::handover::Inherited>,
+        gate: Option<watch::Receiver<bool>>,
     ) -> std::io::Result<AdminServer> {
         let listener =
             crate::handover::listener_for(inherited, "metrics", addr, std::net::TcpListener::bind)?;
-        Self::serve(listener, "sluice-metrics", move |request| {
+        Self::serve(listener, "sluice-metrics", gate, move |request| {
             metrics_route(&state, token.as_deref(), request)
         })
     }
@@ -203,6 +206,7 @@ impl AdminServer {
     fn serve(
         listener: std::net::TcpListener,
         thread_name: &str,
+        gate: Option<watch::Receiver<bool>>,
         route: impl Fn(Request<Incoming>) -> Response<ProxyBody> + Send + Sync + 'static,
     ) -> std::io::Result<AdminServer> {
         let route = Arc::new(route);
@@ -217,24 +221,45 @@ impl AdminServer {
             };
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                loop {
+                if let Some(mut gate) = gate {
                     tokio::select! {
                         _ = shutdown_rx.changed() => return,
+                        opened = gate.wait_for(|open| *open) => if opened.is_err() { return },
+                    }
+                }
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        _ = shutdown_rx.changed() => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
                             let route = route.clone();
-                            tokio::spawn(async move {
+                            let mut shutdown = shutdown_rx.clone();
+                            connections.spawn(async move {
                                 let service = service_fn(move |request| {
                                     let response = route(request);
                                     async move { Ok::<_, Infallible>(response) }
                                 });
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
+                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                                tokio::pin!(connection);
+                                tokio::select! {
+                                    _ = connection.as_mut() => {}
+                                    _ = shutdown.changed() => {
+                                        connection.as_mut().graceful_shutdown();
+                                        let _ = connection.await;
+                                    }
+                                }
                             });
                         }
                     }
                 }
+                // A probe or scrape in flight gets its answer (an upgrade stops this server
+                // while the new process already answers on the same socket); idle
+                // connections close at once.
+                drop(listener);
+                let drained = async { while connections.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained).await;
             });
         })?;
         Ok(AdminServer { shutdown, thread: Some(thread), addr, handover })

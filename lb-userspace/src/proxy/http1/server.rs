@@ -490,7 +490,11 @@ fn poll_next(
             if let Some(next) = next_head(&mut w.read, limits, parsed) {
                 return Poll::Ready(next);
             }
-        } else if closing.load(Ordering::Relaxed) {
+        } else if closing.load(Ordering::Relaxed) && !first {
+            // A connection's first request is awaited even when closing (bounded by the head
+            // timeout): one accepted just before a shutdown or an upgrade's handover came to a
+            // listening socket, and closing it unanswered would fail a request no client could
+            // have held back.
             return Poll::Ready(Next::End);
         }
         let Some(io) = w.io.as_mut() else { return Poll::Ready(Next::End) };
