@@ -129,7 +129,9 @@ fn main() {
 }
 
 fn run(plan: &Plan) -> anyhow::Result<()> {
-    let cpu = pin_to_current_cpu()?;
+    // BPF_PROG_TEST_RUN runs on the caller's CPU: a migration mid-run would mix two CPUs'
+    // caches and clocks into the samples.
+    let cpu = lb_tests::cpu::pin_to_current()?;
     let mut dataplane = Dataplane::load().context("loading the eBPF object")?;
     dataplane
         .take_steering()?
@@ -375,24 +377,6 @@ fn check_delta(before: &Counters, after: &Counters, stat: Stat, expected: usize)
         bail!("counter {} moved by {delta}, expected {expected}: a case took another path", stat.name());
     }
     Ok(())
-}
-
-/// Pins this thread to the CPU it is on: BPF_PROG_TEST_RUN runs on the caller's CPU, and a
-/// migration mid-run would mix two CPUs' caches and clocks into the samples.
-fn pin_to_current_cpu() -> anyhow::Result<usize> {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    ensure!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
-    let cpu = cpu as usize;
-    // SAFETY: cpu_set_t is a plain bit array for which all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t and `cpu` came from the kernel, so it is in range.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is valid for reads of size_of::<cpu_set_t>() bytes; 0 means this thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-    }
-    Ok(cpu)
 }
 
 /// Nearest-rank percentile of sorted values.

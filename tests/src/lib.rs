@@ -6,6 +6,7 @@
 //! that was killed before its guards ran is cleaned up by the next run ([`reap_stale`]).
 
 pub mod backend;
+pub mod cpu;
 pub mod fake_kube;
 pub mod frames;
 pub mod http;

@@ -11,7 +11,7 @@ use lb_userspace::dataplane::{Dataplane, Program, Protocol, Service};
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn syn_is_steered_to_a_worker_port_and_the_flow_sticks() {
     require_root!();
-    let mut dataplane = dataplane_with_service();
+    let dataplane = dataplane_with_service();
     let l4 = frames::ETH_HLEN + 20;
     let mut chosen = std::collections::BTreeSet::new();
     for sport in 40000..40064u16 {
@@ -44,7 +44,7 @@ fn syn_is_steered_to_a_worker_port_and_the_flow_sticks() {
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn non_service_traffic_passes_untouched() {
     require_root!();
-    let mut dataplane = dataplane_with_service();
+    let dataplane = dataplane_with_service();
     for frame in [
         frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, 40000, 8081, frames::TCP_SYN, b""),
         frames::ipv4(
@@ -71,7 +71,7 @@ fn non_service_traffic_passes_untouched() {
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn udp_wildcard_service_steers_ipv4_and_ipv6() {
     require_root!();
-    let mut dataplane = dataplane_with_service();
+    let dataplane = dataplane_with_service();
     let v6 = frames::ipv6(
         frames::IPPROTO_UDP,
         "2001:db8::1".parse::<Ipv6Addr>().unwrap(),
@@ -96,7 +96,7 @@ fn udp_wildcard_service_steers_ipv4_and_ipv6() {
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn tc_egress_restores_the_service_port_on_replies_of_steered_flows_only() {
     require_root!();
-    let mut dataplane = dataplane_with_service();
+    let dataplane = dataplane_with_service();
     let syn = frames::ipv4(frames::IPPROTO_TCP, CLIENT, NODE, 41000, 8080, frames::TCP_SYN, b"");
     let out = dataplane.test_run_xdp(&syn).unwrap();
     let worker_port = dport(&out.frame, frames::ETH_HLEN + 20);
@@ -153,7 +153,7 @@ fn empty_table_drops_and_counts() {
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn new_flow_placement_is_pinned() {
     require_root!();
-    let mut dataplane = dataplane_with_service();
+    let dataplane = dataplane_with_service();
     let l4 = frames::ETH_HLEN + 20;
     let ports: Vec<u16> = (40000..40016u16)
         .map(|sport| {

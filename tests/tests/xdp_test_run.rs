@@ -13,7 +13,7 @@ const XDP_PASS: u32 = 2;
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn crafted_frames_pass_unchanged_and_are_counted() {
     require_root!();
-    let mut dataplane = Dataplane::load().unwrap();
+    let dataplane = Dataplane::load().unwrap();
     let v4 = frames::ipv4(
         frames::IPPROTO_TCP,
         Ipv4Addr::new(198, 18, 0, 1),

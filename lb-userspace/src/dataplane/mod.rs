@@ -418,7 +418,9 @@ impl Dataplane {
     /// Runs one frame through `program` with BPF_PROG_TEST_RUN, without any interface.
     /// Returns the verdict and the frame as the program left it. With `repeat > 1` the kernel
     /// does not restore the frame between runs: use it only for programs that do not rewrite.
-    pub fn test_run(&mut self, program: Program, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
+    /// Threads may call it at once: each run happens on the calling thread's CPU, against the
+    /// same maps, as packets on several receive queues would.
+    pub fn test_run(&self, program: Program, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
         // Room for the frame plus any headroom the program may add later (encapsulation).
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
@@ -428,9 +430,10 @@ impl Dataplane {
             ..TestRunOptions::default()
         };
         let name = program.name();
+        let loaded = self.ebpf.program(name).ok_or(Error::Missing(name))?;
         let result = match program {
-            Program::Xdp | Program::XdpPass => xdp_program(&mut self.ebpf, name)?.test_run(opts),
-            Program::TcEgress => tc_program(&mut self.ebpf)?.test_run(opts),
+            Program::Xdp | Program::XdpPass => <&Xdp>::try_from(loaded).and_then(|xdp| xdp.test_run(opts)),
+            Program::TcEgress => <&SchedClassifier>::try_from(loaded).and_then(|tc| tc.test_run(opts)),
         }
         .map_err(|source| Error::Program { name, source })?;
         out.truncate(result.data_size_out as usize);
@@ -438,7 +441,7 @@ impl Dataplane {
     }
 
     /// `test_run(Program::Xdp, frame, 1)`.
-    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<TestRunOutput> {
+    pub fn test_run_xdp(&self, frame: &[u8]) -> Result<TestRunOutput> {
         self.test_run(Program::Xdp, frame, 1)
     }
 
