@@ -176,7 +176,7 @@ pub struct GuardConfig {
     pub udp: RateLimit,
 }
 
-/// Key of a rate-limit bucket: one source address and protocol.
+/// Key of a rate-limit bucket: one source (an IPv4 address, an IPv6 /64) and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct GuardSource {

@@ -79,7 +79,11 @@ fn check(flow: &Flow, config: &GuardConfig) -> Result<(), Stat> {
     if limit.interval_ns == 0 {
         return Ok(());
     }
-    let source = GuardSource { addr: flow.key.src, family: flow.key.family, proto: flow.key.proto, _pad: 0 };
+    // An IPv6 source is its /64: one host holds a whole /64 (SLAAC privacy addresses rotate
+    // within it), so a bucket per /128 would let it multiply its budget at will. IPv4 keys
+    // leave words 1 to 3 zero already.
+    let addr = [flow.key.src[0], flow.key.src[1], 0, 0];
+    let source = GuardSource { addr, family: flow.key.family, proto: flow.key.proto, _pad: 0 };
     if within_rate(&source, limit) { Ok(()) } else { Err(reason) }
 }
 

@@ -268,6 +268,10 @@ fn syn_rate_limit_admits_a_burst_then_one_syn_per_interval() {
         assert_eq!(verdict(&dataplane, &syn(v6, sport)), XDP_PASS, "IPv6 SYN {sport} of its own burst");
     }
     assert_eq!(verdict(&dataplane, &syn(v6, 40003)), XDP_DROP);
+    // An IPv6 source is its /64: another address of the same /64 shares the bucket, another
+    // /64 has its own.
+    assert_eq!(verdict(&dataplane, &syn("2001:db8::beef:1".parse().unwrap(), 40004)), XDP_DROP);
+    assert_eq!(verdict(&dataplane, &syn("2001:db8:0:1::1".parse().unwrap(), 40004)), XDP_PASS);
 
     // Refused SYNs cost nothing, so polling does not delay the refill: the first token comes
     // back one interval after the burst began, not earlier, and it is one token.
