@@ -7,7 +7,8 @@
 //! HTTPS-only service, basic auth from an htpasswd Secret, a per-client rate limit, a source
 //! allow list, security headers from a ConfigMap with upstream-vhost, the rewrite-target regex
 //! example, app-root, custom error pages from a default backend, sticky sessions, a TLS host
-//! (redirect to HTTPS, HSTS by default), a www twin redirected to the bare name, and PROXY protocol behind a cloud TCP balancer (the
+//! (redirect to HTTPS, HSTS by default), a www twin redirected to the bare name, shadow traffic
+//! mirrored to a Service in another namespace, and PROXY protocol behind a cloud TCP balancer (the
 //! controller ConfigMap's `use-proxy-protocol`).
 //!
 //! One Sluice serves every manifest but the PROXY protocol one, which needs every listener to
@@ -69,6 +70,7 @@ fn the_corpus_is_served_as_ingress_nginx_documents_it() {
     error_pages_and_sticky_sessions(addr, &cluster);
     tls_host(addr, sluice.tls_addr.unwrap(), &cluster.webapp_ca);
     www_redirect(addr, sluice.tls_addr.unwrap(), &cluster.webapp_ca);
+    mirror(addr, &cluster.shadow);
     drop(sluice);
 
     proxy_protocol_behind_a_tcp_balancer(&kube);
@@ -279,6 +281,31 @@ fn www_redirect(addr: SocketAddr, tls_addr: SocketAddr, ca: &tls::Ca) {
     assert_eq!((served.status, served.header(BACKEND_HEADER)), (200, Some("storefront")), "{served:?}");
 }
 
+/// 20: each request is answered by checkout and copied to the staging Service named by its
+/// cluster DNS name, with the same method, URI and (held) body and `mirror-host` as Host.
+fn mirror(addr: SocketAddr, shadow: &Backend) {
+    let answer = get(addr, "checkout.example.com", "/cart?step=2", &[]);
+    assert_eq!((answer.status, answer.header(BACKEND_HEADER)), (200, Some("checkout")), "{answer:?}");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .write_all(b"POST /pay HTTP/1.1\r\nHost: checkout.example.com\r\nContent-Length: 9\r\nConnection: close\r\n\r\ncard=4242")
+        .unwrap();
+    let posted = read_head(&mut stream);
+    assert!(posted.starts_with("HTTP/1.1 200") && posted.contains("x-backend: checkout"), "{posted}");
+    let copies = lb_tests::wait_for(Duration::from_secs(10), "both copies at the staging Service", || {
+        let heads = shadow.heads();
+        (heads.len() >= 2).then_some(heads)
+    })
+    .unwrap();
+    assert!(copies[0].starts_with("GET /cart?step=2 HTTP/1.1"), "{copies:?}");
+    assert!(copies[1].starts_with("POST /pay HTTP/1.1"), "{copies:?}");
+    for copy in &copies {
+        assert!(copy.contains("host: checkout.staging.example.com"), "mirror-host names the Host: {copy}");
+    }
+    assert!(copies[1].contains("content-length: 9"), "the held body goes along: {}", copies[1]);
+}
+
 /// 15: with `use-proxy-protocol: "true"` the client is the address the balancer's header names,
 /// and a connection without the header is closed.
 fn proxy_protocol_behind_a_tcp_balancer(kube: &FakeKube) {
@@ -314,6 +341,8 @@ struct Cluster {
     auth: RawBackend,
     /// The CA of the TLS hosts' certificates (`webapp-tls`, `storefront-tls`).
     webapp_ca: tls::Ca,
+    /// `staging/checkout-next`, the mirror target.
+    shadow: Backend,
     cart: Vec<Backend>,
     _backends: Vec<Backend>,
     _raw: Vec<RawBackend>,
@@ -343,6 +372,7 @@ impl Cluster {
             ("edge", 80, Mode::Echo),
             ("webapp", 80, Mode::Name),
             ("storefront", 80, Mode::Name),
+            ("checkout", 80, Mode::Name),
         ] {
             let backend = Backend::launch(name, backend::Options { mode, ..Default::default() }).unwrap();
             publish(kube, name, port, &[backend.addr()]);
@@ -361,8 +391,19 @@ impl Cluster {
         kube.apply(tls_secret("default", "webapp-tls", &certificate.cert, &certificate.key));
         let certificate = webapp_ca.leaf(&["storefront.example.com", "www.storefront.example.com"]);
         kube.apply(tls_secret("default", "storefront-tls", &certificate.cert, &certificate.key));
+        let shadow = Backend::launch("checkout-next", backend::Options::default()).unwrap();
+        kube.apply(service("staging", "checkout-next", 8080, shadow.addr().port()));
+        let ready = [SliceEndpoint::ready(&shadow.addr().ip().to_string())];
+        kube.apply(endpoint_slice(
+            "staging",
+            "checkout-next-1",
+            "checkout-next",
+            "IPv4",
+            shadow.addr().port(),
+            &ready,
+        ));
         let auth = RawBackend::start(oauth2_proxy_auth);
-        Cluster { auth, webapp_ca, cart, _backends: backends, _raw: vec![chat] }
+        Cluster { auth, webapp_ca, shadow, cart, _backends: backends, _raw: vec![chat] }
     }
 }
 

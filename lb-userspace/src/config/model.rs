@@ -906,6 +906,10 @@ pub struct MirrorConfig {
     /// copy (counted).
     #[serde(default = "default_true")]
     pub body: bool,
+    /// The copies' `Host` header; default: the original request's (ingress-nginx's
+    /// `mirror-target` sends the target's host name, or `mirror-host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// `numerator` in `denominator` (Gateway API `fraction`; `percent: P` is `P` in 100).

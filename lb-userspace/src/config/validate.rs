@@ -379,6 +379,11 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
         if !backends.contains(mirror.backend.as_str()) {
             found.add(format!("{mirror_at}.backend"), format!("no backend named {:?}", mirror.backend));
         }
+        if let Some(host) = &mirror.host
+            && (host.is_empty() || http::HeaderValue::from_str(host).is_err())
+        {
+            found.add(format!("{mirror_at}.host"), "must be a valid, non-empty header value");
+        }
         if let Some(fraction) = mirror.fraction
             && (fraction.denominator == 0 || fraction.numerator > fraction.denominator)
         {

@@ -204,6 +204,24 @@ pub struct Annotations {
     pub from_to_www: bool,
     /// `server-alias`: more names for the Ingress's hosts.
     pub server_alias: Vec<String>,
+    /// `mirror-target`, `mirror-host` and `mirror-request-body`.
+    pub mirror: Option<MirrorSetting>,
+}
+
+/// Request mirroring from `mirror-target` (`scheme://host[:port]$request_uri`): copies of every
+/// request of the Ingress go to `host`, which the translation resolves (a Service's DNS name
+/// or an IP address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSetting {
+    pub https: bool,
+    /// The target's host name or IP address, as written (brackets removed).
+    pub host: String,
+    /// The target's port (the scheme's when absent).
+    pub port: u16,
+    /// The copies' `Host`: `mirror-host`, else the target's host name.
+    pub host_header: String,
+    /// `mirror-request-body` (default on).
+    pub body: bool,
 }
 
 /// Client certificates from an Ingress's annotations; the CA Secret is read by the translation.
@@ -466,6 +484,49 @@ mod tests {
         assert_eq!(a.backend.balance, Some(BalanceSetting::Ewma));
         assert_eq!(a.backend.tries, Some(4));
         assert_eq!(a.ssl_redirect, Some(false));
+    }
+
+    #[test]
+    fn mirror_targets_are_read_as_ingress_nginx_writes_them() {
+        let mirror = |pairs: &[(&str, &str)]| annotations(pairs).annotations.mirror;
+        let read =
+            mirror(&[("mirror-target", "https://1.2.3.4$request_uri"), ("mirror-host", "test.env.com")]);
+        let expected = MirrorSetting {
+            https: true,
+            host: "1.2.3.4".into(),
+            port: 443,
+            host_header: "test.env.com".into(),
+            body: true,
+        };
+        assert_eq!(read, Some(expected));
+        let read = mirror(&[
+            ("mirror-target", "http://Shadow.test.svc.cluster.local:8080/"),
+            ("mirror-request-body", "off"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (read.host.as_str(), read.port, read.body),
+            ("shadow.test.svc.cluster.local", 8080, false)
+        );
+        assert_eq!(read.host_header, "Shadow.test.svc.cluster.local", "the target's host as written");
+        let six = mirror(&[("mirror-target", "http://[2001:db8::1]:81$request_uri")]).unwrap();
+        assert_eq!(
+            (six.host.as_str(), six.port, six.host_header.as_str()),
+            ("2001:db8::1", 81, "[2001:db8::1]")
+        );
+        // mirror-host alone mirrors nothing, as in ingress-nginx.
+        assert_eq!(mirror(&[("mirror-host", "x.test")]), None);
+        for bad in [
+            "https://x.test/shadow$request_uri",
+            "http://x.test$uri",
+            "ftp://x.test",
+            "x.test",
+            "http://u@x.test",
+        ] {
+            let r = annotations(&[("mirror-target", bad)]);
+            assert_eq!(r.annotations.mirror, None, "{bad}");
+            assert!(r.invalid.iter().any(|w| w.contains("mirror-target")), "{bad}: {r:?}");
+        }
     }
 
     #[test]

@@ -480,6 +480,8 @@ struct Builder<'a> {
     error_group: Option<String>,
     /// `from-to-www-redirect`: (rule host, its Ingress), redirected to from its twin.
     www_redirects: Vec<(String, IngressId)>,
+    /// `mirror-target` of the Ingress being translated, for each of its routes to a backend.
+    mirror: Option<crate::config::MirrorConfig>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -520,6 +522,7 @@ impl<'a> Builder<'a> {
             default_group: None,
             error_group: None,
             www_redirects: Vec::new(),
+            mirror: None,
         }
     }
 
@@ -768,6 +771,7 @@ impl<'a> Builder<'a> {
             );
         }
         let redirect = self.whole_redirect(a, id);
+        self.mirror = a.mirror.as_ref().and_then(|setting| self.ingress_mirror(setting, id));
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
             if let Some(host) = self.rule(rule, id, a, redirect.as_ref()) {
@@ -925,6 +929,7 @@ impl<'a> Builder<'a> {
                 route.backend = Some(self.unless_unavailable(group, a));
                 route.error_pages = self.error_pages(&path.backend, id, a);
                 route.https_redirect = forced_https_redirect(a);
+                route.mirrors = self.mirror.iter().cloned().collect();
             }
         }
         Some(route)
@@ -949,6 +954,7 @@ impl<'a> Builder<'a> {
         route.external_auth = a.external_auth.clone();
         route.error_pages = self.error_pages(backend, id, a);
         route.https_redirect = forced_https_redirect(a);
+        route.mirrors = self.mirror.iter().cloned().collect();
         route.ingress = Some(ingress_labels(id, backend, "/"));
         for host in hosts {
             let claimed = self
@@ -1618,6 +1624,7 @@ mod client_tls;
 mod default_backend;
 mod default_certificate;
 mod gateway;
+mod mirror;
 mod proxy_ssl;
 pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, RouteKind, http_route_id, route_id};
 #[cfg(test)]

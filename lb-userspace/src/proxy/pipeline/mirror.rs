@@ -86,7 +86,7 @@ pub fn copy(
             target: original.target.to_owned(),
             headers,
             forwarded: forwarded.clone(),
-            host: original.host.to_owned(),
+            host: mirror.host.as_deref().unwrap_or(original.host).to_owned(),
             request_id: upstream.request_id().clone(),
             changes: route.request_headers.clone(),
             body,

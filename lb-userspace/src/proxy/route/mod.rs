@@ -143,6 +143,8 @@ pub struct Mirror {
     pub per_million: u32,
     /// The copies carry the body.
     pub body: bool,
+    /// The copies' `Host`, when not the original's.
+    pub host: Option<Arc<str>>,
 }
 
 impl Mirror {
@@ -157,7 +159,7 @@ impl Mirror {
             }
             Some(_) => return Err(format!("{at}.fraction: needs numerator <= denominator, denominator > 0")),
         };
-        Ok(Mirror { backend, per_million, body: mirror.body })
+        Ok(Mirror { backend, per_million, body: mirror.body, host: mirror.host.as_deref().map(Arc::from) })
     }
 
     /// Whether this request is copied: always, never, or by a draw.
@@ -1292,7 +1294,7 @@ virtual_hosts:
         assert_eq!((mirrors[0].backend, mirrors[0].per_million, mirrors[0].body), (1, 1_000_000, true));
         assert_eq!((mirrors[1].backend, mirrors[1].per_million, mirrors[1].body), (0, 333_333, false));
         assert!(mirrors[0].draws());
-        let never = Mirror { backend: 0, per_million: 0, body: true };
+        let never = Mirror { backend: 0, per_million: 0, body: true, host: None };
         assert!(!(0..1000).any(|_| never.draws()));
         let bad = format!(
             "{PRELUDE}  - name: v

@@ -22,8 +22,6 @@ const AUTH_KEEPALIVE: &str = "connections to the auth service are always pooled 
 const TRACING: &str = "tracing is not implemented; no spans are sent";
 const FASTCGI: &str = "FastCGI is not served (backend-protocol: FCGI refuses the Ingress)";
 const REDIRECT_DETAIL: &str = "Sluice's redirects are absolute URLs";
-const MIRROR: &str =
-    "request mirroring is not implemented; the backend serves as usual and nothing is copied";
 const REWRITE_RESPONSE: &str = "the backend's Set-Cookie and Location headers are passed unchanged";
 
 type Result = std::result::Result<(), Problem>;
@@ -189,9 +187,9 @@ pub const ANNOTATIONS: &[Annotation] = &[
     applied("server-alias", server_alias),
     ignored("relative-redirects", REDIRECT_DETAIL),
     ignored("http2-push-preload", "HTTP/2 server push is not sent (browsers have dropped it)"),
-    ignored("mirror-target", MIRROR),
-    ignored("mirror-host", MIRROR),
-    ignored("mirror-request-body", MIRROR),
+    applied("mirror-target", mirror_target),
+    applied("mirror-host", mirror_host),
+    applied("mirror-request-body", mirror_request_body),
     ignored("proxy-cookie-domain", REWRITE_RESPONSE),
     ignored("proxy-cookie-path", REWRITE_RESPONSE),
     ignored("proxy-redirect-from", REWRITE_RESPONSE),
@@ -450,6 +448,53 @@ fn x_forwarded_prefix(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
         return Err(Expected("a path prefix such as /api (nginx variables are not expanded)"));
     }
     set_request_field(a, "x-forwarded-prefix", v);
+    Ok(())
+}
+
+/// `mirror-target`: `http(s)://host[:port]`, optionally followed by `$request_uri` (the copy
+/// goes to the same URI either way, as nginx's mirror subrequest keeps it); other nginx
+/// variables and a path of its own cannot be honoured.
+fn mirror_target(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    const EXPECTED: &str = "http(s)://host[:port] optionally followed by $request_uri (no path of its own, no other nginx variables)";
+    let url = v.strip_suffix("$request_uri").unwrap_or(v);
+    let uri: http::Uri = url.parse().map_err(|_| Expected(EXPECTED))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(Expected(EXPECTED)),
+    };
+    let Some(authority) = uri.authority() else { return Err(Expected(EXPECTED)) };
+    if url.contains('$')
+        || !matches!(uri.path(), "" | "/")
+        || uri.query().is_some()
+        || authority.as_str().contains('@')
+    {
+        return Err(Expected(EXPECTED));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let body = a.mirror.as_ref().is_none_or(|m| m.body);
+    a.mirror =
+        Some(super::MirrorSetting { https, host_header: authority.host().to_owned(), host, port, body });
+    Ok(())
+}
+
+fn mirror_host(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    if v.is_empty() || http::HeaderValue::from_str(v).is_err() || v.contains('$') {
+        return Err(Expected("a host name (nginx variables are not expanded)"));
+    }
+    // Without mirror-target there is nothing to mirror, as in ingress-nginx.
+    if let Some(mirror) = &mut a.mirror {
+        mirror.host_header = v.to_owned();
+    }
+    Ok(())
+}
+
+fn mirror_request_body(v: &str, a: &mut Annotations, _: &Values<'_>) -> Result {
+    // ingress-nginx: anything but "off" is on.
+    if let Some(mirror) = &mut a.mirror {
+        mirror.body = v != "off";
+    }
     Ok(())
 }
 

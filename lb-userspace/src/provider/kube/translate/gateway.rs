@@ -929,7 +929,7 @@ impl Builder<'_> {
         let port = ServiceBackendPort { number: backend.port, name: None };
         let settings = backend_settings(route.kind, &HTTPRouteRule::default()).unwrap_or_default();
         let name = self.backend_group(&target_namespace, &backend.name, &port, &settings, id);
-        Ok(crate::config::MirrorConfig { backend: name, fraction, body: true })
+        Ok(crate::config::MirrorConfig { backend: name, fraction, body: true, host: None })
     }
 
     /// One group over several backend groups, each endpoint weighted so that each group gets
