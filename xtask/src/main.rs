@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod prereqs;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,12 @@ enum Task {
         #[command(subcommand)]
         what: bench::BenchTarget,
     },
+    /// Run the binary under mixed HTTP/1.1, HTTP/2, HTTPS and WebSocket traffic with a reload
+    /// every 3 s for N minutes; report failed requests, RSS and open descriptors.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Build and run `sluice` with the given arguments (default: `run` on the built-in config).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -77,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Demo(args) => demo::run(args),
         Task::Bench { what } => bench::run(what),
+        Task::Soak { minutes } => soak::run(minutes),
         Task::Fuzz { list: true, .. } => {
             prereqs::ensure(&[prereqs::Group::Fuzz])?;
             fuzz::targets()?.iter().for_each(|t| println!("{t}"));
