@@ -195,6 +195,9 @@ impl Dataplane {
         }
         std::fs::create_dir_all(&options.dir)
             .map_err(|e| Error::Pin(format!("cannot create {}: {e}", options.dir.display())))?;
+        if options.inherit {
+            pin::check_pins_match(&options.dir, built()?)?;
+        }
         let names = pin::map_names(built()?)?;
         let mut loader = EbpfLoader::new();
         for name in &names {

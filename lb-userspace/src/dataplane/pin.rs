@@ -102,6 +102,50 @@ pub(super) fn map_names(object: &[u8]) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Refuses to reuse pinned maps whose shape differs from this object's map of the same name:
+/// aya reuses a pin by its path without looking, and a program whose map grew (a counter added
+/// to the stats array) or changed its key or value would read and write another layout. Such
+/// an upgrade fails before anything is touched, the old process keeps serving, and a restart
+/// (which creates the maps afresh) is the way to that binary.
+pub(super) fn check_pins_match(dir: &Path, object: &[u8]) -> Result<()> {
+    let object =
+        aya_obj::Object::parse(object).map_err(|e| Error::Pin(format!("parsing the object: {e}")))?;
+    for (name, map) in object.maps.iter().filter(|(name, _)| !name.starts_with('.')) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|e| Error::Pin(format!("reading the pinned map {}: {e}", path.display())))?;
+        let shapes = [
+            MapShape { key: pinned.key_size(), value: pinned.value_size(), entries: pinned.max_entries() },
+            MapShape { key: map.key_size(), value: map.value_size(), entries: map.max_entries() },
+        ];
+        if let Some(why) = shape_mismatch(name, shapes) {
+            return Err(Error::Pin(why));
+        }
+    }
+    Ok(())
+}
+
+/// A map's key and value sizes in bytes and its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapShape {
+    key: u32,
+    value: u32,
+    entries: u32,
+}
+
+/// Why the pinned map (first) cannot serve as this object's (second), if it cannot.
+fn shape_mismatch(name: &str, [pinned, ours]: [MapShape; 2]) -> Option<String> {
+    (pinned != ours).then(|| {
+        format!(
+            "the pinned map {name} (key {} B, value {} B, {} entries) differs from this binary's (key {} B, value {} B, {} entries); an upgrade cannot carry it over: restart the instance to run this binary",
+            pinned.key, pinned.value, pinned.entries, ours.key, ours.value, ours.entries
+        )
+    })
+}
+
 /// Pin file names: bpffs refuses dots, which interface names may hold (VLANs).
 fn link_pin(dir: &Path, kind: &str, interface: &str, mode: aya::programs::XdpMode) -> PathBuf {
     let mode = match mode {
@@ -199,4 +243,24 @@ pub fn pinned_map_id(dir: &Path, name: &'static str) -> Result<u32> {
     let map_error = |source| Error::Map { name, source };
     let data = MapData::from_pin(dir.join(name)).map_err(map_error)?;
     Ok(data.info().map_err(map_error)?.id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MapShape, shape_mismatch};
+
+    #[test]
+    fn a_pinned_map_of_another_shape_is_refused_by_name() {
+        let stats = |entries| MapShape { key: 4, value: 8, entries };
+        assert_eq!(shape_mismatch("SLUICE_STATS", [stats(22), stats(22)]), None);
+        // The guard's upgrade: the stats array grew from 18 to 22 counters.
+        let why = shape_mismatch("SLUICE_STATS", [stats(18), stats(22)]).unwrap();
+        assert!(
+            why.contains("SLUICE_STATS") && why.contains("18 entries") && why.contains("22 entries"),
+            "{why}"
+        );
+        assert!(why.contains("restart the instance"), "{why}");
+        let flow = |value| MapShape { key: 16, value, entries: 65536 };
+        assert!(shape_mismatch("SLUICE_CONNTRACK", [flow(8), flow(12)]).is_some(), "a value layout change");
+    }
 }
