@@ -20,8 +20,13 @@ pub enum Load {
     /// `access` requests [`ACCESS_PATH`] with [`ACCESS_AUTHORIZATION`]: the route behind an
     /// allow list and basic auth.
     Wrk { conns: u32, tls: bool, close: bool, access: bool },
-    /// h2load with one thread, `conns` connections and `streams` concurrent streams each.
-    H2load { conns: u32, streams: u32 },
+    /// h2load with one thread, `conns` connections and `streams` concurrent streams each; over
+    /// TLS with `tls` (ALPN h2), else h2c with prior knowledge.
+    H2load { conns: u32, streams: u32, tls: bool },
+    /// `clients` new HTTPS/1.1 clients with one request each (h2load `--h1 -c N -n N`): every
+    /// request pays a full TLS handshake, since h2load's clients keep no session to resume. A
+    /// count, not a duration: the run lasts as long as the handshakes take.
+    FullHandshakes { clients: u32 },
 }
 
 impl Load {
@@ -35,8 +40,14 @@ impl Load {
                     if tls { " https://" } else { " http://" }
                 ) + if access { ACCESS_PATH } else { "" }
             }
-            Load::H2load { conns, streams } => {
-                format!("h2load -t1 -c{conns} -m{streams} (h2c, prior knowledge)")
+            Load::H2load { conns, streams, tls } => {
+                let how = if tls { "https://, ALPN h2" } else { "h2c, prior knowledge" };
+                format!("h2load -t1 -c{conns} -m{streams} ({how})")
+            }
+            Load::FullHandshakes { clients } => {
+                format!(
+                    "h2load -t1 --h1 -c{clients} -n{clients} https:// (one request per new client, no resumption)"
+                )
             }
         }
     }
@@ -88,21 +99,28 @@ pub fn run(load: Load, addr: SocketAddr, seconds: u64, dir: &Path) -> anyhow::Re
             let output = bounded(command, seconds, dir)?;
             parse_wrk(&output).with_context(|| format!("cannot read wrk's output:\n{output}"))
         }
-        Load::H2load { conns, streams } => {
-            let log = dir.join("h2load.log");
-            let _ = std::fs::remove_file(&log);
-            let mut command = pinned("h2load");
-            command
-                .args(["-t1", &format!("-c{conns}"), &format!("-m{streams}"), "-D", &seconds.to_string()])
-                .arg(format!("--log-file={}", log.display()))
-                .arg(format!("http://{addr}/"));
-            let output = bounded(command, seconds, dir)?;
-            let latencies = std::fs::read_to_string(&log).unwrap_or_default();
-            let _ = std::fs::remove_file(&log);
-            parse_h2load(&output, &latencies)
-                .with_context(|| format!("cannot read h2load's output:\n{output}"))
+        Load::H2load { conns, streams, tls } => {
+            let scheme = if tls { "https" } else { "http" };
+            let shape = [format!("-c{conns}"), format!("-m{streams}"), "-D".into(), seconds.to_string()];
+            h2load(&shape, &format!("{scheme}://{addr}/"), seconds, dir)
+        }
+        Load::FullHandshakes { clients } => {
+            let shape = ["--h1".into(), format!("-c{clients}"), format!("-n{clients}")];
+            h2load(&shape, &format!("https://{addr}/"), seconds, dir)
         }
     }
+}
+
+/// One h2load run of `shape` against `url`, its latencies from its log.
+fn h2load(shape: &[String], url: &str, seconds: u64, dir: &Path) -> anyhow::Result<Outcome> {
+    let log = dir.join("h2load.log");
+    let _ = std::fs::remove_file(&log);
+    let mut command = pinned("h2load");
+    command.arg("-t1").args(shape).arg(format!("--log-file={}", log.display())).arg(url);
+    let output = bounded(command, seconds, dir)?;
+    let latencies = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    parse_h2load(&output, &latencies).with_context(|| format!("cannot read h2load's output:\n{output}"))
 }
 
 fn pinned(program: &str) -> Command {

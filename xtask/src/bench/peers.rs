@@ -481,7 +481,7 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
     let d = dir.display();
     let tls_listen = if tls {
         format!(
-            "    listen 127.0.0.1:{} ssl backlog=4096 deferred;\n    ssl_certificate {d}/cert.pem;\n    \
+            "    listen 127.0.0.1:{} ssl http2 backlog=4096 deferred;\n    ssl_certificate {d}/cert.pem;\n    \
              ssl_certificate_key {d}/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;\n",
             p.nginx_tls
         )
@@ -508,7 +508,12 @@ fn proxy_nginx_conf(dir: &Path, p: &Ports, tls: bool) -> String {
 
 fn haproxy_cfg(dir: &Path, p: &Ports, tls: bool) -> String {
     let tls_bind = if tls {
-        format!("    bind 127.0.0.1:{} ssl crt {}/haproxy.pem defer-accept\n", p.haproxy_tls, dir.display())
+        // ALPN h2 as nginx's `http2` and Sluice offer it; wrk sends no ALPN and gets HTTP/1.1.
+        format!(
+            "    bind 127.0.0.1:{} ssl crt {}/haproxy.pem alpn h2,http/1.1 defer-accept\n",
+            p.haproxy_tls,
+            dir.display()
+        )
     } else {
         String::new()
     };

@@ -903,7 +903,8 @@ fn callgrind_profile(
     )?;
     let light = match load {
         Load::Wrk { tls, close, access, .. } => Load::Wrk { conns: 10, tls, close, access },
-        Load::H2load { .. } => Load::H2load { conns: 4, streams: 4 },
+        Load::H2load { tls, .. } => Load::H2load { conns: 4, streams: 4, tls },
+        Load::FullHandshakes { .. } => Load::FullHandshakes { clients: 200 },
     };
     let outcome = load::run(light, addr, seconds, lab.dir())?;
     // SIGTERM: valgrind writes the profile as the program exits, slowly.

@@ -68,12 +68,16 @@ pub enum Suite {
 }
 
 /// What Sluice must reach against nginx in a scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Goal {
     /// Requests/s at least nginx's and p99 no worse.
     KeepAlive,
     /// New-handshake rate at least nginx's.
     Handshake,
+    /// Requests/s at least HAProxy's and CPU per request at most HAProxy's.
+    MatchHaproxy,
+    /// CPU per request (here: per full handshake) at most this share of nginx's.
+    CpuShareOfNginx(f64),
 }
 
 pub struct Scenario {
@@ -140,7 +144,7 @@ impl Suite {
                 Scenario {
                     name: "h2_c50_m10",
                     title: "HTTP/2, 50 connections × 10 streams",
-                    load: Load::H2load { conns: 50, streams: 10 },
+                    load: Load::H2load { conns: 50, streams: 10, tls: false },
                     proto: Proto::H2c,
                     peers: &Peer::ALL,
                     goal: None,
@@ -162,6 +166,25 @@ impl Suite {
                     proto: Proto::Tls,
                     peers: PROXIES,
                     goal: Some(Goal::Handshake),
+                },
+                Scenario {
+                    name: "h2_tls_c50_m10",
+                    title: "HTTP/2 over TLS, 50 connections × 10 streams",
+                    load: Load::H2load { conns: 50, streams: 10, tls: true },
+                    proto: Proto::Tls,
+                    peers: PROXIES,
+                    goal: Some(Goal::MatchHaproxy),
+                },
+                // Every request a new client with no session: the full handshake's cost (key
+                // exchange and certificate signature), which resumption hides in the scenarios
+                // above.
+                Scenario {
+                    name: "tls_full_handshake",
+                    title: "a full TLS handshake per request (3,000 new clients, no resumption)",
+                    load: Load::FullHandshakes { clients: 3000 },
+                    proto: Proto::Tls,
+                    peers: PROXIES,
+                    goal: Some(Goal::CpuShareOfNginx(0.3)),
                 },
                 // Few connections: neither core saturates, so latency shows what one handshake
                 // and request cost end to end, without the client's own queue in it.

@@ -298,6 +298,33 @@ fn verdict(goal: Goal, summaries: &[Summary]) -> Option<(String, bool)> {
             ),
             rps_ok,
         ),
+        Goal::MatchHaproxy => {
+            let haproxy = find(summaries, Peer::Haproxy)?;
+            let rps_ok = sluice.rps.median >= haproxy.rps.median;
+            let cpu_ok = sluice.cpu_us.median <= haproxy.cpu_us.median;
+            let text = format!(
+                "vs HAProxy: req/s {} vs {} ({:.2}×): {}; CPU per request {} µs vs {} µs: {}",
+                thousands(sluice.rps.median),
+                thousands(haproxy.rps.median),
+                sluice.rps.median / haproxy.rps.median,
+                if rps_ok { "met" } else { "short" },
+                us(sluice.cpu_us.median),
+                us(haproxy.cpu_us.median),
+                if cpu_ok { "met" } else { "short" }
+            );
+            (text, rps_ok && cpu_ok)
+        }
+        Goal::CpuShareOfNginx(share) => {
+            let ratio = sluice.cpu_us.median / nginx.cpu_us.median;
+            let ok = ratio <= share;
+            let text = format!(
+                "CPU per request {} µs vs nginx's {} µs ({ratio:.2}×, goal {share}×): {}",
+                us(sluice.cpu_us.median),
+                us(nginx.cpu_us.median),
+                if ok { "met" } else { "short" }
+            );
+            (text, ok)
+        }
     })
 }
 
