@@ -172,12 +172,7 @@ impl PinnedPair {
         xdp: XdpLink,
         tc: SchedClassifierLink,
     ) -> Result<PinnedPair> {
-        let xdp = FdLink::try_from(xdp).map_err(|e| not_a_bpf_link("XDP", &attachment.interface, e))?;
-        let tc = FdLink::try_from(tc).map_err(|e| not_a_bpf_link("TC", &attachment.interface, e))?;
-        let paths = [
-            link_pin(dir, "xdp", &attachment.interface, attachment.mode),
-            link_pin(dir, "tc", &attachment.interface, attachment.mode),
-        ];
+        let PinnedPair { attachment, xdp, tc, paths } = PinnedPair::adopted(dir, attachment, xdp, tc)?;
         let pin_error =
             |e: aya::pin::PinError| Error::Pin(format!("pinning the links of {}: {e}", attachment.interface));
         let xdp: FdLink = xdp.pin(&paths[0]).map_err(pin_error)?.into();
@@ -198,7 +193,7 @@ impl PinnedPair {
         })
     }
 
-    /// Wraps links adopted from pins (already pinned at their paths).
+    /// Wraps links adopted from pins (already pinned at their paths); `pin` starts from it.
     pub fn adopted(
         dir: &Path,
         attachment: Attachment,
