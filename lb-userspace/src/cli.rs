@@ -448,7 +448,7 @@ async fn base_from_file(
 async fn apply_updates(node: &Node, mut updates: mpsc::Receiver<Update>) {
     while let Some(update) = updates.recv().await {
         match update {
-            Update::Serve(desired) => match node.apply(&desired.config) {
+            Update::Serve(desired) => match node.apply_shared(&desired.config) {
                 Ok(generation) => {
                     node.set_ready(true);
                     log_applied(&desired, generation);

@@ -191,12 +191,18 @@ impl Node {
     /// Applies a new configuration by building a snapshot and swapping it in whole: requests
     /// in flight finish on the old one, connections stay open. Endpoint health carries over.
     pub fn apply(&self, config: &Config) -> Result<u64, ApplyError> {
+        self.apply_shared(&Arc::new(config.clone()))
+    }
+
+    /// [`Node::apply`] of a configuration the caller shares: the snapshot keeps this one (no
+    /// copy), and shares with the running snapshot what did not change ([`Snapshot::build_on`]).
+    pub fn apply_shared(&self, config: &Arc<Config>) -> Result<u64, ApplyError> {
         let result = self.try_apply(config);
         self.reloads.record(result.is_ok());
         result
     }
 
-    fn try_apply(&self, config: &Config) -> Result<u64, ApplyError> {
+    fn try_apply(&self, config: &Arc<Config>) -> Result<u64, ApplyError> {
         if (options_listeners(config), config.worker_count()) != self.started_with {
             return Err(ApplyError::NeedsRestart);
         }
@@ -219,8 +225,10 @@ impl Node {
                 );
             }
         }
-        let generation = self.published.load().generation + 1;
-        let snapshot = Snapshot::build(config, &self.registry, generation).map_err(ApplyError::Compile)?;
+        let generation = current.generation + 1;
+        let snapshot = Snapshot::build_on(config.clone(), Some(&current), &self.registry, generation)
+            .map_err(ApplyError::Compile)?;
+        drop(current);
         // Always, not only when it changed: after a failed update the maps may hold a mix.
         if let Some(kernel) = &self.kernel {
             kernel.apply_guard(&config.xdp.guard).map_err(|e| ApplyError::Guard(e.to_string()))?;

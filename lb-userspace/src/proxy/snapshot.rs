@@ -3,7 +3,7 @@
 //! `ArcSwap`), so a request in flight finishes on the routes it started with, and a new
 //! snapshot never touches established connections.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -19,7 +19,9 @@ pub struct Snapshot {
     /// Increases by one with every snapshot published.
     pub generation: u64,
     pub routes: RouteTable,
-    pub backends: Vec<BackendGroup>,
+    /// Shared with the previous snapshot where a group's configuration did not change
+    /// ([`Snapshot::build_on`]).
+    pub backends: Vec<Arc<BackendGroup>>,
     pub limits: Limits,
     /// Add `x-sluice-worker: <id>` to every response.
     pub worker_id_header: bool,
@@ -33,21 +35,42 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles `config`. Endpoint state comes from `registry`, so health and load carry over.
     pub fn build(config: &Config, registry: &EndpointRegistry, generation: u64) -> Result<Snapshot, String> {
-        let routes = RouteTable::build(config)?;
-        let upstream_tls = config
-            .backends
-            .iter()
-            .map(crate::tls::upstream::UpstreamTls::build)
-            .collect::<Result<Vec<_>, String>>()?;
-        let key = affinity_key(config);
-        let backends: Vec<BackendGroup> = config
-            .backends
-            .iter()
-            .zip(upstream_tls)
-            .map(|(backend, tls)| BackendGroup::build(backend, tls, registry, key))
-            .collect();
+        Self::build_on(Arc::new(config.clone()), None, registry, generation)
+    }
+
+    /// Compiles `config`, keeping it (not a copy) for `/api/v1/config`, and sharing with
+    /// `previous` every backend group whose configuration is equal, so an unchanged group costs
+    /// a comparison rather than a rebuild (and keeps its balancer position and retry budget).
+    /// The result is the same as a fresh build's: a group is shared only when everything
+    /// [`BackendGroup::build`] reads is equal (its configuration, the affinity key) and it has
+    /// no TLS (which may read files that can change behind an equal configuration).
+    pub fn build_on(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        registry: &EndpointRegistry,
+        generation: u64,
+    ) -> Result<Snapshot, String> {
+        let routes = RouteTable::build(&config)?;
+        let key = affinity_key(&config);
+        let reusable: HashMap<&str, &Arc<BackendGroup>> = previous
+            .filter(|p| p.config.affinity_key == config.affinity_key)
+            .map(|p| p.backends.iter().map(|g| (g.name.as_str(), g)).collect())
+            .unwrap_or_default();
+        let mut backends = Vec::with_capacity(config.backends.len());
+        for backend in &config.backends {
+            let kept =
+                reusable.get(backend.name.as_str()).filter(|g| backend.tls.is_none() && g.config == *backend);
+            let group = match kept {
+                Some(group) => Arc::clone(group),
+                None => {
+                    let tls = crate::tls::upstream::UpstreamTls::build(backend)?;
+                    Arc::new(BackendGroup::build(backend, tls, registry, key))
+                }
+            };
+            backends.push(group);
+        }
         let backend_index = backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
-        let tls = crate::tls::TlsSnapshot::build(config, &backend_index)?;
+        let tls = crate::tls::TlsSnapshot::build(&config, &backend_index)?;
         Ok(Snapshot {
             generation,
             routes,
@@ -55,7 +78,7 @@ impl Snapshot {
             limits: config.limits.clone(),
             worker_id_header: config.worker_id_header,
             access_log: config.access_log.clone(),
-            config: Arc::new(config.clone()),
+            config,
             tls,
         })
     }
@@ -107,5 +130,65 @@ impl Published {
     /// Notified with each new generation (the dataplane sync and the admin server watch it).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(web_endpoints: &str, api_timeout_ms: u64) -> Arc<Config> {
+        let yaml = format!(
+            "listeners: [{{name: web, address: '127.0.0.1:8080'}}]\nxdp: {{enabled: false}}\n\
+             virtual_hosts:\n  - {{name: a, domains: [a.test], routes: [{{backend: web}}]}}\n  - {{name: b, domains: [b.test], routes: [{{backend: api}}]}}\n\
+             backends:\n  - {{name: web, endpoints: [{web_endpoints}]}}\n  - {{name: api, endpoints: [{{address: '10.0.1.1:80'}}], timeouts: {{connect_ms: {api_timeout_ms}}}}}\n"
+        );
+        Arc::new(Config::from_yaml(&yaml, "t.yaml").unwrap())
+    }
+
+    fn group<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Arc<BackendGroup> {
+        snapshot.backends.iter().find(|g| g.name == name).unwrap()
+    }
+
+    /// A group whose configuration is unchanged is shared with the previous snapshot (the same
+    /// `Arc`, its balancer and budget kept); a changed one is built again, on the endpoints the
+    /// registry holds; the configuration is kept, not copied.
+    #[test]
+    fn unchanged_backend_groups_are_shared_with_the_previous_snapshot() {
+        let registry = EndpointRegistry::default();
+        let first_config = config("{address: '10.0.0.1:80'}", 1_000);
+        let first = Snapshot::build_on(first_config.clone(), None, &registry, 1).unwrap();
+        assert!(Arc::ptr_eq(&first.config, &first_config));
+        let second = Snapshot::build_on(
+            config("{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}", 1_000),
+            Some(&first),
+            &registry,
+            2,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(group(&first, "api"), group(&second, "api")), "api did not change");
+        assert!(!Arc::ptr_eq(group(&first, "web"), group(&second, "web")));
+        assert_eq!(group(&second, "web").endpoints.len(), 2);
+        assert!(
+            Arc::ptr_eq(&group(&first, "web").endpoints[0], &group(&second, "web").endpoints[0]),
+            "endpoint state carries over"
+        );
+        let third = Snapshot::build_on(
+            config("{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}", 2_000),
+            Some(&second),
+            &registry,
+            3,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(group(&second, "web"), group(&third, "web")));
+        assert!(!Arc::ptr_eq(group(&second, "api"), group(&third, "api")));
+        assert_eq!(group(&third, "api").connect_timeout(), std::time::Duration::from_secs(2));
+        // Whatever was shared, the routes point at the right groups.
+        let route =
+            third.routes.find(0, "b.test", &http::Method::GET, "/", None, &http::HeaderMap::new()).unwrap();
+        let super::super::route::RouteAction::Backend(index) = route.action else {
+            panic!("a backend route")
+        };
+        assert_eq!(third.backends[index].name, "api");
     }
 }

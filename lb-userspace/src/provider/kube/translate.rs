@@ -44,6 +44,7 @@ use super::{
     controller_config::{self, ControllerConfig},
 };
 use crate::{
+    FastMap,
     config::{
         BackendConfig, BackendProtocol, BackendTlsConfig, BasicAuthConfig, CertificateConfig, Config,
         EndpointConfig, HeaderMatch, HeaderOpsConfig, HostTlsConfig, HttpsRedirectConfig, MatchConfig,
@@ -192,15 +193,32 @@ pub struct Translator {
     settings: Settings,
     /// Secret uid and resourceVersion → the leaf's not-after (unix seconds), or why it is unusable.
     checked: Mutex<HashMap<(String, String), Result<i64, String>>>,
+    /// What the last rebuild worked out that the next may reuse ([`memo`]). Taken out for a
+    /// translation and put back after it: a translation running at the same time (the admission
+    /// webhook's) starts without it, which costs time, never correctness.
+    memo: Mutex<memo::Memo>,
+    /// Backend groups the last translation made rather than found in the memo.
+    last_made: std::sync::atomic::AtomicUsize,
 }
 
 impl Translator {
     pub fn new(settings: Settings) -> Translator {
-        Translator { settings, checked: Mutex::new(HashMap::new()) }
+        Translator {
+            settings,
+            checked: Mutex::new(HashMap::new()),
+            memo: Mutex::default(),
+            last_made: Default::default(),
+        }
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// How many backend groups the last translation made from their Service and slices (the
+    /// others it found unchanged in its cache).
+    pub fn groups_made(&self) -> usize {
+        self.last_made.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The configuration for `state` on top of `base` (listeners, workers, limits, and any
@@ -269,8 +287,8 @@ impl Translator {
             if excluded.contains(&id) {
                 continue;
             }
-            let mut reading =
-                annotations::read(ingress.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()));
+            let raw = ingress.metadata.annotations.as_ref().unwrap_or(&NO_ANNOTATIONS);
+            let mut reading = annotations::Reading::clone(&builder.memo.reading(raw));
             builder.controller_defaults(&id, &mut reading);
             for warning in &reading.warnings {
                 let kind =
@@ -297,9 +315,18 @@ impl Translator {
         }
         let gateway = builder.gateway_api(excluded);
         served.sort();
-        Translation { considered, gateway, ..builder.finish(served) }
+        let mut memo = std::mem::take(&mut builder.memo);
+        let translation = Translation { considered, gateway, ..builder.finish(served) };
+        tracing::debug!(made = memo.made, reused = memo.found, held = memo.groups(), "backend groups");
+        self.last_made.store(memo.made, std::sync::atomic::Ordering::Relaxed);
+        memo.sweep();
+        *self.memo.lock().unwrap_or_else(|p| p.into_inner()) = memo;
+        translation
     }
 }
+
+/// The annotations of an Ingress that has none.
+static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
 
 /// Oldest first; ties by namespace and name.
 fn age_key(ingress: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
@@ -446,12 +473,14 @@ struct HostBuild {
     aliases: Vec<(String, IngressId)>,
 }
 
+/// The stores by namespace and name. Services and slices as the stores' `Arc`s: the
+/// [`memo`] tells unchanged objects by them.
 struct Index<'a> {
-    services: HashMap<(&'a str, &'a str), &'a Service>,
+    services: FastMap<(&'a str, &'a str), &'a Arc<Service>>,
     /// (namespace, service) → slices, by slice name.
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
-    configmaps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
+    slices: FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
+    secrets: FastMap<(&'a str, &'a str), &'a Secret>,
+    configmaps: FastMap<(&'a str, &'a str), &'a ConfigMap>,
 }
 
 struct Builder<'a> {
@@ -482,6 +511,8 @@ struct Builder<'a> {
     www_redirects: Vec<(String, IngressId)>,
     /// `mirror-target` of the Ingress being translated, for each of its routes to a backend.
     mirror: Option<crate::config::MirrorConfig>,
+    /// The translator's cache, taken out for this translation.
+    memo: memo::Memo,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -490,8 +521,8 @@ fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 
 impl<'a> Builder<'a> {
     fn new(translator: &'a Translator, base: &'a Config, state: &'a ClusterState) -> Builder<'a> {
-        let services = state.services.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let services = state.services.iter().map(|s| (meta_ns_name(&s.metadata), s)).collect();
+        let mut slices: FastMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = FastMap::default();
         for slice in &state.slices {
             let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
                 continue;
@@ -523,6 +554,7 @@ impl<'a> Builder<'a> {
             error_group: None,
             www_redirects: Vec::new(),
             mirror: None,
+            memo: std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner())),
         }
     }
 
@@ -1077,11 +1109,10 @@ impl<'a> Builder<'a> {
         if self.backends.contains_key(&name) {
             return name;
         }
-        let endpoints = self.endpoints(namespace, service, port, id);
-        let mut group = backend_template().clone();
-        group.name = name.clone();
-        group.endpoints = endpoints;
-        apply_settings(&mut group, settings);
+        let (mut group, notes) = self.resolved_group(&name, namespace, service, port, settings);
+        for note in notes {
+            self.note(Some(id), note);
+        }
         if let Some(proxy_ssl) = &settings.proxy_ssl {
             self.proxy_ssl(&mut group, proxy_ssl, (namespace, service), id);
         }
@@ -1089,51 +1120,36 @@ impl<'a> Builder<'a> {
         name
     }
 
-    /// The endpoints of a Service port, from its EndpointSlices.
-    fn endpoints(
+    /// The group `name` of a Service port with `settings` (before `proxy-ssl-*`), and the notes
+    /// about its Service: from the [`memo`] when the Service and its slices are the same
+    /// objects as when it was made.
+    fn resolved_group(
         &mut self,
+        name: &str,
         namespace: &str,
         service_name: &str,
         port: &ServiceBackendPort,
-        id: &IngressId,
-    ) -> Vec<EndpointConfig> {
-        let Some(service) = self.index.services.get(&(namespace, service_name)).copied() else {
-            self.note(
-                Some(id),
-                format!("Service {namespace}/{service_name} not found; its paths answer 503"),
-            );
-            return Vec::new();
-        };
-        let spec = service.spec.as_ref();
-        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            self.note(
-                Some(id),
-                format!("Service {namespace}/{service_name} is ExternalName, which is not supported"),
-            );
-            return Vec::new();
-        }
-        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
-        let service_port: Option<&ServicePort> = match (&port.name, port.number) {
-            (Some(name), _) if !name.is_empty() => {
-                ports.iter().find(|p| p.name.as_deref() == Some(name.as_str()))
-            }
-            (_, Some(number)) => ports.iter().find(|p| p.port == number),
-            _ => None,
-        };
-        let Some(service_port) = service_port else {
-            let wanted = port.name.clone().filter(|n| !n.is_empty()).or(port.number.map(|n| n.to_string()));
-            self.note(
-                Some(id),
-                format!(
-                    "Service {namespace}/{service_name} has no port {}; its paths answer 503",
-                    wanted.unwrap_or_default()
-                ),
-            );
-            return Vec::new();
-        };
-        let port_name = service_port.name.as_deref().unwrap_or("");
+        settings: &BackendSettings,
+    ) -> (BackendConfig, Vec<String>) {
         let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
-        endpoints_of(slices, port_name)
+        let inputs = memo::GroupInputs {
+            namespace,
+            service_name,
+            port,
+            settings,
+            service: self.index.services.get(&(namespace, service_name)).copied(),
+            slices,
+        };
+        if let Some(found) = self.memo.group(name, &inputs) {
+            return found;
+        }
+        let mut notes = Vec::new();
+        let mut group = backend_template().clone();
+        group.name = name.to_owned();
+        group.endpoints = endpoints(&inputs, &mut notes);
+        apply_settings(&mut group, settings);
+        self.memo.keep_group(&inputs, &group, &notes);
+        (group, notes)
     }
 
     /// The certificate of a `kubernetes.io/tls` Secret, checked; its name, or `None` (noted).
@@ -1423,6 +1439,39 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// The endpoints of a Service port, from its EndpointSlices; why there are none in `notes`.
+fn endpoints(inputs: &memo::GroupInputs<'_>, notes: &mut Vec<String>) -> Vec<EndpointConfig> {
+    let (namespace, service_name, port) = (inputs.namespace, inputs.service_name, inputs.port);
+    let Some(service) = inputs.service else {
+        notes.push(format!("Service {namespace}/{service_name} not found; its paths answer 503"));
+        return Vec::new();
+    };
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        notes.push(format!("Service {namespace}/{service_name} is ExternalName, which is not supported"));
+        return Vec::new();
+    }
+    let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+    let service_port: Option<&ServicePort> = match (&port.name, port.number) {
+        (Some(name), _) if !name.is_empty() => {
+            ports.iter().find(|p| p.name.as_deref() == Some(name.as_str()))
+        }
+        (_, Some(number)) => ports.iter().find(|p| p.port == number),
+        _ => None,
+    };
+    let Some(service_port) = service_port else {
+        let wanted = port.name.clone().filter(|n| !n.is_empty()).or(port.number.map(|n| n.to_string()));
+        notes.push(format!(
+            "Service {namespace}/{service_name} has no port {}; its paths answer 503",
+            wanted.unwrap_or_default()
+        ));
+        return Vec::new();
+    };
+    let port_name = service_port.name.as_deref().unwrap_or("");
+    let slices: Vec<&EndpointSlice> = inputs.slices.iter().map(|s| s.as_ref()).collect();
+    endpoints_of(&slices, port_name)
+}
+
 /// Endpoints of one Service port across its slices; see the module documentation for how
 /// conditions map.
 pub fn endpoints_of(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointConfig> {
@@ -1624,6 +1673,7 @@ mod client_tls;
 mod default_backend;
 mod default_certificate;
 mod gateway;
+mod memo;
 mod mirror;
 mod proxy_ssl;
 pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, RouteKind, http_route_id, route_id};

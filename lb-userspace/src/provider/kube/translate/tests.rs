@@ -1370,3 +1370,4 @@ fn tls_listeners_get_the_default_ssl_certificate_or_a_generated_one() {
     assert!(t.config.listeners[1].tls.as_ref().unwrap().default_certificate.is_none());
     assert!(t.config.certificates.is_empty());
 }
+mod incremental;

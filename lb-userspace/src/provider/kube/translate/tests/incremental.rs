@@ -1,0 +1,376 @@
+//! Incremental translation: a translator that keeps its caches across rebuilds gives exactly
+//! what a fresh one gives, after every change of a generated cluster; and each dependency rule
+//! re-reads what a change touches and nothing else.
+
+use super::*;
+
+/// A small cluster whose objects collide on purpose: few hosts and paths (conflicts, canaries,
+/// regex hosts), few Services (shared backends), two TLS Secrets.
+struct Cluster {
+    rng: fastrand::Rng,
+    state: ClusterState,
+    certificates: Vec<(String, String)>,
+    /// Bumped on every write, as the API server's resourceVersion.
+    version: u64,
+    names: u64,
+}
+
+const HOSTS: [&str; 4] = ["a.test", "b.test", "", "*.w.test"];
+const PATHS: [&str; 3] = ["/", "/api", "/v1"];
+const SERVICES: [&str; 4] = ["web", "api", "gone", "other"];
+const SECRETS: [&str; 2] = ["a-tls", "b-tls"];
+
+impl Cluster {
+    fn new(seed: u64) -> Cluster {
+        let certificates = vec![self_signed("a.test"), self_signed("b.test"), self_signed("a.test")];
+        let mut cluster = Cluster {
+            rng: fastrand::Rng::with_seed(seed),
+            state: ClusterState {
+                classes: vec![class("sluice", CONTROLLER, false)],
+                ..ClusterState::default()
+            },
+            certificates,
+            version: 0,
+            names: 0,
+        };
+        for service in &SERVICES[..3] {
+            cluster.put_service(service);
+            cluster.put_slice(service);
+        }
+        cluster.put_secret(SECRETS[0]);
+        for _ in 0..12 {
+            let ingress = cluster.random_ingress();
+            cluster.put(ingress);
+        }
+        cluster
+    }
+
+    fn versioned(&mut self, mut metadata: ObjectMeta) -> ObjectMeta {
+        self.version += 1;
+        metadata.resource_version = Some(self.version.to_string());
+        metadata
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.rng.usize(..from.len())]
+    }
+
+    fn random_ingress(&mut self) -> Ingress {
+        self.names += 1;
+        let name = format!("i{}", self.names);
+        self.ingress_named(&name)
+    }
+
+    fn ingress_named(&mut self, name: &str) -> Ingress {
+        let mut test = IngressTest::new(name).created(self.rng.i64(0..50));
+        for _ in 0..self.rng.usize(1..=2) {
+            test = test.host(self.pick(&HOSTS));
+            for _ in 0..self.rng.usize(1..=2) {
+                let (path, service) = (self.pick(&PATHS), self.pick(&SERVICES));
+                test = test.path(path, service, if self.rng.u8(..8) == 0 { 81 } else { 80 });
+            }
+        }
+        match self.rng.u8(..10) {
+            0 => test = test.annotation("canary", "true").annotation("canary-weight", "30"),
+            1 => test = test.annotation("canary", "true").annotation("canary-by-header", "x-canary"),
+            2 => test = test.annotation("use-regex", "true"),
+            3 => test = test.default_backend(self.pick(&SERVICES), 80),
+            4 => test = test.annotation("server-alias", "alias.test"),
+            _ => {}
+        }
+        if self.rng.bool() {
+            let host = self.pick(&HOSTS[..2]);
+            test = test.tls(&[host], self.pick(&SECRETS));
+        }
+        let mut ingress = Arc::unwrap_or_clone(test.build());
+        ingress.metadata = self.versioned(ingress.metadata);
+        ingress
+    }
+
+    fn put(&mut self, ingress: Ingress) {
+        let id = id_of(&ingress);
+        self.state.ingresses.retain(|i| id_of(i) != id);
+        self.state.ingresses.push(Arc::new(ingress));
+    }
+
+    fn put_service(&mut self, name: &str) {
+        let mut ports = vec![("http", 80)];
+        if self.rng.bool() {
+            ports.push(("admin", 81));
+        }
+        let mut service = Arc::unwrap_or_clone(service(name, &ports));
+        service.metadata = self.versioned(service.metadata);
+        self.state.services.retain(|s| s.metadata.name.as_deref() != Some(name));
+        self.state.services.push(Arc::new(service));
+    }
+
+    fn put_slice(&mut self, service: &str) {
+        let mut slice =
+            SliceTest::new(&format!("{service}-1"), service).port("http", 8080).port("admin", 8081);
+        for i in 0..self.rng.usize(0..4) {
+            let address = format!("10.0.{}.{i}", self.rng.u8(..3));
+            slice = if self.rng.u8(..4) == 0 { slice.not_ready(&address) } else { slice.ready(&address) };
+        }
+        let mut slice = Arc::unwrap_or_clone(slice.build());
+        slice.metadata = self.versioned(slice.metadata);
+        let name = slice.metadata.name.clone();
+        self.state.slices.retain(|s| s.metadata.name != name);
+        self.state.slices.push(Arc::new(slice));
+    }
+
+    fn put_secret(&mut self, name: &str) {
+        let (cert, key) = self.certificates[self.rng.usize(..self.certificates.len())].clone();
+        let mut secret = Arc::unwrap_or_clone(tls_secret(name, &cert, &key));
+        secret.metadata = self.versioned(secret.metadata);
+        self.state.secrets.retain(|s| s.metadata.name.as_deref() != Some(name));
+        self.state.secrets.push(Arc::new(secret));
+    }
+
+    /// One random change; what it was, for the failure message.
+    fn change(&mut self) -> String {
+        let pick_existing = |rng: &mut fastrand::Rng, len: usize| (len > 0).then(|| rng.usize(..len));
+        match self.rng.u8(..12) {
+            0..=2 => {
+                let ingress = self.random_ingress();
+                let what = format!("add Ingress {}", id_of(&ingress));
+                self.put(ingress);
+                what
+            }
+            3..=4 => match pick_existing(&mut self.rng, self.state.ingresses.len()) {
+                Some(i) => {
+                    let name = self.state.ingresses[i].metadata.name.clone().unwrap_or_default();
+                    let ingress = self.ingress_named(&name);
+                    self.put(ingress);
+                    format!("change Ingress {name}")
+                }
+                None => "nothing".into(),
+            },
+            5 => match pick_existing(&mut self.rng, self.state.ingresses.len()) {
+                Some(i) => format!("remove Ingress {}", id_of(&self.state.ingresses.remove(i))),
+                None => "nothing".into(),
+            },
+            6 => {
+                let name = self.pick(&SERVICES);
+                self.put_service(name);
+                format!("put Service {name}")
+            }
+            7 => {
+                let name = self.pick(&SERVICES);
+                self.state.services.retain(|s| s.metadata.name.as_deref() != Some(name));
+                format!("remove Service {name}")
+            }
+            8..=9 => {
+                let name = self.pick(&SERVICES);
+                self.put_slice(name);
+                format!("put EndpointSlice of {name}")
+            }
+            10 => {
+                let name = self.pick(&SECRETS);
+                self.put_secret(name);
+                format!("put Secret {name}")
+            }
+            _ => {
+                let name = self.pick(&SECRETS);
+                self.state.secrets.retain(|s| s.metadata.name.as_deref() != Some(name));
+                format!("remove Secret {name}")
+            }
+        }
+    }
+}
+
+/// What must be equal between an incremental and a fresh translation.
+fn outcome(result: Result<Translation, crate::config::Error>) -> String {
+    match result {
+        Ok(t) => format!(
+            "config: {:#?}\nserved: {:?}\nconsidered: {:?}\nnotes: {:#?}\nowners: {:?}",
+            t.config, t.served, t.considered, t.notes, t.owners
+        ),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Over random sequences of changes (deterministic seeds, bounded), the translator that keeps
+/// its caches gives, after every step, what a fresh translator gives from the same state.
+#[test]
+fn incremental_translation_equals_a_fresh_one_after_every_change() {
+    for seed in 1..=4u64 {
+        let mut cluster = Cluster::new(seed);
+        let incremental = translator();
+        let mut history = Vec::new();
+        for step in 0..30 {
+            let what = if step == 0 { "start".to_owned() } else { cluster.change() };
+            history.push(what);
+            let base = tls_base();
+            let kept = outcome(incremental.build(&base, &cluster.state));
+            let fresh = outcome(translator().build(&base, &cluster.state));
+            if kept != fresh {
+                let diff: Vec<String> = kept
+                    .lines()
+                    .zip(fresh.lines())
+                    .filter(|(a, b)| a != b)
+                    .take(10)
+                    .map(|(a, b)| format!("  kept: {a}\n  fresh: {b}"))
+                    .collect();
+                panic!("seed {seed} step {step}; changes: {history:?}\n{}", diff.join("\n"));
+            }
+        }
+    }
+}
+
+/// Two Ingresses on their own Services, and a third Service nobody uses.
+fn two_services() -> ClusterState {
+    let mut state = web_state();
+    state.ingresses.push(IngressTest::new("api").host("b.test").path("/", "api", 80).build());
+    state.services.push(service("api", &[("http", 80)]));
+    state.slices.push(SliceTest::new("api-1", "api").port("http", 8080).ready("10.0.1.1").build());
+    state.services.push(service("idle", &[("http", 80)]));
+    state
+}
+
+/// Replaces the object named `name` in `list` by `object` (a new version: a new `Arc`, as the
+/// reflector's store holds it).
+fn replace<K: kube::Resource>(list: &mut Vec<Arc<K>>, name: &str, object: Arc<K>) {
+    list.retain(|o| o.meta().name.as_deref() != Some(name));
+    list.push(object);
+}
+
+/// A kept translator gives a fresh translator's result for `state`; returns it.
+fn same_as_fresh(kept: &Translator, base: &Config, state: &ClusterState) -> Translation {
+    let t = kept.build(base, state).expect("the translation validates");
+    assert_eq!(outcome(Ok(t.clone())), outcome(translator().build(base, state)));
+    t
+}
+
+/// Rule: a backend group is made again when its Service or any of its EndpointSlices is a new
+/// object; every other group is reused, whatever else changed.
+#[test]
+fn a_changed_service_or_slice_remakes_only_its_own_group() {
+    let kept = translator();
+    let mut state = two_services();
+    same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 2, "a first translation makes every group");
+    same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 0, "nothing changed: every group is reused");
+    replace(&mut state.services, "web", service("web", &[("http", 80), ("admin", 81)]));
+    same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 1, "the web Service changed: its group only");
+    let slice = SliceTest::new("api-1", "api").port("http", 8080).ready("10.0.1.1").ready("10.0.1.2").build();
+    replace(&mut state.slices, "api-1", slice);
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 1, "the api slice changed: its group only");
+    assert_eq!(addresses(group(&t.config, "default/api:80")).len(), 2);
+    // A Service no Ingress uses changes nothing that is made.
+    replace(&mut state.services, "idle", service("idle", &[("http", 8080)]));
+    same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 0);
+    // A second slice of a Service appears: its group is made again with both.
+    state.slices.push(SliceTest::new("api-2", "api").port("http", 8080).ready("10.0.1.3").build());
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 1);
+    assert_eq!(addresses(group(&t.config, "default/api:80")).len(), 3);
+}
+
+/// Rule: a group's notes (its Service missing, or without the port) come with it from the
+/// cache, and go when the Service appears.
+#[test]
+fn a_missing_service_is_noted_from_the_cache_until_it_appears() {
+    let kept = translator();
+    let mut state = two_services();
+    state.services.retain(|s| s.metadata.name.as_deref() != Some("api"));
+    for _ in 0..2 {
+        let t = same_as_fresh(&kept, &base(), &state);
+        assert!(notes_contain(&t, "Service default/api not found"), "{}", notes(&t));
+    }
+    assert_eq!(kept.groups_made(), 0);
+    state.services.push(service("api", &[("http", 80)]));
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert!(!notes_contain(&t, "not found"), "{}", notes(&t));
+    assert_eq!(kept.groups_made(), 1);
+}
+
+/// Rule: annotations are read once per distinct annotation set; settings that differ make a
+/// group of their own, and an annotation change takes effect on the next rebuild.
+#[test]
+fn an_annotation_change_is_read_again() {
+    let kept = translator();
+    let mut state = web_state();
+    same_as_fresh(&kept, &base(), &state);
+    let timed =
+        IngressTest::new("web").host("a.test").path("/", "web", 80).annotation("proxy-read-timeout", "7");
+    replace(&mut state.ingresses, "web", timed.build());
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.groups_made(), 1, "other settings, another group");
+    let group =
+        t.config.backends.iter().find(|b| b.name.starts_with("default/web:80~")).expect("a tuned group");
+    assert_eq!(group.timeouts.read_ms, Some(7_000));
+}
+
+/// Cross-Ingress facts are worked out on every rebuild from all Ingresses: a host conflict
+/// appears when an older Ingress takes the path and goes when it leaves; a canary attaches to
+/// the main route and detaches when it goes; a default backend claims `*`.
+#[test]
+fn conflicts_canaries_and_default_backends_follow_every_change() {
+    let kept = translator();
+    let mut state = two_services();
+    let older = IngressTest::new("older").created(1).host("a.test").path("/", "api", 80).build();
+    let web = IngressTest::new("web").created(5).host("a.test").path("/", "web", 80).build();
+    replace(&mut state.ingresses, "web", web);
+    same_as_fresh(&kept, &base(), &state);
+    state.ingresses.push(older);
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert!(notes_contain(&t, "already served by the older Ingress default/older"), "{}", notes(&t));
+    assert_eq!(host(&t.config, "a.test").routes[0].backend.as_deref(), Some("default/api:80"));
+    state.ingresses.retain(|i| i.metadata.name.as_deref() != Some("older"));
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert!(!notes_contain(&t, "already served"), "{}", notes(&t));
+    assert_eq!(host(&t.config, "a.test").routes[0].backend.as_deref(), Some("default/web:80"));
+
+    let canary = IngressTest::new("web-canary")
+        .annotation("canary", "true")
+        .annotation("canary-weight", "50")
+        .host("a.test")
+        .path("/", "api", 80)
+        .build();
+    state.ingresses.push(canary);
+    let t = same_as_fresh(&kept, &base(), &state);
+    let backend = host(&t.config, "a.test").routes[0].backend.clone().unwrap();
+    assert!(backend.contains("+canary("), "{backend}");
+    state.ingresses.retain(|i| i.metadata.name.as_deref() != Some("web-canary"));
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(host(&t.config, "a.test").routes[0].backend.as_deref(), Some("default/web:80"));
+
+    let fallback = IngressTest::new("fallback").default_backend("api", 80).build();
+    state.ingresses.push(fallback);
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert!(t.config.virtual_hosts.iter().any(|h| h.name == "*"), "{:?}", t.config.virtual_hosts);
+    replace(&mut state.services, "api", service("api", &[("http", 8080)]));
+    let t = same_as_fresh(&kept, &base(), &state);
+    assert!(notes_contain(&t, "has no port 80"), "{}", notes(&t));
+}
+
+/// A TLS Secret rotated (a new object with another certificate) serves the new certificate on
+/// the next rebuild; a Secret that goes is noted.
+#[test]
+fn a_rotated_tls_secret_is_served_at_once() {
+    let kept = translator();
+    let (first, first_key) = self_signed("a.test");
+    let (second, second_key) = self_signed("a.test");
+    let mut state = web_state();
+    state.ingresses =
+        vec![IngressTest::new("web").tls(&["a.test"], "a-tls").host("a.test").path("/", "web", 80).build()];
+    state.secrets = vec![tls_secret("a-tls", &first, &first_key)];
+    let t = same_as_fresh(&kept, &tls_base(), &state);
+    let served = |t: &Translation| {
+        t.config.certificates.iter().find(|c| c.name == "default/a-tls").and_then(|c| c.cert_pem.clone())
+    };
+    assert_eq!(served(&t), Some(first));
+    let mut rotated = Arc::unwrap_or_clone(tls_secret("a-tls", &second, &second_key));
+    rotated.metadata.resource_version = Some("2".into());
+    replace(&mut state.secrets, "a-tls", Arc::new(rotated));
+    let t = same_as_fresh(&kept, &tls_base(), &state);
+    assert_eq!(served(&t), Some(second));
+    state.secrets.clear();
+    let t = same_as_fresh(&kept, &tls_base(), &state);
+    assert_eq!(served(&t), None);
+    assert!(notes_contain(&t, "TLS Secret default/a-tls not found"), "{}", notes(&t));
+}
