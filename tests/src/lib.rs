@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod fake_kube;
 pub mod frames;
 pub mod http;
+pub mod kustomize;
 pub mod netns;
 pub mod process;
 pub mod raw_backend;

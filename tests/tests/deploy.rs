@@ -47,6 +47,7 @@ use lb_tests::{
         },
     },
     free_port,
+    kustomize::Renderer,
     process::ChildGuard,
     sluice_binary,
     temp_dir::TempDir,
@@ -539,25 +540,15 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
 // ------------------------------------------------------------------------------------------------
 // kustomize
 
-fn kubectl_version(kubectl: &Path) -> String {
-    Command::new(kubectl)
-        .args(["version", "--client"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
-        .unwrap_or_else(|e| format!("kubectl version: {e}"))
-}
-
-fn kustomize(kubectl: &Path, dir: &Path) -> Bundle {
-    let output = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
+fn kustomize(renderer: &Renderer, dir: &Path) -> Bundle {
+    let output = renderer.command(dir).output().unwrap();
     assert!(
         output.status.success(),
-        "kubectl kustomize {} failed:\n{}\n({}; deploy/ needs kubectl 1.21 or later, whose kustomize (v4+) \
-         takes directories in `resources:` and `patches:`; Debian bookworm's kubernetes-client is 1.20)",
+        "{renderer:?} failed on {}:\n{}",
         dir.display(),
         String::from_utf8_lossy(&output.stderr),
-        kubectl_version(kubectl)
     );
-    let origin = format!("kubectl kustomize {}", dir.strip_prefix(root()).unwrap_or(dir).display());
+    let origin = format!("kustomize {}", dir.strip_prefix(root()).unwrap_or(dir).display());
     Bundle::from_text(&String::from_utf8(output.stdout).unwrap(), &origin).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
@@ -577,15 +568,18 @@ fn without_security_context(
 
 #[test]
 fn kustomize_renders_the_base_and_the_least_privilege_overlay() {
-    let kubectl = lb_tests::required_tool("kubectl", "kubernetes-client");
+    let renderer = lb_tests::kustomize::find().expect(
+        "no kustomize that renders deploy/: kubectl 1.21 or later, or kustomize v4 or later \
+         (`sudo -E cargo xtask setup` installs one)",
+    );
     let files = base_bundle();
-    let base = kustomize(&kubectl, &deploy_dir());
+    let base = kustomize(&renderer, &deploy_dir());
     assert_eq!(base.by_key(), files.by_key(), "deploy/ renders the manifests unchanged");
     check_rbac(&base).unwrap_or_else(|e| panic!("{e:#}"));
     check_daemonset(&base).unwrap_or_else(|e| panic!("{e:#}"));
     check_privileged(&base).unwrap_or_else(|e| panic!("{e:#}"));
 
-    let overlay = kustomize(&kubectl, &deploy_dir().join("overlays/least-privilege"));
+    let overlay = kustomize(&renderer, &deploy_dir().join("overlays/least-privilege"));
     check_rbac(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
     check_daemonset(&overlay).unwrap_or_else(|e| panic!("{e:#}"));
     check_least_privilege(&overlay).unwrap_or_else(|e| panic!("{e:#}"));

@@ -201,6 +201,60 @@ fn a_failed_new_binary_leaves_the_old_one_serving() {
     assert!(output.contains("upgrade failed; this process serves on"), "{output}");
 }
 
+/// A killed instance leaves its kernel side behind on purpose (the links are pinned so that an
+/// upgrade can take them over): XDP stays attached, and the pins and the control socket stay.
+/// `sluice cleanup` refuses while the instance runs, then removes them, which detaches XDP; a
+/// second cleanup finds nothing. The pins go to a bpffs the test mounts, which outlives the
+/// killed process's mount namespace as the host's /sys/fs/bpf would.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, bpffs (cargo xtask test runs it as root)"]
+fn cleanup_removes_what_a_killed_instance_left() {
+    require_root!();
+    let topology = Topology::new(0).unwrap();
+    let peers = Peers::start(&topology);
+    let bpffs = BpffsMount::new();
+    let old =
+        Instance::start_with(&topology, &peers, "cleanup", &[], &["--bpffs".as_ref(), bpffs.path().as_ref()]);
+    let pins = pin::instance_dir(bpffs.path(), &old.instance);
+    let pinned = std::fs::read_dir(&pins).unwrap().count();
+    assert!(pinned >= 3, "the maps and the links are pinned in {}", pins.display());
+    assert!(xdp_attached(&topology));
+    let socket = old.run_dir.join(format!("{}.sock", old.instance));
+    let cleanup = || {
+        let output = topology
+            .node
+            .command(sluice_binary().unwrap())
+            .args(["cleanup", "--instance", &old.instance, "--run-dir"])
+            .arg(&old.run_dir)
+            .arg("--bpffs")
+            .arg(bpffs.path())
+            .output()
+            .unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), said)
+    };
+
+    let (ok, said) = cleanup();
+    assert!(!ok && said.contains("is running"), "a running instance is left alone: {said}");
+    assert_eq!(std::fs::read_dir(&pins).unwrap().count(), pinned);
+
+    let pid = old.child.pid();
+    old.child.kill().unwrap();
+    assert!(!process_alive(pid));
+    assert!(xdp_attached(&topology), "the pinned link keeps XDP attached after a kill");
+    assert!(socket.exists());
+
+    let (ok, said) = cleanup();
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("removed {pinned} pins and its control socket")), "{said}");
+    assert!(!pins.exists() && !socket.exists());
+    assert!(!xdp_attached(&topology), "unpinning the last reference detaches XDP");
+
+    let (ok, said) = cleanup();
+    assert!(ok && said.contains("removed 0 pins and no control socket"), "{said}");
+}
+
 /// In a container `sluice run --instance` is PID 1: it stays as the keeper, so the old process
 /// can exit after an upgrade without ending the container, and SIGTERM to PID 1 reaches the
 /// process serving at the time. (`unshare --pid` makes the container's PID namespace.)
@@ -210,8 +264,13 @@ fn as_pid_1_the_keeper_outlives_the_old_process() {
     require_root!();
     let topology = Topology::new(0).unwrap();
     let peers = Peers::start(&topology);
-    let container =
-        Instance::start_with(&topology, &peers, "keeper", &["unshare", "--pid", "--fork", "--kill-child"]);
+    let container = Instance::start_with(
+        &topology,
+        &peers,
+        "keeper",
+        &["unshare", "--pid", "--fork", "--kill-child"],
+        &[],
+    );
     let target = SocketAddr::from((topology.node_v4(), PORT));
     let load = Load::start(&topology, target);
     wait_for_load(&load.sent, 50, "before the upgrade");
@@ -370,11 +429,18 @@ struct Instance {
 
 impl Instance {
     fn start(topology: &Topology, peers: &Peers, name: &str) -> Instance {
-        Self::start_with(topology, peers, name, &[])
+        Self::start_with(topology, peers, name, &[], &[])
     }
 
-    /// Started through `wrapper` (a command that runs the rest of its arguments).
-    fn start_with(topology: &Topology, peers: &Peers, name: &str, wrapper: &[&str]) -> Instance {
+    /// Started through `wrapper` (a command that runs the rest of its arguments), with `extra`
+    /// arguments for `sluice run`.
+    fn start_with(
+        topology: &Topology,
+        peers: &Peers,
+        name: &str,
+        wrapper: &[&str],
+        extra: &[&std::ffi::OsStr],
+    ) -> Instance {
         let dir = TempDir::new();
         let admin = SocketAddr::from(([127, 0, 0, 1], 9901));
         let yaml = format!(
@@ -412,7 +478,8 @@ impl Instance {
             .args(["run", "--config"])
             .arg(&config)
             .args(["--instance", &instance, "--run-dir"])
-            .arg(&run_dir);
+            .arg(&run_dir)
+            .args(extra);
         let mut child = ChildGuard::spawn(command).unwrap();
         wait_for(Duration::from_secs(30), "sluice to be ready", || {
             assert!(child.try_status().is_none(), "sluice exited:\n{}", child.output());
@@ -461,6 +528,30 @@ fn upgrade_command(
     let said =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), said)
+}
+
+/// A bpffs mounted on a scratch directory, unmounted (dropping whatever is pinned there) when
+/// dropped.
+struct BpffsMount(TempDir);
+
+impl BpffsMount {
+    fn new() -> BpffsMount {
+        let dir = TempDir::new();
+        let status =
+            std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir.0).status().unwrap();
+        assert!(status.success(), "mount -t bpf on {}", dir.0.display());
+        BpffsMount(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0.0
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0.0).status();
+    }
 }
 
 /// Kills a process that is not the test's child (the upgraded one) when dropped.

