@@ -57,9 +57,10 @@ use crate::{
 /// The hosts whose paths are all case-insensitive regular expressions: those where any served
 /// Ingress has `use-regex` or `rewrite-target`, as ingress-nginx enforces the regex location
 /// modifier on every path of such a host, whatever Ingress defines it.
-fn regex_hosts(readings: &[(&Ingress, IngressId, Annotations)]) -> BTreeSet<String> {
+fn regex_hosts(readings: &[(&Ingress, IngressId, Arc<annotations::Reading>)]) -> BTreeSet<String> {
     let mut hosts = BTreeSet::new();
-    for (ingress, _, a) in readings {
+    for (ingress, _, reading) in readings {
+        let a = &reading.annotations;
         if !a.use_regex && a.rewrite_target.is_none() {
             continue;
         }
@@ -282,36 +283,55 @@ impl Translator {
         let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
         considered.sort();
         let mut readings = Vec::new();
+        // Ingresses with equal annotations (in one namespace, when they name a custom-headers
+        // ConfigMap, which is looked up there) share one reading with the controller's
+        // defaults under it.
+        let mut defaulted: FastMap<(&BTreeMap<String, String>, &str), Arc<annotations::Reading>> =
+            FastMap::default();
         for ingress in ingresses {
             let id = id_of(ingress);
             if excluded.contains(&id) {
                 continue;
             }
             let raw = ingress.metadata.annotations.as_ref().unwrap_or(&NO_ANNOTATIONS);
-            let mut reading = annotations::Reading::clone(&builder.memo.reading(raw));
-            builder.controller_defaults(&id, &mut reading);
+            let read = builder.memo.reading(raw);
+            let namespace = if read.annotations.custom_headers.is_some() {
+                meta_ns_name(&ingress.metadata).0
+            } else {
+                ""
+            };
+            let reading = match defaulted.get(&(raw, namespace)) {
+                Some(reading) => Arc::clone(reading),
+                None => {
+                    let mut reading = annotations::Reading::clone(&read);
+                    builder.controller_defaults(&id, &mut reading);
+                    let reading = Arc::new(reading);
+                    defaulted.insert((raw, namespace), Arc::clone(&reading));
+                    reading
+                }
+            };
             for warning in &reading.warnings {
                 let kind =
                     if reading.invalid.contains(warning) { NoteKind::Invalid } else { NoteKind::Ignored };
                 builder.note_kind(Some(&id), kind, warning.clone());
             }
-            if let Some(why) = reading.refused {
+            if let Some(why) = &reading.refused {
                 builder.note_kind(Some(&id), NoteKind::Refused, format!("not served: {why}"));
                 continue;
             }
             served.push(id.clone());
-            readings.push((ingress, id, reading.annotations));
+            readings.push((ingress, id, reading));
         }
         builder.regex_hosts = regex_hosts(&readings);
-        for (ingress, id, annotations) in readings {
-            if annotations.canary.is_some() {
-                canaries.push((ingress, id, annotations));
+        for (ingress, id, reading) in readings {
+            if reading.annotations.canary.is_some() {
+                canaries.push((ingress, id, reading));
             } else {
-                builder.ingress(ingress, &id, &annotations);
+                builder.ingress(ingress, &id, &reading.annotations);
             }
         }
-        for (ingress, id, annotations) in canaries {
-            builder.canary(ingress, &id, &annotations);
+        for (ingress, id, reading) in canaries {
+            builder.canary(ingress, &id, &reading.annotations);
         }
         let gateway = builder.gateway_api(excluded);
         served.sort();
