@@ -26,6 +26,11 @@ pub const GUARD_CONFIG_MAP: &str = "SLUICE_GUARD_CONFIG";
 pub const GUARD_DENY_MAP: &str = "SLUICE_GUARD_DENY";
 pub const GUARD_ALLOW_MAP: &str = "SLUICE_GUARD_ALLOW";
 pub const GUARD_BUCKETS_MAP: &str = "SLUICE_GUARD_BUCKETS";
+pub const L4_SERVICES_MAP: &str = "SLUICE_L4_SERVICES";
+pub const L4_BACKENDS_MAP: &str = "SLUICE_L4_BACKENDS";
+pub const L4_MAGLEV_MAP: &str = "SLUICE_L4_MAGLEV";
+pub const L4_FLOWS_MAP: &str = "SLUICE_L4_FLOWS";
+pub const L4_REPLIES_MAP: &str = "SLUICE_L4_REPLIES";
 
 /// Most services (address, port, protocol) one node steers.
 pub const MAX_SERVICES: u32 = 64;
@@ -42,6 +47,18 @@ pub const GUARD_CIDRS: u32 = 16_384;
 /// Sources tracked by the guard's rate limit (LRU: the least recently seen source is evicted
 /// when full, and comes back with a full bucket).
 pub const GUARD_SOURCES: u32 = 65_536;
+
+/// Most L4 services (`l4_services`) one node balances in XDP.
+pub const MAX_L4_SERVICES: u32 = 16;
+/// Most endpoints per L4 service; also the stride of the L4 endpoints table.
+pub const MAX_L4_BACKENDS: u32 = 256;
+/// L4 flows tracked at once (LRU), each with its reply entry.
+pub const L4_FLOW_ENTRIES: u32 = 262_144;
+/// The node's source ports for L4 flows towards endpoints, above Linux's default ephemeral
+/// range (32768-60999), so the node's own connections (health checks) never take one. Replies
+/// to other ports are never looked up, so traffic outside L4 pays one comparison.
+pub const L4_SNAT_PORT_MIN: u16 = 61_000;
+pub const L4_SNAT_PORT_MAX: u16 = 65_535;
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -62,6 +79,8 @@ pub struct ServiceKey {
 
 /// Delivery mode of a service.
 pub const MODE_STEER: u32 = 1;
+/// An L4 service balanced in XDP: `id` indexes the L4 tables (< `MAX_L4_SERVICES`).
+pub const MODE_L4: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -194,6 +213,73 @@ pub struct GuardBucket {
     pub paid_until_ns: u64,
 }
 
+/// An L4 service's settings, indexed by its id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4Service {
+    /// The node address put as the source towards endpoints, wire bytes (IPv4: `[0]`).
+    pub snat: [u32; 4],
+    /// A flow idle this long is placed again at its next packet.
+    pub idle_ns: u64,
+    /// `L4_ACTIVE` once the tables are written.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `L4Service::flags`: the service's tables are complete.
+pub const L4_ACTIVE: u32 = 1;
+
+/// One endpoint of an L4 service, indexed by `service * MAX_L4_BACKENDS + index`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4Backend {
+    /// Wire bytes; IPv4 uses `addr[0]`.
+    pub addr: [u32; 4],
+    /// Wire bytes; 0 = no endpoint here.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Where an L4 flow (keyed by its client-side `FlowKey`) goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4Flow {
+    pub backend: [u32; 4],
+    pub snat: [u32; 4],
+    /// CLOCK_MONOTONIC ns of the client's last packet.
+    pub last_seen_ns: u64,
+    /// Idle this long, the flow is over: the service's timeout, or `L4_CLOSING_NS` once a
+    /// TCP FIN or RST passed.
+    pub idle_ns: u64,
+    pub backend_port: u16,
+    pub snat_port: u16,
+    pub service: u32,
+}
+
+/// How long a TCP flow that has seen a FIN or RST keeps its node source port: 2 MSL, the
+/// longest TIME_WAIT, so a new flow never meets an old connection's state at the endpoint.
+pub const L4_CLOSING_NS: u64 = 60_000_000_000;
+
+/// A reply as it arrives from an endpoint: its source and the node port it is sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct L4ReplyKey {
+    pub backend: [u32; 4],
+    pub backend_port: u16,
+    pub snat_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// What a reply is translated back to: the client's flow as it arrived.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4Reply {
+    pub client: FlowKey,
+}
+
 /// `aya::Pod` for each shared type. Each is #[repr(C)], Copy, made only of integers and has no
 /// implicit padding (sizes asserted below), so every bit pattern is valid.
 #[cfg(feature = "user")]
@@ -208,6 +294,7 @@ mod pod {
     }
     pod!(ServiceKey, ServiceValue, WorkerValue, FlowKey, FlowValue, ReverseKey, ReverseValue);
     pod!(GuardCidr, GuardConfig, GuardSource, GuardBucket);
+    pod!(L4Service, L4Backend, L4Flow, L4ReplyKey, L4Reply);
 }
 
 /// Compile-time proof that the shared types have no implicit padding.
@@ -223,6 +310,11 @@ const _: () = {
     assert!(core::mem::size_of::<GuardConfig>() == 40);
     assert!(core::mem::size_of::<GuardSource>() == 20);
     assert!(core::mem::size_of::<GuardBucket>() == 8);
+    assert!(core::mem::size_of::<L4Service>() == 32);
+    assert!(core::mem::size_of::<L4Backend>() == 20);
+    assert!(core::mem::size_of::<L4Flow>() == 56);
+    assert!(core::mem::size_of::<L4ReplyKey>() == 24);
+    assert!(core::mem::size_of::<L4Reply>() == 40);
 };
 
 macro_rules! stats {
@@ -295,6 +387,21 @@ stats! {
     DropSynRate = 20 => "drop_syn_rate",
     /// Dropped by the guard: the source sent UDP datagrams faster than its UDP limit.
     DropUdpRate = 21 => "drop_udp_rate",
+    /// L4 services: packets from clients rewritten to an endpoint and sent out by XDP.
+    L4Forwarded = 22 => "l4_forwarded",
+    /// L4 services: replies from endpoints rewritten back to the client and sent out by XDP.
+    L4Replied = 23 => "l4_replied",
+    /// L4 services: flows placed through the Maglev table (new, or idle past their timeout).
+    L4NewFlows = 24 => "l4_new_flows",
+    /// Dropped: an L4 service whose Maglev slot is empty (no healthy endpoint).
+    DropL4NoBackend = 25 => "drop_l4_no_backend",
+    /// Dropped: no free node source port for a new L4 flow to its endpoint.
+    DropL4NoPort = 26 => "drop_l4_no_port",
+    /// Passed: an L4 packet for which `bpf_fib_lookup` gave no next hop (no route, the
+    /// neighbour not resolved yet, or the packet needs fragmenting); the kernel handles it.
+    PassL4NoRoute = 27 => "pass_l4_no_route",
+    /// Passed: an L4 packet over IPv6 (the fast path is IPv4 for now), or with IPv4 options.
+    PassL4Unsupported = 28 => "pass_l4_unsupported",
 }
 
 impl Stat {

@@ -73,7 +73,7 @@ pub fn worker_port(flow: &Flow, service: &ServiceValue) -> Result<u16, Stat> {
 /// Murmur3-style mix of the client address, both ports and the protocol. The service address
 /// is the same for every flow of a service, so it adds nothing.
 #[inline(always)]
-fn flow_hash(key: &FlowKey) -> u32 {
+pub fn flow_hash(key: &FlowKey) -> u32 {
     let mut h: u32 = 0x5eed_1ce5;
     h = mix(h, key.src[0]);
     h = mix(h, key.src[1]);

@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod guard;
+mod l4;
 mod lookup;
 mod maps;
 mod nat;
@@ -19,7 +20,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FlowKey, MODE_STEER, PROTO_UDP, ReverseKey, Stat};
+use lb_common::{FlowKey, MODE_L4, MODE_STEER, PROTO_UDP, ReverseKey, Stat};
 
 use crate::maps::{SLUICE_CONNTRACK, SLUICE_REVERSE};
 
@@ -43,7 +44,18 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
     };
     let service = match lookup::service(&flow) {
         Some(service) if service.mode == MODE_STEER => service,
+        Some(service) if service.mode == MODE_L4 => {
+            if let Err(reason) = guard::admit(&flow) {
+                stats::count(reason);
+                return xdp_action::XDP_DROP;
+            }
+            return l4::forward(ctx, &flow, &service);
+        }
         _ => {
+            // An endpoint's reply to an L4 flow: one comparison for everything else.
+            if let Some(action) = l4::reply(ctx, &flow) {
+                return action;
+            }
             if let Err(reason) = guard::admit_direct(&flow) {
                 stats::count(reason);
                 return xdp_action::XDP_DROP;

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     CONNTRACK_ENTRIES, FlowKey, FlowValue, GUARD_CIDRS, GUARD_SOURCES, GuardBucket, GuardCidr, GuardConfig,
-    GuardSource, MAGLEV_TABLE_SIZE, MAX_SERVICES, MAX_WORKERS, ReverseKey, ReverseValue, STATS_LEN,
+    GuardSource, L4_FLOW_ENTRIES, L4Backend, L4Flow, L4Reply, L4ReplyKey, L4Service, MAGLEV_TABLE_SIZE,
+    MAX_L4_BACKENDS, MAX_L4_SERVICES, MAX_SERVICES, MAX_WORKERS, ReverseKey, ReverseValue, STATS_LEN,
     ServiceKey, ServiceValue, WorkerValue,
 };
 
@@ -59,3 +60,26 @@ pub static SLUICE_GUARD_ALLOW: LpmTrie<GuardCidr, u32> = LpmTrie::with_max_entri
 #[map]
 pub static SLUICE_GUARD_BUCKETS: LruHashMap<GuardSource, GuardBucket> =
     LruHashMap::with_max_entries(GUARD_SOURCES, 0);
+
+/// L4 service id -> its settings (source address towards endpoints, idle timeout).
+#[map]
+pub static SLUICE_L4_SERVICES: Array<L4Service> = Array::with_max_entries(MAX_L4_SERVICES, 0);
+
+/// `service * MAX_L4_BACKENDS + index` -> that endpoint's address and port.
+#[map]
+pub static SLUICE_L4_BACKENDS: Array<L4Backend> =
+    Array::with_max_entries(MAX_L4_SERVICES * MAX_L4_BACKENDS, 0);
+
+/// `service * MAGLEV_TABLE_SIZE + slot` -> endpoint index + 1; 0 = empty. Built in user space.
+#[map]
+pub static SLUICE_L4_MAGLEV: Array<u32> = Array::with_max_entries(MAX_L4_SERVICES * MAGLEV_TABLE_SIZE, 0);
+
+/// Client-side 5-tuple of an L4 flow -> its endpoint and node source port. LRU.
+#[map]
+pub static SLUICE_L4_FLOWS: LruHashMap<FlowKey, L4Flow> = LruHashMap::with_max_entries(L4_FLOW_ENTRIES, 0);
+
+/// Endpoint address, port and node source port -> the client flow a reply belongs to. LRU;
+/// an entry also holds its node source port for that endpoint while its flow lives.
+#[map]
+pub static SLUICE_L4_REPLIES: LruHashMap<L4ReplyKey, L4Reply> =
+    LruHashMap::with_max_entries(L4_FLOW_ENTRIES, 0);

@@ -79,6 +79,8 @@ pub struct Flow {
     pub l4: usize,
     /// TCP: the SYN bit without ACK (a connection opening).
     pub syn: bool,
+    /// TCP: FIN or RST (the connection is ending).
+    pub closing: bool,
 }
 
 impl Flow {
@@ -150,6 +152,7 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
     }
 
     let mut syn = false;
+    let mut closing = false;
     match key.proto {
         PROTO_TCP => {
             // The whole fixed header (20 bytes): ports, the flags byte at 13, the checksum at
@@ -158,6 +161,7 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
             key.sport = u16::from_ne_bytes([head[0], head[1]]);
             key.dport = u16::from_ne_bytes([head[2], head[3]]);
             syn = head[13] & 0x12 == 0x02;
+            closing = head[13] & 0x05 != 0;
             check_ip_length(packet, ip_len_ok, ip_end)?;
             let data_offset = usize::from(head[12] >> 4) * 4;
             if data_offset < 20 || l4 + data_offset > ip_end {
@@ -176,7 +180,7 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Flow, Stat> {
         }
         _ => return Err(Stat::PassOtherProtocol),
     }
-    Ok(Flow { key, l4, syn })
+    Ok(Flow { key, l4, syn, closing })
 }
 
 /// The IP length field holds the IP header and ends inside the frame. The frame's whole

@@ -13,10 +13,10 @@ use anyhow::Context;
 
 use crate::{
     admin::{AdminServer, AdminState, sources},
-    config::{Config, XdpGuardConfig},
+    config::{Config, L4Removal, XdpGuardConfig},
     dataplane::{
-        Dataplane, Guard, HealthTiming, HeartbeatWriter, Protocol, Service, Steering, Supervisor,
-        pin::PinOptions,
+        Dataplane, Guard, HealthTiming, HeartbeatWriter, L4Spec, L4Supervisor, Protocol, Service, Steering,
+        Supervisor, l4_health::L4Target, pin::PinOptions,
     },
     handover::Inherited,
     metrics::{Metrics, ReloadStats},
@@ -126,6 +126,9 @@ impl Node {
             format!("cannot listen on {}", addresses.join(", "))
         })?;
         let kernel = kernel.and_then(|kernel| kernel.steer(config, workers.len()));
+        if kernel.is_none() && !config.l4_services.is_empty() {
+            tracing::warn!("l4_services are set but the kernel path is off: they are not served");
+        }
         if kernel.is_none() && config.xdp.guard != XdpGuardConfig::default() {
             tracing::warn!("xdp.guard is set but the kernel path is off: nothing enforces it");
         }
@@ -232,6 +235,7 @@ impl Node {
         // Always, not only when it changed: after a failed update the maps may hold a mix.
         if let Some(kernel) = &self.kernel {
             kernel.apply_guard(&config.xdp.guard).map_err(|e| ApplyError::Guard(e.to_string()))?;
+            kernel.apply_l4(config);
         }
         self.checker.update(check_targets(&snapshot));
         self.published.publish(snapshot);
@@ -424,6 +428,12 @@ struct KernelPath {
     workers: u32,
     /// Written on start and by reloads; the lock is never on a packet or request path.
     guard: Option<parking_lot::Mutex<Guard>>,
+    /// The L4 services' health checks and tables, when any is balanced in XDP.
+    l4: parking_lot::Mutex<Option<L4Supervisor>>,
+    /// The source address of L4 traffic towards endpoints.
+    snat: Option<std::net::Ipv4Addr>,
+    /// Opened before steering takes the services map, for the L4 supervisor's first start.
+    l4_maps: parking_lot::Mutex<Option<crate::dataplane::L4Maps>>,
 }
 
 /// The steering tables, owned by the running supervisor or held while an upgrade runs.
@@ -450,7 +460,16 @@ impl KernelPath {
         let timing = HealthTiming { stall_after: Duration::from_millis(config.xdp.heartbeat_timeout_ms) };
         let supervisor = parking_lot::Mutex::new(Supervision::Gone);
         Some((
-            KernelPath { dataplane, timing, supervisor, workers: config.worker_count() as u32, guard: None },
+            KernelPath {
+                dataplane,
+                timing,
+                supervisor,
+                workers: config.worker_count() as u32,
+                guard: None,
+                l4: parking_lot::Mutex::new(None),
+                snat: None,
+                l4_maps: parking_lot::Mutex::new(None),
+            },
             heartbeats,
         ))
     }
@@ -471,6 +490,8 @@ impl KernelPath {
                 worker_ports: (0..workers).map(|w| config.worker_port(l, w)).collect(),
             })
             .collect();
+        // The L4 maps share the services map with steering: opened before steering takes it.
+        *self.l4_maps.get_mut() = Some(self.dataplane.open_l4().inspect_err(|e| disabled(e)).ok()?);
         let mut steering = self.dataplane.take_steering().inspect_err(|e| disabled(e)).ok()?;
         steering.install(services).inspect_err(|e| disabled(e)).ok()?;
         let supervisor = self
@@ -483,6 +504,11 @@ impl KernelPath {
         let mut guard = self.dataplane.open_guard().inspect_err(|e| disabled(e)).ok()?;
         guard.apply(&config.xdp.guard).inspect_err(|e| disabled(e)).ok()?;
         self.guard = Some(parking_lot::Mutex::new(guard));
+        self.snat = config
+            .xdp
+            .snat_address
+            .or_else(|| config.xdp.interfaces.first().and_then(|i| crate::dataplane::l4::interface_v4(i)));
+        self.apply_l4(config);
         for interface in &config.xdp.interfaces {
             match self.dataplane.attach(interface, config.xdp.mode) {
                 Ok(attachment) => tracing::info!(interface, mode = ?attachment.mode, "xdp attached"),
@@ -505,6 +531,27 @@ impl KernelPath {
         Ok(())
     }
 
+    /// Balances `config.l4_services` in XDP: starts the supervisor at the first service and
+    /// hands it every later set (it diffs).
+    fn apply_l4(&self, config: &Config) {
+        let targets = l4_targets(config, self.snat);
+        let mut l4 = self.l4.lock();
+        match l4.as_ref() {
+            Some(supervisor) => supervisor.configure(targets),
+            None if targets.is_empty() => {}
+            None => {
+                let Some(maps) = self.l4_maps.lock().take() else {
+                    tracing::error!("the L4 maps are not open: the L4 services are not balanced in XDP");
+                    return;
+                };
+                match L4Supervisor::start(maps, targets) {
+                    Ok(supervisor) => *l4 = Some(supervisor),
+                    Err(e) => tracing::error!(error = %e, "cannot start the L4 supervisor thread"),
+                }
+            }
+        }
+    }
+
     /// Logs the counters, detaches and stops supervision.
     fn stop(mut self) -> anyhow::Result<()> {
         match self.dataplane.counters() {
@@ -514,6 +561,9 @@ impl KernelPath {
                 tracing::info!(counters = %summary.join(" "), "xdp counters at shutdown");
             }
             Err(e) => tracing::warn!(error = %e, "cannot read XDP counters"),
+        }
+        if let Some(l4) = self.l4.get_mut().take() {
+            l4.stop();
         }
         self.dataplane.detach_all().context("detaching XDP")?;
         tracing::info!("xdp detached");
@@ -559,4 +609,37 @@ impl KernelPath {
         }
         tracing::info!("xdp left attached for the new process");
     }
+}
+
+/// The L4 services XDP balances: all but those that need the PROXY protocol (no XDP program
+/// can add bytes to a flow) and IPv6 ones (the fast path is IPv4 for now), which are logged.
+fn l4_targets(config: &Config, snat: Option<std::net::Ipv4Addr>) -> Vec<L4Target> {
+    let mut targets = Vec::new();
+    for service in &config.l4_services {
+        let why_not = if service.proxy_protocol.is_some() {
+            Some("it sends the PROXY protocol")
+        } else if !service.address.is_ipv4() {
+            Some("it is an IPv6 service")
+        } else if snat.is_none() {
+            Some("no node IPv4 address for its source (set xdp.snat_address)")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            tracing::warn!(service = %service.name, reason = why, "L4 service not balanced in XDP");
+            continue;
+        }
+        targets.push(L4Target {
+            spec: L4Spec {
+                address: service.address,
+                protocol: service.protocol,
+                endpoints: service.endpoints.clone(),
+                idle_timeout: service.idle_timeout(),
+                reset_on_removal: service.on_endpoint_removal == L4Removal::Reset,
+                snat: snat.expect("checked above"),
+            },
+            check: service.health_check.clone(),
+        });
+    }
+    targets
 }

@@ -60,6 +60,22 @@ impl Netns {
         run(self.command("sysctl").args(["-qw", &format!("{key}={value}")]))
     }
 
+    /// Turns checksum offload off on `interface` (both directions; `ethtool -K IF tx off rx
+    /// off`, without needing ethtool): the sender then computes every checksum in software
+    /// and the receiver verifies it, where veth would otherwise carry partial checksums and
+    /// mark what it delivers as already verified. A packet whose checksum a program got wrong
+    /// is then dropped by the receiving kernel.
+    pub fn checksum_offload_off(&self, interface: &str) -> anyhow::Result<()> {
+        let interface = interface.to_owned();
+        self.run(move || -> anyhow::Result<()> {
+            // ETHTOOL_SRXCSUM, ETHTOOL_STXCSUM with data 0.
+            for command in [0x15u32, 0x17] {
+                ethtool_set(&interface, command, 0)?;
+            }
+            Ok(())
+        })?
+    }
+
     /// A command that runs inside the namespace (`ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
@@ -90,4 +106,32 @@ impl Drop for Netns {
             eprintln!("warning: cleaning up namespace {}: {e:#}", self.name);
         }
     }
+}
+
+/// One `SIOCETHTOOL` set command with a `struct ethtool_value` on `interface`.
+fn ethtool_set(interface: &str, command: u32, data: u32) -> anyhow::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue { cmd: command, data };
+    // SAFETY: a zeroed ifreq is valid; the name is copied within its bounds below.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    anyhow::ensure!(interface.len() < request.ifr_name.len(), "interface name {interface:?} too long");
+    for (slot, byte) in request.ifr_name.iter_mut().zip(interface.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: a datagram socket only for the ioctl, closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    anyhow::ensure!(socket >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `request` and the `value` it points to outlive the call.
+    let result = unsafe { libc::ioctl(socket, SIOCETHTOOL as _, &raw mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: the socket opened above.
+    unsafe { libc::close(socket) };
+    anyhow::ensure!(result == 0, "SIOCETHTOOL {command:#x} on {interface}: {error}");
+    Ok(())
 }

@@ -780,13 +780,20 @@ fn is_outcome(stat: Stat) -> bool {
         | Stat::DropNotAllowed
         | Stat::DropSynRate
         | Stat::DropUdpRate
+        | Stat::DropL4NoBackend
+        | Stat::DropL4NoPort
+        | Stat::PassL4NoRoute
+        | Stat::PassL4Unsupported
+        | Stat::L4Forwarded
+        | Stat::L4Replied
         | Stat::Steered => true,
         Stat::Packets
         | Stat::Bytes
         | Stat::NewFlows
         | Stat::ConntrackHits
         | Stat::ConntrackInsertFailed
-        | Stat::EgressRestored => false,
+        | Stat::EgressRestored
+        | Stat::L4NewFlows => false,
     }
 }
 

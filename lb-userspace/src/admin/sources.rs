@@ -91,7 +91,18 @@ impl ScrapeSource for Xdp {
                 Stat::EgressRestored => {
                     ("sluice_tc_egress_restored", "Replies whose service port TC egress restored", vec![])
                 }
+                Stat::L4Forwarded => {
+                    ("sluice_xdp_l4_forwarded", "L4 service packets XDP sent to an endpoint", vec![])
+                }
+                Stat::L4Replied => {
+                    ("sluice_xdp_l4_replied", "L4 endpoint replies XDP sent back to the client", vec![])
+                }
+                Stat::L4NewFlows => {
+                    ("sluice_xdp_l4_new_flows", "L4 flows placed through the Maglev table", vec![])
+                }
                 Stat::DropNoWorker
+                | Stat::DropL4NoBackend
+                | Stat::DropL4NoPort
                 | Stat::DropBadWorker
                 | Stat::DropDeny
                 | Stat::DropNotAllowed

@@ -357,6 +357,75 @@ xdp: {guard: {syn_rate_limit: {per_second: 0, burst: 1}, udp_rate_limit: {per_se
     }
 
     #[test]
+    fn l4_services_parse_with_defaults_and_bad_values_are_named() {
+        let config = Config::from_yaml(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+l4_services:
+  - name: db
+    address: 198.18.0.2:5432
+    endpoints: [198.18.1.2:5432, 198.18.2.2:5432]
+  - name: dns
+    address: 198.18.0.2:53
+    protocol: udp
+    endpoints: [198.18.1.2:53]
+    health_check: {interval_ms: 200, timeout_ms: 100, udp_send: ping, udp_expect: pong}
+    on_endpoint_removal: reset
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let [db, dns] = &config.l4_services[..] else { panic!("two services") };
+        assert_eq!((db.protocol, db.on_endpoint_removal), (L4Protocol::Tcp, L4Removal::Drain));
+        assert_eq!(db.idle_timeout(), std::time::Duration::from_secs(3600));
+        assert_eq!(db.health_check, L4HealthCheck::default());
+        assert_eq!((dns.protocol, dns.on_endpoint_removal), (L4Protocol::Udp, L4Removal::Reset));
+        assert_eq!(dns.idle_timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(dns.health_check.udp_send.as_deref(), Some("ping"));
+
+        let err = Config::from_yaml(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]\nl4_services: [{name: x, address: 1.2.3.4:5, protocol: sctp, endpoints: []}]\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sctp") && err.to_string().starts_with("t.yaml:2:"), "{err}");
+        let found = problems(
+            "listeners: [{name: a, address: '0.0.0.0:80'}]
+l4_services:
+  - {name: a, address: '0.0.0.0:80', endpoints: []}
+  - name: b
+    address: 198.18.0.2:53
+    protocol: udp
+    endpoints: ['[2001:db8::1]:53', 198.18.1.2:53, 198.18.1.2:53, 198.18.1.3:0]
+    health_check: {interval_ms: 10, timeout_ms: 5, udp_expect: x}
+    idle_timeout_ms: 1
+    proxy_protocol: v2
+  - {name: a, address: 198.18.0.2:53, protocol: udp, endpoints: [198.18.1.2:53], health_check: {udp_send: x}}
+",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "l4_services[0].address",
+                "l4_services[0].endpoints",
+                "l4_services[1].endpoints[0]",
+                "l4_services[1].endpoints[2]",
+                "l4_services[1].endpoints[3]",
+                "l4_services[1].health_check.interval_ms",
+                "l4_services[1].health_check.timeout_ms",
+                "l4_services[1].health_check.udp_expect",
+                "l4_services[1].idle_timeout_ms",
+                "l4_services[1].proxy_protocol",
+                "l4_services[2].name",
+                "l4_services[2].address",
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].message.contains("also the address of listener \"a\""), "{found:?}");
+        assert!(found[11].message.contains("already used by l4_services[1]"), "{found:?}");
+    }
+
+    #[test]
     fn error_pages_need_error_statuses_a_known_backend_and_sendable_fields() {
         let found = problems(
             "listeners: [{name: a, address: '0.0.0.0:80'}]

@@ -65,6 +65,11 @@ pub struct Config {
     /// random key per process is used: cookies then survive neither restarts nor other nodes.
     #[serde(default)]
     pub affinity_key: Option<SecretString>,
+    /// Raw TCP and UDP services (ingress-nginx's `tcp-services` / `udp-services`): balanced
+    /// in XDP over their healthy endpoints when the kernel path is on, proxied by the workers
+    /// otherwise.
+    #[serde(default)]
+    pub l4_services: Vec<L4ServiceConfig>,
 }
 
 /// The real client address and the forwarding headers, as ingress-nginx sets them. By default
@@ -1550,6 +1555,11 @@ pub struct XdpConfig {
     /// The one part of `xdp` that a reload applies.
     #[serde(default)]
     pub guard: XdpGuardConfig,
+    /// The node address XDP puts as the source of `l4_services` traffic towards endpoints
+    /// (their replies then come back through this node). Default: the first IPv4 address of
+    /// the first of `interfaces`.
+    #[serde(default)]
+    pub snat_address: Option<std::net::Ipv4Addr>,
 }
 
 impl XdpConfig {
@@ -1619,6 +1629,7 @@ impl Default for XdpConfig {
             worker_port_base: default_worker_port_base(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             guard: XdpGuardConfig::default(),
+            snat_address: None,
         }
     }
 }
@@ -1811,3 +1822,126 @@ mod tests {
         assert!(ranges(&["0.0.0.0/0", "::/0"], &[]).admits(ip("2001:db8::1")));
     }
 }
+
+/// One raw TCP or UDP service (`l4_services[]`). Packets to `address` are balanced by Maglev
+/// over the endpoints that pass their health check; XDP rewrites them to the endpoint (and the
+/// source to the node, so that replies come back through it) without any socket on the path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct L4ServiceConfig {
+    pub name: String,
+    /// The address and port clients send to, e.g. `198.18.0.2:5432`. XDP matches it exactly
+    /// (an unspecified address matches every local address of its family).
+    #[schemars(pattern(SOCKET_ADDRESS))]
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: L4Protocol,
+    /// Where the traffic goes, `address:port` each; at most 256.
+    pub endpoints: Vec<SocketAddr>,
+    #[serde(default)]
+    pub health_check: L4HealthCheck,
+    /// A flow with no packet from its client for this long is forgotten; its next packet is
+    /// placed again. Default 3600000 (one hour) for TCP, 30000 for UDP.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// What happens to established flows of an endpoint that leaves (failed check, removed
+    /// from the configuration): `drain` lets them follow it until they end or idle out;
+    /// `reset` places their next packet again, so a TCP client gets a reset from the new
+    /// endpoint at once.
+    #[serde(default)]
+    pub on_endpoint_removal: L4Removal,
+    /// Send a PROXY protocol header (v1 or v2) to the endpoint first. XDP cannot add bytes
+    /// to a flow's first payload, so such services are always proxied by the workers.
+    #[serde(default)]
+    pub proxy_protocol: Option<L4ProxyProtocol>,
+}
+
+impl L4ServiceConfig {
+    /// The idle timeout with the protocol's default.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.idle_timeout_ms.unwrap_or(match self.protocol {
+            L4Protocol::Tcp => 3_600_000,
+            L4Protocol::Udp => 30_000,
+        }))
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for L4Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Removal {
+    #[default]
+    Drain,
+    Reset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum L4ProxyProtocol {
+    V1,
+    V2,
+}
+
+/// Active checks of an L4 service's endpoints, from user space: a TCP connect for TCP
+/// services; for UDP services a request/response probe when `udp_send` is set, else none (the
+/// endpoints count as healthy).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct L4HealthCheck {
+    /// Time between checks of one endpoint, 50 to 3600000 ms; a failed endpoint leaves the
+    /// Maglev table within one interval.
+    #[serde(default = "default_l4_check_interval_ms")]
+    pub interval_ms: u64,
+    /// A check not answered within this fails, 10 ms up to the interval.
+    #[serde(default = "default_l4_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// UDP only: the datagram sent as a probe; any answer within the timeout passes.
+    #[serde(default)]
+    pub udp_send: Option<String>,
+    /// UDP only: when set, the answer must start with these bytes.
+    #[serde(default)]
+    pub udp_expect: Option<String>,
+}
+
+fn default_l4_check_interval_ms() -> u64 {
+    1000
+}
+
+fn default_l4_check_timeout_ms() -> u64 {
+    500
+}
+
+impl Default for L4HealthCheck {
+    fn default() -> Self {
+        L4HealthCheck {
+            interval_ms: default_l4_check_interval_ms(),
+            timeout_ms: default_l4_check_timeout_ms(),
+            udp_send: None,
+            udp_expect: None,
+        }
+    }
+}
+
+/// Endpoints per L4 service: the stride of the kernel's endpoint table (`lb_common::
+/// MAX_L4_BACKENDS`, checked by the dataplane's tests).
+pub const L4_ENDPOINTS_MAX: usize = 256;
+/// L4 services per node (`lb_common::MAX_L4_SERVICES`).
+pub const L4_SERVICES_MAX: usize = 16;

@@ -56,6 +56,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
     duplicates(config.backends.iter().map(|b| b.name.as_str()), "backends", "backend", &mut found);
     tls(config, &backends, &mut found);
     route_listeners(config, &mut found);
+    l4_services(config, &mut found);
     let mut problems = found.0;
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     problems
@@ -737,6 +738,89 @@ fn guard(guard: &super::XdpGuardConfig, found: &mut Problems) {
         }
         if !(1..=1_000_000).contains(&limit.burst) {
             found.add(format!("xdp.guard.{name}.burst"), format!("{} is outside 1..=1000000", limit.burst));
+        }
+    }
+}
+
+fn l4_services(config: &Config, found: &mut Problems) {
+    let services = &config.l4_services;
+    if services.len() > super::L4_SERVICES_MAX {
+        found.add("l4_services", format!("{} services; at most {}", services.len(), super::L4_SERVICES_MAX));
+    }
+    duplicates(services.iter().map(|s| s.name.as_str()), "l4_services", "L4 service", found);
+    let mut seen = BTreeMap::new();
+    for (i, service) in services.iter().enumerate() {
+        let at = format!("l4_services[{i}]");
+        if service.address.port() == 0 {
+            found.add(format!("{at}.address"), "port 0 is not a fixed port; name the port clients use");
+        }
+        if let Some(first) = seen.insert((service.address, service.protocol), i) {
+            found.add(
+                format!("{at}.address"),
+                format!("{} {} is already used by l4_services[{first}]", service.protocol, service.address),
+            );
+        }
+        if service.protocol == super::L4Protocol::Tcp
+            && let Some(listener) = config.listeners.iter().find(|l| l.address == service.address)
+        {
+            found.add(
+                format!("{at}.address"),
+                format!("{} is also the address of listener {:?}", service.address, listener.name),
+            );
+        }
+        if service.endpoints.is_empty() {
+            found.add(format!("{at}.endpoints"), "at least one endpoint is needed");
+        }
+        if service.endpoints.len() > super::L4_ENDPOINTS_MAX {
+            found.add(
+                format!("{at}.endpoints"),
+                format!("{} endpoints; at most {}", service.endpoints.len(), super::L4_ENDPOINTS_MAX),
+            );
+        }
+        let mut endpoints = BTreeSet::new();
+        for (j, endpoint) in service.endpoints.iter().enumerate() {
+            if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
+                found.add(format!("{at}.endpoints[{j}]"), format!("{endpoint} is not an address to send to"));
+            }
+            if endpoint.is_ipv4() != service.address.is_ipv4() {
+                found.add(
+                    format!("{at}.endpoints[{j}]"),
+                    format!("{endpoint} is not of the service address's family ({})", service.address),
+                );
+            }
+            if !endpoints.insert(endpoint) {
+                found.add(format!("{at}.endpoints[{j}]"), format!("{endpoint} is listed twice"));
+            }
+        }
+        let check = &service.health_check;
+        if !(50..=3_600_000).contains(&check.interval_ms) {
+            found.add(
+                format!("{at}.health_check.interval_ms"),
+                format!("{} is outside 50..=3600000", check.interval_ms),
+            );
+        }
+        if check.timeout_ms < 10 || check.timeout_ms > check.interval_ms {
+            found.add(
+                format!("{at}.health_check.timeout_ms"),
+                format!("{} is outside 10..=interval_ms ({})", check.timeout_ms, check.interval_ms),
+            );
+        }
+        if service.protocol == super::L4Protocol::Tcp
+            && (check.udp_send.is_some() || check.udp_expect.is_some())
+        {
+            found.add(format!("{at}.health_check"), "udp_send and udp_expect are for UDP services only");
+        }
+        if check.udp_expect.is_some() && check.udp_send.is_none() {
+            found.add(format!("{at}.health_check.udp_expect"), "needs udp_send: the probe to answer");
+        }
+        if let Some(ms) = service.idle_timeout_ms
+            && !(1_000..=604_800_000).contains(&ms)
+        {
+            found
+                .add(format!("{at}.idle_timeout_ms"), format!("{ms} is outside 1000..=604800000 (one week)"));
+        }
+        if service.protocol == super::L4Protocol::Udp && service.proxy_protocol.is_some() {
+            found.add(format!("{at}.proxy_protocol"), "the PROXY protocol is for TCP services only");
         }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod guard;
 pub mod health;
+pub mod l4;
+pub mod l4_health;
 pub mod pin;
 pub mod steering;
 
@@ -28,6 +30,8 @@ use crate::config::AttachMode;
 pub use self::{
     guard::{Guard, GuardChanges},
     health::{HealthTiming, HeartbeatWriter, Supervisor},
+    l4::{L4Maps, L4Spec},
+    l4_health::L4Supervisor,
     steering::{Protocol, Service, Steering},
 };
 
@@ -367,6 +371,35 @@ impl Dataplane {
         let allow = LpmTrie::try_from(Map::LpmTrie(open(GUARD_ALLOW_MAP)?))
             .map_err(|source| Error::Map { name: GUARD_ALLOW_MAP, source })?;
         Guard::new(config, deny, allow)
+    }
+
+    /// Opens the L4 maps with descriptors of their own (the services map too: L4 services
+    /// have entries there beside the steered ones), for the one owner that writes them.
+    pub fn open_l4(&self) -> Result<L4Maps> {
+        use lb_common::{L4_BACKENDS_MAP, L4_FLOWS_MAP, L4_MAGLEV_MAP, L4_SERVICES_MAP};
+        let open = |name: &'static str| -> Result<MapData> {
+            MapData::from_id(self.map_id(name)?).map_err(|source| Error::Map { name, source })
+        };
+        let services = HashMap::try_from(Map::HashMap(open(SERVICES_MAP)?))
+            .map_err(|source| Error::Map { name: SERVICES_MAP, source })?;
+        let settings = Array::try_from(Map::Array(open(L4_SERVICES_MAP)?))
+            .map_err(|source| Error::Map { name: L4_SERVICES_MAP, source })?;
+        let backends = Array::try_from(Map::Array(open(L4_BACKENDS_MAP)?))
+            .map_err(|source| Error::Map { name: L4_BACKENDS_MAP, source })?;
+        let maglev = Array::try_from(Map::Array(open(L4_MAGLEV_MAP)?))
+            .map_err(|source| Error::Map { name: L4_MAGLEV_MAP, source })?;
+        let flows = HashMap::try_from(Map::LruHashMap(open(L4_FLOWS_MAP)?))
+            .map_err(|source| Error::Map { name: L4_FLOWS_MAP, source })?;
+        Ok(L4Maps::new(services, settings, backends, maglev, flows))
+    }
+
+    /// Every L4 flow XDP has placed: its client-side 5-tuple, endpoint and node port.
+    pub fn l4_flows(&self) -> Result<Vec<(FlowKey, lb_common::L4Flow)>> {
+        let name = lb_common::L4_FLOWS_MAP;
+        let map_error = |source| Error::Map { name, source };
+        let map = self.ebpf.map(name).ok_or(Error::Missing(name))?;
+        let flows = HashMap::<_, FlowKey, lb_common::L4Flow>::try_from(map).map_err(map_error)?;
+        flows.iter().map(|entry| entry.map_err(map_error)).collect()
     }
 
     /// A heartbeat handle for `worker`, with its own file descriptor on the heartbeat array.

@@ -1,0 +1,326 @@
+//! L4 services balanced entirely in XDP: a client packet to a service is sent to an endpoint
+//! chosen by Maglev (destination NAT), with the node as its source (source NAT, one node port
+//! per flow), out of the interface `bpf_fib_lookup` names; the endpoint's reply, arriving at
+//! that node port, is translated back and sent to the client the same way. No socket sees
+//! either. IPv4 without IP options; everything else is passed to the kernel and counted.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{
+    FAMILY_IPV4, FlowKey, L4_ACTIVE, L4_CLOSING_NS, L4_SNAT_PORT_MAX, L4_SNAT_PORT_MIN, L4Backend, L4Flow,
+    L4Reply, L4ReplyKey, MAGLEV_TABLE_SIZE, MAX_L4_BACKENDS, MAX_L4_SERVICES, PROTO_UDP, ServiceValue, Stat,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    lookup::flow_hash,
+    maps::{SLUICE_L4_BACKENDS, SLUICE_L4_FLOWS, SLUICE_L4_MAGLEV, SLUICE_L4_REPLIES, SLUICE_L4_SERVICES},
+    parse::{Flow, ptr_at},
+    stats,
+};
+
+/// Node source ports in the SNAT range.
+const SNAT_PORTS: u32 = (L4_SNAT_PORT_MAX - L4_SNAT_PORT_MIN) as u32 + 1;
+/// Ports tried for a new flow before it is dropped: each try is one insert that fails only when
+/// the port is held for the same endpoint, so a few tries find one unless the range is nearly
+/// full for that endpoint.
+const PORT_TRIES: u32 = 6;
+const AF_INET: u8 = 2;
+/// The transport header of an IPv4 packet without options.
+const L4_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+
+/// Where a packet goes after translation: its new addresses and ports, wire bytes.
+struct Rewrite {
+    src: u32,
+    sport: u16,
+    dst: u32,
+    dport: u16,
+}
+
+/// A client packet to L4 service `service`: the XDP verdict, its outcome counted.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> u32 {
+    match try_forward(ctx, flow, service) {
+        Ok(action) => {
+            stats::count(Stat::L4Forwarded);
+            action
+        }
+        Err(reason) => {
+            stats::count(reason);
+            if matches!(reason, Stat::DropL4NoBackend | Stat::DropL4NoPort) {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<u32, Stat> {
+    if flow.key.family != FAMILY_IPV4 || flow.l4 != L4_OFFSET {
+        return Err(Stat::PassL4Unsupported);
+    }
+    if service.id >= MAX_L4_SERVICES {
+        return Err(Stat::DropL4NoBackend);
+    }
+    let settings = match SLUICE_L4_SERVICES.get(service.id) {
+        Some(settings) if settings.flags & L4_ACTIVE != 0 => *settings,
+        _ => return Err(Stat::DropL4NoBackend),
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = match SLUICE_L4_FLOWS.get_ptr_mut(&flow.key) {
+        // SAFETY: a live map value (the lookup above); the fields are plain integers, and a
+        // concurrent writer of the same flow (another CPU) writes the same values.
+        Some(entry) if unsafe { !expired(&*entry, now) } => unsafe {
+            (*entry).last_seen_ns = now;
+            if flow.closing {
+                (*entry).idle_ns = L4_CLOSING_NS;
+            }
+            *entry
+        },
+        stale => {
+            if let Some(old) = stale {
+                // SAFETY: as above; the old flow's port is given back before a new one is taken.
+                let old = unsafe { *old };
+                let _ = SLUICE_L4_REPLIES.remove(&reply_key(&old, flow.key.proto));
+            }
+            new_flow(ctx, flow, service.id, &settings, now)?
+        }
+    };
+    let to = Rewrite {
+        src: entry.snat[0],
+        sport: entry.snat_port,
+        dst: entry.backend[0],
+        dport: entry.backend_port,
+    };
+    send(ctx, flow, &to)
+}
+
+/// Places a new flow: Maglev slot, endpoint, a free node port; then records the flow and its
+/// reply entry. Should the route to the endpoint be missing (`send` passes the packet), the
+/// entry stays and the client's next try takes the same endpoint and port.
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    flow: &Flow,
+    service: u32,
+    settings: &lb_common::L4Service,
+    now: u64,
+) -> Result<L4Flow, Stat> {
+    let hash = flow_hash(&flow.key);
+    let slot = hash % MAGLEV_TABLE_SIZE;
+    let index = match SLUICE_L4_MAGLEV.get(service * MAGLEV_TABLE_SIZE + slot) {
+        Some(&value) if value != 0 && value <= MAX_L4_BACKENDS => value - 1,
+        _ => return Err(Stat::DropL4NoBackend),
+    };
+    let backend: L4Backend = match SLUICE_L4_BACKENDS.get(service * MAX_L4_BACKENDS + index) {
+        Some(backend) if backend.port != 0 => *backend,
+        _ => return Err(Stat::DropL4NoBackend),
+    };
+    let mut entry = L4Flow {
+        backend: backend.addr,
+        snat: settings.snat,
+        last_seen_ns: now,
+        idle_ns: if flow.closing { L4_CLOSING_NS } else { settings.idle_ns },
+        backend_port: backend.port,
+        snat_port: 0,
+        service,
+    };
+    let reply = L4Reply { client: flow.key };
+    // Another mix of the same hash, so flows of one Maglev slot spread over the ports.
+    let start = (hash ^ (hash >> 15)).wrapping_mul(0x2c1b_3c6d) % SNAT_PORTS;
+    let mut claimed = false;
+    for attempt in 0..PORT_TRIES {
+        let port = L4_SNAT_PORT_MIN + ((start + attempt * 7919) % SNAT_PORTS) as u16;
+        entry.snat_port = port.to_be();
+        let key = reply_key(&entry, flow.key.proto);
+        if SLUICE_L4_REPLIES.insert(&key, &reply, u64::from(BPF_NOEXIST)).is_ok() {
+            claimed = true;
+            break;
+        }
+        // The port is held for this endpoint: reclaim it when the flow holding it is over.
+        if let Some(holder) = SLUICE_L4_REPLIES.get_ptr(&key) {
+            // SAFETY: copied out at once; the value is a plain key.
+            let holder = unsafe { (*holder).client };
+            let over = match SLUICE_L4_FLOWS.get_ptr(&holder) {
+                // SAFETY: copied out at once.
+                Some(other) => unsafe { expired(&*other, now) || (*other).snat_port != entry.snat_port },
+                None => true,
+            };
+            if over && SLUICE_L4_REPLIES.insert(&key, &reply, 0).is_ok() {
+                let _ = SLUICE_L4_FLOWS.remove(&holder);
+                claimed = true;
+                break;
+            }
+        }
+    }
+    if !claimed {
+        return Err(Stat::DropL4NoPort);
+    }
+    stats::count(Stat::L4NewFlows);
+    if SLUICE_L4_FLOWS.insert(&flow.key, &entry, 0).is_err() {
+        stats::count(Stat::ConntrackInsertFailed);
+    }
+    Ok(entry)
+}
+
+/// A packet to a node port in the SNAT range from a source not known as an endpoint flow is
+/// no reply of ours: `None`, and the caller carries on as for any other packet.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, flow: &Flow) -> Option<u32> {
+    let port = u16::from_be(flow.key.dport);
+    if !(L4_SNAT_PORT_MIN..=L4_SNAT_PORT_MAX).contains(&port) || flow.key.family != FAMILY_IPV4 {
+        return None;
+    }
+    let key = L4ReplyKey {
+        backend: flow.key.src,
+        backend_port: flow.key.sport,
+        snat_port: flow.key.dport,
+        proto: flow.key.proto,
+        family: flow.key.family,
+        _pad: 0,
+    };
+    let reply = SLUICE_L4_REPLIES.get_ptr(&key)?;
+    // SAFETY: copied out at once; user space and other CPUs replace entries whole.
+    let client: FlowKey = unsafe { (*reply).client };
+    if flow.l4 != L4_OFFSET {
+        stats::count(Stat::PassL4Unsupported);
+        return Some(xdp_action::XDP_PASS);
+    }
+    if flow.closing
+        && let Some(entry) = SLUICE_L4_FLOWS.get_ptr_mut(&client)
+    {
+        // SAFETY: a live map value; one aligned word written.
+        unsafe { (*entry).idle_ns = L4_CLOSING_NS };
+    }
+    let to = Rewrite { src: client.dst[0], sport: client.dport, dst: client.src[0], dport: client.sport };
+    Some(match send(ctx, flow, &to) {
+        Ok(action) => {
+            stats::count(Stat::L4Replied);
+            action
+        }
+        Err(reason) => {
+            stats::count(reason);
+            xdp_action::XDP_PASS
+        }
+    })
+}
+
+#[inline(always)]
+fn expired(entry: &L4Flow, now: u64) -> bool {
+    now.wrapping_sub(entry.last_seen_ns) > entry.idle_ns
+}
+
+#[inline(always)]
+fn reply_key(entry: &L4Flow, proto: u8) -> L4ReplyKey {
+    L4ReplyKey {
+        backend: entry.backend,
+        backend_port: entry.backend_port,
+        snat_port: entry.snat_port,
+        proto,
+        family: FAMILY_IPV4,
+        _pad: 0,
+    }
+}
+
+/// Finds the next hop for the translated packet, then rewrites it (addresses, ports, both
+/// checksums, MAC addresses) and sends it out. Without a next hop nothing is written.
+#[inline(always)]
+fn send(ctx: &XdpContext, flow: &Flow, to: &Rewrite) -> Result<u32, Stat> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Stat::PassTruncated)?;
+    let ports = ptr_at::<[u16; 2]>(ctx, L4_OFFSET).ok_or(Stat::PassTruncated)?;
+    let check = ptr_at::<u16>(ctx, flow.csum_offset()).ok_or(Stat::PassTruncated)?;
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Stat::PassTruncated)?;
+    // SAFETY: a zeroed bpf_fib_lookup (plain integers and unions of them) is valid.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // SAFETY: every pointer was bounds-checked by ptr_at just above; the kernel writes only
+    // into `fib`, which lives on this stack frame.
+    unsafe {
+        fib.family = AF_INET;
+        fib.l4_protocol = flow.key.proto;
+        fib.sport = to.sport;
+        fib.dport = to.dport;
+        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        fib.__bindgen_anon_2.tos = (*ip).tos;
+        fib.__bindgen_anon_3.ipv4_src = to.src;
+        fib.__bindgen_anon_4.ipv4_dst = to.dst;
+        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        let found = bpf_fib_lookup(ctx.ctx.cast(), &raw mut fib, core::mem::size_of::<FibParams>() as i32, 0);
+        if found != 0 {
+            return Err(Stat::PassL4NoRoute);
+        }
+
+        let old_src = u32::from_ne_bytes((*ip).src_addr);
+        let old_dst = u32::from_ne_bytes((*ip).dst_addr);
+        let [old_sport, old_dport] = *ports;
+        let ip_check = u16::from_ne_bytes((*ip).check);
+        let mut sum = Csum::new(ip_check);
+        sum.replace32(old_src, to.src);
+        sum.replace32(old_dst, to.dst);
+        (*ip).check = sum.finish().to_ne_bytes();
+        (*ip).src_addr = to.src.to_ne_bytes();
+        (*ip).dst_addr = to.dst.to_ne_bytes();
+
+        let old_check = *check;
+        // A zero UDP checksum means "none" over IPv4: it stays zero.
+        if !(flow.key.proto == PROTO_UDP && old_check == 0) {
+            let mut sum = Csum::new(old_check);
+            // The pseudo-header's addresses, then the ports.
+            sum.replace32(old_src, to.src);
+            sum.replace32(old_dst, to.dst);
+            sum.replace16(old_sport, to.sport);
+            sum.replace16(old_dport, to.dport);
+            let mut new_check = sum.finish();
+            if flow.key.proto == PROTO_UDP && new_check == 0 {
+                new_check = 0xffff;
+            }
+            *check = new_check;
+        }
+        *ports = [to.sport, to.dport];
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        *eth = macs;
+        if fib.ifindex == (*ctx.ctx).ingress_ifindex {
+            Ok(xdp_action::XDP_TX)
+        } else {
+            Ok(bpf_redirect(fib.ifindex, 0) as u32)
+        }
+    }
+}
+
+/// An incremental Internet checksum update (RFC 1624, eqn. 3) over several changed words:
+/// `HC' = ~(~HC + Σ~m + Σm')`. Ones'-complement sums are byte-order independent, so wire
+/// words go in and out as they are.
+struct Csum(u32);
+
+impl Csum {
+    #[inline(always)]
+    fn new(check: u16) -> Csum {
+        Csum(u32::from(!check))
+    }
+
+    #[inline(always)]
+    fn replace16(&mut self, old: u16, new: u16) {
+        self.0 += u32::from(!old) + u32::from(new);
+    }
+
+    #[inline(always)]
+    fn replace32(&mut self, old: u32, new: u32) {
+        self.replace16(old as u16, new as u16);
+        self.replace16((old >> 16) as u16, (new >> 16) as u16);
+    }
+
+    #[inline(always)]
+    fn finish(self) -> u16 {
+        let mut sum = self.0;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        !(sum as u16)
+    }
+}

@@ -1,0 +1,321 @@
+//! L4 services balanced entirely in XDP, end to end: a client namespace sends TCP connections
+//! and UDP datagrams to services on the node; XDP (on every node interface) sends them to
+//! three backends in their own namespaces with the node as the source, and sends the
+//! backends' replies back to the client. Checksum offload is off on every interface, so each
+//! receiving kernel verifies every checksum XDP rewrote. No socket of the node is on the path:
+//! the workers accept nothing while the XDP counters rise. A backend killed mid-run leaves
+//! the Maglev table within one health-check interval, and only its own flows are affected:
+//! the TCP service drains (its flows stay on the dead backend, which reset them), the UDP
+//! service resets (a client port reused later is placed again rather than sent to the dead
+//! backend).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_common::Stat;
+use lb_tests::{
+    netns::Netns,
+    require_root,
+    topology::{HOST_IF, NODE_CLIENT_IF, Topology},
+    wait_for,
+};
+use lb_userspace::{config::Config, node::Node};
+
+const TCP_PORT: u16 = 7000;
+const UDP_PORT: u16 = 7001;
+const BACKENDS: usize = 3;
+const CHECK_INTERVAL_MS: u64 = 300;
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_interval() {
+    require_root!();
+    let topology = Topology::new(BACKENDS).unwrap();
+    for (ns, interface) in [(&topology.client, HOST_IF), (&topology.node, NODE_CLIENT_IF)] {
+        ns.checksum_offload_off(interface).unwrap();
+    }
+    let mut backends = Vec::new();
+    for i in 0..BACKENDS {
+        topology.backends[i].checksum_offload_off(HOST_IF).unwrap();
+        topology.node.checksum_offload_off(&format!("veth-b{i}")).unwrap();
+        backends.push(EchoBackend::start(&topology.backends[i], i, topology.backend_v4(i)));
+    }
+    let node = start_node(&topology);
+    let node_v4 = topology.node_v4();
+    let tcp = SocketAddr::from((node_v4, TCP_PORT));
+    let udp = SocketAddr::from((node_v4, UDP_PORT));
+
+    // The first exchange waits for the health checks to have resolved the backends' neighbours.
+    wait_for(Duration::from_secs(5), "a first TCP exchange", || {
+        topology.client.run(move || tcp_exchange(tcp).ok()).unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}; {:?}", node.dataplane().unwrap().counters()));
+    wait_for(Duration::from_secs(5), "a first UDP exchange", || {
+        topology.client.run(move || udp_exchange(udp).ok()).unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}; {:?}", node.dataplane().unwrap().counters()));
+    let before = node.dataplane().unwrap().counters().unwrap();
+
+    const FLOWS: usize = 1500;
+    for (what, target) in [("tcp", tcp), ("udp", udp)] {
+        let answers = topology
+            .client
+            .run(move || -> Vec<anyhow::Result<(usize, SocketAddr)>> {
+                (0..FLOWS)
+                    .map(|_| if what == "tcp" { tcp_exchange(target) } else { udp_exchange(target) })
+                    .collect()
+            })
+            .unwrap();
+        let mut served = BTreeMap::new();
+        for answer in answers {
+            let (backend, seen) = answer.unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(
+                seen.ip(),
+                std::net::IpAddr::V4(node_v4),
+                "{what}: the backend sees the node as the source"
+            );
+            assert!(
+                seen.port() >= lb_common::L4_SNAT_PORT_MIN,
+                "{what}: a node port from the SNAT range: {seen}"
+            );
+            *served.entry(backend).or_insert(0usize) += 1;
+        }
+        for backend in 0..BACKENDS {
+            let share = *served.get(&backend).unwrap_or(&0) as f64 / FLOWS as f64;
+            let fair = 1.0 / BACKENDS as f64;
+            assert!(
+                (fair * 0.8..=fair * 1.2).contains(&share),
+                "{what}: backend {backend} got {share:.3}: {served:?}"
+            );
+        }
+    }
+    let after = node.dataplane().unwrap().counters().unwrap();
+    let delta = |stat| after.get(stat) - before.get(stat);
+    // Every TCP connection is a new 5-tuple (the client's TIME_WAIT holds its port); a UDP
+    // socket's port may be reused by a later one, whose datagram then follows the same flow.
+    assert!(delta(Stat::L4NewFlows) >= FLOWS as u64, "{after:?}");
+    // At least a SYN, an ACK with the request and a FIN per TCP flow; one datagram per UDP one.
+    assert!(delta(Stat::L4Forwarded) >= 4 * FLOWS as u64, "{after:?}");
+    assert!(delta(Stat::L4Replied) >= 3 * FLOWS as u64, "{after:?}");
+    assert_eq!(after.get(Stat::PassL4NoRoute), before.get(Stat::PassL4NoRoute), "{after:?}");
+    assert_eq!(worker_connections(&topology, &node), 0, "no worker accepted anything");
+
+    // Held connections on every backend, then backend 1 dies.
+    let mut held: Vec<(TcpStream, BufReader<TcpStream>, usize)> = topology
+        .client
+        .run(move || {
+            (0..30)
+                .map(|_| {
+                    let stream = TcpStream::connect_timeout(&tcp, Duration::from_secs(2)).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let (backend, _) = read_greeting(&mut reader).unwrap();
+                    (stream, reader, backend)
+                })
+                .collect()
+        })
+        .unwrap();
+    let victim = 1;
+    assert!(held.iter().any(|(_, _, b)| *b == victim) && held.iter().any(|(_, _, b)| *b != victim));
+    backends.remove(victim).kill(&topology.backends[victim]);
+    let killed = Instant::now();
+    // The bound under test: one check interval (plus the checks' own time) after the kill.
+    std::thread::sleep(Duration::from_millis(CHECK_INTERVAL_MS + 150).saturating_sub(killed.elapsed()));
+    for (what, target) in [("tcp", tcp), ("udp", udp)] {
+        let answers = topology
+            .client
+            .run(move || -> Vec<anyhow::Result<(usize, SocketAddr)>> {
+                (0..300)
+                    .map(|_| if what == "tcp" { tcp_exchange(target) } else { udp_exchange(target) })
+                    .collect()
+            })
+            .unwrap();
+        let mut served = BTreeMap::new();
+        for answer in answers {
+            let (backend, _) = answer.unwrap_or_else(|e| panic!("{what} after the kill: {e:#}"));
+            *served.entry(backend).or_insert(0usize) += 1;
+        }
+        assert_eq!(served.get(&victim), None, "{what}: the dead backend still gets new flows: {served:?}");
+        assert_eq!(served.len(), BACKENDS - 1, "{what}: {served:?}");
+    }
+    // Flows on the other backends carry on; the victim's were cut.
+    for (i, (stream, reader, backend)) in held.iter_mut().enumerate() {
+        let echoed = echo(stream, reader, &format!("line {i}"));
+        if *backend == victim {
+            assert!(echoed.is_err(), "a flow of the dead backend still answers");
+        } else {
+            assert_eq!(echoed.unwrap(), format!("line {i}"), "a flow on backend {backend} broke");
+        }
+    }
+    assert_eq!(worker_connections(&topology, &node), 0, "no worker accepted anything");
+    node.stop().unwrap();
+}
+
+fn start_node(topology: &Topology) -> Node {
+    let endpoints = |port: u16| {
+        (0..BACKENDS).map(|i| format!("'{}:{port}'", topology.backend_v4(i))).collect::<Vec<_>>().join(", ")
+    };
+    let node_v4 = topology.node_v4();
+    let yaml = format!(
+        "listeners: [{{name: web, address: '127.0.0.1:18080'}}]
+workers: 2
+access_log: {{enabled: false}}
+metrics: {{address: '127.0.0.1:0'}}
+xdp:
+  interfaces: [{NODE_CLIENT_IF}, veth-b0, veth-b1, veth-b2]
+  mode: skb
+l4_services:
+  - name: tcp-echo
+    address: '{node_v4}:{TCP_PORT}'
+    endpoints: [{tcp}]
+    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 100}}
+  - name: udp-echo
+    address: '{node_v4}:{UDP_PORT}'
+    protocol: udp
+    endpoints: [{udp}]
+    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 100, udp_send: ping, udp_expect: pong}}
+    on_endpoint_removal: reset
+",
+        tcp = endpoints(TCP_PORT),
+        udp = endpoints(UDP_PORT),
+    );
+    let config = Config::from_yaml(&yaml, "test").unwrap();
+    let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
+    assert!(node.dataplane().is_some(), "the kernel path is running");
+    node
+}
+
+/// Connections the workers accepted, from the node's own `/metrics`.
+fn worker_connections(topology: &Topology, node: &Node) -> u64 {
+    let addr = node.metrics_addr().expect("metrics listener");
+    let body = topology.node.run(move || lb_tests::http::http_get(addr, "/metrics")).unwrap().unwrap().body;
+    body.lines()
+        .filter(|line| line.starts_with("sluice_worker_connections_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// One TCP connection: the backend's greeting (its index and the peer it saw), one echoed line.
+fn tcp_exchange(target: SocketAddr) -> anyhow::Result<(usize, SocketAddr)> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let greeting = read_greeting(&mut reader)?;
+    anyhow::ensure!(echo(&mut stream, &mut reader, "hello")? == "hello", "echo mismatch");
+    Ok(greeting)
+}
+
+/// One UDP datagram from a new socket (a new flow): the backend's index and the peer it saw.
+fn udp_exchange(target: SocketAddr) -> anyhow::Result<(usize, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    socket.connect(target)?;
+    socket.send(b"who")?;
+    let mut buf = [0u8; 128];
+    let n = socket.recv(&mut buf)?;
+    parse_greeting(std::str::from_utf8(&buf[..n])?)
+}
+
+fn read_greeting(reader: &mut BufReader<TcpStream>) -> anyhow::Result<(usize, SocketAddr)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    parse_greeting(line.trim_end())
+}
+
+/// `b<index> <peer>`.
+fn parse_greeting(text: &str) -> anyhow::Result<(usize, SocketAddr)> {
+    let (backend, peer) = text.split_once(' ').ok_or_else(|| anyhow::anyhow!("bad greeting {text:?}"))?;
+    Ok((backend.trim_start_matches('b').parse()?, peer.parse()?))
+}
+
+fn echo(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, line: &str) -> anyhow::Result<String> {
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut answer = String::new();
+    anyhow::ensure!(reader.read_line(&mut answer)? > 0, "closed");
+    Ok(answer.trim_end().to_owned())
+}
+
+/// A backend in its namespace: TCP greets with `b<i> <peer>` and echoes lines; UDP answers
+/// `ping` with `pong` (the health probe) and anything else with the greeting.
+struct EchoBackend {
+    stop: Arc<AtomicBool>,
+    tcp: SocketAddr,
+    connections: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    fn start(ns: &Netns, index: usize, addr: Ipv4Addr) -> EchoBackend {
+        let tcp = SocketAddr::from((addr, TCP_PORT));
+        let udp = SocketAddr::from((addr, UDP_PORT));
+        let (listener, socket) =
+            ns.run(move || (TcpListener::bind(tcp).unwrap(), UdpSocket::bind(udp).unwrap())).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        let (flag, held) = (stop.clone(), connections.clone());
+        threads.push(std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let Ok(peer) = stream.peer_addr() else { continue };
+                if let Ok(copy) = stream.try_clone() {
+                    held.lock().unwrap().push(copy);
+                }
+                std::thread::spawn(move || {
+                    let _ = stream.write_all(format!("b{index} {peer}\n").as_bytes());
+                    let Ok(clone) = stream.try_clone() else { return };
+                    for line in BufReader::new(clone).lines() {
+                        let Ok(line) = line else { return };
+                        if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }));
+        let flag = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = [0u8; 128];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+                let answer =
+                    if &buf[..n] == b"ping" { "pong".to_owned() } else { format!("b{index} {peer}") };
+                let _ = socket.send_to(answer.as_bytes(), peer);
+            }
+        }));
+        EchoBackend { stop, tcp, connections, threads }
+    }
+
+    /// The backend dies: its sockets close (new connections are refused, datagrams answered
+    /// with port unreachable) and its connections are reset.
+    fn kill(mut self, ns: &Netns) {
+        self.stop.store(true, Ordering::Relaxed);
+        let tcp = self.tcp;
+        // Wakes the accept loop so that it sees the flag and drops the listener.
+        let _ = ns.run(move || TcpStream::connect(tcp));
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+        for stream in self.connections.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
