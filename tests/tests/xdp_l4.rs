@@ -140,7 +140,9 @@ fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_
             .unwrap();
         let mut served = BTreeMap::new();
         for answer in answers {
-            let (backend, _) = answer.unwrap_or_else(|e| panic!("{what} after the kill: {e:#}"));
+            let (backend, _) = answer.unwrap_or_else(|e| {
+                panic!("{what} after the kill: {e:#}; {:?}", node.dataplane().unwrap().counters())
+            });
             *served.entry(backend).or_insert(0usize) += 1;
         }
         assert_eq!(served.get(&victim), None, "{what}: the dead backend still gets new flows: {served:?}");
@@ -176,12 +178,12 @@ l4_services:
   - name: tcp-echo
     address: '{node_v4}:{TCP_PORT}'
     endpoints: [{tcp}]
-    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 100}}
+    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 250}}
   - name: udp-echo
     address: '{node_v4}:{UDP_PORT}'
     protocol: udp
     endpoints: [{udp}]
-    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 100, udp_send: ping, udp_expect: pong}}
+    health_check: {{interval_ms: {CHECK_INTERVAL_MS}, timeout_ms: 250, udp_send: ping, udp_expect: pong}}
     on_endpoint_removal: reset
 ",
         tcp = endpoints(TCP_PORT),
