@@ -374,7 +374,7 @@ fn parse_bool(v: &str) -> Option<bool> {
 /// Unitless seconds, as ingress-nginx reads its timeouts; positive.
 fn parse_seconds(v: &str) -> Option<u64> {
     let seconds: u64 = v.parse().ok()?;
-    (seconds > 0 && seconds <= 86_400).then_some(seconds * 1000)
+    (seconds > 0 && seconds <= 86_400).then(|| seconds * 1000)
 }
 
 /// `custom-http-errors`: comma-separated statuses from 400 to 599, blanks around them and
@@ -788,6 +788,11 @@ mod tests {
         assert_eq!(parse_size("m"), None);
         assert_eq!(parse_seconds("0"), None);
         assert_eq!(parse_seconds("5s"), None, "unitless seconds only");
+        assert_eq!(parse_seconds("86400"), Some(86_400_000));
+        // Past the bound, and large enough that the milliseconds would overflow: refused, not a
+        // panic (found by the annotations fuzz target).
+        assert_eq!(parse_seconds("18446744073709551615"), None);
+        assert_eq!(parse_seconds("86401"), None);
         assert_eq!(parse_hash_by("$http_x_user"), Some(BalanceSetting::HashHeader("x-user".into())));
         assert_eq!(parse_hash_by("$cookie_session"), Some(BalanceSetting::HashCookie("session".into())));
         assert_eq!(parse_hash_by("$binary_remote_addr"), Some(BalanceSetting::HashClientIp));
