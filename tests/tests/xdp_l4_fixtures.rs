@@ -16,7 +16,7 @@ use lb_common::{L4_SNAT_PORT_MIN, Stat};
 use lb_tests::{
     frames::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
     netns::Netns,
-    require_root,
+    require_root, topology,
 };
 use lb_userspace::{
     config::L4Protocol,
@@ -208,25 +208,8 @@ fn ipv6_hop_by_hop() -> Vec<u8> {
     frame
 }
 
-/// A namespace where the node (198.18.0.2) reaches the client network on one veth and the
-/// endpoint network on another, each neighbour permanent, and forwards.
 fn routed_namespace() -> Netns {
-    let ns = Netns::new("l4fix").unwrap();
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    ns.sysctl("net.ipv4.conf.lo.forwarding", "1").unwrap();
-    for (a, b, address, neighbour, mac) in [
-        ("c0", "c1", "198.18.0.2/24", CLIENT, CLIENT_MAC),
-        ("e0", "e1", "198.18.1.1/24", ENDPOINT, ENDPOINT_MAC),
-    ] {
-        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b]).unwrap();
-        ns.ip(&["addr", "add", address, "dev", a]).unwrap();
-        ns.ip(&["link", "set", a, "up"]).unwrap();
-        ns.ip(&["link", "set", b, "up"]).unwrap();
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        ns.ip(&["neigh", "replace", &neighbour.to_string(), "lladdr", &mac, "dev", a, "nud", "permanent"])
-            .unwrap();
-    }
-    ns
+    topology::l4_fib_namespace((CLIENT, CLIENT_MAC), (ENDPOINT, ENDPOINT_MAC)).unwrap()
 }
 
 /// The program loaded with four L4 services: TCP and UDP to the endpoint, one to an endpoint
