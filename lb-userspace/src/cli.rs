@@ -342,7 +342,7 @@ fn run_kubernetes(
     let mut handed_over = None;
     runtime.block_on(async {
         let (base_tx, base_rx) = watch::channel(Arc::new(base));
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(crate::provider::kube::Stop::Running);
         let (updates_tx, updates) = mpsc::channel(1);
         let (file_tx, file_updates) = mpsc::channel(1);
         let serve = kube.run(base_rx, updates_tx.clone(), stop_rx);
@@ -355,7 +355,10 @@ fn run_kubernetes(
             result = drain_on_signal(&node) => result?,
             result = serve_upgrades(&node, setup.as_mut()) => handed_over = Some(result?),
         }
-        let _ = stop_tx.send(true);
+        let _ = stop_tx.send(match handed_over {
+            Some(_) => crate::provider::kube::Stop::HandedOver,
+            None => crate::provider::kube::Stop::Shutdown,
+        });
         serve.await
     })?;
     finish(node, setup, handed_over)

@@ -370,6 +370,29 @@ fn in_kubernetes_mode_the_new_process_accepts_only_with_the_clusters_routes() {
     assert_eq!(not_ready, 0, "/readyz stayed 200");
     let output = old_child.output();
     assert!(output.contains("upgrade: serving") && output.contains("handed over"), "{output}");
+
+    // The Lease: the new process has the same identity and renews it as its own; the old one
+    // leaves it to the new one instead of releasing it (an empty holder would let another
+    // instance lead beside the new one). Every write of the Lease names the identity, and the
+    // new process goes on renewing after the old one is gone.
+    assert!(output.contains("handed over: the Lease stays with the new process"), "{output}");
+    let lease_writes = |kube: &FakeKube| -> Vec<String> {
+        kube.requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/leases") && matches!(r.method.as_str(), "PUT" | "POST"))
+            .map(|r| r.body)
+            .collect()
+    };
+    let writes_at_exit = lease_writes(&kube).len();
+    wait_for(Duration::from_secs(10), "the new process to renew the Lease", || {
+        (lease_writes(&kube).len() > writes_at_exit).then_some(())
+    })
+    .unwrap();
+    let writes = lease_writes(&kube);
+    assert!(
+        writes.iter().all(|body| body.contains("\"holderIdentity\":\"sluice-a\"")),
+        "no write released the Lease: {writes:#?}"
+    );
     new.terminate();
 }
 

@@ -111,13 +111,14 @@ pub struct StatusInputs {
 }
 
 /// Campaigns for the Lease until `shutdown`; while leading, keeps the served Ingresses'
-/// status up to date. Releases the Lease on the way out.
+/// status up to date. Releases the Lease on the way out, unless the process handed over to an
+/// upgrade's new process (same identity), which keeps it.
 pub async fn run(
     client: Client,
     options: StatusOptions,
     inputs: StatusInputs,
     mut gateway: GatewayStatusWriter,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<super::Stop>,
 ) {
     let StatusInputs { ingresses, mut served, mut notes, mut published } = inputs;
     let mut elector = Elector::new(client.clone(), options.clone());
@@ -163,10 +164,16 @@ pub async fn run(
             r = gateway.changed(), if elector.leading => if !r { break },
             r = notes.changed(), if elector.leading => if r.is_err() { break },
             r = published.changed(), if elector.leading => if r.is_err() { break },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.wait_for(super::Stop::stopping) => break,
         }
     }
-    elector.release().await;
+    if *shutdown.borrow() == super::Stop::HandedOver {
+        if elector.leading {
+            tracing::info!(identity = %options.identity, "handed over: the Lease stays with the new process, which renews it");
+        }
+    } else {
+        elector.release().await;
+    }
 }
 
 /// Now, to the microsecond a Lease keeps (so what we sent compares equal to what we read back).

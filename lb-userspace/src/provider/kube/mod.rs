@@ -456,6 +456,27 @@ fn log_watch_error(resource: &str, error: &watcher::Error, already_failing: bool
     }
 }
 
+/// What the provider is told about stopping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stop {
+    #[default]
+    Running,
+    /// This process stops serving: the leader releases its Lease, so that another instance
+    /// takes over at its next try instead of after the lease duration.
+    Shutdown,
+    /// An upgrade handed the node to a new process started with the same arguments, so the
+    /// same identity, which renews the Lease as its own. Releasing it would empty the holder
+    /// under the successor: another instance could then take it and write status beside the
+    /// successor until the successor's next renewal told it otherwise.
+    HandedOver,
+}
+
+impl Stop {
+    pub fn stopping(&self) -> bool {
+        *self != Stop::Running
+    }
+}
+
 /// The provider: a client and the translation settings.
 pub struct KubeProvider {
     client: Client,
@@ -488,14 +509,14 @@ impl KubeProvider {
     }
 
     /// Watches the cluster and emits on `updates` its translation on top of the latest base
-    /// configuration (the `--config` file), whenever either changes, until `shutdown` turns
-    /// true or the receiver of `updates` is gone. Returns after the status writer has released
-    /// its Lease.
+    /// configuration (the `--config` file), whenever either changes, until `shutdown` says to
+    /// stop or the receiver of `updates` is gone. Returns after the status writer has released
+    /// its Lease (or, after a handover, left it to the new process).
     pub async fn run(
         &self,
         mut base: watch::Receiver<Arc<Config>>,
         updates: mpsc::Sender<Update>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Stop>,
     ) -> anyhow::Result<()> {
         let (changed_tx, mut changed) = watch::channel(0u64);
         let stores = Stores::start(&self.client, &changed_tx, self.options.api.watch_timeout);
@@ -514,7 +535,7 @@ impl KubeProvider {
         }
         tokio::select! {
             _ = async { tokio::join!(stores.ready(), stores.gateway_ready(&gateway_api)) } => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = shutdown.wait_for(Stop::stopping) => return Ok(()),
         }
         tracing::info!("Kubernetes state listed; serving Ingresses");
         let (served_tx, served_rx) = watch::channel(Vec::<IngressId>::new());
@@ -555,7 +576,7 @@ impl KubeProvider {
             if let Some(update) = update {
                 tokio::select! {
                     sent = updates.send(update) => if sent.is_err() { break },
-                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = shutdown.wait_for(Stop::stopping) => break,
                 }
             }
             let rebuilt_at = Instant::now();
@@ -604,13 +625,13 @@ impl KubeProvider {
         &self,
         changed: &mut watch::Receiver<u64>,
         base: &mut watch::Receiver<Arc<Config>>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<Stop>,
         rebuilt_at: Instant,
     ) -> bool {
         tokio::select! {
             r = changed.changed() => if r.is_err() { return false },
             r = base.changed() => if r.is_err() { return false },
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = shutdown.wait_for(Stop::stopping) => return false,
         }
         let idle = rebuilt_at.elapsed() >= self.options.debounce;
         let quiet_time = if idle { self.options.debounce / 10 } else { self.options.debounce };
