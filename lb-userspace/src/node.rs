@@ -47,6 +47,8 @@ pub struct Node {
     /// Opens the accept loops when the node started holding them (an upgrade in Kubernetes
     /// mode).
     accept_gate: Option<tokio::sync::watch::Sender<bool>>,
+    /// The L4 services proxied in user space (those XDP does not balance).
+    l4_proxy: parking_lot::Mutex<Option<crate::proxy::l4::L4Proxy>>,
 }
 
 /// How a node starts besides its configuration: plain (the default), or as an upgrade that
@@ -126,9 +128,7 @@ impl Node {
             format!("cannot listen on {}", addresses.join(", "))
         })?;
         let kernel = kernel.and_then(|kernel| kernel.steer(config, workers.len()));
-        if kernel.is_none() && !config.l4_services.is_empty() {
-            tracing::warn!("l4_services are set but the kernel path is off: they are not served");
-        }
+        let l4_proxy = start_l4_proxy(l4_in_user_space(config, kernel.as_ref()))?;
         if kernel.is_none() && config.xdp.guard != XdpGuardConfig::default() {
             tracing::warn!("xdp.guard is set but the kernel path is off: nothing enforces it");
         }
@@ -188,6 +188,7 @@ impl Node {
             admin,
             metrics_server,
             accept_gate: accept_gate.map(|(tx, _)| tx),
+            l4_proxy: parking_lot::Mutex::new(l4_proxy),
         })
     }
 
@@ -237,10 +238,28 @@ impl Node {
             kernel.apply_guard(&config.xdp.guard).map_err(|e| ApplyError::Guard(e.to_string()))?;
             kernel.apply_l4(config);
         }
+        self.apply_l4_proxy(config);
         self.checker.update(check_targets(&snapshot));
         self.published.publish(snapshot);
         self.registry.prune();
         Ok(generation)
+    }
+
+    /// Restarts the userspace L4 proxy when its set of services changed (its connections end
+    /// with the old one); a set that cannot bind is logged and the old one keeps serving.
+    fn apply_l4_proxy(&self, config: &Config) {
+        let wanted = l4_in_user_space(config, self.kernel.as_ref());
+        let mut running = self.l4_proxy.lock();
+        if running.as_ref().map_or(wanted.is_empty(), |p| p.services() == wanted.as_slice()) {
+            return;
+        }
+        if let Some(old) = running.take() {
+            old.stop();
+        }
+        match start_l4_proxy(wanted) {
+            Ok(proxy) => *running = proxy,
+            Err(e) => tracing::error!(error = %e, "the L4 services proxied in user space could not restart"),
+        }
     }
 
     /// Marks the node ready or not for `/readyz`: a provider that serves only once it has the
@@ -363,13 +382,31 @@ impl Node {
     /// port only through its rewrite, so detaching first would reset it.
     pub fn stop(self) -> anyhow::Result<()> {
         self.admin_state.serving.store(false, Ordering::Relaxed);
-        let Node { workers, kernel, .. } = self;
+        let Node { workers, kernel, l4_proxy, .. } = self;
+        if let Some(proxy) = l4_proxy.into_inner() {
+            proxy.stop();
+        }
         workers.stop();
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
         Ok(())
     }
+}
+
+/// Starts the userspace L4 proxy for `services`, if any.
+fn start_l4_proxy(
+    services: Vec<crate::config::L4ServiceConfig>,
+) -> anyhow::Result<Option<crate::proxy::l4::L4Proxy>> {
+    if services.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> =
+        services.iter().map(|s| format!("{} ({} {})", s.name, s.protocol, s.address)).collect();
+    let proxy =
+        crate::proxy::l4::L4Proxy::start(services).context("cannot serve the L4 services in user space")?;
+    tracing::info!(services = %names.join(", "), "L4 services proxied in user space");
+    Ok(Some(proxy))
 }
 
 /// Reads the bearer token (when there is one) and starts the metrics listener.
@@ -611,22 +648,29 @@ impl KernelPath {
     }
 }
 
-/// The L4 services XDP balances: all but those that need the PROXY protocol (no XDP program
-/// can add bytes to a flow) and IPv6 ones (the fast path is IPv4 for now), which are logged.
+/// Why XDP does not balance `service`, if it does not: the PROXY protocol (no XDP program can
+/// add bytes to a flow), IPv6 (the fast path is IPv4 for now), or no node address for SNAT.
+fn not_in_xdp(
+    service: &crate::config::L4ServiceConfig,
+    snat: Option<std::net::Ipv4Addr>,
+) -> Option<&'static str> {
+    if service.proxy_protocol.is_some() {
+        Some("it sends the PROXY protocol")
+    } else if !service.address.is_ipv4() {
+        Some("it is an IPv6 service")
+    } else if snat.is_none() {
+        Some("no node IPv4 address for its source (set xdp.snat_address)")
+    } else {
+        None
+    }
+}
+
+/// The L4 services XDP balances.
 fn l4_targets(config: &Config, snat: Option<std::net::Ipv4Addr>) -> Vec<L4Target> {
     let mut targets = Vec::new();
     for service in &config.l4_services {
-        let why_not = if service.proxy_protocol.is_some() {
-            Some("it sends the PROXY protocol")
-        } else if !service.address.is_ipv4() {
-            Some("it is an IPv6 service")
-        } else if snat.is_none() {
-            Some("no node IPv4 address for its source (set xdp.snat_address)")
-        } else {
-            None
-        };
-        if let Some(why) = why_not {
-            tracing::warn!(service = %service.name, reason = why, "L4 service not balanced in XDP");
+        if let Some(why) = not_in_xdp(service, snat) {
+            tracing::info!(service = %service.name, reason = why, "L4 service proxied in user space, not XDP");
             continue;
         }
         targets.push(L4Target {
@@ -636,10 +680,21 @@ fn l4_targets(config: &Config, snat: Option<std::net::Ipv4Addr>) -> Vec<L4Target
                 endpoints: service.endpoints.clone(),
                 idle_timeout: service.idle_timeout(),
                 reset_on_removal: service.on_endpoint_removal == L4Removal::Reset,
-                snat: snat.expect("checked above"),
+                snat: snat.expect("checked by not_in_xdp"),
             },
             check: service.health_check.clone(),
         });
     }
     targets
+}
+
+/// The L4 services the workers' side proxies: all of them without the kernel path, else those
+/// XDP does not balance.
+fn l4_in_user_space(config: &Config, kernel: Option<&KernelPath>) -> Vec<crate::config::L4ServiceConfig> {
+    config
+        .l4_services
+        .iter()
+        .filter(|s| kernel.is_none_or(|k| not_in_xdp(s, k.snat).is_some()))
+        .cloned()
+        .collect()
 }

@@ -1853,7 +1853,7 @@ pub struct L4ServiceConfig {
     /// Send a PROXY protocol header (v1 or v2) to the endpoint first. XDP cannot add bytes
     /// to a flow's first payload, so such services are always proxied by the workers.
     #[serde(default)]
-    pub proxy_protocol: Option<L4ProxyProtocol>,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 impl L4ServiceConfig {
@@ -1891,13 +1891,6 @@ pub enum L4Removal {
     #[default]
     Drain,
     Reset,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum L4ProxyProtocol {
-    V1,
-    V2,
 }
 
 /// Active checks of an L4 service's endpoints, from user space: a TCP connect for TCP

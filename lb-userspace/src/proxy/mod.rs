@@ -22,6 +22,7 @@ pub mod cors;
 pub mod header_ops;
 pub mod headers;
 pub mod http1;
+pub mod l4;
 pub mod pipeline;
 pub mod proxy_protocol;
 pub mod rate_limit;

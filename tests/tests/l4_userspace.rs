@@ -1,0 +1,77 @@
+//! The L4 services without the kernel path (`xdp.enabled: false`, as `--no-xdp` or a failed
+//! load leave it): the node proxies the same TCP and UDP services in user space, so the
+//! feature never depends on the accelerator. A reload that changes them is applied.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use lb_tests::free_port;
+use lb_userspace::{config::Config, node::Node};
+
+#[test]
+fn tcp_and_udp_services_are_proxied_in_user_space_without_xdp() {
+    let tcp_endpoint = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp_endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in tcp_endpoint.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let peer = stream.peer_addr().unwrap();
+            let _ = stream.write_all(format!("tcp {peer}").as_bytes());
+        }
+    });
+    let udp_endpoint = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_addr = udp_endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = udp_endpoint.recv_from(&mut buf) {
+            let mut answer = b"udp ".to_vec();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = udp_endpoint.send_to(&answer, from);
+        }
+    });
+    let (tcp_port, udp_port, web_port) = (free_port(), free_port(), free_port());
+    let yaml = |tcp_service_port: u16| {
+        format!(
+            "listeners: [{{name: web, address: '127.0.0.1:{web_port}'}}]
+workers: 1
+xdp: {{enabled: false}}
+l4_services:
+  - {{name: t, address: '127.0.0.1:{tcp_service_port}', endpoints: ['{tcp_addr}']}}
+  - {{name: u, address: '127.0.0.1:{udp_port}', protocol: udp, endpoints: ['{udp_addr}']}}
+"
+        )
+    };
+    let first = yaml(tcp_port);
+    let node = Node::start(&Config::from_yaml(&first, "test").unwrap()).unwrap();
+    assert!(node.dataplane().is_none());
+
+    let ask_tcp = |port: u16| -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask_tcp(tcp_port);
+    assert!(answer.starts_with("tcp 127.0.0.1:"), "{answer}");
+    let seen: SocketAddr = answer["tcp ".len()..].parse().unwrap();
+    assert_ne!(seen.port(), tcp_port, "the endpoint sees the proxy's own connection");
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client.connect(("127.0.0.1", udp_port)).unwrap();
+    client.send(b"hello").unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"udp hello");
+
+    // A reload moving the TCP service to another port: the new one serves, the old is closed.
+    let moved = free_port();
+    node.apply(&Config::from_yaml(&yaml(moved), "test").unwrap()).unwrap();
+    assert!(ask_tcp(moved).starts_with("tcp "));
+    assert!(TcpStream::connect(("127.0.0.1", tcp_port)).is_err(), "the old service port is closed");
+    node.stop().unwrap();
+}
