@@ -191,4 +191,43 @@ mod tests {
         };
         assert_eq!(third.backends[index].name, "api");
     }
+
+    /// Not a test: compiling a snapshot of `SLUICE_MEASURE_INGRESSES` (5,000) hosts, each with
+    /// its own 10-endpoint backend, fresh and on the previous snapshot (`--ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn measure_compile_with_and_without_sharing() {
+        let size: usize =
+            std::env::var("SLUICE_MEASURE_INGRESSES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+        let mut config = Config::clone(&config("{address: '10.0.0.1:80'}", 1_000));
+        let (host, backend) = (config.virtual_hosts[0].clone(), config.backends[0].clone());
+        config.virtual_hosts.clear();
+        config.backends.clear();
+        for i in 0..size {
+            let mut b = backend.clone();
+            b.name = format!("b{i}");
+            b.endpoints = (0..10)
+                .map(|e| crate::config::EndpointConfig {
+                    address: std::net::SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8, e], 80)),
+                    ..backend.endpoints[0].clone()
+                })
+                .collect();
+            let mut h = host.clone();
+            (h.name, h.domains) = (format!("h{i}.test"), vec![format!("h{i}.test")]);
+            h.routes[0].backend = Some(b.name.clone());
+            config.virtual_hosts.push(h);
+            config.backends.push(b);
+        }
+        let config = Arc::new(config);
+        let registry = EndpointRegistry::default();
+        let previous = Snapshot::build_on(config.clone(), None, &registry, 1).unwrap();
+        for generation in 2..5 {
+            let started = std::time::Instant::now();
+            Snapshot::build_on(config.clone(), None, &registry, generation).unwrap();
+            let fresh = started.elapsed();
+            let started = std::time::Instant::now();
+            Snapshot::build_on(config.clone(), Some(&previous), &registry, generation).unwrap();
+            eprintln!("MEASURE {size} hosts: compile fresh {fresh:?}, shared {:?}", started.elapsed());
+        }
+    }
 }

@@ -374,3 +374,49 @@ fn a_rotated_tls_secret_is_served_at_once() {
     assert_eq!(served(&t), None);
     assert!(notes_contain(&t, "TLS Secret default/a-tls not found"), "{}", notes(&t));
 }
+
+/// Not a test: what the cache saves, in this build (`--ignored --nocapture`; build with
+/// `--release` for meaningful times). A cluster shaped like `cargo xtask bench reload`'s. The
+/// snapshot's side: `proxy::snapshot`'s `measure_compile_with_and_without_sharing`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn measure_rebuild_with_and_without_the_cache() {
+    let size = std::env::var("SLUICE_MEASURE_INGRESSES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let mut state =
+        ClusterState { classes: vec![class("sluice", CONTROLLER, false)], ..ClusterState::default() };
+    for i in 0..size {
+        let name = format!("s{i}");
+        state
+            .ingresses
+            .push(IngressTest::new(&name).host(&format!("h{i}.test")).path("/", &name, 80).build());
+        state.services.push(service(&name, &[("http", 80)]));
+        let mut slice = SliceTest::new(&format!("{name}-1"), &name).port("http", 8080);
+        for e in 0..10 {
+            slice = slice.ready(&format!("10.{}.{}.{e}", i / 250, i % 250));
+        }
+        state.slices.push(slice.build());
+    }
+    let base = base();
+    let kept = translator();
+    kept.build(&base, &state).unwrap();
+    let time = |f: &dyn Fn() -> Translation| {
+        let started = std::time::Instant::now();
+        let t = f();
+        (started.elapsed(), t)
+    };
+    for round in 0..3 {
+        state.ingresses.push(
+            IngressTest::new(&format!("new{round}"))
+                .host(&format!("new{round}.test"))
+                .path("/", "s0", 80)
+                .build(),
+        );
+        let (fresh_time, fresh) = time(&|| translator().build(&base, &state).unwrap());
+        let (kept_time, incremental) = time(&|| kept.build(&base, &state).unwrap());
+        assert_eq!(fresh.config, incremental.config);
+        eprintln!(
+            "MEASURE {size} Ingresses: translate fresh {fresh_time:?}, kept {kept_time:?} ({} groups made)",
+            kept.groups_made()
+        );
+    }
+}
