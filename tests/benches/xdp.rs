@@ -205,6 +205,7 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     check_delta(&before, &after, Stat::ConntrackHits, rounds)?;
     check_delta(&before, &after, Stat::PassNotService, rounds)?;
     let [guard_floor, guard_new, guard_known, guard_drop] = guard_phase(&mut dataplane, plan)?;
+    let [l4_floor, l4_new, l4_established, l4_reply] = l4_phase(plan, cpu)?;
 
     let [mut floor_rep, mut plain_rep] = [(); 2].map(|_| Samples::default());
     for call in 0..plan.repeat_calls {
@@ -233,6 +234,10 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
         Row { case: "guard_new_flow", program: XDP, method: Method::Single, samples: guard_new },
         Row { case: "guard_known", program: XDP, method: Method::Single, samples: guard_known },
         Row { case: "guard_drop", program: XDP, method: Method::Single, samples: guard_drop },
+        Row { case: "l4_floor", program: PASS, method: Method::Single, samples: l4_floor },
+        Row { case: "l4_new_flow", program: XDP, method: Method::Single, samples: l4_new },
+        Row { case: "l4_established", program: XDP, method: Method::Single, samples: l4_established },
+        Row { case: "l4_reply", program: XDP, method: Method::Single, samples: l4_reply },
         Row { case: "pass_floor", program: PASS, method: many, samples: floor_rep },
         Row { case: "non_service", program: XDP, method: many, samples: plain_rep },
     ];
@@ -317,6 +322,85 @@ fn guard_phase(dataplane: &mut Dataplane, plan: &Plan) -> anyhow::Result<[Sample
     check_delta(&before, &after, Stat::DropNotAllowed, 0)?;
     check_delta(&before, &after, Stat::DropSynRate, 0)?;
     Ok([floor, admitted, known_source, dropped])
+}
+
+/// The L4 phase (`l4_services`), in a namespace of its own whose routes and permanent
+/// neighbours answer `bpf_fib_lookup` (a test run's ingress is the caller's loopback), with its
+/// own loaded object: interleaved rounds of the floor, a new flow's SYN (a new client address
+/// each: conntrack miss, Maglev, a node port claimed, both entries inserted, FIB lookup,
+/// DNAT + SNAT, redirect), an ACK of an established flow (conntrack hit, FIB lookup, rewrite,
+/// redirect) and the endpoint's reply to that flow (reply lookup, FIB lookup, rewrite,
+/// redirect). At most 2,000 rounds, half the budget of the main phase.
+fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
+    const XDP_REDIRECT: u32 = 4;
+    const ENDPOINT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    const L4_PORT: u16 = 7000;
+    let ns = lb_tests::topology::l4_fib_namespace(
+        (CLIENT, [2, 0, 0, 0, 0xc, 1]),
+        (ENDPOINT, [2, 0, 0, 0, 0xe, 2]),
+    )?;
+    // One endpoint holds 4536 flows at once (one per node port), and a new flow finds a free
+    // one quickly only while most are free: the new flows of all rounds, warm-up included,
+    // take at most 45% of them.
+    let (warmup, budget) = (plan.warmup, plan.budget / 2);
+    let rounds = (plan.warmup + plan.rounds / 2).min(2_000);
+    ns.run(move || -> anyhow::Result<[Samples; 4]> {
+        lb_tests::cpu::pin_to(cpu)?;
+        let mut dataplane = Dataplane::load().context("loading the eBPF object for the L4 phase")?;
+        let spec = lb_userspace::dataplane::L4Spec {
+            address: (NODE, L4_PORT).into(),
+            protocol: lb_userspace::config::L4Protocol::Tcp,
+            endpoints: vec![(ENDPOINT, L4_PORT).into()],
+            idle_timeout: Duration::from_secs(3600),
+            reset_on_removal: false,
+            snat: NODE,
+        };
+        let healthy = spec.endpoints.iter().copied().collect();
+        dataplane.open_l4()?.apply(&[(spec, healthy)]).context("installing the bench L4 service")?;
+        let tcp = |src, sport, dst, dport, flags, payload: &[u8]| {
+            frames::ipv4(frames::IPPROTO_TCP, src, dst, sport, dport, flags, payload)
+        };
+        let syns: Vec<Vec<u8>> = (0..rounds as u32)
+            .map(|i| tcp(Ipv4Addr::from(NEW_FLOW_CLIENTS + i), 40000, NODE, L4_PORT, frames::TCP_SYN, b""))
+            .collect();
+        let opened =
+            dataplane.test_run(Program::Xdp, &tcp(CLIENT, 40000, NODE, L4_PORT, frames::TCP_SYN, b""), 1)?;
+        ensure!(opened.verdict == XDP_REDIRECT, "the L4 flow was not forwarded (verdict {})", opened.verdict);
+        let l4 = frames::ETH_HLEN + 20;
+        let snat_port = u16::from_be_bytes([opened.frame[l4], opened.frame[l4 + 1]]);
+        let ack = tcp(CLIENT, 40000, NODE, L4_PORT, frames::TCP_ACK, b"GET /");
+        let reply = tcp(ENDPOINT, L4_PORT, NODE, snat_port, frames::TCP_ACK, b"HTTP/1.1 200 OK");
+        let [mut floor, mut new, mut established, mut replied] = [(); 4].map(|_| Samples::default());
+        let before = dataplane.counters()?;
+        let started = Instant::now();
+        let mut ran = 0;
+        for (round, syn) in syns.iter().enumerate() {
+            let timed = round >= warmup;
+            if timed && started.elapsed() > budget {
+                break;
+            }
+            for step in 0..4 {
+                let (frame, into) = match (round + step) % 4 {
+                    0 => {
+                        sample(&mut dataplane, Program::XdpPass, syn, 1, timed.then_some(&mut floor))?;
+                        continue;
+                    }
+                    1 => (syn, &mut new),
+                    2 => (&ack, &mut established),
+                    _ => (&reply, &mut replied),
+                };
+                let out =
+                    sample_verdict(&mut dataplane, Program::Xdp, frame, XDP_REDIRECT, timed.then_some(into))?;
+                ensure!(frames::ipv4_checksums_ok(&out), "checksums broken by the L4 rewrite");
+            }
+            ran += 1;
+        }
+        let after = dataplane.counters()?;
+        check_delta(&before, &after, Stat::L4NewFlows, ran)?;
+        check_delta(&before, &after, Stat::L4Forwarded, 2 * ran)?;
+        check_delta(&before, &after, Stat::L4Replied, ran)?;
+        Ok([floor, new, established, replied])
+    })?
 }
 
 /// One BPF_PROG_TEST_RUN call that must pass the frame; see `sample_verdict`.
@@ -504,6 +588,10 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!("    and allow lookups, a new rate bucket, then new_flow_syn's work). guard_known: a new");
     println!("    connection of a client seen before (the lookups, a compare-and-swap on its bucket, then");
     println!("    new_flow_syn's work). guard_drop: a denied client's SYN (deny lookup, XDP_DROP).");
+    println!("    l4_*: a later phase in a namespace whose routes answer bpf_fib_lookup, its own floor.");
+    println!("    l4_new_flow: a new client's SYN to an L4 service (Maglev, a node port claimed, two LRU");
+    println!("    inserts, FIB lookup, DNAT + SNAT, redirect). l4_established: an ACK of an open flow");
+    println!("    (conntrack hit, FIB lookup, rewrite, redirect). l4_reply: the endpoint's answer to it.");
     println!("  {many}: only for what does not rewrite. The kernel does not restore the frame between runs,");
     println!("    so a steering case would time its own rewritten output from the second run on. The clock");
     println!("    read is averaged away and, with repeat > 1, the kernel patches the program into the XDP");
@@ -529,7 +617,7 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!();
 
     let floor = median("pass_floor", Method::Single).unwrap_or(0);
-    let value = |case| median(case, Method::Single).unwrap_or(0);
+    let value = |case: &str| median(case, Method::Single).unwrap_or(0);
     for case in ["non_service", "new_flow_syn", "established"] {
         println!("xdp_{case}_ns={}", value(case));
     }
@@ -554,4 +642,11 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!("xdp_guard_drop_ns={guard_drop}");
     println!("xdp_guard_drop_minus_floor_ns={}", guard_drop as i64 - guard_floor as i64);
     println!("xdp_guard_drop_over_floor={:.2}", guard_drop as f64 / guard_floor.max(1) as f64);
+    let l4_floor = value("l4_floor");
+    println!("xdp_l4_floor_ns={l4_floor}");
+    for case in ["new_flow", "established", "reply"] {
+        let ns = value(&format!("l4_{case}"));
+        println!("xdp_l4_{case}_ns={ns}");
+        println!("xdp_l4_{case}_minus_floor_ns={}", ns as i64 - l4_floor as i64);
+    }
 }

@@ -94,3 +94,24 @@ fn configure(ns: &Netns, interface: &str, v4: &str, v6: &str) -> anyhow::Result<
     ns.ip(&["-6", "addr", "add", v6, "dev", interface, "nodad"])?;
     ns.ip(&["link", "set", interface, "up"])
 }
+
+/// A namespace for BPF_PROG_TEST_RUN of the L4 fast path, whose routes and permanent
+/// neighbours answer `bpf_fib_lookup`: the node (198.18.0.2) reaches `client` on one veth and
+/// `endpoint` (in 198.18.1.0/24, via 198.18.1.1) on another, and forwards, on `lo` too (a test
+/// run's ingress device is the caller's loopback). Run the program from a thread inside it.
+pub fn l4_fib_namespace(client: (Ipv4Addr, [u8; 6]), endpoint: (Ipv4Addr, [u8; 6])) -> anyhow::Result<Netns> {
+    let ns = Netns::new("l4fib")?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv4.conf.lo.forwarding", "1")?;
+    for (a, b, address, (neighbour, mac)) in
+        [("c0", "c1", "198.18.0.2/24", client), ("e0", "e1", "198.18.1.1/24", endpoint)]
+    {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        ns.ip(&["addr", "add", address, "dev", a])?;
+        ns.ip(&["link", "set", a, "up"])?;
+        ns.ip(&["link", "set", b, "up"])?;
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        ns.ip(&["neigh", "replace", &neighbour.to_string(), "lladdr", &mac, "dev", a, "nud", "permanent"])?;
+    }
+    Ok(ns)
+}

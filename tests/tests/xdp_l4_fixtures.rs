@@ -1,0 +1,268 @@
+//! BPF_PROG_TEST_RUN fixtures for the L4 fast path: a client packet to an L4 service leaves
+//! rewritten to its endpoint (node as the source, a SNAT port, the next hop's MACs, both
+//! checksums valid), the endpoint's reply leaves rewritten back to the client, a UDP datagram
+//! without a checksum keeps none, and every malformed shape addressed to the service passes
+//! untouched, counted by its reason. The program runs in a namespace of its own whose routes
+//! and permanent neighbours give `bpf_fib_lookup` its answers (a test run's ingress device is
+//! the caller's loopback).
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use lb_common::{L4_SNAT_PORT_MIN, Stat};
+use lb_tests::{
+    frames::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
+    netns::Netns,
+    require_root, topology,
+};
+use lb_userspace::{
+    config::L4Protocol,
+    dataplane::{Dataplane, L4Spec},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ENDPOINT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
+const ENDPOINT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0e, 0x02];
+const TCP_PORT: u16 = 7000;
+const UDP_PORT: u16 = 7001;
+/// A service whose only endpoint has no route.
+const UNROUTED_PORT: u16 = 7002;
+/// A service whose only endpoint is down.
+const EMPTY_PORT: u16 = 7003;
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn both_directions_are_translated_with_valid_checksums() {
+    require_root!();
+    let ns = routed_namespace();
+    ns.run(|| {
+        let dataplane = dataplane_with_services();
+        let counters = || dataplane.counters().unwrap();
+
+        // The client's SYN leaves for the endpoint, from the node.
+        let syn = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 40000, TCP_PORT, TCP_SYN, b"");
+        let before = counters();
+        let out = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let sent = Parsed::of(&out.frame);
+        assert_eq!((sent.src, sent.dst, sent.dport), (NODE, ENDPOINT, TCP_PORT));
+        assert!(sent.sport >= L4_SNAT_PORT_MIN, "a SNAT port: {}", sent.sport);
+        assert_eq!(sent.dst_mac, ENDPOINT_MAC, "the endpoint's neighbour entry");
+        assert!(frames::ipv4_checksums_ok(&out.frame), "checksums after DNAT + SNAT");
+        assert_eq!(sent.ttl, 64, "TTL left as it came");
+        let after = counters();
+        assert_eq!(after.get(Stat::L4NewFlows) - before.get(Stat::L4NewFlows), 1);
+        assert_eq!(after.get(Stat::L4Forwarded) - before.get(Stat::L4Forwarded), 1);
+
+        // The rest of the flow follows it: same node port, no new placement.
+        let ack = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 40000, TCP_PORT, TCP_ACK, b"payload");
+        let out = dataplane.test_run_xdp(&ack).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        assert_eq!(Parsed::of(&out.frame).sport, sent.sport);
+        assert!(frames::ipv4_checksums_ok(&out.frame));
+        assert_eq!(counters().get(Stat::L4NewFlows), after.get(Stat::L4NewFlows));
+
+        // The endpoint's answer to that node port goes back to the client, from the service.
+        let reply = frames::ipv4(IPPROTO_TCP, ENDPOINT, NODE, TCP_PORT, sent.sport, TCP_SYN | TCP_ACK, b"hi");
+        let before = counters();
+        let out = dataplane.test_run_xdp(&reply).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let back = Parsed::of(&out.frame);
+        assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, TCP_PORT, CLIENT, 40000));
+        assert_eq!(back.dst_mac, CLIENT_MAC);
+        assert!(frames::ipv4_checksums_ok(&out.frame), "checksums after the reverse translation");
+        assert_eq!(counters().get(Stat::L4Replied) - before.get(Stat::L4Replied), 1);
+
+        // The same shape from a source that holds no flow is no reply of ours.
+        let stranger = frames::ipv4(IPPROTO_TCP, ENDPOINT, NODE, 7999, sent.sport, TCP_ACK, b"");
+        let before = counters();
+        let out = dataplane.test_run_xdp(&stranger).unwrap();
+        assert_eq!((out.verdict, out.frame.as_slice()), (XDP_PASS, stranger.as_slice()));
+        assert_eq!(counters().get(Stat::PassNotService) - before.get(Stat::PassNotService), 1);
+
+        // UDP, with a checksum and without one (which stays without one).
+        let datagram = frames::ipv4(IPPROTO_UDP, CLIENT, NODE, 40001, UDP_PORT, 0, b"odd");
+        let out = dataplane.test_run_xdp(&datagram).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        assert!(frames::ipv4_checksums_ok(&out.frame));
+        let udp_port = Parsed::of(&out.frame).sport;
+        let mut bare = frames::ipv4(IPPROTO_UDP, CLIENT, NODE, 40002, UDP_PORT, 0, b"none");
+        bare[ETH_HLEN + 20 + 6..ETH_HLEN + 20 + 8].copy_from_slice(&[0, 0]);
+        let out = dataplane.test_run_xdp(&bare).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        assert_eq!(&out.frame[ETH_HLEN + 26..ETH_HLEN + 28], &[0, 0], "a zero UDP checksum stays zero");
+        assert_eq!(frames::checksum_fold(0, &out.frame[ETH_HLEN..ETH_HLEN + 20]), 0, "IP checksum");
+        let answer = frames::ipv4(IPPROTO_UDP, ENDPOINT, NODE, UDP_PORT, udp_port, 0, b"answer");
+        let out = dataplane.test_run_xdp(&answer).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        assert_eq!(Parsed::of(&out.frame).dport, 40001);
+        assert!(frames::ipv4_checksums_ok(&out.frame));
+
+        // No next hop: passed untouched, nothing rewritten. No healthy endpoint: dropped.
+        let unrouted = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 40003, UNROUTED_PORT, TCP_SYN, b"");
+        let before = counters();
+        let out = dataplane.test_run_xdp(&unrouted).unwrap();
+        assert_eq!((out.verdict, out.frame.as_slice()), (XDP_PASS, unrouted.as_slice()));
+        assert_eq!(counters().get(Stat::PassL4NoRoute) - before.get(Stat::PassL4NoRoute), 1);
+        let empty = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 40004, EMPTY_PORT, TCP_SYN, b"");
+        let before = counters();
+        assert_eq!(dataplane.test_run_xdp(&empty).unwrap().verdict, XDP_DROP);
+        assert_eq!(counters().get(Stat::DropL4NoBackend) - before.get(Stat::DropL4NoBackend), 1);
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn malformed_frames_to_a_service_pass_untouched_and_counted() {
+    require_root!();
+    let ns = routed_namespace();
+    ns.run(|| {
+        let dataplane = dataplane_with_services();
+        let good = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 41000, TCP_PORT, TCP_SYN, b"data");
+        let ip = ETH_HLEN;
+        let tcp = ETH_HLEN + 20;
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut frame = good.clone();
+            f(&mut frame);
+            frame
+        };
+        let cases: Vec<(&str, Vec<u8>, Stat)> = vec![
+            ("truncated TCP header", good[..tcp + 10].to_vec(), Stat::PassTruncated),
+            ("IHL under 5 words", edit(&|f| f[ip] = 0x44), Stat::PassBadIpHeader),
+            (
+                "total length past the frame",
+                edit(&|f| f[ip + 2..ip + 4].copy_from_slice(&400u16.to_be_bytes())),
+                Stat::PassBadIpLength,
+            ),
+            (
+                "total length under the header",
+                edit(&|f| f[ip + 2..ip + 4].copy_from_slice(&10u16.to_be_bytes())),
+                Stat::PassBadIpLength,
+            ),
+            ("TCP data offset under 5 words", edit(&|f| f[tcp + 12] = 4 << 4), Stat::PassBadTransportHeader),
+            (
+                "TCP data offset past the packet",
+                edit(&|f| f[tcp + 12] = 15 << 4),
+                Stat::PassBadTransportHeader,
+            ),
+            ("first fragment", edit(&|f| f[ip + 6] = 0x20), Stat::PassFragment),
+            ("later fragment", edit(&|f| f[ip + 7] = 0x10), Stat::PassFragment),
+            ("IPv4 options", with_options(&good), Stat::PassL4Unsupported),
+            ("IPv6 extension header", ipv6_hop_by_hop(), Stat::PassIpv6Extension),
+        ];
+        for (what, frame, reason) in cases {
+            let before = dataplane.counters().unwrap();
+            let out = dataplane.test_run_xdp(&frame).unwrap();
+            let after = dataplane.counters().unwrap();
+            assert_eq!(out.verdict, XDP_PASS, "{what}");
+            assert_eq!(out.frame, frame, "{what}: untouched");
+            assert_eq!(after.get(reason) - before.get(reason), 1, "{what}: counted as {}", reason.name());
+            for stat in [Stat::L4Forwarded, Stat::L4NewFlows] {
+                assert_eq!(after.get(stat), before.get(stat), "{what}: {}", stat.name());
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// The service's SYN with a 4-byte IPv4 option (NOPs) inserted, lengths and checksums fixed.
+fn with_options(good: &[u8]) -> Vec<u8> {
+    let mut frame = good[..ETH_HLEN + 20].to_vec();
+    frame.extend_from_slice(&[1, 1, 1, 1]);
+    frame.extend_from_slice(&good[ETH_HLEN + 20..]);
+    frame[ETH_HLEN] = 0x46;
+    let total = (frame.len() - ETH_HLEN) as u16;
+    frame[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+    let sum = frames::checksum_fold(0, &frame[ETH_HLEN..ETH_HLEN + 24]);
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&sum.to_be_bytes());
+    assert!(frames::ipv4_checksums_ok(&frame));
+    frame
+}
+
+/// A TCP SYN to the service port over IPv6 behind a hop-by-hop options header.
+fn ipv6_hop_by_hop() -> Vec<u8> {
+    let mut frame = frames::ipv6(
+        IPPROTO_TCP,
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+        41000,
+        TCP_PORT,
+        TCP_SYN,
+        b"",
+    );
+    frame[ETH_HLEN + 6] = 0;
+    frame.splice(ETH_HLEN + 40..ETH_HLEN + 40, [IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+    let payload = u16::from_be_bytes([frame[ETH_HLEN + 4], frame[ETH_HLEN + 5]]) + 8;
+    frame[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload.to_be_bytes());
+    frame
+}
+
+fn routed_namespace() -> Netns {
+    topology::l4_fib_namespace((CLIENT, CLIENT_MAC), (ENDPOINT, ENDPOINT_MAC)).unwrap()
+}
+
+/// The program loaded with four L4 services: TCP and UDP to the endpoint, one to an endpoint
+/// without a route, one with its endpoint down.
+fn dataplane_with_services() -> Dataplane {
+    let dataplane = Dataplane::load().unwrap();
+    let mut maps = dataplane.open_l4().unwrap();
+    let spec = |port, protocol, endpoint: Ipv4Addr| L4Spec {
+        address: SocketAddr::from((NODE, port)),
+        protocol,
+        endpoints: vec![SocketAddr::from((endpoint, port))],
+        idle_timeout: Duration::from_secs(60),
+        reset_on_removal: false,
+        snat: NODE,
+    };
+    let healthy = |spec: &L4Spec| spec.endpoints.iter().copied().collect::<BTreeSet<_>>();
+    let services: Vec<(L4Spec, BTreeSet<SocketAddr>)> = [
+        spec(TCP_PORT, L4Protocol::Tcp, ENDPOINT),
+        spec(UDP_PORT, L4Protocol::Udp, ENDPOINT),
+        spec(UNROUTED_PORT, L4Protocol::Tcp, Ipv4Addr::new(203, 0, 113, 9)),
+    ]
+    .into_iter()
+    .map(|s| {
+        let h = healthy(&s);
+        (s, h)
+    })
+    .chain([(spec(EMPTY_PORT, L4Protocol::Tcp, ENDPOINT), BTreeSet::new())])
+    .collect();
+    maps.apply(&services).unwrap();
+    dataplane
+}
+
+/// The fields of a rewritten IPv4 frame the assertions look at.
+struct Parsed {
+    dst_mac: [u8; 6],
+    ttl: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+}
+
+impl Parsed {
+    fn of(frame: &[u8]) -> Parsed {
+        let ip = &frame[ETH_HLEN..];
+        let l4 = &ip[20..];
+        Parsed {
+            dst_mac: frame[..6].try_into().unwrap(),
+            ttl: ip[8],
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+        }
+    }
+}
