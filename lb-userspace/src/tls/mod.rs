@@ -56,11 +56,18 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// Sessions the node-wide cache holds (stateful resumption, and TLS 1.3 without tickets).
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
-/// The crypto provider: *ring*, with its default suites (TLS 1.3 AES-GCM and ChaCha20-Poly1305;
-/// TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305: forward secret AEAD suites only).
+/// The crypto provider: aws-lc-rs, with its default suites (TLS 1.3 AES-GCM and
+/// ChaCha20-Poly1305; TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305: forward secret AEAD
+/// suites only) and key exchange groups in its default order without `prefer-post-quantum`:
+/// X25519, P-256, P-384, then the X25519MLKEM768 hybrid. A client's first key share that the
+/// server takes decides, so browsers that send both a hybrid and an X25519 share get X25519, as
+/// with nginx on OpenSSL 3.0; the hybrid cost 45% more server CPU per full handshake
+/// (docs/BENCHMARKS.md). It replaced *ring*: a full handshake costs the server about a quarter
+/// less (aws-lc's X25519 is faster, and its random numbers come from a user-space generator
+/// instead of nine `getrandom` calls per handshake).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
 /// TLS state that outlives snapshots: one per process (a node is one process).
@@ -77,7 +84,7 @@ pub struct Shared {
 pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| Shared {
-        ticketer: rustls::crypto::ring::Ticketer::new()
+        ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()
             .inspect_err(
                 |e| tracing::error!(error = %e, "cannot create session ticket keys; tickets are off"),
             )
@@ -524,7 +531,7 @@ fn server_config(
     let shared = shared();
     if client_auth {
         config.session_storage = ServerSessionMemoryCache::new(1024);
-        if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
             config.ticketer = ticketer;
         }
     } else {
