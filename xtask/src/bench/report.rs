@@ -593,6 +593,12 @@ pub fn markdown(bench_dir: &Path) -> String {
     if let Some(reload) = super::reload::markdown_section(bench_dir) {
         md.push_str(&reload);
     }
+    // Measurements made by hand with load-independent tools (instruction counts, system calls),
+    // kept beside the runs and carried into every rewrite.
+    if let Ok(findings) = std::fs::read_to_string(bench_dir.join("tls-findings.md")) {
+        md.push('\n');
+        md.push_str(&findings);
+    }
     md.push_str(CAVEATS);
     md
 }
@@ -653,7 +659,8 @@ const CAVEATS: &str = "\n## Caveats\n\n\
   comparison of the proxies' own cost.\n\
 - Other work on the machine during a run (`other` column) adds noise; interleaving spreads it over\n  \
   the peers, and the min–max ranges show how large it was.\n\
-- TLS: nginx and HAProxy use Debian's OpenSSL 3.0; Sluice uses rustls with the ring provider. The\n  \
+- TLS: nginx and HAProxy use Debian's OpenSSL 3.0; Sluice uses rustls with the aws-lc-rs provider\n  \
+  (ring until 2026-12-06). The\n  \
   certificate is a self-signed ECDSA P-256 one; all three negotiate TLS 1.3 with X25519 with wrk.\n\
 - New handshakes: at 50 connections the client core saturates while Sluice's core idles about a\n  \
   third of the time, so the rate measures what each proxy costs the client core. Each time Sluice's\n  \
