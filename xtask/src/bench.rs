@@ -5,6 +5,8 @@
 //! itself installs. So it makes sure the prerequisites exist, then runs the bench target through
 //! cargo.
 //!
+//! `steering`: the same, for tests/benches/steering.rs (XDP steering against SO_REUSEPORT).
+//!
 //! `l7` and `tls`: Sluice, nginx and HAProxy as processes in front of one fast backend, driven
 //! by wrk and h2load (see [`proxy`]); the `sluice` binary is built and run as a process.
 //!
@@ -47,6 +49,11 @@ pub enum BenchTarget {
     /// the initial sync, the time from a change to the route being live (p50, p99), and the
     /// memory of the process. Adds its section to docs/BENCHMARKS.md.
     Reload(reload::ReloadArgs),
+    /// What XDP steering buys over plain SO_REUSEPORT with the same four workers, on real
+    /// connections in the namespace topology: new connections while one worker is stalled,
+    /// and the spread of short connections across workers. Needs root. Keeps its section as
+    /// docs/bench/steering.md and rewrites docs/BENCHMARKS.md.
+    Steering,
     /// Busy polling (`busy_poll_us`) on one worker: sleeps per keep-alive request with and
     /// without a window, and the idle CPU once the window has passed. Prints only.
     BusyPoll(busy_poll::BusyPollArgs),
@@ -55,6 +62,13 @@ pub enum BenchTarget {
 pub fn run(what: BenchTarget) -> anyhow::Result<()> {
     match what {
         BenchTarget::Xdp => run_lb_tests_bench("xdp", true),
+        BenchTarget::Steering => {
+            run_lb_tests_bench("steering", true)?;
+            let docs = workspace_root().join("docs");
+            std::fs::write(docs.join("BENCHMARKS.md"), report::markdown(&docs.join("bench")))?;
+            println!("rewrote docs/BENCHMARKS.md with docs/bench/steering.md");
+            Ok(())
+        }
         BenchTarget::L7(args) => proxy::run(proxy::Suite::L7, args),
         BenchTarget::Tls(args) => proxy::run(proxy::Suite::Tls, args),
         BenchTarget::Reload(args) => reload::run(args),

@@ -593,6 +593,11 @@ pub fn markdown(bench_dir: &Path) -> String {
     if let Some(reload) = super::reload::markdown_section(bench_dir) {
         md.push_str(&reload);
     }
+    // `cargo xtask bench steering`'s last run (written by tests/benches/steering.rs).
+    if let Ok(steering) = std::fs::read_to_string(bench_dir.join("steering.md")) {
+        md.push('\n');
+        md.push_str(&steering);
+    }
     // Measurements made by hand with load-independent tools (instruction counts, system calls),
     // kept beside the runs and carried into every rewrite.
     if let Ok(findings) = std::fs::read_to_string(bench_dir.join("tls-findings.md")) {
