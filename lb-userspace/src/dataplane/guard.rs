@@ -17,7 +17,7 @@ use lb_common::{
     GuardCidr, GuardConfig, RateLimit,
 };
 
-use super::{Error, Result};
+use super::{Result, map_error};
 use crate::config::{Cidr, GuardRateLimit, XdpGuardConfig};
 
 /// One list entry as the trie holds it: the prefix length (family word included) and the data.
@@ -38,10 +38,6 @@ pub struct Guard {
     deny: BTreeSet<Entry>,
     allow: BTreeSet<Entry>,
     config: GuardConfig,
-}
-
-fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { name, source }
 }
 
 impl Guard {

@@ -18,7 +18,7 @@ use lb_common::{
     MAX_L4_BACKENDS, MAX_L4_SERVICES, MODE_L4, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue,
 };
 
-use super::{Error, Result, steering::v4_words};
+use super::{Error, Result, map_error, steering::v4_words};
 use crate::{config::L4Protocol, maglev};
 
 /// One L4 service as the kernel balances it.
@@ -74,10 +74,6 @@ pub struct L4Maps {
     maglev_map: Array<MapData, u32>,
     flows_map: HashMap<MapData, FlowKey, L4Flow>,
     installed: Vec<Option<Installed>>,
-}
-
-fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { name, source }
 }
 
 impl L4Maps {

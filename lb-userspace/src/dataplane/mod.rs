@@ -91,6 +91,11 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Wraps an aya map error with the name of the map it came from.
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
 /// The kernel's attach modes to try, in order, for a configured mode.
 fn modes_to_try(mode: AttachMode) -> &'static [XdpMode] {
     match mode {

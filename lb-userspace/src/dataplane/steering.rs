@@ -10,7 +10,7 @@ use lb_common::{
     ReverseKey, ReverseValue, ServiceKey, ServiceValue, WORKER_DOWN, WORKER_UP, WorkerValue,
 };
 
-use super::{Error, Result};
+use super::{Error, Result, map_error};
 use crate::maglev;
 
 /// Transport protocol of a service.
@@ -88,10 +88,6 @@ pub struct Steering {
     /// The Maglev table last written for each service, by service id.
     tables: Vec<Vec<u32>>,
     healthy: BTreeSet<u32>,
-}
-
-fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { name, source }
 }
 
 impl Steering {
