@@ -9,6 +9,8 @@ use std::{
     process::Command,
 };
 
+use crate::on_path;
+
 /// The oldest kustomize major version that renders `deploy/`.
 pub const MIN_MAJOR: u32 = 4;
 
@@ -65,11 +67,6 @@ pub fn install_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .map(|cargo_home| cargo_home.join("bin"))
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 fn stdout_of(cmd: &mut Command) -> Option<String> {

@@ -48,13 +48,18 @@ macro_rules! require_root {
 /// how to install it, when it is not on PATH. `cargo xtask test` installs every such tool
 /// first (xtask/src/prereqs.rs), so a test never passes with its tool's checks left out.
 pub fn required_tool(program: &str, package: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file()).unwrap_or_else(|| {
+    on_path(program).unwrap_or_else(|| {
         panic!(
             "`{program}` is not installed; install it with `sudo apt-get install -y {package}` \
              (or `sudo -E cargo xtask setup`, which installs every tool the suites use)"
         )
     })
+}
+
+/// Where `program` is on PATH, if anywhere.
+pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 /// A free loopback port (bound then released; good enough for tests on loopback).

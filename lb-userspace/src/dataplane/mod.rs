@@ -366,15 +366,12 @@ impl Dataplane {
     /// a process given maps that already carry entries (pinned maps reused by an upgrade, or
     /// a second handle) removes those no longer configured at its first `apply`.
     pub fn open_guard(&self) -> Result<Guard> {
-        let open = |name: &'static str| -> Result<MapData> {
-            MapData::from_id(self.map_id(name)?).map_err(|source| Error::Map { name, source })
-        };
-        let config = Array::try_from(Map::Array(open(GUARD_CONFIG_MAP)?))
-            .map_err(|source| Error::Map { name: GUARD_CONFIG_MAP, source })?;
-        let deny = LpmTrie::try_from(Map::LpmTrie(open(GUARD_DENY_MAP)?))
-            .map_err(|source| Error::Map { name: GUARD_DENY_MAP, source })?;
-        let allow = LpmTrie::try_from(Map::LpmTrie(open(GUARD_ALLOW_MAP)?))
-            .map_err(|source| Error::Map { name: GUARD_ALLOW_MAP, source })?;
+        let config = Array::try_from(Map::Array(self.open_map(GUARD_CONFIG_MAP)?))
+            .map_err(map_error(GUARD_CONFIG_MAP))?;
+        let deny = LpmTrie::try_from(Map::LpmTrie(self.open_map(GUARD_DENY_MAP)?))
+            .map_err(map_error(GUARD_DENY_MAP))?;
+        let allow = LpmTrie::try_from(Map::LpmTrie(self.open_map(GUARD_ALLOW_MAP)?))
+            .map_err(map_error(GUARD_ALLOW_MAP))?;
         Guard::new(config, deny, allow)
     }
 
@@ -382,20 +379,23 @@ impl Dataplane {
     /// have entries there beside the steered ones), for the one owner that writes them.
     pub fn open_l4(&self) -> Result<L4Maps> {
         use lb_common::{L4_BACKENDS_MAP, L4_FLOWS_MAP, L4_MAGLEV_MAP, L4_SERVICES_MAP};
-        let open = |name: &'static str| -> Result<MapData> {
-            MapData::from_id(self.map_id(name)?).map_err(|source| Error::Map { name, source })
-        };
-        let services = HashMap::try_from(Map::HashMap(open(SERVICES_MAP)?))
-            .map_err(|source| Error::Map { name: SERVICES_MAP, source })?;
-        let settings = Array::try_from(Map::Array(open(L4_SERVICES_MAP)?))
-            .map_err(|source| Error::Map { name: L4_SERVICES_MAP, source })?;
-        let backends = Array::try_from(Map::Array(open(L4_BACKENDS_MAP)?))
-            .map_err(|source| Error::Map { name: L4_BACKENDS_MAP, source })?;
-        let maglev = Array::try_from(Map::Array(open(L4_MAGLEV_MAP)?))
-            .map_err(|source| Error::Map { name: L4_MAGLEV_MAP, source })?;
-        let flows = HashMap::try_from(Map::LruHashMap(open(L4_FLOWS_MAP)?))
-            .map_err(|source| Error::Map { name: L4_FLOWS_MAP, source })?;
+        let services =
+            HashMap::try_from(Map::HashMap(self.open_map(SERVICES_MAP)?)).map_err(map_error(SERVICES_MAP))?;
+        let settings = Array::try_from(Map::Array(self.open_map(L4_SERVICES_MAP)?))
+            .map_err(map_error(L4_SERVICES_MAP))?;
+        let backends = Array::try_from(Map::Array(self.open_map(L4_BACKENDS_MAP)?))
+            .map_err(map_error(L4_BACKENDS_MAP))?;
+        let maglev =
+            Array::try_from(Map::Array(self.open_map(L4_MAGLEV_MAP)?)).map_err(map_error(L4_MAGLEV_MAP))?;
+        let flows = HashMap::try_from(Map::LruHashMap(self.open_map(L4_FLOWS_MAP)?))
+            .map_err(map_error(L4_FLOWS_MAP))?;
         Ok(L4Maps::new(services, settings, backends, maglev, flows))
+    }
+
+    /// A descriptor of its own on the loaded map `name` (its owner writes through it while the
+    /// program keeps reading the same kernel map).
+    fn open_map(&self, name: &'static str) -> Result<MapData> {
+        MapData::from_id(self.map_id(name)?).map_err(map_error(name))
     }
 
     /// Every L4 flow XDP has placed: its client-side 5-tuple, endpoint and node port.
