@@ -58,6 +58,17 @@ impl Inherited {
         Some(listener)
     }
 
+    /// The inherited UDP socket under `key` if it is bound to `want` (L4 services).
+    pub fn take_udp(&self, key: &str, want: SocketAddr) -> Option<std::net::UdpSocket> {
+        let mut sockets = self.sockets.lock();
+        let socket = std::net::UdpSocket::from(sockets.get(key)?.try_clone().ok()?);
+        if socket.local_addr().ok()? != want {
+            return None;
+        }
+        sockets.remove(key);
+        Some(socket)
+    }
+
     /// The inherited Unix listener under `key`.
     pub fn take_unix(&self, key: &str) -> Option<std::os::unix::net::UnixListener> {
         self.sockets.lock().remove(key).map(std::os::unix::net::UnixListener::from)

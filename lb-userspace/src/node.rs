@@ -6,7 +6,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -128,7 +128,11 @@ impl Node {
             format!("cannot listen on {}", addresses.join(", "))
         })?;
         let kernel = kernel.and_then(|kernel| kernel.steer(config, workers.len()));
-        let l4_proxy = start_l4_proxy(l4_in_user_space(config, kernel.as_ref()))?;
+        let l4_proxy = start_l4_proxy(
+            l4_in_user_space(config, kernel.as_ref()),
+            start.inherited.as_deref(),
+            gate.clone(),
+        )?;
         if kernel.is_none() && config.xdp.guard != XdpGuardConfig::default() {
             tracing::warn!("xdp.guard is set but the kernel path is off: nothing enforces it");
         }
@@ -245,20 +249,25 @@ impl Node {
         Ok(generation)
     }
 
-    /// Restarts the userspace L4 proxy when its set of services changed (its connections end
-    /// with the old one); a set that cannot bind is logged and the old one keeps serving.
+    /// Hands the userspace L4 proxy its new set of services: kept services keep their sockets
+    /// and connections, removed ones drain, new ones are bound (one that cannot bind is logged
+    /// and left out; the rest apply).
     fn apply_l4_proxy(&self, config: &Config) {
         let wanted = l4_in_user_space(config, self.kernel.as_ref());
         let mut running = self.l4_proxy.lock();
-        if running.as_ref().map_or(wanted.is_empty(), |p| p.services() == wanted.as_slice()) {
-            return;
-        }
-        if let Some(old) = running.take() {
-            old.stop();
-        }
-        match start_l4_proxy(wanted) {
-            Ok(proxy) => *running = proxy,
-            Err(e) => tracing::error!(error = %e, "the L4 services proxied in user space could not restart"),
+        let errors = match running.as_mut() {
+            Some(proxy) => proxy.configure(wanted),
+            None if wanted.is_empty() => Vec::new(),
+            None => match start_l4_proxy(wanted, None, None) {
+                Ok(proxy) => {
+                    *running = proxy;
+                    Vec::new()
+                }
+                Err(e) => vec![std::io::Error::other(format!("{e:#}"))],
+            },
+        };
+        for e in errors {
+            tracing::error!(error = %e, "an L4 service could not be served in user space");
         }
     }
 
@@ -324,8 +333,21 @@ impl Node {
         sockets
     }
 
+    /// The userspace L4 services' sockets with their handover keys (copies: the proxy sits
+    /// behind a lock), for the process an upgrade starts.
+    pub fn l4_handover_sockets(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        let proxy = self.l4_proxy.lock();
+        let sockets = proxy.as_ref().map(|p| p.handover_sockets()).unwrap_or_default();
+        sockets.into_iter().filter_map(|(key, fd)| Some((key, fd.try_clone_to_owned().ok()?))).collect()
+    }
+
+    /// `limits.shutdown_grace_ms` (fixed at start).
+    fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.published.load().config.limits.shutdown_grace_ms)
+    }
+
     /// Stops health supervision for an upgrade, so the new process's supervisor is the only
-    /// writer of the steering tables once it starts.
+    /// writer of the steering and L4 tables once it starts.
     pub fn pause_supervision(&self) {
         if let Some(kernel) = &self.kernel {
             kernel.pause();
@@ -365,12 +387,20 @@ impl Node {
     /// in-flight requests and WebSockets up to `limits.shutdown_grace_ms`, and the kernel
     /// side is left pinned and attached for the new process.
     pub fn finish_handover(self) {
-        let Node { workers, kernel, admin, metrics_server, .. } = self;
+        let deadline = Instant::now() + self.shutdown_grace();
+        let Node { workers, kernel, admin, metrics_server, l4_proxy, .. } = self;
         drop((admin, metrics_server));
         if let Some(kernel) = &kernel {
             kernel.dataplane.release_pins();
         }
+        let mut l4_proxy = l4_proxy.into_inner();
+        if let Some(proxy) = &mut l4_proxy {
+            proxy.close();
+        }
         workers.stop();
+        if let Some(proxy) = l4_proxy {
+            proxy.stop(deadline.saturating_duration_since(Instant::now()));
+        }
         if let Some(kernel) = kernel {
             kernel.release();
         }
@@ -382,11 +412,16 @@ impl Node {
     /// port only through its rewrite, so detaching first would reset it.
     pub fn stop(self) -> anyhow::Result<()> {
         self.admin_state.serving.store(false, Ordering::Relaxed);
+        let deadline = Instant::now() + self.shutdown_grace();
         let Node { workers, kernel, l4_proxy, .. } = self;
-        if let Some(proxy) = l4_proxy.into_inner() {
-            proxy.stop();
+        let mut l4_proxy = l4_proxy.into_inner();
+        if let Some(proxy) = &mut l4_proxy {
+            proxy.close();
         }
         workers.stop();
+        if let Some(proxy) = l4_proxy {
+            proxy.stop(deadline.saturating_duration_since(Instant::now()));
+        }
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
@@ -397,14 +432,16 @@ impl Node {
 /// Starts the userspace L4 proxy for `services`, if any.
 fn start_l4_proxy(
     services: Vec<crate::config::L4ServiceConfig>,
+    inherited: Option<&Inherited>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> anyhow::Result<Option<crate::proxy::l4::L4Proxy>> {
     if services.is_empty() {
         return Ok(None);
     }
     let names: Vec<String> =
         services.iter().map(|s| format!("{} ({} {})", s.name, s.protocol, s.address)).collect();
-    let proxy =
-        crate::proxy::l4::L4Proxy::start(services).context("cannot serve the L4 services in user space")?;
+    let proxy = crate::proxy::l4::L4Proxy::start(services, inherited, gate)
+        .context("cannot serve the L4 services in user space")?;
     tracing::info!(services = %names.join(", "), "L4 services proxied in user space");
     Ok(Some(proxy))
 }
@@ -465,12 +502,20 @@ struct KernelPath {
     workers: u32,
     /// Written on start and by reloads; the lock is never on a packet or request path.
     guard: Option<parking_lot::Mutex<Guard>>,
-    /// The L4 services' health checks and tables, when any is balanced in XDP.
-    l4: parking_lot::Mutex<Option<L4Supervisor>>,
+    /// The L4 services' health checks and tables.
+    l4: parking_lot::Mutex<L4Tables>,
     /// The source address of L4 traffic towards endpoints.
     snat: Option<std::net::Ipv4Addr>,
-    /// Opened before steering takes the services map, for the L4 supervisor's first start.
-    l4_maps: parking_lot::Mutex<Option<crate::dataplane::L4Maps>>,
+}
+
+/// Who writes the L4 maps.
+enum L4Tables {
+    /// No L4 service yet: the maps (opened before steering takes the services map) wait for
+    /// the first one.
+    Idle(Option<crate::dataplane::L4Maps>),
+    Running(L4Supervisor),
+    /// Stopped for an upgrade, with the services last configured, for a resume.
+    Paused(crate::dataplane::L4Maps, Vec<L4Target>),
 }
 
 /// The steering tables, owned by the running supervisor or held while an upgrade runs.
@@ -503,9 +548,8 @@ impl KernelPath {
                 supervisor,
                 workers: config.worker_count() as u32,
                 guard: None,
-                l4: parking_lot::Mutex::new(None),
+                l4: parking_lot::Mutex::new(L4Tables::Idle(None)),
                 snat: None,
-                l4_maps: parking_lot::Mutex::new(None),
             },
             heartbeats,
         ))
@@ -528,7 +572,8 @@ impl KernelPath {
             })
             .collect();
         // The L4 maps share the services map with steering: opened before steering takes it.
-        *self.l4_maps.get_mut() = Some(self.dataplane.open_l4().inspect_err(|e| disabled(e)).ok()?);
+        *self.l4.get_mut() =
+            L4Tables::Idle(Some(self.dataplane.open_l4().inspect_err(|e| disabled(e)).ok()?));
         let mut steering = self.dataplane.take_steering().inspect_err(|e| disabled(e)).ok()?;
         steering.install(services).inspect_err(|e| disabled(e)).ok()?;
         let supervisor = self
@@ -569,20 +614,22 @@ impl KernelPath {
     }
 
     /// Balances `config.l4_services` in XDP: starts the supervisor at the first service and
-    /// hands it every later set (it diffs).
+    /// hands it every later set (it diffs). While paused for an upgrade the set is kept for
+    /// the resume.
     fn apply_l4(&self, config: &Config) {
         let targets = l4_targets(config, self.snat);
         let mut l4 = self.l4.lock();
-        match l4.as_ref() {
-            Some(supervisor) => supervisor.configure(targets),
-            None if targets.is_empty() => {}
-            None => {
-                let Some(maps) = self.l4_maps.lock().take() else {
+        match &mut *l4 {
+            L4Tables::Running(supervisor) => supervisor.configure(targets),
+            L4Tables::Paused(_, kept) => *kept = targets,
+            L4Tables::Idle(_) if targets.is_empty() => {}
+            L4Tables::Idle(maps) => {
+                let Some(maps) = maps.take() else {
                     tracing::error!("the L4 maps are not open: the L4 services are not balanced in XDP");
                     return;
                 };
                 match L4Supervisor::start(maps, targets) {
-                    Ok(supervisor) => *l4 = Some(supervisor),
+                    Ok(supervisor) => *l4 = L4Tables::Running(supervisor),
                     Err(e) => tracing::error!(error = %e, "cannot start the L4 supervisor thread"),
                 }
             }
@@ -599,7 +646,7 @@ impl KernelPath {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read XDP counters"),
         }
-        if let Some(l4) = self.l4.get_mut().take() {
+        if let L4Tables::Running(l4) = std::mem::replace(self.l4.get_mut(), L4Tables::Idle(None)) {
             l4.stop();
         }
         self.dataplane.detach_all().context("detaching XDP")?;
@@ -619,6 +666,16 @@ impl KernelPath {
         {
             *supervision = Supervision::Paused(Box::new(steering));
         }
+        let mut l4 = self.l4.lock();
+        if let L4Tables::Running(supervisor) = std::mem::replace(&mut *l4, L4Tables::Idle(None)) {
+            *l4 = match supervisor.stop() {
+                Some((maps, targets)) => L4Tables::Paused(maps, targets),
+                None => {
+                    tracing::error!("the L4 supervisor ended abnormally; the L4 tables stay as they are");
+                    L4Tables::Idle(None)
+                }
+            };
+        }
     }
 
     fn resume(&self) {
@@ -632,6 +689,14 @@ impl KernelPath {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot restart health supervision; steering stays as it is")
                 }
+            }
+        }
+        let mut l4 = self.l4.lock();
+        if let L4Tables::Paused(mut maps, targets) = std::mem::replace(&mut *l4, L4Tables::Idle(None)) {
+            maps.forget_written();
+            match L4Supervisor::start(maps, targets) {
+                Ok(supervisor) => *l4 = L4Tables::Running(supervisor),
+                Err(e) => tracing::error!(error = %e, "cannot restart the L4 supervisor thread"),
             }
         }
     }

@@ -30,6 +30,7 @@ use lb_tests::{
         objects::{SliceEndpoint, endpoint_slice, ingress, ingress_class, service},
         sluice::{KubeSluice, KubeSluiceOptions},
     },
+    free_port,
     http::{self, Client, HttpResponse, http_get},
     process::ChildGuard,
     require_root,
@@ -400,6 +401,122 @@ fn in_kubernetes_mode_the_new_process_accepts_only_with_the_clusters_routes() {
         writes.iter().all(|body| body.contains("\"holderIdentity\":\"sluice-a\"")),
         "no write released the Lease: {writes:#?}"
     );
+    new.terminate();
+}
+
+/// Without XDP the L4 services are proxied in user space: an upgrade hands their sockets (a
+/// TCP listener, a UDP socket) to the new process like the workers', so new connections and
+/// datagrams are answered throughout, and a TCP connection opened before goes on through the
+/// old process, which drains it (up to `shutdown_grace_ms`) and exits once it closes.
+#[test]
+fn l4_services_in_user_space_are_handed_over_and_their_connections_drain() {
+    let tcp_endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp_endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in tcp_endpoint.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut stream, &mut buf) {
+                    if std::io::Write::write_all(&mut stream, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let udp_endpoint = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_addr = udp_endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = udp_endpoint.recv_from(&mut buf) {
+            let _ = udp_endpoint.send_to(&buf[..n], from);
+        }
+    });
+    let (web, tcp_port, udp_port) = (free_port(), free_port(), free_port());
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = TempDir::new();
+    let config = dir.0.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers: 1\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nadmin: {{address: \"{admin}\"}}\n\
+             limits: {{shutdown_delay_ms: 0, shutdown_grace_ms: 20000}}\n\
+             listeners: [{{name: web, address: \"127.0.0.1:{web}\"}}]\n\
+             l4_services:\n\
+             \x20 - {{name: t, address: \"127.0.0.1:{tcp_port}\", endpoints: [\"{tcp_addr}\"]}}\n\
+             \x20 - {{name: u, address: \"127.0.0.1:{udp_port}\", protocol: udp, endpoints: [\"{udp_addr}\"]}}\n"
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.0.join("run");
+    let instance = format!("t{}-l4", std::process::id());
+    let mut command = std::process::Command::new(sluice_binary().unwrap());
+    command.args(["run", "--config"]).arg(&config).args(["--instance", &instance, "--run-dir"]).arg(&run_dir);
+    let mut old = ChildGuard::spawn(command).unwrap();
+    wait_for(Duration::from_secs(30), "sluice to be ready", || {
+        assert!(old.try_status().is_none(), "sluice exited:\n{}", old.output());
+        http_get(admin, "/readyz").is_ok_and(|r| r.status == 200).then_some(())
+    })
+    .unwrap();
+
+    fn echo(stream: &mut TcpStream, what: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(stream, what)?;
+        let mut answer = vec![0u8; what.len()];
+        std::io::Read::read_exact(stream, &mut answer)?;
+        (answer == what).then_some(()).ok_or_else(|| std::io::Error::other("another answer"))
+    }
+    let connect = move || -> std::io::Result<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", tcp_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(stream)
+    };
+    let mut before = connect().unwrap();
+    echo(&mut before, b"before").unwrap();
+
+    // New TCP connections and UDP datagrams, one after another, until told to stop.
+    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let load = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            udp.connect(("127.0.0.1", udp_port)).unwrap();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < 100_000 {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                let message = format!("m{n}");
+                if let Err(e) = connect().and_then(|mut s| echo(&mut s, message.as_bytes())) {
+                    failures.push(format!("tcp {n}: {e}"));
+                }
+                let mut buf = [0u8; 64];
+                let answered = udp.send(message.as_bytes()).and_then(|_| udp.recv(&mut buf));
+                if !answered.as_ref().is_ok_and(|&len| buf[..len] == *message.as_bytes()) {
+                    failures.push(format!("udp {n}: {answered:?}"));
+                }
+            }
+            failures
+        })
+    };
+    wait_for_load(&sent, 50, "before the upgrade");
+
+    let (ok, said) = upgrade_command(&run_dir, &instance, None, 30);
+    assert!(ok, "{said}\n{}", old.output());
+    let new_pid: u32 = said.split("pid ").nth(1).and_then(|r| r.split(')').next()).unwrap().parse().unwrap();
+    let new = PidGuard(new_pid);
+    wait_for_load(&sent, 100, "after the handover");
+
+    // The connection from before still works through the old process, which waits for it.
+    echo(&mut before, b"after").unwrap();
+    assert!(old.try_status().is_none(), "the old process drains while the connection is open");
+    drop(before);
+    wait_for(Duration::from_secs(20), "the old process to exit once drained", || old.try_status())
+        .unwrap_or_else(|e| panic!("{e}\n{}", old.output()));
+    wait_for_load(&sent, 100, "after the old process exited");
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.join().unwrap();
+    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
+    assert!(old.output().contains("handed over"), "{}", old.output());
     new.terminate();
 }
 

@@ -328,7 +328,9 @@ impl Setup {
         drop(theirs);
         let pid = child.id();
         tracing::info!(pid, binary = %binary.display(), "upgrade: new process started; handing over the sockets");
+        let l4_sockets = node.l4_handover_sockets();
         let mut sockets = node.handover_sockets();
+        sockets.extend(l4_sockets.iter().map(|(key, fd)| (key.clone(), std::os::fd::AsFd::as_fd(fd))));
         sockets.push(("control".to_owned(), std::os::fd::AsFd::as_fd(&self.control)));
         let outcome = match channel.send_sockets(&sockets) {
             Err(e) => Outcome::Failed(format!("the handover failed: {e}")),

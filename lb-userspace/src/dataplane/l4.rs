@@ -112,6 +112,12 @@ impl L4Maps {
         Ok(())
     }
 
+    /// Forgets what was written, so that the next `apply` writes every service whole: another
+    /// process (a failed upgrade's) may have changed the maps meanwhile.
+    pub fn forget_written(&mut self) {
+        self.installed.iter_mut().for_each(|i| *i = None);
+    }
+
     /// The Maglev table last written for service `id`.
     pub fn table(&self, id: usize) -> Option<&[u32]> {
         self.installed.get(id)?.as_ref().map(|i| i.table.as_slice())

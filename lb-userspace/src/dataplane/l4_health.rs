@@ -36,7 +36,7 @@ enum Command {
 /// The running supervisor. Dropping it stops it and every checker.
 pub struct L4Supervisor {
     commands: mpsc::Sender<Command>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<(L4Maps, Vec<L4Target>)>>,
 }
 
 impl L4Supervisor {
@@ -57,15 +57,15 @@ impl L4Supervisor {
         let _ = self.commands.send(Command::Configure(targets));
     }
 
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops checking and writing; gives back the maps and the services last configured
+    /// (for a supervisor started again after a failed upgrade).
+    pub fn stop(mut self) -> Option<(L4Maps, Vec<L4Target>)> {
+        self.shutdown()
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self) -> Option<(L4Maps, Vec<L4Target>)> {
         let _ = self.commands.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.take()?.join().ok()
     }
 }
 
@@ -81,7 +81,11 @@ struct Checker {
     thread: JoinHandle<()>,
 }
 
-fn run(mut maps: L4Maps, commands: mpsc::Receiver<Command>, sender: mpsc::Sender<Command>) {
+fn run(
+    mut maps: L4Maps,
+    commands: mpsc::Receiver<Command>,
+    sender: mpsc::Sender<Command>,
+) -> (L4Maps, Vec<L4Target>) {
     let mut generation = 0u64;
     let mut targets: Vec<L4Target> = Vec::new();
     let mut healthy: Vec<BTreeSet<SocketAddr>> = Vec::new();
@@ -149,6 +153,7 @@ fn run(mut maps: L4Maps, commands: mpsc::Receiver<Command>, sender: mpsc::Sender
         }
     }
     stop_all(&mut checkers);
+    (maps, targets)
 }
 
 fn write(maps: &mut L4Maps, targets: &[L4Target], healthy: &[BTreeSet<SocketAddr>]) {
