@@ -157,14 +157,24 @@ pub struct CountersReader {
 
 impl CountersReader {
     pub fn read(&self) -> Result<Counters> {
-        let mut counters = Counters::default();
-        for &stat in Stat::ALL {
-            let per_cpu =
-                self.stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
-            counters.values[stat.index() as usize] = per_cpu.iter().sum();
-        }
-        Ok(counters)
+        read_counters(&self.stats)
     }
+}
+
+/// Sums every counter over the CPUs. A counter past the array's end reads 0: after an upgrade
+/// the array is the one the first process created, which an older binary made with fewer
+/// counters (`pin::check_pins_match` lets it through), and the program skips what it cannot
+/// find.
+fn read_counters<T: std::borrow::Borrow<MapData>>(stats: &PerCpuArray<T, u64>) -> Result<Counters> {
+    let mut counters = Counters::default();
+    for &stat in Stat::ALL {
+        counters.values[stat.index() as usize] = match stats.get(&stat.index(), 0) {
+            Ok(per_cpu) => per_cpu.iter().sum(),
+            Err(aya::maps::MapError::OutOfBounds { .. }) => 0,
+            Err(source) => return Err(Error::Map { name: STATS_MAP, source }),
+        };
+    }
+    Ok(counters)
 }
 
 /// The loaded eBPF object. Dropping it detaches every program it attached: the links are
@@ -430,13 +440,7 @@ impl Dataplane {
         let map = self.ebpf.map(STATS_MAP).ok_or(Error::Missing(STATS_MAP))?;
         let stats =
             PerCpuArray::<_, u64>::try_from(map).map_err(|source| Error::Map { name: STATS_MAP, source })?;
-        let mut counters = Counters::default();
-        for &stat in Stat::ALL {
-            let per_cpu =
-                stats.get(&stat.index(), 0).map_err(|source| Error::Map { name: STATS_MAP, source })?;
-            counters.values[stat.index() as usize] = per_cpu.iter().sum();
-        }
-        Ok(counters)
+        read_counters(&stats)
     }
 
     /// A reader of the counters with its own map descriptor, for another thread (the admin

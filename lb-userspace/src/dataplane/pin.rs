@@ -103,10 +103,13 @@ pub(super) fn map_names(object: &[u8]) -> Result<Vec<String>> {
 }
 
 /// Refuses to reuse pinned maps whose shape differs from this object's map of the same name:
-/// aya reuses a pin by its path without looking, and a program whose map grew (a counter added
-/// to the stats array) or changed its key or value would read and write another layout. Such
-/// an upgrade fails before anything is touched, the old process keeps serving, and a restart
-/// (which creates the maps afresh) is the way to that binary.
+/// aya reuses a pin by its path without looking, and a program whose map changed its key or
+/// value would read and write another layout. Such an upgrade fails before anything is
+/// touched, the old process keeps serving, and a restart (which creates the maps afresh) is
+/// the way to that binary. One growth is let through: a stats array with fewer counters than
+/// this binary's (a release that added counters). Its program finds no slot for the new ones
+/// (an array lookup past the end gives nothing, which every counter update checks), so they
+/// read 0 until a restart, and the upgrade keeps every connection.
 pub(super) fn check_pins_match(dir: &Path, object: &[u8]) -> Result<()> {
     let object =
         aya_obj::Object::parse(object).map_err(|e| Error::Pin(format!("parsing the object: {e}")))?;
@@ -124,6 +127,14 @@ pub(super) fn check_pins_match(dir: &Path, object: &[u8]) -> Result<()> {
         if let Some(why) = shape_mismatch(name, shapes) {
             return Err(Error::Pin(why));
         }
+        if shapes[0] != shapes[1] {
+            tracing::warn!(
+                map = %name,
+                pinned = shapes[0].entries,
+                ours = shapes[1].entries,
+                "the pinned stats array has fewer counters than this binary's: the new ones read 0 until a restart"
+            );
+        }
     }
     Ok(())
 }
@@ -138,7 +149,10 @@ struct MapShape {
 
 /// Why the pinned map (first) cannot serve as this object's (second), if it cannot.
 fn shape_mismatch(name: &str, [pinned, ours]: [MapShape; 2]) -> Option<String> {
-    (pinned != ours).then(|| {
+    let fewer_counters = name == lb_common::STATS_MAP
+        && (pinned.key, pinned.value) == (ours.key, ours.value)
+        && pinned.entries < ours.entries;
+    (pinned != ours && !fewer_counters).then(|| {
         format!(
             "the pinned map {name} (key {} B, value {} B, {} entries) differs from this binary's (key {} B, value {} B, {} entries); an upgrade cannot carry it over: restart the instance to run this binary",
             pinned.key, pinned.value, pinned.entries, ours.key, ours.value, ours.entries
@@ -248,13 +262,22 @@ mod tests {
     fn a_pinned_map_of_another_shape_is_refused_by_name() {
         let stats = |entries| MapShape { key: 4, value: 8, entries };
         assert_eq!(shape_mismatch("SLUICE_STATS", [stats(22), stats(22)]), None);
-        // The guard's upgrade: the stats array grew from 18 to 22 counters.
-        let why = shape_mismatch("SLUICE_STATS", [stats(18), stats(22)]).unwrap();
+        // A release that added counters (the guard's took the array from 18 to 22) upgrades.
+        assert_eq!(shape_mismatch("SLUICE_STATS", [stats(18), stats(22)]), None);
+        // One that removed some would count into slots that no longer exist.
+        let why = shape_mismatch("SLUICE_STATS", [stats(29), stats(22)]).unwrap();
         assert!(
-            why.contains("SLUICE_STATS") && why.contains("18 entries") && why.contains("22 entries"),
+            why.contains("SLUICE_STATS") && why.contains("29 entries") && why.contains("22 entries"),
             "{why}"
         );
         assert!(why.contains("restart the instance"), "{why}");
+        let wider = MapShape { key: 4, value: 16, entries: 29 };
+        assert!(shape_mismatch("SLUICE_STATS", [stats(22), wider]).is_some(), "another counter size");
+        let table = |entries| MapShape { key: 4, value: 4, entries };
+        assert!(
+            shape_mismatch("SLUICE_MAGLEV", [table(100), table(200)]).is_some(),
+            "only the stats may grow"
+        );
         let flow = |value| MapShape { key: 16, value, entries: 65536 };
         assert!(shape_mismatch("SLUICE_CONNTRACK", [flow(8), flow(12)]).is_some(), "a value layout change");
     }
