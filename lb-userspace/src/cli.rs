@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the load balancer until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a configuration file (every error with line:column, exit 1 on error), or
     /// translate Ingress manifests offline as the controller would (--ingress FILE...).
     Check(check::CheckArgs),
@@ -153,6 +153,21 @@ pub struct KubernetesArgs {
     /// made at start (CN "Kubernetes Ingress Controller Fake Certificate"), as ingress-nginx.
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
     pub default_ssl_certificate: Option<String>,
+    /// ingress-nginx's tcp-services ConfigMap (`NAMESPACE/NAME`), watched: each entry
+    /// `"PORT": "NAMESPACE/SERVICE:PORT[:PROXY[:PROXY]]"` exposes a Service port as a TCP
+    /// service on PORT of every node address (an L4 service, balanced in XDP when it can be).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub tcp_services_configmap: Option<String>,
+    /// ingress-nginx's udp-services ConfigMap (`NAMESPACE/NAME`), watched: each entry
+    /// `"PORT": "NAMESPACE/SERVICE:PORT"` exposes a Service port as a UDP service on PORT.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kubernetes", value_parser = namespaced_name)]
+    pub udp_services_configmap: Option<String>,
+    /// Balance the tcp/udp-services entries in XDP (DNAT and SNAT in the kernel) instead of
+    /// proxying them in user space. Only when every endpoint's replies come back through an
+    /// interface XDP is attached to: routed pod addresses on other nodes, no overlay, no
+    /// endpoint on the node itself (pods behind veths).
+    #[arg(long, requires = "kubernetes")]
+    pub l4_services_in_xdp: bool,
 }
 
 /// `NAMESPACE/NAME`, both parts non-empty.
@@ -172,7 +187,7 @@ pub enum LogFormat {
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) if args.instance.instance.is_some() && keeper::wanted() => keeper::run(),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Status { admin, json } => status(admin, json),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
@@ -393,6 +408,9 @@ fn kube_options(args: &KubernetesArgs) -> crate::provider::kube::KubeOptions {
         controller_configmap: args.nginx_configmap.clone(),
         default_backend_service: args.default_backend_service.clone(),
         default_ssl_certificate: args.default_ssl_certificate.clone(),
+        tcp_services_configmap: args.tcp_services_configmap.clone(),
+        udp_services_configmap: args.udp_services_configmap.clone(),
+        l4_in_xdp: args.l4_services_in_xdp,
         ..KubeOptions::default()
     }
 }

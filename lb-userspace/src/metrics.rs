@@ -158,6 +158,19 @@ const MIRRORED_OUTCOMES: [&str; 4] = ["sent", "failed", "dropped", "body_not_hel
 /// The reasons a PROXY protocol listener closes a connection (`proxy_protocol::Invalid::reason`).
 const PROXY_PROTOCOL_REASONS: [&str; 3] = ["invalid", "timeout", "closed"];
 
+/// Connections to L4 services with `accept_proxy_protocol` closed for want of a valid header,
+/// by reason (index into `PROXY_PROTOCOL_REASONS`): the user-space L4 proxy has no worker of
+/// its own, so it counts here, and `sluice_proxy_protocol_refused_total` adds these in.
+static L4_PROXY_PROTOCOL_REFUSED: [AtomicU64; PROXY_PROTOCOL_REASONS.len()] =
+    [const { AtomicU64::new(0) }; PROXY_PROTOCOL_REASONS.len()];
+
+/// An L4 service's connection closed for want of a valid PROXY protocol header.
+pub fn l4_proxy_protocol_refused(reason: &str) {
+    if let Some(i) = PROXY_PROTOCOL_REASONS.iter().position(|r| *r == reason) {
+        L4_PROXY_PROTOCOL_REFUSED[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl WorkerMetrics {
     /// A finished request.
     pub fn request(&self, host: &Arc<str>, route: &Arc<str>, status: u16, duration: Duration) {
@@ -417,6 +430,7 @@ impl Collector for Metrics {
         for (i, reason) in PROXY_PROTOCOL_REASONS.iter().enumerate() {
             let total: u64 =
                 self.workers.iter().map(|w| w.proxy_protocol_refused[i].load(Ordering::Relaxed)).sum();
+            let total = total + L4_PROXY_PROTOCOL_REFUSED[i].load(Ordering::Relaxed);
             ConstCounter::new(total).encode(family.encode_family(&[("reason", (*reason).to_owned())])?)?;
         }
 

@@ -714,13 +714,18 @@ impl KernelPath {
 }
 
 /// Why XDP does not balance `service`, if it does not: the PROXY protocol (no XDP program can
-/// add bytes to a flow), IPv6 (the fast path is IPv4 for now), or no node address for SNAT.
+/// add bytes to a flow or take them off), IPv6 (the fast path is IPv4 for now), or no node
+/// address for SNAT.
 fn not_in_xdp(
     service: &crate::config::L4ServiceConfig,
     snat: Option<std::net::Ipv4Addr>,
 ) -> Option<&'static str> {
-    if service.proxy_protocol.is_some() {
+    if !service.xdp {
+        Some("its xdp setting is false")
+    } else if service.proxy_protocol.is_some() {
         Some("it sends the PROXY protocol")
+    } else if service.accept_proxy_protocol {
+        Some("it reads a PROXY protocol header from its clients")
     } else if !service.address.is_ipv4() {
         Some("it is an IPv6 service")
     } else if snat.is_none() {

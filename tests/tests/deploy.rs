@@ -1360,7 +1360,7 @@ fn run_args(argv: &[String]) -> anyhow::Result<RunArgs> {
     let cli =
         Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("`sluice run` refuses {argv:?}:\n{e}"))?;
     match cli.command {
-        SluiceCommand::Run(args) => Ok(args),
+        SluiceCommand::Run(args) => Ok(*args),
         other => bail!("not `sluice run`: {other:?}"),
     }
 }

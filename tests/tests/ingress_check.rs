@@ -27,6 +27,21 @@ fn a_served_ingress_prints_its_routes_backends_and_endpoints() {
 }
 
 #[test]
+fn tcp_services_entries_are_listed_and_the_ones_not_served_warned() {
+    let (code, out, err) = check(&[
+        "--ingress",
+        "shop.yaml",
+        "tcp-services.yaml",
+        "--tcp-services-configmap",
+        "ingress-nginx/tcp-services",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // On every node address, to the ready endpoint of the Service port named.
+    assert!(out.contains("l4 services:\n  tcp/5432 0.0.0.0:5432 -> 10.0.0.1:8080\n"), "{out}");
+    assert!(out.contains("port 9999: Service shop/missing not found; skipped"), "{out}");
+}
+
+#[test]
 fn refusals_fail_the_check_and_every_warning_is_printed() {
     let (code, out, err) = check(&["--ingress", "shop.yaml", "refused.yaml", "other-class.yaml"]);
     assert_eq!(code, 1, "a refused Ingress fails the check:\n{out}{err}");

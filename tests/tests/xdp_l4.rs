@@ -161,6 +161,84 @@ fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_
     node.stop().unwrap();
 }
 
+/// A `tcp-services` entry (the Kubernetes translation, with `--l4-services-in-xdp`) on the
+/// same path: it becomes a service on every node address (`0.0.0.0:PORT`, the services map's
+/// wildcard entry), balanced in XDP over the Service's ready endpoints with the node as their
+/// source, no worker on the path.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn a_tcp_services_entry_is_balanced_in_xdp_on_every_node_address() {
+    use lb_tests::fake_kube::objects::{SliceEndpoint, config_map, endpoint_slice_ports, service_ports};
+    use lb_userspace::provider::kube::{ClusterState, Settings, Translator};
+    fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(value).unwrap())
+    }
+    require_root!();
+    let topology = Topology::new(BACKENDS).unwrap();
+    for (ns, interface) in [(&topology.client, HOST_IF), (&topology.node, NODE_CLIENT_IF)] {
+        ns.checksum_offload_off(interface).unwrap();
+    }
+    for i in 0..BACKENDS {
+        topology.backends[i].checksum_offload_off(HOST_IF).unwrap();
+        topology.node.checksum_offload_off(&format!("veth-b{i}")).unwrap();
+    }
+    let _backends: Vec<EchoBackend> =
+        (0..BACKENDS).map(|i| EchoBackend::start(&topology.backends[i], i, topology.backend_v4(i))).collect();
+    let ready: Vec<SliceEndpoint> =
+        (0..BACKENDS).map(|i| SliceEndpoint::ready(&topology.backend_v4(i).to_string())).collect();
+    let state = ClusterState {
+        services: vec![typed(service_ports("apps", "echo", &[("echo", 80, TCP_PORT, "TCP")]))],
+        slices: vec![typed(endpoint_slice_ports(
+            "apps",
+            "echo-1",
+            "echo",
+            "IPv4",
+            &[("echo", TCP_PORT, "TCP")],
+            &ready,
+        ))],
+        configmaps: vec![typed(config_map("sluice", "tcp-services", &[("9000", "apps/echo:echo")]))],
+        ..ClusterState::default()
+    };
+    let base = Config::from_yaml(
+        &format!(
+            "listeners: [{{name: web, address: '127.0.0.1:18080'}}]\nworkers: 2\naccess_log: {{enabled: false}}\n\
+             metrics: {{address: '127.0.0.1:0'}}\nxdp: {{interfaces: [{NODE_CLIENT_IF}, veth-b0, veth-b1, veth-b2], mode: skb}}\n"
+        ),
+        "base",
+    )
+    .unwrap();
+    let translator = Translator::new(Settings {
+        tcp_services_configmap: Some("sluice/tcp-services".into()),
+        l4_in_xdp: true,
+        ..Settings::default()
+    });
+    let config = translator.build(&base, &state).unwrap().config;
+    assert_eq!(config.l4_services.len(), 1);
+    assert_eq!(config.l4_services[0].address, SocketAddr::from(([0, 0, 0, 0], 9000)));
+    let node = topology.node.run(move || Node::start(&config)).unwrap().unwrap();
+    assert!(node.dataplane().is_some(), "the kernel path is running");
+    let node_v4 = topology.node_v4();
+    let target = SocketAddr::from((node_v4, 9000));
+    wait_for(Duration::from_secs(5), "a first TCP exchange", || {
+        topology.client.run(move || tcp_exchange(target).ok()).unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}; {:?}", node.dataplane().unwrap().counters()));
+    let before = node.dataplane().unwrap().counters().unwrap();
+    let answers =
+        topology.client.run(move || (0..300).map(|_| tcp_exchange(target)).collect::<Vec<_>>()).unwrap();
+    let mut served = BTreeMap::new();
+    for answer in answers {
+        let (backend, seen) = answer.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(seen.ip(), std::net::IpAddr::V4(node_v4), "the backend sees the node as the source");
+        *served.entry(backend).or_insert(0usize) += 1;
+    }
+    assert_eq!(served.len(), BACKENDS, "{served:?}");
+    let after = node.dataplane().unwrap().counters().unwrap();
+    assert!(after.get(Stat::L4NewFlows) - before.get(Stat::L4NewFlows) >= 300, "{after:?}");
+    assert_eq!(worker_connections(&topology, &node), 0, "no worker accepted anything");
+    node.stop().unwrap();
+}
+
 fn start_node(topology: &Topology) -> Node {
     let endpoints = |port: u16| {
         (0..BACKENDS).map(|i| format!("'{}:{port}'", topology.backend_v4(i))).collect::<Vec<_>>().join(", ")

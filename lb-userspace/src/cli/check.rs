@@ -50,6 +50,13 @@ pub struct CheckArgs {
     /// `sluice run --default-ssl-certificate` (it comes from the manifests).
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
     pub default_ssl_certificate: Option<String>,
+    /// With --ingress: ingress-nginx's tcp-services ConfigMap, `NAMESPACE/NAME`, as
+    /// `sluice run --tcp-services-configmap` (it and its Services come from the manifests).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
+    pub tcp_services_configmap: Option<String>,
+    /// With --ingress: the udp-services ConfigMap, as `sluice run --udp-services-configmap`.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ingress")]
+    pub udp_services_configmap: Option<String>,
 }
 
 /// Refused or set-aside Ingresses, a configuration that does not validate, or (with
@@ -91,6 +98,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         controller_configmap: args.nginx_configmap.clone(),
         default_backend_service: args.default_backend_service.clone(),
         default_ssl_certificate: args.default_ssl_certificate.clone(),
+        tcp_services_configmap: args.tcp_services_configmap.clone(),
+        udp_services_configmap: args.udp_services_configmap.clone(),
+        ..Settings::default()
     });
     let translation = match translator.build(&base, &manifests.state) {
         Ok(translation) => translation,
@@ -302,6 +312,13 @@ impl Report {
             let endpoints =
                 if endpoints.is_empty() { "no endpoints (503)".to_owned() } else { endpoints.join(", ") };
             let _ = writeln!(out, "  {}: {endpoints}", backend.name);
+        }
+        if !config.l4_services.is_empty() {
+            let _ = writeln!(out, "\nl4 services:");
+            for service in &config.l4_services {
+                let endpoints: Vec<String> = service.endpoints.iter().map(ToString::to_string).collect();
+                let _ = writeln!(out, "  {} {} -> {}", service.name, service.address, endpoints.join(", "));
+            }
         }
         if !self.warnings.is_empty() {
             let _ = writeln!(out, "\nwarnings:");

@@ -85,6 +85,7 @@ pub fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
             controller_configmap: args.nginx_configmap.clone(),
             default_backend_service: args.default_backend_service.clone(),
             default_ssl_certificate: args.default_ssl_certificate.clone(),
+            ..Settings::default()
         }),
         base,
     ));

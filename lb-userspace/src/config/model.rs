@@ -1854,6 +1854,19 @@ pub struct L4ServiceConfig {
     /// to a flow's first payload, so such services are always proxied by the workers.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// TCP only: every connection starts with a PROXY protocol header (v1 or v2) from a
+    /// balancer in front; it is read and taken off, its source is the client (for the choice
+    /// of endpoint and for `proxy_protocol` towards the endpoint). A connection without a
+    /// valid header is closed and counted. XDP cannot take bytes off a flow either, so such
+    /// services are always proxied by the workers (ingress-nginx's third `PROXY` field).
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
+    /// Balance it in XDP when the kernel path is on (the default). `false` has the workers'
+    /// side proxy it in user space: for endpoints whose replies do not come back through an
+    /// interface XDP is attached to (pods behind veths on this node, an overlay network), which
+    /// XDP's source NAT needs.
+    #[serde(default = "enabled_by_default")]
+    pub xdp: bool,
 }
 
 impl L4ServiceConfig {
@@ -1938,3 +1951,6 @@ impl Default for L4HealthCheck {
 pub const L4_ENDPOINTS_MAX: usize = 256;
 /// L4 services per node (`lb_common::MAX_L4_SERVICES`).
 pub const L4_SERVICES_MAX: usize = 16;
+/// The node ports XDP takes as the source of L4 flows towards their endpoints
+/// (`lb_common::L4_SNAT_PORT_MIN..=L4_SNAT_PORT_MAX`, checked by the dataplane's tests).
+pub const L4_SNAT_PORTS: std::ops::RangeInclusive<u16> = 61_000..=65_535;

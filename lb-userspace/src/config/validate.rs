@@ -822,5 +822,8 @@ fn l4_services(config: &Config, found: &mut Problems) {
         if service.protocol == super::L4Protocol::Udp && service.proxy_protocol.is_some() {
             found.add(format!("{at}.proxy_protocol"), "the PROXY protocol is for TCP services only");
         }
+        if service.protocol == super::L4Protocol::Udp && service.accept_proxy_protocol {
+            found.add(format!("{at}.accept_proxy_protocol"), "the PROXY protocol is for TCP services only");
+        }
     }
 }

@@ -304,6 +304,7 @@ mod tests {
     fn sizes_agree_with_the_kernel_maps() {
         assert_eq!(crate::config::L4_ENDPOINTS_MAX, MAX_L4_BACKENDS as usize);
         assert_eq!(crate::config::L4_SERVICES_MAX, MAX_L4_SERVICES as usize);
+        assert_eq!(crate::config::L4_SNAT_PORTS, lb_common::L4_SNAT_PORT_MIN..=lb_common::L4_SNAT_PORT_MAX);
     }
 
     fn spec(endpoints: &[&str]) -> L4Spec {

@@ -1,7 +1,8 @@
 //! The L4 services in user space, for when XDP does not balance them (the kernel path is off,
-//! or a service needs what XDP cannot do: the PROXY protocol, IPv6 for now). TCP connections
-//! are spliced to a healthy endpoint (`upstream::passthrough::copy_both_ways`, with the PROXY
-//! header first when asked); UDP datagrams go through one connected socket per client flow,
+//! or a service needs what XDP cannot do: the PROXY protocol either way, IPv6 for now, or
+//! `xdp: false`). TCP connections are spliced to a healthy endpoint
+//! (`upstream::passthrough::copy_both_ways`, with the PROXY header first when asked; a
+//! client's header read and taken off first when the service accepts one); UDP datagrams go through one connected socket per client flow,
 //! forgotten after the service's idle timeout. Endpoints are checked as the kernel path checks
 //! them (`dataplane::l4_health::probe`). One thread with its own runtime; a flow's endpoint is
 //! chosen by a hash of the client's address and port over the healthy endpoints.
@@ -45,6 +46,10 @@ use crate::{
 
 /// A write to a side that stopped reading gives up after this.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A service with `accept_proxy_protocol` closes a connection whose header is not complete
+/// within this (nginx's `proxy_protocol_timeout` is 30 s; balancers send it with the first
+/// segment).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a reload waits for a removed service's task to let go of its socket before binding
 /// the new ones (an address that moved may overlap the old one).
@@ -412,27 +417,39 @@ async fn accept_tcp(serving: &mut Serving, listener: &TcpListener, open: Arc<Ato
             _ = serving.stop.changed() => return,
         };
         let config = serving.shared.config.load_full();
-        let Some(endpoint) = pick(&serving.shared.healthy, peer) else {
-            tracing::debug!(service = %config.name, "l4: no healthy endpoint; connection closed");
-            continue;
-        };
-        let local = local.unwrap_or(config.address);
+        // The address the client reached (a service on 0.0.0.0 is bound to none in particular).
+        let local = client.local_addr().ok().or(local).unwrap_or(config.address);
         let connection = OpenConnection::new(&open);
-        tokio::spawn(relay_tcp(client, peer, local, endpoint, (config, serving.shared.clone()), connection));
+        tokio::spawn(relay_tcp(client, peer, local, (config, serving.shared.clone()), connection));
     }
 }
 
-/// One TCP connection: connects to `endpoint` and copies both ways until either side ends,
-/// the idle bound passes, or (`reset` services) the endpoint leaves the healthy set.
+/// One TCP connection: takes off the client's PROXY header when the service accepts one (its
+/// source is then the client), picks an endpoint, connects and copies both ways until either
+/// side ends, the idle bound passes, or (`reset` services) the endpoint leaves the healthy set.
 async fn relay_tcp(
     client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    endpoint: SocketAddr,
     (config, shared): (Arc<L4ServiceConfig>, Arc<Shared>),
     _open: OpenConnection,
 ) {
     let mut client = client;
+    let mut source = peer;
+    if config.accept_proxy_protocol {
+        match proxy_protocol::read(&mut client, PROXY_HEADER_TIMEOUT).await {
+            Ok(header) => source = header.source.unwrap_or(peer),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "l4: connection closed: no valid PROXY protocol header");
+                crate::metrics::l4_proxy_protocol_refused(e.reason());
+                return;
+            }
+        }
+    }
+    let Some(endpoint) = pick(&shared.healthy, source) else {
+        tracing::debug!(service = %config.name, "l4: no healthy endpoint; connection closed");
+        return;
+    };
     let connect_timeout = Duration::from_millis(config.health_check.timeout_ms.max(1000));
     let Ok(Ok(mut upstream)) = tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
     else {
@@ -440,7 +457,7 @@ async fn relay_tcp(
         return;
     };
     let _ = upstream.set_nodelay(true);
-    let header = config.proxy_protocol.map(|v| proxy_protocol::encode(v, peer, local)).unwrap_or_default();
+    let header = config.proxy_protocol.map(|v| proxy_protocol::encode(v, source, local)).unwrap_or_default();
     let bounds = CopyBounds { idle: Some(config.idle_timeout()), send_timeout: SEND_TIMEOUT };
     let reset = config.on_endpoint_removal == L4Removal::Reset;
     let mut left = shared.left.subscribe();
@@ -614,6 +631,59 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         let answers: Vec<String> = (0..40).map(|_| ask()).collect();
         assert!(answers.iter().all(|a| a == "a"), "{answers:?}");
+        proxy.stop(Duration::ZERO);
+    }
+
+    /// A TCP endpoint that answers each connection with the bytes it received up to `hello`.
+    fn tcp_recorder() -> SocketAddr {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = [0u8; 256];
+                let mut seen = Vec::new();
+                while !seen.ends_with(b"hello") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(&seen);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_clients_proxy_protocol_header_is_taken_off_and_its_source_sent_on() {
+        let endpoint = tcp_recorder();
+        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let proxy = L4Proxy::start(
+            vec![service(&format!(
+                "{{name: t, address: '127.0.0.1:{port}', endpoints: ['{endpoint}'], accept_proxy_protocol: true, proxy_protocol: v1}}"
+            ))],
+            None,
+            None,
+        )
+        .unwrap();
+        let exchange = |sent: &[u8]| -> Vec<u8> {
+            let mut stream = StdStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            stream.write_all(sent).unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            answer
+        };
+        let answer = exchange(b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 5432\r\nhello");
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            format!("PROXY TCP4 203.0.113.7 127.0.0.1 40000 {port}\r\nhello"),
+            "the endpoint sees the client the header named, then the bytes after the header"
+        );
+        // Without a header the connection is closed before any endpoint sees it.
+        assert_eq!(exchange(b"GET / HTTP/1.1\r\n\r\nhello"), b"");
         proxy.stop(Duration::ZERO);
     }
 

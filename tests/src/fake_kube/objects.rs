@@ -90,6 +90,45 @@ pub fn endpoint_slice(
     port: u16,
     endpoints: &[SliceEndpoint],
 ) -> Value {
+    endpoint_slice_ports(namespace, name, service, address_type, &[("http", port, "TCP")], endpoints)
+}
+
+/// A ClusterIP Service with these ports: (name, port, targetPort, protocol).
+pub fn service_ports(namespace: &str, name: &str, ports: &[(&str, u16, u16, &str)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, port, target, protocol)| {
+            json!({"name": port_name, "port": port, "targetPort": target, "protocol": protocol})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"type": "ClusterIP", "ports": ports},
+    })
+}
+
+/// A ConfigMap with this data.
+pub fn config_map(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> =
+        data.iter().map(|(key, value)| (key.to_string(), Value::from(*value))).collect();
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": namespace, "name": name}, "data": data})
+}
+
+/// An EndpointSlice of `service` with these ports: (name, port, protocol).
+pub fn endpoint_slice_ports(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    address_type: &str,
+    ports: &[(&str, u16, &str)],
+    endpoints: &[SliceEndpoint],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, port, protocol)| json!({"name": port_name, "port": port, "protocol": protocol}))
+        .collect();
     let endpoints: Vec<Value> = endpoints
         .iter()
         .map(|e| {
@@ -109,7 +148,7 @@ pub fn endpoint_slice(
         },
         "addressType": address_type,
         "endpoints": endpoints,
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "ports": ports,
     })
 }
 

@@ -73,6 +73,12 @@ pub struct KubeOptions {
     pub default_backend_service: Option<String>,
     /// The TLS Secret served for unknown names, `NAMESPACE/NAME` (`--default-ssl-certificate`).
     pub default_ssl_certificate: Option<String>,
+    /// ingress-nginx's `tcp-services` / `udp-services` ConfigMaps, `NAMESPACE/NAME`
+    /// (`--tcp-services-configmap`, `--udp-services-configmap`).
+    pub tcp_services_configmap: Option<String>,
+    pub udp_services_configmap: Option<String>,
+    /// Balance their services in XDP (`--l4-services-in-xdp`).
+    pub l4_in_xdp: bool,
 }
 
 impl Default for KubeOptions {
@@ -86,6 +92,9 @@ impl Default for KubeOptions {
             controller_configmap: None,
             default_backend_service: None,
             default_ssl_certificate: None,
+            tcp_services_configmap: None,
+            udp_services_configmap: None,
+            l4_in_xdp: false,
         }
     }
 }
@@ -500,6 +509,9 @@ impl KubeProvider {
             controller_configmap: options.controller_configmap.clone(),
             default_backend_service: options.default_backend_service.clone(),
             default_ssl_certificate: options.default_ssl_certificate.clone(),
+            tcp_services_configmap: options.tcp_services_configmap.clone(),
+            udp_services_configmap: options.udp_services_configmap.clone(),
+            l4_in_xdp: options.l4_in_xdp,
         }));
         Ok(KubeProvider { client, options, translator })
     }

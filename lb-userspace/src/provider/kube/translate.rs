@@ -112,6 +112,15 @@ pub struct Settings {
     /// The TLS Secret served for names no Ingress TLS host claims, `NAMESPACE/NAME`
     /// (`--default-ssl-certificate`); without it, a generated self-signed certificate.
     pub default_ssl_certificate: Option<String>,
+    /// ingress-nginx's `tcp-services` and `udp-services` ConfigMaps, `NAMESPACE/NAME`
+    /// (`--tcp-services-configmap`, `--udp-services-configmap`): L4 services
+    /// ([`stream_services`]).
+    pub tcp_services_configmap: Option<String>,
+    pub udp_services_configmap: Option<String>,
+    /// Their services are balanced in XDP (`--l4-services-in-xdp`); by default the workers'
+    /// side proxies them: XDP's source NAT needs the endpoints' replies to come back through
+    /// an interface XDP is attached to, which pods behind veths or an overlay do not.
+    pub l4_in_xdp: bool,
 }
 
 /// An Ingress, by namespace and name.
@@ -1382,6 +1391,7 @@ impl<'a> Builder<'a> {
     fn finish(mut self, served: Vec<IngressId>) -> Translation {
         let mut config = self.base.clone();
         self.controller_settings(&mut config);
+        self.stream_services(&mut config);
         self.default_certificate(&mut config);
         let mut owners = Vec::new();
         let base_domains: BTreeSet<String> = config
@@ -1696,6 +1706,7 @@ mod gateway;
 mod memo;
 mod mirror;
 mod proxy_ssl;
+pub mod stream_services;
 pub use gateway::{GATEWAY_CONTROLLER, GatewayStatuses, ObjectKey, RouteKind, http_route_id, route_id};
 #[cfg(test)]
 mod tests;

@@ -1371,3 +1371,4 @@ fn tls_listeners_get_the_default_ssl_certificate_or_a_generated_one() {
     assert!(t.config.certificates.is_empty());
 }
 mod incremental;
+mod stream_services;
