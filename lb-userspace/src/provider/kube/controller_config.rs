@@ -48,6 +48,9 @@ pub struct ControllerConfig {
     /// Defaults of the upstream annotations of the same names (`proxy-send-timeout`,
     /// `proxy-next-upstream*`, the buffering keys).
     pub upstream: UpstreamDefaults,
+    /// `proxy-stream-timeout`: the idle timeout of the `tcp-services` / `udp-services` entries
+    /// (`None`: not set; ingress-nginx's default, 600 s, then applies to TCP entries).
+    pub stream_timeout_ms: Option<u64>,
 }
 
 /// The controller ConfigMap's defaults for the upstream annotations of the same names.
@@ -87,6 +90,7 @@ impl Default for ControllerConfig {
             allowed_response_headers: Vec::new(),
             custom_http_errors: Vec::new(),
             upstream: UpstreamDefaults::default(),
+            stream_timeout_ms: None,
         }
     }
 }
@@ -134,6 +138,7 @@ const KEYS: &[(&str, Key)] = &[
     ("add-headers", Key::Applied(add_headers)),
     ("proxy-set-headers", Key::Applied(proxy_set_headers)),
     ("global-allowed-response-headers", Key::Applied(global_allowed_response_headers)),
+    ("proxy-stream-timeout", Key::Applied(proxy_stream_timeout)),
     ("keep-alive", Key::Ignored(KEEPALIVE)),
     ("keep-alive-requests", Key::Ignored(KEEPALIVE)),
     ("upstream-keepalive-connections", Key::Ignored(KEEPALIVE)),
@@ -208,6 +213,33 @@ fn seconds(v: &str) -> Result<u64, &'static str> {
         Ok(s) if (1..=86_400).contains(&s) => Ok(s * 1000),
         _ => Err("a number of seconds from 1 to 86400"),
     }
+}
+
+/// An nginx time (`600s`, `10m`, `1h30m`, `600`: seconds without a unit), in milliseconds.
+fn nginx_time_ms(v: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u64 = rest.get(..digits)?.parse().ok()?;
+        rest = &rest[digits..];
+        let units: [(&str, u64); 6] =
+            [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("", 1_000)];
+        let (unit, factor) = units.into_iter().find(|(unit, _)| rest.starts_with(unit))?;
+        if unit.is_empty() && !rest.is_empty() {
+            return None;
+        }
+        total = total.checked_add(number.checked_mul(factor)?)?;
+        rest = &rest[unit.len()..];
+    }
+    (total > 0).then_some(total)
+}
+
+fn proxy_stream_timeout(v: &str, c: &mut ControllerConfig) -> Result<(), &'static str> {
+    const EXPECTED: &str = "an nginx time from 1s to 7d (600s, 10m, 1h)";
+    let ms = nginx_time_ms(v).ok_or(EXPECTED)?;
+    c.stream_timeout_ms = Some((1_000..=604_800_000).contains(&ms).then_some(ms).ok_or(EXPECTED)?);
+    Ok(())
 }
 
 fn status(v: &str) -> Result<u16, &'static str> {
@@ -438,6 +470,22 @@ mod tests {
         assert_eq!((u.next_upstream_timeout_ms, u.next_upstream_tries), (Some(0), Some(5)));
         let (_, warnings) = read_pairs(&[("proxy-next-upstream", "sometimes")]);
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn proxy_stream_timeout_is_an_nginx_time() {
+        let timeout = |v: &str| read_pairs(&[("proxy-stream-timeout", v)]);
+        for (value, ms) in
+            [("600s", 600_000), ("10m", 600_000), ("600", 600_000), ("1h30m", 5_400_000), ("7d", 604_800_000)]
+        {
+            let (c, warnings) = timeout(value);
+            assert!(warnings.is_empty(), "{value}: {warnings:?}");
+            assert_eq!(c.stream_timeout_ms, Some(ms), "{value}");
+        }
+        for value in ["", "s", "10x", "-5s", "500ms", "8d", "0", "99999999999999999999s"] {
+            let (c, warnings) = timeout(value);
+            assert_eq!((c.stream_timeout_ms, warnings.len()), (None, 1), "{value}: {warnings:?}");
+        }
     }
 
     #[test]

@@ -330,6 +330,14 @@ impl Builder<'_> {
         l4.protocol = protocol;
         l4.endpoints = endpoints;
         l4.accept_proxy_protocol = entry.decode;
+        // nginx's proxy_timeout for stream servers (`proxy-stream-timeout`, 600 s by default);
+        // UDP keeps the shorter default of `l4_services` unless the key says otherwise (nginx
+        // ends a UDP session after its one response, `proxy-stream-responses`).
+        l4.idle_timeout_ms = match (self.controller.stream_timeout_ms, protocol) {
+            (Some(ms), _) => Some(ms),
+            (None, L4Protocol::Tcp) => Some(600_000),
+            (None, L4Protocol::Udp) => None,
+        };
         l4.xdp = self.translator.settings.l4_in_xdp;
         l4.proxy_protocol = entry.encode.then_some(ProxyProtocolVersion::V1);
         Ok((l4, warning))

@@ -352,6 +352,24 @@ fn a_base_l4_service_keeps_its_port_and_name() {
 }
 
 #[test]
+fn the_idle_timeout_is_proxy_stream_timeout() {
+    let state = stream_state(&[("5432", "db/postgres:pg")], &[("53", "kube-system/dns:dns")]);
+    let timeouts = |t: &Translation| -> Vec<Option<u64>> {
+        t.config.l4_services.iter().map(|s| s.idle_timeout_ms).collect()
+    };
+    // ingress-nginx's default for TCP; UDP keeps the l4_services default.
+    assert_eq!(timeouts(&stream_build(&state)), [Some(600_000), None]);
+    let mut state = state;
+    state.configmaps.push(configmap("ingress", "controller", &[("proxy-stream-timeout", "2m")]));
+    let translator = Translator::new(Settings {
+        controller_configmap: Some("ingress/controller".into()),
+        ..stream_translator().settings().clone()
+    });
+    let t = translator.build(&base(), &state).unwrap();
+    assert_eq!(timeouts(&t), [Some(120_000), Some(120_000)], "{}", notes(&t));
+}
+
+#[test]
 fn external_name_services_are_skipped() {
     let mut state = stream_state(&[("5432", "db/postgres:pg")], &[]);
     let mut service = Service::clone(&state.services[0]);
