@@ -170,7 +170,8 @@ pub fn reserved(config: &Config, port: u16, protocol: L4Protocol) -> Option<Stri
 
 /// The ready endpoints of a Service port (by the port's name, as EndpointSlices name their
 /// ports) of `protocol`, across the Service's slices: every address of an endpoint whose
-/// `ready` condition is not false, as ingress-nginx takes them for stream services.
+/// `ready` condition is not false, as ingress-nginx takes them for stream services (an
+/// unspecified address, which nothing can be sent to, left out).
 pub fn ready_endpoints(
     slices: &[&Arc<EndpointSlice>],
     port_name: &str,
@@ -198,6 +199,7 @@ pub fn ready_endpoints(
                     .addresses
                     .iter()
                     .filter_map(|a| a.parse::<IpAddr>().ok())
+                    .filter(|ip| !ip.is_unspecified())
                     .map(|ip| SocketAddr::new(ip, port)),
             );
         }

@@ -160,7 +160,15 @@ fn stream_state(tcp: &[(&str, &str)], udp: &[(&str, &str)]) -> ClusterState {
                 ("pg", 15432, "TCP"),
                 &[("10.0.0.1", Some(true)), ("10.0.0.2", None), ("10.0.0.3", Some(false))],
             ),
-            l4_slice("kube-system", "dns-a", "dns", ("dns", 1053, "UDP"), &[("10.0.1.1", Some(true))]),
+            // An unspecified or unparsable address is no endpoint (and must not make the
+            // configuration fail validation).
+            l4_slice(
+                "kube-system",
+                "dns-a",
+                "dns",
+                ("dns", 1053, "UDP"),
+                &[("10.0.1.1", Some(true)), ("0.0.0.0", Some(true)), ("ten.0.1.2", Some(true))],
+            ),
             l4_slice("db", "empty-a", "empty", ("pg", 15432, "TCP"), &[("10.0.0.9", Some(false))]),
         ],
         configmaps: vec![
@@ -379,4 +387,50 @@ fn external_name_services_are_skipped() {
     let t = stream_build(&state);
     assert!(t.config.l4_services.is_empty());
     assert!(notes(&t).contains("is ExternalName, which is not supported"), "{}", notes(&t));
+}
+
+/// Seeded random entries made of the pieces entries are made of, over Services with odd
+/// endpoints: the translation always validates (a bad entry is skipped, never refuses the
+/// configuration) and never panics.
+#[test]
+fn random_entries_never_refuse_the_configuration() {
+    const KEYS: [&str; 9] = ["5432", "05432", "0", "65536", "8080", "61000", "x", "", "53"];
+    const PIECES: [&str; 14] = [
+        "db/postgres",
+        "db/empty",
+        "kube-system/dns",
+        "db",
+        "/",
+        ":",
+        "pg",
+        "dns",
+        "5432",
+        "53",
+        "PROXY",
+        "proxy",
+        "",
+        "0",
+    ];
+    let mut rng = fastrand::Rng::with_seed(22);
+    for round in 0..300 {
+        let mut entries = Vec::new();
+        for _ in 0..rng.usize(0..6) {
+            let value: String = (0..rng.usize(0..6)).map(|_| PIECES[rng.usize(..PIECES.len())]).collect();
+            entries.push((KEYS[rng.usize(..KEYS.len())].to_owned(), value));
+        }
+        let pairs: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (tcp, udp) = pairs.split_at(pairs.len() / 2);
+        let mut state = stream_state(tcp, udp);
+        let odd = [("0.0.0.0", Some(true)), ("::", Some(true)), ("fd00::9", None), ("10.0.0.1", Some(true))];
+        state.slices.push(l4_slice(
+            "db",
+            "postgres-odd",
+            "postgres",
+            ("pg", 15432, "TCP"),
+            &odd[..rng.usize(0..=4)],
+        ));
+        if let Err(e) = stream_translator().build(&base(), &state) {
+            panic!("round {round}: {entries:?}: {e}");
+        }
+    }
 }
