@@ -875,9 +875,12 @@ async fn serve_h2(wire: &SharedWire, handler: impl Handler, limits: &Limits, clo
         // client that stops reading): past this the upstream body is not read on (hyper's
         // default is 400 KiB; 100 stalled streams then held 40 MiB).
         .max_send_buf_size(H2_SEND_BUFFER);
+    // Each stream's future is boxed where it is made: hyper moves it into its stream task and
+    // then into tokio's task, and the pipeline's future is kilobytes (9 KiB in a debug build),
+    // so each move was a memcpy of all of it; boxed, only the pointer moves.
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(request.map(ClientBody::Right)).await) }
+        Box::pin(async move { Ok::<_, Infallible>(handler.handle(request.map(ClientBody::Right)).await) })
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)), service);
     tokio::pin!(conn);
