@@ -255,7 +255,40 @@ pub struct L4Flow {
     pub backend_port: u16,
     pub snat_port: u16,
     pub service: u32,
+    /// Towards the endpoint: the next hop the FIB gave for this flow's packets.
+    pub hop: L4NextHop,
 }
+
+/// A `bpf_fib_lookup` answer kept in an L4 flow's entries (one per direction), so that the
+/// packets after the first reuse it instead of asking the FIB each time. It is asked again
+/// once the answer is older than `L4_NEXT_HOP_TTL_NS`, and for a packet longer than the MTU
+/// it reported (the FIB then refuses such a packet, which passes to the kernel). Small, since
+/// the XDP program builds a flow's entries on its 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4NextHop {
+    /// When the FIB was asked, in units of 2^20 ns (about a millisecond; wraps after 49
+    /// days, compared with wrapping arithmetic), on the direction's own clock
+    /// (CLOCK_MONOTONIC towards endpoints, its coarse variant towards clients); 0 = never.
+    pub checked: u32,
+    /// The interface the packet leaves by.
+    pub ifindex: u32,
+    /// Destination MAC then source MAC, as they are written into the frame.
+    pub macs: [u8; 12],
+    /// The route's MTU, as the lookup reported it.
+    pub mtu: u16,
+    pub _pad: u16,
+}
+
+/// `L4NextHop::checked` is a clock in nanoseconds shifted right by this.
+pub const L4_NEXT_HOP_CLOCK_SHIFT: u32 = 20;
+
+/// How long an L4 flow reuses a next hop before asking the FIB again: a route or neighbour
+/// change reaches established flows within this time (new flows see it at once). The kernel
+/// itself keeps using a stale neighbour entry for seconds (`delay_first_probe_time`, 5 s)
+/// before probing it, so a quarter of a second adds little, and one FIB lookup per flow per
+/// quarter second costs nothing measurable at the packet rates where the lookup mattered.
+pub const L4_NEXT_HOP_TTL_NS: u64 = 250_000_000;
 
 /// How long a TCP flow that has seen a FIN or RST keeps its node source port: 2 MSL, the
 /// longest TIME_WAIT, so a new flow never meets an old connection's state at the endpoint.
@@ -278,6 +311,8 @@ pub struct L4ReplyKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct L4Reply {
     pub client: FlowKey,
+    /// Towards the client: the next hop the FIB gave for the endpoint's replies.
+    pub hop: L4NextHop,
 }
 
 /// `aya::Pod` for each shared type. Each is #[repr(C)], Copy, made only of integers and has no
@@ -294,7 +329,7 @@ mod pod {
     }
     pod!(ServiceKey, ServiceValue, WorkerValue, FlowKey, FlowValue, ReverseKey, ReverseValue);
     pod!(GuardCidr, GuardConfig, GuardSource, GuardBucket);
-    pod!(L4Service, L4Backend, L4Flow, L4ReplyKey, L4Reply);
+    pod!(L4Service, L4Backend, L4Flow, L4ReplyKey, L4Reply, L4NextHop);
 }
 
 /// Compile-time proof that the shared types have no implicit padding.
@@ -312,9 +347,10 @@ const _: () = {
     assert!(core::mem::size_of::<GuardBucket>() == 8);
     assert!(core::mem::size_of::<L4Service>() == 32);
     assert!(core::mem::size_of::<L4Backend>() == 20);
-    assert!(core::mem::size_of::<L4Flow>() == 56);
+    assert!(core::mem::size_of::<L4Flow>() == 80);
     assert!(core::mem::size_of::<L4ReplyKey>() == 24);
-    assert!(core::mem::size_of::<L4Reply>() == 40);
+    assert!(core::mem::size_of::<L4Reply>() == 64);
+    assert!(core::mem::size_of::<L4NextHop>() == 24);
 };
 
 macro_rules! stats {

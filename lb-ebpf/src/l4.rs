@@ -3,25 +3,34 @@
 //! per flow), out of the interface `bpf_fib_lookup` names; the endpoint's reply, arriving at
 //! that node port, is translated back and sent to the client the same way. No socket sees
 //! either. IPv4 without IP options; everything else is passed to the kernel and counted.
+//!
+//! The FIB's answer (interface, MACs, MTU) is kept in the flow's entry for each direction and
+//! reused for `L4_NEXT_HOP_TTL_NS`: the lookup was most of an established packet's cost.
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_IPV4, FlowKey, L4_ACTIVE, L4_CLOSING_NS, L4_SNAT_PORT_MAX, L4_SNAT_PORT_MIN, L4Backend, L4Flow,
-    L4Reply, L4ReplyKey, MAGLEV_TABLE_SIZE, MAX_L4_BACKENDS, MAX_L4_SERVICES, PROTO_UDP, ServiceValue, Stat,
+    FAMILY_IPV4, FlowKey, L4_ACTIVE, L4_CLOSING_NS, L4_NEXT_HOP_CLOCK_SHIFT, L4_NEXT_HOP_TTL_NS,
+    L4_SNAT_PORT_MAX, L4_SNAT_PORT_MIN, L4Flow, L4NextHop, L4Reply, L4ReplyKey, MAGLEV_TABLE_SIZE,
+    MAX_L4_BACKENDS, MAX_L4_SERVICES, PROTO_UDP, ServiceValue, Stat,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     lookup::flow_hash,
-    maps::{SLUICE_L4_BACKENDS, SLUICE_L4_FLOWS, SLUICE_L4_MAGLEV, SLUICE_L4_REPLIES, SLUICE_L4_SERVICES},
+    maps::{
+        SLUICE_L4_BACKENDS, SLUICE_L4_FLOWS, SLUICE_L4_MAGLEV, SLUICE_L4_REPLIES, SLUICE_L4_SCRATCH,
+        SLUICE_L4_SERVICES,
+    },
     parse::{Flow, ptr_at},
     stats,
 };
 
+/// `L4_NEXT_HOP_TTL_NS` in units of `L4NextHop::checked`.
+const TTL_STAMPS: u32 = (L4_NEXT_HOP_TTL_NS >> L4_NEXT_HOP_CLOCK_SHIFT) as u32;
 /// Node source ports in the SNAT range.
 const SNAT_PORTS: u32 = (L4_SNAT_PORT_MAX - L4_SNAT_PORT_MIN) as u32 + 1;
 /// Ports tried for a new flow before it is dropped: each try is one insert that fails only when
@@ -31,6 +40,15 @@ const PORT_TRIES: u32 = 16;
 const AF_INET: u8 = 2;
 /// The transport header of an IPv4 packet without options.
 const L4_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+
+/// This CPU's scratch space for building a new flow's entries and asking the FIB (one
+/// `SLUICE_L4_SCRATCH` value): the steering, guard and L4 paths share one 512-byte stack.
+#[repr(C)]
+pub struct L4Scratch {
+    flow: L4Flow,
+    reply: L4Reply,
+    fib: FibParams,
+}
 
 /// Where a packet goes after translation: its new addresses and ports, wire bytes.
 struct Rewrite {
@@ -68,12 +86,12 @@ fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<
         return Err(Stat::DropL4NoBackend);
     }
     let settings = match SLUICE_L4_SERVICES.get(service.id) {
-        Some(settings) if settings.flags & L4_ACTIVE != 0 => *settings,
+        Some(settings) if settings.flags & L4_ACTIVE != 0 => settings,
         _ => return Err(Stat::DropL4NoBackend),
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = match SLUICE_L4_FLOWS.get_ptr_mut(&flow.key) {
+    match SLUICE_L4_FLOWS.get_ptr_mut(&flow.key) {
         // SAFETY: a live map value (the lookup above); the fields are plain integers, and a
         // concurrent writer of the same flow (another CPU) writes the same values.
         Some(entry) if unsafe { !expired(&*entry, now) } => unsafe {
@@ -81,7 +99,9 @@ fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<
             if flow.closing {
                 (*entry).idle_ns = L4_CLOSING_NS;
             }
-            *entry
+            let to = towards_endpoint(&*entry);
+            next_hop(ctx, flow, &to, &raw mut (*entry).hop, now)?;
+            rewrite(ctx, flow, &to, &raw const (*entry).hop)
         },
         stale => {
             if let Some(old) = stale {
@@ -89,21 +109,25 @@ fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<
                 let old = unsafe { *old };
                 let _ = SLUICE_L4_REPLIES.remove(&reply_key(&old, flow.key.proto));
             }
-            new_flow(ctx, flow, service.id, &settings, now)?
+            let entry = new_flow(ctx, flow, service.id, settings, now)?;
+            // SAFETY: this CPU's scratch value (see new_flow).
+            unsafe { rewrite(ctx, flow, &towards_endpoint(&*entry), &raw const (*entry).hop) }
         }
-    };
-    let to = Rewrite {
-        src: entry.snat[0],
-        sport: entry.snat_port,
-        dst: entry.backend[0],
-        dport: entry.backend_port,
-    };
-    send(ctx, flow, &to)
+    }
 }
 
-/// Places a new flow: Maglev slot, endpoint, a free node port; then records the flow and its
-/// reply entry. Should the route to the endpoint be missing (`send` passes the packet), the
-/// entry stays and the client's next try takes the same endpoint and port.
+/// A client packet's new addresses and ports: from the node's SNAT address and port to the
+/// endpoint.
+#[inline(always)]
+fn towards_endpoint(entry: &L4Flow) -> Rewrite {
+    Rewrite { src: entry.snat[0], sport: entry.snat_port, dst: entry.backend[0], dport: entry.backend_port }
+}
+
+/// Places a new flow: Maglev slot, endpoint, a free node port, the next hop; then records the
+/// flow and its reply entry. Should the route to the endpoint be missing (the packet then
+/// passes), the entry stays and the client's next try takes the same endpoint and port. The
+/// entries are built in this CPU's scratch space, off the stack: the returned pointer is valid
+/// until the program ends.
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
@@ -111,51 +135,67 @@ fn new_flow(
     service: u32,
     settings: &lb_common::L4Service,
     now: u64,
-) -> Result<L4Flow, Stat> {
+) -> Result<*mut L4Flow, Stat> {
     let hash = flow_hash(&flow.key);
     let slot = hash % MAGLEV_TABLE_SIZE;
     let index = match SLUICE_L4_MAGLEV.get(service * MAGLEV_TABLE_SIZE + slot) {
         Some(&value) if value != 0 && value <= MAX_L4_BACKENDS => value - 1,
         _ => return Err(Stat::DropL4NoBackend),
     };
-    let backend: L4Backend = match SLUICE_L4_BACKENDS.get(service * MAX_L4_BACKENDS + index) {
-        Some(backend) if backend.port != 0 => *backend,
+    let backend = match SLUICE_L4_BACKENDS.get(service * MAX_L4_BACKENDS + index) {
+        Some(backend) if backend.port != 0 => backend,
         _ => return Err(Stat::DropL4NoBackend),
     };
-    let mut entry = L4Flow {
-        backend: backend.addr,
-        snat: settings.snat,
-        last_seen_ns: now,
-        idle_ns: if flow.closing { L4_CLOSING_NS } else { settings.idle_ns },
-        backend_port: backend.port,
-        snat_port: 0,
-        service,
-    };
-    let reply = L4Reply { client: flow.key };
+    let scratch = SLUICE_L4_SCRATCH.get_ptr_mut(0).ok_or(Stat::DropL4NoPort)?;
+    // SAFETY: this CPU's own scratch value (a successful lookup); nothing else runs on this CPU
+    // until the program ends, so nothing else writes it meanwhile.
+    let (entry, reply) = unsafe { (&raw mut (*scratch).flow, &raw mut (*scratch).reply) };
+    // SAFETY: as above; plain integers written field by field.
+    unsafe {
+        (*entry).backend = backend.addr;
+        (*entry).snat = settings.snat;
+        (*entry).last_seen_ns = now;
+        (*entry).idle_ns = if flow.closing { L4_CLOSING_NS } else { settings.idle_ns };
+        (*entry).backend_port = backend.port;
+        (*entry).snat_port = 0;
+        (*entry).service = service;
+        (*entry).hop = L4NextHop::default();
+        (*reply).client = flow.key;
+        (*reply).hop = L4NextHop::default();
+    }
     // Another mix of the same hash, so flows of one Maglev slot spread over the ports.
     let start = (hash ^ (hash >> 15)).wrapping_mul(0x2c1b_3c6d) % SNAT_PORTS;
     let mut claimed = false;
     for attempt in 0..PORT_TRIES {
         let port = L4_SNAT_PORT_MIN + ((start + attempt * 7919) % SNAT_PORTS) as u16;
-        entry.snat_port = port.to_be();
-        let key = reply_key(&entry, flow.key.proto);
-        if SLUICE_L4_REPLIES.insert(&key, &reply, u64::from(BPF_NOEXIST)).is_ok() {
+        // SAFETY: as above.
+        let key = unsafe {
+            (*entry).snat_port = port.to_be();
+            reply_key(&*entry, flow.key.proto)
+        };
+        // SAFETY: `reply` is this CPU's scratch value (as above), read by the insert.
+        if SLUICE_L4_REPLIES.insert(&key, unsafe { &*reply }, u64::from(BPF_NOEXIST)).is_ok() {
             claimed = true;
             break;
         }
         // The port is held for this endpoint: reclaim it when the flow holding it is over.
         if let Some(holder) = SLUICE_L4_REPLIES.get_ptr(&key) {
-            // SAFETY: copied out at once; the value is a plain key.
-            let holder = unsafe { (*holder).client };
-            let over = match SLUICE_L4_FLOWS.get_ptr(&holder) {
-                // SAFETY: copied out at once.
-                Some(other) => unsafe { expired(&*other, now) || (*other).snat_port != entry.snat_port },
+            // SAFETY: a live map value; its client key is read in place, by the lookup below
+            // and the removal (another CPU replacing it whole meanwhile at worst makes this
+            // reclaim a port that is about to be released anyway).
+            let holder = unsafe { &(*holder).client };
+            let over = match SLUICE_L4_FLOWS.get_ptr(holder) {
+                // SAFETY: read in place.
+                Some(other) => unsafe { expired(&*other, now) || (*other).snat_port != key.snat_port },
                 None => true,
             };
-            if over && SLUICE_L4_REPLIES.insert(&key, &reply, 0).is_ok() {
-                let _ = SLUICE_L4_FLOWS.remove(&holder);
-                claimed = true;
-                break;
+            if over {
+                let _ = SLUICE_L4_FLOWS.remove(holder);
+                // SAFETY: as above.
+                if SLUICE_L4_REPLIES.insert(&key, unsafe { &*reply }, 0).is_ok() {
+                    claimed = true;
+                    break;
+                }
             }
         }
     }
@@ -163,10 +203,17 @@ fn new_flow(
         return Err(Stat::DropL4NoPort);
     }
     stats::count(Stat::L4NewFlows);
-    if SLUICE_L4_FLOWS.insert(&flow.key, &entry, 0).is_err() {
+    // The next hop goes into the entry before it is inserted (one insert, no second lookup).
+    // Without one the entry is still recorded and the packet passes (the caller counts it).
+    // SAFETY: as above.
+    let to = unsafe { towards_endpoint(&*entry) };
+    // SAFETY: as above.
+    let routed = next_hop(ctx, flow, &to, unsafe { &raw mut (*entry).hop }, now);
+    // SAFETY: as above.
+    if SLUICE_L4_FLOWS.insert(&flow.key, unsafe { &*entry }, 0).is_err() {
         stats::count(Stat::ConntrackInsertFailed);
     }
-    Ok(entry)
+    routed.map(|()| entry)
 }
 
 /// A packet to a node port in the SNAT range from a source not known as an endpoint flow is
@@ -185,7 +232,7 @@ pub fn reply(ctx: &XdpContext, flow: &Flow) -> Option<u32> {
         family: flow.key.family,
         _pad: 0,
     };
-    let reply = SLUICE_L4_REPLIES.get_ptr(&key)?;
+    let reply = SLUICE_L4_REPLIES.get_ptr_mut(&key)?;
     // SAFETY: copied out at once; user space and other CPUs replace entries whole.
     let client: FlowKey = unsafe { (*reply).client };
     if flow.l4 != L4_OFFSET {
@@ -199,7 +246,14 @@ pub fn reply(ctx: &XdpContext, flow: &Flow) -> Option<u32> {
         unsafe { (*entry).idle_ns = L4_CLOSING_NS };
     }
     let to = Rewrite { src: client.dst[0], sport: client.dport, dst: client.src[0], dport: client.sport };
-    Some(match send(ctx, flow, &to) {
+    // The coarse clock (one tick's precision, no clock read) is plenty for a 250 ms bound, and
+    // this direction has no other use for the time.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: `reply` points at a live map value (the lookup above).
+    let sent = next_hop(ctx, flow, &to, unsafe { &raw mut (*reply).hop }, now)
+        .and_then(|()| rewrite(ctx, flow, &to, unsafe { &raw const (*reply).hop }));
+    Some(match sent {
         Ok(action) => {
             stats::count(Stat::L4Replied);
             action
@@ -228,33 +282,64 @@ fn reply_key(entry: &L4Flow, proto: u8) -> L4ReplyKey {
     }
 }
 
-/// Finds the next hop for the translated packet, then rewrites it (addresses, ports, both
-/// checksums, MAC addresses) and sends it out. Without a next hop nothing is written.
+/// Makes `hop` an answer of the FIB for the translated packet (from `to.src` to `to.dst`), asking
+/// it only when the kept answer is missing, older than `L4_NEXT_HOP_TTL_NS` by `now` (the
+/// clock `hop` was stamped with), or for a packet longer than the MTU it reported. Without an
+/// answer, `hop` keeps what it had and the packet passes.
 #[inline(always)]
-fn send(ctx: &XdpContext, flow: &Flow, to: &Rewrite) -> Result<u32, Stat> {
+fn next_hop(ctx: &XdpContext, flow: &Flow, to: &Rewrite, hop: *mut L4NextHop, now: u64) -> Result<(), Stat> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Stat::PassTruncated)?;
+    // SAFETY: `ip` was bounds-checked by ptr_at; `hop` points at a map value or at the caller's
+    // stack, and other CPUs writing the same flow's hop write answers of the same FIB (a
+    // torn mix of two is one of them or the other, field by field, each usable).
+    unsafe {
+        let tot_len = u16::from_be_bytes((*ip).tot_len);
+        let stamp = (now >> L4_NEXT_HOP_CLOCK_SHIFT) as u32;
+        let checked = (*hop).checked;
+        if checked != 0 && stamp.wrapping_sub(checked) <= TTL_STAMPS && tot_len <= (*hop).mtu {
+            return Ok(());
+        }
+        // The lookup's parameters live in this CPU's scratch space (see new_flow), off the stack.
+        let scratch = SLUICE_L4_SCRATCH.get_ptr_mut(0).ok_or(Stat::PassL4NoRoute)?;
+        let fib = &raw mut (*scratch).fib;
+        // A zeroed bpf_fib_lookup (plain integers and unions of them) is valid.
+        core::ptr::write_bytes(fib, 0, 1);
+        (*fib).family = AF_INET;
+        (*fib).l4_protocol = flow.key.proto;
+        (*fib).sport = to.sport;
+        (*fib).dport = to.dport;
+        (*fib).__bindgen_anon_1.tot_len = tot_len;
+        (*fib).__bindgen_anon_2.tos = (*ip).tos;
+        (*fib).__bindgen_anon_3.ipv4_src = to.src;
+        (*fib).__bindgen_anon_4.ipv4_dst = to.dst;
+        (*fib).ifindex = (*ctx.ctx).ingress_ifindex;
+        // The kernel writes only into `fib`.
+        let found = bpf_fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<FibParams>() as i32, 0);
+        if found != 0 {
+            return Err(Stat::PassL4NoRoute);
+        }
+        (*hop).ifindex = (*fib).ifindex;
+        // On success the lookup reports the route's MTU in place of the length it was given.
+        (*hop).mtu = (*fib).__bindgen_anon_1.mtu_result;
+        let [d0, d1, d2, d3, d4, d5] = (*fib).dmac;
+        let [s0, s1, s2, s3, s4, s5] = (*fib).smac;
+        (*hop).macs = [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5];
+        (*hop).checked = stamp;
+    }
+    Ok(())
+}
+
+/// Rewrites the packet for `to` (addresses, ports, both checksums, MAC addresses from `hop`)
+/// and sends it out of `hop`'s interface.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, flow: &Flow, to: &Rewrite, hop: *const L4NextHop) -> Result<u32, Stat> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Stat::PassTruncated)?;
     let ports = ptr_at::<[u16; 2]>(ctx, L4_OFFSET).ok_or(Stat::PassTruncated)?;
     let check = ptr_at::<u16>(ctx, flow.csum_offset()).ok_or(Stat::PassTruncated)?;
     let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Stat::PassTruncated)?;
-    // SAFETY: a zeroed bpf_fib_lookup (plain integers and unions of them) is valid.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    // SAFETY: every pointer was bounds-checked by ptr_at just above; the kernel writes only
-    // into `fib`, which lives on this stack frame.
+    // SAFETY: every packet pointer was bounds-checked by ptr_at just above; `hop` points at a
+    // live map value or the caller's stack (see next_hop).
     unsafe {
-        fib.family = AF_INET;
-        fib.l4_protocol = flow.key.proto;
-        fib.sport = to.sport;
-        fib.dport = to.dport;
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
-        fib.__bindgen_anon_2.tos = (*ip).tos;
-        fib.__bindgen_anon_3.ipv4_src = to.src;
-        fib.__bindgen_anon_4.ipv4_dst = to.dst;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
-        let found = bpf_fib_lookup(ctx.ctx.cast(), &raw mut fib, core::mem::size_of::<FibParams>() as i32, 0);
-        if found != 0 {
-            return Err(Stat::PassL4NoRoute);
-        }
-
         let old_src = u32::from_ne_bytes((*ip).src_addr);
         let old_dst = u32::from_ne_bytes((*ip).dst_addr);
         let [old_sport, old_dport] = *ports;
@@ -282,14 +367,12 @@ fn send(ctx: &XdpContext, flow: &Flow, to: &Rewrite) -> Result<u32, Stat> {
             *check = new_check;
         }
         *ports = [to.sport, to.dport];
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        *eth = macs;
-        if fib.ifindex == (*ctx.ctx).ingress_ifindex {
+        *eth = (*hop).macs;
+        let ifindex = (*hop).ifindex;
+        if ifindex == (*ctx.ctx).ingress_ifindex {
             Ok(xdp_action::XDP_TX)
         } else {
-            Ok(bpf_redirect(fib.ifindex, 0) as u32)
+            Ok(bpf_redirect(ifindex, 0) as u32)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Every map the kernel programs use, one line each on what it holds. User space owns every
 //! write except conntrack inserts and counters.
 
+use crate::l4::L4Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -77,6 +78,11 @@ pub static SLUICE_L4_MAGLEV: Array<u32> = Array::with_max_entries(MAX_L4_SERVICE
 /// Client-side 5-tuple of an L4 flow -> its endpoint and node source port. LRU.
 #[map]
 pub static SLUICE_L4_FLOWS: LruHashMap<FlowKey, L4Flow> = LruHashMap::with_max_entries(L4_FLOW_ENTRIES, 0);
+
+/// Per-CPU scratch space of the L4 path (slot 0): a new flow's entries are built there and the
+/// FIB's parameters written there, off the 512-byte stack. Never read by user space.
+#[map]
+pub static SLUICE_L4_SCRATCH: PerCpuArray<L4Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Endpoint address, port and node source port -> the client flow a reply belongs to. LRU;
 /// an entry also holds its node source port for that endpoint while its flow lives.

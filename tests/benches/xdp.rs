@@ -13,11 +13,23 @@
 //! where the kernel averages away the cost of reading the clock and calls the program directly
 //! from the XDP dispatcher: cheaper per packet, but not comparable with the repeat-1 rows.
 //!
+//! Katran beside it: with `--katran-object PATH` (or `SLUICE_KATRAN_OBJECT=PATH`), Katran's
+//! `balancer.bpf.o` built by hand (docs/BENCHMARKS.md) is loaded and configured with one TCP VIP
+//! (see `katran.rs`), and its non-VIP, new-flow and established paths are timed in the same
+//! interleaved rounds against the same floor: the main phase's (beside steering) and the L4
+//! phase's (beside the L4 paths). The report then gives each path's ratio to Katran's and the
+//! goals of issues #21 and #22 with their verdicts. Without it the report says Katran was not
+//! measured.
+//!
 //! Under `cargo test` (no `--bench` argument) this runs a short smoke pass instead, and skips
 //! without root rather than failing.
 
+#[path = "xdp/katran.rs"]
+mod katran;
+
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -31,6 +43,7 @@ use lb_userspace::{
 
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
 const SERVICE_PORT: u16 = 8080;
 const WORKER_PORTS: [u16; 4] = [20000, 20001, 20002, 20003];
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -40,6 +53,9 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const NEW_FLOW_CLIENTS: u32 = u32::from_be_bytes([198, 18, 1, 0]);
 /// New-flow clients of the guard phase: inside the allow list, apart from the others.
 const GUARD_CLIENTS: u32 = u32::from_be_bytes([198, 19, 0, 0]);
+/// New-flow clients of Katran in the L4 phase (the main phase gives Katran the same SYNs as
+/// Sluice: each program has its own connection table).
+const KATRAN_L4_CLIENTS: u32 = u32::from_be_bytes([198, 20, 0, 0]);
 /// The source the guard phase's deny list holds.
 const DENIED: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 9);
 /// Networks in each guard list besides the ones the cases hit, so lookups walk a real trie.
@@ -79,6 +95,8 @@ const SMOKE: Plan = Plan {
 
 const XDP: &str = "sluice_xdp";
 const PASS: &str = "sluice_xdp_pass";
+/// Where the Katran object may be named instead of `--katran-object`.
+const KATRAN_ENV: &str = "SLUICE_KATRAN_OBJECT";
 
 /// How a case is timed: one run per call, or `repeat` runs of the same buffer per call.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,17 +140,42 @@ fn main() {
         );
         std::process::exit(if benching { 1 } else { 0 });
     }
-    if let Err(e) = run(if benching { &BENCH } else { &SMOKE }) {
+    let katran_object = match katran_object() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("xdp bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(if benching { &BENCH } else { &SMOKE }, katran_object.as_deref()) {
         eprintln!("xdp bench failed: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(plan: &Plan) -> anyhow::Result<()> {
+/// `--katran-object PATH` (or `--katran-object=PATH`) among the arguments, else
+/// `SLUICE_KATRAN_OBJECT`; `None` when neither names one.
+fn katran_object() -> anyhow::Result<Option<PathBuf>> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--katran-object" {
+            let path = args.next().context("--katran-object needs a path to Katran's balancer.bpf.o")?;
+            return Ok(Some(path.into()));
+        }
+        if let Some(path) = arg.strip_prefix("--katran-object=") {
+            return Ok(Some(path.into()));
+        }
+    }
+    Ok(std::env::var_os(KATRAN_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+fn run(plan: &Plan, katran_object: Option<&Path>) -> anyhow::Result<()> {
     // BPF_PROG_TEST_RUN runs on the caller's CPU: a migration mid-run would mix two CPUs'
     // caches and clocks into the samples.
     let cpu = lb_tests::cpu::pin_to_current()?;
     let mut dataplane = Dataplane::load().context("loading the eBPF object")?;
+    let vip = SocketAddrV4::new(NODE, SERVICE_PORT);
+    let katran = katran_object.map(|path| katran::Katran::load(path, vip)).transpose()?;
     dataplane
         .take_steering()?
         .install(vec![Service {
@@ -161,10 +204,23 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     // Open the established flow once; every timed ACK then hits its conntrack entry.
     let out = dataplane.test_run(Program::Xdp, &established_syn, 1)?;
     let flow_port = steered_port(&out.frame)?;
+    // The same for Katran: its connection table then holds the flow.
+    let katran_real = match &katran {
+        Some(katran) => {
+            let out = katran.run(&established_syn)?;
+            ensure!(out.verdict == XDP_TX, "Katran did not forward the SYN (verdict {})", out.verdict);
+            Some(katran::encapsulated_to(&out.frame, &established_syn)?)
+        }
+        None => None,
+    };
 
     let [mut floor, mut plain, mut syn, mut ack] = [(); 4].map(|_| Samples::default());
+    let [mut katran_plain, mut katran_syn, mut katran_ack] = [(); 3].map(|_| Samples::default());
+    // Katran's three cases join the rotation when it is measured.
+    let steps = if katran.is_some() { 7 } else { 4 };
     let mut syn_frames = syns.iter();
     let before = dataplane.counters()?;
+    let katran_before = katran.as_ref().map(katran::Katran::counters).transpose()?;
     let started = Instant::now();
     let mut timed_rounds = 0;
     for round in 0..plan.warmup + plan.rounds {
@@ -174,8 +230,8 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
         }
         let syn_frame = syn_frames.next().expect("one SYN frame per round");
         // Rotate the order within a round so no case always follows the same one.
-        for step in 0..4 {
-            match (round + step) % 4 {
+        for step in 0..steps {
+            match (round + step) % steps {
                 0 => {
                     sample(&mut dataplane, Program::XdpPass, &non_service, 1, timed.then_some(&mut floor))?;
                 }
@@ -188,10 +244,31 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
                     let out = sample(&mut dataplane, Program::Xdp, syn_frame, 1, timed.then_some(&mut syn))?;
                     steered_port(&out)?;
                 }
-                _ => {
+                3 => {
                     let out =
                         sample(&mut dataplane, Program::Xdp, &established_ack, 1, timed.then_some(&mut ack))?;
                     ensure!(steered_port(&out)? == flow_port, "the established flow changed worker");
+                }
+                case => {
+                    let katran = katran.as_ref().expect("Katran's cases run only when it is loaded");
+                    match case {
+                        4 => {
+                            let into = timed.then_some(&mut katran_plain);
+                            let out = sample_katran(katran, &non_service, XDP_PASS, into)?;
+                            ensure!(out == non_service, "Katran modified the non-VIP packet");
+                        }
+                        5 => {
+                            let out =
+                                sample_katran(katran, syn_frame, XDP_TX, timed.then_some(&mut katran_syn))?;
+                            katran::encapsulated_to(&out, syn_frame)?;
+                        }
+                        _ => {
+                            let into = timed.then_some(&mut katran_ack);
+                            let out = sample_katran(katran, &established_ack, XDP_TX, into)?;
+                            let real = katran::encapsulated_to(&out, &established_ack)?;
+                            ensure!(Some(real) == katran_real, "Katran's established flow changed real");
+                        }
+                    }
                 }
             }
         }
@@ -204,8 +281,15 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     check_delta(&before, &after, Stat::NewFlows, rounds)?;
     check_delta(&before, &after, Stat::ConntrackHits, rounds)?;
     check_delta(&before, &after, Stat::PassNotService, rounds)?;
+    if let (Some(katran), Some(before)) = (&katran, katran_before) {
+        check_katran(katran, before, rounds)?;
+    }
+    // Its maps are large (a 512-VIP ring array, a table per CPU): gone before the L4 phase
+    // loads its own copy.
+    drop(katran);
     let [guard_floor, guard_new, guard_known, guard_drop] = guard_phase(&mut dataplane, plan)?;
-    let [l4_floor, l4_new, l4_established, l4_reply] = l4_phase(plan, cpu)?;
+    let [l4_floor, l4_new, l4_established, l4_reply, l4_katran_new, l4_katran_established] =
+        l4_phase(plan, cpu, katran_object.map(Path::to_path_buf))?;
 
     let [mut floor_rep, mut plain_rep] = [(); 2].map(|_| Samples::default());
     for call in 0..plan.repeat_calls {
@@ -225,7 +309,7 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
     let total = started.elapsed();
 
     let many = Method::Repeat(plan.repeat);
-    let rows = [
+    let mut rows = vec![
         Row { case: "pass_floor", program: PASS, method: Method::Single, samples: floor },
         Row { case: "non_service", program: XDP, method: Method::Single, samples: plain },
         Row { case: "new_flow_syn", program: XDP, method: Method::Single, samples: syn },
@@ -241,8 +325,61 @@ fn run(plan: &Plan) -> anyhow::Result<()> {
         Row { case: "pass_floor", program: PASS, method: many, samples: floor_rep },
         Row { case: "non_service", program: XDP, method: many, samples: plain_rep },
     ];
+    if katran_object.is_some() {
+        let kat = katran::PROGRAM;
+        rows.extend([
+            Row { case: "katran_non_vip", program: kat, method: Method::Single, samples: katran_plain },
+            Row { case: "katran_new_flow", program: kat, method: Method::Single, samples: katran_syn },
+            Row { case: "katran_established", program: kat, method: Method::Single, samples: katran_ack },
+            Row { case: "l4_katran_new_flow", program: kat, method: Method::Single, samples: l4_katran_new },
+            Row {
+                case: "l4_katran_established",
+                program: kat,
+                method: Method::Single,
+                samples: l4_katran_established,
+            },
+        ]);
+    }
     report(&rows, cpu, timed_rounds, total);
+    report_goals(&rows, katran_object);
     Ok(())
+}
+
+/// Katran's counters prove its cases took their paths: every new-flow SYN missed the
+/// connection table and was placed, no established packet missed it, and no packet fell back
+/// to the test-only shared table.
+fn check_katran(katran: &katran::Katran, before: katran::Counters, new_flows: usize) -> anyhow::Result<()> {
+    let after = katran.counters()?;
+    let moved = |a: u64, b: u64| a - b;
+    ensure!(
+        moved(after.syn_misses, before.syn_misses) == new_flows as u64
+            && moved(after.placed, before.placed) == new_flows as u64,
+        "Katran placed {} flows ({} SYN misses), expected {new_flows}: a case took another path",
+        moved(after.placed, before.placed),
+        moved(after.syn_misses, before.syn_misses)
+    );
+    ensure!(after.other_misses == before.other_misses, "Katran's established packets missed its table");
+    ensure!(after.fallback_lru == 0, "Katran used its fallback table: the per-CPU tables are not in place");
+    ensure!(after.vip_packets > before.vip_packets, "Katran saw no VIP packet");
+    Ok(())
+}
+
+/// One repeat-1 call of Katran's program that must end in `verdict`; the frame it left.
+fn sample_katran(
+    katran: &katran::Katran,
+    frame: &[u8],
+    verdict: u32,
+    into: Option<&mut Samples>,
+) -> anyhow::Result<Vec<u8>> {
+    let start = Instant::now();
+    let out = katran.run(frame)?;
+    let wall = start.elapsed();
+    ensure!(out.verdict == verdict, "Katran returned verdict {} instead of {verdict}", out.verdict);
+    if let Some(samples) = into {
+        samples.kernel.push(out.duration.as_nanos() as u64);
+        samples.wall.push(wall.as_nanos() as u64);
+    }
+    Ok(out.frame)
 }
 
 /// The guard phase, after the others so their rows stay comparable with earlier runs: the
@@ -330,8 +467,10 @@ fn guard_phase(dataplane: &mut Dataplane, plan: &Plan) -> anyhow::Result<[Sample
 /// each: conntrack miss, Maglev, a node port claimed, both entries inserted, FIB lookup,
 /// DNAT + SNAT, redirect), an ACK of an established flow (conntrack hit, FIB lookup, rewrite,
 /// redirect) and the endpoint's reply to that flow (reply lookup, FIB lookup, rewrite,
-/// redirect). At most 2,000 rounds, half the budget of the main phase.
-fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
+/// redirect). At most 2,000 rounds, half the budget of the main phase. With Katran, a copy of
+/// it loaded here joins the rounds with its new-flow and established cases, so the L4 paths
+/// have Katran's beside them against this phase's floor; its samples are empty otherwise.
+fn l4_phase(plan: &Plan, cpu: usize, katran_object: Option<PathBuf>) -> anyhow::Result<[Samples; 6]> {
     const XDP_REDIRECT: u32 = 4;
     const ENDPOINT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
     const L4_PORT: u16 = 7000;
@@ -344,9 +483,11 @@ fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
     // take at most 45% of them.
     let (warmup, budget) = (plan.warmup, plan.budget / 2);
     let rounds = (plan.warmup + plan.rounds / 2).min(2_000);
-    ns.run(move || -> anyhow::Result<[Samples; 4]> {
+    ns.run(move || -> anyhow::Result<[Samples; 6]> {
         lb_tests::cpu::pin_to(cpu)?;
         let mut dataplane = Dataplane::load().context("loading the eBPF object for the L4 phase")?;
+        let vip = SocketAddrV4::new(NODE, SERVICE_PORT);
+        let katran = katran_object.map(|path| katran::Katran::load(&path, vip)).transpose()?;
         let spec = lb_userspace::dataplane::L4Spec {
             address: (NODE, L4_PORT).into(),
             protocol: lb_userspace::config::L4Protocol::Tcp,
@@ -370,8 +511,27 @@ fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
         let snat_port = u16::from_be_bytes([opened.frame[l4], opened.frame[l4 + 1]]);
         let ack = tcp(CLIENT, 40000, NODE, L4_PORT, frames::TCP_ACK, b"GET /");
         let reply = tcp(ENDPOINT, L4_PORT, NODE, snat_port, frames::TCP_ACK, b"HTTP/1.1 200 OK");
+        // Katran's frames: to its VIP, new clients of their own, and one flow opened first.
+        let katran_syns: Vec<Vec<u8>> = (0..rounds as u32)
+            .map(|i| {
+                tcp(Ipv4Addr::from(KATRAN_L4_CLIENTS + i), 40000, NODE, SERVICE_PORT, frames::TCP_SYN, b"")
+            })
+            .collect();
+        let katran_ack = tcp(CLIENT, 40000, NODE, SERVICE_PORT, frames::TCP_ACK, b"GET /");
+        let katran_real = match &katran {
+            Some(katran) => {
+                let opening = tcp(CLIENT, 40000, NODE, SERVICE_PORT, frames::TCP_SYN, b"");
+                let out = katran.run(&opening)?;
+                ensure!(out.verdict == XDP_TX, "Katran did not forward the SYN (verdict {})", out.verdict);
+                Some(katran::encapsulated_to(&out.frame, &opening)?)
+            }
+            None => None,
+        };
+        let steps = if katran.is_some() { 6 } else { 4 };
         let [mut floor, mut new, mut established, mut replied] = [(); 4].map(|_| Samples::default());
+        let [mut katran_new, mut katran_established] = [(); 2].map(|_| Samples::default());
         let before = dataplane.counters()?;
+        let katran_before = katran.as_ref().map(katran::Katran::counters).transpose()?;
         let started = Instant::now();
         let mut ran = 0;
         for (round, syn) in syns.iter().enumerate() {
@@ -379,15 +539,29 @@ fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
             if timed && started.elapsed() > budget {
                 break;
             }
-            for step in 0..4 {
-                let (frame, into) = match (round + step) % 4 {
+            for step in 0..steps {
+                let (frame, into) = match (round + step) % steps {
                     0 => {
                         sample(&mut dataplane, Program::XdpPass, syn, 1, timed.then_some(&mut floor))?;
                         continue;
                     }
                     1 => (syn, &mut new),
                     2 => (&ack, &mut established),
-                    _ => (&reply, &mut replied),
+                    3 => (&reply, &mut replied),
+                    case => {
+                        let katran = katran.as_ref().expect("Katran's cases run only when it is loaded");
+                        if case == 4 {
+                            let frame = &katran_syns[round];
+                            let out = sample_katran(katran, frame, XDP_TX, timed.then_some(&mut katran_new))?;
+                            katran::encapsulated_to(&out, frame)?;
+                        } else {
+                            let into = timed.then_some(&mut katran_established);
+                            let out = sample_katran(katran, &katran_ack, XDP_TX, into)?;
+                            let real = katran::encapsulated_to(&out, &katran_ack)?;
+                            ensure!(Some(real) == katran_real, "Katran's established flow changed real");
+                        }
+                        continue;
+                    }
                 };
                 let out =
                     sample_verdict(&mut dataplane, Program::Xdp, frame, XDP_REDIRECT, timed.then_some(into))?;
@@ -399,7 +573,10 @@ fn l4_phase(plan: &Plan, cpu: usize) -> anyhow::Result<[Samples; 4]> {
         check_delta(&before, &after, Stat::L4NewFlows, ran)?;
         check_delta(&before, &after, Stat::L4Forwarded, 2 * ran)?;
         check_delta(&before, &after, Stat::L4Replied, ran)?;
-        Ok([floor, new, established, replied])
+        if let (Some(katran), Some(before)) = (&katran, katran_before) {
+            check_katran(katran, before, ran)?;
+        }
+        Ok([floor, new, established, replied, katran_new, katran_established])
     })?
 }
 
@@ -510,6 +687,84 @@ impl Samples {
     }
 }
 
+/// The floor a case is measured against: its own phase's.
+fn floor_of(case: &str) -> &'static str {
+    if case.starts_with("guard_") {
+        "guard_floor"
+    } else if case.starts_with("l4_") {
+        "l4_floor"
+    } else {
+        "pass_floor"
+    }
+}
+
+/// Katran's rows as `name=value` lines, each of Sluice's paths over Katran's corresponding one
+/// (nanoseconds above the same floor), and the goals of issues #21 and #22 with verdicts.
+fn report_goals(rows: &[Row], katran_object: Option<&Path>) {
+    let median = |case: &str| {
+        rows.iter().find(|r| r.case == case && r.method == Method::Single).map(|r| r.samples.stats().median)
+    };
+    let above = |case: &str| Some(median(case)? as i64 - median(floor_of(case))? as i64);
+    println!();
+    match katran_object {
+        Some(path) => println!("katran_object={}", path.display()),
+        None => println!(
+            "katran: not measured (give `cargo xtask bench xdp --katran-object PATH` or {KATRAN_ENV}=PATH; \
+             docs/BENCHMARKS.md says how to build Katran's object)"
+        ),
+    }
+    let katran_cases = [
+        "katran_non_vip",
+        "katran_new_flow",
+        "katran_established",
+        "l4_katran_new_flow",
+        "l4_katran_established",
+    ];
+    for case in katran_cases {
+        if let (Some(ns), Some(minus)) = (median(case), above(case)) {
+            println!("{case}_ns={ns}");
+            println!("{case}_minus_floor_ns={minus}");
+        }
+    }
+    // (ours, Katran's, goal for ours over Katran's above the floor)
+    let pairs = [
+        ("non_service", "katran_non_vip", None),
+        ("new_flow_syn", "katran_new_flow", Some(0.5)),
+        ("established", "katran_established", None),
+        ("l4_new_flow", "l4_katran_new_flow", None),
+        ("l4_established", "l4_katran_established", Some(0.5)),
+        ("l4_reply", "l4_katran_established", Some(0.5)),
+    ];
+    let mut goals = Vec::new();
+    for (ours, theirs, goal) in pairs {
+        let ratio = match (above(ours), above(theirs)) {
+            (Some(ours), Some(theirs)) if theirs > 0 => Some(ours as f64 / theirs as f64),
+            _ => None,
+        };
+        if let Some(ratio) = ratio {
+            println!("xdp_{ours}_over_{theirs}={ratio:.2}");
+        }
+        if let Some(goal) = goal {
+            let verdict = match ratio {
+                Some(ratio) if ratio <= goal => format!("{ratio:.2}x, met"),
+                Some(ratio) => format!("{ratio:.2}x, missed"),
+                None => "Katran not measured".to_owned(),
+            };
+            goals.push(format!("{ours} above the floor at most {goal}x {theirs}'s: {verdict}"));
+        }
+    }
+    if let (Some(drop), Some(floor)) = (median("guard_drop"), median("guard_floor")) {
+        let ratio = drop as f64 / floor.max(1) as f64;
+        let verdict = if ratio <= 2.0 { "met" } else { "missed" };
+        goals.push(format!("guard_drop at most 2x its floor: {ratio:.2}x, {verdict}"));
+    }
+    println!();
+    println!("Goals (issues #21 and #22)");
+    for goal in goals {
+        println!("  {goal}");
+    }
+}
+
 fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     let read = |path| std::fs::read_to_string(path).unwrap_or_else(|_| "?".into()).trim().to_owned();
     let stats: Vec<Stats> = rows.iter().map(|r| r.samples.stats()).collect();
@@ -527,7 +782,7 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!();
     let header = ["case", "program", "method", "samples", "median ns", "p90 ns", "mean* ns", "minus floor"];
     println!(
-        "{:<14} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8} {:>11} {:>13}",
+        "{:<21} {:<16} {:<12} {:>7} {:>9} {:>7} {:>8} {:>11} {:>13}",
         header[0],
         header[1],
         header[2],
@@ -539,13 +794,13 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
         "wall us/call"
     );
     for (row, s) in rows.iter().zip(&stats) {
-        let floor_case = if row.case.starts_with("guard_") { "guard_floor" } else { "pass_floor" };
+        let floor_case = floor_of(row.case);
         let minus = match median(floor_case, row.method) {
             Some(floor) if row.case != floor_case => (s.median as i64 - floor as i64).to_string(),
             _ => "-".to_owned(),
         };
         println!(
-            "{:<14} {:<15} {:<12} {:>7} {:>9} {:>7} {:>8.1} {:>11} {:>13.1}",
+            "{:<21} {:<16} {:<12} {:>7} {:>9} {:>7} {:>8.1} {:>11} {:>13.1}",
             row.case,
             row.program,
             row.method.to_string(),
@@ -591,7 +846,20 @@ fn report(rows: &[Row], cpu: usize, rounds: usize, total: Duration) {
     println!("    l4_*: a later phase in a namespace whose routes answer bpf_fib_lookup, its own floor.");
     println!("    l4_new_flow: a new client's SYN to an L4 service (Maglev, a node port claimed, two LRU");
     println!("    inserts, FIB lookup, DNAT + SNAT, redirect). l4_established: an ACK of an open flow");
-    println!("    (conntrack hit, FIB lookup, rewrite, redirect). l4_reply: the endpoint's answer to it.");
+    println!("    (conntrack hit, its cached next hop, rewrite, redirect). l4_reply: the endpoint's answer");
+    println!("    to it (reply lookup, cached next hop, rewrite, redirect).");
+    if rows.iter().any(|r| r.program == katran::PROGRAM) {
+        println!(
+            "    katran_*: Katran's balancer_ingress in the same rounds, one TCP VIP over 3 reals (as its"
+        );
+        println!(
+            "    tests provision it), a connection table per CPU. katran_non_vip: the non_service frame"
+        );
+        println!("    (VIP lookup with the port, then without; XDP_PASS). katran_new_flow: the same SYN as");
+        println!("    new_flow_syn (table miss, consistent hashing, table insert, counters, IP-in-IP");
+        println!("    encapsulation, XDP_TX). katran_established: an ACK of a flow its table holds (hit,");
+        println!("    counters, encapsulation, XDP_TX). l4_katran_*: the same two in the L4 phase's rounds.");
+    }
     println!("  {many}: only for what does not rewrite. The kernel does not restore the frame between runs,");
     println!("    so a steering case would time its own rewritten output from the second run on. The clock");
     println!("    read is averaged away and, with repeat > 1, the kernel patches the program into the XDP");

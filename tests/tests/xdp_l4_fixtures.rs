@@ -9,10 +9,10 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use lb_common::{L4_SNAT_PORT_MIN, Stat};
+use lb_common::{L4_NEXT_HOP_TTL_NS, L4_SNAT_PORT_MIN, Stat};
 use lb_tests::{
     frames::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
     netns::Netns,
@@ -171,6 +171,86 @@ fn malformed_frames_to_a_service_pass_untouched_and_counted() {
                 assert_eq!(after.get(stat), before.get(stat), "{what}: {}", stat.name());
             }
         }
+    })
+    .unwrap();
+}
+
+/// The next hop is asked of the FIB once and kept in the flow's entries (one per direction):
+/// a neighbour's new MAC reaches an established flow within `L4_NEXT_HOP_TTL_NS` in each
+/// direction, and a packet longer than the route's MTU is not sent with the kept answer but
+/// asked about again (the FIB refuses it: passed, counted) while the flow goes on.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn the_next_hop_is_kept_and_follows_a_neighbour_change_within_its_ttl() {
+    require_root!();
+    let ns = routed_namespace();
+    let name = ns.name().to_owned();
+    ns.run(move || {
+        let dataplane = dataplane_with_services();
+        let ttl = Duration::from_nanos(L4_NEXT_HOP_TTL_NS);
+        let opened = Instant::now();
+        let syn = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 42000, TCP_PORT, TCP_SYN, b"");
+        let out = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let sent = Parsed::of(&out.frame);
+        assert_eq!(sent.dst_mac, ENDPOINT_MAC);
+        let ack = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 42000, TCP_PORT, TCP_ACK, b"more");
+        let reply = frames::ipv4(IPPROTO_TCP, ENDPOINT, NODE, TCP_PORT, sent.sport, TCP_ACK, b"back");
+        assert_eq!(Parsed::of(&dataplane.test_run_xdp(&reply).unwrap().frame).dst_mac, CLIENT_MAC);
+
+        // Both neighbours move to new MACs.
+        const MOVED: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0x0e, 0x99], [0x02, 0, 0, 0, 0x0c, 0x99]];
+        for (neighbour, device, mac) in [(ENDPOINT, "e0", MOVED[0]), (CLIENT, "c0", MOVED[1])] {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            let neighbour = neighbour.to_string();
+            let args = [
+                "-n",
+                &name,
+                "neigh",
+                "replace",
+                &neighbour,
+                "lladdr",
+                &mac,
+                "dev",
+                device,
+                "nud",
+                "permanent",
+            ];
+            lb_tests::netns::ip(&args).unwrap();
+        }
+        let changed = Instant::now();
+        let macs = |dataplane: &Dataplane| {
+            let forward = dataplane.test_run_xdp(&ack).unwrap();
+            let back = dataplane.test_run_xdp(&reply).unwrap();
+            assert_eq!((forward.verdict, back.verdict), (XDP_REDIRECT, XDP_REDIRECT));
+            [Parsed::of(&forward.frame).dst_mac, Parsed::of(&back.frame).dst_mac]
+        };
+        let first = macs(&dataplane);
+        // Still within the answers' lifetime: the kept MACs (the FIB is not asked per packet).
+        if opened.elapsed() < ttl / 2 {
+            assert_eq!(first, [ENDPOINT_MAC, CLIENT_MAC], "the next hops are kept");
+        }
+        // Polled until both directions follow, with a deadline well past the lifetime.
+        let deadline = changed + ttl * 8;
+        loop {
+            if macs(&dataplane) == MOVED {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new MACs were not used within {:?}", ttl * 8);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // Longer than the route's MTU (1500): refused by the FIB, passed untouched, counted;
+        // the flow's next packet goes on as before.
+        let big = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 42000, TCP_PORT, TCP_ACK, &[7u8; 1600]);
+        let before = dataplane.counters().unwrap();
+        let out = dataplane.test_run_xdp(&big).unwrap();
+        assert_eq!((out.verdict, out.frame.as_slice()), (XDP_PASS, big.as_slice()));
+        assert_eq!(
+            dataplane.counters().unwrap().get(Stat::PassL4NoRoute) - before.get(Stat::PassL4NoRoute),
+            1
+        );
+        assert_eq!(macs(&dataplane), MOVED);
     })
     .unwrap();
 }

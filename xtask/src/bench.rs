@@ -29,7 +29,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::{build::workspace_root, prereqs};
@@ -37,8 +37,9 @@ use crate::{build::workspace_root, prereqs};
 #[derive(Subcommand, Clone, Debug)]
 pub enum BenchTarget {
     /// Nanoseconds per packet of the XDP program (BPF_PROG_TEST_RUN): non-service packet,
-    /// new-flow SYN, established flow, against an XDP_PASS-only floor. Needs root.
-    Xdp,
+    /// new-flow SYN, established flow, the guard and the L4 paths, against an XDP_PASS-only
+    /// floor; with `--katran-object`, Katran's paths beside them. Needs root.
+    Xdp(XdpArgs),
     /// Sluice against nginx and HAProxy (one worker each, proxy on core 0, load and backend on
     /// core 1): HTTP/1.1 keep-alive at 50 and 256 connections and HTTP/2, plus the backend
     /// directly; interleaved rounds, a profile of Sluice; rewrites docs/BENCHMARKS.md.
@@ -59,11 +60,31 @@ pub enum BenchTarget {
     BusyPoll(busy_poll::BusyPollArgs),
 }
 
+/// Options of `cargo xtask bench xdp`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct XdpArgs {
+    /// Katran's `balancer.bpf.o`, built by hand from its sources (docs/BENCHMARKS.md says
+    /// how), to time its paths in the same rounds; without it Katran is not measured.
+    #[arg(long, value_name = "PATH")]
+    katran_object: Option<std::path::PathBuf>,
+}
+
 pub fn run(what: BenchTarget) -> anyhow::Result<()> {
     match what {
-        BenchTarget::Xdp => run_lb_tests_bench("xdp", true),
+        BenchTarget::Xdp(args) => {
+            // The bench runs with the lb-tests package as its directory: pass an absolute path.
+            let extra = match args.katran_object {
+                Some(path) => {
+                    let path = std::fs::canonicalize(&path)
+                        .with_context(|| format!("--katran-object {}", path.display()))?;
+                    vec!["--katran-object".into(), path.into_os_string()]
+                }
+                None => Vec::new(),
+            };
+            run_lb_tests_bench("xdp", true, &extra)
+        }
         BenchTarget::Steering => {
-            run_lb_tests_bench("steering", true)?;
+            run_lb_tests_bench("steering", true, &[])?;
             let docs = workspace_root().join("docs");
             std::fs::write(docs.join("BENCHMARKS.md"), report::markdown(&docs.join("bench")))?;
             println!("rewrote docs/BENCHMARKS.md with docs/bench/steering.md");
@@ -76,8 +97,8 @@ pub fn run(what: BenchTarget) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the bench target `name` of lb-tests (tests/benches/<name>.rs).
-fn run_lb_tests_bench(name: &str, needs_root: bool) -> anyhow::Result<()> {
+/// Runs the bench target `name` of lb-tests (tests/benches/<name>.rs), with `args` for it.
+fn run_lb_tests_bench(name: &str, needs_root: bool, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
     // Checked here too, before any build, so a non-root run fails in a second, not after one.
     if needs_root && !lb_tests::is_root() {
         bail!(
@@ -89,6 +110,9 @@ fn run_lb_tests_bench(name: &str, needs_root: bool) -> anyhow::Result<()> {
     prereqs::ensure(&[prereqs::Group::Build])?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root()).args(["bench", "--package", "lb-tests", "--bench", name]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status()?;
     if !status.success() {

@@ -598,6 +598,12 @@ pub fn markdown(bench_dir: &Path) -> String {
         md.push('\n');
         md.push_str(&steering);
     }
+    // `cargo xtask bench xdp` beside Katran: a run's numbers and verdicts, written by hand
+    // from its output (with how Katran's object was built), carried into every rewrite.
+    if let Ok(xdp) = std::fs::read_to_string(bench_dir.join("xdp.md")) {
+        md.push('\n');
+        md.push_str(&xdp);
+    }
     // Measurements made by hand with load-independent tools (instruction counts, system calls),
     // kept beside the runs and carried into every rewrite.
     if let Ok(findings) = std::fs::read_to_string(bench_dir.join("tls-findings.md")) {
