@@ -22,7 +22,7 @@ use std::{
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -66,6 +66,10 @@ pub struct L4Proxy {
     open: Arc<AtomicUsize>,
     /// Closed until the node opens accepting (a process an upgrade starts waits for it).
     gate: Option<watch::Receiver<bool>>,
+    /// The sockets of removed UDP services whose flows still relay replies through them (they
+    /// stay bound until the last flow idles out): a service added again at the same address
+    /// serves on the same socket, as it could not bind another.
+    draining_udp: HashMap<SocketAddr, Weak<UdpSocket>>,
 }
 
 /// One service being served.
@@ -80,6 +84,8 @@ struct Running {
     alive: Arc<()>,
     /// Dropping it ends the health checkers of the current endpoint set.
     checkers: watch::Sender<()>,
+    /// A UDP service's socket, which its flows hold too.
+    udp: Option<Weak<UdpSocket>>,
 }
 
 /// What a service's tasks read per connection; replaced whole on reload.
@@ -107,6 +113,8 @@ impl Shared {
 enum Bound {
     Tcp(std::net::TcpListener),
     Udp(std::net::UdpSocket),
+    /// The socket of a removed UDP service that is added again while its flows drain.
+    UdpDraining(Arc<UdpSocket>),
 }
 
 impl Bound {
@@ -114,6 +122,7 @@ impl Bound {
         match self {
             Bound::Tcp(listener) => listener.as_fd().try_clone_to_owned(),
             Bound::Udp(socket) => socket.as_fd().try_clone_to_owned(),
+            Bound::UdpDraining(socket) => socket.as_fd().try_clone_to_owned(),
         }
     }
 }
@@ -165,6 +174,7 @@ impl L4Proxy {
             services: Vec::new(),
             open: Arc::default(),
             gate,
+            draining_udp: HashMap::new(),
         };
         for (service, socket) in services.into_iter().zip(bound) {
             proxy.launch(service, socket)?;
@@ -187,6 +197,12 @@ impl L4Proxy {
             .into_iter()
             .partition(|r| wanted.contains_key(&identity(&r.shared.config.load())));
         let released: Vec<Arc<()>> = removed.iter().map(|r| r.alive.clone()).collect();
+        self.draining_udp.retain(|_, socket| socket.strong_count() > 0);
+        for running in &removed {
+            if let Some(socket) = &running.udp {
+                self.draining_udp.insert(running.shared.config.load().address, socket.clone());
+            }
+        }
         drop(removed);
         wait_released(&released);
         let mut by_identity: HashMap<(L4Protocol, SocketAddr), Running> =
@@ -198,7 +214,15 @@ impl L4Proxy {
                 self.services.push(running);
                 continue;
             }
-            match bind(&service, None).and_then(|socket| self.launch(service, socket)) {
+            let draining = match service.protocol {
+                L4Protocol::Udp => self.draining_udp.remove(&service.address).and_then(|s| s.upgrade()),
+                L4Protocol::Tcp => None,
+            };
+            let socket = match draining {
+                Some(socket) => Ok(Bound::UdpDraining(socket)),
+                None => bind(&service, None),
+            };
+            match socket.and_then(|socket| self.launch(service, socket)) {
                 Ok(()) => {}
                 Err(e) => errors.push(e),
             }
@@ -254,20 +278,26 @@ impl L4Proxy {
             Serving { shared: shared.clone(), stop, _alive: alive.clone(), gate: self.gate.clone() };
         let open = self.open.clone();
         let _entered = self.runtime.enter();
-        match socket {
+        let udp_socket = match socket {
             Bound::Tcp(listener) => {
                 listener.set_nonblocking(true)?;
                 let listener = TcpListener::from_std(listener)?;
                 self.runtime.spawn(serve_tcp(serving, listener, open));
+                None
             }
             Bound::Udp(socket) => {
                 socket.set_nonblocking(true)?;
-                let socket = UdpSocket::from_std(socket)?;
-                self.runtime.spawn(serve_udp(serving, Arc::new(socket)));
+                Some((serving, Arc::new(UdpSocket::from_std(socket)?)))
             }
-        }
+            Bound::UdpDraining(socket) => Some((serving, socket)),
+        };
+        let udp = udp_socket.map(|(serving, socket)| {
+            let weak = Arc::downgrade(&socket);
+            self.runtime.spawn(serve_udp(serving, socket));
+            weak
+        });
         let checkers = start_checkers(&self.runtime, &shared);
-        self.services.push(Running { shared, socket: copy, _accepting: accepting, alive, checkers });
+        self.services.push(Running { shared, socket: copy, _accepting: accepting, alive, checkers, udp });
         Ok(())
     }
 
@@ -873,5 +903,40 @@ mod tests {
         assert!(!stopping.is_finished(), "stop waits while a connection is open");
         drop(open);
         stopping.join().unwrap();
+    }
+
+    #[test]
+    fn a_udp_service_removed_and_added_again_serves_on_the_socket_its_flows_still_hold() {
+        let endpoint = StdUdp::bind("127.0.0.1:0").unwrap();
+        let endpoint_addr = endpoint.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = endpoint.recv_from(&mut buf) {
+                let _ = endpoint.send_to(&buf[..n], from);
+            }
+        });
+        let port = StdUdp::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let udp = service(&format!(
+            "{{name: u, address: '127.0.0.1:{port}', protocol: udp, endpoints: ['{endpoint_addr}']}}"
+        ));
+        let mut proxy = L4Proxy::start(vec![udp.clone()], None, None).unwrap();
+        let client = StdUdp::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client.connect(("127.0.0.1", port)).unwrap();
+        let ask = |message: &[u8]| -> Vec<u8> {
+            client.send(message).unwrap();
+            let mut buf = [0u8; 64];
+            let n = client.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        assert_eq!(ask(b"one"), b"one");
+        // Removed: its flow keeps the socket bound (for the endpoint's late replies) until it
+        // idles out, so the same address could not be bound again meanwhile.
+        assert!(proxy.configure(Vec::new()).is_empty());
+        assert!(StdUdp::bind(("127.0.0.1", port)).is_err(), "the draining flow holds the socket");
+        let errors = proxy.configure(vec![udp]);
+        assert!(errors.is_empty(), "added again on the socket it had: {errors:?}");
+        assert_eq!(ask(b"two"), b"two");
+        proxy.stop(Duration::ZERO);
     }
 }
