@@ -247,7 +247,8 @@ pub struct L4Backend {
 pub struct L4Flow {
     pub backend: [u32; 4],
     pub snat: [u32; 4],
-    /// CLOCK_MONOTONIC ns of the client's last packet.
+    /// CLOCK_MONOTONIC_COARSE ns (CLOCK_MONOTONIC as of the last tick) of the client's last
+    /// packet.
     pub last_seen_ns: u64,
     /// Idle this long, the flow is over: the service's timeout, or `L4_CLOSING_NS` once a
     /// TCP FIN or RST passed.
@@ -268,8 +269,7 @@ pub struct L4Flow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct L4NextHop {
     /// When the FIB was asked, in units of 2^20 ns (about a millisecond; wraps after 49
-    /// days, compared with wrapping arithmetic), on the direction's own clock
-    /// (CLOCK_MONOTONIC towards endpoints, its coarse variant towards clients); 0 = never.
+    /// days, compared with wrapping arithmetic) of CLOCK_MONOTONIC_COARSE; 0 = never.
     pub checked: u32,
     /// The interface the packet leaves by.
     pub ifindex: u32,

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
@@ -89,13 +89,19 @@ fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<
         Some(settings) if settings.flags & L4_ACTIVE != 0 => settings,
         _ => return Err(Stat::DropL4NoBackend),
     };
+    // The coarse clock (CLOCK_MONOTONIC as of the last tick, no clock read): idle timeouts
+    // are seconds, the next hop's lifetime a quarter of one.
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     match SLUICE_L4_FLOWS.get_ptr_mut(&flow.key) {
         // SAFETY: a live map value (the lookup above); the fields are plain integers, and a
         // concurrent writer of the same flow (another CPU) writes the same values.
         Some(entry) if unsafe { !expired(&*entry, now) } => unsafe {
-            (*entry).last_seen_ns = now;
+            // Written once per tick at most: the flow's other packets leave its cache line
+            // clean, so CPUs sharing a flow do not pass it back and forth.
+            if (*entry).last_seen_ns != now {
+                (*entry).last_seen_ns = now;
+            }
             if flow.closing {
                 (*entry).idle_ns = L4_CLOSING_NS;
             }
@@ -246,8 +252,7 @@ pub fn reply(ctx: &XdpContext, flow: &Flow) -> Option<u32> {
         unsafe { (*entry).idle_ns = L4_CLOSING_NS };
     }
     let to = Rewrite { src: client.dst[0], sport: client.dport, dst: client.src[0], dport: client.sport };
-    // The coarse clock (one tick's precision, no clock read) is plenty for a 250 ms bound, and
-    // this direction has no other use for the time.
+    // The coarse clock, as towards the endpoint (see try_forward).
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: `reply` points at a live map value (the lookup above).

@@ -42,6 +42,14 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
+    // An endpoint's reply to an L4 flow, before the service lookup: only a packet to a node
+    // port in the SNAT range (XDP's own, which no L4 service is given) is looked up, and it
+    // matches only if its source is an endpoint's address and port holding that node port for
+    // a live flow. A reply so skips the two lookups of a packet to no service; everything
+    // else pays one comparison, as before.
+    if let Some(action) = l4::reply(ctx, &flow) {
+        return action;
+    }
     let service = match lookup::service(&flow) {
         Some(service) if service.mode == MODE_STEER => service,
         Some(service) if service.mode == MODE_L4 => {
@@ -52,10 +60,6 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
             return l4::forward(ctx, &flow, &service);
         }
         _ => {
-            // An endpoint's reply to an L4 flow: one comparison for everything else.
-            if let Some(action) = l4::reply(ctx, &flow) {
-                return action;
-            }
             if let Err(reason) = guard::admit_direct(&flow) {
                 stats::count(reason);
                 return xdp_action::XDP_DROP;
