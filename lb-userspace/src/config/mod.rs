@@ -180,7 +180,13 @@ impl Config {
     /// Validates a configuration built or changed in code (command-line overrides, a
     /// provider's translation): the same rules as for a file, without positions.
     pub fn validate(&self, source_name: &str) -> Result<()> {
-        let problems = validate::problems(self);
+        self.validate_since(source_name, None)
+    }
+
+    /// [`Config::validate`], knowing that `valid` (an earlier configuration) validated: what is
+    /// equal to it is checked only against what changed around it, with the same result.
+    pub fn validate_since(&self, source_name: &str, valid: Option<&Config>) -> Result<()> {
+        let problems = validate::problems_since(self, valid);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -227,6 +233,59 @@ mod tests {
             Err(Error::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    /// Validating against an earlier valid configuration finds exactly what a full validation
+    /// finds, whatever changed: a backend that unchanged hosts name is gone, a new host claims
+    /// their domains first, a host or backend is changed into an invalid one, a name repeats.
+    #[test]
+    fn validation_since_a_valid_configuration_equals_a_full_one() {
+        let valid = Config::from_yaml(
+            "listeners: [{name: web, address: \"0.0.0.0:80\"}]
+backends:
+  - {name: b0, endpoints: [{address: \"10.0.0.1:80\"}]}
+  - {name: b1, endpoints: [{address: \"10.0.0.2:80\"}]}
+virtual_hosts:
+  - {name: a, domains: [a.test], routes: [{backend: b0}]}
+  - name: b
+    domains: [b.test, \"*.b.test\"]
+    error_pages: {statuses: [503], backend: b1}
+    routes:
+      - {backend: b1, mirrors: [{backend: b0}], error_pages: {statuses: [502], backend: b1}}
+      - {backend: b0, match: {path: {prefix: /x}}}
+  - {name: c, domains: [\"*\"], routes: [{redirect: {scheme: https, code: 301}}]}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        type Change = fn(&mut Config);
+        let changes: [(&str, Change); 5] = [
+            ("a backend named by unchanged hosts is gone", |c| c.backends.retain(|b| b.name != "b1")),
+            ("a new first host claims their domains", |c| {
+                let mut first = c.virtual_hosts[1].clone();
+                first.name = "new".into();
+                first.domains.push("A.test".into());
+                c.virtual_hosts.insert(0, first);
+            }),
+            ("a host made invalid", |c| {
+                c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("(".into()))
+            }),
+            ("a backend made invalid", |c| c.backends[0].endpoints[0].weight = 20_000),
+            ("a name repeats", |c| {
+                let again = c.virtual_hosts[2].clone();
+                c.virtual_hosts.push(again);
+                let again = c.backends[0].clone();
+                c.backends.push(again);
+            }),
+        ];
+        for (what, change) in changes {
+            let mut config = valid.clone();
+            change(&mut config);
+            let full = validate::problems(&config);
+            assert!(!full.is_empty(), "{what}");
+            assert_eq!(validate::problems_since(&config, Some(&valid)), full, "{what}");
+        }
+        assert!(validate::problems_since(&valid, Some(&valid)).is_empty());
     }
 
     #[test]

@@ -994,7 +994,7 @@ impl Default for RateLimitConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Default: prefix `/` (everything).
@@ -1018,7 +1018,7 @@ pub struct MatchConfig {
 
 /// A query parameter match: the first parameter of that name (case-sensitive, as the Gateway
 /// API says), compared as sent (not percent-decoded).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryParamMatch {
     pub name: String,
@@ -1032,7 +1032,7 @@ pub struct QueryParamMatch {
 
 /// Path matching with the Kubernetes Ingress semantics. In YAML: `{prefix: /api}`,
 /// `{exact: /x}` or `{regex: "^/v[0-9]+/"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(try_from = "OneOf")]
 pub enum PathMatch {
     /// The path equals this, case-sensitively.
@@ -1043,7 +1043,7 @@ pub enum PathMatch {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,

@@ -46,12 +46,23 @@ fn policy(
 }
 
 pub fn problems(config: &Config) -> Vec<Problem> {
+    problems_since(config, None)
+}
+
+/// [`problems`] of `config`, given `valid`, an earlier configuration that has none: a virtual
+/// host or backend group equal to `valid`'s of the same name has no problem of its own (every
+/// rule about it reads only it), so only what it shares with the rest is checked again: the
+/// backends its routes name and its domains against the other hosts'. The result is the same.
+pub fn problems_since(config: &Config, valid: Option<&Config>) -> Vec<Problem> {
     let mut found = Problems(Vec::new());
     top_level(config, &mut found);
     let backends: BTreeSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-    virtual_hosts(&config.virtual_hosts, &backends, &mut found);
+    let unchanged = Unchanged::new(valid);
+    virtual_hosts(&config.virtual_hosts, &backends, &unchanged, &mut found);
     for (i, backend) in config.backends.iter().enumerate() {
-        backend_group(backend, &format!("backends[{i}]"), &mut found);
+        if !unchanged.backend(backend) {
+            backend_group(backend, &format!("backends[{i}]"), &mut found);
+        }
     }
     duplicates(config.backends.iter().map(|b| b.name.as_str()), "backends", "backend", &mut found);
     tls(config, &backends, &mut found);
@@ -257,10 +268,76 @@ fn route_listeners(config: &Config, found: &mut Problems) {
     }
 }
 
-fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: &mut Problems) {
+/// The virtual hosts and backend groups of a configuration known to be valid, by name.
+struct Unchanged<'a> {
+    hosts: crate::FastMap<&'a str, &'a VirtualHostConfig>,
+    backends: crate::FastMap<&'a str, &'a BackendConfig>,
+}
+
+impl<'a> Unchanged<'a> {
+    fn new(valid: Option<&'a Config>) -> Unchanged<'a> {
+        let hosts =
+            valid.into_iter().flat_map(|c| c.virtual_hosts.iter()).map(|h| (h.name.as_str(), h)).collect();
+        let backends =
+            valid.into_iter().flat_map(|c| c.backends.iter()).map(|b| (b.name.as_str(), b)).collect();
+        Unchanged { hosts, backends }
+    }
+
+    fn host(&self, host: &VirtualHostConfig) -> bool {
+        self.hosts.get(host.name.as_str()).is_some_and(|valid| *valid == host)
+    }
+
+    fn backend(&self, backend: &BackendConfig) -> bool {
+        self.backends.get(backend.name.as_str()).is_some_and(|valid| *valid == backend)
+    }
+}
+
+/// What can be wrong with a virtual host that was valid before: a backend it names is gone,
+/// a domain another host now claims first.
+fn unchanged_host(
+    (i, host): (usize, &VirtualHostConfig),
+    backends: &BTreeSet<&str>,
+    claimed: &mut BTreeMap<String, usize>,
+    found: &mut Problems,
+) {
+    let at = || format!("virtual_hosts[{i}]");
+    for (d, domain) in host.domains.iter().enumerate() {
+        if let Some(first) = claimed.insert(domain.to_ascii_lowercase(), i) {
+            found.add(format!("{}.domains[{d}]", at()), claimed_message(domain, first));
+        }
+    }
+    if let Some(pages) = &host.error_pages
+        && !backends.contains(pages.backend.as_str())
+    {
+        error_pages(pages, &format!("{}.error_pages", at()), backends, found);
+    }
+    for (r, route) in host.routes.iter().enumerate() {
+        let named = route.backend.iter().chain(route.mirrors.iter().map(|m| &m.backend));
+        let pages = route.error_pages.iter().map(|p| &p.backend);
+        if named.chain(pages).any(|b| !backends.contains(b.as_str())) {
+            route_backends(route, &format!("{}.routes[{r}]", at()), backends, found);
+        }
+    }
+}
+
+fn claimed_message(domain: &str, first: usize) -> String {
+    let what = if domain == "*" { "the default virtual host".to_owned() } else { format!("{domain:?}") };
+    format!("{what} is already claimed by virtual_hosts[{first}]")
+}
+
+fn virtual_hosts(
+    hosts: &[VirtualHostConfig],
+    backends: &BTreeSet<&str>,
+    unchanged: &Unchanged<'_>,
+    found: &mut Problems,
+) {
     duplicates(hosts.iter().map(|h| h.name.as_str()), "virtual_hosts", "virtual host", found);
     let mut claimed: BTreeMap<String, usize> = BTreeMap::new();
     for (i, host) in hosts.iter().enumerate() {
+        if unchanged.host(host) {
+            unchanged_host((i, host), backends, &mut claimed, found);
+            continue;
+        }
         let at = format!("virtual_hosts[{i}]");
         if host.domains.is_empty() {
             found.add(
@@ -276,12 +353,7 @@ fn virtual_hosts(hosts: &[VirtualHostConfig], backends: &BTreeSet<&str>, found: 
                     format!("{domain:?} is not a host name, a *.wildcard or \"*\""),
                 );
             } else if let Some(first) = claimed.insert(lower, i) {
-                let what =
-                    if domain == "*" { "the default virtual host".to_owned() } else { format!("{domain:?}") };
-                found.add(
-                    format!("{at}.domains[{d}]"),
-                    format!("{what} is already claimed by virtual_hosts[{first}]"),
-                );
+                found.add(format!("{at}.domains[{d}]"), claimed_message(domain, first));
             }
         }
         let headers = (host.request_headers.as_ref(), host.response_headers.as_ref());
@@ -500,6 +572,24 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
     }
     if route.timeout_ms == Some(0) {
         found.add(format!("{at}.timeout_ms"), "must be greater than 0");
+    }
+}
+
+/// The backends a route names exist (its error pages', its mirrors', its own): the checks of
+/// [`route`] that read more than the route, for a route known to be valid otherwise.
+fn route_backends(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+    if let Some(pages) = &route.error_pages {
+        error_pages(pages, &format!("{at}.error_pages"), backends, found);
+    }
+    for (m, mirror) in route.mirrors.iter().enumerate() {
+        if !backends.contains(mirror.backend.as_str()) {
+            found.add(format!("{at}.mirrors[{m}].backend"), format!("no backend named {:?}", mirror.backend));
+        }
+    }
+    if let Some(backend) = &route.backend
+        && !backends.contains(backend.as_str())
+    {
+        found.add(format!("{at}.backend"), format!("no backend named {backend:?}"))
     }
 }
 

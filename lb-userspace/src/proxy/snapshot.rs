@@ -40,7 +40,8 @@ impl Snapshot {
 
     /// Compiles `config`, keeping it (not a copy) for `/api/v1/config`, and sharing with
     /// `previous` every backend group whose configuration is equal, so an unchanged group costs
-    /// a comparison rather than a rebuild (and keeps its balancer position and retry budget).
+    /// a comparison rather than a rebuild (and keeps its balancer position and retry budget),
+    /// and every compiled virtual host that would compile the same ([`RouteTable::build_on`]).
     /// The result is the same as a fresh build's: a group is shared only when everything
     /// [`BackendGroup::build`] reads is equal (its configuration, the affinity key) and it has
     /// no TLS (which may read files that can change behind an equal configuration).
@@ -50,7 +51,7 @@ impl Snapshot {
         registry: &EndpointRegistry,
         generation: u64,
     ) -> Result<Snapshot, String> {
-        let routes = RouteTable::build(&config)?;
+        let routes = RouteTable::build_on(&config, previous.map(|p| (&p.routes, &*p.config)))?;
         let key = affinity_key(&config);
         let reusable: HashMap<&str, &Arc<BackendGroup>> = previous
             .filter(|p| p.config.affinity_key == config.affinity_key)

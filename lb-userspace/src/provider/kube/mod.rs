@@ -718,10 +718,14 @@ impl Emitted {
             }
             modified
         });
-        if self.last.as_deref() == Some(&translation.config) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, &translation.config) || **last == *translation.config)
+        {
             return None;
         }
-        let config = Arc::new(translation.config);
+        let config = translation.config;
         self.last = Some(config.clone());
         Some(Update::Serve(Desired {
             config,

@@ -169,7 +169,8 @@ pub enum NoteKind {
 /// The result of one translation.
 #[derive(Debug, Clone)]
 pub struct Translation {
-    pub config: Config,
+    /// Shared: a translation equal to the last one that validated is that one's `Arc`.
+    pub config: Arc<Config>,
     /// The Ingresses served (ours and not refused), sorted.
     pub served: Vec<IngressId>,
     /// Every Ingress of a class that is ours, served or not, sorted: those not in `served`
@@ -178,22 +179,56 @@ pub struct Translation {
     pub notes: Vec<Note>,
     /// The statuses of the Gateway API objects that are ours.
     pub gateway: GatewayStatuses,
-    /// Field paths (`virtual_hosts[3].routes[1]`, `backends[2]`...) → the Ingress that put
-    /// them there, to set aside the Ingress a validation problem is about.
-    owners: Vec<(String, IngressId)>,
+    /// Fields (`virtual_hosts[3].routes[1]`, `backends[2]`...) → the Ingress that put them
+    /// there, to set aside the Ingress a validation problem is about.
+    owners: Vec<(Field, IngressId)>,
+}
+
+/// A field of the configuration that an Ingress put there; its path is written only when a
+/// validation problem is looked up ([`Translation::owner_of`]), which is rare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Route { host: usize, route: usize },
+    HostTls(usize),
+    Backend(usize),
+    Certificate(usize),
+}
+
+impl Field {
+    /// The field a problem's path (`virtual_hosts[3].routes[1].backend`) is in, if any.
+    fn of(path: &str) -> Option<Field> {
+        /// `[N]` (N written as `format!` writes it) and what follows.
+        fn index(rest: &str) -> Option<(usize, &str)> {
+            let (number, rest) = rest.strip_prefix('[')?.split_once(']')?;
+            let canonical =
+                number.bytes().all(|b| b.is_ascii_digit()) && (number == "0" || !number.starts_with('0'));
+            Some((number.parse().ok().filter(|_| canonical)?, rest))
+        }
+        fn ends(rest: &str) -> bool {
+            rest.is_empty() || rest.starts_with(['.', '['])
+        }
+        if let Some(rest) = path.strip_prefix("virtual_hosts") {
+            let (host, rest) = index(rest)?;
+            if let Some(rest) = rest.strip_prefix(".routes") {
+                let (route, rest) = index(rest)?;
+                return ends(rest).then_some(Field::Route { host, route });
+            }
+            return rest.strip_prefix(".tls").filter(|rest| ends(rest)).map(|_| Field::HostTls(host));
+        }
+        let (list, rest): (fn(usize) -> Field, &str) = match path.strip_prefix("backends") {
+            Some(rest) => (Field::Backend, rest),
+            None => (Field::Certificate, path.strip_prefix("certificates")?),
+        };
+        let (i, rest) = index(rest)?;
+        ends(rest).then(|| list(i))
+    }
 }
 
 impl Translation {
     /// The Ingress that owns the field at `path` (a validation problem's path), if any.
     pub fn owner_of(&self, path: &str) -> Option<&IngressId> {
-        self.owners
-            .iter()
-            .filter(|(prefix, _)| {
-                path.starts_with(prefix.as_str())
-                    && matches!(path.as_bytes().get(prefix.len()), None | Some(b'.' | b'['))
-            })
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, id)| id)
+        let field = Field::of(path)?;
+        self.owners.iter().find(|(owned, _)| *owned == field).map(|(_, id)| id)
     }
 }
 
@@ -209,6 +244,9 @@ pub struct Translator {
     memo: Mutex<memo::Memo>,
     /// Backend groups the last translation made rather than found in the memo.
     last_made: std::sync::atomic::AtomicUsize,
+    /// The last configuration that validated: the next is validated against it (only what
+    /// changed is checked in full) and, when equal, is it.
+    validated: Mutex<Option<Arc<Config>>>,
 }
 
 impl Translator {
@@ -218,6 +256,7 @@ impl Translator {
             checked: Mutex::new(HashMap::new()),
             memo: Mutex::default(),
             last_made: Default::default(),
+            validated: Mutex::default(),
         }
     }
 
@@ -241,22 +280,33 @@ impl Translator {
     /// (reported), until the configuration validates or nothing can be set aside.
     pub fn build(&self, base: &Config, state: &ClusterState) -> Result<Translation, crate::config::Error> {
         let mut excluded = BTreeSet::new();
+        let valid = self.validated.lock().unwrap_or_else(|p| p.into_inner()).clone();
         loop {
             let mut translation = self.translate_excluding(base, state, &excluded);
-            let (problems, source_name) = match validate(&translation.config) {
-                Ok(()) => {
-                    for id in &excluded {
-                        translation.notes.push(Note {
-                            ingress: Some(id.clone()),
-                            message: "not served: the configuration it makes does not validate".into(),
-                            kind: NoteKind::Refused,
-                        });
+            let (problems, source_name) =
+                match translation.config.validate_since("kubernetes", valid.as_deref()) {
+                    Ok(()) => {
+                        for id in &excluded {
+                            translation.notes.push(Note {
+                                ingress: Some(id.clone()),
+                                message: "not served: the configuration it makes does not validate".into(),
+                                kind: NoteKind::Refused,
+                            });
+                        }
+                        match &valid {
+                            Some(valid) if **valid == *translation.config => {
+                                translation.config = Arc::clone(valid)
+                            }
+                            _ => {
+                                *self.validated.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(Arc::clone(&translation.config))
+                            }
+                        }
+                        return Ok(translation);
                     }
-                    return Ok(translation);
-                }
-                Err(crate::config::Error::Invalid { problems, source_name }) => (problems, source_name),
-                Err(other) => return Err(other),
-            };
+                    Err(crate::config::Error::Invalid { problems, source_name }) => (problems, source_name),
+                    Err(other) => return Err(other),
+                };
             let offenders: BTreeSet<IngressId> =
                 problems.iter().filter_map(|p| translation.owner_of(&p.path).cloned()).collect();
             if offenders.is_empty() || offenders.iter().all(|o| excluded.contains(o)) {
@@ -290,7 +340,7 @@ impl Translator {
         let mut canaries = Vec::new();
         let mut served = Vec::new();
         let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
-        considered.sort();
+        considered.sort_unstable();
         let mut readings = Vec::new();
         // Ingresses with equal annotations (in one namespace, when they name a custom-headers
         // ConfigMap, which is looked up there) share one reading with the controller's
@@ -343,7 +393,7 @@ impl Translator {
             builder.canary(ingress, &id, &reading.annotations);
         }
         let gateway = builder.gateway_api(excluded);
-        served.sort();
+        served.sort_unstable();
         let mut memo = std::mem::take(&mut builder.memo);
         let translation = Translation { considered, gateway, ..builder.finish(served) };
         tracing::debug!(made = memo.made, reused = memo.found, held = memo.groups(), "backend groups");
@@ -477,25 +527,22 @@ fn insecure_tls_template() -> &'static BackendTlsConfig {
     TEMPLATE.get_or_init(|| template("insecure_skip_verify: true\n"))
 }
 
-/// How the routing table orders and tells routes apart: the path match and header
-/// constraints.
-type ClaimKey = String;
+/// How the routing table orders and tells routes apart: the whole match (path, methods,
+/// header and query constraints, listeners).
+type ClaimKey = MatchConfig;
 
 fn claim_key(matcher: &MatchConfig) -> ClaimKey {
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}",
-        matcher.path, matcher.headers, matcher.methods, matcher.query_params, matcher.listeners
-    )
+    matcher.clone()
 }
 
 #[derive(Default)]
 struct HostBuild {
     routes: Vec<(RouteConfig, IngressId)>,
     /// Claim key → index into `routes`.
-    claims: HashMap<ClaimKey, usize>,
+    claims: FastMap<ClaimKey, usize>,
     tls: Option<(HostTlsConfig, IngressId)>,
     /// Claim keys of main routes that already have a canary.
-    canaried: BTreeSet<ClaimKey>,
+    canaried: std::collections::HashSet<ClaimKey>,
     /// Its wildcard takes any number of labels (a Gateway API hostname).
     deep_wildcards: bool,
     /// `server-alias` names (with the Ingress that asked), served as this host.
@@ -1404,7 +1451,11 @@ impl<'a> Builder<'a> {
         self.www_twins(&base_hosts);
         self.default_backend_everywhere(&base_hosts);
         let hosts = std::mem::take(&mut self.hosts);
-        let names: BTreeSet<String> = hosts.keys().cloned().chain(base_hosts.iter().cloned()).collect();
+        // Only aliases are checked against every name: made when some host has one.
+        let names: BTreeSet<String> = match hosts.values().any(|h| !h.aliases.is_empty()) {
+            true => hosts.keys().cloned().chain(base_hosts.iter().cloned()).collect(),
+            false => BTreeSet::new(),
+        };
         let mut aliased = BTreeSet::new();
         for (domain, host) in hosts {
             if base_domains.contains(&domain) || base_names.contains(&domain) {
@@ -1441,25 +1492,25 @@ impl<'a> Builder<'a> {
             }
             virtual_host.deep_wildcards = host.deep_wildcards;
             for (r, (route, owner)) in routes.into_iter().enumerate() {
-                owners.push((format!("virtual_hosts[{index}].routes[{r}]"), owner));
+                owners.push((Field::Route { host: index, route: r }, owner));
                 virtual_host.routes.push(route);
             }
             if let Some((tls, owner)) = host.tls {
-                owners.push((format!("virtual_hosts[{index}].tls"), owner));
+                owners.push((Field::HostTls(index), owner));
                 virtual_host.tls = Some(tls);
             }
             config.virtual_hosts.push(virtual_host);
         }
         for (_, (group, owner)) in std::mem::take(&mut self.backends) {
-            owners.push((format!("backends[{}]", config.backends.len()), owner));
+            owners.push((Field::Backend(config.backends.len()), owner));
             config.backends.push(group);
         }
         for (_, (certificate, owner)) in std::mem::take(&mut self.certificates) {
-            owners.push((format!("certificates[{}]", config.certificates.len()), owner));
+            owners.push((Field::Certificate(config.certificates.len()), owner));
             config.certificates.push(certificate);
         }
         Translation {
-            config,
+            config: Arc::new(config),
             served,
             considered: Vec::new(),
             notes: self.notes,

@@ -41,7 +41,9 @@ const MAX_HOST_LEN: usize = 253;
 /// Every virtual host of a configuration, compiled.
 #[derive(Debug)]
 pub struct RouteTable {
-    hosts: Vec<VirtualHost>,
+    /// Shared with the previous table where nothing a virtual host's compilation reads changed
+    /// ([`RouteTable::build_on`]).
+    hosts: Vec<Arc<VirtualHost>>,
     /// Lower-case domain → index into `hosts`.
     exact: HashMap<String, usize>,
     /// Lower-case parent domain of `*.parent` → index into `hosts`.
@@ -228,10 +230,20 @@ impl RouteTable {
     /// anything that would not compile (a bad regex, an unknown backend, a clashing domain) as an
     /// error naming the offending field rather than panicking.
     pub fn build(config: &Config) -> Result<RouteTable, String> {
+        Self::build_on(config, None)
+    }
+
+    /// [`RouteTable::build`], sharing with `previous` (the table compiled from the configuration
+    /// given with it) every virtual host whose compilation would read the same: its
+    /// configuration is equal, the backends it names have the same indexes, the listeners are
+    /// the same, and it reads no file (an htpasswd file may change behind an equal
+    /// configuration). The result is the same as a fresh build's.
+    pub fn build_on(config: &Config, previous: Option<(&RouteTable, &Config)>) -> Result<RouteTable, String> {
         let backends: HashMap<&str, usize> =
             config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
         let listeners: HashMap<&str, usize> =
             config.listeners.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+        let reusable = previous.and_then(|previous| Reusable::new(previous, config));
         let mut table = RouteTable {
             hosts: Vec::with_capacity(config.virtual_hosts.len()),
             exact: HashMap::new(),
@@ -240,10 +252,11 @@ impl RouteTable {
             default: None,
         };
         for (h, host) in config.virtual_hosts.iter().enumerate() {
-            let at = format!("virtual_hosts[{h}]");
             for (d, domain) in host.domains.iter().enumerate() {
-                let lower = domain.to_ascii_lowercase();
-                let lower = lower.strip_suffix('.').unwrap_or(&lower);
+                let mut lower = domain.to_ascii_lowercase();
+                if lower.ends_with('.') {
+                    lower.pop();
+                }
                 let previous = if lower == "*" {
                     table.default.replace(h)
                 } else if let Some(parent) = lower.strip_prefix("*.") {
@@ -253,14 +266,19 @@ impl RouteTable {
                     map.insert(parent.to_owned(), h);
                     previous
                 } else {
-                    table.exact.insert(lower.to_owned(), h)
+                    table.exact.insert(lower, h)
                 };
                 if let Some(first) = previous {
                     return Err(format!(
-                        "{at}.domains[{d}]: {domain:?} is already claimed by virtual_hosts[{first}]"
+                        "virtual_hosts[{h}].domains[{d}]: {domain:?} is already claimed by virtual_hosts[{first}]"
                     ));
                 }
             }
+            if let Some(kept) = reusable.as_ref().and_then(|r| r.host(host, &backends)) {
+                table.hosts.push(kept);
+                continue;
+            }
+            let at = format!("virtual_hosts[{h}]");
             let mut routes = Vec::with_capacity(host.routes.len());
             for (r, route) in host.routes.iter().enumerate() {
                 let route_at = format!("{at}.routes[{r}]");
@@ -276,7 +294,7 @@ impl RouteTable {
             let mut order: Vec<usize> = (0..routes.len()).collect();
             // A stable sort keeps declaration order as the last tie-breaker.
             order.sort_by_key(|&i| routes[i].matcher.precedence());
-            table.hosts.push(VirtualHost { routes, order });
+            table.hosts.push(Arc::new(VirtualHost { routes, order }));
         }
         Ok(table)
     }
@@ -323,7 +341,7 @@ impl RouteTable {
             // avoids a panic path.
             if let Ok(lower) = std::str::from_utf8(lower) {
                 if let Some(&i) = self.exact.get(lower) {
-                    return Some(&self.hosts[i]);
+                    return Some(&*self.hosts[i]);
                 }
                 // `*.foo.com` takes exactly one label in front of `foo.com`: split off the first
                 // label and look the rest up, so `a.b.foo.com` looks for `b.foo.com`.
@@ -331,14 +349,14 @@ impl RouteTable {
                     && !label.is_empty()
                 {
                     if let Some(&i) = self.wildcard.get(parent) {
-                        return Some(&self.hosts[i]);
+                        return Some(&*self.hosts[i]);
                     }
                     // A deep wildcard takes any number of labels: the longest parent wins.
                     if !self.deep_wildcard.is_empty() {
                         let mut parent = parent;
                         loop {
                             if let Some(&i) = self.deep_wildcard.get(parent) {
-                                return Some(&self.hosts[i]);
+                                return Some(&*self.hosts[i]);
                             }
                             match parent.split_once('.') {
                                 Some((_, rest)) if !rest.is_empty() => parent = rest,
@@ -349,8 +367,57 @@ impl RouteTable {
                 }
             }
         }
-        self.default.map(|i| &self.hosts[i])
+        self.default.map(|i| &*self.hosts[i])
     }
+}
+
+/// What [`RouteTable::build_on`] may take from the previous table.
+struct Reusable<'a> {
+    table: &'a RouteTable,
+    config: &'a Config,
+    /// The previous configuration's virtual hosts by name.
+    hosts: HashMap<&'a str, usize>,
+    /// The previous configuration's backend indexes by name.
+    backends: HashMap<&'a str, usize>,
+}
+
+impl<'a> Reusable<'a> {
+    /// `None` when nothing can be shared: the listeners changed (routes keep their indexes).
+    fn new((table, previous): (&'a RouteTable, &'a Config), config: &Config) -> Option<Reusable<'a>> {
+        let same_listeners =
+            previous.listeners.iter().map(|l| &l.name).eq(config.listeners.iter().map(|l| &l.name));
+        if !same_listeners || table.hosts.len() != previous.virtual_hosts.len() {
+            return None;
+        }
+        Some(Reusable {
+            table,
+            config: previous,
+            hosts: previous.virtual_hosts.iter().enumerate().map(|(i, h)| (h.name.as_str(), i)).collect(),
+            backends: previous.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect(),
+        })
+    }
+
+    /// The compiled `host` of the previous table, when compiling it again would give the same.
+    fn host(&self, host: &VirtualHostConfig, backends: &HashMap<&str, usize>) -> Option<Arc<VirtualHost>> {
+        let &index = self.hosts.get(host.name.as_str())?;
+        if self.config.virtual_hosts[index] != *host || reads_files(host) {
+            return None;
+        }
+        let same_index = |name: &str| backends.get(name).is_some_and(|i| self.backends.get(name) == Some(i));
+        let route_backends = host.routes.iter().flat_map(|r| {
+            let pages = r.error_pages.iter().map(|p| p.backend.as_str());
+            r.backend.as_deref().into_iter().chain(r.mirrors.iter().map(|m| m.backend.as_str())).chain(pages)
+        });
+        let mut named = route_backends.chain(host.error_pages.iter().map(|p| p.backend.as_str()));
+        named.all(same_index).then(|| Arc::clone(&self.table.hosts[index]))
+    }
+}
+
+/// Whether compiling `host` reads a file (an htpasswd file).
+fn reads_files(host: &VirtualHostConfig) -> bool {
+    let file =
+        |auth: Option<&crate::config::BasicAuthConfig>| auth.is_some_and(|a| a.htpasswd_file.is_some());
+    file(host.basic_auth.as_ref()) || host.routes.iter().any(|r| file(r.basic_auth.as_ref()))
 }
 
 impl Route {
@@ -1350,6 +1417,70 @@ virtual_hosts:
         assert_eq!(get(&table, "a.b.shallow.test", "/"), None, "an Ingress wildcard takes one label");
         let all = route(&table, "all");
         assert!(matches!(all.action, RouteAction::Respond(s) if s == StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
+    /// The table as a fresh build would make it: its compiled hosts and host maps.
+    fn same_as_fresh(table: &RouteTable, config: &Config) {
+        let fresh = RouteTable::build(config).unwrap();
+        assert_eq!(format!("{:?}", table.hosts), format!("{:?}", fresh.hosts));
+        assert_eq!(
+            (&table.exact, &table.wildcard, &table.deep_wildcard, table.default),
+            (&fresh.exact, &fresh.wildcard, &fresh.deep_wildcard, fresh.default)
+        );
+    }
+
+    /// Compiled virtual hosts are shared with the previous table when nothing their compilation
+    /// reads changed; whatever changed (a route, a backend index that shifts, the listeners, an
+    /// htpasswd file behind an equal configuration), the table is what a fresh build makes.
+    #[test]
+    fn unchanged_virtual_hosts_are_shared_with_the_previous_table() {
+        let htpasswd = std::env::temp_dir().join(format!("sluice-route-reuse-{}", std::process::id()));
+        std::fs::write(&htpasswd, "alice:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n").unwrap();
+        let yaml = |first_backend: &str, timeout: u64, listener: &str| {
+            Config::from_yaml(
+                &format!(
+                    "listeners: [{{name: {listener}, address: \"0.0.0.0:80\"}}]
+backends:
+{first_backend}  - {{name: b0, endpoints: [{{address: \"10.0.0.1:80\"}}]}}
+  - {{name: b1, endpoints: [{{address: \"10.0.0.2:80\"}}]}}
+virtual_hosts:
+  - {{name: a, domains: [a.test], routes: [{{backend: b0, timeout_ms: {timeout}}}]}}
+  - {{name: b, domains: [\"*.b.test\"], routes: [{{backend: b1, mirrors: [{{backend: b0}}]}}]}}
+  - {{name: c, domains: [c.test], routes: [{{redirect: {{scheme: https, code: 301}}}}]}}
+  - {{name: d, domains: [\"*\"], basic_auth: {{htpasswd_file: {}}}, routes: [{{redirect: {{scheme: https, code: 301}}}}]}}
+",
+                    htpasswd.display()
+                ),
+                "t.yaml",
+            )
+            .unwrap()
+        };
+        let shared = |next: &RouteTable, previous: &RouteTable| -> Vec<bool> {
+            (0..4).map(|i| Arc::ptr_eq(&next.hosts[i], &previous.hosts[i])).collect()
+        };
+        let first = yaml("", 1_000, "web");
+        let one = RouteTable::build(&first).unwrap();
+        let again = RouteTable::build_on(&first, Some((&one, &first))).unwrap();
+        same_as_fresh(&again, &first);
+        assert_eq!(shared(&again, &one), [true, true, true, false], "d reads a file");
+
+        let second = yaml("", 2_000, "web");
+        let two = RouteTable::build_on(&second, Some((&one, &first))).unwrap();
+        same_as_fresh(&two, &second);
+        assert_eq!(shared(&two, &one), [false, true, true, false], "a's route changed");
+
+        std::fs::write(&htpasswd, "bob:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n").unwrap();
+        let third = yaml("  - {name: a0, endpoints: [{address: \"10.0.0.3:80\"}]}\n", 2_000, "web");
+        let three = RouteTable::build_on(&third, Some((&two, &second))).unwrap();
+        same_as_fresh(&three, &third);
+        assert_eq!(shared(&three, &two), [false, false, true, false], "b0 and b1 moved");
+        assert!(matches!(route(&three, "a/0").action, RouteAction::Backend(1)));
+
+        let fourth = yaml("  - {name: a0, endpoints: [{address: \"10.0.0.3:80\"}]}\n", 2_000, "other");
+        let four = RouteTable::build_on(&fourth, Some((&three, &third))).unwrap();
+        same_as_fresh(&four, &fourth);
+        assert_eq!(shared(&four, &three), [false; 4], "the listeners changed");
+        std::fs::remove_file(&htpasswd).unwrap();
     }
 
     #[test]

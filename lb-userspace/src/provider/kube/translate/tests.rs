@@ -922,7 +922,7 @@ fn validation_round_trips_the_model() {
     let t = translator().build(&tls_base(), &state).unwrap();
     // What validation reads is what was built (the private key aside: it serializes redacted).
     let reparsed = Config::from_yaml(&model_yaml(&t.config).unwrap(), "t").unwrap();
-    let mut redacted = t.config.clone();
+    let mut redacted = Config::clone(&t.config);
     for certificate in &mut redacted.certificates {
         certificate.key_pem = Some(SecretString("<redacted>".into()));
     }
@@ -953,6 +953,26 @@ fn an_ingress_that_fails_validation_is_set_aside() {
     assert_eq!(t.config.virtual_hosts[0].name, "b.test");
     assert!(notes_contain(&t, "does not validate"), "{}", notes(&t));
     assert_eq!(t.owner_of("listeners[0]"), None);
+}
+
+/// A problem's path names the field an Ingress put there (the route, the host's TLS, the
+/// backend or certificate it is in), or none.
+#[test]
+fn problem_paths_name_their_fields() {
+    for (path, field) in [
+        ("virtual_hosts[3].routes[1]", Some(Field::Route { host: 3, route: 1 })),
+        ("virtual_hosts[3].routes[12].match.headers[0].regex", Some(Field::Route { host: 3, route: 12 })),
+        ("virtual_hosts[0].tls.certificate", Some(Field::HostTls(0))),
+        ("backends[10].endpoints[2].address", Some(Field::Backend(10))),
+        ("certificates[2]", Some(Field::Certificate(2))),
+        ("virtual_hosts[3].domains[0]", None),
+        ("virtual_hosts[3].tlsx", None),
+        ("virtual_hosts[03].routes[1]", None),
+        ("backends[1x]", None),
+        ("listeners[0]", None),
+    ] {
+        assert_eq!(Field::of(path), field, "{path}");
+    }
 }
 
 /// A self-signed certificate and key for `host`, valid now.

@@ -189,18 +189,31 @@ fn outcome(result: Result<Translation, crate::config::Error>) -> String {
     }
 }
 
+/// A base whose own backend has the name of the group of Service `gone` port 80: an Ingress
+/// routing there makes a configuration that does not validate, and is set aside.
+fn colliding_base() -> Config {
+    Config::from_yaml(
+        "listeners:\n  - {name: web, address: '127.0.0.1:8080'}\n  - {name: tls, address: '127.0.0.1:8443', tls: {}}\nxdp: {enabled: false}\nbackends: [{name: 'default/gone:80', endpoints: []}]\n",
+        "base",
+    )
+    .unwrap()
+}
+
 /// Over random sequences of changes (deterministic seeds, bounded), the translator that keeps
-/// its caches gives, after every step, what a fresh translator gives from the same state.
+/// its caches (and validates against the last configuration that validated) gives, after
+/// every step, what a fresh translator gives from the same state; with seeds 5 and 6, Ingresses
+/// are set aside now and then because their configuration does not validate.
 #[test]
 fn incremental_translation_equals_a_fresh_one_after_every_change() {
-    for seed in 1..=4u64 {
+    let mut set_aside = 0;
+    for seed in 1..=6u64 {
         let mut cluster = Cluster::new(seed);
         let incremental = translator();
         let mut history = Vec::new();
         for step in 0..30 {
             let what = if step == 0 { "start".to_owned() } else { cluster.change() };
             history.push(what);
-            let base = tls_base();
+            let base = if seed > 4 { colliding_base() } else { tls_base() };
             let kept = outcome(incremental.build(&base, &cluster.state));
             let fresh = outcome(translator().build(&base, &cluster.state));
             if kept != fresh {
@@ -213,8 +226,10 @@ fn incremental_translation_equals_a_fresh_one_after_every_change() {
                     .collect();
                 panic!("seed {seed} step {step}; changes: {history:?}\n{}", diff.join("\n"));
             }
+            set_aside += usize::from(kept.contains("does not validate"));
         }
     }
+    assert!(set_aside > 0, "no step set an Ingress aside");
 }
 
 /// Two Ingresses on their own Services, and a third Service nobody uses.
