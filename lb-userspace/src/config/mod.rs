@@ -485,6 +485,25 @@ l4_services:
     }
 
     #[test]
+    fn an_l4_service_in_xdp_may_not_use_the_node_ports_xdp_takes_for_its_flows() {
+        let yaml = |xdp: &str, service_xdp: &str| {
+            format!(
+                "listeners: [{{name: a, address: '0.0.0.0:80'}}]\nxdp: {{enabled: {xdp}}}\n\
+                 l4_services: [{{name: s, address: '198.18.0.2:61000', endpoints: [198.18.1.2:61000]{service_xdp}}}]\n"
+            )
+        };
+        let found = problems(&yaml("true", ""));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "l4_services[0].address");
+        assert!(
+            found[0].message.contains("61000..=65535") && found[0].message.contains("xdp: false"),
+            "{found:?}"
+        );
+        assert!(Config::from_yaml(&yaml("true", ", xdp: false"), "t.yaml").is_ok(), "served in user space");
+        assert!(Config::from_yaml(&yaml("false", ""), "t.yaml").is_ok(), "no kernel path");
+    }
+
+    #[test]
     fn error_pages_need_error_statuses_a_known_backend_and_sendable_fields() {
         let found = problems(
             "listeners: [{name: a, address: '0.0.0.0:80'}]

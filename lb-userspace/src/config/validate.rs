@@ -844,6 +844,19 @@ fn l4_services(config: &Config, found: &mut Problems) {
         if service.address.port() == 0 {
             found.add(format!("{at}.address"), "port 0 is not a fixed port; name the port clients use");
         }
+        // XDP takes these ports as the sources of L4 flows towards endpoints and reads a
+        // packet to one of them as an endpoint's reply first.
+        if config.xdp.enabled && service.xdp && super::L4_SNAT_PORTS.contains(&service.address.port()) {
+            found.add(
+                format!("{at}.address"),
+                format!(
+                    "port {} is among the node ports XDP takes for L4 flows ({}..={}); use another port or set xdp: false",
+                    service.address.port(),
+                    super::L4_SNAT_PORTS.start(),
+                    super::L4_SNAT_PORTS.end()
+                ),
+            );
+        }
         if let Some(first) = seen.insert((service.address, service.protocol), i) {
             found.add(
                 format!("{at}.address"),
