@@ -43,10 +43,11 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
         }
     };
     // An endpoint's reply to an L4 flow, before the service lookup: only a packet to a node
-    // port in the SNAT range (XDP's own: the ConfigMap translation refuses services there) is
-    // looked up, and it matches only if its source is an endpoint's address and port holding
-    // that node port for a live flow. A reply so skips the two lookups of a packet to no
-    // service; everything else pays one comparison, as before.
+    // port in the SNAT range (XDP's own: validation and the ConfigMap translation keep L4
+    // services in XDP off it) is looked up, and it matches only if its source is an
+    // endpoint's address and port holding that node port for a live flow. A reply so skips
+    // the two lookups of a packet to no service; everything else pays one comparison, as
+    // before.
     if let Some(action) = l4::reply(ctx, &flow) {
         return action;
     }
