@@ -81,13 +81,8 @@ fn a_new_binary_takes_over_under_load_with_no_failed_request() {
     let (ok, said) = old.upgrade(Some(&new_binary), 30);
     let took = asked.elapsed();
     assert!(ok, "the upgrade succeeds: {said}\n{}", old.child.output());
-    let new_pid: u32 = said
-        .split("pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the new pid in {said:?}"));
-    let new = PidGuard(new_pid);
+    let new = PidGuard::of_upgrade(&said);
+    let new_pid = new.0;
     assert_ne!(new_pid, old.child.pid());
     // Compared as files (device and inode), not paths: the path the kernel shows for another
     // process's executable depends on the mounts it sees (a chroot shows the host's path).
@@ -293,13 +288,7 @@ fn a_binary_with_more_counters_upgrades_over_a_smaller_pinned_stats_array() {
 
     let (ok, said) = old.upgrade(None, 30);
     assert!(ok, "the upgrade succeeds: {said}\n{}", old.child.output());
-    let new_pid: u32 = said
-        .split("pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the new pid in {said:?}"));
-    let new = PidGuard(new_pid);
+    let new = PidGuard::of_upgrade(&said);
     let steered_after_upgrade = xdp_counter(&topology, old.admin, "steered");
     wait_for_load(&load.sent, 100, "after the upgrade");
     wait_for(Duration::from_secs(10), "steering to be counted in the smaller array", || {
@@ -417,8 +406,7 @@ fn in_kubernetes_mode_the_new_process_accepts_only_with_the_clusters_routes() {
     let (ok, said) = upgrade_command(&run_dir, &instance, None, 30);
     assert!(ok, "{said}\n{}", old.child.output());
     kube.set_delay(Duration::ZERO);
-    let new_pid: u32 = said.split("pid ").nth(1).and_then(|r| r.split(')').next()).unwrap().parse().unwrap();
-    let new = PidGuard(new_pid);
+    let new = PidGuard::of_upgrade(&said);
     let mut old_child = old.child;
     wait_for(Duration::from_secs(20), "the old process to exit", || old_child.try_status()).unwrap();
     wait_for_load(&sent, 100, "after the old process exited");
@@ -552,8 +540,7 @@ fn l4_services_in_user_space_are_handed_over_and_their_connections_drain() {
 
     let (ok, said) = upgrade_command(&run_dir, &instance, None, 30);
     assert!(ok, "{said}\n{}", old.output());
-    let new_pid: u32 = said.split("pid ").nth(1).and_then(|r| r.split(')').next()).unwrap().parse().unwrap();
-    let new = PidGuard(new_pid);
+    let new = PidGuard::of_upgrade(&said);
     wait_for_load(&sent, 100, "after the handover");
 
     // The connection from before still works through the old process, which waits for it.
@@ -812,6 +799,17 @@ fn pin_percpu_array(path: &Path, name: &str, entries: u32) {
 struct PidGuard(u32);
 
 impl PidGuard {
+    /// The new process an upgrade started, from what `sluice upgrade` said ("... (pid N) ...").
+    fn of_upgrade(said: &str) -> PidGuard {
+        let pid = said
+            .split("pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("the new pid in {said:?}"));
+        PidGuard(pid)
+    }
+
     /// SIGTERM, then waits until it is gone.
     fn terminate(self) {
         // SAFETY: signalling a process by pid; the guard's pid is the upgraded sluice.
