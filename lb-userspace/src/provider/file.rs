@@ -162,9 +162,13 @@ impl FileProvider {
         let started = std::time::Instant::now();
         let source = Source::File { why };
         match self.load() {
-            Ok(config) => {
-                Update::Serve(Desired { config: Arc::new(config), source, started, ingresses: None })
-            }
+            Ok(config) => Update::Serve(Desired {
+                config: Arc::new(config),
+                source,
+                started,
+                ingresses: None,
+                translated: None,
+            }),
             Err(e) => Update::Refused { source, error: e.to_string() },
         }
     }

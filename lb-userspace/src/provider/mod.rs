@@ -32,6 +32,9 @@ pub struct Desired {
     pub started: Instant,
     /// How many Ingresses it serves, when it is a translation of the cluster's state.
     pub ingresses: Option<usize>,
+    /// How long translating and validating took, when it is a translation (the rest of
+    /// `took_ms` is waiting for the node, compiling and swapping the snapshot).
+    pub translated: Option<std::time::Duration>,
 }
 
 /// Which provider emitted an update and why, for the node's log lines.

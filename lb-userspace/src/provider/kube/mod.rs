@@ -622,7 +622,7 @@ impl KubeProvider {
             .await
             .context("the translation task panicked")?;
         Ok(match result {
-            Ok(translation) => emitted.next(translation, started),
+            Ok(translation) => emitted.next(translation, started, started.elapsed()),
             Err(e) => Some(Update::Refused { source: Source::Kubernetes, error: e.to_string() }),
         })
     }
@@ -682,7 +682,7 @@ impl Emitted {
     /// Logs the translation's new notes, tells the status writer what is served, and returns
     /// the update to emit when the configuration changed. An unchanged configuration is not
     /// emitted again, whether the node applied the last one or not.
-    fn next(&mut self, translation: Translation, started: Instant) -> Option<Update> {
+    fn next(&mut self, translation: Translation, started: Instant, translated: Duration) -> Option<Update> {
         let notes: BTreeSet<String> = translation
             .notes
             .iter()
@@ -718,11 +718,10 @@ impl Emitted {
             }
             modified
         });
-        if self
-            .last
-            .as_ref()
-            .is_some_and(|last| Arc::ptr_eq(last, &translation.config) || **last == *translation.config)
-        {
+        // The translator hands back the `Arc` of the last configuration that validated when the
+        // new one equals it, and every translation that validated comes here, so another `Arc`
+        // is another configuration.
+        if self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, &translation.config)) {
             return None;
         }
         let config = translation.config;
@@ -732,6 +731,7 @@ impl Emitted {
             source: Source::Kubernetes,
             started,
             ingresses: Some(translation.served.len()),
+            translated: Some(translated),
         }))
     }
 }

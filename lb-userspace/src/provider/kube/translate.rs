@@ -344,8 +344,9 @@ impl Translator {
         let mut readings = Vec::new();
         // Ingresses with equal annotations (in one namespace, when they name a custom-headers
         // ConfigMap, which is looked up there) share one reading with the controller's
-        // defaults under it.
-        let mut defaulted: FastMap<(&BTreeMap<String, String>, &str), Arc<annotations::Reading>> =
+        // defaults under it. Keyed by the memo's reading, one `Arc` per distinct annotation map
+        // (the memo holds it until the translation ends), so a map is hashed once, there.
+        let mut defaulted: FastMap<(*const annotations::Reading, &str), Arc<annotations::Reading>> =
             FastMap::default();
         for ingress in ingresses {
             let id = id_of(ingress);
@@ -359,13 +360,13 @@ impl Translator {
             } else {
                 ""
             };
-            let reading = match defaulted.get(&(raw, namespace)) {
+            let reading = match defaulted.get(&(Arc::as_ptr(&read), namespace)) {
                 Some(reading) => Arc::clone(reading),
                 None => {
                     let mut reading = annotations::Reading::clone(&read);
                     builder.controller_defaults(&id, &mut reading);
                     let reading = Arc::new(reading);
-                    defaulted.insert((raw, namespace), Arc::clone(&reading));
+                    defaulted.insert((Arc::as_ptr(&read), namespace), Arc::clone(&reading));
                     reading
                 }
             };
