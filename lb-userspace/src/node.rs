@@ -387,20 +387,13 @@ impl Node {
     /// in-flight requests and WebSockets up to `limits.shutdown_grace_ms`, and the kernel
     /// side is left pinned and attached for the new process.
     pub fn finish_handover(self) {
-        let deadline = Instant::now() + self.shutdown_grace();
+        let grace = self.shutdown_grace();
         let Node { workers, kernel, admin, metrics_server, l4_proxy, .. } = self;
         drop((admin, metrics_server));
         if let Some(kernel) = &kernel {
             kernel.dataplane.release_pins();
         }
-        let mut l4_proxy = l4_proxy.into_inner();
-        if let Some(proxy) = &mut l4_proxy {
-            proxy.close();
-        }
-        workers.stop();
-        if let Some(proxy) = l4_proxy {
-            proxy.stop(deadline.saturating_duration_since(Instant::now()));
-        }
+        drain(workers, l4_proxy.into_inner(), grace);
         if let Some(kernel) = kernel {
             kernel.release();
         }
@@ -412,20 +405,27 @@ impl Node {
     /// port only through its rewrite, so detaching first would reset it.
     pub fn stop(self) -> anyhow::Result<()> {
         self.admin_state.serving.store(false, Ordering::Relaxed);
-        let deadline = Instant::now() + self.shutdown_grace();
+        let grace = self.shutdown_grace();
         let Node { workers, kernel, l4_proxy, .. } = self;
-        let mut l4_proxy = l4_proxy.into_inner();
-        if let Some(proxy) = &mut l4_proxy {
-            proxy.close();
-        }
-        workers.stop();
-        if let Some(proxy) = l4_proxy {
-            proxy.stop(deadline.saturating_duration_since(Instant::now()));
-        }
+        drain(workers, l4_proxy.into_inner(), grace);
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
         Ok(())
+    }
+}
+
+/// The end of serving, shared by a stop and a handover: the L4 proxy stops accepting first (its
+/// sockets close or stay with the new process), the workers drain, then the L4 connections get
+/// what is left of `grace`.
+fn drain(workers: Workers, mut l4_proxy: Option<crate::proxy::l4::L4Proxy>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    if let Some(proxy) = &mut l4_proxy {
+        proxy.close();
+    }
+    workers.stop();
+    if let Some(proxy) = l4_proxy {
+        proxy.stop(deadline.saturating_duration_since(Instant::now()));
     }
 }
 

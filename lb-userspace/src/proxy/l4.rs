@@ -182,11 +182,6 @@ impl L4Proxy {
         Ok(proxy)
     }
 
-    /// What it serves.
-    pub fn services(&self) -> Vec<L4ServiceConfig> {
-        self.services.iter().map(|r| (**r.shared.config.load()).clone()).collect()
-    }
-
     /// Serves `services` from now on, service by service (see the module's comment). A new
     /// service that cannot bind is left out and named in the returned errors; the rest apply.
     pub fn configure(&mut self, services: Vec<L4ServiceConfig>) -> Vec<io::Error> {
