@@ -604,11 +604,13 @@ pub fn markdown(bench_dir: &Path) -> String {
         md.push('\n');
         md.push_str(&xdp);
     }
-    // Measurements made by hand with load-independent tools (instruction counts, system calls),
-    // kept beside the runs and carried into every rewrite.
-    if let Ok(findings) = std::fs::read_to_string(bench_dir.join("tls-findings.md")) {
-        md.push('\n');
-        md.push_str(&findings);
+    // Findings written by hand (what blocks a goal, measurements with load-independent tools:
+    // instruction counts, system calls), kept beside the runs and carried into every rewrite.
+    for name in ["h1-findings.md", "tls-findings.md"] {
+        if let Ok(findings) = std::fs::read_to_string(bench_dir.join(name)) {
+            md.push('\n');
+            md.push_str(&findings);
+        }
     }
     md.push_str(CAVEATS);
     md
