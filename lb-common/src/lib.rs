@@ -438,6 +438,9 @@ stats! {
     PassL4NoRoute = 27 => "pass_l4_no_route",
     /// Passed: an L4 packet over IPv6 (the fast path is IPv4 for now), or with IPv4 options.
     PassL4Unsupported = 28 => "pass_l4_unsupported",
+    /// L4 services: ICMP errors about a flow (an endpoint's port unreachable, fragmentation
+    /// needed, time exceeded) translated back and sent to the flow's client by XDP.
+    L4IcmpReplied = 29 => "l4_icmp_replied",
 }
 
 impl Stat {

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use lb_common::{
     FAMILY_IPV4, FlowKey, L4_ACTIVE, L4_CLOSING_NS, L4_NEXT_HOP_CLOCK_SHIFT, L4_NEXT_HOP_TTL_NS,
     L4_SNAT_PORT_MAX, L4_SNAT_PORT_MIN, L4Flow, L4NextHop, L4Reply, L4ReplyKey, MAGLEV_TABLE_SIZE,
-    MAX_L4_BACKENDS, MAX_L4_SERVICES, PROTO_UDP, ServiceValue, Stat,
+    MAX_L4_BACKENDS, MAX_L4_SERVICES, PROTO_TCP, PROTO_UDP, ServiceValue, Stat,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -270,6 +270,156 @@ pub fn reply(ctx: &XdpContext, flow: &Flow) -> Option<u32> {
     })
 }
 
+/// ICMP error types that quote the packet they are about: destination unreachable (port
+/// unreachable, fragmentation needed for path MTU discovery, ...) and time exceeded.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const PROTO_ICMP: u8 = 1;
+/// The ICMP header, then the quoted IPv4 header (without options) and its transport header.
+const ICMP_OFFSET: usize = L4_OFFSET;
+const QUOTED_IP_OFFSET: usize = ICMP_OFFSET + 8;
+const QUOTED_L4_OFFSET: usize = QUOTED_IP_OFFSET + Ipv4Hdr::LEN;
+
+/// An ICMP error about a packet XDP sent to an endpoint (the endpoint's port unreachable, a
+/// router's "fragmentation needed" or "time exceeded" on the way) reaches the node's SNAT
+/// port, where no socket would take it: it is translated for the client as the reply path
+/// translates the flow's packets (outer addresses, the quoted packet made the one the client
+/// sent, every checksum it touches) and sent to the client, so its UDP socket sees the port
+/// unreachable and its TCP path MTU discovery works. `None` for anything else (the caller
+/// passes it as before): other ICMP, IP options in either header, a quote of no live flow.
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext) -> Option<u32> {
+    let ip: Ipv4Hdr = read(ctx, EthHdr::LEN)?;
+    let [kind, _code]: [u8; 2] = read(ctx, ICMP_OFFSET)?;
+    let quoted: Ipv4Hdr = read(ctx, QUOTED_IP_OFFSET)?;
+    let [sport, dport]: [u16; 2] = read(ctx, QUOTED_L4_OFFSET)?;
+    if ip.proto != PROTO_ICMP
+        || ip.vihl != 0x45
+        || !(kind == ICMP_DEST_UNREACH || kind == ICMP_TIME_EXCEEDED)
+        || quoted.vihl != 0x45
+        || !(quoted.proto == PROTO_TCP || quoted.proto == PROTO_UDP)
+        || !(L4_SNAT_PORT_MIN..=L4_SNAT_PORT_MAX).contains(&u16::from_be(sport))
+        // The quote lies inside the IP packet (ICMP quotes at least 8 bytes of transport).
+        || usize::from(u16::from_be_bytes(ip.tot_len)) < QUOTED_L4_OFFSET + 8 - EthHdr::LEN
+    {
+        return None;
+    }
+    // The quoted packet went from the node's SNAT port to an endpoint: its reply key.
+    let key = L4ReplyKey {
+        backend: [u32::from_ne_bytes(quoted.dst_addr), 0, 0, 0],
+        backend_port: dport,
+        snat_port: sport,
+        proto: quoted.proto,
+        family: FAMILY_IPV4,
+        _pad: 0,
+    };
+    let reply = SLUICE_L4_REPLIES.get_ptr_mut(&key)?;
+    // SAFETY: copied out at once; user space and other CPUs replace entries whole.
+    let client: FlowKey = unsafe { (*reply).client };
+    let to = Rewrite { src: client.dst[0], sport: client.dport, dst: client.src[0], dport: client.sport };
+    // next_hop reads only the protocol from the flow: the quoted one, as for the flow's replies.
+    let flow = Flow {
+        key: FlowKey { proto: quoted.proto, ..FlowKey::default() },
+        l4: ICMP_OFFSET,
+        syn: false,
+        closing: false,
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: `reply` points at a live map value (the lookup above).
+    let sent = next_hop(ctx, &flow, &to, unsafe { &raw mut (*reply).hop }, now).and_then(|()| {
+        rewrite_icmp_error(ctx, &client, &to, quoted.proto, unsafe { &raw const (*reply).hop })
+    });
+    Some(match sent {
+        Ok(action) => {
+            stats::count(Stat::L4IcmpReplied);
+            action
+        }
+        Err(reason) => {
+            stats::count(reason);
+            xdp_action::XDP_PASS
+        }
+    })
+}
+
+/// Rewrites an ICMP error for the client: the outer packet goes from the service address to
+/// the client (`to`), the quoted packet becomes the client's own (client to service), and the
+/// IP checksums of both, the quoted transport checksum when the quote holds it, and the ICMP
+/// checksum (which covers the quote) are updated word by word.
+#[inline(always)]
+fn rewrite_icmp_error(
+    ctx: &XdpContext,
+    client: &FlowKey,
+    to: &Rewrite,
+    proto: u8,
+    hop: *const L4NextHop,
+) -> Result<u32, Stat> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Stat::PassTruncated)?;
+    let icmp_check = ptr_at::<u16>(ctx, ICMP_OFFSET + 2).ok_or(Stat::PassTruncated)?;
+    let quoted = ptr_at::<Ipv4Hdr>(ctx, QUOTED_IP_OFFSET).ok_or(Stat::PassTruncated)?;
+    let ports = ptr_at::<[u16; 2]>(ctx, QUOTED_L4_OFFSET).ok_or(Stat::PassTruncated)?;
+    let l4_check_offset = QUOTED_L4_OFFSET + if proto == PROTO_UDP { 6 } else { 16 };
+    // SAFETY: every packet pointer was bounds-checked by ptr_at just above; `hop` points at a
+    // live map value (see next_hop).
+    unsafe {
+        let tot_len = usize::from(u16::from_be_bytes((*ip).tot_len));
+        let mut outer = Csum::new(u16::from_ne_bytes((*ip).check));
+        outer.replace32(u32::from_ne_bytes((*ip).src_addr), to.src);
+        outer.replace32(u32::from_ne_bytes((*ip).dst_addr), to.dst);
+        (*ip).check = outer.finish().to_ne_bytes();
+        (*ip).src_addr = to.src.to_ne_bytes();
+        (*ip).dst_addr = to.dst.to_ne_bytes();
+
+        // The quote as the client sent it: from the client's address and port to the service's.
+        let (old_src, new_src) = (u32::from_ne_bytes((*quoted).src_addr), client.src[0]);
+        let (old_dst, new_dst) = (u32::from_ne_bytes((*quoted).dst_addr), client.dst[0]);
+        let [old_sport, old_dport] = *ports;
+        let mut icmp = Csum::new(*icmp_check);
+        let old_quoted_check = u16::from_ne_bytes((*quoted).check);
+        let mut quoted_ip = Csum::new(old_quoted_check);
+        quoted_ip.replace32(old_src, new_src);
+        quoted_ip.replace32(old_dst, new_dst);
+        let new_quoted_check = quoted_ip.finish();
+        (*quoted).check = new_quoted_check.to_ne_bytes();
+        (*quoted).src_addr = new_src.to_ne_bytes();
+        (*quoted).dst_addr = new_dst.to_ne_bytes();
+        *ports = [client.sport, client.dport];
+        icmp.replace32(old_src, new_src);
+        icmp.replace32(old_dst, new_dst);
+        icmp.replace16(old_quoted_check, new_quoted_check);
+        icmp.replace16(old_sport, client.sport);
+        icmp.replace16(old_dport, client.dport);
+        // The quoted transport checksum, when the quote reaches it (UDP's always does; TCP's
+        // sits at byte 16, past the 8 bytes a router must quote). A zero UDP one means none.
+        if l4_check_offset + 2 <= EthHdr::LEN + tot_len
+            && let Some(check) = ptr_at::<u16>(ctx, l4_check_offset)
+            && !(proto == PROTO_UDP && *check == 0)
+        {
+            let old_check = *check;
+            let mut sum = Csum::new(old_check);
+            sum.replace32(old_src, new_src);
+            sum.replace32(old_dst, new_dst);
+            sum.replace16(old_sport, client.sport);
+            sum.replace16(old_dport, client.dport);
+            let mut new_check = sum.finish();
+            if proto == PROTO_UDP && new_check == 0 {
+                new_check = 0xffff;
+            }
+            *check = new_check;
+            icmp.replace16(old_check, new_check);
+        }
+        *icmp_check = icmp.finish();
+    }
+    Ok(send(ctx, hop))
+}
+
+/// A packet read out of the frame, bounds-checked.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the frame; headers sit at any offset.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
 #[inline(always)]
 fn expired(entry: &L4Flow, now: u64) -> bool {
     now.wrapping_sub(entry.last_seen_ns) > entry.idle_ns
@@ -341,9 +491,7 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, to: &Rewrite, hop: *const L4NextHop) -
     let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Stat::PassTruncated)?;
     let ports = ptr_at::<[u16; 2]>(ctx, L4_OFFSET).ok_or(Stat::PassTruncated)?;
     let check = ptr_at::<u16>(ctx, flow.csum_offset()).ok_or(Stat::PassTruncated)?;
-    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Stat::PassTruncated)?;
-    // SAFETY: every packet pointer was bounds-checked by ptr_at just above; `hop` points at a
-    // live map value or the caller's stack (see next_hop).
+    // SAFETY: every packet pointer was bounds-checked by ptr_at just above.
     unsafe {
         let old_src = u32::from_ne_bytes((*ip).src_addr);
         let old_dst = u32::from_ne_bytes((*ip).dst_addr);
@@ -372,12 +520,23 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, to: &Rewrite, hop: *const L4NextHop) -
             *check = new_check;
         }
         *ports = [to.sport, to.dport];
+    }
+    Ok(send(ctx, hop))
+}
+
+/// Puts `hop`'s MAC addresses on the frame and sends it out of `hop`'s interface.
+#[inline(always)]
+fn send(ctx: &XdpContext, hop: *const L4NextHop) -> u32 {
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else { return xdp_action::XDP_PASS };
+    // SAFETY: `eth` was bounds-checked by ptr_at; `hop` points at a live map value or the
+    // caller's stack (see next_hop); the context is the program's own.
+    unsafe {
         *eth = (*hop).macs;
         let ifindex = (*hop).ifindex;
         if ifindex == (*ctx.ctx).ingress_ifindex {
-            Ok(xdp_action::XDP_TX)
+            xdp_action::XDP_TX
         } else {
-            Ok(bpf_redirect(ifindex, 0) as u32)
+            bpf_redirect(ifindex, 0) as u32
         }
     }
 }

@@ -38,6 +38,13 @@ fn try_sluice_xdp(ctx: &XdpContext) -> u32 {
     let flow = match parse::parse(ctx) {
         Ok(flow) => flow,
         Err(reason) => {
+            // ICMP is no TCP or UDP: an error about an L4 flow goes back to its client. Only
+            // packets already off the fast path pay for the check.
+            if reason == Stat::PassOtherProtocol
+                && let Some(action) = l4::icmp_error(ctx)
+            {
+                return action;
+            }
             stats::count(reason);
             return xdp_action::XDP_PASS;
         }

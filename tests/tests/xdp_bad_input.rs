@@ -786,6 +786,7 @@ fn is_outcome(stat: Stat) -> bool {
         | Stat::PassL4Unsupported
         | Stat::L4Forwarded
         | Stat::L4Replied
+        | Stat::L4IcmpReplied
         | Stat::Steered => true,
         Stat::Packets
         | Stat::Bytes

@@ -121,6 +121,95 @@ fn both_directions_are_translated_with_valid_checksums() {
     .unwrap();
 }
 
+/// ICMP errors about a flow XDP sent to an endpoint arrive at the node's SNAT port, where no
+/// socket would take them: XDP sends them on to the flow's client, from the service, quoting
+/// the packet exactly as the client sent it (so the client's kernel finds its socket), with the
+/// IP, ICMP and quoted checksums valid. Errors about no live flow, and other ICMP, pass.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn icmp_errors_about_a_flow_reach_its_client_translated() {
+    require_root!();
+    let ns = routed_namespace();
+    ns.run(|| {
+        let dataplane = dataplane_with_services();
+        let counters = || dataplane.counters().unwrap();
+
+        // The endpoint's port unreachable for a UDP datagram, quoting all of it (as Linux does).
+        let datagram = frames::ipv4(IPPROTO_UDP, CLIENT, NODE, 40010, UDP_PORT, 0, b"query");
+        let out = dataplane.test_run_xdp(&datagram).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let forwarded = out.frame;
+        let unreachable = icmp_error(ENDPOINT, NODE, [3, 3], &forwarded[ETH_HLEN..]);
+        let before = counters();
+        let out = dataplane.test_run_xdp(&unreachable).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT, "{:?}", counters());
+        let back = Parsed::of(&out.frame);
+        assert_eq!(
+            (back.src, back.dst, back.dst_mac),
+            (NODE, CLIENT, CLIENT_MAC),
+            "from the service to the client"
+        );
+        let icmp = &out.frame[ETH_HLEN + 20..];
+        assert_eq!(&icmp[..2], &[3, 3], "type and code kept");
+        assert_eq!(frames::checksum_fold(0, &out.frame[ETH_HLEN..ETH_HLEN + 20]), 0, "outer IP checksum");
+        assert_eq!(frames::checksum_fold(0, icmp), 0, "ICMP checksum");
+        assert_eq!(
+            &icmp[8..],
+            &datagram[ETH_HLEN..],
+            "the quote is the client's own datagram, checksums included"
+        );
+        assert_eq!(counters().get(Stat::L4IcmpReplied) - before.get(Stat::L4IcmpReplied), 1);
+
+        // A router's "fragmentation needed" for a TCP segment, quoting the IP header and only
+        // the 8 bytes of transport a router must: the quoted TCP checksum is not there to fix.
+        let syn = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 40011, TCP_PORT, TCP_SYN, b"");
+        let out = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let forwarded = out.frame;
+        let router = Ipv4Addr::new(198, 18, 1, 1);
+        let mut too_big = icmp_error(router, NODE, [3, 4], &forwarded[ETH_HLEN..ETH_HLEN + 28]);
+        // The next hop's MTU, in the ICMP header's second word (RFC 1191).
+        set_icmp_word(&mut too_big, 6, 1400);
+        let out = dataplane.test_run_xdp(&too_big).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        let back = Parsed::of(&out.frame);
+        assert_eq!((back.src, back.dst), (NODE, CLIENT));
+        let icmp = &out.frame[ETH_HLEN + 20..];
+        assert_eq!(frames::checksum_fold(0, icmp), 0, "ICMP checksum");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1400, "the MTU kept");
+        assert_eq!(&icmp[8..36], &syn[ETH_HLEN..ETH_HLEN + 28], "the client's IP header and ports");
+
+        // Time exceeded on the way to the endpoint: the same.
+        let expired = icmp_error(router, NODE, [11, 0], &forwarded[ETH_HLEN..ETH_HLEN + 28]);
+        let before = counters();
+        assert_eq!(dataplane.test_run_xdp(&expired).unwrap().verdict, XDP_REDIRECT);
+        assert_eq!(counters().get(Stat::L4IcmpReplied) - before.get(Stat::L4IcmpReplied), 1);
+
+        // About a node port no flow holds, about a packet from elsewhere, an echo request, a
+        // quote cut short: passed untouched, counted as before.
+        let mut stranger = forwarded[ETH_HLEN..ETH_HLEN + 28].to_vec();
+        stranger[20..22].copy_from_slice(&(L4_SNAT_PORT_MIN - 1).to_be_bytes());
+        let mut unheld = forwarded[ETH_HLEN..ETH_HLEN + 28].to_vec();
+        let held = u16::from_be_bytes([unheld[20], unheld[21]]);
+        let other = if held == L4_SNAT_PORT_MIN { held + 1 } else { held - 1 };
+        unheld[20..22].copy_from_slice(&other.to_be_bytes());
+        let echo = icmp_error(router, NODE, [8, 0], &forwarded[ETH_HLEN..ETH_HLEN + 28]);
+        let short = icmp_error(router, NODE, [3, 4], &forwarded[ETH_HLEN..ETH_HLEN + 24]);
+        for frame in [
+            icmp_error(router, NODE, [3, 1], &stranger),
+            icmp_error(router, NODE, [3, 1], &unheld),
+            echo,
+            short,
+        ] {
+            let before = counters();
+            let out = dataplane.test_run_xdp(&frame).unwrap();
+            assert_eq!((out.verdict, out.frame.as_slice()), (XDP_PASS, frame.as_slice()));
+            assert_eq!(counters().get(Stat::PassOtherProtocol) - before.get(Stat::PassOtherProtocol), 1);
+        }
+    })
+    .unwrap();
+}
+
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn malformed_frames_to_a_service_pass_untouched_and_counted() {
@@ -286,6 +375,36 @@ fn ipv6_hop_by_hop() -> Vec<u8> {
     let payload = u16::from_be_bytes([frame[ETH_HLEN + 4], frame[ETH_HLEN + 5]]) + 8;
     frame[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload.to_be_bytes());
     frame
+}
+
+/// An ICMPv4 error from `src` to `dst` of `[type, code]` quoting `quote` (an IP packet, or
+/// its start), with valid IP and ICMP checksums.
+fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: [u8; 2], quote: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind[0], kind[1], 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let sum = frames::checksum_fold(0, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = frames::checksum_fold(0, &ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    // The Ethernet header of any built frame.
+    let mut frame = frames::ipv4(IPPROTO_UDP, src, dst, 1, 1, 0, b"")[..ETH_HLEN].to_vec();
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+/// Sets the ICMP header's 16-bit word at `offset` and the ICMP checksum again.
+fn set_icmp_word(frame: &mut [u8], offset: usize, value: u16) {
+    let icmp = &mut frame[ETH_HLEN + 20..];
+    icmp[offset..offset + 2].copy_from_slice(&value.to_be_bytes());
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let sum = frames::checksum_fold(0, icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
 }
 
 fn routed_namespace() -> Netns {

@@ -97,6 +97,11 @@ impl ScrapeSource for Xdp {
                 Stat::L4Replied => {
                     ("sluice_xdp_l4_replied", "L4 endpoint replies XDP sent back to the client", vec![])
                 }
+                Stat::L4IcmpReplied => (
+                    "sluice_xdp_l4_icmp_replied",
+                    "ICMP errors about L4 flows XDP sent back to the client",
+                    vec![],
+                ),
                 Stat::L4NewFlows => {
                     ("sluice_xdp_l4_new_flows", "L4 flows placed through the Maglev table", vec![])
                 }

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::l4::{L4Maps, L4Spec};
+use super::{
+    l4::{L4Maps, L4Spec},
+    neighbours::ManagedNeighbours,
+};
 use crate::config::{L4HealthCheck, L4Protocol};
 
 /// One L4 service to balance and how to check its endpoints.
@@ -90,6 +93,7 @@ fn run(
     let mut targets: Vec<L4Target> = Vec::new();
     let mut healthy: Vec<BTreeSet<SocketAddr>> = Vec::new();
     let mut checkers: Vec<Checker> = Vec::new();
+    let mut neighbours = ManagedNeighbours::default();
     while let Ok(command) = commands.recv() {
         match command {
             Command::Configure(next) => {
@@ -118,6 +122,12 @@ fn run(
                     .collect();
                 targets = next;
                 write(&mut maps, &targets, &healthy);
+                neighbours.sync(targets.iter().flat_map(|t| t.spec.endpoints.iter()).filter_map(|e| {
+                    match e.ip() {
+                        IpAddr::V4(v4) => Some(v4),
+                        IpAddr::V6(_) => None,
+                    }
+                }));
                 for (service, target) in targets.iter().enumerate() {
                     if target.spec.protocol == L4Protocol::Udp && target.check.udp_send.is_none() {
                         continue;

@@ -5,6 +5,7 @@ pub mod guard;
 pub mod health;
 pub mod l4;
 pub mod l4_health;
+mod neighbours;
 pub mod pin;
 pub mod steering;
 
