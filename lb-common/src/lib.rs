@@ -292,7 +292,19 @@ pub const L4_NEXT_HOP_TTL_NS: u64 = 250_000_000;
 
 /// How long a TCP flow that has seen a FIN or RST keeps its node source port: 2 MSL, the
 /// longest TIME_WAIT, so a new flow never meets an old connection's state at the endpoint.
-pub const L4_CLOSING_NS: u64 = 60_000_000_000;
+/// One nanosecond over 60 s so that no configured idle timeout (whole milliseconds) equals
+/// it: a flow's `idle_ns` says whether it has closed.
+pub const L4_CLOSING_NS: u64 = 60_000_000_001;
+
+/// A closed TCP flow (`L4_CLOSING_NS`) idle this long gives its node port to a new flow that
+/// found no free port among those it tried, rather than the new flow being dropped: as Linux's
+/// NAT takes a tuple held by a TIME_WAIT connection on its last tries (`nf_nat_used_tuple_harder`).
+/// Without it an endpoint takes at most 4536 new connections a minute (each closed flow holds
+/// its port for `L4_CLOSING_NS`). Should the endpoint still hold the old connection (TIME_WAIT,
+/// or LAST_ACK with the final ACK lost), Linux accepts the new SYN when its timestamp or
+/// sequence number is newer, and otherwise answers with an ACK that the client resets, its SYN
+/// retried a second later: a delay, never a connection on the old state.
+pub const L4_CLOSED_REUSE_NS: u64 = 1_000_000_000;
 
 /// A reply as it arrives from an endpoint: its source and the node port it is sent to.
 #[repr(C)]

@@ -7,7 +7,8 @@
 //! the Maglev table within one health-check interval, and only its own flows are affected:
 //! the TCP service drains (its flows stay on the dead backend, which reset them), the UDP
 //! service resets (a client port reused later is placed again rather than sent to the dead
-//! backend).
+//! backend). The same path is then taken through the Kubernetes translation of a
+//! `tcp-services` entry, in process and in the real binary (`--l4-services-in-xdp`).
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use lb_common::Stat;
 use lb_tests::{
     netns::Netns,
@@ -34,6 +36,12 @@ const UDP_PORT: u16 = 7001;
 const BACKENDS: usize = 3;
 const CHECK_INTERVAL_MS: u64 = 300;
 
+/// 10,000 TCP connections and 10,000 UDP exchanges from new sockets (issue #22's count), from
+/// eight client threads at once: ~2.2 s and ~0.6 s, the whole test ~5 s on a 2-core VM. Each
+/// endpoint then holds 3,333 of its 4536 node ports (a closed TCP flow keeps its port for
+/// `L4_CLOSING_NS` unless a new flow finds none free), where the port tries of a new flow
+/// used to be clustered enough to drop one new flow in eight (`drop_l4_no_port`, asserted
+/// zero here); that is why this ran 1,500 before.
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_interval() {
@@ -64,36 +72,31 @@ fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_
     .unwrap_or_else(|e| panic!("{e:#}; {:?}", node.dataplane().unwrap().counters()));
     let before = node.dataplane().unwrap().counters().unwrap();
 
-    const FLOWS: usize = 1500;
-    for (what, target) in [("tcp", tcp), ("udp", udp)] {
-        let answers = topology
-            .client
-            .run(move || -> Vec<anyhow::Result<(usize, SocketAddr)>> {
-                (0..FLOWS)
-                    .map(|_| if what == "tcp" { tcp_exchange(target) } else { udp_exchange(target) })
-                    .collect()
-            })
-            .unwrap();
+    const CONNECTIONS: usize = 10_000;
+    for (protocol, target) in [(Protocol::Tcp, tcp), (Protocol::Udp, udp)] {
+        let started = Instant::now();
+        let answers = exchanges(&topology, protocol, target, CONNECTIONS)
+            .unwrap_or_else(|e| panic!("{e:#}; {:?}", node.dataplane().unwrap().counters()));
+        eprintln!("{protocol:?}: {CONNECTIONS} exchanges in {:?}", started.elapsed());
         let mut served = BTreeMap::new();
-        for answer in answers {
-            let (backend, seen) = answer.unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        for (backend, seen) in answers {
             assert_eq!(
                 seen.ip(),
                 std::net::IpAddr::V4(node_v4),
-                "{what}: the backend sees the node as the source"
+                "{protocol:?}: the backend sees the node as the source"
             );
             assert!(
                 seen.port() >= lb_common::L4_SNAT_PORT_MIN,
-                "{what}: a node port from the SNAT range: {seen}"
+                "{protocol:?}: a node port from the SNAT range: {seen}"
             );
             *served.entry(backend).or_insert(0usize) += 1;
         }
         for backend in 0..BACKENDS {
-            let share = *served.get(&backend).unwrap_or(&0) as f64 / FLOWS as f64;
+            let share = *served.get(&backend).unwrap_or(&0) as f64 / CONNECTIONS as f64;
             let fair = 1.0 / BACKENDS as f64;
             assert!(
                 (fair * 0.8..=fair * 1.2).contains(&share),
-                "{what}: backend {backend} got {share:.3}: {served:?}"
+                "{protocol:?}: backend {backend} got {share:.3}: {served:?}"
             );
         }
     }
@@ -101,10 +104,12 @@ fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_
     let delta = |stat| after.get(stat) - before.get(stat);
     // Every TCP connection is a new 5-tuple (the client's TIME_WAIT holds its port); a UDP
     // socket's port may be reused by a later one, whose datagram then follows the same flow.
-    assert!(delta(Stat::L4NewFlows) >= FLOWS as u64, "{after:?}");
-    // At least a SYN, an ACK with the request and a FIN per TCP flow; one datagram per UDP one.
-    assert!(delta(Stat::L4Forwarded) >= 4 * FLOWS as u64, "{after:?}");
-    assert!(delta(Stat::L4Replied) >= 3 * FLOWS as u64, "{after:?}");
+    assert!(delta(Stat::L4NewFlows) >= CONNECTIONS as u64, "{after:?}");
+    // Per TCP connection at least a SYN, the handshake's ACK, the request and a FIN one way,
+    // the SYN-ACK, the greeting and the echo the other; one datagram each way per UDP one.
+    assert!(delta(Stat::L4Forwarded) >= 5 * CONNECTIONS as u64, "{after:?}");
+    assert!(delta(Stat::L4Replied) >= 4 * CONNECTIONS as u64, "{after:?}");
+    assert_eq!(delta(Stat::DropL4NoPort), 0, "{after:?}");
     assert_eq!(after.get(Stat::PassL4NoRoute), before.get(Stat::PassL4NoRoute), "{after:?}");
     assert_eq!(worker_connections(&topology, &node), 0, "no worker accepted anything");
 
@@ -129,24 +134,20 @@ fn tcp_and_udp_services_are_balanced_in_xdp_and_a_dead_backend_leaves_within_an_
     let killed = Instant::now();
     // The bound under test: one check interval (plus the checks' own time) after the kill.
     std::thread::sleep(Duration::from_millis(CHECK_INTERVAL_MS + 150).saturating_sub(killed.elapsed()));
-    for (what, target) in [("tcp", tcp), ("udp", udp)] {
-        let answers = topology
-            .client
-            .run(move || -> Vec<anyhow::Result<(usize, SocketAddr)>> {
-                (0..300)
-                    .map(|_| if what == "tcp" { tcp_exchange(target) } else { udp_exchange(target) })
-                    .collect()
-            })
-            .unwrap();
+    for (protocol, target) in [(Protocol::Tcp, tcp), (Protocol::Udp, udp)] {
+        let answers = exchanges(&topology, protocol, target, 600).unwrap_or_else(|e| {
+            panic!("{protocol:?} after the kill: {e:#}; {:?}", node.dataplane().unwrap().counters())
+        });
         let mut served = BTreeMap::new();
-        for answer in answers {
-            let (backend, _) = answer.unwrap_or_else(|e| {
-                panic!("{what} after the kill: {e:#}; {:?}", node.dataplane().unwrap().counters())
-            });
+        for (backend, _) in answers {
             *served.entry(backend).or_insert(0usize) += 1;
         }
-        assert_eq!(served.get(&victim), None, "{what}: the dead backend still gets new flows: {served:?}");
-        assert_eq!(served.len(), BACKENDS - 1, "{what}: {served:?}");
+        assert_eq!(
+            served.get(&victim),
+            None,
+            "{protocol:?}: the dead backend still gets new flows: {served:?}"
+        );
+        assert_eq!(served.len(), BACKENDS - 1, "{protocol:?}: {served:?}");
     }
     // Flows on the other backends carry on; the victim's were cut.
     for (i, (stream, reader, backend)) in held.iter_mut().enumerate() {
@@ -239,6 +240,124 @@ fn a_tcp_services_entry_is_balanced_in_xdp_on_every_node_address() {
     node.stop().unwrap();
 }
 
+/// The real binary in Kubernetes mode (`--tcp-services-configmap`, `--l4-services-in-xdp`),
+/// run in the node namespace with XDP on its interfaces and the fake API server on that
+/// namespace's loopback: the `tcp-services` entry for a Service whose EndpointSlice lists the
+/// backends' addresses is balanced in XDP (its counters in `/metrics` move by at least the
+/// connections made), evenly over the three backends, which see the node as the source;
+/// nothing of the node is on the path (no worker connection, no socket of the node on the
+/// service's port: the user-space L4 proxy did not take it). About 2.5 s.
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn the_binary_balances_a_tcp_services_entry_in_xdp() {
+    use lb_tests::{
+        fake_kube::{
+            FakeKube,
+            objects::{SliceEndpoint, config_map, endpoint_slice_ports, service_ports},
+            sluice::{KubeSluice, KubeSluiceOptions},
+        },
+        process::ChildGuard,
+        temp_dir::TempDir,
+    };
+    require_root!();
+    let topology = Topology::new(BACKENDS).unwrap();
+    for (ns, interface) in [(&topology.client, HOST_IF), (&topology.node, NODE_CLIENT_IF)] {
+        ns.checksum_offload_off(interface).unwrap();
+    }
+    for i in 0..BACKENDS {
+        topology.backends[i].checksum_offload_off(HOST_IF).unwrap();
+        topology.node.checksum_offload_off(&format!("veth-b{i}")).unwrap();
+    }
+    let _backends: Vec<EchoBackend> =
+        (0..BACKENDS).map(|i| EchoBackend::start(&topology.backends[i], i, topology.backend_v4(i))).collect();
+    // On the node namespace's loopback, where the binary reaches it.
+    let kube = topology.node.run(FakeKube::start).unwrap().unwrap();
+    let ready: Vec<SliceEndpoint> =
+        (0..BACKENDS).map(|i| SliceEndpoint::ready(&topology.backend_v4(i).to_string())).collect();
+    kube.apply(service_ports("apps", "echo", &[("echo", 80, TCP_PORT, "TCP")]));
+    kube.apply(endpoint_slice_ports("apps", "echo-1", "echo", "IPv4", &[("echo", TCP_PORT, "TCP")], &ready));
+    kube.apply(config_map("sluice", "tcp-services", &[("9000", "apps/echo:echo")]));
+
+    let options = KubeSluiceOptions {
+        xdp: Some(format!("{{interfaces: [{NODE_CLIENT_IF}, veth-b0, veth-b1, veth-b2], mode: skb}}")),
+        ..KubeSluiceOptions::default()
+    }
+    .args(&["--tcp-services-configmap", "sluice/tcp-services", "--l4-services-in-xdp"]);
+    let dir = TempDir::new();
+    // A namespace of its own: any port is free.
+    let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+    let plain = KubeSluice::command(&kube, &options, &dir, SocketAddr::from(([127, 0, 0, 1], 18080)), admin);
+    let mut command = topology.node.command(plain.get_program());
+    command.args(plain.get_args());
+    for (key, value) in plain.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut sluice = ChildGuard::spawn(command).unwrap();
+    let target = SocketAddr::from((topology.node_v4(), 9000));
+    wait_for(Duration::from_secs(20), "the tcp-services entry to answer", || {
+        assert!(sluice.try_status().is_none(), "sluice exited:\n{}", sluice.output());
+        topology.client.run(move || tcp_exchange(target).ok()).unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sluice.output()));
+    let metrics = || {
+        let body = topology
+            .node
+            .run(move || lb_tests::http::request(admin, "GET", "admin", "/metrics", &[]))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .body;
+        // The sum of a metric's samples; None when it has none.
+        move |name: &str| -> Option<u64> {
+            let values: Vec<f64> = body
+                .lines()
+                .filter(|line| {
+                    line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
+        }
+    };
+    let before = metrics();
+
+    const CONNECTIONS: usize = 1500;
+    let answers = exchanges(&topology, Protocol::Tcp, target, CONNECTIONS)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", sluice.output()));
+    let mut served = BTreeMap::new();
+    for (backend, seen) in answers {
+        assert_eq!(
+            seen.ip(),
+            std::net::IpAddr::V4(topology.node_v4()),
+            "the backend sees the node as the source"
+        );
+        assert!(seen.port() >= lb_common::L4_SNAT_PORT_MIN, "a node port from the SNAT range: {seen}");
+        *served.entry(backend).or_insert(0usize) += 1;
+    }
+    for backend in 0..BACKENDS {
+        let share = *served.get(&backend).unwrap_or(&0) as f64 / CONNECTIONS as f64;
+        let fair = 1.0 / BACKENDS as f64;
+        assert!((fair * 0.8..=fair * 1.2).contains(&share), "backend {backend} got {share:.3}: {served:?}");
+    }
+    let after = metrics();
+    let delta = |name: &str| after(name).expect(name) - before(name).unwrap_or(0);
+    let output = sluice.output();
+    assert!(delta("sluice_xdp_l4_new_flows_total") >= CONNECTIONS as u64, "{output}");
+    assert!(delta("sluice_xdp_l4_forwarded_total") >= 4 * CONNECTIONS as u64, "{output}");
+    assert!(delta("sluice_xdp_l4_replied_total") >= 3 * CONNECTIONS as u64, "{output}");
+    assert_eq!(after("sluice_worker_connections_total"), Some(0), "no worker accepted anything");
+    assert!(!output.contains("proxied in user space"), "{output}");
+    topology
+        .node
+        .run(|| TcpListener::bind(("0.0.0.0", 9000)))
+        .unwrap()
+        .expect("no socket of the node on the service's port");
+    let (status, output) = sluice.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{output}");
+}
+
 fn start_node(topology: &Topology) -> Node {
     let endpoints = |port: u16| {
         (0..BACKENDS).map(|i| format!("'{}:{port}'", topology.backend_v4(i))).collect::<Vec<_>>().join(", ")
@@ -281,6 +400,58 @@ fn worker_connections(topology: &Topology, node: &Node) -> u64 {
         .filter(|line| line.starts_with("sluice_worker_connections_total"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Client threads in the client namespace, each with its share of the exchanges.
+const CLIENT_THREADS: usize = 8;
+/// Bounds a batch of exchanges: about ten times what 10,000 take on a loaded 2-core VM.
+const EXCHANGES_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `count` exchanges (each a new TCP connection or a new UDP socket) with `target`, spread over
+/// `CLIENT_THREADS` threads in the client namespace: the backend and the peer it saw, for each.
+/// The first failure, or the deadline passing, fails the batch.
+fn exchanges(
+    topology: &Topology,
+    protocol: Protocol,
+    target: SocketAddr,
+    count: usize,
+) -> anyhow::Result<Vec<(usize, SocketAddr)>> {
+    let deadline = Instant::now() + EXCHANGES_DEADLINE;
+    topology.client.run(move || -> anyhow::Result<Vec<(usize, SocketAddr)>> {
+        // Threads started here are in the client namespace too (a new thread shares its
+        // creator's namespaces).
+        let threads: Vec<_> = (0..CLIENT_THREADS)
+            .map(|t| {
+                let share = count / CLIENT_THREADS + usize::from(t < count % CLIENT_THREADS);
+                std::thread::spawn(move || -> anyhow::Result<Vec<(usize, SocketAddr)>> {
+                    let mut answers = Vec::with_capacity(share);
+                    for i in 0..share {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "client thread {t}: {i} of {share} exchanges done at the deadline"
+                        );
+                        let answer = match protocol {
+                            Protocol::Tcp => tcp_exchange(target),
+                            Protocol::Udp => udp_exchange(target),
+                        };
+                        answers.push(answer.with_context(|| format!("client thread {t}, exchange {i}"))?);
+                    }
+                    Ok(answers)
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(count);
+        for thread in threads {
+            answers.extend(thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+        }
+        Ok(answers)
+    })?
 }
 
 /// One TCP connection: the backend's greeting (its index and the peer it saw), one echoed line.
@@ -328,7 +499,8 @@ fn echo(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, line: &str) -
 struct EchoBackend {
     stop: Arc<AtomicBool>,
     tcp: SocketAddr,
-    connections: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// The open connections (a copy of each, to reset them), by the order they came in.
+    connections: Arc<std::sync::Mutex<BTreeMap<u64, TcpStream>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -339,28 +511,32 @@ impl EchoBackend {
         let (listener, socket) =
             ns.run(move || (TcpListener::bind(tcp).unwrap(), UdpSocket::bind(udp).unwrap())).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let mut threads = Vec::new();
         let (flag, held) = (stop.clone(), connections.clone());
         threads.push(std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for (id, stream) in (0u64..).zip(listener.incoming()) {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(mut stream) = stream else { continue };
                 let Ok(peer) = stream.peer_addr() else { continue };
                 if let Ok(copy) = stream.try_clone() {
-                    held.lock().unwrap().push(copy);
+                    held.lock().unwrap().insert(id, copy);
                 }
+                let held = held.clone();
                 std::thread::spawn(move || {
                     let _ = stream.write_all(format!("b{index} {peer}\n").as_bytes());
-                    let Ok(clone) = stream.try_clone() else { return };
-                    for line in BufReader::new(clone).lines() {
-                        let Ok(line) = line else { return };
-                        if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
-                            return;
+                    if let Ok(clone) = stream.try_clone() {
+                        for line in BufReader::new(clone).lines() {
+                            let Ok(line) = line else { break };
+                            if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
+                                break;
+                            }
                         }
                     }
+                    // The last copy: the backend closes its side too.
+                    held.lock().unwrap().remove(&id);
                 });
             }
         }));
@@ -388,7 +564,7 @@ impl EchoBackend {
         for thread in self.threads.drain(..) {
             thread.join().unwrap();
         }
-        for stream in self.connections.lock().unwrap().drain(..) {
+        for stream in std::mem::take(&mut *self.connections.lock().unwrap()).into_values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }

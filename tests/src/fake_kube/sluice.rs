@@ -43,6 +43,9 @@ pub struct KubeSluiceOptions {
     pub base_extra: String,
     /// More plain listeners (`web-2`, `web-3`, ...) at these addresses: a Gateway per port.
     pub extra_plain: Vec<SocketAddr>,
+    /// The kernel path on, with this `xdp:` value (`{interfaces: [eth0], mode: skb}`), where by
+    /// default it is off (`--no-xdp`). Run such a binary in a namespace of its own.
+    pub xdp: Option<String>,
 }
 
 impl Default for KubeSluiceOptions {
@@ -59,6 +62,7 @@ impl Default for KubeSluiceOptions {
             tls: false,
             base_extra: String::new(),
             extra_plain: Vec::new(),
+            xdp: None,
         }
     }
 }
@@ -107,8 +111,9 @@ impl KubeSluice {
         (addr, tls_addr): (SocketAddr, Option<SocketAddr>),
         admin: SocketAddr,
     ) -> Command {
+        let xdp = options.xdp.as_deref().unwrap_or("{enabled: false}");
         let mut base = format!(
-            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {{enabled: false}}\nadmin: {{address: \"{admin}\"}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
+            "workers: 2\naccess_log: {{enabled: false}}\nxdp: {xdp}\nadmin: {{address: \"{admin}\"}}\nlisteners:\n  - {{name: web, address: \"{addr}\"}}\n"
         );
         for (i, extra) in options.extra_plain.iter().enumerate() {
             base.push_str(&format!("  - {{name: web-{}, address: \"{extra}\"}}\n", i + 2));
@@ -120,7 +125,10 @@ impl KubeSluice {
         let config = dir.0.join("base.yaml");
         std::fs::write(&config, base).expect("writing the base configuration");
         let mut command = Command::new(sluice_binary().expect("the sluice binary"));
-        command.arg("run").arg("--config").arg(&config).arg("--no-xdp").arg("--kubernetes");
+        command.arg("run").arg("--config").arg(&config).arg("--kubernetes");
+        if options.xdp.is_none() {
+            command.arg("--no-xdp");
+        }
         if options.kubeconfig {
             command.arg("--kubeconfig").arg(kube.write_kubeconfig(&dir.0).expect("writing a kubeconfig"));
         }
