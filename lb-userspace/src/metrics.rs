@@ -516,6 +516,8 @@ pub struct KubeApiStats {
     status_only_changes: AtomicU64,
     /// Translations of the cluster state run (rebuilds).
     translations: AtomicU64,
+    /// Notes of the last translation: what it left out or served otherwise than written.
+    notes: AtomicU64,
 }
 
 pub static KUBE_API: KubeApiStats = KubeApiStats {
@@ -525,6 +527,7 @@ pub static KUBE_API: KubeApiStats = KubeApiStats {
     unauthorized: AtomicU64::new(0),
     status_only_changes: AtomicU64::new(0),
     translations: AtomicU64::new(0),
+    notes: AtomicU64::new(0),
 };
 
 impl KubeApiStats {
@@ -553,6 +556,11 @@ impl KubeApiStats {
 
     pub fn translated(&self) {
         self.translations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The number of notes the last translation made.
+    pub fn noted(&self, notes: usize) {
+        self.notes.store(notes as u64, Ordering::Relaxed);
     }
 
     /// Marks the client as in use, so the counters are rendered (at zero) from the start.
@@ -595,6 +603,13 @@ impl KubeApiStats {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.translations.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sluice_kube_translation_notes",
+            "What the last translation of the cluster state left out or served otherwise than written (skipped TCP/UDP services and Gateway listeners, ignored annotations, conflicts...), each logged once as a warning",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.notes.load(Ordering::Relaxed) as i64).encode(family)?;
         let family = encoder.encode_descriptor(
             "sluice_kube_status_only_changes",
             "Watch events that changed only an object's status (such as the leader's own status writes); no rebuild follows",

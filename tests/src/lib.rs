@@ -67,6 +67,34 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `N` different ports, each free for both TCP and UDP on every local address (for L4
+/// services, which listen on `0.0.0.0:PORT`).
+pub fn free_l4_ports<const N: usize>() -> [u16; N] {
+    let mut ports = Vec::new();
+    while ports.len() < N {
+        let port = free_port();
+        if !ports.contains(&port) && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+/// A UDP endpoint on `addr` that answers each datagram with `NAME:` and the datagram, on a
+/// thread of its own for the rest of the test process.
+pub fn udp_echo(name: &'static str, addr: &str) -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind(addr).unwrap();
+    let bound = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let answer = [format!("{name}:").as_bytes(), &buf[..n]].concat();
+            let _ = socket.send_to(&answer, from);
+        }
+    });
+    bound
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes. Readiness is always polled with a
 /// deadline, never assumed after a sleep.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {

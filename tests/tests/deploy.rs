@@ -42,8 +42,8 @@ use lb_tests::{
     fake_kube::{
         FakeKube,
         objects::{
-            GATEWAY_V1, SliceEndpoint, endpoint_slice, gateway, gateway_class, grpc_route, http_route,
-            ingress, ingress_class, service, tls_route,
+            GATEWAY_V1, GATEWAY_V1ALPHA2, SliceEndpoint, endpoint_slice, gateway, gateway_class, grpc_route,
+            http_route, ingress, ingress_class, service, tcp_route, tls_route, udp_route,
         },
     },
     free_port,
@@ -405,7 +405,9 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         "gw",
         "sluice",
         json!([{"name": "http", "port": plain_port, "protocol": "HTTP"},
-               {"name": "tls", "port": tls_port, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]),
+               {"name": "tls", "port": tls_port, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+               {"name": "tcp", "port": free_port(), "protocol": "TCP"},
+               {"name": "udp", "port": free_port(), "protocol": "UDP"}]),
     ));
     // One route of each kind.
     kube.apply(http_route(
@@ -425,6 +427,16 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         "passthrough",
         json!({"parentRefs": [{"name": "gw", "sectionName": "tls"}], "hostnames": ["tls.example.com"],
                "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    ));
+    kube.apply(tcp_route(
+        "default",
+        "stream",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "tcp"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    ));
+    kube.apply(udp_route(
+        "default",
+        "datagrams",
+        json!({"parentRefs": [{"name": "gw", "sectionName": "udp"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
     ));
     kube.apply(json!({
         "apiVersion": "v1",
@@ -473,9 +485,16 @@ fn sluice_with_the_daemonset_command_line_requests_exactly_the_listed_permission
         (ingress["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.10").then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));
-    for (kind, name) in [("HTTPRoute", "route"), ("GRPCRoute", "grpc"), ("TLSRoute", "passthrough")] {
+    let routes = [
+        (GATEWAY_V1, "HTTPRoute", "route"),
+        (GATEWAY_V1, "GRPCRoute", "grpc"),
+        (GATEWAY_V1, "TLSRoute", "passthrough"),
+        (GATEWAY_V1ALPHA2, "TCPRoute", "stream"),
+        (GATEWAY_V1ALPHA2, "UDPRoute", "datagrams"),
+    ];
+    for (api_version, kind, name) in routes {
         wait_for(Duration::from_secs(20), &format!("the {kind} status"), || {
-            let route = kube.get(GATEWAY_V1, kind, "default", name)?;
+            let route = kube.get(api_version, kind, "default", name)?;
             (route["status"]["parents"][0]["conditions"][0]["status"] == "True").then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", child.output()));

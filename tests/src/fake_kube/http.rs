@@ -386,7 +386,11 @@ fn discovery(path: &str, faults: &Faults) -> Option<Response<Body>> {
         ["api", version] => ("", *version),
         _ => return None,
     };
-    let served: Vec<_> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<_> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .filter(|r| !faults.absent_gateway_kinds.iter().any(|p| p == r.plural))
+        .collect();
     if served.is_empty() || (faults.gateway_api_absent && group == super::store::GATEWAY_GROUP) {
         let message = format!("the server could not find the requested resource ({path})");
         return Some(status_response(404, "NotFound", &message));
@@ -418,7 +422,8 @@ pub(super) fn route(
         return (discovery, false);
     }
     let target = parse_target(path)
-        .filter(|t| !(faults.gateway_api_absent && t.resource.group == super::store::GATEWAY_GROUP));
+        .filter(|t| !(faults.gateway_api_absent && t.resource.group == super::store::GATEWAY_GROUP))
+        .filter(|t| !faults.absent_gateway_kinds.iter().any(|p| p == t.resource.plural));
     let Some(target) = target else {
         let message = format!("the server could not find the requested resource ({path})");
         return (status_response(404, "NotFound", &message), false);

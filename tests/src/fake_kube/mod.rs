@@ -80,6 +80,9 @@ struct Faults {
     unavailable_until: Option<(std::time::Instant, u64)>,
     /// The Gateway API's CRDs are not installed: its paths and discovery answer 404.
     gateway_api_absent: bool,
+    /// These Gateway API resources (plurals) are not served, as on a cluster with the
+    /// standard channel's CRDs only: their paths answer 404, discovery leaves them out.
+    absent_gateway_kinds: Vec<String>,
     /// When set, only requests with `Authorization: Bearer <one of these>` are answered; the
     /// others get 401.
     tokens: Option<Vec<String>>,
@@ -383,6 +386,12 @@ impl FakeKube {
     /// cluster that never installed them; objects stored stay, unseen.
     pub fn uninstall_gateway_api(&self) {
         lock(&self.shared.faults).gateway_api_absent = true;
+    }
+
+    /// Stops serving these Gateway API resources (`tcproutes`, `udproutes`), as on a cluster
+    /// without the experimental channel's CRDs; objects stored stay, unseen.
+    pub fn uninstall_gateway_kinds(&self, plurals: &[&str]) {
+        lock(&self.shared.faults).absent_gateway_kinds.extend(plurals.iter().map(|p| p.to_string()));
     }
 
     /// Serves the Gateway API's kinds again, as when the CRDs are applied.

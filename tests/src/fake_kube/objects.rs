@@ -251,6 +251,24 @@ pub fn tls_route(namespace: &str, name: &str, spec: Value) -> Value {
     route("TLSRoute", namespace, name, spec)
 }
 
+/// The Gateway API's `apiVersion` for TCPRoute and UDPRoute in the fake API server (the
+/// experimental channel's before v1.6).
+pub const GATEWAY_V1ALPHA2: &str = "gateway.networking.k8s.io/v1alpha2";
+
+/// A TCPRoute (`v1alpha2`) with this spec.
+pub fn tcp_route(namespace: &str, name: &str, spec: Value) -> Value {
+    let mut route = route("TCPRoute", namespace, name, spec);
+    route["apiVersion"] = json!(GATEWAY_V1ALPHA2);
+    route
+}
+
+/// A UDPRoute (`v1alpha2`) with this spec.
+pub fn udp_route(namespace: &str, name: &str, spec: Value) -> Value {
+    let mut route = route("UDPRoute", namespace, name, spec);
+    route["apiVersion"] = json!(GATEWAY_V1ALPHA2);
+    route
+}
+
 fn route(kind: &str, namespace: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": GATEWAY_V1,

@@ -158,6 +158,23 @@ pub const RESOURCES: &[ResourceType] = &[
         namespaced: true,
         status: true,
     },
+    // TCPRoute and UDPRoute as the experimental channel before v1.6 serves them (v1alpha2 only).
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1alpha2",
+        plural: "tcproutes",
+        kind: "TCPRoute",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1alpha2",
+        plural: "udproutes",
+        kind: "UDPRoute",
+        namespaced: true,
+        status: true,
+    },
     ResourceType {
         group: GATEWAY_GROUP,
         version: "v1beta1",

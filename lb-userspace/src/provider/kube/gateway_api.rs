@@ -1,6 +1,7 @@
 //! The Gateway API kinds Sluice reads, as the published CRDs define them
 //! (`gateway.networking.k8s.io`, standard channel v1.5): GatewayClass, Gateway, HTTPRoute,
-//! GRPCRoute, TLSRoute (`v1`) and ReferenceGrant (`v1beta1`).
+//! GRPCRoute, TLSRoute (`v1`) and ReferenceGrant (`v1beta1`); TCPRoute and UDPRoute in `v1`
+//! (standard channel from v1.6) or `v1alpha2` (experimental channel), whichever is served.
 //!
 //! The `gateway-api` crate (kube-rs/gateway-api-rs) tracks an older kube and k8s-openapi than
 //! Sluice's, so the subset read here is derived by hand, field for field from the CRD schemas.
@@ -20,12 +21,15 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 /// Implements `kube::Resource` for a kind whose object is `{metadata, spec, status}`.
 macro_rules! gateway_resource {
     ($kind:ident, $version:literal, $plural:literal, $scope:ty) => {
-        impl kube::Resource for $kind {
+        gateway_resource!($kind, stringify!($kind), $version, $plural, $scope);
+    };
+    ($type:ident, $kind:expr, $version:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $type {
             type DynamicType = ();
             type Scope = $scope;
 
             fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(stringify!($kind))
+                Cow::Borrowed($kind)
             }
             fn group(_: &()) -> Cow<'_, str> {
                 Cow::Borrowed(GROUP)
@@ -582,6 +586,52 @@ pub struct TLSRouteRule {
     pub backend_refs: Vec<HTTPBackendRef>,
 }
 
+// ---- TCPRoute and UDPRoute ----
+
+/// The spec of a TCPRoute or a UDPRoute: parents and backends, no matches (v1 allows one rule,
+/// v1alpha2 up to 16).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4RouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub rules: Vec<TLSRouteRule>,
+}
+
+/// A TCPRoute or UDPRoute type, at one version: both versions have the same schema, and the
+/// `v1alpha2` one reads as the `v1` one.
+macro_rules! l4_route {
+    ($type:ident, $kind:literal, $version:literal, $plural:literal) => {
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct $type {
+            #[serde(default)]
+            pub metadata: ObjectMeta,
+            #[serde(default)]
+            pub spec: L4RouteSpec,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub status: Option<RouteStatus>,
+        }
+        gateway_resource!($type, $kind, $version, $plural, Namespaced);
+    };
+}
+l4_route!(TCPRoute, "TCPRoute", "v1", "tcproutes");
+l4_route!(UDPRoute, "UDPRoute", "v1", "udproutes");
+l4_route!(TCPRouteV1Alpha2, "TCPRoute", "v1alpha2", "tcproutes");
+l4_route!(UDPRouteV1Alpha2, "UDPRoute", "v1alpha2", "udproutes");
+
+impl From<&TCPRouteV1Alpha2> for TCPRoute {
+    fn from(route: &TCPRouteV1Alpha2) -> TCPRoute {
+        TCPRoute { metadata: route.metadata.clone(), spec: route.spec.clone(), status: None }
+    }
+}
+
+impl From<&UDPRouteV1Alpha2> for UDPRoute {
+    fn from(route: &UDPRouteV1Alpha2) -> UDPRoute {
+        UDPRoute { metadata: route.metadata.clone(), spec: route.spec.clone(), status: None }
+    }
+}
+
 // ---- ReferenceGrant ----
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -705,5 +755,31 @@ mod tests {
         assert_eq!(json["attachedRoutes"], 2);
         assert_eq!(json["conditions"][0]["observedGeneration"], 3);
         assert_eq!(json["conditions"][0]["type"], "Accepted");
+    }
+
+    /// A TCPRoute as the conformance suite writes it (`v1alpha2`), read as `v1`; both types
+    /// name the same kind and resource at their own version.
+    #[test]
+    fn l4_routes_read_at_either_version() {
+        use kube::Resource;
+        let route: TCPRouteV1Alpha2 = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+            "metadata": {"name": "tcp-route", "namespace": "ns"},
+            "spec": {"parentRefs": [{"name": "gw", "sectionName": "tcp", "port": 5432}],
+                     "rules": [{"backendRefs": [{"name": "svc", "port": 3000, "weight": 2}]}]}
+        }))
+        .unwrap();
+        let route = TCPRoute::from(&route);
+        assert_eq!(route.spec.parent_refs[0].port, Some(5432));
+        assert_eq!(route.spec.rules[0].backend_refs[0].weight, Some(2));
+        assert_eq!((TCPRoute::kind(&()), TCPRoute::version(&())), ("TCPRoute".into(), "v1".into()));
+        assert_eq!(
+            (TCPRouteV1Alpha2::kind(&()), TCPRouteV1Alpha2::version(&()), TCPRouteV1Alpha2::plural(&())),
+            ("TCPRoute".into(), "v1alpha2".into(), "tcproutes".into())
+        );
+        assert_eq!(
+            (UDPRouteV1Alpha2::kind(&()), UDPRoute::plural(&())),
+            ("UDPRoute".into(), "udproutes".into())
+        );
     }
 }

@@ -153,7 +153,184 @@ pub struct Stores {
     pub http_routes: Store<gateway_api::HTTPRoute>,
     pub grpc_routes: Store<gateway_api::GRPCRoute>,
     pub tls_routes: Store<gateway_api::TLSRoute>,
+    pub l4_routes: L4RouteStores,
     pub reference_grants: Store<gateway_api::ReferenceGrant>,
+}
+
+/// TCPRoutes and UDPRoutes, at the version the API serves: `v1` (the standard channel from
+/// v1.6 on), else `v1alpha2` (the experimental channel); only that store is watched, the other
+/// stays empty. Unlike the other Gateway API kinds, nothing watches a kind the API does not
+/// serve: its discovery is asked again every 30 s, and the kind watched once it is served.
+#[derive(Clone)]
+pub struct L4RouteStores {
+    pub tcp: Store<gateway_api::TCPRoute>,
+    pub udp: Store<gateway_api::UDPRoute>,
+    pub tcp_v1alpha2: Store<gateway_api::TCPRouteV1Alpha2>,
+    pub udp_v1alpha2: Store<gateway_api::UDPRouteV1Alpha2>,
+}
+
+/// The writers of [`L4RouteStores`] not yet given to a reflector.
+struct L4RouteWriters {
+    tcp: Option<reflector::store::Writer<gateway_api::TCPRoute>>,
+    udp: Option<reflector::store::Writer<gateway_api::UDPRoute>>,
+    tcp_v1alpha2: Option<reflector::store::Writer<gateway_api::TCPRouteV1Alpha2>>,
+    udp_v1alpha2: Option<reflector::store::Writer<gateway_api::UDPRouteV1Alpha2>>,
+}
+
+impl L4RouteStores {
+    /// Empty stores that nothing fills (until `Stores::watch_l4_routes`).
+    fn unwatched() -> L4RouteStores {
+        L4RouteStores {
+            tcp: reflector::store().0,
+            udp: reflector::store().0,
+            tcp_v1alpha2: reflector::store().0,
+            udp_v1alpha2: reflector::store().0,
+        }
+    }
+
+    /// How often the API is asked again for a kind it did not serve.
+    const REDISCOVERY: Duration = Duration::from_secs(30);
+
+    /// Watches the kinds `installed` says are served, and looks again for the others.
+    fn start(
+        client: &Client,
+        installed: GatewayApiInstalled,
+        changed: &watch::Sender<u64>,
+        config: watcher::Config,
+    ) -> L4RouteStores {
+        let (tcp, tcp_writer) = reflector::store();
+        let (udp, udp_writer) = reflector::store();
+        let (tcp_v1alpha2, tcp_v1alpha2_writer) = reflector::store();
+        let (udp_v1alpha2, udp_v1alpha2_writer) = reflector::store();
+        let mut writers = L4RouteWriters {
+            tcp: Some(tcp_writer),
+            udp: Some(udp_writer),
+            tcp_v1alpha2: Some(tcp_v1alpha2_writer),
+            udp_v1alpha2: Some(udp_v1alpha2_writer),
+        };
+        let (client, changed) = (client.clone(), changed.clone());
+        tokio::spawn(async move {
+            let mut installed = installed;
+            loop {
+                if writers.watch(&client, &installed, &changed, &config) {
+                    break;
+                }
+                tokio::time::sleep(Self::REDISCOVERY).await;
+                installed = GatewayApiInstalled::discover(&client).await;
+            }
+        });
+        L4RouteStores { tcp, udp, tcp_v1alpha2, udp_v1alpha2 }
+    }
+
+    /// Waits until the stores `installed` says are served have listed once.
+    async fn ready(&self, installed: &GatewayApiInstalled) {
+        let tcp = async {
+            let _ = match installed.tcp_routes {
+                Some(RouteVersion::V1) => self.tcp.wait_until_ready().await,
+                Some(RouteVersion::V1Alpha2) => self.tcp_v1alpha2.wait_until_ready().await,
+                None => Ok(()),
+            };
+        };
+        let udp = async {
+            let _ = match installed.udp_routes {
+                Some(RouteVersion::V1) => self.udp.wait_until_ready().await,
+                Some(RouteVersion::V1Alpha2) => self.udp_v1alpha2.wait_until_ready().await,
+                None => Ok(()),
+            };
+        };
+        tokio::join!(tcp, udp);
+    }
+
+    /// The TCPRoutes and the UDPRoutes, as `v1` objects.
+    fn state(&self) -> (Vec<Arc<gateway_api::TCPRoute>>, Vec<Arc<gateway_api::UDPRoute>>) {
+        let mut tcp = self.tcp.state();
+        tcp.extend(self.tcp_v1alpha2.state().iter().map(|r| Arc::new(r.as_ref().into())));
+        let mut udp = self.udp.state();
+        udp.extend(self.udp_v1alpha2.state().iter().map(|r| Arc::new(r.as_ref().into())));
+        (tcp, udp)
+    }
+}
+
+impl L4RouteWriters {
+    /// Starts a reflector for each kind `installed` serves and that has none yet; true when
+    /// both kinds have one.
+    fn watch(
+        &mut self,
+        client: &Client,
+        installed: &GatewayApiInstalled,
+        changed: &watch::Sender<u64>,
+        config: &watcher::Config,
+    ) -> bool {
+        let tcp = (&mut self.tcp, &mut self.tcp_v1alpha2);
+        let tcp = watch_version(tcp, installed.tcp_routes, client, changed, config);
+        let udp = (&mut self.udp, &mut self.udp_v1alpha2);
+        let udp = watch_version(udp, installed.udp_routes, client, changed, config);
+        tcp && udp
+    }
+}
+
+/// Gives the writer of the `version` served to a reflector, unless one of the two already has
+/// one; true when one has.
+fn watch_version<A, B>(
+    (v1, v1alpha2): (&mut Option<reflector::store::Writer<A>>, &mut Option<reflector::store::Writer<B>>),
+    version: Option<RouteVersion>,
+    client: &Client,
+    changed: &watch::Sender<u64>,
+    config: &watcher::Config,
+) -> bool
+where
+    A: WatchedRoute,
+    B: WatchedRoute,
+{
+    if v1.is_none() || v1alpha2.is_none() {
+        return true;
+    }
+    let kind = A::kind(&()).into_owned();
+    match version {
+        Some(RouteVersion::V1) => spawn_watch(client, v1.take(), config, changed),
+        Some(RouteVersion::V1Alpha2) => spawn_watch(client, v1alpha2.take(), config, changed),
+        None => return false,
+    }
+    tracing::info!(kind = %kind, ?version, "{kind}s are served; watching them");
+    true
+}
+
+/// What a TCPRoute or UDPRoute type must be to be watched.
+trait WatchedRoute:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + serde::Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> WatchedRoute for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A status-ignoring reflector of every namespace's `K` into `writer`.
+fn spawn_watch<K: WatchedRoute>(
+    client: &Client,
+    writer: Option<reflector::store::Writer<K>>,
+    config: &watcher::Config,
+    changed: &watch::Sender<u64>,
+) {
+    let Some(writer) = writer else { return };
+    let mut spec_changes = SpecChanges::default();
+    let matters = move |event: &watcher::Event<K>| spec_changes.matters(event);
+    reflect_into(Api::all(client.clone()), config.clone(), changed.clone(), matters, writer);
 }
 
 impl Stores {
@@ -191,6 +368,8 @@ impl Stores {
             http_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
             grpc_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
             tls_routes: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
+            // Watched once discovery has said which version is served (`watch_l4_routes`).
+            l4_routes: L4RouteStores::unwatched(),
             reference_grants: reflect(Api::all(client.clone()), config, changed.clone()),
         }
     }
@@ -212,7 +391,21 @@ impl Stores {
             listed(installed.grpc_routes, &self.grpc_routes),
             listed(installed.tls_routes, &self.tls_routes),
             listed(installed.reference_grants, &self.reference_grants),
+            self.l4_routes.ready(installed),
         );
+    }
+
+    /// Watches TCPRoutes and UDPRoutes at the version `installed` says is served (and looks
+    /// again later for those it does not serve).
+    pub fn watch_l4_routes(
+        &mut self,
+        client: &Client,
+        installed: GatewayApiInstalled,
+        changed: &watch::Sender<u64>,
+        watch_timeout: Duration,
+    ) {
+        let config = watcher::Config::default().timeout(watch_timeout.as_secs().clamp(1, 290) as u32);
+        self.l4_routes = L4RouteStores::start(client, installed, changed, config);
     }
 
     /// Waits until every store has listed once.
@@ -230,6 +423,7 @@ impl Stores {
 
     /// What the stores hold now.
     pub fn state(&self) -> ClusterState {
+        let l4_routes = self.l4_routes.state();
         ClusterState {
             classes: self.classes.state(),
             ingresses: self.ingresses.state(),
@@ -242,6 +436,8 @@ impl Stores {
             http_routes: self.http_routes.state(),
             grpc_routes: self.grpc_routes.state(),
             tls_routes: self.tls_routes.state(),
+            tcp_routes: l4_routes.0,
+            udp_routes: l4_routes.1,
             reference_grants: self.reference_grants.state(),
             namespaces: self.namespaces.state(),
         }
@@ -258,6 +454,29 @@ pub struct GatewayApiInstalled {
     pub tls_routes: bool,
     /// `v1beta1` ReferenceGrant.
     pub reference_grants: bool,
+    /// TCPRoute and UDPRoute: the version read (`v1` when served, else `v1alpha2`), if any.
+    pub tcp_routes: Option<RouteVersion>,
+    pub udp_routes: Option<RouteVersion>,
+}
+
+/// A version of TCPRoute and UDPRoute (the same schema in both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteVersion {
+    V1,
+    V1Alpha2,
+}
+
+impl RouteVersion {
+    /// The version to read `plural` at, given each version's resources.
+    fn of(v1: &[String], v1alpha2: &[String], plural: &str) -> Option<RouteVersion> {
+        if v1.iter().any(|r| r == plural) {
+            Some(RouteVersion::V1)
+        } else if v1alpha2.iter().any(|r| r == plural) {
+            Some(RouteVersion::V1Alpha2)
+        } else {
+            None
+        }
+    }
 }
 
 impl GatewayApiInstalled {
@@ -279,13 +498,15 @@ impl GatewayApiInstalled {
                 }
             }
         };
-        let (v1, v1beta1) = tokio::join!(served("v1"), served("v1beta1"));
+        let (v1, v1beta1, v1alpha2) = tokio::join!(served("v1"), served("v1beta1"), served("v1alpha2"));
         let serves = |list: &[String], plural: &str| list.iter().any(|r| r == plural);
         GatewayApiInstalled {
             v1: serves(&v1, "httproutes"),
             grpc_routes: serves(&v1, "grpcroutes"),
             tls_routes: serves(&v1, "tlsroutes"),
             reference_grants: serves(&v1beta1, "referencegrants"),
+            tcp_routes: RouteVersion::of(&v1, &v1alpha2, "tcproutes"),
+            udp_routes: RouteVersion::of(&v1, &v1alpha2, "udproutes"),
         }
     }
 }
@@ -320,12 +541,26 @@ fn reflect_with<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: watch::Sender<u64>,
-    mut matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
+    matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    reflect_into(api, config, changed, matters, writer);
+    reader
+}
+
+/// Drives a reflector of `api` into `writer` on a task of its own.
+fn reflect_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: watch::Sender<u64>,
+    mut matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
+    writer: reflector::store::Writer<K>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let resource = resource_name::<K>();
     // What a reflector requests must be in the one list that deploy/ grants.
     debug_assert!(
@@ -359,7 +594,6 @@ where
             }
         }
     });
-    reader
 }
 
 /// Tells status-only changes apart: remembers a fingerprint of each object without its
@@ -531,9 +765,10 @@ impl KubeProvider {
         mut shutdown: watch::Receiver<Stop>,
     ) -> anyhow::Result<()> {
         let (changed_tx, mut changed) = watch::channel(0u64);
-        let stores = Stores::start(&self.client, &changed_tx, self.options.api.watch_timeout);
+        let mut stores = Stores::start(&self.client, &changed_tx, self.options.api.watch_timeout);
         tracing::info!(ingress_class = %self.options.ingress_class, controller = CONTROLLER, "watching Kubernetes");
         let gateway_api = GatewayApiInstalled::discover(&self.client).await;
+        stores.watch_l4_routes(&self.client, gateway_api, &changed_tx, self.options.api.watch_timeout);
         if gateway_api.v1 {
             tracing::info!(
                 reference_grants = gateway_api.reference_grants,
@@ -566,6 +801,7 @@ impl KubeProvider {
                 http_routes: stores.http_routes.clone(),
                 grpc_routes: stores.grpc_routes.clone(),
                 tls_routes: stores.tls_routes.clone(),
+                l4_routes: stores.l4_routes.clone(),
             };
             let inputs = leader::StatusInputs {
                 ingresses: stores.ingresses.clone(),
@@ -696,6 +932,7 @@ impl Emitted {
         for note in notes.difference(&self.reported) {
             tracing::warn!(note = %note, "Kubernetes");
         }
+        crate::metrics::KUBE_API.noted(notes.len());
         self.reported = notes;
         self.notes.send_if_modified(|notes| {
             let modified = **notes != translation.notes;
@@ -733,5 +970,24 @@ impl Emitted {
             ingresses: Some(translation.served.len()),
             translated: Some(translated),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouteVersion;
+
+    /// TCPRoute and UDPRoute are read at `v1` when served (the standard channel from v1.6,
+    /// and the experimental channel, which serves both), else at `v1alpha2` (the experimental
+    /// channel before v1.6), else not at all.
+    #[test]
+    fn l4_routes_are_read_at_the_version_served() {
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let v1 = list(&["httproutes", "tcproutes", "tcproutes/status"]);
+        let v1alpha2 = list(&["tcproutes", "udproutes", "udproutes/status"]);
+        assert_eq!(RouteVersion::of(&v1, &v1alpha2, "tcproutes"), Some(RouteVersion::V1));
+        assert_eq!(RouteVersion::of(&v1, &v1alpha2, "udproutes"), Some(RouteVersion::V1Alpha2));
+        assert_eq!(RouteVersion::of(&v1, &[], "udproutes"), None);
+        assert_eq!(RouteVersion::of(&[], &[], "tcproutes"), None);
     }
 }

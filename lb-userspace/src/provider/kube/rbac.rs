@@ -161,6 +161,11 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission::raw(GATEWAY_GROUP, "grpcroutes", Verb::Watch, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::List, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::Watch, REFLECTOR),
+    // TCPRoute and UDPRoute at the version served (`v1`, else `v1alpha2`), once served.
+    Permission::raw(GATEWAY_GROUP, "tcproutes", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "tcproutes", Verb::Watch, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "udproutes", Verb::List, REFLECTOR),
+    Permission::raw(GATEWAY_GROUP, "udproutes", Verb::Watch, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::List, REFLECTOR),
     Permission::raw(GATEWAY_GROUP, "referencegrants", Verb::Watch, REFLECTOR),
     // The leader's Gateway API status writer (`gateway_status`).
@@ -169,6 +174,8 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission::raw(GATEWAY_GROUP, "httproutes", Verb::Patch, GATEWAY_STATUS).on("status"),
     Permission::raw(GATEWAY_GROUP, "grpcroutes", Verb::Patch, GATEWAY_STATUS).on("status"),
     Permission::raw(GATEWAY_GROUP, "tlsroutes", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "tcproutes", Verb::Patch, GATEWAY_STATUS).on("status"),
+    Permission::raw(GATEWAY_GROUP, "udproutes", Verb::Patch, GATEWAY_STATUS).on("status"),
     // The leader's status writer (`leader::Publisher`).
     Permission::of::<Ingress>(
         Scope::Cluster,
@@ -263,6 +270,10 @@ mod tests {
             ("gateway.networking.k8s.io", "grpcroutes/status"),
             ("gateway.networking.k8s.io", "tlsroutes"),
             ("gateway.networking.k8s.io", "tlsroutes/status"),
+            ("gateway.networking.k8s.io", "tcproutes"),
+            ("gateway.networking.k8s.io", "tcproutes/status"),
+            ("gateway.networking.k8s.io", "udproutes"),
+            ("gateway.networking.k8s.io", "udproutes/status"),
             ("gateway.networking.k8s.io", "referencegrants"),
             ("events.k8s.io", "events"),
         ]

@@ -95,6 +95,9 @@ pub struct ClusterState {
     pub http_routes: Vec<Arc<super::gateway_api::HTTPRoute>>,
     pub grpc_routes: Vec<Arc<super::gateway_api::GRPCRoute>>,
     pub tls_routes: Vec<Arc<super::gateway_api::TLSRoute>>,
+    /// Read as `v1` whichever version the API serves (see `Stores::state`).
+    pub tcp_routes: Vec<Arc<super::gateway_api::TCPRoute>>,
+    pub udp_routes: Vec<Arc<super::gateway_api::UDPRoute>>,
     pub reference_grants: Vec<Arc<super::gateway_api::ReferenceGrant>>,
     pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }
@@ -590,6 +593,9 @@ struct Builder<'a> {
     mirror: Option<crate::config::MirrorConfig>,
     /// The translator's cache, taken out for this translation.
     memo: memo::Memo,
+    /// The Gateways' TCP and UDP listeners' services and the routes they serve, added after
+    /// the ConfigMaps' ([`gateway`]).
+    gateway_l4: Vec<(crate::config::L4ServiceConfig, IngressId)>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -632,6 +638,7 @@ impl<'a> Builder<'a> {
             www_redirects: Vec::new(),
             mirror: None,
             memo: std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner())),
+            gateway_l4: Vec::new(),
         }
     }
 
@@ -1440,6 +1447,7 @@ impl<'a> Builder<'a> {
         let mut config = self.base.clone();
         self.controller_settings(&mut config);
         self.stream_services(&mut config);
+        self.gateway_l4_services(&mut config);
         self.default_certificate(&mut config);
         let mut owners = Vec::new();
         let base_domains: BTreeSet<String> = config

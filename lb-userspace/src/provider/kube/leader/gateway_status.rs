@@ -1,5 +1,6 @@
 //! The Gateway API statuses the leader writes: GatewayClass and Gateway conditions (the
-//! Gateway's listeners and addresses too), and each route's (HTTPRoute, GRPCRoute, TLSRoute)
+//! Gateway's listeners and addresses too), and each route's (HTTPRoute, GRPCRoute, TLSRoute,
+//! TCPRoute, UDPRoute at the version read)
 //! `parents` entries for Sluice's Gateways. The translation computes what they should be ([`GatewayStatuses`]); this writes
 //! the difference, under the same rules as the Ingress status: only while the Lease is ours,
 //! through the status subresource, each write conditional on the object's resourceVersion as
@@ -24,7 +25,7 @@ use super::{Elector, log_api_error, status_code};
 use crate::provider::kube::{
     gateway_api::{
         Condition, GRPCRoute, Gateway, GatewayAddress, GatewayClass, HTTPRoute, ListenerStatus,
-        RouteParentStatus, RouteStatus, TLSRoute,
+        RouteParentStatus, RouteStatus, TCPRoute, TCPRouteV1Alpha2, TLSRoute, UDPRoute, UDPRouteV1Alpha2,
     },
     translate::{GATEWAY_CONTROLLER, GatewayStatuses, RouteKind},
 };
@@ -38,6 +39,7 @@ pub struct GatewayStatusWriter {
     pub http_routes: Store<HTTPRoute>,
     pub grpc_routes: Store<GRPCRoute>,
     pub tls_routes: Store<TLSRoute>,
+    pub l4_routes: crate::provider::kube::L4RouteStores,
 }
 
 /// The route kinds, for the writer: their status is the same `parents` list.
@@ -61,6 +63,10 @@ macro_rules! route_object {
 route_object!(HTTPRoute, RouteKind::Http);
 route_object!(GRPCRoute, RouteKind::Grpc);
 route_object!(TLSRoute, RouteKind::Tls);
+route_object!(TCPRoute, RouteKind::Tcp);
+route_object!(UDPRoute, RouteKind::Udp);
+route_object!(TCPRouteV1Alpha2, RouteKind::Tcp);
+route_object!(UDPRouteV1Alpha2, RouteKind::Udp);
 
 /// Conditions as `desired` says, with the transition times of `current` kept where the
 /// status did not change (and now where it did).
@@ -142,7 +148,11 @@ impl GatewayStatusWriter {
         }
         let _ = self.publish_routes(&self.http_routes, elector, &desired, &now).await
             && self.publish_routes(&self.grpc_routes, elector, &desired, &now).await
-            && self.publish_routes(&self.tls_routes, elector, &desired, &now).await;
+            && self.publish_routes(&self.tls_routes, elector, &desired, &now).await
+            && self.publish_routes(&self.l4_routes.tcp, elector, &desired, &now).await
+            && self.publish_routes(&self.l4_routes.udp, elector, &desired, &now).await
+            && self.publish_routes(&self.l4_routes.tcp_v1alpha2, elector, &desired, &now).await
+            && self.publish_routes(&self.l4_routes.udp_v1alpha2, elector, &desired, &now).await;
     }
 
     /// Writes the `parents` of one kind's routes where they differ; other controllers' parents

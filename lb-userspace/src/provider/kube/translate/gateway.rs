@@ -7,11 +7,12 @@
 //! - **Listeners** are served by the node's own listeners: an HTTP listener by a plain one with
 //!   its port, an HTTPS or TLS-passthrough one by a TLS one. A port the node does not listen on
 //!   gives `Accepted: False, PortUnavailable` (Sluice does not open ports from Gateways: the
-//!   node's ports are the DaemonSet's). TLS termination for TLSRoutes, TCP and UDP are
-//!   `UnsupportedProtocol`.
+//!   node's ports are the DaemonSet's). TLS termination for TLSRoutes is `UnsupportedValue`.
+//!   TCP and UDP listeners are the exception: each is an L4 service on `0.0.0.0:PORT` ([`l4`]).
 //! - **Route kinds**: HTTPRoute and GRPCRoute (the same router: a gRPC method is a path, and
 //!   its backends are spoken to over HTTP/2) on HTTP and HTTPS listeners, TLSRoute on TLS
-//!   passthrough listeners (the TLS listener splices by SNI, as `ssl-passthrough`).
+//!   passthrough listeners (the TLS listener splices by SNI, as `ssl-passthrough`), TCPRoute
+//!   and UDPRoute on TCP and UDP listeners.
 //! - **Attachment**: a parentRef attaches to the Gateway's listeners that its `sectionName`
 //!   and `port` select (`NoMatchingParent` when none), whose `allowedRoutes` admit the route's
 //!   namespace and kind (`NotAllowedByListeners`), and whose hostname intersects the route's
@@ -34,6 +35,8 @@ use k8s_openapi::{
     api::{core::v1::Namespace, networking::v1::ServiceBackendPort},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
+
+mod l4;
 
 use super::{Builder, IngressId, host_tls_template, route_template};
 use crate::{
@@ -76,10 +79,13 @@ pub enum RouteKind {
     Http,
     Grpc,
     Tls,
+    Tcp,
+    Udp,
 }
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 3] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tls];
+    pub const ALL: [RouteKind; 5] =
+        [RouteKind::Http, RouteKind::Grpc, RouteKind::Tls, RouteKind::Tcp, RouteKind::Udp];
 
     /// The kind's name in the API.
     pub fn name(self) -> &'static str {
@@ -87,7 +93,14 @@ impl RouteKind {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tls => "TLSRoute",
+            RouteKind::Tcp => "TCPRoute",
+            RouteKind::Udp => "UDPRoute",
         }
+    }
+
+    /// TCPRoute and UDPRoute: served as L4 services, not by the router.
+    fn is_l4(self) -> bool {
+        matches!(self, RouteKind::Tcp | RouteKind::Udp)
     }
 
     fn from_name(name: &str) -> Option<RouteKind> {
@@ -103,6 +116,8 @@ impl RouteKind {
         match protocol {
             "HTTP" | "HTTPS" => &[RouteKind::Http, RouteKind::Grpc],
             "TLS" => &[RouteKind::Tls],
+            "TCP" => &[RouteKind::Tcp],
+            "UDP" => &[RouteKind::Udp],
             _ => &[],
         }
     }
@@ -137,6 +152,8 @@ struct ListenerBuild {
     node_listener: Option<String>,
     namespaces: AllowedNamespaces,
     status: ListenerStatus,
+    /// A TCP or UDP listener's L4 service.
+    l4: Option<l4::Slot>,
 }
 
 enum AllowedNamespaces {
@@ -173,6 +190,8 @@ struct RuleRoutes {
     unresolved: Option<(&'static str, String)>,
     /// A value Sluice does not support (the rule answers 500, or is dropped).
     unsupported: Option<String>,
+    /// A TCPRoute's or UDPRoute's rule: the ready endpoints of its usable backends.
+    endpoints: Vec<std::net::SocketAddr>,
 }
 
 fn created<T: kube::Resource>(object: &T) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
@@ -244,9 +263,12 @@ impl Builder<'_> {
             .collect();
         gateways.sort_by_key(|g| created(*g));
         let mut built: BTreeMap<ObjectKey, GatewayBuild> = BTreeMap::new();
+        let mut l4_ports = l4::Ports::new(self);
         for gateway in gateways {
             let (_, namespace, name) = created(gateway);
-            built.insert((namespace.clone(), name.clone()), self.gateway(gateway, &namespace, &name));
+            let mut build = self.gateway(gateway, &namespace, &name);
+            l4_ports.claim(&mut build, &name);
+            built.insert((namespace.clone(), name.clone()), build);
         }
         // All kinds in one order, oldest first: which of an HTTPRoute and a GRPCRoute gets a
         // hostname they both name depends on their age.
@@ -260,6 +282,12 @@ impl Builder<'_> {
         for route in &self.state.tls_routes {
             routes.push((created(route.as_ref()), tls_view(route)));
         }
+        for route in &self.state.tcp_routes {
+            routes.push((created(route.as_ref()), l4::view(RouteKind::Tcp, route.as_ref(), &route.spec)));
+        }
+        for route in &self.state.udp_routes {
+            routes.push((created(route.as_ref()), l4::view(RouteKind::Udp, route.as_ref(), &route.spec)));
+        }
         routes.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.kind.cmp(&b.1.kind)));
         for (_, view) in routes {
             let set_aside = excluded.contains(&route_id(view.kind, &view.namespace, &view.name));
@@ -269,6 +297,7 @@ impl Builder<'_> {
             }
         }
         for (key, gateway) in built {
+            self.l4_services_of(&key, &gateway);
             statuses.gateways.push((key, gateway_status(gateway)));
         }
         statuses
@@ -322,13 +351,17 @@ impl Builder<'_> {
             }
         };
         let on_tls = protocol != "HTTP";
+        let l4 = l4::Slot::of(listener);
         let node_listener = self
             .base
             .listeners
             .iter()
             .find(|l| i32::from(l.address.port()) == listener.port && l.tls.is_some() == on_tls)
+            .filter(|_| l4.is_none())
             .map(|l| l.name.clone());
-        if supported && node_listener.is_none() {
+        if let (true, Some(Err(why))) = (supported, &l4) {
+            accepted = (false, "PortUnavailable", why.clone());
+        } else if supported && l4.is_none() && node_listener.is_none() {
             let kind = if on_tls { "TLS" } else { "plain" };
             accepted = (
                 false,
@@ -354,7 +387,9 @@ impl Builder<'_> {
                 Err((reason, message)) => resolved = (false, reason, message),
             }
         }
-        let hostname = listener.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase());
+        // TCP and UDP listeners ignore their hostname, as the spec says.
+        let hostname = listener.hostname.clone().filter(|h| !h.is_empty() && l4.is_none());
+        let hostname = hostname.map(|h| h.to_ascii_lowercase());
         // Kinds it cannot take are reported, but the listener serves those it can.
         let programmed =
             accepted.0 && (resolved.0 || (resolved.1 == "InvalidRouteKinds" && !kinds.is_empty()));
@@ -389,6 +424,7 @@ impl Builder<'_> {
             node_listener,
             namespaces,
             status,
+            l4: l4.and_then(Result::ok),
         }
     }
 
@@ -469,7 +505,14 @@ impl Builder<'_> {
         let rules: Vec<RuleRoutes> = if set_aside {
             Vec::new()
         } else {
-            route.rules.iter().enumerate().map(|(i, rule)| self.route_rule(route, rule, i, &id)).collect()
+            let rule = |(i, rule): (usize, &HTTPRouteRule)| {
+                if route.kind.is_l4() {
+                    self.l4_rule(rule, route)
+                } else {
+                    self.route_rule(route, rule, i, &id)
+                }
+            };
+            route.rules.iter().enumerate().map(rule).collect()
         };
         let unresolved = rules.iter().find_map(|r| r.unresolved.clone());
         let mut unsupported: Vec<&str> = rules.iter().filter_map(|r| r.unsupported.as_deref()).collect();
@@ -524,7 +567,11 @@ impl Builder<'_> {
                 conditions,
             });
         }
-        if !set_aside {
+        if route.kind.is_l4() {
+            if !set_aside {
+                self.serve_l4_route(route, &rules, gateways);
+            }
+        } else if !set_aside {
             for (hostname, attached) in hostnames {
                 if route.kind == RouteKind::Tls {
                     self.serve_tls_route_host(&hostname, &rules, &id);
@@ -611,6 +658,11 @@ impl Builder<'_> {
             matched = true;
             listener.status.attached_routes += 1;
             if !listener.programmed {
+                continue;
+            }
+            if let Some(slot) = &mut listener.l4 {
+                // The oldest route is bound to a TCP or UDP listener (the spec's conflict rule).
+                slot.bind(route_id(route.kind, &route.namespace, &route.name));
                 continue;
             }
             for name in names {
@@ -706,7 +758,7 @@ impl Builder<'_> {
                     None
                 }
             };
-            return RuleRoutes { routes: Vec::new(), backend, unresolved, unsupported };
+            return RuleRoutes { routes: Vec::new(), backend, unresolved, unsupported, endpoints: vec![] };
         }
         let mut template = route_template().clone();
         template.name =
@@ -781,7 +833,7 @@ impl Builder<'_> {
                 }
             }
         }
-        RuleRoutes { routes, backend: None, unresolved, unsupported }
+        RuleRoutes { routes, backend: None, unresolved, unsupported, endpoints: Vec::new() }
     }
 
     /// Applies a rule's filters to its route template (a `ReplacePrefixMatch` path is left in
@@ -1084,7 +1136,7 @@ fn protocol_supported(listener: &Listener) -> Result<(), (&'static str, String)>
     let default_mode = if protocol == "TLS" { "Passthrough" } else { "Terminate" };
     let tls_mode = listener.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or(default_mode);
     match (protocol, tls_mode) {
-        ("HTTP", _) | ("HTTPS", "Terminate") | ("TLS", "Passthrough") => Ok(()),
+        ("HTTP", _) | ("HTTPS", "Terminate") | ("TLS", "Passthrough") | ("TCP" | "UDP", _) => Ok(()),
         ("HTTPS" | "TLS", _) => Err((
             "UnsupportedValue",
             format!(
@@ -1093,7 +1145,7 @@ fn protocol_supported(listener: &Listener) -> Result<(), (&'static str, String)>
         )),
         _ => Err((
             "UnsupportedProtocol",
-            format!("{protocol} is not supported; HTTP, HTTPS and TLS (passthrough) are"),
+            format!("{protocol} is not supported; HTTP, HTTPS, TLS (passthrough), TCP and UDP are"),
         )),
     }
 }
@@ -1127,7 +1179,7 @@ fn other_l7_kind(kind: RouteKind) -> Option<RouteKind> {
     match kind {
         RouteKind::Http => Some(RouteKind::Grpc),
         RouteKind::Grpc => Some(RouteKind::Http),
-        RouteKind::Tls => None,
+        RouteKind::Tls | RouteKind::Tcp | RouteKind::Udp => None,
     }
 }
 
@@ -1237,12 +1289,17 @@ fn route_kinds(listener: &Listener) -> (Vec<RouteGroupKind>, Vec<String>) {
 /// (`ProtocolConflict`), or the same port, protocol and hostname (`HostnameConflict`).
 fn mark_conflicts(specs: &[Listener], listeners: &mut [ListenerBuild], generation: i64) {
     for i in 0..specs.len() {
-        // HTTPS and TLS share a port: both are told apart by SNI.
+        // HTTPS and TLS share a port: both are told apart by SNI. A UDP listener shares its
+        // port with any listener but another UDP one (the spec's distinct listeners); TCP and UDP
+        // listeners are told apart by port alone.
         let family = |protocol: &str| if protocol == "TLS" { "HTTPS" } else { protocol }.to_owned();
-        let reason = (0..specs.len()).filter(|&j| j != i && specs[j].port == specs[i].port).find_map(|j| {
+        let udp = |j: usize| specs[j].protocol == "UDP";
+        let shares = |j: usize| j != i && specs[j].port == specs[i].port && udp(j) == udp(i);
+        let reason = (0..specs.len()).filter(|&j| shares(j)).find_map(|j| {
             if family(&specs[j].protocol) != family(&specs[i].protocol) {
                 Some("ProtocolConflict")
-            } else if specs[j].hostname.as_deref().unwrap_or("") == specs[i].hostname.as_deref().unwrap_or("")
+            } else if matches!(specs[i].protocol.as_str(), "TCP" | "UDP")
+                || specs[j].hostname.as_deref().unwrap_or("") == specs[i].hostname.as_deref().unwrap_or("")
             {
                 Some("HostnameConflict")
             } else {

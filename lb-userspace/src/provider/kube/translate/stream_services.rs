@@ -123,13 +123,13 @@ pub fn parse_entry(
     Ok((entry, warnings))
 }
 
-fn l4_template() -> &'static L4ServiceConfig {
+pub(super) fn l4_template() -> &'static L4ServiceConfig {
     static TEMPLATE: OnceLock<L4ServiceConfig> = OnceLock::new();
     TEMPLATE.get_or_init(|| template("name: x\naddress: '0.0.0.0:1'\nendpoints: []\n"))
 }
 
 /// The Kubernetes name of a protocol (`ServicePort.protocol`, EndpointSlice ports).
-fn kube_protocol(protocol: L4Protocol) -> &'static str {
+pub(super) fn kube_protocol(protocol: L4Protocol) -> &'static str {
     match protocol {
         L4Protocol::Tcp => "TCP",
         L4Protocol::Udp => "UDP",
