@@ -244,7 +244,9 @@ fn tcp_and_udp_routes_serve_report_and_follow_changes_live() {
 
 /// A cluster whose API serves the Gateway API without TCPRoute and UDPRoute (the standard
 /// channel before v1.6): nothing asks for them, an HTTPRoute serves as before, and a TCP
-/// listener is accepted with no route, opening nothing.
+/// listener is accepted with no route, opening nothing. Once the CRDs are applied, the next
+/// discovery (every 10 s, so this test runs about that long) finds them and the stored
+/// TCPRoute is served without a restart.
 #[test]
 fn without_the_l4_route_crds_nothing_watches_them_and_the_rest_serves() {
     let kube = FakeKube::start().unwrap();
@@ -275,7 +277,18 @@ fn without_the_l4_route_crds_nothing_watches_them_and_the_rest_serves() {
     let tcp = wait_listener(&kube, "tcp", 0);
     assert_eq!(condition(&tcp, "Accepted"), ("True".into(), "Accepted".into()));
     assert!(TcpStream::connect(("127.0.0.1", tcp_port)).is_err(), "no route, nothing listens");
+    // A TCPRoute written while its CRD is missing is stored, unseen.
+    let spec = json!({"parentRefs": [{"name": "l4", "sectionName": "tcp"}],
+                      "rules": [{"backendRefs": [{"name": "web", "port": 8080}]}]});
+    kube.apply(tcp_route("apps", "late", spec));
     for plural in ["/tcproutes", "/udproutes"] {
         assert_eq!(kube.count_requests("GET", plural), 0, "nothing lists or watches {plural}");
     }
+    assert!(TcpStream::connect(("127.0.0.1", tcp_port)).is_err(), "the route is not seen");
+
+    // The CRDs applied: found at the next discovery, watched, served.
+    kube.install_gateway_api();
+    wait_for_tcp(&sluice, tcp_port, "web");
+    route_condition(&kube, "TCPRoute", "late", ("Accepted", "True", "Accepted"));
+    assert!(sluice.child.output().contains("TCPRoutes are served; watching them"));
 }

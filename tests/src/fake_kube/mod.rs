@@ -394,9 +394,12 @@ impl FakeKube {
         lock(&self.shared.faults).absent_gateway_kinds.extend(plurals.iter().map(|p| p.to_string()));
     }
 
-    /// Serves the Gateway API's kinds again, as when the CRDs are applied.
+    /// Serves the Gateway API's kinds again (those `uninstall_gateway_kinds` took too), as when
+    /// the CRDs are applied.
     pub fn install_gateway_api(&self) {
-        lock(&self.shared.faults).gateway_api_absent = false;
+        let mut faults = lock(&self.shared.faults);
+        faults.gateway_api_absent = false;
+        faults.absent_gateway_kinds.clear();
     }
 
     pub fn forbid(&self, verb: &str, plural: &str) {

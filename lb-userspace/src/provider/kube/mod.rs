@@ -160,7 +160,7 @@ pub struct Stores {
 /// TCPRoutes and UDPRoutes, at the version the API serves: `v1` (the standard channel from
 /// v1.6 on), else `v1alpha2` (the experimental channel); only that store is watched, the other
 /// stays empty. Unlike the other Gateway API kinds, nothing watches a kind the API does not
-/// serve: its discovery is asked again every 30 s, and the kind watched once it is served.
+/// serve: its discovery is asked again every 10 s, and the kind watched once it is served.
 #[derive(Clone)]
 pub struct L4RouteStores {
     pub tcp: Store<gateway_api::TCPRoute>,
@@ -188,8 +188,9 @@ impl L4RouteStores {
         }
     }
 
-    /// How often the API is asked again for a kind it did not serve.
-    const REDISCOVERY: Duration = Duration::from_secs(30);
+    /// How often the API is asked again for a kind it did not serve (three discovery GETs,
+    /// which the API server answers from memory).
+    const REDISCOVERY: Duration = Duration::from_secs(10);
 
     /// Watches the kinds `installed` says are served, and looks again for the others.
     fn start(
