@@ -902,4 +902,23 @@ mod tests {
         assert_eq!(listener(&t, "gw", "m15").attached_routes, 0);
         assert_eq!(listener(&t, "gw", "m14").attached_routes, 1);
     }
+
+    /// IPv6-only endpoints make a `[::]:PORT` service (as the ConfigMap entries do).
+    #[test]
+    fn ipv6_only_endpoints_make_an_ipv6_service() {
+        let mut state = class_and_gateway(json!([{"name": "tcp", "port": 5432, "protocol": "TCP"}]));
+        state.services.push(object(json!({
+            "metadata": {"namespace": "ns", "name": "v6"},
+            "spec": {"ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}})));
+        state.slices.push(object(json!({
+            "metadata": {"namespace": "ns", "name": "v6-1", "labels": {"kubernetes.io/service-name": "v6"}},
+            "addressType": "IPv6", "ports": [{"name": "pg", "port": 6432, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["fd00::1"], "conditions": {"ready": true}}]})));
+        let spec = json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "v6", "port": 5432}]}]});
+        tcp(&mut state, "db", 1, spec);
+        let t = build(&state);
+        let db = service(&t, "gateway:ns/gw/tcp").unwrap_or_else(|| panic!("{}", notes(&t)));
+        assert_eq!(db.address, "[::]:5432".parse().unwrap());
+        assert_eq!(db.endpoints, ["[fd00::1]:6432".parse().unwrap()]);
+    }
 }
