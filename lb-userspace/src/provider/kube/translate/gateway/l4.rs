@@ -173,8 +173,16 @@ fn protocol_of(kind: RouteKind) -> L4Protocol {
 
 impl Builder<'_> {
     /// A TCPRoute's or UDPRoute's rule: its endpoints, and its references' problem.
-    pub(super) fn l4_rule(&self, rule: &HTTPRouteRule, route: &RouteView<'_>) -> RuleRoutes {
+    /// Different weights are said not to be carried (the L4 model has none).
+    pub(super) fn l4_rule(&mut self, rule: &HTTPRouteRule, route: &RouteView<'_>) -> RuleRoutes {
         let (endpoints, unresolved) = self.l4_rule_endpoints(rule, route);
+        let weights: BTreeSet<i32> =
+            rule.backend_refs.iter().map(|b| b.weight.unwrap_or(1)).filter(|w| *w > 0).collect();
+        if weights.len() > 1 {
+            let id = super::route_id(route.kind, &route.namespace, &route.name);
+            let why = "backendRef weights are not carried by L4 services: each Service's share is its number of ready endpoints";
+            self.note(Some(&id), why);
+        }
         RuleRoutes { routes: Vec::new(), backend: None, unresolved, unsupported: None, endpoints }
     }
 
@@ -920,5 +928,25 @@ mod tests {
         let db = service(&t, "gateway:ns/gw/tcp").unwrap_or_else(|| panic!("{}", notes(&t)));
         assert_eq!(db.address, "[::]:5432".parse().unwrap());
         assert_eq!(db.endpoints, ["[fd00::1]:6432".parse().unwrap()]);
+    }
+
+    /// Different weights (TCPRouteWeightedRouting's 70/30) are served as shares by endpoints,
+    /// and said so; equal weights are not worth a note.
+    #[test]
+    fn different_weights_are_noted_as_not_carried() {
+        let mut state = class_and_gateway(json!([{"name": "tcp", "port": 3000, "protocol": "TCP"}]));
+        service_with_endpoints(&mut state, "ns", "v1", &[("tcp", 3000, "TCP")], &["10.0.0.1"]);
+        service_with_endpoints(&mut state, "ns", "v2", &[("tcp", 3000, "TCP")], &["10.0.0.2"]);
+        let refs = |w1: i32, w2: i32| {
+            json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [
+                {"name": "v1", "port": 3000, "weight": w1}, {"name": "v2", "port": 3000, "weight": w2}]}]})
+        };
+        tcp(&mut state, "weighted", 1, refs(7, 3));
+        let t = build(&state);
+        assert_eq!(service(&t, "gateway:ns/gw/tcp").unwrap().endpoints.len(), 2);
+        assert!(notes(&t).contains("weights are not carried"), "{}", notes(&t));
+        state.tcp_routes.clear();
+        tcp(&mut state, "weighted", 1, refs(2, 2));
+        assert!(!notes(&build(&state)).contains("weights are not carried"));
     }
 }
