@@ -74,6 +74,9 @@ pub struct L4Maps {
     maglev_map: Array<MapData, u32>,
     flows_map: HashMap<MapData, FlowKey, L4Flow>,
     installed: Vec<Option<Installed>>,
+    /// Endpoints (service id, endpoint) that left a `reset` service and whose flows are still
+    /// to be forgotten (`reset_flows`).
+    resets: Vec<(u32, SocketAddr)>,
 }
 
 impl L4Maps {
@@ -91,11 +94,13 @@ impl L4Maps {
             maglev_map,
             flows_map,
             installed: (0..MAX_L4_SERVICES).map(|_| None).collect(),
+            resets: Vec::new(),
         }
     }
 
     /// Makes the kernel balance `services[i]` (id `i`) over `healthy[i]`, writing only what
-    /// changed; ids past the list are removed.
+    /// changed; ids past the list are removed. The flows of endpoints that left a `reset`
+    /// service are forgotten by `reset_flows`, after.
     pub fn apply(&mut self, services: &[(L4Spec, BTreeSet<SocketAddr>)]) -> Result<()> {
         if services.len() > MAX_L4_SERVICES as usize {
             return Err(Error::Steering(format!(
@@ -132,14 +137,15 @@ impl L4Maps {
             )));
         }
         let key = spec.key()?;
+        let id32 = id as u32;
         let previous = self.installed[id].take();
         if let Some(old) = &previous
             && old.spec.key()? != key
         {
             // Another service now: the old one's entry goes before anything is rewritten.
             self.remove_entry(&old.spec)?;
+            self.resets.retain(|(service, _)| *service != id32);
         }
-        let id32 = id as u32;
         let old_endpoints = previous.as_ref().map(|p| p.spec.endpoints.clone()).unwrap_or_default();
         for (index, endpoint) in spec.endpoints.iter().enumerate() {
             if old_endpoints.get(index) != Some(endpoint) {
@@ -171,11 +177,17 @@ impl L4Maps {
         self.services_map
             .insert(key, ServiceValue { id: id32, mode: MODE_L4 }, 0)
             .map_err(map_error(lb_common::SERVICES_MAP))?;
+        // An endpoint back before its flows were forgotten keeps them (and those placed on it
+        // since).
+        self.resets.retain(|(service, endpoint)| *service != id32 || !healthy.contains(endpoint));
         if spec.reset_on_removal
             && let Some(old) = &previous
         {
-            let gone: Vec<SocketAddr> = old.healthy.difference(healthy).copied().collect();
-            self.reset_flows(id32, &gone)?;
+            for &endpoint in old.healthy.difference(healthy) {
+                if !self.resets.contains(&(id32, endpoint)) {
+                    self.resets.push((id32, endpoint));
+                }
+            }
         }
         self.installed[id] = Some(Installed { spec: spec.clone(), healthy: healthy.clone(), table });
         Ok(())
@@ -183,6 +195,7 @@ impl L4Maps {
 
     fn remove(&mut self, id: usize) -> Result<()> {
         let Some(old) = self.installed[id].take() else { return Ok(()) };
+        self.resets.retain(|(service, _)| *service != id as u32);
         self.remove_entry(&old.spec)?;
         self.settings_map
             .set(id as u32, L4Service::default(), 0)
@@ -201,26 +214,42 @@ impl L4Maps {
         }
     }
 
-    /// Deletes the flows of service `id` placed on `gone`: their next packet is placed again
-    /// (a TCP endpoint that never saw the flow answers it with a reset).
-    fn reset_flows(&mut self, id: u32, gone: &[SocketAddr]) -> Result<()> {
-        if gone.is_empty() {
-            return Ok(());
+    /// Whether flows of removed endpoints are still to be forgotten.
+    pub fn resets_pending(&self) -> bool {
+        !self.resets.is_empty()
+    }
+
+    /// Deletes the flows placed on the endpoints that left `reset` services: their next packet
+    /// is placed again (a TCP endpoint that never saw the flow answers it with a reset). This
+    /// walks the whole flows table (two system calls a flow, ~10 ms per 1,000 flows in a debug
+    /// build), so it runs after the Maglev tables are written and stops, leaving the resets
+    /// pending, as soon as `give_way` (asked every 256 flows) says something more urgent came:
+    /// another endpoint's removal is not held behind it. Whether it finished.
+    pub fn reset_flows(&mut self, mut give_way: impl FnMut() -> bool) -> Result<bool> {
+        if self.resets.is_empty() {
+            return Ok(true);
         }
-        let targets: Vec<([u32; 4], u16)> =
-            gone.iter().filter_map(|e| backend(e).ok()).map(|b| (b.addr, b.port)).collect();
-        let doomed: Vec<FlowKey> = self
-            .flows_map
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, flow)| flow.service == id && targets.contains(&(flow.backend, flow.backend_port)))
-            .map(|(key, _)| key)
-            .collect();
+        let mut targets: Vec<(u32, [u32; 4], u16)> = Vec::with_capacity(self.resets.len());
+        for (service, endpoint) in &self.resets {
+            let backend = backend(endpoint)?;
+            targets.push((*service, backend.addr, backend.port));
+        }
+        let mut doomed = Vec::new();
+        for (seen, entry) in self.flows_map.iter().enumerate() {
+            if seen % 256 == 255 && give_way() {
+                return Ok(false);
+            }
+            let Ok((key, flow)) = entry else { continue };
+            if targets.contains(&(flow.service, flow.backend, flow.backend_port)) {
+                doomed.push(key);
+            }
+        }
         for key in &doomed {
             let _ = self.flows_map.remove(key);
         }
-        tracing::info!(flows = doomed.len(), endpoints = ?gone, "l4: flows of removed endpoints reset");
-        Ok(())
+        let endpoints: Vec<SocketAddr> = self.resets.drain(..).map(|(_, endpoint)| endpoint).collect();
+        tracing::info!(flows = doomed.len(), ?endpoints, "l4: flows of removed endpoints reset");
+        Ok(true)
     }
 }
 

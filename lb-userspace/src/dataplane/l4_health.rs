@@ -94,7 +94,9 @@ fn run(
     let mut healthy: Vec<BTreeSet<SocketAddr>> = Vec::new();
     let mut checkers: Vec<Checker> = Vec::new();
     let mut neighbours = ManagedNeighbours::default();
-    while let Ok(command) = commands.recv() {
+    // A command that came while flows were being reset (they give way to it).
+    let mut next: Option<Command> = None;
+    while let Some(command) = next.take().or_else(|| commands.recv().ok()) {
         match command {
             Command::Configure(next) => {
                 generation += 1;
@@ -160,6 +162,17 @@ fn run(
                 }
             }
             Command::Stop => break,
+        }
+        // After the tables, and only while no other command waits.
+        while next.is_none() && maps.resets_pending() {
+            let finished = maps.reset_flows(|| {
+                next = commands.try_recv().ok();
+                next.is_some()
+            });
+            if let Err(e) = finished {
+                tracing::error!(error = %e, "resetting the flows of removed L4 endpoints failed");
+                break;
+            }
         }
     }
     stop_all(&mut checkers);
