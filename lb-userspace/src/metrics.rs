@@ -171,6 +171,18 @@ pub fn l4_proxy_protocol_refused(reason: &str) {
     }
 }
 
+/// Flows the user-space L4 proxy took (TCP connections accepted, new UDP flows), by protocol
+/// (`L4_PROXIED_PROTOCOLS`): with the kernel path, the services XDP balances never reach it.
+static L4_PROXIED: [AtomicU64; L4_PROXIED_PROTOCOLS.len()] = [const { AtomicU64::new(0) }; 2];
+const L4_PROXIED_PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+
+/// A flow the user-space L4 proxy took: `protocol` is `tcp` or `udp`.
+pub fn l4_proxied(protocol: &str) {
+    if let Some(i) = L4_PROXIED_PROTOCOLS.iter().position(|p| *p == protocol) {
+        L4_PROXIED[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl WorkerMetrics {
     /// A finished request.
     pub fn request(&self, host: &Arc<str>, route: &Arc<str>, status: u16, duration: Duration) {
@@ -432,6 +444,17 @@ impl Collector for Metrics {
                 self.workers.iter().map(|w| w.proxy_protocol_refused[i].load(Ordering::Relaxed)).sum();
             let total = total + L4_PROXY_PROTOCOL_REFUSED[i].load(Ordering::Relaxed);
             ConstCounter::new(total).encode(family.encode_family(&[("reason", (*reason).to_owned())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "sluice_l4_proxied_flows",
+            "Flows of L4 services the node proxied in user space (TCP connections, new UDP flows), by protocol",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, protocol) in L4_PROXIED_PROTOCOLS.iter().enumerate() {
+            ConstCounter::new(L4_PROXIED[i].load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("protocol", (*protocol).to_owned())])?)?;
         }
 
         let mut family = encoder.encode_descriptor(

@@ -38,6 +38,7 @@ fn tcp_and_udp_services_are_proxied_in_user_space_without_xdp() {
             "listeners: [{{name: web, address: '127.0.0.1:{web_port}'}}]
 workers: 1
 xdp: {{enabled: false}}
+metrics: {{address: '127.0.0.1:0'}}
 l4_services:
   - {{name: t, address: '127.0.0.1:{tcp_service_port}', endpoints: ['{tcp_addr}']}}
   - {{name: u, address: '127.0.0.1:{udp_port}', protocol: udp, endpoints: ['{udp_addr}']}}
@@ -67,6 +68,15 @@ l4_services:
     let mut buf = [0u8; 64];
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"udp hello");
+    let metrics = lb_tests::http::http_get(node.metrics_addr().unwrap(), "/metrics").unwrap().body;
+    for protocol in ["tcp", "udp"] {
+        let sample = format!("sluice_l4_proxied_flows_total{{protocol=\"{protocol}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{sample} in:\n{metrics}"));
+        assert!(count >= 1.0, "{sample}{count}");
+    }
 
     // A reload moving the TCP service to another port: the new one serves, the old is closed.
     let moved = free_port();

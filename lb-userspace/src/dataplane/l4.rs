@@ -136,6 +136,11 @@ impl L4Maps {
                 spec.endpoints.len()
             )));
         }
+        if self.installed[id].as_ref().is_some_and(|i| i.spec == *spec && i.healthy == *healthy) {
+            // Unchanged: one endpoint's health change rewrites only its own service (building a
+            // Maglev table is the costly part of a write).
+            return Ok(());
+        }
         let key = spec.key()?;
         let id32 = id as u32;
         let previous = self.installed[id].take();

@@ -445,6 +445,7 @@ async fn accept_tcp(serving: &mut Serving, listener: &TcpListener, open: Arc<Ato
         // The address the client reached (a service on 0.0.0.0 is bound to none in particular).
         let local = client.local_addr().ok().or(local).unwrap_or(config.address);
         let connection = OpenConnection::new(&open);
+        crate::metrics::l4_proxied("tcp");
         tokio::spawn(relay_tcp(client, peer, local, (config, serving.shared.clone()), connection));
     }
 }
@@ -555,6 +556,7 @@ async fn receive_udp(serving: &mut Serving, socket: &Arc<UdpSocket>) {
                     (flow.last_seen_ms.clone(), serving.shared.config.load().idle_timeout()),
                     expired_tx.clone(),
                 ));
+                crate::metrics::l4_proxied("udp");
                 entry.insert(flow)
             }
         };
