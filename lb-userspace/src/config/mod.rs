@@ -262,15 +262,20 @@ virtual_hosts:
         let changes: [(&str, Change); 5] = [
             ("a backend named by unchanged hosts is gone", |c| c.backends.retain(|b| b.name != "b1")),
             ("a new first host claims their domains", |c| {
-                let mut first = c.virtual_hosts[1].clone();
-                first.name = "new".into();
-                first.domains.push("A.test".into());
+                let mut first = std::sync::Arc::clone(&c.virtual_hosts[1]);
+                let first_mut = std::sync::Arc::make_mut(&mut first);
+                first_mut.name = "new".into();
+                first_mut.domains.push("A.test".into());
                 c.virtual_hosts.insert(0, first);
             }),
             ("a host made invalid", |c| {
-                c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("(".into()))
+                let host = std::sync::Arc::make_mut(&mut c.virtual_hosts[0]);
+                std::sync::Arc::make_mut(&mut host.routes[0]).matcher.path =
+                    Some(PathMatch::Regex("(".into()))
             }),
-            ("a backend made invalid", |c| c.backends[0].endpoints[0].weight = 20_000),
+            ("a backend made invalid", |c| {
+                std::sync::Arc::make_mut(&mut c.backends[0]).endpoints[0].weight = 20_000
+            }),
             ("a name repeats", |c| {
                 let again = c.virtual_hosts[2].clone();
                 c.virtual_hosts.push(again);

@@ -1,6 +1,6 @@
 //! The configuration model: one-to-one with the YAML file, and what every provider produces.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -28,12 +28,14 @@ pub struct Config {
     pub xdp: XdpConfig,
     #[serde(default)]
     pub limits: Limits,
-    /// Virtual hosts, matched by the request's host; one may be the default (`"*"`).
+    /// Virtual hosts, matched by the request's host; one may be the default (`"*"`). Shared
+    /// (`Arc`) so that a rebuild keeps an unchanged host as a pointer: copied, compared and
+    /// freed as one (issue #21).
     #[serde(default)]
-    pub virtual_hosts: Vec<VirtualHostConfig>,
-    /// Backend groups that routes send requests to.
+    pub virtual_hosts: Vec<Arc<VirtualHostConfig>>,
+    /// Backend groups that routes send requests to; shared as the virtual hosts are.
     #[serde(default)]
-    pub backends: Vec<BackendConfig>,
+    pub backends: Vec<Arc<BackendConfig>>,
     /// Add `x-sluice-worker: <id>` to every response: which worker answered (tests, demos).
     #[serde(default)]
     pub worker_id_header: bool,
@@ -335,8 +337,10 @@ pub struct VirtualHostConfig {
     /// `a.b.example.com`), as Gateway API hostnames do; a more specific domain still wins.
     #[serde(default)]
     pub deep_wildcards: bool,
+    /// Shared (`Arc`) as the hosts are: a host made again from unchanged routes copies
+    /// pointers.
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Arc<RouteConfig>>,
     /// HTTPS for this host: its certificate (or TLS passthrough), redirects from plain HTTP,
     /// HSTS and client certificates.
     #[serde(default)]

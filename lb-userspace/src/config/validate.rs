@@ -1,6 +1,9 @@
 //! Everything serde cannot check, reported all at once. Each rule names the field it is about.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{
     BackendConfig, Balance, BasicAuthConfig, Config, CorsConfig, HeaderOpsConfig, MAX_WORKERS, PathMatch,
@@ -74,7 +77,8 @@ pub fn problems_since(config: &Config, valid: Option<&Config>) -> Vec<Problem> {
 }
 
 fn duplicates<'a>(names: impl Iterator<Item = &'a str>, list: &str, what: &str, found: &mut Problems) {
-    let mut seen = BTreeMap::new();
+    // Hashed, not ordered: this visits every host and group of the cluster on every rebuild.
+    let mut seen = crate::FastMap::with_capacity_and_hasher(names.size_hint().0, Default::default());
     for (i, name) in names.enumerate() {
         if let Some(first) = seen.insert(name, i) {
             found.add(
@@ -270,8 +274,8 @@ fn route_listeners(config: &Config, found: &mut Problems) {
 
 /// The virtual hosts and backend groups of a configuration known to be valid, by name.
 struct Unchanged<'a> {
-    hosts: crate::FastMap<&'a str, &'a VirtualHostConfig>,
-    backends: crate::FastMap<&'a str, &'a BackendConfig>,
+    hosts: crate::FastMap<&'a str, &'a Arc<VirtualHostConfig>>,
+    backends: crate::FastMap<&'a str, &'a Arc<BackendConfig>>,
 }
 
 impl<'a> Unchanged<'a> {
@@ -283,12 +287,16 @@ impl<'a> Unchanged<'a> {
         Unchanged { hosts, backends }
     }
 
-    fn host(&self, host: &VirtualHostConfig) -> bool {
-        self.hosts.get(host.name.as_str()).is_some_and(|valid| *valid == host)
+    /// Equal to its namesake: the same `Arc` (a rebuild keeps unchanged hosts so), or an
+    /// equal value.
+    fn host(&self, host: &Arc<VirtualHostConfig>) -> bool {
+        self.hosts.get(host.name.as_str()).is_some_and(|valid| Arc::ptr_eq(valid, host) || ***valid == **host)
     }
 
-    fn backend(&self, backend: &BackendConfig) -> bool {
-        self.backends.get(backend.name.as_str()).is_some_and(|valid| *valid == backend)
+    fn backend(&self, backend: &Arc<BackendConfig>) -> bool {
+        self.backends
+            .get(backend.name.as_str())
+            .is_some_and(|valid| Arc::ptr_eq(valid, backend) || ***valid == **backend)
     }
 }
 
@@ -297,7 +305,7 @@ impl<'a> Unchanged<'a> {
 fn unchanged_host(
     (i, host): (usize, &VirtualHostConfig),
     backends: &BTreeSet<&str>,
-    claimed: &mut BTreeMap<String, usize>,
+    claimed: &mut crate::FastMap<String, usize>,
     found: &mut Problems,
 ) {
     let at = || format!("virtual_hosts[{i}]");
@@ -326,13 +334,13 @@ fn claimed_message(domain: &str, first: usize) -> String {
 }
 
 fn virtual_hosts(
-    hosts: &[VirtualHostConfig],
+    hosts: &[Arc<VirtualHostConfig>],
     backends: &BTreeSet<&str>,
     unchanged: &Unchanged<'_>,
     found: &mut Problems,
 ) {
     duplicates(hosts.iter().map(|h| h.name.as_str()), "virtual_hosts", "virtual host", found);
-    let mut claimed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut claimed = crate::FastMap::with_capacity_and_hasher(hosts.len(), Default::default());
     for (i, host) in hosts.iter().enumerate() {
         if unchanged.host(host) {
             unchanged_host((i, host), backends, &mut claimed, found);

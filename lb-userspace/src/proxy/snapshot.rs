@@ -201,7 +201,10 @@ mod tests {
         let size: usize =
             std::env::var("SLUICE_MEASURE_INGRESSES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
         let mut config = Config::clone(&config("{address: '10.0.0.1:80'}", 1_000));
-        let (host, backend) = (config.virtual_hosts[0].clone(), config.backends[0].clone());
+        let (host, backend) = (
+            crate::config::VirtualHostConfig::clone(&config.virtual_hosts[0]),
+            crate::config::BackendConfig::clone(&config.backends[0]),
+        );
         config.virtual_hosts.clear();
         config.backends.clear();
         for i in 0..size {
@@ -215,9 +218,9 @@ mod tests {
                 .collect();
             let mut h = host.clone();
             (h.name, h.domains) = (format!("h{i}.test"), vec![format!("h{i}.test")]);
-            h.routes[0].backend = Some(b.name.clone());
-            config.virtual_hosts.push(h);
-            config.backends.push(b);
+            Arc::make_mut(&mut h.routes[0]).backend = Some(b.name.clone());
+            config.virtual_hosts.push(Arc::new(h));
+            config.backends.push(Arc::new(b));
         }
         let config = Arc::new(config);
         let registry = EndpointRegistry::default();

@@ -26,10 +26,10 @@ const MAX_NAME: usize = 255;
 
 impl HostTable {
     /// Indexes every virtual host's domains (the first claim wins; validation refuses clashes).
-    pub fn build(hosts: &[VirtualHostConfig]) -> HostTable {
+    pub fn build<H: std::borrow::Borrow<VirtualHostConfig>>(hosts: &[H]) -> HostTable {
         let mut table = HostTable::default();
         for (i, host) in hosts.iter().enumerate() {
-            for domain in &host.domains {
+            for domain in &host.borrow().domains {
                 let lower = domain.to_ascii_lowercase();
                 let lower = lower.strip_suffix('.').unwrap_or(&lower);
                 if lower == "*" {

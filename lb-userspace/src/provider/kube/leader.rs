@@ -496,18 +496,18 @@ impl Publisher {
         desired: &[IngressLoadBalancerIngress],
     ) {
         let Some(deadline) = elector.deadline() else { return };
-        let desired = serde_json::to_value(desired).unwrap_or_default();
         for id in served {
             let Some(ingress) = ingresses.get(&ObjectRef::new(&id.name).within(&id.namespace)) else {
                 continue;
             };
+            // Compared as values, not as JSON: this visits every served Ingress after every
+            // change, and serializing each status was most of the pass.
             let current = ingress
                 .status
                 .as_ref()
                 .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref())
-                .map(|list| serde_json::to_value(list).unwrap_or_default())
-                .unwrap_or(serde_json::json!([]));
+                .and_then(|l| l.ingress.as_deref())
+                .unwrap_or(&[]);
             if current == desired {
                 continue;
             }

@@ -57,7 +57,7 @@ use crate::{
 /// The hosts whose paths are all case-insensitive regular expressions: those where any served
 /// Ingress has `use-regex` or `rewrite-target`, as ingress-nginx enforces the regex location
 /// modifier on every path of such a host, whatever Ingress defines it.
-fn regex_hosts(readings: &[(&Ingress, IngressId, Arc<annotations::Reading>)]) -> BTreeSet<String> {
+fn regex_hosts(readings: &[(&Arc<Ingress>, IngressId, Arc<annotations::Reading>)]) -> BTreeSet<String> {
     let mut hosts = BTreeSet::new();
     for (ingress, _, reading) in readings {
         let a = &reading.annotations;
@@ -247,6 +247,8 @@ pub struct Translator {
     memo: Mutex<memo::Memo>,
     /// Backend groups the last translation made rather than found in the memo.
     last_made: std::sync::atomic::AtomicUsize,
+    /// Routes and virtual hosts the last translation found in the memo.
+    last_reused: Mutex<(usize, usize)>,
     /// The last configuration that validated: the next is validated against it (only what
     /// changed is checked in full) and, when equal, is it.
     validated: Mutex<Option<Arc<Config>>>,
@@ -259,6 +261,7 @@ impl Translator {
             checked: Mutex::new(HashMap::new()),
             memo: Mutex::default(),
             last_made: Default::default(),
+            last_reused: Default::default(),
             validated: Mutex::default(),
         }
     }
@@ -271,6 +274,12 @@ impl Translator {
     /// others it found unchanged in its cache).
     pub fn groups_made(&self) -> usize {
         self.last_made.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many routes, and how many virtual hosts, the last translation took unchanged from
+    /// the one before.
+    pub fn reused(&self) -> (usize, usize) {
+        *self.last_reused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration for `state` on top of `base` (listeners, workers, limits, and any
@@ -335,10 +344,11 @@ impl Translator {
     ) -> Translation {
         let mut builder = Builder::new(self, base, state);
         builder.read_controller_config();
+        builder.memo.controller(&builder.controller, &builder.controller_headers);
         builder.controller_default_backend();
         let (ours, default_is_ours) = builder.classes();
-        let mut ingresses: Vec<&Ingress> =
-            state.ingresses.iter().map(Arc::as_ref).filter(|i| is_ours(i, &ours, default_is_ours)).collect();
+        let mut ingresses: Vec<&Arc<Ingress>> =
+            state.ingresses.iter().filter(|i| is_ours(i, &ours, default_is_ours)).collect();
         ingresses.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
         let mut canaries = Vec::new();
         let mut served = Vec::new();
@@ -363,13 +373,24 @@ impl Translator {
             } else {
                 ""
             };
-            let reading = match defaulted.get(&(Arc::as_ptr(&read), namespace)) {
-                Some(reading) => Arc::clone(reading),
+            let kept = match namespace {
+                // Without a custom-headers ConfigMap, the defaulted reading depends on the
+                // controller settings only: kept across translations.
+                "" => builder.memo.defaulted(&read),
+                _ => defaulted.get(&(Arc::as_ptr(&read), namespace)).cloned(),
+            };
+            let reading = match kept {
+                Some(reading) => reading,
                 None => {
                     let mut reading = annotations::Reading::clone(&read);
                     builder.controller_defaults(&id, &mut reading);
                     let reading = Arc::new(reading);
-                    defaulted.insert((Arc::as_ptr(&read), namespace), Arc::clone(&reading));
+                    match namespace {
+                        "" => builder.memo.keep_defaulted(&read, &reading),
+                        _ => {
+                            defaulted.insert((Arc::as_ptr(&read), namespace), Arc::clone(&reading));
+                        }
+                    }
                     reading
                 }
             };
@@ -390,7 +411,8 @@ impl Translator {
             if reading.annotations.canary.is_some() {
                 canaries.push((ingress, id, reading));
             } else {
-                builder.ingress(ingress, &id, &reading.annotations);
+                builder.ingress(ingress, &id, &reading);
+                builder.keep_routes(&id);
             }
         }
         for (ingress, id, reading) in canaries {
@@ -398,9 +420,17 @@ impl Translator {
         }
         let gateway = builder.gateway_api(excluded);
         served.sort_unstable();
-        let mut memo = std::mem::take(&mut builder.memo);
-        let translation = Translation { considered, gateway, ..builder.finish(served) };
-        tracing::debug!(made = memo.made, reused = memo.found, held = memo.groups(), "backend groups");
+        let (finished, mut memo) = builder.finish(served);
+        let translation = Translation { considered, gateway, ..finished };
+        tracing::debug!(
+            made = memo.made,
+            reused = memo.found,
+            held = memo.groups(),
+            routes_reused = memo.routes_found,
+            hosts_reused = memo.hosts_found,
+            "backend groups"
+        );
+        *self.last_reused.lock().unwrap_or_else(|p| p.into_inner()) = (memo.routes_found, memo.hosts_found);
         self.last_made.store(memo.made, std::sync::atomic::Ordering::Relaxed);
         memo.sweep();
         *self.memo.lock().unwrap_or_else(|p| p.into_inner()) = memo;
@@ -541,7 +571,8 @@ fn claim_key(matcher: &MatchConfig) -> ClaimKey {
 
 #[derive(Default)]
 struct HostBuild {
-    routes: Vec<(RouteConfig, IngressId)>,
+    /// Shared with the translator's memo when unchanged since the last translation.
+    routes: Vec<(Arc<RouteConfig>, IngressId)>,
     /// Claim key → index into `routes`.
     claims: FastMap<ClaimKey, usize>,
     tls: Option<(HostTlsConfig, IngressId)>,
@@ -569,7 +600,7 @@ struct Builder<'a> {
     state: &'a ClusterState,
     index: Index<'a>,
     hosts: BTreeMap<String, HostBuild>,
-    backends: BTreeMap<String, (BackendConfig, IngressId)>,
+    backends: BTreeMap<String, (Arc<BackendConfig>, IngressId)>,
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
     notes: Vec<Note>,
     tls_listener: bool,
@@ -596,6 +627,10 @@ struct Builder<'a> {
     /// The Gateways' TCP and UDP listeners' services and the routes they serve, added after
     /// the ConfigMaps' ([`gateway`]).
     gateway_l4: Vec<(crate::config::L4ServiceConfig, IngressId)>,
+    /// The routes the Ingress being translated made last time, still unclaimed ([`memo`]),
+    /// and the record of those it makes this time.
+    kept_routes: Vec<memo::PathRoute>,
+    made_routes: Option<memo::IngressRoutes>,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -639,6 +674,8 @@ impl<'a> Builder<'a> {
             mirror: None,
             memo: std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner())),
             gateway_l4: Vec::new(),
+            kept_routes: Vec::new(),
+            made_routes: None,
         }
     }
 
@@ -838,7 +875,8 @@ impl<'a> Builder<'a> {
     /// Adds a route to `host` unless an older Ingress claimed the same match there. A route
     /// for some listeners only (a Gateway API route's) also yields to a claim for all of them
     /// (an Ingress's: Ingresses are read first).
-    fn claim(&mut self, host: &str, route: RouteConfig, id: &IngressId) -> bool {
+    fn claim(&mut self, host: &str, route: impl Into<Arc<RouteConfig>>, id: &IngressId) -> bool {
+        let route: Arc<RouteConfig> = route.into();
         let key = claim_key(&route.matcher);
         // Only a route for some listeners has a second key to yield to.
         let any_listener = (!route.matcher.listeners.is_empty())
@@ -863,7 +901,8 @@ impl<'a> Builder<'a> {
     }
 
     /// The routes, TLS and default backend of a main (not canary) Ingress.
-    fn ingress(&mut self, ingress: &Ingress, id: &IngressId, a: &Annotations) {
+    fn ingress(&mut self, ingress: &Arc<Ingress>, id: &IngressId, reading: &Arc<annotations::Reading>) {
+        let a = &reading.annotations;
         let Some(spec) = ingress.spec.as_ref() else { return };
         self.basic_auth = a.basic_auth.as_ref().map(|setting| self.basic_auth_config(setting, id));
         let checked = a.client_tls.as_ref().map(|setting| {
@@ -888,6 +927,16 @@ impl<'a> Builder<'a> {
         }
         let redirect = self.whole_redirect(a, id);
         self.mirror = a.mirror.as_ref().and_then(|setting| self.ingress_mirror(setting, id));
+        let context = memo::RouteContext {
+            basic_auth: self.basic_auth.clone(),
+            error_group: self.error_group.clone(),
+            redirect: redirect.clone(),
+            mirror: self.mirror.clone(),
+        };
+        (self.kept_routes, self.made_routes) = {
+            let (kept, made) = self.memo.routes_of(id, ingress, reading, context);
+            (kept, Some(made))
+        };
         let mut hosts_served = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
             if let Some(host) = self.rule(rule, id, a, redirect.as_ref()) {
@@ -934,7 +983,7 @@ impl<'a> Builder<'a> {
                 continue;
             }
             for (route, _) in entry.routes.iter_mut().filter(|(_, owner)| owner == id) {
-                route.source_ranges =
+                Arc::make_mut(route).source_ranges =
                     Some(crate::config::SourceRangesConfig { allow: Vec::new(), deny: everyone.clone() });
             }
             closed.push(host.clone());
@@ -1006,7 +1055,16 @@ impl<'a> Builder<'a> {
         Some(host)
     }
 
-    /// The route of one Ingress path, or `None` when the path is skipped (noted).
+    /// Keeps the routes the Ingress just translated made, for the next translation.
+    fn keep_routes(&mut self, id: &IngressId) {
+        self.kept_routes.clear();
+        if let Some(made) = self.made_routes.take() {
+            self.memo.keep_routes(id, made);
+        }
+    }
+
+    /// The route of one Ingress path, or `None` when the path is skipped (noted): the one it
+    /// made last time when everything it reads is the same ([`memo::IngressRoutes`]).
     fn path_route(
         &mut self,
         host: &str,
@@ -1014,14 +1072,71 @@ impl<'a> Builder<'a> {
         id: &IngressId,
         a: &Annotations,
         redirect: Option<&RedirectConfig>,
-    ) -> Option<RouteConfig> {
-        let matcher = match Self::path_match(path, self.regex_hosts.contains(host)) {
-            Ok(m) => m,
-            Err(e) => {
-                self.note_kind(Some(id), NoteKind::Invalid, format!("path skipped: {e}"));
-                return None;
+    ) -> Option<Arc<RouteConfig>> {
+        let regex = self.regex_hosts.contains(host);
+        let address = std::ptr::from_ref(path) as usize;
+        let kept =
+            self.kept_routes.iter().position(|r| r.path == address && r.host == host && r.regex == regex);
+        let kept = kept.map(|i| self.kept_routes.swap_remove(i));
+        // A kept route's path (the same text, the same kind of host) matched before.
+        let matcher = match kept {
+            Some(_) => None,
+            None => Some(self.path_matcher(path, regex, id)?),
+        };
+        let backend = match redirect {
+            Some(_) => None,
+            None => {
+                let group = self.service_backend(&id.namespace, &path.backend, &a.backend, id)?;
+                Some(self.unless_unavailable(group, a))
             }
         };
+        let route = match kept {
+            Some(kept) if kept.backend == backend => {
+                self.memo.routes_found += 1;
+                kept.route
+            }
+            _ => {
+                let matcher = match matcher {
+                    Some(matcher) => matcher,
+                    None => self.path_matcher(path, regex, id)?,
+                };
+                Arc::new(self.new_path_route(matcher, path, id, a, redirect, backend.clone()))
+            }
+        };
+        if let Some(made) = &mut self.made_routes {
+            let host = host.to_owned();
+            made.routes.push(memo::PathRoute {
+                path: address,
+                host,
+                regex,
+                backend,
+                route: Arc::clone(&route),
+            });
+        }
+        Some(route)
+    }
+
+    /// The match of an Ingress path, or `None` when it has none (noted).
+    fn path_matcher(&mut self, path: &HTTPIngressPath, regex: bool, id: &IngressId) -> Option<PathMatch> {
+        match Self::path_match(path, regex) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.note_kind(Some(id), NoteKind::Invalid, format!("path skipped: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The route of one Ingress path to `backend` (or its whole redirect).
+    fn new_path_route(
+        &self,
+        matcher: PathMatch,
+        path: &HTTPIngressPath,
+        id: &IngressId,
+        a: &Annotations,
+        redirect: Option<&RedirectConfig>,
+        backend: Option<String>,
+    ) -> RouteConfig {
         let mut route = route_template().clone();
         route.name = Some(id.to_string());
         route.max_body_bytes = a.body_size;
@@ -1041,14 +1156,13 @@ impl<'a> Builder<'a> {
         match redirect {
             Some(redirect) => route.redirect = Some(redirect.clone()),
             None => {
-                let group = self.service_backend(&id.namespace, &path.backend, &a.backend, id)?;
-                route.backend = Some(self.unless_unavailable(group, a));
+                route.backend = backend;
                 route.error_pages = self.error_pages(&path.backend, id, a);
                 route.https_redirect = forced_https_redirect(a);
                 route.mirrors = self.mirror.iter().cloned().collect();
             }
         }
-        Some(route)
+        route
     }
 
     /// The Ingress's `defaultBackend`: every path of hosts no rule names, and the paths of its
@@ -1198,7 +1312,8 @@ impl<'a> Builder<'a> {
             self.note(Some(id), note);
         }
         if let Some(proxy_ssl) = &settings.proxy_ssl {
-            self.proxy_ssl(&mut group, proxy_ssl, (namespace, service), id);
+            // A copy: the memo keeps the group as made from the Service.
+            self.proxy_ssl(Arc::make_mut(&mut group), proxy_ssl, (namespace, service), id);
         }
         self.backends.insert(name.clone(), (group, id.clone()));
         name
@@ -1214,7 +1329,7 @@ impl<'a> Builder<'a> {
         service_name: &str,
         port: &ServiceBackendPort,
         settings: &BackendSettings,
-    ) -> (BackendConfig, Vec<String>) {
+    ) -> (Arc<BackendConfig>, Vec<String>) {
         let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
         let inputs = memo::GroupInputs {
             namespace,
@@ -1232,6 +1347,7 @@ impl<'a> Builder<'a> {
         group.name = name.to_owned();
         group.endpoints = endpoints(&inputs, &mut notes);
         apply_settings(&mut group, settings);
+        let group = Arc::new(group);
         self.memo.keep_group(&inputs, &group, &notes);
         (group, notes)
     }
@@ -1392,7 +1508,7 @@ impl<'a> Builder<'a> {
         if let Some(entry) = self.hosts.get_mut(host)
             && let Some(&index) = entry.claims.get(main_key)
         {
-            entry.routes[index].0.backend = Some(weighted);
+            Arc::make_mut(&mut entry.routes[index].0).backend = Some(weighted);
         }
     }
 
@@ -1424,7 +1540,7 @@ impl<'a> Builder<'a> {
             main_weight = (main_weight * 10_000 / largest).max(1);
             canary_weight = (canary_weight * 10_000 / largest).max(1);
         }
-        let mut group = main_group.clone();
+        let mut group = BackendConfig::clone(&main_group);
         group.name = name.clone();
         // Weights only mean something to round robin.
         group.balance = crate::config::Balance::RoundRobin;
@@ -1439,11 +1555,38 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        self.backends.insert(name.clone(), (group, id.clone()));
+        self.backends.insert(name.clone(), (Arc::new(group), id.clone()));
         name
     }
 
-    fn finish(mut self, served: Vec<IngressId>) -> Translation {
+    /// The virtual host `name` made of these parts: the one of the last translation when they
+    /// are the same ([`memo::Memo::host`]).
+    fn virtual_host(
+        &mut self,
+        name: &str,
+        domains: Vec<String>,
+        routes: Vec<Arc<RouteConfig>>,
+        tls: Option<HostTlsConfig>,
+        deep_wildcards: bool,
+    ) -> Arc<VirtualHostConfig> {
+        let inputs =
+            memo::HostInputs { name, routes: &routes, tls: tls.as_ref(), domains: &domains, deep_wildcards };
+        if let Some(kept) = self.memo.host(&inputs) {
+            return kept;
+        }
+        let mut virtual_host = virtual_host_template().clone();
+        virtual_host.name = name.to_owned();
+        virtual_host.domains = domains;
+        virtual_host.deep_wildcards = deep_wildcards;
+        virtual_host.routes = routes;
+        virtual_host.tls = tls;
+        let virtual_host = Arc::new(virtual_host);
+        self.memo.keep_host(&virtual_host);
+        virtual_host
+    }
+
+    /// The configuration, and the memo to keep for the next translation.
+    fn finish(mut self, served: Vec<IngressId>) -> (Translation, memo::Memo) {
         let mut config = self.base.clone();
         self.controller_settings(&mut config);
         self.stream_services(&mut config);
@@ -1484,9 +1627,7 @@ impl<'a> Builder<'a> {
                 // length: the route table keeps the first order among regexes of one length.
                 routes.sort_by(|(a, _), (b, _)| regex_of(b).cmp(&regex_of(a)));
             }
-            let mut virtual_host = virtual_host_template().clone();
-            virtual_host.name = domain.clone();
-            virtual_host.domains = vec![domain];
+            let mut domains = vec![domain.clone()];
             for (alias, owner) in host.aliases {
                 // ingress-nginx ignores an alias that another server is named.
                 if names.contains(&alias) || !aliased.insert(alias.clone()) {
@@ -1496,18 +1637,18 @@ impl<'a> Builder<'a> {
                         kind: NoteKind::Warning,
                     });
                 } else {
-                    virtual_host.domains.push(alias);
+                    domains.push(alias);
                 }
             }
-            virtual_host.deep_wildcards = host.deep_wildcards;
-            for (r, (route, owner)) in routes.into_iter().enumerate() {
+            let (routes, route_owners): (Vec<Arc<RouteConfig>>, Vec<IngressId>) = routes.into_iter().unzip();
+            for (r, owner) in route_owners.into_iter().enumerate() {
                 owners.push((Field::Route { host: index, route: r }, owner));
-                virtual_host.routes.push(route);
             }
-            if let Some((tls, owner)) = host.tls {
+            let (tls, tls_owner) = host.tls.map_or((None, None), |(tls, owner)| (Some(tls), Some(owner)));
+            if let Some(owner) = tls_owner {
                 owners.push((Field::HostTls(index), owner));
-                virtual_host.tls = Some(tls);
             }
+            let virtual_host = self.virtual_host(&domain, domains, routes, tls, host.deep_wildcards);
             config.virtual_hosts.push(virtual_host);
         }
         for (_, (group, owner)) in std::mem::take(&mut self.backends) {
@@ -1518,14 +1659,15 @@ impl<'a> Builder<'a> {
             owners.push((Field::Certificate(config.certificates.len()), owner));
             config.certificates.push(certificate);
         }
-        Translation {
+        let translation = Translation {
             config: Arc::new(config),
             served,
             considered: Vec::new(),
             notes: self.notes,
             gateway: GatewayStatuses::default(),
             owners,
-        }
+        };
+        (translation, self.memo)
     }
 }
 

@@ -302,7 +302,7 @@ fn auth_group(
         backend.tls = Some(tls);
     }
     let tls = crate::tls::upstream::UpstreamTls::build(&backend).map_err(|e| format!("{at}.tls: {e}"))?;
-    Ok(BackendGroup::build(&backend, tls, &EndpointRegistry::default(), b""))
+    Ok(BackendGroup::build(&std::sync::Arc::new(backend), tls, &EndpointRegistry::default(), b""))
 }
 
 /// How long a resolution is reused across snapshot builds (an EndpointSlice change rebuilds

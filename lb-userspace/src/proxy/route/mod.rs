@@ -398,8 +398,13 @@ impl<'a> Reusable<'a> {
     }
 
     /// The compiled `host` of the previous table, when compiling it again would give the same.
-    fn host(&self, host: &VirtualHostConfig, backends: &HashMap<&str, usize>) -> Option<Arc<VirtualHost>> {
+    fn host(
+        &self,
+        host: &Arc<VirtualHostConfig>,
+        backends: &HashMap<&str, usize>,
+    ) -> Option<Arc<VirtualHost>> {
         let &index = self.hosts.get(host.name.as_str())?;
+        // `Arc`s: the same one (a host the translation kept) is equal without a comparison.
         if self.config.virtual_hosts[index] != *host || reads_files(host) {
             return None;
         }
@@ -1493,24 +1498,26 @@ virtual_hosts:
         )
         .unwrap();
         assert!(RouteTable::build(&base).is_ok());
+        fn route0(c: &mut Config) -> &mut RouteConfig {
+            Arc::make_mut(&mut Arc::make_mut(&mut c.virtual_hosts[0]).routes[0])
+        }
         let broken = |change: &dyn Fn(&mut Config)| {
             let mut config = base.clone();
             change(&mut config);
             RouteTable::build(&config).unwrap_err()
         };
-        let err = broken(&|c| c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("(".into())));
+        let err = broken(&|c| route0(c).matcher.path = Some(PathMatch::Regex("(".into())));
         assert!(err.starts_with("virtual_hosts[0].routes[0].match.path.regex: not a valid"), "{err}");
         // Unbalanced but valid once wrapped: still refused.
-        let err =
-            broken(&|c| c.virtual_hosts[0].routes[0].matcher.path = Some(PathMatch::Regex("a)|(b".into())));
+        let err = broken(&|c| route0(c).matcher.path = Some(PathMatch::Regex("a)|(b".into())));
         assert!(err.contains("match.path.regex"), "{err}");
         let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].matcher.headers =
+            route0(c).matcher.headers =
                 vec![HeaderMatch { name: "x".into(), exact: None, regex: Some("[".into()), present: None }]
         });
         assert!(err.starts_with("virtual_hosts[0].routes[0].match.headers[0].regex"), "{err}");
         let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].matcher.headers = vec![HeaderMatch {
+            route0(c).matcher.headers = vec![HeaderMatch {
                 name: "bad name".into(),
                 exact: Some("1".into()),
                 regex: None,
@@ -1519,7 +1526,7 @@ virtual_hosts:
         });
         assert!(err.contains("headers[0].name"), "{err}");
         let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].matcher.headers = vec![HeaderMatch {
+            route0(c).matcher.headers = vec![HeaderMatch {
                 name: "x".into(),
                 exact: Some("1".into()),
                 regex: None,
@@ -1527,36 +1534,36 @@ virtual_hosts:
             }]
         });
         assert!(err.contains("exactly one of exact, regex and present"), "{err}");
-        let err = broken(&|c| c.virtual_hosts[0].routes[0].matcher.methods = vec!["G T".into()]);
+        let err = broken(&|c| route0(c).matcher.methods = vec!["G T".into()]);
         assert!(err.contains("methods[0]"), "{err}");
-        let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = Some("nope".into()));
+        let err = broken(&|c| route0(c).backend = Some("nope".into()));
         assert!(err.contains("no backend named \"nope\""), "{err}");
-        let err = broken(&|c| c.virtual_hosts[0].routes[0].backend = None);
+        let err = broken(&|c| route0(c).backend = None);
         assert!(err.contains("exactly one of backend, redirect and direct_response"), "{err}");
-        let err = broken(&|c| c.virtual_hosts[0].routes[0].direct_response = Some(200));
+        let err = broken(&|c| route0(c).direct_response = Some(200));
         assert!(err.contains("exactly one of"), "{err}");
         let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].rewrite =
+            route0(c).rewrite =
                 Some(RewriteConfig { prefix: Some("/x".into()), regex: None, replacement: None })
         });
         assert!(err.contains("needs a prefix path match"), "{err}");
         let err = broken(&|c| {
-            c.virtual_hosts[0].routes[0].rewrite =
+            route0(c).rewrite =
                 Some(RewriteConfig { prefix: None, regex: Some("(".into()), replacement: Some("/".into()) })
         });
         assert!(err.contains("rewrite.regex"), "{err}");
         for code in [200, 304] {
             let err = broken(&|c| {
-                c.virtual_hosts[0].routes[0].backend = None;
-                c.virtual_hosts[0].routes[0].redirect =
+                route0(c).backend = None;
+                route0(c).redirect =
                     Some(RedirectConfig { scheme: None, host: None, port: None, path: None, code });
             });
             assert!(err.contains("redirect.code"), "{code}: {err}");
         }
         let err = broken(&|c| {
-            let mut copy = c.virtual_hosts[0].clone();
+            let mut copy = VirtualHostConfig::clone(&c.virtual_hosts[0]);
             copy.name = "w".into();
-            c.virtual_hosts.push(copy);
+            c.virtual_hosts.push(Arc::new(copy));
         });
         assert!(err.starts_with("virtual_hosts[1].domains[0]"), "{err}");
     }

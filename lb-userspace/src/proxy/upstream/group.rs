@@ -26,7 +26,9 @@ pub struct BackendGroup {
     pub name: String,
     /// The name as a metric label, shared so counting never allocates.
     pub label: Arc<str>,
-    pub config: BackendConfig,
+    /// The configuration's own (shared, not copied: a rebuild that keeps the group's
+    /// configuration is told by the pointer).
+    pub config: Arc<BackendConfig>,
     /// In the configuration's order; shared with every other snapshot that keeps them.
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Balancer,
@@ -44,7 +46,7 @@ impl BackendGroup {
     /// Compiles one configured backend. Endpoint state comes from `registry`, so health and
     /// load carry over from the previous snapshot.
     pub fn build(
-        backend: &BackendConfig,
+        backend: &Arc<BackendConfig>,
         tls: Option<UpstreamTls>,
         registry: &EndpointRegistry,
         affinity_key: &[u8],
@@ -79,7 +81,7 @@ impl BackendGroup {
                 tls.as_ref().map_or("", |t| t.identity.as_str())
             )),
             tls: tls.map(Arc::new),
-            config: backend.clone(),
+            config: Arc::clone(backend),
         }
     }
 

@@ -84,9 +84,9 @@ impl Builder<'_> {
     /// A path's backend group, or the Ingress's `default-backend` when the path's Service has
     /// no ready endpoint (ingress-nginx serves those paths from it).
     pub(super) fn unless_unavailable(&self, group: String, a: &Annotations) -> String {
-        let ready = self.backends.get(&group).is_some_and(|(g, _)| g.endpoints.iter().any(|e| e.ready));
+        let ready = || self.backends.get(&group).is_some_and(|(g, _)| g.endpoints.iter().any(|e| e.ready));
         match (&a.default_backend, &self.error_group) {
-            (Some(_), Some(fallback)) if !ready => fallback.clone(),
+            (Some(_), Some(fallback)) if !ready() => fallback.clone(),
             _ => group,
         }
     }
@@ -156,7 +156,7 @@ impl Builder<'_> {
             let tls =
                 self.hosts.get(&host).and_then(|h| h.tls.clone()).filter(|(t, _)| t.certificate.is_some());
             let entry = self.hosts.entry(twin).or_default();
-            entry.routes.push((route, id.clone()));
+            entry.routes.push((std::sync::Arc::new(route), id.clone()));
             // The twin's own TLS section, when it has one, else the host's certificate. Plain
             // HTTP is redirected to the host, not to HTTPS first: ingress-nginx's redirect
             // server answers both ports with the same 308.
@@ -179,10 +179,11 @@ impl Builder<'_> {
         route.name = Some(DEFAULT_BACKEND_ROUTE.to_owned());
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
         route.backend = Some(group);
+        let route = self.memo.default_route(route);
         self.hosts.entry("*".to_owned()).or_default();
         for (domain, host) in &mut self.hosts {
             if !base_domains.contains(domain) && !host.routes.iter().any(|(r, _)| is_catch_all(r)) {
-                host.routes.push((route.clone(), owner.clone()));
+                host.routes.push((std::sync::Arc::clone(&route), owner.clone()));
             }
         }
     }

@@ -991,7 +991,7 @@ impl Builder<'_> {
         if self.backends.contains_key(&name) {
             return name;
         }
-        let mut merged = self.backends[&groups[0].0].0.clone();
+        let mut merged = crate::config::BackendConfig::clone(&self.backends[&groups[0].0].0);
         merged.name = name.clone();
         merged.balance = crate::config::Balance::RoundRobin;
         merged.hash_on = None;
@@ -1016,7 +1016,7 @@ impl Builder<'_> {
                 }
             }
         }
-        self.backends.insert(name.clone(), (merged, id.clone()));
+        self.backends.insert(name.clone(), (std::sync::Arc::new(merged), id.clone()));
         name
     }
 }

@@ -1,6 +1,9 @@
 //! What the translator keeps from one rebuild to the next, so that what a change did not touch
-//! is not worked out again: the backend groups made from Services and EndpointSlices, and the
-//! readings of annotation sets.
+//! is not worked out again: the backend groups made from Services and EndpointSlices, the
+//! readings of annotation sets (with the controller ConfigMap's defaults under them), the
+//! routes each Ingress's paths made, and the virtual hosts made from them. A kept group, route
+//! or host is the same `Arc` in the next configuration, so what follows (validation, the
+//! snapshot's compilation, freeing the old configuration) sees an unchanged one as a pointer.
 //!
 //! Correctness rule: an entry is used only when everything its computation read is the same.
 //! Objects are compared by identity (`Arc::ptr_eq` on the stores' `Arc`s, which the entry holds
@@ -12,10 +15,24 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice, networking::v1::ServiceBackendPort};
+use k8s_openapi::api::{
+    core::v1::Service,
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, ServiceBackendPort},
+};
 
-use super::annotations::{self, BackendSettings, Reading};
-use crate::{FastMap, config::BackendConfig};
+use super::{
+    IngressId,
+    annotations::{self, BackendSettings, Reading},
+    controller_config::ControllerConfig,
+};
+use crate::{
+    FastMap,
+    config::{
+        BackendConfig, BasicAuthConfig, HeaderOpsConfig, HostTlsConfig, MirrorConfig, RedirectConfig,
+        RouteConfig, VirtualHostConfig,
+    },
+};
 
 /// A backend group as made from its Service and EndpointSlices (before `proxy-ssl-*`, which
 /// reads Secrets and is applied on every rebuild), with the notes its making wrote.
@@ -26,7 +43,7 @@ struct GroupEntry {
     settings: BackendSettings,
     service: Option<Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
-    group: BackendConfig,
+    group: Arc<BackendConfig>,
     notes: Vec<String>,
     used: bool,
 }
@@ -68,6 +85,59 @@ pub(super) struct Memo {
     /// Groups made, and groups found, since the last sweep (for tests and the debug log).
     pub(super) made: usize,
     pub(super) found: usize,
+    /// Readings with the controller's defaults under them, by the address of the reading they
+    /// were made from (held, so the address is not reused); valid for `controller` only.
+    defaulted: FastMap<usize, (Arc<Reading>, Arc<Reading>, bool)>,
+    controller: Option<(ControllerConfig, ControllerHeaders)>,
+    /// The routes of each Ingress's paths, by Ingress.
+    routes: FastMap<IngressId, (IngressRoutes, bool)>,
+    /// The virtual hosts made, by name: one is kept when made of the same route `Arc`s.
+    hosts: FastMap<String, (Arc<VirtualHostConfig>, bool)>,
+    /// The route `--default-backend-service` adds to every host without a catch-all.
+    default_route: Option<Arc<RouteConfig>>,
+    /// Routes and hosts found, since the last sweep (for tests).
+    pub(super) routes_found: usize,
+    pub(super) hosts_found: usize,
+}
+
+/// The controller ConfigMap's `proxy-set-headers` and `add-headers`, read.
+pub(super) type ControllerHeaders = (Option<HeaderOpsConfig>, Option<HeaderOpsConfig>);
+
+/// What a path's route reads beside the path itself, from its Ingress as a whole: the same
+/// values make the same routes.
+#[derive(PartialEq)]
+pub(super) struct RouteContext {
+    pub basic_auth: Option<BasicAuthConfig>,
+    pub error_group: Option<String>,
+    pub redirect: Option<RedirectConfig>,
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// The routes one Ingress's paths made, with everything they read: the Ingress (its paths are
+/// told apart by their address in it), its reading and the [`RouteContext`]; and per route,
+/// its host, whether that host's paths are regular expressions, and the backend group chosen.
+pub(super) struct IngressRoutes {
+    ingress: Arc<Ingress>,
+    reading: Arc<Reading>,
+    context: RouteContext,
+    pub routes: Vec<PathRoute>,
+}
+
+pub(super) struct PathRoute {
+    pub path: usize,
+    pub host: String,
+    pub regex: bool,
+    pub backend: Option<String>,
+    pub route: Arc<RouteConfig>,
+}
+
+/// What a virtual host is made from ([`Memo::host`]).
+pub(super) struct HostInputs<'a> {
+    pub name: &'a str,
+    pub routes: &'a [Arc<RouteConfig>],
+    pub tls: Option<&'a HostTlsConfig>,
+    pub domains: &'a [String],
+    pub deep_wildcards: bool,
 }
 
 impl Memo {
@@ -76,15 +146,20 @@ impl Memo {
         &mut self,
         name: &str,
         inputs: &GroupInputs<'_>,
-    ) -> Option<(BackendConfig, Vec<String>)> {
+    ) -> Option<(Arc<BackendConfig>, Vec<String>)> {
         let entry = self.groups.get_mut(name).filter(|e| inputs.matches(e))?;
         entry.used = true;
         self.found += 1;
-        Some((entry.group.clone(), entry.notes.clone()))
+        Some((Arc::clone(&entry.group), entry.notes.clone()))
     }
 
     /// Remembers the group made from `inputs`.
-    pub(super) fn keep_group(&mut self, inputs: &GroupInputs<'_>, group: &BackendConfig, notes: &[String]) {
+    pub(super) fn keep_group(
+        &mut self,
+        inputs: &GroupInputs<'_>,
+        group: &Arc<BackendConfig>,
+        notes: &[String],
+    ) {
         let entry = GroupEntry {
             namespace: inputs.namespace.to_owned(),
             service_name: inputs.service_name.to_owned(),
@@ -92,7 +167,7 @@ impl Memo {
             settings: inputs.settings.clone(),
             service: inputs.service.cloned(),
             slices: inputs.slices.iter().map(|s| Arc::clone(s)).collect(),
-            group: group.clone(),
+            group: Arc::clone(group),
             notes: notes.to_vec(),
             used: true,
         };
@@ -112,11 +187,105 @@ impl Memo {
         reading
     }
 
+    /// Starts a translation with these controller settings: the defaulted readings made with
+    /// others are dropped.
+    pub(super) fn controller(&mut self, controller: &ControllerConfig, headers: &ControllerHeaders) {
+        let same = self.controller.as_ref().is_some_and(|(c, h)| c == controller && h == headers);
+        if !same {
+            self.defaulted.clear();
+            self.controller = Some((controller.clone(), headers.clone()));
+        }
+    }
+
+    /// The reading `read` with the controller's defaults under it, as made before with the
+    /// same controller settings ([`Memo::controller`]), if it was.
+    pub(super) fn defaulted(&mut self, read: &Arc<Reading>) -> Option<Arc<Reading>> {
+        let (_, defaulted, used) = self.defaulted.get_mut(&(Arc::as_ptr(read) as usize))?;
+        *used = true;
+        Some(Arc::clone(defaulted))
+    }
+
+    /// Keeps `defaulted`, made from `read` with the current controller settings.
+    pub(super) fn keep_defaulted(&mut self, read: &Arc<Reading>, defaulted: &Arc<Reading>) {
+        let entry = (Arc::clone(read), Arc::clone(defaulted), true);
+        self.defaulted.insert(Arc::as_ptr(read) as usize, entry);
+    }
+
+    /// The routes the Ingress `id` made last time, when it is the same object with the same
+    /// reading and context (else none), and the record to fill for this time.
+    pub(super) fn routes_of(
+        &mut self,
+        id: &IngressId,
+        ingress: &Arc<Ingress>,
+        reading: &Arc<Reading>,
+        context: RouteContext,
+    ) -> (Vec<PathRoute>, IngressRoutes) {
+        let kept = match self.routes.remove(id) {
+            Some((kept, _))
+                if Arc::ptr_eq(&kept.ingress, ingress)
+                    && Arc::ptr_eq(&kept.reading, reading)
+                    && kept.context == context =>
+            {
+                kept.routes
+            }
+            _ => Vec::new(),
+        };
+        let record = IngressRoutes {
+            ingress: Arc::clone(ingress),
+            reading: Arc::clone(reading),
+            context,
+            routes: Vec::with_capacity(kept.len()),
+        };
+        (kept, record)
+    }
+
+    /// Keeps the routes an Ingress made for the next translation.
+    pub(super) fn keep_routes(&mut self, id: &IngressId, routes: IngressRoutes) {
+        self.routes.insert(id.clone(), (routes, true));
+    }
+
+    /// The virtual host made from `inputs` before, if it was.
+    pub(super) fn host(&mut self, inputs: &HostInputs<'_>) -> Option<Arc<VirtualHostConfig>> {
+        let (host, used) = self.hosts.get_mut(inputs.name)?;
+        let same = host.routes.len() == inputs.routes.len()
+            && host.routes.iter().zip(inputs.routes).all(|(a, b)| Arc::ptr_eq(a, b))
+            && host.tls.as_ref() == inputs.tls
+            && host.domains == inputs.domains
+            && host.deep_wildcards == inputs.deep_wildcards;
+        if !same {
+            return None;
+        }
+        *used = true;
+        self.hosts_found += 1;
+        Some(Arc::clone(host))
+    }
+
+    /// Keeps the virtual host made from `inputs` (its name is the key).
+    pub(super) fn keep_host(&mut self, host: &Arc<VirtualHostConfig>) {
+        self.hosts.insert(host.name.clone(), (Arc::clone(host), true));
+    }
+
+    /// `route`, or the equal one kept from the last translation (the default backend's route,
+    /// added to many hosts: the same `Arc` keeps them unchanged).
+    pub(super) fn default_route(&mut self, route: RouteConfig) -> Arc<RouteConfig> {
+        match &self.default_route {
+            Some(kept) if **kept == route => Arc::clone(kept),
+            _ => {
+                let route = Arc::new(route);
+                self.default_route = Some(Arc::clone(&route));
+                route
+            }
+        }
+    }
+
     /// Drops what the last rebuild did not use, and starts counting use again.
     pub(super) fn sweep(&mut self) {
-        (self.made, self.found) = (0, 0);
+        (self.made, self.found, self.routes_found, self.hosts_found) = (0, 0, 0, 0);
         self.groups.retain(|_, e| std::mem::take(&mut e.used));
         self.readings.retain(|_, (_, used)| std::mem::take(used));
+        self.defaulted.retain(|_, (_, _, used)| std::mem::take(used));
+        self.routes.retain(|_, (_, used)| std::mem::take(used));
+        self.hosts.retain(|_, (_, used)| std::mem::take(used));
     }
 
     /// Groups held.

@@ -65,7 +65,7 @@ impl Builder<'_> {
             group.name = name.clone();
             group.endpoints = vec![EndpointConfig { address, weight: 1, ready: true }];
             apply_settings(&mut group, settings);
-            self.backends.insert(name.clone(), (group, id.clone()));
+            self.backends.insert(name.clone(), (std::sync::Arc::new(group), id.clone()));
         }
         name
     }

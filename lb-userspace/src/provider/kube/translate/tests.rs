@@ -1074,7 +1074,7 @@ fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() 
     );
     assert!(t.config.listeners.iter().all(|l| l.proxy_protocol));
     assert_eq!(t.config.limits.rate_limit_status, 429);
-    let route = |domain: &str| host(&t.config, domain).routes[0].clone();
+    let route = |domain: &str| RouteConfig::clone(&host(&t.config, domain).routes[0]);
     assert_eq!(route("a.test").max_body_bytes, Some(20 << 20), "the ConfigMap's default");
     assert_eq!(route("b.test").max_body_bytes, Some(2 << 20), "the annotation wins");
     let names = |ops: Option<HeaderOpsConfig>| -> Vec<String> {

@@ -13,6 +13,25 @@ struct Cluster {
     /// Bumped on every write, as the API server's resourceVersion.
     version: u64,
     names: u64,
+    /// Whether the controller ConfigMap and header ConfigMaps are changed too (the translator
+    /// then reads them: [`with_controller`]), and Ingresses use annotations that read them.
+    configmaps: bool,
+}
+
+/// The controller ConfigMap the translators of [`with_controller`] read, the header
+/// ConfigMap it may name, and the Ingresses' custom-headers ConfigMap.
+const CONTROLLER_CONFIGMAP: &str = "controller";
+const HEADERS_CONFIGMAP: &str = "headers";
+
+/// A translator that reads the controller ConfigMap `default/controller`, with the Service
+/// `web` as `--default-backend-service`.
+fn with_controller() -> Translator {
+    Translator::new(Settings {
+        ingress_class: "sluice".into(),
+        controller_configmap: Some(format!("default/{CONTROLLER_CONFIGMAP}")),
+        default_backend_service: Some("default/web".into()),
+        ..Settings::default()
+    })
 }
 
 const HOSTS: [&str; 4] = ["a.test", "b.test", "", "*.w.test"];
@@ -21,7 +40,7 @@ const SERVICES: [&str; 4] = ["web", "api", "gone", "other"];
 const SECRETS: [&str; 2] = ["a-tls", "b-tls"];
 
 impl Cluster {
-    fn new(seed: u64) -> Cluster {
+    fn new(seed: u64, configmaps: bool) -> Cluster {
         let certificates = vec![self_signed("a.test"), self_signed("b.test"), self_signed("a.test")];
         let mut cluster = Cluster {
             rng: fastrand::Rng::with_seed(seed),
@@ -32,12 +51,17 @@ impl Cluster {
             certificates,
             version: 0,
             names: 0,
+            configmaps,
         };
         for service in &SERVICES[..3] {
             cluster.put_service(service);
             cluster.put_slice(service);
         }
         cluster.put_secret(SECRETS[0]);
+        if configmaps {
+            cluster.put_controller_configmap();
+            cluster.put_headers_configmap();
+        }
         for _ in 0..12 {
             let ingress = cluster.random_ingress();
             cluster.put(ingress);
@@ -76,6 +100,13 @@ impl Cluster {
             2 => test = test.annotation("use-regex", "true"),
             3 => test = test.default_backend(self.pick(&SERVICES), 80),
             4 => test = test.annotation("server-alias", "alias.test"),
+            5 if self.configmaps => test = test.annotation("custom-headers", HEADERS_CONFIGMAP),
+            6 if self.configmaps => {
+                test = test
+                    .annotation("default-backend", self.pick(&SERVICES))
+                    .annotation("custom-http-errors", "503")
+            }
+            7 if self.configmaps => test = test.annotation("proxy-body-size", "3m"),
             _ => {}
         }
         if self.rng.bool() {
@@ -126,10 +157,47 @@ impl Cluster {
         self.state.secrets.push(Arc::new(secret));
     }
 
+    /// The controller ConfigMap with a random choice of defaults (some change what every
+    /// Ingress's routes or TLS get, some name the header ConfigMap).
+    fn put_controller_configmap(&mut self) {
+        let mut data: Vec<(&str, &str)> = Vec::new();
+        for (key, value) in [
+            ("proxy-body-size", "5m"),
+            ("ssl-redirect", "false"),
+            ("custom-http-errors", "502,504"),
+            ("add-headers", "default/headers"),
+            ("proxy-set-headers", "default/headers"),
+            ("global-allowed-response-headers", "X-Frame-Options"),
+            ("hsts", "false"),
+        ] {
+            if self.rng.bool() {
+                data.push((key, value));
+            }
+        }
+        self.put_configmap(CONTROLLER_CONFIGMAP, &data);
+    }
+
+    fn put_headers_configmap(&mut self) {
+        let value = ["DENY", "SAMEORIGIN"][self.rng.usize(..2)];
+        let mut data = vec![("X-Frame-Options", value)];
+        if self.rng.bool() {
+            data.push(("X-Other", "1"));
+        }
+        self.put_configmap(HEADERS_CONFIGMAP, &data);
+    }
+
+    fn put_configmap(&mut self, name: &str, data: &[(&str, &str)]) {
+        let mut configmap = Arc::unwrap_or_clone(super::configmap("default", name, data));
+        configmap.metadata = self.versioned(configmap.metadata);
+        self.state.configmaps.retain(|c| c.metadata.name.as_deref() != Some(name));
+        self.state.configmaps.push(Arc::new(configmap));
+    }
+
     /// One random change; what it was, for the failure message.
     fn change(&mut self) -> String {
         let pick_existing = |rng: &mut fastrand::Rng, len: usize| (len > 0).then(|| rng.usize(..len));
-        match self.rng.u8(..12) {
+        let kinds = if self.configmaps { 15 } else { 12 };
+        match self.rng.u8(..kinds) {
             0..=2 => {
                 let ingress = self.random_ingress();
                 let what = format!("add Ingress {}", id_of(&ingress));
@@ -169,10 +237,23 @@ impl Cluster {
                 self.put_secret(name);
                 format!("put Secret {name}")
             }
-            _ => {
+            11 => {
                 let name = self.pick(&SECRETS);
                 self.state.secrets.retain(|s| s.metadata.name.as_deref() != Some(name));
                 format!("remove Secret {name}")
+            }
+            12 => {
+                self.put_controller_configmap();
+                "put the controller ConfigMap".into()
+            }
+            13 => {
+                self.put_headers_configmap();
+                "put the headers ConfigMap".into()
+            }
+            _ => {
+                let name = [CONTROLLER_CONFIGMAP, HEADERS_CONFIGMAP][self.rng.usize(..2)];
+                self.state.configmaps.retain(|c| c.metadata.name.as_deref() != Some(name));
+                format!("remove ConfigMap {name}")
             }
         }
     }
@@ -202,20 +283,27 @@ fn colliding_base() -> Config {
 /// Over random sequences of changes (deterministic seeds, bounded), the translator that keeps
 /// its caches (and validates against the last configuration that validated) gives, after
 /// every step, what a fresh translator gives from the same state; with seeds 5 and 6, Ingresses
-/// are set aside now and then because their configuration does not validate.
+/// are set aside now and then because their configuration does not validate; with seeds 7 and
+/// 8, the controller ConfigMap (defaults under every Ingress), a header ConfigMap and a
+/// default backend Service are read and changed too. Every kept route and host is checked:
+/// the configuration is compared whole, and most steps reuse most routes (asserted).
 #[test]
 fn incremental_translation_equals_a_fresh_one_after_every_change() {
     let mut set_aside = 0;
-    for seed in 1..=6u64 {
-        let mut cluster = Cluster::new(seed);
-        let incremental = translator();
+    let mut routes_reused = 0;
+    for seed in 1..=8u64 {
+        let configmaps = seed > 6;
+        let mut cluster = Cluster::new(seed, configmaps);
+        let fresh_translator = if configmaps { with_controller } else { translator };
+        let incremental = fresh_translator();
         let mut history = Vec::new();
         for step in 0..30 {
             let what = if step == 0 { "start".to_owned() } else { cluster.change() };
             history.push(what);
             let base = if seed > 4 { colliding_base() } else { tls_base() };
             let kept = outcome(incremental.build(&base, &cluster.state));
-            let fresh = outcome(translator().build(&base, &cluster.state));
+            routes_reused += incremental.reused().0;
+            let fresh = outcome(fresh_translator().build(&base, &cluster.state));
             if kept != fresh {
                 let diff: Vec<String> = kept
                     .lines()
@@ -230,6 +318,7 @@ fn incremental_translation_equals_a_fresh_one_after_every_change() {
         }
     }
     assert!(set_aside > 0, "no step set an Ingress aside");
+    assert!(routes_reused > 1_000, "only {routes_reused} routes were taken from the cache");
 }
 
 /// Two Ingresses on their own Services, and a third Service nobody uses.
@@ -283,6 +372,42 @@ fn a_changed_service_or_slice_remakes_only_its_own_group() {
     let t = same_as_fresh(&kept, &base(), &state);
     assert_eq!(kept.groups_made(), 1);
     assert_eq!(addresses(group(&t.config, "default/api:80")).len(), 3);
+}
+
+/// Rule: an unchanged Ingress (the same object, the same reading, the same Ingress-wide
+/// settings) keeps its routes, and a host whose routes and TLS are all kept is the same `Arc`
+/// in the next configuration, so validation and the snapshot see it as one pointer; a changed
+/// Ingress's routes and host are made again, and a new endpoint (a new group) changes no route.
+#[test]
+fn unchanged_ingresses_keep_their_routes_and_hosts() {
+    let kept = translator();
+    let mut state = two_services();
+    let host = |t: &Translation, name: &str| {
+        Arc::clone(t.config.virtual_hosts.iter().find(|h| h.name == name).expect("the host"))
+    };
+    let first = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (0, 0), "a first translation makes every route and host");
+    replace(
+        &mut state.ingresses,
+        "api",
+        IngressTest::new("api").host("b.test").path("/v2", "api", 80).build(),
+    );
+    let second = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (1, 1), "web's route and host are kept");
+    assert!(Arc::ptr_eq(&host(&first, "a.test"), &host(&second, "a.test")));
+    assert!(!Arc::ptr_eq(&host(&first, "b.test"), &host(&second, "b.test")));
+    assert_eq!(host(&second, "b.test").routes[0].matcher.path, Some(PathMatch::Prefix("/v2".into())));
+    let slice = SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1").ready("10.0.0.9").build();
+    replace(&mut state.slices, "web-1", slice);
+    let third = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (2, 2), "a group's endpoints are not in its routes");
+    assert_eq!(kept.groups_made(), 1);
+    assert!(Arc::ptr_eq(&host(&second, "a.test"), &host(&third, "a.test")));
+    // A new Ingress on a host of its own leaves the others' hosts as they were.
+    state.ingresses.push(IngressTest::new("new").host("c.test").path("/", "web", 80).build());
+    let fourth = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (2, 2));
+    assert!(Arc::ptr_eq(&host(&third, "b.test"), &host(&fourth, "b.test")));
 }
 
 /// Rule: a group's notes (its Service missing, or without the port) come with it from the
@@ -429,8 +554,9 @@ fn measure_rebuild_with_and_without_the_cache() {
         let (fresh_time, fresh) = time(&|| translator().build(&base, &state).unwrap());
         let (kept_time, incremental) = time(&|| kept.build(&base, &state).unwrap());
         assert_eq!(fresh.config, incremental.config);
+        let (routes, hosts) = kept.reused();
         eprintln!(
-            "MEASURE {size} Ingresses: translate fresh {fresh_time:?}, kept {kept_time:?} ({} groups made)",
+            "MEASURE {size} Ingresses: translate fresh {fresh_time:?}, kept {kept_time:?} ({} groups made, {routes} routes and {hosts} hosts kept)",
             kept.groups_made()
         );
     }
