@@ -743,6 +743,12 @@ fn l4_targets(config: &Config, snat: Option<std::net::Ipv4Addr>) -> Vec<L4Target
             tracing::info!(service = %service.name, reason = why, "L4 service proxied in user space, not XDP");
             continue;
         }
+        tracing::info!(
+            service = %service.name,
+            address = %service.address,
+            endpoints = service.endpoints.len(),
+            "L4 service balanced in XDP"
+        );
         targets.push(L4Target {
             spec: L4Spec {
                 address: service.address,
