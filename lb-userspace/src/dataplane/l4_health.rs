@@ -19,7 +19,7 @@ use std::{
 
 use super::{
     l4::{L4Maps, L4Spec},
-    neighbours::ManagedNeighbours,
+    neighbours,
 };
 use crate::config::{L4HealthCheck, L4Protocol};
 
@@ -93,7 +93,6 @@ fn run(
     let mut targets: Vec<L4Target> = Vec::new();
     let mut healthy: Vec<BTreeSet<SocketAddr>> = Vec::new();
     let mut checkers: Vec<Checker> = Vec::new();
-    let mut neighbours = ManagedNeighbours::default();
     // A command that came while flows were being reset (they give way to it).
     let mut next: Option<Command> = None;
     while let Some(command) = next.take().or_else(|| commands.recv().ok()) {
@@ -124,7 +123,7 @@ fn run(
                     .collect();
                 targets = next;
                 write(&mut maps, &targets, &healthy);
-                neighbours.sync(targets.iter().flat_map(|t| t.spec.endpoints.iter()).filter_map(|e| {
+                neighbours::sync(targets.iter().flat_map(|t| t.spec.endpoints.iter()).filter_map(|e| {
                     match e.ip() {
                         IpAddr::V4(v4) => Some(v4),
                         IpAddr::V6(_) => None,

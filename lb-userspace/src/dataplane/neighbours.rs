@@ -4,9 +4,11 @@
 //! than forwarding it. Without other traffic to the endpoint (a UDP service without a probe,
 //! an endpoint on a router the checks do not cross) the fast path would never start. So each
 //! endpoint's next hop gets a *managed* neighbour entry (`NTF_EXT_MANAGED`, Linux 5.16): the
-//! kernel resolves it at once (`NTF_USE`) and keeps it resolved, as Cilium does for the same
-//! reason. Entries this process created are removed when no endpoint needs them any more;
-//! entries that already existed are left as they are.
+//! kernel resolves it at once and keeps it resolved, as Cilium does for the same
+//! reason. The entries Sluice adds carry its protocol tag (`NDA_PROTOCOL`), so which ones are
+//! Sluice's is read back from the kernel on every change, as a reflector would: across restarts
+//! and upgrades, those no endpoint needs any more are removed, and entries that existed before
+//! (someone else's) are left as they are.
 
 use std::{
     collections::BTreeSet,
@@ -19,6 +21,9 @@ const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -29,57 +34,51 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
+const NDA_PROTOCOL: u16 = 12;
 const NDA_FLAGS_EXT: u16 = 15;
-const NTF_USE: u8 = 0x01;
+/// The protocol tag on Sluice's neighbour entries (`ip neigh show` prints `proto 83`): a value
+/// iproute2's rt_protos leaves unassigned.
+const SLUICE_PROTOCOL: u8 = 83;
 const NTF_EXT_MANAGED: u32 = 0x01;
 const NUD_NONE: u16 = 0;
 const AF_INET: u8 = libc::AF_INET as u8;
 
-/// The managed entries this process created, by (interface index, next hop).
-#[derive(Default)]
-pub struct ManagedNeighbours {
-    created: BTreeSet<(u32, Ipv4Addr)>,
-}
-
-impl ManagedNeighbours {
-    /// Makes sure every endpoint's next hop has a neighbour entry the kernel keeps resolved,
-    /// and removes those created earlier that no endpoint needs now. Failures are logged: the
-    /// fast path then waits for other traffic to resolve the neighbour, as before.
-    pub fn sync(&mut self, endpoints: impl IntoIterator<Item = Ipv4Addr>) {
-        let netlink = match Netlink::open() {
-            Ok(netlink) => netlink,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open a netlink socket for the L4 endpoints' neighbours");
-                return;
-            }
-        };
-        let mut wanted = BTreeSet::new();
-        for endpoint in endpoints {
-            match netlink.next_hop(endpoint) {
-                Ok(Some(hop)) => {
-                    wanted.insert(hop);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(%endpoint, error = %e, "no route to an L4 endpoint"),
-            }
+/// Makes sure every endpoint's next hop has a neighbour entry the kernel keeps resolved, and
+/// removes Sluice's entries that no endpoint needs now. Failures are logged: the fast path then
+/// waits for other traffic to resolve the neighbour, as before.
+pub fn sync(endpoints: impl IntoIterator<Item = Ipv4Addr>) {
+    let netlink = match Netlink::open() {
+        Ok(netlink) => netlink,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open a netlink socket for the L4 endpoints' neighbours");
+            return;
         }
-        for &(ifindex, addr) in wanted.difference(&self.created.clone()) {
-            match netlink.add_managed(ifindex, addr) {
-                Ok(true) => {
-                    self.created.insert((ifindex, addr));
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(next_hop = %addr, ifindex, error = %e, "cannot add a managed neighbour")
-                }
+    };
+    let mut wanted = BTreeSet::new();
+    for endpoint in endpoints {
+        match netlink.next_hop(endpoint) {
+            Ok(Some(hop)) => {
+                wanted.insert(hop);
             }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%endpoint, error = %e, "no route to an L4 endpoint"),
         }
-        let unused: Vec<(u32, Ipv4Addr)> = self.created.difference(&wanted).copied().collect();
-        for (ifindex, addr) in unused {
-            if let Err(e) = netlink.delete(ifindex, addr) {
-                tracing::debug!(next_hop = %addr, ifindex, error = %e, "removing a managed neighbour");
-            }
-            self.created.remove(&(ifindex, addr));
+    }
+    let ours = match netlink.sluice_entries() {
+        Ok(ours) => ours,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the neighbour table");
+            return;
+        }
+    };
+    for &(ifindex, addr) in wanted.difference(&ours) {
+        if let Err(e) = netlink.add_managed(ifindex, addr) {
+            tracing::warn!(next_hop = %addr, ifindex, error = %e, "cannot add a managed neighbour");
+        }
+    }
+    for &(ifindex, addr) in ours.difference(&wanted) {
+        if let Err(e) = netlink.delete(ifindex, addr) {
+            tracing::debug!(next_hop = %addr, ifindex, error = %e, "removing a managed neighbour");
         }
     }
 }
@@ -106,7 +105,9 @@ impl Netlink {
         let mut body = vec![AF_INET, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         attribute(&mut body, RTA_DST, &dst.octets());
         let reply = self.exchange(RTM_GETROUTE, NLM_F_REQUEST, &body)?;
-        let Some(route) = reply else { return Ok(None) };
+        let Some((_, route)) = reply.into_iter().find(|(kind, _)| *kind == RTM_NEWROUTE) else {
+            return Ok(None);
+        };
         if route.len() < 12 || route[7] != RTN_UNICAST {
             return Ok(None);
         }
@@ -121,33 +122,53 @@ impl Netlink {
         Ok(oif.map(|oif| (oif, gateway.unwrap_or(dst))))
     }
 
-    /// Creates a managed entry and starts its resolution; `false` when an entry exists already.
-    fn add_managed(&self, ifindex: u32, addr: Ipv4Addr) -> io::Result<bool> {
-        let mut body = ndmsg(ifindex, 0);
+    /// Creates a managed entry tagged as Sluice's; the kernel starts resolving a managed entry
+    /// at once (as for `NTF_USE`, which must not be sent after it: an update without the
+    /// managed flag clears it). An entry that exists already (someone else's) is left alone.
+    fn add_managed(&self, ifindex: u32, addr: Ipv4Addr) -> io::Result<()> {
+        let mut body = ndmsg(ifindex);
         attribute(&mut body, NDA_DST, &addr.octets());
+        attribute(&mut body, NDA_PROTOCOL, &[SLUICE_PROTOCOL]);
         attribute(&mut body, NDA_FLAGS_EXT, &NTF_EXT_MANAGED.to_ne_bytes());
         match self.exchange(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &body) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(false),
-            Err(e) => return Err(e),
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
         }
-        // The managed entry is probed on the kernel's next managed pass (up to
-        // delay_first_probe_time later): NTF_USE resolves it now.
-        let mut body = ndmsg(ifindex, NTF_USE);
-        attribute(&mut body, NDA_DST, &addr.octets());
-        self.exchange(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK, &body)?;
-        Ok(true)
+    }
+
+    /// The IPv4 neighbour entries tagged as Sluice's, by (interface index, address).
+    fn sluice_entries(&self) -> io::Result<BTreeSet<(u32, Ipv4Addr)>> {
+        let messages = self.exchange(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, &ndmsg(0))?;
+        let mut ours = BTreeSet::new();
+        for (kind, body) in messages {
+            if kind != RTM_NEWNEIGH || body.len() < 12 || body[0] != AF_INET {
+                continue;
+            }
+            let ifindex = u32::from_ne_bytes(body[4..8].try_into().expect("4 bytes"));
+            let (mut dst, mut protocol) = (None, None);
+            for (attr, value) in attributes(&body[12..]) {
+                match (attr, value.len()) {
+                    (NDA_DST, 4) => dst = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3])),
+                    (NDA_PROTOCOL, 1) => protocol = Some(value[0]),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(SLUICE_PROTOCOL)) = (dst, protocol) {
+                ours.insert((ifindex, dst));
+            }
+        }
+        Ok(ours)
     }
 
     fn delete(&self, ifindex: u32, addr: Ipv4Addr) -> io::Result<()> {
-        let mut body = ndmsg(ifindex, 0);
+        let mut body = ndmsg(ifindex);
         attribute(&mut body, NDA_DST, &addr.octets());
         self.exchange(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, &body).map(|_| ())
     }
 
-    /// Sends one request and reads until its answer: `Some(body)` of a RTM_NEWROUTE reply,
-    /// `None` for an acknowledgement, the kernel's error as an `io::Error`.
-    fn exchange(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    /// Sends one request and reads its answer: the messages before the acknowledgement or the
+    /// end of a dump, or the one reply of a route lookup; the kernel's error as an `io::Error`.
+    fn exchange(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
         const SEQ: u32 = 1;
         let mut message = Vec::with_capacity(16 + body.len());
         message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
@@ -174,7 +195,8 @@ impl Netlink {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut buf = vec![0u8; 8192];
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
         loop {
             // SAFETY: `buf` is writable for its whole length.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -195,13 +217,14 @@ impl Netlink {
                         NLMSG_ERROR if payload.len() >= 4 => {
                             let errno = -i32::from_ne_bytes(payload[0..4].try_into().expect("4 bytes"));
                             return if errno == 0 {
-                                Ok(None)
+                                Ok(answer)
                             } else {
                                 Err(io::Error::from_raw_os_error(errno))
                             };
                         }
-                        RTM_NEWROUTE => return Ok(Some(payload.to_vec())),
-                        _ => {}
+                        NLMSG_DONE => return Ok(answer),
+                        RTM_NEWROUTE => return Ok(vec![(kind, payload.to_vec())]),
+                        _ => answer.push((kind, payload.to_vec())),
                     }
                 }
                 rest = &rest[align(len).min(rest.len())..];
@@ -211,11 +234,11 @@ impl Netlink {
 }
 
 /// struct ndmsg: family, three pad bytes, the interface index, state, flags, type.
-fn ndmsg(ifindex: u32, flags: u8) -> Vec<u8> {
+fn ndmsg(ifindex: u32) -> Vec<u8> {
     let mut body = vec![AF_INET, 0, 0, 0];
     body.extend_from_slice(&ifindex.to_ne_bytes());
     body.extend_from_slice(&NUD_NONE.to_ne_bytes());
-    body.extend_from_slice(&[flags, 0]);
+    body.extend_from_slice(&[0, 0]);
     body
 }
 
