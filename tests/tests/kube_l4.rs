@@ -22,7 +22,7 @@ use lb_tests::{
         objects::{SliceEndpoint, config_map, endpoint_slice_ports, service_ports},
         sluice::{KubeSluice, KubeSluiceOptions},
     },
-    free_port, http, wait_for,
+    free_l4_ports, http, udp_echo, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -35,32 +35,6 @@ fn launch(name: &str, addr: &str, proxy_protocol: bool) -> Backend {
         ..Default::default()
     };
     Backend::launch(name, options).unwrap()
-}
-
-/// A UDP endpoint on `addr` that answers each datagram with `NAME:` and the datagram.
-fn udp_echo(name: &'static str, addr: &str) -> SocketAddr {
-    let socket = UdpSocket::bind(addr).unwrap();
-    let bound = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let answer = [format!("{name}:").as_bytes(), &buf[..n]].concat();
-            let _ = socket.send_to(&answer, from);
-        }
-    });
-    bound
-}
-
-/// `N` different ports, each free for both TCP and UDP on every local address.
-fn free_l4_ports<const N: usize>() -> [u16; N] {
-    let mut ports = Vec::new();
-    while ports.len() < N {
-        let port = free_port();
-        if !ports.contains(&port) && UdpSocket::bind(("0.0.0.0", port)).is_ok() {
-            ports.push(port);
-        }
-    }
-    ports.try_into().unwrap()
 }
 
 /// The backend that answered `GET /` through the TCP service on `port`.
