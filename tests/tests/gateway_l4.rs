@@ -13,7 +13,7 @@
 //! an EndpointSlice gives one port to all its endpoints.
 
 use std::{
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -25,7 +25,7 @@ use lb_tests::{
             GATEWAY_V1, GATEWAY_V1ALPHA2, SliceEndpoint, config_map, endpoint_slice_ports, gateway,
             gateway_class, http_route, service_ports, tcp_route, udp_route,
         },
-        sluice::{KubeSluice, KubeSluiceOptions},
+        sluice::{KubeSluice, KubeSluiceOptions, tcp_answer},
     },
     free_l4_ports, http, udp_echo, wait_for,
 };
@@ -36,20 +36,6 @@ const WAIT: Duration = Duration::from_secs(20);
 fn launch(name: &str, addr: &str) -> Backend {
     let options = backend::Options { addr: addr.parse().unwrap(), mode: Mode::Name, ..Default::default() };
     Backend::launch(name, options).unwrap()
-}
-
-/// The backend that answered `GET /` through the TCP port.
-fn tcp_answer(port: u16) -> Option<String> {
-    let response =
-        http::request(SocketAddr::from(([127, 0, 0, 1], port)), "GET", "l4.test", "/", &[]).ok()?;
-    response.header(BACKEND_HEADER).map(str::to_owned)
-}
-
-fn wait_for_tcp(sluice: &KubeSluice, port: u16, backend: &str) {
-    wait_for(WAIT, &format!("TCP port {port} to reach {backend}"), || {
-        (tcp_answer(port).as_deref() == Some(backend)).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}; last {:?}\n{}", tcp_answer(port), sluice.child.output()));
 }
 
 /// The UDP port's answer to `message`, or the error (a closed port is refused).
@@ -174,7 +160,7 @@ fn tcp_and_udp_routes_serve_report_and_follow_changes_live() {
 
     // Traffic: the TCP listener serves the older route's Service (the not-ready endpoint gets
     // nothing, the newer route's Service nothing); UDP datagrams are answered by the endpoint.
-    wait_for_tcp(&sluice, tcp_port, "echo-a");
+    sluice.wait_for_tcp(tcp_port, "echo-a", WAIT);
     for _ in 0..10 {
         assert_eq!(tcp_answer(tcp_port).as_deref(), Some("echo-a"));
     }
@@ -209,7 +195,7 @@ fn tcp_and_udp_routes_serve_report_and_follow_changes_live() {
         "/status/conditions",
         ("Accepted", "True", "ListenersNotValid"),
     );
-    wait_for_tcp(&sluice, configmap_port, "echo-b");
+    sluice.wait_for_tcp(configmap_port, "echo-b", WAIT);
     // The broken route's listener refuses connections; nothing else is disturbed.
     assert!(
         TcpStream::connect(("127.0.0.1", broken_port)).is_err(),
@@ -222,14 +208,14 @@ fn tcp_and_udp_routes_serve_report_and_follow_changes_live() {
 
     // Live: the older route goes, the newer takes the listener.
     assert!(kube.delete(GATEWAY_V1ALPHA2, "TCPRoute", "apps", "older"));
-    wait_for_tcp(&sluice, tcp_port, "echo-b");
+    sluice.wait_for_tcp(tcp_port, "echo-b", WAIT);
     wait_listener(&kube, "tcp", 1);
     // The broken route fixed (its Service created): its port serves.
     kube.apply(timed_tcp_route(
         "broken",
         tcp_spec(json!({"name": "l4", "sectionName": "broken"}), "echo-a", 3),
     ));
-    wait_for_tcp(&sluice, broken_port, "echo-a");
+    sluice.wait_for_tcp(broken_port, "echo-a", WAIT);
     route_condition(&kube, "TCPRoute", "broken", ("ResolvedRefs", "True", "ResolvedRefs"));
     // The UDPRoute removed: its port stops answering, TCP still serves.
     assert!(kube.delete(GATEWAY_V1ALPHA2, "UDPRoute", "apps", "dns"));
@@ -288,7 +274,7 @@ fn without_the_l4_route_crds_nothing_watches_them_and_the_rest_serves() {
 
     // The CRDs applied: found at the next discovery, watched, served.
     kube.install_gateway_api();
-    wait_for_tcp(&sluice, tcp_port, "web");
+    sluice.wait_for_tcp(tcp_port, "web", WAIT);
     route_condition(&kube, "TCPRoute", "late", ("Accepted", "True", "Accepted"));
     assert!(sluice.child.output().contains("TCPRoutes are served; watching them"));
 }

@@ -11,18 +11,18 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{TcpStream, UdpSocket},
     time::Duration,
 };
 
 use lb_tests::{
-    backend::{self, BACKEND_HEADER, Backend, Mode},
+    backend::{self, Backend, Mode},
     fake_kube::{
         FakeKube,
         objects::{SliceEndpoint, config_map, endpoint_slice_ports, service_ports},
-        sluice::{KubeSluice, KubeSluiceOptions},
+        sluice::{KubeSluice, KubeSluiceOptions, tcp_answer},
     },
-    free_l4_ports, http, udp_echo, wait_for,
+    free_l4_ports, udp_echo, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -35,20 +35,6 @@ fn launch(name: &str, addr: &str, proxy_protocol: bool) -> Backend {
         ..Default::default()
     };
     Backend::launch(name, options).unwrap()
-}
-
-/// The backend that answered `GET /` through the TCP service on `port`.
-fn tcp_answer(port: u16) -> Option<String> {
-    let response =
-        http::request(SocketAddr::from(([127, 0, 0, 1], port)), "GET", "l4.test", "/", &[]).ok()?;
-    response.header(BACKEND_HEADER).map(str::to_owned)
-}
-
-fn wait_for_tcp(sluice: &KubeSluice, port: u16, backend: &str) {
-    wait_for(WAIT, &format!("TCP port {port} to reach {backend}"), || {
-        (tcp_answer(port).as_deref() == Some(backend)).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
 }
 
 fn wait_for_closed(sluice: &KubeSluice, port: u16) {
@@ -145,8 +131,8 @@ fn tcp_and_udp_services_from_the_configmaps_serve_and_follow_changes_live() {
     kube.apply(config_map("ingress", "udp-services", &[(&udp.to_string(), "apps/dns:dns")]));
 
     // By Service port number and by port name; the not-ready endpoint gets nothing.
-    wait_for_tcp(&sluice, by_number, "echo-a");
-    wait_for_tcp(&sluice, by_name, "echo-a");
+    sluice.wait_for_tcp(by_number, "echo-a", WAIT);
+    sluice.wait_for_tcp(by_name, "echo-a", WAIT);
     for _ in 0..10 {
         assert_eq!(tcp_answer(by_number).as_deref(), Some("echo-a"));
     }
@@ -178,21 +164,21 @@ fn tcp_and_udp_services_from_the_configmaps_serve_and_follow_changes_live() {
 
     // The Service's endpoints change: new connections go to the new endpoint, no restart.
     kube.apply(echo_slice("127.0.0.3"));
-    wait_for_tcp(&sluice, by_number, "echo-b");
-    wait_for_tcp(&sluice, by_name, "echo-b");
+    sluice.wait_for_tcp(by_number, "echo-b", WAIT);
+    sluice.wait_for_tcp(by_name, "echo-b", WAIT);
     assert!(echo_b.requests() > 0);
 
     // An entry added and one removed.
     kube.apply(tcp_entries(&[(added_key.as_str(), "apps/echo:7000")], false));
-    wait_for_tcp(&sluice, added, "echo-b");
+    sluice.wait_for_tcp(added, "echo-b", WAIT);
     wait_for_closed(&sluice, by_name);
-    wait_for_tcp(&sluice, by_number, "echo-b");
+    sluice.wait_for_tcp(by_number, "echo-b", WAIT);
 
     // The UDP ConfigMap deleted: its service goes (a datagram gets no answer; the socket stays
     // bound while the flows it had drain).
     assert!(kube.delete("v1", "ConfigMap", "ingress", "udp-services"));
     wait_for(WAIT, "the UDP service to stop answering", || udp_exchange(udp, b"x").err().map(|_| ()))
         .unwrap_or_else(|e| panic!("{e}\n{}", sluice.child.output()));
-    wait_for_tcp(&sluice, added, "echo-b");
+    sluice.wait_for_tcp(added, "echo-b", WAIT);
     drop(echo_a);
 }

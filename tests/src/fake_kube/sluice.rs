@@ -186,6 +186,15 @@ impl KubeSluice {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.child.output()));
     }
 
+    /// Waits until `GET /` through the L4 TCP service on the loopback `port` reaches `backend`
+    /// (the backend's name header).
+    pub fn wait_for_tcp(&self, port: u16, backend: &str, timeout: Duration) {
+        wait_for(timeout, &format!("TCP port {port} to reach {backend}"), || {
+            (tcp_answer(port).as_deref() == Some(backend)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}; last {:?}\n{}", tcp_answer(port), self.child.output()));
+    }
+
     /// Waits until `GET host/path` answers `status`.
     pub fn wait_for_status(&self, host: &str, path: &str, status: u16, timeout: Duration) {
         wait_for(timeout, &format!("{host}{path} to answer {status}"), || {
@@ -210,4 +219,11 @@ impl KubeSluice {
             .lines()
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
     }
+}
+
+/// The backend that answered `GET /` through the L4 TCP service on the loopback `port`.
+pub fn tcp_answer(port: u16) -> Option<String> {
+    let response =
+        http::request(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "GET", "l4.test", "/", &[]).ok()?;
+    response.header(BACKEND_HEADER).map(str::to_owned)
 }
