@@ -565,15 +565,16 @@ fn insecure_tls_template() -> &'static BackendTlsConfig {
 /// header and query constraints, listeners).
 type ClaimKey = MatchConfig;
 
-fn claim_key(matcher: &MatchConfig) -> ClaimKey {
-    matcher.clone()
-}
+/// Up to this many routes, a host's claims are found by scanning its routes (most hosts have
+/// one or two); past it, through an index by match ([`HostBuild::claims`]).
+const SCANNED_CLAIMS: usize = 16;
 
 #[derive(Default)]
 struct HostBuild {
-    /// Shared with the translator's memo when unchanged since the last translation.
+    /// Shared with the translator's memo when unchanged since the last translation. Each is
+    /// the claim of its match until the translation's last steps add unclaimed ones.
     routes: Vec<(Arc<RouteConfig>, IngressId)>,
-    /// Claim key → index into `routes`.
+    /// Claim key → index into `routes`; empty while there are at most [`SCANNED_CLAIMS`].
     claims: FastMap<ClaimKey, usize>,
     tls: Option<(HostTlsConfig, IngressId)>,
     /// Claim keys of main routes that already have a canary.
@@ -582,6 +583,31 @@ struct HostBuild {
     deep_wildcards: bool,
     /// `server-alias` names (with the Ingress that asked), served as this host.
     aliases: Vec<(String, IngressId)>,
+}
+
+impl HostBuild {
+    /// The index of the route that claimed `key`.
+    fn claimed(&self, key: &ClaimKey) -> Option<usize> {
+        if self.claims.is_empty() {
+            self.routes.iter().position(|(route, _)| route.matcher == *key)
+        } else {
+            self.claims.get(key).copied()
+        }
+    }
+
+    /// Adds the route that claims its match (not claimed yet).
+    fn add_claim(&mut self, route: Arc<RouteConfig>, id: &IngressId) {
+        self.routes.push((route, id.clone()));
+        if self.routes.len() > SCANNED_CLAIMS {
+            if self.claims.is_empty() {
+                let indexed = self.routes.iter().enumerate().map(|(i, (r, _))| (r.matcher.clone(), i));
+                self.claims.extend(indexed);
+            } else {
+                let last = self.routes.len() - 1;
+                self.claims.insert(self.routes[last].0.matcher.clone(), last);
+            }
+        }
+    }
 }
 
 /// The stores by namespace and name. Services and slices as the stores' `Arc`s: the
@@ -599,7 +625,8 @@ struct Builder<'a> {
     base: &'a Config,
     state: &'a ClusterState,
     index: Index<'a>,
-    hosts: BTreeMap<String, HostBuild>,
+    /// By name; ordered once, when the configuration is made ([`Builder::finish`]).
+    hosts: FastMap<String, HostBuild>,
     backends: BTreeMap<String, (Arc<BackendConfig>, IngressId)>,
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
     notes: Vec<Note>,
@@ -658,7 +685,7 @@ impl<'a> Builder<'a> {
             base,
             state,
             index: Index { services, slices, secrets, configmaps },
-            hosts: BTreeMap::new(),
+            hosts: FastMap::default(),
             backends: BTreeMap::new(),
             certificates: BTreeMap::new(),
             notes: Vec::new(),
@@ -877,13 +904,12 @@ impl<'a> Builder<'a> {
     /// (an Ingress's: Ingresses are read first).
     fn claim(&mut self, host: &str, route: impl Into<Arc<RouteConfig>>, id: &IngressId) -> bool {
         let route: Arc<RouteConfig> = route.into();
-        let key = claim_key(&route.matcher);
         // Only a route for some listeners has a second key to yield to.
         let any_listener = (!route.matcher.listeners.is_empty())
-            .then(|| claim_key(&MatchConfig { listeners: Vec::new(), ..route.matcher.clone() }));
-        let entry = self.hosts.entry(host.to_owned()).or_default();
-        let claimed = entry.claims.get(&key).or_else(|| entry.claims.get(any_listener.as_ref()?));
-        if let Some(&index) = claimed {
+            .then(|| MatchConfig { listeners: Vec::new(), ..route.matcher.clone() });
+        let entry = self.host_entry(host);
+        let claimed = entry.claimed(&route.matcher).or_else(|| entry.claimed(any_listener.as_ref()?));
+        if let Some(index) = claimed {
             let (_, owner) = &entry.routes[index];
             if owner != id {
                 let message = format!(
@@ -895,9 +921,16 @@ impl<'a> Builder<'a> {
             }
             return false;
         }
-        entry.claims.insert(key, entry.routes.len());
-        entry.routes.push((route, id.clone()));
+        entry.add_claim(route, id);
         true
+    }
+
+    /// The host being built for `host`, entered if new (without a copy of the name when not).
+    fn host_entry(&mut self, host: &str) -> &mut HostBuild {
+        if !self.hosts.contains_key(host) {
+            self.hosts.insert(host.to_owned(), HostBuild::default());
+        }
+        self.hosts.get_mut(host).expect("entered above")
     }
 
     /// The routes, TLS and default backend of a main (not canary) Ingress.
@@ -944,7 +977,7 @@ impl<'a> Builder<'a> {
             }
         }
         for host in hosts_served.iter().filter(|h| *h != "*") {
-            let entry = self.hosts.entry(host.clone()).or_default();
+            let entry = self.host_entry(host);
             entry.aliases.extend(a.server_alias.iter().map(|alias| (alias.clone(), id.clone())));
         }
         if a.from_to_www {
@@ -1252,13 +1285,13 @@ impl<'a> Builder<'a> {
         let mut host_tls = passthrough_template().clone();
         host_tls.passthrough = Some(backend);
         host_tls.redirect_http = false;
-        self.hosts.entry(host.to_owned()).or_default().tls = Some((host_tls, id.clone()));
+        self.host_entry(host).tls = Some((host_tls, id.clone()));
     }
 
     /// Whether TLS for `host` is already set (noted when by another, older, Ingress). The host
     /// is entered either way.
     fn tls_taken(&mut self, host: &str, id: &IngressId) -> bool {
-        let entry = self.hosts.entry(host.to_owned()).or_default();
+        let entry = self.host_entry(host);
         let Some((_, owner)) = &entry.tls else { return false };
         if owner != id {
             let message = format!("TLS for host {host} is already set by the older Ingress {owner}; ignored");
@@ -1423,9 +1456,8 @@ impl<'a> Builder<'a> {
             let Ok(host) = Self::host_of(rule.host.as_deref()) else { continue };
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
                 let Ok(matcher) = Self::path_match(path, self.regex_hosts.contains(&host)) else { continue };
-                let key = claim_key(&MatchConfig { path: Some(matcher.clone()), ..MatchConfig::default() });
-                let main =
-                    self.hosts.get(&host).and_then(|h| h.claims.get(&key).map(|&i| h.routes[i].clone()));
+                let key = MatchConfig { path: Some(matcher.clone()), ..MatchConfig::default() };
+                let main = self.hosts.get(&host).and_then(|h| h.claimed(&key).map(|i| h.routes[i].clone()));
                 let Some((main_route, _)) = main else {
                     self.note(
                         Some(id),
@@ -1506,7 +1538,7 @@ impl<'a> Builder<'a> {
             self.weighted_group(main_backend, canary_backend, canary.weight, canary.weight_total, id)
         };
         if let Some(entry) = self.hosts.get_mut(host)
-            && let Some(&index) = entry.claims.get(main_key)
+            && let Some(index) = entry.claimed(main_key)
         {
             Arc::make_mut(&mut entry.routes[index].0).backend = Some(weighted);
         }
@@ -1560,17 +1592,16 @@ impl<'a> Builder<'a> {
     }
 
     /// The virtual host `name` made of these parts: the one of the last translation when they
-    /// are the same ([`memo::Memo::host`]).
+    /// are the same ([`memo::Memo::host`]), compared without copying them.
     fn virtual_host(
         &mut self,
         name: &str,
         domains: Vec<String>,
-        routes: Vec<Arc<RouteConfig>>,
+        routes: &[(Arc<RouteConfig>, IngressId)],
         tls: Option<HostTlsConfig>,
         deep_wildcards: bool,
     ) -> Arc<VirtualHostConfig> {
-        let inputs =
-            memo::HostInputs { name, routes: &routes, tls: tls.as_ref(), domains: &domains, deep_wildcards };
+        let inputs = memo::HostInputs { name, routes, tls: tls.as_ref(), domains: &domains, deep_wildcards };
         if let Some(kept) = self.memo.host(&inputs) {
             return kept;
         }
@@ -1578,7 +1609,7 @@ impl<'a> Builder<'a> {
         virtual_host.name = name.to_owned();
         virtual_host.domains = domains;
         virtual_host.deep_wildcards = deep_wildcards;
-        virtual_host.routes = routes;
+        virtual_host.routes = routes.iter().map(|(route, _)| Arc::clone(route)).collect();
         virtual_host.tls = tls;
         let virtual_host = Arc::new(virtual_host);
         self.memo.keep_host(&virtual_host);
@@ -1602,10 +1633,13 @@ impl<'a> Builder<'a> {
         let base_hosts: BTreeSet<String> = base_domains.union(&base_names).cloned().collect();
         self.www_twins(&base_hosts);
         self.default_backend_everywhere(&base_hosts);
-        let hosts = std::mem::take(&mut self.hosts);
+        let mut hosts: Vec<(String, HostBuild)> = std::mem::take(&mut self.hosts).into_iter().collect();
+        hosts.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        config.virtual_hosts.reserve(hosts.len());
+        owners.reserve(hosts.len() * 2);
         // Only aliases are checked against every name: made when some host has one.
-        let names: BTreeSet<String> = match hosts.values().any(|h| !h.aliases.is_empty()) {
-            true => hosts.keys().cloned().chain(base_hosts.iter().cloned()).collect(),
+        let names: BTreeSet<String> = match hosts.iter().any(|(_, h)| !h.aliases.is_empty()) {
+            true => hosts.iter().map(|(name, _)| name.clone()).chain(base_hosts.iter().cloned()).collect(),
             false => BTreeSet::new(),
         };
         let mut aliased = BTreeSet::new();
@@ -1640,16 +1674,15 @@ impl<'a> Builder<'a> {
                     domains.push(alias);
                 }
             }
-            let (routes, route_owners): (Vec<Arc<RouteConfig>>, Vec<IngressId>) = routes.into_iter().unzip();
-            for (r, owner) in route_owners.into_iter().enumerate() {
+            let (tls, tls_owner) = host.tls.map_or((None, None), |(tls, owner)| (Some(tls), Some(owner)));
+            let virtual_host = self.virtual_host(&domain, domains, &routes, tls, host.deep_wildcards);
+            config.virtual_hosts.push(virtual_host);
+            for (r, (_, owner)) in routes.into_iter().enumerate() {
                 owners.push((Field::Route { host: index, route: r }, owner));
             }
-            let (tls, tls_owner) = host.tls.map_or((None, None), |(tls, owner)| (Some(tls), Some(owner)));
             if let Some(owner) = tls_owner {
                 owners.push((Field::HostTls(index), owner));
             }
-            let virtual_host = self.virtual_host(&domain, domains, routes, tls, host.deep_wildcards);
-            config.virtual_hosts.push(virtual_host);
         }
         for (_, (group, owner)) in std::mem::take(&mut self.backends) {
             owners.push((Field::Backend(config.backends.len()), owner));

@@ -134,7 +134,8 @@ pub(super) struct PathRoute {
 /// What a virtual host is made from ([`Memo::host`]).
 pub(super) struct HostInputs<'a> {
     pub name: &'a str,
-    pub routes: &'a [Arc<RouteConfig>],
+    /// With the Ingress that claimed each (not compared).
+    pub routes: &'a [(Arc<RouteConfig>, IngressId)],
     pub tls: Option<&'a HostTlsConfig>,
     pub domains: &'a [String],
     pub deep_wildcards: bool,
@@ -220,13 +221,15 @@ impl Memo {
         reading: &Arc<Reading>,
         context: RouteContext,
     ) -> (Vec<PathRoute>, IngressRoutes) {
-        let kept = match self.routes.remove(id) {
+        // Taken out of its slot (which `keep_routes` fills again) rather than removed: a
+        // removal per Ingress per rebuild leaves the table full of tombstones to probe past.
+        let kept = match self.routes.get_mut(id) {
             Some((kept, _))
                 if Arc::ptr_eq(&kept.ingress, ingress)
                     && Arc::ptr_eq(&kept.reading, reading)
                     && kept.context == context =>
             {
-                kept.routes
+                std::mem::take(&mut kept.routes)
             }
             _ => Vec::new(),
         };
@@ -241,14 +244,19 @@ impl Memo {
 
     /// Keeps the routes an Ingress made for the next translation.
     pub(super) fn keep_routes(&mut self, id: &IngressId, routes: IngressRoutes) {
-        self.routes.insert(id.clone(), (routes, true));
+        match self.routes.get_mut(id) {
+            Some(slot) => *slot = (routes, true),
+            None => {
+                self.routes.insert(id.clone(), (routes, true));
+            }
+        }
     }
 
     /// The virtual host made from `inputs` before, if it was.
     pub(super) fn host(&mut self, inputs: &HostInputs<'_>) -> Option<Arc<VirtualHostConfig>> {
         let (host, used) = self.hosts.get_mut(inputs.name)?;
         let same = host.routes.len() == inputs.routes.len()
-            && host.routes.iter().zip(inputs.routes).all(|(a, b)| Arc::ptr_eq(a, b))
+            && host.routes.iter().zip(inputs.routes).all(|(a, (b, _))| Arc::ptr_eq(a, b))
             && host.tls.as_ref() == inputs.tls
             && host.domains == inputs.domains
             && host.deep_wildcards == inputs.deep_wildcards;
