@@ -59,7 +59,8 @@ pub fn problems(config: &Config) -> Vec<Problem> {
 pub fn problems_since(config: &Config, valid: Option<&Config>) -> Vec<Problem> {
     let mut found = Problems(Vec::new());
     top_level(config, &mut found);
-    let backends: BTreeSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    // Hashed, not ordered: looked up for every route of the cluster on every rebuild.
+    let backends: BackendNames = config.backends.iter().map(|b| b.name.as_str()).collect();
     let unchanged = Unchanged::new(valid);
     virtual_hosts(&config.virtual_hosts, &backends, &unchanged, &mut found);
     for (i, backend) in config.backends.iter().enumerate() {
@@ -75,6 +76,9 @@ pub fn problems_since(config: &Config, valid: Option<&Config>) -> Vec<Problem> {
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     problems
 }
+
+/// The names of a configuration's backend groups.
+type BackendNames<'a> = std::collections::HashSet<&'a str, foldhash::fast::FixedState>;
 
 fn duplicates<'a>(names: impl Iterator<Item = &'a str>, list: &str, what: &str, found: &mut Problems) {
     // Hashed, not ordered: this visits every host and group of the cluster on every rebuild.
@@ -272,31 +276,29 @@ fn route_listeners(config: &Config, found: &mut Problems) {
     }
 }
 
-/// The virtual hosts and backend groups of a configuration known to be valid, by name.
-struct Unchanged<'a> {
-    hosts: crate::FastMap<&'a str, &'a Arc<VirtualHostConfig>>,
-    backends: crate::FastMap<&'a str, &'a Arc<BackendConfig>>,
+/// The virtual hosts and backend groups of a configuration known to be valid, by address: a
+/// rebuild keeps what did not change as the same `Arc`, and an address is hashed without
+/// reading the object (a name would be read from memory, a cache miss per entry). One that is
+/// equal but another `Arc` is checked in full, with the same result.
+struct Unchanged {
+    hosts: std::collections::HashSet<*const VirtualHostConfig, foldhash::fast::FixedState>,
+    backends: std::collections::HashSet<*const BackendConfig, foldhash::fast::FixedState>,
 }
 
-impl<'a> Unchanged<'a> {
-    fn new(valid: Option<&'a Config>) -> Unchanged<'a> {
-        let hosts =
-            valid.into_iter().flat_map(|c| c.virtual_hosts.iter()).map(|h| (h.name.as_str(), h)).collect();
-        let backends =
-            valid.into_iter().flat_map(|c| c.backends.iter()).map(|b| (b.name.as_str(), b)).collect();
+impl Unchanged {
+    /// `valid` outlives the value: its `Arc`s hold the addresses.
+    fn new(valid: Option<&Config>) -> Unchanged {
+        let hosts = valid.into_iter().flat_map(|c| c.virtual_hosts.iter()).map(Arc::as_ptr).collect();
+        let backends = valid.into_iter().flat_map(|c| c.backends.iter()).map(Arc::as_ptr).collect();
         Unchanged { hosts, backends }
     }
 
-    /// Equal to its namesake: the same `Arc` (a rebuild keeps unchanged hosts so), or an
-    /// equal value.
     fn host(&self, host: &Arc<VirtualHostConfig>) -> bool {
-        self.hosts.get(host.name.as_str()).is_some_and(|valid| Arc::ptr_eq(valid, host) || ***valid == **host)
+        self.hosts.contains(&Arc::as_ptr(host))
     }
 
     fn backend(&self, backend: &Arc<BackendConfig>) -> bool {
-        self.backends
-            .get(backend.name.as_str())
-            .is_some_and(|valid| Arc::ptr_eq(valid, backend) || ***valid == **backend)
+        self.backends.contains(&Arc::as_ptr(backend))
     }
 }
 
@@ -304,7 +306,7 @@ impl<'a> Unchanged<'a> {
 /// a domain another host now claims first.
 fn unchanged_host(
     (i, host): (usize, &VirtualHostConfig),
-    backends: &BTreeSet<&str>,
+    backends: &BackendNames,
     claimed: &mut crate::FastMap<String, usize>,
     found: &mut Problems,
 ) {
@@ -335,8 +337,8 @@ fn claimed_message(domain: &str, first: usize) -> String {
 
 fn virtual_hosts(
     hosts: &[Arc<VirtualHostConfig>],
-    backends: &BTreeSet<&str>,
-    unchanged: &Unchanged<'_>,
+    backends: &BackendNames,
+    unchanged: &Unchanged,
     found: &mut Problems,
 ) {
     duplicates(hosts.iter().map(|h| h.name.as_str()), "virtual_hosts", "virtual host", found);
@@ -425,7 +427,7 @@ fn external_auth(auth: &super::ExternalAuthConfig, at: &str, found: &mut Problem
 
 /// Statuses 400 to 599, a known backend, fields that are header fields (and not ones the proxy
 /// owns on each hop).
-fn error_pages(pages: &super::ErrorPagesConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+fn error_pages(pages: &super::ErrorPagesConfig, at: &str, backends: &BackendNames, found: &mut Problems) {
     if pages.statuses.is_empty() {
         found.add(format!("{at}.statuses"), "at least one status is needed");
     }
@@ -443,7 +445,7 @@ fn error_pages(pages: &super::ErrorPagesConfig, at: &str, backends: &BTreeSet<&s
     }
 }
 
-fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+fn route(route: &RouteConfig, at: &str, backends: &BackendNames, found: &mut Problems) {
     let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
     policy(headers, route.cors.as_ref(), at, found);
     if let Some(auth) = &route.basic_auth {
@@ -585,7 +587,7 @@ fn route(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut P
 
 /// The backends a route names exist (its error pages', its mirrors', its own): the checks of
 /// [`route`] that read more than the route, for a route known to be valid otherwise.
-fn route_backends(route: &RouteConfig, at: &str, backends: &BTreeSet<&str>, found: &mut Problems) {
+fn route_backends(route: &RouteConfig, at: &str, backends: &BackendNames, found: &mut Problems) {
     if let Some(pages) = &route.error_pages {
         error_pages(pages, &format!("{at}.error_pages"), backends, found);
     }
@@ -725,7 +727,7 @@ fn one_of<A, B>(a: &Option<A>, b: &Option<B>) -> Option<bool> {
 /// TLS rules: certificate sources, references between listeners, hosts, certificates and
 /// backends. Whether the PEM itself is good is checked when the snapshot is built (it names the
 /// certificate and its file).
-fn tls(config: &Config, backends: &BTreeSet<&str>, found: &mut Problems) {
+fn tls(config: &Config, backends: &BackendNames, found: &mut Problems) {
     let certificates: BTreeSet<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
     duplicates(config.certificates.iter().map(|c| c.name.as_str()), "certificates", "certificate", found);
     for (i, certificate) in config.certificates.iter().enumerate() {

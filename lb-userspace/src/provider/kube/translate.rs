@@ -351,10 +351,10 @@ impl Translator {
             state.ingresses.iter().filter(|i| is_ours(i, &ours, default_is_ours)).collect();
         ingresses.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
         let mut canaries = Vec::new();
-        let mut served = Vec::new();
+        let mut served = Vec::with_capacity(ingresses.len());
         let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
         considered.sort_unstable();
-        let mut readings = Vec::new();
+        let mut readings = Vec::with_capacity(ingresses.len());
         // Ingresses with equal annotations (in one namespace, when they name a custom-headers
         // ConfigMap, which is looked up there) share one reading with the controller's
         // defaults under it. Keyed by the memo's reading, one `Arc` per distinct annotation map
@@ -627,7 +627,8 @@ struct Builder<'a> {
     index: Index<'a>,
     /// By name; ordered once, when the configuration is made ([`Builder::finish`]).
     hosts: FastMap<String, HostBuild>,
-    backends: BTreeMap<String, (Arc<BackendConfig>, IngressId)>,
+    /// By name; ordered once, when the configuration is made ([`Builder::finish`]).
+    backends: FastMap<String, (Arc<BackendConfig>, IngressId)>,
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
     notes: Vec<Note>,
     tls_listener: bool,
@@ -667,7 +668,8 @@ fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 impl<'a> Builder<'a> {
     fn new(translator: &'a Translator, base: &'a Config, state: &'a ClusterState) -> Builder<'a> {
         let services = state.services.iter().map(|s| (meta_ns_name(&s.metadata), s)).collect();
-        let mut slices: FastMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = FastMap::default();
+        let mut slices: FastMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
+            FastMap::with_capacity_and_hasher(state.slices.len(), Default::default());
         for slice in &state.slices {
             let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
                 continue;
@@ -680,13 +682,17 @@ impl<'a> Builder<'a> {
         }
         let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
         let configmaps = state.configmaps.iter().map(|c| (meta_ns_name(&c.metadata), c.as_ref())).collect();
+        let memo: memo::Memo =
+            std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner()));
+        // Sized as the last translation's, so a rebuild does not grow them step by step.
+        let (hosts, backends) = memo.sizes();
         Builder {
             translator,
             base,
             state,
             index: Index { services, slices, secrets, configmaps },
-            hosts: FastMap::default(),
-            backends: BTreeMap::new(),
+            hosts: FastMap::with_capacity_and_hasher(hosts, Default::default()),
+            backends: FastMap::with_capacity_and_hasher(backends, Default::default()),
             certificates: BTreeMap::new(),
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
@@ -699,7 +705,7 @@ impl<'a> Builder<'a> {
             error_group: None,
             www_redirects: Vec::new(),
             mirror: None,
-            memo: std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner())),
+            memo,
             gateway_l4: Vec::new(),
             kept_routes: Vec::new(),
             made_routes: None,
@@ -1684,7 +1690,10 @@ impl<'a> Builder<'a> {
                 owners.push((Field::HostTls(index), owner));
             }
         }
-        for (_, (group, owner)) in std::mem::take(&mut self.backends) {
+        let mut backends: Vec<_> = std::mem::take(&mut self.backends).into_iter().collect();
+        backends.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        config.backends.reserve(backends.len());
+        for (_, (group, owner)) in backends {
             owners.push((Field::Backend(config.backends.len()), owner));
             config.backends.push(group);
         }

@@ -296,6 +296,11 @@ impl Memo {
         self.hosts.retain(|_, (_, used)| std::mem::take(used));
     }
 
+    /// Virtual hosts and backend groups held: about as many as the next translation makes.
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        (self.hosts.len(), self.groups.len())
+    }
+
     /// Groups held.
     pub(super) fn groups(&self) -> usize {
         self.groups.len()
