@@ -71,7 +71,8 @@ impl Snapshot {
             backends.push(group);
         }
         let backend_index = backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
-        let tls = crate::tls::TlsSnapshot::build(&config, &backend_index)?;
+        let previous_tls = previous.map(|p| (&p.tls, &*p.config));
+        let tls = crate::tls::TlsSnapshot::build_on(&config, &backend_index, previous_tls)?;
         Ok(Snapshot {
             generation,
             routes,

@@ -358,19 +358,45 @@ pub struct TlsSnapshot {
     https_port: Option<u16>,
     /// Every configured certificate: (name, not_after in unix seconds).
     expiry: Vec<(String, i64)>,
+    /// The certificates loaded, by name: the next snapshot takes those whose configuration is
+    /// unchanged from here rather than parse them again ([`TlsSnapshot::build_on`]).
+    loaded: HashMap<String, LoadedCertificate>,
 }
 
 impl TlsSnapshot {
     /// Loads every certificate and CA bundle and builds the rustls configurations. `backends`
     /// maps backend names to their index in the snapshot. Errors name the certificate and file.
     pub fn build(config: &Config, backends: &HashMap<&str, usize>) -> Result<TlsSnapshot, String> {
+        Self::build_on(config, backends, None)
+    }
+
+    /// [`TlsSnapshot::build`], taking from `previous` (a snapshot and the configuration it was
+    /// built from) every certificate whose configuration is equal and inline (a file can change
+    /// behind an equal path) and that has not expired since: a rebuild then parses only the
+    /// certificates that changed, not every Secret of the cluster again.
+    pub fn build_on(
+        config: &Config,
+        backends: &HashMap<&str, usize>,
+        previous: Option<(&TlsSnapshot, &Config)>,
+    ) -> Result<TlsSnapshot, String> {
         let provider = provider();
         let now = now_unix();
-        let mut loaded: HashMap<&str, LoadedCertificate> = HashMap::new();
+        let before: HashMap<&str, &crate::config::CertificateConfig> = previous
+            .map(|(_, config)| config.certificates.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
+        let mut loaded: HashMap<String, LoadedCertificate> =
+            HashMap::with_capacity(config.certificates.len());
         for certificate in &config.certificates {
-            let certificate_loaded =
-                certs::load_certificate(certificate, &provider, now).map_err(|e| e.to_string())?;
-            loaded.insert(certificate.name.as_str(), certificate_loaded);
+            let inline = certificate.cert_path.is_none() && certificate.key_path.is_none();
+            let kept = previous
+                .filter(|_| inline && before.get(certificate.name.as_str()) == Some(&certificate))
+                .and_then(|(tls, _)| tls.loaded.get(&certificate.name))
+                .filter(|kept| kept.not_after >= now);
+            let certificate_loaded = match kept {
+                Some(kept) => kept.clone(),
+                None => certs::load_certificate(certificate, &provider, now).map_err(|e| e.to_string())?,
+            };
+            loaded.insert(certificate.name.clone(), certificate_loaded);
         }
         let key_of = |name: &str| -> Result<Arc<CertifiedKey>, String> {
             loaded.get(name).map(|c| c.key.clone()).ok_or_else(|| format!("no certificate named {name:?}"))
@@ -475,7 +501,7 @@ impl TlsSnapshot {
         let mut expiry: Vec<(String, i64)> = loaded.values().map(|c| (c.name.clone(), c.not_after)).collect();
         expiry.sort();
         let any_host = hosts.iter().any(Option::is_some);
-        Ok(TlsSnapshot { listeners, hosts, any_host, table, https_port, expiry })
+        Ok(TlsSnapshot { listeners, hosts, any_host, table, https_port, expiry, loaded })
     }
 
     /// The TLS settings of listener `index`, when it terminates TLS.

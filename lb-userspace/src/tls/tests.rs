@@ -228,6 +228,37 @@ fn unknown_sni_is_rejected_when_configured() {
     }
 }
 
+/// A rebuild takes an unchanged inline certificate from the previous snapshot (the same loaded
+/// key, not parsed again) and loads one whose PEM changed; a broken replacement still fails the
+/// build, whatever the previous snapshot held.
+#[test]
+fn unchanged_certificates_are_taken_from_the_previous_snapshot() {
+    let (config, leaves) = sni_config("default");
+    let first = TlsSnapshot::build(&config, &HashMap::new()).unwrap();
+    let key = |tls: &TlsSnapshot, name: &str| Arc::clone(&tls.loaded[name].key);
+    let second = TlsSnapshot::build_on(&config, &HashMap::new(), Some((&first, &config))).unwrap();
+    for name in ["a", "wild", "dflt"] {
+        assert!(Arc::ptr_eq(&key(&first, name), &key(&second, name)), "{name} was parsed again");
+    }
+    let mut rotated = config.clone();
+    let new_leaf = Ca::new("rotated").leaf(&["a.test"]);
+    let a = rotated.certificates.iter_mut().find(|c| c.name == "a").unwrap();
+    a.cert_pem = Some(new_leaf.cert.clone());
+    a.key_pem = Some(SecretString(new_leaf.key.clone()));
+    let third = TlsSnapshot::build_on(&rotated, &HashMap::new(), Some((&second, &config))).unwrap();
+    assert!(!Arc::ptr_eq(&key(&second, "a"), &key(&third, "a")));
+    assert!(Arc::ptr_eq(&key(&second, "wild"), &key(&third, "wild")));
+    let resolver = &third.listener(0).unwrap().resolver;
+    assert_eq!(served(resolver.certificate(Some("a.test"))), Some(leaf_der(&new_leaf)));
+    assert_ne!(leaf_der(&new_leaf), leaf_der(&leaves["a"]));
+    let mut broken = rotated.clone();
+    let other = Ca::new("other").leaf(&["x.test"]);
+    broken.certificates.iter_mut().find(|c| c.name == "wild").unwrap().key_pem =
+        Some(SecretString(other.key));
+    let err = TlsSnapshot::build_on(&broken, &HashMap::new(), Some((&third, &rotated))).err().expect("fails");
+    assert!(err.contains("certificate \"wild\""), "{err}");
+}
+
 #[test]
 fn a_broken_certificate_fails_the_build_with_its_name() {
     let (mut config, _) = sni_config("default");
