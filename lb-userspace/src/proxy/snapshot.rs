@@ -3,7 +3,7 @@
 //! `ArcSwap`), so a request in flight finishes on the routes it started with, and a new
 //! snapshot never touches established connections.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -53,7 +53,7 @@ impl Snapshot {
     ) -> Result<Snapshot, String> {
         let routes = RouteTable::build_on(&config, previous.map(|p| (&p.routes, &*p.config)))?;
         let key = affinity_key(&config);
-        let reusable: HashMap<&str, &Arc<BackendGroup>> = previous
+        let reusable: crate::FastMap<&str, &Arc<BackendGroup>> = previous
             .filter(|p| p.config.affinity_key == config.affinity_key)
             .map(|p| p.backends.iter().map(|g| (g.name.as_str(), g)).collect())
             .unwrap_or_default();

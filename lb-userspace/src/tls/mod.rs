@@ -366,7 +366,7 @@ pub struct TlsSnapshot {
 impl TlsSnapshot {
     /// Loads every certificate and CA bundle and builds the rustls configurations. `backends`
     /// maps backend names to their index in the snapshot. Errors name the certificate and file.
-    pub fn build(config: &Config, backends: &HashMap<&str, usize>) -> Result<TlsSnapshot, String> {
+    pub fn build(config: &Config, backends: &crate::FastMap<&str, usize>) -> Result<TlsSnapshot, String> {
         Self::build_on(config, backends, None)
     }
 
@@ -376,7 +376,7 @@ impl TlsSnapshot {
     /// certificates that changed, not every Secret of the cluster again.
     pub fn build_on(
         config: &Config,
-        backends: &HashMap<&str, usize>,
+        backends: &crate::FastMap<&str, usize>,
         previous: Option<(&TlsSnapshot, &Config)>,
     ) -> Result<TlsSnapshot, String> {
         let provider = provider();

@@ -198,7 +198,7 @@ fn served(key: Option<Arc<CertifiedKey>>) -> Option<Vec<u8>> {
 #[test]
 fn sni_selects_exact_wildcard_and_default() {
     let (config, leaves) = sni_config("default");
-    let tls = TlsSnapshot::build(&config, &HashMap::new()).unwrap();
+    let tls = TlsSnapshot::build(&config, &Default::default()).unwrap();
     let listener = tls.listener(0).unwrap();
     let resolver = &listener.resolver;
     let cert = |name: Option<&str>| served(resolver.certificate(name));
@@ -219,7 +219,7 @@ fn sni_selects_exact_wildcard_and_default() {
 #[test]
 fn unknown_sni_is_rejected_when_configured() {
     let (config, leaves) = sni_config("reject");
-    let tls = TlsSnapshot::build(&config, &HashMap::new()).unwrap();
+    let tls = TlsSnapshot::build(&config, &Default::default()).unwrap();
     let resolver = &tls.listener(0).unwrap().resolver;
     assert_eq!(served(resolver.certificate(Some("a.test"))), Some(leaf_der(&leaves["a"])));
     for unknown in [None, Some("other.test"), Some("plain.test")] {
@@ -234,9 +234,9 @@ fn unknown_sni_is_rejected_when_configured() {
 #[test]
 fn unchanged_certificates_are_taken_from_the_previous_snapshot() {
     let (config, leaves) = sni_config("default");
-    let first = TlsSnapshot::build(&config, &HashMap::new()).unwrap();
+    let first = TlsSnapshot::build(&config, &Default::default()).unwrap();
     let key = |tls: &TlsSnapshot, name: &str| Arc::clone(&tls.loaded[name].key);
-    let second = TlsSnapshot::build_on(&config, &HashMap::new(), Some((&first, &config))).unwrap();
+    let second = TlsSnapshot::build_on(&config, &Default::default(), Some((&first, &config))).unwrap();
     for name in ["a", "wild", "dflt"] {
         assert!(Arc::ptr_eq(&key(&first, name), &key(&second, name)), "{name} was parsed again");
     }
@@ -245,7 +245,7 @@ fn unchanged_certificates_are_taken_from_the_previous_snapshot() {
     let a = rotated.certificates.iter_mut().find(|c| c.name == "a").unwrap();
     a.cert_pem = Some(new_leaf.cert.clone());
     a.key_pem = Some(SecretString(new_leaf.key.clone()));
-    let third = TlsSnapshot::build_on(&rotated, &HashMap::new(), Some((&second, &config))).unwrap();
+    let third = TlsSnapshot::build_on(&rotated, &Default::default(), Some((&second, &config))).unwrap();
     assert!(!Arc::ptr_eq(&key(&second, "a"), &key(&third, "a")));
     assert!(Arc::ptr_eq(&key(&second, "wild"), &key(&third, "wild")));
     let resolver = &third.listener(0).unwrap().resolver;
@@ -255,7 +255,8 @@ fn unchanged_certificates_are_taken_from_the_previous_snapshot() {
     let other = Ca::new("other").leaf(&["x.test"]);
     broken.certificates.iter_mut().find(|c| c.name == "wild").unwrap().key_pem =
         Some(SecretString(other.key));
-    let err = TlsSnapshot::build_on(&broken, &HashMap::new(), Some((&third, &rotated))).err().expect("fails");
+    let err =
+        TlsSnapshot::build_on(&broken, &Default::default(), Some((&third, &rotated))).err().expect("fails");
     assert!(err.contains("certificate \"wild\""), "{err}");
 }
 
@@ -265,7 +266,7 @@ fn a_broken_certificate_fails_the_build_with_its_name() {
     let other = Ca::new("other").leaf(&["x.test"]);
     let broken = config.certificates.iter_mut().find(|c| c.name == "wild").unwrap();
     broken.key_pem = Some(SecretString(other.key));
-    let err = TlsSnapshot::build(&config, &HashMap::new()).err().expect("build fails");
+    let err = TlsSnapshot::build(&config, &Default::default()).err().expect("build fails");
     assert!(err.contains("certificate \"wild\"") && err.contains("does not match"), "{err}");
 }
 

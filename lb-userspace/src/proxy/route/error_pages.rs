@@ -1,8 +1,6 @@
 //! A route's error pages, compiled: which statuses go to the error backend, and the fields of
 //! the request that asks it (ingress-nginx's `@custom_<upstream>_<code>` locations).
 
-use std::collections::HashMap;
-
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::super::header_ops::HeaderOps;
@@ -26,7 +24,7 @@ pub struct ErrorPages {
 impl ErrorPages {
     pub fn compile(
         config: &ErrorPagesConfig,
-        backends: &HashMap<&str, usize>,
+        backends: &crate::FastMap<&str, usize>,
         at: &str,
     ) -> Result<ErrorPages, String> {
         let backend = *backends
@@ -91,7 +89,7 @@ mod tests {
             backend: "errors".into(),
             headers: vec![HeaderField { name: "X-Namespace".into(), value: "shop".into() }],
         };
-        ErrorPages::compile(&config, &HashMap::from([("errors", 3)]), "at").unwrap()
+        ErrorPages::compile(&config, &[("errors", 3)].into_iter().collect(), "at").unwrap()
     }
 
     #[test]
@@ -129,7 +127,7 @@ mod tests {
     fn an_unknown_backend_is_an_error_naming_the_field() {
         let config = ErrorPagesConfig { statuses: vec![503], backend: "nope".into(), headers: Vec::new() };
         let error =
-            ErrorPages::compile(&config, &HashMap::new(), "virtual_hosts[0].error_pages").unwrap_err();
+            ErrorPages::compile(&config, &Default::default(), "virtual_hosts[0].error_pages").unwrap_err();
         assert!(error.starts_with("virtual_hosts[0].error_pages.backend"), "{error}");
     }
 }

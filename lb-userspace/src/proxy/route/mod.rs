@@ -150,7 +150,11 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    fn compile(mirror: &MirrorConfig, backends: &HashMap<&str, usize>, at: &str) -> Result<Mirror, String> {
+    fn compile(
+        mirror: &MirrorConfig,
+        backends: &crate::FastMap<&str, usize>,
+        at: &str,
+    ) -> Result<Mirror, String> {
         let backend = *backends
             .get(mirror.backend.as_str())
             .ok_or_else(|| format!("{at}.backend: no backend named {:?}", mirror.backend))?;
@@ -239,9 +243,9 @@ impl RouteTable {
     /// the same, and it reads no file (an htpasswd file may change behind an equal
     /// configuration). The result is the same as a fresh build's.
     pub fn build_on(config: &Config, previous: Option<(&RouteTable, &Config)>) -> Result<RouteTable, String> {
-        let backends: HashMap<&str, usize> =
+        let backends: crate::FastMap<&str, usize> =
             config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
-        let listeners: HashMap<&str, usize> =
+        let listeners: crate::FastMap<&str, usize> =
             config.listeners.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
         let reusable = previous.and_then(|previous| Reusable::new(previous, config));
         let mut table = RouteTable {
@@ -376,9 +380,9 @@ struct Reusable<'a> {
     table: &'a RouteTable,
     config: &'a Config,
     /// The previous configuration's virtual hosts by name.
-    hosts: HashMap<&'a str, usize>,
+    hosts: crate::FastMap<&'a str, usize>,
     /// The previous configuration's backend indexes by name.
-    backends: HashMap<&'a str, usize>,
+    backends: crate::FastMap<&'a str, usize>,
 }
 
 impl<'a> Reusable<'a> {
@@ -401,7 +405,7 @@ impl<'a> Reusable<'a> {
     fn host(
         &self,
         host: &Arc<VirtualHostConfig>,
-        backends: &HashMap<&str, usize>,
+        backends: &crate::FastMap<&str, usize>,
     ) -> Option<Arc<VirtualHost>> {
         let &index = self.hosts.get(host.name.as_str())?;
         // `Arc`s: the same one (a host the translation kept) is equal without a comparison.
@@ -630,7 +634,7 @@ fn compile_route(
     host: &VirtualHostConfig,
     access: Option<Access>,
     (host_at, at): (&str, &str),
-    backends: &HashMap<&str, usize>,
+    backends: &crate::FastMap<&str, usize>,
 ) -> Result<Route, String> {
     let matcher = compile_matcher(route, at)?;
     let action = match (&route.backend, &route.redirect, route.direct_response) {
@@ -759,7 +763,7 @@ fn compile_matcher(route: &RouteConfig, at: &str) -> Result<Matcher, String> {
 }
 
 /// The listener bits of a route's `match.listeners` (all when it names none).
-fn listener_bits(names: &[String], listeners: &HashMap<&str, usize>, at: &str) -> Result<u64, String> {
+fn listener_bits(names: &[String], listeners: &crate::FastMap<&str, usize>, at: &str) -> Result<u64, String> {
     if names.is_empty() {
         return Ok(u64::MAX);
     }
