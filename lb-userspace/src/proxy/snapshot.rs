@@ -51,16 +51,21 @@ impl Snapshot {
         registry: &EndpointRegistry,
         generation: u64,
     ) -> Result<Snapshot, String> {
-        let routes = RouteTable::build_on(&config, previous.map(|p| (&p.routes, &*p.config)))?;
-        let key = affinity_key(&config);
-        let reusable: crate::FastMap<&str, &Arc<BackendGroup>> = previous
-            .filter(|p| p.config.affinity_key == config.affinity_key)
-            .map(|p| p.backends.iter().map(|g| (g.name.as_str(), g)).collect())
+        let order = backend_order(&config, previous);
+        let backend_index: crate::FastMap<&str, usize> =
+            order.iter().enumerate().map(|(at, &i)| (config.backends[i].name.as_str(), at)).collect();
+        let previous_index: crate::FastMap<&str, usize> = previous
+            .map(|p| p.backends.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect())
             .unwrap_or_default();
+        let previous_table = previous.map(|p| (&p.routes, &*p.config, &previous_index));
+        let routes = RouteTable::build_on(&config, &backend_index, previous_table)?;
+        let key = affinity_key(&config);
+        let reusable = previous.filter(|p| p.config.affinity_key == config.affinity_key);
         let mut backends = Vec::with_capacity(config.backends.len());
-        for backend in &config.backends {
-            let kept =
-                reusable.get(backend.name.as_str()).filter(|g| backend.tls.is_none() && g.config == *backend);
+        for backend in order.iter().map(|&i| &config.backends[i]) {
+            let kept = reusable
+                .and_then(|p| Some(&p.backends[*previous_index.get(backend.name.as_str())?]))
+                .filter(|g| backend.tls.is_none() && g.config == *backend);
             let group = match kept {
                 Some(group) => Arc::clone(group),
                 None => {
@@ -70,7 +75,6 @@ impl Snapshot {
             };
             backends.push(group);
         }
-        let backend_index = backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
         let previous_tls = previous.map(|p| (&p.tls, &*p.config));
         let tls = crate::tls::TlsSnapshot::build_on(&config, &backend_index, previous_tls)?;
         Ok(Snapshot {
@@ -84,6 +88,35 @@ impl Snapshot {
             tls,
         })
     }
+}
+
+/// The order of a snapshot's backend groups, as indexes into `config.backends`: the previous
+/// snapshot's, a group that went replaced by the last one, new groups at the end. Routes name
+/// groups by index, so a group added or removed moves at most one other, and every host whose
+/// groups kept their indexes is shared with the previous table rather than compiled again (in
+/// the configuration's own order, a new group sorted first would move every one after it).
+fn backend_order(config: &Config, previous: Option<&Snapshot>) -> Vec<usize> {
+    let Some(previous) = previous else { return (0..config.backends.len()).collect() };
+    let wanted: crate::FastMap<&str, usize> =
+        config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+    let mut slots: Vec<Option<usize>> =
+        previous.backends.iter().map(|g| wanted.get(g.name.as_str()).copied()).collect();
+    let mut at = 0;
+    while at < slots.len() {
+        if slots[at].is_none() {
+            // The last slot moves here and is looked at next.
+            slots.swap_remove(at);
+        } else {
+            at += 1;
+        }
+    }
+    let mut order: Vec<usize> = slots.into_iter().flatten().collect();
+    let mut placed = vec![false; config.backends.len()];
+    for &i in &order {
+        placed[i] = true;
+    }
+    order.extend((0..config.backends.len()).filter(|&i| !placed[i]));
+    order
 }
 
 /// The key for affinity cookies: the configured one, or one random key for the life of the
@@ -192,6 +225,76 @@ mod tests {
             panic!("a backend route")
         };
         assert_eq!(third.backends[index].name, "api");
+    }
+
+    /// A group added (sorted first in the configuration) or removed moves at most one other in
+    /// the snapshot, so the compiled hosts of every other group are shared; whatever moved,
+    /// every route still reaches the group its configuration names.
+    #[test]
+    fn groups_keep_their_place_when_others_come_and_go() {
+        let yaml = |groups: &[&str]| {
+            let mut yaml = String::from(
+                "listeners: [{name: web, address: '127.0.0.1:8080'}]\nxdp: {enabled: false}\nvirtual_hosts:\n",
+            );
+            for g in groups {
+                yaml.push_str(&format!(
+                    "  - {{name: {g}, domains: [{g}.test], routes: [{{backend: {g}}}]}}\n"
+                ));
+            }
+            yaml.push_str("backends:\n");
+            for (i, g) in groups.iter().enumerate() {
+                yaml.push_str(&format!(
+                    "  - {{name: {g}, endpoints: [{{address: '10.0.0.{}:80'}}]}}\n",
+                    i + 1
+                ));
+            }
+            Arc::new(Config::from_yaml(&yaml, "t.yaml").unwrap())
+        };
+        let registry = EndpointRegistry::default();
+        let names = |s: &Snapshot| s.backends.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+        let host = |s: &Snapshot, name: &str| {
+            let i = s.config.virtual_hosts.iter().position(|h| h.name == name).unwrap();
+            s.routes.compiled_host_address(i)
+        };
+        let reaches = |s: &Snapshot| {
+            for h in &s.config.virtual_hosts {
+                let route = s
+                    .routes
+                    .find(
+                        0,
+                        &format!("{}.test", h.name),
+                        &http::Method::GET,
+                        "/",
+                        None,
+                        &http::HeaderMap::new(),
+                    )
+                    .unwrap();
+                let super::super::route::RouteAction::Backend(i) = route.action else { panic!("a backend") };
+                assert_eq!(s.backends[i].name, h.name);
+            }
+        };
+        let first = Snapshot::build_on(yaml(&["b", "c", "d", "e"]), None, &registry, 1).unwrap();
+        assert_eq!(names(&first), ["b", "c", "d", "e"]);
+        let second =
+            Snapshot::build_on(yaml(&["a", "b", "c", "d", "e"]), Some(&first), &registry, 2).unwrap();
+        assert_eq!(names(&second), ["b", "c", "d", "e", "a"], "a new group goes last");
+        for h in ["b", "c", "d", "e"] {
+            assert_eq!(host(&first, h), host(&second, h), "{h} compiled again");
+        }
+        reaches(&second);
+        let third = Snapshot::build_on(yaml(&["a", "b", "d", "e"]), Some(&second), &registry, 3).unwrap();
+        assert_eq!(
+            names(&third),
+            ["b", "a", "d", "e"],
+            "the last group takes the place of the one that went"
+        );
+        for h in ["b", "d", "e"] {
+            assert_eq!(host(&second, h), host(&third, h), "{h} compiled again");
+        }
+        reaches(&third);
+        let fresh = Snapshot::build_on(yaml(&["a", "b", "d", "e"]), None, &registry, 4).unwrap();
+        assert_eq!(names(&fresh), ["a", "b", "d", "e"], "a snapshot of its own is in configuration order");
+        reaches(&fresh);
     }
 
     /// Not a test: compiling a snapshot of `SLUICE_MEASURE_INGRESSES` (5,000) hosts, each with

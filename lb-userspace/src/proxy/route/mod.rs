@@ -234,17 +234,21 @@ impl RouteTable {
     /// anything that would not compile (a bad regex, an unknown backend, a clashing domain) as an
     /// error naming the offending field rather than panicking.
     pub fn build(config: &Config) -> Result<RouteTable, String> {
-        Self::build_on(config, None)
+        let backends = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        Self::build_on(config, &backends, None)
     }
 
     /// [`RouteTable::build`], sharing with `previous` (the table compiled from the configuration
     /// given with it) every virtual host whose compilation would read the same: its
     /// configuration is equal, the backends it names have the same indexes, the listeners are
     /// the same, and it reads no file (an htpasswd file may change behind an equal
-    /// configuration). The result is the same as a fresh build's.
-    pub fn build_on(config: &Config, previous: Option<(&RouteTable, &Config)>) -> Result<RouteTable, String> {
-        let backends: crate::FastMap<&str, usize> =
-            config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+    /// configuration). The result is the same as a fresh build's. `backends`: the index of each
+    /// backend group in the snapshot, by name (and the previous table's, with `previous`).
+    pub fn build_on(
+        config: &Config,
+        backends: &crate::FastMap<&str, usize>,
+        previous: Option<PreviousTable<'_>>,
+    ) -> Result<RouteTable, String> {
         let listeners: crate::FastMap<&str, usize> =
             config.listeners.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
         let reusable = previous.and_then(|previous| Reusable::new(previous, config));
@@ -278,7 +282,7 @@ impl RouteTable {
                     ));
                 }
             }
-            if let Some(kept) = reusable.as_ref().and_then(|r| r.host(host, &backends)) {
+            if let Some(kept) = reusable.as_ref().and_then(|r| r.host(host, backends)) {
                 table.hosts.push(kept);
                 continue;
             }
@@ -291,7 +295,7 @@ impl RouteTable {
                     RouteLabels { virtual_host: host.name.as_str().into(), route: name.as_str().into() };
                 let access = Access::compile(route, host, &route_at)?;
                 let mut compiled =
-                    compile_route(route, name, labels, host, access, (&at, &route_at), &backends)?;
+                    compile_route(route, name, labels, host, access, (&at, &route_at), backends)?;
                 compiled.matcher.listeners = listener_bits(&route.matcher.listeners, &listeners, &route_at)?;
                 routes.push(compiled);
             }
@@ -301,6 +305,13 @@ impl RouteTable {
             table.hosts.push(Arc::new(VirtualHost { routes, order }));
         }
         Ok(table)
+    }
+
+    /// Where the compiled virtual host `index` (in configuration order) is, to tell one shared
+    /// with another table.
+    #[cfg(test)]
+    pub(crate) fn compiled_host_address(&self, index: usize) -> usize {
+        Arc::as_ptr(&self.hosts[index]) as usize
     }
 
     /// The route for a request, or `None` (a 404) when no virtual host takes `host` or no route
@@ -375,19 +386,23 @@ impl RouteTable {
     }
 }
 
+/// The table a new one is compiled on: the table, the configuration it was compiled from, and
+/// the index of each backend group in its snapshot, by name.
+pub type PreviousTable<'a> = (&'a RouteTable, &'a Config, &'a crate::FastMap<&'a str, usize>);
+
 /// What [`RouteTable::build_on`] may take from the previous table.
 struct Reusable<'a> {
     table: &'a RouteTable,
     config: &'a Config,
     /// The previous configuration's virtual hosts by name.
     hosts: crate::FastMap<&'a str, usize>,
-    /// The previous configuration's backend indexes by name.
-    backends: crate::FastMap<&'a str, usize>,
+    /// The previous snapshot's backend indexes by name.
+    backends: &'a crate::FastMap<&'a str, usize>,
 }
 
 impl<'a> Reusable<'a> {
     /// `None` when nothing can be shared: the listeners changed (routes keep their indexes).
-    fn new((table, previous): (&'a RouteTable, &'a Config), config: &Config) -> Option<Reusable<'a>> {
+    fn new((table, previous, backends): PreviousTable<'a>, config: &Config) -> Option<Reusable<'a>> {
         let same_listeners =
             previous.listeners.iter().map(|l| &l.name).eq(config.listeners.iter().map(|l| &l.name));
         if !same_listeners || table.hosts.len() != previous.virtual_hosts.len() {
@@ -397,7 +412,7 @@ impl<'a> Reusable<'a> {
             table,
             config: previous,
             hosts: previous.virtual_hosts.iter().enumerate().map(|(i, h)| (h.name.as_str(), i)).collect(),
-            backends: previous.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect(),
+            backends,
         })
     }
 
@@ -1467,26 +1482,34 @@ virtual_hosts:
         let shared = |next: &RouteTable, previous: &RouteTable| -> Vec<bool> {
             (0..4).map(|i| Arc::ptr_eq(&next.hosts[i], &previous.hosts[i])).collect()
         };
+        // Groups numbered in configuration order, as `RouteTable::build` numbers them.
+        fn index(config: &Config) -> crate::FastMap<&str, usize> {
+            config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect()
+        }
+        let build_on = |config: &Config, previous: &RouteTable, previous_config: &Config| {
+            let before = index(previous_config);
+            RouteTable::build_on(config, &index(config), Some((previous, previous_config, &before))).unwrap()
+        };
         let first = yaml("", 1_000, "web");
         let one = RouteTable::build(&first).unwrap();
-        let again = RouteTable::build_on(&first, Some((&one, &first))).unwrap();
+        let again = build_on(&first, &one, &first);
         same_as_fresh(&again, &first);
         assert_eq!(shared(&again, &one), [true, true, true, false], "d reads a file");
 
         let second = yaml("", 2_000, "web");
-        let two = RouteTable::build_on(&second, Some((&one, &first))).unwrap();
+        let two = build_on(&second, &one, &first);
         same_as_fresh(&two, &second);
         assert_eq!(shared(&two, &one), [false, true, true, false], "a's route changed");
 
         std::fs::write(&htpasswd, "bob:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n").unwrap();
         let third = yaml("  - {name: a0, endpoints: [{address: \"10.0.0.3:80\"}]}\n", 2_000, "web");
-        let three = RouteTable::build_on(&third, Some((&two, &second))).unwrap();
+        let three = build_on(&third, &two, &second);
         same_as_fresh(&three, &third);
         assert_eq!(shared(&three, &two), [false, false, true, false], "b0 and b1 moved");
         assert!(matches!(route(&three, "a/0").action, RouteAction::Backend(1)));
 
         let fourth = yaml("  - {name: a0, endpoints: [{address: \"10.0.0.3:80\"}]}\n", 2_000, "other");
-        let four = RouteTable::build_on(&fourth, Some((&three, &third))).unwrap();
+        let four = build_on(&fourth, &three, &third);
         same_as_fresh(&four, &fourth);
         assert_eq!(shared(&four, &three), [false; 4], "the listeners changed");
         std::fs::remove_file(&htpasswd).unwrap();
