@@ -124,6 +124,12 @@ pub async fn run(
     let mut elector = Elector::new(client.clone(), options.clone());
     let mut recorder = Recorder::new(client.clone(), options.identity.clone());
     let mut publisher = Publisher::new(client, options.clone());
+    // What woke the last round: a change of the served set alone writes only the Ingresses
+    // served since the last round (visiting all of a large cluster after every change was a
+    // sixth of the process's time); every other round, timed or not, visits every one, so a
+    // write that failed or a status someone else changed is seen within a renewal period.
+    let mut only_newly_served = false;
+    let mut last_served: Vec<IngressId> = Vec::new();
     loop {
         let was_leading = elector.leading;
         elector.campaign().await;
@@ -141,8 +147,13 @@ pub async fn run(
             let published = published.borrow_and_update().clone();
             let desired = publisher.desired(&elector, published).await;
             if let Some(desired) = &desired {
-                publisher.publish(&elector, &ingresses, &served, desired).await;
+                let to_check = match only_newly_served {
+                    true => newly_served(&served, &last_served),
+                    false => served.clone(),
+                };
+                publisher.publish(&elector, &ingresses, &to_check, desired).await;
             }
+            last_served = served.clone();
             let addresses: Vec<String> = desired
                 .iter()
                 .flatten()
@@ -152,15 +163,23 @@ pub async fn run(
             // Events only from the leader, within its deadline as status writes.
             let notes = notes.borrow_and_update().clone();
             // At most half a renewal period, so the next renewal starts in time.
-            if let Some(deadline) = elector.deadline() {
+            if let Some(deadline) = elector.deadline()
+                && !only_newly_served
+            {
                 let stop = deadline.min(Instant::now() + options.renew_every / 2);
                 recorder.record(&ingresses, &served, &notes, stop).await;
             }
         }
         let pause = if elector.leading { options.renew_every } else { options.retry_every };
+        only_newly_served = false;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            r = served.changed(), if elector.leading => if r.is_err() { break },
+            r = served.changed(), if elector.leading => {
+                if r.is_err() { break }
+                // The translator sends its notes before the served set: a change of both is
+                // a full round (its Events are written now).
+                only_newly_served = !notes.has_changed().unwrap_or(true) && !published.has_changed().unwrap_or(true);
+            }
             r = gateway.changed(), if elector.leading => if !r { break },
             r = notes.changed(), if elector.leading => if r.is_err() { break },
             r = published.changed(), if elector.leading => if r.is_err() { break },
@@ -174,6 +193,19 @@ pub async fn run(
     } else {
         elector.release().await;
     }
+}
+
+/// The Ingresses in `served` that are not in `before` (both sorted).
+fn newly_served(served: &[IngressId], before: &[IngressId]) -> Vec<IngressId> {
+    let mut before = before.iter().peekable();
+    let mut new = Vec::new();
+    for id in served {
+        while before.next_if(|b| *b < id).is_some() {}
+        if before.peek() != Some(&id) {
+            new.push(id.clone());
+        }
+    }
+    new
 }
 
 /// Now, to the microsecond a Lease keeps (so what we sent compares equal to what we read back).
@@ -539,6 +571,20 @@ impl Publisher {
 
 #[cfg(test)]
 mod tests {
+    /// Only what `served` has and `before` has not, whatever else either holds.
+    #[test]
+    fn newly_served_ingresses_are_the_difference_of_two_sorted_lists() {
+        let ids = |names: &[&str]| -> Vec<super::IngressId> {
+            names.iter().map(|n| super::IngressId { namespace: "ns".into(), name: (*n).into() }).collect()
+        };
+        let new = |served: &[&str], before: &[&str]| super::newly_served(&ids(served), &ids(before));
+        assert_eq!(new(&["a", "b", "c"], &[]), ids(&["a", "b", "c"]));
+        assert_eq!(new(&["a", "b", "c"], &["a", "b", "c"]), ids(&[]));
+        assert_eq!(new(&["a", "c", "e"], &["b", "c", "d"]), ids(&["a", "e"]));
+        assert_eq!(new(&["b"], &["a", "c"]), ids(&["b"]));
+        assert_eq!(new(&[], &["a"]), ids(&[]));
+    }
+
     use super::*;
 
     #[test]
