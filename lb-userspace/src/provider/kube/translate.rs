@@ -349,10 +349,12 @@ impl Translator {
         let (ours, default_is_ours) = builder.classes();
         let mut ingresses: Vec<&Arc<Ingress>> =
             state.ingresses.iter().filter(|i| is_ours(i, &ours, default_is_ours)).collect();
-        ingresses.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
+        // No two Ingresses tie (namespace and name end the key): unstable is the same order.
+        ingresses.sort_unstable_by(|a, b| age_key(a).cmp(&age_key(b)));
+        let ids: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
         let mut canaries = Vec::new();
         let mut served = Vec::with_capacity(ingresses.len());
-        let mut considered: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
+        let mut considered = ids.clone();
         considered.sort_unstable();
         let mut readings = Vec::with_capacity(ingresses.len());
         // Ingresses with equal annotations (in one namespace, when they name a custom-headers
@@ -361,8 +363,7 @@ impl Translator {
         // (the memo holds it until the translation ends), so a map is hashed once, there.
         let mut defaulted: FastMap<(*const annotations::Reading, &str), Arc<annotations::Reading>> =
             FastMap::default();
-        for ingress in ingresses {
-            let id = id_of(ingress);
+        for (ingress, id) in ingresses.into_iter().zip(ids) {
             if excluded.contains(&id) {
                 continue;
             }
@@ -1340,9 +1341,7 @@ impl<'a> Builder<'a> {
             _ => "?".to_owned(),
         };
         let mut name = format!("{namespace}/{service}:{port_label}");
-        if *settings != BackendSettings::default() {
-            name.push_str(&format!("~{:08x}", numeric::fnv1a_32(settings.group_key().as_bytes())));
-        }
+        self.memo.push_group_suffix(settings, &mut name);
         if self.backends.contains_key(&name) {
             return name;
         }

@@ -98,7 +98,14 @@ pub(super) struct Memo {
     /// Routes and hosts found, since the last sweep (for tests).
     pub(super) routes_found: usize,
     pub(super) hosts_found: usize,
+    /// Group name suffixes (a pure function of the settings, [`Memo::push_group_suffix`]) of
+    /// the last distinct settings seen, the latest first: a cluster has few, and every path
+    /// names its group.
+    suffixes: Vec<(BackendSettings, String)>,
 }
+
+/// How many distinct settings' suffixes are kept.
+const SUFFIXES_KEPT: usize = 16;
 
 /// The controller ConfigMap's `proxy-set-headers` and `add-headers`, read.
 pub(super) type ControllerHeaders = (Option<HeaderOpsConfig>, Option<HeaderOpsConfig>);
@@ -294,6 +301,25 @@ impl Memo {
         self.defaulted.retain(|_, (_, _, used)| std::mem::take(used));
         self.routes.retain(|_, (_, used)| std::mem::take(used));
         self.hosts.retain(|_, (_, used)| std::mem::take(used));
+    }
+
+    /// Appends to a group's name what tells groups of one Service port with other settings
+    /// apart: nothing for the defaults, else `~` and a hash of the settings' text, which is
+    /// made once per distinct settings rather than for every path.
+    pub(super) fn push_group_suffix(&mut self, settings: &BackendSettings, name: &mut String) {
+        let at = match self.suffixes.iter().position(|(kept, _)| kept == settings) {
+            Some(at) => at,
+            None => {
+                let suffix = match *settings == BackendSettings::default() {
+                    true => String::new(),
+                    false => format!("~{:08x}", crate::numeric::fnv1a_32(settings.group_key().as_bytes())),
+                };
+                self.suffixes.truncate(SUFFIXES_KEPT - 1);
+                self.suffixes.insert(0, (settings.clone(), suffix));
+                0
+            }
+        };
+        name.push_str(&self.suffixes[at].1);
     }
 
     /// Virtual hosts and backend groups held: about as many as the next translation makes.
