@@ -495,6 +495,7 @@ fn log_applied(desired: &Desired, generation: u64) {
             virtual_hosts = desired.config.virtual_hosts.len(),
             backends = desired.config.backends.len(),
             took_ms = desired.started.elapsed().as_millis() as u64,
+            translate_ms = desired.translated.map_or(0, |t| t.as_millis() as u64),
             "Kubernetes configuration applied"
         ),
     }

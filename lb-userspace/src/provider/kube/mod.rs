@@ -920,28 +920,32 @@ impl Emitted {
     /// the update to emit when the configuration changed. An unchanged configuration is not
     /// emitted again, whether the node applied the last one or not.
     fn next(&mut self, translation: Translation, started: Instant, translated: Duration) -> Option<Update> {
-        let notes: BTreeSet<String> = translation
-            .notes
-            .iter()
-            .map(|n| match &n.ingress {
-                // Gateway API objects are named `KIND/NAME` (see `translate::http_route_id`).
-                Some(id) if id.name.contains('/') => format!("{id}: {}", n.message),
-                Some(id) => format!("Ingress {id}: {}", n.message),
-                None => n.message.clone(),
-            })
-            .collect();
-        for note in notes.difference(&self.reported) {
-            tracing::warn!(note = %note, "Kubernetes");
-        }
-        crate::metrics::KUBE_API.noted(notes.len());
-        self.reported = notes;
-        self.notes.send_if_modified(|notes| {
+        let notes_changed = self.notes.send_if_modified(|notes| {
             let modified = **notes != translation.notes;
             if modified {
                 *notes = Arc::new(translation.notes.clone());
             }
             modified
         });
+        // Written out only when they changed: a migrated cluster can carry a note on most of
+        // its Ingresses, and most rebuilds change none.
+        if notes_changed || self.reported.is_empty() {
+            let notes: BTreeSet<String> = translation
+                .notes
+                .iter()
+                .map(|n| match &n.ingress {
+                    // Gateway API objects are named `KIND/NAME` (see `translate::http_route_id`).
+                    Some(id) if id.name.contains('/') => format!("{id}: {}", n.message),
+                    Some(id) => format!("Ingress {id}: {}", n.message),
+                    None => n.message.clone(),
+                })
+                .collect();
+            for note in notes.difference(&self.reported) {
+                tracing::warn!(note = %note, "Kubernetes");
+            }
+            crate::metrics::KUBE_API.noted(notes.len());
+            self.reported = notes;
+        }
         self.served.send_if_modified(|served| {
             let modified = *served != translation.served;
             if modified {
