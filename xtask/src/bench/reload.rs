@@ -429,8 +429,8 @@ impl Sluice {
 
     /// The rebuilds Sluice logged ("Kubernetes configuration applied"): (Ingresses served,
     /// virtual hosts, milliseconds from the start of the translation to the new snapshot being
-    /// published).
-    fn rebuilds(&self) -> Vec<(u64, u64, f64)> {
+    /// published, of which translating and validating; NaN from a binary that does not log it).
+    fn rebuilds(&self) -> Vec<(u64, u64, f64, f64)> {
         self.child
             .output()
             .lines()
@@ -438,7 +438,13 @@ impl Sluice {
             .filter_map(|event| {
                 let fields = event.get("fields")?;
                 let ingresses = fields.get("ingresses")?.as_u64()?;
-                Some((ingresses, fields.get("virtual_hosts")?.as_u64()?, fields.get("took_ms")?.as_f64()?))
+                let translate = fields.get("translate_ms").and_then(Value::as_f64).unwrap_or(f64::NAN);
+                Some((
+                    ingresses,
+                    fields.get("virtual_hosts")?.as_u64()?,
+                    fields.get("took_ms")?.as_f64()?,
+                    translate,
+                ))
             })
             .collect()
     }
@@ -758,15 +764,14 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     // The rebuild of change k is the first that served the initial Ingresses and k more (for
     // HTTPRoutes, which that count leaves out: the initial hosts and k more).
     let initial_hosts = rebuilds.first().map_or(0, |r| r.1);
-    let rebuilds_ms: Vec<f64> = (1..=u64::from(args.changes))
-        .map(|k| {
-            let found = match shape.source {
-                RouteSource::Ingress => rebuilds.iter().find(|r| r.0 == u64::from(shape.ingresses) + 1 + k),
-                RouteSource::Gateway => rebuilds.iter().find(|r| r.1 == initial_hosts + k),
-            };
-            found.map_or(f64::NAN, |r| r.2)
-        })
-        .collect();
+    let rebuild_of = |k: u64| match shape.source {
+        RouteSource::Ingress => rebuilds.iter().find(|r| r.0 == u64::from(shape.ingresses) + 1 + k),
+        RouteSource::Gateway => rebuilds.iter().find(|r| r.1 == initial_hosts + k),
+    };
+    let changes = 1..=u64::from(args.changes);
+    let rebuilds_ms: Vec<f64> = changes.clone().map(|k| rebuild_of(k).map_or(f64::NAN, |r| r.2)).collect();
+    let translates_ms: Vec<f64> =
+        changes.map(|k| rebuild_of(k).map_or(f64::NAN, |r| r.3)).filter(|x| x.is_finite()).collect();
     let initial_rebuild = rebuilds.first().map_or(f64::NAN, |r| r.2);
     outcome.meta.insert("initial_rebuild_ms".into(), format!("{initial_rebuild:.0}"));
     let sorted_rebuilds = sorted(&rebuilds_ms.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>());
@@ -776,6 +781,9 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<()> {
     meta.insert("max_ms".into(), format!("{max:.1}"));
     meta.insert("rebuild_p50_ms".into(), format!("{:.0}", percentile(&sorted_rebuilds, 50.0)));
     meta.insert("rebuild_max_ms".into(), format!("{:.0}", percentile(&sorted_rebuilds, 100.0)));
+    if !translates_ms.is_empty() {
+        meta.insert("translate_p50_ms".into(), format!("{:.0}", percentile(&sorted(&translates_ms), 50.0)));
+    }
     meta.insert("rss_mb".into(), format!("{rss:.1}"));
     meta.insert("rss_peak_mb".into(), format!("{rss_peak:.1}"));
     meta.insert("runtime_s".into(), started.elapsed().as_secs().to_string());
@@ -822,6 +830,9 @@ fn table(o: &Outcome) -> String {
         m("rebuild_p50_ms"),
         m("rebuild_max_ms")
     );
+    if o.meta.contains_key("translate_p50_ms") {
+        let _ = writeln!(t, "| of which translating and validating, p50 | {} ms |", m("translate_p50_ms"));
+    }
     let _ = writeln!(t, "| RSS after the first sync | {} MiB |", m("rss_ready_mb"));
     let _ = writeln!(t, "| RSS after the changes (peak) | {} MiB ({} MiB) |", m("rss_mb"), m("rss_peak_mb"));
     let _ = writeln!(

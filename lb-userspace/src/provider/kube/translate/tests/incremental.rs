@@ -543,7 +543,8 @@ fn measure_rebuild_with_and_without_the_cache() {
     let first = kept.build(&base, &state).unwrap();
     let rss_translated = rss_mib();
     let registry = crate::proxy::upstream::endpoint::EndpointRegistry::default();
-    let snapshot = crate::proxy::snapshot::Snapshot::build_on(first.config.clone(), None, &registry, 1).unwrap();
+    let snapshot =
+        crate::proxy::snapshot::Snapshot::build_on(first.config.clone(), None, &registry, 1).unwrap();
     eprintln!(
         "MEASURE {size} Ingresses: RSS +{:.0} MiB the objects, +{:.0} MiB translated (configuration and caches), +{:.0} MiB compiled",
         rss_state - rss_start,
@@ -583,6 +584,9 @@ fn measure_rebuild_with_and_without_the_cache() {
 /// This process's resident memory (MiB), from /proc.
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
     kib.unwrap_or(0.0) / 1024.0
 }
