@@ -660,6 +660,8 @@ struct Builder<'a> {
     /// and the record of those it makes this time.
     kept_routes: Vec<memo::PathRoute>,
     made_routes: Option<memo::IngressRoutes>,
+    /// Paths of the Ingress being translated made into routes so far.
+    path_ordinal: usize,
 }
 
 fn meta_ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -710,6 +712,7 @@ impl<'a> Builder<'a> {
             gateway_l4: Vec::new(),
             kept_routes: Vec::new(),
             made_routes: None,
+            path_ordinal: 0,
         }
     }
 
@@ -973,6 +976,7 @@ impl<'a> Builder<'a> {
             redirect: redirect.clone(),
             mirror: self.mirror.clone(),
         };
+        self.path_ordinal = 0;
         (self.kept_routes, self.made_routes) = {
             let (kept, made) = self.memo.routes_of(id, ingress, reading, context);
             (kept, Some(made))
@@ -1114,9 +1118,12 @@ impl<'a> Builder<'a> {
         redirect: Option<&RedirectConfig>,
     ) -> Option<Arc<RouteConfig>> {
         let regex = self.regex_hosts.contains(host);
-        let address = std::ptr::from_ref(path) as usize;
+        // The paths of an Ingress come here in the order of its spec, so the n-th is the same
+        // path of an equal spec.
+        let ordinal = self.path_ordinal;
+        self.path_ordinal += 1;
         let kept =
-            self.kept_routes.iter().position(|r| r.path == address && r.host == host && r.regex == regex);
+            self.kept_routes.iter().position(|r| r.path == ordinal && r.host == host && r.regex == regex);
         let kept = kept.map(|i| self.kept_routes.swap_remove(i));
         // A kept route's path (the same text, the same kind of host) matched before.
         let matcher = match kept {
@@ -1146,7 +1153,7 @@ impl<'a> Builder<'a> {
         if let Some(made) = &mut self.made_routes {
             let host = host.to_owned();
             made.routes.push(memo::PathRoute {
-                path: address,
+                path: ordinal,
                 host,
                 regex,
                 backend,

@@ -120,9 +120,11 @@ pub(super) struct RouteContext {
     pub mirror: Option<MirrorConfig>,
 }
 
-/// The routes one Ingress's paths made, with everything they read: the Ingress (its paths are
-/// told apart by their address in it), its reading and the [`RouteContext`]; and per route,
-/// its host, whether that host's paths are regular expressions, and the backend group chosen.
+/// The routes one Ingress's paths made, with everything they read: the Ingress's spec (the same
+/// object, or an equal spec: a status write, the leader's own after every change, is a new
+/// object; its paths are told apart by their place in it), its reading and the
+/// [`RouteContext`]; and per route, its host, whether that host's paths are regular
+/// expressions, and the backend group chosen.
 pub(super) struct IngressRoutes {
     ingress: Arc<Ingress>,
     reading: Arc<Reading>,
@@ -131,6 +133,7 @@ pub(super) struct IngressRoutes {
 }
 
 pub(super) struct PathRoute {
+    /// The path's place among the Ingress's paths, in the order of its spec.
     pub path: usize,
     pub host: String,
     pub regex: bool,
@@ -232,7 +235,7 @@ impl Memo {
         // removal per Ingress per rebuild leaves the table full of tombstones to probe past.
         let kept = match self.routes.get_mut(id) {
             Some((kept, _))
-                if Arc::ptr_eq(&kept.ingress, ingress)
+                if (Arc::ptr_eq(&kept.ingress, ingress) || kept.ingress.spec == ingress.spec)
                     && Arc::ptr_eq(&kept.reading, reading)
                     && kept.context == context =>
             {

@@ -408,6 +408,31 @@ fn unchanged_ingresses_keep_their_routes_and_hosts() {
     let fourth = same_as_fresh(&kept, &base(), &state);
     assert_eq!(kept.reused(), (2, 2));
     assert!(Arc::ptr_eq(&host(&third, "b.test"), &host(&fourth, "b.test")));
+    // Every Ingress written again with a status (as the leader does after serving it): new
+    // objects with equal specs keep their routes and hosts.
+    for ingress in &mut state.ingresses {
+        let mut written = Ingress::clone(ingress);
+        written.metadata.resource_version = Some("99".into());
+        written.status = Some(k8s_openapi::api::networking::v1::IngressStatus::default());
+        *ingress = Arc::new(written);
+    }
+    let fifth = same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (3, 3), "status writes change no route");
+    for name in ["a.test", "b.test", "c.test"] {
+        assert!(Arc::ptr_eq(&host(&fourth, name), &host(&fifth, name)), "{name}");
+    }
+    // An equal spec under other annotations is another reading: made again.
+    replace(
+        &mut state.ingresses,
+        "new",
+        IngressTest::new("new")
+            .annotation("proxy-body-size", "1m")
+            .host("c.test")
+            .path("/", "web", 80)
+            .build(),
+    );
+    same_as_fresh(&kept, &base(), &state);
+    assert_eq!(kept.reused(), (2, 2));
 }
 
 /// Rule: a group's notes (its Service missing, or without the port) come with it from the
