@@ -421,8 +421,13 @@ impl Translator {
         }
         let gateway = builder.gateway_api(excluded);
         served.sort_unstable();
-        let (finished, mut memo) = builder.finish(served);
-        let translation = Translation { considered, gateway, ..finished };
+        let (finished, memo) = builder.finish(served);
+        self.keep_memo(memo);
+        Translation { considered, gateway, ..finished }
+    }
+
+    /// Records what a translation reused, and keeps its cache for the next one.
+    fn keep_memo(&self, mut memo: memo::Memo) {
         tracing::debug!(
             made = memo.made,
             reused = memo.found,
@@ -435,7 +440,6 @@ impl Translator {
         self.last_made.store(memo.made, std::sync::atomic::Ordering::Relaxed);
         memo.sweep();
         *self.memo.lock().unwrap_or_else(|p| p.into_inner()) = memo;
-        translation
     }
 }
 
