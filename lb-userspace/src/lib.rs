@@ -41,3 +41,5 @@ pub fn now_ms() -> u64 {
 /// A map for the request path keyed by configuration names and endpoint addresses, never by
 /// client input: a fast unkeyed hash is enough there (SipHash was a visible share of a request).
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// The set of [`FastMap`], for the same keys.
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;

@@ -78,7 +78,7 @@ pub fn problems_since(config: &Config, valid: Option<&Config>) -> Vec<Problem> {
 }
 
 /// The names of a configuration's backend groups.
-type BackendNames<'a> = std::collections::HashSet<&'a str, foldhash::fast::FixedState>;
+type BackendNames<'a> = crate::FastSet<&'a str>;
 
 fn duplicates<'a>(names: impl Iterator<Item = &'a str>, list: &str, what: &str, found: &mut Problems) {
     // Hashed, not ordered: this visits every host and group of the cluster on every rebuild.
@@ -281,8 +281,8 @@ fn route_listeners(config: &Config, found: &mut Problems) {
 /// reading the object (a name would be read from memory, a cache miss per entry). One that is
 /// equal but another `Arc` is checked in full, with the same result.
 struct Unchanged {
-    hosts: std::collections::HashSet<*const VirtualHostConfig, foldhash::fast::FixedState>,
-    backends: std::collections::HashSet<*const BackendConfig, foldhash::fast::FixedState>,
+    hosts: crate::FastSet<*const VirtualHostConfig>,
+    backends: crate::FastSet<*const BackendConfig>,
 }
 
 impl Unchanged {

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::{
-    route::RouteTable,
+    route::{RouteTable, name_index},
     upstream::{BackendGroup, endpoint::EndpointRegistry},
 };
 use crate::config::{Config, Limits};
@@ -52,11 +52,9 @@ impl Snapshot {
         generation: u64,
     ) -> Result<Snapshot, String> {
         let order = backend_order(&config, previous);
-        let backend_index: crate::FastMap<&str, usize> =
-            order.iter().enumerate().map(|(at, &i)| (config.backends[i].name.as_str(), at)).collect();
-        let previous_index: crate::FastMap<&str, usize> = previous
-            .map(|p| p.backends.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect())
-            .unwrap_or_default();
+        let backend_index = name_index(order.iter().map(|&i| config.backends[i].name.as_str()));
+        let previous_index =
+            name_index(previous.into_iter().flat_map(|p| p.backends.iter().map(|g| g.name.as_str())));
         let previous_table = previous.map(|p| (&p.routes, &*p.config, &previous_index));
         let routes = RouteTable::build_on(&config, &backend_index, previous_table)?;
         let key = affinity_key(&config);
@@ -97,8 +95,7 @@ impl Snapshot {
 /// the configuration's own order, a new group sorted first would move every one after it).
 fn backend_order(config: &Config, previous: Option<&Snapshot>) -> Vec<usize> {
     let Some(previous) = previous else { return (0..config.backends.len()).collect() };
-    let wanted: crate::FastMap<&str, usize> =
-        config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+    let wanted = name_index(config.backends.iter().map(|b| b.name.as_str()));
     let mut slots: Vec<Option<usize>> =
         previous.backends.iter().map(|g| wanted.get(g.name.as_str()).copied()).collect();
     let mut at = 0;

@@ -381,7 +381,7 @@ impl TlsSnapshot {
     ) -> Result<TlsSnapshot, String> {
         let provider = provider();
         let now = now_unix();
-        let before: HashMap<&str, &crate::config::CertificateConfig> = previous
+        let before: crate::FastMap<&str, &crate::config::CertificateConfig> = previous
             .map(|(_, config)| config.certificates.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let mut loaded: HashMap<String, LoadedCertificate> =

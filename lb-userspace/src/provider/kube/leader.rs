@@ -147,13 +147,16 @@ pub async fn run(
             let published = published.borrow_and_update().clone();
             let desired = publisher.desired(&elector, published).await;
             if let Some(desired) = &desired {
+                let newly;
                 let to_check = match only_newly_served {
-                    true => newly_served(&served, &last_served),
-                    false => served.clone(),
+                    true => {
+                        newly = newly_served(&served, &last_served);
+                        &newly
+                    }
+                    false => &served,
                 };
-                publisher.publish(&elector, &ingresses, &to_check, desired).await;
+                publisher.publish(&elector, &ingresses, to_check, desired).await;
             }
-            last_served = served.clone();
             let addresses: Vec<String> = desired
                 .iter()
                 .flatten()
@@ -169,6 +172,7 @@ pub async fn run(
                 let stop = deadline.min(Instant::now() + options.renew_every / 2);
                 recorder.record(&ingresses, &served, &notes, stop).await;
             }
+            last_served = served;
         }
         let pause = if elector.leading { options.renew_every } else { options.retry_every };
         only_newly_served = false;
@@ -571,21 +575,21 @@ impl Publisher {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Only what `served` has and `before` has not, whatever else either holds.
     #[test]
     fn newly_served_ingresses_are_the_difference_of_two_sorted_lists() {
-        let ids = |names: &[&str]| -> Vec<super::IngressId> {
-            names.iter().map(|n| super::IngressId { namespace: "ns".into(), name: (*n).into() }).collect()
+        let ids = |names: &[&str]| -> Vec<IngressId> {
+            names.iter().map(|n| IngressId { namespace: "ns".into(), name: (*n).into() }).collect()
         };
-        let new = |served: &[&str], before: &[&str]| super::newly_served(&ids(served), &ids(before));
+        let new = |served: &[&str], before: &[&str]| newly_served(&ids(served), &ids(before));
         assert_eq!(new(&["a", "b", "c"], &[]), ids(&["a", "b", "c"]));
         assert_eq!(new(&["a", "b", "c"], &["a", "b", "c"]), ids(&[]));
         assert_eq!(new(&["a", "c", "e"], &["b", "c", "d"]), ids(&["a", "e"]));
         assert_eq!(new(&["b"], &["a", "c"]), ids(&["b"]));
         assert_eq!(new(&[], &["a"]), ids(&[]));
     }
-
-    use super::*;
 
     #[test]
     fn publish_addresses_must_be_what_an_ingress_status_accepts() {

@@ -431,7 +431,7 @@ impl Translator {
         tracing::debug!(
             made = memo.made,
             reused = memo.found,
-            held = memo.groups(),
+            held = memo.sizes().1,
             routes_reused = memo.routes_found,
             hosts_reused = memo.hosts_found,
             "backend groups"
@@ -441,6 +441,13 @@ impl Translator {
         memo.sweep();
         *self.memo.lock().unwrap_or_else(|p| p.into_inner()) = memo;
     }
+}
+
+/// The entries of a map by name, ordered by name: the configuration's order.
+fn by_name<V>(map: FastMap<String, V>) -> Vec<(String, V)> {
+    let mut entries: Vec<(String, V)> = map.into_iter().collect();
+    entries.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    entries
 }
 
 /// The annotations of an Ingress that has none.
@@ -1649,8 +1656,7 @@ impl<'a> Builder<'a> {
         let base_hosts: BTreeSet<String> = base_domains.union(&base_names).cloned().collect();
         self.www_twins(&base_hosts);
         self.default_backend_everywhere(&base_hosts);
-        let mut hosts: Vec<(String, HostBuild)> = std::mem::take(&mut self.hosts).into_iter().collect();
-        hosts.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        let hosts = by_name(std::mem::take(&mut self.hosts));
         config.virtual_hosts.reserve(hosts.len());
         owners.reserve(hosts.len() * 2);
         // Only aliases are checked against every name: made when some host has one.
@@ -1700,8 +1706,7 @@ impl<'a> Builder<'a> {
                 owners.push((Field::HostTls(index), owner));
             }
         }
-        let mut backends: Vec<_> = std::mem::take(&mut self.backends).into_iter().collect();
-        backends.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        let backends = by_name(std::mem::take(&mut self.backends));
         config.backends.reserve(backends.len());
         for (_, (group, owner)) in backends {
             owners.push((Field::Backend(config.backends.len()), owner));

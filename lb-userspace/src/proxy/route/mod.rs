@@ -234,8 +234,7 @@ impl RouteTable {
     /// anything that would not compile (a bad regex, an unknown backend, a clashing domain) as an
     /// error naming the offending field rather than panicking.
     pub fn build(config: &Config) -> Result<RouteTable, String> {
-        let backends = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
-        Self::build_on(config, &backends, None)
+        Self::build_on(config, &name_index(config.backends.iter().map(|b| b.name.as_str())), None)
     }
 
     /// [`RouteTable::build`], sharing with `previous` (the table compiled from the configuration
@@ -249,8 +248,7 @@ impl RouteTable {
         backends: &crate::FastMap<&str, usize>,
         previous: Option<PreviousTable<'_>>,
     ) -> Result<RouteTable, String> {
-        let listeners: crate::FastMap<&str, usize> =
-            config.listeners.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+        let listeners = name_index(config.listeners.iter().map(|l| l.name.as_str()));
         let reusable = previous.and_then(|previous| Reusable::new(previous, config));
         let mut table = RouteTable {
             hosts: Vec::with_capacity(config.virtual_hosts.len()),
@@ -386,6 +384,11 @@ impl RouteTable {
     }
 }
 
+/// Each name by its place in `names` (the last place, for a name given twice).
+pub fn name_index<'a>(names: impl IntoIterator<Item = &'a str>) -> crate::FastMap<&'a str, usize> {
+    names.into_iter().enumerate().map(|(i, name)| (name, i)).collect()
+}
+
 /// The table a new one is compiled on: the table, the configuration it was compiled from, and
 /// the index of each backend group in its snapshot, by name.
 pub type PreviousTable<'a> = (&'a RouteTable, &'a Config, &'a crate::FastMap<&'a str, usize>);
@@ -411,7 +414,7 @@ impl<'a> Reusable<'a> {
         Some(Reusable {
             table,
             config: previous,
-            hosts: previous.virtual_hosts.iter().enumerate().map(|(i, h)| (h.name.as_str(), i)).collect(),
+            hosts: name_index(previous.virtual_hosts.iter().map(|h| h.name.as_str())),
             backends,
         })
     }
@@ -1484,7 +1487,7 @@ virtual_hosts:
         };
         // Groups numbered in configuration order, as `RouteTable::build` numbers them.
         fn index(config: &Config) -> crate::FastMap<&str, usize> {
-            config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect()
+            name_index(config.backends.iter().map(|b| b.name.as_str()))
         }
         let build_on = |config: &Config, previous: &RouteTable, previous_config: &Config| {
             let before = index(previous_config);

@@ -709,10 +709,10 @@ impl Builder<'_> {
             host_tls.certificate = Some(certificate);
             host_tls.redirect_http = false;
             host_tls.hsts = None;
-            self.hosts.entry(host.to_owned()).or_default().tls = Some((host_tls, id.clone()));
+            self.host_entry(host).tls = Some((host_tls, id.clone()));
         }
         if host.starts_with("*.") {
-            self.hosts.entry(host.to_owned()).or_default().deep_wildcards = true;
+            self.host_entry(host).deep_wildcards = true;
         }
         for rule in rules {
             for route in &rule.routes {

@@ -329,9 +329,4 @@ impl Memo {
     pub(super) fn sizes(&self) -> (usize, usize) {
         (self.hosts.len(), self.groups.len())
     }
-
-    /// Groups held.
-    pub(super) fn groups(&self) -> usize {
-        self.groups.len()
-    }
 }
