@@ -469,6 +469,54 @@ fn serving_terminating_endpoints_take_traffic_only_when_nothing_is_ready() {
     assert_eq!(ready, [("10.0.0.3:8080".into(), true), ("10.0.0.4:8080".into(), false)]);
 }
 
+/// A host with more routes than are found by scanning (its claims then go through an index by
+/// match) keeps the same rules: the older Ingress keeps its paths, a claim made after the index
+/// exists is refused, and a canary finds its main route through the index.
+#[test]
+fn claims_on_a_host_with_many_paths_follow_the_same_rules() {
+    let mut state = web_state();
+    state.services.push(service("new", &[("http", 80)]));
+    let mut big = IngressTest::new("big").created(200).host("a.test");
+    for p in 0..20 {
+        big = big.path(&format!("/p{p}"), "new", 80);
+    }
+    state.ingresses = vec![
+        big.build(),
+        IngressTest::new("older")
+            .created(100)
+            .host("a.test")
+            .path("/p3", "web", 80)
+            .path("/p18", "web", 80)
+            .build(),
+        IngressTest::new("late").created(300).host("a.test").path("/p19", "web", 80).build(),
+        IngressTest::new("big-canary")
+            .created(400)
+            .annotation("canary", "true")
+            .annotation("canary-weight", "50")
+            .host("a.test")
+            .path("/p17", "web", 80)
+            .build(),
+    ];
+    let t = build(&state);
+    let host = host(&t.config, "a.test");
+    assert_eq!(host.routes.len(), 20, "2 of older's, 18 of big's; late's is refused");
+    let owner = |path: &str| {
+        let route = host
+            .routes
+            .iter()
+            .find(|r| r.matcher.path == Some(PathMatch::Prefix(path.into())))
+            .expect("a route for the path");
+        (route.name.clone().unwrap(), route.backend.clone().unwrap())
+    };
+    assert_eq!(owner("/p3").0, "default/older");
+    assert_eq!(owner("/p18").0, "default/older");
+    assert_eq!(owner("/p19"), ("default/big".into(), "default/new:80".into()));
+    assert!(owner("/p17").1.contains("+canary("), "{:?}", owner("/p17"));
+    let notes = notes(&t);
+    assert_eq!(notes.matches("already served by the older Ingress default/older").count(), 2, "{notes}");
+    assert!(notes.contains("already served by the older Ingress default/big"), "{notes}");
+}
+
 #[test]
 fn the_oldest_ingress_keeps_a_contested_host_and_path() {
     let mut state = web_state();
