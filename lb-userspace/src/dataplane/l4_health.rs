@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -121,14 +121,14 @@ fn run(
                             .collect()
                     })
                     .collect();
+                // New endpoints' neighbours are asked for before the tables name them (the
+                // kernel resolves a managed entry at once, while the tables are written), so a
+                // new flow's first packet finds its next hop rather than passing to a stack
+                // that can only reset it; entries of endpoints gone go once the tables moved.
+                neighbours::sync(v4_endpoints(&targets).chain(v4_endpoints(&next)));
                 targets = next;
                 write(&mut maps, &targets, &healthy);
-                neighbours::sync(targets.iter().flat_map(|t| t.spec.endpoints.iter()).filter_map(|e| {
-                    match e.ip() {
-                        IpAddr::V4(v4) => Some(v4),
-                        IpAddr::V6(_) => None,
-                    }
-                }));
+                neighbours::sync(v4_endpoints(&targets));
                 for (service, target) in targets.iter().enumerate() {
                     if target.spec.protocol == L4Protocol::Udp && target.check.udp_send.is_none() {
                         continue;
@@ -176,6 +176,14 @@ fn run(
     }
     stop_all(&mut checkers);
     (maps, targets)
+}
+
+/// The IPv4 endpoints of `targets` (the fast path, and so its neighbours, are IPv4 only).
+fn v4_endpoints(targets: &[L4Target]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    targets.iter().flat_map(|t| t.spec.endpoints.iter()).filter_map(|e| match e.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
 }
 
 fn write(maps: &mut L4Maps, targets: &[L4Target], healthy: &[BTreeSet<SocketAddr>]) {
