@@ -16,6 +16,7 @@ pub mod admission;
 pub mod annotations;
 pub mod api;
 pub mod controller_config;
+pub mod endpoint_slice;
 pub mod events;
 pub mod gateway_api;
 pub mod leader;
@@ -34,7 +35,6 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Secret, Service},
-    discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
 use kube::{
@@ -49,6 +49,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
+use self::endpoint_slice::EndpointSlice;
 use super::{Desired, Source, Update};
 use crate::config::Config;
 pub use translate::{CONTROLLER, ClusterState, IngressId, Settings, Translation, Translator};
@@ -346,7 +347,8 @@ impl Stores {
             // reads: a change to nothing else is not a reason to rebuild.
             ingresses: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
             services: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
-            slices: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            // Kept trimmed to what the translation reads ([`endpoint_slice`]).
+            slices: reflect_slices(Api::all(client.clone()), config.clone(), changed.clone()),
             // Every Secret but Helm's release records (large, and never named by an Ingress):
             // TLS Secrets and the Opaque ones auth annotations name. The translation reads only
             // those an Ingress names, and checks each one's type and keys for its use.
@@ -557,7 +559,7 @@ fn reflect_into<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: watch::Sender<u64>,
-    mut matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
+    matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
     writer: reflector::store::Writer<K>,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -568,10 +570,44 @@ fn reflect_into<K>(
         rbac::reflector_allowed(&K::group(&()), &K::plural(&())),
         "{resource}: list and watch are missing from rbac::PERMISSIONS"
     );
-    let stream = watcher(api, config)
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
-        .backoff(WatchBackoff::default())
-        .reflect(writer);
+    let events = watcher(api, config).modify(|object: &mut K| object.managed_fields_mut().clear());
+    drive(resource, events, changed, matters, writer);
+}
+
+/// The EndpointSlices' reflector: each object is converted to the trimmed
+/// [`EndpointSlice`] as it arrives, and only that is stored.
+fn reflect_slices(
+    api: Api<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    config: watcher::Config,
+    changed: watch::Sender<u64>,
+) -> Store<EndpointSlice> {
+    use futures::TryStreamExt;
+    let resource = resource_name::<EndpointSlice>();
+    debug_assert!(rbac::reflector_allowed(&EndpointSlice::group(&()), &EndpointSlice::plural(&())));
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config).map_ok(|event| match event {
+        watcher::Event::Apply(slice) => watcher::Event::Apply(EndpointSlice::from(slice)),
+        watcher::Event::Delete(slice) => watcher::Event::Delete(EndpointSlice::from(slice)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(slice) => watcher::Event::InitApply(EndpointSlice::from(slice)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    });
+    drive(resource, events, changed, |_| true, writer);
+    reader
+}
+
+/// Feeds a watcher's events (with backoff) into `writer` on a task of its own; an event that
+/// `matters` bumps `changed`.
+fn drive<K>(
+    resource: String,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    changed: watch::Sender<u64>,
+    mut matters: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
+    writer: reflector::store::Writer<K>,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    let stream = events.backoff(WatchBackoff::default()).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;

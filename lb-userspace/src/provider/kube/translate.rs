@@ -26,13 +26,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
 };
 
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Secret, Service, ServicePort},
-    discovery::v1::EndpointSlice,
     networking::v1::{
         HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, ServiceBackendPort,
     },
@@ -42,6 +41,7 @@ use serde::de::DeserializeOwned;
 use super::{
     annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol},
     controller_config::{self, ControllerConfig},
+    endpoint_slice::EndpointSlice,
 };
 use crate::{
     FastMap,
@@ -1775,28 +1775,25 @@ pub fn endpoints_of(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointC
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
         }
-        let port = slice.ports.iter().flatten().find(|p| {
+        let port = slice.ports.iter().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
         });
         let Some(port) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
         else {
             continue;
         };
-        for endpoint in slice.endpoints.iter().flatten() {
-            let conditions = endpoint.conditions.clone().unwrap_or_default();
+        for endpoint in &slice.endpoints {
             // Unset `ready` means ready; unset `serving` follows `ready`.
-            let ready = conditions.ready.unwrap_or(true);
-            let serving = conditions.serving.unwrap_or(ready);
-            let terminating = conditions.terminating.unwrap_or(false);
+            let ready = endpoint.ready.unwrap_or(true);
+            let serving = endpoint.serving.unwrap_or(ready);
+            let terminating = endpoint.terminating.unwrap_or(false);
             let state = match (ready && !terminating, serving, terminating) {
                 (true, _, _) => State::Ready,
                 (false, true, true) => State::Draining,
                 (false, _, false) => State::NotReady,
                 (false, false, true) => continue,
             };
-            let Some(ip) = endpoint.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                continue;
-            };
+            let Some(ip) = endpoint.first else { continue };
             let address = SocketAddr::new(ip, port);
             let best = found.entry(address).or_insert(state);
             *best = (*best).max(state);

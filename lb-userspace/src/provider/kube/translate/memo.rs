@@ -17,7 +17,6 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::Service,
-    discovery::v1::EndpointSlice,
     networking::v1::{Ingress, ServiceBackendPort},
 };
 
@@ -26,6 +25,7 @@ use super::{
     annotations::{self, BackendSettings, Reading},
     controller_config::ControllerConfig,
 };
+use crate::provider::kube::endpoint_slice::EndpointSlice;
 use crate::{
     FastMap,
     config::{

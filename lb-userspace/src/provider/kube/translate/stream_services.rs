@@ -19,13 +19,14 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use k8s_openapi::api::{core::v1::ServicePort, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::ServicePort;
 
 use super::{Builder, template};
 use crate::config::{
     Config, L4_ENDPOINTS_MAX, L4_SERVICES_MAX, L4_SNAT_PORTS, L4Protocol, L4ServiceConfig,
     ProxyProtocolVersion,
 };
+use crate::provider::kube::endpoint_slice::EndpointSlice;
 
 /// A Service port as an entry names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +183,7 @@ pub fn ready_endpoints(
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
         }
-        let port = slice.ports.iter().flatten().find(|p| {
+        let port = slice.ports.iter().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
                 && p.protocol.as_deref().unwrap_or("TCP") == kube_protocol(protocol)
         });
@@ -190,17 +191,12 @@ pub fn ready_endpoints(
         else {
             continue;
         };
-        for endpoint in slice.endpoints.iter().flatten() {
-            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+        for endpoint in &slice.endpoints {
+            if endpoint.ready == Some(false) {
                 continue;
             }
             found.extend(
-                endpoint
-                    .addresses
-                    .iter()
-                    .filter_map(|a| a.parse::<IpAddr>().ok())
-                    .filter(|ip| !ip.is_unspecified())
-                    .map(|ip| SocketAddr::new(ip, port)),
+                endpoint.addresses().filter(|ip| !ip.is_unspecified()).map(|ip| SocketAddr::new(ip, port)),
             );
         }
     }

@@ -4,7 +4,7 @@ use k8s_openapi::{
     ByteString,
     api::{
         core::v1::{Secret, Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice as ApiEndpointSlice},
         networking::v1::{
             HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
             IngressRule, IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
@@ -153,7 +153,7 @@ fn service(name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
 
 /// `SliceTest::new("web-1", "web").port("http", 8080).ready("10.0.0.1")`.
 struct SliceTest {
-    slice: EndpointSlice,
+    slice: ApiEndpointSlice,
 }
 
 impl SliceTest {
@@ -161,7 +161,7 @@ impl SliceTest {
         let mut metadata = meta(Some("default"), name);
         metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
         SliceTest {
-            slice: EndpointSlice {
+            slice: ApiEndpointSlice {
                 address_type: "IPv4".into(),
                 endpoints: Some(Vec::new()),
                 metadata,
@@ -216,8 +216,9 @@ impl SliceTest {
         self.endpoint(address, Some(false), Some(false), Some(true))
     }
 
+    /// As the stores keep it.
     fn build(self) -> Arc<EndpointSlice> {
-        Arc::new(self.slice)
+        Arc::new(EndpointSlice::from(self.slice))
     }
 }
 

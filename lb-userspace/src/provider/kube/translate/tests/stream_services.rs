@@ -125,12 +125,12 @@ fn l4_slice(
     if endpoints.iter().any(|(a, _)| a.contains(':')) {
         slice.address_type = "IPv6".into();
     }
-    slice.ports = Some(vec![EndpointPort {
+    slice.ports = vec![EndpointPort {
         name: (!port.0.is_empty()).then(|| port.0.to_owned()),
         port: Some(port.1),
         protocol: Some(port.2.into()),
         app_protocol: None,
-    }]);
+    }];
     Arc::new(slice)
 }
 
