@@ -42,7 +42,8 @@ pub struct HealthEvent {
 /// One upstream endpoint of one backend group.
 #[derive(Debug)]
 pub struct Endpoint {
-    pub backend: String,
+    /// The group's name, shared by its endpoints (and with the registry's key).
+    pub backend: Arc<str>,
     pub address: SocketAddr,
     weight: AtomicU32,
     ready: AtomicBool,
@@ -63,9 +64,9 @@ pub struct Endpoint {
 pub const EWMA_DECAY_MS: f64 = 10_000.0;
 
 impl Endpoint {
-    fn new(backend: &str, address: SocketAddr, events: broadcast::Sender<HealthEvent>) -> Endpoint {
+    fn new(backend: Arc<str>, address: SocketAddr, events: broadcast::Sender<HealthEvent>) -> Endpoint {
         Endpoint {
-            backend: backend.to_owned(),
+            backend,
             address,
             weight: AtomicU32::new(1),
             ready: AtomicBool::new(true),
@@ -82,7 +83,7 @@ impl Endpoint {
 
     /// A standalone endpoint (tests and tools); real ones come from the registry.
     pub fn detached(backend: &str, address: SocketAddr) -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(backend, address, broadcast::channel(1).0))
+        Arc::new(Endpoint::new(backend.into(), address, broadcast::channel(1).0))
     }
 
     pub fn weight(&self) -> u32 {
@@ -198,8 +199,11 @@ impl Endpoint {
     fn publish(&self, change: HealthChange) {
         tracing::info!(backend = %self.backend, endpoint = %self.address, ?change, "endpoint health changed");
         // No subscriber is fine: the event is informational.
-        let _ =
-            self.events.send(HealthEvent { backend: self.backend.clone(), address: self.address, change });
+        let _ = self.events.send(HealthEvent {
+            backend: self.backend.to_string(),
+            address: self.address,
+            change,
+        });
     }
 }
 
@@ -215,10 +219,15 @@ impl Drop for InflightGuard {
     }
 }
 
+/// One group's endpoints in the registry, by address.
+type GroupEndpoints = HashMap<SocketAddr, Arc<Endpoint>>;
+
 /// Hands out one `Endpoint` per (backend, address), so health and load survive reloads.
 /// Used when a snapshot is built, never on the request path.
 pub struct EndpointRegistry {
-    endpoints: Mutex<HashMap<(String, SocketAddr), Arc<Endpoint>>>,
+    /// By group, then address: a group's name is held once for all its endpoints, and a lookup
+    /// by `&str` allocates nothing (a snapshot looks up every endpoint of every group it builds).
+    endpoints: Mutex<HashMap<Arc<str>, GroupEndpoints>>,
     events: broadcast::Sender<HealthEvent>,
 }
 
@@ -231,16 +240,23 @@ impl Default for EndpointRegistry {
 impl EndpointRegistry {
     /// The endpoint for (backend, address), created on first use.
     pub fn get(&self, backend: &str, address: SocketAddr) -> Arc<Endpoint> {
-        self.endpoints
-            .lock()
-            .entry((backend.to_owned(), address))
-            .or_insert_with(|| Arc::new(Endpoint::new(backend, address, self.events.clone())))
-            .clone()
+        let mut endpoints = self.endpoints.lock();
+        if let Some(found) = endpoints.get(backend).and_then(|group| group.get(&address)) {
+            return Arc::clone(found);
+        }
+        let name =
+            endpoints.get_key_value(backend).map_or_else(|| Arc::from(backend), |(name, _)| Arc::clone(name));
+        let endpoint = Arc::new(Endpoint::new(Arc::clone(&name), address, self.events.clone()));
+        endpoints.entry(name).or_default().insert(address, Arc::clone(&endpoint));
+        endpoint
     }
 
     /// Forgets endpoints no snapshot uses any more (only the registry holds them).
     pub fn prune(&self) {
-        self.endpoints.lock().retain(|_, endpoint| Arc::strong_count(endpoint) > 1);
+        self.endpoints.lock().retain(|_, group| {
+            group.retain(|_, endpoint| Arc::strong_count(endpoint) > 1);
+            !group.is_empty()
+        });
     }
 
     /// Health changes of every endpoint.
@@ -306,8 +322,11 @@ mod tests {
         first.set_check_healthy(false);
         assert!(!registry.get("b", address).check_healthy(), "same state for the same key");
         assert!(registry.get("other", address).check_healthy(), "per backend");
-        drop(first);
+        let second = registry.get("b", "127.0.0.1:2".parse().unwrap());
+        assert!(Arc::ptr_eq(&first.backend, &second.backend), "a group's endpoints share its name");
+        drop((first, second));
         registry.prune();
+        assert!(registry.endpoints.lock().is_empty(), "groups without endpoints go too");
         assert!(registry.get("b", address).check_healthy(), "pruned, then created afresh");
     }
 
