@@ -146,6 +146,10 @@ impl AdminState {
     }
 }
 
+/// How long a connection open when the server stops may still be read and answered before
+/// it closes once idle.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The running admin server; stops on drop.
 pub struct AdminServer {
     shutdown: watch::Sender<bool>,
@@ -246,8 +250,15 @@ impl AdminServer {
                                 tokio::select! {
                                     _ = connection.as_mut() => {}
                                     _ = shutdown.changed() => {
-                                        connection.as_mut().graceful_shutdown();
-                                        let _ = connection.await;
+                                        // Accepted just before the stop, its request may not
+                                        // be read yet: hyper counts that idle and would close
+                                        // it unanswered (an upgrade's probe, seen under load).
+                                        // It gets a moment to be read and answered first.
+                                        let grace = tokio::time::timeout(STOP_GRACE, connection.as_mut());
+                                        if grace.await.is_err() {
+                                            connection.as_mut().graceful_shutdown();
+                                            let _ = connection.await;
+                                        }
                                     }
                                 }
                             });
@@ -256,7 +267,7 @@ impl AdminServer {
                 }
                 // A probe or scrape in flight gets its answer (an upgrade stops this server
                 // while the new process already answers on the same socket); idle
-                // connections close at once.
+                // connections close within `STOP_GRACE`.
                 drop(listener);
                 let drained = async { while connections.join_next().await.is_some() {} };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained).await;
