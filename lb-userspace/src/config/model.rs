@@ -348,32 +348,32 @@ pub struct VirtualHostConfig {
     /// Which client addresses may use this host's routes (a route's own `source_ranges`
     /// replaces this).
     #[serde(default)]
-    pub source_ranges: Option<SourceRangesConfig>,
+    pub source_ranges: Option<Box<SourceRangesConfig>>,
     /// Header changes on requests as they go upstream, for every route of the host (applied
     /// before a route's own).
     #[serde(default)]
-    pub request_headers: Option<HeaderOpsConfig>,
+    pub request_headers: Option<Box<HeaderOpsConfig>>,
     /// Header changes on every response of the host's routes, Sluice's own answers included
     /// (applied before a route's own).
     #[serde(default)]
-    pub response_headers: Option<HeaderOpsConfig>,
+    pub response_headers: Option<Box<HeaderOpsConfig>>,
     /// Cross-origin resource sharing for every route of the host (a route's own replaces it).
     #[serde(default)]
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<Box<CorsConfig>>,
     /// HTTP basic authentication for this host's routes (a route's own `basic_auth` replaces
     /// this).
     #[serde(default)]
-    pub basic_auth: Option<BasicAuthConfig>,
+    pub basic_auth: Option<Box<BasicAuthConfig>>,
     /// Per-client limits for this host's routes (a route's own `rate_limit` replaces this).
     #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
+    pub rate_limit: Option<Box<RateLimitConfig>>,
     /// External authentication for this host's routes (a route's own `external_auth`
     /// replaces this).
     #[serde(default)]
-    pub external_auth: Option<ExternalAuthConfig>,
+    pub external_auth: Option<Box<ExternalAuthConfig>>,
     /// Error pages for this host's routes (a route's own `error_pages` replaces this).
     #[serde(default)]
-    pub error_pages: Option<ErrorPagesConfig>,
+    pub error_pages: Option<Box<ErrorPagesConfig>>,
 }
 
 /// Error pages (ingress-nginx's `custom-http-errors` with its default backend): when the
@@ -855,28 +855,28 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     /// Which client addresses may use this route; replaces the virtual host's.
     #[serde(default)]
-    pub source_ranges: Option<SourceRangesConfig>,
+    pub source_ranges: Option<Box<SourceRangesConfig>>,
     /// Header changes on requests as they go upstream (after the virtual host's).
     #[serde(default)]
-    pub request_headers: Option<HeaderOpsConfig>,
+    pub request_headers: Option<Box<HeaderOpsConfig>>,
     /// Header changes on this route's responses (after the virtual host's).
     #[serde(default)]
-    pub response_headers: Option<HeaderOpsConfig>,
+    pub response_headers: Option<Box<HeaderOpsConfig>>,
     /// Cross-origin resource sharing; replaces the virtual host's.
     #[serde(default)]
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<Box<CorsConfig>>,
     /// HTTP basic authentication for this route; replaces the virtual host's.
     #[serde(default)]
-    pub basic_auth: Option<BasicAuthConfig>,
+    pub basic_auth: Option<Box<BasicAuthConfig>>,
     /// Per-client limits for this route; replaces the virtual host's.
     #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
+    pub rate_limit: Option<Box<RateLimitConfig>>,
     /// External authentication for this route; replaces the virtual host's.
     #[serde(default)]
-    pub external_auth: Option<ExternalAuthConfig>,
+    pub external_auth: Option<Box<ExternalAuthConfig>>,
     /// Error pages for this route; replaces the virtual host's.
     #[serde(default)]
-    pub error_pages: Option<ErrorPagesConfig>,
+    pub error_pages: Option<Box<ErrorPagesConfig>>,
     /// Plain-HTTP requests on this route are redirected (`308`) to HTTPS even where this host
     /// has no `tls` here, for TLS that ends at an outer balancer (ingress-nginx
     /// `force-ssl-redirect`); ACME challenges are not; behind a trusted proxy (`forwarded`) its

@@ -366,8 +366,8 @@ fn virtual_hosts(
                 found.add(format!("{at}.domains[{d}]"), claimed_message(domain, first));
             }
         }
-        let headers = (host.request_headers.as_ref(), host.response_headers.as_ref());
-        policy(headers, host.cors.as_ref(), &at, found);
+        let headers = (host.request_headers.as_deref(), host.response_headers.as_deref());
+        policy(headers, host.cors.as_deref(), &at, found);
         if let Some(auth) = &host.basic_auth {
             basic_auth(auth, &format!("{at}.basic_auth"), found);
         }
@@ -446,8 +446,8 @@ fn error_pages(pages: &super::ErrorPagesConfig, at: &str, backends: &BackendName
 }
 
 fn route(route: &RouteConfig, at: &str, backends: &BackendNames, found: &mut Problems) {
-    let headers = (route.request_headers.as_ref(), route.response_headers.as_ref());
-    policy(headers, route.cors.as_ref(), at, found);
+    let headers = (route.request_headers.as_deref(), route.response_headers.as_deref());
+    policy(headers, route.cors.as_deref(), at, found);
     if let Some(auth) = &route.basic_auth {
         basic_auth(auth, &format!("{at}.basic_auth"), found);
     }

@@ -506,11 +506,11 @@ fn layered(first: Option<HeaderOpsConfig>, then: Option<HeaderOpsConfig>) -> Opt
 /// What the Ingress's annotations ask of each of its routes, whatever it does with requests:
 /// who may use it, header changes, CORS.
 fn route_policy(route: &mut RouteConfig, a: &Annotations) {
-    route.source_ranges = a.source_ranges.clone();
-    route.request_headers = a.request_headers.clone();
-    route.response_headers = a.response_headers.clone();
-    route.cors = a.cors.clone();
-    route.rate_limit = a.rate_limit.clone();
+    route.source_ranges = a.source_ranges.clone().map(Box::new);
+    route.request_headers = a.request_headers.clone().map(Box::new);
+    route.response_headers = a.response_headers.clone().map(Box::new);
+    route.cors = a.cors.clone().map(Box::new);
+    route.rate_limit = a.rate_limit.clone().map(Box::new);
 }
 
 /// How the Ingress's redirects to HTTPS are written, as ingress-nginx's: no port unless
@@ -1039,7 +1039,7 @@ impl<'a> Builder<'a> {
             }
             for (route, _) in entry.routes.iter_mut().filter(|(_, owner)| owner == id) {
                 Arc::make_mut(route).source_ranges =
-                    Some(crate::config::SourceRangesConfig { allow: Vec::new(), deny: everyone.clone() });
+                    Some(Box::new(crate::config::SourceRangesConfig { allow: Vec::new(), deny: everyone.clone() }));
             }
             closed.push(host.clone());
         }
@@ -1199,8 +1199,8 @@ impl<'a> Builder<'a> {
         route.name = Some(id.to_string());
         route.max_body_bytes = a.body_size;
         route_policy(&mut route, a);
-        route.basic_auth = self.basic_auth.clone();
-        route.external_auth = a.external_auth.clone();
+        route.basic_auth = self.basic_auth.clone().map(Box::new);
+        route.external_auth = a.external_auth.clone().map(Box::new);
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
             route.rewrite = Some(RewriteConfig {
                 prefix: None,
@@ -1215,7 +1215,7 @@ impl<'a> Builder<'a> {
             Some(redirect) => route.redirect = Some(redirect.clone()),
             None => {
                 route.backend = backend;
-                route.error_pages = self.error_pages(&path.backend, id, a);
+                route.error_pages = self.error_pages(&path.backend, id, a).map(Box::new);
                 route.https_redirect = forced_https_redirect(a);
                 route.mirrors = self.mirror.iter().cloned().collect();
             }
@@ -1238,9 +1238,9 @@ impl<'a> Builder<'a> {
         route.matcher.path = Some(PathMatch::Prefix("/".into()));
         route.backend = Some(self.unless_unavailable(group, a));
         route_policy(&mut route, a);
-        route.basic_auth = self.basic_auth.clone();
-        route.external_auth = a.external_auth.clone();
-        route.error_pages = self.error_pages(backend, id, a);
+        route.basic_auth = self.basic_auth.clone().map(Box::new);
+        route.external_auth = a.external_auth.clone().map(Box::new);
+        route.error_pages = self.error_pages(backend, id, a).map(Box::new);
         route.https_redirect = forced_https_redirect(a);
         route.mirrors = self.mirror.iter().cloned().collect();
         route.ingress = Some(ingress_labels(id, backend, "/"));

@@ -444,7 +444,7 @@ impl<'a> Reusable<'a> {
 fn reads_files(host: &VirtualHostConfig) -> bool {
     let file =
         |auth: Option<&crate::config::BasicAuthConfig>| auth.is_some_and(|a| a.htpasswd_file.is_some());
-    file(host.basic_auth.as_ref()) || host.routes.iter().any(|r| file(r.basic_auth.as_ref()))
+    file(host.basic_auth.as_deref()) || host.routes.iter().any(|r| file(r.basic_auth.as_deref()))
 }
 
 impl Route {
@@ -683,15 +683,15 @@ fn compile_route(
     let request_headers = HeaderOps::compile(
         &[
             (strip_credentials.as_ref(), format!("{at}.basic_auth")),
-            (host.request_headers.as_ref(), format!("{host_at}.request_headers")),
-            (route.request_headers.as_ref(), format!("{at}.request_headers")),
+            (host.request_headers.as_deref(), format!("{host_at}.request_headers")),
+            (route.request_headers.as_deref(), format!("{at}.request_headers")),
         ],
         Direction::Request,
     )?;
     let response_headers = HeaderOps::compile(
         &[
-            (host.response_headers.as_ref(), format!("{host_at}.response_headers")),
-            (route.response_headers.as_ref(), format!("{at}.response_headers")),
+            (host.response_headers.as_deref(), format!("{host_at}.response_headers")),
+            (route.response_headers.as_deref(), format!("{at}.response_headers")),
         ],
         Direction::Response,
     )?;
@@ -713,12 +713,12 @@ fn compile_route(
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),
         max_body_bytes: route.max_body_bytes,
-        source_ranges: route.source_ranges.as_ref().or(host.source_ranges.as_ref()).cloned().map(Arc::new),
+        source_ranges: route.source_ranges.as_deref().or(host.source_ranges.as_deref()).cloned().map(Arc::new),
         request_headers,
         response_headers,
         cors,
         access,
-        rate_limit: route.rate_limit.as_ref().or(host.rate_limit.as_ref()).cloned().map(Arc::new),
+        rate_limit: route.rate_limit.as_deref().or(host.rate_limit.as_deref()).cloned().map(Arc::new),
         error_pages,
         https_redirect: route.https_redirect,
         mirrors: route

@@ -1399,13 +1399,13 @@ fn apply_filter(
         "RequestHeaderModifier" => {
             let modifier =
                 filter.request_header_modifier.as_ref().ok_or("RequestHeaderModifier has no settings")?;
-            route.request_headers = super::layered(route.request_headers.take(), Some(header_ops(modifier)));
+            route.request_headers = super::layered(route.request_headers.take().map(|b| *b), Some(header_ops(modifier))).map(Box::new);
         }
         "ResponseHeaderModifier" => {
             let modifier =
                 filter.response_header_modifier.as_ref().ok_or("ResponseHeaderModifier has no settings")?;
             route.response_headers =
-                super::layered(route.response_headers.take(), Some(header_ops(modifier)));
+                super::layered(route.response_headers.take().map(|b| *b), Some(header_ops(modifier))).map(Box::new);
         }
         "RequestRedirect" => {
             let redirect = filter.request_redirect.as_ref().ok_or("RequestRedirect has no settings")?;
@@ -1446,7 +1446,7 @@ fn apply_filter(
                     set: vec![HeaderField { name: "host".into(), value: hostname.clone() }],
                     ..Default::default()
                 };
-                route.request_headers = super::layered(route.request_headers.take(), Some(set));
+                route.request_headers = super::layered(route.request_headers.take().map(|b| *b), Some(set)).map(Box::new);
             }
             if let Some(path) = &rewrite.path {
                 match path.type_.as_str() {

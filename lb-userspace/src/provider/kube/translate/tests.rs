@@ -1126,7 +1126,7 @@ fn the_controller_configmap_sets_node_settings_defaults_and_header_configmaps() 
     let route = |domain: &str| RouteConfig::clone(&host(&t.config, domain).routes[0]);
     assert_eq!(route("a.test").max_body_bytes, Some(20 << 20), "the ConfigMap's default");
     assert_eq!(route("b.test").max_body_bytes, Some(2 << 20), "the annotation wins");
-    let names = |ops: Option<HeaderOpsConfig>| -> Vec<String> {
+    let names = |ops: Option<Box<HeaderOpsConfig>>| -> Vec<String> {
         ops.map(|o| o.set.iter().map(|f| format!("{}={}", f.name, f.value)).collect()).unwrap_or_default()
     };
     assert_eq!(names(route("a.test").request_headers), ["X-Edge=1"]);
