@@ -840,13 +840,13 @@ pub struct RouteConfig {
     #[serde(default)]
     pub backend: Option<String>,
     #[serde(default)]
-    pub redirect: Option<RedirectConfig>,
+    pub redirect: Option<Box<RedirectConfig>>,
     /// Answers every request with this status (400..=599) and an empty body, without a
     /// backend: what the Gateway API asks of a rule whose backends or filters cannot be used.
     #[serde(default)]
     pub direct_response: Option<u16>,
     #[serde(default)]
-    pub rewrite: Option<RewriteConfig>,
+    pub rewrite: Option<Box<RewriteConfig>>,
     /// Overrides the backend's request timeout for this route.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -1121,11 +1121,11 @@ pub struct BackendConfig {
     pub retries: RetryConfig,
     /// Cookie session affinity (ingress-nginx `affinity: cookie`).
     #[serde(default)]
-    pub cookie_affinity: Option<CookieAffinityConfig>,
+    pub cookie_affinity: Option<Box<CookieAffinityConfig>>,
     /// Speak TLS to the endpoints (HTTPS; with `protocol: h2c`, HTTP/2 over TLS via ALPN `h2`,
     /// as gRPC over TLS).
     #[serde(default)]
-    pub tls: Option<BackendTlsConfig>,
+    pub tls: Option<Box<BackendTlsConfig>>,
     /// How much of request and response bodies is held before they go on (nginx's
     /// `proxy_request_buffering` and `proxy_buffering`); by default both stream.
     #[serde(default)]

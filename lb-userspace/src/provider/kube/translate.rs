@@ -1038,8 +1038,10 @@ impl<'a> Builder<'a> {
                 continue;
             }
             for (route, _) in entry.routes.iter_mut().filter(|(_, owner)| owner == id) {
-                Arc::make_mut(route).source_ranges =
-                    Some(Box::new(crate::config::SourceRangesConfig { allow: Vec::new(), deny: everyone.clone() }));
+                Arc::make_mut(route).source_ranges = Some(Box::new(crate::config::SourceRangesConfig {
+                    allow: Vec::new(),
+                    deny: everyone.clone(),
+                }));
             }
             closed.push(host.clone());
         }
@@ -1083,13 +1085,13 @@ impl<'a> Builder<'a> {
             let mut route = route_template().clone();
             route.name = Some(id.to_string());
             route.matcher.path = Some(PathMatch::Exact("/".into()));
-            route.redirect = Some(RedirectConfig {
+            route.redirect = Some(Box::new(RedirectConfig {
                 scheme: None,
                 host: None,
                 port: None,
                 path: Some(app_root.clone()),
                 code: 302,
-            });
+            }));
             self.claim(&host, route, id);
         }
         // What a passthrough host goes to: the backend of `/`, else of the first path.
@@ -1202,17 +1204,17 @@ impl<'a> Builder<'a> {
         route.basic_auth = self.basic_auth.clone().map(Box::new);
         route.external_auth = a.external_auth.clone().map(Box::new);
         if let (Some(target), PathMatch::Regex(pattern)) = (&a.rewrite_target, &matcher) {
-            route.rewrite = Some(RewriteConfig {
+            route.rewrite = Some(Box::new(RewriteConfig {
                 prefix: None,
                 // nginx's `rewrite` replaces the whole URI: match it all.
                 regex: Some(format!("(?s)^(?:{pattern}).*")),
                 replacement: Some(annotations::replacement(target)),
-            });
+            }));
         }
         route.matcher.path = Some(matcher);
         route.ingress = Some(ingress_labels(id, &path.backend, path.path.as_deref().unwrap_or("/")));
         match redirect {
-            Some(redirect) => route.redirect = Some(redirect.clone()),
+            Some(redirect) => route.redirect = Some(Box::new(redirect.clone())),
             None => {
                 route.backend = backend;
                 route.error_pages = self.error_pages(&path.backend, id, a).map(Box::new);
@@ -1819,11 +1821,11 @@ fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
     };
     match settings.protocol {
         UpstreamProtocol::Http => {}
-        UpstreamProtocol::Https => group.tls = Some(insecure_tls()),
+        UpstreamProtocol::Https => group.tls = Some(Box::new(insecure_tls())),
         UpstreamProtocol::Grpc => group.protocol = BackendProtocol::H2c,
         UpstreamProtocol::Grpcs => {
             group.protocol = BackendProtocol::H2c;
-            group.tls = Some(insecure_tls());
+            group.tls = Some(Box::new(insecure_tls()));
         }
     }
     if let Some(ms) = settings.connect_timeout_ms {
@@ -1856,7 +1858,7 @@ fn apply_settings(group: &mut BackendConfig, settings: &BackendSettings) {
     if let Some(balance) = &settings.balance {
         (group.balance, group.hash_on) = balance.to_model();
     }
-    group.cookie_affinity.clone_from(&settings.cookie_affinity);
+    group.cookie_affinity = settings.cookie_affinity.clone().map(Box::new);
 }
 
 /// A redirect from an absolute URL (`https://host[:port]/path`).

@@ -299,7 +299,7 @@ fn auth_group(
             serde_saphyr::from_str("insecure_skip_verify: true\n").expect("the template parses")
         });
         tls.server_name.get_or_insert_with(|| url.host.clone());
-        backend.tls = Some(tls);
+        backend.tls = Some(Box::new(tls));
     }
     let tls = crate::tls::upstream::UpstreamTls::build(&backend).map_err(|e| format!("{at}.tls: {e}"))?;
     Ok(BackendGroup::build(&std::sync::Arc::new(backend), tls, &EndpointRegistry::default(), b""))

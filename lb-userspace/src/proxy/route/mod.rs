@@ -713,7 +713,12 @@ fn compile_route(
         rewrite,
         timeout: route.timeout_ms.map(Duration::from_millis),
         max_body_bytes: route.max_body_bytes,
-        source_ranges: route.source_ranges.as_deref().or(host.source_ranges.as_deref()).cloned().map(Arc::new),
+        source_ranges: route
+            .source_ranges
+            .as_deref()
+            .or(host.source_ranges.as_deref())
+            .cloned()
+            .map(Arc::new),
         request_headers,
         response_headers,
         cors,
@@ -1574,19 +1579,22 @@ virtual_hosts:
         assert!(err.contains("exactly one of"), "{err}");
         let err = broken(&|c| {
             route0(c).rewrite =
-                Some(RewriteConfig { prefix: Some("/x".into()), regex: None, replacement: None })
+                Some(Box::new(RewriteConfig { prefix: Some("/x".into()), regex: None, replacement: None }))
         });
         assert!(err.contains("needs a prefix path match"), "{err}");
         let err = broken(&|c| {
-            route0(c).rewrite =
-                Some(RewriteConfig { prefix: None, regex: Some("(".into()), replacement: Some("/".into()) })
+            route0(c).rewrite = Some(Box::new(RewriteConfig {
+                prefix: None,
+                regex: Some("(".into()),
+                replacement: Some("/".into()),
+            }))
         });
         assert!(err.contains("rewrite.regex"), "{err}");
         for code in [200, 304] {
             let err = broken(&|c| {
                 route0(c).backend = None;
                 route0(c).redirect =
-                    Some(RedirectConfig { scheme: None, host: None, port: None, path: None, code });
+                    Some(Box::new(RedirectConfig { scheme: None, host: None, port: None, path: None, code }));
             });
             assert!(err.contains("redirect.code"), "{code}: {err}");
         }

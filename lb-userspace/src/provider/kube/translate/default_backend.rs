@@ -145,13 +145,13 @@ impl Builder<'_> {
             let mut route = route_template().clone();
             route.name = Some(id.to_string());
             route.matcher.path = Some(PathMatch::Prefix("/".into()));
-            route.redirect = Some(RedirectConfig {
+            route.redirect = Some(Box::new(RedirectConfig {
                 scheme: None,
                 host: Some(host.clone()),
                 port: None,
                 path: None,
                 code: 308,
-            });
+            }));
             route.redirect_keeps_port = true;
             let tls =
                 self.hosts.get(&host).and_then(|h| h.tls.clone()).filter(|(t, _)| t.certificate.is_some());

@@ -809,11 +809,11 @@ impl Builder<'_> {
                     {
                         match &matcher.path {
                             Some(PathMatch::Prefix(_)) | None => {
-                                route.rewrite = Some(RewriteConfig {
+                                route.rewrite = Some(Box::new(RewriteConfig {
                                     prefix: Some(to.clone()),
                                     regex: None,
                                     replacement: None,
-                                })
+                                }))
                             }
                             _ => {
                                 unsupported.get_or_insert(format!(
@@ -1399,13 +1399,16 @@ fn apply_filter(
         "RequestHeaderModifier" => {
             let modifier =
                 filter.request_header_modifier.as_ref().ok_or("RequestHeaderModifier has no settings")?;
-            route.request_headers = super::layered(route.request_headers.take().map(|b| *b), Some(header_ops(modifier))).map(Box::new);
+            route.request_headers =
+                super::layered(route.request_headers.take().map(|b| *b), Some(header_ops(modifier)))
+                    .map(Box::new);
         }
         "ResponseHeaderModifier" => {
             let modifier =
                 filter.response_header_modifier.as_ref().ok_or("ResponseHeaderModifier has no settings")?;
             route.response_headers =
-                super::layered(route.response_headers.take().map(|b| *b), Some(header_ops(modifier))).map(Box::new);
+                super::layered(route.response_headers.take().map(|b| *b), Some(header_ops(modifier)))
+                    .map(Box::new);
         }
         "RequestRedirect" => {
             let redirect = filter.request_redirect.as_ref().ok_or("RequestRedirect has no settings")?;
@@ -1437,7 +1440,7 @@ fn apply_filter(
             if ![301, 302, 303, 307, 308].contains(&config.code) {
                 return Err(format!("redirect statusCode {} is not supported", config.code));
             }
-            route.redirect = Some(config);
+            route.redirect = Some(Box::new(config));
         }
         "URLRewrite" => {
             let rewrite = filter.url_rewrite.as_ref().ok_or("URLRewrite has no settings")?;
@@ -1446,18 +1449,19 @@ fn apply_filter(
                     set: vec![HeaderField { name: "host".into(), value: hostname.clone() }],
                     ..Default::default()
                 };
-                route.request_headers = super::layered(route.request_headers.take().map(|b| *b), Some(set)).map(Box::new);
+                route.request_headers =
+                    super::layered(route.request_headers.take().map(|b| *b), Some(set)).map(Box::new);
             }
             if let Some(path) = &rewrite.path {
                 match path.type_.as_str() {
                     "ReplaceFullPath" => {
                         let to = path.replace_full_path.clone().unwrap_or_else(|| "/".into());
-                        route.rewrite = Some(RewriteConfig {
+                        route.rewrite = Some(Box::new(RewriteConfig {
                             prefix: None,
                             regex: Some("^.*$".into()),
                             // `$` starts a capture reference in a replacement.
                             replacement: Some(to.replace('$', "$$")),
-                        });
+                        }));
                     }
                     "ReplacePrefixMatch" => {
                         *prefix_rewrite =
