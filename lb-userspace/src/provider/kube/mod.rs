@@ -570,8 +570,25 @@ fn reflect_into<K>(
         rbac::reflector_allowed(&K::group(&()), &K::plural(&())),
         "{resource}: list and watch are missing from rbac::PERMISSIONS"
     );
-    let events = watcher(api, config).modify(|object: &mut K| object.managed_fields_mut().clear());
+    let events = watcher(api, config).modify(trim);
     drive(resource, events, changed, matters, writer);
+}
+
+/// `kubectl apply`'s copy of the whole object, in its annotations.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reader of the stores reads and what can be large: the managed fields, and
+/// `kubectl apply`'s copy of the object (an object's size again, on every object applied with
+/// kubectl). Without that copy, Ingresses with equal annotations have equal annotation maps,
+/// so they also share one reading of them in the translation's cache.
+fn trim<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    if let Some(annotations) = object.meta_mut().annotations.as_mut()
+        && annotations.remove(LAST_APPLIED).is_some()
+        && annotations.is_empty()
+    {
+        object.meta_mut().annotations = None;
+    }
 }
 
 /// The EndpointSlices' reflector: each object is converted to the trimmed
@@ -1017,6 +1034,38 @@ impl Emitted {
 #[cfg(test)]
 mod tests {
     use super::RouteVersion;
+
+    /// `kubectl apply`'s copy of the object goes, the other annotations stay; an object left
+    /// with none has none, rather than an empty map.
+    #[test]
+    fn stored_objects_lose_kubectls_copy_and_managed_fields() {
+        use k8s_openapi::api::networking::v1::Ingress;
+        let mut ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web",
+                "annotations": {
+                    super::LAST_APPLIED: "{\"apiVersion\":\"networking.k8s.io/v1\"}",
+                    "nginx.ingress.kubernetes.io/rewrite-target": "/",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+        }))
+        .unwrap();
+        super::trim(&mut ingress);
+        let annotations = ingress.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["nginx.ingress.kubernetes.io/rewrite-target"]);
+        assert_eq!(ingress.metadata.managed_fields, Some(Vec::new()));
+        let mut only: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "only", "annotations": {super::LAST_APPLIED: "{}"}},
+        }))
+        .unwrap();
+        super::trim(&mut only);
+        assert_eq!(only.metadata.annotations, None);
+        let mut none: Ingress =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "none"}})).unwrap();
+        super::trim(&mut none);
+        assert_eq!(none.metadata.annotations, None, "no map made where there was none");
+    }
 
     /// TCPRoute and UDPRoute are read at `v1` when served (the standard channel from v1.6,
     /// and the experimental channel, which serves both), else at `v1alpha2` (the experimental
