@@ -600,7 +600,10 @@ fn reflect_slices(
 ) -> Store<EndpointSlice> {
     use futures::TryStreamExt;
     let resource = resource_name::<EndpointSlice>();
-    debug_assert!(rbac::reflector_allowed(&EndpointSlice::group(&()), &EndpointSlice::plural(&())));
+    debug_assert!(
+        rbac::reflector_allowed(&EndpointSlice::group(&()), &EndpointSlice::plural(&())),
+        "{resource}: list and watch are missing from rbac::PERMISSIONS"
+    );
     let (reader, writer) = reflector::store();
     let events = watcher(api, config).map_ok(|event| match event {
         watcher::Event::Apply(slice) => watcher::Event::Apply(EndpointSlice::from(slice)),
