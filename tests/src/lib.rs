@@ -62,9 +62,33 @@ pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
-/// A free loopback port (bound then released; good enough for tests on loopback).
+/// A free loopback port (bound then released), below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port the kernel hands out for port 0 is one it also gives
+/// outgoing connections as their local port, so a parallel test's connection could take it
+/// before the caller binds it (seen in CI: `Address already in use`). Ports are handed out in
+/// turn from a place that differs per process, so two calls in one process never return the
+/// same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static TURN: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= FLOOR + 1_000 {
+        // No room below the range: the kernel's choice, as before.
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = ephemeral_low - FLOOR;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = (FLOOR + (start + TURN.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FLOOR}..{ephemeral_low}");
 }
 
 /// `N` different ports, each free for both TCP and UDP on every local address (for L4
@@ -73,7 +97,10 @@ pub fn free_l4_ports<const N: usize>() -> [u16; N] {
     let mut ports = Vec::new();
     while ports.len() < N {
         let port = free_port();
-        if !ports.contains(&port) && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+        if !ports.contains(&port)
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
+        {
             ports.push(port);
         }
     }
