@@ -503,6 +503,11 @@ fn layered(first: Option<HeaderOpsConfig>, then: Option<HeaderOpsConfig>) -> Opt
     }
 }
 
+/// `then` layered onto a route's header changes (boxed in the model).
+fn layer_onto(slot: &mut Option<Box<HeaderOpsConfig>>, then: HeaderOpsConfig) {
+    *slot = layered(slot.take().map(|first| *first), Some(then)).map(Box::new);
+}
+
 /// What the Ingress's annotations ask of each of its routes, whatever it does with requests:
 /// who may use it, header changes, CORS.
 fn route_policy(route: &mut RouteConfig, a: &Annotations) {

@@ -1399,16 +1399,12 @@ fn apply_filter(
         "RequestHeaderModifier" => {
             let modifier =
                 filter.request_header_modifier.as_ref().ok_or("RequestHeaderModifier has no settings")?;
-            route.request_headers =
-                super::layered(route.request_headers.take().map(|b| *b), Some(header_ops(modifier)))
-                    .map(Box::new);
+            super::layer_onto(&mut route.request_headers, header_ops(modifier));
         }
         "ResponseHeaderModifier" => {
             let modifier =
                 filter.response_header_modifier.as_ref().ok_or("ResponseHeaderModifier has no settings")?;
-            route.response_headers =
-                super::layered(route.response_headers.take().map(|b| *b), Some(header_ops(modifier)))
-                    .map(Box::new);
+            super::layer_onto(&mut route.response_headers, header_ops(modifier));
         }
         "RequestRedirect" => {
             let redirect = filter.request_redirect.as_ref().ok_or("RequestRedirect has no settings")?;
@@ -1449,8 +1445,7 @@ fn apply_filter(
                     set: vec![HeaderField { name: "host".into(), value: hostname.clone() }],
                     ..Default::default()
                 };
-                route.request_headers =
-                    super::layered(route.request_headers.take().map(|b| *b), Some(set)).map(Box::new);
+                super::layer_onto(&mut route.request_headers, set);
             }
             if let Some(path) = &rewrite.path {
                 match path.type_.as_str() {
