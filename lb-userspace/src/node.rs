@@ -47,9 +47,20 @@ pub struct Node {
     /// Opens the accept loops when the node started holding them (an upgrade in Kubernetes
     /// mode).
     accept_gate: Option<tokio::sync::watch::Sender<bool>>,
-    /// The L4 services proxied in user space (those XDP does not balance).
-    l4_proxy: parking_lot::Mutex<Option<crate::proxy::l4::L4Proxy>>,
+    /// The L4 services proxied in user space (those XDP does not balance). Shared with the
+    /// thread that retries the services a reload could not bind ([`retry_l4_binds`]).
+    l4_proxy: Arc<L4ProxySlot>,
 }
+
+/// The userspace L4 proxy, when one runs, and whether a thread is retrying its unbound services
+/// (both changed under the lock only).
+#[derive(Default)]
+struct L4ProxySlot(parking_lot::Mutex<(Option<crate::proxy::l4::L4Proxy>, bool)>);
+
+/// The first retry of an L4 service that could not bind waits this long; each next one twice as
+/// long, up to [`L4_RETRY_MAX`].
+const L4_RETRY_FIRST: Duration = Duration::from_secs(1);
+const L4_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How a node starts besides its configuration: plain (the default), or as an upgrade that
 /// takes over another process's sockets and pinned kernel state.
@@ -192,7 +203,7 @@ impl Node {
             admin,
             metrics_server,
             accept_gate: accept_gate.map(|(tx, _)| tx),
-            l4_proxy: parking_lot::Mutex::new(l4_proxy),
+            l4_proxy: Arc::new(L4ProxySlot(parking_lot::Mutex::new((l4_proxy, false)))),
         })
     }
 
@@ -250,24 +261,40 @@ impl Node {
     }
 
     /// Hands the userspace L4 proxy its new set of services: kept services keep their sockets
-    /// and connections, removed ones drain, new ones are bound (one that cannot bind is logged
-    /// and left out; the rest apply).
+    /// and connections, removed ones drain, new ones are bound. One that cannot bind (its
+    /// address is taken) is logged, left out, and retried in the background with a growing
+    /// wait until it binds or a reload no longer asks for it; the rest apply.
     fn apply_l4_proxy(&self, config: &Config) {
         let wanted = l4_in_user_space(config, self.kernel.as_ref());
-        let mut running = self.l4_proxy.lock();
+        let mut slot = self.l4_proxy.0.lock();
+        let (running, retrying) = &mut *slot;
         let errors = match running.as_mut() {
             Some(proxy) => proxy.configure(wanted),
             None if wanted.is_empty() => Vec::new(),
-            None => match start_l4_proxy(wanted, None, None) {
-                Ok(proxy) => {
-                    *running = proxy;
-                    Vec::new()
+            // Started empty and then configured, so that one service that cannot bind does not
+            // keep the others from serving.
+            None => match crate::proxy::l4::L4Proxy::start(Vec::new(), None, None) {
+                Ok(mut proxy) => {
+                    let errors = proxy.configure(wanted);
+                    *running = Some(proxy);
+                    errors
                 }
-                Err(e) => vec![std::io::Error::other(format!("{e:#}"))],
+                Err(e) => vec![e],
             },
         };
         for e in errors {
-            tracing::error!(error = %e, "an L4 service could not be served in user space");
+            tracing::error!(error = %e, retry_in = ?L4_RETRY_FIRST, "an L4 service could not be served in user space");
+        }
+        if running.as_ref().is_some_and(|p| p.unbound() > 0) && !*retrying {
+            *retrying = true;
+            let slot = Arc::downgrade(&self.l4_proxy);
+            let spawned = std::thread::Builder::new()
+                .name("sluice-l4-retry".into())
+                .spawn(move || retry_l4_binds(slot));
+            if let Err(e) = spawned {
+                *retrying = false;
+                tracing::error!(error = %e, "cannot start retrying the L4 services that could not bind");
+            }
         }
     }
 
@@ -336,8 +363,8 @@ impl Node {
     /// The userspace L4 services' sockets with their handover keys (copies: the proxy sits
     /// behind a lock), for the process an upgrade starts.
     pub fn l4_handover_sockets(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
-        let proxy = self.l4_proxy.lock();
-        let sockets = proxy.as_ref().map(|p| p.handover_sockets()).unwrap_or_default();
+        let slot = self.l4_proxy.0.lock();
+        let sockets = slot.0.as_ref().map(|p| p.handover_sockets()).unwrap_or_default();
         sockets.into_iter().filter_map(|(key, fd)| Some((key, fd.try_clone_to_owned().ok()?))).collect()
     }
 
@@ -393,7 +420,7 @@ impl Node {
         if let Some(kernel) = &kernel {
             kernel.dataplane.release_pins();
         }
-        drain(workers, l4_proxy.into_inner(), grace);
+        drain(workers, l4_proxy.0.lock().0.take(), grace);
         if let Some(kernel) = kernel {
             kernel.release();
         }
@@ -407,7 +434,7 @@ impl Node {
         self.admin_state.serving.store(false, Ordering::Relaxed);
         let grace = self.shutdown_grace();
         let Node { workers, kernel, l4_proxy, .. } = self;
-        drain(workers, l4_proxy.into_inner(), grace);
+        drain(workers, l4_proxy.0.lock().0.take(), grace);
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
@@ -426,6 +453,35 @@ fn drain(workers: Workers, mut l4_proxy: Option<crate::proxy::l4::L4Proxy>, grac
     workers.stop();
     if let Some(proxy) = l4_proxy {
         proxy.stop(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Retries binding the L4 services a reload could not, waiting [`L4_RETRY_FIRST`] and then
+/// twice as long each time (up to [`L4_RETRY_MAX`]), until none is left unbound or the node
+/// stops (its proxy gone).
+fn retry_l4_binds(slot: std::sync::Weak<L4ProxySlot>) {
+    let mut wait = L4_RETRY_FIRST;
+    loop {
+        std::thread::sleep(wait);
+        let Some(slot) = slot.upgrade() else { return };
+        let mut slot = slot.0.lock();
+        let (running, retrying) = &mut *slot;
+        let Some(proxy) = running.as_mut() else {
+            *retrying = false;
+            return;
+        };
+        let (served, errors) = proxy.retry_binds();
+        for service in served {
+            tracing::info!(service = %service, "L4 service bound on retry; served from now on");
+        }
+        if proxy.unbound() == 0 {
+            *retrying = false;
+            return;
+        }
+        wait = (wait * 2).min(L4_RETRY_MAX);
+        for e in errors {
+            tracing::warn!(error = %e, retry_in = ?wait, "an L4 service still cannot be served in user space");
+        }
     }
 }
 

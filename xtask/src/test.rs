@@ -82,7 +82,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         crate::fuzz::run(None, fuzz_seconds)?;
     }
 
-    let e2e = ["test", "--package", "lb-tests", "--test", "*"];
+    // Every suite runs even when an earlier one fails, so one run shows the whole state.
+    let e2e = ["test", "--no-fail-fast", "--package", "lb-tests", "--test", "*"];
     if lb_tests::is_root() {
         eprintln!("xtask: == end-to-end suites, the privileged tests included ==");
         let mut args = vec!["--include-ignored".to_owned()];

@@ -70,6 +70,9 @@ pub struct L4Proxy {
     /// stay bound until the last flow idles out): a service added again at the same address
     /// serves on the same socket, as it could not bind another.
     draining_udp: HashMap<SocketAddr, Weak<UdpSocket>>,
+    /// Services of the last reload that could not be bound (their address was taken), until
+    /// [`L4Proxy::retry_binds`] binds them or a reload no longer asks for them.
+    unbound: Vec<L4ServiceConfig>,
 }
 
 /// One service being served.
@@ -175,6 +178,7 @@ impl L4Proxy {
             open: Arc::default(),
             gate,
             draining_udp: HashMap::new(),
+            unbound: Vec::new(),
         };
         for (service, socket) in services.into_iter().zip(bound) {
             proxy.launch(service, socket)?;
@@ -183,8 +187,10 @@ impl L4Proxy {
     }
 
     /// Serves `services` from now on, service by service (see the module's comment). A new
-    /// service that cannot bind is left out and named in the returned errors; the rest apply.
+    /// service that cannot bind is left out and named in the returned errors, and kept for
+    /// [`L4Proxy::retry_binds`]; the rest apply.
     pub fn configure(&mut self, services: Vec<L4ServiceConfig>) -> Vec<io::Error> {
+        self.unbound.clear();
         let identity = |s: &L4ServiceConfig| (s.protocol, s.address);
         let wanted: HashMap<(L4Protocol, SocketAddr), &L4ServiceConfig> =
             services.iter().map(|s| (identity(s), s)).collect();
@@ -217,12 +223,44 @@ impl L4Proxy {
                 Some(socket) => Ok(Bound::UdpDraining(socket)),
                 None => bind(&service, None),
             };
-            match socket.and_then(|socket| self.launch(service, socket)) {
-                Ok(()) => {}
-                Err(e) => errors.push(e),
+            match socket {
+                Ok(socket) => errors.extend(self.launch(service, socket).err()),
+                Err(e) => {
+                    errors.push(e);
+                    self.unbound.push(service);
+                }
             }
         }
         errors
+    }
+
+    /// How many services of the last reload are still not bound.
+    pub fn unbound(&self) -> usize {
+        self.unbound.len()
+    }
+
+    /// Tries again to bind the services the last reload could not (an address another process
+    /// held may be free now): the names of those served from now on, and the errors of those
+    /// still not.
+    pub fn retry_binds(&mut self) -> (Vec<String>, Vec<io::Error>) {
+        let mut served = Vec::new();
+        let mut errors = Vec::new();
+        for service in std::mem::take(&mut self.unbound) {
+            match bind(&service, None) {
+                Ok(socket) => {
+                    let name = format!("{} ({} {})", service.name, service.protocol, service.address);
+                    match self.launch(service, socket) {
+                        Ok(()) => served.push(name),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                Err(e) => {
+                    errors.push(e);
+                    self.unbound.push(service);
+                }
+            }
+        }
+        (served, errors)
     }
 
     /// Every service's socket with its handover key, for the process an upgrade starts.
@@ -884,6 +922,40 @@ mod tests {
         // The removed service's port is free again: the same address can come back.
         assert!(proxy.configure(vec![tcp_service("one", first, &[a], "")]).is_empty());
         assert_eq!(exchange(&mut connect(first), "4").unwrap(), "a:4");
+        proxy.stop(Duration::ZERO);
+    }
+
+    #[test]
+    fn a_service_whose_address_was_taken_is_bound_by_a_retry_once_it_is_free() {
+        let a = echo_endpoint("a:");
+        let other = free_port();
+        let taken = StdListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().port();
+        let mut proxy = L4Proxy::start(Vec::new(), None, None).unwrap();
+        let errors =
+            proxy.configure(vec![tcp_service("busy", busy, &[a], ""), tcp_service("other", other, &[a], "")]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(proxy.unbound(), 1);
+        assert_eq!(exchange(&mut connect(other), "1").unwrap(), "a:1", "the other service serves at once");
+        let (served, errors) = proxy.retry_binds();
+        assert!(served.is_empty() && errors.len() == 1, "still taken: {served:?} {errors:?}");
+        assert_eq!(proxy.unbound(), 1);
+        drop(taken);
+        let (served, errors) = proxy.retry_binds();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(served.len(), 1);
+        assert!(served[0].starts_with("busy "), "{served:?}");
+        assert_eq!(proxy.unbound(), 0);
+        assert_eq!(exchange(&mut connect(busy), "2").unwrap(), "a:2", "bound on the retry, it serves");
+        assert_eq!(exchange(&mut connect(other), "3").unwrap(), "a:3");
+
+        // A reload that no longer asks for an unbound service drops it from the retries.
+        let taken = StdListener::bind("127.0.0.1:0").unwrap();
+        let busy_again = taken.local_addr().unwrap().port();
+        assert_eq!(proxy.configure(vec![tcp_service("later", busy_again, &[a], "")]).len(), 1);
+        assert_eq!(proxy.unbound(), 1);
+        assert!(proxy.configure(Vec::new()).is_empty());
+        assert_eq!(proxy.unbound(), 0);
         proxy.stop(Duration::ZERO);
     }
 
