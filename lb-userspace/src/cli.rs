@@ -473,6 +473,8 @@ async fn apply_updates(node: &Node, mut updates: mpsc::Receiver<Update>) {
                 Ok(generation) => {
                     node.set_ready(true);
                     log_applied(&desired, generation);
+                    drop(desired);
+                    crate::allocator::release_freed();
                 }
                 Err(e) => log_not_applied(desired.source, &e.to_string()),
             },

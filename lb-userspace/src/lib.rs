@@ -2,6 +2,7 @@
 //! point over this library; tests drive the same modules.
 
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
