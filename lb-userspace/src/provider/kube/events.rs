@@ -244,7 +244,7 @@ impl Recorder {
         Event {
             metadata: ObjectMeta {
                 name: Some(name),
-                namespace: Some(w.ingress.namespace.clone()),
+                namespace: Some(w.ingress.namespace.to_string()),
                 ..ObjectMeta::default()
             },
             event_time: Some(now),
@@ -257,8 +257,8 @@ impl Recorder {
             regarding: Some(ObjectReference {
                 api_version: Some("networking.k8s.io/v1".into()),
                 kind: Some("Ingress".into()),
-                namespace: Some(w.ingress.namespace.clone()),
-                name: Some(w.ingress.name.clone()),
+                namespace: Some(w.ingress.namespace.to_string()),
+                name: Some(w.ingress.name.to_string()),
                 uid: ingress.metadata.uid.clone(),
                 resource_version: ingress.metadata.resource_version.clone(),
                 ..ObjectReference::default()
@@ -294,7 +294,7 @@ mod tests {
         ];
         let wanted = wanted(&[id("a")], &notes);
         let reasons: Vec<(&str, bool, &str)> =
-            wanted.iter().map(|w| (w.ingress.name.as_str(), w.warning, w.reason)).collect();
+            wanted.iter().map(|w| (&*w.ingress.name, w.warning, w.reason)).collect();
         assert_eq!(reasons, [("a", false, "Sync"), ("a", true, "AnnotationIgnored"), ("b", true, "Refused")]);
     }
 

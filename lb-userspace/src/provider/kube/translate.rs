@@ -126,11 +126,12 @@ pub struct Settings {
     pub l4_in_xdp: bool,
 }
 
-/// An Ingress, by namespace and name.
+/// An Ingress, by namespace and name. Shared strings: a translation copies each id into
+/// every route, group, status and note it owns, and a copy should cost no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IngressId {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl std::fmt::Display for IngressId {
@@ -464,8 +465,8 @@ fn age_key(ingress: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &s
 
 pub fn id_of(ingress: &Ingress) -> IngressId {
     IngressId {
-        namespace: ingress.metadata.namespace.clone().unwrap_or_default(),
-        name: ingress.metadata.name.clone().unwrap_or_default(),
+        namespace: ingress.metadata.namespace.as_deref().unwrap_or_default().into(),
+        name: ingress.metadata.name.as_deref().unwrap_or_default().into(),
     }
 }
 
@@ -538,8 +539,8 @@ fn forced_https_redirect(a: &Annotations) -> Option<HttpsRedirectConfig> {
 /// A route's Ingress, Service and path, as ingress-nginx labels its requests.
 fn ingress_labels(id: &IngressId, backend: &IngressBackend, path: &str) -> RouteIngressConfig {
     RouteIngressConfig {
-        namespace: id.namespace.clone(),
-        name: id.name.clone(),
+        namespace: id.namespace.to_string(),
+        name: id.name.to_string(),
         service: backend.service.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
         path: path.to_owned(),
     }
@@ -690,7 +691,7 @@ impl<'a> Builder<'a> {
         let mut slices: FastMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
             FastMap::with_capacity_and_hasher(state.slices.len(), Default::default());
         for slice in &state.slices {
-            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            let Some(service) = &slice.service else {
                 continue;
             };
             let namespace = slice.metadata.namespace.as_deref().unwrap_or("");

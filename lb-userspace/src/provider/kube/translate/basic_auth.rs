@@ -36,7 +36,7 @@ impl Builder<'_> {
             return Err("annotation auth-secret is missing".to_owned());
         };
         let (namespace, name) = reference.split_once('/').unwrap_or((&id.namespace, reference));
-        if namespace != id.namespace {
+        if namespace != &*id.namespace {
             return Err(format!("auth-secret {reference}: Secrets of other namespaces are not used"));
         }
         let Some(secret) = self.index.secrets.get(&(namespace, name)).copied() else {

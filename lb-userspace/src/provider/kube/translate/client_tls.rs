@@ -42,7 +42,7 @@ impl Builder<'_> {
         let mut covered = std::collections::BTreeSet::new();
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = tls.secret_name.as_deref() else { continue };
-            if !self.index.secrets.contains_key(&(id.namespace.as_str(), secret)) {
+            if !self.index.secrets.contains_key(&(&*id.namespace, secret)) {
                 return Err(format!("TLS Secret {}/{secret} not found", id.namespace));
             }
             covered.extend(tls.hosts.iter().flatten().map(|h| h.to_ascii_lowercase()));
@@ -66,7 +66,7 @@ impl Builder<'_> {
     pub(super) fn client_tls(&self, setting: &ClientTlsSetting, id: &IngressId) -> Result<ClientTls, String> {
         let reference = setting.secret.as_str();
         let (namespace, name) = reference.split_once('/').unwrap_or((&id.namespace, reference));
-        if namespace != id.namespace {
+        if namespace != &*id.namespace {
             return Err(format!("auth-tls-secret {reference}: Secrets of other namespaces are not used"));
         }
         let Some(secret) = self.index.secrets.get(&(namespace, name)).copied() else {

@@ -26,7 +26,7 @@ pub const DEFAULT_BACKEND_ROUTE: &str = "default-backend";
 
 /// What owns the controller default backend's routes and group: no Ingress does.
 fn controller_owner(namespace: &str) -> IngressId {
-    IngressId { namespace: namespace.to_owned(), name: "--default-backend-service".to_owned() }
+    IngressId { namespace: namespace.into(), name: "--default-backend-service".into() }
 }
 
 /// A catch-all route: prefix `/`, no header or method constraint.

@@ -50,8 +50,7 @@ impl Builder<'_> {
     fn secret_certificate(&mut self) -> Option<String> {
         let reference = self.translator.settings.default_ssl_certificate.clone()?;
         let (namespace, name) = reference.split_once('/')?;
-        let owner =
-            IngressId { namespace: namespace.to_owned(), name: "--default-ssl-certificate".to_owned() };
+        let owner = IngressId { namespace: namespace.into(), name: "--default-ssl-certificate".into() };
         let certificate = self.certificate(namespace, name, &owner);
         if certificate.is_none() {
             self.note(None, format!("--default-ssl-certificate {reference} cannot be used; the generated certificate is served instead"));
@@ -66,7 +65,7 @@ impl Builder<'_> {
                 certificate.name = FAKE_CERTIFICATE.to_owned();
                 certificate.cert_pem = Some(cert_pem.clone());
                 certificate.key_pem = Some(SecretString(key_pem.clone()));
-                let owner = IngressId { namespace: String::new(), name: FAKE_CERTIFICATE.to_owned() };
+                let owner = IngressId { namespace: "".into(), name: FAKE_CERTIFICATE.into() };
                 self.certificates.insert(FAKE_CERTIFICATE.to_owned(), (certificate, owner));
                 Some(FAKE_CERTIFICATE.to_owned())
             }

@@ -206,7 +206,7 @@ fn created<T: kube::Resource>(object: &T) -> (Option<k8s_openapi::jiff::Timestam
 /// The owner of a route's configuration, for notes and set-asides: a name with a `/` can
 /// never be an Ingress's.
 pub fn route_id(kind: RouteKind, namespace: &str, name: &str) -> IngressId {
-    IngressId { namespace: namespace.to_owned(), name: format!("{}/{name}", kind.name()) }
+    IngressId { namespace: namespace.into(), name: format!("{}/{name}", kind.name()).into() }
 }
 
 /// The `route_id` of an HTTPRoute.
@@ -215,7 +215,7 @@ pub fn http_route_id(namespace: &str, name: &str) -> IngressId {
 }
 
 fn gateway_id(namespace: &str, name: &str) -> IngressId {
-    IngressId { namespace: namespace.to_owned(), name: format!("Gateway/{name}") }
+    IngressId { namespace: namespace.into(), name: format!("Gateway/{name}").into() }
 }
 
 impl Builder<'_> {

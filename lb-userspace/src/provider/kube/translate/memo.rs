@@ -35,12 +35,12 @@ use crate::{
 };
 
 /// A backend group as made from its Service and EndpointSlices (before `proxy-ssl-*`, which
-/// reads Secrets and is applied on every rebuild), with the notes its making wrote.
+/// reads Secrets and is applied on every rebuild), with the notes its making wrote. Its name
+/// (the key) spells its namespace and Service; the settings are shared with every group of
+/// equal settings ([`Memo::suffixes`]).
 struct GroupEntry {
-    namespace: String,
-    service_name: String,
     port: ServiceBackendPort,
-    settings: BackendSettings,
+    settings: Arc<BackendSettings>,
     service: Option<Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
     group: Arc<BackendConfig>,
@@ -68,10 +68,8 @@ impl GroupInputs<'_> {
         same_service
             && self.slices.len() == entry.slices.len()
             && self.slices.iter().zip(&entry.slices).all(|(a, b)| Arc::ptr_eq(a, b))
-            && entry.namespace == self.namespace
-            && entry.service_name == self.service_name
             && entry.port == *self.port
-            && entry.settings == *self.settings
+            && *entry.settings == *self.settings
     }
 }
 
@@ -101,7 +99,7 @@ pub(super) struct Memo {
     /// Group name suffixes (a pure function of the settings, [`Memo::push_group_suffix`]) of
     /// the last distinct settings seen, the latest first: a cluster has few, and every path
     /// names its group.
-    suffixes: Vec<(BackendSettings, String)>,
+    suffixes: Vec<(Arc<BackendSettings>, String)>,
 }
 
 /// How many distinct settings' suffixes are kept.
@@ -171,11 +169,10 @@ impl Memo {
         group: &Arc<BackendConfig>,
         notes: &[String],
     ) {
+        let shared = self.suffixes.iter().find(|(kept, _)| **kept == *inputs.settings);
         let entry = GroupEntry {
-            namespace: inputs.namespace.to_owned(),
-            service_name: inputs.service_name.to_owned(),
             port: inputs.port.clone(),
-            settings: inputs.settings.clone(),
+            settings: shared.map_or_else(|| Arc::new(inputs.settings.clone()), |(kept, _)| Arc::clone(kept)),
             service: inputs.service.cloned(),
             slices: inputs.slices.iter().map(|s| Arc::clone(s)).collect(),
             group: Arc::clone(group),
@@ -310,7 +307,7 @@ impl Memo {
     /// apart: nothing for the defaults, else `~` and a hash of the settings' text, which is
     /// made once per distinct settings rather than for every path.
     pub(super) fn push_group_suffix(&mut self, settings: &BackendSettings, name: &mut String) {
-        let at = match self.suffixes.iter().position(|(kept, _)| kept == settings) {
+        let at = match self.suffixes.iter().position(|(kept, _)| **kept == *settings) {
             Some(at) => at,
             None => {
                 let suffix = match *settings == BackendSettings::default() {
@@ -318,7 +315,7 @@ impl Memo {
                     false => format!("~{:08x}", crate::numeric::fnv1a_32(settings.group_key().as_bytes())),
                 };
                 self.suffixes.truncate(SUFFIXES_KEPT - 1);
-                self.suffixes.insert(0, (settings.clone(), suffix));
+                self.suffixes.insert(0, (Arc::new(settings.clone()), suffix));
                 0
             }
         };

@@ -388,7 +388,7 @@ fn ingress_classes_select_the_ingresses() {
         ingresses: ingresses.clone(),
         ..web_state()
     };
-    let served = |t: Translation| t.served.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    let served = |t: Translation| t.served.into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>();
     // No IngressClass objects: the configured name and the legacy annotation.
     assert_eq!(served(build(&state(vec![]))), ["by-name", "legacy"]);
     // Another class of our controller; and a default class of ours takes class-less Ingresses.
@@ -748,7 +748,7 @@ fn snippets_refuse_the_whole_ingress_and_are_reported() {
     );
     let t = build(&state);
     assert!(t.config.virtual_hosts.iter().all(|h| h.domains != ["evil.test"]));
-    assert!(!t.served.iter().any(|i| i.name == "snippet"));
+    assert!(!t.served.iter().any(|i| &*i.name == "snippet"));
     assert!(notes(&t).contains("snippets are refused"), "{}", notes(&t));
 }
 
