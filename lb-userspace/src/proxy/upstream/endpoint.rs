@@ -220,7 +220,32 @@ impl Drop for InflightGuard {
 }
 
 /// One group's endpoints in the registry, by address.
-type GroupEndpoints = HashMap<SocketAddr, Arc<Endpoint>>;
+/// A group's endpoints, found by address: a set of the endpoints themselves (8 bytes an entry)
+/// rather than a map from a copy of the address (40).
+type GroupEndpoints = std::collections::HashSet<ByAddress>;
+
+/// An endpoint that hashes and compares as its address.
+struct ByAddress(Arc<Endpoint>);
+
+impl std::hash::Hash for ByAddress {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.address.hash(state);
+    }
+}
+
+impl PartialEq for ByAddress {
+    fn eq(&self, other: &ByAddress) -> bool {
+        self.0.address == other.0.address
+    }
+}
+
+impl Eq for ByAddress {}
+
+impl std::borrow::Borrow<SocketAddr> for ByAddress {
+    fn borrow(&self) -> &SocketAddr {
+        &self.0.address
+    }
+}
 
 /// Hands out one `Endpoint` per (backend, address), so health and load survive reloads.
 /// Used when a snapshot is built, never on the request path.
@@ -242,19 +267,19 @@ impl EndpointRegistry {
     pub fn get(&self, backend: &str, address: SocketAddr) -> Arc<Endpoint> {
         let mut endpoints = self.endpoints.lock();
         if let Some(found) = endpoints.get(backend).and_then(|group| group.get(&address)) {
-            return Arc::clone(found);
+            return Arc::clone(&found.0);
         }
         let name =
             endpoints.get_key_value(backend).map_or_else(|| Arc::from(backend), |(name, _)| Arc::clone(name));
         let endpoint = Arc::new(Endpoint::new(Arc::clone(&name), address, self.events.clone()));
-        endpoints.entry(name).or_default().insert(address, Arc::clone(&endpoint));
+        endpoints.entry(name).or_default().insert(ByAddress(Arc::clone(&endpoint)));
         endpoint
     }
 
     /// Forgets endpoints no snapshot uses any more (only the registry holds them).
     pub fn prune(&self) {
         self.endpoints.lock().retain(|_, group| {
-            group.retain(|_, endpoint| Arc::strong_count(endpoint) > 1);
+            group.retain(|endpoint| Arc::strong_count(&endpoint.0) > 1);
             !group.is_empty()
         });
     }
