@@ -110,7 +110,7 @@ pub(super) type ControllerHeaders = (Option<HeaderOpsConfig>, Option<HeaderOpsCo
 
 /// What a path's route reads beside the path itself, from its Ingress as a whole: the same
 /// values make the same routes.
-#[derive(PartialEq)]
+#[derive(PartialEq, Default)]
 pub(super) struct RouteContext {
     pub basic_auth: Option<BasicAuthConfig>,
     pub error_group: Option<String>,
@@ -126,7 +126,8 @@ pub(super) struct RouteContext {
 pub(super) struct IngressRoutes {
     ingress: Arc<Ingress>,
     reading: Arc<Reading>,
-    context: RouteContext,
+    /// `None` for the empty context (most Ingresses): inline it is a few hundred bytes.
+    context: Option<Box<RouteContext>>,
     pub routes: Vec<PathRoute>,
 }
 
@@ -228,6 +229,7 @@ impl Memo {
         reading: &Arc<Reading>,
         context: RouteContext,
     ) -> (Vec<PathRoute>, IngressRoutes) {
+        let context = (context != RouteContext::default()).then(|| Box::new(context));
         // Taken out of its slot (which `keep_routes` fills again) rather than removed: a
         // removal per Ingress per rebuild leaves the table full of tombstones to probe past.
         let kept = match self.routes.get_mut(id) {
