@@ -52,10 +52,16 @@ pub struct Node {
     l4_proxy: Arc<L4ProxySlot>,
 }
 
-/// The userspace L4 proxy, when one runs, and whether a thread is retrying its unbound services
-/// (both changed under the lock only).
-#[derive(Default)]
-struct L4ProxySlot(parking_lot::Mutex<(Option<crate::proxy::l4::L4Proxy>, bool)>);
+/// The userspace L4 proxy behind the node's lock.
+struct L4ProxySlot(parking_lot::Mutex<L4ProxyState>);
+
+/// Both changed under the slot's lock only.
+struct L4ProxyState {
+    /// The proxy, when one runs.
+    proxy: Option<crate::proxy::l4::L4Proxy>,
+    /// A `sluice-l4-retry` thread is retrying the proxy's unbound services.
+    retrying: bool,
+}
 
 /// The first retry of an L4 service that could not bind waits this long; each next one twice as
 /// long, up to [`L4_RETRY_MAX`].
@@ -203,7 +209,10 @@ impl Node {
             admin,
             metrics_server,
             accept_gate: accept_gate.map(|(tx, _)| tx),
-            l4_proxy: Arc::new(L4ProxySlot(parking_lot::Mutex::new((l4_proxy, false)))),
+            l4_proxy: Arc::new(L4ProxySlot(parking_lot::Mutex::new(L4ProxyState {
+                proxy: l4_proxy,
+                retrying: false,
+            }))),
         })
     }
 
@@ -266,8 +275,8 @@ impl Node {
     /// wait until it binds or a reload no longer asks for it; the rest apply.
     fn apply_l4_proxy(&self, config: &Config) {
         let wanted = l4_in_user_space(config, self.kernel.as_ref());
-        let mut slot = self.l4_proxy.0.lock();
-        let (running, retrying) = &mut *slot;
+        let mut state = self.l4_proxy.0.lock();
+        let L4ProxyState { proxy: running, retrying } = &mut *state;
         let errors = match running.as_mut() {
             Some(proxy) => proxy.configure(wanted),
             None if wanted.is_empty() => Vec::new(),
@@ -363,8 +372,8 @@ impl Node {
     /// The userspace L4 services' sockets with their handover keys (copies: the proxy sits
     /// behind a lock), for the process an upgrade starts.
     pub fn l4_handover_sockets(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
-        let slot = self.l4_proxy.0.lock();
-        let sockets = slot.0.as_ref().map(|p| p.handover_sockets()).unwrap_or_default();
+        let state = self.l4_proxy.0.lock();
+        let sockets = state.proxy.as_ref().map(|p| p.handover_sockets()).unwrap_or_default();
         sockets.into_iter().filter_map(|(key, fd)| Some((key, fd.try_clone_to_owned().ok()?))).collect()
     }
 
@@ -420,7 +429,7 @@ impl Node {
         if let Some(kernel) = &kernel {
             kernel.dataplane.release_pins();
         }
-        drain(workers, l4_proxy.0.lock().0.take(), grace);
+        drain(workers, l4_proxy.0.lock().proxy.take(), grace);
         if let Some(kernel) = kernel {
             kernel.release();
         }
@@ -434,7 +443,7 @@ impl Node {
         self.admin_state.serving.store(false, Ordering::Relaxed);
         let grace = self.shutdown_grace();
         let Node { workers, kernel, l4_proxy, .. } = self;
-        drain(workers, l4_proxy.0.lock().0.take(), grace);
+        drain(workers, l4_proxy.0.lock().proxy.take(), grace);
         if let Some(kernel) = kernel {
             kernel.stop()?;
         }
@@ -464,9 +473,9 @@ fn retry_l4_binds(slot: std::sync::Weak<L4ProxySlot>) {
     loop {
         std::thread::sleep(wait);
         let Some(slot) = slot.upgrade() else { return };
-        let mut slot = slot.0.lock();
-        let (running, retrying) = &mut *slot;
-        let Some(proxy) = running.as_mut() else {
+        let mut state = slot.0.lock();
+        let L4ProxyState { proxy, retrying } = &mut *state;
+        let Some(proxy) = proxy.as_mut() else {
             *retrying = false;
             return;
         };
