@@ -98,7 +98,7 @@ fn try_forward(ctx: &XdpContext, flow: &Flow, service: &ServiceValue) -> Result<
     match SLUICE_L4_FLOWS.get_ptr_mut(&flow.key) {
         // SAFETY: a live map value (the lookup above); the fields are plain integers, and a
         // concurrent writer of the same flow (another CPU) writes the same values.
-        Some(entry) if unsafe { !expired(&*entry, now) } => unsafe {
+        Some(entry) if unsafe { follows(&*entry, flow, now) } => unsafe {
             // Written once per tick at most: the flow's other packets leave its cache line
             // clean, so CPUs sharing a flow do not pass it back and forth.
             if (*entry).last_seen_ns != now {
@@ -439,6 +439,16 @@ fn next_port_mix(x: u32) -> u32 {
     x ^= x >> 13;
     x = x.wrapping_mul(0xc2b2_ae35);
     x ^ (x >> 16)
+}
+
+/// Whether a client packet follows its flow's entry: the entry has not idled out, and the
+/// packet is not a SYN on a flow that has closed. Such a SYN is a new connection reusing the
+/// client's address and port; it is placed again through the current table (as Linux's
+/// conntrack opens a new entry), so it never follows a closed flow to an endpoint that has
+/// left since. A SYN sent again on a flow still open (no answer yet) follows it.
+#[inline(always)]
+fn follows(entry: &L4Flow, flow: &Flow, now: u64) -> bool {
+    !expired(entry, now) && !(flow.syn && entry.idle_ns == L4_CLOSING_NS)
 }
 
 #[inline(always)]

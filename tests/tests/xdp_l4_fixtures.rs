@@ -3,7 +3,7 @@
 //! checksums valid), the endpoint's reply leaves rewritten back to the client, a UDP datagram
 //! without a checksum keeps none, and every malformed shape addressed to the service passes
 //! untouched, counted by its reason; a closed flow's node port goes to a new flow when none is
-//! free. The program runs in a namespace of its own whose routes
+//! free, and a SYN on a closed flow is a new flow. The program runs in a namespace of its own whose routes
 //! and permanent neighbours give `bpf_fib_lookup` its answers (a test run's ingress device is
 //! the caller's loopback).
 
@@ -422,6 +422,43 @@ fn a_closed_flows_port_goes_to_a_new_flow_when_none_is_free() {
         let out = dataplane.test_run_xdp(&reply).unwrap();
         assert_eq!(out.verdict, XDP_REDIRECT);
         assert_eq!(Parsed::of(&out.frame).dport, client_port);
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
+fn a_syn_on_a_closed_flow_is_placed_again_and_a_repeated_syn_follows_its_open_flow() {
+    const TCP_FIN: u8 = 0x01;
+    require_root!();
+    let ns = routed_namespace();
+    ns.run(|| {
+        let dataplane = dataplane_with_services();
+        let new_flows = || dataplane.counters().unwrap().get(Stat::L4NewFlows);
+        let syn = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 41000, TCP_PORT, TCP_SYN, b"");
+        let before = new_flows();
+        let first = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!(first.verdict, XDP_REDIRECT);
+        let node_port = Parsed::of(&first.frame).sport;
+        // The SYN again (no answer yet): the same flow, the same node port.
+        let again = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!((again.verdict, Parsed::of(&again.frame).sport), (XDP_REDIRECT, node_port));
+        assert_eq!(new_flows() - before, 1, "a repeated SYN follows its open flow");
+        // The client closes; a new connection from the same address and port is a new flow.
+        let fin = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 41000, TCP_PORT, TCP_FIN | TCP_ACK, b"");
+        assert_eq!(dataplane.test_run_xdp(&fin).unwrap().verdict, XDP_REDIRECT);
+        let ack = frames::ipv4(IPPROTO_TCP, CLIENT, NODE, 41000, TCP_PORT, TCP_ACK, b"");
+        assert_eq!(dataplane.test_run_xdp(&ack).unwrap().verdict, XDP_REDIRECT);
+        assert_eq!(new_flows() - before, 1, "the closing flow's own packets follow it");
+        let reopened = dataplane.test_run_xdp(&syn).unwrap();
+        assert_eq!(reopened.verdict, XDP_REDIRECT);
+        assert_eq!(new_flows() - before, 2, "a SYN on the closed flow is placed again");
+        let moved = Parsed::of(&reopened.frame).sport;
+        // Its reply goes to the client, through the new flow's node port.
+        let reply = frames::ipv4(IPPROTO_TCP, ENDPOINT, NODE, TCP_PORT, moved, TCP_SYN | TCP_ACK, b"");
+        let out = dataplane.test_run_xdp(&reply).unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+        assert_eq!((Parsed::of(&out.frame).dst, Parsed::of(&out.frame).dport), (CLIENT, 41000));
     })
     .unwrap();
 }
