@@ -15,7 +15,7 @@ use std::{
 
 use lb_common::{L4_CLOSED_REUSE_NS, L4_NEXT_HOP_TTL_NS, L4_SNAT_PORT_MIN, Stat};
 use lb_tests::{
-    frames::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
+    frames::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN},
     netns::Netns,
     require_root, topology,
 };
@@ -353,7 +353,6 @@ fn the_next_hop_is_kept_and_follows_a_neighbour_change_within_its_ttl() {
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn a_closed_flows_port_goes_to_a_new_flow_when_none_is_free() {
-    const TCP_FIN: u8 = 0x01;
     require_root!();
     let ns = routed_namespace();
     ns.run(|| {
@@ -429,7 +428,6 @@ fn a_closed_flows_port_goes_to_a_new_flow_when_none_is_free() {
 #[test]
 #[ignore = "needs root: network namespaces, XDP (cargo xtask test runs it as root)"]
 fn a_syn_on_a_closed_flow_is_placed_again_and_a_repeated_syn_follows_its_open_flow() {
-    const TCP_FIN: u8 = 0x01;
     require_root!();
     let ns = routed_namespace();
     ns.run(|| {
