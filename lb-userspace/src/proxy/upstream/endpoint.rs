@@ -219,8 +219,7 @@ impl Drop for InflightGuard {
     }
 }
 
-/// One group's endpoints in the registry, by address.
-/// A group's endpoints, found by address: a set of the endpoints themselves (8 bytes an entry)
+/// A group's endpoints in the registry, found by address: a set of the endpoints themselves (8 bytes an entry)
 /// rather than a map from a copy of the address (40).
 type GroupEndpoints = std::collections::HashSet<ByAddress>;
 
