@@ -250,6 +250,8 @@ pub struct Translator {
     last_made: std::sync::atomic::AtomicUsize,
     /// Routes and virtual hosts the last translation found in the memo.
     last_reused: Mutex<(usize, usize)>,
+    /// Components the last translation translated, and components it took whole.
+    last_components: Mutex<(usize, usize)>,
     /// The last configuration that validated: the next is validated against it (only what
     /// changed is checked in full) and, when equal, is it.
     validated: Mutex<Option<Arc<Config>>>,
@@ -263,6 +265,7 @@ impl Translator {
             memo: Mutex::default(),
             last_made: Default::default(),
             last_reused: Default::default(),
+            last_components: Default::default(),
             validated: Mutex::default(),
         }
     }
@@ -281,6 +284,12 @@ impl Translator {
     /// the one before.
     pub fn reused(&self) -> (usize, usize) {
         *self.last_reused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many components of Ingresses ([`component`]) the last translation translated, and
+    /// how many it took whole from the one before.
+    pub fn components(&self) -> (usize, usize) {
+        *self.last_components.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration for `state` on top of `base` (listeners, workers, limits, and any
@@ -346,14 +355,13 @@ impl Translator {
         let mut builder = Builder::new(self, base, state);
         builder.read_controller_config();
         builder.memo.controller(&builder.controller, &builder.controller_headers);
-        builder.controller_default_backend();
+        let default_group = builder.controller_default_backend();
         let (ours, default_is_ours) = builder.classes();
         let mut ingresses: Vec<&Arc<Ingress>> =
             state.ingresses.iter().filter(|i| is_ours(i, &ours, default_is_ours)).collect();
         // No two Ingresses tie (namespace and name end the key): unstable is the same order.
         ingresses.sort_unstable_by(|a, b| age_key(a).cmp(&age_key(b)));
         let ids: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
-        let mut canaries = Vec::new();
         let mut served = Vec::with_capacity(ingresses.len());
         let mut considered = ids.clone();
         considered.sort_unstable();
@@ -409,17 +417,8 @@ impl Translator {
             readings.push((ingress, id, reading));
         }
         builder.regex_hosts = regex_hosts(&readings);
-        for (ingress, id, reading) in readings {
-            if reading.annotations.canary.is_some() {
-                canaries.push((ingress, id, reading));
-            } else {
-                builder.ingress(ingress, &id, &reading);
-                builder.keep_routes(&id);
-            }
-        }
-        for (ingress, id, reading) in canaries {
-            builder.canary(ingress, &id, &reading.annotations);
-        }
+        let context = memo::ComponentsContext { default_group, tls_listener: builder.tls_listener };
+        builder.ingresses_by_component(&readings, context);
         let gateway = builder.gateway_api(excluded);
         served.sort_unstable();
         let (finished, memo) = builder.finish(served);
@@ -435,8 +434,12 @@ impl Translator {
             held = memo.sizes().1,
             routes_reused = memo.routes_found,
             hosts_reused = memo.hosts_found,
+            components_translated = memo.components_translated,
+            components_taken = memo.components_taken,
             "backend groups"
         );
+        *self.last_components.lock().unwrap_or_else(|p| p.into_inner()) =
+            (memo.components_translated, memo.components_taken);
         *self.last_reused.lock().unwrap_or_else(|p| p.into_inner()) = (memo.routes_found, memo.hosts_found);
         self.last_made.store(memo.made, std::sync::atomic::Ordering::Relaxed);
         memo.sweep();
@@ -587,7 +590,7 @@ type ClaimKey = MatchConfig;
 /// one or two); past it, through an index by match ([`HostBuild::claims`]).
 const SCANNED_CLAIMS: usize = 16;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct HostBuild {
     /// Shared with the translator's memo when unchanged since the last translation. Each is
     /// the claim of its match until the translation's last steps add unclaimed ones.
@@ -628,15 +631,23 @@ impl HostBuild {
     }
 }
 
-/// The stores by namespace and name. Services and slices as the stores' `Arc`s: the
-/// [`memo`] tells unchanged objects by them.
+/// The stores by namespace and name, as the stores' `Arc`s: the [`memo`] and the kept
+/// [`component`]s tell unchanged objects by them. Services, slices and Secrets are looked up
+/// through [`Index::service`], [`Index::slices`] and [`Index::secret`], which record the
+/// lookups of the component being translated.
 struct Index<'a> {
     services: FastMap<(&'a str, &'a str), &'a Arc<Service>>,
     /// (namespace, service) → slices, by slice name.
     slices: FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
-    secrets: FastMap<(&'a str, &'a str), &'a Secret>,
+    secrets: FastMap<(&'a str, &'a str), &'a Arc<Secret>>,
     configmaps: FastMap<(&'a str, &'a str), &'a ConfigMap>,
+    /// The lookups of the component being translated (none between components).
+    reads: std::cell::RefCell<Option<Vec<component::Read>>>,
 }
+
+/// The notes a backend group's making wrote (its Service missing...), and the Ingress last told
+/// them: every Ingress naming the group is told, once.
+type GroupNotes = (Vec<(NoteKind, String)>, IngressId);
 
 struct Builder<'a> {
     translator: &'a Translator,
@@ -647,7 +658,12 @@ struct Builder<'a> {
     hosts: FastMap<String, HostBuild>,
     /// By name; ordered once, when the configuration is made ([`Builder::finish`]).
     backends: FastMap<String, (Arc<BackendConfig>, IngressId)>,
+    /// Only groups whose making noted something.
+    group_notes: FastMap<String, GroupNotes>,
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
+    /// The earliest expiry (unix seconds) of the certificates the component being translated
+    /// serves.
+    expires: i64,
     notes: Vec<Note>,
     tls_listener: bool,
     /// The controller ConfigMap's settings (ingress-nginx's defaults without one).
@@ -700,7 +716,7 @@ impl<'a> Builder<'a> {
         for list in slices.values_mut() {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
-        let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
+        let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s)).collect();
         let configmaps = state.configmaps.iter().map(|c| (meta_ns_name(&c.metadata), c.as_ref())).collect();
         let memo: memo::Memo =
             std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner()));
@@ -710,10 +726,12 @@ impl<'a> Builder<'a> {
             translator,
             base,
             state,
-            index: Index { services, slices, secrets, configmaps },
+            index: Index { services, slices, secrets, configmaps, reads: Default::default() },
             hosts: FastMap::with_capacity_and_hasher(hosts, Default::default()),
             backends: FastMap::with_capacity_and_hasher(backends, Default::default()),
+            group_notes: FastMap::default(),
             certificates: BTreeMap::new(),
+            expires: i64::MAX,
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
             controller: ControllerConfig::default(),
@@ -1369,8 +1387,18 @@ impl<'a> Builder<'a> {
         let mut name = format!("{namespace}/{service}:{port_label}");
         self.memo.push_group_suffix(settings, &mut name);
         if self.backends.contains_key(&name) {
+            if let Some((notes, told)) = self.group_notes.get_mut(&name)
+                && told != id
+            {
+                *told = id.clone();
+                let notes = notes.clone();
+                for (kind, message) in notes {
+                    self.note_kind(Some(id), kind, message);
+                }
+            }
             return name;
         }
+        let noted = self.notes.len();
         let (mut group, notes) = self.resolved_group(&name, namespace, service, port, settings);
         for note in notes {
             self.note(Some(id), note);
@@ -1378,6 +1406,10 @@ impl<'a> Builder<'a> {
         if let Some(proxy_ssl) = &settings.proxy_ssl {
             // A copy: the memo keeps the group as made from the Service.
             self.proxy_ssl(Arc::make_mut(&mut group), proxy_ssl, (namespace, service), id);
+        }
+        if self.notes.len() > noted {
+            let notes = self.notes[noted..].iter().map(|n| (n.kind.clone(), n.message.clone())).collect();
+            self.group_notes.insert(name.clone(), (notes, id.clone()));
         }
         self.backends.insert(name.clone(), (group, id.clone()));
         name
@@ -1394,14 +1426,13 @@ impl<'a> Builder<'a> {
         port: &ServiceBackendPort,
         settings: &BackendSettings,
     ) -> (Arc<BackendConfig>, Vec<String>) {
-        let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
         let inputs = memo::GroupInputs {
             namespace,
             service_name,
             port,
             settings,
-            service: self.index.services.get(&(namespace, service_name)).copied(),
-            slices,
+            service: self.index.service(namespace, service_name),
+            slices: self.index.slices(namespace, service_name),
         };
         if let Some(found) = self.memo.group(name, &inputs) {
             return found;
@@ -1422,7 +1453,7 @@ impl<'a> Builder<'a> {
         if self.certificates.contains_key(&name) {
             return Some(name);
         }
-        let Some(secret) = self.index.secrets.get(&(namespace, secret_name)).copied() else {
+        let Some(secret) = self.index.secret(namespace, secret_name) else {
             self.note(
                 Some(id),
                 format!("TLS Secret {name} not found; the listener's default certificate serves its hosts"),
@@ -1453,18 +1484,17 @@ impl<'a> Builder<'a> {
             cache
                 .entry(cache_key)
                 .or_insert_with(|| {
-                    crate::tls::certs::load_certificate(
-                        &certificate,
-                        &crate::tls::provider(),
-                        crate::tls::now_unix(),
-                    )
-                    .map(|loaded| loaded.not_after)
-                    .map_err(|e| e.to_string())
+                    // Checked as of no time in particular (the result is kept while the Secret
+                    // is the same object): its expiry is compared below, on every translation.
+                    crate::tls::certs::load_certificate(&certificate, &crate::tls::provider(), i64::MIN)
+                        .map(|loaded| loaded.not_after)
+                        .map_err(|e| e.to_string())
                 })
                 .clone()
         };
         match checked {
             Ok(not_after) if not_after >= crate::tls::now_unix() => {
+                self.expires = self.expires.min(not_after);
                 self.certificates.insert(name.clone(), (certificate, id.clone()));
                 Some(name)
             }
@@ -1964,6 +1994,7 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 
 mod basic_auth;
 mod client_tls;
+mod component;
 mod default_backend;
 mod default_certificate;
 mod gateway;

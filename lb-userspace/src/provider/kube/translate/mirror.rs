@@ -37,7 +37,7 @@ impl Builder<'_> {
                     );
                     return None;
                 };
-                if !self.index.services.contains_key(&(namespace.as_str(), service.as_str())) {
+                if self.index.service(&namespace, &service).is_none() {
                     let message = format!(
                         "mirror-target: Service {namespace}/{service} not found; nothing is mirrored"
                     );
