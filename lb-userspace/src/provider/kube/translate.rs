@@ -250,8 +250,6 @@ pub struct Translator {
     last_made: std::sync::atomic::AtomicUsize,
     /// Routes and virtual hosts the last translation found in the memo.
     last_reused: Mutex<(usize, usize)>,
-    /// Components the last translation translated, and components it took whole.
-    last_components: Mutex<(usize, usize)>,
     /// The last configuration that validated: the next is validated against it (only what
     /// changed is checked in full) and, when equal, is it.
     validated: Mutex<Option<Arc<Config>>>,
@@ -265,7 +263,6 @@ impl Translator {
             memo: Mutex::default(),
             last_made: Default::default(),
             last_reused: Default::default(),
-            last_components: Default::default(),
             validated: Mutex::default(),
         }
     }
@@ -284,12 +281,6 @@ impl Translator {
     /// the one before.
     pub fn reused(&self) -> (usize, usize) {
         *self.last_reused.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How many components of Ingresses ([`component`]) the last translation translated, and
-    /// how many it took whole from the one before.
-    pub fn components(&self) -> (usize, usize) {
-        *self.last_components.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration for `state` on top of `base` (listeners, workers, limits, and any
@@ -355,13 +346,14 @@ impl Translator {
         let mut builder = Builder::new(self, base, state);
         builder.read_controller_config();
         builder.memo.controller(&builder.controller, &builder.controller_headers);
-        let default_group = builder.controller_default_backend();
+        builder.controller_default_backend();
         let (ours, default_is_ours) = builder.classes();
         let mut ingresses: Vec<&Arc<Ingress>> =
             state.ingresses.iter().filter(|i| is_ours(i, &ours, default_is_ours)).collect();
         // No two Ingresses tie (namespace and name end the key): unstable is the same order.
         ingresses.sort_unstable_by(|a, b| age_key(a).cmp(&age_key(b)));
         let ids: Vec<IngressId> = ingresses.iter().map(|i| id_of(i)).collect();
+        let mut canaries = Vec::new();
         let mut served = Vec::with_capacity(ingresses.len());
         let mut considered = ids.clone();
         considered.sort_unstable();
@@ -417,8 +409,17 @@ impl Translator {
             readings.push((ingress, id, reading));
         }
         builder.regex_hosts = regex_hosts(&readings);
-        let context = memo::ComponentsContext { default_group, tls_listener: builder.tls_listener };
-        builder.ingresses_by_component(&readings, context);
+        for (ingress, id, reading) in readings {
+            if reading.annotations.canary.is_some() {
+                canaries.push((ingress, id, reading));
+            } else {
+                builder.ingress(ingress, &id, &reading);
+                builder.keep_routes(&id);
+            }
+        }
+        for (ingress, id, reading) in canaries {
+            builder.canary(ingress, &id, &reading.annotations);
+        }
         let gateway = builder.gateway_api(excluded);
         served.sort_unstable();
         let (finished, memo) = builder.finish(served);
@@ -434,12 +435,8 @@ impl Translator {
             held = memo.sizes().1,
             routes_reused = memo.routes_found,
             hosts_reused = memo.hosts_found,
-            components_translated = memo.components_translated,
-            components_taken = memo.components_taken,
             "backend groups"
         );
-        *self.last_components.lock().unwrap_or_else(|p| p.into_inner()) =
-            (memo.components_translated, memo.components_taken);
         *self.last_reused.lock().unwrap_or_else(|p| p.into_inner()) = (memo.routes_found, memo.hosts_found);
         self.last_made.store(memo.made, std::sync::atomic::Ordering::Relaxed);
         memo.sweep();
@@ -590,7 +587,7 @@ type ClaimKey = MatchConfig;
 /// one or two); past it, through an index by match ([`HostBuild::claims`]).
 const SCANNED_CLAIMS: usize = 16;
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct HostBuild {
     /// Shared with the translator's memo when unchanged since the last translation. Each is
     /// the claim of its match until the translation's last steps add unclaimed ones.
@@ -631,23 +628,15 @@ impl HostBuild {
     }
 }
 
-/// The stores by namespace and name, as the stores' `Arc`s: the [`memo`] and the kept
-/// [`component`]s tell unchanged objects by them. Services, slices and Secrets are looked up
-/// through [`Index::service`], [`Index::slices`] and [`Index::secret`], which record the
-/// lookups of the component being translated.
+/// The stores by namespace and name. Services and slices as the stores' `Arc`s: the
+/// [`memo`] tells unchanged objects by them.
 struct Index<'a> {
     services: FastMap<(&'a str, &'a str), &'a Arc<Service>>,
     /// (namespace, service) → slices, by slice name.
     slices: FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
-    secrets: FastMap<(&'a str, &'a str), &'a Arc<Secret>>,
+    secrets: FastMap<(&'a str, &'a str), &'a Secret>,
     configmaps: FastMap<(&'a str, &'a str), &'a ConfigMap>,
-    /// The lookups of the component being translated (none between components).
-    reads: std::cell::RefCell<Option<Vec<component::Read>>>,
 }
-
-/// The notes a backend group's making wrote (its Service missing...), and the Ingress last told
-/// them: every Ingress naming the group is told, once.
-type GroupNotes = (Vec<(NoteKind, String)>, IngressId);
 
 struct Builder<'a> {
     translator: &'a Translator,
@@ -658,12 +647,10 @@ struct Builder<'a> {
     hosts: FastMap<String, HostBuild>,
     /// By name; ordered once, when the configuration is made ([`Builder::finish`]).
     backends: FastMap<String, (Arc<BackendConfig>, IngressId)>,
-    /// Only groups whose making noted something.
-    group_notes: FastMap<String, GroupNotes>,
+    /// What making a group noted (its Service missing...), only for groups that noted
+    /// something, and the Ingress last told: every Ingress naming the group is told, once.
+    group_notes: FastMap<String, (Vec<(NoteKind, String)>, IngressId)>,
     certificates: BTreeMap<String, (CertificateConfig, IngressId)>,
-    /// The earliest expiry (unix seconds) of the certificates the component being translated
-    /// serves.
-    expires: i64,
     notes: Vec<Note>,
     tls_listener: bool,
     /// The controller ConfigMap's settings (ingress-nginx's defaults without one).
@@ -716,7 +703,7 @@ impl<'a> Builder<'a> {
         for list in slices.values_mut() {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
-        let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s)).collect();
+        let secrets = state.secrets.iter().map(|s| (meta_ns_name(&s.metadata), s.as_ref())).collect();
         let configmaps = state.configmaps.iter().map(|c| (meta_ns_name(&c.metadata), c.as_ref())).collect();
         let memo: memo::Memo =
             std::mem::take(&mut *translator.memo.lock().unwrap_or_else(|p| p.into_inner()));
@@ -726,12 +713,11 @@ impl<'a> Builder<'a> {
             translator,
             base,
             state,
-            index: Index { services, slices, secrets, configmaps, reads: Default::default() },
+            index: Index { services, slices, secrets, configmaps },
             hosts: FastMap::with_capacity_and_hasher(hosts, Default::default()),
             backends: FastMap::with_capacity_and_hasher(backends, Default::default()),
             group_notes: FastMap::default(),
             certificates: BTreeMap::new(),
-            expires: i64::MAX,
             notes: Vec::new(),
             tls_listener: base.listeners.iter().any(|l| l.tls.is_some()),
             controller: ControllerConfig::default(),
@@ -1426,13 +1412,14 @@ impl<'a> Builder<'a> {
         port: &ServiceBackendPort,
         settings: &BackendSettings,
     ) -> (Arc<BackendConfig>, Vec<String>) {
+        let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
         let inputs = memo::GroupInputs {
             namespace,
             service_name,
             port,
             settings,
-            service: self.index.service(namespace, service_name),
-            slices: self.index.slices(namespace, service_name),
+            service: self.index.services.get(&(namespace, service_name)).copied(),
+            slices,
         };
         if let Some(found) = self.memo.group(name, &inputs) {
             return found;
@@ -1453,7 +1440,7 @@ impl<'a> Builder<'a> {
         if self.certificates.contains_key(&name) {
             return Some(name);
         }
-        let Some(secret) = self.index.secret(namespace, secret_name) else {
+        let Some(secret) = self.index.secrets.get(&(namespace, secret_name)).copied() else {
             self.note(
                 Some(id),
                 format!("TLS Secret {name} not found; the listener's default certificate serves its hosts"),
@@ -1494,7 +1481,6 @@ impl<'a> Builder<'a> {
         };
         match checked {
             Ok(not_after) if not_after >= crate::tls::now_unix() => {
-                self.expires = self.expires.min(not_after);
                 self.certificates.insert(name.clone(), (certificate, id.clone()));
                 Some(name)
             }
@@ -1652,23 +1638,24 @@ impl<'a> Builder<'a> {
         name
     }
 
-    /// The virtual host `name` made of these parts: the one of the last translation when they
-    /// are the same ([`memo::Memo::host`]), compared without copying them.
+    /// The virtual host `name` (its domains: the name, then `aliases`) made of these parts:
+    /// the one of the last translation when they are the same ([`memo::Memo::host`]), compared
+    /// without copying them.
     fn virtual_host(
         &mut self,
         name: &str,
-        domains: Vec<String>,
+        aliases: Vec<String>,
         routes: &[(Arc<RouteConfig>, IngressId)],
         tls: Option<HostTlsConfig>,
         deep_wildcards: bool,
     ) -> Arc<VirtualHostConfig> {
-        let inputs = memo::HostInputs { name, routes, tls: tls.as_ref(), domains: &domains, deep_wildcards };
+        let inputs = memo::HostInputs { name, routes, tls: tls.as_ref(), aliases: &aliases, deep_wildcards };
         if let Some(kept) = self.memo.host(&inputs) {
             return kept;
         }
         let mut virtual_host = virtual_host_template().clone();
         virtual_host.name = name.to_owned();
-        virtual_host.domains = domains;
+        virtual_host.domains = std::iter::once(name.to_owned()).chain(aliases).collect();
         virtual_host.deep_wildcards = deep_wildcards;
         virtual_host.routes = routes.iter().map(|(route, _)| Arc::clone(route)).collect();
         virtual_host.tls = tls;
@@ -1721,7 +1708,8 @@ impl<'a> Builder<'a> {
                 // length: the route table keeps the first order among regexes of one length.
                 routes.sort_by(|(a, _), (b, _)| regex_of(b).cmp(&regex_of(a)));
             }
-            let mut domains = vec![domain.clone()];
+            // The aliases served beside the name (most hosts have none: no allocation).
+            let mut aliases = Vec::new();
             for (alias, owner) in host.aliases {
                 // ingress-nginx ignores an alias that another server is named.
                 if names.contains(&alias) || !aliased.insert(alias.clone()) {
@@ -1731,11 +1719,11 @@ impl<'a> Builder<'a> {
                         kind: NoteKind::Warning,
                     });
                 } else {
-                    domains.push(alias);
+                    aliases.push(alias);
                 }
             }
             let (tls, tls_owner) = host.tls.map_or((None, None), |(tls, owner)| (Some(tls), Some(owner)));
-            let virtual_host = self.virtual_host(&domain, domains, &routes, tls, host.deep_wildcards);
+            let virtual_host = self.virtual_host(&domain, aliases, &routes, tls, host.deep_wildcards);
             config.virtual_hosts.push(virtual_host);
             for (r, (_, owner)) in routes.into_iter().enumerate() {
                 owners.push((Field::Route { host: index, route: r }, owner));
@@ -1994,7 +1982,6 @@ pub fn model_yaml(config: &Config) -> Result<String, crate::config::Error> {
 
 mod basic_auth;
 mod client_tls;
-mod component;
 mod default_backend;
 mod default_certificate;
 mod gateway;

@@ -39,7 +39,7 @@ impl Builder<'_> {
         if namespace != &*id.namespace {
             return Err(format!("auth-secret {reference}: Secrets of other namespaces are not used"));
         }
-        let Some(secret) = self.index.secret(namespace, name) else {
+        let Some(secret) = self.index.secrets.get(&(namespace, name)).copied() else {
             return Err(format!("auth-secret {namespace}/{name} not found"));
         };
         let data = secret.data.as_ref();

@@ -42,7 +42,7 @@ impl Builder<'_> {
         let mut covered = std::collections::BTreeSet::new();
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = tls.secret_name.as_deref() else { continue };
-            if self.index.secret(&id.namespace, secret).is_none() {
+            if !self.index.secrets.contains_key(&(&*id.namespace, secret)) {
                 return Err(format!("TLS Secret {}/{secret} not found", id.namespace));
             }
             covered.extend(tls.hosts.iter().flatten().map(|h| h.to_ascii_lowercase()));
@@ -69,7 +69,7 @@ impl Builder<'_> {
         if namespace != &*id.namespace {
             return Err(format!("auth-tls-secret {reference}: Secrets of other namespaces are not used"));
         }
-        let Some(secret) = self.index.secret(namespace, name) else {
+        let Some(secret) = self.index.secrets.get(&(namespace, name)).copied() else {
             return Err(format!("auth-tls-secret {namespace}/{name} not found"));
         };
         let text = |key: &str| {

@@ -49,7 +49,7 @@ impl Builder<'_> {
         owner: &IngressId,
         what: &str,
     ) -> Option<String> {
-        let service = self.index.service(namespace, name);
+        let service = self.index.services.get(&(namespace, name)).copied();
         let first =
             service.and_then(|s| s.spec.as_ref()).and_then(|s| s.ports.as_ref()).and_then(|p| p.first());
         let Some(first) = first else {

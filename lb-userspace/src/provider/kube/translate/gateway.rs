@@ -458,7 +458,7 @@ impl Builder<'_> {
                 ),
             ));
         }
-        if self.index.secret(secret_namespace, &reference.name).is_none() {
+        if !self.index.secrets.contains_key(&(secret_namespace, reference.name.as_str())) {
             return Err((
                 "InvalidCertificateRef",
                 format!("Secret {secret_namespace}/{} not found", reference.name),
@@ -937,7 +937,7 @@ impl Builder<'_> {
                     backend.name
                 ),
             ))
-        } else if self.index.service(target_namespace, &backend.name).is_none() {
+        } else if !self.index.services.contains_key(&(target_namespace, backend.name.as_str())) {
             Err(("BackendNotFound", format!("Service {target_namespace}/{} not found", backend.name)))
         } else if backend.port.is_none() {
             Err(("BackendNotFound", format!("backendRef Service {} names no port", backend.name)))

@@ -23,7 +23,6 @@ use k8s_openapi::api::{
 use super::{
     IngressId,
     annotations::{self, BackendSettings, Reading},
-    component::Component,
     controller_config::ControllerConfig,
 };
 use crate::provider::kube::endpoint_slice::EndpointSlice;
@@ -97,28 +96,10 @@ pub(super) struct Memo {
     /// Routes and hosts found, since the last sweep (for tests).
     pub(super) routes_found: usize,
     pub(super) hosts_found: usize,
-    /// Components translated, and components taken whole, since the last sweep.
-    pub(super) components_translated: usize,
-    pub(super) components_taken: usize,
     /// Group name suffixes (a pure function of the settings, [`Memo::push_group_suffix`]) of
     /// the last distinct settings seen, the latest first: a cluster has few, and every path
     /// names its group.
     suffixes: Vec<(Arc<BackendSettings>, String)>,
-    /// The components translated last time, by their first Ingress ([`component`]), and what
-    /// every one of them read beside its own objects.
-    components: FastMap<IngressId, Component>,
-    components_context: Option<ComponentsContext>,
-}
-
-/// What every component's translation reads beside its own objects and the controller
-/// settings ([`Memo::controller`]): when it changes, no kept component is used.
-#[derive(PartialEq)]
-pub(super) struct ComponentsContext {
-    /// The controller's default backend group (`--default-backend-service`), Ingresses' error
-    /// backend when they name none.
-    pub default_group: Option<String>,
-    /// Whether a listener terminates TLS.
-    pub tls_listener: bool,
 }
 
 /// How many distinct settings' suffixes are kept.
@@ -165,7 +146,8 @@ pub(super) struct HostInputs<'a> {
     /// With the Ingress that claimed each (not compared).
     pub routes: &'a [(Arc<RouteConfig>, IngressId)],
     pub tls: Option<&'a HostTlsConfig>,
-    pub domains: &'a [String],
+    /// Its domains after its name.
+    pub aliases: &'a [String],
     pub deep_wildcards: bool,
 }
 
@@ -221,7 +203,6 @@ impl Memo {
         let same = self.controller.as_ref().is_some_and(|(c, h)| c == controller && h == headers);
         if !same {
             self.defaulted.clear();
-            self.components.clear();
             self.controller = Some((controller.clone(), headers.clone()));
         }
     }
@@ -287,7 +268,10 @@ impl Memo {
         let same = host.routes.len() == inputs.routes.len()
             && host.routes.iter().zip(inputs.routes).all(|(a, (b, _))| Arc::ptr_eq(a, b))
             && host.tls.as_ref() == inputs.tls
-            && host.domains == inputs.domains
+            && host
+                .domains
+                .split_first()
+                .is_some_and(|(first, rest)| first == inputs.name && rest == inputs.aliases)
             && host.deep_wildcards == inputs.deep_wildcards;
         if !same {
             return None;
@@ -315,41 +299,9 @@ impl Memo {
         }
     }
 
-    /// The components kept from the last translation, unless it had another context.
-    pub(super) fn take_components(&mut self, context: ComponentsContext) -> FastMap<IngressId, Component> {
-        if self.components_context.as_ref() != Some(&context) {
-            self.components.clear();
-            self.components_context = Some(context);
-        }
-        std::mem::take(&mut self.components)
-    }
-
-    /// Keeps this translation's components for the next.
-    pub(super) fn keep_components(&mut self, components: FastMap<IngressId, Component>) {
-        self.components = components;
-    }
-
-    /// A component taken whole: what its translation used is still used (and counted as
-    /// found), so that the entries are there when it is translated again.
-    pub(super) fn reuse_component(&mut self, component: &Component) {
-        self.components_taken += 1;
-        for id in component.ids() {
-            if let Some((routes, used)) = self.routes.get_mut(id) {
-                *used = true;
-                self.routes_found += routes.routes.len();
-            }
-        }
-        for name in component.group_names() {
-            if let Some(entry) = self.groups.get_mut(name) {
-                entry.used = true;
-            }
-        }
-    }
-
     /// Drops what the last rebuild did not use, and starts counting use again.
     pub(super) fn sweep(&mut self) {
         (self.made, self.found, self.routes_found, self.hosts_found) = (0, 0, 0, 0);
-        (self.components_translated, self.components_taken) = (0, 0);
         self.groups.retain(|_, e| std::mem::take(&mut e.used));
         self.readings.retain(|_, (_, used)| std::mem::take(used));
         self.defaulted.retain(|_, (_, _, used)| std::mem::take(used));

@@ -37,7 +37,7 @@ impl Builder<'_> {
                     );
                     return None;
                 };
-                if self.index.service(&namespace, &service).is_none() {
+                if !self.index.services.contains_key(&(namespace.as_str(), service.as_str())) {
                     let message = format!(
                         "mirror-target: Service {namespace}/{service} not found; nothing is mirrored"
                     );

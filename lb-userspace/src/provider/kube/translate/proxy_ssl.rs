@@ -62,7 +62,7 @@ impl Builder<'_> {
         if secret_namespace != namespace {
             return Err(format!("{reference}: Secrets of other namespaces are not used"));
         }
-        let Some(secret) = self.index.secret(namespace, name) else {
+        let Some(secret) = self.index.secrets.get(&(namespace, name)).copied() else {
             return Err(format!("Secret {namespace}/{name} not found"));
         };
         let text = |key: &str| {

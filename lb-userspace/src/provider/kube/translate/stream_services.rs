@@ -280,7 +280,7 @@ impl Builder<'_> {
             return Err(format!("the base configuration has an L4 service named {name:?}"));
         }
         let (namespace, service_name) = (entry.namespace.as_str(), entry.service.as_str());
-        let Some(service) = self.index.service(namespace, service_name) else {
+        let Some(service) = self.index.services.get(&(namespace, service_name)) else {
             return Err(format!("Service {namespace}/{service_name} not found"));
         };
         let spec = service.spec.as_ref();
@@ -304,7 +304,7 @@ impl Builder<'_> {
                 entry.service_port
             ));
         };
-        let slices = self.index.slices(namespace, service_name);
+        let slices = self.index.slices.get(&(namespace, service_name)).map(Vec::as_slice).unwrap_or(&[]);
         let endpoints = ready_endpoints(slices, service_port.name.as_deref().unwrap_or(""), protocol);
         // One family per service (its endpoints must be of the service address's): IPv4, the
         // family XDP balances, when there is any.

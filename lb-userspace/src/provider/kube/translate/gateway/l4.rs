@@ -232,7 +232,7 @@ impl Builder<'_> {
         port: i32,
         protocol: L4Protocol,
     ) -> Result<BTreeSet<SocketAddr>, String> {
-        let Some(service) = self.index.service(namespace, name) else {
+        let Some(service) = self.index.services.get(&(namespace, name)) else {
             return Err(format!("Service {namespace}/{name} not found"));
         };
         let spec = service.spec.as_ref();
@@ -248,7 +248,7 @@ impl Builder<'_> {
         let Some(service_port) = service_port else {
             return Err(format!("Service {namespace}/{name} has no {wanted} port {port}"));
         };
-        let slices = self.index.slices(namespace, name);
+        let slices = self.index.slices.get(&(namespace, name)).map(Vec::as_slice).unwrap_or(&[]);
         Ok(ready_endpoints(slices, service_port.name.as_deref().unwrap_or(""), protocol))
     }
 
