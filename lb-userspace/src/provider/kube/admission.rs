@@ -23,9 +23,10 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
+use super::service::Service;
 use k8s_openapi::{
     api::{
-        core::v1::{ConfigMap, Service},
+        core::v1::ConfigMap,
         networking::v1::{Ingress, IngressClass},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -254,7 +255,11 @@ impl AdmissionStores {
         AdmissionStores {
             classes: super::reflect(kube::Api::all(client.clone()), config.clone(), changed.clone()),
             ingresses: super::reflect(kube::Api::all(client.clone()), config.clone(), changed.clone()),
-            services: super::reflect(kube::Api::all(client.clone()), config.clone(), changed.clone()),
+            services: super::reflect_trimmed::<k8s_openapi::api::core::v1::Service, Service>(
+                kube::Api::all(client.clone()),
+                config.clone(),
+                changed.clone(),
+            ),
             configmaps: super::reflect(kube::Api::all(client.clone()), config, changed),
         }
     }

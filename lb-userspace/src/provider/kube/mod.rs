@@ -21,6 +21,7 @@ pub mod events;
 pub mod gateway_api;
 pub mod leader;
 pub mod rbac;
+pub mod service;
 pub mod translate;
 
 use std::{
@@ -34,7 +35,7 @@ use std::{
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Secret},
     networking::v1::{Ingress, IngressClass},
 };
 use kube::{
@@ -49,7 +50,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use self::endpoint_slice::EndpointSlice;
+use self::{endpoint_slice::EndpointSlice, service::Service};
 use super::{Desired, Source, Update};
 use crate::config::Config;
 pub use translate::{CONTROLLER, ClusterState, IngressId, Settings, Translation, Translator};
@@ -346,9 +347,17 @@ impl Stores {
             // The leader writes Ingress and Gateway API statuses, which the translation never
             // reads: a change to nothing else is not a reason to rebuild.
             ingresses: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
-            services: reflect(Api::all(client.clone()), config.clone(), changed.clone()),
+            services: reflect_trimmed::<k8s_openapi::api::core::v1::Service, Service>(
+                Api::all(client.clone()),
+                config.clone(),
+                changed.clone(),
+            ),
             // Kept trimmed to what the translation reads ([`endpoint_slice`]).
-            slices: reflect_slices(Api::all(client.clone()), config.clone(), changed.clone()),
+            slices: reflect_trimmed::<k8s_openapi::api::discovery::v1::EndpointSlice, EndpointSlice>(
+                Api::all(client.clone()),
+                config.clone(),
+                changed.clone(),
+            ),
             // Every Secret but Helm's release records (large, and never named by an Ingress):
             // TLS Secrets and the Opaque ones auth annotations name. The translation reads only
             // those an Ingress names, and checks each one's type and keys for its use.
@@ -591,25 +600,29 @@ fn trim<K: Resource>(object: &mut K) {
     }
 }
 
-/// The EndpointSlices' reflector: each object is converted to the trimmed
-/// [`EndpointSlice`] as it arrives, and only that is stored.
-fn reflect_slices(
-    api: Api<k8s_openapi::api::discovery::v1::EndpointSlice>,
+/// A reflector that converts each object of the API's type `A` to the trimmed `K` that the
+/// readers need ([`EndpointSlice`], [`Service`]) as it arrives, and stores only that.
+pub(crate) fn reflect_trimmed<A, K>(
+    api: Api<A>,
     config: watcher::Config,
     changed: watch::Sender<u64>,
-) -> Store<EndpointSlice> {
+) -> Store<K>
+where
+    A: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Resource<DynamicType = ()> + From<A> + Clone + Debug + Send + Sync + 'static,
+{
     use futures::TryStreamExt;
-    let resource = resource_name::<EndpointSlice>();
+    let resource = resource_name::<K>();
     debug_assert!(
-        rbac::reflector_allowed(&EndpointSlice::group(&()), &EndpointSlice::plural(&())),
+        rbac::reflector_allowed(&K::group(&()), &K::plural(&())),
         "{resource}: list and watch are missing from rbac::PERMISSIONS"
     );
     let (reader, writer) = reflector::store();
     let events = watcher(api, config).map_ok(|event| match event {
-        watcher::Event::Apply(slice) => watcher::Event::Apply(EndpointSlice::from(slice)),
-        watcher::Event::Delete(slice) => watcher::Event::Delete(EndpointSlice::from(slice)),
+        watcher::Event::Apply(object) => watcher::Event::Apply(K::from(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(K::from(object)),
         watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(slice) => watcher::Event::InitApply(EndpointSlice::from(slice)),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(K::from(object)),
         watcher::Event::InitDone => watcher::Event::InitDone,
     });
     drive(resource, events, changed, |_| true, writer);

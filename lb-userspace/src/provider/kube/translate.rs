@@ -31,7 +31,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Secret, Service, ServicePort},
+    core::v1::{ConfigMap, Secret, ServicePort},
     networking::v1::{
         HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, ServiceBackendPort,
     },
@@ -42,6 +42,7 @@ use super::{
     annotations::{self, Annotations, BackendSettings, Canary, UpstreamProtocol},
     controller_config::{self, ControllerConfig},
     endpoint_slice::EndpointSlice,
+    service::Service,
 };
 use crate::{
     FastMap,

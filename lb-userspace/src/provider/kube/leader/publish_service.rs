@@ -7,8 +7,10 @@
 //! IP), a ClusterIP's cluster IP, an ExternalName's name; sorted by host name then IP, as
 //! ingress-nginx compares them.
 
-use k8s_openapi::api::{core::v1::Service, networking::v1::IngressLoadBalancerIngress};
+use k8s_openapi::api::networking::v1::IngressLoadBalancerIngress;
 use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::provider::kube::service::Service;
 
 /// What the Ingresses' status should say: `None` while the Service cannot be read (missing,
 /// or of a type with no address), then the status is left as it is, as ingress-nginx leaves

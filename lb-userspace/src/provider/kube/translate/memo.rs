@@ -15,17 +15,14 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::Service,
-    networking::v1::{Ingress, ServiceBackendPort},
-};
+use k8s_openapi::api::networking::v1::{Ingress, ServiceBackendPort};
 
 use super::{
     IngressId,
     annotations::{self, BackendSettings, Reading},
     controller_config::ControllerConfig,
 };
-use crate::provider::kube::endpoint_slice::EndpointSlice;
+use crate::provider::kube::{endpoint_slice::EndpointSlice, service::Service};
 use crate::{
     FastMap,
     config::{

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     ByteString,
     api::{
-        core::v1::{Secret, Service, ServicePort, ServiceSpec},
+        core::v1::{Secret, ServicePort},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice as ApiEndpointSlice},
         networking::v1::{
             HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
@@ -15,6 +15,7 @@ use k8s_openapi::{
 
 use super::*;
 use crate::config::{BackendProtocol, Balance, HashOn, RetryOn};
+use crate::provider::kube::service::ServiceSpec;
 
 fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
     ObjectMeta {
