@@ -23,7 +23,6 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use super::service::Service;
 use k8s_openapi::{
     api::{
         core::v1::ConfigMap,
@@ -36,7 +35,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::translate::{ClusterState, IngressId, NoteKind, Translation, Translator, id_of};
+use super::{
+    service::Service,
+    translate::{ClusterState, IngressId, NoteKind, Translation, Translator, id_of},
+};
 use crate::config::Config;
 
 /// The AdmissionReview version served.

@@ -347,6 +347,7 @@ impl Stores {
             // The leader writes Ingress and Gateway API statuses, which the translation never
             // reads: a change to nothing else is not a reason to rebuild.
             ingresses: reflect_ignoring_status(Api::all(client.clone()), config.clone(), changed.clone()),
+            // Kept trimmed to what the translation and the status writer read ([`service`]).
             services: reflect_trimmed::<k8s_openapi::api::core::v1::Service, Service>(
                 Api::all(client.clone()),
                 config.clone(),
