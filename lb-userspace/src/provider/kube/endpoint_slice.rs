@@ -9,7 +9,7 @@
 //! converts each object as it arrives, so the full one is never held longer than its event;
 //! `sluice check` and the tests convert the same way (serde reads the API's shape).
 
-use std::{borrow::Cow, net::IpAddr};
+use std::net::IpAddr;
 
 use k8s_openapi::{
     api::discovery::v1::{EndpointPort, EndpointSlice as ApiEndpointSlice},
@@ -84,35 +84,8 @@ impl From<ApiEndpointSlice> for EndpointSlice {
     }
 }
 
-/// The reflector keeps these in a store like any API object.
-impl kube::Resource for EndpointSlice {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <ApiEndpointSlice as kube::Resource>::kind(&())
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        <ApiEndpointSlice as kube::Resource>::group(&())
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        <ApiEndpointSlice as kube::Resource>::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        <ApiEndpointSlice as kube::Resource>::plural(&())
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+// The reflector keeps these in a store like any API object.
+stored_as!(EndpointSlice, ApiEndpointSlice);
 
 #[cfg(test)]
 mod tests {

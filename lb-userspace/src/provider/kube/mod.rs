@@ -12,6 +12,42 @@
 //!
 //! One instance, elected through a Lease, writes the Ingresses' `status.loadBalancer` ([`leader`]).
 
+/// Makes a trimmed type that a reflector stores in place of the API's (`endpoint_slice`,
+/// `service`) a `kube::Resource`: the API type's kind, group, version and plural, and the
+/// trimmed type's own `metadata`.
+macro_rules! stored_as {
+    ($kept:ty, $api:ty) => {
+        impl kube::Resource for $kept {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::kind(&())
+            }
+
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::group(&())
+            }
+
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::version(&())
+            }
+
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                <$api as kube::Resource>::plural(&())
+            }
+
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 pub mod admission;
 pub mod annotations;
 pub mod api;

@@ -9,8 +9,6 @@
 //! arrives, so the full one is never held longer than its event; `sluice check` and the tests
 //! convert the same way (serde reads the API's shape).
 
-use std::borrow::Cow;
-
 use k8s_openapi::{
     api::core::v1::{LoadBalancerStatus, Service as ApiService, ServicePort},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -66,35 +64,8 @@ impl From<ApiService> for Service {
     }
 }
 
-/// The reflector keeps these in a store like any API object.
-impl kube::Resource for Service {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <ApiService as kube::Resource>::kind(&())
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        <ApiService as kube::Resource>::group(&())
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        <ApiService as kube::Resource>::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        <ApiService as kube::Resource>::plural(&())
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+// The reflector keeps these in a store like any API object.
+stored_as!(Service, ApiService);
 
 #[cfg(test)]
 mod tests {
