@@ -55,15 +55,9 @@ impl SliceEndpoint {
 
 impl From<ApiEndpointSlice> for EndpointSlice {
     fn from(slice: ApiEndpointSlice) -> EndpointSlice {
-        let ApiEndpointSlice { address_type, endpoints, metadata, ports } = slice;
-        let service = metadata.labels.and_then(|mut labels| labels.remove(SERVICE_NAME_LABEL));
-        let metadata = ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            resource_version: metadata.resource_version,
-            uid: metadata.uid,
-            ..ObjectMeta::default()
-        };
+        let ApiEndpointSlice { address_type, endpoints, mut metadata, ports } = slice;
+        let service = metadata.labels.take().and_then(|mut labels| labels.remove(SERVICE_NAME_LABEL));
+        let metadata = super::stored_metadata(metadata);
         let endpoints = endpoints
             .into_iter()
             .flatten()

@@ -48,6 +48,20 @@ macro_rules! stored_as {
     };
 }
 
+/// The metadata a trimmed stored object keeps: name, namespace, resourceVersion and uid (no
+/// labels, annotations or owners: a map of one entry alone allocates room for eleven).
+fn stored_metadata(
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        resource_version: metadata.resource_version,
+        uid: metadata.uid,
+        ..Default::default()
+    }
+}
+
 pub mod admission;
 pub mod annotations;
 pub mod api;

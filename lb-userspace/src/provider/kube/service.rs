@@ -45,13 +45,7 @@ pub struct ServiceStatus {
 impl From<ApiService> for Service {
     fn from(service: ApiService) -> Service {
         let ApiService { metadata, spec, status } = service;
-        let metadata = ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            resource_version: metadata.resource_version,
-            uid: metadata.uid,
-            ..ObjectMeta::default()
-        };
+        let metadata = super::stored_metadata(metadata);
         let spec = spec.map(|spec| ServiceSpec {
             type_: spec.type_,
             ports: spec.ports,
