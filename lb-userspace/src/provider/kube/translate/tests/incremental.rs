@@ -490,7 +490,10 @@ fn a_certificate_that_expires_is_refused_at_the_next_rebuild() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now as u64 + 1);
+    // Two seconds of validity: the first translation, made at once, has at least one second to
+    // see it valid, even on a slow machine.
+    let not_after = now + 2;
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(not_after as u64);
     let cert = params.self_signed(&key).unwrap();
     let mut state = web_state();
     state.ingresses =
@@ -500,7 +503,7 @@ fn a_certificate_that_expires_is_refused_at_the_next_rebuild() {
     assert!(t.config.certificates.iter().any(|c| c.name == "default/a-tls"), "{}", notes(&t));
     // Past its not-after (second precision; a bounded wait for the clock, not for readiness).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while crate::tls::now_unix() <= now + 1 {
+    while crate::tls::now_unix() <= not_after {
         assert!(std::time::Instant::now() < deadline, "the clock did not move");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
